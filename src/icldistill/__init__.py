@@ -1,0 +1,71 @@
+"""icldistill: in-context learning as one-step knowledge distillation, made measurable.
+
+The math core (this package's top level) implements ``shared/SPEC.md`` §1–5 on tensors:
+
+- :mod:`icldistill.kernels` — kernels on batches (Gaussian, Laplace, IMQ, linear, polynomial,
+  softmax, the attention product kernel ``K_att``) and the median heuristic;
+- :mod:`icldistill.mmd` — MMD estimators and the vectorised permutation test;
+- :mod:`icldistill.decomposition` — attention-head segment decomposition, ``eta*``, the distilled
+  weights ``W_0`` (dual and random-feature primal forms), the distillation gradient step;
+- :mod:`icldistill.bounds` — bias of ``W_0`` vs MMD, Rademacher complexity, generalization bound;
+- :mod:`icldistill.selection` — MMD-greedy demonstration selection on representations.
+"""
+
+from ._validation import InputError
+from .bounds import (
+    BiasResult,
+    GeneralizationBound,
+    RademacherComplexity,
+    generalization_bound,
+    rademacher_complexity,
+    w0_bias,
+)
+from .decomposition import (
+    DistillationStep,
+    DualWeights,
+    HeadDecomposition,
+    PositiveRandomFeatures,
+    PrimalWeights,
+    RandomFeatureError,
+    decompose_head,
+    distillation_loss,
+    distillation_step,
+    random_feature_error,
+)
+from .kernels import KERNELS, Kernel, make_kernel, median_bandwidth, stack_kv
+from .mmd import MMDTestResult, mmd, mmd_test
+from .selection import GreedySelection, greedy_mmd, select_mmd
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KERNELS",
+    "BiasResult",
+    "DistillationStep",
+    "DualWeights",
+    "GeneralizationBound",
+    "GreedySelection",
+    "HeadDecomposition",
+    "InputError",
+    "Kernel",
+    "MMDTestResult",
+    "PositiveRandomFeatures",
+    "PrimalWeights",
+    "RademacherComplexity",
+    "RandomFeatureError",
+    "__version__",
+    "decompose_head",
+    "distillation_loss",
+    "distillation_step",
+    "generalization_bound",
+    "greedy_mmd",
+    "make_kernel",
+    "median_bandwidth",
+    "mmd",
+    "mmd_test",
+    "rademacher_complexity",
+    "random_feature_error",
+    "select_mmd",
+    "stack_kv",
+    "w0_bias",
+]

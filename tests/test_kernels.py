@@ -1,0 +1,136 @@
+"""Kernels: formulas against brute-force definitions, the median heuristic, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import icldistill as ic
+from icldistill.kernels import (
+    attention_kernel,
+    gaussian_kernel,
+    inverse_multiquadric_kernel,
+    laplace_kernel,
+    linear_kernel,
+    polynomial_kernel,
+    softmax_kernel,
+)
+
+from .conftest import matrices, rel_err
+
+
+def _brute(name, x, y, **p):
+    out = np.empty((len(x), len(y)))
+    for i, a in enumerate(x):
+        for j, b in enumerate(y):
+            d = np.linalg.norm(a - b)
+            if name == "gaussian":
+                out[i, j] = math.exp(-d * d / (2 * p["h"] ** 2))
+            elif name == "laplace":
+                out[i, j] = math.exp(-d / p["h"])
+            elif name == "imq":
+                out[i, j] = (1 + d * d / p["h"] ** 2) ** -0.5
+            elif name == "linear":
+                out[i, j] = a @ b
+            elif name == "polynomial":
+                out[i, j] = (p["gamma"] * (a @ b) + p["coef0"]) ** p["degree"]
+            elif name == "softmax":
+                out[i, j] = math.exp(p["s"] * (a @ b))
+            elif name == "attention":
+                kd = p["kd"]
+                out[i, j] = (a[kd:] @ b[kd:]) * math.exp(p["s"] * (a[:kd] @ b[:kd]))
+    return out
+
+
+@given(matrices(st.integers(1, 6), 3), matrices(st.integers(1, 6), 3),
+       st.floats(0.3, 5.0))
+def test_kernel_formulas(x, y, h):
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    s = 1 / math.sqrt(3)
+    cases = {
+        "gaussian": (gaussian_kernel(tx, ty, h), {"h": h}),
+        "laplace": (laplace_kernel(tx, ty, h), {"h": h}),
+        "imq": (inverse_multiquadric_kernel(tx, ty, h), {"h": h}),
+        "linear": (linear_kernel(tx, ty), {}),
+        "polynomial": (polynomial_kernel(tx, ty), {"gamma": 1.0, "coef0": 1.0, "degree": 2}),
+        "softmax": (softmax_kernel(tx, ty), {"s": s}),
+        "attention": (attention_kernel(tx, ty, key_dim=2), {"kd": 2, "s": 1 / math.sqrt(2)}),
+    }
+    for name, (got, p) in cases.items():
+        assert rel_err(got, _brute(name, x, y, **p)) < 1e-10, name
+
+
+@given(matrices(st.integers(1, 6), 4), matrices(st.integers(1, 6), 4))
+def test_kernel_object_paired_and_diag(x, y):
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    n = min(len(x), len(y))
+    for name in ic.KERNELS:
+        params = {"key_dim": 2} if name == "attention" else {}
+        if name in ("gaussian", "laplace", "imq"):
+            params["bandwidth"] = 1.3
+        k = ic.make_kernel(name, **params)
+        gram = k(tx, ty)
+        assert gram.shape == (len(x), len(y))
+        assert rel_err(k.paired(tx[:n], ty[:n]), torch.diagonal(gram[:n, :n])) < 1e-10, name
+        assert rel_err(k.diag(tx), torch.diagonal(k(tx, tx))) < 1e-10, name
+
+
+def test_kernels_keep_dtype_and_gaussian_self_gram_has_unit_diagonal():
+    x32 = torch.randn(20, 5, dtype=torch.float32)
+    k = ic.make_kernel("gaussian", bandwidth=1.0)
+    g = k(x32, x32)
+    assert g.dtype == torch.float32
+    assert torch.equal(torch.diagonal(g), torch.ones(20, dtype=torch.float32))
+
+
+@given(matrices(st.integers(2, 12), 3), matrices(st.integers(0, 12), 3))
+def test_median_heuristic_matches_numpy(x, y):
+    z = np.concatenate([x, y])
+    d = np.array([np.linalg.norm(z[i] - z[j]) for i in range(len(z)) for j in range(i + 1, len(z))])
+    if not (d > 0).any():
+        with pytest.raises(ic.InputError, match="identical"):
+            ic.median_bandwidth(x, y)
+        return
+    expected = np.median(d) if np.median(d) > 0 else np.median(d[d > 0])
+    assert ic.median_bandwidth(x, y) == pytest.approx(expected, rel=1e-10)
+
+
+def test_median_heuristic_subsample_is_seeded_and_close():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 8))
+    full = ic.median_bandwidth(x, max_samples=5000)
+    a = ic.median_bandwidth(x, max_samples=500, seed=1)
+    assert a == ic.median_bandwidth(x, max_samples=500, seed=1)
+    assert a != ic.median_bandwidth(x, max_samples=500, seed=2)
+    assert a == pytest.approx(full, rel=0.05)
+
+
+def test_make_kernel_resolves_median_and_rejects_bad_parameters():
+    x = torch.randn(30, 3)
+    k = ic.make_kernel("rbf", x)
+    assert k.name == "gaussian" and k.bandwidth == pytest.approx(ic.median_bandwidth(x))
+    with pytest.raises(ic.InputError, match="unknown kernel 'cosine'"):
+        ic.make_kernel("cosine")
+    with pytest.raises(ic.InputError, match="bandwidth must be a finite positive"):
+        ic.make_kernel("gaussian", bandwidth=0.0)
+    with pytest.raises(ic.InputError, match="bandwidth must be a finite positive"):
+        ic.make_kernel("laplace", bandwidth=-1.0)
+    with pytest.raises(ic.InputError, match="unknown parameter"):
+        ic.make_kernel("linear", bandwidth=1.0)
+    with pytest.raises(ic.InputError, match="needs key_dim"):
+        ic.make_kernel("attention")
+    with pytest.raises(ic.InputError, match="degree"):
+        ic.make_kernel("polynomial", degree=1.5)
+    with pytest.raises(ic.InputError, match="needs a bandwidth or data"):
+        ic.make_kernel("gaussian")
+
+
+def test_stack_kv_checks_rows():
+    with pytest.raises(ic.InputError, match="rows"):
+        ic.stack_kv(np.ones((3, 2)), np.ones((4, 2)))
+    assert ic.stack_kv(np.ones((3, 2)), np.zeros((3, 1))).shape == (3, 3)
