@@ -59,14 +59,16 @@ def test_bias_is_the_distance_between_two_dual_w0(samples):
 
 def test_bias_through_explicit_features_converges():
     rng = np.random.default_rng(0)
-    kp, vp = rng.normal(size=(30, 3)) * 0.5, rng.normal(size=(30, 2))
-    kq, vq = rng.normal(size=(30, 3)) * 0.5 + 0.8, rng.normal(size=(30, 2)) + 0.5
+    # moderate key norms (s ||k||^2 < 0.5): the self-terms phi(k).phi(k) have relative variance
+    # exp(4 s ||k||^2) per feature, so large norms converge far more slowly (see the demo)
+    kp, vp = rng.normal(size=(30, 3)) * 0.4, rng.normal(size=(30, 2))
+    kq, vq = rng.normal(size=(30, 3)) * 0.4 + 0.4, rng.normal(size=(30, 2)) + 0.5
     errs = []
-    for m in (32, 512, 8192):
-        r = [ic.w0_bias(kp, vp, kq, vq, c=3.0, num_features=m, seed=s) for s in range(4)]
-        errs.append(np.mean([abs(x.hs_norm_features - x.hs_norm) / x.hs_norm for x in r]))
-    assert errs[0] > errs[2]
-    assert errs[2] < 0.05
+    for m in (32, 1024, 32768):
+        r = [ic.w0_bias(kp, vp, kq, vq, c=3.0, num_features=m, seed=s) for s in range(9)]
+        errs.append(np.median([abs(x.hs_norm_features - x.hs_norm) / x.hs_norm for x in r]))
+    assert errs[0] > errs[1] > errs[2]
+    assert errs[2] < 0.01
 
 
 def test_bias_grows_linearly_with_mmd_under_mean_shift():

@@ -201,6 +201,7 @@ def rademacher_complexity(
         g = torch.Generator().manual_seed(int(seed))
         sigma = torch.randint(0, 2, (int(samples), n), generator=g).to(torch.float64) * 2 - 1
         exhaustive = False
+    sigma = sigma.to(gram.device)
     quad = ((sigma @ gram) * sigma).sum(1).clamp_min(0.0)
     vals = radius / n * torch.sqrt(quad)
     stderr = 0.0 if exhaustive or vals.numel() < 2 else float(vals.std() / math.sqrt(vals.numel()))

@@ -239,14 +239,13 @@ class PositiveRandomFeatures:
         if not orthogonal:
             w = torch.randn(m, dim, generator=g, dtype=torch.float64)
         else:
-            blocks = []
-            for _ in range(-(-m // dim)):
-                q, r = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
-                # sign fix: LAPACK's Q is not Haar-distributed unless diag(R) is made positive
-                q = q * torch.sign(torch.diagonal(r))[None, :]
-                norms = torch.randn(dim, dim, generator=g, dtype=torch.float64).norm(dim=1)
-                blocks.append(q.T * norms[:, None])
-            w = torch.cat(blocks)[:m]
+            nblocks = -(-m // dim)
+            gauss = torch.randn(nblocks, dim, dim, generator=g, dtype=torch.float64)
+            q, r = torch.linalg.qr(gauss)  # one batched QR
+            # sign fix: LAPACK's Q is not Haar-distributed unless diag(R) is made positive
+            q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
+            norms = torch.randn(nblocks, dim, dim, generator=g, dtype=torch.float64).norm(dim=-1)
+            w = (q.transpose(-1, -2) * norms[..., None]).reshape(nblocks * dim, dim)[:m]
         return cls(projection=w.to(dtype=dtype, device=device), scale=float(scale))
 
     def log_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -288,13 +287,22 @@ class RandomFeatureError:
         Mean over seeds of ``||W_primal phi(Q) - W_dual phi(Q)||_F / ||W_dual phi(Q)||_F``.
     std : numpy.ndarray ``[F]``
         Standard deviation over seeds.
+    median, q25, q75 : numpy.ndarray ``[F]``
+        Median and quartiles over seeds (the error is heavy-tailed for large key norms, so the
+        median is the robust summary).
     seeds : int
+    errors : numpy.ndarray ``[F, seeds]``
+        Every measured relative error.
     """
 
     num_features: np.ndarray
     mean: np.ndarray
     std: np.ndarray
+    median: np.ndarray
+    q25: np.ndarray
+    q75: np.ndarray
     seeds: int
+    errors: np.ndarray
 
 
 def random_feature_error(
@@ -321,7 +329,8 @@ def random_feature_error(
         for s in range(seeds):
             approx = weights.to_primal(int(m), seed=s, orthogonal=orthogonal).apply(queries)
             errs[a, s] = float(torch.linalg.matrix_norm(approx.to(torch.float64) - exact)) / denom
-    return RandomFeatureError(ms, errs.mean(1), errs.std(1), seeds)
+    q25, med, q75 = np.quantile(errs, [0.25, 0.5, 0.75], axis=1)
+    return RandomFeatureError(ms, errs.mean(1), errs.std(1), med, q25, q75, seeds, errs)
 
 
 # ============================================================================ distillation
@@ -474,7 +483,8 @@ class HeadDecomposition:
         if not -T <= t < T:
             raise InputError(f"query position {t} out of range for {T} positions")
         wanted = [i for i, name in enumerate(self._segment_names) if name in set(segments)]
-        in_seg = torch.isin(self._segment_ids, torch.tensor(wanted, dtype=torch.long))
+        in_seg = torch.isin(self._segment_ids,
+                            torch.tensor(wanted, dtype=torch.long, device=self._mask.device))
         sel = in_seg & self._mask[t]
         return DualWeights(
             keys=self._keys[sel],
@@ -578,9 +588,10 @@ def decompose_head(
         if tuple(mt.shape) != (T, n):
             raise InputError(f"mask must have shape [{T}, {n}], got {tuple(mt.shape)}")
         mt = mt.to(lg.device)
-    comps, log_norm, mass = segment_decomposition(lg, vt, seg_ids.to(lg.device), len(names), mt)
+    seg_ids = seg_ids.to(lg.device)
+    comps, log_norm, mass = segment_decomposition(lg, vt, seg_ids, len(names), mt)
     demo_ids = [i for i, nm in enumerate(names) if nm in demo]
-    demo_cols = torch.isin(seg_ids, torch.tensor(demo_ids, dtype=torch.long)).to(lg.device)
+    demo_cols = torch.isin(seg_ids, torch.tensor(demo_ids, dtype=torch.long, device=lg.device))
     vis_demo = mt & demo_cols[None, :]
     n_demo = vis_demo.sum(-1)
     n_keys = mt.sum(-1)
