@@ -62,17 +62,31 @@ def sq_distances(
 ) -> torch.Tensor:
     """Squared Euclidean distances ``[n, m]`` between the rows of ``x`` and ``y``.
 
-    By default uses ``||x||^2 + ||y||^2 - 2 <x, y>`` (one matrix product), clamped at 0; its
-    absolute error is about ``eps * ||x||^2``, harmless for kernels of ``d^2`` but visible under
-    a square root. ``exact=True`` differences the rows instead (slower, exact 0 for equal rows).
+    Both samples are first shifted by one common vector (distances are translation invariant),
+    then ``||x||^2 + ||y||^2 - 2 <x, y>`` is formed with one matrix product and clamped at 0.
+    Its absolute error is about ``eps * (||x - c||^2 + ||y - c||^2)``: harmless for kernels of
+    ``d^2`` but visible under a square root for near-duplicate rows. With ``exact=True`` the
+    entries small enough for that error to matter (``d^2 < 1e-4 (||x - c||^2 + ||y - c||^2)``)
+    are recomputed from the row differences (identical rows give exactly 0); if more than a
+    tenth of the entries qualify, the whole matrix is computed from differences.
     With ``same=True`` (``x`` and ``y`` are the same rows) the diagonal is set to exactly 0.
     """
+    shift = x.mean(0, keepdim=True)
+    xc = x - shift
+    yc = xc if same else y - shift
+    xx = (xc * xc).sum(-1)
+    yy = xx if same else (yc * yc).sum(-1)
+    norms = xx[:, None] + yy[None, :]
+    d2 = norms.addmm(xc, yc.T, alpha=-2.0).clamp_min_(0.0)
     if exact:
-        d = torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")
-        return d * d
-    xx = (x * x).sum(-1)
-    yy = xx if same else (y * y).sum(-1)
-    d2 = (xx[:, None] + yy[None, :]).addmm_(x, y.T, alpha=-2.0).clamp_min_(0.0)
+        small = d2 < 1e-4 * norms
+        count = int(small.sum())
+        if count > 0.1 * small.numel():
+            d = torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")
+            d2 = d * d
+        elif count:
+            i, j = small.nonzero(as_tuple=True)
+            d2[i, j] = ((x[i] - y[j]) ** 2).sum(-1)
     if same:
         d2.fill_diagonal_(0.0)
     return d2
@@ -172,16 +186,17 @@ def _dist_spec(f: Callable[[torch.Tensor, float], torch.Tensor], exact: bool = F
     return _Spec(gram, paired, {"bandwidth": None}, uses_bandwidth=True, unit_diagonal=True)
 
 
+# These maps work in place: their argument is always a freshly computed distance matrix.
 def _gauss(d2: torch.Tensor, h: float) -> torch.Tensor:
-    return torch.exp(d2 * (-0.5 / h**2))
+    return d2.mul_(-0.5 / h**2).exp_()
 
 
 def _laplace(d2: torch.Tensor, h: float) -> torch.Tensor:
-    return torch.exp(torch.sqrt(d2) * (-1.0 / h))
+    return d2.sqrt_().mul_(-1.0 / h).exp_()
 
 
 def _imq(d2: torch.Tensor, h: float) -> torch.Tensor:
-    return torch.rsqrt(1.0 + d2 / h**2)
+    return d2.mul_(1.0 / h**2).add_(1.0).rsqrt_()
 
 
 def _split(x: torch.Tensor, key_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,7 +304,7 @@ def median_bandwidth(
         idx = torch.randperm(z.shape[0], generator=g)[:max_samples].to(z.device)
         z = z[idx]
     z = z.to(torch.float64)
-    d = torch.sqrt(sq_distances(z, z, exact=True))
+    d = torch.sqrt(sq_distances(z, z, same=True, exact=True))
     iu = torch.triu_indices(z.shape[0], z.shape[0], offset=1, device=z.device)
     dist = d[iu[0], iu[1]]
     med = _median(dist)
@@ -303,10 +318,11 @@ def median_bandwidth(
 
 def _median(v: torch.Tensor) -> float:
     """Median with the usual mean-of-the-two-middle-values convention."""
-    s = torch.sort(v).values
-    n = s.numel()
-    mid = n // 2
-    return float(s[mid]) if n % 2 else float((s[mid - 1] + s[mid]) / 2)
+    n = v.numel()
+    hi = float(torch.kthvalue(v, n // 2 + 1).values)
+    if n % 2:
+        return hi
+    return (float(torch.kthvalue(v, n // 2).values) + hi) / 2
 
 
 # ----------------------------------------------------------------------------- Kernel object
