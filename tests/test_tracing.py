@@ -1,0 +1,147 @@
+"""Tracing real transformers models: parity with the untraced model on tiny architectures."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import icldistill as ic
+from icldistill.models.tracing import trace
+from icldistill.prompts import Prompt
+
+from .tiny_models import ARCHS, tiny_model, tiny_tokenizer
+
+DEMOS = [("good movie", "positive"), ("bad plot", "negative"), ("great acting", "positive"),
+         ("boring story", "negative")]
+PROMPT = Prompt(DEMOS, "loved the film", instruction="Classify sentiment")
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def arch_model(request):
+    return request.param, tiny_model(request.param)
+
+
+def _eager_run(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids[None], output_attentions=True, use_cache=False)
+
+
+def test_trace_does_not_change_the_model_and_components_sum_to_the_output(arch_model):
+    arch, model = arch_model
+    tok = tiny_tokenizer(add_bos=arch in ("llama", "gemma3"))
+    tp = PROMPT.tokenize(tok)
+    ref = _eager_run(model, tp.input_ids)
+    res = trace(model, tok, PROMPT, positions="all")
+    assert model.config._attn_implementation == "eager"  # restored
+    assert float((res.logits - ref.logits[0]).abs().max()) <= 1e-5
+    assert res.max_decomposition_error <= 1e-4
+    L = model.config.num_hidden_layers
+    H = model.config.num_attention_heads
+    T = len(tp)
+    assert res.eta.shape == (L, H, T)
+    # the captured attention is the model's: segment masses equal sums of eager attention probs
+    segs = tp.grouped_segments
+    for layer in range(L):
+        probs = ref.attentions[layer][0]                      # [H, T, T]
+        for name in ("prefix", "demos", "query"):
+            cols = torch.tensor([s == name for s in segs])
+            assert torch.allclose(res.attention_mass[name][layer], probs[:, :, cols].sum(-1),
+                                  atol=1e-5)
+    total = sum(res.attention_mass.values())
+    assert torch.allclose(total, torch.ones_like(total), atol=1e-5)
+    assert torch.all((res.demo_share >= 0) & (res.demo_share <= 1 + 1e-6))
+    # eta* = N_t / (2 D'_t)
+    n = res.num_demo_keys[:, None, :].double()
+    assert torch.allclose(res.eta.double(), n / (2 * torch.exp(res.log_normalizer.double())),
+                          rtol=1e-5)
+    expected_kernel_form = arch != "gemma2"  # gemma2 soft-caps its logits
+    assert bool(res.has_kernel_form.all()) is expected_kernel_form
+    assert bool(res.has_kernel_form.any()) is expected_kernel_form
+
+
+def test_sliding_window_limits_visible_demonstrations():
+    model = tiny_model("mistral")  # sliding window of 6 tokens
+    tok = tiny_tokenizer()
+    res = trace(model, tok, PROMPT, positions="last")
+    assert int(res.num_demo_keys.max()) <= 6
+    model = tiny_model("gemma3")  # layers 0-1 sliding (6), layer 2 global
+    tok = tiny_tokenizer(add_bos=True)
+    tp = PROMPT.tokenize(tok)
+    res = trace(model, tok, PROMPT, positions=[-1])
+    n_demo_tokens = len(tp.positions("demos"))
+    assert res.num_demo_keys[:2, 0].tolist() == [0, 0]  # the window only sees the query
+    assert int(res.num_demo_keys[2, 0]) == n_demo_tokens
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "gpt2"])
+def test_w0_from_a_real_head_reproduces_its_demo_component(arch):
+    """Dual W_0 built from the captured keys/values, applied to the captured query, equals c_D."""
+    model = tiny_model(arch, dtype=torch.float64)
+    tok = tiny_tokenizer(add_bos=True)
+    res = trace(model, tok, PROMPT, positions="query", keep_components=True, keep_w0=True,
+                per_demo=True)
+    # the model's own softmax runs in float32 even for float64 weights (eager upcasts to fp32),
+    # so the output the model used carries float32 rounding; everything below is float64-exact
+    assert res.max_decomposition_error < 1e-6
+    demo_names = [n for n in res.components if n.startswith("demo:")]
+    assert demo_names == [f"demo:{i}" for i in range(len(DEMOS))]
+    assert set(res.demo_mass) == set(demo_names)
+    total_demo_mass = sum(res.demo_mass.values())
+    assert torch.allclose(total_demo_mass, res.attention_mass["demos"], atol=1e-12)
+    for layer in range(model.config.num_hidden_layers):
+        for head in (0, model.config.num_attention_heads - 1):
+            for p in (0, -1):
+                w0 = res.w0(layer, head, p)
+                c_d = sum(res.components[n][layer, head, p] for n in demo_names)
+                got = w0.apply(res.query(layer, head, p)[None])[0]
+                assert torch.allclose(got, c_d, rtol=1e-9, atol=1e-12)
+                assert w0.num_keys == int(res.num_demo_keys[layer, p])
+                if w0.num_keys == 0:  # a sliding window that sees no demonstration
+                    assert float(c_d.abs().max()) == 0.0
+                    continue
+                step = ic.distillation_step(w0)
+                assert step.relative_distance < 1e-9
+                assert step.eta_star == pytest.approx(float(res.eta[layer, head, p]), rel=1e-9)
+
+
+def test_w0_is_refused_for_soft_capped_heads():
+    model = tiny_model("gemma2")
+    res = trace(model, tiny_tokenizer(), PROMPT, positions="last", keep_w0=True)
+    with pytest.raises(ic.InputError, match="no kernel form"):
+        res.w0(0, 0)
+
+
+def test_frame_has_one_row_per_layer_head_position():
+    model = tiny_model("llama")
+    res = trace(model, tiny_tokenizer(), PROMPT)
+    df = res.to_frame()
+    L, H, P = res.eta.shape
+    assert len(df) == L * H * P
+    assert {"layer", "head", "position", "token", "eta", "mass_demos", "demo_share",
+            "has_kernel_form"} <= set(df.columns)
+    assert math.isclose(float(df["eta"].iloc[0]), float(res.eta[0, 0, 0]), rel_tol=1e-6)
+
+
+def test_trace_errors():
+    model = tiny_model("llama")
+    tok = tiny_tokenizer()
+    long_prompt = Prompt(DEMOS * 20, "good")
+    with pytest.raises(ic.InputError, match="context is 256"):
+        trace(model, tok, long_prompt)
+    with pytest.raises(ic.InputError, match="positions"):
+        trace(model, tok, PROMPT, positions="middle")
+    with pytest.raises(ic.InputError, match="out of range"):
+        trace(model, tok, PROMPT, positions=[10_000])
+    with pytest.raises(ic.InputError, match="keep_w0"):
+        trace(model, tok, PROMPT).w0(0, 0)
+
+
+def test_unsupported_architecture_is_named():
+    from transformers import AutoModelForCausalLM, BloomConfig
+
+    cfg = BloomConfig(vocab_size=64, hidden_size=32, n_layer=2, n_head=4)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    with pytest.raises(ic.InputError, match="Bloom"):
+        trace(model, tiny_tokenizer(), PROMPT)
