@@ -26,11 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
-import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +42,7 @@ from .bounds import generalization_bound, rademacher_complexity, w0_bias
 from .decomposition import decompose_head, distillation_step, random_feature_error
 from .kernels import median_bandwidth
 from .mmd import mmd, mmd_test
+from .reports import atomic_write, write_json, write_text
 from .selection import greedy_mmd
 from .synthetic import (
     AttentionHead,
@@ -285,51 +283,6 @@ def _linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     ss_tot = float(((y - y.mean()) ** 2).sum())
     r2 = 1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else float("nan")
     return float(a), float(b), r2
-
-
-def _jsonable(obj: Any) -> Any:
-    """Convert numpy/torch/path values to JSON types; non-finite floats become ``None``."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return _jsonable(obj.detach().cpu().tolist())
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def _write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write ``path`` through a temporary file in the same folder, then ``os.replace`` it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp creates the file 0600; give it the permissions a plain open() would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    _write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def _seeds(seed: int, n: int) -> list[int]:
@@ -1019,11 +972,9 @@ def run_demo(
     ]
     text = _render_text(sections, header)
     markdown = _render_markdown(sections, header, FIGURE_NAME)
-    payload = _jsonable(_json_payload(res, fields_, sz, timings))
-
-    _write_atomic(files["figure"], lambda fh: fh.write(png))
-    _write_text_atomic(files["json"], json.dumps(payload, indent=1, allow_nan=False) + "\n")
-    _write_text_atomic(files["markdown"], markdown)
+    atomic_write(files["figure"], lambda fh: fh.write(png))
+    write_json(files["json"], _json_payload(res, fields_, sz, timings))
+    write_text(files["markdown"], markdown)
     fields_["runtime_s"] = time.perf_counter() - start
     summary = DemoSummary(**fields_, out_dir=out, files=files)
     if not quiet:
