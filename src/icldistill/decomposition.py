@@ -107,8 +107,11 @@ def _segment_ids(segments: Sequence[str], n: int) -> tuple[list[str], torch.Tens
 
 
 # ============================================================================ dual weights
-def _dual_sq_norm(coef: torch.Tensor, keys: torch.Tensor, scale: float, log_mult: float) -> float:
-    """``|| exp(log_mult) sum_i c_i phi(k_i)^T ||_HS^2`` computed with a log-shift (float64).
+def _dual_log_norm(coef: torch.Tensor, keys: torch.Tensor, scale: float, log_mult: float) -> float:
+    """``log || exp(log_mult) sum_i c_i phi(k_i)^T ||_HS`` with a log-shift (float64).
+
+    Real attention keys easily have ``scale ||k||^2 > 709``, where the norm itself overflows
+    float64; its logarithm does not. Returns ``-inf`` for the zero map.
 
     Coefficients of identical keys are summed first, so that terms which cancel exactly (the
     same token in two expansions being compared) never enter the quadratic form.
@@ -120,8 +123,13 @@ def _dual_sq_norm(coef: torch.Tensor, keys: torch.Tensor, scale: float, log_mult
     shift = float(a.max())
     s = float(((c @ c.T) * torch.exp(a - shift)).sum())
     if s <= 0.0:
-        return 0.0
-    return math.exp(math.log(s) + shift + 2.0 * log_mult)
+        return -math.inf
+    return 0.5 * (math.log(s) + shift) + log_mult
+
+
+def _exp(x: float) -> float:
+    """``exp(x)``, ``inf`` instead of an ``OverflowError``."""
+    return math.exp(x) if x < 709.78 else math.inf
 
 
 @dataclass(frozen=True)
@@ -164,25 +172,35 @@ class DualWeights:
             return q.new_zeros(q.shape[0], self.coefficients.shape[1])
         return torch.exp(self.log_kernel(q)) @ self.coefficients.to(q.dtype)
 
-    def hs_norm(self) -> float:
-        """Hilbert–Schmidt (Frobenius) norm ``sqrt(sum_ij <c_i, c_j> kappa(k_i, k_j)) e^L``."""
+    def log_hs_norm(self) -> float:
+        """``log ||W||_HS`` (finite even where the norm overflows float64; ``-inf`` for 0)."""
         if self.num_keys == 0:
-            return 0.0
-        return math.sqrt(_dual_sq_norm(self.coefficients, self.keys, self.scale,
-                                       self.log_multiplier))
+            return -math.inf
+        return _dual_log_norm(self.coefficients, self.keys, self.scale, self.log_multiplier)
+
+    def hs_norm(self) -> float:
+        """Hilbert–Schmidt (Frobenius) norm ``sqrt(sum_ij <c_i, c_j> kappa(k_i, k_j)) e^L``.
+
+        ``inf`` when it overflows float64 (large ``scale ||k||^2``); see :meth:`log_hs_norm`.
+        """
+        return _exp(self.log_hs_norm())
 
     def distance(self, other: DualWeights) -> float:
-        """``||self - other||_HS`` (both expansions may use different keys)."""
+        """``||self - other||_HS`` (both expansions may use different keys; ``inf`` on overflow)."""
+        return _exp(self.log_distance(other))
+
+    def log_distance(self, other: DualWeights) -> float:
+        """``log ||self - other||_HS`` (``-inf`` when they are equal)."""
         if self.scale != other.scale:
             raise InputError("cannot compare weights of kernels with different scales")
         lm = max(self.log_multiplier, other.log_multiplier)
         a = self.coefficients.to(torch.float64) * math.exp(self.log_multiplier - lm)
         b = other.coefficients.to(torch.float64) * math.exp(other.log_multiplier - lm)
-        coef = torch.cat([a, -b])  # duplicate keys are merged inside _dual_sq_norm
+        coef = torch.cat([a, -b])  # duplicate keys are merged inside _dual_log_norm
         keys = torch.cat([self.keys.to(torch.float64), other.keys.to(torch.float64)])
         if keys.shape[0] == 0:
-            return 0.0
-        return math.sqrt(_dual_sq_norm(coef, keys, self.scale, lm))
+            return -math.inf
+        return _dual_log_norm(coef, keys, self.scale, lm)
 
     def to_primal(
         self, num_features: int = 256, seed: int = 0, *, orthogonal: bool = True
@@ -272,9 +290,9 @@ class PrimalWeights:
         return (torch.exp(log_phi - shift) @ self.matrix.T) * torch.exp(shift + self.log_scale)
 
     def hs_norm(self) -> float:
-        """Frobenius norm of the explicit matrix."""
-        return float(torch.linalg.matrix_norm(self.matrix.to(torch.float64))) * \
-            math.exp(self.log_scale)
+        """Frobenius norm of the explicit matrix (``inf`` on float64 overflow)."""
+        norm = float(torch.linalg.matrix_norm(self.matrix.to(torch.float64)))
+        return _exp(math.log(norm) + self.log_scale) if norm > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -410,15 +428,15 @@ def distillation_step(
         coef = current.coefficients * math.exp(current.log_multiplier - log_m) + residual
         current = DualWeights(keys, coef, log_m, w0.scale)
     target = DualWeights(keys, values, w0.log_multiplier, w0.scale)
-    dist = current.distance(target)
-    norm0 = target.hs_norm()
+    log_dist = current.log_distance(target)
+    log_norm0 = target.log_hs_norm()
     zero = DualWeights(keys[:0], values[:0], 0.0, w0.scale)
     return DistillationStep(
         weights=current,
         eta=float(eta),
         eta_star=eta_star,
-        distance=dist,
-        relative_distance=dist / norm0 if norm0 > 0 else math.inf,
+        distance=_exp(log_dist),
+        relative_distance=_exp(log_dist - log_norm0) if log_norm0 > -math.inf else math.inf,
         loss_initial=distillation_loss(zero, keys, values),
         loss_final=distillation_loss(current, keys, values),
         loss_w0=distillation_loss(target, keys, values),
