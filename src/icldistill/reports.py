@@ -189,7 +189,7 @@ def write_trace_report(
         axes[0, 2].legend(fontsize=7)
     else:
         _layer_colorbar(fig, axes[0, 2], L)
-    fig.suptitle(f"{title}: per position (colour = layer)")
+    fig.suptitle(f"{title}: per position (colour = layer)", y=1.04)
     files["positions"] = save_figure(fig, out / "positions.png")
 
     # ---- numbers

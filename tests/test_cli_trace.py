@@ -1,0 +1,68 @@
+"""``icldistill trace`` on a tiny model saved as a local folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from icldistill.cli import load_demonstrations, main
+
+from .tiny_models import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama").save_pretrained(d)
+    tiny_tokenizer(add_bos=True).save_pretrained(d)
+    return d
+
+
+@pytest.fixture
+def demos_file(tmp_path):
+    p = tmp_path / "demos.jsonl"
+    p.write_text('{"input": "good movie", "label": "positive"}\n\n'
+                 '{"input": "bad plot", "label": "negative"}\n')
+    return p
+
+
+def test_trace_cli_writes_the_report(model_dir, demos_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["trace", "--model", str(model_dir), "--demos", str(demos_file), "--query",
+                 "fun film", "--out", str(out), "--per-demo"]) == 0
+    printed = capsys.readouterr().out
+    assert "decomposition error" in printed and "mean eta*" in printed
+    for name in ("trace.json", "trace.parquet", "eta_heatmap.png", "demo_share_heatmap.png",
+                 "positions.png", "summary.md"):
+        assert (out / name).stat().st_size > 0, name
+    payload = json.loads((out / "trace.json").read_text())
+    assert payload["demonstrations"] == 2 and payload["num_layers"] == 2
+    assert payload["max_decomposition_error"] < 1e-4
+
+
+def test_trace_cli_positions_and_errors(model_dir, demos_file, tmp_path, capsys):
+    out = tmp_path / "o"
+    base = ["trace", "--model", str(model_dir), "--demos", str(demos_file), "--query", "fun",
+            "--out", str(out)]
+    assert main([*base, "--positions=-1,-2"]) == 0  # negative positions need the = form
+    capsys.readouterr()
+    assert main([*base, "--positions", "middle"]) == 2
+    assert "--positions" in capsys.readouterr().err
+    assert main(["trace", "--model", "no-such-model", "--demos", str(demos_file), "--query",
+                 "x", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "smollm2-135m" in err
+
+
+def test_load_demonstrations_errors(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"text": "a", "label": "b"}\n')
+    with pytest.raises(ValueError, match="missing field"):
+        load_demonstrations(p)
+    assert load_demonstrations(p, text_field="text") == [("a", "b")]
+    p.write_text("not json\n")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_demonstrations(p)
+    with pytest.raises(ValueError, match="no such file"):
+        load_demonstrations(tmp_path / "missing.jsonl")
