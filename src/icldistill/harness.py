@@ -1,0 +1,614 @@
+"""The few-shot evaluation harness: tasks x selectors x k x seeds, resumable.
+
+One *unit* is one evaluated configuration (:class:`UnitSpec`): a model, a task (a
+:class:`~icldistill.data.DatasetSplit`), a selector with its parameters, ``k``, a seed and a
+demonstration ordering. :class:`Harness` runs units and writes, under its output folder::
+
+    results.jsonl          one line per finished unit (:class:`UnitResult`), appended + fsynced
+    partial/<key>.jsonl    label scores of the batches of an unfinished unit, appended as they
+                           are produced; removed once the unit's result line is written
+    selections/<key>.json  the demonstrations every query saw
+
+An interrupted run (Ctrl-C, a crash, a killed job) therefore loses at most the batch in flight:
+rerunning the same command skips finished units (by key) and resumes unfinished ones from their
+partial file. A torn last line (killed mid-write) is ignored.
+
+Seeds. ``seed`` drives every random choice of a unit (the random selector, the ``"random"``
+order, the ordering shuffles); deterministic selectors give the same demonstrations for every
+seed, so the harness runs them once (seed 0) unless their order is random. ``ordering = 0`` is
+the selector's own prompt order; ``ordering = j > 0`` shuffles every demonstration set with a
+generator seeded by ``(seed, j)``.
+
+MMD reported beside accuracy (SPEC §3, §5): every task gets one reference kernel — Gaussian on
+the default sentence embeddings with the median-heuristic bandwidth of pool + test — shared by
+all selectors, so numbers are comparable across selectors:
+
+- ``mmd2_task``: biased ``MMD^2`` between all demonstrations shown (pooled over queries, with
+  multiplicity) and the test inputs, i.e. between the demonstration distribution and the task
+  distribution;
+- ``mmd2_query``: mean over queries of ``MMD^2(S_q, {q})``, the discrepancy between a query and
+  its own demonstrations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._validation import InputError
+from .data import DatasetSplit, load_split
+from .evaluation import FewShotScorer, MetricResult, classification_metrics
+from .kernels import Kernel, make_kernel
+from .mmd import mmd
+from .reports import write_json
+from .selection import SELECTORS, Pool, Selection, make_selector
+
+__all__ = [
+    "Harness",
+    "Task",
+    "UnitResult",
+    "UnitSpec",
+    "load_results",
+    "unit_grid",
+]
+
+DEFAULT_ENCODER = "minilm"
+REFERENCE_ENCODER = "minilm"
+
+
+# --------------------------------------------------------------------------------------------
+# Specs and results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnitSpec:
+    """One evaluated configuration.
+
+    Attributes
+    ----------
+    model : str
+        Registry key, local folder or hub id of the language model.
+    task : str
+        Task name (registry dataset key or a user file's name).
+    selector : str
+        Selector name (see :data:`icldistill.selection.SELECTORS`).
+    k : int
+        Demonstrations per prompt.
+    seed : int
+        Seed of the selector's random choices and of the ordering shuffles.
+    ordering : int
+        0 = the selector's order; ``j > 0`` = seeded shuffle number ``j``.
+    encoder : str
+        Representation the selector works on (``"minilm"``, ``"hidden:L"``, ``"kv:L[:heads]"``).
+    calibrate : bool
+        Contextual calibration.
+    n_test : int or None
+        Number of test items evaluated (the first ``n_test`` of the seeded test order).
+    params : tuple of (name, value)
+        Extra selector parameters (sorted by name).
+    """
+
+    model: str
+    task: str
+    selector: str
+    k: int
+    seed: int = 0
+    ordering: int = 0
+    encoder: str = DEFAULT_ENCODER
+    calibrate: bool = False
+    n_test: int | None = None
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def key(self, fingerprint: str = "") -> str:
+        """Stable identifier of the unit (and of the task data, via ``fingerprint``)."""
+        payload = json.dumps({**asdict(self), "params": [list(p) for p in self.params],
+                              "data": fingerprint}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+    @property
+    def label(self) -> str:
+        """Short display name of the selector with its non-default settings."""
+        extra = "".join(f",{k}={v}" for k, v in self.params)
+        enc = "" if self.encoder == DEFAULT_ENCODER else f"@{self.encoder}"
+        return f"{self.selector}{enc}{extra}"
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    """The outcome of one unit.
+
+    Attributes
+    ----------
+    spec : UnitSpec
+    key : str
+    accuracy, macro_f1 : MetricResult
+        With 95% percentile-bootstrap intervals over test items.
+    n : int
+        Test items evaluated.
+    mmd2_task : float
+        Biased ``MMD^2`` (reference kernel) between the shown demonstrations and the test inputs.
+    mmd2_query : float
+        Mean over queries of ``MMD^2(S_q, {q})`` (reference kernel).
+    shared : bool
+        One demonstration set for all queries.
+    selection_seconds, scoring_seconds : float
+    n_tokens, n_prompt_tokens : int
+        Tokens the model processed / total prompt length.
+    per_label_accuracy : dict
+    """
+
+    spec: UnitSpec
+    key: str
+    accuracy: MetricResult
+    macro_f1: MetricResult
+    n: int
+    mmd2_task: float
+    mmd2_query: float
+    shared: bool
+    selection_seconds: float
+    scoring_seconds: float
+    n_tokens: int
+    n_prompt_tokens: int
+    per_label_accuracy: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["spec"]["params"] = [list(p) for p in self.spec.params]
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> UnitResult:
+        s = dict(d["spec"])
+        s["params"] = tuple((str(a), b) for a, b in s.get("params", ()))
+        return cls(
+            spec=UnitSpec(**s), key=str(d["key"]),
+            accuracy=MetricResult(**d["accuracy"]), macro_f1=MetricResult(**d["macro_f1"]),
+            n=int(d["n"]), mmd2_task=float(d["mmd2_task"]), mmd2_query=float(d["mmd2_query"]),
+            shared=bool(d["shared"]), selection_seconds=float(d["selection_seconds"]),
+            scoring_seconds=float(d["scoring_seconds"]), n_tokens=int(d["n_tokens"]),
+            n_prompt_tokens=int(d["n_prompt_tokens"]),
+            per_label_accuracy=dict(d.get("per_label_accuracy", {})))
+
+
+def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of a JSON-lines file; a torn (unparsable) line is skipped."""
+    if not path.exists():
+        return
+    with path.open("r", encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
+    """Append one record as one line, flushed and fsynced (a crash tears at most this line)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record, sort_keys=True, default=_json_default) + "\n"
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(line)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def load_results(out_dir: str | os.PathLike[str]) -> list[UnitResult]:
+    """Every finished unit recorded in ``out_dir/results.jsonl`` (last record per key wins)."""
+    by_key: dict[str, UnitResult] = {}
+    for rec in _read_jsonl(Path(out_dir) / "results.jsonl"):
+        try:
+            r = UnitResult.from_json(rec)
+        except (KeyError, TypeError, ValueError):
+            continue
+        by_key[r.key] = r
+    return list(by_key.values())
+
+
+# --------------------------------------------------------------------------------------------
+# Tasks
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    """A named task: a split (pool + test) and its prompt format (the dataset's default)."""
+
+    name: str
+    split: DatasetSplit
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the pool and test data and of the prompt format."""
+        h = hashlib.sha256()
+        for part in (self.split.train, self.split.test):
+            for t, y in zip(part.texts, part.labels, strict=True):
+                h.update(t.encode())
+                h.update(b"\x1f")
+                h.update(str(y).encode())
+                h.update(b"\x1e")
+            h.update(b"\x1d")
+        fmt = self.split.train.format
+        h.update(repr((fmt.instruction, fmt.template, sorted(fmt.label_words.items()))).encode())
+        return h.hexdigest()[:16]
+
+    @classmethod
+    def from_registry(cls, name: str, *, test_size: int | float | None = None, seed: int = 0,
+                      progress: bool = True) -> Task:
+        """A registry dataset with its default split (see :func:`icldistill.data.load_split`)."""
+        return cls(name, load_split(name, test_size=test_size, seed=seed, progress=progress))
+
+
+def unit_grid(
+    *,
+    models: Sequence[str],
+    tasks: Sequence[str],
+    selectors: Sequence[str],
+    ks: Sequence[int],
+    seeds: int = 1,
+    orderings: int = 1,
+    encoder: str = DEFAULT_ENCODER,
+    calibrate: bool = False,
+    n_test: int | None = None,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[UnitSpec]:
+    """The units of a grid, skipping seeds that would repeat a deterministic selector.
+
+    A selector is randomised when it is ``random`` or its ``order`` parameter is ``"random"``;
+    the others run with seed 0 only. Every unit is evaluated under ``orderings`` orderings.
+    """
+    if seeds < 1 or orderings < 1:
+        raise InputError("seeds and orderings must be >= 1")
+    units = []
+    for model in models:
+        for task in tasks:
+            for k in ks:
+                for sel in selectors:
+                    p = dict((params or {}).get(sel, {}))
+                    stochastic = sel == "random" or p.get("order") == "random"
+                    for seed in range(seeds if stochastic else 1):
+                        for o in range(orderings):
+                            units.append(UnitSpec(model, task, sel, int(k), seed, o, encoder,
+                                                  calibrate, n_test,
+                                                  tuple(sorted(p.items()))))
+    return units
+
+
+# --------------------------------------------------------------------------------------------
+# The harness
+# --------------------------------------------------------------------------------------------
+
+
+class Harness:
+    """Run units, persist results as they come, resume interrupted work.
+
+    Parameters
+    ----------
+    out_dir : path
+        Where ``results.jsonl``, ``partial/`` and ``selections/`` live.
+    tasks : mapping name -> Task, optional
+        Tasks by name; registry datasets not given here are loaded on first use.
+    batch_size : int
+        Scoring batch size.
+    reuse_prefix : bool
+        Encode a shared demonstration prefix once (default).
+    progress : bool
+        Progress bars and status lines on stderr.
+    model_loader : callable, optional
+        ``name -> LoadedModel``-like object with ``.model`` and ``.tokenizer``
+        (default :func:`icldistill.models.registry.load_model`).
+    embedding_cache : path, optional
+        Folder of the embedding cache (default ``<cache_root>/embeddings``).
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        *,
+        tasks: Mapping[str, Task] | None = None,
+        batch_size: int = 8,
+        reuse_prefix: bool = True,
+        progress: bool = True,
+        model_loader: Callable[[str], Any] | None = None,
+        embedding_cache: str | os.PathLike[str] | None = None,
+        n_boot: int = 1000,
+        reference_encoder: str = REFERENCE_ENCODER,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.tasks: dict[str, Task] = dict(tasks or {})
+        self.batch_size = batch_size
+        self.reuse_prefix = reuse_prefix
+        self.progress = progress
+        self.n_boot = n_boot
+        self.reference_encoder = reference_encoder
+        self._loader = model_loader
+        self._embedding_cache = embedding_cache
+        self._models: dict[str, Any] = {}
+        self._encoders: dict[tuple[str, str], Any] = {}
+        self._emb: dict[tuple[str, str, str], np.ndarray] = {}
+        self._ref_kernel: dict[str, Kernel] = {}
+
+    # ---- resources ---------------------------------------------------------------------
+
+    def task(self, name: str) -> Task:
+        if name not in self.tasks:
+            self.tasks[name] = Task.from_registry(name, progress=self.progress)
+        return self.tasks[name]
+
+    def model(self, name: str) -> Any:
+        if name not in self._models:
+            if self._loader is None:
+                from .models.registry import load_model
+
+                self._loader = load_model
+            if len(self._models) >= 1:      # keep one model in memory at a time
+                self._models.clear()
+                self._encoders = {k: v for k, v in self._encoders.items() if k[1] == ""}
+            self._models[name] = self._loader(name)
+        return self._models[name]
+
+    def encoder(self, spec: str, model_name: str) -> Any:
+        from .representations import make_encoder
+
+        needs_model = not spec.strip().lower().startswith("minilm")
+        key = (spec, model_name if needs_model else "")
+        if key not in self._encoders:
+            if needs_model:
+                lm = self.model(model_name)
+                self._encoders[key] = make_encoder(spec, lm.model, lm.tokenizer)
+            else:
+                self._encoders[key] = make_encoder(spec)
+        return self._encoders[key]
+
+    def embeddings(self, task: Task, part: str, spec: str, model_name: str) -> np.ndarray:
+        """Representations ``[n, d]`` of the pool (``part="train"``) or the test inputs."""
+        from .representations import encode_cached
+
+        needs_model = not spec.strip().lower().startswith("minilm")
+        key = (task.name + ":" + task.fingerprint, part, spec + ("@" + model_name
+                                                               if needs_model else ""))
+        if key not in self._emb:
+            ds = task.split.train if part == "train" else task.split.test
+            enc = self.encoder(spec, model_name)
+            self._emb[key] = encode_cached(enc, list(ds.texts), self._embedding_cache,
+                                           progress=self.progress)
+        return self._emb[key]
+
+    def reference_kernel(self, task: Task, model_name: str) -> Kernel:
+        """The task's reference kernel for reporting MMD (see the module docstring)."""
+        if task.name not in self._ref_kernel:
+            pool = self.embeddings(task, "train", self.reference_encoder, model_name)
+            test = self.embeddings(task, "test", self.reference_encoder, model_name)
+            self._ref_kernel[task.name] = make_kernel(
+                "gaussian", torch.as_tensor(pool, dtype=torch.float64),
+                torch.as_tensor(test, dtype=torch.float64), seed=0)
+        return self._ref_kernel[task.name]
+
+    # ---- bookkeeping -------------------------------------------------------------------
+
+    @property
+    def results_path(self) -> Path:
+        return self.out_dir / "results.jsonl"
+
+    def finished(self) -> dict[str, UnitResult]:
+        return {r.key: r for r in load_results(self.out_dir)}
+
+    # ---- one unit ----------------------------------------------------------------------
+
+    def select(self, spec: UnitSpec, task: Task, test_idx: np.ndarray) -> Selection:
+        """The demonstrations of a unit (before the ordering shuffle)."""
+        pool_ds = task.split.train
+        test_ds = task.split.test
+        sel = make_selector(spec.selector, seed=spec.seed, **dict(spec.params))
+        needs = set(sel.needs) | set(getattr(sel, "target_needs", ()))
+        pool_emb = test_emb = None
+        if "embeddings" in needs or (sel.order or sel.default_order) == "similarity":
+            pool_emb = self.embeddings(task, "train", spec.encoder, spec.model)
+            test_emb = self.embeddings(task, "test", spec.encoder, spec.model)[test_idx]
+            if spec.encoder.strip().lower().startswith("kv") and "kernel" not in dict(
+                    spec.params) and hasattr(sel, "kernel"):
+                sel.kernel = self.encoder(spec.encoder, spec.model).kernel(
+                    torch.as_tensor(pool_emb), torch.as_tensor(test_emb))
+        pool = Pool(pool_emb, np.asarray(pool_ds.labels), list(pool_ds.texts))
+        targets = Pool(test_emb, None, [test_ds.texts[i] for i in test_idx])
+        if spec.k > len(pool_ds):
+            raise InputError(f"k={spec.k} is larger than the pool of task {task.name!r} "
+                             f"({len(pool_ds)} items)")
+        return sel.fit(pool).select(targets, spec.k)
+
+    def run_unit(self, spec: UnitSpec) -> UnitResult:
+        """Evaluate one unit (or return its recorded result); resumes a partial run."""
+        task = self.task(spec.task)
+        key = spec.key(task.fingerprint)
+        done = self.finished()
+        if key in done:
+            return done[key]
+        test_ds = task.split.test
+        n = len(test_ds) if spec.n_test is None else min(int(spec.n_test), len(test_ds))
+        if n < 1:
+            raise InputError(f"task {task.name!r} has no test items")
+        test_idx = np.arange(n)
+        selection = self.select(spec, task, test_idx)
+        idx = selection.indices.copy()
+        if spec.ordering > 0:
+            rng = np.random.default_rng([spec.seed, spec.ordering])
+            if selection.shared:
+                idx[:] = idx[0, rng.permutation(idx.shape[1])]
+            else:
+                idx = np.take_along_axis(idx, np.argsort(rng.random(idx.shape), axis=1), 1)
+        sel_dir = self.out_dir / "selections"
+        sel_dir.mkdir(exist_ok=True)
+        write_json(sel_dir / f"{key}.json", {"spec": asdict(spec), "shared": selection.shared,
+                                             "indices": idx[:1] if selection.shared else idx,
+                                             "seconds": selection.seconds})
+        lm = self.model(spec.model)
+        pool_ds = task.split.train
+        fmt = pool_ds.format
+        scorer = FewShotScorer(lm.model, lm.tokenizer, fmt.label_words, template=fmt.template,
+                               instruction=fmt.instruction, batch_size=self.batch_size)
+        queries = [test_ds.texts[i] for i in test_idx]
+        demos = [[(pool_ds.texts[j], str(pool_ds.labels[j])) for j in row] for row in idx]
+        # resume
+        partial = self.out_dir / "partial" / f"{key}.jsonl"
+        scores = np.full((n, len(scorer.labels)), np.nan)
+        tokens = 0
+        seconds = 0.0
+        for rec in _read_jsonl(partial):
+            if rec.get("labels") != list(scorer.labels):
+                continue
+            for i, row in zip(rec["i"], rec["lp"], strict=True):
+                scores[int(i)] = row
+            tokens += int(rec.get("tokens", 0))
+            seconds += float(rec.get("seconds", 0.0))
+        todo = np.flatnonzero(np.isnan(scores).any(axis=1))
+        if todo.size:
+            if self.progress and todo.size < n:
+                _log(f"resuming {spec.label} on {task.name}: {n - todo.size}/{n} done")
+            t_last = [time.perf_counter()]
+
+            def save(local: np.ndarray, lp: np.ndarray) -> None:
+                now = time.perf_counter()
+                _append_jsonl(partial, {"i": todo[local].tolist(), "lp": lp.tolist(),
+                                        "labels": list(scorer.labels),
+                                        "seconds": now - t_last[0]})
+                t_last[0] = now
+
+            q = [queries[i] for i in todo]
+            if selection.shared:
+                res = scorer.score(q, demos[0], reuse_prefix=self.reuse_prefix,
+                                   calibrate=spec.calibrate, progress=self.progress,
+                                   on_batch=None if spec.calibrate else save)
+            else:
+                res = scorer.score(q, per_query=[demos[i] for i in todo],
+                                   reuse_prefix=self.reuse_prefix, calibrate=spec.calibrate,
+                                   progress=self.progress,
+                                   on_batch=None if spec.calibrate else save)
+            if spec.calibrate:
+                # calibrated scores are stored already divided by the content-free probabilities
+                p = res.probabilities()
+                lp = np.log(np.clip(p, 1e-300, None))
+                _append_jsonl(partial, {"i": todo.tolist(), "lp": lp.tolist(),
+                                        "labels": list(scorer.labels),
+                                        "seconds": res.seconds})
+                scores[todo] = lp
+            else:
+                scores[todo] = res.logprobs
+            tokens += res.n_tokens
+            seconds += res.seconds
+        pred = np.asarray(scorer.labels, dtype=object)[scores.argmax(axis=1)]
+        truth = np.asarray([str(test_ds.labels[i]) for i in test_idx], dtype=object)
+        metrics = classification_metrics(truth, pred, labels=list(test_ds.label_names),
+                                         n_boot=self.n_boot, seed=0)
+        mmd_task, mmd_query = self._mmd(task, spec.model, idx, test_idx, selection.shared)
+        n_prompt = _prompt_tokens(scorer, demos, queries, selection.shared)
+        result = UnitResult(spec, key, metrics.accuracy, metrics.macro_f1, metrics.n, mmd_task,
+                            mmd_query, selection.shared, selection.seconds, seconds, tokens,
+                            n_prompt, metrics.per_label_accuracy)
+        _append_jsonl(self.results_path, result.to_json())
+        _append_jsonl(self.out_dir / "predictions.jsonl",
+                      {"key": key, "pred": pred.tolist(), "truth": truth.tolist()})
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+        return result
+
+    def _mmd(self, task: Task, model_name: str, idx: np.ndarray, test_idx: np.ndarray,
+             shared: bool) -> tuple[float, float]:
+        kern = self.reference_kernel(task, model_name)
+        ref = self.reference_encoder
+        pool = torch.as_tensor(self.embeddings(task, "train", ref, model_name),
+                               dtype=torch.float64)
+        test = torch.as_tensor(self.embeddings(task, "test", ref, model_name),
+                               dtype=torch.float64)[torch.as_tensor(test_idx)]
+        rows = torch.as_tensor(idx[:1] if shared else idx)            # [R, k]
+        shown = pool[rows.reshape(-1)]
+        mmd_task = mmd(shown, test, kern, "biased")
+        s = pool[rows]                                                # [R, k, d]
+        kss = torch.stack([kern(x, x).mean() for x in s])             # [R]
+        if shared:
+            ksq = kern(s[0], test).mean(0)                            # [n]
+            kqq = kern.diag(test)
+            per = kss[0] - 2 * ksq + kqq
+        else:
+            ksq = torch.stack([kern(s[i], test[i : i + 1]).mean() for i in range(len(s))])
+            per = kss - 2 * ksq + kern.diag(test)
+        return float(mmd_task), float(per.mean())
+
+    # ---- many units --------------------------------------------------------------------
+
+    def run(self, units: Iterable[UnitSpec], *, on_result: Callable[[UnitResult], None]
+            | None = None) -> list[UnitResult]:
+        """Run units in order (finished ones are read back, not recomputed), with a progress
+        bar and a time estimate over the units still to do."""
+        from tqdm.auto import tqdm
+
+        units = list(units)
+        done = self.finished()
+        results: list[UnitResult] = []
+        todo = []
+        for u in units:
+            key = u.key(self.task(u.task).fingerprint)
+            if key in done:
+                results.append(done[key])
+            else:
+                todo.append(u)
+        if self.progress and done:
+            _log(f"{len(units) - len(todo)} of {len(units)} units already finished in "
+                 f"{self.out_dir}")
+        todo.sort(key=lambda u: (u.model, u.task))      # load each model once
+        bar = tqdm(total=len(todo), desc="units", unit="unit", disable=not self.progress)
+        try:
+            for u in todo:
+                bar.set_postfix_str(f"{u.model} {u.task} {u.label} k={u.k} seed={u.seed}")
+                r = self.run_unit(u)
+                results.append(r)
+                if on_result is not None:
+                    on_result(r)
+                bar.update(1)
+        finally:
+            bar.close()
+        return results
+
+
+def _prompt_tokens(scorer: FewShotScorer, demos: list[list[tuple[str, str]]],
+                   queries: list[str], shared: bool) -> int:
+    """Total prompt length (tokens) of the unit's prompts, what encoding from scratch costs."""
+    texts = [scorer.prompt(demos[0] if shared else d, q).render().text
+             for d, q in zip(demos, queries, strict=True)]
+    enc = scorer.tokenizer(texts, add_special_tokens=True)["input_ids"]
+    return int(sum(len(e) for e in enc))
+
+
+def _log(msg: str) -> None:
+    import sys
+
+    print(f"[icldistill] {msg}", file=sys.stderr, flush=True)
+
+
+def selector_names() -> list[str]:
+    """Names of the available selectors."""
+    return list(SELECTORS)
+

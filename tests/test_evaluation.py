@@ -1,0 +1,151 @@
+"""Few-shot scoring (prefix reuse, multi-token labels, calibration) and metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from icldistill._validation import InputError
+from icldistill.evaluation import (
+    FewShotScorer,
+    accuracy,
+    bootstrap_ci,
+    classification_metrics,
+    macro_f1,
+)
+from icldistill.prompts import Template
+
+from .tiny_models import tiny_model, tiny_tokenizer
+
+DEMOS = [("good movie", "pos"), ("bad plot", "neg"), ("great acting", "pos"),
+         ("boring story", "neg")]
+QUERIES = ["loved the film", "hated it", "very good", "awful acting and boring plot", "fun",
+           "not very good", "this was a great movie", "bad"]
+TEMPLATE = Template("Input: {input}\nLabel: {label}\n\n", "Input: {input}\nLabel:")
+SINGLE = {"pos": "positive", "neg": "negative"}
+MULTI = {"pos": "very good fun", "neg": "bad", "neu": "not good or bad"}
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2", "gemma3"])
+def lm(request):
+    arch = request.param
+    return tiny_model(arch, dtype=torch.float64), tiny_tokenizer(add_bos=arch != "gpt2")
+
+
+def _reference(model, tok, scorer, demos, query, words):
+    """Score every label with one plain forward pass of the whole prompt + label."""
+    ctx = scorer.prompt(demos, query).render().text
+    ids_c = tok(ctx)["input_ids"]
+    out = []
+    for lab in scorer.labels:
+        ids_l = tok(" " + words[lab], add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([ids_c + ids_l])
+        with torch.no_grad():
+            lp = torch.log_softmax(model(ids).logits[0].double(), -1)
+        out.append(sum(float(lp[len(ids_c) - 1 + j, t]) for j, t in enumerate(ids_l)))
+    return out
+
+
+@pytest.mark.parametrize("words", [SINGLE, MULTI], ids=["single-token", "multi-token"])
+def test_scores_equal_plain_forward_with_and_without_prefix_reuse(lm, words):
+    model, tok = lm
+    sc = FewShotScorer(model, tok, words, template=TEMPLATE, instruction="Classify sentiment",
+                       batch_size=3)
+    reuse = sc.score(QUERIES, DEMOS)
+    fresh = sc.score(QUERIES, DEMOS, reuse_prefix=False)
+    per_q = sc.score(QUERIES, per_query=[DEMOS[: 1 + i % 4] for i in range(len(QUERIES))])
+    ref = np.array([_reference(model, tok, sc, DEMOS, q, words) for q in QUERIES])
+    ref_pq = np.array([_reference(model, tok, sc, DEMOS[: 1 + i % 4], q, words)
+                       for i, q in enumerate(QUERIES)])
+    assert reuse.logprobs.shape == (len(QUERIES), len(words))
+    np.testing.assert_allclose(reuse.logprobs, ref, atol=1e-9)
+    np.testing.assert_allclose(fresh.logprobs, ref, atol=1e-9)
+    np.testing.assert_allclose(per_q.logprobs, ref_pq, atol=1e-9)
+    # the shared prefix is encoded once: far fewer tokens than the prompts hold
+    assert reuse.n_tokens < fresh.n_tokens == fresh.n_prompt_tokens
+    assert reuse.n_prompt_tokens == fresh.n_prompt_tokens
+
+
+def test_batch_size_does_not_change_scores(lm):
+    model, tok = lm
+    a = FewShotScorer(model, tok, MULTI, template=TEMPLATE, batch_size=1).score(QUERIES, DEMOS)
+    b = FewShotScorer(model, tok, MULTI, template=TEMPLATE, batch_size=8).score(QUERIES, DEMOS)
+    np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-10)
+
+
+def test_calibration_divides_by_content_free_probabilities():
+    model, tok = tiny_model("llama", dtype=torch.float64), tiny_tokenizer(True)
+    sc = FewShotScorer(model, tok, SINGLE, template=TEMPLATE)
+    raw = sc.score(QUERIES, DEMOS)
+    cal = sc.score(QUERIES, DEMOS, calibrate=True)
+    np.testing.assert_allclose(cal.logprobs, raw.logprobs, atol=1e-10)
+    assert cal.calibration.shape == (len(QUERIES), 2)
+    np.testing.assert_allclose(cal.calibration.sum(1), 1.0)
+    cf = sc.score(["N/A", "", "[MASK]"], DEMOS).probabilities().mean(0)
+    np.testing.assert_allclose(cal.calibration[0], cf, atol=1e-10)
+    p = raw.probabilities() / cf
+    expect = np.asarray(sc.labels)[(p / p.sum(1, keepdims=True)).argmax(1)]
+    assert list(cal.predictions) == list(expect)
+
+
+def test_on_batch_reports_every_query_once():
+    model, tok = tiny_model("llama"), tiny_tokenizer(True)
+    seen = []
+    FewShotScorer(model, tok, SINGLE, template=TEMPLATE, batch_size=3).score(
+        QUERIES, DEMOS, on_batch=lambda i, lp: seen.extend(i.tolist()))
+    assert sorted(seen) == list(range(len(QUERIES)))
+
+
+def test_bad_inputs():
+    model, tok = tiny_model("llama"), tiny_tokenizer(True)
+    with pytest.raises(InputError, match="unknown label"):
+        FewShotScorer(model, tok, SINGLE).score(["good"], [("bad", "nonsense")])
+    with pytest.raises(InputError, match="longer than the model's context"):
+        FewShotScorer(model, tok, SINGLE, max_length=20).score(["good"], DEMOS)
+    long_demos = [("good movie " * 30, "pos")] * 4    # 256-position tiny model
+    with pytest.raises(InputError, match="context of 256"):
+        FewShotScorer(model, tok, SINGLE).score(["good"], long_demos)
+    with pytest.raises(InputError, match="empty"):
+        FewShotScorer(model, tok, {})
+    with pytest.raises(InputError, match="share a verbaliser"):
+        FewShotScorer(model, tok, {"a": "good", "b": "good"})
+    with pytest.raises(InputError, match="per_query has"):
+        FewShotScorer(model, tok, SINGLE).score(["good", "bad"], per_query=[DEMOS])
+    with pytest.raises(InputError, match="either"):
+        FewShotScorer(model, tok, SINGLE).score(["good"], DEMOS, per_query=[DEMOS])
+
+
+# ---- metrics --------------------------------------------------------------------------------
+
+def test_metrics_on_a_hand_example():
+    t = ["a", "a", "b", "b", "c"]
+    p = ["a", "b", "b", "b", "a"]
+    assert accuracy(t, p) == pytest.approx(3 / 5)
+    # F1: a: tp1 fp1 fn1 -> 0.5; b: tp2 fp1 fn0 -> 0.8; c: 0
+    assert macro_f1(t, p) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    m = classification_metrics(t, p, n_boot=200)
+    assert m.n == 5 and m.per_label_accuracy == {"a": 0.5, "b": 1.0, "c": 0.0}
+
+
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from("abc")), min_size=1,
+                max_size=40), st.integers(0, 100))
+def test_bootstrap_interval_brackets_the_value_and_is_seeded(pairs, seed):
+    t, p = zip(*pairs, strict=True)
+    r = bootstrap_ci(t, p, n_boot=200, seed=seed)
+    assert 0.0 <= r.low <= r.high <= 1.0
+    assert r.value == pytest.approx(accuracy(t, p))
+    assert bootstrap_ci(t, p, n_boot=200, seed=seed) == r
+    f = macro_f1(t, p)
+    assert 0.0 <= f <= 1.0
+    if all(a == b for a, b in pairs):
+        assert f == 1.0 and r.low == 1.0
+
+
+def test_metric_bad_inputs():
+    with pytest.raises(InputError, match="no predictions"):
+        accuracy([], [])
+    with pytest.raises(InputError, match="equal length"):
+        accuracy(["a"], ["a", "b"])

@@ -1,0 +1,153 @@
+"""The evaluation harness end to end on a tiny random model: grid, results, resume."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from icldistill import evaluation
+from icldistill._validation import InputError
+from icldistill.data import TaskFormat, load_file
+from icldistill.harness import Harness, Task, UnitSpec, load_results, unit_grid
+from icldistill.prompts import Template
+
+from .tiny_models import WORDS, tiny_model, tiny_tokenizer
+
+POS = ["good", "great", "loved", "fun"]
+NEG = ["bad", "awful", "hated", "boring"]
+NOUNS = ["movie", "film", "plot", "story", "acting"]
+
+
+def _write_task(path, n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    with path.open("w") as fh:
+        for i in range(n):
+            lab = "pos" if i % 2 == 0 else "neg"
+            words = rng.choice(POS if lab == "pos" else NEG, 2).tolist()
+            text = f"the {rng.choice(NOUNS)} was {words[0]} and {words[1]}"
+            fh.write(json.dumps({"sentence": text, "y": lab}) + "\n")
+    assert all(w in WORDS for w in POS + NEG + NOUNS)
+    fmt = TaskFormat("Classify sentiment", Template("Input: {input}\nLabel: {label}\n\n",
+                                                    "Input: {input}\nLabel:"),
+                     {"neg": "negative", "pos": "positive"})
+    ds = load_file(path, text_field="sentence", label_field="y", name="toy", format=fmt)
+    return Task("toy", ds.split(20, seed=0))
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return _write_task(tmp_path_factory.mktemp("data") / "toy.jsonl")
+
+
+def _loader(name):
+    return SimpleNamespace(model=tiny_model("llama"), tokenizer=tiny_tokenizer(True))
+
+
+def _harness(tmp_path, toy, **kw):
+    return Harness(tmp_path / "run", tasks={"toy": toy}, model_loader=_loader, progress=False,
+                   embedding_cache=tmp_path / "emb", reference_encoder="hidden:-1",
+                   n_boot=50, batch_size=4, **kw)
+
+
+def test_grid_runs_and_records_every_unit(tmp_path, toy):
+    units = unit_grid(models=["tiny"], tasks=["toy"], selectors=["random", "knn", "mmd"],
+                      ks=[2, 4], seeds=2, encoder="hidden:-1", n_test=12)
+    # random runs with 2 seeds; deterministic selectors once
+    assert len(units) == 2 * (2 + 1 + 1)
+    h = _harness(tmp_path, toy)
+    results = h.run(units)
+    assert len(results) == len(units) == len(load_results(h.out_dir))
+    for r in results:
+        assert r.n == 12
+        assert 0.0 <= r.accuracy.low <= r.accuracy.value <= r.accuracy.high <= 1.0
+        assert np.isfinite(r.mmd2_task) and r.mmd2_task >= -1e-12
+        assert np.isfinite(r.mmd2_query)
+        assert r.shared == (r.spec.selector != "knn")
+        sel = json.loads((h.out_dir / "selections" / f"{r.key}.json").read_text())
+        rows = np.asarray(sel["indices"])
+        assert rows.shape[1] == r.spec.k
+    # the MMD selector's demonstrations are closer (reference kernel = its own here) than
+    # random ones on average
+    mmd = [r for r in results if r.spec.selector == "mmd"]
+    rnd = [r for r in results if r.spec.selector == "random"]
+    assert min(r.mmd2_task for r in mmd) <= np.mean([r.mmd2_task for r in rnd])
+    # rerunning reads everything back and computes nothing
+    again = _harness(tmp_path, toy).run(units)
+    assert sorted(r.key for r in again) == sorted(r.key for r in results)
+    assert len(load_results(h.out_dir)) == len(units)
+
+
+class _Interrupt(KeyboardInterrupt):
+    pass
+
+
+def test_an_interrupted_unit_resumes_without_recomputing(tmp_path, toy, monkeypatch):
+    spec = UnitSpec("tiny", "toy", "knn", k=2, encoder="hidden:-1", n_test=16)
+    scored: list[int] = []
+    real = evaluation.FewShotScorer.score
+
+    def flaky(self, queries, *a, on_batch=None, **kw):
+        calls = {"n": 0}
+
+        def hook(idx, lp):
+            on_batch(idx, lp)
+            scored.extend(idx.tolist())
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise _Interrupt
+        return real(self, queries, *a, on_batch=hook, **kw)
+
+    monkeypatch.setattr(evaluation.FewShotScorer, "score", flaky)
+    h = _harness(tmp_path, toy)
+    with pytest.raises(_Interrupt):
+        h.run_unit(spec)
+    assert len(scored) == 8 and load_results(h.out_dir) == []
+    monkeypatch.setattr(evaluation.FewShotScorer, "score", real)
+    counted: list[int] = []
+
+    def counting(self, queries, *a, **kw):
+        counted.append(len(queries))
+        return real(self, queries, *a, **kw)
+
+    monkeypatch.setattr(evaluation.FewShotScorer, "score", counting)
+    r = _harness(tmp_path, toy).run_unit(spec)
+    assert counted == [8]                     # only the 8 queries not yet scored
+    # same result as an uninterrupted run
+    monkeypatch.setattr(evaluation.FewShotScorer, "score", real)
+    fresh = _harness(tmp_path / "b", toy).run_unit(spec)
+    assert r.accuracy.value == fresh.accuracy.value
+    assert not (tmp_path / "run" / "partial" / f"{r.key}.jsonl").exists()
+
+
+def test_a_torn_results_line_is_ignored(tmp_path, toy):
+    h = _harness(tmp_path, toy)
+    r = h.run_unit(UnitSpec("tiny", "toy", "random", k=2, encoder="hidden:-1", n_test=8))
+    with h.results_path.open("a") as fh:
+        fh.write('{"spec": {"model": "tin')
+    assert [x.key for x in load_results(h.out_dir)] == [r.key]
+
+
+def test_bad_units(tmp_path, toy):
+    h = _harness(tmp_path, toy)
+    with pytest.raises(InputError, match="larger than the pool"):
+        h.run_unit(UnitSpec("tiny", "toy", "random", k=500, encoder="hidden:-1"))
+    with pytest.raises(InputError, match="unknown selector"):
+        h.run_unit(UnitSpec("tiny", "toy", "nearest", k=2, encoder="hidden:-1"))
+    with pytest.raises(InputError, match="seeds and orderings"):
+        unit_grid(models=["m"], tasks=["t"], selectors=["knn"], ks=[2], seeds=0)
+
+
+def test_orderings_shuffle_the_same_demonstrations(tmp_path, toy):
+    h = _harness(tmp_path, toy)
+    base = UnitSpec("tiny", "toy", "mmd", k=4, encoder="hidden:-1", n_test=8)
+    shuffled = UnitSpec("tiny", "toy", "mmd", k=4, encoder="hidden:-1", n_test=8, ordering=1)
+    a, b = h.run_unit(base), h.run_unit(shuffled)
+    ia = json.loads((h.out_dir / "selections" / f"{a.key}.json").read_text())["indices"][0]
+    ib = json.loads((h.out_dir / "selections" / f"{b.key}.json").read_text())["indices"][0]
+    assert sorted(ia) == sorted(ib)
+    assert a.mmd2_task == pytest.approx(b.mmd2_task)
+    assert torch.get_default_dtype() == torch.float64  # conftest default untouched
