@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import icldistill as ic
@@ -35,13 +35,21 @@ def _explicit_bias(kp, vp, kq, vq, c, s):
 
 
 @given(token_samples(), st.floats(0.1, 10.0))
+# identical P and Q: the bias is 0 and sqrt() of a rounding-level difference of sums is ~1e-8
+@example((np.zeros((1, 1)), np.full((1, 1), 1.75003173), np.zeros((3, 1)),
+          np.full((3, 1), 1.75003173)), 1.0)
 def test_bias_equals_c_times_mmd_under_k_att(samples, c):
     kp, vp, kq, vq = samples
     res = ic.w0_bias(kp, vp, kq, vq, c=c)
     s = 1 / math.sqrt(kp.shape[1])
     expected = _explicit_bias(kp, vp, kq, vq, c, s)
-    assert res.hs_norm == pytest.approx(expected, rel=1e-9, abs=1e-9)
-    assert res.c_times_mmd == pytest.approx(res.hs_norm, rel=1e-9, abs=1e-9)
+    # compare squares: both are differences of sums of terms up to c^2 max|K_att| (in a square
+    # root, their rounding error would be amplified to sqrt(eps) near zero bias)
+    tokens = torch.cat([ic.stack_kv(kp, vp), ic.stack_kv(kq, vq)])
+    gram = ic.make_kernel("attention", key_dim=kp.shape[1])(tokens, tokens)
+    terms = c**2 * max(float(gram.abs().max()), 1.0)
+    assert res.hs_norm**2 == pytest.approx(expected**2, rel=1e-9, abs=1e-12 * terms)
+    assert res.c_times_mmd**2 == pytest.approx(res.hs_norm**2, rel=1e-9, abs=1e-12 * terms)
 
 
 @given(token_samples())

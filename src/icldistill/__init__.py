@@ -8,7 +8,15 @@ The math core (this package's top level) implements ``shared/SPEC.md`` §1–5 o
 - :mod:`icldistill.decomposition` — attention-head segment decomposition, ``eta*``, the distilled
   weights ``W_0`` (dual and random-feature primal forms), the distillation gradient step;
 - :mod:`icldistill.bounds` — bias of ``W_0`` vs MMD, Rademacher complexity, generalization bound;
-- :mod:`icldistill.selection` — MMD-greedy demonstration selection on representations.
+- :mod:`icldistill.selection` — demonstration selectors behind one interface
+  (``make_selector(name).fit(pool).select(targets, k)``): random, kNN, BM25, MMR, DPP, vote-k
+  and the MMD family.
+
+Built on it (imported explicitly): :mod:`icldistill.data` (labeled datasets from package
+registries, user files), :mod:`icldistill.representations` (MiniLM, hidden-state and attention
+key/value encoders), :mod:`icldistill.evaluation` (few-shot label scoring with prefix reuse,
+metrics), :mod:`icldistill.harness` (resumable evaluation grids), :mod:`icldistill.models`
+(real models, tracing), :mod:`icldistill.reports`.
 """
 
 from ._validation import InputError
@@ -34,12 +42,22 @@ from .decomposition import (
 )
 from .kernels import KERNELS, Kernel, make_kernel, median_bandwidth, stack_kv
 from .mmd import MMDTestResult, mmd, mmd_test
-from .selection import GreedySelection, greedy_mmd, select_mmd
+from .selection import (
+    SELECTORS,
+    GreedySelection,
+    Pool,
+    Selection,
+    Selector,
+    greedy_mmd,
+    make_selector,
+    select_mmd,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "KERNELS",
+    "SELECTORS",
     "BiasResult",
     "DistillationStep",
     "DualWeights",
@@ -49,10 +67,13 @@ __all__ = [
     "InputError",
     "Kernel",
     "MMDTestResult",
+    "Pool",
     "PositiveRandomFeatures",
     "PrimalWeights",
     "RademacherComplexity",
     "RandomFeatureError",
+    "Selection",
+    "Selector",
     "__version__",
     "decompose_head",
     "distillation_loss",
@@ -60,6 +81,7 @@ __all__ = [
     "generalization_bound",
     "greedy_mmd",
     "make_kernel",
+    "make_selector",
     "median_bandwidth",
     "mmd",
     "mmd_test",

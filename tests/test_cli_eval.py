@@ -1,0 +1,81 @@
+"""CLI: select, evaluate (resumable) and compare on a tiny saved model and a user JSONL file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from icldistill.cli import main
+
+from .test_harness import _write_task
+from .tiny_models import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_eval")
+    model_dir = root / "tiny-llama"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer(True).save_pretrained(model_dir)
+    data = root / "toy.jsonl"
+    _write_task(data)
+    return root, model_dir, data
+
+
+def _task_args(data):
+    return ["--file", str(data), "--text-field", "sentence", "--label-field", "y",
+            "--test-size", "20"]
+
+
+def test_select_json(setup, capsys, monkeypatch):
+    root, model_dir, data = setup
+    monkeypatch.setenv("ICLDISTILL_CACHE", str(root / "cache"))
+    code = main(["select", *_task_args(data), "--selector", "mmd", "--k", "3", "--model",
+                 str(model_dir), "--encoder", "hidden:-1", "--json", "--quiet",
+                 "--out", str(root / "sel")])
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["shared"] and len(payload["sets"]) == 1
+    assert len(payload["sets"][0]["demonstrations"]) == 3
+    assert (root / "sel" / "selection.json").exists()
+
+
+def test_evaluate_then_rerun_resumes_and_compare_writes_a_report(setup, capsys, monkeypatch):
+    root, model_dir, data = setup
+    monkeypatch.setenv("ICLDISTILL_CACHE", str(root / "cache"))
+    out = root / "eval"
+    argv = ["evaluate", "--model", str(model_dir), *_task_args(data), "--selector",
+            "random,knn,mmd-balanced", "--k", "2,4", "--seeds", "2", "--n-test", "8",
+            "--encoder", "hidden:-1", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * (2 + 1 + 1)
+    assert main(argv) == 0                                # nothing recomputed
+    assert (out / "results.jsonl").read_text().splitlines() == lines
+    text = capsys.readouterr().out
+    assert "mmd-balanced" in text and "results:" in text
+    rep = root / "cmp"
+    assert main(["compare", "--models", str(model_dir), *_task_args(data), "--selectors",
+                 "random,knn,mmd", "--ks", "2", "--seeds", "2", "--n-test", "8",
+                 "--encoder", "hidden:-1", "--out", str(rep), "--quiet"]) == 0
+    md = (rep / "report.md").read_text()
+    assert "accuracy" in md and "Spearman" in md
+    assert (rep / "report.html").exists()
+    assert len(list((rep / "figures").glob("*.png"))) == 2
+
+
+def test_cli_bad_inputs_exit_2(setup, capsys, monkeypatch):
+    root, model_dir, data = setup
+    monkeypatch.setenv("ICLDISTILL_CACHE", str(root / "cache"))
+    base = ["evaluate", "--model", str(model_dir), *_task_args(data), "--encoder",
+            "hidden:-1", "--out", str(root / "bad"), "--quiet"]
+    assert main([*base, "--selector", "knn", "--k", "500"]) == 2
+    assert "larger than the pool" in capsys.readouterr().err
+    assert main([*base, "--selector", "nearest", "--k", "2"]) == 2
+    assert "unknown selector" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(model_dir), "--out", str(root / "bad")]) == 2
+    assert "--file" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(model_dir), "--file", str(data), "--text-field",
+                 "nope", "--out", str(root / "bad")]) == 2
+    assert "nope" in capsys.readouterr().err
