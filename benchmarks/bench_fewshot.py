@@ -60,14 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         h = Harness(out, batch_size=args.batch_size, progress=True)
         t0 = time.time()
-        for model in models:
-            for task in tasks:
-                units = unit_grid(models=[model], tasks=[task], selectors=selectors, ks=ks,
-                                  seeds=args.seeds, n_test=args.n_test)
-                if args.max_minutes is not None and (time.time() - t0) / 60 > args.max_minutes:
-                    print(f"time budget reached; rerun to resume ({out})", file=sys.stderr)
-                    break
-                h.run(units)
+        units = unit_grid(models=models, tasks=tasks, selectors=selectors, ks=ks,
+                          seeds=args.seeds, n_test=args.n_test)
+        # cheapest first, so an interrupted run covers every task: set-level selectors (one
+        # prefix pass per unit) before per-query ones, k=4 before k=8
+        units.sort(key=lambda u: (models.index(u.model), not SELECTORS[u.selector].shared,
+                                  u.k, tasks.index(u.task)))
+        for u in units:
+            if args.max_minutes is not None and (time.time() - t0) / 60 > args.max_minutes:
+                print(f"time budget reached; rerun to resume ({out})", file=sys.stderr)
+                break
+            h.run([u])
     results = load_results(out)
     if not results:
         print("no results yet", file=sys.stderr)

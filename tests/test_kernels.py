@@ -12,6 +12,10 @@ from hypothesis import strategies as st
 
 import icldistill as ic
 from icldistill.kernels import (
+    _middle_numpy,
+    _middle_sq_distances_fast,
+    _middle_torch,
+    _pair_sq_distances,
     attention_kernel,
     gaussian_kernel,
     inverse_multiquadric_kernel,
@@ -98,6 +102,72 @@ def test_median_heuristic_matches_numpy(x, y):
         return
     expected = np.median(d) if np.median(d) > 0 else np.median(d[d > 0])
     assert ic.median_bandwidth(x, y) == pytest.approx(expected, rel=1e-10)
+
+
+def _numpy_median_distance(z):
+    z = np.asarray(z, dtype=np.float64)
+    d = np.sqrt(((z[:, None] - z[None]) ** 2).sum(-1))[np.triu_indices(len(z), 1)]
+    med = np.median(d)
+    return med if med > 0 else np.median(d[d > 0])
+
+
+@given(st.integers(2, 250), st.integers(1, 40), st.integers(1, 5), st.floats(1e-6, 1e6),
+       st.floats(0.0, 100.0), st.integers(0, 40), st.integers(0, 2**32 - 1))
+def test_median_heuristic_matches_numpy_on_float32_clusters(n, dim, clusters, scale, offset,
+                                                            dups, seed):
+    # float32 rows (the float32 bracketing path), clustered, offset, with duplicated rows
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim)) * 5
+    x = centres[rng.integers(0, clusters, n)] + rng.normal(size=(n, dim)) * 0.1 + offset
+    x = (x * scale).astype(np.float32)
+    x[rng.integers(0, n, dups)] = x[rng.integers(0, n, dups)]
+    if not (x != x[0]).any():
+        return
+    assert ic.median_bandwidth(x) == pytest.approx(_numpy_median_distance(x), rel=1e-12)
+
+
+def test_median_float32_bracketing_is_exact_used_and_falls_back():
+    rng = np.random.default_rng(3)
+    z = torch.from_numpy((rng.normal(size=(1500, 64)) + 3).astype(np.float32))
+    fast = _middle_sq_distances_fast(z)
+    assert fast is not None  # the bracketing path is the one that runs on typical data
+    assert fast == pytest.approx(_middle_numpy(_pair_sq_distances(z).numpy()), rel=1e-12)
+    # reduced-precision float32 products: no bracketing (its error bound would not hold)
+    torch.set_float32_matmul_precision("medium")
+    try:
+        assert _middle_sq_distances_fast(z) is None
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    # heavy ties (4 distinct rows): the window is too wide, every distance is computed
+    few = np.repeat(rng.normal(size=(4, 8)), 100, axis=0).astype(np.float32)
+    assert _middle_sq_distances_fast(torch.from_numpy(few)) is None
+    assert ic.median_bandwidth(few) == pytest.approx(_numpy_median_distance(few), rel=1e-12)
+    # more than half of the pairs are duplicates: median of the positive distances
+    dup = np.repeat(rng.normal(size=(2, 8)), [300, 10], axis=0).astype(np.float32)
+    expected = float(np.linalg.norm(dup[0].astype(np.float64) - dup[-1]))
+    assert ic.median_bandwidth(dup) == pytest.approx(expected, rel=1e-12)
+
+
+@given(st.lists(st.integers(0, 5), min_size=1, max_size=30))
+def test_middle_order_statistics_with_ties(values):
+    v = np.array(values, dtype=np.float64)
+    s = np.sort(v)
+    expected = (s[(len(s) - 1) // 2], s[len(s) // 2])
+    assert _middle_torch(torch.from_numpy(v)) == expected
+    assert _middle_numpy(v.copy()) == expected
+
+
+@given(matrices(st.integers(1, 5), 4), matrices(st.integers(1, 5), 4), st.integers(1, 3))
+def test_batched_grams_and_against_match_the_plain_gram(x, y, batch):
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    xs = torch.stack([tx * (1 + 0.5 * i) for i in range(batch)])  # [b, n, d]
+    for name in ic.KERNELS:
+        params = {"key_dim": 2} if name == "attention" else {}
+        if name in ("gaussian", "laplace", "imq"):
+            params["bandwidth"] = 1.3
+        k = ic.make_kernel(name, **params)
+        assert rel_err(k(xs, xs), torch.stack([k(e, e) for e in xs])) < 1e-10, name
+        assert rel_err(k.against(ty)(tx), k(tx, ty)) < 1e-10, name
 
 
 def test_median_heuristic_subsample_is_seeded_and_close():

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import icldistill as ic
-from icldistill.mmd import _permutation_weights
+from icldistill.mmd import _permutation_weights, kernel_row_means, self_kernel_mean
 
 from .conftest import matrices
 
@@ -86,6 +86,30 @@ def test_blockwise_matches_single_tile_float32():
     assert a == pytest.approx(b, rel=1e-4)
     assert a == pytest.approx(_brute_mmd2(x.astype(np.float64), y.astype(np.float64), 4.0, True),
                               rel=1e-3)
+
+
+@pytest.mark.parametrize("presum", [1, 8, 16])
+def test_kernel_row_means_float32_presums_agree_with_float64(presum):
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(300, 16)), rng.normal(size=(203, 16))  # 203: a remainder run
+    k = ic.make_kernel("gaussian", bandwidth=4.0)
+    exact = _gram(x, y, 4.0).mean(1)
+    x64, y64 = torch.from_numpy(x), torch.from_numpy(y)
+    ref = kernel_row_means(x64, y64, k)
+    np.testing.assert_allclose(ref.numpy(), exact, rtol=1e-12)
+    # float64 Gram entries: presum does not apply, every entry is accumulated in float64
+    assert torch.equal(kernel_row_means(x64, y64, k, presum=presum), ref)
+    for tile in (64 * 64, 1 << 24):
+        got = kernel_row_means(x64.float(), y64.float(), k, presum=presum, tile_elements=tile)
+        assert got.dtype == torch.float64
+        np.testing.assert_allclose(got.numpy(), exact, rtol=1e-6)
+
+
+@given(matrices(st.integers(1, 12), 3), st.integers(1, 200))
+def test_self_kernel_mean_matches_definition_for_any_tiling(x, tile):
+    k = ic.make_kernel("gaussian", bandwidth=1.5)
+    got = self_kernel_mean(torch.from_numpy(x), k, tile_elements=tile)
+    assert got == pytest.approx(_gram(x, x, 1.5).mean(), rel=1e-12)
 
 
 # ----------------------------------------------------------------------------- permutation test

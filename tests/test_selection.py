@@ -445,6 +445,25 @@ def test_set_level_mmd_matches_greedy_mmd_and_beats_random_sets():
     assert len(set(t32.demo_set().tolist()) & set(ref.indices.tolist())) >= 6
 
 
+def test_float32_greedy_selects_as_float64_for_every_mmd_selector():
+    # float32 kernels with float64 run sums (row means), cached pool columns, batched Grams
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(6, 24))
+    pool = centres[rng.integers(0, 6, 600)] + 0.7 * rng.normal(size=(600, 24))
+    targets = centres[rng.integers(0, 3, 80)] + 0.7 * rng.normal(size=(80, 24))
+    labels = rng.integers(0, 3, 600)
+    for name, params in [("mmd", {}), ("mmd-balanced", {}), ("mmd", {"diversity": 0.5}),
+                         ("mmd-query", {}), ("mmd-query", {"candidates": None}),
+                         ("mmd", {"kernel": "laplace"}), ("mmd-query", {"kernel": "imq"})]:
+        out = {}
+        for dtype in (np.float64, np.float32):
+            sel = make_selector(name, order="selection", **params)
+            out[dtype] = sel.fit(Pool(pool.astype(dtype), labels)).select(
+                targets.astype(dtype), 6)
+        np.testing.assert_array_equal(out[np.float32].indices, out[np.float64].indices)
+        np.testing.assert_allclose(out[np.float32].mmd2, out[np.float64].mmd2, atol=1e-5)
+
+
 @given(matrices(st.integers(4, 14), 3), matrices(st.integers(1, 3), 3), st.data())
 def test_mmd_query_exact_equals_greedy_mmd_per_query(pool, targets, data):
     pool = pool + np.arange(len(pool))[:, None] * 1e-3

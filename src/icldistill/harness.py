@@ -578,7 +578,7 @@ class Harness:
         if self.progress and done:
             _log(f"{len(units) - len(todo)} of {len(units)} units already finished in "
                  f"{self.out_dir}")
-        todo.sort(key=lambda u: (u.model, u.task))      # load each model once
+        todo.sort(key=lambda u: u.model)      # load each model once; otherwise keep the order
         bar = tqdm(total=len(todo), desc="units", unit="unit", disable=not self.progress)
         try:
             for u in todo:

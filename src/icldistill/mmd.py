@@ -107,18 +107,44 @@ def _cross_sum(x: torch.Tensor, y: torch.Tensor, kernel: Kernel, tile_elements: 
 
 
 def kernel_row_means(
-    x: torch.Tensor, y: torch.Tensor, kernel: Kernel, *, tile_elements: int = DEFAULT_TILE_ELEMENTS
+    x: torch.Tensor,
+    y: torch.Tensor,
+    kernel: Kernel,
+    *,
+    tile_elements: int = DEFAULT_TILE_ELEMENTS,
+    presum: int = 1,
 ) -> torch.Tensor:
-    """``mean_j k(x_i, y_j)`` for every row of ``x``, float64 ``[n]``, computed tile by tile."""
+    """``mean_j k(x_i, y_j)`` for every row of ``x``, float64 ``[n]``, computed tile by tile.
+
+    Every Gram entry is accumulated in float64 (``presum=1``, the default). With ``presum=p >
+    1``, runs of ``p`` consecutive entries of a row are first summed in the Gram's own dtype
+    (adding at most ``(p - 1) eps`` relative error to these sums of non-negative entries;
+    ``eps = 6e-8`` for float32) and only the run sums are accumulated in float64, which
+    roughly halves the cost of the row sums on CPU (converting every entry to float64 is the
+    slow part). The greedy selectors use ``presum=16``; the MMD estimators always accumulate
+    every entry in float64.
+    """
     b = _tile(max(x.shape[0], y.shape[0]), tile_elements)
     out = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     for j in range(0, y.shape[0], b):
         yj = y[j : j + b]
         for i in range(0, x.shape[0], b):
-            out[i : i + b] += kernel(x[i : i + b], yj).sum(1, dtype=torch.float64)
+            out[i : i + b] += _row_sums(kernel(x[i : i + b], yj), presum)
     out /= y.shape[0]
     if not bool(torch.isfinite(out).all()):
         raise InputError(f"kernel {kernel.name!r} overflowed (infinite Gram entries)")
+    return out
+
+
+def _row_sums(gram: torch.Tensor, presum: int) -> torch.Tensor:
+    """Row sums of ``gram`` in float64, after summing runs of ``presum`` entries in its dtype."""
+    f64 = torch.float64
+    width = gram.shape[1] - gram.shape[1] % presum
+    if presum <= 1 or gram.dtype == f64 or width == 0:
+        return gram.sum(1, dtype=f64)
+    out = gram[:, :width].reshape(gram.shape[0], -1, presum).sum(-1).sum(1, dtype=f64)
+    if width < gram.shape[1]:
+        out += gram[:, width:].sum(1, dtype=f64)
     return out
 
 

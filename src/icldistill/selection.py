@@ -301,12 +301,14 @@ def _greedy_mmd(
         remaining = torch.tensor([[quotas[v] for v in keys]], device=c.device)
     kern = make_kernel(kernel, c, t, max_samples=median_samples, seed=seed, **kernel_params)
     kern.check_input_dim(c.shape[1])
-    r = kernel_row_means(c, t, kern)                      # [C], O(|C||T|)
+    # [C], O(|C||T|); float64 sums of runs of 16 entries (the objective needs no more)
+    r = kernel_row_means(c, t, kern, presum=16)
     const = self_kernel_mean(t, kern)                    # mean K_TT
     diag = kern.diag(c)                                  # [C]
+    gram_c = kern.against(c)
 
     def column(best: torch.Tensor) -> torch.Tensor:
-        return kern(c[best], c)                          # [1, C], O(|C|)
+        return gram_c(c[best])                           # [1, C], O(|C| d)
 
     chosen, traj = _greedy_mmd_batch(
         r[None], diag, torch.tensor([const], dtype=torch.float64, device=c.device), column, k,
@@ -510,39 +512,33 @@ def _topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def _batched_gram(emb: torch.Tensor, kern: Kernel | None) -> torch.Tensor:
     """``[R, N, N]`` Gram matrices of ``R`` candidate sets ``[R, N, d]``.
 
-    Dot products (``kern=None``) are one batched matrix product; a :class:`Kernel` is applied
-    to every set with ``torch.vmap`` (falling back to a loop for kernels whose evaluation
-    branches on the data, which vmap cannot batch).
+    Dot products (``kern=None``) or a :class:`Kernel`: one batched matrix product (every
+    kernel accepts batches of row sets).
     """
-    if kern is None:
-        return torch.bmm(emb, emb.transpose(1, 2))
-    try:
-        with warnings.catch_warnings():  # "no batching rule for fill_diagonal_": still right
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.vmap(lambda e: kern(e, e))(emb)
-    except RuntimeError:
-        return torch.stack([kern(e, e) for e in emb])
+    return torch.bmm(emb, emb.mT) if kern is None else kern(emb, emb)
 
 
 class _Candidates:
     """Per-query candidate sets: a shortlist ``[R, N]`` of pool rows, or the whole pool.
 
-    ``column(best)`` returns the similarity (dot product, or ``kern``) between every candidate
+    ``column(best)`` returns the similarity (dot product, or the kernel) between every candidate
     of row ``i`` and its candidate ``best_i``, ``[R, N]``: for a shortlist a slice of the
-    precomputed ``[R, N, N]`` Gram, for the whole pool one ``[R, n]`` Gram per step.
+    precomputed ``[R, N, N]`` Gram (``kern``), for the whole pool one ``[R, n]`` Gram per step
+    (``gram_pool(x) = k(x, pool)``, from :meth:`Kernel.against`).
     """
 
     def __init__(self, pool: torch.Tensor, idx: torch.Tensor | None,
-                 kern: Kernel | None = None) -> None:
+                 kern: Kernel | None = None,
+                 gram_pool: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.pool = pool
         self.idx = idx
-        self.kern = kern
         self.gram = None if idx is None else _batched_gram(pool[idx], kern)
+        self.gram_pool = gram_pool
 
     def column(self, best: torch.Tensor) -> torch.Tensor:
         if self.gram is None:
             new = self.pool[best]
-            return new @ self.pool.T if self.kern is None else self.kern(new, self.pool)
+            return new @ self.pool.T if self.gram_pool is None else self.gram_pool(new)
         return self.gram[torch.arange(best.shape[0], device=best.device), :, best]
 
     def to_global(self, local: torch.Tensor) -> torch.Tensor:
@@ -1222,6 +1218,7 @@ class MMDQuerySelector(_KernelSelector):
                            seed=self.seed, **self.kernel_params)
         kern.check_input_dim(dim)
         pool_diag = kern.diag(pool).to(torch.float64)
+        gram_pool = kern.against(pool)                                 # x -> K(x, pool)
         n_short = n if self.candidates is None else max(k, min(self.candidates, n))
         full = n_short >= n
         idx = np.empty((targets.n, k), dtype=np.int64)
@@ -1229,9 +1226,9 @@ class MMDQuerySelector(_KernelSelector):
         traj = np.empty((targets.n, k))
         for sl in _row_chunks(targets.n, n if full else n + 2 * n_short * (dim + n_short)):
             q = tgt[sl]
-            kq = kern(q, pool)                                         # [R, n]
+            kq = gram_pool(q)                                          # [R, n]
             if full:
-                r, cand, diag = kq, _Candidates(pool, None, kern), pool_diag
+                r, cand, diag = kq, _Candidates(pool, None, gram_pool=gram_pool), pool_diag
             else:
                 r, short = torch.topk(kq, n_short, dim=1)
                 cand, diag = _Candidates(pool, short, kern), pool_diag[short]
