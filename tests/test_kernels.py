@@ -74,7 +74,7 @@ def test_kernel_object_paired_and_diag(x, y):
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
     n = min(len(x), len(y))
     for name in ic.KERNELS:
-        params = {"key_dim": 2} if name == "attention" else {}
+        params = {"key_dim": 2} if name.startswith("attention") else {}
         if name in ("gaussian", "laplace", "imq"):
             params["bandwidth"] = 1.3
         k = ic.make_kernel(name, **params)
@@ -162,7 +162,7 @@ def test_batched_grams_and_against_match_the_plain_gram(x, y, batch):
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
     xs = torch.stack([tx * (1 + 0.5 * i) for i in range(batch)])  # [b, n, d]
     for name in ic.KERNELS:
-        params = {"key_dim": 2} if name == "attention" else {}
+        params = {"key_dim": 2} if name.startswith("attention") else {}
         if name in ("gaussian", "laplace", "imq"):
             params["bandwidth"] = 1.3
         k = ic.make_kernel(name, **params)
@@ -204,3 +204,28 @@ def test_stack_kv_checks_rows():
     with pytest.raises(ic.InputError, match="rows"):
         ic.stack_kv(np.ones((3, 2)), np.ones((4, 2)))
     assert ic.stack_kv(np.ones((3, 2)), np.zeros((3, 1))).shape == (3, 3)
+
+
+@given(matrices(st.integers(1, 6), 5), matrices(st.integers(1, 6), 5), st.floats(0.05, 2.0))
+def test_normalised_attention_kernel_is_k_att_over_its_diagonal(x, y, scale):
+    x = torch.as_tensor(x)
+    y = torch.as_tensor(y)
+    x[:, 2:] += 0.5          # keep value vectors away from zero
+    y[:, 2:] -= 0.5
+    raw = ic.make_kernel("attention", key_dim=2, scale=scale)
+    norm = ic.make_kernel("attention-norm", key_dim=2, scale=scale)
+    dx = raw.diag(x).sqrt()
+    dy = raw.diag(y).sqrt()
+    torch.testing.assert_close(norm(x, y), raw(x, y) / dx[:, None] / dy[None, :])
+    torch.testing.assert_close(norm.paired(x, x), torch.ones(x.shape[0], dtype=x.dtype))
+    assert float(norm(x, y).abs().max()) <= 1 + 1e-12
+
+
+def test_normalised_attention_kernel_does_not_overflow_on_large_keys():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 16, generator=g) * 100.0          # scale <k, k'> ~ 1e4: exp overflows
+    norm = ic.make_kernel("attention-norm", key_dim=8)
+    gram = norm(x, x)
+    assert torch.isfinite(gram).all()
+    assert float(torch.linalg.eigvalsh(gram.double()).min()) > -1e-8   # positive semi-definite
+    assert not torch.isfinite(ic.make_kernel("attention", key_dim=8)(x, x)).all()

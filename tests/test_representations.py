@@ -288,15 +288,18 @@ def test_kv_matches_hand_computation(arch, heads):
         km, vm = _manual_kv(model, tok, t, layer, hs)
         np.testing.assert_allclose(e[i, :enc.key_dim], km, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(e[i, enc.key_dim:], vm, rtol=1e-4, atol=1e-5)
-    # the matching kernel: K_att with the layer's own scale
+    # the matching kernel: normalised K_att with the layer's own scale
     k = enc.kernel()
-    assert k.name == "attention" and k.params["key_dim"] == enc.key_dim
+    assert k.name == "attention-norm" and k.params["key_dim"] == enc.key_dim
     assert math.isclose(k.params["scale"], attn.scaling)
     assert k == make_kernel(enc.kernel_name, **enc.kernel_params)
     x = torch.as_tensor(e, dtype=torch.float64)
     kx, vx = x[:, :enc.key_dim], x[:, enc.key_dim:]
     ref = (vx @ vx.T) * torch.exp(attn.scaling * (kx @ kx.T))
-    torch.testing.assert_close(k(x, x), ref)
+    raw = make_kernel("attention", key_dim=enc.key_dim, scale=attn.scaling)
+    torch.testing.assert_close(raw(x, x), ref)
+    d = ref.diagonal().sqrt()
+    torch.testing.assert_close(k(x, x), ref / d[:, None] / d[None, :])
 
 
 def test_kv_leaves_model_unchanged(llama):

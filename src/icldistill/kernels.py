@@ -15,10 +15,16 @@ name               formula                                      parameters (defa
 ``polynomial``     ``(gamma <x, y> + coef0)^degree``            ``gamma=1, coef0=1, degree=2``
 ``softmax``        ``exp(scale <x, y>)``                        ``scale=1/sqrt(d)``
 ``attention``      ``<v, v'> exp(scale <k, k'>)`` (``K_att``)   ``key_dim``, ``scale=1/sqrt(d_k)``
+``attention-norm`` ``K_att(x,y) / sqrt(K_att(x,x) K_att(y,y))``  ``key_dim``, ``scale=1/sqrt(d_k)``
+                   ``= exp(-scale ||k-k'||^2 / 2) cos(v, v')``
 =================  ===========================================  ==========================
 
 For ``attention`` a token is the concatenation ``[k | v]`` of its key (``key_dim`` columns) and
-value (the remaining columns); :func:`stack_kv` builds it.
+value (the remaining columns); :func:`stack_kv` builds it. ``attention-norm`` is ``K_att``
+normalised to a unit diagonal (the cosine between the tokens' feature maps): it compares the
+same feature maps, but never overflows — on real models ``scale <k, k'>`` of token-averaged keys
+reaches 10^2–10^4, beyond ``exp``'s float32 (88) and float64 (709) range. A zero value vector has
+cosine 0 with everything.
 
 "median" means the median heuristic (:func:`median_bandwidth`): the median of the Euclidean
 distances between all pairs of distinct rows of the pooled sample ``X ∪ Y``; above
@@ -255,6 +261,29 @@ def _att_paired(x: torch.Tensor, y: torch.Tensor, p: Mapping[str, Any]) -> torch
     return (vx * vy).sum(-1) * torch.exp(s * (kx * ky).sum(-1))
 
 
+def _att_norm_gram(x: torch.Tensor, y: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+    kd = p["key_dim"]
+    kx, vx = _split(x, kd)
+    ky, vy = _split(y, kd)
+    s = _softmax_scale(p["scale"], kd)
+    cos = _unit_rows(vx) @ _unit_rows(vy).mT
+    return cos * torch.exp(-0.5 * s * sq_distances(kx, ky))
+
+
+def _att_norm_paired(x: torch.Tensor, y: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+    kd = p["key_dim"]
+    kx, vx = _split(x, kd)
+    ky, vy = _split(y, kd)
+    s = _softmax_scale(p["scale"], kd)
+    cos = (_unit_rows(vx) * _unit_rows(vy)).sum(-1)
+    return cos * torch.exp(-0.5 * s * ((kx - ky) ** 2).sum(-1))
+
+
+def _unit_rows(v: torch.Tensor) -> torch.Tensor:
+    n = v.norm(dim=-1, keepdim=True)
+    return v / torch.where(n > 0, n, torch.ones_like(n))
+
+
 _KERNEL_SPECS: dict[str, _Spec] = {
     "gaussian": _dist_spec(_gauss),
     "laplace": _dist_spec(_laplace, exact=True),  # the square root needs exact distances
@@ -273,6 +302,7 @@ _KERNEL_SPECS: dict[str, _Spec] = {
         {"scale": None},
     ),
     "attention": _Spec(_att_gram, _att_paired, {"key_dim": None, "scale": None}),
+    "attention-norm": _Spec(_att_norm_gram, _att_norm_paired, {"key_dim": None, "scale": None}),
 }
 
 _ALIASES = {
@@ -283,6 +313,8 @@ _ALIASES = {
     "exp": "softmax",
     "k_att": "attention",
     "katt": "attention",
+    "attention_norm": "attention-norm",
+    "attention-normalized": "attention-norm",
 }
 
 KERNELS: tuple[str, ...] = tuple(_KERNEL_SPECS)
@@ -598,7 +630,7 @@ class Kernel:
 
     def check_input_dim(self, dim: int) -> None:
         """Raise :class:`InputError` if rows of dimension ``dim`` do not fit this kernel."""
-        if self.name == "attention" and not 0 < self.params["key_dim"] < dim:
+        if self.name.startswith("attention") and not 0 < self.params["key_dim"] < dim:
             raise InputError(f"attention kernel: key_dim={self.params['key_dim']} must be between"
                              f" 1 and the token dimension minus 1 ({dim - 1})")
 
@@ -652,11 +684,11 @@ def make_kernel(
         if int(p["degree"]) != p["degree"] or p["degree"] < 1:
             raise InputError(f"polynomial degree must be a positive integer, got {p['degree']}")
         p["degree"] = int(p["degree"])
-    if name in ("softmax", "attention") and p["scale"] is not None:
+    if name in ("softmax", "attention", "attention-norm") and p["scale"] is not None:
         p["scale"] = float(p["scale"])
         if not math.isfinite(p["scale"]):
             raise InputError(f"scale must be finite, got {p['scale']}")
-    if name == "attention":
+    if name in ("attention", "attention-norm"):
         if p["key_dim"] is None:
             raise InputError("attention kernel needs key_dim (tokens are [key | value] rows)")
         p["key_dim"] = int(p["key_dim"])

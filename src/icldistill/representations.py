@@ -10,8 +10,9 @@ MMD-based demonstration selection (:mod:`icldistill.selection`) works on represe
   at one layer, mean over the text's tokens or its last token. Kernel: ``gaussian``, median
   bandwidth.
 - :class:`AttentionKVEncoder` (``"kv:L[:h1,h2,...]"``): keys and values of chosen KV heads of one
-  layer, each averaged over the text's tokens, stacked ``[k | v]``. Kernel: ``attention``
-  (``K_att``) with ``key_dim`` and the layer's own attention scale.
+  layer, each averaged over the text's tokens, stacked ``[k | v]``. Kernel: ``attention-norm``
+  (``K_att`` normalised to a unit diagonal) with ``key_dim`` and the layer's own attention
+  scale; ``kernel_name = "attention"`` gives SPEC's raw ``K_att``.
 
 Every encoder has ``name``, ``dim``, ``identity`` (a stable string for caches),
 ``encode(texts, *, batch_size, progress) -> float32 [n, dim]`` and a recommended kernel:
@@ -25,9 +26,12 @@ the embedding encoders; the attention kernel of :class:`AttentionKVEncoder` is d
 ``K_att`` on real models: the scaled key-key products ``scale <k, k'>`` of token-averaged keys are
 large (measured 4-90 per head on SmolLM2-135M / Gemma-3-270M / Qwen2.5-0.5B, and ~9600 in
 Qwen2.5's layer 0), and stacking heads adds them up. ``exp`` overflows float32 above 88 and
-float64 above 709: cast the encodings to float64 before using ``K_att``, prefer single heads, and
-expect the MMD estimators' clear overflow error otherwise (the kernel is used as the SPEC defines
-it; nothing is rescaled behind the user's back).
+float64 above 709. The recommended kernel is therefore the normalised ``K_att``
+(``attention-norm``: ``K_att(x, y) / sqrt(K_att(x, x) K_att(y, y)) =
+exp(-scale ||k - k'||^2 / 2) cos(v, v')``, the cosine between the same feature maps), which never
+overflows. Raw ``K_att`` stays available (``make_kernel("attention", key_dim=..., scale=...)``):
+cast to float64, prefer single heads, and expect the MMD estimators' clear overflow error
+otherwise.
 
 Conventions shared by the encoders:
 
@@ -450,7 +454,7 @@ class AttentionKVEncoder(_LMEncoder):
     Row ``i`` of :meth:`encode` is ``[k_1 .. k_H | v_1 .. v_H]``: the mean over text ``i``'s tokens
     of the key of each chosen head (``head_dim`` columns each, heads in the given order), then the
     same for the values. With ``key_dim = H * head_dim`` this is the token format of
-    :func:`~icldistill.kernels.stack_kv`, and :meth:`kernel` returns ``K_att`` with
+    :func:`~icldistill.kernels.stack_kv`, and :meth:`kernel` returns normalised ``K_att`` with
     ``key_dim`` and the layer's own attention scale (``module.scaling``, ``1/sqrt(head_dim)`` for
     most models; Gemma's ``query_pre_attn_scalar``). For one head this is exactly SPEC §3's
     ``K_att(x, x') = <v, v'> exp(scale <k, k'>)``; for several heads it is
@@ -488,7 +492,7 @@ class AttentionKVEncoder(_LMEncoder):
         As for :class:`HiddenStateEncoder`.
     """
 
-    kernel_name = "attention"
+    kernel_name = "attention-norm"
 
     def __init__(self, model: Any, tokenizer: Any, layer: int,
                  heads: Sequence[int] | None = None, *, skip_special_tokens: bool = True,
