@@ -575,7 +575,7 @@ class Harness:
                 results.append(done[key])
             else:
                 todo.append(u)
-        if self.progress and done:
+        if self.progress and len(todo) < len(units):
             _log(f"{len(units) - len(todo)} of {len(units)} units already finished in "
                  f"{self.out_dir}")
         todo.sort(key=lambda u: u.model)      # load each model once; otherwise keep the order
