@@ -55,8 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [t for t in args.tasks.split(",") if t]
     selectors = [s for s in args.selectors.split(",") if s]
     ks = [int(k) for k in args.ks.split(",") if k]
-    cmd = "python benchmarks/bench_fewshot.py " + " ".join(
-        a for a in (argv if argv is not None else sys.argv[1:]))
+    run_cmd = (f"python benchmarks/bench_fewshot.py --models {','.join(models)} --tasks "
+               f"{','.join(tasks)} --ks {args.ks} --seeds {args.seeds} --n-test {args.n_test}")
+    cmds = [run_cmd + "   # resumable: rerun to continue", "python benchmarks/bench_fewshot.py "
+            "--report-only   # rebuild this report from results.jsonl"]
     if not args.report_only:
         h = Harness(out, batch_size=args.batch_size, progress=True)
         t0 = time.time()
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         "MMD² is biased, Gaussian kernel on MiniLM embeddings with the median-heuristic "
         "bandwidth of pool + test, the same kernel for every selector of a task.",
     ]
-    rep = write_comparison_report(results, out, commands=[cmd], notes=notes)
+    rep = write_comparison_report(results, out, commands=cmds, notes=notes)
     print(rep.markdown.read_text())
     return 0
 

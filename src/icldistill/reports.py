@@ -423,7 +423,7 @@ def write_comparison_report(
             rows.append([s, *cells, f"{mean:.3f}" if math.isfinite(mean) else "–"])
         summ = [x for x in summaries if x.model == model and x.k == k]
         complete = [x for x in summ if math.isfinite(x.mean)]
-        if complete:
+        if len(complete) >= 2 and len(complete) == len(summ):
             top = max(complete, key=lambda x: x.mean)
             best[tag] = top.selector
             fam_best[tag] = top.selector.split("@")[0].split(",")[0] in MMD_FAMILY
@@ -434,8 +434,10 @@ def write_comparison_report(
         rnd = next((x for x in summ if x.selector == "random"), None)
         fam = [x for x in summ if x.selector.split("@")[0].split(",")[0] in MMD_FAMILY]
         if rnd is not None and fam:
-            beats[tag] = {t: max(x.per_task.get(t, -1.0) for x in fam) > rnd.per_task[t]
-                          for t in tasks if t in rnd.per_task}
+            beats[tag] = {t: max(x.per_task[t] for x in fam if t in x.per_task)
+                          > rnd.per_task[t]
+                          for t in tasks if t in rnd.per_task
+                          and any(t in x.per_task for x in fam)}
         rho[tag] = {}
         for t in tasks:
             pts = [(r.mmd2_task, r.accuracy.value) for r in rs if r.spec.task == t]
@@ -447,12 +449,16 @@ def write_comparison_report(
                        _html_table(header, [[_html.escape(c).replace("**", "") for c in r]
                                             for r in rows])]
         claims = []
+        missing = [x.selector for x in summ if not math.isfinite(x.mean)]
+        if missing:
+            claims.append("Incomplete grid: no mean over tasks for " + ", ".join(missing) +
+                          " (cells marked –), so no overall winner is declared.")
         if tag in best:
             claims.append(f"Best mean accuracy over tasks: **{best[tag]}**"
                           f" ({'an' if fam_best[tag] else 'not an'} MMD-family selector).")
         if tag in beats:
             lost = [t for t, ok in beats[tag].items() if not ok]
-            claims.append("The best MMD-family selector beats random on every task."
+            claims.append("The best MMD-family selector beats random on every task evaluated."
                           if not lost else
                           "The MMD family does **not** beat random on: " + ", ".join(lost) + ".")
         if rho[tag]:
