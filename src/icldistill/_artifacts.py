@@ -29,9 +29,9 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Any
 
 from ._validation import InputError
 
@@ -362,3 +362,30 @@ def discard_folder(folder: Path, tmp_root: Path) -> None:
     trash = Path(tempfile.mkdtemp(prefix=f"{folder.name}.{os.getpid()}.trash-", dir=tmp_root))
     os.replace(folder, trash / folder.name)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def publish_folder(out_dir: Path, final: Path, marker_name: str, marker: Mapping[str, Any],
+                   tmp_root: Path, is_complete: Callable[[Path], bool]) -> bool:
+    """Finish a cache folder built in ``out_dir`` and move it to ``final`` atomically.
+
+    Writes the marker ``marker_name`` last (so only a finished folder looks cached), gives the
+    folder ordinary permissions, discards an incomplete ``final`` and ``os.replace``s the folder
+    into place. Returns ``False`` when another process published a complete ``final`` first
+    (``out_dir`` is then left for the caller's clean-up), ``True`` otherwise.
+    """
+    tmp_marker = out_dir / (marker_name + ".tmp")
+    tmp_marker.write_text(json.dumps(marker, indent=1) + "\n")
+    os.replace(tmp_marker, out_dir / marker_name)
+    fix_permissions(out_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists() or final.is_symlink():
+        if is_complete(final):  # another process finished first
+            return False
+        discard_folder(final, tmp_root)
+    try:
+        os.replace(out_dir, final)
+    except OSError:
+        if is_complete(final):
+            return False
+        raise
+    return True

@@ -1272,23 +1272,9 @@ def _materialize(spec: DatasetSpec, archives: dict[str, Path], root: Path, work:
               "files": {f.filename: f.sha256 for f in spec.files},
               "sources": [f.source for f in spec.files],
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp = out / (MARKER_FILE + ".tmp")
-    tmp.write_text(json.dumps(marker, indent=1) + "\n")
-    os.replace(tmp, out / MARKER_FILE)
-    art.fix_permissions(out)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists() or final.is_symlink():
-        if _is_complete(final, spec, verify=True):  # another process finished first
-            return final
-        art.discard_folder(final, root / "tmp")
-    try:
-        os.replace(out, final)
-    except OSError:
-        if _is_complete(final, spec):
-            return final
-        raise
+    art.publish_folder(out, final, MARKER_FILE, marker, root / "tmp",
+                       lambda p: _is_complete(p, spec, verify=True))
     return final
-
 
 def fetch_dataset(name: str, cache_dir: str | os.PathLike[str] | None = None,
                   progress: bool = True) -> Path:

