@@ -19,6 +19,11 @@ Commands
     Few-shot accuracy (bootstrap CIs) and the MMD of the demonstrations, resumable.
 ``icldistill compare --models ... --datasets ... --selectors ... --ks 4,8``
     A grid of evaluations and a Markdown + HTML report with tables and figures.
+``icldistill lab train|training|alignment|bias|generalization|gd|real ...``
+    The laboratory: train a small in-context learner (cached), run one experiment and write
+    its figures and a one-section report.
+``icldistill reproduce [--quick]``
+    Every experiment, one ``report.md`` + ``report.html`` that checks each claim (resumable).
 
 Errors in the input end the program with exit status 2 and a one-line message on stderr.
 """
@@ -388,12 +393,112 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     done = h.run(units)
     keys = {r.key for r in done}
     results = [r for r in load_results(args.out) if r.key in keys]
-    cmd = "icldistill " + " ".join(sys.argv[1:]) if args.argv is None else args.argv
+    cmd = _command_line(args)
     rep = write_comparison_report(results, args.out, commands=[cmd])
     for tag, sel in rep.best.items():
         print(f"{tag}: best mean accuracy {sel}")
     print(f"report: {rep.markdown} and {rep.html}")
     return 0
+
+
+# ---------------------------------------------------------------------------------- laboratory
+_LAB_EXPERIMENTS = ("training", "alignment", "bias", "generalization", "gd")
+
+
+def _trained(args: argparse.Namespace) -> Any:
+    import dataclasses
+
+    import torch
+
+    from .training import load_or_train, preset
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg, tcfg = preset(args.preset, args.task)
+    overrides = {k: v for k, v in (("seed", args.seed), ("steps", getattr(args, "steps", None)))
+                 if v is not None}
+    tcfg = dataclasses.replace(tcfg, **overrides)
+    return load_or_train(cfg, tcfg, progress=not args.quiet, retrain=getattr(args, "retrain",
+                                                                             False))
+
+
+def _cmd_lab_train(args: argparse.Namespace) -> int:
+    from .training import evaluate_icl
+
+    tr = _trained(args)
+    ev = evaluate_icl(tr, batches=4, seed=10_000 + tr.train.seed)
+    n = ev.n_examples
+    picks = sorted({1, 2, tr.config.d_x, min(2 * tr.config.d_x, n - 1), n - 1})
+    print(f"{tr.config.task} model {tr.config.to_dict()}")
+    print(f"trained {tr.train.steps} steps in {tr.seconds:.0f} s; checkpoint {tr.path}")
+    print(ev.table(picks))
+    return 0
+
+
+def _write_single(section: Any, out: Path, command: str) -> None:
+    from .experiments.report import write_lab_report
+
+    write_lab_report([section], out, title=section.title, header=[f"Command: `{command}`"],
+                     commands=[command])
+    ok = sum(c.holds for c in section.checks)
+    print(f"{section.title}: {ok}/{len(section.checks)} checks hold ({section.seconds:.1f} s)")
+    for c in section.checks:
+        print(f"  [{'ok' if c.holds else 'NO'}] {c.claim}: {c.detail}")
+    for f in section.findings:
+        print(f"  - {f}")
+    print(f"wrote {out / 'report.md'}, {out / 'report.html'}")
+
+
+def _cmd_lab_experiment(args: argparse.Namespace) -> int:
+    from .experiments.reproduce import run_experiment
+
+    tr = _trained(args)
+    out = Path(args.out)
+    sec = run_experiment(args.experiment, tr, out_dir=out, quick=args.preset != "full",
+                         seed=args.seed or 0, progress=not args.quiet)
+    _write_single(sec, out, _command_line(args))
+    return 0
+
+
+def _cmd_lab_real(args: argparse.Namespace) -> int:
+    import torch
+
+    from .experiments import real
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    sec = real.run(args.model, out_dir=out, quick=args.quick, seed=args.seed,
+                   progress=not args.quiet, dataset=args.dataset,
+                   fewshot_results=args.fewshot_results)
+    _write_single(sec, out, _command_line(args))
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    import torch
+
+    from .experiments.reproduce import reproduce
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    only = [s for s in args.only.split(",") if s] if args.only else None
+    res = reproduce(args.out, quick=args.quick, seed=args.seed, model=args.model,
+                    dataset=args.dataset, fewshot_results=args.fewshot_results, only=only,
+                    progress=not args.quiet, command=_command_line(args))
+    ok = sum(c.holds for s in res.sections for c in s.checks)
+    n = sum(len(s.checks) for s in res.sections)
+    print(f"{len(res.sections)} experiments, {ok}/{n} checks hold, {res.seconds:.0f} s")
+    for s in res.sections:
+        for c in s.checks:
+            if not c.holds:
+                print(f"  [NO] {s.name}: {c.claim}: {c.detail}")
+    print(f"wrote {res.files['markdown']}, {res.files['html']}")
+    return 0
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    return "icldistill " + " ".join(getattr(args, "argv", None) or [args.command])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -537,14 +642,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="scoring batch size (default 8)")
     p.add_argument("--out", default="icldistill-compare", help="output folder")
     common(p)
-    p.set_defaults(func=_cmd_compare, argv=None)
+    p.set_defaults(func=_cmd_compare)
+
+    def lab_opts(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        q.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("lab", help="the laboratory: train an in-context learner, run one "
+                                   "experiment", description="Small softmax transformers trained "
+                       "on in-context regression / classification (checkpoints cached) and the "
+                       "experiments that check the framework on them.")
+    lsub = p.add_subparsers(dest="lab_command", required=True)
+
+    def lab_common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--task", choices=("regression", "classification"), default="regression")
+        q.add_argument("--preset", choices=("tiny", "quick", "full"), default="quick",
+                       help="model size and training length (default quick)")
+        q.add_argument("--seed", type=int, default=None, help="training / experiment seed")
+        lab_opts(q)
+
+    q = lsub.add_parser("train", help="train (or load from the cache) and print its error curve")
+    lab_common(q)
+    q.add_argument("--steps", type=int, default=None, help="override the preset's steps")
+    q.add_argument("--retrain", action="store_true", help="ignore the cached checkpoint")
+    q.set_defaults(func=_cmd_lab_train)
+    helps = {"training": "training curve and in-context error vs number of examples",
+             "alignment": "eta* per layer, head and position; implicit alignment; stationarity",
+             "bias": "||W_0(P) - W_0(Q)|| against MMD under shifts; ICL error vs MMD",
+             "generalization": "Rademacher bound and observed gap vs number of demonstrations",
+             "gd": "the transformer against gradient descent and least squares"}
+    for name in _LAB_EXPERIMENTS:
+        q = lsub.add_parser(name, help=helps[name])
+        lab_common(q)
+        q.add_argument("--out", default=f"icldistill-lab/{name}", help="output folder")
+        q.set_defaults(func=_cmd_lab_experiment, experiment=name)
+    q = lsub.add_parser("real", help="eta* and demo share of a real model; accuracy vs MMD")
+    q.add_argument("--model", default="smollm2-135m", help="registry model (default smollm2-135m)")
+    q.add_argument("--dataset", default="amazon", help="registry dataset (default amazon)")
+    q.add_argument("--quick", action="store_true",
+                   help="4 prompts and a 5-unit grid on 60 test inputs")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--fewshot-results", default=None,
+                   help="read accuracy vs MMD from this harness folder instead of running a grid")
+    q.add_argument("--out", default="icldistill-lab/real", help="output folder")
+    lab_opts(q)
+    q.set_defaults(func=_cmd_lab_real)
+
+    p = sub.add_parser("reproduce", help="run every experiment; one Markdown + HTML report",
+                       description="Train the in-context learners, run every experiment of the "
+                                   "laboratory and the real-model checks, and write report.md / "
+                                   "report.html with every figure, table, seed and version "
+                                   "(resumable: finished experiments are read back).")
+    p.add_argument("--quick", action="store_true",
+                   help="small presets: under 10 minutes on 2 cores with the default model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="smollm2-135m", help="real model (default smollm2-135m)")
+    p.add_argument("--dataset", default="amazon", help="real dataset (default amazon)")
+    p.add_argument("--fewshot-results", default=None,
+                   help="harness folder to read accuracy vs MMD from (default: run a small grid)")
+    p.add_argument("--only", default=None, help="comma-separated experiments to run")
+    p.add_argument("--out", default="icldistill-report", help="output folder")
+    lab_opts(p)
+    p.set_defaults(func=_cmd_reproduce)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``icldistill`` command; returns the exit status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return int(args.func(args))
     except (InputError, OSError) as exc:

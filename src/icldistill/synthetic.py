@@ -29,12 +29,14 @@ from ._validation import InputError, check_matrix
 
 __all__ = [
     "AttentionHead",
+    "ICLBatch",
     "Prompt",
     "build_prompt",
     "causal_mask",
     "default_direction",
     "gaussian_mixture",
     "gaussian_tokens",
+    "icl_batch",
     "random_head",
     "synthetic_prompt",
 ]
@@ -424,3 +426,101 @@ def synthetic_prompt(
         if prefix_norm is not None:
             prefix = prefix / prefix.norm(dim=1, keepdim=True) * float(prefix_norm)
     return build_prompt(demos, query, prefix)
+
+
+# ============================================================================ in-context tasks
+@dataclass(frozen=True)
+class ICLBatch:
+    """A batch of in-context learning prompts ``(x_i, y_i)_{i<N}`` with their task vectors.
+
+    Attributes
+    ----------
+    xs : Tensor ``[B, N, d]``
+    ys : Tensor ``[B, N]``
+        Labels: ``w . x`` (regression) or ``sign(w . x)`` in ``{-1, +1}`` (classification),
+        after the label noise.
+    ws : Tensor ``[B, d]``
+        Task vector of every prompt.
+    clean : Tensor ``[B, N]``
+        Labels without noise.
+    task : str
+    """
+
+    xs: torch.Tensor
+    ys: torch.Tensor
+    ws: torch.Tensor
+    clean: torch.Tensor
+    task: str
+
+
+def icl_batch(
+    task: str,
+    batch: int,
+    n_examples: int,
+    d: int,
+    seed: int,
+    *,
+    ws: Any | None = None,
+    mean_shift: float = 0.0,
+    cov_scale: float = 1.0,
+    label_noise: float = 0.0,
+    direction: Any | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> ICLBatch:
+    """Sample in-context linear regression or classification prompts.
+
+    ``x ~ N(mean_shift * u, cov_scale * I_d)`` (``u`` the unit ``direction``), ``w ~ N(0, I_d)``
+    unless ``ws`` is given; regression labels ``y = w . x + label_noise * eps`` with
+    ``eps ~ N(0, 1)``; classification labels ``y = sign(w . x)``, each flipped with probability
+    ``label_noise``.
+
+    Parameters
+    ----------
+    task : {"regression", "classification"}
+    batch, n_examples, d : int
+        ``B``, ``N`` and the input dimension.
+    seed : int
+        Seed of the sample (its own generator; global RNG untouched).
+    ws : array-like ``[B, d]`` or ``[d]``, optional
+        Fixed task vectors (a ``[d]`` vector is shared by all prompts).
+    mean_shift, cov_scale, label_noise : float
+        Distribution shift of the inputs and of the labels (all 0 / 1 / 0 = the training
+        distribution).
+    direction : array-like ``[d]``, optional
+        Mean-shift direction (default ``(1, ..., 1) / sqrt(d)``).
+    dtype : torch.dtype
+        Output dtype (float32 default, for training).
+    """
+    if task not in ("regression", "classification"):
+        raise InputError(f"unknown task {task!r}; expected 'regression' or 'classification'")
+    batch = _positive_int(batch, "batch")
+    n_examples = _positive_int(n_examples, "n_examples")
+    d = _positive_int(d, "d")
+    if not math.isfinite(label_noise) or label_noise < 0:
+        raise InputError(f"label_noise must be a finite non-negative number, got {label_noise!r}")
+    if task == "classification" and label_noise > 1:
+        raise InputError(f"label_noise is a flip probability for classification, got "
+                         f"{label_noise!r}")
+    gen = _generator(seed)
+    if ws is None:
+        w = torch.randn(batch, d, generator=gen, dtype=_F64)
+    else:
+        w = torch.as_tensor(ws, dtype=_F64)
+        if w.shape == (d,):
+            w = w.expand(batch, d)
+        if w.shape != (batch, d):
+            raise InputError(f"ws must have shape [{batch}, {d}] or [{d}], got {tuple(w.shape)}")
+        if not bool(torch.isfinite(w).all()):
+            raise InputError("ws must be finite")
+    x = gaussian_tokens(batch * n_examples, d, mean_shift, cov_scale,
+                        seed=int(torch.randint(0, 2**62, (1,), generator=gen)),
+                        direction=direction).view(batch, n_examples, d)
+    clean = torch.einsum("bnd,bd->bn", x, w)
+    if task == "regression":
+        y = clean + label_noise * torch.randn(batch, n_examples, generator=gen, dtype=_F64)
+    else:
+        clean = torch.where(clean >= 0, 1.0, -1.0).to(_F64)
+        flip = torch.rand(batch, n_examples, generator=gen, dtype=_F64) < label_noise
+        y = torch.where(flip, -clean, clean)
+    return ICLBatch(xs=x.to(dtype), ys=y.to(dtype), ws=w.to(dtype).clone(),
+                    clean=clean.to(dtype), task=task)

@@ -50,6 +50,7 @@ class _LayerRecord:
     mean_demo_logit: torch.Tensor     # [H, P]
     mean_logit: torch.Tensor          # [H, P]
     num_demo: torch.Tensor            # [P]
+    num_keys: torch.Tensor            # [P]
     kernel_form: bool
     max_rel_error: float
     components: torch.Tensor | None = None   # [S_fine, H, P, Dv]
@@ -190,7 +191,8 @@ def _record(
     rec = _LayerRecord(
         log_norm=log_norm.cpu(), eta=eta.cpu(), mass=mass.cpu(),
         comp_norm=grouped.norm(dim=-1).cpu(), mean_demo_logit=mean_demo.cpu(),
-        mean_logit=mean_logit.cpu(), num_demo=n_demo.cpu(), kernel_form=kernel_form,
+        mean_logit=mean_logit.cpu(), num_demo=n_demo.cpu(), num_keys=allowed.sum(-1).cpu(),
+        kernel_form=kernel_form,
         max_rel_error=float(err.max()) if err.numel() else 0.0, scale=scale, kv_groups=groups,
     )
     if req.keep_components:
@@ -238,6 +240,9 @@ class TraceResult:
         Mean logit over all attended keys.
     num_demo_keys : LongTensor ``[L, P]``
         ``N_t`` (sliding windows make it layer-dependent).
+    num_keys : LongTensor ``[L, P]``
+        ``n_t``, the number of keys position ``t`` attends to (Jensen:
+        ``log(D'_t / n_t) >= mean_logit``).
     has_kernel_form : BoolTensor ``[L, H]``
         Whether the head's logits are a pure scaled dot product (``W_0`` exists).
     max_decomposition_error : float
@@ -263,6 +268,7 @@ class TraceResult:
     mean_demo_logit: torch.Tensor
     mean_logit: torch.Tensor
     num_demo_keys: torch.Tensor
+    num_keys: torch.Tensor
     has_kernel_form: torch.Tensor
     max_decomposition_error: float
     logits: torch.Tensor
@@ -483,6 +489,7 @@ def _assemble(req: _Request, tok: TokenizedPrompt, tokenizer: Any, logits: torch
         mean_demo_logit=stack("mean_demo_logit"),
         mean_logit=stack("mean_logit"),
         num_demo_keys=stack("num_demo"),
+        num_keys=stack("num_keys"),
         has_kernel_form=torch.tensor([[r.kernel_form] * H for r in recs], dtype=torch.bool),
         max_decomposition_error=max(r.max_rel_error for r in recs),
         logits=logits,

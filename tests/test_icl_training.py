@@ -1,0 +1,290 @@
+"""Training of the in-context learner: determinism, presets, the checkpoint cache, resuming an
+interrupted run, evaluation curves and input errors. Everything uses the ``tiny`` preset (or a
+few steps of it) and ``tmp_path`` as the cache, so the whole file runs in seconds."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import pytest
+import torch
+
+import icldistill.training as training
+from icldistill import InputError
+from icldistill.models.icl_transformer import ICLConfig, ICLTransformer
+from icldistill.training import (
+    ICLEvaluation,
+    TrainConfig,
+    TrainedICL,
+    checkpoint_path,
+    evaluate_icl,
+    load_or_train,
+    preset,
+    train_icl,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _short(task: str = "regression", steps: int = 12, **kw) -> tuple[ICLConfig, TrainConfig]:
+    cfg, tr = preset("tiny", task)
+    return cfg, dataclasses.replace(tr, steps=steps, warmup=3, history_every=4, **kw)
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# ----------------------------------------------------------------------------- determinism
+def test_same_seed_same_weights_different_seed_differs():
+    cfg, tr = _short()
+    rng_before = torch.get_rng_state()
+    a, b = train_icl(cfg, tr), train_icl(cfg, tr)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # global RNG untouched
+    assert _same_weights(a.model, b.model)
+    assert a.history == b.history
+    c = train_icl(cfg, dataclasses.replace(tr, seed=1))
+    assert not _same_weights(a.model, c.model)
+
+
+def test_trained_model_is_float32_eval_even_with_float64_default():
+    assert torch.get_default_dtype() == torch.float64  # set by conftest
+    cfg, tr = _short("classification", steps=3)
+    res = train_icl(cfg, tr)
+    assert isinstance(res, TrainedICL) and res.task == "classification"
+    assert not res.model.training
+    assert all(p.dtype == torch.float32 for p in res.model.parameters())
+    assert torch.get_default_dtype() == torch.float64
+    assert res.history[-1][0] == tr.steps and res.seconds > 0 and res.path is None
+
+
+def test_schedule_and_curriculum():
+    cfg = ICLConfig(d_x=3, max_examples=20)
+    tr = TrainConfig(steps=100, lr=1.0, warmup=10, curriculum_start=4)
+    lrs = [training._lr_at(tr, s) for s in range(tr.steps)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(x >= y for x, y in itertools.pairwise(lrs[9:]))  # decays after warm-up
+    assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
+    ns = [training._examples_at(cfg, tr, s) for s in range(tr.steps)]
+    assert ns[0] == 4 and ns[50] == 20 and ns[-1] == 20
+    assert all(x <= y for x, y in itertools.pairwise(ns))
+    # curriculum_start above max_examples is clipped
+    assert training._examples_at(cfg, TrainConfig(curriculum_start=50), 0) == 20
+
+
+def test_dimension_curriculum():
+    cfg = ICLConfig(d_x=6, max_examples=10)
+    tr = TrainConfig(steps=40, batch_size=16, curriculum_dims_start=2, curriculum_start=3)
+    dims = [training._dims_at(cfg, tr, s) for s in range(tr.steps)]
+    assert dims[0] == 2 and dims[20] == 6 and dims[-1] == 6
+    assert all(x <= y for x, y in itertools.pairwise(dims))
+    xs, ys, d = training._train_batch(cfg, tr, 0)
+    assert xs.shape == (16, 3, 6) and ys.shape == (16, 3) and d == 2
+    assert xs.dtype == torch.float32
+    active = (xs != 0).any(dim=1)                         # [B, d_x] active coordinates
+    assert bool((active.sum(1) == 2).all())
+    assert int(active.any(0).sum()) == 6                  # every coordinate is used somewhere
+    xs_full, _, d_full = training._train_batch(cfg, tr, 30)
+    assert d_full == 6 and bool((xs_full != 0).all())
+    assert training._dims_at(cfg, dataclasses.replace(tr, curriculum_dims_start=None), 0) == 6
+
+
+# ----------------------------------------------------------------------------- presets
+def test_tiny_preset_loss_decreases():
+    cfg, tr = preset("tiny")
+    res = train_icl(cfg, tr)
+    losses = [v for _, v in res.history]
+    assert len(losses) >= 5 and all(math.isfinite(v) for v in losses)
+    first, last = sum(losses[:2]) / 2, sum(losses[-2:]) / 2
+    assert last < 0.9 * first, losses
+
+
+@pytest.mark.parametrize("name", ["tiny", "quick", "full"])
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_presets_are_valid(name, task):
+    cfg, tr = preset(name, task)
+    assert cfg.task == task and tr.steps >= 1
+    if name != "tiny":
+        assert cfg.max_examples >= 20 and 5 <= cfg.d_x <= 10
+    ICLTransformer(cfg)  # builds
+
+
+# ----------------------------------------------------------------------------- cache
+def test_cache_hit_does_not_retrain(tmp_path, monkeypatch):
+    cfg, tr = _short()
+    first = load_or_train(cfg, tr, cache_dir=tmp_path)
+    assert first.path == checkpoint_path(cfg, tr, tmp_path)
+    assert first.path.is_file() and first.path.parent == tmp_path / "lab"
+    assert not list((tmp_path / "lab").glob("*.state.pt"))
+    assert not list((tmp_path / "lab").glob("*.tmp"))
+
+    def boom(*args, **kwargs):
+        raise AssertionError("retrained although the checkpoint is cached")
+
+    monkeypatch.setattr(training, "_train", boom)
+    second = load_or_train(cfg, tr, cache_dir=tmp_path)
+    assert _same_weights(first.model, second.model)
+    assert second.history == first.history and second.seconds == pytest.approx(first.seconds)
+    assert not second.model.training
+    assert all(p.dtype == torch.float32 for p in second.model.parameters())
+    # other configs -> other file
+    assert checkpoint_path(cfg, dataclasses.replace(tr, seed=3), tmp_path) != first.path
+    with pytest.raises(AssertionError, match="retrained"):
+        load_or_train(cfg, tr, cache_dir=tmp_path, retrain=True)
+
+
+def test_mismatched_checkpoint_is_ignored(tmp_path):
+    cfg, tr = _short(steps=4)
+    res = load_or_train(cfg, tr, cache_dir=tmp_path)
+    blob = torch.load(res.path, weights_only=True)
+    blob["key"]["train"]["seed"] = 99  # stored configs no longer match the file name
+    torch.save(blob, res.path)
+    with pytest.warns(RuntimeWarning, match="other configs"):
+        again = load_or_train(cfg, tr, cache_dir=tmp_path)
+    assert _same_weights(again.model, res.model)
+    res.path.write_bytes(b"not a checkpoint")
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        load_or_train(cfg, tr, cache_dir=tmp_path)
+
+
+# ----------------------------------------------------------------------------- resume
+def test_resume_after_interrupt_matches_uninterrupted(tmp_path):
+    cfg, tr = _short(steps=14)
+    reference = train_icl(cfg, tr)
+    with pytest.raises(KeyboardInterrupt):
+        load_or_train(cfg, tr, cache_dir=tmp_path, _stop_after=6)
+    path = checkpoint_path(cfg, tr, tmp_path)
+    state = training._state_path(path)
+    assert state.is_file() and not path.exists()
+    assert torch.load(state, weights_only=True)["step"] == 6
+    resumed = load_or_train(cfg, tr, cache_dir=tmp_path)
+    assert _same_weights(resumed.model, reference.model)
+    assert resumed.history == reference.history
+    assert path.is_file() and not state.exists()
+
+
+def test_interrupt_inside_a_step_resumes_from_the_last_complete_step(tmp_path, monkeypatch):
+    """A ^C arriving while a batch is being drawn (mid-step) keeps the last complete step, and
+    periodic states are written while training."""
+    cfg, tr = _short("classification", steps=10)
+    reference = train_icl(cfg, tr)
+    real_batch, calls, saved = training.icl_batch, [], []
+
+    def interrupting_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 8:
+            raise KeyboardInterrupt
+        return real_batch(*args, **kwargs)
+
+    real_save = training._atomic_save
+
+    def counting_save(obj, path):
+        saved.append(obj.get("step"))
+        real_save(obj, path)
+
+    monkeypatch.setattr(training, "icl_batch", interrupting_batch)
+    monkeypatch.setattr(training, "_atomic_save", counting_save)
+    with pytest.raises(KeyboardInterrupt):
+        load_or_train(cfg, tr, cache_dir=tmp_path, _state_every=0.0)
+    assert saved == [1, 2, 3, 4, 5, 6, 7, 7]  # periodic states, then the one on ^C
+    monkeypatch.setattr(training, "icl_batch", real_batch)
+    resumed = load_or_train(cfg, tr, cache_dir=tmp_path)
+    assert _same_weights(resumed.model, reference.model)
+    assert resumed.history == reference.history
+
+
+def test_progress_bar_runs(capsys):
+    cfg, tr = _short(steps=3)
+    train_icl(cfg, tr, progress=True)
+
+
+# ----------------------------------------------------------------------------- evaluation
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_evaluate_icl_shapes(task):
+    cfg, _ = preset("tiny", task)
+    model = training._new_model(cfg, 0).eval()
+    ev = evaluate_icl(model, task, n_examples=6, batches=2, batch_size=16, seed=1)
+    assert isinstance(ev, ICLEvaluation) and ev.prompts == 32 and ev.n_examples == 6
+    for t in (ev.error, ev.stderr, ev.baseline):
+        assert t.shape == (6,) and t.dtype == torch.float64 and bool(torch.isfinite(t).all())
+    assert bool((ev.stderr >= 0).all())
+    if task == "classification":
+        assert bool(((ev.error >= 0) & (ev.error <= 1)).all())
+        assert ev.metric == "accuracy"
+    else:
+        # least squares is exact once there are d_x examples (noise-free labels)
+        assert float(ev.baseline[cfg.d_x:].max()) < 1e-6
+    # deterministic, TrainedICL accepted, default n_examples = max_examples
+    again = evaluate_icl(model, n_examples=6, batches=2, batch_size=16, seed=1)
+    assert torch.equal(ev.error, again.error)
+    full = evaluate_icl(TrainedICL(model, cfg, TrainConfig()), batches=1, batch_size=4)
+    assert full.error.shape == (cfg.max_examples,)
+    assert "±" in ev.table([0, 5])
+    assert model.training is False
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("kw", [
+    {"steps": 0}, {"steps": -3}, {"steps": 2.5}, {"batch_size": 0}, {"lr": 0.0},
+    {"lr": float("nan")}, {"weight_decay": -1.0}, {"warmup": -1}, {"curriculum_start": 0},
+    {"label_noise": -0.1}, {"grad_clip": 0.0}, {"seed": -1}, {"history_every": 0},
+    {"curriculum_dims_start": 0}, {"classification_loss": "hinge"},
+])
+def test_bad_train_config(kw):
+    with pytest.raises(InputError):
+        TrainConfig(**kw)
+
+
+def test_bad_input_errors(tmp_path):
+    with pytest.raises(InputError, match="unknown preset"):
+        preset("huge")
+    with pytest.raises(InputError, match="unknown task"):
+        preset("tiny", "ranking")
+    cfg, tr = _short(steps=2)
+    with pytest.raises(InputError):
+        train_icl(tr, cfg)  # swapped
+    with pytest.raises(InputError):
+        load_or_train(cfg, {"steps": 3}, cache_dir=tmp_path)
+    model = training._new_model(cfg, 0)
+    with pytest.raises(InputError, match="task mismatch"):
+        evaluate_icl(model, "classification")
+    with pytest.raises(InputError, match="n_examples"):
+        evaluate_icl(model, n_examples=cfg.max_examples + 1)
+    with pytest.raises(InputError, match="n_examples"):
+        evaluate_icl(model, n_examples=0)
+    with pytest.raises(InputError, match="batch_size"):
+        evaluate_icl(model, batch_size=0)
+    with pytest.raises(InputError, match="model"):
+        evaluate_icl("not a model")
+    assert TrainConfig(grad_clip=math.inf).grad_clip == math.inf
+    with pytest.raises(InputError, match="flip probability"):
+        train_icl(preset("tiny", "classification")[0], TrainConfig(steps=1, label_noise=2.0))
+
+
+def test_numpy_numbers_are_normalised():
+    np = pytest.importorskip("numpy")
+    tr = TrainConfig(steps=np.int64(5), lr=np.float32(0.01), seed=np.int64(2))
+    assert type(tr.steps) is int and type(tr.lr) is float and type(tr.seed) is int
+    cfg = preset("tiny")[0]
+    assert checkpoint_path(cfg, tr) == checkpoint_path(cfg, TrainConfig(steps=5, lr=float(
+        np.float32(0.01)), seed=2))
+
+
+def test_divergence_is_reported(monkeypatch):
+    cfg, tr = _short(steps=3)
+
+    def nan_loss(config, train, pred, ys, dims):
+        return pred.sum() * float("nan")
+
+    monkeypatch.setattr(training, "_loss", nan_loss)
+    with pytest.raises(FloatingPointError, match="diverged at step 1"):
+        train_icl(cfg, tr)

@@ -1,0 +1,112 @@
+"""The real-model experiment on a tiny random model, the lab report and section round trip."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from icldistill._validation import InputError
+from icldistill.experiments import Check, Section, Table, real
+from icldistill.experiments.report import (
+    format_cell,
+    read_section,
+    write_lab_report,
+    write_section,
+)
+from icldistill.harness import Harness
+
+from .test_harness import _write_task
+from .tiny_models import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return _write_task(tmp_path_factory.mktemp("data") / "toy.jsonl")
+
+
+def _loaded():
+    return SimpleNamespace(model=tiny_model("llama"), tokenizer=tiny_tokenizer(True),
+                           name="tiny-llama")
+
+
+def test_real_trace_on_tiny_model(toy):
+    res = real.real_model_trace("tiny", "toy", k=3, n_prompts=2, seed=0, loaded=_loaded(),
+                                split=toy.split)
+    L, H = res.has_kernel_form.shape
+    assert res.eta_last.shape == (2, L, H) and res.demo_share_last.shape == (2, L, H)
+    assert res.max_decomposition_error < 1e-4
+    assert res.jensen_violations == 0 and res.jensen_checked > 0
+    assert res.alignment_error < 1e-8            # one step with eta* is W_0
+    assert res.alignment_error_2x > 0.5          # ... and with 2 eta* it is not
+    again = real.real_model_trace("tiny", "toy", k=3, n_prompts=2, seed=0, loaded=_loaded(),
+                                  split=toy.split)
+    np.testing.assert_allclose(res.eta_last, again.eta_last)
+
+
+def test_real_trace_bad_input(toy):
+    with pytest.raises(InputError, match="k and n_prompts"):
+        real.real_model_trace("tiny", "toy", k=0, loaded=_loaded(), split=toy.split)
+
+
+def test_real_section_with_fewshot_grid(tmp_path, toy):
+    h = Harness(tmp_path / "fs", tasks={"toy": toy}, model_loader=lambda _n: _loaded(),
+                progress=False, embedding_cache=tmp_path / "emb",
+                reference_encoder="hidden:-1", n_boot=20, batch_size=4)
+    sec = real.run("tiny", out_dir=tmp_path / "real", quick=True, dataset="toy",
+                   fewshot_tasks=("toy",), loaded=_loaded(), split=toy.split, harness=h)
+    assert sec.name == "real" and sec.tables and sec.checks
+    for f in sec.figures:
+        assert (tmp_path / "real" / f).read_bytes()[:4] == b"\x89PNG"
+    assert "real_accuracy_mmd.png" in sec.figures
+    rows = sec.data["fewshot"]["rows"]
+    assert {r["selector"] for r in rows} == {"random", "mmd", "mmd-balanced"}
+    assert sum(r["selector"] == "random" for r in rows) == 3     # 3 seeds
+    # reading the same folder back gives the same relation
+    rel = real.fewshot_relation(tmp_path / "fs", run_grid=False)
+    assert rel.spearman.keys() == {"toy"}
+    with pytest.raises(InputError, match="no finished units"):
+        real.fewshot_relation(tmp_path / "empty", run_grid=False)
+
+
+def _section():
+    return Section(name="demo", title="A demo", description="what was done",
+                   checks=[Check("a holds", True, "x = 1"), Check("b holds", False, "y = 2")],
+                   findings=["finding one"],
+                   tables=[Table("t", ("a", "b"), ((1, 0.5), (2, float("nan"))))],
+                   figures=["fig.png"], data={"x": [1.0, 2.0]}, seconds=1.5)
+
+
+def test_section_round_trip_and_fingerprint(tmp_path):
+    sec = _section()
+    write_section(sec, tmp_path / "s.json", fingerprint="abc")
+    back = read_section(tmp_path / "s.json", fingerprint="abc")
+    assert back is not None and back.checks == sec.checks and back.findings == sec.findings
+    assert back.tables[0].rows[0] == (1, 0.5) and back.tables[0].rows[1][1] is None
+    assert read_section(tmp_path / "s.json", fingerprint="other") is None
+    assert read_section(tmp_path / "missing.json") is None
+    (tmp_path / "torn.json").write_text('{"name": ')
+    assert read_section(tmp_path / "torn.json") is None
+
+
+def test_lab_report_shows_failed_checks(tmp_path):
+    files = write_lab_report([_section()], tmp_path, title="T", header=["seed 0"],
+                             commands=["icldistill reproduce --quick"],
+                             section_commands={"demo": "icldistill lab demo"})
+    md = files["markdown"].read_text()
+    assert "1 of 2 checks hold" in md and "**NO**" in md and "icldistill lab demo" in md
+    assert "![fig](fig.png)" in md
+    html = files["html"].read_text()
+    assert "<img src='fig.png'" in html and "class='no'" in html
+
+
+def test_table_rejects_ragged_rows():
+    with pytest.raises(ValueError, match="cells"):
+        Table("t", ("a", "b"), ((1,),))
+
+
+@pytest.mark.parametrize(("v", "s"), [(None, "–"), (True, "yes"), (0.0, "0"), (1234.5678, "1235"),
+                                      (1e-5, "1.000e-05"), (float("inf"), "–"), ("x", "x")])
+def test_format_cell(v, s):
+    assert format_cell(v) == s

@@ -1,0 +1,78 @@
+"""``reproduce`` end to end on the tiny preset (every lab experiment; the real-model section has
+its own test), resuming from stored sections, and the lab CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from icldistill._validation import InputError
+from icldistill.cli import main
+from icldistill.experiments.reproduce import EXPERIMENTS, plan, reproduce
+
+LAB = list(EXPERIMENTS)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    cache = tmp_path_factory.mktemp("cache")
+    res = reproduce(out, quick=True, preset_name="tiny", only=LAB, cache_dir=cache,
+                    progress=False)
+    return out, cache, res
+
+
+def test_plan_covers_every_experiment():
+    quick, full = plan(True), plan(False)
+    for name in [*EXPERIMENTS, "real"]:
+        assert any(n == name for n, _ in quick)
+    assert set(quick) < set(full)
+    assert ("gd", "classification") in quick
+
+
+def test_reproduce_writes_every_section_and_figure(report):
+    out, _, res = report
+    keys = {s.name for s in res.sections}
+    assert keys == {f"{n}-{t}" for n, t in plan(True) if n != "real"}
+    for s in res.sections:
+        assert s.tables and s.checks, s.name
+        assert s.figures, s.name
+        for f in s.figures:
+            assert (out / f).read_bytes()[:4] == b"\x89PNG", f
+        assert (out / "sections" / f"{s.name}.json").is_file()
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    for s in res.sections:
+        assert s.title in md
+        for f in s.figures:
+            assert f"({f})" in md and f"src='{f}'" in html
+    assert "Versions:" in md and "seed 0" in md and "icldistill lab alignment" in md
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["checks"] == sum(len(s.checks) for s in res.sections)
+
+
+def test_reproduce_resumes_from_stored_sections(report):
+    out, cache, res = report
+    again = reproduce(out, quick=True, preset_name="tiny", only=LAB, cache_dir=cache,
+                      progress=False)
+    assert sorted(again.resumed) == sorted(s.name for s in res.sections)
+    assert [s.checks for s in again.sections] == [s.checks for s in res.sections]
+
+
+def test_reproduce_rejects_unknown_experiment(tmp_path):
+    with pytest.raises(InputError, match="unknown experiment"):
+        reproduce(tmp_path, quick=True, only=["nope"], progress=False)
+
+
+def test_lab_cli_train_and_experiment(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ICLDISTILL_CACHE", str(tmp_path / "cache"))
+    assert main(["lab", "train", "--preset", "tiny", "--quiet"]) == 0
+    out_text = capsys.readouterr().out
+    assert re.search(r"trained \d+ steps in \d+ s; checkpoint ", out_text), out_text
+    out = tmp_path / "gd"
+    assert main(["lab", "gd", "--preset", "tiny", "--quiet", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "checks hold" in text and (out / "report.md").is_file()
+    assert main(["reproduce", "--only", "nope", "--out", str(tmp_path / "r"), "--quiet"]) == 2
