@@ -195,7 +195,8 @@ class FewShotRelation:
     rows : list of dict
         One per unit: task, selector, k, seed, accuracy, macro_f1, mmd2_task, n.
     spearman : dict[str, float]
-        Spearman(MMD², accuracy) per task (NaN with fewer than 3 units).
+        Spearman(MMD², accuracy) per task (per task and ``k``, and model, when the units have
+        several; NaN with fewer than 3 units).
     source : str
         Where the units come from (the folder).
     """
@@ -242,13 +243,26 @@ def fewshot_relation(
              "seed": r.spec.seed, "accuracy": r.accuracy.value, "macro_f1": r.macro_f1.value,
              "mmd2_task": r.mmd2_task, "n": r.n} for r in results]
     rho = {}
-    for task in sorted({r["task"] for r in rows}):
-        sub = [r for r in rows if r["task"] == task]
-        rho[task] = spearman([r["mmd2_task"] for r in sub], [r["accuracy"] for r in sub])
+    groups = sorted({(r["model"], r["task"], r["k"]) for r in rows})
+    for model_name, task, k_ in groups:
+        sub = [r for r in rows if (r["model"], r["task"], r["k"]) == (model_name, task, k_)]
+        name = task if len(groups) == len({g[1] for g in groups}) else f"{task} k={k_}"
+        if len({g[0] for g in groups}) > 1:
+            name = f"{model_name} {name}"
+        rho[name] = spearman([r["mmd2_task"] for r in sub], [r["accuracy"] for r in sub])
     return FewShotRelation(rows=rows, spearman=rho, source=str(out))
 
 
 # ---------------------------------------------------------------------------------- section
+def _group_name(row: dict[str, Any], rel: FewShotRelation) -> str:
+    """The key of ``rel.spearman`` that ``row`` belongs to."""
+    for name in (row["task"], f"{row['task']} k={row['k']}",
+                 f"{row['model']} {row['task']}", f"{row['model']} {row['task']} k={row['k']}"):
+        if name in rel.spearman:
+            return name
+    return row["task"]
+
+
 def _figures(tr: RealTraceResult, rel: FewShotRelation | None, out: Path) -> list[str]:
     from matplotlib.colors import LogNorm
 
@@ -277,15 +291,14 @@ def _figures(tr: RealTraceResult, rel: FewShotRelation | None, out: Path) -> lis
     if rel is not None and rel.rows:
         fig, axes = new_figure(1, 1, size=(6.0, 4.4))
         ax = axes[0, 0]
-        tasks = sorted({r["task"] for r in rel.rows})
-        for task in tasks:
-            sub = [r for r in rel.rows if r["task"] == task]
+        for name, rho in rel.spearman.items():
+            sub = [r for r in rel.rows if _group_name(r, rel) == name]
             ax.scatter([r["mmd2_task"] for r in sub], [r["accuracy"] for r in sub],
-                       label=f"{task} (ρ={rel.spearman[task]:.2f})", s=22)
+                       label=f"{name} (ρ={rho:.2f})", s=22)
         ax.set_xlabel("MMD² (demonstrations vs test inputs, MiniLM Gaussian)")
         ax.set_ylabel("accuracy")
         ax.set_title("few-shot accuracy vs MMD² of the demonstrations")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, ncol=2 if len(rel.spearman) > 6 else 1)
         save_figure(fig, out / "real_accuracy_mmd.png")
         names.append("real_accuracy_mmd.png")
     return names
