@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import math
 
 import numpy as np
@@ -13,12 +12,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from icldistill.experiments import Section, alignment, bias
+from icldistill.experiments import alignment, bias
 from icldistill.models.icl_transformer import ICLConfig, ICLTransformer
 from icldistill.synthetic import icl_batch
 from icldistill.training import TrainConfig, TrainedICL
 
-PNG = b"\x89PNG\r\n\x1a\n"
+from .lab_helpers import check_section, one_thread  # noqa: F401 (autouse fixture)
+
 N = 8
 
 
@@ -47,31 +47,12 @@ def _reference_trace():
         return model.trace(batch.xs, batch.ys)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _check_section(sec: Section, name: str, out) -> None:
-    assert sec.name == name
-    assert sec.tables and all(t.rows for t in sec.tables)
-    assert len(sec.figures) == 2
-    for f in sec.figures:
-        path = out / f
-        assert path.is_file()
-        assert path.read_bytes()[:8] == PNG
-    assert sec.checks and sec.findings
-    assert all(isinstance(c.holds, bool) for c in sec.checks)
-    json.dumps(sec.data, allow_nan=False)  # JSON-able
 
 
 # ------------------------------------------------------------------------------- alignment
 def test_alignment_run_quick(tmp_path):
     sec = alignment.run(tiny(), out_dir=tmp_path, quick=True, seed=0)
-    _check_section(sec, "alignment", tmp_path)
+    check_section(sec, "alignment", tmp_path)
     d = sec.data
     assert np.max(d["decomposition_error"]) < 1e-10
     assert np.max(d["alignment_distance"]) < 1e-10
@@ -114,7 +95,7 @@ def test_eta_is_n_over_2_exp_logsumexp(b, layer, head, i):
 # ------------------------------------------------------------------------------------ bias
 def test_bias_run_quick(tmp_path):
     sec = bias.run(tiny(), out_dir=tmp_path, quick=True, seed=0)
-    _check_section(sec, "bias", tmp_path)
+    check_section(sec, "bias", tmp_path)
     d = sec.data
     assert d["identity_max_rel_error"] < 1e-8
     c = np.asarray(d["c"])

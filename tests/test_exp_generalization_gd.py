@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import math
 
 import numpy as np
@@ -13,12 +12,13 @@ import pytest
 import torch
 
 from icldistill.bounds import generalization_bound
-from icldistill.experiments import Section, demo_key_values, gd, generalization
+from icldistill.experiments import demo_key_values, gd, generalization
 from icldistill.models.icl_transformer import ICLConfig, ICLTransformer
 from icldistill.synthetic import icl_batch
 from icldistill.training import TrainConfig, TrainedICL
 
-PNG = b"\x89PNG\r\n\x1a\n"
+from .lab_helpers import check_section, one_thread  # noqa: F401 (autouse fixture)
+
 N = 8
 
 
@@ -39,32 +39,12 @@ def _gen_result() -> generalization.GeneralizationResult:
                                          rademacher_samples=64, seed=5)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _check_section(sec: Section, name: str, out) -> None:
-    assert sec.name == name
-    assert sec.tables and all(t.rows for t in sec.tables)
-    assert len(sec.figures) == 2
-    for f in sec.figures:
-        path = out / f
-        assert path.is_file()
-        assert path.read_bytes()[:8] == PNG
-    assert sec.checks and sec.findings
-    assert all(isinstance(c.holds, bool) for c in sec.checks)
-    json.dumps(sec.data, allow_nan=False)  # JSON-able
-    assert sec.seconds > 0
 
 
 # ------------------------------------------------------------------------- generalization
 def test_generalization_run_quick(tmp_path):
     sec = generalization.run(_tiny_cached(), out_dir=tmp_path, quick=True, seed=0)
-    _check_section(sec, "generalization", tmp_path)
+    check_section(sec, "generalization", tmp_path)
     d = sec.data
     assert d["n_tokens"] == sorted(d["n_tokens"]) and d["n_tokens"][0] >= 1
     assert len(sec.tables[0].rows) == len(d["n_tokens"])
@@ -138,7 +118,7 @@ def test_clipped_loss_range_and_lipschitz():
 @pytest.mark.parametrize("task", ["regression", "classification"])
 def test_gd_run_quick(tmp_path, task):
     sec = gd.run(_tiny_cached(task), out_dir=tmp_path, quick=True, seed=0)
-    _check_section(sec, "gd", tmp_path)
+    check_section(sec, "gd", tmp_path)
     d = sec.data
     assert d["task"] == task
     assert d["n"] == list(range(1, N))
