@@ -28,15 +28,19 @@ import torch
 from ._validation import InputError, check_matrix
 
 __all__ = [
+    "PINV_RTOL",
     "AttentionHead",
     "ICLBatch",
     "Prompt",
     "build_prompt",
     "causal_mask",
+    "context_spectrum",
     "default_direction",
     "gaussian_mixture",
     "gaussian_tokens",
+    "gd_predictions",
     "icl_batch",
+    "least_squares_predictions",
     "random_head",
     "synthetic_prompt",
 ]
@@ -524,3 +528,64 @@ def icl_batch(
         y = torch.where(flip, -clean, clean)
     return ICLBatch(xs=x.to(dtype), ys=y.to(dtype), ws=w.to(dtype).clone(),
                     clean=clean.to(dtype), task=task)
+
+
+# ============================================================================ reference learners
+#: Relative eigenvalue cut-off of the least-squares pseudo-inverse.
+PINV_RTOL = 1e-10
+
+
+def context_spectrum(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                             torch.Tensor]:
+    """Eigen-decomposition of ``H = X^T X / n`` and ``V^T (X^T y / n)`` for contexts
+    ``xs [P, n, d]``, ``ys [P, n]``: ``(lambda [P, d], V [P, d, d], b [P, d])``."""
+    n = xs.shape[1]
+    h = xs.transpose(1, 2) @ xs / n
+    lam, vec = torch.linalg.eigh(h)
+    b = (xs.transpose(1, 2) @ ys[..., None])[..., 0] / n
+    return lam.clamp_min(0.0), vec, (vec.transpose(1, 2) @ b[..., None])[..., 0]
+
+
+def _gd_factor(lam: torch.Tensor, eta: torch.Tensor, steps: int) -> torch.Tensor:
+    """``(1 - (1 - eta lambda)^K) / lambda`` (``eta K`` at ``lambda = 0``), broadcast."""
+    r = eta * lam
+    inside = r < 1.0
+    # stable for small eta*lambda: 1 - (1 - r)^K = -expm1(K log1p(-r))
+    num_small = -torch.expm1(steps * torch.log1p(-torch.where(inside, r, torch.zeros_like(r))))
+    num_large = 1.0 - (1.0 - r) ** steps
+    num = torch.where(inside, num_small, num_large)
+    tiny = lam <= 1e-300
+    return torch.where(tiny, eta * steps * torch.ones_like(lam), num / torch.where(tiny, 1.0, lam))
+
+
+def gd_predictions(xs: torch.Tensor, ys: torch.Tensor, queries: torch.Tensor, etas: Any,
+                   steps: int) -> torch.Tensor:
+    """Predictions at ``queries [P, d]`` of ``steps`` GD steps from ``w = 0`` on
+    ``(1/2n) ||y - X w||^2`` with each step size in ``etas`` ``[E]`` -> ``[E, P]``.
+
+    Parameters
+    ----------
+    xs : Tensor ``[P, n, d]``
+    ys : Tensor ``[P, n]``
+    queries : Tensor ``[P, d]``
+    etas : array-like ``[E]``
+    steps : int
+    """
+    if int(steps) < 1:
+        raise InputError(f"steps must be >= 1, got {steps}")
+    lam, vec, b = context_spectrum(xs, ys)
+    eta = torch.as_tensor(np.asarray(etas, dtype=np.float64), dtype=xs.dtype)[:, None, None]
+    coef = _gd_factor(lam[None], eta, int(steps)) * b[None]                 # [E, P, d]
+    qv = (vec.transpose(1, 2) @ queries[..., None])[..., 0]                 # [P, d]
+    return (coef * qv[None]).sum(-1)
+
+
+def least_squares_predictions(xs: torch.Tensor, ys: torch.Tensor,
+                              queries: torch.Tensor) -> torch.Tensor:
+    """Minimum-norm least-squares predictions ``<X^+ y, x_q>`` ``[P]`` (pseudo-inverse with the
+    relative cut-off :data:`PINV_RTOL`)."""
+    lam, vec, b = context_spectrum(xs, ys)
+    keep = lam > PINV_RTOL * lam.max(-1, keepdim=True).values.clamp_min(1e-300)
+    coef = torch.where(keep, b / torch.where(keep, lam, 1.0), torch.zeros_like(b))
+    qv = (vec.transpose(1, 2) @ queries[..., None])[..., 0]
+    return (coef * qv).sum(-1)

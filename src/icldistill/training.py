@@ -39,8 +39,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -53,7 +51,8 @@ import torch
 
 from ._validation import InputError
 from .models.icl_transformer import TASKS, ICLConfig, ICLTransformer
-from .synthetic import icl_batch
+from .reports import atomic_write
+from .synthetic import gd_predictions, icl_batch, least_squares_predictions
 
 __all__ = [
     "CLASSIFICATION_LOSSES",
@@ -509,18 +508,7 @@ def _state_path(path: Path) -> Path:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def _load_matching(path: Path, config: ICLConfig, train: TrainConfig,
@@ -644,16 +632,17 @@ class ICLEvaluation:
 
 
 def _baseline(task: str, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-    """Reference predictions ``[B, N]`` from the examples before each position (float64)."""
+    """Reference predictions ``[B, N]`` from the examples before each position (float64):
+    least squares (regression) or one-step GD from 0, i.e. ``x . sum_j y_j x_j`` up to a
+    positive factor (classification, read through its sign)."""
     B, N = ys.shape
     out = torch.zeros(B, N, dtype=torch.float64)
     for i in range(1, N):
         X, Y, q = xs[:, :i], ys[:, :i], xs[:, i]
         if task == "regression":
-            w = torch.linalg.pinv(X) @ Y[..., None]           # [B, d, 1]
+            out[:, i] = least_squares_predictions(X, Y, q)
         else:
-            w = (X * Y[..., None]).sum(1)[..., None]           # [B, d, 1]
-        out[:, i] = (q[:, None, :] @ w)[:, 0, 0]
+            out[:, i] = gd_predictions(X, Y, q, [1.0], 1)[0]
     return out
 
 

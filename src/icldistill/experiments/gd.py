@@ -47,7 +47,13 @@ import torch
 from .._validation import InputError
 from ..demo import _seeds, _single_thread
 from ..reports import new_figure, save_figure, spearman, to_jsonable
-from ..synthetic import icl_batch
+from ..synthetic import (
+    PINV_RTOL,
+    context_spectrum,
+    gd_predictions,
+    icl_batch,
+    least_squares_predictions,
+)
 from ..training import TrainedICL
 from ._common import Check, Section, Table
 
@@ -65,67 +71,8 @@ __all__ = [
 GD_STEPS = (1, 5, 50)
 #: Step sizes searched on the validation batch (log-spaced, ratio ~1.1).
 ETA_GRID = tuple(float(x) for x in np.geomspace(1e-3, 10.0, 97))
-#: Relative eigenvalue cut-off of the pseudo-inverse.
-PINV_RTOL = 1e-10
 #: Spearman correlation the "error decreases with n" check requires (sign flipped for accuracy).
 SPEARMAN_MIN = 0.5
-
-
-# ---------------------------------------------------------------------------------- estimators
-def _spectral(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
-                                                             torch.Tensor]:
-    """Eigen-decomposition of ``H = X^T X / n`` and ``V^T (X^T y / n)`` for contexts
-    ``xs [P, n, d]``, ``ys [P, n]``: ``(lambda [P, d], V [P, d, d], b [P, d])``."""
-    n = xs.shape[1]
-    h = xs.transpose(1, 2) @ xs / n
-    lam, vec = torch.linalg.eigh(h)
-    b = (xs.transpose(1, 2) @ ys[..., None])[..., 0] / n
-    return lam.clamp_min(0.0), vec, (vec.transpose(1, 2) @ b[..., None])[..., 0]
-
-
-def _gd_factor(lam: torch.Tensor, eta: torch.Tensor, steps: int) -> torch.Tensor:
-    """``(1 - (1 - eta lambda)^K) / lambda`` (``eta K`` at ``lambda = 0``), broadcast."""
-    r = eta * lam
-    inside = r < 1.0
-    # stable for small eta*lambda: 1 - (1 - r)^K = -expm1(K log1p(-r))
-    num_small = -torch.expm1(steps * torch.log1p(-torch.where(inside, r, torch.zeros_like(r))))
-    num_large = 1.0 - (1.0 - r) ** steps
-    num = torch.where(inside, num_small, num_large)
-    tiny = lam <= 1e-300
-    return torch.where(tiny, eta * steps * torch.ones_like(lam), num / torch.where(tiny, 1.0, lam))
-
-
-def gd_predictions(xs: torch.Tensor, ys: torch.Tensor, queries: torch.Tensor, etas: Any,
-                   steps: int) -> torch.Tensor:
-    """Predictions at ``queries [P, d]`` of ``steps`` GD steps from ``w = 0`` on
-    ``(1/2n) ||y - X w||^2`` with each step size in ``etas`` ``[E]`` -> ``[E, P]``.
-
-    Parameters
-    ----------
-    xs : Tensor ``[P, n, d]``
-    ys : Tensor ``[P, n]``
-    queries : Tensor ``[P, d]``
-    etas : array-like ``[E]``
-    steps : int
-    """
-    if int(steps) < 1:
-        raise InputError(f"steps must be >= 1, got {steps}")
-    lam, vec, b = _spectral(xs, ys)
-    eta = torch.as_tensor(np.asarray(etas, dtype=np.float64), dtype=xs.dtype)[:, None, None]
-    coef = _gd_factor(lam[None], eta, int(steps)) * b[None]                 # [E, P, d]
-    qv = (vec.transpose(1, 2) @ queries[..., None])[..., 0]                 # [P, d]
-    return (coef * qv[None]).sum(-1)
-
-
-def least_squares_predictions(xs: torch.Tensor, ys: torch.Tensor,
-                              queries: torch.Tensor) -> torch.Tensor:
-    """Minimum-norm least-squares predictions ``<X^+ y, x_q>`` ``[P]`` (pseudo-inverse with the
-    relative cut-off :data:`PINV_RTOL`)."""
-    lam, vec, b = _spectral(xs, ys)
-    keep = lam > PINV_RTOL * lam.max(-1, keepdim=True).values.clamp_min(1e-300)
-    coef = torch.where(keep, b / torch.where(keep, lam, 1.0), torch.zeros_like(b))
-    qv = (vec.transpose(1, 2) @ queries[..., None])[..., 0]
-    return (coef * qv).sum(-1)
 
 
 def tune_eta(xs: torch.Tensor, ys: torch.Tensor, queries: torch.Tensor, targets: torch.Tensor,
@@ -293,8 +240,8 @@ def _compare(trained: TrainedICL, P: int, P_val: int, steps: tuple[int, ...], se
         n = int(n)
         xe, ye, qe = ev.xs[:, :n], ev.ys[:, :n], ev.xs[:, n]
         xv, yv, qv, tv = va.xs[:, :n], va.ys[:, :n], va.xs[:, n], va.ys[:, n]
-        lam_star = max(float(_spectral(xe, ye)[0][:, -1].max()),
-                       float(_spectral(xv, yv)[0][:, -1].max()))
+        lam_star = max(float(context_spectrum(xe, ye)[0][:, -1].max()),
+                       float(context_spectrum(xv, yv)[0][:, -1].max()))
         cap[j] = 2.0 / lam_star
         allowed = [x for x in ETA_GRID if x <= cap[j]]
         searched_max = allowed[-1] if allowed else ETA_GRID[0]
