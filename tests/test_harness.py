@@ -115,7 +115,8 @@ def test_an_interrupted_unit_resumes_without_recomputing(tmp_path, toy, monkeypa
 
     monkeypatch.setattr(evaluation.FewShotScorer, "score", counting)
     r = _harness(tmp_path, toy).run_unit(spec)
-    assert counted == [8]                     # only the 8 queries not yet scored
+    # only the 8 queries not yet scored (less any whose prompt repeats one already scored)
+    assert counted == [8 - r.n_reused]
     # same result as an uninterrupted run
     monkeypatch.setattr(evaluation.FewShotScorer, "score", real)
     fresh = _harness(tmp_path / "b", toy).run_unit(spec)
@@ -151,3 +152,43 @@ def test_orderings_shuffle_the_same_demonstrations(tmp_path, toy):
     assert sorted(ia) == sorted(ib)
     assert a.mmd2_task == pytest.approx(b.mmd2_task)
     assert torch.get_default_dtype() == torch.float64  # conftest default untouched
+
+
+def test_identical_prompts_are_scored_once_across_units(tmp_path, toy, monkeypatch):
+    """MMR with lambda = 1 picks kNN's sets in kNN's order: its prompts are all read back."""
+    knn = UnitSpec("tiny", "toy", "knn", k=2, encoder="hidden:-1", n_test=12)
+    mmr = UnitSpec("tiny", "toy", "mmr", k=2, encoder="hidden:-1", n_test=12,
+                   params=(("lambda_", 1.0),))
+    real = evaluation.FewShotScorer.score
+    counted: list[int] = []
+
+    def counting(self, queries, *a, **kw):
+        counted.append(len(queries))
+        return real(self, queries, *a, **kw)
+
+    monkeypatch.setattr(evaluation.FewShotScorer, "score", counting)
+    h = _harness(tmp_path, toy)
+    a = h.run_unit(knn)
+    assert a.n_reused == 0 and counted == [12]
+    b = _harness(tmp_path, toy).run_unit(mmr)          # a new harness reads the store back
+
+    def shown(r):
+        return json.loads((h.out_dir / "selections" / f"{r.key}.json").read_text())["indices"]
+
+    assert shown(b) == shown(a)
+    assert b.n_reused == 12 and counted == [12]         # nothing scored for the second unit
+    assert b.n_tokens == 0
+    # same numbers as scoring the prompts afresh
+    fresh = _harness(tmp_path / "fresh", toy).run_unit(mmr)
+    assert fresh.n_reused == 0
+    assert b.accuracy == fresh.accuracy and b.macro_f1 == fresh.macro_f1
+    store = list((h.out_dir / "scores").glob("*.jsonl"))
+    assert len(store) == 1 and store[0].name.startswith("tiny-")
+    # a torn store line is ignored; calibrated units neither read nor write the store
+    with store[0].open("a") as fh:
+        fh.write('{"h": ["abc')
+    cal = UnitSpec("tiny", "toy", "knn", k=2, encoder="hidden:-1", n_test=12, calibrate=True)
+    lines = len(store[0].read_text().splitlines())
+    c = _harness(tmp_path, toy).run_unit(cal)
+    assert c.n_reused == 0 and counted[-1] == 12
+    assert len(store[0].read_text().splitlines()) == lines
