@@ -50,6 +50,8 @@ import numpy as np
 import torch
 
 from icldistill import make_kernel, mmd
+from icldistill.kernels import median_bandwidth
+from icldistill.mmd import kernel_row_means, self_kernel_mean
 from icldistill.selection import Pool, make_selector, tokenize
 
 
@@ -290,11 +292,37 @@ def bench(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
         a_txt = "" if agree is None else f", agree {agree:.3f}"
         print(f"  {key}: {sec:.3f} s{o_txt}{a_txt}", flush=True)
     rows.append(Row("—", "", float("nan"), "MDLRetriever", None, None, MDL_NOTE))
+    info["breakdown"] = breakdown(pool, targets, h, args)
     exact = results.get("mmd-query (exact, whole pool)")
     short = results.get("mmd-query")
     if exact is not None and short is not None:
         info["mmd_query_shortlist_vs_exact_overlap"] = overlap(short, exact, args.k)
     return rows, info
+
+
+def breakdown(pool: Pool, targets: Pool, h: float, args: argparse.Namespace
+              ) -> dict[str, float]:
+    """Where the time of knn and set-level mmd goes (seconds, best of ``--repeats``).
+
+    Both need every pool x target similarity (one ``[T, n]`` matrix product); knn adds a top-k
+    per target, mmd adds the kernel map and row sums, the median heuristic and the constant
+    ``mean K_TT`` of its MMD^2 trajectory, then ``k`` cheap greedy steps.
+    """
+    c = torch.as_tensor(pool.embeddings)
+    t = torch.as_tensor(targets.embeddings)
+    kern = make_kernel("gaussian", bandwidth=h)
+    parts = {
+        "pool x target product": lambda: t @ c.T,
+        "knn: product + top-k": lambda: torch.topk(t @ c.T, args.k, dim=1),
+        "mmd: kernel row means (product + exp + sums)":
+            lambda: kernel_row_means(c, t, kern, presum=16),
+        "mmd: median heuristic (2000-row subsample)": lambda: median_bandwidth(c, t),
+        "mmd: trajectory constant mean K_TT": lambda: self_kernel_mean(t, kern),
+    }
+    out = {name: timed(fn, args.repeats, args.budget)[0] for name, fn in parts.items()}
+    for name, sec in out.items():
+        print(f"  {name}: {sec:.3f} s", flush=True)
+    return out
 
 
 def table(rows: list[Row]) -> str:
@@ -334,6 +362,12 @@ def summary(rows: list[Row], info: dict[str, Any]) -> list[str]:
     if "mmd_query_shortlist_vs_exact_overlap" in info:
         out.append("mmd-query shortlist (N=50) vs exact greedy: mean overlap "
                    f"{info['mmd_query_shortlist_vs_exact_overlap']:.3f}")
+    parts = info.get("breakdown")
+    if parts:
+        prod = parts["pool x target product"]
+        out.append("cost breakdown (s, ratio to the pool x target product both need): "
+                   + "; ".join(f"{name} {sec:.3f} ({sec / prod:.2f}x)"
+                               for name, sec in parts.items()))
     return out
 
 
