@@ -24,12 +24,11 @@ atomically, and prints the plain-text summary.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import platform
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from ._util import linear_fit, single_thread, sub_seeds
 from .bounds import generalization_bound, rademacher_complexity, w0_bias
 from .decomposition import decompose_head, distillation_step, random_feature_error
 from .kernels import median_bandwidth
@@ -260,36 +260,6 @@ def _render_markdown(sections: Sequence[_Section], header: list[str], figure: st
 
 
 # ============================================================================ helpers
-@contextlib.contextmanager
-def _single_thread() -> Iterator[None]:
-    """Run torch on one intra-op thread (restored on exit).
-
-    The demo's tensors are tiny; with several threads on a busy 2-core machine, OpenMP
-    synchronisation makes small ops (e.g. the 16x16 QR factorisations of the random features)
-    up to 30 times slower.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    """Least-squares ``y ≈ a x + b``; returns ``(a, b, R^2)``."""
-    a, b = np.polyfit(x, y, 1)
-    resid = y - (a * x + b)
-    ss_tot = float(((y - y.mean()) ** 2).sum())
-    r2 = 1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else float("nan")
-    return float(a), float(b), r2
-
-
-def _seeds(seed: int, n: int) -> list[int]:
-    """``n`` independent sub-seeds derived from ``seed``."""
-    return [int(s) for s in np.random.default_rng(int(seed)).integers(0, 2**31 - 1, size=n)]
-
-
 # ============================================================================ sections
 def _section_decomposition(head: AttentionHead, sz: _Sizes, seed: int) -> dict[str, Any]:
     prompt = synthetic_prompt(sz.d_model, sz.n_demos, sz.n_query, n_prefix=1, seed=seed)
@@ -380,7 +350,7 @@ def _section_random_features(
 
 
 def _section_bias(head: AttentionHead, c: float, sz: _Sizes, seed: int) -> dict[str, Any]:
-    s = _seeds(seed, sz.bias_shifts + 1)
+    s = sub_seeds(seed, sz.bias_shifts + 1)
     xq = gaussian_tokens(sz.bias_samples, sz.d_model, 0.0, seed=s[0])
     kq, vq = head.keys(xq), head.values(xq)
     h = median_bandwidth(xq)  # fixed Gaussian bandwidth for every shift
@@ -396,8 +366,8 @@ def _section_bias(head: AttentionHead, c: float, sz: _Sizes, seed: int) -> dict[
     hs_a, c_mmd_a = np.array(hs), np.array(c_mmd)
     m_att_a, m_gauss_a = np.array(m_att), np.array(m_gauss)
     abs_err = np.abs(hs_a - c_mmd_a)
-    slope_att, icpt_att, r2_att = _linear_fit(m_att_a, hs_a)
-    slope_g, icpt_g, r2_g = _linear_fit(m_gauss_a, hs_a)
+    slope_att, icpt_att, r2_att = linear_fit(m_att_a, hs_a)
+    slope_g, icpt_g, r2_g = linear_fit(m_gauss_a, hs_a)
     return {
         "c": c,
         "bandwidth": h,
@@ -416,7 +386,7 @@ def _section_bias(head: AttentionHead, c: float, sz: _Sizes, seed: int) -> dict[
 
 
 def _section_generalization(head: AttentionHead, sz: _Sizes, seed: int) -> dict[str, Any]:
-    s = _seeds(seed, 3)
+    s = sub_seeds(seed, 3)
     n_max = max(sz.gen_sizes)
     demos_all = gaussian_tokens(n_max, sz.d_model, seed=s[0])  # nested samples
     query = gaussian_tokens(sz.n_query, sz.d_model, seed=s[1])
@@ -459,7 +429,7 @@ def _section_generalization(head: AttentionHead, sz: _Sizes, seed: int) -> dict[
 
 
 def _section_selection(sz: _Sizes, seed: int) -> dict[str, Any]:
-    s = _seeds(seed, 5)
+    s = sub_seeds(seed, 5)
     d = 8
     g = torch.Generator().manual_seed(s[0])
     centers = 3.0 * torch.randn(4, d, generator=g, dtype=torch.float64)
@@ -897,7 +867,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     sz = _FAST if fast else _FULL
     seed = int(seed)
-    sub = _seeds(seed, 8)
+    sub = sub_seeds(seed, 8)
     timings: dict[str, float] = {}
     res: dict[str, Any] = {}
 
@@ -907,7 +877,7 @@ def run_demo(
         timings[name] = time.perf_counter() - t0
         return val
 
-    with _single_thread():
+    with single_thread():
         head = random_head(sz.d_model, sz.d_head, sz.d_head, seed=sub[0], qk_gain=QK_GAIN)
         head_large = random_head(sz.d_model, sz.d_head, sz.d_head, seed=sub[0],
                                  qk_gain=QK_GAIN_LARGE)

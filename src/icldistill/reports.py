@@ -27,6 +27,9 @@ __all__ = [
     "ComparisonReport",
     "SelectorSummary",
     "atomic_write",
+    "heatmap",
+    "layer_colorbar",
+    "layer_colors",
     "new_figure",
     "save_figure",
     "spearman",
@@ -115,8 +118,10 @@ def save_figure(fig: Figure, path: str | Path, *, dpi: int = 110) -> Path:
 
 
 # ============================================================================ trace report
-def _heatmap(ax: Any, data: np.ndarray, title: str, cbar_label: str, fig: Any,
-             log: bool = False) -> None:
+def heatmap(ax: Any, data: np.ndarray, title: str, cbar_label: str, fig: Any,
+            log: bool = False) -> None:
+    """Draw ``data`` ``[layers, heads]`` on ``ax`` (layer up, head across) with a colour bar;
+    ``log=True`` uses a log colour scale over the positive entries."""
     from matplotlib.colors import LogNorm
 
     norm = None
@@ -164,19 +169,19 @@ def write_trace_report(
 
     # ---- figures
     fig, axes = new_figure(1, 2, size=(6.2, 4.6))
-    _heatmap(axes[0, 0], eta[:, :, -1], f"η* = N/(2D′) at the last position (t={pos[-1]})",
+    heatmap(axes[0, 0], eta[:, :, -1], f"η* = N/(2D′) at the last position (t={pos[-1]})",
              "η*", fig, log=True)
-    _heatmap(axes[0, 1], share[:, :, -1], "demonstrations' share of the head output",
+    heatmap(axes[0, 1], share[:, :, -1], "demonstrations' share of the head output",
              "‖c_D‖ / Σ_S ‖c_S‖", fig)
     fig.suptitle(title)
     files["eta_heatmap"] = save_figure(fig, out / "eta_heatmap.png")
     fig, axes = new_figure(1, 1, size=(6.2, 4.6))
-    _heatmap(axes[0, 0], share[:, :, -1], "demonstrations' share of the head output "
+    heatmap(axes[0, 0], share[:, :, -1], "demonstrations' share of the head output "
              f"(t={pos[-1]})", "‖c_D‖ / Σ_S ‖c_S‖", fig)
     files["demo_share_heatmap"] = save_figure(fig, out / "demo_share_heatmap.png")
 
     fig, axes = new_figure(1, 3, size=(5.0, 3.8))
-    cmap = _layer_colors(L)
+    cmap = layer_colors(L)
     for layer in range(L):
         kw = {"color": cmap[layer], "lw": 1.2, "label": f"layer {layer}" if L <= 12 else None}
         axes[0, 0].plot(pos, eta[layer].mean(0), **kw)
@@ -193,7 +198,7 @@ def write_trace_report(
     if L <= 12:
         axes[0, 2].legend(fontsize=7)
     else:
-        _layer_colorbar(fig, axes[0, 2], L)
+        layer_colorbar(fig, axes[0, 2], L)
     fig.suptitle(f"{title}: per position (colour = layer)", y=1.04)
     files["positions"] = save_figure(fig, out / "positions.png")
 
@@ -262,14 +267,16 @@ def write_trace_report(
     return files
 
 
-def _layer_colors(n: int) -> list[Any]:
+def layer_colors(n: int) -> list[Any]:
+    """``n`` colours along viridis, one per layer (first layer dark, last layer yellow)."""
     from matplotlib import colormaps
 
     cmap = colormaps["viridis"]
     return [cmap(i / max(1, n - 1)) for i in range(n)]
 
 
-def _layer_colorbar(fig: Any, ax: Any, n: int) -> None:
+def layer_colorbar(fig: Any, ax: Any, n: int) -> None:
+    """A colour bar labelled "layer" for ``n`` layers coloured by :func:`layer_colors`."""
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize

@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._util import single_thread
 from .._validation import InputError
 from ..decomposition import distillation_step
-from ..demo import _single_thread
 from ..reports import (
-    _heatmap,
-    _layer_colorbar,
-    _layer_colors,
+    heatmap,
+    layer_colorbar,
+    layer_colors,
     new_figure,
     save_figure,
     spearman,
@@ -164,7 +164,7 @@ def alignment(
     N = cfg.max_examples
     if N < 2:
         raise InputError("the model must take at least 2 examples (no demonstrations otherwise)")
-    with _single_thread():
+    with single_thread():
         return _alignment(trained, int(n_prompts), int(seed), int(contrast_prompts), progress,
                           t0)
 
@@ -251,9 +251,9 @@ def _wide(x: np.ndarray) -> bool:
 
 def _figures(res: AlignmentResult, out: Path) -> list[str]:
     L, H = res.shape
-    colors = _layer_colors(L)
+    colors = layer_colors(L)
     fig, axes = new_figure(1, 2, size=(5.6, 4.2))
-    _heatmap(axes[0, 0], res.eta[..., -1].mean(0),
+    heatmap(axes[0, 0], res.eta[..., -1].mean(0),
              f"mean η* at the last query (N_t = {res.n_examples - 1})", "η*", fig,
              log=_wide(res.eta[..., -1].mean(0)))
     axes[0, 0].set_xticks(range(H))
@@ -279,7 +279,7 @@ def _figures(res: AlignmentResult, out: Path) -> list[str]:
     for layer in range(L):
         ax.scatter(res.mean_demo_logit[:, layer].ravel(), np.log(res.eta[:, layer]).ravel(),
                    s=6, alpha=0.35, color=colors[layer], edgecolors="none")
-    _layer_colorbar(fig, ax, L)
+    layer_colorbar(fig, ax, L)
     st = res.stationarity_spearman[np.isfinite(res.stationarity_spearman)]
     ax.set_xlabel("mean query–demonstration logit  mean_j s⟨q_t, k_j⟩")
     ax.set_ylabel("log η*")
@@ -300,7 +300,7 @@ def run(trained: TrainedICL, *, out_dir: Path, quick: bool = False, seed: int = 
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with _single_thread():
+    with single_thread():
         res = alignment(trained, n_prompts=4 if quick else 16, seed=seed,
                         contrast_prompts=1 if quick else 4, progress=progress)
         figures = _figures(res, out)

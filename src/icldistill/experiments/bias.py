@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._util import linear_fit, single_thread, sub_seeds
 from .._validation import InputError
 from ..bounds import w0_bias
-from ..demo import _linear_fit, _seeds, _single_thread
 from ..kernels import median_bandwidth
 from ..mmd import mmd
 from ..models.icl_transformer import ICLTrace
@@ -207,7 +207,7 @@ def bias_vs_mmd(
     if unknown:
         raise InputError(f"unknown shift kinds {sorted(unknown)}; expected {KINDS}")
     kinds = [k for k in KINDS if k in levels]
-    with _single_thread():
+    with single_thread():
         return _bias_vs_mmd(trained, B, S, {k: tuple(levels[k]) for k in kinds}, int(seed),
                             progress, t0)
 
@@ -222,7 +222,7 @@ def _bias_vs_mmd(trained: TrainedICL, B: int, S: int, levels: dict[str, tuple[fl
     L, H, last = cfg.n_layers, cfg.n_heads, N - 1
     model = copy.deepcopy(trained.model).double().eval()
     n_runs = sum(len(levels[k]) for k in kinds) * S
-    sub = _seeds(seed, 2 + S + n_runs)
+    sub = sub_seeds(seed, 2 + S + n_runs)
     ws = torch.randn(B, d, generator=torch.Generator().manual_seed(sub[0]), dtype=torch.float64)
 
     # ---- target prompts Q* (one batch per seed) and the per-head constant c
@@ -294,7 +294,7 @@ def _bias_vs_mmd(trained: TrainedICL, B: int, S: int, levels: dict[str, tuple[fl
                 for h in range(H):
                     x = np.concatenate([x_of(k, la, h).ravel() for k in ks])
                     y = np.concatenate([hs[k][..., la, h].ravel() for k in ks])
-                    arr[la, h] = _linear_fit(x, y) if np.ptp(x) > 0 else (np.nan,) * 3
+                    arr[la, h] = linear_fit(x, y) if np.ptp(x) > 0 else (np.nan,) * 3
             out[name] = arr
         return out
 
@@ -396,7 +396,7 @@ def run(trained: TrainedICL, *, out_dir: Path, quick: bool = False, seed: int = 
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with _single_thread():
+    with single_thread():
         res = bias_vs_mmd(trained, n_prompts=6 if quick else 16, n_seeds=2 if quick else 3,
                           levels=default_levels(trained.config.task, quick), seed=seed,
                           progress=progress)

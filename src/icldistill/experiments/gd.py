@@ -44,8 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._util import single_thread, sub_seeds
 from .._validation import InputError
-from ..demo import _seeds, _single_thread
 from ..reports import new_figure, save_figure, spearman, to_jsonable
 from ..synthetic import (
     PINV_RTOL,
@@ -211,7 +211,7 @@ def gd_comparison(
     if cfg.max_examples < 2:
         raise InputError("the model must take at least 2 examples")
     t0 = time.perf_counter()
-    with _single_thread():
+    with single_thread():
         return _compare(trained, int(n_prompts), int(validation_prompts), steps, int(seed),
                         progress, t0)
 
@@ -220,7 +220,7 @@ def _compare(trained: TrainedICL, P: int, P_val: int, steps: tuple[int, ...], se
              progress: bool, t0: float) -> GDComparison:
     cfg = trained.config
     N, d, task = cfg.max_examples, cfg.d_x, cfg.task
-    s_eval, s_val = _seeds(seed, 2)
+    s_eval, s_val = sub_seeds(seed, 2)
     ev = icl_batch(task, P, N, d, s_eval, dtype=torch.float64)
     va = icl_batch(task, P_val, N, d, s_val, dtype=torch.float64)
     model = copy.deepcopy(trained.model).double().eval()
@@ -358,7 +358,7 @@ def run(trained: TrainedICL, *, out_dir: Path, quick: bool = False, seed: int = 
     out.mkdir(parents=True, exist_ok=True)
     res = gd_comparison(trained, n_prompts=512 if quick else 4096,
                         validation_prompts=512 if quick else 2048, seed=seed, progress=progress)
-    with _single_thread():
+    with single_thread():
         figures = _figures(res, out)
     return _section(res, figures, seed, time.perf_counter() - t0)
 

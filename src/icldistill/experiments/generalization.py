@@ -48,11 +48,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._util import single_thread, sub_seeds
 from .._validation import InputError
 from ..bounds import generalization_bound, rademacher_complexity
-from ..demo import DELTA, _seeds, _single_thread
+from ..demo import DELTA
 from ..models.icl_transformer import ICLTrace
-from ..reports import _layer_colors, new_figure, save_figure, to_jsonable
+from ..reports import layer_colors, new_figure, save_figure, to_jsonable
 from ..synthetic import icl_batch
 from ..training import TrainedICL
 from ._common import Check, Section, Table, demo_key_values, icl_head_decomposition
@@ -251,7 +252,7 @@ def generalization(
     if not 0.0 < delta < 1.0:
         raise InputError(f"delta must lie in (0, 1), got {delta}")
     t0 = time.perf_counter()
-    with _single_thread():
+    with single_thread():
         return _generalization(trained, int(n_prompts), int(heldout_prompts),
                                int(rademacher_samples), float(delta), int(seed), progress, t0)
 
@@ -261,7 +262,7 @@ def _generalization(trained: TrainedICL, n_prompts: int, heldout_prompts: int, s
     cfg = trained.config
     N = cfg.max_examples
     grid = pair_grid(N)
-    s_train, s_held, s_cal, s_sign = _seeds(seed, 4)
+    s_train, s_held, s_cal, s_sign = sub_seeds(seed, 4)
     model = copy.deepcopy(trained.model).double().eval()
 
     def traced(b: int, s: int) -> ICLTrace:
@@ -375,7 +376,7 @@ def _figures(res: GeneralizationResult, out: Path) -> list[str]:
     la, h = res.representative
     n = res.n_tokens.astype(np.float64)
     L, H = res.shape
-    colors = _layer_colors(L)
+    colors = layer_colors(L)
     fig, axes = new_figure(1, 2, size=(5.8, 4.4))
     ax = axes[0, 0]
     slack = _pmean(res.bound - res.empirical)[la, h]
@@ -475,7 +476,7 @@ def run(trained: TrainedICL, *, out_dir: Path, quick: bool = False, seed: int = 
                          heldout_prompts=8 if quick else 32,
                          rademacher_samples=200 if quick else 1000, seed=seed,
                          progress=progress)
-    with _single_thread():
+    with single_thread():
         figures = _figures(res, out)
     return _section(res, figures, seed, time.perf_counter() - t0)
 
