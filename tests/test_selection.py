@@ -554,3 +554,74 @@ def test_mmd_query_shortlist_gram_matches_the_whole_pool_path_for_every_kernel(k
                           **params).fit(pool).select(queries, 4)
     np.testing.assert_array_equal(short.indices, full.indices)
     np.testing.assert_allclose(short.mmd2, full.mmd2, rtol=1e-9, atol=1e-12)
+
+
+# ----------------------------------------------------------------------- Nyström landmarks
+def _clustered(n, t, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(6, d)) * 2.0
+    pool = centres[rng.integers(0, 6, n)] + rng.normal(size=(n, d))
+    tgt = centres[rng.integers(0, 3, t)] + rng.normal(size=(t, d))   # 3 of the 6 clusters
+    return pool, tgt
+
+
+@given(st.integers(0, 10_000), st.integers(2, 40), st.sampled_from(["gaussian", "laplace"]))
+def test_landmark_row_means_obey_their_certified_error(seed, m, kernel):
+    from icldistill.mmd import kernel_row_means, self_kernel_mean
+    from icldistill.selection import _nystrom_row_means
+
+    pool, tgt = _clustered(60, 50, seed=seed)
+    c, t = torch.as_tensor(pool), torch.as_tensor(tgt)
+    kern = ic.make_kernel(kernel, c, t)
+    const = self_kernel_mean(t, kern)
+    approx, eps = _nystrom_row_means(c, t, kern, m, seed, const)
+    exact = kernel_row_means(c, t, kern)
+    bound = torch.sqrt(kern.diag(c)) * eps
+    assert bool(((approx - exact).abs() <= bound + 1e-9).all())
+    # more landmarks (the same draw, extended) never enlarge the error
+    _, eps_more = _nystrom_row_means(c, t, kern, m + 5, seed, const)
+    assert eps_more <= eps + 1e-9
+
+
+def test_landmarks_keep_an_exact_trajectory_and_a_set_as_close_as_exact_greedy():
+    pool, tgt = _clustered(400, 200, seed=1)
+    exact = ic.greedy_mmd(pool, tgt, 8)
+    assert exact.approx_error is None
+    h = exact.kernel.bandwidth
+    for m in (16, 64):
+        res = ic.greedy_mmd(pool, tgt, 8, landmarks=m)
+        assert res.approx_error is not None and res.approx_error > 0
+        assert res.kernel.bandwidth == h                      # the same median heuristic
+        # trajectory and row means are exact, whatever the approximation
+        for j in range(1, 9):
+            assert res.mmd2[j - 1] == pytest.approx(_mmd2(pool[res.indices[:j]], tgt, h),
+                                                    abs=1e-10)
+        r = exact.kernel(torch.as_tensor(pool[res.indices]), torch.as_tensor(tgt)).mean(1)
+        np.testing.assert_allclose(res.row_means, r.numpy(), atol=1e-12)
+        # the chosen set is about as close to the targets as the exact greedy set
+        assert res.mmd2[-1] <= 1.25 * exact.mmd2[-1]
+    # m >= T is the exact computation
+    full = ic.greedy_mmd(pool, tgt, 8, landmarks=200)
+    assert full.indices.tolist() == exact.indices.tolist() and full.approx_error is None
+
+
+def test_mmd_selector_with_landmarks_is_seeded_and_validated():
+    from icldistill.harness import unit_grid
+
+    pool, tgt = _clustered(300, 100, seed=2)
+    a = ic.make_selector("mmd", landmarks=20, seed=3).fit(pool).select(tgt, 5)
+    b = ic.make_selector("mmd", landmarks=20, seed=3).fit(pool).select(tgt, 5)
+    assert a.indices.tolist() == b.indices.tolist()
+    assert ic.make_selector("mmd", landmarks=20).get_params()["landmarks"] == 20
+    bal = ic.make_selector("mmd-balanced", landmarks=20).fit(
+        ic.Pool(pool, np.arange(300) % 3)).select(tgt, 6)
+    assert len(set(bal.demo_set().tolist())) == 6
+    for bad in (0, -3, 2.5, "many"):
+        with pytest.raises(ic.InputError, match="landmarks"):
+            ic.make_selector("mmd", landmarks=bad)
+        with pytest.raises(ic.InputError, match="landmarks"):
+            ic.greedy_mmd(pool, tgt, 3, landmarks=bad)
+    # a landmark draw depends on the seed: the grid runs every seed
+    units = unit_grid(models=["m"], tasks=["t"], selectors=["mmd"], ks=[4], seeds=3,
+                      params={"mmd": {"landmarks": 64}})
+    assert [u.seed for u in units] == [0, 1, 2]

@@ -295,8 +295,9 @@ def unit_grid(
 ) -> list[UnitSpec]:
     """The units of a grid, skipping seeds that would repeat a deterministic selector.
 
-    A selector is randomised when it is ``random`` or its ``order`` parameter is ``"random"``;
-    the others run with seed 0 only. Every unit is evaluated under ``orderings`` orderings.
+    A selector is randomised when it is ``random``, its ``order`` parameter is ``"random"`` or
+    it draws ``landmarks``; the others run with seed 0 only. Every unit is evaluated under
+    ``orderings`` orderings.
     """
     if seeds < 1 or orderings < 1:
         raise InputError("seeds and orderings must be >= 1")
@@ -306,7 +307,8 @@ def unit_grid(
             for k in ks:
                 for sel in selectors:
                     p = dict((params or {}).get(sel, {}))
-                    stochastic = sel == "random" or p.get("order") == "random"
+                    stochastic = (sel == "random" or p.get("order") == "random"
+                                  or p.get("landmarks") is not None)
                     for seed in range(seeds if stochastic else 1):
                         for o in range(orderings):
                             units.append(UnitSpec(model, task, sel, int(k), seed, o, encoder,
