@@ -48,3 +48,40 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
         atomic_write(target, boom)
     assert target.read_text() == "old"
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def _unit_result(task, selector, acc, mmd2, seed=0, recalls=(0.8, 0.8)):
+    from icldistill.evaluation import MetricResult
+    from icldistill.harness import UnitResult, UnitSpec
+
+    spec = UnitSpec("m", task, selector, 4, seed)
+    metric = MetricResult(acc, acc - 0.05, acc + 0.05, 0.95)
+    return UnitResult(spec, f"{task}-{selector}-{seed}", metric, metric, 200, mmd2, mmd2, True,
+                      0.01, 1.0, 100, 1000, {"a": recalls[0], "b": recalls[1]})
+
+
+def test_comparison_report_conclusions_are_computed_from_the_numbers(tmp_path):
+    from icldistill.reports import write_comparison_report
+
+    rs = []
+    # task "easy": mmd wins, accuracy falls with MMD^2 across the five sets
+    for seed, (a, m) in enumerate([(0.60, 0.10), (0.70, 0.08), (0.65, 0.09)]):
+        rs.append(_unit_result("easy", "random", a, m, seed))
+    rs += [_unit_result("easy", "knn", 0.80, 0.05), _unit_result("easy", "mmd", 0.90, 0.02)]
+    # task "prior": the model answers one label whatever the demonstrations; mmd loses
+    for seed in range(3):
+        rs.append(_unit_result("prior", "random", 0.55, 0.1, seed, recalls=(1.0, 0.0)))
+    rs += [_unit_result("prior", "knn", 0.60, 0.03, recalls=(0.9, 0.3)),
+           _unit_result("prior", "mmd", 0.54, 0.02, recalls=(1.0, 0.01))]
+    rep = write_comparison_report(rs, tmp_path)
+    tag = "m k=4"
+    assert rep.best[tag] == "mmd"                      # mean (0.90 + 0.54) / 2 = 0.72 > 0.70
+    assert rep.mmd_family_best[tag] is True
+    assert rep.beats_random[tag] == {"easy": True, "prior": False}
+    assert rep.spearman[tag]["easy"] == pytest.approx(-1.0)
+    assert rep.collapsed[tag] == {"easy": (0, 5), "prior": (4, 5)}
+    md = rep.markdown.read_text()
+    assert "does **not** beat random on: prior" in md
+    assert "Why — prior: best MMD-family mmd 0.540 vs random 0.550" in md
+    assert "4 of 5 units predict (almost) only one label" in md
+    assert rep.html.exists() and all(f.exists() for f in rep.figures)

@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -343,6 +343,10 @@ class ComparisonReport:
         the mean of the random seeds}
     spearman : dict ``"model k=K"`` -> {task: Spearman(MMD^2 to the task, accuracy) over the
         evaluated demonstration sets}
+    collapsed : dict ``"model k=K"`` -> {task: (units whose predictions collapse onto one
+        label, units)}; a unit collapses when every label but one has a recall below
+        :data:`COLLAPSE_RECALL` (the model answers one label whatever the demonstrations, so
+        its accuracy reflects the label prior rather than the demonstrations)
     """
 
     markdown: Path
@@ -353,6 +357,16 @@ class ComparisonReport:
     mmd_family_best: dict[str, bool]
     beats_random: dict[str, dict[str, bool]]
     spearman: dict[str, dict[str, float]]
+    collapsed: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
+
+
+#: Recall below which a label counts as never predicted (see ``ComparisonReport.collapsed``).
+COLLAPSE_RECALL = 0.05
+
+
+def _collapsed(r: Any) -> bool:
+    recalls = list(getattr(r, "per_label_accuracy", {}).values())
+    return len(recalls) >= 2 and sum(v >= COLLAPSE_RECALL for v in recalls) <= 1
 
 
 def _group_results(results: Sequence[Any]) -> dict[tuple[str, int], list[Any]]:
@@ -404,6 +418,7 @@ def write_comparison_report(
     fam_best: dict[str, bool] = {}
     beats: dict[str, dict[str, bool]] = {}
     rho: dict[str, dict[str, float]] = {}
+    collapsed: dict[str, dict[str, tuple[int, int]]] = {}
     md: list[str] = [f"# {title}", ""]
     html_parts: list[str] = [f"<h1>{_html.escape(title)}</h1>"]
     figures: list[Path] = []
@@ -463,11 +478,30 @@ def write_comparison_report(
         if tag in best:
             claims.append(f"Best mean accuracy over tasks: **{best[tag]}**"
                           f" ({'an' if fam_best[tag] else 'not an'} MMD-family selector).")
+        collapsed[tag] = {t: (sum(_collapsed(r) for r in rs if r.spec.task == t),
+                              sum(1 for r in rs if r.spec.task == t)) for t in tasks}
         if tag in beats:
             lost = [t for t, ok in beats[tag].items() if not ok]
             claims.append("The best MMD-family selector beats random on every task evaluated."
                           if not lost else
                           "The MMD family does **not** beat random on: " + ", ".join(lost) + ".")
+            assert rnd is not None
+            for t in lost:
+                top = max((x for x in fam if t in x.per_task), key=lambda x: x.per_task[t])
+                c, n_t = collapsed[tag][t]
+                why = (f"{t}: best MMD-family {top.selector} {top.per_task[t]:.3f} vs random "
+                       f"{rnd.per_task[t]:.3f} ± {rnd.per_task_std.get(t, 0.0):.3f}")
+                if c:
+                    why += (f"; {c} of {n_t} units predict (almost) only one label, so "
+                            "accuracy there reflects the label prior, not the demonstrations")
+                if math.isfinite(rho[tag].get(t, math.nan)):
+                    why += f"; Spearman(MMD², accuracy) {rho[tag][t]:+.2f}"
+                claims.append("Why — " + why + ".")
+        many = {t: cn for t, cn in collapsed[tag].items() if cn[0]}
+        if many:
+            claims.append(f"Predictions collapse onto one label (every other label's recall "
+                          f"< {COLLAPSE_RECALL:.0%}) in " + ", ".join(
+                              f"{t} {c} of {n_t} units" for t, (c, n_t) in many.items()) + ".")
         if rho[tag]:
             vals = [v for v in rho[tag].values() if math.isfinite(v)]
             claims.append("Spearman(MMD² to the task, accuracy) per task: " + ", ".join(
@@ -519,7 +553,8 @@ def write_comparison_report(
                            f"<!doctype html><html><head><meta charset='utf-8'><title>"
                            f"{_html.escape(title)}</title><style>{style}</style></head><body>"
                            + "\n".join(html_parts) + "</body></html>")
-    return ComparisonReport(md_path, html_path, figures, summaries, best, fam_best, beats, rho)
+    return ComparisonReport(md_path, html_path, figures, summaries, best, fam_best, beats, rho,
+                            collapsed)
 
 
 _ORDER = ("random", "knn", "bm25", "mmr", "dpp", "vote-k", "mmd", "mmd-balanced", "mmd-query")
