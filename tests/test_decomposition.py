@@ -227,3 +227,26 @@ def test_decompose_head_bad_input(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ic.InputError, match=match):
         ic.decompose_head(**args)
+
+
+@given(st.integers(1, 12), st.integers(1, 5), st.integers(0, 2**31 - 1))
+def test_segment_pieces_equal_a_masked_reference_for_any_segment_layout(n, n_seg, seed):
+    """Contiguous segments are sliced, scattered ones gathered: both equal the masked sums."""
+    from icldistill.decomposition import segment_components, segment_decomposition, segment_mass
+
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, 3, n, generator=g, dtype=torch.float64) * 3
+    values = torch.randn(2, n, 4, generator=g, dtype=torch.float64)
+    ids = torch.randint(0, n_seg, (n,), generator=g)
+    if seed % 2:                     # contiguous layout: sorted segment ids
+        ids = ids.sort().values
+    comps, log_norm, mass = segment_decomposition(logits, values, ids, n_seg)
+    probs = torch.softmax(logits, -1)
+    for s in range(n_seg):
+        sel = (ids == s).to(torch.float64)
+        ref = (probs * sel) @ values
+        assert torch.allclose(comps[..., s, :, :], ref, atol=1e-12)
+        assert torch.allclose(mass[..., s, :], (probs * sel).sum(-1), atol=1e-12)
+    assert torch.allclose(log_norm, torch.logsumexp(logits, -1), atol=1e-12)
+    assert torch.allclose(segment_components(probs, values, ids, n_seg), comps, atol=1e-12)
+    assert torch.allclose(segment_mass(probs, ids, n_seg), mass, atol=1e-12)

@@ -145,3 +145,25 @@ def test_unsupported_architecture_is_named():
     model = AutoModelForCausalLM.from_config(cfg).eval()
     with pytest.raises(ic.InputError, match="Bloom"):
         trace(model, tiny_tokenizer(), PROMPT)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
+def test_grouped_reductions_equal_the_fine_segment_path(arch):
+    """Without kept components the tracer forms only the three groups' components; every
+    statistic equals the one computed from the per-demonstration components."""
+    model = tiny_model(arch, dtype=torch.float64)
+    tok = tiny_tokenizer(add_bos=True)
+    fine = trace(model, tok, PROMPT, positions="all", keep_components=True, per_demo=True)
+    grouped = trace(model, tok, PROMPT, positions="all", per_demo=True)
+    assert grouped.components is None
+    for name in ("eta", "log_normalizer", "demo_share", "mean_demo_logit", "mean_logit"):
+        a, b = getattr(fine, name), getattr(grouped, name)
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12, equal_nan=True), name
+    for g in ("prefix", "demos", "query"):
+        assert torch.allclose(fine.component_norm[g], grouped.component_norm[g], rtol=1e-12,
+                              atol=1e-12)
+        assert torch.allclose(fine.attention_mass[g], grouped.attention_mass[g], atol=1e-14)
+    for d in fine.demo_mass:
+        assert torch.allclose(fine.demo_mass[d], grouped.demo_mass[d], atol=1e-14)
+    assert grouped.max_decomposition_error == pytest.approx(fine.max_decomposition_error,
+                                                            rel=1e-6, abs=1e-12)

@@ -32,11 +32,14 @@ __all__ = [
     "PositiveRandomFeatures",
     "PrimalWeights",
     "RandomFeatureError",
+    "attention_probs",
     "decompose_head",
     "distillation_loss",
     "distillation_step",
     "random_feature_error",
+    "segment_components",
     "segment_decomposition",
+    "segment_mass",
 ]
 
 
@@ -70,21 +73,64 @@ def segment_decomposition(
     mass : Tensor ``[..., S, T]``
         Attention probability mass of each segment.
     """
+    probs, log_norm = attention_probs(logits, mask)
+    return (segment_components(probs, values, segment_ids, num_segments), log_norm,
+            segment_mass(probs, segment_ids, num_segments))
+
+
+def attention_probs(logits: torch.Tensor, mask: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities ``[..., T, n]`` and ``log D'`` ``[..., T]`` from logits, in log
+    space (masked keys get probability 0). Raises :class:`InputError` when a query attends to
+    no key or a logit is not finite."""
     if mask is not None:
         logits = logits.masked_fill(~mask, -math.inf)
-    log_norm = torch.logsumexp(logits, dim=-1)
-    if not bool(torch.isfinite(log_norm).all()):
-        if bool((log_norm == -math.inf).any()):
+    top = logits.amax(dim=-1, keepdim=True)           # NaN propagates into the max
+    if not bool(torch.isfinite(top).all()):
+        if bool((top == -math.inf).any()):
             raise InputError("a query position attends to no key (its mask row is all False)")
         raise InputError("attention logits are not finite")
-    probs = torch.exp(logits - log_norm[..., None])
-    comps, masses = [], []
+    probs = torch.exp(logits - top)                   # one exponential, shifted by the max
+    total = probs.sum(dim=-1, keepdim=True)           # in [1, n]: no overflow, no underflow
+    probs /= total
+    return probs, (top + torch.log(total)).squeeze(-1)
+
+
+def _segment_columns(segment_ids: torch.Tensor, num_segments: int
+                     ) -> list[slice | torch.Tensor]:
+    """The key columns of every segment: a slice when they are contiguous (a view, no copy),
+    else an index tensor."""
+    cols: list[slice | torch.Tensor] = []
     for s in range(num_segments):
-        cols = (segment_ids == s).nonzero().flatten()
-        p_s = probs.index_select(-1, cols)
-        comps.append(p_s @ values.index_select(-2, cols))
-        masses.append(p_s.sum(-1))
-    return torch.stack(comps, dim=-3), log_norm, torch.stack(masses, dim=-2)
+        idx = (segment_ids == s).nonzero().flatten()
+        n = idx.numel()
+        if n and int(idx[-1]) - int(idx[0]) + 1 == n:
+            cols.append(slice(int(idx[0]), int(idx[0]) + n))
+        else:
+            cols.append(idx)
+    return cols
+
+
+def segment_components(probs: torch.Tensor, values: torch.Tensor, segment_ids: torch.Tensor,
+                       num_segments: int) -> torch.Tensor:
+    """``c_S(t) = sum_{j in S} p_tj v_j`` ``[..., S, T, d_v]`` for probabilities
+    ``[..., T, n]`` and values ``[..., n, d_v]`` (one matrix product per segment; contiguous
+    segments are sliced, not copied)."""
+    comps = []
+    for cols in _segment_columns(segment_ids, num_segments):
+        if isinstance(cols, slice):
+            comps.append(probs[..., cols] @ values[..., cols, :])
+        else:
+            comps.append(probs.index_select(-1, cols) @ values.index_select(-2, cols))
+    return torch.stack(comps, dim=-3)
+
+
+def segment_mass(probs: torch.Tensor, segment_ids: torch.Tensor, num_segments: int
+                 ) -> torch.Tensor:
+    """Attention mass of every segment ``[..., S, T]`` (one scatter-add over the keys)."""
+    out = probs.new_zeros((*probs.shape[:-1], num_segments))
+    out.index_add_(-1, segment_ids.to(probs.device), probs)
+    return out.movedim(-1, -2)
 
 
 def _segment_ids(segments: Sequence[str], n: int) -> tuple[list[str], torch.Tensor]:

@@ -6,8 +6,8 @@ function receives the model's *actual* ``q``, ``k``, ``v`` — after RoPE, q/k n
 repetition — together with the scale, the mask (causal, sliding window, padding) and any
 soft-capping, and it computes attention with exactly the operations of the eager implementation,
 so the model's output does not change. For the chosen query positions it also reduces each head
-with :func:`icldistill.decomposition.segment_decomposition` (the math core) and keeps only the
-per-head statistics, layer by layer; full tensors are kept only when asked for.
+with the pieces of :func:`icldistill.decomposition.segment_decomposition` (the math core) and
+keeps only the per-head statistics, layer by layer; full tensors are kept only when asked for.
 
 Heads whose logits are not a pure scaled dot product (soft-capping, additive position biases
 such as ALiBi) are decomposed exactly as well but flagged ``has_kernel_form = False``: they have
@@ -26,7 +26,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from .._validation import InputError
-from ..decomposition import DualWeights, segment_decomposition
+from ..decomposition import DualWeights, attention_probs, segment_components, segment_mass
 from ..prompts import DEMOS, PREFIX, QUERY, Prompt, TokenizedPrompt, group_segment
 
 __all__ = ["TRACE_ATTENTION", "TraceResult", "trace"]
@@ -167,27 +167,38 @@ def _record(
     vis_demo = allowed & demo_cols[None, :]                              # [P, S]
     n_demo = vis_demo.sum(-1)                                            # [P]
     chunk = max(1, _CHUNK_ELEMENTS // max(1, P * S))
+    n_fine = len(req.seg_names)
+    # without kept components only the three groups' components are formed (the fine
+    # segments' masses are one scatter-add): 3 matrix products per chunk instead of S_fine
+    comp_ids, n_comp = (seg_ids, n_fine) if req.keep_components else (group_of[seg_ids], 3)
+    vis_f = vis_demo.to(cdtype)
+    all_f = allowed.to(cdtype)
     parts: list[tuple[torch.Tensor, ...]] = []
     for h0 in range(0, H, chunk):
         lg = logits[0, h0 : h0 + chunk].index_select(1, pos).to(cdtype)  # [h, P, S]
         if extra is not None:
             lg = lg + extra
         vv = v[0, h0 : h0 + chunk].to(cdtype)                            # [h, S, Dv]
-        c, ln, ms = segment_decomposition(lg, vv, seg_ids, len(req.seg_names),
-                                          allowed.expand(lg.shape[0], P, S))
-        md = lg.masked_fill(~vis_demo, 0.0).sum(-1) / n_demo.to(cdtype)
-        ml = lg.masked_fill(~allowed, 0.0).sum(-1) / allowed.sum(-1).to(cdtype)
+        # masked means of the logits (before masking them to -inf below)
+        md = torch.einsum("hps,ps->hp", lg, vis_f) / n_demo.to(cdtype)
+        ml = torch.einsum("hps,ps->hp", lg, all_f) / allowed.sum(-1).to(cdtype)
+        probs, ln = attention_probs(lg, allowed.expand(lg.shape[0], P, S))
+        c = segment_components(probs, vv, comp_ids, n_comp)              # [h, n_comp, P, Dv]
+        ms = segment_mass(probs, seg_ids, n_fine)                        # [h, S_fine, P]
         parts.append((c.movedim(-3, 0), ln, ms.movedim(-2, 0), md, ml))  # segment axis first
-    comps = torch.cat([p[0] for p in parts], dim=1)                      # [S_fine, H, P, Dv]
+    comps = torch.cat([p[0] for p in parts], dim=1) if len(parts) > 1 else parts[0][0]
     log_norm = torch.cat([p[1] for p in parts])                          # [H, P]
     mass = torch.cat([p[2] for p in parts], dim=1)                       # [S_fine, H, P]
     mean_demo = torch.cat([p[3] for p in parts])
     mean_logit = torch.cat([p[4] for p in parts])
-    grouped = torch.zeros(3, *comps.shape[1:], dtype=cdtype, device=comps.device)
-    grouped.index_add_(0, group_of, comps)                               # [3, H, P, Dv]
+    if req.keep_components:                                              # [S_fine, H, P, Dv]
+        grouped = torch.zeros(3, *comps.shape[1:], dtype=cdtype, device=comps.device)
+        grouped.index_add_(0, group_of, comps)                           # [3, H, P, Dv]
+    else:
+        grouped = comps                                                  # [3, H, P, Dv]
     eta = torch.exp(torch.log(n_demo.to(cdtype) / 2.0)[None, :] - log_norm)
     actual = out[0].index_select(1, pos).to(cdtype)                      # [H, P, Dv]
-    err = (comps.sum(0) - actual).norm(dim=-1) / actual.norm(dim=-1).clamp_min(1e-30)
+    err = (grouped.sum(0) - actual).norm(dim=-1) / actual.norm(dim=-1).clamp_min(1e-30)
     rec = _LayerRecord(
         log_norm=log_norm.cpu(), eta=eta.cpu(), mass=mass.cpu(),
         comp_norm=grouped.norm(dim=-1).cpu(), mean_demo_logit=mean_demo.cpu(),
