@@ -90,7 +90,7 @@ def attention_probs(logits: torch.Tensor, mask: torch.Tensor | None = None
         if bool((top == -math.inf).any()):
             raise InputError("a query position attends to no key (its mask row is all False)")
         raise InputError("attention logits are not finite")
-    probs = torch.exp(logits - top)                   # one exponential, shifted by the max
+    probs = (logits - top).exp_()                     # one exponential, shifted by the max
     total = probs.sum(dim=-1, keepdim=True)           # in [1, n]: no overflow, no underflow
     probs /= total
     return probs, (top + torch.log(total)).squeeze(-1)

@@ -167,6 +167,7 @@ def _record(
     vis_demo = allowed & demo_cols[None, :]                              # [P, S]
     n_demo = vis_demo.sum(-1)                                            # [P]
     chunk = max(1, _CHUNK_ELEMENTS // max(1, P * S))
+    every = P == logits.shape[2] and bool((pos == torch.arange(P, device=pos.device)).all())
     n_fine = len(req.seg_names)
     # without kept components only the three groups' components are formed (the fine
     # segments' masses are one scatter-add): 3 matrix products per chunk instead of S_fine
@@ -175,7 +176,8 @@ def _record(
     all_f = allowed.to(cdtype)
     parts: list[tuple[torch.Tensor, ...]] = []
     for h0 in range(0, H, chunk):
-        lg = logits[0, h0 : h0 + chunk].index_select(1, pos).to(cdtype)  # [h, P, S]
+        lg = logits[0, h0 : h0 + chunk]
+        lg = (lg if every else lg.index_select(1, pos)).to(cdtype)       # [h, P, S]
         if extra is not None:
             lg = lg + extra
         vv = v[0, h0 : h0 + chunk].to(cdtype)                            # [h, S, Dv]
