@@ -38,6 +38,7 @@ def test_select_json(setup, capsys, monkeypatch):
     payload = json.loads(capsys.readouterr().out)
     assert payload["shared"] and len(payload["sets"]) == 1
     assert len(payload["sets"][0]["demonstrations"]) == 3
+    assert payload["mmd2_task"] >= 0 and payload["mmd2_query"] >= payload["mmd2_task"] - 1e-9
     assert (root / "sel" / "selection.json").exists()
 
 

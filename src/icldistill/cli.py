@@ -330,8 +330,10 @@ def _cmd_select(args: argparse.Namespace) -> int:
     sel = h.select(spec, task, np.arange(n))
     pool, test = task.split.train, task.split.test
     rows = sel.indices[:1] if sel.shared else sel.indices
+    mmd_task, mmd_query = h.mmd_to_task(task, spec.model, rows, np.arange(n), sel.shared)
     payload = {"task": name, "selector": sel.selector, "k": sel.k, "shared": sel.shared,
-               "seconds": sel.seconds, "sets": [
+               "seconds": sel.seconds, "mmd2_task": mmd_task, "mmd2_query": mmd_query,
+               "sets": [
                    {"query": None if sel.shared else test.texts[i],
                     "demonstrations": [{"pool_index": int(j), "text": pool.texts[j],
                                         "label": str(pool.labels[j])} for j in row]}
@@ -345,6 +347,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
         return 0
     head = "one set for all queries" if sel.shared else f"one set per query ({len(rows)})"
     print(f"{sel.selector}, k={sel.k}, {head}, {sel.seconds:.3f} s")
+    print(f"MMD² to the {n} test inputs: {mmd_task:.4f} (set); mean per query {mmd_query:.4f} "
+          f"(Gaussian kernel on {h.reference_encoder}, median bandwidth of pool + test)")
     for s in payload["sets"][: 1 if sel.shared else 3]:
         if s["query"] is not None:
             print(f"\nquery: {s['query']}")

@@ -566,7 +566,8 @@ class Harness:
         truth = np.asarray([str(test_ds.labels[i]) for i in test_idx], dtype=object)
         metrics = classification_metrics(truth, pred, labels=list(test_ds.label_names),
                                          n_boot=self.n_boot, seed=0)
-        mmd_task, mmd_query = self._mmd(task, spec.model, idx, test_idx, selection.shared)
+        mmd_task, mmd_query = self.mmd_to_task(task, spec.model, idx, test_idx,
+                                                selection.shared)
         n_prompt = _prompt_tokens(scorer, texts)
         result = UnitResult(spec, key, metrics.accuracy, metrics.macro_f1, metrics.n, mmd_task,
                             mmd_query, selection.shared, selection.seconds, seconds, tokens,
@@ -578,8 +579,13 @@ class Harness:
             partial.unlink()
         return result
 
-    def _mmd(self, task: Task, model_name: str, idx: np.ndarray, test_idx: np.ndarray,
-             shared: bool) -> tuple[float, float]:
+    def mmd_to_task(self, task: Task, model_name: str, idx: np.ndarray, test_idx: np.ndarray,
+                    shared: bool) -> tuple[float, float]:
+        """``(mmd2_task, mmd2_query)`` of demonstration sets under the task's reference kernel.
+
+        ``idx`` ``[R, k]`` holds pool indices (``R = 1`` for a shared set, else one row per
+        test item of ``test_idx`` ``[n]``); see the module docstring for both quantities.
+        """
         kern = self.reference_kernel(task, model_name)
         ref = self.reference_encoder
         pool = torch.as_tensor(self.embeddings(task, "train", ref, model_name),
