@@ -45,7 +45,7 @@ _CHUNK_ELEMENTS = 1 << 23
 class _LayerRecord:
     log_norm: torch.Tensor            # [H, P]
     eta: torch.Tensor                 # [H, P]
-    mass: torch.Tensor                # [S_fine, H, P]
+    mass: torch.Tensor | None         # [S_fine, H, P] (released once stacked)
     comp_norm: torch.Tensor           # [3, H, P] grouped prefix / demos / query
     mean_demo_logit: torch.Tensor     # [H, P]
     mean_logit: torch.Tensor          # [H, P]
@@ -460,8 +460,12 @@ def trace(
     if n_layers is not None and len(req.layers) != n_layers:
         raise InputError(f"only {len(req.layers)} of {n_layers} layers of "
                          f"{type(model).__name__} went through the attention interface")
-    return _assemble(req, tok, tokenizer, out.logits[0].index_select(0, pos.to(
-        out.logits.device)).float().cpu(), per_demo)
+    logits = out.logits[0]
+    if not (pos.numel() == logits.shape[0]
+            and bool((pos == torch.arange(pos.numel())).all())):   # all positions: no copy
+        logits = logits.index_select(0, pos.to(logits.device))
+    del out
+    return _assemble(req, tok, tokenizer, logits.float().cpu(), per_demo)
 
 
 def _assemble(req: _Request, tok: TokenizedPrompt, tokenizer: Any, logits: torch.Tensor,
@@ -485,6 +489,8 @@ def _assemble(req: _Request, tok: TokenizedPrompt, tokenizer: Any, logits: torch
     if req.keep_components:
         comps = stack("components")                             # [L, S_fine, H, P, Dv]
         components = {n: comps[:, i] for i, n in enumerate(req.seg_names)}
+    for r in recs:          # stacked above: the per-layer copies are not needed any more
+        r.mass = r.components = None
     try:
         tokens = tuple(tokenizer.convert_ids_to_tokens(tok.input_ids.tolist()))
     except Exception:  # pragma: no cover - exotic tokenizers
@@ -508,5 +514,5 @@ def _assemble(req: _Request, tok: TokenizedPrompt, tokenizer: Any, logits: torch
         logits=logits,
         demo_mass=demo_mass,
         components=components,
-        _records=dict(enumerate(recs)),
+        _records=dict(enumerate(recs)) if req.keep_w0 else None,
     )
