@@ -557,7 +557,7 @@ def test_mmd_query_shortlist_gram_matches_the_whole_pool_path_for_every_kernel(k
 
 
 # ----------------------------------------------------------------------- Nyström landmarks
-def _clustered(n, t, d=8, seed=0):
+def _two_samples(n, t, d=8, seed=0):
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(6, d)) * 2.0
     pool = centres[rng.integers(0, 6, n)] + rng.normal(size=(n, d))
@@ -570,7 +570,7 @@ def test_landmark_row_means_obey_their_certified_error(seed, m, kernel):
     from icldistill.mmd import kernel_row_means, self_kernel_mean
     from icldistill.selection import _nystrom_row_means
 
-    pool, tgt = _clustered(60, 50, seed=seed)
+    pool, tgt = _two_samples(60, 50, seed=seed)
     c, t = torch.as_tensor(pool), torch.as_tensor(tgt)
     kern = ic.make_kernel(kernel, c, t)
     const = self_kernel_mean(t, kern)
@@ -584,7 +584,7 @@ def test_landmark_row_means_obey_their_certified_error(seed, m, kernel):
 
 
 def test_landmarks_keep_an_exact_trajectory_and_a_set_as_close_as_exact_greedy():
-    pool, tgt = _clustered(400, 200, seed=1)
+    pool, tgt = _two_samples(400, 200, seed=1)
     exact = ic.greedy_mmd(pool, tgt, 8)
     assert exact.approx_error is None
     h = exact.kernel.bandwidth
@@ -608,7 +608,7 @@ def test_landmarks_keep_an_exact_trajectory_and_a_set_as_close_as_exact_greedy()
 def test_mmd_selector_with_landmarks_is_seeded_and_validated():
     from icldistill.harness import unit_grid
 
-    pool, tgt = _clustered(300, 100, seed=2)
+    pool, tgt = _two_samples(300, 100, seed=2)
     a = ic.make_selector("mmd", landmarks=20, seed=3).fit(pool).select(tgt, 5)
     b = ic.make_selector("mmd", landmarks=20, seed=3).fit(pool).select(tgt, 5)
     assert a.indices.tolist() == b.indices.tolist()
