@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from icldistill._util import single_thread
 from icldistill.experiments import Section
+from icldistill.models.icl_transformer import ICLConfig, ICLTransformer
+from icldistill.training import TrainConfig, TrainedICL
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -16,10 +20,25 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(autouse=True)
 def one_thread():
     """Run the test with one torch thread (the experiments are small; threads only contend)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with single_thread():
+        yield
+
+
+#: Pairs per prompt of the tiny untrained learner the experiment tests run on.
+N = 8
+
+
+def tiny(task: str = "regression") -> TrainedICL:
+    """A fresh tiny untrained in-context learner (seeded: same weights every call)."""
+    torch.manual_seed(0)
+    cfg = ICLConfig(d_x=3, max_examples=N, n_layers=2, n_heads=2, d_model=16, task=task)
+    return TrainedICL(model=ICLTransformer(cfg).eval(), config=cfg, train=TrainConfig())
+
+
+@functools.lru_cache(maxsize=2)
+def tiny_cached(task: str = "regression") -> TrainedICL:
+    """:func:`tiny`, built once per task (callers copy it before changing it)."""
+    return tiny(task)
 
 
 def check_section(sec: Section, name: str, out: Path, *, figures: int = 2) -> None:

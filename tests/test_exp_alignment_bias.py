@@ -13,35 +13,26 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from icldistill.experiments import alignment, bias
-from icldistill.models.icl_transformer import ICLConfig, ICLTransformer
 from icldistill.synthetic import icl_batch
-from icldistill.training import TrainConfig, TrainedICL
 
-from .lab_helpers import check_section, one_thread  # noqa: F401 (autouse fixture)
-
-N = 8
-
-
-def tiny(task: str = "regression") -> TrainedICL:
-    torch.manual_seed(0)
-    cfg = ICLConfig(d_x=3, max_examples=N, n_layers=2, n_heads=2, d_model=16, task=task)
-    return TrainedICL(model=ICLTransformer(cfg).eval(), config=cfg, train=TrainConfig())
-
-
-@functools.lru_cache(maxsize=1)
-def _tiny_cached() -> TrainedICL:
-    return tiny()
+from .lab_helpers import (
+    N,
+    check_section,
+    one_thread,  # noqa: F401 (autouse fixture)
+    tiny,
+    tiny_cached,
+)
 
 
 @functools.lru_cache(maxsize=1)
 def _alignment_result() -> alignment.AlignmentResult:
-    return alignment.alignment(_tiny_cached(), n_prompts=2, seed=3)
+    return alignment.alignment(tiny_cached(), n_prompts=2, seed=3)
 
 
 @functools.lru_cache(maxsize=1)
 def _reference_trace():
     """The same prompts as :func:`_alignment_result`, traced by an independent float64 copy."""
-    model = copy.deepcopy(_tiny_cached().model).double()
+    model = copy.deepcopy(tiny_cached().model).double()
     batch = icl_batch("regression", 2, N, 3, 3, dtype=torch.float64)
     with torch.no_grad():
         return model.trace(batch.xs, batch.ys)
@@ -66,12 +57,12 @@ def test_alignment_run_quick(tmp_path):
 
 
 def test_alignment_deterministic():
-    a = alignment.alignment(_tiny_cached(), n_prompts=2, seed=3)
+    a = alignment.alignment(tiny_cached(), n_prompts=2, seed=3)
     b = _alignment_result()
     for name in ("eta", "log_normalizer", "mean_demo_logit", "demo_share",
                  "stationarity_spearman"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
-    c = alignment.alignment(_tiny_cached(), n_prompts=2, seed=4)
+    c = alignment.alignment(tiny_cached(), n_prompts=2, seed=4)
     assert not np.array_equal(a.eta, c.eta)
 
 

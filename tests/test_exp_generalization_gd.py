@@ -13,29 +13,19 @@ import torch
 
 from icldistill.bounds import generalization_bound
 from icldistill.experiments import demo_key_values, gd, generalization
-from icldistill.models.icl_transformer import ICLConfig, ICLTransformer
 from icldistill.synthetic import icl_batch
-from icldistill.training import TrainConfig, TrainedICL
 
-from .lab_helpers import check_section, one_thread  # noqa: F401 (autouse fixture)
-
-N = 8
-
-
-def tiny(task: str = "regression") -> TrainedICL:
-    torch.manual_seed(0)
-    cfg = ICLConfig(d_x=3, max_examples=N, n_layers=2, n_heads=2, d_model=16, task=task)
-    return TrainedICL(model=ICLTransformer(cfg).eval(), config=cfg, train=TrainConfig())
-
-
-@functools.lru_cache(maxsize=2)
-def _tiny_cached(task: str = "regression") -> TrainedICL:
-    return tiny(task)
+from .lab_helpers import (
+    N,
+    check_section,
+    one_thread,  # noqa: F401 (autouse fixture)
+    tiny_cached,
+)
 
 
 @functools.lru_cache(maxsize=1)
 def _gen_result() -> generalization.GeneralizationResult:
-    return generalization.generalization(_tiny_cached(), n_prompts=3, heldout_prompts=4,
+    return generalization.generalization(tiny_cached(), n_prompts=3, heldout_prompts=4,
                                          rademacher_samples=64, seed=5)
 
 
@@ -43,7 +33,7 @@ def _gen_result() -> generalization.GeneralizationResult:
 
 # ------------------------------------------------------------------------- generalization
 def test_generalization_run_quick(tmp_path):
-    sec = generalization.run(_tiny_cached(), out_dir=tmp_path, quick=True, seed=0)
+    sec = generalization.run(tiny_cached(), out_dir=tmp_path, quick=True, seed=0)
     check_section(sec, "generalization", tmp_path)
     d = sec.data
     assert d["n_tokens"] == sorted(d["n_tokens"]) and d["n_tokens"][0] >= 1
@@ -57,7 +47,7 @@ def test_generalization_run_quick(tmp_path):
 
 def test_generalization_sample_size_is_demo_tokens():
     res = _gen_result()
-    model = copy.deepcopy(_tiny_cached().model).double()
+    model = copy.deepcopy(tiny_cached().model).double()
     batch = icl_batch("regression", 1, N, 3, 0, dtype=torch.float64)
     with torch.no_grad():
         trace = model.trace(batch.xs, batch.ys)
@@ -94,9 +84,9 @@ def test_generalization_bound_arithmetic():
 
 def test_generalization_deterministic():
     a = _gen_result()
-    b = generalization.generalization(_tiny_cached(), n_prompts=3, heldout_prompts=4,
+    b = generalization.generalization(tiny_cached(), n_prompts=3, heldout_prompts=4,
                                       rademacher_samples=64, seed=5)
-    c = generalization.generalization(_tiny_cached(), n_prompts=3, heldout_prompts=4,
+    c = generalization.generalization(tiny_cached(), n_prompts=3, heldout_prompts=4,
                                       rademacher_samples=64, seed=6)
     for name in ("radius", "rademacher_mc", "empirical", "heldout", "bound", "loss_bound"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
@@ -117,7 +107,7 @@ def test_clipped_loss_range_and_lipschitz():
 # ------------------------------------------------------------------------------------- gd
 @pytest.mark.parametrize("task", ["regression", "classification"])
 def test_gd_run_quick(tmp_path, task):
-    sec = gd.run(_tiny_cached(task), out_dir=tmp_path, quick=True, seed=0)
+    sec = gd.run(tiny_cached(task), out_dir=tmp_path, quick=True, seed=0)
     check_section(sec, "gd", tmp_path)
     d = sec.data
     assert d["task"] == task
@@ -136,9 +126,9 @@ def test_gd_run_quick(tmp_path, task):
 
 def test_gd_deterministic():
     kw = dict(n_prompts=64, validation_prompts=64)
-    a = gd.gd_comparison(_tiny_cached(), seed=2, **kw)
-    b = gd.gd_comparison(_tiny_cached(), seed=2, **kw)
-    c = gd.gd_comparison(_tiny_cached(), seed=3, **kw)
+    a = gd.gd_comparison(tiny_cached(), seed=2, **kw)
+    b = gd.gd_comparison(tiny_cached(), seed=2, **kw)
+    c = gd.gd_comparison(tiny_cached(), seed=3, **kw)
     for m in a.methods:
         np.testing.assert_array_equal(a.predictions[m], b.predictions[m])
         np.testing.assert_array_equal(a.error[m], b.error[m])

@@ -25,13 +25,7 @@ from icldistill.training import (
     train_icl,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from .lab_helpers import one_thread  # noqa: F401 (autouse fixture)
 
 
 def _short(task: str = "regression", steps: int = 12, **kw) -> tuple[ICLConfig, TrainConfig]:

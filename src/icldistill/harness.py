@@ -518,7 +518,8 @@ class Harness:
         reused = 0
         if not spec.calibrate:
             store = self._score_store(spec.model)
-            hashes = [_prompt_hash(spec.model, scorer, t) for t in texts]
+            labels = [[str(lab), scorer.verbalize(lab)] for lab in scorer.labels]
+            hashes = [_prompt_hash(spec.model, labels, t) for t in texts]
             for i in np.flatnonzero(np.isnan(scores).any(axis=1)):
                 hit = store.get(hashes[i])
                 if hit is not None and len(hit) == len(scorer.labels):
@@ -648,10 +649,10 @@ def _prompt_tokens(scorer: FewShotScorer, texts: list[str]) -> int:
     return int(sum(len(e) for e in enc))
 
 
-def _prompt_hash(model: str, scorer: FewShotScorer, text: str) -> str:
-    """Key of a prompt in the score store: model name, labels with their words, full text."""
-    payload = json.dumps([model, [[str(lab), scorer.verbalize(lab)] for lab in scorer.labels],
-                          text], ensure_ascii=False)
+def _prompt_hash(model: str, labels: list[list[str]], text: str) -> str:
+    """Key of a prompt in the score store: model name, ``[label, label word]`` pairs, full
+    text."""
+    payload = json.dumps([model, labels, text], ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 

@@ -339,13 +339,11 @@ def _greedy_mmd(
     if not approx:
         return GreedySelection(idx, traj[0].cpu().numpy(), kern, quotas,
                                r[chosen[0]].cpu().numpy())
-    # exact row means and trajectory of the chosen items: O(k |T| d)
-    sel = c[chosen[0]]
-    r_sel = kernel_row_means(sel, t, kern)                                # [k]
-    kss = kern(sel, sel).to(torch.float64)                                # [k, k]
+    # exact row means of the chosen items, O(k |T| d); the trajectory's within-set sums are
+    # exact already, so only its -2/m sum_{i<=m} r_i term is corrected
+    r_sel = kernel_row_means(c[chosen[0]], t, kern)                       # [k]
     m = torch.arange(1, k + 1, dtype=torch.float64, device=c.device)
-    within = torch.cumsum(torch.cumsum(kss, 0), 1).diagonal()             # sum over S_j x S_j
-    exact = within / m**2 - 2.0 * torch.cumsum(r_sel, 0) / m + const
+    exact = traj[0] - 2.0 * torch.cumsum(r_sel - r[chosen[0]], 0) / m
     return GreedySelection(idx, exact.cpu().numpy(), kern, quotas, r_sel.cpu().numpy(), eps)
 
 

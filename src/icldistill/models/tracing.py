@@ -70,6 +70,7 @@ class _Request:
     positions: torch.Tensor           # [P]
     keep_components: bool
     keep_w0: bool
+    every: bool = False               # positions == 0..T-1: no position gather needed
     layers: dict[int, _LayerRecord] = field(default_factory=dict)
     progress: Any = None
 
@@ -167,7 +168,6 @@ def _record(
     vis_demo = allowed & demo_cols[None, :]                              # [P, S]
     n_demo = vis_demo.sum(-1)                                            # [P]
     chunk = max(1, _CHUNK_ELEMENTS // max(1, P * S))
-    every = P == logits.shape[2] and bool((pos == torch.arange(P, device=pos.device)).all())
     n_fine = len(req.seg_names)
     # without kept components only the three groups' components are formed (the fine
     # segments' masses are one scatter-add): 3 matrix products per chunk instead of S_fine
@@ -177,7 +177,7 @@ def _record(
     parts: list[tuple[torch.Tensor, ...]] = []
     for h0 in range(0, H, chunk):
         lg = logits[0, h0 : h0 + chunk]
-        lg = (lg if every else lg.index_select(1, pos)).to(cdtype)       # [h, P, S]
+        lg = (lg if req.every else lg.index_select(1, pos)).to(cdtype)   # [h, P, S]
         if extra is not None:
             lg = lg + extra
         vv = v[0, h0 : h0 + chunk].to(cdtype)                            # [h, S, Dv]
@@ -199,7 +199,7 @@ def _record(
     else:
         grouped = comps                                                  # [3, H, P, Dv]
     eta = torch.exp(torch.log(n_demo.to(cdtype) / 2.0)[None, :] - log_norm)
-    actual = out[0].index_select(1, pos).to(cdtype)                      # [H, P, Dv]
+    actual = (out[0] if req.every else out[0].index_select(1, pos)).to(cdtype)  # [H, P, Dv]
     err = (grouped.sum(0) - actual).norm(dim=-1) / actual.norm(dim=-1).clamp_min(1e-30)
     rec = _LayerRecord(
         log_norm=log_norm.cpu(), eta=eta.cpu(), mass=mass.cpu(),
@@ -437,7 +437,8 @@ def trace(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_layers, desc="tracing layers", unit="layer", leave=False)
-    req = _Request(seg_ids, fine, group_of, pos, keep_components, keep_w0, progress=bar)
+    every = pos.numel() == T and bool((pos == torch.arange(T)).all())
+    req = _Request(seg_ids, fine, group_of, pos, keep_components, keep_w0, every, progress=bar)
     previous = model.config._attn_implementation
     try:
         model.set_attn_implementation(TRACE_ATTENTION)
@@ -461,8 +462,7 @@ def trace(
         raise InputError(f"only {len(req.layers)} of {n_layers} layers of "
                          f"{type(model).__name__} went through the attention interface")
     logits = out.logits[0]
-    if not (pos.numel() == logits.shape[0]
-            and bool((pos == torch.arange(pos.numel())).all())):   # all positions: no copy
+    if not every:                                  # all positions: the model's logits, no copy
         logits = logits.index_select(0, pos.to(logits.device))
     del out
     return _assemble(req, tok, tokenizer, logits.float().cpu(), per_demo)
