@@ -7,6 +7,12 @@ after an interruption), then writes ``<out>/report.md`` and ``report.html`` with
     python benchmarks/bench_fewshot.py                         # full grid (hours on 2 CPU cores)
     python benchmarks/bench_fewshot.py --models smollm2-135m --tasks amazon,yelp --ks 4
     python benchmarks/bench_fewshot.py --report-only           # rebuild the report
+    python benchmarks/bench_fewshot.py --models qwen2.5-0.5b --dtype bfloat16 --threads 1 &
+    python benchmarks/bench_fewshot.py --models qwen2.5-0.5b --dtype bfloat16 --threads 1 &
+
+Several processes started with the same command share the grid: each claims a unit
+(``<out>/claims/<key>``, created exclusively, holding the worker's pid) before running it and
+skips units another live worker holds; a dead worker's claims are taken over.
 
 Defaults: tasks amazon, imdb, yelp, rt-sentiment, rt-subjectivity, r8 (+ boolq with
 ``--tasks ...,boolq``), all selectors, k in {4, 8}, 200 test inputs per task, 3 seeds for the
@@ -33,6 +39,36 @@ TASKS = ("amazon", "imdb", "yelp", "rt-sentiment", "rt-subjectivity", "r8")
 MODELS = ("smollm2-135m", "qwen2.5-0.5b")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim(out: Path, key: str) -> bool:
+    """Claim unit ``key`` for this process; False when a live worker holds it."""
+    path = out / "claims" / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            pid = int(path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return False
+        if pid == 0 or pid == os.getpid() or _alive(pid):
+            return False         # being written, or held by a live worker
+        path.unlink(missing_ok=True)     # a dead worker's claim
+        return _claim(out, key)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(str(os.getpid()))
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(MODELS))
@@ -43,10 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-test", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                    help="precision of the models' weights (logits stay float32)")
     ap.add_argument("--out", default=str(HERE / "results" / "fewshot"))
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="stop starting new units after this many minutes (resume later)")
+    ap.add_argument("--report-only-if-done", action="store_true",
+                    help="write the report only when no other worker holds a unit")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -56,14 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     selectors = [s for s in args.selectors.split(",") if s]
     ks = [int(k) for k in args.ks.split(",") if k]
     run_cmd = (f"python benchmarks/bench_fewshot.py --models {','.join(models)} --tasks "
-               f"{','.join(tasks)} --ks {args.ks} --seeds {args.seeds} --n-test {args.n_test}")
+               f"{','.join(tasks)} --ks {args.ks} --seeds {args.seeds} --n-test {args.n_test}"
+               + (f" --dtype {args.dtype}" if args.dtype != "float32" else ""))
     cmds = [run_cmd + "   # resumable: rerun to continue", "python benchmarks/bench_fewshot.py "
             "--report-only   # rebuild this report from results.jsonl"]
     if not args.report_only:
         h = Harness(out, batch_size=args.batch_size, progress=True)
         t0 = time.time()
         units = unit_grid(models=models, tasks=tasks, selectors=selectors, ks=ks,
-                          seeds=args.seeds, n_test=args.n_test)
+                          seeds=args.seeds, n_test=args.n_test, dtype=args.dtype)
         # cheapest first, so an interrupted run covers every task: set-level selectors (one
         # prefix pass per unit) before per-query ones, k=4 before k=8
         units.sort(key=lambda u: (models.index(u.model), not SELECTORS[u.selector].shared,
@@ -72,7 +113,16 @@ def main(argv: list[str] | None = None) -> int:
             if args.max_minutes is not None and (time.time() - t0) / 60 > args.max_minutes:
                 print(f"time budget reached; rerun to resume ({out})", file=sys.stderr)
                 break
-            h.run([u])
+            key = u.key(h.task(u.task).fingerprint)
+            if key in h.finished() or not _claim(out, key):
+                continue
+            try:
+                h.run([u])
+            finally:
+                (out / "claims" / key).unlink(missing_ok=True)
+        if args.report_only_if_done and any((out / "claims").glob("*")):
+            print("other workers are still running; they write the report", file=sys.stderr)
+            return 0
     results = load_results(out)
     if not results:
         print("no results yet", file=sys.stderr)

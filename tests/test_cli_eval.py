@@ -80,3 +80,15 @@ def test_cli_bad_inputs_exit_2(setup, capsys, monkeypatch):
     assert main(["evaluate", "--model", str(model_dir), "--file", str(data), "--text-field",
                  "nope", "--out", str(root / "bad")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_evaluate_in_bfloat16_records_the_precision(setup, capsys, monkeypatch):
+    root, model_dir, data = setup
+    monkeypatch.setenv("ICLDISTILL_CACHE", str(root / "cache"))
+    out = root / "eval-bf16"
+    assert main(["evaluate", "--model", str(model_dir), *_task_args(data), "--selector", "mmd",
+                 "--k", "2", "--n-test", "6", "--dtype", "bfloat16", "--out", str(out),
+                 "--quiet", "--json"]) == 0
+    rec = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    assert rec["spec"]["dtype"] == "bfloat16" and rec["n"] == 6
+    assert json.loads(capsys.readouterr().out)[0]["spec"]["dtype"] == "bfloat16"

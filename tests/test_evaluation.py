@@ -149,3 +149,39 @@ def test_metric_bad_inputs():
         accuracy([], [])
     with pytest.raises(InputError, match="equal length"):
         accuracy(["a"], ["a", "b"])
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_bfloat16_model_with_float32_head_scores_close_to_float32(arch):
+    """A bf16 model (weights and activations) keeps its output head in float32: the logits are
+    float32, the head equals the float32 head exactly, and label scores (multi-token labels
+    with prefix reuse and per-query sets) stay close to the float32 model's."""
+    from icldistill.models import float32_head
+
+    ref = tiny_model(arch, dtype=torch.float32)
+    tok = tiny_tokenizer(add_bos=True)
+    half = float32_head(tiny_model(arch, dtype=torch.bfloat16))
+    head = half.get_output_embeddings()
+    assert head.weight.dtype == torch.float32
+    # the float32 copy is the bf16 weight, exactly, and no longer tied to the bf16 embedding
+    assert torch.equal(head.weight, ref.get_output_embeddings().weight.bfloat16().float())
+    assert half.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert float32_head(half) is half                      # idempotent
+    ids = torch.tensor([tok("Input: good movie\nLabel:")["input_ids"]])
+    with torch.no_grad():
+        assert half(ids).logits.dtype == torch.float32
+    a = FewShotScorer(ref, tok, MULTI, template=TEMPLATE, batch_size=3)
+    b = FewShotScorer(half, tok, MULTI, template=TEMPLATE, batch_size=3)
+    sets = [DEMOS[: 1 + i % 4] for i in range(len(QUERIES))]
+    for kw in ({"demonstrations": DEMOS}, {"per_query": sets}):
+        la, lb = a.score(QUERIES, **kw).logprobs, b.score(QUERIES, **kw).logprobs
+        assert np.isfinite(lb).all()
+        np.testing.assert_allclose(lb, la, atol=0.15 * np.abs(la).max())
+        assert np.corrcoef(la.ravel(), lb.ravel())[0, 1] > 0.99
+
+
+def test_float32_head_needs_a_linear_head():
+    from icldistill.models import float32_head
+
+    with pytest.raises(InputError, match="linear output head"):
+        float32_head(torch.nn.Module())

@@ -192,3 +192,45 @@ def test_identical_prompts_are_scored_once_across_units(tmp_path, toy, monkeypat
     c = _harness(tmp_path, toy).run_unit(cal)
     assert c.n_reused == 0 and counted[-1] == 12
     assert len(store[0].read_text().splitlines()) == lines
+
+
+def test_units_in_bfloat16_load_the_model_in_that_precision(tmp_path, toy):
+    from icldistill.models import float32_head
+
+    asked: list = []
+
+    def loader(name, dtype=torch.float32):
+        asked.append(dtype)
+        model = tiny_model("llama", dtype=dtype)
+        if dtype != torch.float32:
+            float32_head(model)
+        return SimpleNamespace(model=model, tokenizer=tiny_tokenizer(True))
+
+    units = unit_grid(models=["tiny"], tasks=["toy"], selectors=["mmd", "knn"], ks=[2],
+                      encoder="hidden:-1", n_test=8, dtype="bfloat16")
+    fp32 = unit_grid(models=["tiny"], tasks=["toy"], selectors=["mmd", "knn"], ks=[2],
+                     encoder="hidden:-1", n_test=8)
+    assert all(u.dtype == "bfloat16" for u in units)
+    assert {u.key("f") for u in units}.isdisjoint(u.key("f") for u in fp32)
+    h = Harness(tmp_path / "run", tasks={"toy": toy}, model_loader=loader, progress=False,
+                embedding_cache=tmp_path / "emb", reference_encoder="hidden:-1", n_boot=20)
+    res = h.run(units + fp32)
+    assert set(asked) == {torch.float32, torch.bfloat16}
+    assert {r.spec.model_label for r in res} == {"tiny", "tiny (bfloat16)"}
+    # the two precisions keep separate score stores (a prompt's scores depend on precision)
+    stores = sorted(p.name for p in (h.out_dir / "scores").glob("*.jsonl"))
+    assert len(stores) == 2
+    from icldistill.reports import write_comparison_report
+
+    rep = write_comparison_report(res, tmp_path / "rep")
+    assert "tiny (bfloat16) k=2" in rep.markdown.read_text()
+
+
+def test_float32_unit_keys_are_unchanged_by_the_dtype_field():
+    # literal keys computed before UnitSpec had a dtype: recorded results must stay valid
+    assert UnitSpec("qwen2.5-0.5b", "amazon", "mmd", 4, 0, 0, "minilm", False, 200,
+                    ()).key("abc") == "56692b7526a1e204b1e1"
+    assert UnitSpec("m", "t", "random", 8, 2, 1, "minilm", True, None,
+                    (("landmarks", 4),)).key("") == "c20491a16df2e1d2f059"
+    with pytest.raises(InputError, match="unknown dtype"):
+        UnitSpec("m", "t", "mmd", 4, dtype="int8")

@@ -357,6 +357,10 @@ def _cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+_DTYPE_HELP = ("precision of the model's weights (default float32); bfloat16 keeps the logits "
+               "in float32 and is ~4x faster on CPUs with bf16 instructions")
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .harness import Harness, unit_grid
 
@@ -368,7 +372,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     units = unit_grid(models=[args.model], tasks=list(tasks), selectors=selectors,
                       ks=[int(k) for k in str(args.k).split(",")], seeds=args.seeds,
                       orderings=args.orderings, encoder=args.encoder, calibrate=args.calibrate,
-                      n_test=args.n_test, params={s: params for s in selectors})
+                      n_test=args.n_test, params={s: params for s in selectors},
+                      dtype=args.dtype)
     results = h.run(units)
     if args.json:
         print(json.dumps([r.to_json() for r in results]))
@@ -393,7 +398,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     h = Harness(args.out, tasks=tasks, batch_size=args.batch_size, progress=not args.quiet)
     units = unit_grid(models=models, tasks=list(tasks), selectors=selectors,
                       ks=[int(k) for k in args.ks.split(",")], seeds=args.seeds,
-                      orderings=args.orderings, encoder=args.encoder, n_test=args.n_test)
+                      orderings=args.orderings, encoder=args.encoder, n_test=args.n_test,
+                      dtype=args.dtype)
     done = h.run(units)
     keys = {r.key for r in done}
     results = [r for r in load_results(args.out) if r.key in keys]
@@ -626,6 +632,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", action="store_true", help="contextual calibration")
     p.add_argument("--param", action="append", help="selector parameter NAME=VALUE")
     p.add_argument("--batch-size", type=int, default=8, help="scoring batch size (default 8)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help=_DTYPE_HELP)
     p.add_argument("--no-prefix-reuse", action="store_true",
                    help="encode every prompt from scratch (slower; for comparison)")
     p.add_argument("--out", default="icldistill-eval", help="output folder")
@@ -644,6 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="seeds of randomised selectors")
     p.add_argument("--orderings", type=int, default=1, help="orderings per unit (default 1)")
     p.add_argument("--batch-size", type=int, default=8, help="scoring batch size (default 8)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help=_DTYPE_HELP)
     p.add_argument("--out", default="icldistill-compare", help="output folder")
     common(p)
     p.set_defaults(func=_cmd_compare)

@@ -77,6 +77,9 @@ __all__ = [
 
 DEFAULT_ENCODER = "minilm"
 REFERENCE_ENCODER = "minilm"
+#: Model precisions a unit can ask for (name -> torch dtype).
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                                  "float16": torch.float16}
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,6 +113,11 @@ class UnitSpec:
         Number of test items evaluated (the first ``n_test`` of the seeded test order).
     params : tuple of (name, value)
         Extra selector parameters (sorted by name).
+    dtype : str
+        Precision of the language model's weights: ``"float32"`` (default), ``"bfloat16"`` or
+        ``"float16"``. Half precisions keep the output head in float32
+        (:func:`icldistill.models.float32_head`). A float32 unit's key is the same as before
+        this field existed, so recorded results stay valid.
     """
 
     model: str
@@ -122,12 +130,25 @@ class UnitSpec:
     calibrate: bool = False
     n_test: int | None = None
     params: tuple[tuple[str, Any], ...] = ()
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise InputError(f"unknown dtype {self.dtype!r}; choose one of {list(DTYPES)}")
 
     def key(self, fingerprint: str = "") -> str:
         """Stable identifier of the unit (and of the task data, via ``fingerprint``)."""
-        payload = json.dumps({**asdict(self), "params": [list(p) for p in self.params],
+        d = asdict(self)
+        if d["dtype"] == "float32":
+            del d["dtype"]             # keys of float32 units predate the field
+        payload = json.dumps({**d, "params": [list(p) for p in self.params],
                               "data": fingerprint}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+    @property
+    def model_label(self) -> str:
+        """The model with its precision when that is not float32 (``"m (bfloat16)"``)."""
+        return self.model if self.dtype == "float32" else f"{self.model} ({self.dtype})"
 
     @property
     def label(self) -> str:
@@ -292,12 +313,13 @@ def unit_grid(
     calibrate: bool = False,
     n_test: int | None = None,
     params: Mapping[str, Mapping[str, Any]] | None = None,
+    dtype: str = "float32",
 ) -> list[UnitSpec]:
     """The units of a grid, skipping seeds that would repeat a deterministic selector.
 
     A selector is randomised when it is ``random``, its ``order`` parameter is ``"random"`` or
     it draws ``landmarks``; the others run with seed 0 only. Every unit is evaluated under
-    ``orderings`` orderings.
+    ``orderings`` orderings, with the model in precision ``dtype``.
     """
     if seeds < 1 or orderings < 1:
         raise InputError("seeds and orderings must be >= 1")
@@ -313,7 +335,7 @@ def unit_grid(
                         for o in range(orderings):
                             units.append(UnitSpec(model, task, sel, int(k), seed, o, encoder,
                                                   calibrate, n_test,
-                                                  tuple(sorted(p.items()))))
+                                                  tuple(sorted(p.items())), dtype))
     return units
 
 
@@ -339,7 +361,8 @@ class Harness:
         Progress bars and status lines on stderr.
     model_loader : callable, optional
         ``name -> LoadedModel``-like object with ``.model`` and ``.tokenizer``
-        (default :func:`icldistill.models.registry.load_model`).
+        (default :func:`icldistill.models.registry.load_model`); called as
+        ``model_loader(name, dtype=torch_dtype)`` for units that are not float32.
     embedding_cache : path, optional
         Folder of the embedding cache (default ``<cache_root>/embeddings``).
     """
@@ -367,7 +390,7 @@ class Harness:
         self.reference_encoder = reference_encoder
         self._loader = model_loader
         self._embedding_cache = embedding_cache
-        self._models: dict[str, Any] = {}
+        self._models: dict[tuple[str, str], Any] = {}
         self._encoders: dict[tuple[str, str], Any] = {}
         self._emb: dict[tuple[str, str, str], np.ndarray] = {}
         self._ref_kernel: dict[str, Kernel] = {}
@@ -380,8 +403,11 @@ class Harness:
             self.tasks[name] = Task.from_registry(name, progress=self.progress)
         return self.tasks[name]
 
-    def model(self, name: str) -> Any:
-        if name not in self._models:
+    def model(self, name: str, dtype: str = "float32") -> Any:
+        """The loaded model ``name`` in precision ``dtype`` (one model is kept in memory)."""
+        if dtype not in DTYPES:
+            raise InputError(f"unknown dtype {dtype!r}; choose one of {list(DTYPES)}")
+        if (name, dtype) not in self._models:
             if self._loader is None:
                 from .models.registry import load_model
 
@@ -389,32 +415,35 @@ class Harness:
             if len(self._models) >= 1:      # keep one model in memory at a time
                 self._models.clear()
                 self._encoders = {k: v for k, v in self._encoders.items() if k[1] == ""}
-            self._models[name] = self._loader(name)
-        return self._models[name]
+            lm = (self._loader(name) if dtype == "float32"
+                  else self._loader(name, dtype=DTYPES[dtype]))
+            self._models[(name, dtype)] = lm
+        return self._models[(name, dtype)]
 
-    def encoder(self, spec: str, model_name: str) -> Any:
+    def encoder(self, spec: str, model_name: str, dtype: str = "float32") -> Any:
         from .representations import make_encoder
 
         needs_model = not spec.strip().lower().startswith("minilm")
-        key = (spec, model_name if needs_model else "")
+        key = (spec, model_name if needs_model else "", dtype if needs_model else "")
         if key not in self._encoders:
             if needs_model:
-                lm = self.model(model_name)
+                lm = self.model(model_name, dtype)
                 self._encoders[key] = make_encoder(spec, lm.model, lm.tokenizer)
             else:
                 self._encoders[key] = make_encoder(spec)
         return self._encoders[key]
 
-    def embeddings(self, task: Task, part: str, spec: str, model_name: str) -> np.ndarray:
+    def embeddings(self, task: Task, part: str, spec: str, model_name: str,
+                   dtype: str = "float32") -> np.ndarray:
         """Representations ``[n, d]`` of the pool (``part="train"``) or the test inputs."""
         from .representations import encode_cached
 
         needs_model = not spec.strip().lower().startswith("minilm")
-        key = (task.name + ":" + task.fingerprint, part, spec + ("@" + model_name
+        key = (task.name + ":" + task.fingerprint, part, spec + ("@" + model_name + ":" + dtype
                                                                if needs_model else ""))
         if key not in self._emb:
             ds = task.split.train if part == "train" else task.split.test
-            enc = self.encoder(spec, model_name)
+            enc = self.encoder(spec, model_name, dtype)
             self._emb[key] = encode_cached(enc, list(ds.texts), self._embedding_cache,
                                            progress=self.progress)
         return self._emb[key]
@@ -455,11 +484,12 @@ class Harness:
         needs = set(sel.needs) | set(getattr(sel, "target_needs", ()))
         pool_emb = test_emb = None
         if "embeddings" in needs or (sel.order or sel.default_order) == "similarity":
-            pool_emb = self.embeddings(task, "train", spec.encoder, spec.model)
-            test_emb = self.embeddings(task, "test", spec.encoder, spec.model)[test_idx]
+            pool_emb = self.embeddings(task, "train", spec.encoder, spec.model, spec.dtype)
+            test_emb = self.embeddings(task, "test", spec.encoder, spec.model,
+                                       spec.dtype)[test_idx]
             if spec.encoder.strip().lower().startswith("kv") and "kernel" not in dict(
                     spec.params) and hasattr(sel, "kernel"):
-                sel.kernel = self.encoder(spec.encoder, spec.model).kernel(
+                sel.kernel = self.encoder(spec.encoder, spec.model, spec.dtype).kernel(
                     torch.as_tensor(pool_emb), torch.as_tensor(test_emb))
         pool = Pool(pool_emb, np.asarray(pool_ds.labels), list(pool_ds.texts))
         targets = Pool(test_emb, None, [test_ds.texts[i] for i in test_idx])
@@ -493,7 +523,7 @@ class Harness:
         write_json(sel_dir / f"{key}.json", {"spec": asdict(spec), "shared": selection.shared,
                                              "indices": idx[:1] if selection.shared else idx,
                                              "seconds": selection.seconds})
-        lm = self.model(spec.model)
+        lm = self.model(spec.model, spec.dtype)
         pool_ds = task.split.train
         fmt = pool_ds.format
         scorer = FewShotScorer(lm.model, lm.tokenizer, fmt.label_words, template=fmt.template,
@@ -517,9 +547,9 @@ class Harness:
         store = hashes = None
         reused = 0
         if not spec.calibrate:
-            store = self._score_store(spec.model)
+            store = self._score_store(spec.model_label)
             labels = [[str(lab), scorer.verbalize(lab)] for lab in scorer.labels]
-            hashes = [_prompt_hash(spec.model, labels, t) for t in texts]
+            hashes = [_prompt_hash(spec.model_label, labels, t) for t in texts]
             for i in np.flatnonzero(np.isnan(scores).any(axis=1)):
                 hit = store.get(hashes[i])
                 if hit is not None and len(hit) == len(scorer.labels):
@@ -650,8 +680,8 @@ def _prompt_tokens(scorer: FewShotScorer, texts: list[str]) -> int:
 
 
 def _prompt_hash(model: str, labels: list[list[str]], text: str) -> str:
-    """Key of a prompt in the score store: model name, ``[label, label word]`` pairs, full
-    text."""
+    """Key of a prompt in the score store: model name (with its precision unless float32, see
+    :attr:`UnitSpec.model_label`), ``[label, label word]`` pairs, full text."""
     payload = json.dumps([model, labels, text], ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 

@@ -369,10 +369,15 @@ def _collapsed(r: Any) -> bool:
     return len(recalls) >= 2 and sum(v >= COLLAPSE_RECALL for v in recalls) <= 1
 
 
+def _model_label(r: Any) -> str:
+    """A unit's model with its precision when not float32 (``UnitSpec.model_label``)."""
+    return str(getattr(r.spec, "model_label", r.spec.model))
+
+
 def _group_results(results: Sequence[Any]) -> dict[tuple[str, int], list[Any]]:
     groups: dict[tuple[str, int], list[Any]] = {}
     for r in results:
-        groups.setdefault((r.spec.model, r.spec.k), []).append(r)
+        groups.setdefault((_model_label(r), r.spec.k), []).append(r)
     return dict(sorted(groups.items()))
 
 
@@ -526,10 +531,10 @@ def write_comparison_report(
             html_parts += [f'<p><img src="{rel}" alt="{f.stem}" style="max-width:100%"></p>']
     # detail table
     drows = []
-    for r in sorted(results, key=lambda r: (r.spec.model, r.spec.k, r.spec.task,
+    for r in sorted(results, key=lambda r: (_model_label(r), r.spec.k, r.spec.task,
                                             _selector_rank(r.spec.label), r.spec.seed,
                                             r.spec.ordering)):
-        drows.append([r.spec.model, r.spec.task, str(r.spec.k), r.spec.label, str(r.spec.seed),
+        drows.append([_model_label(r), r.spec.task, str(r.spec.k), r.spec.label, str(r.spec.seed),
                       str(r.spec.ordering), str(r.accuracy), str(r.macro_f1),
                       f"{r.mmd2_task:.4f}", f"{r.mmd2_query:.4f}",
                       f"{r.selection_seconds:.3f}", f"{r.scoring_seconds:.1f}",

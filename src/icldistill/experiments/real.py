@@ -239,9 +239,9 @@ def fewshot_relation(
         results = load_results(out)
         if not results:
             raise InputError(f"no finished units in {out / 'results.jsonl'}")
-    rows = [{"model": r.spec.model, "task": r.spec.task, "selector": r.spec.label, "k": r.spec.k,
-             "seed": r.spec.seed, "accuracy": r.accuracy.value, "macro_f1": r.macro_f1.value,
-             "mmd2_task": r.mmd2_task, "n": r.n} for r in results]
+    rows = [{"model": r.spec.model_label, "task": r.spec.task, "selector": r.spec.label,
+             "k": r.spec.k, "seed": r.spec.seed, "accuracy": r.accuracy.value,
+             "macro_f1": r.macro_f1.value, "mmd2_task": r.mmd2_task, "n": r.n} for r in results]
     rho = {}
     groups = sorted({(r["model"], r["task"], r["k"]) for r in rows})
     for model_name, task, k_ in groups:
