@@ -331,7 +331,8 @@ def fix_permissions(folder: Path) -> None:
             os.chmod(os.path.join(dirpath, f), 0o666 & ~umask)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (assumed alive where that cannot be told)."""
     if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there: assume alive
         return True
     try:
@@ -349,7 +350,7 @@ def clean_stale_tmp(tmp_root: Path, key: str) -> None:
         return
     for d in tmp_root.glob(f"{key}.*"):
         m = re.fullmatch(re.escape(key) + r"\.(\d+)\..*", d.name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             shutil.rmtree(d, ignore_errors=True)
 
 

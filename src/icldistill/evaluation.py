@@ -196,6 +196,7 @@ class FewShotScorer:
                 raise InputError(f"label {lab!r} tokenizes to no tokens")
             self._label_ids.append(ids)
         self._sliding = _has_sliding_window(model)
+        self._cache_kw = _cache_arg(model)
 
     # ---- tokenization ------------------------------------------------------------------
 
@@ -394,7 +395,7 @@ class FewShotScorer:
             for p_idx, idx in batches:
                 if p_idx not in caches and prefixes[p_idx]:
                     ids = torch.tensor([prefixes[p_idx]], device=device)
-                    caches[p_idx] = model(input_ids=ids, use_cache=True).past_key_values
+                    caches[p_idx] = _cache_of(model(input_ids=ids, use_cache=True))
                     stats["tokens"] += ids.shape[1]
                 scores = self._batch([items[i] for i in idx], caches.get(p_idx),
                                      len(prefixes[p_idx]), device)
@@ -448,7 +449,7 @@ class FewShotScorer:
                                   "use_cache": multi or cache is not None,
                                   "logits_to_keep": torch.tensor(keep, device=device)}
         if cache is not None:
-            kwargs["past_key_values"] = cache
+            kwargs[self._cache_kw] = cache
         res = model(**kwargs)
         col = torch.tensor([keep.index(j) for j in last], device=device)
         logits = res.logits[torch.arange(b, device=device), col]          # [b, V]
@@ -456,7 +457,7 @@ class FewShotScorer:
         scores = torch.stack([last_lp[:, t[0]] for t in self._label_ids], dim=1)  # [b, L]
         if multi:
             m = max(len(t) for t in self._label_ids) - 1
-            cache = res.past_key_values
+            cache = _cache_of(res)
             cache.batch_repeat_interleave(n_lab)
             lab = torch.full((n_lab, m), pad, dtype=torch.long, device=device)
             for j, t in enumerate(self._label_ids):
@@ -468,7 +469,7 @@ class FewShotScorer:
             start = torch.tensor(lens, device=device).repeat_interleave(n_lab) + p_len
             pos2 = start[:, None] + torch.arange(m, device=device)[None]
             res2 = model(input_ids=ids2, attention_mask=mask2, position_ids=pos2,
-                         past_key_values=cache, use_cache=True, logits_to_keep=m)
+                         use_cache=True, logits_to_keep=m, **{self._cache_kw: cache})
             lp2 = torch.log_softmax(res2.logits.float(), dim=-1).double()  # [b*L, m, V]
             lp2 = lp2.view(b, n_lab, m, -1)
             for j, t in enumerate(self._label_ids):
@@ -505,7 +506,7 @@ class FewShotScorer:
         if prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(len(rows))
-            kwargs["past_key_values"] = cache
+            kwargs[self._cache_kw] = cache
             kwargs["use_cache"] = True
         else:
             kwargs["use_cache"] = False
@@ -516,6 +517,25 @@ class FewShotScorer:
         for r, c, tok in need:
             scores[r] += lp[r, col[c], tok].cpu()
         return scores.view(b, n_lab).numpy()
+
+
+def _cache_arg(model: Any) -> str:
+    """The forward argument that takes a key/value cache: ``cache`` (transformers >= 5.24,
+    where ``past_key_values`` is deprecated) or ``past_key_values`` (earlier releases)."""
+    import inspect
+
+    fwd = getattr(model, "forward", model)
+    try:
+        params = inspect.signature(fwd).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _cache_of(output: Any) -> Any:
+    """The key/value cache of a model output (``cache`` or, before 5.24, ``past_key_values``)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 def _has_sliding_window(model: Any) -> bool:
