@@ -85,3 +85,19 @@ def test_comparison_report_conclusions_are_computed_from_the_numbers(tmp_path):
     assert "Why — prior: best MMD-family mmd 0.540 vs random 0.550" in md
     assert "4 of 5 units predict (almost) only one label" in md
     assert rep.html.exists() and all(f.exists() for f in rep.figures)
+    assert "## Overview" in md
+    assert "| m k=4 | mmd 0.720 | mmd 0.720 | 0.000 | 0.050 | 1 of 2 |" in md
+
+
+def test_comparison_report_states_the_gap_when_the_mmd_family_is_not_best(tmp_path):
+    from icldistill.reports import write_comparison_report
+
+    rs = [_unit_result(t, "random", 0.6, 0.1, s) for t in ("a", "b") for s in range(3)]
+    rs += [_unit_result(t, "knn", 0.85, 0.01) for t in ("a", "b")]
+    rs += [_unit_result("a", "mmd", 0.84, 0.02), _unit_result("b", "mmd", 0.82, 0.02)]
+    md = write_comparison_report(rs, tmp_path).markdown.read_text()
+    # best knn 0.850, best MMD family mmd 0.830: a gap of 0.020 < the units' half-width 0.05
+    assert ("Gap: the best MMD-family selector, mmd (0.830), is 0.020 below knn (0.850) on the "
+            "mean over tasks; a single unit's 95% bootstrap half-width is 0.050 on average "
+            "here, so the two are not distinguishable at this test size.") in md
+    assert "| m k=4 | knn 0.850 | mmd 0.830 | 0.020 | 0.050 | 2 of 2 |" in md
