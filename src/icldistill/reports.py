@@ -639,6 +639,7 @@ def _comparison_figures(rs: Sequence[Any], tasks: list[str], selectors: list[str
         axes[j // ncols, j % ncols].axis("off")
     axes[0, 0].legend(fontsize=6)
     fig.suptitle(f"{tag}: accuracy vs MMD² to the task")
+    fig.set_layout_engine("constrained")     # keep x labels clear of the next row's titles
     p2 = save_figure(fig, folder / f"acc_vs_mmd_{stem}.png")
     return [p1, p2]
 
