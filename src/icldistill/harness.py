@@ -82,6 +82,11 @@ DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bf
                                   "float16": torch.float16}
 
 
+def _check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}; choose one of {list(DTYPES)}")
+
+
 # --------------------------------------------------------------------------------------------
 # Specs and results
 # --------------------------------------------------------------------------------------------
@@ -133,8 +138,7 @@ class UnitSpec:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise InputError(f"unknown dtype {self.dtype!r}; choose one of {list(DTYPES)}")
+        _check_dtype(self.dtype)
 
     def key(self, fingerprint: str = "") -> str:
         """Stable identifier of the unit (and of the task data, via ``fingerprint``)."""
@@ -391,7 +395,7 @@ class Harness:
         self._loader = model_loader
         self._embedding_cache = embedding_cache
         self._models: dict[tuple[str, str], Any] = {}
-        self._encoders: dict[tuple[str, str], Any] = {}
+        self._encoders: dict[tuple[str, str, str], Any] = {}   # (spec, model, dtype)
         self._emb: dict[tuple[str, str, str], np.ndarray] = {}
         self._ref_kernel: dict[str, Kernel] = {}
         self._stores: dict[str, _ScoreStore] = {}
@@ -405,8 +409,7 @@ class Harness:
 
     def model(self, name: str, dtype: str = "float32") -> Any:
         """The loaded model ``name`` in precision ``dtype`` (one model is kept in memory)."""
-        if dtype not in DTYPES:
-            raise InputError(f"unknown dtype {dtype!r}; choose one of {list(DTYPES)}")
+        _check_dtype(dtype)
         if (name, dtype) not in self._models:
             if self._loader is None:
                 from .models.registry import load_model
