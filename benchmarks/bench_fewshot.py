@@ -22,6 +22,7 @@ randomised parts, MiniLM embeddings for selection and for the reported MMD.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -131,11 +132,18 @@ def main(argv: list[str] | None = None) -> int:
     ]
     half = sorted({r.spec.model_label for r in results if r.spec.dtype != "float32"})
     if half:
-        notes.append(
-            f"{', '.join(half)}: weights and activations in half precision with the output head "
-            "in float32 (`--dtype`), several times faster on this CPU's bf16 instructions; "
-            "against float32 on the same prompts, predictions agree on 99.5-100% of queries "
-            "(`python benchmarks/bench_precision.py`, `precision_2cpu.md`).")
+        note = (f"{', '.join(half)}: weights and activations in half precision with the output "
+                "head in float32 (`--dtype`)")
+        prec = HERE / "results" / "precision_2cpu.json"
+        if prec.exists():
+            rows = json.loads(prec.read_text())["rows"]
+            agree = [r["prediction_agreement"] for r in rows]
+            speed = [r["speedup"] for r in rows]
+            note += (f"; against float32 on the same prompts ({len(rows)} runs of "
+                     "`python benchmarks/bench_precision.py`, `precision_2cpu.md`), predictions "
+                     f"agree on {min(agree):.1%}-{max(agree):.1%} of queries, "
+                     f"{min(speed):.1f}x-{max(speed):.1f}x faster")
+        notes.append(note + ".")
     rep = write_comparison_report(results, out, commands=cmds, notes=notes)
     print(rep.markdown.read_text())
     return 0

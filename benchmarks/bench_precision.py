@@ -12,7 +12,7 @@ for each model and task: seconds in each precision, the speed-up, the fraction o
 predictions, the accuracy in each precision and the largest difference of a label
 log-probability and of a label *margin* (score of the first label minus the others').
 
-    python benchmarks/bench_precision.py                                  # qwen, amazon + r8
+    python benchmarks/bench_precision.py               # qwen, amazon + rt-subjectivity (recorded)
     python benchmarks/bench_precision.py --models smollm2-135m --tasks amazon --n-query 32
 
 Writes ``benchmarks/results/precision_2cpu.md`` / ``.json``.
@@ -62,7 +62,7 @@ def _prompts(task: str, n_shared: int, n_query: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="qwen2.5-0.5b")
-    ap.add_argument("--tasks", default="amazon,r8")
+    ap.add_argument("--tasks", default="amazon,rt-subjectivity")
     ap.add_argument("--n-shared", type=int, default=200)
     ap.add_argument("--n-query", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=8)

@@ -358,7 +358,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
 
 _DTYPE_HELP = ("precision of the model's weights (default float32); bfloat16 keeps the logits "
-               "in float32 and is ~4x faster on CPUs with bf16 instructions")
+               "in float32 and is ~3x faster on CPUs with bf16 instructions")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

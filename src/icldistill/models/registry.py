@@ -533,8 +533,8 @@ def load_model(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype = tor
     ``dtype`` is the weights' precision. With a half precision (``torch.bfloat16``,
     ``torch.float16``) and ``float32_logits=True`` (default) the output head is kept in float32
     (:func:`float32_head`), so logits and label log-probabilities never come from half-precision
-    arithmetic. On CPUs with bf16 matrix instructions (AVX512-BF16, AMX) ``torch.bfloat16`` runs
-    a forward about 4x faster than float32 (measured on qwen2.5-0.5b, see
+    arithmetic. On CPUs with bf16 matrix instructions (AVX512-BF16, AMX) ``torch.bfloat16`` scores
+    few-shot prompts about 3x faster than float32 (2.7x-3.4x on qwen2.5-0.5b, see
     ``benchmarks/results/precision_2cpu.md``).
     """
     with _transformers_bars(progress):
