@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
     from .models.tracing import TraceResult
+    from .stats import PairedComparison
 
 __all__ = [
     "ComparisonReport",
@@ -347,6 +348,8 @@ class ComparisonReport:
         label, units)}; a unit collapses when every label but one has a recall below
         :data:`COLLAPSE_RECALL` (the model answers one label whatever the demonstrations, so
         its accuracy reflects the label prior rather than the demonstrations)
+    paired_json : Path or None
+        ``paired.json`` (the paired comparisons, one record each) when they were given.
     """
 
     markdown: Path
@@ -358,6 +361,7 @@ class ComparisonReport:
     beats_random: dict[str, dict[str, bool]]
     spearman: dict[str, dict[str, float]]
     collapsed: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
+    paired_json: Path | None = None
 
 
 #: Recall below which a label counts as never predicted (see ``ComparisonReport.collapsed``).
@@ -402,8 +406,15 @@ def write_comparison_report(
     title: str = "Demonstration selection: few-shot accuracy",
     commands: Sequence[str] = (),
     notes: Sequence[str] = (),
+    paired: Sequence[PairedComparison] | None = None,
 ) -> ComparisonReport:
     """Markdown + HTML report of a selector comparison (harness :class:`UnitResult` objects).
+
+    With ``paired`` (:func:`icldistill.stats.paired_comparisons`) the report leads with the
+    paired comparisons — per model and ``k``, the mean-over-tasks difference of every selector
+    to each baseline with its CI, p-value, Holm-adjusted p-value and verdict, then the per-task
+    differences — and writes them to ``paired.json`` (one ``PairedComparison.to_dict()``
+    record each).
 
     Tables: accuracy (mean over seeds and orderings, 95% bootstrap CI of single runs in the
     detail table) per task and selector for every model and ``k``, the mean over tasks, the
@@ -557,6 +568,13 @@ def write_comparison_report(
                 "mean Spearman(MMD², acc)"]
         md[2:2] = ["## Overview", "", _md_table(head, overview), ""]
         html_parts[1:1] = ["<h2>Overview</h2>", _html_table(head, overview)]
+    paired_json = None
+    if paired is not None:
+        paired = list(paired)
+        paired_json = write_json(out / "paired.json", [c.to_dict() for c in paired])
+        pmd, phtml = _paired_section(paired)
+        md[2:2] = pmd
+        html_parts[1:1] = phtml
     # detail table
     drows = []
     for r in sorted(results, key=lambda r: (_model_label(r), r.spec.k, r.spec.task,
@@ -587,7 +605,96 @@ def write_comparison_report(
                            f"{_html.escape(title)}</title><style>{style}</style></head><body>"
                            + "\n".join(html_parts) + "</body></html>")
     return ComparisonReport(md_path, html_path, figures, summaries, best, fam_best, beats, rho,
-                            collapsed)
+                            collapsed, paired_json)
+
+
+#: Holm-adjusted p-value below which a paired comparison is called a difference.
+PAIRED_ALPHA = 0.05
+
+
+def _fmt_p(p: float) -> str:
+    return f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
+
+
+def _points(x: float) -> str:
+    """A difference in accuracy points, signed, one decimal (no "-0.0")."""
+    return f"{round(100 * x, 1) + 0.0:+.1f}"
+
+
+def _verdict(c: PairedComparison) -> str:
+    if c.p_holm < PAIRED_ALPHA:
+        return "better" if c.diff > 0 else "worse"
+    return "no significant difference"
+
+
+def _paired_section(paired: Sequence[PairedComparison]) -> tuple[list[str], list[str]]:
+    """Markdown lines and HTML parts of the "Paired comparisons" section."""
+    import html as _html
+
+    esc = _html.escape
+    md = ["## Paired comparisons", ""]
+    html_parts = ["<h2>Paired comparisons</h2>"]
+    if not paired:
+        text = "No paired comparisons: no per-item predictions were recorded."
+        return [*md, text, ""], [*html_parts, f"<p>{esc(text)}</p>"]
+    level = paired[0].level
+    intro = (
+        "Every selector scored the same test items as its baseline, so they are compared "
+        "paired: diff = accuracy of the selector minus the baseline's, in points, on the same "
+        "items (a randomised selector's correctness is averaged over its seeds per item). "
+        f"{level:.0%} CI: percentile bootstrap over items (within each task for the mean over "
+        "tasks). p: exact McNemar test when both are single runs, else a sign-flip test "
+        "(exact up to 20 discordant items, Monte Carlo beyond); for the mean over tasks a "
+        "sign-flip test within tasks. Holm p: Holm-Bonferroni over the family of one model "
+        "and k — every per-task and every mean-over-tasks comparison against every baseline "
+        "(a pair and its mirror, e.g. random vs knn and knn vs random, count once). Verdict: "
+        f"better / worse when Holm p < {PAIRED_ALPHA}, else no significant difference.")
+    md += [intro, ""]
+    html_parts.append(f"<p>{esc(intro)}</p>")
+    groups: dict[tuple[str, int], list[PairedComparison]] = {}
+    for c in paired:
+        groups.setdefault((c.model, c.k), []).append(c)
+    notes: list[str] = []
+    for (model, k), cs in sorted(groups.items()):
+        tag = f"{model} k={k}"
+        family = len({(c.task, *sorted((c.selector, c.baseline))) for c in cs})
+        baselines = list(dict.fromkeys(c.baseline for c in cs))
+        means = sorted((c for c in cs if c.task == "mean"),
+                       key=lambda c: (baselines.index(c.baseline), -c.diff, c.selector))
+        head = ["selector", "vs", "diff (points)", f"{level:.0%} CI", "p", "Holm p", "tasks",
+                "items", "verdict"]
+        rows = [[c.selector, c.baseline, _points(c.diff),
+                 f"[{_points(c.ci_low)}, {_points(c.ci_high)}]", _fmt_p(c.p), _fmt_p(c.p_holm),
+                 str(c.n_tasks), str(c.n), _verdict(c)] for c in means]
+        title = f"{tag}: mean over tasks (Holm family of {family} comparisons)"
+        md += [f"### {title}", ""]
+        html_parts.append(f"<h3>{esc(title)}</h3>")
+        if rows:
+            md += [_md_table(head, rows), ""]
+            html_parts.append(_html_table(head, [[esc(x) for x in r] for r in rows]))
+        else:
+            text = "Fewer than 2 tasks with both selectors: no mean over tasks."
+            md += [text, ""]
+            html_parts.append(f"<p>{esc(text)}</p>")
+        tasks = sorted({c.task for c in cs if c.task != "mean"})
+        for base in baselines:
+            sub = [c for c in cs if c.baseline == base]
+            cell = {(c.selector, c.task): _points(c.diff)
+                    + ("*" if c.p_holm < PAIRED_ALPHA else "") for c in sub}
+            sels = sorted({c.selector for c in sub}, key=_selector_rank)
+            cols = [*tasks, "mean"]
+            prow = [[s, *[cell.get((s, t), "–") for t in cols]] for s in sels]
+            title = f"{tag}: per task, diff vs {base} (points; * = Holm p < {PAIRED_ALPHA})"
+            md += [f"#### {title}", "", _md_table(["selector", *cols], prow), ""]
+            html_parts += [f"<h4>{esc(title)}</h4>",
+                           _html_table(["selector", *cols], [[esc(x) for x in r]
+                                                             for r in prow])]
+        notes += [f"{tag}, {c.selector} vs {c.baseline}, {c.task}: {c.note}"
+                  for c in cs if c.note]
+    if notes:
+        md += [*[f"- {n}" for n in notes], ""]
+        html_parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
+    return md, html_parts
 
 
 _ORDER = ("random", "knn", "bm25", "mmr", "dpp", "vote-k", "mmd", "mmd-balanced", "mmd-query")

@@ -1,0 +1,411 @@
+"""Paired statistics against brute-force references, and the paired comparison report."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from fractions import Fraction
+from math import comb
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from icldistill._validation import InputError
+from icldistill.evaluation import MetricResult
+from icldistill.harness import UnitResult, UnitSpec, load_predictions
+from icldistill.reports import write_comparison_report
+from icldistill.stats import (
+    MeanCI,
+    PairedComparison,
+    holm,
+    mcnemar_exact,
+    paired_bootstrap_ci,
+    paired_comparisons,
+    sign_flip_test,
+    stratified_bootstrap_ci,
+    stratified_mean,
+    stratified_sign_flip_test,
+)
+
+# ------------------------------------------------------------------------------ references
+
+
+def _mcnemar_by_binomial(b: int, c: int) -> float:
+    """Two-sided binomial test by summing the pmf (exact fractions) over every outcome at least
+    as far from n/2 as the observed one."""
+    n = b + c
+    return float(sum((Fraction(comb(n, x), 2**n) for x in range(n + 1)
+                      if abs(2 * x - n) >= abs(b - c)), Fraction(0)))
+
+
+def _signflip_by_enumeration(num: list[int]) -> float:
+    """Share of all 2^n sign vectors with |sum(s * num)| >= |sum(num)| (exact integers)."""
+    obs = abs(sum(num))
+    hits = sum(abs(sum(s * v for s, v in zip(signs, num, strict=True))) >= obs
+               for signs in itertools.product((-1, 1), repeat=len(num)))
+    return hits / 2 ** len(num)
+
+
+def _signflip_distribution(num: list[int]) -> dict[int, Fraction]:
+    """Exact null distribution of sum(s * num) by convolution (for sizes too big to list)."""
+    dist = {0: Fraction(1)}
+    for v in num:
+        nxt: dict[int, Fraction] = {}
+        for total, pr in dist.items():
+            for s in (-1, 1):
+                nxt[total + s * v] = nxt.get(total + s * v, Fraction(0)) + pr / 2
+        dist = nxt
+    return dist
+
+
+def _holm_stepdown(p: list[float], alpha: float) -> set[int]:
+    """Holm's procedure as published: reject p_(1), p_(2), ... while p_(i) <= alpha/(m-i+1)."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    rejected = set()
+    for rank, i in enumerate(order):
+        if p[i] <= alpha / (len(p) - rank):
+            rejected.add(i)
+        else:
+            break
+    return rejected
+
+
+def _holm_reference(p: list[float]) -> list[float]:
+    m = len(p)
+    order = sorted(range(m), key=lambda i: p[i])
+    out = [0.0] * m
+    for pos, i in enumerate(order):
+        out[i] = min(1.0, max((m - r) * p[order[r]] for r in range(pos + 1)))
+    return out
+
+
+# ------------------------------------------------------------------------------ McNemar
+
+
+@given(st.integers(0, 25), st.integers(0, 25))
+def test_mcnemar_equals_the_enumerated_binomial(b, c):
+    p = mcnemar_exact(b, c)
+    assert p == pytest.approx(_mcnemar_by_binomial(b, c), rel=1e-12, abs=0)
+    assert p == mcnemar_exact(c, b)
+    assert 0 < p <= 1
+
+
+@pytest.mark.parametrize(("b", "c"), [(0, 0), (3, 3), (0, 1), (2, 7), (5, 0), (6, 4)])
+def test_mcnemar_equals_enumerating_every_discordant_outcome(b, c):
+    # each discordant item favours either side with probability 1/2: list all 2^(b+c) outcomes
+    assert mcnemar_exact(b, c) == pytest.approx(_signflip_by_enumeration([1] * b + [-1] * c)
+                                                if b + c else 1.0)
+
+
+def test_mcnemar_known_values_and_large_tables():
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(4, 0) == 2 / 16
+    assert mcnemar_exact(1, 9) == pytest.approx(2 * 11 / 1024)
+    # the log-space branch (n > 5000) agrees with the exact branch near its threshold
+    big = mcnemar_exact(2400, 2600)
+    logspace = mcnemar_exact(2880, 3120)
+    assert 0 < logspace < big < 1
+    with pytest.raises(InputError, match="b must be"):
+        mcnemar_exact(-1, 3)
+    with pytest.raises(InputError, match="c must be"):
+        mcnemar_exact(1, 2.5)
+
+
+def test_mcnemar_log_space_matches_integer_arithmetic(monkeypatch):
+    import icldistill.stats as stats
+
+    exact = [mcnemar_exact(b, c) for b, c in [(1450, 1550), (30, 70), (2, 40)]]
+    monkeypatch.setattr(stats, "_EXACT_INT_MAX", 10)
+    logspace = [mcnemar_exact(b, c) for b, c in [(1450, 1550), (30, 70), (2, 40)]]
+    np.testing.assert_allclose(logspace, exact, rtol=1e-9)
+
+
+# ------------------------------------------------------------------------------ sign flip
+
+thirds = st.lists(st.integers(-3, 3), min_size=1, max_size=11)
+
+
+@given(thirds)
+def test_sign_flip_exact_equals_enumeration_over_all_sign_vectors(num):
+    d = np.asarray(num, dtype=np.float64) / 3      # correctness averaged over three seeds
+    assert sign_flip_test(d) == pytest.approx(_signflip_by_enumeration(num), rel=1e-12)
+
+
+@given(st.lists(st.sampled_from([-1, 0, 1]), min_size=1, max_size=40))
+def test_sign_flip_on_single_runs_is_mcnemar(d):
+    b, c = d.count(1), d.count(-1)
+    assert sign_flip_test(d) == mcnemar_exact(b, c)
+
+
+def test_sign_flip_monte_carlo_is_close_to_the_exact_distribution_and_seeded():
+    rng = np.random.default_rng(3)
+    num = rng.choice([-3, -2, -1, 0, 1, 2, 3, 3], size=40).tolist()   # thirds, net positive
+    assert any(abs(v) in (1, 2) for v in num)       # fractional: not the McNemar branch
+    assert sum(v != 0 for v in num) > 20            # Monte Carlo branch
+    dist = _signflip_distribution(num)
+    exact = float(sum(pr for t, pr in dist.items() if abs(t) >= abs(sum(num))))
+    d = np.asarray(num) / 3
+    p = sign_flip_test(d, n_perm=20_000, seed=1)
+    assert abs(p - exact) < 4 * np.sqrt(exact * (1 - exact) / 20_000) + 1e-4
+    assert p == sign_flip_test(d, n_perm=20_000, seed=1)
+    assert p >= 1 / 20_001
+    # a large effect: the +1 correction keeps p at 1/(n_perm + 1), never 0
+    assert sign_flip_test(np.full(30, 2 / 3), n_perm=999, seed=0) == pytest.approx(1 / 1000)
+
+
+def test_sign_flip_rejects_bad_input():
+    for bad, msg in [([], "no items"), ([0.5, np.nan], "NaN"), ([[1.0]], "1-D")]:
+        with pytest.raises(InputError, match=msg):
+            sign_flip_test(bad)
+    with pytest.raises(InputError, match="n_perm"):
+        sign_flip_test([0.5] * 30, n_perm=0)
+
+
+# ------------------------------------------------------------------------------ Holm
+
+pvals = st.lists(st.floats(0, 1, allow_nan=False), min_size=0, max_size=25)
+
+
+@given(pvals)
+def test_holm_equals_the_reference_and_its_properties(p):
+    adj = holm(p)
+    assert adj.shape == (len(p),)
+    np.testing.assert_allclose(adj, _holm_reference(p), rtol=1e-12, atol=0)
+    if p:
+        raw = np.asarray(p)
+        assert np.all(adj >= raw - 1e-15) and np.all(adj <= 1.0)
+        srt = adj[np.argsort(raw, kind="stable")]
+        assert np.all(np.diff(srt) >= 0)
+        for alpha in (0.01, 0.05, 0.2):
+            assert set(np.flatnonzero(adj <= alpha).tolist()) == _holm_stepdown(p, alpha)
+
+
+def test_holm_small_example_and_errors():
+    np.testing.assert_allclose(holm([0.01, 0.04, 0.03, 0.5]), [0.04, 0.09, 0.09, 0.5])
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        holm([0.2, 1.5])
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        holm([np.nan])
+
+
+# ------------------------------------------------------------------------------ bootstrap
+
+
+def test_bootstrap_ci_covers_the_true_difference():
+    # per-item differences in {-1, 0, 1} with P = (0.15, 0.65, 0.20): true mean 0.05
+    rng = np.random.default_rng(0)
+    true = 0.05
+    hits, widths = 0, []
+    for rep in range(300):
+        d = rng.choice([-1.0, 0.0, 1.0], size=300, p=[0.15, 0.65, 0.20])
+        ci = paired_bootstrap_ci(d, n_boot=1000, seed=rep)
+        hits += ci.low <= true <= ci.high
+        widths.append(ci.high - ci.low)
+    assert 0.90 <= hits / 300 <= 0.99
+    sd = np.sqrt(0.35 - true**2)
+    assert np.mean(widths) == pytest.approx(2 * 1.96 * sd / np.sqrt(300), rel=0.1)
+
+
+def test_bootstrap_ci_is_seeded_and_non_degenerate():
+    d = np.random.default_rng(1).choice([-1.0, 0.0, 1.0, 1 / 3], size=200)
+    ci = paired_bootstrap_ci(d, n_boot=2000, seed=5)
+    assert isinstance(ci, MeanCI) and ci.n == 200 and ci.level == 0.95
+    assert ci.value == pytest.approx(d.mean())
+    assert ci.low < ci.value < ci.high
+    assert ci == paired_bootstrap_ci(d, n_boot=2000, seed=5)
+    wide = paired_bootstrap_ci(d, n_boot=2000, seed=5, level=0.99)
+    assert wide.low <= ci.low and wide.high >= ci.high
+    const = paired_bootstrap_ci(np.zeros(10))
+    assert const.low == const.high == 0.0
+    with pytest.raises(InputError, match="level"):
+        paired_bootstrap_ci(d, level=1.0)
+
+
+# ------------------------------------------------------------------------------ stratified
+
+
+def test_stratified_mean_is_the_mean_of_task_means():
+    rng = np.random.default_rng(2)
+    parts = [rng.choice([-1.0, 0.0, 1.0], size=n) for n in (10, 50, 200)]
+    want = np.mean([p.mean() for p in parts])
+    assert stratified_mean(parts) == pytest.approx(want)
+    ci = stratified_bootstrap_ci(parts, n_boot=500, seed=0)
+    assert ci.value == pytest.approx(want) and ci.n == 260
+    assert ci.low < ci.value < ci.high
+    # one task: the same resamples as the unstratified bootstrap
+    assert stratified_bootstrap_ci(parts[2:], n_boot=500, seed=4) == paired_bootstrap_ci(
+        parts[2], n_boot=500, seed=4)
+    with pytest.raises(InputError, match="no tasks"):
+        stratified_mean([])
+    with pytest.raises(InputError, match="list of per-task"):
+        stratified_mean(np.zeros(5))
+
+
+def test_stratified_bootstrap_covers_the_mean_over_tasks():
+    rng = np.random.default_rng(7)
+    probs = [(0.1, 0.7, 0.2), (0.3, 0.5, 0.2)]       # task means 0.10 and -0.10
+    hits = 0
+    for rep in range(200):
+        parts = [rng.choice([-1.0, 0.0, 1.0], size=n, p=p)
+                 for n, p in zip((150, 250), probs, strict=True)]
+        ci = stratified_bootstrap_ci(parts, n_boot=800, seed=rep)
+        hits += ci.low <= 0.0 <= ci.high
+    assert 0.90 <= hits / 200 <= 0.99
+
+
+def test_stratified_sign_flip_matches_exact_enumeration():
+    parts_num = [[3, -1, 2, 0, 3], [1, 3, -2, 3, 3, 1, 0]]
+    parts = [np.asarray(p) / 3 for p in parts_num]
+    w = [Fraction(1, len(p)) for p in parts_num]
+    flat = [(v, wt) for p, wt in zip(parts_num, w, strict=True) for v in p]
+    obs = abs(sum(v * wt for v, wt in flat))
+    hits = sum(abs(sum(s * v * wt for s, (v, wt) in zip(signs, flat, strict=True))) >= obs
+               for signs in itertools.product((-1, 1), repeat=len(flat)))
+    exact = hits / 2 ** len(flat)
+    p = stratified_sign_flip_test(parts, n_perm=20_000, seed=0)
+    assert abs(p - exact) < 4 * np.sqrt(exact * (1 - exact) / 20_000) + 1e-4
+    assert p == stratified_sign_flip_test(parts, n_perm=20_000, seed=0)
+    assert stratified_sign_flip_test([np.zeros(4), np.zeros(6)]) == 1.0
+
+
+# ------------------------------------------------------------------------------ comparisons
+
+TRUTH = ["x", "y"] * 5          # 10 items per task
+
+
+def _flip(truth, wrong):
+    return [("y" if t == "x" else "x") if i in wrong else t for i, t in enumerate(truth)]
+
+
+def _unit(task, selector, wrong, seed=0, truth=TRUTH, k=4):
+    spec = UnitSpec("m", task, selector, k, seed)
+    pred = _flip(truth, set(wrong))
+    acc = float(np.mean([p == t for p, t in zip(pred, truth, strict=True)]))
+    metric = MetricResult(acc, acc - 0.1, acc + 0.1, 0.95)
+    res = UnitResult(spec, f"{task}-{selector}-{seed}-{k}", metric, metric, len(truth), 0.1,
+                     0.1, True, 0.01, 1.0, 10, 100, {"x": 0.8, "y": 0.8})
+    return res, (pred, list(truth))
+
+
+def _fake_grid():
+    units = [
+        _unit("a", "knn", {0, 1, 2, 3, 4}),          # 5 right
+        _unit("a", "mmd", {4}),                       # 9 right: b = 4, c = 0 against knn
+        _unit("a", "random", {0, 1, 2, 3, 4, 5}, 0),  # 4 right
+        _unit("a", "random", {0, 1, 2, 3}, 1),        # 6 right
+        _unit("b", "knn", {0, 1}),                    # 8 right
+        _unit("b", "mmd", {2, 3, 4}),                 # 7 right: b = 2, c = 3 against knn
+        _unit("b", "random", {5, 6, 7, 8, 9}, 0),
+        _unit("b", "random", {5, 6, 7, 8, 9}, 1),
+    ]
+    return [u for u, _ in units], {u.key: p for u, p in units}
+
+
+def test_paired_comparisons_on_a_hand_made_grid():
+    results, preds = _fake_grid()
+    cs = paired_comparisons(results, preds, n_boot=500, n_perm=2000, seed=0)
+    by = {(c.task, c.selector, c.baseline): c for c in cs}
+    # selectors knn, mmd, random; baselines knn and random; a selector is never its baseline
+    assert set(by) == {(t, s, b) for t in ("a", "b", "mean")
+                       for s, b in [("mmd", "knn"), ("random", "knn"), ("knn", "random"),
+                                    ("mmd", "random")]}
+    c = by[("a", "mmd", "knn")]
+    assert (c.diff, c.n, c.n_tasks, c.model, c.k) == (pytest.approx(0.4), 10, 1, "m", 4)
+    assert c.p == mcnemar_exact(4, 0) == 0.125
+    assert c.ci_low <= c.diff <= c.ci_high
+    assert by[("b", "mmd", "knn")].p == mcnemar_exact(2, 3) == 1.0
+    assert by[("b", "mmd", "knn")].diff == pytest.approx(-0.1)
+    mean = by[("mean", "mmd", "knn")]
+    assert mean.diff == pytest.approx((0.4 - 0.1) / 2) and (mean.n, mean.n_tasks) == (20, 2)
+    # random averaged over its two seeds: items 4 and 5 are right in seed 1 only
+    rnd_a = np.array([0, 0, 0, 0, 0.5, 0.5, 1, 1, 1, 1])
+    mmd_a = np.array([1, 1, 1, 1, 0, 1, 1, 1, 1, 1])
+    c = by[("a", "mmd", "random")]
+    assert c.diff == pytest.approx(np.mean(mmd_a - rnd_a))
+    assert c.p == sign_flip_test(mmd_a - rnd_a, n_perm=2000, seed=0)
+    # mirrored comparisons are one hypothesis
+    for t in ("a", "b", "mean"):
+        x, y = by[(t, "knn", "random")], by[(t, "random", "knn")]
+        assert x.diff == pytest.approx(-y.diff) and (x.p, x.p_holm) == (y.p, y.p_holm)
+        assert (x.ci_low, x.ci_high) == pytest.approx((-y.ci_high, -y.ci_low))
+    # Holm over the 3 distinct pairs x (2 tasks + mean) of (m, k=4)
+    hyps = {(c.task, *sorted((c.selector, c.baseline))): c for c in cs}
+    assert len(hyps) == 9
+    adj = holm([c.p for c in hyps.values()])
+    for c, a in zip(hyps.values(), adj, strict=True):
+        assert c.p_holm == pytest.approx(a)
+    assert cs == paired_comparisons(results, preds, n_boot=500, n_perm=2000, seed=0)
+    rec = cs[0].to_dict()
+    assert set(rec) >= {"model", "k", "task", "selector", "baseline", "diff", "ci_low",
+                        "ci_high", "p", "p_holm", "n", "n_tasks"}
+
+
+def test_paired_comparisons_checks_the_items():
+    results, preds = _fake_grid()
+    bad = dict(preds)
+    key = next(r.key for r in results if r.spec.task == "b" and r.spec.selector == "mmd")
+    pred, truth = bad[key]
+    bad[key] = (pred, ["y", *truth[1:]])
+    with pytest.raises(InputError, match="task 'b'"):
+        paired_comparisons(results, bad, n_boot=50, n_perm=50)
+    # fewer items on one side: compared on the common leading items, and said so
+    short = dict(preds)
+    key = next(r.key for r in results if r.spec.task == "a" and r.spec.selector == "mmd")
+    short[key] = (preds[key][0][:8], preds[key][1][:8])
+    cs = paired_comparisons(results, short, n_boot=50, n_perm=50)
+    c = next(c for c in cs if (c.task, c.selector, c.baseline) == ("a", "mmd", "knn"))
+    assert c.n == 8 and "first 8 items" in c.note
+    assert c.diff == pytest.approx((7 - 3) / 8)
+    # one task only: no mean row
+    only_a = [r for r in results if r.spec.task == "a"]
+    assert all(c.task != "mean" for c in paired_comparisons(only_a, preds, n_boot=50,
+                                                            n_perm=50))
+
+
+def test_load_predictions_last_record_wins_and_torn_lines_are_skipped(tmp_path):
+    lines = [json.dumps({"key": "u1", "pred": ["a"], "truth": ["b"]}),
+             json.dumps({"key": "u2", "pred": ["a", "b"], "truth": ["a", "b"]}),
+             json.dumps({"key": "u1", "pred": ["b"], "truth": ["b"]}),
+             '{"key": "u3", "pred": ["a"']
+    (tmp_path / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+    assert load_predictions(tmp_path) == {"u1": (["b"], ["b"]),
+                                          "u2": (["a", "b"], ["a", "b"])}
+    assert load_predictions(tmp_path / "missing") == {}
+
+
+def test_report_leads_with_the_paired_section_and_writes_paired_json(tmp_path):
+    results, preds = _fake_grid()
+    # a second task pair where mmd is much better, so a verdict is reached
+    truth = ["x", "y"] * 30
+    extra = [_unit(t, s, wrong, seed, truth) for t in ("c", "d") for s, wrong, seed in
+             [("knn", set(range(30)), 0), ("mmd", {0}, 0), ("random", set(range(40)), 0)]]
+    results += [u for u, _ in extra]
+    preds.update({u.key: p for u, p in extra})
+    cs = paired_comparisons(results, preds, n_boot=300, n_perm=2000, seed=0)
+    rep = write_comparison_report(results, tmp_path, paired=cs)
+    md = rep.markdown.read_text()
+    heads = [ln for ln in md.splitlines() if ln.startswith("## ")]
+    assert heads[:2] == ["## Paired comparisons", "## Overview"]
+    assert md.splitlines()[0].startswith("# ") and md.splitlines()[2] == "## Paired comparisons"
+    assert "### m k=4: mean over tasks (Holm family of 15 comparisons)" in md
+    assert "| selector | vs | diff (points) | 95% CI | p | Holm p | tasks | items | verdict |" in md
+    assert "| mmd | knn | +" in md and "| better |" in md
+    assert "#### m k=4: per task, diff vs knn" in md
+    assert "#### m k=4: per task, diff vs random" in md
+    assert "+48.3*" in md                        # task c: mmd 59/60 vs knn 30/60
+    html = rep.html.read_text()
+    assert html.index("<h2>Paired comparisons</h2>") < html.index("<h2>Overview</h2>")
+    assert rep.paired_json == tmp_path / "paired.json"
+    recs = json.loads(rep.paired_json.read_text())
+    assert len(recs) == len(cs)
+    for r in recs:
+        assert {"model", "k", "task", "selector", "baseline", "diff", "ci_low", "ci_high", "p",
+                "p_holm", "n"} <= set(r)
+    assert {r["task"] for r in recs} == {"a", "b", "c", "d", "mean"}
+    assert PairedComparison(**recs[0]) == cs[0]
+    # without paired comparisons the report is as before
+    plain = write_comparison_report(results, tmp_path / "plain")
+    assert "Paired comparisons" not in plain.markdown.read_text()
+    assert plain.paired_json is None
