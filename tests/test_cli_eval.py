@@ -42,6 +42,22 @@ def test_select_json(setup, capsys, monkeypatch):
     assert (root / "sel" / "selection.json").exists()
 
 
+
+def test_select_mmd_katt_chooses_heads_and_needs_a_model(setup, capsys, monkeypatch):
+    root, model_dir, data = setup
+    monkeypatch.setenv("ICLDISTILL_CACHE", str(root / "cache"))
+    assert main(["select", *_task_args(data), "--selector", "mmd-katt", "--k", "2",
+                 "--quiet"]) == 2
+    assert "--model" in capsys.readouterr().err
+    out = root / "katt"
+    code = main(["select", *_task_args(data), "--selector", "mmd-katt", "--k", "2", "--model",
+                 str(model_dir), "--json", "--quiet", "--n-test", "3", "--out", str(out)])
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert not payload["shared"] and len(payload["sets"]) == 3
+    heads = list((out / "heads").glob("*.json"))
+    assert len(heads) == 1 and json.loads(heads[0].read_text())["spec"].startswith("kv:")
+
 def test_evaluate_then_rerun_resumes_and_compare_writes_a_report(setup, capsys, monkeypatch):
     root, model_dir, data = setup
     monkeypatch.setenv("ICLDISTILL_CACHE", str(root / "cache"))

@@ -325,6 +325,14 @@ def _cmd_select(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(".icldistill-select")
     h = Harness(out, tasks=tasks, progress=not args.quiet)
     n = len(task.split.test) if args.n_test is None else min(args.n_test, len(task.split.test))
+    from .selection import make_selector
+
+    preferred = make_selector(args.selector).preferred_encoder
+    enc = preferred if preferred and args.encoder == "minilm" else args.encoder
+    if args.model is None and not enc.strip().lower().startswith("minilm"):
+        raise InputError(f"selector {args.selector!r} with encoder {enc!r} works in a language "
+                         "model's representation space: give --model (e.g. --model "
+                         "smollm2-135m)")
     spec = UnitSpec(args.model or "-", name, args.selector, args.k, args.seed, 0, args.encoder,
                     params=tuple(sorted(_selector_params(args.param).items())))
     sel = h.select(spec, task, np.arange(n))
@@ -598,7 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--encoder", default="minilm",
                        help="representation for selection: minilm (default), hidden:LAYER, "
-                            "kv:LAYER[:HEADS]")
+                            "kv:LAYER[:HEADS], or kv:auto (the model's most demo-carrying "
+                            "heads, chosen from traces; mmd-katt's default)")
         p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
         p.add_argument("--n-test", type=int, default=None,
                        help="evaluate the first N test inputs (default all)")

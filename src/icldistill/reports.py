@@ -35,6 +35,7 @@ __all__ = [
     "save_figure",
     "spearman",
     "to_jsonable",
+    "write_ablation_report",
     "write_comparison_report",
     "write_json",
     "write_text",
@@ -756,3 +757,110 @@ def _selector_colors(selectors: Sequence[str]) -> dict[str, Any]:
 
     cm = colormaps["tab10"]
     return {s: cm(i % 10) for i, s in enumerate(selectors)}
+
+
+def write_ablation_report(
+    results: Sequence[Any],
+    paired: Sequence[Any],
+    out_dir: str | Path,
+    *,
+    objectives: Sequence[tuple[str, str, tuple[tuple[str, Any], ...]]],
+    encoders: Sequence[str],
+    baseline: str = "knn",
+    commands: Sequence[str] = (),
+    notes: Sequence[str] = (),
+    title: str = "Ablation: representation x objective, paired against kNN",
+) -> Path:
+    """Markdown report (``ablation.md``) and ``ablation.json`` of a representation x objective
+    ablation (issue 12, item 4).
+
+    ``objectives`` are ``(display name, selector, params)``; every ``(objective, encoder)`` cell
+    is the unit label ``selector[@encoder][,param=value...]`` of the harness (the default
+    encoder ``minilm`` is not written). A cell shows the mean-over-tasks paired difference to
+    ``baseline`` (percentage points) with its CI and Holm-adjusted p-value, taken from
+    ``paired`` (:class:`icldistill.stats.PairedComparison` records); the conclusions (cells
+    significantly better / worse, the best row and column) are computed from them.
+    """
+    out = Path(out_dir)
+    by_label: dict[tuple[str, int, str], list[Any]] = {}
+    for r in results:
+        by_label.setdefault((_model_label(r), r.spec.k, r.spec.label), []).append(r)
+    mean_rows = {(p.model, p.k, p.selector): p for p in paired
+                 if p.task == "mean" and p.baseline == baseline}
+    task_rows = {(p.model, p.k, p.selector, p.task): p for p in paired
+                 if p.task != "mean" and p.baseline == baseline}
+
+    def label(sel: str, enc: str, params: tuple[tuple[str, Any], ...]) -> str:
+        e = "" if enc == "minilm" else f"@{enc}"
+        return sel + e + "".join(f",{k}={v}" for k, v in sorted(params))
+
+    md = [f"# {title}", ""]
+    record: list[dict[str, Any]] = []
+    for model, k in sorted({(m, kk) for m, kk, _ in by_label}):
+        tasks = sorted({r.spec.task for (m, kk, _), rs in by_label.items()
+                        if (m, kk) == (model, k) for r in rs})
+        md += [f"## {model}, k = {k}", "",
+               f"Mean over {len(tasks)} tasks ({', '.join(tasks)}) of the paired accuracy "
+               f"difference to `{baseline}` (points), 95% CI, Holm-adjusted p. "
+               "**Bold**: Holm p < 0.05.", ""]
+        rows = []
+        sig_better, sig_worse = [], []
+        for name, sel, params in objectives:
+            row = [name]
+            for enc in encoders:
+                lab = label(sel, enc, params)
+                if lab == baseline:
+                    row.append("baseline")
+                    continue
+                p = mean_rows.get((model, k, lab))
+                if p is None:
+                    row.append("not run" if (model, k, lab) not in by_label else "1 task")
+                    continue
+                cell = (f"{100 * p.diff:+.1f} [{100 * p.ci_low:+.1f}, {100 * p.ci_high:+.1f}] "
+                        f"p={p.p_holm:.2g}")
+                if p.p_holm < 0.05:
+                    cell = f"**{cell}**"
+                    (sig_better if p.diff > 0 else sig_worse).append(f"{name} on {enc}")
+                row.append(cell)
+                record.append({"model": model, "k": k, "objective": name, "encoder": enc,
+                               "selector": lab, **p.to_dict()})
+            rows.append(row)
+        md += [_md_table(["objective", *encoders], rows), ""]
+        # accuracy per task
+        acc_rows = []
+        for name, sel, params in objectives:
+            for enc in encoders:
+                rs = by_label.get((model, k, label(sel, enc, params)), [])
+                if not rs:
+                    continue
+                cells = []
+                for t in tasks:
+                    vals = [r.accuracy.value for r in rs if r.spec.task == t]
+                    cells.append(f"{np.mean(vals):.3f}" if vals else "")
+                acc_rows.append([name, enc, *cells])
+        md += ["Accuracy per task:", "", _md_table(["objective", "representation", *tasks],
+                                                     acc_rows), ""]
+        per_task = [[label, t, f"{100 * p.diff:+.1f}", f"{p.p_holm:.2g}"]
+                    for (m, kk, label, t), p in sorted(task_rows.items())
+                    if (m, kk) == (model, k) and p.p_holm < 0.05]
+        md += ["**Conclusions (computed):**", ""]
+        md.append("- significantly better than kNN on the mean over tasks: "
+                  + (", ".join(sig_better) if sig_better else "none") + ".")
+        md.append("- significantly worse: " + (", ".join(sig_worse) if sig_worse else "none")
+                  + ".")
+        for enc in encoders:
+            ds = [p.diff for (m, kk, lab), p in mean_rows.items() if (m, kk) == (model, k)
+                  and (lab.split(",")[0].partition("@")[2] or "minilm") == enc]
+            if ds:
+                md.append(f"- mean difference over the objectives on `{enc}`: "
+                          f"{100 * float(np.mean(ds)):+.1f} points ({len(ds)} cells).")
+        if per_task:
+            md += ["", "Per-task differences with Holm p < 0.05:", "",
+                   _md_table(["selector", "task", "diff (points)", "Holm p"], per_task)]
+        md.append("")
+    if commands:
+        md += ["## Reproduce", "", "```bash", *commands, "```", ""]
+    if notes:
+        md += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    write_json(out / "ablation.json", record)
+    return write_text(out / "ablation.md", "\n".join(md))

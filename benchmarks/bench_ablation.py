@@ -1,0 +1,126 @@
+"""Which part of the MMD idea carries the gain: representation x objective, paired against kNN.
+
+Issue 12, item 4. On one model (default smollm2-135m) and a subset of tasks, every objective
+runs on every representation; each unit is compared with kNN on MiniLM embeddings (the
+retriever people use) on the same test items (:func:`icldistill.stats.paired_comparisons`,
+Holm over the comparisons of the table). Units run through :class:`icldistill.harness.Harness`
+(resumable: rerun the same command after an interruption) and several processes started with
+the same command share the work, as in ``bench_fewshot.py``.
+
+    python benchmarks/bench_ablation.py                     # the committed ablation
+    python benchmarks/bench_ablation.py --report-only       # rebuild ablation.md / .json
+
+Representations: ``minilm`` (sentence embeddings of the inputs), ``hidden:L`` (the reading
+model's mean hidden state at layer ``L``, default the middle layer), ``kv:auto`` (keys and
+values of the demo-carrying heads under normalised ``K_att``, chosen from traces). Objectives:
+kNN, set-level MMD, per-query MMD, the joint input-label kernel (set level), the local target
+(the query's neighbourhood) without and with the joint kernel, and per-query MMD / local joint
+MMD with the diversity term (``diversity=1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from icldistill.harness import Harness, UnitSpec, load_predictions, load_results
+from icldistill.reports import write_ablation_report
+from icldistill.stats import paired_comparisons
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_fewshot import _claim  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+TASKS = ("rt-sentiment", "r8", "openbookqa")
+#: (display name, selector, params) of every objective.
+OBJECTIVES: tuple[tuple[str, str, tuple[tuple[str, object], ...]], ...] = (
+    ("kNN", "knn", ()),
+    ("set MMD", "mmd", ()),
+    ("per-query MMD", "mmd-query", ()),
+    ("joint kernel (set)", "mmd-joint", ()),
+    ("local MMD", "mmd-local", (("label_weight", 0.0),)),
+    ("local joint MMD", "mmd-local", ()),
+    ("per-query MMD + diversity", "mmd-query", (("diversity", 1.0),)),
+    ("local joint MMD + diversity", "mmd-local", (("diversity", 1.0),)),
+)
+
+
+def units(model: str, dtype: str, tasks: list[str], encoders: list[str], k: int,
+          n_test: int) -> list[UnitSpec]:
+    return [UnitSpec(model, task, sel, k, encoder=enc, n_test=n_test, params=params,
+                     dtype=dtype)
+            for enc in encoders for task in tasks for _, sel, params in OBJECTIVES]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--encoders", default=None,
+                    help="comma-separated representations (default minilm, the middle "
+                         "layer's hidden state, kv:auto)")
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--n-test", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=str(HERE / "results" / "ablation"))
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    tasks = [t for t in args.tasks.split(",") if t]
+    h = Harness(out, progress=True)
+    encoders = args.encoders.split(",") if args.encoders else None
+    if encoders is None:
+        cfg = h.model(args.model, args.dtype).model.config
+        encoders = ["minilm", f"hidden:{cfg.num_hidden_layers // 2}", "kv:auto"]
+    todo = units(args.model, args.dtype, tasks, encoders, args.k, args.n_test)
+    cmd = (f"python benchmarks/bench_ablation.py --model {args.model} --dtype {args.dtype} "
+           f"--tasks {','.join(tasks)} --encoders {','.join(encoders)} --k {args.k} "
+           f"--n-test {args.n_test}")
+    if not args.report_only:
+        for u in todo:
+            key = u.key(h.task(u.task).fingerprint)
+            if key in h.finished() or not _claim(out, key):
+                continue
+            try:
+                h.run([u])
+            finally:
+                (out / "claims" / key).unlink(missing_ok=True)
+        if any((out / "claims").glob("*")):
+            print("other workers are still running; they write the report", file=sys.stderr)
+            return 0
+    results = load_results(out)
+    if not results:
+        print("no results yet", file=sys.stderr)
+        return 1
+    paired = paired_comparisons(results, load_predictions(out), baselines=("knn",))
+    load = os.getloadavg()
+    notes = [f"Machine: {platform.machine()}, {os.cpu_count()} CPU threads, torch "
+             f"{torch.__version__}; load average at report time {load[0]:.1f}; "
+             f"written {time.strftime('%Y-%m-%d %H:%M')}.",
+             "Baseline: kNN on MiniLM embeddings (`knn`). Every other cell is paired with it "
+             "on the same test items; Holm over every comparison of this (model, k)."]
+    heads = sorted((out / "heads").glob("*.json"))
+    for p in heads:
+        rec = json.loads(p.read_text())
+        notes.append(f"`kv:auto` on {rec['task']}: layer {rec['layer']}, KV heads "
+                     f"{rec['heads']} (most demo-carrying over {rec['n_prompts']} calibration "
+                     "prompts).")
+    rep = write_ablation_report(results, paired, out, objectives=OBJECTIVES, encoders=encoders,
+                                commands=[cmd + "   # resumable", cmd + " --report-only"],
+                                notes=notes)
+    print(rep.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
