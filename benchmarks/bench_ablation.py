@@ -35,7 +35,7 @@ from icldistill.reports import write_ablation_report
 from icldistill.stats import paired_comparisons
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fewshot import _claim  # noqa: E402
+from bench_fewshot import _claim
 
 HERE = Path(__file__).resolve().parent
 TASKS = ("rt-sentiment", "r8", "openbookqa")
