@@ -78,6 +78,12 @@ def test_evaluate_then_rerun_resumes_and_compare_writes_a_report(setup, capsys, 
                  "--encoder", "hidden:-1", "--out", str(rep), "--quiet"]) == 0
     md = (rep / "report.md").read_text()
     assert "accuracy" in md and "Spearman" in md
+    assert md.index("Paired comparisons") < md.index("Spearman")     # the report leads with it
+    paired = json.loads((rep / "paired.json").read_text())
+    assert {(r["selector"], r["baseline"]) for r in paired} >= {
+        ("mmd@hidden:-1", "knn@hidden:-1"), ("mmd@hidden:-1", "random@hidden:-1")}
+    assert all({"diff", "ci_low", "ci_high", "p", "p_holm", "n"} <= set(r) for r in paired)
+    assert all(r["n"] == 8 and r["task"] == "toy" for r in paired)
     assert (rep / "report.html").exists()
     assert len(list((rep / "figures").glob("*.png"))) == 2
 

@@ -412,9 +412,23 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     keys = {r.key for r in done}
     results = [r for r in load_results(args.out) if r.key in keys]
     cmd = _command_line(args)
-    rep = write_comparison_report(results, args.out, commands=[cmd])
+    from .harness import load_predictions
+    from .stats import paired_comparisons
+
+    preds = load_predictions(args.out)
+    # baselines: knn and random as run in this grid (their labels carry a non-default encoder)
+    bases = sorted({r.spec.label for r in results
+                    if r.spec.selector in ("knn", "random") and not r.spec.params})
+    paired = paired_comparisons(results, {k: v for k, v in preds.items() if k in keys},
+                                baselines=bases)
+    rep = write_comparison_report(results, args.out, commands=[cmd], paired=paired)
     for tag, sel in rep.best.items():
         print(f"{tag}: best mean accuracy {sel}")
+    for p in paired:
+        if p.task == "mean" and p.p_holm < 0.05:
+            verdict = "better" if p.diff > 0 else "worse"
+            print(f"{p.model} k={p.k}: {p.selector} {verdict} than {p.baseline} by "
+                  f"{100 * p.diff:+.1f} points (paired over {p.n} items, Holm p={p.p_holm:.2g})")
     print(f"report: {rep.markdown} and {rep.html}")
     return 0
 
