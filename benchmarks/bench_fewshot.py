@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from icldistill._artifacts import pid_alive
-from icldistill.harness import Harness, load_predictions, load_results, unit_grid
+from icldistill.harness import Harness, Task, load_predictions, load_results, unit_grid
 from icldistill.reports import write_comparison_report
 from icldistill.selection import SELECTORS
 from icldistill.stats import paired_comparisons
@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ks", default="4,8")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--n-test", type=int, default=200)
+    ap.add_argument("--pool-size", type=int, default=None,
+                    help="cap every task's demonstration pool at a label-stratified sample of "
+                         "this size (seeded; default the whole pool)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
@@ -89,12 +92,18 @@ def main(argv: list[str] | None = None) -> int:
     selectors = [s for s in args.selectors.split(",") if s]
     ks = [int(k) for k in args.ks.split(",") if k]
     run_cmd = (f"python benchmarks/bench_fewshot.py --models {','.join(models)} --tasks "
-               f"{','.join(tasks)} --ks {args.ks} --seeds {args.seeds} --n-test {args.n_test}"
-               + (f" --dtype {args.dtype}" if args.dtype != "float32" else ""))
+               f"{','.join(tasks)} --selectors {','.join(selectors)} --ks {args.ks} "
+               f"--seeds {args.seeds} --n-test {args.n_test}"
+               + (f" --pool-size {args.pool_size}" if args.pool_size else "")
+               + (f" --dtype {args.dtype}" if args.dtype != "float32" else "")
+               + (f" --out {args.out}" if Path(args.out) != HERE / "results" / "fewshot"
+                  else ""))
     cmds = [run_cmd + "   # resumable: rerun to continue", "python benchmarks/bench_fewshot.py "
             "--report-only   # rebuild this report from results.jsonl"]
     if not args.report_only:
-        h = Harness(out, batch_size=args.batch_size, progress=True)
+        tasks_ = ({t: Task.from_registry(t, pool_size=args.pool_size) for t in tasks}
+                  if args.pool_size else None)
+        h = Harness(out, tasks=tasks_, batch_size=args.batch_size, progress=True)
         t0 = time.time()
         units = unit_grid(models=models, tasks=tasks, selectors=selectors, ks=ks,
                           seeds=args.seeds, n_test=args.n_test, dtype=args.dtype)
@@ -125,9 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU threads, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads; load average at report time "
         f"{load[0]:.1f}.",
-        "Accuracy is over the first 200 test inputs of each task's seeded test order; one "
-        "demonstration pool per task (the training part of its split).",
-        "Deterministic selectors run once; `random` runs 3 seeds (± = std over seeds).",
+        f"Accuracy is over the first {sorted({r.n for r in results})} test inputs of each "
+        "task's seeded test order (every selector of a task scores the same items); one "
+        "demonstration pool per task (the training part of its split"
+        + (f", capped at a label-stratified sample of {args.pool_size} items with "
+           "`--pool-size`" if args.pool_size else "") + ").",
+        f"Deterministic selectors run once; `random` runs {args.seeds} seeds (± = std over "
+        "seeds).",
         "MMD² is biased, Gaussian kernel on MiniLM embeddings with the median-heuristic "
         "bandwidth of pool + test, the same kernel for every selector of a task.",
     ]

@@ -234,3 +234,20 @@ def test_float32_unit_keys_are_unchanged_by_the_dtype_field():
                     (("landmarks", 4),)).key("") == "c20491a16df2e1d2f059"
     with pytest.raises(InputError, match="unknown dtype"):
         UnitSpec("m", "t", "mmd", 4, dtype="int8")
+
+
+def test_pool_size_caps_the_pool_stratified_and_keeps_the_test_items():
+    full = Task.from_registry("amazon", progress=False)
+    cap = Task.from_registry("amazon", pool_size=100, progress=False)
+    assert len(cap.split.train) == 100
+    assert list(cap.split.test.texts) == list(full.split.test.texts)
+    assert set(cap.split.train.texts) <= set(full.split.train.texts)
+    counts = cap.split.train.label_counts()
+    assert abs(counts["negative"] - counts["positive"]) <= 2
+    assert cap.fingerprint != full.fingerprint
+    again = Task.from_registry("amazon", pool_size=100, progress=False)
+    assert again.fingerprint == cap.fingerprint
+    big = Task.from_registry("amazon", pool_size=10**6, progress=False)
+    assert big.fingerprint == full.fingerprint
+    with pytest.raises(InputError, match="pool_size"):
+        Task.from_registry("amazon", pool_size=0, progress=False)

@@ -51,7 +51,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -324,9 +324,19 @@ class Task:
 
     @classmethod
     def from_registry(cls, name: str, *, test_size: int | float | None = None, seed: int = 0,
-                      progress: bool = True) -> Task:
-        """A registry dataset with its default split (see :func:`icldistill.data.load_split`)."""
-        return cls(name, load_split(name, test_size=test_size, seed=seed, progress=progress))
+                      progress: bool = True, pool_size: int | None = None) -> Task:
+        """A registry dataset with its default split (see :func:`icldistill.data.load_split`).
+
+        ``pool_size`` caps the demonstration pool: a label-stratified sample of that many pool
+        items drawn with ``seed`` (the test part is unchanged). Larger pools are left whole.
+        """
+        split = load_split(name, test_size=test_size, seed=seed, progress=progress)
+        if pool_size is not None:
+            if isinstance(pool_size, bool) or int(pool_size) != pool_size or pool_size < 1:
+                raise InputError(f"pool_size must be a positive integer, got {pool_size!r}")
+            if int(pool_size) < len(split.train):
+                split = replace(split, train=split.train.split(int(pool_size), seed=seed).test)
+        return cls(name, split)
 
 
 def unit_grid(
