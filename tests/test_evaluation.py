@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from icldistill import evaluation
 from icldistill._validation import InputError
 from icldistill.evaluation import (
     FewShotScorer,
@@ -185,3 +186,52 @@ def test_float32_head_needs_a_linear_head():
 
     with pytest.raises(InputError, match="linear output head"):
         float32_head(torch.nn.Module())
+
+
+# ---- vectorised bootstrap -------------------------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 80), n_lab=st.integers(1, 12), seed=st.integers(0, 10_000),
+       extra=st.booleans())
+def test_bootstrap_values_equal_the_metric_of_every_resample(n, n_lab, seed, extra):
+    rng = np.random.default_rng(seed)
+    labs = [f"l{i}" for i in range(n_lab)]
+    t = np.array(rng.choice(labs, n), dtype=object)
+    p = np.where(rng.random(n) < 0.5, t, rng.choice([*labs, "other"] if extra else labs, n))
+    p = p.astype(object)
+    idx = rng.integers(0, n, size=(50, n))
+    acc = evaluation.bootstrap_values(t, p, idx, "accuracy")
+    f1 = evaluation.bootstrap_values(t, p, idx, "macro_f1", labs)
+    for r in range(50):        # bit for bit, not approximately
+        assert acc[r] == evaluation.accuracy(t[idx[r]], p[idx[r]])
+        assert f1[r] == evaluation.macro_f1(t[idx[r]], p[idx[r]], labs)
+
+
+def test_classification_metrics_intervals_equal_the_per_resample_loop():
+    rng = np.random.default_rng(3)
+    labs = [f"l{i}" for i in range(52)]
+    t = np.array(rng.choice(labs, 200), dtype=object)
+    p = np.where(rng.random(200) < 0.6, t, rng.choice(labs, 200)).astype(object)
+    m = evaluation.classification_metrics(t, p, labels=labs, n_boot=400, seed=5)
+    loop = evaluation.bootstrap_ci(t, p, lambda a, b: evaluation.macro_f1(a, b, labs),
+                                   n_boot=400, seed=5)      # generic path: one call per resample
+    assert (m.macro_f1.low, m.macro_f1.high) == (loop.low, loop.high)
+    acc = evaluation.bootstrap_ci(t, p, evaluation.accuracy, n_boot=400, seed=5)
+    assert (m.accuracy.low, m.accuracy.high) == (acc.low, acc.high)
+    with pytest.raises(InputError, match="metric"):
+        evaluation.bootstrap_values(t, p, np.zeros((2, 200), dtype=int), "f2")
+
+
+def test_bootstrap_interval_covers_the_true_accuracy_at_the_stated_rate():
+    """Resampling *with* replacement: a resampler without replacement gives degenerate
+    intervals (every resample has the same accuracy) and fails both checks."""
+    rng = np.random.default_rng(0)
+    hits, widths = 0, []
+    for rep in range(300):
+        correct = rng.random(200) < 0.7
+        t = np.array(["a"] * 200, dtype=object)
+        p = np.where(correct, "a", "b").astype(object)
+        ci = evaluation.bootstrap_ci(t, p, n_boot=400, seed=rep)
+        hits += ci.low <= 0.7 <= ci.high
+        widths.append(ci.high - ci.low)
+    assert 0.90 <= hits / 300 <= 0.99
+    assert np.median(widths) > 0.08      # ~ 2 * 1.96 * sqrt(0.21 / 200) = 0.127
