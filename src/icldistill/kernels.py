@@ -230,7 +230,7 @@ def _dist_spec(f: Callable[[torch.Tensor, float], torch.Tensor], exact: bool = F
 
 # These maps work in place: their argument is always a freshly computed distance matrix.
 def _gauss(d2: torch.Tensor, h: float) -> torch.Tensor:
-    return d2.mul_(-0.5 / h**2).exp_()
+    return d2.mul_(-0.5 / (h * h)).exp_()  # h * h is inf (not an OverflowError) for huge h
 
 
 def _laplace(d2: torch.Tensor, h: float) -> torch.Tensor:
@@ -238,7 +238,7 @@ def _laplace(d2: torch.Tensor, h: float) -> torch.Tensor:
 
 
 def _imq(d2: torch.Tensor, h: float) -> torch.Tensor:
-    return d2.mul_(1.0 / h**2).add_(1.0).rsqrt_()
+    return d2.mul_(1.0 / (h * h)).add_(1.0).rsqrt_()
 
 
 def _split(x: torch.Tensor, key_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -378,10 +378,28 @@ def median_bandwidth(
         d2 = _pair_sq_distances(z) if d2 is None else d2
         pos = d2[d2 > 0]
         if pos.numel() == 0:
+            if not bool((z == z[:1]).all()):  # distinct rows whose squared distances underflow
+                raise InputError(f"median heuristic: inputs of magnitude ~{_magnitude(z)} "
+                                 "underflow (their squared distances are 0 in floating point); "
+                                 "rescale the data, e.g. standardise each column")
             raise InputError("median heuristic: all rows are identical; give a bandwidth")
         mid = _middle(pos)
     # the square root is monotone: the middle distances are the roots of the middle d^2
-    return (math.sqrt(mid[0]) + math.sqrt(mid[1])) / 2
+    h = (math.sqrt(mid[0]) + math.sqrt(mid[1])) / 2
+    if not math.isfinite(h):
+        raise InputError(f"inputs of magnitude ~{_magnitude(z)} overflow the median-heuristic "
+                         "bandwidth of the kernel (squared distances exceed the floating-point "
+                         "range); rescale the data, e.g. standardise each column")
+    return h
+
+
+def _magnitude(z: torch.Tensor) -> str:
+    """The order of magnitude of the largest finite entry of ``z``, e.g. ``"1e+200"``."""
+    a = z.abs()
+    top = float(a.max()) if a.numel() else 0.0
+    if top == 0.0 or not math.isfinite(top):
+        return f"{top:g}"
+    return f"1e{math.floor(math.log10(top)):+d}"
 
 
 def _pooled_sample(x: Any, y: Any | None, max_samples: int, seed: int) -> torch.Tensor:
@@ -678,6 +696,10 @@ def make_kernel(
                                  "heuristic")
             p["bandwidth"] = median_bandwidth(x, y, max_samples=max_samples, seed=seed)
         p["bandwidth"] = check_positive(p["bandwidth"], "bandwidth")
+        if name in ("gaussian", "imq") and p["bandwidth"] * p["bandwidth"] == 0.0:
+            raise InputError(f"bandwidth {p['bandwidth']:g} is too small for the {name} kernel "
+                             "(its square underflows to 0); give a bandwidth above 1e-150 or "
+                             "rescale the data")
     if name == "polynomial":
         p["gamma"] = float(p["gamma"])
         p["coef0"] = float(p["coef0"])
