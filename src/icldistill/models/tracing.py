@@ -3,21 +3,44 @@
 :func:`trace` runs one forward pass of a Hugging Face ``transformers`` model with an attention
 function registered through the library's attention interface (``AttentionInterface``). That
 function receives the model's *actual* ``q``, ``k``, ``v`` — after RoPE, q/k norms, grouped-query
-repetition — together with the scale, the mask (causal, sliding window, padding) and any
-soft-capping, and it computes attention with exactly the operations of the eager implementation,
-so the model's output does not change. For the chosen query positions it also reduces each head
-with the pieces of :func:`icldistill.decomposition.segment_decomposition` (the math core) and
-keeps only the per-head statistics, layer by layer; full tensors are kept only when asked for.
+repetition — together with the scale, the mask (causal, sliding window, padding, per-head masks)
+and any soft-capping, position bias or attention sink. It hands them to the model's **own** eager
+attention function (the one the model uses with ``attn_implementation="eager"``), so the model's
+output does not change, and for the chosen query positions it reduces every head with the pieces
+of :func:`icldistill.decomposition.segment_decomposition` (the math core), keeping only the
+per-head statistics, call by call; full tensors are kept only when asked for.
+
+Exact or refused, never silently wrong:
+
+- **self-check**: the segment components of every head at every traced position are summed and
+  compared with the output of the model's own attention function; a relative difference above
+  :data:`CHECK_TOLERANCE` raises :class:`~icldistill.InputError` (the tracer did not reproduce the
+  architecture's attention);
+- a keyword the attention function receives that the tracer does not understand (with a value
+  other than ``None``) raises an error naming it;
+- sparse (indexed) attention (``indices=`` from DeepSeek-V3.2-style indexers) is decomposed
+  exactly over the selected keys only (the same mask the model's eager path builds);
+- per-head masks ``[B, H, T, S]`` are used per head;
+- an attention sink (``s_aux=`` / ``sinks=``: one extra logit per head with a zero value) is a key
+  of its own: it enters ``D'`` (so it lowers ``eta*``) and is reported as the segment ``"sink"``;
+- a layer that calls attention more than once (DiffLlama: two calls with one layer index) gives
+  one entry per call (:attr:`TraceResult.layer_index`, :attr:`TraceResult.call_index`);
+- hybrid models (linear attention, convolutions or state-space layers next to softmax attention):
+  the softmax layers are traced, the others listed in :attr:`TraceResult.untraced_layers` — only
+  when the config declares them non-attention layers; otherwise the model is refused.
 
 Heads whose logits are not a pure scaled dot product (soft-capping, additive position biases
-such as ALiBi) are decomposed exactly as well but flagged ``has_kernel_form = False``: they have
-no distilled weights ``W_0``.
+such as ALiBi, float masks with non-zero entries) are decomposed exactly as well but flagged
+``has_kernel_form = False`` (per head): they have no distilled weights ``W_0``.
 """
 
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Sequence
+import inspect
+import re
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,37 +52,63 @@ from .._validation import InputError
 from ..decomposition import DualWeights, attention_probs, segment_components, segment_mass
 from ..prompts import DEMOS, PREFIX, QUERY, Prompt, TokenizedPrompt, group_segment
 
-__all__ = ["TRACE_ATTENTION", "TraceResult", "trace"]
+__all__ = ["CHECK_TOLERANCE", "SINK", "TRACE_ATTENTION", "TraceResult", "trace"]
 
 #: Name under which the tracing attention function is registered in ``transformers``.
 TRACE_ATTENTION = "icldistill_trace"
+
+#: Name of the attention-sink segment (a key with a zero value, one per head).
+SINK = "sink"
 
 _GROUPS = (PREFIX, DEMOS, QUERY)
 
 #: Largest float64 block (heads x positions x keys) reduced at once (64 MB).
 _CHUNK_ELEMENTS = 1 << 23
 
+#: Largest relative difference (per head and traced position) between the sum of the segment
+#: components and the output of the model's own attention function, by the dtype of the model's
+#: ``q``: ``||sum_S c_S - o|| / sum_j p_j ||v_j||``. Half precision rounds the model's
+#: probabilities and output to 8 or 11 bits, hence the looser bound.
+CHECK_TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-4, torch.float16: 2e-2,
+                   torch.bfloat16: 2e-2}
 
-# ============================================================================ per-layer capture
+#: Keywords of the attention call the decomposition uses.
+_USED = frozenset({"scaling", "dropout", "softcap", "s_aux", "sinks", "position_bias", "indices",
+                   "block_indices"})
+#: Keywords that carry nothing the mask and the tensors do not already hold (causality and
+#: sliding windows are in the mask; positions are already applied to q and k; the rest are
+#: model-level output flags passed down with the forward's keywords) — the self-check confirms
+#: it on every call.
+_REDUNDANT = frozenset({"is_causal", "sliding_window", "position_ids", "cache_position",
+                        "output_attentions", "output_hidden_states", "output_router_logits",
+                        "use_cache", "return_dict", "logits_to_keep", "layer_idx",
+                        "deterministic"})
+
+
+# ============================================================================ per-call capture
 @dataclass
 class _LayerRecord:
+    layer: int
+    call: int
     log_norm: torch.Tensor            # [H, P]
     eta: torch.Tensor                 # [H, P]
     mass: torch.Tensor | None         # [S_fine, H, P] (released once stacked)
     comp_norm: torch.Tensor           # [3, H, P] grouped prefix / demos / query
     mean_demo_logit: torch.Tensor     # [H, P]
     mean_logit: torch.Tensor          # [H, P]
-    num_demo: torch.Tensor            # [P]
-    num_keys: torch.Tensor            # [P]
-    kernel_form: bool
+    num_demo: torch.Tensor            # [H, P]
+    num_keys: torch.Tensor            # [H, P]
+    kernel_form: torch.Tensor         # [H] bool
     max_rel_error: float
+    sink_mass: torch.Tensor | None = None     # [H, P]
     components: torch.Tensor | None = None   # [S_fine, H, P, Dv]
-    demo_keys: torch.Tensor | None = None    # [H_kv, N, D]
-    demo_values: torch.Tensor | None = None  # [H_kv, N, Dv]
-    demo_visible: torch.Tensor | None = None  # [P, N]
+    demo_keys: torch.Tensor | None = None    # [H_k, N, D]
+    demo_values: torch.Tensor | None = None  # [H_v, N, Dv]
+    demo_visible: torch.Tensor | None = None  # [H_m, P, N] (H_m = 1 or H)
     queries: torch.Tensor | None = None      # [H, P, D]
     scale: float = 0.0
     kv_groups: int = 1
+    value_groups: int = 1
 
 
 @dataclass
@@ -71,12 +120,147 @@ class _Request:
     keep_components: bool
     keep_w0: bool
     every: bool = False               # positions == 0..T-1: no position gather needed
-    layers: dict[int, _LayerRecord] = field(default_factory=dict)
+    records: list[_LayerRecord] = field(default_factory=list)
+    calls: dict[int, int] = field(default_factory=dict)          # layer -> calls so far
+    module_layers: dict[int, int] = field(default_factory=dict)  # id(module) -> layer
+    auxiliary: dict[str, int] = field(default_factory=dict)      # class name -> calls
     progress: Any = None
 
 
 _ACTIVE: contextvars.ContextVar[_Request | None] = contextvars.ContextVar("icldistill_trace",
                                                                          default=None)
+
+
+# ======================================================================= the model's own attention
+def _standard_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                        value: torch.Tensor, attention_mask: torch.Tensor | None,
+                        scaling: float | None = None, dropout: float = 0.0,
+                        softcap: float | None = None, **kwargs: Any
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain eager attention (used only outside :func:`trace`, for a module whose own eager
+    function cannot be found)."""
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    k = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
+    v = value.repeat_interleave(query.shape[1] // value.shape[1], dim=1)
+    logits = torch.matmul(query, k.transpose(2, 3)) * scaling
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    if attention_mask is not None:
+        logits = logits + attention_mask[:, :, :, : k.shape[-2]]
+    probs = torch.nn.functional.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
+    return torch.matmul(probs, v).transpose(1, 2).contiguous(), probs
+
+
+_EAGER_NAMES: dict[type, tuple[dict[str, Any], str] | None] = {}
+_DEFAULT_RE = re.compile(r"get_interface\(\s*[^,()]+(?:\([^()]*\))?[^,()]*,\s*([A-Za-z_]\w*)\s*\)")
+_ASSIGN_RE = re.compile(r"attention_interface\s*(?::\s*[\w\[\], .]+)?=\s*([A-Za-z_]\w*)\s*$",
+                        re.MULTILINE)
+
+
+def _eager_function(module: torch.nn.Module) -> Callable[..., Any] | None:
+    """The eager attention function ``module`` falls back to when its config says ``"eager"``:
+    the default of its ``ALL_ATTENTION_FUNCTIONS.get_interface(..., default)`` call, else the
+    ``eager_attention_forward`` of its modeling file. The name is found once per class and
+    looked up in the modeling file's namespace at every call."""
+    cls = type(module)
+    if cls not in _EAGER_NAMES:
+        _EAGER_NAMES[cls] = _find_eager(cls)
+    where = _EAGER_NAMES[cls]
+    if where is None:
+        return None
+    fn = where[0].get(where[1])
+    return fn if callable(fn) else None
+
+
+def _find_eager(cls: type) -> tuple[dict[str, Any], str] | None:
+    forward = getattr(cls, "forward", None)
+    try:
+        forward = inspect.unwrap(forward) if forward is not None else None
+    except ValueError:  # pragma: no cover - a cycle of __wrapped__
+        pass
+    spaces = [getattr(forward, "__globals__", None),
+              getattr(sys.modules.get(cls.__module__), "__dict__", None)]
+    spaces = [ns for ns in spaces if isinstance(ns, dict)]
+    try:
+        src = inspect.getsource(forward) if forward is not None else ""
+    except (OSError, TypeError):
+        src = ""
+    names = _DEFAULT_RE.findall(src) + _ASSIGN_RE.findall(src) + ["eager_attention_forward"]
+    for name in names:
+        if name == "ALL_ATTENTION_FUNCTIONS":
+            continue
+        for ns in spaces:
+            if callable(ns.get(name)):
+                return ns, name
+    return None
+
+
+def _named_arguments(fn: Callable[..., Any], module: torch.nn.Module, args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Everything passed after ``attention_mask``, by the eager function's parameter names."""
+    try:
+        sig = inspect.signature(fn)
+        bound = sig.bind_partial(module, None, None, None, None, *args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{type(module).__name__} calls its attention function with arguments "
+                         f"the tracer cannot match to it ({exc}); not supported") from exc
+    named: dict[str, Any] = {}
+    for i, (name, val) in enumerate(bound.arguments.items()):
+        if i < 5:                     # module, query, key, value, attention_mask
+            continue
+        kind = sig.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(val)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            if val:
+                raise InputError(f"{type(module).__name__} passes {len(val)} unnamed extra "
+                                 "arguments to its attention function; not supported")
+        else:
+            named[name] = val
+    return named
+
+
+def _sparse_mask(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                 attention_mask: torch.Tensor | None, named: dict[str, Any]
+                 ) -> torch.Tensor | None:
+    """The mask the model's eager path builds from selected-key ``indices`` (DeepSeek-V3.2
+    style indexers: ``[B, T, top_k]``) or ``block_indices`` (block-sparse indexers)."""
+    B, T, S = query.shape[0], query.shape[2], key.shape[2]
+    idx = named.get("indices")
+    if idx is not None:
+        if (not isinstance(idx, torch.Tensor) or idx.dtype.is_floating_point or idx.ndim != 3
+                or idx.shape[:2] != (B, T)):
+            shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
+            raise InputError(f"{type(module).__name__} passes sparse-attention indices= of shape "
+                             f"{shape}; the tracer decomposes only [batch, queries, top_k] "
+                             "selected-key indices")
+        if idx.numel() and bool((idx < 0).any() or (idx >= S).any()):
+            raise InputError(f"{type(module).__name__} passes sparse-attention indices= outside "
+                             f"0..{S - 1}; not supported by the tracer")
+        masked = (torch.ones(B, T, S, dtype=torch.bool, device=query.device)
+                  .scatter(-1, idx.long(), False).unsqueeze(1))             # True = not selected
+        if attention_mask is None:
+            return torch.zeros(B, 1, T, S, dtype=query.dtype, device=query.device).masked_fill(
+                masked, torch.finfo(query.dtype).min)
+        if attention_mask.dtype == torch.bool:
+            return attention_mask & ~masked
+        return attention_mask.masked_fill(masked, torch.finfo(query.dtype).min)
+    blocks = named.get("block_indices")
+    build = getattr(getattr(module, "indexer", None), "build_block_mask", None)
+    if not callable(build):
+        raise InputError(f"{type(module).__name__} passes block_indices= (block-sparse attention) "
+                         "without an indexer that builds its mask; not supported by the tracer")
+    pos = named.get("position_ids")
+    if pos is None:
+        pos = torch.arange(S - T, S, device=query.device)
+    pos = (pos if pos.ndim > 1 else pos.unsqueeze(0)).expand(B, -1)
+    try:
+        return build(blocks, attention_mask, S, query.dtype, query.device, pos)
+    except Exception as exc:  # the model's own helper changed shape: refuse, do not guess
+        raise InputError(f"{type(module).__name__}: the block-sparse mask (block_indices=) could "
+                         f"not be rebuilt ({exc}); not supported by the tracer") from exc
 
 
 def _trace_attention(
@@ -85,88 +269,180 @@ def _trace_attention(
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    softcap: float | None = None,
+    *args: Any,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eager attention (same operations, same result) plus the decomposition of chosen positions.
+    """The model's own eager attention (same function, same result) plus the decomposition of
+    the chosen positions, checked against that result.
 
     Shapes: ``query [B, H, T, D]``, ``key/value [B, H_kv, S, D]``, ``attention_mask`` additive
-    ``[B, 1, T, S]``; returns ``([B, T, H, Dv], probs [B, H, T, S])``.
+    or boolean ``[B, 1 or H, T, S]``; returns what the eager function returns
+    (``[B, T, H, Dv]``, probabilities).
     """
-    if kwargs.get("s_aux") is not None:
-        raise InputError("attention sinks (s_aux) are not supported by the tracer yet")
-    if scaling is None:
-        scaling = query.shape[-1] ** -0.5
-    groups = query.shape[1] // key.shape[1]
-    k = key.repeat_interleave(groups, dim=1) if groups > 1 else key
-    v = value.repeat_interleave(groups, dim=1) if groups > 1 else value
-    logits = torch.matmul(query, k.transpose(2, 3)) * scaling
-    if softcap is not None:
-        logits = torch.tanh(logits / softcap) * softcap
-    scores = logits + attention_mask if attention_mask is not None else logits
-    probs = torch.nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    probs = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
-    out = torch.matmul(probs, v)
+    eager = _eager_function(module)
     req = _ACTIVE.get()
-    if req is not None:
-        _record(req, module, query, logits, attention_mask, key, value, v, out,
-                float(scaling), softcap is None, groups)
-    return out.transpose(1, 2).contiguous(), probs
+    if req is None:                      # registered globally: behave like eager elsewhere
+        return (eager or _standard_attention)(module, query, key, value, attention_mask, *args,
+                                              **kwargs)
+    name = type(module).__name__
+    if eager is None:
+        raise InputError(f"{name} has no eager attention function the tracer can check its "
+                         "decomposition against; this architecture is not supported")
+    named = _named_arguments(eager, module, args, kwargs)
+    unknown = sorted(k for k, v in named.items()
+                     if v is not None and k not in _USED and k not in _REDUNDANT)
+    if unknown:
+        raise InputError(f"{name} passes {', '.join(k + '=' for k in unknown)} to its attention "
+                         "function, which the tracer does not understand; it refuses to trace "
+                         "this architecture rather than decompose a different attention")
+    dropout = named.get("dropout") or 0.0
+    if module.training and float(dropout) > 0:
+        raise InputError(f"{name} is in training mode with attention dropout {dropout}: call "
+                         "model.eval() before tracing")
+    if named.get("indices") is not None or named.get("block_indices") is not None:
+        attention_mask = _sparse_mask(module, query, key, attention_mask, named)
+        kwargs = {**kwargs, **{k: None for k in ("indices", "block_indices") if k in kwargs}}
+    out, probs = eager(module, query, key, value, attention_mask, *args, **kwargs)
+    if _auxiliary(req, module, query, key, attention_mask):
+        req.auxiliary[name] = req.auxiliary.get(name, 0) + 1
+    else:
+        _record(req, module, query, key, value, attention_mask, out, named)
+    return out, probs
+
+
+def _auxiliary(req: _Request, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+               attention_mask: torch.Tensor | None) -> bool:
+    """An attention that is not over the prompt's tokens: a module without a layer index,
+    without a mask, whose keys are not the prompt's tokens (Inkling2's attention residuals over
+    the outputs of earlier layers). It runs unchanged (the model's own function) and is listed
+    in :attr:`TraceResult.auxiliary_attention`, not decomposed."""
+    layer = getattr(module, "layer_idx", None)
+    return (not isinstance(layer, int) and attention_mask is None and key.ndim == 4
+            and key.shape[2] != req.seg_ids.shape[0])
 
 
 AttentionInterface.register(TRACE_ATTENTION, _trace_attention)
 AttentionMaskInterface.register(TRACE_ATTENTION, eager_mask)
 
 
+def _layer_of(req: _Request, module: torch.nn.Module) -> tuple[int, int]:
+    """(layer, call): the module's ``layer_idx`` (else the layer number in its module path, else
+    its order of first call) and how many calls that layer has had before."""
+    layer = getattr(module, "layer_idx", None)
+    if not isinstance(layer, int) or isinstance(layer, bool):
+        layer = req.module_layers.get(id(module))
+        if layer is None:                # no index anywhere: number the modules as they come
+            layer = req.module_layers[id(module)] = len(req.calls)
+    call = req.calls.get(layer, 0)
+    req.calls[layer] = call + 1
+    return int(layer), call
+
+
+def _per_head(x: torch.Tensor, H: int, what: str, name: str) -> torch.Tensor:
+    """``[1 or H, ...]`` -> ``[H, ...]`` (a view)."""
+    if x.shape[0] == H:
+        return x
+    if x.shape[0] == 1:
+        return x.expand(H, *x.shape[1:])
+    raise InputError(f"{name}: {what} has {x.shape[0]} heads but the attention has {H}; "
+                     "not supported by the tracer")
+
+
 def _record(
     req: _Request,
     module: torch.nn.Module,
     query: torch.Tensor,
-    logits: torch.Tensor,
-    attention_mask: torch.Tensor | None,
     key: torch.Tensor,
     value: torch.Tensor,
-    v: torch.Tensor,
+    attention_mask: torch.Tensor | None,
     out: torch.Tensor,
-    scale: float,
-    kernel_form: bool,
-    groups: int,
+    named: dict[str, Any],
 ) -> None:
-    layer = getattr(module, "layer_idx", None)
-    if layer is None:
-        layer = len(req.layers)
-    if logits.shape[0] != 1:
+    name = type(module).__name__
+    layer, call = _layer_of(req, module)
+    if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
+        raise InputError(f"{name}: attention tensors are not [batch, heads, tokens, dim]; "
+                         "not supported by the tracer")
+    B, H, T, _ = query.shape
+    if B != 1:
         raise InputError("the tracer handles one prompt at a time (batch size 1)")
-    pos = req.positions.to(logits.device)
-    H, S = logits.shape[1], logits.shape[-1]
-    if S != req.seg_ids.shape[0]:
-        raise InputError(f"the model attended over {S} keys but the prompt has "
-                         f"{req.seg_ids.shape[0]} tokens (is a key/value cache in use?)")
+    S, n_tok = key.shape[2], req.seg_ids.shape[0]
+    if S != n_tok or T != n_tok:
+        raise InputError(f"{name} attended with {T} queries over {S} keys but the prompt has "
+                         f"{n_tok} tokens (is a key/value cache in use, or does the architecture "
+                         "attend over a compressed sequence?); not supported by the tracer")
+    Hk, Hv, Dv = key.shape[1], value.shape[1], value.shape[-1]
+    if H % Hk or H % Hv:
+        raise InputError(f"{name}: {H} query heads cannot share {Hk} key / {Hv} value heads")
+    gk, gv = H // Hk, H // Hv
+    if tuple(out.shape) != (1, T, H, Dv):
+        raise InputError(f"{name}'s attention returned a tensor of shape {tuple(out.shape)}, not "
+                         f"[1, {T}, {H}, {Dv}]; not supported by the tracer")
+    scaling = named.get("scaling")
+    scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
+    softcap = named.get("softcap")
+    kernel_form = torch.full((H,), softcap is None, dtype=torch.bool)
+    dev = query.device
+    pos = req.positions.to(dev)
+    P = pos.shape[0]
+
+    def rows(x: torch.Tensor) -> torch.Tensor:          # [..., T, S] -> [..., P, S]
+        return x if req.every else x.index_select(-2, pos)
+
     # The reductions run in float64 (only the traced positions, a few heads at a time, so the
     # extra memory stays bounded): float32 sums over thousands of keys with large logits lose
     # ~1e-4 of the attention mass.
     cdtype = torch.float64
-    P = pos.shape[0]
-    extra = None
+    extra = None                                       # additive float-mask bias [H_m, P, S]
     if attention_mask is None:
-        allowed = torch.ones(P, S, dtype=torch.bool, device=logits.device)
+        allowed = torch.ones(1, P, S, dtype=torch.bool, device=dev)
     else:
-        m = attention_mask[0, 0].index_select(0, pos)                     # [P, S]
+        m = attention_mask
+        if m.ndim == 2:
+            m = m[None, None]
+        elif m.ndim == 3:
+            m = m[:, None]
+        m = rows(m[0, :, :, :S])                                            # [H_m, P, S]
+        if m.shape[0] not in (1, H):
+            raise InputError(f"{name}: the attention mask has {m.shape[0]} heads but the "
+                             f"attention has {H}; not supported by the tracer")
         if m.dtype == torch.bool:
             allowed = m
         else:
             allowed = m > torch.finfo(m.dtype).min / 2
             bias = m.masked_fill(~allowed, 0.0)
-            if bool(bias.ne(0).any()):  # additive position bias (ALiBi, ...): no kernel form
+            nz = bias.ne(0).flatten(1).any(-1)                              # [H_m]
+            if bool(nz.any()):       # additive bias in the mask (ALiBi, ...): no kernel form
                 extra = bias.to(cdtype)
-                kernel_form = False
-    seg_ids = req.seg_ids.to(logits.device)
-    group_of = req.group_of.to(logits.device)
+                kernel_form &= ~_per_head(nz, H, "the mask", name)
+    pbias = named.get("position_bias")
+    if pbias is not None:
+        if not isinstance(pbias, torch.Tensor) or pbias.ndim != 4:
+            raise InputError(f"{name}: position_bias= is not a [batch, heads, queries, keys] "
+                             "tensor; not supported by the tracer")
+        pbias = rows(pbias[0, :, :, :S])                                    # [H_p, P, S]
+        kernel_form &= ~_per_head(pbias.ne(0).flatten(1).any(-1), H, "position_bias", name)
+    sink = named.get("s_aux")
+    if sink is None:
+        sink = named.get("sinks")
+    if sink is not None:
+        if not isinstance(sink, torch.Tensor):
+            raise InputError(f"{name}: attention sinks are not a tensor; not supported")
+        if sink.ndim == 1 and sink.shape[0] == H:
+            sink = sink[:, None].expand(H, P)
+        elif sink.ndim == 4 and sink.shape[-1] == 1 and sink.shape[0] == 1:
+            sink = rows(_per_head(sink[0], H, "the sinks", name).expand(H, T, 1))[..., 0]
+        else:
+            raise InputError(f"{name}: attention sinks of shape {tuple(sink.shape)} (expected "
+                             f"[{H}] or [1, {H}, {T}, 1]); not supported by the tracer")
+        sink = sink.to(cdtype)                                              # [H, P]
+    seg_ids = req.seg_ids.to(dev)
+    group_of = req.group_of.to(dev)
     demo_cols = group_of[seg_ids] == 1                                   # [S]
-    vis_demo = allowed & demo_cols[None, :]                              # [P, S]
-    n_demo = vis_demo.sum(-1)                                            # [P]
+    vis_demo = allowed & demo_cols[None, None, :]                        # [H_m, P, S]
+    n_demo = vis_demo.sum(-1)                                            # [H_m, P]
+    n_keys = allowed.sum(-1)
+    Hm = allowed.shape[0]
     chunk = max(1, _CHUNK_ELEMENTS // max(1, P * S))
     n_fine = len(req.seg_names)
     # without kept components only the three groups' components are formed (the fine
@@ -176,37 +452,73 @@ def _record(
     all_f = allowed.to(cdtype)
     parts: list[tuple[torch.Tensor, ...]] = []
     for h0 in range(0, H, chunk):
-        lg = logits[0, h0 : h0 + chunk]
-        lg = (lg if req.every else lg.index_select(1, pos)).to(cdtype)   # [h, P, S]
+        h1 = min(H, h0 + chunk)
+        heads = torch.arange(h0, h1, device=dev)
+        mh = slice(h0, h1) if Hm > 1 else slice(0, 1)
+        q = rows(query[0, h0:h1])                                        # [h, P, D]
+        k = key[0].index_select(0, heads // gk)                          # [h, S, D]
+        # the logits with the eager function's operations, in the model's dtype
+        lg = torch.matmul(q, k.transpose(1, 2)) * scale
+        if softcap is not None:
+            lg = torch.tanh(lg / softcap) * softcap
+        if pbias is not None:
+            lg = lg + (pbias[h0:h1] if pbias.shape[0] > 1 else pbias)
+        lg = lg.to(cdtype)                                               # [h, P, S]
         if extra is not None:
-            lg = lg + extra
-        vv = v[0, h0 : h0 + chunk].to(cdtype)                            # [h, S, Dv]
+            lg = lg + extra[mh]
+        vv = value[0].index_select(0, heads // gv).to(cdtype)            # [h, S, Dv]
+        al = allowed[mh].expand(h1 - h0, P, S)
         # masked means of the logits (before masking them to -inf below)
-        md = torch.einsum("hps,ps->hp", lg, vis_f) / n_demo.to(cdtype)
-        ml = torch.einsum("hps,ps->hp", lg, all_f) / allowed.sum(-1).to(cdtype)
-        probs, ln = attention_probs(lg, allowed.expand(lg.shape[0], P, S))
+        md = torch.einsum("hps,hps->hp", lg, vis_f[mh].expand_as(lg)) / n_demo[mh].to(cdtype)
+        ml = torch.einsum("hps,hps->hp", lg, all_f[mh].expand_as(lg)) / n_keys[mh].to(cdtype)
+        if sink is not None:             # one more key: logit s_h, value 0
+            probs, ln = attention_probs(torch.cat([lg, sink[h0:h1, :, None]], -1),
+                                        torch.cat([al, al.new_ones(h1 - h0, P, 1)], -1))
+            sk = probs[..., S]
+            probs = probs[..., :S]
+        else:
+            probs, ln = attention_probs(lg, al)
+            sk = None
         c = segment_components(probs, vv, comp_ids, n_comp)              # [h, n_comp, P, Dv]
         ms = segment_mass(probs, seg_ids, n_fine)                        # [h, S_fine, P]
-        parts.append((c.movedim(-3, 0), ln, ms.movedim(-2, 0), md, ml))  # segment axis first
+        scale_ref = probs @ vv.norm(dim=-1)[:, :, None]                  # [h, P, 1]
+        parts.append((c.movedim(-3, 0), ln, ms.movedim(-2, 0), md, ml, scale_ref[..., 0], sk))
     comps = torch.cat([p[0] for p in parts], dim=1) if len(parts) > 1 else parts[0][0]
     log_norm = torch.cat([p[1] for p in parts])                          # [H, P]
     mass = torch.cat([p[2] for p in parts], dim=1)                       # [S_fine, H, P]
     mean_demo = torch.cat([p[3] for p in parts])
     mean_logit = torch.cat([p[4] for p in parts])
+    ref_scale = torch.cat([p[5] for p in parts])                         # [H, P]
+    sink_mass = torch.cat([p[6] for p in parts]) if sink is not None else None
     if req.keep_components:                                              # [S_fine, H, P, Dv]
         grouped = torch.zeros(3, *comps.shape[1:], dtype=cdtype, device=comps.device)
         grouped.index_add_(0, group_of, comps)                           # [3, H, P, Dv]
     else:
         grouped = comps                                                  # [3, H, P, Dv]
-    eta = torch.exp(torch.log(n_demo.to(cdtype) / 2.0)[None, :] - log_norm)
-    actual = (out[0] if req.every else out[0].index_select(1, pos)).to(cdtype)  # [H, P, Dv]
-    err = (grouped.sum(0) - actual).norm(dim=-1) / actual.norm(dim=-1).clamp_min(1e-30)
+    n_demo_h = _per_head(n_demo, H, "the mask", name)
+    eta = torch.exp(torch.log(n_demo_h.to(cdtype) / 2.0) - log_norm)
+    actual = rows(out[0].transpose(0, 1)).to(cdtype)                     # [H, P, Dv]
+    diff = (grouped.sum(0) - actual).norm(dim=-1)
+    err = diff / actual.norm(dim=-1).clamp_min(1e-30)
+    check = diff / ref_scale.clamp_min(1e-30)
+    tol = CHECK_TOLERANCE.get(query.dtype, 2e-2)
+    if check.numel() and float(check.max()) > tol:
+        worst = int(check.flatten().argmax()) // P
+        raise InputError(
+            f"{name} (layer {layer}): the traced decomposition differs from the model's own "
+            f"attention output by {float(check.max()):.2g} (relative, head {worst}; tolerance "
+            f"{tol:g}); the tracer does not reproduce this architecture's attention "
+            f"(keywords: {', '.join(sorted(k for k, v in named.items() if v is not None))}), "
+            "so it refuses to trace it")
     rec = _LayerRecord(
+        layer=layer, call=call,
         log_norm=log_norm.cpu(), eta=eta.cpu(), mass=mass.cpu(),
         comp_norm=grouped.norm(dim=-1).cpu(), mean_demo_logit=mean_demo.cpu(),
-        mean_logit=mean_logit.cpu(), num_demo=n_demo.cpu(), num_keys=allowed.sum(-1).cpu(),
-        kernel_form=kernel_form,
-        max_rel_error=float(err.max()) if err.numel() else 0.0, scale=scale, kv_groups=groups,
+        mean_logit=mean_logit.cpu(), num_demo=n_demo_h.cpu(),
+        num_keys=_per_head(n_keys, H, "the mask", name).cpu(), kernel_form=kernel_form.cpu(),
+        max_rel_error=float(err.max()) if err.numel() else 0.0,
+        sink_mass=sink_mass.cpu() if sink_mass is not None else None,
+        scale=scale, kv_groups=gk, value_groups=gv,
     )
     if req.keep_components:
         rec.components = comps.cpu()
@@ -214,9 +526,9 @@ def _record(
         demo_pos = demo_cols.nonzero().flatten()
         rec.demo_keys = key[0].index_select(1, demo_pos).detach().to(cdtype).cpu()
         rec.demo_values = value[0].index_select(1, demo_pos).detach().to(cdtype).cpu()
-        rec.demo_visible = allowed.index_select(1, demo_pos).cpu()
-        rec.queries = query[0].index_select(1, pos).detach().to(cdtype).cpu()
-    req.layers[int(layer)] = rec
+        rec.demo_visible = allowed.index_select(2, demo_pos).cpu()
+        rec.queries = rows(query[0]).detach().to(cdtype).cpu()
+    req.records.append(rec)
     if req.progress is not None:
         req.progress.update(1)
 
@@ -224,9 +536,14 @@ def _record(
 # ============================================================================ result
 @dataclass(frozen=True)
 class TraceResult:
-    """Per layer, head and traced query position: the SPEC §1–2 quantities of a real model.
+    """Per attention call (layer), head and traced query position: the SPEC §1–2 quantities of a
+    real model.
 
-    Shapes use ``L`` layers, ``H`` query heads, ``P`` traced positions.
+    Shapes use ``L`` entries, ``H`` query heads, ``P`` traced positions. An entry is one call of
+    the attention function: for most models entry ``i`` is layer ``i``; a layer that calls
+    attention twice (DiffLlama) has two consecutive entries, and the layers of a hybrid model
+    that are not softmax attention have none (:attr:`layer_index` maps entries to layers,
+    :attr:`untraced_layers` lists the others).
 
     Attributes
     ----------
@@ -238,35 +555,52 @@ class TraceResult:
     positions : LongTensor ``[P]``
         Traced query positions.
     log_normalizer : Tensor ``[L, H, P]``
-        ``log D'_t``.
+        ``log D'_t`` (attention sinks included).
     eta : Tensor ``[L, H, P]``
         ``eta*_t = N_t / (2 D'_t)``.
     attention_mass : dict[str, Tensor ``[L, H, P]``]
-        Attention probability mass of ``"prefix"``, ``"demos"``, ``"query"``.
+        Attention probability mass of ``"prefix"``, ``"demos"``, ``"query"`` and, for models
+        with attention sinks, ``"sink"`` (the masses sum to 1).
     component_norm : dict[str, Tensor ``[L, H, P]``]
-        ``||c_S(t)||`` of the three grouped segments.
+        ``||c_S(t)||`` of the grouped segments (the sink's is 0: its value is zero).
     demo_share : Tensor ``[L, H, P]``
         ``||c_D|| / (||c_prefix|| + ||c_D|| + ||c_Q||)``: the demonstrations' share of the output.
     mean_demo_logit : Tensor ``[L, H, P]``
         Mean logit over the visible demonstration keys (domain stationarity).
     mean_logit : Tensor ``[L, H, P]``
-        Mean logit over all attended keys.
+        Mean logit over all attended keys (sinks excluded).
     num_demo_keys : LongTensor ``[L, P]``
-        ``N_t`` (sliding windows make it layer-dependent).
+        ``N_t`` (sliding windows make it layer-dependent); with per-head masks the largest over
+        the heads (:attr:`num_demo_keys_by_head` has each).
     num_keys : LongTensor ``[L, P]``
         ``n_t``, the number of keys position ``t`` attends to (Jensen:
-        ``log(D'_t / n_t) >= mean_logit``).
+        ``log(D'_t / n_t) >= mean_logit``); with per-head masks the largest over the heads.
     has_kernel_form : BoolTensor ``[L, H]``
-        Whether the head's logits are a pure scaled dot product (``W_0`` exists).
+        Whether the head's logits are a pure scaled dot product (``W_0`` exists): False for
+        soft-capped logits and for heads with an additive bias (ALiBi-style float mask,
+        ``position_bias``).
     max_decomposition_error : float
-        Largest ``||sum_S c_S - o|| / ||o||`` over layers, heads and positions, against the
-        attention output the model actually used.
+        Largest ``||sum_S c_S - o|| / ||o||`` over entries, heads and positions, against the
+        attention output of the model's own attention function.
     logits : Tensor ``[P, V]``
         The model's output logits at the traced positions.
     demo_mass : dict[str, Tensor ``[L, H, P]``] or None
         Attention mass of every single demonstration (``per_demo=True``).
     components : dict[str, Tensor ``[L, H, P, Dv]``] or None
         Full segment components (``keep_components=True``), fine segments.
+    layer_index : LongTensor ``[L]``
+        The model layer of every entry.
+    call_index : LongTensor ``[L]``
+        0 for a layer's first attention call, 1 for its second (DiffLlama), ...
+    untraced_layers : tuple of int
+        Layers without softmax attention (hybrid models: linear attention, convolution,
+        state-space layers); empty for pure transformers.
+    auxiliary_attention : dict[str, int]
+        Attention calls that are not over the prompt's tokens (no layer index, no mask, keys
+        that are not the tokens: Inkling2's attention residuals over earlier layers' outputs),
+        by module class: run unchanged, not decomposed.
+    num_demo_keys_by_head, num_keys_by_head : LongTensor ``[L, H, P]``
+        ``N_t`` and ``n_t`` per head (they differ between heads only with per-head masks).
     """
 
     input_ids: torch.Tensor
@@ -288,47 +622,62 @@ class TraceResult:
     demo_mass: dict[str, torch.Tensor] | None = None
     components: dict[str, torch.Tensor] | None = None
     _records: dict[int, _LayerRecord] | None = field(default=None, repr=False)
+    layer_index: torch.Tensor | None = None
+    call_index: torch.Tensor | None = None
+    untraced_layers: tuple[int, ...] = ()
+    num_demo_keys_by_head: torch.Tensor | None = None
+    num_keys_by_head: torch.Tensor | None = None
+    auxiliary_attention: dict[str, int] = field(default_factory=dict)
 
     @property
     def num_layers(self) -> int:
+        """Number of entries ``L`` (attention calls; the model's layer count for most models)."""
         return int(self.eta.shape[0])
 
     @property
     def num_heads(self) -> int:
         return int(self.eta.shape[1])
 
+    def _record(self, layer: int, what: str) -> _LayerRecord:
+        if self._records is None or self._records[layer].demo_keys is None:
+            raise InputError(f"{what} not kept: call trace(..., keep_w0=True)")
+        return self._records[layer]
+
     def w0(self, layer: int, head: int, position: int = -1) -> DualWeights:
         """Dual distilled weights ``W_0(t)`` of one head (needs ``trace(..., keep_w0=True)``).
 
-        ``position`` indexes :attr:`positions` (default: the last traced position).
+        ``layer`` indexes the entries (see :attr:`layer_index`); ``position`` indexes
+        :attr:`positions` (default: the last traced position).
         """
-        if self._records is None or self._records[layer].demo_keys is None:
-            raise InputError("W_0 was not kept: call trace(..., keep_w0=True)")
-        rec = self._records[layer]
-        if not rec.kernel_form:
-            raise InputError(f"layer {layer} has no kernel form (soft-capped or biased logits), "
-                             "so W_0 is not defined")
-        kv = head // rec.kv_groups
-        vis = rec.demo_visible[position]
-        return DualWeights(keys=rec.demo_keys[kv][vis], coefficients=rec.demo_values[kv][vis],
+        rec = self._record(layer, "W_0 was")
+        if not bool(rec.kernel_form[head]):
+            raise InputError(f"layer {layer} head {head} has no kernel form (soft-capped or "
+                             "biased logits), so W_0 is not defined")
+        vis = rec.demo_visible[head if rec.demo_visible.shape[0] > 1 else 0, position]
+        return DualWeights(keys=rec.demo_keys[head // rec.kv_groups][vis],
+                           coefficients=rec.demo_values[head // rec.value_groups][vis],
                            log_multiplier=-float(rec.log_norm[head, position]), scale=rec.scale)
 
     def query(self, layer: int, head: int, position: int = -1) -> torch.Tensor:
         """The head's actual query vector ``q_t`` ``[D]`` (post-RoPE; needs ``keep_w0=True``)."""
-        if self._records is None or self._records[layer].queries is None:
-            raise InputError("queries were not kept: call trace(..., keep_w0=True)")
-        return self._records[layer].queries[head, position]
+        return self._record(layer, "queries were").queries[head, position]
 
     def to_frame(self) -> Any:
-        """Long-format ``pandas.DataFrame``: one row per (layer, head, position)."""
+        """Long-format ``pandas.DataFrame``: one row per (entry, head, position); ``layer`` is the
+        model layer (:attr:`layer_index`), ``call`` the call within it."""
         import pandas as pd
 
         L, H, P = self.eta.shape
         lay, hd, pi = torch.meshgrid(torch.arange(L), torch.arange(H), torch.arange(P),
                                      indexing="ij")
         pos = self.positions[pi.flatten()]
+        layer_index = self.layer_index if self.layer_index is not None else torch.arange(L)
+        call_index = self.call_index if self.call_index is not None else torch.zeros(L, dtype=int)
+        n_demo = (self.num_demo_keys_by_head if self.num_demo_keys_by_head is not None
+                  else self.num_demo_keys[:, None, :].expand(L, H, P))
         cols: dict[str, Any] = {
-            "layer": lay.flatten().numpy(),
+            "layer": layer_index[lay.flatten()].numpy(),
+            "call": call_index[lay.flatten()].numpy(),
             "head": hd.flatten().numpy(),
             "position": pos.numpy(),
             "token": [self.tokens[int(p)] for p in pos],
@@ -337,22 +686,68 @@ class TraceResult:
             "demo_share": self.demo_share.flatten().numpy(),
             "mean_demo_logit": self.mean_demo_logit.flatten().numpy(),
             "mean_logit": self.mean_logit.flatten().numpy(),
-            "num_demo_keys": self.num_demo_keys[:, None, :].expand(L, H, P).flatten().numpy(),
+            "num_demo_keys": n_demo.flatten().numpy(),
             "has_kernel_form": self.has_kernel_form[:, :, None].expand(L, H, P).flatten()
             .numpy(),
         }
-        for g in _GROUPS:
+        for g in self.attention_mass:
             cols[f"mass_{g}"] = self.attention_mass[g].flatten().numpy()
             cols[f"norm_{g}"] = self.component_norm[g].flatten().numpy()
         return pd.DataFrame(cols)
 
 
 # ============================================================================ entry point
+def _text_config(config: Any) -> Any:
+    get = getattr(config, "get_text_config", None)
+    try:
+        return get() if callable(get) else config
+    except Exception:  # pragma: no cover - exotic composite configs
+        return config
+
+
 def _context_length(config: Any) -> int | None:
-    for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
-        v = getattr(config, name, None)
-        if isinstance(v, int) and v > 0:
-            return v
+    for cfg in (_text_config(config), config):
+        for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+            v = getattr(cfg, name, None)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+    return None
+
+
+def _num_layers(config: Any) -> int | None:
+    for cfg in (_text_config(config), config):
+        for name in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+            v = getattr(cfg, name, None)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+    return None
+
+
+#: Words in a config's layer-type names that mark a layer without softmax attention.
+_NON_SOFTMAX = ("linear", "conv", "mamba", "recurrent", "ssm", "delta", "mlp", "moe", "rwkv",
+                "lightning", "retention")
+
+
+def _declared_softmax_layers(config: Any, n: int) -> list[bool] | None:
+    """Per layer, whether the config declares it a softmax-attention layer (``layer_types``,
+    ``layers_block_type``, ``block_types``, ``hybrid_override_pattern``, ``attn_layer_indices``,
+    ``attn_layer_period/offset``); None when it declares nothing."""
+    cfg = _text_config(config)
+    for attr in ("layer_types", "layers_block_type", "block_types"):
+        types = getattr(cfg, attr, None)
+        if isinstance(types, (list, tuple)) and types and all(isinstance(t, str) for t in types):
+            return [not any(w in types[i % len(types)].lower() for w in _NON_SOFTMAX)
+                    for i in range(n)]
+    pattern = getattr(cfg, "hybrid_override_pattern", None)
+    if isinstance(pattern, str) and len(pattern) >= n:
+        return [c == "*" for c in pattern[:n]]
+    idx = getattr(cfg, "attn_layer_indices", None)
+    if isinstance(idx, (list, tuple)):
+        return [i in set(idx) for i in range(n)]
+    period, offset = getattr(cfg, "attn_layer_period", None), getattr(cfg, "attn_layer_offset",
+                                                                      None)
+    if isinstance(period, int) and isinstance(offset, int) and period > 0:
+        return [i % period == offset for i in range(n)]
     return None
 
 
@@ -376,6 +771,18 @@ def _resolve_positions(positions: str | Sequence[int], tok: TokenizedPrompt) -> 
     return pos
 
 
+def _module_layers(model: Any) -> dict[int, int]:
+    """``id(module) -> layer`` for modules without ``layer_idx``: the first number in the
+    module's path (``model.layers.3.self_attn`` -> 3)."""
+    out: dict[int, int] = {}
+    for path, m in model.named_modules():
+        if getattr(m, "layer_idx", None) is None:
+            nums = [int(p) for p in path.split(".") if p.isdigit()]
+            if nums:
+                out[id(m)] = nums[0]
+    return out
+
+
 def trace(
     model: Any,
     tokenizer: Any,
@@ -393,7 +800,9 @@ def trace(
     ----------
     model : transformers.PreTrainedModel
         A causal LM whose attention goes through ``transformers``' attention interface (Llama,
-        Gemma/Gemma3, Qwen2, Mistral, Phi-3, GPT-2, GPT-NeoX, ...). It is left unchanged.
+        Gemma/Gemma2/Gemma3, Qwen2/Qwen3, Mistral, Phi-3, GPT-2, GPT-NeoX, GPT-OSS, DeepSeek,
+        ...; ``benchmarks/results/tracer_coverage.md`` lists every architecture of the installed
+        ``transformers``). It is left unchanged.
     tokenizer
         Its fast tokenizer.
     prompt : Prompt or TokenizedPrompt
@@ -415,8 +824,10 @@ def trace(
     Raises
     ------
     InputError
-        Prompt longer than the model's context, an architecture that does not route attention
-        through the attention interface, batch size other than 1.
+        Prompt longer than the model's context, batch size other than 1, an architecture that
+        does not route attention through the attention interface, passes it a keyword the tracer
+        does not understand, or whose attention the decomposition does not reproduce within
+        :data:`CHECK_TOLERANCE`.
     """
     tok = prompt.tokenize(tokenizer) if isinstance(prompt, Prompt) else prompt
     if not isinstance(tok, TokenizedPrompt):
@@ -430,20 +841,21 @@ def trace(
     index = {n: i for i, n in enumerate(fine)}
     seg_ids = torch.tensor([index[s] for s in tok.segments], dtype=torch.long)
     group_of = torch.tensor([_GROUPS.index(group_segment(n)) for n in fine], dtype=torch.long)
-    n_layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config,
-                                                                          "n_layer", None)
+    n_layers = _num_layers(model.config)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_layers, desc="tracing layers", unit="layer", leave=False)
     every = pos.numel() == T and bool((pos == torch.arange(T)).all())
-    req = _Request(seg_ids, fine, group_of, pos, keep_components, keep_w0, every, progress=bar)
+    req = _Request(seg_ids, fine, group_of, pos, keep_components, keep_w0, every, progress=bar,
+                   module_layers=_module_layers(model))
+    name = type(model).__name__
     previous = model.config._attn_implementation
     try:
         model.set_attn_implementation(TRACE_ATTENTION)
-    except (ValueError, AttributeError, NotImplementedError) as exc:
-        raise InputError(f"{type(model).__name__} cannot use a custom attention function "
+    except (ValueError, AttributeError, NotImplementedError, KeyError) as exc:
+        raise InputError(f"{name} cannot use a custom attention function "
                          f"(transformers' attention interface): {exc}") from exc
     token = _ACTIVE.set(req)
     try:
@@ -455,22 +867,42 @@ def trace(
         model.set_attn_implementation(previous)
         if bar is not None:
             bar.close()
-    if not req.layers:
-        raise InputError(f"{type(model).__name__} does not route attention through "
-                         "transformers' attention interface; this architecture is not supported")
-    if n_layers is not None and len(req.layers) != n_layers:
-        raise InputError(f"only {len(req.layers)} of {n_layers} layers of "
-                         f"{type(model).__name__} went through the attention interface")
+    if not req.records:
+        raise InputError(f"{name} does not route attention through transformers' attention "
+                         "interface (or has no softmax attention over the tokens); this "
+                         "architecture is not supported")
+    traced = {r.layer for r in req.records}
+    untraced: tuple[int, ...] = ()
+    if n_layers is not None:
+        untraced = tuple(i for i in range(n_layers) if i not in traced)
+    if untraced:
+        softmax = _declared_softmax_layers(model.config, n_layers)
+        if softmax is None:
+            raise InputError(f"only {len(traced)} of {n_layers} layers of {name} went through "
+                             "the attention interface and its config does not declare the "
+                             "others non-attention layers; this architecture is not supported")
+        missed = [i for i in untraced if softmax[i]]
+        if missed:
+            raise InputError(f"layers {missed} of {name} are attention layers but did not go "
+                             "through the attention interface; this architecture is not "
+                             "supported")
+    heads = {int(r.eta.shape[0]) for r in req.records}
+    if len(heads) > 1:
+        raise InputError(f"the layers of {name} have different numbers of attention heads "
+                         f"({sorted(heads)}); the tracer needs one head count for all layers")
+    if keep_components and len({int(r.components.shape[-1]) for r in req.records}) > 1:
+        raise InputError(f"the layers of {name} have different value sizes; trace it without "
+                         "keep_components")
     logits = out.logits[0]
     if not every:                                  # all positions: the model's logits, no copy
         logits = logits.index_select(0, pos.to(logits.device))
     del out
-    return _assemble(req, tok, tokenizer, logits.float().cpu(), per_demo)
+    return _assemble(req, tok, tokenizer, logits.float().cpu(), per_demo, untraced)
 
 
 def _assemble(req: _Request, tok: TokenizedPrompt, tokenizer: Any, logits: torch.Tensor,
-              per_demo: bool) -> TraceResult:
-    recs = [req.layers[i] for i in sorted(req.layers)]
+              per_demo: bool, untraced: tuple[int, ...] = ()) -> TraceResult:
+    recs = sorted(req.records, key=lambda r: (r.layer, r.call))
 
     def stack(attr: str) -> torch.Tensor:
         return torch.stack([getattr(r, attr) for r in recs])
@@ -481,6 +913,13 @@ def _assemble(req: _Request, tok: TokenizedPrompt, tokenizer: Any, logits: torch
     grouped_mass.index_add_(1, req.group_of, mass_fine)
     comp_norm = stack("comp_norm")                              # [L, 3, H, P]
     share = comp_norm[:, 1] / comp_norm.sum(1).clamp_min(1e-30)
+    attention_mass = {g: grouped_mass[:, i] for i, g in enumerate(_GROUPS)}
+    component_norm = {g: comp_norm[:, i] for i, g in enumerate(_GROUPS)}
+    if any(r.sink_mass is not None for r in recs):
+        zeros = torch.zeros(H, P, dtype=mass_fine.dtype)
+        attention_mass[SINK] = torch.stack([r.sink_mass if r.sink_mass is not None else zeros
+                                            for r in recs])
+        component_norm[SINK] = torch.zeros(L, H, P, dtype=comp_norm.dtype)
     demo_mass = None
     if per_demo:
         demo_mass = {n: mass_fine[:, i] for i, n in enumerate(req.seg_names)
@@ -495,6 +934,8 @@ def _assemble(req: _Request, tok: TokenizedPrompt, tokenizer: Any, logits: torch
         tokens = tuple(tokenizer.convert_ids_to_tokens(tok.input_ids.tolist()))
     except Exception:  # pragma: no cover - exotic tokenizers
         tokens = tuple(str(i) for i in tok.input_ids.tolist())
+    n_demo = stack("num_demo")                                  # [L, H, P]
+    n_keys = stack("num_keys")
     return TraceResult(
         input_ids=tok.input_ids,
         tokens=tokens,
@@ -502,17 +943,23 @@ def _assemble(req: _Request, tok: TokenizedPrompt, tokenizer: Any, logits: torch
         positions=req.positions,
         log_normalizer=stack("log_norm"),
         eta=stack("eta"),
-        attention_mass={g: grouped_mass[:, i] for i, g in enumerate(_GROUPS)},
-        component_norm={g: comp_norm[:, i] for i, g in enumerate(_GROUPS)},
+        attention_mass=attention_mass,
+        component_norm=component_norm,
         demo_share=share,
         mean_demo_logit=stack("mean_demo_logit"),
         mean_logit=stack("mean_logit"),
-        num_demo_keys=stack("num_demo"),
-        num_keys=stack("num_keys"),
-        has_kernel_form=torch.tensor([[r.kernel_form] * H for r in recs], dtype=torch.bool),
+        num_demo_keys=n_demo.amax(1),
+        num_keys=n_keys.amax(1),
+        has_kernel_form=stack("kernel_form"),
         max_decomposition_error=max(r.max_rel_error for r in recs),
         logits=logits,
         demo_mass=demo_mass,
         components=components,
         _records=dict(enumerate(recs)) if req.keep_w0 else None,
+        layer_index=torch.tensor([r.layer for r in recs], dtype=torch.long),
+        call_index=torch.tensor([r.call for r in recs], dtype=torch.long),
+        untraced_layers=untraced,
+        num_demo_keys_by_head=n_demo,
+        num_keys_by_head=n_keys,
+        auxiliary_attention=dict(req.auxiliary),
     )
