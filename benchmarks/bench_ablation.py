@@ -35,7 +35,7 @@ from icldistill.reports import write_ablation_report
 from icldistill.stats import paired_comparisons
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fewshot import _claim
+from bench_fewshot import others_running, run_shared
 
 HERE = Path(__file__).resolve().parent
 TASKS = ("rt-sentiment", "r8", "openbookqa")
@@ -87,15 +87,8 @@ def main(argv: list[str] | None = None) -> int:
            f"--tasks {','.join(tasks)} --encoders {','.join(encoders)} --k {args.k} "
            f"--n-test {args.n_test}")
     if not args.report_only:
-        for u in todo:
-            key = u.key(h.task(u.task).fingerprint)
-            if key in h.finished() or not _claim(out, key):
-                continue
-            try:
-                h.run([u])
-            finally:
-                (out / "claims" / key).unlink(missing_ok=True)
-        if any((out / "claims").glob("*")):
+        run_shared(h, out, todo)
+        if others_running(out):
             print("other workers are still running; they write the report", file=sys.stderr)
             return 0
     results = load_results(out)

@@ -10,9 +10,12 @@ after an interruption), then writes ``<out>/report.md`` and ``report.html`` with
     python benchmarks/bench_fewshot.py --models qwen2.5-0.5b --dtype bfloat16 --threads 1 &
     python benchmarks/bench_fewshot.py --models qwen2.5-0.5b --dtype bfloat16 --threads 1 &
 
-Several processes started with the same command share the grid: each claims a unit
-(``<out>/claims/<key>``, created exclusively, holding the worker's pid) before running it and
-skips units another live worker holds; a dead worker's claims are taken over.
+Several processes started with the same command share the grid: a worker runs a unit only
+under its lock (``<out>/locks/<key>.lock``, :func:`icldistill.store.unit_lock`, taken without
+waiting) and skips units another live worker holds; the operating system releases a dead
+worker's locks, so its units are picked up by the next pass or the next run. Claim files of the
+former scheme (``<out>/claims/<key>`` holding a live worker's pid) are still honoured, so a
+worker of this version can join workers started before it.
 
 Defaults: tasks amazon, imdb, yelp, rt-sentiment, rt-subjectivity, r8 (+ boolq with
 ``--tasks ...,boolq``), all selectors, k in {4, 8}, 200 test inputs per task, 3 seeds for the
@@ -32,34 +35,62 @@ from pathlib import Path
 import torch
 
 from icldistill._artifacts import pid_alive
-from icldistill.harness import Harness, Task, load_predictions, load_results, unit_grid
+from icldistill.harness import (
+    Harness,
+    Task,
+    UnitSpec,
+    load_predictions,
+    load_results,
+    unit_grid,
+)
 from icldistill.reports import write_comparison_report
 from icldistill.selection import SELECTORS
 from icldistill.stats import paired_comparisons
+from icldistill.store import held_locks, unit_lock
 
 HERE = Path(__file__).resolve().parent
 TASKS = ("amazon", "imdb", "yelp", "rt-sentiment", "rt-subjectivity", "r8")
 MODELS = ("smollm2-135m", "qwen2.5-0.5b")
 
 
-def _claim(out: Path, key: str) -> bool:
-    """Claim unit ``key`` for this process; False when a live worker holds it."""
-    path = out / "claims" / key
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _legacy_claim_held(out: Path, key: str) -> bool:
+    """Whether ``<out>/claims/<key>`` (the former claim files) names another live worker."""
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        try:
-            pid = int(path.read_text().strip() or 0)
-        except (OSError, ValueError):
-            return False
-        if pid == 0 or pid == os.getpid() or pid_alive(pid):
-            return False         # being written, or held by a live worker
-        path.unlink(missing_ok=True)     # a dead worker's claim
-        return _claim(out, key)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(str(os.getpid()))
-    return True
+        pid = int((out / "claims" / key).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return False
+    return pid > 0 and pid != os.getpid() and pid_alive(pid)
+
+
+def run_shared(h: Harness, out: Path, units: list[UnitSpec], *,
+               deadline: float | None = None) -> None:
+    """Run ``units`` through ``h``, sharing them with other workers on the folder ``out``.
+
+    A unit is run only under its lock, taken without waiting; units held by another worker
+    are skipped, and retried once at the end (their worker may have died meanwhile).
+    ``deadline`` (``time.time()`` value) stops starting new units.
+    """
+    skipped: list[UnitSpec] = []
+    for second in (False, True):
+        for u in skipped if second else units:
+            if deadline is not None and time.time() > deadline:
+                print(f"time budget reached; rerun to resume ({out})", file=sys.stderr)
+                return
+            key = u.key(h.task(u.task).fingerprint)
+            if key in h.finished() or _legacy_claim_held(out, key):
+                continue
+            with unit_lock(out, key, blocking=False) as mine:
+                if mine:
+                    h.run([u])
+                elif not second:
+                    skipped.append(u)
+
+
+def others_running(out: Path) -> bool:
+    """Whether another worker holds a unit of ``out`` (a lock, or a former claim file)."""
+    claims = out / "claims"
+    legacy = claims.is_dir() and any(_legacy_claim_held(out, p.name) for p in claims.iterdir())
+    return legacy or bool(held_locks(out))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,18 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         # prefix pass per unit) before per-query ones, k=4 before k=8
         units.sort(key=lambda u: (models.index(u.model), not SELECTORS[u.selector].shared,
                                   u.k, tasks.index(u.task)))
-        for u in units:
-            if args.max_minutes is not None and (time.time() - t0) / 60 > args.max_minutes:
-                print(f"time budget reached; rerun to resume ({out})", file=sys.stderr)
-                break
-            key = u.key(h.task(u.task).fingerprint)
-            if key in h.finished() or not _claim(out, key):
-                continue
-            try:
-                h.run([u])
-            finally:
-                (out / "claims" / key).unlink(missing_ok=True)
-        if args.report_only_if_done and any((out / "claims").glob("*")):
+        run_shared(h, out, units, deadline=None if args.max_minutes is None
+                   else t0 + 60 * args.max_minutes)
+        if args.report_only_if_done and others_running(out):
             print("other workers are still running; they write the report", file=sys.stderr)
             return 0
     results = load_results(out)

@@ -124,6 +124,68 @@ def test_an_interrupted_unit_resumes_without_recomputing(tmp_path, toy, monkeypa
     assert not (tmp_path / "run" / "partial" / f"{r.key}.jsonl").exists()
 
 
+def _fake_scores(stop_after: dict):
+    """A stand-in for ``FewShotScorer.score``: label log-probabilities that are a fixed
+    function of each prompt's full text (so the same prompt always gets the same scores,
+    whichever path - scored, read from the score store, read from partial/ - they come by),
+    reported batch by batch like the real scorer; raises :class:`_Interrupt` after
+    ``stop_after["n"]`` batches when that is set."""
+    import hashlib
+
+    def score(self, queries, demonstrations=None, *, per_query=None, on_batch=None, **kw):
+        texts = [self.prompt(per_query[i] if per_query is not None else demonstrations,
+                             q).render().text for i, q in enumerate(queries)]
+        lp = np.array([[-(b % 97) / 10.0 for b in hashlib.sha256(t.encode()).digest()[:2]]
+                       for t in texts], dtype=np.float64)
+        calls = 0
+        for s in range(0, len(queries), self.batch_size):
+            idx = np.arange(s, min(s + self.batch_size, len(queries)))
+            if on_batch is not None:
+                on_batch(idx, lp[idx])
+            calls += 1
+            if stop_after.get("n") is not None and calls >= stop_after["n"]:
+                raise _Interrupt
+        return evaluation.ScoreResult(lp, self.labels, None, 0, 0, 0.0)
+
+    return score
+
+
+def test_resume_with_reused_prompts_records_unit_level_row_indices(tmp_path, toy, monkeypatch):
+    """Issue 14, item 9 (seeded bug): after a resume, and with some of the unit's prompts
+    already in the score store, partial/ must record unit-level row indices. A unit
+    interrupted twice must give the predictions of an uninterrupted run."""
+    from icldistill.harness import load_predictions
+
+    stop: dict = {"n": None}
+    monkeypatch.setattr(evaluation.FewShotScorer, "score", _fake_scores(stop))
+
+    def harness(folder):
+        return Harness(folder, tasks={"toy": toy}, model_loader=_loader, progress=False,
+                       embedding_cache=tmp_path / "emb", reference_encoder="hidden:-1",
+                       n_boot=20, batch_size=2)
+
+    unit = UnitSpec("tiny", "toy", "knn", k=2, encoder="hidden:-1", n_test=12)
+    fresh = harness(tmp_path / "fresh").run_unit(unit)
+    want = load_predictions(tmp_path / "fresh")[fresh.key][0]
+    # a unit with the same first 4 prompts fills the score store: rows 0-3 will be reused
+    run = tmp_path / "run"
+    harness(run).run_unit(UnitSpec("tiny", "toy", "knn", k=2, encoder="hidden:-1", n_test=4))
+    stop["n"] = 2                        # rows 4-7 scored, then interrupted
+    with pytest.raises(_Interrupt):
+        harness(run).run_unit(unit)
+    stop["n"] = 1                        # rows 0-3 reused, 4-7 from partial/, 8-9 scored
+    with pytest.raises(_Interrupt):
+        harness(run).run_unit(unit)
+    stop["n"] = None
+    got = harness(run).run_unit(unit)
+    assert got.key == fresh.key and got.n_reused >= 4
+    # the scenario can tell: batch-local indices would have put rows 4-7 / 8-9's scores on
+    # rows 0-3, whose predictions differ
+    assert [want[i] for i in (8, 9, 6, 7)] != want[:4]
+    assert load_predictions(run)[got.key][0] == want
+    assert got.accuracy == fresh.accuracy
+
+
 def test_a_torn_results_line_is_ignored(tmp_path, toy):
     h = _harness(tmp_path, toy)
     r = h.run_unit(UnitSpec("tiny", "toy", "random", k=2, encoder="hidden:-1", n_test=8))
@@ -251,3 +313,34 @@ def test_pool_size_caps_the_pool_stratified_and_keeps_the_test_items():
     assert big.fingerprint == full.fingerprint
     with pytest.raises(InputError, match="pool_size"):
         Task.from_registry("amazon", pool_size=0, progress=False)
+
+
+def test_mmd2_query_is_the_mean_of_per_query_mmd2_brute_force(tmp_path, toy):
+    """mmd2_query = mean_q MMD^2(S_q, {q}) with the biased estimator, checked against an
+    explicit per-query computation (catches a lost factor 2 in the cross term)."""
+    from icldistill.mmd import mmd
+
+    h = _harness(tmp_path, toy)
+    rng = np.random.default_rng(0)
+    n_pool = len(toy.split.train)
+    test_idx = np.arange(6)
+    idx = np.stack([rng.choice(n_pool, 3, replace=False) for _ in test_idx])
+    got_task, got_query = h.mmd_to_task(toy, "tiny", idx, test_idx, shared=False)
+    kern = h.reference_kernel(toy, "tiny")
+    pool = torch.as_tensor(h.embeddings(toy, "train", "hidden:-1", "tiny"), dtype=torch.float64)
+    test = torch.as_tensor(h.embeddings(toy, "test", "hidden:-1", "tiny"), dtype=torch.float64)
+    per = []
+    for i, row in zip(test_idx, idx, strict=True):
+        s, q = pool[row], test[i : i + 1]
+        brute = (kern(s, s).mean() - 2 * kern(s, q).mean() + kern(q, q).mean()).item()
+        assert brute == pytest.approx(float(mmd(s, q, kern, "biased")), rel=1e-9, abs=1e-12)
+        per.append(brute)
+    assert got_query == pytest.approx(float(np.mean(per)), rel=1e-9, abs=1e-12)
+    shown = pool[torch.as_tensor(idx.reshape(-1))]
+    assert got_task == pytest.approx(float(mmd(shown, test[:6], kern, "biased")), rel=1e-9)
+    # shared set: the per-query term uses the one set for every query
+    _, shared_q = h.mmd_to_task(toy, "tiny", idx[:1], test_idx, shared=True)
+    s = pool[torch.as_tensor(idx[0])]
+    per = [(kern(s, s).mean() - 2 * kern(s, test[i : i + 1]).mean() + 1.0).item()
+           for i in test_idx]
+    assert shared_q == pytest.approx(float(np.mean(per)), rel=1e-9)

@@ -76,9 +76,14 @@ def test_list_models_on_empty_cache(tmp_path):
 
 def test_cache_root_env(monkeypatch, tmp_path):
     monkeypatch.setenv("ICLDISTILL_CACHE", str(tmp_path / "c"))
-    assert cache_root() == tmp_path / "c"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "c"                  # $ICLDISTILL_CACHE first
     assert cache_root(tmp_path / "d") == tmp_path / "d"
     monkeypatch.delenv("ICLDISTILL_CACHE")
+    assert cache_root() == tmp_path / "xdg" / "icldistill"  # then $XDG_CACHE_HOME/icldistill
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/path")  # ignored (XDG: absolute only)
+    assert cache_root() == Path.home() / ".cache" / "icldistill"
+    monkeypatch.delenv("XDG_CACHE_HOME")
     assert cache_root() == Path.home() / ".cache" / "icldistill"
 
 
@@ -294,6 +299,118 @@ def test_interrupted_fetch_is_redone(fake_model, monkeypatch):
     marker = json.loads((path / MARKER_FILE).read_text())
     (path / MARKER_FILE).write_text(json.dumps({**marker, "sha256": "f" * 64}))
     assert cached_path("tiny-test", cache) is None
+
+
+# --------------------------------------------------------------------------------------------
+# Cache integrity: manifests, verify, damaged folders
+# --------------------------------------------------------------------------------------------
+
+
+def _weights(path: Path, n: int = 64) -> None:
+    """A real (tiny) safetensors file."""
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.arange(n, dtype=torch.float32)}, str(path))
+
+
+def test_fetch_writes_a_manifest_and_damage_is_detected(fake_model, capsys):
+    from icldistill.models import DamagedCacheError, verify
+
+    _, calls, cache = fake_model
+    path = fetch("tiny-test", cache_dir=cache, progress=False)
+    manifest = json.loads((path / reg.MANIFEST_FILE).read_text())
+    files = manifest["files"]
+    assert set(files) == {"config.json", "model.safetensors", "licence/tiny_part1/LICENSE"}
+    assert files["model.safetensors"] == {
+        "size": 7, "sha256": hashlib.sha256(b"weights").hexdigest()}
+    assert verify("tiny-test", cache).ok
+    assert main(["models", "verify", "--cache-dir", str(cache)]) == 0
+    assert "tiny-test: ok" in capsys.readouterr().out
+    # truncated: every load notices (sizes), with the file and the fix in one line
+    (path / "model.safetensors").write_bytes(b"wei")
+    with pytest.raises(DamagedCacheError, match=r"model\.safetensors: 3 bytes, the manifest "
+                       r"says 7 \(truncated\).*icldistill models fetch tiny-test"):
+        fetch("tiny-test", cache_dir=cache, progress=False)
+    with pytest.raises(InputError, match="damaged"):
+        load_model("tiny-test", cache_dir=cache, progress=False)
+    assert main(["models", "verify", "tiny-test", "--cache-dir", str(cache)]) == 2
+    out = capsys.readouterr()
+    assert "tiny-test: DAMAGED" in out.out and "model.safetensors: 3 bytes" in out.out
+    assert "fix: icldistill models fetch tiny-test" in out.out
+    assert len(out.err.strip().splitlines()) == 1 and "icldistill models fetch" in out.err
+    # altered, same size: loading trusts the sizes; verify compares the sha256
+    (path / "model.safetensors").write_bytes(b"weightz")
+    assert fetch("tiny-test", cache_dir=cache, progress=False) == path
+    check = verify("tiny-test", cache)
+    assert not check.ok and check.problems == (
+        "model.safetensors: sha256 differs from the manifest (altered or corrupted)",)
+    # `models fetch` verifies and rebuilds a damaged folder
+    assert main(["models", "fetch", "tiny-test", "--cache-dir", str(cache), "--quiet"]) == 0
+    assert calls["convert"] == 2 and (path / "model.safetensors").read_bytes() == b"weights"
+    assert verify("tiny-test", cache).ok
+    capsys.readouterr()
+    assert main(["models", "verify", "nope", "--cache-dir", str(cache)]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
+
+
+def test_a_folder_cached_before_manifests(fake_model):
+    """No manifest: loads check safetensors files against their own headers; the first
+    successful verification writes the manifest."""
+    from icldistill.models import DamagedCacheError, verify
+
+    _, _, cache = fake_model
+    path = fetch("tiny-test", cache_dir=cache, progress=False)
+    _weights(path / "model.safetensors")
+    (path / reg.MANIFEST_FILE).unlink()                    # as cached by an older version
+    assert fetch("tiny-test", cache_dir=cache, progress=False) == path
+    full = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(full[:-10])
+    with pytest.raises(DamagedCacheError, match=r"model\.safetensors: .* its header says "
+                                                r".*\(truncated\)"):
+        fetch("tiny-test", cache_dir=cache, progress=False)
+    check = verify("tiny-test", cache)
+    assert not check.ok and not check.manifest_written
+    assert not (path / reg.MANIFEST_FILE).exists()
+    (path / "model.safetensors").write_bytes(full)
+    check = verify("tiny-test", cache)
+    assert check.ok and check.manifest_written
+    assert verify("tiny-test", cache).ok and not verify("tiny-test", cache).manifest_written
+    (path / "model.safetensors").write_bytes(full[:8] + bytes([full[8] ^ 1]) + full[9:])
+    assert not verify("tiny-test", cache).ok               # now a changed byte is noticed
+
+
+def test_load_model_refuses_a_truncated_local_folder(tmp_path):
+    from icldistill.models import DamagedCacheError
+
+    from .tiny_models import tiny_model, tiny_tokenizer
+
+    folder = tmp_path / "m"
+    tiny_model("llama").save_pretrained(folder)
+    tiny_tokenizer(True).save_pretrained(folder)
+    assert load_model(folder, progress=False).path == folder
+    st = folder / "model.safetensors"
+    st.write_bytes(st.read_bytes()[:-100])
+    with pytest.raises(DamagedCacheError, match=r"model\.safetensors: .*\(truncated\); "
+                                                r"replace the damaged file"):
+        load_model(folder, progress=False)
+
+
+def test_publish_folder_fsyncs_files_and_folders(fake_model, monkeypatch):
+    import os
+
+    _, _, cache = fake_model
+    synced: list[str] = []
+    real = os.fsync
+
+    def spy(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    path = fetch("tiny-test", cache_dir=cache, progress=False)
+    names = {Path(p).name for p in synced}
+    assert {"model.safetensors", "config.json", MARKER_FILE, reg.MANIFEST_FILE} <= names
+    assert str(path.parent) in synced                      # the rename into models/ is durable
 
 
 def test_fetch_rejects_unsafe_wheel(fake_model, monkeypatch, tmp_path):

