@@ -23,7 +23,7 @@ from icldistill.synthetic import (
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-OUTPUTS = ("demo.png", "summary.json", "summary.md")
+OUTPUTS = ("demo.png", "summary.json", "summary.md", "summary.html")
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -47,9 +47,11 @@ def _check_outputs(out: Path) -> dict:
     payload = json.loads((out / "summary.json").read_text())
     markdown = (out / "summary.md").read_text()
     assert "![" in markdown and "(demo.png)" in markdown
+    page = (out / "summary.html").read_text()
+    assert '<img src="demo.png"' in page
     for title in ("Attention-head decomposition", "Implicit alignment", "Random-feature",
                   "Bias of W_0 vs MMD", "Generalization bound", "Demonstration selection"):
-        assert title in markdown
+        assert title in markdown and title in page
     return payload
 
 
@@ -81,7 +83,7 @@ def test_run_demo_fast_writes_valid_outputs(tmp_path, capsys):
     assert isinstance(summary, DemoSummary)
     assert summary.fast and summary.seed == 3
     assert summary.files == {"figure": out / "demo.png", "json": out / "summary.json",
-                             "markdown": out / "summary.md"}
+                             "markdown": out / "summary.md", "html": out / "summary.html"}
     payload = _check_outputs(out)
     head = payload["headline"]
     _check_numbers(head)

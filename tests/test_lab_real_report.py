@@ -98,7 +98,8 @@ def test_lab_report_shows_failed_checks(tmp_path):
     assert "1 of 2 checks hold" in md and "**NO**" in md and "icldistill lab demo" in md
     assert "![fig](fig.png)" in md
     html = files["html"].read_text()
-    assert "<img src='fig.png'" in html and "class='no'" in html
+    assert '<img src="fig.png"' in html and "<td>NO</td>" not in html
+    assert "<strong>NO</strong>" in html and "<code>icldistill lab demo</code>" in html
 
 
 def test_table_rejects_ragged_rows():

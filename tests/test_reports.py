@@ -22,7 +22,7 @@ def test_trace_report_files(tmp_path):
     res = trace(model, tiny_tokenizer(), prompt)
     files = write_trace_report(res, tmp_path, title="tiny", metadata={"model": "tiny-qwen2"})
     assert set(files) == {"eta_heatmap", "demo_share_heatmap", "positions", "json", "parquet",
-                          "markdown"}
+                          "markdown", "html"}
     for kind in ("eta_heatmap", "demo_share_heatmap", "positions"):
         assert files[kind].read_bytes()[:8] == PNG
     payload = json.loads(files["json"].read_text())
@@ -33,6 +33,9 @@ def test_trace_report_files(tmp_path):
     assert len(frame) == res.eta.numel()
     md = files["markdown"].read_text()
     assert "η*" in md and "![" in md
+    page = files["html"].read_text()
+    assert files["html"].name == "summary.html"
+    assert '<img src="eta_heatmap.png"' in page and "tiny-qwen2" in page
     assert not list(tmp_path.glob(".*.tmp"))
 
 

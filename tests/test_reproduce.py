@@ -47,7 +47,7 @@ def test_reproduce_writes_every_section_and_figure(report):
     for s in res.sections:
         assert s.title in md
         for f in s.figures:
-            assert f"({f})" in md and f"src='{f}'" in html
+            assert f"({f})" in md and f'src="{f}"' in html
     assert "Versions:" in md and "seed 0" in md and "icldistill lab alignment" in md
     summary = json.loads((out / "report.json").read_text())
     assert summary["checks"] == sum(len(s.checks) for s in res.sections)

@@ -17,8 +17,9 @@ Gaussian tokens (:mod:`icldistill.synthetic`), in a few seconds on a laptop CPU:
 6. **Selection** — MMD-greedy choice of 16 demonstrations vs random subsets, with permutation
    tests.
 
-It writes ``demo.png`` (one figure, eight panels), ``summary.json`` (every number) and
-``summary.md`` (the summary as Markdown, embedding the figure) into the output folder, each file
+It writes ``demo.png`` (one figure, eight panels), ``summary.json`` (every number),
+``summary.md`` and ``summary.html`` (the summary, embedding the figure; one
+:class:`icldistill.reporting.Report` rendered twice) into the output folder, each file
 atomically, and prints the plain-text summary.
 """
 
@@ -37,12 +38,13 @@ import numpy as np
 import torch
 
 from . import __version__
+from . import reporting as rp
 from ._util import linear_fit, single_thread, sub_seeds
 from .bounds import generalization_bound, rademacher_complexity, w0_bias
 from .decomposition import decompose_head, distillation_step, random_feature_error
 from .kernels import median_bandwidth
 from .mmd import mmd, mmd_test
-from .reports import atomic_write, write_json, write_text
+from .reports import atomic_write, write_json
 from .selection import greedy_mmd
 from .synthetic import (
     AttentionHead,
@@ -58,6 +60,7 @@ __all__ = ["DemoSummary", "run_demo"]
 FIGURE_NAME = "demo.png"
 JSON_NAME = "summary.json"
 MARKDOWN_NAME = "summary.md"
+HTML_NAME = "summary.html"
 
 
 # ============================================================================ configuration
@@ -153,7 +156,7 @@ class DemoSummary:
     out_dir : pathlib.Path
         Folder the files were written to.
     files : dict[str, pathlib.Path]
-        ``"figure"``, ``"json"`` and ``"markdown"`` output paths.
+        ``"figure"``, ``"json"``, ``"markdown"`` and ``"html"`` output paths.
     """
 
     seed: int
@@ -185,22 +188,7 @@ class DemoSummary:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-# ============================================================================ report model
-@dataclass
-class _Table:
-    columns: list[str]
-    rows: list[list[str]]
-
-
-@dataclass
-class _Section:
-    title: str
-    intro: str
-    items: list[tuple[str, str]] = field(default_factory=list)
-    tables: list[_Table] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
+# ============================================================================ report
 def _g(x: float, digits: int = 4) -> str:
     """Compact number format (``nan`` for non-finite)."""
     if x is None or not math.isfinite(float(x)):
@@ -213,53 +201,6 @@ def _g(x: float, digits: int = 4) -> str:
     return f"{x:.{max(1, digits - 2)}e}"
 
 
-def _render_text(sections: Sequence[_Section], header: list[str]) -> str:
-    out = list(header)
-    for sec in sections:
-        out += ["", sec.title, "-" * len(sec.title), sec.intro]
-        if sec.items:
-            width = max(len(k) for k, _ in sec.items)
-            out += [f"  {k.ljust(width)}  {v}" for k, v in sec.items]
-        for tab in sec.tables:
-            widths = [max(len(c), *(len(r[i]) for r in tab.rows)) if tab.rows else len(c)
-                      for i, c in enumerate(tab.columns)]
-            out.append("")
-            out.append("  " + "  ".join(c.rjust(w) for c, w in zip(tab.columns, widths,
-                                                                     strict=True)))
-            out.append("  " + "  ".join("-" * w for w in widths))
-            out += ["  " + "  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True))
-                    for r in tab.rows]
-        out += [f"  note: {n}" for n in sec.notes]
-    return "\n".join(out) + "\n"
-
-
-def _md(text: str) -> str:
-    """Escape the Markdown characters that occur in the summary (``|`` breaks tables)."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("*", "\\*")
-
-
-def _render_markdown(sections: Sequence[_Section], header: list[str], figure: str) -> str:
-    out = ["# icldistill demo", ""]
-    out += [f"{_md(h)}  " for h in header[1:]]
-    out += ["", f"![Demo figure: one panel per section]({figure})", ""]
-    for sec in sections:
-        out += [f"## {_md(sec.title)}", "", _md(sec.intro), ""]
-        if sec.items:
-            out += ["| quantity | value |", "|---|---|"]
-            out += [f"| {_md(k)} | {_md(v)} |" for k, v in sec.items]
-            out.append("")
-        for tab in sec.tables:
-            out.append("| " + " | ".join(_md(c) for c in tab.columns) + " |")
-            out.append("|" + "|".join("---:" for _ in tab.columns) + "|")
-            out += ["| " + " | ".join(_md(v) for v in r) + " |" for r in tab.rows]
-            out.append("")
-        out += [f"> {_md(n)}" for n in sec.notes]
-        if sec.notes:
-            out.append("")
-    return "\n".join(out)
-
-
-# ============================================================================ helpers
 # ============================================================================ sections
 def _section_decomposition(head: AttentionHead, sz: _Sizes, seed: int) -> dict[str, Any]:
     prompt = synthetic_prompt(sz.d_model, sz.n_demos, sz.n_query, n_prefix=1, seed=seed)
@@ -645,129 +586,140 @@ def _make_figure(res: dict[str, Any], seed: int) -> bytes:
 
 
 # ============================================================================ summary
-def _build_sections(res: dict[str, Any], sz: _Sizes) -> list[_Section]:
-    secs = []
+def _section(title: str, intro: str, items: Sequence[tuple[str, str]] = (),
+             tables: Sequence[tuple[Sequence[str], Sequence[Sequence[str]]]] = (),
+             notes: Sequence[str] = ()) -> rp.Section:
+    """A demo section: intro, a quantity/value table, further tables, notes (all plain text)."""
+    P = rp.plain
+    blocks: list[rp.Block] = [rp.Paragraph(P(intro))]
+    if items:
+        blocks.append(rp.Table(("quantity", "value"), [(P(k), P(v)) for k, v in items]))
+    blocks += [rp.Table([P(c) for c in cols], [[P(v) for v in r] for r in rows])
+               for cols, rows in tables]
+    blocks += [rp.Quote(P(n)) for n in notes]
+    return rp.Section(title, blocks)
+
+
+def _build_sections(res: dict[str, Any], sz: _Sizes) -> list[rp.Section]:
     d1, d2, d3 = res["decomposition"], res["alignment"], res["random_features"]
     d4, d5, d6 = res["bias"], res["generalization"], res["selection"]
     dec, prompt = d1["dec"], d1["prompt"]
+    secs = []
 
-    s = _Section(
-        "1. Attention-head decomposition",
-        f"Random head (d_model={sz.d_model}, d_head={sz.d_head}, s=1/sqrt(d_head)) on a causal "
-        f"prompt: 1 prefix token, {sz.n_demos} demo tokens ~ P = N(0, I), {sz.n_query} query "
-        "tokens.",
-    )
-    s.items = [
-        ("max |sum_S c_S(t) - softmax(l) v|", _g(d1["max_abs_error"], 3)),
-        ("Jensen: min_t log(D'_t/n_t) - mean logit", _g(float(d1["jensen_slack"].min()), 3)
-         + "  (>= 0 required; positions with n_t >= 2)"),
-        ("corr(mean demo logit, log eta*) probes", f"{d1['probe_corr']:.3f}  "
-         f"({sz.n_probes} probe queries, fixed context)"),
-    ]
     rows = []
     for t in d1["query_positions"].tolist():
         rows.append([str(t), str(int(dec.num_demo_keys[t]))]
                     + [f"{float(dec.attention_mass[nm][t]):.3f}" for nm in prompt.segment_names]
                     + [f"{float(dec.log_normalizer[t]):.3f}",
                        f"{float(dec.mean_demo_logit[t]):+.3f}", f"{float(dec.eta[t]):.4f}"])
-    s.tables.append(_Table(["t", "N_t"] + [f"mass {nm}" for nm in prompt.segment_names]
-                           + ["log D'", "mean demo logit", "eta*"], rows))
-    secs.append(s)
+    secs.append(_section(
+        "1. Attention-head decomposition",
+        f"Random head (d_model={sz.d_model}, d_head={sz.d_head}, s=1/sqrt(d_head)) on a causal "
+        f"prompt: 1 prefix token, {sz.n_demos} demo tokens ~ P = N(0, I), {sz.n_query} query "
+        "tokens.",
+        items=[
+            ("max |sum_S c_S(t) - softmax(l) v|", _g(d1["max_abs_error"], 3)),
+            ("Jensen: min_t log(D'_t/n_t) - mean logit", _g(float(d1["jensen_slack"].min()), 3)
+             + "  (>= 0 required; positions with n_t >= 2)"),
+            ("corr(mean demo logit, log eta*) probes", f"{d1['probe_corr']:.3f}  "
+             f"({sz.n_probes} probe queries, fixed context)"),
+        ],
+        tables=[(["t", "N_t"] + [f"mass {nm}" for nm in prompt.segment_names]
+                 + ["log D'", "mean demo logit", "eta*"], rows)],
+    ))
 
-    s = _Section(
+    secs.append(_section(
         "2. Implicit alignment (one gradient step = W_0)",
         f"Distillation loss L(W) = (1/N) sum_i ||v_i - W phi(k_i)||^2 over the N={sz.n_demos} "
         f"demo tokens; one step from W = 0 at the last position t={d2['t']}.",
-    )
-    s.items = [("eta* = N / (2 D'_t)", _g(d2["eta_star"], 6)),
-               ("L(0), L(W_0)", f"{_g(d2['loss_initial'])}, {_g(d2['loss_w0'])}")]
-    s.tables.append(_Table(["eta / eta*", "||W_1 - W_0|| / ||W_0||", "L(W_1)"], [
-        [f, _g(st.relative_distance, 3), _g(st.loss_final)] for f, st in d2["steps"].items()]))
-    s.notes.append("the distance is |eta/eta* - 1| exactly; W_0 is a single step of size eta*, "
-                   "not the minimiser of L.")
-    secs.append(s)
+        items=[("eta* = N / (2 D'_t)", _g(d2["eta_star"], 6)),
+               ("L(0), L(W_0)", f"{_g(d2['loss_initial'])}, {_g(d2['loss_w0'])}")],
+        tables=[(["eta / eta*", "||W_1 - W_0|| / ||W_0||", "L(W_1)"],
+                 [[f, _g(st.relative_distance, 3), _g(st.loss_final)]
+                  for f, st in d2["steps"].items()])],
+        notes=["the distance is |eta/eta* - 1| exactly; W_0 is a single step of size eta*, "
+               "not the minimiser of L."],
+    ))
 
     mod, lar = d3["moderate"], d3["large"]
-    s = _Section(
+    secs.append(_section(
         "3. Random-feature (primal) W_0 vs the exact dual form",
         f"Relative error ||W_prim phi(q) - W_0 phi(q)|| / ||W_0 phi(q)|| on the query positions, "
         f"median [quartiles] over {mod['seeds']} feature draws (positive orthogonal "
         "features; the error is heavy-tailed, so the median is the robust summary).",
-    )
-    s.tables.append(_Table(
-        ["m", f"moderate (s||k||^2 ≈ {mod['scale_key_sq_norm']:.2f})",
-         f"large (s||k||^2 ≈ {lar['scale_key_sq_norm']:.2f})"],
-        [[str(m), f"{a:.3f} [{a1:.3f}, {a3:.3f}]", f"{b:.3f} [{b1:.3f}, {b3:.3f}]"]
-         for m, a, a1, a3, b, b1, b3 in zip(d3["num_features"], mod["median"], mod["q25"],
-                                            mod["q75"], lar["median"], lar["q25"], lar["q75"],
-                                            strict=True)]))
-    s.notes.append("the estimator's variance grows like exp(s(||k||^2 + ||q||^2)): with large "
-                   "key/query norms convergence in m is slow and erratic — use the exact dual "
-                   "form there.")
-    secs.append(s)
+        tables=[(
+            ["m", f"moderate (s||k||^2 ≈ {mod['scale_key_sq_norm']:.2f})",
+             f"large (s||k||^2 ≈ {lar['scale_key_sq_norm']:.2f})"],
+            [[str(m), f"{a:.3f} [{a1:.3f}, {a3:.3f}]", f"{b:.3f} [{b1:.3f}, {b3:.3f}]"]
+             for m, a, a1, a3, b, b1, b3 in zip(d3["num_features"], mod["median"], mod["q25"],
+                                                mod["q75"], lar["median"], lar["q25"],
+                                                lar["q75"], strict=True)])],
+        notes=["the estimator's variance grows like exp(s(||k||^2 + ||q||^2)): with large "
+               "key/query norms convergence in m is slow and erratic — use the exact dual "
+               "form there."],
+    ))
 
-    s = _Section(
+    secs.append(_section(
         "4. Bias of W_0 vs MMD",
         f"Target Q* = N(0, I), prompt P_delta = N(delta u, I), {sz.bias_samples} tokens each; "
         f"c = 2 eta* = {d4['c']:.4g}; Gaussian bandwidth {d4['bandwidth']:.3g} (median, fixed).",
-    )
-    s.items = [
-        ("identity max |hs_norm - c MMD_Katt|", _g(d4["identity_max_abs_error"], 3)),
-        ("identity max relative error", _g(d4["identity_max_rel_error"], 3)),
-        ("fit bias ~ MMD_Katt: slope, R^2", f"{d4['fit_att']['slope']:.6g}, "
-         f"{d4['fit_att']['r2']:.6f}"),
-        ("fit bias ~ MMD_gauss: slope, R^2", f"{d4['fit_gauss']['slope']:.4g}, "
-         f"{d4['fit_gauss']['r2']:.4f}"),
-        ("max bias / MMD_gauss (empirical c G)", _g(d4["max_ratio_gauss"])),
-    ]
-    s.tables.append(_Table(["delta", "bias ||.||_HS", "c MMD_Katt", "MMD_Katt", "MMD_gauss"], [
-        [f"{dl:.3f}", _g(a), _g(b), _g(c_), _g(dg)] for dl, a, b, c_, dg in
-        zip(d4["shifts"], d4["hs_norm"], d4["c_times_mmd_att"], d4["mmd_att"], d4["mmd_gauss"],
-            strict=True)]))
-    s.notes.append("at delta = 0 the bias is the finite-sample MMD between two samples of the "
-                   "same distribution.")
-    secs.append(s)
+        items=[
+            ("identity max |hs_norm - c MMD_Katt|", _g(d4["identity_max_abs_error"], 3)),
+            ("identity max relative error", _g(d4["identity_max_rel_error"], 3)),
+            ("fit bias ~ MMD_Katt: slope, R^2", f"{d4['fit_att']['slope']:.6g}, "
+             f"{d4['fit_att']['r2']:.6f}"),
+            ("fit bias ~ MMD_gauss: slope, R^2", f"{d4['fit_gauss']['slope']:.4g}, "
+             f"{d4['fit_gauss']['r2']:.4f}"),
+            ("max bias / MMD_gauss (empirical c G)", _g(d4["max_ratio_gauss"])),
+        ],
+        tables=[(["delta", "bias ||.||_HS", "c MMD_Katt", "MMD_Katt", "MMD_gauss"],
+                 [[f"{dl:.3f}", _g(a), _g(b), _g(c_), _g(dg)] for dl, a, b, c_, dg in
+                  zip(d4["shifts"], d4["hs_norm"], d4["c_times_mmd_att"], d4["mmd_att"],
+                      d4["mmd_gauss"], strict=True)])],
+        notes=["at delta = 0 the bias is the finite-sample MMD between two samples of the "
+               "same distribution."],
+    ))
 
-    s = _Section(
+    secs.append(_section(
         "5. Generalization bound (Rademacher)",
         f"F_B with B = ||W_0||_HS at the last query position; loss = squared error per output "
         f"coordinate divided by (Y + F)^2 so it lies in [0, M], M = 1 (Y = max |v|, "
         f"F = B max sqrt(kappa(k,k))), L = 2/(Y+F); delta = {d5['delta']}.",
-    )
-    s.tables.append(_Table(
-        ["N", "B", "R closed", "R Monte Carlo", "emp. loss", "2 L R", "3M sqrt(..)", "bound"],
-        [[str(r["n"]), _g(r["B"]), _g(r["closed_form"]), _g(r["monte_carlo"]),
-          _g(r["empirical_loss"], 3), _g(r["complexity_term"], 3),
-          _g(r["confidence_term"], 3), _g(r["bound"], 3)] for r in d5["rows"]]))
-    s.items = [("log-log slope of R closed form vs N", f"{d5['loglog_slope_rademacher']:.3f}"
+        items=[("log-log slope of R closed form vs N", f"{d5['loglog_slope_rademacher']:.3f}"
                 "  (1/sqrt(N) = -0.5)"),
                ("log-log slope of R / B vs N", f"{d5['loglog_slope_rademacher_over_B']:.3f}"),
-               ("log-log slope of the bound vs N", f"{d5['loglog_slope_bound']:.3f}")]
-    s.notes.append("B = ||W_0||_HS itself shrinks with N here (the values have mean ~ 0), so R "
-                   "falls a little faster than 1/sqrt(N); R / B follows 1/sqrt(N).")
-    s.notes.append("the bound is on the normalised loss (at most 1); values above 1 are vacuous.")
-    secs.append(s)
+               ("log-log slope of the bound vs N", f"{d5['loglog_slope_bound']:.3f}")],
+        tables=[(["N", "B", "R closed", "R Monte Carlo", "emp. loss", "2 L R", "3M sqrt(..)",
+                  "bound"],
+                 [[str(r["n"]), _g(r["B"]), _g(r["closed_form"]), _g(r["monte_carlo"]),
+                   _g(r["empirical_loss"], 3), _g(r["complexity_term"], 3),
+                   _g(r["confidence_term"], 3), _g(r["bound"], 3)] for r in d5["rows"]])],
+        notes=["B = ||W_0||_HS itself shrinks with N here (the values have mean ~ 0), so R "
+               "falls a little faster than 1/sqrt(N); R / B follows 1/sqrt(N).",
+               "the bound is on the normalised loss (at most 1); values above 1 are vacuous."],
+    ))
 
     pr = d6["p_random"]
-    s = _Section(
+    secs.append(_section(
         "6. Demonstration selection by MMD",
         f"Pool: {sz.pool} points from a 4-component Gaussian mixture in R^8; targets: "
         f"{sz.targets} points from component 0 shifted by 1; Gaussian kernel, bandwidth "
         f"{d6['bandwidth']:.3g} (median heuristic); k = {sz.k}.",
-    )
-    s.items = [
-        ("MMD^2 greedy", _g(d6["greedy_mmd2"])),
-        (f"MMD^2 random ({len(pr)} subsets): median [min, max]",
-         f"{_g(float(np.median(d6['random_mmd2'])))} [{_g(float(d6['random_mmd2'].min()))}, "
-         f"{_g(float(d6['random_mmd2'].max()))}]"),
-        ("greedy picks from target component", f"{d6['frac_from_target_component']:.0%}"),
-        (f"permutation test p-value ({sz.permutations} perms): greedy", _g(d6["p_greedy"], 3)),
-        ("permutation test p-value: random, median [min, max]",
-         f"{_g(float(np.median(pr)), 3)} [{_g(float(pr.min()), 3)}, {_g(float(pr.max()), 3)}]"),
-    ]
-    s.notes.append("a high p-value means the chosen demonstrations are statistically "
-                   "indistinguishable from the targets.")
-    secs.append(s)
+        items=[
+            ("MMD^2 greedy", _g(d6["greedy_mmd2"])),
+            (f"MMD^2 random ({len(pr)} subsets): median [min, max]",
+             f"{_g(float(np.median(d6['random_mmd2'])))} [{_g(float(d6['random_mmd2'].min()))},"
+             f" {_g(float(d6['random_mmd2'].max()))}]"),
+            ("greedy picks from target component", f"{d6['frac_from_target_component']:.0%}"),
+            (f"permutation test p-value ({sz.permutations} perms): greedy",
+             _g(d6["p_greedy"], 3)),
+            ("permutation test p-value: random, median [min, max]",
+             f"{_g(float(np.median(pr)), 3)} [{_g(float(pr.min()), 3)}, "
+             f"{_g(float(pr.max()), 3)}]"),
+        ],
+        notes=["a high p-value means the chosen demonstrations are statistically "
+               "indistinguishable from the targets."],
+    ))
     return secs
 
 
@@ -842,9 +794,10 @@ def run_demo(
     Parameters
     ----------
     out_dir : pathlib.Path or str
-        Output folder (created if missing). Receives ``demo.png``, ``summary.json`` and
-        ``summary.md``; each is written to a temporary file in the folder and then moved into
-        place with :func:`os.replace`, so a reader never sees a partial file.
+        Output folder (created if missing). Receives ``demo.png``, ``summary.json``,
+        ``summary.md`` and ``summary.html``; each is written to a temporary file in the folder
+        and then moved into place with :func:`os.replace`, so a reader never sees a partial
+        file.
     seed : int
         Seed of every random draw (same seed, same numbers).
     quiet : bool
@@ -901,7 +854,7 @@ def run_demo(
     d2, d3, d4, d5, d6 = (res[k] for k in ("alignment", "random_features", "bias",
                                            "generalization", "selection"))
     files = {"figure": out / FIGURE_NAME, "json": out / JSON_NAME,
-             "markdown": out / MARKDOWN_NAME}
+             "markdown": out / MARKDOWN_NAME, "html": out / HTML_NAME}
     fields_ = {
         "seed": seed,
         "fast": fast,
@@ -933,22 +886,21 @@ def run_demo(
     compute_s = time.perf_counter() - start
     fields_["runtime_s"] = compute_s
     timings["total_before_writing"] = compute_s
-    header = [
-        "icldistill demo",
-        f"seed {seed}{' (fast sizes)' if fast else ''} · icldistill {__version__} · "
-        f"torch {torch.__version__} · float64 · {compute_s:.1f} s",
-        f"files: {files['figure'].name}, {files['json'].name}, {files['markdown'].name} in "
-        f"{out}",
-    ]
-    text = _render_text(sections, header)
-    markdown = _render_markdown(sections, header, FIGURE_NAME)
+    meta = (
+        rp.plain(f"seed {seed}{' (fast sizes)' if fast else ''} · icldistill {__version__} · "
+                 f"torch {torch.__version__} · float64 · {compute_s:.1f} s"),
+        rp.plain(f"files: {', '.join(f.name for f in files.values())} in {out}"),
+    )
+    report = rp.Report("icldistill demo", sections, meta=meta,
+                       intro=(rp.Figure(FIGURE_NAME, "Demo figure: one panel per section"),))
+    text = rp.to_text(report)
     atomic_write(files["figure"], lambda fh: fh.write(png))
     write_json(files["json"], _json_payload(res, fields_, sz, timings))
-    write_text(files["markdown"], markdown)
+    rp.write_report(report, out, stem=Path(MARKDOWN_NAME).stem)
     fields_["runtime_s"] = time.perf_counter() - start
     summary = DemoSummary(**fields_, out_dir=out, files=files)
     if not quiet:
         print(text, end="")
-        print(f"\nwrote {files['figure']}, {files['json']}, {files['markdown']} "
+        print(f"\nwrote {', '.join(str(f) for f in files.values())} "
               f"({summary.runtime_s:.1f} s)")
     return summary

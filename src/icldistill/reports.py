@@ -1,4 +1,5 @@
-"""Reports: figures, tables and files written from results (Markdown + matplotlib).
+"""Reports: figures, tables and files written from results (matplotlib figures, JSON, and
+Markdown + HTML built from the one report model of :mod:`icldistill.reporting`).
 
 Everything here writes atomically (temporary file in the same folder, then ``os.replace``), so an
 interrupted run never leaves a half-written file behind.
@@ -151,7 +152,7 @@ def write_trace_report(
     Files: ``trace.json`` (summary numbers and per layer/head arrays), ``trace.parquet`` (one row
     per layer, head, position), ``eta_heatmap.png`` and ``demo_share_heatmap.png`` (layer x head
     at the last traced position), ``positions.png`` (per-position curves averaged over heads),
-    ``summary.md``.
+    ``summary.md`` and ``summary.html`` (the same summary, :mod:`icldistill.reporting`).
 
     Returns
     -------
@@ -242,30 +243,42 @@ def write_trace_report(
         raise ImportError("writing Parquet needs pandas and pyarrow: pip install "
                           "'icldistill[models]'") from exc
 
-    lines = [
-        f"# {title}", "",
-        *(f"- **{k}**: {v}" for k, v in meta.items()),
-        f"- tokens: {len(result.tokens)}; layers × heads: {L} × {H}; traced positions: "
-        f"{pos.tolist() if P <= 12 else f'{P} (from {pos[0]} to {pos[-1]})'}",
-        f"- decomposition check: max ‖Σ_S c_S − o‖ / ‖o‖ = {result.max_decomposition_error:.2e}"
-        " (against the attention output the model used)",
-        f"- heads without a kernel form (soft-capped or biased logits): {int((~kernel).sum())}"
-        f" of {L * H}",
-        "", f"## At the last position (t = {pos[-1]}, token {result.tokens[pos[-1]]!r})", "",
-        "| quantity | mean over heads | min | max |", "|---|---|---|---|",
-        f"| η* = N/(2D′) | {last['eta_mean']:.4g} | {last['eta_min']:.4g} | "
-        f"{last['eta_max']:.4g} |",
-        f"| attention mass on demos | {last['demo_mass_mean']:.3f} | "
-        f"{mass_d[:, :, -1].min():.3f} | {mass_d[:, :, -1].max():.3f} |",
-        f"| demo share of output | {last['demo_share_mean']:.3f} | {share[:, :, -1].min():.3f}"
-        f" | {share[:, :, -1].max():.3f} |",
-        "", "Heads with the largest demonstration share:", "",
-        "| layer | head | demo share | η* |", "|---|---|---|---|",
-        *(f"| {int(a)} | {int(b)} | {share[a, b, -1]:.3f} | {eta[a, b, -1]:.4g} |"
-          for a, b in top),
-        "", "![η* and demo share](eta_heatmap.png)", "", "![per position](positions.png)", "",
-    ]
-    files["markdown"] = write_text(out / "summary.md", "\n".join(lines))
+    from .reporting import Figure, Paragraph, Report, Section, Table, write_report
+
+    traced = pos.tolist() if P <= 12 else f"{P} (from {pos[0]} to {pos[-1]})"
+    n_kernel = int((~kernel).sum())
+    report = Report(
+        title,
+        meta=(
+            *((str(k), str(v)) for k, v in meta.items()),
+            f"tokens: {len(result.tokens)}; layers × heads: {L} × {H}; traced positions: "
+            f"{traced}",
+            "decomposition check: max ‖Σ_S c_S − o‖ / ‖o‖ = "
+            f"{result.max_decomposition_error:.2e} (against the attention output the model "
+            "used)",
+            f"heads without a kernel form (soft-capped or biased logits): {n_kernel} of {L * H}",
+        ),
+        sections=(Section(
+            f"At the last position (t = {pos[-1]}, token {result.tokens[pos[-1]]!r})",
+            (
+                Table(("quantity", "mean over heads", "min", "max"), (
+                    ("η* = N/(2D′)", f"{last['eta_mean']:.4g}", f"{last['eta_min']:.4g}",
+                     f"{last['eta_max']:.4g}"),
+                    ("attention mass on demos", f"{last['demo_mass_mean']:.3f}",
+                     f"{mass_d[:, :, -1].min():.3f}", f"{mass_d[:, :, -1].max():.3f}"),
+                    ("demo share of output", f"{last['demo_share_mean']:.3f}",
+                     f"{share[:, :, -1].min():.3f}", f"{share[:, :, -1].max():.3f}"),
+                )),
+                Paragraph("Heads with the largest demonstration share:"),
+                Table(("layer", "head", "demo share", "η*"), tuple(
+                    (str(int(a)), str(int(b)), f"{share[a, b, -1]:.3f}", f"{eta[a, b, -1]:.4g}")
+                    for a, b in top)),
+                Figure("eta_heatmap.png", "η* and demo share"),
+                Figure("positions.png", "per position"),
+            ),
+        ),),
+    )
+    files["markdown"], files["html"] = write_report(report, out, stem="summary")
     return files
 
 
@@ -386,20 +399,6 @@ def _group_results(results: Sequence[Any]) -> dict[tuple[str, int], list[Any]]:
     return dict(sorted(groups.items()))
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
-
-
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    import html as _html
-
-    head = "".join(f"<th>{_html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def write_comparison_report(
     results: Sequence[Any],
     out_dir: str | Path,
@@ -423,190 +422,206 @@ def write_comparison_report(
     selector per task; accuracy against the demonstrations' ``MMD^2`` to the task with the
     per-task Spearman correlation. Conclusions (best selector, whether the MMD family is best
     and beats random on every task) are computed from the numbers, not asserted.
+
+    ``report.md`` and ``report.html`` are two renderings of one
+    :class:`icldistill.reporting.Report` (user text is escaped in the HTML).
     """
-    import html as _html
+    from .reporting import Report, Section, Table, write_report
 
     if not results:
         raise ValueError("no results to report")
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    summaries: list[SelectorSummary] = []
-    best: dict[str, str] = {}
-    fam_best: dict[str, bool] = {}
-    beats: dict[str, dict[str, bool]] = {}
-    rho: dict[str, dict[str, float]] = {}
-    collapsed: dict[str, dict[str, tuple[int, int]]] = {}
-    md: list[str] = [f"# {title}", ""]
-    html_parts: list[str] = [f"<h1>{_html.escape(title)}</h1>"]
+    acc_ = _Conclusions()
+    sections: list[Section] = []
     figures: list[Path] = []
-    groups = _group_results(results)
     overview: list[list[str]] = []
-    for (model, k), rs in groups.items():
-        tag = f"{model} k={k}"
-        tasks = sorted({r.spec.task for r in rs})
-        selectors = list(dict.fromkeys(r.spec.label for r in
-                                       sorted(rs, key=lambda r: _selector_rank(r.spec.label))))
-        acc: dict[str, dict[str, list[float]]] = {s: {t: [] for t in tasks} for s in selectors}
-        mm: dict[str, dict[str, list[float]]] = {s: {t: [] for t in tasks} for s in selectors}
-        for r in rs:
-            acc[r.spec.label][r.spec.task].append(r.accuracy.value)
-            mm[r.spec.label][r.spec.task].append(r.mmd2_task)
-        rows = []
-        for s in selectors:
-            per = {t: float(np.mean(v)) for t, v in acc[s].items() if v}
-            std = {t: float(np.std(v)) for t, v in acc[s].items() if v}
-            mmd_t = {t: float(np.mean(v)) for t, v in mm[s].items() if v}
-            mean = float(np.mean(list(per.values()))) if len(per) == len(tasks) else float("nan")
-            summaries.append(SelectorSummary(model, k, s, per, std, mean, mmd_t))
-            cells = [f"{per[t]:.3f}" + (f" ±{std[t]:.3f}" if len(acc[s][t]) > 1 else "")
-                     if t in per else "–" for t in tasks]
-            rows.append([s, *cells, f"{mean:.3f}" if math.isfinite(mean) else "–"])
-        summ = [x for x in summaries if x.model == model and x.k == k]
-        complete = [x for x in summ if math.isfinite(x.mean)]
-        if len(complete) >= 2 and len(complete) == len(summ):
-            top = max(complete, key=lambda x: x.mean)
-            best[tag] = top.selector
-            fam_best[tag] = top.selector.split("@")[0].split(",")[0] in MMD_FAMILY
-        # bold the best mean
-        for row in rows:
-            if row[0] == best.get(tag):
-                row[0] = f"**{row[0]}**"
-        rnd = next((x for x in summ if x.selector == "random"), None)
-        fam = [x for x in summ if x.selector.split("@")[0].split(",")[0] in MMD_FAMILY]
-        if rnd is not None and fam:
-            beats[tag] = {t: max(x.per_task[t] for x in fam if t in x.per_task)
-                          > rnd.per_task[t]
-                          for t in tasks if t in rnd.per_task
-                          and any(t in x.per_task for x in fam)}
-        rho[tag] = {}
-        for t in tasks:
-            pts = [(r.mmd2_task, r.accuracy.value) for r in rs if r.spec.task == t]
-            if len(pts) >= 3:
-                rho[tag][t] = spearman([p[0] for p in pts], [p[1] for p in pts])
-        header = ["selector", *tasks, "mean"]
-        md += [f"## {tag}: accuracy", "", _md_table(header, rows), ""]
-        html_parts += [f"<h2>{_html.escape(tag)}: accuracy</h2>",
-                       _html_table(header, [[_html.escape(c).replace("**", "") for c in r]
-                                            for r in rows])]
-        claims = []
-        missing = [x.selector for x in summ if not math.isfinite(x.mean)]
-        if missing:
-            claims.append("Incomplete grid: no mean over tasks for " + ", ".join(missing) +
-                          " (cells marked –), so no overall winner is declared.")
-        half = float(np.mean([(r.accuracy.high - r.accuracy.low) / 2 for r in rs]))
-        fam_done = [x for x in fam if math.isfinite(x.mean)]
-        top_fam = max(fam_done, key=lambda x: x.mean) if fam_done else None
-        if tag in best:
-            claims.append(f"Best mean accuracy over tasks: **{best[tag]}**"
-                          f" ({'an' if fam_best[tag] else 'not an'} MMD-family selector).")
-            top_all = max(complete, key=lambda x: x.mean)
-            if not fam_best[tag] and top_fam is not None:
-                gap = top_all.mean - top_fam.mean
-                claims.append(
-                    f"Gap: the best MMD-family selector, {top_fam.selector} "
-                    f"({top_fam.mean:.3f}), is {gap:.3f} below {top_all.selector} "
-                    f"({top_all.mean:.3f}) on the mean over tasks; a single unit's 95% "
-                    f"bootstrap half-width is {half:.3f} on average here"
-                    + (", so the two are not distinguishable at this test size." if gap < half
-                       else "."))
-            overview.append([tag, f"{top_all.selector} {top_all.mean:.3f}",
-                             f"{top_fam.selector} {top_fam.mean:.3f}" if top_fam else "–",
-                             f"{top_all.mean - top_fam.mean:.3f}" if top_fam else "–",
-                             f"{half:.3f}",
-                             (f"{sum(beats.get(tag, {}).values())} of {len(beats[tag])}"
-                              if tag in beats else "–"),
-                             f"{np.mean([v for v in rho[tag].values() if math.isfinite(v)]):+.2f}"
-                             if any(math.isfinite(v) for v in rho[tag].values()) else "–"])
-        collapsed[tag] = {t: (sum(_collapsed(r) for r in rs if r.spec.task == t),
-                              sum(1 for r in rs if r.spec.task == t)) for t in tasks}
-        if tag in beats:
-            lost = [t for t, ok in beats[tag].items() if not ok]
-            claims.append("The best MMD-family selector beats random on every task evaluated."
-                          if not lost else
-                          "The MMD family does **not** beat random on: " + ", ".join(lost) + ".")
-            assert rnd is not None
-            for t in lost:
-                top = max((x for x in fam if t in x.per_task), key=lambda x: x.per_task[t])
-                c, n_t = collapsed[tag][t]
-                why = (f"{t}: best MMD-family {top.selector} {top.per_task[t]:.3f} vs random "
-                       f"{rnd.per_task[t]:.3f} ± {rnd.per_task_std.get(t, 0.0):.3f}")
-                if c:
-                    why += (f"; {c} of {n_t} units predict (almost) only one label, so "
-                            "accuracy there reflects the label prior, not the demonstrations")
-                if math.isfinite(rho[tag].get(t, math.nan)):
-                    why += f"; Spearman(MMD², accuracy) {rho[tag][t]:+.2f}"
-                claims.append("Why — " + why + ".")
-        many = {t: cn for t, cn in collapsed[tag].items() if cn[0]}
-        if many:
-            claims.append(f"Predictions collapse onto one label (every other label's recall "
-                          f"< {COLLAPSE_RECALL:.0%}) in " + ", ".join(
-                              f"{t} {c} of {n_t} units" for t, (c, n_t) in many.items()) + ".")
-        if rho[tag]:
-            vals = [v for v in rho[tag].values() if math.isfinite(v)]
-            claims.append("Spearman(MMD² to the task, accuracy) per task: " + ", ".join(
-                f"{t} {v:+.2f}" for t, v in rho[tag].items()) +
-                (f"; mean {np.mean(vals):+.2f} (negative = lower MMD, higher accuracy)."
-                 if vals else "."))
-        md += [f"- {c}" for c in claims] + [""]
-        html_parts += ["<ul>" + "".join(f"<li>{_html.escape(c).replace('**', '')}</li>"
-                                        for c in claims) + "</ul>"]
-        # MMD table
-        mrows = [[s, *[f"{np.mean(mm[s][t]):.4f}" if mm[s][t] else "–" for t in tasks]]
-                 for s in selectors]
-        md += [f"### {tag}: MMD² of the shown demonstrations to the test inputs", "",
-               _md_table(["selector", *tasks], mrows), ""]
-        html_parts += [f"<h3>{_html.escape(tag)}: MMD² to the task</h3>",
-                       _html_table(["selector", *tasks], mrows)]
-        figures += _comparison_figures(rs, tasks, selectors, acc, out / "figures",
-                                       f"{_slug(model)}_k{k}", tag, rho[tag])
-        for f in figures[-2:]:
-            rel = f.relative_to(out).as_posix()
-            md += [f"![{f.stem}]({rel})", ""]
-            html_parts += [f'<p><img src="{rel}" alt="{f.stem}" style="max-width:100%"></p>']
+    for (model, k), rs in _group_results(results).items():
+        section, figs, row = _group_section(model, k, rs, out, acc_)
+        sections.append(section)
+        figures += figs
+        if row is not None:
+            overview.append(row)
     if overview:
         head = ["model, k", "best mean (selector, accuracy)", "best MMD family", "gap",
                 "unit 95% CI half-width", "MMD family beats random on",
                 "mean Spearman(MMD², acc)"]
-        md[2:2] = ["## Overview", "", _md_table(head, overview), ""]
-        html_parts[1:1] = ["<h2>Overview</h2>", _html_table(head, overview)]
+        sections.insert(0, Section("Overview", (Table(head, overview),)))
     paired_json = None
     if paired is not None:
         paired = list(paired)
         paired_json = write_json(out / "paired.json", [c.to_dict() for c in paired])
-        pmd, phtml = _paired_section(paired)
-        md[2:2] = pmd
-        html_parts[1:1] = phtml
-    # detail table
-    drows = []
+        sections.insert(0, _paired_section(paired))
+    sections.append(Section("Every evaluated unit", (_detail_table(results),)))
+    md_path, html_path = write_report(Report(title, sections, notes=tuple(notes),
+                                             commands=tuple(commands)), out)
+    return ComparisonReport(md_path, html_path, figures, acc_.summaries, acc_.best,
+                            acc_.fam_best, acc_.beats, acc_.rho, acc_.collapsed, paired_json)
+
+
+@dataclass
+class _Conclusions:
+    """What :func:`write_comparison_report` accumulates over the (model, k) groups."""
+
+    summaries: list[SelectorSummary] = field(default_factory=list)
+    best: dict[str, str] = field(default_factory=dict)
+    fam_best: dict[str, bool] = field(default_factory=dict)
+    beats: dict[str, dict[str, bool]] = field(default_factory=dict)
+    rho: dict[str, dict[str, float]] = field(default_factory=dict)
+    collapsed: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
+
+
+def _is_mmd_family(selector: str) -> bool:
+    return selector.split("@")[0].split(",")[0] in MMD_FAMILY
+
+
+def _group_section(model: str, k: int, rs: list[Any], out: Path, c: _Conclusions
+                   ) -> tuple[Any, list[Path], list[str] | None]:
+    """The section of one (model, k): accuracy table, computed claims, MMD table, figures;
+    its row of the overview (``None`` without a winner). Fills ``c``."""
+    from .reporting import BulletList, Figure, Section, Table, plain
+
+    tag = f"{model} k={k}"
+    tasks = sorted({r.spec.task for r in rs})
+    selectors = list(dict.fromkeys(r.spec.label for r in
+                                   sorted(rs, key=lambda r: _selector_rank(r.spec.label))))
+    acc: dict[str, dict[str, list[float]]] = {s: {t: [] for t in tasks} for s in selectors}
+    mm: dict[str, dict[str, list[float]]] = {s: {t: [] for t in tasks} for s in selectors}
+    for r in rs:
+        acc[r.spec.label][r.spec.task].append(r.accuracy.value)
+        mm[r.spec.label][r.spec.task].append(r.mmd2_task)
+    rows = []
+    for s in selectors:
+        per = {t: float(np.mean(v)) for t, v in acc[s].items() if v}
+        std = {t: float(np.std(v)) for t, v in acc[s].items() if v}
+        mmd_t = {t: float(np.mean(v)) for t, v in mm[s].items() if v}
+        mean = float(np.mean(list(per.values()))) if len(per) == len(tasks) else float("nan")
+        c.summaries.append(SelectorSummary(model, k, s, per, std, mean, mmd_t))
+        cells = [f"{per[t]:.3f}" + (f" ±{std[t]:.3f}" if len(acc[s][t]) > 1 else "")
+                 if t in per else "–" for t in tasks]
+        rows.append([s, *cells, f"{mean:.3f}" if math.isfinite(mean) else "–"])
+    summ = [x for x in c.summaries if x.model == model and x.k == k]
+    complete = [x for x in summ if math.isfinite(x.mean)]
+    if len(complete) >= 2 and len(complete) == len(summ):
+        top = max(complete, key=lambda x: x.mean)
+        c.best[tag] = top.selector
+        c.fam_best[tag] = _is_mmd_family(top.selector)
+    for row in rows:                   # the best mean in bold
+        row[0] = f"**{plain(row[0])}**" if row[0] == c.best.get(tag) else plain(row[0])
+    rnd = next((x for x in summ if x.selector == "random"), None)
+    fam = [x for x in summ if _is_mmd_family(x.selector)]
+    if rnd is not None and fam:
+        c.beats[tag] = {t: max(x.per_task[t] for x in fam if t in x.per_task) > rnd.per_task[t]
+                        for t in tasks if t in rnd.per_task
+                        and any(t in x.per_task for x in fam)}
+    c.rho[tag] = {}
+    for t in tasks:
+        pts = [(r.mmd2_task, r.accuracy.value) for r in rs if r.spec.task == t]
+        if len(pts) >= 3:
+            c.rho[tag][t] = spearman([p[0] for p in pts], [p[1] for p in pts])
+    c.collapsed[tag] = {t: (sum(_collapsed(r) for r in rs if r.spec.task == t),
+                            sum(1 for r in rs if r.spec.task == t)) for t in tasks}
+    half = float(np.mean([(r.accuracy.high - r.accuracy.low) / 2 for r in rs]))
+    claims, overview = _claims(tag, summ, complete, fam, rnd, half, c)
+    figures = _comparison_figures(rs, tasks, selectors, acc, out / "figures",
+                                  f"{_slug(model)}_k{k}", tag, c.rho[tag])
+    mrows = [[plain(s), *[f"{np.mean(mm[s][t]):.4f}" if mm[s][t] else "–" for t in tasks]]
+             for s in selectors]
+    header = ["selector", *(plain(t) for t in tasks)]
+    blocks: list[Any] = [Table([*header, "mean"], rows)]
+    if claims:
+        blocks.append(BulletList(claims))
+    blocks.append(Section(f"{tag}: MMD² of the shown demonstrations to the test inputs", (
+        Table(header, mrows),
+        *(Figure(f.relative_to(out).as_posix(), f.stem) for f in figures))))
+    return Section(f"{tag}: accuracy", blocks), figures, overview
+
+
+def _claims(tag: str, summ: list[SelectorSummary], complete: list[SelectorSummary],
+            fam: list[SelectorSummary], rnd: SelectorSummary | None, half: float,
+            c: _Conclusions) -> tuple[list[str], list[str] | None]:
+    """The computed claims of one (model, k) (inline text) and its overview row."""
+    from .reporting import plain
+
+    claims = []
+    overview = None
+    missing = [plain(x.selector) for x in summ if not math.isfinite(x.mean)]
+    if missing:
+        claims.append("Incomplete grid: no mean over tasks for " + ", ".join(missing) +
+                      " (cells marked –), so no overall winner is declared.")
+    fam_done = [x for x in fam if math.isfinite(x.mean)]
+    top_fam = max(fam_done, key=lambda x: x.mean) if fam_done else None
+    rho, beats = c.rho[tag], c.beats
+    if tag in c.best:
+        claims.append(f"Best mean accuracy over tasks: **{plain(c.best[tag])}**"
+                      f" ({'an' if c.fam_best[tag] else 'not an'} MMD-family selector).")
+        top_all = max(complete, key=lambda x: x.mean)
+        if not c.fam_best[tag] and top_fam is not None:
+            gap = top_all.mean - top_fam.mean
+            claims.append(
+                f"Gap: the best MMD-family selector, {plain(top_fam.selector)} "
+                f"({top_fam.mean:.3f}), is {gap:.3f} below {plain(top_all.selector)} "
+                f"({top_all.mean:.3f}) on the mean over tasks; a single unit's 95% "
+                f"bootstrap half-width is {half:.3f} on average here"
+                + (", so the two are not distinguishable at this test size." if gap < half
+                   else "."))
+        finite = [v for v in rho.values() if math.isfinite(v)]
+        overview = [plain(tag), f"{plain(top_all.selector)} {top_all.mean:.3f}",
+                    f"{plain(top_fam.selector)} {top_fam.mean:.3f}" if top_fam else "–",
+                    f"{top_all.mean - top_fam.mean:.3f}" if top_fam else "–",
+                    f"{half:.3f}",
+                    (f"{sum(beats[tag].values())} of {len(beats[tag])}" if tag in beats
+                     else "–"),
+                    f"{np.mean(finite):+.2f}" if finite else "–"]
+    if tag in beats:
+        lost = [t for t, ok in beats[tag].items() if not ok]
+        claims.append("The best MMD-family selector beats random on every task evaluated."
+                      if not lost else
+                      "The MMD family does **not** beat random on: "
+                      + ", ".join(plain(t) for t in lost) + ".")
+        assert rnd is not None
+        for t in lost:
+            top = max((x for x in fam if t in x.per_task), key=lambda x: x.per_task[t])
+            n_c, n_t = c.collapsed[tag][t]
+            why = (f"{plain(t)}: best MMD-family {plain(top.selector)} {top.per_task[t]:.3f} "
+                   f"vs random {rnd.per_task[t]:.3f} ± {rnd.per_task_std.get(t, 0.0):.3f}")
+            if n_c:
+                why += (f"; {n_c} of {n_t} units predict (almost) only one label, so "
+                        "accuracy there reflects the label prior, not the demonstrations")
+            if math.isfinite(rho.get(t, math.nan)):
+                why += f"; Spearman(MMD², accuracy) {rho[t]:+.2f}"
+            claims.append("Why — " + why + ".")
+    many = {t: cn for t, cn in c.collapsed[tag].items() if cn[0]}
+    if many:
+        claims.append(f"Predictions collapse onto one label (every other label's recall "
+                      f"< {COLLAPSE_RECALL:.0%}) in " + ", ".join(
+                          f"{plain(t)} {n_c} of {n_t} units" for t, (n_c, n_t) in many.items())
+                      + ".")
+    if rho:
+        vals = [v for v in rho.values() if math.isfinite(v)]
+        claims.append("Spearman(MMD² to the task, accuracy) per task: " + ", ".join(
+            f"{plain(t)} {v:+.2f}" for t, v in rho.items()) +
+            (f"; mean {np.mean(vals):+.2f} (negative = lower MMD, higher accuracy)."
+             if vals else "."))
+    return claims, overview
+
+
+def _detail_table(results: Sequence[Any]) -> Any:
+    """The table of every evaluated unit."""
+    from .reporting import Table, plain
+
+    rows = []
     for r in sorted(results, key=lambda r: (_model_label(r), r.spec.k, r.spec.task,
                                             _selector_rank(r.spec.label), r.spec.seed,
                                             r.spec.ordering)):
-        drows.append([_model_label(r), r.spec.task, str(r.spec.k), r.spec.label, str(r.spec.seed),
-                      str(r.spec.ordering), str(r.accuracy), str(r.macro_f1),
-                      f"{r.mmd2_task:.4f}", f"{r.mmd2_query:.4f}",
-                      f"{r.selection_seconds:.3f}", f"{r.scoring_seconds:.1f}",
-                      str(r.n)])
-    dh = ["model", "task", "k", "selector", "seed", "ordering", "accuracy [95% CI]",
-          "macro-F1 [95% CI]", "MMD² task", "MMD² query", "select s", "score s", "n"]
-    md += ["## Every evaluated unit", "", _md_table(dh, drows), ""]
-    html_parts += ["<h2>Every evaluated unit</h2>", _html_table(dh, drows)]
-    if commands:
-        md += ["## Commands", "", "```", *commands, "```", ""]
-        html_parts += ["<h2>Commands</h2><pre>" + _html.escape("\n".join(commands)) + "</pre>"]
-    if notes:
-        md += ["## Notes", "", *[f"- {n}" for n in notes], ""]
-        html_parts += ["<h2>Notes</h2><ul>" + "".join(f"<li>{_html.escape(n)}</li>"
-                                                       for n in notes) + "</ul>"]
-    md_path = write_text(out / "report.md", "\n".join(md))
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}"
-             "table{border-collapse:collapse;font-size:13px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}")
-    html_path = write_text(out / "report.html",
-                           f"<!doctype html><html><head><meta charset='utf-8'><title>"
-                           f"{_html.escape(title)}</title><style>{style}</style></head><body>"
-                           + "\n".join(html_parts) + "</body></html>")
-    return ComparisonReport(md_path, html_path, figures, summaries, best, fam_best, beats, rho,
-                            collapsed, paired_json)
+        rows.append([plain(_model_label(r)), plain(r.spec.task), str(r.spec.k),
+                     plain(r.spec.label), str(r.spec.seed), plain(str(r.spec.ordering)),
+                     str(r.accuracy), str(r.macro_f1), f"{r.mmd2_task:.4f}",
+                     f"{r.mmd2_query:.4f}", f"{r.selection_seconds:.3f}",
+                     f"{r.scoring_seconds:.1f}", str(r.n)])
+    header = ["model", "task", "k", "selector", "seed", "ordering", "accuracy [95% CI]",
+              "macro-F1 [95% CI]", "MMD² task", "MMD² query", "select s", "score s", "n"]
+    return Table(header, rows)
 
 
 #: Holm-adjusted p-value below which a paired comparison is called a difference.
@@ -628,16 +643,14 @@ def _verdict(c: PairedComparison) -> str:
     return "no significant difference"
 
 
-def _paired_section(paired: Sequence[PairedComparison]) -> tuple[list[str], list[str]]:
-    """Markdown lines and HTML parts of the "Paired comparisons" section."""
-    import html as _html
+def _paired_section(paired: Sequence[PairedComparison]) -> Any:
+    """The "Paired comparisons" section (a :class:`icldistill.reporting.Section`)."""
+    from .reporting import BulletList, Paragraph, Section, Table, plain
 
-    esc = _html.escape
-    md = ["## Paired comparisons", ""]
-    html_parts = ["<h2>Paired comparisons</h2>"]
+    title = "Paired comparisons"
     if not paired:
-        text = "No paired comparisons: no per-item predictions were recorded."
-        return [*md, text, ""], [*html_parts, f"<p>{esc(text)}</p>"]
+        return Section(title, (Paragraph("No paired comparisons: no per-item predictions were "
+                                         "recorded."),))
     level = paired[0].level
     intro = (
         "Every selector scored the same test items as its baseline, so they are compared "
@@ -650,8 +663,7 @@ def _paired_section(paired: Sequence[PairedComparison]) -> tuple[list[str], list
         "and k — every per-task and every mean-over-tasks comparison against every baseline "
         "(a pair and its mirror, e.g. random vs knn and knn vs random, count once). Verdict: "
         f"better / worse when Holm p < {PAIRED_ALPHA}, else no significant difference.")
-    md += [intro, ""]
-    html_parts.append(f"<p>{esc(intro)}</p>")
+    blocks: list[Any] = [Paragraph(intro)]
     groups: dict[tuple[str, int], list[PairedComparison]] = {}
     for c in paired:
         groups.setdefault((c.model, c.k), []).append(c)
@@ -664,38 +676,30 @@ def _paired_section(paired: Sequence[PairedComparison]) -> tuple[list[str], list
                        key=lambda c: (baselines.index(c.baseline), -c.diff, c.selector))
         head = ["selector", "vs", "diff (points)", f"{level:.0%} CI", "p", "Holm p", "tasks",
                 "items", "verdict"]
-        rows = [[c.selector, c.baseline, _points(c.diff),
+        rows = [[plain(c.selector), plain(c.baseline), _points(c.diff),
                  f"[{_points(c.ci_low)}, {_points(c.ci_high)}]", _fmt_p(c.p), _fmt_p(c.p_holm),
                  str(c.n_tasks), str(c.n), _verdict(c)] for c in means]
-        title = f"{tag}: mean over tasks (Holm family of {family} comparisons)"
-        md += [f"### {title}", ""]
-        html_parts.append(f"<h3>{esc(title)}</h3>")
-        if rows:
-            md += [_md_table(head, rows), ""]
-            html_parts.append(_html_table(head, [[esc(x) for x in r] for r in rows]))
-        else:
-            text = "Fewer than 2 tasks with both selectors: no mean over tasks."
-            md += [text, ""]
-            html_parts.append(f"<p>{esc(text)}</p>")
+        sub: list[Any] = ([Table(head, rows)] if rows else
+                          [Paragraph("Fewer than 2 tasks with both selectors: no mean over "
+                                     "tasks.")])
         tasks = sorted({c.task for c in cs if c.task != "mean"})
         for base in baselines:
-            sub = [c for c in cs if c.baseline == base]
+            mine = [c for c in cs if c.baseline == base]
             cell = {(c.selector, c.task): _points(c.diff)
-                    + ("*" if c.p_holm < PAIRED_ALPHA else "") for c in sub}
-            sels = sorted({c.selector for c in sub}, key=_selector_rank)
+                    + ("*" if c.p_holm < PAIRED_ALPHA else "") for c in mine}
+            sels = sorted({c.selector for c in mine}, key=_selector_rank)
             cols = [*tasks, "mean"]
-            prow = [[s, *[cell.get((s, t), "–") for t in cols]] for s in sels]
-            title = f"{tag}: per task, diff vs {base} (points; * = Holm p < {PAIRED_ALPHA})"
-            md += [f"#### {title}", "", _md_table(["selector", *cols], prow), ""]
-            html_parts += [f"<h4>{esc(title)}</h4>",
-                           _html_table(["selector", *cols], [[esc(x) for x in r]
-                                                             for r in prow])]
-        notes += [f"{tag}, {c.selector} vs {c.baseline}, {c.task}: {c.note}"
-                  for c in cs if c.note]
+            prow = [[plain(s), *[cell.get((s, t), "–") for t in cols]] for s in sels]
+            sub.append(Section(f"{tag}: per task, diff vs {base} (points; * = Holm p < "
+                               f"{PAIRED_ALPHA})",
+                               (Table(["selector", *(plain(t) for t in cols)], prow),)))
+        blocks.append(Section(f"{tag}: mean over tasks (Holm family of {family} comparisons)",
+                              sub))
+        notes += [f"{plain(tag)}, {plain(c.selector)} vs {plain(c.baseline)}, {plain(c.task)}: "
+                  f"{c.note}" for c in cs if c.note]
     if notes:
-        md += [*[f"- {n}" for n in notes], ""]
-        html_parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
-    return md, html_parts
+        blocks.append(BulletList(notes))
+    return Section(title, blocks)
 
 
 _ORDER = ("random", "knn", "bm25", "mmr", "dpp", "vote-k", "mmd", "mmd-balanced", "mmd-query")
@@ -771,8 +775,8 @@ def write_ablation_report(
     notes: Sequence[str] = (),
     title: str = "Ablation: representation x objective, paired against kNN",
 ) -> Path:
-    """Markdown report (``ablation.md``) and ``ablation.json`` of a representation x objective
-    ablation (issue 12, item 4).
+    """Report (``ablation.md``, its HTML twin ``ablation.html``) and ``ablation.json`` of a
+    representation x objective ablation (issue 12, item 4); returns the Markdown path.
 
     ``objectives`` are ``(display name, selector, params)``; every ``(objective, encoder)`` cell
     is the unit label ``selector[@encoder][,param=value...]`` of the harness (the default
@@ -794,19 +798,32 @@ def write_ablation_report(
         e = "" if enc == "minilm" else f"@{enc}"
         return sel + e + "".join(f",{k}={v}" for k, v in sorted(params))
 
-    md = [f"# {title}", ""]
+    from .reporting import (
+        BulletList,
+        CodeBlock,
+        Paragraph,
+        Report,
+        Section,
+        Table,
+        inline_code,
+        plain,
+        write_report,
+    )
+
+    sections: list[Section] = []
     record: list[dict[str, Any]] = []
+    enc_head = [plain(e) for e in encoders]
     for model, k in sorted({(m, kk) for m, kk, _ in by_label}):
         tasks = sorted({r.spec.task for (m, kk, _), rs in by_label.items()
                         if (m, kk) == (model, k) for r in rs})
-        md += [f"## {model}, k = {k}", "",
-               f"Mean over {len(tasks)} tasks ({', '.join(tasks)}) of the paired accuracy "
-               f"difference to `{baseline}` (points), 95% CI, Holm-adjusted p. "
-               "**Bold**: Holm p < 0.05.", ""]
+        blocks: list[Any] = [Paragraph(
+            f"Mean over {len(tasks)} tasks ({', '.join(plain(t) for t in tasks)}) of the paired "
+            f"accuracy difference to {inline_code(baseline)} (points), 95% CI, Holm-adjusted "
+            "p. **Bold**: Holm p < 0.05.")]
         rows = []
         sig_better, sig_worse = [], []
         for name, sel, params in objectives:
-            row = [name]
+            row = [plain(name)]
             for enc in encoders:
                 lab = label(sel, enc, params)
                 if lab == baseline:
@@ -820,12 +837,13 @@ def write_ablation_report(
                         f"p={p.p_holm:.2g}")
                 if p.p_holm < 0.05:
                     cell = f"**{cell}**"
-                    (sig_better if p.diff > 0 else sig_worse).append(f"{name} on {enc}")
+                    (sig_better if p.diff > 0 else sig_worse).append(
+                        f"{plain(name)} on {plain(enc)}")
                 row.append(cell)
                 record.append({"model": model, "k": k, "objective": name, "encoder": enc,
                                "selector": lab, **p.to_dict()})
             rows.append(row)
-        md += [_md_table(["objective", *encoders], rows), ""]
+        blocks.append(Table(["objective", *enc_head], rows))
         # accuracy per task
         acc_rows = []
         for name, sel, params in objectives:
@@ -837,30 +855,29 @@ def write_ablation_report(
                 for t in tasks:
                     vals = [r.accuracy.value for r in rs if r.spec.task == t]
                     cells.append(f"{np.mean(vals):.3f}" if vals else "")
-                acc_rows.append([name, enc, *cells])
-        md += ["Accuracy per task:", "", _md_table(["objective", "representation", *tasks],
-                                                     acc_rows), ""]
-        per_task = [[label, t, f"{100 * p.diff:+.1f}", f"{p.p_holm:.2g}"]
-                    for (m, kk, label, t), p in sorted(task_rows.items())
+                acc_rows.append([plain(name), plain(enc), *cells])
+        blocks += [Paragraph("Accuracy per task:"),
+                   Table(["objective", "representation", *(plain(t) for t in tasks)], acc_rows)]
+        per_task = [[plain(lab), plain(t), f"{100 * p.diff:+.1f}", f"{p.p_holm:.2g}"]
+                    for (m, kk, lab, t), p in sorted(task_rows.items())
                     if (m, kk) == (model, k) and p.p_holm < 0.05]
-        md += ["**Conclusions (computed):**", ""]
-        md.append("- significantly better than kNN on the mean over tasks: "
-                  + (", ".join(sig_better) if sig_better else "none") + ".")
-        md.append("- significantly worse: " + (", ".join(sig_worse) if sig_worse else "none")
-                  + ".")
+        conclusions = [
+            "significantly better than kNN on the mean over tasks: "
+            + (", ".join(sig_better) if sig_better else "none") + ".",
+            "significantly worse: " + (", ".join(sig_worse) if sig_worse else "none") + "."]
         for enc in encoders:
             ds = [p.diff for (m, kk, lab), p in mean_rows.items() if (m, kk) == (model, k)
                   and (lab.split(",")[0].partition("@")[2] or "minilm") == enc]
             if ds:
-                md.append(f"- mean difference over the objectives on `{enc}`: "
-                          f"{100 * float(np.mean(ds)):+.1f} points ({len(ds)} cells).")
+                conclusions.append(f"mean difference over the objectives on {inline_code(enc)}: "
+                                   f"{100 * float(np.mean(ds)):+.1f} points ({len(ds)} cells).")
+        blocks += [Paragraph("**Conclusions (computed):**"), BulletList(conclusions)]
         if per_task:
-            md += ["", "Per-task differences with Holm p < 0.05:", "",
-                   _md_table(["selector", "task", "diff (points)", "Holm p"], per_task)]
-        md.append("")
+            blocks += [Paragraph("Per-task differences with Holm p < 0.05:"),
+                       Table(["selector", "task", "diff (points)", "Holm p"], per_task)]
+        sections.append(Section(f"{model}, k = {k}", blocks))
     if commands:
-        md += ["## Reproduce", "", "```bash", *commands, "```", ""]
-    if notes:
-        md += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+        sections.append(Section("Reproduce", (CodeBlock("\n".join(commands), "bash"),)))
     write_json(out / "ablation.json", record)
-    return write_text(out / "ablation.md", "\n".join(md))
+    md_path, _ = write_report(Report(title, sections, notes=tuple(notes)), out, stem="ablation")
+    return md_path

@@ -1,16 +1,17 @@
-"""Render laboratory sections as one Markdown + HTML report, and store / read sections as JSON
-(so an interrupted ``reproduce`` resumes without recomputing finished experiments)."""
+"""Render laboratory sections as one Markdown + HTML report (through the report model of
+:mod:`icldistill.reporting`), and store / read sections as JSON (so an interrupted
+``reproduce`` resumes without recomputing finished experiments)."""
 
 from __future__ import annotations
 
-import html as _html
 import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..reports import to_jsonable, write_json, write_text
+from .. import reporting as rp
+from ..reports import to_jsonable, write_json
 from ._common import Check, Section, Table
 
 __all__ = ["format_cell", "read_section", "write_lab_report", "write_section"]
@@ -71,27 +72,8 @@ def read_section(path: str | Path, *, fingerprint: str | None = None) -> Section
         return None
 
 
-def _md_table(t: Table) -> list[str]:
-    out = [f"**{t.title}**", "", "| " + " | ".join(t.columns) + " |",
-           "|" + "---|" * len(t.columns)]
-    out += ["| " + " | ".join(format_cell(c) for c in r) + " |" for r in t.rows]
-    return [*out, ""]
-
-
-def _html_table(t: Table) -> str:
-    head = "".join(f"<th>{_html.escape(c)}</th>" for c in t.columns)
-    body = "".join("<tr>" + "".join(f"<td>{_html.escape(format_cell(c))}</td>" for c in r)
-                   + "</tr>" for r in t.rows)
-    return (f"<p><b>{_html.escape(t.title)}</b></p><table><thead><tr>{head}</tr></thead>"
-            f"<tbody>{body}</tbody></table>")
-
-
-_STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;"
-          "padding:0 1em;line-height:1.45}table{border-collapse:collapse;margin:.5em 0 1.2em;"
-          "font-size:.85em}td,th{border:1px solid #ccc;padding:.25em .5em;text-align:right}"
-          "th{background:#f3f3f3}.ok{color:#176b2c;font-weight:600}.no{color:#a4161a;"
-          "font-weight:600}pre{background:#f6f6f6;padding:.8em;overflow-x:auto}"
-          "img{max-width:100%}")
+def _table(t: Table) -> rp.Table:
+    return rp.Table(t.columns, [[format_cell(c) for c in r] for r in t.rows], caption=t.title)
 
 
 def write_lab_report(
@@ -108,70 +90,36 @@ def write_lab_report(
 
     The report starts with a summary of every check (holds or not, with the measured detail),
     then one part per section: description, checks, findings, figures, tables, run time and
-    the command that reproduces it.
+    the command that reproduces it. Both files render one
+    :class:`icldistill.reporting.Report`; ``header`` lines, descriptions, findings, checks and
+    notes are inline Markdown (user text in them is escaped in the HTML).
     """
     out = Path(out_dir)
     section_commands = dict(section_commands or {})
-    md: list[str] = [f"# {title}", ""]
-    md += [f"- {h}" for h in header] + [""]
-    hp: list[str] = [f"<h1>{_html.escape(title)}</h1>",
-                     "<ul>" + "".join(f"<li>{_html.escape(h)}</li>" for h in header) + "</ul>"]
     n_ok = sum(c.holds for s in sections for c in s.checks)
     n_all = sum(len(s.checks) for s in sections)
-    md += ["## Summary of the checks", "",
-           f"{n_ok} of {n_all} checks hold. A check that does not hold is shown as such; "
-           "settings were not chosen to make them hold.", "",
-           "| experiment | claim | holds | measured |", "|---|---|---|---|"]
-    rows_html = []
+    summary = rp.Section("Summary of the checks", (
+        rp.Paragraph(f"{n_ok} of {n_all} checks hold. A check that does not hold is shown as "
+                     "such; settings were not chosen to make them hold."),
+        rp.Table(("experiment", "claim", "holds", "measured"),
+                 [(rp.plain(s.name), c.claim, "yes" if c.holds else "**NO**", c.detail)
+                  for s in sections for c in s.checks]),
+    ))
+    parts = [summary]
     for s in sections:
-        for c in s.checks:
-            mark = "yes" if c.holds else "**NO**"
-            md.append(f"| {s.name} | {c.claim} | {mark} | {c.detail} |")
-            cls = "ok" if c.holds else "no"
-            rows_html.append(f"<tr><td>{_html.escape(s.name)}</td><td style='text-align:left'>"
-                             f"{_html.escape(c.claim)}</td><td class='{cls}'>"
-                             f"{'yes' if c.holds else 'NO'}</td><td style='text-align:left'>"
-                             f"{_html.escape(c.detail)}</td></tr>")
-    md.append("")
-    hp += [f"<h2>Summary of the checks</h2><p>{n_ok} of {n_all} checks hold. A check that does "
-           "not hold is shown as such; settings were not chosen to make them hold.</p>",
-           "<table><thead><tr><th>experiment</th><th>claim</th><th>holds</th><th>measured</th>"
-           "</tr></thead><tbody>" + "".join(rows_html) + "</tbody></table>"]
-    for s in sections:
-        md += [f"## {s.title}", "", s.description, ""]
-        hp += [f"<h2 id='{_html.escape(s.name)}'>{_html.escape(s.title)}</h2>",
-               f"<p>{_html.escape(s.description)}</p>"]
+        blocks: list[Any] = [rp.Paragraph(s.description)]
         if s.findings:
-            md += [f"- {f}" for f in s.findings] + [""]
-            hp.append("<ul>" + "".join(f"<li>{_html.escape(f)}</li>" for f in s.findings)
-                      + "</ul>")
-        for fig in s.figures:
-            md += [f"![{Path(fig).stem}]({fig})", ""]
-            hp.append(f"<p><img src='{_html.escape(fig)}' alt='{_html.escape(Path(fig).stem)}'>"
-                      "</p>")
-        for t in s.tables:
-            md += _md_table(t)
-            hp.append(_html_table(t))
+            blocks.append(rp.BulletList(s.findings))
+        blocks += [rp.Figure(fig, rp.plain(Path(fig).stem)) for fig in s.figures]
+        blocks += [_table(t) for t in s.tables]
         cmd = section_commands.get(s.name)
-        foot = f"Run time {s.seconds:.1f} s."
-        md += [foot + (f" Reproduce this section alone: `{cmd}`" if cmd else ""), ""]
-        hp.append(f"<p>{_html.escape(foot)}"
-                  + (f" Reproduce this section alone: <code>{_html.escape(cmd)}</code>"
-                     if cmd else "") + "</p>")
-    if commands:
-        md += ["## Commands", "", "```bash", *commands, "```", ""]
-        hp.append("<h2>Commands</h2><pre>" + _html.escape("\n".join(commands)) + "</pre>")
-    if notes:
-        md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-        hp.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_html.escape(n)}</li>" for n in notes)
-                  + "</ul>")
-    files = {
-        "markdown": write_text(out / "report.md", "\n".join(md)),
-        "html": write_text(out / "report.html",
-                           "<!doctype html><html><head><meta charset='utf-8'><title>"
-                           f"{_html.escape(title)}</title><style>{_STYLE}</style></head><body>"
-                           + "\n".join(hp) + "</body></html>"),
-    }
+        blocks.append(rp.Paragraph(f"Run time {s.seconds:.1f} s."
+                                   + (f" Reproduce this section alone: {rp.inline_code(cmd)}"
+                                      if cmd else "")))
+        parts.append(rp.Section(s.title, blocks, anchor=s.name))
+    report = rp.Report(title, parts, notes=tuple(notes), commands=tuple(commands),
+                       meta=tuple(header))
+    md, page = rp.write_report(report, out)
     write_json(out / "report.json", to_jsonable({"title": title, "header": list(header),
                                                  "checks_holding": n_ok, "checks": n_all}))
-    return files
+    return {"markdown": md, "html": page}

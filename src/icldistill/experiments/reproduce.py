@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .._validation import InputError
+from ..reporting import inline_code
 from ._common import Section
 from .report import read_section, write_lab_report, write_section
 
@@ -201,8 +202,10 @@ def reproduce(
                 log(f"training (or loading) the {preset_name} {task} model ...")
                 trained[task] = load_or_train(cfg, tcfg, cache_dir=cache_dir, progress=progress)
                 tr = trained[task]
-                training_lines.append(f"{task} model: {cfg.to_dict()}; trained {tcfg.steps} "
-                                      f"steps in {tr.seconds:.0f} s; checkpoint {tr.path}")
+                settings_text = ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items())
+                training_lines.append(f"{task} model: {settings_text}; trained {tcfg.steps} "
+                                      f"steps in {tr.seconds:.0f} s; checkpoint "
+                                      f"{inline_code(str(tr.path))}")
             sec = run_experiment(name, trained[task], out_dir=out / key, quick=quick, seed=seed,
                                  progress=progress)
         sec = _relocate(sec, key, task)
@@ -214,7 +217,7 @@ def reproduce(
     cmd = command or ("icldistill reproduce" + (" --quick" if quick else "")
                       + f" --seed {seed} --out {out}")
     header = [
-        f"Command: `{cmd}`",
+        f"Command: {inline_code(cmd)}",
         f"Mode: {mode} (training preset {preset_name}); seed {seed}; generated "
         f"{_dt.datetime.now().isoformat(timespec='seconds')}",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
