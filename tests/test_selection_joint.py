@@ -254,3 +254,31 @@ def test_harness_runs_mmd_katt_in_attention_space(tmp_path):
     # a second harness reads the choice back instead of tracing again
     h2 = Harness(tmp_path / "run", tasks={"toy": toy}, model_loader=None, progress=False)
     assert h2.attention_heads(toy, "tiny").spec == rec["spec"]
+
+
+def test_head_choice_maps_attention_calls_to_layers(llama, monkeypatch):
+    """Traces list attention *calls* (two per layer for DiffLlama-style models; none for the
+    non-attention layers of hybrids): shares are averaged per layer, a layer is eligible only
+    if every call has kernel form, untraced layers are NaN."""
+    import icldistill.models.tracing as tracing
+    from icldistill.prompts import Prompt
+
+    model, tok = llama
+    n_layers = model.config.num_hidden_layers
+    n_q, n_kv = model.config.num_attention_heads, model.config.num_key_value_heads
+    assert n_layers >= 2
+    # layer 0: two calls; layer 1: one call without kernform on query head 0; others untraced
+    share = torch.zeros(3, n_q, 1)
+    share[0, :, 0], share[1, :, 0], share[2, :, 0] = 0.2, 0.6, 0.9
+    form = torch.ones(3, n_q, dtype=torch.bool)
+    form[2, 0] = False
+    fake = SimpleNamespace(demo_share=share, has_kernel_form=form,
+                           layer_index=torch.tensor([0, 0, 1]))
+    monkeypatch.setattr(tracing, "trace", lambda *a, **k: fake)
+    choice = choose_attention_heads(model, tok, [Prompt([("a", "b")], "c")], n_heads=n_kv)
+    ds = choice.demo_share
+    assert ds.shape == (n_layers, n_kv)
+    np.testing.assert_allclose(ds[0], 0.4)                 # mean of the two calls
+    assert np.isnan(ds[1, 0]) and np.allclose(ds[1, 1:], 0.9)
+    assert np.isnan(ds[2:]).all()
+    assert choice.layer == 1 and 0 not in choice.heads   # the non-kernel-form head is skipped
