@@ -48,7 +48,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -56,6 +56,7 @@ __all__ = [
     "ReadStats",
     "StoreWriteError",
     "append_record",
+    "atomic_write",
     "fsync_dir",
     "held_locks",
     "iter_records",
@@ -193,10 +194,15 @@ def fsync_dir(folder: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Replace ``path`` with ``data`` atomically: a temporary file in the same folder, fsynced,
-    renamed over ``path``, then the folder fsynced. A kill leaves the old file or the new one
-    (and at most a stray ``.<name>.*.tmp``), never a partial one."""
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
+    """Write ``path`` through a temporary file in the same folder, then ``os.replace`` it.
+
+    ``write`` receives the open binary file. The data is flushed and fsynced before the rename
+    and the folder after it; on any exception (``KeyboardInterrupt`` included) the temporary
+    file is removed and an existing ``path`` is left untouched. A kill leaves the old file or
+    the new one (and at most a stray ``.<name>.*.tmp``), never a partial one. The one atomic
+    file writer of the package (``reports.atomic_write`` is this function).
+    """
     import tempfile
 
     p = Path(path)
@@ -204,9 +210,10 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        # mkstemp creates the file 0600; give it the permissions a plain open() would
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -217,6 +224,11 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
         raise
     fsync_dir(p.parent)
     return p
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Replace ``path`` with ``data`` atomically (:func:`atomic_write`)."""
+    return atomic_write(path, lambda fh: fh.write(data))
 
 
 def _warn(msg: str) -> None:
