@@ -356,7 +356,10 @@ def _profile_trace(lm: Any, tok: Any, positions: str) -> dict[str, Any]:
     from icldistill.models.tracing import trace
 
     spent = {"record": 0.0, "attention_total": 0.0, "segment_decomposition": 0.0}
-    record, attn, segdec = tracing._record, tracing._trace_attention, tracing.segment_decomposition
+    record, attn = tracing._record, tracing._trace_attention
+    # the per-head reduction: the math core's pieces as the tracer imported them
+    pieces = {name: getattr(tracing, name)
+              for name in ("attention_probs", "segment_components", "segment_mass")}
 
     def timed(key: str, f: Any) -> Any:
         def wrapper(*a: Any, **k: Any) -> Any:
@@ -368,7 +371,8 @@ def _profile_trace(lm: Any, tok: Any, positions: str) -> dict[str, Any]:
         return wrapper
 
     tracing._record = timed("record", record)
-    tracing.segment_decomposition = timed("segment_decomposition", segdec)
+    for name, f in pieces.items():
+        setattr(tracing, name, timed("segment_decomposition", f))
     # the attention function is looked up by name in transformers' registry at call time
     from transformers import AttentionInterface
 
@@ -381,7 +385,9 @@ def _profile_trace(lm: Any, tok: Any, positions: str) -> dict[str, Any]:
                                     profile_memory=True) as prof:
             trace(lm.model, lm.tokenizer, tok, positions=positions)
     finally:
-        tracing._record, tracing.segment_decomposition = record, segdec
+        tracing._record = record
+        for name, f in pieces.items():
+            setattr(tracing, name, f)
         AttentionInterface.register(tracing.TRACE_ATTENTION, attn)
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18)
     return {"wall_s": total, "record_s": spent["record"],
