@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from icldistill.harness import Harness, UnitSpec, load_predictions, load_results
+from icldistill.harness import Harness, Task, UnitSpec, load_predictions, load_results
 from icldistill.reports import write_ablation_report
 from icldistill.stats import paired_comparisons
 
@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                          "layer's hidden state, kv:auto)")
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--n-test", type=int, default=300)
+    ap.add_argument("--pool-size", type=int, default=2000,
+                    help="label-stratified cap of every task's pool (as in the selection grid)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=str(HERE / "results" / "ablation"))
     ap.add_argument("--report-only", action="store_true")
@@ -77,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     tasks = [t for t in args.tasks.split(",") if t]
-    h = Harness(out, progress=True)
+    h = Harness(out, progress=True,
+                tasks={t: Task.from_registry(t, pool_size=args.pool_size) for t in tasks})
     encoders = args.encoders.split(",") if args.encoders else None
     if encoders is None:
         cfg = h.model(args.model, args.dtype).model.config
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     todo = units(args.model, args.dtype, tasks, encoders, args.k, args.n_test)
     cmd = (f"python benchmarks/bench_ablation.py --model {args.model} --dtype {args.dtype} "
            f"--tasks {','.join(tasks)} --encoders {','.join(encoders)} --k {args.k} "
-           f"--n-test {args.n_test}")
+           f"--n-test {args.n_test} --pool-size {args.pool_size}")
     if not args.report_only:
         run_shared(h, out, todo)
         if others_running(out):
