@@ -152,7 +152,15 @@ def main(argv: list[str] | None = None) -> int:
         print("no results yet", file=sys.stderr)
         return 1
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    grid = set(unit_grid(models=models, tasks=tasks, selectors=selectors, ks=ks,
+                         seeds=args.seeds, n_test=args.n_test, dtype=args.dtype))
+    n_done = len(grid & {r.spec for r in results})
+    status = (f"This command's grid: {n_done} of {len(grid)} units finished"
+              + ("." if n_done == len(grid) else
+                 " — **incomplete**: every table covers the finished units only (per-query "
+                 "selectors and tasks not yet run are missing); rerun the command to continue."))
     notes = [
+        status,
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU threads, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads; load average at report time "
         f"{load[0]:.1f}.",
@@ -186,7 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     notes.append("Paired comparisons: 2000 bootstrap resamples, 10000 random sign vectors for "
                  "the Monte Carlo p-values (seed 0; the smallest such p is 1/10001); records "
                  "in `paired.json`.")
-    rep = write_comparison_report(results, out, commands=cmds, notes=notes, paired=paired)
+    rep = write_comparison_report(results, out, commands=cmds, notes=notes, paired=paired,
+                                 title="Demonstration selection: few-shot accuracy" + (
+                                     "" if n_done == len(grid) else
+                                     f" (incomplete: {n_done} of {len(grid)} units)"))
     print(rep.markdown.read_text())
     return 0
 
