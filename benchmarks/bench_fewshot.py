@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU threads, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads; load average at report time "
         f"{load[0]:.1f}.",
-        f"Accuracy is over the first {sorted({r.n for r in results})} test inputs of each "
+        f"Accuracy is over the first {'/'.join(map(str, sorted({r.n for r in results})))} test "
+        "inputs of each "
         "task's seeded test order (every selector of a task scores the same items); one "
         "demonstration pool per task (the training part of its split"
         + (f", capped at a label-stratified sample of {args.pool_size} items with "
