@@ -14,8 +14,27 @@ Cost model. A prompt is ``prefix + context + label``:
   every query has its own demonstrations). Contexts are batched with right padding after the
   prefix cache, with explicit position ids; only the logits at each context's last token are
   computed (``logits_to_keep``);
-- the labels are appended to the context's cache (repeated once per label), so the context is
-  encoded once however many labels there are. Single-token label sets need no extra pass.
+- the labels are appended to the context's cache, so the context is encoded once however many
+  labels there are. Single-token label sets need no extra pass. Multi-token labels are scored in
+  *one* extra row per query (``label_tree=True``, default): the label tokens form a trie (labels
+  sharing leading tokens share nodes), written after the context's cache with explicit position
+  ids (every label starts at the position after the query) and a 4-D attention mask that lets a
+  node see the prompt and its own ancestors only - so each label token sees exactly what it sees
+  when the label is written alone after the prompt, and the cache is never copied per label.
+  Sliding-window models (a window counts cache slots, and their caches keep only the window) use
+  one row per (query, label) with the label written inline after the context instead.
+
+Memory. Scoring needs no attention weights, so it runs through PyTorch's fused attention
+(``attn="auto"``: transformers' ``sdpa`` implementation where the model supports it, restored to
+the model's own implementation afterwards; ``eager`` otherwise, e.g. Gemma 2's soft-capping), whose
+memory is linear in the prompt length instead of quadratic. Batches are formed over the
+length-sorted prompts by a token budget (``max_batch_tokens``): a batch holds at most that many
+tokens of key/value cache (rows x (cached prefix + padded context + label tokens)), and its
+estimated memory (:class:`MemoryModel`: cache, activations, masks, eager attention weights,
+logits) at most that of so many tokens; ``batch_size`` bounds the rows. The default budget is
+:data:`BATCH_MEMORY` (1 GiB) over the model's bytes per token. A prompt over the budget runs alone;
+one that even alone would need more memory than is available (``max_prompt_tokens``) is refused
+before anything runs, with an :class:`~icldistill._validation.InputError` naming it.
 
 Exactness: a query is scored with the prefix cache only if the prefix tokens are exactly the
 leading tokens of the whole tokenized prompt; otherwise (a tokenizer that merges across the
@@ -29,11 +48,12 @@ divided by their mean content-free probabilities before the argmax.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -42,9 +62,11 @@ from ._validation import InputError
 from .prompts import QUERY, Demonstration, Prompt, Template
 
 __all__ = [
+    "BATCH_MEMORY",
     "CONTENT_FREE",
     "ClassificationMetrics",
     "FewShotScorer",
+    "MemoryModel",
     "MetricResult",
     "ScoreResult",
     "accuracy",
@@ -55,6 +77,11 @@ __all__ = [
 ]
 
 CONTENT_FREE: tuple[str, ...] = ("N/A", "", "[MASK]")
+
+#: Memory one scoring batch may take by default (bytes): the default ``max_batch_tokens`` is this
+#: over :attr:`MemoryModel.token_bytes` (about 16k tokens for qwen2.5-0.5b in bfloat16, 12k for
+#: smollm2-135m in float32; measured peaks in ``benchmarks/results/memory_2cpu.md``).
+BATCH_MEMORY = 1 << 30
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,6 +162,214 @@ def _context_limit(model: Any, tokenizer: Any, max_length: int | None) -> int:
     return min(limits) if limits else 10**9
 
 
+@dataclass(frozen=True)
+class MemoryModel:
+    """What a scoring forward pass holds in memory, from the model's configuration.
+
+    A pass over ``rows`` rows of ``new`` tokens attending to ``keys`` keys (cache included) holds
+
+    - the key/value cache of every layer, ``rows * keys * kv_bytes``, and one layer's keys and
+      values repeated over the query heads (grouped-query attention),
+      ``rows * keys * 2 * heads * head_dim * dsize``;
+    - one layer's activations, ``rows * new * act_bytes`` (``act_bytes`` =
+      ``dsize * (6 * hidden + 4 * intermediate)``: residual, norm, q/k/v, attention output; the
+      MLP's gate, up, activation and product);
+    - the attention mask, ``rows * new * keys * (1 + dsize)`` (a boolean mask and the float mask
+      the fused kernel makes of it), and with eager attention the weights,
+      ``rows * heads * new * keys * (2 * dsize + 4)`` (scores, scores + mask, float32 softmax);
+    - the kept logits, ``12 * vocab`` bytes each (float32 logits and log-softmax, with slack).
+
+    ``token_bytes`` (cache + repeated keys/values + activations per token) converts a memory into
+    a token budget.
+    """
+
+    kv_bytes: int
+    act_bytes: int
+    heads: int
+    head_dim: int
+    dsize: int
+    vocab: int
+    eager: bool
+
+    @classmethod
+    def of(cls, model: Any, eager: bool) -> MemoryModel:
+        cfg = getattr(model, "config", None)
+        cfg = getattr(cfg, "get_text_config", lambda: cfg)()
+
+        def get(*names: str, default: int = 0) -> int:
+            for n in names:
+                v = getattr(cfg, n, None)
+                if isinstance(v, int) and v > 0:
+                    return v
+            return default
+
+        hidden = get("hidden_size", "n_embd", "d_model", default=1024)
+        layers = get("num_hidden_layers", "n_layer", "num_layers", default=24)
+        heads = get("num_attention_heads", "n_head", "num_heads", default=16)
+        kv_heads = get("num_key_value_heads", "num_kv_heads", default=heads)
+        head_dim = get("head_dim", default=max(1, hidden // heads))
+        inter = get("intermediate_size", "n_inner", "ffn_dim", default=4 * hidden)
+        vocab = get("vocab_size", default=50_000)
+        try:
+            dsize = next(model.parameters()).element_size()
+        except (AttributeError, StopIteration, TypeError):
+            dsize = 4
+        return cls(kv_bytes=2 * layers * kv_heads * head_dim * dsize,
+                   act_bytes=dsize * (6 * hidden + 4 * inter), heads=heads, head_dim=head_dim,
+                   dsize=dsize, vocab=vocab, eager=eager)
+
+    @property
+    def token_bytes(self) -> int:
+        """Bytes per token of a batch (cache, repeated keys/values, activations)."""
+        return self.kv_bytes + 2 * self.heads * self.head_dim * self.dsize + self.act_bytes
+
+    def forward_bytes(self, rows: int, new: int, keys: int, logits: int) -> int:
+        """Estimated peak bytes of one forward pass (see the class docstring)."""
+        n = rows * keys * (self.kv_bytes + 2 * self.heads * self.head_dim * self.dsize)
+        n += rows * new * self.act_bytes
+        n += rows * new * keys * (1 + self.dsize)
+        if self.eager:
+            n += rows * self.heads * new * keys * (2 * self.dsize + 4)
+        return n + logits * self.vocab * 12
+
+    def default_batch_tokens(self) -> int:
+        """The default token budget: :data:`BATCH_MEMORY` over :attr:`token_bytes`."""
+        return int(min(1 << 16, max(512, BATCH_MEMORY // max(1, self.token_bytes))))
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to this process now (``MemAvailable``, or a cgroup's limit
+    less its usage where lower); None where unknown."""
+    avail = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        try:
+            import psutil
+
+            avail = int(psutil.virtual_memory().available)
+        except Exception:   # psutil missing or unsupported: no estimate
+            avail = None
+    try:
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current", encoding="ascii") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            left = max(0, int(limit) - used)
+            avail = left if avail is None else min(avail, left)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def _attn_configs(model: Any) -> list[tuple[Any, Any]]:
+    """Every configuration object of a model (its own, nested sub-configurations, those of
+    sub-models) with its stored attention implementation, to restore them exactly."""
+    seen: dict[int, tuple[Any, Any]] = {}
+    stack = [getattr(model, "config", None)]
+    modules = getattr(model, "modules", None)
+    if callable(modules):
+        stack += [getattr(m, "config", None) for m in modules()]
+    while stack:
+        cfg = stack.pop()
+        if cfg is None or id(cfg) in seen or not hasattr(cfg, "_attn_implementation_internal"):
+            continue
+        seen[id(cfg)] = (cfg, cfg._attn_implementation_internal)
+        for key in getattr(cfg, "sub_configs", {}) or {}:
+            stack.append(getattr(cfg, key, None))
+    return list(seen.values())
+
+
+def _current_attention(model: Any) -> str | None:
+    v = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    return v if isinstance(v, str) else None
+
+
+@contextlib.contextmanager
+def _attention(model: Any, implementation: str | None) -> Iterator[None]:
+    """Run ``model`` with ``implementation`` (transformers' attention interface) inside the
+    block; every configuration's previous setting is put back afterwards, also on error."""
+    if implementation is None or _current_attention(model) == implementation:
+        yield
+        return
+    saved = _attn_configs(model)
+    try:
+        model.set_attn_implementation(implementation)
+        yield
+    finally:
+        for cfg, value in saved:
+            cfg._attn_implementation_internal = value
+
+
+def _resolve_attention(model: Any, attn: str | None) -> str | None:
+    """The attention implementation the scorer runs ``model`` with (None: as it is)."""
+    current = _current_attention(model)
+    if attn is None:
+        return current
+    if attn not in ("auto", "sdpa", "eager"):
+        raise InputError(f"attn must be 'auto', 'sdpa', 'eager' or None, got {attn!r}")
+    want = "sdpa" if attn == "auto" else attn
+    if current == want:
+        return want
+    if not callable(getattr(model, "set_attn_implementation", None)):
+        if attn == "auto":
+            return current
+        raise InputError(f"{type(model).__name__} cannot switch its attention implementation")
+    import logging
+
+    log = logging.getLogger("transformers")
+    level = log.level
+    log.setLevel(logging.ERROR)          # "does not support setting ..." warnings: checked below
+    try:
+        with _attention(model, want):
+            ok = _current_attention(model) == want
+        reason = "transformers kept its implementation"
+    except (ValueError, ImportError, NotImplementedError, AttributeError, KeyError,
+            TypeError) as exc:
+        ok, reason = False, str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+    finally:
+        log.setLevel(level)
+    if ok:
+        return want
+    if attn == "auto":
+        return current
+    raise InputError(f"{type(model).__name__} cannot use {want!r} attention ({reason}); "
+                     f"use attn='auto'")
+
+
+class _LabelTrie:
+    """The input tokens of multi-token labels as a trie: a label ``t`` feeds ``t[:-1]`` after
+    the prompt, and the node of ``t[:d + 1]`` (token ``t[d]``, depth ``d``) predicts ``t[d + 1]``.
+    Labels sharing leading tokens share nodes (a node depends only on the prompt and its path)."""
+
+    def __init__(self, label_ids: list[list[int]]) -> None:
+        index: dict[tuple[int, ...], int] = {}
+        self.tokens: list[int] = []
+        self.depth: list[int] = []
+        path: list[list[int]] = []
+        self.targets: list[list[tuple[int, int]]] = []   # per label: (node, next token)
+        for t in label_ids:
+            tg = []
+            for d in range(len(t) - 1):
+                key = tuple(t[: d + 1])
+                if key not in index:
+                    index[key] = len(self.tokens)
+                    self.tokens.append(t[d])
+                    self.depth.append(d)
+                    path.append((path[index[key[:-1]]] if d else []) + [index[key]])
+                tg.append((index[key], t[d + 1]))
+            self.targets.append(tg)
+        m = len(self.tokens)
+        self.ancestors = torch.zeros((m, m), dtype=torch.bool)   # [node, node it may see]
+        for i, a in enumerate(path):
+            self.ancestors[i, a] = True
+
+
 class FewShotScorer:
     """Score the labels of a classification task after few-shot prompts.
 
@@ -151,12 +386,30 @@ class FewShotScorer:
     instruction : str, optional
         Text before the demonstrations.
     batch_size : int
-        Queries per forward pass (label passes use ``batch_size * L`` rows).
+        At most this many queries per forward pass.
     max_length : int, optional
         Context limit; defaults to the model's ``max_position_embeddings`` (and the tokenizer's
         ``model_max_length``). Longer prompts raise :class:`InputError`.
     label_prefix : str
         Put between the query and the label word (default one space).
+    max_batch_tokens : int, ``"auto"`` or None
+        Token budget of a forward pass: rows x (cached prefix + padded context + label tokens)
+        stays within it, and so does the batch's estimated memory counted in tokens
+        (:class:`MemoryModel`). ``"auto"`` (default): :data:`BATCH_MEMORY` over the model's
+        bytes per token. A prompt longer than the budget runs alone. None: fixed batches of
+        ``batch_size`` (the behaviour before budgets).
+    max_prompt_tokens : int, ``"auto"`` or None
+        Prompts (labels included) longer than this raise :class:`InputError` naming the query
+        before anything runs. ``"auto"`` (default): refuse a prompt only when scoring it alone
+        would need more memory than is available (:class:`MemoryModel`); None: never.
+    attn : ``"auto"``, ``"sdpa"``, ``"eager"`` or None
+        Attention implementation while scoring (the model's own is restored afterwards).
+        ``"auto"`` (default): ``"sdpa"`` (fused, memory linear in the length) where the model
+        supports it, else the model's own; None: leave the model as it is.
+    label_tree : bool
+        Score multi-token labels in one trie-masked row per query (default). False appends them
+        to a copy of the context's cache per label (the reference; slower, ``L`` times the
+        memory).
     """
 
     def __init__(
@@ -170,6 +423,10 @@ class FewShotScorer:
         batch_size: int = 8,
         max_length: int | None = None,
         label_prefix: str = " ",
+        max_batch_tokens: int | Literal["auto"] | None = "auto",
+        max_prompt_tokens: int | Literal["auto"] | None = "auto",
+        attn: Literal["auto", "sdpa", "eager"] | None = "auto",
+        label_tree: bool = True,
     ) -> None:
         if not label_words:
             raise InputError("label_words is empty: a task needs at least one label")
@@ -198,6 +455,27 @@ class FewShotScorer:
             self._label_ids.append(ids)
         self._sliding = _has_sliding_window(model)
         self._cache_kw = _cache_arg(model)
+        self.label_tree = bool(label_tree)
+        self._trie = _LabelTrie(self._label_ids)
+        self.attn_implementation = _resolve_attention(model, attn)
+        self.memory = MemoryModel.of(model, eager=self.attn_implementation != "sdpa")
+        self.max_batch_tokens = _budget("max_batch_tokens", max_batch_tokens,
+                                        self.memory.default_batch_tokens())
+        self.max_prompt_tokens = _budget("max_prompt_tokens", max_prompt_tokens, "auto")
+
+    @property
+    def label_mode(self) -> str:
+        """How labels are scored: ``"single"`` (one-token labels, no extra pass), ``"trie"``
+        (one trie-masked row per query), ``"inline"`` (sliding-window models: one row per query
+        and label, label written after the context) or ``"copy"`` (the context's cache copied
+        per label)."""
+        if all(len(t) == 1 for t in self._label_ids):
+            return "single"
+        if self._sliding:
+            return "inline"
+        if self.label_tree and self.attn_implementation in ("sdpa", "eager"):
+            return "trie"
+        return "copy"
 
     # ---- tokenization ------------------------------------------------------------------
 
@@ -352,6 +630,7 @@ class FewShotScorer:
         items = []
         max_label = max(len(ids) for ids in self._label_ids)
         n_spec = len(self._specials)
+        avail = _available_memory() if self.max_prompt_tokens == "auto" else None
         for i, (pre, _) in enumerate(texts):
             ids = list(self._specials) + list(enc["input_ids"][i])
             total = len(ids) + max_label
@@ -371,7 +650,100 @@ class FewShotScorer:
                 prefix_index[key] = len(prefixes)
                 prefixes.append(list(key))
             items.append(_Item(prefix_index[key], ids[cut:], groups[i]))
+            self._check_prompt(i, groups[i], total, cut, len(ids) - cut, avail)
         return items, prefixes
+
+    def _check_prompt(self, i: int, group: int, total: int, p_len: int, width: int,
+                      avail: int | None) -> None:
+        """Refuse a prompt that cannot fit ``max_prompt_tokens`` (or, ``"auto"``, the memory
+        available), before anything runs."""
+        limit = self.max_prompt_tokens
+        if limit is None:
+            return
+        what = f"query {i}" if group < 0 else "a content-free query"
+        fix = "use fewer or shorter demonstrations (a smaller k, or inputs cut to fewer words)"
+        if limit != "auto":
+            if total > limit:
+                raise InputError(f"the prompt of {what} is {total} tokens (labels included), more "
+                                 f"than max_prompt_tokens={limit}; {fix}, or raise "
+                                 "max_prompt_tokens")
+            return
+        if avail is None:
+            return
+        need = max(self.memory.forward_bytes(1, p_len, p_len, 1) if p_len else 0,
+                   self._batch_bytes(1, width, p_len))
+        if need > avail:
+            raise InputError(
+                f"the prompt of {what} is {total} tokens (labels included); scoring it, even "
+                f"alone, needs about {need / 2**30:.1f} GiB ({self.attn_implementation} "
+                f"attention), more than the {avail / 2**30:.1f} GiB of memory available; {fix}, "
+                "or free memory (max_prompt_tokens=None skips this check)")
+
+    # ---- batches and their memory ----------------------------------------------------------
+
+    def _row_tokens(self, width: int, p_len: int) -> int:
+        """Key/value-cache tokens one query's row(s) hold, label rows included."""
+        ctx = p_len + width
+        mode = self.label_mode
+        n_lab = len(self._label_ids)
+        m = max(len(t) for t in self._label_ids) - 1
+        if mode == "trie":
+            return ctx + len(self._trie.tokens)
+        if mode == "copy":
+            return ctx + n_lab * (ctx + m)
+        if mode == "inline":
+            return n_lab * (ctx + m)
+        return ctx
+
+    def _batch_bytes(self, rows: int, width: int, p_len: int) -> int:
+        """Estimated peak memory of scoring ``rows`` contexts of padded ``width`` after a
+        prefix of ``p_len`` cached tokens (:class:`MemoryModel`)."""
+        mem = self.memory
+        ctx = p_len + width
+        mode = self.label_mode
+        n_lab = len(self._label_ids)
+        m = max(len(t) for t in self._label_ids) - 1
+        if mode == "inline":
+            r = rows * n_lab
+            return mem.forward_bytes(r, width + m, ctx + m, r * rows * (m + 1))
+        first = mem.forward_bytes(rows, width, ctx, rows * rows)
+        if mode == "trie":
+            n = len(self._trie.tokens)
+            return max(first, mem.forward_bytes(rows, n, ctx + n, rows * n))
+        if mode == "copy":   # the label pass's log-softmax is also copied to float64
+            r = rows * n_lab
+            return max(first, rows * ctx * mem.kv_bytes
+                       + mem.forward_bytes(r, m, ctx + m, 2 * r * m))
+        return first
+
+    def _fits(self, rows: int, width: int, p_len: int) -> bool:
+        budget = self.max_batch_tokens
+        if budget is None:
+            return True
+        return (rows * self._row_tokens(width, p_len) <= budget
+                and self._batch_bytes(rows, width, p_len) <= budget * self.memory.token_bytes)
+
+    def _batches(self, items: list[_Item], prefixes: list[list[int]]
+                 ) -> list[tuple[int, list[int]]]:
+        """Batches per prefix over the length-sorted contexts (longest first): greedily as many
+        rows as ``batch_size`` and the token budget allow (at least one)."""
+        by_prefix: dict[int, list[int]] = {}
+        for i, it in enumerate(items):
+            by_prefix.setdefault(it.prefix, []).append(i)
+        batches: list[tuple[int, list[int]]] = []
+        for p_idx, idx in by_prefix.items():
+            idx = sorted(idx, key=lambda i: (-len(items[i].context), i))
+            p_len = len(prefixes[p_idx])
+            s = 0
+            while s < len(idx):
+                width = len(items[idx[s]].context)     # the longest of the batch
+                rows = 1
+                while (s + rows < len(idx) and rows < self.batch_size
+                       and self._fits(rows + 1, width, p_len)):
+                    rows += 1
+                batches.append((p_idx, idx[s : s + rows]))
+                s += rows
+        return batches
 
     @torch.no_grad()
     def _run(self, items: list[_Item], prefixes: list[list[int]], out: np.ndarray,
@@ -381,40 +753,46 @@ class FewShotScorer:
 
         model = self.model
         device = next(model.parameters()).device
-        by_prefix: dict[int, list[int]] = {}
-        for i, it in enumerate(items):
-            by_prefix.setdefault(it.prefix, []).append(i)
-        batches: list[tuple[int, list[int]]] = []
-        for p_idx, idx in by_prefix.items():
-            idx = sorted(idx, key=lambda i: (-len(items[i].context), i))
-            for s in range(0, len(idx), self.batch_size):
-                batches.append((p_idx, idx[s : s + self.batch_size]))
+        batches = self._batches(items, prefixes)
         caches: dict[int, Any] = {}
         bar = tqdm(total=len(items), desc="scoring", unit="prompt", disable=not progress,
                    leave=False)
         try:
-            for p_idx, idx in batches:
-                if p_idx not in caches and prefixes[p_idx]:
-                    ids = torch.tensor([prefixes[p_idx]], device=device)
-                    caches[p_idx] = _cache_of(model(input_ids=ids, use_cache=True))
-                    stats["tokens"] += ids.shape[1]
-                scores = self._batch([items[i] for i in idx], caches.get(p_idx),
-                                     len(prefixes[p_idx]), device)
-                stats["tokens"] += sum(len(items[i].context) for i in idx)
-                out[idx] = scores
-                if on_batch is not None:
-                    q = [i for i in idx if i < n_queries]
-                    if q:
-                        on_batch(np.asarray(q, dtype=np.int64), out[q])
-                bar.update(len(idx))
-                if len(caches) > 4:  # per-query prefixes are not reused later
-                    caches.pop(next(iter(caches)))
+            with _attention(model, self.attn_implementation):
+                self._run_batches(batches, items, prefixes, caches, out, stats, bar, on_batch,
+                                  n_queries, device)
         finally:
             bar.close()
 
+    def _run_batches(self, batches: list[tuple[int, list[int]]], items: list[_Item],
+                     prefixes: list[list[int]], caches: dict[int, Any], out: np.ndarray,
+                     stats: dict[str, int], bar: Any,
+                     on_batch: Callable[[np.ndarray, np.ndarray], None] | None, n_queries: int,
+                     device: torch.device) -> None:
+        model = self.model
+        for p_idx, idx in batches:
+            if p_idx not in caches and prefixes[p_idx]:
+                ids = torch.tensor([prefixes[p_idx]], device=device)
+                # the cache is all that is needed: no logits over the prefix
+                caches[p_idx] = _cache_of(model(input_ids=ids, use_cache=True,
+                                                logits_to_keep=1))
+                stats["tokens"] += ids.shape[1]
+            scores = self._batch([items[i] for i in idx], caches.get(p_idx),
+                                 len(prefixes[p_idx]), device)
+            stats["tokens"] += sum(len(items[i].context) for i in idx)
+            out[idx] = scores
+            if on_batch is not None:
+                q = [i for i in idx if i < n_queries]
+                if q:
+                    on_batch(np.asarray(q, dtype=np.int64), out[q])
+            bar.update(len(idx))
+            if len(caches) > 4:  # per-query prefixes are not reused later
+                caches.pop(next(iter(caches)))
+
     def _batch(self, batch: list[_Item], prefix_cache: Any, p_len: int,
                device: torch.device) -> np.ndarray:
-        if self._sliding and any(len(t) > 1 for t in self._label_ids):
+        mode = self.label_mode
+        if mode == "inline":
             return self._batch_inline(batch, prefix_cache, p_len, device)
         model = self.model
         b = len(batch)
@@ -456,7 +834,9 @@ class FewShotScorer:
         logits = res.logits[torch.arange(b, device=device), col]          # [b, V]
         last_lp = torch.log_softmax(logits.float(), dim=-1).double()
         scores = torch.stack([last_lp[:, t[0]] for t in self._label_ids], dim=1)  # [b, L]
-        if multi:
+        if mode == "trie":
+            self._labels_trie(scores, _cache_of(res), lens, past_mask, p_len, device)
+        elif multi:
             m = max(len(t) for t in self._label_ids) - 1
             cache = _cache_of(res)
             cache.batch_repeat_interleave(n_lab)
@@ -478,6 +858,34 @@ class FewShotScorer:
                     nxt = torch.tensor(t[1:], device=device)
                     scores[:, j] += lp2[:, j, torch.arange(len(t) - 1), nxt].sum(-1)
         return scores.cpu().numpy()
+
+    def _labels_trie(self, scores: torch.Tensor, cache: Any, lens: list[int],
+                     past_mask: torch.Tensor, p_len: int, device: torch.device) -> None:
+        """Add the log-probabilities of the labels' later tokens to ``scores`` ``[b, L]``: the
+        trie's nodes are written after each row's cache in one pass, node ``i`` at position
+        ``p_len + len(context) + depth(i)``, seeing the row's real tokens (not its padding) and
+        its own ancestors only - what it sees when its label follows the prompt alone."""
+        trie = self._trie
+        b, n = len(lens), len(trie.tokens)
+        ids = torch.tensor(trie.tokens, device=device)[None].expand(b, n)
+        depth = torch.tensor(trie.depth, device=device)
+        pos = (torch.tensor(lens, device=device) + p_len)[:, None] + depth[None]
+        seen = torch.cat([past_mask.bool()[:, None, None, :].expand(b, 1, n, past_mask.shape[1]),
+                          trie.ancestors.to(device)[None, None].expand(b, 1, n, n)], dim=-1)
+        if self.attn_implementation == "sdpa":
+            mask = seen
+        else:   # eager: an additive mask in the activations' dtype, like transformers' own
+            dtype = self.model.get_input_embeddings().weight.dtype
+            mask = torch.zeros(seen.shape, dtype=dtype, device=device).masked_fill_(
+                ~seen, torch.finfo(dtype).min)
+        res = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                         logits_to_keep=n, **{self._cache_kw: cache})
+        lp = torch.log_softmax(res.logits.float(), dim=-1)                    # [b, n, V]
+        for j, tg in enumerate(trie.targets):
+            if tg:
+                node = torch.tensor([x for x, _ in tg], device=device)
+                nxt = torch.tensor([t for _, t in tg], device=device)
+                scores[:, j] += lp[:, node, nxt].double().sum(-1)
 
 
     def _batch_inline(self, batch: list[_Item], prefix_cache: Any, p_len: int,
@@ -518,6 +926,18 @@ class FewShotScorer:
         for r, c, tok in need:
             scores[r] += lp[r, col[c], tok].cpu()
         return scores.view(b, n_lab).numpy()
+
+
+def _budget(name: str, value: Any, auto: Any) -> Any:
+    """A positive token count, ``"auto"`` (-> ``auto``) or None."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value == "auto":
+        return auto
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
+        raise InputError(f"{name} must be a positive number of tokens, 'auto' or None, "
+                         f"got {value!r}")
+    return int(value)
 
 
 def _cache_arg(model: Any) -> str:
