@@ -268,7 +268,6 @@ def _fmt_rows(rows: list[dict], part: str) -> list[str]:
             "(CPU s) | speed-up wall / CPU | max abs Δ log p | same predictions | max abs Δ vs "
             "float32 |")
     lines = [head, "|" + "---|" * 14]
-    nan = float("nan")
     for r in rows:
         if r["part"] != part:
             continue
@@ -278,15 +277,18 @@ def _fmt_rows(rows: list[dict], part: str) -> list[str]:
             continue
         vs = "" if r.get("reference", "old") == "old" else f" (vs {r['reference']})"
         f32 = r.get("max_abs_diff_float32")
+        if "reference" not in r:
+            speed, diff, same = "", "", ""
+        else:
+            speed = f"{r['speedup']:.2f}x / {r['speedup_cpu']:.2f}x{vs}"
+            diff, same = f"{r['max_abs_diff']:.2e}", f"{r['same_predictions']:.3f}"
         lines.append(
             f"| {r['model']} | {r['dtype']} | {r['config']} | {r['prompt_tokens'] / r['n']:.0f} | "
             f"{r['attn']} / {r['label_mode']} | "
             f"{r['batches']} ({r['max_rows']}) | {r['peak_rss_scoring'] / GB:.2f} | "
             f"{r['scoring_peak_above_load'] / GB:.2f} ({r['predicted_batch_bytes'] / GB:.2f}) | "
             f"{r['peak_rss_loading'] / GB:.2f} | {r['seconds']:.1f} ({r['cpu_seconds']:.0f}) | "
-            f"{r.get('speedup', nan):.2f}x / {r.get('speedup_cpu', nan):.2f}x{vs} | "
-            f"{r.get('max_abs_diff', nan):.2e} | {r.get('same_predictions', nan):.3f} | "
-            f"{'' if f32 is None else f'{f32:.2e}'} |")
+            f"{speed} | {diff} | {same} | {'' if f32 is None else f'{f32:.2e}'} |")
     return lines
 
 
@@ -354,18 +356,55 @@ def main() -> int:
             "torch": torch.__version__, "transformers": transformers.__version__,
             "threads": args.threads, "load_avg_start": load0, "load_avg_end": load1,
             "seconds_total": time.perf_counter() - t_start, "args": vars(args),
-            "prompts": {p: pr["name"] for p, pr in prompts.items()}}
+            "prompts": {p: f"{pr['name']}, {len(pr['queries'])} queries"
+                        for p, pr in prompts.items()}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean = [{k: (np.round(v, 7).tolist() if k == "logprobs" else v) for k, v in r.items()}
              for r in rows]
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": clean}, indent=1)
                                         + "\n")
+    text = _report(meta, rows)
+    out.with_suffix(".md").write_text(text)
+    print(text)
+    return 0
+
+
+def _summary(rows: list[dict]) -> list[str]:
+    """The issue's targets, read off the rows."""
+    ok = {(r["part"], r["model"], r["config"]): r for r in rows if "failed" not in r}
+    lines = []
+    for (part, model, cfg), r in ok.items():
+        if cfg != "new":
+            continue
+        old = ok.get((part, model, "old"))
+        what = "long inputs" if part == "long" else "r52 labels"
+        if old is None:
+            lines.append(f"- {model}, {what}: new path {r['peak_rss_scoring'] / GB:.2f} GB "
+                         "peak RSS while scoring (old path did not finish).")
+            continue
+        same = "identical" if r.get("same_predictions") == 1.0 else \
+            f"{r.get('same_predictions', 0):.1%} identical"
+        lines.append(
+            f"- {model} ({r['dtype']}), {what}: peak RSS while scoring "
+            f"{old['peak_rss_scoring'] / GB:.2f} GB old -> {r['peak_rss_scoring'] / GB:.2f} GB "
+            f"new (process peak with loading {r['peak_rss'] / GB:.2f} GB); "
+            f"{r['speedup']:.2f}x faster (wall); max abs Δ log p {r['max_abs_diff']:.1e}; "
+            f"{same} predictions"
+            + (f"; largest difference from float32: old {old['max_abs_diff_float32']:.1e}, new "
+               f"{r['max_abs_diff_float32']:.1e}" if "max_abs_diff_float32" in r
+               and "max_abs_diff_float32" in old else "") + ".")
+    return lines
+
+
+def _report(meta: dict, rows: list[dict]) -> str:
+    load0, load1 = meta["load_avg_start"], meta["load_avg_end"]
     lines = [f"# Memory-bounded scoring: old path vs new path ({meta['machine']}, "
              f"{meta['cpus']} CPUs, Python {meta['python']}, torch {meta['torch']}, "
-             f"transformers {meta['transformers']}, {args.threads} threads)", "",
+             f"transformers {meta['transformers']}, {meta['threads']} threads)", "",
              f"Load average (1 min) {load0[0]:.1f} at the start, {load1[0]:.1f} at the end "
-             "(the 2 cores may be shared with other jobs: timings are noisy). "
+             f"(the 2 cores may be shared with other jobs: timings are noisy); "
+             f"{meta['seconds_total'] / 60:.0f} min in all. "
              "`old` = eager attention, fixed batches of 8, a cache copy per label; `new` = the "
              "defaults (sdpa where supported, token-budget batches, labels in one trie-masked "
              "row); `old+trie` = `old` with the trie label pass. Peak RSS scoring = the process's "
@@ -376,13 +415,16 @@ def main() -> int:
              "transient, the same for every configuration). Speed-up and Δ / predictions are "
              "relative to `old`; max abs Δ vs float32 compares a half-precision row with the "
              "same model run in float32 (`float32 reference`, new path), to show which path is "
-             "closer to exact.", ""]
-    for part, pr in prompts.items():
-        lines += [f"## {pr['name']}, {len(pr['queries'])} queries", ""]
-        lines += [*_fmt_rows(rows, part), ""]
-    out.with_suffix(".md").write_text("\n".join(lines))
-    print("\n".join(lines))
-    return 0
+             "closer to exact.", "", *_summary(rows), ""]
+    for part, name in meta["prompts"].items():
+        lines += [f"## {name}", "", *_fmt_rows(rows, part), ""]
+    return "\n".join(lines)
+
+
+def rerender(path: str) -> str:
+    """The Markdown report of a saved ``.json`` (after editing the layout)."""
+    data = json.loads(Path(path).read_text())
+    return _report(data["meta"], data["rows"])
 
 
 if __name__ == "__main__":
