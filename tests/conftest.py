@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -31,3 +32,12 @@ def rel_err(a, b) -> float:
     a = torch.as_tensor(a, dtype=torch.float64)
     b = torch.as_tensor(b, dtype=torch.float64)
     return float((a - b).abs().max() / max(1.0, float(b.abs().max())))
+
+
+@pytest.fixture
+def float32_default():
+    """The suite's default dtype is float64 (above); models that run as shipped use float32."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    yield
+    torch.set_default_dtype(previous)

@@ -249,13 +249,7 @@ def tiny_causal_lm(model_type: str) -> Any:
 OUTCOMES: dict[str, tuple[str, str, str]] = {}     # arch -> (class, outcome, details)
 
 
-@pytest.fixture(autouse=True)
-def _float32_default():
-    """The suite's default dtype is float64 (conftest); these models run as shipped, float32."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float32_default")
 
 
 @pytest.fixture(scope="module", autouse=True)

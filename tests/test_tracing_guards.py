@@ -25,13 +25,7 @@ DEMOS = [("good movie", "positive"), ("bad plot", "negative"), ("great acting", 
 PROMPT = Prompt(DEMOS, "loved the film", instruction="Classify sentiment")
 
 
-@pytest.fixture(autouse=True)
-def _float32_default():
-    """The suite's default dtype is float64 (conftest); these models run in float32."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float32_default")
 
 
 @pytest.fixture
