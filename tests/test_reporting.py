@@ -13,6 +13,10 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
+from icldistill._validation import InputError
+from icldistill.evaluation import MetricResult
+from icldistill.harness import UnitResult, UnitSpec
 from icldistill.reporting import (
     BulletList,
     CodeBlock,
@@ -30,10 +34,6 @@ from icldistill.reporting import (
     to_text,
     write_report,
 )
-
-from icldistill._validation import InputError
-from icldistill.evaluation import MetricResult
-from icldistill.harness import UnitResult, UnitSpec
 
 IMG = "<img src=x onerror=alert(1)>"
 SCRIPT = "</table><script>alert(1)</script>"
