@@ -54,9 +54,24 @@ def test_real_section_with_fewshot_grid(tmp_path, toy):
     h = Harness(tmp_path / "fs", tasks={"toy": toy}, model_loader=lambda _n: _loaded(),
                 progress=False, embedding_cache=tmp_path / "emb",
                 reference_encoder="hidden:-1", n_boot=20, batch_size=4)
+    def control_harness(folder, loader):
+        return Harness(folder, tasks={"toy": toy}, model_loader=loader, progress=False,
+                       embedding_cache=tmp_path / "emb", reference_encoder="hidden:-1",
+                       n_boot=20, batch_size=4)
+
     sec = real.run("tiny", out_dir=tmp_path / "real", quick=True, dataset="toy",
-                   fewshot_tasks=("toy",), loaded=_loaded(), split=toy.split, harness=h)
+                   fewshot_tasks=("toy",), loaded=_loaded(), split=toy.split, harness=h,
+                   control_harness=control_harness)
     assert sec.name == "real" and sec.tables and sec.checks
+    # every model claim is compared with the random-init twin (issue 13 item 5)
+    assert len(sec.data["controls"]) == 1
+    assert (tmp_path / "real" / "fewshot-control-1" / "results.jsonl").is_file()
+    claims = {c.claim: c for c in sec.checks}
+    jensen = next(c for k, c in claims.items() if k.startswith("Jensen"))
+    assert "random-init control spread" in jensen.detail
+    stationarity = next(c for k, c in claims.items() if k.startswith("domain stationarity"))
+    assert "random-init control spread" in stationarity.detail
+    assert all(c["controls"] for c in sec.data["comparisons"])
     for f in sec.figures:
         assert (tmp_path / "real" / f).read_bytes()[:4] == b"\x89PNG"
     assert "real_accuracy_mmd.png" in sec.figures

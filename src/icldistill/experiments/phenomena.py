@@ -113,7 +113,7 @@ def random_twin(loaded: Any, seed: int) -> Any:
     try:
         torch.manual_seed(int(seed))
         twin = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn,
-                                                torch_dtype=param.dtype)
+                                                dtype=param.dtype)
     finally:
         torch.random.set_rng_state(state)
     twin = twin.to(param.device).eval()

@@ -59,6 +59,9 @@ class RealTraceResult:
     jensen_violations : int
         Query positions where ``log(D'_t / n_t) < mean logit - 1e-9`` (should be 0).
     jensen_checked : int
+    jensen_gap : ndarray ``[L, H]``
+        Mean of ``log(D'_t / n_t) - mean logit`` over the query positions of all prompts (0 for
+        uniform attention; grows as attention concentrates).
     alignment_error : float
         Largest relative ``||W_1 - W_0|| / ||W_0||`` after one step with ``eta*`` (should be ~0),
         over every kernel-form head at the last position of the first prompt.
@@ -81,6 +84,7 @@ class RealTraceResult:
     max_decomposition_error: float
     jensen_violations: int
     jensen_checked: int
+    jensen_gap: np.ndarray
     alignment_error: float
     alignment_error_2x: float
     num_tokens: list[int]
@@ -132,7 +136,7 @@ def real_model_trace(
     rng = np.random.default_rng(seed)
     fmt = pool.format
     eta, share, mass, stat_x, stat_y = [], [], [], [], []
-    max_err, viol, checked, lens = 0.0, 0, 0, []
+    max_err, viol, checked, lens, gaps = 0.0, 0, 0, [], []
     align, align2 = 0.0, float("inf")
     kernel = None
     queries = rng.choice(len(test), size=min(n_prompts, len(test)), replace=False)
@@ -153,7 +157,9 @@ def real_model_trace(
         max_err = max(max_err, res.max_decomposition_error)
         n_keys = res.num_keys.double().numpy()[:, None, :]             # [L, 1, P]
         lhs = res.log_normalizer.double().numpy() - np.log(n_keys)
-        viol += int((lhs < res.mean_logit.double().numpy() - 1e-9).sum())
+        gap = lhs - res.mean_logit.double().numpy()                     # [L, H, P]
+        gaps.append(gap.mean(-1))
+        viol += int((gap < -1e-9).sum())
         checked += lhs.size
         L, H = kernel.shape
         if len(lens) == 1:            # alignment: every kernel-form head of the first prompt
@@ -181,6 +187,7 @@ def real_model_trace(
         eta_last=np.stack(eta), demo_share_last=np.stack(share), demo_mass_last=np.stack(mass),
         stationarity=stationarity, has_kernel_form=np.asarray(kernel, dtype=bool),
         max_decomposition_error=float(max_err), jensen_violations=viol, jensen_checked=checked,
+        jensen_gap=np.mean(gaps, axis=0),
         alignment_error=float(align), alignment_error_2x=float(align2), num_tokens=lens,
         seconds=time.perf_counter() - t0,
     )
@@ -304,6 +311,25 @@ def _figures(tr: RealTraceResult, rel: FewShotRelation | None, out: Path) -> lis
     return names
 
 
+def _control_relation(model: str, twin: Any, fewshot_dir: Path, tasks: tuple[str, ...],
+                      selectors: tuple[str, ...], n_test: int, progress: bool,
+                      harness_factory: Any | None) -> FewShotRelation:
+    """The accuracy-vs-MMD grid of the real section, on a random-init twin."""
+    from ..harness import Harness
+
+    if harness_factory is not None:
+        h = harness_factory(fewshot_dir, lambda _name, **_kw: twin)
+    else:
+        h = Harness(fewshot_dir, model_loader=lambda _name, **_kw: twin, progress=progress)
+    return fewshot_relation(fewshot_dir, model=model, tasks=tasks, selectors=selectors,
+                            n_test=n_test, progress=progress, harness=h)
+
+
+def _spearman_items(tr: RealTraceResult) -> np.ndarray:
+    st = tr.stationarity
+    return st[np.isfinite(st)]
+
+
 def run(
     model: str = "smollm2-135m",
     *,
@@ -318,8 +344,18 @@ def run(
     loaded: Any | None = None,
     split: Any | None = None,
     harness: Any | None = None,
+    n_controls: int = 1,
+    controls: Any | None = None,
+    control_harness: Any | None = None,
 ) -> Section:
-    """The real-model experiment as a report section.
+    """The real-model experiment as a report section, with random-initialised controls.
+
+    Every quantity is measured on the trained model and on ``n_controls`` architecture-identical
+    random-init twins (:func:`icldistill.experiments.phenomena.random_twin`, seeds
+    ``seed + 1 ..``) on the same prompts; a claim about the model passes only when the trained
+    value lies outside the controls' spread (:func:`~icldistill.experiments.phenomena.
+    controlled_check`). The decomposition and the implicit alignment are identities of the
+    software that hold for any weights: they are checked on every model (trained and controls).
 
     Parameters
     ----------
@@ -327,68 +363,140 @@ def run(
         Registry key of the language model (default ``smollm2-135m``).
     out_dir : path
         Figures go here; the harness grid runs in ``fewshot_dir`` (default
-        ``out_dir/fewshot``).
+        ``out_dir/fewshot``), the controls' grids in ``<fewshot_dir>-control-<seed>``.
     quick : bool
         4 traced prompts and a 5-unit grid on 60 test inputs of one task; otherwise 12 prompts
         and a 3-task grid on 200 test inputs.
     fewshot_results : path, optional
-        Read the accuracy-vs-MMD units from this harness folder instead of running a grid.
+        Read the trained model's accuracy-vs-MMD units from this harness folder instead of
+        running a grid (the controls' grid is then not run, and that check says so).
     fewshot_tasks : tuple of str, optional
         Tasks of the grid (default ``dataset``, plus ``yelp`` and ``rt-subjectivity`` in full
         mode).
     loaded, split, harness : optional
         An already loaded model / dataset split / harness (see :func:`real_model_trace` and
         :func:`fewshot_relation`).
+    n_controls : int
+        Random-init twins (default 1).
+    controls : sequence of LoadedModel-like, optional
+        Already built twins (instead of ``n_controls`` new ones).
+    control_harness : callable, optional
+        ``control_harness(folder, model_loader) -> Harness`` for the controls' grids (tests).
     """
+    from .phenomena import compare_with_controls, controlled_check, random_twin, statistic
+
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n_prompts = 4 if quick else 12
+    if loaded is None:
+        from ..models import load_model
+
+        loaded = load_model(model, progress=progress)
+    if controls is None:
+        if isinstance(n_controls, bool) or not isinstance(n_controls, int) or n_controls < 1:
+            raise InputError(f"n_controls must be a positive integer, got {n_controls!r}")
+        controls = [random_twin(loaded, seed + i) for i in range(1, n_controls + 1)]
+    controls = list(controls)
+    if not controls:
+        raise InputError("the real section needs at least one random-init control")
     tr = real_model_trace(model, dataset, k=4, n_prompts=n_prompts, seed=seed, progress=progress,
                           loaded=loaded, split=split)
+    ctr = [real_model_trace(model, dataset, k=4, n_prompts=n_prompts, seed=seed,
+                            progress=progress, loaded=c, split=split) for c in controls]
+    tasks = fewshot_tasks or ((dataset,) if quick else (dataset, "yelp", "rt-subjectivity"))
+    selectors = (("random", "mmd", "mmd-balanced") if quick else
+                 ("random", "vote-k", "mmd", "mmd-balanced"))
+    n_test = 60 if quick else 200
+    fs_dir = Path(fewshot_dir) if fewshot_dir is not None else out / "fewshot"
+    crel: list[FewShotRelation] = []
     if fewshot_results is not None:
         rel = fewshot_relation(fewshot_results, run_grid=False)
     else:
-        tasks = fewshot_tasks or ((dataset,) if quick else (dataset, "yelp", "rt-subjectivity"))
-        rel = fewshot_relation(fewshot_dir or out / "fewshot", model=model, tasks=tasks,
-                               harness=harness,
-                               selectors=("random", "mmd", "mmd-balanced") if quick else
-                               ("random", "vote-k", "mmd", "mmd-balanced"),
-                               n_test=60 if quick else 200, progress=progress)
+        rel = fewshot_relation(fs_dir, model=model, tasks=tasks, harness=harness,
+                               selectors=selectors, n_test=n_test, progress=progress)
+        for i, c in enumerate(controls, 1):
+            crel.append(_control_relation(model, c, fs_dir.with_name(
+                f"{fs_dir.name}-control-{seed + i}"), tasks, selectors, n_test, progress,
+                control_harness))
     figures = _figures(tr, rel, out)
     L, H = tr.has_kernel_form.shape
     eta = tr.eta_last.mean(0)
     share = tr.demo_share_last.mean(0)
-    st = tr.stationarity[np.isfinite(tr.stationarity)]
+    st = _spearman_items(tr)
     neg = int((st < 0).sum())
+    names = [getattr(c, "name", f"control {i}") for i, c in enumerate(controls, 1)]
+    stat_cmp = compare_with_controls(
+        "mean per-head Spearman(mean q-k_demo logit, log eta*)",
+        statistic(st, "trained", seed=seed),
+        [statistic(_spearman_items(c), n, role="control", seed=seed)
+         for c, n in zip(ctr, names, strict=True)])
+    jensen_cmp = compare_with_controls(
+        "mean Jensen gap log(D'/n) - mean logit per head",
+        statistic(tr.jensen_gap.ravel(), "trained", seed=seed),
+        [statistic(c.jensen_gap.ravel(), n, role="control", seed=seed)
+         for c, n in zip(ctr, names, strict=True)])
+    share_cmp = compare_with_controls(
+        "demo share at the label position per head",
+        statistic(share.ravel(), "trained", seed=seed),
+        [statistic(c.demo_share_last.mean(0).ravel(), n, role="control", seed=seed)
+         for c, n in zip(ctr, names, strict=True)])
+    all_tr = [tr, *ctr]
     checks = [
-        Check("the segment decomposition reproduces the model's attention output",
-              tr.max_decomposition_error < 1e-4,
-              f"max relative error {tr.max_decomposition_error:.1e} over {L}x{H} heads"),
-        Check("implicit alignment: one step with eta* gives W_0", tr.alignment_error < 1e-8,
-              f"max relative distance {tr.alignment_error:.1e} (with 2 eta*: at least "
-              f"{tr.alignment_error_2x:.2f})"),
-        Check("Jensen: log(D'/n) >= mean logit", tr.jensen_violations == 0,
-              f"{tr.jensen_violations} violations in {tr.jensen_checked} head-positions"),
-        Check("domain stationarity: eta* falls as the query-demo logit rises (per head)",
-              st.size > 0 and neg > st.size / 2,
-              f"negative Spearman in {neg} of {st.size} heads (median "
-              f"{float(np.median(st)) if st.size else float('nan'):.2f})"),
+        Check("identity (any weights): the segment decomposition reproduces the attention output "
+              "of the trained model and of every control",
+              all(t.max_decomposition_error < 1e-4 for t in all_tr),
+              "max relative error " + ", ".join(f"{t.model}: {t.max_decomposition_error:.1e}"
+                                                for t in all_tr)),
+        Check("identity (any weights): one step with eta* gives W_0, on the trained model and "
+              "every control", all(t.alignment_error < 1e-8 for t in all_tr),
+              "max relative distance " + ", ".join(f"{t.model}: {t.alignment_error:.1e}"
+                                                   for t in all_tr)
+              + f" (with 2 eta*: at least {tr.alignment_error_2x:.2f})"),
+        controlled_check(
+            "Jensen: log(D'/n) >= mean logit, with a gap beyond the random-init control's "
+            "(attention concentrated by training)",
+            tr.jensen_violations == 0 and all(c.jensen_violations == 0 for c in ctr),
+            jensen_cmp,
+            f"{tr.jensen_violations} violations in {tr.jensen_checked} head-positions "
+            f"(controls: {sum(c.jensen_violations for c in ctr)}); the inequality itself holds "
+            "for any softmax"),
+        controlled_check(
+            "domain stationarity: eta* falls as the query-demo logit rises (per head)",
+            st.size > 0 and neg > st.size / 2, stat_cmp,
+            f"negative Spearman in {neg} of {st.size} heads (median "
+            f"{float(np.median(st)) if st.size else float('nan'):.2f})"),
     ]
     if rel is not None:
         finite = {t: r for t, r in rel.spearman.items() if np.isfinite(r)}
-        checks.append(Check(
-            "accuracy falls as the demonstrations' MMD² to the task rises",
-            bool(finite) and all(r < 0 for r in finite.values()),
-            ", ".join(f"{t}: Spearman {r:.2f}" for t, r in rel.spearman.items())))
+        trained_rho = statistic(list(finite.values()), "trained", seed=seed)
+        if crel:
+            rel_cmp = compare_with_controls(
+                "Spearman(MMD², accuracy) per task",
+                trained_rho, [statistic([r for r in c.spearman.values() if np.isfinite(r)], n,
+                                        role="control", seed=seed)
+                              for c, n in zip(crel, names, strict=False)])
+            checks.append(controlled_check(
+                "accuracy falls as the demonstrations' MMD² to the task rises",
+                bool(finite) and all(r < 0 for r in finite.values()), rel_cmp,
+                ", ".join(f"{t}: Spearman {r:.2f}" for t, r in rel.spearman.items())))
+        else:
+            checks.append(Check(
+                "accuracy falls as the demonstrations' MMD² to the task rises", False,
+                ", ".join(f"{t}: Spearman {r:.2f}" for t, r in rel.spearman.items())
+                + "; read from a results folder, so no random-init control grid was run: "
+                "not counted"))
     top = np.unravel_index(np.argmax(share), share.shape)
     findings = [
         f"Mean eta* at the label position ranges from {eta.min():.3g} to {eta.max():.3g} over "
         f"{L} layers x {H} heads; layer means go from {eta.mean(1)[0]:.3g} (layer 0) to "
         f"{eta.mean(1)[-1]:.3g} (layer {L - 1}).",
         f"The demonstrations' share of the head output averages {share.mean():.2f}; it is "
-        f"largest at layer {top[0]} head {top[1]} ({share[top]:.2f}).",
+        f"largest at layer {top[0]} head {top[1]} ({share[top]:.2f}). "
+        + share_cmp.describe(".2f") + ".",
         f"Prompts have {min(tr.num_tokens)}-{max(tr.num_tokens)} tokens.",
+        stat_cmp.describe(".2f") + ".",
+        jensen_cmp.describe(".3g") + ".",
     ]
     if rel is not None:
         by_sel: dict[str, list[float]] = {}
@@ -396,27 +504,44 @@ def run(
             by_sel.setdefault(r["selector"], []).append(r["accuracy"])
         findings.append("Mean accuracy per selector: " + ", ".join(
             f"{s} {np.mean(v):.3f}" for s, v in sorted(by_sel.items())) + ".")
+        for c, n in zip(crel, names, strict=False):
+            acc = [r["accuracy"] for r in c.rows]
+            findings.append(f"{n}: mean accuracy {np.mean(acc):.3f} over {len(acc)} units; "
+                            "Spearman(MMD², accuracy) " + ", ".join(
+                                f"{t} {r:.2f}" for t, r in c.spearman.items()) + ".")
+    c_eta = [c.eta_last.mean(0) for c in ctr]
+    c_share = [c.demo_share_last.mean(0) for c in ctr]
     layer_rows = tuple(
         (layer, float(eta[layer].mean()), float(eta[layer].min()), float(eta[layer].max()),
          float(share[layer].mean()), float(np.nanmean(tr.stationarity[layer]))
-         if np.isfinite(tr.stationarity[layer]).any() else float("nan"))
+         if np.isfinite(tr.stationarity[layer]).any() else float("nan"),
+         float(np.mean([e[layer].mean() for e in c_eta])),
+         float(np.mean([s_[layer].mean() for s_ in c_share])))
         for layer in range(L))
-    tables = [Table("Per layer (mean over heads and prompts, last position)",
+    tables = [Table("Per layer (mean over heads and prompts, last position; control = mean over "
+                    "the random-init twins)",
                     ("layer", "mean eta*", "min eta*", "max eta*", "demo share",
-                     "stationarity Spearman"), layer_rows)]
+                     "stationarity Spearman", "control eta*", "control demo share"),
+                    layer_rows)]
     if rel is not None:
         tables.append(Table("Few-shot units: accuracy vs MMD² (selection harness)",
-                            ("task", "selector", "k", "seed", "accuracy", "macro-F1", "MMD²",
-                             "n"),
-                            tuple((r["task"], r["selector"], r["k"], r["seed"], r["accuracy"],
-                                   r["macro_f1"], r["mmd2_task"], r["n"]) for r in rel.rows)))
+                            ("model", "task", "selector", "k", "seed", "accuracy", "macro-F1",
+                             "MMD²", "n"),
+                            tuple((m, r["task"], r["selector"], r["k"], r["seed"], r["accuracy"],
+                                   r["macro_f1"], r["mmd2_task"], r["n"])
+                                  for m, rr in (("trained", rel), *zip(names, crel, strict=False))
+                                  for r in rr.rows)))
     return Section(
         name="real",
         title=f"Real model: {tr.model} on {tr.dataset}",
         description=(f"{len(tr.num_tokens)} random {tr.k}-shot prompts of `{tr.dataset}` traced "
-                     f"through every layer and head of `{tr.model}` (seed {seed}); eta* and the "
+                     f"through every layer and head of `{tr.model}` (seed {seed}) and of "
+                     f"{len(ctr)} architecture-identical random-init twin(s) (seeds "
+                     f"{seed + 1}..{seed + len(ctr)}) on the same prompts; eta* and the "
                      "demo share at the label position, the decomposition error, Jensen's "
-                     "inequality and stationarity at every query position. Accuracy vs MMD² "
+                     "inequality and stationarity at every query position. A claim about the "
+                     "model counts only when the trained value lies outside the controls' "
+                     "spread (union of their 95% bootstrap intervals). Accuracy vs MMD² "
                      "comes from the selection harness "
                      + (f"results in `{rel.source}`." if rel is not None else ".")),
         checks=checks,
@@ -427,6 +552,16 @@ def run(
               "stationarity": tr.stationarity.tolist(),
               "max_decomposition_error": tr.max_decomposition_error,
               "jensen_violations": tr.jensen_violations, "alignment_error": tr.alignment_error,
+              "jensen_gap": tr.jensen_gap.tolist(),
+              "controls": [{"model": n, "stationarity": c.stationarity.tolist(),
+                            "jensen_gap": c.jensen_gap.tolist(),
+                            "demo_share_last": c.demo_share_last.tolist(),
+                            "eta_last": c.eta_last.tolist(),
+                            "max_decomposition_error": c.max_decomposition_error,
+                            "fewshot": None if not crel else
+                            {"rows": crel[i].rows, "spearman": crel[i].spearman}}
+                           for i, (c, n) in enumerate(zip(ctr, names, strict=True))],
+              "comparisons": [stat_cmp.to_dict(), jensen_cmp.to_dict(), share_cmp.to_dict()],
               "fewshot": None if rel is None else {"rows": rel.rows, "spearman": rel.spearman}},
         seconds=time.perf_counter() - t0,
     )

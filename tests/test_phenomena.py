@@ -1,0 +1,135 @@
+"""The shared machinery of the phenomena sections: random-init twins, the control rule,
+balanced demonstrations, label-position quantities (issue 13)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from icldistill._validation import InputError
+from icldistill.experiments import phenomena as ph
+from icldistill.prompts import Prompt
+
+from .test_harness import _write_task
+from .tiny_models import tiny_model, tiny_tokenizer
+
+
+def _loaded():
+    return SimpleNamespace(model=tiny_model("llama"), tokenizer=tiny_tokenizer(True),
+                           name="tiny")
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return _write_task(tmp_path_factory.mktemp("data") / "toy.jsonl")
+
+
+@given(st.lists(st.sampled_from("abc"), min_size=1, max_size=30), st.integers(0, 30),
+       st.integers(0, 2**16))
+@settings(max_examples=60, deadline=None)
+def test_balanced_indices_property(labels, k, seed):
+    labels = np.asarray(labels)
+    k = min(k, len(labels))
+    idx = ph.balanced_indices(labels, k, np.random.default_rng(seed))
+    assert len(idx) == k and len(set(idx.tolist())) == k
+    got = Counter(labels[idx].tolist())
+    have = Counter(labels.tolist())
+    # as balanced as the data allow: a label below the top count has run out
+    top = max(got.values(), default=0)
+    for lab, n in have.items():
+        assert got.get(lab, 0) >= min(n, top - 1)
+    again = ph.balanced_indices(labels, k, np.random.default_rng(seed))
+    np.testing.assert_array_equal(idx, again)
+
+
+def test_balanced_indices_exclude_and_errors():
+    labels = np.array(["a", "b"] * 5)
+    idx = ph.balanced_indices(labels, 6, np.random.default_rng(0), exclude=[0, 1])
+    assert not {0, 1} & set(idx.tolist())
+    with pytest.raises(InputError, match="available"):
+        ph.balanced_indices(labels, 9, np.random.default_rng(0), exclude=[0, 1])
+    with pytest.raises(InputError, match="k must"):
+        ph.balanced_indices(labels, -1, np.random.default_rng(0))
+
+
+def test_statistic_and_control_rule():
+    s = ph.statistic([1.0, 2.0, 3.0, np.nan], "m")
+    assert s.value == pytest.approx(2.0) and s.n == 3 and s.low <= 2.0 <= s.high
+    c = ph.statistic([5.0, 5.0], "c", role="control")
+    assert (c.value, c.low, c.high) == (5.0, 5.0, 5.0)
+    assert math.isnan(ph.statistic([], "e").value)
+    trained = ph.Statistic("t", "trained", 0.9, 0.8, 1.0, 10)
+    ctl = [ph.Statistic("c1", "control", 0.5, 0.4, 0.6, 10),
+           ph.Statistic("c2", "control", 0.55, 0.45, 0.7, 10)]
+    cmp = ph.compare_with_controls("acc", trained, ctl)
+    assert (cmp.low, cmp.high, cmp.outside) == (0.4, 0.7, True)
+    inside = ph.compare_with_controls("acc", ph.Statistic("t", "trained", 0.65, 0.6, 0.7, 10),
+                                      ctl)
+    assert not inside.outside
+    assert ph.controlled_check("x", True, cmp).holds
+    assert not ph.controlled_check("x", False, cmp).holds
+    no = ph.controlled_check("x", True, inside)
+    assert not no.holds and "does not show what training taught" in no.detail
+    with pytest.raises(InputError, match="control"):
+        ph.compare_with_controls("acc", trained, [])
+
+
+def test_random_twin_is_a_fresh_model_of_the_same_architecture():
+    loaded = _loaded()
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    twin = ph.random_twin(loaded, 3)
+    again = ph.random_twin(loaded, 3)
+    other = ph.random_twin(loaded, 4)
+    sd, sd2, sd3 = twin.model.state_dict(), again.model.state_dict(), other.model.state_dict()
+    assert sd.keys() == before.keys()
+    assert all(sd[k].shape == before[k].shape and sd[k].dtype == before[k].dtype for k in sd)
+    assert all(torch.equal(sd[k], sd2[k]) for k in sd)                  # seeded
+    assert any(not torch.equal(sd[k], sd3[k]) for k in sd)              # seed matters
+    big = [k for k in sd if sd[k].numel() > 64]
+    assert any(not torch.equal(sd[k], before[k]) for k in big)          # not the trained one
+    assert all(torch.equal(v, loaded.model.state_dict()[k]) for k, v in before.items())
+    assert not twin.model.training and twin.tokenizer is loaded.tokenizer
+    assert "random-init #3" in twin.name
+    groups = ph.resolve_models([], under_test=[[ph.ModelUnderTest("trained", "t", loaded),
+                                                ph.ModelUnderTest("control", "c", twin, 3)]])
+    assert groups[0][1].is_control
+    with pytest.raises(InputError, match="control"):
+        ph.resolve_models([], under_test=[[ph.ModelUnderTest("trained", "t", loaded)]])
+
+
+def test_task_items_and_prediction(toy):
+    items = ph.task_items(toy.split, n_test=10, seed=0, name="toy")
+    assert len(items.test_texts) == 10
+    assert Counter(items.test_labels.tolist()) == {"pos": 5, "neg": 5}
+    assert ph.task_items(toy.split, n_test=10, seed=0).test_texts == items.test_texts
+    demos = items.demos(ph.balanced_indices(items.pool_labels, 4, np.random.default_rng(0)))
+    pred, lp = ph.predict(_loaded(), items, items.test_texts, demos)
+    assert pred.shape == (10,) and lp.shape == (10, 2)
+    assert set(pred.tolist()) <= set(items.label_names)
+    with pytest.raises(InputError, match="n_test"):
+        ph.task_items(toy.split, n_test=0)
+
+
+def test_label_position_quantities(toy):
+    items = ph.task_items(toy.split, n_test=4, seed=0)
+    loaded = _loaded()
+    demos = items.demos([0, 1, 2])
+    q = ph.label_position(loaded, Prompt(demos, items.test_texts[0],
+                                         instruction=items.format.instruction,
+                                         template=items.format.template))
+    L = loaded.model.config.num_hidden_layers
+    for a in (q.demo_mass, q.demo_share, q.eta, q.log_normalizer, q.log_w0_norm):
+        assert a.shape == (L,) and np.isfinite(a).all()
+    assert ((q.demo_mass > 0) & (q.demo_mass < 1)).all()
+    assert q.heads.shape[:1] == (L,) and q.heads.shape[-1] == 4
+    zero = ph.label_position(loaded, Prompt([], items.test_texts[0],
+                                            instruction=items.format.instruction,
+                                            template=items.format.template))
+    assert np.all(zero.demo_mass == 0) and np.all(np.isneginf(zero.log_w0_norm))
