@@ -10,7 +10,13 @@ import pytest
 
 from icldistill._validation import InputError
 from icldistill.cli import main
-from icldistill.experiments.reproduce import EXPERIMENTS, plan, reproduce
+from icldistill.experiments.reproduce import (
+    EXPERIMENTS,
+    PHENOMENA_SECTIONS,
+    phenomena_models,
+    plan,
+    reproduce,
+)
 
 LAB = list(EXPERIMENTS)
 
@@ -26,16 +32,20 @@ def report(tmp_path_factory):
 
 def test_plan_covers_every_experiment():
     quick, full = plan(True), plan(False)
-    for name in [*EXPERIMENTS, "real"]:
+    for name in [*EXPERIMENTS, "real", *PHENOMENA_SECTIONS]:
         assert any(n == name for n, _ in quick)
     assert set(quick) < set(full)
     assert ("gd", "classification") in quick
+    assert list(PHENOMENA_SECTIONS) == ["adaptation", "ordering", "interference",
+                                        "icl-vs-finetuning"]
+    assert phenomena_models("smollm2-135m", True) == ("smollm2-135m",)
+    assert phenomena_models("smollm2-135m", False) == ("smollm2-135m", "qwen2.5-0.5b")
 
 
 def test_reproduce_writes_every_section_and_figure(report):
     out, _, res = report
     keys = {s.name for s in res.sections}
-    assert keys == {f"{n}-{t}" for n, t in plan(True) if n != "real"}
+    assert keys == {f"{n}-{t}" for n, t in plan(True) if t}
     for s in res.sections:
         assert s.tables and s.checks, s.name
         assert s.figures, s.name

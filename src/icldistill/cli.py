@@ -22,6 +22,8 @@ Commands
 ``icldistill lab train|training|alignment|bias|generalization|gd|real ...``
     The laboratory: train a small in-context learner (cached), run one experiment and write
     its figures and a one-section report.
+``icldistill lab adaptation|ordering|interference|icl-vs-finetuning --models M1,M2``
+    ICL phenomena on real models, each against a random-initialised twin of the model.
 ``icldistill reproduce [--quick]``
     Every experiment, one ``report.md`` + ``report.html`` that checks each claim (resumable).
 
@@ -684,6 +686,37 @@ def _cmd_lab_real(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lab_phenomenon(args: argparse.Namespace) -> int:
+    import torch
+
+    from .experiments.reproduce import run_phenomenon
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    under_test = None
+    if args.tasks or args.controls != 1:
+        from .experiments.phenomena import resolve_models
+
+        under_test = resolve_models(models, n_controls=args.controls, seed=args.seed,
+                                    progress=not args.quiet)
+    if args.tasks:
+        import importlib
+
+        from .experiments.reproduce import PHENOMENA_SECTIONS
+
+        mod = importlib.import_module(PHENOMENA_SECTIONS[args.experiment])
+        sec = mod.run(tuple(models), out_dir=out, quick=args.quick, seed=args.seed,
+                      progress=not args.quiet, under_test=under_test,
+                      tasks=[t.strip() for t in args.tasks.split(",") if t.strip()])
+    else:
+        sec = run_phenomenon(args.experiment, models, out_dir=out, quick=args.quick,
+                             seed=args.seed, progress=not args.quiet, under_test=under_test)
+    _write_single(sec, out, _command_line(args))
+    return 0
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     import torch
 
@@ -1050,6 +1083,29 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default="icldistill-lab/real", help="output folder")
     lab_opts(q)
     q.set_defaults(func=_cmd_lab_real)
+
+    phen_help = {
+        "adaptation": "accuracy and eta*, 1/D', demo share, ||W_0|| for k = 0..32 demonstrations",
+        "ordering": "accuracy and W_0 across demonstration orders; an order rule vs random and "
+                    "most-similar-last",
+        "interference": "another task's demonstrations mixed in: accuracy vs MMD (K_att, MiniLM); "
+                        "random labels",
+        "icl-vs-finetuning": "Dai et al.'s comparison: Rec2FTP and SimAOU of ICL vs fine-tuning",
+    }
+    for name, text in phen_help.items():
+        q = lsub.add_parser(name, help=text + " (against a random-init control)")
+        q.add_argument("--models", default="smollm2-135m", type=_names,
+                       help="comma-separated registry models (default smollm2-135m)")
+        q.add_argument("--tasks", default=None, type=_names,
+                       help="comma-separated registry datasets (default amazon,rt-subjectivity,"
+                            "r8)")
+        q.add_argument("--controls", type=_positive_int, default=1,
+                       help="random-init twins per model (default 1)")
+        q.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
+        q.add_argument("--seed", type=_nonnegative_int, default=0)
+        q.add_argument("--out", default=f"icldistill-lab/{name}", help="output folder")
+        lab_opts(q)
+        q.set_defaults(func=_cmd_lab_phenomenon, experiment=name)
 
     p = sub.add_parser("reproduce", help="run every experiment; one Markdown + HTML report",
                        description="Train the in-context learners, run every experiment of the "

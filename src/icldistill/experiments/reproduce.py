@@ -27,7 +27,8 @@ from ..reporting import inline_code
 from ._common import Section
 from .report import read_section, write_lab_report, write_section
 
-__all__ = ["EXPERIMENTS", "ReproduceResult", "plan", "reproduce", "run_experiment"]
+__all__ = ["EXPERIMENTS", "PHENOMENA_SECTIONS", "ReproduceResult", "phenomena_models", "plan",
+           "reproduce", "run_experiment", "run_phenomenon"]
 
 #: Experiments on a trained in-context learner: name -> module (each has ``run``).
 EXPERIMENTS = {
@@ -38,15 +39,45 @@ EXPERIMENTS = {
     "gd": "icldistill.experiments.gd",
 }
 
+#: Phenomena measured on real language models against random-init twins: section key ->
+#: module (each has ``run(models, *, out_dir, quick, seed, progress, under_test=...)``).
+PHENOMENA_SECTIONS = {
+    "adaptation": "icldistill.experiments.adaptation",
+    "ordering": "icldistill.experiments.ordering",
+    "interference": "icldistill.experiments.interference",
+    "icl-vs-finetuning": "icldistill.experiments.finetuning",
+}
+#: The second real model of a full run.
+SECOND_MODEL = "qwen2.5-0.5b"
+
 
 def plan(quick: bool) -> list[tuple[str, str]]:
-    """The ``(experiment, task)`` pairs of a run (``"real"`` has task ``""``)."""
+    """The ``(experiment, task)`` pairs of a run (real-model sections have task ``""``)."""
     steps = [(name, "regression") for name in EXPERIMENTS]
     steps += [("training", "classification"), ("gd", "classification")]
     if not quick:
         steps += [("alignment", "classification"), ("bias", "classification"),
                   ("generalization", "classification")]
-    return [*steps, ("real", "")]
+    return [*steps, ("real", ""), *((name, "") for name in PHENOMENA_SECTIONS)]
+
+
+def phenomena_models(model: str, quick: bool) -> tuple[str, ...]:
+    """Models of the phenomena sections: ``model`` alone in quick mode; ``model`` and
+    qwen2.5-0.5b (float32) in a full run."""
+    if quick or model == SECOND_MODEL:
+        return (model,)
+    return (model, SECOND_MODEL)
+
+
+def run_phenomenon(name: str, models: Sequence[str | Any], *, out_dir: Path, quick: bool,
+                   seed: int, progress: bool, under_test: Any = None) -> Section:
+    """Run one phenomena section (:data:`PHENOMENA_SECTIONS`)."""
+    if name not in PHENOMENA_SECTIONS:
+        raise InputError(f"unknown phenomenon {name!r}; expected one of "
+                         f"{', '.join(PHENOMENA_SECTIONS)}")
+    mod = importlib.import_module(PHENOMENA_SECTIONS[name])
+    return mod.run(tuple(models), out_dir=out_dir, quick=quick, seed=seed, progress=progress,
+                   under_test=under_test)
 
 
 @dataclass(frozen=True)
@@ -171,9 +202,15 @@ def reproduce(
     resumed: list[str] = []
     commands: dict[str, str] = {}
     training_lines: list[str] = []
+    ph_models = phenomena_models(model, quick)
+    groups: list[Any] | None = None
     for i, (name, task) in enumerate(steps, 1):
-        key = name if name == "real" else f"{name}-{task}"
-        if name == "real":
+        key = name if not task else f"{name}-{task}"
+        if name in PHENOMENA_SECTIONS:
+            settings = {"models": list(ph_models), "controls": 1}
+            commands[key] = (f"icldistill lab {name} --models {','.join(ph_models)}"
+                             f"{' --quick' if quick else ''} --seed {seed} --out {out / key}")
+        elif name == "real":
             settings = {"model": model, "dataset": dataset, "fewshot": str(fewshot_results)}
             commands[key] = (f"icldistill lab real --model {model} --dataset {dataset}"
                              f"{' --quick' if quick else ''} --seed {seed} --out {out / key}")
@@ -193,7 +230,15 @@ def reproduce(
             resumed.append(key)
             continue
         log(f"[{i}/{len(steps)}] {key} ...")
-        if name == "real":
+        if name in PHENOMENA_SECTIONS:
+            if groups is None:
+                from .phenomena import resolve_models
+
+                log(f"loading {', '.join(ph_models)} and a random-init twin of each ...")
+                groups = resolve_models(ph_models, n_controls=1, seed=seed, progress=progress)
+            sec = run_phenomenon(name, ph_models, out_dir=out / key, quick=quick, seed=seed,
+                                 progress=progress, under_test=groups)
+        elif name == "real":
             sec = real.run(model, out_dir=out / key, quick=quick, seed=seed, progress=progress,
                            dataset=dataset, fewshot_results=fewshot_results,
                            fewshot_dir=out / "fewshot")
