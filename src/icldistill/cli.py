@@ -417,7 +417,8 @@ def _add_task_args(p: argparse.ArgumentParser, multi: bool = False) -> None:
     else:
         p.add_argument("--dataset", default=None, help="registry dataset (icldistill data list)")
     p.add_argument("--file", default=None,
-                   help="your own CSV / TSV / JSONL file instead of a registry dataset")
+                   help="your own CSV / TSV / JSONL / JSON / Parquet file instead of a "
+                        "registry dataset")
     p.add_argument("--text-field", default="text", help="input column of --file (default text)")
     p.add_argument("--label-field", default="label",
                    help="label column of --file (default label)")
