@@ -1,0 +1,318 @@
+"""The order-sensitivity section on a tiny random model and a toy task: orders, the
+most-similar-last baseline, W_0 geometry, paired statistics, the section end to end."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from icldistill._validation import InputError
+from icldistill.decomposition import DualWeights
+from icldistill.experiments import phenomena as ph
+from icldistill.experiments.ordering import (
+    QUICK,
+    OrderingSizes,
+    hs_cosine,
+    log_hs_inner,
+    medoid_order,
+    most_similar_last,
+    orderings,
+    paired_result,
+    relative_w0_distance,
+    run,
+    trace_order,
+)
+from icldistill.representations import make_encoder
+from icldistill.stats import mcnemar_exact
+
+from .lab_helpers import PNG, one_thread  # noqa: F401 - autouse fixture
+from .test_harness import _write_task
+from .tiny_models import tiny_model, tiny_tokenizer
+
+SIZES = OrderingSizes(ks=(3,), n_orders=(6,), n_sets=1, n_test=6, n_trace=2)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    task = _write_task(tmp_path_factory.mktemp("data") / "toy.jsonl")
+    return ph.task_items(task.split, n_test=12, seed=0, name="toy")
+
+
+@pytest.fixture(scope="module")
+def group():
+    trained = SimpleNamespace(model=tiny_model("llama"), tokenizer=tiny_tokenizer(True),
+                              name="tiny")
+    return [ph.ModelUnderTest("trained", "tiny", trained),
+            ph.ModelUnderTest("control", "tiny random-init #1", ph.random_twin(trained, 1), 1)]
+
+
+@pytest.fixture(scope="module")
+def encoder(group):
+    loaded = group[0].loaded
+    return make_encoder("hidden:-1", loaded.model, loaded.tokenizer)
+
+
+@pytest.fixture(scope="module")
+def section(tmp_path_factory, toy, group, encoder):
+    out = tmp_path_factory.mktemp("ordering")
+    return out, run(under_test=[group], tasks=[toy], out_dir=out, sizes=SIZES, encoder=encoder,
+                    seed=3)
+
+
+# ---------------------------------------------------------------------------- orders
+def test_orderings_complete_for_k4():
+    o = orderings(4, 24, np.random.default_rng(0))
+    assert o.shape == (24, 4)
+    assert {tuple(r) for r in o} == set(itertools.permutations(range(4)))
+    # more allowed than exist: still all of them, once each
+    assert np.array_equal(orderings(4, 1000, np.random.default_rng(1)), o)
+
+
+def test_orderings_sampled_for_k8():
+    o = orderings(8, 50, np.random.default_rng(0))
+    assert o.shape == (50, 8)
+    assert len({tuple(r) for r in o}) == 50
+    assert all(sorted(r) == list(range(8)) for r in o.tolist())
+    assert np.array_equal(o, orderings(8, 50, np.random.default_rng(0)))      # seeded
+    big = orderings(10, 7, np.random.default_rng(0))                           # rejection path
+    assert big.shape == (7, 10) and len({tuple(r) for r in big}) == 7
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(1, 6), n=st.integers(1, 800), seed=st.integers(0, 2**16))
+def test_orderings_property(k, n, seed):
+    o = orderings(k, n, np.random.default_rng(seed))
+    total = math.factorial(k)
+    assert o.shape == (min(total, n), k)
+    rows = {tuple(r) for r in o.tolist()}
+    assert len(rows) == o.shape[0]                                             # distinct
+    assert all(sorted(r) == list(range(k)) for r in rows)                      # permutations
+    assert o.tolist() == sorted(o.tolist())                                    # lexicographic
+    if total <= n:
+        assert rows == set(itertools.permutations(range(k)))                   # complete
+
+
+def test_most_similar_last_puts_most_similar_last():
+    rng = np.random.default_rng(0)
+    d = rng.normal(size=(5, 7))
+    q = rng.normal(size=(9, 7))
+    order = most_similar_last(d, q)
+    sim = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ \
+        (d / np.linalg.norm(d, axis=1, keepdims=True)).T
+    assert order.shape == (9, 5)
+    for i in range(9):
+        assert sorted(order[i]) == list(range(5))
+        assert order[i, -1] == np.argmax(sim[i])
+        assert np.all(np.diff(sim[i, order[i]]) >= 0)
+    # a query equal to a demonstration puts that demonstration last
+    assert most_similar_last(d, d[[3]] * 2.0)[0, -1] == 3
+
+
+# ---------------------------------------------------------------------------- W_0 geometry
+def _dual(n, d, dv, seed, scale=0.5, log_mult=0.0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return DualWeights(keys=torch.randn(n, d, generator=g, dtype=dtype),
+                       coefficients=torch.randn(n, dv, generator=g, dtype=dtype),
+                       log_multiplier=log_mult, scale=scale)
+
+
+def _features(w, terms=40):
+    """Explicit (truncated Taylor) features of exp(scale k q) for 1-d keys: the matrix of W."""
+    n = torch.arange(terms, dtype=torch.float64)
+    coef = torch.exp(0.5 * (n * math.log(w.scale) - torch.lgamma(n + 1)))
+    phi = coef * w.keys.to(torch.float64) ** n                                 # [N, terms]
+    return math.exp(w.log_multiplier) * w.coefficients.to(torch.float64).T @ phi
+
+
+def test_hs_inner_matches_explicit_features():
+    a = _dual(4, 1, 3, 0, scale=0.7, log_mult=-0.3)
+    b = _dual(6, 1, 3, 1, scale=0.7, log_mult=0.4)
+    ma, mb = _features(a), _features(b)
+    sign, log_abs = log_hs_inner(a, b)
+    exact = float((ma * mb).sum())
+    assert sign == math.copysign(1.0, exact)
+    assert math.exp(log_abs) == pytest.approx(abs(exact), rel=1e-10)
+    na, nb = float(torch.linalg.norm(ma)), float(torch.linalg.norm(mb))
+    rel = float(torch.linalg.norm(ma - mb)) / (0.5 * (na + nb))
+    assert relative_w0_distance(a, b) == pytest.approx(rel, rel=1e-9)
+    assert relative_w0_distance(b, a) == pytest.approx(rel, rel=1e-9)          # symmetric
+    assert hs_cosine(a, b) == pytest.approx(exact / (na * nb), rel=1e-9)
+
+
+def test_hs_inner_agrees_with_hs_norm_and_distance():
+    a = _dual(7, 5, 4, 2, scale=0.3, log_mult=2.0)
+    b = _dual(9, 5, 4, 3, scale=0.3, log_mult=1.5)
+    sign, log_aa = log_hs_inner(a, a)
+    assert sign == 1.0
+    assert 0.5 * log_aa == pytest.approx(a.log_hs_norm(), rel=1e-12)
+    assert relative_w0_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert hs_cosine(a, a) == pytest.approx(1.0, abs=1e-12)
+    mean_norm = 0.5 * (a.hs_norm() + b.hs_norm())
+    assert relative_w0_distance(a, b) == pytest.approx(a.distance(b) / mean_norm, rel=1e-9)
+    # scale alone: B = 3 A is at distance 2 / ((1 + 3) / 2) = 1 with cosine 1
+    c = DualWeights(a.keys, a.coefficients, a.log_multiplier + math.log(3.0), a.scale)
+    assert relative_w0_distance(a, c) == pytest.approx(1.0, rel=1e-9)
+    assert hs_cosine(a, c) == pytest.approx(1.0, rel=1e-12)
+    neg = DualWeights(a.keys, -a.coefficients, a.log_multiplier, a.scale)
+    assert relative_w0_distance(a, neg) == pytest.approx(2.0, rel=1e-9)
+    assert hs_cosine(a, neg) == pytest.approx(-1.0, rel=1e-12)
+    # finite where the norms overflow float64
+    big = DualWeights(a.keys * 40, a.coefficients, 0.0, a.scale)
+    big2 = DualWeights(a.keys * 40, a.coefficients * 1.01, 0.0, a.scale)
+    assert big.hs_norm() == math.inf
+    assert relative_w0_distance(big, big2) == pytest.approx(0.01 / 1.005, rel=1e-6)
+
+
+def test_trace_order_matches_label_position(toy, group):
+    m = group[0].loaded
+    demos = toy.demos([0, 1, 2])
+    prompt = toy.format.prompt(demos, toy.test_texts[0])
+    ref = trace_order(m, prompt)
+    lp = ph.label_position(m, prompt)
+    np.testing.assert_allclose(ref.eta, lp.eta, rtol=1e-6)
+    np.testing.assert_allclose(ref.demo_share, lp.demo_share, rtol=1e-6)
+    np.testing.assert_allclose(ref.log_w0_norm, lp.log_w0_norm, rtol=1e-9, atol=1e-9)
+    assert np.all(np.isnan(ref.rel_distance))                     # no reference given
+    same = trace_order(m, prompt, ref)
+    np.testing.assert_allclose(same.rel_distance, 0.0, atol=1e-6)
+    np.testing.assert_allclose(same.cosine, 1.0, atol=1e-9)
+    other = trace_order(m, toy.format.prompt(demos[::-1], toy.test_texts[0]), ref)
+    assert np.all(other.rel_distance > 1e-3)                      # positions moved the keys
+    assert other.n_demo_tokens == ref.n_demo_tokens
+    # per head, the grouped computation equals relative_w0_distance of the heads' W_0
+    from icldistill.models.tracing import trace
+
+    ra = trace(m.model, m.tokenizer, prompt, positions="last", keep_w0=True)
+    rb = trace(m.model, m.tokenizer, toy.format.prompt(demos[::-1], toy.test_texts[0]),
+               positions="last", keep_w0=True)
+    H = ra.num_heads
+    per_head = [relative_w0_distance(ra.w0(1, h), rb.w0(1, h)) for h in range(H)]
+    assert other.rel_distance[1] == pytest.approx(np.mean(per_head), rel=1e-6)
+    cos_head = [hs_cosine(ra.w0(1, h), rb.w0(1, h)) for h in range(H)]
+    assert other.cosine[1] == pytest.approx(np.mean(cos_head), rel=1e-6)
+
+
+def test_medoid_order():
+    rng = np.random.default_rng(0)
+    lw = rng.normal(size=(5, 2, 3))
+    le = rng.normal(size=(5, 2, 3))
+    lw[2] = lw[[0, 1, 3, 4]].mean(0)
+    le[2] = le[[0, 1, 3, 4]].mean(0)
+    assert medoid_order(lw, le) == 2
+    lw[:, :, 1] = np.nan                     # a layer without kernel-form heads is left out
+    assert medoid_order(lw, le) == 2
+
+
+def test_paired_statistics_consistent():
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 2, 40).astype(float)
+    b = rng.integers(0, 2, 40).astype(float)
+    r = paired_result("x", a, b)
+    assert r.diff == pytest.approx(np.mean(a - b))
+    assert r.low <= r.diff <= r.high
+    assert r.p == mcnemar_exact(int(np.sum((a == 1) & (b == 0))), int(np.sum((a == 0) & (b == 1))))
+    frac = rng.random(40)
+    f = paired_result("y", a, frac)
+    assert f.diff == pytest.approx(np.mean(a - frac))
+    assert 0 < f.p <= 1
+    json.dumps(r.to_dict(), allow_nan=True)
+
+
+# ---------------------------------------------------------------------------- the section
+def test_section_builds(section):
+    out, sec = section
+    assert sec.name == "ordering"
+    assert len(sec.tables) == 4 and all(t.rows for t in sec.tables)
+    assert len(sec.figures) == 3
+    for f in sec.figures:
+        assert (out / f).read_bytes()[:8] == PNG
+    assert sec.checks and sec.findings
+    assert all(isinstance(c.holds, bool) for c in sec.checks)
+    assert len(sec.checks) == 5
+    json.dumps(sec.data, allow_nan=False)
+    assert sec.seconds > 0
+    g = sec.data["groups"][0]
+    assert g["roles"] == ["trained", "control"]
+    assert len(g["comparisons"]) == 5
+    res = g["results"][0][0]
+    assert len(res["orders"]) == 6                     # all 3! orders
+    assert len(res["held"]) == SIZES.n_test - SIZES.n_trace
+    # the paired table's differences are the means of the per-item differences
+    for per_model in g["paired"]:
+        for p in per_model:
+            assert p["diff"] == pytest.approx(np.mean(p["diffs"]))
+            assert p["p"] <= p["p_holm"] <= 1
+    # only held-back items are scored; the rule's correctness is its order's on them
+    corr = np.asarray(res["correct"])
+    assert corr.shape == (6, len(res["held"]))
+    np.testing.assert_allclose(res["accuracy"], corr.mean(1))
+    medoid_vs_random = g["paired"][0][0]
+    assert medoid_vs_random["name"] == "medoid order vs random order"
+    np.testing.assert_allclose(medoid_vs_random["diffs"], corr[res["medoid"]] - corr.mean(0))
+    medoid_vs_msl = g["paired"][0][1]
+    np.testing.assert_allclose(medoid_vs_msl["diffs"],
+                               corr[res["medoid"]] - np.asarray(res["msl_correct"]))
+    plan = sec.data["plans"][0]
+    assert not set(plan["trace_items"]) & set(plan["held"])   # calibration never scored
+    # controls see the same prompts: same orders, same held-back items
+    ctl = g["results"][1][0]
+    assert ctl["orders"] == res["orders"] and ctl["held"] == res["held"]
+
+
+def test_section_deterministic(tmp_path, section, toy, group, encoder):
+    _, sec = section
+    again = run(under_test=[group], tasks=[toy], out_dir=tmp_path, sizes=SIZES, encoder=encoder,
+                seed=3)
+    assert json.dumps(again.data, sort_keys=True) == json.dumps(sec.data, sort_keys=True)
+    assert again.findings == sec.findings
+
+
+def test_quick_sizes_run(tmp_path, toy, group, encoder):
+    sec = run(under_test=[group], tasks=[toy], out_dir=tmp_path, quick=True, encoder=encoder)
+    res = sec.data["groups"][0]["results"][0][0]
+    assert len(res["orders"]) == QUICK.n_orders[0] and len(res["orders"][0]) == QUICK.ks[0]
+    assert len({tuple(o) for o in res["orders"]}) == QUICK.n_orders[0]
+
+
+def test_bad_input(tmp_path, toy, group, encoder):
+    rng = np.random.default_rng(0)
+    with pytest.raises(InputError, match="k must"):
+        orderings(0, 3, rng)
+    with pytest.raises(InputError, match="n must"):
+        orderings(3, 0, rng)
+    with pytest.raises(InputError, match="rng"):
+        orderings(3, 2, 0)
+    with pytest.raises(InputError, match="demo_embeddings"):
+        most_similar_last(np.ones((3, 4)), np.ones((2, 5)))
+    with pytest.raises(InputError, match="n_trace"):
+        OrderingSizes(n_test=3, n_trace=3)
+    with pytest.raises(InputError, match="ks"):
+        OrderingSizes(ks=(4, 8), n_orders=(24,))
+    with pytest.raises(InputError, match="n_sets"):
+        OrderingSizes(n_sets=0)
+    with pytest.raises(InputError, match="a and b"):
+        paired_result("x", [1, 0], [1])
+    with pytest.raises(InputError, match="log_w0"):
+        medoid_order(np.zeros((2, 3)), np.zeros((2, 3)))
+    with pytest.raises(InputError, match="scales"):
+        log_hs_inner(_dual(2, 3, 2, 0, scale=0.1), _dual(2, 3, 2, 0, scale=0.2))
+    with pytest.raises(InputError, match="sizes"):
+        run(under_test=[group], tasks=[toy], out_dir=tmp_path, sizes=(4,), encoder=encoder)
+    with pytest.raises(InputError, match="encoder"):
+        run(under_test=[group], tasks=[toy], out_dir=tmp_path, sizes=SIZES, encoder=3)
+    with pytest.raises(InputError, match="control"):
+        run(under_test=[[group[0]]], tasks=[toy], out_dir=tmp_path, sizes=SIZES,
+            encoder=encoder)
+    with pytest.raises(InputError, match="n_trace"):
+        run(under_test=[group], tasks=[toy], out_dir=tmp_path, encoder=encoder,
+            sizes=OrderingSizes(ks=(2,), n_orders=(2,), n_test=20, n_trace=19))
+    with pytest.raises(InputError, match="demonstration"):
+        trace_order(group[0].loaded, toy.format.prompt([], toy.test_texts[0]))
