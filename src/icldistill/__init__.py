@@ -1,6 +1,7 @@
 """icldistill: in-context learning as one-step knowledge distillation, made measurable.
 
-The math core (this package's top level) implements ``shared/SPEC.md`` §1–5 on tensors:
+The math core (this package's top level) implements §1–5 of the framework (the Mathematics
+page of the documentation, ``docs/math.md``) on tensors:
 
 - :mod:`icldistill.kernels` — kernels on batches (Gaussian, Laplace, IMQ, linear, polynomial,
   softmax, the attention product kernel ``K_att``) and the median heuristic;

@@ -1,7 +1,7 @@
 """End-to-end demonstration of the math core on generated data (``icldistill demo``).
 
-:func:`run_demo` runs every part of ``shared/SPEC.md`` §1–5 on a random attention head and
-Gaussian tokens (:mod:`icldistill.synthetic`), in a few seconds on a laptop CPU:
+:func:`run_demo` runs every part of the framework (§1–5 of ``docs/math.md``) on a random
+attention head and Gaussian tokens (:mod:`icldistill.synthetic`), in a few seconds on a laptop CPU:
 
 1. **Decomposition** — segment components of a causal head vs an independent
    ``torch.softmax(...) @ v``; ``eta*`` per position; domain stationarity (``eta*`` vs the mean
