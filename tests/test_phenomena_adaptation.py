@@ -1,0 +1,199 @@
+"""The task-adaptation section on a tiny random model and a toy task."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from icldistill._validation import InputError
+from icldistill.experiments import adaptation
+from icldistill.experiments import phenomena as ph
+
+from .lab_helpers import PNG
+from .test_harness import _write_task
+from .tiny_models import tiny_model, tiny_tokenizer
+
+#: k = 32 does not fit the tiny model's context of 256 tokens (about 14 tokens a demonstration).
+KS = (0, 1, 2, 4, 32)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    task = _write_task(tmp_path_factory.mktemp("data") / "toy.jsonl")
+    return ph.task_items(task.split, n_test=8, seed=0, name="toy")
+
+
+@pytest.fixture(scope="module")
+def group():
+    loaded = SimpleNamespace(model=tiny_model("llama"), tokenizer=tiny_tokenizer(True),
+                             name="tiny")
+    return [ph.ModelUnderTest("trained", "tiny", loaded),
+            ph.ModelUnderTest("control", "tiny random-init #1", ph.random_twin(loaded, 1), 1)]
+
+
+def _run(tmp_path, toy, group, **kw):
+    args = dict(out_dir=tmp_path, quick=True, seed=0, tasks=[toy, toy], under_test=[group],
+                ks=KS, n_sets=2, n_trace=1)
+    args.update(kw)
+    return adaptation.run(**args)
+
+
+@pytest.fixture(scope="module")
+def section(tmp_path_factory, toy, group):
+    out = tmp_path_factory.mktemp("adaptation")
+    return out, _run(out, toy, group)
+
+
+def test_section_builds(section):
+    out, sec = section
+    assert sec.name == "adaptation"
+    assert sec.tables and all(t.rows for t in sec.tables)
+    assert len(sec.figures) == 3
+    for f in sec.figures:
+        assert (out / f).read_bytes()[:8] == PNG
+    assert sec.checks and sec.findings
+    assert len(sec.checks) == 6
+    assert all(isinstance(c.holds, bool) for c in sec.checks)
+    assert all("random-init control spread" in c.detail for c in sec.checks)
+    json.dumps(sec.data, allow_nan=False)
+    assert sec.seconds > 0
+    assert len(sec.data["comparisons"]) == 6
+
+
+def test_one_point_per_fitting_k(section):
+    _, sec = section
+    curves = sec.data["curves"][0]             # [member][task]
+    assert len(curves) == 2 and len(curves[0]) == 2
+    for member in curves:
+        for c in member:
+            assert c["ks"] == [0, 1, 2, 4]                 # 32 is too long for the context
+            assert c["skipped"][0][0] == 32 and "context" in c["skipped"][0][1]
+            K = len(c["ks"])
+            assert len(c["accuracy"]) == K
+            assert np.asarray(c["correct"]).shape == (K, 2, 8)
+            for q in adaptation.QUANTITIES:
+                assert len(c["layer_mean"][q]) == K
+    assert any("k=32" in f and "context" in f for f in sec.findings)
+
+
+def test_zero_shot_has_no_w0(toy, group):
+    rng = np.random.default_rng(0)
+    orders = adaptation.demo_orders(toy.pool_labels, 4, 2, rng)
+    curve = adaptation.adaptation_curve(group[0], toy, [0, 2, 4], orders,
+                                        np.array([[0], [3]]))
+    L = curve.traced["demo_share"].shape[-1]
+    assert curve.traced["demo_share"].shape == (3, 2, L) and L == 2
+    for q in ("demo_mass", "demo_share", "eta"):
+        np.testing.assert_array_equal(curve.traced[q][0], 0.0)
+        assert np.all(curve.traced[q][1:] > 0)
+    assert np.isnan(curve.traced["log_w0_norm"][0]).all()
+    assert np.isfinite(curve.traced["log_w0_norm"][1:]).all()
+    assert np.isfinite(curve.traced["log_normalizer"]).all()
+    # the per-key normaliser is log D' minus the log of the prompt length
+    np.testing.assert_allclose(curve.traced["log_normalizer_per_key"],
+                               curve.traced["log_normalizer"]
+                               - np.log(curve.n_tokens)[..., None])
+    # k = 0 is scored once: the same answers in every set
+    np.testing.assert_array_equal(curve.correct[0, 0], curve.correct[0, 1])
+    assert np.isnan(curve.layer_mean("log_w0_norm")[0])
+    assert adaptation._curve_sat(curve, "log_w0_norm") in (2.0, 4.0)
+
+
+def test_nested_demonstration_sets(toy):
+    rng = np.random.default_rng(3)
+    (order,) = adaptation.demo_orders(toy.pool_labels, 16, 1, rng)
+    prev: list[int] = []
+    for k in (1, 2, 4, 8, 16):
+        idx = adaptation._k_set(order, k).tolist()
+        assert len(set(idx)) == k
+        # the smaller prompt is a sub-sequence of the larger one
+        it = iter(idx)
+        assert all(i in it for i in prev)
+        labels = toy.pool_labels[idx]
+        counts = [int((labels == lab).sum()) for lab in np.unique(toy.pool_labels)]
+        assert max(counts) - min(counts) <= 1          # every prefix is label-balanced
+        prev = idx
+
+
+def test_deterministic(tmp_path, toy, group, section):
+    _, sec = section
+    again = _run(tmp_path, toy, group)
+    assert again.data["curves"] == sec.data["curves"]
+    assert again.data["comparisons"] == sec.data["comparisons"]
+    assert [c.holds for c in again.checks] == [c.holds for c in sec.checks]
+
+
+def test_prompt_limit_skips(tmp_path, toy, group):
+    sec = _run(tmp_path, toy, group, tasks=[toy], ks=(0, 1, 2, 4), n_sets=1,
+               max_prompt_tokens=45)
+    c = sec.data["curves"][0][0][0]
+    assert c["ks"][0] == 0 and 4 not in c["ks"]
+    assert all("limit" in why or "too long" in why for _, why in c["skipped"])
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"ks": (0,)}, "ks"), ({"ks": (2, 1)}, "ks"), ({"ks": (0, -1)}, "ks"),
+    ({"ks": (0, 1.5)}, "ks"), ({"ks": "01"}, "ks"), ({"ks": ()}, "ks"),
+    ({"n_test": 0}, "n_test"), ({"n_test": True}, "n_test"), ({"n_test": 2.0}, "n_test"),
+    ({"n_sets": 0}, "n_sets"), ({"n_trace": -1}, "n_trace"),
+    ({"max_prompt_tokens": 0}, "max_prompt_tokens"),
+])
+def test_bad_input(tmp_path, toy, group, kw, match):
+    with pytest.raises(InputError, match=match):
+        _run(tmp_path, toy, group, **kw)
+
+
+def test_saturation_point_examples():
+    ks = [0, 1, 2, 4, 8]
+    assert adaptation.saturation_point(ks, [0.5, 0.6, 0.9, 0.95, 0.96]) == 4   # 90% of .46
+    assert adaptation.saturation_point(ks, [0.5, 1.0, 1.0, 1.0, 1.0]) == 1
+    assert adaptation.saturation_point(ks, [0.5, 0.4, 0.3, 0.2, 0.1]) == 0    # never rises
+    assert adaptation.saturation_point(ks, [np.nan, -1.0, 0.0, 1.0, 1.0]) == 4
+    assert np.isnan(adaptation.saturation_point(ks, [np.nan] * 5))
+    assert adaptation.log2_position(0) == -1 and adaptation.log2_position(8) == 3
+    assert adaptation._agreement(0, 2) == 0.0 and adaptation._agreement(0, 1) == 1.0
+    assert adaptation._agreement(4, 8) == 1.0 and adaptation._agreement(2, 8) == 0.0
+    with pytest.raises(InputError, match="increasing"):
+        adaptation.saturation_point([0, 2, 1], [0, 1, 2])
+    with pytest.raises(InputError, match="fraction"):
+        adaptation.saturation_point(ks, [0] * 5, fraction=0)
+    with pytest.raises(InputError, match="equal length"):
+        adaptation.saturation_point(ks, [0] * 4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(st.floats(0, 10, allow_nan=False), min_size=1, max_size=7),
+       start=st.floats(-5, 5, allow_nan=False), frac=st.floats(0.05, 1.0))
+def test_saturation_point_definition(steps, start, frac):
+    """On a monotone curve k_sat is the first k whose value reaches frac of the total rise."""
+    values = start + np.cumsum([0.0, *steps])
+    ks = [0, *[2 ** i for i in range(len(steps))]]
+    got = adaptation.saturation_point(ks, values, fraction=frac)
+    target = values[0] + frac * (values.max() - values[0])
+    first = next(k for k, v in zip(ks, values, strict=True) if v >= target)
+    assert got == first
+    i = ks.index(int(got))
+    assert values[i] >= target and all(v < target for v in values[:i])
+
+
+def test_agreement_needs_a_rising_accuracy():
+    sat = {"accuracy": 2.0, "demo_share": 4.0, "log_w0_norm": 16.0, "accuracy_rise": 0.1}
+    assert adaptation._agree(sat, "demo_share") == 1.0
+    assert adaptation._agree(sat, "log_w0_norm") == 0.0
+    assert np.isnan(adaptation._agree({**sat, "accuracy_rise": 0.0}, "demo_share"))
+
+
+def test_directional_claims_fail_on_the_wrong_side():
+    def cmp(trained, control):
+        return ph.compare_with_controls("x", ph.statistic(trained), [ph.statistic(control)])
+
+    # a claimed fall (sign -1) that is shallower than the control's: outside, wrong side
+    assert adaptation._wrong_side(cmp([-0.5, -0.4, -0.6], [-1.0, -1.0]), -1.0)
+    assert not adaptation._wrong_side(cmp([-0.5, -0.4, -0.6], [0.2, 0.3]), -1.0)
+    assert adaptation._wrong_side(cmp([0.5, 0.4, 0.6], [1.0, 1.0]), 1.0)
+    assert not adaptation._wrong_side(cmp([0.5, 0.4, 0.6], [0.4, 0.6]), 1.0)   # inside
