@@ -235,3 +235,22 @@ def test_bootstrap_interval_covers_the_true_accuracy_at_the_stated_rate():
         widths.append(ci.high - ci.low)
     assert 0.90 <= hits / 300 <= 0.99
     assert np.median(widths) > 0.08      # ~ 2 * 1.96 * sqrt(0.21 / 200) = 0.127
+
+
+def test_demo_labels_shown_writes_demonstration_labels_verbatim():
+    """``demo_labels="shown"``: another task's label words appear as given (interference)."""
+    from icldistill.evaluation import FewShotScorer
+
+    from .tiny_models import tiny_model, tiny_tokenizer
+
+    sc = FewShotScorer(tiny_model("llama"), tiny_tokenizer(True),
+                       {"pos": "positive", "neg": "negative"}, demo_labels="shown")
+    p = sc.prompt([("the film was fun", "great"), ("the plot was bad", "awful")], "it was good")
+    assert [d.label for d in p.demonstrations] == ["great", "awful"]
+    names = FewShotScorer(tiny_model("llama"), tiny_tokenizer(True),
+                          {"pos": "positive", "neg": "negative"})
+    with pytest.raises(InputError, match="unknown label"):
+        names.prompt([("the film was fun", "great")], "it was good")
+    with pytest.raises(InputError, match="demo_labels"):
+        FewShotScorer(tiny_model("llama"), tiny_tokenizer(True), {"pos": "positive"},
+                      demo_labels="words")

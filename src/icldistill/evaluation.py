@@ -72,8 +72,12 @@ __all__ = [
     "accuracy",
     "bootstrap_ci",
     "bootstrap_values",
+    "cache_argument",
     "classification_metrics",
+    "context_limit",
+    "has_sliding_window",
     "macro_f1",
+    "output_cache",
 ]
 
 CONTENT_FREE: tuple[str, ...] = ("N/A", "", "[MASK]")
@@ -147,7 +151,10 @@ class _Item:
     group: int                   # calibration group (-1 for ordinary queries)
 
 
-def _context_limit(model: Any, tokenizer: Any, max_length: int | None) -> int:
+def context_limit(model: Any, tokenizer: Any, max_length: int | None = None) -> int:
+    """The longest prompt (in tokens) the scorer accepts: ``max_length`` if given, else the
+    smaller of the model's ``max_position_embeddings`` (or ``n_positions``,
+    ``max_sequence_length``) and the tokenizer's ``model_max_length``."""
     if max_length is not None:
         return int(max_length)
     limits = []
@@ -413,6 +420,10 @@ class FewShotScorer:
         Score multi-token labels in one trie-masked row per query (default). False appends them
         to a copy of the context's cache per label (the reference; slower, ``L`` times the
         memory).
+    demo_labels : ``"names"`` or ``"shown"``
+        ``"names"`` (default): demonstration labels are label names, written with their
+        verbaliser. ``"shown"``: they are written exactly as given (e.g. another task's label
+        words, for interference experiments); only the scored labels use ``label_words``.
     """
 
     def __init__(
@@ -430,7 +441,11 @@ class FewShotScorer:
         max_prompt_tokens: int | Literal["auto"] | None = "auto",
         attn: Literal["auto", "sdpa", "eager"] | None = "auto",
         label_tree: bool = True,
+        demo_labels: Literal["names", "shown"] = "names",
     ) -> None:
+        if demo_labels not in ("names", "shown"):
+            raise InputError(f"demo_labels must be 'names' or 'shown', got {demo_labels!r}")
+        self.demo_labels = demo_labels
         if not label_words:
             raise InputError("label_words is empty: a task needs at least one label")
         words = {str(k): str(v) for k, v in label_words.items()}
@@ -447,7 +462,7 @@ class FewShotScorer:
         self.template = template or Template()
         self.instruction = instruction
         self.batch_size = int(batch_size)
-        self.max_length = _context_limit(model, tokenizer, max_length)
+        self.max_length = context_limit(model, tokenizer, max_length)
         self.label_prefix = label_prefix
         self._specials = self._leading_specials()
         self._label_ids = []
@@ -456,8 +471,8 @@ class FewShotScorer:
             if not ids:
                 raise InputError(f"label {lab!r} tokenizes to no tokens")
             self._label_ids.append(ids)
-        self._sliding = _has_sliding_window(model)
-        self._cache_kw = _cache_arg(model)
+        self._sliding = has_sliding_window(model)
+        self._cache_kw = cache_argument(model)
         self.label_tree = bool(label_tree)
         self._trie = _LabelTrie(self._label_ids)
         self.attn_implementation = _resolve_attention(model, attn)
@@ -509,7 +524,8 @@ class FewShotScorer:
                 x, y = d.input, d.label
             else:
                 x, y = d
-            out.append(Demonstration(str(x), self.verbalize(y)))
+            out.append(Demonstration(str(x), str(y) if self.demo_labels == "shown"
+                                     else self.verbalize(y)))
         return out
 
     def prompt(self, demonstrations: Sequence[Any], query: str) -> Prompt:
@@ -777,7 +793,7 @@ class FewShotScorer:
             if p_idx not in caches and prefixes[p_idx]:
                 ids = torch.tensor([prefixes[p_idx]], device=device)
                 # the cache is all that is needed: no logits over the prefix
-                caches[p_idx] = _cache_of(model(input_ids=ids, use_cache=True,
+                caches[p_idx] = output_cache(model(input_ids=ids, use_cache=True,
                                                 logits_to_keep=1))
                 stats["tokens"] += ids.shape[1]
             scores = self._batch([items[i] for i in idx], caches.get(p_idx),
@@ -838,10 +854,10 @@ class FewShotScorer:
         last_lp = torch.log_softmax(logits.float(), dim=-1).double()
         scores = torch.stack([last_lp[:, t[0]] for t in self._label_ids], dim=1)  # [b, L]
         if mode == "trie":
-            self._labels_trie(scores, _cache_of(res), lens, past_mask, p_len, device)
+            self._labels_trie(scores, output_cache(res), lens, past_mask, p_len, device)
         elif multi:
             m = max(len(t) for t in self._label_ids) - 1
-            cache = _cache_of(res)
+            cache = output_cache(res)
             cache.batch_repeat_interleave(n_lab)
             lab = torch.full((n_lab, m), pad, dtype=torch.long, device=device)
             for j, t in enumerate(self._label_ids):
@@ -943,7 +959,7 @@ def _budget(name: str, value: Any, auto: Any) -> Any:
     return int(value)
 
 
-def _cache_arg(model: Any) -> str:
+def cache_argument(model: Any) -> str:
     """The forward argument that takes a key/value cache: ``cache`` (transformers >= 5.24,
     where ``past_key_values`` is deprecated) or ``past_key_values`` (earlier releases)."""
     import inspect
@@ -956,13 +972,13 @@ def _cache_arg(model: Any) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _cache_of(output: Any) -> Any:
+def output_cache(output: Any) -> Any:
     """The key/value cache of a model output (``cache`` or, before 5.24, ``past_key_values``)."""
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
 
 
-def _has_sliding_window(model: Any) -> bool:
+def has_sliding_window(model: Any) -> bool:
     """Whether any attention layer of the model uses a sliding window."""
     cfg = getattr(model, "config", None)
     cfg = getattr(cfg, "get_text_config", lambda: cfg)()
@@ -1129,3 +1145,8 @@ def classification_metrics(y_true: Any, y_pred: Any, *, labels: Sequence[Any] | 
     f1 = _interval(macro_f1(t, p, labs), bootstrap_values(t, p, idx, "macro_f1", labs), 0.95)
     per = {str(lab): float(np.mean(p[t == lab] == lab)) for lab in labs if np.any(t == lab)}
     return ClassificationMetrics(acc, f1, int(t.size), per)
+
+
+# TEMPORARY private aliases while in-flight code moves to the public names (removed this session)
+_context_limit, _cache_arg, _cache_of, _has_sliding_window = (
+    context_limit, cache_argument, output_cache, has_sliding_window)

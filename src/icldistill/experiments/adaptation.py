@@ -287,9 +287,9 @@ def adaptation_curve(member: ph.ModelUnderTest, task: ph.TaskItems, ks: Sequence
 
 # ============================================================================ prompt lengths
 def _context(loaded: Any) -> int:
-    from ..evaluation import _context_limit
+    from ..evaluation import context_limit
 
-    return _context_limit(loaded.model, loaded.tokenizer, None)
+    return context_limit(loaded.model, loaded.tokenizer)
 
 
 def _prompt_length(loaded: Any, task: ph.TaskItems, demos: list[tuple[str, str]],

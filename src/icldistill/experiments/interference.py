@@ -323,17 +323,10 @@ def predict_shown(loaded: Any, task: ph.TaskItems, queries: Sequence[str],
 def _shown_scorer(loaded: Any, task: ph.TaskItems) -> Any:
     from ..evaluation import FewShotScorer
 
-    class _ShownScorer(FewShotScorer):
-        """Demonstration objects pass as they are (their label is the word shown)."""
-
-        def _demos(self, demos: Sequence[Any]) -> list[Demonstration]:
-            return [d if isinstance(d, Demonstration) else FewShotScorer._demos(self, [d])[0]
-                    for d in demos]
-
     fmt = task.format
-    return _ShownScorer(loaded.model, loaded.tokenizer,
-                        {lab: fmt.label_words[lab] for lab in task.label_names},
-                        template=fmt.template, instruction=fmt.instruction)
+    return FewShotScorer(loaded.model, loaded.tokenizer,
+                         {lab: fmt.label_words[lab] for lab in task.label_names},
+                         template=fmt.template, instruction=fmt.instruction, demo_labels="shown")
 
 
 # ============================================================================ K_att, all layers
