@@ -70,7 +70,7 @@ import numpy as np
 import torch
 
 from ._validation import InputError
-from .data import DatasetSplit, load_split
+from .data import Dataset, DatasetSplit, TaskFormat, load_split
 from .evaluation import FewShotScorer, MetricResult, classification_metrics
 from .kernels import Kernel, make_kernel
 from .mmd import mmd
@@ -320,12 +320,46 @@ class Task:
         items drawn with ``seed`` (the test part is unchanged). Larger pools are left whole.
         """
         split = load_split(name, test_size=test_size, seed=seed, progress=progress)
-        if pool_size is not None:
-            if isinstance(pool_size, bool) or int(pool_size) != pool_size or pool_size < 1:
-                raise InputError(f"pool_size must be a positive integer, got {pool_size!r}")
-            if int(pool_size) < len(split.train):
-                split = replace(split, train=split.train.split(int(pool_size), seed=seed).test)
-        return cls(name, split)
+        return cls(name, _cap_pool(split, pool_size, seed))
+
+    @classmethod
+    def from_table(cls, name: str, table: Any, *, text_field: str, label_field: str,
+                   pair_fields: Sequence[str] | None = None, test_size: int | float = 0.3,
+                   seed: int = 0, pool_size: int | None = None,
+                   format: TaskFormat | None = None, max_words: int | None = None,
+                   dedup: bool = False) -> Task:
+        """A user's table as a task: a seeded stratified split of it.
+
+        ``table`` is anything :meth:`icldistill.data.Dataset.from_table` reads (a pandas
+        DataFrame, a pyarrow Table, a ``datasets.Dataset``, a dict of columns, a list of row
+        dicts) or the path of a file :func:`icldistill.data.load_file` reads (CSV, TSV, JSONL,
+        JSON, Parquet); ``text_field``, ``label_field``, ``pair_fields``, ``format``,
+        ``max_words`` and ``dedup`` are theirs. ``test_size`` (a count or a fraction, default
+        0.3 as for ``icldistill evaluate --file``) and ``seed`` fix the split
+        (:meth:`~icldistill.data.Dataset.split`); ``pool_size`` caps the pool as in
+        :meth:`from_registry`.
+        """
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(f"task name must be a non-empty string, got {name!r}")
+        _check_pool_size(pool_size)
+        ds = Dataset.from_table(table, text_field=text_field, label_field=label_field,
+                                pair_fields=pair_fields, name=name, format=format,
+                                max_words=max_words, dedup=dedup)
+        return cls(name, _cap_pool(ds.split(test_size, seed=seed), pool_size, seed))
+
+
+def _cap_pool(split: DatasetSplit, pool_size: int | None, seed: int) -> DatasetSplit:
+    """``split`` with its pool cut to a label-stratified sample of ``pool_size`` items."""
+    _check_pool_size(pool_size)
+    if pool_size is not None and int(pool_size) < len(split.train):
+        split = replace(split, train=split.train.split(int(pool_size), seed=seed).test)
+    return split
+
+
+def _check_pool_size(pool_size: Any) -> None:
+    if pool_size is not None and (isinstance(pool_size, bool) or int(pool_size) != pool_size
+                                  or pool_size < 1):
+        raise InputError(f"pool_size must be a positive integer, got {pool_size!r}")
 
 
 def unit_grid(
