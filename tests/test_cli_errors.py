@@ -208,6 +208,12 @@ BAD_INPUTS: list[Case] = [
        "appears twice"),
     _c("select-deep-json", "JSON nested 100,000 deep", f"select --file data/deep.json {SEL}",
        "invalid JSON (nested too deeply)"),
+    _c("select-not-parquet", "a CSV named .parquet", f"select --file data/fake.parquet {SEL}",
+       "data/fake.parquet is not a readable Parquet file (Parquet magic bytes not found",
+       "check that the file is what its extension says"),
+    _c("select-parquet-null-label", "a Parquet file with a null label",
+       f"select --file data/nolabel.parquet {SEL}",
+       "data/nolabel.parquet row 1: empty label in column 'label'"),
     _c("select-missing-column", "a --text-field that is not a column",
        f"select --file {TOY} --text-field sentence {SEL}", "no column 'sentence'"),
     _c("select-label-is-text", "--label-field equal to --text-field",
@@ -278,6 +284,12 @@ def _write_files(d: Path) -> None:
     (d / "duplabel.jsonl").write_text('{"text": "hi", "label": "a", "label": "b"}\n'
                                       '{"text": "ho", "label": "b"}\n')
     (d / "deep.json").write_text("[" * 100_000)
+    (d / "fake.parquet").write_text("text,label\nhi,a\nho,b\n")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["hi", "ho"], "label": ["a", None]}),
+                   d / "nolabel.parquet")
     (d / "emptylabel.csv").write_text("text,label\nhi,a\nho,\n")
     demo = {"input": "good film", "label": "positive"}
     (d / "demos.jsonl").write_text(json.dumps(demo) + "\n")
