@@ -54,6 +54,10 @@ CONFIGS = {
     "old": {"attn": "eager", "max_batch_tokens": None, "label_tree": False},
     "old+trie": {"attn": "eager", "max_batch_tokens": None, "label_tree": True},
     "new": {},
+    # the reference where "old" cannot run (several-thousand-token prompts in batches of 8 pass
+    # any RSS limit): eager attention, one prompt per forward, a cache copy per label
+    "eager-1": {"attn": "eager", "max_batch_tokens": None, "label_tree": False,
+                "batch_size": 1},
 }
 
 
@@ -131,7 +135,7 @@ def _worker(job_path: str) -> int:
     hwm_reset = _reset_peak()
     sc = FewShotScorer(lm.model, lm.tokenizer, pr["label_words"],
                        template=Template(*pr["template"]), instruction=pr["instruction"],
-                       batch_size=8, **job["config"])
+                       **{"batch_size": 8, **job["config"]})
     shapes: list[tuple[int, int, int]] = []
     orig = sc._batch
 
@@ -246,8 +250,8 @@ def _compare(rows: list[dict]) -> None:
     for r in ok:
         key = (r["part"], r["model"])
         same = [x for x in ok if (x["part"], x["model"]) == key and x["dtype"] == r["dtype"]]
-        base = next((x for name in ("old", "old+trie") for x in same if x["config"] == name),
-                    None)
+        base = next((x for name in ("old", "old+trie", "eager-1") for x in same
+                     if x["config"] == name), None)
         if base is not None:
             r["reference"] = base["config"]
             r["max_abs_diff"] = float(np.abs(r["logprobs"] - base["logprobs"]).max())
@@ -311,6 +315,12 @@ def main() -> int:
     ap.add_argument("--no-reference", dest="reference", action="store_false",
                     help="skip the float32 reference run of half-precision models")
     ap.add_argument("--out", default=str(HERE / "results" / "memory_2cpu"))
+    ap.add_argument("--configs", default=None,
+                    help=f"comma-separated configurations to run ({', '.join(CONFIGS)}; default "
+                         "old,new for long inputs and old,old+trie,new for r52)")
+    ap.add_argument("--merge", default=None,
+                    help="a .json of an earlier run with the same prompts: its rows are kept and "
+                         "the new ones added (e.g. eager-1 where old was killed)")
     args = ap.parse_args()
     if args.worker:
         return _worker(args.worker)
@@ -327,6 +337,14 @@ def main() -> int:
     if "r52" in parts:
         prompts["r52"] = _r52_prompts(args.r52_k, args.r52_queries, args.seed)
     rows: list[dict] = []
+    merged_meta = None
+    if args.merge:
+        earlier = json.loads(Path(args.merge).read_text())
+        merged_meta = earlier["meta"]
+        for r in earlier["rows"]:
+            if "logprobs" in r:
+                r["logprobs"] = np.asarray(r["logprobs"], dtype=np.float64)
+            rows.append(r)
     with tempfile.TemporaryDirectory() as tmp_:
         tmp = Path(tmp_)
         for part, pr in prompts.items():
@@ -335,8 +353,10 @@ def main() -> int:
             model, dtype = spec.split(":")
             for part in prompts:
                 configs = ["old", "new"] if part == "long" else ["old", "old+trie", "new"]
+                if args.configs:
+                    configs = [c for c in args.configs.split(",") if c]
                 runs = [(cfg, dtype, CONFIGS[cfg]) for cfg in configs]
-                if dtype != "float32" and args.reference:
+                if dtype != "float32" and args.reference and not args.configs:
                     runs.append(("float32 reference", "float32", CONFIGS["new"]))
                 for cfg, dt, kw in runs:
                     tag = f"{part}-{model}-{cfg}".replace("+", "_").replace(" ", "_")
@@ -357,7 +377,7 @@ def main() -> int:
             "threads": args.threads, "load_avg_start": load0, "load_avg_end": load1,
             "seconds_total": time.perf_counter() - t_start, "args": vars(args),
             "prompts": {p: f"{pr['name']}, {len(pr['queries'])} queries"
-                        for p, pr in prompts.items()}}
+                        for p, pr in prompts.items()}, "merged_from": merged_meta}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean = [{k: (np.round(v, 7).tolist() if k == "logprobs" else v) for k, v in r.items()}
@@ -379,6 +399,22 @@ def _summary(rows: list[dict]) -> list[str]:
             continue
         old = ok.get((part, model, "old"))
         what = "long inputs" if part == "long" else "r52 labels"
+        ref = ok.get((part, model, "eager-1"))
+        if old is None and ref is not None:
+            same = "identical" if r.get("same_predictions") == 1.0 else \
+                f"{r.get('same_predictions', 0):.1%} identical"
+            f32 = r.get("max_abs_diff_float32")
+            lines.append(
+                f"- {model} ({r['dtype']}), {what}, {r['prompt_tokens'] / r['n']:.0f} tokens per "
+                f"prompt: old path killed past the RSS limit; new path peak RSS while scoring "
+                f"{r['peak_rss_scoring'] / GB:.2f} GB (process peak with loading "
+                f"{r['peak_rss'] / GB:.2f} GB) against {ref['peak_rss_scoring'] / GB:.2f} GB "
+                f"for eager-1; {r['speedup']:.2f}x faster than eager-1 (wall); max abs Δ log p "
+                f"vs eager-1 {r['max_abs_diff']:.1e}; {same} predictions"
+                + (f"; largest difference from float32: eager-1 "
+                   f"{ref.get('max_abs_diff_float32', float('nan')):.1e}, new {f32:.1e}"
+                   if f32 is not None else "") + ".")
+            continue
         if old is None:
             lines.append(f"- {model}, {what}: new path {r['peak_rss_scoring'] / GB:.2f} GB "
                          "peak RSS while scoring (old path did not finish).")
@@ -415,7 +451,16 @@ def _report(meta: dict, rows: list[dict]) -> str:
              "transient, the same for every configuration). Speed-up and Δ / predictions are "
              "relative to `old`; max abs Δ vs float32 compares a half-precision row with the "
              "same model run in float32 (`float32 reference`, new path), to show which path is "
-             "closer to exact.", "", *_summary(rows), ""]
+             "closer to exact. `eager-1` = eager attention, one prompt per forward, a cache "
+             "copy per label: the reference (speed-up and Δ are relative to it, marked "
+             "'vs eager-1') where `old` passes the RSS limit.", ""]
+    merged = meta.get("merged_from")
+    if merged:
+        m0, m1 = merged["load_avg_start"], merged["load_avg_end"]
+        lines += [f"Rows of an earlier run on the same prompts are merged in (load {m0[0]:.1f} "
+                  f"at its start, {m1[0]:.1f} at its end; {merged['seconds_total'] / 60:.0f} "
+                  "min); this run added the rest.", ""]
+    lines += [*_summary(rows), ""]
     for part, name in meta["prompts"].items():
         lines += [f"## {name}", "", *_fmt_rows(rows, part), ""]
     return "\n".join(lines)
