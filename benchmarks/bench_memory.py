@@ -319,8 +319,8 @@ def main() -> int:
                     help=f"comma-separated configurations to run ({', '.join(CONFIGS)}; default "
                          "old,new for long inputs and old,old+trie,new for r52)")
     ap.add_argument("--merge", default=None,
-                    help="a .json of an earlier run with the same prompts: its rows are kept and "
-                         "the new ones added (e.g. eager-1 where old was killed)")
+                    help="a .json of an earlier run with the same prompts: its rows are kept, "
+                         "except the configurations this run measures again (--configs)")
     args = ap.parse_args()
     if args.worker:
         return _worker(args.worker)
@@ -341,7 +341,10 @@ def main() -> int:
     if args.merge:
         earlier = json.loads(Path(args.merge).read_text())
         merged_meta = earlier["meta"]
+        redo = set((args.configs or "").split(","))
         for r in earlier["rows"]:
+            if r["config"] in redo:          # this run measures it again
+                continue
             if "logprobs" in r:
                 r["logprobs"] = np.asarray(r["logprobs"], dtype=np.float64)
             rows.append(r)
