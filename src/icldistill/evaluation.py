@@ -1145,8 +1145,3 @@ def classification_metrics(y_true: Any, y_pred: Any, *, labels: Sequence[Any] | 
     f1 = _interval(macro_f1(t, p, labs), bootstrap_values(t, p, idx, "macro_f1", labs), 0.95)
     per = {str(lab): float(np.mean(p[t == lab] == lab)) for lab in labs if np.any(t == lab)}
     return ClassificationMetrics(acc, f1, int(t.size), per)
-
-
-# TEMPORARY private aliases while in-flight code moves to the public names (removed this session)
-_context_limit, _cache_arg, _cache_of, _has_sliding_window = (
-    context_limit, cache_argument, output_cache, has_sliding_window)

@@ -394,7 +394,7 @@ def attention_outputs(loaded: Any, texts: Sequence[str], *, batch_size: int = 8)
     -------
     ndarray ``[n, L, d_model]`` (float64)
     """
-    from ..evaluation import _cache_arg, _cache_of, _has_sliding_window
+    from ..evaluation import cache_argument, has_sliding_window, output_cache
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -409,20 +409,20 @@ def attention_outputs(loaded: Any, texts: Sequence[str], *, batch_size: int = 8)
     if min(len(i) for i in ids) == 0:
         raise InputError("a prompt tokenizes to no tokens")
     p = 0
-    if not _has_sliding_window(model):
+    if not has_sliding_window(model):
         shortest = min(len(i) for i in ids)
         while p < shortest - 1 and all(i[p] == ids[0][p] for i in ids):
             p += 1
     pad = loaded.tokenizer.pad_token_id
     pad = int(pad if pad is not None else (loaded.tokenizer.eos_token_id or 0))
     device = next(model.parameters()).device
-    cache_kw = _cache_arg(base)
+    cache_kw = cache_argument(base)
     with torch.no_grad(), AttentionCapture(model) as cap:
         cache = None
         if p > 0:
             cap.active = False
             res = base(input_ids=torch.tensor([ids[0][:p]], device=device), use_cache=True)
-            cache = _cache_of(res)
+            cache = output_cache(res)
             cap.active = True
         for s in range(0, len(ids), batch_size):
             rows = [i[p:] for i in ids[s: s + batch_size]]
