@@ -94,8 +94,10 @@ class Sizes:
 
 #: Quick mode (smoke test sized for about a minute on two CPU cores with one control).
 QUICK = Sizes(ks=(0, 1, 2, 4), n_test=10, n_sets=1, n_trace=1, max_prompt_tokens=450)
-#: Full mode (about 12 minutes a model group for smollm2-135m with one control on two cores).
-FULL = Sizes(ks=KS, n_test=48, n_sets=2, n_trace=1, max_prompt_tokens=1024)
+#: Full mode: every k of the issue (0 .. 32) wherever the prompt fits 2,560 tokens (r8's
+#: 32-shot prompts do not), 60 test items, 2 demonstration sets. A background job: several
+#: times the quick run per model (``reproduce`` resumes per section).
+FULL = Sizes(ks=KS, n_test=60, n_sets=2, n_trace=1, max_prompt_tokens=2560)
 
 
 # ============================================================================ definitions
