@@ -105,8 +105,8 @@ R2_THRESHOLD = 0.5
 # default tasks, so ~115 s CPU (one thread) for the model and its control; full (2 sets x 11
 # prompts x 30 items per task) ~8 min CPU per model, ~16 min per group on one thread.
 _SETS = {True: 1, False: 2}
-_N_TEST = {True: 8, False: 30}
-_N_SAMPLE = {True: 16, False: 48}
+_N_TEST = {True: 8, False: 60}
+_N_SAMPLE = {True: 16, False: 64}
 _N_CALIBRATION = {True: 1, False: 2}
 _N_BOOT = 1000
 
