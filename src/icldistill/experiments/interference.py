@@ -725,8 +725,8 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
         Figures are written here.
     quick : bool
         Quick: ``rho`` in :data:`RHOS_QUICK`, 1 demonstration set per (task, rho), 8 test
-        items, a target sample of 16, 1 calibration prompt. Full: :data:`RHOS`, 2 sets, 30 test
-        items, a target sample of 48, 2 calibration prompts.
+        items, a target sample of 16, 1 calibration prompt. Full: :data:`RHOS`, 2 sets, 60 test
+        items, a target sample of 64, 2 calibration prompts.
     seed : int
     progress : bool
     tasks : sequence of str or TaskItems, optional
