@@ -54,3 +54,18 @@ def check_section(sec: Section, name: str, out: Path, *, figures: int = 2) -> No
     assert all(isinstance(c.holds, bool) for c in sec.checks)
     json.dumps(sec.data, allow_nan=False)  # JSON-able
     assert sec.seconds > 0
+
+
+def tiny_group(arch: str = "llama", seed: int = 1) -> list:
+    """A phenomena model group: a tiny random "trained" model and its random-init twin."""
+    from types import SimpleNamespace
+
+    from icldistill.experiments import phenomena as ph
+
+    from .tiny_models import tiny_model, tiny_tokenizer
+
+    loaded = SimpleNamespace(model=tiny_model(arch), tokenizer=tiny_tokenizer(True),
+                             name="tiny" if arch == "llama" else f"tiny-{arch}")
+    return [ph.ModelUnderTest("trained", "tiny", loaded),
+            ph.ModelUnderTest("control", f"tiny random-init #{seed}",
+                              ph.random_twin(loaded, seed), seed)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,9 +13,8 @@ from icldistill._validation import InputError
 from icldistill.experiments import adaptation
 from icldistill.experiments import phenomena as ph
 
-from .lab_helpers import PNG
+from .lab_helpers import PNG, tiny_group
 from .test_harness import _write_task
-from .tiny_models import tiny_model, tiny_tokenizer
 
 #: k = 32 does not fit the tiny model's context of 256 tokens (about 14 tokens a demonstration).
 KS = (0, 1, 2, 4, 32)
@@ -30,10 +28,7 @@ def toy(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def group():
-    loaded = SimpleNamespace(model=tiny_model("llama"), tokenizer=tiny_tokenizer(True),
-                             name="tiny")
-    return [ph.ModelUnderTest("trained", "tiny", loaded),
-            ph.ModelUnderTest("control", "tiny random-init #1", ph.random_twin(loaded, 1), 1)]
+    return tiny_group()
 
 
 def _run(tmp_path, toy, group, **kw):

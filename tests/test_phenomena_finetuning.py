@@ -17,7 +17,7 @@ from icldistill._validation import InputError
 from icldistill.experiments import finetuning as ft
 from icldistill.experiments import phenomena as ph
 
-from .lab_helpers import check_section, one_thread  # noqa: F401  (autouse fixture)
+from .lab_helpers import check_section, one_thread, tiny_group  # noqa: F401  (autouse fixture)
 from .test_harness import _write_task
 from .tiny_models import tiny_model, tiny_tokenizer
 
@@ -34,9 +34,7 @@ def _loaded(arch: str = "llama"):
 
 
 def _groups(arch: str = "llama"):
-    loaded = _loaded(arch)
-    return [[ph.ModelUnderTest("trained", "tiny", loaded),
-             ph.ModelUnderTest("control", "tiny random-init #1", ph.random_twin(loaded, 1), 1)]]
+    return [tiny_group(arch)]
 
 
 def _demos(task, k=4, seed=0):

@@ -22,6 +22,7 @@ from icldistill.experiments import phenomena as ph
 from icldistill.prompts import Template
 from icldistill.representations import AttentionKVEncoder, make_encoder
 
+from .lab_helpers import tiny_group
 from .tiny_models import WORDS, tiny_model, tiny_tokenizer
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -74,9 +75,7 @@ def _loaded():
 
 
 def _groups():
-    tr = _loaded()
-    return [[ph.ModelUnderTest("trained", "tiny", tr),
-             ph.ModelUnderTest("control", "tiny random-init #1", ph.random_twin(tr, 1), 1)]]
+    return [tiny_group()]
 
 
 def _run(tasks, tmp_path, **kw):

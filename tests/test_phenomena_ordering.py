@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -33,9 +32,8 @@ from icldistill.experiments.ordering import (
 from icldistill.representations import make_encoder
 from icldistill.stats import mcnemar_exact
 
-from .lab_helpers import PNG, one_thread  # noqa: F401 - autouse fixture
+from .lab_helpers import PNG, one_thread, tiny_group  # noqa: F401 - autouse fixture
 from .test_harness import _write_task
-from .tiny_models import tiny_model, tiny_tokenizer
 
 SIZES = OrderingSizes(ks=(3,), n_orders=(6,), n_sets=1, n_test=6, n_trace=2)
 
@@ -48,10 +46,7 @@ def toy(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def group():
-    trained = SimpleNamespace(model=tiny_model("llama"), tokenizer=tiny_tokenizer(True),
-                              name="tiny")
-    return [ph.ModelUnderTest("trained", "tiny", trained),
-            ph.ModelUnderTest("control", "tiny random-init #1", ph.random_twin(trained, 1), 1)]
+    return tiny_group()
 
 
 @pytest.fixture(scope="module")

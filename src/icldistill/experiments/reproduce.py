@@ -47,6 +47,9 @@ PHENOMENA_SECTIONS = {
     "interference": "icldistill.experiments.interference",
     "icl-vs-finetuning": "icldistill.experiments.finetuning",
 }
+#: Bumped when what a stored section holds changes, so older stored sections are recomputed
+#: (2: real-model sections measured against random-init twins).
+SECTIONS_FORMAT = 2
 #: The second real model of a full run.
 SECOND_MODEL = "qwen2.5-0.5b"
 
@@ -221,7 +224,7 @@ def reproduce(
             commands[key] = (f"icldistill lab {name} --task {task} --preset {preset_name} "
                              f"--seed {seed} --out {out / key}")
         fp = _fingerprint({"name": name, "task": task, "quick": quick, "seed": seed,
-                           "preset": preset_name,
+                           "preset": preset_name, "format": SECTIONS_FORMAT,
                            **settings, "version": _versions()["icldistill"]})
         stored = read_section(out / "sections" / f"{key}.json", fingerprint=fp)
         if stored is not None and all((out / f).is_file() for f in stored.figures):
