@@ -41,7 +41,7 @@ from typing import Any, ClassVar, Union
 from urllib.parse import quote
 
 from ._validation import InputError
-from .reports import write_text
+from .store import write_text
 
 __all__ = [
     "Block",

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .store import atomic_write
+from .store import atomic_write, write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -41,11 +41,6 @@ __all__ = [
     "write_text",
     "write_trace_report",
 ]
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) atomically."""
-    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -66,6 +66,7 @@ __all__ = [
     "read_records",
     "unit_lock",
     "write_atomic",
+    "write_text",
 ]
 
 try:  # POSIX: serialise appends to one file between processes
@@ -224,6 +225,12 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
         raise
     fsync_dir(p.parent)
     return p
+
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) atomically (:func:`atomic_write`)."""
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
