@@ -59,6 +59,10 @@ from typing import Any
 MODES = ("eager", "sdpa", "trace-query", "trace-all", "tl-bridge", "tl-hooked")
 TL_MODES = ("tl-bridge", "tl-hooked")
 TARGET = 1.5  # issue: trace <= 1.5x eager time and <= 1.5x eager peak memory (1,024 tokens)
+#: The repository root: the TransformerLens venvs default to ``.venv-tl`` / ``.venv-tl3`` in it
+#: (ignored by git, like every ``.venv*`` folder); ``$TL_PYTHON`` / ``$TL3_PYTHON`` or
+#: ``--tl-python`` / ``--tl3-python`` name other interpreters.
+ROOT = Path(__file__).resolve().parents[1]
 
 _REVIEWS = (
     ("A warm, funny and beautifully acted film.", "positive"),
@@ -424,11 +428,15 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--tl-python", default=os.environ.get("TL_PYTHON", "/work/tlenv/bin/python"),
-                    help="interpreter of the TransformerLens 4.x env (tl-bridge)")
+    ap.add_argument("--tl-python",
+                    default=os.environ.get("TL_PYTHON", str(ROOT / ".venv-tl" / "bin" / "python")),
+                    help="interpreter of the TransformerLens 4.x env (tl-bridge; default "
+                         "$TL_PYTHON, else .venv-tl/bin/python in the repository)")
     ap.add_argument("--tl3-python",
-                    default=os.environ.get("TL3_PYTHON", "/work/tlenv3/bin/python"),
-                    help="interpreter of the TransformerLens 3.x env (tl-hooked)")
+                    default=os.environ.get("TL3_PYTHON",
+                                           str(ROOT / ".venv-tl3" / "bin" / "python")),
+                    help="interpreter of the TransformerLens 3.x env (tl-hooked; default "
+                         "$TL3_PYTHON, else .venv-tl3/bin/python in the repository)")
     ap.add_argument("--quiet", type=float, default=0.1,
                     help="a timed run counts only if other processes used less than this share "
                          "of the CPUs during it (others are waited out, then repeated)")
