@@ -133,3 +133,13 @@ def test_label_position_quantities(toy):
                                             instruction=items.format.instruction,
                                             template=items.format.template))
     assert np.all(zero.demo_mass == 0) and np.all(np.isneginf(zero.log_w0_norm))
+
+
+def test_a_single_item_statistic_is_never_outside_the_controls():
+    one = ph.statistic([0.9], "t")
+    ctl = ph.statistic([0.1], "c", role="control")
+    cmp = ph.compare_with_controls("rho", one, [ctl])
+    assert not cmp.outside and "no spread" in cmp.describe()
+    many = ph.compare_with_controls("rho", ph.statistic([0.9, 0.95, 0.85], "t"),
+                                    [ph.statistic([0.1, 0.15, 0.05], "c", role="control")])
+    assert many.outside and many.verdict == "outside"

@@ -434,7 +434,8 @@ class ControlComparison:
     low, high : float
         The control spread: union of the controls' intervals.
     outside : bool
-        The trained value lies outside ``[low, high]``.
+        The trained value lies outside ``[low, high]`` (never for a statistic of fewer than two
+        items, on either side: one value has no spread).
     """
 
     name: str
@@ -449,7 +450,15 @@ class ControlComparison:
         return (f"{self.name}: trained {t.value:{fmt}} [{t.low:{fmt}}, {t.high:{fmt}}], "
                 f"random-init control spread [{self.low:{fmt}}, {self.high:{fmt}}] "
                 f"({len(self.controls)} control{'s' if len(self.controls) != 1 else ''})"
-                f" -> {'outside' if self.outside else 'INSIDE'}")
+                f" -> {self.verdict}")
+
+    @property
+    def verdict(self) -> str:
+        """``"outside"``, ``"INSIDE"`` or, for a statistic of a single item, ``"one item: no
+        spread to compare"``."""
+        if self.trained.n < 2 or any(c.n < 2 for c in self.controls):
+            return "one item: no spread to compare"
+        return "outside" if self.outside else "INSIDE"
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "trained": self.trained.to_dict(),
@@ -474,7 +483,10 @@ def compare_with_controls(name: str, trained: Statistic | Any,
     highs = [c.high for c in cs if np.isfinite(c.high)]
     low = min(lows) if lows else math.nan
     high = max(highs) if highs else math.nan
-    outside = bool(np.isfinite(t.value) and lows and highs and (t.value < low or t.value > high))
+    # a statistic of a single item has no spread to compare with: never "outside"
+    enough = t.n >= 2 and all(c.n >= 2 for c in cs)
+    outside = bool(enough and np.isfinite(t.value) and lows and highs
+                   and (t.value < low or t.value > high))
     return ControlComparison(name, t, cs, float(low), float(high), outside)
 
 
@@ -486,6 +498,6 @@ def controlled_check(claim: str, holds: bool, comparison: ControlComparison,
     parts = [detail] if detail else []
     parts.append(comparison.describe())
     if holds and not comparison.outside:
-        parts.append("the claim holds on the trained model but also within the random-init "
+        parts.append("the claim holds on the trained model but not beyond the random-init "
                      "control's spread, so it does not show what training taught")
     return Check(claim, ok, "; ".join(parts))
