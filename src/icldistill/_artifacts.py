@@ -87,8 +87,11 @@ class DamagedCacheError(InputError):
 
 
 def log(progress: bool, msg: str) -> None:
-    """Print ``[icldistill] msg`` to stderr when ``progress`` is on."""
-    if progress:
+    """Print ``[icldistill] msg`` to stderr when ``progress`` is on (never under the CLI's
+    ``--quiet``, see :func:`icldistill._progress.quiet_scope`)."""
+    from ._progress import quiet
+
+    if progress and not quiet():
         print(f"[icldistill] {msg}", file=sys.stderr, flush=True)
 
 

@@ -768,14 +768,13 @@ class FewShotScorer:
     def _run(self, items: list[_Item], prefixes: list[list[int]], out: np.ndarray,
              stats: dict[str, int], progress: bool,
              on_batch: Callable[[np.ndarray, np.ndarray], None] | None, n_queries: int) -> None:
-        from tqdm.auto import tqdm
+        from ._progress import progress_bar
 
         model = self.model
         device = next(model.parameters()).device
         batches = self._batches(items, prefixes)
         caches: dict[int, Any] = {}
-        bar = tqdm(total=len(items), desc="scoring", unit="prompt", disable=not progress,
-                   leave=False)
+        bar = progress_bar(total=len(items), desc="scoring", unit="prompt", enabled=progress)
         try:
             with _attention(model, self.attn_implementation):
                 self._run_batches(batches, items, prefixes, caches, out, stats, bar, on_batch,

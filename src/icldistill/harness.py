@@ -796,7 +796,7 @@ class Harness:
         for last; then this run waits for each and reads its result back (or computes it, if
         that process died).
         """
-        from tqdm.auto import tqdm
+        from ._progress import progress_bar
 
         units = list(units)
         done = self.finished()
@@ -812,7 +812,8 @@ class Harness:
             _log(f"{len(units) - len(todo)} of {len(units)} units already finished in "
                  f"{self.out_dir}")
         todo.sort(key=lambda u: u.model)      # load each model once; otherwise keep the order
-        bar = tqdm(total=len(todo), desc="units", unit="unit", disable=not self.progress)
+        bar = progress_bar(total=len(todo), desc="units", unit="unit", enabled=self.progress,
+                           leave=True)
         busy: list[UnitSpec] = []             # held by another process on this folder
 
         def one(u: UnitSpec) -> None:

@@ -78,7 +78,6 @@ import math
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 import zipfile
@@ -153,10 +152,9 @@ def _check_batch_size(batch_size: Any) -> int:
 
 
 def _progress_bar(total: int, desc: str, progress: bool):
-    from tqdm.auto import tqdm
+    from ._progress import progress_bar
 
-    return tqdm(total=total, desc=desc, unit="text", disable=not progress, file=sys.stderr,
-                leave=False)
+    return progress_bar(total=total, desc=desc, unit="text", enabled=progress)
 
 
 # ============================================================================ the interface
@@ -998,7 +996,8 @@ class MiniLMEncoder(Encoder):
         if self.model is not None:
             return self
         from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+
+        from ._progress import transformers_progress
 
         if self.path is not None:
             folder = self.path
@@ -1007,17 +1006,11 @@ class MiniLMEncoder(Encoder):
                 raise _minilm_damaged(folder, problems)
         else:
             folder = fetch_minilm(self.cache_dir, progress)
-        bars = hf_logging.is_progress_bar_enabled()
-        if not progress and bars:
-            hf_logging.disable_progress_bar()
-        try:
+        with transformers_progress(progress):
             self.tokenizer = AutoTokenizer.from_pretrained(folder)
             # (the checkpoint's BERT pooler is loaded but unused: sentence-transformers pools
             # the last hidden states itself)
             model = AutoModel.from_pretrained(folder, use_safetensors=True, dtype=torch.float32)
-        finally:
-            if not progress and bars:
-                hf_logging.enable_progress_bar()
         self.model = model.to(self.device).eval()
         return self
 

@@ -402,10 +402,10 @@ def _train(
                 "history": [list(h) for h in st.history], "window_sum": st.window_sum,
                 "window_count": st.window_count, "seconds": st.seconds}
 
-    from tqdm.auto import tqdm
+    from ._progress import progress_bar
 
-    bar = tqdm(total=train.steps, initial=st.step, disable=not progress,
-               desc=f"ICL {config.task}", leave=False, dynamic_ncols=True)
+    bar = progress_bar(total=train.steps, initial=st.step, enabled=progress,
+                       desc=f"ICL {config.task}", dynamic_ncols=True)
     t_session = time.perf_counter()
     seconds0 = st.seconds
     last_save = t_session

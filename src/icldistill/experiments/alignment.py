@@ -185,9 +185,9 @@ def _alignment(trained: TrainedICL, n_prompts: int, seed: int, contrast_prompts:
     dec_err = np.zeros((L, H))
     contrast = {f"{m:g}": np.full((L, H), np.inf) for m in CONTRAST}
     n_contrast = 0
-    from tqdm.auto import tqdm
+    from .._progress import progress_bar
 
-    for b in tqdm(range(P), desc="alignment", disable=not progress):
+    for b in progress_bar(range(P), desc="alignment", enabled=progress):
         for layer in range(L):
             own = trace.layers[layer].output
             for head in range(H):

@@ -214,7 +214,7 @@ def bias_vs_mmd(
 
 def _bias_vs_mmd(trained: TrainedICL, B: int, S: int, levels: dict[str, tuple[float, ...]],
                  seed: int, progress: bool, t0: float) -> BiasMMDResult:
-    from tqdm.auto import tqdm
+    from .._progress import progress_bar
 
     cfg = trained.config
     task, N, d = cfg.task, cfg.max_examples, cfg.d_x
@@ -259,7 +259,7 @@ def _bias_vs_mmd(trained: TrainedICL, B: int, S: int, levels: dict[str, tuple[fl
     rel_err = 0.0
     grid = [(k, v, lv) for k in kinds for v, lv in enumerate(levels[k])]
     run_id = 0
-    for kind, v, level in tqdm(grid, desc="bias", disable=not progress):
+    for kind, v, level in progress_bar(grid, desc="bias", enabled=progress):
         for s in range(S):
             pb = icl_batch(task, B, N, d, sub[2 + S + run_id], ws=ws, dtype=torch.float64,
                            **{kind: float(level)})

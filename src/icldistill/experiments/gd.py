@@ -234,9 +234,9 @@ def _compare(trained: TrainedICL, P: int, P_val: int, steps: tuple[int, ...], se
     eta = {m: np.zeros(N - 1) for m in gd_names}
     edge = {m: np.zeros(N - 1, dtype=bool) for m in gd_names}
     cap = np.zeros(N - 1)
-    from tqdm.auto import tqdm
+    from .._progress import progress_bar
 
-    for j, n in enumerate(tqdm(ns, desc="gd", disable=not progress)):
+    for j, n in enumerate(progress_bar(ns, desc="gd", enabled=progress)):
         n = int(n)
         xe, ye, qe = ev.xs[:, :n], ev.ys[:, :n], ev.xs[:, n]
         xv, yv, qv, tv = va.xs[:, :n], va.ys[:, :n], va.xs[:, n], va.ys[:, n]

