@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -104,3 +106,43 @@ def test_comparison_report_states_the_gap_when_the_mmd_family_is_not_best(tmp_pa
             "mean over tasks; a single unit's 95% bootstrap half-width is 0.050 on average "
             "here, so the two are not distinguishable at this test size.") in md
     assert "| m k=4 | knn 0.850 | mmd 0.830 | 0.020 | 0.050 | 2 of 2 |" in md
+
+
+def test_comparison_report_calls_a_tie_a_tie_and_shows_no_nan(tmp_path, monkeypatch):
+    """Two selectors at the same mean accuracy: no winner, "tie between"; a Spearman
+    correlation of constant numbers: "n/a (constant)", never "+nan"; the accuracy-vs-MMD²
+    figure gives every selector its own colour and marker and has one legend."""
+    import icldistill.reports as reports
+    from icldistill.reports import write_comparison_report
+
+    figures = {}
+    save = reports.save_figure
+
+    def spy(fig, path, **kw):
+        figures[Path(path).name] = fig
+        return save(fig, path, **kw)
+
+    monkeypatch.setattr(reports, "save_figure", spy)
+    rs = [_unit_result(t, "random", 0.85, 0.1, s) for t in ("a", "b") for s in range(3)]
+    rs += [_unit_result(t, "knn", 0.85, 0.1) for t in ("a", "b")]      # coincident with random
+    rs += [_unit_result(t, "mmd", 0.80, 0.1) for t in ("a", "b")]      # constant MMD²
+    rep = write_comparison_report(rs, tmp_path)
+    tag = "m k=4"
+    assert rep.ties[tag] == ("random", "knn") and tag not in rep.best
+    assert rep.mmd_family_best[tag] is False
+    md = rep.markdown.read_text()
+    assert "a tie between **random**, **knn** (0.850; none of them an MMD-family" in md
+    assert "Best mean accuracy" not in md
+    assert "is 0.050 below random and knn (0.850)" in md
+    assert "| m k=4 | tie: random, knn 0.850 |" in md
+    assert "a n/a (constant), b n/a (constant)" in md
+    assert not re.search(r"\bnan\b", md, re.IGNORECASE)
+    scatter = figures["acc_vs_mmd_m_k4.png"]
+    titles = [ax.get_title() for ax in scatter.axes if ax.get_title()]
+    assert titles and all("n/a (constant)" in t and "nan" not in t for t in titles)
+    assert len(scatter.legends) == 1
+    assert [t.get_text() for t in scatter.legends[0].get_texts()] == ["random", "knn", "mmd"]
+    points = scatter.axes[0].collections
+    assert len(points) == 3
+    assert len({tuple(round(float(v), 3) for v in c.get_edgecolor()[0]) for c in points}) == 3
+    assert len({c.get_paths()[0].vertices.round(3).tobytes() for c in points}) == 3

@@ -319,8 +319,10 @@ class ComparisonReport:
     markdown, html : Path
     figures : list of Path
     summaries : list of SelectorSummary
-    best : dict ``"model k=K"`` -> selector with the best mean accuracy over tasks
+    best : dict ``"model k=K"`` -> selector with the best mean accuracy over tasks (absent
+        when the grid is incomplete or when several selectors tie, see ``ties``)
     mmd_family_best : dict ``"model k=K"`` -> whether an MMD-family selector is best on average
+        (on a tie: whether one of the tied selectors is)
     beats_random : dict ``"model k=K"`` -> {task: whether the best MMD-family selector beats
         the mean of the random seeds}
     spearman : dict ``"model k=K"`` -> {task: Spearman(MMD^2 to the task, accuracy) over the
@@ -331,6 +333,9 @@ class ComparisonReport:
         its accuracy reflects the label prior rather than the demonstrations)
     paired_json : Path or None
         ``paired.json`` (the paired comparisons, one record each) when they were given.
+    ties : dict ``"model k=K"`` -> the selectors that share the best mean accuracy over tasks
+        (two or more, equal at the report's precision of three decimals); no winner is
+        declared for these groups.
     """
 
     markdown: Path
@@ -343,6 +348,7 @@ class ComparisonReport:
     spearman: dict[str, dict[str, float]]
     collapsed: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
     paired_json: Path | None = None
+    ties: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 #: Recall below which a label counts as never predicted (see ``ComparisonReport.collapsed``).
@@ -423,7 +429,8 @@ def write_comparison_report(
     md_path, html_path = write_report(Report(title, sections, notes=tuple(notes),
                                              commands=tuple(commands)), out)
     return ComparisonReport(md_path, html_path, figures, acc_.summaries, acc_.best,
-                            acc_.fam_best, acc_.beats, acc_.rho, acc_.collapsed, paired_json)
+                            acc_.fam_best, acc_.beats, acc_.rho, acc_.collapsed, paired_json,
+                            acc_.ties)
 
 
 @dataclass
@@ -436,6 +443,18 @@ class _Conclusions:
     beats: dict[str, dict[str, bool]] = field(default_factory=dict)
     rho: dict[str, dict[str, float]] = field(default_factory=dict)
     collapsed: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
+    ties: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def _same_shown(a: float, b: float) -> bool:
+    """Whether two mean accuracies read the same in the report (three decimals)."""
+    return f"{a:.3f}" == f"{b:.3f}"
+
+
+def _rho_text(rho: float) -> str:
+    """A Spearman correlation for the report; NaN (a constant MMD² or accuracy over the units,
+    or fewer than 3 of them) as ``n/a (constant)``."""
+    return f"{rho:+.2f}" if math.isfinite(rho) else "n/a (constant)"
 
 
 def _is_mmd_family(selector: str) -> bool:
@@ -469,12 +488,18 @@ def _group_section(model: str, k: int, rs: list[Any], out: Path, c: _Conclusions
         rows.append([s, *cells, f"{mean:.3f}" if math.isfinite(mean) else "–"])
     summ = [x for x in c.summaries if x.model == model and x.k == k]
     complete = [x for x in summ if math.isfinite(x.mean)]
+    leaders: set[str] = set()
     if len(complete) >= 2 and len(complete) == len(summ):
         top = max(complete, key=lambda x: x.mean)
-        c.best[tag] = top.selector
-        c.fam_best[tag] = _is_mmd_family(top.selector)
-    for row in rows:                   # the best mean in bold
-        row[0] = f"**{plain(row[0])}**" if row[0] == c.best.get(tag) else plain(row[0])
+        tied = tuple(x.selector for x in complete if _same_shown(x.mean, top.mean))
+        if len(tied) > 1:              # no winner: they read the same in the report
+            c.ties[tag] = tied
+        else:
+            c.best[tag] = top.selector
+        leaders = set(tied)
+        c.fam_best[tag] = any(_is_mmd_family(s) for s in tied)
+    for row in rows:                   # the best mean(s) in bold
+        row[0] = f"**{plain(row[0])}**" if row[0] in leaders else plain(row[0])
     rnd = next((x for x in summ if x.selector == "random"), None)
     fam = [x for x in summ if _is_mmd_family(x.selector)]
     if rnd is not None and fam:
@@ -519,21 +544,31 @@ def _claims(tag: str, summ: list[SelectorSummary], complete: list[SelectorSummar
     fam_done = [x for x in fam if math.isfinite(x.mean)]
     top_fam = max(fam_done, key=lambda x: x.mean) if fam_done else None
     rho, beats = c.rho[tag], c.beats
-    if tag in c.best:
-        claims.append(f"Best mean accuracy over tasks: **{plain(c.best[tag])}**"
-                      f" ({'an' if c.fam_best[tag] else 'not an'} MMD-family selector).")
+    if tag in c.fam_best:
         top_all = max(complete, key=lambda x: x.mean)
+        tied = c.ties.get(tag, ())
+        leader = (" and ".join(plain(s) for s in tied) if tied
+                  else plain(top_all.selector))
+        if tied:
+            has_fam = "one of them an" if c.fam_best[tag] else "none of them an"
+            claims.append("No single best mean accuracy over tasks: a tie between "
+                          + ", ".join(f"**{plain(s)}**" for s in tied)
+                          + f" ({top_all.mean:.3f}; {has_fam} MMD-family selector).")
+        else:
+            claims.append(f"Best mean accuracy over tasks: **{plain(c.best[tag])}**"
+                          f" ({'an' if c.fam_best[tag] else 'not an'} MMD-family selector).")
         if not c.fam_best[tag] and top_fam is not None:
             gap = top_all.mean - top_fam.mean
             claims.append(
                 f"Gap: the best MMD-family selector, {plain(top_fam.selector)} "
-                f"({top_fam.mean:.3f}), is {gap:.3f} below {plain(top_all.selector)} "
+                f"({top_fam.mean:.3f}), is {gap:.3f} below {leader} "
                 f"({top_all.mean:.3f}) on the mean over tasks; a single unit's 95% "
                 f"bootstrap half-width is {half:.3f} on average here"
                 + (", so the two are not distinguishable at this test size." if gap < half
                    else "."))
         finite = [v for v in rho.values() if math.isfinite(v)]
-        overview = [plain(tag), f"{plain(top_all.selector)} {top_all.mean:.3f}",
+        overview = [plain(tag), (f"tie: {', '.join(plain(s) for s in tied)}" if tied
+                                 else plain(top_all.selector)) + f" {top_all.mean:.3f}",
                     f"{plain(top_fam.selector)} {top_fam.mean:.3f}" if top_fam else "–",
                     f"{top_all.mean - top_fam.mean:.3f}" if top_fam else "–",
                     f"{half:.3f}",
@@ -555,8 +590,8 @@ def _claims(tag: str, summ: list[SelectorSummary], complete: list[SelectorSummar
             if n_c:
                 why += (f"; {n_c} of {n_t} units predict (almost) only one label, so "
                         "accuracy there reflects the label prior, not the demonstrations")
-            if math.isfinite(rho.get(t, math.nan)):
-                why += f"; Spearman(MMD², accuracy) {rho[t]:+.2f}"
+            if t in rho:
+                why += f"; Spearman(MMD², accuracy) {_rho_text(rho[t])}"
             claims.append("Why — " + why + ".")
     many = {t: cn for t, cn in c.collapsed[tag].items() if cn[0]}
     if many:
@@ -567,7 +602,7 @@ def _claims(tag: str, summ: list[SelectorSummary], complete: list[SelectorSummar
     if rho:
         vals = [v for v in rho.values() if math.isfinite(v)]
         claims.append("Spearman(MMD² to the task, accuracy) per task: " + ", ".join(
-            f"{plain(t)} {v:+.2f}" for t, v in rho.items()) +
+            f"{plain(t)} {_rho_text(v)}" for t, v in rho.items()) +
             (f"; mean {np.mean(vals):+.2f} (negative = lower MMD, higher accuracy)."
              if vals else "."))
     return claims, overview
@@ -704,30 +739,50 @@ def _comparison_figures(rs: Sequence[Any], tasks: list[str], selectors: list[str
     ncols = min(3, n)
     nrows = math.ceil(n / ncols)
     fig, axes = new_figure(nrows, ncols, size=(4.0, 3.3))
+    markers = _selector_markers(selectors)
+    handles: dict[str, Any] = {}
     for i, t in enumerate(tasks):
         ax = axes[i // ncols, i % ncols]
-        for s in selectors:
+        for j, s in enumerate(selectors):
             pts = [(r.mmd2_task, r.accuracy.value) for r in rs
                    if r.spec.task == t and r.spec.label == s]
             if pts:
-                ax.scatter(*zip(*pts, strict=True), color=cmap[s], label=s, s=22)
-        ax.set_title(f"{t}: Spearman {rho.get(t, float('nan')):+.2f}", fontsize=9)
+                # hollow markers of distinct shapes and decreasing sizes: selectors whose
+                # points coincide (deterministic ones, equal accuracies) stay visible
+                handles[s] = ax.scatter(*zip(*pts, strict=True), label=s,
+                                        marker=markers[s], facecolors="none",
+                                        edgecolors=[cmap[s]], linewidths=1.3,
+                                        s=max(16.0, 60.0 - 8.0 * j), zorder=3 + j)
+        ax.set_title(f"{t}: Spearman " + (_rho_text(rho[t]) if t in rho
+                                          else "n/a (< 3 units)"), fontsize=9)
         ax.set_xlabel("MMD² (demos, test inputs)")
         ax.set_ylabel("accuracy")
     for j in range(n, nrows * ncols):
         axes[j // ncols, j % ncols].axis("off")
-    axes[0, 0].legend(fontsize=6)
     fig.suptitle(f"{tag}: accuracy vs MMD² to the task")
     fig.set_layout_engine("constrained")     # keep x labels clear of the next row's titles
+    if handles:                              # one legend for every panel, beside them
+        fig.legend(list(handles.values()), list(handles), loc="outside right upper",
+                   fontsize=7, title="selector", title_fontsize=7)
     p2 = save_figure(fig, folder / f"acc_vs_mmd_{stem}.png")
     return [p1, p2]
 
 
 def _selector_colors(selectors: Sequence[str]) -> dict[str, Any]:
+    """A distinct colour per selector (tab10; tab20 beyond ten selectors)."""
     from matplotlib import colormaps
 
-    cm = colormaps["tab10"]
-    return {s: cm(i % 10) for i, s in enumerate(selectors)}
+    n = 10 if len(selectors) <= 10 else 20
+    cm = colormaps[f"tab{n}"]
+    return {s: cm(i % n) for i, s in enumerate(selectors)}
+
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+
+
+def _selector_markers(selectors: Sequence[str]) -> dict[str, str]:
+    """A distinct marker shape per selector (cycling after twelve)."""
+    return {s: _MARKERS[i % len(_MARKERS)] for i, s in enumerate(selectors)}
 
 
 def write_ablation_report(
