@@ -3,8 +3,9 @@
     python docs/gen_cli.py           # rewrite docs/cli.md
     python docs/gen_cli.py --check   # exit 1 if docs/cli.md is out of date
 
-Every command and subcommand gets its summary, description, usage and a table of its
-arguments and options (flags, metavar, default, choices, help), in the parser's own order.
+Every command and subcommand gets its summary, description, usage, a table of its
+arguments and options (flags, metavar, default, choices, help), in the parser's own order, and
+its epilog (the top-level one lists the exit statuses).
 ``tests/test_docs.py`` regenerates the page in memory and compares it with the committed file.
 """
 
@@ -30,7 +31,10 @@ HEADER = """\
 Every command of `icldistill`, as its argument parser defines it (`icldistill --help`,
 `icldistill COMMAND --help`; every command also takes `-h, --help`). Input errors end with exit
 status 2 and one line on stderr naming the problem and what to do; `--help` and `--version`
-exit 0, an interrupt 130. The tutorials show the commands at work:
+exit 0, an internal error (a bug, with its traceback) 1, an interrupt 130. Plural flags
+(`--models`, `--datasets`, `--selectors`, `--ks`) take comma-separated lists; `evaluate` and
+`compare` share them and accept the singular spellings as aliases. The tutorials show the
+commands at work:
 [trace a model](tutorials/trace.md),
 [choose demonstrations for your own file](tutorials/own-file.md),
 [evaluate selectors](tutorials/evaluate.md), [reproduce the laboratory](tutorials/reproduce.md).
@@ -50,7 +54,7 @@ def _code(s: str) -> str:
 
 def _fixed_width(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.formatter_class = functools.partial(  # type: ignore[assignment]
-        argparse.HelpFormatter, width=WIDTH)
+        parser.formatter_class, width=WIDTH)
     return parser
 
 
@@ -105,6 +109,8 @@ def _section(path: list[str], summary: str, parser: argparse.ArgumentParser) -> 
         lines += ["| argument / option | description |", "|---|---|"]
         lines += [_option_row(parser, a) for a in rows]
         lines.append("")
+    if parser.epilog:                  # kept as written (exit status, environment)
+        lines += ["```text", parser.epilog.strip("\n"), "```", ""]
     subs = list(_subcommands(parser))
     if subs:
         lines += ["Subcommands: " + ", ".join(f"`{name} {n}`" for n, _, _ in subs) + ".", ""]

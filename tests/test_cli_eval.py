@@ -114,3 +114,77 @@ def test_evaluate_in_bfloat16_records_the_precision(setup, capsys, monkeypatch):
     rec = json.loads((out / "results.jsonl").read_text().splitlines()[0])
     assert rec["spec"]["dtype"] == "bfloat16" and rec["n"] == 6
     assert json.loads(capsys.readouterr().out)[0]["spec"]["dtype"] == "bfloat16"
+
+
+def test_select_out_writes_the_selection_and_leaves_the_working_directory_alone(
+        setup, capsys, monkeypatch, tmp_path):
+    root, model_dir, data = setup
+    monkeypatch.setenv("ICLDISTILL_CACHE", str(root / "cache"))
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    base = ["select", *_task_args(data), "--selector", "knn", "--k", "2", "--model",
+            str(model_dir), "--encoder", "hidden:-1", "--n-test", "3", "--quiet"]
+    assert main(base) == 0                             # no --out: caches in the user cache
+    assert "knn, k=2" in capsys.readouterr().out
+    assert list(work.iterdir()) == []
+    assert (root / "cache" / "select").is_dir()
+    out = tmp_path / "sel-text"
+    assert main([*base, "--out", str(out)]) == 0       # --out without --json writes the file
+    printed = capsys.readouterr().out
+    payload = json.loads((out / "selection.json").read_text())
+    assert payload["k"] == 2 and payload["selector"] == "knn" and len(payload["sets"]) == 3
+    assert f"selection: {out / 'selection.json'}" in printed
+    assert list(work.iterdir()) == []
+
+
+def test_progress_off_a_terminal_is_plain_lines_and_quiet_prints_nothing(setup, capsys,
+                                                                        monkeypatch):
+    """stderr captured here is not a terminal: progress comes as plain lines (no carriage
+    returns, no escape codes, a few KB), transformers' weight-loading bar included; with
+    --quiet nothing at all."""
+    root, model_dir, data = setup
+    monkeypatch.setenv("ICLDISTILL_CACHE", str(root / "cache"))
+    argv = ["evaluate", "--models", str(model_dir), *_task_args(data), "--selectors",
+            "random,knn", "--ks", "2", "--seeds", "2", "--n-test", "6", "--encoder",
+            "hidden:-1", "--json"]
+    assert main([*argv, "--out", str(root / "progress-quiet"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main([*argv, "--out", str(root / "progress-lines")]) == 0
+    err = capsys.readouterr().err
+    assert err and "\r" not in err and "\x1b" not in err
+    assert len(err.encode()) < 16_000, err
+    lines = err.splitlines()
+    assert any(ln.startswith("units 100% (3/3)") for ln in lines), err
+    assert any(ln.startswith("scoring 100%") for ln in lines), err
+    assert all(ln == ln.strip() and ln for ln in lines)
+
+
+def test_redirected_stderr_gets_plain_lines_and_quiet_gets_nothing(setup, tmp_path):
+    """The command as a user runs it, stderr redirected to a file: no carriage return or
+    escape code and a few KB of progress lines (transformers' bars and warnings included);
+    with --quiet an empty file."""
+    import os
+    import subprocess
+    import sys
+
+    root, model_dir, data = setup
+    env = {**os.environ, "ICLDISTILL_CACHE": str(root / "cache"), "OMP_NUM_THREADS": "1"}
+    env.pop("ICLDISTILL_PROGRESS_INTERVAL", None)
+    code = "import sys; from icldistill.cli import main; sys.exit(main(sys.argv[1:]))"
+    argv = ["evaluate", "--models", str(model_dir), *_task_args(data), "--selectors", "knn",
+            "--ks", "2", "--n-test", "4", "--encoder", "hidden:-1", "--json"]
+    for quiet in (True, False):
+        log = tmp_path / f"stderr-{quiet}.log"
+        with log.open("w") as fh:
+            res = subprocess.run([sys.executable, "-c", code, *argv, "--out",
+                                  str(tmp_path / f"out-{quiet}"), *(["--quiet"] * quiet)],
+                                 stdout=subprocess.PIPE, stderr=fh, env=env, cwd=tmp_path,
+                                 timeout=600)
+        text = log.read_text()
+        assert res.returncode == 0, text
+        if quiet:
+            assert text == ""
+        else:
+            assert "\r" not in text and "\x1b" not in text and 0 < len(text) < 8_000, text
+            assert "units 100% (1/1)" in text

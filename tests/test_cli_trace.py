@@ -66,3 +66,10 @@ def test_load_demonstrations_errors(tmp_path):
         load_demonstrations(p)
     with pytest.raises(ValueError, match="no such file"):
         load_demonstrations(tmp_path / "missing.jsonl")
+
+
+def test_trace_cli_quiet_prints_nothing_on_stderr(model_dir, demos_file, tmp_path, capsys):
+    assert main(["trace", "--model", str(model_dir), "--demos", str(demos_file), "--query",
+                 "fun film", "--out", str(tmp_path / "q"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "decomposition error" in captured.out

