@@ -342,9 +342,9 @@ def main() -> int:
         earlier = json.loads(Path(args.merge).read_text())
         merged_meta = earlier["meta"]
         redo = set((args.configs or "").split(","))
-        models_now = {m.split(":")[0] for m in args.models.split(",") if m}
+        specs_now = {tuple(m.split(":")) for m in args.models.split(",") if m}
         for r in earlier["rows"]:
-            if r["config"] in redo and r["model"] in models_now:   # measured again now
+            if r["config"] in redo and (r["model"], r["dtype"]) in specs_now:   # measured again
                 continue
             if "logprobs" in r:
                 r["logprobs"] = np.asarray(r["logprobs"], dtype=np.float64)
