@@ -143,3 +143,17 @@ def test_a_single_item_statistic_is_never_outside_the_controls():
     many = ph.compare_with_controls("rho", ph.statistic([0.9, 0.95, 0.85], "t"),
                                     [ph.statistic([0.1, 0.15, 0.05], "c", role="control")])
     assert many.outside and many.verdict == "outside"
+
+
+def test_sections_refuse_traces_that_are_not_one_entry_per_layer(toy):
+    """DiffLlama calls attention twice per layer: reading its trace entries as layers would be
+    silently wrong, so the phenomena (and the real section) refuse it by name (issue 14)."""
+    from .test_tracing_coverage import tiny_causal_lm
+
+    items = ph.task_items(toy.split, n_test=2, seed=0)
+    loaded = SimpleNamespace(model=tiny_causal_lm("diffllama"), tokenizer=tiny_tokenizer(),
+                             name="tiny-diffllama")
+    prompt = Prompt(items.demos([0, 1]), items.test_texts[0],
+                    instruction=items.format.instruction, template=items.format.template)
+    with pytest.raises(InputError, match="DiffLlama.*one softmax attention call"):
+        ph.label_position(loaded, prompt)

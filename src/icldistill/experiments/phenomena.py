@@ -39,6 +39,7 @@ __all__ = [
     "Statistic",
     "TaskItems",
     "balanced_indices",
+    "check_one_entry_per_layer",
     "compare_with_controls",
     "controlled_check",
     "label_position",
@@ -338,6 +339,25 @@ class LabelPosition:
     n_tokens: int
 
 
+def check_one_entry_per_layer(res: Any, model: Any) -> None:
+    """Refuse a trace whose entries are not the model's layers one to one.
+
+    The sections read the ``L`` axis of a :class:`~icldistill.models.tracing.TraceResult` as
+    layers; for a model that calls attention twice in a layer (DiffLlama) or has layers without
+    softmax attention (hybrids) that reading would be silently wrong, so it raises
+    :class:`~icldistill.InputError` naming the model instead."""
+    idx = getattr(res, "layer_index", None)
+    untraced = tuple(getattr(res, "untraced_layers", ()) or ())
+    n = int(res.eta.shape[0])
+    if untraced or (idx is not None and not np.array_equal(np.asarray(idx), np.arange(n))):
+        name = type(model).__name__
+        layers = sorted(set(np.asarray(idx).tolist())) if idx is not None else "?"
+        extra = f" (layers without softmax attention: {list(untraced)})" if untraced else ""
+        raise InputError(f"{name}: its trace has {n} attention calls over layers {layers}"
+                         f"{extra}; these sections read one trace entry per layer and support "
+                         "only models with one softmax attention call in every layer")
+
+
 def label_position(loaded: Any, prompt: Any, *, w0: bool = True) -> LabelPosition:
     """Trace ``prompt`` (a :class:`~icldistill.prompts.Prompt`) at its last token through every
     head of ``loaded`` and average the distillation quantities over the kernel-form heads."""
@@ -347,6 +367,7 @@ def label_position(loaded: Any, prompt: Any, *, w0: bool = True) -> LabelPositio
     with torch.no_grad():
         res = trace(loaded.model, loaded.tokenizer, prompt, positions="last",
                     keep_w0=bool(w0 and demos))
+    check_one_entry_per_layer(res, loaded.model)
     L, H = res.has_kernel_form.shape
     form = res.has_kernel_form.numpy().astype(bool)
     mass = res.attention_mass["demos"][..., -1].double().numpy()

@@ -122,6 +122,7 @@ def real_model_trace(
     from ..data import load_split
     from ..models import load_model
     from ..models.tracing import trace
+    from .phenomena import check_one_entry_per_layer
 
     if k < 1 or n_prompts < 1:
         raise InputError(f"k and n_prompts must be >= 1, got k={k}, n_prompts={n_prompts}")
@@ -147,6 +148,7 @@ def real_model_trace(
         with torch.no_grad():
             res = trace(loaded.model, loaded.tokenizer, prompt, positions="query", keep_w0=True,
                         progress=progress)
+        check_one_entry_per_layer(res, loaded.model)
         lens.append(len(res.tokens))
         kernel = res.has_kernel_form.numpy()
         eta.append(res.eta[:, :, -1].double().numpy())
