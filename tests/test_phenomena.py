@@ -155,5 +155,5 @@ def test_sections_refuse_traces_that_are_not_one_entry_per_layer(toy):
                              name="tiny-diffllama")
     prompt = Prompt(items.demos([0, 1]), items.test_texts[0],
                     instruction=items.format.instruction, template=items.format.template)
-    with pytest.raises(InputError, match="DiffLlama.*one softmax attention call"):
+    with pytest.raises(InputError, match=r"DiffLlama.*one softmax attention call"):
         ph.label_position(loaded, prompt)
