@@ -68,7 +68,7 @@ from .._validation import InputError
 from ..kernels import make_kernel, median_bandwidth
 from ..mmd import mmd
 from ..prompts import Demonstration, Prompt
-from ..reports import new_figure, save_figure, spearman
+from ..reports import new_figure, save_figure, spearman, to_jsonable
 from . import phenomena as ph
 from ._common import Check, Section, Table
 
@@ -514,23 +514,6 @@ def _r2_statistic(correct: list[np.ndarray], x: list[np.ndarray], model: ph.Mode
 def _num(v: Any) -> float | None:
     v = float(v)
     return v if math.isfinite(v) else None
-
-
-def _clean(obj: Any) -> Any:
-    """NaN/inf -> None, numpy -> Python, recursively."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return _num(obj)
-    return obj
 
 
 @dataclass
@@ -1053,7 +1036,7 @@ def _assemble(groups: list[list[ph.ModelUnderTest]], results: list[Any],
     return {"name": "interference",
             "title": "Cross-task interference and random labels against the MMD",
             "description": description, "checks": checks, "findings": findings,
-            "tables": tables, "figures": figures, "data": _clean(data)}
+            "tables": tables, "figures": figures, "data": to_jsonable(data)}
 
 
 def _model_data(s: dict[str, Any], mres: list[dict[str, Any]], designs: list[_Design]

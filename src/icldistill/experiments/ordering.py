@@ -58,7 +58,7 @@ import torch
 
 from .._validation import InputError
 from ..decomposition import DualWeights
-from ..reports import new_figure, save_figure, spearman
+from ..reports import new_figure, save_figure, spearman, to_jsonable
 from ..stats import holm, paired_bootstrap_ci, sign_flip_test
 from . import phenomena as ph
 from ._common import Check, Section, Table
@@ -763,21 +763,6 @@ def _per_item_movement(results: list[SetResult], what: str) -> np.ndarray:
     return v[np.isfinite(v)]
 
 
-def _clean(obj: Any) -> Any:
-    """JSON-able copy: arrays to lists, non-finite floats to None."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
-    if isinstance(obj, np.generic):
-        return _clean(obj.item())
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    return obj
-
-
 def _set_data(r: SetResult) -> dict[str, Any]:
     return {"task": r.task, "k": r.k, "set": r.set_index, "orders": r.orders,
             "accuracy": r.accuracy, "correct": r.correct, "predictions": r.predictions.tolist(),
@@ -1143,5 +1128,5 @@ def run(
         "controls' 95% bootstrap spread.")
     return Section(name="ordering", title="Order sensitivity of few-shot prompts and the student "
                    "W_0", description=description, checks=checks, findings=findings,
-                   tables=tables, figures=figures, data=_clean(data),
+                   tables=tables, figures=figures, data=to_jsonable(data),
                    seconds=time.perf_counter() - t0)
