@@ -2,8 +2,9 @@
 
 Issue 12, item 4. On one model (default smollm2-135m) and a subset of tasks, every objective
 runs on every representation; each unit is compared with kNN on MiniLM embeddings (the
-retriever people use) on the same test items (:func:`icldistill.stats.paired_comparisons`,
-Holm over the comparisons of the table). Units run through :class:`icldistill.harness.Harness`
+retriever people use) on the same test items (:func:`icldistill.core.stats.paired_comparisons`,
+Holm over the comparisons of the table). Units run through
+:class:`icldistill.evaluation.harness.Harness`
 (resumable: rerun the same command after an interruption) and several processes started with
 the same command share the work, as in ``bench_fewshot.py``.
 
@@ -30,9 +31,9 @@ from pathlib import Path
 
 import torch
 
-from icldistill.harness import Harness, Task, UnitSpec, load_predictions, load_results
-from icldistill.reports import write_ablation_report
-from icldistill.stats import paired_comparisons
+from icldistill.core.stats import paired_comparisons
+from icldistill.evaluation.harness import Harness, Task, UnitSpec, load_predictions, load_results
+from icldistill.reporting.reports import write_ablation_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fewshot import others_running, run_shared

@@ -1,6 +1,7 @@
 """Few-shot accuracy of every selector on real tasks and packaged models (issue 4, item 6).
 
-Runs the grid tasks x selectors x k on each model through :class:`icldistill.harness.Harness`,
+Runs the grid tasks x selectors x k on each model through
+:class:`icldistill.evaluation.harness.Harness`,
 appending every finished unit to ``<out>/results.jsonl`` (resumable: rerun the same command
 after an interruption), then writes ``<out>/report.md`` and ``report.html`` with the figures.
 
@@ -11,7 +12,8 @@ after an interruption), then writes ``<out>/report.md`` and ``report.html`` with
     python benchmarks/bench_fewshot.py --models qwen2.5-0.5b --dtype bfloat16 --threads 1 &
 
 Several processes started with the same command share the grid: a worker runs a unit only
-under its lock (``<out>/locks/<key>.lock``, :func:`icldistill.store.unit_lock`, taken without
+under its lock (``<out>/locks/<key>.lock``, :func:`icldistill.artifacts.store.unit_lock`, taken
+without
 waiting) and skips units another live worker holds; the operating system releases a dead
 worker's locks, so its units are picked up by the next pass or the next run. Claim files of the
 former scheme (``<out>/claims/<key>`` holding a live worker's pid) are still honoured, so a
@@ -34,8 +36,10 @@ from pathlib import Path
 
 import torch
 
-from icldistill._artifacts import pid_alive
-from icldistill.harness import (
+from icldistill.artifacts.fetch import pid_alive
+from icldistill.artifacts.store import held_locks, unit_lock
+from icldistill.core.stats import paired_comparisons
+from icldistill.evaluation.harness import (
     Harness,
     Task,
     UnitSpec,
@@ -43,10 +47,8 @@ from icldistill.harness import (
     load_results,
     unit_grid,
 )
-from icldistill.reports import write_comparison_report
-from icldistill.selection import SELECTORS
-from icldistill.stats import paired_comparisons
-from icldistill.store import held_locks, unit_lock
+from icldistill.reporting.reports import write_comparison_report
+from icldistill.selection.selectors import SELECTORS
 
 HERE = Path(__file__).resolve().parent
 TASKS = ("amazon", "imdb", "yelp", "rt-sentiment", "rt-subjectivity", "r8")

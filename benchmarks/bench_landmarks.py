@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from icldistill import greedy_mmd
-from icldistill.harness import Harness
+from icldistill.evaluation.harness import Harness
 
 TASKS = ("amazon", "yelp", "imdb", "rt-sentiment", "rt-subjectivity", "r8")
 

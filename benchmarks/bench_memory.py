@@ -67,7 +67,7 @@ CONFIGS = {
 
 
 def _boolq_prompts(k: int, n: int, max_words: int, min_words: int, seed: int) -> dict:
-    from icldistill import data as D
+    from icldistill.data import datasets as D
 
     spec = replace(D.DATASETS["boolq"], max_words=max_words)
     built = D._parse_registry(spec, D.fetch_dataset("boolq", None, False))
@@ -89,7 +89,7 @@ def _boolq_prompts(k: int, n: int, max_words: int, min_words: int, seed: int) ->
 
 
 def _r52_prompts(k: int, n: int, seed: int) -> dict:
-    from icldistill.data import load_split
+    from icldistill.data.datasets import load_split
 
     split = load_split("r52", progress=False)
     rng = np.random.default_rng(seed)
@@ -114,9 +114,9 @@ def _worker(job_path: str) -> int:
     import psutil
     import torch
 
-    from icldistill.evaluation import FewShotScorer
+    from icldistill.data.prompts import Template
+    from icldistill.evaluation.scoring import FewShotScorer
     from icldistill.models.registry import load_model
-    from icldistill.prompts import Template
 
     try:    # under memory pressure the kernel kills this worker first, not its neighbours
         Path("/proc/self/oom_score_adj").write_text("1000")

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from icldistill.data import load_split
-from icldistill.evaluation import FewShotScorer
+from icldistill.data.datasets import load_split
+from icldistill.encoders.representations import encode_cached, make_encoder
+from icldistill.evaluation.scoring import FewShotScorer
 from icldistill.models.registry import load_model
-from icldistill.representations import encode_cached, make_encoder
-from icldistill.selection import make_selector
+from icldistill.selection.selectors import make_selector
 
 HERE = Path(__file__).resolve().parent
 

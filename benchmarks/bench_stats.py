@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from icldistill.evaluation import accuracy, bootstrap_ci, classification_metrics, macro_f1
-from icldistill.reports import write_text
+from icldistill.evaluation.scoring import accuracy, bootstrap_ci, classification_metrics, macro_f1
+from icldistill.reporting.reports import write_text
 
 HERE = Path(__file__).resolve().parent
 

@@ -105,7 +105,7 @@ def build_prompt(tokenizer: Any, n_tokens: int) -> Any:
     Whole demonstrations (cycling through the review pool) are added while they fit; the
     instruction is then lengthened word by word from a filler text to close the gap.
     """
-    from icldistill.prompts import Prompt
+    from icldistill.data.prompts import Prompt
 
     def size(demos: list[tuple[str, str]], instruction: str) -> int:
         return len(Prompt(demos, _QUERY, instruction=instruction).tokenize(tokenizer))

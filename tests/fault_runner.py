@@ -7,7 +7,8 @@ The fault comes from the environment variable ``ICLD_FAULT`` (JSON):
 
 ``{"write": SUBSTR, "after": N, "half": false}``
     The process kills itself (``SIGKILL``) at the ``N``-th write of a record by the result
-    store (:func:`icldistill.store._write_all`) into a file whose path contains ``SUBSTR``:
+    store (:func:`icldistill.artifacts.store._write_all`) into a file whose path contains
+    ``SUBSTR``:
     after the record is written and fsynced, or, with ``half``, after writing only half of
     its bytes (a torn line).
 ``{"replace": SUBSTR, "after": N, "before": false}``
@@ -57,7 +58,8 @@ def _fd_path(fd: int) -> str:
 
 def install(cfg: dict) -> None:
     """Patch the store / os.replace / the harness as ``cfg`` asks."""
-    from icldistill import harness, store
+    from icldistill.artifacts import store
+    from icldistill.evaluation import harness
 
     log = cfg.get("log")
     counts = {"write": 0, "replace": 0}
@@ -176,7 +178,7 @@ def main(argv: list[str]) -> int:
     install(cfg)
     mode, rest = argv[0], argv[1:]
     if mode == "cli":
-        from icldistill.cli import main as cli_main
+        from icldistill.cli.app import main as cli_main
 
         return cli_main(rest)
     if mode == "call":

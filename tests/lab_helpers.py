@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from icldistill._util import single_thread
-from icldistill.experiments import Section
+from icldistill.core.util import single_thread
+from icldistill.lab.experiments import Section
+from icldistill.lab.training import TrainConfig, TrainedICL
 from icldistill.models.icl_transformer import ICLConfig, ICLTransformer
-from icldistill.training import TrainConfig, TrainedICL
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -60,7 +60,7 @@ def tiny_group(arch: str = "llama", seed: int = 1) -> list:
     """A phenomena model group: a tiny random "trained" model and its random-init twin."""
     from types import SimpleNamespace
 
-    from icldistill.experiments import phenomena as ph
+    from icldistill.lab.experiments import phenomena as ph
 
     from .tiny_models import tiny_model, tiny_tokenizer
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from icldistill.evaluation import MetricResult
-from icldistill.harness import UnitResult, UnitSpec
-from icldistill.reports import write_ablation_report
-from icldistill.stats import paired_comparisons
+from icldistill.core.stats import paired_comparisons
+from icldistill.evaluation.harness import UnitResult, UnitSpec
+from icldistill.evaluation.scoring import MetricResult
+from icldistill.reporting.reports import write_ablation_report
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ablation.py"
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from icldistill import InputError, Pool, make_selector
-from icldistill.representations import Encoder, MiniLMEncoder, fetch_minilm
-from icldistill.selection import tokenize
+from icldistill.encoders.representations import Encoder, MiniLMEncoder, fetch_minilm
+from icldistill.selection.selectors import tokenize
 
 pytest.importorskip("langchain_core")
 dspy = pytest.importorskip("dspy")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import icldistill as ic
-from icldistill.cli import main
+from icldistill.cli.app import main
 
 
 @pytest.fixture

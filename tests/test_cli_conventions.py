@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from icldistill import cli
-from icldistill._progress import progress_bar, quiet, quiet_scope, transformers_progress
-from icldistill.cli import build_parser, main
+from icldistill.cli import app as cli
+from icldistill.cli.app import build_parser, main
+from icldistill.core.progress import progress_bar, quiet, quiet_scope
+from icldistill.models.progress import transformers_progress
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "icldistill"
 

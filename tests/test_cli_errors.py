@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from icldistill._validation import MAX_FILE_BYTES_ENV
-from icldistill.cli import main
+from icldistill.cli.app import main
+from icldistill.core.validation import MAX_FILE_BYTES_ENV
 
 TABLE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "reliability_inputs.md"
 
@@ -391,7 +391,7 @@ def test_help_and_version_exit_0(capsys):
 
 
 def test_valid_flag_values_still_parse():
-    from icldistill.cli import build_parser
+    from icldistill.cli.app import build_parser
 
     args = build_parser().parse_args(["evaluate", "--k", "4,8", "--n-test", "5", "--test-size",
                                       "0.25", "--seeds", "2", "--param", "lam=0.5"])
@@ -410,7 +410,7 @@ def test_valid_flag_values_still_parse():
 
 def test_internal_errors_keep_their_traceback(monkeypatch, tmp_path):
     """Only user errors become one line: a bug (here a TypeError) still raises."""
-    import icldistill.cli as cli
+    import icldistill.cli.app as cli
 
     def boom(args):
         raise TypeError("a bug")
@@ -423,7 +423,7 @@ def test_internal_errors_keep_their_traceback(monkeypatch, tmp_path):
 def test_os_errors_name_the_file_and_the_fix(monkeypatch, capsys, tmp_path):
     import errno
 
-    import icldistill.cli as cli
+    import icldistill.cli.app as cli
 
     def full(args):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "results.jsonl"))
@@ -440,7 +440,7 @@ def test_warnings_are_one_line(tmp_path):
     import subprocess
     import sys
 
-    code = ("import warnings, icldistill.cli as c\n"
+    code = ("import warnings, icldistill.cli.app as c\n"
             "def warn(args):\n"
             "    warnings.warn('something odd\\nacross lines', UserWarning, stacklevel=1)\n"
             "    return 0\n"
@@ -452,8 +452,8 @@ def test_warnings_are_one_line(tmp_path):
 
 
 def test_readers_name_the_first_bad_byte(tmp_path):
-    from icldistill._validation import InputError, read_user_text
-    from icldistill.data import load_file
+    from icldistill.core.validation import InputError, read_user_text
+    from icldistill.data.datasets import load_file
 
     p = tmp_path / "d.csv"
     p.write_bytes(b"text,label\n" + b"x" * 100_000 + b",a\ncaf\xc3\x28,b\n")  # bad 2nd byte
@@ -467,9 +467,9 @@ def test_readers_name_the_first_bad_byte(tmp_path):
 
 
 def test_size_limit_applies_to_every_reader(tmp_path, monkeypatch):
-    from icldistill._validation import InputError
-    from icldistill.cli import load_demonstrations, load_matrix
-    from icldistill.data import load_file
+    from icldistill.cli.app import load_demonstrations, load_matrix
+    from icldistill.core.validation import InputError
+    from icldistill.data.datasets import load_file
 
     (tmp_path / "d.jsonl").write_text('{"input": "a", "label": "b"}\n' * 10)
     (tmp_path / "m.csv").write_text("1,2\n" * 50)
@@ -488,7 +488,7 @@ def test_size_limit_applies_to_every_reader(tmp_path, monkeypatch):
 
 def test_duplicate_unused_columns_are_fine(tmp_path):
     """Only a column that is read must be unambiguous."""
-    from icldistill.data import load_file
+    from icldistill.data.datasets import load_file
 
     p = tmp_path / "d.csv"
     p.write_text("text,label,note,note\nhi,a,x,y\nho,b,x,y\n")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from icldistill.cli import main
+from icldistill.cli.app import main
 
 from .test_harness import _write_task
 from .tiny_models import tiny_model, tiny_tokenizer

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from icldistill.cli import load_demonstrations, main
+from icldistill.cli.app import load_demonstrations, main
 
 from .tiny_models import tiny_model, tiny_tokenizer
 

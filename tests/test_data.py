@@ -25,9 +25,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from icldistill import InputError
-from icldistill import _artifacts as art
-from icldistill import data as D
-from icldistill.data import (
+from icldistill.artifacts import fetch as art
+from icldistill.data import datasets as D
+from icldistill.data.datasets import (
     DATASETS,
     MARKER_FILE,
     DataFile,
@@ -45,8 +45,8 @@ from icldistill.data import (
     summary_table,
     truncate_words,
 )
+from icldistill.data.prompts import Template
 from icldistill.models import registry as reg
-from icldistill.prompts import Template
 
 # --------------------------------------------------------------------------------------------
 # The registry table

@@ -23,11 +23,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from icldistill import InputError
-from icldistill._validation import MAX_FILE_BYTES_ENV
-from icldistill.cli import _tasks, build_parser, main
-from icldistill.data import Dataset, TaskFormat, load_file
-from icldistill.harness import Harness, Task
-from icldistill.selection import Pool, make_selector
+from icldistill.cli.app import _tasks, build_parser, main
+from icldistill.core.validation import MAX_FILE_BYTES_ENV
+from icldistill.data.datasets import Dataset, TaskFormat, load_file
+from icldistill.evaluation.harness import Harness, Task
+from icldistill.selection.selectors import Pool, make_selector
 
 pd = pytest.importorskip("pandas")
 pa = pytest.importorskip("pyarrow")

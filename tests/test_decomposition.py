@@ -232,7 +232,11 @@ def test_decompose_head_bad_input(kwargs, match):
 @given(st.integers(1, 12), st.integers(1, 5), st.integers(0, 2**31 - 1))
 def test_segment_pieces_equal_a_masked_reference_for_any_segment_layout(n, n_seg, seed):
     """Contiguous segments are sliced, scattered ones gathered: both equal the masked sums."""
-    from icldistill.decomposition import segment_components, segment_decomposition, segment_mass
+    from icldistill.core.decomposition import (
+        segment_components,
+        segment_decomposition,
+        segment_mass,
+    )
 
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(2, 3, n, generator=g, dtype=torch.float64) * 3

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from icldistill import cli, demo
-from icldistill.demo import DemoSummary, run_demo
-from icldistill.synthetic import (
+from icldistill.cli import app as cli
+from icldistill.lab import demo
+from icldistill.lab.demo import DemoSummary, run_demo
+from icldistill.lab.synthetic import (
     build_prompt,
     causal_mask,
     gaussian_mixture,

@@ -116,7 +116,7 @@ def test_cli_reference_is_up_to_date():
 def test_cli_reference_covers_every_command():
     import argparse
 
-    from icldistill.cli import build_parser
+    from icldistill.cli.app import build_parser
 
     text = (DOCS / "cli.md").read_text(encoding="utf-8")
 

@@ -8,16 +8,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from icldistill import evaluation
-from icldistill._validation import InputError
-from icldistill.evaluation import (
+from icldistill.core.validation import InputError
+from icldistill.data.prompts import Template
+from icldistill.evaluation import scoring as evaluation
+from icldistill.evaluation.scoring import (
     FewShotScorer,
     accuracy,
     bootstrap_ci,
     classification_metrics,
     macro_f1,
 )
-from icldistill.prompts import Template
 
 from .tiny_models import tiny_model, tiny_tokenizer
 
@@ -239,7 +239,7 @@ def test_bootstrap_interval_covers_the_true_accuracy_at_the_stated_rate():
 
 def test_demo_labels_shown_writes_demonstration_labels_verbatim():
     """``demo_labels="shown"``: another task's label words appear as given (interference)."""
-    from icldistill.evaluation import FewShotScorer
+    from icldistill.evaluation.scoring import FewShotScorer
 
     from .tiny_models import tiny_model, tiny_tokenizer
 

@@ -12,8 +12,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from icldistill.experiments import alignment, bias
-from icldistill.synthetic import icl_batch
+from icldistill.lab.experiments import alignment, bias
+from icldistill.lab.synthetic import icl_batch
 
 from .lab_helpers import (
     N,
@@ -119,7 +119,7 @@ def test_bias_deterministic_and_classification():
 
 
 def test_bias_rejects_unknown_kind():
-    from icldistill._validation import InputError
+    from icldistill.core.validation import InputError
 
     with pytest.raises(InputError):
         bias.bias_vs_mmd(tiny(), n_prompts=2, n_seeds=1, levels={"rotation": (0.0,)})

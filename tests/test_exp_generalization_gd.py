@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from icldistill.bounds import generalization_bound
-from icldistill.experiments import demo_key_values, gd, generalization
-from icldistill.synthetic import icl_batch
+from icldistill.core.bounds import generalization_bound
+from icldistill.lab.experiments import demo_key_values, gd, generalization
+from icldistill.lab.synthetic import icl_batch
 
 from .lab_helpers import (
     N,

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from icldistill import store
-from icldistill.harness import load_predictions, load_results
-from icldistill.store import (
+from icldistill.artifacts import store
+from icldistill.artifacts.store import (
     StoreWriteError,
     append_record,
     held_locks,
@@ -33,6 +32,7 @@ from icldistill.store import (
     read_records,
     unit_lock,
 )
+from icldistill.evaluation.harness import load_predictions, load_results
 
 from .test_harness import _write_task
 from .tiny_models import tiny_model, tiny_tokenizer
@@ -379,7 +379,7 @@ def test_two_evaluate_runs_on_one_folder_compute_each_unit_once(env, baseline, f
 def test_enospc_while_evaluating_is_one_line_and_keeps_earlier_results(env, baseline,
                                                                        monkeypatch, capsys,
                                                                        fault):
-    from icldistill.cli import main
+    from icldistill.cli.app import main
 
     root, model_dir, data, _, cache = env
     row = fault.add(EVAL, "ENOSPC writing the 2nd results.jsonl line (simulated in the "
@@ -485,7 +485,7 @@ def test_trace_killed_twice_then_rerun_writes_the_same_outputs(env, tmp_path, fa
 def reproduce_tiny(out: str, cache: str) -> None:
     """``icldistill reproduce --quick`` with the tiny training preset, experiment ``gd`` only
     (run by the fault runner; the CLI has no preset option)."""
-    from icldistill.experiments.reproduce import reproduce
+    from icldistill.lab.experiments.reproduce import reproduce
 
     reproduce(out, quick=True, preset_name="tiny", only=["gd"], cache_dir=cache,
               progress=False)
@@ -592,7 +592,7 @@ def bench_worker(out: str, data_dir: str) -> None:
     """One ``bench_fewshot.py``-style worker on a tiny model (run by the fault runner)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_fewshot import run_shared
-    from icldistill.harness import Harness, unit_grid
+    from icldistill.evaluation.harness import Harness, unit_grid
     from tests.test_harness import _loader
 
     task = _write_task(Path(data_dir) / f"toy-{os.getpid()}.jsonl")

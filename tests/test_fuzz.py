@@ -24,9 +24,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from icldistill._validation import InputError
-from icldistill.cli import build_parser, load_demonstrations, load_matrix, main
-from icldistill.data import Dataset, load_file
+from icldistill.cli.app import build_parser, load_demonstrations, load_matrix, main
+from icldistill.core.validation import InputError
+from icldistill.data.datasets import Dataset, load_file
 
 FUZZ = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -252,7 +252,7 @@ def cli_sandbox(tmp_path_factory):
     def mod(name: str):  # the module, even where the package exports a function of its name
         return importlib.import_module(f"icldistill.{name}")
 
-    models_mod, mmd_mod, harness_mod = mod("models"), mod("mmd"), mod("harness")
+    models_mod, mmd_mod, harness_mod = mod("models"), mod("core.mmd"), mod("evaluation.harness")
 
     root = tmp_path_factory.mktemp("fuzz_cli")
     d = root / "data"
@@ -279,15 +279,16 @@ def cli_sandbox(tmp_path_factory):
         m.setenv("ICLDISTILL_CACHE", str(root / "cache"))
         m.setattr(torch, "set_num_threads", lambda n: None)
         m.setattr(mmd_mod, "mmd_test", small_mmd_test)
-        for module, names in ((models_mod, ("load_model", "fetch", "verify_all")),
-                              (mod("representations"), ("fetch_minilm",)),
-                              (mod("data"), ("load_split", "fetch_dataset")),
-                              (mod("training"), ("load_or_train",)),
-                              (mod("experiments.reproduce"), ("reproduce", "run_experiment")),
-                              (mod("experiments.real"), ("run",))):
+        for module, names in ((models_mod, ("load_model", "fetch")),
+                              (mod("encoders.representations"), ("verify_all",)),
+                              (mod("encoders.representations"), ("fetch_minilm",)),
+                              (mod("data.datasets"), ("load_split", "fetch_dataset")),
+                              (mod("lab.training"), ("load_or_train",)),
+                              (mod("lab.experiments.reproduce"), ("reproduce", "run_experiment")),
+                              (mod("lab.experiments.real"), ("run",))):
             for name in names:
                 m.setattr(module, name, _stub, raising=False)
-        m.setattr(mod("demo"), "run_demo", lambda *a, **k: None)
+        m.setattr(mod("lab.demo"), "run_demo", lambda *a, **k: None)
         m.setattr(harness_mod.Task, "from_registry", classmethod(_stub))
         m.setattr(harness_mod.Harness, "select", _stub)
         m.setattr(harness_mod.Harness, "run", _stub)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from icldistill import evaluation
-from icldistill._validation import InputError
-from icldistill.data import TaskFormat, load_file
-from icldistill.harness import Harness, Task, UnitSpec, load_results, unit_grid
-from icldistill.prompts import Template
+from icldistill.core.validation import InputError
+from icldistill.data.datasets import TaskFormat, load_file
+from icldistill.data.prompts import Template
+from icldistill.evaluation import scoring as evaluation
+from icldistill.evaluation.harness import Harness, Task, UnitSpec, load_results, unit_grid
 
 from .tiny_models import WORDS, tiny_model, tiny_tokenizer
 
@@ -154,7 +154,7 @@ def test_resume_with_reused_prompts_records_unit_level_row_indices(tmp_path, toy
     """Issue 14, item 9 (seeded bug): after a resume, and with some of the unit's prompts
     already in the score store, partial/ must record unit-level row indices. A unit
     interrupted twice must give the predictions of an uninterrupted run."""
-    from icldistill.harness import load_predictions
+    from icldistill.evaluation.harness import load_predictions
 
     stop: dict = {"n": None}
     monkeypatch.setattr(evaluation.FewShotScorer, "score", _fake_scores(stop))
@@ -282,7 +282,7 @@ def test_units_in_bfloat16_load_the_model_in_that_precision(tmp_path, toy):
     # the two precisions keep separate score stores (a prompt's scores depend on precision)
     stores = sorted(p.name for p in (h.out_dir / "scores").glob("*.jsonl"))
     assert len(stores) == 2
-    from icldistill.reports import write_comparison_report
+    from icldistill.reporting.reports import write_comparison_report
 
     rep = write_comparison_report(res, tmp_path / "rep")
     assert "tiny (bfloat16) k=2" in rep.markdown.read_text()
@@ -318,7 +318,7 @@ def test_pool_size_caps_the_pool_stratified_and_keeps_the_test_items():
 def test_mmd2_query_is_the_mean_of_per_query_mmd2_brute_force(tmp_path, toy):
     """mmd2_query = mean_q MMD^2(S_q, {q}) with the biased estimator, checked against an
     explicit per-query computation (catches a lost factor 2 in the cross term)."""
-    from icldistill.mmd import mmd
+    from icldistill.core.mmd import mmd
 
     h = _harness(tmp_path, toy)
     rng = np.random.default_rng(0)

@@ -11,10 +11,9 @@ import math
 import pytest
 import torch
 
-import icldistill.training as training
+import icldistill.lab.training as training
 from icldistill import InputError
-from icldistill.models.icl_transformer import ICLConfig, ICLTransformer
-from icldistill.training import (
+from icldistill.lab.training import (
     ICLEvaluation,
     TrainConfig,
     TrainedICL,
@@ -24,6 +23,7 @@ from icldistill.training import (
     preset,
     train_icl,
 )
+from icldistill.models.icl_transformer import ICLConfig, ICLTransformer
 
 from .lab_helpers import one_thread  # noqa: F401 (autouse fixture)
 

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import icldistill as ic
-from icldistill.kernels import (
+from icldistill.core.kernels import (
     _middle_numpy,
     _middle_sq_distances_fast,
     _middle_torch,

@@ -7,15 +7,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from icldistill._validation import InputError
-from icldistill.experiments import Check, Section, Table, real
-from icldistill.experiments.report import (
+from icldistill.core.validation import InputError
+from icldistill.evaluation.harness import Harness
+from icldistill.lab.experiments import Check, Section, Table, real
+from icldistill.lab.experiments.report import (
     format_cell,
     read_section,
     write_lab_report,
     write_section,
 )
-from icldistill.harness import Harness
 
 from .test_harness import _write_task
 from .tiny_models import tiny_model, tiny_tokenizer

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import icldistill as ic
-from icldistill.mmd import _permutation_weights, kernel_row_means, self_kernel_mean
+from icldistill.core.mmd import _permutation_weights, kernel_row_means, self_kernel_mean
 
 from .conftest import matrices
 

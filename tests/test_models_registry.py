@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from icldistill import InputError
-from icldistill.cli import main
+from icldistill.cli.app import main
 from icldistill.models import (
     MARKER_FILE,
     REGISTRY,

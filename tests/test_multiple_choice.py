@@ -21,9 +21,9 @@ import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from icldistill import data as D
-from icldistill.data import DATASETS, DataFile, DatasetSpec, IntegrityError, load_split
-from icldistill.evaluation import FewShotScorer
+from icldistill.data import datasets as D
+from icldistill.data.datasets import DATASETS, DataFile, DatasetSpec, IntegrityError, load_split
+from icldistill.evaluation.scoring import FewShotScorer
 
 from .tiny_models import VOCAB, tiny_model
 

@@ -13,9 +13,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from icldistill._validation import InputError
-from icldistill.experiments import phenomena as ph
-from icldistill.prompts import Prompt
+from icldistill.core.validation import InputError
+from icldistill.data.prompts import Prompt
+from icldistill.lab.experiments import phenomena as ph
 
 from .test_harness import _write_task
 from .tiny_models import tiny_model, tiny_tokenizer

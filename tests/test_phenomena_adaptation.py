@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from icldistill._validation import InputError
-from icldistill.experiments import adaptation
-from icldistill.experiments import phenomena as ph
+from icldistill.core.validation import InputError
+from icldistill.lab.experiments import adaptation
+from icldistill.lab.experiments import phenomena as ph
 
 from .lab_helpers import PNG, tiny_group
 from .test_harness import _write_task

@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from icldistill._validation import InputError
-from icldistill.experiments import finetuning as ft
-from icldistill.experiments import phenomena as ph
+from icldistill.core.validation import InputError
+from icldistill.lab.experiments import finetuning as ft
+from icldistill.lab.experiments import phenomena as ph
 
 from .lab_helpers import check_section, one_thread, tiny_group  # noqa: F401  (autouse fixture)
 from .test_harness import _write_task
@@ -171,7 +171,7 @@ def _multi_token(task):
     """``task`` with two-token label words (the scorer's label trie / copy path)."""
     import dataclasses
 
-    from icldistill.data import TaskFormat
+    from icldistill.data.datasets import TaskFormat
 
     fmt = TaskFormat(task.format.instruction, task.format.template,
                      {"neg": "not good", "pos": "very good"})

@@ -14,13 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from icldistill._util import single_thread
-from icldistill._validation import InputError
-from icldistill.data import Dataset, DatasetSplit, TaskFormat
-from icldistill.experiments import interference as itf
-from icldistill.experiments import phenomena as ph
-from icldistill.prompts import Template
-from icldistill.representations import AttentionKVEncoder, make_encoder
+from icldistill.core.util import single_thread
+from icldistill.core.validation import InputError
+from icldistill.data.datasets import Dataset, DatasetSplit, TaskFormat
+from icldistill.data.prompts import Template
+from icldistill.encoders.representations import AttentionKVEncoder, make_encoder
+from icldistill.lab.experiments import interference as itf
+from icldistill.lab.experiments import phenomena as ph
 
 from .lab_helpers import tiny_group
 from .tiny_models import WORDS, tiny_model, tiny_tokenizer

@@ -13,10 +13,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from icldistill._validation import InputError
-from icldistill.decomposition import DualWeights
-from icldistill.experiments import phenomena as ph
-from icldistill.experiments.ordering import (
+from icldistill.core.decomposition import DualWeights
+from icldistill.core.stats import mcnemar_exact
+from icldistill.core.validation import InputError
+from icldistill.encoders.representations import make_encoder
+from icldistill.lab.experiments import phenomena as ph
+from icldistill.lab.experiments.ordering import (
     QUICK,
     OrderingSizes,
     hs_cosine,
@@ -29,8 +31,6 @@ from icldistill.experiments.ordering import (
     run,
     trace_order,
 )
-from icldistill.representations import make_encoder
-from icldistill.stats import mcnemar_exact
 
 from .lab_helpers import PNG, one_thread, tiny_group  # noqa: F401 - autouse fixture
 from .test_harness import _write_task

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import icldistill as ic
-from icldistill.prompts import Prompt, Template, group_segment
+from icldistill.data.prompts import Prompt, Template, group_segment
 
 from .tiny_models import tiny_tokenizer
 

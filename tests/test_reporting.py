@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from icldistill._validation import InputError
-from icldistill.evaluation import MetricResult
-from icldistill.harness import UnitResult, UnitSpec
-from icldistill.reporting import (
+from icldistill.core.validation import InputError
+from icldistill.evaluation.harness import UnitResult, UnitSpec
+from icldistill.evaluation.scoring import MetricResult
+from icldistill.reporting.document import (
     BulletList,
     CodeBlock,
     Figure,
@@ -255,8 +255,8 @@ def _unit(model, task, selector, wrong, seed=0, k=4, n=20, encoder="minilm"):
 
 
 def test_comparison_report_escapes_user_text(tmp_path):
-    from icldistill.reports import write_comparison_report
-    from icldistill.stats import paired_comparisons
+    from icldistill.core.stats import paired_comparisons
+    from icldistill.reporting.reports import write_comparison_report
 
     units = []
     for task in (IMG, JINJA):
@@ -281,8 +281,8 @@ def test_comparison_report_escapes_user_text(tmp_path):
 
 
 def test_ablation_report_escapes_user_text_and_has_an_html_twin(tmp_path):
-    from icldistill.reports import write_ablation_report
-    from icldistill.stats import paired_comparisons
+    from icldistill.core.stats import paired_comparisons
+    from icldistill.reporting.reports import write_ablation_report
 
     objectives = [("kNN", "knn", ()), (f"set {IMG}", "mmd", ()), (JINJA, "mmd-query", ())]
     encoders = ["minilm", SVG]
@@ -308,10 +308,10 @@ def test_ablation_report_escapes_user_text_and_has_an_html_twin(tmp_path):
 
 
 def test_lab_report_escapes_user_text(tmp_path):
-    from icldistill.experiments._common import Check
-    from icldistill.experiments._common import Section as LabSection
-    from icldistill.experiments._common import Table as LabTable
-    from icldistill.experiments.report import write_lab_report
+    from icldistill.lab.experiments._common import Check
+    from icldistill.lab.experiments._common import Section as LabSection
+    from icldistill.lab.experiments._common import Table as LabTable
+    from icldistill.lab.experiments.report import write_lab_report
 
     sec = LabSection(
         name=SVG, title=f"lab {IMG}", description=f"described {HOSTILE_TEXT} `code`",
@@ -335,9 +335,9 @@ def test_lab_report_escapes_user_text(tmp_path):
 
 
 def test_trace_report_escapes_user_text(tmp_path):
+    from icldistill.data.prompts import Prompt
     from icldistill.models.tracing import trace
-    from icldistill.prompts import Prompt
-    from icldistill.reports import write_trace_report
+    from icldistill.reporting.reports import write_trace_report
 
     from .tiny_models import tiny_model, tiny_tokenizer
 
@@ -352,7 +352,7 @@ def test_trace_report_escapes_user_text(tmp_path):
 
 
 def test_demo_report_escapes_its_folder_name(tmp_path):
-    from icldistill.demo import run_demo
+    from icldistill.lab.demo import run_demo
 
     out = tmp_path / IMG
     summary = run_demo(out, seed=0, quiet=True, fast=True)

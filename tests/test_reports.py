@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from icldistill.data.prompts import Prompt
 from icldistill.models.tracing import trace
-from icldistill.prompts import Prompt
-from icldistill.reports import atomic_write, write_trace_report
+from icldistill.reporting.reports import atomic_write, write_trace_report
 
 from .tiny_models import tiny_model, tiny_tokenizer
 
@@ -56,8 +56,8 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
 
 
 def _unit_result(task, selector, acc, mmd2, seed=0, recalls=(0.8, 0.8)):
-    from icldistill.evaluation import MetricResult
-    from icldistill.harness import UnitResult, UnitSpec
+    from icldistill.evaluation.harness import UnitResult, UnitSpec
+    from icldistill.evaluation.scoring import MetricResult
 
     spec = UnitSpec("m", task, selector, 4, seed)
     metric = MetricResult(acc, acc - 0.05, acc + 0.05, 0.95)
@@ -66,7 +66,7 @@ def _unit_result(task, selector, acc, mmd2, seed=0, recalls=(0.8, 0.8)):
 
 
 def test_comparison_report_conclusions_are_computed_from_the_numbers(tmp_path):
-    from icldistill.reports import write_comparison_report
+    from icldistill.reporting.reports import write_comparison_report
 
     rs = []
     # task "easy": mmd wins, accuracy falls with MMD^2 across the five sets
@@ -95,7 +95,7 @@ def test_comparison_report_conclusions_are_computed_from_the_numbers(tmp_path):
 
 
 def test_comparison_report_states_the_gap_when_the_mmd_family_is_not_best(tmp_path):
-    from icldistill.reports import write_comparison_report
+    from icldistill.reporting.reports import write_comparison_report
 
     rs = [_unit_result(t, "random", 0.6, 0.1, s) for t in ("a", "b") for s in range(3)]
     rs += [_unit_result(t, "knn", 0.85, 0.01) for t in ("a", "b")]
@@ -112,8 +112,8 @@ def test_comparison_report_calls_a_tie_a_tie_and_shows_no_nan(tmp_path, monkeypa
     """Two selectors at the same mean accuracy: no winner, "tie between"; a Spearman
     correlation of constant numbers: "n/a (constant)", never "+nan"; the accuracy-vs-MMD²
     figure gives every selector its own colour and marker and has one legend."""
-    import icldistill.reports as reports
-    from icldistill.reports import write_comparison_report
+    import icldistill.reporting.reports as reports
+    from icldistill.reporting.reports import write_comparison_report
 
     figures = {}
     save = reports.save_figure

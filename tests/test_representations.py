@@ -1,4 +1,5 @@
-"""Text encoders (icldistill.representations): MiniLM parity, LM hidden states, attention K/V,
+"""Text encoders (icldistill.encoders.representations): MiniLM parity, LM hidden states, attention
+K/V,
 the spec parser and the on-disk encoding cache."""
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import pytest
 import torch
 
 from icldistill import InputError
-from icldistill import representations as rep
-from icldistill._artifacts import IntegrityError
-from icldistill.kernels import Kernel, make_kernel
-from icldistill.representations import (
+from icldistill.artifacts.fetch import IntegrityError
+from icldistill.core.kernels import Kernel, make_kernel
+from icldistill.encoders import representations as rep
+from icldistill.encoders.representations import (
     AttentionKVEncoder,
     EmbeddingCache,
     Encoder,
@@ -162,8 +163,8 @@ def test_fetch_minilm_sha_mismatch_caches_nothing(tmp_path, monkeypatch):
 def test_a_wrong_model_in_the_minilm_folder_is_refused(tmp_path, monkeypatch):
     """Issue 14: a different (or damaged) model placed in the MiniLM folder must not be used,
     or its embeddings would be cached under the pinned model's key."""
-    from icldistill._artifacts import DamagedCacheError
-    from icldistill.models import verify_all
+    from icldistill.artifacts.fetch import DamagedCacheError
+    from icldistill.encoders import verify_all
 
     contents = {rel: f"content of {rel}".encode() for rel in rep.MINILM_FILES}
     pinned = {rel: hashlib.sha256(d).hexdigest() for rel, d in contents.items()}

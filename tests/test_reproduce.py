@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from icldistill._validation import InputError
-from icldistill.cli import main
-from icldistill.experiments.reproduce import (
+from icldistill.cli.app import main
+from icldistill.core.validation import InputError
+from icldistill.lab.experiments.reproduce import (
     EXPERIMENTS,
     PHENOMENA_SECTIONS,
     phenomena_models,

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from icldistill import evaluation
-from icldistill._validation import InputError
-from icldistill.evaluation import FewShotScorer, MemoryModel, _LabelTrie
-from icldistill.prompts import Template
+from icldistill.core.validation import InputError
+from icldistill.data.prompts import Template
+from icldistill.evaluation import scoring as evaluation
+from icldistill.evaluation.scoring import FewShotScorer, MemoryModel, _LabelTrie
 
 from .tiny_models import tiny_model, tiny_tokenizer
 

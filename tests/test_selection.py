@@ -152,12 +152,7 @@ def test_diversity_spreads_the_chosen_set_and_zero_is_the_plain_objective():
 
 
 # ============================================================================ selector interface
-from icldistill.selection import (  # noqa: E402
-    SELECTORS,
-    Pool,
-    Selection,
-    make_selector,
-)
+from icldistill.selection.selectors import SELECTORS, Pool, Selection, make_selector  # noqa: E402
 
 
 def _clustered(n_per=12, n_clusters=4, dim=6, seed=0, n_targets=7):
@@ -567,8 +562,8 @@ def _two_samples(n, t, d=8, seed=0):
 
 @given(st.integers(0, 10_000), st.integers(2, 40), st.sampled_from(["gaussian", "laplace"]))
 def test_landmark_row_means_obey_their_certified_error(seed, m, kernel):
-    from icldistill.mmd import kernel_row_means, self_kernel_mean
-    from icldistill.selection import _nystrom_row_means
+    from icldistill.core.mmd import kernel_row_means, self_kernel_mean
+    from icldistill.selection.selectors import _nystrom_row_means
 
     pool, tgt = _two_samples(60, 50, seed=seed)
     c, t = torch.as_tensor(pool), torch.as_tensor(tgt)
@@ -606,7 +601,7 @@ def test_landmarks_keep_an_exact_trajectory_and_a_set_as_close_as_exact_greedy()
 
 
 def test_mmd_selector_with_landmarks_is_seeded_and_validated():
-    from icldistill.harness import unit_grid
+    from icldistill.evaluation.harness import unit_grid
 
     pool, tgt = _two_samples(300, 100, seed=2)
     a = ic.make_selector("mmd", landmarks=20, seed=3).fit(pool).select(tgt, 5)

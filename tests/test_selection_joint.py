@@ -16,11 +16,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from icldistill._validation import InputError
-from icldistill.harness import Harness, UnitSpec
-from icldistill.kernels import make_kernel
-from icldistill.representations import choose_attention_heads, make_encoder
-from icldistill.selection import SELECTORS, Pool, make_selector, soft_labels
+from icldistill.core.kernels import make_kernel
+from icldistill.core.validation import InputError
+from icldistill.encoders.representations import choose_attention_heads, make_encoder
+from icldistill.evaluation.harness import Harness, UnitSpec
+from icldistill.selection.selectors import SELECTORS, Pool, make_selector, soft_labels
 
 from .test_harness import POS, _write_task
 from .tiny_models import tiny_model, tiny_tokenizer
@@ -207,8 +207,8 @@ def llama():
 
 
 def test_choose_attention_heads_picks_the_most_demo_carrying_kv_head(llama):
+    from icldistill.data.prompts import Prompt
     from icldistill.models.tracing import trace
-    from icldistill.prompts import Prompt
 
     model, tok = llama
     prompts = [Prompt([("the movie was good", "positive"), ("the plot was bad", "negative")],
@@ -261,7 +261,7 @@ def test_head_choice_maps_attention_calls_to_layers(llama, monkeypatch):
     non-attention layers of hybrids): shares are averaged per layer, a layer is eligible only
     if every call has kernel form, untraced layers are NaN."""
     import icldistill.models.tracing as tracing
-    from icldistill.prompts import Prompt
+    from icldistill.data.prompts import Prompt
 
     model, tok = llama
     n_layers = model.config.num_hidden_layers

@@ -12,11 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from icldistill._validation import InputError
-from icldistill.evaluation import MetricResult
-from icldistill.harness import UnitResult, UnitSpec, load_predictions
-from icldistill.reports import write_comparison_report
-from icldistill.stats import (
+from icldistill.core.stats import (
     MeanCI,
     PairedComparison,
     holm,
@@ -28,6 +24,10 @@ from icldistill.stats import (
     stratified_mean,
     stratified_sign_flip_test,
 )
+from icldistill.core.validation import InputError
+from icldistill.evaluation.harness import UnitResult, UnitSpec, load_predictions
+from icldistill.evaluation.scoring import MetricResult
+from icldistill.reporting.reports import write_comparison_report
 
 # ------------------------------------------------------------------------------ references
 
@@ -114,7 +114,7 @@ def test_mcnemar_known_values_and_large_tables():
 
 
 def test_mcnemar_log_space_matches_integer_arithmetic(monkeypatch):
-    import icldistill.stats as stats
+    import icldistill.core.stats as stats
 
     exact = [mcnemar_exact(b, c) for b, c in [(1450, 1550), (30, 70), (2, 40)]]
     monkeypatch.setattr(stats, "_EXACT_INT_MAX", 10)

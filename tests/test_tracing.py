@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import icldistill as ic
+from icldistill.data.prompts import Prompt
 from icldistill.models.tracing import trace
-from icldistill.prompts import Prompt
 
 from .tiny_models import ARCHS, tiny_model, tiny_tokenizer
 

@@ -20,9 +20,9 @@ import transformers
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from icldistill import InputError
+from icldistill.data.prompts import Prompt
 from icldistill.models import tracing
 from icldistill.models.tracing import SINK, trace
-from icldistill.prompts import Prompt
 
 from .tiny_models import tiny_tokenizer
 

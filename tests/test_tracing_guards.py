@@ -14,8 +14,8 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 from transformers.models.llama import modeling_llama
 
 import icldistill as ic
+from icldistill.data.prompts import Prompt
 from icldistill.models.tracing import SINK, TRACE_ATTENTION, trace
-from icldistill.prompts import Prompt
 
 from .test_tracing_coverage import tiny_causal_lm
 from .tiny_models import tiny_model, tiny_tokenizer

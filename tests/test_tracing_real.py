@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from icldistill.data.prompts import Prompt
 from icldistill.models import load_model
 from icldistill.models.tracing import trace
-from icldistill.prompts import Prompt
 
 pytestmark = pytest.mark.slow
 

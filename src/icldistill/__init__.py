@@ -3,25 +3,29 @@
 The math core (this package's top level) implements §1–5 of the framework (the Mathematics
 page of the documentation, ``docs/math.md``) on tensors:
 
-- :mod:`icldistill.kernels` — kernels on batches (Gaussian, Laplace, IMQ, linear, polynomial,
+- :mod:`icldistill.core.kernels` — kernels on batches (Gaussian, Laplace, IMQ, linear, polynomial,
   softmax, the attention product kernel ``K_att``) and the median heuristic;
-- :mod:`icldistill.mmd` — MMD estimators and the vectorised permutation test;
-- :mod:`icldistill.decomposition` — attention-head segment decomposition, ``eta*``, the distilled
+- :mod:`icldistill.core.mmd` — MMD estimators and the vectorised permutation test;
+- :mod:`icldistill.core.decomposition` — attention-head segment decomposition, ``eta*``, the
+  distilled
   weights ``W_0`` (dual and random-feature primal forms), the distillation gradient step;
-- :mod:`icldistill.bounds` — bias of ``W_0`` vs MMD, Rademacher complexity, generalization bound;
+- :mod:`icldistill.core.bounds` — bias of ``W_0`` vs MMD, Rademacher complexity, generalization
+  bound;
 - :mod:`icldistill.selection` — demonstration selectors behind one interface
   (``make_selector(name).fit(pool).select(targets, k)``): random, kNN, BM25, MMR, DPP, vote-k
   and the MMD family.
 
 Built on it (imported explicitly): :mod:`icldistill.data` (labeled datasets from package
-registries, user files), :mod:`icldistill.representations` (MiniLM, hidden-state and attention
+registries, user files), :mod:`icldistill.encoders.representations` (MiniLM, hidden-state and
+attention
 key/value encoders), :mod:`icldistill.evaluation` (few-shot label scoring with prefix reuse,
-metrics), :mod:`icldistill.harness` (resumable evaluation grids), :mod:`icldistill.models`
-(real models, tracing), :mod:`icldistill.reports`.
+metrics), :mod:`icldistill.evaluation.harness` (resumable evaluation grids),
+:mod:`icldistill.models`
+(real models, tracing), :mod:`icldistill.reporting.reports`.
 """
 
-from ._validation import InputError
-from .bounds import (
+from icldistill import _compat
+from icldistill.core.bounds import (
     BiasResult,
     GeneralizationBound,
     RademacherComplexity,
@@ -29,7 +33,7 @@ from .bounds import (
     rademacher_complexity,
     w0_bias,
 )
-from .decomposition import (
+from icldistill.core.decomposition import (
     DistillationStep,
     DualWeights,
     HeadDecomposition,
@@ -41,9 +45,10 @@ from .decomposition import (
     distillation_step,
     random_feature_error,
 )
-from .kernels import KERNELS, Kernel, make_kernel, median_bandwidth, stack_kv
-from .mmd import MMDTestResult, mmd, mmd_test
-from .selection import (
+from icldistill.core.kernels import KERNELS, Kernel, make_kernel, median_bandwidth, stack_kv
+from icldistill.core.mmd import MMDTestResult, mmd, mmd_test
+from icldistill.core.validation import InputError
+from icldistill.selection.selectors import (
     SELECTORS,
     GreedySelection,
     Pool,
@@ -55,6 +60,8 @@ from .selection import (
 )
 
 __version__ = "0.1.0"
+
+_compat.install()
 
 __all__ = [
     "KERNELS",

@@ -19,8 +19,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .dspy import ICLDistillFewShot
-    from .langchain import ICLDistillExampleSelector
+    from icldistill.adapters.dspy import ICLDistillFewShot
+    from icldistill.adapters.langchain import ICLDistillExampleSelector
 
 __all__ = ["ICLDistillExampleSelector", "ICLDistillFewShot"]
 

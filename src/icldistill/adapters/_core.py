@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import InputError
-from ..representations import EmbeddingCache, Encoder, encode_cached, make_encoder
-from ..selection import Pool, Selector, make_selector
+from icldistill.core.validation import InputError
+from icldistill.encoders.representations import EmbeddingCache, Encoder, encode_cached, make_encoder
+from icldistill.selection.selectors import Pool, Selector, make_selector
 
 __all__ = ["DemoIndex", "check_k", "resolve_encoder", "resolve_selector"]
 
@@ -75,13 +75,13 @@ class DemoIndex:
     params : mapping
         Selector parameters (only with a name).
     encoder : str or Encoder
-        Encoder spec for :func:`~icldistill.representations.make_encoder` or an instance;
+        Encoder spec for :func:`~icldistill.encoders.representations.make_encoder` or an instance;
         only used when the selector needs embeddings (not for ``bm25``, ``random``).
     labelled : bool
         Whether every example comes with a label (required by label-aware selectors).
     cache_dir : path or EmbeddingCache, optional
         Also keep the examples' encodings on disk
-        (:func:`~icldistill.representations.encode_cached`); default: in memory only.
+        (:func:`~icldistill.encoders.representations.encode_cached`); default: in memory only.
     what : str
         How error messages name the label source (e.g. ``"label_key="``).
     """

@@ -41,10 +41,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("icldistill.adapters.dspy needs DSPy; install it with "
                       "`pip install icldistill[dspy]`") from exc
 
-from .._validation import InputError
-from ..representations import EmbeddingCache, Encoder
-from ..selection import Selector
-from ._core import DemoIndex, check_k, resolve_encoder, resolve_selector
+from icldistill.adapters._core import DemoIndex, check_k, resolve_encoder, resolve_selector
+from icldistill.core.validation import InputError
+from icldistill.encoders.representations import EmbeddingCache, Encoder
+from icldistill.selection.selectors import Selector
 
 __all__ = ["ICLDistillFewShot"]
 
@@ -99,7 +99,8 @@ class ICLDistillFewShot(Teleprompter):
         icldistill selector name (default ``"mmd-query"``) or an unfitted
         :class:`~icldistill.selection.Selector` (used for every :meth:`compile`).
     encoder : str or Encoder
-        Encoder spec (default ``"minilm"``) or an :class:`~icldistill.representations.Encoder`
+        Encoder spec (default ``"minilm"``) or an
+        :class:`~icldistill.encoders.representations.Encoder`
         instance; unused by ``bm25`` and ``random``.
     input_keys : list of str, optional
         Example fields forming the compared text, read from the trainset examples and from each

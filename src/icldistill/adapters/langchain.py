@@ -36,10 +36,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("icldistill.adapters.langchain needs langchain-core; install it with "
                       "`pip install icldistill[langchain]`") from exc
 
-from .._validation import InputError
-from ..representations import EmbeddingCache, Encoder
-from ..selection import Selector
-from ._core import DemoIndex, check_k
+from icldistill.adapters._core import DemoIndex, check_k
+from icldistill.core.validation import InputError
+from icldistill.encoders.representations import EmbeddingCache, Encoder
+from icldistill.selection.selectors import Selector
 
 __all__ = ["ICLDistillExampleSelector"]
 
@@ -78,7 +78,8 @@ class ICLDistillExampleSelector(BaseExampleSelector):
         ``"mmd-query"``) or an unfitted :class:`~icldistill.selection.Selector` instance (which
         this object then fits and owns).
     encoder : str or Encoder
-        Encoder spec (``"minilm"``, the default) or an :class:`~icldistill.representations.Encoder`
+        Encoder spec (``"minilm"``, the default) or an
+        :class:`~icldistill.encoders.representations.Encoder`
         instance; unused by selectors that need no embeddings (``bm25``, ``random``).
     k : int
         Number of examples per prompt.
@@ -98,7 +99,7 @@ class ICLDistillExampleSelector(BaseExampleSelector):
         them as keyword arguments.
     cache_dir : path or EmbeddingCache, optional
         Also cache the examples' encodings on disk
-        (:func:`~icldistill.representations.encode_cached`); default: memory only.
+        (:func:`~icldistill.encoders.representations.encode_cached`); default: memory only.
 
     Raises
     ------

@@ -6,7 +6,7 @@ Importing this package needs neither ``transformers`` nor the network; :func:`fe
 :func:`load_model` need the ``models`` extra (``pip install icldistill[models]``).
 """
 
-from .registry import (
+from icldistill.models.registry import (
     MARKER_FILE,
     REGISTRY,
     CacheCheck,
@@ -25,7 +25,6 @@ from .registry import (
     load_model,
     safe_extract_member,
     verify,
-    verify_all,
 )
 
 __all__ = [
@@ -47,5 +46,4 @@ __all__ = [
     "load_model",
     "safe_extract_member",
     "verify",
-    "verify_all",
 ]

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .._validation import InputError
+from icldistill.core.validation import InputError
 
 __all__ = ["TASKS", "ICLConfig", "ICLTrace", "ICLTransformer", "LayerAttention"]
 

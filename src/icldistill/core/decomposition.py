@@ -1,0 +1,692 @@
+"""One attention head split by where its keys come from (SPEC §1–2).
+
+For query positions ``t`` with pre-softmax logits ``l_tj`` over keys ``j`` (masked keys excluded)
+
+- ``log D'_t = logsumexp_j l_tj`` (the attention normaliser, always in log space);
+- segment components ``c_S(t) = sum_{j in S} exp(l_tj - log D'_t) v_j`` with
+  ``o_t = sum_S c_S(t)`` exactly;
+- the effective learning rate ``eta*_t = N_t / (2 D'_t)`` with ``N_t`` the number of
+  demonstration keys visible to ``t``;
+- the distilled weights ``W_0(t) = (1/D'_t) sum_{i in D} v_i phi(k_i)^T`` in dual form
+  (:class:`DualWeights`, exact) and primal random-feature form (:class:`PrimalWeights`).
+
+Everything here is torch-only; the model tracing layer feeds it real ``q, k, v``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from icldistill.core.validation import (
+    InputError,
+    as_float_tensor,
+    check_finite,
+    check_matrix,
+    check_positive,
+)
+
+__all__ = [
+    "DistillationStep",
+    "DualWeights",
+    "HeadDecomposition",
+    "PositiveRandomFeatures",
+    "PrimalWeights",
+    "RandomFeatureError",
+    "attention_probs",
+    "decompose_head",
+    "distillation_loss",
+    "distillation_step",
+    "random_feature_error",
+    "segment_components",
+    "segment_decomposition",
+    "segment_mass",
+]
+
+
+# ============================================================================ segment algebra
+def segment_decomposition(
+    logits: torch.Tensor,
+    values: torch.Tensor,
+    segment_ids: torch.Tensor,
+    num_segments: int,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batched segment split of softmax attention (the numerical core of :func:`decompose_head`).
+
+    Parameters
+    ----------
+    logits : Tensor ``[..., T, n]``
+        Actual pre-softmax logits.
+    values : Tensor ``[..., n, d_v]``
+        Value vectors (batch dims broadcast against ``logits``).
+    segment_ids : LongTensor ``[n]``
+        Segment index of every key, in ``[0, num_segments)``.
+    num_segments : int
+        Number of segments ``S``.
+    mask : BoolTensor ``[..., T, n]``, optional
+        True where the query may attend to the key.
+
+    Returns
+    -------
+    components : Tensor ``[..., S, T, d_v]``
+    log_normalizer : Tensor ``[..., T]``
+    mass : Tensor ``[..., S, T]``
+        Attention probability mass of each segment.
+    """
+    probs, log_norm = attention_probs(logits, mask)
+    return (segment_components(probs, values, segment_ids, num_segments), log_norm,
+            segment_mass(probs, segment_ids, num_segments))
+
+
+def attention_probs(logits: torch.Tensor, mask: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities ``[..., T, n]`` and ``log D'`` ``[..., T]`` from logits, in log
+    space (masked keys get probability 0). Raises :class:`InputError` when a query attends to
+    no key or a logit is not finite."""
+    if mask is not None:
+        logits = logits.masked_fill(~mask, -math.inf)
+    top = logits.amax(dim=-1, keepdim=True)           # NaN propagates into the max
+    if not bool(torch.isfinite(top).all()):
+        if bool((top == -math.inf).any()):
+            raise InputError("a query position attends to no key (its mask row is all False)")
+        raise InputError("attention logits are not finite")
+    probs = (logits - top).exp_()                     # one exponential, shifted by the max
+    total = probs.sum(dim=-1, keepdim=True)           # in [1, n]: no overflow, no underflow
+    probs /= total
+    return probs, (top + torch.log(total)).squeeze(-1)
+
+
+def _segment_columns(segment_ids: torch.Tensor, num_segments: int
+                     ) -> list[slice | torch.Tensor]:
+    """The key columns of every segment: a slice when they are contiguous (a view, no copy),
+    else an index tensor."""
+    cols: list[slice | torch.Tensor] = []
+    for s in range(num_segments):
+        idx = (segment_ids == s).nonzero().flatten()
+        n = idx.numel()
+        if n and int(idx[-1]) - int(idx[0]) + 1 == n:
+            cols.append(slice(int(idx[0]), int(idx[0]) + n))
+        else:
+            cols.append(idx)
+    return cols
+
+
+def segment_components(probs: torch.Tensor, values: torch.Tensor, segment_ids: torch.Tensor,
+                       num_segments: int) -> torch.Tensor:
+    """``c_S(t) = sum_{j in S} p_tj v_j`` ``[..., S, T, d_v]`` for probabilities
+    ``[..., T, n]`` and values ``[..., n, d_v]`` (one matrix product per segment; contiguous
+    segments are sliced, not copied)."""
+    comps = []
+    for cols in _segment_columns(segment_ids, num_segments):
+        if isinstance(cols, slice):
+            comps.append(probs[..., cols] @ values[..., cols, :])
+        else:
+            comps.append(probs.index_select(-1, cols) @ values.index_select(-2, cols))
+    return torch.stack(comps, dim=-3)
+
+
+def segment_mass(probs: torch.Tensor, segment_ids: torch.Tensor, num_segments: int
+                 ) -> torch.Tensor:
+    """Attention mass of every segment ``[..., S, T]`` (one scatter-add over the keys)."""
+    out = probs.new_zeros((*probs.shape[:-1], num_segments))
+    out.index_add_(-1, segment_ids.to(probs.device), probs)
+    return out.movedim(-1, -2)
+
+
+def _segment_ids(segments: Sequence[str], n: int) -> tuple[list[str], torch.Tensor]:
+    if isinstance(segments, str):
+        raise InputError("segments must be a sequence with one name per key, not a single string")
+    segments = list(segments)
+    if len(segments) != n:
+        raise InputError(f"segments has {len(segments)} names but there are {n} keys")
+    names: list[str] = []
+    index: dict[str, int] = {}
+    ids = []
+    for s in segments:
+        if not isinstance(s, str):
+            raise InputError(f"segment names must be strings, got {s!r}")
+        if s not in index:
+            index[s] = len(names)
+            names.append(s)
+        ids.append(index[s])
+    return names, torch.tensor(ids, dtype=torch.long)
+
+
+# ============================================================================ dual weights
+def _dual_log_norm(coef: torch.Tensor, keys: torch.Tensor, scale: float, log_mult: float) -> float:
+    """``log || exp(log_mult) sum_i c_i phi(k_i)^T ||_HS`` with a log-shift (float64).
+
+    Real attention keys easily have ``scale ||k||^2 > 709``, where the norm itself overflows
+    float64; its logarithm does not. Returns ``-inf`` for the zero map.
+
+    Coefficients of identical keys are summed first, so that terms which cancel exactly (the
+    same token in two expansions being compared) never enter the quadratic form.
+    """
+    k, inverse = torch.unique(keys.to(torch.float64), dim=0, return_inverse=True)
+    c = torch.zeros(k.shape[0], coef.shape[1], dtype=torch.float64, device=k.device)
+    c.index_add_(0, inverse, coef.to(torch.float64))
+    a = scale * (k @ k.T)
+    shift = float(a.max())
+    s = float(((c @ c.T) * torch.exp(a - shift)).sum())
+    if s <= 0.0:
+        return -math.inf
+    return 0.5 * (math.log(s) + shift) + log_mult
+
+
+def _exp(x: float) -> float:
+    """``exp(x)``, ``inf`` instead of an ``OverflowError``."""
+    return math.exp(x) if x < 709.78 else math.inf
+
+
+@dataclass(frozen=True)
+class DualWeights:
+    """A linear map ``W = exp(log_multiplier) * sum_i c_i phi(k_i)^T`` kept in dual form.
+
+    ``phi`` is the feature map of the softmax kernel ``kappa(k, q) = exp(scale <k, q>)``, so
+    ``W phi(q) = sum_i c_i exp(scale <k_i, q> + log_multiplier)`` is exact without features.
+    The distilled weights ``W_0(t)`` have ``c_i = v_i`` (demo values) and
+    ``log_multiplier = -log D'_t``.
+
+    Attributes
+    ----------
+    keys : Tensor ``[N, d]``
+    coefficients : Tensor ``[N, d_v]``
+    log_multiplier : float
+    scale : float
+    """
+
+    keys: torch.Tensor
+    coefficients: torch.Tensor
+    log_multiplier: float
+    scale: float
+
+    @property
+    def num_keys(self) -> int:
+        """``N``, the number of keys in the expansion."""
+        return int(self.keys.shape[0])
+
+    def log_kernel(self, queries: torch.Tensor) -> torch.Tensor:
+        """``scale <k_i, q> + log_multiplier`` ``[T, N]``."""
+        return self.scale * (queries.to(self.keys.dtype) @ self.keys.T) + self.log_multiplier
+
+    def apply(self, queries: Any) -> torch.Tensor:
+        """``W phi(q)`` for each row ``q`` of ``queries`` ``[T, d]`` -> ``[T, d_v]``."""
+        q = check_matrix(queries, "queries", dtype=self.keys.dtype, device=self.keys.device)
+        if q.shape[1] != self.keys.shape[1]:
+            raise InputError(f"queries have dimension {q.shape[1]}, keys {self.keys.shape[1]}")
+        if self.num_keys == 0:
+            return q.new_zeros(q.shape[0], self.coefficients.shape[1])
+        return torch.exp(self.log_kernel(q)) @ self.coefficients.to(q.dtype)
+
+    def log_hs_norm(self) -> float:
+        """``log ||W||_HS`` (finite even where the norm overflows float64; ``-inf`` for 0)."""
+        if self.num_keys == 0:
+            return -math.inf
+        return _dual_log_norm(self.coefficients, self.keys, self.scale, self.log_multiplier)
+
+    def hs_norm(self) -> float:
+        """Hilbert–Schmidt (Frobenius) norm ``sqrt(sum_ij <c_i, c_j> kappa(k_i, k_j)) e^L``.
+
+        ``inf`` when it overflows float64 (large ``scale ||k||^2``); see :meth:`log_hs_norm`.
+        """
+        return _exp(self.log_hs_norm())
+
+    def distance(self, other: DualWeights) -> float:
+        """``||self - other||_HS`` (both expansions may use different keys; ``inf`` on overflow)."""
+        return _exp(self.log_distance(other))
+
+    def log_distance(self, other: DualWeights) -> float:
+        """``log ||self - other||_HS`` (``-inf`` when they are equal)."""
+        if self.scale != other.scale:
+            raise InputError("cannot compare weights of kernels with different scales")
+        lm = max(self.log_multiplier, other.log_multiplier)
+        a = self.coefficients.to(torch.float64) * math.exp(self.log_multiplier - lm)
+        b = other.coefficients.to(torch.float64) * math.exp(other.log_multiplier - lm)
+        coef = torch.cat([a, -b])  # duplicate keys are merged inside _dual_log_norm
+        keys = torch.cat([self.keys.to(torch.float64), other.keys.to(torch.float64)])
+        if keys.shape[0] == 0:
+            return -math.inf
+        return _dual_log_norm(coef, keys, self.scale, lm)
+
+    def to_primal(
+        self, num_features: int = 256, seed: int = 0, *, orthogonal: bool = True
+    ) -> PrimalWeights:
+        """Explicit ``[d_v, m]`` matrix with ``m`` positive random features (approximate)."""
+        feats = PositiveRandomFeatures.create(self.keys.shape[1], num_features, self.scale,
+                                              seed=seed, orthogonal=orthogonal,
+                                              dtype=self.keys.dtype, device=self.keys.device)
+        log_phi = feats.log_features(self.keys)  # [N, m]
+        shift = float(log_phi.max()) if self.num_keys else 0.0
+        matrix = self.coefficients.to(log_phi.dtype).T @ torch.exp(log_phi - shift)
+        return PrimalWeights(matrix=matrix, log_scale=shift + self.log_multiplier,
+                             features=feats)
+
+
+# ============================================================================ random features
+@dataclass(frozen=True)
+class PositiveRandomFeatures:
+    """Positive (orthogonal) random features of the softmax kernel.
+
+    ``phi(x) = exp(w^T x' - ||x'||^2 / 2) / sqrt(m)`` with ``x' = sqrt(scale) x`` satisfies
+    ``E[phi(x)^T phi(y)] = exp(scale <x, y>)``. Rows of ``projection`` come in blocks of ``d``
+    orthogonal directions with chi-distributed norms (Choromanski et al., FAVOR+).
+
+    Attributes
+    ----------
+    projection : Tensor ``[m, d]``
+    scale : float
+    """
+
+    projection: torch.Tensor
+    scale: float
+
+    @property
+    def num_features(self) -> int:
+        return int(self.projection.shape[0])
+
+    @classmethod
+    def create(
+        cls,
+        dim: int,
+        num_features: int,
+        scale: float,
+        *,
+        seed: int = 0,
+        orthogonal: bool = True,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+    ) -> PositiveRandomFeatures:
+        """Draw ``num_features`` features for inputs of dimension ``dim`` (seeded)."""
+        if int(num_features) < 1:
+            raise InputError(f"num_features must be positive, got {num_features}")
+        g = torch.Generator().manual_seed(int(seed))
+        m = int(num_features)
+        if not orthogonal:
+            w = torch.randn(m, dim, generator=g, dtype=torch.float64)
+        else:
+            nblocks = -(-m // dim)
+            gauss = torch.randn(nblocks, dim, dim, generator=g, dtype=torch.float64)
+            q, r = torch.linalg.qr(gauss)  # one batched QR
+            # sign fix: LAPACK's Q is not Haar-distributed unless diag(R) is made positive
+            q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
+            norms = torch.randn(nblocks, dim, dim, generator=g, dtype=torch.float64).norm(dim=-1)
+            w = (q.transpose(-1, -2) * norms[..., None]).reshape(nblocks * dim, dim)[:m]
+        return cls(projection=w.to(dtype=dtype, device=device), scale=float(scale))
+
+    def log_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``log phi(x)`` ``[n, m]`` (kept in log space: features overflow for large norms)."""
+        xs = x.to(self.projection.dtype) * math.sqrt(self.scale)
+        return xs @ self.projection.T - 0.5 * (xs * xs).sum(-1, keepdim=True) \
+            - 0.5 * math.log(self.num_features)
+
+
+@dataclass(frozen=True)
+class PrimalWeights:
+    """Explicit random-feature approximation ``W ≈ exp(log_scale) * matrix`` ``[d_v, m]``."""
+
+    matrix: torch.Tensor
+    log_scale: float
+    features: PositiveRandomFeatures
+
+    def apply(self, queries: Any) -> torch.Tensor:
+        """``W phi(q)`` ``[T, d_v]`` for queries ``[T, d]``."""
+        q = check_matrix(queries, "queries", dtype=self.matrix.dtype, device=self.matrix.device)
+        log_phi = self.features.log_features(q)
+        shift = log_phi.max(dim=-1, keepdim=True).values
+        return (torch.exp(log_phi - shift) @ self.matrix.T) * torch.exp(shift + self.log_scale)
+
+    def hs_norm(self) -> float:
+        """Frobenius norm of the explicit matrix (``inf`` on float64 overflow)."""
+        norm = float(torch.linalg.matrix_norm(self.matrix.to(torch.float64)))
+        return _exp(math.log(norm) + self.log_scale) if norm > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class RandomFeatureError:
+    """Relative error of the primal form against the dual form, per feature count.
+
+    Attributes
+    ----------
+    num_features : numpy.ndarray ``[F]``
+    mean : numpy.ndarray ``[F]``
+        Mean over seeds of ``||W_primal phi(Q) - W_dual phi(Q)||_F / ||W_dual phi(Q)||_F``.
+    std : numpy.ndarray ``[F]``
+        Standard deviation over seeds.
+    median, q25, q75 : numpy.ndarray ``[F]``
+        Median and quartiles over seeds (the error is heavy-tailed for large key norms, so the
+        median is the robust summary).
+    seeds : int
+    errors : numpy.ndarray ``[F, seeds]``
+        Every measured relative error.
+    """
+
+    num_features: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    median: np.ndarray
+    q25: np.ndarray
+    q75: np.ndarray
+    seeds: int
+    errors: np.ndarray
+
+
+def random_feature_error(
+    weights: DualWeights,
+    queries: Any,
+    num_features: Iterable[int] = (16, 64, 256, 1024, 4096),
+    *,
+    seeds: int = 5,
+    orthogonal: bool = True,
+) -> RandomFeatureError:
+    """Relative error of :meth:`DualWeights.to_primal` on ``queries`` ``[T, d]`` as ``m`` grows.
+
+    The error converges to 0 as ``m`` grows, but slowly when ``scale * ||k||^2`` is large
+    (the features' variance grows like ``exp(scale * (||k||^2 + ||q||^2))``): report it, do not
+    hide it.
+    """
+    exact = weights.apply(queries).to(torch.float64)
+    denom = float(torch.linalg.matrix_norm(exact))
+    if denom == 0.0:
+        raise InputError("the dual weights map every query to 0; relative error undefined")
+    ms = np.array([int(m) for m in num_features])
+    errs = np.empty((len(ms), seeds))
+    for a, m in enumerate(ms):
+        for s in range(seeds):
+            approx = weights.to_primal(int(m), seed=s, orthogonal=orthogonal).apply(queries)
+            errs[a, s] = float(torch.linalg.matrix_norm(approx.to(torch.float64) - exact)) / denom
+    q25, med, q75 = np.quantile(errs, [0.25, 0.5, 0.75], axis=1)
+    return RandomFeatureError(ms, errs.mean(1), errs.std(1), med, q25, q75, seeds, errs)
+
+
+# ============================================================================ distillation
+def distillation_loss(weights: DualWeights, keys: Any, values: Any) -> float:
+    """``L(W) = (1/N) sum_i ||v_i - W phi(k_i)||^2`` over the teacher's ``(k_i, v_i)``."""
+    k = check_matrix(keys, "keys", dtype=weights.keys.dtype)
+    v = check_matrix(values, "values", dtype=weights.keys.dtype)
+    return float(((v - weights.apply(k)) ** 2).sum(-1).mean())
+
+
+@dataclass(frozen=True)
+class DistillationStep:
+    """Result of gradient descent on the distillation loss, compared with ``W_0``.
+
+    Attributes
+    ----------
+    weights : DualWeights
+        ``W_1`` (after ``steps`` gradient steps from ``W = 0``).
+    eta : float
+        Step size used.
+    eta_star : float
+        ``N / (2 D')``, the step size for which one step gives exactly ``W_0``.
+    distance : float
+        ``||W_1 - W_0||_HS``.
+    relative_distance : float
+        ``distance / ||W_0||_HS``.
+    loss_initial, loss_final, loss_w0 : float
+        Distillation loss at ``W = 0``, at ``W_1`` and at ``W_0``.
+    """
+
+    weights: DualWeights
+    eta: float
+    eta_star: float
+    distance: float
+    relative_distance: float
+    loss_initial: float
+    loss_final: float
+    loss_w0: float
+
+
+def distillation_step(
+    w0: DualWeights, eta: float | None = None, *, steps: int = 1
+) -> DistillationStep:
+    """Run gradient descent on ``L(W)`` from ``W = 0`` and measure its distance to ``W_0``.
+
+    The teacher's outputs are the values ``v_i`` and the student is ``x -> W phi(k_i)``; the
+    sample is the demonstration tokens of ``w0`` (its keys and coefficients, which for ``W_0``
+    are the values). The functional gradient is
+    ``grad L(W) = -(2/N) sum_i (v_i - W phi(k_i)) phi(k_i)^T``, so each step updates the dual
+    coefficients by ``(2 eta / N) * residual_i``. One step from 0 with ``eta = eta*`` reproduces
+    ``W_0`` exactly (implicit alignment, SPEC §2).
+
+    Parameters
+    ----------
+    w0 : DualWeights
+        The distilled weights ``W_0(t)`` (e.g. from :meth:`HeadDecomposition.w0`).
+    eta : float, optional
+        Step size; defaults to ``eta* = N / (2 D')``.
+    steps : int
+        Number of gradient steps (1 = the theory's one-step distillation).
+    """
+    n = w0.num_keys
+    if n == 0:
+        raise InputError("W_0 has no demonstration keys; nothing to distil")
+    log_eta_star = math.log(n / 2.0) + w0.log_multiplier  # log(N / (2 D'))
+    eta_star = math.exp(log_eta_star)
+    eta = eta_star if eta is None else check_positive(eta, "eta")
+    values = w0.coefficients.to(torch.float64)
+    keys = w0.keys.to(torch.float64)
+    # dual coefficients alpha (as alpha = exp(log_m) * c); first step from 0 is exact in logs
+    log_m = math.log(2.0 * eta / n)
+    coef = values.clone()
+    current = DualWeights(keys, coef, log_m, w0.scale)
+    for _ in range(int(steps) - 1):
+        residual = values - current.apply(keys)
+        coef = current.coefficients * math.exp(current.log_multiplier - log_m) + residual
+        current = DualWeights(keys, coef, log_m, w0.scale)
+    target = DualWeights(keys, values, w0.log_multiplier, w0.scale)
+    log_dist = current.log_distance(target)
+    log_norm0 = target.log_hs_norm()
+    zero = DualWeights(keys[:0], values[:0], 0.0, w0.scale)
+    return DistillationStep(
+        weights=current,
+        eta=float(eta),
+        eta_star=eta_star,
+        distance=_exp(log_dist),
+        relative_distance=_exp(log_dist - log_norm0) if log_norm0 > -math.inf else math.inf,
+        loss_initial=distillation_loss(zero, keys, values),
+        loss_final=distillation_loss(current, keys, values),
+        loss_w0=distillation_loss(target, keys, values),
+    )
+
+
+# ============================================================================ head decomposition
+@dataclass(frozen=True)
+class HeadDecomposition:
+    """Segment decomposition of one attention head (SPEC §1–2).
+
+    Attributes
+    ----------
+    components : dict[str, Tensor ``[T, d_v]``]
+        ``c_S(t)`` for every segment name, in order of first appearance.
+    log_normalizer : Tensor ``[T]``
+        ``log D'_t``.
+    eta : Tensor ``[T]``
+        Effective learning rate ``eta*_t = N_t / (2 D'_t)`` of the demonstration segment(s)
+        (0 where no demonstration key is visible).
+    output : Tensor ``[T, d_v]``
+        Softmax attention output ``o_t`` (the sum of the components).
+    attention_mass : dict[str, Tensor ``[T]``]
+        Attention probability mass of each segment.
+    num_demo_keys : LongTensor ``[T]``
+        ``N_t``.
+    mean_demo_logit : Tensor ``[T]``
+        Mean logit over the visible demonstration keys (NaN where there are none).
+    mean_logit : Tensor ``[T]``
+        Mean logit over all attended keys (Jensen: ``log(D'_t / n_t) >= mean_logit``).
+    num_keys : LongTensor ``[T]``
+        ``n_t``, the number of attended keys.
+    has_kernel_form : bool
+        Whether the logits are a pure scaled dot product, so that ``W_0`` exists.
+    scale : float or None
+        The dot-product scale ``s`` (``None`` without a kernel form).
+    """
+
+    components: dict[str, torch.Tensor]
+    log_normalizer: torch.Tensor
+    eta: torch.Tensor
+    output: torch.Tensor
+    attention_mass: dict[str, torch.Tensor]
+    num_demo_keys: torch.Tensor
+    mean_demo_logit: torch.Tensor
+    mean_logit: torch.Tensor
+    num_keys: torch.Tensor
+    has_kernel_form: bool
+    scale: float | None
+    demo_segments: tuple[str, ...]
+    _keys: torch.Tensor | None = field(repr=False, default=None)
+    _queries: torch.Tensor | None = field(repr=False, default=None)
+    _values: torch.Tensor | None = field(repr=False, default=None)
+    _mask: torch.Tensor | None = field(repr=False, default=None)
+    _segment_names: tuple[str, ...] = field(repr=False, default=())
+    _segment_ids: torch.Tensor | None = field(repr=False, default=None)
+
+    def _weights(self, t: int, segments: Sequence[str]) -> DualWeights:
+        if not self.has_kernel_form or self._keys is None:
+            raise InputError("this head has no kernel form (its logits are not a pure scaled dot "
+                             "product), so W_0 is not defined; the segment components still are")
+        T = self.log_normalizer.shape[0]
+        if not -T <= t < T:
+            raise InputError(f"query position {t} out of range for {T} positions")
+        wanted = [i for i, name in enumerate(self._segment_names) if name in set(segments)]
+        in_seg = torch.isin(self._segment_ids,
+                            torch.tensor(wanted, dtype=torch.long, device=self._mask.device))
+        sel = in_seg & self._mask[t]
+        return DualWeights(
+            keys=self._keys[sel],
+            coefficients=self._values[sel],
+            log_multiplier=-float(self.log_normalizer[t]),
+            scale=float(self.scale),
+        )
+
+    def w0(self, t: int) -> DualWeights:
+        """Distilled weights ``W_0(t) = (1/D'_t) sum_{i in D} v_i phi(k_i)^T`` (dual form)."""
+        return self._weights(t, self.demo_segments)
+
+    def correction(self, t: int, segment: str = "query") -> DualWeights:
+        """Correction ``dW(t) = (1/D'_t) sum_{j in Q} v_j phi(k_j)^T`` (dual form)."""
+        return self._weights(t, (segment,))
+
+    def query(self, t: int) -> torch.Tensor:
+        """The query vector ``q_t`` ``[d]`` (only for heads with a kernel form)."""
+        if self._queries is None:
+            raise InputError("queries were not given (logits-only decomposition)")
+        return self._queries[t]
+
+
+def decompose_head(
+    q: Any,
+    k: Any,
+    v: Any,
+    segments: Sequence[str],
+    scale: float | None = None,
+    mask: Any | None = None,
+    *,
+    logits: Any | None = None,
+    demo_segments: str | Sequence[str] = "demos",
+) -> HeadDecomposition:
+    """Split one softmax attention head into segment components, ``log D'``, ``eta*`` and ``W_0``.
+
+    Parameters
+    ----------
+    q : array-like ``[T, d]`` or None
+        Query vectors (post-RoPE). May be ``None`` when ``logits`` is given.
+    k : array-like ``[n, d]`` or None
+        Key vectors (post-RoPE). May be ``None`` when ``logits`` is given.
+    v : array-like ``[n, d_v]``
+        Value vectors.
+    segments : sequence of str, length ``n``
+        Segment name of every key, e.g. ``"prefix"``, ``"demos"``, ``"query"``.
+    scale : float, optional
+        Dot-product scale ``s``; default ``1/sqrt(d)``.
+    mask : bool array ``[T, n]``, optional
+        True where position ``t`` may attend to key ``j`` (default: all).
+    logits : array-like ``[T, n]``, optional
+        The head's actual pre-softmax logits, for heads that are not a pure dot product
+        (soft-capping, ALiBi...). The decomposition is then still exact, but the head has no
+        kernel form and :meth:`HeadDecomposition.w0` raises.
+    demo_segments : str or sequence of str
+        Segment name(s) that make up the demonstrations (used for ``eta*`` and ``W_0``).
+
+    Returns
+    -------
+    HeadDecomposition
+    """
+    vt = check_matrix(v, "v")
+    n = vt.shape[0]
+    names, seg_ids = _segment_ids(segments, n)
+    demo = (demo_segments,) if isinstance(demo_segments, str) else tuple(demo_segments)
+    qt = kt = None
+    if logits is None:
+        if q is None or k is None:
+            raise InputError("give q and k, or the actual logits")
+        qt = check_matrix(q, "q")
+        kt = check_matrix(k, "k")
+        if kt.shape[0] != n:
+            raise InputError(f"k has {kt.shape[0]} rows but v has {n}")
+        if qt.shape[1] != kt.shape[1]:
+            raise InputError(f"q has dimension {qt.shape[1]} but k has {kt.shape[1]}")
+        dtype = torch.promote_types(torch.promote_types(qt.dtype, kt.dtype), vt.dtype)
+        qt, kt, vt = qt.to(dtype), kt.to(dtype), vt.to(dtype)
+        s = 1.0 / math.sqrt(qt.shape[1]) if scale is None else check_positive(scale, "scale")
+        lg = s * (qt @ kt.T)
+        kernel_form = True
+    else:
+        lg = as_float_tensor(logits, "logits")
+        if lg.ndim != 2 or lg.shape[1] != n:
+            raise InputError(f"logits must have shape [T, {n}], got {tuple(lg.shape)}")
+        check_finite(lg, "logits")
+        dtype = torch.promote_types(lg.dtype, vt.dtype)
+        lg, vt = lg.to(dtype), vt.to(dtype)
+        s = None
+        kernel_form = False
+        if q is not None:
+            qt = check_matrix(q, "q", dtype=dtype)
+        if k is not None:
+            kt = check_matrix(k, "k", dtype=dtype)
+    T = lg.shape[0]
+    if mask is None:
+        mt = torch.ones(T, n, dtype=torch.bool, device=lg.device)
+    else:
+        mt = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
+        if mt.dtype != torch.bool:
+            raise InputError(f"mask must be boolean, got {mt.dtype}")
+        if tuple(mt.shape) != (T, n):
+            raise InputError(f"mask must have shape [{T}, {n}], got {tuple(mt.shape)}")
+        mt = mt.to(lg.device)
+    seg_ids = seg_ids.to(lg.device)
+    comps, log_norm, mass = segment_decomposition(lg, vt, seg_ids, len(names), mt)
+    demo_ids = [i for i, nm in enumerate(names) if nm in demo]
+    demo_cols = torch.isin(seg_ids, torch.tensor(demo_ids, dtype=torch.long, device=lg.device))
+    vis_demo = mt & demo_cols[None, :]
+    n_demo = vis_demo.sum(-1)
+    n_keys = mt.sum(-1)
+    eta = torch.exp(torch.log(n_demo.to(lg.dtype) / 2.0) - log_norm)
+    masked_lg = lg.masked_fill(~mt, 0.0)
+    mean_logit = masked_lg.sum(-1) / n_keys
+    mean_demo = (lg.masked_fill(~vis_demo, 0.0).sum(-1) / n_demo.to(lg.dtype))
+    return HeadDecomposition(
+        components={nm: comps[i] for i, nm in enumerate(names)},
+        log_normalizer=log_norm,
+        eta=eta,
+        output=comps.sum(0),
+        attention_mass={nm: mass[i] for i, nm in enumerate(names)},
+        num_demo_keys=n_demo,
+        mean_demo_logit=mean_demo,
+        mean_logit=mean_logit,
+        num_keys=n_keys,
+        has_kernel_form=kernel_form,
+        scale=s,
+        demo_segments=demo,
+        _keys=kt,
+        _queries=qt,
+        _values=vt,
+        _mask=mt,
+        _segment_names=tuple(names),
+        _segment_ids=seg_ids,
+    )

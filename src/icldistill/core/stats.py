@@ -1,0 +1,625 @@
+"""Paired statistics for comparing demonstration selectors on the same test items.
+
+Every selector of an evaluation grid scores the same test items of a task in the same order, so
+two selectors are compared *paired*: per item, the difference of their correctness
+``d_i = c_sel,i - c_base,i`` (in ``{-1, 0, 1}``, or fractional when a randomised selector's
+correctness is averaged over its seeds). Paired comparisons remove the item difficulty shared by
+both selectors, which dominates the variance of two independent accuracies.
+
+- :func:`mcnemar_exact` — exact two-sided McNemar test on the discordant counts ``b, c``;
+- :func:`sign_flip_test` — paired randomization test of ``mean(d) = 0`` (exact McNemar when
+  ``d`` is in ``{-1, 0, 1}``, exact enumeration or Monte Carlo otherwise);
+- :func:`paired_bootstrap_ci` — percentile bootstrap interval of ``mean(d)`` over items;
+- :func:`stratified_mean`, :func:`stratified_bootstrap_ci`, :func:`stratified_sign_flip_test` —
+  the same for the unweighted mean over tasks of the per-task mean differences (items resampled
+  or sign-flipped within their task);
+- :func:`holm` — Holm-Bonferroni adjusted p-values;
+- :func:`paired_comparisons` — all of it on harness results: every selector against baselines
+  (kNN and random by default), per task and averaged over tasks, Holm-corrected per
+  ``(model, k)``.
+
+Only numpy is used (no scipy): binomial tails are summed exactly with integer arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from icldistill.core.validation import InputError
+
+__all__ = [
+    "MeanCI",
+    "PairedComparison",
+    "holm",
+    "mcnemar_exact",
+    "paired_bootstrap_ci",
+    "paired_comparisons",
+    "sign_flip_test",
+    "stratified_bootstrap_ci",
+    "stratified_mean",
+    "stratified_sign_flip_test",
+]
+
+#: Largest number of nonzero differences for which :func:`sign_flip_test` enumerates all
+#: ``2^m`` sign vectors (above it, Monte Carlo).
+EXACT_MAX = 20
+#: Entries of one random block (rows x items) drawn at a time; bounds the memory of the
+#: vectorised bootstrap and sign-flip draws (~32 MB of float64).
+_BLOCK = 4_000_000
+#: Above this many discordant pairs McNemar's binomial tail is summed in log space.
+_EXACT_INT_MAX = 5000
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------------------------
+
+
+def _diffs(d: Any, name: str = "d") -> np.ndarray:
+    """``d`` as a finite, non-empty 1-D float64 array."""
+    try:
+        a = np.asarray(d, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name}: expected numbers ({exc})") from exc
+    if a.ndim != 1:
+        raise InputError(f"{name}: expected a 1-D array of per-item differences, got shape "
+                         f"{a.shape}")
+    if a.size == 0:
+        raise InputError(f"{name}: no items")
+    if not np.all(np.isfinite(a)):
+        raise InputError(f"{name}: contains NaN or infinite values")
+    return a
+
+
+def _check_level(level: float) -> float:
+    level = float(level)
+    if not 0 < level < 1:
+        raise InputError(f"level must be in (0, 1), got {level}")
+    return level
+
+
+def _check_count(value: int, name: str, minimum: int = 1) -> int:
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and int(value) >= minimum
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _tol(a: np.ndarray) -> float:
+    """Tolerance for ``|T*| >= |T|`` ties of sums of ``a`` (float rounding of equal sums)."""
+    return 1e-9 * max(1.0, float(np.abs(a).sum()))
+
+
+# --------------------------------------------------------------------------------------------
+# Tests
+# --------------------------------------------------------------------------------------------
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for the discordant counts ``b`` and ``c``.
+
+    Under the null hypothesis (both selectors equally accurate) each of the ``n = b + c``
+    discordant items favours either side with probability 1/2, so ``b ~ Binomial(n, 1/2)``
+    and ``p = min(1, 2 P[X <= min(b, c)])``; ``b = c = 0`` gives 1.
+
+    Parameters
+    ----------
+    b, c : int
+        Items only the first / only the second selector got right (non-negative).
+
+    Returns
+    -------
+    float
+        The p-value in ``[0, 1]`` (0 only where the tail underflows float64). The tail is an
+        exact ratio of integers, correctly rounded, for ``n <= 5000``; a log-space sum of
+        ``lgamma`` terms beyond.
+    """
+    b = _check_count(b, "b", 0)
+    c = _check_count(c, "c", 0)
+    n = b + c
+    m = min(b, c)
+    if n == 0 or b == c:
+        return 1.0
+    if n <= _EXACT_INT_MAX:
+        tail = 0
+        term = 1                      # C(n, 0)
+        for i in range(m + 1):
+            tail += term
+            term = term * (n - i) // (i + 1)
+        return min(1.0, (2 * tail) / (1 << n))
+    logs = np.array([math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+                     for i in range(m + 1)])
+    top = logs.max()
+    log_tail = top + math.log(float(np.exp(logs - top).sum())) - n * math.log(2.0)
+    return min(1.0, 2.0 * math.exp(log_tail))
+
+
+def _signs_exact(a: np.ndarray) -> float:
+    """Exact sign-flip p-value over all ``2^m`` sign vectors of ``a`` ``[m]`` (chunked)."""
+    m = a.size
+    obs = abs(float(a.sum()))
+    tol = _tol(a)
+    total = 1 << m
+    count = 0
+    bits = np.arange(m, dtype=np.int64)
+    step = max(1, _BLOCK // max(1, m))
+    for start in range(0, total, step):
+        codes = np.arange(start, min(total, start + step), dtype=np.int64)
+        signs = 1.0 - 2.0 * ((codes[:, None] >> bits[None, :]) & 1)      # [chunk, m]
+        count += int(np.count_nonzero(np.abs(signs @ a) >= obs - tol))
+    return count / total
+
+
+def sign_flip_test(d: Any, *, n_perm: int = 10_000, seed: int = 0) -> float:
+    """Paired randomization (sign-flip) test of ``mean(d) = 0``, two-sided.
+
+    Under the null hypothesis that the two selectors are exchangeable on every item, each
+    per-item difference is as likely to have either sign; the statistic is ``|sum(d)|`` and the
+    p-value the share of sign vectors ``s`` with ``|sum(s * d)| >= |sum(d)|``. Items with
+    ``d = 0`` do not move the statistic and are dropped. How the p-value is computed:
+
+    - every ``d`` in ``{-1, 0, 1}`` (both selectors scored once): the exact McNemar p-value
+      :func:`mcnemar_exact` of ``b = #(d = 1)``, ``c = #(d = -1)`` — the sign-flip
+      distribution of ``sum(d)`` is then ``2 Binomial(b + c, 1/2) - (b + c)``, so the two tests
+      are the same test;
+    - fractional ``d`` (correctness averaged over seeds) with ``m <= 20`` nonzero values: exact
+      enumeration of all ``2^m`` sign vectors;
+    - otherwise Monte Carlo over ``n_perm`` seeded random sign vectors with the +1 correction,
+      ``p = (1 + #{|T*| >= |T|}) / (n_perm + 1)`` (never 0, valid at any ``n_perm``).
+
+    Parameters
+    ----------
+    d : array-like ``[n]``
+        Per-item differences (finite).
+    n_perm : int
+        Random sign vectors of the Monte Carlo branch.
+    seed : int
+        Seed of the Monte Carlo branch.
+
+    Returns
+    -------
+    float
+        The two-sided p-value in ``(0, 1]``.
+    """
+    a = _diffs(d)
+    n_perm = _check_count(n_perm, "n_perm")
+    if np.all((a == 0) | (a == 1) | (a == -1)):
+        return mcnemar_exact(int(np.sum(a == 1)), int(np.sum(a == -1)))
+    a = a[a != 0]
+    if a.size <= EXACT_MAX:
+        return _signs_exact(a)
+    rng = np.random.default_rng(seed)
+    return (1 + _flip_count(rng, [a], [1.0], n_perm)) / (n_perm + 1)
+
+
+def _flip_count(rng: np.random.Generator, parts: Sequence[np.ndarray],
+                weights: Sequence[float], n_perm: int) -> int:
+    """``#{|sum_t w_t sum(s_t * a_t)| >= |sum_t w_t sum(a_t)|}`` over ``n_perm`` random sign
+    vectors (independent signs per item), drawn in blocks."""
+    obs = abs(sum(w * float(a.sum()) for a, w in zip(parts, weights, strict=True)))
+    tol = 1e-9 * max(1.0, sum(w * float(np.abs(a).sum())
+                              for a, w in zip(parts, weights, strict=True)))
+    width = max(1, sum(a.size for a in parts))
+    step = max(1, _BLOCK // width)
+    count = 0
+    for start in range(0, n_perm, step):
+        rows = min(step, n_perm - start)
+        stat = np.zeros(rows)
+        for a, w in zip(parts, weights, strict=True):
+            if a.size:
+                signs = 1.0 - 2.0 * rng.integers(0, 2, size=(rows, a.size), dtype=np.int8)
+                stat += w * (signs @ a)
+        count += int(np.count_nonzero(np.abs(stat) >= obs - tol))
+    return count
+
+
+@dataclass(frozen=True)
+class MeanCI:
+    """A mean difference with its percentile-bootstrap confidence interval.
+
+    Attributes
+    ----------
+    value : float
+        The estimate (mean of ``d``, or mean over tasks of the per-task means).
+    low, high : float
+        Interval bounds (``low <= high``).
+    level : float
+        Confidence level.
+    n : int
+        Items the estimate is computed from (summed over tasks for a stratified estimate).
+    """
+
+    value: float
+    low: float
+    high: float
+    level: float
+    n: int
+
+
+def _boot_means(rng: np.random.Generator, a: np.ndarray, n_boot: int) -> np.ndarray:
+    """``[n_boot]`` means of ``a`` resampled with replacement (index arrays drawn in blocks of
+    at most ``_BLOCK`` entries; one vectorised gather per block)."""
+    step = max(1, _BLOCK // a.size)
+    out = np.empty(n_boot)
+    for start in range(0, n_boot, step):
+        rows = min(step, n_boot - start)
+        idx = rng.integers(0, a.size, size=(rows, a.size))
+        out[start:start + rows] = a[idx].mean(axis=1)
+    return out
+
+
+def _percentiles(stats: np.ndarray, level: float) -> tuple[float, float]:
+    alpha = (1 - level) / 2
+    low, high = np.quantile(stats, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def paired_bootstrap_ci(d: Any, *, n_boot: int = 2000, level: float = 0.95,
+                        seed: int = 0) -> MeanCI:
+    """Percentile bootstrap interval of ``mean(d)``, resampling items with replacement.
+
+    Parameters
+    ----------
+    d : array-like ``[n]``
+        Per-item paired differences.
+    n_boot : int
+        Bootstrap resamples; the ``[n_boot, n]`` index array is drawn and gathered in one
+        vectorised operation (split into blocks only beyond 4 million entries).
+    level : float
+        Confidence level of the interval.
+    seed : int
+        Seed of the resampling.
+
+    Returns
+    -------
+    MeanCI
+    """
+    a = _diffs(d)
+    level = _check_level(level)
+    n_boot = _check_count(n_boot, "n_boot")
+    low, high = _percentiles(_boot_means(np.random.default_rng(seed), a, n_boot), level)
+    return MeanCI(float(a.mean()), low, high, level, int(a.size))
+
+
+def _strata(diffs: Sequence[Any]) -> list[np.ndarray]:
+    if isinstance(diffs, np.ndarray) and diffs.ndim == 1:
+        raise InputError("diffs: expected a list of per-task difference arrays, got one array")
+    parts = [_diffs(x, f"diffs[{i}]") for i, x in enumerate(diffs)]
+    if not parts:
+        raise InputError("diffs: no tasks")
+    return parts
+
+
+def stratified_mean(diffs: Sequence[Any]) -> float:
+    """The unweighted mean over tasks of the per-task mean differences.
+
+    Parameters
+    ----------
+    diffs : sequence of array-like ``[n_t]``
+        Per-item differences of each task (tasks may have different sizes).
+
+    Returns
+    -------
+    float
+        ``(1/T) sum_t mean(diffs[t])`` — every task counts equally, whatever its size.
+    """
+    parts = _strata(diffs)
+    return float(np.mean([a.mean() for a in parts]))
+
+
+def stratified_bootstrap_ci(diffs: Sequence[Any], *, n_boot: int = 2000, level: float = 0.95,
+                            seed: int = 0) -> MeanCI:
+    """Percentile bootstrap interval of :func:`stratified_mean`, resampling items within each
+    task (the tasks are fixed; each task keeps its size).
+
+    Parameters
+    ----------
+    diffs : sequence of array-like ``[n_t]``
+        Per-item differences of each task.
+    n_boot, level, seed
+        As in :func:`paired_bootstrap_ci`; one ``[n_boot, n_t]`` resample per task.
+
+    Returns
+    -------
+    MeanCI
+        ``n`` is the total number of items over the tasks.
+    """
+    parts = _strata(diffs)
+    level = _check_level(level)
+    n_boot = _check_count(n_boot, "n_boot")
+    rng = np.random.default_rng(seed)
+    boot = np.mean([_boot_means(rng, a, n_boot) for a in parts], axis=0)     # [n_boot]
+    low, high = _percentiles(boot, level)
+    return MeanCI(stratified_mean(parts), low, high, level, int(sum(a.size for a in parts)))
+
+
+def stratified_sign_flip_test(diffs: Sequence[Any], *, n_perm: int = 10_000,
+                              seed: int = 0) -> float:
+    """Sign-flip test of ``stratified_mean(diffs) = 0``, flipping items within their task.
+
+    The statistic is ``|(1/T) sum_t mean(d_t)|``; under the null every item's difference is as
+    likely to have either sign. The p-value is Monte Carlo over ``n_perm`` seeded random sign
+    vectors with the +1 correction, ``(1 + #{|T*| >= |T|}) / (n_perm + 1)``. (McNemar's exact
+    test does not apply: tasks of different sizes weigh their items differently.)
+
+    Parameters
+    ----------
+    diffs : sequence of array-like ``[n_t]``
+        Per-item differences of each task.
+    n_perm : int
+        Random sign vectors.
+    seed : int
+        Seed of the sign vectors.
+
+    Returns
+    -------
+    float
+        The two-sided p-value in ``(0, 1]``.
+    """
+    parts = _strata(diffs)
+    n_perm = _check_count(n_perm, "n_perm")
+    weights = [1.0 / a.size for a in parts]
+    nonzero = [a[a != 0] for a in parts]
+    if not any(a.size for a in nonzero):
+        return 1.0
+    rng = np.random.default_rng(seed)
+    return (1 + _flip_count(rng, nonzero, weights, n_perm)) / (n_perm + 1)
+
+
+def holm(pvalues: Any) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values, in the order given.
+
+    With the ``m`` p-values sorted ascending, ``p_(1) <= ... <= p_(m)``, the adjusted value of
+    ``p_(i)`` is ``min(1, max_{j <= i} (m - j + 1) p_(j))`` (step-down; monotone in the sorted
+    order). Rejecting where the adjusted value is below ``alpha`` controls the family-wise error
+    rate at ``alpha`` under any dependence between the tests.
+
+    Parameters
+    ----------
+    pvalues : array-like ``[m]``
+        Raw p-values in ``[0, 1]``.
+
+    Returns
+    -------
+    numpy.ndarray ``[m]`` float64
+        Adjusted p-values, each ``>=`` its raw p-value and ``<= 1``.
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    if p.ndim != 1:
+        raise InputError(f"pvalues: expected a 1-D array, got shape {p.shape}")
+    if p.size and (not np.all(np.isfinite(p)) or p.min() < 0 or p.max() > 1):
+        raise InputError("pvalues: every p-value must be a number in [0, 1]")
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adj
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Selector comparisons on harness results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """One selector against one baseline on the same test items.
+
+    Attributes
+    ----------
+    model : str
+        Model label (with its precision when not float32).
+    k : int
+        Demonstrations per prompt.
+    task : str
+        Task name, or ``"mean"`` for the unweighted mean over tasks.
+    selector, baseline : str
+        Selector labels; ``diff > 0`` means the selector is more accurate.
+    diff : float
+        Mean per-item accuracy difference, selector minus baseline (for ``"mean"``: mean over
+        tasks of the per-task differences).
+    ci_low, ci_high : float
+        Percentile-bootstrap interval of ``diff`` at ``level``.
+    p : float
+        Two-sided p-value (see :func:`paired_comparisons`).
+    p_holm : float
+        Holm-adjusted p-value within the ``(model, k)`` family.
+    n : int
+        Items compared (for ``"mean"``: summed over tasks).
+    n_tasks : int
+        Tasks (1 for a single task).
+    level : float
+        Confidence level of the interval.
+    note : str
+        Anything to know about the comparison (e.g. it was restricted to the common leading
+        items because the units scored different numbers of items); empty otherwise.
+    """
+
+    model: str
+    k: int
+    task: str
+    selector: str
+    baseline: str
+    diff: float
+    ci_low: float
+    ci_high: float
+    p: float
+    p_holm: float
+    n: int
+    n_tasks: int
+    level: float = 0.95
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Correct:
+    """Per-item correctness of one selector on one task, averaged over its units."""
+
+    values: np.ndarray          # [n] in [0, 1]
+    truth: tuple[str, ...]      # [n]
+    note: str
+
+
+def _correctness(results: Sequence[Any], predictions: Mapping[str, Any]
+                 ) -> dict[tuple[str, int], dict[str, dict[str, _Correct]]]:
+    """``(model, k) -> task -> selector label -> _Correct``; units without predictions are
+    skipped."""
+    units: dict[tuple[str, int, str, str], list[tuple[list[str], list[str]]]] = {}
+    for r in results:
+        if r.key not in predictions:
+            continue
+        rec = predictions[r.key]
+        pred, truth = (rec["pred"], rec["truth"]) if isinstance(rec, Mapping) else rec
+        pred = [str(x) for x in pred]
+        truth = [str(x) for x in truth]
+        if len(pred) != len(truth):
+            raise InputError(f"unit {r.key} (task {r.spec.task!r}, {r.spec.label}): "
+                             f"{len(pred)} predictions for {len(truth)} labels")
+        if not truth:
+            continue
+        units.setdefault((str(r.spec.model_label), int(r.spec.k), str(r.spec.task),
+                          str(r.spec.label)), []).append((pred, truth))
+    out: dict[tuple[str, int], dict[str, dict[str, _Correct]]] = {}
+    for (model, k, task, label), rows in sorted(units.items()):
+        n = min(len(t) for _, t in rows)
+        truth = tuple(rows[0][1][:n])
+        if any(tuple(t[:n]) != truth for _, t in rows):
+            raise InputError(f"task {task!r}: the units of {label} ({model}, k={k}) scored "
+                             "different test items (their truth labels differ)")
+        corr = np.mean([np.asarray(p[:n], dtype=object) == np.asarray(truth, dtype=object)
+                        for p, _ in rows], axis=0).astype(np.float64)
+        note = ""
+        if len({len(t) for _, t in rows}) > 1:
+            note = f"{label}'s units scored different numbers of items; first {n} used"
+        out.setdefault((model, k), {}).setdefault(task, {})[label] = _Correct(corr, truth, note)
+    return out
+
+
+def _pair(task: str, a: str, ca: _Correct, b: str, cb: _Correct) -> tuple[np.ndarray, str]:
+    """``d = ca - cb`` on the common leading items, and a note when lengths differ."""
+    n = min(ca.values.size, cb.values.size)
+    if ca.truth[:n] != cb.truth[:n]:
+        raise InputError(f"task {task!r}: {a} and {b} scored different test items (their "
+                         "truth labels differ), so they cannot be compared paired")
+    notes = [x for x in (ca.note, cb.note) if x]
+    if ca.values.size != cb.values.size:
+        notes.append(f"compared on the first {n} items ({a} has {ca.values.size}, {b} has "
+                     f"{cb.values.size})")
+    return ca.values[:n] - cb.values[:n], "; ".join(notes)
+
+
+def paired_comparisons(
+    results: Sequence[Any],
+    predictions: Mapping[str, Any],
+    *,
+    baselines: Sequence[str] = ("knn", "random"),
+    n_boot: int = 2000,
+    n_perm: int = 10_000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> list[PairedComparison]:
+    """Every selector against each baseline, paired over the test items, per task and on the
+    mean over tasks, with Holm-adjusted p-values.
+
+    Per ``(model, k, task, selector)`` the correctness of each test item is averaged over all
+    units of that selector (random seeds, orderings): a vector in ``[0, 1]``. A selector and a
+    baseline are compared on the same items (their truth labels must match, else
+    :class:`InputError`; when they scored different numbers of items, on the common leading
+    items, said in ``note``):
+
+    - per task: ``diff = mean(sel - base)``, :func:`paired_bootstrap_ci`, and the p-value of
+      :func:`sign_flip_test` (exact McNemar when both are single units);
+    - ``task = "mean"``: the unweighted mean over the tasks where both exist (at least 2) of
+      the per-task differences, :func:`stratified_bootstrap_ci` and
+      :func:`stratified_sign_flip_test`.
+
+    Holm family: all hypotheses of one ``(model, k)`` — every per-task and every mean row, of
+    every selector and every baseline — are adjusted together with :func:`holm`. A comparison
+    and its mirror (e.g. ``random`` vs ``knn`` and ``knn`` vs ``random``) are one hypothesis:
+    they share ``p`` and ``p_holm`` and count once in the family.
+
+    Parameters
+    ----------
+    results : sequence of harness ``UnitResult``
+        Only ``key``, ``spec.model_label``, ``spec.k``, ``spec.task`` and ``spec.label`` are read.
+    predictions : mapping unit key -> ``(pred, truth)``
+        Per-item predicted and true labels of each unit (as
+        :func:`icldistill.evaluation.harness.load_predictions` returns; ``{"pred", "truth"}``
+        records are
+        accepted too). Units without predictions are left out.
+    baselines : sequence of str
+        Selector labels to compare against; a baseline missing from a ``(model, k)`` gives no
+        rows there. A selector is never compared with itself.
+    n_boot : int
+        Bootstrap resamples of every interval.
+    n_perm : int
+        Random sign vectors of the Monte Carlo p-values.
+    seed : int
+        Seed of every bootstrap and Monte Carlo draw (the result is deterministic).
+    level : float
+        Confidence level of the intervals.
+
+    Returns
+    -------
+    list of PairedComparison
+        Ordered by model, k, baseline (as given), selector label, task (``"mean"`` last).
+    """
+    level = _check_level(level)
+    n_boot = _check_count(n_boot, "n_boot")
+    n_perm = _check_count(n_perm, "n_perm")
+    out: list[PairedComparison] = []
+    for (model, k), by_task in _correctness(results, predictions).items():
+        tasks = sorted(by_task)
+        labels = sorted({s for t in tasks for s in by_task[t]})
+        # hypotheses by (task or "mean", a, b) with a < b: (diff, low, high, p, n, n_tasks, note)
+        hyp: dict[tuple[str, str, str], tuple[float, float, float, float, int, int, str]] = {}
+        wanted: list[tuple[str, str]] = []        # (selector, baseline)
+        for base in baselines:
+            if not any(base in by_task[t] for t in tasks):
+                continue
+            wanted += [(s, base) for s in labels if s != base]
+        for sel, base in wanted:
+            a, b = sorted((sel, base))
+            both = [t for t in tasks if a in by_task[t] and b in by_task[t]]
+            ds, notes = [], []
+            for t in both:
+                d, note = _pair(t, a, by_task[t][a], b, by_task[t][b])
+                ds.append(d)
+                if note:
+                    notes.append(f"{t}: {note}")
+                if (t, a, b) not in hyp:
+                    ci = paired_bootstrap_ci(d, n_boot=n_boot, level=level, seed=seed)
+                    p = sign_flip_test(d, n_perm=n_perm, seed=seed)
+                    hyp[(t, a, b)] = (ci.value, ci.low, ci.high, p, ci.n, 1, note)
+            if len(both) >= 2 and ("mean", a, b) not in hyp:
+                ci = stratified_bootstrap_ci(ds, n_boot=n_boot, level=level, seed=seed)
+                p = stratified_sign_flip_test(ds, n_perm=n_perm, seed=seed)
+                hyp[("mean", a, b)] = (ci.value, ci.low, ci.high, p, ci.n, len(both),
+                                       "; ".join(notes))
+        keys = list(hyp)
+        adjusted = dict(zip(keys, holm([hyp[h][3] for h in keys]).tolist(), strict=True))
+        for sel, base in wanted:
+            a, b = sorted((sel, base))
+            for t in [*tasks, "mean"]:
+                if (t, a, b) not in hyp:
+                    continue
+                diff, low, high, p, n, n_tasks, note = hyp[(t, a, b)]
+                if sel != a:                     # mirrored: sel - base = -(a - b)
+                    diff, low, high = -diff, -high, -low
+                out.append(PairedComparison(model, k, t, sel, base, float(diff), float(low),
+                                            float(high), float(p), float(adjusted[(t, a, b)]),
+                                            int(n), int(n_tasks), level, note))
+    return out

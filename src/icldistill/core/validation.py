@@ -1,0 +1,314 @@
+"""Input checking shared by every public function.
+
+All user-facing entry points convert their inputs through these helpers so that bad input is
+rejected with one clear message (an :class:`InputError`, a ``ValueError``) instead of producing a
+silent wrong answer.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import os
+import stat
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+__all__ = ["MAX_FILE_BYTES_ENV", "InputError", "JSONObject", "as_float_tensor", "check_matrix",
+           "check_pair",
+           "check_positive", "check_user_file", "json_object", "json_problem", "max_file_bytes",
+           "open_user_file",
+           "read_user_text", "too_large", "utf8_error"]
+
+
+class InputError(ValueError):
+    """Raised when an argument is malformed (shape, dtype, NaN/inf, size, unknown name...)."""
+
+
+def as_float_tensor(
+    x: Any,
+    name: str,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Convert ``x`` (array-like or tensor) to a floating-point tensor.
+
+    Floating tensors keep their dtype unless ``dtype`` is given; integers and numpy float64 arrays
+    become float64 (numpy's default precision), other numpy floats keep their precision. Half
+    precision inputs are promoted to float32 so nothing is exponentiated in low precision.
+    """
+    if isinstance(x, torch.Tensor):
+        t = x
+    else:
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:  # pragma: no cover - numpy raises many types
+            raise InputError(f"{name}: cannot be converted to an array ({exc})") from exc
+        if arr.dtype == object:
+            raise InputError(f"{name}: contains non-numeric values")
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+            raise InputError(f"{name}: expected numbers, got dtype {arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if dtype is None:
+        if not t.is_floating_point():
+            dtype = torch.float64
+        elif t.dtype in (torch.float16, torch.bfloat16):
+            dtype = torch.float32
+        else:
+            dtype = t.dtype
+    t = t.to(dtype=dtype, device=device)
+    return t
+
+
+def check_matrix(
+    x: Any,
+    name: str,
+    *,
+    min_rows: int = 1,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Return ``x`` as a finite 2-D float tensor ``[n, d]`` with at least ``min_rows`` rows.
+
+    A 1-D input of length ``n`` is read as ``n`` one-dimensional points ``[n, 1]``.
+    """
+    t = as_float_tensor(x, name, dtype=dtype, device=device)
+    if t.ndim == 1:
+        t = t[:, None]
+    if t.ndim != 2:
+        raise InputError(f"{name}: expected a 2-D array of row vectors [n, d], got shape "
+                         f"{tuple(t.shape)}")
+    if t.shape[0] < min_rows:
+        what = "empty" if t.shape[0] == 0 else f"has {t.shape[0]} row(s)"
+        raise InputError(f"{name}: sample is {what}; at least {min_rows} row(s) are needed")
+    if t.shape[1] == 0:
+        raise InputError(f"{name}: rows have dimension 0")
+    check_finite(t, name)
+    return t
+
+
+def check_finite(t: torch.Tensor, name: str) -> None:
+    """Raise :class:`InputError` if ``t`` contains NaN or infinite values."""
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise InputError(f"{name}: contains {bad} NaN or infinite value(s)")
+
+
+def check_pair(
+    x: Any, y: Any, names: Sequence[str] = ("x", "y"), *, min_rows: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate two samples of row vectors: same dimension, common dtype and device."""
+    xt = check_matrix(x, names[0], min_rows=min_rows)
+    yt = check_matrix(y, names[1], min_rows=min_rows)
+    if xt.shape[1] != yt.shape[1]:
+        raise InputError(f"dimension mismatch: {names[0]} has rows of dimension {xt.shape[1]}, "
+                         f"{names[1]} has {yt.shape[1]}")
+    dtype = torch.promote_types(xt.dtype, yt.dtype)
+    if yt.device != xt.device:
+        raise InputError(f"{names[0]} is on {xt.device} but {names[1]} is on {yt.device}")
+    return xt.to(dtype), yt.to(dtype)
+
+
+def check_positive(value: float, name: str) -> float:
+    """Return ``value`` as float if it is finite and > 0, else raise :class:`InputError`."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} must be a number, got {value!r}") from exc
+    if not np.isfinite(v) or v <= 0:
+        raise InputError(f"{name} must be a finite positive number, got {value!r}")
+    return v
+
+
+# ------------------------------------------------------------------------------- user files
+#: Environment variable overriding :data:`DEFAULT_MAX_FILE_BYTES` (a number of bytes).
+MAX_FILE_BYTES_ENV = "ICLDISTILL_MAX_FILE_BYTES"
+#: Largest user file read (and largest decompressed stream): 1 GiB.
+DEFAULT_MAX_FILE_BYTES = 1 << 30
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def max_file_bytes() -> int:
+    """The size limit of user files: ``$ICLDISTILL_MAX_FILE_BYTES`` or 1 GiB."""
+    raw = os.environ.get(MAX_FILE_BYTES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_FILE_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InputError(f"${MAX_FILE_BYTES_ENV} must be a positive number of bytes, got {raw!r}")
+    return value
+
+
+def too_large(path: Path, phrase: str, limit: int) -> InputError:
+    """The error for an input file above the size limit (``phrase`` says how it is above)."""
+    return InputError(f"{path}: {phrase} the {_size(limit)} limit on input files; use a smaller "
+                      f"file or raise the limit with {MAX_FILE_BYTES_ENV}=<bytes>")
+
+
+def check_user_file(path: str | os.PathLike[str], *, what: str = "data file") -> Path:
+    """Return ``path`` (``~`` expanded) if it is a readable regular file within the size limit.
+
+    Raises :class:`InputError` naming the file and the fix: missing, a folder, not a regular
+    file, unreadable, or larger than :func:`max_file_bytes`. Every reader of user files calls
+    this before reading (and reads through :func:`open_user_file`, which enforces the limit on
+    the bytes actually read, including decompressed streams).
+    """
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise InputError(f"no such file: {p}; check the path") from None
+    except PermissionError:
+        raise InputError(f"{p}: permission denied; make the file readable") from None
+    except OSError as exc:  # name too long, a file used as a folder, a loop of links...
+        raise InputError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{p} is a folder, not a {what}; give the path of a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{p} is not a regular file; give the path of a {what}")
+    limit = max_file_bytes()
+    if st.st_size > limit:
+        raise too_large(p, f"the file is {_size(st.st_size)}, above", limit)
+    if not os.access(p, os.R_OK):
+        raise InputError(f"{p}: permission denied; make the file readable")
+    return p
+
+
+class _LimitedReader(io.RawIOBase):
+    """A raw binary stream over ``fh`` that raises :class:`InputError` past ``limit`` bytes."""
+
+    def __init__(self, fh: BinaryIO, limit: int, path: Path, phrase: str) -> None:
+        super().__init__()
+        self._fh, self._limit, self._path, self._phrase = fh, limit, path, phrase
+        self._count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = self._fh.readinto(b) or 0
+        self._count += n
+        if self._count > self._limit:
+            raise too_large(self._path, self._phrase, self._limit)
+        return n
+
+    def close(self) -> None:
+        try:
+            self._fh.close()
+        finally:
+            super().close()
+
+
+def open_user_file(path: str | os.PathLike[str], *, what: str = "data file",
+                   decompress: Any = None) -> io.BufferedReader:
+    """Open a user file for binary reading, bounded by :func:`max_file_bytes`.
+
+    ``decompress`` (e.g. ``gzip.open``) opens the file through a decompressor; the limit then
+    also applies to the decompressed bytes. Reading past the limit raises :class:`InputError`.
+    """
+    p = check_user_file(path, what=what)
+    limit = max_file_bytes()
+    fh = decompress(p, "rb") if decompress is not None else open(p, "rb")
+    phrase = "decompresses to more than" if decompress is not None else "grew while read past"
+    return io.BufferedReader(_LimitedReader(fh, limit, p, phrase))
+
+
+def _first_bad_utf8(chunks: Iterable[bytes]) -> tuple[int, int] | None:
+    """``(offset, byte)`` of the first byte that is not valid UTF-8 in ``chunks``, or None."""
+    dec = codecs.getincrementaldecoder("utf-8")()
+    consumed = 0
+    for chunk in [*chunks, b""]:
+        pending = dec.getstate()[0]
+        try:
+            dec.decode(chunk, final=not chunk)
+        except UnicodeDecodeError as exc:
+            data = pending + chunk
+            return consumed - len(pending) + exc.start, data[exc.start]
+        consumed += len(chunk)
+    return None
+
+
+def utf8_error(path: str | os.PathLike[str], source: bytes | BinaryIO | None = None,
+               exc: UnicodeDecodeError | None = None, *,
+               decompressed: bool = False) -> InputError:
+    """The :class:`InputError` for a file that is not UTF-8: the first bad byte and its offset.
+
+    ``source`` is the file's content (bytes) or a binary stream to scan; by default the file is
+    read again (bounded). ``exc`` is the original error, used when the scan finds nothing.
+    """
+    p = Path(path)
+    found = None
+    try:
+        if isinstance(source, (bytes, bytearray)):
+            found = _first_bad_utf8([bytes(source)])
+        else:
+            stream = source if source is not None else open_user_file(p)
+            with stream:
+                found = _first_bad_utf8(iter(lambda: stream.read(1 << 16), b""))
+    except Exception:  # only locates the byte for the message; the error stands either way
+        found = None
+    if found is None and exc is not None and isinstance(exc.object, (bytes, bytearray)):
+        found = (exc.start, exc.object[exc.start])
+    where = ""
+    if found is not None:
+        where = f" (byte 0x{found[1]:02x} at offset {found[0]}"
+        where += " of the decompressed text" if decompressed else ""
+        where += "; it looks like UTF-16)" if found[0] < 2 and found[1] in (0xFE, 0xFF) else ")"
+    return InputError(f"{p} is not UTF-8 text{where}; re-save it as UTF-8")
+
+
+def read_user_text(path: str | os.PathLike[str], *, what: str = "data file") -> str:
+    """The text of a UTF-8 user file (a leading BOM dropped), bounded by :func:`max_file_bytes`.
+
+    Raises :class:`InputError` for a missing, oversized or unreadable file and for bytes that are
+    not UTF-8 (naming the first bad byte and its offset).
+    """
+    p = Path(path).expanduser()
+    with open_user_file(p, what=what) as fh:
+        try:
+            data = fh.read()
+        except OSError as exc:
+            raise InputError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise utf8_error(p, data, exc) from None
+
+
+class JSONObject(dict):
+    """A JSON object that remembers the keys that appeared more than once in it."""
+
+    duplicates: tuple[str, ...] = ()
+
+
+def json_problem(exc: BaseException) -> str:
+    """What is wrong with a JSON text, from the error ``json.loads`` raised."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc)
+
+
+def json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for :func:`json.loads`: a plain dict, or a :class:`JSONObject`
+    naming the keys that appeared more than once (so a reader can refuse them)."""
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    marked = JSONObject(pairs)
+    marked.duplicates = tuple(dict.fromkeys(k for k, _ in pairs if k in seen or seen.add(k)))
+    return marked

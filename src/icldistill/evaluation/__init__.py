@@ -1,0 +1,8 @@
+"""Few-shot scoring with prefix reuse, metrics, and resumable evaluation grids."""
+
+from icldistill.evaluation.harness import *  # noqa: F403
+from icldistill.evaluation.harness import __all__ as _harness_all
+from icldistill.evaluation.scoring import *  # noqa: F403
+from icldistill.evaluation.scoring import __all__ as _scoring_all
+
+__all__ = [*_scoring_all, *_harness_all]

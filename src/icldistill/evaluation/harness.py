@@ -1,0 +1,894 @@
+"""The few-shot evaluation harness: tasks x selectors x k x seeds, resumable.
+
+One *unit* is one evaluated configuration (:class:`UnitSpec`): a model, a task (a
+:class:`~icldistill.data.DatasetSplit`), a selector with its parameters, ``k``, a seed and a
+demonstration ordering. :class:`Harness` runs units and writes, under its output folder::
+
+    results.jsonl          one line per finished unit (:class:`UnitResult`), appended + fsynced
+    partial/<key>.jsonl    label scores of the batches of an unfinished unit, appended as they
+                           are produced; removed once the unit's result line is written
+    selections/<key>.json  the demonstrations every query saw
+    scores/<model>-<tag>.jsonl
+                           label scores by prompt (a hash of the model name, the label words
+                           and the full prompt text), shared by all units of that model
+
+    locks/<key>.lock       the lock of a unit (held by the process computing it)
+
+Every file is written through :mod:`icldistill.artifacts.store`: one record per line, fsynced,
+line-safe
+after a torn last line (the fragment is terminated and skipped, the next record starts a line of
+its own), truncated back and reported (:class:`~icldistill.artifacts.store.StoreWriteError`) when a
+write
+fails, e.g. on a full disk. A unit's ``predictions.jsonl`` record is written before its
+``results.jsonl`` record, which marks the unit finished. An interrupted run (Ctrl-C, a crash, a
+killed job, ``SIGKILL`` at any point) therefore loses at most the batch in flight: rerunning the
+same command skips finished units (by key) and resumes unfinished ones from their partial file.
+
+Several processes may run on one output folder: a unit is computed under its lock
+(:func:`icldistill.artifacts.store.unit_lock`) by one process, which re-reads ``results.jsonl``
+after
+taking it; :meth:`Harness.run` first does the units no other process holds, then waits for the
+others and reads their results back. Each unit is computed and recorded once.
+
+Identical prompts are scored once. Per-query selectors often give a query the same
+demonstrations in the same order: on amazon and yelp at ``k = 4``, a fifth of the prompts of
+kNN, BM25, MMR, DPP and per-query MMD repeat one of another selector. A prompt already in the
+model's score store is read back instead of rescored (``UnitResult.n_reused`` counts them).
+The scores of a prompt do not depend on which other prompts share its batch beyond float
+rounding (about 1e-6 in log-probability), so this changes no prediction except at exact ties.
+Calibrated units are not stored (their content-free probabilities depend on the whole
+demonstration set, not on one prompt).
+
+Seeds. ``seed`` drives every random choice of a unit (the random selector, the ``"random"``
+order, the ordering shuffles); deterministic selectors give the same demonstrations for every
+seed, so the harness runs them once (seed 0) unless their order is random. ``ordering = 0`` is
+the selector's own prompt order; ``ordering = j > 0`` shuffles every demonstration set with a
+generator seeded by ``(seed, j)``.
+
+MMD reported beside accuracy (SPEC §3, §5): every task gets one reference kernel — Gaussian on
+the default sentence embeddings with the median-heuristic bandwidth of pool + test — shared by
+all selectors, so numbers are comparable across selectors:
+
+- ``mmd2_task``: biased ``MMD^2`` between all demonstrations shown (pooled over queries, with
+  multiplicity) and the test inputs, i.e. between the demonstration distribution and the task
+  distribution;
+- ``mmd2_query``: mean over queries of ``MMD^2(S_q, {q})``, the discrepancy between a query and
+  its own demonstrations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from icldistill.artifacts.store import append_record, iter_records, unit_lock, write_json
+from icldistill.core.kernels import Kernel, make_kernel
+from icldistill.core.mmd import mmd
+from icldistill.core.validation import InputError
+from icldistill.data.datasets import Dataset, DatasetSplit, TaskFormat, load_split
+from icldistill.encoders.representations import HeadChoice
+from icldistill.evaluation.scoring import FewShotScorer, MetricResult, classification_metrics
+from icldistill.selection.selectors import SELECTORS, Pool, Selection, make_selector
+
+__all__ = [
+    "Harness",
+    "Task",
+    "UnitResult",
+    "UnitSpec",
+    "load_predictions",
+    "load_results",
+    "unit_grid",
+]
+
+DEFAULT_ENCODER = "minilm"
+REFERENCE_ENCODER = "minilm"
+#: Model precisions a unit can ask for (name -> torch dtype).
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                                  "float16": torch.float16}
+
+
+def _check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}; choose one of {list(DTYPES)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Specs and results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnitSpec:
+    """One evaluated configuration.
+
+    Attributes
+    ----------
+    model : str
+        Registry key, local folder or hub id of the language model.
+    task : str
+        Task name (registry dataset key or a user file's name).
+    selector : str
+        Selector name (see :data:`icldistill.selection.SELECTORS`).
+    k : int
+        Demonstrations per prompt.
+    seed : int
+        Seed of the selector's random choices and of the ordering shuffles.
+    ordering : int
+        0 = the selector's order; ``j > 0`` = seeded shuffle number ``j``.
+    encoder : str
+        Representation the selector works on (``"minilm"``, ``"hidden:L"``, ``"kv:L[:heads]"``).
+    calibrate : bool
+        Contextual calibration.
+    n_test : int or None
+        Number of test items evaluated (the first ``n_test`` of the seeded test order).
+    params : tuple of (name, value)
+        Extra selector parameters (sorted by name).
+    dtype : str
+        Precision of the language model's weights: ``"float32"`` (default), ``"bfloat16"`` or
+        ``"float16"``. Half precisions keep the output head in float32
+        (:func:`icldistill.models.float32_head`). A float32 unit's key is the same as before
+        this field existed, so recorded results stay valid.
+    """
+
+    model: str
+    task: str
+    selector: str
+    k: int
+    seed: int = 0
+    ordering: int = 0
+    encoder: str = DEFAULT_ENCODER
+    calibrate: bool = False
+    n_test: int | None = None
+    params: tuple[tuple[str, Any], ...] = ()
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        _check_dtype(self.dtype)
+
+    def key(self, fingerprint: str = "") -> str:
+        """Stable identifier of the unit (and of the task data, via ``fingerprint``)."""
+        d = asdict(self)
+        if d["dtype"] == "float32":
+            del d["dtype"]             # keys of float32 units predate the field
+        payload = json.dumps({**d, "params": [list(p) for p in self.params],
+                              "data": fingerprint}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+    @property
+    def model_label(self) -> str:
+        """The model with its precision when that is not float32 (``"m (bfloat16)"``)."""
+        return self.model if self.dtype == "float32" else f"{self.model} ({self.dtype})"
+
+    @property
+    def label(self) -> str:
+        """Short display name of the selector with its non-default settings."""
+        extra = "".join(f",{k}={v}" for k, v in self.params)
+        enc = "" if self.encoder == DEFAULT_ENCODER else f"@{self.encoder}"
+        return f"{self.selector}{enc}{extra}"
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    """The outcome of one unit.
+
+    Attributes
+    ----------
+    spec : UnitSpec
+    key : str
+    accuracy, macro_f1 : MetricResult
+        With 95% percentile-bootstrap intervals over test items.
+    n : int
+        Test items evaluated.
+    mmd2_task : float
+        Biased ``MMD^2`` (reference kernel) between the shown demonstrations and the test inputs.
+    mmd2_query : float
+        Mean over queries of ``MMD^2(S_q, {q})`` (reference kernel).
+    shared : bool
+        One demonstration set for all queries.
+    selection_seconds, scoring_seconds : float
+    n_tokens, n_prompt_tokens : int
+        Tokens the model processed / total prompt length.
+    per_label_accuracy : dict
+    n_reused : int
+        Queries whose prompt (same model, same label words, same text) had already been scored
+        by an earlier unit; their scores were read from the score store, not recomputed.
+    """
+
+    spec: UnitSpec
+    key: str
+    accuracy: MetricResult
+    macro_f1: MetricResult
+    n: int
+    mmd2_task: float
+    mmd2_query: float
+    shared: bool
+    selection_seconds: float
+    scoring_seconds: float
+    n_tokens: int
+    n_prompt_tokens: int
+    per_label_accuracy: dict[str, float] = field(default_factory=dict)
+    n_reused: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["spec"]["params"] = [list(p) for p in self.spec.params]
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> UnitResult:
+        s = dict(d["spec"])
+        s["params"] = tuple((str(a), b) for a, b in s.get("params", ()))
+        return cls(
+            spec=UnitSpec(**s), key=str(d["key"]),
+            accuracy=MetricResult(**d["accuracy"]), macro_f1=MetricResult(**d["macro_f1"]),
+            n=int(d["n"]), mmd2_task=float(d["mmd2_task"]), mmd2_query=float(d["mmd2_query"]),
+            shared=bool(d["shared"]), selection_seconds=float(d["selection_seconds"]),
+            scoring_seconds=float(d["scoring_seconds"]), n_tokens=int(d["n_tokens"]),
+            n_prompt_tokens=int(d["n_prompt_tokens"]),
+            per_label_accuracy=dict(d.get("per_label_accuracy", {})),
+            n_reused=int(d.get("n_reused", 0)))
+
+
+def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of a JSON-lines file; torn (unparsable) lines are skipped
+    (:func:`icldistill.artifacts.store.iter_records`)."""
+    return iter_records(path)
+
+
+def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
+    """Append one record as one line, fsynced, line-safe after a torn last line
+    (:func:`icldistill.artifacts.store.append_record`)."""
+    append_record(path, record)
+
+
+def load_results(out_dir: str | os.PathLike[str]) -> list[UnitResult]:
+    """Every finished unit recorded in ``out_dir/results.jsonl`` (last record per key wins)."""
+    by_key: dict[str, UnitResult] = {}
+    for rec in _read_jsonl(Path(out_dir) / "results.jsonl"):
+        try:
+            r = UnitResult.from_json(rec)
+        except (KeyError, TypeError, ValueError):
+            continue
+        by_key[r.key] = r
+    return list(by_key.values())
+
+
+def load_predictions(out_dir: str | os.PathLike[str]) -> dict[str, tuple[list[str], list[str]]]:
+    """Per-item predictions of every finished unit, from ``out_dir/predictions.jsonl``.
+
+    Returns
+    -------
+    dict
+        Unit key -> ``(pred, truth)``, two lists of label names of equal length (the unit's
+        test items in order). The last record of a key wins; torn or malformed lines are
+        skipped.
+    """
+    out: dict[str, tuple[list[str], list[str]]] = {}
+    for rec in _read_jsonl(Path(out_dir) / "predictions.jsonl"):
+        try:
+            key, pred, truth = str(rec["key"]), rec["pred"], rec["truth"]
+        except (KeyError, TypeError):
+            continue
+        if not isinstance(pred, list) or not isinstance(truth, list) or len(pred) != len(truth):
+            continue
+        out[key] = ([str(x) for x in pred], [str(x) for x in truth])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Tasks
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    """A named task: a split (pool + test) and its prompt format (the dataset's default)."""
+
+    name: str
+    split: DatasetSplit
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the pool and test data and of the prompt format."""
+        h = hashlib.sha256()
+        for part in (self.split.train, self.split.test):
+            for t, y in zip(part.texts, part.labels, strict=True):
+                h.update(t.encode())
+                h.update(b"\x1f")
+                h.update(str(y).encode())
+                h.update(b"\x1e")
+            h.update(b"\x1d")
+        fmt = self.split.train.format
+        h.update(repr((fmt.instruction, fmt.template, sorted(fmt.label_words.items()))).encode())
+        return h.hexdigest()[:16]
+
+    @classmethod
+    def from_registry(cls, name: str, *, test_size: int | float | None = None, seed: int = 0,
+                      progress: bool = True, pool_size: int | None = None) -> Task:
+        """A registry dataset with its default split (see :func:`icldistill.data.load_split`).
+
+        ``pool_size`` caps the demonstration pool: a label-stratified sample of that many pool
+        items drawn with ``seed`` (the test part is unchanged). Larger pools are left whole.
+        """
+        split = load_split(name, test_size=test_size, seed=seed, progress=progress)
+        return cls(name, _cap_pool(split, pool_size, seed))
+
+    @classmethod
+    def from_table(cls, name: str, table: Any, *, text_field: str, label_field: str,
+                   pair_fields: Sequence[str] | None = None, test_size: int | float = 0.3,
+                   seed: int = 0, pool_size: int | None = None,
+                   format: TaskFormat | None = None, max_words: int | None = None,
+                   dedup: bool = False) -> Task:
+        """A user's table as a task: a seeded stratified split of it.
+
+        ``table`` is anything :meth:`icldistill.data.Dataset.from_table` reads (a pandas
+        DataFrame, a pyarrow Table, a ``datasets.Dataset``, a dict of columns, a list of row
+        dicts) or the path of a file :func:`icldistill.data.load_file` reads (CSV, TSV, JSONL,
+        JSON, Parquet); ``text_field``, ``label_field``, ``pair_fields``, ``format``,
+        ``max_words`` and ``dedup`` are theirs. ``test_size`` (a count or a fraction, default
+        0.3 as for ``icldistill evaluate --file``) and ``seed`` fix the split
+        (:meth:`~icldistill.data.Dataset.split`); ``pool_size`` caps the pool as in
+        :meth:`from_registry`.
+        """
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(f"task name must be a non-empty string, got {name!r}")
+        _check_pool_size(pool_size)
+        ds = Dataset.from_table(table, text_field=text_field, label_field=label_field,
+                                pair_fields=pair_fields, name=name, format=format,
+                                max_words=max_words, dedup=dedup)
+        return cls(name, _cap_pool(ds.split(test_size, seed=seed), pool_size, seed))
+
+
+def _cap_pool(split: DatasetSplit, pool_size: int | None, seed: int) -> DatasetSplit:
+    """``split`` with its pool cut to a label-stratified sample of ``pool_size`` items."""
+    _check_pool_size(pool_size)
+    if pool_size is not None and int(pool_size) < len(split.train):
+        split = replace(split, train=split.train.split(int(pool_size), seed=seed).test)
+    return split
+
+
+def _check_pool_size(pool_size: Any) -> None:
+    if pool_size is not None and (isinstance(pool_size, bool) or int(pool_size) != pool_size
+                                  or pool_size < 1):
+        raise InputError(f"pool_size must be a positive integer, got {pool_size!r}")
+
+
+def unit_grid(
+    *,
+    models: Sequence[str],
+    tasks: Sequence[str],
+    selectors: Sequence[str],
+    ks: Sequence[int],
+    seeds: int = 1,
+    orderings: int = 1,
+    encoder: str = DEFAULT_ENCODER,
+    calibrate: bool = False,
+    n_test: int | None = None,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    dtype: str = "float32",
+) -> list[UnitSpec]:
+    """The units of a grid, skipping seeds that would repeat a deterministic selector.
+
+    A selector is randomised when it is ``random``, its ``order`` parameter is ``"random"`` or
+    it draws ``landmarks``; the others run with seed 0 only. Every unit is evaluated under
+    ``orderings`` orderings, with the model in precision ``dtype``.
+    """
+    if seeds < 1 or orderings < 1:
+        raise InputError("seeds and orderings must be >= 1")
+    units = []
+    for model in models:
+        for task in tasks:
+            for k in ks:
+                for sel in selectors:
+                    p = dict((params or {}).get(sel, {}))
+                    stochastic = (sel == "random" or p.get("order") == "random"
+                                  or p.get("landmarks") is not None)
+                    for seed in range(seeds if stochastic else 1):
+                        for o in range(orderings):
+                            units.append(UnitSpec(model, task, sel, int(k), seed, o, encoder,
+                                                  calibrate, n_test,
+                                                  tuple(sorted(p.items())), dtype))
+    return units
+
+
+# --------------------------------------------------------------------------------------------
+# The harness
+# --------------------------------------------------------------------------------------------
+
+
+class Harness:
+    """Run units, persist results as they come, resume interrupted work.
+
+    Parameters
+    ----------
+    out_dir : path
+        Where ``results.jsonl``, ``partial/`` and ``selections/`` live.
+    tasks : mapping name -> Task, optional
+        Tasks by name; registry datasets not given here are loaded on first use.
+    batch_size : int
+        Scoring batch size.
+    reuse_prefix : bool
+        Encode a shared demonstration prefix once (default).
+    progress : bool
+        Progress bars and status lines on stderr.
+    model_loader : callable, optional
+        ``name -> LoadedModel``-like object with ``.model`` and ``.tokenizer``
+        (default :func:`icldistill.models.registry.load_model`); called as
+        ``model_loader(name, dtype=torch_dtype)`` for units that are not float32.
+    embedding_cache : path, optional
+        Folder of the embedding cache (default ``<cache_root>/embeddings``).
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        *,
+        tasks: Mapping[str, Task] | None = None,
+        batch_size: int = 8,
+        reuse_prefix: bool = True,
+        progress: bool = True,
+        model_loader: Callable[[str], Any] | None = None,
+        embedding_cache: str | os.PathLike[str] | None = None,
+        n_boot: int = 1000,
+        reference_encoder: str = REFERENCE_ENCODER,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.tasks: dict[str, Task] = dict(tasks or {})
+        self.batch_size = batch_size
+        self.reuse_prefix = reuse_prefix
+        self.progress = progress
+        self.n_boot = n_boot
+        self.reference_encoder = reference_encoder
+        self._loader = model_loader
+        self._embedding_cache = embedding_cache
+        self._models: dict[tuple[str, str], Any] = {}
+        self._encoders: dict[tuple[str, str, str], Any] = {}   # (spec, model, dtype)
+        self._emb: dict[tuple[str, str, str], np.ndarray] = {}
+        self._ref_kernel: dict[str, Kernel] = {}
+        self._stores: dict[str, _ScoreStore] = {}
+        self._heads: dict[tuple[str, str, str], HeadChoice] = {}
+
+    # ---- resources ---------------------------------------------------------------------
+
+    def task(self, name: str) -> Task:
+        if name not in self.tasks:
+            self.tasks[name] = Task.from_registry(name, progress=self.progress)
+        return self.tasks[name]
+
+    def model(self, name: str, dtype: str = "float32") -> Any:
+        """The loaded model ``name`` in precision ``dtype`` (one model is kept in memory)."""
+        _check_dtype(dtype)
+        if (name, dtype) not in self._models:
+            if self._loader is None:
+                import functools
+
+                from icldistill.models.registry import load_model
+
+                self._loader = functools.partial(load_model, progress=self.progress)
+            if len(self._models) >= 1:      # keep one model in memory at a time
+                self._models.clear()
+                self._encoders = {k: v for k, v in self._encoders.items() if k[1] == ""}
+            lm = (self._loader(name) if dtype == "float32"
+                  else self._loader(name, dtype=DTYPES[dtype]))
+            self._models[(name, dtype)] = lm
+        return self._models[(name, dtype)]
+
+    def encoder(self, spec: str, model_name: str, dtype: str = "float32") -> Any:
+        from icldistill.encoders.representations import make_encoder
+
+        needs_model = not spec.strip().lower().startswith("minilm")
+        key = (spec, model_name if needs_model else "", dtype if needs_model else "")
+        if key not in self._encoders:
+            if needs_model:
+                lm = self.model(model_name, dtype)
+                self._encoders[key] = make_encoder(spec, lm.model, lm.tokenizer)
+            else:
+                self._encoders[key] = make_encoder(spec)
+        return self._encoders[key]
+
+    def embeddings(self, task: Task, part: str, spec: str, model_name: str,
+                   dtype: str = "float32") -> np.ndarray:
+        """Representations ``[n, d]`` of the pool (``part="train"``) or the test inputs."""
+        from icldistill.encoders.representations import encode_cached
+
+        needs_model = not spec.strip().lower().startswith("minilm")
+        key = (task.name + ":" + task.fingerprint, part, spec + ("@" + model_name + ":" + dtype
+                                                               if needs_model else ""))
+        if key not in self._emb:
+            ds = task.split.train if part == "train" else task.split.test
+            enc = self.encoder(spec, model_name, dtype)
+            self._emb[key] = encode_cached(enc, list(ds.texts), self._embedding_cache,
+                                           progress=self.progress)
+        return self._emb[key]
+
+    def encoder_spec(self, spec: UnitSpec, task: Task) -> str:
+        """The representation a unit's selector works on.
+
+        The unit's ``encoder``, except that a selector with a ``preferred_encoder`` (e.g.
+        ``mmd-katt``: ``"kv:auto"``) gets that one when the unit asks for the default; and
+        ``"kv:auto"`` resolves to the demo-carrying heads of the unit's model on the task
+        (:meth:`attention_heads`).
+        """
+        enc = spec.encoder
+        preferred = getattr(SELECTORS.get(spec.selector), "preferred_encoder", None)
+        if enc == DEFAULT_ENCODER and preferred:
+            enc = preferred
+        kind, _, rest = enc.strip().lower().partition(":")
+        if kind == "kv" and rest.strip() == "auto":
+            enc = self.attention_heads(task, spec.model, spec.dtype).spec
+        return enc
+
+    def attention_heads(self, task: Task, model_name: str, dtype: str = "float32", *,
+                        n_prompts: int = 4, k: int = 4, seed: int = 0) -> HeadChoice:
+        """The KV heads of ``model_name`` where the task's demonstrations carry the most
+        attention output (:func:`~icldistill.encoders.representations.choose_attention_heads`).
+
+        Calibration prompts: ``n_prompts`` prompts in the task's format, each with ``k``
+        demonstrations and a query drawn from the pool (never from the test items), seeded.
+        The choice is stored in ``heads/<task>-<model>.json`` and read back on later runs.
+        """
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{task.name}-{model_name}-{dtype}")[:120]
+        path = self.out_dir / "heads" / f"{safe}-{task.fingerprint}.json"
+        key = (task.name + ":" + task.fingerprint, model_name, dtype)
+        if key in self._heads:
+            return self._heads[key]
+        # one process chooses (the others wait and read its file back)
+        with unit_lock(self.out_dir, f"heads-{path.stem}"):
+            return self._attention_heads(task, model_name, dtype, path, key, n_prompts, k,
+                                         seed)
+
+    def _attention_heads(self, task: Task, model_name: str, dtype: str, path: Path,
+                         key: tuple[str, str, str], n_prompts: int, k: int,
+                         seed: int) -> HeadChoice:
+        from icldistill.encoders.representations import HeadChoice, choose_attention_heads
+
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            rec = json.loads(path.read_text())
+            choice = HeadChoice(int(rec["layer"]), tuple(int(h) for h in rec["heads"]),
+                                np.asarray(rec["demo_share"], dtype=np.float64),
+                                int(rec["n_prompts"]))
+            self._heads[key] = choice
+            return choice
+        pool = task.split.train
+        if len(pool) < k + 1:
+            raise InputError(f"task {task.name!r}: the pool is too small for calibration "
+                             f"prompts ({len(pool)} items)")
+        rng = np.random.default_rng([seed, 7])
+        fmt = pool.format
+        lm = self.model(model_name, dtype)
+        scorer = FewShotScorer(lm.model, lm.tokenizer, fmt.label_words, template=fmt.template,
+                               instruction=fmt.instruction)
+        prompts = []
+        for _ in range(n_prompts):
+            pick = rng.choice(len(pool), size=k + 1, replace=False)
+            demos = [(pool.texts[j], str(pool.labels[j])) for j in pick[:k]]
+            prompts.append(scorer.prompt(demos, pool.texts[pick[k]]))
+        if self.progress:
+            _log(f"choosing demo-carrying attention heads of {model_name} on {task.name} "
+                 f"({n_prompts} calibration prompts)")
+        choice = choose_attention_heads(lm.model, lm.tokenizer, prompts)
+        write_json(path, {**choice.to_dict(), "task": task.name, "model": model_name,
+                          "dtype": dtype, "k": k, "seed": seed})
+        self._heads[key] = choice
+        return choice
+
+    def reference_kernel(self, task: Task, model_name: str) -> Kernel:
+        """The task's reference kernel for reporting MMD (see the module docstring)."""
+        if task.name not in self._ref_kernel:
+            pool = self.embeddings(task, "train", self.reference_encoder, model_name)
+            test = self.embeddings(task, "test", self.reference_encoder, model_name)
+            self._ref_kernel[task.name] = make_kernel(
+                "gaussian", torch.as_tensor(pool, dtype=torch.float64),
+                torch.as_tensor(test, dtype=torch.float64), seed=0)
+        return self._ref_kernel[task.name]
+
+    def _score_store(self, model_name: str) -> _ScoreStore:
+        if model_name not in self._stores:
+            safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name).strip("._")[:60] or "model"
+            tag = hashlib.sha256(model_name.encode()).hexdigest()[:8]
+            self._stores[model_name] = _ScoreStore(self.out_dir / "scores" / f"{safe}-{tag}.jsonl")
+        return self._stores[model_name]
+
+    # ---- bookkeeping -------------------------------------------------------------------
+
+    @property
+    def results_path(self) -> Path:
+        return self.out_dir / "results.jsonl"
+
+    def finished(self) -> dict[str, UnitResult]:
+        return {r.key: r for r in load_results(self.out_dir)}
+
+    # ---- one unit ----------------------------------------------------------------------
+
+    def select(self, spec: UnitSpec, task: Task, test_idx: np.ndarray) -> Selection:
+        """The demonstrations of a unit (before the ordering shuffle)."""
+        pool_ds = task.split.train
+        test_ds = task.split.test
+        sel = make_selector(spec.selector, seed=spec.seed, **dict(spec.params))
+        needs = set(sel.needs) | set(getattr(sel, "target_needs", ()))
+        pool_emb = test_emb = None
+        if "embeddings" in needs or (sel.order or sel.default_order) == "similarity":
+            enc = self.encoder_spec(spec, task)
+            pool_emb = self.embeddings(task, "train", enc, spec.model, spec.dtype)
+            test_emb = self.embeddings(task, "test", enc, spec.model, spec.dtype)[test_idx]
+            if enc.strip().lower().startswith("kv") and "kernel" not in dict(
+                    spec.params) and hasattr(sel, "kernel"):
+                sel.kernel = self.encoder(enc, spec.model, spec.dtype).kernel(
+                    torch.as_tensor(pool_emb), torch.as_tensor(test_emb))
+        pool = Pool(pool_emb, np.asarray(pool_ds.labels), list(pool_ds.texts))
+        targets = Pool(test_emb, None, [test_ds.texts[i] for i in test_idx])
+        if spec.k > len(pool_ds):
+            raise InputError(f"k={spec.k} is larger than the pool of task {task.name!r} "
+                             f"({len(pool_ds)} items)")
+        return sel.fit(pool).select(targets, spec.k)
+
+    def run_unit(self, spec: UnitSpec) -> UnitResult:
+        """Evaluate one unit (or return its recorded result); resumes a partial run.
+
+        The unit's lock (``locks/<key>.lock``) is held while it is computed: another process
+        working on the same unit in the same folder is waited for, and its recorded result
+        returned.
+        """
+        task = self.task(spec.task)
+        key = spec.key(task.fingerprint)
+        with unit_lock(self.out_dir, key):
+            done = self.finished()
+            if key in done:
+                with contextlib.suppress(FileNotFoundError):   # killed before removing it
+                    (self.out_dir / "partial" / f"{key}.jsonl").unlink()
+                return done[key]
+            return self._compute_unit(spec, task, key)
+
+    def _compute_unit(self, spec: UnitSpec, task: Task, key: str) -> UnitResult:
+        test_ds = task.split.test
+        n = len(test_ds) if spec.n_test is None else min(int(spec.n_test), len(test_ds))
+        if n < 1:
+            raise InputError(f"task {task.name!r} has no test items")
+        test_idx = np.arange(n)
+        selection = self.select(spec, task, test_idx)
+        idx = selection.indices.copy()
+        if spec.ordering > 0:
+            rng = np.random.default_rng([spec.seed, spec.ordering])
+            if selection.shared:
+                idx[:] = idx[0, rng.permutation(idx.shape[1])]
+            else:
+                idx = np.take_along_axis(idx, np.argsort(rng.random(idx.shape), axis=1), 1)
+        sel_dir = self.out_dir / "selections"
+        sel_dir.mkdir(exist_ok=True)
+        write_json(sel_dir / f"{key}.json", {"spec": asdict(spec), "shared": selection.shared,
+                                             "indices": idx[:1] if selection.shared else idx,
+                                             "seconds": selection.seconds})
+        lm = self.model(spec.model, spec.dtype)
+        pool_ds = task.split.train
+        fmt = pool_ds.format
+        scorer = FewShotScorer(lm.model, lm.tokenizer, fmt.label_words, template=fmt.template,
+                               instruction=fmt.instruction, batch_size=self.batch_size)
+        queries = [test_ds.texts[i] for i in test_idx]
+        demos = [[(pool_ds.texts[j], str(pool_ds.labels[j])) for j in row] for row in idx]
+        texts = [scorer.prompt(demos[0] if selection.shared else d, q).render().text
+                 for d, q in zip(demos, queries, strict=True)]
+        # resume
+        partial = self.out_dir / "partial" / f"{key}.jsonl"
+        scores = np.full((n, len(scorer.labels)), np.nan)
+        tokens = 0
+        seconds = 0.0
+        for rec in _read_jsonl(partial):
+            if rec.get("labels") != list(scorer.labels):
+                continue
+            for i, row in zip(rec["i"], rec["lp"], strict=True):
+                scores[int(i)] = row
+            tokens += int(rec.get("tokens", 0))
+            seconds += float(rec.get("seconds", 0.0))
+        store = hashes = None
+        reused = 0
+        if not spec.calibrate:
+            store = self._score_store(spec.model_label)
+            labels = [[str(lab), scorer.verbalize(lab)] for lab in scorer.labels]
+            hashes = [_prompt_hash(spec.model_label, labels, t) for t in texts]
+            for i in np.flatnonzero(np.isnan(scores).any(axis=1)):
+                hit = store.get(hashes[i])
+                if hit is not None and len(hit) == len(scorer.labels):
+                    scores[i] = hit
+                    reused += 1
+        todo = np.flatnonzero(np.isnan(scores).any(axis=1))
+        if todo.size:
+            if self.progress and todo.size < n:
+                _log(f"resuming {spec.label} on {task.name}: {n - todo.size}/{n} done"
+                     + (f" ({reused} identical prompts already scored)" if reused else ""))
+            t_last = [time.perf_counter()]
+
+            def save(local: np.ndarray, lp: np.ndarray) -> None:
+                now = time.perf_counter()
+                _append_jsonl(partial, {"i": todo[local].tolist(), "lp": lp.tolist(),
+                                        "labels": list(scorer.labels),
+                                        "seconds": now - t_last[0]})
+                t_last[0] = now
+                if store is not None and hashes is not None:
+                    store.add([hashes[i] for i in todo[local]], lp)
+
+            q = [queries[i] for i in todo]
+            if selection.shared:
+                res = scorer.score(q, demos[0], reuse_prefix=self.reuse_prefix,
+                                   calibrate=spec.calibrate, progress=self.progress,
+                                   on_batch=None if spec.calibrate else save)
+            else:
+                res = scorer.score(q, per_query=[demos[i] for i in todo],
+                                   reuse_prefix=self.reuse_prefix, calibrate=spec.calibrate,
+                                   progress=self.progress,
+                                   on_batch=None if spec.calibrate else save)
+            if spec.calibrate:
+                # calibrated scores are stored already divided by the content-free probabilities
+                p = res.probabilities()
+                lp = np.log(np.clip(p, 1e-300, None))
+                _append_jsonl(partial, {"i": todo.tolist(), "lp": lp.tolist(),
+                                        "labels": list(scorer.labels),
+                                        "seconds": res.seconds})
+                scores[todo] = lp
+            else:
+                scores[todo] = res.logprobs
+            tokens += res.n_tokens
+            seconds += res.seconds
+        pred = np.asarray(scorer.labels, dtype=object)[scores.argmax(axis=1)]
+        truth = np.asarray([str(test_ds.labels[i]) for i in test_idx], dtype=object)
+        metrics = classification_metrics(truth, pred, labels=list(test_ds.label_names),
+                                         n_boot=self.n_boot, seed=0)
+        mmd_task, mmd_query = self.mmd_to_task(task, spec.model, idx, test_idx,
+                                                selection.shared)
+        n_prompt = _prompt_tokens(scorer, texts)
+        result = UnitResult(spec, key, metrics.accuracy, metrics.macro_f1, metrics.n, mmd_task,
+                            mmd_query, selection.shared, selection.seconds, seconds, tokens,
+                            n_prompt, metrics.per_label_accuracy, reused)
+        # predictions first: the results line marks the unit finished, so a kill between the
+        # two leaves an unfinished unit (recomputed from partial/), never lost predictions
+        _append_jsonl(self.out_dir / "predictions.jsonl",
+                      {"key": key, "pred": pred.tolist(), "truth": truth.tolist()})
+        _append_jsonl(self.results_path, result.to_json())
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+        return result
+
+    def mmd_to_task(self, task: Task, model_name: str, idx: np.ndarray, test_idx: np.ndarray,
+                    shared: bool) -> tuple[float, float]:
+        """``(mmd2_task, mmd2_query)`` of demonstration sets under the task's reference kernel.
+
+        ``idx`` ``[R, k]`` holds pool indices (``R = 1`` for a shared set, else one row per
+        test item of ``test_idx`` ``[n]``); see the module docstring for both quantities.
+        """
+        kern = self.reference_kernel(task, model_name)
+        ref = self.reference_encoder
+        pool = torch.as_tensor(self.embeddings(task, "train", ref, model_name),
+                               dtype=torch.float64)
+        test = torch.as_tensor(self.embeddings(task, "test", ref, model_name),
+                               dtype=torch.float64)[torch.as_tensor(test_idx)]
+        rows = torch.as_tensor(idx[:1] if shared else idx)            # [R, k]
+        shown = pool[rows.reshape(-1)]
+        mmd_task = mmd(shown, test, kern, "biased")
+        s = pool[rows]                                                # [R, k, d]
+        kss = torch.stack([kern(x, x).mean() for x in s])             # [R]
+        if shared:
+            ksq = kern(s[0], test).mean(0)                            # [n]
+            kqq = kern.diag(test)
+            per = kss[0] - 2 * ksq + kqq
+        else:
+            ksq = torch.stack([kern(s[i], test[i : i + 1]).mean() for i in range(len(s))])
+            per = kss - 2 * ksq + kern.diag(test)
+        return float(mmd_task), float(per.mean())
+
+    # ---- many units --------------------------------------------------------------------
+
+    def run(self, units: Iterable[UnitSpec], *, on_result: Callable[[UnitResult], None]
+            | None = None) -> list[UnitResult]:
+        """Run units (finished ones are read back, not recomputed), with a progress bar and a
+        time estimate over the units still to do; returns their results in the order of
+        ``units``.
+
+        Units another process on the same folder is computing (their lock is held) are left
+        for last; then this run waits for each and reads its result back (or computes it, if
+        that process died).
+        """
+        from icldistill.core.progress import progress_bar
+
+        units = list(units)
+        done = self.finished()
+        results: list[UnitResult] = []
+        todo = []
+        keys = [u.key(self.task(u.task).fingerprint) for u in units]
+        for u, key in zip(units, keys, strict=True):
+            if key in done:
+                results.append(done[key])
+            else:
+                todo.append(u)
+        if self.progress and len(todo) < len(units):
+            _log(f"{len(units) - len(todo)} of {len(units)} units already finished in "
+                 f"{self.out_dir}")
+        todo.sort(key=lambda u: u.model)      # load each model once; otherwise keep the order
+        bar = progress_bar(total=len(todo), desc="units", unit="unit", enabled=self.progress,
+                           leave=True)
+        busy: list[UnitSpec] = []             # held by another process on this folder
+
+        def one(u: UnitSpec) -> None:
+            bar.set_postfix_str(f"{u.model} {u.task} {u.label} k={u.k} seed={u.seed}")
+            r = self.run_unit(u)
+            results.append(r)
+            if on_result is not None:
+                on_result(r)
+            bar.update(1)
+
+        try:
+            for u in todo:
+                with unit_lock(self.out_dir, u.key(self.task(u.task).fingerprint),
+                               blocking=False) as mine:
+                    if mine:
+                        one(u)
+                    else:
+                        busy.append(u)
+            if busy and self.progress:
+                _log(f"waiting for {len(busy)} unit(s) another process is computing in "
+                     f"{self.out_dir}")
+            for u in busy:                    # wait for it, then read its result back
+                one(u)
+        finally:
+            bar.close()
+        by_key = {r.key: r for r in results}
+        return [by_key[k] for k in keys if k in by_key]     # in the order of ``units``
+
+
+def _prompt_tokens(scorer: FewShotScorer, texts: list[str]) -> int:
+    """Total prompt length (tokens) of the unit's prompts, what encoding from scratch costs."""
+    enc = scorer.tokenizer(texts, add_special_tokens=True)["input_ids"]
+    return int(sum(len(e) for e in enc))
+
+
+def _prompt_hash(model: str, labels: list[list[str]], text: str) -> str:
+    """Key of a prompt in the score store: model name (with its precision unless float32, see
+    :attr:`UnitSpec.model_label`), ``[label, label word]`` pairs, full text."""
+    payload = json.dumps([model, labels, text], ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+class _ScoreStore:
+    """Label log-probabilities by prompt hash for one model: ``scores/<model>.jsonl``.
+
+    Read once, then appended batch by batch (fsynced, like the partial files); a torn line is
+    ignored. Records: ``{"h": [hash, ...], "lp": [[...], ...]}``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._scores: dict[str, list[float]] = {}
+        for rec in _read_jsonl(path):
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                for h, lp in zip(rec["h"], rec["lp"], strict=True):
+                    self._scores[str(h)] = [float(v) for v in lp]
+
+    def get(self, h: str) -> list[float] | None:
+        return self._scores.get(h)
+
+    def add(self, hashes: Sequence[str], lp: np.ndarray) -> None:
+        rows = np.asarray(lp, dtype=np.float64).tolist()
+        _append_jsonl(self.path, {"h": list(hashes), "lp": rows})
+        self._scores.update(zip(hashes, rows, strict=True))
+
+
+def _log(msg: str) -> None:
+    import sys
+
+    print(f"[icldistill] {msg}", file=sys.stderr, flush=True)
+
+
+def selector_names() -> list[str]:
+    """Names of the available selectors."""
+    return list(SELECTORS)
+

@@ -1,0 +1,2 @@
+"""The laboratory: synthetic tasks, trained toy learners, the demo and the experiments that
+``icldistill reproduce`` runs."""

@@ -1,0 +1,137 @@
+"""Shared pieces of the laboratory experiments: the section format every experiment returns
+(tables, figures, checks, findings) and the SPEC §1–2 decomposition of an
+:class:`~icldistill.models.icl_transformer.ICLTransformer` head at a query token.
+
+Every experiment module exposes::
+
+    run(trained, *, out_dir, quick=False, seed=0, progress=False) -> Section
+
+(``trained`` a :class:`icldistill.lab.training.TrainedICL`), writes its figures (PNG) into
+``out_dir`` and returns a :class:`Section` the report renders. Checks and findings are computed
+from the measured numbers, never written by hand: a claim that does not hold is reported as such.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from icldistill.core.decomposition import HeadDecomposition, decompose_head
+from icldistill.models.icl_transformer import ICLTrace
+
+__all__ = ["Check", "Section", "Table", "demo_key_values", "icl_head_decomposition",
+           "query_token"]
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table of results: ``rows[i][j]`` is the value of ``columns[j]`` (numbers or str)."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+
+    def __post_init__(self) -> None:
+        for row in self.rows:
+            if len(row) != len(self.columns):
+                raise ValueError(f"table {self.title!r}: row {row!r} has {len(row)} cells for "
+                                 f"{len(self.columns)} columns")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One claim checked against the numbers: ``holds`` is computed, ``detail`` says how."""
+
+    claim: str
+    holds: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Section:
+    """What one experiment contributes to the report.
+
+    Attributes
+    ----------
+    name : str
+        Short identifier (``"alignment"``, ``"bias"``, ...), also the CLI subcommand.
+    title : str
+    description : str
+        What was done, in one paragraph (settings included).
+    checks : list of Check
+    findings : list of str
+        Sentences computed from the numbers.
+    tables : list of Table
+    figures : list of str
+        File names of the PNG figures, relative to the output folder.
+    data : dict
+        The raw numbers (JSON-able) behind the tables and figures.
+    seconds : float
+        Wall time of the experiment.
+    """
+
+    name: str
+    title: str
+    description: str
+    checks: list[Check] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _checked_position(trace: ICLTrace, b: int, layer: int, head: int, i: int) -> Any:
+    if not 0 <= layer < len(trace.layers):
+        raise IndexError(f"layer {layer} out of range for {len(trace.layers)} layers")
+    la = trace.layers[layer]
+    B, H, T, _ = la.keys.shape
+    if not 0 <= b < B or not 0 <= head < H:
+        raise IndexError(f"prompt {b} / head {head} out of range for [{B}, {H}]")
+    if not 0 <= i < T // 2:
+        raise IndexError(f"example {i} out of range for {T // 2} examples")
+    return la
+
+
+def icl_head_decomposition(trace: ICLTrace, b: int, layer: int, head: int, i: int,
+                           dtype: torch.dtype = torch.float64) -> HeadDecomposition:
+    """SPEC §1–2 decomposition of one head at query token ``i`` of prompt ``b``.
+
+    The keys it attends to are the ``i`` demonstration tokens ``0 .. i-1`` (segment
+    ``"demos"``) and its own token (segment ``"query"``), so ``N_t = i``. The result covers one
+    query position (``T = 1``); ``i = 0`` has no demonstrations (``eta* = 0``, no ``W_0``).
+
+    Parameters
+    ----------
+    trace : ICLTrace
+    b, layer, head, i : int
+        Prompt, layer, head and example index (0-based).
+    dtype : torch.dtype
+        Working precision (float64 default).
+    """
+    la = _checked_position(trace, b, layer, head, i)
+    t = query_token(trace, i)
+    cols = torch.cat([torch.arange(i), torch.tensor([t])])
+    if not bool(la.mask[t].nonzero().flatten().equal(cols.to(la.mask.device))):
+        raise ValueError("the trace's attention mask is not the query layout this helper expects")
+    q = la.queries[b, head, t: t + 1].detach().to(dtype)
+    k = la.keys[b, head, cols].detach().to(dtype)
+    v = la.values[b, head, cols].detach().to(dtype)
+    segments: Sequence[str] = ["demos"] * i + ["query"]
+    return decompose_head(q, k, v, segments, scale=la.scale)
+
+
+def query_token(trace: ICLTrace, i: int) -> int:
+    """Token index of query ``i`` in the traced prompts (``N + i``)."""
+    return trace.layers[0].keys.shape[2] // 2 + int(i)
+
+
+def demo_key_values(trace: ICLTrace, b: int, layer: int, head: int, i: int,
+                    dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys ``[i, d_head]`` and values ``[i, d_head]`` of the demonstration tokens that query
+    ``i`` of prompt ``b`` sees at ``(layer, head)``."""
+    la = _checked_position(trace, b, layer, head, i)
+    return (la.keys[b, head, :i].detach().to(dtype), la.values[b, head, :i].detach().to(dtype))

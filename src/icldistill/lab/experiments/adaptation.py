@@ -1,0 +1,879 @@
+"""Task adaptation: accuracy and the distillation quantities as the number of demonstrations
+grows, on a trained language model and its random-initialised controls.
+
+For every task and ``k`` in :data:`KS` (``0, 1, 2, 4, ..., 32`` demonstrations):
+
+- **Accuracy** on ``n_test`` test items, every test item scored after the same demonstration
+  set (one shared prompt prefix per set, :func:`~icldistill.lab.experiments.phenomena.predict`);
+  ``k = 0`` is zero-shot (scored once, it is the same for every set).
+- **Distillation quantities at the label position**
+  (:func:`~icldistill.lab.experiments.phenomena.label_position`) on ``n_trace`` test queries per
+  demonstration set: per layer the demonstrations' attention mass, their share of the head
+  output, ``eta* = N / (2 D')``, ``log D'`` (the effective learning rate is ``1/D'``), the
+  per-key normaliser ``log(D'/n)`` (``n`` keys: the prompt's length) and ``log ||W_0||``.
+  Without demonstrations (``k = 0``) the demo mass, share and ``eta*`` are 0 and ``W_0`` does
+  not exist (``log ||W_0|| = -inf``, kept as undefined).
+
+Demonstration sets are **nested**: set ``s`` is one label-balanced draw of the largest ``k``
+(:func:`~icldistill.lab.experiments.phenomena.balanced_indices`, labels taking turns, so every
+prefix is balanced too); the ``k``-set is its first ``k`` items, shown in the order of one
+seeded random ranking of the whole draw, so the ``k``-prompt is a sub-sequence of the
+``2k``-prompt and curves over ``k`` change one thing at a time.
+
+The saturation point of a curve (:func:`saturation_point`) is the smallest ``k`` at which it
+reaches ``90%`` of its rise from its first point to its maximum; the question whether the
+distillation curves "predict where accuracy saturates" compares these points on the doubling
+grid (:func:`log2_position`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from icldistill.core.validation import InputError
+from icldistill.lab.experiments import phenomena as ph
+from icldistill.lab.experiments._common import Check, Section, Table
+from icldistill.reporting.reports import new_figure, save_figure, spearman, to_jsonable
+
+__all__ = [
+    "FULL",
+    "KS",
+    "QUICK",
+    "SATURATION_FRACTION",
+    "AdaptationCurve",
+    "Sizes",
+    "adaptation_curve",
+    "demo_orders",
+    "log2_position",
+    "run",
+    "saturation_point",
+]
+
+#: Demonstration counts of the section.
+KS = (0, 1, 2, 4, 8, 16, 32)
+#: A curve saturates where it reaches this fraction of its rise (:func:`saturation_point`).
+SATURATION_FRACTION = 0.9
+#: Quantities traced at the label position, in :class:`AdaptationCurve` order.
+QUANTITIES = ("demo_mass", "demo_share", "eta", "log_normalizer", "log_normalizer_per_key",
+              "log_w0_norm")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much the section measures.
+
+    Attributes
+    ----------
+    ks : tuple of int
+        Demonstration counts (increasing, starting at 0 or above).
+    n_test : int
+        Test items scored per task (and per demonstration set).
+    n_sets : int
+        Demonstration sets per ``k``.
+    n_trace : int
+        Test queries traced per demonstration set and ``k``.
+    max_prompt_tokens : int or None
+        A ``k`` whose longest prompt is longer is skipped (and reported), like one longer than
+        the model's context; None: the context is the only limit.
+    """
+
+    ks: tuple[int, ...]
+    n_test: int
+    n_sets: int
+    n_trace: int
+    max_prompt_tokens: int | None
+
+
+#: Quick mode (smoke test sized for about a minute on two CPU cores with one control).
+QUICK = Sizes(ks=(0, 1, 2, 4), n_test=10, n_sets=1, n_trace=1, max_prompt_tokens=450)
+#: Full mode: every k of the issue (0 .. 32) wherever the prompt fits 2,560 tokens (r8's
+#: 32-shot prompts do not), 60 test items, 2 demonstration sets. A background job: several
+#: times the quick run per model (``reproduce`` resumes per section).
+FULL = Sizes(ks=KS, n_test=60, n_sets=2, n_trace=1, max_prompt_tokens=2560)
+
+
+# ============================================================================ definitions
+def log2_position(k: float) -> float:
+    """Position of ``k`` on the doubling grid: ``log2 k`` for ``k >= 1`` and ``-1`` for ``k = 0``
+    (zero-shot sits one doubling left of ``k = 1``, as on the figures' x-axis)."""
+    if not np.isfinite(k) or k < 0:
+        return math.nan
+    return -1.0 if k == 0 else math.log2(k)
+
+
+def saturation_point(ks: Sequence[float], values: Sequence[float], *,
+                     fraction: float = SATURATION_FRACTION) -> float:
+    """The smallest ``k`` at which a curve reaches ``fraction`` of its total rise.
+
+    The rise is measured from the curve's first finite point ``v_0`` (at the smallest ``k``
+    with a finite value) to its maximum ``v_max``; the saturation point is the first ``k``
+    (in increasing ``k``) with ``v >= v_0 + fraction (v_max - v_0)``. A curve that never rises
+    above its first point saturates there.
+
+    Parameters
+    ----------
+    ks : sequence of float, length ``K``
+        Increasing ``k``.
+    values : sequence of float, length ``K``
+        The curve; non-finite points (skipped ``k``, ``-inf`` log-norms) are ignored.
+    fraction : float
+        In ``(0, 1]``.
+
+    Returns
+    -------
+    float
+        The saturation point (NaN when the curve has no finite point).
+    """
+    k = np.asarray(ks, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    if k.ndim != 1 or k.shape != v.shape:
+        raise InputError(f"ks and values must be 1-D of equal length, got {k.shape} and "
+                         f"{v.shape}")
+    if k.size > 1 and not np.all(np.diff(k) > 0):
+        raise InputError("ks must be strictly increasing")
+    if not 0 < fraction <= 1:
+        raise InputError(f"fraction must be in (0, 1], got {fraction!r}")
+    ok = np.isfinite(v)
+    if not ok.any():
+        return math.nan
+    k, v = k[ok], v[ok]
+    target = v[0] + fraction * (v.max() - v[0])
+    return float(k[np.argmax(v >= target)])
+
+
+# ============================================================================ demonstrations
+def demo_orders(labels: Sequence[Any], k_max: int, n_sets: int,
+                rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n_sets`` nested demonstration draws.
+
+    Returns, per set, ``(draw, rank)``: ``draw`` ``[k_max]`` pool indices in label-balanced
+    selection order (every prefix is as balanced as the pool allows) and ``rank`` ``[k_max]`` a
+    random permutation; the ``k``-set is ``draw[:k]`` shown in increasing ``rank`` (see
+    :func:`_k_set`).
+    """
+    out = []
+    for _ in range(n_sets):
+        draw = ph.balanced_indices(labels, k_max, rng)
+        out.append((draw, rng.permutation(k_max)))
+    return out
+
+
+def _k_set(order: tuple[np.ndarray, np.ndarray], k: int) -> np.ndarray:
+    """Pool indices of the ``k``-set of one draw, in prompt order."""
+    draw, rank = order
+    return draw[:k][np.argsort(rank[:k], kind="stable")]
+
+
+# ============================================================================ one model
+@dataclass(frozen=True)
+class AdaptationCurve:
+    """One model's adaptation to one task.
+
+    Shapes: ``K`` demonstration counts that fit, ``S`` sets, ``n`` test items, ``L`` attention
+    entries (layers), ``T = S * n_trace`` traced prompts.
+
+    Attributes
+    ----------
+    model, role, task : str
+    ks : tuple of int, length ``K``
+    correct : ndarray ``[K, S, n]`` (float 0/1)
+        Whether each test item was answered correctly after set ``s`` (``k = 0``: the same
+        zero-shot answers in every set).
+    traced : dict[str, ndarray ``[K, T, L]``]
+        Per traced prompt and layer, every quantity of :data:`QUANTITIES` (``log_w0_norm`` is
+        NaN at ``k = 0``: undefined).
+    n_tokens : ndarray ``[K, T]``
+        Length of every traced prompt (the keys the last token attends to).
+    skipped : tuple of (int, str)
+        Demonstration counts left out and why.
+    chance : float
+        ``1 / number of labels``.
+    """
+
+    model: str
+    role: str
+    task: str
+    ks: tuple[int, ...]
+    correct: np.ndarray
+    traced: dict[str, np.ndarray]
+    n_tokens: np.ndarray
+    skipped: tuple[tuple[int, str], ...]
+    chance: float
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        """``[K]`` accuracy over sets and test items."""
+        K = len(self.ks)
+        return self.correct.reshape(K, -1).mean(1) if self.correct.size else np.zeros(K)
+
+    def layers(self, name: str) -> np.ndarray:
+        """``[K, L]`` mean of quantity ``name`` over the traced prompts."""
+        a = self.traced[name]
+        if not a.size:
+            return np.zeros((len(self.ks), 0))
+        ok = np.isfinite(a)
+        cnt = ok.sum(1)
+        total = np.where(ok, a, 0.0).sum(1)
+        return np.where(cnt > 0, total / np.maximum(cnt, 1), np.nan)
+
+    def layer_mean(self, name: str) -> np.ndarray:
+        """``[K]`` mean of quantity ``name`` over prompts and layers (NaN where undefined)."""
+        return np.array([_nanmean(r) for r in self.layers(name)], dtype=np.float64)
+
+
+def adaptation_curve(member: ph.ModelUnderTest, task: ph.TaskItems, ks: Sequence[int],
+                     orders: Sequence[tuple[np.ndarray, np.ndarray]],
+                     trace_queries: np.ndarray, *,
+                     skipped: Sequence[tuple[int, str]] = ()) -> AdaptationCurve:
+    """Accuracy and distillation quantities of one model on one task over ``ks``.
+
+    Parameters
+    ----------
+    member : ModelUnderTest
+    task : TaskItems
+    ks : sequence of int
+        Demonstration counts that fit (see :func:`_fitting_ks`).
+    orders : sequence of ``S`` draws from :func:`demo_orders`
+    trace_queries : ndarray ``[S, n_trace]``
+        Test-item indices traced with each set.
+    skipped : sequence of (k, reason)
+        Recorded in the result.
+    """
+    loaded = member.loaded
+    S = len(orders)
+    n = len(task.test_texts)
+    correct = np.zeros((len(ks), S, n))
+    traced: dict[str, list[np.ndarray]] = {q: [] for q in QUANTITIES}
+    n_tokens = np.zeros((len(ks), S * trace_queries.shape[1]))
+    for ki, k in enumerate(ks):
+        sets = [task.demos(_k_set(o, k)) for o in orders]
+        if k == 0:
+            pred, _ = ph.predict(loaded, task, task.test_texts, [])
+            correct[ki] = (pred == task.test_labels)[None, :]
+        else:
+            for s, demos in enumerate(sets):
+                pred, _ = ph.predict(loaded, task, task.test_texts, demos)
+                correct[ki, s] = pred == task.test_labels
+        rows: dict[str, list[np.ndarray]] = {q: [] for q in QUANTITIES}
+        t = 0
+        for s, demos in enumerate(sets):
+            for qi in trace_queries[s]:
+                prompt = task.format.prompt(demos, task.test_texts[int(qi)])
+                lp = ph.label_position(loaded, prompt, w0=k > 0)
+                lw = np.where(np.isfinite(lp.log_w0_norm), lp.log_w0_norm, np.nan)
+                rows["demo_mass"].append(lp.demo_mass)
+                rows["demo_share"].append(lp.demo_share)
+                rows["eta"].append(lp.eta)
+                rows["log_normalizer"].append(lp.log_normalizer)
+                rows["log_normalizer_per_key"].append(lp.log_normalizer - math.log(lp.n_tokens))
+                rows["log_w0_norm"].append(lw if k > 0 else np.full_like(lw, np.nan))
+                n_tokens[ki, t] = lp.n_tokens
+                t += 1
+        for q in QUANTITIES:
+            traced[q].append(np.stack(rows[q]).astype(np.float64))
+    T = n_tokens.shape[1]
+    return AdaptationCurve(
+        model=member.name, role=member.role, task=task.name, ks=tuple(int(k) for k in ks),
+        correct=correct, traced={q: np.stack(v) if v else np.zeros((0, T, 0))
+                                 for q, v in traced.items()},
+        n_tokens=n_tokens, skipped=tuple(skipped), chance=1.0 / max(1, len(task.label_names)))
+
+
+# ============================================================================ prompt lengths
+def _context(loaded: Any) -> int:
+    from icldistill.evaluation.scoring import context_limit
+
+    return context_limit(loaded.model, loaded.tokenizer)
+
+
+def _prompt_length(loaded: Any, task: ph.TaskItems, demos: list[tuple[str, str]],
+                   query: str) -> int:
+    """Tokens of the prompt (special tokens included) plus its longest label."""
+    tok = loaded.tokenizer
+    text = task.format.prompt(demos, query).render().text
+    n = len(tok(text, add_special_tokens=True)["input_ids"])
+    labels = max(len(tok(" " + task.format.label_words[lab], add_special_tokens=False)
+                     ["input_ids"]) for lab in task.label_names)
+    return n + labels
+
+
+def _fitting_ks(loaded: Any, task: ph.TaskItems, ks: Sequence[int],
+                orders: Sequence[tuple[np.ndarray, np.ndarray]], limit: int | None
+                ) -> tuple[list[int], list[tuple[int, str]]]:
+    """The ``ks`` whose every prompt (longest test query, every set) fits the model's context
+    and ``limit``, and the skipped ones with the reason."""
+    ctx = _context(loaded)
+    tok = loaded.tokenizer
+    lens = [len(tok(q, add_special_tokens=False)["input_ids"]) for q in task.test_texts]
+    longest = task.test_texts[int(np.argmax(lens))]
+    pool = len(task.pool_texts)
+    fit, skipped = [], []
+    for k in ks:
+        if k > pool:
+            skipped.append((k, f"larger than the pool ({pool} items)"))
+            continue
+        if skipped and "tokens" in skipped[-1][1]:     # nested sets: a larger k is longer
+            skipped.append((k, f"longer than k={skipped[-1][0]}'s prompt, already too long"))
+            continue
+        n = max((_prompt_length(loaded, task, task.demos(_k_set(o, k)), longest)
+                 for o in orders), default=0)
+        if n > ctx:
+            skipped.append((k, f"prompt of {n} tokens exceeds the model context of {ctx}"))
+        elif limit is not None and n > limit:
+            skipped.append((k, f"prompt of {n} tokens exceeds this mode's limit of {limit} "
+                               "tokens"))
+        else:
+            fit.append(int(k))
+    return fit, skipped
+
+
+# ============================================================================ statistics
+def _layer_spearmans(curve: AdaptationCurve, name: str, sign: float = 1.0) -> np.ndarray:
+    """``[L]`` Spearman over ``k >= 1`` of ``sign * quantity`` against ``k``, per layer."""
+    ks = np.asarray(curve.ks)
+    sel = ks >= 1
+    a = curve.layers(name)[sel]
+    out = []
+    for layer in range(a.shape[1]):
+        y = a[:, layer]
+        ok = np.isfinite(y)
+        out.append(spearman(ks[sel][ok], sign * y[ok]) if ok.sum() >= 3 else math.nan)
+    return np.asarray(out, dtype=np.float64)
+
+
+def _curve_sat(curve: AdaptationCurve, what: str) -> float:
+    ks = np.asarray(curve.ks, dtype=np.float64)
+    if what == "accuracy":
+        return saturation_point(ks, curve.accuracy)
+    if what == "log_w0_norm":               # starts at k = 1 (undefined at k = 0)
+        v = curve.layer_mean("log_w0_norm")
+        return saturation_point(ks[ks >= 1], v[ks >= 1]) if (ks >= 1).any() else math.nan
+    return saturation_point(ks, curve.layer_mean(what))
+
+
+def _saturation(curve: AdaptationCurve) -> dict[str, float]:
+    """Saturation points of accuracy, the layer-mean demo share and ``log ||W_0||``, and the
+    rise of the accuracy curve above its first point."""
+    out = {w: _curve_sat(curve, w) for w in ("accuracy", "demo_share", "log_w0_norm")}
+    acc = curve.accuracy
+    out["accuracy_rise"] = float(acc.max() - acc[0]) if acc.size else math.nan
+    return out
+
+
+def _agree(sat: dict[str, float], what: str) -> float:
+    """Agreement of accuracy's saturation point with ``what``'s; undefined (NaN) when accuracy
+    never rises above its first point (there is no saturation to predict)."""
+    if not sat["accuracy_rise"] > 0:
+        return math.nan
+    return _agreement(sat["accuracy"], sat[what])
+
+
+def _agreement(a: float, b: float) -> float:
+    """1 when ``a`` and ``b`` lie within one doubling of each other, else 0 (NaN if either is
+    undefined)."""
+    pa, pb = log2_position(a), log2_position(b)
+    if not (np.isfinite(pa) and np.isfinite(pb)):
+        return math.nan
+    return float(abs(pa - pb) <= 1.0 + 1e-12)
+
+
+def _item_gain(curve: AdaptationCurve) -> np.ndarray:
+    """``[n]`` per test item: correct at the largest fitting ``k`` (mean over sets) minus
+    correct at ``k = 0``."""
+    if len(curve.ks) < 2 or curve.ks[0] != 0:
+        return np.zeros(0)
+    return curve.correct[-1].mean(0) - curve.correct[0].mean(0)
+
+
+# ============================================================================ section
+def _validate(ks: Any, n_test: Any, n_sets: Any, n_trace: Any) -> None:
+    def positive(v: Any, name: str) -> None:
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+            raise InputError(f"{name} must be a positive integer, got {v!r}")
+
+    if not isinstance(ks, Sequence) or isinstance(ks, str) or len(ks) == 0:
+        raise InputError(f"ks must be a non-empty sequence of demonstration counts, got {ks!r}")
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
+            raise InputError(f"ks must hold non-negative integers, got {k!r}")
+    if list(ks) != sorted(set(int(k) for k in ks)):
+        raise InputError(f"ks must be strictly increasing, got {list(ks)}")
+    if len(ks) < 2:
+        raise InputError(f"ks needs at least two demonstration counts, got {list(ks)}")
+    positive(n_test, "n_test")
+    positive(n_sets, "n_sets")
+    positive(n_trace, "n_trace")
+
+
+def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
+        quick: bool = False, seed: int = 0, progress: bool = False,
+        tasks: Sequence[str | ph.TaskItems] | None = None,
+        under_test: Sequence[Sequence[ph.ModelUnderTest]] | None = None, n_controls: int = 1,
+        dtype: torch.dtype = torch.float32, ks: Sequence[int] | None = None,
+        n_test: int | None = None, n_sets: int | None = None, n_trace: int | None = None,
+        max_prompt_tokens: int | str | None = "mode") -> Section:
+    """The task-adaptation section (see the module docstring).
+
+    Parameters
+    ----------
+    models : sequence of str or loaded models
+        Trained models (registry keys); each gets ``n_controls`` random-initialised twins.
+    out_dir : path
+        Figures go here.
+    quick : bool
+        :data:`QUICK` sizes instead of :data:`FULL`.
+    seed : int
+        Seeds the test items, the demonstration sets, the traced queries and the bootstrap.
+    tasks : sequence of str or TaskItems, optional
+        Default :data:`~icldistill.lab.experiments.phenomena.DEFAULT_TASKS`.
+    under_test : sequence of model groups, optional
+        Already built groups (trained first, then controls) instead of ``models``.
+    ks, n_test, n_sets, n_trace : optional
+        Override the mode's sizes (:class:`Sizes`).
+    max_prompt_tokens : int, None or ``"mode"``
+        Override the mode's prompt-length limit (None: only the context).
+    """
+    t0 = time.perf_counter()
+    sizes = QUICK if quick else FULL
+    ks_ = tuple(sizes.ks if ks is None else ks)
+    n_test_ = sizes.n_test if n_test is None else n_test
+    n_sets_ = sizes.n_sets if n_sets is None else n_sets
+    n_trace_ = sizes.n_trace if n_trace is None else n_trace
+    _validate(ks_, n_test_, n_sets_, n_trace_)
+    limit = sizes.max_prompt_tokens if max_prompt_tokens == "mode" else max_prompt_tokens
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                              or limit < 1):
+        raise InputError(f"max_prompt_tokens must be a positive integer or None, got {limit!r}")
+    sizes = Sizes(tuple(int(k) for k in ks_), int(n_test_), int(n_sets_), int(n_trace_), limit)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    groups = ph.resolve_models(models, under_test=under_test, n_controls=n_controls, seed=seed,
+                               dtype=dtype, progress=progress)
+    items = ph.resolve_tasks(ph.DEFAULT_TASKS if tasks is None else tasks, n_test=sizes.n_test,
+                             seed=seed, progress=progress)
+    torch.manual_seed(seed)
+    # demonstration sets and traced queries: drawn once per task, shared by every model
+    plan = []
+    for ti, task in enumerate(items):
+        rng = np.random.default_rng([seed, ti])
+        k_max = min(max(sizes.ks), len(task.pool_texts))
+        orders = demo_orders(task.pool_labels, k_max, sizes.n_sets, rng)
+        n = len(task.test_texts)
+        m = sizes.n_sets * sizes.n_trace
+        pick = rng.permutation(n)[: min(m, n)]
+        queries = np.resize(pick, m).reshape(sizes.n_sets, sizes.n_trace)
+        plan.append((task, orders, queries))
+    results: list[list[list[AdaptationCurve]]] = []       # [group][member][task]
+    for group in groups:
+        # the controls share the trained model's tokenizer and context
+        fits = [_fitting_ks(group[0].loaded, task, sizes.ks, orders, limit)
+                for task, orders, _ in plan]
+        g_res = []
+        for member in group:
+            m_res = []
+            for (task, orders, queries), (fit, skipped) in zip(plan, fits, strict=True):
+                if progress:
+                    print(f"adaptation: {member.name} on {task.name}, k = {fit}", flush=True)
+                m_res.append(adaptation_curve(member, task, fit, orders, queries,
+                                              skipped=skipped))
+            g_res.append(m_res)
+        results.append(g_res)
+    return _section(results, groups, plan, sizes, out, seed, quick, t0)
+
+
+# ---------------------------------------------------------------------------------- assembly
+def _stat(values: Any, member: ph.ModelUnderTest, seed: int) -> ph.Statistic:
+    return ph.statistic(values, member, seed=seed)
+
+
+#: Appended to a directional claim (it closes the claim's parenthesis).
+DIRECTION = "; the trained value must not lie beyond the controls on the opposite side)"
+WRONG_SIDE = ("; the trained value lies outside the control spread on the side opposite to the "
+              "claim: the random-init control shows the property more strongly, so it is not "
+              "credited to training")
+
+
+def _wrong_side(cmp: ph.ControlComparison, sign: float) -> bool:
+    """The trained value is outside the control spread, but on the side opposite to a claim of
+    sign ``sign`` (e.g. a claimed fall that is shallower than every control's)."""
+    v = cmp.trained.value
+    if not (cmp.outside and np.isfinite(v)):
+        return False
+    return bool(v > cmp.high) if sign < 0 else bool(v < cmp.low)
+
+
+def _sign_ok(st: ph.Statistic, sign: float) -> bool:
+    """The mean has the claimed sign and its interval excludes 0."""
+    if not np.isfinite(st.value):
+        return False
+    return bool(st.value * sign > 0 and st.low * sign > 0 and st.high * sign > 0)
+
+
+def _section(results: list[list[list[AdaptationCurve]]], groups: list[list[ph.ModelUnderTest]],
+             plan: list[Any], sizes: Sizes, out: Path, seed: int, quick: bool,
+             t0: float) -> Section:
+    checks: list[Check] = []
+    findings: list[str] = []
+    comparisons: list[dict[str, Any]] = []
+    tables: list[Table] = []
+    multi = len(groups) > 1
+    acc_rows, dist_rows, layer_rows, sat_rows = [], [], [], []
+    data_models = []
+    for group, g_res in zip(groups, results, strict=True):
+        trained = group[0]
+        tag = f"{trained.name}: " if multi else ""
+        # --- per-(task, layer) Spearmans, gains, saturation points per member
+        rho_lr, rho_key, rho_share, gains, sat = [], [], [], [], []
+        for m_res in g_res:
+            rho_lr.append(np.concatenate([_layer_spearmans(c, "log_normalizer", -1.0)
+                                          for c in m_res]))
+            rho_key.append(np.concatenate([_layer_spearmans(c, "log_normalizer_per_key", -1.0)
+                                           for c in m_res]))
+            rho_share.append(np.concatenate([_layer_spearmans(c, "demo_share") for c in m_res]))
+            gains.append(np.concatenate([_item_gain(c) for c in m_res]))
+            sat.append([_saturation(c) for c in m_res])
+        agree_share = [np.array([_agree(s, "demo_share") for s in m]) for m in sat]
+        agree_w0 = [np.array([_agree(s, "log_w0_norm") for s in m]) for m in sat]
+        specs = [
+            ("mean per-(task, layer) Spearman(log 1/D', k) over k >= 1", rho_lr, -1.0,
+             "the effective learning rate 1/D' falls as the number of demonstrations grows "
+             "(the theory's claim, on D' itself)"),
+            ("mean per-(task, layer) Spearman(log n/D', k) over k >= 1", rho_key, -1.0,
+             "the per-key learning rate n/D' falls as the number of demonstrations grows "
+             "(D' is a sum over the n keys, so 1/D' falls with any weights; this variant "
+             "removes that)"),
+            ("mean per-(task, layer) Spearman(demo share, k) over k >= 1", rho_share, 1.0,
+             "the demonstrations' share of the attention output rises with k"),
+            ("per-item accuracy at the largest k minus zero-shot", gains, 1.0,
+             "accuracy rises with k (largest fitting k against k = 0, paired over test items)"),
+        ]
+        for name, vals, sign, claim in specs:
+            stats = [_stat(v, m, seed) for v, m in zip(vals, group, strict=True)]
+            cmp = ph.compare_with_controls(name, stats[0], stats[1:], seed=seed)
+            comparisons.append({"group": trained.name, **cmp.to_dict()})
+            wrong = _wrong_side(cmp, sign)
+            checks.append(ph.controlled_check(
+                tag + claim + (" (mean < 0 with its interval below 0" if sign < 0 else
+                               " (mean > 0 with its interval above 0") + DIRECTION,
+                _sign_ok(stats[0], sign) and not wrong, cmp,
+                f"{int(np.isfinite(vals[0]).sum())} items on the trained model"
+                + (WRONG_SIDE if wrong else "")))
+        for label, agree, what in (("demo share", agree_share, "demo_share"),
+                                   ("||W_0||", agree_w0, "log_w0_norm")):
+            name = f"per-task agreement of k_sat(accuracy) and k_sat({label})"
+            stats = [_stat(a, m, seed) for a, m in zip(agree, group, strict=True)]
+            cmp = ph.compare_with_controls(name, stats[0], stats[1:], seed=seed)
+            comparisons.append({"group": trained.name, **cmp.to_dict()})
+            fin = agree[0][np.isfinite(agree[0])]
+            detail = "trained k_sat (accuracy / " + label + "): " + ", ".join(
+                f"{c.task} {_k(s['accuracy'])} / {_k(s[what])}"
+                + ("" if s["accuracy_rise"] > 0 else " (accuracy does not rise: left out)")
+                for c, s in zip(g_res[0], sat[0], strict=True))
+            wrong = _wrong_side(cmp, 1.0)
+            checks.append(ph.controlled_check(
+                tag + f"the {label} curve predicts where accuracy saturates: k_sat within one "
+                "doubling of k_sat(accuracy) on more than half of the tasks where accuracy rises "
+                "(k_sat: first k reaching 90% of the rise" + DIRECTION,
+                bool(fin.size) and float(fin.mean()) > 0.5 and not wrong, cmp,
+                detail + (WRONG_SIDE if wrong else "")))
+        # --- tables
+        for m_i, (member, m_res) in enumerate(zip(group, g_res, strict=True)):
+            for c in m_res:
+                acc_rows.append((member.name, c.task, *_on_grid(c.ks, c.accuracy, sizes.ks)))
+            mean_acc = _task_mean([(_on_grid(c.ks, c.accuracy, sizes.ks)) for c in m_res])
+            acc_rows.append((member.name, "mean over tasks", *mean_acc))
+            for q, label in (("demo_mass", "demo mass"), ("demo_share", "demo share"),
+                             ("eta", "eta*"), ("log_normalizer", "log D'"),
+                             ("log_normalizer_per_key", "log(D'/n)"),
+                             ("log_w0_norm", "log ||W_0||")):
+                for c in m_res:
+                    dist_rows.append((member.name, c.task, label,
+                                      *_on_grid(c.ks, c.layer_mean(q), sizes.ks)))
+            for c, s in zip(m_res, sat[m_i], strict=True):
+                sat_rows.append((member.name, c.task, s["accuracy_rise"], s["accuracy"],
+                                 s["demo_share"], s["log_w0_norm"], _agree(s, "demo_share"),
+                                 _agree(s, "log_w0_norm")))
+            L = _n_layers(m_res)
+            for layer in range(L):
+                layer_rows.append((member.name, layer, *_layer_row(m_res, layer)))
+        # --- findings
+        for m_i, (member, m_res) in enumerate(zip(group, g_res, strict=True)):
+            accs = ", ".join(f"{c.task} {c.accuracy[0]:.2f} -> {c.accuracy[-1]:.2f} "
+                             f"(k={c.ks[-1]}, chance {c.chance:.2f})" for c in m_res
+                             if len(c.ks))
+            findings.append(f"{member.name}: accuracy from the smallest to the largest fitting "
+                            f"k: {accs}.")
+            sh = [c.layer_mean("demo_share") for c in m_res]
+            lw = [c.layer_mean("log_w0_norm") for c in m_res]
+            lk = [c.layer_mean("log_normalizer_per_key") for c in m_res]
+            findings.append(
+                f"{member.name}: layer-mean demo share " + ", ".join(
+                    f"{c.task} {_first(s, c.ks):.3f} (k={_first_k(c.ks)}) -> {s[-1]:.3f}"
+                    for c, s in zip(m_res, sh, strict=True) if len(c.ks))
+                + "; layer-mean log ||W_0|| " + ", ".join(
+                    f"{c.task} {_first(w, c.ks):.2f} -> {w[-1]:.2f}"
+                    for c, w in zip(m_res, lw, strict=True) if len(c.ks))
+                + "; layer-mean log(D'/n) " + ", ".join(
+                    f"{c.task} {v[0]:.2f} -> {v[-1]:.2f}"
+                    for c, v in zip(m_res, lk, strict=True) if len(c.ks)) + ".")
+            findings.append(
+                f"{member.name}: mean Spearman over (task, layer) of log 1/D' vs k "
+                f"{_nanmean(rho_lr[m_i]):.2f}, of log n/D' vs k {_nanmean(rho_key[m_i]):.2f}, "
+                f"of the demo share vs k {_nanmean(rho_share[m_i]):.2f}; k_sat agreement "
+                f"(accuracy vs demo share) {_nanmean(agree_share[m_i]):.2f}, "
+                f"(accuracy vs ||W_0||) {_nanmean(agree_w0[m_i]):.2f} of tasks.")
+        skipped = sorted({(c.task, k, why) for c in g_res[0] for k, why in c.skipped})
+        if skipped:
+            findings.append(f"{tag}skipped: " + "; ".join(f"{t} k={k} ({why})"
+                                                          for t, k, why in skipped) + ".")
+        data_models.append([[_curve_data(c) for c in m_res] for m_res in g_res])
+    grid = [f"k={k}" for k in sizes.ks]
+    tables = [
+        Table("Accuracy vs number of demonstrations (mean over sets and test items)",
+              ("model", "task", *grid), tuple(acc_rows)),
+        Table("Layer-mean distillation quantities at the label position vs k (mean over "
+              "traced prompts and layers; log ||W_0|| undefined at k=0)",
+              ("model", "task", "quantity", *grid), tuple(dist_rows)),
+        Table("Per layer (mean over tasks): demo share at the smallest/largest k >= 1, "
+              "Spearman over k >= 1 of the demo share, log 1/D' and log n/D', eta* and "
+              "log ||W_0|| at the largest k",
+              ("model", "layer", "share k_min", "share k_max", "rho(share, k)",
+               "rho(log 1/D', k)", "rho(log n/D', k)", "eta* k_max", "log||W_0|| k_max"),
+              tuple(layer_rows)),
+        Table("Saturation points k_sat (first k reaching 90% of the rise; ||W_0|| from k=1) "
+              "and agreement with accuracy's (1 = within one doubling; undefined where "
+              "accuracy never rises above its first point)",
+              ("model", "task", "accuracy rise", "k_sat accuracy", "k_sat demo share",
+               "k_sat ||W_0||", "agree share", "agree ||W_0||"), tuple(sat_rows)),
+    ]
+    figures = _figures(results, groups, sizes, out)
+    tasks = [p[0] for p in plan]
+    description = (
+        f"Task adaptation on {', '.join(t.name for t in tasks)}: for k in "
+        f"{list(sizes.ks)} demonstrations ({'quick' if quick else 'full'} mode), accuracy on "
+        f"{sizes.n_test} test items per task (label-balanced, seed {seed}) after each of "
+        f"{sizes.n_sets} nested label-balanced demonstration set(s) (one shared prompt per set; "
+        "k=0 is zero-shot), and the distillation quantities at the label position (last "
+        f"token) on {sizes.n_trace} traced test quer{'y' if sizes.n_trace == 1 else 'ies'} per "
+        "set and k: per layer (mean over the kernel-form heads) the demonstrations' attention "
+        "mass, their share ||c_D|| / sum_S ||c_S|| of the head output, eta* = N/(2D'), "
+        "log D' (effective learning rate 1/D'), the per-key normaliser log(D'/n) (n = prompt "
+        "length = keys of the last token) and log ||W_0||_HS (undefined at k=0). The k-set is "
+        "the first k items of one label-balanced draw per set, shown in the order of one "
+        "seeded ranking, so each prompt is a sub-sequence of the next larger one. A k longer "
+        "than the pool, or whose longest prompt exceeds the model context"
+        + (f" or {sizes.max_prompt_tokens} tokens (this mode's compute limit)"
+           if sizes.max_prompt_tokens else "")
+        + " is skipped and reported. Every quantity is measured on the trained model and on "
+        "its random-initialised control(s) on the same prompts; a check passes only if its "
+        "claim holds on the trained model and the trained value lies outside the controls' "
+        "95% bootstrap spread; the claims are directional, so a trained value outside the "
+        "spread on the opposite side (the random network shows the property more strongly) "
+        "fails too. Spearman checks use the per-(task, layer) correlation over "
+        "k >= 1 (k=0 has no demonstrations), averaged; the claim needs the mean's interval "
+        "on the claimed side of 0. The 1/D' check uses D' itself, as the theory states it; "
+        "the per-key check uses n/D', which removes the growth of D' with the number of keys "
+        "(a sum over keys grows with any weights). Saturation: k_sat of a curve is the "
+        "smallest k reaching 90% of its rise from its first point (k=0; k=1 for log ||W_0||) "
+        "to its maximum; accuracy's and a distillation curve's agree on a task when their "
+        "log2 positions (k=0 at -1) differ by at most 1 (undefined on a task whose accuracy "
+        "never rises above its first point: nothing saturates); the check needs agreement "
+        "on more than half of the tasks where it is defined, and the per-task agreement (0/1) "
+        "is the statistic compared with the controls.")
+    data = {
+        "sizes": {"ks": list(sizes.ks), "n_test": sizes.n_test, "n_sets": sizes.n_sets,
+                  "n_trace": sizes.n_trace, "max_prompt_tokens": sizes.max_prompt_tokens},
+        "seed": seed, "quick": quick,
+        "tasks": [{"name": t.name, "labels": list(t.label_names),
+                   "sets": [{"draw": o[0].tolist(), "rank": o[1].tolist()} for o in orders],
+                   "trace_queries": q.tolist()} for t, orders, q in plan],
+        "models": [[m.name for m in g] for g in groups],
+        "curves": data_models,
+        "comparisons": comparisons,
+    }
+    return Section(name="adaptation", title="Task adaptation: accuracy and distillation vs k",
+                   description=description, checks=checks, findings=findings, tables=tables,
+                   figures=figures, data=to_jsonable(data), seconds=time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _k(v: float) -> str:
+    return "–" if not np.isfinite(v) else str(int(v))
+
+
+def _nanmean(a: np.ndarray) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else math.nan
+
+
+def _first_k(ks: Sequence[int]) -> int:
+    return next((k for k in ks if k >= 1), ks[0])
+
+
+def _first(v: np.ndarray, ks: Sequence[int]) -> float:
+    i = next((i for i, k in enumerate(ks) if k >= 1), 0)
+    return float(v[i])
+
+
+def _on_grid(ks: Sequence[int], values: np.ndarray, grid: Sequence[int]) -> list[float]:
+    m = dict(zip(ks, (float(v) for v in values), strict=True))
+    return [m.get(k, math.nan) for k in grid]
+
+
+def _task_mean(rows: list[list[float]]) -> list[float]:
+    a = np.asarray(rows, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        return [float(np.mean(col)) if np.isfinite(col).all() else math.nan for col in a.T]
+
+
+def _n_layers(m_res: list[AdaptationCurve]) -> int:
+    return max((c.traced["demo_share"].shape[-1] for c in m_res if c.ks), default=0)
+
+
+def _layer_row(m_res: list[AdaptationCurve], layer: int) -> tuple[float, ...]:
+    def at(c: AdaptationCurve, q: str, which: str) -> float:
+        ks = np.asarray(c.ks)
+        idx = np.nonzero(ks >= 1)[0]
+        if not idx.size:
+            return math.nan
+        return float(c.layers(q)[idx[0] if which == "min" else idx[-1], layer])
+
+    def mean(vals: list[float]) -> float:
+        return _nanmean(np.asarray(vals))
+
+    return (mean([at(c, "demo_share", "min") for c in m_res]),
+            mean([at(c, "demo_share", "max") for c in m_res]),
+            mean([_layer_spearmans(c, "demo_share")[layer] for c in m_res]),
+            mean([_layer_spearmans(c, "log_normalizer", -1.0)[layer] for c in m_res]),
+            mean([_layer_spearmans(c, "log_normalizer_per_key", -1.0)[layer] for c in m_res]),
+            mean([at(c, "eta", "max") for c in m_res]),
+            mean([at(c, "log_w0_norm", "max") for c in m_res]))
+
+
+def _curve_data(c: AdaptationCurve) -> dict[str, Any]:
+    return {
+        "model": c.model, "role": c.role, "task": c.task, "ks": list(c.ks),
+        "accuracy": c.accuracy.tolist(), "chance": c.chance,
+        "correct": c.correct.astype(int).tolist(),
+        "layers": {q: c.layers(q).tolist() for q in QUANTITIES},
+        "layer_mean": {q: c.layer_mean(q).tolist() for q in QUANTITIES},
+        "n_tokens": c.n_tokens.tolist(),
+        "saturation": _saturation(c),
+        "skipped": [[k, why] for k, why in c.skipped],
+    }
+
+
+def _x(ks: Sequence[int]) -> list[float]:
+    return [log2_position(k) for k in ks]
+
+
+def _xaxis(ax: Any, grid: Sequence[int]) -> None:
+    ax.set_xticks(_x(grid))
+    ax.set_xticklabels([str(k) for k in grid])
+    ax.set_xlabel("k (log2 axis, k=0 at the left)")
+
+
+def _figures(results: list[list[list[AdaptationCurve]]], groups: list[list[ph.ModelUnderTest]],
+             sizes: Sizes, out: Path) -> list[str]:
+    from matplotlib import colormaps
+
+    names = []
+    G = len(groups)
+    n_tasks = len(results[0][0])
+    colors = [colormaps["tab10"](i % 10) for i in range(n_tasks)]
+    # (a) accuracy vs k per task (+ mean), trained solid vs controls dashed grey
+    fig, axes = new_figure(G, n_tasks + 1, size=(3.6, 3.2))
+    for gi, (group, g_res) in enumerate(zip(groups, results, strict=True)):
+        for ti in range(n_tasks + 1):
+            ax = axes[gi, ti]
+            for mi, (member, m_res) in enumerate(zip(group, g_res, strict=True)):
+                if ti < n_tasks:
+                    c = m_res[ti]
+                    x, y = _x(c.ks), c.accuracy
+                    title = c.task
+                    chance = c.chance
+                else:
+                    y = np.asarray(_task_mean([_on_grid(c.ks, c.accuracy, sizes.ks)
+                                               for c in m_res]))
+                    x = _x(sizes.ks)
+                    title = "mean over tasks"
+                    chance = float(np.mean([c.chance for c in m_res]))
+                ctrl = member.is_control
+                ax.plot(x, y, "--" if ctrl else "-", marker="o", ms=3,
+                        color="0.55" if ctrl else "C0",
+                        label=("random-init control" if mi == 1 else None) if ctrl else
+                        "trained")
+            ax.axhline(chance, color="0.8", lw=0.8, ls=":")
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(f"{group[0].name}: {title}" if G > 1 else title, fontsize=9)
+            _xaxis(ax, sizes.ks)
+            if ti == 0:
+                ax.set_ylabel("accuracy")
+                ax.legend(fontsize=7)
+    save_figure(fig, out / "adaptation_accuracy.png")
+    names.append("adaptation_accuracy.png")
+    # (b) layer-mean distillation quantities vs k
+    panels = (("demo_share", "demo share ||c_D|| / Σ||c_S||", False),
+              ("eta", "η* = N / (2D')", True),
+              ("log_normalizer", "log D'  (1/D' = learning rate)", False),
+              ("log_normalizer_per_key", "log(D'/n)  (per key)", False),
+              ("log_w0_norm", "log ||W_0||", False))
+    fig, axes = new_figure(G, len(panels), size=(3.6, 3.2))
+    for gi, (group, g_res) in enumerate(zip(groups, results, strict=True)):
+        for pi, (q, title, log) in enumerate(panels):
+            ax = axes[gi, pi]
+            for member, m_res in zip(group, g_res, strict=True):
+                for ti, c in enumerate(m_res):
+                    y = c.layer_mean(q)
+                    x = np.asarray(_x(c.ks))
+                    if log:
+                        y = np.where(y > 0, y, np.nan)
+                    ctrl = member.is_control
+                    ax.plot(x, y, "--" if ctrl else "-", marker="." if ctrl else "o", ms=3,
+                            color=colors[ti], alpha=0.55 if ctrl else 1.0,
+                            label=None if ctrl else c.task)
+            if log:
+                ax.set_yscale("log")
+            ax.set_title(f"{group[0].name}: {title}" if G > 1 else title, fontsize=9)
+            _xaxis(ax, sizes.ks)
+            if pi == 0:
+                ax.set_ylabel("layer mean (solid trained, dashed control)")
+                ax.legend(fontsize=7)
+    save_figure(fig, out / "adaptation_distillation.png")
+    names.append("adaptation_distillation.png")
+    # (c) heatmap layer x k of the demo share (mean over tasks), trained and first control
+    fig, axes = new_figure(G, 2, size=(4.4, 3.6))
+    for gi, (group, g_res) in enumerate(zip(groups, results, strict=True)):
+        mats = []
+        for m_res in (g_res[0], g_res[1]):
+            L = _n_layers(m_res)
+            mat = np.full((L, len(sizes.ks)), np.nan)
+            for j, k in enumerate(sizes.ks):
+                cols = [c.layers("demo_share")[list(c.ks).index(k)] for c in m_res if k in c.ks]
+                if cols:
+                    mat[:, j] = np.mean(np.stack(cols), axis=0)
+            mats.append(mat)
+        finite = np.concatenate([m[np.isfinite(m)] for m in mats])
+        vmax = float(finite.max()) if finite.size else 1.0
+        for j, (member, mat) in enumerate(zip((group[0], group[1]), mats, strict=True)):
+            ax = axes[gi, j]
+            im = ax.imshow(mat, aspect="auto", origin="lower", cmap="viridis", vmin=0.0,
+                           vmax=vmax, interpolation="nearest")
+            ax.set_xticks(range(len(sizes.ks)))
+            ax.set_xticklabels([str(k) for k in sizes.ks])
+            ax.set_xlabel("demonstrations k")
+            ax.set_ylabel("layer")
+            ax.set_title(f"{member.name}: demo share", fontsize=9)
+            fig.colorbar(im, ax=ax, shrink=0.8)
+    save_figure(fig, out / "adaptation_share_heatmap.png")
+    names.append("adaptation_share_heatmap.png")
+    return names

@@ -1,0 +1,524 @@
+"""Shared machinery of the phenomena sections (``adaptation``, ``ordering``, ``interference``,
+``icl-vs-finetuning``): real few-shot prompts of registry tasks, a trained language model and
+its **random-initialised twins** (the controls), label scoring, the distillation quantities at
+the label position, and the rule that turns a measurement into a check.
+
+The control rule
+----------------
+Every real-model statistic is computed on the trained model and on ``n_controls``
+architecture-identical models with random weights (:func:`random_twin`, seeds ``seed + 1 ..``),
+on the same prompts. Per model the statistic comes with a 95% bootstrap interval over the items
+it is averaged over (:func:`statistic`). The **control spread** is the union of the controls'
+intervals; a claim counts only if the trained model's value lies outside it
+(:func:`compare_with_controls`) *and* the claim itself holds on the trained model
+(:func:`controlled_check`). A property every network has (an identity, an inequality) therefore
+shows as **NO**: the control has it too, so it says nothing about what training taught.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from icldistill.core.stats import paired_bootstrap_ci
+from icldistill.core.validation import InputError
+from icldistill.lab.experiments._common import Check
+
+__all__ = [
+    "DEFAULT_TASKS",
+    "PHENOMENA",
+    "ControlComparison",
+    "LabelPosition",
+    "ModelUnderTest",
+    "Statistic",
+    "TaskItems",
+    "balanced_indices",
+    "check_one_entry_per_layer",
+    "compare_with_controls",
+    "controlled_check",
+    "label_position",
+    "load_task",
+    "models_under_test",
+    "predict",
+    "random_twin",
+    "resolve_models",
+    "resolve_tasks",
+    "statistic",
+    "task_items",
+]
+
+#: Section keys of the phenomena group, in report order.
+PHENOMENA = ("adaptation", "ordering", "interference", "icl-vs-finetuning")
+
+
+# ============================================================================ models
+@dataclass(frozen=True)
+class ModelUnderTest:
+    """A model a phenomenon is measured on.
+
+    Attributes
+    ----------
+    role : str
+        ``"trained"`` or ``"control"``.
+    name : str
+        Display name (``"smollm2-135m"``, ``"smollm2-135m random-init #1"``).
+    loaded : LoadedModel-like
+        ``.model`` (eval mode) and ``.tokenizer``.
+    seed : int or None
+        Initialisation seed of a control (``None`` for the trained model).
+    """
+
+    role: str
+    name: str
+    loaded: Any
+    seed: int | None = None
+
+    @property
+    def is_control(self) -> bool:
+        return self.role == "control"
+
+
+def random_twin(loaded: Any, seed: int) -> Any:
+    """An architecture-identical model with randomly initialised weights.
+
+    The twin is built from the trained model's config with ``transformers``'
+    ``AutoModelForCausalLM.from_config`` under ``torch.manual_seed(seed)`` (the architecture's
+    own initialisation), in the trained model's dtype and device, in eval mode, with the same
+    tokenizer and the same attention implementation.
+
+    Parameters
+    ----------
+    loaded : LoadedModel-like
+        ``.model`` and ``.tokenizer`` (and optionally ``.name``, ``.path``).
+    seed : int
+        Initialisation seed.
+
+    Returns
+    -------
+    LoadedModel-like
+        A copy of ``loaded`` (same class when it is a dataclass) with the new model.
+    """
+    from transformers import AutoModelForCausalLM
+
+    model = loaded.model
+    cfg = copy.deepcopy(model.config)
+    attn = getattr(cfg, "_attn_implementation", None) or "eager"
+    param = next(model.parameters())
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(int(seed))
+        twin = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn,
+                                                dtype=param.dtype)
+    finally:
+        torch.random.set_rng_state(state)
+    twin = twin.to(param.device).eval()
+    name = f"{getattr(loaded, 'name', 'model')} random-init #{seed}"
+    try:
+        import dataclasses
+
+        if dataclasses.is_dataclass(loaded):
+            return dataclasses.replace(loaded, model=twin, name=name, path=None)
+    except TypeError:  # pragma: no cover - frozen dataclasses without those fields
+        pass
+    out = copy.copy(loaded)
+    out.model = twin
+    if hasattr(out, "name"):
+        out.name = name
+    return out
+
+
+def models_under_test(model: str | Any, *, n_controls: int = 1, seed: int = 0,
+                      dtype: torch.dtype = torch.float32, progress: bool = False
+                      ) -> list[ModelUnderTest]:
+    """The trained model (a registry key or an already loaded model) and ``n_controls`` random
+    twins (seeds ``seed + 1 .. seed + n_controls``)."""
+    if isinstance(n_controls, bool) or not isinstance(n_controls, int) or n_controls < 1:
+        raise InputError(f"n_controls must be a positive integer, got {n_controls!r}")
+    if isinstance(model, str):
+        from icldistill.models import load_model
+
+        loaded = load_model(model, dtype=dtype, progress=progress)
+    else:
+        loaded = model
+    name = str(getattr(loaded, "name", model))
+    out = [ModelUnderTest("trained", name, loaded)]
+    for i in range(1, n_controls + 1):
+        twin = random_twin(loaded, seed + i)
+        out.append(ModelUnderTest("control", f"{name} random-init #{seed + i}", twin, seed + i))
+    return out
+
+
+def resolve_models(models: Sequence[str | Any], *,
+                   under_test: Sequence[Sequence[ModelUnderTest]] | None = None,
+                   n_controls: int = 1, seed: int = 0, dtype: torch.dtype = torch.float32,
+                   progress: bool = False) -> list[list[ModelUnderTest]]:
+    """One group per model: ``[trained, control #seed+1, ...]`` (:func:`models_under_test`).
+
+    ``under_test`` (groups built by the caller, e.g. tiny models in tests, or shared between
+    sections by ``reproduce``) is returned as it is instead."""
+    if under_test is not None:
+        groups = [list(g) for g in under_test]
+        for g in groups:
+            if not g or g[0].role != "trained" or not any(m.is_control for m in g):
+                raise InputError("every model group needs the trained model first and at least "
+                                 "one random-init control")
+        return groups
+    return [models_under_test(m, n_controls=n_controls, seed=seed, dtype=dtype,
+                              progress=progress) for m in models]
+
+
+#: Default tasks of the phenomena sections: binary sentiment (short inputs), subjectivity,
+#: and 8-way news topic (longer inputs).
+DEFAULT_TASKS = ("amazon", "rt-subjectivity", "r8")
+
+
+# ============================================================================ data
+@dataclass(frozen=True)
+class TaskItems:
+    """A registry task ready for few-shot prompts.
+
+    Attributes
+    ----------
+    name : str
+    pool_texts, test_texts : tuple of str
+    pool_labels, test_labels : ndarray of str
+    label_names : tuple of str
+    format : TaskFormat
+        The dataset's prompt format (instruction, template, label words).
+    """
+
+    name: str
+    pool_texts: tuple[str, ...]
+    pool_labels: np.ndarray
+    test_texts: tuple[str, ...]
+    test_labels: np.ndarray
+    label_names: tuple[str, ...]
+    format: Any
+
+    def demos(self, idx: Sequence[int]) -> list[tuple[str, str]]:
+        """``(input, label)`` pairs of pool items ``idx``, in that order."""
+        return [(self.pool_texts[int(i)], str(self.pool_labels[int(i)])) for i in idx]
+
+
+def load_task(name: str, *, n_test: int, seed: int = 0, pool_size: int | None = 2000,
+              progress: bool = False) -> TaskItems:
+    """Registry task ``name``: its pool (label-stratified cap ``pool_size``) and ``n_test``
+    test items (see :func:`task_items`)."""
+    from icldistill.evaluation.harness import Task
+
+    task = Task.from_registry(name, pool_size=pool_size, seed=seed, progress=progress)
+    return task_items(task.split, n_test=n_test, seed=seed, name=name)
+
+
+def task_items(split: Any, *, n_test: int, seed: int = 0, name: str | None = None) -> TaskItems:
+    """A :class:`~icldistill.data.DatasetSplit` as :class:`TaskItems`: the whole pool and
+    ``n_test`` test items drawn without replacement, labels as balanced as the test part allows
+    (seeded; kept in test order)."""
+    pool, test = split.train, split.test
+    rng = np.random.default_rng(seed)
+    if isinstance(n_test, bool) or int(n_test) != n_test or n_test < 1:
+        raise InputError(f"n_test must be a positive integer, got {n_test!r}")
+    n = min(int(n_test), len(test.texts))
+    idx = np.sort(balanced_indices(np.asarray(test.labels), n, rng))
+    return TaskItems(name=name or pool.name, pool_texts=tuple(pool.texts),
+                     pool_labels=np.asarray(pool.labels),
+                     test_texts=tuple(test.texts[int(i)] for i in idx),
+                     test_labels=np.asarray(test.labels)[idx],
+                     label_names=tuple(pool.label_names), format=pool.format)
+
+
+def resolve_tasks(tasks: Sequence[str | TaskItems], *, n_test: int, seed: int = 0,
+                  progress: bool = False) -> list[TaskItems]:
+    """Registry names are loaded with :func:`load_task`; :class:`TaskItems` pass through."""
+    out = []
+    for t in tasks:
+        out.append(t if isinstance(t, TaskItems) else load_task(str(t), n_test=n_test, seed=seed,
+                                                               progress=progress))
+    if not out:
+        raise InputError("at least one task is needed")
+    return out
+
+
+def balanced_indices(labels: Sequence[Any], k: int, rng: np.random.Generator,
+                     exclude: Sequence[int] = ()) -> np.ndarray:
+    """``k`` distinct indices with labels as balanced as the data allow.
+
+    Labels take turns in a random order (each label's items shuffled); a label that runs out
+    drops out. The result is in selection order (shuffle it for a random prompt order).
+
+    Parameters
+    ----------
+    labels : sequence, length ``n``
+    k : int
+        ``0 <= k <= n - len(exclude)``.
+    rng : numpy Generator
+    exclude : sequence of int
+        Indices never chosen.
+    """
+    labels = np.asarray(labels)
+    if isinstance(k, bool) or int(k) != k or k < 0:
+        raise InputError(f"k must be a non-negative integer, got {k!r}")
+    banned = set(int(i) for i in exclude)
+    avail = [i for i in range(len(labels)) if i not in banned]
+    if k > len(avail):
+        raise InputError(f"asked for {k} items but only {len(avail)} are available")
+    names = list(dict.fromkeys(labels[avail].tolist()))
+    order = rng.permutation(len(names))
+    queues = []
+    for j in order:
+        members = [i for i in avail if labels[i] == names[j]]
+        queues.append(list(rng.permutation(members)))
+    out: list[int] = []
+    while len(out) < k:
+        for q in queues:
+            if q and len(out) < k:
+                out.append(int(q.pop()))
+    return np.asarray(out, dtype=np.int64)
+
+
+# ============================================================================ scoring
+def predict(loaded: Any, task: TaskItems, queries: Sequence[str],
+            demos: Sequence[tuple[str, str]] | None = None, *,
+            per_query: Sequence[Sequence[tuple[str, str]]] | None = None,
+            progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted labels ``[n]`` and label log-probabilities ``[n, C]`` (columns in
+    ``task.label_names`` order) after few-shot prompts in the task's format.
+
+    ``demos`` is one demonstration set for every query (``[]`` or ``None``: zero-shot);
+    ``per_query`` gives each query its own set.
+    """
+    from icldistill.evaluation.scoring import FewShotScorer
+
+    fmt = task.format
+    scorer = FewShotScorer(loaded.model, loaded.tokenizer,
+                           {lab: fmt.label_words[lab] for lab in task.label_names},
+                           template=fmt.template, instruction=fmt.instruction)
+    if per_query is not None:
+        res = scorer.score(list(queries), per_query=[list(d) for d in per_query],
+                           progress=progress)
+    else:
+        res = scorer.score(list(queries), list(demos or []), progress=progress)
+    return np.asarray(res.predictions, dtype=object), np.asarray(res.logprobs)
+
+
+# ============================================================================ distillation
+@dataclass(frozen=True)
+class LabelPosition:
+    """Distillation quantities at a prompt's last token (where the label is predicted), per
+    attention entry ``L`` (mean over the heads with kernel form; NaN where no head has it).
+
+    Attributes
+    ----------
+    demo_mass : ndarray ``[L]``
+        Attention probability mass on the demonstrations.
+    demo_share : ndarray ``[L]``
+        ``||c_D|| / sum_S ||c_S||``.
+    eta : ndarray ``[L]``
+        ``eta* = N / (2 D')``.
+    log_normalizer : ndarray ``[L]``
+        ``log D'`` (so ``1/D'``, the effective learning rate, is ``exp(-log D')``).
+    log_w0_norm : ndarray ``[L]``
+        ``log ||W_0||_HS`` (exact dual form; ``-inf`` without demonstrations).
+    heads : ndarray ``[L, H, 4]``
+        Per head: demo mass, demo share, eta*, log ||W_0|| (NaN where no kernel form).
+    n_tokens : int
+    """
+
+    demo_mass: np.ndarray
+    demo_share: np.ndarray
+    eta: np.ndarray
+    log_normalizer: np.ndarray
+    log_w0_norm: np.ndarray
+    heads: np.ndarray
+    n_tokens: int
+
+
+def check_one_entry_per_layer(res: Any, model: Any) -> None:
+    """Refuse a trace whose entries are not the model's layers one to one.
+
+    The sections read the ``L`` axis of a :class:`~icldistill.models.tracing.TraceResult` as
+    layers; for a model that calls attention twice in a layer (DiffLlama) or has layers without
+    softmax attention (hybrids) that reading would be silently wrong, so it raises
+    :class:`~icldistill.InputError` naming the model instead."""
+    idx = getattr(res, "layer_index", None)
+    untraced = tuple(getattr(res, "untraced_layers", ()) or ())
+    n = int(res.eta.shape[0])
+    if untraced or (idx is not None and not np.array_equal(np.asarray(idx), np.arange(n))):
+        name = type(model).__name__
+        layers = sorted(set(np.asarray(idx).tolist())) if idx is not None else "?"
+        extra = f" (layers without softmax attention: {list(untraced)})" if untraced else ""
+        raise InputError(f"{name}: its trace has {n} attention calls over layers {layers}"
+                         f"{extra}; these sections read one trace entry per layer and support "
+                         "only models with one softmax attention call in every layer")
+
+
+def label_position(loaded: Any, prompt: Any, *, w0: bool = True) -> LabelPosition:
+    """Trace ``prompt`` (a :class:`~icldistill.data.prompts.Prompt`) at its last token through every
+    head of ``loaded`` and average the distillation quantities over the kernel-form heads."""
+    from icldistill.models.tracing import trace
+
+    demos = len(getattr(prompt, "demonstrations", ()) or ())
+    with torch.no_grad():
+        res = trace(loaded.model, loaded.tokenizer, prompt, positions="last",
+                    keep_w0=bool(w0 and demos))
+    check_one_entry_per_layer(res, loaded.model)
+    L, H = res.has_kernel_form.shape
+    form = res.has_kernel_form.numpy().astype(bool)
+    mass = res.attention_mass["demos"][..., -1].double().numpy()
+    share = res.demo_share[..., -1].double().numpy()
+    eta = res.eta[..., -1].double().numpy()
+    logd = res.log_normalizer[..., -1].double().numpy()
+    lw = np.full((L, H), -math.inf)
+    if w0 and demos:
+        for layer in range(L):
+            for head in range(H):
+                if form[layer, head]:
+                    lw[layer, head] = res.w0(layer, head, -1).log_hs_norm()
+    heads = np.stack([mass, share, eta, lw], axis=-1)
+    heads = np.where(form[..., None], heads, np.nan)
+
+    def mean(a: np.ndarray) -> np.ndarray:
+        a = np.where(form, a, np.nan)
+        with np.errstate(all="ignore"):
+            cnt = form.sum(1)
+            fin = np.where(np.isfinite(a), a, 0.0)
+            out = fin.sum(1) / np.maximum(cnt, 1)
+            if np.isneginf(a).any():          # log-norms of -inf (no demonstrations)
+                out = np.where(np.isneginf(a).all(1) & (cnt > 0), -np.inf, out)
+        return np.where(cnt > 0, out, np.nan)
+
+    return LabelPosition(demo_mass=mean(mass), demo_share=mean(share), eta=mean(eta),
+                         log_normalizer=mean(logd), log_w0_norm=mean(lw), heads=heads,
+                         n_tokens=len(res.tokens))
+
+
+# ============================================================================ controls
+@dataclass(frozen=True)
+class Statistic:
+    """A statistic of one model: its value and 95% bootstrap interval over items.
+
+    Attributes
+    ----------
+    model : str
+    role : str
+        ``"trained"`` or ``"control"``.
+    value, low, high : float
+    n : int
+        Items it is averaged over.
+    """
+
+    model: str
+    role: str
+    value: float
+    low: float
+    high: float
+    n: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "role": self.role, "value": self.value,
+                "low": self.low, "high": self.high, "n": self.n}
+
+
+def statistic(values: Any, model: ModelUnderTest | str = "", *, role: str | None = None,
+              seed: int = 0, n_boot: int = 2000) -> Statistic:
+    """Mean of per-item ``values`` with a 95% bootstrap interval (NaNs dropped; a single item
+    or a constant gives a zero-width interval)."""
+    a = np.asarray(values, dtype=np.float64).ravel()
+    a = a[np.isfinite(a)]
+    name = model.name if isinstance(model, ModelUnderTest) else str(model)
+    r = role or (model.role if isinstance(model, ModelUnderTest) else "trained")
+    if a.size == 0:
+        return Statistic(name, r, math.nan, math.nan, math.nan, 0)
+    if a.size == 1 or np.all(a == a[0]):
+        v = float(a.mean())
+        return Statistic(name, r, v, v, v, int(a.size))
+    ci = paired_bootstrap_ci(a, n_boot=n_boot, seed=seed)
+    return Statistic(name, r, float(ci.value), float(ci.low), float(ci.high), int(a.size))
+
+
+@dataclass(frozen=True)
+class ControlComparison:
+    """A statistic on the trained model against its random-initialised controls.
+
+    Attributes
+    ----------
+    name : str
+        What is measured.
+    trained : Statistic
+    controls : tuple of Statistic
+    low, high : float
+        The control spread: union of the controls' intervals.
+    outside : bool
+        The trained value lies outside ``[low, high]`` (never for a statistic of fewer than two
+        items, on either side: one value has no spread).
+    """
+
+    name: str
+    trained: Statistic
+    controls: tuple[Statistic, ...]
+    low: float
+    high: float
+    outside: bool
+
+    def describe(self, fmt: str = ".3g") -> str:
+        t = self.trained
+        return (f"{self.name}: trained {t.value:{fmt}} [{t.low:{fmt}}, {t.high:{fmt}}], "
+                f"random-init control spread [{self.low:{fmt}}, {self.high:{fmt}}] "
+                f"({len(self.controls)} control{'s' if len(self.controls) != 1 else ''})"
+                f" -> {self.verdict}")
+
+    @property
+    def verdict(self) -> str:
+        """``"outside"``, ``"INSIDE"`` or, for a statistic of a single item, ``"one item: no
+        spread to compare"``."""
+        if self.trained.n < 2 or any(c.n < 2 for c in self.controls):
+            return "one item: no spread to compare"
+        return "outside" if self.outside else "INSIDE"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "trained": self.trained.to_dict(),
+                "controls": [c.to_dict() for c in self.controls], "low": self.low,
+                "high": self.high, "outside": self.outside}
+
+
+def compare_with_controls(name: str, trained: Statistic | Any,
+                          controls: Sequence[Statistic | Any], *, seed: int = 0
+                          ) -> ControlComparison:
+    """Compare a trained-model statistic with the control spread (see the module docstring).
+
+    ``trained`` and each control are a :class:`Statistic` or per-item values (then
+    :func:`statistic` summarises them). With no finite control value the comparison is not
+    outside (nothing to compare with)."""
+    t = trained if isinstance(trained, Statistic) else statistic(trained, "trained", seed=seed)
+    cs = tuple(c if isinstance(c, Statistic) else statistic(c, "control", role="control",
+                                                            seed=seed) for c in controls)
+    if not cs:
+        raise InputError(f"{name}: at least one control is needed")
+    lows = [c.low for c in cs if np.isfinite(c.low)]
+    highs = [c.high for c in cs if np.isfinite(c.high)]
+    low = min(lows) if lows else math.nan
+    high = max(highs) if highs else math.nan
+    # a statistic of a single item has no spread to compare with: never "outside"
+    enough = t.n >= 2 and all(c.n >= 2 for c in cs)
+    outside = bool(enough and np.isfinite(t.value) and lows and highs
+                   and (t.value < low or t.value > high))
+    return ControlComparison(name, t, cs, float(low), float(high), outside)
+
+
+def controlled_check(claim: str, holds: bool, comparison: ControlComparison,
+                     detail: str = "") -> Check:
+    """A :class:`Check` that passes only if ``holds`` (the claim on the trained model) and the
+    trained value is outside the control spread."""
+    ok = bool(holds) and comparison.outside
+    parts = [detail] if detail else []
+    parts.append(comparison.describe())
+    if holds and not comparison.outside:
+        parts.append("the claim holds on the trained model but not beyond the random-init "
+                     "control's spread, so it does not show what training taught")
+    return Check(claim, ok, "; ".join(parts))

@@ -1,0 +1,294 @@
+"""``icldistill reproduce``: train the controlled in-context learners, run every experiment and
+write one report (``report.md`` + ``report.html``) that checks each claim of the framework.
+
+Resumable: every finished experiment is stored as ``sections/<key>.json`` (atomic write) with a
+fingerprint of its settings; a rerun with the same settings reads it back instead of
+recomputing, and trained models come from the checkpoint cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from icldistill.core.validation import InputError
+from icldistill.lab.experiments._common import Section
+from icldistill.lab.experiments.report import read_section, write_lab_report, write_section
+from icldistill.reporting.document import inline_code
+
+__all__ = ["EXPERIMENTS", "PHENOMENA_SECTIONS", "ReproduceResult", "phenomena_models", "plan",
+           "reproduce", "run_experiment", "run_phenomenon"]
+
+#: Experiments on a trained in-context learner: name -> module (each has ``run``).
+EXPERIMENTS = {
+    "training": "icldistill.lab.experiments.training_report",
+    "alignment": "icldistill.lab.experiments.alignment",
+    "bias": "icldistill.lab.experiments.bias",
+    "generalization": "icldistill.lab.experiments.generalization",
+    "gd": "icldistill.lab.experiments.gd",
+}
+
+#: Phenomena measured on real language models against random-init twins: section key ->
+#: module (each has ``run(models, *, out_dir, quick, seed, progress, under_test=...)``).
+PHENOMENA_SECTIONS = {
+    "adaptation": "icldistill.lab.experiments.adaptation",
+    "ordering": "icldistill.lab.experiments.ordering",
+    "interference": "icldistill.lab.experiments.interference",
+    "icl-vs-finetuning": "icldistill.lab.experiments.finetuning",
+}
+#: Bumped when what a stored section holds changes, so older stored sections are recomputed
+#: (2: real-model sections measured against random-init twins; 3: a one-item statistic is never
+#: "outside" the controls).
+SECTIONS_FORMAT = 3
+#: The second real model of a full run.
+SECOND_MODEL = "qwen2.5-0.5b"
+
+
+def plan(quick: bool) -> list[tuple[str, str]]:
+    """The ``(experiment, task)`` pairs of a run (real-model sections have task ``""``)."""
+    steps = [(name, "regression") for name in EXPERIMENTS]
+    steps += [("training", "classification"), ("gd", "classification")]
+    if not quick:
+        steps += [("alignment", "classification"), ("bias", "classification"),
+                  ("generalization", "classification")]
+    return [*steps, ("real", ""), *((name, "") for name in PHENOMENA_SECTIONS)]
+
+
+def phenomena_models(model: str, quick: bool) -> tuple[str, ...]:
+    """Models of the phenomena sections: ``model`` alone in quick mode; ``model`` and
+    qwen2.5-0.5b (float32) in a full run."""
+    if quick or model == SECOND_MODEL:
+        return (model,)
+    return (model, SECOND_MODEL)
+
+
+def run_phenomenon(name: str, models: Sequence[str | Any], *, out_dir: Path, quick: bool,
+                   seed: int, progress: bool, under_test: Any = None) -> Section:
+    """Run one phenomena section (:data:`PHENOMENA_SECTIONS`)."""
+    if name not in PHENOMENA_SECTIONS:
+        raise InputError(f"unknown phenomenon {name!r}; expected one of "
+                         f"{', '.join(PHENOMENA_SECTIONS)}")
+    mod = importlib.import_module(PHENOMENA_SECTIONS[name])
+    return mod.run(tuple(models), out_dir=out_dir, quick=quick, seed=seed, progress=progress,
+                   under_test=under_test)
+
+
+@dataclass(frozen=True)
+class ReproduceResult:
+    """What ``reproduce`` produced.
+
+    Attributes
+    ----------
+    out_dir : Path
+    sections : list of Section
+    files : dict[str, Path]
+        ``markdown``, ``html``.
+    seconds : float
+    resumed : list of str
+        Keys of the sections read back from an earlier run.
+    """
+
+    out_dir: Path
+    sections: list[Section]
+    files: dict[str, Path]
+    seconds: float
+    resumed: list[str]
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for mod in ("icldistill", "torch", "numpy", "transformers", "matplotlib"):
+        try:
+            out[mod] = importlib.import_module(mod).__version__
+        except Exception:  # pragma: no cover - optional packages
+            out[mod] = "not installed"
+    return out
+
+
+def _fingerprint(payload: dict[str, Any]) -> str:
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_experiment(name: str, trained: Any, *, out_dir: Path, quick: bool, seed: int,
+                   progress: bool) -> Section:
+    """Run one experiment module's ``run`` on a trained in-context learner."""
+    if name not in EXPERIMENTS:
+        raise InputError(f"unknown experiment {name!r}; expected one of {', '.join(EXPERIMENTS)}")
+    mod = importlib.import_module(EXPERIMENTS[name])
+    return mod.run(trained, out_dir=out_dir, quick=quick, seed=seed, progress=progress)
+
+
+def _relocate(section: Section, key: str, task: str) -> Section:
+    title = section.title if not task or task in section.title else f"{section.title} ({task})"
+    return dataclasses.replace(section, name=key, title=title,
+                               figures=[f"{key}/{f}" for f in section.figures])
+
+
+def reproduce(
+    out_dir: str | Path = "icldistill-report",
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    model: str = "smollm2-135m",
+    dataset: str = "amazon",
+    fewshot_results: str | Path | None = None,
+    only: Sequence[str] | None = None,
+    cache_dir: str | Path | None = None,
+    preset_name: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    command: str | None = None,
+) -> ReproduceResult:
+    """Train (or load) the in-context learners, run every experiment and write the report.
+
+    Parameters
+    ----------
+    out_dir : path
+        Report folder: ``report.md``, ``report.html``, ``report.json``, one sub-folder of
+        figures per experiment and ``sections/`` (the resumable state).
+    quick : bool
+        The ``quick`` presets and small experiment sizes (under 10 minutes on 2 cores with the
+        default model); otherwise the ``full`` presets.
+    seed : int
+        Seed of training and of every experiment.
+    model, dataset : str
+        Real language model and dataset of the ``real`` experiment.
+    fewshot_results : path, optional
+        A selection-harness folder (``results.jsonl``) to read accuracy vs MMD from, instead of
+        running a small grid.
+    only : sequence of str, optional
+        Run only these experiments (names as in :func:`plan`, e.g. ``["alignment", "real"]``).
+    cache_dir : path, optional
+        Cache of trained checkpoints (default ``$ICLDISTILL_CACHE`` / ``~/.cache/icldistill``).
+    preset_name : str, optional
+        Training preset of the in-context learners (default ``"quick"`` with ``quick``, else
+        ``"full"``; ``"tiny"`` is for tests).
+    progress : bool
+        Progress bars and status lines.
+    log : callable, optional
+        Receives one status line per step (default: print to stderr when ``progress``).
+    command : str, optional
+        The command line to record in the report.
+    """
+    from icldistill.lab.experiments import real
+    from icldistill.lab.training import load_or_train, preset
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if log is None:
+        def log(msg: str) -> None:
+            if progress:
+                print(f"[icldistill] {msg}", file=sys.stderr, flush=True)
+    steps = plan(quick)
+    if only:
+        unknown = sorted(set(only) - {n for n, _ in steps})
+        if unknown:
+            raise InputError(f"unknown experiment(s) {unknown}; expected some of "
+                             f"{sorted({n for n, _ in steps})}")
+        steps = [s for s in steps if s[0] in set(only)]
+    mode = "quick" if quick else "full"
+    preset_name = preset_name or mode
+    trained: dict[str, Any] = {}
+    sections: list[Section] = []
+    resumed: list[str] = []
+    commands: dict[str, str] = {}
+    training_lines: list[str] = []
+    ph_models = phenomena_models(model, quick)
+    groups: list[Any] | None = None
+    for i, (name, task) in enumerate(steps, 1):
+        key = name if not task else f"{name}-{task}"
+        if name in PHENOMENA_SECTIONS:
+            settings = {"models": list(ph_models), "controls": 1}
+            commands[key] = (f"icldistill lab {name} --models {','.join(ph_models)}"
+                             f"{' --quick' if quick else ''} --seed {seed} --out {out / key}")
+        elif name == "real":
+            settings = {"model": model, "dataset": dataset, "fewshot": str(fewshot_results)}
+            commands[key] = (f"icldistill lab real --model {model} --dataset {dataset}"
+                             f"{' --quick' if quick else ''} --seed {seed} --out {out / key}")
+        else:
+            cfg, tcfg = preset(preset_name, task)
+            tcfg = dataclasses.replace(tcfg, seed=seed)
+            settings = {"model": cfg.to_dict(), "train": tcfg.to_dict()}
+            commands[key] = (f"icldistill lab {name} --task {task} --preset {preset_name} "
+                             f"--seed {seed} --out {out / key}")
+        fp = _fingerprint({"name": name, "task": task, "quick": quick, "seed": seed,
+                           "preset": preset_name, "format": SECTIONS_FORMAT,
+                           **settings, "version": _versions()["icldistill"]})
+        stored = read_section(out / "sections" / f"{key}.json", fingerprint=fp)
+        if stored is not None and all((out / f).is_file() for f in stored.figures):
+            log(f"[{i}/{len(steps)}] {key}: finished earlier, read back")
+            sections.append(stored)
+            resumed.append(key)
+            continue
+        log(f"[{i}/{len(steps)}] {key} ...")
+        if name in PHENOMENA_SECTIONS:
+            if groups is None:
+                from icldistill.lab.experiments.phenomena import resolve_models
+
+                log(f"loading {', '.join(ph_models)} and a random-init twin of each ...")
+                groups = resolve_models(ph_models, n_controls=1, seed=seed, progress=progress)
+            sec = run_phenomenon(name, ph_models, out_dir=out / key, quick=quick, seed=seed,
+                                 progress=progress, under_test=groups)
+        elif name == "real":
+            sec = real.run(model, out_dir=out / key, quick=quick, seed=seed, progress=progress,
+                           dataset=dataset, fewshot_results=fewshot_results,
+                           fewshot_dir=out / "fewshot")
+        else:
+            if task not in trained:
+                log(f"training (or loading) the {preset_name} {task} model ...")
+                trained[task] = load_or_train(cfg, tcfg, cache_dir=cache_dir, progress=progress)
+                tr = trained[task]
+                settings_text = ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items())
+                training_lines.append(f"{task} model: {settings_text}; trained {tcfg.steps} "
+                                      f"steps in {tr.seconds:.0f} s; checkpoint "
+                                      f"{inline_code(str(tr.path))}")
+            sec = run_experiment(name, trained[task], out_dir=out / key, quick=quick, seed=seed,
+                                 progress=progress)
+        sec = _relocate(sec, key, task)
+        write_section(sec, out / "sections" / f"{key}.json", fingerprint=fp)
+        log(f"{key}: {sum(c.holds for c in sec.checks)}/{len(sec.checks)} checks hold "
+            f"({sec.seconds:.1f} s)")
+        sections.append(sec)
+    v = _versions()
+    cmd = command or ("icldistill reproduce" + (" --quick" if quick else "")
+                      + f" --seed {seed} --out {out}")
+    header = [
+        f"Command: {inline_code(cmd)}",
+        f"Mode: {mode} (training preset {preset_name}); seed {seed}; generated "
+        f"{_dt.datetime.now().isoformat(timespec='seconds')}",
+        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        f"CPU threads: {os.cpu_count()} available, torch uses {_torch_threads()}",
+        f"Total run time: {time.perf_counter() - t0:.0f} s"
+        + (f" (sections read back from an earlier run: {', '.join(resumed)})" if resumed else ""),
+        *training_lines,
+    ]
+    notes = [
+        "Every number in this report is computed by the code; checks are evaluated on the "
+        "measured values with the thresholds stated in their detail.",
+        "Exactness checks run in float64. Trained models are float32; their traces are cast to "
+        "float64 before the decomposition.",
+    ]
+    files = write_lab_report(sections, out, title="icldistill: the laboratory report",
+                             header=header, commands=[cmd], section_commands=commands,
+                             notes=notes)
+    return ReproduceResult(out_dir=out, sections=sections, files=files,
+                           seconds=time.perf_counter() - t0, resumed=resumed)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()

@@ -1,0 +1,884 @@
+"""Reports: figures, tables and files written from results (matplotlib figures, JSON, and
+Markdown + HTML built from the one report model of :mod:`icldistill.reporting`).
+
+Everything here writes atomically (temporary file in the same folder, then ``os.replace``), so an
+interrupted run never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from icldistill.artifacts.store import atomic_write, to_jsonable, write_json, write_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+    from icldistill.core.stats import PairedComparison
+    from icldistill.models.tracing import TraceResult
+
+__all__ = [
+    "ComparisonReport",
+    "SelectorSummary",
+    "atomic_write",
+    "heatmap",
+    "layer_colorbar",
+    "layer_colors",
+    "new_figure",
+    "save_figure",
+    "spearman",
+    "to_jsonable",
+    "write_ablation_report",
+    "write_comparison_report",
+    "write_json",
+    "write_text",
+    "write_trace_report",
+]
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] = (6.0, 4.0)):
+    """A matplotlib figure on the Agg canvas (no global backend change) and its axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def save_figure(fig: Figure, path: str | Path, *, dpi: int = 110) -> Path:
+    """Save ``fig`` as PNG atomically."""
+    return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi,
+                                                     bbox_inches="tight"))
+
+
+# ============================================================================ trace report
+def heatmap(ax: Any, data: np.ndarray, title: str, cbar_label: str, fig: Any,
+            log: bool = False) -> None:
+    """Draw ``data`` ``[layers, heads]`` on ``ax`` (layer up, head across) with a colour bar;
+    ``log=True`` uses a log colour scale over the positive entries."""
+    from matplotlib.colors import LogNorm
+
+    norm = None
+    if log:
+        positive = data[data > 0]
+        if positive.size:
+            norm = LogNorm(vmin=float(positive.min()), vmax=float(positive.max()))
+    im = ax.imshow(data, aspect="auto", origin="lower", cmap="viridis", norm=norm,
+                   interpolation="nearest")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label=cbar_label)
+
+
+def write_trace_report(
+    result: TraceResult,
+    out_dir: str | Path,
+    *,
+    title: str = "icldistill trace",
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write a traced model's decomposition: JSON, Parquet, figures and a Markdown summary.
+
+    Files: ``trace.json`` (summary numbers and per layer/head arrays), ``trace.parquet`` (one row
+    per layer, head, position), ``eta_heatmap.png`` and ``demo_share_heatmap.png`` (layer x head
+    at the last traced position), ``positions.png`` (per-position curves averaged over heads),
+    ``summary.md`` and ``summary.html`` (the same summary, :mod:`icldistill.reporting`).
+
+    Returns
+    -------
+    dict[str, Path]
+        The written files by kind.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = dict(metadata or {})
+    eta = result.eta.double().numpy()                      # [L, H, P]
+    share = result.demo_share.double().numpy()
+    mass_d = result.attention_mass["demos"].double().numpy()
+    L, H, P = eta.shape
+    pos = result.positions.numpy()
+    kernel = result.has_kernel_form.numpy()
+    files: dict[str, Path] = {}
+
+    # ---- figures
+    fig, axes = new_figure(1, 2, size=(6.2, 4.6))
+    heatmap(axes[0, 0], eta[:, :, -1], f"η* = N/(2D′) at the last position (t={pos[-1]})",
+             "η*", fig, log=True)
+    heatmap(axes[0, 1], share[:, :, -1], "demonstrations' share of the head output",
+             "‖c_D‖ / Σ_S ‖c_S‖", fig)
+    fig.suptitle(title)
+    files["eta_heatmap"] = save_figure(fig, out / "eta_heatmap.png")
+    fig, axes = new_figure(1, 1, size=(6.2, 4.6))
+    heatmap(axes[0, 0], share[:, :, -1], "demonstrations' share of the head output "
+             f"(t={pos[-1]})", "‖c_D‖ / Σ_S ‖c_S‖", fig)
+    files["demo_share_heatmap"] = save_figure(fig, out / "demo_share_heatmap.png")
+
+    fig, axes = new_figure(1, 3, size=(5.0, 3.8))
+    cmap = layer_colors(L)
+    for layer in range(L):
+        kw = {"color": cmap[layer], "lw": 1.2, "label": f"layer {layer}" if L <= 12 else None}
+        axes[0, 0].plot(pos, eta[layer].mean(0), **kw)
+        axes[0, 1].plot(pos, mass_d[layer].mean(0), **kw)
+        axes[0, 2].plot(pos, share[layer].mean(0), **kw)
+    axes[0, 0].set_yscale("log")
+    for ax, ylabel in zip(axes[0], ("η* (mean over heads)", "attention mass on demos",
+                                    "demo share of output"), strict=True):
+        ax.set_xlabel("query position t")
+        ax.set_ylabel(ylabel)
+    axes[0, 0].set_title("effective learning rate per position")
+    axes[0, 1].set_title("attention mass on the demonstrations")
+    axes[0, 2].set_title("demonstrations' share of the output")
+    if L <= 12:
+        axes[0, 2].legend(fontsize=7)
+    else:
+        layer_colorbar(fig, axes[0, 2], L)
+    fig.suptitle(f"{title}: per position (colour = layer)", y=1.04)
+    files["positions"] = save_figure(fig, out / "positions.png")
+
+    # ---- numbers
+    last = {
+        "eta_mean": float(eta[:, :, -1].mean()),
+        "eta_min": float(eta[:, :, -1].min()),
+        "eta_max": float(eta[:, :, -1].max()),
+        "demo_mass_mean": float(mass_d[:, :, -1].mean()),
+        "demo_share_mean": float(share[:, :, -1].mean()),
+    }
+    top = np.dstack(np.unravel_index(np.argsort(-share[:, :, -1], axis=None)[:5], (L, H)))[0]
+    summary = {
+        "title": title,
+        **meta,
+        "num_tokens": len(result.tokens),
+        "num_layers": L,
+        "num_heads": H,
+        "positions": pos,
+        "num_demo_keys_last": result.num_demo_keys[:, -1],
+        "heads_without_kernel_form": int((~kernel).sum()),
+        "max_decomposition_error": result.max_decomposition_error,
+        "last_position": last,
+        "top_demo_share_heads": [{"layer": int(a), "head": int(b),
+                                  "demo_share": float(share[a, b, -1])} for a, b in top],
+        "eta_last": eta[:, :, -1],
+        "demo_share_last": share[:, :, -1],
+        "demo_mass_last": mass_d[:, :, -1],
+        "log_normalizer_last": result.log_normalizer[:, :, -1],
+        "has_kernel_form": kernel,
+        "files": {k: v.name for k, v in files.items()},
+    }
+    files["json"] = write_json(out / "trace.json", summary)
+    try:
+        frame = result.to_frame()
+        files["parquet"] = atomic_write(out / "trace.parquet",
+                                        lambda fh: frame.to_parquet(fh, index=False))
+    except ImportError as exc:  # pragma: no cover - pandas/pyarrow are in the models extra
+        raise ImportError("writing Parquet needs pandas and pyarrow: pip install "
+                          "'icldistill[models]'") from exc
+
+    from icldistill.reporting.document import (
+        Figure,
+        Paragraph,
+        Report,
+        Section,
+        Table,
+        write_report,
+    )
+
+    traced = pos.tolist() if P <= 12 else f"{P} (from {pos[0]} to {pos[-1]})"
+    n_kernel = int((~kernel).sum())
+    report = Report(
+        title,
+        meta=(
+            *((str(k), str(v)) for k, v in meta.items()),
+            f"tokens: {len(result.tokens)}; layers × heads: {L} × {H}; traced positions: "
+            f"{traced}",
+            "decomposition check: max ‖Σ_S c_S − o‖ / ‖o‖ = "
+            f"{result.max_decomposition_error:.2e} (against the attention output the model "
+            "used)",
+            f"heads without a kernel form (soft-capped or biased logits): {n_kernel} of {L * H}",
+        ),
+        sections=(Section(
+            f"At the last position (t = {pos[-1]}, token {result.tokens[pos[-1]]!r})",
+            (
+                Table(("quantity", "mean over heads", "min", "max"), (
+                    ("η* = N/(2D′)", f"{last['eta_mean']:.4g}", f"{last['eta_min']:.4g}",
+                     f"{last['eta_max']:.4g}"),
+                    ("attention mass on demos", f"{last['demo_mass_mean']:.3f}",
+                     f"{mass_d[:, :, -1].min():.3f}", f"{mass_d[:, :, -1].max():.3f}"),
+                    ("demo share of output", f"{last['demo_share_mean']:.3f}",
+                     f"{share[:, :, -1].min():.3f}", f"{share[:, :, -1].max():.3f}"),
+                )),
+                Paragraph("Heads with the largest demonstration share:"),
+                Table(("layer", "head", "demo share", "η*"), tuple(
+                    (str(int(a)), str(int(b)), f"{share[a, b, -1]:.3f}", f"{eta[a, b, -1]:.4g}")
+                    for a, b in top)),
+                Figure("eta_heatmap.png", "η* and demo share"),
+                Figure("positions.png", "per position"),
+            ),
+        ),),
+    )
+    files["markdown"], files["html"] = write_report(report, out, stem="summary")
+    return files
+
+
+def layer_colors(n: int) -> list[Any]:
+    """``n`` colours along viridis, one per layer (first layer dark, last layer yellow)."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    return [cmap(i / max(1, n - 1)) for i in range(n)]
+
+
+def layer_colorbar(fig: Any, ax: Any, n: int) -> None:
+    """A colour bar labelled "layer" for ``n`` layers coloured by :func:`layer_colors`."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    sm = ScalarMappable(norm=Normalize(0, n - 1), cmap=colormaps["viridis"])
+    fig.colorbar(sm, ax=ax, label="layer")
+
+
+# ============================================================================ comparison report
+MMD_FAMILY = ("mmd", "mmd-query", "mmd-balanced")
+
+
+def spearman(x: Any, y: Any) -> float:
+    """Spearman rank correlation (average ranks for ties); NaN with fewer than 3 points or a
+    constant input."""
+    a = np.asarray(x, dtype=np.float64)
+    b = np.asarray(y, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError("spearman needs two 1-D arrays of equal length")
+    if a.size < 3:
+        return float("nan")
+
+    def ranks(v: np.ndarray) -> np.ndarray:
+        order = np.argsort(v, kind="stable")
+        r = np.empty(v.size)
+        r[order] = np.arange(v.size, dtype=np.float64)
+        for val in np.unique(v):              # average ranks of ties
+            tie = v == val
+            if tie.sum() > 1:
+                r[tie] = r[tie].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+@dataclass(frozen=True)
+class SelectorSummary:
+    """Accuracy of one selector for one model and ``k``, averaged over seeds and orderings."""
+
+    model: str
+    k: int
+    selector: str
+    per_task: dict[str, float]
+    per_task_std: dict[str, float]
+    mean: float
+    mmd2_task: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ComparisonReport:
+    """What :func:`write_comparison_report` wrote and concluded.
+
+    Attributes
+    ----------
+    markdown, html : Path
+    figures : list of Path
+    summaries : list of SelectorSummary
+    best : dict ``"model k=K"`` -> selector with the best mean accuracy over tasks (absent
+        when the grid is incomplete or when several selectors tie, see ``ties``)
+    mmd_family_best : dict ``"model k=K"`` -> whether an MMD-family selector is best on average
+        (on a tie: whether one of the tied selectors is)
+    beats_random : dict ``"model k=K"`` -> {task: whether the best MMD-family selector beats
+        the mean of the random seeds}
+    spearman : dict ``"model k=K"`` -> {task: Spearman(MMD^2 to the task, accuracy) over the
+        evaluated demonstration sets}
+    collapsed : dict ``"model k=K"`` -> {task: (units whose predictions collapse onto one
+        label, units)}; a unit collapses when every label but one has a recall below
+        :data:`COLLAPSE_RECALL` (the model answers one label whatever the demonstrations, so
+        its accuracy reflects the label prior rather than the demonstrations)
+    paired_json : Path or None
+        ``paired.json`` (the paired comparisons, one record each) when they were given.
+    ties : dict ``"model k=K"`` -> the selectors that share the best mean accuracy over tasks
+        (two or more, equal at the report's precision of three decimals); no winner is
+        declared for these groups.
+    """
+
+    markdown: Path
+    html: Path
+    figures: list[Path]
+    summaries: list[SelectorSummary]
+    best: dict[str, str]
+    mmd_family_best: dict[str, bool]
+    beats_random: dict[str, dict[str, bool]]
+    spearman: dict[str, dict[str, float]]
+    collapsed: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
+    paired_json: Path | None = None
+    ties: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+#: Recall below which a label counts as never predicted (see ``ComparisonReport.collapsed``).
+COLLAPSE_RECALL = 0.05
+
+
+def _collapsed(r: Any) -> bool:
+    recalls = list(getattr(r, "per_label_accuracy", {}).values())
+    return len(recalls) >= 2 and sum(v >= COLLAPSE_RECALL for v in recalls) <= 1
+
+
+def _model_label(r: Any) -> str:
+    """A unit's model with its precision when not float32 (``UnitSpec.model_label``)."""
+    return str(getattr(r.spec, "model_label", r.spec.model))
+
+
+def _group_results(results: Sequence[Any]) -> dict[tuple[str, int], list[Any]]:
+    groups: dict[tuple[str, int], list[Any]] = {}
+    for r in results:
+        groups.setdefault((_model_label(r), r.spec.k), []).append(r)
+    return dict(sorted(groups.items()))
+
+
+def write_comparison_report(
+    results: Sequence[Any],
+    out_dir: str | Path,
+    *,
+    title: str = "Demonstration selection: few-shot accuracy",
+    commands: Sequence[str] = (),
+    notes: Sequence[str] = (),
+    paired: Sequence[PairedComparison] | None = None,
+) -> ComparisonReport:
+    """Markdown + HTML report of a selector comparison (harness :class:`UnitResult` objects).
+
+    With ``paired`` (:func:`icldistill.core.stats.paired_comparisons`) the report leads with the
+    paired comparisons — per model and ``k``, the mean-over-tasks difference of every selector
+    to each baseline with its CI, p-value, Holm-adjusted p-value and verdict, then the per-task
+    differences — and writes them to ``paired.json`` (one ``PairedComparison.to_dict()``
+    record each).
+
+    Tables: accuracy (mean over seeds and orderings, 95% bootstrap CI of single runs in the
+    detail table) per task and selector for every model and ``k``, the mean over tasks, the
+    MMD to the task of every selector, selection and scoring times. Figures: accuracy per
+    selector per task; accuracy against the demonstrations' ``MMD^2`` to the task with the
+    per-task Spearman correlation. Conclusions (best selector, whether the MMD family is best
+    and beats random on every task) are computed from the numbers, not asserted.
+
+    ``report.md`` and ``report.html`` are two renderings of one
+    :class:`icldistill.reporting.Report` (user text is escaped in the HTML).
+    """
+    from icldistill.reporting.document import Report, Section, Table, write_report
+
+    if not results:
+        raise ValueError("no results to report")
+    out = Path(out_dir)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    acc_ = _Conclusions()
+    sections: list[Section] = []
+    figures: list[Path] = []
+    overview: list[list[str]] = []
+    for (model, k), rs in _group_results(results).items():
+        section, figs, row = _group_section(model, k, rs, out, acc_)
+        sections.append(section)
+        figures += figs
+        if row is not None:
+            overview.append(row)
+    if overview:
+        head = ["model, k", "best mean (selector, accuracy)", "best MMD family", "gap",
+                "unit 95% CI half-width", "MMD family beats random on",
+                "mean Spearman(MMD², acc)"]
+        sections.insert(0, Section("Overview", (Table(head, overview),)))
+    paired_json = None
+    if paired is not None:
+        paired = list(paired)
+        paired_json = write_json(out / "paired.json", [c.to_dict() for c in paired])
+        sections.insert(0, _paired_section(paired))
+    sections.append(Section("Every evaluated unit", (_detail_table(results),)))
+    md_path, html_path = write_report(Report(title, sections, notes=tuple(notes),
+                                             commands=tuple(commands)), out)
+    return ComparisonReport(md_path, html_path, figures, acc_.summaries, acc_.best,
+                            acc_.fam_best, acc_.beats, acc_.rho, acc_.collapsed, paired_json,
+                            acc_.ties)
+
+
+@dataclass
+class _Conclusions:
+    """What :func:`write_comparison_report` accumulates over the (model, k) groups."""
+
+    summaries: list[SelectorSummary] = field(default_factory=list)
+    best: dict[str, str] = field(default_factory=dict)
+    fam_best: dict[str, bool] = field(default_factory=dict)
+    beats: dict[str, dict[str, bool]] = field(default_factory=dict)
+    rho: dict[str, dict[str, float]] = field(default_factory=dict)
+    collapsed: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
+    ties: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def _same_shown(a: float, b: float) -> bool:
+    """Whether two mean accuracies read the same in the report (three decimals)."""
+    return f"{a:.3f}" == f"{b:.3f}"
+
+
+def _rho_text(rho: float) -> str:
+    """A Spearman correlation for the report; NaN (a constant MMD² or accuracy over the units,
+    or fewer than 3 of them) as ``n/a (constant)``."""
+    return f"{rho:+.2f}" if math.isfinite(rho) else "n/a (constant)"
+
+
+def _is_mmd_family(selector: str) -> bool:
+    return selector.split("@")[0].split(",")[0] in MMD_FAMILY
+
+
+def _group_section(model: str, k: int, rs: list[Any], out: Path, c: _Conclusions
+                   ) -> tuple[Any, list[Path], list[str] | None]:
+    """The section of one (model, k): accuracy table, computed claims, MMD table, figures;
+    its row of the overview (``None`` without a winner). Fills ``c``."""
+    from icldistill.reporting.document import BulletList, Figure, Section, Table, plain
+
+    tag = f"{model} k={k}"
+    tasks = sorted({r.spec.task for r in rs})
+    selectors = list(dict.fromkeys(r.spec.label for r in
+                                   sorted(rs, key=lambda r: _selector_rank(r.spec.label))))
+    acc: dict[str, dict[str, list[float]]] = {s: {t: [] for t in tasks} for s in selectors}
+    mm: dict[str, dict[str, list[float]]] = {s: {t: [] for t in tasks} for s in selectors}
+    for r in rs:
+        acc[r.spec.label][r.spec.task].append(r.accuracy.value)
+        mm[r.spec.label][r.spec.task].append(r.mmd2_task)
+    rows = []
+    for s in selectors:
+        per = {t: float(np.mean(v)) for t, v in acc[s].items() if v}
+        std = {t: float(np.std(v)) for t, v in acc[s].items() if v}
+        mmd_t = {t: float(np.mean(v)) for t, v in mm[s].items() if v}
+        mean = float(np.mean(list(per.values()))) if len(per) == len(tasks) else float("nan")
+        c.summaries.append(SelectorSummary(model, k, s, per, std, mean, mmd_t))
+        cells = [f"{per[t]:.3f}" + (f" ±{std[t]:.3f}" if len(acc[s][t]) > 1 else "")
+                 if t in per else "–" for t in tasks]
+        rows.append([s, *cells, f"{mean:.3f}" if math.isfinite(mean) else "–"])
+    summ = [x for x in c.summaries if x.model == model and x.k == k]
+    complete = [x for x in summ if math.isfinite(x.mean)]
+    leaders: set[str] = set()
+    if len(complete) >= 2 and len(complete) == len(summ):
+        top = max(complete, key=lambda x: x.mean)
+        tied = tuple(x.selector for x in complete if _same_shown(x.mean, top.mean))
+        if len(tied) > 1:              # no winner: they read the same in the report
+            c.ties[tag] = tied
+        else:
+            c.best[tag] = top.selector
+        leaders = set(tied)
+        c.fam_best[tag] = any(_is_mmd_family(s) for s in tied)
+    for row in rows:                   # the best mean(s) in bold
+        row[0] = f"**{plain(row[0])}**" if row[0] in leaders else plain(row[0])
+    rnd = next((x for x in summ if x.selector == "random"), None)
+    fam = [x for x in summ if _is_mmd_family(x.selector)]
+    if rnd is not None and fam:
+        c.beats[tag] = {t: max(x.per_task[t] for x in fam if t in x.per_task) > rnd.per_task[t]
+                        for t in tasks if t in rnd.per_task
+                        and any(t in x.per_task for x in fam)}
+    c.rho[tag] = {}
+    for t in tasks:
+        pts = [(r.mmd2_task, r.accuracy.value) for r in rs if r.spec.task == t]
+        if len(pts) >= 3:
+            c.rho[tag][t] = spearman([p[0] for p in pts], [p[1] for p in pts])
+    c.collapsed[tag] = {t: (sum(_collapsed(r) for r in rs if r.spec.task == t),
+                            sum(1 for r in rs if r.spec.task == t)) for t in tasks}
+    half = float(np.mean([(r.accuracy.high - r.accuracy.low) / 2 for r in rs]))
+    claims, overview = _claims(tag, summ, complete, fam, rnd, half, c)
+    figures = _comparison_figures(rs, tasks, selectors, acc, out / "figures",
+                                  f"{_slug(model)}_k{k}", tag, c.rho[tag])
+    mrows = [[plain(s), *[f"{np.mean(mm[s][t]):.4f}" if mm[s][t] else "–" for t in tasks]]
+             for s in selectors]
+    header = ["selector", *(plain(t) for t in tasks)]
+    blocks: list[Any] = [Table([*header, "mean"], rows)]
+    if claims:
+        blocks.append(BulletList(claims))
+    blocks.append(Section(f"{tag}: MMD² of the shown demonstrations to the test inputs", (
+        Table(header, mrows),
+        *(Figure(f.relative_to(out).as_posix(), f.stem) for f in figures))))
+    return Section(f"{tag}: accuracy", blocks), figures, overview
+
+
+def _claims(tag: str, summ: list[SelectorSummary], complete: list[SelectorSummary],
+            fam: list[SelectorSummary], rnd: SelectorSummary | None, half: float,
+            c: _Conclusions) -> tuple[list[str], list[str] | None]:
+    """The computed claims of one (model, k) (inline text) and its overview row."""
+    from icldistill.reporting.document import plain
+
+    claims = []
+    overview = None
+    missing = [plain(x.selector) for x in summ if not math.isfinite(x.mean)]
+    if missing:
+        claims.append("Incomplete grid: no mean over tasks for " + ", ".join(missing) +
+                      " (cells marked –), so no overall winner is declared.")
+    fam_done = [x for x in fam if math.isfinite(x.mean)]
+    top_fam = max(fam_done, key=lambda x: x.mean) if fam_done else None
+    rho, beats = c.rho[tag], c.beats
+    if tag in c.fam_best:
+        top_all = max(complete, key=lambda x: x.mean)
+        tied = c.ties.get(tag, ())
+        leader = (" and ".join(plain(s) for s in tied) if tied
+                  else plain(top_all.selector))
+        if tied:
+            has_fam = "one of them an" if c.fam_best[tag] else "none of them an"
+            claims.append("No single best mean accuracy over tasks: a tie between "
+                          + ", ".join(f"**{plain(s)}**" for s in tied)
+                          + f" ({top_all.mean:.3f}; {has_fam} MMD-family selector).")
+        else:
+            claims.append(f"Best mean accuracy over tasks: **{plain(c.best[tag])}**"
+                          f" ({'an' if c.fam_best[tag] else 'not an'} MMD-family selector).")
+        if not c.fam_best[tag] and top_fam is not None:
+            gap = top_all.mean - top_fam.mean
+            claims.append(
+                f"Gap: the best MMD-family selector, {plain(top_fam.selector)} "
+                f"({top_fam.mean:.3f}), is {gap:.3f} below {leader} "
+                f"({top_all.mean:.3f}) on the mean over tasks; a single unit's 95% "
+                f"bootstrap half-width is {half:.3f} on average here"
+                + (", so the two are not distinguishable at this test size." if gap < half
+                   else "."))
+        finite = [v for v in rho.values() if math.isfinite(v)]
+        overview = [plain(tag), (f"tie: {', '.join(plain(s) for s in tied)}" if tied
+                                 else plain(top_all.selector)) + f" {top_all.mean:.3f}",
+                    f"{plain(top_fam.selector)} {top_fam.mean:.3f}" if top_fam else "–",
+                    f"{top_all.mean - top_fam.mean:.3f}" if top_fam else "–",
+                    f"{half:.3f}",
+                    (f"{sum(beats[tag].values())} of {len(beats[tag])}" if tag in beats
+                     else "–"),
+                    f"{np.mean(finite):+.2f}" if finite else "–"]
+    if tag in beats:
+        lost = [t for t, ok in beats[tag].items() if not ok]
+        claims.append("The best MMD-family selector beats random on every task evaluated."
+                      if not lost else
+                      "The MMD family does **not** beat random on: "
+                      + ", ".join(plain(t) for t in lost) + ".")
+        assert rnd is not None
+        for t in lost:
+            top = max((x for x in fam if t in x.per_task), key=lambda x: x.per_task[t])
+            n_c, n_t = c.collapsed[tag][t]
+            why = (f"{plain(t)}: best MMD-family {plain(top.selector)} {top.per_task[t]:.3f} "
+                   f"vs random {rnd.per_task[t]:.3f} ± {rnd.per_task_std.get(t, 0.0):.3f}")
+            if n_c:
+                why += (f"; {n_c} of {n_t} units predict (almost) only one label, so "
+                        "accuracy there reflects the label prior, not the demonstrations")
+            if t in rho:
+                why += f"; Spearman(MMD², accuracy) {_rho_text(rho[t])}"
+            claims.append("Why — " + why + ".")
+    many = {t: cn for t, cn in c.collapsed[tag].items() if cn[0]}
+    if many:
+        claims.append(f"Predictions collapse onto one label (every other label's recall "
+                      f"< {COLLAPSE_RECALL:.0%}) in " + ", ".join(
+                          f"{plain(t)} {n_c} of {n_t} units" for t, (n_c, n_t) in many.items())
+                      + ".")
+    if rho:
+        vals = [v for v in rho.values() if math.isfinite(v)]
+        claims.append("Spearman(MMD² to the task, accuracy) per task: " + ", ".join(
+            f"{plain(t)} {_rho_text(v)}" for t, v in rho.items()) +
+            (f"; mean {np.mean(vals):+.2f} (negative = lower MMD, higher accuracy)."
+             if vals else "."))
+    return claims, overview
+
+
+def _detail_table(results: Sequence[Any]) -> Any:
+    """The table of every evaluated unit."""
+    from icldistill.reporting.document import Table, plain
+
+    rows = []
+    for r in sorted(results, key=lambda r: (_model_label(r), r.spec.k, r.spec.task,
+                                            _selector_rank(r.spec.label), r.spec.seed,
+                                            r.spec.ordering)):
+        rows.append([plain(_model_label(r)), plain(r.spec.task), str(r.spec.k),
+                     plain(r.spec.label), str(r.spec.seed), plain(str(r.spec.ordering)),
+                     str(r.accuracy), str(r.macro_f1), f"{r.mmd2_task:.4f}",
+                     f"{r.mmd2_query:.4f}", f"{r.selection_seconds:.3f}",
+                     f"{r.scoring_seconds:.1f}", str(r.n)])
+    header = ["model", "task", "k", "selector", "seed", "ordering", "accuracy [95% CI]",
+              "macro-F1 [95% CI]", "MMD² task", "MMD² query", "select s", "score s", "n"]
+    return Table(header, rows)
+
+
+#: Holm-adjusted p-value below which a paired comparison is called a difference.
+PAIRED_ALPHA = 0.05
+
+
+def _fmt_p(p: float) -> str:
+    return f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
+
+
+def _points(x: float) -> str:
+    """A difference in accuracy points, signed, one decimal (no "-0.0")."""
+    return f"{round(100 * x, 1) + 0.0:+.1f}"
+
+
+def _verdict(c: PairedComparison) -> str:
+    if c.p_holm < PAIRED_ALPHA:
+        return "better" if c.diff > 0 else "worse"
+    return "no significant difference"
+
+
+def _paired_section(paired: Sequence[PairedComparison]) -> Any:
+    """The "Paired comparisons" section (a :class:`icldistill.reporting.Section`)."""
+    from icldistill.reporting.document import BulletList, Paragraph, Section, Table, plain
+
+    title = "Paired comparisons"
+    if not paired:
+        return Section(title, (Paragraph("No paired comparisons: no per-item predictions were "
+                                         "recorded."),))
+    level = paired[0].level
+    intro = (
+        "Every selector scored the same test items as its baseline, so they are compared "
+        "paired: diff = accuracy of the selector minus the baseline's, in points, on the same "
+        "items (a randomised selector's correctness is averaged over its seeds per item). "
+        f"{level:.0%} CI: percentile bootstrap over items (within each task for the mean over "
+        "tasks). p: exact McNemar test when both are single runs, else a sign-flip test "
+        "(exact up to 20 discordant items, Monte Carlo beyond); for the mean over tasks a "
+        "sign-flip test within tasks. Holm p: Holm-Bonferroni over the family of one model "
+        "and k — every per-task and every mean-over-tasks comparison against every baseline "
+        "(a pair and its mirror, e.g. random vs knn and knn vs random, count once). Verdict: "
+        f"better / worse when Holm p < {PAIRED_ALPHA}, else no significant difference.")
+    blocks: list[Any] = [Paragraph(intro)]
+    groups: dict[tuple[str, int], list[PairedComparison]] = {}
+    for c in paired:
+        groups.setdefault((c.model, c.k), []).append(c)
+    notes: list[str] = []
+    for (model, k), cs in sorted(groups.items()):
+        tag = f"{model} k={k}"
+        family = len({(c.task, *sorted((c.selector, c.baseline))) for c in cs})
+        baselines = list(dict.fromkeys(c.baseline for c in cs))
+        means = sorted((c for c in cs if c.task == "mean"),
+                       key=lambda c: (baselines.index(c.baseline), -c.diff, c.selector))
+        head = ["selector", "vs", "diff (points)", f"{level:.0%} CI", "p", "Holm p", "tasks",
+                "items", "verdict"]
+        rows = [[plain(c.selector), plain(c.baseline), _points(c.diff),
+                 f"[{_points(c.ci_low)}, {_points(c.ci_high)}]", _fmt_p(c.p), _fmt_p(c.p_holm),
+                 str(c.n_tasks), str(c.n), _verdict(c)] for c in means]
+        sub: list[Any] = ([Table(head, rows)] if rows else
+                          [Paragraph("Fewer than 2 tasks with both selectors: no mean over "
+                                     "tasks.")])
+        tasks = sorted({c.task for c in cs if c.task != "mean"})
+        for base in baselines:
+            mine = [c for c in cs if c.baseline == base]
+            cell = {(c.selector, c.task): _points(c.diff)
+                    + ("*" if c.p_holm < PAIRED_ALPHA else "") for c in mine}
+            sels = sorted({c.selector for c in mine}, key=_selector_rank)
+            cols = [*tasks, "mean"]
+            prow = [[plain(s), *[cell.get((s, t), "–") for t in cols]] for s in sels]
+            sub.append(Section(f"{tag}: per task, diff vs {base} (points; * = Holm p < "
+                               f"{PAIRED_ALPHA})",
+                               (Table(["selector", *(plain(t) for t in cols)], prow),)))
+        blocks.append(Section(f"{tag}: mean over tasks (Holm family of {family} comparisons)",
+                              sub))
+        notes += [f"{plain(tag)}, {plain(c.selector)} vs {plain(c.baseline)}, {plain(c.task)}: "
+                  f"{c.note}" for c in cs if c.note]
+    if notes:
+        blocks.append(BulletList(notes))
+    return Section(title, blocks)
+
+
+_ORDER = ("random", "knn", "bm25", "mmr", "dpp", "vote-k", "mmd", "mmd-balanced", "mmd-query")
+
+
+def _selector_rank(label: str) -> tuple[int, str]:
+    base = label.split("@")[0].split(",")[0]
+    return (_ORDER.index(base) if base in _ORDER else len(_ORDER), label)
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
+
+
+def _comparison_figures(rs: Sequence[Any], tasks: list[str], selectors: list[str],
+                        acc: dict[str, dict[str, list[float]]], folder: Path, stem: str,
+                        tag: str, rho: dict[str, float]) -> list[Path]:
+    fig, axes = new_figure(1, 1, size=(max(6.0, 1.3 * len(tasks) + 2), 4.0))
+    ax = axes[0, 0]
+    width = 0.8 / max(1, len(selectors))
+    cmap = _selector_colors(selectors)
+    for j, s in enumerate(selectors):
+        means = [np.mean(acc[s][t]) if acc[s][t] else np.nan for t in tasks]
+        errs = [np.std(acc[s][t]) if len(acc[s][t]) > 1 else 0.0 for t in tasks]
+        ax.bar(np.arange(len(tasks)) + (j - (len(selectors) - 1) / 2) * width, means, width,
+               yerr=errs, label=s, color=cmap[s], capsize=2)
+    ax.set_xticks(np.arange(len(tasks)))
+    ax.set_xticklabels(tasks, rotation=20)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{tag}: accuracy per selector")
+    ax.legend(fontsize=7, ncol=3, loc="lower right")
+    p1 = save_figure(fig, folder / f"accuracy_{stem}.png")
+    n = len(tasks)
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = new_figure(nrows, ncols, size=(4.0, 3.3))
+    markers = _selector_markers(selectors)
+    handles: dict[str, Any] = {}
+    for i, t in enumerate(tasks):
+        ax = axes[i // ncols, i % ncols]
+        for j, s in enumerate(selectors):
+            pts = [(r.mmd2_task, r.accuracy.value) for r in rs
+                   if r.spec.task == t and r.spec.label == s]
+            if pts:
+                # hollow markers of distinct shapes and decreasing sizes: selectors whose
+                # points coincide (deterministic ones, equal accuracies) stay visible
+                handles[s] = ax.scatter(*zip(*pts, strict=True), label=s,
+                                        marker=markers[s], facecolors="none",
+                                        edgecolors=[cmap[s]], linewidths=1.3,
+                                        s=max(16.0, 60.0 - 8.0 * j), zorder=3 + j)
+        ax.set_title(f"{t}: Spearman " + (_rho_text(rho[t]) if t in rho
+                                          else "n/a (< 3 units)"), fontsize=9)
+        ax.set_xlabel("MMD² (demos, test inputs)")
+        ax.set_ylabel("accuracy")
+    for j in range(n, nrows * ncols):
+        axes[j // ncols, j % ncols].axis("off")
+    fig.suptitle(f"{tag}: accuracy vs MMD² to the task")
+    fig.set_layout_engine("constrained")     # keep x labels clear of the next row's titles
+    if handles:                              # one legend for every panel, beside them
+        fig.legend(list(handles.values()), list(handles), loc="outside right upper",
+                   fontsize=7, title="selector", title_fontsize=7)
+    p2 = save_figure(fig, folder / f"acc_vs_mmd_{stem}.png")
+    return [p1, p2]
+
+
+def _selector_colors(selectors: Sequence[str]) -> dict[str, Any]:
+    """A distinct colour per selector (tab10; tab20 beyond ten selectors)."""
+    from matplotlib import colormaps
+
+    n = 10 if len(selectors) <= 10 else 20
+    cm = colormaps[f"tab{n}"]
+    return {s: cm(i % n) for i, s in enumerate(selectors)}
+
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+
+
+def _selector_markers(selectors: Sequence[str]) -> dict[str, str]:
+    """A distinct marker shape per selector (cycling after twelve)."""
+    return {s: _MARKERS[i % len(_MARKERS)] for i, s in enumerate(selectors)}
+
+
+def write_ablation_report(
+    results: Sequence[Any],
+    paired: Sequence[Any],
+    out_dir: str | Path,
+    *,
+    objectives: Sequence[tuple[str, str, tuple[tuple[str, Any], ...]]],
+    encoders: Sequence[str],
+    baseline: str = "knn",
+    commands: Sequence[str] = (),
+    notes: Sequence[str] = (),
+    title: str = "Ablation: representation x objective, paired against kNN",
+) -> Path:
+    """Report (``ablation.md``, its HTML twin ``ablation.html``) and ``ablation.json`` of a
+    representation x objective ablation (issue 12, item 4); returns the Markdown path.
+
+    ``objectives`` are ``(display name, selector, params)``; every ``(objective, encoder)`` cell
+    is the unit label ``selector[@encoder][,param=value...]`` of the harness (the default
+    encoder ``minilm`` is not written). A cell shows the mean-over-tasks paired difference to
+    ``baseline`` (percentage points) with its CI and Holm-adjusted p-value, taken from
+    ``paired`` (:class:`icldistill.core.stats.PairedComparison` records); the conclusions (cells
+    significantly better / worse, the best row and column) are computed from them.
+    """
+    out = Path(out_dir)
+    by_label: dict[tuple[str, int, str], list[Any]] = {}
+    for r in results:
+        by_label.setdefault((_model_label(r), r.spec.k, r.spec.label), []).append(r)
+    mean_rows = {(p.model, p.k, p.selector): p for p in paired
+                 if p.task == "mean" and p.baseline == baseline}
+    task_rows = {(p.model, p.k, p.selector, p.task): p for p in paired
+                 if p.task != "mean" and p.baseline == baseline}
+
+    def label(sel: str, enc: str, params: tuple[tuple[str, Any], ...]) -> str:
+        e = "" if enc == "minilm" else f"@{enc}"
+        return sel + e + "".join(f",{k}={v}" for k, v in sorted(params))
+
+    from icldistill.reporting.document import (
+        BulletList,
+        CodeBlock,
+        Paragraph,
+        Report,
+        Section,
+        Table,
+        inline_code,
+        plain,
+        write_report,
+    )
+
+    sections: list[Section] = []
+    record: list[dict[str, Any]] = []
+    enc_head = [plain(e) for e in encoders]
+    for model, k in sorted({(m, kk) for m, kk, _ in by_label}):
+        tasks = sorted({r.spec.task for (m, kk, _), rs in by_label.items()
+                        if (m, kk) == (model, k) for r in rs})
+        blocks: list[Any] = [Paragraph(
+            f"Mean over {len(tasks)} tasks ({', '.join(plain(t) for t in tasks)}) of the paired "
+            f"accuracy difference to {inline_code(baseline)} (points), 95% CI, Holm-adjusted "
+            "p. **Bold**: Holm p < 0.05.")]
+        rows = []
+        sig_better, sig_worse = [], []
+        for name, sel, params in objectives:
+            row = [plain(name)]
+            for enc in encoders:
+                lab = label(sel, enc, params)
+                if lab == baseline:
+                    row.append("baseline")
+                    continue
+                p = mean_rows.get((model, k, lab))
+                if p is None:
+                    row.append("not run" if (model, k, lab) not in by_label else "1 task")
+                    continue
+                cell = (f"{100 * p.diff:+.1f} [{100 * p.ci_low:+.1f}, {100 * p.ci_high:+.1f}] "
+                        f"p={p.p_holm:.2g}")
+                if p.p_holm < 0.05:
+                    cell = f"**{cell}**"
+                    (sig_better if p.diff > 0 else sig_worse).append(
+                        f"{plain(name)} on {plain(enc)}")
+                row.append(cell)
+                record.append({"model": model, "k": k, "objective": name, "encoder": enc,
+                               "selector": lab, **p.to_dict()})
+            rows.append(row)
+        blocks.append(Table(["objective", *enc_head], rows))
+        # accuracy per task
+        acc_rows = []
+        for name, sel, params in objectives:
+            for enc in encoders:
+                rs = by_label.get((model, k, label(sel, enc, params)), [])
+                if not rs:
+                    continue
+                cells = []
+                for t in tasks:
+                    vals = [r.accuracy.value for r in rs if r.spec.task == t]
+                    cells.append(f"{np.mean(vals):.3f}" if vals else "")
+                acc_rows.append([plain(name), plain(enc), *cells])
+        blocks += [Paragraph("Accuracy per task:"),
+                   Table(["objective", "representation", *(plain(t) for t in tasks)], acc_rows)]
+        per_task = [[plain(lab), plain(t), f"{100 * p.diff:+.1f}", f"{p.p_holm:.2g}"]
+                    for (m, kk, lab, t), p in sorted(task_rows.items())
+                    if (m, kk) == (model, k) and p.p_holm < 0.05]
+        conclusions = [
+            "significantly better than kNN on the mean over tasks: "
+            + (", ".join(sig_better) if sig_better else "none") + ".",
+            "significantly worse: " + (", ".join(sig_worse) if sig_worse else "none") + "."]
+        for enc in encoders:
+            ds = [p.diff for (m, kk, lab), p in mean_rows.items() if (m, kk) == (model, k)
+                  and (lab.split(",")[0].partition("@")[2] or "minilm") == enc]
+            if ds:
+                conclusions.append(f"mean difference over the objectives on {inline_code(enc)}: "
+                                   f"{100 * float(np.mean(ds)):+.1f} points ({len(ds)} cells).")
+        blocks += [Paragraph("**Conclusions (computed):**"), BulletList(conclusions)]
+        if per_task:
+            blocks += [Paragraph("Per-task differences with Holm p < 0.05:"),
+                       Table(["selector", "task", "diff (points)", "Holm p"], per_task)]
+        sections.append(Section(f"{model}, k = {k}", blocks))
+    if commands:
+        sections.append(Section("Reproduce", (CodeBlock("\n".join(commands), "bash"),)))
+    write_json(out / "ablation.json", record)
+    md_path, _ = write_report(Report(title, sections, notes=tuple(notes)), out, stem="ablation")
+    return md_path
