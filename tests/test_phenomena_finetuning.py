@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from icldistill.core.validation import InputError
+from icldistill.evaluation.scoring import prompt_token_ids
 from icldistill.lab.experiments import finetuning as ft
 from icldistill.lab.experiments import phenomena as ph
 
@@ -154,16 +155,16 @@ def test_hooks_capture_one_tensor_per_layer_and_change_nothing():
 def test_attention_outputs_equal_one_prompt_at_a_time(toy):
     m = _loaded()
     demos = _demos(toy)
-    texts = ft._texts(toy, demos, toy.test_texts)          # shared prefix: the demonstrations
+    texts = ft.prompt_texts(toy, demos, toy.test_texts)          # shared prefix: the demonstrations
     got = ft.attention_outputs(m, texts, batch_size=4)
     L, d = m.model.config.num_hidden_layers, m.model.config.hidden_size
     assert got.shape == (len(texts), L, d)
-    for i, ids in enumerate(ft._ids(m.tokenizer, texts)):
+    for i, ids in enumerate(prompt_token_ids(m.tokenizer, texts)):
         with torch.no_grad(), ft.AttentionCapture(m.model) as cap:
             m.model(torch.tensor([ids]))
         want = np.stack([t[0, -1].double().numpy() for t in cap.outputs])
         np.testing.assert_allclose(got[i], want, rtol=1e-4, atol=1e-5)
-    zero = ft.attention_outputs(m, ft._texts(toy, [], toy.test_texts[:3]), batch_size=2)
+    zero = ft.attention_outputs(m, ft.prompt_texts(toy, [], toy.test_texts[:3]), batch_size=2)
     assert zero.shape == (3, L, d)
 
 
@@ -188,7 +189,7 @@ def test_predict_and_capture_is_predict_plus_outputs(toy, arch, multi):
         want_pred, want_lp = ph.predict(m, task, task.test_texts, demos)
         np.testing.assert_array_equal(lp, want_lp)
         assert (pred == want_pred).all()
-        want = ft.attention_outputs(m, ft._texts(task, demos, task.test_texts))
+        want = ft.attention_outputs(m, ft.prompt_texts(task, demos, task.test_texts))
         np.testing.assert_allclose(ao, want, rtol=1e-4, atol=1e-5)
 
 

@@ -16,7 +16,7 @@ import torch
 from icldistill.core.validation import InputError
 from icldistill.data.prompts import Template
 from icldistill.evaluation import scoring as evaluation
-from icldistill.evaluation.scoring import FewShotScorer, MemoryModel, _LabelTrie
+from icldistill.evaluation.scoring import FewShotScorer, LabelTrie, MemoryModel
 
 from .tiny_models import tiny_model, tiny_tokenizer
 
@@ -53,15 +53,28 @@ def _score(sc: FewShotScorer, setting: str, calibrate: bool):
 
 
 def _spy(sc: FewShotScorer) -> list[tuple[int, int, int]]:
-    """Record (rows, padded width, prefix length) of every batch."""
+    """Record (rows, padded width, prefix length) of every batch: the scorer's ``on_context``
+    reports each batch's context pass, whose input a forward pre-hook on the model has seen."""
     shapes: list[tuple[int, int, int]] = []
-    orig = sc._batch
+    seen: dict[str, torch.Tensor] = {}
+    score = sc.score
 
-    def spy(batch, cache, p_len, device):
-        shapes.append((len(batch), max(len(it.context) for it in batch), p_len))
-        return orig(batch, cache, p_len, device)
+    def pre(_mod, _args, kwargs):
+        seen.update(ids=kwargs["input_ids"], pos=kwargs.get("position_ids"))
 
-    sc._batch = spy
+    def on_context(queries, last):
+        ids, pos = seen["ids"], seen["pos"]
+        assert ids.shape[0] == len(queries) and ids.shape[1] == max(last) + 1
+        shapes.append((len(queries), ids.shape[1], int(pos[0, 0])))
+
+    def spied(*args, **kwargs):
+        handle = sc.model.register_forward_pre_hook(pre, with_kwargs=True)
+        try:
+            return score(*args, on_context=on_context, **kwargs)
+        finally:
+            handle.remove()
+
+    sc.score = spied
     return shapes
 
 
@@ -71,7 +84,7 @@ def _spy(sc: FewShotScorer) -> list[tuple[int, int, int]]:
 
 
 def test_label_trie_shares_leading_tokens():
-    trie = _LabelTrie([[1, 2, 3], [1, 2], [4], [1, 5], [6, 7]])
+    trie = LabelTrie([[1, 2, 3], [1, 2], [4], [1, 5], [6, 7]])
     # inputs: t[:-1] of every label, shared where the path is the same
     assert trie.tokens == [1, 2, 6] and trie.depth == [0, 1, 0]
     assert trie.targets == [[(0, 2), (1, 3)], [(0, 2)], [], [(0, 5)], [(2, 7)]]
@@ -204,7 +217,7 @@ def test_token_budget_batches_and_scores(budget, words):
         for rows, width, p_len in shapes:
             assert rows <= 4
             # within the budget, or a single prompt that alone exceeds it
-            assert rows == 1 or rows * sc._row_tokens(width, p_len) <= budget
+            assert rows == 1 or rows * sc.row_tokens(width, p_len) <= budget
         widths = [w for _, w, _ in shapes]
         assert widths == sorted(widths, reverse=True)      # longest first, length-sorted
     if budget == 1:
@@ -221,10 +234,10 @@ def test_eager_attention_weights_shrink_batches():
     sdpa = _scorer(model, tok, attn="sdpa", max_batch_tokens=budget, batch_size=8)
     assert eager.memory.eager and not sdpa.memory.eager
     w, p = 60, 0
-    rows_e = max(r for r in range(1, 9) if eager._fits(r, w, p) or r == 1)
-    rows_s = max(r for r in range(1, 9) if sdpa._fits(r, w, p) or r == 1)
+    rows_e = max(r for r in range(1, 9) if eager.fits(r, w, p) or r == 1)
+    rows_s = max(r for r in range(1, 9) if sdpa.fits(r, w, p) or r == 1)
     assert rows_e < rows_s
-    assert eager._batch_bytes(2, w, p) > sdpa._batch_bytes(2, w, p)
+    assert eager.batch_bytes(2, w, p) > sdpa.batch_bytes(2, w, p)
 
 
 def test_default_budget_from_the_memory_model():
@@ -285,7 +298,7 @@ def test_max_prompt_tokens_names_the_prompt_before_anything_runs():
 def test_auto_prompt_limit_refuses_what_memory_cannot_hold(monkeypatch):
     model, tok = _lm("llama")
     sc = _scorer(model, tok)
-    monkeypatch.setattr(evaluation, "_available_memory", lambda: 10_000)
+    monkeypatch.setattr(evaluation, "available_memory", lambda: 10_000)
     with pytest.raises(InputError, match=r"query 0 .*needs about .* GiB \(sdpa attention\), more "
                                          r"than the .* GiB of memory available"):
         sc.score(QUERIES[:2], DEMOS)
@@ -296,9 +309,9 @@ def test_auto_prompt_limit_refuses_what_memory_cannot_hold(monkeypatch):
     assert limited.score(["it"], DEMOS).logprobs.shape == (1, len(LABELS))
     with pytest.raises(InputError, match="prompt of a content-free query"):
         limited.score(["it"], DEMOS, calibrate=True)
-    monkeypatch.setattr(evaluation, "_available_memory", lambda: None)   # unknown: no check
+    monkeypatch.setattr(evaluation, "available_memory", lambda: None)   # unknown: no check
     assert sc.score(QUERIES[:2], DEMOS).logprobs.shape == (2, len(LABELS))
-    monkeypatch.setattr(evaluation, "_available_memory", lambda: 10_000)
+    monkeypatch.setattr(evaluation, "available_memory", lambda: 10_000)
     assert _scorer(model, tok, max_prompt_tokens=None).score(QUERIES[:2], DEMOS).logprobs.shape \
         == (2, len(LABELS))
     # the context limit still comes first
@@ -307,5 +320,19 @@ def test_auto_prompt_limit_refuses_what_memory_cannot_hold(monkeypatch):
 
 
 def test_available_memory_is_known_here():
-    avail = evaluation._available_memory()
+    avail = evaluation.available_memory()
     assert avail is None or avail > 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])         # gemma3: labels inline
+def test_on_context_reports_every_query_once_per_row(arch):
+    model, tok = _lm(arch)
+    sc = _scorer(model, tok, max_batch_tokens=90)
+    calls: list[tuple[np.ndarray, np.ndarray]] = []
+    res = sc.score(QUERIES, DEMOS, calibrate=True, on_context=lambda q, c: calls.append((q, c)))
+    q = np.concatenate([c[0] for c in calls])
+    per_query = len(LABELS) if sc.label_mode == "inline" else 1
+    assert sorted(q[q >= 0].tolist()) == sorted(list(range(len(QUERIES))) * per_query)
+    assert (q == -1).sum() == len(evaluation.CONTENT_FREE) * per_query
+    assert all(len(a) == len(b) and (b >= 0).all() for a, b in calls)
+    assert res.logprobs.shape == (len(QUERIES), len(LABELS))

@@ -66,18 +66,22 @@ __all__ = [
     "CONTENT_FREE",
     "ClassificationMetrics",
     "FewShotScorer",
+    "LabelTrie",
     "MemoryModel",
     "MetricResult",
     "ScoreResult",
     "accuracy",
+    "available_memory",
     "bootstrap_ci",
     "bootstrap_values",
     "cache_argument",
     "classification_metrics",
     "context_limit",
     "has_sliding_window",
+    "leading_special_tokens",
     "macro_f1",
     "output_cache",
+    "prompt_token_ids",
 ]
 
 CONTENT_FREE: tuple[str, ...] = ("N/A", "", "[MASK]")
@@ -247,9 +251,10 @@ class MemoryModel:
         return int(min(1 << 16, max(512, BATCH_MEMORY // max(1, self.token_bytes))))
 
 
-def _available_memory() -> int | None:
-    """Bytes of memory available to this process now (``MemAvailable``, or a cgroup's limit
-    less its usage where lower); None where unknown."""
+def available_memory() -> int | None:
+    """Bytes of memory available to this process now: ``MemAvailable`` of ``/proc/meminfo``
+    (else psutil's estimate), or the cgroup's limit less its usage where that is lower; None
+    where unknown. ``max_prompt_tokens="auto"`` refuses prompts against it."""
     avail = None
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
@@ -352,10 +357,30 @@ def _resolve_attention(model: Any, attn: str | None) -> str | None:
                      f"use attn='auto'")
 
 
-class _LabelTrie:
-    """The input tokens of multi-token labels as a trie: a label ``t`` feeds ``t[:-1]`` after
-    the prompt, and the node of ``t[:d + 1]`` (token ``t[d]``, depth ``d``) predicts ``t[d + 1]``.
-    Labels sharing leading tokens share nodes (a node depends only on the prompt and its path)."""
+class LabelTrie:
+    """The input tokens of multi-token labels as a trie (``label_mode == "trie"``).
+
+    A label ``t`` feeds ``t[:-1]`` after the prompt, and the node of ``t[:d + 1]`` (token
+    ``t[d]``, depth ``d``) predicts ``t[d + 1]``. Labels sharing leading tokens share nodes (a
+    node depends only on the prompt and its path), so all labels are scored in one row of ``M``
+    nodes written after the prompt.
+
+    Parameters
+    ----------
+    label_ids : list of ``C`` lists of int
+        Each label's tokens.
+
+    Attributes
+    ----------
+    tokens : list of ``M`` int
+        The token of each node, in first-seen order.
+    depth : list of ``M`` int
+        Each node's depth (its position after the prompt, from 0).
+    targets : list of ``C`` lists of ``(node, next token)``
+        What each label adds to its first token's log-probability: ``log p(next | node)``.
+    ancestors : bool Tensor ``[M, M]``
+        ``ancestors[i, j]``: node ``i`` may see node ``j`` (``j`` on its path, itself included).
+    """
 
     def __init__(self, label_ids: list[list[int]]) -> None:
         index: dict[tuple[int, ...], int] = {}
@@ -378,6 +403,44 @@ class _LabelTrie:
         self.ancestors = torch.zeros((m, m), dtype=torch.bool)   # [node, node it may see]
         for i, a in enumerate(path):
             self.ancestors[i, a] = True
+
+
+def leading_special_tokens(tokenizer: Any) -> list[int]:
+    """Special tokens the tokenizer puts before a text (e.g. BOS), as :class:`FewShotScorer`
+    prepends them to every prompt.
+
+    Found by tokenizing ``"a"`` with and without special tokens: the tokens before the
+    unadorned encoding. ``[]`` for tokenizers that add none.
+    """
+    with_ = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+    without = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    for i in range(len(with_) - len(without) + 1):
+        if with_[i : i + len(without)] == without:
+            return with_[:i]
+    return []
+
+
+def prompt_token_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of whole prompt texts exactly as :class:`FewShotScorer` feeds them.
+
+    Parameters
+    ----------
+    tokenizer : Hugging Face tokenizer
+    texts : sequence of str, length ``n``
+        Whole rendered prompts (e.g. ``scorer.prompt(demos, query).render().text``).
+
+    Returns
+    -------
+    list of ``n`` lists of int
+        :func:`leading_special_tokens`, then the text tokenized at once without special
+        tokens (the scorer's prefix and context tokens of that prompt, concatenated).
+    """
+    texts = list(texts)
+    if not texts:
+        return []
+    spec = leading_special_tokens(tokenizer)
+    enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [spec + list(e) for e in enc]
 
 
 class FewShotScorer:
@@ -474,7 +537,7 @@ class FewShotScorer:
         self._sliding = has_sliding_window(model)
         self._cache_kw = cache_argument(model)
         self.label_tree = bool(label_tree)
-        self._trie = _LabelTrie(self._label_ids)
+        self._trie = LabelTrie(self._label_ids)
         self.attn_implementation = _resolve_attention(model, attn)
         self.memory = MemoryModel.of(model, eager=self.attn_implementation != "sdpa")
         self.max_batch_tokens = _budget("max_batch_tokens", max_batch_tokens,
@@ -502,12 +565,7 @@ class FewShotScorer:
 
     def _leading_specials(self) -> list[int]:
         """Special tokens the tokenizer puts before a text (e.g. BOS)."""
-        with_ = list(self.tokenizer("a", add_special_tokens=True)["input_ids"])
-        without = self._encode("a")
-        for i in range(len(with_) - len(without) + 1):
-            if with_[i : i + len(without)] == without:
-                return with_[:i]
-        return []
+        return leading_special_tokens(self.tokenizer)
 
     def verbalize(self, label: Any) -> str:
         """The verbaliser of a label name (raises :class:`InputError` for an unknown label)."""
@@ -544,6 +602,7 @@ class FewShotScorer:
         calibrate: bool = False,
         progress: bool = False,
         on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
+        on_context: Callable[[np.ndarray, np.ndarray], None] | None = None,
     ) -> ScoreResult:
         """Label log-probabilities ``[n, L]`` for every query.
 
@@ -564,6 +623,22 @@ class FewShotScorer:
         on_batch : callable, optional
             Called with ``(query_indices [b], logprobs [b, L])`` after every batch (to persist
             partial results).
+        on_context : callable, optional
+            Called right after each batch's *context pass* (the forward pass over the prompts'
+            contexts, before any label-token pass) with ``(query_indices [R], last [R])``: row
+            ``r`` of that pass belongs to query ``query_indices[r]`` (``-1``: a content-free
+            calibration query) and its last prompt token (where the label is predicted) is at
+            column ``last[r]`` of the pass's input (the tokens after the cached prefix).
+            Forward hooks that keep a module's latest output (e.g. an attention layer's) can
+            read ``output[r, last[r]]`` here: the activation at each query's prediction
+            position, from the very pass that scores it. In ``label_mode == "inline"`` a query
+            has one row per label (``R = b * L``), each with the same context. The prefix pass
+            (run before a batch when its prefix is not cached yet) is not reported.
+
+        Returns
+        -------
+        ScoreResult
+            Label log-probabilities ``[n, L]`` (and the calibration, token counts, time).
         """
         t0 = time.perf_counter()
         queries = list(queries)
@@ -603,17 +678,10 @@ class FewShotScorer:
         items, prefixes = self._tokenize(texts, groups, reuse_prefix)
         logprobs = np.zeros((len(items), len(self.labels)), dtype=np.float64)
         stats = {"tokens": 0}
-        self._run(items, prefixes, logprobs, stats, progress, on_batch, n)
+        self._run(items, prefixes, logprobs, stats, progress, on_batch, n, on_context)
         calibration = None
         if calibrate:
-            cf_p = np.zeros((len(cf_sets), len(self.labels)))
-            for g in range(len(cf_sets)):
-                rows = [i for i in range(n, len(items)) if items[i].group == g]
-                lp = logprobs[rows]
-                p = np.exp(lp - lp.max(axis=1, keepdims=True))
-                p /= p.sum(axis=1, keepdims=True)
-                cf_p[g] = p.mean(axis=0)
-            calibration = cf_p[np.asarray(set_of, dtype=np.int64)] if n else cf_p[:0]
+            calibration = _content_free_probs(logprobs, items, n, len(cf_sets), set_of)
         n_prompt = sum(len(prefixes[it.prefix]) + len(it.context) for it in items[:n])
         return ScoreResult(logprobs[:n], self.labels, calibration, stats["tokens"], n_prompt,
                            time.perf_counter() - t0)
@@ -649,7 +717,7 @@ class FewShotScorer:
         items = []
         max_label = max(len(ids) for ids in self._label_ids)
         n_spec = len(self._specials)
-        avail = _available_memory() if self.max_prompt_tokens == "auto" else None
+        avail = available_memory() if self.max_prompt_tokens == "auto" else None
         for i, (pre, _) in enumerate(texts):
             ids = list(self._specials) + list(enc["input_ids"][i])
             total = len(ids) + max_label
@@ -690,7 +758,7 @@ class FewShotScorer:
         if avail is None:
             return
         need = max(self.memory.forward_bytes(1, p_len, p_len, 1) if p_len else 0,
-                   self._batch_bytes(1, width, p_len))
+                   self.batch_bytes(1, width, p_len))
         if need > avail:
             raise InputError(
                 f"the prompt of {what} is {total} tokens (labels included); scoring it, even "
@@ -700,8 +768,10 @@ class FewShotScorer:
 
     # ---- batches and their memory ----------------------------------------------------------
 
-    def _row_tokens(self, width: int, p_len: int) -> int:
-        """Key/value-cache tokens one query's row(s) hold, label rows included."""
+    def row_tokens(self, width: int, p_len: int) -> int:
+        """Key/value-cache tokens one query's row(s) hold, label rows included, for a context
+        padded to ``width`` tokens after a cached prefix of ``p_len`` (what
+        ``max_batch_tokens`` counts per row)."""
         ctx = p_len + width
         mode = self.label_mode
         n_lab = len(self._label_ids)
@@ -714,9 +784,9 @@ class FewShotScorer:
             return n_lab * (ctx + m)
         return ctx
 
-    def _batch_bytes(self, rows: int, width: int, p_len: int) -> int:
-        """Estimated peak memory of scoring ``rows`` contexts of padded ``width`` after a
-        prefix of ``p_len`` cached tokens (:class:`MemoryModel`)."""
+    def batch_bytes(self, rows: int, width: int, p_len: int) -> int:
+        """Estimated peak memory (bytes) of scoring ``rows`` contexts of padded ``width`` after
+        a prefix of ``p_len`` cached tokens, label passes included (:class:`MemoryModel`)."""
         mem = self.memory
         ctx = p_len + width
         mode = self.label_mode
@@ -735,12 +805,19 @@ class FewShotScorer:
                        + mem.forward_bytes(r, m, ctx + m, 2 * r * m))
         return first
 
-    def _fits(self, rows: int, width: int, p_len: int) -> bool:
+    #: the old name, still used by ``benchmarks/bench_memory.py``
+    _batch_bytes = batch_bytes
+
+    def fits(self, rows: int, width: int, p_len: int) -> bool:
+        """Whether a batch of ``rows`` contexts (padded ``width``, ``p_len`` cached prefix
+        tokens) is within ``max_batch_tokens``: its cache tokens (:meth:`row_tokens` per row)
+        and its estimated memory (:meth:`batch_bytes`) counted in tokens. Always true without
+        a budget."""
         budget = self.max_batch_tokens
         if budget is None:
             return True
-        return (rows * self._row_tokens(width, p_len) <= budget
-                and self._batch_bytes(rows, width, p_len) <= budget * self.memory.token_bytes)
+        return (rows * self.row_tokens(width, p_len) <= budget
+                and self.batch_bytes(rows, width, p_len) <= budget * self.memory.token_bytes)
 
     def _batches(self, items: list[_Item], prefixes: list[list[int]]
                  ) -> list[tuple[int, list[int]]]:
@@ -758,7 +835,7 @@ class FewShotScorer:
                 width = len(items[idx[s]].context)     # the longest of the batch
                 rows = 1
                 while (s + rows < len(idx) and rows < self.batch_size
-                       and self._fits(rows + 1, width, p_len)):
+                       and self.fits(rows + 1, width, p_len)):
                     rows += 1
                 batches.append((p_idx, idx[s : s + rows]))
                 s += rows
@@ -767,7 +844,8 @@ class FewShotScorer:
     @torch.no_grad()
     def _run(self, items: list[_Item], prefixes: list[list[int]], out: np.ndarray,
              stats: dict[str, int], progress: bool,
-             on_batch: Callable[[np.ndarray, np.ndarray], None] | None, n_queries: int) -> None:
+             on_batch: Callable[[np.ndarray, np.ndarray], None] | None, n_queries: int,
+             on_context: Callable[[np.ndarray, np.ndarray], None] | None = None) -> None:
         from icldistill.core.progress import progress_bar
 
         model = self.model
@@ -778,7 +856,7 @@ class FewShotScorer:
         try:
             with _attention(model, self.attn_implementation):
                 self._run_batches(batches, items, prefixes, caches, out, stats, bar, on_batch,
-                                  n_queries, device)
+                                  n_queries, device, on_context)
         finally:
             bar.close()
 
@@ -786,7 +864,8 @@ class FewShotScorer:
                      prefixes: list[list[int]], caches: dict[int, Any], out: np.ndarray,
                      stats: dict[str, int], bar: Any,
                      on_batch: Callable[[np.ndarray, np.ndarray], None] | None, n_queries: int,
-                     device: torch.device) -> None:
+                     device: torch.device,
+                     on_context: Callable[[np.ndarray, np.ndarray], None] | None = None) -> None:
         model = self.model
         for p_idx, idx in batches:
             if p_idx not in caches and prefixes[p_idx]:
@@ -795,8 +874,14 @@ class FewShotScorer:
                 caches[p_idx] = output_cache(model(input_ids=ids, use_cache=True,
                                                 logits_to_keep=1))
                 stats["tokens"] += ids.shape[1]
+            seen = None
+            if on_context is not None:
+                q = np.asarray([i if i < n_queries else -1 for i in idx], dtype=np.int64)
+
+                def seen(rows: np.ndarray, last: np.ndarray, q: np.ndarray = q) -> None:
+                    on_context(q[rows], last)
             scores = self._batch([items[i] for i in idx], caches.get(p_idx),
-                                 len(prefixes[p_idx]), device)
+                                 len(prefixes[p_idx]), device, seen)
             stats["tokens"] += sum(len(items[i].context) for i in idx)
             out[idx] = scores
             if on_batch is not None:
@@ -808,10 +893,13 @@ class FewShotScorer:
                 caches.pop(next(iter(caches)))
 
     def _batch(self, batch: list[_Item], prefix_cache: Any, p_len: int,
-               device: torch.device) -> np.ndarray:
+               device: torch.device,
+               seen: Callable[[np.ndarray, np.ndarray], None] | None = None) -> np.ndarray:
+        """Label scores ``[b, L]`` of one batch; ``seen(rows, last)`` after the context pass
+        (``rows`` index ``batch``; see ``score``'s ``on_context``)."""
         mode = self.label_mode
         if mode == "inline":
-            return self._batch_inline(batch, prefix_cache, p_len, device)
+            return self._batch_inline(batch, prefix_cache, p_len, device, seen)
         model = self.model
         b = len(batch)
         n_lab = len(self._label_ids)
@@ -848,6 +936,8 @@ class FewShotScorer:
         if cache is not None:
             kwargs[self._cache_kw] = cache
         res = model(**kwargs)
+        if seen is not None:
+            seen(np.arange(b), np.asarray(last, dtype=np.int64))
         col = torch.tensor([keep.index(j) for j in last], device=device)
         logits = res.logits[torch.arange(b, device=device), col]          # [b, V]
         last_lp = torch.log_softmax(logits.float(), dim=-1).double()
@@ -907,7 +997,9 @@ class FewShotScorer:
 
 
     def _batch_inline(self, batch: list[_Item], prefix_cache: Any, p_len: int,
-                      device: torch.device) -> np.ndarray:
+                      device: torch.device,
+                      seen: Callable[[np.ndarray, np.ndarray], None] | None = None
+                      ) -> np.ndarray:
         """Multi-token labels on sliding-window models: one row per (query, label) with the
         label written after the context, so no padding hole ever separates a label from its
         context (a sliding window counts cache slots, not positions). Costs ``L`` rows per
@@ -938,12 +1030,32 @@ class FewShotScorer:
         else:
             kwargs["use_cache"] = False
         logits = self.model(**kwargs).logits                     # [R, len(keep), V]
+        if seen is not None:
+            seen(np.repeat(np.arange(b), n_lab),
+                 np.repeat([len(it.context) - 1 for it in batch], n_lab).astype(np.int64))
         lp = torch.log_softmax(logits.float(), dim=-1).double()
         col = {c: i for i, c in enumerate(keep)}
         scores = torch.zeros(len(rows), dtype=torch.float64)
         for r, c, tok in need:
             scores[r] += lp[r, col[c], tok].cpu()
         return scores.view(b, n_lab).numpy()
+
+
+def _content_free_probs(logprobs: np.ndarray, items: list[_Item], n: int, n_sets: int,
+                        set_of: list[int]) -> np.ndarray:
+    """Mean content-free label probabilities ``[n, L]`` of each query's demonstration set.
+
+    ``logprobs`` ``[n + extra, L]``: the queries' rows, then the content-free queries' rows
+    (``items[i].group`` is their demonstration set); ``set_of[i]``: query ``i``'s set.
+    """
+    cf_p = np.zeros((n_sets, logprobs.shape[1]))
+    for g in range(n_sets):
+        rows = [i for i in range(n, len(items)) if items[i].group == g]
+        lp = logprobs[rows]
+        p = np.exp(lp - lp.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        cf_p[g] = p.mean(axis=0)
+    return cf_p[np.asarray(set_of, dtype=np.int64)] if n else cf_p[:0]
 
 
 def _budget(name: str, value: Any, auto: Any) -> Any:

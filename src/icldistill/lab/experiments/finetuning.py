@@ -90,6 +90,12 @@ import torch
 
 from icldistill.core.validation import InputError
 from icldistill.data.prompts import Prompt
+from icldistill.evaluation.scoring import (
+    cache_argument,
+    has_sliding_window,
+    output_cache,
+    prompt_token_ids,
+)
 from icldistill.lab.experiments import phenomena as ph
 from icldistill.lab.experiments._common import Check, Section, Table
 from icldistill.reporting.reports import new_figure, save_figure, to_jsonable
@@ -115,6 +121,7 @@ __all__ = [
     "icl_vs_finetuning",
     "kv_parameter_names",
     "predict_and_capture",
+    "prompt_texts",
     "rec2ftp",
     "run",
     "simaou",
@@ -348,28 +355,22 @@ class AttentionCapture:
         self._handles = []
 
 
-def _specials(tokenizer: Any) -> list[int]:
-    """Special tokens the tokenizer puts before a text (as the scorer prepends them)."""
-    with_ = list(tokenizer("a", add_special_tokens=True)["input_ids"])
-    without = list(tokenizer("a", add_special_tokens=False)["input_ids"])
-    for i in range(len(with_) - len(without) + 1):
-        if with_[i: i + len(without)] == without:
-            return with_[:i]
-    return []
+def prompt_texts(task: ph.TaskItems, demos: Sequence[tuple[str, str]], queries: Sequence[str]
+                 ) -> list[str]:
+    """The whole prompt text of each query after ``demos`` in ``task``'s format, as
+    :func:`~icldistill.lab.experiments.phenomena.predict` writes it.
 
+    Parameters
+    ----------
+    task : TaskItems
+    demos : sequence of ``(input, label name)``
+        One demonstration set for every query (empty: zero-shot).
+    queries : sequence of str, length ``n``
 
-def _ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of prompt texts exactly as :class:`~icldistill.evaluation.FewShotScorer` feeds
-    them: leading special tokens, then the whole text tokenized at once."""
-    spec = _specials(tokenizer)
-    if not texts:
-        return []
-    enc = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    return [spec + list(e) for e in enc]
-
-
-def _texts(task: ph.TaskItems, demos: Sequence[tuple[str, str]], queries: Sequence[str]
-           ) -> list[str]:
+    Returns
+    -------
+    list of ``n`` str
+    """
     fmt = task.format
     shown = [(x, fmt.label_words[y]) for x, y in demos]
     return [Prompt(shown, q, fmt.instruction, fmt.template).render().text for q in queries]
@@ -395,15 +396,13 @@ def attention_outputs(loaded: Any, texts: Sequence[str], *, batch_size: int = 8)
     -------
     ndarray ``[n, L, d_model]`` (float64)
     """
-    from icldistill.evaluation.scoring import cache_argument, has_sliding_window, output_cache
-
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     model = loaded.model
     mods = attention_modules(model)
     base = _decoder(model)
     d = int(model.config.get_text_config().hidden_size)
-    ids = _ids(loaded.tokenizer, texts)
+    ids = prompt_token_ids(loaded.tokenizer, texts)
     out = np.zeros((len(ids), len(mods), d), dtype=np.float64)
     if not ids:
         return out
@@ -446,48 +445,6 @@ def attention_outputs(loaded: Any, texts: Sequence[str], *, batch_size: int = 8)
     return out
 
 
-def _capturing_scorer(loaded: Any, task: ph.TaskItems) -> Any:
-    """A :class:`~icldistill.evaluation.FewShotScorer` (the one
-    :func:`~icldistill.lab.experiments.phenomena.predict` builds) that also keeps the attention
-    outputs at each query's last token from the context pass of every batch."""
-    from icldistill.evaluation.scoring import FewShotScorer
-
-    class _Scorer(FewShotScorer):
-        def _tokenize(self, texts: Any, groups: Any, reuse: bool) -> Any:
-            items, prefixes = super()._tokenize(texts, groups, reuse)
-            self._row = {id(it): i for i, it in enumerate(items)}
-            self.ao = np.zeros((len(items), len(mods), d), dtype=np.float64)
-            return items, prefixes
-
-        def _batch(self, batch: Any, prefix_cache: Any, p_len: int, device: Any) -> Any:
-            first: list[torch.Tensor | None] = [None] * len(mods)
-
-            def hook(i: int) -> Any:
-                def keep(_m: Any, _a: Any, out: Any) -> None:
-                    if first[i] is None:             # the context pass; not the label pass
-                        first[i] = (out[0] if isinstance(out, tuple | list) else out).detach()
-                return keep
-
-            handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(mods)]
-            try:
-                scores = super()._batch(batch, prefix_cache, p_len, device)
-            finally:
-                for h in handles:
-                    h.remove()
-            for r, it in enumerate(batch):
-                last = len(it.context) - 1
-                self.ao[self._row[id(it)]] = np.stack(
-                    [t[r, last].double().cpu().numpy() for t in first])   # type: ignore[index]
-            return scores
-
-    mods = attention_modules(loaded.model)
-    d = int(loaded.model.config.get_text_config().hidden_size)
-    fmt = task.format
-    return _Scorer(loaded.model, loaded.tokenizer,
-                   {lab: fmt.label_words[lab] for lab in task.label_names},
-                   template=fmt.template, instruction=fmt.instruction)
-
-
 def predict_and_capture(loaded: Any, task: ph.TaskItems, queries: Sequence[str],
                         demos: Sequence[tuple[str, str]] | None = None, *,
                         progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -516,13 +473,24 @@ def predict_and_capture(loaded: Any, task: ph.TaskItems, queries: Sequence[str],
         Attention outputs at the prompts' last token.
     """
     queries = list(queries)
-    scorer = _capturing_scorer(loaded, task)
+    n_layers = len(attention_modules(loaded.model))
+    scorer = ph.task_scorer(loaded, task)
     if scorer.label_mode == "inline":
         pred, lp = ph.predict(loaded, task, queries, demos, progress=progress)
-        return pred, lp, attention_outputs(loaded, _texts(task, list(demos or []), queries))
-    res = scorer.score(queries, list(demos or []), progress=progress)
-    ao = scorer.ao[: len(queries)] if queries else np.zeros((0, len(attention_modules(
-        loaded.model)), int(loaded.model.config.get_text_config().hidden_size)))
+        return pred, lp, attention_outputs(loaded, prompt_texts(task, list(demos or []),
+                                                                queries))
+    d = int(loaded.model.config.get_text_config().hidden_size)
+    ao = np.zeros((len(queries), n_layers, d), dtype=np.float64)
+    with AttentionCapture(loaded.model) as cap:
+
+        def keep(rows: np.ndarray, last: np.ndarray) -> None:
+            # the latest output of each attention module is the context pass's
+            for r, (q, col) in enumerate(zip(rows, last, strict=True)):
+                if q >= 0:
+                    ao[q] = np.stack([t[r, col].double().cpu().numpy()    # type: ignore[index]
+                                      for t in cap.outputs])
+
+        res = scorer.score(queries, list(demos or []), progress=progress, on_context=keep)
     return (np.asarray(res.predictions, dtype=object), np.asarray(res.logprobs), ao)
 
 
@@ -612,7 +580,7 @@ def _train_kv(loaded: Any, task: ph.TaskItems, demos: Sequence[tuple[str, str]],
         p.requires_grad_(True)
     opt = torch.optim.SGD(params, lr=float(lr))
     fmt = task.format
-    prompts = _ids(tok, _texts(task, [], [x for x, _ in demos]))
+    prompts = prompt_token_ids(tok, prompt_texts(task, [], [x for x, _ in demos]))
     device = next(model.parameters()).device
     losses = []
     try:
@@ -820,7 +788,7 @@ def icl_vs_finetuning(loaded: Any, task: ph.TaskItems, demos: Sequence[tuple[str
     if next(loaded.model.parameters()).dtype == torch.float32:
         ref = ao_zsl
     else:                      # the fine-tuning update is taken within float32
-        ref = attention_outputs(ws.loaded, _texts(task, [], queries))
+        ref = attention_outputs(ws.loaded, prompt_texts(task, [], queries))
     search: list[tuple[float, float, float]] = []
     best: tuple[Any, ...] | None = None         # (training accuracy, lr, nll, losses, state)
     for rate in grid:

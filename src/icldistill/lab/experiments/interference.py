@@ -314,22 +314,13 @@ def predict_shown(loaded: Any, task: ph.TaskItems, queries: Sequence[str],
     written: another task's words, or wrong labels).
 
     Only ``task``'s labels are scored after the query. Returns predicted label names ``[n]``
-    and label log-probabilities ``[n, C]`` (``task.label_names`` order). ``scorer`` (from an
-    earlier call's ``_shown_scorer``) is reused when given.
+    and label log-probabilities ``[n, C]`` (``task.label_names`` order). ``scorer`` (a
+    ``phenomena.task_scorer(loaded, task, demo_labels="shown")``) is reused when given.
     """
-    sc = scorer if scorer is not None else _shown_scorer(loaded, task)
+    sc = scorer if scorer is not None else ph.task_scorer(loaded, task, demo_labels="shown")
     shown = demos.shown() if isinstance(demos, DemoSet) else list(demos)
     res = sc.score(list(queries), shown, progress=progress)
     return np.asarray(res.predictions, dtype=object), np.asarray(res.logprobs)
-
-
-def _shown_scorer(loaded: Any, task: ph.TaskItems) -> Any:
-    from icldistill.evaluation.scoring import FewShotScorer
-
-    fmt = task.format
-    return FewShotScorer(loaded.model, loaded.tokenizer,
-                         {lab: fmt.label_words[lab] for lab in task.label_names},
-                         template=fmt.template, instruction=fmt.instruction, demo_labels="shown")
 
 
 # ============================================================================ K_att, all layers
@@ -610,7 +601,7 @@ def _measure_model(m: ph.ModelUnderTest, d: _Design, n_cal: int, progress: bool
     R, S = len(d.demos["foreign"]), len(d.sets)
     N = len(t.test_texts)
     t0, c0 = time.perf_counter(), time.process_time()
-    scorer = _shown_scorer(m.loaded, t)
+    scorer = ph.task_scorer(m.loaded, t, demo_labels="shown")
     done: dict[Any, np.ndarray] = {}
     correct = np.zeros((len(VARIANTS), R, S, N), dtype=bool)
     with torch.no_grad():

@@ -51,6 +51,7 @@ __all__ = [
     "resolve_tasks",
     "statistic",
     "task_items",
+    "task_scorer",
 ]
 
 #: Section keys of the phenomena group, in report order.
@@ -283,6 +284,30 @@ def balanced_indices(labels: Sequence[Any], k: int, rng: np.random.Generator,
 
 
 # ============================================================================ scoring
+def task_scorer(loaded: Any, task: TaskItems, *, demo_labels: str = "names") -> Any:
+    """The :class:`~icldistill.evaluation.scoring.FewShotScorer` of ``task``'s format.
+
+    Its labels are ``task.label_names`` (in that order), verbalised with the task's label
+    words, written with its template and instruction; every phenomenon scores with it.
+
+    Parameters
+    ----------
+    loaded : LoadedModel-like
+        ``.model`` and ``.tokenizer``.
+    task : TaskItems
+    demo_labels : ``"names"`` or ``"shown"``
+        How demonstration labels are given (see the scorer): label names, or words written as
+        shown (another task's words, wrong labels).
+    """
+    from icldistill.evaluation.scoring import FewShotScorer
+
+    fmt = task.format
+    return FewShotScorer(loaded.model, loaded.tokenizer,
+                         {lab: fmt.label_words[lab] for lab in task.label_names},
+                         template=fmt.template, instruction=fmt.instruction,
+                         demo_labels=demo_labels)  # type: ignore[arg-type]
+
+
 def predict(loaded: Any, task: TaskItems, queries: Sequence[str],
             demos: Sequence[tuple[str, str]] | None = None, *,
             per_query: Sequence[Sequence[tuple[str, str]]] | None = None,
@@ -293,12 +318,7 @@ def predict(loaded: Any, task: TaskItems, queries: Sequence[str],
     ``demos`` is one demonstration set for every query (``[]`` or ``None``: zero-shot);
     ``per_query`` gives each query its own set.
     """
-    from icldistill.evaluation.scoring import FewShotScorer
-
-    fmt = task.format
-    scorer = FewShotScorer(loaded.model, loaded.tokenizer,
-                           {lab: fmt.label_words[lab] for lab in task.label_names},
-                           template=fmt.template, instruction=fmt.instruction)
+    scorer = task_scorer(loaded, task)
     if per_query is not None:
         res = scorer.score(list(queries), per_query=[list(d) for d in per_query],
                            progress=progress)
