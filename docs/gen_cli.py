@@ -121,7 +121,7 @@ def _section(path: list[str], summary: str, parser: argparse.ArgumentParser) -> 
 
 def render() -> str:
     """The Markdown of docs/cli.md for the installed ``icldistill.cli``."""
-    from icldistill.cli.app import build_parser
+    from icldistill.cli import build_parser
 
     parser = build_parser()
     body = _section([parser.prog], "", parser)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from icldistill.cli import app as cli
-from icldistill.cli.app import build_parser, main
+from icldistill.cli import build_parser, main
 from icldistill.core.progress import progress_bar, quiet, quiet_scope
 from icldistill.models.progress import transformers_progress
 

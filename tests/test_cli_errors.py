@@ -391,7 +391,7 @@ def test_help_and_version_exit_0(capsys):
 
 
 def test_valid_flag_values_still_parse():
-    from icldistill.cli.app import build_parser
+    from icldistill.cli import build_parser
 
     args = build_parser().parse_args(["evaluate", "--k", "4,8", "--n-test", "5", "--test-size",
                                       "0.25", "--seeds", "2", "--param", "lam=0.5"])
@@ -410,12 +410,12 @@ def test_valid_flag_values_still_parse():
 
 def test_internal_errors_keep_their_traceback(monkeypatch, tmp_path):
     """Only user errors become one line: a bug (here a TypeError) still raises."""
-    import icldistill.cli.app as cli
+    import icldistill.lab.demo as demo
 
-    def boom(args):
+    def boom(**kwargs):
         raise TypeError("a bug")
 
-    monkeypatch.setattr(cli, "_cmd_demo", boom)
+    monkeypatch.setattr(demo, "run_demo", boom)
     with pytest.raises(TypeError, match="a bug"):
         main(["demo", "--out", str(tmp_path)])
 
@@ -423,12 +423,12 @@ def test_internal_errors_keep_their_traceback(monkeypatch, tmp_path):
 def test_os_errors_name_the_file_and_the_fix(monkeypatch, capsys, tmp_path):
     import errno
 
-    import icldistill.cli.app as cli
+    import icldistill.lab.demo as demo
 
-    def full(args):
+    def full(**kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "results.jsonl"))
 
-    monkeypatch.setattr(cli, "_cmd_demo", full)
+    monkeypatch.setattr(demo, "run_demo", full)
     assert main(["demo", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "results.jsonl: No space left on device; free some disk" in err[0]
@@ -440,12 +440,12 @@ def test_warnings_are_one_line(tmp_path):
     import subprocess
     import sys
 
-    code = ("import warnings, icldistill.cli.app as c\n"
-            "def warn(args):\n"
+    code = ("import warnings, icldistill.lab.demo as d\n"
+            "from icldistill.cli import main\n"
+            "def warn(**kwargs):\n"
             "    warnings.warn('something odd\\nacross lines', UserWarning, stacklevel=1)\n"
-            "    return 0\n"
-            "c._cmd_demo = warn\n"
-            f"raise SystemExit(c.main(['demo', '--out', {str(tmp_path)!r}]))\n")
+            "d.run_demo = warn\n"
+            f"raise SystemExit(main(['demo', '--out', {str(tmp_path)!r}]))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stderr == "icldistill: warning: something odd across lines\n"
@@ -467,7 +467,7 @@ def test_readers_name_the_first_bad_byte(tmp_path):
 
 
 def test_size_limit_applies_to_every_reader(tmp_path, monkeypatch):
-    from icldistill.cli.app import load_demonstrations, load_matrix
+    from icldistill.cli.readers import load_demonstrations, load_matrix
     from icldistill.core.validation import InputError
     from icldistill.data.datasets import load_file
 

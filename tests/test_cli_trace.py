@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from icldistill.cli.app import load_demonstrations, main
+from icldistill.cli import main
+from icldistill.cli.readers import load_demonstrations
 
 from .tiny_models import tiny_model, tiny_tokenizer
 

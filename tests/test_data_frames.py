@@ -23,7 +23,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from icldistill import InputError
-from icldistill.cli.app import _tasks, build_parser, main
+from icldistill.cli import build_parser, main
+from icldistill.cli.tasks import load_tasks as _tasks
 from icldistill.core.validation import MAX_FILE_BYTES_ENV
 from icldistill.data.datasets import Dataset, TaskFormat, load_file
 from icldistill.evaluation.harness import Harness, Task

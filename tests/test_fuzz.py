@@ -24,7 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from icldistill.cli.app import build_parser, load_demonstrations, load_matrix, main
+from icldistill.cli import build_parser, main
+from icldistill.cli.readers import load_demonstrations, load_matrix
 from icldistill.core.validation import InputError
 from icldistill.data.datasets import Dataset, load_file
 
@@ -252,7 +253,8 @@ def cli_sandbox(tmp_path_factory):
     def mod(name: str):  # the module, even where the package exports a function of its name
         return importlib.import_module(f"icldistill.{name}")
 
-    models_mod, mmd_mod, harness_mod = mod("models"), mod("core.mmd"), mod("evaluation.harness")
+    models_mod, mmd_mod, harness_mod = (mod("models.registry"), mod("core.mmd"),
+                                         mod("evaluation.harness"))
 
     root = tmp_path_factory.mktemp("fuzz_cli")
     d = root / "data"

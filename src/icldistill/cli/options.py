@@ -1,0 +1,192 @@
+"""What every command group of the CLI shares: the parser class whose errors are one line, the
+checked argparse ``type=`` converters, the help texts used by several commands, and small helpers
+(the command line as typed, the torch thread count, comma-separated names).
+
+A flag's value is checked while parsing: ``--k abc`` or ``--threads -2`` end with
+``icldistill CMD: error: --k must be ...`` and exit status 2 before any computation starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = [
+    "CACHE_HELP", "DTYPE_HELP", "QUIET_HELP", "SEEDS_HELP", "CommandParser", "add_quiet",
+    "command_line", "finite_float", "names", "nonnegative_int", "positive_float",
+    "positive_int", "positive_int_list", "selector_param", "set_threads", "split_names",
+    "test_size", "thread_count", "token_positions",
+]
+
+CACHE_HELP = ("cache folder (default: $ICLDISTILL_CACHE, else $XDG_CACHE_HOME/icldistill, else "
+              "~/.cache/icldistill)")
+QUIET_HELP = "no progress bars or status lines on stderr"
+SEEDS_HELP = ("number of seeds of each randomised selector: seeds 0..N-1 (default 3); "
+              "deterministic selectors run once")
+DTYPE_HELP = ("precision of the model's weights (default float32); bfloat16 keeps the logits "
+              "in float32 and is ~3x faster on CPUs with bf16 instructions")
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (no usage dump), exit status 2.
+
+    Sub-parsers made with ``add_subparsers().add_parser`` are of this class too.
+    """
+
+    _argv: Sequence[str] = ()
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> Any:
+        self._argv = list(sys.argv[1:] if args is None else args)   # for error()
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {_argparse_message(message, self._argv)}; see "
+                     f"'{self.prog} --help'\n")
+
+
+def _argparse_message(message: str, argv: Sequence[str] = ()) -> str:
+    """``argument --k: must be ...`` -> ``--k must be ...``; other ``argument X:`` -> ``X:``.
+
+    A flag with aliases (``argument --ks/--k: ...``) is named as the user spelled it in
+    ``argv`` (else by its first spelling)."""
+    message = " ".join(message.split())
+    m = re.match(r"argument ([^:]+): (.*)$", message)
+    if not m:
+        return message
+    name, rest = m.groups()
+    if "/" in name and name.startswith("-"):
+        spellings = name.split("/")
+        typed = [f for f in spellings
+                 if any(a == f or a.startswith(f + "=") for a in argv)]
+        name = typed[-1] if typed else spellings[0]
+    return f"{name} {rest}" if rest.startswith("must ") else f"{name}: {rest}"
+
+
+# ------------------------------------------------------------------------ checked value types
+class _TooLarge(ValueError):
+    """A number above what the flag can take (its message is the requirement)."""
+
+
+def _type(convert: Callable[[str], Any], requirement: str, name: str) -> Callable[[str], Any]:
+    """An argparse ``type=``: ``convert`` (raising ValueError) with the message
+    ``must be <requirement>, got '<value>'``."""
+    def parse(text: str) -> Any:
+        try:
+            return convert(text)
+        except _TooLarge as exc:
+            raise argparse.ArgumentTypeError(f"must be {exc}, got {text!r}") from None
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}") from None
+
+    parse.__name__ = name
+    return parse
+
+
+_INT64_MAX = 2**63 - 1
+_MAX_THREADS = 1024
+
+
+def _int(text: str, minimum: int, maximum: int = _INT64_MAX) -> int:
+    value = int(text.strip())  # ValueError for "abc", "1.5", ""
+    if value < minimum:
+        raise ValueError(text)
+    if value > maximum:
+        raise _TooLarge(f"at most {maximum if maximum < 10**6 else '2**63-1'}")
+    return value
+
+
+positive_int = _type(lambda t: _int(t, 1), "a positive integer", "positive_int")
+nonnegative_int = _type(lambda t: _int(t, 0), "a non-negative integer", "nonnegative_int")
+thread_count = _type(lambda t: _int(t, 1, _MAX_THREADS), "a positive number of threads (omit it "
+                     "for torch's default)", "threads")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    parts = text.split(",")
+    return tuple(_int(v, 1) for v in parts)
+
+
+positive_int_list = _type(_int_list, "a positive integer or a comma-separated list of them "
+                          "such as 4,8", "int_list")
+
+
+def _finite(text: str, positive: bool) -> float:
+    value = float(text)
+    if not math.isfinite(value) or (positive and value <= 0):
+        raise ValueError(text)
+    return value
+
+
+positive_float = _type(lambda t: _finite(t, True), "a finite positive number", "positive_float")
+finite_float = _type(lambda t: _finite(t, False), "a finite number", "finite_float")
+
+
+def _test_size_value(text: str) -> int | float:
+    value = _finite(text, True)
+    if value >= 1:
+        if not value.is_integer():
+            raise ValueError(text)
+        return int(value)
+    return value
+
+
+test_size = _type(_test_size_value, "a number of test items (an integer >= 1) or a fraction "
+                  "between 0 and 1", "test_size")
+
+
+def _positions_value(text: str) -> str | list[int]:
+    if text in ("query", "last", "all"):
+        return text
+    return [int(v) for v in text.split(",")]
+
+
+token_positions = _type(_positions_value, "query, last, all or a comma-separated list of integer "
+                        "token positions (negative ones as --positions=-1)", "positions")
+
+
+def _names_value(text: str) -> str:
+    if not split_names(text):
+        raise ValueError(text)
+    return text
+
+
+names = _type(_names_value, "one name or a comma-separated list of names", "names")
+
+
+def _param_value(text: str) -> str:
+    key, sep, _ = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(text)
+    return text
+
+
+selector_param = _type(_param_value, "NAME=VALUE (e.g. --param lam=0.5)", "param")
+
+
+# ---------------------------------------------------------------------------------- helpers
+def split_names(text: str | None) -> list[str]:
+    """The non-empty, stripped items of a comma-separated list (``None`` gives ``[]``)."""
+    return [v.strip() for v in (text or "").split(",") if v.strip()]
+
+
+def add_quiet(p: argparse.ArgumentParser) -> None:
+    """The ``--quiet`` flag of commands that show progress."""
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as the user typed it (``icldistill ...``), for reports."""
+    return "icldistill " + " ".join(getattr(args, "argv", None) or [args.command])
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    """Apply ``--threads`` to torch when it was given (torch's default otherwise)."""
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
