@@ -1,0 +1,174 @@
+"""Evaluation grids on Ray: each unit a task on a worker that keeps its models loaded.
+
+:func:`run_ray` runs the same units as :meth:`icldistill.evaluation.harness.Harness.run`, on a
+local Ray instance or a cluster (``address``). Each worker is a Ray actor that holds one
+:class:`~icldistill.evaluation.harness.Harness`, so a model is loaded once per worker and reused by
+every unit the worker gets. The workers write through the harness's locked result store
+(``results.jsonl``, ``predictions.jsonl``, ``partial/``, ``locks/``), exactly as local runs do:
+
+- a finished unit is read back, never recomputed (the driver skips it before sending anything);
+- a worker that dies mid-unit (killed, out of memory, node lost) is restarted by Ray and the unit
+  retried up to ``max_retries`` times; the retry resumes from the unit's ``partial/`` file, and the
+  unit's lock makes sure that no unit is recorded twice;
+- the driver returns the results in the order of ``units``.
+
+On a cluster, ``out_dir`` must be a folder every node sees at the same path (a shared filesystem,
+as for any multi-process run of the harness). Install with ``pip install icldistill[ray]``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from icldistill.core.progress import progress_bar
+from icldistill.core.validation import InputError
+from icldistill.evaluation.harness import Harness, UnitResult, UnitSpec
+
+__all__ = ["ray_available", "run_ray"]
+
+
+def ray_available() -> bool:
+    """Whether Ray can be imported (``pip install icldistill[ray]``)."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise InputError("the ray backend needs Ray: pip install 'icldistill[ray]'") from None
+    return ray
+
+
+class _UnitWorker:
+    """One Ray actor: a harness on the shared output folder; its models stay loaded."""
+
+    def __init__(self, out_dir: str, harness_kwargs: Mapping[str, Any], threads: int) -> None:
+        import torch
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.harness = Harness(out_dir, progress=False, **dict(harness_kwargs))
+
+    def run(self, spec: UnitSpec) -> UnitResult:
+        return self.harness.run_unit(spec)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def _check(num_workers: int | None, cpus_per_worker: float, gpus_per_worker: float,
+           max_retries: int) -> None:
+    if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 1):
+        raise InputError(f"num_workers must be a positive integer, got {num_workers!r}")
+    if not cpus_per_worker > 0:
+        raise InputError(f"cpus_per_worker must be positive, got {cpus_per_worker!r}")
+    if gpus_per_worker < 0:
+        raise InputError(f"gpus_per_worker must be >= 0, got {gpus_per_worker!r}")
+    if not isinstance(max_retries, int) or max_retries < 0:
+        raise InputError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+
+
+def _connect(ray: Any, address: str | None) -> None:
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    except ConnectionError as exc:
+        raise InputError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
+
+
+def _worker_count(ray: Any, num_workers: int | None, cpus: float, gpus: float, todo: int) -> int:
+    if num_workers is None:
+        res = ray.cluster_resources()
+        num_workers = int(res.get("CPU", 1) // cpus)
+        if gpus > 0:
+            num_workers = min(num_workers, int(res.get("GPU", 0) // gpus))
+        if num_workers < 1:
+            raise InputError(f"the Ray cluster has no room for one worker with {cpus:g} CPU(s)"
+                             + (f" and {gpus:g} GPU(s)" if gpus else ""))
+    return max(1, min(num_workers, todo))
+
+
+def run_ray(
+    units: Iterable[UnitSpec],
+    out_dir: str | os.PathLike[str],
+    *,
+    harness_kwargs: Mapping[str, Any] | None = None,
+    address: str | None = None,
+    num_workers: int | None = None,
+    cpus_per_worker: float = 1.0,
+    gpus_per_worker: float = 0.0,
+    max_retries: int = 3,
+    progress: bool = True,
+    on_result: Callable[[UnitResult], None] | None = None,
+) -> list[UnitResult]:
+    """Run evaluation units as Ray tasks; resumable exactly as :meth:`Harness.run`.
+
+    Parameters
+    ----------
+    units : iterable of UnitSpec
+        The grid (e.g. from :func:`~icldistill.evaluation.harness.unit_grid`).
+    out_dir : path
+        The harness folder, shared by the driver and every worker.
+    harness_kwargs : mapping, optional
+        Keyword arguments of :class:`~icldistill.evaluation.harness.Harness` for every worker
+        (``tasks``, ``batch_size``, ``model_loader``, ...; they are pickled to the workers).
+    address : str, optional
+        Ray cluster address (``"auto"``, ``"ray://head:10001"``); ``None`` starts a local Ray
+        instance unless one is already initialised in this process.
+    num_workers : int, optional
+        Number of workers (actors); default as many as the cluster's CPUs (and GPUs) allow,
+        at most one per unit still to do.
+    cpus_per_worker, gpus_per_worker : float
+        Resources each worker reserves; its torch threads are ``int(cpus_per_worker)``.
+        Use ``gpus_per_worker=1`` with a ``model_loader`` that puts the model on CUDA.
+    max_retries : int
+        How many times a worker that dies is restarted and its unit retried.
+    progress : bool
+        A progress bar over the units on stderr.
+    on_result : callable, optional
+        Called with each :class:`UnitResult` as it arrives (in completion order).
+
+    Returns
+    -------
+    list of UnitResult
+        One per unit, in the order of ``units``.
+    """
+    _check(num_workers, cpus_per_worker, gpus_per_worker, max_retries)
+    ray = _ray()
+    kwargs = dict(harness_kwargs or {})
+    local = Harness(out_dir, progress=progress, **kwargs)
+    units = list(units)
+    keys = [u.key(local.task(u.task).fingerprint) for u in units]
+    done = local.finished()
+    todo = [u for u, k in zip(units, keys, strict=True) if k not in done]
+    if todo:
+        _connect(ray, address)
+        n = _worker_count(ray, num_workers, cpus_per_worker, gpus_per_worker, len(todo))
+        actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
+                           max_restarts=max_retries, max_task_retries=max_retries)(_UnitWorker)
+        workers = [actor.remote(str(Path(out_dir).resolve()), kwargs, int(cpus_per_worker))
+                   for _ in range(n)]
+        pool = ray.util.ActorPool(workers)
+        todo.sort(key=lambda u: u.model)      # a worker tends to keep one model
+        bar = progress_bar(total=len(todo), desc="units (ray)", unit="unit", enabled=progress,
+                           leave=True)
+        try:
+            for result in pool.map_unordered(lambda w, u: w.run.remote(u), todo):
+                if on_result is not None:
+                    on_result(result)
+                bar.update(1)
+        finally:
+            bar.close()
+            for w in workers:
+                ray.kill(w)
+    done = local.finished()
+    return [done[k] for k in keys if k in done]

@@ -1,0 +1,113 @@
+"""The Ray backend on a local Ray instance (2 CPUs) and a tiny model: the same results as the
+local harness, and a worker killed mid-grid is retried with nothing lost or duplicated."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from icldistill.core.validation import InputError
+from icldistill.evaluation.distributed import run_ray
+from icldistill.evaluation.harness import Harness, load_results, unit_grid
+
+from .test_harness import _write_task
+from .tiny_models import tiny_model, tiny_tokenizer
+
+ray = pytest.importorskip("ray", reason="the ray extra is part of the test install")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return _write_task(tmp_path_factory.mktemp("data") / "toy.jsonl")
+
+
+def _loader(name, **_):
+    return SimpleNamespace(model=tiny_model("llama"), tokenizer=tiny_tokenizer(True))
+
+
+class _DieOnce:
+    """A model loader that kills its process the first time it runs (marker file), as an
+    out-of-memory kill or a lost node would, in the middle of a unit."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __call__(self, name, **kw):
+        if not self.marker.exists():
+            self.marker.write_text(str(os.getpid()))
+            os._exit(137)
+        return _loader(name, **kw)
+
+
+def _kwargs(tmp_path, toy, loader=_loader):
+    return dict(tasks={"toy": toy}, model_loader=loader, embedding_cache=str(tmp_path / "emb"),
+                reference_encoder="hidden:-1", n_boot=50, batch_size=4)
+
+
+def _units():
+    return unit_grid(models=["tiny"], tasks=["toy"], selectors=["random", "knn", "mmd"],
+                     ks=[2], seeds=2, encoder="hidden:-1", n_test=10)
+
+
+def _by_key(results):
+    return {r.key: (r.accuracy.value, r.n, round(r.mmd2_task, 10), r.shared) for r in results}
+
+
+def _recorded_keys(folder: Path) -> list[str]:
+    lines = (folder / "results.jsonl").read_text().splitlines()
+    return [json.loads(line)["key"] for line in lines if line.strip()]
+
+
+def test_ray_backend_gives_the_local_results(tmp_path, toy, ray_local, float32_default):
+    # Ray workers build the tiny model under torch's float32 default, so the local run does too
+    units = _units()
+    local = Harness(tmp_path / "local", progress=False, **_kwargs(tmp_path, toy)).run(units)
+    got = run_ray(units, tmp_path / "ray", harness_kwargs=_kwargs(tmp_path, toy),
+                  num_workers=2, progress=False)
+    assert [r.key for r in got] == [r.key for r in local]
+    assert _by_key(got) == _by_key(local)
+    preds_local = (tmp_path / "local" / "predictions.jsonl").read_text().splitlines()
+    preds_ray = (tmp_path / "ray" / "predictions.jsonl").read_text().splitlines()
+    assert sorted(preds_local) == sorted(preds_ray)
+    # finished units are read back, not sent to workers again
+    seen = []
+    again = run_ray(units, tmp_path / "ray", harness_kwargs=_kwargs(tmp_path, toy),
+                    progress=False, on_result=seen.append)
+    assert seen == [] and _by_key(again) == _by_key(local)
+
+
+def test_a_worker_killed_mid_grid_is_retried_and_nothing_is_lost_or_doubled(tmp_path, toy,
+                                                                           ray_local, float32_default):
+    units = _units()
+    marker = tmp_path / "died"
+    got = run_ray(units, tmp_path / "ray", harness_kwargs=_kwargs(tmp_path, toy,
+                                                                    _DieOnce(marker)),
+                  num_workers=2, max_retries=2, progress=False)
+    assert marker.exists(), "the fault was not injected"
+    keys = _recorded_keys(tmp_path / "ray")
+    assert sorted(keys) == sorted(r.key for r in got) and len(set(keys)) == len(units)
+    local = Harness(tmp_path / "local", progress=False, **_kwargs(tmp_path, toy)).run(units)
+    assert _by_key(got) == _by_key(local)
+    assert len(load_results(tmp_path / "ray")) == len(units)
+
+
+def test_bad_settings_are_one_line_errors(tmp_path, toy):
+    for kw, what in [({"num_workers": 0}, "num_workers"), ({"cpus_per_worker": 0}, "cpus"),
+                     ({"max_retries": -1}, "max_retries"), ({"gpus_per_worker": -1}, "gpus")]:
+        with pytest.raises(InputError, match=what):
+            run_ray(_units(), tmp_path / "x", harness_kwargs=_kwargs(tmp_path, toy),
+                    progress=False, **kw)
+    assert np.isfinite(1.0)
