@@ -73,8 +73,15 @@ def test_selection_is_deterministic_and_select_mmd_returns_indices():
     pool, targets = rng.normal(size=(200, 8)).astype(np.float32), rng.normal(size=(50, 8))
     a = ic.select_mmd(pool, targets, 8)
     b = ic.select_mmd(torch.from_numpy(pool), targets, 8)
-    assert isinstance(a, np.ndarray) and a.dtype == np.int64 and a.shape == (8,)
+    # the same result type as greedy_mmd, which also behaves as the index array
+    assert isinstance(a, ic.GreedySelection)
+    assert a.indices.dtype == np.int64 and a.dtype == np.int64 and a.shape == (8,)
     np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a.indices, ic.greedy_mmd(pool, targets, 8).indices)
+    assert np.asarray(a).tolist() == a.tolist() == list(map(int, a)) == a.indices.tolist()
+    assert len(a) == 8 and a[0] == a.indices[0] and bool((a == b).all())
+    np.testing.assert_array_equal(pool[a], pool[a.indices])
+    assert torch.equal(torch.from_numpy(pool)[a], torch.from_numpy(pool)[a.indices])
     c = ic.select_mmd(pool, targets, 8, kernel="laplace")
     assert c.shape == (8,)
 
@@ -152,7 +159,7 @@ def test_diversity_spreads_the_chosen_set_and_zero_is_the_plain_objective():
 
 
 # ============================================================================ selector interface
-from icldistill.selection.selectors import SELECTORS, Pool, Selection, make_selector  # noqa: E402
+from icldistill.selection import SELECTORS, Pool, Selection, make_selector  # noqa: E402
 
 
 def _clustered(n_per=12, n_clusters=4, dim=6, seed=0, n_targets=7):
@@ -562,20 +569,47 @@ def _two_samples(n, t, d=8, seed=0):
 
 @given(st.integers(0, 10_000), st.integers(2, 40), st.sampled_from(["gaussian", "laplace"]))
 def test_landmark_row_means_obey_their_certified_error(seed, m, kernel):
-    from icldistill.core.mmd import kernel_row_means, self_kernel_mean
-    from icldistill.selection.selectors import _nystrom_row_means
+    from icldistill.core.mmd import kernel_row_means
+    from icldistill.selection import landmark_row_means
 
     pool, tgt = _two_samples(60, 50, seed=seed)
     c, t = torch.as_tensor(pool), torch.as_tensor(tgt)
     kern = ic.make_kernel(kernel, c, t)
-    const = self_kernel_mean(t, kern)
-    approx, eps = _nystrom_row_means(c, t, kern, m, seed, const)
-    exact = kernel_row_means(c, t, kern)
-    bound = torch.sqrt(kern.diag(c)) * eps
-    assert bool(((approx - exact).abs() <= bound + 1e-9).all())
+    res = landmark_row_means(pool, tgt, m, kern, seed=seed)
+    exact = kernel_row_means(c, t, kern).numpy()
+    bound = np.sqrt(kern.diag(c).numpy()) * res.approx_error
+    assert res.row_means.shape == (60,) and res.kernel is kern
+    assert np.all(np.abs(res.row_means - exact) <= bound + 1e-9)
     # more landmarks (the same draw, extended) never enlarge the error
-    _, eps_more = _nystrom_row_means(c, t, kern, m + 5, seed, const)
-    assert eps_more <= eps + 1e-9
+    more = landmark_row_means(pool, tgt, m + 5, kern, seed=seed)
+    assert more.landmarks[:m].tolist() == res.landmarks.tolist()
+    assert more.approx_error <= res.approx_error + 1e-9
+
+
+def test_selection_results_have_json_ready_dicts():
+    import json
+
+    from icldistill.selection import landmark_row_means
+
+    pool, tgt = _two_samples(80, 40, seed=5)
+    labels = np.arange(80) % 2
+    res = ic.greedy_mmd(pool, tgt, 4, labels=labels, balance=True, landmarks=10)
+    d = json.loads(json.dumps(res.to_dict()))
+    assert d["indices"] == res.indices.tolist() and d["quotas"] == {"0": 2, "1": 2}
+    assert d["kernel"] == {"name": "gaussian", "params": {"bandwidth": res.kernel.bandwidth}}
+    assert d["approx_error"] == res.approx_error and len(d["mmd2"]) == 4
+    sel = ic.make_selector("mmd-query").fit(pool).select(tgt[:3], 2)
+    d = json.loads(json.dumps(sel.to_dict()))
+    assert d["indices"] == sel.indices.tolist() and d["k"] == 2 and d["selector"] == "mmd-query"
+    assert np.array(d["mmd2"]).shape == (3, 2)
+    lm = landmark_row_means(pool, tgt, 5, seed=1)
+    d = json.loads(json.dumps(lm.to_dict()))
+    assert len(d["row_means"]) == 80 and len(d["landmarks"]) == 5
+    for bad in (0, 1.5, "x"):
+        with pytest.raises(ic.InputError, match="landmarks"):
+            landmark_row_means(pool, tgt, bad)
+    with pytest.raises(ic.InputError, match="dimension"):
+        landmark_row_means(pool, tgt[:, :3], 5)
 
 
 def test_landmarks_keep_an_exact_trajectory_and_a_set_as_close_as_exact_greedy():

@@ -20,7 +20,7 @@ from icldistill.core.kernels import make_kernel
 from icldistill.core.validation import InputError
 from icldistill.encoders.representations import choose_attention_heads, make_encoder
 from icldistill.evaluation.harness import Harness, UnitSpec
-from icldistill.selection.selectors import SELECTORS, Pool, make_selector, soft_labels
+from icldistill.selection import SELECTORS, Pool, make_selector, soft_labels
 
 from .test_harness import POS, _write_task
 from .tiny_models import tiny_model, tiny_tokenizer

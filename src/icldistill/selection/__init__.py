@@ -1,4 +1,79 @@
-"""Demonstration selectors behind one interface: ``make_selector(name).fit(pool).select(...)``."""
+"""Demonstration selection (SPEC §5): one interface, ``make_selector(name).fit(pool).select(...)``,
+over the classic retrievers and the MMD family, and greedy MMD itself.
 
-from icldistill.selection.selectors import *  # noqa: F403
-from icldistill.selection.selectors import __all__ as __all__
+Modules, lowest first (each imports only those before it):
+
+* :mod:`~icldistill.selection.pool`: :class:`Pool`, the items a selector works on;
+* :mod:`~icldistill.selection.greedy`: the math, :func:`greedy_mmd` / :func:`select_mmd`
+  (both return a :class:`GreedySelection`), :func:`label_quotas`,
+  :func:`landmark_row_means`;
+* :mod:`~icldistill.selection.base`: the :class:`Selector` interface, :class:`Selection` and
+  the prompt orders :data:`ORDERS`;
+* :mod:`~icldistill.selection.retrievers`: ``random``, ``knn`` (KATE), ``bm25``, ``mmr``,
+  ``dpp``, ``vote-k`` and :func:`tokenize`;
+* :mod:`~icldistill.selection.mmd`: ``mmd``, ``mmd-query``, ``mmd-balanced``, ``mmd-joint``,
+  ``mmd-local``, ``mmd-katt`` and :func:`soft_labels`;
+* :mod:`~icldistill.selection.registry`: :data:`SELECTORS` and :func:`make_selector`.
+
+``icldistill.selection.selectors`` re-exports all of these for code written against 0.1.
+No module here imports ``transformers``: selectors work on representation matrices and texts.
+"""
+
+from icldistill.selection.base import ORDERS, Selection, Selector
+from icldistill.selection.greedy import (
+    GreedySelection,
+    LandmarkRowMeans,
+    greedy_mmd,
+    label_quotas,
+    landmark_row_means,
+    select_mmd,
+)
+from icldistill.selection.mmd import (
+    MMDBalancedSelector,
+    MMDJointSelector,
+    MMDKattSelector,
+    MMDLocalSelector,
+    MMDQuerySelector,
+    MMDSelector,
+    soft_labels,
+)
+from icldistill.selection.pool import Pool
+from icldistill.selection.registry import SELECTORS, make_selector
+from icldistill.selection.retrievers import (
+    BM25Selector,
+    DPPSelector,
+    KNNSelector,
+    MMRSelector,
+    RandomSelector,
+    VoteKSelector,
+    tokenize,
+)
+
+__all__ = [
+    "ORDERS",
+    "SELECTORS",
+    "BM25Selector",
+    "DPPSelector",
+    "GreedySelection",
+    "KNNSelector",
+    "LandmarkRowMeans",
+    "MMDBalancedSelector",
+    "MMDJointSelector",
+    "MMDKattSelector",
+    "MMDLocalSelector",
+    "MMDQuerySelector",
+    "MMDSelector",
+    "MMRSelector",
+    "Pool",
+    "RandomSelector",
+    "Selection",
+    "Selector",
+    "VoteKSelector",
+    "greedy_mmd",
+    "label_quotas",
+    "landmark_row_means",
+    "make_selector",
+    "select_mmd",
+    "soft_labels",
+    "tokenize",
+]

@@ -1,0 +1,139 @@
+"""Helpers shared by the selection modules: argument checks, chunking, top-k, Gram blocks.
+
+Internal to :mod:`icldistill.selection` (the module name is private; its names are the
+subpackage's own vocabulary, not part of the public API).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from icldistill.core.kernels import Kernel
+from icldistill.core.validation import InputError
+
+#: Largest number of matrix entries a selector materialises at once (64 MB in float32).
+CHUNK_ELEMENTS = 1 << 24
+
+
+def check_diversity(diversity: float) -> float:
+    """``diversity`` as a finite float ``>= 0`` (the weight of the within-set term)."""
+    try:
+        lam = float(diversity)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"diversity must be a number >= 0, got {diversity!r}") from exc
+    if not math.isfinite(lam) or lam < 0:
+        raise InputError(f"diversity must be a finite number >= 0, got {diversity!r}")
+    return lam
+
+
+def check_k(k: Any) -> int:
+    """``k`` as an int ``>= 1`` (the number of demonstrations to choose)."""
+    try:
+        ok = not isinstance(k, bool) and int(k) == k
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or k < 1:
+        raise InputError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def check_int(value: Any, name: str, low: int = 1) -> int:
+    """``value`` as an int ``>= low``; anything else (bools, fractions, text) is an error."""
+    try:
+        ok = not isinstance(value, bool) and int(value) == value
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or int(value) < low:
+        raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def check_float(value: Any, name: str, low: float, high: float = math.inf,
+                low_open: bool = False) -> float:
+    """``value`` as a finite float in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} must be a number, got {value!r}") from exc
+    bad_low = v <= low if low_open else v < low
+    if not math.isfinite(v) or bad_low or v > high:
+        lo = "(" if low_open else "["
+        raise InputError(f"{name} must lie in {lo}{low}, {high}], got {value!r}")
+    return v
+
+
+def promote(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validated pool and target tensors in their common dtype."""
+    dtype = torch.promote_types(x.dtype, y.dtype)
+    return x.to(dtype), y.to(dtype)
+
+
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit Euclidean norm (zero rows stay zero)."""
+    return x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+
+
+def row_chunks(rows: int, per_row: int) -> Iterator[slice]:
+    """Slices of ``rows`` so that a chunk holds at most ``CHUNK_ELEMENTS`` entries."""
+    step = max(1, CHUNK_ELEMENTS // max(1, per_row))
+    for start in range(0, rows, step):
+        yield slice(start, min(rows, start + step))
+
+
+def topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of every row, descending; ties go to the lowest column index."""
+    top = torch.topk(torch.from_numpy(scores), k, dim=1)
+    part, vals = top.indices.numpy(), top.values.numpy()
+    order = np.lexsort((part, -vals), axis=1)
+    idx = np.take_along_axis(part, order, axis=1)
+    vals = np.take_along_axis(vals, order, axis=1)
+    # rows where the k-th value ties with values left out: redo them with a stable sort
+    ambiguous = np.flatnonzero((scores >= vals[:, -1:]).sum(1) > k)
+    for i in ambiguous:
+        idx[i] = np.argsort(-scores[i], kind="stable")[:k]
+        vals[i] = scores[i, idx[i]]
+    return idx, vals
+
+
+def batched_gram(emb: torch.Tensor, kern: Kernel | None) -> torch.Tensor:
+    """``[R, N, N]`` Gram matrices of ``R`` candidate sets ``[R, N, d]``.
+
+    Dot products (``kern=None``) or a :class:`Kernel`: one batched matrix product (every
+    kernel accepts batches of row sets).
+    """
+    return torch.bmm(emb, emb.mT) if kern is None else kern(emb, emb)
+
+
+class Candidates:
+    """Per-query candidate sets: a shortlist ``[R, N]`` of pool rows, or the whole pool.
+
+    ``column(best)`` returns the similarity (dot product, or the kernel) between every candidate
+    of row ``i`` and its candidate ``best_i``, ``[R, N]``: for a shortlist a slice of the
+    precomputed ``[R, N, N]`` Gram (``kern``), for the whole pool one ``[R, n]`` Gram per step
+    (``gram_pool(x) = k(x, pool)``, from :meth:`Kernel.against`).
+    """
+
+    def __init__(self, pool: torch.Tensor, idx: torch.Tensor | None,
+                 kern: Kernel | None = None,
+                 gram_pool: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.pool = pool
+        self.idx = idx
+        self.gram = None if idx is None else batched_gram(pool[idx], kern)
+        self.gram_pool = gram_pool
+
+    def column(self, best: torch.Tensor) -> torch.Tensor:
+        """``[R, N]`` similarities of every candidate of row ``i`` to its ``best_i``."""
+        if self.gram is None:
+            new = self.pool[best]
+            return new @ self.pool.T if self.gram_pool is None else self.gram_pool(new)
+        return self.gram[torch.arange(best.shape[0], device=best.device), :, best]
+
+    def to_global(self, local: torch.Tensor) -> torch.Tensor:
+        """Pool rows ``[R, k]`` of the local candidate indices ``local`` ``[R, k]``."""
+        return local if self.idx is None else self.idx.gather(1, local)
+
