@@ -12,15 +12,13 @@ from hypothesis import strategies as st
 
 import icldistill as ic
 from icldistill.core.kernels import (
-    _middle_numpy,
-    _middle_sq_distances_fast,
-    _middle_torch,
-    _pair_sq_distances,
     attention_kernel,
     gaussian_kernel,
     inverse_multiquadric_kernel,
     laplace_kernel,
     linear_kernel,
+    middle_order_statistics,
+    middle_sq_distances,
     polynomial_kernel,
     softmax_kernel,
 )
@@ -131,18 +129,26 @@ def test_median_heuristic_matches_numpy_on_float32_clusters(n, dim, clusters, sc
 def test_median_float32_bracketing_is_exact_used_and_falls_back():
     rng = np.random.default_rng(3)
     z = torch.from_numpy((rng.normal(size=(1500, 64)) + 3).astype(np.float32))
-    fast = _middle_sq_distances_fast(z)
+    fast = middle_sq_distances(z, method="bracket")
     assert fast is not None  # the bracketing path is the one that runs on typical data
-    assert fast == pytest.approx(_middle_numpy(_pair_sq_distances(z).numpy()), rel=1e-12)
+    exact = middle_sq_distances(z, method="exact")
+    assert fast == pytest.approx(exact, rel=1e-12)
+    # and both are the middle of the float64 squared distances computed independently
+    z64 = z.numpy().astype(np.float64)
+    d2 = np.sort(np.concatenate([((z64[i + 1:] - z64[i]) ** 2).sum(1)
+                                 for i in range(len(z64) - 1)]))
+    assert exact == pytest.approx((d2[(d2.size - 1) // 2], d2[d2.size // 2]), rel=1e-12)
+    assert middle_sq_distances(z) == fast
     # reduced-precision float32 products: no bracketing (its error bound would not hold)
     torch.set_float32_matmul_precision("medium")
     try:
-        assert _middle_sq_distances_fast(z) is None
+        assert middle_sq_distances(z, method="bracket") is None
     finally:
         torch.set_float32_matmul_precision("highest")
     # heavy ties (4 distinct rows): the window is too wide, every distance is computed
     few = np.repeat(rng.normal(size=(4, 8)), 100, axis=0).astype(np.float32)
-    assert _middle_sq_distances_fast(torch.from_numpy(few)) is None
+    assert middle_sq_distances(torch.from_numpy(few), method="bracket") is None
+    assert middle_sq_distances(few) == middle_sq_distances(few, method="exact")
     assert ic.median_bandwidth(few) == pytest.approx(_numpy_median_distance(few), rel=1e-12)
     # more than half of the pairs are duplicates: median of the positive distances
     dup = np.repeat(rng.normal(size=(2, 8)), [300, 10], axis=0).astype(np.float32)
@@ -155,8 +161,9 @@ def test_middle_order_statistics_with_ties(values):
     v = np.array(values, dtype=np.float64)
     s = np.sort(v)
     expected = (s[(len(s) - 1) // 2], s[len(s) // 2])
-    assert _middle_torch(torch.from_numpy(v)) == expected
-    assert _middle_numpy(v.copy()) == expected
+    assert middle_order_statistics(torch.from_numpy(v), method="kthvalue") == expected
+    assert middle_order_statistics(v, method="select") == expected
+    assert middle_order_statistics(v) == expected
 
 
 @given(matrices(st.integers(1, 5), 4), matrices(st.integers(1, 5), 4), st.integers(1, 3))
@@ -231,3 +238,14 @@ def test_normalised_attention_kernel_does_not_overflow_on_large_keys():
     assert torch.isfinite(gram).all()
     assert float(torch.linalg.eigvalsh(gram.double()).min()) > -1e-8   # positive semi-definite
     assert not torch.isfinite(ic.make_kernel("attention", key_dim=8)(x, x)).all()
+
+
+def test_middle_statistics_bad_input():
+    with pytest.raises(ic.InputError, match="method"):
+        middle_sq_distances(np.zeros((3, 2)), method="fast")
+    with pytest.raises(ic.InputError, match="2 rows"):
+        middle_sq_distances(np.zeros((1, 2)))
+    with pytest.raises(ic.InputError, match="method"):
+        middle_order_statistics([1.0], method="sort")
+    with pytest.raises(ic.InputError, match="one value"):
+        middle_order_statistics([])

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import icldistill as ic
-from icldistill.core.mmd import _permutation_weights, kernel_row_means, self_kernel_mean
+from icldistill.core.mmd import kernel_row_means, permutation_splits, self_kernel_mean
 
 from .conftest import matrices
 
@@ -117,10 +117,11 @@ def test_permutation_null_equals_loop_over_permutations():
     rng = np.random.default_rng(2)
     x, y = rng.normal(size=(9, 2)), rng.normal(size=(7, 2)) + 0.5
     res = ic.mmd_test(x, y, permutations=50, seed=3, bandwidth=1.1)
-    w = _permutation_weights(9, 7, 50, 3, torch.float64, torch.device("cpu")).numpy()
+    splits = permutation_splits(9, 7, 50, seed=3)
+    assert splits.shape == (50, 16) and (splits.sum(1) == 9).all()
     z = np.concatenate([x, y])
     for b in range(50):
-        in_x = w[:, b + 1] > 0
+        in_x = splits[b]
         stat = _brute_mmd2(z[in_x], z[~in_x], 1.1, False)
         assert res.null_distribution[b] == pytest.approx(stat, rel=1e-10)
     assert res.statistic == pytest.approx(_brute_mmd2(x, y, 1.1, False), rel=1e-10)
@@ -220,3 +221,12 @@ def test_streamed_kernel_sums_equal_the_in_memory_ones(max_memory):
     assert part.unbiased_statistic == pytest.approx(full.unbiased_statistic, rel=1e-10)
     assert part.unbiased_statistic == pytest.approx(_brute_mmd2(x, y, full.bandwidth, True),
                                                     rel=1e-9)
+
+
+def test_permutation_splits_bad_input():
+    for bad in ({"n": 0}, {"m": 1.5}, {"permutations": True}):
+        args = {"n": 3, "m": 2, "permutations": 4, **bad}
+        with pytest.raises(ic.InputError, match="positive integer"):
+            permutation_splits(**args)
+    np.testing.assert_array_equal(permutation_splits(3, 2, 4, seed=1),
+                                  permutation_splits(3, 2, 4, seed=1))

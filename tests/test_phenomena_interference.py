@@ -227,8 +227,12 @@ def test_falling_r2():
     assert itf.falling_r2(-1.0) == 1.0 and itf.falling_r2(1.0) == -1.0
     np.testing.assert_allclose(itf.falling_r2([-0.5, 0.0, 0.5]), [0.25, 0.0, -0.25])
     x = np.arange(5.0)
-    f = itf.fit_line(x, 3.0 - 0.5 * x + np.array([0.1, -0.1, 0.0, 0.1, -0.1]))
-    assert itf._signed(f) == pytest.approx(f.r2) and f.slope < 0
+    y = 3.0 - 0.5 * x + np.array([0.1, -0.1, 0.0, 0.1, -0.1])
+    f = itf.fit_line(x, y)
+    assert itf.signed_r2(f) == pytest.approx(f.r2) and f.slope < 0
+    assert itf.signed_r2(f) == pytest.approx(itf.falling_r2(np.corrcoef(x, y)[0, 1]))
+    assert itf.signed_r2(itf.fit_line(x, -y)) == pytest.approx(-f.r2)
+    assert itf.signed_r2(itf.fit_line(x, np.ones(5))) == 0.0
 
 
 def test_fit_line_degenerate():

@@ -42,6 +42,7 @@ __all__ = [
     "decompose_head",
     "distillation_loss",
     "distillation_step",
+    "log_kernel_form",
     "random_feature_error",
     "segment_components",
     "segment_decomposition",
@@ -159,24 +160,55 @@ def _segment_ids(segments: Sequence[str], n: int) -> tuple[list[str], torch.Tens
 
 
 # ============================================================================ dual weights
+def log_kernel_form(c1: torch.Tensor, k1: torch.Tensor, c2: torch.Tensor, k2: torch.Tensor,
+                    scale: float) -> tuple[float, float]:
+    """Sign and log of ``sum_ij <c1_i, c2_j> exp(scale <k1_i, k2_j>)``, in float64.
+
+    This is the Hilbert–Schmidt inner product ``<A, B>_HS`` of the dual-form maps
+    ``A = sum_i c1_i phi(k1_i)^T`` and ``B = sum_j c2_j phi(k2_j)^T`` (``phi`` the feature map
+    of ``exp(scale <k, q>)``); with ``c1 = c2``, ``k1 = k2`` it is ``||A||_HS^2``. The
+    exponents are shifted by their maximum, so the result is finite where the value itself
+    overflows (real attention keys easily have ``scale ||k||^2 > 709``).
+
+    Parameters
+    ----------
+    c1 : Tensor ``[N1, d_v]``
+    k1 : Tensor ``[N1, d]``
+    c2 : Tensor ``[N2, d_v]``
+    k2 : Tensor ``[N2, d]``
+    scale : float
+
+    Returns
+    -------
+    sign : float
+        ``+1``, ``-1`` or ``0`` (an empty sum or an exact zero; then ``log_abs = -inf``).
+    log_abs : float
+        ``log |sum|``.
+    """
+    if k1.shape[0] == 0 or k2.shape[0] == 0:
+        return 0.0, -math.inf
+    a = scale * (k1.to(torch.float64) @ k2.to(torch.float64).T)
+    shift = float(a.max())
+    s = float(((c1.to(torch.float64) @ c2.to(torch.float64).T) * torch.exp(a - shift)).sum())
+    if s == 0.0:
+        return 0.0, -math.inf
+    return math.copysign(1.0, s), math.log(abs(s)) + shift
+
+
 def _dual_log_norm(coef: torch.Tensor, keys: torch.Tensor, scale: float, log_mult: float) -> float:
-    """``log || exp(log_mult) sum_i c_i phi(k_i)^T ||_HS`` with a log-shift (float64).
+    """``log || exp(log_mult) sum_i c_i phi(k_i)^T ||_HS`` (:func:`log_kernel_form`).
 
-    Real attention keys easily have ``scale ||k||^2 > 709``, where the norm itself overflows
-    float64; its logarithm does not. Returns ``-inf`` for the zero map.
-
-    Coefficients of identical keys are summed first, so that terms which cancel exactly (the
-    same token in two expansions being compared) never enter the quadratic form.
+    Returns ``-inf`` for the zero map. Coefficients of identical keys are summed first, so that
+    terms which cancel exactly (the same token in two expansions being compared) never enter
+    the quadratic form.
     """
     k, inverse = torch.unique(keys.to(torch.float64), dim=0, return_inverse=True)
     c = torch.zeros(k.shape[0], coef.shape[1], dtype=torch.float64, device=k.device)
     c.index_add_(0, inverse, coef.to(torch.float64))
-    a = scale * (k @ k.T)
-    shift = float(a.max())
-    s = float(((c @ c.T) * torch.exp(a - shift)).sum())
-    if s <= 0.0:
+    sign, log_sq = log_kernel_form(c, k, c, k, scale)
+    if sign <= 0.0:
         return -math.inf
-    return 0.5 * (math.log(s) + shift) + log_mult
+    return 0.5 * log_sq + log_mult
 
 
 def _exp(x: float) -> float:

@@ -42,6 +42,7 @@ __all__ = [
     "mmd",
     "mmd2_from_sums",
     "mmd_test",
+    "permutation_splits",
     "self_kernel_mean",
 ]
 
@@ -331,6 +332,34 @@ def _permutation_weights(
         perms = torch.argsort(torch.rand(stop - start, total, generator=g), dim=1)
         w[:, 1 + start : 1 + stop] = w0[perms].T.to(dtype)
     return w.to(device)
+
+
+def permutation_splits(n: int, m: int, permutations: int, *, seed: int = 0) -> np.ndarray:
+    """The splits behind :func:`mmd_test`'s null distribution, for inspection or reuse.
+
+    ``mmd_test(x, y, permutations=B, seed=s)`` pools ``z = [x; y]`` and, for permutation
+    ``b``, computes the biased MMD² between the rows ``z[splits[b]]`` and ``z[~splits[b]]``
+    (its ``null_distribution[b]``). The draws depend only on ``n``, ``m``, ``B`` and the seed.
+
+    Parameters
+    ----------
+    n, m : int
+        Sizes of the X and Y samples (``>= 1``).
+    permutations : int
+        ``B >= 1``.
+    seed : int
+
+    Returns
+    -------
+    ndarray of bool ``[B, n + m]``
+        ``True`` where a pooled row goes to the permuted X sample (``n`` per row).
+    """
+    for name, v in (("n", n), ("m", m), ("permutations", permutations)):
+        if isinstance(v, bool) or int(v) != v or v < 1:
+            raise InputError(f"{name} must be a positive integer, got {v!r}")
+    w = _permutation_weights(int(n), int(m), int(permutations), seed, torch.float64,
+                             torch.device("cpu"))
+    return (w[:, 1:] > 0).T.numpy()
 
 
 def _quadratic_forms(

@@ -69,6 +69,7 @@ import torch
 from icldistill.artifacts.fetch import log
 from icldistill.core.kernels import make_kernel, median_bandwidth
 from icldistill.core.mmd import mmd
+from icldistill.core.util import LineFit, fit_line
 from icldistill.core.validation import InputError
 from icldistill.data.prompts import Demonstration, Prompt
 from icldistill.lab.experiments import phenomena as ph
@@ -90,6 +91,7 @@ __all__ = [
     "predict_shown",
     "relabel",
     "run",
+    "signed_r2",
 ]
 
 #: Demonstrations per prompt.
@@ -419,52 +421,6 @@ def _pool_kv(e: Any, captured: dict[tuple[int, str], torch.Tensor], la: int,
 
 
 # ============================================================================ fits
-@dataclass(frozen=True)
-class LineFit:
-    """Ordinary least squares ``y = intercept + slope x``.
-
-    Attributes
-    ----------
-    slope, intercept : float
-        NaN slope when ``x`` is constant (the intercept is then ``mean(y)``).
-    r2 : float
-        ``1 - SS_res / SS_tot`` (= Pearson's ``r²``); NaN when ``x`` or ``y`` is constant.
-    n : int
-    """
-
-    slope: float
-    intercept: float
-    r2: float
-    n: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"slope": _num(self.slope), "intercept": _num(self.intercept),
-                "r2": _num(self.r2), "n": self.n}
-
-
-def fit_line(x: Any, y: Any) -> LineFit:
-    """OLS fit of ``y`` ``[n]`` on ``x`` ``[n]`` with an intercept (float64, ``n >= 2``)."""
-    xa = np.asarray(x, dtype=np.float64).ravel()
-    ya = np.asarray(y, dtype=np.float64).ravel()
-    if xa.shape != ya.shape:
-        raise InputError(f"x and y must have the same length, got {xa.size} and {ya.size}")
-    if xa.size < 2:
-        raise InputError(f"a line needs at least 2 points, got {xa.size}")
-    if not (np.isfinite(xa).all() and np.isfinite(ya).all()):
-        raise InputError("x and y must be finite")
-    xc, yc = xa - xa.mean(), ya - ya.mean()
-    sxx, syy = float(xc @ xc), float(yc @ yc)
-    if sxx <= 0.0:
-        return LineFit(math.nan, float(ya.mean()), math.nan, int(xa.size))
-    slope = float(xc @ yc) / sxx
-    intercept = float(ya.mean() - slope * xa.mean())
-    if syy <= 0.0:
-        return LineFit(slope, intercept, math.nan, int(xa.size))
-    resid = ya - (intercept + slope * xa)
-    r2 = 1.0 - float(resid @ resid) / syy
-    return LineFit(slope, intercept, r2, int(xa.size))
-
-
 def _r_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Pearson ``r`` of each row of ``y [B, P]`` with ``x [P]``; 0 where ``x`` or a row is
     constant (nothing explained)."""
@@ -656,8 +612,9 @@ def _measure_model(m: ph.ModelUnderTest, d: _Design, n_cal: int, progress: bool
             "n_prompts": len(done), "n_texts": len(texts), "timing": timing}
 
 
-def _signed(f: LineFit) -> float:
-    """:func:`falling_r2` of a fit (0 where R² is undefined)."""
+def signed_r2(f: LineFit) -> float:
+    """:func:`falling_r2` of a fit: ``R²`` when the line falls, ``-R²`` when it rises, 0 where
+    ``R²`` or the slope is undefined (a constant ``x`` or ``y``)."""
     if not (np.isfinite(f.r2) and np.isfinite(f.slope)):
         return 0.0
     return float(-np.sign(f.slope) * f.r2)
@@ -831,7 +788,7 @@ def _assemble(groups: list[list[ph.ModelUnderTest]], results: list[Any],
                 for la in range(L):
                     r2 = [per_task[ti]["layers"][la].r2 for ti in range(T)]
                     r2_layers[v, la] = float(np.mean(np.nan_to_num(r2, nan=0.0)))
-                    sr2_layers[v, la] = float(np.mean([_signed(per_task[ti]["layers"][la])
+                    sr2_layers[v, la] = float(np.mean([signed_r2(per_task[ti]["layers"][la])
                                                        for ti in range(T)]))
                     sl = [per_task[ti]["layers"][la].slope for ti in range(T)]
                     slope_layers[v, la] = float(np.nanmean(sl)) if np.isfinite(sl).any() \
@@ -959,7 +916,7 @@ def _assemble(groups: list[list[ph.ModelUnderTest]], results: list[Any],
                                     (f"K_att best layer {s['best']}", f["layers"][s["best"]]),
                                     (f"K_att {ch.spec} (demo-carrying)", f["chosen"])):
                         rows_fit.append((mdl.name, mdl.role, d.task.name, var, rep, lf.slope,
-                                         lf.intercept, lf.r2, _signed(lf)))
+                                         lf.intercept, lf.r2, signed_r2(lf)))
             for la in range(s["L"]):
                 rows_layer.append((mdl.name, mdl.role, la, float(s["r2_layers"][fv, la]),
                                    float(s["sr2_layers"][fv, la]),

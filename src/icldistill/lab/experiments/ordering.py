@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from icldistill.core.decomposition import DualWeights
+from icldistill.core.decomposition import DualWeights, log_kernel_form
 from icldistill.core.stats import holm, paired_bootstrap_ci, sign_flip_test
 from icldistill.core.validation import InputError
 from icldistill.lab.experiments import phenomena as ph
@@ -219,19 +219,6 @@ def most_similar_last(demo_embeddings: Any, query_embeddings: Any) -> np.ndarray
 
 
 # ============================================================================ W_0 geometry
-def _log_form(c1: torch.Tensor, k1: torch.Tensor, c2: torch.Tensor, k2: torch.Tensor,
-              scale: float) -> tuple[float, float]:
-    """Sign and ``log |sum_ij <c1_i, c2_j> exp(scale <k1_i, k2_j>)|`` in float64 (log-shift)."""
-    if k1.shape[0] == 0 or k2.shape[0] == 0:
-        return 0.0, -math.inf
-    a = scale * (k1.to(torch.float64) @ k2.to(torch.float64).T)
-    shift = float(a.max())
-    s = float(((c1.to(torch.float64) @ c2.to(torch.float64).T) * torch.exp(a - shift)).sum())
-    if s == 0.0:
-        return 0.0, -math.inf
-    return math.copysign(1.0, s), math.log(abs(s)) + shift
-
-
 def log_hs_inner(a: DualWeights, b: DualWeights) -> tuple[float, float]:
     """The Hilbert–Schmidt inner product ``<A, B>_HS`` of two dual weights, in log space.
 
@@ -251,7 +238,7 @@ def log_hs_inner(a: DualWeights, b: DualWeights) -> tuple[float, float]:
         ``log |<A, B>|``.
     """
     _check_pair(a, b)
-    sign, log_abs = _log_form(a.coefficients, a.keys, b.coefficients, b.keys, a.scale)
+    sign, log_abs = log_kernel_form(a.coefficients, a.keys, b.coefficients, b.keys, a.scale)
     if sign == 0.0:
         return 0.0, -math.inf
     return sign, log_abs + a.log_multiplier + b.log_multiplier
@@ -343,7 +330,7 @@ def _groups(res: Any, layer: int, heads: Sequence[int]) -> tuple[list[_Group], d
         else:
             k = w.keys.to(torch.float64)
             c = w.coefficients.to(torch.float64)
-            sign, log_sq = _log_form(c, k, c, k, w.scale)
+            sign, log_sq = log_kernel_form(c, k, c, k, w.scale)
             groups.append(_Group(k, c, log_sq if sign > 0 else -math.inf))
             which[h] = len(groups) - 1
     return groups, which, mult, scale
@@ -447,7 +434,8 @@ def trace_order(loaded: Any, prompt: Any, reference: OrderTrace | None = None) -
             key = (rwhich[h], which[h])
             if key not in cross:
                 rg = rgroups[rwhich[h]]
-                cross[key] = _log_form(rg.coefficients, rg.keys, g.coefficients, g.keys, scale)
+                cross[key] = log_kernel_form(rg.coefficients, rg.keys, g.coefficients, g.keys,
+                                             scale)
             s_ab, l_ab = cross[key]
             rg = rgroups[rwhich[h]]
             dist[layer, h], cos[layer, h] = _movement(rg.log_sq + 2 * rmult[h],
