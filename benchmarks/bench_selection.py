@@ -50,10 +50,9 @@ import numpy as np
 import torch
 
 from icldistill import make_kernel
-from icldistill.core import mmd
 from icldistill.core.kernels import median_bandwidth
-from icldistill.core.mmd import kernel_row_means, self_kernel_mean
-from icldistill.selection.selectors import Pool, make_selector, tokenize
+from icldistill.core.mmd import kernel_row_means, mmd, self_kernel_mean
+from icldistill.selection import Pool, make_selector, tokenize
 
 
 @dataclass
