@@ -325,7 +325,8 @@ def test_mmd2_query_is_the_mean_of_per_query_mmd2_brute_force(tmp_path, toy):
     n_pool = len(toy.split.train)
     test_idx = np.arange(6)
     idx = np.stack([rng.choice(n_pool, 3, replace=False) for _ in test_idx])
-    got_task, got_query = h.mmd_to_task(toy, "tiny", idx, test_idx, shared=False)
+    got = h.mmd_to_task(toy, "tiny", idx, test_idx, shared=False)
+    got_task, got_query = got.mmd2_task, got.mmd2_query
     kern = h.reference_kernel(toy, "tiny")
     pool = torch.as_tensor(h.embeddings(toy, "train", "hidden:-1", "tiny"), dtype=torch.float64)
     test = torch.as_tensor(h.embeddings(toy, "test", "hidden:-1", "tiny"), dtype=torch.float64)
@@ -339,7 +340,7 @@ def test_mmd2_query_is_the_mean_of_per_query_mmd2_brute_force(tmp_path, toy):
     shown = pool[torch.as_tensor(idx.reshape(-1))]
     assert got_task == pytest.approx(float(mmd(shown, test[:6], kern, "biased")), rel=1e-9)
     # shared set: the per-query term uses the one set for every query
-    _, shared_q = h.mmd_to_task(toy, "tiny", idx[:1], test_idx, shared=True)
+    shared_q = h.mmd_to_task(toy, "tiny", idx[:1], test_idx, shared=True).mmd2_query
     s = pool[torch.as_tensor(idx[0])]
     per = [(kern(s, s).mean() - 2 * kern(s, test[i : i + 1]).mean() + 1.0).item()
            for i in test_idx]

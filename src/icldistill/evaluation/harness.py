@@ -65,13 +65,14 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from icldistill.artifacts.fetch import log
 from icldistill.artifacts.store import append_record, iter_records, unit_lock, write_json
 from icldistill.core.kernels import Kernel, make_kernel
 from icldistill.core.mmd import mmd
@@ -83,6 +84,7 @@ from icldistill.selection.selectors import SELECTORS, Pool, Selection, make_sele
 
 __all__ = [
     "Harness",
+    "SelectionMMD",
     "Task",
     "UnitResult",
     "UnitSpec",
@@ -165,6 +167,19 @@ class UnitSpec:
                               "data": fingerprint}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-able dict (``params`` as a list of ``[name, value]`` pairs)."""
+        d = asdict(self)
+        d["params"] = [list(p) for p in self.params]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> UnitSpec:
+        """The spec written by :meth:`to_dict` (``params`` back to a tuple of pairs)."""
+        s = dict(d)
+        s["params"] = tuple((str(a), b) for a, b in s.get("params", ()))
+        return cls(**s)
+
     @property
     def model_label(self) -> str:
         """The model with its precision when that is not float32 (``"m (bfloat16)"``)."""
@@ -220,24 +235,65 @@ class UnitResult:
     per_label_accuracy: dict[str, float] = field(default_factory=dict)
     n_reused: int = 0
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
+        """The record of ``results.jsonl``: every field, the spec as :meth:`UnitSpec.to_dict`."""
         d = asdict(self)
-        d["spec"]["params"] = [list(p) for p in self.spec.params]
+        d["spec"] = self.spec.to_dict()
         return d
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> UnitResult:
-        s = dict(d["spec"])
-        s["params"] = tuple((str(a), b) for a, b in s.get("params", ()))
-        return cls(
-            spec=UnitSpec(**s), key=str(d["key"]),
-            accuracy=MetricResult(**d["accuracy"]), macro_f1=MetricResult(**d["macro_f1"]),
-            n=int(d["n"]), mmd2_task=float(d["mmd2_task"]), mmd2_query=float(d["mmd2_query"]),
-            shared=bool(d["shared"]), selection_seconds=float(d["selection_seconds"]),
-            scoring_seconds=float(d["scoring_seconds"]), n_tokens=int(d["n_tokens"]),
-            n_prompt_tokens=int(d["n_prompt_tokens"]),
-            per_label_accuracy=dict(d.get("per_label_accuracy", {})),
-            n_reused=int(d.get("n_reused", 0)))
+    def from_dict(cls, d: Mapping[str, Any]) -> UnitResult:
+        """A result from its :meth:`to_dict` record.
+
+        Each field is converted by its declared type; fields with a default (added after the
+        first results were written) may be absent. Raises ``KeyError``, ``TypeError`` or
+        ``ValueError`` on a malformed record.
+        """
+        kwargs = {f.name: _FROM_JSON[str(f.type)](d[f.name])
+                  for f in fields(cls) if f.name in d or not _has_default(f)}
+        return cls(**kwargs)
+
+    # the names of earlier releases
+    to_json = to_dict
+    from_json = from_dict
+
+
+#: How :meth:`UnitResult.from_dict` converts a JSON value, by the field's declared type.
+_FROM_JSON: dict[str, Callable[[Any], Any]] = {
+    "UnitSpec": UnitSpec.from_dict,
+    "MetricResult": lambda v: MetricResult(**v),
+    "str": str, "int": int, "float": float, "bool": bool, "dict[str, float]": dict,
+}
+
+
+def _has_default(f: Any) -> bool:
+    return f.default is not MISSING or f.default_factory is not MISSING
+
+
+@dataclass(frozen=True)
+class SelectionMMD:
+    """How far demonstration sets are from the task, under the task's reference kernel.
+
+    Attributes
+    ----------
+    mmd2_task : float
+        Biased ``MMD^2`` between all demonstrations shown (pooled over queries) and the test
+        inputs.
+    mmd2_query : float
+        Mean over queries of ``MMD^2(S_q, {q})``.
+
+    Unpacks as the pair ``(mmd2_task, mmd2_query)``, what :meth:`Harness.mmd_to_task` returned
+    before.
+    """
+
+    mmd2_task: float
+    mmd2_query: float
+
+    def __iter__(self) -> Iterator[float]:
+        return iter((self.mmd2_task, self.mmd2_query))
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
 
 
 def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -257,7 +313,7 @@ def load_results(out_dir: str | os.PathLike[str]) -> list[UnitResult]:
     by_key: dict[str, UnitResult] = {}
     for rec in _read_jsonl(Path(out_dir) / "results.jsonl"):
         try:
-            r = UnitResult.from_json(rec)
+            r = UnitResult.from_dict(rec)
         except (KeyError, TypeError, ValueError):
             continue
         by_key[r.key] = r
@@ -575,9 +631,8 @@ class Harness:
             pick = rng.choice(len(pool), size=k + 1, replace=False)
             demos = [(pool.texts[j], str(pool.labels[j])) for j in pick[:k]]
             prompts.append(scorer.prompt(demos, pool.texts[pick[k]]))
-        if self.progress:
-            _log(f"choosing demo-carrying attention heads of {model_name} on {task.name} "
-                 f"({n_prompts} calibration prompts)")
+        log(self.progress, f"choosing demo-carrying attention heads of {model_name} on "
+                           f"{task.name} ({n_prompts} calibration prompts)")
         choice = choose_attention_heads(lm.model, lm.tokenizer, prompts)
         write_json(path, {**choice.to_dict(), "task": task.name, "model": model_name,
                           "dtype": dtype, "k": k, "seed": seed})
@@ -652,24 +707,15 @@ class Harness:
             return self._compute_unit(spec, task, key)
 
     def _compute_unit(self, spec: UnitSpec, task: Task, key: str) -> UnitResult:
+        """Select, score (resuming from ``partial/`` and the score store) and record a unit."""
         test_ds = task.split.test
         n = len(test_ds) if spec.n_test is None else min(int(spec.n_test), len(test_ds))
         if n < 1:
             raise InputError(f"task {task.name!r} has no test items")
         test_idx = np.arange(n)
         selection = self.select(spec, task, test_idx)
-        idx = selection.indices.copy()
-        if spec.ordering > 0:
-            rng = np.random.default_rng([spec.seed, spec.ordering])
-            if selection.shared:
-                idx[:] = idx[0, rng.permutation(idx.shape[1])]
-            else:
-                idx = np.take_along_axis(idx, np.argsort(rng.random(idx.shape), axis=1), 1)
-        sel_dir = self.out_dir / "selections"
-        sel_dir.mkdir(exist_ok=True)
-        write_json(sel_dir / f"{key}.json", {"spec": asdict(spec), "shared": selection.shared,
-                                             "indices": idx[:1] if selection.shared else idx,
-                                             "seconds": selection.seconds})
+        idx = _ordered(selection, spec)
+        self._write_selection(key, spec, selection, idx)
         lm = self.model(spec.model, spec.dtype)
         pool_ds = task.split.train
         fmt = pool_ds.format
@@ -679,89 +725,115 @@ class Harness:
         demos = [[(pool_ds.texts[j], str(pool_ds.labels[j])) for j in row] for row in idx]
         texts = [scorer.prompt(demos[0] if selection.shared else d, q).render().text
                  for d, q in zip(demos, queries, strict=True)]
-        # resume
         partial = self.out_dir / "partial" / f"{key}.jsonl"
-        scores = np.full((n, len(scorer.labels)), np.nan)
-        tokens = 0
-        seconds = 0.0
-        for rec in _read_jsonl(partial):
-            if rec.get("labels") != list(scorer.labels):
-                continue
-            for i, row in zip(rec["i"], rec["lp"], strict=True):
-                scores[int(i)] = row
-            tokens += int(rec.get("tokens", 0))
-            seconds += float(rec.get("seconds", 0.0))
-        store = hashes = None
-        reused = 0
-        if not spec.calibrate:
-            store = self._score_store(spec.model_label)
-            labels = [[str(lab), scorer.verbalize(lab)] for lab in scorer.labels]
-            hashes = [_prompt_hash(spec.model_label, labels, t) for t in texts]
-            for i in np.flatnonzero(np.isnan(scores).any(axis=1)):
-                hit = store.get(hashes[i])
-                if hit is not None and len(hit) == len(scorer.labels):
-                    scores[i] = hit
-                    reused += 1
+        scores, tokens, seconds = _read_partial(partial, n, list(scorer.labels))
+        store, hashes, reused = self._reuse_scores(spec, scorer, texts, scores)
         todo = np.flatnonzero(np.isnan(scores).any(axis=1))
         if todo.size:
-            if self.progress and todo.size < n:
-                _log(f"resuming {spec.label} on {task.name}: {n - todo.size}/{n} done"
-                     + (f" ({reused} identical prompts already scored)" if reused else ""))
-            t_last = [time.perf_counter()]
-
-            def save(local: np.ndarray, lp: np.ndarray) -> None:
-                now = time.perf_counter()
-                _append_jsonl(partial, {"i": todo[local].tolist(), "lp": lp.tolist(),
-                                        "labels": list(scorer.labels),
-                                        "seconds": now - t_last[0]})
-                t_last[0] = now
-                if store is not None and hashes is not None:
-                    store.add([hashes[i] for i in todo[local]], lp)
-
-            q = [queries[i] for i in todo]
-            if selection.shared:
-                res = scorer.score(q, demos[0], reuse_prefix=self.reuse_prefix,
-                                   calibrate=spec.calibrate, progress=self.progress,
-                                   on_batch=None if spec.calibrate else save)
-            else:
-                res = scorer.score(q, per_query=[demos[i] for i in todo],
-                                   reuse_prefix=self.reuse_prefix, calibrate=spec.calibrate,
-                                   progress=self.progress,
-                                   on_batch=None if spec.calibrate else save)
-            if spec.calibrate:
-                # calibrated scores are stored already divided by the content-free probabilities
-                p = res.probabilities()
-                lp = np.log(np.clip(p, 1e-300, None))
-                _append_jsonl(partial, {"i": todo.tolist(), "lp": lp.tolist(),
-                                        "labels": list(scorer.labels),
-                                        "seconds": res.seconds})
-                scores[todo] = lp
-            else:
-                scores[todo] = res.logprobs
+            if todo.size < n:
+                log(self.progress,
+                    f"resuming {spec.label} on {task.name}: {n - todo.size}/{n} done"
+                    + (f" ({reused} identical prompts already scored)" if reused else ""))
+            res = self._score_missing(spec, scorer, selection.shared, queries, demos, todo,
+                                      scores, partial, store, hashes)
             tokens += res.n_tokens
             seconds += res.seconds
         pred = np.asarray(scorer.labels, dtype=object)[scores.argmax(axis=1)]
         truth = np.asarray([str(test_ds.labels[i]) for i in test_idx], dtype=object)
         metrics = classification_metrics(truth, pred, labels=list(test_ds.label_names),
                                          n_boot=self.n_boot, seed=0)
-        mmd_task, mmd_query = self.mmd_to_task(task, spec.model, idx, test_idx,
-                                                selection.shared)
-        n_prompt = _prompt_tokens(scorer, texts)
-        result = UnitResult(spec, key, metrics.accuracy, metrics.macro_f1, metrics.n, mmd_task,
-                            mmd_query, selection.shared, selection.seconds, seconds, tokens,
-                            n_prompt, metrics.per_label_accuracy, reused)
+        dist = self.mmd_to_task(task, spec.model, idx, test_idx, selection.shared)
+        result = UnitResult(spec, key, metrics.accuracy, metrics.macro_f1, metrics.n,
+                            dist.mmd2_task, dist.mmd2_query, selection.shared, selection.seconds,
+                            seconds, tokens, _prompt_tokens(scorer, texts),
+                            metrics.per_label_accuracy, reused)
+        self._record(result, pred, truth, partial)
+        return result
+
+    def _write_selection(self, key: str, spec: UnitSpec, selection: Selection,
+                         idx: np.ndarray) -> None:
+        """``selections/<key>.json``: the demonstrations every query saw."""
+        sel_dir = self.out_dir / "selections"
+        sel_dir.mkdir(exist_ok=True)
+        write_json(sel_dir / f"{key}.json", {"spec": asdict(spec), "shared": selection.shared,
+                                             "indices": idx[:1] if selection.shared else idx,
+                                             "seconds": selection.seconds})
+
+    def _reuse_scores(self, spec: UnitSpec, scorer: FewShotScorer, texts: list[str],
+                      scores: np.ndarray) -> tuple[_ScoreStore | None, list[str] | None, int]:
+        """Fill the rows of ``scores`` still NaN from the model's score store (in place).
+
+        Returns the store and the prompt hashes (``None`` for calibrated units, which are not
+        stored) and the number of rows filled.
+        """
+        if spec.calibrate:
+            return None, None, 0
+        store = self._score_store(spec.model_label)
+        labels = [[str(lab), scorer.verbalize(lab)] for lab in scorer.labels]
+        hashes = [_prompt_hash(spec.model_label, labels, t) for t in texts]
+        reused = 0
+        for i in np.flatnonzero(np.isnan(scores).any(axis=1)):
+            hit = store.get(hashes[i])
+            if hit is not None and len(hit) == len(scorer.labels):
+                scores[i] = hit
+                reused += 1
+        return store, hashes, reused
+
+    def _score_missing(self, spec: UnitSpec, scorer: FewShotScorer, shared: bool,
+                       queries: list[str], demos: list[list[tuple[str, str]]],
+                       todo: np.ndarray, scores: np.ndarray, partial: Path,
+                       store: _ScoreStore | None, hashes: list[str] | None) -> Any:
+        """Score the queries ``todo`` into ``scores`` (in place); returns the scorer's result.
+
+        Uncalibrated batches are appended to ``partial`` (and the score store) as they come;
+        calibrated scores, which depend on the whole set, are appended once at the end, already
+        divided by the content-free probabilities.
+        """
+        t_last = [time.perf_counter()]
+
+        def save(local: np.ndarray, lp: np.ndarray) -> None:
+            now = time.perf_counter()
+            _append_jsonl(partial, {"i": todo[local].tolist(), "lp": lp.tolist(),
+                                    "labels": list(scorer.labels),
+                                    "seconds": now - t_last[0]})
+            t_last[0] = now
+            if store is not None and hashes is not None:
+                store.add([hashes[i] for i in todo[local]], lp)
+
+        q = [queries[i] for i in todo]
+        on_batch = None if spec.calibrate else save
+        if shared:
+            res = scorer.score(q, demos[0], reuse_prefix=self.reuse_prefix,
+                               calibrate=spec.calibrate, progress=self.progress,
+                               on_batch=on_batch)
+        else:
+            res = scorer.score(q, per_query=[demos[i] for i in todo],
+                               reuse_prefix=self.reuse_prefix, calibrate=spec.calibrate,
+                               progress=self.progress, on_batch=on_batch)
+        if spec.calibrate:
+            lp = np.log(np.clip(res.probabilities(), 1e-300, None))
+            _append_jsonl(partial, {"i": todo.tolist(), "lp": lp.tolist(),
+                                    "labels": list(scorer.labels), "seconds": res.seconds})
+            scores[todo] = lp
+        else:
+            scores[todo] = res.logprobs
+        return res
+
+    def _record(self, result: UnitResult, pred: np.ndarray, truth: np.ndarray,
+                partial: Path) -> None:
+        """Append the unit's predictions, then its result line (which marks it finished)."""
         # predictions first: the results line marks the unit finished, so a kill between the
         # two leaves an unfinished unit (recomputed from partial/), never lost predictions
         _append_jsonl(self.out_dir / "predictions.jsonl",
-                      {"key": key, "pred": pred.tolist(), "truth": truth.tolist()})
-        _append_jsonl(self.results_path, result.to_json())
+                      {"key": result.key, "pred": pred.tolist(), "truth": truth.tolist()})
+        _append_jsonl(self.results_path, result.to_dict())
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
-        return result
 
     def mmd_to_task(self, task: Task, model_name: str, idx: np.ndarray, test_idx: np.ndarray,
-                    shared: bool) -> tuple[float, float]:
-        """``(mmd2_task, mmd2_query)`` of demonstration sets under the task's reference kernel.
+                    shared: bool) -> SelectionMMD:
+        """``mmd2_task`` and ``mmd2_query`` of demonstration sets under the task's reference
+        kernel.
 
         ``idx`` ``[R, k]`` holds pool indices (``R = 1`` for a shared set, else one row per
         test item of ``test_idx`` ``[n]``); see the module docstring for both quantities.
@@ -784,7 +856,7 @@ class Harness:
         else:
             ksq = torch.stack([kern(s[i], test[i : i + 1]).mean() for i in range(len(s))])
             per = kss - 2 * ksq + kern.diag(test)
-        return float(mmd_task), float(per.mean())
+        return SelectionMMD(float(mmd_task), float(per.mean()))
 
     # ---- many units --------------------------------------------------------------------
 
@@ -810,9 +882,9 @@ class Harness:
                 results.append(done[key])
             else:
                 todo.append(u)
-        if self.progress and len(todo) < len(units):
-            _log(f"{len(units) - len(todo)} of {len(units)} units already finished in "
-                 f"{self.out_dir}")
+        if len(todo) < len(units):
+            log(self.progress, f"{len(units) - len(todo)} of {len(units)} units already "
+                               f"finished in {self.out_dir}")
         todo.sort(key=lambda u: u.model)      # load each model once; otherwise keep the order
         bar = progress_bar(total=len(todo), desc="units", unit="unit", enabled=self.progress,
                            leave=True)
@@ -834,15 +906,44 @@ class Harness:
                         one(u)
                     else:
                         busy.append(u)
-            if busy and self.progress:
-                _log(f"waiting for {len(busy)} unit(s) another process is computing in "
-                     f"{self.out_dir}")
+            if busy:
+                log(self.progress, f"waiting for {len(busy)} unit(s) another process is "
+                                   f"computing in {self.out_dir}")
             for u in busy:                    # wait for it, then read its result back
                 one(u)
         finally:
             bar.close()
         by_key = {r.key: r for r in results}
         return [by_key[k] for k in keys if k in by_key]     # in the order of ``units``
+
+
+def _ordered(selection: Selection, spec: UnitSpec) -> np.ndarray:
+    """The selection's pool indices ``[R, k]`` in the unit's ordering (0: as selected; ``j > 0``:
+    every set shuffled with a generator seeded by ``(seed, j)``)."""
+    idx = selection.indices.copy()
+    if spec.ordering > 0:
+        rng = np.random.default_rng([spec.seed, spec.ordering])
+        if selection.shared:
+            idx[:] = idx[0, rng.permutation(idx.shape[1])]
+        else:
+            idx = np.take_along_axis(idx, np.argsort(rng.random(idx.shape), axis=1), 1)
+    return idx
+
+
+def _read_partial(partial: Path, n: int, labels: list[str]) -> tuple[np.ndarray, int, float]:
+    """Scores ``[n, n_labels]`` (NaN where missing), tokens and seconds of an unfinished unit's
+    partial file; records made with other labels are ignored."""
+    scores = np.full((n, len(labels)), np.nan)
+    tokens = 0
+    seconds = 0.0
+    for rec in _read_jsonl(partial):
+        if rec.get("labels") != labels:
+            continue
+        for i, row in zip(rec["i"], rec["lp"], strict=True):
+            scores[int(i)] = row
+        tokens += int(rec.get("tokens", 0))
+        seconds += float(rec.get("seconds", 0.0))
+    return scores, tokens, seconds
 
 
 def _prompt_tokens(scorer: FewShotScorer, texts: list[str]) -> int:
@@ -881,14 +982,4 @@ class _ScoreStore:
         _append_jsonl(self.path, {"h": list(hashes), "lp": rows})
         self._scores.update(zip(hashes, rows, strict=True))
 
-
-def _log(msg: str) -> None:
-    import sys
-
-    print(f"[icldistill] {msg}", file=sys.stderr, flush=True)
-
-
-def selector_names() -> list[str]:
-    """Names of the available selectors."""
-    return list(SELECTORS)
 
