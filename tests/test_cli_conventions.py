@@ -126,6 +126,22 @@ def test_help_lists_the_exit_statuses_and_the_quick_run_time(capsys):
     assert "about 10 minutes on 2 cores" in " ".join(capsys.readouterr().out.split())
 
 
+def test_every_command_runs_from_its_group_module():
+    """The CLI's layout: each command group is one ``icldistill.cli.cmd_*`` module that adds its
+    parsers and holds the functions that run its commands."""
+    from icldistill.cli.parser import GROUPS
+
+    runners = {}
+    for path, parser, _ in _walk(build_parser()):
+        func = parser._defaults.get("func")
+        if func is not None:
+            runners[" ".join(path[1:])] = func.__module__
+    assert len(runners) >= 20 and {"mmd", "lab train", "reproduce"} <= set(runners)
+    groups = {g.__name__ for g in GROUPS}
+    assert set(runners.values()) == groups, runners
+    assert all(name.startswith("icldistill.cli.cmd_") for name in groups)
+
+
 def test_version_flag(capsys):
     from icldistill import __version__
 

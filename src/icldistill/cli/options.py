@@ -19,7 +19,7 @@ __all__ = [
     "CACHE_HELP", "DTYPE_HELP", "QUIET_HELP", "SEEDS_HELP", "CommandParser", "add_quiet",
     "command_line", "finite_float", "names", "nonnegative_int", "positive_float",
     "positive_int", "positive_int_list", "selector_param", "set_threads", "split_names",
-    "test_size", "thread_count", "token_positions",
+    "split_test_size", "thread_count", "token_positions",
 ]
 
 CACHE_HELP = ("cache folder (default: $ICLDISTILL_CACHE, else $XDG_CACHE_HOME/icldistill, else "
@@ -135,8 +135,8 @@ def _test_size_value(text: str) -> int | float:
     return value
 
 
-test_size = _type(_test_size_value, "a number of test items (an integer >= 1) or a fraction "
-                  "between 0 and 1", "test_size")
+split_test_size = _type(_test_size_value, "a number of test items (an integer >= 1) or a "
+                        "fraction between 0 and 1", "test_size")
 
 
 def _positions_value(text: str) -> str | list[int]:

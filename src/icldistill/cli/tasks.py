@@ -18,7 +18,7 @@ from icldistill.cli.options import (
     positive_int,
     positive_int_list,
     split_names,
-    test_size,
+    split_test_size,
 )
 from icldistill.core.validation import InputError
 
@@ -54,7 +54,7 @@ def add_task_args(p: argparse.ArgumentParser, multi: bool = False,
                    help="label column of --file (default label)")
     p.add_argument("--pair-fields", default=None,
                    help="comma-separated extra input columns of --file (e.g. passage,question)")
-    p.add_argument("--test-size", type=test_size, default=None,
+    p.add_argument("--test-size", type=split_test_size, default=None,
                    help="test items (int) or fraction; default: the dataset's split")
     p.add_argument("--split-seed", type=nonnegative_int, default=0,
                    help="seed of the split (default 0)")
