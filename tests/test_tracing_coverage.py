@@ -21,7 +21,6 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from icldistill import InputError
 from icldistill.data.prompts import Prompt
-from icldistill.models import tracing
 from icldistill.models.tracing import SINK, trace
 
 from .tiny_models import tiny_tokenizer
@@ -265,7 +264,7 @@ def _bound(x: float) -> str:
     return "0" if x == 0 else f"< 1e{math.floor(math.log10(x)) + 1}"
 
 
-def _notes(res: Any, sparse_calls: int) -> str:
+def _notes(res: Any) -> str:
     notes = []
     calls = int(res.call_index.max()) + 1
     if calls > 1:
@@ -279,13 +278,13 @@ def _notes(res: Any, sparse_calls: int) -> str:
                      + ", ".join(sorted(res.auxiliary_attention)))
     if not bool(res.has_kernel_form.all()):
         notes.append("no kernel form: soft-capped or biased logits")
-    if sparse_calls:
+    if res.sparse_attention_calls:
         notes.append("sparse attention (selected keys only)")
     return "; ".join(notes)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_architecture_is_traced_exactly_or_refused(arch, monkeypatch):
+def test_architecture_is_traced_exactly_or_refused(arch):
     cls_name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[arch]
     if arch in NOT_BUILDABLE:
         OUTCOMES[arch] = (cls_name, "not buildable", NOT_BUILDABLE[arch])
@@ -296,10 +295,6 @@ def test_architecture_is_traced_exactly_or_refused(arch, monkeypatch):
     with torch.no_grad():
         ref = model(input_ids=ids[None], use_cache=False).logits[0].float()
     assert bool(torch.isfinite(ref).all())
-    sparse: list[int] = []
-    sparse_mask = tracing._sparse_mask
-    monkeypatch.setattr(tracing, "_sparse_mask",
-                        lambda *a: sparse.append(1) or sparse_mask(*a))
     try:
         res = trace(model, tok, PROMPT, positions="all")
     except InputError as exc:
@@ -321,7 +316,7 @@ def test_architecture_is_traced_exactly_or_refused(arch, monkeypatch):
                           rtol=1e-5)
     identical = "logits identical" if diff == 0 else f"logits within {_bound(diff)}"
     details = f"{identical}; max decomposition error {_bound(res.max_decomposition_error)}"
-    notes = _notes(res, len(sparse))
+    notes = _notes(res)
     OUTCOMES[arch] = (cls_name, "exact", details + (f"; {notes}" if notes else ""))
 
 

@@ -129,6 +129,7 @@ class _Request:
     calls: dict[int, int] = field(default_factory=dict)          # layer -> calls so far
     module_layers: dict[int, int] = field(default_factory=dict)  # id(module) -> layer
     auxiliary: dict[str, int] = field(default_factory=dict)      # class name -> calls
+    sparse: int = 0                   # calls whose mask came from selected-key indices
     progress: Any = None
 
 
@@ -306,6 +307,7 @@ def _trace_attention(
                          "model.eval() before tracing")
     if named.get("indices") is not None or named.get("block_indices") is not None:
         attention_mask = _sparse_mask(module, query, key, attention_mask, named)
+        req.sparse += 1
         kwargs = {**kwargs, **{k: None for k in ("indices", "block_indices") if k in kwargs}}
     out, probs = eager(module, query, key, value, attention_mask, *args, **kwargs)
     if _auxiliary(req, module, query, key, attention_mask):
@@ -604,6 +606,10 @@ class TraceResult:
         Attention calls that are not over the prompt's tokens (no layer index, no mask, keys
         that are not the tokens: Inkling2's attention residuals over earlier layers' outputs),
         by module class: run unchanged, not decomposed.
+    sparse_attention_calls : int
+        Attention calls of a sparse-attention model whose keys an indexer selected
+        (``indices=`` or ``block_indices=``): their decomposition is over the selected keys
+        only (the others get exactly zero weight, as in the model). 0 for dense attention.
     num_demo_keys_by_head, num_keys_by_head : LongTensor ``[L, H, P]``
         ``N_t`` and ``n_t`` per head (they differ between heads only with per-head masks).
     """
@@ -633,6 +639,7 @@ class TraceResult:
     num_demo_keys_by_head: torch.Tensor | None = None
     num_keys_by_head: torch.Tensor | None = None
     auxiliary_attention: dict[str, int] = field(default_factory=dict)
+    sparse_attention_calls: int = 0
 
     @property
     def num_layers(self) -> int:
@@ -967,4 +974,5 @@ def _assemble(req: _Request, tok: TokenizedPrompt, tokenizer: Any, logits: torch
         num_demo_keys_by_head=n_demo,
         num_keys_by_head=n_keys,
         auxiliary_attention=dict(req.auxiliary),
+        sparse_attention_calls=req.sparse,
     )
