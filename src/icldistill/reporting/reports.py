@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,15 +101,52 @@ def write_trace_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = dict(metadata or {})
-    eta = result.eta.double().numpy()                      # [L, H, P]
-    share = result.demo_share.double().numpy()
-    mass_d = result.attention_mass["demos"].double().numpy()
-    L, H, P = eta.shape
-    pos = result.positions.numpy()
-    kernel = result.has_kernel_form.numpy()
-    files: dict[str, Path] = {}
+    a = _TraceArrays.of(result)
+    files = _trace_figures(a, out, title)
+    files["json"] = write_json(out / "trace.json", _trace_summary(result, a, title, meta, files))
+    try:
+        frame = result.to_frame()
+        files["parquet"] = atomic_write(out / "trace.parquet",
+                                        lambda fh: frame.to_parquet(fh, index=False))
+    except ImportError as exc:  # pragma: no cover - pandas/pyarrow are in the models extra
+        raise ImportError("writing Parquet needs pandas and pyarrow: pip install "
+                          "'icldistill[models]'") from exc
+    from icldistill.reporting.document import write_report
 
-    # ---- figures
+    files["markdown"], files["html"] = write_report(_trace_document(result, a, title, meta), out,
+                                                    stem="summary")
+    return files
+
+
+@dataclass(frozen=True)
+class _TraceArrays:
+    """The arrays of a trace the report shows, as float64 numpy ``[L, H, P]`` (or ``[P]``)."""
+
+    eta: np.ndarray
+    share: np.ndarray
+    mass_d: np.ndarray
+    pos: np.ndarray
+    kernel: np.ndarray
+
+    @classmethod
+    def of(cls, result: TraceResult) -> _TraceArrays:
+        return cls(result.eta.double().numpy(), result.demo_share.double().numpy(),
+                   result.attention_mass["demos"].double().numpy(), result.positions.numpy(),
+                   result.has_kernel_form.numpy())
+
+    @property
+    def top(self) -> np.ndarray:
+        """``[5, 2]`` (layer, head) of the largest demonstration shares at the last position."""
+        L, H, _ = self.share.shape
+        order = np.argsort(-self.share[:, :, -1], axis=None)[:5]
+        return np.dstack(np.unravel_index(order, (L, H)))[0]
+
+
+def _trace_figures(a: _TraceArrays, out: Path, title: str) -> dict[str, Path]:
+    """``eta_heatmap.png``, ``demo_share_heatmap.png`` and ``positions.png``."""
+    eta, share, mass_d, pos = a.eta, a.share, a.mass_d, a.pos
+    L = eta.shape[0]
+    files: dict[str, Path] = {}
     fig, axes = new_figure(1, 2, size=(6.2, 4.6))
     heatmap(axes[0, 0], eta[:, :, -1], f"η* = N/(2D′) at the last position (t={pos[-1]})",
              "η*", fig, log=True)
@@ -143,57 +180,58 @@ def write_trace_report(
         layer_colorbar(fig, axes[0, 2], L)
     fig.suptitle(f"{title}: per position (colour = layer)", y=1.04)
     files["positions"] = save_figure(fig, out / "positions.png")
+    return files
 
-    # ---- numbers
-    last = {
-        "eta_mean": float(eta[:, :, -1].mean()),
-        "eta_min": float(eta[:, :, -1].min()),
-        "eta_max": float(eta[:, :, -1].max()),
-        "demo_mass_mean": float(mass_d[:, :, -1].mean()),
-        "demo_share_mean": float(share[:, :, -1].mean()),
+
+def _last_position(a: _TraceArrays) -> dict[str, float]:
+    """Mean / min / max of the trace's quantities at the last traced position."""
+    return {
+        "eta_mean": float(a.eta[:, :, -1].mean()),
+        "eta_min": float(a.eta[:, :, -1].min()),
+        "eta_max": float(a.eta[:, :, -1].max()),
+        "demo_mass_mean": float(a.mass_d[:, :, -1].mean()),
+        "demo_share_mean": float(a.share[:, :, -1].mean()),
     }
-    top = np.dstack(np.unravel_index(np.argsort(-share[:, :, -1], axis=None)[:5], (L, H)))[0]
-    summary = {
+
+
+def _trace_summary(result: TraceResult, a: _TraceArrays, title: str, meta: dict[str, Any],
+                   files: dict[str, Path]) -> dict[str, Any]:
+    """The content of ``trace.json``."""
+    L, H, _ = a.eta.shape
+    share = a.share
+    return {
         "title": title,
         **meta,
         "num_tokens": len(result.tokens),
         "num_layers": L,
         "num_heads": H,
-        "positions": pos,
+        "positions": a.pos,
         "num_demo_keys_last": result.num_demo_keys[:, -1],
-        "heads_without_kernel_form": int((~kernel).sum()),
+        "heads_without_kernel_form": int((~a.kernel).sum()),
         "max_decomposition_error": result.max_decomposition_error,
-        "last_position": last,
-        "top_demo_share_heads": [{"layer": int(a), "head": int(b),
-                                  "demo_share": float(share[a, b, -1])} for a, b in top],
-        "eta_last": eta[:, :, -1],
+        "last_position": _last_position(a),
+        "top_demo_share_heads": [{"layer": int(i), "head": int(j),
+                                  "demo_share": float(share[i, j, -1])} for i, j in a.top],
+        "eta_last": a.eta[:, :, -1],
         "demo_share_last": share[:, :, -1],
-        "demo_mass_last": mass_d[:, :, -1],
+        "demo_mass_last": a.mass_d[:, :, -1],
         "log_normalizer_last": result.log_normalizer[:, :, -1],
-        "has_kernel_form": kernel,
+        "has_kernel_form": a.kernel,
         "files": {k: v.name for k, v in files.items()},
     }
-    files["json"] = write_json(out / "trace.json", summary)
-    try:
-        frame = result.to_frame()
-        files["parquet"] = atomic_write(out / "trace.parquet",
-                                        lambda fh: frame.to_parquet(fh, index=False))
-    except ImportError as exc:  # pragma: no cover - pandas/pyarrow are in the models extra
-        raise ImportError("writing Parquet needs pandas and pyarrow: pip install "
-                          "'icldistill[models]'") from exc
 
-    from icldistill.reporting.document import (
-        Figure,
-        Paragraph,
-        Report,
-        Section,
-        Table,
-        write_report,
-    )
 
+def _trace_document(result: TraceResult, a: _TraceArrays, title: str,
+                    meta: dict[str, Any]) -> Any:
+    """The summary report (``summary.md`` / ``summary.html``) of a trace."""
+    from icldistill.reporting.document import Figure, Paragraph, Report, Section, Table
+
+    eta, share, mass_d, pos = a.eta, a.share, a.mass_d, a.pos
+    L, H, P = eta.shape
+    last = _last_position(a)
     traced = pos.tolist() if P <= 12 else f"{P} (from {pos[0]} to {pos[-1]})"
-    n_kernel = int((~kernel).sum())
-    report = Report(
+    n_kernel = int((~a.kernel).sum())
+    return Report(
         title,
         meta=(
             *((str(k), str(v)) for k, v in meta.items()),
@@ -217,15 +255,13 @@ def write_trace_report(
                 )),
                 Paragraph("Heads with the largest demonstration share:"),
                 Table(("layer", "head", "demo share", "η*"), tuple(
-                    (str(int(a)), str(int(b)), f"{share[a, b, -1]:.3f}", f"{eta[a, b, -1]:.4g}")
-                    for a, b in top)),
+                    (str(int(i)), str(int(j)), f"{share[i, j, -1]:.3f}", f"{eta[i, j, -1]:.4g}")
+                    for i, j in a.top)),
                 Figure("eta_heatmap.png", "η* and demo share"),
                 Figure("positions.png", "per position"),
             ),
         ),),
     )
-    files["markdown"], files["html"] = write_report(report, out, stem="summary")
-    return files
 
 
 def layer_colors(n: int) -> list[Any]:
@@ -288,6 +324,10 @@ class SelectorSummary:
     mean: float
     mmd2_task: dict[str, float]
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON types (non-finite numbers as ``None``)."""
+        return to_jsonable(asdict(self))
+
 
 @dataclass(frozen=True)
 class ComparisonReport:
@@ -328,6 +368,11 @@ class ComparisonReport:
     collapsed: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
     paired_json: Path | None = None
     ties: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON types (paths as strings, tuples as lists, non-finite numbers as
+        ``None``)."""
+        return to_jsonable(asdict(self))
 
 
 #: Recall below which a label counts as never predicted (see ``ComparisonReport.collapsed``).
@@ -395,10 +440,7 @@ def write_comparison_report(
         if row is not None:
             overview.append(row)
     if overview:
-        head = ["model, k", "best mean (selector, accuracy)", "best MMD family", "gap",
-                "unit 95% CI half-width", "MMD family beats random on",
-                "mean Spearman(MMD², acc)"]
-        sections.insert(0, Section("Overview", (Table(head, overview),)))
+        sections.insert(0, Section("Overview", (Table(_OVERVIEW_COLUMNS, overview),)))
     paired_json = None
     if paired is not None:
         paired = list(paired)
@@ -410,6 +452,12 @@ def write_comparison_report(
     return ComparisonReport(md_path, html_path, figures, acc_.summaries, acc_.best,
                             acc_.fam_best, acc_.beats, acc_.rho, acc_.collapsed, paired_json,
                             acc_.ties)
+
+
+#: Columns of the comparison report's overview table (one row per model and ``k``).
+_OVERVIEW_COLUMNS = ("model, k", "best mean (selector, accuracy)", "best MMD family", "gap",
+                     "unit 95% CI half-width", "MMD family beats random on",
+                     "mean Spearman(MMD², acc)")
 
 
 @dataclass
@@ -786,99 +834,144 @@ def write_ablation_report(
     ``paired`` (:class:`icldistill.core.stats.PairedComparison` records); the conclusions (cells
     significantly better / worse, the best row and column) are computed from them.
     """
+    from icldistill.reporting.document import CodeBlock, Report, Section, write_report
+
     out = Path(out_dir)
-    by_label: dict[tuple[str, int, str], list[Any]] = {}
-    for r in results:
-        by_label.setdefault((_model_label(r), r.spec.k, r.spec.label), []).append(r)
-    mean_rows = {(p.model, p.k, p.selector): p for p in paired
-                 if p.task == "mean" and p.baseline == baseline}
-    task_rows = {(p.model, p.k, p.selector, p.task): p for p in paired
-                 if p.task != "mean" and p.baseline == baseline}
-
-    def label(sel: str, enc: str, params: tuple[tuple[str, Any], ...]) -> str:
-        e = "" if enc == "minilm" else f"@{enc}"
-        return sel + e + "".join(f",{k}={v}" for k, v in sorted(params))
-
-    from icldistill.reporting.document import (
-        BulletList,
-        CodeBlock,
-        Paragraph,
-        Report,
-        Section,
-        Table,
-        inline_code,
-        plain,
-        write_report,
-    )
-
+    ab = _Ablation.of(results, paired, objectives, encoders, baseline)
     sections: list[Section] = []
     record: list[dict[str, Any]] = []
-    enc_head = [plain(e) for e in encoders]
-    for model, k in sorted({(m, kk) for m, kk, _ in by_label}):
-        tasks = sorted({r.spec.task for (m, kk, _), rs in by_label.items()
-                        if (m, kk) == (model, k) for r in rs})
-        blocks: list[Any] = [Paragraph(
-            f"Mean over {len(tasks)} tasks ({', '.join(plain(t) for t in tasks)}) of the paired "
-            f"accuracy difference to {inline_code(baseline)} (points), 95% CI, Holm-adjusted "
-            "p. **Bold**: Holm p < 0.05.")]
-        rows = []
-        sig_better, sig_worse = [], []
-        for name, sel, params in objectives:
-            row = [plain(name)]
-            for enc in encoders:
-                lab = label(sel, enc, params)
-                if lab == baseline:
-                    row.append("baseline")
-                    continue
-                p = mean_rows.get((model, k, lab))
-                if p is None:
-                    row.append("not run" if (model, k, lab) not in by_label else "1 task")
-                    continue
-                cell = (f"{100 * p.diff:+.1f} [{100 * p.ci_low:+.1f}, {100 * p.ci_high:+.1f}] "
-                        f"p={p.p_holm:.2g}")
-                if p.p_holm < 0.05:
-                    cell = f"**{cell}**"
-                    (sig_better if p.diff > 0 else sig_worse).append(
-                        f"{plain(name)} on {plain(enc)}")
-                row.append(cell)
-                record.append({"model": model, "k": k, "objective": name, "encoder": enc,
-                               "selector": lab, **p.to_dict()})
-            rows.append(row)
-        blocks.append(Table(["objective", *enc_head], rows))
-        # accuracy per task
-        acc_rows = []
-        for name, sel, params in objectives:
-            for enc in encoders:
-                rs = by_label.get((model, k, label(sel, enc, params)), [])
-                if not rs:
-                    continue
-                cells = []
-                for t in tasks:
-                    vals = [r.accuracy.value for r in rs if r.spec.task == t]
-                    cells.append(f"{np.mean(vals):.3f}" if vals else "")
-                acc_rows.append([plain(name), plain(enc), *cells])
-        blocks += [Paragraph("Accuracy per task:"),
-                   Table(["objective", "representation", *(plain(t) for t in tasks)], acc_rows)]
-        per_task = [[plain(lab), plain(t), f"{100 * p.diff:+.1f}", f"{p.p_holm:.2g}"]
-                    for (m, kk, lab, t), p in sorted(task_rows.items())
-                    if (m, kk) == (model, k) and p.p_holm < 0.05]
-        conclusions = [
-            "significantly better than kNN on the mean over tasks: "
-            + (", ".join(sig_better) if sig_better else "none") + ".",
-            "significantly worse: " + (", ".join(sig_worse) if sig_worse else "none") + "."]
-        for enc in encoders:
-            ds = [p.diff for (m, kk, lab), p in mean_rows.items() if (m, kk) == (model, k)
-                  and (lab.split(",")[0].partition("@")[2] or "minilm") == enc]
-            if ds:
-                conclusions.append(f"mean difference over the objectives on {inline_code(enc)}: "
-                                   f"{100 * float(np.mean(ds)):+.1f} points ({len(ds)} cells).")
-        blocks += [Paragraph("**Conclusions (computed):**"), BulletList(conclusions)]
-        if per_task:
-            blocks += [Paragraph("Per-task differences with Holm p < 0.05:"),
-                       Table(["selector", "task", "diff (points)", "Holm p"], per_task)]
-        sections.append(Section(f"{model}, k = {k}", blocks))
+    for model, k in sorted({(m, kk) for m, kk, _ in ab.by_label}):
+        section, cells = _ablation_section(ab, model, k)
+        sections.append(section)
+        record += cells
     if commands:
         sections.append(Section("Reproduce", (CodeBlock("\n".join(commands), "bash"),)))
     write_json(out / "ablation.json", record)
     md_path, _ = write_report(Report(title, sections, notes=tuple(notes)), out, stem="ablation")
     return md_path
+
+
+@dataclass(frozen=True)
+class _Ablation:
+    """The inputs of :func:`write_ablation_report`, indexed."""
+
+    objectives: Sequence[tuple[str, str, tuple[tuple[str, Any], ...]]]
+    encoders: Sequence[str]
+    baseline: str
+    by_label: dict[tuple[str, int, str], list[Any]]      # (model, k, unit label) -> results
+    mean_rows: dict[tuple[str, int, str], Any]           # mean-over-tasks paired comparisons
+    task_rows: dict[tuple[str, int, str, str], Any]      # per-task paired comparisons
+
+    @classmethod
+    def of(cls, results: Sequence[Any], paired: Sequence[Any], objectives: Any,
+           encoders: Sequence[str], baseline: str) -> _Ablation:
+        by_label: dict[tuple[str, int, str], list[Any]] = {}
+        for r in results:
+            by_label.setdefault((_model_label(r), r.spec.k, r.spec.label), []).append(r)
+        mean_rows = {(p.model, p.k, p.selector): p for p in paired
+                     if p.task == "mean" and p.baseline == baseline}
+        task_rows = {(p.model, p.k, p.selector, p.task): p for p in paired
+                     if p.task != "mean" and p.baseline == baseline}
+        return cls(objectives, encoders, baseline, by_label, mean_rows, task_rows)
+
+    @staticmethod
+    def label(sel: str, enc: str, params: tuple[tuple[str, Any], ...]) -> str:
+        """The harness unit label of a cell."""
+        e = "" if enc == "minilm" else f"@{enc}"
+        return sel + e + "".join(f",{k}={v}" for k, v in sorted(params))
+
+
+def _ablation_section(ab: _Ablation, model: str, k: int) -> tuple[Any, list[dict[str, Any]]]:
+    """The report section of one model and ``k`` and the ``ablation.json`` records of its
+    cells."""
+    from icldistill.reporting.document import (
+        BulletList,
+        Paragraph,
+        Section,
+        Table,
+        inline_code,
+        plain,
+    )
+
+    tasks = sorted({r.spec.task for (m, kk, _), rs in ab.by_label.items()
+                    if (m, kk) == (model, k) for r in rs})
+    blocks: list[Any] = [Paragraph(
+        f"Mean over {len(tasks)} tasks ({', '.join(plain(t) for t in tasks)}) of the paired "
+        f"accuracy difference to {inline_code(ab.baseline)} (points), 95% CI, Holm-adjusted "
+        "p. **Bold**: Holm p < 0.05.")]
+    rows, record, sig_better, sig_worse = _ablation_cells(ab, model, k)
+    blocks.append(Table(["objective", *(plain(e) for e in ab.encoders)], rows))
+    blocks += [Paragraph("Accuracy per task:"),
+               Table(["objective", "representation", *(plain(t) for t in tasks)],
+                     _ablation_accuracy_rows(ab, model, k, tasks))]
+    per_task = [[plain(lab), plain(t), f"{100 * p.diff:+.1f}", f"{p.p_holm:.2g}"]
+                for (m, kk, lab, t), p in sorted(ab.task_rows.items())
+                if (m, kk) == (model, k) and p.p_holm < 0.05]
+    conclusions = [
+        "significantly better than kNN on the mean over tasks: "
+        + (", ".join(sig_better) if sig_better else "none") + ".",
+        "significantly worse: " + (", ".join(sig_worse) if sig_worse else "none") + "."]
+    for enc in ab.encoders:
+        ds = [p.diff for (m, kk, lab), p in ab.mean_rows.items() if (m, kk) == (model, k)
+              and (lab.split(",")[0].partition("@")[2] or "minilm") == enc]
+        if ds:
+            conclusions.append(f"mean difference over the objectives on {inline_code(enc)}: "
+                               f"{100 * float(np.mean(ds)):+.1f} points ({len(ds)} cells).")
+    blocks += [Paragraph("**Conclusions (computed):**"), BulletList(conclusions)]
+    if per_task:
+        blocks += [Paragraph("Per-task differences with Holm p < 0.05:"),
+                   Table(["selector", "task", "diff (points)", "Holm p"], per_task)]
+    return Section(f"{model}, k = {k}", blocks), record
+
+
+def _ablation_cells(ab: _Ablation, model: str, k: int
+                    ) -> tuple[list[list[str]], list[dict[str, Any]], list[str], list[str]]:
+    """The objective x representation table of one model and ``k``: its rows, the JSON
+    records of its cells, and the cells significantly better / worse than the baseline."""
+    from icldistill.reporting.document import plain
+
+    rows: list[list[str]] = []
+    record: list[dict[str, Any]] = []
+    sig_better: list[str] = []
+    sig_worse: list[str] = []
+    for name, sel, params in ab.objectives:
+        row = [plain(name)]
+        for enc in ab.encoders:
+            lab = ab.label(sel, enc, params)
+            if lab == ab.baseline:
+                row.append("baseline")
+                continue
+            p = ab.mean_rows.get((model, k, lab))
+            if p is None:
+                row.append("not run" if (model, k, lab) not in ab.by_label else "1 task")
+                continue
+            cell = (f"{100 * p.diff:+.1f} [{100 * p.ci_low:+.1f}, {100 * p.ci_high:+.1f}] "
+                    f"p={p.p_holm:.2g}")
+            if p.p_holm < 0.05:
+                cell = f"**{cell}**"
+                (sig_better if p.diff > 0 else sig_worse).append(
+                    f"{plain(name)} on {plain(enc)}")
+            row.append(cell)
+            record.append({"model": model, "k": k, "objective": name, "encoder": enc,
+                           "selector": lab, **p.to_dict()})
+        rows.append(row)
+    return rows, record, sig_better, sig_worse
+
+
+def _ablation_accuracy_rows(ab: _Ablation, model: str, k: int,
+                            tasks: Sequence[str]) -> list[list[str]]:
+    """Mean accuracy per task of every evaluated (objective, representation) cell."""
+    from icldistill.reporting.document import plain
+
+    acc_rows = []
+    for name, sel, params in ab.objectives:
+        for enc in ab.encoders:
+            rs = ab.by_label.get((model, k, ab.label(sel, enc, params)), [])
+            if not rs:
+                continue
+            cells = []
+            for t in tasks:
+                vals = [r.accuracy.value for r in rs if r.spec.task == t]
+                cells.append(f"{np.mean(vals):.3f}" if vals else "")
+            acc_rows.append([plain(name), plain(enc), *cells])
+    return acc_rows
