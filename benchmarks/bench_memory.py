@@ -67,10 +67,11 @@ CONFIGS = {
 
 
 def _boolq_prompts(k: int, n: int, max_words: int, min_words: int, seed: int) -> dict:
-    from icldistill.data import datasets as D
+    from icldistill.data import DATASETS, fetch_dataset
+    from icldistill.data.parsers import parse_dataset
 
-    spec = replace(D.DATASETS["boolq"], max_words=max_words)
-    built = D._parse_registry(spec, D.fetch_dataset("boolq", None, False))
+    spec = replace(DATASETS["boolq"], max_words=max_words)
+    built = parse_dataset(spec, fetch_dataset("boolq", None, False))
     ds = built.dataset
     words = np.array([len(t.split()) for t in ds.texts])
     band = (words >= min_words) & (words <= max_words + 1)

@@ -26,8 +26,7 @@ from hypothesis import strategies as st
 
 from icldistill import InputError
 from icldistill.artifacts import fetch as art
-from icldistill.data import datasets as D
-from icldistill.data.datasets import (
+from icldistill.data import (
     DATASETS,
     MARKER_FILE,
     DataFile,
@@ -37,6 +36,7 @@ from icldistill.data.datasets import (
     TaskFormat,
     UnsafeArchiveError,
     cached_dataset_path,
+    dataset_spec,
     fetch_dataset,
     list_datasets,
     load_dataset,
@@ -46,6 +46,7 @@ from icldistill.data.datasets import (
     truncate_words,
 )
 from icldistill.data.prompts import Template
+from icldistill.data.rows import ELLIPSIS
 from icldistill.models import registry as reg
 
 # --------------------------------------------------------------------------------------------
@@ -119,10 +120,11 @@ def test_unknown_names_are_explained(tmp_path):
         load_split("no-such-thing", cache_dir=tmp_path)
     with pytest.raises(InputError, match="load_file"):
         load_dataset("my_data.csv", cache_dir=tmp_path)
-    assert D._spec("20newsgroups").key == "20ng" and D._spec("R8").key == "r8"
-    assert D._spec("RT_Subjectivity").key == "rt-subjectivity"
-    assert D._spec("OBQA").key == "openbookqa" and D._spec("CommonsenseQA").key == "commonsenseqa"
-    assert D._spec("csqa").key == "commonsenseqa" and D._spec("Social_IQa").key == "siqa"
+    assert dataset_spec("20newsgroups").key == "20ng" and dataset_spec("R8").key == "r8"
+    assert dataset_spec("RT_Subjectivity").key == "rt-subjectivity"
+    assert dataset_spec("OBQA").key == "openbookqa"
+    assert dataset_spec("CommonsenseQA").key == "commonsenseqa"
+    assert dataset_spec("csqa").key == "commonsenseqa" and dataset_spec("Social_IQa").key == "siqa"
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,13 +193,13 @@ def test_real_dataset_details(real):
     plots = [t for t, y in zip(sub.texts, sub.labels, strict=True) if y == "plot"]
     assert all(len(t.split()) <= 40 for t in plots)
     # plots are cut at sentence boundaries, not mid-sentence
-    assert sum(t.endswith(D.ELLIPSIS) for t in plots) == 77  # first sentence > 40 words
+    assert sum(t.endswith(ELLIPSIS) for t in plots) == 77  # first sentence > 40 words
     assert plots[0] == ("Vijay Singh Rajput (Amitabh Bachchan) is a quirky manager of Vilasrao "
                         "Jefferson Bank. He is extremely strict at work and believes in pushing "
                         "his workers to the limit.")
     r8 = real("r8")
     assert r8.texts[0].startswith("champion products ch approves stock split")
-    assert r8.texts[0].endswith(D.ELLIPSIS) and len(r8.texts[0].split()) == 60
+    assert r8.texts[0].endswith(ELLIPSIS) and len(r8.texts[0].split()) == 60
     table = summary_table([r8.summary(), real("20ng").summary()])
     assert table.count("\n") == 4 and "| r8 | 7568 | 8 |" in table and ", ..." in table
 
@@ -661,7 +663,7 @@ def fake_source(tmp_path, monkeypatch):
             out[req].write_bytes(archives[req].read_bytes())
         return out
 
-    monkeypatch.setattr(D, "_download_step", fake_download)
+    monkeypatch.setattr(art, "download_packages", fake_download)
     return spec, calls, tmp_path / "cache"
 
 
@@ -716,7 +718,7 @@ def test_corrupt_download_is_an_integrity_error(fake_source, monkeypatch, tmp_pa
     _, _, cache = fake_source
     junk = tmp_path / "junk.tgz"
     junk.write_bytes(b"not a tarball")
-    monkeypatch.setattr(D, "_download_step", lambda w, d, p: {"tiny@1.0.0": junk})
+    monkeypatch.setattr(art, "download_packages", lambda w, d, p: {"tiny@1.0.0": junk})
     with pytest.raises(IntegrityError, match="corrupt"):
         fetch_dataset("tiny-test", cache_dir=cache, progress=False)
     assert not (cache / "data" / "tiny-test").exists()

@@ -26,7 +26,7 @@ from icldistill import InputError
 from icldistill.cli import build_parser, main
 from icldistill.cli.tasks import load_tasks as _tasks
 from icldistill.core.validation import MAX_FILE_BYTES_ENV
-from icldistill.data.datasets import Dataset, TaskFormat, load_file
+from icldistill.data import Dataset, TaskFormat, load_file
 from icldistill.evaluation.harness import Harness, Task
 from icldistill.selection.selectors import Pool, make_selector
 
