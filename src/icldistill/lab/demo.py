@@ -31,7 +31,7 @@ import math
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ from icldistill.lab.synthetic import (
     synthetic_prompt,
 )
 from icldistill.reporting import document as rp
-from icldistill.reporting.reports import atomic_write, write_json
+from icldistill.reporting.reports import atomic_write, to_jsonable, write_json
 from icldistill.selection.selectors import greedy_mmd
 
 __all__ = ["DemoSummary", "run_demo"]
@@ -187,6 +187,10 @@ class DemoSummary:
     p_value_random_median: float
     out_dir: Path
     files: dict[str, Path] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON types (paths as strings, non-finite numbers as ``None``)."""
+        return to_jsonable(asdict(self))
 
 
 # ============================================================================ report
@@ -413,7 +417,12 @@ def _section_selection(sz: _Sizes, seed: int) -> dict[str, Any]:
 
 
 # ============================================================================ figure
+#: Colours of the prompt segments in the figure.
+_SEGMENT_COLORS = {"prefix": "tab:gray", "demos": "tab:blue", "query": "tab:orange"}
+
+
 def _make_figure(res: dict[str, Any], seed: int) -> bytes:
+    """The demo figure (PNG bytes): two rows of four panels, one per section."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -425,17 +434,33 @@ def _make_figure(res: dict[str, Any], seed: int) -> bytes:
                         hspace=0.5)
     fig.suptitle(f"icldistill demo — in-context learning as one-step distillation "
                  f"(random head, synthetic tokens, seed {seed})", fontsize=14)
-    colors = {"prefix": "tab:gray", "demos": "tab:blue", "query": "tab:orange"}
+    panels = (
+        (0, 0, _panel_segment_mass),
+        (0, 1, _panel_stationarity),
+        (0, 2, _panel_alignment),
+        (0, 3, _panel_random_features),
+        (1, 0, _panel_bias),
+        (1, 1, _panel_generalization),
+        (1, 2, _panel_selection),
+        (1, 3, _panel_selection_pca),
+    )
+    for i, j, panel in panels:
+        panel(axes[i, j], res)
 
-    # (a) attention mass per segment by position
-    ax = axes[0, 0]
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return buf.getvalue()
+
+
+def _panel_segment_mass(ax: Any, res: dict[str, Any]) -> None:
+    """(a) Attention mass per segment by position."""
     d1 = res["decomposition"]
     dec, prompt = d1["dec"], d1["prompt"]
     pos = np.arange(len(prompt))
     bottom = np.zeros(len(prompt))
     for name in prompt.segment_names:
         m = dec.attention_mass[name].numpy()
-        ax.bar(pos, m, bottom=bottom, width=1.0, color=colors.get(name), label=name,
+        ax.bar(pos, m, bottom=bottom, width=1.0, color=_SEGMENT_COLORS.get(name), label=name,
                edgecolor="none")
         bottom += m
     qpos = d1["query_positions"].numpy()
@@ -448,11 +473,14 @@ def _make_figure(res: dict[str, Any], seed: int) -> bytes:
                  f"{d1['max_abs_error']:.1e}")
     ax.legend(loc="lower left", fontsize=9, title="segment", framealpha=0.9)
 
-    # (b) domain stationarity
-    ax = axes[0, 1]
+
+def _panel_stationarity(ax: Any, res: dict[str, Any]) -> None:
+    """(b) Domain stationarity."""
+    d1 = res["decomposition"]
+    dec = d1["dec"]
+    qt = d1["query_positions"].numpy()
     ax.scatter(d1["probe_mean_demo_logit"], np.exp(d1["probe_log_eta"]), s=10, alpha=0.5,
                color="tab:purple", label="probe queries (fixed context)")
-    qt = qpos
     ax.scatter(dec.mean_demo_logit.numpy()[qt], dec.eta.numpy()[qt], s=45, color="tab:orange",
                edgecolor="k", zorder=3, label="prompt's query positions")
     ax.set_xlabel("mean query–demo logit  mean_j s⟨q_t, k_j⟩")
@@ -461,8 +489,9 @@ def _make_figure(res: dict[str, Any], seed: int) -> bytes:
                  f"corr(mean logit, log η*) = {d1['probe_corr']:.2f}")
     ax.legend(fontsize=9)
 
-    # (c) implicit alignment
-    ax = axes[0, 2]
+
+def _panel_alignment(ax: Any, res: dict[str, Any]) -> None:
+    """(c) Implicit alignment."""
     d2 = res["alignment"]
     ax.plot(d2["grid_mult"], d2["grid_rel_distance"], "-o", ms=3, color="tab:blue",
             label="‖W₁ − W₀‖ / ‖W₀‖")
@@ -482,8 +511,9 @@ def _make_figure(res: dict[str, Any], seed: int) -> bytes:
     ax.set_title(f"2. Implicit alignment: one GD step from 0\nlands on W₀ at η = η* "
                  f"(= {d2['eta_star']:.3g})")
 
-    # (d) random features
-    ax = axes[0, 3]
+
+def _panel_random_features(ax: Any, res: dict[str, Any]) -> None:
+    """(d) Random features."""
     d3 = res["random_features"]
     m = d3["num_features"]
     for name, col in (("moderate", "tab:blue"), ("large", "tab:red")):
@@ -500,8 +530,9 @@ def _make_figure(res: dict[str, Any], seed: int) -> bytes:
     ax.set_title("3. Positive random features vs exact dual W₀\n(poor for large key norms)")
     ax.legend(fontsize=9)
 
-    # (e) bias vs MMD
-    ax = axes[1, 0]
+
+def _panel_bias(ax: Any, res: dict[str, Any]) -> None:
+    """(e) Bias vs MMD."""
     d4 = res["bias"]
     ax.scatter(d4["mmd_att"], d4["hs_norm"], marker="o", s=50, color="tab:blue",
                label=f"vs MMD_Katt (slope {d4['fit_att']['slope']:.3g} = c, "
@@ -523,8 +554,9 @@ def _make_figure(res: dict[str, Any], seed: int) -> bytes:
     ax.set_title("4. Bias of W₀ grows linearly with MMD\n(prompt mean shift δ = 0 … 2)",
                  pad=28)
 
-    # (f) generalization
-    ax = axes[1, 1]
+
+def _panel_generalization(ax: Any, res: dict[str, Any]) -> None:
+    """(f) Generalization."""
     d5 = res["generalization"]
     ns = np.array([r["n"] for r in d5["rows"]], dtype=np.float64)
     cf = np.array([r["closed_form"] for r in d5["rows"]])
@@ -544,8 +576,9 @@ def _make_figure(res: dict[str, Any], seed: int) -> bytes:
                  f"{d5['loglog_slope_bound']:.2f}")
     ax.legend(fontsize=9)
 
-    # (g) selection trajectory
-    ax = axes[1, 2]
+
+def _panel_selection(ax: Any, res: dict[str, Any]) -> None:
+    """(g) Selection trajectory."""
     d6 = res["selection"]
     ks = np.arange(1, d6["greedy_traj"].shape[0] + 1)
     rt = d6["random_traj"]
@@ -560,8 +593,10 @@ def _make_figure(res: dict[str, Any], seed: int) -> bytes:
                  f"random (median) {float(np.median(d6['p_random'])):.2g}")
     ax.legend(fontsize=9)
 
-    # (h) selection in 2-D (PCA of pool + targets)
-    ax = axes[1, 3]
+
+def _panel_selection_pca(ax: Any, res: dict[str, Any]) -> None:
+    """(h) Selection in 2-D (PCA of pool + targets)."""
+    d6 = res["selection"]
     pool, targets = d6["pool"].numpy(), d6["targets"].numpy()
     z = np.concatenate([pool, targets])
     mu = z.mean(0)
@@ -581,10 +616,6 @@ def _make_figure(res: dict[str, Any], seed: int) -> bytes:
     ax.set_title(f"6b. Chosen demonstrations (k = {len(d6['indices'])}), PCA view")
     ax.legend(fontsize=9, loc="best")
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    return buf.getvalue()
-
 
 # ============================================================================ summary
 def _section(title: str, intro: str, items: Sequence[tuple[str, str]] = (),
@@ -602,18 +633,23 @@ def _section(title: str, intro: str, items: Sequence[tuple[str, str]] = (),
 
 
 def _build_sections(res: dict[str, Any], sz: _Sizes) -> list[rp.Section]:
-    d1, d2, d3 = res["decomposition"], res["alignment"], res["random_features"]
-    d4, d5, d6 = res["bias"], res["generalization"], res["selection"]
-    dec, prompt = d1["dec"], d1["prompt"]
-    secs = []
+    """The summary's sections, one per part of the demo, in order."""
+    makers = (_decomposition_section, _alignment_section, _random_features_section,
+              _bias_section, _generalization_section, _selection_section)
+    return [make(res, sz) for make in makers]
 
+
+def _decomposition_section(res: dict[str, Any], sz: _Sizes) -> rp.Section:
+    """Summary section 1 (Attention-head decomposition)."""
+    d1 = res["decomposition"]
+    dec, prompt = d1["dec"], d1["prompt"]
     rows = []
     for t in d1["query_positions"].tolist():
         rows.append([str(t), str(int(dec.num_demo_keys[t]))]
                     + [f"{float(dec.attention_mass[nm][t]):.3f}" for nm in prompt.segment_names]
                     + [f"{float(dec.log_normalizer[t]):.3f}",
                        f"{float(dec.mean_demo_logit[t]):+.3f}", f"{float(dec.eta[t]):.4f}"])
-    secs.append(_section(
+    return _section(
         "1. Attention-head decomposition",
         f"Random head (d_model={sz.d_model}, d_head={sz.d_head}, s=1/sqrt(d_head)) on a causal "
         f"prompt: 1 prefix token, {sz.n_demos} demo tokens ~ P = N(0, I), {sz.n_query} query "
@@ -627,9 +663,13 @@ def _build_sections(res: dict[str, Any], sz: _Sizes) -> list[rp.Section]:
         ],
         tables=[(["t", "N_t"] + [f"mass {nm}" for nm in prompt.segment_names]
                  + ["log D'", "mean demo logit", "eta*"], rows)],
-    ))
+    )
 
-    secs.append(_section(
+
+def _alignment_section(res: dict[str, Any], sz: _Sizes) -> rp.Section:
+    """Summary section 2 (Implicit alignment)."""
+    d2 = res["alignment"]
+    return _section(
         "2. Implicit alignment (one gradient step = W_0)",
         f"Distillation loss L(W) = (1/N) sum_i ||v_i - W phi(k_i)||^2 over the N={sz.n_demos} "
         f"demo tokens; one step from W = 0 at the last position t={d2['t']}.",
@@ -640,10 +680,14 @@ def _build_sections(res: dict[str, Any], sz: _Sizes) -> list[rp.Section]:
                   for f, st in d2["steps"].items()])],
         notes=["the distance is |eta/eta* - 1| exactly; W_0 is a single step of size eta*, "
                "not the minimiser of L."],
-    ))
+    )
 
+
+def _random_features_section(res: dict[str, Any], sz: _Sizes) -> rp.Section:
+    """Summary section 3 (Random-feature (primal) W_0 vs the exact dual form)."""
+    d3 = res["random_features"]
     mod, lar = d3["moderate"], d3["large"]
-    secs.append(_section(
+    return _section(
         "3. Random-feature (primal) W_0 vs the exact dual form",
         f"Relative error ||W_prim phi(q) - W_0 phi(q)|| / ||W_0 phi(q)|| on the query positions, "
         f"median [quartiles] over {mod['seeds']} feature draws (positive orthogonal "
@@ -658,9 +702,13 @@ def _build_sections(res: dict[str, Any], sz: _Sizes) -> list[rp.Section]:
         notes=["the estimator's variance grows like exp(s(||k||^2 + ||q||^2)): with large "
                "key/query norms convergence in m is slow and erratic — use the exact dual "
                "form there."],
-    ))
+    )
 
-    secs.append(_section(
+
+def _bias_section(res: dict[str, Any], sz: _Sizes) -> rp.Section:
+    """Summary section 4 (Bias of W_0 vs MMD)."""
+    d4 = res["bias"]
+    return _section(
         "4. Bias of W_0 vs MMD",
         f"Target Q* = N(0, I), prompt P_delta = N(delta u, I), {sz.bias_samples} tokens each; "
         f"c = 2 eta* = {d4['c']:.4g}; Gaussian bandwidth {d4['bandwidth']:.3g} (median, fixed).",
@@ -679,9 +727,13 @@ def _build_sections(res: dict[str, Any], sz: _Sizes) -> list[rp.Section]:
                       d4["mmd_gauss"], strict=True)])],
         notes=["at delta = 0 the bias is the finite-sample MMD between two samples of the "
                "same distribution."],
-    ))
+    )
 
-    secs.append(_section(
+
+def _generalization_section(res: dict[str, Any], sz: _Sizes) -> rp.Section:
+    """Summary section 5 (Generalization bound)."""
+    d5 = res["generalization"]
+    return _section(
         "5. Generalization bound (Rademacher)",
         f"F_B with B = ||W_0||_HS at the last query position; loss = squared error per output "
         f"coordinate divided by (Y + F)^2 so it lies in [0, M], M = 1 (Y = max |v|, "
@@ -698,10 +750,14 @@ def _build_sections(res: dict[str, Any], sz: _Sizes) -> list[rp.Section]:
         notes=["B = ||W_0||_HS itself shrinks with N here (the values have mean ~ 0), so R "
                "falls a little faster than 1/sqrt(N); R / B follows 1/sqrt(N).",
                "the bound is on the normalised loss (at most 1); values above 1 are vacuous."],
-    ))
+    )
 
+
+def _selection_section(res: dict[str, Any], sz: _Sizes) -> rp.Section:
+    """Summary section 6 (Demonstration selection by MMD)."""
+    d6 = res["selection"]
     pr = d6["p_random"]
-    secs.append(_section(
+    return _section(
         "6. Demonstration selection by MMD",
         f"Pool: {sz.pool} points from a 4-component Gaussian mixture in R^8; targets: "
         f"{sz.targets} points from component 0 shifted by 1; Gaussian kernel, bandwidth "
@@ -720,8 +776,7 @@ def _build_sections(res: dict[str, Any], sz: _Sizes) -> list[rp.Section]:
         ],
         notes=["a high p-value means the chosen demonstrations are statistically "
                "indistinguishable from the targets."],
-    ))
-    return secs
+    )
 
 
 def _json_payload(res: dict[str, Any], summary_fields: dict[str, Any], sz: _Sizes,
@@ -821,8 +876,39 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     sz = _FAST if fast else _FULL
     seed = int(seed)
-    sub = sub_seeds(seed, 8)
     timings: dict[str, float] = {}
+    res, png = _compute(sz, seed, timings)
+    files = {"figure": out / FIGURE_NAME, "json": out / JSON_NAME,
+             "markdown": out / MARKDOWN_NAME, "html": out / HTML_NAME}
+    fields_ = _headline(res, seed, fast)
+    sections = _build_sections(res, sz)
+    compute_s = time.perf_counter() - start
+    fields_["runtime_s"] = compute_s
+    timings["total_before_writing"] = compute_s
+    meta = (
+        rp.plain(f"seed {seed}{' (fast sizes)' if fast else ''} · icldistill {__version__} · "
+                 f"torch {torch.__version__} · float64 · {compute_s:.1f} s"),
+        rp.plain(f"files: {', '.join(f.name for f in files.values())} in {out}"),
+    )
+    report = rp.Report("icldistill demo", sections, meta=meta,
+                       intro=(rp.Figure(FIGURE_NAME, "Demo figure: one panel per section"),))
+    text = rp.to_text(report)
+    atomic_write(files["figure"], lambda fh: fh.write(png))
+    write_json(files["json"], _json_payload(res, fields_, sz, timings))
+    rp.write_report(report, out, stem=Path(MARKDOWN_NAME).stem)
+    fields_["runtime_s"] = time.perf_counter() - start
+    summary = DemoSummary(**fields_, out_dir=out, files=files)
+    if not quiet:
+        print(text, end="")
+        print(f"\nwrote {', '.join(str(f) for f in files.values())} "
+              f"({summary.runtime_s:.1f} s)")
+    return summary
+
+
+def _compute(sz: _Sizes, seed: int, timings: dict[str, float]) -> tuple[dict[str, Any], bytes]:
+    """Every part of the demo (single-threaded) and the figure; each part's wall time goes
+    into ``timings``."""
+    sub = sub_seeds(seed, 8)
     res: dict[str, Any] = {}
 
     def timed(name: str, fn: Callable[[], Any]) -> Any:
@@ -851,12 +937,14 @@ def run_demo(
                                       lambda: _section_generalization(head, sz, sub[3]))
         res["selection"] = timed("selection", lambda: _section_selection(sz, sub[4]))
         png = timed("figure", lambda: _make_figure(res, seed))
+    return res, png
 
+
+def _headline(res: dict[str, Any], seed: int, fast: bool) -> dict[str, Any]:
+    """The fields of :class:`DemoSummary` but ``out_dir`` and ``files`` (``runtime_s`` 0)."""
     d2, d3, d4, d5, d6 = (res[k] for k in ("alignment", "random_features", "bias",
                                            "generalization", "selection"))
-    files = {"figure": out / FIGURE_NAME, "json": out / JSON_NAME,
-             "markdown": out / MARKDOWN_NAME, "html": out / HTML_NAME}
-    fields_ = {
+    return {
         "seed": seed,
         "fast": fast,
         "runtime_s": 0.0,
@@ -883,25 +971,3 @@ def run_demo(
         "p_value_greedy": float(d6["p_greedy"]),
         "p_value_random_median": float(np.median(d6["p_random"])),
     }
-    sections = _build_sections(res, sz)
-    compute_s = time.perf_counter() - start
-    fields_["runtime_s"] = compute_s
-    timings["total_before_writing"] = compute_s
-    meta = (
-        rp.plain(f"seed {seed}{' (fast sizes)' if fast else ''} · icldistill {__version__} · "
-                 f"torch {torch.__version__} · float64 · {compute_s:.1f} s"),
-        rp.plain(f"files: {', '.join(f.name for f in files.values())} in {out}"),
-    )
-    report = rp.Report("icldistill demo", sections, meta=meta,
-                       intro=(rp.Figure(FIGURE_NAME, "Demo figure: one panel per section"),))
-    text = rp.to_text(report)
-    atomic_write(files["figure"], lambda fh: fh.write(png))
-    write_json(files["json"], _json_payload(res, fields_, sz, timings))
-    rp.write_report(report, out, stem=Path(MARKDOWN_NAME).stem)
-    fields_["runtime_s"] = time.perf_counter() - start
-    summary = DemoSummary(**fields_, out_dir=out, files=files)
-    if not quiet:
-        print(text, end="")
-        print(f"\nwrote {', '.join(str(f) for f in files.values())} "
-              f"({summary.runtime_s:.1f} s)")
-    return summary
