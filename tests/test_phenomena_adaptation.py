@@ -96,7 +96,7 @@ def test_zero_shot_has_no_w0(toy, group):
     # k = 0 is scored once: the same answers in every set
     np.testing.assert_array_equal(curve.correct[0, 0], curve.correct[0, 1])
     assert np.isnan(curve.layer_mean("log_w0_norm")[0])
-    assert adaptation._curve_sat(curve, "log_w0_norm") in (2.0, 4.0)
+    assert adaptation.curve_saturation(curve, "log_w0_norm") in (2.0, 4.0)
 
 
 def test_nested_demonstration_sets(toy):
@@ -104,7 +104,7 @@ def test_nested_demonstration_sets(toy):
     (order,) = adaptation.demo_orders(toy.pool_labels, 16, 1, rng)
     prev: list[int] = []
     for k in (1, 2, 4, 8, 16):
-        idx = adaptation._k_set(order, k).tolist()
+        idx = adaptation.nested_set(order, k).tolist()
         assert len(set(idx)) == k
         # the smaller prompt is a sub-sequence of the larger one
         it = iter(idx)
@@ -151,8 +151,9 @@ def test_saturation_point_examples():
     assert adaptation.saturation_point(ks, [np.nan, -1.0, 0.0, 1.0, 1.0]) == 4
     assert np.isnan(adaptation.saturation_point(ks, [np.nan] * 5))
     assert adaptation.log2_position(0) == -1 and adaptation.log2_position(8) == 3
-    assert adaptation._agreement(0, 2) == 0.0 and adaptation._agreement(0, 1) == 1.0
-    assert adaptation._agreement(4, 8) == 1.0 and adaptation._agreement(2, 8) == 0.0
+    doubling = adaptation.within_one_doubling
+    assert doubling(0, 2) == 0.0 and doubling(0, 1) == 1.0
+    assert doubling(4, 8) == 1.0 and doubling(2, 8) == 0.0
     with pytest.raises(InputError, match="increasing"):
         adaptation.saturation_point([0, 2, 1], [0, 1, 2])
     with pytest.raises(InputError, match="fraction"):
@@ -178,9 +179,9 @@ def test_saturation_point_definition(steps, start, frac):
 
 def test_agreement_needs_a_rising_accuracy():
     sat = {"accuracy": 2.0, "demo_share": 4.0, "log_w0_norm": 16.0, "accuracy_rise": 0.1}
-    assert adaptation._agree(sat, "demo_share") == 1.0
-    assert adaptation._agree(sat, "log_w0_norm") == 0.0
-    assert np.isnan(adaptation._agree({**sat, "accuracy_rise": 0.0}, "demo_share"))
+    assert adaptation.saturation_agreement(sat, "demo_share") == 1.0
+    assert adaptation.saturation_agreement(sat, "log_w0_norm") == 0.0
+    assert np.isnan(adaptation.saturation_agreement({**sat, "accuracy_rise": 0.0}, "demo_share"))
 
 
 def test_directional_claims_fail_on_the_wrong_side():
@@ -188,7 +189,7 @@ def test_directional_claims_fail_on_the_wrong_side():
         return ph.compare_with_controls("x", ph.statistic(trained), [ph.statistic(control)])
 
     # a claimed fall (sign -1) that is shallower than the control's: outside, wrong side
-    assert adaptation._wrong_side(cmp([-0.5, -0.4, -0.6], [-1.0, -1.0]), -1.0)
-    assert not adaptation._wrong_side(cmp([-0.5, -0.4, -0.6], [0.2, 0.3]), -1.0)
-    assert adaptation._wrong_side(cmp([0.5, 0.4, 0.6], [1.0, 1.0]), 1.0)
-    assert not adaptation._wrong_side(cmp([0.5, 0.4, 0.6], [0.4, 0.6]), 1.0)   # inside
+    assert cmp([-0.5, -0.4, -0.6], [-1.0, -1.0]).wrong_side(-1.0)
+    assert not cmp([-0.5, -0.4, -0.6], [0.2, 0.3]).wrong_side(-1.0)
+    assert cmp([0.5, 0.4, 0.6], [1.0, 1.0]).wrong_side(1.0)
+    assert not cmp([0.5, 0.4, 0.6], [0.4, 0.6]).wrong_side(1.0)   # inside

@@ -51,10 +51,14 @@ __all__ = [
     "AdaptationCurve",
     "Sizes",
     "adaptation_curve",
+    "curve_saturation",
     "demo_orders",
     "log2_position",
+    "nested_set",
     "run",
+    "saturation_agreement",
     "saturation_point",
+    "within_one_doubling",
 ]
 
 #: Demonstration counts of the section.
@@ -157,7 +161,7 @@ def demo_orders(labels: Sequence[Any], k_max: int, n_sets: int,
     Returns, per set, ``(draw, rank)``: ``draw`` ``[k_max]`` pool indices in label-balanced
     selection order (every prefix is as balanced as the pool allows) and ``rank`` ``[k_max]`` a
     random permutation; the ``k``-set is ``draw[:k]`` shown in increasing ``rank`` (see
-    :func:`_k_set`).
+    :func:`nested_set`).
     """
     out = []
     for _ in range(n_sets):
@@ -166,8 +170,9 @@ def demo_orders(labels: Sequence[Any], k_max: int, n_sets: int,
     return out
 
 
-def _k_set(order: tuple[np.ndarray, np.ndarray], k: int) -> np.ndarray:
-    """Pool indices of the ``k``-set of one draw, in prompt order."""
+def nested_set(order: tuple[np.ndarray, np.ndarray], k: int) -> np.ndarray:
+    """Pool indices of the ``k``-set of one draw (:func:`demo_orders`), in prompt order: the
+    first ``k`` of the draw, so a smaller set's prompt is a sub-sequence of a larger one's."""
     draw, rank = order
     return draw[:k][np.argsort(rank[:k], kind="stable")]
 
@@ -254,7 +259,7 @@ def adaptation_curve(member: ph.ModelUnderTest, task: ph.TaskItems, ks: Sequence
     traced: dict[str, list[np.ndarray]] = {q: [] for q in QUANTITIES}
     n_tokens = np.zeros((len(ks), S * trace_queries.shape[1]))
     for ki, k in enumerate(ks):
-        sets = [task.demos(_k_set(o, k)) for o in orders]
+        sets = [task.demos(nested_set(o, k)) for o in orders]
         if k == 0:
             pred, _ = ph.predict(loaded, task, task.test_texts, [])
             correct[ki] = (pred == task.test_labels)[None, :]
@@ -323,7 +328,7 @@ def _fitting_ks(loaded: Any, task: ph.TaskItems, ks: Sequence[int],
         if skipped and "tokens" in skipped[-1][1]:     # nested sets: a larger k is longer
             skipped.append((k, f"longer than k={skipped[-1][0]}'s prompt, already too long"))
             continue
-        n = max((_prompt_length(loaded, task, task.demos(_k_set(o, k)), longest)
+        n = max((_prompt_length(loaded, task, task.demos(nested_set(o, k)), longest)
                  for o in orders), default=0)
         if n > ctx:
             skipped.append((k, f"prompt of {n} tokens exceeds the model context of {ctx}"))
@@ -349,7 +354,9 @@ def _layer_spearmans(curve: AdaptationCurve, name: str, sign: float = 1.0) -> np
     return np.asarray(out, dtype=np.float64)
 
 
-def _curve_sat(curve: AdaptationCurve, what: str) -> float:
+def curve_saturation(curve: AdaptationCurve, what: str) -> float:
+    """:func:`saturation_point` of one quantity's curve: ``"accuracy"``, or a traced quantity's
+    layer mean (``"log_w0_norm"`` from ``k = 1`` on: it is undefined at ``k = 0``)."""
     ks = np.asarray(curve.ks, dtype=np.float64)
     if what == "accuracy":
         return saturation_point(ks, curve.accuracy)
@@ -362,21 +369,21 @@ def _curve_sat(curve: AdaptationCurve, what: str) -> float:
 def _saturation(curve: AdaptationCurve) -> dict[str, float]:
     """Saturation points of accuracy, the layer-mean demo share and ``log ||W_0||``, and the
     rise of the accuracy curve above its first point."""
-    out = {w: _curve_sat(curve, w) for w in ("accuracy", "demo_share", "log_w0_norm")}
+    out = {w: curve_saturation(curve, w) for w in ("accuracy", "demo_share", "log_w0_norm")}
     acc = curve.accuracy
     out["accuracy_rise"] = float(acc.max() - acc[0]) if acc.size else math.nan
     return out
 
 
-def _agree(sat: dict[str, float], what: str) -> float:
+def saturation_agreement(sat: dict[str, float], what: str) -> float:
     """Agreement of accuracy's saturation point with ``what``'s; undefined (NaN) when accuracy
     never rises above its first point (there is no saturation to predict)."""
     if not sat["accuracy_rise"] > 0:
         return math.nan
-    return _agreement(sat["accuracy"], sat[what])
+    return within_one_doubling(sat["accuracy"], sat[what])
 
 
-def _agreement(a: float, b: float) -> float:
+def within_one_doubling(a: float, b: float) -> float:
     """1 when ``a`` and ``b`` lie within one doubling of each other, else 0 (NaN if either is
     undefined)."""
     pa, pb = log2_position(a), log2_position(b)
@@ -501,15 +508,6 @@ WRONG_SIDE = ("; the trained value lies outside the control spread on the side o
               "credited to training")
 
 
-def _wrong_side(cmp: ph.ControlComparison, sign: float) -> bool:
-    """The trained value is outside the control spread, but on the side opposite to a claim of
-    sign ``sign`` (e.g. a claimed fall that is shallower than every control's)."""
-    v = cmp.trained.value
-    if not (cmp.outside and np.isfinite(v)):
-        return False
-    return bool(v > cmp.high) if sign < 0 else bool(v < cmp.low)
-
-
 def _sign_ok(st: ph.Statistic, sign: float) -> bool:
     """The mean has the claimed sign and its interval excludes 0."""
     if not np.isfinite(st.value):
@@ -540,8 +538,8 @@ def _section(results: list[list[list[AdaptationCurve]]], groups: list[list[ph.Mo
             rho_share.append(np.concatenate([_layer_spearmans(c, "demo_share") for c in m_res]))
             gains.append(np.concatenate([_item_gain(c) for c in m_res]))
             sat.append([_saturation(c) for c in m_res])
-        agree_share = [np.array([_agree(s, "demo_share") for s in m]) for m in sat]
-        agree_w0 = [np.array([_agree(s, "log_w0_norm") for s in m]) for m in sat]
+        agree_share = [np.array([saturation_agreement(s, "demo_share") for s in m]) for m in sat]
+        agree_w0 = [np.array([saturation_agreement(s, "log_w0_norm") for s in m]) for m in sat]
         specs = [
             ("mean per-(task, layer) Spearman(log 1/D', k) over k >= 1", rho_lr, -1.0,
              "the effective learning rate 1/D' falls as the number of demonstrations grows "
@@ -559,7 +557,7 @@ def _section(results: list[list[list[AdaptationCurve]]], groups: list[list[ph.Mo
             stats = [_stat(v, m, seed) for v, m in zip(vals, group, strict=True)]
             cmp = ph.compare_with_controls(name, stats[0], stats[1:], seed=seed)
             comparisons.append({"group": trained.name, **cmp.to_dict()})
-            wrong = _wrong_side(cmp, sign)
+            wrong = cmp.wrong_side(sign)
             checks.append(ph.controlled_check(
                 tag + claim + (" (mean < 0 with its interval below 0" if sign < 0 else
                                " (mean > 0 with its interval above 0") + DIRECTION,
@@ -577,7 +575,7 @@ def _section(results: list[list[list[AdaptationCurve]]], groups: list[list[ph.Mo
                 f"{c.task} {_k(s['accuracy'])} / {_k(s[what])}"
                 + ("" if s["accuracy_rise"] > 0 else " (accuracy does not rise: left out)")
                 for c, s in zip(g_res[0], sat[0], strict=True))
-            wrong = _wrong_side(cmp, 1.0)
+            wrong = cmp.wrong_side(1.0)
             checks.append(ph.controlled_check(
                 tag + f"the {label} curve predicts where accuracy saturates: k_sat within one "
                 "doubling of k_sat(accuracy) on more than half of the tasks where accuracy rises "
@@ -599,8 +597,9 @@ def _section(results: list[list[list[AdaptationCurve]]], groups: list[list[ph.Mo
                                       *_on_grid(c.ks, c.layer_mean(q), sizes.ks)))
             for c, s in zip(m_res, sat[m_i], strict=True):
                 sat_rows.append((member.name, c.task, s["accuracy_rise"], s["accuracy"],
-                                 s["demo_share"], s["log_w0_norm"], _agree(s, "demo_share"),
-                                 _agree(s, "log_w0_norm")))
+                                 s["demo_share"], s["log_w0_norm"],
+                                 saturation_agreement(s, "demo_share"),
+                                 saturation_agreement(s, "log_w0_norm")))
             L = _n_layers(m_res)
             for layer in range(L):
                 layer_rows.append((member.name, layer, *_layer_row(m_res, layer)))

@@ -501,6 +501,15 @@ class ControlComparison:
             return "one item: no spread to compare"
         return "outside" if self.outside else "INSIDE"
 
+    def wrong_side(self, sign: float) -> bool:
+        """The trained value is outside the control spread, but on the side opposite to a
+        claim of sign ``sign`` (``-1``: a claimed fall, e.g. one shallower than every
+        control's; ``+1``: a claimed rise)."""
+        v = self.trained.value
+        if not (self.outside and np.isfinite(v)):
+            return False
+        return bool(v > self.high) if sign < 0 else bool(v < self.low)
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "trained": self.trained.to_dict(),
                 "controls": [c.to_dict() for c in self.controls], "low": self.low,
