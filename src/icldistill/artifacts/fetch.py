@@ -83,6 +83,7 @@ __all__ = [
     "pip_download",
     "publish_folder",
     "read_manifest",
+    "read_marker",
     "safe_extract_member",
     "safe_extract_tar_member",
     "sha256_file",
@@ -144,6 +145,16 @@ def check_pinned(path: Path, sha256: str, size: int | None = None, *, what: str,
         raise IntegrityError(f"{what} has sha256 {got}, expected {sha256}; {consequence}")
     raise IntegrityError(f"{what} has sha256 {got} ({got_size} bytes), expected {sha256} "
                          f"({size} bytes); {consequence}")
+
+
+def read_marker(folder: Path, name: str) -> dict[str, Any] | None:
+    """The JSON object in the marker file ``folder/name``; ``None`` when it is missing,
+    unreadable or not an object (the folder then does not count as cached)."""
+    try:
+        data = json.loads((Path(folder) / name).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def damaged_error(what: str, problems: Sequence[str], fix: str) -> DamagedCacheError:

@@ -10,7 +10,6 @@ Cache layout::
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tarfile
@@ -18,7 +17,6 @@ import time
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any
 
 from icldistill.artifacts import fetch as art
 from icldistill.artifacts.fetch import IntegrityError, cache_root
@@ -31,18 +29,10 @@ MARKER_FILE = "icldistill-data.json"
 _MARKER_FORMAT = 1
 
 
-def _read_marker(folder: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((folder / MARKER_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _is_complete(folder: Path, spec: DatasetSpec, *, verify: bool = False) -> bool:
     """Marker present and matching the spec's pinned files; with ``verify``, every file's size
     and sha256 are re-checked too."""
-    marker = _read_marker(folder)
+    marker = art.read_marker(folder, MARKER_FILE)
     if marker is None or marker.get("format") != _MARKER_FORMAT or marker.get("key") != spec.key:
         return False
     if marker.get("files") != {f.filename: f.sha256 for f in spec.files}:

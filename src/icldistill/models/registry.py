@@ -282,16 +282,8 @@ def unknown_model_message(name: str) -> str:
     return msg
 
 
-def _read_marker(folder: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((folder / MARKER_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _is_complete(folder: Path, spec: ModelSpec) -> bool:
-    marker = _read_marker(folder)
+    marker = art.read_marker(folder, MARKER_FILE)
     return (marker is not None and marker.get("format") == _MARKER_FORMAT
             and marker.get("sha256") == spec.sha256 and (folder / "config.json").is_file())
 
