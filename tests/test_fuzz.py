@@ -284,7 +284,7 @@ def cli_sandbox(tmp_path_factory):
         for module, names in ((models_mod, ("load_model", "fetch")),
                               (mod("encoders.representations"), ("verify_all",)),
                               (mod("encoders.representations"), ("fetch_minilm",)),
-                              (mod("data.datasets"), ("load_split", "fetch_dataset")),
+                              (mod("data.load"), ("load_split", "fetch_dataset")),
                               (mod("lab.training"), ("load_or_train",)),
                               (mod("lab.experiments.reproduce"), ("reproduce", "run_experiment")),
                               (mod("lab.experiments.real"), ("run",))):

@@ -29,7 +29,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def _cmd_data_list(args: argparse.Namespace) -> int:
-    from icldistill.data.datasets import list_datasets
+    from icldistill.data.load import list_datasets
 
     infos = list_datasets()
     if args.json:
@@ -46,7 +46,7 @@ def _cmd_data_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_summary(args: argparse.Namespace) -> int:
-    from icldistill.data.datasets import load_split
+    from icldistill.data.load import load_split
 
     split = load_split(args.name, seed=args.split_seed, progress=not args.quiet)
     full = split.train.summary()

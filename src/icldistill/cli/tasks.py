@@ -113,7 +113,7 @@ def load_tasks(args: argparse.Namespace) -> dict[str, Any]:
     InputError
         Neither a registry dataset nor ``--file`` was given, or a file or dataset is unusable.
     """
-    from icldistill.data.datasets import load_file
+    from icldistill.data.readers import load_file
     from icldistill.evaluation.harness import Task
 
     datasets = getattr(args, "datasets", None) or getattr(args, "dataset", None)
