@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import hashlib
 import importlib
 import json
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from icldistill.artifacts.fetch import log as fetch_log
 from icldistill.core.validation import InputError
 from icldistill.lab.experiments._common import Section
 from icldistill.lab.experiments.report import read_section, write_lab_report, write_section
@@ -182,51 +183,21 @@ def reproduce(
     command : str, optional
         The command line to record in the report.
     """
-    from icldistill.lab.experiments import real
-    from icldistill.lab.training import load_or_train, preset
-
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if log is None:
-        def log(msg: str) -> None:
-            if progress:
-                print(f"[icldistill] {msg}", file=sys.stderr, flush=True)
-    steps = plan(quick)
-    if only:
-        unknown = sorted(set(only) - {n for n, _ in steps})
-        if unknown:
-            raise InputError(f"unknown experiment(s) {unknown}; expected some of "
-                             f"{sorted({n for n, _ in steps})}")
-        steps = [s for s in steps if s[0] in set(only)]
+        log = functools.partial(fetch_log, progress)
+    steps = _selected_steps(plan(quick), only)
     mode = "quick" if quick else "full"
-    preset_name = preset_name or mode
-    trained: dict[str, Any] = {}
+    run = _Run(out=out, quick=quick, seed=seed, model=model, dataset=dataset,
+               fewshot_results=fewshot_results, cache_dir=cache_dir,
+               preset_name=preset_name or mode, progress=progress, log=log)
     sections: list[Section] = []
     resumed: list[str] = []
-    commands: dict[str, str] = {}
-    training_lines: list[str] = []
-    ph_models = phenomena_models(model, quick)
-    groups: list[Any] | None = None
     for i, (name, task) in enumerate(steps, 1):
         key = name if not task else f"{name}-{task}"
-        if name in PHENOMENA_SECTIONS:
-            settings = {"models": list(ph_models), "controls": 1}
-            commands[key] = (f"icldistill lab {name} --models {','.join(ph_models)}"
-                             f"{' --quick' if quick else ''} --seed {seed} --out {out / key}")
-        elif name == "real":
-            settings = {"model": model, "dataset": dataset, "fewshot": str(fewshot_results)}
-            commands[key] = (f"icldistill lab real --model {model} --dataset {dataset}"
-                             f"{' --quick' if quick else ''} --seed {seed} --out {out / key}")
-        else:
-            cfg, tcfg = preset(preset_name, task)
-            tcfg = dataclasses.replace(tcfg, seed=seed)
-            settings = {"model": cfg.to_dict(), "train": tcfg.to_dict()}
-            commands[key] = (f"icldistill lab {name} --task {task} --preset {preset_name} "
-                             f"--seed {seed} --out {out / key}")
-        fp = _fingerprint({"name": name, "task": task, "quick": quick, "seed": seed,
-                           "preset": preset_name, "format": SECTIONS_FORMAT,
-                           **settings, "version": _versions()["icldistill"]})
+        fp = run.fingerprint(name, task)
         stored = read_section(out / "sections" / f"{key}.json", fingerprint=fp)
         if stored is not None and all((out / f).is_file() for f in stored.figures):
             log(f"[{i}/{len(steps)}] {key}: finished earlier, read back")
@@ -234,58 +205,148 @@ def reproduce(
             resumed.append(key)
             continue
         log(f"[{i}/{len(steps)}] {key} ...")
-        if name in PHENOMENA_SECTIONS:
-            if groups is None:
-                from icldistill.lab.experiments.phenomena import resolve_models
-
-                log(f"loading {', '.join(ph_models)} and a random-init twin of each ...")
-                groups = resolve_models(ph_models, n_controls=1, seed=seed, progress=progress)
-            sec = run_phenomenon(name, ph_models, out_dir=out / key, quick=quick, seed=seed,
-                                 progress=progress, under_test=groups)
-        elif name == "real":
-            sec = real.run(model, out_dir=out / key, quick=quick, seed=seed, progress=progress,
-                           dataset=dataset, fewshot_results=fewshot_results,
-                           fewshot_dir=out / "fewshot")
-        else:
-            if task not in trained:
-                log(f"training (or loading) the {preset_name} {task} model ...")
-                trained[task] = load_or_train(cfg, tcfg, cache_dir=cache_dir, progress=progress)
-                tr = trained[task]
-                settings_text = ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items())
-                training_lines.append(f"{task} model: {settings_text}; trained {tcfg.steps} "
-                                      f"steps in {tr.seconds:.0f} s; checkpoint "
-                                      f"{inline_code(str(tr.path))}")
-            sec = run_experiment(name, trained[task], out_dir=out / key, quick=quick, seed=seed,
-                                 progress=progress)
-        sec = _relocate(sec, key, task)
+        sec = _relocate(run.section(name, task, key), key, task)
         write_section(sec, out / "sections" / f"{key}.json", fingerprint=fp)
         log(f"{key}: {sum(c.holds for c in sec.checks)}/{len(sec.checks)} checks hold "
             f"({sec.seconds:.1f} s)")
         sections.append(sec)
-    v = _versions()
     cmd = command or ("icldistill reproduce" + (" --quick" if quick else "")
                       + f" --seed {seed} --out {out}")
-    header = [
-        f"Command: {inline_code(cmd)}",
-        f"Mode: {mode} (training preset {preset_name}); seed {seed}; generated "
-        f"{_dt.datetime.now().isoformat(timespec='seconds')}",
-        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
-        f"CPU threads: {os.cpu_count()} available, torch uses {_torch_threads()}",
-        f"Total run time: {time.perf_counter() - t0:.0f} s"
-        + (f" (sections read back from an earlier run: {', '.join(resumed)})" if resumed else ""),
-        *training_lines,
-    ]
-    notes = [
-        "Every number in this report is computed by the code; checks are evaluated on the "
-        "measured values with the thresholds stated in their detail.",
-        "Exactness checks run in float64. Trained models are float32; their traces are cast to "
-        "float64 before the decomposition.",
-    ]
     files = write_lab_report(sections, out, title="icldistill: the laboratory report",
-                             header=header, commands=[cmd], section_commands=commands,
-                             notes=notes)
+                             header=run.header(cmd, mode, t0, resumed), commands=[cmd],
+                             section_commands=run.commands, notes=_NOTES)
     return ReproduceResult(out_dir=out, sections=sections, files=files,
                            seconds=time.perf_counter() - t0, resumed=resumed)
+
+
+#: The notes at the end of the laboratory report.
+_NOTES = (
+    "Every number in this report is computed by the code; checks are evaluated on the "
+    "measured values with the thresholds stated in their detail.",
+    "Exactness checks run in float64. Trained models are float32; their traces are cast to "
+    "float64 before the decomposition.",
+)
+
+
+def _selected_steps(steps: list[tuple[str, str]], only: Sequence[str] | None
+                    ) -> list[tuple[str, str]]:
+    """The steps of :func:`plan` named in ``only`` (all of them without ``only``)."""
+    if not only:
+        return steps
+    unknown = sorted(set(only) - {n for n, _ in steps})
+    if unknown:
+        raise InputError(f"unknown experiment(s) {unknown}; expected some of "
+                         f"{sorted({n for n, _ in steps})}")
+    return [s for s in steps if s[0] in set(only)]
+
+
+@dataclass
+class _Run:
+    """The settings of one :func:`reproduce` run and what it accumulates over the steps:
+    trained learners, the real models of the phenomena sections, the command of every section
+    and the lines describing the training."""
+
+    out: Path
+    quick: bool
+    seed: int
+    model: str
+    dataset: str
+    fewshot_results: str | Path | None
+    cache_dir: str | Path | None
+    preset_name: str
+    progress: bool
+    log: Callable[[str], None]
+    trained: dict[str, Any] = dataclasses.field(default_factory=dict)
+    commands: dict[str, str] = dataclasses.field(default_factory=dict)
+    training_lines: list[str] = dataclasses.field(default_factory=list)
+    groups: list[Any] | None = None
+
+    @property
+    def ph_models(self) -> tuple[str, ...]:
+        return phenomena_models(self.model, self.quick)
+
+    def fingerprint(self, name: str, task: str) -> str:
+        """The fingerprint of a step's settings; records the step's command as a side effect."""
+        key = name if not task else f"{name}-{task}"
+        quick = " --quick" if self.quick else ""
+        if name in PHENOMENA_SECTIONS:
+            settings: dict[str, Any] = {"models": list(self.ph_models), "controls": 1}
+            self.commands[key] = (f"icldistill lab {name} --models {','.join(self.ph_models)}"
+                                  f"{quick} --seed {self.seed} --out {self.out / key}")
+        elif name == "real":
+            settings = {"model": self.model, "dataset": self.dataset,
+                        "fewshot": str(self.fewshot_results)}
+            self.commands[key] = (f"icldistill lab real --model {self.model} --dataset "
+                                  f"{self.dataset}{quick} --seed {self.seed} "
+                                  f"--out {self.out / key}")
+        else:
+            cfg, tcfg = self.configs(task)
+            settings = {"model": cfg.to_dict(), "train": tcfg.to_dict()}
+            self.commands[key] = (f"icldistill lab {name} --task {task} --preset "
+                                  f"{self.preset_name} --seed {self.seed} --out {self.out / key}")
+        return _fingerprint({"name": name, "task": task, "quick": self.quick, "seed": self.seed,
+                             "preset": self.preset_name, "format": SECTIONS_FORMAT,
+                             **settings, "version": _versions()["icldistill"]})
+
+    def configs(self, task: str) -> tuple[Any, Any]:
+        """Model and training configuration of the learner of ``task`` (the preset, seeded)."""
+        from icldistill.lab.training import preset
+
+        cfg, tcfg = preset(self.preset_name, task)
+        return cfg, dataclasses.replace(tcfg, seed=self.seed)
+
+    def section(self, name: str, task: str, key: str) -> Section:
+        """Compute one step's section."""
+        from icldistill.lab.experiments import real
+
+        if name in PHENOMENA_SECTIONS:
+            if self.groups is None:
+                from icldistill.lab.experiments.phenomena import resolve_models
+
+                self.log(f"loading {', '.join(self.ph_models)} and a random-init twin of "
+                         "each ...")
+                self.groups = resolve_models(self.ph_models, n_controls=1, seed=self.seed,
+                                             progress=self.progress)
+            return run_phenomenon(name, self.ph_models, out_dir=self.out / key,
+                                  quick=self.quick, seed=self.seed, progress=self.progress,
+                                  under_test=self.groups)
+        if name == "real":
+            return real.run(self.model, out_dir=self.out / key, quick=self.quick,
+                            seed=self.seed, progress=self.progress, dataset=self.dataset,
+                            fewshot_results=self.fewshot_results,
+                            fewshot_dir=self.out / "fewshot")
+        return run_experiment(name, self.learner(task), out_dir=self.out / key,
+                              quick=self.quick, seed=self.seed, progress=self.progress)
+
+    def learner(self, task: str) -> Any:
+        """The trained in-context learner of ``task`` (trained or loaded on first use)."""
+        from icldistill.lab.training import load_or_train
+
+        if task not in self.trained:
+            cfg, tcfg = self.configs(task)
+            self.log(f"training (or loading) the {self.preset_name} {task} model ...")
+            tr = self.trained[task] = load_or_train(cfg, tcfg, cache_dir=self.cache_dir,
+                                                    progress=self.progress)
+            settings_text = ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items())
+            self.training_lines.append(f"{task} model: {settings_text}; trained {tcfg.steps} "
+                                       f"steps in {tr.seconds:.0f} s; checkpoint "
+                                       f"{inline_code(str(tr.path))}")
+        return self.trained[task]
+
+    def header(self, cmd: str, mode: str, t0: float, resumed: list[str]) -> list[str]:
+        """The header lines of the report."""
+        v = _versions()
+        return [
+            f"Command: {inline_code(cmd)}",
+            f"Mode: {mode} (training preset {self.preset_name}); seed {self.seed}; generated "
+            f"{_dt.datetime.now().isoformat(timespec='seconds')}",
+            "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+            f"CPU threads: {os.cpu_count()} available, torch uses {_torch_threads()}",
+            f"Total run time: {time.perf_counter() - t0:.0f} s"
+            + (f" (sections read back from an earlier run: {', '.join(resumed)})"
+               if resumed else ""),
+            *self.training_lines,
+        ]
 
 
 def _torch_threads() -> int:
