@@ -264,6 +264,8 @@ def generalization(
                                int(rademacher_samples), float(delta), int(seed), progress, t0)
 
 
+# Over 80 lines: one nested loop (heads x positions x prompts) filling thirteen result arrays
+# in place; split up, every piece would take and return all of them.
 def _generalization(trained: TrainedICL, n_prompts: int, heldout_prompts: int, samples: int,
                     delta: float, seed: int, progress: bool, t0: float) -> GeneralizationResult:
     cfg = trained.config
@@ -490,28 +492,68 @@ def run(trained: TrainedICL, *, out_dir: Path, quick: bool = False, seed: int = 
 
 def _section(res: GeneralizationResult, figures: list[str], seed: int,
              seconds: float) -> Section:
+    d = _Summary.of(res)
+    return Section(
+        name="generalization",
+        title="Rademacher generalization bound vs number of demonstrations",
+        description=_description(res, seed),
+        checks=_checks(res, d),
+        findings=_findings(res, d),
+        tables=_tables(res, d),
+        figures=figures,
+        data=to_jsonable(_data(res, d)),
+        seconds=seconds,
+    )
+
+
+@dataclass(frozen=True)
+class _Summary:
+    """What the section reads off a :class:`GeneralizationResult`: log-log slopes over N per
+    ``[layer, head]`` and prompt means per ``[layer, head, N]``."""
+
+    slope_r: np.ndarray       # R_hat closed form
+    slope_mc: np.ndarray      # R_hat Monte Carlo
+    slope_c: np.ndarray       # complexity term 2 L R_hat
+    slope_s: np.ndarray       # bound - empirical
+    slope_g: np.ndarray       # |gap|
+    slope_b: np.ndarray       # B = ||W_0||_HS
+    slope_rb: np.ndarray      # R_hat / B
+    mean_held: np.ndarray
+    mean_bound: np.ndarray
+    mean_emp: np.ndarray
+    mean_gap: np.ndarray
+    vacuous: np.ndarray       # bound >= M, per (prompt, layer, head, N)
+    fin: np.ndarray           # finite bound, per (prompt, layer, head, N)
+
+    @classmethod
+    def of(cls, res: GeneralizationResult) -> _Summary:
+        with np.errstate(all="ignore"):
+            vacuous = res.bound >= res.loss_bound[None, :, :, None]
+        return cls(
+            res.slope(res.rademacher_closed), res.slope(res.rademacher_mc),
+            res.slope(res.complexity), res.slope(res.bound - res.empirical),
+            res.slope(res.gap, absolute=True), res.slope(res.radius),
+            res.slope(res.rademacher_closed / res.radius),
+            _pmean(res.heldout), _pmean(res.bound), _pmean(res.empirical), _pmean(res.gap),
+            vacuous, np.isfinite(res.bound))
+
+    @property
+    def fin_g(self) -> np.ndarray:
+        """The finite slopes of the gap's magnitude."""
+        return self.slope_g[np.isfinite(self.slope_g)]
+
+
+def _checks(res: GeneralizationResult, d: _Summary) -> list[Check]:
     L, H = res.shape
     la, h = res.representative
-    n = res.n_tokens
-    slope_r = res.slope(res.rademacher_closed)
-    slope_mc = res.slope(res.rademacher_mc)
-    slope_c = res.slope(res.complexity)
-    slope_s = res.slope(res.bound - res.empirical)
-    slope_g = res.slope(res.gap, absolute=True)
-    slope_b = res.slope(res.radius)
-    slope_rb = res.slope(res.rademacher_closed / res.radius)
+    slope_c, slope_s, slope_g, slope_rb = d.slope_c, d.slope_s, d.slope_g, d.slope_rb
+    slope_b, fin_g, mean_gap = d.slope_b, d.fin_g, d.mean_gap
+    mean_held, mean_bound = d.mean_held, d.mean_bound
     med_c, med_s = _median(slope_c), _median(slope_s)
-    fin_g = slope_g[np.isfinite(slope_g)]
     viol, total = res.violations, res.evaluated
-    mean_held, mean_bound = _pmean(res.heldout), _pmean(res.bound)
-    mean_emp, mean_gap = _pmean(res.empirical), _pmean(res.gap)
-    with np.errstate(all="ignore"):
-        vacuous = res.bound >= res.loss_bound[None, :, :, None]
-    fin = np.isfinite(res.bound)
-    vac_by_n = [int(vacuous[..., g][fin[..., g]].sum()) for g in range(len(n))]
     heads_close = int((np.abs(slope_c[np.isfinite(slope_c)] + 0.5) <= SLOPE_TOL).sum())
     n_slope = int(np.isfinite(slope_c).sum())
-    checks = [
+    return [
         Check("the bound is at least the held-out loss for every prompt, head and N",
               bool(total > 0 and viol == 0),
               f"{viol} violations in {total} (prompt, layer, head, N) cases"
@@ -544,6 +586,17 @@ def _section(res: GeneralizationResult, figures: list[str], seed: int,
               f"{_fmt_slope(_median(slope_g))}; the mean gap is negative (held-out below "
               f"empirical) in {int((mean_gap < 0).sum())} of {mean_gap.size} (head, N) cells"),
     ]
+
+
+def _findings(res: GeneralizationResult, d: _Summary) -> list[str]:
+    L, H = res.shape
+    la, h = res.representative
+    n = res.n_tokens
+    slope_r, slope_mc, slope_b, slope_rb = d.slope_r, d.slope_mc, d.slope_b, d.slope_rb
+    mean_emp, mean_held, mean_bound, mean_gap = d.mean_emp, d.mean_held, d.mean_bound, d.mean_gap
+    fin, fin_g = d.fin, d.fin_g
+    viol, total = res.violations, res.evaluated
+    vac_by_n = [int(d.vacuous[..., g][fin[..., g]].sum()) for g in range(len(n))]
     r_ratio = _pmean(res.rademacher_mc / res.rademacher_closed)
     findings = [
         (f"Over all heads, R_hat (closed form) falls with N with median log-log slope "
@@ -585,6 +638,17 @@ def _section(res: GeneralizationResult, figures: list[str], seed: int,
             "much larger than the values. The bound then holds trivially (empirical loss near M)"
             + (" and the observed gap is negative (held-out below empirical)."
                if np.nanmean(mean_gap) < 0 else "."))
+    return findings
+
+
+def _tables(res: GeneralizationResult, d: _Summary) -> list[Table]:
+    L, H = res.shape
+    la, h = res.representative
+    n = res.n_tokens
+    fin, vacuous = d.fin, d.vacuous
+    mean_emp, mean_held, mean_bound, mean_gap = d.mean_emp, d.mean_held, d.mean_bound, d.mean_gap
+    slope_r, slope_mc, slope_b, slope_rb = d.slope_r, d.slope_mc, d.slope_b, d.slope_rb
+    slope_c, slope_s, slope_g = d.slope_c, d.slope_s, d.slope_g
     rows = []
     for g in range(len(n)):
         okg = fin[..., g]
@@ -605,7 +669,7 @@ def _section(res: GeneralizationResult, figures: list[str], seed: int,
          int((res.bound[:, a, b] < res.heldout[:, a, b]).sum()),
          float(np.nanmean(vacuous[:, a, b])), float(np.nanmean(res.clipped_empirical[:, a, b])))
         for a in range(L) for b in range(H))
-    tables = [
+    return [
         Table(f"Per N, representative head (layer {la}, head {h}); prompt means (N = number of "
               "demonstration tokens, holds = bound >= held-out)",
               ("N (demo tokens)", "pairs i", "R_hat closed", "R_hat MC", "B = ||W_0||_HS",
@@ -618,7 +682,14 @@ def _section(res: GeneralizationResult, figures: list[str], seed: int,
                "violations", "vacuous fraction", "clipped fraction (empirical)"),
               head_rows),
     ]
-    data = {
+
+
+def _data(res: GeneralizationResult, d: _Summary) -> dict[str, Any]:
+    """The raw numbers of the section (before :func:`to_jsonable`)."""
+    viol, total = res.violations, res.evaluated
+    slope_r, slope_mc, slope_b, slope_rb = d.slope_r, d.slope_mc, d.slope_b, d.slope_rb
+    slope_c, slope_s, slope_g = d.slope_c, d.slope_s, d.slope_g
+    return {
         "task": res.task, "n_prompts": res.n_prompts, "n_examples": res.n_examples,
         "pairs": res.pairs, "n_tokens": res.n_tokens, "delta": res.delta,
         "value_dim": res.value_dim, "lipschitz": LIPSCHITZ,
@@ -639,31 +710,26 @@ def _section(res: GeneralizationResult, figures: list[str], seed: int,
                    "gap": slope_g},
         "compute_seconds": res.seconds,
     }
-    return Section(
-        name="generalization",
-        title="Rademacher generalization bound vs number of demonstrations",
-        description=(
-            f"{res.n_prompts} in-distribution {res.task} prompts (N = {res.n_examples} pairs, "
-            f"seed {seed}) through a float64 copy of the model ({L} layers x {H} heads). At the "
-            f"x_i positions i = {', '.join(str(int(i)) for i in res.pairs)} the student "
-            "f(x) = W_0 phi(k(x)) of every head (W_0 in dual form, docs/math.md §2) is "
-            "scored against the teacher's values. The sample size of the bound "
-            f"is the number of demonstration tokens N ({', '.join(str(int(v)) for v in n)}) those "
-            "positions see. Loss: per-coordinate absolute error "
-            f"clipped at M (mean over the {res.value_dim} value coordinates; in [0, M], "
-            f"1-Lipschitz, L = {LIPSCHITZ:g}), M = {LOSS_RANGE_FACTOR:g} max|v| per head from an "
-            "independent calibration batch. Empirical loss: on the N demonstration tokens; "
-            "held-out loss: on the demonstration tokens the same position sees in "
-            f"{res.heldout_prompts} independent prompts (pooled). R_hat(F_B) with "
-            "B = ||W_0||_HS on the N demonstration keys (closed form; "
-            f"Monte Carlo with {res.rademacher_samples} sign vectors, exhaustive when 2^N is "
-            "not more). Bound = empirical + 2 L R_hat + 3 M sqrt(ln(2 d_v/δ)/(2N)) with "
-            f"δ = {res.delta:g} over all d_v coordinates (union bound). Caveats: B is measured "
-            "on the sample, and one prompt's demonstration tokens are not i.i.d."),
-        checks=checks,
-        findings=findings,
-        tables=tables,
-        figures=figures,
-        data=to_jsonable(data),
-        seconds=seconds,
-    )
+
+
+def _description(res: GeneralizationResult, seed: int) -> str:
+    L, H = res.shape
+    n = res.n_tokens
+    return (
+        f"{res.n_prompts} in-distribution {res.task} prompts (N = {res.n_examples} pairs, "
+        f"seed {seed}) through a float64 copy of the model ({L} layers x {H} heads). At the "
+        f"x_i positions i = {', '.join(str(int(i)) for i in res.pairs)} the student "
+        "f(x) = W_0 phi(k(x)) of every head (W_0 in dual form, docs/math.md §2) is "
+        "scored against the teacher's values. The sample size of the bound "
+        f"is the number of demonstration tokens N ({', '.join(str(int(v)) for v in n)}) those "
+        "positions see. Loss: per-coordinate absolute error "
+        f"clipped at M (mean over the {res.value_dim} value coordinates; in [0, M], "
+        f"1-Lipschitz, L = {LIPSCHITZ:g}), M = {LOSS_RANGE_FACTOR:g} max|v| per head from an "
+        "independent calibration batch. Empirical loss: on the N demonstration tokens; "
+        "held-out loss: on the demonstration tokens the same position sees in "
+        f"{res.heldout_prompts} independent prompts (pooled). R_hat(F_B) with "
+        "B = ||W_0||_HS on the N demonstration keys (closed form; "
+        f"Monte Carlo with {res.rademacher_samples} sign vectors, exhaustive when 2^N is "
+        "not more). Bound = empirical + 2 L R_hat + 3 M sqrt(ln(2 d_v/δ)/(2N)) with "
+        f"δ = {res.delta:g} over all d_v coordinates (union bound). Caveats: B is measured "
+        "on the sample, and one prompt's demonstration tokens are not i.i.d.")
