@@ -50,12 +50,9 @@ __all__ = [
     "truncate_words",
 ]
 
-# Transitional: the private names code outside this package used before the split
-# (selection.Pool.from_table, tests/test_multiple_choice.py). Use the public names above.
+# Transitional: the private names selection.Pool.from_table used before the split; it should
+# use the public names above (as_table, table_rows, clean_text, cell_text), then these go.
 _as_table = as_table
 _table_rows = table_rows
 _clean = clean_text
 _scalar = cell_text
-_spec = dataset_spec
-_parse_registry = parse_dataset
-_READERS = READERS
