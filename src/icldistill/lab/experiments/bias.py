@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,28 @@ def bias_vs_mmd(
                             progress, t0)
 
 
+def _fits(hs: dict[str, np.ndarray], x_of: Callable[[str, int, int], np.ndarray]
+          ) -> dict[str, np.ndarray]:
+    """Least-squares fits ``[L, H, (slope, intercept, R^2)]`` of ``||Delta W_0||`` (``hs``:
+    kind -> ``[levels, seeds, L, H]``) against ``x_of(kind, layer, head)``, per kind and
+    pooled over kinds (NaN where the regressor is constant)."""
+    kinds = list(hs)
+    L, H = next(iter(hs.values())).shape[-2:]
+    out: dict[str, np.ndarray] = {}
+    for name in [*kinds, "pooled"]:
+        ks = kinds if name == "pooled" else [name]
+        arr = np.zeros((L, H, 3))
+        for la in range(L):
+            for h in range(H):
+                x = np.concatenate([x_of(k, la, h).ravel() for k in ks])
+                y = np.concatenate([hs[k][..., la, h].ravel() for k in ks])
+                arr[la, h] = linear_fit(x, y) if np.ptp(x) > 0 else (np.nan,) * 3
+        out[name] = arr
+    return out
+
+
+# Over 80 lines: three measurement phases (target prompts, shifted prompts, summaries) that
+# share a dozen per-head arrays; each phase is one loop over the same indices.
 def _bias_vs_mmd(trained: TrainedICL, B: int, S: int, levels: dict[str, tuple[float, ...]],
                  seed: int, progress: bool, t0: float) -> BiasMMDResult:
     from icldistill.core.progress import progress_bar
@@ -291,21 +314,8 @@ def _bias_vs_mmd(trained: TrainedICL, B: int, S: int, levels: dict[str, tuple[fl
                         rel_err = float("inf")
 
     # ---- fits, G_hat, correlations
-    def fits(x_of: Any) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {}
-        for name in [*kinds, "pooled"]:
-            ks = kinds if name == "pooled" else [name]
-            arr = np.zeros((L, H, 3))
-            for la in range(L):
-                for h in range(H):
-                    x = np.concatenate([x_of(k, la, h).ravel() for k in ks])
-                    y = np.concatenate([hs[k][..., la, h].ravel() for k in ks])
-                    arr[la, h] = linear_fit(x, y) if np.ptp(x) > 0 else (np.nan,) * 3
-            out[name] = arr
-        return out
-
-    fit_att = fits(lambda k, la, h: att[k][..., la, h])
-    fit_gauss = fits(lambda k, la, h: gauss[k])
+    fit_att = _fits(hs, lambda k, la, h: att[k][..., la, h])
+    fit_gauss = _fits(hs, lambda k, la, h: gauss[k])
     g_all = np.concatenate([gauss[k].ravel() for k in kinds])
     h_all = np.concatenate([hs[k].reshape(-1, L, H) for k in kinds])          # [M, L, H]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -407,19 +417,40 @@ def run(trained: TrainedICL, *, out_dir: Path, quick: bool = False, seed: int = 
                           levels=default_levels(trained.config.task, quick), seed=seed,
                           progress=progress)
         figures = _figures(res, out)
+    return Section(
+        name="bias",
+        title="Bias of the distilled weights W_0 vs MMD",
+        description=_description(res, seed),
+        checks=_checks(res),
+        findings=_findings(res),
+        tables=_tables(res),
+        figures=figures,
+        data=to_jsonable(_data(res)),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _gauss_r2(res: BiasMMDResult) -> tuple[dict[str, float], np.ndarray]:
+    """R^2 of the Gaussian-MMD fits: per kind at the representative head, and ``[K, L, H]``."""
+    la, h = res.representative
+    kinds = list(res.levels)
+    r2_rep = {k: float(res.fit_gauss[k][la, h, 2]) for k in kinds}
+    r2_all = np.stack([res.fit_gauss[k][..., 2] for k in kinds])            # [K, L, H]
+    return r2_rep, r2_all
+
+
+def _checks(res: BiasMMDResult) -> list[Check]:
     L, H = res.shape
     la, h = res.representative
-    c = float(res.c[la, h])
     kinds = list(res.levels)
     att_ok = [(abs(res.fit_att["pooled"][a, b, 0] / res.c[a, b] - 1.0),
                res.fit_att["pooled"][a, b, 2]) for a in range(L) for b in range(H)]
     max_slope_dev = max(x for x, _ in att_ok)
     min_r2_att = min(r for _, r in att_ok)
-    r2_rep = {k: float(res.fit_gauss[k][la, h, 2]) for k in kinds}
-    r2_all = np.stack([res.fit_gauss[k][..., 2] for k in kinds])            # [K, L, H]
+    r2_rep, r2_all = _gauss_r2(res)
     heads_linear = int((np.nan_to_num(r2_all, nan=-1.0) >= R2_MIN).all(0).sum())
     rho, rhx = res.error_spearman, res.excess_spearman
-    checks = [
+    return [
         Check("exact identity ||W_0(P) - W_0(Q*)||_HS = c MMD_Katt",
               bool(res.identity_max_rel_error < IDENTITY_TOL),
               f"max relative error {res.identity_max_rel_error:.1e} over {L}x{H} heads, "
@@ -441,9 +472,17 @@ def run(trained: TrainedICL, *, out_dir: Path, quick: bool = False, seed: int = 
               + f"); raw error: pooled {rho['pooled']:+.3f} ("
               + ", ".join(f"{k} {rho[k]:+.3f}" for k in kinds) + ")"),
     ]
+
+
+def _findings(res: BiasMMDResult) -> list[str]:
+    la, h = res.representative
+    c = float(res.c[la, h])
+    kinds = list(res.levels)
+    r2_rep, _ = _gauss_r2(res)
+    rho, rhx = res.error_spearman, res.excess_spearman
     sl_p, ic_p, r2_p = res.fit_gauss["pooled"][la, h]
     weak = [k for k, r in r2_rep.items() if not (np.isfinite(r) and r >= R2_MIN)]
-    findings = [
+    return [
         f"Representative head: layer {la} head {h}, the last-layer head with the largest demo "
         f"share ({res.demo_share[la, h]:.2f}); c = 2 eta* = {c:.4g}.",
         f"The identity ||Delta W_0||_HS = c MMD_Katt holds to {res.identity_max_rel_error:.1e} "
@@ -465,6 +504,14 @@ def run(trained: TrainedICL, *, out_dir: Path, quick: bool = False, seed: int = 
         f"{rhx['pooled']:+.2f}"
         + (" (the error does not increase with the MMD)." if not rhx["pooled"] > 0 else "."),
     ]
+
+
+def _tables(res: BiasMMDResult) -> list[Table]:
+    L, H = res.shape
+    la, h = res.representative
+    c = float(res.c[la, h])
+    kinds = list(res.levels)
+    _, r2_all = _gauss_r2(res)
     level_rows = tuple(
         (k, float(lv), float(res.mmd_gauss[k][v].mean()), float(res.mmd_att[k][v, :, la, h].mean()),
          float(res.hs_norm[k][v, :, la, h].mean()),
@@ -486,7 +533,7 @@ def run(trained: TrainedICL, *, out_dir: Path, quick: bool = False, seed: int = 
          float(res.fit_gauss["pooled"][a, b, 2]), float(np.nanmin(r2_all[:, a, b])),
          float(res.g_hat[a, b]))
         for a in range(L) for b in range(H))
-    tables = [
+    return [
         Table(f"Per shift kind and level (mean over {res.n_seeds} seeds; W_0 at layer {la} "
               f"head {h})",
               ("kind", "level", "MMD_Gauss", "MMD_Katt", "||Delta W_0||_HS", "c MMD_Katt",
@@ -498,7 +545,11 @@ def run(trained: TrainedICL, *, out_dir: Path, quick: bool = False, seed: int = 
               ("layer", "head", "c", "demo share", "slope/c (Katt)", "slope/c (Gauss)",
                "R^2 (Gauss, pooled)", "min R^2 over kinds (Gauss)", "G_hat"), head_rows),
     ]
-    data = {
+
+
+def _data(res: BiasMMDResult) -> dict[str, Any]:
+    """The raw numbers of the section (before :func:`to_jsonable`)."""
+    return {
         "task": res.task, "n_examples": res.n_examples, "n_prompts": res.n_prompts,
         "n_seeds": res.n_seeds, "levels": res.levels, "c": res.c, "demo_share": res.demo_share,
         "representative": list(res.representative), "bandwidth": res.bandwidth,
@@ -509,27 +560,20 @@ def run(trained: TrainedICL, *, out_dir: Path, quick: bool = False, seed: int = 
         "fit_gauss": res.fit_gauss, "g_hat": res.g_hat, "error_spearman": res.error_spearman,
         "compute_seconds": res.seconds,
     }
-    return Section(
-        name="bias",
-        title="Bias of the distilled weights W_0 vs MMD",
-        description=(
-            f"Target Q*: {res.task} prompts with {res.n_prompts} fixed task vectors, N = "
-            f"{res.n_examples}. Prompt distributions P keep the task vectors and shift the "
-            "demonstrations: " + "; ".join(f"{k} {list(v)}" for k, v in res.levels.items())
-            + f" ({res.n_seeds} seeds each, a fresh Q* batch per seed; seed {seed}). Each "
-            "prompt takes its first N-1 pairs from P and its last x from Q* (same w). At every "
-            "layer and head the demonstration keys/values visible at the last query are "
-            "pooled over the batch and ||W_0(P) - W_0(Q*)||_HS is computed in dual form with "
-            "c = mean 2 eta* over the Q* prompts (fixed per head), together with c MMD_Katt. "
-            "MMD_Gauss: biased Gaussian-kernel MMD of the raw demonstrations (x, y), bandwidth "
-            f"{res.bandwidth:.4g} fixed (median heuristic on the unshifted Q* demonstrations). "
-            "ICL error: " + ("(f - w.x)^2 / d" if res.task == "regression" else "error rate")
-            + " at the last position; excess error = error minus the error of the Q* prompt with "
-            "the same query and w. Float64 copy of the model."),
-        checks=checks,
-        findings=findings,
-        tables=tables,
-        figures=figures,
-        data=to_jsonable(data),
-        seconds=time.perf_counter() - t0,
-    )
+
+
+def _description(res: BiasMMDResult, seed: int) -> str:
+    return (
+        f"Target Q*: {res.task} prompts with {res.n_prompts} fixed task vectors, N = "
+        f"{res.n_examples}. Prompt distributions P keep the task vectors and shift the "
+        "demonstrations: " + "; ".join(f"{k} {list(v)}" for k, v in res.levels.items())
+        + f" ({res.n_seeds} seeds each, a fresh Q* batch per seed; seed {seed}). Each "
+        "prompt takes its first N-1 pairs from P and its last x from Q* (same w). At every "
+        "layer and head the demonstration keys/values visible at the last query are "
+        "pooled over the batch and ||W_0(P) - W_0(Q*)||_HS is computed in dual form with "
+        "c = mean 2 eta* over the Q* prompts (fixed per head), together with c MMD_Katt. "
+        "MMD_Gauss: biased Gaussian-kernel MMD of the raw demonstrations (x, y), bandwidth "
+        f"{res.bandwidth:.4g} fixed (median heuristic on the unshifted Q* demonstrations). "
+        "ICL error: " + ("(f - w.x)^2 / d" if res.task == "regression" else "error rate")
+        + " at the last position; excess error = error minus the error of the Q* prompt with "
+        "the same query and w. Float64 copy of the model.")
