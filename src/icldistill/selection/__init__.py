@@ -7,6 +7,9 @@ Modules, lowest first (each imports only those before it):
 * :mod:`~icldistill.selection.greedy`: the math, :func:`greedy_mmd` / :func:`select_mmd`
   (both return a :class:`GreedySelection`), :func:`label_quotas`,
   :func:`landmark_row_means`;
+* :mod:`~icldistill.selection.index`: the candidate stage of per-query selectors,
+  :class:`CandidateIndex` (exact, or faiss IVF / IVF-SQ8 / HNSW for large pools; their
+  ``index=`` argument);
 * :mod:`~icldistill.selection.base`: the :class:`Selector` interface, :class:`Selection` and
   the prompt orders :data:`ORDERS`;
 * :mod:`~icldistill.selection.retrievers`: ``random``, ``knn`` (KATE), ``bm25``, ``mmr``,
@@ -28,6 +31,7 @@ from icldistill.selection.greedy import (
     landmark_row_means,
     select_mmd,
 )
+from icldistill.selection.index import INDEX_KINDS, CandidateIndex
 from icldistill.selection.mmd import (
     MMDBalancedSelector,
     MMDJointSelector,
@@ -50,9 +54,11 @@ from icldistill.selection.retrievers import (
 )
 
 __all__ = [
+    "INDEX_KINDS",
     "ORDERS",
     "SELECTORS",
     "BM25Selector",
+    "CandidateIndex",
     "DPPSelector",
     "GreedySelection",
     "KNNSelector",

@@ -28,7 +28,11 @@ from icldistill.selection._common import (
 )
 from icldistill.selection.base import SelectionRun, Selector
 from icldistill.selection.greedy import greedy_mmd_batch, greedy_mmd_on_tensors
+from icldistill.selection.index import CandidateIndex, indexed_shortlist, make_index
 from icldistill.selection.pool import PoolData
+
+#: Kernels that decrease with the Euclidean distance (an index's nearest items are their largest).
+DISTANCE_KERNELS = ("gaussian", "laplace", "imq")
 
 __all__ = ["MMDBalancedSelector", "MMDJointSelector", "MMDKattSelector", "MMDLocalSelector",
            "MMDQuerySelector", "MMDSelector", "soft_labels"]
@@ -161,16 +165,35 @@ class MMDQuerySelector(_KernelSelector):
     """
 
     name = "mmd-query"
-    _param_names = ("kernel", "candidates", "diversity", "median_samples")
+    _param_names = ("kernel", "candidates", "diversity", "median_samples", "index")
 
     def __init__(self, *, kernel: str | Kernel = "gaussian", candidates: int | None = 50,
-                 diversity: float = 0.0, median_samples: int = 2000, order: str | None = None,
+                 diversity: float = 0.0, median_samples: int = 2000,
+                 index: str | CandidateIndex | None = None, order: str | None = None,
                  seed: int = 0, **kernel_params: Any) -> None:
         super().__init__(kernel=kernel, diversity=diversity, median_samples=median_samples,
                          order=order, seed=seed, **kernel_params)
         self.candidates = None if candidates is None else check_int(candidates, "candidates")
+        self.index = index
+        make_index(index, "l2")                  # check it now, not at fit
+        if index is not None:
+            name = kernel.name if isinstance(kernel, Kernel) else canonical_kernel_name(kernel)
+            if name not in DISTANCE_KERNELS:
+                raise InputError(f"an index shortlists by distance, which ranks K(c, q) only for "
+                                 f"{', '.join(DISTANCE_KERNELS)}; kernel {name!r} needs "
+                                 "index=None")
+            if candidates is None:
+                raise InputError("an index gives a shortlist: set candidates (e.g. 50), not None")
+
+    def _fit(self, data: PoolData) -> None:
+        self._ann = make_index(self.index, "l2")
+        if self._ann is not None:
+            assert data.emb is not None
+            self._ann.fit(data.emb)
 
     def _select(self, targets: PoolData, k: int) -> SelectionRun:
+        if self._ann is not None:
+            return self._select_indexed(targets, k)
         _, pool, tgt, kern = self._kernel_for(targets)
         n, dim = pool.shape
         pool_diag = kern.diag(pool).to(torch.float64)
@@ -191,6 +214,29 @@ class MMDQuerySelector(_KernelSelector):
             _finite(r, kern)
             chosen, tr = greedy_mmd_batch(r, diag, kern.diag(q).to(torch.float64),
                                           cand.column, k, self.diversity)
+            idx[sl] = cand.to_global(chosen).cpu().numpy()
+            rel[sl] = r.gather(1, chosen).cpu().numpy()
+            traj[sl] = tr.cpu().numpy()
+        return SelectionRun(idx, rel, traj)
+
+    def _select_indexed(self, targets: PoolData, k: int) -> SelectionRun:
+        """The shortlist of nearest pool items from the index; ``K(c, q)`` and the greedy
+        steps exact on it (the kernel's bandwidth from a seeded sample, as without index)."""
+        _, pool, tgt, kern = self._kernel_for(targets)
+        n_short = max(k, min(int(self.candidates), pool.shape[0]))
+        dim = pool.shape[1]
+        idx = np.empty((targets.n, k), dtype=np.int64)
+        rel = np.empty((targets.n, k))
+        traj = np.empty((targets.n, k))
+        pool_diag = kern.diag(pool).to(torch.float64)
+        for sl in row_chunks(targets.n, 2 * n_short * (dim + n_short)):
+            q = tgt[sl]
+            _, short = indexed_shortlist(self._ann, pool, q, n_short)
+            r = _finite(kern(q[:, None, :], pool[short])[:, 0, :], kern)      # [R, N]
+            cand = Candidates(pool, short, kern)
+            chosen, tr = greedy_mmd_batch(r, pool_diag[short],
+                                          kern.diag(q).to(torch.float64), cand.column, k,
+                                          self.diversity)
             idx[sl] = cand.to_global(chosen).cpu().numpy()
             rel[sl] = r.gather(1, chosen).cpu().numpy()
             traj[sl] = tr.cpu().numpy()

@@ -28,6 +28,7 @@ from icldistill.selection._common import (
 )
 from icldistill.selection.base import SelectionRun, Selector
 from icldistill.selection.greedy import label_quotas
+from icldistill.selection.index import CandidateIndex, indexed_shortlist, make_index
 from icldistill.selection.pool import Pool, PoolData, check_pool
 
 __all__ = ["BM25Selector", "DPPSelector", "KNNSelector", "MMRSelector", "RandomSelector",
@@ -89,12 +90,26 @@ class KNNSelector(Selector):
 
     name = "knn"
     needs = frozenset({"embeddings"})
+    _param_names = ("index",)
+
+    def __init__(self, *, index: str | CandidateIndex | None = None, order: str | None = None,
+                 seed: int = 0) -> None:
+        super().__init__(order=order, seed=seed)
+        self.index = index
+        make_index(index, "cosine")              # check it now, not at fit
 
     def _fit(self, data: PoolData) -> None:
         assert data.emb is not None
-        self._unit_pool = unit_rows(data.emb)
+        self._ann = make_index(self.index, "cosine")
+        if self._ann is not None:               # no normalised copy of a large pool
+            self._pool_emb = data.emb
+            self._ann.fit(data.emb)
+        else:
+            self._unit_pool = unit_rows(data.emb)
 
     def _select(self, targets: PoolData, k: int) -> SelectionRun:
+        if self._ann is not None:
+            return self._select_indexed(targets, k)
         pool = self._unit_pool
         tgt = unit_rows(targets.emb.to(pool.dtype))
         idx = torch.empty(targets.n, k, dtype=torch.long, device=pool.device)
@@ -102,6 +117,13 @@ class KNNSelector(Selector):
         for sl in row_chunks(targets.n, pool.shape[0]):
             rel[sl], idx[sl] = torch.topk(tgt[sl] @ pool.T, k, dim=1)
         return SelectionRun(idx.cpu().numpy(), rel.cpu().numpy().astype(np.float64))
+
+    def _select_indexed(self, targets: PoolData, k: int) -> SelectionRun:
+        """Candidates from the index (``max(4k, 32)`` per query), re-scored exactly."""
+        n_short = min(self._ann.n, max(4 * k, 32))
+        sims, idx = indexed_shortlist(self._ann, self._pool_emb, targets.emb, n_short)
+        rel, local = torch.topk(sims, k, dim=1)
+        return SelectionRun(idx.gather(1, local).numpy(), rel.numpy().astype(np.float64))
 
 
 _TOKEN = re.compile(r"\w+")
@@ -244,14 +266,21 @@ class _ShortlistSelector(Selector):
 
     needs = frozenset({"embeddings"})
 
-    def __init__(self, *, candidates: int | None = 50, order: str | None = None,
-                 seed: int = 0) -> None:
+    def __init__(self, *, candidates: int | None = 50, index: str | CandidateIndex | None = None,
+                 order: str | None = None, seed: int = 0) -> None:
         super().__init__(order=order, seed=seed)
         self.candidates = None if candidates is None else check_int(candidates, "candidates")
+        self.index = index
+        make_index(index, "cosine")              # check it now, not at fit
+        if index is not None and candidates is None:
+            raise InputError("an index gives a shortlist: set candidates (e.g. 50), not None")
 
     def _fit(self, data: PoolData) -> None:
         assert data.emb is not None
         self._unit_pool = unit_rows(data.emb)
+        self._ann = make_index(self.index, "cosine")
+        if self._ann is not None:
+            self._ann.fit(self._unit_pool)
 
     def _shortlists(self, targets: PoolData,
                     k: int) -> Iterator[tuple[slice, torch.Tensor, Candidates]]:
@@ -261,6 +290,11 @@ class _ShortlistSelector(Selector):
         n_short = n if self.candidates is None else max(k, min(self.candidates, n))
         full = n_short >= n
         tgt = unit_rows(targets.emb.to(pool.dtype))
+        if self._ann is not None and not full:
+            for sl in row_chunks(targets.n, n_short * (dim + n_short)):
+                sims, idx = indexed_shortlist(self._ann, pool, tgt[sl], n_short)
+                yield sl, sims, Candidates(pool, idx)
+            return
         for sl in row_chunks(targets.n, n if full else n + n_short * (dim + n_short)):
             sims = tgt[sl] @ pool.T
             if full:
@@ -286,11 +320,12 @@ class MMRSelector(_ShortlistSelector):
     """
 
     name = "mmr"
-    _param_names = ("lambda_", "candidates")
+    _param_names = ("lambda_", "candidates", "index")
 
     def __init__(self, *, lambda_: float = 0.7, candidates: int | None = 50,
-                 order: str | None = None, seed: int = 0) -> None:
-        super().__init__(candidates=candidates, order=order, seed=seed)
+                 index: str | CandidateIndex | None = None, order: str | None = None,
+                 seed: int = 0) -> None:
+        super().__init__(candidates=candidates, index=index, order=order, seed=seed)
         self.lambda_ = check_float(lambda_, "lambda_", 0.0, 1.0)
 
     def _select(self, targets: PoolData, k: int) -> SelectionRun:
@@ -338,11 +373,12 @@ class DPPSelector(_ShortlistSelector):
     """
 
     name = "dpp"
-    _param_names = ("candidates", "scale")
+    _param_names = ("candidates", "scale", "index")
 
     def __init__(self, *, candidates: int | None = 50, scale: float = 0.1,
-                 order: str | None = None, seed: int = 0) -> None:
-        super().__init__(candidates=candidates, order=order, seed=seed)
+                 index: str | CandidateIndex | None = None, order: str | None = None,
+                 seed: int = 0) -> None:
+        super().__init__(candidates=candidates, index=index, order=order, seed=seed)
         self.scale = check_float(scale, "scale", 0.0, low_open=True)
 
     def _select(self, targets: PoolData, k: int) -> SelectionRun:
