@@ -49,10 +49,3 @@ __all__ = [
     "table_rows",
     "truncate_words",
 ]
-
-# Transitional: the private names selection.Pool.from_table used before the split; it should
-# use the public names above (as_table, table_rows, clean_text, cell_text), then these go.
-_as_table = as_table
-_table_rows = table_rows
-_clean = clean_text
-_scalar = cell_text

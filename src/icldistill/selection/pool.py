@@ -57,7 +57,8 @@ class Pool:
         Every row is kept, in table order. Column errors (missing, duplicated, a list where text
         is expected, an empty table) are worded as for :func:`icldistill.data.load_file`.
         """
-        from icldistill.data import datasets as _data
+        from icldistill.data.dataset import clean_text
+        from icldistill.data.readers import as_table, cell_text, table_rows
 
         if embedding is None and label is None and text is None:
             raise InputError("Pool.from_table: give at least one of embedding=, label=, text=")
@@ -72,16 +73,16 @@ class Pool:
         if bad is not None:
             raise InputError(f"Pool.from_table: column names must be non-empty strings, got "
                              f"{bad!r}")
-        tab, _ = _data._as_table(table, name)
-        rows = list(_data._table_rows(tab, named))
+        tab, _ = as_table(table, name)
+        rows = list(table_rows(tab, named))
         texts = labels = emb = None
         if text is not None:
-            texts = [_data._clean(_data._scalar(rec.get(text), where, text))
+            texts = [clean_text(cell_text(rec.get(text), where, text))
                      for where, rec in rows]
         if label is not None:
             labels = []
             for where, rec in rows:
-                y = _data._clean(_data._scalar(rec.get(label), where, label))
+                y = clean_text(cell_text(rec.get(label), where, label))
                 if not y:
                     raise InputError(f"{where}: empty label in column {label!r}")
                 labels.append(y)
