@@ -308,9 +308,9 @@ def test_ablation_report_escapes_user_text_and_has_an_html_twin(tmp_path):
 
 
 def test_lab_report_escapes_user_text(tmp_path):
-    from icldistill.lab.experiments._common import Check
-    from icldistill.lab.experiments._common import Section as LabSection
-    from icldistill.lab.experiments._common import Table as LabTable
+    from icldistill.lab.experiments import Check
+    from icldistill.lab.experiments import Section as LabSection
+    from icldistill.lab.experiments import Table as LabTable
     from icldistill.lab.experiments.report import write_lab_report
 
     sec = LabSection(

@@ -6,8 +6,9 @@ These are the building blocks of the demo (:mod:`icldistill.lab.demo`) and of la
   (:class:`AttentionHead`), which maps token embeddings to ``q, k, v``;
 - :func:`gaussian_tokens` — token embeddings ``N(mean_shift * u, cov_scale * I)``;
 - :func:`gaussian_mixture` — a labelled sample from a mixture of isotropic Gaussians;
-- :func:`build_prompt` / :func:`synthetic_prompt` — a prompt (:class:`Prompt`) made of a prefix,
-  the demonstrations and the query, with its segment names and causal mask;
+- :func:`build_prompt` / :func:`synthetic_prompt` — a prompt of token embeddings
+  (:class:`SyntheticPrompt`) made of a prefix, the demonstrations and the query, with its
+  segment names and causal mask (not the text prompt :class:`icldistill.data.Prompt`);
 - :func:`causal_mask` — the ``[T, T]`` lower-triangular boolean mask.
 
 Every generator takes an integer ``seed`` and draws from its own ``torch.Generator`` (or
@@ -31,7 +32,7 @@ __all__ = [
     "PINV_RTOL",
     "AttentionHead",
     "ICLBatch",
-    "Prompt",
+    "SyntheticPrompt",
     "build_prompt",
     "causal_mask",
     "context_spectrum",
@@ -329,8 +330,9 @@ def causal_mask(n: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class Prompt:
-    """A prompt of token embeddings split into segments.
+class SyntheticPrompt:
+    """A prompt of token embeddings split into segments (the synthetic data of the demo; the
+    text prompt of a language model is :class:`icldistill.data.Prompt`).
 
     Attributes
     ----------
@@ -364,14 +366,27 @@ class Prompt:
         return tuple(dict.fromkeys(self.segments))
 
 
+def __getattr__(name: str) -> Any:
+    """``Prompt``, the old name of :class:`SyntheticPrompt` (with a ``DeprecationWarning``;
+    removed in 0.3, like the old module paths)."""
+    if name == "Prompt":
+        import warnings
+
+        warnings.warn("icldistill.lab.synthetic.Prompt is now SyntheticPrompt (the text prompt "
+                      "is icldistill.data.Prompt); the old name goes in 0.3",
+                      DeprecationWarning, stacklevel=2)
+        return SyntheticPrompt
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def build_prompt(
     demos: Any,
     query: Any,
     prefix: Any | None = None,
     *,
     names: tuple[str, str, str] = ("prefix", "demos", "query"),
-) -> Prompt:
-    """Concatenate prefix, demonstration and query tokens into a :class:`Prompt`.
+) -> SyntheticPrompt:
+    """Concatenate prefix, demonstration and query tokens into a :class:`SyntheticPrompt`.
 
     Parameters
     ----------
@@ -386,7 +401,7 @@ def build_prompt(
 
     Returns
     -------
-    Prompt
+    SyntheticPrompt
         Tokens, one segment name per token and the causal mask.
     """
     parts = []
@@ -400,7 +415,8 @@ def build_prompt(
             raise InputError(f"{nm} tokens have dimension {t.shape[1]}, expected {d}")
     tokens = torch.cat([t for t, _ in parts])
     segments = tuple(nm for t, nm in parts for _ in range(t.shape[0]))
-    return Prompt(tokens=tokens, segments=segments, mask=causal_mask(tokens.shape[0]))
+    return SyntheticPrompt(tokens=tokens, segments=segments,
+                           mask=causal_mask(tokens.shape[0]))
 
 
 def synthetic_prompt(
@@ -413,7 +429,7 @@ def synthetic_prompt(
     query_shift: float = 0.0,
     prefix_norm: float | None = None,
     seed: int = 0,
-) -> Prompt:
+) -> SyntheticPrompt:
     """A prompt of Gaussian tokens: prefix, ``n_demos`` demonstrations from ``P``, the query.
 
     Demonstrations are ``N(demo_shift * u, I)`` and query tokens ``N(query_shift * u, I)``

@@ -28,7 +28,14 @@ __all__ = ["Check", "Section", "Table", "demo_key_values", "icl_head_decompositi
 
 @dataclass(frozen=True)
 class Table:
-    """A table of results: ``rows[i][j]`` is the value of ``columns[j]`` (numbers or str)."""
+    """A table of results: ``rows[i][j]`` is the value of ``columns[j]`` (numbers or str).
+
+    A serializable result record, not a rendered table: cells keep their raw values (stored
+    as they are in ``sections/<key>.json``). Rendering goes through the one report model:
+    :func:`~icldistill.lab.experiments.report.write_lab_report` turns it into a
+    :class:`icldistill.reporting.Table`, formatting the cells with
+    :func:`~icldistill.lab.experiments.report.format_cell`.
+    """
 
     title: str
     columns: tuple[str, ...]
@@ -53,6 +60,10 @@ class Check:
 @dataclass(frozen=True)
 class Section:
     """What one experiment contributes to the report.
+
+    A serializable result record (stored as ``sections/<key>.json`` so ``reproduce`` resumes),
+    not a report block: :func:`icldistill.lab.experiments.report.write_lab_report` converts it
+    to :class:`icldistill.reporting.Section` blocks, and the one report model renders those.
 
     Attributes
     ----------
