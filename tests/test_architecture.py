@@ -109,6 +109,46 @@ def test_no_private_name_crosses_a_subpackage():
     assert not bad, "private names used across subpackages:\n" + "\n".join(bad)
 
 
+def _module_aliases(mod: str, path: Path) -> dict[str, str]:
+    """Local names bound to modules of the package (``from icldistill.data import readers as
+    r``, ``import icldistill.models.registry as reg``) -> the module's full name."""
+    aliases = {}
+    for target, names, _ in _imports(mod, path):
+        for n in names:
+            full = f"{target}.{n}"
+            if (SRC.parent / Path(*full.split("."))).with_suffix(".py").exists() or \
+                    (SRC.parent / Path(*full.split("."))).is_dir():
+                aliases[n] = full
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            for a in node.names:
+                if a.asname and a.name in aliases:
+                    aliases[a.asname] = aliases.pop(a.name)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.asname and a.name.startswith("icldistill."):
+                    aliases[a.asname] = a.name
+    return aliases
+
+
+def test_no_private_attribute_of_another_subpackage_is_used():
+    bad = []
+    for mod, path in _modules():
+        own = _layer(mod)
+        aliases = {k: v for k, v in _module_aliases(mod, path).items()
+                   if _layer(v) is not None and _layer(v) != own}
+        if not aliases:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                    and node.value.id in aliases and node.attr.startswith("_") \
+                    and not node.attr.startswith("__"):
+                bad.append(f"{path.relative_to(SRC)}:{node.lineno} uses "
+                           f"{aliases[node.value.id]}.{node.attr}")
+    assert not bad, "private attributes used across subpackages:\n" + "\n".join(bad)
+
+
 @pytest.mark.parametrize("old,new", [("icldistill.harness", "icldistill.evaluation.harness"),
                                      ("icldistill.kernels", "icldistill.core.kernels"),
                                      ("icldistill.experiments.reproduce",
