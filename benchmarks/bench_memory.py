@@ -164,7 +164,7 @@ def _worker(job_path: str) -> int:
     th.join()
     scoring_peak = _vm_hwm() if hwm_reset else sampled[0]
     np.save(job["out"] + ".npy", res.logprobs)
-    predicted = max(sc._batch_bytes(r, w, p) for r, w, p in shapes)
+    predicted = max(sc.batch_bytes(r, w, p) for r, w, p in shapes)
     out = {"seconds": seconds, "cpu_seconds": cpu,
            "peak_rss": max(peak_load, scoring_peak), "peak_rss_loading": peak_load,
            "rss_loaded": rss_loaded, "peak_rss_scoring": scoring_peak,

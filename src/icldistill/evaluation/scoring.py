@@ -805,9 +805,6 @@ class FewShotScorer:
                        + mem.forward_bytes(r, m, ctx + m, 2 * r * m))
         return first
 
-    #: the old name, still used by ``benchmarks/bench_memory.py``
-    _batch_bytes = batch_bytes
-
     def fits(self, rows: int, width: int, p_len: int) -> bool:
         """Whether a batch of ``rows`` contexts (padded ``width``, ``p_len`` cached prefix
         tokens) is within ``max_batch_tokens``: its cache tokens (:meth:`row_tokens` per row)
