@@ -611,6 +611,55 @@ class HeadDecomposition:
         return self._queries[t]
 
 
+def _head_logits(
+    q: Any, k: Any, vt: torch.Tensor, scale: float | None, logits: Any | None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor, float | None]:
+    """Checked logits ``[T, n]`` of one head and its inputs in one common dtype.
+
+    Without ``logits``, ``q`` and ``k`` are required and the logits are ``s * q k^T`` (the head
+    has a kernel form); with them, ``q``/``k`` are optional and only checked. Returns
+    ``(logits, q, k, v, scale)``; ``scale`` is ``None`` for given logits.
+    """
+    n = vt.shape[0]
+    qt = kt = None
+    if logits is None:
+        if q is None or k is None:
+            raise InputError("give q and k, or the actual logits")
+        qt = check_matrix(q, "q")
+        kt = check_matrix(k, "k")
+        if kt.shape[0] != n:
+            raise InputError(f"k has {kt.shape[0]} rows but v has {n}")
+        if qt.shape[1] != kt.shape[1]:
+            raise InputError(f"q has dimension {qt.shape[1]} but k has {kt.shape[1]}")
+        dtype = torch.promote_types(torch.promote_types(qt.dtype, kt.dtype), vt.dtype)
+        qt, kt, vt = qt.to(dtype), kt.to(dtype), vt.to(dtype)
+        s = 1.0 / math.sqrt(qt.shape[1]) if scale is None else check_positive(scale, "scale")
+        return s * (qt @ kt.T), qt, kt, vt, s
+    lg = as_float_tensor(logits, "logits")
+    if lg.ndim != 2 or lg.shape[1] != n:
+        raise InputError(f"logits must have shape [T, {n}], got {tuple(lg.shape)}")
+    check_finite(lg, "logits")
+    dtype = torch.promote_types(lg.dtype, vt.dtype)
+    lg, vt = lg.to(dtype), vt.to(dtype)
+    if q is not None:
+        qt = check_matrix(q, "q", dtype=dtype)
+    if k is not None:
+        kt = check_matrix(k, "k", dtype=dtype)
+    return lg, qt, kt, vt, None
+
+
+def _head_mask(mask: Any | None, T: int, n: int, device: torch.device) -> torch.Tensor:
+    """The checked boolean visibility mask ``[T, n]`` on ``device`` (all True when ``None``)."""
+    if mask is None:
+        return torch.ones(T, n, dtype=torch.bool, device=device)
+    mt = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
+    if mt.dtype != torch.bool:
+        raise InputError(f"mask must be boolean, got {mt.dtype}")
+    if tuple(mt.shape) != (T, n):
+        raise InputError(f"mask must have shape [{T}, {n}], got {tuple(mt.shape)}")
+    return mt.to(device)
+
+
 def decompose_head(
     q: Any,
     k: Any,
@@ -653,44 +702,9 @@ def decompose_head(
     n = vt.shape[0]
     names, seg_ids = _segment_ids(segments, n)
     demo = (demo_segments,) if isinstance(demo_segments, str) else tuple(demo_segments)
-    qt = kt = None
-    if logits is None:
-        if q is None or k is None:
-            raise InputError("give q and k, or the actual logits")
-        qt = check_matrix(q, "q")
-        kt = check_matrix(k, "k")
-        if kt.shape[0] != n:
-            raise InputError(f"k has {kt.shape[0]} rows but v has {n}")
-        if qt.shape[1] != kt.shape[1]:
-            raise InputError(f"q has dimension {qt.shape[1]} but k has {kt.shape[1]}")
-        dtype = torch.promote_types(torch.promote_types(qt.dtype, kt.dtype), vt.dtype)
-        qt, kt, vt = qt.to(dtype), kt.to(dtype), vt.to(dtype)
-        s = 1.0 / math.sqrt(qt.shape[1]) if scale is None else check_positive(scale, "scale")
-        lg = s * (qt @ kt.T)
-        kernel_form = True
-    else:
-        lg = as_float_tensor(logits, "logits")
-        if lg.ndim != 2 or lg.shape[1] != n:
-            raise InputError(f"logits must have shape [T, {n}], got {tuple(lg.shape)}")
-        check_finite(lg, "logits")
-        dtype = torch.promote_types(lg.dtype, vt.dtype)
-        lg, vt = lg.to(dtype), vt.to(dtype)
-        s = None
-        kernel_form = False
-        if q is not None:
-            qt = check_matrix(q, "q", dtype=dtype)
-        if k is not None:
-            kt = check_matrix(k, "k", dtype=dtype)
-    T = lg.shape[0]
-    if mask is None:
-        mt = torch.ones(T, n, dtype=torch.bool, device=lg.device)
-    else:
-        mt = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
-        if mt.dtype != torch.bool:
-            raise InputError(f"mask must be boolean, got {mt.dtype}")
-        if tuple(mt.shape) != (T, n):
-            raise InputError(f"mask must have shape [{T}, {n}], got {tuple(mt.shape)}")
-        mt = mt.to(lg.device)
+    lg, qt, kt, vt, s = _head_logits(q, k, vt, scale, logits)
+    kernel_form = logits is None
+    mt = _head_mask(mask, lg.shape[0], n, lg.device)
     seg_ids = seg_ids.to(lg.device)
     comps, log_norm, mass = segment_decomposition(lg, vt, seg_ids, len(names), mt)
     demo_ids = [i for i, nm in enumerate(names) if nm in demo]

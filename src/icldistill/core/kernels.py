@@ -579,8 +579,66 @@ def _exact_float32_matmul() -> bool:
         return False
 
 
-#: Row block of the float32 upper-triangle product in :func:`_middle_sq_distances_fast`.
+#: Row block of the float32 upper-triangle product in :func:`_upper_sq_distances_f32`.
 _MEDIAN_BLOCK = 256
+
+
+def _upper_sq_distances_f32(
+    z32: np.ndarray, sq: np.ndarray
+) -> tuple[np.ndarray, list[int], list[tuple[int, int, int]]]:
+    """Float32 squared distances of every pair ``i < j``, flattened block by block.
+
+    ``z32`` holds the (centred) rows, ``sq`` their squared norms. The upper triangle is built by
+    row blocks of :data:`_MEDIAN_BLOCK` (about half the full product): each block contributes
+    its own triangle, then the rectangle to its right, both row-major. Returns the flat values,
+    the offset where each block starts, and ``(i0, i1, triangle size)`` per block, which
+    :func:`_flat_pair_indices` uses to map flat positions back to pairs.
+    """
+    n = z32.shape[0]
+    pairs = n * (n - 1) // 2
+    an = np.empty(pairs, dtype=np.float32)
+    zt = torch.from_numpy(z32)
+    starts, blocks = [], []
+    off = 0
+    upper = np.triu(np.ones((_MEDIAN_BLOCK, _MEDIAN_BLOCK), dtype=bool), 1)
+    for i0 in range(0, n, _MEDIAN_BLOCK):  # upper triangle by row blocks: ~half the product
+        i1 = min(n, i0 + _MEDIAN_BLOCK)
+        b = i1 - i0
+        blk = np.add.outer(sq[i0:i1], sq[i0:])
+        torch.from_numpy(blk).addmm_(zt[i0:i1], zt[i0:].T, alpha=-2.0)
+        tri = b * (b - 1) // 2
+        an[off : off + tri] = blk[:, :b][upper[:b, :b]]
+        an[off + tri : off + tri + b * (n - i1)].reshape(b, n - i1)[:] = blk[:, b:]
+        starts.append(off)
+        blocks.append((i0, i1, tri))
+        off += tri + b * (n - i1)
+    return an, starts, blocks
+
+
+def _flat_pair_indices(
+    window: np.ndarray, starts: list[int], blocks: list[tuple[int, int, int]], n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs ``(i, j)`` of flat positions of :func:`_upper_sq_distances_f32`'s layout."""
+    # block by block, a triangle then a rectangle, both row-major
+    which = np.searchsorted(np.asarray(starts), window, side="right") - 1
+    rows = np.empty(window.size, dtype=np.int64)
+    cols = np.empty(window.size, dtype=np.int64)
+    triu: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for blk_id in np.unique(which):
+        i0, i1, tri = blocks[blk_id]
+        sel = np.flatnonzero(which == blk_id)
+        local = window[sel] - starts[blk_id]
+        t = local < tri
+        if i1 - i0 not in triu:
+            triu[i1 - i0] = np.triu_indices(i1 - i0, 1)
+        r_t, c_t = triu[i1 - i0]
+        rows[sel[t]] = i0 + r_t[local[t]]
+        cols[sel[t]] = i0 + c_t[local[t]]
+        if not t.all():
+            rect = local[~t] - tri
+            rows[sel[~t]] = i0 + rect // (n - i1)
+            cols[sel[~t]] = i1 + rect % (n - i1)
+    return rows, cols
 
 
 def _middle_sq_distances_fast(z: torch.Tensor) -> tuple[float, float] | None:
@@ -612,22 +670,7 @@ def _middle_sq_distances_fast(z: torch.Tensor) -> tuple[float, float] | None:
     # computed squared norm padded by its own rounding error.
     u = 2.0**-24
     e = (2 * dim + 16) * u * 2.0 * float(sq.max()) * (1 + 2 * (dim + 2) * u) + 1e-36
-    an = np.empty(pairs, dtype=np.float32)
-    zt = torch.from_numpy(z32)
-    starts, blocks = [], []
-    off = 0
-    upper = np.triu(np.ones((_MEDIAN_BLOCK, _MEDIAN_BLOCK), dtype=bool), 1)
-    for i0 in range(0, n, _MEDIAN_BLOCK):  # upper triangle by row blocks: ~half the product
-        i1 = min(n, i0 + _MEDIAN_BLOCK)
-        b = i1 - i0
-        blk = np.add.outer(sq[i0:i1], sq[i0:])
-        torch.from_numpy(blk).addmm_(zt[i0:i1], zt[i0:].T, alpha=-2.0)
-        tri = b * (b - 1) // 2
-        an[off : off + tri] = blk[:, :b][upper[:b, :b]]
-        an[off + tri : off + tri + b * (n - i1)].reshape(b, n - i1)[:] = blk[:, b:]
-        starts.append(off)
-        blocks.append((i0, i1, tri))
-        off += tri + b * (n - i1)
+    an, starts, blocks = _upper_sq_distances_f32(z32, sq)
     k_lo, k_hi = _middle_ranks(pairs)
     a_lo, a_hi = _middle_numpy(an)
     # the exact k-th value is within e of the approximate one: [lo, hi] holds both
@@ -639,25 +682,7 @@ def _middle_sq_distances_fast(z: torch.Tensor) -> tuple[float, float] | None:
     window = np.flatnonzero((an >= t_lo) & (an <= t_hi))
     if window.size > max(4096, pairs // 64):  # heavy ties: bracketing saves little
         return None
-    # flat positions -> (i, j): block by block, a triangle then a rectangle, both row-major
-    which = np.searchsorted(np.asarray(starts), window, side="right") - 1
-    rows = np.empty(window.size, dtype=np.int64)
-    cols = np.empty(window.size, dtype=np.int64)
-    triu: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for blk_id in np.unique(which):
-        i0, i1, tri = blocks[blk_id]
-        sel = np.flatnonzero(which == blk_id)
-        local = window[sel] - starts[blk_id]
-        t = local < tri
-        if i1 - i0 not in triu:
-            triu[i1 - i0] = np.triu_indices(i1 - i0, 1)
-        r_t, c_t = triu[i1 - i0]
-        rows[sel[t]] = i0 + r_t[local[t]]
-        cols[sel[t]] = i0 + c_t[local[t]]
-        if not t.all():
-            rect = local[~t] - tri
-            rows[sel[~t]] = i0 + rect // (n - i1)
-            cols[sel[~t]] = i1 + rect % (n - i1)
+    rows, cols = _flat_pair_indices(window, starts, blocks, n)
     z64 = zn.astype(np.float64)
     diff = z64[rows] - z64[cols]
     exact = np.einsum("ij,ij->i", diff, diff)

@@ -264,8 +264,8 @@ def as_table(obj: Any, name: str | None) -> tuple[Table, str]:
     type as :attr:`~icldistill.data.Dataset.source` shows it (``"pandas.DataFrame"``). Shared
     with :meth:`icldistill.selection.Pool.from_table`, so both read tables the same way."""
 
-    # One dispatch over every kind of table, each branch a few lines: kept together (85 lines)
-    # so that the order of the checks, which decides what a table is read as, reads in one place.
+    # The order of the checks decides what a table is read as: it stays here, in one place;
+    # the longer branches are the _*_table helpers below.
     def origin(kind: str) -> str:
         return kind if name is None else f"{kind} {name!r}"
 
@@ -279,28 +279,7 @@ def as_table(obj: Any, name: str | None) -> tuple[Table, str]:
             obj.column(i).to_pylist() for i in pos]), f"pyarrow.{type(obj).__name__}"
     if hasattr(obj, "column_names") and hasattr(obj, "__getitem__"):  # datasets.Dataset & co
         kind = _describe(obj)
-        names = obj.column_names
-        if isinstance(names, Mapping):
-            raise InputError(f"{origin(kind)} holds several splits ({', '.join(map(str, names))}"
-                             "); give one of them, e.g. table['train']")
-        try:
-            n = len(obj)
-        except TypeError:
-            n = None
-        if names is None or n is None:
-            raise InputError(f"{origin(kind)} has no known columns or length (a streamed "
-                             "dataset?); materialise it first, e.g. datasets.Dataset.from_list"
-                             "(list(stream)) or a pandas DataFrame")
-        names = list(names)
-
-        def hf_values(pos: Sequence[int]) -> list[list[Any]]:
-            out = []
-            for i in pos:
-                col = obj[names[i]]
-                out.append(col.tolist() if hasattr(col, "tolist") else list(col))
-            return out
-
-        return _positions_table(origin(kind), names, n, hf_values), kind
+        return _dataset_table(obj, origin(kind)), kind
     if callable(getattr(obj, "to_pandas", None)) and not isinstance(obj, (Mapping, list, tuple)):
         frame = obj.to_pandas()  # polars and other frames
         pd = sys.modules.get("pandas")
@@ -311,33 +290,9 @@ def as_table(obj: Any, name: str | None) -> tuple[Table, str]:
             raise InputError(f"{origin(_describe(obj))} holds several splits "
                              f"({', '.join(map(str, obj))}); give one of them, e.g. "
                              "table['train']")
-        o = origin("dict of columns")
-        cols = {}
-        for k, v in obj.items():
-            if isinstance(v, (str, bytes)) or not isinstance(v, (Sequence, np.ndarray)):
-                raise InputError(f"{o}: column {k!r} is a {type(v).__name__}, not a list of "
-                                 "values (give a dict column name -> list of values)")
-            cols[k] = v.tolist() if isinstance(v, np.ndarray) else v
-        lengths = {len(v) for v in cols.values()}
-        if len(lengths) > 1:
-            raise InputError(f"{o}: columns have different lengths: "
-                             f"{ {str(k): len(v) for k, v in cols.items()} }")
-        keys = list(cols)
-        return _positions_table(o, keys, lengths.pop() if lengths else 0, lambda pos: [
-            cols[keys[i]] for i in pos]), "dict of columns"
+        return _columns_table(obj, origin("dict of columns")), "dict of columns"
     if isinstance(obj, (list, tuple)):
-        o = origin("list of rows")
-        columns: dict[str, None] = {}
-        for i, rec in enumerate(obj):
-            if not isinstance(rec, Mapping):
-                raise InputError(f"{o} row {i} is a {type(rec).__name__}, not a mapping "
-                                 "column -> value")
-            columns.update(dict.fromkeys(rec))
-        bad = next((c for c in columns if not isinstance(c, str)), None)
-        if bad is not None:
-            raise InputError(f"{o}: column names must be strings, got {bad!r}")
-        return Table(o, "table", tuple(columns), {}, len(obj), lambda wanted: (
-            (f"{o} row {i}", rec) for i, rec in enumerate(obj))), "list of rows"
+        return _rows_table(obj, origin("list of rows")), "list of rows"
     if isinstance(obj, (str, os.PathLike)):  # pragma: no cover - callers route paths to files
         raise InputError(f"{obj}: a path, not a table; read files with load_file")
     raise InputError(f"cannot read a {_describe(obj)} as a table; give a pandas DataFrame, a "
@@ -346,73 +301,84 @@ def as_table(obj: Any, name: str | None) -> tuple[Table, str]:
                      "file")
 
 
-def _read_records(path: Path, kind: str) -> tuple[list[tuple[str, dict[str, Any]]], list[str],
-                                                 dict[str, str]]:
+def _dataset_table(obj: Any, o: str) -> Table:
+    """A Hugging Face ``datasets.Dataset`` (or anything with ``column_names`` and column
+    indexing) as a table named ``o``; a ``DatasetDict`` or a streamed dataset is refused."""
+    names = obj.column_names
+    if isinstance(names, Mapping):
+        raise InputError(f"{o} holds several splits ({', '.join(map(str, names))}"
+                         "); give one of them, e.g. table['train']")
+    try:
+        n = len(obj)
+    except TypeError:
+        n = None
+    if names is None or n is None:
+        raise InputError(f"{o} has no known columns or length (a streamed "
+                         "dataset?); materialise it first, e.g. datasets.Dataset.from_list"
+                         "(list(stream)) or a pandas DataFrame")
+    names = list(names)
+
+    def hf_values(pos: Sequence[int]) -> list[list[Any]]:
+        out = []
+        for i in pos:
+            col = obj[names[i]]
+            out.append(col.tolist() if hasattr(col, "tolist") else list(col))
+        return out
+
+    return _positions_table(o, names, n, hf_values)
+
+
+def _columns_table(obj: Mapping[Any, Any], o: str) -> Table:
+    """A dict column name -> list (or array) of values, all of one length, as a table."""
+    cols = {}
+    for k, v in obj.items():
+        if isinstance(v, (str, bytes)) or not isinstance(v, (Sequence, np.ndarray)):
+            raise InputError(f"{o}: column {k!r} is a {type(v).__name__}, not a list of "
+                             "values (give a dict column name -> list of values)")
+        cols[k] = v.tolist() if isinstance(v, np.ndarray) else v
+    lengths = {len(v) for v in cols.values()}
+    if len(lengths) > 1:
+        raise InputError(f"{o}: columns have different lengths: "
+                         f"{ {str(k): len(v) for k, v in cols.items()} }")
+    keys = list(cols)
+    return _positions_table(o, keys, lengths.pop() if lengths else 0, lambda pos: [
+        cols[keys[i]] for i in pos])
+
+
+def _rows_table(obj: Sequence[Any], o: str) -> Table:
+    """A list of row dicts (string column names; a column missing from a row is empty)."""
+    columns: dict[str, None] = {}
+    for i, rec in enumerate(obj):
+        if not isinstance(rec, Mapping):
+            raise InputError(f"{o} row {i} is a {type(rec).__name__}, not a mapping "
+                             "column -> value")
+        columns.update(dict.fromkeys(rec))
+    bad = next((c for c in columns if not isinstance(c, str)), None)
+    if bad is not None:
+        raise InputError(f"{o}: column names must be strings, got {bad!r}")
+    return Table(o, "table", tuple(columns), {}, len(obj), lambda wanted: (
+        (f"{o} row {i}", rec) for i, rec in enumerate(obj)))
+
+
+#: ``(where, record)`` pairs as the user-file readers collect them.
+_Records = list[tuple[str, dict[str, Any]]]
+
+
+def _read_records(path: Path, kind: str) -> tuple[_Records, list[str], dict[str, str]]:
     """``([(where, record)], columns, duplicates)`` of a delimited or JSON user file;
     ``duplicates`` maps a column name that appears twice (in the header, or in one JSON object)
     to where it does."""
-    records: list[tuple[str, dict[str, Any]]] = []
+    records: _Records = []
     columns: dict[str, None] = {}
     duplicates: dict[str, str] = {}
     try:
         with _open_text(path) as fh:
             if kind == "jsonl":
-                for lineno, line in enumerate(fh, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        rec = json.loads(line, object_pairs_hook=json_object)
-                    except (ValueError, RecursionError) as exc:
-                        raise InputError(f"{path}:{lineno}: invalid JSON ({json_problem(exc)})"
-                                         ) from None
-                    if not isinstance(rec, dict):
-                        raise InputError(f"{path}:{lineno}: expected a JSON object per line, got "
-                                         f"{type(rec).__name__}")
-                    for key in getattr(rec, "duplicates", ()):
-                        duplicates.setdefault(key, f"{path}:{lineno}")
-                    records.append((f"{path}:{lineno}", rec))
-                    columns.update(dict.fromkeys(rec))
+                _jsonl_records(fh, path, records, columns, duplicates)
             elif kind == "json":
-                text = fh.read()
-                if not text.strip():
-                    raise InputError(f"{path}: the file is empty")
-                try:
-                    data = json.loads(text, object_pairs_hook=json_object)
-                except (ValueError, RecursionError) as exc:
-                    raise InputError(f"{path}: invalid JSON ({json_problem(exc)})") from None
-                if isinstance(data, dict):
-                    lists = [v for v in data.values() if isinstance(v, list)]
-                    if len(lists) != 1:
-                        raise InputError(f"{path}: expected a JSON list of objects (or an object "
-                                         "holding exactly one such list)")
-                    data = lists[0]
-                if not isinstance(data, list):
-                    raise InputError(f"{path}: expected a JSON list of objects")
-                for i, rec in enumerate(data):
-                    if not isinstance(rec, dict):
-                        raise InputError(f"{path}: item {i} is a {type(rec).__name__}, not an "
-                                         "object")
-                    for key in getattr(rec, "duplicates", ()):
-                        duplicates.setdefault(key, f"{path}[{i}]")
-                    records.append((f"{path}[{i}]", rec))
-                    columns.update(dict.fromkeys(rec))
+                _json_records(fh, path, records, columns, duplicates)
             else:
-                old = csv.field_size_limit()
-                csv.field_size_limit(max(old, 1 << 30))
-                try:
-                    reader = csv.DictReader(fh, delimiter=kind)
-                    header = reader.fieldnames
-                    if not header:
-                        raise InputError(f"{path}: the file is empty (no header row)")
-                    for i, h in enumerate(header):
-                        if h and h in header[:i] and h not in duplicates:
-                            duplicates[h] = (f"{path}: header columns {header.index(h) + 1} "
-                                             f"and {i + 1}")
-                    columns.update(dict.fromkeys(h for h in header if h is not None))
-                    for rec in reader:
-                        records.append((f"{path}:{reader.line_num}", rec))
-                finally:
-                    csv.field_size_limit(old)
+                _delimited_records(fh, path, kind, records, columns, duplicates)
     except UnicodeDecodeError as exc:
         opener = _COMPRESSION.get(path.suffix.lower())
         raise utf8_error(path, open_user_file(path, decompress=opener), exc,
@@ -427,6 +393,75 @@ def _read_records(path: Path, kind: str) -> tuple[list[tuple[str, dict[str, Any]
     if kind == "\t" and _is_orange_header(records):  # Orange .tab: type and flag rows
         records = records[2:]
     return records, list(columns), duplicates
+
+
+def _jsonl_records(fh: io.TextIOBase, path: Path, records: _Records, columns: dict[str, None],
+                   duplicates: dict[str, str]) -> None:
+    """Append the objects of a JSON Lines file (one object per non-blank line)."""
+    for lineno, line in enumerate(fh, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line, object_pairs_hook=json_object)
+        except (ValueError, RecursionError) as exc:
+            raise InputError(f"{path}:{lineno}: invalid JSON ({json_problem(exc)})"
+                             ) from None
+        if not isinstance(rec, dict):
+            raise InputError(f"{path}:{lineno}: expected a JSON object per line, got "
+                             f"{type(rec).__name__}")
+        for key in getattr(rec, "duplicates", ()):
+            duplicates.setdefault(key, f"{path}:{lineno}")
+        records.append((f"{path}:{lineno}", rec))
+        columns.update(dict.fromkeys(rec))
+
+
+def _json_records(fh: io.TextIOBase, path: Path, records: _Records, columns: dict[str, None],
+                  duplicates: dict[str, str]) -> None:
+    """Append the objects of a JSON list (or of the one list inside a JSON object)."""
+    text = fh.read()
+    if not text.strip():
+        raise InputError(f"{path}: the file is empty")
+    try:
+        data = json.loads(text, object_pairs_hook=json_object)
+    except (ValueError, RecursionError) as exc:
+        raise InputError(f"{path}: invalid JSON ({json_problem(exc)})") from None
+    if isinstance(data, dict):
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise InputError(f"{path}: expected a JSON list of objects (or an object "
+                             "holding exactly one such list)")
+        data = lists[0]
+    if not isinstance(data, list):
+        raise InputError(f"{path}: expected a JSON list of objects")
+    for i, rec in enumerate(data):
+        if not isinstance(rec, dict):
+            raise InputError(f"{path}: item {i} is a {type(rec).__name__}, not an "
+                             "object")
+        for key in getattr(rec, "duplicates", ()):
+            duplicates.setdefault(key, f"{path}[{i}]")
+        records.append((f"{path}[{i}]", rec))
+        columns.update(dict.fromkeys(rec))
+
+
+def _delimited_records(fh: io.TextIOBase, path: Path, delimiter: str, records: _Records,
+                       columns: dict[str, None], duplicates: dict[str, str]) -> None:
+    """Append the rows of a delimited file with a header row (fields up to 1 GiB each)."""
+    old = csv.field_size_limit()
+    csv.field_size_limit(max(old, 1 << 30))
+    try:
+        reader = csv.DictReader(fh, delimiter=delimiter)
+        header = reader.fieldnames
+        if not header:
+            raise InputError(f"{path}: the file is empty (no header row)")
+        for i, h in enumerate(header):
+            if h and h in header[:i] and h not in duplicates:
+                duplicates[h] = (f"{path}: header columns {header.index(h) + 1} "
+                                 f"and {i + 1}")
+        columns.update(dict.fromkeys(h for h in header if h is not None))
+        for rec in reader:
+            records.append((f"{path}:{reader.line_num}", rec))
+    finally:
+        csv.field_size_limit(old)
 
 
 _ORANGE_TYPES = {"d", "c", "s", "t", "discrete", "continuous", "string", "time", "text"}
