@@ -91,7 +91,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from icldistill.core.stats import paired_comparisons
     from icldistill.evaluation.harness import Harness, load_predictions, load_results, unit_grid
     from icldistill.reporting.reports import write_comparison_report
-    from icldistill.selection.selectors import SELECTORS
+    from icldistill.selection.registry import SELECTORS
 
     tasks = load_tasks(args)
     selectors = split_names(args.selectors or ",".join(SELECTORS))

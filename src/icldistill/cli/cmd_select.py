@@ -46,7 +46,7 @@ def add_parsers(sub: Any) -> None:
 
 def _cmd_select(args: argparse.Namespace) -> int:
     from icldistill.evaluation.harness import Harness, UnitSpec
-    from icldistill.selection.selectors import make_selector
+    from icldistill.selection.registry import make_selector
 
     tasks = load_tasks(args)
     name, task = next(iter(tasks.items()))

@@ -66,7 +66,7 @@ def add_grid_args(p: argparse.ArgumentParser, *, selectors_default: str | None,
     lists, the singular spellings accepted as aliases (one vocabulary for both commands).
     ``singular_dests``: the namespace attributes keep ``evaluate``'s historical singular names
     (``model``, ``dataset``, ``selector``, ``k``)."""
-    from icldistill.selection.selectors import SELECTORS
+    from icldistill.selection.registry import SELECTORS
 
     dest = {n: n[:-1] if singular_dests else n for n in ("models", "datasets", "selectors", "ks")}
     p.add_argument("--models", "--model", dest=dest["models"], default="smollm2-135m",
