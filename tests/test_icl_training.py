@@ -18,9 +18,13 @@ from icldistill.lab.training import (
     TrainConfig,
     TrainedICL,
     checkpoint_path,
+    dims_at,
     evaluate_icl,
+    examples_at,
+    learning_rate_at,
     load_or_train,
     preset,
+    train_batch,
     train_icl,
 )
 from icldistill.models.icl_transformer import ICLConfig, ICLTransformer
@@ -31,6 +35,13 @@ from .lab_helpers import one_thread  # noqa: F401 (autouse fixture)
 def _short(task: str = "regression", steps: int = 12, **kw) -> tuple[ICLConfig, TrainConfig]:
     cfg, tr = preset("tiny", task)
     return cfg, dataclasses.replace(tr, steps=steps, warmup=3, history_every=4, **kw)
+
+
+def _untrained(cfg: ICLConfig) -> ICLTransformer:
+    """A seeded untrained float32 model in eval mode (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return ICLTransformer(cfg).float().eval()
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -64,32 +75,32 @@ def test_trained_model_is_float32_eval_even_with_float64_default():
 def test_schedule_and_curriculum():
     cfg = ICLConfig(d_x=3, max_examples=20)
     tr = TrainConfig(steps=100, lr=1.0, warmup=10, curriculum_start=4)
-    lrs = [training._lr_at(tr, s) for s in range(tr.steps)]
+    lrs = [learning_rate_at(tr, s) for s in range(tr.steps)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(x >= y for x, y in itertools.pairwise(lrs[9:]))  # decays after warm-up
     assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
-    ns = [training._examples_at(cfg, tr, s) for s in range(tr.steps)]
+    ns = [examples_at(cfg, tr, s) for s in range(tr.steps)]
     assert ns[0] == 4 and ns[50] == 20 and ns[-1] == 20
     assert all(x <= y for x, y in itertools.pairwise(ns))
     # curriculum_start above max_examples is clipped
-    assert training._examples_at(cfg, TrainConfig(curriculum_start=50), 0) == 20
+    assert examples_at(cfg, TrainConfig(curriculum_start=50), 0) == 20
 
 
 def test_dimension_curriculum():
     cfg = ICLConfig(d_x=6, max_examples=10)
     tr = TrainConfig(steps=40, batch_size=16, curriculum_dims_start=2, curriculum_start=3)
-    dims = [training._dims_at(cfg, tr, s) for s in range(tr.steps)]
+    dims = [dims_at(cfg, tr, s) for s in range(tr.steps)]
     assert dims[0] == 2 and dims[20] == 6 and dims[-1] == 6
     assert all(x <= y for x, y in itertools.pairwise(dims))
-    xs, ys, d = training._train_batch(cfg, tr, 0)
+    xs, ys, d = train_batch(cfg, tr, 0)
     assert xs.shape == (16, 3, 6) and ys.shape == (16, 3) and d == 2
     assert xs.dtype == torch.float32
     active = (xs != 0).any(dim=1)                         # [B, d_x] active coordinates
     assert bool((active.sum(1) == 2).all())
     assert int(active.any(0).sum()) == 6                  # every coordinate is used somewhere
-    xs_full, _, d_full = training._train_batch(cfg, tr, 30)
+    xs_full, _, d_full = train_batch(cfg, tr, 30)
     assert d_full == 6 and bool((xs_full != 0).all())
-    assert training._dims_at(cfg, dataclasses.replace(tr, curriculum_dims_start=None), 0) == 6
+    assert dims_at(cfg, dataclasses.replace(tr, curriculum_dims_start=None), 0) == 6
 
 
 # ----------------------------------------------------------------------------- presets
@@ -124,7 +135,7 @@ def test_cache_hit_does_not_retrain(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("retrained although the checkpoint is cached")
 
-    monkeypatch.setattr(training, "_train", boom)
+    monkeypatch.setattr(training, "icl_batch", boom)  # training draws its prompts here
     second = load_or_train(cfg, tr, cache_dir=tmp_path)
     assert _same_weights(first.model, second.model)
     assert second.history == first.history and second.seconds == pytest.approx(first.seconds)
@@ -157,7 +168,7 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         load_or_train(cfg, tr, cache_dir=tmp_path, _stop_after=6)
     path = checkpoint_path(cfg, tr, tmp_path)
-    state = training._state_path(path)
+    state = path.with_suffix(".state.pt")  # documented: next to the checkpoint
     assert state.is_file() and not path.exists()
     assert torch.load(state, weights_only=True)["step"] == 6
     resumed = load_or_train(cfg, tr, cache_dir=tmp_path)
@@ -179,14 +190,14 @@ def test_interrupt_inside_a_step_resumes_from_the_last_complete_step(tmp_path, m
             raise KeyboardInterrupt
         return real_batch(*args, **kwargs)
 
-    real_save = training._atomic_save
+    real_write = training.atomic_write
 
-    def counting_save(obj, path):
-        saved.append(obj.get("step"))
-        real_save(obj, path)
+    def counting_write(path, write):
+        real_write(path, write)
+        saved.append(torch.load(path, weights_only=True).get("step"))
 
     monkeypatch.setattr(training, "icl_batch", interrupting_batch)
-    monkeypatch.setattr(training, "_atomic_save", counting_save)
+    monkeypatch.setattr(training, "atomic_write", counting_write)
     with pytest.raises(KeyboardInterrupt):
         load_or_train(cfg, tr, cache_dir=tmp_path, _state_every=0.0)
     assert saved == [1, 2, 3, 4, 5, 6, 7, 7]  # periodic states, then the one on ^C
@@ -205,7 +216,7 @@ def test_progress_bar_runs(capsys):
 @pytest.mark.parametrize("task", ["regression", "classification"])
 def test_evaluate_icl_shapes(task):
     cfg, _ = preset("tiny", task)
-    model = training._new_model(cfg, 0).eval()
+    model = _untrained(cfg)
     ev = evaluate_icl(model, task, n_examples=6, batches=2, batch_size=16, seed=1)
     assert isinstance(ev, ICLEvaluation) and ev.prompts == 32 and ev.n_examples == 6
     for t in (ev.error, ev.stderr, ev.baseline):
@@ -248,7 +259,7 @@ def test_bad_input_errors(tmp_path):
         train_icl(tr, cfg)  # swapped
     with pytest.raises(InputError):
         load_or_train(cfg, {"steps": 3}, cache_dir=tmp_path)
-    model = training._new_model(cfg, 0)
+    model = _untrained(cfg)
     with pytest.raises(InputError, match="task mismatch"):
         evaluate_icl(model, "classification")
     with pytest.raises(InputError, match="n_examples"):
@@ -276,9 +287,12 @@ def test_numpy_numbers_are_normalised():
 def test_divergence_is_reported(monkeypatch):
     cfg, tr = _short(steps=3)
 
-    def nan_loss(config, train, pred, ys, dims):
-        return pred.sum() * float("nan")
+    real_batch = training.icl_batch
 
-    monkeypatch.setattr(training, "_loss", nan_loss)
+    def huge_labels(*args, **kwargs):  # finite labels whose squared error overflows float32
+        batch = real_batch(*args, **kwargs)
+        return dataclasses.replace(batch, ys=torch.full_like(batch.ys, 1e30))
+
+    monkeypatch.setattr(training, "icl_batch", huge_labels)
     with pytest.raises(FloatingPointError, match="diverged at step 1"):
         train_icl(cfg, tr)

@@ -61,9 +61,13 @@ __all__ = [
     "TrainConfig",
     "TrainedICL",
     "checkpoint_path",
+    "dims_at",
     "evaluate_icl",
+    "examples_at",
+    "learning_rate_at",
     "load_or_train",
     "preset",
+    "train_batch",
     "train_icl",
 ]
 
@@ -279,8 +283,23 @@ def _derived_seed(*parts: int) -> int:
 _TRAIN_STREAM, _EVAL_STREAM, _DIMS_STREAM = 0x7A11, 0xE7A1, 0xD135
 
 
-def _lr_at(train: TrainConfig, step: int) -> float:
-    """Learning rate of the 0-based ``step``: linear warm-up, cosine decay to 10 %."""
+def learning_rate_at(train: TrainConfig, step: int) -> float:
+    """Learning rate of a training step: linear warm-up, then cosine decay to 10 % of ``lr``.
+
+    Parameters
+    ----------
+    train : TrainConfig
+        ``lr``, ``warmup`` (clipped to ``steps``) and ``steps`` set the schedule.
+    step : int
+        0-based step.
+
+    Returns
+    -------
+    float
+        ``lr * (step + 1) / warmup`` during the warm-up; afterwards
+        ``lr * (0.1 + 0.45 * (1 + cos(pi * progress)))`` with ``progress`` going from 0 at the
+        end of the warm-up to 1 at the last step (clipped to 1).
+    """
     warmup = min(train.warmup, train.steps)
     if step < warmup:
         return train.lr * (step + 1) / warmup
@@ -288,15 +307,48 @@ def _lr_at(train: TrainConfig, step: int) -> float:
     return train.lr * (0.1 + 0.45 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _examples_at(config: ICLConfig, train: TrainConfig, step: int) -> int:
-    """Curriculum: in-context examples of the 0-based ``step`` (integer arithmetic)."""
+def examples_at(config: ICLConfig, train: TrainConfig, step: int) -> int:
+    """Curriculum on the prompt length: in-context examples of a training step.
+
+    Parameters
+    ----------
+    config : ICLConfig
+        ``max_examples`` is the final length.
+    train : TrainConfig
+        ``curriculum_start`` (clipped to ``config.max_examples``) is the length at step 0.
+    step : int
+        0-based step.
+
+    Returns
+    -------
+    int
+        Grows linearly (integer arithmetic) from ``curriculum_start`` to ``max_examples``,
+        reached at step ``steps // 2`` and kept afterwards.
+    """
     start = min(train.curriculum_start, config.max_examples)
     half = max(1, train.steps // 2)
     return min(config.max_examples, start + (config.max_examples - start) * step // half)
 
 
-def _dims_at(config: ICLConfig, train: TrainConfig, step: int) -> int:
-    """Curriculum: effective input dimension of the 0-based ``step``."""
+def dims_at(config: ICLConfig, train: TrainConfig, step: int) -> int:
+    """Curriculum on the input dimension: effective dimension of a training step.
+
+    Parameters
+    ----------
+    config : ICLConfig
+        ``d_x`` is the final dimension.
+    train : TrainConfig
+        ``curriculum_dims_start`` (clipped to ``config.d_x``) is the dimension at step 0;
+        ``None`` turns the curriculum off.
+    step : int
+        0-based step.
+
+    Returns
+    -------
+    int
+        ``config.d_x`` without the curriculum; otherwise grows linearly (integer arithmetic)
+        from ``curriculum_dims_start`` to ``d_x``, reached at step ``steps // 2``.
+    """
     if train.curriculum_dims_start is None:
         return config.d_x
     start = min(train.curriculum_dims_start, config.d_x)
@@ -304,12 +356,30 @@ def _dims_at(config: ICLConfig, train: TrainConfig, step: int) -> int:
     return min(config.d_x, start + (config.d_x - start) * step // half)
 
 
-def _train_batch(config: ICLConfig, train: TrainConfig,
-                 step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Training prompts of ``step``: ``xs [B, N, d_x]``, ``ys [B, N]`` and the effective
-    dimension (coordinates beyond it are zero)."""
-    dims = _dims_at(config, train, step)
-    batch = icl_batch(config.task, train.batch_size, _examples_at(config, train, step), dims,
+def train_batch(config: ICLConfig, train: TrainConfig,
+                step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The training prompts of a step (the same for the same configs and step).
+
+    Parameters
+    ----------
+    config : ICLConfig
+    train : TrainConfig
+        ``batch_size``, ``label_noise``, ``seed`` and the curricula.
+    step : int
+        0-based step; the prompts are drawn from a seed derived from ``(train.seed, step)``.
+
+    Returns
+    -------
+    xs : Tensor ``[batch_size, examples_at(step), d_x]`` (float32)
+        Inputs; with the dimension curriculum, each prompt has its own random set of
+        ``dims`` active coordinates and the others are 0.
+    ys : Tensor ``[batch_size, examples_at(step)]`` (float32)
+        Labels.
+    dims : int
+        The effective input dimension, :func:`dims_at`.
+    """
+    dims = dims_at(config, train, step)
+    batch = icl_batch(config.task, train.batch_size, examples_at(config, train, step), dims,
                       _derived_seed(train.seed, _TRAIN_STREAM, step),
                       label_noise=train.label_noise, dtype=torch.float32)
     xs = batch.xs
@@ -370,6 +440,60 @@ class _State:
     seconds: float = 0.0
 
 
+def _restore(model: ICLTransformer, opt: torch.optim.AdamW,
+             resume: dict[str, Any] | None) -> _State:
+    """Load a saved training state into ``model`` and ``opt`` (a fresh state without one)."""
+    if resume is None:
+        return _State()
+    model.load_state_dict(resume["model"])
+    opt.load_state_dict(resume["optimizer"])
+    return _State(step=int(resume["step"]),
+                  history=[(int(s), float(v)) for s, v in resume["history"]],
+                  window_sum=float(resume["window_sum"]),
+                  window_count=int(resume["window_count"]),
+                  seconds=float(resume["seconds"]))
+
+
+def _snapshot(model: ICLTransformer, opt: torch.optim.AdamW, st: _State) -> dict[str, Any]:
+    """The resumable training state (what :func:`_restore` reads back)."""
+    return {"step": st.step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "history": [list(h) for h in st.history], "window_sum": st.window_sum,
+            "window_count": st.window_count, "seconds": st.seconds}
+
+
+def _loss_and_grad(config: ICLConfig, train: TrainConfig, model: ICLTransformer,
+                   opt: torch.optim.AdamW, step: int) -> tuple[float, int, int]:
+    """Forward and backward pass of the 0-based ``step``: the step's learning rate set, the
+    gradients computed and clipped, the parameters not updated yet. Returns the loss, the
+    prompt length and the effective dimension."""
+    xs, ys, dims = train_batch(config, train, step)
+    lr = learning_rate_at(train, step)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    loss = _loss(config, train, model(xs, ys), ys, dims)
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FloatingPointError(f"training diverged at step {step + 1} (loss {value}); "
+                                 f"try a smaller learning rate")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if math.isfinite(train.grad_clip):
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+    return value, xs.shape[1], dims
+
+
+def _record(st: _State, train: TrainConfig, value: float) -> bool:
+    """Count a completed step with loss ``value``; True when it closed a history window."""
+    st.step += 1
+    st.window_sum += value
+    st.window_count += 1
+    if st.window_count == train.history_every or st.step == train.steps:
+        st.history.append((st.step, st.window_sum / st.window_count))
+        st.window_sum, st.window_count = 0.0, 0
+        return True
+    return False
+
+
 def _train(
     config: ICLConfig,
     train: TrainConfig,
@@ -386,21 +510,8 @@ def _train(
     that many steps are completed (tests)."""
     model = _new_model(config, train.seed)
     opt = _optimizer(model, train)
-    st = _State()
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        st = _State(step=int(resume["step"]),
-                    history=[(int(s), float(v)) for s, v in resume["history"]],
-                    window_sum=float(resume["window_sum"]),
-                    window_count=int(resume["window_count"]),
-                    seconds=float(resume["seconds"]))
+    st = _restore(model, opt, resume)
     model.train()
-
-    def snapshot() -> dict[str, Any]:
-        return {"step": st.step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "history": [list(h) for h in st.history], "window_sum": st.window_sum,
-                "window_count": st.window_count, "seconds": st.seconds}
 
     from icldistill.core.progress import progress_bar
 
@@ -414,41 +525,23 @@ def _train(
         while st.step < train.steps:
             if stop_after is not None and st.step >= stop_after:
                 raise KeyboardInterrupt(f"stop_after={stop_after}")
-            step = st.step
-            xs, ys, dims = _train_batch(config, train, step)
-            lr = _lr_at(train, step)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            loss = _loss(config, train, model(xs, ys), ys, dims)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(f"training diverged at step {step + 1} (loss {value}); "
-                                         f"try a smaller learning rate")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if math.isfinite(train.grad_clip):
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+            value, n, dims = _loss_and_grad(config, train, model, opt, st.step)
             consistent = False
             opt.step()
-            st.step += 1
-            st.window_sum += value
-            st.window_count += 1
-            if st.window_count == train.history_every or st.step == train.steps:
-                st.history.append((st.step, st.window_sum / st.window_count))
-                st.window_sum, st.window_count = 0.0, 0
-                bar.set_postfix(loss=f"{st.history[-1][1]:.4f}", n=xs.shape[1], d=dims)
+            if _record(st, train, value):
+                bar.set_postfix(loss=f"{st.history[-1][1]:.4f}", n=n, d=dims)
             consistent = True
             bar.update(1)
             now = time.perf_counter()
             st.seconds = seconds0 + (now - t_session)
             if save_state is not None and now - last_save >= state_every \
                     and st.step < train.steps:
-                save_state(snapshot())
+                save_state(_snapshot(model, opt, st))
                 last_save = time.perf_counter()
     except KeyboardInterrupt:
         if save_state is not None and consistent and st.step > 0:
             st.seconds = seconds0 + (time.perf_counter() - t_session)
-            save_state(snapshot())
+            save_state(_snapshot(model, opt, st))
         raise
     finally:
         bar.close()
@@ -680,12 +773,33 @@ def evaluate_icl(
         ``error`` and ``stderr`` of shape ``[N]``: entry ``i`` is the prediction made with
         ``i`` in-context examples.
     """
+    model = _eval_model(model)
+    task, n = _check_eval_args(model.config, task, n_examples, batches, batch_size, seed)
+    per_prompt, per_prompt_base = _eval_errors(
+        model, task, n, batches=int(batches), batch_size=int(batch_size), seed=seed,
+        shift=dict(mean_shift=mean_shift, cov_scale=cov_scale, label_noise=label_noise))
+    P = per_prompt.shape[0]
+    stderr = (per_prompt.std(0, unbiased=True) / math.sqrt(P) if P > 1
+              else torch.zeros(int(n), dtype=torch.float64))
+    return ICLEvaluation(task=task, n_examples=int(n), prompts=P, error=per_prompt.mean(0),
+                         stderr=stderr, baseline=per_prompt_base.mean(0),
+                         baseline_name="least squares" if task == "regression"
+                         else "mean y·x")
+
+
+def _eval_model(model: Any) -> ICLTransformer:
+    """The transformer of ``model`` (a :class:`TrainedICL`'s own), or an :class:`InputError`."""
     if isinstance(model, TrainedICL):
         model = model.model
     if not isinstance(model, ICLTransformer):
         raise InputError(f"model must be an ICLTransformer or TrainedICL, got "
                          f"{type(model).__name__}")
-    cfg = model.config
+    return model
+
+
+def _check_eval_args(cfg: ICLConfig, task: str | None, n_examples: int | None, batches: Any,
+                     batch_size: Any, seed: Any) -> tuple[str, int]:
+    """The task and prompt length of :func:`evaluate_icl`, its arguments checked."""
     task = cfg.task if task is None else task
     if task not in TASKS:
         raise InputError(f"unknown task {task!r}; expected one of {TASKS}")
@@ -700,6 +814,14 @@ def evaluate_icl(
             raise InputError(f"{name} must be a positive integer, got {value!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    return task, n
+
+
+def _eval_errors(model: ICLTransformer, task: str, n: int, *, batches: int, batch_size: int,
+                 seed: int, shift: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-prompt, per-position metric ``[P, N]`` of the model and of the baseline (float64) on
+    ``batches`` evaluation batches; the model is left in the train / eval mode it was in."""
+    cfg = model.config
     param = next(model.parameters())
     dtype, device = param.dtype, param.device
     errs, base = [], []
@@ -708,9 +830,8 @@ def evaluate_icl(
     try:
         with torch.no_grad():
             for b in range(batches):
-                batch = icl_batch(task, int(batch_size), int(n), cfg.d_x,
-                                  _derived_seed(seed, _EVAL_STREAM, b), mean_shift=mean_shift,
-                                  cov_scale=cov_scale, label_noise=label_noise, dtype=dtype)
+                batch = icl_batch(task, batch_size, int(n), cfg.d_x,
+                                  _derived_seed(seed, _EVAL_STREAM, b), **shift, dtype=dtype)
                 pred = model(batch.xs.to(device), batch.ys.to(device)).double().cpu()
                 ys, xs = batch.ys.double(), batch.xs.double()
                 ref = _baseline(task, xs, ys)
@@ -722,11 +843,4 @@ def evaluate_icl(
                     base.append((torch.where(ref >= 0, 1.0, -1.0) == ys).double())
     finally:
         model.train(was_training)
-    per_prompt = torch.cat(errs)                                    # [P, N]
-    P = per_prompt.shape[0]
-    stderr = (per_prompt.std(0, unbiased=True) / math.sqrt(P) if P > 1
-              else torch.zeros(int(n), dtype=torch.float64))
-    return ICLEvaluation(task=task, n_examples=int(n), prompts=P, error=per_prompt.mean(0),
-                         stderr=stderr, baseline=torch.cat(base).mean(0),
-                         baseline_name="least squares" if task == "regression"
-                         else "mean y·x")
+    return torch.cat(errs), torch.cat(base)                         # [P, N] each
