@@ -48,7 +48,7 @@ from icldistill.evaluation.harness import (
     unit_grid,
 )
 from icldistill.reporting.reports import write_comparison_report
-from icldistill.selection.selectors import SELECTORS
+from icldistill.selection import SELECTORS
 
 HERE = Path(__file__).resolve().parent
 TASKS = ("amazon", "imdb", "yelp", "rt-sentiment", "rt-subjectivity", "r8")

@@ -35,7 +35,7 @@ from icldistill.encoders.representations import encode_cached, make_encoder
 from icldistill.evaluation.scoring import FewShotScorer
 from icldistill.models.registry import load_model
 from icldistill.reporting.reports import write_json, write_text
-from icldistill.selection.selectors import make_selector
+from icldistill.selection import make_selector
 
 HERE = Path(__file__).resolve().parent
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -28,7 +28,7 @@ from icldistill.data.datasets import load_split
 from icldistill.encoders.representations import encode_cached, make_encoder
 from icldistill.evaluation.scoring import FewShotScorer
 from icldistill.models.registry import load_model
-from icldistill.selection.selectors import make_selector
+from icldistill.selection import make_selector
 
 HERE = Path(__file__).resolve().parent
 

@@ -17,7 +17,7 @@ import torch
 
 from icldistill import InputError, Pool, make_selector
 from icldistill.encoders.representations import Encoder, MiniLMEncoder, fetch_minilm
-from icldistill.selection.selectors import tokenize
+from icldistill.selection import tokenize
 
 pytest.importorskip("langchain_core")
 dspy = pytest.importorskip("dspy")

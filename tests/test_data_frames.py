@@ -28,7 +28,7 @@ from icldistill.cli.tasks import load_tasks as _tasks
 from icldistill.core.validation import MAX_FILE_BYTES_ENV
 from icldistill.data import Dataset, TaskFormat, load_file
 from icldistill.evaluation.harness import Harness, Task
-from icldistill.selection.selectors import Pool, make_selector
+from icldistill.selection import Pool, make_selector
 
 pd = pytest.importorskip("pandas")
 pa = pytest.importorskip("pyarrow")

@@ -89,8 +89,8 @@ def test_ray_backend_gives_the_local_results(tmp_path, toy, ray_local, float32_d
     assert seen == [] and _by_key(again) == _by_key(local)
 
 
-def test_a_worker_killed_mid_grid_is_retried_and_nothing_is_lost_or_doubled(tmp_path, toy,
-                                                                           ray_local, float32_default):
+def test_a_worker_killed_mid_grid_is_retried_and_nothing_is_lost_or_doubled(
+        tmp_path, toy, ray_local, float32_default):
     units = _units()
     marker = tmp_path / "died"
     got = run_ray(units, tmp_path / "ray", harness_kwargs=_kwargs(tmp_path, toy,

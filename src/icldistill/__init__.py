@@ -48,7 +48,7 @@ from icldistill.core.decomposition import (
 from icldistill.core.kernels import KERNELS, Kernel, make_kernel, median_bandwidth, stack_kv
 from icldistill.core.mmd import MMDTestResult, mmd, mmd_test
 from icldistill.core.validation import InputError
-from icldistill.selection.selectors import (
+from icldistill.selection import (
     SELECTORS,
     GreedySelection,
     Pool,

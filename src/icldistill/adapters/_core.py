@@ -17,7 +17,7 @@ import numpy as np
 
 from icldistill.core.validation import InputError
 from icldistill.encoders.representations import EmbeddingCache, Encoder, encode_cached, make_encoder
-from icldistill.selection.selectors import Pool, Selector, make_selector
+from icldistill.selection import Pool, Selector, make_selector
 
 __all__ = ["DemoIndex", "check_k", "resolve_encoder", "resolve_selector"]
 

@@ -39,7 +39,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from icldistill.adapters._core import DemoIndex, check_k
 from icldistill.core.validation import InputError
 from icldistill.encoders.representations import EmbeddingCache, Encoder
-from icldistill.selection.selectors import Selector
+from icldistill.selection import Selector
 
 __all__ = ["ICLDistillExampleSelector"]
 

@@ -80,7 +80,7 @@ from icldistill.core.validation import InputError
 from icldistill.data.datasets import Dataset, DatasetSplit, TaskFormat, load_split
 from icldistill.encoders.representations import HeadChoice
 from icldistill.evaluation.scoring import FewShotScorer, MetricResult, classification_metrics
-from icldistill.selection.selectors import SELECTORS, Pool, Selection, make_selector
+from icldistill.selection import SELECTORS, Pool, Selection, make_selector
 
 __all__ = [
     "Harness",

@@ -54,7 +54,7 @@ from icldistill.lab.synthetic import (
 )
 from icldistill.reporting import document as rp
 from icldistill.reporting.reports import atomic_write, to_jsonable, write_json
-from icldistill.selection.selectors import greedy_mmd
+from icldistill.selection import greedy_mmd
 
 __all__ = ["DemoSummary", "run_demo"]
 

@@ -3,7 +3,7 @@
 Per-query selectors (``knn``, ``mmr``, ``dpp``, ``mmd-query``) first shortlist, for each query,
 the pool items closest to it, then run their exact objective on that shortlist. On a pool of a
 million items the shortlist is the expensive part (``O(T n d)``), so it can come from an
-approximate nearest-neighbour index (`faiss <https://github.com/facebookresearch/faiss>`_,
+approximate nearest-neighbour index (faiss,
 ``pip install icldistill[faiss]``):
 
 - ``"exact"``: blockwise matrix products and ``topk`` (no extra dependency; the reference);
