@@ -515,147 +515,191 @@ def _sign_ok(st: ph.Statistic, sign: float) -> bool:
     return bool(st.value * sign > 0 and st.low * sign > 0 and st.high * sign > 0)
 
 
-def _section(results: list[list[list[AdaptationCurve]]], groups: list[list[ph.ModelUnderTest]],
-             plan: list[Any], sizes: Sizes, out: Path, seed: int, quick: bool,
-             t0: float) -> Section:
-    checks: list[Check] = []
-    findings: list[str] = []
-    comparisons: list[dict[str, Any]] = []
-    tables: list[Table] = []
-    multi = len(groups) > 1
-    acc_rows, dist_rows, layer_rows, sat_rows = [], [], [], []
-    data_models = []
-    for group, g_res in zip(groups, results, strict=True):
-        trained = group[0]
-        tag = f"{trained.name}: " if multi else ""
-        # --- per-(task, layer) Spearmans, gains, saturation points per member
-        rho_lr, rho_key, rho_share, gains, sat = [], [], [], [], []
-        for m_res in g_res:
-            rho_lr.append(np.concatenate([_layer_spearmans(c, "log_normalizer", -1.0)
-                                          for c in m_res]))
-            rho_key.append(np.concatenate([_layer_spearmans(c, "log_normalizer_per_key", -1.0)
-                                           for c in m_res]))
-            rho_share.append(np.concatenate([_layer_spearmans(c, "demo_share") for c in m_res]))
-            gains.append(np.concatenate([_item_gain(c) for c in m_res]))
-            sat.append([_saturation(c) for c in m_res])
-        agree_share = [np.array([saturation_agreement(s, "demo_share") for s in m]) for m in sat]
-        agree_w0 = [np.array([saturation_agreement(s, "log_w0_norm") for s in m]) for m in sat]
-        specs = [
-            ("mean per-(task, layer) Spearman(log 1/D', k) over k >= 1", rho_lr, -1.0,
-             "the effective learning rate 1/D' falls as the number of demonstrations grows "
-             "(the theory's claim, on D' itself)"),
-            ("mean per-(task, layer) Spearman(log n/D', k) over k >= 1", rho_key, -1.0,
-             "the per-key learning rate n/D' falls as the number of demonstrations grows "
-             "(D' is a sum over the n keys, so 1/D' falls with any weights; this variant "
-             "removes that)"),
-            ("mean per-(task, layer) Spearman(demo share, k) over k >= 1", rho_share, 1.0,
-             "the demonstrations' share of the attention output rises with k"),
-            ("per-item accuracy at the largest k minus zero-shot", gains, 1.0,
-             "accuracy rises with k (largest fitting k against k = 0, paired over test items)"),
-        ]
-        for name, vals, sign, claim in specs:
-            stats = [_stat(v, m, seed) for v, m in zip(vals, group, strict=True)]
-            cmp = ph.compare_with_controls(name, stats[0], stats[1:], seed=seed)
-            comparisons.append({"group": trained.name, **cmp.to_dict()})
-            wrong = cmp.wrong_side(sign)
-            checks.append(ph.controlled_check(
-                tag + claim + (" (mean < 0 with its interval below 0" if sign < 0 else
-                               " (mean > 0 with its interval above 0") + DIRECTION,
-                _sign_ok(stats[0], sign) and not wrong, cmp,
-                f"{int(np.isfinite(vals[0]).sum())} items on the trained model"
-                + (WRONG_SIDE if wrong else "")))
-        for label, agree, what in (("demo share", agree_share, "demo_share"),
-                                   ("||W_0||", agree_w0, "log_w0_norm")):
-            name = f"per-task agreement of k_sat(accuracy) and k_sat({label})"
-            stats = [_stat(a, m, seed) for a, m in zip(agree, group, strict=True)]
-            cmp = ph.compare_with_controls(name, stats[0], stats[1:], seed=seed)
-            comparisons.append({"group": trained.name, **cmp.to_dict()})
-            fin = agree[0][np.isfinite(agree[0])]
-            detail = "trained k_sat (accuracy / " + label + "): " + ", ".join(
-                f"{c.task} {_k(s['accuracy'])} / {_k(s[what])}"
-                + ("" if s["accuracy_rise"] > 0 else " (accuracy does not rise: left out)")
-                for c, s in zip(g_res[0], sat[0], strict=True))
-            wrong = cmp.wrong_side(1.0)
-            checks.append(ph.controlled_check(
-                tag + f"the {label} curve predicts where accuracy saturates: k_sat within one "
-                "doubling of k_sat(accuracy) on more than half of the tasks where accuracy rises "
-                "(k_sat: first k reaching 90% of the rise" + DIRECTION,
-                bool(fin.size) and float(fin.mean()) > 0.5 and not wrong, cmp,
-                detail + (WRONG_SIDE if wrong else "")))
-        # --- tables
-        for m_i, (member, m_res) in enumerate(zip(group, g_res, strict=True)):
+@dataclass(frozen=True)
+class _GroupStats:
+    """Per member of one model group (trained first): the per-(task, layer) Spearmans of
+    log 1/D', log n/D' and the demo share against k, the per-item accuracy gains, the
+    saturation points per task and their per-task agreement with accuracy's."""
+
+    rho_lr: list[np.ndarray]
+    rho_key: list[np.ndarray]
+    rho_share: list[np.ndarray]
+    gains: list[np.ndarray]
+    sat: list[list[dict[str, float]]]
+    agree_share: list[np.ndarray]
+    agree_w0: list[np.ndarray]
+
+
+def _group_stats(g_res: list[list[AdaptationCurve]]) -> _GroupStats:
+    rho_lr, rho_key, rho_share, gains, sat = [], [], [], [], []
+    for m_res in g_res:
+        rho_lr.append(np.concatenate([_layer_spearmans(c, "log_normalizer", -1.0)
+                                      for c in m_res]))
+        rho_key.append(np.concatenate([_layer_spearmans(c, "log_normalizer_per_key", -1.0)
+                                       for c in m_res]))
+        rho_share.append(np.concatenate([_layer_spearmans(c, "demo_share") for c in m_res]))
+        gains.append(np.concatenate([_item_gain(c) for c in m_res]))
+        sat.append([_saturation(c) for c in m_res])
+    agree_share = [np.array([saturation_agreement(s, "demo_share") for s in m]) for m in sat]
+    agree_w0 = [np.array([saturation_agreement(s, "log_w0_norm") for s in m]) for m in sat]
+    return _GroupStats(rho_lr, rho_key, rho_share, gains, sat, agree_share, agree_w0)
+
+
+def _direction_checks(group: list[ph.ModelUnderTest], st: _GroupStats, seed: int, tag: str,
+                      comparisons: list[dict[str, Any]]) -> list[Check]:
+    """The four directional claims (1/D', n/D', demo share, accuracy gain) of one group,
+    each against its controls; the comparisons are appended to ``comparisons``."""
+    trained = group[0]
+    specs = [
+        ("mean per-(task, layer) Spearman(log 1/D', k) over k >= 1", st.rho_lr, -1.0,
+         "the effective learning rate 1/D' falls as the number of demonstrations grows "
+         "(the theory's claim, on D' itself)"),
+        ("mean per-(task, layer) Spearman(log n/D', k) over k >= 1", st.rho_key, -1.0,
+         "the per-key learning rate n/D' falls as the number of demonstrations grows "
+         "(D' is a sum over the n keys, so 1/D' falls with any weights; this variant "
+         "removes that)"),
+        ("mean per-(task, layer) Spearman(demo share, k) over k >= 1", st.rho_share, 1.0,
+         "the demonstrations' share of the attention output rises with k"),
+        ("per-item accuracy at the largest k minus zero-shot", st.gains, 1.0,
+         "accuracy rises with k (largest fitting k against k = 0, paired over test items)"),
+    ]
+    checks = []
+    for name, vals, sign, claim in specs:
+        stats = [_stat(v, m, seed) for v, m in zip(vals, group, strict=True)]
+        cmp = ph.compare_with_controls(name, stats[0], stats[1:], seed=seed)
+        comparisons.append({"group": trained.name, **cmp.to_dict()})
+        wrong = cmp.wrong_side(sign)
+        checks.append(ph.controlled_check(
+            tag + claim + (" (mean < 0 with its interval below 0" if sign < 0 else
+                           " (mean > 0 with its interval above 0") + DIRECTION,
+            _sign_ok(stats[0], sign) and not wrong, cmp,
+            f"{int(np.isfinite(vals[0]).sum())} items on the trained model"
+            + (WRONG_SIDE if wrong else "")))
+    return checks
+
+
+def _saturation_checks(group: list[ph.ModelUnderTest], g_res: list[list[AdaptationCurve]],
+                       st: _GroupStats, seed: int, tag: str,
+                       comparisons: list[dict[str, Any]]) -> list[Check]:
+    """Whether the demo-share and ||W_0|| curves saturate where accuracy does, per group,
+    against the controls; the comparisons are appended to ``comparisons``."""
+    trained = group[0]
+    checks = []
+    for label, agree, what in (("demo share", st.agree_share, "demo_share"),
+                               ("||W_0||", st.agree_w0, "log_w0_norm")):
+        name = f"per-task agreement of k_sat(accuracy) and k_sat({label})"
+        stats = [_stat(a, m, seed) for a, m in zip(agree, group, strict=True)]
+        cmp = ph.compare_with_controls(name, stats[0], stats[1:], seed=seed)
+        comparisons.append({"group": trained.name, **cmp.to_dict()})
+        fin = agree[0][np.isfinite(agree[0])]
+        detail = "trained k_sat (accuracy / " + label + "): " + ", ".join(
+            f"{c.task} {_k(s['accuracy'])} / {_k(s[what])}"
+            + ("" if s["accuracy_rise"] > 0 else " (accuracy does not rise: left out)")
+            for c, s in zip(g_res[0], st.sat[0], strict=True))
+        wrong = cmp.wrong_side(1.0)
+        checks.append(ph.controlled_check(
+            tag + f"the {label} curve predicts where accuracy saturates: k_sat within one "
+            "doubling of k_sat(accuracy) on more than half of the tasks where accuracy rises "
+            "(k_sat: first k reaching 90% of the rise" + DIRECTION,
+            bool(fin.size) and float(fin.mean()) > 0.5 and not wrong, cmp,
+            detail + (WRONG_SIDE if wrong else "")))
+    return checks
+
+
+@dataclass
+class _Rows:
+    """Rows of the four tables, filled group by group."""
+
+    acc: list[tuple[Any, ...]]
+    dist: list[tuple[Any, ...]]
+    layer: list[tuple[Any, ...]]
+    sat: list[tuple[Any, ...]]
+
+
+def _add_rows(rows: _Rows, group: list[ph.ModelUnderTest], g_res: list[list[AdaptationCurve]],
+              st: _GroupStats, sizes: Sizes) -> None:
+    for m_i, (member, m_res) in enumerate(zip(group, g_res, strict=True)):
+        for c in m_res:
+            rows.acc.append((member.name, c.task, *_on_grid(c.ks, c.accuracy, sizes.ks)))
+        mean_acc = _task_mean([(_on_grid(c.ks, c.accuracy, sizes.ks)) for c in m_res])
+        rows.acc.append((member.name, "mean over tasks", *mean_acc))
+        for q, label in (("demo_mass", "demo mass"), ("demo_share", "demo share"),
+                         ("eta", "eta*"), ("log_normalizer", "log D'"),
+                         ("log_normalizer_per_key", "log(D'/n)"),
+                         ("log_w0_norm", "log ||W_0||")):
             for c in m_res:
-                acc_rows.append((member.name, c.task, *_on_grid(c.ks, c.accuracy, sizes.ks)))
-            mean_acc = _task_mean([(_on_grid(c.ks, c.accuracy, sizes.ks)) for c in m_res])
-            acc_rows.append((member.name, "mean over tasks", *mean_acc))
-            for q, label in (("demo_mass", "demo mass"), ("demo_share", "demo share"),
-                             ("eta", "eta*"), ("log_normalizer", "log D'"),
-                             ("log_normalizer_per_key", "log(D'/n)"),
-                             ("log_w0_norm", "log ||W_0||")):
-                for c in m_res:
-                    dist_rows.append((member.name, c.task, label,
-                                      *_on_grid(c.ks, c.layer_mean(q), sizes.ks)))
-            for c, s in zip(m_res, sat[m_i], strict=True):
-                sat_rows.append((member.name, c.task, s["accuracy_rise"], s["accuracy"],
-                                 s["demo_share"], s["log_w0_norm"],
-                                 saturation_agreement(s, "demo_share"),
-                                 saturation_agreement(s, "log_w0_norm")))
-            L = _n_layers(m_res)
-            for layer in range(L):
-                layer_rows.append((member.name, layer, *_layer_row(m_res, layer)))
-        # --- findings
-        for m_i, (member, m_res) in enumerate(zip(group, g_res, strict=True)):
-            accs = ", ".join(f"{c.task} {c.accuracy[0]:.2f} -> {c.accuracy[-1]:.2f} "
-                             f"(k={c.ks[-1]}, chance {c.chance:.2f})" for c in m_res
-                             if len(c.ks))
-            findings.append(f"{member.name}: accuracy from the smallest to the largest fitting "
-                            f"k: {accs}.")
-            sh = [c.layer_mean("demo_share") for c in m_res]
-            lw = [c.layer_mean("log_w0_norm") for c in m_res]
-            lk = [c.layer_mean("log_normalizer_per_key") for c in m_res]
-            findings.append(
-                f"{member.name}: layer-mean demo share " + ", ".join(
-                    f"{c.task} {_first(s, c.ks):.3f} (k={_first_k(c.ks)}) -> {s[-1]:.3f}"
-                    for c, s in zip(m_res, sh, strict=True) if len(c.ks))
-                + "; layer-mean log ||W_0|| " + ", ".join(
-                    f"{c.task} {_first(w, c.ks):.2f} -> {w[-1]:.2f}"
-                    for c, w in zip(m_res, lw, strict=True) if len(c.ks))
-                + "; layer-mean log(D'/n) " + ", ".join(
-                    f"{c.task} {v[0]:.2f} -> {v[-1]:.2f}"
-                    for c, v in zip(m_res, lk, strict=True) if len(c.ks)) + ".")
-            findings.append(
-                f"{member.name}: mean Spearman over (task, layer) of log 1/D' vs k "
-                f"{_nanmean(rho_lr[m_i]):.2f}, of log n/D' vs k {_nanmean(rho_key[m_i]):.2f}, "
-                f"of the demo share vs k {_nanmean(rho_share[m_i]):.2f}; k_sat agreement "
-                f"(accuracy vs demo share) {_nanmean(agree_share[m_i]):.2f}, "
-                f"(accuracy vs ||W_0||) {_nanmean(agree_w0[m_i]):.2f} of tasks.")
-        skipped = sorted({(c.task, k, why) for c in g_res[0] for k, why in c.skipped})
-        if skipped:
-            findings.append(f"{tag}skipped: " + "; ".join(f"{t} k={k} ({why})"
-                                                          for t, k, why in skipped) + ".")
-        data_models.append([[_curve_data(c) for c in m_res] for m_res in g_res])
+                rows.dist.append((member.name, c.task, label,
+                                  *_on_grid(c.ks, c.layer_mean(q), sizes.ks)))
+        for c, s in zip(m_res, st.sat[m_i], strict=True):
+            rows.sat.append((member.name, c.task, s["accuracy_rise"], s["accuracy"],
+                             s["demo_share"], s["log_w0_norm"],
+                             saturation_agreement(s, "demo_share"),
+                             saturation_agreement(s, "log_w0_norm")))
+        L = _n_layers(m_res)
+        for layer in range(L):
+            rows.layer.append((member.name, layer, *_layer_row(m_res, layer)))
+
+
+def _group_findings(group: list[ph.ModelUnderTest], g_res: list[list[AdaptationCurve]],
+                    st: _GroupStats, tag: str) -> list[str]:
+    findings = []
+    for m_i, (member, m_res) in enumerate(zip(group, g_res, strict=True)):
+        accs = ", ".join(f"{c.task} {c.accuracy[0]:.2f} -> {c.accuracy[-1]:.2f} "
+                         f"(k={c.ks[-1]}, chance {c.chance:.2f})" for c in m_res
+                         if len(c.ks))
+        findings.append(f"{member.name}: accuracy from the smallest to the largest fitting "
+                        f"k: {accs}.")
+        sh = [c.layer_mean("demo_share") for c in m_res]
+        lw = [c.layer_mean("log_w0_norm") for c in m_res]
+        lk = [c.layer_mean("log_normalizer_per_key") for c in m_res]
+        findings.append(
+            f"{member.name}: layer-mean demo share " + ", ".join(
+                f"{c.task} {_first(s, c.ks):.3f} (k={_first_k(c.ks)}) -> {s[-1]:.3f}"
+                for c, s in zip(m_res, sh, strict=True) if len(c.ks))
+            + "; layer-mean log ||W_0|| " + ", ".join(
+                f"{c.task} {_first(w, c.ks):.2f} -> {w[-1]:.2f}"
+                for c, w in zip(m_res, lw, strict=True) if len(c.ks))
+            + "; layer-mean log(D'/n) " + ", ".join(
+                f"{c.task} {v[0]:.2f} -> {v[-1]:.2f}"
+                for c, v in zip(m_res, lk, strict=True) if len(c.ks)) + ".")
+        findings.append(
+            f"{member.name}: mean Spearman over (task, layer) of log 1/D' vs k "
+            f"{_nanmean(st.rho_lr[m_i]):.2f}, of log n/D' vs k {_nanmean(st.rho_key[m_i]):.2f}, "
+            f"of the demo share vs k {_nanmean(st.rho_share[m_i]):.2f}; k_sat agreement "
+            f"(accuracy vs demo share) {_nanmean(st.agree_share[m_i]):.2f}, "
+            f"(accuracy vs ||W_0||) {_nanmean(st.agree_w0[m_i]):.2f} of tasks.")
+    skipped = sorted({(c.task, k, why) for c in g_res[0] for k, why in c.skipped})
+    if skipped:
+        findings.append(f"{tag}skipped: " + "; ".join(f"{t} k={k} ({why})"
+                                                      for t, k, why in skipped) + ".")
+    return findings
+
+
+def _tables(rows: _Rows, sizes: Sizes) -> list[Table]:
     grid = [f"k={k}" for k in sizes.ks]
-    tables = [
+    return [
         Table("Accuracy vs number of demonstrations (mean over sets and test items)",
-              ("model", "task", *grid), tuple(acc_rows)),
+              ("model", "task", *grid), tuple(rows.acc)),
         Table("Layer-mean distillation quantities at the label position vs k (mean over "
               "traced prompts and layers; log ||W_0|| undefined at k=0)",
-              ("model", "task", "quantity", *grid), tuple(dist_rows)),
+              ("model", "task", "quantity", *grid), tuple(rows.dist)),
         Table("Per layer (mean over tasks): demo share at the smallest/largest k >= 1, "
               "Spearman over k >= 1 of the demo share, log 1/D' and log n/D', eta* and "
               "log ||W_0|| at the largest k",
               ("model", "layer", "share k_min", "share k_max", "rho(share, k)",
                "rho(log 1/D', k)", "rho(log n/D', k)", "eta* k_max", "log||W_0|| k_max"),
-              tuple(layer_rows)),
+              tuple(rows.layer)),
         Table("Saturation points k_sat (first k reaching 90% of the rise; ||W_0|| from k=1) "
               "and agreement with accuracy's (1 = within one doubling; undefined where "
               "accuracy never rises above its first point)",
               ("model", "task", "accuracy rise", "k_sat accuracy", "k_sat demo share",
-               "k_sat ||W_0||", "agree share", "agree ||W_0||"), tuple(sat_rows)),
+               "k_sat ||W_0||", "agree share", "agree ||W_0||"), tuple(rows.sat)),
     ]
-    figures = _figures(results, groups, sizes, out)
+
+
+def _description(plan: list[Any], sizes: Sizes, seed: int, quick: bool) -> str:
     tasks = [p[0] for p in plan]
-    description = (
+    return (
         f"Task adaptation on {', '.join(t.name for t in tasks)}: for k in "
         f"{list(sizes.ks)} demonstrations ({'quick' if quick else 'full'} mode), accuracy on "
         f"{sizes.n_test} test items per task (label-balanced, seed {seed}) after each of "
@@ -687,7 +731,12 @@ def _section(results: list[list[list[AdaptationCurve]]], groups: list[list[ph.Mo
         "never rises above its first point: nothing saturates); the check needs agreement "
         "on more than half of the tasks where it is defined, and the per-task agreement (0/1) "
         "is the statistic compared with the controls.")
-    data = {
+
+
+def _data(plan: list[Any], groups: list[list[ph.ModelUnderTest]], sizes: Sizes, seed: int,
+          quick: bool, data_models: list[Any], comparisons: list[dict[str, Any]]
+          ) -> dict[str, Any]:
+    return {
         "sizes": {"ks": list(sizes.ks), "n_test": sizes.n_test, "n_sets": sizes.n_sets,
                   "n_trace": sizes.n_trace, "max_prompt_tokens": sizes.max_prompt_tokens},
         "seed": seed, "quick": quick,
@@ -698,9 +747,32 @@ def _section(results: list[list[list[AdaptationCurve]]], groups: list[list[ph.Mo
         "curves": data_models,
         "comparisons": comparisons,
     }
+
+
+def _section(results: list[list[list[AdaptationCurve]]], groups: list[list[ph.ModelUnderTest]],
+             plan: list[Any], sizes: Sizes, out: Path, seed: int, quick: bool,
+             t0: float) -> Section:
+    checks: list[Check] = []
+    findings: list[str] = []
+    comparisons: list[dict[str, Any]] = []
+    rows = _Rows([], [], [], [])
+    multi = len(groups) > 1
+    data_models = []
+    for group, g_res in zip(groups, results, strict=True):
+        tag = f"{group[0].name}: " if multi else ""
+        st = _group_stats(g_res)
+        checks += _direction_checks(group, st, seed, tag, comparisons)
+        checks += _saturation_checks(group, g_res, st, seed, tag, comparisons)
+        _add_rows(rows, group, g_res, st, sizes)
+        findings += _group_findings(group, g_res, st, tag)
+        data_models.append([[_curve_data(c) for c in m_res] for m_res in g_res])
+    tables = _tables(rows, sizes)
+    figures = _figures(results, groups, sizes, out)
+    data = _data(plan, groups, sizes, seed, quick, data_models, comparisons)
     return Section(name="adaptation", title="Task adaptation: accuracy and distillation vs k",
-                   description=description, checks=checks, findings=findings, tables=tables,
-                   figures=figures, data=to_jsonable(data), seconds=time.perf_counter() - t0)
+                   description=_description(plan, sizes, seed, quick), checks=checks,
+                   findings=findings, tables=tables, figures=figures, data=to_jsonable(data),
+                   seconds=time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -783,13 +855,18 @@ def _xaxis(ax: Any, grid: Sequence[int]) -> None:
 
 def _figures(results: list[list[list[AdaptationCurve]]], groups: list[list[ph.ModelUnderTest]],
              sizes: Sizes, out: Path) -> list[str]:
-    from matplotlib import colormaps
+    _accuracy_figure(results, groups, sizes, out / "adaptation_accuracy.png")
+    _distillation_figure(results, groups, sizes, out / "adaptation_distillation.png")
+    _share_heatmap(results, groups, sizes, out / "adaptation_share_heatmap.png")
+    return ["adaptation_accuracy.png", "adaptation_distillation.png",
+            "adaptation_share_heatmap.png"]
 
-    names = []
+
+def _accuracy_figure(results: list[list[list[AdaptationCurve]]],
+                     groups: list[list[ph.ModelUnderTest]], sizes: Sizes, path: Path) -> None:
+    """(a) accuracy vs k per task (+ mean), trained solid vs controls dashed grey."""
     G = len(groups)
     n_tasks = len(results[0][0])
-    colors = [colormaps["tab10"](i % 10) for i in range(n_tasks)]
-    # (a) accuracy vs k per task (+ mean), trained solid vs controls dashed grey
     fig, axes = new_figure(G, n_tasks + 1, size=(3.6, 3.2))
     for gi, (group, g_res) in enumerate(zip(groups, results, strict=True)):
         for ti in range(n_tasks + 1):
@@ -818,9 +895,18 @@ def _figures(results: list[list[list[AdaptationCurve]]], groups: list[list[ph.Mo
             if ti == 0:
                 ax.set_ylabel("accuracy")
                 ax.legend(fontsize=7)
-    save_figure(fig, out / "adaptation_accuracy.png")
-    names.append("adaptation_accuracy.png")
-    # (b) layer-mean distillation quantities vs k
+    save_figure(fig, path)
+
+
+def _distillation_figure(results: list[list[list[AdaptationCurve]]],
+                         groups: list[list[ph.ModelUnderTest]], sizes: Sizes,
+                         path: Path) -> None:
+    """(b) layer-mean distillation quantities vs k, one colour per task."""
+    from matplotlib import colormaps
+
+    G = len(groups)
+    n_tasks = len(results[0][0])
+    colors = [colormaps["tab10"](i % 10) for i in range(n_tasks)]
     panels = (("demo_share", "demo share ||c_D|| / Σ||c_S||", False),
               ("eta", "η* = N / (2D')", True),
               ("log_normalizer", "log D'  (1/D' = learning rate)", False),
@@ -847,20 +933,26 @@ def _figures(results: list[list[list[AdaptationCurve]]], groups: list[list[ph.Mo
             if pi == 0:
                 ax.set_ylabel("layer mean (solid trained, dashed control)")
                 ax.legend(fontsize=7)
-    save_figure(fig, out / "adaptation_distillation.png")
-    names.append("adaptation_distillation.png")
-    # (c) heatmap layer x k of the demo share (mean over tasks), trained and first control
-    fig, axes = new_figure(G, 2, size=(4.4, 3.6))
+    save_figure(fig, path)
+
+
+def _share_matrix(m_res: list[AdaptationCurve], sizes: Sizes) -> np.ndarray:
+    """Demo share ``[layer, k]`` of one member, mean over tasks (NaN where no task fits k)."""
+    L = _n_layers(m_res)
+    mat = np.full((L, len(sizes.ks)), np.nan)
+    for j, k in enumerate(sizes.ks):
+        cols = [c.layers("demo_share")[list(c.ks).index(k)] for c in m_res if k in c.ks]
+        if cols:
+            mat[:, j] = np.mean(np.stack(cols), axis=0)
+    return mat
+
+
+def _share_heatmap(results: list[list[list[AdaptationCurve]]],
+                   groups: list[list[ph.ModelUnderTest]], sizes: Sizes, path: Path) -> None:
+    """(c) heatmap layer x k of the demo share (mean over tasks), trained and first control."""
+    fig, axes = new_figure(len(groups), 2, size=(4.4, 3.6))
     for gi, (group, g_res) in enumerate(zip(groups, results, strict=True)):
-        mats = []
-        for m_res in (g_res[0], g_res[1]):
-            L = _n_layers(m_res)
-            mat = np.full((L, len(sizes.ks)), np.nan)
-            for j, k in enumerate(sizes.ks):
-                cols = [c.layers("demo_share")[list(c.ks).index(k)] for c in m_res if k in c.ks]
-                if cols:
-                    mat[:, j] = np.mean(np.stack(cols), axis=0)
-            mats.append(mat)
+        mats = [_share_matrix(m_res, sizes) for m_res in (g_res[0], g_res[1])]
         finite = np.concatenate([m[np.isfinite(m)] for m in mats])
         vmax = float(finite.max()) if finite.size else 1.0
         for j, (member, mat) in enumerate(zip((group[0], group[1]), mats, strict=True)):
@@ -873,6 +965,4 @@ def _figures(results: list[list[list[AdaptationCurve]]], groups: list[list[ph.Mo
             ax.set_ylabel("layer")
             ax.set_title(f"{member.name}: demo share", fontsize=9)
             fig.colorbar(im, ax=ax, shrink=0.8)
-    save_figure(fig, out / "adaptation_share_heatmap.png")
-    names.append("adaptation_share_heatmap.png")
-    return names
+    save_figure(fig, path)
