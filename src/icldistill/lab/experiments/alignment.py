@@ -25,6 +25,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -311,33 +312,67 @@ def run(trained: TrainedICL, *, out_dir: Path, quick: bool = False, seed: int = 
         res = alignment(trained, n_prompts=4 if quick else 16, seed=seed,
                         contrast_prompts=1 if quick else 4, progress=progress)
         figures = _figures(res, out)
+    sm = _Summary.of(res)
+    return Section(
+        name="alignment",
+        title="Implicit alignment and domain stationarity",
+        description=_description(res, seed),
+        checks=_checks(res, sm),
+        findings=_findings(res, sm),
+        tables=_tables(res, sm),
+        figures=figures,
+        data=to_jsonable(_data(res)),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+@dataclass(frozen=True)
+class _Summary:
+    """The numbers the checks, findings and table share."""
+
+    eta_last: np.ndarray        # [L, H] mean eta* at the last position
+    share_mean: np.ndarray      # [L, H] mean demo share
+    max_dec: float
+    max_align: float
+    half: np.ndarray            # [L, H] relative distance with 0.5 eta*
+    double: np.ndarray          # [L, H] ... with 2 eta*
+    st: np.ndarray              # [L, H] stationarity Spearman
+    fin: np.ndarray             # [L, H] where it is finite
+    neg: int                    # heads with a negative Spearman
+
+    @classmethod
+    def of(cls, res: AlignmentResult) -> _Summary:
+        st = res.stationarity_spearman
+        fin = np.isfinite(st)
+        return cls(eta_last=res.eta[..., -1].mean(0),
+                   share_mean=np.nanmean(res.demo_share, axis=(0, 3)),
+                   max_dec=float(res.decomposition_error.max()),
+                   max_align=float(np.nanmax(res.alignment_distance)),
+                   half=res.contrast_distance["0.5"], double=res.contrast_distance["2"],
+                   st=st, fin=fin, neg=int((st[fin] < 0).sum()))
+
+
+def _checks(res: AlignmentResult, sm: _Summary) -> list[Check]:
     L, H = res.shape
-    eta_last = res.eta[..., -1].mean(0)
-    share_mean = np.nanmean(res.demo_share, axis=(0, 3))
-    max_dec = float(res.decomposition_error.max())
-    max_align = float(np.nanmax(res.alignment_distance))
-    half, double = res.contrast_distance["0.5"], res.contrast_distance["2"]
-    min_contrast = float(min(half.min(), double.min()))
-    st = res.stationarity_spearman
-    fin = np.isfinite(st)
-    neg = int((st[fin] < 0).sum())
+    min_contrast = float(min(sm.half.min(), sm.double.min()))
     neg_p = int((res.stationarity_pearson[np.isfinite(res.stationarity_pearson)] < 0).sum())
     wi = res.stationarity_within[np.isfinite(res.stationarity_within)]
-    checks = [
+    fin, neg = sm.fin, sm.neg
+    return [
         Check("the segment decomposition c_D + c_Q reproduces the model's attention output "
-              "(float64)", bool(max_dec < 1e-10),
-              f"max abs error {max_dec:.1e} over {res.n_prompts} prompts x {L}x{H} heads x "
+              "(float64)", bool(sm.max_dec < 1e-10),
+              f"max abs error {sm.max_dec:.1e} over {res.n_prompts} prompts x {L}x{H} heads x "
               f"{len(res.positions)} positions"),
         Check("tracing does not change the model's predictions",
               bool(res.trace_prediction_error == 0),
               f"max |trace - forward| = {res.trace_prediction_error:.1e}"),
         Check("implicit alignment: one distillation step with eta* from W = 0 gives W_0",
-              bool(max_align < 1e-10), f"max ||W_1 - W_0|| / ||W_0|| = {max_align:.1e} at every "
-              f"prompt, layer, head and position"),
+              bool(sm.max_align < 1e-10), f"max ||W_1 - W_0|| / ||W_0|| = {sm.max_align:.1e} "
+              f"at every prompt, layer, head and position"),
         Check("the step size is specific: 0.5 eta* and 2 eta* do not give W_0",
               bool(min_contrast > 0.1),
-              f"smallest relative distance {float(half.min()):.3f} (0.5 eta*) and "
-              f"{float(double.min()):.3f} (2 eta*) over {res.contrast_positions} positions "
+              f"smallest relative distance {float(sm.half.min()):.3f} (0.5 eta*) and "
+              f"{float(sm.double.min()):.3f} (2 eta*) over {res.contrast_positions} positions "
               "per head"),
         Check("Jensen: log(D'_t / n_t) >= mean logit at every position",
               bool(res.jensen_violations == 0),
@@ -349,13 +384,18 @@ def run(trained: TrainedICL, *, out_dir: Path, quick: bool = False, seed: int = 
               f"negative in {neg} of {int(fin.sum())} heads (Pearson of log eta*: {neg_p}; "
               f"within-position: {int((wi < 0).sum())} of {wi.size})"),
     ]
+
+
+def _findings(res: AlignmentResult, sm: _Summary) -> list[str]:
+    L, H = res.shape
+    st, fin, eta_last, share_mean = sm.st, sm.fin, sm.eta_last, sm.share_mean
     pos_heads = [f"L{la}H{h} ({st[la, h]:+.2f})" for la in range(L) for h in range(H)
                  if fin[la, h] and st[la, h] >= 0]
     top = np.unravel_index(int(np.argmax(share_mean)), share_mean.shape)
     lo = np.unravel_index(int(np.argmin(eta_last)), eta_last.shape)
     hi = np.unravel_index(int(np.argmax(eta_last)), eta_last.shape)
     trend = res.eta.mean((0, 2))  # [L, N-1]
-    findings = [
+    return [
         f"Mean eta* at the last query ranges from {eta_last[lo]:.3g} (layer {lo[0]} head "
         f"{lo[1]}) to {eta_last[hi]:.3g} (layer {hi[0]} head {hi[1]}).",
         "Along the prompt, the layer-mean eta* goes " + "; ".join(
@@ -364,22 +404,28 @@ def run(trained: TrainedICL, *, out_dir: Path, quick: bool = False, seed: int = 
         f"The demonstrations' share of the head output (mean over prompts and positions) is "
         f"{share_mean.mean():.2f} on average, largest at layer {top[0]} head {top[1]} "
         f"({share_mean[top]:.2f}).",
-        f"One step with eta* reproduces W_0 to {max_align:.1e} (relative), while 0.5 eta* and "
-        f"2 eta* miss it by at least {float(half.min()):.2f} and {float(double.min()):.2f}.",
+        f"One step with eta* reproduces W_0 to {sm.max_align:.1e} (relative), while 0.5 eta* "
+        f"and 2 eta* miss it by at least {float(sm.half.min()):.2f} and "
+        f"{float(sm.double.min()):.2f}.",
         (f"Domain stationarity holds (negative Spearman of log eta* vs the mean "
-         f"query-demonstration logit) in {neg} of {int(fin.sum())} heads"
+         f"query-demonstration logit) in {sm.neg} of {int(fin.sum())} heads"
          + (f"; it fails in {', '.join(pos_heads)}." if pos_heads else ", i.e. in every head.")),
         f"Jensen's inequality has {res.jensen_violations} violations in "
         f"{res.jensen_slack.size} head-positions.",
     ]
+
+
+def _tables(res: AlignmentResult, sm: _Summary) -> list[Table]:
+    L, H = res.shape
     rows = tuple(
-        (la, h, float(eta_last[la, h]), float(np.nanmean(res.eta[:, la, h])),
-         float(share_mean[la, h]), float(st[la, h]), float(res.stationarity_pearson[la, h]),
-         float(res.stationarity_within[la, h]), float(res.decomposition_error[la, h]),
-         float(np.nanmax(res.alignment_distance[:, la, h])), float(half[la, h]),
-         float(double[la, h]))
+        (la, h, float(sm.eta_last[la, h]), float(np.nanmean(res.eta[:, la, h])),
+         float(sm.share_mean[la, h]), float(sm.st[la, h]),
+         float(res.stationarity_pearson[la, h]), float(res.stationarity_within[la, h]),
+         float(res.decomposition_error[la, h]),
+         float(np.nanmax(res.alignment_distance[:, la, h])), float(sm.half[la, h]),
+         float(sm.double[la, h]))
         for la in range(L) for h in range(H))
-    tables = [Table(
+    return [Table(
         "Per layer and head (eta* at the last position and over all positions; correlations of "
         "log eta* with the mean query-demo logit)",
         ("layer", "head", "mean eta* (last)", "mean eta* (all)", "demo share",
@@ -387,7 +433,10 @@ def run(trained: TrainedICL, *, out_dir: Path, quick: bool = False, seed: int = 
          "max decomposition error", "max alignment rel. distance", "rel. distance 0.5 eta*",
          "rel. distance 2 eta*"),
         rows)]
-    data = {
+
+
+def _data(res: AlignmentResult) -> dict[str, Any]:
+    return {
         "task": res.task, "n_prompts": res.n_prompts, "n_examples": res.n_examples,
         "positions": res.positions, "eta": res.eta, "log_normalizer": res.log_normalizer,
         "mean_demo_logit": res.mean_demo_logit, "mean_logit": res.mean_logit,
@@ -401,25 +450,19 @@ def run(trained: TrainedICL, *, out_dir: Path, quick: bool = False, seed: int = 
         "stationarity_within": res.stationarity_within,
         "trace_prediction_error": res.trace_prediction_error, "compute_seconds": res.seconds,
     }
-    return Section(
-        name="alignment",
-        title="Implicit alignment and domain stationarity",
-        description=(
-            f"{res.n_prompts} fresh in-distribution {res.task} prompts (N = {res.n_examples} "
-            f"pairs, seed {seed}) through a float64 copy of the trained model ({L} layers x "
-            f"{H} heads). At every query token i (i = 1..{res.n_examples - 1}; demonstrations "
-            "= the i demonstration tokens it sees, query = its own token) each head is split "
-            "into c_D + c_Q; "
-            "eta* = N_t/(2 D'_t), log D'_t, the mean query-demonstration logit and the demo "
-            "share ||c_D||/(||c_D||+||c_Q||) are recorded; one distillation step from W = 0 "
-            "with eta* is compared with W_0 (and with 0.5 eta*, 2 eta* at every position of "
-            "the first prompts and the last position of all). Stationarity: Spearman / Pearson "
-            "of log eta* vs the mean query-demonstration logit per head over all prompts and "
-            "positions, and within positions (per-position means removed)."),
-        checks=checks,
-        findings=findings,
-        tables=tables,
-        figures=figures,
-        data=to_jsonable(data),
-        seconds=time.perf_counter() - t0,
-    )
+
+
+def _description(res: AlignmentResult, seed: int) -> str:
+    L, H = res.shape
+    return (
+        f"{res.n_prompts} fresh in-distribution {res.task} prompts (N = {res.n_examples} "
+        f"pairs, seed {seed}) through a float64 copy of the trained model ({L} layers x "
+        f"{H} heads). At every query token i (i = 1..{res.n_examples - 1}; demonstrations "
+        "= the i demonstration tokens it sees, query = its own token) each head is split "
+        "into c_D + c_Q; "
+        "eta* = N_t/(2 D'_t), log D'_t, the mean query-demonstration logit and the demo "
+        "share ||c_D||/(||c_D||+||c_Q||) are recorded; one distillation step from W = 0 "
+        "with eta* is compared with W_0 (and with 0.5 eta*, 2 eta* at every position of "
+        "the first prompts and the last position of all). Stationarity: Spearman / Pearson "
+        "of log eta* vs the mean query-demonstration logit per head over all prompts and "
+        "positions, and within positions (per-position means removed).")
