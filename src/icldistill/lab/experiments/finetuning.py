@@ -1067,6 +1067,40 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
     Section
     """
     t0 = time.perf_counter()
+    k, n_test, grid = _settings(quick, k, n_test, lr_grid)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    groups_m = ph.resolve_models(models, under_test=under_test, n_controls=n_controls,
+                                 seed=seed, dtype=dtype, progress=progress)
+    for grp in groups_m:
+        for m in grp:
+            attention_modules(m.loaded.model)
+    task_list = ph.resolve_tasks(list(tasks) if tasks is not None else list(ph.DEFAULT_TASKS),
+                                 n_test=n_test, seed=seed, progress=progress)
+    demo_sets = _demo_sets(task_list, k, seed)
+    groups = _compare(groups_m, task_list, demo_sets, grid, seed, progress)
+    checks, findings, comparisons = _checks_and_findings(groups, seed)
+    tables = _tables(groups, comparisons, task_list, k)
+    figures = _figures(groups, task_list, out)
+    data = {
+        "k": k, "n_test": n_test, "lr_grid": list(grid), "seed": seed, "dai_2023": DAI_2023,
+        "tasks": [t.name for t in task_list],
+        "demos": [[{"input": x, "label": y} for x, y in d] for d in demo_sets],
+        "groups": [{"models": [m.name for m in g.models], "comparisons": d,
+                    "results": [[_comp_data(c, m) for c in cs]
+                                for m, cs in zip(g.models, g.comps, strict=True)]}
+                   for g, d in zip(groups, comparisons, strict=True)],
+    }
+    return Section(name="icl-vs-finetuning", title="ICL versus fine-tuning (Dai et al., 2023)",
+                   description=_description(groups, task_list, k, n_test, grid, seed),
+                   checks=checks, findings=findings, tables=tables,
+                   figures=figures, data=to_jsonable(data), seconds=time.perf_counter() - t0)
+
+
+def _settings(quick: bool, k: Any, n_test: Any, lr_grid: Sequence[float] | None
+              ) -> tuple[int, int, tuple[float, ...]]:
+    """``k``, ``n_test`` and the sorted learning-rate grid of a run, defaults filled in and
+    checked."""
     if k is None:
         k = QUICK_K if quick else FULL_K
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -1080,21 +1114,25 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
     grid = tuple(sorted({_check_lr(x, "lr_grid entries") for x in lr_grid}))
     if not grid:
         raise InputError("lr_grid must hold at least one learning rate")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    groups_m = ph.resolve_models(models, under_test=under_test, n_controls=n_controls,
-                                 seed=seed, dtype=dtype, progress=progress)
-    for grp in groups_m:
-        for m in grp:
-            attention_modules(m.loaded.model)
-    task_list = ph.resolve_tasks(list(tasks) if tasks is not None else list(ph.DEFAULT_TASKS),
-                                 n_test=n_test, seed=seed, progress=progress)
+    return k, n_test, grid
+
+
+def _demo_sets(task_list: list[ph.TaskItems], k: int,
+               seed: int) -> list[list[tuple[str, str]]]:
+    """Per task one label-balanced set of ``k`` demonstrations in a seeded random order."""
     demo_sets = []
     for ti, task in enumerate(task_list):
         rng = np.random.default_rng([seed, ti])
         idx = ph.balanced_indices(task.pool_labels, k, rng)
         demo_sets.append(task.demos(idx[rng.permutation(idx.size)]))
+    return demo_sets
 
+
+def _compare(groups_m: list[list[ph.ModelUnderTest]], task_list: list[ph.TaskItems],
+             demo_sets: list[list[tuple[str, str]]], grid: tuple[float, ...], seed: int,
+             progress: bool) -> list[_Group]:
+    """ICL against fine-tuning for every model and task; the controls are fine-tuned with the
+    learning rate chosen for their trained model."""
     groups: list[_Group] = []
     for gi, grp in enumerate(groups_m):
         comps: list[list[Comparison]] = [[] for _ in grp]
@@ -1107,7 +1145,12 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
                                                    progress=progress, workspace=ws))
             del ws
         groups.append(_Group(grp, comps))
+    return groups
 
+
+def _checks_and_findings(groups: list[_Group], seed: int
+                         ) -> tuple[list[Check], list[str], list[dict[str, Any]]]:
+    """The controlled checks and findings of every group, and each group's comparisons."""
     checks: list[Check] = []
     findings: list[str] = []
     comparisons = []
@@ -1124,7 +1167,24 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
             f"{np.mean([c.accuracy('icl') for c in tr]):.3f}, fine-tuned "
             f"{np.mean([c.accuracy('ft') for c in tr]):.3f}; learning rates chosen by "
             "training accuracy: " + ", ".join(f"{c.task} {c.lr:g}" for c in tr) + ".")
+    return checks, findings, comparisons
 
+
+def _tables(groups: list[_Group], comparisons: list[dict[str, Any]],
+            task_list: list[ph.TaskItems], k: int) -> list[Table]:
+    tables = [_results_table(groups, k),
+              _reference_table(groups, comparisons, task_list, k),
+              _layer_table(groups, comparisons)]
+    search_rows = tuple((g.models[0].name, c.task, r, a, nll, r == c.lr)
+                        for g in groups for c in g.comps[0] for r, a, nll in c.lr_search)
+    if search_rows:
+        tables.append(Table("Learning-rate choice (training accuracy on the demonstrations)",
+                            ("model", "task", "lr", "train accuracy", "train NLL", "chosen"),
+                            search_rows))
+    return tables
+
+
+def _results_table(groups: list[_Group], k: int) -> Table:
     rows = []
     for g in groups:
         for m, cs in zip(g.models, g.comps, strict=True):
@@ -1136,10 +1196,14 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
                              else math.nan,
                              float(np.nanmean(c.random_simaou))
                              if np.isfinite(c.random_simaou).any() else math.nan))
-    tables = [Table(f"ZSL, ICL ({k} demonstrations) and fine-tuning per model and task",
-                    ("model", "role", "task", "n", "FT lr", "FT train acc", "ZSL acc",
-                     "ICL acc", "FT acc", "FT corrections", "also ICL's", "Rec2FTP",
-                     "SimAOU (layer mean)", "random-vector SimAOU"), tuple(rows))]
+    return Table(f"ZSL, ICL ({k} demonstrations) and fine-tuning per model and task",
+                 ("model", "role", "task", "n", "FT lr", "FT train acc", "ZSL acc",
+                  "ICL acc", "FT acc", "FT corrections", "also ICL's", "Rec2FTP",
+                  "SimAOU (layer mean)", "random-vector SimAOU"), tuple(rows))
+
+
+def _reference_table(groups: list[_Group], comparisons: list[dict[str, Any]],
+                     task_list: list[ph.TaskItems], k: int) -> Table:
     ref = [(f"Dai et al. (2023) {name}", "trained", "6 datasets, 32 demos", v["rec2ftp"],
             v["simaou"], v["simaou_random"]) for name, v in DAI_2023.items()]
     for g, d in zip(groups, comparisons, strict=True):
@@ -1150,9 +1214,12 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
             ref.append((f"ours: {m.name}", m.role,
                         f"{len(task_list)} tasks, {k} demos, {b} FT corrections",
                         100.0 * a / b if b else math.nan, s["value"], float(rnd)))
-    tables.append(Table("Ours beside Dai et al. (2023) (Rec2FTP in %, pooled over tasks)",
-                        ("model", "role", "setting", "Rec2FTP %", "SimAOU",
-                         "SimAOU random vectors"), tuple(ref)))
+    return Table("Ours beside Dai et al. (2023) (Rec2FTP in %, pooled over tasks)",
+                 ("model", "role", "setting", "Rec2FTP %", "SimAOU",
+                  "SimAOU random vectors"), tuple(ref))
+
+
+def _layer_table(groups: list[_Group], comparisons: list[dict[str, Any]]) -> Table:
     layer_rows = []
     for g, d in zip(groups, comparisons, strict=True):
         rnd = _nanmean0(np.concatenate([c.random_cos for c in g.comps[0]]))
@@ -1160,28 +1227,16 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
             t = c["trained"]
             layer_rows.append((g.models[0].name, layer, t["value"], t["low"], t["high"],
                                c["low"], c["high"], float(rnd[layer]), bool(c["outside"])))
-    tables.append(Table("SimAOU per layer (trained with 95% interval, control spread, "
-                        "random-vector baseline)",
-                        ("model", "layer", "SimAOU", "low", "high", "control low",
-                         "control high", "random vectors", "outside"), tuple(layer_rows)))
-    search_rows = tuple((g.models[0].name, c.task, r, a, nll, r == c.lr)
-                        for g in groups for c in g.comps[0] for r, a, nll in c.lr_search)
-    if search_rows:
-        tables.append(Table("Learning-rate choice (training accuracy on the demonstrations)",
-                            ("model", "task", "lr", "train accuracy", "train NLL", "chosen"),
-                            search_rows))
-    figures = _figures(groups, task_list, out)
-    data = {
-        "k": k, "n_test": n_test, "lr_grid": list(grid), "seed": seed, "dai_2023": DAI_2023,
-        "tasks": [t.name for t in task_list],
-        "demos": [[{"input": x, "label": y} for x, y in d] for d in demo_sets],
-        "groups": [{"models": [m.name for m in g.models], "comparisons": d,
-                    "results": [[_comp_data(c, m) for c in cs]
-                                for m, cs in zip(g.models, g.comps, strict=True)]}
-                   for g, d in zip(groups, comparisons, strict=True)],
-    }
+    return Table("SimAOU per layer (trained with 95% interval, control spread, "
+                 "random-vector baseline)",
+                 ("model", "layer", "SimAOU", "low", "high", "control low",
+                  "control high", "random vectors", "outside"), tuple(layer_rows))
+
+
+def _description(groups: list[_Group], task_list: list[ph.TaskItems], k: int, n_test: int,
+                 grid: tuple[float, ...], seed: int) -> str:
     L = groups[0].comps[0][0].cos.shape[1] if groups and groups[0].comps[0] else 0
-    desc = (
+    return (
         f"ICL against fine-tuning after Dai et al. (2023) on {', '.join(t.name for t in task_list)}"
         f" ({len(task_list)} tasks), models {', '.join(g.models[0].name for g in groups)}, each "
         f"with {len(groups[0].models) - 1} random-init control(s). Per task one label-balanced "
@@ -1198,6 +1253,3 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
         f"residual add) at the prompt's last token ({L} layers); random-vector baseline: the "
         "cosine with a seeded Gaussian vector. Checks follow the control rule (outside the "
         "controls' 95% bootstrap intervals).")
-    return Section(name="icl-vs-finetuning", title="ICL versus fine-tuning (Dai et al., 2023)",
-                   description=desc, checks=checks, findings=findings, tables=tables,
-                   figures=figures, data=to_jsonable(data), seconds=time.perf_counter() - t0)
