@@ -363,23 +363,61 @@ def run(trained: TrainedICL, *, out_dir: Path, quick: bool = False, seed: int = 
     return _section(res, figures, seed, time.perf_counter() - t0)
 
 
+@dataclass(frozen=True)
+class _Summary:
+    """The numbers the checks, findings and data share."""
+
+    reg: bool
+    err_word: str
+    rho: float                     # Spearman(n, transformer error)
+    linear: list[str]              # the baselines but the zero predictor
+    mean_dist: dict[str, float]    # mean distance to the transformer per baseline
+    best: str                      # linear method closest on average
+    closest: list[str]             # closest method per n
+    big: np.ndarray                # n >= d
+    gd1: str                       # the one-step GD method (or the first linear one)
+    excess: np.ndarray             # transformer minus one-step GD error at n >= d
+    beats: int                     # n >= d where the transformer is at most one-step GD
+
+    @classmethod
+    def of(cls, res: GDComparison) -> _Summary:
+        reg = res.task == "regression"
+        tf_err = res.error["transformer"]
+        linear = [m for m in res.baselines if m != "zero"]
+        mean_dist = {m: float(np.mean(res.distance[m])) for m in res.baselines}
+        big = res.n >= res.d_x
+        gd1 = "gd1" if "gd1" in res.error else linear[0]
+        excess = tf_err[big] - res.error[gd1][big]
+        return cls(reg=reg, err_word="error" if reg else "error rate",
+                   rho=spearman(res.n.astype(np.float64), tf_err), linear=linear,
+                   mean_dist=mean_dist, best=min(linear, key=lambda m: mean_dist[m]),
+                   closest=res.closest(), big=big, gd1=gd1, excess=excess,
+                   beats=int((excess <= 0).sum()))
+
+
 def _section(res: GDComparison, figures: list[str], seed: int, seconds: float) -> Section:
-    reg = res.task == "regression"
+    sm = _Summary.of(res)
+    return Section(
+        name="gd",
+        title="In-context learning vs gradient descent and least squares",
+        description=_description(res, seed),
+        checks=_checks(res, sm),
+        findings=_findings(res, sm),
+        tables=_tables(res, sm),
+        figures=figures,
+        data=to_jsonable(_data(res, sm)),
+        seconds=seconds,
+    )
+
+
+def _checks(res: GDComparison, sm: _Summary) -> list[Check]:
     d, N = res.d_x, res.n_examples
     tf_err = res.error["transformer"]
-    rho = spearman(res.n.astype(np.float64), tf_err)
-    # method closest to the transformer on average over n (zero predictor excluded)
-    linear = [m for m in res.baselines if m != "zero"]
-    mean_dist = {m: float(np.mean(res.distance[m])) for m in res.baselines}
-    best = min(linear, key=lambda m: mean_dist[m])
-    closest = res.closest()
-    counts = {m: closest.count(m) for m in res.baselines}
-    big = res.n >= d
-    gd1 = "gd1" if "gd1" in res.error else linear[0]
-    excess = tf_err[big] - res.error[gd1][big]
+    rho, best, mean_dist, big, excess, beats = (sm.rho, sm.best, sm.mean_dist, sm.big,
+                                                sm.excess, sm.beats)
+    err_word = sm.err_word
+    counts = {m: sm.closest.count(m) for m in res.baselines}
     sem2 = 2 * float(np.max(res.error_sem["transformer"]))
-    beats = int((excess <= 0).sum())
-    err_word = "error" if reg else "error rate"
     checks = [
         Check(f"the transformer's {err_word} decreases with n (Spearman(n, {err_word}) <= "
               f"-{SPEARMAN_MIN})",
@@ -400,12 +438,21 @@ def _section(res: GDComparison, figures: list[str], seed: int, seconds: float) -
               f"transformer's {err_word} <= {sem2:.2g})"),
     ]
     ls_err = res.error["least_squares"][big]
-    if reg:
+    if sm.reg:
         checks.append(Check(
             "sanity: least squares recovers w on noiseless prompts with n >= d (error ~ 0)",
             bool(ls_err.size and float(ls_err.max()) < 1e-8),
             f"max mean error over n >= d: {float(ls_err.max()) if ls_err.size else math.nan:.2e}"))
-    zero_better = [m for m in linear if np.mean(res.error[m]) < np.mean(res.error["zero"])]
+    return checks
+
+
+def _findings(res: GDComparison, sm: _Summary) -> list[str]:
+    d, N = res.d_x, res.n_examples
+    tf_err = res.error["transformer"]
+    rho, mean_dist, big, gd1, beats = sm.rho, sm.mean_dist, sm.big, sm.gd1, sm.beats
+    err_word = sm.err_word
+    ls_err = res.error["least_squares"][big]
+    zero_better = [m for m in sm.linear if np.mean(res.error[m]) < np.mean(res.error["zero"])]
     findings = [
         (f"The transformer's {err_word} goes from {tf_err[0]:.3g} (n = 1) to {tf_err[-1]:.3g} "
          f"(n = {N - 1}); Spearman with n {rho:+.2f}."),
@@ -414,7 +461,7 @@ def _section(res: GDComparison, figures: list[str], seed: int, seconds: float) -
          + f"; closest on average: {_label(min(res.baselines, key=lambda m: mean_dist[m]))}."),
         ("Closest method per n: " + "; ".join(
             (f"n={a}" if a == b else f"n={a}-{b}") + f": {_label(m)}"
-            for a, b, m in _runs(res.n, closest)) + "."),
+            for a, b, m in _runs(res.n, sm.closest)) + "."),
         (f"At n >= d = {d}, the transformer's {err_word} is at most one-step GD's at {beats} of "
          f"{int(big.sum())} values of n; mean over these n: transformer "
          f"{float(tf_err[big].mean()) if big.any() else math.nan:.3g}, one-step GD "
@@ -431,18 +478,23 @@ def _section(res: GDComparison, figures: list[str], seed: int, seconds: float) -
                         + ", ".join(f"{_label(m)} at {c} values of n" for m, c in edges.items())
                         + " (at the cap, for K >= 2: the unconstrained optimum on the "
                         "validation prompts would make GD unstable on some prompt).")
-    tn = _table_ns(d, N)
+    return findings
+
+
+def _tables(res: GDComparison, sm: _Summary) -> list[Table]:
+    reg = sm.reg
+    tn = _table_ns(res.d_x, res.n_examples)
     idx = [int(np.nonzero(res.n == n)[0][0]) for n in tn]
     metric = "error" if reg else "accuracy"
     vals = res.error if reg else res.accuracy
     rows = tuple(
         (int(res.n[j]), *[float(vals[m][j]) for m in res.methods],
-         *[float(res.distance[m][j]) for m in res.baselines], _label(closest[j]))
+         *[float(res.distance[m][j]) for m in res.baselines], _label(sm.closest[j]))
         for j in idx)
     eta_rows = tuple((int(res.n[j]), *[float(res.eta[m][j]) for m in res.eta],
                       float(res.eta_cap[j])) for j in idx)
     dist_name = "dist" if reg else "disagree"
-    tables = [
+    return [
         Table(f"{metric.capitalize()} per method and distance to the transformer "
               f"({'(f - y)^2 / d' if reg else 'accuracy of sign(f)'}; distance "
               f"{'(f_TF - f_m)^2 / d' if reg else '= sign disagreement rate'})",
@@ -453,42 +505,41 @@ def _section(res: GDComparison, figures: list[str], seed: int, seconds: float) -
               ("n", *[f"eta {_label(m)}" for m in res.eta], "cap 2/lambda* (K >= 2)"),
               eta_rows),
     ]
-    data = {
-        "task": res.task, "d_x": d, "n_examples": N, "n_prompts": res.n_prompts,
+
+
+def _data(res: GDComparison, sm: _Summary) -> dict[str, Any]:
+    return {
+        "task": res.task, "d_x": res.d_x, "n_examples": res.n_examples,
+        "n_prompts": res.n_prompts,
         "validation_prompts": res.validation_prompts, "n": res.n, "methods": list(res.methods),
         "error": res.error, "error_sem": res.error_sem, "accuracy": res.accuracy,
         "distance": res.distance, "eta": res.eta, "eta_at_edge": res.eta_at_edge,
         "eta_cap": res.eta_cap, "eta_grid": list(ETA_GRID), "pinv_rtol": PINV_RTOL,
-        "closest": closest,
-        "spearman_error_n": rho, "mean_distance": mean_dist,
+        "closest": sm.closest,
+        "spearman_error_n": sm.rho, "mean_distance": sm.mean_dist,
         "compute_seconds": res.seconds,
     }
-    return Section(
-        name="gd",
-        title="In-context learning vs gradient descent and least squares",
-        description=(
-            f"{res.n_prompts} fresh noiseless in-distribution {res.task} prompts "
-            f"(d = {d}, N = {N} pairs, seed {seed}); at every x_n (n = 1..{N - 1} in-context "
-            "examples) the transformer's prediction is compared with linear estimators fitted on "
-            "the same n pairs: the zero predictor, "
-            + ", ".join(_label(m) for m in res.eta)
-            + " from w = 0 on (1/2n)||y - Xw||^2 (step size tuned separately for every n and "
-            f"method by a grid line search over {len(ETA_GRID)} log-spaced values in "
-            f"[{ETA_GRID[0]:g}, {ETA_GRID[-1]:g}] on {res.validation_prompts} validation "
-            "prompts, minimising the squared error; for K >= 2 steps capped at 2/lambda*, "
-            "lambda* the largest lambda_max(X^T X/n) over all contexts, so GD is stable on "
-            "every prompt) and minimum-norm least squares "
-            f"(pseudo-inverse, relative cut-off {PINV_RTOL:g})."
-            + (" Error: (f - y)^2 / d; distance: mean (f_TF - f_m)^2 / d." if reg else
-               " The methods predict sign(.) of the same estimates (labels ±1 as targets); "
-               "accuracy of sign(f); distance: sign disagreement rate.")),
-        checks=checks,
-        findings=findings,
-        tables=tables,
-        figures=figures,
-        data=to_jsonable(data),
-        seconds=seconds,
-    )
+
+
+def _description(res: GDComparison, seed: int) -> str:
+    reg = res.task == "regression"
+    d, N = res.d_x, res.n_examples
+    return (
+        f"{res.n_prompts} fresh noiseless in-distribution {res.task} prompts "
+        f"(d = {d}, N = {N} pairs, seed {seed}); at every x_n (n = 1..{N - 1} in-context "
+        "examples) the transformer's prediction is compared with linear estimators fitted on "
+        "the same n pairs: the zero predictor, "
+        + ", ".join(_label(m) for m in res.eta)
+        + " from w = 0 on (1/2n)||y - Xw||^2 (step size tuned separately for every n and "
+        f"method by a grid line search over {len(ETA_GRID)} log-spaced values in "
+        f"[{ETA_GRID[0]:g}, {ETA_GRID[-1]:g}] on {res.validation_prompts} validation "
+        "prompts, minimising the squared error; for K >= 2 steps capped at 2/lambda*, "
+        "lambda* the largest lambda_max(X^T X/n) over all contexts, so GD is stable on "
+        "every prompt) and minimum-norm least squares "
+        f"(pseudo-inverse, relative cut-off {PINV_RTOL:g})."
+        + (" Error: (f - y)^2 / d; distance: mean (f_TF - f_m)^2 / d." if reg else
+           " The methods predict sign(.) of the same estimates (labels ±1 as targets); "
+           "accuracy of sign(f); distance: sign disagreement rate."))
 
 
 def _runs(ns: np.ndarray, labels: list[str]) -> list[tuple[int, int, str]]:
