@@ -592,6 +592,7 @@ class FewShotScorer:
 
     # ---- public scoring ----------------------------------------------------------------
 
+    # long: 36 lines of NumPy docstring; the code is 57
     def score(
         self,
         queries: Sequence[str],

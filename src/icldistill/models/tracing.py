@@ -355,18 +355,16 @@ def _per_head(x: torch.Tensor, H: int, what: str, name: str) -> torch.Tensor:
                      "not supported by the tracer")
 
 
-def _record(
-    req: _Request,
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    out: torch.Tensor,
-    named: dict[str, Any],
-) -> None:
-    name = type(module).__name__
-    layer, call = _layer_of(req, module)
+#: Dtype of the per-head reductions. They run in float64 (only the traced positions, a few heads
+#: at a time, so the extra memory stays bounded): float32 sums over thousands of keys with large
+#: logits lose ~1e-4 of the attention mass.
+_REDUCE_DTYPE = torch.float64
+
+
+def _check_call_shapes(req: _Request, name: str, query: torch.Tensor, key: torch.Tensor,
+                       value: torch.Tensor, out: torch.Tensor) -> tuple[int, int]:
+    """Refuse an attention call the tracer cannot decompose; return the query heads per key head
+    and per value head (grouped-query attention)."""
     if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
         raise InputError(f"{name}: attention tensors are not [batch, heads, tokens, dim]; "
                          "not supported by the tracer")
@@ -381,10 +379,210 @@ def _record(
     Hk, Hv, Dv = key.shape[1], value.shape[1], value.shape[-1]
     if H % Hk or H % Hv:
         raise InputError(f"{name}: {H} query heads cannot share {Hk} key / {Hv} value heads")
-    gk, gv = H // Hk, H // Hv
     if tuple(out.shape) != (1, T, H, Dv):
         raise InputError(f"{name}'s attention returned a tensor of shape {tuple(out.shape)}, not "
                          f"[1, {T}, {H}, {Dv}]; not supported by the tracer")
+    return H // Hk, H // Hv
+
+
+_Rows = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _mask_visibility(
+    attention_mask: torch.Tensor | None, rows: _Rows, H: int, P: int, S: int, name: str,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(allowed [H_m, P, S] bool, extra, biased)`` of the call's attention mask at the traced
+    rows (``H_m`` = 1 or ``H``). A float mask may carry an additive bias besides its ``-inf``
+    entries (ALiBi, ...): ``extra`` is that bias in the reduction dtype and ``biased`` ``[H]``
+    marks the heads it touches (they have no kernel form); both are ``None`` without one."""
+    if attention_mask is None:
+        return torch.ones(1, P, S, dtype=torch.bool, device=device), None, None
+    m = attention_mask
+    if m.ndim == 2:
+        m = m[None, None]
+    elif m.ndim == 3:
+        m = m[:, None]
+    m = rows(m[0, :, :, :S])                                            # [H_m, P, S]
+    if m.shape[0] not in (1, H):
+        raise InputError(f"{name}: the attention mask has {m.shape[0]} heads but the "
+                         f"attention has {H}; not supported by the tracer")
+    if m.dtype == torch.bool:
+        return m, None, None
+    allowed = m > torch.finfo(m.dtype).min / 2
+    bias = m.masked_fill(~allowed, 0.0)
+    nz = bias.ne(0).flatten(1).any(-1)                                  # [H_m]
+    if bool(nz.any()):
+        return allowed, bias.to(_REDUCE_DTYPE), _per_head(nz, H, "the mask", name)
+    return allowed, None, None
+
+
+def _position_bias(pbias: Any, rows: _Rows, H: int, S: int, name: str
+                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(bias [H_p, P, S], biased [H])`` of a ``position_bias=`` keyword (T5-style relative
+    positions) at the traced rows; ``biased`` marks the heads with a non-zero bias."""
+    if pbias is None:
+        return None, None
+    if not isinstance(pbias, torch.Tensor) or pbias.ndim != 4:
+        raise InputError(f"{name}: position_bias= is not a [batch, heads, queries, keys] "
+                         "tensor; not supported by the tracer")
+    pbias = rows(pbias[0, :, :, :S])                                    # [H_p, P, S]
+    return pbias, _per_head(pbias.ne(0).flatten(1).any(-1), H, "position_bias", name)
+
+
+def _sink_logits(named: dict[str, Any], rows: _Rows, H: int, T: int, P: int, name: str
+                 ) -> torch.Tensor | None:
+    """Attention-sink logits ``[H, P]`` in the reduction dtype (``s_aux=`` or ``sinks=``: one
+    extra key per head with a zero value), or ``None``."""
+    sink = named.get("s_aux")
+    if sink is None:
+        sink = named.get("sinks")
+    if sink is None:
+        return None
+    if not isinstance(sink, torch.Tensor):
+        raise InputError(f"{name}: attention sinks are not a tensor; not supported")
+    if sink.ndim == 1 and sink.shape[0] == H:
+        sink = sink[:, None].expand(H, P)
+    elif sink.ndim == 4 and sink.shape[-1] == 1 and sink.shape[0] == 1:
+        sink = rows(_per_head(sink[0], H, "the sinks", name).expand(H, T, 1))[..., 0]
+    else:
+        raise InputError(f"{name}: attention sinks of shape {tuple(sink.shape)} (expected "
+                         f"[{H}] or [1, {H}, {T}, 1]); not supported by the tracer")
+    return sink.to(_REDUCE_DTYPE)                                       # [H, P]
+
+
+@dataclass(frozen=True)
+class _CallInputs:
+    """One attention call prepared for :func:`_reduce_chunk` (references only, no copies)."""
+
+    query: torch.Tensor              # [1, H, T, D] as the model passed it
+    key: torch.Tensor                # [1, H_k, S, D]
+    value: torch.Tensor              # [1, H_v, S, Dv]
+    rows: _Rows                      # [..., T, S] -> [..., P, S]
+    scale: float
+    softcap: Any                     # None or the soft-capping constant
+    pbias: torch.Tensor | None       # [H_p, P, S] position bias, model dtype
+    extra: torch.Tensor | None       # [H_m, P, S] additive float-mask bias, reduction dtype
+    sink: torch.Tensor | None        # [H, P] sink logits, reduction dtype
+    allowed: torch.Tensor            # [H_m, P, S] bool
+    vis_f: torch.Tensor              # [H_m, P, S] visible demonstration keys (0/1)
+    all_f: torch.Tensor              # [H_m, P, S] visible keys (0/1)
+    n_demo: torch.Tensor             # [H_m, P]
+    n_keys: torch.Tensor             # [H_m, P]
+    seg_ids: torch.Tensor            # [S] fine segment per key
+    n_fine: int
+    comp_ids: torch.Tensor           # [S] component index per key (fine or group)
+    n_comp: int
+    gk: int                          # query heads per key head
+    gv: int                          # query heads per value head
+    P: int                           # traced positions
+    S: int                           # keys
+
+
+def _reduce_chunk(c: _CallInputs, h0: int, h1: int) -> tuple[torch.Tensor | None, ...]:
+    """Decompose query heads ``h0:h1`` at the traced rows: ``(components [n_comp, h, P, Dv],
+    log D' [h, P], fine masses [S_fine, h, P], mean demo logit, mean logit, reference scale
+    sum_j p_j ||v_j|| [h, P], sink mass [h, P] or None)``."""
+    cdtype = _REDUCE_DTYPE
+    dev = c.query.device
+    P, S = c.P, c.S
+    heads = torch.arange(h0, h1, device=dev)
+    mh = slice(h0, h1) if c.allowed.shape[0] > 1 else slice(0, 1)
+    q = c.rows(c.query[0, h0:h1])                                      # [h, P, D]
+    k = c.key[0].index_select(0, heads // c.gk)                        # [h, S, D]
+    # the logits with the eager function's operations, in the model's dtype
+    lg = torch.matmul(q, k.transpose(1, 2)) * c.scale
+    if c.softcap is not None:
+        lg = torch.tanh(lg / c.softcap) * c.softcap
+    if c.pbias is not None:
+        lg = lg + (c.pbias[h0:h1] if c.pbias.shape[0] > 1 else c.pbias)
+    lg = lg.to(cdtype)                                                 # [h, P, S]
+    if c.extra is not None:
+        lg = lg + c.extra[mh]
+    vv = c.value[0].index_select(0, heads // c.gv).to(cdtype)          # [h, S, Dv]
+    al = c.allowed[mh].expand(h1 - h0, P, S)
+    # masked means of the logits (before masking them to -inf below)
+    md = torch.einsum("hps,hps->hp", lg, c.vis_f[mh].expand_as(lg)) / c.n_demo[mh].to(cdtype)
+    ml = torch.einsum("hps,hps->hp", lg, c.all_f[mh].expand_as(lg)) / c.n_keys[mh].to(cdtype)
+    if c.sink is not None:               # one more key: logit s_h, value 0
+        probs, ln = attention_probs(torch.cat([lg, c.sink[h0:h1, :, None]], -1),
+                                    torch.cat([al, al.new_ones(h1 - h0, P, 1)], -1))
+        sk = probs[..., S]
+        probs = probs[..., :S]
+    else:
+        probs, ln = attention_probs(lg, al)
+        sk = None
+    comp = segment_components(probs, vv, c.comp_ids, c.n_comp)         # [h, n_comp, P, Dv]
+    ms = segment_mass(probs, c.seg_ids, c.n_fine)                      # [h, S_fine, P]
+    scale_ref = probs @ vv.norm(dim=-1)[:, :, None]                    # [h, P, 1]
+    return comp.movedim(-3, 0), ln, ms.movedim(-2, 0), md, ml, scale_ref[..., 0], sk
+
+
+def _reduce_heads(c: _CallInputs, H: int) -> tuple[torch.Tensor | None, ...]:
+    """:func:`_reduce_chunk` over all ``H`` query heads, a few at a time (at most
+    :data:`_CHUNK_ELEMENTS` logits per chunk), joined along the head axis."""
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, c.P * c.S))
+    parts = [_reduce_chunk(c, h0, min(H, h0 + chunk)) for h0 in range(0, H, chunk)]
+    comps = torch.cat([p[0] for p in parts], dim=1) if len(parts) > 1 else parts[0][0]
+    log_norm = torch.cat([p[1] for p in parts])                          # [H, P]
+    mass = torch.cat([p[2] for p in parts], dim=1)                       # [S_fine, H, P]
+    mean_demo = torch.cat([p[3] for p in parts])
+    mean_logit = torch.cat([p[4] for p in parts])
+    ref_scale = torch.cat([p[5] for p in parts])                         # [H, P]
+    sink_mass = torch.cat([p[6] for p in parts]) if c.sink is not None else None
+    return comps, log_norm, mass, mean_demo, mean_logit, ref_scale, sink_mass
+
+
+def _check_reproduces(name: str, layer: int, grouped: torch.Tensor, actual: torch.Tensor,
+                      ref_scale: torch.Tensor, dtype: torch.dtype, named: dict[str, Any]
+                      ) -> float:
+    """Refuse the call unless the grouped components ``[3, H, P, Dv]`` sum to the model's own
+    output ``actual`` ``[H, P, Dv]`` within :data:`CHECK_TOLERANCE` of ``ref_scale``; return the
+    largest relative error against ``||actual||``."""
+    P = actual.shape[1]
+    diff = (grouped.sum(0) - actual).norm(dim=-1)
+    err = diff / actual.norm(dim=-1).clamp_min(1e-30)
+    check = diff / ref_scale.clamp_min(1e-30)
+    tol = CHECK_TOLERANCE.get(dtype, 2e-2)
+    if check.numel() and float(check.max()) > tol:
+        worst = int(check.flatten().argmax()) // P
+        raise InputError(
+            f"{name} (layer {layer}): the traced decomposition differs from the model's own "
+            f"attention output by {float(check.max()):.2g} (relative, head {worst}; tolerance "
+            f"{tol:g}); the tracer does not reproduce this architecture's attention "
+            f"(keywords: {', '.join(sorted(k for k, v in named.items() if v is not None))}), "
+            "so it refuses to trace it")
+    return float(err.max()) if err.numel() else 0.0
+
+
+def _keep_w0(rec: _LayerRecord, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+             rows: _Rows, allowed: torch.Tensor, demo_cols: torch.Tensor) -> None:
+    """Store on ``rec`` what ``W_0`` needs: the demonstrations' keys and values, their
+    visibility at the traced rows and the queries there (reduction dtype, on the CPU)."""
+    cdtype = _REDUCE_DTYPE
+    demo_pos = demo_cols.nonzero().flatten()
+    rec.demo_keys = key[0].index_select(1, demo_pos).detach().to(cdtype).cpu()
+    rec.demo_values = value[0].index_select(1, demo_pos).detach().to(cdtype).cpu()
+    rec.demo_visible = allowed.index_select(2, demo_pos).cpu()
+    rec.queries = rows(query[0]).detach().to(cdtype).cpu()
+
+
+def _record(
+    req: _Request,
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    out: torch.Tensor,
+    named: dict[str, Any],
+) -> None:
+    """Decompose one attention call of every head at the traced positions, check that the
+    pieces reproduce the model's own output ``out``, and append a :class:`_LayerRecord`."""
+    name = type(module).__name__
+    layer, call = _layer_of(req, module)
+    gk, gv = _check_call_shapes(req, name, query, key, value, out)
+    H, T, S = query.shape[1], query.shape[2], key.shape[2]
     scaling = named.get("scaling")
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
     softcap = named.get("softcap")
@@ -396,107 +594,32 @@ def _record(
     def rows(x: torch.Tensor) -> torch.Tensor:          # [..., T, S] -> [..., P, S]
         return x if req.every else x.index_select(-2, pos)
 
-    # The reductions run in float64 (only the traced positions, a few heads at a time, so the
-    # extra memory stays bounded): float32 sums over thousands of keys with large logits lose
-    # ~1e-4 of the attention mass.
-    cdtype = torch.float64
-    extra = None                                       # additive float-mask bias [H_m, P, S]
-    if attention_mask is None:
-        allowed = torch.ones(1, P, S, dtype=torch.bool, device=dev)
-    else:
-        m = attention_mask
-        if m.ndim == 2:
-            m = m[None, None]
-        elif m.ndim == 3:
-            m = m[:, None]
-        m = rows(m[0, :, :, :S])                                            # [H_m, P, S]
-        if m.shape[0] not in (1, H):
-            raise InputError(f"{name}: the attention mask has {m.shape[0]} heads but the "
-                             f"attention has {H}; not supported by the tracer")
-        if m.dtype == torch.bool:
-            allowed = m
-        else:
-            allowed = m > torch.finfo(m.dtype).min / 2
-            bias = m.masked_fill(~allowed, 0.0)
-            nz = bias.ne(0).flatten(1).any(-1)                              # [H_m]
-            if bool(nz.any()):       # additive bias in the mask (ALiBi, ...): no kernel form
-                extra = bias.to(cdtype)
-                kernel_form &= ~_per_head(nz, H, "the mask", name)
-    pbias = named.get("position_bias")
-    if pbias is not None:
-        if not isinstance(pbias, torch.Tensor) or pbias.ndim != 4:
-            raise InputError(f"{name}: position_bias= is not a [batch, heads, queries, keys] "
-                             "tensor; not supported by the tracer")
-        pbias = rows(pbias[0, :, :, :S])                                    # [H_p, P, S]
-        kernel_form &= ~_per_head(pbias.ne(0).flatten(1).any(-1), H, "position_bias", name)
-    sink = named.get("s_aux")
-    if sink is None:
-        sink = named.get("sinks")
-    if sink is not None:
-        if not isinstance(sink, torch.Tensor):
-            raise InputError(f"{name}: attention sinks are not a tensor; not supported")
-        if sink.ndim == 1 and sink.shape[0] == H:
-            sink = sink[:, None].expand(H, P)
-        elif sink.ndim == 4 and sink.shape[-1] == 1 and sink.shape[0] == 1:
-            sink = rows(_per_head(sink[0], H, "the sinks", name).expand(H, T, 1))[..., 0]
-        else:
-            raise InputError(f"{name}: attention sinks of shape {tuple(sink.shape)} (expected "
-                             f"[{H}] or [1, {H}, {T}, 1]); not supported by the tracer")
-        sink = sink.to(cdtype)                                              # [H, P]
+    cdtype = _REDUCE_DTYPE
+    allowed, extra, mask_biased = _mask_visibility(attention_mask, rows, H, P, S, name, dev)
+    if mask_biased is not None:          # additive bias in the mask (ALiBi, ...): no kernel form
+        kernel_form &= ~mask_biased
+    pbias, pos_biased = _position_bias(named.get("position_bias"), rows, H, S, name)
+    if pos_biased is not None:
+        kernel_form &= ~pos_biased
+    sink = _sink_logits(named, rows, H, T, P, name)
     seg_ids = req.seg_ids.to(dev)
     group_of = req.group_of.to(dev)
     demo_cols = group_of[seg_ids] == 1                                   # [S]
     vis_demo = allowed & demo_cols[None, None, :]                        # [H_m, P, S]
     n_demo = vis_demo.sum(-1)                                            # [H_m, P]
     n_keys = allowed.sum(-1)
-    Hm = allowed.shape[0]
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, P * S))
     n_fine = len(req.seg_names)
     # without kept components only the three groups' components are formed (the fine
     # segments' masses are one scatter-add): 3 matrix products per chunk instead of S_fine
     comp_ids, n_comp = (seg_ids, n_fine) if req.keep_components else (group_of[seg_ids], 3)
-    vis_f = vis_demo.to(cdtype)
-    all_f = allowed.to(cdtype)
-    parts: list[tuple[torch.Tensor, ...]] = []
-    for h0 in range(0, H, chunk):
-        h1 = min(H, h0 + chunk)
-        heads = torch.arange(h0, h1, device=dev)
-        mh = slice(h0, h1) if Hm > 1 else slice(0, 1)
-        q = rows(query[0, h0:h1])                                        # [h, P, D]
-        k = key[0].index_select(0, heads // gk)                          # [h, S, D]
-        # the logits with the eager function's operations, in the model's dtype
-        lg = torch.matmul(q, k.transpose(1, 2)) * scale
-        if softcap is not None:
-            lg = torch.tanh(lg / softcap) * softcap
-        if pbias is not None:
-            lg = lg + (pbias[h0:h1] if pbias.shape[0] > 1 else pbias)
-        lg = lg.to(cdtype)                                               # [h, P, S]
-        if extra is not None:
-            lg = lg + extra[mh]
-        vv = value[0].index_select(0, heads // gv).to(cdtype)            # [h, S, Dv]
-        al = allowed[mh].expand(h1 - h0, P, S)
-        # masked means of the logits (before masking them to -inf below)
-        md = torch.einsum("hps,hps->hp", lg, vis_f[mh].expand_as(lg)) / n_demo[mh].to(cdtype)
-        ml = torch.einsum("hps,hps->hp", lg, all_f[mh].expand_as(lg)) / n_keys[mh].to(cdtype)
-        if sink is not None:             # one more key: logit s_h, value 0
-            probs, ln = attention_probs(torch.cat([lg, sink[h0:h1, :, None]], -1),
-                                        torch.cat([al, al.new_ones(h1 - h0, P, 1)], -1))
-            sk = probs[..., S]
-            probs = probs[..., :S]
-        else:
-            probs, ln = attention_probs(lg, al)
-            sk = None
-        c = segment_components(probs, vv, comp_ids, n_comp)              # [h, n_comp, P, Dv]
-        ms = segment_mass(probs, seg_ids, n_fine)                        # [h, S_fine, P]
-        scale_ref = probs @ vv.norm(dim=-1)[:, :, None]                  # [h, P, 1]
-        parts.append((c.movedim(-3, 0), ln, ms.movedim(-2, 0), md, ml, scale_ref[..., 0], sk))
-    comps = torch.cat([p[0] for p in parts], dim=1) if len(parts) > 1 else parts[0][0]
-    log_norm = torch.cat([p[1] for p in parts])                          # [H, P]
-    mass = torch.cat([p[2] for p in parts], dim=1)                       # [S_fine, H, P]
-    mean_demo = torch.cat([p[3] for p in parts])
-    mean_logit = torch.cat([p[4] for p in parts])
-    ref_scale = torch.cat([p[5] for p in parts])                         # [H, P]
-    sink_mass = torch.cat([p[6] for p in parts]) if sink is not None else None
+    inputs = _CallInputs(
+        query=query, key=key, value=value, rows=rows, scale=scale, softcap=softcap,
+        pbias=pbias, extra=extra, sink=sink, allowed=allowed, vis_f=vis_demo.to(cdtype),
+        all_f=allowed.to(cdtype), n_demo=n_demo, n_keys=n_keys, seg_ids=seg_ids,
+        n_fine=n_fine, comp_ids=comp_ids, n_comp=n_comp, gk=gk, gv=gv, P=P, S=S)
+    comps, log_norm, mass, mean_demo, mean_logit, ref_scale, sink_mass = \
+        _reduce_heads(inputs, H)
+    del inputs                           # the float masks vis_f / all_f are needed no more
     if req.keep_components:                                              # [S_fine, H, P, Dv]
         grouped = torch.zeros(3, *comps.shape[1:], dtype=cdtype, device=comps.device)
         grouped.index_add_(0, group_of, comps)                           # [3, H, P, Dv]
@@ -505,36 +628,21 @@ def _record(
     n_demo_h = _per_head(n_demo, H, "the mask", name)
     eta = torch.exp(torch.log(n_demo_h.to(cdtype) / 2.0) - log_norm)
     actual = rows(out[0].transpose(0, 1)).to(cdtype)                     # [H, P, Dv]
-    diff = (grouped.sum(0) - actual).norm(dim=-1)
-    err = diff / actual.norm(dim=-1).clamp_min(1e-30)
-    check = diff / ref_scale.clamp_min(1e-30)
-    tol = CHECK_TOLERANCE.get(query.dtype, 2e-2)
-    if check.numel() and float(check.max()) > tol:
-        worst = int(check.flatten().argmax()) // P
-        raise InputError(
-            f"{name} (layer {layer}): the traced decomposition differs from the model's own "
-            f"attention output by {float(check.max()):.2g} (relative, head {worst}; tolerance "
-            f"{tol:g}); the tracer does not reproduce this architecture's attention "
-            f"(keywords: {', '.join(sorted(k for k, v in named.items() if v is not None))}), "
-            "so it refuses to trace it")
+    max_err = _check_reproduces(name, layer, grouped, actual, ref_scale, query.dtype, named)
     rec = _LayerRecord(
         layer=layer, call=call,
         log_norm=log_norm.cpu(), eta=eta.cpu(), mass=mass.cpu(),
         comp_norm=grouped.norm(dim=-1).cpu(), mean_demo_logit=mean_demo.cpu(),
         mean_logit=mean_logit.cpu(), num_demo=n_demo_h.cpu(),
         num_keys=_per_head(n_keys, H, "the mask", name).cpu(), kernel_form=kernel_form.cpu(),
-        max_rel_error=float(err.max()) if err.numel() else 0.0,
+        max_rel_error=max_err,
         sink_mass=sink_mass.cpu() if sink_mass is not None else None,
         scale=scale, kv_groups=gk, value_groups=gv,
     )
     if req.keep_components:
         rec.components = comps.cpu()
     if req.keep_w0:
-        demo_pos = demo_cols.nonzero().flatten()
-        rec.demo_keys = key[0].index_select(1, demo_pos).detach().to(cdtype).cpu()
-        rec.demo_values = value[0].index_select(1, demo_pos).detach().to(cdtype).cpu()
-        rec.demo_visible = allowed.index_select(2, demo_pos).cpu()
-        rec.queries = rows(query[0]).detach().to(cdtype).cpu()
+        _keep_w0(rec, query, key, value, rows, allowed, demo_cols)
     req.records.append(rec)
     if req.progress is not None:
         req.progress.update(1)
@@ -795,6 +903,64 @@ def _module_layers(model: Any) -> dict[int, int]:
     return out
 
 
+def _traced_forward(model: Any, req: _Request, input_ids: torch.Tensor) -> Any:
+    """One forward pass of ``model`` on ``input_ids`` with the tracing attention function, which
+    appends a :class:`_LayerRecord` to ``req`` per attention call; the model's own attention
+    implementation is restored and ``req``'s progress bar closed afterwards."""
+    name = type(model).__name__
+    previous = model.config._attn_implementation
+    try:
+        model.set_attn_implementation(TRACE_ATTENTION)
+    except (ValueError, AttributeError, NotImplementedError, KeyError) as exc:
+        raise InputError(f"{name} cannot use a custom attention function "
+                         f"(transformers' attention interface): {exc}") from exc
+    token = _ACTIVE.set(req)
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            return model(input_ids=input_ids[None].to(device), use_cache=False)
+    finally:
+        _ACTIVE.reset(token)
+        model.set_attn_implementation(previous)
+        if req.progress is not None:
+            req.progress.close()
+
+
+def _untraced_layers(model: Any, req: _Request, n_layers: int | None,
+                     keep_components: bool) -> tuple[int, ...]:
+    """The layers that made no record (the config must declare them non-attention layers);
+    refuses a model whose attention did not (all) go through the tracer, or whose layers
+    differ in head count (or in value size, with ``keep_components``)."""
+    name = type(model).__name__
+    if not req.records:
+        raise InputError(f"{name} does not route attention through transformers' attention "
+                         "interface (or has no softmax attention over the tokens); this "
+                         "architecture is not supported")
+    traced = {r.layer for r in req.records}
+    untraced: tuple[int, ...] = ()
+    if n_layers is not None:
+        untraced = tuple(i for i in range(n_layers) if i not in traced)
+    if untraced:
+        softmax = _declared_softmax_layers(model.config, n_layers)
+        if softmax is None:
+            raise InputError(f"only {len(traced)} of {n_layers} layers of {name} went through "
+                             "the attention interface and its config does not declare the "
+                             "others non-attention layers; this architecture is not supported")
+        missed = [i for i in untraced if softmax[i]]
+        if missed:
+            raise InputError(f"layers {missed} of {name} are attention layers but did not go "
+                             "through the attention interface; this architecture is not "
+                             "supported")
+    heads = {int(r.eta.shape[0]) for r in req.records}
+    if len(heads) > 1:
+        raise InputError(f"the layers of {name} have different numbers of attention heads "
+                         f"({sorted(heads)}); the tracer needs one head count for all layers")
+    if keep_components and len({int(r.components.shape[-1]) for r in req.records}) > 1:
+        raise InputError(f"the layers of {name} have different value sizes; trace it without "
+                         "keep_components")
+    return untraced
+
+
 def trace(
     model: Any,
     tokenizer: Any,
@@ -862,49 +1028,8 @@ def trace(
     every = pos.numel() == T and bool((pos == torch.arange(T)).all())
     req = _Request(seg_ids, fine, group_of, pos, keep_components, keep_w0, every, progress=bar,
                    module_layers=_module_layers(model))
-    name = type(model).__name__
-    previous = model.config._attn_implementation
-    try:
-        model.set_attn_implementation(TRACE_ATTENTION)
-    except (ValueError, AttributeError, NotImplementedError, KeyError) as exc:
-        raise InputError(f"{name} cannot use a custom attention function "
-                         f"(transformers' attention interface): {exc}") from exc
-    token = _ACTIVE.set(req)
-    try:
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            out = model(input_ids=tok.input_ids[None].to(device), use_cache=False)
-    finally:
-        _ACTIVE.reset(token)
-        model.set_attn_implementation(previous)
-        if bar is not None:
-            bar.close()
-    if not req.records:
-        raise InputError(f"{name} does not route attention through transformers' attention "
-                         "interface (or has no softmax attention over the tokens); this "
-                         "architecture is not supported")
-    traced = {r.layer for r in req.records}
-    untraced: tuple[int, ...] = ()
-    if n_layers is not None:
-        untraced = tuple(i for i in range(n_layers) if i not in traced)
-    if untraced:
-        softmax = _declared_softmax_layers(model.config, n_layers)
-        if softmax is None:
-            raise InputError(f"only {len(traced)} of {n_layers} layers of {name} went through "
-                             "the attention interface and its config does not declare the "
-                             "others non-attention layers; this architecture is not supported")
-        missed = [i for i in untraced if softmax[i]]
-        if missed:
-            raise InputError(f"layers {missed} of {name} are attention layers but did not go "
-                             "through the attention interface; this architecture is not "
-                             "supported")
-    heads = {int(r.eta.shape[0]) for r in req.records}
-    if len(heads) > 1:
-        raise InputError(f"the layers of {name} have different numbers of attention heads "
-                         f"({sorted(heads)}); the tracer needs one head count for all layers")
-    if keep_components and len({int(r.components.shape[-1]) for r in req.records}) > 1:
-        raise InputError(f"the layers of {name} have different value sizes; trace it without "
-                         "keep_components")
+    out = _traced_forward(model, req, tok.input_ids)
+    untraced = _untraced_layers(model, req, n_layers, keep_components)
     logits = out.logits[0]
     if not every:                                  # all positions: the model's logits, no copy
         logits = logits.index_select(0, pos.to(logits.device))
