@@ -59,7 +59,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -681,6 +681,42 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
         tests).
     """
     t_start = time.perf_counter()
+    k, levels = _check_design(k, rhos, quick)
+    n_sets, n_test, n_sample, n_cal = (_SETS[bool(quick)], _N_TEST[bool(quick)],
+                                       _N_SAMPLE[bool(quick)], _N_CALIBRATION[bool(quick)])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    task_list = _target_tasks(tasks, n_test, seed, progress)
+    groups = ph.resolve_models(models, under_test=under_test, n_controls=n_controls, seed=seed,
+                               dtype=dtype, progress=progress)
+    torch.manual_seed(seed)
+    designs = [_design(i, task_list, k, levels, n_sets, n_sample, seed)
+               for i in range(len(task_list))]
+
+    # ---- label-free text encoder (model-independent): label-aware and input-only MMD²
+    t0 = time.perf_counter()
+    enc_name, text_mmd, input_mmd = _text_mmds(text_encoder, designs)
+    t_text = time.perf_counter() - t0
+
+    # ---- every model of every group
+    results: list[list[list[dict[str, Any]]]] = []        # group -> model -> task
+    for g in groups:
+        gres = []
+        for m in g:
+            gres.append([_measure_model(m, d, n_cal, progress) for d in designs])
+        results.append(gres)
+
+    setup = _Setup(designs=designs, text_mmd=text_mmd, input_mmd=input_mmd, levels=levels,
+                   k=k, enc_name=enc_name, seed=seed, quick=quick, n_sets=n_sets,
+                   n_test=n_test, n_sample=n_sample, n_cal=n_cal, t_text=t_text)
+    sec = _assemble(groups, results, setup, out)
+    return Section(**{**sec, "seconds": time.perf_counter() - t_start})
+
+
+def _check_design(k: Any, rhos: Sequence[float] | None,
+                  quick: bool) -> tuple[int, tuple[float, ...]]:
+    """``k`` and the ``rho`` levels of a run, checked (every ``rho k`` a whole number; the
+    levels increasing from 0 to 1, at least three)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
         raise InputError(f"k must be an integer >= 2, got {k!r}")
     k = int(k)
@@ -695,10 +731,12 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
             any(b <= a for a, b in itertools.pairwise(levels)):
         raise InputError(f"rhos must be increasing, start at 0, end at 1 and have at least 3 "
                          f"levels, got {levels}")
-    n_sets, n_test, n_sample, n_cal = (_SETS[bool(quick)], _N_TEST[bool(quick)],
-                                       _N_SAMPLE[bool(quick)], _N_CALIBRATION[bool(quick)])
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    return k, levels
+
+
+def _target_tasks(tasks: Sequence[str | ph.TaskItems] | None, n_test: int, seed: int,
+                  progress: bool) -> list[ph.TaskItems]:
+    """The target tasks (at least two, distinct names; each one's foreign task is the next)."""
     task_list = ph.resolve_tasks(list(tasks) if tasks is not None else list(ph.DEFAULT_TASKS),
                                  n_test=n_test, seed=seed, progress=progress)
     if len(task_list) < 2:
@@ -707,14 +745,13 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
     names = [t.name for t in task_list]
     if len(set(names)) != len(names):
         raise InputError(f"task names must be distinct, got {names}")
-    groups = ph.resolve_models(models, under_test=under_test, n_controls=n_controls, seed=seed,
-                               dtype=dtype, progress=progress)
-    torch.manual_seed(seed)
-    designs = [_design(i, task_list, k, levels, n_sets, n_sample, seed)
-               for i in range(len(task_list))]
+    return task_list
 
-    # ---- label-free text encoder (model-independent): label-aware and input-only MMD²
-    t0 = time.perf_counter()
+
+def _text_mmds(text_encoder: Any, designs: list[_Design]
+               ) -> tuple[str, list[np.ndarray], list[np.ndarray]]:
+    """The encoder's name and, per task, the label-aware (texts as shown) and input-only
+    Gaussian MMD² ``[V, R, S]`` of every demonstration set to the target sample."""
     if isinstance(text_encoder, str):
         from icldistill.encoders.representations import make_encoder
 
@@ -734,218 +771,336 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
         emb = {x: arr[i] for i, x in enumerate(all_texts)}
         text_mmd.append(_gaussian_mmd(emb, d, lambda ds, tmpl=tmpl: ds.texts(tmpl), sample))
         input_mmd.append(_gaussian_mmd(emb, d, lambda ds: list(ds.inputs), sample_inputs))
-    t_text = time.perf_counter() - t0
-
-    # ---- every model of every group
-    results: list[list[list[dict[str, Any]]]] = []        # group -> model -> task
-    for g in groups:
-        gres = []
-        for m in g:
-            gres.append([_measure_model(m, d, n_cal, progress) for d in designs])
-        results.append(gres)
-
-    sec = _assemble(groups, results, designs, text_mmd, input_mmd, levels, k, enc_name, out,
-                    seed, quick, n_sets, n_test, n_sample, n_cal, t_text)
-    return Section(**{**sec, "seconds": time.perf_counter() - t_start})
+    return enc_name, text_mmd, input_mmd
 
 
-def _assemble(groups: list[list[ph.ModelUnderTest]], results: list[Any],
-              designs: list[_Design], text_mmd: list[np.ndarray], input_mmd: list[np.ndarray],
-              levels: tuple[float, ...], k: int, enc_name: str, out: Path, seed: int,
-              quick: bool, n_sets: int, n_test: int, n_sample: int, n_cal: int,
-              t_text: float) -> dict[str, Any]:
-    rho = np.asarray(levels)
-    R = len(levels)
-    T = len(designs)
-    fv, rv = VARIANTS.index("foreign"), VARIANTS.index("random-label")
+@dataclass(frozen=True)
+class _Setup:
+    """What a run measured independently of the models, and its settings."""
+
+    designs: list[_Design]
+    text_mmd: list[np.ndarray]          # per task [V, R, S], label-aware texts
+    input_mmd: list[np.ndarray]         # per task [V, R, S], inputs only
+    levels: tuple[float, ...]
+    k: int
+    enc_name: str
+    seed: int
+    quick: bool
+    n_sets: int
+    n_test: int
+    n_sample: int
+    n_cal: int
+    t_text: float
+
+
+@dataclass
+class _Rows:
+    """Rows of the three tables, filled group by group."""
+
+    acc: list[tuple[Any, ...]] = field(default_factory=list)
+    fit: list[tuple[Any, ...]] = field(default_factory=list)
+    layer: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+def _assemble(groups: list[list[ph.ModelUnderTest]], results: list[Any], setup: _Setup,
+              out: Path) -> dict[str, Any]:
     checks: list[Check] = []
     findings: list[str] = []
-    rows_acc: list[tuple[Any, ...]] = []
-    rows_fit: list[tuple[Any, ...]] = []
-    rows_layer: list[tuple[Any, ...]] = []
+    rows = _Rows()
     data_groups = []
     per_model: list[list[dict[str, Any]]] = []
     for g, gres in zip(groups, results, strict=True):
-        summaries: list[dict[str, Any]] = []
-        for m, mres in zip(g, gres, strict=True):
-            L = mres[0]["mmd_kv"].shape[0]
-            acc = np.stack([r["correct"].mean(-1) for r in mres])            # [T, V, R, S]
-            # fits per task: label-aware text, input-only text, chosen head, every layer
-            fits: dict[str, Any] = {}
-            r2_layers = np.full((len(VARIANTS), L), np.nan)
-            sr2_layers = np.full((len(VARIANTS), L), np.nan)
-            slope_layers = np.full((len(VARIANTS), L), np.nan)
-            for v, var in enumerate(VARIANTS):
-                per_task = []
-                for ti in range(T):
-                    f = {"text": _task_fits(acc[ti, v], text_mmd[ti][v]),
-                         "inputs": _task_fits(acc[ti, v], input_mmd[ti][v]),
-                         "chosen": _task_fits(acc[ti, v], mres[ti]["mmd_chosen"][v]),
-                         "layers": [_task_fits(acc[ti, v], mres[ti]["mmd_kv"][la, v])
-                                    for la in range(L)]}
-                    per_task.append(f)
-                fits[var] = per_task
-                for la in range(L):
-                    r2 = [per_task[ti]["layers"][la].r2 for ti in range(T)]
-                    r2_layers[v, la] = float(np.mean(np.nan_to_num(r2, nan=0.0)))
-                    sr2_layers[v, la] = float(np.mean([signed_r2(per_task[ti]["layers"][la])
-                                                       for ti in range(T)]))
-                    sl = [per_task[ti]["layers"][la].slope for ti in range(T)]
-                    slope_layers[v, la] = float(np.nanmean(sl)) if np.isfinite(sl).any() \
-                        else np.nan
-            best = int(np.argmax(np.nan_to_num(sr2_layers[fv], nan=-2.0)))
-            drop_f = np.concatenate([(r["correct"][fv, 0].astype(float)
-                                      - r["correct"][fv, -1].astype(float)).mean(0)
-                                     for r in mres])
-            drop_r = np.concatenate([(r["correct"][rv, 0].astype(float)
-                                      - r["correct"][rv, -1].astype(float)).mean(0)
-                                     for r in mres])
-            mean_acc = acc.mean(axis=(0, 3))                                 # [V, R]
-            slope_rho = [fit_line(rho, mean_acc[v]).slope for v in range(len(VARIANTS))]
-            fold = [mres[ti]["correct"][fv].reshape(R * n_sets, -1) for ti in range(T)]
-            x_best = [mres[ti]["mmd_kv"][best, fv].ravel() for ti in range(T)]
-            x_text = [text_mmd[ti][fv].ravel() for ti in range(T)]
-            summaries.append({
-                "model": m, "L": L, "acc": acc, "fits": fits, "r2_layers": r2_layers,
-                "sr2_layers": sr2_layers, "slope_layers": slope_layers, "best": best,
-                "drop_f": drop_f, "drop_r": drop_r, "mean_acc": mean_acc, "slope_rho": slope_rho,
-                "r2_best": _r2_statistic(fold, x_best, m, seed),
-                "r2_text": _r2_statistic(fold, x_text, m, seed),
-                "slope_best": float(np.nanmean([fits["foreign"][ti]["layers"][best].slope
-                                                for ti in range(T)])),
-                "slope_text": float(np.nanmean([fits["foreign"][ti]["text"].slope
-                                                for ti in range(T)])),
-                "choices": [r["choice"] for r in mres]})
+        summaries = [_summarise(m, mres, setup) for m, mres in zip(g, gres, strict=True)]
         per_model.append(summaries)
-        tr, ctrls = summaries[0], summaries[1:]
-        name = tr["model"].name
-        comps = {}
-        comps["drop_foreign"] = ph.compare_with_controls(
-            f"{name}: accuracy drop rho=0 -> 1, foreign demonstrations (per item)",
-            ph.statistic(tr["drop_f"], tr["model"], seed=seed),
-            [ph.statistic(c["drop_f"], c["model"], seed=seed) for c in ctrls], seed=seed)
-        comps["r2_kv"] = ph.compare_with_controls(
-            f"{name}: signed R² of accuracy on K_att MMD² at the best layer (each model's "
-            "own)",
-            tr["r2_best"], [c["r2_best"] for c in ctrls], seed=seed)
-        comps["r2_text"] = ph.compare_with_controls(
-            f"{name}: signed R² of accuracy on {enc_name} MMD² (label-aware texts)",
-            tr["r2_text"], [c["r2_text"] for c in ctrls], seed=seed)
-        comps["drop_random"] = ph.compare_with_controls(
-            f"{name}: accuracy drop rho=0 -> 1, random labels (per item)",
-            ph.statistic(tr["drop_r"], tr["model"], seed=seed),
-            [ph.statistic(c["drop_r"], c["model"], seed=seed) for c in ctrls], seed=seed)
-        sf, sr = tr["slope_rho"][fv], tr["slope_rho"][rv]
-        df, dr = comps["drop_foreign"].trained, comps["drop_random"].trained
-        checks.append(ph.controlled_check(
+        comps = _comparisons(summaries, setup)
+        checks += _group_checks(summaries, comps, setup)
+        findings += _model_findings(summaries, setup)
+        evidence = _random_label_evidence(summaries, gres, setup)
+        findings.append(_random_label_finding(summaries[0], comps, evidence, setup))
+        pred = _cross_prediction(summaries[0], gres[0], setup.text_mmd, len(setup.levels))
+        findings.append(
+            f"One line for both corruptions ({summaries[0]['model'].name}): the foreign-variant "
+            f"fits (slope per task) times the random-label MMD² change rho=0 -> 1 predict an "
+            f"accuracy drop of {pred['text']:+.3f} ({setup.enc_name}) and {pred['kv']:+.3f} "
+            f"(K_att, layer {summaries[0]['best']}) on average over tasks; measured "
+            f"{pred['measured']:+.3f}.")
+        _add_rows(rows, summaries, gres, setup)
+        data_groups.append({
+            "model": summaries[0]["model"].name,
+            "comparisons": {key: c.to_dict() for key, c in comps.items()},
+            "models": [_model_data(s, gres[j], setup.designs) for j, s in enumerate(summaries)],
+            "spearman_rho_mmd_random_label": {"text": evidence["sp_text"],
+                                              "kv_best_trained": evidence["sp_kv"],
+                                              "kv_best_controls": evidence["sp_kv_c"]},
+            "input_mmd_max_change_random_label": evidence["max_in"],
+            "random_label_drop_predicted_by_foreign_fit": pred,
+        })
+
+    figures = _figures(groups, per_model, setup.designs, setup.text_mmd, results, setup.levels,
+                       setup.enc_name, out)
+    return {"name": "interference",
+            "title": "Cross-task interference and random labels against the MMD",
+            "description": _description(groups, setup), "checks": checks,
+            "findings": findings, "tables": _tables(rows, setup.enc_name), "figures": figures,
+            "data": to_jsonable(_data(setup, data_groups, _seconds(results, setup.t_text)))}
+
+
+def _summarise(m: ph.ModelUnderTest, mres: list[dict[str, Any]],
+               setup: _Setup) -> dict[str, Any]:
+    """One model's accuracies, fits, best layer, per-item drops and R² statistics."""
+    rho = np.asarray(setup.levels)
+    R, T = len(setup.levels), len(setup.designs)
+    fv, rv = VARIANTS.index("foreign"), VARIANTS.index("random-label")
+    L = mres[0]["mmd_kv"].shape[0]
+    acc = np.stack([r["correct"].mean(-1) for r in mres])            # [T, V, R, S]
+    fits, r2_layers, sr2_layers, slope_layers = _variant_fits(acc, mres, setup, L)
+    best = int(np.argmax(np.nan_to_num(sr2_layers[fv], nan=-2.0)))
+    drop_f = np.concatenate([(r["correct"][fv, 0].astype(float)
+                              - r["correct"][fv, -1].astype(float)).mean(0)
+                             for r in mres])
+    drop_r = np.concatenate([(r["correct"][rv, 0].astype(float)
+                              - r["correct"][rv, -1].astype(float)).mean(0)
+                             for r in mres])
+    mean_acc = acc.mean(axis=(0, 3))                                 # [V, R]
+    slope_rho = [fit_line(rho, mean_acc[v]).slope for v in range(len(VARIANTS))]
+    fold = [mres[ti]["correct"][fv].reshape(R * setup.n_sets, -1) for ti in range(T)]
+    x_best = [mres[ti]["mmd_kv"][best, fv].ravel() for ti in range(T)]
+    x_text = [setup.text_mmd[ti][fv].ravel() for ti in range(T)]
+    return {
+        "model": m, "L": L, "acc": acc, "fits": fits, "r2_layers": r2_layers,
+        "sr2_layers": sr2_layers, "slope_layers": slope_layers, "best": best,
+        "drop_f": drop_f, "drop_r": drop_r, "mean_acc": mean_acc, "slope_rho": slope_rho,
+        "r2_best": _r2_statistic(fold, x_best, m, setup.seed),
+        "r2_text": _r2_statistic(fold, x_text, m, setup.seed),
+        "slope_best": float(np.nanmean([fits["foreign"][ti]["layers"][best].slope
+                                        for ti in range(T)])),
+        "slope_text": float(np.nanmean([fits["foreign"][ti]["text"].slope
+                                        for ti in range(T)])),
+        "choices": [r["choice"] for r in mres]}
+
+
+def _variant_fits(acc: np.ndarray, mres: list[dict[str, Any]], setup: _Setup, L: int
+                  ) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray]:
+    """Per variant and task, the fits of accuracy on the label-aware text, input-only text,
+    chosen-head and every layer's MMD²; and per variant and layer the mean R², mean signed
+    R² and mean slope over tasks (``[V, L]`` each)."""
+    T = len(setup.designs)
+    fits: dict[str, Any] = {}
+    r2_layers = np.full((len(VARIANTS), L), np.nan)
+    sr2_layers = np.full((len(VARIANTS), L), np.nan)
+    slope_layers = np.full((len(VARIANTS), L), np.nan)
+    for v, var in enumerate(VARIANTS):
+        per_task = []
+        for ti in range(T):
+            f = {"text": _task_fits(acc[ti, v], setup.text_mmd[ti][v]),
+                 "inputs": _task_fits(acc[ti, v], setup.input_mmd[ti][v]),
+                 "chosen": _task_fits(acc[ti, v], mres[ti]["mmd_chosen"][v]),
+                 "layers": [_task_fits(acc[ti, v], mres[ti]["mmd_kv"][la, v])
+                            for la in range(L)]}
+            per_task.append(f)
+        fits[var] = per_task
+        for la in range(L):
+            r2 = [per_task[ti]["layers"][la].r2 for ti in range(T)]
+            r2_layers[v, la] = float(np.mean(np.nan_to_num(r2, nan=0.0)))
+            sr2_layers[v, la] = float(np.mean([signed_r2(per_task[ti]["layers"][la])
+                                               for ti in range(T)]))
+            sl = [per_task[ti]["layers"][la].slope for ti in range(T)]
+            slope_layers[v, la] = float(np.nanmean(sl)) if np.isfinite(sl).any() \
+                else np.nan
+    return fits, r2_layers, sr2_layers, slope_layers
+
+
+def _comparisons(summaries: list[dict[str, Any]],
+                 setup: _Setup) -> dict[str, ph.ControlComparison]:
+    """The trained model against its controls: the two per-item drops and the two R²."""
+    tr, ctrls = summaries[0], summaries[1:]
+    name, seed, enc_name = tr["model"].name, setup.seed, setup.enc_name
+    comps = {}
+    comps["drop_foreign"] = ph.compare_with_controls(
+        f"{name}: accuracy drop rho=0 -> 1, foreign demonstrations (per item)",
+        ph.statistic(tr["drop_f"], tr["model"], seed=seed),
+        [ph.statistic(c["drop_f"], c["model"], seed=seed) for c in ctrls], seed=seed)
+    comps["r2_kv"] = ph.compare_with_controls(
+        f"{name}: signed R² of accuracy on K_att MMD² at the best layer (each model's "
+        "own)",
+        tr["r2_best"], [c["r2_best"] for c in ctrls], seed=seed)
+    comps["r2_text"] = ph.compare_with_controls(
+        f"{name}: signed R² of accuracy on {enc_name} MMD² (label-aware texts)",
+        tr["r2_text"], [c["r2_text"] for c in ctrls], seed=seed)
+    comps["drop_random"] = ph.compare_with_controls(
+        f"{name}: accuracy drop rho=0 -> 1, random labels (per item)",
+        ph.statistic(tr["drop_r"], tr["model"], seed=seed),
+        [ph.statistic(c["drop_r"], c["model"], seed=seed) for c in ctrls], seed=seed)
+    return comps
+
+
+def _group_checks(summaries: list[dict[str, Any]], comps: dict[str, ph.ControlComparison],
+                  setup: _Setup) -> list[Check]:
+    tr, ctrls = summaries[0], summaries[1:]
+    name, enc_name, T = tr["model"].name, setup.enc_name, len(setup.designs)
+    fv, rv = VARIANTS.index("foreign"), VARIANTS.index("random-label")
+    sf, sr = tr["slope_rho"][fv], tr["slope_rho"][rv]
+    df, dr = comps["drop_foreign"].trained, comps["drop_random"].trained
+    return [
+        ph.controlled_check(
             f"{name}: accuracy falls as the fraction of foreign demonstrations rises (slope on "
             "rho < 0, per-item drop rho=0 -> 1 with its 95% interval above 0)",
             bool(np.isfinite(sf) and sf < 0 and df.low > 0), comps["drop_foreign"],
-            f"slope of mean accuracy on rho {sf:+.3f} per unit rho (mean over {T} tasks)"))
-        checks.append(ph.controlled_check(
+            f"slope of mean accuracy on rho {sf:+.3f} per unit rho (mean over {T} tasks)"),
+        ph.controlled_check(
             f"{name}: the bias is linear in the K_att MMD² (signed R² at the best layer >= "
             f"{R2_THRESHOLD}: accuracy falls along a line in the MMD²)",
             bool(tr["r2_best"].value >= R2_THRESHOLD), comps["r2_kv"],
             f"best layer {tr['best']} (trained; plain R² "
             f"{tr['r2_layers'][fv, tr['best']]:.2f}), mean slope {tr['slope_best']:+.3g} per "
-            f"unit MMD²; control best layer(s) {[c['best'] for c in ctrls]}"))
-        checks.append(ph.controlled_check(
+            f"unit MMD²; control best layer(s) {[c['best'] for c in ctrls]}"),
+        ph.controlled_check(
             f"{name}: the bias is linear in the {enc_name} MMD² (signed R² >= {R2_THRESHOLD})",
             bool(tr["r2_text"].value >= R2_THRESHOLD), comps["r2_text"],
-            f"mean slope {tr['slope_text']:+.3g} per unit MMD²"))
-        checks.append(ph.controlled_check(
+            f"mean slope {tr['slope_text']:+.3g} per unit MMD²"),
+        ph.controlled_check(
             f"{name}: random labels lower accuracy (the distillation view's prediction; an "
             "input-only account predicts no change): per-item drop rho=0 -> 1 with its 95% "
             "interval above 0",
             bool(dr.low > 0), comps["drop_random"],
-            f"slope of mean accuracy on rho {sr:+.3f} per unit rho"))
-        # ---- findings
-        for s in summaries:
-            mdl = s["model"]
-            ma = s["mean_acc"]
-            findings.append(
-                f"{mdl.name} ({mdl.role}): mean accuracy over {T} tasks from rho=0 to rho=1 "
-                f"goes {ma[fv, 0]:.3f} -> {ma[fv, -1]:.3f} with foreign demonstrations and "
-                f"{ma[rv, 0]:.3f} -> {ma[rv, -1]:.3f} with wrong labels; best K_att layer "
-                f"{s['best']} (signed R² {s['r2_best'].value:.2f}, plain R² "
-                f"{s['r2_layers'][fv, s['best']]:.2f}), {enc_name} signed R² "
-                f"{s['r2_text'].value:.2f}.")
-        # input-only MMD unchanged by random labels; label-aware MMD rises with rho
-        max_in = max(float(np.max(np.abs(im[rv] - im[rv][:1]))) for im in input_mmd)
-        rho_pts = np.repeat(rho, n_sets)
-        sp_text = [spearman(rho_pts, tm[rv].ravel()) for tm in text_mmd]
-        sp_kv = [spearman(rho_pts, r["mmd_kv"][tr["best"], rv].ravel())
-                 for r in gres[0]]
-        sp_kv_c = [[spearman(rho_pts, r["mmd_kv"][c["best"], rv].ravel())
-                    for r in gres[1 + j]] for j, c in enumerate(ctrls)]
-        holds_r = comps["drop_random"].trained.value > 0
-        findings.append(
-            f"Random labels ({name}): the input-only {enc_name} MMD² does not change with rho "
-            f"(largest change {max_in:.2g}), so an input-only account predicts no accuracy "
-            f"change; the label-aware {enc_name} MMD² rises with rho (Spearman per task "
-            f"{', '.join(f'{x:.2f}' for x in sp_text)}) and so does the K_att MMD² at the "
-            f"trained model's best layer ({', '.join(f'{x:.2f}' for x in sp_kv)}; controls "
-            f"{'; '.join(', '.join(f'{x:.2f}' for x in row) for row in sp_kv_c)}). The "
-            f"distillation view (values carry the labels, W_0 = sum of value x key terms) "
-            f"predicts a drop; measured per-item drop rho=0 -> 1: "
-            f"{comps['drop_random'].trained.value:+.3f} on the trained model "
-            f"({'a drop' if holds_r else 'no drop'}), control spread "
-            f"[{comps['drop_random'].low:+.3f}, {comps['drop_random'].high:+.3f}].")
-        pred = _cross_prediction(tr, gres[0], text_mmd, R)
-        findings.append(
-            f"One line for both corruptions ({name}): the foreign-variant fits (slope per task) "
-            f"times the random-label MMD² change rho=0 -> 1 predict an accuracy drop of "
-            f"{pred['text']:+.3f} ({enc_name}) and {pred['kv']:+.3f} (K_att, layer "
-            f"{tr['best']}) on average over tasks; measured {pred['measured']:+.3f}.")
-        # ---- tables
-        for j, s in enumerate(summaries):
-            mdl = s["model"]
-            for ti, d in enumerate(designs):
-                for v, var in enumerate(VARIANTS):
-                    for r in range(R):
-                        rows_acc.append((mdl.name, mdl.role, d.task.name, var, levels[r],
-                                         float(s["acc"][ti, v, r].mean()),
-                                         float(text_mmd[ti][v, r].mean()),
-                                         float(gres[j][ti]["mmd_kv"][s["best"], v, r].mean()),
-                                         float(gres[j][ti]["mmd_chosen"][v, r].mean())))
-                for var in VARIANTS:
-                    f = s["fits"][var][ti]
-                    ch = s["choices"][ti]
-                    for rep, lf in ((f"{enc_name} (texts)", f["text"]),
-                                    (f"{enc_name} (inputs)", f["inputs"]),
-                                    (f"K_att best layer {s['best']}", f["layers"][s["best"]]),
-                                    (f"K_att {ch.spec} (demo-carrying)", f["chosen"])):
-                        rows_fit.append((mdl.name, mdl.role, d.task.name, var, rep, lf.slope,
-                                         lf.intercept, lf.r2, signed_r2(lf)))
-            for la in range(s["L"]):
-                rows_layer.append((mdl.name, mdl.role, la, float(s["r2_layers"][fv, la]),
-                                   float(s["sr2_layers"][fv, la]),
-                                   float(s["slope_layers"][fv, la]),
-                                   float(s["r2_layers"][rv, la]),
-                                   float(s["sr2_layers"][rv, la])))
-        data_groups.append({
-            "model": name,
-            "comparisons": {key: c.to_dict() for key, c in comps.items()},
-            "models": [_model_data(s, gres[j], designs) for j, s in enumerate(summaries)],
-            "spearman_rho_mmd_random_label": {"text": sp_text, "kv_best_trained": sp_kv,
-                                              "kv_best_controls": sp_kv_c},
-            "input_mmd_max_change_random_label": max_in,
-            "random_label_drop_predicted_by_foreign_fit": pred,
-        })
+            f"slope of mean accuracy on rho {sr:+.3f} per unit rho"),
+    ]
 
-    figures = _figures(groups, per_model, designs, text_mmd, results, levels, enc_name, out)
+
+def _model_findings(summaries: list[dict[str, Any]], setup: _Setup) -> list[str]:
+    fv, rv = VARIANTS.index("foreign"), VARIANTS.index("random-label")
+    T = len(setup.designs)
+    findings = []
+    for s in summaries:
+        mdl = s["model"]
+        ma = s["mean_acc"]
+        findings.append(
+            f"{mdl.name} ({mdl.role}): mean accuracy over {T} tasks from rho=0 to rho=1 "
+            f"goes {ma[fv, 0]:.3f} -> {ma[fv, -1]:.3f} with foreign demonstrations and "
+            f"{ma[rv, 0]:.3f} -> {ma[rv, -1]:.3f} with wrong labels; best K_att layer "
+            f"{s['best']} (signed R² {s['r2_best'].value:.2f}, plain R² "
+            f"{s['r2_layers'][fv, s['best']]:.2f}), {setup.enc_name} signed R² "
+            f"{s['r2_text'].value:.2f}.")
+    return findings
+
+
+def _random_label_evidence(summaries: list[dict[str, Any]], gres: list[Any],
+                           setup: _Setup) -> dict[str, Any]:
+    """Random labels leave the input-only MMD² unchanged (its largest change ``max_in``)
+    while the label-aware MMD² rises with rho: Spearman per task of the text MMD² and of
+    the K_att MMD² at each model's best layer."""
+    tr, ctrls = summaries[0], summaries[1:]
+    rv = VARIANTS.index("random-label")
+    max_in = max(float(np.max(np.abs(im[rv] - im[rv][:1]))) for im in setup.input_mmd)
+    rho_pts = np.repeat(np.asarray(setup.levels), setup.n_sets)
+    sp_text = [spearman(rho_pts, tm[rv].ravel()) for tm in setup.text_mmd]
+    sp_kv = [spearman(rho_pts, r["mmd_kv"][tr["best"], rv].ravel())
+             for r in gres[0]]
+    sp_kv_c = [[spearman(rho_pts, r["mmd_kv"][c["best"], rv].ravel())
+                for r in gres[1 + j]] for j, c in enumerate(ctrls)]
+    return {"max_in": max_in, "sp_text": sp_text, "sp_kv": sp_kv, "sp_kv_c": sp_kv_c}
+
+
+def _random_label_finding(tr: dict[str, Any], comps: dict[str, ph.ControlComparison],
+                          ev: dict[str, Any], setup: _Setup) -> str:
+    name, enc_name = tr["model"].name, setup.enc_name
+    holds_r = comps["drop_random"].trained.value > 0
+    return (
+        f"Random labels ({name}): the input-only {enc_name} MMD² does not change with rho "
+        f"(largest change {ev['max_in']:.2g}), so an input-only account predicts no accuracy "
+        f"change; the label-aware {enc_name} MMD² rises with rho (Spearman per task "
+        f"{', '.join(f'{x:.2f}' for x in ev['sp_text'])}) and so does the K_att MMD² at the "
+        f"trained model's best layer ({', '.join(f'{x:.2f}' for x in ev['sp_kv'])}; controls "
+        f"{'; '.join(', '.join(f'{x:.2f}' for x in row) for row in ev['sp_kv_c'])}). The "
+        f"distillation view (values carry the labels, W_0 = sum of value x key terms) "
+        f"predicts a drop; measured per-item drop rho=0 -> 1: "
+        f"{comps['drop_random'].trained.value:+.3f} on the trained model "
+        f"({'a drop' if holds_r else 'no drop'}), control spread "
+        f"[{comps['drop_random'].low:+.3f}, {comps['drop_random'].high:+.3f}].")
+
+
+def _add_rows(rows: _Rows, summaries: list[dict[str, Any]], gres: list[Any],
+              setup: _Setup) -> None:
+    fv, rv = VARIANTS.index("foreign"), VARIANTS.index("random-label")
+    enc_name, levels = setup.enc_name, setup.levels
+    for j, s in enumerate(summaries):
+        mdl = s["model"]
+        for ti, d in enumerate(setup.designs):
+            for v, var in enumerate(VARIANTS):
+                for r in range(len(levels)):
+                    rows.acc.append((mdl.name, mdl.role, d.task.name, var, levels[r],
+                                     float(s["acc"][ti, v, r].mean()),
+                                     float(setup.text_mmd[ti][v, r].mean()),
+                                     float(gres[j][ti]["mmd_kv"][s["best"], v, r].mean()),
+                                     float(gres[j][ti]["mmd_chosen"][v, r].mean())))
+            for var in VARIANTS:
+                f = s["fits"][var][ti]
+                ch = s["choices"][ti]
+                for rep, lf in ((f"{enc_name} (texts)", f["text"]),
+                                (f"{enc_name} (inputs)", f["inputs"]),
+                                (f"K_att best layer {s['best']}", f["layers"][s["best"]]),
+                                (f"K_att {ch.spec} (demo-carrying)", f["chosen"])):
+                    rows.fit.append((mdl.name, mdl.role, d.task.name, var, rep, lf.slope,
+                                     lf.intercept, lf.r2, signed_r2(lf)))
+        for la in range(s["L"]):
+            rows.layer.append((mdl.name, mdl.role, la, float(s["r2_layers"][fv, la]),
+                               float(s["sr2_layers"][fv, la]),
+                               float(s["slope_layers"][fv, la]),
+                               float(s["r2_layers"][rv, la]),
+                               float(s["sr2_layers"][rv, la])))
+
+
+def _tables(rows: _Rows, enc_name: str) -> list[Table]:
+    return [
+        Table("Accuracy and MMD² per rho (mean over sets)",
+              ("model", "role", "task", "variant", "rho", "accuracy", f"MMD² {enc_name}",
+               "MMD² K_att best layer", "MMD² K_att demo-carrying head"), tuple(rows.acc)),
+        Table("Fits accuracy = intercept + slope MMD² over the (rho, set) points",
+              ("model", "role", "task", "variant", "representation", "slope", "intercept",
+               "R²", "signed R²"), tuple(rows.fit)),
+        Table("R² of accuracy on the K_att MMD² per layer (mean over tasks)",
+              ("model", "role", "layer", "R² foreign", "signed R² foreign",
+               "mean slope foreign", "R² random-label", "signed R² random-label"),
+              tuple(rows.layer)),
+    ]
+
+
+def _seconds(results: list[Any], t_text: float) -> dict[str, float]:
+    """Wall and CPU time per stage, summed over every model and task."""
     seconds: dict[str, float] = {"text_encoder": t_text}
     for key in ("scoring", "kv", "heads", "mmd"):
         for suffix in ("", "_cpu"):
             seconds[key + suffix] = float(sum(r["timing"][key + suffix] for gr in results
                                               for mr in gr for r in mr))
-    tasks_desc = ", ".join(f"{d.task.name} (foreign: {d.foreign.name})" for d in designs)
-    description = (
+    return seconds
+
+
+def _data(setup: _Setup, data_groups: list[dict[str, Any]],
+          seconds: dict[str, float]) -> dict[str, Any]:
+    return {
+        "k": setup.k, "rhos": list(setup.levels), "variants": list(VARIANTS),
+        "n_sets": setup.n_sets, "n_test": setup.n_test, "n_sample": setup.n_sample,
+        "n_calibration": setup.n_cal, "seed": setup.seed, "quick": bool(setup.quick),
+        "r2_threshold": R2_THRESHOLD, "text_encoder": setup.enc_name,
+        "tasks": [{"task": d.task.name, "foreign": d.foreign.name,
+                   "sample_idx": d.sample_idx.tolist(), "sets": d.sets,
+                   "mmd_text": setup.text_mmd[i].tolist(),
+                   "mmd_inputs": setup.input_mmd[i].tolist()}
+                  for i, d in enumerate(setup.designs)],
+        "groups": data_groups, "seconds": seconds}
+
+
+def _description(groups: list[list[ph.ModelUnderTest]], setup: _Setup) -> str:
+    tasks_desc = ", ".join(f"{d.task.name} (foreign: {d.foreign.name})"
+                           for d in setup.designs)
+    k, levels, enc_name = setup.k, setup.levels, setup.enc_name
+    return (
         f"Cross-task interference on {len(groups)} model group(s) "
         f"({', '.join(g[0].name for g in groups)}, each with "
         f"{len(groups[0]) - 1} random-init control(s)), target tasks {tasks_desc}. "
         f"k={k} demonstrations; rho in {{{', '.join(f'{r:g}' for r in levels)}}}; "
-        f"{n_sets} seeded demonstration set(s) per (task, rho), nested in rho; {n_test} test "
+        f"{setup.n_sets} seeded demonstration set(s) per (task, rho), nested in rho; "
+        f"{setup.n_test} test "
         f"items per task scored after every prompt (shared prefix). Foreign variant: the last "
         f"round(rho k) of k label-balanced target items (selection order) are replaced, at "
         f"their seeded random positions, by label-balanced items of the next task shown with "
@@ -953,43 +1108,20 @@ def _assemble(groups: list[list[ph.ModelUnderTest]], results: list[Any],
         f"inputs and positions, round(rho k) of them with a wrong target label (a derangement "
         f"of their labels that keeps the label counts where possible, else a uniformly drawn "
         f"other label); at rho=1 every label is wrong. MMD² (biased V-statistic) between the "
-        f"k demonstrations and a label-balanced target sample of {n_sample} pool items written "
+        f"k demonstrations and a label-balanced target sample of {setup.n_sample} pool items "
+        f"written "
         f"with their true labels: {enc_name} Gaussian (median bandwidth fixed per task) on the "
         f"texts as shown and on the inputs alone; normalised K_att of all KV heads of every "
         f"layer (pre-RoPE keys/values averaged over each text's tokens); normalised K_att at "
-        f"the most demo-carrying KV head (choose_attention_heads, {n_cal} calibration "
+        f"the most demo-carrying KV head (choose_attention_heads, {setup.n_cal} calibration "
         f"prompt(s) per task and model). Bias = accuracy drop from rho=0; accuracy = a + b "
         f"MMD² fitted by OLS per task over the (rho, set) points of the foreign variant. The "
         f"checks use the signed R² (R² when accuracy falls with the MMD², -R² when it rises; "
         f"a constant accuracy counts as 0), averaged over tasks, with a 95% interval from "
         f"resampling test items ({_N_BOOT} resamples); the best layer is chosen per model by "
         f"its own mean signed R². Drops are per item, averaged over sets, pooled over tasks; "
-        f"a drop counts when its 95% interval lies above 0. Seed {seed}; quick={quick}.")
-    data = {
-        "k": k, "rhos": list(levels), "variants": list(VARIANTS), "n_sets": n_sets,
-        "n_test": n_test, "n_sample": n_sample, "n_calibration": n_cal, "seed": seed,
-        "quick": bool(quick), "r2_threshold": R2_THRESHOLD, "text_encoder": enc_name,
-        "tasks": [{"task": d.task.name, "foreign": d.foreign.name,
-                   "sample_idx": d.sample_idx.tolist(), "sets": d.sets,
-                   "mmd_text": text_mmd[i].tolist(), "mmd_inputs": input_mmd[i].tolist()}
-                  for i, d in enumerate(designs)],
-        "groups": data_groups, "seconds": seconds}
-    tables = [
-        Table("Accuracy and MMD² per rho (mean over sets)",
-              ("model", "role", "task", "variant", "rho", "accuracy", f"MMD² {enc_name}",
-               "MMD² K_att best layer", "MMD² K_att demo-carrying head"), tuple(rows_acc)),
-        Table("Fits accuracy = intercept + slope MMD² over the (rho, set) points",
-              ("model", "role", "task", "variant", "representation", "slope", "intercept",
-               "R²", "signed R²"), tuple(rows_fit)),
-        Table("R² of accuracy on the K_att MMD² per layer (mean over tasks)",
-              ("model", "role", "layer", "R² foreign", "signed R² foreign",
-               "mean slope foreign", "R² random-label", "signed R² random-label"),
-              tuple(rows_layer)),
-    ]
-    return {"name": "interference",
-            "title": "Cross-task interference and random labels against the MMD",
-            "description": description, "checks": checks, "findings": findings,
-            "tables": tables, "figures": figures, "data": to_jsonable(data)}
+        f"a drop counts when its 95% interval lies above 0. Seed {setup.seed}; "
+        f"quick={setup.quick}.")
 
 
 def _model_data(s: dict[str, Any], mres: list[dict[str, Any]], designs: list[_Design]
@@ -1027,10 +1159,21 @@ _VAR_COLOR = {"foreign": "C0", "random-label": "C3"}
 def _figures(groups: list[list[ph.ModelUnderTest]], per_model: list[list[dict[str, Any]]],
              designs: list[_Design], text_mmd: list[np.ndarray], results: list[Any],
              levels: tuple[float, ...], enc_name: str, out: Path) -> list[str]:
-    names = []
+    _accuracy_rho_figure(groups, per_model, designs, levels,
+                         out / "interference_accuracy_rho.png")
+    _accuracy_mmd_figure(groups, per_model, designs, text_mmd, results, enc_name,
+                         out / "interference_accuracy_mmd.png")
+    _r2_layers_figure(groups, per_model, enc_name, out / "interference_r2_layers.png")
+    return ["interference_accuracy_rho.png", "interference_accuracy_mmd.png",
+            "interference_r2_layers.png"]
+
+
+def _accuracy_rho_figure(groups: list[list[ph.ModelUnderTest]],
+                         per_model: list[list[dict[str, Any]]], designs: list[_Design],
+                         levels: tuple[float, ...], path: Path) -> None:
+    """1. accuracy vs rho, per group and task."""
     G, T = len(groups), len(designs)
     rho = np.asarray(levels)
-    # 1. accuracy vs rho
     fig, axes = new_figure(G, T, size=(4.2, 3.4))
     for gi, summaries in enumerate(per_model):
         for ti, d in enumerate(designs):
@@ -1050,11 +1193,16 @@ def _figures(groups: list[list[ph.ModelUnderTest]], per_model: list[list[dict[st
             if gi == 0 and ti == 0:
                 ax.legend(fontsize=6)
     fig.suptitle("Accuracy against rho (solid: trained, dashed: random-init control)")
-    save_figure(fig, out / "interference_accuracy_rho.png")
-    names.append("interference_accuracy_rho.png")
-    # 2. accuracy vs MMD (foreign variant), text encoder and best K_att layer, with fits
+    save_figure(fig, path)
+
+
+def _accuracy_mmd_figure(groups: list[list[ph.ModelUnderTest]],
+                         per_model: list[list[dict[str, Any]]], designs: list[_Design],
+                         text_mmd: list[np.ndarray], results: list[Any], enc_name: str,
+                         path: Path) -> None:
+    """2. accuracy vs MMD (foreign variant), text encoder and best K_att layer, with fits."""
     fv = VARIANTS.index("foreign")
-    fig, axes = new_figure(G, 2, size=(5.2, 4.0))
+    fig, axes = new_figure(len(groups), 2, size=(5.2, 4.0))
     markers = "osD^v<>ph*"
     for gi, summaries in enumerate(per_model):
         for col in range(2):
@@ -1080,10 +1228,13 @@ def _figures(groups: list[list[ph.ModelUnderTest]], per_model: list[list[dict[st
             ax.set_title(f"{groups[gi][0].name}: foreign demonstrations", fontsize=9)
             ax.legend(fontsize=6)
     fig.suptitle("Accuracy against MMD² (filled/solid: trained, hollow/dashed: control)")
-    save_figure(fig, out / "interference_accuracy_mmd.png")
-    names.append("interference_accuracy_mmd.png")
-    # 3. R² per layer
-    fig, axes = new_figure(1, G, size=(5.6, 3.8))
+    save_figure(fig, path)
+
+
+def _r2_layers_figure(groups: list[list[ph.ModelUnderTest]],
+                      per_model: list[list[dict[str, Any]]], enc_name: str, path: Path) -> None:
+    """3. signed R² per layer, K_att, with the text encoder's as a line."""
+    fig, axes = new_figure(1, len(groups), size=(5.6, 3.8))
     for gi, summaries in enumerate(per_model):
         ax = axes[0, gi]
         for s in summaries:
@@ -1104,6 +1255,4 @@ def _figures(groups: list[list[ph.ModelUnderTest]], per_model: list[list[dict[st
         ax.legend(fontsize=6)
     fig.suptitle("Signed R² per layer, K_att (+: accuracy falls with the MMD²; solid: trained, "
                  "dashed: control)")
-    save_figure(fig, out / "interference_r2_layers.png")
-    names.append("interference_r2_layers.png")
-    return names
+    save_figure(fig, path)
