@@ -111,3 +111,43 @@ def test_bad_settings_are_one_line_errors(tmp_path, toy):
             run_ray(_units(), tmp_path / "x", harness_kwargs=_kwargs(tmp_path, toy),
                     progress=False, **kw)
     assert np.isfinite(1.0)
+
+
+def test_cli_evaluate_with_the_ray_backend_gives_the_local_results(tmp_path, ray_local,
+                                                                   float32_default, capsys,
+                                                                   monkeypatch):
+    from icldistill.cli import main
+
+    monkeypatch.setenv("ICLDISTILL_CACHE", str(tmp_path / "cache"))
+    model_dir = tmp_path / "tiny-llama"
+    tiny_model("llama", dtype=__import__("torch").float32).save_pretrained(model_dir)
+    tiny_tokenizer(True).save_pretrained(model_dir)
+    data = tmp_path / "toy.jsonl"
+    _write_task(data)
+    argv = ["evaluate", "--model", str(model_dir), "--file", str(data), "--text-field",
+            "sentence", "--label-field", "y", "--test-size", "20", "--selector", "random,knn",
+            "--k", "2", "--seeds", "1", "--n-test", "8", "--encoder", "hidden:-1", "--quiet",
+            "--json"]
+    assert main([*argv, "--out", str(tmp_path / "local")]) == 0
+    local = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--out", str(tmp_path / "ray"), "--backend", "ray",
+                 "--workers", "2"]) == 0
+    remote = json.loads(capsys.readouterr().out)
+    assert [r["key"] for r in remote] == [r["key"] for r in local]
+    assert [r["accuracy"] for r in remote] == [r["accuracy"] for r in local]
+    assert [r["mmd2_task"] for r in remote] == pytest.approx([r["mmd2_task"] for r in local],
+                                                             rel=1e-9)
+
+
+def test_cli_refuses_a_device_this_machine_lacks(capsys):
+    import torch
+
+    from icldistill.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["evaluate", "--device", "cuda", "--datasets", "amazon"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "CUDA is not available" in err
+    assert main(["trace", "--device", "tpu", "--demos", "x", "--query", "q"]) == 2
+    assert "unknown device 'tpu'" in capsys.readouterr().err

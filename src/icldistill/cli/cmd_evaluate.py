@@ -11,10 +11,13 @@ from typing import Any
 
 from icldistill.cli.options import (
     DTYPE_HELP,
+    add_device,
     command_line,
     positive_int,
     selector_param,
+    set_threads,
     split_names,
+    thread_count,
 )
 from icldistill.cli.tasks import add_grid_args, add_selection_args, load_tasks, selector_params
 
@@ -26,6 +29,38 @@ def _add_scoring_args(p: argparse.ArgumentParser) -> None:
                    help="scoring batch size (default 8)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help=DTYPE_HELP)
+    add_device(p)
+    p.add_argument("--backend", default="local", choices=("local", "ray"),
+                   help="run the units here (local, default) or as Ray tasks (ray: pip install "
+                        "'icldistill[ray]'; the output folder must be shared by every node)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address for --backend ray (e.g. auto or "
+                        "ray://head:10001; default: start Ray on this machine)")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="Ray workers for --backend ray (default: as many as the cluster's CPUs, "
+                        "or GPUs with --device cuda, allow)")
+    p.add_argument("--threads", type=thread_count, default=None,
+                   help="torch threads (local) or CPUs per Ray worker (default: torch's "
+                        "default; 1 per Ray worker)")
+
+
+def _run_units(args: argparse.Namespace, units: list[Any], harness_kwargs: dict[str, Any]
+               ) -> list[Any]:
+    """The units run by the chosen backend; the same results either way."""
+    from icldistill.evaluation.harness import Harness
+
+    if args.backend == "ray":
+        from icldistill.evaluation.distributed import run_ray
+
+        gpus = 1.0 if str(args.device).startswith("cuda") else 0.0
+        return run_ray(units, args.out, harness_kwargs={**harness_kwargs,
+                                                        "device": args.device},
+                       address=args.address, num_workers=args.workers,
+                       cpus_per_worker=float(args.threads or 1), gpus_per_worker=gpus,
+                       progress=not args.quiet)
+    set_threads(args)
+    h = Harness(args.out, progress=not args.quiet, device=args.device, **harness_kwargs)
+    return h.run(units)
 
 
 def add_parsers(sub: Any) -> None:
@@ -62,19 +97,18 @@ def add_parsers(sub: Any) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from icldistill.evaluation.harness import Harness, unit_grid
+    from icldistill.evaluation.harness import unit_grid
 
     tasks = load_tasks(args)
     params = selector_params(args.param)
     selectors = split_names(args.selector)
-    h = Harness(args.out, tasks=tasks, batch_size=args.batch_size,
-                reuse_prefix=not args.no_prefix_reuse, progress=not args.quiet)
     units = unit_grid(models=split_names(args.model), tasks=list(tasks), selectors=selectors,
                       ks=list(args.k), seeds=args.seeds,
                       orderings=args.orderings, encoder=args.encoder, calibrate=args.calibrate,
                       n_test=args.n_test, params={s: params for s in selectors},
                       dtype=args.dtype)
-    results = h.run(units)
+    results = _run_units(args, units, {"tasks": tasks, "batch_size": args.batch_size,
+                                       "reuse_prefix": not args.no_prefix_reuse})
     if args.json:
         print(json.dumps([r.to_json() for r in results]))
         return 0
@@ -89,18 +123,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from icldistill.core.stats import paired_comparisons
-    from icldistill.evaluation.harness import Harness, load_predictions, load_results, unit_grid
+    from icldistill.evaluation.harness import load_predictions, load_results, unit_grid
     from icldistill.reporting.reports import write_comparison_report
     from icldistill.selection.registry import SELECTORS
 
     tasks = load_tasks(args)
     selectors = split_names(args.selectors or ",".join(SELECTORS))
-    h = Harness(args.out, tasks=tasks, batch_size=args.batch_size, progress=not args.quiet)
     units = unit_grid(models=split_names(args.models), tasks=list(tasks), selectors=selectors,
                       ks=list(args.ks), seeds=args.seeds,
                       orderings=args.orderings, encoder=args.encoder, n_test=args.n_test,
                       dtype=args.dtype)
-    done = h.run(units)
+    done = _run_units(args, units, {"tasks": tasks, "batch_size": args.batch_size})
     keys = {r.key for r in done}
     results = [r for r in load_results(args.out) if r.key in keys]
     preds = load_predictions(args.out)

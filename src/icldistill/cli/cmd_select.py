@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from icldistill.cli.options import positive_int, selector_param
+from icldistill.cli.options import add_device, positive_int, selector_param
 from icldistill.cli.tasks import add_selection_args, add_task_args, load_tasks, selector_params
 from icldistill.core.validation import InputError
 
@@ -40,6 +40,7 @@ def add_parsers(sub: Any) -> None:
                    help="folder for selection.json and the caches (default: no file; caches "
                         "in the user cache folder)")
     p.add_argument("--json", action="store_true", help="print the selection as JSON on stdout")
+    add_device(p)
     add_selection_args(p)
     p.set_defaults(func=_cmd_select)
 
@@ -56,7 +57,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
         from icldistill.artifacts.fetch import cache_root
 
         out = cache_root() / "select"
-    h = Harness(out, tasks=tasks, progress=not args.quiet)
+    h = Harness(out, tasks=tasks, progress=not args.quiet, device=args.device)
     n = len(task.split.test) if args.n_test is None else min(args.n_test, len(task.split.test))
     preferred = make_selector(args.selector).preferred_encoder
     enc = preferred if preferred and args.encoder == "minilm" else args.encoder

@@ -8,7 +8,13 @@ import argparse
 import sys
 from typing import Any
 
-from icldistill.cli.options import add_quiet, set_threads, thread_count, token_positions
+from icldistill.cli.options import (
+    add_device,
+    add_quiet,
+    set_threads,
+    thread_count,
+    token_positions,
+)
 from icldistill.cli.readers import load_demonstrations
 
 __all__ = ["add_parsers"]
@@ -36,6 +42,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--per-demo", action="store_true", help="also report every demonstration")
     p.add_argument("--threads", type=thread_count, default=None,
                    help="torch CPU threads (>= 1)")
+    add_device(p)
     add_quiet(p)
     p.set_defaults(func=_cmd_trace)
 
@@ -54,7 +61,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     show = not args.quiet
     if show:
         print(f"loading {args.model} ...", file=sys.stderr)
-    loaded = load_model(args.model, progress=show)
+    loaded = load_model(args.model, progress=show, device=args.device)
     if show:
         print(f"tracing {len(demos)} demonstrations on {loaded.name} ...", file=sys.stderr)
     res = trace(loaded.model, loaded.tokenizer, prompt, positions=positions,

@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = [
-    "CACHE_HELP", "DTYPE_HELP", "QUIET_HELP", "SEEDS_HELP", "CommandParser", "add_quiet",
-    "command_line", "finite_float", "names", "nonnegative_int", "positive_float",
-    "positive_int", "positive_int_list", "selector_param", "set_threads", "split_names",
-    "split_test_size", "thread_count", "token_positions",
+    "CACHE_HELP", "DTYPE_HELP", "QUIET_HELP", "SEEDS_HELP", "CommandParser", "add_device",
+    "add_quiet", "command_line", "device_name", "finite_float", "names", "nonnegative_int",
+    "positive_float", "positive_int", "positive_int_list", "selector_param", "set_threads",
+    "split_names", "split_test_size", "thread_count", "token_positions",
 ]
 
 CACHE_HELP = ("cache folder (default: $ICLDISTILL_CACHE, else $XDG_CACHE_HOME/icldistill, else "
@@ -106,6 +106,19 @@ thread_count = _type(lambda t: _int(t, 1, _MAX_THREADS), "a positive number of t
                      "for torch's default)", "threads")
 
 
+def device_name(text: str) -> str:
+    """An argparse ``type=``: a device that exists here (``cpu``, ``cuda``, ``cuda:N``,
+    ``mps``), checked before any data or model is loaded."""
+    from icldistill.core.validation import InputError
+    from icldistill.models.registry import resolve_device
+
+    try:
+        return str(resolve_device(text.strip()))
+    except InputError as exc:
+        msg = str(exc).removeprefix(f"device {text.strip()!r}: ")
+        raise argparse.ArgumentTypeError(msg) from None
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     parts = text.split(",")
     return tuple(_int(v, 1) for v in parts)
@@ -172,6 +185,13 @@ selector_param = _type(_param_value, "NAME=VALUE (e.g. --param lam=0.5)", "param
 def split_names(text: str | None) -> list[str]:
     """The non-empty, stripped items of a comma-separated list (``None`` gives ``[]``)."""
     return [v.strip() for v in (text or "").split(",") if v.strip()]
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    """The ``--device`` flag of commands that run a model (trace, select, evaluate, compare)."""
+    p.add_argument("--device", default="cpu", metavar="DEVICE", type=device_name,
+                   help="where models, their key/value caches and encoders run: cpu "
+                        "(default), cuda, cuda:N or mps; an unavailable device is an error")
 
 
 def add_quiet(p: argparse.ArgumentParser) -> None:

@@ -484,6 +484,11 @@ class Harness:
         ``model_loader(name, dtype=torch_dtype)`` for units that are not float32.
     embedding_cache : path, optional
         Folder of the embedding cache (default ``<cache_root>/embeddings``).
+    device : str or torch.device
+        Where the default loader puts each model (its KV caches and the scorer follow it) and
+        where the MiniLM encoder runs: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"``, ``"mps"``.
+        A device that is not available is an :class:`InputError`. Selection runs on the
+        embeddings on the CPU.
     """
 
     def __init__(
@@ -498,7 +503,11 @@ class Harness:
         embedding_cache: str | os.PathLike[str] | None = None,
         n_boot: int = 1000,
         reference_encoder: str = REFERENCE_ENCODER,
+        device: str | torch.device = "cpu",
     ) -> None:
+        from icldistill.models.registry import resolve_device
+
+        self.device = resolve_device(device)
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.tasks: dict[str, Task] = dict(tasks or {})
@@ -532,7 +541,8 @@ class Harness:
 
                 from icldistill.models.registry import load_model
 
-                self._loader = functools.partial(load_model, progress=self.progress)
+                self._loader = functools.partial(load_model, progress=self.progress,
+                                                 device=self.device)
             if len(self._models) >= 1:      # keep one model in memory at a time
                 self._models.clear()
                 self._encoders = {k: v for k, v in self._encoders.items() if k[1] == ""}
@@ -551,7 +561,7 @@ class Harness:
                 lm = self.model(model_name, dtype)
                 self._encoders[key] = make_encoder(spec, lm.model, lm.tokenizer)
             else:
-                self._encoders[key] = make_encoder(spec)
+                self._encoders[key] = make_encoder(spec, device=self.device)
         return self._encoders[key]
 
     def embeddings(self, task: Task, part: str, spec: str, model_name: str,

@@ -23,6 +23,7 @@ from icldistill.models.registry import (
     float32_head,
     list_models,
     load_model,
+    resolve_device,
     safe_extract_member,
     verify,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "float32_head",
     "list_models",
     "load_model",
+    "resolve_device",
     "safe_extract_member",
     "verify",
 ]

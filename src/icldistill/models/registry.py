@@ -99,6 +99,7 @@ __all__ = [
     "list_models",
     "load_half_streamed",
     "load_model",
+    "resolve_device",
     "safe_extract_member",
     "unknown_model_message",
     "verify",
@@ -595,9 +596,40 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def _finish(model: Any, tokenizer: Any, name: str, path: Path | None, device: Any) -> LoadedModel:
-    model = model.to(device)
+    model = model.to(resolve_device(device))
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, path=path)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, a :class:`torch.device`,
+    ``None`` for the CPU) as a :class:`torch.device` that exists on this machine.
+
+    Raises
+    ------
+    InputError
+        For a name torch does not know, or an accelerator that is not available here (so a
+        job asked to run on a GPU never silently runs on the CPU).
+    """
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r}: CUDA is not available on this machine "
+                             "(torch " + torch.__version__ + ")")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r}: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None)
+                                    and torch.backends.mps.is_available()):
+        raise InputError(f"device {device!r}: MPS is not available on this machine")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"device {device!r}: only cpu, cuda and mps are supported")
+    return dev
 
 
 def load_model(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32,
