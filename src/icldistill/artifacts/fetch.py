@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, NamedTuple
 
+from icldistill.core.progress import log
 from icldistill.core.validation import InputError
 
 __all__ = [
@@ -109,15 +110,6 @@ class DamagedCacheError(InputError):
     """A cached folder (converted model, encoder) whose files do not match their manifest or
     pinned hashes, or whose weights are truncated. The message names the files and the
     command that rebuilds the folder."""
-
-
-def log(progress: bool, msg: str) -> None:
-    """Print ``[icldistill] msg`` to stderr when ``progress`` is on (never under the CLI's
-    ``--quiet``, see :func:`icldistill.core.progress.quiet_scope`)."""
-    from icldistill.core.progress import quiet
-
-    if progress and not quiet():
-        print(f"[icldistill] {msg}", file=sys.stderr, flush=True)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-__all__ = ["line_interval", "progress_bar", "quiet", "quiet_scope"]
+__all__ = ["line_interval", "log", "progress_bar", "quiet", "quiet_scope"]
 
 _QUIET = False
 #: Seconds between two lines of a bar when stderr is not a terminal (default).
@@ -168,3 +168,11 @@ def progress_bar(iterable: Iterable[Any] | None = None, *, enabled: bool = True,
                          file=_LineWriter(stream), leave=True, bar_format=_LINE_FORMAT,
                          mininterval=interval, maxinterval=max(interval, 1.0), delay=0,
                          ascii=True, dynamic_ncols=False, **kwargs)
+
+
+def log(progress: bool, msg: str) -> None:
+    """Print ``[icldistill] msg`` to stderr when ``progress`` is on (never inside
+    :func:`quiet_scope`, i.e. under the CLI's ``--quiet``). The package's one status-line
+    helper."""
+    if progress and not quiet():
+        print(f"[icldistill] {msg}", file=sys.stderr, flush=True)

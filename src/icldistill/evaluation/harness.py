@@ -72,10 +72,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from icldistill.artifacts.fetch import log
 from icldistill.artifacts.store import append_record, iter_records, unit_lock, write_json
 from icldistill.core.kernels import Kernel, make_kernel
 from icldistill.core.mmd import mmd
+from icldistill.core.progress import log
 from icldistill.core.validation import InputError
 from icldistill.data.datasets import Dataset, DatasetSplit, TaskFormat, load_split
 from icldistill.encoders.representations import HeadChoice

@@ -66,9 +66,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from icldistill.artifacts.fetch import log
 from icldistill.core.kernels import make_kernel, median_bandwidth
 from icldistill.core.mmd import mmd
+from icldistill.core.progress import log
 from icldistill.core.util import LineFit, fit_line
 from icldistill.core.validation import InputError
 from icldistill.data.prompts import Demonstration, Prompt

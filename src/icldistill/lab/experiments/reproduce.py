@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from icldistill.artifacts.fetch import log as fetch_log
+from icldistill.core.progress import log as fetch_log
 from icldistill.core.validation import InputError
 from icldistill.lab.experiments._common import Section
 from icldistill.lab.experiments.report import read_section, write_lab_report, write_section
