@@ -768,10 +768,19 @@ def _iqr(a: np.ndarray) -> float:
 def _figures(groups: list[list[ph.ModelUnderTest]], res: dict[tuple[int, int], list[SetResult]],
              paired: dict[tuple[int, int], list[PairedResult]], tasks: list[str], out: Path,
              tag: str) -> list[str]:
-    names = []
-    G = len(groups)
-    # 1. accuracy per order
-    fig, axes = new_figure(G, len(tasks), size=(4.2, 3.4))
+    names = [f"ordering_accuracy{tag}.png", f"ordering_movement{tag}.png",
+             f"ordering_rule{tag}.png"]
+    _accuracy_figure(groups, res, tasks, out / names[0])
+    _movement_figure(groups, res, tasks, out / names[1])
+    _rule_figure(groups, paired, out / names[2])
+    return names
+
+
+def _accuracy_figure(groups: list[list[ph.ModelUnderTest]],
+                     res: dict[tuple[int, int], list[SetResult]], tasks: list[str],
+                     path: Path) -> None:
+    """1. accuracy per order, per group and task."""
+    fig, axes = new_figure(len(groups), len(tasks), size=(4.2, 3.4))
     for gi, g in enumerate(groups):
         for ti, tname in enumerate(tasks):
             ax = axes[gi, ti]
@@ -798,29 +807,39 @@ def _figures(groups: list[list[ph.ModelUnderTest]], res: dict[tuple[int, int], l
             ax.set_title(f"{g[0].name}: {tname}", fontsize=9)
     fig.suptitle("accuracy of every order of a fixed demonstration set (red ring: medoid order; "
                  "grey x: random-init control)", fontsize=9)
-    save_figure(fig, out / f"ordering_accuracy{tag}.png")
-    names.append(f"ordering_accuracy{tag}.png")
-    # 2. movement per layer
-    fig, axes = new_figure(G, 4, size=(4.2, 3.4))
+    save_figure(fig, path)
+
+
+def _layer_movement(rs: list[SetResult]) -> tuple[np.ndarray, ...]:
+    """Per layer, mean over sets and heads: std over orders of log ||W_0|| and of log eta*,
+    relative HS distance and 1 - HS cosine to the first order."""
+    with np.errstate(all="ignore"):
+        lw = np.nanmean([np.nanstd(r.log_w0_norm, axis=0).mean(0) for r in rs], 0)
+        le = np.nanmean([np.nanstd(np.log(r.eta), axis=0).mean(0) for r in rs], 0)
+        rd = np.nanmean([np.nanmean(r.rel_distance[1:], axis=0).mean(0)
+                         if r.rel_distance.shape[0] > 1 else
+                         np.zeros(r.rel_distance.shape[2]) for r in rs], 0)
+        dc = np.nanmean([1.0 - np.nanmean(r.cosine[1:], axis=0).mean(0)
+                         if r.cosine.shape[0] > 1 else
+                         np.zeros(r.cosine.shape[2]) for r in rs], 0)
+    return lw, le, rd, dc
+
+
+def _movement_figure(groups: list[list[ph.ModelUnderTest]],
+                     res: dict[tuple[int, int], list[SetResult]], tasks: list[str],
+                     path: Path) -> None:
+    """2. movement per layer, per group."""
+    fig, axes = new_figure(len(groups), 4, size=(4.2, 3.4))
     for gi, g in enumerate(groups):
         for mi, m in enumerate(g):
             for ti, tname in enumerate(tasks):
                 rs = [r for r in res[(gi, mi)] if r.task == tname]
                 if not rs:
                     continue
-                with np.errstate(all="ignore"):
-                    lw = np.nanmean([np.nanstd(r.log_w0_norm, axis=0).mean(0) for r in rs], 0)
-                    le = np.nanmean([np.nanstd(np.log(r.eta), axis=0).mean(0) for r in rs], 0)
-                    rd = np.nanmean([np.nanmean(r.rel_distance[1:], axis=0).mean(0)
-                                     if r.rel_distance.shape[0] > 1 else
-                                     np.zeros(r.rel_distance.shape[2]) for r in rs], 0)
-                    dc = np.nanmean([1.0 - np.nanmean(r.cosine[1:], axis=0).mean(0)
-                                     if r.cosine.shape[0] > 1 else
-                                     np.zeros(r.cosine.shape[2]) for r in rs], 0)
                 kw: dict[str, Any] = ({"color": "0.5", "ls": "--", "lw": 1.0} if m.is_control
                                       else {"color": f"C{ti}", "lw": 1.6})
                 lab = f"{tname} ({'control' if m.is_control else 'trained'})"
-                for ax, v in zip(axes[gi], (lw, le, rd, dc), strict=True):
+                for ax, v in zip(axes[gi], _layer_movement(rs), strict=True):
                     ax.plot(np.arange(v.size), v, label=lab, **kw)
         for ax, t in zip(axes[gi], ("std over orders of log ||W_0||",
                                     "std over orders of log eta*",
@@ -832,10 +851,13 @@ def _figures(groups: list[list[ph.ModelUnderTest]], res: dict[tuple[int, int], l
         axes[gi, 0].legend(fontsize=6)
     fig.suptitle("how far the order moves the student (mean over heads; dashed grey: "
                  "random-init control)", fontsize=9)
-    save_figure(fig, out / f"ordering_movement{tag}.png")
-    names.append(f"ordering_movement{tag}.png")
-    # 3. paired rule comparisons
-    fig, axes = new_figure(G, 1, size=(7.5, 3.6))
+    save_figure(fig, path)
+
+
+def _rule_figure(groups: list[list[ph.ModelUnderTest]],
+                 paired: dict[tuple[int, int], list[PairedResult]], path: Path) -> None:
+    """3. paired rule comparisons, per group."""
+    fig, axes = new_figure(len(groups), 1, size=(7.5, 3.6))
     for gi, g in enumerate(groups):
         ax = axes[gi, 0]
         comps = [c.name for c in paired[(gi, 0)]]
@@ -854,9 +876,7 @@ def _figures(groups: list[list[ph.ModelUnderTest]], res: dict[tuple[int, int], l
         ax.set_ylabel("held-back accuracy difference")
         ax.set_title(f"{g[0].name}: rule order minus baseline (95% bootstrap CI)", fontsize=9)
         ax.legend(fontsize=7)
-    save_figure(fig, out / f"ordering_rule{tag}.png")
-    names.append(f"ordering_rule{tag}.png")
-    return names
+    save_figure(fig, path)
 
 
 def run(
@@ -896,8 +916,6 @@ def run(
         Similarity encoder of the most-similar-last baseline (``"minilm"``; any
         :func:`~icldistill.encoders.representations.make_encoder` spec or an Encoder).
     """
-    from icldistill.encoders.representations import Encoder, make_encoder
-
     t0 = time.perf_counter()
     mode = "custom" if sizes is not None else ("quick" if quick else "full")
     if sizes is None:
@@ -906,13 +924,7 @@ def run(
         raise InputError(f"sizes must be an OrderingSizes, got {type(sizes).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
         raise InputError(f"seed must be an integer, got {seed!r}")
-    if isinstance(encoder, str):
-        enc = make_encoder(encoder)
-    elif isinstance(encoder, Encoder):
-        enc = encoder
-    else:
-        raise InputError(f"encoder must be an encoder spec or an Encoder, got "
-                         f"{type(encoder).__name__}")
+    enc = _encoder(encoder)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     groups = ph.resolve_models(list(models), under_test=under_test, n_controls=n_controls,
@@ -921,6 +933,55 @@ def run(
                              n_test=sizes.n_test, seed=seed, progress=progress)
     plans = [_plan(t, sizes, enc, seed, ti) for ti, t in enumerate(items)]
     torch.manual_seed(seed)
+    res, paired = _measure_all(groups, plans, seed, progress)
+
+    task_names = [t.name for t in items]
+    checks: list[Check] = []
+    findings: list[str] = []
+    rows = _Rows()
+    data: dict[str, Any] = {"sizes": sizes.to_dict(), "seed": seed, "tasks": task_names,
+                            "plans": [_plan_data(plan) for plan in plans], "groups": []}
+    for gi, g in enumerate(groups):
+        gdata: dict[str, Any] = {"models": [m.name for m in g], "roles": [m.role for m in g],
+                                 "results": [], "paired": [], "comparisons": []}
+        for mi, m in enumerate(g):
+            rs = res[(gi, mi)]
+            gdata["results"].append([_set_data(r) for r in rs])
+            gdata["paired"].append([p.to_dict() for p in paired[(gi, mi)]])
+            rows.acc.extend(_accuracy_row(m, r) for r in rs)
+            rows.move.extend(_movement_row(m, r) for r in rs)
+            rows.rule.extend((m.name, m.role, p.name, int(p.diffs.size), p.diff, p.low,
+                              p.high, p.p, p.p_holm) for p in paired[(gi, mi)])
+        checks += _group_checks(g, [res[(gi, mi)] for mi in range(len(g))],
+                                [paired[(gi, mi)] for mi in range(len(g))], seed, gdata, rows)
+        for mi, m in enumerate(g):
+            findings += _model_findings(m, mi, res[(gi, mi)])
+        data["groups"].append(gdata)
+
+    figures = _figures(groups, res, paired, task_names, out, "")
+    return Section(name="ordering", title="Order sensitivity of few-shot prompts and the student "
+                   "W_0", description=_description(task_names, mode, sizes, enc, groups, seed),
+                   checks=checks, findings=findings, tables=_tables(rows), figures=figures,
+                   data=to_jsonable(data), seconds=time.perf_counter() - t0)
+
+
+def _encoder(encoder: Any) -> Any:
+    """The similarity encoder of the most-similar-last baseline from a spec or an Encoder."""
+    from icldistill.encoders.representations import Encoder, make_encoder
+
+    if isinstance(encoder, str):
+        return make_encoder(encoder)
+    if isinstance(encoder, Encoder):
+        return encoder
+    raise InputError(f"encoder must be an encoder spec or an Encoder, got "
+                     f"{type(encoder).__name__}")
+
+
+def _measure_all(groups: list[list[ph.ModelUnderTest]], plans: list[_Plan], seed: int,
+                 progress: bool) -> tuple[dict[tuple[int, int], list[SetResult]],
+                                          dict[tuple[int, int], list[PairedResult]]]:
+    """Every model's set results and paired rule comparisons, keyed by (group, member); the
+    comparisons' p-values Holm-adjusted over the whole section."""
     res: dict[tuple[int, int], list[SetResult]] = {}
     paired: dict[tuple[int, int], list[PairedResult]] = {}
     for gi, g in enumerate(groups):
@@ -936,165 +997,184 @@ def run(
     adj = holm([paired[key][i].p for key, i in flat]) if flat else np.zeros(0)
     for (key, i), p_adj in zip(flat, adj, strict=True):
         paired[key][i] = dataclasses.replace(paired[key][i], p_holm=float(p_adj))
+    return res, paired
 
-    task_names = [t.name for t in items]
-    checks: list[Check] = []
-    findings: list[str] = []
-    acc_rows, move_rows, rule_rows, comp_rows = [], [], [], []
-    data: dict[str, Any] = {"sizes": sizes.to_dict(), "seed": seed, "tasks": task_names,
-                            "plans": [], "groups": []}
-    for plan in plans:
-        data["plans"].append({"task": plan.task.name, "n_test": plan.n_test,
-                              "trace_items": plan.trace_items, "held": plan.held,
-                              "sets": [{"k": k, "set": s, "pool_indices": idx, "orders": o,
-                                        "most_similar_last": msl}
-                                       for k, s, idx, o, msl in plan.sets]})
-    for gi, g in enumerate(groups):
-        gdata: dict[str, Any] = {"models": [m.name for m in g], "roles": [m.role for m in g],
-                                 "results": [], "paired": [], "comparisons": []}
-        for mi, m in enumerate(g):
-            rs = res[(gi, mi)]
-            gdata["results"].append([_set_data(r) for r in rs])
-            gdata["paired"].append([p.to_dict() for p in paired[(gi, mi)]])
-            for r in rs:
-                acc = r.accuracy
-                acc_rows.append((m.name, m.role, r.task, r.k, r.set_index, acc.size,
-                                 float(acc.mean()), float(acc.min()), float(acc.max()),
-                                 float(acc.max() - acc.min()), float(acc.std()), _iqr(acc),
-                                 float(r.disagreement.mean()), float(acc[r.medoid]),
-                                 float(acc[r.max_share]),
-                                 float(r.random_correct().mean()), float(r.msl_correct.mean())))
-                with np.errstate(all="ignore"):
-                    lw = np.nanstd(r.log_w0_norm, axis=0)
-                    le = np.nanstd(np.log(r.eta), axis=0)
-                    rd = (np.nanmean(r.rel_distance[1:], axis=0) if r.rel_distance.shape[0] > 1
-                          else np.zeros_like(lw))
-                    dc = (1.0 - np.nanmean(r.cosine[1:], axis=0) if r.cosine.shape[0] > 1
-                          else np.zeros_like(lw))
-                    top = int(np.nanargmax(np.nanmean(rd, 0))) if np.isfinite(rd).any() else -1
-                    move_rows.append((m.name, m.role, r.task, r.k, r.set_index,
-                                      float(np.nanmean(lw)), float(np.nanmax(lw)),
-                                      float(np.nanmean(le)), float(np.nanmax(le)),
-                                      float(np.nanmean(rd)), float(np.nanmax(rd)), top,
-                                      float(np.nanmean(dc)), float(np.nanmax(dc)),
-                                      int(len(set(r.n_demo_tokens.tolist())) == 1)))
-            for p in paired[(gi, mi)]:
-                rule_rows.append((m.name, m.role, p.name, int(p.diffs.size), p.diff, p.low,
-                                  p.high, p.p, p.p_holm))
-        tr = g[0]
-        ctl = [(mi, m) for mi, m in enumerate(g) if m.is_control]
 
-        def comp(name: str, values: Any, per_model: Any, tr: Any = tr, ctl: Any = ctl,
-                 gdata: dict[str, Any] = gdata) -> ph.ControlComparison:
-            t = ph.statistic(values, tr, seed=seed)
-            cs = [ph.statistic(per_model(mi), m, seed=seed) for mi, m in ctl]
-            c = ph.compare_with_controls(name, t, cs, seed=seed)
-            gdata["comparisons"].append(c.to_dict())
-            comp_rows.append((tr.name, c.name, c.trained.value, c.trained.low, c.trained.high,
-                              c.low, c.high, "outside" if c.outside else "INSIDE"))
-            return c
+def _plan_data(plan: _Plan) -> dict[str, Any]:
+    return {"task": plan.task.name, "n_test": plan.n_test,
+            "trace_items": plan.trace_items, "held": plan.held,
+            "sets": [{"k": k, "set": s, "pool_indices": idx, "orders": o,
+                      "most_similar_last": msl}
+                     for k, s, idx, o, msl in plan.sets]}
 
-        def dis(mi: int, gi: int = gi) -> np.ndarray:
-            return np.concatenate([r.disagreement for r in res[(gi, mi)]])
 
-        c_dis = comp("per-item disagreement across orders", dis(0), dis)
+@dataclass
+class _Rows:
+    """Rows of the four tables, filled group by group."""
+
+    acc: list[tuple[Any, ...]] = field(default_factory=list)
+    move: list[tuple[Any, ...]] = field(default_factory=list)
+    rule: list[tuple[Any, ...]] = field(default_factory=list)
+    comp: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+def _accuracy_row(m: ph.ModelUnderTest, r: SetResult) -> tuple[Any, ...]:
+    acc = r.accuracy
+    return (m.name, m.role, r.task, r.k, r.set_index, acc.size,
+            float(acc.mean()), float(acc.min()), float(acc.max()),
+            float(acc.max() - acc.min()), float(acc.std()), _iqr(acc),
+            float(r.disagreement.mean()), float(acc[r.medoid]),
+            float(acc[r.max_share]),
+            float(r.random_correct().mean()), float(r.msl_correct.mean()))
+
+
+def _movement_row(m: ph.ModelUnderTest, r: SetResult) -> tuple[Any, ...]:
+    with np.errstate(all="ignore"):
+        lw = np.nanstd(r.log_w0_norm, axis=0)
+        le = np.nanstd(np.log(r.eta), axis=0)
+        rd = (np.nanmean(r.rel_distance[1:], axis=0) if r.rel_distance.shape[0] > 1
+              else np.zeros_like(lw))
+        dc = (1.0 - np.nanmean(r.cosine[1:], axis=0) if r.cosine.shape[0] > 1
+              else np.zeros_like(lw))
+        top = int(np.nanargmax(np.nanmean(rd, 0))) if np.isfinite(rd).any() else -1
+        return (m.name, m.role, r.task, r.k, r.set_index,
+                float(np.nanmean(lw)), float(np.nanmax(lw)),
+                float(np.nanmean(le)), float(np.nanmax(le)),
+                float(np.nanmean(rd)), float(np.nanmax(rd)), top,
+                float(np.nanmean(dc)), float(np.nanmax(dc)),
+                int(len(set(r.n_demo_tokens.tolist())) == 1))
+
+
+def _disagreement(rs: list[SetResult]) -> np.ndarray:
+    return np.concatenate([r.disagreement for r in rs])
+
+
+def _group_checks(g: list[ph.ModelUnderTest], res: list[list[SetResult]],
+                  paired: list[list[PairedResult]], seed: int, gdata: dict[str, Any],
+                  rows: _Rows) -> list[Check]:
+    """The controlled checks of one group (``res`` and ``paired`` per member); every
+    comparison goes into ``gdata["comparisons"]`` and the controls table."""
+    tr = g[0]
+    ctl = [(mi, m) for mi, m in enumerate(g) if m.is_control]
+
+    def comp(name: str, values: Any, per_model: Any) -> ph.ControlComparison:
+        t = ph.statistic(values, tr, seed=seed)
+        cs = [ph.statistic(per_model(mi), m, seed=seed) for mi, m in ctl]
+        c = ph.compare_with_controls(name, t, cs, seed=seed)
+        gdata["comparisons"].append(c.to_dict())
+        rows.comp.append((tr.name, c.name, c.trained.value, c.trained.low, c.trained.high,
+                          c.low, c.high, "outside" if c.outside else "INSIDE"))
+        return c
+
+    checks = []
+    c_dis = comp("per-item disagreement across orders", _disagreement(res[0]),
+                 lambda mi: _disagreement(res[mi]))
+    checks.append(ph.controlled_check(
+        f"{tr.name}: the order of a fixed demonstration set changes the predictions",
+        c_dis.trained.value > 0, c_dis,
+        "share of orders whose prediction differs from the item's most frequent one, mean "
+        "over the held-back items"))
+    for what, label, claim in (
+            ("w0", "relative HS distance of W_0 between orders",
+             "the order moves the student W_0 (same head, relative HS distance)"),
+            ("eta", "std over orders of log eta*",
+             "the order moves eta* (through D')")):
+        c = comp(label, _per_item_movement(res[0], what),
+                 lambda mi, what=what: _per_item_movement(res[mi], what))
         checks.append(ph.controlled_check(
-            f"{tr.name}: the order of a fixed demonstration set changes the predictions",
-            c_dis.trained.value > 0, c_dis,
-            "share of orders whose prediction differs from the item's most frequent one, mean "
-            "over the held-back items"))
-        for what, label, claim in (
-                ("w0", "relative HS distance of W_0 between orders",
-                 "the order moves the student W_0 (same head, relative HS distance)"),
-                ("eta", "std over orders of log eta*",
-                 "the order moves eta* (through D')")):
-            c = comp(label, _per_item_movement(res[(gi, 0)], what),
-                     lambda mi, gi=gi, what=what: _per_item_movement(res[(gi, mi)], what))
-            checks.append(ph.controlled_check(
-                f"{tr.name}: {claim}", c.trained.value > 0, c,
-                "per (set, calibration query, layer), mean over heads"))
-        for p0 in paired[(gi, 0)]:
-            if not p0.name.startswith("medoid"):
-                continue
-            c = comp(f"held-back accuracy difference, {p0.name}", p0.diffs,
-                     lambda mi, gi=gi, name=p0.name: next(
-                         p.diffs for p in paired[(gi, mi)] if p.name == name))
-            checks.append(ph.controlled_check(
-                f"{tr.name}: ordering by the distillation rule (medoid order) beats "
-                f"{_BASELINE_TEXT[p0.name.split(' vs ')[1]]} on held-back items",
-                p0.diff > 0 and p0.p_holm < 0.05, c,
-                f"mean difference {p0.diff:+.3f} [{p0.low:+.3f}, {p0.high:+.3f}] over "
-                f"{p0.diffs.size} items, p = {p0.p:.3g}, Holm p = {p0.p_holm:.3g}"))
-        # findings, computed from the numbers
-        for mi, m in enumerate(g):
-            rs = res[(gi, mi)]
-            if not rs:
-                continue
-            spread = np.array([r.accuracy.max() - r.accuracy.min() for r in rs])
-            n_ord = sorted({r.orders.shape[0] for r in rs})
-            findings.append(
-                f"{m.name}: across {'/'.join(map(str, n_ord))} orders of a fixed demonstration "
-                f"set, accuracy spans {spread.mean():.3f} on average (max - min; per task: "
-                + ", ".join(f"{r.task} k={r.k} {r.accuracy.min():.2f}-{r.accuracy.max():.2f}"
-                            for r in rs)
-                + f"); {dis(mi).mean():.3f} of the orders disagree with an item's most frequent "
-                  "prediction.")
-            mv = _per_item_movement(rs, "w0")
-            me = _per_item_movement(rs, "eta")
-            ml = _per_item_movement(rs, "lw")
-            md = _per_item_movement(rs, "dir")
+            f"{tr.name}: {claim}", c.trained.value > 0, c,
+            "per (set, calibration query, layer), mean over heads"))
+    for p0 in paired[0]:
+        if not p0.name.startswith("medoid"):
+            continue
+        c = comp(f"held-back accuracy difference, {p0.name}", p0.diffs,
+                 lambda mi, name=p0.name: next(
+                     p.diffs for p in paired[mi] if p.name == name))
+        checks.append(ph.controlled_check(
+            f"{tr.name}: ordering by the distillation rule (medoid order) beats "
+            f"{_BASELINE_TEXT[p0.name.split(' vs ')[1]]} on held-back items",
+            p0.diff > 0 and p0.p_holm < 0.05, c,
+            f"mean difference {p0.diff:+.3f} [{p0.low:+.3f}, {p0.high:+.3f}] over "
+            f"{p0.diffs.size} items, p = {p0.p:.3g}, Holm p = {p0.p_holm:.3g}"))
+    return checks
 
-            def avg(v: np.ndarray) -> float:
-                return float(v.mean()) if v.size else math.nan
 
-            findings.append(
-                f"{m.name}: another order moves W_0 of the same head by {avg(mv):.3g} of its "
-                f"mean norm (||W_0 - W_0'|| / mean of the two norms, mean over sets, queries, "
-                f"layers and heads; 1 - cosine {avg(md):.3g}); std over orders of log ||W_0|| "
-                f"{avg(ml):.3g}, of log eta* {avg(me):.3g}.")
-            same_n = all(len(set(r.n_demo_tokens.tolist())) == 1 for r in rs)
-            if mi == 0:
-                findings.append(
-                    "The number of demonstration tokens N is "
-                    + ("the same in every order of every set, so eta* = N/(2D') moves only "
-                       "through the normaliser D'." if same_n else
-                       "not the same in every order (tokenization at demonstration "
-                       "boundaries), so eta* also moves through N."))
-            rhos = [spearman(np.nanmean(r.demo_share, axis=(1, 2)), r.accuracy)
-                    for r in rs if r.orders.shape[0] >= 3]
-            rhos = [x for x in rhos if np.isfinite(x)]
-            picks = ", ".join(
-                f"{r.task} k={r.k}: held-back accuracy medoid {r.held_correct(r.medoid).mean():.2f}"
-                f" / max-share {r.held_correct(r.max_share).mean():.2f} / random "
-                f"{r.random_correct().mean():.2f} / most-similar-last {r.msl_correct.mean():.2f}"
-                for r in rs)
-            findings.append(f"{m.name}: {picks}."
-                            + (f" Spearman(demo share, accuracy) across orders, mean over sets: "
-                               f"{np.mean(rhos):+.2f}." if rhos else ""))
-        data["groups"].append(gdata)
+def _avg(v: np.ndarray) -> float:
+    return float(v.mean()) if v.size else math.nan
 
-    figures = _figures(groups, res, paired, task_names, out, "")
-    tables = [
+
+def _model_findings(m: ph.ModelUnderTest, mi: int, rs: list[SetResult]) -> list[str]:
+    """Findings of one member (``mi`` its index in the group; the first adds the note on N),
+    computed from the numbers."""
+    if not rs:
+        return []
+    findings = []
+    spread = np.array([r.accuracy.max() - r.accuracy.min() for r in rs])
+    n_ord = sorted({r.orders.shape[0] for r in rs})
+    findings.append(
+        f"{m.name}: across {'/'.join(map(str, n_ord))} orders of a fixed demonstration "
+        f"set, accuracy spans {spread.mean():.3f} on average (max - min; per task: "
+        + ", ".join(f"{r.task} k={r.k} {r.accuracy.min():.2f}-{r.accuracy.max():.2f}"
+                    for r in rs)
+        + f"); {_disagreement(rs).mean():.3f} of the orders disagree with an item's most "
+          "frequent prediction.")
+    mv = _per_item_movement(rs, "w0")
+    me = _per_item_movement(rs, "eta")
+    ml = _per_item_movement(rs, "lw")
+    md = _per_item_movement(rs, "dir")
+    findings.append(
+        f"{m.name}: another order moves W_0 of the same head by {_avg(mv):.3g} of its "
+        f"mean norm (||W_0 - W_0'|| / mean of the two norms, mean over sets, queries, "
+        f"layers and heads; 1 - cosine {_avg(md):.3g}); std over orders of log ||W_0|| "
+        f"{_avg(ml):.3g}, of log eta* {_avg(me):.3g}.")
+    same_n = all(len(set(r.n_demo_tokens.tolist())) == 1 for r in rs)
+    if mi == 0:
+        findings.append(
+            "The number of demonstration tokens N is "
+            + ("the same in every order of every set, so eta* = N/(2D') moves only "
+               "through the normaliser D'." if same_n else
+               "not the same in every order (tokenization at demonstration "
+               "boundaries), so eta* also moves through N."))
+    rhos = [spearman(np.nanmean(r.demo_share, axis=(1, 2)), r.accuracy)
+            for r in rs if r.orders.shape[0] >= 3]
+    rhos = [x for x in rhos if np.isfinite(x)]
+    picks = ", ".join(
+        f"{r.task} k={r.k}: held-back accuracy medoid {r.held_correct(r.medoid).mean():.2f}"
+        f" / max-share {r.held_correct(r.max_share).mean():.2f} / random "
+        f"{r.random_correct().mean():.2f} / most-similar-last {r.msl_correct.mean():.2f}"
+        for r in rs)
+    findings.append(f"{m.name}: {picks}."
+                    + (f" Spearman(demo share, accuracy) across orders, mean over sets: "
+                       f"{np.mean(rhos):+.2f}." if rhos else ""))
+    return findings
+
+
+def _tables(rows: _Rows) -> list[Table]:
+    return [
         Table("Accuracy across orders of a fixed demonstration set (held-back items)",
               ("model", "role", "task", "k", "set", "orders", "mean acc", "min", "max",
                "spread (max-min)", "std", "IQR", "disagreement", "medoid order",
                "max-share order", "random order (expected)", "most similar last"),
-              tuple(acc_rows)),
+              tuple(rows.acc)),
         Table("How the order moves the distillation quantities (per layer: mean over heads and "
               "calibration queries; then mean / max over layers)",
               ("model", "role", "task", "k", "set", "std log||W_0|| mean", "max",
                "std log eta* mean", "max", "rel. HS distance mean", "max", "layer of max",
-               "1 - cos mean", "max", "N equal in all orders"), tuple(move_rows)),
+               "1 - cos mean", "max", "N equal in all orders"), tuple(rows.move)),
         Table("Rule order vs baselines on held-back items (paired; Holm over the section)",
               ("model", "role", "comparison", "items", "mean diff", "CI low", "CI high", "p",
-               "Holm p"), tuple(rule_rows)),
+               "Holm p"), tuple(rows.rule)),
         Table("Trained model vs random-init controls",
               ("model", "statistic", "trained", "low", "high", "control low", "control high",
-               "trained vs control"), tuple(comp_rows)),
+               "trained vs control"), tuple(rows.comp)),
     ]
+
+
+def _description(task_names: list[str], mode: str, sizes: OrderingSizes, enc: Any,
+                 groups: list[list[ph.ModelUnderTest]], seed: int) -> str:
     k_desc = ", ".join(f"k={k}: {'all' if math.factorial(k) <= n else n} of {math.factorial(k)} "
                        "orders" for k, n in zip(sizes.ks, sizes.n_orders, strict=True))
-    description = (
+    return (
         f"Order sensitivity on {', '.join(task_names)} ({mode} sizes; "
         f"seed {seed}). Per task {sizes.n_sets} fixed label-balanced demonstration set(s) per k "
         f"({k_desc}). Of {sizes.n_test} test items per task, "
@@ -1114,7 +1194,3 @@ def run(
         f"number is measured on the trained model and on {len(groups[0]) - 1} random-init "
         "control(s) (seeds seed+1, ...) on the same prompts; a check passes only outside the "
         "controls' 95% bootstrap spread.")
-    return Section(name="ordering", title="Order sensitivity of few-shot prompts and the student "
-                   "W_0", description=description, checks=checks, findings=findings,
-                   tables=tables, figures=figures, data=to_jsonable(data),
-                   seconds=time.perf_counter() - t0)
