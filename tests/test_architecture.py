@@ -168,3 +168,25 @@ def test_the_top_level_mmd_stays_the_function():
 
     assert callable(icldistill.mmd) and not hasattr(icldistill.mmd, "__path__")
     assert icldistill.mmd.__module__ == "icldistill.core.mmd"
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def test_long_functions_say_why():
+    """No function over 80 lines (docstring included) without a comment right above it (or its
+    decorators) giving the reason, e.g. ``# long: 40 lines of docstring; the code is 50``."""
+    bad = []
+    for _, path in _modules():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            if node.end_lineno - node.lineno + 1 <= MAX_FUNCTION_LINES:
+                continue
+            first = min([d.lineno for d in node.decorator_list] + [node.lineno])
+            above = lines[first - 2].strip() if first >= 2 else ""
+            if not above.startswith("#"):
+                bad.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} "
+                           f"({node.end_lineno - node.lineno + 1} lines)")
+    assert not bad, "long functions without a written reason:\n" + "\n".join(bad)
