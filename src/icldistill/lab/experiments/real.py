@@ -20,7 +20,7 @@ Two parts:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +120,6 @@ def real_model_trace(
         An already loaded split; skips loading ``dataset``.
     """
     from icldistill.data.datasets import load_split
-    from icldistill.lab.experiments.phenomena import check_one_entry_per_layer
     from icldistill.models import load_model
     from icldistill.models.tracing import trace
 
@@ -136,10 +135,7 @@ def real_model_trace(
         raise InputError(f"the pool of {dataset!r} has {len(pool)} items, fewer than k={k}")
     rng = np.random.default_rng(seed)
     fmt = pool.format
-    eta, share, mass, stat_x, stat_y = [], [], [], [], []
-    max_err, viol, checked, lens, gaps = 0.0, 0, 0, [], []
-    align, align2 = 0.0, float("inf")
-    kernel = None
+    acc = _TraceSums()
     queries = rng.choice(len(test), size=min(n_prompts, len(test)), replace=False)
     for qi in queries:
         demo_idx = rng.choice(len(pool), size=k, replace=False)
@@ -148,33 +144,77 @@ def real_model_trace(
         with torch.no_grad():
             res = trace(loaded.model, loaded.tokenizer, prompt, positions="query", keep_w0=True,
                         progress=progress)
-        check_one_entry_per_layer(res, loaded.model)
-        lens.append(len(res.tokens))
-        kernel = res.has_kernel_form.numpy()
-        eta.append(res.eta[:, :, -1].double().numpy())
-        share.append(res.demo_share[:, :, -1].double().numpy())
-        mass.append(res.attention_mass["demos"][:, :, -1].double().numpy())
-        stat_x.append(res.mean_demo_logit.double().numpy())            # [L, H, P]
-        stat_y.append(np.log(res.eta.double().numpy()))
-        max_err = max(max_err, res.max_decomposition_error)
-        n_keys = res.num_keys.double().numpy()[:, None, :]             # [L, 1, P]
+        acc.add(res, loaded.model)
+    return RealTraceResult(
+        model=getattr(loaded, "name", model), dataset=dataset, k=k,
+        eta_last=np.stack(acc.eta), demo_share_last=np.stack(acc.share),
+        demo_mass_last=np.stack(acc.mass),
+        stationarity=_stationarity(acc.stat_x, acc.stat_y),
+        has_kernel_form=np.asarray(acc.kernel, dtype=bool),
+        max_decomposition_error=float(acc.max_err), jensen_violations=acc.viol,
+        jensen_checked=acc.checked, jensen_gap=np.mean(acc.gaps, axis=0),
+        alignment_error=float(acc.align), alignment_error_2x=float(acc.align2),
+        num_tokens=acc.lens, seconds=time.perf_counter() - t0,
+    )
+
+
+@dataclass
+class _TraceSums:
+    """What :func:`real_model_trace` collects over the traced prompts."""
+
+    eta: list[np.ndarray] = field(default_factory=list)       # [L, H] at the label position
+    share: list[np.ndarray] = field(default_factory=list)
+    mass: list[np.ndarray] = field(default_factory=list)
+    stat_x: list[np.ndarray] = field(default_factory=list)    # [L, H, P] mean demo logit
+    stat_y: list[np.ndarray] = field(default_factory=list)    # [L, H, P] log eta*
+    gaps: list[np.ndarray] = field(default_factory=list)      # [L, H] mean Jensen gap
+    lens: list[int] = field(default_factory=list)
+    max_err: float = 0.0
+    viol: int = 0
+    checked: int = 0
+    align: float = 0.0
+    align2: float = float("inf")
+    kernel: Any = None
+
+    def add(self, res: Any, model: Any) -> None:
+        """Add one traced prompt (the first one also measures the implicit alignment)."""
+        from icldistill.lab.experiments.phenomena import check_one_entry_per_layer
+
+        check_one_entry_per_layer(res, model)
+        self.lens.append(len(res.tokens))
+        self.kernel = res.has_kernel_form.numpy()
+        self.eta.append(res.eta[:, :, -1].double().numpy())
+        self.share.append(res.demo_share[:, :, -1].double().numpy())
+        self.mass.append(res.attention_mass["demos"][:, :, -1].double().numpy())
+        self.stat_x.append(res.mean_demo_logit.double().numpy())            # [L, H, P]
+        self.stat_y.append(np.log(res.eta.double().numpy()))
+        self.max_err = max(self.max_err, res.max_decomposition_error)
+        n_keys = res.num_keys.double().numpy()[:, None, :]                  # [L, 1, P]
         lhs = res.log_normalizer.double().numpy() - np.log(n_keys)
-        gap = lhs - res.mean_logit.double().numpy()                     # [L, H, P]
-        gaps.append(gap.mean(-1))
-        viol += int((gap < -1e-9).sum())
-        checked += lhs.size
-        L, H = kernel.shape
-        if len(lens) == 1:            # alignment: every kernel-form head of the first prompt
-            for layer in range(L):
-                if not kernel[layer, 0]:
-                    continue
-                for head in range(H):
-                    w0 = res.w0(layer, head, -1)
-                    step = distillation_step(w0)
-                    align = max(align, step.relative_distance)
-                    if head == 0:
-                        align2 = min(align2, distillation_step(w0, 2.0 * step.eta_star)
-                                     .relative_distance)
+        gap = lhs - res.mean_logit.double().numpy()                          # [L, H, P]
+        self.gaps.append(gap.mean(-1))
+        self.viol += int((gap < -1e-9).sum())
+        self.checked += lhs.size
+        if len(self.lens) == 1:       # alignment: every kernel-form head of the first prompt
+            self._alignment(res)
+
+    def _alignment(self, res: Any) -> None:
+        L, H = self.kernel.shape
+        for layer in range(L):
+            if not self.kernel[layer, 0]:
+                continue
+            for head in range(H):
+                w0 = res.w0(layer, head, -1)
+                step = distillation_step(w0)
+                self.align = max(self.align, step.relative_distance)
+                if head == 0:
+                    self.align2 = min(self.align2, distillation_step(w0, 2.0 * step.eta_star)
+                                      .relative_distance)
+
+
+def _stationarity(stat_x: list[np.ndarray], stat_y: list[np.ndarray]) -> np.ndarray:
+    """Per head ``[L, H]``: Spearman of log eta* against the mean query-demo logit over every
+    query position of every prompt (NaN with fewer than 3 finite points)."""
     x = np.concatenate(stat_x, axis=-1)
     y = np.concatenate(stat_y, axis=-1)
     L, H = x.shape[:2]
@@ -184,15 +224,7 @@ def real_model_trace(
             ok = np.isfinite(x[layer, head]) & np.isfinite(y[layer, head])
             if ok.sum() >= 3:
                 stationarity[layer, head] = spearman(x[layer, head][ok], y[layer, head][ok])
-    return RealTraceResult(
-        model=getattr(loaded, "name", model), dataset=dataset, k=k,
-        eta_last=np.stack(eta), demo_share_last=np.stack(share), demo_mass_last=np.stack(mass),
-        stationarity=stationarity, has_kernel_form=np.asarray(kernel, dtype=bool),
-        max_decomposition_error=float(max_err), jensen_violations=viol, jensen_checked=checked,
-        jensen_gap=np.mean(gaps, axis=0),
-        alignment_error=float(align), alignment_error_2x=float(align2), num_tokens=lens,
-        seconds=time.perf_counter() - t0,
-    )
+    return stationarity
 
 
 @dataclass(frozen=True)
@@ -386,13 +418,6 @@ def run(
     control_harness : callable, optional
         ``control_harness(folder, model_loader) -> Harness`` for the controls' grids (tests).
     """
-    from icldistill.lab.experiments.phenomena import (
-        compare_with_controls,
-        controlled_check,
-        random_twin,
-        statistic,
-    )
-
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -401,13 +426,7 @@ def run(
         from icldistill.models import load_model
 
         loaded = load_model(model, progress=progress)
-    if controls is None:
-        if isinstance(n_controls, bool) or not isinstance(n_controls, int) or n_controls < 1:
-            raise InputError(f"n_controls must be a positive integer, got {n_controls!r}")
-        controls = [random_twin(loaded, seed + i) for i in range(1, n_controls + 1)]
-    controls = list(controls)
-    if not controls:
-        raise InputError("the real section needs at least one random-init control")
+    controls = _controls(loaded, controls, n_controls, seed)
     tr = real_model_trace(model, dataset, k=4, n_prompts=n_prompts, seed=seed, progress=progress,
                           loaded=loaded, split=split)
     ctr = [real_model_trace(model, dataset, k=4, n_prompts=n_prompts, seed=seed,
@@ -428,27 +447,86 @@ def run(
                 f"{fs_dir.name}-control-{seed + i}"), tasks, selectors, n_test, progress,
                 control_harness))
     figures = _figures(tr, rel, out)
-    L, H = tr.has_kernel_form.shape
-    eta = tr.eta_last.mean(0)
-    share = tr.demo_share_last.mean(0)
+    m = _Measured(tr=tr, ctr=ctr, rel=rel, crel=crel, seed=seed,
+                  names=[getattr(c, "name", f"control {i}") for i, c in enumerate(controls, 1)])
+    cmps = _compare(m)
+    return Section(
+        name="real",
+        title=f"Real model: {tr.model} on {tr.dataset}",
+        description=_description(m),
+        checks=_checks(m, cmps),
+        findings=_findings(m, cmps),
+        tables=_tables(m),
+        figures=figures,
+        data=_data(m, cmps),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _controls(loaded: Any, controls: Any | None, n_controls: Any, seed: int) -> list[Any]:
+    """The given random-init twins, or ``n_controls`` new ones (seeds ``seed + 1 ..``)."""
+    from icldistill.lab.experiments.phenomena import random_twin
+
+    if controls is None:
+        if isinstance(n_controls, bool) or not isinstance(n_controls, int) or n_controls < 1:
+            raise InputError(f"n_controls must be a positive integer, got {n_controls!r}")
+        controls = [random_twin(loaded, seed + i) for i in range(1, n_controls + 1)]
+    controls = list(controls)
+    if not controls:
+        raise InputError("the real section needs at least one random-init control")
+    return controls
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """The traces and few-shot grids of the trained model (``tr``, ``rel``) and of its
+    controls (``ctr``, ``crel``, named ``names``)."""
+
+    tr: RealTraceResult
+    ctr: list[RealTraceResult]
+    rel: FewShotRelation | None
+    crel: list[FewShotRelation]
+    names: list[str]
+    seed: int
+
+
+@dataclass(frozen=True)
+class _Comparisons:
+    """The trained model against its controls: stationarity, Jensen gap and demo share."""
+
+    stat: Any
+    jensen: Any
+    share: Any
+
+
+def _compare(m: _Measured) -> _Comparisons:
+    from icldistill.lab.experiments.phenomena import compare_with_controls, statistic
+
+    tr, ctr, names, seed = m.tr, m.ctr, m.names, m.seed
+    return _Comparisons(
+        stat=compare_with_controls(
+            "mean per-head Spearman(mean q-k_demo logit, log eta*)",
+            statistic(_spearman_items(tr), "trained", seed=seed),
+            [statistic(_spearman_items(c), n, role="control", seed=seed)
+             for c, n in zip(ctr, names, strict=True)]),
+        jensen=compare_with_controls(
+            "mean Jensen gap log(D'/n) - mean logit per head",
+            statistic(tr.jensen_gap.ravel(), "trained", seed=seed),
+            [statistic(c.jensen_gap.ravel(), n, role="control", seed=seed)
+             for c, n in zip(ctr, names, strict=True)]),
+        share=compare_with_controls(
+            "demo share at the label position per head",
+            statistic(tr.demo_share_last.mean(0).ravel(), "trained", seed=seed),
+            [statistic(c.demo_share_last.mean(0).ravel(), n, role="control", seed=seed)
+             for c, n in zip(ctr, names, strict=True)]))
+
+
+def _checks(m: _Measured, cmps: _Comparisons) -> list[Check]:
+    from icldistill.lab.experiments.phenomena import controlled_check
+
+    tr, ctr = m.tr, m.ctr
     st = _spearman_items(tr)
     neg = int((st < 0).sum())
-    names = [getattr(c, "name", f"control {i}") for i, c in enumerate(controls, 1)]
-    stat_cmp = compare_with_controls(
-        "mean per-head Spearman(mean q-k_demo logit, log eta*)",
-        statistic(st, "trained", seed=seed),
-        [statistic(_spearman_items(c), n, role="control", seed=seed)
-         for c, n in zip(ctr, names, strict=True)])
-    jensen_cmp = compare_with_controls(
-        "mean Jensen gap log(D'/n) - mean logit per head",
-        statistic(tr.jensen_gap.ravel(), "trained", seed=seed),
-        [statistic(c.jensen_gap.ravel(), n, role="control", seed=seed)
-         for c, n in zip(ctr, names, strict=True)])
-    share_cmp = compare_with_controls(
-        "demo share at the label position per head",
-        statistic(share.ravel(), "trained", seed=seed),
-        [statistic(c.demo_share_last.mean(0).ravel(), n, role="control", seed=seed)
-         for c, n in zip(ctr, names, strict=True)])
     all_tr = [tr, *ctr]
     checks = [
         Check("identity (any weights): the segment decomposition reproduces the attention output "
@@ -465,35 +543,53 @@ def run(
             "Jensen: log(D'/n) >= mean logit, with a gap beyond the random-init control's "
             "(attention concentrated by training)",
             tr.jensen_violations == 0 and all(c.jensen_violations == 0 for c in ctr),
-            jensen_cmp,
+            cmps.jensen,
             f"{tr.jensen_violations} violations in {tr.jensen_checked} head-positions "
             f"(controls: {sum(c.jensen_violations for c in ctr)}); the inequality itself holds "
             "for any softmax"),
         controlled_check(
             "domain stationarity: eta* falls as the query-demo logit rises (per head)",
-            st.size > 0 and neg > st.size / 2, stat_cmp,
+            st.size > 0 and neg > st.size / 2, cmps.stat,
             f"negative Spearman in {neg} of {st.size} heads (median "
             f"{float(np.median(st)) if st.size else float('nan'):.2f})"),
     ]
-    if rel is not None:
-        finite = {t: r for t, r in rel.spearman.items() if np.isfinite(r)}
-        trained_rho = statistic(list(finite.values()), "trained", seed=seed)
-        if crel:
-            rel_cmp = compare_with_controls(
-                "Spearman(MMD², accuracy) per task",
-                trained_rho, [statistic([r for r in c.spearman.values() if np.isfinite(r)], n,
-                                        role="control", seed=seed)
-                              for c, n in zip(crel, names, strict=False)])
-            checks.append(controlled_check(
-                "accuracy falls as the demonstrations' MMD² to the task rises",
-                bool(finite) and all(r < 0 for r in finite.values()), rel_cmp,
-                ", ".join(f"{t}: Spearman {r:.2f}" for t, r in rel.spearman.items())))
-        else:
-            checks.append(Check(
-                "accuracy falls as the demonstrations' MMD² to the task rises", False,
-                ", ".join(f"{t}: Spearman {r:.2f}" for t, r in rel.spearman.items())
-                + "; read from a results folder, so no random-init control grid was run: "
-                "not counted"))
+    if m.rel is not None:
+        checks.append(_fewshot_check(m, m.rel))
+    return checks
+
+
+def _fewshot_check(m: _Measured, rel: FewShotRelation) -> Check:
+    """Accuracy falls with the demonstrations' MMD² (against the controls' grids, when run)."""
+    from icldistill.lab.experiments.phenomena import (
+        compare_with_controls,
+        controlled_check,
+        statistic,
+    )
+
+    finite = {t: r for t, r in rel.spearman.items() if np.isfinite(r)}
+    trained_rho = statistic(list(finite.values()), "trained", seed=m.seed)
+    if m.crel:
+        rel_cmp = compare_with_controls(
+            "Spearman(MMD², accuracy) per task",
+            trained_rho, [statistic([r for r in c.spearman.values() if np.isfinite(r)], n,
+                                    role="control", seed=m.seed)
+                          for c, n in zip(m.crel, m.names, strict=False)])
+        return controlled_check(
+            "accuracy falls as the demonstrations' MMD² to the task rises",
+            bool(finite) and all(r < 0 for r in finite.values()), rel_cmp,
+            ", ".join(f"{t}: Spearman {r:.2f}" for t, r in rel.spearman.items()))
+    return Check(
+        "accuracy falls as the demonstrations' MMD² to the task rises", False,
+        ", ".join(f"{t}: Spearman {r:.2f}" for t, r in rel.spearman.items())
+        + "; read from a results folder, so no random-init control grid was run: "
+        "not counted")
+
+
+def _findings(m: _Measured, cmps: _Comparisons) -> list[str]:
+    tr, rel = m.tr, m.rel
+    L, H = tr.has_kernel_form.shape
+    eta = tr.eta_last.mean(0)
+    share = tr.demo_share_last.mean(0)
     top = np.unravel_index(np.argmax(share), share.shape)
     findings = [
         f"Mean eta* at the label position ranges from {eta.min():.3g} to {eta.max():.3g} over "
@@ -501,10 +597,10 @@ def run(
         f"{eta.mean(1)[-1]:.3g} (layer {L - 1}).",
         f"The demonstrations' share of the head output averages {share.mean():.2f}; it is "
         f"largest at layer {top[0]} head {top[1]} ({share[top]:.2f}). "
-        + share_cmp.describe(".2f") + ".",
+        + cmps.share.describe(".2f") + ".",
         f"Prompts have {min(tr.num_tokens)}-{max(tr.num_tokens)} tokens.",
-        stat_cmp.describe(".2f") + ".",
-        jensen_cmp.describe(".3g") + ".",
+        cmps.stat.describe(".2f") + ".",
+        cmps.jensen.describe(".3g") + ".",
     ]
     if rel is not None:
         by_sel: dict[str, list[float]] = {}
@@ -512,13 +608,21 @@ def run(
             by_sel.setdefault(r["selector"], []).append(r["accuracy"])
         findings.append("Mean accuracy per selector: " + ", ".join(
             f"{s} {np.mean(v):.3f}" for s, v in sorted(by_sel.items())) + ".")
-        for c, n in zip(crel, names, strict=False):
+        for c, n in zip(m.crel, m.names, strict=False):
             acc = [r["accuracy"] for r in c.rows]
             findings.append(f"{n}: mean accuracy {np.mean(acc):.3f} over {len(acc)} units; "
                             "Spearman(MMD², accuracy) " + ", ".join(
                                 f"{t} {r:.2f}" for t, r in c.spearman.items()) + ".")
-    c_eta = [c.eta_last.mean(0) for c in ctr]
-    c_share = [c.demo_share_last.mean(0) for c in ctr]
+    return findings
+
+
+def _tables(m: _Measured) -> list[Table]:
+    tr, rel = m.tr, m.rel
+    L = tr.has_kernel_form.shape[0]
+    eta = tr.eta_last.mean(0)
+    share = tr.demo_share_last.mean(0)
+    c_eta = [c.eta_last.mean(0) for c in m.ctr]
+    c_share = [c.demo_share_last.mean(0) for c in m.ctr]
     layer_rows = tuple(
         (layer, float(eta[layer].mean()), float(eta[layer].min()), float(eta[layer].max()),
          float(share[layer].mean()), float(np.nanmean(tr.stationarity[layer]))
@@ -535,41 +639,42 @@ def run(
         tables.append(Table("Few-shot units: accuracy vs MMD² (selection harness)",
                             ("model", "task", "selector", "k", "seed", "accuracy", "macro-F1",
                              "MMD²", "n"),
-                            tuple((m, r["task"], r["selector"], r["k"], r["seed"], r["accuracy"],
-                                   r["macro_f1"], r["mmd2_task"], r["n"])
-                                  for m, rr in (("trained", rel), *zip(names, crel, strict=False))
+                            tuple((mdl, r["task"], r["selector"], r["k"], r["seed"],
+                                   r["accuracy"], r["macro_f1"], r["mmd2_task"], r["n"])
+                                  for mdl, rr in (("trained", rel),
+                                                  *zip(m.names, m.crel, strict=False))
                                   for r in rr.rows)))
-    return Section(
-        name="real",
-        title=f"Real model: {tr.model} on {tr.dataset}",
-        description=(f"{len(tr.num_tokens)} random {tr.k}-shot prompts of `{tr.dataset}` traced "
-                     f"through every layer and head of `{tr.model}` (seed {seed}) and of "
-                     f"{len(ctr)} architecture-identical random-init twin(s) (seeds "
-                     f"{seed + 1}..{seed + len(ctr)}) on the same prompts; eta* and the "
-                     "demo share at the label position, the decomposition error, Jensen's "
-                     "inequality and stationarity at every query position. A claim about the "
-                     "model counts only when the trained value lies outside the controls' "
-                     "spread (union of their 95% bootstrap intervals). Accuracy vs MMD² "
-                     "comes from the selection harness "
-                     + (f"results in `{rel.source}`." if rel is not None else ".")),
-        checks=checks,
-        findings=findings,
-        tables=tables,
-        figures=figures,
-        data={"eta_last": tr.eta_last.tolist(), "demo_share_last": tr.demo_share_last.tolist(),
-              "stationarity": tr.stationarity.tolist(),
-              "max_decomposition_error": tr.max_decomposition_error,
-              "jensen_violations": tr.jensen_violations, "alignment_error": tr.alignment_error,
-              "jensen_gap": tr.jensen_gap.tolist(),
-              "controls": [{"model": n, "stationarity": c.stationarity.tolist(),
-                            "jensen_gap": c.jensen_gap.tolist(),
-                            "demo_share_last": c.demo_share_last.tolist(),
-                            "eta_last": c.eta_last.tolist(),
-                            "max_decomposition_error": c.max_decomposition_error,
-                            "fewshot": None if not crel else
-                            {"rows": crel[i].rows, "spearman": crel[i].spearman}}
-                           for i, (c, n) in enumerate(zip(ctr, names, strict=True))],
-              "comparisons": [stat_cmp.to_dict(), jensen_cmp.to_dict(), share_cmp.to_dict()],
-              "fewshot": None if rel is None else {"rows": rel.rows, "spearman": rel.spearman}},
-        seconds=time.perf_counter() - t0,
-    )
+    return tables
+
+
+def _description(m: _Measured) -> str:
+    tr, ctr, rel, seed = m.tr, m.ctr, m.rel, m.seed
+    return (f"{len(tr.num_tokens)} random {tr.k}-shot prompts of `{tr.dataset}` traced "
+            f"through every layer and head of `{tr.model}` (seed {seed}) and of "
+            f"{len(ctr)} architecture-identical random-init twin(s) (seeds "
+            f"{seed + 1}..{seed + len(ctr)}) on the same prompts; eta* and the "
+            "demo share at the label position, the decomposition error, Jensen's "
+            "inequality and stationarity at every query position. A claim about the "
+            "model counts only when the trained value lies outside the controls' "
+            "spread (union of their 95% bootstrap intervals). Accuracy vs MMD² "
+            "comes from the selection harness "
+            + (f"results in `{rel.source}`." if rel is not None else "."))
+
+
+def _data(m: _Measured, cmps: _Comparisons) -> dict[str, Any]:
+    tr, rel, crel = m.tr, m.rel, m.crel
+    return {"eta_last": tr.eta_last.tolist(), "demo_share_last": tr.demo_share_last.tolist(),
+            "stationarity": tr.stationarity.tolist(),
+            "max_decomposition_error": tr.max_decomposition_error,
+            "jensen_violations": tr.jensen_violations, "alignment_error": tr.alignment_error,
+            "jensen_gap": tr.jensen_gap.tolist(),
+            "controls": [{"model": n, "stationarity": c.stationarity.tolist(),
+                          "jensen_gap": c.jensen_gap.tolist(),
+                          "demo_share_last": c.demo_share_last.tolist(),
+                          "eta_last": c.eta_last.tolist(),
+                          "max_decomposition_error": c.max_decomposition_error,
+                          "fewshot": None if not crel else
+                          {"rows": crel[i].rows, "spearman": crel[i].spearman}}
+                         for i, (c, n) in enumerate(zip(m.ctr, m.names, strict=True))],
+            "comparisons": [cmps.stat.to_dict(), cmps.jensen.to_dict(), cmps.share.to_dict()],
+            "fewshot": None if rel is None else {"rows": rel.rows, "spearman": rel.spearman}}
