@@ -239,8 +239,7 @@ def _fits(hs: dict[str, np.ndarray], x_of: Callable[[str, int, int], np.ndarray]
     return out
 
 
-# Over 80 lines: three measurement phases (target prompts, shifted prompts, summaries) that
-# share a dozen per-head arrays; each phase is one loop over the same indices.
+# long: three measurement phases (target, shifted prompts, summaries) share a dozen arrays
 def _bias_vs_mmd(trained: TrainedICL, B: int, S: int, levels: dict[str, tuple[float, ...]],
                  seed: int, progress: bool, t0: float) -> BiasMMDResult:
     from icldistill.core.progress import progress_bar

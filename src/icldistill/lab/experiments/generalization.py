@@ -264,8 +264,7 @@ def generalization(
                                int(rademacher_samples), float(delta), int(seed), progress, t0)
 
 
-# Over 80 lines: one nested loop (heads x positions x prompts) filling thirteen result arrays
-# in place; split up, every piece would take and return all of them.
+# long: one nested loop (heads x positions x prompts) fills thirteen result arrays in place
 def _generalization(trained: TrainedICL, n_prompts: int, heldout_prompts: int, samples: int,
                     delta: float, seed: int, progress: bool, t0: float) -> GeneralizationResult:
     cfg = trained.config
