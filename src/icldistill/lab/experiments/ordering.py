@@ -879,6 +879,7 @@ def _rule_figure(groups: list[list[ph.ModelUnderTest]],
     save_figure(fig, path)
 
 
+# long: 14 lines of signature and 23 of NumPy docstring; the code is 47
 def run(
     models: Sequence[str | Any] = ("smollm2-135m",),
     *,

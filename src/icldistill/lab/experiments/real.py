@@ -365,6 +365,7 @@ def _spearman_items(tr: RealTraceResult) -> np.ndarray:
     return st[np.isfinite(st)]
 
 
+# long: 18 lines of signature and 35 of NumPy docstring; the code is 43
 def run(
     model: str = "smollm2-135m",
     *,
