@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import errno as _errno
 import json
-import math
 import os
 import re
 import sys
@@ -52,6 +51,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+
+from icldistill.core.results import to_jsonable
 
 __all__ = [
     "ReadStats",
@@ -119,28 +120,6 @@ def json_default(o: Any) -> Any:
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Convert numpy/torch/path values to JSON types; non-finite floats become ``None``."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [to_jsonable(v) for v in obj]
-    if hasattr(obj, "detach"):  # torch.Tensor
-        return to_jsonable(obj.detach().cpu().tolist())
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, bool | np.bool_):
-        return bool(obj)
-    if isinstance(obj, int | np.integer):
-        return int(obj)
-    if isinstance(obj, float | np.floating):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def write_json(path: str | Path, payload: Any) -> Path:

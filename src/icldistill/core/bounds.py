@@ -22,6 +22,7 @@ import torch
 from icldistill.core.decomposition import DualWeights
 from icldistill.core.kernels import Kernel, make_kernel, stack_kv
 from icldistill.core.mmd import mmd
+from icldistill.core.results import Result
 from icldistill.core.validation import InputError, check_matrix, check_positive
 
 __all__ = [
@@ -35,7 +36,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class BiasResult:
+class BiasResult(Result):
     """``||W_0(P) - W_0(Q)||_HS`` with ``W_0(P) = c * E_P[v phi(k)^T]``.
 
     Attributes
@@ -122,7 +123,7 @@ def w0_bias(
 
 
 @dataclass(frozen=True)
-class RademacherComplexity:
+class RademacherComplexity(Result):
     """Empirical Rademacher complexity of ``F_B = {x -> W phi(k(x)) : ||W||_HS <= B}``.
 
     Attributes
@@ -217,7 +218,7 @@ def rademacher_complexity(
 
 
 @dataclass(frozen=True)
-class GeneralizationBound:
+class GeneralizationBound(Result):
     """``E[loss] <= empirical_loss + complexity_term + confidence_term`` w.p. ``>= 1 - delta``.
 
     Attributes

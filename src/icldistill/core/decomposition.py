@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from icldistill.core.results import Result
 from icldistill.core.validation import (
     InputError,
     as_float_tensor,
@@ -217,7 +218,7 @@ def _exp(x: float) -> float:
 
 
 @dataclass(frozen=True)
-class DualWeights:
+class DualWeights(Result):
     """A linear map ``W = exp(log_multiplier) * sum_i c_i phi(k_i)^T`` kept in dual form.
 
     ``phi`` is the feature map of the softmax kernel ``kappa(k, q) = exp(scale <k, q>)``, so
@@ -302,7 +303,7 @@ class DualWeights:
 
 # ============================================================================ random features
 @dataclass(frozen=True)
-class PositiveRandomFeatures:
+class PositiveRandomFeatures(Result):
     """Positive (orthogonal) random features of the softmax kernel.
 
     ``phi(x) = exp(w^T x' - ||x'||^2 / 2) / sqrt(m)`` with ``x' = sqrt(scale) x`` satisfies
@@ -359,7 +360,7 @@ class PositiveRandomFeatures:
 
 
 @dataclass(frozen=True)
-class PrimalWeights:
+class PrimalWeights(Result):
     """Explicit random-feature approximation ``W ≈ exp(log_scale) * matrix`` ``[d_v, m]``."""
 
     matrix: torch.Tensor
@@ -380,7 +381,7 @@ class PrimalWeights:
 
 
 @dataclass(frozen=True)
-class RandomFeatureError:
+class RandomFeatureError(Result):
     """Relative error of the primal form against the dual form, per feature count.
 
     Attributes
@@ -445,7 +446,7 @@ def distillation_loss(weights: DualWeights, keys: Any, values: Any) -> float:
 
 
 @dataclass(frozen=True)
-class DistillationStep:
+class DistillationStep(Result):
     """Result of gradient descent on the distillation loss, compared with ``W_0``.
 
     Attributes
@@ -529,7 +530,7 @@ def distillation_step(
 
 # ============================================================================ head decomposition
 @dataclass(frozen=True)
-class HeadDecomposition:
+class HeadDecomposition(Result):
     """Segment decomposition of one attention head (SPEC §1–2).
 
     Attributes

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from icldistill.core.kernels import Kernel, make_kernel
+from icldistill.core.results import Result
 from icldistill.core.validation import InputError, check_pair
 
 __all__ = [
@@ -54,7 +55,7 @@ DEFAULT_TILE_ELEMENTS = 1 << 24
 
 
 @dataclass(frozen=True)
-class KernelSums:
+class KernelSums(Result):
     """Sufficient statistics of the quadratic MMD estimators.
 
     Attributes
@@ -273,7 +274,7 @@ def mmd(
 
 
 @dataclass(frozen=True)
-class MMDTestResult:
+class MMDTestResult(Result):
     """Outcome of :func:`mmd_test`.
 
     Attributes

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from icldistill.core.results import Result
 from icldistill.core.validation import InputError
 
 __all__ = [
@@ -222,7 +223,7 @@ def _flip_count(rng: np.random.Generator, parts: Sequence[np.ndarray],
 
 
 @dataclass(frozen=True)
-class MeanCI:
+class MeanCI(Result):
     """A mean difference with its percentile-bootstrap confidence interval.
 
     Attributes

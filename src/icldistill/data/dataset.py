@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from icldistill.core.results import Result
 from icldistill.core.validation import (
     InputError,
 )
@@ -141,7 +142,7 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class DatasetSummary:
+class DatasetSummary(Result):
     """Size and shape of a :class:`Dataset`.
 
     Attributes

@@ -58,6 +58,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from icldistill.core.results import Result
 from icldistill.core.validation import InputError
 from icldistill.data.prompts import QUERY, Demonstration, Prompt, Template
 
@@ -99,7 +100,7 @@ BATCH_MEMORY = 1 << 30
 
 
 @dataclass(frozen=True)
-class ScoreResult:
+class ScoreResult(Result):
     """Label scores for a batch of queries.
 
     Attributes
@@ -1136,7 +1137,7 @@ def macro_f1(y_true: Any, y_pred: Any, labels: Sequence[Any] | None = None) -> f
 
 
 @dataclass(frozen=True)
-class MetricResult:
+class MetricResult(Result):
     """A metric with its percentile-bootstrap confidence interval ``[low, high]``."""
 
     value: float
@@ -1235,7 +1236,7 @@ def bootstrap_values(y_true: np.ndarray, y_pred: np.ndarray, idx: np.ndarray, me
 
 
 @dataclass(frozen=True)
-class ClassificationMetrics:
+class ClassificationMetrics(Result):
     """Accuracy and macro-F1 with bootstrap intervals, and the number of test items."""
 
     accuracy: MetricResult

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from icldistill.core.results import Result
 from icldistill.core.validation import InputError
 from icldistill.lab.synthetic import gd_predictions, icl_batch, least_squares_predictions
 from icldistill.models.icl_transformer import TASKS, ICLConfig, ICLTransformer
@@ -681,7 +682,7 @@ def load_or_train(config: ICLConfig, train: TrainConfig, *, cache_dir: str | Pat
 
 # ============================================================================ evaluation
 @dataclass(frozen=True)
-class ICLEvaluation:
+class ICLEvaluation(Result):
     """Error curve of an in-context learner: position ``i`` uses ``i`` in-context examples.
 
     Attributes

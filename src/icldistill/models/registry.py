@@ -76,6 +76,7 @@ from icldistill.artifacts.fetch import (
     safe_extract_member,
     write_manifest,
 )
+from icldistill.core.results import Result
 from icldistill.core.validation import InputError
 
 __all__ = [
@@ -232,7 +233,7 @@ REGISTRY: dict[str, ModelSpec] = {
 
 
 @dataclass(frozen=True)
-class ModelInfo:
+class ModelInfo(Result):
     """What :func:`list_models` reports for one registry entry."""
 
     key: str
@@ -318,7 +319,7 @@ def _damaged(key: str, folder: Path, problems: list[str]) -> DamagedCacheError:
 
 
 @dataclass(frozen=True)
-class CacheCheck:
+class CacheCheck(Result):
     """The outcome of verifying one cached folder (:func:`verify`).
 
     ``cached``: a complete folder exists; ``problems``: one line per bad file (empty: good);

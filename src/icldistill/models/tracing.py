@@ -54,6 +54,7 @@ from icldistill.core.decomposition import (
     segment_components,
     segment_mass,
 )
+from icldistill.core.results import Result
 from icldistill.core.validation import InputError
 from icldistill.data.prompts import DEMOS, PREFIX, QUERY, Prompt, TokenizedPrompt, group_segment
 
@@ -650,7 +651,7 @@ def _record(
 
 # ============================================================================ result
 @dataclass(frozen=True)
-class TraceResult:
+class TraceResult(Result):
     """Per attention call (layer), head and traced query position: the SPEC §1–2 quantities of a
     real model.
 

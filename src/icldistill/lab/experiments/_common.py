@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from icldistill.core.decomposition import HeadDecomposition, decompose_head
+from icldistill.core.results import Result
 from icldistill.models.icl_transformer import ICLTrace
 
 __all__ = ["Check", "Section", "Table", "demo_key_values", "icl_head_decomposition",
@@ -27,7 +28,7 @@ __all__ = ["Check", "Section", "Table", "demo_key_values", "icl_head_decompositi
 
 
 @dataclass(frozen=True)
-class Table:
+class Table(Result):
     """A table of results: ``rows[i][j]`` is the value of ``columns[j]`` (numbers or str).
 
     A serializable result record, not a rendered table: cells keep their raw values (stored
@@ -49,7 +50,7 @@ class Table:
 
 
 @dataclass(frozen=True)
-class Check:
+class Check(Result):
     """One claim checked against the numbers: ``holds`` is computed, ``detail`` says how."""
 
     claim: str
@@ -58,7 +59,7 @@ class Check:
 
 
 @dataclass(frozen=True)
-class Section:
+class Section(Result):
     """What one experiment contributes to the report.
 
     A serializable result record (stored as ``sections/<key>.json`` so ``reproduce`` resumes),

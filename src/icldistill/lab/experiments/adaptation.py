@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from icldistill.core.results import Result
 from icldistill.core.validation import InputError
 from icldistill.lab.experiments import phenomena as ph
 from icldistill.lab.experiments._common import Check, Section, Table
@@ -179,7 +180,7 @@ def nested_set(order: tuple[np.ndarray, np.ndarray], k: int) -> np.ndarray:
 
 # ============================================================================ one model
 @dataclass(frozen=True)
-class AdaptationCurve:
+class AdaptationCurve(Result):
     """One model's adaptation to one task.
 
     Shapes: ``K`` demonstration counts that fit, ``S`` sets, ``n`` test items, ``L`` attention

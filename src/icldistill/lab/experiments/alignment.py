@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from icldistill.core.decomposition import distillation_step
+from icldistill.core.results import Result
 from icldistill.core.util import single_thread
 from icldistill.core.validation import InputError
 from icldistill.lab.experiments._common import (
@@ -61,7 +62,7 @@ CONTRAST = (0.5, 2.0)
 
 
 @dataclass(frozen=True)
-class AlignmentResult:
+class AlignmentResult(Result):
     """Per-position quantities of every head on ``P`` prompts (``L`` layers, ``H`` heads,
     positions ``i = 1 .. N-1``).
 

@@ -41,6 +41,7 @@ import torch
 from icldistill.core.bounds import w0_bias
 from icldistill.core.kernels import median_bandwidth
 from icldistill.core.mmd import mmd
+from icldistill.core.results import Result
 from icldistill.core.util import linear_fit, single_thread, sub_seeds
 from icldistill.core.validation import InputError
 from icldistill.lab.experiments._common import (
@@ -76,7 +77,7 @@ def default_levels(task: str, quick: bool = False) -> dict[str, tuple[float, ...
 
 
 @dataclass(frozen=True)
-class BiasMMDResult:
+class BiasMMDResult(Result):
     """Bias of ``W_0`` and the MMDs for every shift kind, level, seed, layer and head.
 
     Shapes: ``V`` levels of a kind, ``S`` seeds, ``L`` layers, ``H`` heads.

@@ -88,6 +88,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from icldistill.core.results import Result
 from icldistill.core.validation import InputError
 from icldistill.data.prompts import Prompt
 from icldistill.evaluation.scoring import (
@@ -155,7 +156,7 @@ MIN_CORRECTED = 5
 
 # ============================================================================ definitions
 @dataclass(frozen=True)
-class Rec2FTP:
+class Rec2FTP(Result):
     """Recall of fine-tuning's corrections by ICL.
 
     Attributes
@@ -653,7 +654,7 @@ def finetune_kv(loaded: Any, task: ph.TaskItems, demos: Sequence[tuple[str, str]
 
 # ============================================================================ comparison
 @dataclass(frozen=True)
-class Comparison:
+class Comparison(Result):
     """ICL against fine-tuning for one model on one task.
 
     Shapes: ``n`` test items, ``L`` layers.

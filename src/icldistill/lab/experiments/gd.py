@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from icldistill.core.results import Result
 from icldistill.core.util import single_thread, sub_seeds
 from icldistill.core.validation import InputError
 from icldistill.lab.experiments._common import Check, Section, Table
@@ -100,7 +101,7 @@ def tune_eta(xs: torch.Tensor, ys: torch.Tensor, queries: torch.Tensor, targets:
 
 # ---------------------------------------------------------------------------------- result
 @dataclass(frozen=True)
-class GDComparison:
+class GDComparison(Result):
     """Transformer vs linear estimators at every number of in-context examples.
 
     Attributes

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from icldistill.core.bounds import generalization_bound, rademacher_complexity
+from icldistill.core.results import Result
 from icldistill.core.util import single_thread, sub_seeds
 from icldistill.core.validation import InputError
 from icldistill.lab.demo import DELTA
@@ -95,7 +96,7 @@ def clipped_abs_loss(pred: torch.Tensor, target: torch.Tensor, bound: float) -> 
 
 
 @dataclass(frozen=True)
-class GeneralizationResult:
+class GeneralizationResult(Result):
     """Bound and observed losses per prompt ``P``, layer ``L``, head ``H`` and grid point ``G``.
 
     Attributes

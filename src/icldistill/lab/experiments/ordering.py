@@ -57,6 +57,7 @@ import numpy as np
 import torch
 
 from icldistill.core.decomposition import DualWeights, log_kernel_form
+from icldistill.core.results import Result
 from icldistill.core.stats import holm, paired_bootstrap_ci, sign_flip_test
 from icldistill.core.validation import InputError
 from icldistill.lab.experiments import phenomena as ph
@@ -547,7 +548,7 @@ def paired_result(name: str, a: Any, b: Any, *, model: str = "", role: str = "tr
 
 # ============================================================================ measurement
 @dataclass(frozen=True)
-class SetResult:
+class SetResult(Result):
     """One model on one fixed demonstration set in every order.
 
     Shapes: ``O`` orders, ``Q`` traced calibration queries, ``L`` layers, ``h`` held-back

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from icldistill.core.results import Result
 from icldistill.core.stats import paired_bootstrap_ci
 from icldistill.core.validation import InputError
 from icldistill.lab.experiments._common import Check
@@ -329,7 +330,7 @@ def predict(loaded: Any, task: TaskItems, queries: Sequence[str],
 
 # ============================================================================ distillation
 @dataclass(frozen=True)
-class LabelPosition:
+class LabelPosition(Result):
     """Distillation quantities at a prompt's last token (where the label is predicted), per
     attention entry ``L`` (mean over the heads with kernel form; NaN where no head has it).
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from icldistill.core.decomposition import distillation_step
+from icldistill.core.results import Result
 from icldistill.core.validation import InputError
 from icldistill.lab.experiments._common import Check, Section, Table
 from icldistill.reporting.reports import new_figure, save_figure, spearman
@@ -36,7 +37,7 @@ __all__ = ["FewShotRelation", "RealTraceResult", "fewshot_relation", "real_model
 
 
 @dataclass(frozen=True)
-class RealTraceResult:
+class RealTraceResult(Result):
     """Per-layer/head quantities of a real model on real few-shot prompts.
 
     Shapes: ``P`` prompts, ``L`` layers, ``H`` heads.
@@ -228,7 +229,7 @@ def _stationarity(stat_x: list[np.ndarray], stat_y: list[np.ndarray]) -> np.ndar
 
 
 @dataclass(frozen=True)
-class FewShotRelation:
+class FewShotRelation(Result):
     """Accuracy against MMD² of the demonstrations, from harness units.
 
     Attributes

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from icldistill.core.progress import log as fetch_log
+from icldistill.core.results import Result
 from icldistill.core.validation import InputError
 from icldistill.lab.experiments._common import Section
 from icldistill.lab.experiments.report import read_section, write_lab_report, write_section
@@ -86,7 +87,7 @@ def run_phenomenon(name: str, models: Sequence[str | Any], *, out_dir: Path, qui
 
 
 @dataclass(frozen=True)
-class ReproduceResult:
+class ReproduceResult(Result):
     """What ``reproduce`` produced.
 
     Attributes
