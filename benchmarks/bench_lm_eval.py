@@ -126,7 +126,7 @@ def _write(rows: list[dict], args, versions: dict) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default="smollm2-135m:64,qwen2.5-0.5b:32",
+    ap.add_argument("--models", default="smollm2-135m:32,qwen2.5-0.5b:16",
                     help="comma-separated MODEL[:N_QUERIES]")
     ap.add_argument("--task", default="rt-sentiment")
     ap.add_argument("--k", type=int, default=8)
