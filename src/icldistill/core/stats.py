@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from icldistill.core.results import Result
-from icldistill.core.validation import InputError
+from icldistill.core.validation import InputError, check_int
 
 __all__ = [
     "MeanCI",
@@ -84,16 +84,6 @@ def _check_level(level: float) -> float:
     return level
 
 
-def _check_count(value: int, name: str, minimum: int = 1) -> int:
-    try:
-        ok = not isinstance(value, bool) and int(value) == value and int(value) >= minimum
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _tol(a: np.ndarray) -> float:
     """Tolerance for ``|T*| >= |T|`` ties of sums of ``a`` (float rounding of equal sums)."""
     return 1e-9 * max(1.0, float(np.abs(a).sum()))
@@ -123,8 +113,8 @@ def mcnemar_exact(b: int, c: int) -> float:
         exact ratio of integers, correctly rounded, for ``n <= 5000``; a log-space sum of
         ``lgamma`` terms beyond.
     """
-    b = _check_count(b, "b", 0)
-    c = _check_count(c, "c", 0)
+    b = check_int(b, "b", 0)
+    c = check_int(c, "c", 0)
     n = b + c
     m = min(b, c)
     if n == 0 or b == c:
@@ -191,7 +181,7 @@ def sign_flip_test(d: Any, *, n_perm: int = 10_000, seed: int = 0) -> float:
         The two-sided p-value in ``(0, 1]``.
     """
     a = _diffs(d)
-    n_perm = _check_count(n_perm, "n_perm")
+    n_perm = check_int(n_perm, "n_perm")
     if np.all((a == 0) | (a == 1) | (a == -1)):
         return mcnemar_exact(int(np.sum(a == 1)), int(np.sum(a == -1)))
     a = a[a != 0]
@@ -285,7 +275,7 @@ def paired_bootstrap_ci(d: Any, *, n_boot: int = 2000, level: float = 0.95,
     """
     a = _diffs(d)
     level = _check_level(level)
-    n_boot = _check_count(n_boot, "n_boot")
+    n_boot = check_int(n_boot, "n_boot")
     low, high = _percentiles(_boot_means(np.random.default_rng(seed), a, n_boot), level)
     return MeanCI(float(a.mean()), low, high, level, int(a.size))
 
@@ -335,7 +325,7 @@ def stratified_bootstrap_ci(diffs: Sequence[Any], *, n_boot: int = 2000, level: 
     """
     parts = _strata(diffs)
     level = _check_level(level)
-    n_boot = _check_count(n_boot, "n_boot")
+    n_boot = check_int(n_boot, "n_boot")
     rng = np.random.default_rng(seed)
     boot = np.mean([_boot_means(rng, a, n_boot) for a in parts], axis=0)     # [n_boot]
     low, high = _percentiles(boot, level)
@@ -366,7 +356,7 @@ def stratified_sign_flip_test(diffs: Sequence[Any], *, n_perm: int = 10_000,
         The two-sided p-value in ``(0, 1]``.
     """
     parts = _strata(diffs)
-    n_perm = _check_count(n_perm, "n_perm")
+    n_perm = check_int(n_perm, "n_perm")
     weights = [1.0 / a.size for a in parts]
     nonzero = [a[a != 0] for a in parts]
     if not any(a.size for a in nonzero):
@@ -580,8 +570,8 @@ def paired_comparisons(
         Ordered by model, k, baseline (as given), selector label, task (``"mean"`` last).
     """
     level = _check_level(level)
-    n_boot = _check_count(n_boot, "n_boot")
-    n_perm = _check_count(n_perm, "n_perm")
+    n_boot = check_int(n_boot, "n_boot")
+    n_perm = check_int(n_perm, "n_perm")
     out: list[PairedComparison] = []
     for (model, k), by_task in _correctness(results, predictions).items():
         tasks = sorted(by_task)

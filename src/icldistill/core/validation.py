@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import math
 import os
 import stat
 from collections.abc import Iterable, Sequence
@@ -18,11 +19,10 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-__all__ = ["MAX_FILE_BYTES_ENV", "InputError", "JSONObject", "as_float_tensor", "check_matrix",
-           "check_pair",
-           "check_positive", "check_user_file", "json_object", "json_problem", "max_file_bytes",
-           "open_user_file",
-           "read_user_text", "too_large", "utf8_error"]
+__all__ = ["MAX_FILE_BYTES_ENV", "InputError", "JSONObject", "as_float_tensor", "check_float",
+           "check_int", "check_matrix", "check_pair", "check_positive", "check_user_file",
+           "json_object", "json_problem", "max_file_bytes", "open_user_file", "read_user_text",
+           "too_large", "utf8_error"]
 
 
 class InputError(ValueError):
@@ -312,3 +312,28 @@ def json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     marked = JSONObject(pairs)
     marked.duplicates = tuple(dict.fromkeys(k for k, _ in pairs if k in seen or seen.add(k)))
     return marked
+
+
+def check_int(value: Any, name: str, low: int = 1) -> int:
+    """``value`` as an int ``>= low``; anything else (bools, fractions, text) is an error."""
+    try:
+        ok = not isinstance(value, bool) and int(value) == value
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or int(value) < low:
+        raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def check_float(value: Any, name: str, low: float, high: float = math.inf,
+                low_open: bool = False) -> float:
+    """``value`` as a finite float in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} must be a number, got {value!r}") from exc
+    bad_low = v <= low if low_open else v < low
+    if not math.isfinite(v) or bad_low or v > high:
+        lo = "(" if low_open else "["
+        raise InputError(f"{name} must lie in {lo}{low}, {high}], got {value!r}")
+    return v

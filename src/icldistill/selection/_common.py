@@ -42,31 +42,6 @@ def check_k(k: Any) -> int:
     return int(k)
 
 
-def check_int(value: Any, name: str, low: int = 1) -> int:
-    """``value`` as an int ``>= low``; anything else (bools, fractions, text) is an error."""
-    try:
-        ok = not isinstance(value, bool) and int(value) == value
-    except (TypeError, ValueError):
-        ok = False
-    if not ok or int(value) < low:
-        raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def check_float(value: Any, name: str, low: float, high: float = math.inf,
-                low_open: bool = False) -> float:
-    """``value`` as a finite float in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{name} must be a number, got {value!r}") from exc
-    bad_low = v <= low if low_open else v < low
-    if not math.isfinite(v) or bad_low or v > high:
-        lo = "(" if low_open else "["
-        raise InputError(f"{name} must lie in {lo}{low}, {high}], got {value!r}")
-    return v
-
-
 def promote(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated pool and target tensors in their common dtype."""
     dtype = torch.promote_types(x.dtype, y.dtype)

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from icldistill.artifacts.store import to_jsonable
-from icldistill.core.validation import InputError
-from icldistill.selection._common import check_int, check_k, unit_rows
+from icldistill.core.validation import InputError, check_int
+from icldistill.selection._common import check_k, unit_rows
 from icldistill.selection.pool import Pool, PoolData, as_pool, check_pool
 
 if TYPE_CHECKING:  # Python 3.10 has no typing.Self

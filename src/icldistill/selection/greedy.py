@@ -35,8 +35,8 @@ import torch
 from icldistill.artifacts.store import to_jsonable
 from icldistill.core.kernels import Kernel, make_kernel
 from icldistill.core.mmd import kernel_row_means, self_kernel_mean
-from icldistill.core.validation import InputError, check_pair
-from icldistill.selection._common import check_diversity, check_int, check_k, row_chunks
+from icldistill.core.validation import InputError, check_int, check_pair
+from icldistill.selection._common import check_diversity, check_k, row_chunks
 
 __all__ = ["GreedySelection", "LandmarkRowMeans", "greedy_mmd", "label_quotas",
            "landmark_row_means", "select_mmd"]

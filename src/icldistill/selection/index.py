@@ -29,8 +29,8 @@ from typing import Any, Self
 import numpy as np
 import torch
 
-from icldistill.core.validation import InputError
-from icldistill.selection._common import check_int, row_chunks, unit_rows
+from icldistill.core.validation import InputError, check_int
+from icldistill.selection._common import row_chunks, unit_rows
 
 __all__ = ["INDEX_KINDS", "CandidateIndex", "faiss_available", "indexed_shortlist", "make_index"]
 

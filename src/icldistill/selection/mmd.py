@@ -16,13 +16,11 @@ import numpy as np
 import torch
 
 from icldistill.core.kernels import Kernel, canonical_kernel_name, kernel_parameters, make_kernel
-from icldistill.core.validation import InputError
+from icldistill.core.validation import InputError, check_float, check_int
 from icldistill.selection._common import (
     Candidates,
     batched_gram,
     check_diversity,
-    check_float,
-    check_int,
     promote,
     row_chunks,
 )

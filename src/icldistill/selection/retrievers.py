@@ -17,15 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from icldistill.core.validation import InputError
-from icldistill.selection._common import (
-    Candidates,
-    check_float,
-    check_int,
-    row_chunks,
-    topk_rows,
-    unit_rows,
-)
+from icldistill.core.validation import InputError, check_float, check_int
+from icldistill.selection._common import Candidates, row_chunks, topk_rows, unit_rows
 from icldistill.selection.base import SelectionRun, Selector
 from icldistill.selection.greedy import label_quotas
 from icldistill.selection.index import CandidateIndex, indexed_shortlist, make_index

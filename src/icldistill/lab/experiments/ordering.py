@@ -59,7 +59,7 @@ import torch
 from icldistill.core.decomposition import DualWeights, log_kernel_form
 from icldistill.core.results import Result
 from icldistill.core.stats import holm, paired_bootstrap_ci, sign_flip_test
-from icldistill.core.validation import InputError
+from icldistill.core.validation import InputError, check_int
 from icldistill.lab.experiments import phenomena as ph
 from icldistill.lab.experiments._common import Check, Section, Table
 from icldistill.reporting.reports import new_figure, save_figure, spearman, to_jsonable
@@ -149,12 +149,6 @@ FULL = OrderingSizes(ks=(4, 8), n_orders=(24, 50), n_sets=1, n_test=62, n_trace=
 
 
 # ============================================================================ orders
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def orderings(k: int, n: int, rng: np.random.Generator) -> np.ndarray:
     """Orders of ``k`` demonstrations: all of them when there are at most ``n``, else ``n``.
 
@@ -173,8 +167,8 @@ def orderings(k: int, n: int, rng: np.random.Generator) -> np.ndarray:
         Distinct permutations of ``0 .. k-1`` in lexicographic order: all ``m = k!`` when
         ``k! <= n``, else ``m = n`` drawn uniformly without replacement.
     """
-    k = _check_int(k, "k", 1)
-    n = _check_int(n, "n", 1)
+    k = check_int(k, "k", 1)
+    n = check_int(n, "n", 1)
     if not isinstance(rng, np.random.Generator):
         raise InputError(f"rng must be a numpy Generator, got {type(rng).__name__}")
     total = math.factorial(k)
