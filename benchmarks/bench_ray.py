@@ -55,8 +55,7 @@ def main() -> int:
     outcomes["local"] = Harness(root / "local", progress=False, **kwargs).run(units)
     rows.append({"backend": "local (1 process, 1 thread)", "workers": 1,
                  "seconds": time.perf_counter() - t})
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     for n in (1, 2):
         t = time.perf_counter()
         outcomes[f"ray{n}"] = run_ray(units, root / f"ray{n}", harness_kwargs=kwargs,
