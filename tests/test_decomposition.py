@@ -254,3 +254,23 @@ def test_segment_pieces_equal_a_masked_reference_for_any_segment_layout(n, n_seg
     assert torch.allclose(log_norm, torch.logsumexp(logits, -1), atol=1e-12)
     assert torch.allclose(segment_components(probs, values, ids, n_seg), comps, atol=1e-12)
     assert torch.allclose(segment_mass(probs, ids, n_seg), mass, atol=1e-12)
+
+
+@given(st.integers(0, 10_000), st.integers(1, 4), st.integers(1, 6), st.integers(1, 9),
+       st.booleans())
+def test_in_place_attention_probs_equal_the_copying_ones_to_the_bit(seed, h, t, n, masked):
+    from icldistill.core.decomposition import attention_probs, attention_probs_
+
+    g = torch.Generator().manual_seed(seed)
+    logits = 10 * torch.randn(h, t, n, dtype=torch.float64, generator=g)
+    mask = None
+    if masked:
+        mask = torch.rand(h, t, n, generator=g) < 0.7
+        mask[..., 0] = True                    # every query sees a key
+    p, ln = attention_probs(logits, mask)
+    work = logits.clone()
+    p2, ln2 = attention_probs_(work, mask)
+    assert p2.data_ptr() == work.data_ptr()    # the buffer was reused
+    assert torch.equal(p, p2) and torch.equal(ln, ln2)
+    ref = torch.softmax(logits if mask is None else logits.masked_fill(~mask, -math.inf), -1)
+    assert torch.allclose(p, ref, rtol=1e-12, atol=1e-15)

@@ -40,6 +40,7 @@ __all__ = [
     "PrimalWeights",
     "RandomFeatureError",
     "attention_probs",
+    "attention_probs_",
     "decompose_head",
     "distillation_loss",
     "distillation_step",
@@ -91,14 +92,24 @@ def attention_probs(logits: torch.Tensor, mask: torch.Tensor | None = None
     """Softmax probabilities ``[..., T, n]`` and ``log D'`` ``[..., T]`` from logits, in log
     space (masked keys get probability 0). Raises :class:`InputError` when a query attends to
     no key or a logit is not finite."""
+    work = logits.clone() if mask is None else logits.masked_fill(~mask, -math.inf)
+    return attention_probs_(work)
+
+
+def attention_probs_(logits: torch.Tensor, mask: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`attention_probs` computed in place: ``logits`` is overwritten by the
+    probabilities, which are returned (the same tensor) with ``log D'``. Same arithmetic, same
+    result to the bit; one ``[..., T, n]`` buffer instead of three (the tracer's reductions of
+    every position use it)."""
     if mask is not None:
-        logits = logits.masked_fill(~mask, -math.inf)
+        logits.masked_fill_(~mask, -math.inf)
     top = logits.amax(dim=-1, keepdim=True)           # NaN propagates into the max
     if not bool(torch.isfinite(top).all()):
         if bool((top == -math.inf).any()):
             raise InputError("a query position attends to no key (its mask row is all False)")
         raise InputError("attention logits are not finite")
-    probs = (logits - top).exp_()                     # one exponential, shifted by the max
+    probs = logits.sub_(top).exp_()                   # one exponential, shifted by the max
     total = probs.sum(dim=-1, keepdim=True)           # in [1, n]: no overflow, no underflow
     probs /= total
     return probs, (top + torch.log(total)).squeeze(-1)

@@ -50,7 +50,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from icldistill.core.decomposition import (
     DualWeights,
-    attention_probs,
+    attention_probs_,
     segment_components,
     segment_mass,
 )
@@ -505,14 +505,16 @@ def _reduce_chunk(c: _CallInputs, h0: int, h1: int) -> tuple[torch.Tensor | None
     # masked means of the logits (before masking them to -inf below)
     md = torch.einsum("hps,hps->hp", lg, c.vis_f[mh].expand_as(lg)) / c.n_demo[mh].to(cdtype)
     ml = torch.einsum("hps,hps->hp", lg, c.all_f[mh].expand_as(lg)) / c.n_keys[mh].to(cdtype)
+    # the logits are ours (a fresh tensor): the probabilities overwrite them in place
     if c.sink is not None:               # one more key: logit s_h, value 0
-        probs, ln = attention_probs(torch.cat([lg, c.sink[h0:h1, :, None]], -1),
-                                    torch.cat([al, al.new_ones(h1 - h0, P, 1)], -1))
+        lg = torch.cat([lg, c.sink[h0:h1, :, None]], -1)
+        probs, ln = attention_probs_(lg, torch.cat([al, al.new_ones(h1 - h0, P, 1)], -1))
         sk = probs[..., S]
         probs = probs[..., :S]
     else:
-        probs, ln = attention_probs(lg, al)
+        probs, ln = attention_probs_(lg, al)
         sk = None
+    del lg
     comp = segment_components(probs, vv, c.comp_ids, c.n_comp)         # [h, n_comp, P, Dv]
     ms = segment_mass(probs, c.seg_ids, c.n_fine)                      # [h, S_fine, P]
     scale_ref = probs @ vv.norm(dim=-1)[:, :, None]                    # [h, P, 1]
