@@ -32,11 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from icldistill.data.datasets import load_split
-from icldistill.encoders.representations import encode_cached, make_encoder
+from bench_scoring import mmd_demonstrations
 from icldistill.evaluation.scoring import FewShotScorer
 from icldistill.models.registry import load_model
-from icldistill.selection import make_selector
 
 HERE = Path(__file__).resolve().parent
 
@@ -143,12 +141,7 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    split = load_split(args.task)
-    enc = make_encoder("minilm")
-    pool_emb = encode_cached(enc, list(split.train.texts))
-    test_emb = encode_cached(enc, list(split.test.texts))
-    sel = make_selector("mmd").fit(pool_emb).select(test_emb, args.k)
-    demos = [(split.train.texts[j], str(split.train.labels[j])) for j in sel.demo_set(0)]
+    split, demos = mmd_demonstrations(args.task, args.k)
     rows = []
     for item in args.models.split(","):
         name, _, n = item.partition(":")

@@ -33,6 +33,17 @@ from icldistill.selection import make_selector
 HERE = Path(__file__).resolve().parent
 
 
+def mmd_demonstrations(task: str, k: int) -> tuple[object, list[tuple[str, str]]]:
+    """The split of registry task ``task`` and one set-level MMD selection of ``k`` of its pool
+    items for its whole test set (MiniLM embeddings), as ``(text, label)`` pairs."""
+    split = load_split(task)
+    enc = make_encoder("minilm")
+    pool_emb = encode_cached(enc, list(split.train.texts))
+    test_emb = encode_cached(enc, list(split.test.texts))
+    sel = make_selector("mmd").fit(pool_emb).select(test_emb, k)
+    return split, [(split.train.texts[j], str(split.train.labels[j])) for j in sel.demo_set(0)]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="smollm2-135m:200,qwen2.5-0.5b:64",
@@ -45,12 +56,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    split = load_split(args.task)
-    enc = make_encoder("minilm")
-    pool_emb = encode_cached(enc, list(split.train.texts))
-    test_emb = encode_cached(enc, list(split.test.texts))
-    sel = make_selector("mmd").fit(pool_emb).select(test_emb, args.k)
-    demos = [(split.train.texts[j], str(split.train.labels[j])) for j in sel.demo_set(0)]
+    split, demos = mmd_demonstrations(args.task, args.k)
     fmt = split.train.format
     rows = []
     for item in args.models.split(","):
