@@ -466,8 +466,7 @@ class _CallInputs:
     extra: torch.Tensor | None       # [H_m, P, S] additive float-mask bias, reduction dtype
     sink: torch.Tensor | None        # [H, P] sink logits, reduction dtype
     allowed: torch.Tensor            # [H_m, P, S] bool
-    vis_f: torch.Tensor              # [H_m, P, S] visible demonstration keys (0/1)
-    all_f: torch.Tensor              # [H_m, P, S] visible keys (0/1)
+    mean_masks: torch.Tensor         # [H_m, P, S, 2] visible demonstration keys, visible keys
     n_demo: torch.Tensor             # [H_m, P]
     n_keys: torch.Tensor             # [H_m, P]
     seg_ids: torch.Tensor            # [S] fine segment per key
@@ -478,6 +477,15 @@ class _CallInputs:
     gv: int                          # query heads per value head
     P: int                           # traced positions
     S: int                           # keys
+
+
+def _masked_sums(lg: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``sum_s lg[h, p, s] masks[., p, s, j]`` ``[h, P, 2]`` for the two 0/1 masks ``masks``
+    ``[1 or h, P, S, 2]``: one batched matrix product over the rows (each logit read once)
+    instead of two element-wise products of the whole ``[h, P, S]`` block."""
+    if masks.shape[0] == 1:                                           # one mask for all heads
+        return torch.bmm(lg.transpose(0, 1), masks[0]).transpose(0, 1)
+    return torch.matmul(lg.unsqueeze(-2), masks).squeeze(-2)
 
 
 def _reduce_chunk(c: _CallInputs, h0: int, h1: int) -> tuple[torch.Tensor | None, ...]:
@@ -503,8 +511,9 @@ def _reduce_chunk(c: _CallInputs, h0: int, h1: int) -> tuple[torch.Tensor | None
     vv = c.value[0].index_select(0, heads // c.gv).to(cdtype)          # [h, S, Dv]
     al = c.allowed[mh].expand(h1 - h0, P, S)
     # masked means of the logits (before masking them to -inf below)
-    md = torch.einsum("hps,hps->hp", lg, c.vis_f[mh].expand_as(lg)) / c.n_demo[mh].to(cdtype)
-    ml = torch.einsum("hps,hps->hp", lg, c.all_f[mh].expand_as(lg)) / c.n_keys[mh].to(cdtype)
+    sums = _masked_sums(lg, c.mean_masks[mh])                          # [h, P, 2]
+    md = sums[..., 0] / c.n_demo[mh].to(cdtype)
+    ml = sums[..., 1] / c.n_keys[mh].to(cdtype)
     # the logits are ours (a fresh tensor): the probabilities overwrite them in place
     if c.sink is not None:               # one more key: logit s_h, value 0
         lg = torch.cat([lg, c.sink[h0:h1, :, None]], -1)
@@ -617,12 +626,13 @@ def _record(
     comp_ids, n_comp = (seg_ids, n_fine) if req.keep_components else (group_of[seg_ids], 3)
     inputs = _CallInputs(
         query=query, key=key, value=value, rows=rows, scale=scale, softcap=softcap,
-        pbias=pbias, extra=extra, sink=sink, allowed=allowed, vis_f=vis_demo.to(cdtype),
-        all_f=allowed.to(cdtype), n_demo=n_demo, n_keys=n_keys, seg_ids=seg_ids,
+        pbias=pbias, extra=extra, sink=sink, allowed=allowed,
+        mean_masks=torch.stack([vis_demo, allowed], -1).to(cdtype), n_demo=n_demo,
+        n_keys=n_keys, seg_ids=seg_ids,
         n_fine=n_fine, comp_ids=comp_ids, n_comp=n_comp, gk=gk, gv=gv, P=P, S=S)
     comps, log_norm, mass, mean_demo, mean_logit, ref_scale, sink_mass = \
         _reduce_heads(inputs, H)
-    del inputs                           # the float masks vis_f / all_f are needed no more
+    del inputs                           # the float masks are needed no more
     if req.keep_components:                                              # [S_fine, H, P, Dv]
         grouped = torch.zeros(3, *comps.shape[1:], dtype=cdtype, device=comps.device)
         grouped.index_add_(0, group_of, comps)                           # [3, H, P, Dv]
