@@ -13,8 +13,7 @@ import torch
 
 from icldistill.core.validation import InputError
 
-__all__ = ["LineFit", "fit_line", "linear_fit", "release_freed_memory", "single_thread",
-           "sub_seeds"]
+__all__ = ["LineFit", "fit_line", "linear_fit", "single_thread", "sub_seeds"]
 
 
 @contextlib.contextmanager
@@ -113,31 +112,3 @@ def linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
 def sub_seeds(seed: int, n: int) -> list[int]:
     """``n`` independent sub-seeds derived from ``seed`` (a seeded PCG64 stream)."""
     return [int(s) for s in np.random.default_rng(int(seed)).integers(0, 2**31 - 1, size=n)]
-
-
-_LIBC: Any = None
-
-
-def release_freed_memory() -> bool:
-    """Give memory the process has freed back to the operating system (glibc's
-    ``malloc_trim(0)``); returns whether that was possible here.
-
-    Large float64 blocks freed by torch on the CPU can stay in the C allocator's heap, so the
-    resident size keeps the peak of earlier work; code that frees big blocks in a loop (the
-    tracer's per-layer reductions) calls this between iterations. A no-op (``False``) where the
-    C library has no ``malloc_trim`` (macOS, Windows, musl).
-    """
-    global _LIBC
-    if _LIBC is None:
-        import ctypes
-        import ctypes.util
-
-        try:
-            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _LIBC = lib if hasattr(lib, "malloc_trim") else False
-        except OSError:
-            _LIBC = False
-    if _LIBC is False:
-        return False
-    _LIBC.malloc_trim(0)
-    return True

@@ -55,7 +55,6 @@ from icldistill.core.decomposition import (
     segment_mass,
 )
 from icldistill.core.results import Result
-from icldistill.core.util import release_freed_memory
 from icldistill.core.validation import InputError
 from icldistill.data.prompts import DEMOS, PREFIX, QUERY, Prompt, TokenizedPrompt, group_segment
 
@@ -68,11 +67,6 @@ TRACE_ATTENTION = "icldistill_trace"
 SINK = "sink"
 
 _GROUPS = (PREFIX, DEMOS, QUERY)
-
-#: Calls with at least this many (position, key) pairs hand their freed float64 blocks back to
-#: the operating system afterwards (:func:`icldistill.core.util.release_freed_memory`): without
-#: it the allocator keeps them and the resident size grows layer by layer.
-_TRIM_ELEMENTS = 1 << 18
 
 #: Largest float64 block (heads x positions x keys) reduced at once (64 MB).
 _CHUNK_ELEMENTS = 1 << 23
@@ -662,15 +656,7 @@ def _record(
         rec.components = comps.cpu()
     if req.keep_w0:
         _keep_w0(rec, query, key, value, rows, allowed, demo_cols)
-    _finish_call(req, rec, P * S)
-
-
-def _finish_call(req: _Request, rec: _LayerRecord, pairs: int) -> None:
-    """Keep the call's record; hand a large call's freed float64 blocks back to the operating
-    system; advance the progress bar."""
     req.records.append(rec)
-    if pairs >= _TRIM_ELEMENTS:
-        release_freed_memory()
     if req.progress is not None:
         req.progress.update(1)
 
