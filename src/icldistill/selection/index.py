@@ -191,6 +191,20 @@ class CandidateIndex:
         return vals, idx
 
 
+def _exact_rows(pool: torch.Tensor, queries: torch.Tensor, c: int, metric: str) -> np.ndarray:
+    """Pool rows ``[m, c]`` of the ``c`` best items of each query, by brute force on ``pool`` as
+    it is (no normalised copy of the pool: cosine ranks ``q . p / |p|``, L2 ranks
+    ``2 q . p - |p|^2``)."""
+    q = queries.to(pool.dtype)
+    norms = pool.norm(dim=1) if metric == "cosine" else (pool * pool).sum(1)
+    out = np.empty((q.shape[0], c), dtype=np.int64)
+    for sl in row_chunks(q.shape[0], pool.shape[0]):
+        s = q[sl] @ pool.T
+        s = s / norms.clamp_min(torch.finfo(s.dtype).tiny) if metric == "cosine" else 2 * s - norms
+        out[sl] = torch.topk(s, c, dim=1).indices.cpu().numpy()
+    return out
+
+
 def make_index(index: str | CandidateIndex | None, metric: str) -> CandidateIndex | None:
     """A selector's ``index`` argument as an (unfitted) :class:`CandidateIndex` or ``None``."""
     if index is None or isinstance(index, CandidateIndex):
@@ -229,10 +243,9 @@ def indexed_shortlist(index: CandidateIndex, pool: torch.Tensor, queries: torch.
     _, idx = index.search(queries, c)
     short = (idx < 0).any(1)
     if short.any():
-        exact = CandidateIndex("exact", metric=index.metric).fit(pool)
-        idx[short] = exact.search(queries[torch.from_numpy(short)], c)[1]
+        idx[short] = _exact_rows(pool, queries[torch.from_numpy(short)], c, index.metric)
     ids = torch.from_numpy(idx).to(pool.device)
-    rows = pool[ids].to(pool.dtype)                                     # [m, c, d]
+    rows = pool[ids]                                                    # [m, c, d]
     q = queries.to(pool.dtype)
     if index.metric == "cosine":
         scores = torch.einsum("mcd,md->mc", unit_rows(rows.reshape(-1, rows.shape[-1]))
