@@ -167,3 +167,59 @@ def test_grouped_reductions_equal_the_fine_segment_path(arch):
         assert torch.allclose(fine.demo_mass[d], grouped.demo_mass[d], atol=1e-14)
     assert grouped.max_decomposition_error == pytest.approx(fine.max_decomposition_error,
                                                             rel=1e-6, abs=1e-12)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_group_masses_without_per_demo_equal_the_fine_path(arch):
+    """Without ``per_demo`` the tracer keeps only the three groups' masses call by call (not
+    one row per demonstration); they and every other statistic equal the fine path's."""
+    model = tiny_model(arch, dtype=torch.float64)
+    tok = tiny_tokenizer(add_bos=True)
+    fine = trace(model, tok, PROMPT, positions="all", per_demo=True)
+    grouped = trace(model, tok, PROMPT, positions="all")
+    assert grouped.demo_mass is None
+    for g in ("prefix", "demos", "query"):       # sums over the same keys in another order
+        assert torch.allclose(fine.attention_mass[g], grouped.attention_mass[g], rtol=0,
+                              atol=1e-14), g
+    for name in ("eta", "log_normalizer", "demo_share", "mean_demo_logit", "mean_logit",
+                 "num_demo_keys", "num_keys", "has_kernel_form"):
+        torch.testing.assert_close(getattr(fine, name), getattr(grouped, name), rtol=0, atol=0,
+                                   equal_nan=True, msg=name)
+
+
+def test_a_trace_after_another_shape_reuses_nothing_stale():
+    """The reductions reuse buffers within one trace only: tracing a long prompt, then a short
+    one, then the long one again gives the first result exactly."""
+    model = tiny_model("llama", dtype=torch.float64)
+    tok = tiny_tokenizer(add_bos=True)
+    short = Prompt(DEMOS[:1], "loved the film")
+    first = trace(model, tok, PROMPT, positions="all")
+    small = trace(model, tok, short, positions="all")
+    again = trace(model, tok, PROMPT, positions="all")
+    assert small.eta.shape[-1] < first.eta.shape[-1]
+    for name in ("eta", "log_normalizer", "demo_share", "mean_demo_logit"):
+        torch.testing.assert_close(getattr(first, name), getattr(again, name), rtol=0, atol=0,
+                                   equal_nan=True, msg=name)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "mistral", "gemma2", "gemma3"])
+def test_reductions_split_over_rows_and_heads_equal_one_block(monkeypatch, arch):
+    """Heads are reduced a few at a time and traced rows a block at a time, each block over
+    only the keys its rows see (causal and sliding-window masks, soft-capping); the statistics
+    do not depend on the split."""
+    model = tiny_model(arch, dtype=torch.float64)
+    tok = tiny_tokenizer(add_bos=True)
+    whole = trace(model, tok, PROMPT, positions="all", per_demo=True)
+    T = len(PROMPT.tokenize(tok))
+    monkeypatch.setattr("icldistill.models.tracing._ROW_BLOCK", 3)
+    monkeypatch.setattr("icldistill.models.tracing._CHUNK_ELEMENTS", 3 * T)  # one head
+    split = trace(model, tok, PROMPT, positions="all", per_demo=True)
+    few = trace(model, tok, PROMPT, positions=[0, 5, 6, -1], per_demo=True)
+    for name in ("eta", "log_normalizer", "demo_share", "mean_demo_logit", "mean_logit"):
+        a, b = getattr(whole, name), getattr(split, name)
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12, equal_nan=True), name
+        assert torch.allclose(a[..., few.positions], getattr(few, name), rtol=1e-12,
+                              atol=1e-12, equal_nan=True), name
+    for d in whole.demo_mass:
+        assert torch.allclose(whole.demo_mass[d], split.demo_mass[d], atol=1e-14)
+    assert split.max_decomposition_error < 1e-6

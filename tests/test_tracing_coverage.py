@@ -251,6 +251,13 @@ OUTCOMES: dict[str, tuple[str, str, str]] = {}     # arch -> (class, outcome, de
 pytestmark = pytest.mark.usefixtures("float32_default")
 
 
+@pytest.fixture(autouse=True)
+def _small_row_blocks(monkeypatch):
+    """Every architecture is traced with blocks of 5 rows, each reduced over only the keys its
+    rows see, so that the self-check covers the blocked path on every kind of mask."""
+    monkeypatch.setattr("icldistill.models.tracing._ROW_BLOCK", 5)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _write_table():
     yield

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import math
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -68,8 +69,12 @@ SINK = "sink"
 
 _GROUPS = (PREFIX, DEMOS, QUERY)
 
-#: Largest float64 block (heads x positions x keys) reduced at once (64 MB).
-_CHUNK_ELEMENTS = 1 << 23
+#: Largest float64 block (heads x positions x keys) reduced at once (32 MB).
+_CHUNK_ELEMENTS = 1 << 22
+
+#: Traced rows reduced at once: each block reads only the keys its rows see, so a causal
+#: mask halves the work of ``positions="all"``.
+_ROW_BLOCK = 128
 
 #: Largest relative difference (per head and traced position) between the sum of the segment
 #: components and the output of the model's own attention function, by the dtype of the model's
@@ -98,7 +103,7 @@ class _LayerRecord:
     call: int
     log_norm: torch.Tensor            # [H, P]
     eta: torch.Tensor                 # [H, P]
-    mass: torch.Tensor | None         # [S_fine, H, P] (released once stacked)
+    mass: torch.Tensor | None         # [S_fine or 3, H, P] (released once stacked)
     comp_norm: torch.Tensor           # [3, H, P] grouped prefix / demos / query
     mean_demo_logit: torch.Tensor     # [H, P]
     mean_logit: torch.Tensor          # [H, P]
@@ -118,6 +123,80 @@ class _LayerRecord:
 
 
 @dataclass
+class _Workspace:
+    """Buffers that every attention call of one trace reuses: the logits of a chunk of heads
+    (model dtype and reduction dtype) and the float masks of the masked means, which are the
+    same for every call with the same visibility. Allocated at the first call and kept until
+    the trace ends, so the reductions do not allocate (and fault in) fresh attention-sized
+    blocks layer after layer, which glibc keeps mapped and fragments."""
+
+    buffers: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = field(
+        default_factory=dict)
+    allowed: torch.Tensor | None = None        # [H_m, P, S] bool the masks were built for
+    mean_masks: torch.Tensor | None = None     # [H_m, P, S, 2] bool
+    window: tuple[torch.Tensor, torch.Tensor] | None = None   # _key_window(allowed)
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+             device: torch.device) -> torch.Tensor:
+        """An uninitialised ``shape`` view of the buffer ``name`` (grown when too small)."""
+        n = 1
+        for d in shape:
+            n *= d
+        key = (name, dtype, device)
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() < n:
+            self.buffers.pop(key, None)              # release the old block before the new one
+            buf = self.buffers[key] = torch.empty(n, dtype=dtype, device=device)
+        return buf[:n].view(shape)
+
+    def release(self) -> None:
+        """Drop every buffer (the end of the attention calls)."""
+        self.buffers.clear()
+        self.allowed = self.mean_masks = self.window = None
+
+    def visibility(self, allowed: torch.Tensor, demo_cols: torch.Tensor
+                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """``[H_m, P, S, 2]`` masks (visible demonstration keys, visible keys) and the rows'
+        key windows (:func:`_key_window`); rebuilt only when
+        ``allowed`` differs from the previous call's."""
+        if (self.allowed is None or self.allowed.shape != allowed.shape
+                or self.allowed.device != allowed.device or not torch.equal(self.allowed,
+                                                                            allowed)):
+            self.mean_masks = None                   # release before building the new one
+            vis_demo = allowed & demo_cols[None, None, :]
+            self.mean_masks = torch.stack([vis_demo, allowed], -1)
+            self.window = _key_window(allowed)
+            self.allowed = allowed
+        assert self.mean_masks is not None and self.window is not None
+        return self.mean_masks, self.window
+
+
+@dataclass
+class _Store:
+    """CPU blocks that hold the per-call statistics of one trace, ``rows`` calls per block,
+    allocated at the first call: the statistics live there instead of in small tensors
+    allocated between each layer's transient attention-sized blocks, which would pin the
+    freed blocks in glibc's heap and grow the resident memory layer after layer."""
+
+    rows: int = 8
+    blocks: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+    def put(self, name: str, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Copy ``x`` into row ``index`` of the blocks ``name`` (same dtype and shape for
+        every call) and return that row (a view)."""
+        blocks = self.blocks.setdefault(name, [])
+        b, r = divmod(index, self.rows)
+        while len(blocks) <= b:
+            blocks.append(torch.empty((self.rows, *x.shape), dtype=x.dtype))
+        row = blocks[b][r]
+        if row.shape != x.shape or row.dtype != x.dtype:
+            raise InputError(f"attention call {index} gave {name} of shape {tuple(x.shape)} "
+                             f"({x.dtype}), unlike the calls before it "
+                             f"({tuple(row.shape)}, {row.dtype}); not supported by the tracer")
+        return row.copy_(x)
+
+
+@dataclass
 class _Request:
     seg_ids: torch.Tensor             # [T] fine segment index per token
     seg_names: tuple[str, ...]        # fine names
@@ -132,6 +211,9 @@ class _Request:
     auxiliary: dict[str, int] = field(default_factory=dict)      # class name -> calls
     sparse: int = 0                   # calls whose mask came from selected-key indices
     progress: Any = None
+    per_demo: bool = False            # keep every fine segment's mass (else the 3 groups')
+    work: _Workspace = field(default_factory=_Workspace)
+    store: _Store = field(default_factory=_Store)
 
 
 _ACTIVE: contextvars.ContextVar[_Request | None] = contextvars.ContextVar("icldistill_trace",
@@ -457,6 +539,13 @@ class _CallInputs:
     """One attention call prepared for :func:`_reduce_chunk` (references only, no copies)."""
 
     query: torch.Tensor              # [1, H, T, D] as the model passed it
+    q_rows: torch.Tensor             # [H, P, D] the queries at the traced rows
+    v_ext: torch.Tensor              # [H, S, Dv + 2] every query head's values, their norms
+                                     # and ones (reduction dtype)
+    fine_mass: bool                  # masses of the fine segments, components of the groups
+    keep_components: bool            # components of the fine segments, kept
+    group_of: torch.Tensor           # [S_fine] group of each fine segment
+    out_rows: torch.Tensor           # [H, P, Dv] the model's attention output at the rows
     key: torch.Tensor                # [1, H_k, S, D]
     value: torch.Tensor              # [1, H_v, S, Dv]
     rows: _Rows                      # [..., T, S] -> [..., P, S]
@@ -466,7 +555,9 @@ class _CallInputs:
     extra: torch.Tensor | None       # [H_m, P, S] additive float-mask bias, reduction dtype
     sink: torch.Tensor | None        # [H, P] sink logits, reduction dtype
     allowed: torch.Tensor            # [H_m, P, S] bool
-    mean_masks: torch.Tensor         # [H_m, P, S, 2] visible demonstration keys, visible keys
+    blocked: torch.Tensor            # [H_m, P, S] bool, ~allowed
+    mean_masks: torch.Tensor         # [H_m, P, S, 2] bool: visible demonstration keys, keys
+    window: tuple[torch.Tensor, torch.Tensor]   # (lo, hi) [P]: each row's visible keys
     n_demo: torch.Tensor             # [H_m, P]
     n_keys: torch.Tensor             # [H_m, P]
     seg_ids: torch.Tensor            # [S] fine segment per key
@@ -477,6 +568,7 @@ class _CallInputs:
     gv: int                          # query heads per value head
     P: int                           # traced positions
     S: int                           # keys
+    work: _Workspace                 # the trace's reusable buffers
 
 
 def _masked_sums(lg: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -488,83 +580,149 @@ def _masked_sums(lg: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return torch.matmul(lg.unsqueeze(-2), masks).squeeze(-2)
 
 
-def _reduce_chunk(c: _CallInputs, h0: int, h1: int) -> tuple[torch.Tensor | None, ...]:
-    """Decompose query heads ``h0:h1`` at the traced rows: ``(components [n_comp, h, P, Dv],
-    log D' [h, P], fine masses [S_fine, h, P], mean demo logit, mean logit, reference scale
-    sum_j p_j ||v_j|| [h, P], sink mass [h, P] or None)``."""
+def _key_window(allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lo [P], hi [P])`` on the CPU: every traced row's visible keys (any head) lie in
+    ``lo:hi`` (``0:0`` for a row that sees none). Causal masks make the window of row ``t``
+    end at ``t + 1``, so row blocks skip the keys none of their rows sees (their probabilities
+    are exactly zero)."""
+    vis = allowed.any(0).to(torch.uint8)                                 # [P, S]
+    S = vis.shape[-1]
+    seen = vis.amax(-1).bool()
+    lo = torch.where(seen, vis.argmax(-1), 0)          # argmax: the first maximal entry
+    hi = torch.where(seen, S - vis.flip(-1).argmax(-1), 0)
+    return lo.cpu(), hi.cpu()
+
+
+@dataclass
+class _Reduced:
+    """The per-head reductions of one attention call, filled block by block."""
+
+    comps: torch.Tensor | None       # [S_fine, H, P, Dv] (kept components only)
+    comp_norm: torch.Tensor          # [3, H, P] the groups' component norms
+    log_norm: torch.Tensor           # [H, P]
+    mass: torch.Tensor               # [S_fine or 3, H, P]
+    mean_demo: torch.Tensor          # [H, P]
+    mean_logit: torch.Tensor         # [H, P]
+    rel_error: torch.Tensor          # [H, P] ||sum_S c_S - o|| / ||o||
+    check: torch.Tensor              # [H, P] ||sum_S c_S - o|| / sum_j p_j ||v_j||
+    sink_mass: torch.Tensor | None   # [H, P]
+
+
+def _reduce_block(c: _CallInputs, r: _Reduced, h0: int, h1: int, p0: int, p1: int,
+                  lo: int, hi: int) -> None:
+    """Decompose query heads ``h0:h1`` at traced rows ``p0:p1``, whose visible keys lie in
+    ``lo:hi``, into the slices of ``r``: components, ``log D'``, fine masses, mean demo logit,
+    mean logit, the reference scale and the sink mass."""
     cdtype = _REDUCE_DTYPE
     dev = c.query.device
-    P, S = c.P, c.S
+    h, B, w = h1 - h0, p1 - p0, hi - lo
     heads = torch.arange(h0, h1, device=dev)
     mh = slice(h0, h1) if c.allowed.shape[0] > 1 else slice(0, 1)
-    q = c.rows(c.query[0, h0:h1])                                      # [h, P, D]
-    k = c.key[0].index_select(0, heads // c.gk)                        # [h, S, D]
-    # the logits with the eager function's operations, in the model's dtype
-    lg = torch.matmul(q, k.transpose(1, 2)) * c.scale
+    q = c.q_rows[h0:h1, p0:p1]                                         # [h, B, D]
+    k = c.key[0, :, lo:hi].index_select(0, heads // c.gk)              # [h, w, D]
+    # the logits with the eager function's operations, in the model's dtype, in the
+    # trace's reusable buffers (same operations as ``q @ k.T * scale``, in place)
+    own = c.work.take("logits", (h, B, w), q.dtype, dev)
+    torch.matmul(q, k.transpose(1, 2), out=own)
+    own.mul_(c.scale)
     if c.softcap is not None:
-        lg = torch.tanh(lg / c.softcap) * c.softcap
+        own.div_(c.softcap).tanh_().mul_(c.softcap)
     if c.pbias is not None:
-        lg = lg + (c.pbias[h0:h1] if c.pbias.shape[0] > 1 else c.pbias)
-    lg = lg.to(cdtype)                                                 # [h, P, S]
-    if c.extra is not None:
-        lg = lg + c.extra[mh]
-    vv = c.value[0].index_select(0, heads // c.gv).to(cdtype)          # [h, S, Dv]
-    al = c.allowed[mh].expand(h1 - h0, P, S)
-    # masked means of the logits (before masking them to -inf below)
-    sums = _masked_sums(lg, c.mean_masks[mh])                          # [h, P, 2]
-    md = sums[..., 0] / c.n_demo[mh].to(cdtype)
-    ml = sums[..., 1] / c.n_keys[mh].to(cdtype)
-    # the logits are ours (a fresh tensor): the probabilities overwrite them in place
-    if c.sink is not None:               # one more key: logit s_h, value 0
-        lg = torch.cat([lg, c.sink[h0:h1, :, None]], -1)
-        probs, ln = attention_probs_(lg, torch.cat([al, al.new_ones(h1 - h0, P, 1)], -1))
-        sk = probs[..., S]
-        probs = probs[..., :S]
+        hp = slice(h0, h1) if c.pbias.shape[0] > 1 else slice(0, 1)
+        own.add_(c.pbias[hp, p0:p1, lo:hi])
+    if q.dtype == cdtype:
+        lg = own
     else:
-        probs, ln = attention_probs_(lg, al)
-        sk = None
+        lg = c.work.take("logits64", (h, B, w), cdtype, dev).copy_(own)  # [h, B, w]
+    if c.extra is not None:
+        lg.add_(c.extra[mh, p0:p1, lo:hi])
+    # masked means of the logits (before masking them to -inf below); keys outside the
+    # window are masked for these rows and add nothing
+    m = c.mean_masks[mh, p0:p1, lo:hi]
+    m = c.work.take("masks", tuple(m.shape), cdtype, dev).copy_(m)     # [1 or h, B, w, 2]
+    sums = _masked_sums(lg, m)                                         # [h, B, 2]
+    r.mean_demo[h0:h1, p0:p1] = sums[..., 0] / c.n_demo[mh, p0:p1].to(cdtype)
+    r.mean_logit[h0:h1, p0:p1] = sums[..., 1] / c.n_keys[mh, p0:p1].to(cdtype)
+    # the buffer's logits become the probabilities in place (the mask was negated once per
+    # call, not per block)
+    lg.masked_fill_(c.blocked[mh, p0:p1, lo:hi].expand(h, B, w), -math.inf)
+    if c.sink is not None:               # one more key: logit s_h, value 0
+        probs, ln = attention_probs_(torch.cat([lg, c.sink[h0:h1, p0:p1, None]], -1))
+        r.sink_mass[h0:h1, p0:p1] = probs[..., w]
+        probs = probs[..., :w]
+    else:
+        probs, ln = attention_probs_(lg)
     del lg
-    comp = segment_components(probs, vv, c.comp_ids, c.n_comp)         # [h, n_comp, P, Dv]
-    ms = segment_mass(probs, c.seg_ids, c.n_fine)                      # [h, S_fine, P]
-    scale_ref = probs @ vv.norm(dim=-1)[:, :, None]                    # [h, P, 1]
-    return comp.movedim(-3, 0), ln, ms.movedim(-2, 0), md, ml, scale_ref[..., 0], sk
+    r.log_norm[h0:h1, p0:p1] = ln
+    # one product per segment gives its component, its share of sum_j p_j ||v_j|| and its
+    # mass (the values carry their norms and a column of ones)
+    dv = c.v_ext.shape[-1] - 2
+    comp = segment_components(probs, c.v_ext[h0:h1, lo:hi], c.comp_ids[lo:hi],
+                              c.n_comp)                                # [h, n_comp, B, Dv+2]
+    if c.fine_mass:                      # every demonstration's mass, components grouped
+        ms = segment_mass(probs, c.seg_ids[lo:hi], c.n_fine)        # [h, S_fine, B]
+        r.mass[:, h0:h1, p0:p1] = ms.movedim(1, 0)
+    else:                                # the components' segments' masses
+        r.mass[:, h0:h1, p0:p1] = comp[..., dv + 1].movedim(1, 0)
+    values = comp[..., :dv]
+    if r.comps is not None:              # fine components, kept; grouped for the check
+        r.comps[:, h0:h1, p0:p1] = values.movedim(1, 0)
+        values = values.new_zeros(h, 3, B, dv).index_add_(1, c.group_of, values)
+    r.comp_norm[:, h0:h1, p0:p1] = values.norm(dim=-1).movedim(1, 0)
+    # the self-check: the components sum to the model's own output at these rows
+    actual = c.out_rows[h0:h1, p0:p1].to(cdtype)                       # [h, B, Dv]
+    diff = (values.sum(1) - actual).norm(dim=-1)                       # [h, B]
+    r.rel_error[h0:h1, p0:p1] = diff / actual.norm(dim=-1).clamp_min(1e-30)
+    r.check[h0:h1, p0:p1] = diff / comp[..., dv].sum(1).clamp_min(1e-30)
 
 
-def _reduce_heads(c: _CallInputs, H: int) -> tuple[torch.Tensor | None, ...]:
-    """:func:`_reduce_chunk` over all ``H`` query heads, a few at a time (at most
-    :data:`_CHUNK_ELEMENTS` logits per chunk), joined along the head axis."""
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, c.P * c.S))
-    parts = [_reduce_chunk(c, h0, min(H, h0 + chunk)) for h0 in range(0, H, chunk)]
-    comps = torch.cat([p[0] for p in parts], dim=1) if len(parts) > 1 else parts[0][0]
-    log_norm = torch.cat([p[1] for p in parts])                          # [H, P]
-    mass = torch.cat([p[2] for p in parts], dim=1)                       # [S_fine, H, P]
-    mean_demo = torch.cat([p[3] for p in parts])
-    mean_logit = torch.cat([p[4] for p in parts])
-    ref_scale = torch.cat([p[5] for p in parts])                         # [H, P]
-    sink_mass = torch.cat([p[6] for p in parts]) if c.sink is not None else None
-    return comps, log_norm, mass, mean_demo, mean_logit, ref_scale, sink_mass
+def _reduce_heads(c: _CallInputs, H: int) -> _Reduced:
+    """:func:`_reduce_block` over all ``H`` query heads and traced rows: blocks of
+    :data:`_ROW_BLOCK` rows, each over the keys its rows see, with as many heads at once as
+    fit :data:`_CHUNK_ELEMENTS` logits."""
+    cdtype = _REDUCE_DTYPE
+    P, S, dev = c.P, c.S, c.query.device
+    dv = c.v_ext.shape[-1] - 2
+
+    def empty(*shape: int) -> torch.Tensor:
+        return torch.empty(*shape, dtype=cdtype, device=dev)
+
+    r = _Reduced(
+        comps=empty(c.n_comp, H, P, dv) if c.keep_components else None,
+        comp_norm=empty(3, H, P), log_norm=empty(H, P),
+        mass=empty(c.n_fine if c.fine_mass else c.n_comp, H, P),
+        mean_demo=empty(H, P), mean_logit=empty(H, P), rel_error=empty(H, P),
+        check=empty(H, P), sink_mass=empty(H, P) if c.sink is not None else None)
+    lo, hi = c.window
+    rb = min(P, _ROW_BLOCK)
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, rb * S))
+    for p0 in range(0, P, rb):
+        p1 = min(P, p0 + rb)
+        a, b = int(lo[p0:p1].min()), int(hi[p0:p1].max())
+        if b <= a:                       # a row that sees no key: the full row raises below
+            a, b = 0, S
+        for h0 in range(0, H, chunk):
+            _reduce_block(c, r, h0, min(H, h0 + chunk), p0, p1, a, b)
+    return r
 
 
-def _check_reproduces(name: str, layer: int, grouped: torch.Tensor, actual: torch.Tensor,
-                      ref_scale: torch.Tensor, dtype: torch.dtype, named: dict[str, Any]
-                      ) -> float:
-    """Refuse the call unless the grouped components ``[3, H, P, Dv]`` sum to the model's own
-    output ``actual`` ``[H, P, Dv]`` within :data:`CHECK_TOLERANCE` of ``ref_scale``; return the
-    largest relative error against ``||actual||``."""
-    P = actual.shape[1]
-    diff = (grouped.sum(0) - actual).norm(dim=-1)
-    err = diff / actual.norm(dim=-1).clamp_min(1e-30)
-    check = diff / ref_scale.clamp_min(1e-30)
+def _check_reproduces(name: str, layer: int, red: _Reduced, dtype: torch.dtype,
+                      named: dict[str, Any]) -> float:
+    """Refuse the call unless the components summed to the model's own output within
+    :data:`CHECK_TOLERANCE` of ``sum_j p_j ||v_j||`` at every head and row (``red.check``);
+    return the largest relative error against the output's norm."""
+    P = red.check.shape[1]
     tol = CHECK_TOLERANCE.get(dtype, 2e-2)
-    if check.numel() and float(check.max()) > tol:
-        worst = int(check.flatten().argmax()) // P
+    worst = float(red.check.max()) if red.check.numel() else 0.0
+    if worst > tol or worst != worst:
+        head = int(red.check.nan_to_num(math.inf).flatten().argmax()) // P
         raise InputError(
             f"{name} (layer {layer}): the traced decomposition differs from the model's own "
-            f"attention output by {float(check.max()):.2g} (relative, head {worst}; tolerance "
+            f"attention output by {worst:.2g} (relative, head {head}; tolerance "
             f"{tol:g}); the tracer does not reproduce this architecture's attention "
             f"(keywords: {', '.join(sorted(k for k, v in named.items() if v is not None))}), "
             "so it refuses to trace it")
-    return float(err.max()) if err.numel() else 0.0
+    return float(red.rel_error.max()) if red.rel_error.numel() else 0.0
 
 
 def _keep_w0(rec: _LayerRecord, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -577,6 +735,37 @@ def _keep_w0(rec: _LayerRecord, query: torch.Tensor, key: torch.Tensor, value: t
     rec.demo_values = value[0].index_select(1, demo_pos).detach().to(cdtype).cpu()
     rec.demo_visible = allowed.index_select(2, demo_pos).cpu()
     rec.queries = rows(query[0]).detach().to(cdtype).cpu()
+
+
+def _values_ext(value: torch.Tensor, H: int, gv: int) -> torch.Tensor:
+    """``[H, S, Dv + 2]``: every query head's values (``value [1, H_v, S, Dv]``), their norms
+    and a column of ones, in the reduction dtype: one product of the probabilities with it gives
+    a segment's component, its share of ``sum_j p_j ||v_j||`` and its mass."""
+    v = value[0].index_select(0, torch.arange(H, device=value.device) // gv).to(_REDUCE_DTYPE)
+    return torch.cat([v, v.norm(dim=-1, keepdim=True), torch.ones_like(v[..., :1])], -1)
+
+
+def _store_record(req: _Request, layer: int, call: int, red: _Reduced, mass: torch.Tensor,
+                  eta: torch.Tensor, num_demo: torch.Tensor, num_keys: torch.Tensor,
+                  kernel_form: torch.Tensor, max_err: float) -> _LayerRecord:
+    """The call's :class:`_LayerRecord`, its statistics copied into the trace's blocks
+    (:class:`_Store`); per-demonstration masses (``per_demo``) are kept as they are."""
+    i = len(req.records)
+
+    def put(what: str, x: torch.Tensor) -> torch.Tensor:
+        return req.store.put(what, i, x)
+
+    return _LayerRecord(
+        layer=layer, call=call,
+        log_norm=put("log_norm", red.log_norm), eta=put("eta", eta),
+        mass=mass.cpu() if req.per_demo else put("mass", mass),
+        comp_norm=put("comp_norm", red.comp_norm),
+        mean_demo_logit=put("mean_demo_logit", red.mean_demo),
+        mean_logit=put("mean_logit", red.mean_logit), num_demo=put("num_demo", num_demo),
+        num_keys=put("num_keys", num_keys), kernel_form=put("kernel_form", kernel_form),
+        max_rel_error=max_err,
+        sink_mass=put("sink_mass", red.sink_mass) if red.sink_mass is not None else None,
+    )
 
 
 def _record(
@@ -621,39 +810,36 @@ def _record(
     n_demo = vis_demo.sum(-1)                                            # [H_m, P]
     n_keys = allowed.sum(-1)
     n_fine = len(req.seg_names)
-    # without kept components only the three groups' components are formed (the fine
-    # segments' masses are one scatter-add): 3 matrix products per chunk instead of S_fine
+    # without kept components only the three groups' components are formed (their masses
+    # come with them): 3 matrix products per block instead of S_fine
     comp_ids, n_comp = (seg_ids, n_fine) if req.keep_components else (group_of[seg_ids], 3)
+    fine_mass = req.per_demo and not req.keep_components
+    mean_masks, window = req.work.visibility(allowed, demo_cols)
     inputs = _CallInputs(
-        query=query, key=key, value=value, rows=rows, scale=scale, softcap=softcap,
-        pbias=pbias, extra=extra, sink=sink, allowed=allowed,
-        mean_masks=torch.stack([vis_demo, allowed], -1).to(cdtype), n_demo=n_demo,
+        query=query, q_rows=rows(query[0]), v_ext=_values_ext(value, H, gv),
+        fine_mass=fine_mass,
+        keep_components=req.keep_components, group_of=group_of,
+        out_rows=rows(out[0].transpose(0, 1)),
+        key=key, value=value, rows=rows, scale=scale, softcap=softcap,
+        pbias=pbias, extra=extra, sink=sink, allowed=allowed, blocked=~allowed,
+        mean_masks=mean_masks, window=window, n_demo=n_demo,
         n_keys=n_keys, seg_ids=seg_ids,
-        n_fine=n_fine, comp_ids=comp_ids, n_comp=n_comp, gk=gk, gv=gv, P=P, S=S)
-    comps, log_norm, mass, mean_demo, mean_logit, ref_scale, sink_mass = \
-        _reduce_heads(inputs, H)
-    del inputs                           # the float masks are needed no more
-    if req.keep_components:                                              # [S_fine, H, P, Dv]
-        grouped = torch.zeros(3, *comps.shape[1:], dtype=cdtype, device=comps.device)
-        grouped.index_add_(0, group_of, comps)                           # [3, H, P, Dv]
-    else:
-        grouped = comps                                                  # [3, H, P, Dv]
+        n_fine=n_fine, comp_ids=comp_ids, n_comp=n_comp, gk=gk, gv=gv, P=P, S=S,
+        work=req.work)
+    red = _reduce_heads(inputs, H)
+    del inputs
+    mass = red.mass
+    if req.keep_components and not req.per_demo:  # only the groups' masses are reported
+        mass = torch.zeros(3, *mass.shape[1:], dtype=mass.dtype,
+                           device=mass.device).index_add_(0, group_of, mass)   # [3, H, P]
     n_demo_h = _per_head(n_demo, H, "the mask", name)
-    eta = torch.exp(torch.log(n_demo_h.to(cdtype) / 2.0) - log_norm)
-    actual = rows(out[0].transpose(0, 1)).to(cdtype)                     # [H, P, Dv]
-    max_err = _check_reproduces(name, layer, grouped, actual, ref_scale, query.dtype, named)
-    rec = _LayerRecord(
-        layer=layer, call=call,
-        log_norm=log_norm.cpu(), eta=eta.cpu(), mass=mass.cpu(),
-        comp_norm=grouped.norm(dim=-1).cpu(), mean_demo_logit=mean_demo.cpu(),
-        mean_logit=mean_logit.cpu(), num_demo=n_demo_h.cpu(),
-        num_keys=_per_head(n_keys, H, "the mask", name).cpu(), kernel_form=kernel_form.cpu(),
-        max_rel_error=max_err,
-        sink_mass=sink_mass.cpu() if sink_mass is not None else None,
-        scale=scale, kv_groups=gk, value_groups=gv,
-    )
-    if req.keep_components:
-        rec.components = comps.cpu()
+    eta = torch.exp(torch.log(n_demo_h.to(cdtype) / 2.0) - red.log_norm)
+    max_err = _check_reproduces(name, layer, red, query.dtype, named)
+    rec = _store_record(req, layer, call, red, mass, eta, n_demo_h,
+                        _per_head(n_keys, H, "the mask", name), kernel_form, max_err)
+    rec.scale, rec.kv_groups, rec.value_groups = scale, gk, gv
+    if red.comps is not None:
+        rec.components = red.comps.cpu()
     if req.keep_w0:
         _keep_w0(rec, query, key, value, rows, allowed, demo_cols)
     req.records.append(rec)
@@ -928,11 +1114,18 @@ def _traced_forward(model: Any, req: _Request, input_ids: torch.Tensor) -> Any:
         raise InputError(f"{name} cannot use a custom attention function "
                          f"(transformers' attention interface): {exc}") from exc
     token = _ACTIVE.set(req)
+    # the reductions' buffers are released before the output head builds the vocabulary logits
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    hook = (head.register_forward_pre_hook(lambda *_: req.work.release())
+            if isinstance(head, torch.nn.Module) else None)
     try:
         device = next(model.parameters()).device
         with torch.no_grad():
             return model(input_ids=input_ids[None].to(device), use_cache=False)
     finally:
+        if hook is not None:
+            hook.remove()
+        req.work.release()
         _ACTIVE.reset(token)
         model.set_attn_implementation(previous)
         if req.progress is not None:
@@ -1040,7 +1233,8 @@ def trace(
         bar = progress_bar(total=n_layers, desc="tracing layers", unit="layer")
     every = pos.numel() == T and bool((pos == torch.arange(T)).all())
     req = _Request(seg_ids, fine, group_of, pos, keep_components, keep_w0, every, progress=bar,
-                   module_layers=_module_layers(model))
+                   module_layers=_module_layers(model), per_demo=per_demo,
+                   store=_Store(rows=n_layers or 8))
     out = _traced_forward(model, req, tok.input_ids)
     untraced = _untraced_layers(model, req, n_layers, keep_components)
     logits = out.logits[0]
@@ -1057,22 +1251,25 @@ def _assemble(req: _Request, tok: TokenizedPrompt, tokenizer: Any, logits: torch
     def stack(attr: str) -> torch.Tensor:
         return torch.stack([getattr(r, attr) for r in recs])
 
-    mass_fine = stack("mass")                                   # [L, S_fine, H, P]
-    L, _, H, P = mass_fine.shape
-    grouped_mass = torch.zeros(L, 3, H, P, dtype=mass_fine.dtype)
-    grouped_mass.index_add_(1, req.group_of, mass_fine)
+    mass = stack("mass")                          # [L, S_fine, H, P], or [L, 3, H, P]
+    L, _, H, P = mass.shape
+    if per_demo:
+        grouped_mass = torch.zeros(L, 3, H, P, dtype=mass.dtype)
+        grouped_mass.index_add_(1, req.group_of, mass)
+    else:                                         # grouped call by call (:func:`_record`)
+        grouped_mass = mass
     comp_norm = stack("comp_norm")                              # [L, 3, H, P]
     share = comp_norm[:, 1] / comp_norm.sum(1).clamp_min(1e-30)
     attention_mass = {g: grouped_mass[:, i] for i, g in enumerate(_GROUPS)}
     component_norm = {g: comp_norm[:, i] for i, g in enumerate(_GROUPS)}
     if any(r.sink_mass is not None for r in recs):
-        zeros = torch.zeros(H, P, dtype=mass_fine.dtype)
+        zeros = torch.zeros(H, P, dtype=mass.dtype)
         attention_mass[SINK] = torch.stack([r.sink_mass if r.sink_mass is not None else zeros
                                             for r in recs])
         component_norm[SINK] = torch.zeros(L, H, P, dtype=comp_norm.dtype)
     demo_mass = None
     if per_demo:
-        demo_mass = {n: mass_fine[:, i] for i, n in enumerate(req.seg_names)
+        demo_mass = {n: mass[:, i] for i, n in enumerate(req.seg_names)
                      if n.startswith("demo:")}
     components = None
     if req.keep_components:
