@@ -23,7 +23,9 @@ ray = pytest.importorskip("ray", reason="the ray extra is part of the test insta
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # one logical GPU: Ray schedules GPU workers on it, and this machine has no CUDA, as a
+    # CPU-only driver of a GPU cluster would see it
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -149,4 +151,49 @@ def test_cli_refuses_a_device_this_machine_lacks(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "CUDA is not available" in err
     assert main(["trace", "--device", "tpu", "--demos", "x", "--query", "q"]) == 2
+    assert "unknown device 'tpu'" in capsys.readouterr().err
+
+
+def _no_cuda():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+
+
+def test_the_device_is_checked_on_the_workers_not_on_the_driver(tmp_path, toy, ray_local):
+    """A driver without CUDA may run a GPU grid: it does not refuse ``device="cuda"`` itself;
+    a worker with the requested GPU checks it (here the logical GPU has no CUDA behind it, so
+    the worker's answer is the error, named as the workers')."""
+    _no_cuda()
+    kw = {**_kwargs(tmp_path, toy), "device": "cuda"}
+    with pytest.raises(InputError, match=r"on the Ray workers \(1 CPU\(s\), 1 GPU\(s\) "
+                                         r"each\): device 'cuda': CUDA is not available"):
+        run_ray(_units(), tmp_path / "ray", harness_kwargs=kw, gpus_per_worker=1,
+                progress=False)
+    with pytest.raises(InputError, match=r"has 1 GPU\(s\); each worker asks for 2"):
+        run_ray(_units(), tmp_path / "ray", harness_kwargs=kw, gpus_per_worker=2,
+                num_workers=1, progress=False)
+    assert not (tmp_path / "ray" / "results.jsonl").exists() or not _recorded_keys(
+        tmp_path / "ray")
+
+
+def test_cli_ray_backend_leaves_the_device_to_the_workers(tmp_path, ray_local, capsys):
+    from icldistill.cli import main
+
+    _no_cuda()
+    data = tmp_path / "toy.jsonl"
+    _write_task(data)
+    argv = ["evaluate", "--model", "smollm2-135m", "--file", str(data), "--text-field",
+            "sentence", "--label-field", "y", "--test-size", "20", "--selector", "random",
+            "--k", "2", "--n-test", "8", "--quiet", "--out", str(tmp_path / "out"),
+            "--device", "cuda"]
+    assert main([*argv, "--backend", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "on the Ray workers" in err and "CUDA" in err
+    assert main(argv) == 2                              # the local backend checks it here
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "on the Ray workers" not in err
+    assert "CUDA is not available" in err
+    assert main([*argv[:-1], "tpu", "--backend", "ray"]) == 2     # a name torch does not know
     assert "unknown device 'tpu'" in capsys.readouterr().err

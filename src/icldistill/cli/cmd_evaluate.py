@@ -12,6 +12,7 @@ from typing import Any
 from icldistill.cli.options import (
     DTYPE_HELP,
     add_device,
+    check_local_device,
     command_line,
     positive_int,
     selector_param,
@@ -29,7 +30,7 @@ def _add_scoring_args(p: argparse.ArgumentParser) -> None:
                    help="scoring batch size (default 8)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help=DTYPE_HELP)
-    add_device(p)
+    add_device(p, remote=True)
     p.add_argument("--backend", default="local", choices=("local", "ray"),
                    help="run the units here (local, default) or as Ray tasks (ray: pip install "
                         "'icldistill[ray]'; the output folder must be shared by every node)")
@@ -99,6 +100,7 @@ def add_parsers(sub: Any) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from icldistill.evaluation.harness import unit_grid
 
+    check_local_device(args)
     tasks = load_tasks(args)
     params = selector_params(args.param)
     selectors = split_names(args.selector)
@@ -127,6 +129,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from icldistill.reporting.reports import write_comparison_report
     from icldistill.selection.registry import SELECTORS
 
+    check_local_device(args)
     tasks = load_tasks(args)
     selectors = split_names(args.selectors or ",".join(SELECTORS))
     units = unit_grid(models=split_names(args.models), tasks=list(tasks), selectors=selectors,

@@ -17,7 +17,8 @@ from typing import Any
 
 __all__ = [
     "CACHE_HELP", "DTYPE_HELP", "QUIET_HELP", "SEEDS_HELP", "CommandParser", "add_device",
-    "add_quiet", "command_line", "device_name", "finite_float", "names", "nonnegative_int",
+    "add_quiet", "check_local_device", "command_line", "device_name", "device_spec",
+    "finite_float", "names", "nonnegative_int",
     "positive_float", "positive_int", "positive_int_list", "selector_param", "set_threads",
     "split_names", "split_test_size", "thread_count", "token_positions",
 ]
@@ -119,6 +120,29 @@ def device_name(text: str) -> str:
         raise argparse.ArgumentTypeError(msg) from None
 
 
+def device_spec(text: str) -> str:
+    """An argparse ``type=``: a device name torch knows (``cpu``, ``cuda``, ``cuda:N``,
+    ``mps``), without asking whether this machine has it (``--backend ray`` names the
+    workers' device; the local backend checks it with :func:`check_local_device`)."""
+    from icldistill.core.validation import InputError
+    from icldistill.models.registry import parse_device
+
+    try:
+        return str(parse_device(text.strip()))
+    except InputError as exc:
+        msg = str(exc).removeprefix(f"device {text.strip()!r}: ")
+        raise argparse.ArgumentTypeError(msg) from None
+
+
+def check_local_device(args: argparse.Namespace) -> None:
+    """Refuse ``--device`` when the units run here (``--backend local``) and this machine
+    lacks it, before any data or model is loaded."""
+    if getattr(args, "backend", "local") == "local":
+        from icldistill.models.registry import resolve_device
+
+        resolve_device(args.device)
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     parts = text.split(",")
     return tuple(_int(v, 1) for v in parts)
@@ -187,11 +211,15 @@ def split_names(text: str | None) -> list[str]:
     return [v.strip() for v in (text or "").split(",") if v.strip()]
 
 
-def add_device(p: argparse.ArgumentParser) -> None:
-    """The ``--device`` flag of commands that run a model (trace, select, evaluate, compare)."""
-    p.add_argument("--device", default="cpu", metavar="DEVICE", type=device_name,
+def add_device(p: argparse.ArgumentParser, *, remote: bool = False) -> None:
+    """The ``--device`` flag of commands that run a model (trace, select, evaluate, compare);
+    ``remote``: the command can run on other machines (``--backend ray``), where the device is
+    checked instead (:func:`check_local_device` checks it for local runs)."""
+    p.add_argument("--device", default="cpu", metavar="DEVICE",
+                   type=device_spec if remote else device_name,
                    help="where models, their key/value caches and encoders run: cpu "
-                        "(default), cuda, cuda:N or mps; an unavailable device is an error")
+                        "(default), cuda, cuda:N or mps; an unavailable device is an error"
+                        + (" (with --backend ray: on the workers)" if remote else ""))
 
 
 def add_quiet(p: argparse.ArgumentParser) -> None:

@@ -85,9 +85,34 @@ def _connect(ray: Any, address: str | None) -> None:
         raise InputError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
 
 
+def _probe_device(device: str) -> str | None:
+    """Run on a worker: why ``device`` cannot be used there (``None`` when it can)."""
+    from icldistill.models.registry import resolve_device
+
+    try:
+        resolve_device(device)
+    except InputError as exc:
+        return str(exc)
+    return None
+
+
+def _check_worker_device(ray: Any, device: Any, cpus: float, gpus: float) -> None:
+    """Ask one task with a worker's resources whether ``device`` exists there: the driver may
+    have no GPU while its workers do, so the driver does not decide."""
+    if device is None or str(device) == "cpu":
+        return
+    probe = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_probe_device)
+    why = ray.get(probe.remote(str(device)))
+    if why is not None:
+        raise InputError(f"on the Ray workers ({cpus:g} CPU(s), {gpus:g} GPU(s) each): {why}")
+
+
 def _worker_count(ray: Any, num_workers: int | None, cpus: float, gpus: float, todo: int) -> int:
+    res = ray.cluster_resources()
+    if gpus > 0 and res.get("GPU", 0) < gpus:
+        raise InputError(f"the Ray cluster has {res.get('GPU', 0):g} GPU(s); each worker asks "
+                         f"for {gpus:g}")
     if num_workers is None:
-        res = ray.cluster_resources()
         num_workers = int(res.get("CPU", 1) // cpus)
         if gpus > 0:
             num_workers = min(num_workers, int(res.get("GPU", 0) // gpus))
@@ -120,7 +145,8 @@ def run_ray(
         The harness folder, shared by the driver and every worker.
     harness_kwargs : mapping, optional
         Keyword arguments of :class:`~icldistill.evaluation.harness.Harness` for every worker
-        (``tasks``, ``batch_size``, ``model_loader``, ...; they are pickled to the workers).
+        (``tasks``, ``batch_size``, ``model_loader``, ``device``, ...; they are pickled to the
+        workers). ``device`` is checked on a worker, not on the driver.
     address : str, optional
         Ray cluster address (``"auto"``, ``"ray://head:10001"``); ``None`` starts a local Ray
         instance unless one is already initialised in this process.
@@ -145,7 +171,10 @@ def run_ray(
     _check(num_workers, cpus_per_worker, gpus_per_worker, max_retries)
     ray = _ray()
     kwargs = dict(harness_kwargs or {})
-    local = Harness(out_dir, progress=progress, **kwargs)
+    # the driver only reads the grid and the finished units: it needs none of the workers'
+    # devices (a CPU-only driver may run a GPU cluster's grid)
+    local = Harness(out_dir, progress=progress,
+                    **{k: v for k, v in kwargs.items() if k != "device"})
     units = list(units)
     keys = [u.key(local.task(u.task).fingerprint) for u in units]
     done = local.finished()
@@ -153,6 +182,7 @@ def run_ray(
     if todo:
         _connect(ray, address)
         n = _worker_count(ray, num_workers, cpus_per_worker, gpus_per_worker, len(todo))
+        _check_worker_device(ray, kwargs.get("device"), cpus_per_worker, gpus_per_worker)
         actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
                            max_restarts=max_retries, max_task_retries=max_retries)(_UnitWorker)
         workers = [actor.remote(str(Path(out_dir).resolve()), kwargs, int(cpus_per_worker))

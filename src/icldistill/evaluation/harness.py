@@ -487,8 +487,10 @@ class Harness:
     device : str or torch.device
         Where the default loader puts each model (its KV caches and the scorer follow it) and
         where the MiniLM encoder runs: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"``, ``"mps"``.
-        A device that is not available is an :class:`InputError`. Selection runs on the
-        embeddings on the CPU.
+        A device that is not available is an :class:`InputError`. The selectors' kernels run
+        there too (the embeddings are moved to it before selection; an approximate candidate
+        index stays on the CPU); the reported ``mmd2_task`` / ``mmd2_query`` are computed on
+        the CPU in float64, so they do not depend on the device.
     """
 
     def __init__(
@@ -688,6 +690,9 @@ class Harness:
             enc = self.encoder_spec(spec, task)
             pool_emb = self.embeddings(task, "train", enc, spec.model, spec.dtype)
             test_emb = self.embeddings(task, "test", enc, spec.model, spec.dtype)[test_idx]
+            if self.device.type != "cpu":     # the selectors' kernels run where these are
+                pool_emb = torch.as_tensor(pool_emb).to(self.device)
+                test_emb = torch.as_tensor(test_emb).to(self.device)
             if enc.strip().lower().startswith("kv") and "kernel" not in dict(
                     spec.params) and hasattr(sel, "kernel"):
                 sel.kernel = self.encoder(enc, spec.model, spec.dtype).kernel(

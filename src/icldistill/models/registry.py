@@ -100,6 +100,7 @@ __all__ = [
     "list_models",
     "load_half_streamed",
     "load_model",
+    "parse_device",
     "resolve_device",
     "safe_extract_member",
     "unknown_model_message",
@@ -602,6 +603,26 @@ def _finish(model: Any, tokenizer: Any, name: str, path: Path | None, device: An
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, path=path)
 
 
+def parse_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a :class:`torch.device` of a supported type (cpu, cuda, mps), without
+    asking whether this machine has it (a Ray driver names the device of its workers).
+
+    Raises
+    ------
+    InputError
+        For a name torch does not know or a device type the package does not run on.
+    """
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"device {device!r}: only cpu, cuda and mps are supported")
+    return dev
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, a :class:`torch.device`,
     ``None`` for the CPU) as a :class:`torch.device` that exists on this machine.
@@ -612,12 +633,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         For a name torch does not know, or an accelerator that is not available here (so a
         job asked to run on a GPU never silently runs on the CPU).
     """
-    if device is None:
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    dev = parse_device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise InputError(f"device {device!r}: CUDA is not available on this machine "
@@ -628,8 +644,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     elif dev.type == "mps" and not (getattr(torch.backends, "mps", None)
                                     and torch.backends.mps.is_available()):
         raise InputError(f"device {device!r}: MPS is not available on this machine")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise InputError(f"device {device!r}: only cpu, cuda and mps are supported")
     return dev
 
 
