@@ -363,7 +363,7 @@ def _profile_trace(lm: Any, tok: Any, positions: str) -> dict[str, Any]:
     record, attn = tracing._record, tracing._trace_attention
     # the per-head reduction: the math core's pieces as the tracer imported them
     pieces = {name: getattr(tracing, name)
-              for name in ("attention_probs", "segment_components", "segment_mass")}
+              for name in ("attention_probs_", "segment_components", "segment_mass")}
 
     def timed(key: str, f: Any) -> Any:
         def wrapper(*a: Any, **k: Any) -> Any:

@@ -52,3 +52,27 @@ def test_real_model_trace_matches_the_untraced_model(name):
         c_d = sum(res.components[n][layer, head, -1] for n in demo_names).double()
         got = w0.apply(res.query(layer, head)[None])[0].double()
         assert torch.allclose(got, c_d, rtol=1e-4, atol=1e-5 * float(c_d.abs().max()))
+
+
+def test_the_trace_benchmark_profile_wraps_the_tracers_current_pieces():
+    """``bench_trace.py --profile`` times the tracer's reduction pieces by name; it failed with
+    an AttributeError once a piece was renamed (``attention_probs`` -> ``attention_probs_``)."""
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from icldistill.data.prompts import Prompt
+
+    from .tiny_models import tiny_model, tiny_tokenizer
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_trace.py"
+    spec = importlib.util.spec_from_file_location("bench_trace", path)
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    tok = tiny_tokenizer(True)
+    lm = SimpleNamespace(model=tiny_model("llama"), tokenizer=tok)
+    prompt = Prompt([("good movie", "positive"), ("bad plot", "negative")], "fine film")
+    out = mod._profile_trace(lm, prompt.tokenize(tok), "all")
+    assert 0 < out["segment_decomposition_s"] <= out["record_s"] <= out["attention_incl_record_s"]
+    assert "aten::" in out["op_table"]
