@@ -107,31 +107,34 @@ thread_count = _type(lambda t: _int(t, 1, _MAX_THREADS), "a positive number of t
                      "for torch's default)", "threads")
 
 
-def device_name(text: str) -> str:
-    """An argparse ``type=``: a device that exists here (``cpu``, ``cuda``, ``cuda:N``,
-    ``mps``), checked before any data or model is loaded."""
+def _device(text: str, check: Any) -> str:
+    """``check(text)`` (:func:`~icldistill.models.registry.resolve_device` or
+    :func:`~icldistill.models.registry.parse_device`) as an argparse type: its error, without
+    the ``device 'x':`` prefix argparse adds itself."""
     from icldistill.core.validation import InputError
-    from icldistill.models.registry import resolve_device
 
     try:
-        return str(resolve_device(text.strip()))
+        return str(check(text.strip()))
     except InputError as exc:
         msg = str(exc).removeprefix(f"device {text.strip()!r}: ")
         raise argparse.ArgumentTypeError(msg) from None
+
+
+def device_name(text: str) -> str:
+    """An argparse ``type=``: a device that exists here (``cpu``, ``cuda``, ``cuda:N``,
+    ``mps``), checked before any data or model is loaded."""
+    from icldistill.models.registry import resolve_device
+
+    return _device(text, resolve_device)
 
 
 def device_spec(text: str) -> str:
     """An argparse ``type=``: a device name torch knows (``cpu``, ``cuda``, ``cuda:N``,
     ``mps``), without asking whether this machine has it (``--backend ray`` names the
     workers' device; the local backend checks it with :func:`check_local_device`)."""
-    from icldistill.core.validation import InputError
     from icldistill.models.registry import parse_device
 
-    try:
-        return str(parse_device(text.strip()))
-    except InputError as exc:
-        msg = str(exc).removeprefix(f"device {text.strip()!r}: ")
-        raise argparse.ArgumentTypeError(msg) from None
+    return _device(text, parse_device)
 
 
 def check_local_device(args: argparse.Namespace) -> None:

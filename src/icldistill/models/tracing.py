@@ -139,9 +139,7 @@ class _Workspace:
     def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
              device: torch.device) -> torch.Tensor:
         """An uninitialised ``shape`` view of the buffer ``name`` (grown when too small)."""
-        n = 1
-        for d in shape:
-            n *= d
+        n = math.prod(shape)
         key = (name, dtype, device)
         buf = self.buffers.get(key)
         if buf is None or buf.numel() < n:
@@ -536,7 +534,7 @@ def _sink_logits(named: dict[str, Any], rows: _Rows, H: int, T: int, P: int, nam
 
 @dataclass(frozen=True)
 class _CallInputs:
-    """One attention call prepared for :func:`_reduce_chunk` (references only, no copies)."""
+    """One attention call prepared for :func:`_reduce_block` (references only, no copies)."""
 
     query: torch.Tensor              # [1, H, T, D] as the model passed it
     q_rows: torch.Tensor             # [H, P, D] the queries at the traced rows
@@ -547,8 +545,6 @@ class _CallInputs:
     group_of: torch.Tensor           # [S_fine] group of each fine segment
     out_rows: torch.Tensor           # [H, P, Dv] the model's attention output at the rows
     key: torch.Tensor                # [1, H_k, S, D]
-    value: torch.Tensor              # [1, H_v, S, Dv]
-    rows: _Rows                      # [..., T, S] -> [..., P, S]
     scale: float
     softcap: Any                     # None or the soft-capping constant
     pbias: torch.Tensor | None       # [H_p, P, S] position bias, model dtype
@@ -611,8 +607,8 @@ class _Reduced:
 def _reduce_block(c: _CallInputs, r: _Reduced, h0: int, h1: int, p0: int, p1: int,
                   lo: int, hi: int) -> None:
     """Decompose query heads ``h0:h1`` at traced rows ``p0:p1``, whose visible keys lie in
-    ``lo:hi``, into the slices of ``r``: components, ``log D'``, fine masses, mean demo logit,
-    mean logit, the reference scale and the sink mass."""
+    ``lo:hi``, into the slices of ``r``: components and their norms, ``log D'``, masses, mean
+    demo logit, mean logit, the self-check's errors and the sink mass."""
     cdtype = _REDUCE_DTYPE
     dev = c.query.device
     h, B, w = h1 - h0, p1 - p0, hi - lo
@@ -820,7 +816,7 @@ def _record(
         fine_mass=fine_mass,
         keep_components=req.keep_components, group_of=group_of,
         out_rows=rows(out[0].transpose(0, 1)),
-        key=key, value=value, rows=rows, scale=scale, softcap=softcap,
+        key=key, scale=scale, softcap=softcap,
         pbias=pbias, extra=extra, sink=sink, allowed=allowed, blocked=~allowed,
         mean_masks=mean_masks, window=window, n_demo=n_demo,
         n_keys=n_keys, seg_ids=seg_ids,

@@ -63,7 +63,7 @@ def row_chunks(rows: int, per_row: int) -> Iterator[slice]:
 def topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` of every row, descending; ties go to the lowest column index."""
     top = torch.topk(torch.from_numpy(scores), k, dim=1)
-    part, vals = top.indices.cpu().numpy(), top.values.cpu().numpy()
+    part, vals = top.indices.numpy(), top.values.numpy()
     order = np.lexsort((part, -vals), axis=1)
     idx = np.take_along_axis(part, order, axis=1)
     vals = np.take_along_axis(vals, order, axis=1)

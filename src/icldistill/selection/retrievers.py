@@ -115,7 +115,8 @@ class KNNSelector(Selector):
         """Candidates from the index (``max(4k, 32)`` per query), re-scored exactly."""
         n_short = min(self._ann.n, max(4 * k, 32))
         sims, idx = indexed_shortlist(self._ann, self._pool_emb, targets.emb, n_short)
-        return SelectionRun(idx[:, :k].numpy(), sims[:, :k].numpy().astype(np.float64))
+        return SelectionRun(idx[:, :k].cpu().numpy(),
+                            sims[:, :k].cpu().numpy().astype(np.float64))
 
 
 _TOKEN = re.compile(r"\w+")
