@@ -86,3 +86,28 @@ def test_lab_cli_train_and_experiment(tmp_path, monkeypatch, capsys):
     text = capsys.readouterr().out
     assert "checks hold" in text and (out / "report.md").is_file()
     assert main(["reproduce", "--only", "nope", "--out", str(tmp_path / "r"), "--quiet"]) == 2
+
+
+def test_phenomena_parts_live_until_the_section_is_stored(tmp_path, monkeypatch):
+    """A phenomena section gets ``sections/.parts/<key>`` for its finished parts (a killed run
+    resumes from them); once the section is stored the folder is removed."""
+    from icldistill.lab.experiments import phenomena as ph
+    from icldistill.lab.experiments import reproduce as rp
+    from icldistill.lab.experiments._common import Section
+
+    seen = []
+
+    def fake_run(name, models, *, out_dir, quick, seed, progress, under_test=None,
+                 resume_dir=None):
+        seen.append(resume_dir)
+        assert resume_dir == tmp_path / "sections" / rp.PARTS_DIR / name
+        resume_dir.mkdir(parents=True)
+        (resume_dir / "part.pkl").write_bytes(b"x")
+        return Section(name=name, title=name, description="fake")
+
+    monkeypatch.setattr(ph, "resolve_models", lambda *a, **kw: [])
+    monkeypatch.setattr(rp, "run_phenomenon", fake_run)
+    rp.reproduce(tmp_path, quick=True, only=["adaptation", "ordering"], progress=False)
+    assert len(seen) == 2
+    assert (tmp_path / "sections" / "adaptation.json").is_file()
+    assert not any(p.exists() for p in seen)

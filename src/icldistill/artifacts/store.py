@@ -34,6 +34,14 @@ Locks (:func:`unit_lock`, :func:`lock_held`, :func:`held_locks`)
     and no takeover race. Locks are re-entrant within a process (the same lock object is
     reused per path). The lock files stay in ``locks/`` (removing them would race with a
     process waiting on them); they are empty and cost nothing.
+
+Checkpoints (:class:`Checkpoints`)
+    Finished pieces of one long computation (a laboratory section's parts: one model on one
+    task), one pickle per key, each written atomically (:func:`atomic_write`), so a killed run
+    loses at most the piece in flight. The caller's key must hash everything a piece depends
+    on; a file that cannot be read back is recomputed (with a warning), never trusted. Pickles
+    execute code when loaded: a checkpoint folder is the run's own scratch space, not a format
+    to exchange.
 """
 
 from __future__ import annotations
@@ -42,9 +50,12 @@ import contextlib
 import errno as _errno
 import json
 import os
+import pickle
 import re
+import shutil
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +66,7 @@ import numpy as np
 from icldistill.core.results import to_jsonable
 
 __all__ = [
+    "Checkpoints",
     "ReadStats",
     "StoreWriteError",
     "append_record",
@@ -364,3 +376,75 @@ def held_locks(folder: str | os.PathLike[str]) -> list[str]:
         if lock_held(folder, p.stem):
             out.append(p.stem)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+
+class Checkpoints:
+    """Finished pieces of a long computation, kept on disk until the whole is done.
+
+    Parameters
+    ----------
+    folder : path
+        Where the pieces live (``<key>.pkl``); created on the first write.
+
+    Attributes
+    ----------
+    computed, reused : int
+        Pieces computed by this object, and pieces read back from the folder.
+    reused_seconds : float
+        The compute time the read-back pieces took when they were computed (so a resumed run
+        can report the time of the whole computation).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> cp = Checkpoints(tempfile.mkdtemp())
+    >>> cp.run("a" * 16, lambda: [1, 2])
+    [1, 2]
+    >>> cp.run("a" * 16, lambda: 1 / 0)       # read back, not recomputed
+    [1, 2]
+    """
+
+    _KEY = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        self.computed = 0
+        self.reused = 0
+        self.reused_seconds = 0.0
+
+    def path(self, key: str) -> Path:
+        """The file of ``key`` (letters, digits, ``_`` and ``-``; a hash, typically)."""
+        if not isinstance(key, str) or not self._KEY.match(key):
+            raise ValueError(f"checkpoint key must be 1-128 characters of [A-Za-z0-9_-], "
+                             f"got {key!r}")
+        return self.folder / f"{key}.pkl"
+
+    def run(self, key: str, compute: Callable[[], Any]) -> Any:
+        """The piece ``key``: read back when stored, else ``compute()`` stored and returned."""
+        path = self.path(key)
+        if path.is_file():
+            try:
+                with open(path, "rb") as fh:
+                    record = pickle.load(fh)
+                value, seconds = record["value"], float(record["seconds"])
+            except Exception as exc:  # a damaged or foreign file: recompute, never trust
+                _warn(f"checkpoint {path} could not be read back ({type(exc).__name__}: "
+                      f"{exc}); recomputing it")
+            else:
+                self.reused += 1
+                self.reused_seconds += seconds
+                return value
+        t0 = time.perf_counter()
+        value = compute()
+        record = {"value": value, "seconds": time.perf_counter() - t0}
+        atomic_write(path, lambda fh: pickle.dump(record, fh, protocol=pickle.HIGHEST_PROTOCOL))
+        self.computed += 1
+        return value
+
+    def clear(self) -> None:
+        """Remove the folder and every piece in it (once the whole result is stored)."""
+        shutil.rmtree(self.folder, ignore_errors=True)

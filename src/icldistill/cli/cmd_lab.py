@@ -6,6 +6,7 @@ one report that checks each claim).
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +210,7 @@ def _cmd_lab_real(args: argparse.Namespace) -> int:
 
 
 def _cmd_lab_phenomenon(args: argparse.Namespace) -> int:
-    from icldistill.lab.experiments.reproduce import run_phenomenon
+    from icldistill.lab.experiments.reproduce import PARTS_DIR, run_phenomenon
 
     set_threads(args)
     out = Path(args.out)
@@ -228,11 +229,13 @@ def _cmd_lab_phenomenon(args: argparse.Namespace) -> int:
         mod = importlib.import_module(PHENOMENA_SECTIONS[args.experiment])
         sec = mod.run(tuple(models), out_dir=out, quick=args.quick, seed=args.seed,
                       progress=not args.quiet, under_test=under_test,
-                      tasks=split_names(args.tasks))
+                      tasks=split_names(args.tasks), resume_dir=out / PARTS_DIR)
     else:
         sec = run_phenomenon(args.experiment, models, out_dir=out, quick=args.quick,
-                             seed=args.seed, progress=not args.quiet, under_test=under_test)
+                             seed=args.seed, progress=not args.quiet, under_test=under_test,
+                             resume_dir=out / PARTS_DIR)
     _write_single(sec, out, command_line(args))
+    shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
     return 0
 
 

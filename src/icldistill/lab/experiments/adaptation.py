@@ -28,6 +28,8 @@ grid (:func:`log2_position`).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -427,7 +429,8 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
         under_test: Sequence[Sequence[ph.ModelUnderTest]] | None = None, n_controls: int = 1,
         dtype: torch.dtype = torch.float32, ks: Sequence[int] | None = None,
         n_test: int | None = None, n_sets: int | None = None, n_trace: int | None = None,
-        max_prompt_tokens: int | str | None = "mode") -> Section:
+        max_prompt_tokens: int | str | None = "mode",
+        resume_dir: str | Path | None = None) -> Section:
     """The task-adaptation section (see the module docstring).
 
     Parameters
@@ -448,6 +451,9 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
         Override the mode's sizes (:class:`Sizes`).
     max_prompt_tokens : int, None or ``"mode"``
         Override the mode's prompt-length limit (None: only the context).
+    resume_dir : path, optional
+        Keep each finished (model, task) curve here, so that a killed run resumes from its
+        last finished part (:class:`~icldistill.lab.experiments.phenomena.Parts`).
     """
     t0 = time.perf_counter()
     sizes = QUICK if quick else FULL
@@ -479,6 +485,9 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
         pick = rng.permutation(n)[: min(m, n)]
         queries = np.resize(pick, m).reshape(sizes.n_sets, sizes.n_trace)
         plan.append((task, orders, queries))
+    parts = ph.Parts(resume_dir, "adaptation", {
+        "sizes": dataclasses.asdict(sizes), "seed": seed,
+        "tasks": [ph.task_fingerprint(t) for t in items]})
     results: list[list[list[AdaptationCurve]]] = []       # [group][member][task]
     for group in groups:
         # the controls share the trained model's tokenizer and context
@@ -487,14 +496,17 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
         g_res = []
         for member in group:
             m_res = []
-            for (task, orders, queries), (fit, skipped) in zip(plan, fits, strict=True):
+            for ti, ((task, orders, queries), (fit, skipped)) in enumerate(
+                    zip(plan, fits, strict=True)):
                 if progress:
                     print(f"adaptation: {member.name} on {task.name}, k = {fit}", flush=True)
-                m_res.append(adaptation_curve(member, task, fit, orders, queries,
-                                              skipped=skipped))
+                m_res.append(parts.run(
+                    functools.partial(adaptation_curve, member, task, fit, orders, queries,
+                                      skipped=skipped),
+                    model=member, task=task.name, index=ti, ks=list(fit), skipped=skipped))
             g_res.append(m_res)
         results.append(g_res)
-    return _section(results, groups, plan, sizes, out, seed, quick, t0)
+    return _section(results, groups, plan, sizes, out, seed, quick, t0 - parts.reused_seconds)
 
 
 # ---------------------------------------------------------------------------------- assembly

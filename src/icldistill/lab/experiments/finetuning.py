@@ -78,6 +78,7 @@ magnitude, not a replication.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -1034,7 +1035,8 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
         tasks: Sequence[str | ph.TaskItems] | None = None,
         under_test: Sequence[Sequence[ph.ModelUnderTest]] | None = None, n_controls: int = 1,
         dtype: torch.dtype = torch.float32, k: int | None = None, n_test: int | None = None,
-        lr_grid: Sequence[float] | None = None) -> Section:
+        lr_grid: Sequence[float] | None = None,
+        resume_dir: str | Path | None = None) -> Section:
     """The ICL-versus-fine-tuning comparison (Dai et al., 2023) as a report section.
 
     Parameters
@@ -1062,6 +1064,9 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
     lr_grid : sequence of float, optional
         Learning rates tried (per task, on the trained model); default :data:`QUICK_LR_GRID`
         (quick) or :data:`LR_GRID`.
+    resume_dir : path, optional
+        Keep each finished (model, task) comparison here, so that a killed run resumes from
+        its last finished part (:class:`~icldistill.lab.experiments.phenomena.Parts`).
 
     Returns
     -------
@@ -1079,7 +1084,11 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
     task_list = ph.resolve_tasks(list(tasks) if tasks is not None else list(ph.DEFAULT_TASKS),
                                  n_test=n_test, seed=seed, progress=progress)
     demo_sets = _demo_sets(task_list, k, seed)
-    groups = _compare(groups_m, task_list, demo_sets, grid, seed, progress)
+    parts = ph.Parts(resume_dir, "icl-vs-finetuning", {
+        "k": k, "n_test": n_test, "lr_grid": list(grid), "seed": seed,
+        "tasks": [ph.task_fingerprint(t) for t in task_list]})
+    groups = _compare(groups_m, task_list, demo_sets, grid, seed, progress, parts)
+    t0 -= parts.reused_seconds
     checks, findings, comparisons = _checks_and_findings(groups, seed)
     tables = _tables(groups, comparisons, task_list, k)
     figures = _figures(groups, task_list, out)
@@ -1131,20 +1140,30 @@ def _demo_sets(task_list: list[ph.TaskItems], k: int,
 
 def _compare(groups_m: list[list[ph.ModelUnderTest]], task_list: list[ph.TaskItems],
              demo_sets: list[list[tuple[str, str]]], grid: tuple[float, ...], seed: int,
-             progress: bool) -> list[_Group]:
+             progress: bool, parts: ph.Parts | None = None) -> list[_Group]:
     """ICL against fine-tuning for every model and task; the controls are fine-tuned with the
-    learning rate chosen for their trained model."""
+    learning rate chosen for their trained model. ``parts`` keeps each finished comparison."""
+    parts = parts or ph.Parts(None, "icl-vs-finetuning", {})
     groups: list[_Group] = []
     for gi, grp in enumerate(groups_m):
         comps: list[list[Comparison]] = [[] for _ in grp]
         for mi, m in enumerate(grp):
-            ws = FineTuneWorkspace(m.loaded)            # one float32 copy per model
+            ws: list[FineTuneWorkspace] = []            # one float32 copy per model, on demand
+
+            def compare(m: Any, task: ph.TaskItems, demos: list[tuple[str, str]],
+                        rate: float | None, sub: int, ws: list[FineTuneWorkspace] = ws
+                        ) -> Comparison:
+                if not ws:
+                    ws.append(FineTuneWorkspace(m.loaded))
+                return icl_vs_finetuning(m.loaded, task, demos, lr=rate, lr_grid=grid,
+                                         seed=sub, progress=progress, workspace=ws[0])
+
             for ti, (task, demos) in enumerate(zip(task_list, demo_sets, strict=True)):
                 rate = None if mi == 0 else comps[0][ti].lr
-                comps[mi].append(icl_vs_finetuning(m.loaded, task, demos, lr=rate,
-                                                   lr_grid=grid, seed=_sub_seed(seed, gi, ti, mi),
-                                                   progress=progress, workspace=ws))
-            del ws
+                sub = _sub_seed(seed, gi, ti, mi)
+                comps[mi].append(parts.run(functools.partial(compare, m, task, demos, rate, sub),
+                                           model=m, task=ti, demos=demos, lr=rate, sub_seed=sub))
+            ws.clear()
         groups.append(_Group(grp, comps))
     return groups
 

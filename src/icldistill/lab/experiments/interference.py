@@ -55,6 +55,7 @@ on the same prompts and items; every check goes through :func:`~.phenomena.contr
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import time
@@ -649,7 +650,7 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
         tasks: Sequence[str | ph.TaskItems] | None = None,
         under_test: Sequence[Sequence[ph.ModelUnderTest]] | None = None, n_controls: int = 1,
         dtype: torch.dtype = torch.float32, k: int = K, rhos: Sequence[float] | None = None,
-        text_encoder: Any = "minilm") -> Section:
+        text_encoder: Any = "minilm", resume_dir: str | Path | None = None) -> Section:
     """Cross-task interference and random labels, on each model and its random-init controls.
 
     Parameters
@@ -679,6 +680,9 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
         The label-free text encoder of the "MiniLM" MMD (default ``"minilm"``; any
         :class:`~icldistill.encoders.representations.Encoder` with a Gaussian kernel, e.g. in
         tests).
+    resume_dir : path, optional
+        Keep each finished (model, task) measurement here, so that a killed run resumes from
+        its last finished part (:class:`~icldistill.lab.experiments.phenomena.Parts`).
     """
     t_start = time.perf_counter()
     k, levels = _check_design(k, rhos, quick)
@@ -699,12 +703,18 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
     t_text = time.perf_counter() - t0
 
     # ---- every model of every group
+    parts = ph.Parts(resume_dir, "interference", {
+        "k": k, "levels": list(levels), "seed": seed, "n_sets": n_sets, "n_test": n_test,
+        "n_sample": n_sample, "tasks": [ph.task_fingerprint(t) for t in task_list]})
     results: list[list[list[dict[str, Any]]]] = []        # group -> model -> task
     for g in groups:
         gres = []
         for m in g:
-            gres.append([_measure_model(m, d, n_cal, progress) for d in designs])
+            gres.append([parts.run(functools.partial(_measure_model, m, d, n_cal, progress),
+                                   model=m, task=i, n_cal=n_cal)
+                         for i, d in enumerate(designs)])
         results.append(gres)
+    t_start -= parts.reused_seconds
 
     setup = _Setup(designs=designs, text_mmd=text_mmd, input_mmd=input_mmd, levels=levels,
                    k=k, enc_name=enc_name, seed=seed, quick=quick, n_sets=n_sets,

@@ -45,6 +45,7 @@ model and its random-initialised controls on the same prompts (the control rule 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import time
@@ -888,6 +889,7 @@ def run(
     dtype: torch.dtype = torch.float32,
     sizes: OrderingSizes | None = None,
     encoder: Any = "minilm",
+    resume_dir: str | Path | None = None,
 ) -> Section:
     """Order sensitivity as a report section (see the module docstring).
 
@@ -911,6 +913,9 @@ def run(
     encoder : str or Encoder
         Similarity encoder of the most-similar-last baseline (``"minilm"``; any
         :func:`~icldistill.encoders.representations.make_encoder` spec or an Encoder).
+    resume_dir : path, optional
+        Keep each finished (model, task) measurement here, so that a killed run resumes from
+        its last finished part (:class:`~icldistill.lab.experiments.phenomena.Parts`).
     """
     t0 = time.perf_counter()
     mode = "custom" if sizes is not None else ("quick" if quick else "full")
@@ -928,8 +933,12 @@ def run(
     items = ph.resolve_tasks(list(tasks) if tasks is not None else list(ph.DEFAULT_TASKS),
                              n_test=sizes.n_test, seed=seed, progress=progress)
     plans = [_plan(t, sizes, enc, seed, ti) for ti, t in enumerate(items)]
+    parts = ph.Parts(resume_dir, "ordering", {
+        "sizes": sizes.to_dict(), "seed": seed, "encoder": encoder if isinstance(encoder, str)
+        else type(encoder).__name__, "tasks": [ph.task_fingerprint(t) for t in items]})
     torch.manual_seed(seed)
-    res, paired = _measure_all(groups, plans, seed, progress)
+    res, paired = _measure_all(groups, plans, seed, progress, parts)
+    t0 -= parts.reused_seconds
 
     task_names = [t.name for t in items]
     checks: list[Check] = []
@@ -974,17 +983,21 @@ def _encoder(encoder: Any) -> Any:
 
 
 def _measure_all(groups: list[list[ph.ModelUnderTest]], plans: list[_Plan], seed: int,
-                 progress: bool) -> tuple[dict[tuple[int, int], list[SetResult]],
-                                          dict[tuple[int, int], list[PairedResult]]]:
+                 progress: bool, parts: ph.Parts | None = None
+                 ) -> tuple[dict[tuple[int, int], list[SetResult]],
+                            dict[tuple[int, int], list[PairedResult]]]:
     """Every model's set results and paired rule comparisons, keyed by (group, member); the
-    comparisons' p-values Holm-adjusted over the whole section."""
+    comparisons' p-values Holm-adjusted over the whole section. ``parts`` keeps each
+    finished (model, task) measurement."""
+    parts = parts or ph.Parts(None, "ordering", {})
     res: dict[tuple[int, int], list[SetResult]] = {}
     paired: dict[tuple[int, int], list[PairedResult]] = {}
     for gi, g in enumerate(groups):
         for mi, m in enumerate(g):
             rs: list[SetResult] = []
-            for plan in plans:
-                rs.extend(_measure(m, plan, progress))
+            for ti, plan in enumerate(plans):
+                rs.extend(parts.run(functools.partial(_measure, m, plan, progress), model=m,
+                                    task=plan.task.name, index=ti))
             res[(gi, mi)] = rs
             paired[(gi, mi)] = _comparisons(rs, m, seed)
     # Holm over every comparison of the section

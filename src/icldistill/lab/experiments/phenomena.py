@@ -18,14 +18,19 @@ shows as **NO**: the control has it too, so it says nothing about what training 
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
+from icldistill.artifacts.store import Checkpoints
 from icldistill.core.results import Result
 from icldistill.core.stats import paired_bootstrap_ci
 from icldistill.core.validation import InputError
@@ -37,6 +42,7 @@ __all__ = [
     "ControlComparison",
     "LabelPosition",
     "ModelUnderTest",
+    "Parts",
     "Statistic",
     "TaskItems",
     "balanced_indices",
@@ -45,15 +51,19 @@ __all__ = [
     "controlled_check",
     "label_position",
     "load_task",
+    "model_fingerprint",
     "models_under_test",
     "predict",
     "random_twin",
     "resolve_models",
     "resolve_tasks",
     "statistic",
+    "task_fingerprint",
     "task_items",
     "task_scorer",
 ]
+
+T = TypeVar("T")
 
 #: Section keys of the phenomena group, in report order.
 PHENOMENA = ("adaptation", "ordering", "interference", "icl-vs-finetuning")
@@ -552,3 +562,100 @@ def controlled_check(claim: str, holds: bool, comparison: ControlComparison,
         parts.append("the claim holds on the trained model but not beyond the random-init "
                      "control's spread, so it does not show what training taught")
     return Check(claim, ok, "; ".join(parts))
+
+
+# ============================================================================ resumable parts
+def task_fingerprint(task: TaskItems) -> str:
+    """A hash of everything a task's prompts are made of: its name, pool and test items with
+    their labels, label names and prompt format."""
+    h = hashlib.sha256()
+    for part in (task.name, list(task.pool_texts), [str(x) for x in task.pool_labels],
+                 list(task.test_texts), [str(x) for x in task.test_labels],
+                 list(task.label_names), repr(task.format)):
+        h.update(json.dumps(part).encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def model_fingerprint(model: ModelUnderTest) -> dict[str, Any]:
+    """What identifies a model under test: its name, role and seed, its config and dtype, its
+    tokenizer's class and size, and two float64 checksums of its weights (sum and norm, 12
+    significant digits), so a different model or different weights never share a key."""
+    net = model.loaded.model
+    params = list(net.parameters())
+    with torch.no_grad():
+        total = sum(float(p.detach().sum(dtype=torch.float64)) for p in params)
+        sq = sum(float(torch.linalg.vector_norm(p.detach(), dtype=torch.float64)) ** 2
+                 for p in params)
+    cfg = getattr(net, "config", None)
+    cfg_text = cfg.to_json_string() if hasattr(cfg, "to_json_string") else repr(cfg)
+    tok = getattr(model.loaded, "tokenizer", None)
+    return {"name": model.name, "role": model.role, "seed": model.seed,
+            "class": type(net).__name__,
+            "dtype": str(params[0].dtype) if params else "",
+            "config": hashlib.sha256(cfg_text.encode("utf-8")).hexdigest()[:16],
+            "tokenizer": [type(tok).__name__, len(tok) if hasattr(tok, "__len__") else None],
+            "sum": float(f"{total:.12g}"), "norm": float(f"{math.sqrt(sq):.12g}")}
+
+
+@functools.cache
+def _source_fingerprint() -> str:
+    """A hash of the package's Python source: a checkpoint made by other code is not reused."""
+    root = Path(__file__).resolve().parents[2]
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode("utf-8"))
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+class Parts:
+    """The finished parts of one phenomena section (one model on one task), stored as they
+    finish, so that a killed run resumes the section from its last finished part.
+
+    A phenomena section on the full settings is one to two hours of one core and is stored
+    (``reproduce``'s ``sections/<key>.json``) only when all of it is done; its parts are kept
+    in ``folder`` meanwhile (:class:`~icldistill.artifacts.store.Checkpoints`). A part's key
+    hashes the section's name and ``settings``, the package's source code, the model
+    (:func:`model_fingerprint`) and the part's own arguments, so a part is reused only by the
+    same computation. The parts draw no global random numbers (every part seeds its own), so a
+    resumed section equals an uninterrupted one.
+
+    Parameters
+    ----------
+    folder : path or None
+        Where the parts live; ``None`` stores nothing (every part is computed).
+    section : str
+        The section's key.
+    settings : mapping
+        JSON-able settings of the whole section (sizes, seed, :func:`task_fingerprint` of its
+        tasks, ...).
+    """
+
+    def __init__(self, folder: str | Path | None, section: str,
+                 settings: Mapping[str, Any]) -> None:
+        self.store = None if folder is None else Checkpoints(folder)
+        self.base = json.dumps({"section": section, "settings": settings,
+                                "code": _source_fingerprint()}, sort_keys=True, default=str)
+        self._models: dict[int, dict[str, Any]] = {}
+
+    def run(self, compute: Callable[[], T], *, model: ModelUnderTest, **part: Any) -> T:
+        """``compute()``, or its stored value when this part of ``model`` finished earlier."""
+        if self.store is None:
+            return compute()
+        fp = self._models.get(id(model))
+        if fp is None:
+            fp = self._models[id(model)] = model_fingerprint(model)
+        text = json.dumps({"base": self.base, "model": fp, "part": part}, sort_keys=True,
+                          default=str)
+        return self.store.run(hashlib.sha256(text.encode("utf-8")).hexdigest()[:32], compute)
+
+    @property
+    def reused_seconds(self) -> float:
+        """Compute time of the parts read back (0 without a folder)."""
+        return 0.0 if self.store is None else self.store.reused_seconds
+
+    @property
+    def reused(self) -> int:
+        """How many parts were read back."""
+        return 0 if self.store is None else self.store.reused

@@ -3,7 +3,9 @@ write one report (``report.md`` + ``report.html``) that checks each claim of the
 
 Resumable: every finished experiment is stored as ``sections/<key>.json`` (atomic write) with a
 fingerprint of its settings; a rerun with the same settings reads it back instead of
-recomputing, and trained models come from the checkpoint cache.
+recomputing, and trained models come from the checkpoint cache. A phenomena section (one to two
+hours of one core on the full settings) also keeps each finished part (one model on one task) in
+``sections/.parts/<key>/`` until it is stored, so a killed run loses at most the part in flight.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import importlib
 import json
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,8 +32,8 @@ from icldistill.lab.experiments._common import Section
 from icldistill.lab.experiments.report import read_section, write_lab_report, write_section
 from icldistill.reporting.document import inline_code
 
-__all__ = ["EXPERIMENTS", "PHENOMENA_SECTIONS", "ReproduceResult", "phenomena_models", "plan",
-           "reproduce", "run_experiment", "run_phenomenon"]
+__all__ = ["EXPERIMENTS", "PARTS_DIR", "PHENOMENA_SECTIONS", "ReproduceResult",
+           "phenomena_models", "plan", "reproduce", "run_experiment", "run_phenomenon"]
 
 #: Experiments on a trained in-context learner: name -> module (each has ``run``).
 EXPERIMENTS = {
@@ -42,7 +45,8 @@ EXPERIMENTS = {
 }
 
 #: Phenomena measured on real language models against random-init twins: section key ->
-#: module (each has ``run(models, *, out_dir, quick, seed, progress, under_test=...)``).
+#: module (each has ``run(models, *, out_dir, quick, seed, progress, under_test=...,
+#: resume_dir=...)``).
 PHENOMENA_SECTIONS = {
     "adaptation": "icldistill.lab.experiments.adaptation",
     "ordering": "icldistill.lab.experiments.ordering",
@@ -53,6 +57,9 @@ PHENOMENA_SECTIONS = {
 #: (2: real-model sections measured against random-init twins; 3: a one-item statistic is never
 #: "outside" the controls).
 SECTIONS_FORMAT = 3
+#: Sub-folder (of ``sections/`` in ``reproduce``, of the output folder in ``icldistill lab``)
+#: where an unfinished phenomena section keeps its finished parts; removed once it is stored.
+PARTS_DIR = ".parts"
 #: The second real model of a full run.
 SECOND_MODEL = "qwen2.5-0.5b"
 
@@ -76,14 +83,16 @@ def phenomena_models(model: str, quick: bool) -> tuple[str, ...]:
 
 
 def run_phenomenon(name: str, models: Sequence[str | Any], *, out_dir: Path, quick: bool,
-                   seed: int, progress: bool, under_test: Any = None) -> Section:
-    """Run one phenomena section (:data:`PHENOMENA_SECTIONS`)."""
+                   seed: int, progress: bool, under_test: Any = None,
+                   resume_dir: Path | None = None) -> Section:
+    """Run one phenomena section (:data:`PHENOMENA_SECTIONS`); ``resume_dir`` keeps its
+    finished parts (:class:`~icldistill.lab.experiments.phenomena.Parts`)."""
     if name not in PHENOMENA_SECTIONS:
         raise InputError(f"unknown phenomenon {name!r}; expected one of "
                          f"{', '.join(PHENOMENA_SECTIONS)}")
     mod = importlib.import_module(PHENOMENA_SECTIONS[name])
     return mod.run(tuple(models), out_dir=out_dir, quick=quick, seed=seed, progress=progress,
-                   under_test=under_test)
+                   under_test=under_test, resume_dir=resume_dir)
 
 
 @dataclass(frozen=True)
@@ -208,6 +217,7 @@ def reproduce(
         log(f"[{i}/{len(steps)}] {key} ...")
         sec = _relocate(run.section(name, task, key), key, task)
         write_section(sec, out / "sections" / f"{key}.json", fingerprint=fp)
+        shutil.rmtree(run.parts_dir(key), ignore_errors=True)
         log(f"{key}: {sum(c.holds for c in sec.checks)}/{len(sec.checks)} checks hold "
             f"({sec.seconds:.1f} s)")
         sections.append(sec)
@@ -296,6 +306,10 @@ class _Run:
         cfg, tcfg = preset(self.preset_name, task)
         return cfg, dataclasses.replace(tcfg, seed=self.seed)
 
+    def parts_dir(self, key: str) -> Path:
+        """Where a phenomena section keeps its finished parts until it is stored."""
+        return self.out / "sections" / PARTS_DIR / key
+
     def section(self, name: str, task: str, key: str) -> Section:
         """Compute one step's section."""
         from icldistill.lab.experiments import real
@@ -310,7 +324,7 @@ class _Run:
                                              progress=self.progress)
             return run_phenomenon(name, self.ph_models, out_dir=self.out / key,
                                   quick=self.quick, seed=self.seed, progress=self.progress,
-                                  under_test=self.groups)
+                                  under_test=self.groups, resume_dir=self.parts_dir(key))
         if name == "real":
             return real.run(self.model, out_dir=self.out / key, quick=self.quick,
                             seed=self.seed, progress=self.progress, dataset=self.dataset,
