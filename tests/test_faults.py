@@ -536,6 +536,58 @@ def test_reproduce_killed_twice_then_rerun_equals_an_uninterrupted_run(env, faul
     r2.outcome = f"{stored[0]} read back, not recomputed; identical final sections"
 
 
+def adaptation_tiny(out: str) -> None:
+    """The ``adaptation`` phenomena section on a tiny random model and its twin, two toy tasks,
+    its parts kept in ``out/.parts`` (run by the fault runner). Writes the section to
+    ``out/section.json`` and how many parts this run computed to ``out/computed.txt``."""
+    from icldistill.lab.experiments import adaptation
+    from icldistill.lab.experiments import phenomena as ph
+    from icldistill.lab.experiments.report import write_section
+
+    from .lab_helpers import tiny_group
+
+    o = Path(out)
+    o.mkdir(parents=True, exist_ok=True)
+    tasks = [ph.task_items(_write_task(o / f"t{s}.jsonl", seed=s).split, n_test=6, seed=s,
+                           name=f"toy{s}") for s in (0, 1)]
+    real, calls = adaptation.adaptation_curve, []
+
+    def counted(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    adaptation.adaptation_curve = counted
+    sec = adaptation.run(out_dir=o / "figures", quick=True, seed=0, tasks=tasks,
+                         under_test=[tiny_group()], ks=(0, 1, 2), n_sets=1, n_trace=1,
+                         resume_dir=o / ".parts")
+    write_section(sec, o / "section.json")
+    (o / "computed.txt").write_text(str(len(calls)))
+
+
+@pytest.mark.slow
+def test_phenomena_section_killed_mid_section_resumes_from_its_parts(env, fault):
+    root, _, _, _, _ = env
+    row = fault.add("icldistill reproduce (a phenomena section: adaptation, tiny model + twin, "
+                    "2 tasks = 4 parts)",
+                    "SIGKILL right after the 2nd of 4 parts is stored in sections/.parts/",
+                    "the rerun computes only the 2 missing parts; its section (checks, tables, "
+                    "findings, data) equals an uninterrupted run's")
+    target = "tests.test_faults:adaptation_tiny"
+    base, out = root / "adapt-base", root / "adapt"
+    _ok(_run(["call", target, str(base)], root / "adapt-cache"))
+    assert (base / "computed.txt").read_text() == "4"
+    args = ["call", target, str(out)]
+    _killed(_run(args, root / "adapt-cache", {"replace": "/.parts/", "after": 2}))
+    assert len(list((out / ".parts").glob("*.pkl"))) == 2
+    _ok(_run(args, root / "adapt-cache"))
+    computed = int((out / "computed.txt").read_text())
+    assert computed == 2
+    a = _no_timings(json.loads((base / "section.json").read_text()))
+    b = _no_timings(json.loads((out / "section.json").read_text()))
+    assert a == b
+    row.outcome = (f"2 parts read back, {computed} computed; identical final section")
+
+
 # --------------------------------------------------------------------------------------------
 # model fetch
 # --------------------------------------------------------------------------------------------
