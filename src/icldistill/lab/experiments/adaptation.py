@@ -423,6 +423,7 @@ def _validate(ks: Any, n_test: Any, n_sets: Any, n_trace: Any) -> None:
     positive(n_trace, "n_trace")
 
 
+# long: 8 lines of signature and 24 of NumPy docstring; the code is 52
 def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
         quick: bool = False, seed: int = 0, progress: bool = False,
         tasks: Sequence[str | ph.TaskItems] | None = None,
