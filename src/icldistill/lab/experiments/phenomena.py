@@ -654,8 +654,3 @@ class Parts:
     def reused_seconds(self) -> float:
         """Compute time of the parts read back (0 without a folder)."""
         return 0.0 if self.store is None else self.store.reused_seconds
-
-    @property
-    def reused(self) -> int:
-        """How many parts were read back."""
-        return 0 if self.store is None else self.store.reused
