@@ -147,6 +147,46 @@ def test_cache_hit_does_not_retrain(tmp_path, monkeypatch):
         load_or_train(cfg, tr, cache_dir=tmp_path, retrain=True)
 
 
+def test_a_learner_another_process_trains_is_waited_for_and_loaded(tmp_path, monkeypatch):
+    """Two processes needing the same learner (two ``reproduce`` runs on one folder): the one
+    holding the learner's lock trains it; the other waits and loads its checkpoint."""
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    cfg, tr = _short()
+    path = checkpoint_path(cfg, tr, tmp_path)
+    held = tmp_path / "held"
+    other = textwrap.dedent(f"""
+        import dataclasses, time
+        from icldistill.artifacts.store import unit_lock
+        from icldistill.lab.training import load_or_train, preset
+        cfg, tr = preset("tiny", "regression")
+        tr = dataclasses.replace(tr, steps=12, warmup=3, history_every=4)
+        with unit_lock({str(path.parent)!r}, {path.stem!r}):
+            open({str(held)!r}, "w").close()
+            time.sleep(1.0)
+            load_or_train(cfg, tr, cache_dir={str(tmp_path)!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", other])
+    try:
+        while not held.exists():
+            assert proc.poll() is None
+            time.sleep(0.02)
+
+        def boom(*args, **kwargs):
+            raise AssertionError("trained although another process was training it")
+
+        monkeypatch.setattr(training, "icl_batch", boom)
+        got = load_or_train(cfg, tr, cache_dir=tmp_path)
+    finally:
+        proc.wait(timeout=120)
+    assert proc.returncode == 0 and got.path == path
+    monkeypatch.undo()
+    assert _same_weights(got.model, load_or_train(cfg, tr, cache_dir=tmp_path).model)
+
+
 def test_mismatched_checkpoint_is_ignored(tmp_path):
     cfg, tr = _short(steps=4)
     res = load_or_train(cfg, tr, cache_dir=tmp_path)

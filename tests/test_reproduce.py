@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
@@ -69,6 +70,60 @@ def test_reproduce_resumes_from_stored_sections(report):
                       progress=False)
     assert sorted(again.resumed) == sorted(s.name for s in res.sections)
     assert [s.checks for s in again.sections] == [s.checks for s in res.sections]
+
+
+def test_an_only_run_keeps_the_other_stored_sections_in_the_report(report):
+    """Regression: ``--only X`` used to rewrite report.md with X alone."""
+    out, cache, res = report
+    again = reproduce(out, quick=True, preset_name="tiny", only=["gd"], cache_dir=cache,
+                      progress=False)
+    assert [s.name for s in again.sections] == [s.name for s in res.sections]
+    md = (out / "report.md").read_text()
+    assert all(s.title in md for s in res.sections)
+
+
+def test_a_section_another_process_computes_is_waited_for_then_read_back(report, tmp_path):
+    """Two processes on one output folder: a step locked by the other one is passed over,
+    then waited for at the end and read back, not computed twice."""
+    import shutil
+    import subprocess
+    import sys
+    import textwrap
+
+    src, cache, res = report
+    out = tmp_path / "shared"
+    shutil.copytree(src, out)
+    key = "gd-regression"
+    section = out / "sections" / f"{key}.json"
+    saved = tmp_path / "saved.json"
+    shutil.move(section, saved)
+    held = tmp_path / "held"
+    other = textwrap.dedent(f"""
+        import shutil, time
+        from icldistill.artifacts.store import unit_lock
+        with unit_lock({str(out / "sections")!r}, {key!r}):
+            open({str(held)!r}, "w").close()
+            time.sleep(2.0)                                    # "computing" the section
+            shutil.move({str(saved)!r}, {str(section)!r})      # ... and storing it
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", other])
+    try:
+        while not held.exists():
+            assert proc.poll() is None
+            time.sleep(0.02)
+        lines: list[str] = []
+        again = reproduce(out, quick=True, preset_name="tiny", only=LAB, cache_dir=cache,
+                          progress=False, log=lines.append)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == 0
+    mine = [ln for ln in lines if key in ln]
+    assert "another process is computing it" in mine[0]
+    assert "waiting for the other process" in mine[1]
+    assert mine[2].endswith(f"{key}: finished earlier, read back")
+    assert len(mine) == 3                                       # never computed here
+    assert sorted(again.resumed) == sorted(s.name for s in res.sections)
+    assert [s.name for s in again.sections] == [s.name for s in res.sections]
 
 
 def test_reproduce_rejects_unknown_experiment(tmp_path):

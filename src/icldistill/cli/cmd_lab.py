@@ -123,7 +123,9 @@ def _add_reproduce_parser(sub: Any) -> None:
                        description="Train the in-context learners, run every experiment of the "
                                    "laboratory and the real-model checks, and write report.md / "
                                    "report.html with every figure, table, seed and version "
-                                   "(resumable: finished experiments are read back).")
+                                   "(resumable: finished experiments are read back; the same "
+                                   "command started twice on one --out shares the experiments "
+                                   "between the two processes, one per core).")
     p.add_argument("--quick", action="store_true",
                    help="small presets: about 10 minutes on 2 cores with the default model")
     p.add_argument("--seed", type=nonnegative_int, default=0,
@@ -135,7 +137,8 @@ def _add_reproduce_parser(sub: Any) -> None:
     p.add_argument("--only", default=None, type=names,
                    help="comma-separated experiments to run (default: all): training, "
                         "alignment, bias, generalization, gd, real, adaptation, ordering, "
-                        "interference, icl-vs-finetuning")
+                        "interference, icl-vs-finetuning; the report also holds the others "
+                        "already stored in --out")
     p.add_argument("--out", default="icldistill-report", help="output folder")
     _add_run_opts(p)
     p.set_defaults(func=_cmd_reproduce)

@@ -634,6 +634,8 @@ def load_or_train(config: ICLConfig, train: TrainConfig, *, cache_dir: str | Pat
     next to it every :data:`STATE_EVERY_SECONDS` seconds and when the run is interrupted
     (``KeyboardInterrupt``); the next call resumes from it and ends with the same weights as an
     uninterrupted run. A stored file whose configs do not match is ignored (with a warning).
+    Processes sharing the cache train a given learner once: the others wait for its lock
+    (``<cache>/lab/locks/<checkpoint>.lock``) and load what it wrote.
 
     Parameters
     ----------
@@ -651,18 +653,37 @@ def load_or_train(config: ICLConfig, train: TrainConfig, *, cache_dir: str | Pat
     TrainedICL
         With ``path`` set to the checkpoint file.
     """
+    from icldistill.artifacts.store import unit_lock
+
     _check_configs(config, train)
     path = checkpoint_path(config, train, cache_dir)
+    if not retrain and (cached := _load_cached(path, config, train)) is not None:
+        return cached
+    # One process trains a given learner; another that needs it waits, then loads it.
+    with unit_lock(path.parent, path.stem):
+        if not retrain and (cached := _load_cached(path, config, train)) is not None:
+            return cached
+        return _train_and_save(config, train, path, progress=progress, retrain=retrain,
+                               stop_after=_stop_after, state_every=_state_every)
+
+
+def _load_cached(path: Path, config: ICLConfig, train: TrainConfig) -> TrainedICL | None:
+    """The cached trained model at ``path`` when its configs match, else ``None``."""
+    blob = _load_matching(path, config, train, "checkpoint")
+    if blob is None:
+        return None
+    model = _new_model(config, train.seed)
+    model.load_state_dict(blob["model"])
+    model.eval()
+    return TrainedICL(model=model, config=config, train=train,
+                      history=[(int(s), float(v)) for s, v in blob["history"]],
+                      seconds=float(blob["seconds"]), path=path)
+
+
+def _train_and_save(config: ICLConfig, train: TrainConfig, path: Path, *, progress: bool,
+                    retrain: bool, stop_after: int | None, state_every: float) -> TrainedICL:
+    """Train (resuming from a saved state unless ``retrain``) and write the checkpoint."""
     state_path = _state_path(path)
-    if not retrain:
-        blob = _load_matching(path, config, train, "checkpoint")
-        if blob is not None:
-            model = _new_model(config, train.seed)
-            model.load_state_dict(blob["model"])
-            model.eval()
-            return TrainedICL(model=model, config=config, train=train,
-                              history=[(int(s), float(v)) for s, v in blob["history"]],
-                              seconds=float(blob["seconds"]), path=path)
     resume = None if retrain else _load_matching(state_path, config, train, "training state")
     key = _key(config, train)
 
@@ -670,7 +691,7 @@ def load_or_train(config: ICLConfig, train: TrainConfig, *, cache_dir: str | Pat
         _atomic_save({"key": key, **snapshot}, state_path)
 
     model, st = _train(config, train, progress=progress, resume=resume, save_state=save_state,
-                       state_every=_state_every, stop_after=_stop_after)
+                       state_every=state_every, stop_after=stop_after)
     _atomic_save({"key": key, "model": model.state_dict(),
                   "history": [list(h) for h in st.history], "seconds": st.seconds,
                   "torch": str(torch.__version__)}, path)

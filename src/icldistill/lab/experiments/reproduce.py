@@ -6,6 +6,11 @@ fingerprint of its settings; a rerun with the same settings reads it back instea
 recomputing, and trained models come from the checkpoint cache. A phenomena section (one to two
 hours of one core on the full settings) also keeps each finished part (one model on one task) in
 ``sections/.parts/<key>/`` until it is stored, so a killed run loses at most the part in flight.
+
+Several processes may share one output folder (start the same command twice to use two cores):
+each step is computed under a lock (``sections/locks/<key>.lock``) by one process, and a step
+another process holds is taken up at the end, once it is stored. The report always holds every
+stored section of the run's settings, also after an ``--only`` run.
 """
 
 from __future__ import annotations
@@ -204,24 +209,7 @@ def reproduce(
     run = _Run(out=out, quick=quick, seed=seed, model=model, dataset=dataset,
                fewshot_results=fewshot_results, cache_dir=cache_dir,
                preset_name=preset_name or mode, progress=progress, log=log)
-    sections: list[Section] = []
-    resumed: list[str] = []
-    for i, (name, task) in enumerate(steps, 1):
-        key = name if not task else f"{name}-{task}"
-        fp = run.fingerprint(name, task)
-        stored = read_section(out / "sections" / f"{key}.json", fingerprint=fp)
-        if stored is not None and all((out / f).is_file() for f in stored.figures):
-            log(f"[{i}/{len(steps)}] {key}: finished earlier, read back")
-            sections.append(stored)
-            resumed.append(key)
-            continue
-        log(f"[{i}/{len(steps)}] {key} ...")
-        sec = _relocate(run.section(name, task, key), key, task)
-        write_section(sec, out / "sections" / f"{key}.json", fingerprint=fp)
-        shutil.rmtree(run.parts_dir(key), ignore_errors=True)
-        log(f"{key}: {sum(c.holds for c in sec.checks)}/{len(sec.checks)} checks hold "
-            f"({sec.seconds:.1f} s)")
-        sections.append(sec)
+    sections, resumed = _run_steps(run, steps, plan(quick), log)
     cmd = command or ("icldistill reproduce" + (" --quick" if quick else "")
                       + f" --seed {seed} --out {out}")
     files = write_lab_report(sections, out, title="icldistill: the laboratory report",
@@ -229,6 +217,68 @@ def reproduce(
                              section_commands=run.commands, notes=_NOTES)
     return ReproduceResult(out_dir=out, sections=sections, files=files,
                            seconds=time.perf_counter() - t0, resumed=resumed)
+
+
+def _run_steps(run: _Run, steps: list[tuple[str, str]], every: list[tuple[str, str]],
+               log: Callable[[str], None]) -> tuple[list[Section], list[str]]:
+    """Compute or read back ``steps``; return the report's sections (in plan order) and the
+    keys read back.
+
+    Several processes may share one output folder: a step is computed under its lock
+    (``sections/locks/<key>.lock``), a step locked by another process is passed over and
+    waited for at the end (then read back), so two runs of the same command split the steps
+    between them. Steps of the full plan ``every`` that are not in ``steps`` are included
+    when they are stored with the same settings, so an ``--only`` run does not drop the
+    sections computed earlier from the report.
+    """
+    from icldistill.artifacts.store import unit_lock
+
+    out = run.out
+    folder = out / "sections"
+    n = len(steps)
+    fps = {step: run.fingerprint(*step) for step in every}
+
+    def key_of(step: tuple[str, str]) -> str:
+        return step[0] if not step[1] else f"{step[0]}-{step[1]}"
+
+    def stored(step: tuple[str, str]) -> Section | None:
+        sec = read_section(folder / f"{key_of(step)}.json", fingerprint=fps[step])
+        if sec is not None and all((out / f).is_file() for f in sec.figures):
+            return sec
+        return None
+
+    done: dict[tuple[str, str], Section] = {}
+    resumed: list[str] = []
+    pending = list(enumerate(steps, 1))
+    for blocking in (False, True):
+        for i, step in list(pending):
+            key = key_of(step)
+            if blocking:
+                log(f"[{i}/{n}] {key}: waiting for the other process computing it ...")
+            with unit_lock(folder, key, blocking=blocking) as held:
+                if not held:
+                    log(f"[{i}/{n}] {key}: another process is computing it; coming back "
+                        "to it at the end")
+                    continue
+                pending.remove((i, step))
+                sec = stored(step)
+                if sec is not None:
+                    log(f"[{i}/{n}] {key}: finished earlier, read back")
+                    done[step] = sec
+                    resumed.append(key)
+                    continue
+                log(f"[{i}/{n}] {key} ...")
+                sec = _relocate(run.section(*step, key), key, step[1])
+                write_section(sec, folder / f"{key}.json", fingerprint=fps[step])
+                shutil.rmtree(run.parts_dir(key), ignore_errors=True)
+                log(f"{key}: {sum(c.holds for c in sec.checks)}/{len(sec.checks)} checks hold "
+                    f"({sec.seconds:.1f} s)")
+                done[step] = sec
+    for step in every:
+        if step not in done and (sec := stored(step)) is not None:
+            done[step] = sec
+            resumed.append(key_of(step))
+    return [done[step] for step in every if step in done], resumed
 
 
 #: The notes at the end of the laboratory report.
