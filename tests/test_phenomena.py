@@ -73,12 +73,33 @@ def test_statistic_and_control_rule():
     inside = ph.compare_with_controls("acc", ph.Statistic("t", "trained", 0.65, 0.6, 0.7, 10),
                                       ctl)
     assert not inside.outside
-    assert ph.controlled_check("x", True, cmp).holds
-    assert not ph.controlled_check("x", False, cmp).holds
-    no = ph.controlled_check("x", True, inside)
+    assert ph.controlled_check("x", True, cmp, sign=1).holds
+    assert not ph.controlled_check("x", False, cmp, sign=1).holds
+    no = ph.controlled_check("x", True, inside, sign=1)
     assert not no.holds and "does not show what training taught" in no.detail
+    # outside, but on the side opposite to the claim: the control shows more of it
+    wrong = ph.controlled_check("x falls", True, cmp, sign=-1)
+    assert not wrong.holds and "side opposite to the claim" in wrong.detail
+    with pytest.raises(ValueError, match="sign"):
+        ph.controlled_check("x", True, cmp, sign=0)
     with pytest.raises(InputError, match="control"):
         ph.compare_with_controls("acc", trained, [])
+
+
+@settings(max_examples=200, deadline=None)
+@given(t=st.floats(-5, 5), lo=st.floats(-5, 5), width=st.floats(0, 3),
+       sign=st.sampled_from([1, -1]), holds=st.booleans())
+def test_a_controlled_check_passes_only_beyond_the_controls_on_the_claims_side(t, lo, width,
+                                                                             sign, holds):
+    """Regression: the real section's stationarity check (a claimed negative Spearman) passed
+    with the trained value -0.50 above a control spread of [-0.62, -0.58], i.e. with the
+    random-init twin showing the property more strongly."""
+    trained = ph.Statistic("t", "trained", t, t - 0.01, t + 0.01, 10)
+    ctl = [ph.Statistic("c", "control", lo + width / 2, lo, lo + width, 10)]
+    check = ph.controlled_check("claim", holds, ph.compare_with_controls("s", trained, ctl),
+                                sign=sign)
+    beyond = t > lo + width if sign > 0 else t < lo
+    assert check.holds == (holds and beyond)
 
 
 def test_random_twin_is_a_fresh_model_of_the_same_architecture():

@@ -75,11 +75,17 @@ def test_reproduce_resumes_from_stored_sections(report):
 def test_an_only_run_keeps_the_other_stored_sections_in_the_report(report):
     """Regression: ``--only X`` used to rewrite report.md with X alone."""
     out, cache, res = report
+    cmd = f"icldistill reproduce --quick --only gd --out {out}"
     again = reproduce(out, quick=True, preset_name="tiny", only=["gd"], cache_dir=cache,
-                      progress=False)
+                      progress=False, command=cmd)
     assert [s.name for s in again.sections] == [s.name for s in res.sections]
     md = (out / "report.md").read_text()
     assert all(s.title in md for s in res.sections)
+    # the report's command is the whole run's; the learners' lines are kept
+    assert f"Command: `icldistill reproduce --quick --out {out}`" in md
+    assert f"Last updated by: `{cmd}`" in md
+    assert "regression model: " in md and "classification model: " in md
+    assert "The sections' own run times add up to" in md
 
 
 def test_a_section_another_process_computes_is_waited_for_then_read_back(report, tmp_path):
@@ -124,6 +130,17 @@ def test_a_section_another_process_computes_is_waited_for_then_read_back(report,
     assert len(mine) == 3                                       # never computed here
     assert sorted(again.resumed) == sorted(s.name for s in res.sections)
     assert [s.name for s in again.sections] == [s.name for s in res.sections]
+
+
+@pytest.mark.parametrize(("cmd", "whole"), [
+    ("icldistill reproduce --only gd,real --out r", "icldistill reproduce --out r"),
+    ("icldistill reproduce --only=gd --quick", "icldistill reproduce --quick"),
+    ("icldistill reproduce --out 'my dir' --only gd", "icldistill reproduce --out 'my dir'"),
+])
+def test_the_whole_reports_command_drops_only(cmd, whole):
+    from icldistill.lab.experiments.reproduce import _without_only
+
+    assert _without_only(cmd) == whole
 
 
 def test_reproduce_rejects_unknown_experiment(tmp_path):

@@ -956,24 +956,25 @@ def _group_checks(summaries: list[dict[str, Any]], comps: dict[str, ph.ControlCo
             f"{name}: accuracy falls as the fraction of foreign demonstrations rises (slope on "
             "rho < 0, per-item drop rho=0 -> 1 with its 95% interval above 0)",
             bool(np.isfinite(sf) and sf < 0 and df.low > 0), comps["drop_foreign"],
-            f"slope of mean accuracy on rho {sf:+.3f} per unit rho (mean over {T} tasks)"),
+            f"slope of mean accuracy on rho {sf:+.3f} per unit rho (mean over {T} tasks)",
+            sign=1),
         ph.controlled_check(
             f"{name}: the bias is linear in the K_att MMD² (signed R² at the best layer >= "
             f"{R2_THRESHOLD}: accuracy falls along a line in the MMD²)",
             bool(tr["r2_best"].value >= R2_THRESHOLD), comps["r2_kv"],
             f"best layer {tr['best']} (trained; plain R² "
             f"{tr['r2_layers'][fv, tr['best']]:.2f}), mean slope {tr['slope_best']:+.3g} per "
-            f"unit MMD²; control best layer(s) {[c['best'] for c in ctrls]}"),
+            f"unit MMD²; control best layer(s) {[c['best'] for c in ctrls]}", sign=1),
         ph.controlled_check(
             f"{name}: the bias is linear in the {enc_name} MMD² (signed R² >= {R2_THRESHOLD})",
             bool(tr["r2_text"].value >= R2_THRESHOLD), comps["r2_text"],
-            f"mean slope {tr['slope_text']:+.3g} per unit MMD²"),
+            f"mean slope {tr['slope_text']:+.3g} per unit MMD²", sign=1),
         ph.controlled_check(
             f"{name}: random labels lower accuracy (the distillation view's prediction; an "
             "input-only account predicts no change): per-item drop rho=0 -> 1 with its 95% "
             "interval above 0",
             bool(dr.low > 0), comps["drop_random"],
-            f"slope of mean accuracy on rho {sr:+.3f} per unit rho"),
+            f"slope of mean accuracy on rho {sr:+.3f} per unit rho", sign=1),
     ]
 
 

@@ -1082,7 +1082,7 @@ def _group_checks(g: list[ph.ModelUnderTest], res: list[list[SetResult]],
         f"{tr.name}: the order of a fixed demonstration set changes the predictions",
         c_dis.trained.value > 0, c_dis,
         "share of orders whose prediction differs from the item's most frequent one, mean "
-        "over the held-back items"))
+        "over the held-back items", sign=1))
     for what, label, claim in (
             ("w0", "relative HS distance of W_0 between orders",
              "the order moves the student W_0 (same head, relative HS distance)"),
@@ -1092,7 +1092,7 @@ def _group_checks(g: list[ph.ModelUnderTest], res: list[list[SetResult]],
                  lambda mi, what=what: _per_item_movement(res[mi], what))
         checks.append(ph.controlled_check(
             f"{tr.name}: {claim}", c.trained.value > 0, c,
-            "per (set, calibration query, layer), mean over heads"))
+            "per (set, calibration query, layer), mean over heads", sign=1))
     for p0 in paired[0]:
         if not p0.name.startswith("medoid"):
             continue
@@ -1104,7 +1104,7 @@ def _group_checks(g: list[ph.ModelUnderTest], res: list[list[SetResult]],
             f"{_BASELINE_TEXT[p0.name.split(' vs ')[1]]} on held-back items",
             p0.diff > 0 and p0.p_holm < 0.05, c,
             f"mean difference {p0.diff:+.3f} [{p0.low:+.3f}, {p0.high:+.3f}] over "
-            f"{p0.diffs.size} items, p = {p0.p:.3g}, Holm p = {p0.p_holm:.3g}"))
+            f"{p0.diffs.size} items, p = {p0.p:.3g}, Holm p = {p0.p_holm:.3g}", sign=1))
     return checks
 
 

@@ -551,14 +551,32 @@ def compare_with_controls(name: str, trained: Statistic | Any,
     return ControlComparison(name, t, cs, float(low), float(high), outside)
 
 
+#: Why a directional claim fails although the trained value is outside the controls' spread.
+WRONG_SIDE = ("the trained value lies outside the control spread on the side opposite to the "
+              "claim: the random-init control shows the property more strongly, so it is not "
+              "credited to training")
+
+
 def controlled_check(claim: str, holds: bool, comparison: ControlComparison,
-                     detail: str = "") -> Check:
+                     detail: str = "", *, sign: float) -> Check:
     """A :class:`Check` that passes only if ``holds`` (the claim on the trained model) and the
-    trained value is outside the control spread."""
-    ok = bool(holds) and comparison.outside
+    trained value is outside the control spread **on the claim's side**.
+
+    ``sign`` is the claim's direction on the compared statistic: ``+1`` when the claim is that
+    the trained model has more of it than an untrained one (a larger gap, a larger drop, a
+    higher similarity), ``-1`` when less (a more negative correlation). A trained value beyond
+    the controls on the other side means the random-init network shows the property more
+    strongly; that is not credited to training and the check fails, saying so.
+    """
+    if sign not in (1, -1):
+        raise ValueError(f"sign must be +1 or -1 (the claim's direction), got {sign!r}")
+    wrong = comparison.wrong_side(sign)
+    ok = bool(holds) and comparison.outside and not wrong
     parts = [detail] if detail else []
     parts.append(comparison.describe())
-    if holds and not comparison.outside:
+    if wrong:
+        parts.append(WRONG_SIDE)
+    elif holds and not comparison.outside:
         parts.append("the claim holds on the trained model but not beyond the random-init "
                      "control's spread, so it does not show what training taught")
     return Check(claim, ok, "; ".join(parts))

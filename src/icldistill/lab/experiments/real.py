@@ -548,12 +548,12 @@ def _checks(m: _Measured, cmps: _Comparisons) -> list[Check]:
             cmps.jensen,
             f"{tr.jensen_violations} violations in {tr.jensen_checked} head-positions "
             f"(controls: {sum(c.jensen_violations for c in ctr)}); the inequality itself holds "
-            "for any softmax"),
+            "for any softmax", sign=1),
         controlled_check(
             "domain stationarity: eta* falls as the query-demo logit rises (per head)",
             st.size > 0 and neg > st.size / 2, cmps.stat,
             f"negative Spearman in {neg} of {st.size} heads (median "
-            f"{float(np.median(st)) if st.size else float('nan'):.2f})"),
+            f"{float(np.median(st)) if st.size else float('nan'):.2f})", sign=-1),
     ]
     if m.rel is not None:
         checks.append(_fewshot_check(m, m.rel))
@@ -579,7 +579,7 @@ def _fewshot_check(m: _Measured, rel: FewShotRelation) -> Check:
         return controlled_check(
             "accuracy falls as the demonstrations' MMD² to the task rises",
             bool(finite) and all(r < 0 for r in finite.values()), rel_cmp,
-            ", ".join(f"{t}: Spearman {r:.2f}" for t, r in rel.spearman.items()))
+            ", ".join(f"{t}: Spearman {r:.2f}" for t, r in rel.spearman.items()), sign=-1)
     return Check(
         "accuracy falls as the demonstrations' MMD² to the task rises", False,
         ", ".join(f"{t}: Spearman {r:.2f}" for t, r in rel.spearman.items())

@@ -174,7 +174,8 @@ def reproduce(
     ----------
     out_dir : path
         Report folder: ``report.md``, ``report.html``, ``report.json``, one sub-folder of
-        figures per experiment and ``sections/`` (the resumable state).
+        figures per experiment, ``sections/`` (the resumable state) and ``learners.json`` (how
+        the in-context learners were trained, for reports whose sections were read back).
     quick : bool
         The ``quick`` presets and small experiment sizes (under 10 minutes on 2 cores with the
         default model); otherwise the ``full`` presets.
@@ -212,8 +213,13 @@ def reproduce(
     sections, resumed = _run_steps(run, steps, plan(quick), log)
     cmd = command or ("icldistill reproduce" + (" --quick" if quick else "")
                       + f" --seed {seed} --out {out}")
+    whole = _without_only(cmd) if only else cmd
+    header = run.header(whole, mode, t0, resumed, sections)
+    if whole != cmd:
+        header.insert(1, f"Last updated by: {inline_code(cmd)} (the other sections were read "
+                         "back from earlier runs of the same settings)")
     files = write_lab_report(sections, out, title="icldistill: the laboratory report",
-                             header=run.header(cmd, mode, t0, resumed), commands=[cmd],
+                             header=header, commands=[whole],
                              section_commands=run.commands, notes=_NOTES)
     return ReproduceResult(out_dir=out, sections=sections, files=files,
                            seconds=time.perf_counter() - t0, resumed=resumed)
@@ -281,6 +287,28 @@ def _run_steps(run: _Run, steps: list[tuple[str, str]], every: list[tuple[str, s
     return [done[step] for step in every if step in done], resumed
 
 
+def _without_only(cmd: str) -> str:
+    """``cmd`` without its ``--only`` option: the command of the whole report."""
+    import shlex
+
+    try:
+        words = shlex.split(cmd)
+    except ValueError:
+        return cmd
+    out, skip = [], False
+    for w in words:
+        if skip:
+            skip = False
+            continue
+        if w == "--only":
+            skip = True
+            continue
+        if w.startswith("--only="):
+            continue
+        out.append(w)
+    return shlex.join(out)
+
+
 #: The notes at the end of the laboratory report.
 _NOTES = (
     "Every number in this report is computed by the code; checks are evaluated on the "
@@ -321,6 +349,7 @@ class _Run:
     trained: dict[str, Any] = dataclasses.field(default_factory=dict)
     commands: dict[str, str] = dataclasses.field(default_factory=dict)
     training_lines: list[str] = dataclasses.field(default_factory=list)
+    line_of: dict[str, str] = dataclasses.field(default_factory=dict)
     groups: list[Any] | None = None
 
     @property
@@ -394,15 +423,18 @@ class _Run:
             tr = self.trained[task] = load_or_train(cfg, tcfg, cache_dir=self.cache_dir,
                                                     progress=self.progress)
             settings_text = ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items())
-            self.training_lines.append(f"{task} model: {settings_text}; trained {tcfg.steps} "
-                                       f"steps in {tr.seconds:.0f} s; checkpoint "
-                                       f"{inline_code(str(tr.path))}")
+            line = (f"{task} model: {settings_text}; trained {tcfg.steps} steps in "
+                    f"{tr.seconds:.0f} s; checkpoint {inline_code(str(tr.path))}")
+            self.training_lines.append(line)
+            self.line_of[task] = line
+            self._record_learner(task, line, Path(tr.path))
         return self.trained[task]
 
-    def header(self, cmd: str, mode: str, t0: float, resumed: list[str]) -> list[str]:
+    def header(self, cmd: str, mode: str, t0: float, resumed: list[str],
+               sections: Sequence[Section] = ()) -> list[str]:
         """The header lines of the report."""
         v = _versions()
-        return [
+        lines = [
             f"Command: {inline_code(cmd)}",
             f"Mode: {mode} (training preset {self.preset_name}); seed {self.seed}; generated "
             f"{_dt.datetime.now().isoformat(timespec='seconds')}",
@@ -411,8 +443,58 @@ class _Run:
             f"Total run time: {time.perf_counter() - t0:.0f} s"
             + (f" (sections read back from an earlier run: {', '.join(resumed)})"
                if resumed else ""),
-            *self.training_lines,
         ]
+        if resumed and sections:
+            total = sum(float(s.seconds) for s in sections)
+            lines.append(f"The sections' own run times add up to {total:.0f} s "
+                         f"({total / 3600:.2f} h; training the learners not included)")
+        return [*lines, *self._learner_lines(sections)]
+
+    def _learners_file(self) -> Path:
+        return self.out / "learners.json"
+
+    def _record_learner(self, task: str, line: str, checkpoint: Path) -> None:
+        """Keep ``task``'s learner line in ``<out>/learners.json`` so that a report whose
+        sections were read back still says how its learners were trained."""
+        from icldistill.artifacts.store import atomic_write
+
+        path = self._learners_file()
+        try:
+            known = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            known = {}
+        known[task] = {"checkpoint": checkpoint.name, "line": line}
+        data = (json.dumps(known, indent=1, sort_keys=True) + "\n").encode("utf-8")
+        atomic_write(path, lambda fh: fh.write(data))
+
+    def _learner_lines(self, sections: Sequence[Section]) -> list[str]:
+        """One line per learner of the report: this run's, else the recorded one when its
+        checkpoint is the one these settings train, else its settings alone."""
+        from icldistill.lab.training import checkpoint_path
+
+        if not sections:
+            return list(self.training_lines)
+        try:
+            known = json.loads(self._learners_file().read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            known = {}
+        tasks = [t for t in ("regression", "classification")
+                 if any(s.name.endswith(f"-{t}") for s in sections)]
+        lines = []
+        for task in tasks:
+            if task in self.line_of:
+                lines.append(self.line_of[task])
+                continue
+            entry = known.get(task) if isinstance(known, dict) else None
+            cfg, tcfg = self.configs(task)
+            name = checkpoint_path(cfg, tcfg, self.cache_dir).name
+            if isinstance(entry, dict) and entry.get("checkpoint") == name:
+                lines.append(str(entry.get("line", "")))
+            else:
+                settings_text = ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items())
+                lines.append(f"{task} model: {settings_text}; trained {tcfg.steps} steps in an "
+                             f"earlier run (checkpoint {inline_code(name)})")
+        return lines
 
 
 def _torch_threads() -> int:
