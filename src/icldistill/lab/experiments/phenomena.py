@@ -10,9 +10,12 @@ architecture-identical models with random weights (:func:`random_twin`, seeds ``
 on the same prompts. Per model the statistic comes with a 95% bootstrap interval over the items
 it is averaged over (:func:`statistic`). The **control spread** is the union of the controls'
 intervals; a claim counts only if the trained model's value lies outside it
-(:func:`compare_with_controls`) *and* the claim itself holds on the trained model
-(:func:`controlled_check`). A property every network has (an identity, an inequality) therefore
-shows as **NO**: the control has it too, so it says nothing about what training taught.
+(:func:`compare_with_controls`) **on the claim's side** (above the controls for a claimed
+"more", below them for a claimed "less": a trained value beyond the controls on the other side
+means the untrained network shows the property more strongly) *and* the claim itself holds on
+the trained model (:func:`controlled_check`). A property every network has (an identity, an
+inequality) therefore shows as **NO**: the control has it too, so it says nothing about what
+training taught.
 """
 
 from __future__ import annotations
