@@ -43,6 +43,21 @@ def test_checkpoints_store_and_read_back(tmp_path):
     assert not (tmp_path / "cp").exists()
 
 
+def test_a_piece_made_of_read_back_pieces_counts_their_time(tmp_path):
+    """A part resumed from its steps records the steps' compute time too, so the section's
+    time stays the time of the whole computation when the part is read back later."""
+    import time
+
+    first = Checkpoints(tmp_path)
+    first.run("step", lambda: time.sleep(0.3) or 1)
+    again = Checkpoints(tmp_path)
+    assert again.run("whole", lambda: again.run("step", lambda: 1 / 0) + 1) == 2
+    with open(tmp_path / "whole.pkl", "rb") as fh:
+        assert pickle.load(fh)["seconds"] >= 0.3
+    again.discard("step")
+    assert not (tmp_path / "step.pkl").exists()
+
+
 def test_damaged_checkpoint_is_recomputed(tmp_path, capsys):
     cp = Checkpoints(tmp_path)
     cp.run("k", lambda: 1)
@@ -164,6 +179,53 @@ def test_ordering_resumes(monkeypatch, tmp_path, group):
                             encoder=enc, seed=3, resume_dir=parts)
 
     _resume_check(monkeypatch, ordering, "_measure", run, tmp_path)
+
+
+def test_ordering_resumes_inside_a_part_from_its_last_finished_order(monkeypatch, tmp_path,
+                                                                    group):
+    """A part of the ordering section is every order of a set (over an hour of one core for
+    qwen2.5-0.5b): each order is a step kept on disk, so a run killed mid-part resumes from the
+    last finished order, and the section equals an uninterrupted run's."""
+    split = _write_task(tmp_path / "t.jsonl").split
+    tasks = [ph.task_items(split, n_test=8, seed=s, name=f"toy{s}") for s in (0, 1)]
+    enc = make_encoder("hidden:-1", group[0].loaded.model, group[0].loaded.tokenizer)
+    sizes = OrderingSizes(ks=(3,), n_orders=(4,), n_sets=1, n_test=6, n_trace=2)
+
+    def run(out, parts):
+        return ordering.run(under_test=[group], tasks=tasks, out_dir=out, sizes=sizes,
+                            encoder=enc, seed=3, resume_dir=parts)
+
+    real, calls = ph.predict, []
+
+    def counted(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ph, "predict", counted)
+    base = run(tmp_path / "base", None)
+    full = len(calls)                        # 4 parts x (4 orders + 1 per-query) = 20
+    assert full == 20
+
+    def killed(*a, **kw):
+        if len(calls) == 7:                  # mid-way through the 2nd part
+            raise KeyboardInterrupt
+        return counted(*a, **kw)
+
+    calls.clear()
+    parts = tmp_path / "parts"
+    monkeypatch.setattr(ph, "predict", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "a", parts)
+    assert len(list(parts.glob("*.pkl"))) == 1 + 2            # part 1 (its steps gone) + 2 steps
+    calls.clear()
+    monkeypatch.setattr(ph, "predict", counted)
+    again = run(tmp_path / "b", parts)
+    assert len(calls) == full - 7             # part 1 and 2 orders of part 2 read back
+    assert len(list(parts.glob("*.pkl"))) == 4                  # the parts; no step is left
+    a = json.loads(json.dumps(base.data, sort_keys=True))
+    b = json.loads(json.dumps(again.data, sort_keys=True))
+    assert _without_seconds(a) == _without_seconds(b)
+    assert [c.detail for c in base.checks] == [c.detail for c in again.checks]
 
 
 def test_interference_resumes(monkeypatch, tmp_path, group):

@@ -438,12 +438,18 @@ class Checkpoints:
                 self.reused += 1
                 self.reused_seconds += seconds
                 return value
-        t0 = time.perf_counter()
+        t0, r0 = time.perf_counter(), self.reused_seconds
         value = compute()
-        record = {"value": value, "seconds": time.perf_counter() - t0}
+        # a piece made of smaller pieces read back (a resumed part): its time includes theirs
+        seconds = time.perf_counter() - t0 + (self.reused_seconds - r0)
+        record = {"value": value, "seconds": seconds}
         atomic_write(path, lambda fh: pickle.dump(record, fh, protocol=pickle.HIGHEST_PROTOCOL))
         self.computed += 1
         return value
+
+    def discard(self, key: str) -> None:
+        """Remove the piece ``key`` (a step no longer needed once its whole is stored)."""
+        self.path(key).unlink(missing_ok=True)
 
     def clear(self) -> None:
         """Remove the folder and every piece in it (once the whole result is stored)."""

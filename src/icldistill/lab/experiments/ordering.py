@@ -49,7 +49,7 @@ import functools
 import itertools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -648,33 +648,58 @@ def _plan(task: ph.TaskItems, sizes: OrderingSizes, encoder: Any, seed: int, ti:
     return _Plan(task, n_test, trace_items, held, sets)
 
 
-def _measure(m: ph.ModelUnderTest, plan: _Plan, progress: bool) -> list[SetResult]:
+def _direct(compute: Callable[[], Any], **_step: Any) -> Any:
+    return compute()
+
+
+def _measure(m: ph.ModelUnderTest, plan: _Plan, progress: bool,
+             step: Callable[..., Any] | None = None) -> list[SetResult]:
+    """Every order of every demonstration set of ``plan`` on ``m``. Each order is one
+    ``step(compute, **labels)`` (:meth:`~icldistill.lab.experiments.phenomena.Parts.step`: kept
+    on disk, so a killed run resumes from the last finished order)."""
+    run_step = step or _direct
     task = plan.task
     queries = [task.test_texts[int(i)] for i in plan.held]
     labels = np.asarray(task.test_labels).astype(str)[plan.held]
     out = []
     for k, s, idx, orders, msl in plan.sets:
         base = task.demos(idx)
-        preds, traces = [], []
         refs: list[OrderTrace | None] = [None] * len(plan.trace_items)
-        for oi, order in enumerate(orders):
-            demos = [base[int(j)] for j in order]
-            p, _ = ph.predict(m.loaded, task, queries, demos, progress=False)
-            preds.append(np.asarray(p).astype(str))
+
+        def prompt(order: Any, item: Any, base: list[Any] = base) -> Any:
+            return task.format.prompt([base[int(j)] for j in order], task.test_texts[int(item)])
+
+        def reference(qi: int, orders: Any = orders, refs: list[Any] = refs) -> OrderTrace:
+            """The first order's trace of calibration query ``qi`` with its W_0 expansions
+            (traced again when that order was read back: tracing is deterministic)."""
+            if refs[qi] is None:
+                refs[qi] = trace_order(m.loaded, prompt(orders[0], plan.trace_items[qi]))
+            return refs[qi]
+
+        def one(oi: int, order: Any, base: list[Any] = base, refs: list[Any] = refs
+                ) -> tuple[np.ndarray, list[OrderTrace]]:
+            p, _ = ph.predict(m.loaded, task, queries, [base[int(j)] for j in order],
+                              progress=False)
             row = []
             for qi, item in enumerate(plan.trace_items):
-                tr = trace_order(m.loaded, task.format.prompt(demos, task.test_texts[int(item)]),
-                                 refs[qi])
+                tr = trace_order(m.loaded, prompt(order, item),
+                                 None if oi == 0 else reference(qi))
                 if oi == 0:
                     refs[qi] = tr
-                else:                    # only the reference keeps its W_0 expansions
-                    tr = dataclasses.replace(tr, reference=None)
-                row.append(tr)
+                row.append(dataclasses.replace(tr, reference=None))  # expansions stay in refs
+            return np.asarray(p).astype(str), row
+
+        preds, traces = [], []
+        for oi, order in enumerate(orders):
+            p, row = run_step(functools.partial(one, oi, order), k=int(k), set=int(s), order=oi)
+            preds.append(p)
             traces.append(row)
             if progress:
                 print(f"  {m.name} {task.name} k={k} set {s}: order {oi + 1}/{len(orders)}")
         per_query = [[base[int(j)] for j in msl[i]] for i in range(len(plan.held))]
-        pm, _ = ph.predict(m.loaded, task, queries, per_query=per_query, progress=False)
+        pm = run_step(lambda per_query=per_query: ph.predict(
+            m.loaded, task, queries, per_query=per_query, progress=False)[0],
+            k=int(k), set=int(s), order="most similar last, per query")
         predictions = np.stack(preds)
         correct = (predictions == labels[None, :]).astype(np.float64)
 
@@ -996,8 +1021,10 @@ def _measure_all(groups: list[list[ph.ModelUnderTest]], plans: list[_Plan], seed
         for mi, m in enumerate(g):
             rs: list[SetResult] = []
             for ti, plan in enumerate(plans):
-                rs.extend(parts.run(functools.partial(_measure, m, plan, progress), model=m,
-                                    task=plan.task.name, index=ti))
+                part = {"task": plan.task.name, "index": ti}
+                step = functools.partial(parts.step, model=m, part=part)
+                rs.extend(parts.run(functools.partial(_measure, m, plan, progress, step),
+                                    model=m, **part))
             res[(gi, mi)] = rs
             paired[(gi, mi)] = _comparisons(rs, m, seed)
     # Holm over every comparison of the section

@@ -5,7 +5,8 @@ Resumable: every finished experiment is stored as ``sections/<key>.json`` (atomi
 fingerprint of its settings; a rerun with the same settings reads it back instead of
 recomputing, and trained models come from the checkpoint cache. A phenomena section (one to two
 hours of one core on the full settings) also keeps each finished part (one model on one task) in
-``sections/.parts/<key>/`` until it is stored, so a killed run loses at most the part in flight.
+``sections/.parts/<key>/`` until it is stored (and a long part, e.g. one model's orders on one
+task, each of its steps), so a killed run loses at most the step in flight.
 
 Several processes may share one output folder (start the same command twice to use two cores):
 each step is computed under a lock (``sections/locks/<key>.lock``) by one process, and a step
