@@ -43,11 +43,15 @@ __all__ = [
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] = (6.0, 4.0)):
-    """A matplotlib figure on the Agg canvas (no global backend change) and its axes."""
+    """A matplotlib figure on the Agg canvas (no global backend change) and its axes.
+
+    The figure uses matplotlib's constrained layout, so rows of panels, colour bars and a
+    ``suptitle`` never overlap (a panel's x label used to run into the title of the panel
+    below)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows))
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, axes

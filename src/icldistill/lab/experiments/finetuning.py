@@ -970,7 +970,6 @@ def _figures(groups: list[_Group], tasks: list[ph.TaskItems], out: Path) -> list
                 ax.legend(fontsize=6)
     fig.suptitle("SimAOU per layer: cos(ICL update, fine-tuning update) of the attention "
                  "output at the last token", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))   # rows apart: no x label under a panel title
     save_figure(fig, out / "finetuning_simaou_layers.png")
     names.append("finetuning_simaou_layers.png")
 

@@ -317,7 +317,6 @@ def _figures(res: GDComparison, out: Path) -> list[str]:
                  f"({res.n_prompts} prompts, ±2 SEM)")
     ax.legend(fontsize=8, loc="upper right" if reg else "lower right")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
     save_figure(fig, out / "gd_error.png")
 
     fig, axes = new_figure(1, 1, size=(7.0, 4.6))
@@ -337,7 +336,6 @@ def _figures(res: GDComparison, out: Path) -> list[str]:
     ax.set_title("Distance between the transformer's predictions and each method's")
     ax.legend(fontsize=8)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
     save_figure(fig, out / "gd_distance.png")
     return ["gd_error.png", "gd_distance.png"]
 

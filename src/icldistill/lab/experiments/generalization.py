@@ -425,7 +425,6 @@ def _figures(res: GeneralizationResult, out: Path) -> list[str]:
     ax.legend(fontsize=7)
     fig.suptitle(f"Generalization of the distilled student ({res.task}, {res.n_prompts} prompts, "
                  f"δ = {res.delta:g})")
-    fig.tight_layout()
     save_figure(fig, out / "generalization_rademacher.png")
 
     fig, axes = new_figure(1, 2, size=(5.8, 4.4))
@@ -456,7 +455,6 @@ def _figures(res: GeneralizationResult, out: Path) -> list[str]:
     ax.set_ylabel("bound / held-out loss (prompt mean)")
     ax.set_title(f"bound below held-out in {res.violations} of {res.evaluated} cases")
     ax.legend(fontsize=7)
-    fig.tight_layout()
     save_figure(fig, out / "generalization_losses.png")
     return ["generalization_rademacher.png", "generalization_losses.png"]
 
