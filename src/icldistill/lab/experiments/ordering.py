@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from icldistill.core.decomposition import DualWeights, log_kernel_form
+from icldistill.core.progress import progress_bar
 from icldistill.core.results import Result
 from icldistill.core.stats import holm, paired_bootstrap_ci, sign_flip_test
 from icldistill.core.validation import InputError, check_int
@@ -690,12 +691,14 @@ def _measure(m: ph.ModelUnderTest, plan: _Plan, progress: bool,
             return np.asarray(p).astype(str), row
 
         preds, traces = [], []
-        for oi, order in enumerate(orders):
+        bar = progress_bar(enumerate(orders), enabled=progress, total=len(orders),
+                           desc=f"ordering: {m.name} on {task.name}, k={k}, set {s}",
+                           unit="order")
+        for oi, order in bar:
             p, row = run_step(functools.partial(one, oi, order), k=int(k), set=int(s), order=oi)
             preds.append(p)
             traces.append(row)
-            if progress:
-                print(f"  {m.name} {task.name} k={k} set {s}: order {oi + 1}/{len(orders)}")
+        bar.close()
         per_query = [[base[int(j)] for j in msl[i]] for i in range(len(plan.held))]
         pm = run_step(lambda per_query=per_query: ph.predict(
             m.loaded, task, queries, per_query=per_query, progress=False)[0],
