@@ -168,7 +168,8 @@ def test_adaptation_resumes(monkeypatch, tmp_path, toy, group):
     _resume_check(monkeypatch, adaptation, "adaptation_curve", run, tmp_path)
 
 
-def test_ordering_resumes(monkeypatch, tmp_path, group):
+def _ordering_runner(tmp_path, group):
+    """``run(out, parts)``: the ordering section on two toy tasks (2 models x 2 tasks)."""
     split = _write_task(tmp_path / "t.jsonl").split
     tasks = [ph.task_items(split, n_test=8, seed=s, name=f"toy{s}") for s in (0, 1)]
     enc = make_encoder("hidden:-1", group[0].loaded.model, group[0].loaded.tokenizer)
@@ -178,7 +179,12 @@ def test_ordering_resumes(monkeypatch, tmp_path, group):
         return ordering.run(under_test=[group], tasks=tasks, out_dir=out, sizes=sizes,
                             encoder=enc, seed=3, resume_dir=parts)
 
-    _resume_check(monkeypatch, ordering, "_measure", run, tmp_path)
+    return run
+
+
+def test_ordering_resumes(monkeypatch, tmp_path, group):
+    _resume_check(monkeypatch, ordering, "_measure", _ordering_runner(tmp_path, group),
+                  tmp_path)
 
 
 def test_ordering_resumes_inside_a_part_from_its_last_finished_order(monkeypatch, tmp_path,
@@ -186,15 +192,7 @@ def test_ordering_resumes_inside_a_part_from_its_last_finished_order(monkeypatch
     """A part of the ordering section is every order of a set (over an hour of one core for
     qwen2.5-0.5b): each order is a step kept on disk, so a run killed mid-part resumes from the
     last finished order, and the section equals an uninterrupted run's."""
-    split = _write_task(tmp_path / "t.jsonl").split
-    tasks = [ph.task_items(split, n_test=8, seed=s, name=f"toy{s}") for s in (0, 1)]
-    enc = make_encoder("hidden:-1", group[0].loaded.model, group[0].loaded.tokenizer)
-    sizes = OrderingSizes(ks=(3,), n_orders=(4,), n_sets=1, n_test=6, n_trace=2)
-
-    def run(out, parts):
-        return ordering.run(under_test=[group], tasks=tasks, out_dir=out, sizes=sizes,
-                            encoder=enc, seed=3, resume_dir=parts)
-
+    run = _ordering_runner(tmp_path, group)
     real, calls = ph.predict, []
 
     def counted(*a, **kw):
