@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -491,6 +492,18 @@ def reproduce_tiny(out: str, cache: str) -> None:
               progress=False)
 
 
+def reproduce_tiny_logged(out: str, cache: str, log: str) -> None:
+    """:func:`reproduce_tiny` appending its status lines, with its pid, to ``log``."""
+    from icldistill.lab.experiments.reproduce import reproduce
+
+    def write(line: str) -> None:
+        with open(log, "a") as fh:
+            fh.write(f"{os.getpid()} {line}\n")
+
+    reproduce(out, quick=True, preset_name="tiny", only=["gd"], cache_dir=cache,
+              progress=False, log=write)
+
+
 def _no_timings(d):
     """``d`` without wall-time fields (keys ending in ``seconds``)."""
     if isinstance(d, dict):
@@ -534,6 +547,35 @@ def test_reproduce_killed_twice_then_rerun_equals_an_uninterrupted_run(env, faul
     assert (out / "report.md").is_file()
     r1.outcome = "no checkpoint looked cached; identical final sections"
     r2.outcome = f"{stored[0]} read back, not recomputed; identical final sections"
+
+
+@pytest.mark.slow
+def test_two_reproduce_runs_on_one_folder_split_the_sections(env, fault):
+    root, _, _, _, _ = env
+    row = fault.add("icldistill reproduce (tiny preset, gd: 2 trainings, 2 sections)",
+                    "two runs of the same command on one output folder at the same time",
+                    "each section computed by one process, each learner trained once (shared "
+                    "cache); the sections equal a single run's; both runs write the report")
+    base, base_cache = root / "split-base", root / "split-base-cache"
+    _ok(_run(["call", "tests.test_faults:reproduce_tiny", str(base), str(base_cache)],
+             base_cache))
+    out, cache, log = root / "split", root / "split-cache", root / "split.log"
+    args = [sys.executable, str(RUNNER), "call", "tests.test_faults:reproduce_tiny_logged",
+            str(out), str(cache), str(log)]
+    procs = [subprocess.Popen(args, env=_env(cache), cwd=ROOT, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errs
+    lines = log.read_text().splitlines()
+    computed = [ln for ln in lines if re.fullmatch(r"\d+ \[\d/2\] gd-\w+ \.\.\.", ln)]
+    trained = [ln for ln in lines if "training (or loading)" in ln]
+    assert len(computed) == 2, lines                          # gd-regression, gd-classification
+    assert _sections(out) == _sections(base)
+    assert (out / "report.md").is_file()
+    by = sorted({ln.split()[0] for ln in computed})
+    row.outcome = (f"2 sections computed once ({len(by)} process(es) computed them), "
+                   f"{len(trained)} learner load(s) for 2 learners; sections identical to a "
+                   "single run's")
 
 
 def adaptation_tiny(out: str) -> None:
