@@ -349,7 +349,6 @@ class _Run:
     log: Callable[[str], None]
     trained: dict[str, Any] = dataclasses.field(default_factory=dict)
     commands: dict[str, str] = dataclasses.field(default_factory=dict)
-    training_lines: list[str] = dataclasses.field(default_factory=list)
     line_of: dict[str, str] = dataclasses.field(default_factory=dict)
     groups: list[Any] | None = None
 
@@ -423,16 +422,14 @@ class _Run:
             self.log(f"training (or loading) the {self.preset_name} {task} model ...")
             tr = self.trained[task] = load_or_train(cfg, tcfg, cache_dir=self.cache_dir,
                                                     progress=self.progress)
-            settings_text = ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items())
-            line = (f"{task} model: {settings_text}; trained {tcfg.steps} steps in "
+            line = (f"{task} model: {_settings_text(cfg)}; trained {tcfg.steps} steps in "
                     f"{tr.seconds:.0f} s; checkpoint {inline_code(str(tr.path))}")
-            self.training_lines.append(line)
             self.line_of[task] = line
             self._record_learner(task, line, Path(tr.path))
         return self.trained[task]
 
     def header(self, cmd: str, mode: str, t0: float, resumed: list[str],
-               sections: Sequence[Section] = ()) -> list[str]:
+               sections: Sequence[Section]) -> list[str]:
         """The header lines of the report."""
         v = _versions()
         lines = [
@@ -474,7 +471,7 @@ class _Run:
         from icldistill.lab.training import checkpoint_path
 
         if not sections:
-            return list(self.training_lines)
+            return list(self.line_of.values())
         try:
             known = json.loads(self._learners_file().read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -492,10 +489,14 @@ class _Run:
             if isinstance(entry, dict) and entry.get("checkpoint") == name:
                 lines.append(str(entry.get("line", "")))
             else:
-                settings_text = ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items())
-                lines.append(f"{task} model: {settings_text}; trained {tcfg.steps} steps in an "
-                             f"earlier run (checkpoint {inline_code(name)})")
+                lines.append(f"{task} model: {_settings_text(cfg)}; trained {tcfg.steps} steps "
+                             f"in an earlier run (checkpoint {inline_code(name)})")
         return lines
+
+
+def _settings_text(cfg: Any) -> str:
+    """A learner's configuration as ``key=value, ...``."""
+    return ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items())
 
 
 def _torch_threads() -> int:
