@@ -41,3 +41,13 @@ def float32_default():
     torch.set_default_dtype(torch.float32)
     yield
     torch.set_default_dtype(previous)
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread, as a Ray worker with one CPU runs: float32 sums are ordered by the
+    thread count, so two runs agree bit for bit only under the same count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -72,7 +72,8 @@ def _recorded_keys(folder: Path) -> list[str]:
     return [json.loads(line)["key"] for line in lines if line.strip()]
 
 
-def test_ray_backend_gives_the_local_results(tmp_path, toy, ray_local, float32_default):
+def test_ray_backend_gives_the_local_results(tmp_path, toy, ray_local, float32_default,
+                                             one_thread):
     # Ray workers build the tiny model under torch's float32 default, so the local run does too
     units = _units()
     local = Harness(tmp_path / "local", progress=False, **_kwargs(tmp_path, toy)).run(units)
@@ -91,7 +92,7 @@ def test_ray_backend_gives_the_local_results(tmp_path, toy, ray_local, float32_d
 
 
 def test_a_worker_killed_mid_grid_is_retried_and_nothing_is_lost_or_doubled(
-        tmp_path, toy, ray_local, float32_default):
+        tmp_path, toy, ray_local, float32_default, one_thread):
     units = _units()
     marker = tmp_path / "died"
     got = run_ray(units, tmp_path / "ray", harness_kwargs=_kwargs(tmp_path, toy,
@@ -115,8 +116,10 @@ def test_bad_settings_are_one_line_errors(tmp_path, toy):
 
 
 def test_cli_evaluate_with_the_ray_backend_gives_the_local_results(tmp_path, ray_local,
-                                                                   float32_default, capsys,
-                                                                   monkeypatch):
+                                                                   float32_default, one_thread,
+                                                                   capsys, monkeypatch):
+    # regression: the local run used torch's default thread count and the workers one thread
+    # each, and the float32 embeddings (so mmd2_task) differed in the 7th digit on CI
     from icldistill.cli import main
 
     monkeypatch.setenv("ICLDISTILL_CACHE", str(tmp_path / "cache"))
@@ -128,7 +131,7 @@ def test_cli_evaluate_with_the_ray_backend_gives_the_local_results(tmp_path, ray
     argv = ["evaluate", "--model", str(model_dir), "--file", str(data), "--text-field",
             "sentence", "--label-field", "y", "--test-size", "20", "--selector", "random,knn",
             "--k", "2", "--seeds", "1", "--n-test", "8", "--encoder", "hidden:-1", "--quiet",
-            "--json"]
+            "--json", "--threads", "1"]
     assert main([*argv, "--out", str(tmp_path / "local")]) == 0
     local = json.loads(capsys.readouterr().out)
     assert main([*argv, "--out", str(tmp_path / "ray"), "--backend", "ray",
