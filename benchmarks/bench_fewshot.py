@@ -38,7 +38,7 @@ import torch
 
 from icldistill.artifacts.fetch import pid_alive
 from icldistill.artifacts.store import held_locks, unit_lock
-from icldistill.core.stats import paired_comparisons
+from icldistill.core.stats import majority_shares, paired_comparisons
 from icldistill.evaluation.harness import (
     Harness,
     Task,
@@ -192,12 +192,18 @@ def main(argv: list[str] | None = None) -> int:
                      f"{min(speed):.1f}x-{max(speed):.1f}x faster")
         notes.append(note + ".")
     # paired comparisons on the same test items (predictions.jsonl), vs kNN and random
-    paired = paired_comparisons(results, load_predictions(out), baselines=("knn", "random"),
+    preds = load_predictions(out)
+    paired = paired_comparisons(results, preds, baselines=("knn", "random"),
                                 n_boot=2000, n_perm=10_000, seed=0)
+    paired_f1 = paired_comparisons(results, preds, baselines=("knn", "random"), n_boot=2000,
+                                   seed=0, metric="macro_f1")
     notes.append("Paired comparisons: 2000 bootstrap resamples, 10000 random sign vectors for "
                  "the Monte Carlo p-values (seed 0; the smallest such p is 1/10001); records "
-                 "in `paired.json`.")
+                 "in `paired.json` (accuracy) and `paired_macro_f1.json` (macro-F1, 2000 paired "
+                 "bootstrap resamples, seed 0).")
     rep = write_comparison_report(results, out, commands=cmds, notes=notes, paired=paired,
+                                  paired_macro_f1=paired_f1,
+                                  majority=majority_shares(results, preds),
                                  title="Demonstration selection: few-shot accuracy" + (
                                      "" if n_done == len(grid) else
                                      f" (incomplete: {n_done} of {len(grid)} units)"))

@@ -84,6 +84,10 @@ def test_evaluate_then_rerun_resumes_and_compare_writes_a_report(setup, capsys, 
         ("mmd@hidden:-1", "knn@hidden:-1"), ("mmd@hidden:-1", "random@hidden:-1")}
     assert all({"diff", "ci_low", "ci_high", "p", "p_holm", "n"} <= set(r) for r in paired)
     assert all(r["n"] == 8 and r["task"] == "toy" for r in paired)
+    f1 = json.loads((rep / "paired_macro_f1.json").read_text())
+    assert {(r["selector"], r["baseline"], r["metric"]) for r in f1} == {
+        (r["selector"], r["baseline"], "macro_f1") for r in paired}
+    assert "## Paired comparisons in macro-F1" in md and "most frequent label" in md
     assert (rep / "report.html").exists()
     assert len(list((rep / "figures").glob("*.png"))) == 2
 

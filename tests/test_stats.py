@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from fractions import Fraction
@@ -409,3 +410,178 @@ def test_report_leads_with_the_paired_section_and_writes_paired_json(tmp_path):
     plain = write_comparison_report(results, tmp_path / "plain")
     assert "Paired comparisons" not in plain.markdown.read_text()
     assert plain.paired_json is None
+
+
+# ------------------------------------------------------------------------------ macro-F1
+
+
+def _f1_by_loops(truth, pred):
+    """Macro-F1 by counting, label by label, over the labels that are true or predicted."""
+    f1s = []
+    for lab in sorted(set(truth) | set(pred)):
+        tp = sum(t == lab and p == lab for t, p in zip(truth, pred, strict=True))
+        fp = sum(t != lab and p == lab for t, p in zip(truth, pred, strict=True))
+        fn = sum(t == lab and p != lab for t, p in zip(truth, pred, strict=True))
+        f1s.append(2 * tp / (2 * tp + fp + fn))
+    return sum(f1s) / len(f1s)
+
+
+def _f1_grid(rng, n=24, labels=("x", "y", "z")):
+    """Two tasks; knn and mmd single runs, random with two seeds; predictions drawn at random."""
+    units = []
+    for task in ("a", "b"):
+        truth = [str(v) for v in rng.choice(labels, n, p=[0.7, 0.2, 0.1])]
+        for sel, seeds in (("knn", (0,)), ("mmd", (0,)), ("random", (0, 1))):
+            for seed in seeds:
+                pred = [t if rng.random() < 0.6 else str(rng.choice(labels)) for t in truth]
+                spec = UnitSpec("m", task, sel, 4, seed)
+                m = MetricResult(0.5, 0.4, 0.6, 0.95)
+                res = UnitResult(spec, f"{task}-{sel}-{seed}", m, m, n, 0.1, 0.1, True, 0.01,
+                                 1.0, 10, 100, {})
+                units.append((res, (pred, truth)))
+    return [u for u, _ in units], {u.key: p for u, p in units}
+
+
+@given(st.integers(0, 2**31 - 1))
+def test_paired_macro_f1_equals_a_brute_force_bootstrap(seed):
+    from math import erfc, sqrt
+
+    rng = np.random.default_rng(seed)
+    results, preds = _f1_grid(rng)
+    n_boot = 60
+    cs = paired_comparisons(results, preds, baselines=("knn",), n_boot=n_boot, seed=3,
+                            metric="macro_f1")
+    by = {(c.task, c.selector): c for c in cs}
+    units = {}
+    for r in results:
+        units.setdefault((r.spec.task, r.spec.selector), []).append(preds[r.key])
+
+    def value(task, sel, idx):
+        return np.mean([_f1_by_loops([t[i] for i in idx], [p[i] for i in idx])
+                        for p, t in units[(task, sel)]])
+
+    n = 24
+    for sel in ("mmd", "random"):
+        draws_by_task = {}
+        for task in ("a", "b"):
+            c = by[(task, sel)]
+            assert c.metric == "macro_f1" and c.n == n
+            whole = range(n)
+            assert c.diff == pytest.approx(value(task, sel, whole) - value(task, "knn", whole),
+                                           abs=1e-12)
+            idx = np.random.default_rng(3).integers(0, n, size=(n_boot, n))
+            draws = np.array([value(task, sel, r) - value(task, "knn", r) for r in idx])
+            low, high = np.quantile(draws, [0.025, 0.975])
+            assert (c.ci_low, c.ci_high) == pytest.approx((low, high), abs=1e-12)
+            se = draws.std(ddof=1)
+            assert c.p == pytest.approx(erfc(abs(c.diff) / (se * sqrt(2))), rel=1e-9)
+        # the mean over tasks: the two tasks resampled one after the other from one generator
+        g = np.random.default_rng(3)
+        for task in ("a", "b"):
+            idx = g.integers(0, n, size=(n_boot, n))
+            draws_by_task[task] = np.array([value(task, sel, r) - value(task, "knn", r)
+                                            for r in idx])
+        mean = by[("mean", sel)]
+        draws = (draws_by_task["a"] + draws_by_task["b"]) / 2
+        assert mean.diff == pytest.approx((by[("a", sel)].diff + by[("b", sel)].diff) / 2)
+        assert (mean.ci_low, mean.ci_high) == pytest.approx(
+            tuple(np.quantile(draws, [0.025, 0.975])), abs=1e-12)
+        assert (mean.n, mean.n_tasks) == (2 * n, 2)
+
+
+def test_paired_macro_f1_is_the_units_recorded_macro_f1_and_mirrors():
+    from icldistill.evaluation.scoring import classification_metrics
+
+    results, preds = _f1_grid(np.random.default_rng(7))
+    cs = paired_comparisons(results, preds, n_boot=100, seed=0, metric="macro_f1")
+    rec = {}
+    for r in results:      # what the harness records per unit (labels = the task's names)
+        pred, truth = preds[r.key]
+        m = classification_metrics(truth, pred, labels=["x", "y", "z"], n_boot=10)
+        rec.setdefault((r.spec.task, r.spec.selector), []).append(m.macro_f1.value)
+    by = {(c.task, c.selector, c.baseline): c for c in cs}
+    for task in ("a", "b"):
+        c = by[(task, "mmd", "knn")]
+        assert c.diff == pytest.approx(rec[(task, "mmd")][0] - rec[(task, "knn")][0], abs=1e-15)
+        c = by[(task, "random", "knn")]
+        assert c.diff == pytest.approx(np.mean(rec[(task, "random")]) - rec[(task, "knn")][0],
+                                       abs=1e-15)
+        x, y = by[(task, "knn", "random")], by[(task, "random", "knn")]
+        assert x.diff == -y.diff and (x.p, x.p_holm) == (y.p, y.p_holm)
+        assert (x.ci_low, x.ci_high) == (-y.ci_high, -y.ci_low)
+    hyps = {(c.task, *sorted((c.selector, c.baseline))): c for c in cs}
+    for c, a in zip(hyps.values(), holm([c.p for c in hyps.values()]), strict=True):
+        assert c.p_holm == pytest.approx(a)
+    # the accuracy comparisons are unchanged by the option, and say what they compare
+    acc = paired_comparisons(results, preds, n_boot=100, n_perm=100, seed=0)
+    assert {c.metric for c in acc} == {"accuracy"}
+    with pytest.raises(InputError, match="unknown metric 'f2'"):
+        paired_comparisons(results, preds, metric="f2")
+
+
+def test_paired_macro_f1_identical_selectors_and_null_calibration():
+    # a selector against a copy of itself: no difference, p = 1
+    results, preds = _f1_grid(np.random.default_rng(1))
+    twin = []
+    for r in results:
+        if r.spec.selector == "knn":
+            twin.append(dataclasses.replace(r, spec=UnitSpec("m", r.spec.task, "copy", 4, 0),
+                                            key=r.key + "-copy"))
+            preds[r.key + "-copy"] = preds[r.key]
+    cs = paired_comparisons(results + twin, preds, baselines=("knn",), n_boot=50,
+                            metric="macro_f1")
+    for c in cs:
+        if c.selector == "copy":
+            assert (c.diff, c.ci_low, c.ci_high, c.p) == (0.0, 0.0, 0.0, 1.0)
+    # under exchangeable selectors the test rejects at about its level
+    rng = np.random.default_rng(11)
+    labels = np.array(["x", "y", "z"])
+    rejected, trials = 0, 300
+    for _ in range(trials):
+        truth = rng.choice(labels, 80, p=[0.6, 0.3, 0.1])
+        units = []
+        for sel in ("knn", "mmd"):
+            keep = rng.random(80) < 0.55
+            pred = np.where(keep, truth, rng.choice(labels, 80))
+            spec = UnitSpec("m", "t", sel, 4, 0)
+            m = MetricResult(0.5, 0.4, 0.6, 0.95)
+            units.append((UnitResult(spec, sel, m, m, 80, 0.1, 0.1, True, 0.01, 1.0, 10, 100,
+                                     {}), (list(pred), list(truth))))
+        (c,) = paired_comparisons([u for u, _ in units], {u.key: p for u, p in units},
+                                  baselines=("knn",), n_boot=200, metric="macro_f1")
+        rejected += c.p < 0.05
+    assert 0.02 <= rejected / trials <= 0.09
+
+
+def test_report_adds_the_macro_f1_section_and_the_majority_shares(tmp_path):
+    results, preds = _f1_grid(np.random.default_rng(5))
+    acc = paired_comparisons(results, preds, n_boot=100, n_perm=100)
+    f1 = paired_comparisons(results, preds, n_boot=100, metric="macro_f1")
+    rep = write_comparison_report(results, tmp_path, paired=acc, paired_macro_f1=f1,
+                                  majority={"a": 0.8, "b": 0.5})
+    md = rep.markdown.read_text()
+    heads = [ln for ln in md.splitlines() if ln.startswith("## ")]
+    assert heads[:3] == ["## Paired comparisons", "## Paired comparisons in macro-F1",
+                         "## Overview"]
+    assert "### m k=4, macro-F1: mean over tasks" in md
+    assert "#### m k=4, macro-F1: per task, diff vs knn" in md
+    assert "a 0.800, b 0.500. On a (share ≥ 0.75) accuracy mostly counts the majority label; " \
+           "read it in macro-F1." in md
+    recs = json.loads(rep.paired_macro_f1_json.read_text())
+    assert [PairedComparison(**r) for r in recs] == f1
+    assert {r["metric"] for r in json.loads(rep.paired_json.read_text())} == {"accuracy"}
+    with pytest.raises(ValueError, match="metric 'macro_f1'"):
+        write_comparison_report(results, tmp_path / "x", paired_macro_f1=acc)
+
+
+def test_majority_shares_use_each_tasks_longest_truth():
+    from icldistill.core.stats import majority_shares
+
+    results, preds = _fake_grid()
+    assert majority_shares(results, preds) == {"a": 0.5, "b": 0.5}
+    key = next(r.key for r in results if r.spec.task == "a")
+    longer = dict(preds)
+    longer[key] = (["x"] * 12, ["x"] * 11 + ["y"])         # 12 items: 11 of them "x"
+    assert majority_shares(results, longer)["a"] == pytest.approx(11 / 12)
+    assert majority_shares(results, {}) == {}
+    assert majority_shares(results, {key: {"pred": ["y"], "truth": ["y"]}}) == {"a": 1.0}

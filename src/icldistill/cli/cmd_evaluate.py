@@ -124,7 +124,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from icldistill.core.stats import paired_comparisons
+    from icldistill.core.stats import majority_shares, paired_comparisons
     from icldistill.evaluation.harness import load_predictions, load_results, unit_grid
     from icldistill.reporting.reports import write_comparison_report
     from icldistill.selection.registry import SELECTORS
@@ -143,10 +143,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     # baselines: knn and random as run in this grid (their labels carry a non-default encoder)
     bases = sorted({r.spec.label for r in results
                     if r.spec.selector in ("knn", "random") and not r.spec.params})
-    paired = paired_comparisons(results, {k: v for k, v in preds.items() if k in keys},
-                                baselines=bases)
+    mine = {k: v for k, v in preds.items() if k in keys}
+    paired = paired_comparisons(results, mine, baselines=bases)
+    paired_f1 = paired_comparisons(results, mine, baselines=bases, metric="macro_f1")
     rep = write_comparison_report(results, args.out, commands=[command_line(args)],
-                                  paired=paired)
+                                  paired=paired, paired_macro_f1=paired_f1,
+                                  majority=majority_shares(results, mine))
     for tag in rep.mmd_family_best:        # every (model, k) with a complete grid, in order
         if tag in rep.ties:
             print(f"{tag}: tie between {', '.join(rep.ties[tag])} for the best mean accuracy")

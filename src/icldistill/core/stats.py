@@ -16,7 +16,7 @@ both selectors, which dominates the variance of two independent accuracies.
 - :func:`holm` — Holm-Bonferroni adjusted p-values;
 - :func:`paired_comparisons` — all of it on harness results: every selector against baselines
   (kNN and random by default), per task and averaged over tasks, Holm-corrected per
-  ``(model, k)``.
+  ``(model, k)``; on accuracy (the tests above) or on macro-F1 (paired bootstrap).
 
 Only numpy is used (no scipy): binomial tails are summed exactly with integer arithmetic.
 """
@@ -30,13 +30,16 @@ from typing import Any
 
 import numpy as np
 
+from icldistill.core.metrics import bootstrap_values
 from icldistill.core.results import Result
 from icldistill.core.validation import InputError, check_int
 
 __all__ = [
+    "PAIRED_METRICS",
     "MeanCI",
     "PairedComparison",
     "holm",
+    "majority_shares",
     "mcnemar_exact",
     "paired_bootstrap_ci",
     "paired_comparisons",
@@ -414,10 +417,10 @@ class PairedComparison:
     task : str
         Task name, or ``"mean"`` for the unweighted mean over tasks.
     selector, baseline : str
-        Selector labels; ``diff > 0`` means the selector is more accurate.
+        Selector labels; ``diff > 0`` means the selector scores higher on ``metric``.
     diff : float
-        Mean per-item accuracy difference, selector minus baseline (for ``"mean"``: mean over
-        tasks of the per-task differences).
+        ``metric`` of the selector minus the baseline's (accuracy: the mean per-item
+        difference; for ``"mean"``: mean over tasks of the per-task differences).
     ci_low, ci_high : float
         Percentile-bootstrap interval of ``diff`` at ``level``.
     p : float
@@ -433,6 +436,8 @@ class PairedComparison:
     note : str
         Anything to know about the comparison (e.g. it was restricted to the common leading
         items because the units scored different numbers of items); empty otherwise.
+    metric : str
+        What is compared: ``"accuracy"`` or ``"macro_f1"`` (:data:`PAIRED_METRICS`).
     """
 
     model: str
@@ -449,6 +454,7 @@ class PairedComparison:
     n_tasks: int
     level: float = 0.95
     note: str = ""
+    metric: str = "accuracy"
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a plain JSON-ready dict."""
@@ -457,11 +463,13 @@ class PairedComparison:
 
 @dataclass(frozen=True)
 class _Correct:
-    """Per-item correctness of one selector on one task, averaged over its units."""
+    """Per-item correctness of one selector on one task, averaged over its units, and the
+    units' predictions (for metrics that are not item means, such as macro-F1)."""
 
     values: np.ndarray          # [n] in [0, 1]
     truth: tuple[str, ...]      # [n]
     note: str
+    preds: tuple[np.ndarray, ...] = ()     # per unit [n], object
 
 
 def _correctness(results: Sequence[Any], predictions: Mapping[str, Any]
@@ -490,12 +498,14 @@ def _correctness(results: Sequence[Any], predictions: Mapping[str, Any]
         if any(tuple(t[:n]) != truth for _, t in rows):
             raise InputError(f"task {task!r}: the units of {label} ({model}, k={k}) scored "
                              "different test items (their truth labels differ)")
-        corr = np.mean([np.asarray(p[:n], dtype=object) == np.asarray(truth, dtype=object)
-                        for p, _ in rows], axis=0).astype(np.float64)
+        preds = tuple(np.asarray(p[:n], dtype=object) for p, _ in rows)
+        corr = np.mean([p == np.asarray(truth, dtype=object) for p in preds],
+                       axis=0).astype(np.float64)
         note = ""
         if len({len(t) for _, t in rows}) > 1:
             note = f"{label}'s units scored different numbers of items; first {n} used"
-        out.setdefault((model, k), {}).setdefault(task, {})[label] = _Correct(corr, truth, note)
+        out.setdefault((model, k), {}).setdefault(task, {})[label] = _Correct(corr, truth, note,
+                                                                              preds)
     return out
 
 
@@ -512,7 +522,84 @@ def _pair(task: str, a: str, ca: _Correct, b: str, cb: _Correct) -> tuple[np.nda
     return ca.values[:n] - cb.values[:n], "; ".join(notes)
 
 
-# long: 46 lines of NumPy docstring; the code is 56
+def majority_shares(results: Sequence[Any], predictions: Mapping[str, Any]) -> dict[str, float]:
+    """Per task, the share of its scored test items that carry the most frequent true label.
+
+    This is the accuracy of always answering that label: where it is high, accuracy mostly
+    counts the majority label and macro-F1 (``paired_comparisons(..., metric="macro_f1")``)
+    separates selectors better.
+
+    Parameters
+    ----------
+    results : sequence of harness ``UnitResult``
+        Only ``key`` and ``spec.task`` are read.
+    predictions : mapping unit key -> ``(pred, truth)``
+        As for :func:`paired_comparisons`; per task the longest truth record is used.
+
+    Returns
+    -------
+    dict
+        Task -> share in ``(0, 1]``, for every task with a prediction record.
+    """
+    truth: dict[str, list[str]] = {}
+    for r in results:
+        rec = predictions.get(r.key)
+        if rec is None:
+            continue
+        t = rec["truth"] if isinstance(rec, Mapping) else rec[1]
+        if len(t) > len(truth.get(str(r.spec.task), [])):
+            truth[str(r.spec.task)] = [str(x) for x in t]
+    out = {}
+    for task, t in sorted(truth.items()):
+        _, counts = np.unique(np.asarray(t, dtype=object).astype(str), return_counts=True)
+        out[task] = float(counts.max() / len(t))
+    return out
+
+
+#: Metrics :func:`paired_comparisons` compares selectors on.
+PAIRED_METRICS = ("accuracy", "macro_f1")
+
+
+def _macro_f1_rows(preds: Sequence[np.ndarray], truth: np.ndarray, labels: list[str],
+                   idx: np.ndarray) -> np.ndarray:
+    """``[rows]``: the mean over a selector's units of the macro-F1 of each row of ``idx``
+    ``[rows, n]`` (item indices)."""
+    return np.mean([bootstrap_values(truth, p, idx, "macro_f1", labels) for p in preds],
+                   axis=0)
+
+
+def _macro_f1_diff(ca: _Correct, cb: _Correct, n: int, rng: np.random.Generator,
+                   n_boot: int) -> tuple[float, np.ndarray]:
+    """Macro-F1 of ``ca`` minus ``cb`` on their first ``n`` items, and ``[n_boot]`` paired
+    bootstrap draws of it (the same resampled items on both sides)."""
+    truth = np.asarray(ca.truth[:n], dtype=object)
+    pa = [q[:n] for q in ca.preds]
+    pb = [q[:n] for q in cb.preds]
+    # labels of the truth or of any prediction; the others have no F1 (macro_f1 skips them)
+    labels = sorted({*truth.tolist(), *(x for q in (*pa, *pb) for x in q.tolist())}, key=str)
+    whole = np.arange(n)[None, :]
+    d = float((_macro_f1_rows(pa, truth, labels, whole)
+               - _macro_f1_rows(pb, truth, labels, whole))[0])
+    draws = np.empty(n_boot)
+    step = max(1, _BLOCK // n)
+    for start in range(0, n_boot, step):
+        rows = min(step, n_boot - start)
+        idx = rng.integers(0, n, size=(rows, n))
+        draws[start:start + rows] = (_macro_f1_rows(pa, truth, labels, idx)
+                                     - _macro_f1_rows(pb, truth, labels, idx))
+    return d, draws
+
+
+def _bootstrap_z_p(d: float, draws: np.ndarray) -> float:
+    """Two-sided p of ``d = 0`` from the bootstrap standard error: ``erfc(|d| / (se sqrt 2))``
+    (1 when there is no variation and no difference)."""
+    se = float(np.std(draws, ddof=1)) if draws.size > 1 else 0.0
+    if se <= 0.0:
+        return 1.0 if abs(d) <= 1e-12 else 0.0
+    return float(math.erfc(abs(d) / (se * math.sqrt(2.0))))
+
+
+# long: 58 lines of NumPy docstring; the code is 75
 def paired_comparisons(
     results: Sequence[Any],
     predictions: Mapping[str, Any],
@@ -522,6 +609,7 @@ def paired_comparisons(
     n_perm: int = 10_000,
     seed: int = 0,
     level: float = 0.95,
+    metric: str = "accuracy",
 ) -> list[PairedComparison]:
     """Every selector against each baseline, paired over the test items, per task and on the
     mean over tasks, with Holm-adjusted p-values.
@@ -537,6 +625,15 @@ def paired_comparisons(
     - ``task = "mean"``: the unweighted mean over the tasks where both exist (at least 2) of
       the per-task differences, :func:`stratified_bootstrap_ci` and
       :func:`stratified_sign_flip_test`.
+
+    ``metric="macro_f1"`` compares macro-F1 instead (the unweighted mean of per-label F1, which
+    accuracy hides on a test set dominated by one label): a selector's macro-F1 is the mean over
+    its units of each unit's macro-F1 (over the labels that are true or predicted, as
+    :func:`icldistill.core.metrics.macro_f1` with the task's label names). Macro-F1 is not a
+    mean over items, so ``diff`` has no per-item terms to sign-flip: the interval is a paired
+    percentile bootstrap (the same resampled items for both sides; within each task for the
+    mean over tasks) and ``p`` the two-sided normal p-value of ``diff`` over the bootstrap
+    standard error, ``erfc(|diff| / (se sqrt 2))``. ``n_perm`` is then unused.
 
     Holm family: all hypotheses of one ``(model, k)`` — every per-task and every mean row, of
     every selector and every baseline — are adjusted together with :func:`holm`. A comparison
@@ -563,12 +660,16 @@ def paired_comparisons(
         Seed of every bootstrap and Monte Carlo draw (the result is deterministic).
     level : float
         Confidence level of the intervals.
+    metric : {"accuracy", "macro_f1"}
+        What is compared (:data:`PAIRED_METRICS`).
 
     Returns
     -------
     list of PairedComparison
         Ordered by model, k, baseline (as given), selector label, task (``"mean"`` last).
     """
+    if metric not in PAIRED_METRICS:
+        raise InputError(f"unknown metric {metric!r}; choose one of {', '.join(PAIRED_METRICS)}")
     level = _check_level(level)
     n_boot = check_int(n_boot, "n_boot")
     n_perm = check_int(n_perm, "n_perm")
@@ -592,15 +693,33 @@ def paired_comparisons(
                 ds.append(d)
                 if note:
                     notes.append(f"{t}: {note}")
-                if (t, a, b) not in hyp:
+                if (t, a, b) in hyp:
+                    continue
+                if metric == "accuracy":
                     ci = paired_bootstrap_ci(d, n_boot=n_boot, level=level, seed=seed)
                     p = sign_flip_test(d, n_perm=n_perm, seed=seed)
                     hyp[(t, a, b)] = (ci.value, ci.low, ci.high, p, ci.n, 1, note)
-            if len(both) >= 2 and ("mean", a, b) not in hyp:
+                else:
+                    value, draws = _macro_f1_diff(by_task[t][a], by_task[t][b], d.size,
+                                                  np.random.default_rng(seed), n_boot)
+                    hyp[(t, a, b)] = (value, *_percentiles(draws, level),
+                                      _bootstrap_z_p(value, draws), d.size, 1, note)
+            if len(both) < 2 or ("mean", a, b) in hyp:
+                continue
+            if metric == "accuracy":
                 ci = stratified_bootstrap_ci(ds, n_boot=n_boot, level=level, seed=seed)
                 p = stratified_sign_flip_test(ds, n_perm=n_perm, seed=seed)
                 hyp[("mean", a, b)] = (ci.value, ci.low, ci.high, p, ci.n, len(both),
                                        "; ".join(notes))
+            else:
+                rng = np.random.default_rng(seed)
+                parts = [_macro_f1_diff(by_task[t][a], by_task[t][b], d.size, rng, n_boot)
+                         for t, d in zip(both, ds, strict=True)]
+                value = float(np.mean([v for v, _ in parts]))
+                draws = np.mean([w for _, w in parts], axis=0)
+                hyp[("mean", a, b)] = (value, *_percentiles(draws, level),
+                                       _bootstrap_z_p(value, draws),
+                                       sum(d.size for d in ds), len(both), "; ".join(notes))
         keys = list(hyp)
         adjusted = dict(zip(keys, holm([hyp[h][3] for h in keys]).tolist(), strict=True))
         for sel, base in wanted:
@@ -613,5 +732,5 @@ def paired_comparisons(
                     diff, low, high = -diff, -high, -low
                 out.append(PairedComparison(model, k, t, sel, base, float(diff), float(low),
                                             float(high), float(p), float(adjusted[(t, a, b)]),
-                                            int(n), int(n_tasks), level, note))
+                                            int(n), int(n_tasks), level, note, metric))
     return out

@@ -8,7 +8,7 @@ interrupted run never leaves a half-written file behind.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -359,6 +359,8 @@ class ComparisonReport:
     ties : dict ``"model k=K"`` -> the selectors that share the best mean accuracy over tasks
         (two or more, equal at the report's precision of three decimals); no winner is
         declared for these groups.
+    paired_macro_f1_json : Path or None
+        ``paired_macro_f1.json`` (the paired macro-F1 comparisons) when they were given.
     """
 
     markdown: Path
@@ -372,6 +374,7 @@ class ComparisonReport:
     collapsed: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
     paired_json: Path | None = None
     ties: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    paired_macro_f1_json: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON types (paths as strings, tuples as lists, non-finite numbers as
@@ -408,6 +411,8 @@ def write_comparison_report(
     commands: Sequence[str] = (),
     notes: Sequence[str] = (),
     paired: Sequence[PairedComparison] | None = None,
+    paired_macro_f1: Sequence[PairedComparison] | None = None,
+    majority: Mapping[str, float] | None = None,
 ) -> ComparisonReport:
     """Markdown + HTML report of a selector comparison (harness :class:`UnitResult` objects).
 
@@ -415,7 +420,11 @@ def write_comparison_report(
     paired comparisons — per model and ``k``, the mean-over-tasks difference of every selector
     to each baseline with its CI, p-value, Holm-adjusted p-value and verdict, then the per-task
     differences — and writes them to ``paired.json`` (one ``PairedComparison.to_dict()``
-    record each).
+    record each). ``paired_macro_f1`` (the same with ``metric="macro_f1"``) adds the section
+    "Paired comparisons in macro-F1" right after it and ``paired_macro_f1.json``; ``majority``
+    (task -> share of its test items that carry the most frequent label, the accuracy of always
+    answering that label) is shown there, and the tasks where it is at least
+    :data:`MAJORITY_SHARE` are named as those where accuracy mostly counts the majority label.
 
     Tables: accuracy (mean over seeds and orderings, 95% bootstrap CI of single runs in the
     detail table) per task and selector for every model and ``k``, the mean over tasks, the
@@ -445,17 +454,26 @@ def write_comparison_report(
             overview.append(row)
     if overview:
         sections.insert(0, Section("Overview", (Table(_OVERVIEW_COLUMNS, overview),)))
-    paired_json = None
+    paired_json = f1_json = None
+    lead: list[Section] = []
     if paired is not None:
         paired = list(paired)
         paired_json = write_json(out / "paired.json", [c.to_dict() for c in paired])
-        sections.insert(0, _paired_section(paired))
+        lead.append(_paired_section(paired))
+    if paired_macro_f1 is not None:
+        paired_macro_f1 = list(paired_macro_f1)
+        if any(c.metric != "macro_f1" for c in paired_macro_f1):
+            raise ValueError("paired_macro_f1: expected comparisons with metric 'macro_f1'")
+        f1_json = write_json(out / "paired_macro_f1.json",
+                             [c.to_dict() for c in paired_macro_f1])
+        lead.append(_paired_section(paired_macro_f1, majority=majority))
+    sections[:0] = lead
     sections.append(Section("Every evaluated unit", (_detail_table(results),)))
     md_path, html_path = write_report(Report(title, sections, notes=tuple(notes),
                                              commands=tuple(commands)), out)
     return ComparisonReport(md_path, html_path, figures, acc_.summaries, acc_.best,
                             acc_.fam_best, acc_.beats, acc_.rho, acc_.collapsed, paired_json,
-                            acc_.ties)
+                            acc_.ties, f1_json)
 
 
 #: Columns of the comparison report's overview table (one row per model and ``k``).
@@ -659,6 +677,9 @@ def _detail_table(results: Sequence[Any]) -> Any:
 
 #: Holm-adjusted p-value below which a paired comparison is called a difference.
 PAIRED_ALPHA = 0.05
+#: Majority-label share of a task's test items from which the comparison report reads the task in
+#: macro-F1 rather than accuracy.
+MAJORITY_SHARE = 0.75
 
 
 def _fmt_p(p: float) -> str:
@@ -676,27 +697,54 @@ def _verdict(c: PairedComparison) -> str:
     return "no significant difference"
 
 
-def _paired_section(paired: Sequence[PairedComparison]) -> Any:
-    """The "Paired comparisons" section (a :class:`icldistill.reporting.Section`)."""
+def _paired_section(paired: Sequence[PairedComparison], *,
+                    majority: Mapping[str, float] | None = None) -> Any:
+    """The "Paired comparisons" section (a :class:`icldistill.reporting.Section`), or "Paired
+    comparisons in macro-F1" for ``metric="macro_f1"`` records."""
     from icldistill.reporting.document import BulletList, Paragraph, Section, Table, plain
 
-    title = "Paired comparisons"
+    f1 = bool(paired) and paired[0].metric == "macro_f1"
+    title = "Paired comparisons in macro-F1" if f1 else "Paired comparisons"
     if not paired:
         return Section(title, (Paragraph("No paired comparisons: no per-item predictions were "
                                          "recorded."),))
     level = paired[0].level
-    intro = (
-        "Every selector scored the same test items as its baseline, so they are compared "
-        "paired: diff = accuracy of the selector minus the baseline's, in points, on the same "
-        "items (a randomised selector's correctness is averaged over its seeds per item). "
-        f"{level:.0%} CI: percentile bootstrap over items (within each task for the mean over "
-        "tasks). p: exact McNemar test when both are single runs, else a sign-flip test "
-        "(exact up to 20 discordant items, Monte Carlo beyond); for the mean over tasks a "
-        "sign-flip test within tasks. Holm p: Holm-Bonferroni over the family of one model "
-        "and k — every per-task and every mean-over-tasks comparison against every baseline "
-        "(a pair and its mirror, e.g. random vs knn and knn vs random, count once). Verdict: "
-        f"better / worse when Holm p < {PAIRED_ALPHA}, else no significant difference.")
+    holm_text = (
+        "Holm p: Holm-Bonferroni over the family of one model and k — every per-task and every "
+        "mean-over-tasks comparison against every baseline (a pair and its mirror, e.g. random "
+        "vs knn and knn vs random, count once). Verdict: better / worse when Holm p < "
+        f"{PAIRED_ALPHA}, else no significant difference.")
+    if f1:
+        intro = (
+            "Accuracy counts the majority label; macro-F1 (the unweighted mean of per-label "
+            "F1) counts every label equally, so it separates selectors where one label "
+            "dominates the test items. diff = macro-F1 of the selector minus the baseline's, "
+            "in points, on the same items (a randomised selector's macro-F1 is the mean of its "
+            f"seeds'). {level:.0%} CI: paired percentile bootstrap (the same resampled items on "
+            "both sides; within each task for the mean over tasks). p: two-sided normal "
+            "p-value of diff over its bootstrap standard error (macro-F1 is not a mean over "
+            "items, so there is no per-item sign to flip). " + holm_text)
+    else:
+        intro = (
+            "Every selector scored the same test items as its baseline, so they are compared "
+            "paired: diff = accuracy of the selector minus the baseline's, in points, on the "
+            "same items (a randomised selector's correctness is averaged over its seeds per "
+            f"item). {level:.0%} CI: percentile bootstrap over items (within each task for the "
+            "mean over tasks). p: exact McNemar test when both are single runs, else a "
+            "sign-flip test (exact up to 20 discordant items, Monte Carlo beyond); for the mean "
+            "over tasks a sign-flip test within tasks. " + holm_text)
     blocks: list[Any] = [Paragraph(intro)]
+    if majority:
+        heavy = [t for t in sorted(majority) if majority[t] >= MAJORITY_SHARE]
+        blocks.append(Paragraph(
+            "Share of each task's test items that carry its most frequent label (the accuracy "
+            "of always answering it): "
+            + ", ".join(f"{plain(t)} {majority[t]:.3f}" for t in sorted(majority)) + ". "
+            + (f"On {', '.join(plain(t) for t in heavy)} (share ≥ {MAJORITY_SHARE}) accuracy "
+               "mostly counts the majority label; read "
+               + ("it" if len(heavy) == 1 else "them") + " in macro-F1."
+               if heavy else f"No task's majority share reaches {MAJORITY_SHARE}.")))
+    what = ", macro-F1" if f1 else ""
     groups: dict[tuple[str, int], list[PairedComparison]] = {}
     for c in paired:
         groups.setdefault((c.model, c.k), []).append(c)
@@ -723,10 +771,11 @@ def _paired_section(paired: Sequence[PairedComparison]) -> Any:
             sels = sorted({c.selector for c in mine}, key=_selector_rank)
             cols = [*tasks, "mean"]
             prow = [[plain(s), *[cell.get((s, t), "–") for t in cols]] for s in sels]
-            sub.append(Section(f"{tag}: per task, diff vs {base} (points; * = Holm p < "
+            sub.append(Section(f"{tag}{what}: per task, diff vs {base} (points; * = Holm p < "
                                f"{PAIRED_ALPHA})",
                                (Table(["selector", *(plain(t) for t in cols)], prow),)))
-        blocks.append(Section(f"{tag}: mean over tasks (Holm family of {family} comparisons)",
+        blocks.append(Section(f"{tag}{what}: mean over tasks (Holm family of {family} "
+                              "comparisons)",
                               sub))
         notes += [f"{plain(tag)}, {plain(c.selector)} vs {plain(c.baseline)}, {plain(c.task)}: "
                   f"{c.note}" for c in cs if c.note]
