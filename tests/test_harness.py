@@ -345,3 +345,33 @@ def test_mmd2_query_is_the_mean_of_per_query_mmd2_brute_force(tmp_path, toy):
     per = [(kern(s, s).mean() - 2 * kern(s, test[i : i + 1]).mean() + 1.0).item()
            for i in test_idx]
     assert shared_q == pytest.approx(float(np.mean(per)), rel=1e-9)
+
+
+def test_model_space_encoders_encode_only_the_scored_test_items(tmp_path, toy, monkeypatch):
+    """A hidden/kv representation is a forward pass per text: a unit encodes its n_test test
+    items, not the whole test split (r8: 300 of 2,172), with the same values up to rounding."""
+    from icldistill.encoders import representations as reps
+
+    seen = []
+    real = reps.encode_cached
+
+    def spy(enc, texts, *args, **kwargs):
+        seen.append((enc.name, len(texts)))
+        return real(enc, texts, *args, **kwargs)
+
+    monkeypatch.setattr(reps, "encode_cached", spy)
+    h = _harness(tmp_path, toy)
+    n_pool, n_split = len(toy.split.train), len(toy.split.test)
+    assert n_split > 6
+    h.run_unit(UnitSpec("tiny", "toy", "knn", k=2, encoder="hidden:-1", n_test=6))
+    # pool, the 6 scored test items (selection); the whole split only for the task-MMD
+    # reference, which is hidden:-1 in this harness
+    assert sorted(n for _, n in seen) == sorted([n_pool, 6, n_split])
+    seen.clear()
+    h.run_unit(UnitSpec("tiny", "toy", "mmr", k=2, encoder="hidden:-1", n_test=6))
+    assert seen == []                                  # everything reused
+    part = h.embeddings(toy, "test", "hidden:-1", "tiny", n=6)
+    full = h.embeddings(toy, "test", "hidden:-1", "tiny")
+    assert part.shape == (6, full.shape[1])
+    np.testing.assert_allclose(part, full[:6], rtol=1e-4, atol=1e-5)
+    assert h.embeddings(toy, "test", "hidden:-1", "tiny", n=0).shape == (0, full.shape[1])

@@ -567,19 +567,28 @@ class Harness:
         return self._encoders[key]
 
     def embeddings(self, task: Task, part: str, spec: str, model_name: str,
-                   dtype: str = "float32") -> np.ndarray:
-        """Representations ``[n, d]`` of the pool (``part="train"``) or the test inputs."""
+                   dtype: str = "float32", *, n: int | None = None) -> np.ndarray:
+        """Representations ``[n, d]`` of the pool (``part="train"``) or the test inputs.
+
+        ``n`` asks for the first ``n`` items only (a unit's scored test items). A model-space
+        encoder (``hidden:``/``kv:``, a forward pass of the reading model per text) then encodes
+        just those: on r8, 300 of the 2,172 test texts. MiniLM encodes the whole part whatever
+        ``n`` (it is cheap, and the task-MMD reference shares it) and returns its first rows, so
+        a MiniLM representation never depends on ``n``.
+        """
         from icldistill.encoders.representations import encode_cached
 
+        ds = task.split.train if part == "train" else task.split.test
         needs_model = not spec.strip().lower().startswith("minilm")
+        size = len(ds)
+        m = size if n is None or not needs_model else min(max(int(n), 0), size)
         key = (task.name + ":" + task.fingerprint, part, spec + ("@" + model_name + ":" + dtype
-                                                               if needs_model else ""))
+                                                               if needs_model else ""), m)
         if key not in self._emb:
-            ds = task.split.train if part == "train" else task.split.test
             enc = self.encoder(spec, model_name, dtype)
-            self._emb[key] = encode_cached(enc, list(ds.texts), self._embedding_cache,
+            self._emb[key] = encode_cached(enc, list(ds.texts)[:m], self._embedding_cache,
                                            progress=self.progress)
-        return self._emb[key]
+        return self._emb[key] if n is None else self._emb[key][:max(int(n), 0)]
 
     def encoder_spec(self, spec: UnitSpec, task: Task) -> str:
         """The representation a unit's selector works on.
@@ -689,7 +698,10 @@ class Harness:
         if "embeddings" in needs or (sel.order or sel.default_order) == "similarity":
             enc = self.encoder_spec(spec, task)
             pool_emb = self.embeddings(task, "train", enc, spec.model, spec.dtype)
-            test_emb = self.embeddings(task, "test", enc, spec.model, spec.dtype)[test_idx]
+            # only the scored test items: a model-space encoder runs the model per text
+            n_enc = int(np.max(test_idx)) + 1 if len(test_idx) else 0
+            test_emb = self.embeddings(task, "test", enc, spec.model, spec.dtype,
+                                       n=n_enc)[test_idx]
             if self.device.type != "cpu":     # the selectors' kernels run where these are
                 pool_emb = torch.as_tensor(pool_emb).to(self.device)
                 test_emb = torch.as_tensor(test_emb).to(self.device)
