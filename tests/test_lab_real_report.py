@@ -126,3 +126,36 @@ def test_table_rejects_ragged_rows():
                                       (1e-5, "1.000e-05"), (float("inf"), "–"), ("x", "x")])
 def test_format_cell(v, s):
     assert format_cell(v) == s
+
+
+def test_accuracy_mmd_figure_has_a_panel_per_model_and_k(tmp_path, monkeypatch):
+    """One panel per (k, model), one series per task in each, with that group's Spearman ρ;
+    it redraws from stored rows (plain dicts)."""
+    import matplotlib.axes
+
+    rows = [{"model": m, "task": t, "k": k, "mmd2_task": 0.01 * i, "accuracy": 0.5 + 0.01 * i}
+            for m in ("a", "b (bfloat16)") for k in (4, 8) for t in ("t1", "t2")
+            for i in range(3)]
+    spearman = {f"{m} {t} k={k}": -0.5 for m in ("a", "b (bfloat16)") for k in (4, 8)
+                for t in ("t1", "t2")}
+    del spearman["a t2 k=8"]                        # a group without ρ is drawn as nan
+    labels, titles = [], []
+    real_scatter = matplotlib.axes.Axes.scatter
+    real_title = matplotlib.axes.Axes.set_title
+
+    def scatter(self, *a, **kw):
+        labels.append(kw.get("label"))
+        return real_scatter(self, *a, **kw)
+
+    def set_title(self, text, *a, **kw):
+        titles.append(text)
+        return real_title(self, text, *a, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", scatter)
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", set_title)
+    path = real.accuracy_mmd_figure(SimpleNamespace(rows=rows, spearman=spearman),
+                                    tmp_path / "f.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert titles == ["a, k=4", "b (bfloat16), k=4", "a, k=8", "b (bfloat16), k=8"]
+    assert labels.count("t1 (ρ=-0.50)") == 4 and labels.count("t2 (ρ=-0.50)") == 3
+    assert "t2 (ρ=nan)" in labels

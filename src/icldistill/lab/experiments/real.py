@@ -33,7 +33,8 @@ from icldistill.core.validation import InputError
 from icldistill.lab.experiments._common import Check, Section, Table
 from icldistill.reporting.reports import new_figure, save_figure, spearman
 
-__all__ = ["FewShotRelation", "RealTraceResult", "fewshot_relation", "real_model_trace", "run"]
+__all__ = ["FewShotRelation", "RealTraceResult", "accuracy_mmd_figure", "fewshot_relation",
+           "real_model_trace", "run"]
 
 
 @dataclass(frozen=True)
@@ -332,19 +333,43 @@ def _figures(tr: RealTraceResult, rel: FewShotRelation | None, out: Path) -> lis
     save_figure(fig, out / "real_heads.png")
     names.append("real_heads.png")
     if rel is not None and rel.rows:
-        fig, axes = new_figure(1, 1, size=(6.0, 4.4))
-        ax = axes[0, 0]
-        for name, rho in rel.spearman.items():
-            sub = [r for r in rel.rows if _group_name(r, rel) == name]
-            ax.scatter([r["mmd2_task"] for r in sub], [r["accuracy"] for r in sub],
-                       label=f"{name} (ρ={rho:.2f})", s=22)
-        ax.set_xlabel("MMD² (demonstrations vs test inputs, MiniLM Gaussian)")
-        ax.set_ylabel("accuracy")
-        ax.set_title("few-shot accuracy vs MMD² of the demonstrations")
-        ax.legend(fontsize=7, ncol=2 if len(rel.spearman) > 6 else 1)
-        save_figure(fig, out / "real_accuracy_mmd.png")
+        accuracy_mmd_figure(rel, out / "real_accuracy_mmd.png")
         names.append("real_accuracy_mmd.png")
     return names
+
+
+def accuracy_mmd_figure(rel: Any, path: Path) -> Path:
+    """Few-shot accuracy against the demonstrations' MMD² to the task: one panel per model
+    (columns) and ``k`` (rows), one colour per task (the same in every panel), each task's
+    Spearman ρ in its panel's legend.
+
+    ``rel`` needs ``rows`` (dicts with ``model``, ``task``, ``k``, ``mmd2_task``,
+    ``accuracy``) and ``spearman`` (group name -> ρ, as :class:`FewShotRelation`), so the figure
+    can be redrawn from a stored section's ``data["fewshot"]``.
+    """
+    models = list(dict.fromkeys(str(r["model"]) for r in rel.rows))
+    ks = sorted({int(r["k"]) for r in rel.rows})
+    tasks = sorted({str(r["task"]) for r in rel.rows})
+    color = {t: f"C{i % 10}" for i, t in enumerate(tasks)}
+    marker = {t: "os^Dv<>ph*"[(i // 10) % 10] for i, t in enumerate(tasks)}
+    fig, axes = new_figure(len(ks), len(models), size=(4.8, 3.8))
+    for ki, k in enumerate(ks):
+        for mi, model in enumerate(models):
+            ax = axes[ki, mi]
+            for task in tasks:
+                sub = [r for r in rel.rows
+                       if str(r["model"]) == model and int(r["k"]) == k and str(r["task"]) == task]
+                if not sub:
+                    continue
+                rho = rel.spearman.get(_group_name(sub[0], rel), float("nan"))
+                ax.scatter([r["mmd2_task"] for r in sub], [r["accuracy"] for r in sub], s=18,
+                           color=color[task], marker=marker[task], label=f"{task} (ρ={rho:.2f})")
+            ax.set_xlabel("MMD² to the test inputs (MiniLM Gaussian)")
+            ax.set_ylabel("accuracy")
+            ax.set_title(f"{model}, k={k}", fontsize=9)
+            ax.legend(fontsize=6)
+    fig.suptitle("Few-shot accuracy against the MMD² of the demonstrations (ρ: Spearman)")
+    return save_figure(fig, path)
 
 
 def _control_relation(model: str, twin: Any, fewshot_dir: Path, tasks: tuple[str, ...],
