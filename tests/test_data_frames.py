@@ -596,9 +596,9 @@ def _toy_rows(n: int = 40) -> list[dict[str, Any]]:
              "neg"} for i in range(n)]
 
 
-def _fake_embeddings(self, task, part, spec, model_name, dtype="float32"):
+def _fake_embeddings(self, task, part, spec, model_name, dtype="float32", *, n=None):
     """Deterministic embeddings from the texts (no encoder is loaded)."""
-    texts = getattr(task.split, part).texts
+    texts = list(getattr(task.split, part).texts)[:n]
     return np.array([[t.count(c) + 0.01 * len(t) for c in "aeiou"] for t in texts])
 
 

@@ -697,6 +697,47 @@ def _verdict(c: PairedComparison) -> str:
     return "no significant difference"
 
 
+def _paired_intro(f1: bool, level: float) -> str:
+    """What the paired tables show and how they were tested (accuracy or macro-F1)."""
+    holm_text = (
+        "Holm p: Holm-Bonferroni over the family of one model and k — every per-task and every "
+        "mean-over-tasks comparison against every baseline (a pair and its mirror, e.g. random "
+        "vs knn and knn vs random, count once). Verdict: better / worse when Holm p < "
+        f"{PAIRED_ALPHA}, else no significant difference.")
+    if f1:
+        return (
+            "Accuracy counts the majority label; macro-F1 (the unweighted mean of per-label "
+            "F1) counts every label equally, so it separates selectors where one label "
+            "dominates the test items. diff = macro-F1 of the selector minus the baseline's, "
+            "in points, on the same items (a randomised selector's macro-F1 is the mean of its "
+            f"seeds'). {level:.0%} CI: paired percentile bootstrap (the same resampled items on "
+            "both sides; within each task for the mean over tasks). p: two-sided normal "
+            "p-value of diff over its bootstrap standard error (macro-F1 is not a mean over "
+            "items, so there is no per-item sign to flip). " + holm_text)
+    return (
+        "Every selector scored the same test items as its baseline, so they are compared "
+        "paired: diff = accuracy of the selector minus the baseline's, in points, on the "
+        "same items (a randomised selector's correctness is averaged over its seeds per "
+        f"item). {level:.0%} CI: percentile bootstrap over items (within each task for the "
+        "mean over tasks). p: exact McNemar test when both are single runs, else a "
+        "sign-flip test (exact up to 20 discordant items, Monte Carlo beyond); for the mean "
+        "over tasks a sign-flip test within tasks. " + holm_text)
+
+
+def _majority_text(majority: Mapping[str, float]) -> str:
+    """Each task's majority-label share, and the tasks to read in macro-F1."""
+    from icldistill.reporting.document import plain
+
+    heavy = [t for t in sorted(majority) if majority[t] >= MAJORITY_SHARE]
+    return ("Share of each task's test items that carry its most frequent label (the accuracy "
+            "of always answering it): "
+            + ", ".join(f"{plain(t)} {majority[t]:.3f}" for t in sorted(majority)) + ". "
+            + (f"On {', '.join(plain(t) for t in heavy)} (share ≥ {MAJORITY_SHARE}) accuracy "
+               "mostly counts the majority label; read "
+               + ("it" if len(heavy) == 1 else "them") + " in macro-F1."
+               if heavy else f"No task's majority share reaches {MAJORITY_SHARE}."))
+
+
 def _paired_section(paired: Sequence[PairedComparison], *,
                     majority: Mapping[str, float] | None = None) -> Any:
     """The "Paired comparisons" section (a :class:`icldistill.reporting.Section`), or "Paired
@@ -709,41 +750,9 @@ def _paired_section(paired: Sequence[PairedComparison], *,
         return Section(title, (Paragraph("No paired comparisons: no per-item predictions were "
                                          "recorded."),))
     level = paired[0].level
-    holm_text = (
-        "Holm p: Holm-Bonferroni over the family of one model and k — every per-task and every "
-        "mean-over-tasks comparison against every baseline (a pair and its mirror, e.g. random "
-        "vs knn and knn vs random, count once). Verdict: better / worse when Holm p < "
-        f"{PAIRED_ALPHA}, else no significant difference.")
-    if f1:
-        intro = (
-            "Accuracy counts the majority label; macro-F1 (the unweighted mean of per-label "
-            "F1) counts every label equally, so it separates selectors where one label "
-            "dominates the test items. diff = macro-F1 of the selector minus the baseline's, "
-            "in points, on the same items (a randomised selector's macro-F1 is the mean of its "
-            f"seeds'). {level:.0%} CI: paired percentile bootstrap (the same resampled items on "
-            "both sides; within each task for the mean over tasks). p: two-sided normal "
-            "p-value of diff over its bootstrap standard error (macro-F1 is not a mean over "
-            "items, so there is no per-item sign to flip). " + holm_text)
-    else:
-        intro = (
-            "Every selector scored the same test items as its baseline, so they are compared "
-            "paired: diff = accuracy of the selector minus the baseline's, in points, on the "
-            "same items (a randomised selector's correctness is averaged over its seeds per "
-            f"item). {level:.0%} CI: percentile bootstrap over items (within each task for the "
-            "mean over tasks). p: exact McNemar test when both are single runs, else a "
-            "sign-flip test (exact up to 20 discordant items, Monte Carlo beyond); for the mean "
-            "over tasks a sign-flip test within tasks. " + holm_text)
-    blocks: list[Any] = [Paragraph(intro)]
+    blocks: list[Any] = [Paragraph(_paired_intro(f1, level))]
     if majority:
-        heavy = [t for t in sorted(majority) if majority[t] >= MAJORITY_SHARE]
-        blocks.append(Paragraph(
-            "Share of each task's test items that carry its most frequent label (the accuracy "
-            "of always answering it): "
-            + ", ".join(f"{plain(t)} {majority[t]:.3f}" for t in sorted(majority)) + ". "
-            + (f"On {', '.join(plain(t) for t in heavy)} (share ≥ {MAJORITY_SHARE}) accuracy "
-               "mostly counts the majority label; read "
-               + ("it" if len(heavy) == 1 else "them") + " in macro-F1."
-               if heavy else f"No task's majority share reaches {MAJORITY_SHARE}.")))
+        blocks.append(Paragraph(_majority_text(majority)))
     what = ", macro-F1" if f1 else ""
     groups: dict[tuple[str, int], list[PairedComparison]] = {}
     for c in paired:
