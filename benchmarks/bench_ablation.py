@@ -8,7 +8,8 @@ Holm over the comparisons of the table). Units run through
 (resumable: rerun the same command after an interruption) and several processes started with
 the same command share the work, as in ``bench_fewshot.py``.
 
-    python benchmarks/bench_ablation.py                     # the committed ablation
+    python benchmarks/bench_ablation.py --reuse benchmarks/results/selection-grid
+                                    # the committed ablation (the grid's identical units copied)
     python benchmarks/bench_ablation.py --report-only       # rebuild ablation.md / .json
 
 Representations: ``minilm`` (sentence embeddings of the inputs), ``hidden:L`` (the reading
@@ -74,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="label-stratified cap of every task's pool (as in the selection grid)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=str(HERE / "results" / "ablation"))
+    ap.add_argument("--reuse", default=None, metavar="DIR",
+                    help="copy units another results folder finished with the same key (the "
+                         "same model, task, selector, k, encoder, test items and pool; e.g. "
+                         "the selection grid's kNN on MiniLM) instead of recomputing them")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:
@@ -90,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd = (f"python benchmarks/bench_ablation.py --model {args.model} --dtype {args.dtype} "
            f"--tasks {','.join(tasks)} --encoders {','.join(encoders)} --k {args.k} "
            f"--n-test {args.n_test} --pool-size {args.pool_size}")
+    if args.reuse and not args.report_only:
+        h.import_finished(args.reuse, todo)
     if not args.report_only:
         run_shared(h, out, todo)
         if others_running(out):

@@ -375,3 +375,35 @@ def test_model_space_encoders_encode_only_the_scored_test_items(tmp_path, toy, m
     assert part.shape == (6, full.shape[1])
     np.testing.assert_allclose(part, full[:6], rtol=1e-4, atol=1e-5)
     assert h.embeddings(toy, "test", "hidden:-1", "tiny", n=0).shape == (0, full.shape[1])
+
+
+def test_finished_units_are_imported_verbatim_from_another_folder(tmp_path, toy, monkeypatch):
+    a = _harness(tmp_path, toy)
+    knn = UnitSpec("tiny", "toy", "knn", k=2, encoder="hidden:-1", n_test=8)
+    rnd = UnitSpec("tiny", "toy", "random", k=2, encoder="hidden:-1", n_test=8)
+    other = UnitSpec("tiny", "toy", "mmd", k=2, encoder="hidden:-1", n_test=8)
+    first = {r.key: r for r in a.run([knn, rnd])}
+    b = Harness(tmp_path / "b", tasks={"toy": toy}, model_loader=_loader, progress=False,
+                embedding_cache=tmp_path / "emb", reference_encoder="hidden:-1", n_boot=50,
+                batch_size=4)
+    copied = b.import_finished(a.out_dir, [knn, other, rnd])
+    assert copied == [knn, rnd]                 # mmd was never run in a: left to compute
+    assert b.import_finished(a.out_dir, [knn, rnd]) == []     # already finished in b
+
+    def boom(*args, **kwargs):
+        raise AssertionError("an imported unit was recomputed")
+
+    monkeypatch.setattr(Harness, "_compute_unit", boom)
+    again = b.run([knn, rnd])
+    for r in again:
+        assert r == first[r.key]
+    preds_a = {json.loads(x)["key"]: x for x in (a.out_dir / "predictions.jsonl").open()}
+    preds_b = {json.loads(x)["key"]: x for x in (b.out_dir / "predictions.jsonl").open()}
+    assert preds_a == preds_b
+    for key in first:
+        assert (json.loads((b.out_dir / "selections" / f"{key}.json").read_text())
+                == json.loads((a.out_dir / "selections" / f"{key}.json").read_text()))
+    with pytest.raises(InputError, match="own folder"):
+        a.import_finished(a.out_dir, [knn])
+    with pytest.raises(InputError, match=r"no results\.jsonl"):
+        a.import_finished(tmp_path / "nowhere", [knn])

@@ -887,6 +887,66 @@ class Harness:
 
     # ---- many units --------------------------------------------------------------------
 
+    def import_finished(self, source: str | os.PathLike[str],
+                        units: Iterable[UnitSpec]) -> list[UnitSpec]:
+        """Copy the units of ``units`` that another results folder finished into this one.
+
+        A unit's key hashes its whole spec and its task's data (:meth:`UnitSpec.key`), so a
+        unit with the same key in ``source`` is the same computation: its records are copied
+        verbatim (predictions, then the result line that marks it finished, then its
+        selection), not recomputed. Units already finished here, and units ``source`` has no
+        predictions for, are left alone. Each copy holds the unit's lock in this folder.
+
+        Parameters
+        ----------
+        source
+            Another harness output folder (its ``results.jsonl``, ``predictions.jsonl`` and
+            ``selections/``).
+        units
+            The units wanted here.
+
+        Returns
+        -------
+        list of UnitSpec
+            The units copied, in the order of ``units``.
+        """
+        src = Path(source)
+        if src.resolve() == self.out_dir.resolve():
+            raise InputError(f"import_finished: the source {str(src)!r} is this harness's "
+                             "own folder")
+        if not (src / "results.jsonl").is_file():
+            raise InputError(f"import_finished: {str(src)!r} has no results.jsonl")
+        results = {}
+        for rec in _read_jsonl(src / "results.jsonl"):
+            if isinstance(rec, dict) and "key" in rec:
+                results[str(rec["key"])] = rec
+        preds = {}
+        for rec in _read_jsonl(src / "predictions.jsonl"):
+            if isinstance(rec, dict) and "key" in rec:
+                preds[str(rec["key"])] = rec
+        copied = []
+        for u in units:
+            key = u.key(self.task(u.task).fingerprint)
+            if key not in results or key not in preds:
+                continue
+            if UnitSpec.from_dict(results[key]["spec"]) != u:    # a key collision, not a copy
+                raise InputError(f"import_finished: {src / 'results.jsonl'} records key {key} "
+                                 f"for a different unit than {u.label} on {u.task}")
+            with unit_lock(self.out_dir, key):
+                if key in self.finished():
+                    continue
+                _append_jsonl(self.out_dir / "predictions.jsonl", preds[key])
+                _append_jsonl(self.results_path, results[key])
+                sel = src / "selections" / f"{key}.json"
+                if sel.is_file():
+                    (self.out_dir / "selections").mkdir(exist_ok=True)
+                    write_json(self.out_dir / "selections" / f"{key}.json",
+                               json.loads(sel.read_text()))
+            copied.append(u)
+        if copied:
+            log(self.progress, f"{len(copied)} finished unit(s) copied from {src}")
+        return copied
+
     def run(self, units: Iterable[UnitSpec], *, on_result: Callable[[UnitResult], None]
             | None = None) -> list[UnitResult]:
         """Run units (finished ones are read back, not recomputed), with a progress bar and a
