@@ -34,7 +34,7 @@ import torch
 
 from icldistill.core.stats import paired_comparisons
 from icldistill.evaluation.harness import Harness, Task, UnitSpec, load_predictions, load_results
-from icldistill.reporting.reports import write_ablation_report
+from icldistill.reporting.reports import ablation_pairs, write_ablation_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_fewshot import others_running, run_shared
@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         print("no results yet", file=sys.stderr)
         return 1
-    paired = paired_comparisons(results, load_predictions(out), baselines=("knn",))
+    preds = load_predictions(out)
+    paired = paired_comparisons(results, preds, baselines=("knn",))
+    contrasts = paired_comparisons(results, preds, pairs=ablation_pairs(OBJECTIVES, encoders))
     load = os.getloadavg()
     notes = [f"Machine: {platform.machine()}, {os.cpu_count()} CPU threads, torch "
              f"{torch.__version__}; load average at report time {load[0]:.1f}; "
@@ -120,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{rec['heads']} (most demo-carrying over {rec['n_prompts']} calibration "
                      "prompts).")
     rep = write_ablation_report(results, paired, out, objectives=OBJECTIVES, encoders=encoders,
+                                contrasts=contrasts,
                                 commands=[cmd + "   # resumable", cmd + " --report-only"],
                                 notes=notes)
     print(rep.read_text())

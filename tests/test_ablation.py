@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from icldistill.core.stats import paired_comparisons
+from icldistill.core.validation import InputError
 from icldistill.evaluation.harness import UnitResult, UnitSpec
 from icldistill.evaluation.scoring import MetricResult
-from icldistill.reporting.reports import write_ablation_report
+from icldistill.reporting.reports import ablation_pairs, write_ablation_report
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ablation.py"
 
@@ -71,3 +73,76 @@ def test_ablation_report_cells_are_the_paired_differences(tmp_path):
     cell = next(r for r in rec if r["objective"] == "per-query MMD" and r["encoder"] == "minilm")
     assert np.isclose(cell["diff"], 0.45) and cell["p_holm"] < 0.05
     assert {"objective", "encoder", "selector", "diff", "ci_low", "ci_high", "p_holm"} <= set(cell)
+
+
+def test_ablation_pairs_are_the_factor_contrasts():
+    mod = _bench()
+    pairs = ablation_pairs(mod.OBJECTIVES, ["minilm", "hidden:4", "kv:auto"])
+    assert len(pairs) == len(set(pairs))
+    # representation: every objective on hidden and kv against itself on MiniLM
+    assert ("knn@kv:auto", "knn") in pairs
+    assert ("mmd-local@hidden:4,label_weight=0.0", "mmd-local,label_weight=0.0") in pairs
+    # objective: every non-kNN objective against kNN on the same representation
+    assert ("mmd-query@kv:auto,diversity=1.0", "knn@kv:auto") in pairs
+    assert ("mmd", "knn") in pairs
+    n_obj = len(mod.OBJECTIVES)
+    assert len(pairs) == n_obj * 2 + (n_obj - 1) * 3
+
+
+def test_paired_comparisons_of_chosen_pairs_match_the_baseline_rows(tmp_path):
+    rows, preds = [], {}
+    correct = {("knn", "minilm"): 20, ("mmd", "minilm"): 10, ("knn", "kv:auto"): 30,
+               ("mmd", "kv:auto"): 33}
+    for task in ("a", "b"):
+        for (sel, enc), c in correct.items():
+            r, p = _unit(task, sel, enc, (), c)
+            rows.append(r)
+            preds[r.key] = p
+    pairs = [("mmd@kv:auto", "mmd"), ("mmd@kv:auto", "knn@kv:auto")]
+    got = paired_comparisons(rows, preds, pairs=pairs, n_boot=200, n_perm=2000)
+    assert {(p.selector, p.baseline) for p in got} == set(pairs)
+    assert len(got) == 2 * 3                       # two tasks and the mean, per pair
+    full = paired_comparisons(rows, preds, baselines=("mmd", "knn@kv:auto"), n_boot=200,
+                              n_perm=2000)
+    by = {(p.selector, p.baseline, p.task): p for p in full}
+    for p in got:
+        q = by[(p.selector, p.baseline, p.task)]
+        assert np.isclose(p.diff, q.diff) and np.isclose(p.p, q.p)
+        assert p.p_holm <= q.p_holm + 1e-12        # a smaller Holm family
+    mean = {(p.selector, p.baseline): p for p in got if p.task == "mean"}
+    assert np.isclose(mean[("mmd@kv:auto", "mmd")].diff, (33 - 10) / 40)
+    assert np.isclose(mean[("mmd@kv:auto", "knn@kv:auto")].diff, 3 / 40)
+    with pytest.raises(InputError, match="pairs must be"):
+        paired_comparisons(rows, preds, pairs=["mmd"])
+
+
+def test_ablation_report_factor_tables(tmp_path):
+    mod = _bench()
+    objectives = mod.OBJECTIVES[:2]            # kNN, set MMD
+    encoders = ["minilm", "kv:auto"]
+    rows, preds = [], {}
+    correct = {("knn", "minilm"): 20, ("mmd", "minilm"): 10, ("knn", "kv:auto"): 30,
+               ("mmd", "kv:auto"): 39}
+    for task in ("a", "b"):
+        for (sel, enc), c in correct.items():
+            r, p = _unit(task, sel, enc, (), c)
+            rows.append(r)
+            preds[r.key] = p
+    paired = paired_comparisons(rows, preds, baselines=("knn",), n_boot=200, n_perm=2000)
+    contrasts = paired_comparisons(rows, preds, pairs=ablation_pairs(objectives, encoders),
+                                   n_boot=200, n_perm=2000)
+    path = write_ablation_report(rows, paired, tmp_path, objectives=objectives,
+                                 encoders=encoders, contrasts=contrasts)
+    text = path.read_text()
+    assert "representation and objective separately" in text
+    assert "| objective | kv:auto − minilm |" in text
+    # representation: mmd on kv:auto - mmd on MiniLM = +29 of 40 = +72.5 points
+    assert "**+72.5" in text
+    # objective on kv:auto: mmd - knn = +9 of 40 = +22.5 points
+    assert "**+22.5" in text
+    rec = json.loads((tmp_path / "ablation.json").read_text())
+    kinds = {r["contrast"] for r in rec}
+    assert kinds == {"baseline", "representation", "objective"}
+    rep = next(r for r in rec if r["contrast"] == "representation" and r["objective"] == "set MMD")
+    assert rep["selector"] == "mmd@kv:auto" and rep["baseline"] == "mmd"
+    assert np.isclose(rep["diff"], 29 / 40)

@@ -610,6 +610,7 @@ def paired_comparisons(
     seed: int = 0,
     level: float = 0.95,
     metric: str = "accuracy",
+    pairs: Sequence[tuple[str, str]] | None = None,
 ) -> list[PairedComparison]:
     """Every selector against each baseline, paired over the test items, per task and on the
     mean over tasks, with Holm-adjusted p-values.
@@ -662,17 +663,29 @@ def paired_comparisons(
         Confidence level of the intervals.
     metric : {"accuracy", "macro_f1"}
         What is compared (:data:`PAIRED_METRICS`).
+    pairs : sequence of (selector, baseline) label pairs, optional
+        Compare exactly these pairs instead of every selector against ``baselines`` (which is
+        then ignored), e.g. the factor contrasts of an ablation (``"mmd-local@kv:auto"``
+        against ``"mmd-local"``). Pairs absent from a ``(model, k)`` give no rows there; the
+        Holm family is the hypotheses of the pairs present.
 
     Returns
     -------
     list of PairedComparison
-        Ordered by model, k, baseline (as given), selector label, task (``"mean"`` last).
+        Ordered by model, k, baseline (as given), selector label, task (``"mean"`` last);
+        with ``pairs``, in the order of ``pairs``.
     """
     if metric not in PAIRED_METRICS:
         raise InputError(f"unknown metric {metric!r}; choose one of {', '.join(PAIRED_METRICS)}")
     level = _check_level(level)
     n_boot = check_int(n_boot, "n_boot")
     n_perm = check_int(n_perm, "n_perm")
+    if pairs is not None:
+        pairs = list(pairs)
+        bad = [p for p in pairs if isinstance(p, str) or not isinstance(p, Sequence)
+               or len(p) != 2]
+        if bad:
+            raise InputError(f"pairs must be (selector, baseline) label pairs, got {bad[0]!r}")
     out: list[PairedComparison] = []
     for (model, k), by_task in _correctness(results, predictions).items():
         tasks = sorted(by_task)
@@ -680,10 +693,14 @@ def paired_comparisons(
         # hypotheses by (task or "mean", a, b) with a < b: (diff, low, high, p, n, n_tasks, note)
         hyp: dict[tuple[str, str, str], tuple[float, float, float, float, int, int, str]] = {}
         wanted: list[tuple[str, str]] = []        # (selector, baseline)
-        for base in baselines:
-            if not any(base in by_task[t] for t in tasks):
-                continue
-            wanted += [(s, base) for s in labels if s != base]
+        if pairs is not None:
+            wanted = [(str(s), str(b)) for s, b in pairs
+                      if s != b and s in labels and b in labels]
+        else:
+            for base in baselines:
+                if not any(base in by_task[t] for t in tasks):
+                    continue
+                wanted += [(s, base) for s in labels if s != base]
         for sel, base in wanted:
             a, b = sorted((sel, base))
             both = [t for t in tasks if a in by_task[t] and b in by_task[t]]

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "ComparisonReport",
     "SelectorSummary",
+    "ablation_pairs",
     "atomic_write",
     "heatmap",
     "layer_colorbar",
@@ -874,6 +875,50 @@ def _selector_markers(selectors: Sequence[str]) -> dict[str, str]:
     return {s: _MARKERS[i % len(_MARKERS)] for i, s in enumerate(selectors)}
 
 
+def _unit_label(sel: str, enc: str, params: Sequence[tuple[str, Any]]) -> str:
+    """The harness unit label of a selector on a representation (``minilm`` is not written)."""
+    e = "" if enc == "minilm" else f"@{enc}"
+    return sel + e + "".join(f",{k}={v}" for k, v in sorted(params))
+
+
+def ablation_pairs(objectives: Sequence[tuple[str, str, tuple[tuple[str, Any], ...]]],
+                   encoders: Sequence[str], *, knn: str = "knn", reference: str = "minilm"
+                   ) -> list[tuple[str, str]]:
+    """The factor contrasts of a representation x objective ablation, as ``(selector,
+    baseline)`` unit-label pairs for :func:`icldistill.core.stats.paired_comparisons`.
+
+    - *representation*: every objective on every representation other than ``reference``,
+      against the same objective on ``reference`` (what the representation adds);
+    - *objective*: every objective other than ``knn`` on every representation, against ``knn``
+      on the same representation (what the objective adds over nearest neighbours there).
+
+    Parameters
+    ----------
+    objectives : sequence of (display name, selector, params)
+    encoders : sequence of str
+        The representations (encoder specs), ``reference`` among them.
+    knn : str
+        The selector of the objective baseline.
+    reference : str
+        The representation baseline.
+
+    Returns
+    -------
+    list of (str, str)
+        Representation contrasts first, then objective contrasts; no duplicates.
+    """
+    pairs: list[tuple[str, str]] = []
+    for _, sel, params in objectives:
+        for enc in encoders:
+            if enc != reference:
+                pairs.append((_unit_label(sel, enc, params), _unit_label(sel, reference, params)))
+    for _, sel, params in objectives:
+        for enc in encoders:
+            if sel != knn or params:
+                pairs.append((_unit_label(sel, enc, params), _unit_label(knn, enc, ())))
+    return list(dict.fromkeys(pairs))
+
+
 def write_ablation_report(
     results: Sequence[Any],
     paired: Sequence[Any],
@@ -882,6 +927,7 @@ def write_ablation_report(
     objectives: Sequence[tuple[str, str, tuple[tuple[str, Any], ...]]],
     encoders: Sequence[str],
     baseline: str = "knn",
+    contrasts: Sequence[Any] = (),
     commands: Sequence[str] = (),
     notes: Sequence[str] = (),
     title: str = "Ablation: representation x objective, paired against kNN",
@@ -895,6 +941,13 @@ def write_ablation_report(
     ``baseline`` (percentage points) with its CI and Holm-adjusted p-value, taken from
     ``paired`` (:class:`icldistill.core.stats.PairedComparison` records); the conclusions (cells
     significantly better / worse, the best row and column) are computed from them.
+
+    ``contrasts`` (the comparisons of :func:`ablation_pairs`, from ``paired_comparisons(...,
+    pairs=ablation_pairs(objectives, encoders))``) add the factor tables that say which part
+    carries a difference: each representation against MiniLM at a fixed objective, and each
+    objective against kNN on the same representation. Their records go into ``ablation.json``
+    too, with ``contrast`` ``"representation"`` or ``"objective"`` (the cells against
+    ``baseline`` have ``"baseline"``).
     """
     from icldistill.reporting.document import CodeBlock, Report, Section, write_report
 
@@ -906,6 +959,10 @@ def write_ablation_report(
         section, cells = _ablation_section(ab, model, k)
         sections.append(section)
         record += cells
+        if contrasts:
+            section, cells = _ablation_factor_section(ab, contrasts, model, k)
+            sections.append(section)
+            record += cells
     if commands:
         sections.append(Section("Reproduce", (CodeBlock("\n".join(commands), "bash"),)))
     write_json(out / "ablation.json", record)
@@ -939,8 +996,7 @@ class _Ablation:
     @staticmethod
     def label(sel: str, enc: str, params: tuple[tuple[str, Any], ...]) -> str:
         """The harness unit label of a cell."""
-        e = "" if enc == "minilm" else f"@{enc}"
-        return sel + e + "".join(f",{k}={v}" for k, v in sorted(params))
+        return _unit_label(sel, enc, params)
 
 
 def _ablation_section(ab: _Ablation, model: str, k: int) -> tuple[Any, list[dict[str, Any]]]:
@@ -1014,10 +1070,66 @@ def _ablation_cells(ab: _Ablation, model: str, k: int
                 (sig_better if p.diff > 0 else sig_worse).append(
                     f"{plain(name)} on {plain(enc)}")
             row.append(cell)
-            record.append({"model": model, "k": k, "objective": name, "encoder": enc,
-                           "selector": lab, **p.to_dict()})
+            record.append({"model": model, "k": k, "contrast": "baseline", "objective": name,
+                           "encoder": enc, "selector": lab, **p.to_dict()})
         rows.append(row)
     return rows, record, sig_better, sig_worse
+
+
+def _ablation_factor_section(ab: _Ablation, contrasts: Sequence[Any], model: str, k: int
+                             ) -> tuple[Any, list[dict[str, Any]]]:
+    """The factor tables of one model and ``k``: representation vs MiniLM at a fixed
+    objective, objective vs kNN on a fixed representation; and their ``ablation.json``
+    records."""
+    from icldistill.reporting.document import BulletList, Paragraph, Section, Table, plain
+
+    means = {(p.selector, p.baseline): p for p in contrasts
+             if p.model == model and p.k == k and p.task == "mean"}
+    reference = ab.encoders[0] if "minilm" not in ab.encoders else "minilm"
+    others = [e for e in ab.encoders if e != reference]
+    record: list[dict[str, Any]] = []
+    found: dict[str, list[str]] = {"better": [], "worse": []}
+
+    def cell(kind: str, name: str, enc: str, sel: str, base: str) -> str:
+        p = means.get((sel, base))
+        if p is None:
+            return "–"
+        record.append({"model": model, "k": k, "contrast": kind, "objective": name,
+                       "encoder": enc, "selector": sel, **p.to_dict()})
+        text = (f"{100 * p.diff:+.1f} [{100 * p.ci_low:+.1f}, {100 * p.ci_high:+.1f}] "
+                f"p={p.p_holm:.2g}")
+        if p.p_holm < 0.05:
+            found["better" if p.diff > 0 else "worse"].append(
+                f"{plain(sel)} vs {plain(base)} ({100 * p.diff:+.1f})")
+            text = f"**{text}**"
+        return text
+
+    rep_rows = [[plain(name), *(cell("representation", name, enc, ab.label(sel, enc, params),
+                                     ab.label(sel, reference, params)) for enc in others)]
+                for name, sel, params in ab.objectives]
+    knn_sel = ab.baseline.partition("@")[0].split(",")[0]
+    obj_rows = [[plain(name), *(cell("objective", name, enc, ab.label(sel, enc, params),
+                                     ab.label(knn_sel, enc, ())) for enc in ab.encoders)]
+                for name, sel, params in ab.objectives if sel != knn_sel or params]
+    n = len({(p.selector, p.baseline, p.task) for p in contrasts
+             if p.model == model and p.k == k})
+    blocks: list[Any] = [
+        Paragraph("Which part carries a difference. Each cell is a paired mean-over-tasks "
+                  "difference (points) on the same test items, 95% CI, Holm p over the "
+                  f"{n} factor comparisons (per task and mean) of this model and k. "
+                  "**Bold**: Holm p < 0.05."),
+        Paragraph(f"**Representation** (the same objective on another representation, minus "
+                  f"it on {plain(reference)}):"),
+        Table(["objective", *(f"{plain(e)} − {plain(reference)}" for e in others)], rep_rows),
+        Paragraph(f"**Objective** (the objective minus {plain(knn_sel)} on the same "
+                  "representation):"),
+        Table(["objective", *(f"on {plain(e)}" for e in ab.encoders)], obj_rows),
+        Paragraph("**Factor conclusions (computed):**"),
+        BulletList([
+            "significant gains: " + ("; ".join(found["better"]) or "none") + ".",
+            "significant losses: " + ("; ".join(found["worse"]) or "none") + "."]),
+    ]
+    return Section(f"{model}, k = {k}: representation and objective separately", blocks), record
 
 
 def _ablation_accuracy_rows(ab: _Ablation, model: str, k: int,
