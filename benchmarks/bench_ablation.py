@@ -121,8 +121,15 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(f"`kv:auto` on {rec['task']}: layer {rec['layer']}, KV heads "
                      f"{rec['heads']} (most demo-carrying over {rec['n_prompts']} calibration "
                      "prompts).")
+    finished = {r.key for r in results}
+    n_done = sum(u.key(h.task(u.task).fingerprint) in finished for u in todo)
+    title = "Ablation: representation x objective, paired against kNN"
+    if n_done < len(todo):
+        title += f" (incomplete: {n_done} of {len(todo)} units)"
+        notes.append(f"Incomplete: {n_done} of {len(todo)} units are finished; the tables and "
+                     "conclusions cover only those, so no conclusion is drawn from them yet.")
     rep = write_ablation_report(results, paired, out, objectives=OBJECTIVES, encoders=encoders,
-                                contrasts=contrasts,
+                                contrasts=contrasts, title=title,
                                 commands=[cmd + "   # resumable", cmd + " --report-only"],
                                 notes=notes)
     print(rep.read_text())
