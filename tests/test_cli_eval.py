@@ -88,6 +88,10 @@ def test_evaluate_then_rerun_resumes_and_compare_writes_a_report(setup, capsys, 
     assert {(r["selector"], r["baseline"], r["metric"]) for r in f1} == {
         (r["selector"], r["baseline"], "macro_f1") for r in paired}
     assert "## Paired comparisons in macro-F1" in md and "most frequent label" in md
+    # one task: no mean over tasks, so the MMD family cannot clear the bar; said so
+    assert "## Does an MMD-family selector beat kNN?" in md
+    assert "no MMD-family selector meets the bar" in md
+    assert "MMD family vs the bar" in capsys.readouterr().out
     assert (rep / "report.html").exists()
     assert len(list((rep / "figures").glob("*.png"))) == 2
 

@@ -388,7 +388,8 @@ def test_report_leads_with_the_paired_section_and_writes_paired_json(tmp_path):
     rep = write_comparison_report(results, tmp_path, paired=cs)
     md = rep.markdown.read_text()
     heads = [ln for ln in md.splitlines() if ln.startswith("## ")]
-    assert heads[:2] == ["## Paired comparisons", "## Overview"]
+    assert heads[:3] == ["## Paired comparisons", "## Does an MMD-family selector beat kNN?",
+                         "## Overview"]
     assert md.splitlines()[0].startswith("# ") and md.splitlines()[2] == "## Paired comparisons"
     assert "### m k=4: mean over tasks (Holm family of 15 comparisons)" in md
     assert "| selector | vs | diff (points) | 95% CI | p | Holm p | tasks | items | verdict |" in md
@@ -410,6 +411,43 @@ def test_report_leads_with_the_paired_section_and_writes_paired_json(tmp_path):
     plain = write_comparison_report(results, tmp_path / "plain")
     assert "Paired comparisons" not in plain.markdown.read_text()
     assert plain.paired_json is None
+
+
+def test_the_bar_section_judges_each_mmd_selector_by_both_conditions(tmp_path):
+    truth = ["x", "y"] * 30
+    spec = [  # (task, selector, wrong items): knn 30/60 right on every task
+        *[(t, "knn", set(range(30))) for t in "abcd"],
+        # mmd-good: far better than knn everywhere, never below random
+        *[(t, "mmd-good", {0}) for t in "abcd"],
+        # mmd-mixed: far better than knn on a-c, but 0/60 on d where random has 60/60
+        *[(t, "mmd-mixed", {0}) for t in "abc"], ("d", "mmd-mixed", set(range(60))),
+        # mmd-tie: as knn
+        *[(t, "mmd-tie", set(range(30))) for t in "abcd"],
+        *[(t, "random", set(range(30, 60)) if t != "d" else set()) for t in "abcd"],
+    ]
+    units = [_unit(t, sel, wrong, 0, truth) for t, sel, wrong in spec]
+    results = [u for u, _ in units]
+    preds = {u.key: p for u, p in units}
+    cs = paired_comparisons(results, preds, n_boot=300, n_perm=2000, seed=0)
+    rep = write_comparison_report(results, tmp_path, paired=cs)
+    assert rep.meets_bar == {"m k=4": ("mmd-good",)}
+    md = rep.markdown.read_text()
+    section = md.split("## Does an MMD-family selector beat kNN?")[1].split("\n## ")[0]
+    assert "- m k=4: mmd-good." in section
+    row = {ln.split(" | ")[0].strip("| "): ln for ln in section.splitlines()
+           if ln.startswith("| mmd")}
+    assert row["mmd-good"].endswith("| none | yes |")
+    assert row["mmd-mixed"].endswith("| d | no |")          # beats knn on the mean, fails d
+    assert row["mmd-tie"].endswith("| d | no |")             # ties knn; random wins d
+    by = {(c.task, c.selector, c.baseline): c for c in cs}
+    assert by[("mean", "mmd-mixed", "knn")].p_holm < 0.05
+    assert by[("mean", "mmd-mixed", "knn")].diff > 0
+    # no MMD-family selector meets it: said so
+    rest = [r for r in results if r.spec.selector != "mmd-good"]
+    cs2 = paired_comparisons(rest, preds, n_boot=300, n_perm=2000, seed=0)
+    rep2 = write_comparison_report(rest, tmp_path / "none", paired=cs2)
+    assert rep2.meets_bar == {"m k=4": ()}
+    assert "m k=4: no MMD-family selector meets the bar." in rep2.markdown.read_text()
 
 
 # ------------------------------------------------------------------------------ macro-F1
@@ -561,8 +599,8 @@ def test_report_adds_the_macro_f1_section_and_the_majority_shares(tmp_path):
                                   majority={"a": 0.8, "b": 0.5})
     md = rep.markdown.read_text()
     heads = [ln for ln in md.splitlines() if ln.startswith("## ")]
-    assert heads[:3] == ["## Paired comparisons", "## Paired comparisons in macro-F1",
-                         "## Overview"]
+    assert heads[:4] == ["## Paired comparisons", "## Does an MMD-family selector beat kNN?",
+                         "## Paired comparisons in macro-F1", "## Overview"]
     assert "### m k=4, macro-F1: mean over tasks" in md
     assert "#### m k=4, macro-F1: per task, diff vs knn" in md
     assert "a 0.800, b 0.500. On a (share ≥ 0.75) accuracy mostly counts the majority label; " \

@@ -159,5 +159,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             verdict = "better" if p.diff > 0 else "worse"
             print(f"{p.model} k={p.k}: {p.selector} {verdict} than {p.baseline} by "
                   f"{100 * p.diff:+.1f} points (paired over {p.n} items, Holm p={p.p_holm:.2g})")
+    for tag, ok in rep.meets_bar.items():
+        print(f"{tag}: MMD family vs the bar (beats knn on the mean, never worse than random): "
+              + (", ".join(ok) if ok else "none meets it"))
     print(f"report: {rep.markdown} and {rep.html}")
     return 0

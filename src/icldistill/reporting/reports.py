@@ -362,6 +362,10 @@ class ComparisonReport:
         declared for these groups.
     paired_macro_f1_json : Path or None
         ``paired_macro_f1.json`` (the paired macro-F1 comparisons) when they were given.
+    meets_bar : dict ``"model k=K"`` -> the MMD-family selectors (labels starting with
+        ``mmd``) that beat ``knn`` on the mean over tasks (Holm p < :data:`PAIRED_ALPHA`) and are
+        significantly worse than ``random`` on no task, from the paired comparisons; empty
+        tuple when none does. Only groups with paired comparisons against both baselines.
     """
 
     markdown: Path
@@ -376,6 +380,7 @@ class ComparisonReport:
     paired_json: Path | None = None
     ties: dict[str, tuple[str, ...]] = field(default_factory=dict)
     paired_macro_f1_json: Path | None = None
+    meets_bar: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON types (paths as strings, tuples as lists, non-finite numbers as
@@ -456,11 +461,15 @@ def write_comparison_report(
     if overview:
         sections.insert(0, Section("Overview", (Table(_OVERVIEW_COLUMNS, overview),)))
     paired_json = f1_json = None
+    meets_bar: dict[str, tuple[str, ...]] = {}
     lead: list[Section] = []
     if paired is not None:
         paired = list(paired)
         paired_json = write_json(out / "paired.json", [c.to_dict() for c in paired])
         lead.append(_paired_section(paired))
+        bar_section, meets_bar = _bar_section(paired)
+        if bar_section is not None:
+            lead.append(bar_section)
     if paired_macro_f1 is not None:
         paired_macro_f1 = list(paired_macro_f1)
         if any(c.metric != "macro_f1" for c in paired_macro_f1):
@@ -474,7 +483,7 @@ def write_comparison_report(
                                              commands=tuple(commands)), out)
     return ComparisonReport(md_path, html_path, figures, acc_.summaries, acc_.best,
                             acc_.fam_best, acc_.beats, acc_.rho, acc_.collapsed, paired_json,
-                            acc_.ties, f1_json)
+                            acc_.ties, f1_json, meets_bar)
 
 
 #: Columns of the comparison report's overview table (one row per model and ``k``).
@@ -792,6 +801,68 @@ def _paired_section(paired: Sequence[PairedComparison], *,
     if notes:
         blocks.append(BulletList(notes))
     return Section(title, blocks)
+
+
+def _bar_section(paired: Sequence[PairedComparison]
+                 ) -> tuple[Any, dict[str, tuple[str, ...]]]:
+    """The section "Does an MMD-family selector beat kNN?": per model and ``k``, every
+    MMD-family selector against the bar (beats ``knn`` on the mean over tasks with Holm p <
+    :data:`PAIRED_ALPHA`, and significantly worse than ``random`` on no task); ``(None, {})``
+    without comparisons against both baselines."""
+    from icldistill.reporting.document import BulletList, Paragraph, Section, Table, plain
+
+    groups: dict[tuple[str, int], list[PairedComparison]] = {}
+    for c in paired:
+        groups.setdefault((c.model, c.k), []).append(c)
+    blocks: list[Any] = []
+    verdicts: list[str] = []
+    meets: dict[str, tuple[str, ...]] = {}
+    def name(label: str) -> str:              # "mmd-local@kv:auto,x=1" -> "mmd-local"
+        return label.split("@")[0].split(",")[0]
+
+    for (model, k), cs in sorted(groups.items()):
+        bases = list(dict.fromkeys(c.baseline for c in cs))
+        knn = next((b for b in bases if name(b) == "knn"), None)
+        rnd = next((b for b in bases if name(b) == "random"), None)
+        if knn is None or rnd is None:
+            continue
+        family = sorted({c.selector for c in cs if name(c.selector).startswith("mmd")},
+                        key=_selector_rank)
+        if not family:
+            continue
+        rows, ok = [], []
+        for sel in family:
+            mean = next((c for c in cs if c.selector == sel and c.baseline == knn
+                         and c.task == "mean"), None)
+            worse = [c.task for c in cs if c.selector == sel and c.baseline == rnd
+                     and c.task != "mean" and c.p_holm < PAIRED_ALPHA and c.diff < 0]
+            beats = mean is not None and mean.p_holm < PAIRED_ALPHA and mean.diff > 0
+            if beats and not worse:
+                ok.append(sel)
+            rows.append([plain(sel),
+                         "–" if mean is None else
+                         f"{_points(mean.diff)} [{_points(mean.ci_low)}, {_points(mean.ci_high)}]",
+                         "–" if mean is None else _fmt_p(mean.p_holm),
+                         "–" if mean is None else str(mean.n_tasks),
+                         ", ".join(plain(t) for t in sorted(worse)) or "none",
+                         "yes" if beats and not worse else "no"])
+        tag = f"{model} k={k}"
+        meets[tag] = tuple(ok)
+        verdicts.append(f"{plain(tag)}: " + (", ".join(plain(s) for s in ok) if ok else
+                                              "no MMD-family selector meets the bar") + ".")
+        blocks.append(Section(tag, (Table(["selector", f"mean diff vs {plain(knn)} (points) "
+                                           "[CI]", "Holm p", "tasks",
+                                           f"significantly worse than {plain(rnd)} on",
+                                           "meets the bar"], rows),)))
+    if not blocks:
+        return None, {}
+    intro = Paragraph(
+        "The bar an MMD-family selector (a name starting with `mmd`) must clear: it beats "
+        f"`knn` on the mean over tasks with Holm p < {PAIRED_ALPHA}, and it is significantly "
+        "worse than `random` (Holm p < 0.05) on no task. Computed from the paired comparisons "
+        "above; a group whose units are not all finished (see the title) gives no verdict yet.")
+    return Section("Does an MMD-family selector beat kNN?",
+                   (intro, BulletList(verdicts), *blocks)), meets
 
 
 _ORDER = ("random", "knn", "bm25", "mmr", "dpp", "vote-k", "mmd", "mmd-balanced", "mmd-query")
