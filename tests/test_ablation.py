@@ -36,6 +36,18 @@ def _unit(task, selector, encoder, params, correct, n=40):
     return res, (pred, truth)
 
 
+def _grid(correct, tasks=("a", "b")):
+    """Units of every ``(selector, encoder) -> items right of 40`` on every task, and their
+    predictions."""
+    rows, preds = [], {}
+    for task in tasks:
+        for (sel, enc), c in correct.items():
+            r, p = _unit(task, sel, enc, (), c)
+            rows.append(r)
+            preds[r.key] = p
+    return rows, preds
+
+
 def test_units_cover_every_representation_and_objective():
     mod = _bench()
     units = mod.units("m", "float32", ["a", "b"], ["minilm", "hidden:4", "kv:auto"], 8, 300)
@@ -51,14 +63,9 @@ def test_ablation_report_cells_are_the_paired_differences(tmp_path):
     mod = _bench()
     objectives = mod.OBJECTIVES[:3]            # kNN, set MMD, per-query MMD
     encoders = ["minilm", "kv:auto"]
-    rows, preds = [], {}
     correct = {("knn", "minilm"): 20, ("mmd", "minilm"): 10, ("mmd-query", "minilm"): 38,
                ("knn", "kv:auto"): 20, ("mmd", "kv:auto"): 20, ("mmd-query", "kv:auto"): 21}
-    for task in ("a", "b"):
-        for (sel, enc), c in correct.items():
-            r, p = _unit(task, sel, enc, (), c)
-            rows.append(r)
-            preds[r.key] = p
+    rows, preds = _grid(correct)
     paired = paired_comparisons(rows, preds, baselines=("knn",), n_boot=200, n_perm=2000)
     path = write_ablation_report(rows, paired, tmp_path, objectives=objectives,
                                  encoders=encoders, commands=["cmd"], notes=["note"])
@@ -90,14 +97,9 @@ def test_ablation_pairs_are_the_factor_contrasts():
 
 
 def test_paired_comparisons_of_chosen_pairs_match_the_baseline_rows(tmp_path):
-    rows, preds = [], {}
     correct = {("knn", "minilm"): 20, ("mmd", "minilm"): 10, ("knn", "kv:auto"): 30,
                ("mmd", "kv:auto"): 33}
-    for task in ("a", "b"):
-        for (sel, enc), c in correct.items():
-            r, p = _unit(task, sel, enc, (), c)
-            rows.append(r)
-            preds[r.key] = p
+    rows, preds = _grid(correct)
     pairs = [("mmd@kv:auto", "mmd"), ("mmd@kv:auto", "knn@kv:auto")]
     got = paired_comparisons(rows, preds, pairs=pairs, n_boot=200, n_perm=2000)
     assert {(p.selector, p.baseline) for p in got} == set(pairs)
@@ -120,14 +122,9 @@ def test_ablation_report_factor_tables(tmp_path):
     mod = _bench()
     objectives = mod.OBJECTIVES[:2]            # kNN, set MMD
     encoders = ["minilm", "kv:auto"]
-    rows, preds = [], {}
     correct = {("knn", "minilm"): 20, ("mmd", "minilm"): 10, ("knn", "kv:auto"): 30,
                ("mmd", "kv:auto"): 39}
-    for task in ("a", "b"):
-        for (sel, enc), c in correct.items():
-            r, p = _unit(task, sel, enc, (), c)
-            rows.append(r)
-            preds[r.key] = p
+    rows, preds = _grid(correct)
     paired = paired_comparisons(rows, preds, baselines=("knn",), n_boot=200, n_perm=2000)
     contrasts = paired_comparisons(rows, preds, pairs=ablation_pairs(objectives, encoders),
                                    n_boot=200, n_perm=2000)

@@ -516,8 +516,13 @@ def _rho_text(rho: float) -> str:
     return f"{rho:+.2f}" if math.isfinite(rho) else "n/a (constant)"
 
 
+def _selector_name(label: str) -> str:
+    """The selector of a unit label: ``"mmd-local@kv:auto,x=1"`` -> ``"mmd-local"``."""
+    return label.split("@")[0].split(",")[0]
+
+
 def _is_mmd_family(selector: str) -> bool:
-    return selector.split("@")[0].split(",")[0] in MMD_FAMILY
+    return _selector_name(selector) in MMD_FAMILY
 
 
 def _group_section(model: str, k: int, rs: list[Any], out: Path, c: _Conclusions
@@ -817,9 +822,7 @@ def _bar_section(paired: Sequence[PairedComparison]
     blocks: list[Any] = []
     verdicts: list[str] = []
     meets: dict[str, tuple[str, ...]] = {}
-    def name(label: str) -> str:              # "mmd-local@kv:auto,x=1" -> "mmd-local"
-        return label.split("@")[0].split(",")[0]
-
+    name = _selector_name
     for (model, k), cs in sorted(groups.items()):
         bases = list(dict.fromkeys(c.baseline for c in cs))
         knn = next((b for b in bases if name(b) == "knn"), None)
@@ -869,7 +872,7 @@ _ORDER = ("random", "knn", "bm25", "mmr", "dpp", "vote-k", "mmd", "mmd-balanced"
 
 
 def _selector_rank(label: str) -> tuple[int, str]:
-    base = label.split("@")[0].split(",")[0]
+    base = _selector_name(label)
     return (_ORDER.index(base) if base in _ORDER else len(_ORDER), label)
 
 
@@ -1134,17 +1137,22 @@ def _ablation_cells(ab: _Ablation, model: str, k: int
             if p is None:
                 row.append("not run" if (model, k, lab) not in ab.by_label else "1 task")
                 continue
-            cell = (f"{100 * p.diff:+.1f} [{100 * p.ci_low:+.1f}, {100 * p.ci_high:+.1f}] "
-                    f"p={p.p_holm:.2g}")
+            row.append(_ablation_cell_text(p))
             if p.p_holm < 0.05:
-                cell = f"**{cell}**"
                 (sig_better if p.diff > 0 else sig_worse).append(
                     f"{plain(name)} on {plain(enc)}")
-            row.append(cell)
             record.append({"model": model, "k": k, "contrast": "baseline", "objective": name,
                            "encoder": enc, "selector": lab, **p.to_dict()})
         rows.append(row)
     return rows, record, sig_better, sig_worse
+
+
+def _ablation_cell_text(p: Any) -> str:
+    """A paired mean difference as an ablation cell: points, CI, Holm p; bold when Holm p <
+    0.05."""
+    text = (f"{100 * p.diff:+.1f} [{100 * p.ci_low:+.1f}, {100 * p.ci_high:+.1f}] "
+            f"p={p.p_holm:.2g}")
+    return f"**{text}**" if p.p_holm < 0.05 else text
 
 
 def _ablation_factor_section(ab: _Ablation, contrasts: Sequence[Any], model: str, k: int
@@ -1167,18 +1175,15 @@ def _ablation_factor_section(ab: _Ablation, contrasts: Sequence[Any], model: str
             return "–"
         record.append({"model": model, "k": k, "contrast": kind, "objective": name,
                        "encoder": enc, "selector": sel, **p.to_dict()})
-        text = (f"{100 * p.diff:+.1f} [{100 * p.ci_low:+.1f}, {100 * p.ci_high:+.1f}] "
-                f"p={p.p_holm:.2g}")
         if p.p_holm < 0.05:
             found["better" if p.diff > 0 else "worse"].append(
                 f"{plain(sel)} vs {plain(base)} ({100 * p.diff:+.1f})")
-            text = f"**{text}**"
-        return text
+        return _ablation_cell_text(p)
 
     rep_rows = [[plain(name), *(cell("representation", name, enc, ab.label(sel, enc, params),
                                      ab.label(sel, reference, params)) for enc in others)]
                 for name, sel, params in ab.objectives]
-    knn_sel = ab.baseline.partition("@")[0].split(",")[0]
+    knn_sel = _selector_name(ab.baseline)
     obj_rows = [[plain(name), *(cell("objective", name, enc, ab.label(sel, enc, params),
                                      ab.label(knn_sel, enc, ())) for enc in ab.encoders)]
                 for name, sel, params in ab.objectives if sel != knn_sel or params]
