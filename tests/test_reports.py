@@ -108,6 +108,21 @@ def test_comparison_report_states_the_gap_when_the_mmd_family_is_not_best(tmp_pa
     assert "| m k=4 | knn 0.850 | mmd 0.830 | 0.020 | 0.050 | 2 of 2 |" in md
 
 
+def test_comparison_report_counts_every_mmd_prefixed_selector_as_the_mmd_family(tmp_path):
+    """Regression: the overview's "best MMD family" knew only mmd, mmd-query and mmd-balanced,
+    so mmd-joint / mmd-local / mmd-katt (and encoder-suffixed labels) were left out of it."""
+    from icldistill.reporting.reports import write_comparison_report
+
+    rs = [_unit_result(t, "random", 0.6, 0.1, s) for t in ("a", "b") for s in range(3)]
+    rs += [_unit_result(t, "knn", 0.85, 0.01) for t in ("a", "b")]
+    rs += [_unit_result(t, "mmd-local", 0.84, 0.02) for t in ("a", "b")]
+    rs += [_unit_result(t, "mmd-joint", 0.80, 0.02) for t in ("a", "b")]
+    rep = write_comparison_report(rs, tmp_path)
+    md = rep.markdown.read_text()
+    assert "| m k=4 | knn 0.850 | mmd-local 0.840 | 0.010 | 0.050 | 2 of 2 |" in md
+    assert rep.beats_random["m k=4"] == {"a": True, "b": True}
+
+
 def test_comparison_report_calls_a_tie_a_tie_and_shows_no_nan(tmp_path, monkeypatch):
     """Two selectors at the same mean accuracy: no winner, "tie between"; a Spearman
     correlation of constant numbers: "n/a (constant)", never "+nan"; the accuracy-vs-MMD²

@@ -288,9 +288,6 @@ def layer_colorbar(fig: Any, ax: Any, n: int) -> None:
 
 
 # ============================================================================ comparison report
-MMD_FAMILY = ("mmd", "mmd-query", "mmd-balanced")
-
-
 def spearman(x: Any, y: Any) -> float:
     """Spearman rank correlation (average ranks for ties); NaN with fewer than 3 points or a
     constant input."""
@@ -522,7 +519,9 @@ def _selector_name(label: str) -> str:
 
 
 def _is_mmd_family(selector: str) -> bool:
-    return _selector_name(selector) in MMD_FAMILY
+    """Whether a unit label names an MMD-family selector: every such name starts with ``mmd``
+    (``mmd``, ``mmd-query``, ``mmd-joint``, ``mmd-katt@kv:auto``, ...)."""
+    return _selector_name(selector).startswith("mmd")
 
 
 def _group_section(model: str, k: int, rs: list[Any], out: Path, c: _Conclusions
@@ -829,7 +828,7 @@ def _bar_section(paired: Sequence[PairedComparison]
         rnd = next((b for b in bases if name(b) == "random"), None)
         if knn is None or rnd is None:
             continue
-        family = sorted({c.selector for c in cs if name(c.selector).startswith("mmd")},
+        family = sorted({c.selector for c in cs if _is_mmd_family(c.selector)},
                         key=_selector_rank)
         if not family:
             continue
