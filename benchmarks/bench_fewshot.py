@@ -201,8 +201,12 @@ def main(argv: list[str] | None = None) -> int:
                  "the Monte Carlo p-values (seed 0; the smallest such p is 1/10001); records "
                  "in `paired.json` (accuracy) and `paired_macro_f1.json` (macro-F1, 2000 paired "
                  "bootstrap resamples, seed 0).")
+    # whether each test item's label was among its demonstrations (selections/ + pool labels)
+    tasks_ = ({t: Task.from_registry(t, pool_size=args.pool_size, progress=False)
+               for t in {r.spec.task for r in results}} if args.pool_size else None)
+    coverage = Harness(out, tasks=tasks_, progress=False).label_coverage(results)
     rep = write_comparison_report(results, out, commands=cmds, notes=notes, paired=paired,
-                                  paired_macro_f1=paired_f1,
+                                  paired_macro_f1=paired_f1, coverage=coverage,
                                   majority=majority_shares(results, preds),
                                  title="Demonstration selection: few-shot accuracy" + (
                                      "" if n_done == len(grid) else

@@ -407,3 +407,48 @@ def test_finished_units_are_imported_verbatim_from_another_folder(tmp_path, toy,
         a.import_finished(a.out_dir, [knn])
     with pytest.raises(InputError, match=r"no results\.jsonl"):
         a.import_finished(tmp_path / "nowhere", [knn])
+
+
+def test_label_coverage_matches_a_brute_force_reading_of_the_prompts(tmp_path, toy):
+    """Whether each item's label is among its demonstrations, read back from the rendered
+    prompts (an independent path: the text the model saw), and correctness from the
+    predictions."""
+    units = unit_grid(models=["tiny"], tasks=["toy"], selectors=["random", "knn"], ks=[2],
+                      seeds=1, encoder="hidden:-1", n_test=12)
+    h = _harness(tmp_path, toy)
+    results = h.run(units)
+    cov = h.label_coverage(results)
+    assert set(cov) == {r.key for r in results}
+    preds = json.loads((h.out_dir / "predictions.jsonl").read_text().splitlines()[0])
+    words = toy.split.train.format.label_words          # label -> verbalised word
+    by_word = {v: k for k, v in words.items()}
+    for r in results:
+        c = cov[r.key]
+        assert c.shown.shape == c.share.shape == c.correct.shape == (12,)
+        sel = h.select(r.spec, toy, np.arange(12))
+        demo_rows = np.broadcast_to(sel.indices[:1], (12, 2)) if sel.shared else sel.indices
+        for i in range(12):
+            gold = str(toy.split.test.labels[i])
+            text = "".join(f"Input: {toy.split.train.texts[j]}\nLabel: "
+                           f"{words[str(toy.split.train.labels[j])]}\n\n" for j in demo_rows[i])
+            shown_words = [line.split(": ", 1)[1] for line in text.splitlines()
+                           if line.startswith("Label: ")]
+            labels = [by_word[w] for w in shown_words]
+            assert c.shown[i] == (gold in labels)
+            assert c.share[i] == pytest.approx(labels.count(gold) / 2)
+    first = next(r for r in results if r.key == preds["key"])
+    assert cov[first.key].correct.tolist() == [p == t for p, t in
+                                              zip(preds["pred"], preds["truth"], strict=True)]
+
+
+def test_label_coverage_refuses_results_of_other_task_data(tmp_path, toy):
+    spec = UnitSpec("tiny", "toy", "knn", k=2, encoder="hidden:-1", n_test=12)
+    h = _harness(tmp_path, toy)
+    r = h.run_unit(spec)
+    other = _write_task(tmp_path / "other.jsonl", seed=5)       # same name, other items
+    h2 = Harness(h.out_dir, tasks={"toy": other}, model_loader=_loader, progress=False)
+    with pytest.raises(InputError, match="computed on other data than task 'toy'"):
+        h2.label_coverage([r])
+    # a unit without its selection record is left out, not guessed
+    (h.out_dir / "selections" / f"{r.key}.json").unlink()
+    assert h.label_coverage([r]) == {}

@@ -161,3 +161,44 @@ def test_comparison_report_calls_a_tie_a_tie_and_shows_no_nan(tmp_path, monkeypa
     assert len(points) == 3
     assert len({tuple(round(float(v), 3) for v in c.get_edgecolor()[0]) for c in points}) == 3
     assert len({c.get_paths()[0].vertices.round(3).tobytes() for c in points}) == 3
+
+
+def test_comparison_report_label_coverage_section(tmp_path):
+    """Shares and conditional accuracies are pooled over a selector's units and tasks, the
+    Spearman correlation is per task over all units, and units without a coverage record are
+    counted as left out."""
+    import numpy as np
+
+    from icldistill.evaluation.harness import LabelCoverage
+    from icldistill.reporting.reports import write_comparison_report
+
+    def cov(r, shown, correct):
+        shown = np.asarray(shown, dtype=bool)
+        return LabelCoverage(r.key, shown, shown.astype(float) / 4,
+                             np.asarray(correct, dtype=bool))
+
+    rs = [_unit_result(t, "random", 0.5, 0.1, s) for t in ("a", "b") for s in range(2)]
+    rs += [_unit_result(t, "knn", 0.75, 0.01) for t in ("a", "b")]
+    coverage = {}
+    for r in rs:
+        if r.spec.selector == "knn":     # label always shown, 3 of 4 right
+            coverage[r.key] = cov(r, [1, 1, 1, 1], [1, 1, 1, 0])
+        elif r.spec.seed == 0:           # shown on 2 items (both right), 0 of 2 right otherwise
+            coverage[r.key] = cov(r, [1, 1, 0, 0], [1, 1, 0, 0])
+    rep = write_comparison_report(rs, tmp_path, coverage=coverage)
+    by = {c.selector: c for c in rep.coverage}
+    assert by["knn"].items == 8 and by["knn"].shown == 1.0
+    assert by["knn"].acc_shown == 0.75 and np.isnan(by["knn"].acc_not_shown)
+    assert by["random"].items == 8 and by["random"].shown == 0.5      # seed 1: no record
+    assert by["random"].acc_shown == 1.0 and by["random"].acc_not_shown == 0.0
+    assert by["random"].per_task_shown == {"a": 0.5, "b": 0.5}
+    assert by["knn"].rho == {}                  # 2 units with a record per task: < 3 points
+    md = rep.markdown.read_text()
+    assert "## Do the demonstrations show the query's label?" in md
+    assert "m k=4: 4 of 6 units have their selection recorded" in md
+    assert ("m k=4: over every unit, accuracy is 83.3% on the 12 items whose label a "
+            "demonstration shows and 0.0% on the 4 items whose label none shows.") in md
+    assert "| random | 8 | 50.0% | 100.0% | 0.0% |" in md
+    assert "| knn | 8 | 100.0% | 75.0% | – |" in md
+    # without coverage records, no section
+    assert write_comparison_report(rs, tmp_path / "none").coverage == []

@@ -125,7 +125,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from icldistill.core.stats import majority_shares, paired_comparisons
-    from icldistill.evaluation.harness import load_predictions, load_results, unit_grid
+    from icldistill.evaluation.harness import (
+        Harness,
+        load_predictions,
+        load_results,
+        unit_grid,
+    )
     from icldistill.reporting.reports import write_comparison_report
     from icldistill.selection.registry import SELECTORS
 
@@ -146,9 +151,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     mine = {k: v for k, v in preds.items() if k in keys}
     paired = paired_comparisons(results, mine, baselines=bases)
     paired_f1 = paired_comparisons(results, mine, baselines=bases, metric="macro_f1")
+    coverage = Harness(args.out, tasks=tasks, progress=False).label_coverage(results)
     rep = write_comparison_report(results, args.out, commands=[command_line(args)],
                                   paired=paired, paired_macro_f1=paired_f1,
-                                  majority=majority_shares(results, mine))
+                                  majority=majority_shares(results, mine), coverage=coverage)
     for tag in rep.mmd_family_best:        # every (model, k) with a complete grid, in order
         if tag in rep.ties:
             print(f"{tag}: tie between {', '.join(rep.ties[tag])} for the best mean accuracy")

@@ -84,6 +84,7 @@ from icldistill.selection import SELECTORS, Pool, Selection, make_selector
 
 __all__ = [
     "Harness",
+    "LabelCoverage",
     "SelectionMMD",
     "Task",
     "UnitResult",
@@ -264,6 +265,33 @@ _FROM_JSON: dict[str, Callable[[Any], Any]] = {
     "MetricResult": lambda v: MetricResult(**v),
     "str": str, "int": int, "float": float, "bool": bool, "dict[str, float]": dict,
 }
+
+
+@dataclass(frozen=True, eq=False)
+class LabelCoverage:
+    """Whether each test item of a unit saw its own label among its demonstrations.
+
+    The theory's bias term measures how far the demonstrations' *inputs* are from the task's;
+    it says nothing about which labels they show. A query whose label no demonstration carries
+    has to be answered from the model's prior, whatever the MMD. This record lets a report
+    separate the two (see :meth:`Harness.label_coverage`).
+
+    Attributes
+    ----------
+    key : str
+        The unit's key.
+    shown : np.ndarray, shape (n,), bool
+        Item ``i``'s gold label is the label of at least one of its ``k`` demonstrations.
+    share : np.ndarray, shape (n,), float64
+        Fraction of item ``i``'s ``k`` demonstrations that carry its gold label.
+    correct : np.ndarray, shape (n,), bool
+        The unit predicted item ``i`` right (from ``predictions.jsonl``).
+    """
+
+    key: str
+    shown: np.ndarray
+    share: np.ndarray
+    correct: np.ndarray
 
 
 def _has_default(f: Any) -> bool:
@@ -886,6 +914,64 @@ class Harness:
         return SelectionMMD(float(mmd_task), float(per.mean()))
 
     # ---- many units --------------------------------------------------------------------
+
+    def label_coverage(self, results: Iterable[UnitResult]) -> dict[str, LabelCoverage]:
+        """For every finished unit, whether each test item's label was among its demonstrations.
+
+        Reads the unit's ``selections/<key>.json`` (the pool indices every query saw) and its
+        line of ``predictions.jsonl``, and the labels of the task's pool. Units without both
+        files are left out of the returned mapping.
+
+        Parameters
+        ----------
+        results : iterable of UnitResult
+            Finished units of this harness's ``out_dir``.
+
+        Returns
+        -------
+        dict
+            Unit key -> :class:`LabelCoverage` (arrays of the unit's ``n`` test items).
+
+        Raises
+        ------
+        InputError
+            When a unit's key (which hashes the task's pool and test data) or its recorded
+            truth does not match the task as this harness loads it, or a selection names an
+            index outside the task's pool: the results were computed on other data (another
+            ``pool_size``, split or dataset version).
+        """
+        preds = load_predictions(self.out_dir)
+        out: dict[str, LabelCoverage] = {}
+        for r in results:
+            path = self.out_dir / "selections" / f"{r.key}.json"
+            if r.key not in preds or not path.exists():
+                continue
+            pred, truth = preds[r.key]
+            task = self.task(r.spec.task)
+            test_labels = [str(y) for y in task.split.test.labels[:len(truth)]]
+            if r.spec.key(task.fingerprint) != r.key or test_labels != list(truth):
+                raise InputError(f"unit {r.spec.label} on {r.spec.task}: it was computed on "
+                                 f"other data than task {r.spec.task!r} as loaded here (another "
+                                 "pool size, split or dataset version?)")
+            rec = json.loads(path.read_text())
+            idx = np.asarray(rec["indices"], dtype=np.int64)
+            pool = np.asarray([str(y) for y in task.split.train.labels], dtype=object)
+            if idx.ndim != 2 or idx.size == 0 or idx.min() < 0 or idx.max() >= len(pool):
+                raise InputError(f"unit {r.spec.label} on {r.spec.task}: selection "
+                                 f"{path.name} does not index the task's pool of {len(pool)} "
+                                 "items (another pool size?)")
+            n = len(truth)
+            if not rec["shared"] and idx.shape[0] != n:
+                raise InputError(f"unit {r.spec.label} on {r.spec.task}: selection "
+                                 f"{path.name} has {idx.shape[0]} rows for {n} test items")
+            demo_labels = pool[np.broadcast_to(idx[:1], (n, idx.shape[1]))
+                               if rec["shared"] else idx]
+            gold = np.asarray(truth, dtype=object)[:, None]
+            hits = demo_labels == gold
+            out[r.key] = LabelCoverage(
+                r.key, hits.any(axis=1), hits.mean(axis=1).astype(np.float64),
+                np.asarray([p == t for p, t in zip(pred, truth, strict=True)], dtype=bool))
+        return out
 
     def import_finished(self, source: str | os.PathLike[str],
                         units: Iterable[UnitSpec]) -> list[UnitSpec]:

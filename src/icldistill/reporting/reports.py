@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "ComparisonReport",
+    "CoverageSummary",
     "SelectorSummary",
     "ablation_pairs",
     "atomic_write",
@@ -363,6 +364,9 @@ class ComparisonReport:
         ``mmd``) that beat ``knn`` on the mean over tasks (Holm p < :data:`PAIRED_ALPHA`) and are
         significantly worse than ``random`` on no task, from the paired comparisons; empty
         tuple when none does. Only groups with paired comparisons against both baselines.
+    coverage : list of CoverageSummary
+        Per model, ``k`` and selector: how often a test item's own label was among its
+        demonstrations and the accuracy with and without it (when ``coverage`` was given).
     """
 
     markdown: Path
@@ -378,6 +382,7 @@ class ComparisonReport:
     ties: dict[str, tuple[str, ...]] = field(default_factory=dict)
     paired_macro_f1_json: Path | None = None
     meets_bar: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    coverage: list[CoverageSummary] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON types (paths as strings, tuples as lists, non-finite numbers as
@@ -416,6 +421,7 @@ def write_comparison_report(
     paired: Sequence[PairedComparison] | None = None,
     paired_macro_f1: Sequence[PairedComparison] | None = None,
     majority: Mapping[str, float] | None = None,
+    coverage: Mapping[str, Any] | None = None,
 ) -> ComparisonReport:
     """Markdown + HTML report of a selector comparison (harness :class:`UnitResult` objects).
 
@@ -428,6 +434,9 @@ def write_comparison_report(
     (task -> share of its test items that carry the most frequent label, the accuracy of always
     answering that label) is shown there, and the tasks where it is at least
     :data:`MAJORITY_SHARE` are named as those where accuracy mostly counts the majority label.
+    ``coverage`` (unit key -> :class:`icldistill.evaluation.LabelCoverage`, from
+    :meth:`icldistill.evaluation.Harness.label_coverage`) adds the section "Do the
+    demonstrations show the query's label?" after the paired sections.
 
     Tables: accuracy (mean over seeds and orderings, 95% bootstrap CI of single runs in the
     detail table) per task and selector for every model and ``k``, the mean over tasks, the
@@ -475,12 +484,17 @@ def write_comparison_report(
                              [c.to_dict() for c in paired_macro_f1])
         lead.append(_paired_section(paired_macro_f1, majority=majority))
     sections[:0] = lead
+    cov_summaries: list[CoverageSummary] = []
+    if coverage:
+        cov_section, cov_summaries = _coverage_section(results, coverage, acc_.rho)
+        if cov_section is not None:
+            sections.insert(len(lead), cov_section)
     sections.append(Section("Every evaluated unit", (_detail_table(results),)))
     md_path, html_path = write_report(Report(title, sections, notes=tuple(notes),
                                              commands=tuple(commands)), out)
     return ComparisonReport(md_path, html_path, figures, acc_.summaries, acc_.best,
                             acc_.fam_best, acc_.beats, acc_.rho, acc_.collapsed, paired_json,
-                            acc_.ties, f1_json, meets_bar)
+                            acc_.ties, f1_json, meets_bar, cov_summaries)
 
 
 #: Columns of the comparison report's overview table (one row per model and ``k``).
@@ -500,6 +514,41 @@ class _Conclusions:
     rho: dict[str, dict[str, float]] = field(default_factory=dict)
     collapsed: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
     ties: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CoverageSummary:
+    """How often one selector showed a query its own label, and what that did to accuracy.
+
+    Pooled over the selector's units (seeds, orderings) and tasks of one model and ``k``.
+
+    Attributes
+    ----------
+    model, k, selector : str, int, str
+    items : int
+        Test items pooled (items x units).
+    shown : float
+        Share of those items whose gold label is the label of at least one of their
+        demonstrations.
+    acc_shown, acc_not_shown : float
+        Accuracy on the items whose label was shown / not shown (NaN when there are none).
+    per_task_shown : dict
+        Task -> share of its items whose label was shown.
+    rho : dict
+        Task -> Spearman correlation, over all units of the task (every selector), between the
+        share of items whose label was shown and accuracy (NaN with fewer than 3 units or a
+        constant input); the same for every selector of the group.
+    """
+
+    model: str
+    k: int
+    selector: str
+    items: int
+    shown: float
+    acc_shown: float
+    acc_not_shown: float
+    per_task_shown: dict[str, float]
+    rho: dict[str, float] = field(default_factory=dict)
 
 
 def _same_shown(a: float, b: float) -> bool:
@@ -865,6 +914,101 @@ def _bar_section(paired: Sequence[PairedComparison]
         "above; a group whose units are not all finished (see the title) gives no verdict yet.")
     return Section("Does an MMD-family selector beat kNN?",
                    (intro, BulletList(verdicts), *blocks)), meets
+
+
+def _coverage_section(results: Sequence[Any], coverage: Mapping[str, Any],
+                      mmd_rho: Mapping[str, Mapping[str, float]]
+                      ) -> tuple[Any, list[CoverageSummary]]:
+    """The section "Do the demonstrations show the query's label?": per model and ``k``, for
+    every selector the share of test items whose gold label is among their demonstrations and
+    the accuracy on items with and without it; per task the Spearman correlation of that share
+    with accuracy over the units, beside the one of ``MMD^2``. ``(None, [])`` when no result
+    has a coverage record."""
+    from icldistill.reporting.document import BulletList, Paragraph, Section, Table, plain
+
+    summaries: list[CoverageSummary] = []
+    blocks: list[Any] = []
+    claims: list[str] = []
+    for (model, k), rs in _group_results(results).items():
+        n_all = len(rs)
+        rs = [r for r in rs if r.key in coverage]
+        if not rs:
+            continue
+        tag = f"{model} k={k}"
+        if len(rs) < n_all:
+            claims.append(f"{tag}: {len(rs)} of {n_all} units have their selection recorded; "
+                          "the others are left out of this section.")
+        tasks = sorted({r.spec.task for r in rs})
+        rho: dict[str, float] = {}
+        for t in tasks:
+            pts = [(float(np.mean(coverage[r.key].shown)), r.accuracy.value)
+                   for r in rs if r.spec.task == t]
+            if len(pts) >= 3:
+                rho[t] = spearman([p[0] for p in pts], [p[1] for p in pts])
+        labels = list(dict.fromkeys(r.spec.label for r in
+                                    sorted(rs, key=lambda r: _selector_rank(r.spec.label))))
+        rows, trows = [], []
+        all_shown, all_correct = [], []
+        for lab in labels:
+            mine = [r for r in rs if r.spec.label == lab]
+            shown = np.concatenate([coverage[r.key].shown for r in mine])
+            correct = np.concatenate([coverage[r.key].correct for r in mine])
+            all_shown.append(shown)
+            all_correct.append(correct)
+            per_task = {t: float(np.mean(np.concatenate(
+                [coverage[r.key].shown for r in mine if r.spec.task == t])))
+                for t in tasks if any(r.spec.task == t for r in mine)}
+            acc_s = float(correct[shown].mean()) if shown.any() else float("nan")
+            acc_n = float(correct[~shown].mean()) if (~shown).any() else float("nan")
+            summ = CoverageSummary(model, k, lab, int(shown.size), float(shown.mean()), acc_s,
+                                   acc_n, per_task, dict(rho))
+            summaries.append(summ)
+            rows.append([plain(lab), f"{summ.items}", f"{100 * summ.shown:.1f}%",
+                         _pct(acc_s), _pct(acc_n)])
+            trows.append([plain(lab), *(f"{100 * per_task[t]:.0f}%" if t in per_task else "–"
+                                        for t in tasks)])
+        shown = np.concatenate(all_shown)
+        correct = np.concatenate(all_correct)
+        if shown.any() and (~shown).any():
+            claims.append(
+                f"{tag}: over every unit, accuracy is {_pct(correct[shown].mean())} on the "
+                f"{int(shown.sum())} items whose label a demonstration shows and "
+                f"{_pct(correct[~shown].mean())} on the {int((~shown).sum())} items whose label "
+                "none shows.")
+        fin = [v for v in rho.values() if math.isfinite(v)]
+        fin_m = [v for t, v in mmd_rho.get(tag, {}).items() if t in rho and math.isfinite(v)]
+        if fin:
+            claims.append(
+                f"{tag}: Spearman(share of items whose label is shown, accuracy) over the "
+                f"units of each task: mean {np.mean(fin):+.2f} over {len(fin)} tasks"
+                + (f"; Spearman(MMD² to the task, accuracy): mean {np.mean(fin_m):+.2f} "
+                   "(negative = lower MMD, higher accuracy)" if fin_m else "") + ".")
+        blocks += [
+            Section(f"{tag}: label shown, and accuracy with and without it", (Table(
+                ["selector", "items", "label shown", "accuracy when shown",
+                 "accuracy when not shown"], rows),)),
+            Section(f"{tag}: share of items whose label is shown, per task", (Table(
+                ["selector", *(plain(t) for t in tasks)], trows),
+                Paragraph("Spearman(share shown, accuracy) per task: " + ", ".join(
+                    f"{plain(t)} {_rho_text(rho[t])}" for t in tasks if t in rho) + "."
+                    if rho else "Fewer than 3 units per task: no correlation."))),
+        ]
+    if not blocks:
+        return None, []
+    intro = Paragraph(
+        "The theory bounds the bias of the distilled weights by the MMD between the "
+        "demonstrations' inputs and the task's; it says nothing about which labels the "
+        "demonstrations show. A query whose label no demonstration carries can only be answered "
+        "from the model's prior. Here, for every unit, whether each test item's gold label is "
+        "the label of at least one of its demonstrations (for multiple-choice tasks the labels "
+        "are the option letters). Descriptive: items are not assigned to \"shown\" at random, "
+        "so this shows where accuracy comes from, not a causal effect.")
+    return Section("Do the demonstrations show the query's label?",
+                   (intro, BulletList(claims), *blocks)), summaries
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%" if math.isfinite(x) else "–"
 
 
 _ORDER = ("random", "knn", "bm25", "mmr", "dpp", "vote-k", "mmd", "mmd-balanced", "mmd-query")
