@@ -436,6 +436,9 @@ def test_label_coverage_matches_a_brute_force_reading_of_the_prompts(tmp_path, t
             labels = [by_word[w] for w in shown_words]
             assert c.shown[i] == (gold in labels)
             assert c.share[i] == pytest.approx(labels.count(gold) / 2)
+            counts = {lab: labels.count(lab) for lab in labels}
+            top = [lab for lab, n in counts.items() if n == max(counts.values())]
+            assert c.vote[i] == pytest.approx(1 / len(top) if gold in top else 0.0)
     first = next(r for r in results if r.key == preds["key"])
     assert cov[first.key].correct.tolist() == [p == t for p, t in
                                               zip(preds["pred"], preds["truth"], strict=True)]

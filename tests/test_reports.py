@@ -175,7 +175,7 @@ def test_comparison_report_label_coverage_section(tmp_path):
     def cov(r, shown, correct):
         shown = np.asarray(shown, dtype=bool)
         return LabelCoverage(r.key, shown, shown.astype(float) / 4,
-                             np.asarray(correct, dtype=bool))
+                             np.asarray(correct, dtype=bool), shown.astype(float) / 2)
 
     rs = [_unit_result(t, "random", 0.5, 0.1, s) for t in ("a", "b") for s in range(2)]
     rs += [_unit_result(t, "knn", 0.75, 0.01) for t in ("a", "b")]
@@ -198,7 +198,16 @@ def test_comparison_report_label_coverage_section(tmp_path):
     assert "m k=4: 4 of 6 units have their selection recorded" in md
     assert ("m k=4: over every unit, accuracy is 83.3% on the 12 items whose label a "
             "demonstration shows and 0.0% on the 4 items whose label none shows.") in md
-    assert "| random | 8 | 50.0% | 100.0% | 0.0% |" in md
-    assert "| knn | 8 | 100.0% | 75.0% | – |" in md
+    assert by["random"].label_share == 0.125 and by["random"].vote == 0.25
+    # model minus the vote, paired per item: knn [1,1,1,0] - .5; random [1,1,0,0] - [.5,.5,0,0]
+    assert by["knn"].vs_vote.value == pytest.approx(0.25)
+    assert by["random"].vs_vote.value == pytest.approx(0.25)
+    assert by["knn"].vs_vote.low <= 0.25 <= by["knn"].vs_vote.high
+    assert 0 < by["knn"].p_holm_vote <= 1
+    assert ("m k=4: the model is significantly less accurate than a majority vote of its own "
+            "demonstrations' labels (Holm p < 0.05) with: none; significantly more accurate "
+            "with: none.") in rep.markdown.read_text()      # 12 items: too few to tell
+    assert "| random | 8 | 50.0% | 100.0% | 0.0% | 12.5% | 50.0% | 25.0% |" in md
+    assert "| knn | 8 | 100.0% | 75.0% | – | 25.0% | 75.0% | 50.0% |" in md
     # without coverage records, no section
     assert write_comparison_report(rs, tmp_path / "none").coverage == []

@@ -286,12 +286,18 @@ class LabelCoverage:
         Fraction of item ``i``'s ``k`` demonstrations that carry its gold label.
     correct : np.ndarray, shape (n,), bool
         The unit predicted item ``i`` right (from ``predictions.jsonl``).
+    vote : np.ndarray, shape (n,), float64
+        Whether the most frequent label among item ``i``'s demonstrations is its gold label:
+        1, 0, or ``1/m`` when the gold label is one of ``m`` labels tied for the most frequent
+        (the expected accuracy of a majority vote of the demonstrations' labels, ties broken
+        at random) — a model-free predictor to hold the model's accuracy against.
     """
 
     key: str
     shown: np.ndarray
     share: np.ndarray
     correct: np.ndarray
+    vote: np.ndarray
 
 
 def _has_default(f: Any) -> bool:
@@ -968,9 +974,15 @@ class Harness:
                                if rec["shared"] else idx]
             gold = np.asarray(truth, dtype=object)[:, None]
             hits = demo_labels == gold
+            vote = np.zeros(n)
+            for i, row in enumerate(demo_labels):
+                names, counts = np.unique(row.astype(str), return_counts=True)
+                top = names[counts == counts.max()]
+                vote[i] = 1.0 / len(top) if truth[i] in top else 0.0
             out[r.key] = LabelCoverage(
                 r.key, hits.any(axis=1), hits.mean(axis=1).astype(np.float64),
-                np.asarray([p == t for p, t in zip(pred, truth, strict=True)], dtype=bool))
+                np.asarray([p == t for p, t in zip(pred, truth, strict=True)], dtype=bool),
+                vote)
         return out
 
     def import_finished(self, source: str | os.PathLike[str],

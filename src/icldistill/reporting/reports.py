@@ -532,6 +532,17 @@ class CoverageSummary:
         demonstrations.
     acc_shown, acc_not_shown : float
         Accuracy on the items whose label was shown / not shown (NaN when there are none).
+    label_share : float
+        Mean share of an item's demonstrations that carry its label.
+    vote : float
+        Accuracy of a majority vote of each item's demonstrations' labels (no model).
+    vs_vote : MeanCI or None
+        The model's accuracy minus that vote, paired on the same items (a randomised
+        selector's units averaged per item): mean over tasks with its stratified 95% bootstrap
+        CI (:func:`icldistill.core.stats.stratified_bootstrap_ci`, 2000 resamples, seed 0).
+    p_holm_vote : float
+        Its stratified sign-flip p-value (10 000 sign vectors, seed 0), Holm-adjusted over
+        the selectors of the model and ``k``.
     per_task_shown : dict
         Task -> share of its items whose label was shown.
     rho : dict
@@ -547,8 +558,12 @@ class CoverageSummary:
     shown: float
     acc_shown: float
     acc_not_shown: float
+    label_share: float
+    vote: float
     per_task_shown: dict[str, float]
     rho: dict[str, float] = field(default_factory=dict)
+    vs_vote: Any = None
+    p_holm_vote: float = float("nan")
 
 
 def _same_shown(a: float, b: float) -> bool:
@@ -924,6 +939,13 @@ def _coverage_section(results: Sequence[Any], coverage: Mapping[str, Any],
     the accuracy on items with and without it; per task the Spearman correlation of that share
     with accuracy over the units, beside the one of ``MMD^2``. ``(None, [])`` when no result
     has a coverage record."""
+    from dataclasses import replace
+
+    from icldistill.core.stats import (
+        holm,
+        stratified_bootstrap_ci,
+        stratified_sign_flip_test,
+    )
     from icldistill.reporting.document import BulletList, Paragraph, Section, Table, plain
 
     summaries: list[CoverageSummary] = []
@@ -949,6 +971,8 @@ def _coverage_section(results: Sequence[Any], coverage: Mapping[str, Any],
                                     sorted(rs, key=lambda r: _selector_rank(r.spec.label))))
         rows, trows = [], []
         all_shown, all_correct = [], []
+        group: list[CoverageSummary] = []
+        pvals: list[float] = []
         for lab in labels:
             mine = [r for r in rs if r.spec.label == lab]
             shown = np.concatenate([coverage[r.key].shown for r in mine])
@@ -960,13 +984,38 @@ def _coverage_section(results: Sequence[Any], coverage: Mapping[str, Any],
                 for t in tasks if any(r.spec.task == t for r in mine)}
             acc_s = float(correct[shown].mean()) if shown.any() else float("nan")
             acc_n = float(correct[~shown].mean()) if (~shown).any() else float("nan")
-            summ = CoverageSummary(model, k, lab, int(shown.size), float(shown.mean()), acc_s,
-                                   acc_n, per_task, dict(rho))
+            share = float(np.mean(np.concatenate([coverage[r.key].share for r in mine])))
+            vote = float(np.mean(np.concatenate([coverage[r.key].vote for r in mine])))
+            # model minus vote, per item (averaged over a selector's units of a task)
+            diffs = [np.mean([coverage[r.key].correct.astype(np.float64) - coverage[r.key].vote
+                              for r in mine if r.spec.task == t], axis=0) for t in per_task]
+            ci = stratified_bootstrap_ci(diffs, n_boot=2000, seed=0)
+            pvals.append(stratified_sign_flip_test(diffs, n_perm=10_000, seed=0))
+            group.append(CoverageSummary(model, k, lab, int(shown.size), float(shown.mean()),
+                                         acc_s, acc_n, share, vote, per_task, dict(rho), ci))
+        adj = holm(pvals) if pvals else []
+        for summ, p_adj in zip(group, adj, strict=True):
+            summ = replace(summ, p_holm_vote=float(p_adj))
             summaries.append(summ)
-            rows.append([plain(lab), f"{summ.items}", f"{100 * summ.shown:.1f}%",
-                         _pct(acc_s), _pct(acc_n)])
+            ci = summ.vs_vote
+            rows.append([plain(summ.selector), f"{summ.items}", f"{100 * summ.shown:.1f}%",
+                         _pct(summ.acc_shown), _pct(summ.acc_not_shown),
+                         _pct(summ.label_share), _pct(float(np.mean(
+                             [np.mean(coverage[r.key].correct) for r in rs
+                              if r.spec.label == summ.selector]))), _pct(summ.vote),
+                         f"{100 * ci.value:+.1f} [{100 * ci.low:+.1f}, {100 * ci.high:+.1f}]",
+                         f"{p_adj:.2g}"])
             trows.append([plain(lab), *(f"{100 * per_task[t]:.0f}%" if t in per_task else "–"
                                         for t in tasks)])
+        mine_group = [x for x in summaries if (x.model, x.k) == (model, k)]
+        below = [plain(x.selector) for x in mine_group
+                 if x.p_holm_vote < PAIRED_ALPHA and x.vs_vote.value < 0]
+        above = [plain(x.selector) for x in mine_group
+                 if x.p_holm_vote < PAIRED_ALPHA and x.vs_vote.value > 0]
+        claims.append(
+            f"{tag}: the model is significantly less accurate than a majority vote of its own "
+            "demonstrations' labels (Holm p < 0.05) with: " + (", ".join(below) or "none")
+            + "; significantly more accurate with: " + (", ".join(above) or "none") + ".")
         shown = np.concatenate(all_shown)
         correct = np.concatenate(all_correct)
         if shown.any() and (~shown).any():
@@ -986,7 +1035,9 @@ def _coverage_section(results: Sequence[Any], coverage: Mapping[str, Any],
         blocks += [
             Section(f"{tag}: label shown, and accuracy with and without it", (Table(
                 ["selector", "items", "label shown", "accuracy when shown",
-                 "accuracy when not shown"], rows),)),
+                 "accuracy when not shown", "demonstrations with the query's label",
+                 "accuracy", "majority vote of the demonstrations' labels",
+                 "model − vote (points, mean over tasks) [95% CI]", "Holm p"], rows),)),
             Section(f"{tag}: share of items whose label is shown, per task", (Table(
                 ["selector", *(plain(t) for t in tasks)], trows),
                 Paragraph("Spearman(share shown, accuracy) per task: " + ", ".join(
@@ -1001,8 +1052,10 @@ def _coverage_section(results: Sequence[Any], coverage: Mapping[str, Any],
         "demonstrations show. A query whose label no demonstration carries can only be answered "
         "from the model's prior. Here, for every unit, whether each test item's gold label is "
         "the label of at least one of its demonstrations (for multiple-choice tasks the labels "
-        "are the option letters). Descriptive: items are not assigned to \"shown\" at random, "
-        "so this shows where accuracy comes from, not a causal effect.")
+        "are the option letters), the share of its demonstrations that carry its label, and "
+        "the accuracy of a majority vote of its demonstrations' labels with no model at all "
+        "(ties split evenly), beside the model's. Descriptive: items are not assigned to "
+        "\"shown\" at random, so this shows where accuracy comes from, not a causal effect.")
     return Section("Do the demonstrations show the query's label?",
                    (intro, BulletList(claims), *blocks)), summaries
 
