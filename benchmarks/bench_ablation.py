@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     rep = write_ablation_report(results, paired, out, objectives=OBJECTIVES, encoders=encoders,
                                 contrasts=contrasts, title=title,
                                 commands=[cmd + "   # resumable", cmd + " --report-only"],
-                                notes=notes)
+                                notes=notes, coverage=h.label_coverage(results))
     print(rep.read_text())
     return 0
 

@@ -143,3 +143,26 @@ def test_ablation_report_factor_tables(tmp_path):
     rep = next(r for r in rec if r["contrast"] == "representation" and r["objective"] == "set MMD")
     assert rep["selector"] == "mmd@kv:auto" and rep["baseline"] == "mmd"
     assert np.isclose(rep["diff"], 29 / 40)
+
+
+def test_ablation_report_label_coverage_section(tmp_path):
+    from icldistill.evaluation.harness import LabelCoverage
+
+    mod = _bench()
+    rows, preds = _grid({("knn", "minilm"): 20, ("mmd", "minilm"): 10})
+    paired = paired_comparisons(rows, preds, baselines=("knn",), n_boot=200, n_perm=2000)
+    coverage = {}
+    for r in rows:
+        pred, truth = preds[r.key]
+        correct = np.asarray([p == t for p, t in zip(pred, truth, strict=True)])
+        shown = np.ones(40, dtype=bool) if r.spec.selector == "knn" else np.arange(40) < 30
+        coverage[r.key] = LabelCoverage(r.key, shown, shown / 2.0, correct, shown / 2.0)
+    path = write_ablation_report(rows, paired, tmp_path, objectives=mod.OBJECTIVES[:2],
+                                 encoders=["minilm"], coverage=coverage)
+    text = path.read_text()
+    assert "## Do the demonstrations show the query's label?" in text
+    assert "| mmd | 80 | 75.0% |" in text and "| knn | 80 | 100.0% |" in text
+    # without coverage, no section
+    path = write_ablation_report(rows, paired, tmp_path / "plain",
+                                 objectives=mod.OBJECTIVES[:2], encoders=["minilm"])
+    assert "show the query's label" not in path.read_text()

@@ -198,6 +198,7 @@ def test_comparison_report_label_coverage_section(tmp_path):
     assert "m k=4: 4 of 6 units have their selection recorded" in md
     assert ("m k=4: over every unit, accuracy is 83.3% on the 12 items whose label a "
             "demonstration shows and 0.0% on the 4 items whose label none shows.") in md
+    assert "| random | 50% | 50% |" in md and "| knn | 100% | 100% |" in md    # per task
     assert by["random"].label_share == 0.125 and by["random"].vote == 0.25
     # model minus the vote, paired per item: knn [1,1,1,0] - .5; random [1,1,0,0] - [.5,.5,0,0]
     assert by["knn"].vs_vote.value == pytest.approx(0.25)

@@ -1005,8 +1005,9 @@ def _coverage_section(results: Sequence[Any], coverage: Mapping[str, Any],
                               if r.spec.label == summ.selector]))), _pct(summ.vote),
                          f"{100 * ci.value:+.1f} [{100 * ci.low:+.1f}, {100 * ci.high:+.1f}]",
                          f"{p_adj:.2g}"])
-            trows.append([plain(lab), *(f"{100 * per_task[t]:.0f}%" if t in per_task else "–"
-                                        for t in tasks)])
+            trows.append([plain(summ.selector),
+                          *(f"{100 * summ.per_task_shown[t]:.0f}%"
+                            if t in summ.per_task_shown else "–" for t in tasks)])
         mine_group = [x for x in summaries if (x.model, x.k) == (model, k)]
         below = [plain(x.selector) for x in mine_group
                  if x.p_holm_vote < PAIRED_ALPHA and x.vs_vote.value < 0]
@@ -1201,6 +1202,7 @@ def write_ablation_report(
     commands: Sequence[str] = (),
     notes: Sequence[str] = (),
     title: str = "Ablation: representation x objective, paired against kNN",
+    coverage: Mapping[str, Any] | None = None,
 ) -> Path:
     """Report (``ablation.md``, its HTML twin ``ablation.html``) and ``ablation.json`` of a
     representation x objective ablation (issue 12, item 4); returns the Markdown path.
@@ -1218,6 +1220,10 @@ def write_ablation_report(
     objective against kNN on the same representation. Their records go into ``ablation.json``
     too, with ``contrast`` ``"representation"`` or ``"objective"`` (the cells against
     ``baseline`` have ``"baseline"``).
+
+    ``coverage`` (unit key -> :class:`icldistill.evaluation.LabelCoverage`) adds the section
+    "Do the demonstrations show the query's label?" of :func:`write_comparison_report`, one
+    row per cell.
     """
     from icldistill.reporting.document import CodeBlock, Report, Section, write_report
 
@@ -1233,6 +1239,10 @@ def write_ablation_report(
             section, cells = _ablation_factor_section(ab, contrasts, model, k)
             sections.append(section)
             record += cells
+    if coverage:
+        cov_section, _ = _coverage_section(results, coverage, {})
+        if cov_section is not None:
+            sections.append(cov_section)
     if commands:
         sections.append(Section("Reproduce", (CodeBlock("\n".join(commands), "bash"),)))
     write_json(out / "ablation.json", record)
