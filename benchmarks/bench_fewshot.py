@@ -19,6 +19,17 @@ worker's locks, so its units are picked up by the next pass or the next run. Cla
 former scheme (``<out>/claims/<key>`` holding a live worker's pid) are still honoured, so a
 worker of this version can join workers started before it.
 
+A random-init control of the same grid (the evidence standard: a real-model claim counts only
+when the trained model differs from an architecture-identical model with random weights):
+
+    python benchmarks/bench_fewshot.py ... --control 1 --out DIR-control-1    # run it
+    python benchmarks/bench_fewshot.py ... --report-only --control-dir DIR-control-1
+
+The first runs the grid on each model's random twin (``random_twin``, initialisation seed 1) in
+its own folder, marked by ``control.json`` (a folder holds one kind of model only); the second
+sets the control's paired comparisons beside the trained grid's in the report ("Against a
+random-init control").
+
 Defaults: tasks amazon, imdb, yelp, rt-sentiment, rt-subjectivity, r8 (+ boolq with
 ``--tasks ...,boolq``), all selectors, k in {4, 8}, 200 test inputs per task, 3 seeds for the
 randomised parts, MiniLM embeddings for selection and for the reported MMD.
@@ -95,6 +106,57 @@ def others_running(out: Path) -> bool:
     return legacy or bool(held_locks(out))
 
 
+def control_loader(seed: int, progress: bool = True):
+    """``name, dtype=... -> LoadedModel`` of the registry model's random-init twin (seed
+    ``seed``), its output head in float32 under a half precision, as for the trained model."""
+    from icldistill.lab.experiments.phenomena import random_twin
+    from icldistill.models.registry import float32_head, load_model
+
+    def load(name: str, dtype: torch.dtype = torch.float32):
+        twin = random_twin(load_model(name, dtype=dtype, progress=progress), seed)
+        if dtype in (torch.bfloat16, torch.float16):
+            float32_head(twin.model)
+        return twin
+    return load
+
+
+def check_control_folder(out: Path, seed: int | None) -> str | None:
+    """Why ``out`` cannot take this run (one line), or ``None``: a control folder
+    (``control.json``) holds the units of one random-init seed only, a trained folder none."""
+    marker = out / "control.json"
+    mark = json.loads(marker.read_text()) if marker.exists() else None
+    if seed is None:
+        if mark is not None:
+            return (f"{out} is a random-init control folder (seed {mark['seed']}); pass "
+                    f"--control {mark['seed']} to add to it")
+        return None
+    if isinstance(seed, bool) or seed < 1:
+        return f"--control takes an initialisation seed >= 1, got {seed}"
+    if mark is None:
+        if load_results(out):
+            return (f"{out} holds trained-model results; give the control its own folder "
+                    "(--out)")
+        out.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"control": "random-init", "seed": seed}) + "\n")
+        return None
+    if mark.get("seed") != seed:
+        return f"{out} is the control folder of seed {mark.get('seed')}, not {seed}"
+    return None
+
+
+def read_control_paired(folder: Path) -> list:
+    """The paired comparisons of a control folder (its ``paired.json``)."""
+    from icldistill.core.stats import PairedComparison
+
+    if not (folder / "control.json").exists():
+        raise ValueError(f"--control-dir {folder}: not a control folder (no control.json; run "
+                         "the grid there with --control SEED)")
+    path = folder / "paired.json"
+    if not path.exists():
+        raise ValueError(f"--control-dir {folder}: no paired.json yet (write its report first)")
+    return [PairedComparison(**d) for d in json.loads(path.read_text())]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(MODELS))
@@ -116,10 +178,26 @@ def main(argv: list[str] | None = None) -> int:
                     help="stop starting new units after this many minutes (resume later)")
     ap.add_argument("--report-only-if-done", action="store_true",
                     help="write the report only when no other worker holds a unit")
+    ap.add_argument("--control", type=int, default=None, metavar="SEED",
+                    help="run the grid on each model's random-init twin (initialisation seed "
+                         "SEED >= 1) in a folder of its own, marked by control.json")
+    ap.add_argument("--control-dir", default=None, metavar="DIR",
+                    help="a control folder of this grid: its paired comparisons go beside "
+                         "these in the report")
     args = ap.parse_args(argv)
+    out = Path(args.out)
+    problem = check_control_folder(out, args.control)
+    control_paired = None
+    if problem is None and args.control_dir:
+        try:
+            control_paired = read_control_paired(Path(args.control_dir))
+        except ValueError as exc:
+            problem = str(exc)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
     models = [m for m in args.models.split(",") if m]
     tasks = [t for t in args.tasks.split(",") if t]
     selectors = [s for s in args.selectors.split(",") if s]
@@ -130,13 +208,17 @@ def main(argv: list[str] | None = None) -> int:
                + (f" --pool-size {args.pool_size}" if args.pool_size else "")
                + (f" --dtype {args.dtype}" if args.dtype != "float32" else "")
                + (f" --out {args.out}" if Path(args.out) != HERE / "results" / "fewshot"
-                  else ""))
-    cmds = [run_cmd + "   # resumable: rerun to continue", "python benchmarks/bench_fewshot.py "
-            "--report-only   # rebuild this report from results.jsonl"]
+                  else "")
+               + (f" --control {args.control}" if args.control is not None else ""))
+    report_cmd = (run_cmd + " --report-only"
+                  + (f" --control-dir {args.control_dir}" if args.control_dir else ""))
+    cmds = [run_cmd + "   # resumable: rerun to continue",
+            report_cmd + "   # rebuild this report from results.jsonl"]
     if not args.report_only:
         tasks_ = ({t: Task.from_registry(t, pool_size=args.pool_size) for t in tasks}
                   if args.pool_size else None)
-        h = Harness(out, tasks=tasks_, batch_size=args.batch_size, progress=True)
+        h = Harness(out, tasks=tasks_, batch_size=args.batch_size, progress=True,
+                    model_loader=None if args.control is None else control_loader(args.control))
         t0 = time.time()
         units = unit_grid(models=models, tasks=tasks, selectors=selectors, ks=ks,
                           seeds=args.seeds, n_test=args.n_test, dtype=args.dtype)
@@ -163,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
                  "selectors and tasks not yet run are missing); rerun the command to continue."))
     notes = [
         status,
+        *([f"Random-init control: every model is an architecture-identical twin with weights "
+           f"initialised under seed {args.control} (`random_twin`), reading the same prompts "
+           "as the trained model."] if args.control is not None else []),
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU threads, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads; load average at report time "
         f"{load[0]:.1f}.",
@@ -208,7 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     rep = write_comparison_report(results, out, commands=cmds, notes=notes, paired=paired,
                                   paired_macro_f1=paired_f1, coverage=coverage,
                                   majority=majority_shares(results, preds),
+                                  control_paired=control_paired,
+                                  control_label=f"the random-init control in {args.control_dir}",
                                  title="Demonstration selection: few-shot accuracy" + (
+                                     "" if args.control is None else
+                                     f", random-init control (seed {args.control})") + (
                                      "" if n_done == len(grid) else
                                      f" (incomplete: {n_done} of {len(grid)} units)"))
     print(rep.markdown.read_text())

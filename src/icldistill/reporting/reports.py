@@ -25,10 +25,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "ComparisonReport",
+    "ControlCheck",
     "CoverageSummary",
     "SelectorSummary",
     "ablation_pairs",
     "atomic_write",
+    "control_checks",
     "heatmap",
     "layer_colorbar",
     "layer_colors",
@@ -367,6 +369,9 @@ class ComparisonReport:
     coverage : list of CoverageSummary
         Per model, ``k`` and selector: how often a test item's own label was among its
         demonstrations and the accuracy with and without it (when ``coverage`` was given).
+    control : list of ControlCheck
+        The paired comparisons matched with the random-init control's (when
+        ``control_paired`` was given).
     """
 
     markdown: Path
@@ -383,6 +388,7 @@ class ComparisonReport:
     paired_macro_f1_json: Path | None = None
     meets_bar: dict[str, tuple[str, ...]] = field(default_factory=dict)
     coverage: list[CoverageSummary] = field(default_factory=list)
+    control: list[ControlCheck] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON types (paths as strings, tuples as lists, non-finite numbers as
@@ -422,6 +428,8 @@ def write_comparison_report(
     paired_macro_f1: Sequence[PairedComparison] | None = None,
     majority: Mapping[str, float] | None = None,
     coverage: Mapping[str, Any] | None = None,
+    control_paired: Sequence[PairedComparison] | None = None,
+    control_label: str = "a random-init control",
 ) -> ComparisonReport:
     """Markdown + HTML report of a selector comparison (harness :class:`UnitResult` objects).
 
@@ -436,7 +444,9 @@ def write_comparison_report(
     :data:`MAJORITY_SHARE` are named as those where accuracy mostly counts the majority label.
     ``coverage`` (unit key -> :class:`icldistill.evaluation.LabelCoverage`, from
     :meth:`icldistill.evaluation.Harness.label_coverage`) adds the section "Do the
-    demonstrations show the query's label?" after the paired sections.
+    demonstrations show the query's label?" after the paired sections. ``control_paired`` (the
+    paired comparisons of the same grid on a random-init twin, e.g. its ``paired.json``) adds
+    "Against a random-init control" (:func:`control_checks`), named by ``control_label``.
 
     Tables: accuracy (mean over seeds and orderings, 95% bootstrap CI of single runs in the
     detail table) per task and selector for every model and ``k``, the mean over tasks, the
@@ -483,6 +493,11 @@ def write_comparison_report(
         f1_json = write_json(out / "paired_macro_f1.json",
                              [c.to_dict() for c in paired_macro_f1])
         lead.append(_paired_section(paired_macro_f1, majority=majority))
+    checks: list[ControlCheck] = []
+    if control_paired is not None and paired is not None:
+        checks = control_checks(paired, list(control_paired))
+        if checks:
+            lead.append(_control_section(checks, control_label))
     sections[:0] = lead
     cov_summaries: list[CoverageSummary] = []
     if coverage:
@@ -494,7 +509,7 @@ def write_comparison_report(
                                              commands=tuple(commands)), out)
     return ComparisonReport(md_path, html_path, figures, acc_.summaries, acc_.best,
                             acc_.fam_best, acc_.beats, acc_.rho, acc_.collapsed, paired_json,
-                            acc_.ties, f1_json, meets_bar, cov_summaries)
+                            acc_.ties, f1_json, meets_bar, cov_summaries, checks)
 
 
 #: Columns of the comparison report's overview table (one row per model and ``k``).
@@ -564,6 +579,72 @@ class CoverageSummary:
     rho: dict[str, float] = field(default_factory=dict)
     vs_vote: Any = None
     p_holm_vote: float = float("nan")
+
+
+@dataclass(frozen=True)
+class ControlCheck:
+    """One paired comparison on the trained model and on its random-init control.
+
+    Attributes
+    ----------
+    model, k, task, selector, baseline : str, int, str, str, str
+        As in :class:`icldistill.core.stats.PairedComparison` (``task`` may be ``"mean"`` when
+        both grids cover the same tasks).
+    trained, control : PairedComparison
+        The comparison on the trained model and on the architecture-identical random-init
+        twin (same prompts: the selectors choose from the same pool and the same embeddings).
+    differs : bool
+        The two 95% intervals are disjoint: the trained model's difference is not one a model
+        with random weights also shows.
+    """
+
+    model: str
+    k: int
+    task: str
+    selector: str
+    baseline: str
+    trained: Any
+    control: Any
+    differs: bool
+
+
+def control_checks(paired: Sequence[PairedComparison], control: Sequence[PairedComparison]
+                   ) -> list[ControlCheck]:
+    """Match the trained grid's paired comparisons with its control grid's.
+
+    Per-task comparisons are matched on ``(model, k, task, selector, baseline, metric)``; the
+    mean over tasks only when both grids cover the same tasks for that model and ``k`` (a mean
+    over other tasks is another quantity).
+
+    Parameters
+    ----------
+    paired, control : sequence of PairedComparison
+        From the trained model's folder and from the control's (e.g. its ``paired.json``).
+
+    Returns
+    -------
+    list of ControlCheck
+        In the order of ``paired``.
+    """
+    def tasks_of(cs: Sequence[PairedComparison]) -> dict[tuple[str, int], set[str]]:
+        out: dict[tuple[str, int], set[str]] = {}
+        for c in cs:
+            if c.task != "mean":
+                out.setdefault((c.model, c.k), set()).add(c.task)
+        return out
+
+    t_tasks, c_tasks = tasks_of(paired), tasks_of(control)
+    by = {(c.model, c.k, c.task, c.selector, c.baseline, c.metric): c for c in control}
+    out: list[ControlCheck] = []
+    for c in paired:
+        if c.task == "mean" and t_tasks.get((c.model, c.k)) != c_tasks.get((c.model, c.k)):
+            continue
+        ctl = by.get((c.model, c.k, c.task, c.selector, c.baseline, c.metric))
+        if ctl is None:
+            continue
+        differs = c.ci_low > ctl.ci_high or c.ci_high < ctl.ci_low
+        out.append(ControlCheck(c.model, c.k, c.task, c.selector, c.baseline, c, ctl, differs))
+    return out
 
 
 def _same_shown(a: float, b: float) -> bool:
@@ -1059,6 +1140,49 @@ def _coverage_section(results: Sequence[Any], coverage: Mapping[str, Any],
         "\"shown\" at random, so this shows where accuracy comes from, not a causal effect.")
     return Section("Do the demonstrations show the query's label?",
                    (intro, BulletList(claims), *blocks)), summaries
+
+
+def _control_section(checks: Sequence[ControlCheck], label: str) -> Any:
+    """The section "Against a random-init control": per model and ``k``, every paired
+    comparison beside the same comparison on the control, and whether their intervals are
+    disjoint."""
+    from icldistill.reporting.document import BulletList, Paragraph, Section, Table, plain
+
+    intro = Paragraph(
+        f"The same grid on {plain(label)}: an architecture-identical model with random weights, "
+        "reading the same prompts (the selectors here choose from MiniLM embeddings of the same "
+        "pool, so they pick the same demonstrations). A difference counts as the trained "
+        "model's only when its 95% interval is disjoint from the control's.")
+    blocks: list[Any] = []
+    claims: list[str] = []
+    groups: dict[tuple[str, int], list[ControlCheck]] = {}
+    for c in checks:
+        groups.setdefault((c.model, c.k), []).append(c)
+    for (model, k), cs in sorted(groups.items()):
+        tag = f"{model} k={k}"
+        rows = [[plain(c.selector), plain(c.baseline), plain(c.task),
+                 _diff_ci(c.trained), f"{c.trained.p_holm:.2g}", _diff_ci(c.control),
+                 f"{c.control.p_holm:.2g}", "yes" if c.differs else "no"]
+                for c in sorted(cs, key=lambda c: (c.task == "mean", c.task,
+                                                   _selector_rank(c.selector), c.baseline))]
+        sig = [c for c in cs if c.trained.p_holm < PAIRED_ALPHA]
+        same = [c for c in sig if not c.differs]
+        claims.append(
+            f"{tag}: {len(sig)} of the {len(cs)} comparisons matched with the control are "
+            f"significant on the trained model (Holm p < {PAIRED_ALPHA}); "
+            + (f"{len(sig) - len(same)} of them differ from the control"
+               + (f", {len(same)} do not: "
+                  + ", ".join(f"{plain(c.selector)} vs {plain(c.baseline)} on "
+                              f"{plain(c.task)}" for c in same) if same else "")
+               if sig else "none to check") + ".")
+        blocks.append(Section(f"{tag}: trained vs control", (Table(
+            ["selector", "vs", "task", "trained: diff (points) [95% CI]", "Holm p",
+             "control: diff [95% CI]", "Holm p", "differs from the control"], rows),)))
+    return Section("Against a random-init control", (intro, BulletList(claims), *blocks))
+
+
+def _diff_ci(c: Any) -> str:
+    return f"{100 * c.diff:+.1f} [{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}]"
 
 
 def _pct(x: float) -> str:

@@ -1,0 +1,123 @@
+"""A selection grid's random-init control: matching its paired comparisons with the trained
+grid's, the report section, and the benchmark's control folder guards."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from icldistill.core.stats import PairedComparison
+from icldistill.reporting.reports import control_checks, write_comparison_report
+
+from .test_reports import _unit_result
+from .tiny_models import tiny_model, tiny_tokenizer
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_fewshot.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_fewshot_under_test", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _pc(task, selector, baseline, diff, half, p_holm=0.01, k=4):
+    return PairedComparison("m", k, task, selector, baseline, diff, diff - half, diff + half,
+                            p_holm, p_holm, 100, 1)
+
+
+def test_control_checks_match_per_task_and_the_mean_only_over_the_same_tasks():
+    trained = [_pc("a", "knn", "random", 0.20, 0.05), _pc("b", "knn", "random", 0.04, 0.05),
+               _pc("c", "knn", "random", 0.30, 0.05), _pc("mean", "knn", "random", 0.18, 0.03),
+               _pc("a", "mmd", "knn", -0.10, 0.04)]
+    control = [_pc("a", "knn", "random", 0.00, 0.03), _pc("b", "knn", "random", 0.02, 0.03),
+               _pc("mean", "knn", "random", 0.01, 0.02), _pc("a", "mmd", "knn", -0.09, 0.03)]
+    checks = control_checks(trained, control)
+    got = {(c.task, c.selector): c.differs for c in checks}
+    # a: +20 [15, 25] vs 0 [-3, 3] disjoint; b: overlapping; c: not in the control; the mean is
+    # over tasks a, b, c in the trained grid but a, b in the control: not matched; mmd on a:
+    # -10 [-14, -6] vs -9 [-12, -6] overlap
+    assert got == {("a", "knn"): True, ("b", "knn"): False, ("a", "mmd"): False}
+    same_tasks = control_checks(trained[:2] + trained[3:4], control[:3])
+    assert {(c.task, c.differs) for c in same_tasks} >= {("mean", True)}
+
+
+def test_comparison_report_sets_the_control_beside_the_trained_grid(tmp_path):
+    rs = [_unit_result(t, "random", 0.5, 0.1, s) for t in ("a", "b") for s in range(2)]
+    rs += [_unit_result(t, "knn", 0.8, 0.01) for t in ("a", "b")]
+    trained = [_pc("a", "knn", "random", 0.30, 0.05), _pc("b", "knn", "random", 0.30, 0.05),
+               _pc("mean", "knn", "random", 0.30, 0.04)]
+    control = [_pc("a", "knn", "random", 0.01, 0.03, p_holm=0.8),
+               _pc("b", "knn", "random", 0.28, 0.04, p_holm=0.01),
+               _pc("mean", "knn", "random", 0.15, 0.03, p_holm=0.01)]
+    rep = write_comparison_report(rs, tmp_path, paired=trained, control_paired=control,
+                                  control_label="the control in X")
+    md = rep.markdown.read_text()
+    assert "## Against a random-init control" in md and "the control in X" in md
+    assert ("m k=4: 3 of the 3 comparisons matched with the control are significant on the "
+            "trained model (Holm p < 0.05); 2 of them differ from the control, 1 do not: knn vs "
+            "random on b.") in md
+    assert "| knn | random | a | +30.0 [+25.0, +35.0] | 0.01 | +1.0 [-2.0, +4.0] | 0.8 | yes |" \
+        in md
+    assert [c.differs for c in rep.control] == [True, False, True]
+
+
+def test_bench_control_folder_guards(tmp_path):
+    mod = _bench()
+    out = tmp_path / "grid-control"
+    assert mod.check_control_folder(out, 1) is None                    # marks a new folder
+    assert json.loads((out / "control.json").read_text()) == {"control": "random-init",
+                                                               "seed": 1}
+    assert mod.check_control_folder(out, 1) is None
+    assert "control folder of seed 1, not 2" in mod.check_control_folder(out, 2)
+    assert "pass --control 1" in mod.check_control_folder(out, None)
+    assert ">= 1" in mod.check_control_folder(tmp_path / "x", 0)
+    trained = tmp_path / "grid"
+    trained.mkdir()
+    (trained / "results.jsonl").write_text(json.dumps(_unit_result("a", "knn", 0.8, 0.1)
+                                                      .to_dict()) + "\n")
+    assert "holds trained-model results" in mod.check_control_folder(trained, 1)
+    assert mod.check_control_folder(trained, None) is None
+    with pytest.raises(ValueError, match="not a control folder"):
+        mod.read_control_paired(trained)
+    with pytest.raises(ValueError, match=r"no paired\.json yet"):
+        mod.read_control_paired(out)
+    (out / "paired.json").write_text(json.dumps([_pc("a", "knn", "random", 0.1, 0.1)
+                                                 .to_dict()]))
+    assert mod.read_control_paired(out)[0].diff == pytest.approx(0.1)
+    # bad input: a one-line error and exit code 2, before any model is loaded
+    assert mod.main(["--out", str(out), "--report-only"]) == 2
+
+
+def test_bench_control_loader_builds_the_random_twin(monkeypatch):
+    mod = _bench()
+    import icldistill.models.registry as registry
+
+    trained = tiny_model("llama")
+    calls = []
+
+    def fake_load(name, dtype=torch.float32, progress=True):
+        calls.append((name, dtype))
+        return SimpleNamespace(model=trained.to(dtype), tokenizer=tiny_tokenizer(True),
+                               name=name, path=None)
+
+    monkeypatch.setattr(registry, "load_model", fake_load)
+    twin = mod.control_loader(3, progress=False)("tiny")
+    assert calls == [("tiny", torch.float32)]
+    assert type(twin.model) is type(trained)
+    cfg = {k: v for k, v in twin.model.config.to_dict().items() if k != "dtype"}
+    assert cfg == {k: v for k, v in trained.config.to_dict().items() if k != "dtype"}
+    a = dict(trained.named_parameters())
+    assert any(not torch.equal(p, a[n]) for n, p in twin.model.named_parameters())
+    again = mod.control_loader(3, progress=False)("tiny")
+    assert all(torch.equal(p, dict(again.model.named_parameters())[n])
+               for n, p in twin.model.named_parameters())
+    half = mod.control_loader(3, progress=False)("tiny", dtype=torch.bfloat16)
+    assert half.model.get_output_embeddings().weight.dtype == torch.float32
