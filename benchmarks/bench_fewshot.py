@@ -157,6 +157,30 @@ def read_control_paired(folder: Path) -> list:
     return [PairedComparison(**d) for d in json.loads(path.read_text())]
 
 
+def model_dtypes(spec: str, models: list[str]) -> dict[str, str]:
+    """``--dtype``: one precision for every model, or ``model=dtype,...`` (models not named
+    stay float32). Raises ValueError naming what is not understood."""
+    allowed = ("float32", "bfloat16", "float16")
+    if "=" not in spec:
+        if spec not in allowed:
+            raise ValueError(f"--dtype {spec!r}: expected one of {', '.join(allowed)}")
+        return dict.fromkeys(models, spec)
+    out = dict.fromkeys(models, "float32")
+    for part in filter(None, spec.split(",")):
+        model, _, dtype = part.partition("=")
+        if model not in models:
+            raise ValueError(f"--dtype names {model!r}, which is not in --models")
+        if dtype not in allowed:
+            raise ValueError(f"--dtype {part!r}: expected one of {', '.join(allowed)}")
+        out[model] = dtype
+    return out
+
+
+def grid_units(models: list[str], dtypes: dict[str, str], **kw) -> list[UnitSpec]:
+    """:func:`unit_grid` of every model in its own precision."""
+    return [u for m in models for u in unit_grid(models=[m], dtype=dtypes[m], **kw)]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(MODELS))
@@ -170,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
                          "this size (seeded; default the whole pool)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                    help="precision of the models' weights (logits stay float32)")
+    ap.add_argument("--dtype", default="float32",
+                    help="precision of the models' weights (logits stay float32): float32, "
+                         "bfloat16 or float16 for every model, or per model, e.g. "
+                         "smollm2-135m=float32,qwen2.5-0.5b=bfloat16")
     ap.add_argument("--out", default=str(HERE / "results" / "fewshot"))
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--max-minutes", type=float, default=None,
@@ -196,9 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    models = [m for m in args.models.split(",") if m]
+    try:
+        dtypes = model_dtypes(args.dtype, models)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = [m for m in args.models.split(",") if m]
     tasks = [t for t in args.tasks.split(",") if t]
     selectors = [s for s in args.selectors.split(",") if s]
     ks = [int(k) for k in args.ks.split(",") if k]
@@ -220,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         h = Harness(out, tasks=tasks_, batch_size=args.batch_size, progress=True,
                     model_loader=None if args.control is None else control_loader(args.control))
         t0 = time.time()
-        units = unit_grid(models=models, tasks=tasks, selectors=selectors, ks=ks,
-                          seeds=args.seeds, n_test=args.n_test, dtype=args.dtype)
+        units = grid_units(models, dtypes, tasks=tasks, selectors=selectors, ks=ks,
+                           seeds=args.seeds, n_test=args.n_test)
         # cheapest first, so an interrupted run covers every task: set-level selectors (one
         # prefix pass per unit) before per-query ones, k=4 before k=8
         units.sort(key=lambda u: (models.index(u.model), not SELECTORS[u.selector].shared,
@@ -236,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         print("no results yet", file=sys.stderr)
         return 1
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    grid = set(unit_grid(models=models, tasks=tasks, selectors=selectors, ks=ks,
-                         seeds=args.seeds, n_test=args.n_test, dtype=args.dtype))
+    grid = set(grid_units(models, dtypes, tasks=tasks, selectors=selectors, ks=ks,
+                          seeds=args.seeds, n_test=args.n_test))
     n_done = len(grid & {r.spec for r in results})
     status = (f"This command's grid: {n_done} of {len(grid)} units finished"
               + ("." if n_done == len(grid) else

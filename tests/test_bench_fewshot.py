@@ -1,5 +1,6 @@
-"""A selection grid's random-init control: matching its paired comparisons with the trained
-grid's, the report section, and the benchmark's control folder guards."""
+"""benchmarks/bench_fewshot.py: the random-init control of a grid (its paired comparisons
+matched with the trained grid's, the report section, the control folder guards) and per-model
+precisions."""
 
 from __future__ import annotations
 
@@ -121,3 +122,23 @@ def test_bench_control_loader_builds_the_random_twin(monkeypatch):
                for n, p in twin.model.named_parameters())
     half = mod.control_loader(3, progress=False)("tiny", dtype=torch.bfloat16)
     assert half.model.get_output_embeddings().weight.dtype == torch.float32
+
+
+def test_bench_dtype_per_model():
+    mod = _bench()
+    models = ["smollm2-135m", "qwen2.5-0.5b"]
+    assert mod.model_dtypes("bfloat16", models) == dict.fromkeys(models, "bfloat16")
+    assert mod.model_dtypes("qwen2.5-0.5b=bfloat16", models) == {
+        "smollm2-135m": "float32", "qwen2.5-0.5b": "bfloat16"}
+    with pytest.raises(ValueError, match="'gpt2', which is not in --models"):
+        mod.model_dtypes("gpt2=bfloat16", models)
+    with pytest.raises(ValueError, match="expected one of"):
+        mod.model_dtypes("qwen2.5-0.5b=fp8", models)
+    with pytest.raises(ValueError, match="expected one of"):
+        mod.model_dtypes("half", models)
+    units = mod.grid_units(models, {"smollm2-135m": "float32", "qwen2.5-0.5b": "bfloat16"},
+                           tasks=["a"], selectors=["knn", "random"], ks=[8], seeds=2, n_test=10)
+    assert {(u.model, u.dtype) for u in units} == {("smollm2-135m", "float32"),
+                                                   ("qwen2.5-0.5b", "bfloat16")}
+    assert len(units) == 2 * 3
+    assert mod.main(["--dtype", "fp8", "--report-only"]) == 2
