@@ -108,16 +108,10 @@ def others_running(out: Path) -> bool:
 
 def control_loader(seed: int, progress: bool = True):
     """``name, dtype=... -> LoadedModel`` of the registry model's random-init twin (seed
-    ``seed``), its output head in float32 under a half precision, as for the trained model."""
-    from icldistill.lab.experiments.phenomena import random_twin
-    from icldistill.models.registry import float32_head, load_model
+    ``seed``; :func:`icldistill.lab.experiments.phenomena.twin_loader`)."""
+    from icldistill.lab.experiments.phenomena import twin_loader
 
-    def load(name: str, dtype: torch.dtype = torch.float32):
-        twin = random_twin(load_model(name, dtype=dtype, progress=progress), seed)
-        if dtype in (torch.bfloat16, torch.float16):
-            float32_head(twin.model)
-        return twin
-    return load
+    return twin_loader(seed, progress=progress)
 
 
 def check_control_folder(out: Path, seed: int | None) -> str | None:

@@ -104,7 +104,7 @@ def test_bench_control_loader_builds_the_random_twin(monkeypatch):
     trained = tiny_model("llama")
     calls = []
 
-    def fake_load(name, dtype=torch.float32, progress=True):
+    def fake_load(name, dtype=torch.float32, progress=True, device="cpu"):
         calls.append((name, dtype))
         return SimpleNamespace(model=trained.to(dtype), tokenizer=tiny_tokenizer(True),
                                name=name, path=None)

@@ -196,3 +196,33 @@ def test_redirected_stderr_gets_plain_lines_and_quiet_gets_nothing(setup, tmp_pa
         else:
             assert "\r" not in text and "\x1b" not in text and 0 < len(text) < 8_000, text
             assert "units 100% (1/1)" in text
+
+
+def test_compare_with_a_random_init_control(setup, capsys, monkeypatch):
+    root, model_dir, data = setup
+    monkeypatch.setenv("ICLDISTILL_CACHE", str(root / "cache"))
+    rep = root / "cmp-control"
+    argv = ["compare", "--models", str(model_dir), *_task_args(data), "--selectors",
+            "random,knn,mmd", "--ks", "2", "--seeds", "2", "--n-test", "8", "--encoder",
+            "minilm", "--out", str(rep), "--quiet"]
+    assert main([*argv, "--control", "1", "--backend", "ray"]) == 2
+    assert "--control runs the random-init twins on the local backend" in \
+        capsys.readouterr().err
+    assert main([*argv, "--control", "0"]) == 2
+    capsys.readouterr()
+    assert main([*argv, "--control", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "random-init control:" in out and "significant comparisons differ" in out
+    control = rep / "control-1"
+    trained = [json.loads(x) for x in (rep / "results.jsonl").read_text().splitlines()]
+    twin = [json.loads(x) for x in (control / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["key"] for r in trained) == sorted(r["key"] for r in twin)  # same units
+    assert "random-init control (seed 1)" in (control / "report.md").read_text()
+    md = (rep / "report.md").read_text()
+    assert "## Against a random-init control" in md and "control-1" in md
+    # MiniLM selection: the twin read the same demonstrations as the trained model
+    for r in trained:
+        if r["spec"]["selector"] == "knn":
+            a = json.loads((rep / "selections" / f"{r['key']}.json").read_text())["indices"]
+            b = json.loads((control / "selections" / f"{r['key']}.json").read_text())["indices"]
+            assert a == b

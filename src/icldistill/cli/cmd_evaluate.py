@@ -21,6 +21,7 @@ from icldistill.cli.options import (
     thread_count,
 )
 from icldistill.cli.tasks import add_grid_args, add_selection_args, load_tasks, selector_params
+from icldistill.core.validation import InputError
 
 __all__ = ["add_parsers"]
 
@@ -90,6 +91,10 @@ def add_parsers(sub: Any) -> None:
                                    "(resumable).")
     add_grid_args(p, selectors_default=None, ks_default="4,8")
     _add_scoring_args(p)
+    p.add_argument("--control", type=positive_int, default=None, metavar="SEED",
+                   help="also run the grid on each model's random-init twin (initialisation "
+                        "seed SEED, in OUT/control-SEED, local backend) and set its paired "
+                        "comparisons beside the trained model's in the report")
     p.add_argument("--out", default="icldistill-compare",
                    help="output folder: report.md, report.html, figures, results and caches "
                         "(default icldistill-compare)")
@@ -135,6 +140,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from icldistill.selection.registry import SELECTORS
 
     check_local_device(args)
+    if args.control is not None and args.backend != "local":
+        raise InputError("--control runs the random-init twins on the local backend; drop "
+                         "--backend ray or --control")
     tasks = load_tasks(args)
     selectors = split_names(args.selectors or ",".join(SELECTORS))
     units = unit_grid(models=split_names(args.models), tasks=list(tasks), selectors=selectors,
@@ -152,9 +160,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     paired = paired_comparisons(results, mine, baselines=bases)
     paired_f1 = paired_comparisons(results, mine, baselines=bases, metric="macro_f1")
     coverage = Harness(args.out, tasks=tasks, progress=False).label_coverage(results)
+    control = None if args.control is None else _control_grid(args, units, tasks, bases)
     rep = write_comparison_report(results, args.out, commands=[command_line(args)],
                                   paired=paired, paired_macro_f1=paired_f1,
-                                  majority=majority_shares(results, mine), coverage=coverage)
+                                  majority=majority_shares(results, mine), coverage=coverage,
+                                  control_paired=control,
+                                  control_label=f"the random-init twins (seed {args.control}) "
+                                                f"in {Path(args.out) / f'control-{args.control}'}")
     for tag in rep.mmd_family_best:        # every (model, k) with a complete grid, in order
         if tag in rep.ties:
             print(f"{tag}: tie between {', '.join(rep.ties[tag])} for the best mean accuracy")
@@ -168,5 +180,35 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     for tag, ok in rep.meets_bar.items():
         print(f"{tag}: MMD family vs the bar (beats knn on the mean, never worse than random): "
               + (", ".join(ok) if ok else "none meets it"))
+    if control is not None:
+        sig = [c for c in rep.control if c.trained.p_holm < 0.05]
+        print(f"random-init control: {sum(c.differs for c in sig)} of the {len(sig)} "
+              "significant comparisons differ from the control (disjoint 95% intervals)")
     print(f"report: {rep.markdown} and {rep.html}")
     return 0
+
+
+def _control_grid(args: argparse.Namespace, units: list[Any], tasks: Any,
+                  bases: list[str]) -> list[Any]:
+    """The grid's units on each model's random-init twin in ``OUT/control-SEED`` (its own
+    report there too); returns its paired comparisons."""
+    from icldistill.core.stats import paired_comparisons
+    from icldistill.evaluation.harness import Harness, load_predictions, load_results
+    from icldistill.lab.experiments.phenomena import twin_loader
+    from icldistill.reporting.reports import write_comparison_report
+
+    folder = Path(args.out) / f"control-{args.control}"
+    set_threads(args)
+    h = Harness(folder, tasks=tasks, batch_size=args.batch_size, progress=not args.quiet,
+                device=args.device,
+                model_loader=twin_loader(args.control, progress=not args.quiet,
+                                         device=args.device))
+    keys = {r.key for r in h.run(units)}
+    results = [r for r in load_results(folder) if r.key in keys]
+    preds = {k: v for k, v in load_predictions(folder).items() if k in keys}
+    paired = paired_comparisons(results, preds, baselines=bases)
+    write_comparison_report(results, folder, commands=[command_line(args)], paired=paired,
+                            coverage=h.label_coverage(results),
+                            title="Demonstration selection: few-shot accuracy, random-init "
+                                  f"control (seed {args.control})")
+    return paired

@@ -64,6 +64,7 @@ __all__ = [
     "task_fingerprint",
     "task_items",
     "task_scorer",
+    "twin_loader",
 ]
 
 T = TypeVar("T")
@@ -146,6 +147,46 @@ def random_twin(loaded: Any, seed: int) -> Any:
     if hasattr(out, "name"):
         out.name = name
     return out
+
+
+def twin_loader(seed: int, *, progress: bool = False, device: Any = "cpu"
+                ) -> Callable[..., Any]:
+    """A model loader for :class:`icldistill.evaluation.Harness` (``model_loader=``) that
+    returns the random-init twin of each model instead of the model.
+
+    ``loader(name)`` / ``loader(name, dtype=torch.bfloat16)`` loads the model as
+    :func:`icldistill.models.load_model` does (on ``device``) and replaces it by
+    :func:`random_twin` with seed ``seed``; under a half precision the twin's output head is
+    kept in float32 (:func:`icldistill.models.float32_head`), as for the trained model.
+
+    Parameters
+    ----------
+    seed : int
+        Initialisation seed of the twins (>= 1; seed 0 is left to nothing, so a control is
+        never mistaken for "the default").
+    progress : bool
+        Loading progress on stderr.
+    device : str or torch.device
+        Where the model (and so its twin) is put.
+
+    Returns
+    -------
+    callable
+        ``(name, dtype=torch.float32) -> LoadedModel``.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 1:
+        raise InputError(f"control seed must be an integer >= 1, got {seed!r}")
+
+    def load(name: str, dtype: torch.dtype = torch.float32) -> Any:
+        from icldistill.models.registry import float32_head, load_model
+
+        twin = random_twin(load_model(name, dtype=dtype, progress=progress, device=device),
+                           seed)
+        if dtype in (torch.bfloat16, torch.float16):
+            float32_head(twin.model)
+        return twin
+
+    return load
 
 
 def models_under_test(model: str | Any, *, n_controls: int = 1, seed: int = 0,
