@@ -48,6 +48,14 @@ def test_control_checks_match_per_task_and_the_mean_only_over_the_same_tasks():
     assert got == {("a", "knn"): True, ("b", "knn"): False, ("a", "mmd"): False}
     same_tasks = control_checks(trained[:2] + trained[3:4], control[:3])
     assert {(c.task, c.differs) for c in same_tasks} >= {("mean", True)}
+    # outside the control's interval on the trained difference's own side only
+    side = control_checks([_pc("a", "x", "y", 0.03, 0.05), _pc("b", "x", "y", -0.02, 0.05),
+                           _pc("c", "x", "y", 0.12, 0.01)],
+                          [_pc("a", "x", "y", 0.07, 0.02), _pc("b", "x", "y", 0.03, 0.02),
+                           _pc("c", "x", "y", -0.07, 0.02)])
+    # a: +3 below a control at [+5, +9] (the control shows more): not credited; b: -2 below
+    # [+1, +5]; c: +12 above [-9, -5]
+    assert [c.differs for c in side] == [False, True, True]
 
 
 def test_comparison_report_sets_the_control_beside_the_trained_grid(tmp_path):
@@ -63,7 +71,7 @@ def test_comparison_report_sets_the_control_beside_the_trained_grid(tmp_path):
     md = rep.markdown.read_text()
     assert "## Against a random-init control" in md and "the control in X" in md
     assert ("m k=4: 3 of the 3 comparisons matched with the control are significant on the "
-            "trained model (Holm p < 0.05); 2 of them differ from the control, 1 do not: knn vs "
+            "trained model (Holm p < 0.05); 2 of them differ from the control, 1 does not: knn vs "
             "random on b.") in md
     assert "| knn | random | a | +30.0 [+25.0, +35.0] | 0.01 | +1.0 [-2.0, +4.0] | 0.8 | yes |" \
         in md

@@ -183,7 +183,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if control is not None:
         sig = [c for c in rep.control if c.trained.p_holm < 0.05]
         print(f"random-init control: {sum(c.differs for c in sig)} of the {len(sig)} "
-              "significant comparisons differ from the control (disjoint 95% intervals)")
+              "significant comparisons differ from the control (outside its 95% interval)")
     print(f"report: {rep.markdown} and {rep.html}")
     return 0
 

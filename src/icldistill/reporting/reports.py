@@ -594,8 +594,10 @@ class ControlCheck:
         The comparison on the trained model and on the architecture-identical random-init
         twin (same prompts: the selectors choose from the same pool and the same embeddings).
     differs : bool
-        The two 95% intervals are disjoint: the trained model's difference is not one a model
-        with random weights also shows.
+        The trained model's difference lies outside the control's 95% interval, beyond it on
+        its own side (a trained difference below a control that shows a larger one, or above
+        one that shows a more negative one, is not credited to training) — the rule of the
+        laboratory's controls (``phenomena.controlled_check``) with one control.
     """
 
     model: str
@@ -642,7 +644,8 @@ def control_checks(paired: Sequence[PairedComparison], control: Sequence[PairedC
         ctl = by.get((c.model, c.k, c.task, c.selector, c.baseline, c.metric))
         if ctl is None:
             continue
-        differs = c.ci_low > ctl.ci_high or c.ci_high < ctl.ci_low
+        differs = bool((c.diff > ctl.ci_high and c.diff > 0)
+                       or (c.diff < ctl.ci_low and c.diff < 0))
         out.append(ControlCheck(c.model, c.k, c.task, c.selector, c.baseline, c, ctl, differs))
     return out
 
@@ -1144,15 +1147,16 @@ def _coverage_section(results: Sequence[Any], coverage: Mapping[str, Any],
 
 def _control_section(checks: Sequence[ControlCheck], label: str) -> Any:
     """The section "Against a random-init control": per model and ``k``, every paired
-    comparison beside the same comparison on the control, and whether their intervals are
-    disjoint."""
+    comparison beside the same comparison on the control, and whether the trained difference
+    lies outside the control's interval on its own side (:class:`ControlCheck`)."""
     from icldistill.reporting.document import BulletList, Paragraph, Section, Table, plain
 
     intro = Paragraph(
         f"The same grid on {plain(label)}: an architecture-identical model with random weights, "
         "reading the same prompts (the selectors here choose from MiniLM embeddings of the same "
         "pool, so they pick the same demonstrations). A difference counts as the trained "
-        "model's only when its 95% interval is disjoint from the control's.")
+        "model's only when it lies outside the control's 95% interval, beyond it on its own "
+        "side (a control showing the same difference more strongly does not credit training).")
     blocks: list[Any] = []
     claims: list[str] = []
     groups: dict[tuple[str, int], list[ControlCheck]] = {}
@@ -1171,7 +1175,7 @@ def _control_section(checks: Sequence[ControlCheck], label: str) -> Any:
             f"{tag}: {len(sig)} of the {len(cs)} comparisons matched with the control are "
             f"significant on the trained model (Holm p < {PAIRED_ALPHA}); "
             + (f"{len(sig) - len(same)} of them differ from the control"
-               + (f", {len(same)} do not: "
+               + (f", {len(same)} {'does' if len(same) == 1 else 'do'} not: "
                   + ", ".join(f"{plain(c.selector)} vs {plain(c.baseline)} on "
                               f"{plain(c.task)}" for c in same) if same else "")
                if sig else "none to check") + ".")
