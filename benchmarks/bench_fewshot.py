@@ -207,10 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out)
     problem = check_control_folder(out, args.control)
-    control_paired = None
+    control_paired = control_results = None
     if problem is None and args.control_dir:
         try:
             control_paired = read_control_paired(Path(args.control_dir))
+            control_results = load_results(args.control_dir)
         except ValueError as exc:
             problem = str(exc)
     if problem is not None:
@@ -315,10 +316,14 @@ def main(argv: list[str] | None = None) -> int:
     tasks_ = ({t: Task.from_registry(t, pool_size=args.pool_size, progress=False)
                for t in {r.spec.task for r in results}} if args.pool_size else None)
     coverage = Harness(out, tasks=tasks_, progress=False).label_coverage(results)
+    control_coverage = (None if control_results is None else
+                        Harness(args.control_dir, tasks=tasks_, progress=False)
+                        .label_coverage(control_results))
     rep = write_comparison_report(results, out, commands=cmds, notes=notes, paired=paired,
                                   paired_macro_f1=paired_f1, coverage=coverage,
                                   majority=majority_shares(results, preds),
                                   control_paired=control_paired,
+                                  control_coverage=control_coverage,
                                   control_label=f"the random-init control in {args.control_dir}",
                                  title="Demonstration selection: few-shot accuracy" + (
                                      "" if args.control is None else

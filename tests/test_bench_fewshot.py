@@ -150,3 +150,26 @@ def test_bench_dtype_per_model():
                                                    ("qwen2.5-0.5b", "bfloat16")}
     assert len(units) == 2 * 3
     assert mod.main(["--dtype", "fp8", "--report-only"]) == 2
+
+
+def test_report_sets_the_vote_comparison_beside_the_control(tmp_path):
+    import numpy as np
+
+    from icldistill.evaluation.harness import LabelCoverage
+
+    rs = [_unit_result(t, "random", 0.5, 0.1, s) for t in ("a", "b") for s in range(2)]
+    rs += [_unit_result(t, "knn", 0.8, 0.01) for t in ("a", "b")]
+    trained = [_pc("a", "knn", "random", 0.30, 0.05)]
+    control = [_pc("a", "knn", "random", 0.01, 0.03)]
+    ones, zeros = np.ones(4, dtype=bool), np.zeros(4, dtype=bool)
+    # trained: always right, the vote half right (+50); control: always wrong, the vote right
+    cov = {r.key: LabelCoverage(r.key, ones, np.full(4, 0.75), ones, np.full(4, 0.5))
+           for r in rs}
+    ctl = {r.key: LabelCoverage(r.key, ones, np.full(4, 0.75), zeros, np.ones(4))
+           for r in rs if r.spec.selector == "knn"}            # the control ran knn only
+    rep = write_comparison_report(rs, tmp_path, paired=trained, control_paired=control,
+                                  coverage=cov, control_coverage=ctl)
+    md = rep.markdown.read_text()
+    assert "### m k=4: the model against the vote of its demonstrations' labels" in md
+    assert "| knn | a, b | +50.0 [+50.0, +50.0] | -100.0 [-100.0, -100.0] | yes |" in md
+    assert "| random | a, b |" not in md               # not in the control

@@ -160,11 +160,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     paired = paired_comparisons(results, mine, baselines=bases)
     paired_f1 = paired_comparisons(results, mine, baselines=bases, metric="macro_f1")
     coverage = Harness(args.out, tasks=tasks, progress=False).label_coverage(results)
-    control = None if args.control is None else _control_grid(args, units, tasks, bases)
+    control, control_cov = ((None, None) if args.control is None
+                            else _control_grid(args, units, tasks, bases))
     rep = write_comparison_report(results, args.out, commands=[command_line(args)],
                                   paired=paired, paired_macro_f1=paired_f1,
                                   majority=majority_shares(results, mine), coverage=coverage,
-                                  control_paired=control,
+                                  control_paired=control, control_coverage=control_cov,
                                   control_label=f"the random-init twins (seed {args.control}) "
                                                 f"in {Path(args.out) / f'control-{args.control}'}")
     for tag in rep.mmd_family_best:        # every (model, k) with a complete grid, in order
@@ -189,9 +190,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _control_grid(args: argparse.Namespace, units: list[Any], tasks: Any,
-                  bases: list[str]) -> list[Any]:
+                  bases: list[str]) -> tuple[list[Any], dict[str, Any]]:
     """The grid's units on each model's random-init twin in ``OUT/control-SEED`` (its own
-    report there too); returns its paired comparisons."""
+    report there too); returns its paired comparisons and its label coverage."""
     from icldistill.core.stats import paired_comparisons
     from icldistill.evaluation.harness import Harness, load_predictions, load_results
     from icldistill.lab.experiments.phenomena import twin_loader
@@ -207,8 +208,9 @@ def _control_grid(args: argparse.Namespace, units: list[Any], tasks: Any,
     results = [r for r in load_results(folder) if r.key in keys]
     preds = {k: v for k, v in load_predictions(folder).items() if k in keys}
     paired = paired_comparisons(results, preds, baselines=bases)
+    coverage = h.label_coverage(results)
     write_comparison_report(results, folder, commands=[command_line(args)], paired=paired,
-                            coverage=h.label_coverage(results),
+                            coverage=coverage,
                             title="Demonstration selection: few-shot accuracy, random-init "
                                   f"control (seed {args.control})")
-    return paired
+    return paired, coverage

@@ -430,6 +430,7 @@ def write_comparison_report(
     coverage: Mapping[str, Any] | None = None,
     control_paired: Sequence[PairedComparison] | None = None,
     control_label: str = "a random-init control",
+    control_coverage: Mapping[str, Any] | None = None,
 ) -> ComparisonReport:
     """Markdown + HTML report of a selector comparison (harness :class:`UnitResult` objects).
 
@@ -446,7 +447,10 @@ def write_comparison_report(
     :meth:`icldistill.evaluation.Harness.label_coverage`) adds the section "Do the
     demonstrations show the query's label?" after the paired sections. ``control_paired`` (the
     paired comparisons of the same grid on a random-init twin, e.g. its ``paired.json``) adds
-    "Against a random-init control" (:func:`control_checks`), named by ``control_label``.
+    "Against a random-init control" (:func:`control_checks`), named by ``control_label``;
+    with ``coverage`` and ``control_coverage`` (the control's label coverage: its units have
+    the same keys) it also sets the model's accuracy minus the vote of its demonstrations'
+    labels beside the control's, on the units both have.
 
     Tables: accuracy (mean over seeds and orderings, 95% bootstrap CI of single runs in the
     detail table) per task and selector for every model and ``k``, the mean over tasks, the
@@ -497,7 +501,8 @@ def write_comparison_report(
     if control_paired is not None and paired is not None:
         checks = control_checks(paired, list(control_paired))
         if checks:
-            lead.append(_control_section(checks, control_label))
+            lead.append(_control_section(checks, control_label, results, coverage,
+                                         control_coverage))
     sections[:0] = lead
     cov_summaries: list[CoverageSummary] = []
     if coverage:
@@ -1145,7 +1150,9 @@ def _coverage_section(results: Sequence[Any], coverage: Mapping[str, Any],
                    (intro, BulletList(claims), *blocks)), summaries
 
 
-def _control_section(checks: Sequence[ControlCheck], label: str) -> Any:
+def _control_section(checks: Sequence[ControlCheck], label: str,
+                     results: Sequence[Any] = (), coverage: Mapping[str, Any] | None = None,
+                     control_coverage: Mapping[str, Any] | None = None) -> Any:
     """The section "Against a random-init control": per model and ``k``, every paired
     comparison beside the same comparison on the control, and whether the trained difference
     lies outside the control's interval on its own side (:class:`ControlCheck`)."""
@@ -1182,7 +1189,48 @@ def _control_section(checks: Sequence[ControlCheck], label: str) -> Any:
         blocks.append(Section(f"{tag}: trained vs control", (Table(
             ["selector", "vs", "task", "trained: diff (points) [95% CI]", "Holm p",
              "control: diff [95% CI]", "Holm p", "differs from the control"], rows),)))
+        if coverage and control_coverage:
+            vote = _vote_vs_control(model, k, results, coverage, control_coverage)
+            if vote is not None:
+                blocks.append(vote)
     return Section("Against a random-init control", (intro, BulletList(claims), *blocks))
+
+
+def _vote_vs_control(model: str, k: int, results: Sequence[Any], coverage: Mapping[str, Any],
+                     control_coverage: Mapping[str, Any]) -> Any:
+    """Per selector, the model's accuracy minus the majority vote of its demonstrations'
+    labels, paired per item, on the trained model and on the control (the units both have;
+    mean over their tasks, stratified 95% bootstrap CI, 2000 resamples, seed 0)."""
+    from icldistill.core.stats import stratified_bootstrap_ci
+    from icldistill.reporting.document import Paragraph, Section, Table, plain
+
+    rs = [r for r in results if _model_label(r) == model and r.spec.k == k
+          and r.key in coverage and r.key in control_coverage]
+    if not rs:
+        return None
+    rows = []
+    for lab in dict.fromkeys(r.spec.label for r in sorted(
+            rs, key=lambda r: _selector_rank(r.spec.label))):
+        mine = [r for r in rs if r.spec.label == lab]
+        tasks = sorted({r.spec.task for r in mine})
+        cis = []
+        for cov in (coverage, control_coverage):
+            diffs = [np.mean([cov[r.key].correct.astype(np.float64) - cov[r.key].vote
+                              for r in mine if r.spec.task == t], axis=0) for t in tasks]
+            cis.append(stratified_bootstrap_ci(diffs, n_boot=2000, seed=0))
+        t, c = cis
+        differs = (t.value > c.high and t.value > 0) or (t.value < c.low and t.value < 0)
+        rows.append([plain(lab), ", ".join(plain(x) for x in tasks),
+                     f"{100 * t.value:+.1f} [{100 * t.low:+.1f}, {100 * t.high:+.1f}]",
+                     f"{100 * c.value:+.1f} [{100 * c.low:+.1f}, {100 * c.high:+.1f}]",
+                     "yes" if differs else "no"])
+    return Section(f"{model} k={k}: the model against the vote of its demonstrations' labels", (
+        Paragraph("Accuracy minus a majority vote of each item's demonstrations' labels (no "
+                  "model), paired per item, mean over the tasks both grids ran (points, 95% "
+                  "CI). A model that reads its demonstrations' labels approaches the vote; one "
+                  "that does not falls below it."),
+        Table(["selector", "tasks", "trained: model − vote [95% CI]",
+               "control: model − vote [95% CI]", "differs from the control"], rows)))
 
 
 def _diff_ci(c: Any) -> str:
