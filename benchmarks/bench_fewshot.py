@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 
 from icldistill.artifacts.fetch import pid_alive
-from icldistill.artifacts.store import held_locks, unit_lock
+from icldistill.artifacts.store import held_locks, unit_lock, write_json
 from icldistill.core.stats import majority_shares, paired_comparisons
 from icldistill.evaluation.harness import (
     Harness,
@@ -131,7 +131,7 @@ def check_control_folder(out: Path, seed: int | None) -> str | None:
             return (f"{out} holds trained-model results; give the control its own folder "
                     "(--out)")
         out.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"control": "random-init", "seed": seed}) + "\n")
+        write_json(marker, {"control": "random-init", "seed": seed})
         return None
     if mark.get("seed") != seed:
         return f"{out} is the control folder of seed {mark.get('seed')}, not {seed}"
