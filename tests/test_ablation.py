@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,15 +13,11 @@ from icldistill.evaluation.harness import UnitResult, UnitSpec
 from icldistill.evaluation.scoring import MetricResult
 from icldistill.reporting.reports import ablation_pairs, write_ablation_report
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ablation.py"
+from .scripts import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_ablation", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/bench_ablation.py")
 
 
 def _unit(task, selector, encoder, params, correct, n=40):

@@ -4,9 +4,7 @@ precisions."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,18 +13,13 @@ import torch
 from icldistill.core.stats import PairedComparison
 from icldistill.reporting.reports import control_checks, write_comparison_report
 
+from .scripts import load_script
 from .test_reports import _unit_result
 from .tiny_models import tiny_model, tiny_tokenizer
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_fewshot.py"
-
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_fewshot_under_test", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/bench_fewshot.py", "bench_fewshot_under_test")
 
 
 def _pc(task, selector, baseline, diff, half, p_holm=0.01, k=4):

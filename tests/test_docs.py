@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from .scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
@@ -43,11 +45,7 @@ _TEST_REF = re.compile(r"tests/(test_\w+)\.py::(test_\w+)")
 
 
 def _load_gen_cli():
-    spec = importlib.util.spec_from_file_location("gen_cli", DOCS / "gen_cli.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("docs/gen_cli.py")
 
 
 def _tracked_files() -> list[Path]:

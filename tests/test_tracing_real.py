@@ -57,19 +57,14 @@ def test_real_model_trace_matches_the_untraced_model(name):
 def test_the_trace_benchmark_profile_wraps_the_tracers_current_pieces():
     """``bench_trace.py --profile`` times the tracer's reduction pieces by name; it failed with
     an AttributeError once a piece was renamed (``attention_probs`` -> ``attention_probs_``)."""
-    import importlib.util
-    from pathlib import Path
     from types import SimpleNamespace
 
     from icldistill.data.prompts import Prompt
 
+    from .scripts import load_script
     from .tiny_models import tiny_model, tiny_tokenizer
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_trace.py"
-    spec = importlib.util.spec_from_file_location("bench_trace", path)
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
+    mod = load_script("benchmarks/bench_trace.py")
     tok = tiny_tokenizer(True)
     lm = SimpleNamespace(model=tiny_model("llama"), tokenizer=tok)
     prompt = Prompt([("good movie", "positive"), ("bad plot", "negative")], "fine film")
