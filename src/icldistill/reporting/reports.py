@@ -480,9 +480,37 @@ def write_comparison_report(
             overview.append(row)
     if overview:
         sections.insert(0, Section("Overview", (Table(_OVERVIEW_COLUMNS, overview),)))
+    lead, paired_json, f1_json, meets_bar, checks = _lead_sections(
+        out, results, paired, paired_macro_f1, majority, coverage, control_paired,
+        control_label, control_coverage)
+    sections[:0] = lead
+    cov_summaries: list[CoverageSummary] = []
+    if coverage:
+        cov_section, cov_summaries = _coverage_section(results, coverage, acc_.rho)
+        if cov_section is not None:
+            sections.insert(len(lead), cov_section)
+    sections.append(Section("Every evaluated unit", (_detail_table(results),)))
+    md_path, html_path = write_report(Report(title, sections, notes=tuple(notes),
+                                             commands=tuple(commands)), out)
+    return ComparisonReport(md_path, html_path, figures, acc_.summaries, acc_.best,
+                            acc_.fam_best, acc_.beats, acc_.rho, acc_.collapsed, paired_json,
+                            acc_.ties, f1_json, meets_bar, cov_summaries, checks)
+
+
+def _lead_sections(out: Path, results: Sequence[Any],
+                   paired: Sequence[PairedComparison] | None,
+                   paired_macro_f1: Sequence[PairedComparison] | None,
+                   majority: Mapping[str, float] | None, coverage: Mapping[str, Any] | None,
+                   control_paired: Sequence[PairedComparison] | None, control_label: str,
+                   control_coverage: Mapping[str, Any] | None
+                   ) -> tuple[list[Any], Path | None, Path | None, dict[str, tuple[str, ...]],
+                              list[ControlCheck]]:
+    """The sections that lead the comparison report (paired comparisons, the MMD-family bar,
+    macro-F1, the random-init control), writing ``paired.json`` / ``paired_macro_f1.json``;
+    returns them with those paths, the bar's verdicts and the control checks."""
     paired_json = f1_json = None
     meets_bar: dict[str, tuple[str, ...]] = {}
-    lead: list[Section] = []
+    lead: list[Any] = []
     if paired is not None:
         paired = list(paired)
         paired_json = write_json(out / "paired.json", [c.to_dict() for c in paired])
@@ -503,18 +531,7 @@ def write_comparison_report(
         if checks:
             lead.append(_control_section(checks, control_label, results, coverage,
                                          control_coverage))
-    sections[:0] = lead
-    cov_summaries: list[CoverageSummary] = []
-    if coverage:
-        cov_section, cov_summaries = _coverage_section(results, coverage, acc_.rho)
-        if cov_section is not None:
-            sections.insert(len(lead), cov_section)
-    sections.append(Section("Every evaluated unit", (_detail_table(results),)))
-    md_path, html_path = write_report(Report(title, sections, notes=tuple(notes),
-                                             commands=tuple(commands)), out)
-    return ComparisonReport(md_path, html_path, figures, acc_.summaries, acc_.best,
-                            acc_.fam_best, acc_.beats, acc_.rho, acc_.collapsed, paired_json,
-                            acc_.ties, f1_json, meets_bar, cov_summaries, checks)
+    return lead, paired_json, f1_json, meets_bar, checks
 
 
 #: Columns of the comparison report's overview table (one row per model and ``k``).
@@ -1028,13 +1045,6 @@ def _coverage_section(results: Sequence[Any], coverage: Mapping[str, Any],
     the accuracy on items with and without it; per task the Spearman correlation of that share
     with accuracy over the units, beside the one of ``MMD^2``. ``(None, [])`` when no result
     has a coverage record."""
-    from dataclasses import replace
-
-    from icldistill.core.stats import (
-        holm,
-        stratified_bootstrap_ci,
-        stratified_sign_flip_test,
-    )
     from icldistill.reporting.document import BulletList, Paragraph, Section, Table, plain
 
     summaries: list[CoverageSummary] = []
@@ -1056,72 +1066,18 @@ def _coverage_section(results: Sequence[Any], coverage: Mapping[str, Any],
                    for r in rs if r.spec.task == t]
             if len(pts) >= 3:
                 rho[t] = spearman([p[0] for p in pts], [p[1] for p in pts])
-        labels = list(dict.fromkeys(r.spec.label for r in
-                                    sorted(rs, key=lambda r: _selector_rank(r.spec.label))))
-        rows, trows = [], []
-        all_shown, all_correct = [], []
-        group: list[CoverageSummary] = []
-        pvals: list[float] = []
-        for lab in labels:
-            mine = [r for r in rs if r.spec.label == lab]
-            shown = np.concatenate([coverage[r.key].shown for r in mine])
-            correct = np.concatenate([coverage[r.key].correct for r in mine])
-            all_shown.append(shown)
-            all_correct.append(correct)
-            per_task = {t: float(np.mean(np.concatenate(
-                [coverage[r.key].shown for r in mine if r.spec.task == t])))
-                for t in tasks if any(r.spec.task == t for r in mine)}
-            acc_s = float(correct[shown].mean()) if shown.any() else float("nan")
-            acc_n = float(correct[~shown].mean()) if (~shown).any() else float("nan")
-            share = float(np.mean(np.concatenate([coverage[r.key].share for r in mine])))
-            vote = float(np.mean(np.concatenate([coverage[r.key].vote for r in mine])))
-            # model minus vote, per item (averaged over a selector's units of a task)
-            diffs = [np.mean([coverage[r.key].correct.astype(np.float64) - coverage[r.key].vote
-                              for r in mine if r.spec.task == t], axis=0) for t in per_task]
-            ci = stratified_bootstrap_ci(diffs, n_boot=2000, seed=0)
-            pvals.append(stratified_sign_flip_test(diffs, n_perm=10_000, seed=0))
-            group.append(CoverageSummary(model, k, lab, int(shown.size), float(shown.mean()),
-                                         acc_s, acc_n, share, vote, per_task, dict(rho), ci))
-        adj = holm(pvals) if pvals else []
-        for summ, p_adj in zip(group, adj, strict=True):
-            summ = replace(summ, p_holm_vote=float(p_adj))
-            summaries.append(summ)
-            ci = summ.vs_vote
-            rows.append([plain(summ.selector), f"{summ.items}", f"{100 * summ.shown:.1f}%",
-                         _pct(summ.acc_shown), _pct(summ.acc_not_shown),
-                         _pct(summ.label_share), _pct(float(np.mean(
-                             [np.mean(coverage[r.key].correct) for r in rs
-                              if r.spec.label == summ.selector]))), _pct(summ.vote),
-                         f"{100 * ci.value:+.1f} [{100 * ci.low:+.1f}, {100 * ci.high:+.1f}]",
-                         f"{p_adj:.2g}"])
-            trows.append([plain(summ.selector),
-                          *(f"{100 * summ.per_task_shown[t]:.0f}%"
-                            if t in summ.per_task_shown else "–" for t in tasks)])
-        mine_group = [x for x in summaries if (x.model, x.k) == (model, k)]
-        below = [plain(x.selector) for x in mine_group
-                 if x.p_holm_vote < PAIRED_ALPHA and x.vs_vote.value < 0]
-        above = [plain(x.selector) for x in mine_group
-                 if x.p_holm_vote < PAIRED_ALPHA and x.vs_vote.value > 0]
-        claims.append(
-            f"{tag}: the model is significantly less accurate than a majority vote of its own "
-            "demonstrations' labels (Holm p < 0.05) with: " + (", ".join(below) or "none")
-            + "; significantly more accurate with: " + (", ".join(above) or "none") + ".")
-        shown = np.concatenate(all_shown)
-        correct = np.concatenate(all_correct)
-        if shown.any() and (~shown).any():
-            claims.append(
-                f"{tag}: over every unit, accuracy is {_pct(correct[shown].mean())} on the "
-                f"{int(shown.sum())} items whose label a demonstration shows and "
-                f"{_pct(correct[~shown].mean())} on the {int((~shown).sum())} items whose label "
-                "none shows.")
-        fin = [v for v in rho.values() if math.isfinite(v)]
-        fin_m = [v for t, v in mmd_rho.get(tag, {}).items() if t in rho and math.isfinite(v)]
-        if fin:
-            claims.append(
-                f"{tag}: Spearman(share of items whose label is shown, accuracy) over the "
-                f"units of each task: mean {np.mean(fin):+.2f} over {len(fin)} tasks"
-                + (f"; Spearman(MMD² to the task, accuracy): mean {np.mean(fin_m):+.2f} "
-                   "(negative = lower MMD, higher accuracy)" if fin_m else "") + ".")
+        group = _coverage_summaries(model, k, rs, coverage, tasks, rho)
+        summaries += group
+        claims += _coverage_claims(tag, group, rs, coverage, rho, mmd_rho.get(tag, {}))
+        rows = [[plain(x.selector), f"{x.items}", f"{100 * x.shown:.1f}%", _pct(x.acc_shown),
+                 _pct(x.acc_not_shown), _pct(x.label_share), _pct(float(np.mean(
+                     [np.mean(coverage[r.key].correct) for r in rs
+                      if r.spec.label == x.selector]))), _pct(x.vote),
+                 f"{100 * x.vs_vote.value:+.1f} [{100 * x.vs_vote.low:+.1f}, "
+                 f"{100 * x.vs_vote.high:+.1f}]", f"{x.p_holm_vote:.2g}"] for x in group]
+        trows = [[plain(x.selector), *(f"{100 * x.per_task_shown[t]:.0f}%"
+                                       if t in x.per_task_shown else "–" for t in tasks)]
+                 for x in group]
         blocks += [
             Section(f"{tag}: label shown, and accuracy with and without it", (Table(
                 ["selector", "items", "label shown", "accuracy when shown",
@@ -1148,6 +1104,71 @@ def _coverage_section(results: Sequence[Any], coverage: Mapping[str, Any],
         "\"shown\" at random, so this shows where accuracy comes from, not a causal effect.")
     return Section("Do the demonstrations show the query's label?",
                    (intro, BulletList(claims), *blocks)), summaries
+
+
+def _coverage_summaries(model: str, k: int, rs: Sequence[Any], coverage: Mapping[str, Any],
+                        tasks: list[str], rho: dict[str, float]) -> list[CoverageSummary]:
+    """One :class:`CoverageSummary` per selector label of a (model, k) group, in report order;
+    the model-minus-vote p-values Holm-adjusted over the group."""
+    from dataclasses import replace
+
+    from icldistill.core.stats import holm, stratified_bootstrap_ci, stratified_sign_flip_test
+
+    group: list[CoverageSummary] = []
+    pvals: list[float] = []
+    for lab in dict.fromkeys(r.spec.label for r in
+                             sorted(rs, key=lambda r: _selector_rank(r.spec.label))):
+        mine = [r for r in rs if r.spec.label == lab]
+        shown = np.concatenate([coverage[r.key].shown for r in mine])
+        correct = np.concatenate([coverage[r.key].correct for r in mine])
+        per_task = {t: float(np.mean(np.concatenate(
+            [coverage[r.key].shown for r in mine if r.spec.task == t])))
+            for t in tasks if any(r.spec.task == t for r in mine)}
+        # model minus vote, per item (averaged over a selector's units of a task)
+        diffs = [np.mean([coverage[r.key].correct.astype(np.float64) - coverage[r.key].vote
+                          for r in mine if r.spec.task == t], axis=0) for t in per_task]
+        pvals.append(stratified_sign_flip_test(diffs, n_perm=10_000, seed=0))
+        group.append(CoverageSummary(
+            model, k, lab, int(shown.size), float(shown.mean()),
+            float(correct[shown].mean()) if shown.any() else float("nan"),
+            float(correct[~shown].mean()) if (~shown).any() else float("nan"),
+            float(np.mean(np.concatenate([coverage[r.key].share for r in mine]))),
+            float(np.mean(np.concatenate([coverage[r.key].vote for r in mine]))),
+            per_task, dict(rho), stratified_bootstrap_ci(diffs, n_boot=2000, seed=0)))
+    adj = holm(pvals) if pvals else []
+    return [replace(x, p_holm_vote=float(p)) for x, p in zip(group, adj, strict=True)]
+
+
+def _coverage_claims(tag: str, group: list[CoverageSummary], rs: Sequence[Any],
+                     coverage: Mapping[str, Any], rho: dict[str, float],
+                     mmd_rho: Mapping[str, float]) -> list[str]:
+    """The computed sentences of one (model, k) group of the label-coverage section."""
+    from icldistill.reporting.document import plain
+
+    below = [plain(x.selector) for x in group
+             if x.p_holm_vote < PAIRED_ALPHA and x.vs_vote.value < 0]
+    above = [plain(x.selector) for x in group
+             if x.p_holm_vote < PAIRED_ALPHA and x.vs_vote.value > 0]
+    claims = [f"{tag}: the model is significantly less accurate than a majority vote of its own "
+              "demonstrations' labels (Holm p < 0.05) with: " + (", ".join(below) or "none")
+              + "; significantly more accurate with: " + (", ".join(above) or "none") + "."]
+    shown = np.concatenate([coverage[r.key].shown for r in rs])
+    correct = np.concatenate([coverage[r.key].correct for r in rs])
+    if shown.any() and (~shown).any():
+        claims.append(
+            f"{tag}: over every unit, accuracy is {_pct(correct[shown].mean())} on the "
+            f"{int(shown.sum())} items whose label a demonstration shows and "
+            f"{_pct(correct[~shown].mean())} on the {int((~shown).sum())} items whose label "
+            "none shows.")
+    fin = [v for v in rho.values() if math.isfinite(v)]
+    fin_m = [v for t, v in mmd_rho.items() if t in rho and math.isfinite(v)]
+    if fin:
+        claims.append(
+            f"{tag}: Spearman(share of items whose label is shown, accuracy) over the "
+            f"units of each task: mean {np.mean(fin):+.2f} over {len(fin)} tasks"
+            + (f"; Spearman(MMD² to the task, accuracy): mean {np.mean(fin_m):+.2f} "
+               "(negative = lower MMD, higher accuracy)" if fin_m else "") + ".")
+    return claims
 
 
 def _control_section(checks: Sequence[ControlCheck], label: str,
