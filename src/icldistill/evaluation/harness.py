@@ -76,6 +76,7 @@ from icldistill.artifacts.store import append_record, iter_records, unit_lock, w
 from icldistill.core.kernels import Kernel, make_kernel
 from icldistill.core.mmd import mmd
 from icldistill.core.progress import log
+from icldistill.core.results import Result
 from icldistill.core.validation import InputError
 from icldistill.data.datasets import Dataset, DatasetSplit, TaskFormat, load_split
 from icldistill.encoders.representations import HeadChoice
@@ -268,7 +269,7 @@ _FROM_JSON: dict[str, Callable[[Any], Any]] = {
 
 
 @dataclass(frozen=True, eq=False)
-class LabelCoverage:
+class LabelCoverage(Result):
     """Whether each test item of a unit saw its own label among its demonstrations.
 
     The theory's bias term measures how far the demonstrations' *inputs* are from the task's;

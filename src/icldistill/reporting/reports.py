@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from icldistill.artifacts.store import atomic_write, to_jsonable, write_json, write_text
+from icldistill.core.results import Result
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -554,7 +555,7 @@ class _Conclusions:
 
 
 @dataclass(frozen=True)
-class CoverageSummary:
+class CoverageSummary(Result):
     """How often one selector showed a query its own label, and what that did to accuracy.
 
     Pooled over the selector's units (seeds, orderings) and tasks of one model and ``k``.
@@ -604,7 +605,7 @@ class CoverageSummary:
 
 
 @dataclass(frozen=True)
-class ControlCheck:
+class ControlCheck(Result):
     """One paired comparison on the trained model and on its random-init control.
 
     Attributes
