@@ -20,8 +20,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("encoders",),
     ("selection",),
     ("evaluation",),
-    ("reporting",),
     ("lab",),
+    ("reporting",),
     ("adapters", "cli"),
 ]
 RANK = {pkg: i for i, names in enumerate(LAYERS) for pkg in names}
@@ -152,7 +152,9 @@ def test_no_private_attribute_of_another_subpackage_is_used():
 @pytest.mark.parametrize("old,new", [("icldistill.harness", "icldistill.evaluation.harness"),
                                      ("icldistill.kernels", "icldistill.core.kernels"),
                                      ("icldistill.experiments.reproduce",
-                                      "icldistill.lab.experiments.reproduce")])
+                                      "icldistill.lab.experiments.reproduce"),
+                                     ("icldistill.reporting.document",
+                                      "icldistill.artifacts.document")])
 def test_old_import_paths_still_work_and_warn(old, new):
     import importlib
     import sys

@@ -14,10 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from icldistill.core.validation import InputError
-from icldistill.evaluation.harness import UnitResult, UnitSpec
-from icldistill.evaluation.scoring import MetricResult
-from icldistill.reporting.document import (
+from icldistill.artifacts.document import (
     BulletList,
     CodeBlock,
     Figure,
@@ -34,6 +31,9 @@ from icldistill.reporting.document import (
     to_text,
     write_report,
 )
+from icldistill.core.validation import InputError
+from icldistill.evaluation.harness import UnitResult, UnitSpec
+from icldistill.evaluation.scoring import MetricResult
 
 IMG = "<img src=x onerror=alert(1)>"
 SCRIPT = "</table><script>alert(1)</script>"

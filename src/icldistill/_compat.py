@@ -30,6 +30,7 @@ MOVED: dict[str, str] = {
     "icldistill.representations": "icldistill.encoders.representations",
     "icldistill.harness": "icldistill.evaluation.harness",
     "icldistill.reports": "icldistill.reporting.reports",
+    "icldistill.reporting.document": "icldistill.artifacts.document",
     "icldistill.synthetic": "icldistill.lab.synthetic",
     "icldistill.training": "icldistill.lab.training",
     "icldistill.demo": "icldistill.lab.demo",

@@ -44,6 +44,7 @@ __all__ = [
     "paired_bootstrap_ci",
     "paired_comparisons",
     "sign_flip_test",
+    "spearman",
     "stratified_bootstrap_ci",
     "stratified_mean",
     "stratified_sign_flip_test",
@@ -751,3 +752,29 @@ def paired_comparisons(
                                             float(high), float(p), float(adjusted[(t, a, b)]),
                                             int(n), int(n_tasks), level, note, metric))
     return out
+
+
+def spearman(x: Any, y: Any) -> float:
+    """Spearman rank correlation (average ranks for ties); NaN with fewer than 3 points or a
+    constant input."""
+    a = np.asarray(x, dtype=np.float64)
+    b = np.asarray(y, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError("spearman needs two 1-D arrays of equal length")
+    if a.size < 3:
+        return float("nan")
+
+    def ranks(v: np.ndarray) -> np.ndarray:
+        order = np.argsort(v, kind="stable")
+        r = np.empty(v.size)
+        r[order] = np.arange(v.size, dtype=np.float64)
+        for val in np.unique(v):              # average ranks of ties
+            tie = v == val
+            if tie.sum() > 1:
+                r[tie] = r[tie].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])

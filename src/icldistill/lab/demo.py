@@ -20,7 +20,7 @@ CPU:
 
 It writes ``demo.png`` (one figure, eight panels), ``summary.json`` (every number),
 ``summary.md`` and ``summary.html`` (the summary, embedding the figure; one
-:class:`icldistill.reporting.Report` rendered twice) into the output folder, each file
+:class:`icldistill.artifacts.document.Report` rendered twice) into the output folder, each file
 atomically, and prints the plain-text summary.
 """
 
@@ -39,6 +39,8 @@ import numpy as np
 import torch
 
 from icldistill import __version__
+from icldistill.artifacts import document as rp
+from icldistill.artifacts.store import atomic_write, to_jsonable, write_json
 from icldistill.core.bounds import generalization_bound, rademacher_complexity, w0_bias
 from icldistill.core.decomposition import decompose_head, distillation_step, random_feature_error
 from icldistill.core.kernels import median_bandwidth
@@ -52,8 +54,6 @@ from icldistill.lab.synthetic import (
     random_head,
     synthetic_prompt,
 )
-from icldistill.reporting import document as rp
-from icldistill.reporting.reports import atomic_write, to_jsonable, write_json
 from icldistill.selection import greedy_mmd
 
 __all__ = ["DemoSummary", "run_demo"]

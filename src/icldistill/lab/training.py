@@ -49,11 +49,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from icldistill.artifacts.store import atomic_write
 from icldistill.core.results import Result
 from icldistill.core.validation import InputError
 from icldistill.lab.synthetic import gd_predictions, icl_batch, least_squares_predictions
 from icldistill.models.icl_transformer import TASKS, ICLConfig, ICLTransformer
-from icldistill.reporting.reports import atomic_write
 
 __all__ = [
     "CLASSIFICATION_LOSSES",

@@ -15,11 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from icldistill.artifacts.figures import (
+    heatmap,
+    layer_colorbar,
+    layer_colors,
+    new_figure,
+    save_figure,
+)
 from icldistill.artifacts.store import atomic_write, to_jsonable, write_json, write_text
 from icldistill.core.results import Result
+from icldistill.core.stats import spearman
 
 if TYPE_CHECKING:  # pragma: no cover
-    from matplotlib.figure import Figure
 
     from icldistill.core.stats import PairedComparison
     from icldistill.models.tracing import TraceResult
@@ -47,47 +54,7 @@ __all__ = [
 ]
 
 
-def new_figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] = (6.0, 4.0)):
-    """A matplotlib figure on the Agg canvas (no global backend change) and its axes.
-
-    The figure uses matplotlib's constrained layout, so rows of panels, colour bars and a
-    ``suptitle`` never overlap (a panel's x label used to run into the title of the panel
-    below)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    return fig, axes
-
-
-def save_figure(fig: Figure, path: str | Path, *, dpi: int = 110) -> Path:
-    """Save ``fig`` as PNG atomically."""
-    return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi,
-                                                     bbox_inches="tight"))
-
-
 # ============================================================================ trace report
-def heatmap(ax: Any, data: np.ndarray, title: str, cbar_label: str, fig: Any,
-            log: bool = False) -> None:
-    """Draw ``data`` ``[layers, heads]`` on ``ax`` (layer up, head across) with a colour bar;
-    ``log=True`` uses a log colour scale over the positive entries."""
-    from matplotlib.colors import LogNorm
-
-    norm = None
-    if log:
-        positive = data[data > 0]
-        if positive.size:
-            norm = LogNorm(vmin=float(positive.min()), vmax=float(positive.max()))
-    im = ax.imshow(data, aspect="auto", origin="lower", cmap="viridis", norm=norm,
-                   interpolation="nearest")
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, label=cbar_label)
-
-
 def write_trace_report(
     result: TraceResult,
     out_dir: str | Path,
@@ -120,7 +87,7 @@ def write_trace_report(
     except ImportError as exc:  # pragma: no cover - pandas/pyarrow are in the models extra
         raise ImportError("writing Parquet needs pandas and pyarrow: pip install "
                           "'icldistill[models]'") from exc
-    from icldistill.reporting.document import write_report
+    from icldistill.artifacts.document import write_report
 
     files["markdown"], files["html"] = write_report(_trace_document(result, a, title, meta), out,
                                                     stem="summary")
@@ -233,7 +200,7 @@ def _trace_summary(result: TraceResult, a: _TraceArrays, title: str, meta: dict[
 def _trace_document(result: TraceResult, a: _TraceArrays, title: str,
                     meta: dict[str, Any]) -> Any:
     """The summary report (``summary.md`` / ``summary.html``) of a trace."""
-    from icldistill.reporting.document import Figure, Paragraph, Report, Section, Table
+    from icldistill.artifacts.document import Figure, Paragraph, Report, Section, Table
 
     eta, share, mass_d, pos = a.eta, a.share, a.mass_d, a.pos
     L, H, P = eta.shape
@@ -273,51 +240,7 @@ def _trace_document(result: TraceResult, a: _TraceArrays, title: str,
     )
 
 
-def layer_colors(n: int) -> list[Any]:
-    """``n`` colours along viridis, one per layer (first layer dark, last layer yellow)."""
-    from matplotlib import colormaps
-
-    cmap = colormaps["viridis"]
-    return [cmap(i / max(1, n - 1)) for i in range(n)]
-
-
-def layer_colorbar(fig: Any, ax: Any, n: int) -> None:
-    """A colour bar labelled "layer" for ``n`` layers coloured by :func:`layer_colors`."""
-    from matplotlib import colormaps
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
-    sm = ScalarMappable(norm=Normalize(0, n - 1), cmap=colormaps["viridis"])
-    fig.colorbar(sm, ax=ax, label="layer")
-
-
 # ============================================================================ comparison report
-def spearman(x: Any, y: Any) -> float:
-    """Spearman rank correlation (average ranks for ties); NaN with fewer than 3 points or a
-    constant input."""
-    a = np.asarray(x, dtype=np.float64)
-    b = np.asarray(y, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError("spearman needs two 1-D arrays of equal length")
-    if a.size < 3:
-        return float("nan")
-
-    def ranks(v: np.ndarray) -> np.ndarray:
-        order = np.argsort(v, kind="stable")
-        r = np.empty(v.size)
-        r[order] = np.arange(v.size, dtype=np.float64)
-        for val in np.unique(v):              # average ranks of ties
-            tie = v == val
-            if tie.sum() > 1:
-                r[tie] = r[tie].mean()
-        return r
-
-    ra, rb = ranks(a), ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
 @dataclass(frozen=True)
 class SelectorSummary:
     """Accuracy of one selector for one model and ``k``, averaged over seeds and orderings."""
@@ -463,7 +386,7 @@ def write_comparison_report(
     ``report.md`` and ``report.html`` are two renderings of one
     :class:`icldistill.reporting.Report` (user text is escaped in the HTML).
     """
-    from icldistill.reporting.document import Report, Section, Table, write_report
+    from icldistill.artifacts.document import Report, Section, Table, write_report
 
     if not results:
         raise ValueError("no results to report")
@@ -699,7 +622,7 @@ def _group_section(model: str, k: int, rs: list[Any], out: Path, c: _Conclusions
                    ) -> tuple[Any, list[Path], list[str] | None]:
     """The section of one (model, k): accuracy table, computed claims, MMD table, figures;
     its row of the overview (``None`` without a winner). Fills ``c``."""
-    from icldistill.reporting.document import BulletList, Figure, Section, Table, plain
+    from icldistill.artifacts.document import BulletList, Figure, Section, Table, plain
 
     tag = f"{model} k={k}"
     tasks = sorted({r.spec.task for r in rs})
@@ -767,7 +690,7 @@ def _claims(tag: str, summ: list[SelectorSummary], complete: list[SelectorSummar
             fam: list[SelectorSummary], rnd: SelectorSummary | None, half: float,
             c: _Conclusions) -> tuple[list[str], list[str] | None]:
     """The computed claims of one (model, k) (inline text) and its overview row."""
-    from icldistill.reporting.document import plain
+    from icldistill.artifacts.document import plain
 
     claims = []
     overview = None
@@ -844,7 +767,7 @@ def _claims(tag: str, summ: list[SelectorSummary], complete: list[SelectorSummar
 
 def _detail_table(results: Sequence[Any]) -> Any:
     """The table of every evaluated unit."""
-    from icldistill.reporting.document import Table, plain
+    from icldistill.artifacts.document import Table, plain
 
     rows = []
     for r in sorted(results, key=lambda r: (_model_label(r), r.spec.k, r.spec.task,
@@ -911,7 +834,7 @@ def _paired_intro(f1: bool, level: float) -> str:
 
 def _majority_text(majority: Mapping[str, float]) -> str:
     """Each task's majority-label share, and the tasks to read in macro-F1."""
-    from icldistill.reporting.document import plain
+    from icldistill.artifacts.document import plain
 
     heavy = [t for t in sorted(majority) if majority[t] >= MAJORITY_SHARE]
     return ("Share of each task's test items that carry its most frequent label (the accuracy "
@@ -927,7 +850,7 @@ def _paired_section(paired: Sequence[PairedComparison], *,
                     majority: Mapping[str, float] | None = None) -> Any:
     """The "Paired comparisons" section (a :class:`icldistill.reporting.Section`), or "Paired
     comparisons in macro-F1" for ``metric="macro_f1"`` records."""
-    from icldistill.reporting.document import BulletList, Paragraph, Section, Table, plain
+    from icldistill.artifacts.document import BulletList, Paragraph, Section, Table, plain
 
     f1 = bool(paired) and paired[0].metric == "macro_f1"
     title = "Paired comparisons in macro-F1" if f1 else "Paired comparisons"
@@ -984,7 +907,7 @@ def _bar_section(paired: Sequence[PairedComparison]
     MMD-family selector against the bar (beats ``knn`` on the mean over tasks with Holm p <
     :data:`PAIRED_ALPHA`, and significantly worse than ``random`` on no task); ``(None, {})``
     without comparisons against both baselines."""
-    from icldistill.reporting.document import BulletList, Paragraph, Section, Table, plain
+    from icldistill.artifacts.document import BulletList, Paragraph, Section, Table, plain
 
     groups: dict[tuple[str, int], list[PairedComparison]] = {}
     for c in paired:
@@ -1046,7 +969,7 @@ def _coverage_section(results: Sequence[Any], coverage: Mapping[str, Any],
     the accuracy on items with and without it; per task the Spearman correlation of that share
     with accuracy over the units, beside the one of ``MMD^2``. ``(None, [])`` when no result
     has a coverage record."""
-    from icldistill.reporting.document import BulletList, Paragraph, Section, Table, plain
+    from icldistill.artifacts.document import BulletList, Paragraph, Section, Table, plain
 
     summaries: list[CoverageSummary] = []
     blocks: list[Any] = []
@@ -1144,7 +1067,7 @@ def _coverage_claims(tag: str, group: list[CoverageSummary], rs: Sequence[Any],
                      coverage: Mapping[str, Any], rho: dict[str, float],
                      mmd_rho: Mapping[str, float]) -> list[str]:
     """The computed sentences of one (model, k) group of the label-coverage section."""
-    from icldistill.reporting.document import plain
+    from icldistill.artifacts.document import plain
 
     below = [plain(x.selector) for x in group
              if x.p_holm_vote < PAIRED_ALPHA and x.vs_vote.value < 0]
@@ -1178,7 +1101,7 @@ def _control_section(checks: Sequence[ControlCheck], label: str,
     """The section "Against a random-init control": per model and ``k``, every paired
     comparison beside the same comparison on the control, and whether the trained difference
     lies outside the control's interval on its own side (:class:`ControlCheck`)."""
-    from icldistill.reporting.document import BulletList, Paragraph, Section, Table, plain
+    from icldistill.artifacts.document import BulletList, Paragraph, Section, Table, plain
 
     intro = Paragraph(
         f"The same grid on {plain(label)}: an architecture-identical model with random weights, "
@@ -1223,8 +1146,8 @@ def _vote_vs_control(model: str, k: int, results: Sequence[Any], coverage: Mappi
     """Per selector, the model's accuracy minus the majority vote of its demonstrations'
     labels, paired per item, on the trained model and on the control (the units both have;
     mean over their tasks, stratified 95% bootstrap CI, 2000 resamples, seed 0)."""
+    from icldistill.artifacts.document import Paragraph, Section, Table, plain
     from icldistill.core.stats import stratified_bootstrap_ci
-    from icldistill.reporting.document import Paragraph, Section, Table, plain
 
     rs = [r for r in results if _model_label(r) == model and r.spec.k == k
           and r.key in coverage and r.key in control_coverage]
@@ -1423,7 +1346,7 @@ def write_ablation_report(
     "Do the demonstrations show the query's label?" of :func:`write_comparison_report`, one
     row per cell.
     """
-    from icldistill.reporting.document import CodeBlock, Report, Section, write_report
+    from icldistill.artifacts.document import CodeBlock, Report, Section, write_report
 
     out = Path(out_dir)
     ab = _Ablation.of(results, paired, objectives, encoders, baseline)
@@ -1480,7 +1403,7 @@ class _Ablation:
 def _ablation_section(ab: _Ablation, model: str, k: int) -> tuple[Any, list[dict[str, Any]]]:
     """The report section of one model and ``k`` and the ``ablation.json`` records of its
     cells."""
-    from icldistill.reporting.document import (
+    from icldistill.artifacts.document import (
         BulletList,
         Paragraph,
         Section,
@@ -1524,7 +1447,7 @@ def _ablation_cells(ab: _Ablation, model: str, k: int
                     ) -> tuple[list[list[str]], list[dict[str, Any]], list[str], list[str]]:
     """The objective x representation table of one model and ``k``: its rows, the JSON
     records of its cells, and the cells significantly better / worse than the baseline."""
-    from icldistill.reporting.document import plain
+    from icldistill.artifacts.document import plain
 
     rows: list[list[str]] = []
     record: list[dict[str, Any]] = []
@@ -1564,7 +1487,7 @@ def _ablation_factor_section(ab: _Ablation, contrasts: Sequence[Any], model: str
     """The factor tables of one model and ``k``: representation vs MiniLM at a fixed
     objective, objective vs kNN on a fixed representation; and their ``ablation.json``
     records."""
-    from icldistill.reporting.document import BulletList, Paragraph, Section, Table, plain
+    from icldistill.artifacts.document import BulletList, Paragraph, Section, Table, plain
 
     means = {(p.selector, p.baseline): p for p in contrasts
              if p.model == model and p.k == k and p.task == "mean"}
@@ -1615,7 +1538,7 @@ def _ablation_factor_section(ab: _Ablation, contrasts: Sequence[Any], model: str
 def _ablation_accuracy_rows(ab: _Ablation, model: str, k: int,
                             tasks: Sequence[str]) -> list[list[str]]:
     """Mean accuracy per task of every evaluated (objective, representation) cell."""
-    from icldistill.reporting.document import plain
+    from icldistill.artifacts.document import plain
 
     acc_rows = []
     for name, sel, params in ab.objectives:

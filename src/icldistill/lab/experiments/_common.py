@@ -34,7 +34,7 @@ class Table(Result):
     A serializable result record, not a rendered table: cells keep their raw values (stored
     as they are in ``sections/<key>.json``). Rendering goes through the one report model:
     :func:`~icldistill.lab.experiments.report.write_lab_report` turns it into a
-    :class:`icldistill.reporting.Table`, formatting the cells with
+    :class:`icldistill.artifacts.document.Table`, formatting the cells with
     :func:`~icldistill.lab.experiments.report.format_cell`.
     """
 
@@ -64,7 +64,8 @@ class Section(Result):
 
     A serializable result record (stored as ``sections/<key>.json`` so ``reproduce`` resumes),
     not a report block: :func:`icldistill.lab.experiments.report.write_lab_report` converts it
-    to :class:`icldistill.reporting.Section` blocks, and the one report model renders those.
+    to :class:`icldistill.artifacts.document.Section` blocks, and the one report model renders
+    those.
 
     Attributes
     ----------

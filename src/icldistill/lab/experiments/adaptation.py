@@ -40,11 +40,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from icldistill.artifacts.figures import new_figure, save_figure
+from icldistill.artifacts.store import to_jsonable
 from icldistill.core.results import Result
+from icldistill.core.stats import spearman
 from icldistill.core.validation import InputError
 from icldistill.lab.experiments import phenomena as ph
 from icldistill.lab.experiments._common import Check, Section, Table
-from icldistill.reporting.reports import new_figure, save_figure, spearman, to_jsonable
 
 __all__ = [
     "FULL",

@@ -30,8 +30,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from icldistill.artifacts.figures import (
+    heatmap,
+    layer_colorbar,
+    layer_colors,
+    new_figure,
+    save_figure,
+)
+from icldistill.artifacts.store import to_jsonable
 from icldistill.core.decomposition import distillation_step
 from icldistill.core.results import Result
+from icldistill.core.stats import spearman
 from icldistill.core.util import single_thread
 from icldistill.core.validation import InputError
 from icldistill.lab.experiments._common import (
@@ -43,15 +52,6 @@ from icldistill.lab.experiments._common import (
 )
 from icldistill.lab.synthetic import icl_batch
 from icldistill.lab.training import TrainedICL
-from icldistill.reporting.reports import (
-    heatmap,
-    layer_colorbar,
-    layer_colors,
-    new_figure,
-    save_figure,
-    spearman,
-    to_jsonable,
-)
 
 __all__ = ["AlignmentResult", "alignment", "run"]
 

@@ -38,10 +38,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from icldistill.artifacts.figures import new_figure, save_figure
+from icldistill.artifacts.store import to_jsonable
 from icldistill.core.bounds import w0_bias
 from icldistill.core.kernels import median_bandwidth
 from icldistill.core.mmd import mmd
 from icldistill.core.results import Result
+from icldistill.core.stats import spearman
 from icldistill.core.util import linear_fit, single_thread, sub_seeds
 from icldistill.core.validation import InputError
 from icldistill.lab.experiments._common import (
@@ -54,7 +57,6 @@ from icldistill.lab.experiments._common import (
 from icldistill.lab.synthetic import icl_batch
 from icldistill.lab.training import TrainedICL
 from icldistill.models.icl_transformer import ICLTrace
-from icldistill.reporting.reports import new_figure, save_figure, spearman, to_jsonable
 
 __all__ = ["BiasMMDResult", "bias_vs_mmd", "default_levels", "run"]
 

@@ -89,6 +89,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from icldistill.artifacts.figures import new_figure, save_figure
+from icldistill.artifacts.store import to_jsonable
 from icldistill.core.results import Result
 from icldistill.core.validation import InputError
 from icldistill.data.prompts import Prompt
@@ -100,7 +102,6 @@ from icldistill.evaluation.scoring import (
 )
 from icldistill.lab.experiments import phenomena as ph
 from icldistill.lab.experiments._common import Check, Section, Table
-from icldistill.reporting.reports import new_figure, save_figure, to_jsonable
 
 __all__ = [
     "DAI_2023",

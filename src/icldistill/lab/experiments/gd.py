@@ -44,7 +44,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from icldistill.artifacts.figures import new_figure, save_figure
+from icldistill.artifacts.store import to_jsonable
 from icldistill.core.results import Result
+from icldistill.core.stats import spearman
 from icldistill.core.util import single_thread, sub_seeds
 from icldistill.core.validation import InputError
 from icldistill.lab.experiments._common import Check, Section, Table
@@ -56,7 +59,6 @@ from icldistill.lab.synthetic import (
     least_squares_predictions,
 )
 from icldistill.lab.training import TrainedICL
-from icldistill.reporting.reports import new_figure, save_figure, spearman, to_jsonable
 
 __all__ = [
     "ETA_GRID",

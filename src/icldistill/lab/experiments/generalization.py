@@ -49,6 +49,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from icldistill.artifacts.figures import layer_colors, new_figure, save_figure
+from icldistill.artifacts.store import to_jsonable
 from icldistill.core.bounds import generalization_bound, rademacher_complexity
 from icldistill.core.results import Result
 from icldistill.core.util import single_thread, sub_seeds
@@ -64,7 +66,6 @@ from icldistill.lab.experiments._common import (
 from icldistill.lab.synthetic import icl_batch
 from icldistill.lab.training import TrainedICL
 from icldistill.models.icl_transformer import ICLTrace
-from icldistill.reporting.reports import layer_colors, new_figure, save_figure, to_jsonable
 
 __all__ = ["GeneralizationResult", "clipped_abs_loss", "generalization", "pair_grid", "run"]
 

@@ -67,15 +67,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from icldistill.artifacts.figures import new_figure, save_figure
+from icldistill.artifacts.store import to_jsonable
 from icldistill.core.kernels import make_kernel, median_bandwidth
 from icldistill.core.mmd import mmd
 from icldistill.core.progress import log
+from icldistill.core.stats import spearman
 from icldistill.core.util import LineFit, fit_line
 from icldistill.core.validation import InputError
 from icldistill.data.prompts import Demonstration, Prompt
 from icldistill.lab.experiments import phenomena as ph
 from icldistill.lab.experiments._common import Check, Section, Table
-from icldistill.reporting.reports import new_figure, save_figure, spearman, to_jsonable
 
 __all__ = [
     "R2_THRESHOLD",

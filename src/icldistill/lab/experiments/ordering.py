@@ -57,14 +57,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from icldistill.artifacts.figures import new_figure, save_figure
+from icldistill.artifacts.store import to_jsonable
 from icldistill.core.decomposition import DualWeights, log_kernel_form
 from icldistill.core.progress import progress_bar
 from icldistill.core.results import Result
-from icldistill.core.stats import holm, paired_bootstrap_ci, sign_flip_test
+from icldistill.core.stats import holm, paired_bootstrap_ci, sign_flip_test, spearman
 from icldistill.core.validation import InputError, check_int
 from icldistill.lab.experiments import phenomena as ph
 from icldistill.lab.experiments._common import Check, Section, Table
-from icldistill.reporting.reports import new_figure, save_figure, spearman, to_jsonable
 
 __all__ = [
     "FULL",

@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from icldistill.artifacts.figures import new_figure, save_figure
 from icldistill.core.decomposition import distillation_step
 from icldistill.core.results import Result
+from icldistill.core.stats import spearman
 from icldistill.core.validation import InputError
 from icldistill.lab.experiments._common import Check, Section, Table
-from icldistill.reporting.reports import new_figure, save_figure, spearman
 
 __all__ = ["FewShotRelation", "RealTraceResult", "accuracy_mmd_figure", "fewshot_relation",
            "real_model_trace", "run"]

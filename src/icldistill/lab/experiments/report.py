@@ -1,5 +1,5 @@
 """Render laboratory sections as one Markdown + HTML report (through the report model of
-:mod:`icldistill.reporting`), and store / read sections as JSON (so an interrupted
+:mod:`icldistill.artifacts.document`), and store / read sections as JSON (so an interrupted
 ``reproduce`` resumes without recomputing finished experiments)."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from icldistill.artifacts import document as rp
+from icldistill.artifacts.store import to_jsonable, write_json
 from icldistill.lab.experiments._common import Check, Section, Table
-from icldistill.reporting import document as rp
-from icldistill.reporting.reports import to_jsonable, write_json
 
 __all__ = ["format_cell", "read_section", "write_lab_report", "write_section"]
 
@@ -91,8 +91,8 @@ def write_lab_report(
     The report starts with a summary of every check (holds or not, with the measured detail),
     then one part per section: description, checks, findings, figures, tables, run time and
     the command that reproduces it. Both files render one
-    :class:`icldistill.reporting.Report`; ``header`` lines, descriptions, findings, checks and
-    notes are inline Markdown (user text in them is escaped in the HTML).
+    :class:`icldistill.artifacts.document.Report`; ``header`` lines, descriptions, findings,
+    checks and notes are inline Markdown (user text in them is escaped in the HTML).
     """
     out = Path(out_dir)
     section_commands = dict(section_commands or {})

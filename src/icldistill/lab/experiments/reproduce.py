@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from icldistill.artifacts.document import inline_code
 from icldistill.core.progress import log as fetch_log
 from icldistill.core.results import Result
 from icldistill.core.validation import InputError
 from icldistill.lab.experiments._common import Section
 from icldistill.lab.experiments.report import read_section, write_lab_report, write_section
-from icldistill.reporting.document import inline_code
 
 __all__ = ["EXPERIMENTS", "PARTS_DIR", "PHENOMENA_SECTIONS", "ReproduceResult",
            "phenomena_models", "plan", "reproduce", "run_experiment", "run_phenomenon"]

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from icldistill.artifacts.figures import new_figure, save_figure
+from icldistill.core.stats import spearman
 from icldistill.lab.experiments._common import Check, Section, Table
 from icldistill.lab.training import TrainedICL, evaluate_icl
-from icldistill.reporting.reports import new_figure, save_figure, spearman
 
 __all__ = ["run"]
 
