@@ -21,6 +21,7 @@ from icldistill.core.stats import (
     paired_bootstrap_ci,
     paired_comparisons,
     sign_flip_test,
+    spearman,
     stratified_bootstrap_ci,
     stratified_mean,
     stratified_sign_flip_test,
@@ -623,3 +624,30 @@ def test_majority_shares_use_each_tasks_longest_truth():
     assert majority_shares(results, longer)["a"] == pytest.approx(11 / 12)
     assert majority_shares(results, {}) == {}
     assert majority_shares(results, {key: {"pred": ["y"], "truth": ["y"]}}) == {"a": 1.0}
+
+
+def _brute_ranks(v: list[float]) -> list[float]:
+    """Average ranks from their definition: items below, plus half the other ties."""
+    return [sum(w < x for w in v) + (sum(w == x for w in v) - 1) / 2 for x in v]
+
+
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4)), min_size=3, max_size=25))
+def test_spearman_is_pearson_of_average_ranks(pairs):
+    x = [float(a) for a, _ in pairs]
+    y = [float(b) for _, b in pairs]
+    rx, ry = np.array(_brute_ranks(x)), np.array(_brute_ranks(y))
+    got = spearman(x, y)
+    if rx.std() == 0 or ry.std() == 0:
+        assert np.isnan(got)
+    else:
+        want = float(((rx - rx.mean()) * (ry - ry.mean())).sum()
+                     / np.sqrt(((rx - rx.mean()) ** 2).sum() * ((ry - ry.mean()) ** 2).sum()))
+        assert got == pytest.approx(want, abs=1e-12)
+
+
+def test_spearman_edge_cases():
+    assert np.isnan(spearman([1.0, 2.0], [2.0, 1.0]))           # fewer than 3 points
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="1-D"):
+        spearman([1, 2, 3], [1, 2])
