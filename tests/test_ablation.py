@@ -76,6 +76,26 @@ def test_ablation_report_cells_are_the_paired_differences(tmp_path):
     assert {"objective", "encoder", "selector", "diff", "ci_low", "ci_high", "p_holm"} <= set(cell)
 
 
+def test_ablation_cell_over_fewer_tasks_says_so(tmp_path):
+    # an unfinished grid: the kv:auto units exist on tasks "a" and "b" only, so their mean
+    # against kNN is over 2 of the header's 3 tasks, and the cell must say so
+    mod = _bench()
+    rows, preds = _grid({("knn", "minilm"): 20, ("mmd-query", "minilm"): 30}, tasks=("a", "b", "c"))
+    more, more_preds = _grid({("knn", "kv:auto"): 20, ("mmd-query", "kv:auto"): 30},
+                             tasks=("a", "b"))
+    rows += more
+    preds.update(more_preds)
+    paired = paired_comparisons(rows, preds, baselines=("knn",), n_boot=200, n_perm=2000)
+    path = write_ablation_report(rows, paired, tmp_path, objectives=mod.OBJECTIVES[:3],
+                                 encoders=["minilm", "kv:auto"], commands=["cmd"], notes=[])
+    text = path.read_text()
+    assert "Mean over 3 tasks" in text
+    minilm_row = next(line for line in text.splitlines() if line.startswith("| per-query MMD |"))
+    cells = [c.strip() for c in minilm_row.strip("|").split("|")]
+    assert "of 3 tasks" not in cells[1]                      # minilm: all 3 tasks
+    assert cells[2].strip("*").endswith("(2 of 3 tasks)")    # kv:auto: 2 of them
+
+
 def test_ablation_pairs_are_the_factor_contrasts():
     mod = _bench()
     pairs = ablation_pairs(mod.OBJECTIVES, ["minilm", "hidden:4", "kv:auto"])

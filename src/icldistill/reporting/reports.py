@@ -1399,6 +1399,11 @@ class _Ablation:
         """The harness unit label of a cell."""
         return _unit_label(sel, enc, params)
 
+    def tasks(self, model: str, k: int) -> list[str]:
+        """The tasks of any finished unit of ``model`` and ``k``, sorted."""
+        return sorted({r.spec.task for (m, kk, _), rs in self.by_label.items()
+                       if (m, kk) == (model, k) for r in rs})
+
 
 def _ablation_section(ab: _Ablation, model: str, k: int) -> tuple[Any, list[dict[str, Any]]]:
     """The report section of one model and ``k`` and the ``ablation.json`` records of its
@@ -1412,8 +1417,7 @@ def _ablation_section(ab: _Ablation, model: str, k: int) -> tuple[Any, list[dict
         plain,
     )
 
-    tasks = sorted({r.spec.task for (m, kk, _), rs in ab.by_label.items()
-                    if (m, kk) == (model, k) for r in rs})
+    tasks = ab.tasks(model, k)
     blocks: list[Any] = [Paragraph(
         f"Mean over {len(tasks)} tasks ({', '.join(plain(t) for t in tasks)}) of the paired "
         f"accuracy difference to {inline_code(ab.baseline)} (points), 95% CI, Holm-adjusted "
@@ -1464,7 +1468,7 @@ def _ablation_cells(ab: _Ablation, model: str, k: int
             if p is None:
                 row.append("not run" if (model, k, lab) not in ab.by_label else "1 task")
                 continue
-            row.append(_ablation_cell_text(p))
+            row.append(_ablation_cell_text(p, len(ab.tasks(model, k))))
             if p.p_holm < 0.05:
                 (sig_better if p.diff > 0 else sig_worse).append(
                     f"{plain(name)} on {plain(enc)}")
@@ -1474,11 +1478,13 @@ def _ablation_cells(ab: _Ablation, model: str, k: int
     return rows, record, sig_better, sig_worse
 
 
-def _ablation_cell_text(p: Any) -> str:
+def _ablation_cell_text(p: Any, n_tasks: int) -> str:
     """A paired mean difference as an ablation cell: points, CI, Holm p; bold when Holm p <
-    0.05."""
+    0.05; a mean over fewer than the table's ``n_tasks`` tasks says over how many."""
     text = (f"{100 * p.diff:+.1f} [{100 * p.ci_low:+.1f}, {100 * p.ci_high:+.1f}] "
             f"p={p.p_holm:.2g}")
+    if p.n_tasks < n_tasks:
+        text += f" ({p.n_tasks} of {n_tasks} tasks)"
     return f"**{text}**" if p.p_holm < 0.05 else text
 
 
@@ -1495,6 +1501,7 @@ def _ablation_factor_section(ab: _Ablation, contrasts: Sequence[Any], model: str
     others = [e for e in ab.encoders if e != reference]
     record: list[dict[str, Any]] = []
     found: dict[str, list[str]] = {"better": [], "worse": []}
+    n_tasks = len(ab.tasks(model, k))
 
     def cell(kind: str, name: str, enc: str, sel: str, base: str) -> str:
         p = means.get((sel, base))
@@ -1505,7 +1512,7 @@ def _ablation_factor_section(ab: _Ablation, contrasts: Sequence[Any], model: str
         if p.p_holm < 0.05:
             found["better" if p.diff > 0 else "worse"].append(
                 f"{plain(sel)} vs {plain(base)} ({100 * p.diff:+.1f})")
-        return _ablation_cell_text(p)
+        return _ablation_cell_text(p, n_tasks)
 
     rep_rows = [[plain(name), *(cell("representation", name, enc, ab.label(sel, enc, params),
                                      ab.label(sel, reference, params)) for enc in others)]
