@@ -65,3 +65,27 @@ def test_truncated_file_is_named(folder):
     path.write_bytes(raw[: len(raw) - 64])
     with pytest.raises(R.InputError, match="truncated"):
         R.load_half_streamed(folder, torch.bfloat16, "eager")
+
+
+def test_half_precision_on_a_cpu_without_bf16_instructions_warns(folder, monkeypatch):
+    # an AVX2-only CPU converts bf16 operands on the fly: 0.12x float32's speed was measured
+    monkeypatch.setattr(R, "half_precision_speed", lambda dtype: 0.12)
+    with pytest.warns(RuntimeWarning, match=r"bfloat16 .* 0\.12x .* float32 is faster here"):
+        load_model(folder, dtype=torch.bfloat16, progress=False)
+
+
+def test_no_warning_where_half_precision_is_fast_or_not_asked_for(folder, monkeypatch, recwarn):
+    monkeypatch.setattr(R, "half_precision_speed", lambda dtype: 3.0)
+    load_model(folder, dtype=torch.bfloat16, progress=False)
+
+    def never(dtype):
+        raise AssertionError("float32 needs no measurement")
+
+    monkeypatch.setattr(R, "half_precision_speed", never)
+    load_model(folder, progress=False)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_half_precision_speed_is_a_measured_ratio():
+    speed = R.half_precision_speed(torch.bfloat16)
+    assert 0 < speed < 100 and speed == R.half_precision_speed(torch.bfloat16)   # cached

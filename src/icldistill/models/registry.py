@@ -47,12 +47,14 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import hashlib
 import json
 import os
 import re
 import shutil
 import time
+import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -97,6 +99,7 @@ __all__ = [
     "fetch",
     "float32_head",
     "folder_problems",
+    "half_precision_speed",
     "list_models",
     "load_half_streamed",
     "load_model",
@@ -670,14 +673,73 @@ def load_model(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype = tor
     (:func:`float32_head`), so logits and label log-probabilities never come from half-precision
     arithmetic. On CPUs with bf16 matrix instructions (AVX512-BF16, AMX) ``torch.bfloat16`` scores
     few-shot prompts about 3x faster than float32 (2.7x-3.4x on qwen2.5-0.5b, see
-    ``benchmarks/results/precision_2cpu.md``).
+    ``benchmarks/results/precision_2cpu.md``). On CPUs without them half precision is several
+    times slower than float32; loading a half-precision model on such a CPU warns
+    (:class:`RuntimeWarning`, from :func:`half_precision_speed`).
     """
     with _transformers_bars(progress):
         lm = _load(name_or_path, dtype=dtype, attn_implementation=attn_implementation,
                    device=device, cache_dir=cache_dir, progress=progress)
     if float32_logits and dtype in (torch.bfloat16, torch.float16):
         float32_head(lm.model)
+    if dtype in (torch.bfloat16, torch.float16) and resolve_device(device).type == "cpu":
+        _warn_if_half_is_slow(dtype)
     return lm
+
+
+#: Below this speed of half-precision matrix products relative to float32, ``load_model`` warns.
+SLOW_HALF = 0.5
+
+
+@functools.cache
+def half_precision_speed(dtype: torch.dtype = torch.bfloat16) -> float:
+    """How fast ``dtype`` matrix products run on this CPU relative to float32, one thread.
+
+    Measured once per process (about 0.3 s): ``torch.nn.functional.linear`` of ``[128, 896]``
+    inputs with a ``[2048, 896]`` weight (a small LM's MLP over a short batch), repeated for
+    0.1 s in each precision. Without bf16 matrix instructions (AVX512-BF16, AMX) PyTorch
+    converts half-precision operands on the fly and the product runs several times *slower*
+    than float32 (0.12x on an AVX2-only AMD EPYC, where a bfloat16 qwen2.5-0.5b encodes texts
+    7x slower than in float32), against ~3x faster scoring on CPUs with them.
+
+    Returns
+    -------
+    float
+        Products per second in ``dtype`` divided by products per second in float32.
+    """
+    def rate(dt: torch.dtype) -> float:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(128, 896, generator=gen).to(dt)
+        w = torch.randn(2048, 896, generator=gen).to(dt)     # a Linear's [out, in] weight
+        with _one_thread(), torch.no_grad():
+            torch.nn.functional.linear(x, w)                  # warm-up
+            n, t0 = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - t0) < 0.1:
+                torch.nn.functional.linear(x, w)
+                n += 1
+        return n / elapsed
+
+    return rate(dtype) / rate(torch.float32)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _warn_if_half_is_slow(dtype: torch.dtype) -> None:
+    speed = half_precision_speed(dtype)
+    if speed < SLOW_HALF:
+        name = str(dtype).removeprefix("torch.")
+        warnings.warn(
+            f"{name} matrix products run at {speed:.2f}x the speed of float32 on this CPU "
+            f"(PyTorch capability {torch.backends.cpu.get_cpu_capability()}, no bf16 matrix "
+            f"instructions): float32 is faster here", RuntimeWarning, stacklevel=3)
 
 
 def float32_head(model: Any) -> Any:
