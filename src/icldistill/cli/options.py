@@ -29,7 +29,8 @@ QUIET_HELP = "no progress bars or status lines on stderr"
 SEEDS_HELP = ("number of seeds of each randomised selector: seeds 0..N-1 (default 3); "
               "deterministic selectors run once")
 DTYPE_HELP = ("precision of the model's weights (default float32); bfloat16 keeps the logits "
-              "in float32 and is ~3x faster on CPUs with bf16 instructions")
+              "in float32 and is ~3x faster on CPUs with bf16 instructions (AVX512-BF16, AMX), "
+              "several times slower on others (a warning says so)")
 
 
 class CommandParser(argparse.ArgumentParser):
