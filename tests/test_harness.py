@@ -409,6 +409,47 @@ def test_finished_units_are_imported_verbatim_from_another_folder(tmp_path, toy,
         a.import_finished(tmp_path / "nowhere", [knn])
 
 
+def test_selections_from_gives_another_model_exactly_the_same_prompts(tmp_path, toy,
+                                                                     monkeypatch):
+    # the trained model selects on its own hidden states; a twin with other weights must read
+    # the very same demonstrations, not select again on its own (random) hidden states
+    a = _harness(tmp_path, toy)
+    units = [UnitSpec("tiny", "toy", sel, k=2, encoder="hidden:-1", n_test=8)
+             for sel in ("knn", "mmd", "mmd-local")]
+    a.run(units)
+
+    def twin(name):
+        return SimpleNamespace(model=tiny_model("llama", seed=7), tokenizer=tiny_tokenizer(True))
+
+    def never(*args, **kwargs):
+        raise AssertionError("a selector ran although the selections are imported")
+
+    monkeypatch.setattr(Harness, "select", never)
+    b = Harness(tmp_path / "twin", tasks={"toy": toy}, model_loader=twin, progress=False,
+                embedding_cache=tmp_path / "emb-twin", reference_encoder="hidden:-1",
+                n_boot=50, batch_size=4, selections_from=a.out_dir)
+    for r in b.run(units):
+        mine = json.loads((b.out_dir / "selections" / f"{r.key}.json").read_text())
+        theirs = json.loads((a.out_dir / "selections" / f"{r.key}.json").read_text())
+        assert mine["indices"] == theirs["indices"] and mine["shared"] == theirs["shared"]
+    with pytest.raises(InputError, match="no selection of dpp"):
+        b.run_unit(UnitSpec("tiny", "toy", "dpp", k=2, encoder="hidden:-1", n_test=8))
+    with pytest.raises(InputError, match="another results folder"):
+        _harness(tmp_path, toy, selections_from=tmp_path / "run")
+    with pytest.raises(InputError, match="no selections/ folder"):
+        _harness(tmp_path, toy, selections_from=tmp_path / "nowhere")
+    # a record under the wrong name (another unit's selection) is refused
+    knn_key = units[0].key(toy.fingerprint)
+    mmd_key = units[1].key(toy.fingerprint)
+    path = a.out_dir / "selections" / f"{knn_key}.json"
+    path.write_text((a.out_dir / "selections" / f"{mmd_key}.json").read_text())
+    c = Harness(tmp_path / "c", tasks={"toy": toy}, model_loader=twin, progress=False,
+                embedding_cache=tmp_path / "emb-twin", reference_encoder="hidden:-1",
+                n_boot=50, batch_size=4, selections_from=a.out_dir)
+    with pytest.raises(InputError, match="another unit"):
+        c.run_unit(units[0])
+
+
 def test_label_coverage_matches_a_brute_force_reading_of_the_prompts(tmp_path, toy):
     """Whether each item's label is among its demonstrations, read back from the rendered
     prompts (an independent path: the text the model saw), and correctness from the

@@ -72,7 +72,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from icldistill.artifacts.store import append_record, iter_records, unit_lock, write_json
+from icldistill.artifacts.store import (
+    append_record,
+    iter_records,
+    to_jsonable,
+    unit_lock,
+    write_json,
+)
 from icldistill.core.kernels import Kernel, make_kernel
 from icldistill.core.mmd import mmd
 from icldistill.core.progress import log
@@ -526,6 +532,12 @@ class Harness:
         there too (the embeddings are moved to it before selection; an approximate candidate
         index stays on the CPU); the reported ``mmd2_task`` / ``mmd2_query`` are computed on
         the CPU in float64, so they do not depend on the device.
+    selections_from : path, optional
+        A results folder whose ``selections/<key>.json`` give every unit its demonstrations:
+        no selector runs, and each query gets exactly the demonstrations (in the same order)
+        it got there. For a control: the same prompts on another model, e.g. the trained
+        model's selections (made from *its* hidden states or keys/values) read by its
+        random-init twin. A unit without a selection there is an :class:`InputError`.
     """
 
     def __init__(
@@ -541,6 +553,7 @@ class Harness:
         n_boot: int = 1000,
         reference_encoder: str = REFERENCE_ENCODER,
         device: str | torch.device = "cpu",
+        selections_from: str | os.PathLike[str] | None = None,
     ) -> None:
         from icldistill.models.registry import resolve_device
 
@@ -561,6 +574,14 @@ class Harness:
         self._ref_kernel: dict[str, Kernel] = {}
         self._stores: dict[str, _ScoreStore] = {}
         self._heads: dict[tuple[str, str, str], HeadChoice] = {}
+        self.selections_from = None if selections_from is None else Path(selections_from)
+        if self.selections_from is not None:
+            if self.selections_from.resolve() == self.out_dir.resolve():
+                raise InputError("selections_from must be another results folder, not the "
+                                 "harness's own")
+            if not (self.selections_from / "selections").is_dir():
+                raise InputError(f"{self.selections_from}: no selections/ folder to take the "
+                                 "demonstrations from")
 
     # ---- resources ---------------------------------------------------------------------
 
@@ -775,9 +796,13 @@ class Harness:
         if n < 1:
             raise InputError(f"task {task.name!r} has no test items")
         test_idx = np.arange(n)
-        selection = self.select(spec, task, test_idx)
-        idx = _ordered(selection, spec)
-        self._write_selection(key, spec, selection, idx)
+        if self.selections_from is None:
+            selection = self.select(spec, task, test_idx)
+            idx = _ordered(selection, spec)
+            shared, sel_seconds = selection.shared, selection.seconds
+        else:
+            idx, shared, sel_seconds = self._imported_selection(spec, task, key, n)
+        self._write_selection(key, spec, shared, sel_seconds, idx)
         lm = self.model(spec.model, spec.dtype)
         pool_ds = task.split.train
         fmt = pool_ds.format
@@ -785,7 +810,7 @@ class Harness:
                                instruction=fmt.instruction, batch_size=self.batch_size)
         queries = [test_ds.texts[i] for i in test_idx]
         demos = [[(pool_ds.texts[j], str(pool_ds.labels[j])) for j in row] for row in idx]
-        texts = [scorer.prompt(demos[0] if selection.shared else d, q).render().text
+        texts = [scorer.prompt(demos[0] if shared else d, q).render().text
                  for d, q in zip(demos, queries, strict=True)]
         partial = self.out_dir / "partial" / f"{key}.jsonl"
         scores, tokens, seconds = _read_partial(partial, n, list(scorer.labels))
@@ -796,7 +821,7 @@ class Harness:
                 log(self.progress,
                     f"resuming {spec.label} on {task.name}: {n - todo.size}/{n} done"
                     + (f" ({reused} identical prompts already scored)" if reused else ""))
-            res = self._score_missing(spec, scorer, selection.shared, queries, demos, todo,
+            res = self._score_missing(spec, scorer, shared, queries, demos, todo,
                                       scores, partial, store, hashes)
             tokens += res.n_tokens
             seconds += res.seconds
@@ -804,22 +829,48 @@ class Harness:
         truth = np.asarray([str(test_ds.labels[i]) for i in test_idx], dtype=object)
         metrics = classification_metrics(truth, pred, labels=list(test_ds.label_names),
                                          n_boot=self.n_boot, seed=0)
-        dist = self.mmd_to_task(task, spec.model, idx, test_idx, selection.shared)
+        dist = self.mmd_to_task(task, spec.model, idx, test_idx, shared)
         result = UnitResult(spec, key, metrics.accuracy, metrics.macro_f1, metrics.n,
-                            dist.mmd2_task, dist.mmd2_query, selection.shared, selection.seconds,
+                            dist.mmd2_task, dist.mmd2_query, shared, sel_seconds,
                             seconds, tokens, _prompt_tokens(scorer, texts),
                             metrics.per_label_accuracy, reused)
         self._record(result, pred, truth, partial)
         return result
 
-    def _write_selection(self, key: str, spec: UnitSpec, selection: Selection,
+    def _write_selection(self, key: str, spec: UnitSpec, shared: bool, seconds: float,
                          idx: np.ndarray) -> None:
         """``selections/<key>.json``: the demonstrations every query saw."""
         sel_dir = self.out_dir / "selections"
         sel_dir.mkdir(exist_ok=True)
-        write_json(sel_dir / f"{key}.json", {"spec": asdict(spec), "shared": selection.shared,
-                                             "indices": idx[:1] if selection.shared else idx,
-                                             "seconds": selection.seconds})
+        write_json(sel_dir / f"{key}.json", {"spec": asdict(spec), "shared": shared,
+                                             "indices": idx[:1] if shared else idx,
+                                             "seconds": seconds})
+
+    def _imported_selection(self, spec: UnitSpec, task: Task, key: str, n: int
+                            ) -> tuple[np.ndarray, bool, float]:
+        """The ordered pool indices ``[n, k]`` of a unit, its ``shared`` flag and selection
+        time, read from ``selections_from`` (the unit's key there must be the same: same
+        spec, task data and test items)."""
+        assert self.selections_from is not None
+        path = self.selections_from / "selections" / f"{key}.json"
+        if not path.exists():
+            raise InputError(f"{path}: no selection of {spec.label} on {task.name} (k={spec.k}) "
+                             f"in {self.selections_from}; finish that unit there first")
+        rec = json.loads(path.read_text())
+        mine = json.loads(json.dumps(to_jsonable(asdict(spec))))
+        theirs = rec.get("spec") or {}
+        if not theirs or any(theirs[f] != mine[f] for f in theirs.keys() & mine.keys()):
+            raise InputError(f"{path}: recorded for another unit than {spec.label} on "
+                             f"{task.name} (k={spec.k})")
+        idx = np.asarray(rec["indices"], dtype=np.int64)
+        shared = bool(rec["shared"])
+        if shared and idx.shape[:1] == (1,):
+            idx = np.repeat(idx, n, axis=0)
+        if idx.shape != (n, spec.k) or idx.min(initial=0) < 0 \
+                or idx.max(initial=0) >= len(task.split.train):
+            raise InputError(f"{path}: indices of shape {idx.shape} do not fit {n} test items, "
+                             f"k={spec.k} and a pool of {len(task.split.train)}")
+        return idx, shared, float(rec.get("seconds", 0.0))
 
     def _reuse_scores(self, spec: UnitSpec, scorer: FewShotScorer, texts: list[str],
                       scores: np.ndarray) -> tuple[_ScoreStore | None, list[str] | None, int]:
