@@ -12,6 +12,17 @@ the same command share the work, as in ``bench_fewshot.py``.
                                     # the committed ablation (the grid's identical units copied)
     python benchmarks/bench_ablation.py --report-only       # rebuild ablation.md / .json
 
+Random-init control (a real-model claim counts only where the trained model differs from its
+architecture-identical twin): ``--control SEED --out DIR`` scores every unit on the twin, in a
+folder of its own marked ``control.json``, with the demonstrations the trained model's units
+chose (``--selections-from``, default the trained ablation folder: the representations of the
+*trained* model pick the prompts, the twin only reads them). Then ``--report-only
+--control-dir DIR`` on the trained folder sets each comparison beside the twin's.
+
+    python benchmarks/bench_ablation.py --control 1 --out benchmarks/results/ablation-control-1
+    python benchmarks/bench_ablation.py --report-only \
+        --control-dir benchmarks/results/ablation-control-1
+
 Representations: ``minilm`` (sentence embeddings of the inputs), ``hidden:L`` (the reading
 model's mean hidden state at layer ``L``, default the middle layer), ``kv:auto`` (keys and
 values of the demo-carrying heads under normalised ``K_att``, chosen from traces). Objectives:
@@ -34,10 +45,10 @@ import torch
 
 from icldistill.core.stats import paired_comparisons
 from icldistill.evaluation.harness import Harness, Task, UnitSpec, load_predictions, load_results
-from icldistill.reporting.reports import ablation_pairs, write_ablation_report
+from icldistill.reporting.reports import ablation_pairs, control_checks, write_ablation_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fewshot import others_running, run_shared
+from bench_fewshot import check_control_folder, control_loader, others_running, run_shared
 
 HERE = Path(__file__).resolve().parent
 TASKS = ("rt-sentiment", "r8", "openbookqa")
@@ -61,6 +72,22 @@ def units(model: str, dtype: str, tasks: list[str], encoders: list[str], k: int,
             for enc in encoders for task in tasks for _, sel, params in OBJECTIVES]
 
 
+def reuse_problem(source: str, control: int | None) -> str | None:
+    """Why ``--reuse source`` cannot serve this run (one line), or ``None``: units are copied
+    only between folders of the same kind of model (trained, or the random-init control of the
+    same seed)."""
+    mark = Path(source) / "control.json"
+    seed = json.loads(mark.read_text()).get("seed") if mark.exists() else None
+    if seed == control:
+        return None
+    if control is None:
+        return (f"--reuse {source} is a random-init control folder (seed {seed}); a trained "
+                "ablation copies trained units only")
+    return (f"--reuse {source} holds " + ("trained units" if seed is None else
+                                           f"the control of seed {seed}")
+            + f"; the control of seed {control} copies only its own kind")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -80,13 +107,35 @@ def main(argv: list[str] | None = None) -> int:
                          "same model, task, selector, k, encoder, test items and pool; e.g. "
                          "the selection grid's kNN on MiniLM) instead of recomputing them")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--control", type=int, default=None, metavar="SEED",
+                    help="score every unit on the model's random-init twin (seed SEED >= 1), in "
+                         "a folder of its own, with the trained units' demonstrations")
+    ap.add_argument("--selections-from", default=str(HERE / "results" / "ablation"),
+                    metavar="DIR", help="with --control: the trained ablation whose "
+                                        "selections the twin reads (default the committed one)")
+    ap.add_argument("--control-dir", default=None, metavar="DIR",
+                    help="a control folder of this ablation: its comparisons go beside these")
     args = ap.parse_args(argv)
+    out = Path(args.out)
+    problem = reuse_problem(args.reuse, args.control) if args.reuse else None
+    if problem is None:
+        problem = check_control_folder(out, args.control)
+    if problem is None and args.control_dir and not (Path(args.control_dir)
+                                                     / "control.json").exists():
+        problem = (f"--control-dir {args.control_dir}: not a control folder (no control.json; "
+                   "run the ablation there with --control SEED)")
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
     tasks = [t for t in args.tasks.split(",") if t]
+    control = args.control is not None
     h = Harness(out, progress=True,
-                tasks={t: Task.from_registry(t, pool_size=args.pool_size) for t in tasks})
+                tasks={t: Task.from_registry(t, pool_size=args.pool_size) for t in tasks},
+                model_loader=control_loader(args.control) if control else None,
+                selections_from=args.selections_from if control and not args.report_only
+                else None)
     encoders = args.encoders.split(",") if args.encoders else None
     if encoders is None:
         cfg = h.model(args.model, args.dtype).model.config
@@ -94,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     todo = units(args.model, args.dtype, tasks, encoders, args.k, args.n_test)
     cmd = (f"python benchmarks/bench_ablation.py --model {args.model} --dtype {args.dtype} "
            f"--tasks {','.join(tasks)} --encoders {','.join(encoders)} --k {args.k} "
-           f"--n-test {args.n_test} --pool-size {args.pool_size}")
+           f"--n-test {args.n_test} --pool-size {args.pool_size}"
+           + (f" --out {args.out}" if out != HERE / "results" / "ablation" else "")
+           + (f" --control {args.control} --selections-from {args.selections_from}"
+              if control else ""))
     if args.reuse and not args.report_only:
         h.import_finished(args.reuse, todo)
     if not args.report_only:
@@ -124,14 +176,32 @@ def main(argv: list[str] | None = None) -> int:
     finished = {r.key for r in results}
     n_done = sum(u.key(h.task(u.task).fingerprint) in finished for u in todo)
     title = "Ablation: representation x objective, paired against kNN"
+    if control:
+        title += f", random-init control (seed {args.control})"
+        notes.insert(0, f"Random-init control: every unit scored by an architecture-identical "
+                        f"twin of {args.model} with weights initialised under seed "
+                        f"{args.control}, reading the demonstrations the trained model's units "
+                        f"chose (`selections/` of {args.selections_from}).")
+    checks = []
+    if args.control_dir:
+        c_res = load_results(args.control_dir)
+        c_preds = load_predictions(args.control_dir)
+        c_paired = paired_comparisons(c_res, c_preds, baselines=("knn",))
+        c_contrasts = paired_comparisons(c_res, c_preds,
+                                         pairs=ablation_pairs(OBJECTIVES, encoders))
+        checks = control_checks([*paired, *contrasts], [*c_paired, *c_contrasts])
     if n_done < len(todo):
         title += f" (incomplete: {n_done} of {len(todo)} units)"
         notes.append(f"Incomplete: {n_done} of {len(todo)} units are finished; the tables and "
                      "conclusions cover only those, so no conclusion is drawn from them yet.")
     rep = write_ablation_report(results, paired, out, objectives=OBJECTIVES, encoders=encoders,
                                 contrasts=contrasts, title=title,
-                                commands=[cmd + "   # resumable", cmd + " --report-only"],
-                                notes=notes, coverage=h.label_coverage(results))
+                                commands=[cmd + "   # resumable", cmd + " --report-only"
+                                          + (f" --control-dir {args.control_dir}"
+                                             if args.control_dir else "")],
+                                notes=notes, coverage=h.label_coverage(results),
+                                control=checks,
+                                control_label=f"the random-init control in {args.control_dir}")
     print(rep.read_text())
     return 0
 

@@ -11,7 +11,7 @@ from icldistill.core.stats import paired_comparisons
 from icldistill.core.validation import InputError
 from icldistill.evaluation.harness import UnitResult, UnitSpec
 from icldistill.evaluation.scoring import MetricResult
-from icldistill.reporting.reports import ablation_pairs, write_ablation_report
+from icldistill.reporting.reports import ablation_pairs, control_checks, write_ablation_report
 
 from .scripts import load_script
 
@@ -180,3 +180,59 @@ def test_ablation_report_label_coverage_section(tmp_path):
     path = write_ablation_report(rows, paired, tmp_path / "plain",
                                  objectives=mod.OBJECTIVES[:2], encoders=["minilm"])
     assert "show the query's label" not in path.read_text()
+
+
+def test_ablation_report_sets_each_comparison_beside_the_control(tmp_path):
+    mod = _bench()
+    objectives = mod.OBJECTIVES[:2]            # kNN, set MMD
+    encoders = ["minilm", "kv:auto"]
+    # the twin shows set MMD's loss to kNN on MiniLM and its gain from kv:auto just as
+    # strongly (so neither is credited to training), but not set MMD's gain over kNN on kv:auto
+    trained = {("knn", "minilm"): 20, ("mmd", "minilm"): 10, ("knn", "kv:auto"): 30,
+               ("mmd", "kv:auto"): 39}
+    twin = {("knn", "minilm"): 20, ("mmd", "minilm"): 10, ("knn", "kv:auto"): 40,
+            ("mmd", "kv:auto"): 40}
+
+    def comparisons(correct):
+        rows, preds = _grid(correct)
+        paired = paired_comparisons(rows, preds, baselines=("knn",), n_boot=300, n_perm=2000)
+        pairs = paired_comparisons(rows, preds, pairs=ablation_pairs(objectives, encoders),
+                                   n_boot=300, n_perm=2000)
+        return rows, paired, pairs
+
+    rows, paired, contrasts = comparisons(trained)
+    _, c_paired, c_contrasts = comparisons(twin)
+    checks = control_checks([*paired, *contrasts], [*c_paired, *c_contrasts])
+    by = {(c.selector, c.baseline, c.task): c for c in checks}
+    assert not by[("mmd", "knn", "mean")].differs              # -25 vs the twin's -25
+    assert not by[("mmd@kv:auto", "mmd", "mean")].differs      # +72.5 vs the twin's +75
+    assert by[("mmd@kv:auto", "knn@kv:auto", "mean")].differs  # +22.5 vs the twin's 0
+    path = write_ablation_report(rows, paired, tmp_path, objectives=objectives,
+                                 encoders=encoders, contrasts=contrasts, control=checks,
+                                 control_label="the twin")
+    text = path.read_text()
+    assert "## Against a random-init control" in text
+    assert "the trained model's own selection" in text
+    assert "MiniLM embeddings of the same pool" not in text
+
+
+def test_ablation_control_flags_fail_with_one_line(tmp_path, capsys):
+    mod = _bench()
+    assert mod.main(["--control", "1", "--reuse", str(tmp_path), "--out",
+                     str(tmp_path / "c")]) == 2
+    assert "holds trained units" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "control.json").exists()     # nothing written on refusal
+    (tmp_path / "ctl").mkdir()
+    (tmp_path / "ctl" / "control.json").write_text('{"control": "random-init", "seed": 2}')
+    assert mod.main(["--control", "1", "--reuse", str(tmp_path / "ctl"), "--out",
+                     str(tmp_path / "c")]) == 2
+    assert "the control of seed 2" in capsys.readouterr().err
+    assert mod.main(["--reuse", str(tmp_path / "ctl"), "--out", str(tmp_path / "t")]) == 2
+    assert "copies trained units only" in capsys.readouterr().err
+    assert mod.reuse_problem(str(tmp_path / "ctl"), 2) is None
+    assert mod.reuse_problem(str(tmp_path), None) is None
+    assert mod.main(["--control", "0", "--out", str(tmp_path / "c")]) == 2
+    assert "seed >= 1" in capsys.readouterr().err
+    assert mod.main(["--report-only", "--out", str(tmp_path / "t"),
+                     "--control-dir", str(tmp_path)]) == 2
+    assert "not a control folder" in capsys.readouterr().err

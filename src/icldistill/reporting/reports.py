@@ -1095,18 +1095,26 @@ def _coverage_claims(tag: str, group: list[CoverageSummary], rs: Sequence[Any],
     return claims
 
 
+_MINILM_PROMPTS = ("the selectors here choose from MiniLM embeddings of the same pool, so they "
+                   "pick the same demonstrations")
+_IMPORTED_PROMPTS = ("every unit's demonstrations are the trained model's own selection, read "
+                     "back from its `selections/`, so representations of the trained model "
+                     "chose them for the twin too")
+
+
 def _control_section(checks: Sequence[ControlCheck], label: str,
                      results: Sequence[Any] = (), coverage: Mapping[str, Any] | None = None,
-                     control_coverage: Mapping[str, Any] | None = None) -> Any:
+                     control_coverage: Mapping[str, Any] | None = None,
+                     how: str = _MINILM_PROMPTS) -> Any:
     """The section "Against a random-init control": per model and ``k``, every paired
     comparison beside the same comparison on the control, and whether the trained difference
-    lies outside the control's interval on its own side (:class:`ControlCheck`)."""
+    lies outside the control's interval on its own side (:class:`ControlCheck`). ``how`` says
+    why the control read the same prompts."""
     from icldistill.artifacts.document import BulletList, Paragraph, Section, Table, plain
 
     intro = Paragraph(
         f"The same grid on {plain(label)}: an architecture-identical model with random weights, "
-        "reading the same prompts (the selectors here choose from MiniLM embeddings of the same "
-        "pool, so they pick the same demonstrations). A difference counts as the trained "
+        f"reading the same prompts ({how}). A difference counts as the trained "
         "model's only when it lies outside the control's 95% interval, beyond it on its own "
         "side (a control showing the same difference more strongly does not credit training).")
     blocks: list[Any] = []
@@ -1324,6 +1332,8 @@ def write_ablation_report(
     notes: Sequence[str] = (),
     title: str = "Ablation: representation x objective, paired against kNN",
     coverage: Mapping[str, Any] | None = None,
+    control: Sequence[ControlCheck] = (),
+    control_label: str = "the random-init control",
 ) -> Path:
     """Report (``ablation.md``, its HTML twin ``ablation.html``) and ``ablation.json`` of a
     representation x objective ablation (issue 12, item 4); returns the Markdown path.
@@ -1345,6 +1355,11 @@ def write_ablation_report(
     ``coverage`` (unit key -> :class:`icldistill.evaluation.LabelCoverage`) adds the section
     "Do the demonstrations show the query's label?" of :func:`write_comparison_report`, one
     row per cell.
+
+    ``control`` (:func:`control_checks` of these comparisons and contrasts against the same
+    ones computed on a random-init twin that read exactly these prompts, e.g. a harness with
+    ``selections_from``) adds the section "Against a random-init control", named after
+    ``control_label``.
     """
     from icldistill.artifacts.document import CodeBlock, Report, Section, write_report
 
@@ -1364,6 +1379,8 @@ def write_ablation_report(
         cov_section, _ = _coverage_section(results, coverage, {})
         if cov_section is not None:
             sections.append(cov_section)
+    if control:
+        sections.append(_control_section(control, control_label, how=_IMPORTED_PROMPTS))
     if commands:
         sections.append(Section("Reproduce", (CodeBlock("\n".join(commands), "bash"),)))
     write_json(out / "ablation.json", record)
