@@ -226,3 +226,25 @@ def test_compare_with_a_random_init_control(setup, capsys, monkeypatch):
             a = json.loads((rep / "selections" / f"{r['key']}.json").read_text())["indices"]
             b = json.loads((control / "selections" / f"{r['key']}.json").read_text())["indices"]
             assert a == b
+
+
+def test_compare_control_reads_the_trained_prompts_in_model_space(setup, capsys, monkeypatch):
+    # with a model-space representation a twin that selected for itself would choose on its
+    # random hidden states; it must read the trained model's demonstrations instead
+    root, model_dir, data = setup
+    monkeypatch.setenv("ICLDISTILL_CACHE", str(root / "cache"))
+    rep = root / "cmp-control-hidden"
+    argv = ["compare", "--models", str(model_dir), *_task_args(data), "--selectors",
+            "knn,mmd", "--ks", "2", "--n-test", "8", "--encoder", "hidden:-1", "--out",
+            str(rep), "--quiet", "--control", "1"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    control = rep / "control-1"
+    trained = [json.loads(x) for x in (rep / "results.jsonl").read_text().splitlines()]
+    assert {r["spec"]["selector"] for r in trained} == {"knn", "mmd"}
+    for r in trained:
+        a = json.loads((rep / "selections" / f"{r['key']}.json").read_text())
+        b = json.loads((control / "selections" / f"{r['key']}.json").read_text())
+        assert a["indices"] == b["indices"] and a["shared"] == b["shared"]
+    md = (rep / "report.md").read_text()
+    assert "the trained model's own selection" in md

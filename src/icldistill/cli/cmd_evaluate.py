@@ -93,8 +93,9 @@ def add_parsers(sub: Any) -> None:
     _add_scoring_args(p)
     p.add_argument("--control", type=positive_int, default=None, metavar="SEED",
                    help="also run the grid on each model's random-init twin (initialisation "
-                        "seed SEED, in OUT/control-SEED, local backend) and set its paired "
-                        "comparisons beside the trained model's in the report")
+                        "seed SEED, in OUT/control-SEED, local backend), reading exactly the "
+                        "trained units' demonstrations, and set its paired comparisons beside "
+                        "the trained model's in the report")
     p.add_argument("--out", default="icldistill-compare",
                    help="output folder: report.md, report.html, figures, results and caches "
                         "(default icldistill-compare)")
@@ -166,6 +167,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                                   paired=paired, paired_macro_f1=paired_f1,
                                   majority=majority_shares(results, mine), coverage=coverage,
                                   control_paired=control, control_coverage=control_cov,
+                                  control_imported=control is not None,
                                   control_label=f"the random-init twins (seed {args.control}) "
                                                 f"in {Path(args.out) / f'control-{args.control}'}")
     for tag in rep.mmd_family_best:        # every (model, k) with a complete grid, in order
@@ -203,7 +205,8 @@ def _control_grid(args: argparse.Namespace, units: list[Any], tasks: Any,
     h = Harness(folder, tasks=tasks, batch_size=args.batch_size, progress=not args.quiet,
                 device=args.device,
                 model_loader=twin_loader(args.control, progress=not args.quiet,
-                                         device=args.device))
+                                         device=args.device),
+                selections_from=args.out)     # the trained units' prompts, whatever --encoder
     keys = {r.key for r in h.run(units)}
     results = [r for r in load_results(folder) if r.key in keys]
     preds = {k: v for k, v in load_predictions(folder).items() if k in keys}

@@ -355,6 +355,7 @@ def write_comparison_report(
     control_paired: Sequence[PairedComparison] | None = None,
     control_label: str = "a random-init control",
     control_coverage: Mapping[str, Any] | None = None,
+    control_imported: bool = False,
 ) -> ComparisonReport:
     """Markdown + HTML report of a selector comparison (harness :class:`UnitResult` objects).
 
@@ -374,7 +375,11 @@ def write_comparison_report(
     "Against a random-init control" (:func:`control_checks`), named by ``control_label``;
     with ``coverage`` and ``control_coverage`` (the control's label coverage: its units have
     the same keys) it also sets the model's accuracy minus the vote of its demonstrations'
-    labels beside the control's, on the units both have.
+    labels beside the control's, on the units both have. ``control_imported`` says how the
+    control read the same prompts: ``False``, its selectors chose from MiniLM embeddings of the
+    same pool (the same demonstrations); ``True``, its units took the trained units'
+    selections (:class:`icldistill.evaluation.Harness` ``selections_from``), whatever the
+    representation.
 
     Tables: accuracy (mean over seeds and orderings, 95% bootstrap CI of single runs in the
     detail table) per task and selector for every model and ``k``, the mean over tasks, the
@@ -406,7 +411,8 @@ def write_comparison_report(
         sections.insert(0, Section("Overview", (Table(_OVERVIEW_COLUMNS, overview),)))
     lead, paired_json, f1_json, meets_bar, checks = _lead_sections(
         out, results, paired, paired_macro_f1, majority, coverage, control_paired,
-        control_label, control_coverage)
+        control_label, control_coverage,
+        _IMPORTED_PROMPTS if control_imported else _MINILM_PROMPTS)
     sections[:0] = lead
     cov_summaries: list[CoverageSummary] = []
     if coverage:
@@ -426,7 +432,7 @@ def _lead_sections(out: Path, results: Sequence[Any],
                    paired_macro_f1: Sequence[PairedComparison] | None,
                    majority: Mapping[str, float] | None, coverage: Mapping[str, Any] | None,
                    control_paired: Sequence[PairedComparison] | None, control_label: str,
-                   control_coverage: Mapping[str, Any] | None
+                   control_coverage: Mapping[str, Any] | None, control_how: str
                    ) -> tuple[list[Any], Path | None, Path | None, dict[str, tuple[str, ...]],
                               list[ControlCheck]]:
     """The sections that lead the comparison report (paired comparisons, the MMD-family bar,
@@ -454,7 +460,7 @@ def _lead_sections(out: Path, results: Sequence[Any],
         checks = control_checks(paired, list(control_paired))
         if checks:
             lead.append(_control_section(checks, control_label, results, coverage,
-                                         control_coverage))
+                                         control_coverage, how=control_how))
     return lead, paired_json, f1_json, meets_bar, checks
 
 
