@@ -42,6 +42,15 @@ def _grid(correct, tasks=("a", "b")):
     return rows, preds
 
 
+def _comparisons(correct, objectives, encoders):
+    """A fake grid's units, their paired comparisons against kNN and the factor contrasts."""
+    rows, preds = _grid(correct)
+    paired = paired_comparisons(rows, preds, baselines=("knn",), n_boot=300, n_perm=2000)
+    contrasts = paired_comparisons(rows, preds, pairs=ablation_pairs(objectives, encoders),
+                                   n_boot=300, n_perm=2000)
+    return rows, paired, contrasts
+
+
 def test_units_cover_every_representation_and_objective():
     mod = _bench()
     units = mod.units("m", "float32", ["a", "b"], ["minilm", "hidden:4", "kv:auto"], 8, 300)
@@ -138,10 +147,7 @@ def test_ablation_report_factor_tables(tmp_path):
     encoders = ["minilm", "kv:auto"]
     correct = {("knn", "minilm"): 20, ("mmd", "minilm"): 10, ("knn", "kv:auto"): 30,
                ("mmd", "kv:auto"): 39}
-    rows, preds = _grid(correct)
-    paired = paired_comparisons(rows, preds, baselines=("knn",), n_boot=200, n_perm=2000)
-    contrasts = paired_comparisons(rows, preds, pairs=ablation_pairs(objectives, encoders),
-                                   n_boot=200, n_perm=2000)
+    rows, paired, contrasts = _comparisons(correct, objectives, encoders)
     path = write_ablation_report(rows, paired, tmp_path, objectives=objectives,
                                  encoders=encoders, contrasts=contrasts)
     text = path.read_text()
@@ -192,16 +198,8 @@ def test_ablation_report_sets_each_comparison_beside_the_control(tmp_path):
                ("mmd", "kv:auto"): 39}
     twin = {("knn", "minilm"): 20, ("mmd", "minilm"): 10, ("knn", "kv:auto"): 40,
             ("mmd", "kv:auto"): 40}
-
-    def comparisons(correct):
-        rows, preds = _grid(correct)
-        paired = paired_comparisons(rows, preds, baselines=("knn",), n_boot=300, n_perm=2000)
-        pairs = paired_comparisons(rows, preds, pairs=ablation_pairs(objectives, encoders),
-                                   n_boot=300, n_perm=2000)
-        return rows, paired, pairs
-
-    rows, paired, contrasts = comparisons(trained)
-    _, c_paired, c_contrasts = comparisons(twin)
+    rows, paired, contrasts = _comparisons(trained, objectives, encoders)
+    _, c_paired, c_contrasts = _comparisons(twin, objectives, encoders)
     checks = control_checks([*paired, *contrasts], [*c_paired, *c_contrasts])
     by = {(c.selector, c.baseline, c.task): c for c in checks}
     assert not by[("mmd", "knn", "mean")].differs              # -25 vs the twin's -25

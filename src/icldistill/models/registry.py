@@ -79,6 +79,7 @@ from icldistill.artifacts.fetch import (
     write_manifest,
 )
 from icldistill.core.results import Result
+from icldistill.core.util import single_thread
 from icldistill.core.validation import InputError
 
 __all__ = [
@@ -711,7 +712,7 @@ def half_precision_speed(dtype: torch.dtype = torch.bfloat16) -> float:
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(128, 896, generator=gen).to(dt)
         w = torch.randn(2048, 896, generator=gen).to(dt)     # a Linear's [out, in] weight
-        with _one_thread(), torch.no_grad():
+        with single_thread(), torch.no_grad():
             torch.nn.functional.linear(x, w)                  # warm-up
             n, t0 = 0, time.perf_counter()
             while (elapsed := time.perf_counter() - t0) < 0.1:
@@ -720,16 +721,6 @@ def half_precision_speed(dtype: torch.dtype = torch.bfloat16) -> float:
         return n / elapsed
 
     return rate(dtype) / rate(torch.float32)
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _warn_if_half_is_slow(dtype: torch.dtype) -> None:
