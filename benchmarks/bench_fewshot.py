@@ -201,12 +201,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--control", type=int, default=None, metavar="SEED",
                     help="run the grid on each model's random-init twin (initialisation seed "
                          "SEED >= 1) in a folder of its own, marked by control.json")
+    ap.add_argument("--selections-from", default=None, metavar="DIR",
+                    help="with --control: the twin's units take the demonstrations the "
+                         "trained grid in DIR chose (needed for model-space selectors such as "
+                         "mmd-katt, whose representation is the trained model's)")
     ap.add_argument("--control-dir", default=None, metavar="DIR",
                     help="a control folder of this grid: its paired comparisons go beside "
                          "these in the report")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    problem = check_control_folder(out, args.control)
+    problem = None
+    if args.selections_from and args.control is None:
+        problem = "--selections-from gives a control the trained grid's prompts; add --control"
+    model_space = [s for s in args.selectors.split(",")
+                   if getattr(SELECTORS.get(s), "preferred_encoder", None)]
+    if problem is None and args.control is not None and model_space \
+            and not args.selections_from:
+        problem = (f"{', '.join(model_space)} select in the model's own representation, and a "
+                   "twin's is random: pass --selections-from TRAINED_DIR so the twin reads the "
+                   "trained model's prompts")
+    if problem is None:
+        problem = check_control_folder(out, args.control)
     control_paired = control_results = None
     if problem is None and args.control_dir:
         try:
@@ -235,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
                + (f" --dtype {args.dtype}" if args.dtype != "float32" else "")
                + (f" --out {args.out}" if Path(args.out) != HERE / "results" / "fewshot"
                   else "")
-               + (f" --control {args.control}" if args.control is not None else ""))
+               + (f" --control {args.control}" if args.control is not None else "")
+               + (f" --selections-from {args.selections_from}" if args.selections_from
+                  else ""))
     report_cmd = (run_cmd + " --report-only"
                   + (f" --control-dir {args.control_dir}" if args.control_dir else ""))
     cmds = [run_cmd + "   # resumable: rerun to continue",
@@ -244,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         tasks_ = ({t: Task.from_registry(t, pool_size=args.pool_size) for t in tasks}
                   if args.pool_size else None)
         h = Harness(out, tasks=tasks_, batch_size=args.batch_size, progress=True,
-                    model_loader=None if args.control is None else control_loader(args.control))
+                    model_loader=None if args.control is None else control_loader(args.control),
+                    selections_from=args.selections_from)
         t0 = time.time()
         units = grid_units(models, dtypes, tasks=tasks, selectors=selectors, ks=ks,
                            seeds=args.seeds, n_test=args.n_test)
@@ -273,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         status,
         *([f"Random-init control: every model is an architecture-identical twin with weights "
            f"initialised under seed {args.control} (`random_twin`), reading the same prompts "
-           "as the trained model."] if args.control is not None else []),
+           "as the trained model (MiniLM selectors choose the same demonstrations; "
+           "`--selections-from` gives every unit the trained unit's own)."]
+          if args.control is not None else []),
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU threads, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads; load average at report time "
         f"{load[0]:.1f}.",

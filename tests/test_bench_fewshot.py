@@ -98,6 +98,17 @@ def test_bench_control_folder_guards(tmp_path):
     assert mod.main(["--out", str(out), "--report-only"]) == 2
 
 
+def test_bench_control_of_a_model_space_selector_needs_the_trained_prompts(tmp_path, capsys):
+    mod = _bench()
+    out = tmp_path / "ctl"
+    argv = ["--models", "smollm2-135m", "--tasks", "amazon", "--ks", "8", "--out", str(out)]
+    assert mod.main([*argv, "--selectors", "knn,mmd-katt", "--control", "1"]) == 2
+    assert "mmd-katt select in the model's own representation" in capsys.readouterr().err
+    assert not (out / "control.json").exists()          # refused before marking the folder
+    assert mod.main([*argv, "--selectors", "knn", "--selections-from", str(tmp_path)]) == 2
+    assert "add --control" in capsys.readouterr().err
+
+
 def test_bench_control_loader_builds_the_random_twin(monkeypatch):
     mod = _bench()
     import icldistill.models.registry as registry

@@ -1101,8 +1101,9 @@ def _coverage_claims(tag: str, group: list[CoverageSummary], rs: Sequence[Any],
     return claims
 
 
-_MINILM_PROMPTS = ("the selectors here choose from MiniLM embeddings of the same pool, so they "
-                   "pick the same demonstrations")
+_MINILM_PROMPTS = ("selectors that choose from MiniLM embeddings pick the same demonstrations "
+                   "from the same pool; a selector in the model's own representation "
+                   "(`mmd-katt`) takes the trained unit's selection instead")
 _IMPORTED_PROMPTS = ("every unit's demonstrations are the trained model's own selection, read "
                      "back from its `selections/`, so representations of the trained model "
                      "chose them for the twin too")
