@@ -48,7 +48,13 @@ from icldistill.evaluation.harness import Harness, Task, UnitSpec, load_predicti
 from icldistill.reporting.reports import ablation_pairs, control_checks, write_ablation_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fewshot import check_control_folder, control_loader, others_running, run_shared
+from bench_fewshot import (
+    check_control_folder,
+    control_dir_problem,
+    control_loader,
+    others_running,
+    run_shared,
+)
 
 HERE = Path(__file__).resolve().parent
 TASKS = ("rt-sentiment", "r8", "openbookqa")
@@ -120,10 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     problem = reuse_problem(args.reuse, args.control) if args.reuse else None
     if problem is None:
         problem = check_control_folder(out, args.control)
-    if problem is None and args.control_dir and not (Path(args.control_dir)
-                                                     / "control.json").exists():
-        problem = (f"--control-dir {args.control_dir}: not a control folder (no control.json; "
-                   "run the ablation there with --control SEED)")
+    if problem is None and args.control_dir:
+        problem = control_dir_problem(Path(args.control_dir))
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2

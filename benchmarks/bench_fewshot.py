@@ -138,13 +138,21 @@ def check_control_folder(out: Path, seed: int | None) -> str | None:
     return None
 
 
+def control_dir_problem(folder: Path) -> str | None:
+    """Why ``--control-dir folder`` is not a control folder (one line), or ``None``."""
+    if (Path(folder) / "control.json").exists():
+        return None
+    return (f"--control-dir {folder}: not a control folder (no control.json; run the grid "
+            "there with --control SEED)")
+
+
 def read_control_paired(folder: Path) -> list:
     """The paired comparisons of a control folder (its ``paired.json``)."""
     from icldistill.core.stats import PairedComparison
 
-    if not (folder / "control.json").exists():
-        raise ValueError(f"--control-dir {folder}: not a control folder (no control.json; run "
-                         "the grid there with --control SEED)")
+    problem = control_dir_problem(folder)
+    if problem is not None:
+        raise ValueError(problem)
     path = folder / "paired.json"
     if not path.exists():
         raise ValueError(f"--control-dir {folder}: no paired.json yet (write its report first)")

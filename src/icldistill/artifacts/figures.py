@@ -40,7 +40,6 @@ def save_figure(fig: Figure, path: str | Path, *, dpi: int = 110) -> Path:
                                                      bbox_inches="tight"))
 
 
-
 def heatmap(ax: Any, data: np.ndarray, title: str, cbar_label: str, fig: Any,
             log: bool = False) -> None:
     """Draw ``data`` ``[layers, heads]`` on ``ax`` (layer up, head across) with a colour bar;
@@ -58,7 +57,6 @@ def heatmap(ax: Any, data: np.ndarray, title: str, cbar_label: str, fig: Any,
     ax.set_ylabel("layer")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label=cbar_label)
-
 
 
 def layer_colors(n: int) -> list[Any]:

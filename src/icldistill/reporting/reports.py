@@ -563,6 +563,20 @@ class ControlCheck(Result):
     differs: bool
 
 
+def _beyond_control(value: float, low: float, high: float) -> bool:
+    """The laboratory's control rule: ``value`` lies outside the control's interval
+    ``[low, high]``, beyond it on its own side of zero."""
+    return bool((value > high and value > 0) or (value < low and value < 0))
+
+
+def _vote_diffs(coverage: Mapping[str, Any], mine: Sequence[Any], tasks: Sequence[str]
+                ) -> list[np.ndarray]:
+    """Per task, the model's correctness minus the vote of its demonstrations' labels per item
+    (averaged over the task's units of one selector, e.g. random's seeds)."""
+    return [np.mean([coverage[r.key].correct.astype(np.float64) - coverage[r.key].vote
+                     for r in mine if r.spec.task == t], axis=0) for t in tasks]
+
+
 def control_checks(paired: Sequence[PairedComparison], control: Sequence[PairedComparison]
                    ) -> list[ControlCheck]:
     """Match the trained grid's paired comparisons with its control grid's.
@@ -597,8 +611,7 @@ def control_checks(paired: Sequence[PairedComparison], control: Sequence[PairedC
         ctl = by.get((c.model, c.k, c.task, c.selector, c.baseline, c.metric))
         if ctl is None:
             continue
-        differs = bool((c.diff > ctl.ci_high and c.diff > 0)
-                       or (c.diff < ctl.ci_low and c.diff < 0))
+        differs = _beyond_control(c.diff, ctl.ci_low, ctl.ci_high)
         out.append(ControlCheck(c.model, c.k, c.task, c.selector, c.baseline, c, ctl, differs))
     return out
 
@@ -1056,8 +1069,7 @@ def _coverage_summaries(model: str, k: int, rs: Sequence[Any], coverage: Mapping
             [coverage[r.key].shown for r in mine if r.spec.task == t])))
             for t in tasks if any(r.spec.task == t for r in mine)}
         # model minus vote, per item (averaged over a selector's units of a task)
-        diffs = [np.mean([coverage[r.key].correct.astype(np.float64) - coverage[r.key].vote
-                          for r in mine if r.spec.task == t], axis=0) for t in per_task]
+        diffs = _vote_diffs(coverage, mine, list(per_task))
         pvals.append(stratified_sign_flip_test(diffs, n_perm=10_000, seed=0))
         group.append(CoverageSummary(
             model, k, lab, int(shown.size), float(shown.mean()),
@@ -1174,13 +1186,9 @@ def _vote_vs_control(model: str, k: int, results: Sequence[Any], coverage: Mappi
             rs, key=lambda r: _selector_rank(r.spec.label))):
         mine = [r for r in rs if r.spec.label == lab]
         tasks = sorted({r.spec.task for r in mine})
-        cis = []
-        for cov in (coverage, control_coverage):
-            diffs = [np.mean([cov[r.key].correct.astype(np.float64) - cov[r.key].vote
-                              for r in mine if r.spec.task == t], axis=0) for t in tasks]
-            cis.append(stratified_bootstrap_ci(diffs, n_boot=2000, seed=0))
-        t, c = cis
-        differs = (t.value > c.high and t.value > 0) or (t.value < c.low and t.value < 0)
+        t, c = (stratified_bootstrap_ci(_vote_diffs(cov, mine, tasks), n_boot=2000, seed=0)
+                for cov in (coverage, control_coverage))
+        differs = _beyond_control(t.value, c.low, c.high)
         rows.append([plain(lab), ", ".join(plain(x) for x in tasks),
                      f"{100 * t.value:+.1f} [{100 * t.low:+.1f}, {100 * t.high:+.1f}]",
                      f"{100 * c.value:+.1f} [{100 * c.low:+.1f}, {100 * c.high:+.1f}]",
