@@ -336,8 +336,9 @@ def main(argv: list[str] | None = None) -> int:
                                 n_boot=2000, n_perm=10_000, seed=0)
     paired_f1 = paired_comparisons(results, preds, baselines=("knn", "random"), n_boot=2000,
                                    seed=0, metric="macro_f1")
-    notes.append("Paired comparisons: 2000 bootstrap resamples, 10000 random sign vectors for "
-                 "the Monte Carlo p-values (seed 0; the smallest such p is 1/10001); records "
+    notes.append("Paired comparisons: 2000 bootstrap resamples (seed 0); sign-flip p-values "
+                 "exact (the differences lie on a lattice of thirds and halves), with 10000 "
+                 "random sign vectors (seed 0) only for differences off a lattice; records "
                  "in `paired.json` (accuracy) and `paired_macro_f1.json` (macro-F1, 2000 paired "
                  "bootstrap resamples, seed 0).")
     # whether each test item's label was among its demonstrations (selections/ + pool labels)

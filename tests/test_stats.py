@@ -141,20 +141,40 @@ def test_sign_flip_on_single_runs_is_mcnemar(d):
     assert sign_flip_test(d) == mcnemar_exact(b, c)
 
 
+@given(st.lists(st.integers(-3, 3), min_size=21, max_size=60))
+def test_sign_flip_on_a_lattice_is_the_exact_distribution(num):
+    # more than 20 nonzero thirds: past enumeration, on the lattice of thirds
+    d = np.asarray(num, dtype=np.float64) / 3
+    dist = _signflip_distribution(num)
+    exact = float(sum((pr for t, pr in dist.items() if abs(t) >= abs(sum(num))), Fraction(0)))
+    assert sign_flip_test(d) == pytest.approx(exact, rel=1e-9, abs=1e-300)
+
+
+def test_sign_flip_on_a_lattice_has_no_monte_carlo_floor():
+    # 30 items all 2/3: only the two constant sign vectors reach the statistic
+    assert sign_flip_test(np.full(30, 2 / 3), n_perm=999) == pytest.approx(2.0 ** -29, rel=1e-12)
+    # fifths of 7 (denominator 35) and halves: the common denominator is found
+    num = [1, -3, 2, 5, 4, -1, 6, 2, 3] * 3
+    d = np.asarray(num, dtype=np.float64) / 35
+    exact = float(sum((pr for t, pr in _signflip_distribution(num).items()
+                       if abs(t) >= abs(sum(num))), Fraction(0)))
+    assert sign_flip_test(d) == pytest.approx(exact, rel=1e-9)
+
+
 def test_sign_flip_monte_carlo_is_close_to_the_exact_distribution_and_seeded():
     rng = np.random.default_rng(3)
-    num = rng.choice([-3, -2, -1, 0, 1, 2, 3, 3], size=40).tolist()   # thirds, net positive
-    assert any(abs(v) in (1, 2) for v in num)       # fractional: not the McNemar branch
-    assert sum(v != 0 for v in num) > 20            # Monte Carlo branch
+    num = rng.choice([-3, -2, -1, 0, 1, 2, 3, 3], size=40).tolist()   # net positive
+    assert sum(v != 0 for v in num) > 20            # past enumeration
     dist = _signflip_distribution(num)
     exact = float(sum(pr for t, pr in dist.items() if abs(t) >= abs(sum(num))))
-    d = np.asarray(num) / 3
+    d = np.asarray(num) / np.pi                     # off every lattice: the Monte Carlo branch
     p = sign_flip_test(d, n_perm=20_000, seed=1)
     assert abs(p - exact) < 4 * np.sqrt(exact * (1 - exact) / 20_000) + 1e-4
     assert p == sign_flip_test(d, n_perm=20_000, seed=1)
     assert p >= 1 / 20_001
+    assert p != sign_flip_test(d, n_perm=20_000, seed=2)
     # a large effect: the +1 correction keeps p at 1/(n_perm + 1), never 0
-    assert sign_flip_test(np.full(30, 2 / 3), n_perm=999, seed=0) == pytest.approx(1 / 1000)
+    assert sign_flip_test(np.full(30, 1 / np.pi), n_perm=999, seed=0) == pytest.approx(1 / 1000)
 
 
 def test_sign_flip_rejects_bad_input():
@@ -266,10 +286,42 @@ def test_stratified_sign_flip_matches_exact_enumeration():
     hits = sum(abs(sum(s * v * wt for s, (v, wt) in zip(signs, flat, strict=True))) >= obs
                for signs in itertools.product((-1, 1), repeat=len(flat)))
     exact = hits / 2 ** len(flat)
-    p = stratified_sign_flip_test(parts, n_perm=20_000, seed=0)
+    # thirds over tasks of 5 and 7 items lie on a lattice: the p-value is exact
+    assert stratified_sign_flip_test(parts) == pytest.approx(exact, rel=1e-12)
+    # off the lattice: Monte Carlo, close to the exact value and seeded
+    parts_mc = [p / np.pi for p in parts]
+    p = stratified_sign_flip_test(parts_mc, n_perm=20_000, seed=0)
     assert abs(p - exact) < 4 * np.sqrt(exact * (1 - exact) / 20_000) + 1e-4
-    assert p == stratified_sign_flip_test(parts, n_perm=20_000, seed=0)
+    assert p == stratified_sign_flip_test(parts_mc, n_perm=20_000, seed=0)
     assert stratified_sign_flip_test([np.zeros(4), np.zeros(6)]) == 1.0
+
+
+@given(st.lists(st.lists(st.sampled_from([-1, 0, 1]), min_size=8, max_size=8), min_size=1,
+                max_size=12))
+def test_stratified_sign_flip_on_equal_tasks_is_pooled_mcnemar(tasks):
+    # tasks of equal size weigh every item alike: the test is McNemar's on the pooled items
+    b = sum(t.count(1) for t in tasks)
+    c = sum(t.count(-1) for t in tasks)
+    p = stratified_sign_flip_test([np.asarray(t, dtype=np.float64) for t in tasks])
+    assert p == pytest.approx(mcnemar_exact(b, c), rel=1e-9)
+
+
+def test_stratified_sign_flip_exact_at_grid_scale():
+    # ten tasks of 300 single-run items: pooled McNemar, far below a Monte Carlo floor
+    rng = np.random.default_rng(0)
+    parts = [rng.choice([-1.0, 0.0, 0.0, 1.0, 1.0], size=300) for _ in range(10)]
+    b = sum(int(np.sum(p == 1)) for p in parts)
+    c = sum(int(np.sum(p == -1)) for p in parts)
+    p = stratified_sign_flip_test(parts, n_perm=10)
+    assert 0 < p < 1e-6
+    assert p == pytest.approx(mcnemar_exact(b, c), rel=1e-9)
+    # a seed-averaged baseline (thirds) on ten tasks of 40 items: the exact distribution
+    parts = [rng.choice([-1, -2 / 3, -1 / 3, 0, 1 / 3, 2 / 3, 1],
+                        p=[.05, .05, .1, .5, .1, .1, .1], size=40) for _ in range(10)]
+    num = [round(3 * v) for part in parts for v in part if v != 0]
+    dist = _signflip_distribution(num)
+    exact = float(sum((pr for t, pr in dist.items() if abs(t) >= abs(sum(num))), Fraction(0)))
+    assert stratified_sign_flip_test(parts, n_perm=10) == pytest.approx(exact, rel=1e-9)
 
 
 # ------------------------------------------------------------------------------ comparisons

@@ -8,11 +8,13 @@ both selectors, which dominates the variance of two independent accuracies.
 
 - :func:`mcnemar_exact` — exact two-sided McNemar test on the discordant counts ``b, c``;
 - :func:`sign_flip_test` — paired randomization test of ``mean(d) = 0`` (exact McNemar when
-  ``d`` is in ``{-1, 0, 1}``, exact enumeration or Monte Carlo otherwise);
+  ``d`` is in ``{-1, 0, 1}``; otherwise exact enumeration of few differences, the exact null
+  distribution when the differences lie on a small lattice — seed averages do — or Monte
+  Carlo);
 - :func:`paired_bootstrap_ci` — percentile bootstrap interval of ``mean(d)`` over items;
 - :func:`stratified_mean`, :func:`stratified_bootstrap_ci`, :func:`stratified_sign_flip_test` —
   the same for the unweighted mean over tasks of the per-task mean differences (items resampled
-  or sign-flipped within their task);
+  or sign-flipped within their task; the sign-flip p-value is exact on a lattice, as above);
 - :func:`holm` — Holm-Bonferroni adjusted p-values;
 - :func:`paired_comparisons` — all of it on harness results: every selector against baselines
   (kNN and random by default), per task and averaged over tasks, Holm-corrected per
@@ -26,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -53,6 +56,11 @@ __all__ = [
 #: Largest number of nonzero differences for which :func:`sign_flip_test` enumerates all
 #: ``2^m`` sign vectors (above it, Monte Carlo).
 EXACT_MAX = 20
+#: Largest common denominator, and largest support ``sum_i v_i`` of the integer statistic,
+#: for which the sign-flip null distribution is computed exactly on a lattice (above, Monte
+#: Carlo); see :func:`_lattice`.
+LATTICE_DENOMINATOR_MAX = 10_000
+LATTICE_SUPPORT_MAX = 200_000
 #: Entries of one random block (rows x items) drawn at a time; bounds the memory of the
 #: vectorised bootstrap and sign-flip draws (~32 MB of float64).
 _BLOCK = 4_000_000
@@ -153,6 +161,67 @@ def _signs_exact(a: np.ndarray) -> float:
     return count / total
 
 
+def _lattice(parts: Sequence[np.ndarray], weights: Sequence[float]) -> list[np.ndarray] | None:
+    """The weighted differences ``w_t a_i`` as integers ``v_i = q w_t a_i / w_max`` on a common
+    lattice, or ``None`` when no denominator ``q <= LATTICE_DENOMINATOR_MAX`` puts every value
+    within ``1e-9`` of an integer, or when ``sum |v_i|`` exceeds ``LATTICE_SUPPORT_MAX``.
+
+    The sign-flip statistic ``|sum_t w_t sum_i s_i a_i|`` is then ``|sum_i s_i v_i| w_max / q``,
+    so its null distribution is that of an integer sum.
+    """
+    wmax = max(weights)
+    scaled = [a * (w / wmax) for a, w in zip(parts, weights, strict=True)]
+    q = 1
+    for x in np.unique(np.abs(np.concatenate(scaled))):
+        frac = Fraction(float(x)).limit_denominator(LATTICE_DENOMINATOR_MAX)
+        if abs(float(frac) - x) > 1e-9 * max(1.0, float(x)):
+            return None
+        q = math.lcm(q, frac.denominator)
+        if q > LATTICE_DENOMINATOR_MAX:
+            return None
+    ints = [np.rint(x * q) for x in scaled]
+    if any(np.any(np.abs(v - x * q) > 1e-6) for v, x in zip(ints, scaled, strict=True)):
+        return None
+    if sum(float(np.abs(v).sum()) for v in ints) > LATTICE_SUPPORT_MAX:
+        return None
+    return [v.astype(np.int64) for v in ints]
+
+
+def _lattice_p(ints: Sequence[np.ndarray]) -> float:
+    """Exact ``P(|sum_i s_i v_i| >= |sum_i v_i|)`` over independent fair signs ``s_i``, for
+    integers ``v_i`` (the sign-flip p-value on a lattice).
+
+    Items of equal ``|v|`` form a group whose flipped sum is ``|v| (2 J - c)`` with
+    ``J ~ Binomial(c, 1/2)``; the groups' distributions (binomial weights from ``lgamma``) are
+    convolved by shifted adds over the support ``[-sum |v|, sum |v|]``. Every term is positive,
+    so tails keep full relative precision.
+    """
+    v = np.abs(np.concatenate(ints))
+    v = v[v != 0]
+    obs = abs(int(np.concatenate(ints).sum()))
+    if v.size == 0:
+        return 1.0
+    total = int(v.sum())
+    dist = np.zeros(2 * total + 1)
+    dist[total] = 1.0                                   # index = value + total
+    reach = 0                                           # current support [-reach, reach]
+    values, counts = np.unique(v, return_counts=True)
+    for val, c in zip(values.tolist(), counts.tolist(), strict=True):
+        k = np.arange(c + 1)
+        logw = (math.lgamma(c + 1) - np.array([math.lgamma(i + 1) + math.lgamma(c - i + 1)
+                                                for i in range(c + 1)]) - c * math.log(2.0))
+        weight = np.exp(logw)
+        new = np.zeros_like(dist)
+        lo, hi = total - reach, total + reach + 1
+        for j, wj in zip(k.tolist(), weight.tolist(), strict=True):
+            shift = val * (2 * j - c)
+            new[lo + shift:hi + shift] += wj * dist[lo:hi]
+        dist = new
+        reach += val * c
+    grid = np.abs(np.arange(-total, total + 1))
+    return float(min(1.0, dist[grid >= obs].sum()))
+
+
 def sign_flip_test(d: Any, *, n_perm: int = 10_000, seed: int = 0) -> float:
     """Paired randomization (sign-flip) test of ``mean(d) = 0``, two-sided.
 
@@ -167,6 +236,10 @@ def sign_flip_test(d: Any, *, n_perm: int = 10_000, seed: int = 0) -> float:
       are the same test;
     - fractional ``d`` (correctness averaged over seeds) with ``m <= 20`` nonzero values: exact
       enumeration of all ``2^m`` sign vectors;
+    - fractional ``d`` on a lattice (every ``d_i`` a multiple of ``1/q`` for a common
+      ``q <= LATTICE_DENOMINATOR_MAX``, as seed averages are, and ``q sum |d_i|`` at most
+      ``LATTICE_SUPPORT_MAX``): the exact null distribution of the integer sum ``q sum s_i d_i``
+      (binomial groups convolved);
     - otherwise Monte Carlo over ``n_perm`` seeded random sign vectors with the +1 correction,
       ``p = (1 + #{|T*| >= |T|}) / (n_perm + 1)`` (never 0, valid at any ``n_perm``).
 
@@ -191,6 +264,9 @@ def sign_flip_test(d: Any, *, n_perm: int = 10_000, seed: int = 0) -> float:
     a = a[a != 0]
     if a.size <= EXACT_MAX:
         return _signs_exact(a)
+    ints = _lattice([a], [1.0])
+    if ints is not None:
+        return _lattice_p(ints)
     rng = np.random.default_rng(seed)
     return (1 + _flip_count(rng, [a], [1.0], n_perm)) / (n_perm + 1)
 
@@ -341,18 +417,22 @@ def stratified_sign_flip_test(diffs: Sequence[Any], *, n_perm: int = 10_000,
     """Sign-flip test of ``stratified_mean(diffs) = 0``, flipping items within their task.
 
     The statistic is ``|(1/T) sum_t mean(d_t)|``; under the null every item's difference is as
-    likely to have either sign. The p-value is Monte Carlo over ``n_perm`` seeded random sign
-    vectors with the +1 correction, ``(1 + #{|T*| >= |T|}) / (n_perm + 1)``. (McNemar's exact
-    test does not apply: tasks of different sizes weigh their items differently.)
+    likely to have either sign. The p-value is exact when the weighted differences
+    ``d_ti / n_t`` lie on a lattice (a common denominator ``q <= LATTICE_DENOMINATOR_MAX`` after
+    dividing by the largest weight, and an integer support of at most ``LATTICE_SUPPORT_MAX``):
+    always for 0/1 correctness, or its averages over a few seeds, on tasks of equal size, where
+    it is McNemar's exact test on the pooled discordant items or its lattice generalisation.
+    Otherwise it is Monte Carlo over ``n_perm`` seeded random sign vectors with the +1
+    correction, ``(1 + #{|T*| >= |T|}) / (n_perm + 1)``.
 
     Parameters
     ----------
     diffs : sequence of array-like ``[n_t]``
         Per-item differences of each task.
     n_perm : int
-        Random sign vectors.
+        Random sign vectors of the Monte Carlo branch.
     seed : int
-        Seed of the sign vectors.
+        Seed of the Monte Carlo branch.
 
     Returns
     -------
@@ -365,6 +445,9 @@ def stratified_sign_flip_test(diffs: Sequence[Any], *, n_perm: int = 10_000,
     nonzero = [a[a != 0] for a in parts]
     if not any(a.size for a in nonzero):
         return 1.0
+    ints = _lattice(nonzero, weights)
+    if ints is not None:
+        return _lattice_p(ints)
     rng = np.random.default_rng(seed)
     return (1 + _flip_count(rng, nonzero, weights, n_perm)) / (n_perm + 1)
 

@@ -509,7 +509,8 @@ class CoverageSummary(Result):
         selector's units averaged per item): mean over tasks with its stratified 95% bootstrap
         CI (:func:`icldistill.core.stats.stratified_bootstrap_ci`, 2000 resamples, seed 0).
     p_holm_vote : float
-        Its stratified sign-flip p-value (10 000 sign vectors, seed 0), Holm-adjusted over
+        Its stratified sign-flip p-value (exact on a lattice, else 10 000 sign vectors, seed
+        0), Holm-adjusted over
         the selectors of the model and ``k``.
     per_task_shown : dict
         Task -> share of its items whose label was shown.
@@ -848,8 +849,10 @@ def _paired_intro(f1: bool, level: float) -> str:
         "same items (a randomised selector's correctness is averaged over its seeds per "
         f"item). {level:.0%} CI: percentile bootstrap over items (within each task for the "
         "mean over tasks). p: exact McNemar test when both are single runs, else a "
-        "sign-flip test (exact up to 20 discordant items, Monte Carlo beyond); for the mean "
-        "over tasks a sign-flip test within tasks. " + holm_text)
+        "sign-flip test; for the mean over tasks a sign-flip test within tasks. Sign-flip "
+        "p-values are exact (all sign vectors up to 20 discordant items, else the exact null "
+        "distribution of differences on a lattice, as seed averages are) and Monte Carlo only "
+        "off a lattice. " + holm_text)
 
 
 def _majority_text(majority: Mapping[str, float]) -> str:
