@@ -11,7 +11,12 @@ from icldistill.core.stats import paired_comparisons
 from icldistill.core.validation import InputError
 from icldistill.evaluation.harness import UnitResult, UnitSpec
 from icldistill.evaluation.scoring import MetricResult
-from icldistill.reporting.reports import ablation_pairs, control_checks, write_ablation_report
+from icldistill.reporting.reports import (
+    ablation_pairs,
+    control_checks,
+    merge_comparisons,
+    write_ablation_report,
+)
 
 from .scripts import load_script
 
@@ -200,7 +205,20 @@ def test_ablation_report_sets_each_comparison_beside_the_control(tmp_path):
             ("mmd", "kv:auto"): 40}
     rows, paired, contrasts = _comparisons(trained, objectives, encoders)
     _, c_paired, c_contrasts = _comparisons(twin, objectives, encoders)
-    checks = control_checks([*paired, *contrasts], [*c_paired, *c_contrasts])
+    # the objective contrast mmd - knn on MiniLM repeats the cell mmd vs knn, and the
+    # representation contrast knn@kv:auto - knn the cell knn@kv:auto: twice is refused
+    with pytest.raises(InputError, match=r" vs knn on .* twice; join families"):
+        control_checks([*paired, *contrasts], [*c_paired, *c_contrasts])
+    merged = merge_comparisons(paired, contrasts)
+    assert len(merged) == len({(c.task, c.selector, c.baseline) for c in merged})
+    assert merged[:len(paired)] == list(paired)                # the cells' Holm p is kept
+    cells = {(c.task, c.selector, c.baseline) for c in paired}
+    repeated = [c for c in contrasts if (c.task, c.selector, c.baseline) in cells]
+    assert {(c.selector, c.baseline) for c in repeated} == {("mmd", "knn"), ("knn@kv:auto", "knn")}
+    assert all(c not in merged for c in repeated)
+    checks = control_checks(merged, merge_comparisons(c_paired, c_contrasts))
+    keys = [(c.selector, c.baseline, c.task) for c in checks]
+    assert len(keys) == len(set(keys))                         # each comparison once
     by = {(c.selector, c.baseline, c.task): c for c in checks}
     assert not by[("mmd", "knn", "mean")].differs              # -25 vs the twin's -25
     assert not by[("mmd@kv:auto", "mmd", "mean")].differs      # +72.5 vs the twin's +75

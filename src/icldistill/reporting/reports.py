@@ -25,6 +25,7 @@ from icldistill.artifacts.figures import (
 from icldistill.artifacts.store import atomic_write, to_jsonable, write_json, write_text
 from icldistill.core.results import Result
 from icldistill.core.stats import spearman
+from icldistill.core.validation import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
 
@@ -42,6 +43,7 @@ __all__ = [
     "heatmap",
     "layer_colorbar",
     "layer_colors",
+    "merge_comparisons",
     "new_figure",
     "save_figure",
     "spearman",
@@ -578,6 +580,39 @@ def _vote_diffs(coverage: Mapping[str, Any], mine: Sequence[Any], tasks: Sequenc
                      for r in mine if r.spec.task == t], axis=0) for t in tasks]
 
 
+def _comparison_key(c: PairedComparison) -> tuple[str, int, str, str, str, str]:
+    return (c.model, c.k, c.task, c.selector, c.baseline, c.metric)
+
+
+def merge_comparisons(*families: Sequence[PairedComparison]) -> list[PairedComparison]:
+    """Several families of paired comparisons in one list, each comparison once.
+
+    Two families can hold the same comparison: an ablation's cells against kNN on MiniLM and its
+    objective contrasts on MiniLM are the same differences on the same items, Holm-adjusted over
+    different families. The first family's record of each ``(model, k, task, selector,
+    baseline, metric)`` is kept, so its Holm p is the one reported.
+
+    Parameters
+    ----------
+    *families : sequence of PairedComparison
+        In order of precedence.
+
+    Returns
+    -------
+    list of PairedComparison
+        The first family whole, then each later family's comparisons not seen before.
+    """
+    seen: set[tuple[str, int, str, str, str, str]] = set()
+    out: list[PairedComparison] = []
+    for fam in families:
+        for c in fam:
+            key = _comparison_key(c)
+            if key not in seen:
+                seen.add(key)
+                out.append(c)
+    return out
+
+
 def control_checks(paired: Sequence[PairedComparison], control: Sequence[PairedComparison]
                    ) -> list[ControlCheck]:
     """Match the trained grid's paired comparisons with its control grid's.
@@ -590,12 +625,28 @@ def control_checks(paired: Sequence[PairedComparison], control: Sequence[PairedC
     ----------
     paired, control : sequence of PairedComparison
         From the trained model's folder and from the control's (e.g. its ``paired.json``).
+        Each comparison at most once in each (:func:`merge_comparisons` joins families).
 
     Returns
     -------
     list of ControlCheck
         In the order of ``paired``.
+
+    Raises
+    ------
+    InputError
+        A comparison appears twice in ``paired`` or in ``control`` (naming it): which record
+        to set beside the other would be a guess.
     """
+    for name, cs in (("paired", paired), ("control", control)):
+        seen: set[tuple[str, int, str, str, str, str]] = set()
+        for c in cs:
+            key = _comparison_key(c)
+            if key in seen:
+                raise InputError(f"control_checks: {name} holds {c.selector} vs {c.baseline} on "
+                                 f"{c.task} ({c.model}, k={c.k}, {c.metric}) twice; join "
+                                 "families with merge_comparisons")
+            seen.add(key)
     def tasks_of(cs: Sequence[PairedComparison]) -> dict[tuple[str, int], set[str]]:
         out: dict[tuple[str, int], set[str]] = {}
         for c in cs:
@@ -604,12 +655,12 @@ def control_checks(paired: Sequence[PairedComparison], control: Sequence[PairedC
         return out
 
     t_tasks, c_tasks = tasks_of(paired), tasks_of(control)
-    by = {(c.model, c.k, c.task, c.selector, c.baseline, c.metric): c for c in control}
+    by = {_comparison_key(c): c for c in control}
     out: list[ControlCheck] = []
     for c in paired:
         if c.task == "mean" and t_tasks.get((c.model, c.k)) != c_tasks.get((c.model, c.k)):
             continue
-        ctl = by.get((c.model, c.k, c.task, c.selector, c.baseline, c.metric))
+        ctl = by.get(_comparison_key(c))
         if ctl is None:
             continue
         differs = _beyond_control(c.diff, ctl.ci_low, ctl.ci_high)
