@@ -227,6 +227,9 @@ def test_ablation_report_sets_each_comparison_beside_the_control(tmp_path):
                                  encoders=encoders, contrasts=contrasts, control=checks,
                                  control_label="the twin")
     text = path.read_text()
+    # the heat map of the cells, trained beside the twin (both cover the same tasks)
+    assert "](figures/ablation_m_k8.png)" in text and "random-init twin" in text
+    assert (tmp_path / "figures" / "ablation_m_k8.png").stat().st_size > 1000
     assert "## Against a random-init control" in text
     assert "the trained model's own selection" in text
     assert "MiniLM embeddings of the same pool" not in text

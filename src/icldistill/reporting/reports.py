@@ -1438,7 +1438,8 @@ def write_ablation_report(
     sections: list[Section] = []
     record: list[dict[str, Any]] = []
     for model, k in sorted({(m, kk) for m, kk, _ in ab.by_label}):
-        section, cells = _ablation_section(ab, model, k)
+        section, cells = _ablation_section(ab, model, k,
+                                           _ablation_figure(ab, model, k, out, control))
         sections.append(section)
         record += cells
         if contrasts:
@@ -1492,9 +1493,10 @@ class _Ablation:
                        if (m, kk) == (model, k) for r in rs})
 
 
-def _ablation_section(ab: _Ablation, model: str, k: int) -> tuple[Any, list[dict[str, Any]]]:
-    """The report section of one model and ``k`` and the ``ablation.json`` records of its
-    cells."""
+def _ablation_section(ab: _Ablation, model: str, k: int, figure: Any = None
+                      ) -> tuple[Any, list[dict[str, Any]]]:
+    """The report section of one model and ``k`` (``figure`` after its table) and the
+    ``ablation.json`` records of its cells."""
     from icldistill.artifacts.document import (
         BulletList,
         Paragraph,
@@ -1511,6 +1513,8 @@ def _ablation_section(ab: _Ablation, model: str, k: int) -> tuple[Any, list[dict
         "p. **Bold**: Holm p < 0.05.")]
     rows, record, sig_better, sig_worse = _ablation_cells(ab, model, k)
     blocks.append(Table(["objective", *(plain(e) for e in ab.encoders)], rows))
+    if figure is not None:
+        blocks.append(figure)
     blocks += [Paragraph("Accuracy per task:"),
                Table(["objective", "representation", *(plain(t) for t in tasks)],
                      _ablation_accuracy_rows(ab, model, k, tasks))]
@@ -1532,6 +1536,62 @@ def _ablation_section(ab: _Ablation, model: str, k: int) -> tuple[Any, list[dict
         blocks += [Paragraph("Per-task differences with Holm p < 0.05:"),
                    Table(["selector", "task", "diff (points)", "Holm p"], per_task)]
     return Section(f"{model}, k = {k}", blocks), record
+
+
+def _ablation_grid(ab: _Ablation, rows: Mapping[tuple[str, int, str], Any], model: str, k: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean-over-tasks differences to the baseline (points) ``[objectives, encoders]`` (NaN
+    where none) and where they are significant (Holm p < 0.05), from ``rows`` keyed like
+    ``ab.mean_rows``."""
+    diff = np.full((len(ab.objectives), len(ab.encoders)), np.nan)
+    sig = np.zeros(diff.shape, dtype=bool)
+    for i, (_, sel, params) in enumerate(ab.objectives):
+        for j, enc in enumerate(ab.encoders):
+            p = rows.get((model, k, ab.label(sel, enc, params)))
+            if p is not None:
+                diff[i, j], sig[i, j] = 100 * p.diff, p.p_holm < 0.05
+    return diff, sig
+
+
+def _ablation_figure(ab: _Ablation, model: str, k: int, out: Path,
+                     control: Sequence[ControlCheck]) -> Any:
+    """A heat map of the objective x representation cells of one model and ``k`` (difference
+    to the baseline, points, * where Holm p < 0.05), beside the same cells on the random-init
+    twin when ``control`` holds them; the report :class:`Figure`, or ``None`` with no cell."""
+    from icldistill.artifacts.document import Figure
+
+    panels = [("trained", *_ablation_grid(ab, ab.mean_rows, model, k))]
+    twin = {(c.model, c.k, c.selector): c.control for c in control
+            if c.task == "mean" and c.baseline == ab.baseline}
+    if twin:
+        panels.append(("random-init twin", *_ablation_grid(ab, twin, model, k)))
+    if np.isnan(panels[0][1]).all():
+        return None
+    lim = max(1.0, *(float(np.nanmax(np.abs(d))) for _, d, _ in panels if not np.isnan(d).all()))
+    names = [name for name, _, _ in ab.objectives]
+    fig, axes = new_figure(1, len(panels), size=(1.6 * len(ab.encoders) + 3.2,
+                                                 0.45 * len(names) + 1.6))
+    im = None
+    for ax, (who, diff, sig) in zip(axes[0], panels, strict=True):
+        im = ax.imshow(diff, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+        for i, (_, sel, params) in enumerate(ab.objectives):
+            for j, enc in enumerate(ab.encoders):
+                text = ("baseline" if ab.label(sel, enc, params) == ab.baseline
+                        else "–" if np.isnan(diff[i, j])
+                        else f"{diff[i, j]:+.1f}" + ("*" if sig[i, j] else ""))
+                dark = not np.isnan(diff[i, j]) and abs(diff[i, j]) > 0.6 * lim
+                ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                        color="white" if dark else "black")
+        ax.set_xticks(range(len(ab.encoders)), list(ab.encoders))
+        ax.set_yticks(range(len(names)), names if who == "trained" else [""] * len(names))
+        ax.set_title(f"{who}: accuracy − {ab.baseline} (points)", fontsize=9)
+    fig.colorbar(im, ax=list(axes[0]), label="points (* Holm p < 0.05)")
+    fig.suptitle(f"{model}, k = {k}: mean over tasks, paired against {ab.baseline}")
+    path = save_figure(fig, out / "figures" / f"ablation_{_slug(model)}_k{k}.png")
+    return Figure(path.relative_to(out).as_posix(),
+                  "objective x representation against " + ab.baseline
+                  + (" (left), and on the random-init twin reading the same prompts (right)"
+                     if len(panels) > 1 else ""))
 
 
 def _ablation_cells(ab: _Ablation, model: str, k: int
