@@ -299,7 +299,9 @@ def test_ablation_report_escapes_user_text_and_has_an_html_twin(tmp_path):
                                     notes=[f"note {SCRIPT}"], title=f"ablation {JINJA}")
     assert md_path == tmp_path / "ablation.md"
     page = (tmp_path / "ablation.html").read_text()
-    assert_safe_html(page)
+    figures = {f.relative_to(tmp_path).as_posix() for f in (tmp_path / "figures").glob("*.png")}
+    assert figures                                      # the heat map, a file of the folder
+    assert_safe_html(page, figures)
     assert_hostile_escaped(page)
     md = md_path.read_text()
     assert _md_tables(md) == _html_tables(page)

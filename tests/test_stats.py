@@ -450,6 +450,10 @@ def test_report_leads_with_the_paired_section_and_writes_paired_json(tmp_path):
     assert "#### m k=4: per task, diff vs knn" in md
     assert "#### m k=4: per task, diff vs random" in md
     assert "+48.3*" in md                        # task c: mmd 59/60 vs knn 30/60
+    # the forest plot of the means, shown in the section and listed among the figures
+    forest = tmp_path / "figures" / "paired_m_k4.png"
+    assert "](figures/paired_m_k4.png)" in md and forest in rep.figures
+    assert forest.stat().st_size > 1000
     html = rep.html.read_text()
     assert html.index("<h2>Paired comparisons</h2>") < html.index("<h2>Overview</h2>")
     assert rep.paired_json == tmp_path / "paired.json"

@@ -417,6 +417,7 @@ def write_comparison_report(
         control_label, control_coverage,
         _IMPORTED_PROMPTS if control_imported else _MINILM_PROMPTS)
     sections[:0] = lead
+    figures[:0] = [out / f for f in _figure_paths(lead)]
     cov_summaries: list[CoverageSummary] = []
     if coverage:
         cov_section, cov_summaries = _coverage_section(results, coverage, acc_.rho)
@@ -447,7 +448,7 @@ def _lead_sections(out: Path, results: Sequence[Any],
     if paired is not None:
         paired = list(paired)
         paired_json = write_json(out / "paired.json", [c.to_dict() for c in paired])
-        lead.append(_paired_section(paired))
+        lead.append(_paired_section(paired, figures=out / "figures"))
         bar_section, meets_bar = _bar_section(paired)
         if bar_section is not None:
             lead.append(bar_section)
@@ -920,11 +921,53 @@ def _majority_text(majority: Mapping[str, float]) -> str:
                if heavy else f"No task's majority share reaches {MAJORITY_SHARE}."))
 
 
+def _figure_paths(blocks: Sequence[Any]) -> list[str]:
+    """The paths of every figure in ``blocks`` and their sub-sections, in order."""
+    out: list[str] = []
+    for b in blocks:
+        if getattr(b, "kind", None) == "figure":
+            out.append(b.path)
+        elif getattr(b, "kind", None) == "section":
+            out += _figure_paths(b.blocks)
+    return out
+
+
+def _forest_figure(cs: Sequence[PairedComparison], baselines: Sequence[str], path: Path,
+                   tag: str) -> Path | None:
+    """Forest plot of one (model, k): every selector's mean-over-tasks difference to each
+    baseline with its CI (one panel per baseline), coloured by verdict; ``None`` without a
+    mean over tasks."""
+    means = [c for c in cs if c.task == "mean"]
+    if not means:
+        return None
+    colours = {"better": "tab:blue", "worse": "tab:red"}
+    rows = max(len([c for c in means if c.baseline == b]) for b in baselines)
+    fig, axes = new_figure(1, len(baselines), size=(4.2, 0.32 * rows + 1.4))
+    for ax, base in zip(axes[0], baselines, strict=True):
+        mine = sorted((c for c in means if c.baseline == base), key=lambda c: c.diff)
+        y = np.arange(len(mine))
+        for yi, c in zip(y, mine, strict=True):
+            verdict = ("better" if c.diff > 0 else "worse") if c.p_holm < PAIRED_ALPHA else ""
+            colour = colours.get(verdict, "0.45")
+            ax.errorbar(100 * c.diff, yi, xerr=[[100 * (c.diff - c.ci_low)],
+                                                 [100 * (c.ci_high - c.diff)]],
+                        fmt="o", color=colour, capsize=2, markersize=4)
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set_yticks(y, [c.selector for c in mine], fontsize=8)
+        ax.set_xlabel(f"accuracy − {base} (points), {mine[0].level:.0%} CI" if mine else "")
+        ax.set_title(f"vs {base}", fontsize=9)
+    fig.suptitle(f"{tag}: mean over tasks, paired (blue / red: Holm p < {PAIRED_ALPHA})",
+                 fontsize=10)
+    return save_figure(fig, path)
+
+
 def _paired_section(paired: Sequence[PairedComparison], *,
-                    majority: Mapping[str, float] | None = None) -> Any:
+                    majority: Mapping[str, float] | None = None,
+                    figures: Path | None = None) -> Any:
     """The "Paired comparisons" section (a :class:`icldistill.reporting.Section`), or "Paired
-    comparisons in macro-F1" for ``metric="macro_f1"`` records."""
-    from icldistill.artifacts.document import BulletList, Paragraph, Section, Table, plain
+    comparisons in macro-F1" for ``metric="macro_f1"`` records; with ``figures`` (the report's
+    figures folder), a forest plot of each (model, k) is written there and shown."""
+    from icldistill.artifacts.document import BulletList, Figure, Paragraph, Section, Table, plain
 
     f1 = bool(paired) and paired[0].metric == "macro_f1"
     title = "Paired comparisons in macro-F1" if f1 else "Paired comparisons"
@@ -954,6 +997,11 @@ def _paired_section(paired: Sequence[PairedComparison], *,
         sub: list[Any] = ([Table(head, rows)] if rows else
                           [Paragraph("Fewer than 2 tasks with both selectors: no mean over "
                                      "tasks.")])
+        forest = None if figures is None else _forest_figure(
+            cs, baselines, figures / f"paired{'_f1' if f1 else ''}_{_slug(model)}_k{k}.png", tag)
+        if forest is not None:
+            sub.append(Figure(forest.relative_to(figures.parent).as_posix(),
+                              f"{tag}{what}: mean over tasks against each baseline"))
         tasks = sorted({c.task for c in cs if c.task != "mean"})
         for base in baselines:
             mine = [c for c in cs if c.baseline == base]
