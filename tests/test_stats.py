@@ -322,6 +322,10 @@ def test_stratified_sign_flip_exact_at_grid_scale():
     dist = _signflip_distribution(num)
     exact = float(sum((pr for t, pr in dist.items() if abs(t) >= abs(sum(num))), Fraction(0)))
     assert stratified_sign_flip_test(parts, n_perm=10) == pytest.approx(exact, rel=1e-9)
+    # beyond float64 (3000 items all one way: 2^-2999) the exact tail underflows to 0, as
+    # McNemar's does
+    all_one_way = [np.ones(300)] * 10
+    assert stratified_sign_flip_test(all_one_way) == mcnemar_exact(3000, 0) == 0.0
 
 
 # ------------------------------------------------------------------------------ comparisons

@@ -255,7 +255,8 @@ def sign_flip_test(d: Any, *, n_perm: int = 10_000, seed: int = 0) -> float:
     Returns
     -------
     float
-        The two-sided p-value in ``(0, 1]``.
+        The two-sided p-value in ``[0, 1]`` (0 only where an exact tail underflows float64,
+        below ~1e-308; the Monte Carlo branch never gives 0).
     """
     a = _diffs(d)
     n_perm = check_int(n_perm, "n_perm")
@@ -437,7 +438,8 @@ def stratified_sign_flip_test(diffs: Sequence[Any], *, n_perm: int = 10_000,
     Returns
     -------
     float
-        The two-sided p-value in ``(0, 1]``.
+        The two-sided p-value in ``[0, 1]`` (0 only where an exact tail underflows float64,
+        below ~1e-308; the Monte Carlo branch never gives 0).
     """
     parts = _strata(diffs)
     n_perm = check_int(n_perm, "n_perm")
