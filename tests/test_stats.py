@@ -711,3 +711,17 @@ def test_spearman_edge_cases():
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="1-D"):
         spearman([1, 2, 3], [1, 2])
+
+
+def test_report_p_values_that_underflowed_read_as_a_bound(tmp_path):
+    # every item of two big tasks one way: the exact p underflows to 0; tables say "<1e-307"
+    truth = ["x", "y"] * 600
+    units = [_unit(t, s, wrong, 0, truth) for t in ("a", "b") for s, wrong in
+             [("knn", set(range(1200))), ("mmd", set())]]
+    results = [u for u, _ in units]
+    cs = paired_comparisons(results, {u.key: p for u, p in units}, baselines=("knn",),
+                            n_boot=100, seed=0)
+    assert min(c.p_holm for c in cs) == 0.0
+    md = write_comparison_report(results, tmp_path, paired=cs).markdown.read_text()
+    assert "<1e-307" in md and "0.0e+00" not in md
+

@@ -864,7 +864,14 @@ MAJORITY_SHARE = 0.75
 
 
 def _fmt_p(p: float) -> str:
-    return f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
+    """A p-value for a table: 3 decimals, scientific below 0.001, ``<1e-307`` where an exact
+    tail underflowed to 0."""
+    return "<1e-307" if p == 0 else f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
+
+
+def _short_p(p: float) -> str:
+    """A p-value in two significant digits (``<1e-307`` where it underflowed to 0)."""
+    return "<1e-307" if p == 0 else f"{p:.2g}"
 
 
 def _points(x: float) -> str:
@@ -1120,7 +1127,7 @@ def _coverage_section(results: Sequence[Any], coverage: Mapping[str, Any],
                      [np.mean(coverage[r.key].correct) for r in rs
                       if r.spec.label == x.selector]))), _pct(x.vote),
                  f"{100 * x.vs_vote.value:+.1f} [{100 * x.vs_vote.low:+.1f}, "
-                 f"{100 * x.vs_vote.high:+.1f}]", f"{x.p_holm_vote:.2g}"] for x in group]
+                 f"{100 * x.vs_vote.high:+.1f}]", _short_p(x.p_holm_vote)] for x in group]
         trows = [[plain(x.selector), *(f"{100 * x.per_task_shown[t]:.0f}%"
                                        if t in x.per_task_shown else "–" for t in tasks)]
                  for x in group]
@@ -1247,8 +1254,8 @@ def _control_section(checks: Sequence[ControlCheck], label: str,
     for (model, k), cs in sorted(groups.items()):
         tag = f"{model} k={k}"
         rows = [[plain(c.selector), plain(c.baseline), plain(c.task),
-                 _diff_ci(c.trained), f"{c.trained.p_holm:.2g}", _diff_ci(c.control),
-                 f"{c.control.p_holm:.2g}", "yes" if c.differs else "no"]
+                 _diff_ci(c.trained), _short_p(c.trained.p_holm), _diff_ci(c.control),
+                 _short_p(c.control.p_holm), "yes" if c.differs else "no"]
                 for c in sorted(cs, key=lambda c: (c.task == "mean", c.task,
                                                    _selector_rank(c.selector), c.baseline))]
         sig = [c for c in cs if c.trained.p_holm < PAIRED_ALPHA]
@@ -1566,7 +1573,7 @@ def _ablation_section(ab: _Ablation, model: str, k: int, figure: Any = None
     blocks += [Paragraph("Accuracy per task:"),
                Table(["objective", "representation", *(plain(t) for t in tasks)],
                      _ablation_accuracy_rows(ab, model, k, tasks))]
-    per_task = [[plain(lab), plain(t), f"{100 * p.diff:+.1f}", f"{p.p_holm:.2g}"]
+    per_task = [[plain(lab), plain(t), f"{100 * p.diff:+.1f}", _short_p(p.p_holm)]
                 for (m, kk, lab, t), p in sorted(ab.task_rows.items())
                 if (m, kk) == (model, k) and p.p_holm < 0.05]
     conclusions = [
@@ -1677,7 +1684,7 @@ def _ablation_cell_text(p: Any, n_tasks: int) -> str:
     """A paired mean difference as an ablation cell: points, CI, Holm p; bold when Holm p <
     0.05; a mean over fewer than the table's ``n_tasks`` tasks says over how many."""
     text = (f"{100 * p.diff:+.1f} [{100 * p.ci_low:+.1f}, {100 * p.ci_high:+.1f}] "
-            f"p={p.p_holm:.2g}")
+            f"p={_short_p(p.p_holm)}")
     if p.n_tasks < n_tasks:
         text += f" ({p.n_tasks} of {n_tasks} tasks)"
     return f"**{text}**" if p.p_holm < 0.05 else text
