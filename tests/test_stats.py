@@ -161,6 +161,19 @@ def test_sign_flip_on_a_lattice_has_no_monte_carlo_floor():
     assert sign_flip_test(d) == pytest.approx(exact, rel=1e-9)
 
 
+def test_sign_flip_lattice_falls_back_to_monte_carlo_past_its_cost(monkeypatch):
+    import icldistill.core.stats as stats_mod
+
+    num = [1, 2, -1, 3, 2, 1, 1, -2, 3, 3, 1, 2, 2, 1, -3, 1, 2, 3, 1, 1, 2, 2]   # thirds
+    d = np.asarray(num, dtype=np.float64) / 3
+    exact = sign_flip_test(d)
+    assert (exact * 2 ** len(num)) == pytest.approx(round(exact * 2 ** len(num)))
+    monkeypatch.setattr(stats_mod, "LATTICE_COST_MAX", 10)
+    p = sign_flip_test(d, n_perm=999, seed=0)
+    assert round(p * 1000) == pytest.approx(p * 1000)         # a Monte Carlo p: k / 1000
+    assert abs(p - exact) < 0.05
+
+
 def test_sign_flip_monte_carlo_is_close_to_the_exact_distribution_and_seeded():
     rng = np.random.default_rng(3)
     num = rng.choice([-3, -2, -1, 0, 1, 2, 3, 3], size=40).tolist()   # net positive

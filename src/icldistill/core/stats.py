@@ -61,6 +61,9 @@ EXACT_MAX = 20
 #: Carlo); see :func:`_lattice`.
 LATTICE_DENOMINATOR_MAX = 10_000
 LATTICE_SUPPORT_MAX = 200_000
+#: Largest number of array entries the exact lattice convolution may add (about a second);
+#: above it, Monte Carlo.
+LATTICE_COST_MAX = 300_000_000
 #: Entries of one random block (rows x items) drawn at a time; bounds the memory of the
 #: vectorised bootstrap and sign-flip draws (~32 MB of float64).
 _BLOCK = 4_000_000
@@ -164,7 +167,8 @@ def _signs_exact(a: np.ndarray) -> float:
 def _lattice(parts: Sequence[np.ndarray], weights: Sequence[float]) -> list[np.ndarray] | None:
     """The weighted differences ``w_t a_i`` as integers ``v_i = q w_t a_i / w_max`` on a common
     lattice, or ``None`` when no denominator ``q <= LATTICE_DENOMINATOR_MAX`` puts every value
-    within ``1e-9`` of an integer, or when ``sum |v_i|`` exceeds ``LATTICE_SUPPORT_MAX``.
+    within ``1e-9`` of an integer, when ``sum |v_i|`` exceeds ``LATTICE_SUPPORT_MAX``, or when
+    the convolution would add more than ``LATTICE_COST_MAX`` entries.
 
     The sign-flip statistic ``|sum_t w_t sum_i s_i a_i|`` is then ``|sum_i s_i v_i| w_max / q``,
     so its null distribution is that of an integer sum.
@@ -184,7 +188,27 @@ def _lattice(parts: Sequence[np.ndarray], weights: Sequence[float]) -> list[np.n
         return None
     if sum(float(np.abs(v).sum()) for v in ints) > LATTICE_SUPPORT_MAX:
         return None
-    return [v.astype(np.int64) for v in ints]
+    out = [v.astype(np.int64) for v in ints]
+    if _lattice_cost(out) > LATTICE_COST_MAX:
+        return None
+    return out
+
+
+def _lattice_groups(ints: Sequence[np.ndarray]) -> list[tuple[int, int]]:
+    """``(|v|, count)`` of the nonzero integers, the largest group first (it is convolved
+    while the support is still a point, so it costs least there)."""
+    v = np.abs(np.concatenate(ints))
+    values, counts = np.unique(v[v != 0], return_counts=True)
+    return sorted(zip(values.tolist(), counts.tolist(), strict=True), key=lambda g: -g[1])
+
+
+def _lattice_cost(ints: Sequence[np.ndarray]) -> int:
+    """Array entries :func:`_lattice_p` adds: ``sum_g (c_g + 1) (2 reach_g + 1)``."""
+    cost = reach = 0
+    for val, c in _lattice_groups(ints):
+        cost += (c + 1) * (2 * reach + 1)
+        reach += val * c
+    return cost
 
 
 def _lattice_p(ints: Sequence[np.ndarray]) -> float:
@@ -196,17 +220,15 @@ def _lattice_p(ints: Sequence[np.ndarray]) -> float:
     convolved by shifted adds over the support ``[-sum |v|, sum |v|]``. Every term is positive,
     so tails keep full relative precision.
     """
-    v = np.abs(np.concatenate(ints))
-    v = v[v != 0]
+    groups = _lattice_groups(ints)
     obs = abs(int(np.concatenate(ints).sum()))
-    if v.size == 0:
+    if not groups:
         return 1.0
-    total = int(v.sum())
+    total = sum(val * c for val, c in groups)
     dist = np.zeros(2 * total + 1)
     dist[total] = 1.0                                   # index = value + total
     reach = 0                                           # current support [-reach, reach]
-    values, counts = np.unique(v, return_counts=True)
-    for val, c in zip(values.tolist(), counts.tolist(), strict=True):
+    for val, c in groups:
         k = np.arange(c + 1)
         logw = (math.lgamma(c + 1) - np.array([math.lgamma(i + 1) + math.lgamma(c - i + 1)
                                                 for i in range(c + 1)]) - c * math.log(2.0))
