@@ -210,5 +210,9 @@ def test_comparison_report_label_coverage_section(tmp_path):
             "with: none.") in rep.markdown.read_text()      # 12 items: too few to tell
     assert "| random | 8 | 50.0% | 100.0% | 0.0% | 12.5% | 50.0% | 25.0% |" in md
     assert "| knn | 8 | 100.0% | 75.0% | – | 25.0% | 75.0% | 50.0% |" in md
+    # the scatter of share shown against accuracy, one point per unit with a record
+    scatter = tmp_path / "figures" / "label_shown_m_k4.png"
+    assert "](figures/label_shown_m_k4.png)" in md and scatter in rep.figures
+    assert scatter.stat().st_size > 1000
     # without coverage records, no section
     assert write_comparison_report(rs, tmp_path / "none").coverage == []

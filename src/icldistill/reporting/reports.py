@@ -420,9 +420,11 @@ def write_comparison_report(
     figures[:0] = [out / f for f in _figure_paths(lead)]
     cov_summaries: list[CoverageSummary] = []
     if coverage:
-        cov_section, cov_summaries = _coverage_section(results, coverage, acc_.rho)
+        cov_section, cov_summaries = _coverage_section(results, coverage, acc_.rho,
+                                                       out / "figures")
         if cov_section is not None:
             sections.insert(len(lead), cov_section)
+            figures += [out / f for f in _figure_paths([cov_section])]
     sections.append(Section("Every evaluated unit", (_detail_table(results),)))
     md_path, html_path = write_report(Report(title, sections, notes=tuple(notes),
                                              commands=tuple(commands)), out)
@@ -1090,15 +1092,47 @@ def _bar_section(paired: Sequence[PairedComparison]
                    (intro, BulletList(verdicts), *blocks)), meets
 
 
+def _coverage_figure(rs: Sequence[Any], coverage: Mapping[str, Any], tasks: list[str],
+                     path: Path, tag: str) -> Path:
+    """Scatter of every unit of one (model, k): the share of its items whose label a
+    demonstration shows against its accuracy, one colour per task."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if len(tasks) <= 10 else "tab20"]
+    fig, axes = new_figure(1, 1, size=(6.4, 4.2))
+    ax = axes[0, 0]
+    for i, t in enumerate(tasks):
+        pts = np.array([(float(np.mean(coverage[r.key].shown)), r.accuracy.value)
+                        for r in rs if r.spec.task == t])
+        ax.scatter(100 * pts[:, 0], pts[:, 1], s=18, color=cmap(i % cmap.N), label=t,
+                   alpha=0.8)
+    ax.set_xlabel("items whose label a demonstration shows (%)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(-2, 102)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{tag}: one point per unit", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="task",
+              title_fontsize=8)
+    return save_figure(fig, path)
+
+
 def _coverage_section(results: Sequence[Any], coverage: Mapping[str, Any],
-                      mmd_rho: Mapping[str, Mapping[str, float]]
+                      mmd_rho: Mapping[str, Mapping[str, float]], figures: Path | None = None
                       ) -> tuple[Any, list[CoverageSummary]]:
     """The section "Do the demonstrations show the query's label?": per model and ``k``, for
     every selector the share of test items whose gold label is among their demonstrations and
     the accuracy on items with and without it; per task the Spearman correlation of that share
-    with accuracy over the units, beside the one of ``MMD^2``. ``(None, [])`` when no result
-    has a coverage record."""
-    from icldistill.artifacts.document import BulletList, Paragraph, Section, Table, plain
+    with accuracy over the units, beside the one of ``MMD^2``; with ``figures`` (the report's
+    figures folder), a scatter of share shown against accuracy per unit. ``(None, [])`` when no
+    result has a coverage record."""
+    from icldistill.artifacts.document import (
+        BulletList,
+        Figure,
+        Paragraph,
+        Section,
+        Table,
+        plain,
+    )
 
     summaries: list[CoverageSummary] = []
     blocks: list[Any] = []
@@ -1141,7 +1175,11 @@ def _coverage_section(results: Sequence[Any], coverage: Mapping[str, Any],
                 ["selector", *(plain(t) for t in tasks)], trows),
                 Paragraph("Spearman(share shown, accuracy) per task: " + ", ".join(
                     f"{plain(t)} {_rho_text(rho[t])}" for t in tasks if t in rho) + "."
-                    if rho else "Fewer than 3 units per task: no correlation."))),
+                    if rho else "Fewer than 3 units per task: no correlation."),
+                *([] if figures is None else [Figure(
+                    _coverage_figure(rs, coverage, tasks, figures / f"label_shown_{_slug(model)}"
+                                     f"_k{k}.png", tag).relative_to(figures.parent).as_posix(),
+                    f"{tag}: share of items whose label is shown against accuracy, per unit")]))),
         ]
     if not blocks:
         return None, []
@@ -1502,7 +1540,7 @@ def write_ablation_report(
             sections.append(section)
             record += cells
     if coverage:
-        cov_section, _ = _coverage_section(results, coverage, {})
+        cov_section, _ = _coverage_section(results, coverage, {}, out / "figures")
         if cov_section is not None:
             sections.append(cov_section)
     if control:
