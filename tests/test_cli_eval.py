@@ -93,7 +93,9 @@ def test_evaluate_then_rerun_resumes_and_compare_writes_a_report(setup, capsys, 
     assert "no MMD-family selector meets the bar" in md
     assert "MMD family vs the bar" in capsys.readouterr().out
     assert (rep / "report.html").exists()
-    assert len(list((rep / "figures").glob("*.png"))) == 2
+    # accuracy, accuracy vs MMD², and the label-coverage scatter (one task: no mean, no forest)
+    assert sorted(f.name.split("_")[0] for f in (rep / "figures").glob("*.png")) == [
+        "acc", "accuracy", "label"]
 
 
 def test_cli_bad_inputs_exit_2(setup, capsys, monkeypatch):
