@@ -164,11 +164,14 @@ def _signs_exact(a: np.ndarray) -> float:
     return count / total
 
 
-def _lattice(parts: Sequence[np.ndarray], weights: Sequence[float]) -> list[np.ndarray] | None:
+def _lattice(parts: Sequence[np.ndarray], weights: Sequence[float]
+             ) -> tuple[list[tuple[int, int]], int] | None:
     """The weighted differences ``w_t a_i`` as integers ``v_i = q w_t a_i / w_max`` on a common
-    lattice, or ``None`` when no denominator ``q <= LATTICE_DENOMINATOR_MAX`` puts every value
-    within ``1e-9`` of an integer, when ``sum |v_i|`` exceeds ``LATTICE_SUPPORT_MAX``, or when
-    the convolution would add more than ``LATTICE_COST_MAX`` entries.
+    lattice, as :func:`_lattice_p` takes them (the groups ``(|v|, count)`` of the nonzero
+    ``v_i``, the largest first, and the observed ``|sum_i v_i|``); or ``None`` when no
+    denominator ``q <= LATTICE_DENOMINATOR_MAX`` puts every value within ``1e-9`` of an
+    integer, when ``sum |v_i|`` exceeds ``LATTICE_SUPPORT_MAX``, or when the convolution would
+    add more than ``LATTICE_COST_MAX`` entries.
 
     The sign-flip statistic ``|sum_t w_t sum_i s_i a_i|`` is then ``|sum_i s_i v_i| w_max / q``,
     so its null distribution is that of an integer sum.
@@ -188,40 +191,34 @@ def _lattice(parts: Sequence[np.ndarray], weights: Sequence[float]) -> list[np.n
         return None
     if sum(float(np.abs(v).sum()) for v in ints) > LATTICE_SUPPORT_MAX:
         return None
-    out = [v.astype(np.int64) for v in ints]
-    if _lattice_cost(out) > LATTICE_COST_MAX:
+    v = np.concatenate(ints).astype(np.int64)
+    values, counts = np.unique(np.abs(v[v != 0]), return_counts=True)
+    # the largest group first: it is convolved while the support is still a point
+    groups = sorted(zip(values.tolist(), counts.tolist(), strict=True), key=lambda g: -g[1])
+    if _lattice_cost(groups) > LATTICE_COST_MAX:
         return None
-    return out
+    return groups, abs(int(v.sum()))
 
 
-def _lattice_groups(ints: Sequence[np.ndarray]) -> list[tuple[int, int]]:
-    """``(|v|, count)`` of the nonzero integers, the largest group first (it is convolved
-    while the support is still a point, so it costs least there)."""
-    v = np.abs(np.concatenate(ints))
-    values, counts = np.unique(v[v != 0], return_counts=True)
-    return sorted(zip(values.tolist(), counts.tolist(), strict=True), key=lambda g: -g[1])
-
-
-def _lattice_cost(ints: Sequence[np.ndarray]) -> int:
+def _lattice_cost(groups: Sequence[tuple[int, int]]) -> int:
     """Array entries :func:`_lattice_p` adds: ``sum_g (c_g + 1) (2 reach_g + 1)``."""
     cost = reach = 0
-    for val, c in _lattice_groups(ints):
+    for val, c in groups:
         cost += (c + 1) * (2 * reach + 1)
         reach += val * c
     return cost
 
 
-def _lattice_p(ints: Sequence[np.ndarray]) -> float:
-    """Exact ``P(|sum_i s_i v_i| >= |sum_i v_i|)`` over independent fair signs ``s_i``, for
-    integers ``v_i`` (the sign-flip p-value on a lattice).
+def _lattice_p(groups: Sequence[tuple[int, int]], obs: int) -> float:
+    """Exact ``P(|sum_i s_i v_i| >= obs)`` over independent fair signs ``s_i``, for integers
+    ``v_i`` given as groups ``(|v|, count)`` (the sign-flip p-value on a lattice, with ``obs =
+    |sum_i v_i|``; :func:`_lattice`).
 
     Items of equal ``|v|`` form a group whose flipped sum is ``|v| (2 J - c)`` with
     ``J ~ Binomial(c, 1/2)``; the groups' distributions (binomial weights from ``lgamma``) are
     convolved by shifted adds over the support ``[-sum |v|, sum |v|]``. Every term is positive,
     so tails keep full relative precision.
     """
-    groups = _lattice_groups(ints)
-    obs = abs(int(np.concatenate(ints).sum()))
     if not groups:
         return 1.0
     total = sum(val * c for val, c in groups)
@@ -229,13 +226,12 @@ def _lattice_p(ints: Sequence[np.ndarray]) -> float:
     dist[total] = 1.0                                   # index = value + total
     reach = 0                                           # current support [-reach, reach]
     for val, c in groups:
-        k = np.arange(c + 1)
         logw = (math.lgamma(c + 1) - np.array([math.lgamma(i + 1) + math.lgamma(c - i + 1)
                                                 for i in range(c + 1)]) - c * math.log(2.0))
         weight = np.exp(logw)
         new = np.zeros_like(dist)
         lo, hi = total - reach, total + reach + 1
-        for j, wj in zip(k.tolist(), weight.tolist(), strict=True):
+        for j, wj in enumerate(weight.tolist()):
             shift = val * (2 * j - c)
             new[lo + shift:hi + shift] += wj * dist[lo:hi]
         dist = new
@@ -287,9 +283,9 @@ def sign_flip_test(d: Any, *, n_perm: int = 10_000, seed: int = 0) -> float:
     a = a[a != 0]
     if a.size <= EXACT_MAX:
         return _signs_exact(a)
-    ints = _lattice([a], [1.0])
-    if ints is not None:
-        return _lattice_p(ints)
+    lattice = _lattice([a], [1.0])
+    if lattice is not None:
+        return _lattice_p(*lattice)
     rng = np.random.default_rng(seed)
     return (1 + _flip_count(rng, [a], [1.0], n_perm)) / (n_perm + 1)
 
@@ -469,9 +465,9 @@ def stratified_sign_flip_test(diffs: Sequence[Any], *, n_perm: int = 10_000,
     nonzero = [a[a != 0] for a in parts]
     if not any(a.size for a in nonzero):
         return 1.0
-    ints = _lattice(nonzero, weights)
-    if ints is not None:
-        return _lattice_p(ints)
+    lattice = _lattice(nonzero, weights)
+    if lattice is not None:
+        return _lattice_p(*lattice)
     rng = np.random.default_rng(seed)
     return (1 + _flip_count(rng, nonzero, weights, n_perm)) / (n_perm + 1)
 
