@@ -229,6 +229,18 @@ BAD_INPUTS: list[Case] = [
        f"select --file {TOY} --test-size 100 {SEL}", "test_size=100 is too large"),
     _c("select-unknown-selector", "an unknown selector",
        f"select --file {TOY} --selector nearest {SEL}", "unknown selector 'nearest'"),
+    # a grid that lists a selector, an alias of it, a k or a task twice would run units twice
+    _c("evaluate-selector-twice", "a selector listed twice",
+       f"evaluate --file {TOY} --selectors knn,random,knn --out out",
+       "selector 'knn' is listed twice"),
+    _c("compare-selector-alias-twice", "a selector and its alias",
+       f"compare --file {TOY} --selectors knn,kate --out out",
+       "selectors 'knn' and 'kate' are the same ('knn')"),
+    _c("compare-k-twice", "a k listed twice", f"compare --file {TOY} --selectors knn --ks 4,4 "
+       "--out out", "k 4 is listed twice"),
+    _c("evaluate-model-twice", "a model listed twice",
+       f"evaluate --file {TOY} --models smollm2-135m,smollm2-135m --out out",
+       "model 'smollm2-135m' is listed twice"),
     # -- other commands
     _c("data-unknown", "data summary of an unknown dataset", "data summary imbd",
        "unknown dataset 'imbd'"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -202,6 +203,32 @@ def test_bad_units(tmp_path, toy):
         h.run_unit(UnitSpec("tiny", "toy", "nearest", k=2, encoder="hidden:-1"))
     with pytest.raises(InputError, match="seeds and orderings"):
         unit_grid(models=["m"], tasks=["t"], selectors=["knn"], ks=[2], seeds=0)
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"selectors": ["knn", "mmd", "knn"]}, "selector 'knn' is listed twice"),
+    ({"selectors": ["KNN", "topk"]}, "selectors 'KNN' and 'topk' are the same ('knn')"),
+    ({"selectors": ["vote-k", "vote_k"]}, "selectors 'vote-k' and 'vote_k' are the same"),
+    ({"ks": [4, 8, 4]}, "k 4 is listed twice"),
+    ({"tasks": ["t", "t"]}, "task 't' is listed twice"),
+    ({"models": ["m", "m"]}, "model 'm' is listed twice"),
+    ({"selectors": ["nearest"]}, "unknown selector 'nearest'"),
+])
+def test_unit_grid_refuses_repeated_names(kw, message):
+    """Regression: a name listed twice ran its units twice and doubled their records."""
+    args = {"models": ["m"], "tasks": ["t"], "selectors": ["knn"], "ks": [2], **kw}
+    with pytest.raises(InputError, match=re.escape(message)):
+        unit_grid(**args)
+
+
+def test_selector_key_names_the_registry_entry():
+    from icldistill.selection import SELECTORS, selector_key
+
+    assert all(selector_key(n) == n for n in SELECTORS)
+    assert [selector_key(n) for n in ("kate", "TopK", " fast_votek ", "mmd-set")] == [
+        "knn", "knn", "vote-k", "mmd"]
+    with pytest.raises(InputError, match="did you mean 'mmd-katt'"):
+        selector_key("mmd-kat")
 
 
 def test_orderings_shuffle_the_same_demonstrations(tmp_path, toy):

@@ -87,7 +87,7 @@ from icldistill.core.validation import InputError
 from icldistill.data.datasets import Dataset, DatasetSplit, TaskFormat, load_split
 from icldistill.encoders.representations import HeadChoice
 from icldistill.evaluation.scoring import FewShotScorer, MetricResult, classification_metrics
-from icldistill.selection import SELECTORS, Pool, Selection, make_selector
+from icldistill.selection import SELECTORS, Pool, Selection, make_selector, selector_key
 
 __all__ = [
     "Harness",
@@ -480,9 +480,22 @@ def unit_grid(
     A selector is randomised when it is ``random``, its ``order`` parameter is ``"random"`` or
     it draws ``landmarks``; the others run with seed 0 only. Every unit is evaluated under
     ``orderings`` orderings, with the model in precision ``dtype``.
+
+    A model, task, selector (or an alias of one, such as ``kate`` for ``knn``) or ``k`` listed
+    twice raises :class:`InputError` naming it: it would run the same units twice.
     """
     if seeds < 1 or orderings < 1:
         raise InputError("seeds and orderings must be >= 1")
+    for what, values, key in (("model", models, str), ("task", tasks, str),
+                              ("selector", selectors, selector_key), ("k", ks, int)):
+        first: dict[Any, Any] = {}
+        for v in values:
+            c = key(v)
+            if c in first:
+                same = (f"{what} {v!r} is listed twice" if first[c] == v else
+                        f"{what}s {first[c]!r} and {v!r} are the same ({c!r})")
+                raise InputError(f"{same}: each would run the same units again")
+            first[c] = v
     units = []
     for model in models:
         for task in tasks:

@@ -16,7 +16,8 @@ Modules, lowest first (each imports only those before it):
   ``dpp``, ``vote-k`` and :func:`tokenize`;
 * :mod:`~icldistill.selection.mmd`: ``mmd``, ``mmd-query``, ``mmd-balanced``, ``mmd-joint``,
   ``mmd-local``, ``mmd-katt`` and :func:`soft_labels`;
-* :mod:`~icldistill.selection.registry`: :data:`SELECTORS` and :func:`make_selector`.
+* :mod:`~icldistill.selection.registry`: :data:`SELECTORS`, :func:`make_selector` and
+  :func:`selector_key` (the registry name of a name or alias).
 
 ``icldistill.selection.selectors`` re-exports all of these for code written against 0.1.
 No module here imports ``transformers``: selectors work on representation matrices and texts.
@@ -42,7 +43,7 @@ from icldistill.selection.mmd import (
     soft_labels,
 )
 from icldistill.selection.pool import Pool
-from icldistill.selection.registry import SELECTORS, make_selector
+from icldistill.selection.registry import SELECTORS, make_selector, selector_key
 from icldistill.selection.retrievers import (
     BM25Selector,
     DPPSelector,
@@ -80,6 +81,7 @@ __all__ = [
     "landmark_row_means",
     "make_selector",
     "select_mmd",
+    "selector_key",
     "soft_labels",
     "tokenize",
 ]

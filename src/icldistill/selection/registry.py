@@ -13,7 +13,7 @@ from icldistill.core.validation import InputError
 from icldistill.selection import mmd, retrievers
 from icldistill.selection.base import Selector
 
-__all__ = ["SELECTORS", "make_selector"]
+__all__ = ["SELECTORS", "make_selector", "selector_key"]
 
 
 SELECTORS: dict[str, type[Selector]] = {
@@ -29,12 +29,12 @@ _SELECTOR_ALIASES = {"kate": "knn", "topk": "knn", "votek": "vote-k", "fast-vote
                      "mmd-set": "mmd"}
 
 
-def make_selector(name: str, **params: Any) -> Selector:
-    """Build a selector by name (see :data:`SELECTORS`) with its parameters.
+def selector_key(name: str) -> str:
+    """The registry name (a key of :data:`SELECTORS`) of a selector name or alias.
 
-    Names are case-insensitive and ``_`` equals ``-`` (``"vote_k"``); aliases: ``kate`` and
-    ``topk`` for ``knn``, ``votek`` for ``vote-k``. Unknown names or parameters raise
-    :class:`InputError` (with the closest names).
+    Names are case-insensitive and ``_`` equals ``-``; ``kate`` and ``topk`` give ``"knn"``,
+    ``votek`` and ``fast-votek`` ``"vote-k"``, ``mmd-set`` ``"mmd"``. An unknown name raises
+    :class:`InputError` with the closest names.
     """
     if not isinstance(name, str):
         raise InputError(f"selector name must be a string, got {type(name).__name__}")
@@ -46,6 +46,17 @@ def make_selector(name: str, **params: Any) -> Selector:
         hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
         raise InputError(f"unknown selector {name!r}{hint} (choose one of "
                          f"{', '.join(SELECTORS)})")
+    return key
+
+
+def make_selector(name: str, **params: Any) -> Selector:
+    """Build a selector by name (see :data:`SELECTORS`) with its parameters.
+
+    Names are case-insensitive and ``_`` equals ``-`` (``"vote_k"``); aliases: ``kate`` and
+    ``topk`` for ``knn``, ``votek`` for ``vote-k``. Unknown names or parameters raise
+    :class:`InputError` (with the closest names).
+    """
+    key = selector_key(name)
     cls = SELECTORS[key]
     sig = inspect.signature(cls.__init__)
     takes_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
