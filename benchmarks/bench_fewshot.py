@@ -50,6 +50,7 @@ import torch
 from icldistill.artifacts.fetch import pid_alive
 from icldistill.artifacts.store import held_locks, unit_lock, write_json
 from icldistill.core.stats import majority_shares, paired_comparisons
+from icldistill.core.validation import InputError
 from icldistill.evaluation.harness import (
     Harness,
     Task,
@@ -251,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [t for t in args.tasks.split(",") if t]
     selectors = [s for s in args.selectors.split(",") if s]
     ks = [int(k) for k in args.ks.split(",") if k]
+    try:    # a name listed twice, an unknown selector: one line, exit 2
+        unit_grid(models=models, tasks=tasks, selectors=selectors, ks=ks, seeds=args.seeds)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     run_cmd = (f"python benchmarks/bench_fewshot.py --models {','.join(models)} --tasks "
                f"{','.join(tasks)} --selectors {','.join(selectors)} --ks {args.ks} "
                f"--seeds {args.seeds} --n-test {args.n_test}"

@@ -109,6 +109,16 @@ def test_bench_control_of_a_model_space_selector_needs_the_trained_prompts(tmp_p
     assert "add --control" in capsys.readouterr().err
 
 
+def test_bench_refuses_a_grid_that_lists_a_name_twice(tmp_path, capsys):
+    mod = _bench()
+    argv = ["--models", "smollm2-135m", "--tasks", "amazon", "--out", str(tmp_path / "g")]
+    assert mod.main([*argv, "--selectors", "knn,kate", "--ks", "8"]) == 2
+    assert "selectors 'knn' and 'kate' are the same" in capsys.readouterr().err
+    assert mod.main([*argv, "--selectors", "knn", "--ks", "8,8"]) == 2
+    assert "k 8 is listed twice" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()                  # refused before any work
+
+
 def test_bench_control_loader_builds_the_random_twin(monkeypatch):
     mod = _bench()
     import icldistill.models.registry as registry
