@@ -49,7 +49,7 @@ import torch
 
 from icldistill.artifacts.fetch import pid_alive
 from icldistill.artifacts.store import held_locks, unit_lock, write_json
-from icldistill.core.stats import majority_shares, paired_comparisons
+from icldistill.core.stats import check_pairs, majority_shares, paired_comparisons
 from icldistill.core.validation import InputError
 from icldistill.evaluation.harness import (
     Harness,
@@ -217,9 +217,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--control-dir", default=None, metavar="DIR",
                     help="a control folder of this grid: its paired comparisons go beside "
                          "these in the report")
+    ap.add_argument("--posthoc", nargs=2, action="append", default=None,
+                    metavar=("SELECTOR", "BASELINE"),
+                    help="an exploratory comparison chosen after seeing the results (paired, "
+                         "in a Holm family of its own; repeatable), e.g. --posthoc vote-k mmd; "
+                         "the report labels these post hoc")
     args = ap.parse_args(argv)
     out = Path(args.out)
     problem = None
+    try:
+        posthoc = check_pairs(args.posthoc or [])
+    except InputError as exc:
+        print(f"error: --posthoc: {exc}", file=sys.stderr)
+        return 2
     if args.selections_from and args.control is None:
         problem = "--selections-from gives a control the trained grid's prompts; add --control"
     model_space = [s for s in args.selectors.split(",")
@@ -267,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                + (f" --control {args.control}" if args.control is not None else "")
                + (f" --selections-from {args.selections_from}" if args.selections_from
                   else ""))
+    run_cmd += "".join(f" --posthoc {a} {b}" for a, b in posthoc)
     report_cmd = (run_cmd + " --report-only"
                   + (f" --control-dir {args.control_dir}" if args.control_dir else ""))
     cmds = [run_cmd + "   # resumable: rerun to continue",
@@ -347,6 +358,23 @@ def main(argv: list[str] | None = None) -> int:
                  "random sign vectors (seed 0) only for differences off a lattice; records "
                  "in `paired.json` (accuracy) and `paired_macro_f1.json` (macro-F1, 2000 paired "
                  "bootstrap resamples, seed 0).")
+    posthoc_paired = control_posthoc = None
+    unknown = sorted({x for pair in posthoc for x in pair} - {r.spec.label for r in results})
+    if unknown:
+        print(f"error: --posthoc names {', '.join(unknown)}, which no unit of {out} ran",
+              file=sys.stderr)
+        return 2
+    if posthoc:
+        posthoc_paired = paired_comparisons(results, preds, pairs=posthoc, n_boot=2000,
+                                            n_perm=10_000, seed=0)
+        if control_results is not None:
+            control_posthoc = paired_comparisons(control_results,
+                                                 load_predictions(args.control_dir),
+                                                 pairs=posthoc, n_boot=2000, n_perm=10_000,
+                                                 seed=0)
+        notes.append("Post-hoc comparisons (--posthoc): the same paired "
+                     "statistics and seeds, a Holm family of their own per model and k; records "
+                     "in `paired_posthoc.json`.")
     # whether each test item's label was among its demonstrations (selections/ + pool labels)
     tasks_ = ({t: Task.from_registry(t, pool_size=args.pool_size, progress=False)
                for t in {r.spec.task for r in results}} if args.pool_size else None)
@@ -360,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
                                   control_paired=control_paired,
                                   control_coverage=control_coverage,
                                   control_label=f"the random-init control in {args.control_dir}",
+                                  posthoc=posthoc_paired, control_posthoc=control_posthoc,
                                  title="Demonstration selection: few-shot accuracy" + (
                                      "" if args.control is None else
                                      f", random-init control (seed {args.control})") + (

@@ -71,6 +71,43 @@ def test_comparison_report_sets_the_control_beside_the_trained_grid(tmp_path):
     assert [c.differs for c in rep.control] == [True, False, True]
 
 
+def test_comparison_report_posthoc_section_with_its_control(tmp_path):
+    rs = [_unit_result(t, sel, 0.6, 0.05) for t in ("a", "b") for sel in ("knn", "vote-k", "mmd")]
+    planned = [_pc("a", "mmd", "knn", -0.10, 0.04), _pc("b", "mmd", "knn", -0.12, 0.04),
+               _pc("mean", "mmd", "knn", -0.11, 0.03)]
+    posthoc = [_pc("a", "vote-k", "mmd", 0.08, 0.03, p_holm=0.001),
+               _pc("b", "vote-k", "mmd", 0.01, 0.03, p_holm=0.7),
+               _pc("mean", "vote-k", "mmd", 0.045, 0.02, p_holm=0.002)]
+    control = [_pc("a", "vote-k", "mmd", 0.07, 0.03, p_holm=0.01)]
+    rep = write_comparison_report(rs, tmp_path, paired=planned, posthoc=posthoc,
+                                  control_posthoc=control, control_label="the twin in Y")
+    md = rep.markdown.read_text()
+    # after the pre-planned comparisons, labelled exploratory, with its own Holm family
+    assert md.index("## Paired comparisons") < md.index("## Post-hoc comparisons")
+    assert "so exploratory: they are not in the pre-planned comparisons' Holm family" in md
+    assert "### m k=4 (Holm family of 3 comparisons)" in md
+    assert ("| vote-k | mmd | +4.5 | [+2.5, +6.5] | 0.002 | 1 | better | a +8.0 |") in md
+    # the control: a +8 [5, 11] vs +7 [4, 10] overlaps, so it is not credited to training
+    assert "Against the twin in Y" in md
+    assert "| vote-k | mmd | a | +8.0 [+5.0, +11.0] | 0.001 | +7.0 [+4.0, +10.0] | 0.010 | no |" \
+        in md
+    assert [c.differs for c in rep.posthoc_control] == [False]
+    assert json.loads(rep.posthoc_json.read_text()) == [c.to_dict() for c in posthoc]
+    # the planned family is untouched
+    assert json.loads(rep.paired_json.read_text()) == [c.to_dict() for c in planned]
+
+
+def test_bench_posthoc_pairs_are_checked_before_any_work(tmp_path, capsys):
+    mod = _bench()
+    argv = ["--models", "smollm2-135m", "--tasks", "amazon", "--selectors", "knn,mmd", "--ks",
+            "8", "--out", str(tmp_path / "g")]
+    assert mod.main([*argv, "--posthoc", "mmd", "mmd"]) == 2
+    assert "'mmd' is paired with itself" in capsys.readouterr().err
+    assert mod.main([*argv, "--posthoc", "knn", "mmd", "--posthoc", "mmd", "knn"]) == 2
+    assert "'mmd' vs 'knn' is given twice" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
+
+
 def test_bench_control_folder_guards(tmp_path):
     mod = _bench()
     out = tmp_path / "grid-control"

@@ -241,6 +241,12 @@ BAD_INPUTS: list[Case] = [
     _c("evaluate-model-twice", "a model listed twice",
        f"evaluate --file {TOY} --models smollm2-135m,smollm2-135m --out out",
        "model 'smollm2-135m' is listed twice"),
+    _c("compare-posthoc-self", "a post-hoc pair of a selector with itself",
+       f"compare --file {TOY} --selectors knn,mmd --posthoc knn knn --out out",
+       "--posthoc: pairs: 'knn' is paired with itself"),
+    _c("compare-posthoc-unknown", "a post-hoc pair naming a selector the grid does not run",
+       f"compare --file {TOY} --selectors knn,mmd --posthoc vote-k mmd --out out",
+       "--posthoc names 'vote-k', which this grid does not run (its selectors: knn, mmd)"),
     # -- other commands
     _c("data-unknown", "data summary of an unknown dataset", "data summary imbd",
        "unknown dataset 'imbd'"),

@@ -212,9 +212,15 @@ def test_compare_with_a_random_init_control(setup, capsys, monkeypatch):
         capsys.readouterr().err
     assert main([*argv, "--control", "0"]) == 2
     capsys.readouterr()
-    assert main([*argv, "--control", "1"]) == 0
+    assert main([*argv, "--control", "1", "--posthoc", "mmd", "random"]) == 0
     out = capsys.readouterr().out
     assert "random-init control:" in out and "significant comparisons differ" in out
+    # the post-hoc pair: its own section and records, on the trained grid and on the twin
+    for folder in (rep, rep / "control-1"):
+        posthoc = json.loads((folder / "paired_posthoc.json").read_text())
+        assert {(r["selector"], r["baseline"], r["task"]) for r in posthoc} == {
+            ("mmd", "random", "toy")}
+        assert "## Post-hoc comparisons" in (folder / "report.md").read_text()
     control = rep / "control-1"
     trained = [json.loads(x) for x in (rep / "results.jsonl").read_text().splitlines()]
     twin = [json.loads(x) for x in (control / "results.jsonl").read_text().splitlines()]

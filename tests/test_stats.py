@@ -738,3 +738,16 @@ def test_report_p_values_that_underflowed_read_as_a_bound(tmp_path):
     md = write_comparison_report(results, tmp_path, paired=cs).markdown.read_text()
     assert "<1e-307" in md and "0.0e+00" not in md
 
+
+
+def test_check_pairs_refuses_self_pairs_mirrors_and_non_pairs():
+    from icldistill.core.stats import check_pairs
+
+    assert check_pairs([["a", "b"], ("c", "a")]) == [("a", "b"), ("c", "a")]
+    for bad, msg in [([("a", "a")], "paired with itself"),
+                     ([("a", "b"), ("b", "a")], "given twice"),
+                     ([("a", "b"), ("a", "b")], "given twice"),
+                     (["ab"], "label pairs"), ([("a", "b", "c")], "label pairs"),
+                     ([("a", 1)], "label pairs"), ("ab", "sequence of")]:
+        with pytest.raises(InputError, match=msg):
+            check_pairs(bad)

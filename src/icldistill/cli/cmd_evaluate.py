@@ -96,6 +96,11 @@ def add_parsers(sub: Any) -> None:
                         "seed SEED, in OUT/control-SEED, local backend), reading exactly the "
                         "trained units' demonstrations, and set its paired comparisons beside "
                         "the trained model's in the report")
+    p.add_argument("--posthoc", nargs=2, action="append", default=None,
+                   metavar=("SELECTOR", "BASELINE"),
+                   help="an exploratory comparison chosen after seeing the results: SELECTOR "
+                        "against BASELINE, paired, in a Holm family of its own (repeatable; "
+                        "e.g. --posthoc vote-k mmd); the report labels these post hoc")
     p.add_argument("--out", default="icldistill-compare",
                    help="output folder: report.md, report.html, figures, results and caches "
                         "(default icldistill-compare)")
@@ -130,7 +135,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from icldistill.core.stats import majority_shares, paired_comparisons
+    from icldistill.core.stats import check_pairs, majority_shares, paired_comparisons
     from icldistill.evaluation.harness import (
         Harness,
         load_predictions,
@@ -144,12 +149,21 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.control is not None and args.backend != "local":
         raise InputError("--control runs the random-init twins on the local backend; drop "
                          "--backend ray or --control")
+    try:
+        pairs = check_pairs(args.posthoc or [])
+    except InputError as exc:
+        raise InputError(f"--posthoc: {exc}") from None
     tasks = load_tasks(args)
     selectors = split_names(args.selectors or ",".join(SELECTORS))
     units = unit_grid(models=split_names(args.models), tasks=list(tasks), selectors=selectors,
                       ks=list(args.ks), seeds=args.seeds,
                       orderings=args.orderings, encoder=args.encoder, n_test=args.n_test,
                       dtype=args.dtype)
+    labels = sorted({u.label for u in units})
+    unknown = sorted({x for pair in pairs for x in pair} - set(labels))
+    if unknown:      # before any work: a typo should not cost a grid
+        raise InputError(f"--posthoc names {', '.join(map(repr, unknown))}, which this grid "
+                         f"does not run (its selectors: {', '.join(labels)})")
     done = _run_units(args, units, {"tasks": tasks, "batch_size": args.batch_size})
     keys = {r.key for r in done}
     results = [r for r in load_results(args.out) if r.key in keys]
@@ -160,14 +174,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     mine = {k: v for k, v in preds.items() if k in keys}
     paired = paired_comparisons(results, mine, baselines=bases)
     paired_f1 = paired_comparisons(results, mine, baselines=bases, metric="macro_f1")
+    posthoc = paired_comparisons(results, mine, pairs=pairs) if pairs else None
     coverage = Harness(args.out, tasks=tasks, progress=False).label_coverage(results)
-    control, control_cov = ((None, None) if args.control is None
-                            else _control_grid(args, units, tasks, bases))
+    control, control_cov, control_posthoc = ((None, None, None) if args.control is None
+                                             else _control_grid(args, units, tasks, bases, pairs))
     rep = write_comparison_report(results, args.out, commands=[command_line(args)],
                                   paired=paired, paired_macro_f1=paired_f1,
                                   majority=majority_shares(results, mine), coverage=coverage,
                                   control_paired=control, control_coverage=control_cov,
                                   control_imported=control is not None,
+                                  posthoc=posthoc, control_posthoc=control_posthoc,
                                   control_label=f"the random-init twins (seed {args.control}) "
                                                 f"in {Path(args.out) / f'control-{args.control}'}")
     for tag in rep.mmd_family_best:        # every (model, k) with a complete grid, in order
@@ -191,10 +207,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _control_grid(args: argparse.Namespace, units: list[Any], tasks: Any,
-                  bases: list[str]) -> tuple[list[Any], dict[str, Any]]:
+def _control_grid(args: argparse.Namespace, units: list[Any], tasks: Any, bases: list[str],
+                  pairs: list[tuple[str, str]]
+                  ) -> tuple[list[Any], dict[str, Any], list[Any] | None]:
     """The grid's units on each model's random-init twin in ``OUT/control-SEED`` (its own
-    report there too); returns its paired comparisons and its label coverage."""
+    report there too); returns its paired comparisons, its label coverage and its post-hoc
+    comparisons (of ``pairs``; ``None`` without)."""
     from icldistill.core.stats import paired_comparisons
     from icldistill.evaluation.harness import Harness, load_predictions, load_results
     from icldistill.lab.experiments.phenomena import twin_loader
@@ -211,9 +229,10 @@ def _control_grid(args: argparse.Namespace, units: list[Any], tasks: Any,
     results = [r for r in load_results(folder) if r.key in keys]
     preds = {k: v for k, v in load_predictions(folder).items() if k in keys}
     paired = paired_comparisons(results, preds, baselines=bases)
+    posthoc = paired_comparisons(results, preds, pairs=pairs) if pairs else None
     coverage = h.label_coverage(results)
     write_comparison_report(results, folder, commands=[command_line(args)], paired=paired,
-                            coverage=coverage,
+                            coverage=coverage, posthoc=posthoc,
                             title="Demonstration selection: few-shot accuracy, random-init "
                                   f"control (seed {args.control})")
-    return paired, coverage
+    return paired, coverage, posthoc

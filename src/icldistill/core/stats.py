@@ -41,6 +41,7 @@ __all__ = [
     "PAIRED_METRICS",
     "MeanCI",
     "PairedComparison",
+    "check_pairs",
     "holm",
     "majority_shares",
     "mcnemar_exact",
@@ -74,6 +75,43 @@ _EXACT_INT_MAX = 5000
 # --------------------------------------------------------------------------------------------
 # Input checks
 # --------------------------------------------------------------------------------------------
+
+
+def check_pairs(pairs: Any) -> list[tuple[str, str]]:
+    """Validate ``(selector, baseline)`` label pairs for :func:`paired_comparisons`.
+
+    Parameters
+    ----------
+    pairs : sequence of 2-sequences of str
+        The pairs, e.g. ``[("vote-k", "mmd"), ("mmd-joint", "mmd")]``.
+
+    Returns
+    -------
+    list of (str, str)
+        The pairs as tuples, in order.
+
+    Raises
+    ------
+    InputError
+        An item that is not a pair of two strings, a selector paired with itself, or a pair
+        given twice (a pair and its mirror are one comparison), naming it.
+    """
+    out: list[tuple[str, str]] = []
+    if isinstance(pairs, str) or not isinstance(pairs, Sequence):
+        raise InputError(f"pairs must be a sequence of (selector, baseline) label pairs, got "
+                         f"{pairs!r}")
+    for p in pairs:
+        if (isinstance(p, str) or not isinstance(p, Sequence) or len(p) != 2
+                or not all(isinstance(x, str) for x in p)):
+            raise InputError(f"pairs must be (selector, baseline) label pairs, got {p!r}")
+        a, b = p
+        if a == b:
+            raise InputError(f"pairs: {a!r} is paired with itself")
+        if (a, b) in out or (b, a) in out:
+            raise InputError(f"pairs: {a!r} vs {b!r} is given twice (a pair and its mirror "
+                             "are one comparison)")
+        out.append((a, b))
+    return out
 
 
 def _diffs(d: Any, name: str = "d") -> np.ndarray:
@@ -770,8 +808,9 @@ def paired_comparisons(
     pairs : sequence of (selector, baseline) label pairs, optional
         Compare exactly these pairs instead of every selector against ``baselines`` (which is
         then ignored), e.g. the factor contrasts of an ablation (``"mmd-local@kv:auto"``
-        against ``"mmd-local"``). Pairs absent from a ``(model, k)`` give no rows there; the
-        Holm family is the hypotheses of the pairs present.
+        against ``"mmd-local"``); checked by :func:`check_pairs`. Pairs absent from a
+        ``(model, k)`` give no rows there; the Holm family is the hypotheses of the pairs
+        present.
 
     Returns
     -------
@@ -785,11 +824,7 @@ def paired_comparisons(
     n_boot = check_int(n_boot, "n_boot")
     n_perm = check_int(n_perm, "n_perm")
     if pairs is not None:
-        pairs = list(pairs)
-        bad = [p for p in pairs if isinstance(p, str) or not isinstance(p, Sequence)
-               or len(p) != 2]
-        if bad:
-            raise InputError(f"pairs must be (selector, baseline) label pairs, got {bad[0]!r}")
+        pairs = check_pairs(pairs)
     out: list[PairedComparison] = []
     for (model, k), by_task in _correctness(results, predictions).items():
         tasks = sorted(by_task)
@@ -798,8 +833,7 @@ def paired_comparisons(
         hyp: dict[tuple[str, str, str], tuple[float, float, float, float, int, int, str]] = {}
         wanted: list[tuple[str, str]] = []        # (selector, baseline)
         if pairs is not None:
-            wanted = [(str(s), str(b)) for s, b in pairs
-                      if s != b and s in labels and b in labels]
+            wanted = [(s, b) for s, b in pairs if s in labels and b in labels]
         else:
             for base in baselines:
                 if not any(base in by_task[t] for t in tasks):

@@ -298,6 +298,12 @@ class ComparisonReport:
     control : list of ControlCheck
         The paired comparisons matched with the random-init control's (when
         ``control_paired`` was given).
+    posthoc_json : Path or None
+        ``paired_posthoc.json`` (the post-hoc comparisons, one record each) when they were
+        given.
+    posthoc_control : list of ControlCheck
+        The post-hoc comparisons matched with the same pairs on the random-init control (when
+        ``posthoc`` and ``control_posthoc`` were given).
     """
 
     markdown: Path
@@ -315,6 +321,8 @@ class ComparisonReport:
     meets_bar: dict[str, tuple[str, ...]] = field(default_factory=dict)
     coverage: list[CoverageSummary] = field(default_factory=list)
     control: list[ControlCheck] = field(default_factory=list)
+    posthoc_json: Path | None = None
+    posthoc_control: list[ControlCheck] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON types (paths as strings, tuples as lists, non-finite numbers as
@@ -359,6 +367,8 @@ def write_comparison_report(
     control_label: str = "a random-init control",
     control_coverage: Mapping[str, Any] | None = None,
     control_imported: bool = False,
+    posthoc: Sequence[PairedComparison] | None = None,
+    control_posthoc: Sequence[PairedComparison] | None = None,
 ) -> ComparisonReport:
     """Markdown + HTML report of a selector comparison (harness :class:`UnitResult` objects).
 
@@ -382,7 +392,11 @@ def write_comparison_report(
     control read the same prompts: ``False``, its selectors chose from MiniLM embeddings of the
     same pool (the same demonstrations); ``True``, its units took the trained units'
     selections (:class:`icldistill.evaluation.Harness` ``selections_from``), whatever the
-    representation.
+    representation. ``posthoc`` (:func:`icldistill.core.stats.paired_comparisons` with
+    ``pairs``: comparisons chosen after seeing the results) adds "Post-hoc comparisons" after
+    the bar, labelled exploratory, with their own Holm family, and ``paired_posthoc.json``;
+    ``control_posthoc`` (the same pairs on the random-init control) sets the control beside
+    them (:func:`control_checks`).
 
     Tables: accuracy (mean over seeds and orderings, 95% bootstrap CI of single runs in the
     detail table) per task and selector for every model and ``k``, the mean over tasks, the
@@ -416,6 +430,17 @@ def write_comparison_report(
         out, results, paired, paired_macro_f1, majority, coverage, control_paired,
         control_label, control_coverage,
         _IMPORTED_PROMPTS if control_imported else _MINILM_PROMPTS)
+    posthoc_json = None
+    posthoc_checks: list[ControlCheck] = []
+    if posthoc is not None:
+        posthoc = list(posthoc)
+        posthoc_json = write_json(out / "paired_posthoc.json", [c.to_dict() for c in posthoc])
+        at = next((i + 1 for i, b in enumerate(lead)
+                   if getattr(b, "title", None) == "Does an MMD-family selector beat kNN?"),
+                  min(1, len(lead)))
+        posthoc_checks = ([] if control_posthoc is None else
+                          control_checks(posthoc, list(control_posthoc)))
+        lead.insert(at, _posthoc_section(posthoc, posthoc_checks, control_label))
     sections[:0] = lead
     figures[:0] = [out / f for f in _figure_paths(lead)]
     cov_summaries: list[CoverageSummary] = []
@@ -430,7 +455,8 @@ def write_comparison_report(
                                              commands=tuple(commands)), out)
     return ComparisonReport(md_path, html_path, figures, acc_.summaries, acc_.best,
                             acc_.fam_best, acc_.beats, acc_.rho, acc_.collapsed, paired_json,
-                            acc_.ties, f1_json, meets_bar, cov_summaries, checks)
+                            acc_.ties, f1_json, meets_bar, cov_summaries, checks, posthoc_json,
+                            posthoc_checks)
 
 
 def _lead_sections(out: Path, results: Sequence[Any],
@@ -1030,6 +1056,67 @@ def _paired_section(paired: Sequence[PairedComparison], *,
     if notes:
         blocks.append(BulletList(notes))
     return Section(title, blocks)
+
+
+def _posthoc_section(posthoc: Sequence[PairedComparison],
+                     checks: Sequence[ControlCheck] = (), control_label: str = "") -> Any:
+    """The section "Post-hoc comparisons": per model and ``k``, each pair's mean-over-tasks
+    difference with its CI and Holm p (over these pairs only) and the tasks where it is
+    significant; labelled exploratory. ``checks``: the same pairs on the random-init control,
+    one table per model and ``k`` of every matched comparison."""
+    from icldistill.artifacts.document import Paragraph, Section, Table, plain
+
+    intro = Paragraph(
+        "Comparisons chosen after seeing the results above, so exploratory: they are not in the "
+        "pre-planned comparisons' Holm family. Each is paired on the same test items as above "
+        "(same CI and p-value); Holm p here is over these comparisons only (one family per "
+        f"model and k). Verdict: better / worse when Holm p < {PAIRED_ALPHA}. A claim that "
+        "rests on them wants a fresh grid.")
+    if not posthoc:
+        return Section("Post-hoc comparisons", (intro, Paragraph(
+            "None of the requested pairs was scored in this grid.")))
+    groups: dict[tuple[str, int], list[PairedComparison]] = {}
+    for c in posthoc:
+        groups.setdefault((c.model, c.k), []).append(c)
+    blocks: list[Any] = [intro]
+    for (model, k), cs in sorted(groups.items()):
+        family = len({(c.task, *sorted((c.selector, c.baseline))) for c in cs})
+        rows = []
+        for pair in dict.fromkeys((c.selector, c.baseline) for c in cs):
+            mine = [c for c in cs if (c.selector, c.baseline) == pair]
+            mean = next((c for c in mine if c.task == "mean"), None)
+            sig = [f"{plain(c.task)} {_points(c.diff)}" for c in mine
+                   if c.task != "mean" and c.p_holm < PAIRED_ALPHA]
+            rows.append([plain(pair[0]), plain(pair[1]),
+                         "–" if mean is None else _points(mean.diff),
+                         "–" if mean is None else
+                         f"[{_points(mean.ci_low)}, {_points(mean.ci_high)}]",
+                         "–" if mean is None else _fmt_p(mean.p_holm),
+                         "–" if mean is None else str(mean.n_tasks),
+                         "–" if mean is None else _verdict(mean),
+                         ", ".join(sig) or "none"])
+        level = cs[0].level
+        sub: list[Any] = [Table(
+            ["selector", "vs", "mean diff (points)", f"{level:.0%} CI", "Holm p", "tasks",
+             "verdict", "tasks where Holm p < 0.05 (diff)"], rows)]
+        mine = [ch for ch in checks if (ch.model, ch.k) == (model, k)]
+        if mine:
+            sub.append(Paragraph(
+                f"Against {plain(control_label)}: the same pairs on the twin reading the same "
+                "prompts. A difference counts as the trained model's only when it lies outside "
+                f"the control's {level:.0%} interval, beyond it on its own side."))
+            sub.append(Table(
+                ["selector", "vs", "task", "trained: diff [CI]", "Holm p", "control: diff [CI]",
+                 "Holm p", "differs from the control"],
+                [[plain(ch.selector), plain(ch.baseline), plain(ch.task),
+                  f"{_points(ch.trained.diff)} [{_points(ch.trained.ci_low)}, "
+                  f"{_points(ch.trained.ci_high)}]", _fmt_p(ch.trained.p_holm),
+                  f"{_points(ch.control.diff)} [{_points(ch.control.ci_low)}, "
+                  f"{_points(ch.control.ci_high)}]", _fmt_p(ch.control.p_holm),
+                  "yes" if ch.differs else "no"] for ch in mine]))
+        blocks.append(Section(f"{model} k={k} (Holm family of {family} comparisons)",
+                              tuple(sub)))
+    return Section("Post-hoc comparisons", tuple(blocks))
 
 
 def _bar_section(paired: Sequence[PairedComparison]
