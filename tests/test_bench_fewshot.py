@@ -95,6 +95,8 @@ def test_comparison_report_posthoc_section_with_its_control(tmp_path):
     assert json.loads(rep.posthoc_json.read_text()) == [c.to_dict() for c in posthoc]
     # the planned family is untouched
     assert json.loads(rep.paired_json.read_text()) == [c.to_dict() for c in planned]
+    with pytest.raises(ValueError, match="needs posthoc"):
+        write_comparison_report(rs, tmp_path, paired=planned, control_posthoc=control)
 
 
 def test_bench_posthoc_pairs_are_checked_before_any_work(tmp_path, capsys):

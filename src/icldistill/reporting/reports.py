@@ -432,6 +432,9 @@ def write_comparison_report(
         _IMPORTED_PROMPTS if control_imported else _MINILM_PROMPTS)
     posthoc_json = None
     posthoc_checks: list[ControlCheck] = []
+    if control_posthoc is not None and posthoc is None:
+        raise ValueError("control_posthoc: the control of post-hoc comparisons needs posthoc "
+                         "(the trained model's)")
     if posthoc is not None:
         posthoc = list(posthoc)
         posthoc_json = write_json(out / "paired_posthoc.json", [c.to_dict() for c in posthoc])
