@@ -439,7 +439,7 @@ def write_comparison_report(
         posthoc = list(posthoc)
         posthoc_json = write_json(out / "paired_posthoc.json", [c.to_dict() for c in posthoc])
         at = next((i + 1 for i, b in enumerate(lead)
-                   if getattr(b, "title", None) == "Does an MMD-family selector beat kNN?"),
+                   if getattr(b, "title", None) == _BAR_TITLE),
                   min(1, len(lead)))
         posthoc_checks = ([] if control_posthoc is None else
                           control_checks(posthoc, list(control_posthoc)))
@@ -1122,6 +1122,10 @@ def _posthoc_section(posthoc: Sequence[PairedComparison],
     return Section("Post-hoc comparisons", tuple(blocks))
 
 
+#: Title of the bar section; the post-hoc section is placed right after it.
+_BAR_TITLE = "Does an MMD-family selector beat kNN?"
+
+
 def _bar_section(paired: Sequence[PairedComparison]
                  ) -> tuple[Any, dict[str, tuple[str, ...]]]:
     """The section "Does an MMD-family selector beat kNN?": per model and ``k``, every
@@ -1178,7 +1182,7 @@ def _bar_section(paired: Sequence[PairedComparison]
         f"`knn` on the mean over tasks with Holm p < {PAIRED_ALPHA}, and it is significantly "
         "worse than `random` (Holm p < 0.05) on no task. Computed from the paired comparisons "
         "above; a group whose units are not all finished (see the title) gives no verdict yet.")
-    return Section("Does an MMD-family selector beat kNN?",
+    return Section(_BAR_TITLE,
                    (intro, BulletList(verdicts), *blocks)), meets
 
 
