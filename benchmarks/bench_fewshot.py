@@ -207,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="stop starting new units after this many minutes (resume later)")
     ap.add_argument("--report-only-if-done", action="store_true",
                     help="write the report only when no other worker holds a unit")
+    ap.add_argument("--status", action="store_true",
+                    help="print where this grid stands in --out (units done, running, partly "
+                         "scored, to do; estimated CPU-hours left) and exit without computing")
     ap.add_argument("--control", type=int, default=None, metavar="SEED",
                     help="run the grid on each model's random-init twin (initialisation seed "
                          "SEED >= 1) in a folder of its own, marked by control.json")
@@ -282,6 +285,18 @@ def main(argv: list[str] | None = None) -> int:
                   + (f" --control-dir {args.control_dir}" if args.control_dir else ""))
     cmds = [run_cmd + "   # resumable: rerun to continue",
             report_cmd + "   # rebuild this report from results.jsonl"]
+    if args.status:
+        if not out.is_dir():
+            print(f"error: --status: {out} does not exist (nothing has run there yet)",
+                  file=sys.stderr)
+            return 2
+        tasks_ = ({t: Task.from_registry(t, pool_size=args.pool_size, progress=False)
+                   for t in tasks} if args.pool_size else None)
+        h = Harness(out, tasks=tasks_, progress=False)
+        st = h.status(grid_units(models, dtypes, tasks=tasks, selectors=selectors, ks=ks,
+                                 seeds=args.seeds, n_test=args.n_test))
+        print(st.summary(workers=max(1, st.count("running"))))
+        return 0
     if not args.report_only:
         tasks_ = ({t: Task.from_registry(t, pool_size=args.pool_size) for t in tasks}
                   if args.pool_size else None)

@@ -226,3 +226,23 @@ def test_report_sets_the_vote_comparison_beside_the_control(tmp_path):
     assert "### m k=4: the model against the vote of its demonstrations' labels" in md
     assert "| knn | a, b | +50.0 [+50.0, +50.0] | -100.0 [-100.0, -100.0] | yes |" in md
     assert "| random | a, b |" not in md               # not in the control
+
+
+def test_bench_status_reads_the_folder_and_computes_nothing(tmp_path, capsys, monkeypatch):
+    from .test_harness import _write_task
+
+    toy = _write_task(tmp_path / "toy.jsonl")
+    mod = _bench()
+    monkeypatch.setattr(mod.Task, "from_registry", classmethod(lambda cls, name, **kw: toy))
+    out = tmp_path / "g"
+    argv = ["--status", "--models", "smollm2-135m", "--tasks", "amazon", "--selectors",
+            "random,knn", "--ks", "4,8", "--seeds", "2", "--n-test", "10", "--pool-size", "30",
+            "--out", str(out)]
+    assert mod.main(argv) == 2
+    assert "does not exist" in capsys.readouterr().err and not out.exists()
+    out.mkdir()
+    assert mod.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "6 units: 0 done, 0 running, 0 partial, 6 to do" in text
+    assert "(+6 units not estimated)" in text
+    assert sorted(p.name for p in out.iterdir()) == []

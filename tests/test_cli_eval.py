@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -256,3 +257,31 @@ def test_compare_control_reads_the_trained_prompts_in_model_space(setup, capsys,
         assert a["indices"] == b["indices"] and a["shared"] == b["shared"]
     md = (rep / "report.md").read_text()
     assert "the trained model's own selection" in md
+
+
+def test_status_prints_where_the_grid_stands_and_computes_nothing(setup, capsys, monkeypatch):
+    root, model_dir, data = setup
+    monkeypatch.setenv("ICLDISTILL_CACHE", str(root / "cache"))
+    out = root / "status"
+
+    def grid(selectors):
+        return ["--model", str(model_dir), *_task_args(data), "--selector", selectors,
+                "--k", "2", "--n-test", "6", "--encoder", "hidden:-1", "--out", str(out),
+                "--quiet"]
+
+    assert main(["evaluate", *grid("random,knn"), "--status"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--status" in err and "does not exist" in err
+    assert main(["evaluate", *grid("knn")]) == 0
+    capsys.readouterr()
+    before = sorted(p.name for p in out.rglob("*"))
+    assert main(["evaluate", *grid("random,knn"), "--status"]) == 0
+    text = capsys.readouterr().out
+    assert "4 units: 1 done, 0 running, 0 partial, 3 to do" in text     # random: 3 seeds
+    assert re.search(r"^total\s+1\s+0\s+0\s+3\s+18\s", text, re.M)
+    assert sorted(p.name for p in out.rglob("*")) == before        # nothing computed
+    # compare takes the same flag (plural grid options)
+    assert main(["compare", "--models", str(model_dir), *_task_args(data), "--selectors",
+                 "knn", "--ks", "2", "--n-test", "6", "--encoder", "hidden:-1", "--out",
+                 str(out), "--quiet", "--status"]) == 0
+    assert "1 units: 1 done" in capsys.readouterr().out

@@ -523,3 +523,101 @@ def test_label_coverage_refuses_results_of_other_task_data(tmp_path, toy):
     # a unit without its selection record is left out, not guessed
     (h.out_dir / "selections" / f"{r.key}.json").unlink()
     assert h.label_coverage([r]) == {}
+
+
+def _rate_of(results, partials, model, k, shared):
+    """Brute force: seconds per scored item over the finished results and partial files of
+    one (model, toy, k, kind) group."""
+    sec = sum(r.scoring_seconds for r in results
+              if (r.spec.model, r.spec.k, r.shared) == (model, k, shared))
+    items = sum(r.n - r.n_reused for r in results
+                if (r.spec.model, r.spec.k, r.shared) == (model, k, shared))
+    for spec, path in partials:
+        if (spec.model, spec.k) == (model, k) and not shared:
+            recs = [json.loads(x) for x in path.read_text().splitlines()]
+            sec += sum(r["seconds"] for r in recs)
+            items += len({i for r in recs for i in r["i"]})
+    return sec / items
+
+
+def test_status_counts_states_and_estimates_the_time_left(tmp_path, toy, monkeypatch):
+    import subprocess
+    import sys
+
+    from icldistill.evaluation.harness import GridStatus
+
+    n = 16
+    kw = {"encoder": "hidden:-1", "n_test": n}
+    a_knn = UnitSpec("a", "toy", "knn", k=2, **kw)
+    a_rnd = UnitSpec("a", "toy", "random", k=2, **kw)
+    b_knn = UnitSpec("b", "toy", "knn", k=2, **kw)
+    a_mmr = UnitSpec("a", "toy", "mmr", k=2, **kw)       # interrupted: partial
+    a_bm25 = UnitSpec("a", "toy", "bm25", k=2, **kw)     # to do, group timed
+    a_dpp = UnitSpec("a", "toy", "dpp", k=4, **kw)       # to do, other k scaled
+    b_rnd = UnitSpec("b", "toy", "random", k=2, **kw)    # to do, another model x speed ratio
+    a_held = UnitSpec("a", "toy", "knn", k=3, **kw)      # another process holds its lock
+    h = _harness(tmp_path, toy)
+    results = h.run([a_knn, a_rnd, b_knn])
+    monkeypatch.setattr(evaluation.FewShotScorer, "score", _fake_scores({"n": 2}))
+    with pytest.raises(_Interrupt):
+        h.run_unit(a_mmr)
+    monkeypatch.undo()
+    key = {u: u.key(toy.fingerprint) for u in (a_mmr, a_held)}
+    partial = h.out_dir / "partial" / f"{key[a_mmr]}.jsonl"
+    # the fake scorer timed nothing: give its batches a duration, as the real one records
+    recs = [json.loads(x) for x in partial.read_text().splitlines()]
+    partial.write_text("".join(json.dumps({**r, "seconds": 0.5}) + "\n" for r in recs))
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\nfrom icldistill.artifacts.store import unit_lock\n"
+         f"with unit_lock({str(h.out_dir)!r}, {key[a_held]!r}):\n"
+         "    print('held', flush=True)\n    time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        st = _harness(tmp_path, toy).status(
+            [a_knn, a_rnd, b_knn, a_mmr, a_bm25, a_dpp, b_rnd, a_held])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert isinstance(st, GridStatus)
+    by = {u.spec: u for u in st.units}
+    assert [u.spec for u in st.units] == [a_knn, a_rnd, b_knn, a_mmr, a_bm25, a_dpp, b_rnd,
+                                          a_held]
+    assert [by[u].state for u in (a_knn, a_rnd, b_knn)] == ["done"] * 3
+    assert all(by[u].seconds_left == 0.0 and by[u].n_scored == n for u in (a_knn, b_knn))
+    assert by[a_mmr].state == "partial" and by[a_mmr].n_scored == 8
+    assert by[a_held].state == "running" and by[a_bm25].state == by[b_rnd].state == "todo"
+    assert (st.count("done"), st.count("running"), st.count("partial"), st.count("todo")) == (
+        3, 1, 1, 3)
+    # its own batches: 8 items in 2 x 0.5 s, 8 left
+    assert by[a_mmr].seconds_left == pytest.approx(1.0 / 8 * 8)
+    parts = [(a_mmr, partial)]
+    pq = _rate_of(results, parts, "a", 2, False)
+    assert by[a_bm25].seconds_left == pytest.approx(pq * n)
+    assert by[a_held].seconds_left == pytest.approx(pq * 4 / 3 * n)     # nearest k=2, (3+1)/(2+1)
+    assert by[a_dpp].seconds_left == pytest.approx(pq * 5 / 3 * n)
+    # b has no shared prompt timed: a's shared rate x (b's per-query rate / a's), no shared
+    # (task, k) being timed on both
+    ratio = _rate_of(results, [], "b", 2, False) / pq
+    assert by[b_rnd].seconds_left == pytest.approx(_rate_of(results, [], "a", 2, True) * ratio
+                                                   * n)
+    assert st.n_unestimated == 0
+    assert st.seconds_left == pytest.approx(sum(u.seconds_left for u in st.units))
+    text = st.summary(workers=2)
+    assert "8 units: 3 done, 1 running, 1 partial, 3 to do" in text
+    assert re.search(r"^total\s+3\s+1\s+1\s+3\s+" + str(8 + 3 * n + n) + r"\s", text, re.M)
+    assert f"about {st.seconds_left / 3600 / 2:.1f} h" in text
+    with pytest.raises(InputError, match="workers"):
+        st.summary(workers=0)
+    with pytest.raises(InputError, match="unknown unit state 'finished'"):
+        st.count("finished")
+    json.dumps(st.to_dict())
+
+
+def test_status_without_anything_comparable_timed_says_so(tmp_path, toy):
+    st = _harness(tmp_path, toy).status([UnitSpec("a", "toy", "knn", k=2, n_test=5)])
+    (u,) = st.units
+    assert (u.state, u.n, u.n_scored, u.seconds_left) == ("todo", 5, 0, None)
+    assert st.n_unestimated == 1 and st.seconds_left == 0.0
+    assert "(+1 units not estimated)" in st.summary()

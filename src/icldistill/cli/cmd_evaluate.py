@@ -46,6 +46,24 @@ def _add_scoring_args(p: argparse.ArgumentParser) -> None:
                         "default; 1 per Ray worker)")
 
 
+def _add_status_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--status", action="store_true",
+                   help="print where this grid stands in --out (units done, running, partly "
+                        "scored, to do; estimated CPU-hours of scoring left) and exit without "
+                        "computing")
+
+
+def _print_status(args: argparse.Namespace, units: list[Any], tasks: Any) -> int:
+    """``--status``: the grid's :class:`~icldistill.evaluation.GridStatus` in ``--out``."""
+    from icldistill.evaluation.harness import Harness
+
+    if not Path(args.out).is_dir():
+        raise InputError(f"--status: {args.out} does not exist (nothing has run there yet)")
+    st = Harness(args.out, tasks=tasks, progress=False).status(units)
+    print(st.summary(workers=max(1, st.count("running"))))
+    return 0
+
+
 def _run_units(args: argparse.Namespace, units: list[Any], harness_kwargs: dict[str, Any]
                ) -> list[Any]:
     """The units run by the chosen backend; the same results either way."""
@@ -82,6 +100,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--out", default="icldistill-eval",
                    help="output folder: results.jsonl and caches (default icldistill-eval)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
+    _add_status_arg(p)
     add_selection_args(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -104,6 +123,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--out", default="icldistill-compare",
                    help="output folder: report.md, report.html, figures, results and caches "
                         "(default icldistill-compare)")
+    _add_status_arg(p)
     add_selection_args(p)
     p.set_defaults(func=_cmd_compare)
 
@@ -120,6 +140,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                       orderings=args.orderings, encoder=args.encoder, calibrate=args.calibrate,
                       n_test=args.n_test, params={s: params for s in selectors},
                       dtype=args.dtype)
+    if args.status:
+        return _print_status(args, units, tasks)
     results = _run_units(args, units, {"tasks": tasks, "batch_size": args.batch_size,
                                        "reuse_prefix": not args.no_prefix_reuse})
     if args.json:
@@ -164,6 +186,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if unknown:      # before any work: a typo should not cost a grid
         raise InputError(f"--posthoc names {', '.join(map(repr, unknown))}, which this grid "
                          f"does not run (its selectors: {', '.join(labels)})")
+    if args.status:
+        return _print_status(args, units, tasks)
     done = _run_units(args, units, {"tasks": tasks, "batch_size": args.batch_size})
     keys = {r.key for r in done}
     results = [r for r in load_results(args.out) if r.key in keys]

@@ -74,6 +74,7 @@ import torch
 
 from icldistill.artifacts.store import (
     append_record,
+    held_locks,
     iter_records,
     to_jsonable,
     unit_lock,
@@ -90,12 +91,14 @@ from icldistill.evaluation.scoring import FewShotScorer, MetricResult, classific
 from icldistill.selection import SELECTORS, Pool, Selection, make_selector, selector_key
 
 __all__ = [
+    "GridStatus",
     "Harness",
     "LabelCoverage",
     "SelectionMMD",
     "Task",
     "UnitResult",
     "UnitSpec",
+    "UnitStatus",
     "load_predictions",
     "load_results",
     "unit_grid",
@@ -335,6 +338,106 @@ class SelectionMMD:
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
+
+
+#: The states of a unit in :class:`UnitStatus`, in the order reports list them.
+UNIT_STATES = ("done", "running", "partial", "todo")
+
+
+@dataclass(frozen=True)
+class UnitStatus(Result):
+    """Where one unit of a grid stands (:meth:`Harness.status`).
+
+    Attributes
+    ----------
+    spec : UnitSpec
+    key : str
+    state : str
+        ``"done"`` (its result line is recorded), ``"running"`` (another process holds its
+        lock now), ``"partial"`` (some test items are scored in ``partial/``, no process is on
+        it) or ``"todo"``.
+    n : int
+        Test items of the unit.
+    n_scored : int
+        Test items scored so far (``n`` when done).
+    seconds_left : float or None
+        Estimated scoring seconds left on one process (0 when done); ``None`` when no unit of
+        the same model and task has been timed yet. See :meth:`Harness.status`.
+    """
+
+    spec: UnitSpec
+    key: str
+    state: str
+    n: int
+    n_scored: int
+    seconds_left: float | None
+
+
+@dataclass(frozen=True)
+class GridStatus(Result):
+    """Where a grid stands: one :class:`UnitStatus` per unit (:meth:`Harness.status`).
+
+    Attributes
+    ----------
+    out_dir : str
+        The results folder.
+    units : tuple of UnitStatus
+        In the order of the units asked about.
+    """
+
+    out_dir: str
+    units: tuple[UnitStatus, ...]
+
+    def count(self, state: str) -> int:
+        """Units in ``state`` (one of ``"done"``, ``"running"``, ``"partial"``, ``"todo"``)."""
+        if state not in UNIT_STATES:
+            raise InputError(f"unknown unit state {state!r} (choose one of "
+                             f"{', '.join(UNIT_STATES)})")
+        return sum(u.state == state for u in self.units)
+
+    @property
+    def seconds_left(self) -> float:
+        """Estimated scoring seconds left on one process, over the units with an estimate."""
+        return float(sum(u.seconds_left or 0.0 for u in self.units))
+
+    @property
+    def n_unestimated(self) -> int:
+        """Unfinished units without an estimate (nothing comparable timed yet)."""
+        return sum(u.seconds_left is None for u in self.units)
+
+    def summary(self, workers: int = 1) -> str:
+        """A plain-text table: units by state, test items left and estimated CPU-hours left
+        per (model, k), with a total line; ``workers`` processes divide the wall time."""
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise InputError(f"workers must be a positive integer, got {workers!r}")
+        groups: dict[tuple[str, int], list[UnitStatus]] = {}
+        for u in self.units:
+            groups.setdefault((u.spec.model_label, u.spec.k), []).append(u)
+        head = (f"{'model':24s} {'k':>3s} {'done':>5s} {'running':>7s} {'partial':>7s} "
+                f"{'to do':>5s} {'items left':>10s} {'CPU-h left':>10s}")
+        lines = [f"grid in {self.out_dir}: {len(self.units)} units: "
+                 + ", ".join(f"{self.count(s)} {'to do' if s == 'todo' else s}"
+                             for s in UNIT_STATES), head]
+
+        def row(name: str, k: str, us: list[UnitStatus]) -> str:
+            left = sum(u.n - u.n_scored for u in us)
+            sec = sum(u.seconds_left or 0.0 for u in us)
+            unknown = sum(u.seconds_left is None for u in us)
+            est = f"{sec / 3600:10.1f}" + (f" (+{unknown} units not estimated)" if unknown else "")
+            return (f"{name:24s} {k:>3s} "
+                    + " ".join(f"{sum(u.state == s for u in us):>{w}d}"
+                               for s, w in zip(UNIT_STATES, (5, 7, 7, 5), strict=True))
+                    + f" {left:>10d} {est}")
+
+        lines += [row(m, str(k), us) for (m, k), us in groups.items()]
+        lines.append(row("total", "", list(self.units)))
+        lines.append("CPU-h: scoring time on one process, from the measured seconds per test "
+                     "item of timed units of the same task (other k scaled by k+1, another "
+                     "model by the two models' speed ratio); selection time is not counted.")
+        if workers > 1:
+            wall = self.seconds_left / 3600 / workers
+            lines.append(f"with {workers} processes: about {wall:.1f} h of wall time")
+        return "\n".join(lines)
 
 
 def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -754,6 +857,58 @@ class Harness:
 
     def finished(self) -> dict[str, UnitResult]:
         return {r.key: r for r in load_results(self.out_dir)}
+
+    def status(self, units: Iterable[UnitSpec]) -> GridStatus:
+        """Where ``units`` stand in this folder, with an estimate of the scoring time left.
+
+        Reads ``results.jsonl``, ``partial/`` and the locks; computes nothing and loads no
+        model (the tasks are loaded, for their keys and sizes).
+
+        The estimate is the measured scoring seconds per test item times the items left. The
+        rate of a unit comes from, in order: its own partial batches; the finished and partly
+        scored units of the same model, task, ``k`` and kind (one shared prompt or one per
+        query); the same at the nearest other ``k``, for per-query prompts scaled by
+        ``(k + 1) / (k' + 1)`` (a prompt holds ``k`` demonstrations and the query); another
+        model's rate found the same way, times the median ratio of the two models' rates over
+        the (task, ``k``) both have timed (same kind of prompt where there is one). Otherwise
+        it is ``None``. Rates are measured under whatever load the units ran with.
+
+        Parameters
+        ----------
+        units : iterable of UnitSpec
+
+        Returns
+        -------
+        GridStatus
+        """
+        units = list(units)
+        done = self.finished()
+        running = set(held_locks(self.out_dir))
+        rates = _ScoringRates()
+        rows: list[tuple[UnitSpec, str, int, int, float]] = []
+        for u in units:
+            task = self.task(u.task)
+            key = u.key(task.fingerprint)
+            n_test = len(task.split.test)
+            n = n_test if u.n_test is None else min(int(u.n_test), n_test)
+            if key in done:
+                r = done[key]
+                rates.add(u, r.shared, r.scoring_seconds, r.n - r.n_reused)
+                rows.append((u, key, n, n, 0.0))
+                continue
+            scored, seconds = _partial_progress(self.out_dir / "partial" / f"{key}.jsonl")
+            rates.add(u, _is_shared(u), seconds, scored)
+            rows.append((u, key, n, scored, seconds))
+        out = []
+        for u, key, n, scored, seconds in rows:
+            if key in done:
+                out.append(UnitStatus(u, key, "done", n, n, 0.0))
+                continue
+            state = "running" if key in running else "partial" if scored else "todo"
+            rate = seconds / scored if scored and seconds > 0 else rates.of(u)
+            out.append(UnitStatus(u, key, state, n, min(scored, n),
+                                  None if rate is None else rate * max(n - scored, 0)))
+        return GridStatus(str(self.out_dir), tuple(out))
 
     # ---- one unit ----------------------------------------------------------------------
 
@@ -1194,6 +1349,78 @@ def _read_partial(partial: Path, n: int, labels: list[str]) -> tuple[np.ndarray,
         tokens += int(rec.get("tokens", 0))
         seconds += float(rec.get("seconds", 0.0))
     return scores, tokens, seconds
+
+
+def _is_shared(spec: UnitSpec) -> bool:
+    """Whether the unit's selector gives every query one shared prompt."""
+    return bool(SELECTORS[selector_key(spec.selector)].shared)
+
+
+class _ScoringRates:
+    """Measured scoring seconds per test item by (model label, task, k, shared), and the
+    estimate of :meth:`Harness.status` for a unit from them."""
+
+    def __init__(self) -> None:
+        self.timed: dict[tuple[str, str, int, bool], list[float]] = {}   # -> [seconds, items]
+
+    def add(self, spec: UnitSpec, shared: bool, seconds: float, items: int) -> None:
+        if seconds > 0 and items > 0:
+            t = self.timed.setdefault((spec.model_label, spec.task, spec.k, shared), [0.0, 0])
+            t[0] += seconds
+            t[1] += items
+
+    def _rate(self, group: tuple[str, str, int, bool]) -> float:
+        sec, items = self.timed[group]
+        return sec / items
+
+    def same_model(self, model: str, u: UnitSpec, shared: bool) -> float | None:
+        """The rate of ``model`` on the unit's task and kind: at its ``k``, else at the
+        nearest other ``k`` (per-query prompts scaled by ``(k + 1) / (k' + 1)``)."""
+        if (model, u.task, u.k, shared) in self.timed:
+            return self._rate((model, u.task, u.k, shared))
+        other = [k for (m, t, k, s) in self.timed if (m, t, s) == (model, u.task, shared)]
+        if not other:
+            return None
+        k2 = min(other, key=lambda k: (abs(k - u.k), k))
+        scale = 1.0 if shared else (u.k + 1) / (k2 + 1)
+        return self._rate((model, u.task, k2, shared)) * scale
+
+    def speed_ratio(self, model: str, other: str, shared: bool) -> float | None:
+        """Median over the (task, k) timed on both models of the ratio of their rates, from
+        prompts of the same kind where there are any."""
+        for kinds in ((shared,), (shared, not shared)):
+            r = [self._rate((m, t, k, s)) / self._rate((other, t, k, s))
+                 for (m, t, k, s) in self.timed
+                 if m == model and s in kinds and (other, t, k, s) in self.timed]
+            if r:
+                return float(np.median(r))
+        return None
+
+    def of(self, u: UnitSpec) -> float | None:
+        """Seconds per test item for ``u``: its model's, else another model's times the
+        speed ratio; ``None`` when nothing comparable is timed."""
+        shared = _is_shared(u)
+        mine = self.same_model(u.model_label, u, shared)
+        if mine is not None:
+            return mine
+        for other in sorted({m for (m, _, _, _) in self.timed} - {u.model_label}):
+            theirs = self.same_model(other, u, shared)
+            ratio = self.speed_ratio(u.model_label, other, shared)
+            if theirs is not None and ratio is not None:
+                return theirs * ratio
+        return None
+
+
+def _partial_progress(partial: Path) -> tuple[int, float]:
+    """Test items scored and seconds spent in an unfinished unit's partial file (0, 0.0 when
+    there is none)."""
+    items: set[int] = set()
+    seconds = 0.0
+    if partial.is_file():
+        for rec in _read_jsonl(partial):
+            items.update(int(i) for i in rec.get("i", ()))
+            seconds += float(rec.get("seconds", 0.0))
+    return len(items), seconds
 
 
 def _prompt_tokens(scorer: FewShotScorer, texts: list[str]) -> int:
