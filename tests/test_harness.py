@@ -526,18 +526,16 @@ def test_label_coverage_refuses_results_of_other_task_data(tmp_path, toy):
 
 
 def _rate_of(results, partials, model, k, shared):
-    """Brute force: seconds per scored item over the finished results and partial files of
-    one (model, toy, k, kind) group."""
-    sec = sum(r.scoring_seconds for r in results
-              if (r.spec.model, r.spec.k, r.shared) == (model, k, shared))
-    items = sum(r.n - r.n_reused for r in results
-                if (r.spec.model, r.spec.k, r.shared) == (model, k, shared))
+    """Brute force: the median seconds per scored item over the finished results (one rate
+    each) and partial files (the median of their batches' rates) of one (model, toy, k, kind)
+    group."""
+    rates = [r.scoring_seconds / (r.n - r.n_reused) for r in results
+             if (r.spec.model, r.spec.k, r.shared) == (model, k, shared)]
     for spec, path in partials:
         if (spec.model, spec.k) == (model, k) and not shared:
             recs = [json.loads(x) for x in path.read_text().splitlines()]
-            sec += sum(r["seconds"] for r in recs)
-            items += len({i for r in recs for i in r["i"]})
-    return sec / items
+            rates.append(float(np.median([r["seconds"] / len(r["i"]) for r in recs])))
+    return float(np.median(rates))
 
 
 def test_status_counts_states_and_estimates_the_time_left(tmp_path, toy, monkeypatch):
@@ -621,3 +619,20 @@ def test_status_without_anything_comparable_timed_says_so(tmp_path, toy):
     assert (u.state, u.n, u.n_scored, u.seconds_left) == ("todo", 5, 0, None)
     assert st.n_unestimated == 1 and st.seconds_left == 0.0
     assert "(+1 units not estimated)" in st.summary()
+
+
+def test_status_rates_are_medians_so_a_paused_unit_does_not_inflate_them():
+    """A unit's clock runs on while its process is stopped: one such unit must not multiply
+    the estimate of every unit like it."""
+    from icldistill.evaluation.harness import _ScoringRates
+
+    rates = _ScoringRates()
+    u = UnitSpec("m", "t", "knn", k=4)
+    for seconds in (10.0, 11.0, 12.0, 4000.0):         # the last one was paused mid-run
+        rates.add(u, False, seconds, 10)
+    assert rates.of(UnitSpec("m", "t", "bm25", k=4)) == pytest.approx(1.15)
+    assert rates.of(UnitSpec("m", "t", "bm25", k=9)) == pytest.approx(1.15 * 10 / 5)
+    assert rates.of(UnitSpec("m", "t", "random", k=4)) is None     # shared: nothing timed
+    rates.add(u, False, 0.0, 10)                        # untimed records are ignored
+    rates.add(u, False, 5.0, 0)
+    assert rates.of(UnitSpec("m", "t", "bm25", k=4)) == pytest.approx(1.15)

@@ -865,13 +865,14 @@ class Harness:
         model (the tasks are loaded, for their keys and sizes).
 
         The estimate is the measured scoring seconds per test item times the items left. The
-        rate of a unit comes from, in order: its own partial batches; the finished and partly
-        scored units of the same model, task, ``k`` and kind (one shared prompt or one per
-        query); the same at the nearest other ``k``, for per-query prompts scaled by
-        ``(k + 1) / (k' + 1)`` (a prompt holds ``k`` demonstrations and the query); another
-        model's rate found the same way, times the median ratio of the two models' rates over
-        the (task, ``k``) both have timed (same kind of prompt where there is one). Otherwise
-        it is ``None``. Rates are measured under whatever load the units ran with.
+        rate of a unit comes from, in order: its own partial batches (their median); the
+        finished and partly scored units of the same model, task, ``k`` and kind (one shared
+        prompt or one per query; the median of their rates, as a unit paused or starved
+        mid-run times far slower); the same at the nearest other ``k``, for per-query prompts
+        scaled by ``(k + 1) / (k' + 1)`` (a prompt holds ``k`` demonstrations and the query);
+        another model's rate found the same way, times the median ratio of the two models'
+        rates over the (task, ``k``) both have timed (same kind of prompt where there is one).
+        Otherwise it is ``None``. Rates are measured under whatever load the units ran with.
 
         Parameters
         ----------
@@ -885,7 +886,7 @@ class Harness:
         done = self.finished()
         running = set(held_locks(self.out_dir))
         rates = _ScoringRates()
-        rows: list[tuple[UnitSpec, str, int, int, float]] = []
+        rows: list[tuple[UnitSpec, str, int, int, float | None]] = []
         for u in units:
             task = self.task(u.task)
             key = u.key(task.fingerprint)
@@ -896,16 +897,17 @@ class Harness:
                 rates.add(u, r.shared, r.scoring_seconds, r.n - r.n_reused)
                 rows.append((u, key, n, n, 0.0))
                 continue
-            scored, seconds = _partial_progress(self.out_dir / "partial" / f"{key}.jsonl")
-            rates.add(u, _is_shared(u), seconds, scored)
-            rows.append((u, key, n, scored, seconds))
+            scored, own = _partial_progress(self.out_dir / "partial" / f"{key}.jsonl")
+            if own is not None:
+                rates.add(u, _is_shared(u), own, 1)
+            rows.append((u, key, n, scored, own))
         out = []
-        for u, key, n, scored, seconds in rows:
+        for u, key, n, scored, own in rows:
             if key in done:
                 out.append(UnitStatus(u, key, "done", n, n, 0.0))
                 continue
             state = "running" if key in running else "partial" if scored else "todo"
-            rate = seconds / scored if scored and seconds > 0 else rates.of(u)
+            rate = own if own is not None else rates.of(u)
             out.append(UnitStatus(u, key, state, n, min(scored, n),
                                   None if rate is None else rate * max(n - scored, 0)))
         return GridStatus(str(self.out_dir), tuple(out))
@@ -1358,20 +1360,23 @@ def _is_shared(spec: UnitSpec) -> bool:
 
 class _ScoringRates:
     """Measured scoring seconds per test item by (model label, task, k, shared), and the
-    estimate of :meth:`Harness.status` for a unit from them."""
+    estimate of :meth:`Harness.status` for a unit from them.
+
+    A group's rate is the median of its units' rates: a unit's clock runs on while its
+    process is paused (``SIGSTOP``) or starved, which inflates a mean many times over.
+    """
 
     def __init__(self) -> None:
-        self.timed: dict[tuple[str, str, int, bool], list[float]] = {}   # -> [seconds, items]
+        self.timed: dict[tuple[str, str, int, bool], list[float]] = {}   # -> unit rates
 
     def add(self, spec: UnitSpec, shared: bool, seconds: float, items: int) -> None:
+        """Record a unit that scored ``items`` test items in ``seconds``."""
         if seconds > 0 and items > 0:
-            t = self.timed.setdefault((spec.model_label, spec.task, spec.k, shared), [0.0, 0])
-            t[0] += seconds
-            t[1] += items
+            key = (spec.model_label, spec.task, spec.k, shared)
+            self.timed.setdefault(key, []).append(seconds / items)
 
     def _rate(self, group: tuple[str, str, int, bool]) -> float:
-        sec, items = self.timed[group]
-        return sec / items
+        return float(np.median(self.timed[group]))
 
     def same_model(self, model: str, u: UnitSpec, shared: bool) -> float | None:
         """The rate of ``model`` on the unit's task and kind: at its ``k``, else at the
@@ -1411,16 +1416,20 @@ class _ScoringRates:
         return None
 
 
-def _partial_progress(partial: Path) -> tuple[int, float]:
-    """Test items scored and seconds spent in an unfinished unit's partial file (0, 0.0 when
-    there is none)."""
+def _partial_progress(partial: Path) -> tuple[int, float | None]:
+    """Test items scored in an unfinished unit's partial file, and the median over its timed
+    batches of seconds per item (``(0, None)`` when there is none; ``None`` when no batch is
+    timed)."""
     items: set[int] = set()
-    seconds = 0.0
+    rates = []
     if partial.is_file():
         for rec in _read_jsonl(partial):
-            items.update(int(i) for i in rec.get("i", ()))
-            seconds += float(rec.get("seconds", 0.0))
-    return len(items), seconds
+            batch = [int(i) for i in rec.get("i", ())]
+            items.update(batch)
+            seconds = float(rec.get("seconds", 0.0))
+            if batch and seconds > 0:
+                rates.append(seconds / len(batch))
+    return len(items), (float(np.median(rates)) if rates else None)
 
 
 def _prompt_tokens(scorer: FewShotScorer, texts: list[str]) -> int:
