@@ -92,6 +92,9 @@ def test_comparison_report_conclusions_are_computed_from_the_numbers(tmp_path):
     assert rep.html.exists() and all(f.exists() for f in rep.figures)
     assert "## Overview" in md
     assert "| m k=4 | mmd 0.720 | mmd 0.720 | 0.000 | 0.050 | 1 of 2 |" in md
+    # the table of every unit says its seconds are a log, paused time included
+    every = md[md.index("## Every evaluated unit"):]
+    assert "including any time it was paused" in every and "not a speed measurement" in every
 
 
 def test_comparison_report_states_the_gap_when_the_mmd_family_is_not_best(tmp_path):

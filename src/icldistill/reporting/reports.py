@@ -408,7 +408,7 @@ def write_comparison_report(
     ``report.md`` and ``report.html`` are two renderings of one
     :class:`icldistill.reporting.Report` (user text is escaped in the HTML).
     """
-    from icldistill.artifacts.document import Report, Section, Table, write_report
+    from icldistill.artifacts.document import Paragraph, Report, Section, Table, write_report
 
     if not results:
         raise ValueError("no results to report")
@@ -453,7 +453,8 @@ def write_comparison_report(
         if cov_section is not None:
             sections.insert(len(lead), cov_section)
             figures += [out / f for f in _figure_paths([cov_section])]
-    sections.append(Section("Every evaluated unit", (_detail_table(results),)))
+    sections.append(Section("Every evaluated unit", (_detail_table(results),
+                                                     Paragraph(_SECONDS_NOTE))))
     md_path, html_path = write_report(Report(title, sections, notes=tuple(notes),
                                              commands=tuple(commands)), out)
     return ComparisonReport(md_path, html_path, figures, acc_.summaries, acc_.best,
@@ -867,6 +868,13 @@ def _claims(tag: str, summ: list[SelectorSummary], complete: list[SelectorSummar
             (f"; mean {np.mean(vals):+.2f} (negative = lower MMD, higher accuracy)."
              if vals else "."))
     return claims, overview
+
+
+#: Under the table of every unit: what its seconds are, and are not.
+_SECONDS_NOTE = ("`select s` and `score s` are the wall-clock seconds of each unit's process, "
+                 "including any time it was paused or shared the CPU with other work, summed "
+                 "over resumed runs: a log of the run, not a speed measurement (speed is "
+                 "measured by the benchmarks, with the load recorded).")
 
 
 def _detail_table(results: Sequence[Any]) -> Any:
