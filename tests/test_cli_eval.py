@@ -285,3 +285,13 @@ def test_status_prints_where_the_grid_stands_and_computes_nothing(setup, capsys,
                  "knn", "--ks", "2", "--n-test", "6", "--encoder", "hidden:-1", "--out",
                  str(out), "--quiet", "--status"]) == 0
     assert "1 units: 1 done" in capsys.readouterr().out
+    # with --control, the twin's folder too
+    cmp = ["compare", "--models", str(model_dir), *_task_args(data), "--selectors", "knn",
+           "--ks", "2", "--n-test", "6", "--encoder", "hidden:-1", "--out", str(out),
+           "--quiet", "--status", "--control", "1"]
+    assert main(cmp) == 0
+    text = capsys.readouterr().out
+    assert f"control grid in {out / 'control-1'}: not started (1 units to do)" in text
+    (out / "control-1").mkdir()
+    assert main(cmp) == 0
+    assert f"grid in {out / 'control-1'}: 1 units: 0 done" in capsys.readouterr().out

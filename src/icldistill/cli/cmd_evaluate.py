@@ -49,18 +49,29 @@ def _add_scoring_args(p: argparse.ArgumentParser) -> None:
 def _add_status_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--status", action="store_true",
                    help="print where this grid stands in --out (units done, running, partly "
-                        "scored, to do; estimated CPU-hours of scoring left) and exit without "
-                        "computing")
+                        "scored, to do; estimated CPU-hours of scoring left; with compare "
+                        "--control, its control folder too) and exit without computing")
 
 
 def _print_status(args: argparse.Namespace, units: list[Any], tasks: Any) -> int:
-    """``--status``: the grid's :class:`~icldistill.evaluation.GridStatus` in ``--out``."""
+    """``--status``: the grid's :class:`~icldistill.evaluation.GridStatus` in ``--out``, and
+    in its control folder ``OUT/control-SEED`` with ``compare --control SEED``."""
     from icldistill.evaluation.harness import Harness
 
     if not Path(args.out).is_dir():
         raise InputError(f"--status: {args.out} does not exist (nothing has run there yet)")
-    st = Harness(args.out, tasks=tasks, progress=False).status(units)
-    print(st.summary(workers=max(1, st.count("running"))))
+    folders = [Path(args.out)]
+    control = getattr(args, "control", None)
+    if control is not None:
+        folders.append(Path(args.out) / f"control-{control}")
+    for i, folder in enumerate(folders):
+        if i:
+            print()
+        if not folder.is_dir():
+            print(f"control grid in {folder}: not started ({len(units)} units to do)")
+            continue
+        st = Harness(folder, tasks=tasks, progress=False).status(units)
+        print(st.summary(workers=max(1, st.count("running"))))
     return 0
 
 
