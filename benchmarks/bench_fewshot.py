@@ -266,9 +266,15 @@ def main(argv: list[str] | None = None) -> int:
     selectors = [s for s in args.selectors.split(",") if s]
     ks = [int(k) for k in args.ks.split(",") if k]
     try:    # a name listed twice, an unknown selector: one line, exit 2
-        unit_grid(models=models, tasks=tasks, selectors=selectors, ks=ks, seeds=args.seeds)
+        labels = {u.label for u in unit_grid(models=models, tasks=tasks, selectors=selectors,
+                                             ks=ks, seeds=args.seeds)}
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    unknown = sorted({x for pair in posthoc for x in pair} - labels)
+    if unknown:      # before any work: a typo should not cost a grid
+        print(f"error: --posthoc names {', '.join(map(repr, unknown))}, which this grid does "
+              f"not run (its selectors: {', '.join(sorted(labels))})", file=sys.stderr)
         return 2
     run_cmd = (f"python benchmarks/bench_fewshot.py --models {','.join(models)} --tasks "
                f"{','.join(tasks)} --selectors {','.join(selectors)} --ks {args.ks} "

@@ -107,6 +107,8 @@ def test_bench_posthoc_pairs_are_checked_before_any_work(tmp_path, capsys):
     assert "'mmd' is paired with itself" in capsys.readouterr().err
     assert mod.main([*argv, "--posthoc", "knn", "mmd", "--posthoc", "mmd", "knn"]) == 2
     assert "'mmd' vs 'knn' is given twice" in capsys.readouterr().err
+    assert mod.main([*argv, "--posthoc", "vote-k", "mmd"]) == 2        # not in this grid
+    assert "'vote-k', which this grid does not run" in capsys.readouterr().err
     assert not (tmp_path / "g").exists()
 
 
