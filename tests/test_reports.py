@@ -219,3 +219,14 @@ def test_comparison_report_label_coverage_section(tmp_path):
     assert scatter.stat().st_size > 1000
     # without coverage records, no section
     assert write_comparison_report(rs, tmp_path / "none").coverage == []
+
+
+def test_paired_differences_render_without_negative_zero():
+    """Every table's ``diff [CI]`` cell goes through one formatter (the control tables had
+    their own, which printed ``-0.0`` for a difference that rounds to zero)."""
+    from types import SimpleNamespace
+
+    from icldistill.reporting.reports import _diff_ci
+
+    c = SimpleNamespace(diff=-0.0001, ci_low=-0.0123, ci_high=0.00004)
+    assert _diff_ci(c) == "+0.0 [-1.2, +0.0]"

@@ -1120,10 +1120,8 @@ def _posthoc_section(posthoc: Sequence[PairedComparison],
                 ["selector", "vs", "task", "trained: diff [CI]", "Holm p", "control: diff [CI]",
                  "Holm p", "differs from the control"],
                 [[plain(ch.selector), plain(ch.baseline), plain(ch.task),
-                  f"{_points(ch.trained.diff)} [{_points(ch.trained.ci_low)}, "
-                  f"{_points(ch.trained.ci_high)}]", _fmt_p(ch.trained.p_holm),
-                  f"{_points(ch.control.diff)} [{_points(ch.control.ci_low)}, "
-                  f"{_points(ch.control.ci_high)}]", _fmt_p(ch.control.p_holm),
+                  _diff_ci(ch.trained), _fmt_p(ch.trained.p_holm),
+                  _diff_ci(ch.control), _fmt_p(ch.control.p_holm),
                   "yes" if ch.differs else "no"] for ch in mine]))
         blocks.append(Section(f"{model} k={k} (Holm family of {family} comparisons)",
                               tuple(sub)))
@@ -1169,8 +1167,7 @@ def _bar_section(paired: Sequence[PairedComparison]
             if beats and not worse:
                 ok.append(sel)
             rows.append([plain(sel),
-                         "–" if mean is None else
-                         f"{_points(mean.diff)} [{_points(mean.ci_low)}, {_points(mean.ci_high)}]",
+                         "–" if mean is None else _diff_ci(mean),
                          "–" if mean is None else _fmt_p(mean.p_holm),
                          "–" if mean is None else str(mean.n_tasks),
                          ", ".join(plain(t) for t in sorted(worse)) or "none",
@@ -1452,7 +1449,8 @@ def _vote_vs_control(model: str, k: int, results: Sequence[Any], coverage: Mappi
 
 
 def _diff_ci(c: Any) -> str:
-    return f"{100 * c.diff:+.1f} [{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}]"
+    """A paired difference with its interval, in points: ``+1.2 [+0.3, +2.1]``."""
+    return f"{_points(c.diff)} [{_points(c.ci_low)}, {_points(c.ci_high)}]"
 
 
 def _pct(x: float) -> str:
