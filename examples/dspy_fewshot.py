@@ -38,6 +38,9 @@ def main() -> None:
     lm = DummyLM([{"sentiment": "positive"}, {"sentiment": "negative"}] * 4)
     dspy.configure(lm=lm)
 
+    # The selectors here show the MMD view; on the project's benchmark grid none of them beats
+    # kNN, and vote-k is the best single shared set (docs/howto/which-selector.md): pass
+    # selector="knn" or "vote-k" for those.
     # per query: every call picks its own 3 demonstrations (greedy MMD to the query)
     tp = ICLDistillFewShot(k=3, selector="mmd-query", encoder="minilm")
     program = tp.compile(dspy.Predict("review -> sentiment"), trainset=trainset)

@@ -35,6 +35,9 @@ def prompt_with(selector: ICLDistillExampleSelector) -> FewShotPromptTemplate:
 
 
 def main() -> None:
+    # The selectors here show the MMD view; on the project's benchmark grid none of them beats
+    # kNN, and vote-k is the best single shared set (docs/howto/which-selector.md): pass
+    # selector="knn" or "vote-k" for those.
     # per query: greedy MMD to the query (kNN with a redundancy penalty), MiniLM embeddings
     per_query = ICLDistillExampleSelector.from_examples(
         EXAMPLES, selector="mmd-query", encoder="minilm", k=3, input_keys=["review"],
