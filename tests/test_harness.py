@@ -542,7 +542,7 @@ def test_status_counts_states_and_estimates_the_time_left(tmp_path, toy, monkeyp
     import subprocess
     import sys
 
-    from icldistill.evaluation.harness import GridStatus
+    from icldistill.evaluation import GridStatus
 
     n = 16
     kw = {"encoder": "hidden:-1", "n_test": n}
@@ -624,9 +624,9 @@ def test_status_without_anything_comparable_timed_says_so(tmp_path, toy):
 def test_status_rates_are_medians_so_a_paused_unit_does_not_inflate_them():
     """A unit's clock runs on while its process is stopped: one such unit must not multiply
     the estimate of every unit like it."""
-    from icldistill.evaluation.harness import _ScoringRates
+    from icldistill.evaluation.status import ScoringRates
 
-    rates = _ScoringRates()
+    rates = ScoringRates()
     u = UnitSpec("m", "t", "knn", k=4)
     for seconds in (10.0, 11.0, 12.0, 4000.0):         # the last one was paused mid-run
         rates.add(u, False, seconds, 10)

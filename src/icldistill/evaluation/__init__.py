@@ -4,5 +4,7 @@ from icldistill.evaluation.harness import *  # noqa: F403
 from icldistill.evaluation.harness import __all__ as _harness_all
 from icldistill.evaluation.scoring import *  # noqa: F403
 from icldistill.evaluation.scoring import __all__ as _scoring_all
+from icldistill.evaluation.status import *  # noqa: F403
+from icldistill.evaluation.status import __all__ as _status_all
 
-__all__ = [*_scoring_all, *_harness_all]
+__all__ = [*_scoring_all, *_harness_all, *_status_all]

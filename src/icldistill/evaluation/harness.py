@@ -29,6 +29,8 @@ Several processes may run on one output folder: a unit is computed under its loc
 after
 taking it; :meth:`Harness.run` first does the units no other process holds, then waits for the
 others and reads their results back. Each unit is computed and recorded once.
+:meth:`Harness.status` says where a grid stands in a folder without computing anything
+(:mod:`icldistill.evaluation.status`).
 
 Identical prompts are scored once. Per-query selectors often give a query the same
 demonstrations in the same order: on amazon and yelp at ``k = 4``, a fifth of the prompts of
@@ -88,17 +90,22 @@ from icldistill.core.validation import InputError
 from icldistill.data.datasets import Dataset, DatasetSplit, TaskFormat, load_split
 from icldistill.encoders.representations import HeadChoice
 from icldistill.evaluation.scoring import FewShotScorer, MetricResult, classification_metrics
+from icldistill.evaluation.status import (
+    GridStatus,
+    ScoringRates,
+    UnitStatus,
+    is_shared,
+    partial_progress,
+)
 from icldistill.selection import SELECTORS, Pool, Selection, make_selector, selector_key
 
 __all__ = [
-    "GridStatus",
     "Harness",
     "LabelCoverage",
     "SelectionMMD",
     "Task",
     "UnitResult",
     "UnitSpec",
-    "UnitStatus",
     "load_predictions",
     "load_results",
     "unit_grid",
@@ -338,106 +345,6 @@ class SelectionMMD:
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
-
-
-#: The states of a unit in :class:`UnitStatus`, in the order reports list them.
-UNIT_STATES = ("done", "running", "partial", "todo")
-
-
-@dataclass(frozen=True)
-class UnitStatus(Result):
-    """Where one unit of a grid stands (:meth:`Harness.status`).
-
-    Attributes
-    ----------
-    spec : UnitSpec
-    key : str
-    state : str
-        ``"done"`` (its result line is recorded), ``"running"`` (another process holds its
-        lock now), ``"partial"`` (some test items are scored in ``partial/``, no process is on
-        it) or ``"todo"``.
-    n : int
-        Test items of the unit.
-    n_scored : int
-        Test items scored so far (``n`` when done).
-    seconds_left : float or None
-        Estimated scoring seconds left on one process (0 when done); ``None`` when no unit of
-        the same model and task has been timed yet. See :meth:`Harness.status`.
-    """
-
-    spec: UnitSpec
-    key: str
-    state: str
-    n: int
-    n_scored: int
-    seconds_left: float | None
-
-
-@dataclass(frozen=True)
-class GridStatus(Result):
-    """Where a grid stands: one :class:`UnitStatus` per unit (:meth:`Harness.status`).
-
-    Attributes
-    ----------
-    out_dir : str
-        The results folder.
-    units : tuple of UnitStatus
-        In the order of the units asked about.
-    """
-
-    out_dir: str
-    units: tuple[UnitStatus, ...]
-
-    def count(self, state: str) -> int:
-        """Units in ``state`` (one of ``"done"``, ``"running"``, ``"partial"``, ``"todo"``)."""
-        if state not in UNIT_STATES:
-            raise InputError(f"unknown unit state {state!r} (choose one of "
-                             f"{', '.join(UNIT_STATES)})")
-        return sum(u.state == state for u in self.units)
-
-    @property
-    def seconds_left(self) -> float:
-        """Estimated scoring seconds left on one process, over the units with an estimate."""
-        return float(sum(u.seconds_left or 0.0 for u in self.units))
-
-    @property
-    def n_unestimated(self) -> int:
-        """Unfinished units without an estimate (nothing comparable timed yet)."""
-        return sum(u.seconds_left is None for u in self.units)
-
-    def summary(self, workers: int = 1) -> str:
-        """A plain-text table: units by state, test items left and estimated CPU-hours left
-        per (model, k), with a total line; ``workers`` processes divide the wall time."""
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise InputError(f"workers must be a positive integer, got {workers!r}")
-        groups: dict[tuple[str, int], list[UnitStatus]] = {}
-        for u in self.units:
-            groups.setdefault((u.spec.model_label, u.spec.k), []).append(u)
-        head = (f"{'model':24s} {'k':>3s} {'done':>5s} {'running':>7s} {'partial':>7s} "
-                f"{'to do':>5s} {'items left':>10s} {'CPU-h left':>10s}")
-        lines = [f"grid in {self.out_dir}: {len(self.units)} units: "
-                 + ", ".join(f"{self.count(s)} {'to do' if s == 'todo' else s}"
-                             for s in UNIT_STATES), head]
-
-        def row(name: str, k: str, us: list[UnitStatus]) -> str:
-            left = sum(u.n - u.n_scored for u in us)
-            sec = sum(u.seconds_left or 0.0 for u in us)
-            unknown = sum(u.seconds_left is None for u in us)
-            est = f"{sec / 3600:10.1f}" + (f" (+{unknown} units not estimated)" if unknown else "")
-            return (f"{name:24s} {k:>3s} "
-                    + " ".join(f"{sum(u.state == s for u in us):>{w}d}"
-                               for s, w in zip(UNIT_STATES, (5, 7, 7, 5), strict=True))
-                    + f" {left:>10d} {est}")
-
-        lines += [row(m, str(k), us) for (m, k), us in groups.items()]
-        lines.append(row("total", "", list(self.units)))
-        lines.append("CPU-h: scoring time on one process, from the measured seconds per test "
-                     "item of timed units of the same task (other k scaled by k+1, another "
-                     "model by the two models' speed ratio); selection time is not counted.")
-        if workers > 1:
-            wall = self.seconds_left / 3600 / workers
-            lines.append(f"with {workers} processes: about {wall:.1f} h of wall time")
-        return "\n".join(lines)
 
 
 def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -885,7 +792,7 @@ class Harness:
         units = list(units)
         done = self.finished()
         running = set(held_locks(self.out_dir))
-        rates = _ScoringRates()
+        rates = ScoringRates()
         rows: list[tuple[UnitSpec, str, int, int, float | None]] = []
         for u in units:
             task = self.task(u.task)
@@ -897,9 +804,9 @@ class Harness:
                 rates.add(u, r.shared, r.scoring_seconds, r.n - r.n_reused)
                 rows.append((u, key, n, n, 0.0))
                 continue
-            scored, own = _partial_progress(self.out_dir / "partial" / f"{key}.jsonl")
+            scored, own = partial_progress(self.out_dir / "partial" / f"{key}.jsonl")
             if own is not None:
-                rates.add(u, _is_shared(u), own, 1)
+                rates.add(u, is_shared(u), own, 1)
             rows.append((u, key, n, scored, own))
         out = []
         for u, key, n, scored, own in rows:
@@ -1351,85 +1258,6 @@ def _read_partial(partial: Path, n: int, labels: list[str]) -> tuple[np.ndarray,
         tokens += int(rec.get("tokens", 0))
         seconds += float(rec.get("seconds", 0.0))
     return scores, tokens, seconds
-
-
-def _is_shared(spec: UnitSpec) -> bool:
-    """Whether the unit's selector gives every query one shared prompt."""
-    return bool(SELECTORS[selector_key(spec.selector)].shared)
-
-
-class _ScoringRates:
-    """Measured scoring seconds per test item by (model label, task, k, shared), and the
-    estimate of :meth:`Harness.status` for a unit from them.
-
-    A group's rate is the median of its units' rates: a unit's clock runs on while its
-    process is paused (``SIGSTOP``) or starved, which inflates a mean many times over.
-    """
-
-    def __init__(self) -> None:
-        self.timed: dict[tuple[str, str, int, bool], list[float]] = {}   # -> unit rates
-
-    def add(self, spec: UnitSpec, shared: bool, seconds: float, items: int) -> None:
-        """Record a unit that scored ``items`` test items in ``seconds``."""
-        if seconds > 0 and items > 0:
-            key = (spec.model_label, spec.task, spec.k, shared)
-            self.timed.setdefault(key, []).append(seconds / items)
-
-    def _rate(self, group: tuple[str, str, int, bool]) -> float:
-        return float(np.median(self.timed[group]))
-
-    def same_model(self, model: str, u: UnitSpec, shared: bool) -> float | None:
-        """The rate of ``model`` on the unit's task and kind: at its ``k``, else at the
-        nearest other ``k`` (per-query prompts scaled by ``(k + 1) / (k' + 1)``)."""
-        if (model, u.task, u.k, shared) in self.timed:
-            return self._rate((model, u.task, u.k, shared))
-        other = [k for (m, t, k, s) in self.timed if (m, t, s) == (model, u.task, shared)]
-        if not other:
-            return None
-        k2 = min(other, key=lambda k: (abs(k - u.k), k))
-        scale = 1.0 if shared else (u.k + 1) / (k2 + 1)
-        return self._rate((model, u.task, k2, shared)) * scale
-
-    def speed_ratio(self, model: str, other: str, shared: bool) -> float | None:
-        """Median over the (task, k) timed on both models of the ratio of their rates, from
-        prompts of the same kind where there are any."""
-        for kinds in ((shared,), (shared, not shared)):
-            r = [self._rate((m, t, k, s)) / self._rate((other, t, k, s))
-                 for (m, t, k, s) in self.timed
-                 if m == model and s in kinds and (other, t, k, s) in self.timed]
-            if r:
-                return float(np.median(r))
-        return None
-
-    def of(self, u: UnitSpec) -> float | None:
-        """Seconds per test item for ``u``: its model's, else another model's times the
-        speed ratio; ``None`` when nothing comparable is timed."""
-        shared = _is_shared(u)
-        mine = self.same_model(u.model_label, u, shared)
-        if mine is not None:
-            return mine
-        for other in sorted({m for (m, _, _, _) in self.timed} - {u.model_label}):
-            theirs = self.same_model(other, u, shared)
-            ratio = self.speed_ratio(u.model_label, other, shared)
-            if theirs is not None and ratio is not None:
-                return theirs * ratio
-        return None
-
-
-def _partial_progress(partial: Path) -> tuple[int, float | None]:
-    """Test items scored in an unfinished unit's partial file, and the median over its timed
-    batches of seconds per item (``(0, None)`` when there is none; ``None`` when no batch is
-    timed)."""
-    items: set[int] = set()
-    rates = []
-    if partial.is_file():
-        for rec in _read_jsonl(partial):
-            batch = [int(i) for i in rec.get("i", ())]
-            items.update(batch)
-            seconds = float(rec.get("seconds", 0.0))
-            if batch and seconds > 0:
-                rates.append(seconds / len(batch))
-    return len(items), (float(np.median(rates)) if rates else None)
 
 
 def _prompt_tokens(scorer: FewShotScorer, texts: list[str]) -> int:
