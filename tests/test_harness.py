@@ -9,6 +9,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from icldistill.core.validation import InputError
 from icldistill.data.datasets import TaskFormat, load_file
@@ -636,3 +638,28 @@ def test_status_rates_are_medians_so_a_paused_unit_does_not_inflate_them():
     rates.add(u, False, 0.0, 10)                        # untimed records are ignored
     rates.add(u, False, 5.0, 0)
     assert rates.of(UnitSpec("m", "t", "bm25", k=4)) == pytest.approx(1.15)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["m1", "m2"]), st.sampled_from([2, 4]),
+                          st.sampled_from(["done", "running", "partial", "todo"]),
+                          st.integers(1, 50), st.integers(0, 50),
+                          st.one_of(st.none(), st.floats(0, 1e5))), max_size=30))
+def test_status_summary_rows_add_up_to_the_total(rows):
+    from icldistill.evaluation import GridStatus, UnitStatus
+
+    units = []
+    for i, (m, k, state, n, scored, sec) in enumerate(rows):
+        scored = n if state == "done" else min(scored, n)
+        units.append(UnitStatus(UnitSpec(m, "t", "knn", k=k, seed=i), str(i), state, n, scored,
+                                0.0 if state == "done" else sec))
+    gs = GridStatus("out", tuple(units))
+    lines = gs.summary().splitlines()
+    body = [ln.split() for ln in lines[2:] if ln.startswith(("m1", "m2", "total"))]
+    groups, (total,) = body[:-1], body[-1:]
+    assert len(groups) == len({(m, k) for m, k, *_ in rows})
+    for col in range(4):              # done, running, partial, to do
+        assert sum(int(g[2 + col]) for g in groups) == int(total[1 + col])
+        assert int(total[1 + col]) == gs.count(("done", "running", "partial", "todo")[col])
+    assert int(total[5]) == sum(u.n - u.n_scored for u in units)
+    assert float(total[6]) == pytest.approx(round(gs.seconds_left / 3600, 1), abs=0.051)
+    assert gs.n_unestimated == sum(u.seconds_left is None for u in units)
