@@ -58,7 +58,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
         out = cache_root() / "select"
     h = Harness(out, tasks=tasks, progress=not args.quiet, device=args.device)
-    n = len(task.split.test) if args.n_test is None else min(args.n_test, len(task.split.test))
+    n = task.n_items(args.n_test)
     preferred = make_selector(args.selector).preferred_encoder
     enc = preferred if preferred and args.encoder == "minilm" else args.encoder
     if args.model is None and not enc.strip().lower().startswith("minilm"):

@@ -405,6 +405,12 @@ class Task:
     name: str
     split: DatasetSplit
 
+    def n_items(self, n_test: int | None) -> int:
+        """Test items a unit with ``n_test`` evaluates: the first ``n_test`` of the test split
+        (all of it for ``None``)."""
+        size = len(self.split.test)
+        return size if n_test is None else min(int(n_test), size)
+
     @property
     def fingerprint(self) -> str:
         """Hash of the pool and test data and of the prompt format."""
@@ -797,8 +803,7 @@ class Harness:
         for u in units:
             task = self.task(u.task)
             key = u.key(task.fingerprint)
-            n_test = len(task.split.test)
-            n = n_test if u.n_test is None else min(int(u.n_test), n_test)
+            n = task.n_items(u.n_test)
             if key in done:
                 r = done[key]
                 rates.add(u, r.shared, r.scoring_seconds, r.n - r.n_reused)
@@ -869,7 +874,7 @@ class Harness:
     def _compute_unit(self, spec: UnitSpec, task: Task, key: str) -> UnitResult:
         """Select, score (resuming from ``partial/`` and the score store) and record a unit."""
         test_ds = task.split.test
-        n = len(test_ds) if spec.n_test is None else min(int(spec.n_test), len(test_ds))
+        n = task.n_items(spec.n_test)
         if n < 1:
             raise InputError(f"task {task.name!r} has no test items")
         test_idx = np.arange(n)
