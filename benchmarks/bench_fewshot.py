@@ -59,6 +59,7 @@ from icldistill.evaluation.harness import (
     load_results,
     unit_grid,
 )
+from icldistill.evaluation.precision import compare_precisions
 from icldistill.reporting.reports import write_comparison_report
 from icldistill.selection import SELECTORS
 
@@ -158,6 +159,14 @@ def read_control_paired(folder: Path) -> list:
     if not path.exists():
         raise ValueError(f"--control-dir {folder}: no paired.json yet (write its report first)")
     return [PairedComparison(**d) for d in json.loads(path.read_text())]
+
+
+def _count_by_block(results) -> dict[tuple[str, int], int]:
+    """(model label, k) -> number of units."""
+    out: dict[tuple[str, int], int] = {}
+    for r in results:
+        out[r.spec.model_label, r.spec.k] = out.get((r.spec.model_label, r.spec.k), 0) + 1
+    return out
 
 
 def model_dtypes(spec: str, models: list[str]) -> dict[str, str]:
@@ -329,6 +338,15 @@ def main(argv: list[str] | None = None) -> int:
     grid = set(grid_units(models, dtypes, tasks=tasks, selectors=selectors, ks=ks,
                           seeds=args.seeds, n_test=args.n_test))
     n_done = len(grid & {r.spec for r in results})
+    # the same units in another precision (e.g. a block first run in float32 on a CPU without
+    # bf16 instructions): compared with their twins, kept out of the grid's tables
+    precision = compare_precisions(results, load_predictions(out),
+                                   selections_dir=out / "selections")
+    outside = sorted(_count_by_block(r for r in results if r.spec not in grid).items())
+    results = [r for r in results if r.spec in grid]
+    if not results:
+        print(f"no results of this command's grid in {out} yet", file=sys.stderr)
+        return 1
     status = (f"This command's grid: {n_done} of {len(grid)} units finished"
               + ("." if n_done == len(grid) else
                  " — **incomplete**: every table covers the finished units only (per-query "
@@ -354,6 +372,14 @@ def main(argv: list[str] | None = None) -> int:
         "MMD² is biased, Gaussian kernel on MiniLM embeddings with the median-heuristic "
         "bandwidth of pool + test, the same kernel for every selector of a task.",
     ]
+    if outside:
+        notes.append("Not in the tables: "
+                     + "; ".join(f"{n} unit{'s' * (n > 1)} of {m} at k = {k}"
+                                 for (m, k), n in outside)
+                     + " in this folder, outside this command's grid (other models, "
+                       "precisions, k, tasks, selectors or test sizes)"
+                     + (". Units in two precisions are compared in \"The same units in two "
+                        "precisions\"." if precision else "."))
     half = sorted({r.spec.model_label for r in results if r.spec.dtype != "float32"})
     if half:
         note = (f"{', '.join(half)}: weights and activations in half precision with the output "
@@ -410,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
                                   control_coverage=control_coverage,
                                   control_label=f"the random-init control in {args.control_dir}",
                                   posthoc=posthoc_paired, control_posthoc=control_posthoc,
+                                  precision=precision or None,
                                  title="Demonstration selection: few-shot accuracy" + (
                                      "" if args.control is None else
                                      f", random-init control (seed {args.control})") + (

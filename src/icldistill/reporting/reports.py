@@ -30,6 +30,7 @@ from icldistill.core.validation import InputError
 if TYPE_CHECKING:  # pragma: no cover
 
     from icldistill.core.stats import PairedComparison
+    from icldistill.evaluation.precision import PrecisionComparison
     from icldistill.models.tracing import TraceResult
 
 __all__ = [
@@ -304,6 +305,9 @@ class ComparisonReport:
     posthoc_control : list of ControlCheck
         The post-hoc comparisons matched with the same pairs on the random-init control (when
         ``posthoc`` and ``control_posthoc`` were given).
+    precision_json : Path or None
+        ``precision.json`` (the same units in two precisions, one record each) when
+        ``precision`` was given.
     """
 
     markdown: Path
@@ -323,6 +327,7 @@ class ComparisonReport:
     control: list[ControlCheck] = field(default_factory=list)
     posthoc_json: Path | None = None
     posthoc_control: list[ControlCheck] = field(default_factory=list)
+    precision_json: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON types (paths as strings, tuples as lists, non-finite numbers as
@@ -369,6 +374,7 @@ def write_comparison_report(
     control_imported: bool = False,
     posthoc: Sequence[PairedComparison] | None = None,
     control_posthoc: Sequence[PairedComparison] | None = None,
+    precision: Sequence[PrecisionComparison] | None = None,
 ) -> ComparisonReport:
     """Markdown + HTML report of a selector comparison (harness :class:`UnitResult` objects).
 
@@ -396,7 +402,9 @@ def write_comparison_report(
     ``pairs``: comparisons chosen after seeing the results) adds "Post-hoc comparisons" after
     the bar, labelled exploratory, with their own Holm family, and ``paired_posthoc.json``;
     ``control_posthoc`` (the same pairs on the random-init control) sets the control beside
-    them (:func:`control_checks`).
+    them (:func:`control_checks`). ``precision``
+    (:func:`icldistill.evaluation.compare_precisions`: units run in two precisions) adds
+    "The same units in two precisions" before the table of every unit, and ``precision.json``.
 
     Tables: accuracy (mean over seeds and orderings, 95% bootstrap CI of single runs in the
     detail table) per task and selector for every model and ``k``, the mean over tasks, the
@@ -453,6 +461,11 @@ def write_comparison_report(
         if cov_section is not None:
             sections.insert(len(lead), cov_section)
             figures += [out / f for f in _figure_paths([cov_section])]
+    precision_json = None
+    if precision is not None:
+        precision = list(precision)
+        precision_json = write_json(out / "precision.json", [c.to_dict() for c in precision])
+        sections.append(_precision_section(precision))
     sections.append(Section("Every evaluated unit", (_detail_table(results),
                                                      Paragraph(_SECONDS_NOTE))))
     md_path, html_path = write_report(Report(title, sections, notes=tuple(notes),
@@ -460,7 +473,7 @@ def write_comparison_report(
     return ComparisonReport(md_path, html_path, figures, acc_.summaries, acc_.best,
                             acc_.fam_best, acc_.beats, acc_.rho, acc_.collapsed, paired_json,
                             acc_.ties, f1_json, meets_bar, cov_summaries, checks, posthoc_json,
-                            posthoc_checks)
+                            posthoc_checks, precision_json)
 
 
 def _lead_sections(out: Path, results: Sequence[Any],
@@ -1446,6 +1459,51 @@ def _vote_vs_control(model: str, k: int, results: Sequence[Any], coverage: Mappi
                   "that does not falls below it."),
         Table(["selector", "tasks", "trained: model − vote [95% CI]",
                "control: model − vote [95% CI]", "differs from the control"], rows)))
+
+
+def _precision_section(rows: Sequence[PrecisionComparison]) -> Any:
+    """The section "The same units in two precisions": per (model, precision, k) the share of
+    test items whose predictions agree and how many accuracy differences are significant, then
+    every unit's paired difference."""
+    from icldistill.artifacts.document import Paragraph, Section, Table, plain
+
+    title = "The same units in two precisions"
+    intro = (Paragraph(
+        "Units that differ only in the model's precision, paired on the same test items: the "
+        "share of items with the same prediction, and the accuracy difference (half precision "
+        "minus the reference) with its paired bootstrap CI and exact McNemar p, Holm-adjusted "
+        "over every row. \"same demos\" says whether both showed every query the same "
+        "demonstrations (a selector in the model's own representation may choose others in "
+        "another precision)."),)
+    if not rows:
+        return Section(title, (*intro, Paragraph(
+            "No unit of this folder was run in two precisions.")))
+    groups: dict[tuple[str, str, str, int], list[PrecisionComparison]] = {}
+    for c in rows:
+        groups.setdefault((c.model, c.dtype, c.reference, c.k), []).append(c)
+    summary = []
+    for (model, dtype, ref, k), cs in sorted(groups.items()):
+        n = sum(c.n for c in cs)
+        agree = sum(round(c.agreement * c.n) for c in cs)
+        sig = [c for c in cs if c.p_holm < PAIRED_ALPHA]
+        summary.append([plain(model), f"{dtype} vs {ref}", str(k), str(len(cs)),
+                        ", ".join(sorted({plain(c.task) for c in cs})),
+                        f"{agree} of {n} ({_pct(agree / n)})",
+                        f"{min(c.agreement for c in cs):.1%}",
+                        f"{_points(min(c.diff for c in cs))} to {_points(max(c.diff for c in cs))}",
+                        str(len(sig))])
+    detail = [[plain(c.model), c.dtype, plain(c.task), plain(c.selector), str(c.k), str(c.seed),
+               str(c.n), f"{c.agreement:.1%}", f"{c.accuracy:.3f}",
+               f"{c.reference_accuracy:.3f}", _diff_ci(c), _fmt_p(c.p_holm),
+               "–" if c.same_demonstrations is None else
+               ("yes" if c.same_demonstrations else "no")] for c in rows]
+    return Section(title, (*intro, Table(
+        ["model", "precisions", "k", "units", "tasks", "same prediction", "lowest unit",
+         "accuracy differences (points)", f"Holm p < {PAIRED_ALPHA}"], summary),
+        Table(["model", "precision", "task", "selector", "k", "seed", "n", "same prediction",
+               "accuracy", "reference", f"diff [{rows[0].level:.0%} CI] (points)", "Holm p",
+               "same demos"],
+              detail)))
 
 
 def _diff_ci(c: Any) -> str:
