@@ -248,3 +248,40 @@ def test_bench_status_reads_the_folder_and_computes_nothing(tmp_path, capsys, mo
     assert "6 units: 0 done, 0 running, 0 partial, 6 to do" in text
     assert "(+6 units not estimated)" in text
     assert sorted(p.name for p in out.iterdir()) == []
+
+
+@pytest.mark.parametrize("bf16_fast", ["1", "0"])
+def test_queue_script_commands_are_the_grid_flags(tmp_path, monkeypatch, capsys, bf16_fast):
+    """benchmarks/selection_grid_queue.sh (DRY_RUN): its bench commands parse, name the grid's
+    10 tasks and 11 selectors, run qwen2.5-0.5b in bfloat16 only where bf16 is fast, and each
+    answers --status on an empty folder."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from .test_harness import _write_task
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "DRY_RUN": "1", "BF16_FAST": bf16_fast}
+    lines = subprocess.run(["bash", str(root / "benchmarks/selection_grid_queue.sh"), "1"],
+                           env=env, capture_output=True, text=True, check=True
+                           ).stdout.splitlines()
+    assert len(lines) == (4 if bf16_fast == "1" else 1)
+    toy = _write_task(tmp_path / "toy.jsonl")
+    mod = _bench()
+    monkeypatch.setattr(mod.Task, "from_registry", classmethod(lambda cls, name, **kw: toy))
+    for n, line in enumerate(lines):
+        words = line.split()
+        args = words[words.index(next(w for w in words if w.endswith("bench_fewshot.py"))) + 1:]
+        flags = dict(zip(args[::2], args[1::2], strict=False))
+        if "--control" not in args:
+            assert len(flags["--tasks"].split(",")) == 10
+            assert len(flags["--selectors"].split(",")) == 11
+        if flags["--models"] == "qwen2.5-0.5b":
+            assert flags["--dtype"] == "bfloat16"
+        out = tmp_path / f"out{n}"
+        out.mkdir()
+        args[args.index("--out") + 1] = str(out)
+        args = [a for a in args if a != "--report-only-if-done"] + ["--status"]
+        assert mod.main(args) == 0, line
+        assert "units:" in capsys.readouterr().out

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# One worker of the selection grid's queue (benchmarks/README.md, "Selection grid"). Start one
+# per core, from the repository root:
+#
+#   for i in 1 2; do nohup bash benchmarks/selection_grid_queue.sh $i >/dev/null 2>&1 & sleep 20; done
+#
+# Every step resumes: finished units are skipped and a unit another worker holds is left to it,
+# so the workers share each step and a killed worker loses at most the batch in flight. The
+# steps, in order:
+#   1. qwen2.5-0.5b, k = 8, bfloat16, the tasks in the order fixed before its first result;
+#   2. its random-init control (seed 1) on rt-sentiment, amazon and openbookqa, on the
+#      demonstrations the trained grid chose (--selections-from);
+#   3. smollm2-135m, k = 4 (float32);
+#   4. qwen2.5-0.5b, k = 4, bfloat16.
+# The qwen2.5-0.5b steps run only where bfloat16 matrix products are faster than float32 on
+# this CPU (icldistill.models.half_precision_speed > 1.2; CPUs with AVX512-BF16 or AMX): on an
+# AVX2-only CPU they are ~8x slower, and the worker goes straight to smollm2-135m.
+#
+# The grid (steps 1, 3, 4) runs from a pinned tree so that every unit is computed by the same
+# code: $GRID_TREE (default ../grid-tree), made here when missing as commit 970500e plus
+# benchmarks/selection-grid-code.patch. The control (step 2) runs this checkout's code, or
+# $CONTROL_TREE's. Logs go to $LOG_DIR (default ../logs). DRY_RUN=1 prints the commands only.
+# The reports are written with this checkout's code afterwards (--report-only; README).
+set -euo pipefail
+
+worker=${1:?usage: selection_grid_queue.sh WORKER_NUMBER}
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+grid_tree=${GRID_TREE:-$root/../grid-tree}
+control_tree=${CONTROL_TREE:-$root}
+log_dir=${LOG_DIR:-$root/../logs}
+python=${PYTHON:-python3}
+
+T=amazon,rt-sentiment,rt-subjectivity,r8,r52,20ng,boolq,openbookqa,commonsenseqa,siqa
+S=random,knn,bm25,mmr,dpp,vote-k,mmd,mmd-balanced,mmd-joint,mmd-local,mmd-katt
+QT=rt-sentiment,amazon,openbookqa,commonsenseqa,siqa,r52,rt-subjectivity,20ng,r8,boolq
+CONTROL_S=random,knn,vote-k,mmd,mmd-balanced,mmd-joint,mmd-local,mmd-katt
+GRID=(--threads 1 --selectors "$S" --n-test 300 --pool-size 2000
+      --out benchmarks/results/selection-grid --report-only-if-done)
+
+run() {  # run LOG_NAME ENV... -- CMD...
+    local name=$1
+    shift
+    if [[ -n "${DRY_RUN:-}" ]]; then
+        echo "$*"
+        return 0
+    fi
+    mkdir -p "$log_dir"
+    echo "$(date -u +%FT%TZ) worker $worker: $name" >> "$log_dir/queue-$worker.log"
+    env OMP_NUM_THREADS=1 "$@" >> "$log_dir/$name-$worker.log" 2>&1 || \
+        echo "$(date -u +%FT%TZ) worker $worker: $name exited with $?" >> "$log_dir/queue-$worker.log"
+}
+
+if [[ -z "${DRY_RUN:-}" && ! -d "$grid_tree" ]]; then
+    git worktree add --detach "$grid_tree" 970500e
+    git -C "$grid_tree" apply "$root/benchmarks/selection-grid-code.patch"
+fi
+if [[ -n "${DRY_RUN:-}" ]]; then
+    bf16=${BF16_FAST:-1}
+else
+    bf16=$("$python" -c "from icldistill.models import half_precision_speed as h; print(int(h() > 1.2))")
+fi
+pinned=(PYTHONPATH="$grid_tree/src" nice -n 15 "$python" "$grid_tree/benchmarks/bench_fewshot.py")
+
+if [[ "$bf16" == 1 ]]; then
+    run qwen-k8 "${pinned[@]}" --models qwen2.5-0.5b --dtype bfloat16 --tasks "$QT" --ks 8 "${GRID[@]}"
+    run qwen-control PYTHONPATH="$control_tree/src" nice -n 15 "$python" \
+        "$control_tree/benchmarks/bench_fewshot.py" --models qwen2.5-0.5b --dtype bfloat16 \
+        --tasks rt-sentiment,amazon,openbookqa --selectors "$CONTROL_S" --ks 8 --seeds 3 \
+        --n-test 300 --pool-size 2000 --threads 1 --control 1 \
+        --selections-from benchmarks/results/selection-grid \
+        --out benchmarks/results/selection-grid-control-1
+fi
+run smollm-k4 "${pinned[@]}" --models smollm2-135m --tasks "$T" --ks 4 "${GRID[@]}"
+if [[ "$bf16" == 1 ]]; then
+    run qwen-k4 "${pinned[@]}" --models qwen2.5-0.5b --dtype bfloat16 --tasks "$QT" --ks 4 "${GRID[@]}"
+fi
+[[ -n "${DRY_RUN:-}" ]] || echo "$(date -u +%FT%TZ) worker $worker: queue done" >> "$log_dir/queue-$worker.log"
