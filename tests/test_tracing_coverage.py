@@ -132,6 +132,14 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "inkling_text": {"swa_num_key_value_heads": KV},
     "inkling2_text": {"swa_num_key_value_heads": KV},
     "inkling2_loop_text": {"swa_num_key_value_heads": KV},
+    # a sliding layer then an indexed (top-k sparse) layer; the indexer scores with the query
+    # heads of key head 0 and pools 16 keys in blocks of 4
+    "kolibri1_1": {"layer_types": ["sliding_attention", "indexed_attention"],
+                   "index_layers": [1], "kv_source_layers": [0, 1],
+                   "index_num_heads": HEADS // KV, "index_pool_size": 16,
+                   "index_compression": 4, "index_num_local_tokens": 4,
+                   "index_num_sink_tokens": 2, "mlp_only_layers": [0],
+                   "mlp_only_intermediate_size": INTER},
     "lfm2_moe": {"layer_types": ["conv", "full_attention"]},
     "mamba2": {"num_heads": 8, "head_dim": 16},
     "minimax_m3_vl_text": {"layer_types": ["full_attention", "minimax_m3_sparse"],
