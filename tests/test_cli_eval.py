@@ -295,3 +295,44 @@ def test_status_prints_where_the_grid_stands_and_computes_nothing(setup, capsys,
     (out / "control-1").mkdir()
     assert main(cmp) == 0
     assert f"grid in {out / 'control-1'}: 1 units: 0 done" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("speed", "expected"), [(2.48, "bfloat16"), (1.2, "bfloat16"),
+                                                 (1.19, "float32"), (0.12, "float32")])
+def test_dtype_auto_takes_the_faster_precision_of_this_cpu(setup, capsys, monkeypatch, speed,
+                                                          expected):
+    """--dtype auto: bfloat16 where its matrix products are at least 1.2x float32 here, else
+    float32; the units carry the choice, stderr says why; refused with --backend ray."""
+    from icldistill.models import preferred_dtype, registry
+
+    root, model_dir, data = setup
+    monkeypatch.setenv("ICLDISTILL_CACHE", str(root / "cache"))
+    monkeypatch.setattr(registry, "half_precision_speed", lambda dtype=None: speed)
+    assert preferred_dtype() == preferred_dtype("cpu") == expected
+    out = root / f"auto-{speed}"
+    grid = ["evaluate", "--model", str(model_dir), *_task_args(data), "--selector", "knn",
+            "--k", "2", "--n-test", "6", "--encoder", "hidden:-1", "--out", str(out),
+            "--dtype", "auto"]
+    out.mkdir()
+    assert main([*grid, "--status"]) == 0
+    cap = capsys.readouterr()
+    assert (f"--dtype auto: {expected} (bfloat16 matrix products run at {speed:.2f}x float32 "
+            "on this CPU)") in cap.err
+    label = str(model_dir) + ("" if expected == "float32" else " (bfloat16)")
+    assert re.search(rf"^{re.escape(label)}\s+2\s+0\s+0\s+0\s+1\s", cap.out, re.M)
+    assert main([*grid, "--quiet", "--status"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main([*grid, "--backend", "ray", "--status"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--dtype auto" in err and "--backend ray" in err
+
+
+def test_preferred_dtype_refuses_a_device_this_machine_lacks():
+    import torch
+
+    from icldistill.core.validation import InputError
+    from icldistill.models import preferred_dtype
+
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError):
+            preferred_dtype("cuda")

@@ -30,7 +30,8 @@ SEEDS_HELP = ("number of seeds of each randomised selector: seeds 0..N-1 (defaul
               "deterministic selectors run once")
 DTYPE_HELP = ("precision of the model's weights (default float32); bfloat16 keeps the logits "
               "in float32 and is ~3x faster on CPUs with bf16 instructions (AVX512-BF16, AMX), "
-              "several times slower on others (a warning says so)")
+              "several times slower on others (a warning says so); auto: bfloat16 where it is "
+              "faster on this machine, else float32 (measured; the units record the choice)")
 
 
 class CommandParser(argparse.ArgumentParser):

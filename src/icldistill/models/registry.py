@@ -105,6 +105,7 @@ __all__ = [
     "load_half_streamed",
     "load_model",
     "parse_device",
+    "preferred_dtype",
     "resolve_device",
     "safe_extract_member",
     "unknown_model_message",
@@ -721,6 +722,39 @@ def half_precision_speed(dtype: torch.dtype = torch.bfloat16) -> float:
         return n / elapsed
 
     return rate(dtype) / rate(torch.float32)
+
+
+#: At or above this speed of bfloat16 matrix products relative to float32,
+#: :func:`preferred_dtype` picks bfloat16 on the CPU.
+FAST_HALF = 1.2
+
+
+def preferred_dtype(device: str | torch.device | None = None) -> str:
+    """The faster precision for scoring on ``device``: ``"bfloat16"`` or ``"float32"``.
+
+    On the CPU, ``"bfloat16"`` where :func:`half_precision_speed` is at least 1.2
+    (``FAST_HALF``; CPUs with AVX512-BF16 or AMX measure ~2.5), else ``"float32"``; on CUDA,
+    ``"bfloat16"`` where the GPU supports it; elsewhere (MPS) ``"float32"``. A bfloat16 model
+    from :func:`load_model` keeps its output head in float32, so label log-probabilities are
+    not rounded to bf16 (on the packaged models bfloat16 and float32 agree on 99.5-100% of
+    few-shot predictions).
+
+    Parameters
+    ----------
+    device : str or torch.device, optional
+        Where the model will run (default the CPU); it must exist on this machine.
+
+    Returns
+    -------
+    str
+    """
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        return "bfloat16" if half_precision_speed(torch.bfloat16) >= FAST_HALF else "float32"
+    if dev.type == "cuda":
+        with torch.cuda.device(dev):
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "float32"
 
 
 def _warn_if_half_is_slow(dtype: torch.dtype) -> None:
