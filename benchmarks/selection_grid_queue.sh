@@ -8,8 +8,9 @@
 # so the workers share each step and a killed worker loses at most the batch in flight. The
 # steps, in order:
 #   1. qwen2.5-0.5b, k = 8, bfloat16, the tasks in the order fixed before its first result;
-#   2. its random-init control (seed 1) on rt-sentiment, amazon and openbookqa, on the
-#      demonstrations the trained grid chose (--selections-from);
+#   2. its random-init control (seed 1) on amazon, rt-sentiment and r8 (the tasks of
+#      smollm2-135m's control), on the demonstrations the trained grid chose
+#      (--selections-from);
 #   3. smollm2-135m, k = 4 (float32);
 #   4. qwen2.5-0.5b, k = 4, bfloat16.
 # The qwen2.5-0.5b steps run only where bfloat16 matrix products are faster than float32 on
@@ -20,10 +21,14 @@
 # code: $GRID_TREE (default ../grid-tree), made here when missing as commit 970500e plus
 # benchmarks/selection-grid-code.patch. The control (step 2) runs this checkout's code, or
 # $CONTROL_TREE's. Logs go to $LOG_DIR (default ../logs). DRY_RUN=1 prints the commands only.
-# The reports are written with this checkout's code afterwards (--report-only; README).
+#
+#   bash benchmarks/selection_grid_queue.sh report
+#
+# writes both reports (the control's, then the grid's beside it) from the recorded units with
+# this checkout's code; nothing is computed. Run it with the workers stopped or paused.
 set -euo pipefail
 
-worker=${1:?usage: selection_grid_queue.sh WORKER_NUMBER}
+worker=${1:?usage: selection_grid_queue.sh WORKER_NUMBER | report}
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 grid_tree=${GRID_TREE:-$root/../grid-tree}
@@ -35,6 +40,24 @@ T=amazon,rt-sentiment,rt-subjectivity,r8,r52,20ng,boolq,openbookqa,commonsenseqa
 S=random,knn,bm25,mmr,dpp,vote-k,mmd,mmd-balanced,mmd-joint,mmd-local,mmd-katt
 QT=rt-sentiment,amazon,openbookqa,commonsenseqa,siqa,r52,rt-subjectivity,20ng,r8,boolq
 CONTROL_S=random,knn,vote-k,mmd,mmd-balanced,mmd-joint,mmd-local,mmd-katt
+CONTROL_T=amazon,rt-sentiment,r8
+POSTHOC=(--posthoc vote-k mmd --posthoc vote-k mmd-joint --posthoc vote-k mmd-balanced
+         --posthoc mmd-joint mmd)
+
+if [[ "$worker" == report ]]; then
+    for cmd in \
+        "--models smollm2-135m,qwen2.5-0.5b --dtype qwen2.5-0.5b=bfloat16 --tasks $CONTROL_T --selectors $CONTROL_S --ks 8 --control 1 --selections-from benchmarks/results/selection-grid --out benchmarks/results/selection-grid-control-1" \
+        "--models smollm2-135m,qwen2.5-0.5b --dtype qwen2.5-0.5b=bfloat16 --tasks $T --selectors $S --ks 4,8 --out benchmarks/results/selection-grid --control-dir benchmarks/results/selection-grid-control-1"; do
+        # shellcheck disable=SC2086  # the flags split on spaces
+        args=($cmd --seeds 3 --n-test 300 --pool-size 2000 "${POSTHOC[@]}" --report-only)
+        if [[ -n "${DRY_RUN:-}" ]]; then
+            echo "$python benchmarks/bench_fewshot.py ${args[*]}"
+        else
+            "$python" benchmarks/bench_fewshot.py "${args[@]}" > /dev/null
+        fi
+    done
+    exit 0
+fi
 GRID=(--threads 1 --selectors "$S" --n-test 300 --pool-size 2000
       --out benchmarks/results/selection-grid --report-only-if-done)
 
@@ -66,7 +89,7 @@ if [[ "$bf16" == 1 ]]; then
     run qwen-k8 "${pinned[@]}" --models qwen2.5-0.5b --dtype bfloat16 --tasks "$QT" --ks 8 "${GRID[@]}"
     run qwen-control PYTHONPATH="$control_tree/src" nice -n 15 "$python" \
         "$control_tree/benchmarks/bench_fewshot.py" --models qwen2.5-0.5b --dtype bfloat16 \
-        --tasks rt-sentiment,amazon,openbookqa --selectors "$CONTROL_S" --ks 8 --seeds 3 \
+        --tasks "$CONTROL_T" --selectors "$CONTROL_S" --ks 8 --seeds 3 \
         --n-test 300 --pool-size 2000 --threads 1 --control 1 \
         --selections-from benchmarks/results/selection-grid \
         --out benchmarks/results/selection-grid-control-1

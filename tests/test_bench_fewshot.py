@@ -285,3 +285,32 @@ def test_queue_script_commands_are_the_grid_flags(tmp_path, monkeypatch, capsys,
         args = [a for a in args if a != "--report-only-if-done"] + ["--status"]
         assert mod.main(args) == 0, line
         assert "units:" in capsys.readouterr().out
+
+
+def test_queue_script_report_mode_writes_both_reports_from_the_grid_flags(tmp_path, capsys):
+    """`selection_grid_queue.sh report` (DRY_RUN): the control's report, then the grid's beside
+    it, each --report-only with the post-hoc pairs; each command parses and, on a folder with
+    no units, says so (exit 1) without computing anything."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "DRY_RUN": "1"}
+    lines = subprocess.run(["bash", str(root / "benchmarks/selection_grid_queue.sh"), "report"],
+                           env=env, capture_output=True, text=True, check=True
+                           ).stdout.splitlines()
+    assert len(lines) == 2
+    assert "--control 1" in lines[0] and "--control-dir" in lines[1]
+    mod = _bench()
+    for n, line in enumerate(lines):
+        args = line.split()[2:]
+        assert args.count("--posthoc") == 4 and args[-1] == "--report-only"
+        assert args[args.index("--dtype") + 1] == "qwen2.5-0.5b=bfloat16"
+        out = tmp_path / f"r{n}"
+        out.mkdir()
+        args[args.index("--out") + 1] = str(out)
+        assert mod.main(args) == 1, line
+        assert "no results yet" in capsys.readouterr().err
+        # nothing but the control folder's marker
+        assert [p.name for p in out.iterdir()] == (["control.json"] if n == 0 else [])
