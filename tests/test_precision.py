@@ -202,3 +202,17 @@ def test_bench_report_keeps_the_other_precision_out_of_the_grid(tmp_path, monkey
     argv[argv.index("--selectors") + 1] = "random"
     assert mod.main(argv) == 1
     assert "no results of this command's grid" in capsys.readouterr().err
+
+
+def test_a_twin_on_other_data_is_not_taken_when_the_right_one_is_there():
+    """Two float32 runs of one spec on different test items (another pool size): the one with
+    the unit's own test items is its twin, whatever the order of the records."""
+    spec = UnitSpec("m", "t", "knn", 4, dtype="bfloat16")
+    ref = replace(spec, dtype="float32")
+    mine = _unit(spec, ["x", "y", "x"], ["x", "y", "y"])
+    other = _unit(ref, ["y", "y", "y"], ["y", "y", "y"])
+    other = (replace(other[0], key="other-data"), other[1])
+    right = _unit(ref, ["x", "y", "y"], ["x", "y", "y"])
+    for order in ([mine, other, right], [mine, right, other]):
+        [c] = compare_precisions(*_pairs(*order))
+        assert c.reference_accuracy == 1.0 and c.agreement == pytest.approx(2 / 3)

@@ -133,24 +133,28 @@ def compare_precisions(
     Raises
     ------
     InputError
-        When a unit and its twin recorded different test items (their ``truth`` lists
-        differ): they were computed on other data and cannot be paired.
+        When a unit's twins all recorded other test items (their ``truth`` lists differ):
+        they were computed on other data and cannot be paired.
     """
     sel_dir = None if selections_dir is None else Path(selections_dir)
-    by_spec = {r.spec: r for r in results}
+    by_spec: dict[Any, list[Any]] = {}
+    for r in results:       # one spec may have run on other data (another pool size)
+        if r.key in predictions:
+            by_spec.setdefault(r.spec, []).append(r)
     rows: list[dict[str, Any]] = []
     for r in results:
-        if r.spec.dtype == reference:
-            continue
-        twin = by_spec.get(replace(r.spec, dtype=reference))
-        if twin is None or r.key not in predictions or twin.key not in predictions:
+        if r.spec.dtype == reference or r.key not in predictions:
             continue
         pred, truth = predictions[r.key]
-        ref_pred, ref_truth = predictions[twin.key]
-        if list(truth) != list(ref_truth):
-            raise InputError(f"unit {r.spec.label} on {r.spec.task} (k={r.spec.k}): its "
-                             f"{r.spec.dtype} and {reference} runs recorded different test "
-                             "items; they cannot be paired")
+        twins = by_spec.get(replace(r.spec, dtype=reference), [])
+        twin = next((t for t in twins if list(predictions[t.key][1]) == list(truth)), None)
+        if twin is None:
+            if twins:
+                raise InputError(f"unit {r.spec.label} on {r.spec.task} (k={r.spec.k}): its "
+                                 f"{r.spec.dtype} and {reference} runs recorded different "
+                                 "test items; they cannot be paired")
+            continue
+        ref_pred = predictions[twin.key][0]
         y = np.asarray(truth, dtype=object)
         a = np.asarray(pred, dtype=object) == y
         b = np.asarray(ref_pred, dtype=object) == y
