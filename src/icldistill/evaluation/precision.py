@@ -95,6 +95,7 @@ def _indices(selections_dir: Path | None, key: str) -> np.ndarray | None:
         raise InputError(f"{path}: not a selection record ({e})") from None
 
 
+# long: 40 lines of docstring; the code is 42
 def compare_precisions(
     results: Sequence[Any],
     predictions: Mapping[str, tuple[Sequence[str], Sequence[str]]],
