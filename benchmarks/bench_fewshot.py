@@ -43,6 +43,7 @@ import os
 import platform
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -159,14 +160,6 @@ def read_control_paired(folder: Path) -> list:
     if not path.exists():
         raise ValueError(f"--control-dir {folder}: no paired.json yet (write its report first)")
     return [PairedComparison(**d) for d in json.loads(path.read_text())]
-
-
-def _count_by_block(results) -> dict[tuple[str, int], int]:
-    """(model label, k) -> number of units."""
-    out: dict[tuple[str, int], int] = {}
-    for r in results:
-        out[r.spec.model_label, r.spec.k] = out.get((r.spec.model_label, r.spec.k), 0) + 1
-    return out
 
 
 def model_dtypes(spec: str, models: list[str]) -> dict[str, str]:
@@ -340,9 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     n_done = len(grid & {r.spec for r in results})
     # the same units in another precision (e.g. a block first run in float32 on a CPU without
     # bf16 instructions): compared with their twins, kept out of the grid's tables
-    precision = compare_precisions(results, load_predictions(out),
-                                   selections_dir=out / "selections")
-    outside = sorted(_count_by_block(r for r in results if r.spec not in grid).items())
+    preds = load_predictions(out)
+    precision = compare_precisions(results, preds, selections_dir=out / "selections")
+    outside = sorted(Counter((r.spec.model_label, r.spec.k) for r in results
+                             if r.spec not in grid).items())
     results = [r for r in results if r.spec in grid]
     if not results:
         print(f"no results of this command's grid in {out} yet", file=sys.stderr)
@@ -395,7 +389,6 @@ def main(argv: list[str] | None = None) -> int:
                      f"{min(speed):.1f}x-{max(speed):.1f}x faster")
         notes.append(note + ".")
     # paired comparisons on the same test items (predictions.jsonl), vs kNN and random
-    preds = load_predictions(out)
     paired = paired_comparisons(results, preds, baselines=("knn", "random"),
                                 n_boot=2000, n_perm=10_000, seed=0)
     paired_f1 = paired_comparisons(results, preds, baselines=("knn", "random"), n_boot=2000,

@@ -155,10 +155,10 @@ def compare_precisions(
                                  f"{r.spec.dtype} and {reference} runs recorded different "
                                  "test items; they cannot be paired")
             continue
-        ref_pred = predictions[twin.key][0]
+        mine = np.asarray(pred, dtype=object)
+        theirs = np.asarray(predictions[twin.key][0], dtype=object)
         y = np.asarray(truth, dtype=object)
-        a = np.asarray(pred, dtype=object) == y
-        b = np.asarray(ref_pred, dtype=object) == y
+        a, b = mine == y, theirs == y
         ci = paired_bootstrap_ci(a.astype(float) - b.astype(float), n_boot=n_boot,
                                  level=level, seed=seed)
         ia, ib = _indices(sel_dir, r.key), _indices(sel_dir, twin.key)
@@ -167,14 +167,13 @@ def compare_precisions(
         rows.append(dict(
             model=r.spec.model, task=r.spec.task, selector=r.spec.label, k=r.spec.k,
             seed=r.spec.seed, dtype=r.spec.dtype, reference=reference, n=len(y),
-            agreement=float(np.mean(np.asarray(pred, dtype=object)
-                                    == np.asarray(ref_pred, dtype=object))),
+            agreement=float(np.mean(mine == theirs)),
             accuracy=float(a.mean()), reference_accuracy=float(b.mean()), diff=ci.value,
             ci_low=ci.low, ci_high=ci.high, level=ci.level,
             p=mcnemar_exact(int(np.sum(a & ~b)), int(np.sum(~a & b))),
             same_demonstrations=same))
     rows.sort(key=lambda d: (d["model"], d["dtype"], d["task"], d["k"], d["selector"],
                              d["seed"]))
-    adjusted = holm([d["p"] for d in rows]) if rows else []
+    adjusted = holm([d["p"] for d in rows])
     return [PrecisionComparison(**d, p_holm=float(q)) for d, q in zip(rows, adjusted,
                                                                      strict=True)]
