@@ -44,7 +44,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from icldistill.adapters._core import DemoIndex, check_k, resolve_encoder, resolve_selector
 from icldistill.core.validation import InputError
 from icldistill.encoders.representations import EmbeddingCache, Encoder
-from icldistill.selection import Selector
+from icldistill.selection import DEFAULT_SELECTOR, Selector
 
 __all__ = ["ICLDistillFewShot"]
 
@@ -96,7 +96,8 @@ class ICLDistillFewShot(Teleprompter):
         The pool of demonstrations (``KNNFewShot`` takes it here; :meth:`compile` takes it too,
         and its ``trainset`` wins).
     selector : str or Selector
-        icldistill selector name (default ``"mmd-query"``) or an unfitted
+        icldistill selector name (default :data:`~icldistill.selection.DEFAULT_SELECTOR`,
+        ``"knn"``, the selector the paired benchmarks support) or an unfitted
         :class:`~icldistill.selection.Selector` (used for every :meth:`compile`).
     encoder : str or Encoder
         Encoder spec (default ``"minilm"``) or an
@@ -138,7 +139,7 @@ class ICLDistillFewShot(Teleprompter):
     """
 
     def __init__(self, k: int = 4, trainset: Sequence[Any] | None = None, *,
-                 selector: str | Selector = "mmd-query", encoder: str | Encoder = "minilm",
+                 selector: str | Selector = DEFAULT_SELECTOR, encoder: str | Encoder = "minilm",
                  input_keys: Sequence[str] | None = None, label_key: str | None = None,
                  targets: Sequence[Any] | None = None,
                  bootstrap: Mapping[str, Any] | None = None,

@@ -39,7 +39,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from icldistill.adapters._core import DemoIndex, check_k
 from icldistill.core.validation import InputError
 from icldistill.encoders.representations import EmbeddingCache, Encoder
-from icldistill.selection import Selector
+from icldistill.selection import DEFAULT_SELECTOR, Selector
 
 __all__ = ["ICLDistillExampleSelector"]
 
@@ -75,8 +75,9 @@ class ICLDistillExampleSelector(BaseExampleSelector):
         ...}``). More can be added with :meth:`add_example`.
     selector : str or Selector
         An icldistill selector name (:data:`icldistill.selection.SELECTORS`; default
-        ``"mmd-query"``) or an unfitted :class:`~icldistill.selection.Selector` instance (which
-        this object then fits and owns).
+        :data:`~icldistill.selection.DEFAULT_SELECTOR`, ``"knn"``, the selector the paired
+        benchmarks support) or an unfitted :class:`~icldistill.selection.Selector` instance
+        (which this object then fits and owns).
     encoder : str or Encoder
         Encoder spec (``"minilm"``, the default) or an
         :class:`~icldistill.encoders.representations.Encoder`
@@ -117,7 +118,7 @@ class ICLDistillExampleSelector(BaseExampleSelector):
     """
 
     def __init__(self, examples: Sequence[Mapping[str, Any]] | None = None, *,
-                 selector: str | Selector = "mmd-query", encoder: str | Encoder = "minilm",
+                 selector: str | Selector = DEFAULT_SELECTOR, encoder: str | Encoder = "minilm",
                  k: int = 4, input_keys: Sequence[str] | None = None,
                  label_key: str | None = None, example_keys: Sequence[str] | None = None,
                  targets: Sequence[str | Mapping[str, Any]] | None = None,
@@ -147,7 +148,8 @@ class ICLDistillExampleSelector(BaseExampleSelector):
 
     @classmethod
     def from_examples(cls, examples: Sequence[Mapping[str, Any]],
-                      selector: str | Selector = "mmd-query", encoder: str | Encoder = "minilm",
+                      selector: str | Selector = DEFAULT_SELECTOR,
+                      encoder: str | Encoder = "minilm",
                       k: int = 4, input_keys: Sequence[str] | None = None,
                       label_key: str | None = None, *,
                       example_keys: Sequence[str] | None = None,
@@ -161,7 +163,8 @@ class ICLDistillExampleSelector(BaseExampleSelector):
         examples : sequence of dict
             The examples (dicts of prompt variables).
         selector : str or Selector
-            icldistill selector name (default ``"mmd-query"``) or an unfitted instance.
+            icldistill selector name (default ``"knn"``,
+            :data:`~icldistill.selection.DEFAULT_SELECTOR`) or an unfitted instance.
         encoder : str or Encoder
             Encoder spec (default ``"minilm"``) or instance.
         k : int

@@ -96,12 +96,14 @@ def _run_units(args: argparse.Namespace, units: list[Any], harness_kwargs: dict[
 
 def add_parsers(sub: Any) -> None:
     """Add ``evaluate`` and ``compare`` to the command parsers ``sub``."""
+    from icldistill.selection.registry import DEFAULT_SELECTOR
+
     p = sub.add_parser("evaluate", help="few-shot accuracy of selectors on tasks (resumable)",
                        description="Evaluate few-shot classification with demonstrations chosen "
                                    "by each selector, for every model, task and k (the grid "
                                    "flags of compare); results are appended to "
                                    "OUT/results.jsonl as they finish, and a rerun resumes.")
-    add_grid_args(p, selectors_default="mmd", ks_default="8", singular_dests=True)
+    add_grid_args(p, selectors_default=DEFAULT_SELECTOR, ks_default="8", singular_dests=True)
     p.add_argument("--calibrate", action="store_true", help="contextual calibration")
     p.add_argument("--param", action="append", type=selector_param,
                    help="selector parameter NAME=VALUE (repeatable; given to every selector)")

@@ -20,6 +20,8 @@ __all__ = ["add_parsers"]
 
 def add_parsers(sub: Any) -> None:
     """Add ``select`` to the command parsers ``sub``."""
+    from icldistill.selection.registry import DEFAULT_SELECTOR
+
     p = sub.add_parser("select", help="choose demonstrations for a task's test inputs",
                        description="Fit a selector on a task's pool and select k demonstrations "
                                    "for its test inputs (one set for set-level selectors). "
@@ -28,9 +30,9 @@ def add_parsers(sub: Any) -> None:
                                    "DIR, else to the user cache folder: nothing is written to "
                                    "the working directory.")
     add_task_args(p)
-    p.add_argument("--selector", default="mmd",
-                   help="selector name (default mmd; see icldistill compare --help for the "
-                        "list)")
+    p.add_argument("--selector", default=DEFAULT_SELECTOR,
+                   help=f"selector name (default {DEFAULT_SELECTOR}, the best supported by the "
+                        "paired benchmarks; see icldistill compare --help for the list)")
     p.add_argument("--k", type=positive_int, default=8, help="demonstrations (default 8)")
     p.add_argument("--model", default=None,
                    help="language model, needed for hidden:/kv: encoders")

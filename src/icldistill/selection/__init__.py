@@ -16,8 +16,9 @@ Modules, lowest first (each imports only those before it):
   ``dpp``, ``vote-k`` and :func:`tokenize`;
 * :mod:`~icldistill.selection.mmd`: ``mmd``, ``mmd-query``, ``mmd-balanced``, ``mmd-joint``,
   ``mmd-local``, ``mmd-katt`` and :func:`soft_labels`;
-* :mod:`~icldistill.selection.registry`: :data:`SELECTORS`, :func:`make_selector` and
-  :func:`selector_key` (the registry name of a name or alias).
+* :mod:`~icldistill.selection.registry`: :data:`SELECTORS`, :func:`make_selector`,
+  :func:`selector_key` (the registry name of a name or alias) and :data:`DEFAULT_SELECTOR`
+  (``knn``: what the CLI and the adapters use when no selector is named).
 
 ``icldistill.selection.selectors`` re-exports all of these for code written against 0.1.
 No module here imports ``transformers``: selectors work on representation matrices and texts.
@@ -43,7 +44,12 @@ from icldistill.selection.mmd import (
     soft_labels,
 )
 from icldistill.selection.pool import Pool
-from icldistill.selection.registry import SELECTORS, make_selector, selector_key
+from icldistill.selection.registry import (
+    DEFAULT_SELECTOR,
+    SELECTORS,
+    make_selector,
+    selector_key,
+)
 from icldistill.selection.retrievers import (
     BM25Selector,
     DPPSelector,
@@ -55,6 +61,7 @@ from icldistill.selection.retrievers import (
 )
 
 __all__ = [
+    "DEFAULT_SELECTOR",
     "INDEX_KINDS",
     "ORDERS",
     "SELECTORS",

@@ -13,7 +13,7 @@ from icldistill.core.validation import InputError
 from icldistill.selection import mmd, retrievers
 from icldistill.selection.base import Selector
 
-__all__ = ["SELECTORS", "make_selector", "selector_key"]
+__all__ = ["DEFAULT_SELECTOR", "SELECTORS", "make_selector", "selector_key"]
 
 
 SELECTORS: dict[str, type[Selector]] = {
@@ -24,6 +24,16 @@ SELECTORS: dict[str, type[Selector]] = {
                 mmd.MMDJointSelector, mmd.MMDLocalSelector, mmd.MMDKattSelector)
 }
 """Selector classes by name."""
+
+DEFAULT_SELECTOR = "knn"
+"""The selector the CLI (``select``, ``evaluate``) and the adapters use when none is named.
+
+``knn``, not an MMD-family selector, because that is what the paired evidence supports: in the
+10-task selection grid (``benchmarks/results/selection-grid/``) no MMD-family selector beats kNN
+on the mean over tasks, set-level ``mmd`` loses about 18 points to it on smollm2-135m at k = 8,
+and the per-query ones (``mmd-query``, ``mmd-local``) tie it at best. Name a selector to use
+another one.
+"""
 
 _SELECTOR_ALIASES = {"kate": "knn", "topk": "knn", "votek": "vote-k", "fast-votek": "vote-k",
                      "mmd-set": "mmd"}
