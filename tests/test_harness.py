@@ -117,7 +117,17 @@ def test_an_interrupted_unit_resumes_without_recomputing(tmp_path, toy, monkeypa
         return real(self, queries, *a, **kw)
 
     monkeypatch.setattr(evaluation.FewShotScorer, "score", counting)
+    recorded = (h.out_dir / "selections" / f"{spec.key(toy.fingerprint)}.json").read_text()
+
+    def no_selection(*a, **kw):
+        raise AssertionError("the interrupted unit's demonstrations were chosen again")
+
+    monkeypatch.setattr(Harness, "select", no_selection)
     r = _harness(tmp_path, toy).run_unit(spec)
+    monkeypatch.undo()
+    # the recorded selection (its demonstrations and its selection time) is read, not redone
+    assert (h.out_dir / "selections" / f"{r.key}.json").read_text() == recorded
+    assert r.selection_seconds == json.loads(recorded)["seconds"]
     # only the 8 queries not yet scored (less any whose prompt repeats one already scored)
     assert counted == [8 - r.n_reused]
     # same result as an uninterrupted run

@@ -22,7 +22,9 @@ write
 fails, e.g. on a full disk. A unit's ``predictions.jsonl`` record is written before its
 ``results.jsonl`` record, which marks the unit finished. An interrupted run (Ctrl-C, a crash, a
 killed job, ``SIGKILL`` at any point) therefore loses at most the batch in flight: rerunning the
-same command skips finished units (by key) and resumes unfinished ones from their partial file.
+same command skips finished units (by key) and resumes unfinished ones from their partial file,
+on the demonstrations recorded in ``selections/`` (not chosen again: a selector reading the
+model's keys/values would re-encode the pool).
 
 Several processes may run on one output folder: a unit is computed under its lock
 (:func:`icldistill.artifacts.store.unit_lock`) by one process, which re-reads ``results.jsonl``
@@ -878,13 +880,19 @@ class Harness:
         if n < 1:
             raise InputError(f"task {task.name!r} has no test items")
         test_idx = np.arange(n)
-        if self.selections_from is None:
+        own = self.out_dir / "selections" / f"{key}.json"
+        if self.selections_from is not None:
+            idx, shared, sel_seconds = self._recorded_selection(self.selections_from, spec,
+                                                                task, key, n)
+            self._write_selection(key, spec, shared, sel_seconds, idx)
+        elif own.exists():   # an interrupted unit: its demonstrations are already chosen
+            idx, shared, sel_seconds = self._recorded_selection(self.out_dir, spec, task, key, n)
+            log(self.progress, f"reusing the recorded selection of {spec.label} on {task.name}")
+        else:
             selection = self.select(spec, task, test_idx)
             idx = _ordered(selection, spec)
             shared, sel_seconds = selection.shared, selection.seconds
-        else:
-            idx, shared, sel_seconds = self._imported_selection(spec, task, key, n)
-        self._write_selection(key, spec, shared, sel_seconds, idx)
+            self._write_selection(key, spec, shared, sel_seconds, idx)
         lm = self.model(spec.model, spec.dtype)
         pool_ds = task.split.train
         fmt = pool_ds.format
@@ -928,16 +936,16 @@ class Harness:
                                              "indices": idx[:1] if shared else idx,
                                              "seconds": seconds})
 
-    def _imported_selection(self, spec: UnitSpec, task: Task, key: str, n: int
+    def _recorded_selection(self, folder: Path, spec: UnitSpec, task: Task, key: str, n: int
                             ) -> tuple[np.ndarray, bool, float]:
         """The ordered pool indices ``[n, k]`` of a unit, its ``shared`` flag and selection
-        time, read from ``selections_from`` (the unit's key there must be the same: same
-        spec, task data and test items)."""
-        assert self.selections_from is not None
-        path = self.selections_from / "selections" / f"{key}.json"
+        time, read from ``folder/selections/<key>.json`` (``selections_from``, or this
+        folder's own record of an interrupted unit; the key must be the unit's: same spec,
+        task data and test items)."""
+        path = folder / "selections" / f"{key}.json"
         if not path.exists():
             raise InputError(f"{path}: no selection of {spec.label} on {task.name} (k={spec.k}) "
-                             f"in {self.selections_from}; finish that unit there first")
+                             f"in {folder}; finish that unit there first")
         rec = json.loads(path.read_text())
         mine = json.loads(json.dumps(to_jsonable(asdict(spec))))
         theirs = rec.get("spec") or {}
