@@ -16,6 +16,9 @@ both selectors, which dominates the variance of two independent accuracies.
   the same for the unweighted mean over tasks of the per-task mean differences (items resampled
   or sign-flipped within their task; the sign-flip p-value is exact on a lattice, as above);
 - :func:`holm` — Holm-Bonferroni adjusted p-values;
+- :func:`within_item_concordance` — whether, within each test item, the conditions that got
+  it right had a lower score (e.g. the demonstrations' MMD to the query) than those that got
+  it wrong, with an item bootstrap interval and a within-item permutation test;
 - :func:`paired_comparisons` — all of it on harness results: every selector against baselines
   (kNN and random by default), per task and averaged over tasks, Holm-corrected per
   ``(model, k)``; on accuracy (the tests above) or on macro-F1 (paired bootstrap).
@@ -39,6 +42,7 @@ from icldistill.core.validation import InputError, check_int
 
 __all__ = [
     "PAIRED_METRICS",
+    "Concordance",
     "MeanCI",
     "PairedComparison",
     "check_pairs",
@@ -52,6 +56,7 @@ __all__ = [
     "stratified_bootstrap_ci",
     "stratified_mean",
     "stratified_sign_flip_test",
+    "within_item_concordance",
 ]
 
 #: Largest number of nonzero differences for which :func:`sign_flip_test` enumerates all
@@ -915,3 +920,159 @@ def spearman(x: Any, y: Any) -> float:
     if ra.std() == 0 or rb.std() == 0:
         return float("nan")
     return float(np.corrcoef(ra, rb)[0, 1])
+
+
+# --------------------------------------------------------------------------------------------
+# Within-item concordance of correctness with a per-condition score
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Concordance(Result):
+    """How often, within a test item, the condition that got it right had the lower score.
+
+    Attributes
+    ----------
+    value : float
+        Over every *discordant pair* (two conditions on the same item, one right and one
+        wrong, in the same stratum), the share in which the right one has the lower score;
+        ties count one half. 0.5: no association within items; above 0.5: lower scores go
+        with right answers. NaN when there is no discordant pair.
+    low, high : float
+        Percentile bootstrap interval over items (items resampled with all their pairs).
+    p : float
+        Two-sided within-item permutation test of ``value = 0.5``: the scores are permuted
+        among the conditions of each item (within its strata); NaN without pairs.
+    level : float
+        Confidence level of ``low, high``.
+    n_items : int
+        Items with at least one discordant pair.
+    n_pairs : int
+        Discordant pairs.
+    """
+
+    value: float
+    low: float
+    high: float
+    p: float
+    level: float
+    n_items: int
+    n_pairs: int
+
+
+def _group_ranks(x: np.ndarray, gid: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based, ties averaged) of ``x [n, C]`` within each row's groups
+    ``gid [n, C]``."""
+    same = gid[:, :, None] == gid[:, None, :]
+    below = (same & (x[:, None, :] < x[:, :, None])).sum(axis=2)
+    ties = (same & (x[:, None, :] == x[:, :, None])).sum(axis=2)
+    return 1.0 + below + 0.5 * (ties - 1)
+
+
+def within_item_concordance(correct: Any, x: Any, *, strata: Any = None, n_boot: int = 2000,
+                            n_perm: int = 2000, level: float = 0.95,
+                            seed: int = 0) -> Concordance:
+    """Within-item concordance of correctness with a score ``x`` (lower = predicted better).
+
+    For every item and every pair of its conditions (e.g. the selectors of a grid) of which one
+    got the item right and the other wrong, the pair is *concordant* when the right one has the
+    lower ``x``. Comparing conditions on the same item removes the item's difficulty, which a
+    correlation across units or items would mix in. With ``strata`` only pairs in the same
+    stratum count (e.g. both conditions showed the item's label among their demonstrations,
+    or both did not), so the association cannot come from the stratum variable.
+
+    Parameters
+    ----------
+    correct : array-like of bool ``[n, C]``
+        Whether condition ``c`` got item ``i`` right.
+    x : array-like ``[n, C]``
+        The score of condition ``c`` on item ``i``; NaN where the condition has no result for
+        the item (it takes part in no pair).
+    strata : array-like of int ``[n, C]``, optional
+        Stratum of each (item, condition); pairs and permutations stay within a stratum.
+    n_boot, n_perm : int
+        Bootstrap resamples (items) and random within-item permutations.
+    level : float
+        Confidence level of the interval.
+    seed : int
+        Seed of the resampling and the permutations.
+
+    Returns
+    -------
+    Concordance
+        ``value`` 0.5 means no within-item association.
+
+    Raises
+    ------
+    InputError
+        When the shapes differ or are not 2-D, ``correct`` is not boolean (0/1), or ``x`` is
+        infinite.
+    """
+    level = _check_level(level)
+    n_boot = check_int(n_boot, "n_boot")
+    n_perm = check_int(n_perm, "n_perm")
+    c = np.asarray(correct)
+    v = np.asarray(x, dtype=np.float64)
+    if c.ndim != 2 or v.shape != c.shape:
+        raise InputError(f"correct and x must be 2-D of the same shape [items, conditions], "
+                         f"got {c.shape} and {v.shape}")
+    if c.dtype != bool:
+        if not np.isin(c, (0, 1)).all():
+            raise InputError("correct must be boolean (or 0/1)")
+        c = c.astype(bool)
+    if np.isinf(v).any():
+        raise InputError("x has infinite values (use NaN for a missing condition)")
+    g = np.zeros(c.shape, dtype=np.int64) if strata is None else np.asarray(strata)
+    if g.shape != c.shape or (not np.issubdtype(g.dtype, np.integer) and g.dtype != bool):
+        raise InputError(f"strata must be integer labels of shape {c.shape}, got "
+                         f"{np.asarray(strata).dtype} {g.shape}")
+    valid = ~np.isnan(v)
+    # invalid entries form a group of their own per item: they never pair, never move
+    gid = np.where(valid, g.astype(np.int64) - g.min(initial=0) + 1, 0)
+    right, wrong = c & valid, ~c & valid
+    # per item and stratum, the concordant score is Mann-Whitney's U of the wrong conditions'
+    # scores over the right ones': sum of the wrong ones' within-stratum ranks - n_w(n_w+1)/2
+    ranks = _group_ranks(np.where(valid, v, 0.0), gid)
+    n_groups = int(gid.max(initial=0)) + 1
+    onehot = gid[:, :, None] == np.arange(1, n_groups)[None, None, :]       # [n, C, G]
+    n_w = (onehot & wrong[:, :, None]).sum(axis=1)                            # [n, G]
+    n_r = (onehot & right[:, :, None]).sum(axis=1)
+    count = (n_w * n_r).sum(axis=1).astype(np.float64)                        # pairs [n]
+    # a stratum without a right (or without a wrong) condition has no pair: left out
+    both = (n_w > 0) & (n_r > 0)                                              # [n, G]
+    use = wrong & (onehot & both[:, None, :]).any(axis=2)                     # [n, C]
+    offset = np.where(both, n_w * (n_w + 1) / 2, 0.0).sum(axis=1)             # [n]
+    score = (ranks * use).sum(axis=1) - offset
+    total = count.sum()
+    n_items = int((count > 0).sum())
+    if total == 0:
+        nan = float("nan")
+        return Concordance(nan, nan, nan, nan, level, 0, 0)
+    value = float(score.sum() / total)
+    rng = np.random.default_rng(seed)
+    # bootstrap over items (only items with pairs contribute to either sum)
+    keep = count > 0
+    s_i, m_i = score[keep], count[keep]
+    boots = np.empty(n_boot)
+    step = max(1, _BLOCK // s_i.size)
+    for start in range(0, n_boot, step):
+        rows = min(step, n_boot - start)
+        idx = rng.integers(0, s_i.size, size=(rows, s_i.size))
+        boots[start:start + rows] = s_i[idx].sum(axis=1) / m_i[idx].sum(axis=1)
+    low, high = _percentiles(boots, level)
+    # permutations of x within (item, stratum) = of the ranks; only items with pairs move
+    gk, uk, rk = gid[keep], use[keep], ranks[keep]
+    src = np.take_along_axis(rk, np.argsort(gk, axis=1, kind="stable"), axis=1)
+    fixed = offset[keep].sum()
+    obs = abs(value - 0.5)
+    hits = 0
+    batch = max(1, _BLOCK // gk.size)
+    for start in range(0, n_perm, batch):
+        rows = min(batch, n_perm - start)
+        perm = np.argsort(gk[None] + rng.random((rows, *gk.shape)), axis=2)
+        rp = np.empty((rows, *gk.shape))
+        np.put_along_axis(rp, perm, np.broadcast_to(src, rp.shape), axis=2)
+        stat = ((rp * uk[None]).sum(axis=(1, 2)) - fixed) / total
+        hits += int(np.sum(np.abs(stat - 0.5) >= obs - 1e-12))
+    p = (1 + hits) / (n_perm + 1)
+    return Concordance(value, low, high, float(p), level, n_items, int(total))
