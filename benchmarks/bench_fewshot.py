@@ -418,10 +418,11 @@ def main(argv: list[str] | None = None) -> int:
     # whether each test item's label was among its demonstrations (selections/ + pool labels)
     tasks_ = ({t: Task.from_registry(t, pool_size=args.pool_size, progress=False)
                for t in {r.spec.task for r in results}} if args.pool_size else None)
-    coverage = Harness(out, tasks=tasks_, progress=False).label_coverage(results)
+    # (with each item's MMD² to its query: the within-item concordance section)
+    coverage = Harness(out, tasks=tasks_, progress=False).label_coverage(results, item_mmd=True)
     control_coverage = (None if control_results is None else
                         Harness(args.control_dir, tasks=tasks_, progress=False)
-                        .label_coverage(control_results))
+                        .label_coverage(control_results, item_mmd=True))
     rep = write_comparison_report(results, out, commands=cmds, notes=notes, paired=paired,
                                   paired_macro_f1=paired_f1, coverage=coverage,
                                   majority=majority_shares(results, preds),

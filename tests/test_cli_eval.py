@@ -229,6 +229,13 @@ def test_compare_with_a_random_init_control(setup, capsys, monkeypatch):
     assert "random-init control (seed 1)" in (control / "report.md").read_text()
     md = (rep / "report.md").read_text()
     assert "## Against a random-init control" in md and "control-1" in md
+    # within-item concordance of correctness with the items' MMD², the twin beside it
+    assert "## Within an item, do closer demonstrations answer right?" in md
+    conc = json.loads((rep / "concordance.json").read_text())
+    assert {r["reader"] for r in conc} == {"trained", "control"}
+    assert {r["pairs_compared"] for r in conc} == {"all pairs", "same label shown",
+                                                   "same label count"}
+    assert all(r["task"] == "toy" and r["n_conditions"] == 4 for r in conc)  # knn, mmd, 2 random
     # MiniLM selection: the twin read the same demonstrations as the trained model
     for r in trained:
         if r["spec"]["selector"] == "knn":

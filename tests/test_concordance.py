@@ -3,6 +3,7 @@ enumeration."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -124,3 +125,66 @@ def test_seeded_and_bad_input():
         within_item_concordance(np.full((30, 4), 2), x)
     with pytest.raises(InputError, match="strata"):
         within_item_concordance(c, x, strata=np.zeros((30, 3), dtype=int))
+
+
+def _units_and_coverage(rng, n=40, k=4, tasks=("a", "b"), selectors=("s1", "s2", "s3"),
+                        closer_is_right=True):
+    """Fake units of one model and ``k`` and their coverage records: on every item the
+    prompt with the lowest MMD² is right and the others wrong (or the reverse)."""
+    from types import SimpleNamespace
+
+    from icldistill.evaluation.harness import LabelCoverage
+
+    units, cov = [], {}
+    for t in tasks:
+        mmd2 = rng.random((n, len(selectors)))
+        best = mmd2.argmin(axis=1) if closer_is_right else mmd2.argmax(axis=1)
+        for j, s in enumerate(selectors):
+            key = f"{t}-{s}"
+            units.append(SimpleNamespace(key=key, spec=SimpleNamespace(task=t, k=k, label=s)))
+            share = rng.integers(0, k + 1, n) / k
+            cov[key] = LabelCoverage(key, share > 0, share, best == j, np.zeros(n), mmd2[:, j])
+    return units, cov
+
+
+def test_concordance_records_on_a_known_grid():
+    from icldistill.reporting.concordance import concordance_records, concordance_section
+
+    rng = np.random.default_rng(0)
+    units, cov = _units_and_coverage(rng)
+    _, flipped = _units_and_coverage(np.random.default_rng(0), closer_is_right=False)
+    recs = concordance_records({("m", 4): units}, cov, flipped, n_boot=100, n_perm=200)
+    trained = {(r.task, r.pairs_compared): r for r in recs if r.reader == "trained"}
+    control = {(r.task, r.pairs_compared): r for r in recs if r.reader == "control"}
+    assert set(trained) == {(t, h) for t in ("a", "b", "all")
+                            for h in ("all pairs", "same label shown", "same label count")}
+    for key, r in trained.items():
+        if r.n_pairs:
+            assert r.value == 1.0 and control[key].value == 0.0
+            assert r.p_holm >= r.p and r.n_conditions == 3
+    assert trained[("all", "all pairs")].n_pairs == 2 * 40 * 2     # 1 right x 2 wrong per item
+    md_section = concordance_section(recs)
+    assert md_section.title == "Within an item, do closer demonstrations answer right?"
+    # units without per-item MMD give no records
+    no_mmd = {k: dataclasses.replace(c, mmd2_query=None) for k, c in cov.items()}
+    assert concordance_records({("m", 4): units}, no_mmd) == []
+
+
+def test_a_control_on_fewer_tasks_is_pooled_beside_the_same_tasks():
+    from icldistill.reporting.concordance import (
+        CONTROL_TASKS,
+        concordance_records,
+        concordance_section,
+    )
+
+    units, cov = _units_and_coverage(np.random.default_rng(3), tasks=("a", "b", "c"))
+    control = {k: v for k, v in cov.items() if not k.startswith("c-")}
+    recs = concordance_records({("m", 4): units}, cov, control, n_boot=50, n_perm=50)
+    pooled = {(r.reader, r.task) for r in recs if r.task in ("all", CONTROL_TASKS)}
+    assert pooled == {("trained", "all"), ("trained", CONTROL_TASKS), ("control", CONTROL_TASKS)}
+    sub = next(r for r in recs if (r.reader, r.task, r.pairs_compared)
+               == ("trained", CONTROL_TASKS, "all pairs"))
+    assert sub.n_pairs == 2 * 40 * 2                       # tasks a and b only
+    claims = concordance_section(recs).blocks[1].items
+    assert any("the control's tasks: trained" in c for c in claims)
+    assert all("all, the control" not in c.split("right answers on")[-1] for c in claims)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from types import SimpleNamespace
@@ -78,6 +79,15 @@ def test_grid_runs_and_records_every_unit(tmp_path, toy):
     mmd = [r for r in results if r.spec.selector == "mmd"]
     rnd = [r for r in results if r.spec.selector == "random"]
     assert min(r.mmd2_task for r in mmd) <= np.mean([r.mmd2_task for r in rnd])
+    # each item's MMD² to its query: its mean is the unit's recorded mmd2_query
+    cov = h.label_coverage(results, item_mmd=True)
+    for r in results:
+        assert cov[r.key].mmd2_query.shape == (r.n,)
+        assert cov[r.key].mmd2_query.mean() == pytest.approx(r.mmd2_query, rel=1e-9)
+    assert h.label_coverage(results)[results[0].key].mmd2_query is None
+    off = dataclasses.replace(results[0], mmd2_query=results[0].mmd2_query + 1.0)
+    with pytest.raises(InputError, match="another reference encoder or kernel"):
+        h.label_coverage([off], item_mmd=True)
     # rerunning reads everything back and computes nothing
     again = _harness(tmp_path, toy).run(units)
     assert sorted(r.key for r in again) == sorted(r.key for r in results)

@@ -232,7 +232,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     paired = paired_comparisons(results, mine, baselines=bases)
     paired_f1 = paired_comparisons(results, mine, baselines=bases, metric="macro_f1")
     posthoc = paired_comparisons(results, mine, pairs=pairs) if pairs else None
-    coverage = Harness(args.out, tasks=tasks, progress=False).label_coverage(results)
+    coverage = Harness(args.out, tasks=tasks, progress=False).label_coverage(results,
+                                                                             item_mmd=True)
     control, control_cov, control_posthoc = ((None, None, None) if args.control is None
                                              else _control_grid(args, units, tasks, bases, pairs))
     rep = write_comparison_report(results, args.out, commands=[command_line(args)],
@@ -287,7 +288,7 @@ def _control_grid(args: argparse.Namespace, units: list[Any], tasks: Any, bases:
     preds = {k: v for k, v in load_predictions(folder).items() if k in keys}
     paired = paired_comparisons(results, preds, baselines=bases)
     posthoc = paired_comparisons(results, preds, pairs=pairs) if pairs else None
-    coverage = h.label_coverage(results)
+    coverage = h.label_coverage(results, item_mmd=True)
     write_comparison_report(results, folder, commands=[command_line(args)], paired=paired,
                             coverage=coverage, posthoc=posthoc,
                             title="Demonstration selection: few-shot accuracy, random-init "

@@ -969,6 +969,59 @@ def _group_ranks(x: np.ndarray, gid: np.ndarray) -> np.ndarray:
     return 1.0 + below + 0.5 * (ties - 1)
 
 
+def _concordance_inputs(correct: Any, x: Any, strata: Any
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``correct`` (bool), ``x`` (float64) and ``strata`` (int) ``[n, C]``, checked."""
+    c = np.asarray(correct)
+    v = np.asarray(x, dtype=np.float64)
+    if c.ndim != 2 or v.shape != c.shape:
+        raise InputError(f"correct and x must be 2-D of the same shape [items, conditions], "
+                         f"got {c.shape} and {v.shape}")
+    if c.dtype != bool:
+        if not np.isin(c, (0, 1)).all():
+            raise InputError("correct must be boolean (or 0/1)")
+        c = c.astype(bool)
+    if np.isinf(v).any():
+        raise InputError("x has infinite values (use NaN for a missing condition)")
+    g = np.zeros(c.shape, dtype=np.int64) if strata is None else np.asarray(strata)
+    if g.shape != c.shape or (not np.issubdtype(g.dtype, np.integer) and g.dtype != bool):
+        raise InputError(f"strata must be integer labels of shape {c.shape}, got "
+                         f"{np.asarray(strata).dtype} {g.shape}")
+    return c, v, g
+
+
+def _ratio_bootstrap(rng: np.random.Generator, s_i: np.ndarray, m_i: np.ndarray,
+                     n_boot: int) -> np.ndarray:
+    """``[n_boot]`` ratios ``sum s / sum m`` over items resampled with replacement."""
+    boots = np.empty(n_boot)
+    step = max(1, _BLOCK // s_i.size)
+    for start in range(0, n_boot, step):
+        rows = min(step, n_boot - start)
+        idx = rng.integers(0, s_i.size, size=(rows, s_i.size))
+        boots[start:start + rows] = s_i[idx].sum(axis=1) / m_i[idx].sum(axis=1)
+    return boots
+
+
+def _rank_permutation_p(rng: np.random.Generator, gid: np.ndarray, use: np.ndarray,
+                        ranks: np.ndarray, fixed: float, total: float, value: float,
+                        n_perm: int) -> float:
+    """Two-sided permutation p of the concordance ``value``: the ranks are permuted within
+    each item's groups ``gid [n, C]``; the statistic sums the ranks at ``use`` less
+    ``fixed``, over ``total`` pairs."""
+    src = np.take_along_axis(ranks, np.argsort(gid, axis=1, kind="stable"), axis=1)
+    obs = abs(value - 0.5)
+    hits = 0
+    batch = max(1, _BLOCK // gid.size)
+    for start in range(0, n_perm, batch):
+        rows = min(batch, n_perm - start)
+        perm = np.argsort(gid[None] + rng.random((rows, *gid.shape)), axis=2)
+        rp = np.empty((rows, *gid.shape))
+        np.put_along_axis(rp, perm, np.broadcast_to(src, rp.shape), axis=2)
+        stat = ((rp * use[None]).sum(axis=(1, 2)) - fixed) / total
+        hits += int(np.sum(np.abs(stat - 0.5) >= obs - 1e-12))
+    return (1 + hits) / (n_perm + 1)
+
+
 def within_item_concordance(correct: Any, x: Any, *, strata: Any = None, n_boot: int = 2000,
                             n_perm: int = 2000, level: float = 0.95,
                             seed: int = 0) -> Concordance:
@@ -1011,21 +1064,7 @@ def within_item_concordance(correct: Any, x: Any, *, strata: Any = None, n_boot:
     level = _check_level(level)
     n_boot = check_int(n_boot, "n_boot")
     n_perm = check_int(n_perm, "n_perm")
-    c = np.asarray(correct)
-    v = np.asarray(x, dtype=np.float64)
-    if c.ndim != 2 or v.shape != c.shape:
-        raise InputError(f"correct and x must be 2-D of the same shape [items, conditions], "
-                         f"got {c.shape} and {v.shape}")
-    if c.dtype != bool:
-        if not np.isin(c, (0, 1)).all():
-            raise InputError("correct must be boolean (or 0/1)")
-        c = c.astype(bool)
-    if np.isinf(v).any():
-        raise InputError("x has infinite values (use NaN for a missing condition)")
-    g = np.zeros(c.shape, dtype=np.int64) if strata is None else np.asarray(strata)
-    if g.shape != c.shape or (not np.issubdtype(g.dtype, np.integer) and g.dtype != bool):
-        raise InputError(f"strata must be integer labels of shape {c.shape}, got "
-                         f"{np.asarray(strata).dtype} {g.shape}")
+    c, v, g = _concordance_inputs(correct, x, strata)
     valid = ~np.isnan(v)
     # invalid entries form a group of their own per item: they never pair, never move
     gid = np.where(valid, g.astype(np.int64) - g.min(initial=0) + 1, 0)
@@ -1050,29 +1089,9 @@ def within_item_concordance(correct: Any, x: Any, *, strata: Any = None, n_boot:
         return Concordance(nan, nan, nan, nan, level, 0, 0)
     value = float(score.sum() / total)
     rng = np.random.default_rng(seed)
-    # bootstrap over items (only items with pairs contribute to either sum)
-    keep = count > 0
-    s_i, m_i = score[keep], count[keep]
-    boots = np.empty(n_boot)
-    step = max(1, _BLOCK // s_i.size)
-    for start in range(0, n_boot, step):
-        rows = min(step, n_boot - start)
-        idx = rng.integers(0, s_i.size, size=(rows, s_i.size))
-        boots[start:start + rows] = s_i[idx].sum(axis=1) / m_i[idx].sum(axis=1)
-    low, high = _percentiles(boots, level)
-    # permutations of x within (item, stratum) = of the ranks; only items with pairs move
-    gk, uk, rk = gid[keep], use[keep], ranks[keep]
-    src = np.take_along_axis(rk, np.argsort(gk, axis=1, kind="stable"), axis=1)
-    fixed = offset[keep].sum()
-    obs = abs(value - 0.5)
-    hits = 0
-    batch = max(1, _BLOCK // gk.size)
-    for start in range(0, n_perm, batch):
-        rows = min(batch, n_perm - start)
-        perm = np.argsort(gk[None] + rng.random((rows, *gk.shape)), axis=2)
-        rp = np.empty((rows, *gk.shape))
-        np.put_along_axis(rp, perm, np.broadcast_to(src, rp.shape), axis=2)
-        stat = ((rp * uk[None]).sum(axis=(1, 2)) - fixed) / total
-        hits += int(np.sum(np.abs(stat - 0.5) >= obs - 1e-12))
-    p = (1 + hits) / (n_perm + 1)
+    keep = count > 0                     # items without pairs add nothing to either sum
+    low, high = _percentiles(_ratio_bootstrap(rng, score[keep], count[keep], n_boot), level)
+    # permuting x within (item, stratum) permutes the ranks; only items with pairs move
+    p = _rank_permutation_p(rng, gid[keep], use[keep], ranks[keep], offset[keep].sum(), total,
+                            value, n_perm)
     return Concordance(value, low, high, float(p), level, n_items, int(total))

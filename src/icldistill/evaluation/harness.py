@@ -310,6 +310,9 @@ class LabelCoverage(Result):
         1, 0, or ``1/m`` when the gold label is one of ``m`` labels tied for the most frequent
         (the expected accuracy of a majority vote of the demonstrations' labels, ties broken
         at random) — a model-free predictor to hold the model's accuracy against.
+    mmd2_query : np.ndarray, shape (n,), float64, or None
+        ``MMD^2(S_i, {q_i})`` of item ``i``'s demonstrations to its input under the reference
+        kernel (``Harness.label_coverage(..., item_mmd=True)``; else ``None``).
     """
 
     key: str
@@ -317,6 +320,7 @@ class LabelCoverage(Result):
     share: np.ndarray
     correct: np.ndarray
     vote: np.ndarray
+    mmd2_query: np.ndarray | None = None
 
 
 def _has_default(f: Any) -> bool:
@@ -1041,6 +1045,13 @@ class Harness:
         ``idx`` ``[R, k]`` holds pool indices (``R = 1`` for a shared set, else one row per
         test item of ``test_idx`` ``[n]``); see the module docstring for both quantities.
         """
+        mmd_task, per = self._selection_mmd(task, model_name, idx, test_idx, shared)
+        return SelectionMMD(mmd_task, float(per.mean()))
+
+    def _selection_mmd(self, task: Task, model_name: str, idx: np.ndarray,
+                       test_idx: np.ndarray, shared: bool) -> tuple[float, np.ndarray]:
+        """``mmd2_task`` and the per-query ``MMD^2(S_q, {q})`` ``[n]`` (see
+        :meth:`mmd_to_task`)."""
         kern = self.reference_kernel(task, model_name)
         ref = self.reference_encoder
         pool = torch.as_tensor(self.embeddings(task, "train", ref, model_name),
@@ -1059,11 +1070,12 @@ class Harness:
         else:
             ksq = torch.stack([kern(s[i], test[i : i + 1]).mean() for i in range(len(s))])
             per = kss - 2 * ksq + kern.diag(test)
-        return SelectionMMD(float(mmd_task), float(per.mean()))
+        return float(mmd_task), per.numpy()
 
     # ---- many units --------------------------------------------------------------------
 
-    def label_coverage(self, results: Iterable[UnitResult]) -> dict[str, LabelCoverage]:
+    def label_coverage(self, results: Iterable[UnitResult], *,
+                       item_mmd: bool = False) -> dict[str, LabelCoverage]:
         """For every finished unit, whether each test item's label was among its demonstrations.
 
         Reads the unit's ``selections/<key>.json`` (the pool indices every query saw) and its
@@ -1074,6 +1086,10 @@ class Harness:
         ----------
         results : iterable of UnitResult
             Finished units of this harness's ``out_dir``.
+        item_mmd : bool
+            Also compute each item's ``MMD^2(S_q, {q})`` under the reference kernel
+            (:attr:`LabelCoverage.mmd2_query`; needs the reference encoder's embeddings of the
+            task). Their mean must equal the unit's recorded ``mmd2_query``.
 
         Returns
         -------
@@ -1086,7 +1102,9 @@ class Harness:
             When a unit's key (which hashes the task's pool and test data) or its recorded
             truth does not match the task as this harness loads it, or a selection names an
             index outside the task's pool: the results were computed on other data (another
-            ``pool_size``, split or dataset version).
+            ``pool_size``, split or dataset version); with ``item_mmd``, also when the items'
+            mean differs from the recorded ``mmd2_query`` (another reference encoder or
+            kernel).
         """
         preds = load_predictions(self.out_dir)
         out: dict[str, LabelCoverage] = {}
@@ -1121,10 +1139,19 @@ class Harness:
                 names, counts = np.unique(row.astype(str), return_counts=True)
                 top = names[counts == counts.max()]
                 vote[i] = 1.0 / len(top) if truth[i] in top else 0.0
+            per = None
+            if item_mmd:
+                _, per = self._selection_mmd(task, r.spec.model, idx, np.arange(n),
+                                             bool(rec["shared"]))
+                if not np.isclose(per.mean(), r.mmd2_query, rtol=1e-3, atol=1e-6):
+                    raise InputError(f"unit {r.spec.label} on {r.spec.task}: its items' MMD² "
+                                     f"to the query average {per.mean():.6g}, its record says "
+                                     f"{r.mmd2_query:.6g} (another reference encoder or "
+                                     "kernel?)")
             out[r.key] = LabelCoverage(
                 r.key, hits.any(axis=1), hits.mean(axis=1).astype(np.float64),
                 np.asarray([p == t for p, t in zip(pred, truth, strict=True)], dtype=bool),
-                vote)
+                vote, per)
         return out
 
     def import_finished(self, source: str | os.PathLike[str],

@@ -308,6 +308,10 @@ class ComparisonReport:
     precision_json : Path or None
         ``precision.json`` (the same units in two precisions, one record each) when
         ``precision`` was given.
+    concordance_json : Path or None
+        ``concordance.json`` (:class:`icldistill.reporting.concordance.ConcordanceRecord`
+        records) when ``coverage`` carried per-item MMD (``Harness.label_coverage(...,
+        item_mmd=True)``).
     """
 
     markdown: Path
@@ -328,6 +332,7 @@ class ComparisonReport:
     posthoc_json: Path | None = None
     posthoc_control: list[ControlCheck] = field(default_factory=list)
     precision_json: Path | None = None
+    concordance_json: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON types (paths as strings, tuples as lists, non-finite numbers as
@@ -405,6 +410,10 @@ def write_comparison_report(
     them (:func:`control_checks`). ``precision``
     (:func:`icldistill.evaluation.compare_precisions`: units run in two precisions) adds
     "The same units in two precisions" before the table of every unit, and ``precision.json``.
+    Where ``coverage`` carries each item's ``MMD^2`` to its query (``item_mmd=True``), the
+    section "Within an item, do closer demonstrations answer right?"
+    (:mod:`icldistill.reporting.concordance`) follows the coverage section, with the control
+    beside it when ``control_coverage`` has per-item MMD too, and ``concordance.json``.
 
     Tables: accuracy (mean over seeds and orderings, 95% bootstrap CI of single runs in the
     detail table) per task and selector for every model and ``k``, the mean over tasks, the
@@ -461,6 +470,17 @@ def write_comparison_report(
         if cov_section is not None:
             sections.insert(len(lead), cov_section)
             figures += [out / f for f in _figure_paths([cov_section])]
+    concordance_json = None
+    if coverage and any(getattr(c, "mmd2_query", None) is not None for c in coverage.values()):
+        from icldistill.reporting.concordance import concordance_records, concordance_section
+
+        conc = concordance_records(_group_results(results), coverage, control_coverage)
+        if conc:
+            concordance_json = write_json(out / "concordance.json",
+                                          [c.to_dict() for c in conc])
+            at = next((i + 1 for i, s in enumerate(sections)
+                       if getattr(s, "title", None) == _COVERAGE_TITLE), len(lead))
+            sections.insert(at, concordance_section(conc))
     precision_json = None
     if precision is not None:
         precision = list(precision)
@@ -473,7 +493,7 @@ def write_comparison_report(
     return ComparisonReport(md_path, html_path, figures, acc_.summaries, acc_.best,
                             acc_.fam_best, acc_.beats, acc_.rho, acc_.collapsed, paired_json,
                             acc_.ties, f1_json, meets_bar, cov_summaries, checks, posthoc_json,
-                            posthoc_checks, precision_json)
+                            posthoc_checks, precision_json, concordance_json)
 
 
 def _lead_sections(out: Path, results: Sequence[Any],
@@ -1305,8 +1325,10 @@ def _coverage_section(results: Sequence[Any], coverage: Mapping[str, Any],
         "the accuracy of a majority vote of its demonstrations' labels with no model at all "
         "(ties split evenly), beside the model's. Descriptive: items are not assigned to "
         "\"shown\" at random, so this shows where accuracy comes from, not a causal effect.")
-    return Section("Do the demonstrations show the query's label?",
-                   (intro, BulletList(claims), *blocks)), summaries
+    return Section(_COVERAGE_TITLE, (intro, BulletList(claims), *blocks)), summaries
+
+
+_COVERAGE_TITLE = "Do the demonstrations show the query's label?"
 
 
 def _coverage_summaries(model: str, k: int, rs: Sequence[Any], coverage: Mapping[str, Any],
