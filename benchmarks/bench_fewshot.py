@@ -219,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --control: the twin's units take the demonstrations the "
                          "trained grid in DIR chose (needed for model-space selectors such as "
                          "mmd-katt, whose representation is the trained model's)")
+    ap.add_argument("--katt-concordance", action="store_true",
+                    help="also measure each item's MMD² to its query in the trained model's "
+                         "K_att space (keys/values of its demo-carrying heads) for the "
+                         "report's within-item concordance; encodes each task's pool with "
+                         "the model once (cached), and stores the values in "
+                         "OUT/item_mmd.jsonl, which later reports read without it")
     ap.add_argument("--control-dir", default=None, metavar="DIR",
                     help="a control folder of this grid: its paired comparisons go beside "
                          "these in the report")
@@ -419,7 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     tasks_ = ({t: Task.from_registry(t, pool_size=args.pool_size, progress=False)
                for t in {r.spec.task for r in results}} if args.pool_size else None)
     # (with each item's MMD² to its query: the within-item concordance section)
-    coverage = Harness(out, tasks=tasks_, progress=False).label_coverage(results, item_mmd=True)
+    harness = Harness(out, tasks=tasks_, progress=False)
+    coverage = harness.label_coverage(results, item_mmd=True)
+    # K_att-space values: computed with --katt-concordance, else those already stored
+    katt = harness.item_mmd(results, compute=args.katt_concordance)
     control_coverage = (None if control_results is None else
                         Harness(args.control_dir, tasks=tasks_, progress=False)
                         .label_coverage(control_results, item_mmd=True))
@@ -430,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
                                   control_coverage=control_coverage,
                                   control_label=f"the random-init control in {args.control_dir}",
                                   posthoc=posthoc_paired, control_posthoc=control_posthoc,
-                                  precision=precision or None,
+                                  precision=precision or None, katt_mmd=katt or None,
                                  title="Demonstration selection: few-shot accuracy" + (
                                      "" if args.control is None else
                                      f", random-init control (seed {args.control})") + (

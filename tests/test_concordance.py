@@ -165,6 +165,15 @@ def test_concordance_records_on_a_known_grid():
     assert trained[("all", "all pairs")].n_pairs == 2 * 40 * 2     # 1 right x 2 wrong per item
     md_section = concordance_section(recs)
     assert md_section.title == "Within an item, do closer demonstrations answer right?"
+    # a second space: its own records and table, one Holm family per reader with the first
+    katt = {key: -c.mmd2_query for key, c in cov.items()}      # closer is now farther
+    both = concordance_records({("m", 4): units}, cov, flipped, katt=katt, n_boot=50,
+                               n_perm=50)
+    assert {r.space for r in both} == {"reference", "K_att"} and len(both) == 2 * len(recs)
+    assert all(r.value == 0.0 for r in both if r.space == "K_att" and r.reader == "trained"
+               and r.n_pairs)
+    titles = [b.title for b in concordance_section(both).blocks[2:]]
+    assert len(titles) == 2 and "K_att" in titles[1]
     # units without per-item MMD give no records
     no_mmd = {k: dataclasses.replace(c, mmd2_query=None) for k, c in cov.items()}
     assert concordance_records({("m", 4): units}, no_mmd) == []

@@ -254,6 +254,29 @@ def test_harness_runs_mmd_katt_in_attention_space(tmp_path):
     # a second harness reads the choice back instead of tracing again
     h2 = Harness(tmp_path / "run", tasks={"toy": toy}, model_loader=None, progress=False)
     assert h2.attention_heads(toy, "tiny").spec == rec["spec"]
+    # each item's MMD² in the model's K_att space, against a pair-by-pair computation
+    assert h2.item_mmd(res, compute=False) == {}                  # nothing stored yet
+    katt = h.item_mmd(res)
+    enc = h.encoder(rec["spec"], "tiny")
+    pool = torch.as_tensor(h.embeddings(toy, "train", rec["spec"], "tiny"), dtype=torch.float64)
+    test = torch.as_tensor(h.embeddings(toy, "test", rec["spec"], "tiny", n=6),
+                           dtype=torch.float64)
+    kern = enc.kernel(pool, test)
+    assert kern.name == "attention-norm"
+    for r in res:
+        sel = json.loads((h.out_dir / "selections" / f"{r.key}.json").read_text())
+        idx = np.asarray(sel["indices"])
+        for i in range(r.n):
+            s_ = pool[idx[0 if sel["shared"] else i]]
+            q = test[i:i + 1]
+            ref = float(kern(s_, s_).mean() - 2 * kern(s_, q).mean() + kern(q, q)[0, 0])
+            assert katt[r.key][i] == pytest.approx(ref, abs=1e-9)
+    # stored, and read back without a model
+    again = h2.item_mmd(res, compute=False)
+    assert set(again) == {r.key for r in res}
+    assert all(np.array_equal(again[k], v) for k, v in katt.items())
+    with pytest.raises(InputError, match="unknown space"):
+        h2.item_mmd(res, space="minilm")
 
 
 def test_head_choice_maps_attention_calls_to_layers(llama, monkeypatch):

@@ -1058,19 +1058,61 @@ class Harness:
                                dtype=torch.float64)
         test = torch.as_tensor(self.embeddings(task, "test", ref, model_name),
                                dtype=torch.float64)[torch.as_tensor(test_idx)]
-        rows = torch.as_tensor(idx[:1] if shared else idx)            # [R, k]
-        shown = pool[rows.reshape(-1)]
-        mmd_task = mmd(shown, test, kern, "biased")
-        s = pool[rows]                                                # [R, k, d]
-        kss = torch.stack([kern(x, x).mean() for x in s])             # [R]
-        if shared:
-            ksq = kern(s[0], test).mean(0)                            # [n]
-            kqq = kern.diag(test)
-            per = kss[0] - 2 * ksq + kqq
-        else:
-            ksq = torch.stack([kern(s[i], test[i : i + 1]).mean() for i in range(len(s))])
-            per = kss - 2 * ksq + kern.diag(test)
-        return float(mmd_task), per.numpy()
+        return _set_mmd(pool, test, kern, idx, shared)
+
+    def item_mmd(self, results: Iterable[UnitResult], *, space: str = "katt",
+                 compute: bool = True) -> dict[str, np.ndarray]:
+        """Each unit's per-item ``MMD^2(S_i, {q_i})`` ``[n]`` in the model's attention space.
+
+        ``space="katt"``: the keys and values of the unit's model's demo-carrying heads
+        (``kv:auto``, :meth:`attention_heads`) under their normalised ``K_att``, the space the
+        theory's bias term speaks of (and ``mmd-katt``'s). The reference space is
+        :meth:`label_coverage` with ``item_mmd=True``. Computing it runs the model over the
+        task's pool and scored test inputs once per task (cached like every encoding); the
+        values are stored in ``item_mmd.jsonl`` (one record per unit and space) and read back,
+        so a later call computes only the units it has not seen.
+
+        Parameters
+        ----------
+        results : iterable of UnitResult
+            Finished units of this harness's ``out_dir`` (with their ``selections/``).
+        space : {"katt"}
+        compute : bool
+            ``False``: only read what ``item_mmd.jsonl`` holds (no model is loaded).
+
+        Returns
+        -------
+        dict
+            Unit key -> ``[n]`` float64; units without a recorded selection (or, with
+            ``compute=False``, without a stored record) are left out.
+        """
+        if space != "katt":
+            raise InputError(f"item_mmd: unknown space {space!r} (known: 'katt')")
+        path = self.out_dir / "item_mmd.jsonl"
+        stored = {rec["key"]: np.asarray(rec["values"], dtype=np.float64)
+                  for rec in _read_jsonl(path)
+                  if rec.get("space") == space and "key" in rec and "values" in rec}
+        out: dict[str, np.ndarray] = {}
+        for r in results:
+            sel = self.out_dir / "selections" / f"{r.key}.json"
+            if r.key in stored or not compute or not sel.exists():
+                if r.key in stored:
+                    out[r.key] = stored[r.key]
+                continue
+            task = self.task(r.spec.task)
+            rec = json.loads(sel.read_text())
+            enc = self.attention_heads(task, r.spec.model, r.spec.dtype).spec
+            pool = torch.as_tensor(self.embeddings(task, "train", enc, r.spec.model,
+                                                   r.spec.dtype), dtype=torch.float64)
+            test = torch.as_tensor(self.embeddings(task, "test", enc, r.spec.model,
+                                                   r.spec.dtype, n=r.n), dtype=torch.float64)
+            kern = self.encoder(enc, r.spec.model, r.spec.dtype).kernel(pool, test)
+            _, per = _set_mmd(pool, test, kern, np.asarray(rec["indices"], dtype=np.int64),
+                              bool(rec["shared"]))
+            _append_jsonl(path, {"key": r.key, "space": space, "encoder": enc,
+                                 "values": per.tolist()})
+            out[r.key] = per
+        return out
 
     # ---- many units --------------------------------------------------------------------
 
@@ -1298,6 +1340,26 @@ def _read_partial(partial: Path, n: int, labels: list[str]) -> tuple[np.ndarray,
         tokens += int(rec.get("tokens", 0))
         seconds += float(rec.get("seconds", 0.0))
     return scores, tokens, seconds
+
+
+def _set_mmd(pool: torch.Tensor, test: torch.Tensor, kern: Kernel, idx: np.ndarray,
+             shared: bool) -> tuple[float, np.ndarray]:
+    """Biased ``MMD^2`` between the shown demonstrations and the test inputs, and each item's
+    ``MMD^2(S_i, {q_i})`` ``[n]``; ``pool [N, d]`` and ``test [n, d]`` float64, ``idx [R, k]``
+    pool indices (``R = 1`` when ``shared``)."""
+    rows = torch.as_tensor(idx[:1] if shared else idx)            # [R, k]
+    shown = pool[rows.reshape(-1)]
+    mmd_task = mmd(shown, test, kern, "biased")
+    s = pool[rows]                                                # [R, k, d]
+    kss = torch.stack([kern(x, x).mean() for x in s])             # [R]
+    if shared:
+        ksq = kern(s[0], test).mean(0)                            # [n]
+        kqq = kern.diag(test)
+        per = kss[0] - 2 * ksq + kqq
+    else:
+        ksq = torch.stack([kern(s[i], test[i : i + 1]).mean() for i in range(len(s))])
+        per = kss - 2 * ksq + kern.diag(test)
+    return float(mmd_task), per.numpy()
 
 
 def _prompt_tokens(scorer: FewShotScorer, texts: list[str]) -> int:

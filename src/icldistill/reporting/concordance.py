@@ -54,6 +54,11 @@ class ConcordanceRecord(Result):
         One of :data:`CONCORDANCE_STRATA`.
     reader : str
         ``"trained"`` or ``"control"`` (the random-init twin, on the same prompts).
+    space : str
+        Where the MMD is measured: ``"reference"`` (the report's reference embeddings and
+        kernel, the units' ``mmd2_query``) or ``"K_att"`` (the keys and values of the trained
+        model's demo-carrying heads under normalised ``K_att``,
+        :meth:`icldistill.evaluation.Harness.item_mmd`).
     value, low, high : float
         Share of discordant pairs in which the right answer had the closer demonstrations,
         with its 95% item-bootstrap interval (0.5: no association).
@@ -69,6 +74,7 @@ class ConcordanceRecord(Result):
     task: str
     pairs_compared: str
     reader: str
+    space: str
     value: float
     low: float
     high: float
@@ -79,18 +85,22 @@ class ConcordanceRecord(Result):
     n_conditions: int
 
 
-def _matrices(rs: Sequence[Any], coverage: Mapping[str, Any]
+def _matrices(rs: Sequence[Any], coverage: Mapping[str, Any],
+              mmd_of: Mapping[str, np.ndarray] | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """``correct, mmd, shown, count`` ``[n, C]`` of one task's units (the units' test items
-    must be the same); ``None`` when fewer than two units have per-item MMD."""
-    recs = [coverage[r.key] for r in rs
-            if r.key in coverage and coverage[r.key].mmd2_query is not None]
+    must be the same), the MMD from ``mmd_of`` (unit key -> ``[n]``) or else the coverage
+    records' ``mmd2_query``; ``None`` when fewer than two units have both."""
+    def per_item(key: str) -> np.ndarray | None:
+        return mmd_of.get(key) if mmd_of is not None else coverage[key].mmd2_query
+
+    rs = [r for r in rs if r.key in coverage and per_item(r.key) is not None]
+    recs = [coverage[r.key] for r in rs]
     if len(recs) < 2 or len({len(c.correct) for c in recs}) != 1:
         return None
-    k = np.array([r.spec.k for r in rs if r.key in coverage
-                  and coverage[r.key].mmd2_query is not None], dtype=np.float64)
+    k = np.array([r.spec.k for r in rs], dtype=np.float64)
     return (np.stack([c.correct for c in recs], 1),
-            np.stack([np.asarray(c.mmd2_query, dtype=np.float64) for c in recs], 1),
+            np.stack([np.asarray(per_item(r.key), dtype=np.float64) for r in rs], 1),
             np.stack([c.shown for c in recs], 1).astype(np.int64),
             np.rint(np.stack([c.share for c in recs], 1) * k).astype(np.int64))
 
@@ -117,46 +127,69 @@ def _measure(correct: np.ndarray, mmd2: np.ndarray, shown: np.ndarray, count: np
 def concordance_records(groups: Mapping[tuple[str, int], Sequence[Any]],
                         coverage: Mapping[str, Any],
                         control_coverage: Mapping[str, Any] | None = None, *,
+                        katt: Mapping[str, np.ndarray] | None = None,
                         n_boot: int = 2000, n_perm: int = 2000,
                         seed: int = 0) -> list[ConcordanceRecord]:
     """Every :class:`ConcordanceRecord` of the grid: per ``(model, k)`` group of units (from
     the report's grouping), per task and over all tasks, for each of
     :data:`CONCORDANCE_STRATA`, for the trained model and, where ``control_coverage`` has the
-    same units (same keys, same prompts), for the control."""
+    same units (same keys, same prompts), for the control; in the reference space and, with
+    ``katt`` (unit key -> per-item ``MMD^2`` in the trained model's ``K_att`` space, from
+    :meth:`icldistill.evaluation.Harness.item_mmd`; the control's units share the keys and
+    the prompts, so the same values), in that space too. Holm adjusts over the records of
+    one model, ``k`` and reader."""
+    spaces: list[tuple[str, Mapping[str, np.ndarray] | None]] = [("reference", None)]
+    if katt:
+        spaces.append(("K_att", katt))
     out: list[ConcordanceRecord] = []
     for (model, k), rs in groups.items():
         tasks = sorted({r.spec.task for r in rs})
-        mats = {reader: {t: m for t in tasks
-                         if (m := _matrices([r for r in rs if r.spec.task == t], cov))
-                         is not None}
-                for reader, cov in (("trained", coverage), ("control", control_coverage or {}))}
-        # the control's pooled row covers its tasks; the trained model gets a pooled row over
-        # the same tasks, to be set beside it
-        shared = sorted(mats["control"])
-        for reader, per_task in mats.items():
-            if not per_task:
-                continue
-            rows: list[tuple[str, str, Any, int]] = []
-            items = list(per_task.items())
-            if len(items) > 1:
-                items.append(("all", _pad([m for _, m in items])))
-            if reader == "trained" and 1 < len(shared) < len(per_task):
-                items.append((CONTROL_TASKS, _pad([per_task[t] for t in shared])))
-            if reader == "control" and len(items) > 1 and len(shared) < len(mats["trained"]):
-                items[-1] = (CONTROL_TASKS, items[-1][1])
-            for task, m in items:
-                for how in CONCORDANCE_STRATA:
-                    rows.append((task, how, _measure(*m, how, n_boot, n_perm, seed),
-                                 int(np.max((~np.isnan(m[1])).sum(axis=1)))))
-            ps = np.array([c.p for _, _, c, _ in rows])
+        for reader, cov in (("trained", coverage), ("control", control_coverage or {})):
+            rows: list[tuple[str, str, str, Any, int]] = []
+            for space, mmd_of in spaces:
+                rows += _space_rows(rs, tasks, coverage, control_coverage or {}, reader, cov,
+                                    space, mmd_of, n_boot, n_perm, seed)
+            ps = np.array([c.p for *_, c, _ in rows])
             adj = np.full(ps.shape, np.nan)
             ok = np.isfinite(ps)
             if ok.any():
                 adj[ok] = holm(ps[ok])
-            out += [ConcordanceRecord(model, int(k), task, how, reader, c.value, c.low, c.high,
-                                      c.p, float(a), c.n_items, c.n_pairs, n_cond)
-                    for (task, how, c, n_cond), a in zip(rows, adj, strict=True)]
+            out += [ConcordanceRecord(model, int(k), task, how, reader, space, c.value, c.low,
+                                      c.high, c.p, float(a), c.n_items, c.n_pairs, n_cond)
+                    for (task, how, space, c, n_cond), a in zip(rows, adj, strict=True)]
     return out
+
+
+def _space_rows(rs: Sequence[Any], tasks: Sequence[str], coverage: Mapping[str, Any],
+                control_coverage: Mapping[str, Any], reader: str, cov: Mapping[str, Any],
+                space: str, mmd_of: Mapping[str, np.ndarray] | None, n_boot: int,
+                n_perm: int, seed: int) -> list[tuple[str, str, str, Any, int]]:
+    """The concordances of one reader in one space: per task, pooled, and pooled over the
+    control's tasks (the trained model's, to be set beside the control's) where the control
+    ran fewer tasks."""
+    def mats(c: Mapping[str, Any]) -> dict[str, tuple[np.ndarray, ...]]:
+        return {t: m for t in tasks
+                if (m := _matrices([r for r in rs if r.spec.task == t], c, mmd_of)) is not None}
+
+    per_task = mats(cov)
+    if not per_task:
+        return []
+    shared = sorted(mats(control_coverage)) if control_coverage else []
+    n_trained = len(per_task) if reader == "trained" else len(mats(coverage))
+    items = list(per_task.items())
+    if len(items) > 1:
+        items.append(("all", _pad([m for _, m in items])))
+    if reader == "trained" and 1 < len(shared) < len(per_task):
+        items.append((CONTROL_TASKS, _pad([per_task[t] for t in shared])))
+    if reader == "control" and len(items) > 1 and len(shared) < n_trained:
+        items[-1] = (CONTROL_TASKS, items[-1][1])
+    return [(task, how, space, _measure(*m, how, n_boot, n_perm, seed),
+             int(np.max((~np.isnan(m[1])).sum(axis=1))))
+            for task, m in items for how in CONCORDANCE_STRATA]
+
+
+#: How the section names a space of :attr:`ConcordanceRecord.space` other than the reference.
+_SPACE_NAMES = {"K_att": "MMD in the model's K_att space"}
 
 
 def _cell(r: ConcordanceRecord | None) -> str:
@@ -174,32 +207,32 @@ def concordance_section(records: Sequence[ConcordanceRecord]) -> Any:
         return None
     blocks: list[Any] = []
     claims: list[str] = []
-    index = {(r.model, r.k, r.task, r.pairs_compared, r.reader): r for r in records}
-    for model, k in dict.fromkeys((r.model, r.k) for r in records):
-        tag = f"{model} k={k}"
-        tasks = list(dict.fromkeys(r.task for r in records if (r.model, r.k) == (model, k)
-                                   and r.reader == "trained"))
+    index = {(r.model, r.k, r.task, r.pairs_compared, r.reader, r.space): r for r in records}
+    for model, k, space in dict.fromkeys((r.model, r.k, r.space) for r in records):
+        mine = [r for r in records if (r.model, r.k, r.space) == (model, k, space)]
+        tag = f"{model} k={k}" + ("" if space == "reference" else f", {_SPACE_NAMES[space]}")
+        tasks = list(dict.fromkeys(r.task for r in mine if r.reader == "trained"))
         tasks = (sorted(t for t in tasks if t not in ("all", CONTROL_TASKS))
                  + [t for t in ("all", CONTROL_TASKS) if t in tasks])
-        has_control = any(r.reader == "control" and (r.model, r.k) == (model, k)
-                          for r in records)
+        has_control = any(r.reader == "control" for r in mine)
         header = ["task", "units", "discordant pairs",
                   *(f"trained: {h}" for h in CONCORDANCE_STRATA)]
         if has_control:
             header += ["control: all pairs", "control: same label count"]
         rows = []
         for t in tasks:
-            first = index[(model, k, t, "all pairs", "trained")]
+            first = index[(model, k, t, "all pairs", "trained", space)]
             row = [plain(t), str(first.n_conditions), f"{first.n_pairs:,}",
-                   *(_cell(index.get((model, k, t, h, "trained"))) for h in CONCORDANCE_STRATA)]
+                   *(_cell(index.get((model, k, t, h, "trained", space)))
+                     for h in CONCORDANCE_STRATA)]
             if has_control:
-                row += [_cell(index.get((model, k, t, h, "control")))
+                row += [_cell(index.get((model, k, t, h, "control", space)))
                         for h in ("all pairs", "same label count")]
             rows.append(row)
         blocks.append(Section(f"{tag}: share of discordant pairs in which the closer "
                               "demonstrations answered right (95% CI; * = Holm p < 0.05)",
                               (Table(header, rows),)))
-        claims += _claims(tag, [r for r in records if (r.model, r.k) == (model, k)])
+        claims += _claims(tag, mine)
     intro = Paragraph(
         "The theory's bias term grows with the MMD between the demonstrations and the task. "
         "Within one test item it can be checked without the confounds of a comparison across "
@@ -216,8 +249,11 @@ def concordance_section(records: Sequence[ConcordanceRecord]) -> Any:
         "rows of one reader. The control "
         "is the random-init twin reading the same prompts. Descriptive: selectors differ in "
         "more than MMD (order, redundancy), and the MMD here is on the reference embeddings, "
-        "not the model's attention keys; for multiple-choice tasks the labels are the option "
-        "letters.")
+        "not the model's attention keys, except in the tables marked K_att: there the MMD is "
+        "measured on the keys and values of the trained model's demo-carrying heads (those "
+        "mmd-katt selects on) under normalised K_att, the space the theory speaks of (the "
+        "control reads the same prompts, so it has the same values). For multiple-choice "
+        "tasks the labels are the option letters.")
     return Section("Within an item, do closer demonstrations answer right?",
                    (intro, BulletList(claims), *blocks))
 

@@ -380,6 +380,7 @@ def write_comparison_report(
     posthoc: Sequence[PairedComparison] | None = None,
     control_posthoc: Sequence[PairedComparison] | None = None,
     precision: Sequence[PrecisionComparison] | None = None,
+    katt_mmd: Mapping[str, np.ndarray] | None = None,
 ) -> ComparisonReport:
     """Markdown + HTML report of a selector comparison (harness :class:`UnitResult` objects).
 
@@ -413,7 +414,9 @@ def write_comparison_report(
     Where ``coverage`` carries each item's ``MMD^2`` to its query (``item_mmd=True``), the
     section "Within an item, do closer demonstrations answer right?"
     (:mod:`icldistill.reporting.concordance`) follows the coverage section, with the control
-    beside it when ``control_coverage`` has per-item MMD too, and ``concordance.json``.
+    beside it when ``control_coverage`` has per-item MMD too, and ``concordance.json``;
+    ``katt_mmd`` (unit key -> per-item ``MMD^2`` in the trained model's ``K_att`` space,
+    :meth:`icldistill.evaluation.Harness.item_mmd`) adds the same tables in that space.
 
     Tables: accuracy (mean over seeds and orderings, 95% bootstrap CI of single runs in the
     detail table) per task and selector for every model and ``k``, the mean over tasks, the
@@ -474,7 +477,8 @@ def write_comparison_report(
     if coverage and any(getattr(c, "mmd2_query", None) is not None for c in coverage.values()):
         from icldistill.reporting.concordance import concordance_records, concordance_section
 
-        conc = concordance_records(_group_results(results), coverage, control_coverage)
+        conc = concordance_records(_group_results(results), coverage, control_coverage,
+                                   katt=katt_mmd)
         if conc:
             concordance_json = write_json(out / "concordance.json",
                                           [c.to_dict() for c in conc])
