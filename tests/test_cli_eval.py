@@ -252,7 +252,7 @@ def test_compare_control_reads_the_trained_prompts_in_model_space(setup, capsys,
     rep = root / "cmp-control-hidden"
     argv = ["compare", "--models", str(model_dir), *_task_args(data), "--selectors",
             "knn,mmd", "--ks", "2", "--n-test", "8", "--encoder", "hidden:-1", "--out",
-            str(rep), "--quiet", "--control", "1"]
+            str(rep), "--quiet", "--control", "1", "--katt-concordance"]
     assert main(argv) == 0
     capsys.readouterr()
     control = rep / "control-1"
@@ -264,6 +264,13 @@ def test_compare_control_reads_the_trained_prompts_in_model_space(setup, capsys,
         assert a["indices"] == b["indices"] and a["shared"] == b["shared"]
     md = (rep / "report.md").read_text()
     assert "the trained model's own selection" in md
+    # --katt-concordance: the items' MMD² in the model's K_att space, stored, in the report
+    conc = json.loads((rep / "concordance.json").read_text())
+    assert {(r["space"], r["reader"]) for r in conc} == {
+        (s, who) for s in ("reference", "K_att") for who in ("trained", "control")}
+    stored = [json.loads(x) for x in (rep / "item_mmd.jsonl").read_text().splitlines()]
+    assert sorted(r["key"] for r in stored) == sorted(r["key"] for r in trained)
+    assert "K_att space: share of discordant pairs" in md
 
 
 def test_status_prints_where_the_grid_stands_and_computes_nothing(setup, capsys, monkeypatch):

@@ -133,6 +133,11 @@ def add_parsers(sub: Any) -> None:
                    help="an exploratory comparison chosen after seeing the results: SELECTOR "
                         "against BASELINE, paired, in a Holm family of its own (repeatable; "
                         "e.g. --posthoc vote-k mmd); the report labels these post hoc")
+    p.add_argument("--katt-concordance", action="store_true",
+                   help="also measure each test item's MMD² to its demonstrations in the "
+                        "model's own K_att space (keys/values of its demo-carrying heads) for "
+                        "the report's within-item concordance tables; encodes every task's "
+                        "pool with the model once (cached)")
     p.add_argument("--out", default="icldistill-compare",
                    help="output folder: report.md, report.html, figures, results and caches "
                         "(default icldistill-compare)")
@@ -232,8 +237,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     paired = paired_comparisons(results, mine, baselines=bases)
     paired_f1 = paired_comparisons(results, mine, baselines=bases, metric="macro_f1")
     posthoc = paired_comparisons(results, mine, pairs=pairs) if pairs else None
-    coverage = Harness(args.out, tasks=tasks, progress=False).label_coverage(results,
-                                                                             item_mmd=True)
+    h = Harness(args.out, tasks=tasks, progress=not args.quiet, device=args.device)
+    coverage = h.label_coverage(results, item_mmd=True)
+    # each item's MMD² in the model's own K_att space: computed on request (it encodes every
+    # task's pool with the model), else whatever an earlier run stored
+    katt = h.item_mmd(results, compute=args.katt_concordance)
     control, control_cov, control_posthoc = ((None, None, None) if args.control is None
                                              else _control_grid(args, units, tasks, bases, pairs))
     rep = write_comparison_report(results, args.out, commands=[command_line(args)],
@@ -242,6 +250,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                                   control_paired=control, control_coverage=control_cov,
                                   control_imported=control is not None,
                                   posthoc=posthoc, control_posthoc=control_posthoc,
+                                  katt_mmd=katt or None,
                                   control_label=f"the random-init twins (seed {args.control}) "
                                                 f"in {Path(args.out) / f'control-{args.control}'}")
     for tag in rep.mmd_family_best:        # every (model, k) with a complete grid, in order
