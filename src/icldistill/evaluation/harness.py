@@ -1095,9 +1095,10 @@ class Harness:
         out: dict[str, np.ndarray] = {}
         for r in results:
             sel = self.out_dir / "selections" / f"{r.key}.json"
-            if r.key in stored or not compute or not sel.exists():
-                if r.key in stored:
-                    out[r.key] = stored[r.key]
+            if r.key in stored:
+                out[r.key] = stored[r.key]
+                continue
+            if not compute or not sel.exists():
                 continue
             task = self.task(r.spec.task)
             rec = json.loads(sel.read_text())
