@@ -1,0 +1,172 @@
+"""The figures that the README and the selector guide quote from the committed selection grid
+are the committed results' figures.
+
+The grid grows session by session (blocks complete, Holm families gain rows), and a sentence
+written against last week's ``paired.json`` or ``concordance.json`` goes stale silently. Each
+claim below rebuilds the quoted text from the committed records, so a stale figure fails here,
+with the sentence to fix and the current value, and not in a reader's hands. When a figure
+changes, reread the sentence around it: its reading may have to change too.
+
+Formats, as the documents write them: points with a sign and a true minus (``−1.1 [−2.1,
+−0.2]``), shares as percentages with one decimal (``71.0% [69.7, 72.4]``), counts with thousands
+separators (``55,196``). Whitespace is normalised (sentences wrap anywhere).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+GRID = RESULTS / "selection-grid"
+CONTROL = RESULTS / "selection-grid-control-1"
+SIX_TASK = RESULTS / "fewshot"
+README = "README.md"
+GUIDE = "docs/howto/which-selector.md"
+
+SMOL = "smollm2-135m"
+QWEN = "qwen2.5-0.5b (bfloat16)"
+
+
+@cache
+def _doc(rel: str) -> str:
+    return " ".join((ROOT / rel).read_text(encoding="utf-8").split())
+
+
+@cache
+def _records(path: Path) -> tuple[dict, ...]:
+    if not path.exists():
+        pytest.skip(f"{path.relative_to(ROOT)} is not committed")
+    return tuple(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _one(path: Path, **where) -> dict:
+    found = [r for r in _records(path) if all(r.get(k) == v for k, v in where.items())]
+    assert len(found) == 1, f"{len(found)} records of {path.relative_to(ROOT)} match {where}"
+    return found[0]
+
+
+def paired(selector: str, baseline: str, *, model: str = SMOL, k: int = 8, task: str = "mean",
+           folder: Path = GRID, name: str = "paired.json") -> dict:
+    return _one(folder / name, model=model, k=k, task=task, selector=selector, baseline=baseline,
+                metric="accuracy")
+
+
+def within(pairs: str, *, model: str = SMOL, k: int = 8, task: str = "all",
+           reader: str = "trained", space: str = "reference") -> dict:
+    return _one(GRID / "concordance.json", model=model, k=k, task=task, pairs_compared=pairs,
+                reader=reader, space=space)
+
+
+def points(x: float) -> str:
+    """A difference in points: ``+0.1``, ``−2.0`` (a value that rounds to zero is ``+0.0``)."""
+    v = round(100 * x, 1)
+    return f"{v + 0.0:+.1f}".replace("-", "−") if v != 0 else "+0.0"
+
+
+def points_ci(r: dict) -> str:
+    return f"{points(r['diff'])} [{points(r['ci_low'])}, {points(r['ci_high'])}]"
+
+
+def share(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def share_ci(r: dict) -> str:
+    return f"{share(r['value'])} [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"
+
+
+CONTROL_TASKS = "all, the control's tasks"
+ALL, SHOWN, COUNT = "all pairs", "same label shown", "same label count"
+
+# (document, what it quotes): the quoted text, rebuilt from the committed records.
+CLAIMS: list[tuple[str, str, Callable[[], str]]] = [
+    # the 6-task grid (complete)
+    (README, "mmd-query vs knn, 6 tasks, smollm2",
+     lambda: f"`mmd-query` {points_ci(paired('mmd-query', 'knn', folder=SIX_TASK))}"),
+    (README, "mmd vs knn, 6 tasks, smollm2",
+     lambda: f"`mmd` {points_ci(paired('mmd', 'knn', folder=SIX_TASK))}"),
+    (GUIDE, "mmd-query vs knn, 6 tasks, qwen",
+     lambda: "`mmd-query` is " + points_ci(paired('mmd-query', 'knn', folder=SIX_TASK,
+                                                   model=QWEN)) + " against `knn`"),
+    # the 10-task grid, smollm2-135m k = 8, against knn
+    (README, "mmd-local vs knn",
+     lambda: f"`mmd-local` {points_ci(paired('mmd-local', 'knn'))}"),
+    (README, "mmd-katt vs knn",
+     lambda: f"`mmd-katt` {points_ci(paired('mmd-katt', 'knn'))}"),
+    *[(README, f"{s} vs knn", lambda s=s: f"`{s}` {points(paired(s, 'knn')['diff'])}")
+      for s in ("mmd-joint", "mmd", "mmd-balanced", "mmr", "dpp", "bm25")],
+    (GUIDE, "mmd-local vs knn (guide)",
+     lambda: "`mmd-local` is {} points [{}, {}]".format(
+         *(points(paired('mmd-local', 'knn')[f]) for f in ("diff", "ci_low", "ci_high")))),
+    (GUIDE, "mmd-katt vs knn (guide)",
+     lambda: f"`mmd-katt` {points(paired('mmd-katt', 'knn')['diff'])} (worse)"),
+    # vote-k, the best set-level selector
+    (README, "vote-k vs random",
+     lambda: f"It beats `random` by {points_ci(paired('vote-k', 'random'))} points"),
+    (GUIDE, "vote-k vs random (guide)",
+     lambda: f"it is {points_ci(paired('vote-k', 'random'))} points over `random`"),
+    *[(doc, f"vote-k vs mmd, post hoc ({doc})",
+       lambda: "beats set-level `mmd` by "
+       + points_ci(paired('vote-k', 'mmd', name="paired_posthoc.json")))
+      for doc in (README, GUIDE)],
+    *[(doc, f"vote-k vs {b}, post hoc ({doc})",
+       lambda b=b: f"`{b}` by " + points(paired('vote-k', b, name="paired_posthoc.json")['diff']))
+      for doc in (README, GUIDE) for b in ("mmd-joint", "mmd-balanced")],
+    # within an item: MiniLM (reference) space
+    (README, "within item, all pairs",
+     lambda: f"{share_ci(within(ALL))} of {within(ALL)['n_pairs']:,} such pairs"),
+    (README, "within item, same label count",
+     lambda: f"{share_ci(within(COUNT))} (Holm p {within(COUNT)['p_holm']:.2g};"),
+    (GUIDE, "within item (guide)",
+     lambda: f"it was in {share(within(ALL)['value'])} of {within(ALL)['n_pairs']:,} such pairs,"
+     f" but only in {share_ci(within(COUNT))}"),
+    (README, "within item, the twin",
+     lambda: "is at {} and {}".format(
+         *(share(within(p, task=CONTROL_TASKS, reader="control")['value'])
+           for p in (ALL, COUNT)))),
+    (README, "within item, trained on the twin's tasks",
+     lambda: "(trained on those tasks: {} and {})".format(
+         *(share(within(p, task=CONTROL_TASKS)['value']) for p in (ALL, COUNT)))),
+    (README, "within item, qwen",
+     lambda: "the same figures are {} and {}".format(
+         *(share_ci(within(p, model=QWEN)) for p in (ALL, COUNT)))),
+    (GUIDE, "within item, qwen (guide)",
+     lambda: "it is {} and {}".format(*(share(within(p, model=QWEN)['value'])
+                                        for p in (ALL, COUNT)))),
+    # within an item: the model's own K_att space
+    (README, "within item, K_att",
+     lambda: f"{share_ci(within(ALL, space='K_att'))} of pairs, and "
+     f"{share_ci(within(COUNT, space='K_att'))} with the label count held equal "
+     f"(Holm p {within(COUNT, space='K_att')['p_holm']:.2g})"),
+    (README, "within item, K_att, the twin",
+     lambda: "its twin {} and {}".format(
+         *(share(within(p, task=CONTROL_TASKS, reader="control", space="K_att")['value'])
+           for p in (ALL, COUNT)))),
+    # the random-init control of the grid
+    (README, "mmd-katt vs knn on r8, the twin",
+     lambda: "(twin: " + points_ci(paired('mmd-katt', 'knn', task="r8", folder=CONTROL)) + ")"),
+    (README, "mmd-joint vs knn on rt-sentiment, the twin",
+     lambda: "twin: " + points_ci(paired('mmd-joint', 'knn', task="rt-sentiment",
+                                         folder=CONTROL)) + ")"),
+]
+
+
+@pytest.mark.parametrize(("doc", "build"), [(d, b) for d, _, b in CLAIMS],
+                         ids=[what for _, what, _ in CLAIMS])
+def test_quoted_figure_is_the_committed_one(doc, build):
+    expected = build()
+    assert expected in _doc(doc), (
+        f"{doc} should quote {expected!r} (from the committed results); "
+        "update the sentence, and reread what it concludes")
+
+
+def test_formats():
+    assert points(-0.011) == "−1.1" and points(0.001) == "+0.1" and points(-0.0003) == "+0.0"
+    assert share(0.71004) == "71.0%"
+    assert share_ci({"value": 0.5453, "low": 0.52614, "high": 0.56436}) == "54.5% [52.6, 56.4]"
