@@ -26,6 +26,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 GRID = RESULTS / "selection-grid"
 CONTROL = RESULTS / "selection-grid-control-1"
 SIX_TASK = RESULTS / "fewshot"
+ABLATION = RESULTS / "ablation"
 README = "README.md"
 GUIDE = "docs/howto/which-selector.md"
 
@@ -63,10 +64,23 @@ def within(pairs: str, *, model: str = SMOL, k: int = 8, task: str = "all",
                 reader=reader, space=space)
 
 
+def ablation(contrast: str, objective: str, encoder: str, *, folder: Path = ABLATION) -> dict:
+    """A mean-over-tasks factor contrast of the ablation (or of its control's, ``folder``)."""
+    return _one(folder / "ablation.json", contrast=contrast, objective=objective, encoder=encoder,
+                task="mean", metric="accuracy")
+
+
 def points(x: float) -> str:
     """A difference in points: ``+0.1``, ``−2.0`` (a value that rounds to zero is ``+0.0``)."""
     v = round(100 * x, 1)
     return f"{v + 0.0:+.1f}".replace("-", "−") if v != 0 else "+0.0"
+
+
+def holm(p: float) -> str:
+    """A (Holm) p-value as the tables write it: ``1.0``, ``0.23``, ``4e-15``."""
+    if round(p, 2) >= 1:
+        return "1.0"
+    return f"{p:.2g}" if p >= 0.01 else f"{p:.0e}"
 
 
 def points_ci(r: dict) -> str:
@@ -94,6 +108,10 @@ CLAIMS: list[tuple[str, str, Callable[[], str]]] = [
     (GUIDE, "mmd-query vs knn, 6 tasks, qwen",
      lambda: "`mmd-query` is " + points_ci(paired('mmd-query', 'knn', folder=SIX_TASK,
                                                    model=QWEN)) + " against `knn`"),
+    *[(GUIDE, f"{s} vs knn, 6 tasks, smollm2 (guide's table)",
+       lambda s=s: f"| `{s}` | {points_ci(paired(s, 'knn', folder=SIX_TASK))}, "
+       f"{holm(paired(s, 'knn', folder=SIX_TASK)['p_holm'])} |")
+      for s in ("mmd-query", "dpp", "mmr", "bm25", "vote-k", "mmd", "mmd-balanced", "random")],
     # the 10-task grid, smollm2-135m k = 8, against knn
     (README, "mmd-local vs knn",
      lambda: f"`mmd-local` {points_ci(paired('mmd-local', 'knn'))}"),
@@ -148,6 +166,33 @@ CLAIMS: list[tuple[str, str, Callable[[], str]]] = [
      lambda: "its twin {} and {}".format(
          *(share(within(p, task=CONTROL_TASKS, reader="control", space="K_att")['value'])
            for p in (ALL, COUNT)))),
+    # the ablation (smollm2-135m, k = 8, 3 tasks) and its control
+    (README, "ablation: set MMD vs kNN on MiniLM",
+     lambda: "(set MMD " + points_ci(ablation("objective", "set MMD", "minilm"))),
+    (README, "ablation: joint kernel vs kNN on MiniLM",
+     lambda: "joint kernel "
+     + points(ablation("objective", "joint kernel (set)", "minilm")["diff"])),
+    (README, "ablation: hidden states for set MMD",
+     lambda: "MMD on them scores {} points above set MMD on MiniLM, Holm p {:.1g}".format(
+         points_ci(ablation("representation", "set MMD", "hidden:15")),
+         ablation("representation", "set MMD", "hidden:15")["p_holm"])),
+    (README, "ablation: hidden states for the joint kernel",
+     lambda: "the joint kernel {}, p {:.1g}".format(
+         points(ablation("representation", "joint kernel (set)", "hidden:15")["diff"]),
+         ablation("representation", "joint kernel (set)", "hidden:15")["p_holm"])),
+    (README, "ablation: keys/values for set MMD",
+     lambda: "set MMD on them is {:.1f} points *below* MiniLM (Holm p {:.2g}".format(
+         -100 * ablation("representation", "set MMD", "kv:auto")["diff"],
+         ablation("representation", "set MMD", "kv:auto")["p_holm"])),
+    (README, "ablation: keys/values for kNN",
+     lambda: "kNN on them {:.1f} below (p {:.2g})".format(
+         -100 * ablation("representation", "kNN", "kv:auto")["diff"],
+         ablation("representation", "kNN", "kv:auto")["p_holm"])),
+    (README, "ablation's twin: keys/values for set MMD",
+     lambda: "{:.1f} [{:.1f}, {:.1f}] points below on the twin".format(
+         *(-100 * ablation("representation", "set MMD", "kv:auto",
+                           folder=RESULTS / "ablation-control-1")[f]
+           for f in ("diff", "ci_high", "ci_low")))),
     # the random-init control of the grid
     (README, "mmd-katt vs knn on r8, the twin",
      lambda: "(twin: " + points_ci(paired('mmd-katt', 'knn', task="r8", folder=CONTROL)) + ")"),
@@ -169,4 +214,6 @@ def test_quoted_figure_is_the_committed_one(doc, build):
 def test_formats():
     assert points(-0.011) == "−1.1" and points(0.001) == "+0.1" and points(-0.0003) == "+0.0"
     assert share(0.71004) == "71.0%"
+    assert [holm(p) for p in (0.999, 0.23006, 0.0494, 2.48e-20, 1.46e-20)] == [
+        "1.0", "0.23", "0.049", "2e-20", "1e-20"]
     assert share_ci({"value": 0.5453, "low": 0.52614, "high": 0.56436}) == "54.5% [52.6, 56.4]"
