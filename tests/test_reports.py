@@ -217,8 +217,19 @@ def test_comparison_report_label_coverage_section(tmp_path):
     scatter = tmp_path / "figures" / "label_shown_m_k4.png"
     assert "](figures/label_shown_m_k4.png)" in md and scatter in rep.figures
     assert scatter.stat().st_size > 1000
-    # without coverage records, no section
-    assert write_comparison_report(rs, tmp_path / "none").coverage == []
+    # the same summaries, machine-readable
+    import json
+
+    records = json.loads(rep.coverage_json.read_text())
+    assert [r["selector"] for r in records] == [c.selector for c in rep.coverage]
+    knn = records[[r["selector"] for r in records].index("knn")]
+    assert knn["shown"] == 1.0 and knn["acc_not_shown"] is None
+    assert knn["vs_vote"]["value"] == pytest.approx(0.25)
+    assert knn["per_task_shown"] == {"a": 1.0, "b": 1.0}
+    # without coverage records, no section and no file
+    none = write_comparison_report(rs, tmp_path / "none")
+    assert none.coverage == [] and none.coverage_json is None
+    assert not (tmp_path / "none" / "coverage.json").exists()
 
 
 def test_paired_differences_render_without_negative_zero():

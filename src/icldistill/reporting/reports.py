@@ -312,6 +312,9 @@ class ComparisonReport:
         ``concordance.json`` (:class:`icldistill.reporting.concordance.ConcordanceRecord`
         records) when ``coverage`` carried per-item MMD (``Harness.label_coverage(...,
         item_mmd=True)``).
+    coverage_json : Path or None
+        ``coverage.json``: the :attr:`coverage` summaries, one record each (``vs_vote`` as
+        ``{"value", "low", "high", ...}``, NaN as ``null``), when there are any.
     """
 
     markdown: Path
@@ -333,6 +336,7 @@ class ComparisonReport:
     posthoc_control: list[ControlCheck] = field(default_factory=list)
     precision_json: Path | None = None
     concordance_json: Path | None = None
+    coverage_json: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON types (paths as strings, tuples as lists, non-finite numbers as
@@ -395,7 +399,8 @@ def write_comparison_report(
     :data:`MAJORITY_SHARE` are named as those where accuracy mostly counts the majority label.
     ``coverage`` (unit key -> :class:`icldistill.evaluation.LabelCoverage`, from
     :meth:`icldistill.evaluation.Harness.label_coverage`) adds the section "Do the
-    demonstrations show the query's label?" after the paired sections. ``control_paired`` (the
+    demonstrations show the query's label?" after the paired sections, and ``coverage.json``
+    (its per-selector summaries). ``control_paired`` (the
     paired comparisons of the same grid on a random-init twin, e.g. its ``paired.json``) adds
     "Against a random-init control" (:func:`control_checks`), named by ``control_label``;
     with ``coverage`` and ``control_coverage`` (the control's label coverage: its units have
@@ -473,6 +478,8 @@ def write_comparison_report(
         if cov_section is not None:
             sections.insert(len(lead), cov_section)
             figures += [out / f for f in _figure_paths([cov_section])]
+    coverage_json = (write_json(out / "coverage.json", [c.to_dict() for c in cov_summaries])
+                     if cov_summaries else None)
     concordance_json = None
     if coverage and any(getattr(c, "mmd2_query", None) is not None for c in coverage.values()):
         from icldistill.reporting.concordance import concordance_records, concordance_section
@@ -497,7 +504,7 @@ def write_comparison_report(
     return ComparisonReport(md_path, html_path, figures, acc_.summaries, acc_.best,
                             acc_.fam_best, acc_.beats, acc_.rho, acc_.collapsed, paired_json,
                             acc_.ties, f1_json, meets_bar, cov_summaries, checks, posthoc_json,
-                            posthoc_checks, precision_json, concordance_json)
+                            posthoc_checks, precision_json, concordance_json, coverage_json)
 
 
 def _lead_sections(out: Path, results: Sequence[Any],
