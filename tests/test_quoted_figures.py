@@ -70,6 +70,16 @@ def ablation(contrast: str, objective: str, encoder: str, *, folder: Path = ABLA
                 task="mean", metric="accuracy")
 
 
+def coverage(selector: str, *, model: str = SMOL, k: int = 8) -> dict:
+    """A selector's label-coverage summary (``coverage.json``)."""
+    return _one(GRID / "coverage.json", model=model, k=k, selector=selector)
+
+
+def span(values: list[float], fmt: str = "{:.1f}") -> str:
+    """``low–high`` of some values, each in ``fmt``."""
+    return f"{fmt.format(min(values))}–{fmt.format(max(values))}"
+
+
 def points(x: float) -> str:
     """A difference in points: ``+0.1``, ``−2.0`` (a value that rounds to zero is ``+0.0``)."""
     v = round(100 * x, 1)
@@ -136,6 +146,26 @@ CLAIMS: list[tuple[str, str, Callable[[], str]]] = [
     *[(doc, f"vote-k vs {b}, post hoc ({doc})",
        lambda b=b: f"`{b}` by " + points(paired('vote-k', b, name="paired_posthoc.json")['diff']))
       for doc in (README, GUIDE) for b in ("mmd-joint", "mmd-balanced")],
+    # which labels the demonstrations show (smollm2-135m, k = 8)
+    (README, "20ng: label shown under mmd, random, knn",
+     lambda: "the label is shown for {:.0f}% of 20ng items under `mmd` ({:.0f}% under `random`, "
+     "{:.0f}% under `knn`)".format(*(100 * coverage(s)["per_task_shown"]["20ng"]
+                                     for s in ("mmd", "random", "knn")))),
+    (README, "accuracy with and without the label shown",
+     lambda: "right on {}% of the items whose label no demonstration shows, against {}% where "
+     "one does".format(
+         span([100 * c["acc_not_shown"] for c in _records(GRID / "coverage.json")
+               if c["model"] == SMOL and c["k"] == 8 and c["acc_not_shown"] is not None]),
+         span([100 * c["acc_shown"] for c in _records(GRID / "coverage.json")
+               if c["model"] == SMOL and c["k"] == 8], "{:.0f}"))),
+    (README, "share shown tracks accuracy on 20ng, r52, r8",
+     lambda: "(Spearman {}, {}, {})".format(
+         *(f"{coverage('knn')['rho'][t]:+.2f}" for t in ("20ng", "r52", "r8")))),
+    (README, "per-query retrievers against the label vote",
+     lambda: "it is {} points *less* accurate than that model-free vote".format(
+         span([-100 * coverage(s)["vs_vote"]["value"] for s in ("knn", "mmr", "dpp",
+                                                                "mmd-local")], "{:.1f}")
+         .replace(".0", "").replace("–", " to "))),
     # within an item: MiniLM (reference) space
     (README, "within item, all pairs",
      lambda: f"{share_ci(within(ALL))} of {within(ALL)['n_pairs']:,} such pairs"),
@@ -217,3 +247,11 @@ def test_formats():
     assert [holm(p) for p in (0.999, 0.23006, 0.0494, 2.48e-20, 1.46e-20)] == [
         "1.0", "0.23", "0.049", "2e-20", "1e-20"]
     assert share_ci({"value": 0.5453, "low": 0.52614, "high": 0.56436}) == "54.5% [52.6, 56.4]"
+
+
+def test_retrievers_below_the_label_vote_are_significant():
+    """The README says smollm2-135m is significantly (Holm p < 0.05) less accurate than the
+    majority vote of the demonstrations' labels with `knn`, `mmr`, `dpp` and `mmd-local`."""
+    for s in ("knn", "mmr", "dpp", "mmd-local"):
+        c = coverage(s)
+        assert c["vs_vote"]["value"] < 0 and c["p_holm_vote"] < 0.05, s
