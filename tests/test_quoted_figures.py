@@ -255,3 +255,16 @@ def test_retrievers_below_the_label_vote_are_significant():
     for s in ("knn", "mmr", "dpp", "mmd-local"):
         c = coverage(s)
         assert c["vs_vote"]["value"] < 0 and c["p_holm_vote"] < 0.05, s
+
+
+def test_tasks_where_closeness_goes_with_right_answers():
+    """The README names the tasks where, with the label count held equal, closer
+    demonstrations go with right answers (Holm p < 0.05) on smollm2-135m at k = 8."""
+    rows = [r for r in _records(GRID / "concordance.json")
+            if r["model"] == SMOL and r["k"] == 8 and r["reader"] == "trained"
+            and r["space"] == "reference" and r["pairs_compared"] == COUNT
+            and not r["task"].startswith("all")]
+    assert len(rows) == 10
+    significant = sorted(r["task"] for r in rows if r["p_holm"] < 0.05 and r["value"] > 0.5)
+    assert significant == ["amazon", "r52", "siqa"]
+    assert "significant on amazon, r52 and siqa, on none of the other 7 tasks" in _doc(README)
