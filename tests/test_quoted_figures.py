@@ -159,7 +159,7 @@ CLAIMS: list[tuple[str, str, Callable[[], str]]] = [
          span([100 * c["acc_shown"] for c in _records(GRID / "coverage.json")
                if c["model"] == SMOL and c["k"] == 8], "{:.0f}"))),
     (README, "share shown tracks accuracy on 20ng, r52, r8",
-     lambda: "(Spearman {}, {}, {})".format(
+     lambda: "(Spearman {}, {}, {};".format(
          *(f"{coverage('knn')['rho'][t]:+.2f}" for t in ("20ng", "r52", "r8")))),
     (README, "per-query retrievers against the label vote",
      lambda: "it is {} points *less* accurate than that model-free vote".format(
@@ -192,6 +192,14 @@ CLAIMS: list[tuple[str, str, Callable[[], str]]] = [
      lambda: f"{share_ci(within(ALL, space='K_att'))} of pairs, and "
      f"{share_ci(within(COUNT, space='K_att'))} with the label count held equal "
      f"(Holm p {within(COUNT, space='K_att')['p_holm']:.2g})"),
+    (README, "within item, K_att, qwen",
+     lambda: "in its own `K_att` space: {} and {}".format(
+         *(share_ci(within(p, model=QWEN, space="K_att")) for p in (ALL, COUNT)))),
+    (README, "qwen interim: mmd-local and mmd-katt vs knn",
+     lambda: "`mmd-local` is {} points and `mmd-katt` {} (Holm p {})".format(
+         points_ci(paired("mmd-local", "knn", model=QWEN)),
+         points_ci(paired("mmd-katt", "knn", model=QWEN)),
+         holm(paired("mmd-katt", "knn", model=QWEN)["p_holm"]))),
     (README, "within item, K_att, the twin",
      lambda: "its twin {} and {}".format(
          *(share(within(p, task=CONTROL_TASKS, reader="control", space="K_att")['value'])
