@@ -92,7 +92,11 @@ def test_evaluate_then_rerun_resumes_and_compare_writes_a_report(setup, capsys, 
     # one task: no mean over tasks, so the MMD family cannot clear the bar; said so
     assert "## Does an MMD-family selector beat kNN?" in md
     assert "no MMD-family selector meets the bar" in md
-    assert "MMD family vs the bar" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "MMD family vs the bar" in printed
+    assert ("records (JSON, beside the report): paired.json, paired_macro_f1.json, "
+            "coverage.json, concordance.json") in printed
+    assert all((rep / name).exists() for name in ("coverage.json", "concordance.json"))
     assert (rep / "report.html").exists()
     # accuracy, accuracy vs MMD², and the label-coverage scatter (one task: no mean, no forest)
     assert sorted(f.name.split("_")[0] for f in (rep / "figures").glob("*.png")) == [

@@ -271,6 +271,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         print(f"random-init control: {sum(c.differs for c in sig)} of the {len(sig)} "
               "significant comparisons differ from the control (outside its 95% interval)")
     print(f"report: {rep.markdown} and {rep.html}")
+    records = [p.name for p in (rep.paired_json, rep.paired_macro_f1_json, rep.posthoc_json,
+                                rep.coverage_json, rep.concordance_json) if p is not None]
+    if records:
+        print(f"records (JSON, beside the report): {', '.join(records)}")
     return 0
 
 
