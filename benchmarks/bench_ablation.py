@@ -126,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
                                         "selections the twin reads (default the committed one)")
     ap.add_argument("--control-dir", default=None, metavar="DIR",
                     help="a control folder of this ablation: its comparisons go beside these")
+    ap.add_argument("--katt-concordance", action="store_true",
+                    help="also measure each item's MMD² to its query in the model's K_att "
+                         "space for the within-item section (encodes each task's pool with the "
+                         "model once, cached; stored in OUT/item_mmd.jsonl, which later reports "
+                         "read without it)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     problem = reuse_problem(args.reuse, args.control) if args.reuse else None
@@ -192,8 +197,11 @@ def main(argv: list[str] | None = None) -> int:
                         f"{args.control}, reading the demonstrations the trained model's units "
                         f"chose (`selections/` of {args.selections_from}).")
     checks = []
+    control_coverage = None
     if args.control_dir:
         c_res = load_results(args.control_dir)
+        control_coverage = Harness(args.control_dir, tasks=h.tasks, progress=False
+                                   ).label_coverage(c_res, item_mmd=True)
         c_preds = load_predictions(args.control_dir)
         c_paired = paired_comparisons(c_res, c_preds, baselines=("knn",))
         c_contrasts = paired_comparisons(c_res, c_preds,
@@ -211,8 +219,11 @@ def main(argv: list[str] | None = None) -> int:
                                 commands=[cmd + "   # resumable", cmd + " --report-only"
                                           + (f" --control-dir {args.control_dir}"
                                              if args.control_dir else "")],
-                                notes=notes, coverage=h.label_coverage(results),
-                                control=checks,
+                                notes=notes,
+                                coverage=h.label_coverage(results, item_mmd=True),
+                                control=checks, control_coverage=control_coverage,
+                                katt_mmd=h.item_mmd(results, compute=args.katt_concordance)
+                                or None,
                                 control_label=f"the random-init control in {args.control_dir}")
     print(rep.read_text())
     return 0

@@ -193,6 +193,48 @@ def test_ablation_report_label_coverage_section(tmp_path):
     assert "show the query's label" not in path.read_text()
 
 
+def test_ablation_report_within_item_section(tmp_path):
+    """With per-item MMD² in the coverage, the ablation gets the within-item section over its
+    cells' prompts, and ``concordance.json``: trained and twin, reference and K_att space."""
+    from icldistill.evaluation.harness import LabelCoverage
+
+    mod = _bench()
+    rows, preds = _grid({("knn", "minilm"): 20, ("mmd", "minilm"): 10})
+    paired = paired_comparisons(rows, preds, baselines=("knn",), n_boot=200, n_perm=2000)
+    coverage, twin, katt = {}, {}, {}
+    for r in rows:
+        pred, truth = preds[r.key]
+        correct = np.asarray([p == t for p, t in zip(pred, truth, strict=True)])
+        near = r.spec.selector == "knn"              # knn's prompts are the closer ones
+        mmd2 = np.full(40, 0.1 if near else 0.5)
+        shown = np.ones(40, dtype=bool)
+        coverage[r.key] = LabelCoverage(r.key, shown, shown / 2.0, correct, shown / 2.0, mmd2)
+        # the twin, on the same prompts, is right where the trained model is wrong
+        twin[r.key] = LabelCoverage(r.key, shown, shown / 2.0, ~correct, shown / 2.0, mmd2)
+        katt[r.key] = 1.0 - mmd2                     # in K_att space knn's are the farther
+    path = write_ablation_report(rows, paired, tmp_path, objectives=mod.OBJECTIVES[:2],
+                                 encoders=["minilm"], coverage=coverage,
+                                 control_coverage=twin, katt_mmd=katt)
+    text = path.read_text()
+    assert "## Within an item, do closer demonstrations answer right?" in text
+    recs = json.loads((tmp_path / "concordance.json").read_text())
+    got = {(r["reader"], r["space"]): r["value"] for r in recs
+           if r["task"] == "all" or r["task"].startswith("all,")
+           if r["pairs_compared"] == "all pairs"}
+    # items 10-19 of each task: knn right, mmd wrong (20 discordant pairs)
+    assert got == {("trained", "reference"): 1.0, ("control", "reference"): 0.0,
+                   ("trained", "K_att"): 0.0, ("control", "K_att"): 1.0}
+    assert {r["n_pairs"] for r in recs if r["task"] == "all"} == {20}
+    # without per-item MMD², no section and no file
+    plain = {k: LabelCoverage(c.key, c.shown, c.share, c.correct, c.vote)
+             for k, c in coverage.items()}
+    path = write_ablation_report(rows, paired, tmp_path / "plain",
+                                 objectives=mod.OBJECTIVES[:2], encoders=["minilm"],
+                                 coverage=plain)
+    assert "Within an item" not in path.read_text()
+    assert not (tmp_path / "plain" / "concordance.json").exists()
+
+
 def test_ablation_report_sets_each_comparison_beside_the_control(tmp_path):
     mod = _bench()
     objectives = mod.OBJECTIVES[:2]            # kNN, set MMD

@@ -31,6 +31,8 @@ README = "README.md"
 GUIDE = "docs/howto/which-selector.md"
 
 SMOL = "smollm2-135m"
+CONTROL_TASKS = "all, the control's tasks"
+ALL, SHOWN, COUNT = "all pairs", "same label shown", "same label count"
 QWEN = "qwen2.5-0.5b (bfloat16)"
 
 
@@ -80,6 +82,13 @@ def span(values: list[float], fmt: str = "{:.1f}") -> str:
     return f"{fmt.format(min(values))}–{fmt.format(max(values))}"
 
 
+def within_ablation(pairs: str, *, space: str = "reference", reader: str = "trained") -> dict:
+    """A within-item record of the ablation pooled over its tasks (``ablation/concordance.json``;
+    the twin read every task, so its pooled row is ``"all"`` too)."""
+    return _one(ABLATION / "concordance.json", model=SMOL, k=8, pairs_compared=pairs,
+                reader=reader, space=space, task="all")
+
+
 def points(x: float) -> str:
     """A difference in points: ``+0.1``, ``−2.0`` (a value that rounds to zero is ``+0.0``)."""
     v = round(100 * x, 1)
@@ -105,8 +114,6 @@ def share_ci(r: dict) -> str:
     return f"{share(r['value'])} [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"
 
 
-CONTROL_TASKS = "all, the control's tasks"
-ALL, SHOWN, COUNT = "all pairs", "same label shown", "same label count"
 
 # (document, what it quotes): the quoted text, rebuilt from the committed records.
 CLAIMS: list[tuple[str, str, Callable[[], str]]] = [
@@ -231,6 +238,20 @@ CLAIMS: list[tuple[str, str, Callable[[], str]]] = [
          *(-100 * ablation("representation", "set MMD", "kv:auto",
                            folder=RESULTS / "ablation-control-1")[f]
            for f in ("diff", "ci_high", "ci_low")))),
+    (README, "ablation: within item, same label count, both spaces, trained and twin",
+     lambda: "the closer prompt was the right one in {} of pairs by MiniLM MMD² and in {} by "
+     "MMD² in the model's own `K_att` space; the random-init twin, reading the same prompts, {} "
+     "and {}".format(share_ci(within_ablation(COUNT)), share_ci(within_ablation(COUNT,
+                                                                             space="K_att")),
+                     share_ci(within_ablation(COUNT, reader="control")),
+                     share_ci(within_ablation(COUNT, space="K_att", reader="control")))),
+    (GUIDE, "ablation: within item (guide)",
+     lambda: "was the right one in {} of pairs, against {} by MiniLM (the twin: {} and {})".format(
+         *(share(within_ablation(COUNT, space=sp, reader=rd)["value"])
+           for rd in ("trained", "control") for sp in ("K_att", "reference")))),
+    (README, "the grid's within-item order, quoted beside the ablation's",
+     lambda: "(MiniLM {}, `K_att` {})".format(share(within(COUNT)["value"]),
+                                              share(within(COUNT, space="K_att")["value"]))),
     # the random-init control of the grid
     (README, "mmd-katt vs knn on r8, the twin",
      lambda: "(twin: " + points_ci(paired('mmd-katt', 'knn', task="r8", folder=CONTROL)) + ")"),

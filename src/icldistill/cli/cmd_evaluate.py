@@ -253,6 +253,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                                   katt_mmd=katt or None,
                                   control_label=f"the random-init twins (seed {args.control}) "
                                                 f"in {Path(args.out) / f'control-{args.control}'}")
+    _print_comparison(rep, paired, control is not None)
+    return 0
+
+
+def _print_comparison(rep: Any, paired: list[Any], with_control: bool) -> None:
+    """What ``compare`` prints after writing its report: the best selector per (model, k), the
+    significant mean differences, the MMD family against the bar, the control's agreement and
+    where the report and its JSON records are."""
     for tag in rep.mmd_family_best:        # every (model, k) with a complete grid, in order
         if tag in rep.ties:
             print(f"{tag}: tie between {', '.join(rep.ties[tag])} for the best mean accuracy")
@@ -266,7 +274,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     for tag, ok in rep.meets_bar.items():
         print(f"{tag}: MMD family vs the bar (beats knn on the mean, never worse than random): "
               + (", ".join(ok) if ok else "none meets it"))
-    if control is not None:
+    if with_control:
         sig = [c for c in rep.control if c.trained.p_holm < 0.05]
         print(f"random-init control: {sum(c.differs for c in sig)} of the {len(sig)} "
               "significant comparisons differ from the control (outside its 95% interval)")
@@ -275,7 +283,6 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                                 rep.coverage_json, rep.concordance_json) if p is not None]
     if records:
         print(f"records (JSON, beside the report): {', '.join(records)}")
-    return 0
 
 
 def _control_grid(args: argparse.Namespace, units: list[Any], tasks: Any, bases: list[str],

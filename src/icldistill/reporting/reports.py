@@ -480,18 +480,12 @@ def write_comparison_report(
             figures += [out / f for f in _figure_paths([cov_section])]
     coverage_json = (write_json(out / "coverage.json", [c.to_dict() for c in cov_summaries])
                      if cov_summaries else None)
-    concordance_json = None
-    if coverage and any(getattr(c, "mmd2_query", None) is not None for c in coverage.values()):
-        from icldistill.reporting.concordance import concordance_records, concordance_section
-
-        conc = concordance_records(_group_results(results), coverage, control_coverage,
-                                   katt=katt_mmd)
-        if conc:
-            concordance_json = write_json(out / "concordance.json",
-                                          [c.to_dict() for c in conc])
-            at = next((i + 1 for i, s in enumerate(sections)
-                       if getattr(s, "title", None) == _COVERAGE_TITLE), len(lead))
-            sections.insert(at, concordance_section(conc))
+    conc_section, concordance_json = _within_item(results, coverage, control_coverage,
+                                                  katt_mmd, out)
+    if conc_section is not None:
+        at = next((i + 1 for i, s in enumerate(sections)
+                   if getattr(s, "title", None) == _COVERAGE_TITLE), len(lead))
+        sections.insert(at, conc_section)
     precision_json = None
     if precision is not None:
         precision = list(precision)
@@ -505,6 +499,24 @@ def write_comparison_report(
                             acc_.fam_best, acc_.beats, acc_.rho, acc_.collapsed, paired_json,
                             acc_.ties, f1_json, meets_bar, cov_summaries, checks, posthoc_json,
                             posthoc_checks, precision_json, concordance_json, coverage_json)
+
+
+def _within_item(results: Sequence[Any], coverage: Mapping[str, Any] | None,
+                 control_coverage: Mapping[str, Any] | None,
+                 katt_mmd: Mapping[str, Any] | None, out: Path) -> tuple[Any, Path | None]:
+    """The section "Within an item, do closer demonstrations answer right?" and its
+    ``concordance.json`` (both reports'), or ``(None, None)`` when ``coverage`` carries no
+    per-item MMD²."""
+    if not coverage or all(getattr(c, "mmd2_query", None) is None for c in coverage.values()):
+        return None, None
+    from icldistill.reporting.concordance import concordance_records, concordance_section
+
+    conc = concordance_records(_group_results(results), coverage, control_coverage,
+                               katt=katt_mmd)
+    if not conc:
+        return None, None
+    path = write_json(out / "concordance.json", [c.to_dict() for c in conc])
+    return concordance_section(conc), path
 
 
 def _lead_sections(out: Path, results: Sequence[Any],
@@ -1688,6 +1700,8 @@ def write_ablation_report(
     coverage: Mapping[str, Any] | None = None,
     control: Sequence[ControlCheck] = (),
     control_label: str = "the random-init control",
+    control_coverage: Mapping[str, Any] | None = None,
+    katt_mmd: Mapping[str, Any] | None = None,
 ) -> Path:
     """Report (``ablation.md``, its HTML twin ``ablation.html``) and ``ablation.json`` of a
     representation x objective ablation (issue 12, item 4); returns the Markdown path.
@@ -1708,7 +1722,12 @@ def write_ablation_report(
 
     ``coverage`` (unit key -> :class:`icldistill.evaluation.LabelCoverage`) adds the section
     "Do the demonstrations show the query's label?" of :func:`write_comparison_report`, one
-    row per cell.
+    row per cell; where it carries each item's ``MMD^2`` to its query
+    (``Harness.label_coverage(..., item_mmd=True)``), the section "Within an item, do closer
+    demonstrations answer right?" follows, over every cell's prompts for the same item, and its
+    records go into ``concordance.json``: with ``control_coverage`` (the random-init twin's,
+    reading the same prompts) the twin's rows beside them, with ``katt_mmd`` (unit key ->
+    per-item ``MMD^2`` in the model's ``K_att`` space) the same tables in that space.
 
     ``control`` (:func:`control_checks` of these comparisons and contrasts against the same
     ones computed on a random-init twin that read exactly these prompts, e.g. a harness with
@@ -1734,6 +1753,9 @@ def write_ablation_report(
         cov_section, _ = _coverage_section(results, coverage, {}, out / "figures")
         if cov_section is not None:
             sections.append(cov_section)
+    conc_section, _ = _within_item(results, coverage, control_coverage, katt_mmd, out)
+    if conc_section is not None:
+        sections.append(conc_section)
     if control:
         sections.append(_control_section(control, control_label, how=_IMPORTED_PROMPTS))
     if commands:
