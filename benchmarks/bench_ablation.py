@@ -222,8 +222,10 @@ def main(argv: list[str] | None = None) -> int:
                                 notes=notes,
                                 coverage=h.label_coverage(results, item_mmd=True),
                                 control=checks, control_coverage=control_coverage,
-                                katt_mmd=h.item_mmd(results, compute=args.katt_concordance)
-                                or None,
+                                # K_att values are the trained model's, in a control folder
+                                # too (its units read the trained prompts): no twin loader
+                                katt_mmd=Harness(out, tasks=h.tasks).item_mmd(
+                                    results, compute=args.katt_concordance) or None,
                                 control_label=f"the random-init control in {args.control_dir}")
     print(rep.read_text())
     return 0
