@@ -32,7 +32,7 @@ GUIDE = "docs/howto/which-selector.md"
 
 SMOL = "smollm2-135m"
 CONTROL_TASKS = "all, the control's tasks"
-ALL, SHOWN, COUNT = "all pairs", "same label shown", "same label count"
+ALL, COUNT = "all pairs", "same label count"
 QWEN = "qwen2.5-0.5b (bfloat16)"
 
 
@@ -112,7 +112,6 @@ def share(x: float) -> str:
 
 def share_ci(r: dict) -> str:
     return f"{share(r['value'])} [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"
-
 
 
 # (document, what it quotes): the quoted text, rebuilt from the committed records.
