@@ -269,6 +269,18 @@ def test_quoted_figure_is_the_committed_one(doc, build):
         "update the sentence, and reread what it concludes")
 
 
+def test_precision_figures():
+    """README and benchmarks README: the float32 / bfloat16 twins of qwen2.5-0.5b k = 8."""
+    recs = _records(GRID / "precision.json")
+    agree = round(sum(r["agreement"] * r["n"] for r in recs))
+    total = sum(r["n"] for r in recs)
+    quoted = f"{agree:,} of {total:,} predictions agree ({100 * agree / total:.1f}%"
+    assert quoted in _doc(README)
+    assert f"On all {len(recs)} pairs, {quoted}; the lowest unit " \
+           f"{100 * min(r['agreement'] for r in recs):.1f}%)" in _doc("benchmarks/README.md")
+    assert all(r["p_holm"] >= 0.05 for r in recs)        # "none is significant"
+
+
 def test_formats():
     assert points(-0.011) == "−1.1" and points(0.001) == "+0.1" and points(-0.0003) == "+0.0"
     assert share(0.71004) == "71.0%"
