@@ -297,3 +297,61 @@ def test_ablation_control_flags_fail_with_one_line(tmp_path, capsys):
     assert mod.main(["--report-only", "--out", str(tmp_path / "t"),
                      "--control-dir", str(tmp_path)]) == 2
     assert "not a control folder" in capsys.readouterr().err
+
+
+def test_bench_ablation_end_to_end_katt_concordance_reads_the_trained_model(tmp_path,
+                                                                         monkeypatch):
+    """The whole bench_ablation path on a tiny model: trained units, the random-init twin on
+    the trained demonstrations, then --report-only --katt-concordance. The K_att values are
+    the trained model's in both folders (the twin only reads the prompts): computed in the
+    control folder with no twin loader, they equal the trained folder's, and they differ from
+    the values the twin's own attention space gives."""
+    from icldistill.evaluation.harness import Harness, Task, load_results
+    from icldistill.lab.experiments.phenomena import twin_loader
+
+    from .test_harness import _write_task
+    from .tiny_models import tiny_model, tiny_tokenizer
+
+    model_dir = tmp_path / "tiny-llama"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer(True).save_pretrained(model_dir)
+    toy = _write_task(tmp_path / "toy.jsonl")
+    monkeypatch.setenv("ICLDISTILL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(Task, "from_registry", classmethod(lambda cls, name, **kw: toy))
+    mod = _bench()
+    trained, control = tmp_path / "trained", tmp_path / "control"
+    base = ["--model", str(model_dir), "--tasks", "toy", "--encoders", "minilm,kv:auto",
+            "--k", "2", "--n-test", "6", "--pool-size", "40"]
+    assert mod.main([*base, "--out", str(trained)]) == 0
+    assert mod.main([*base, "--out", str(control), "--control", "1",
+                     "--selections-from", str(trained)]) == 0
+    keys = sorted(r.key for r in load_results(trained))
+    assert keys == sorted(r.key for r in load_results(control))
+    assert len(keys) == 2 * len(mod.OBJECTIVES)
+    # the control folder's report with K_att: no twin loader, the trained model's space
+    assert mod.main([*base, "--out", str(control), "--control", "1", "--selections-from",
+                     str(trained), "--report-only", "--katt-concordance"]) == 0
+    assert mod.main([*base, "--out", str(trained), "--report-only", "--control-dir",
+                     str(control), "--katt-concordance"]) == 0
+
+    def stored(folder):
+        return {json.loads(x)["key"]: np.asarray(json.loads(x)["values"])
+                for x in (folder / "item_mmd.jsonl").read_text().splitlines()}
+
+    a, b = stored(trained), stored(control)
+    assert sorted(a) == sorted(b) == keys
+    for k in keys:
+        assert a[k].shape == (6,) and np.all(a[k] >= -1e-9)
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-9, atol=1e-12)
+    # independently: the twin's own K_att space gives other values on the same selections
+    twin = Harness(tmp_path / "twin-katt", tasks={"toy": toy}, progress=False,
+                   model_loader=twin_loader(1))
+    (tmp_path / "twin-katt").mkdir(exist_ok=True)
+    (tmp_path / "twin-katt" / "selections").symlink_to(trained / "selections")
+    other = twin.item_mmd(load_results(trained))
+    assert sorted(other) == keys
+    assert any(not np.allclose(other[k], a[k], rtol=1e-6) for k in keys)
+    conc = json.loads((trained / "concordance.json").read_text())
+    assert {(r["space"], r["reader"]) for r in conc} >= {
+        ("K_att", "trained"), ("K_att", "control"), ("reference", "trained"),
+        ("reference", "control")}
