@@ -306,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         tasks_ = ({t: Task.from_registry(t, pool_size=args.pool_size, progress=False)
                    for t in tasks} if args.pool_size else None)
-        h = Harness(out, tasks=tasks_, progress=False)
+        # a control's units not yet timed are timed by the trained units whose prompts it reads
+        h = Harness(out, tasks=tasks_, progress=False,
+                    selections_from=args.selections_from if args.control is not None else None)
         st = h.status(grid_units(models, dtypes, tasks=tasks, selectors=selectors, ks=ks,
                                  seeds=args.seeds, n_test=args.n_test))
         print(st.summary(workers=max(1, st.count("running"))))

@@ -643,6 +643,34 @@ def test_status_without_anything_comparable_timed_says_so(tmp_path, toy):
     assert "(+1 units not estimated)" in st.summary()
 
 
+def test_status_of_a_control_is_timed_by_the_folder_whose_prompts_it_reads(tmp_path, toy):
+    """A random-init control reads the trained folder's prompts on the same architecture:
+    before any of its own units is timed, the trained units time it (same keys); once one of
+    its own is, its own rates come first."""
+    from icldistill.evaluation.status import ScoringRates
+
+    kw = {"encoder": "hidden:-1", "n_test": 8}
+    knn, rnd = UnitSpec("a", "toy", "knn", k=2, **kw), UnitSpec("a", "toy", "random", k=2, **kw)
+    trained = _harness(tmp_path / "t", toy)
+    res = {r.spec: r for r in trained.run([knn, rnd])}
+    (tmp_path / "c" / "run").mkdir(parents=True)
+    assert _harness(tmp_path / "c", toy).status([knn, rnd]).n_unestimated == 2
+    st = _harness(tmp_path / "c", toy, selections_from=trained.out_dir).status([knn, rnd])
+    assert st.n_unestimated == 0
+    for got, u in zip(st.units, (knn, rnd), strict=True):    # an independent computation
+        r = res[u]
+        assert got.state == "todo"
+        assert got.seconds_left == pytest.approx(r.scoring_seconds / (r.n - r.n_reused) * 8)
+    # its own finished unit comes first: the control's knn times its own per-query prompts
+    control = _harness(tmp_path / "c", toy, selections_from=trained.out_dir)
+    (mine,) = control.run([knn])
+    rates = ScoringRates()
+    rates.add(knn, mine.shared, mine.scoring_seconds, mine.n - mine.n_reused)
+    st2 = control.status([knn, rnd, UnitSpec("a", "toy", "bm25", k=2, **kw)])
+    assert st2.units[0].state == "done" and st2.n_unestimated == 0
+    assert st2.units[2].seconds_left == pytest.approx(rates.of(knn) * 8)
+
+
 def test_status_rates_are_medians_so_a_paused_unit_does_not_inflate_them():
     """A unit's clock runs on while its process is stopped: one such unit must not multiply
     the estimate of every unit like it."""

@@ -70,7 +70,9 @@ def _print_status(args: argparse.Namespace, units: list[Any], tasks: Any) -> int
         if not folder.is_dir():
             print(f"control grid in {folder}: not started ({len(units)} units to do)")
             continue
-        st = Harness(folder, tasks=tasks, progress=False).status(units)
+        # the control reads the trained folder's prompts: its finished units time the rest
+        source = folders[0] if i and (folders[0] / "selections").is_dir() else None
+        st = Harness(folder, tasks=tasks, progress=False, selections_from=source).status(units)
         print(st.summary(workers=max(1, st.count("running"))))
     return 0
 

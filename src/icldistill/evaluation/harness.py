@@ -791,7 +791,10 @@ class Harness:
         scaled by ``(k + 1) / (k' + 1)`` (a prompt holds ``k`` demonstrations and the query);
         another model's rate found the same way, times the median ratio of the two models'
         rates over the (task, ``k``) both have timed (same kind of prompt where there is one).
-        Otherwise it is ``None``. Rates are measured under whatever load the units ran with.
+        With ``selections_from`` (a random-init control reading another folder's prompts on
+        the same architecture) and nothing of its own timed for a unit, the finished units of
+        that folder time it the same way. Otherwise it is ``None``. Rates are measured under
+        whatever load the units ran with.
 
         Parameters
         ----------
@@ -820,15 +823,32 @@ class Harness:
                 rates.add(u, is_shared(u), own, 1)
             rows.append((u, key, n, scored, own))
         out = []
+        source: ScoringRates | None = None
         for u, key, n, scored, own in rows:
             if key in done:
                 out.append(UnitStatus(u, key, "done", n, n, 0.0))
                 continue
             state = "running" if key in running else "partial" if scored else "todo"
             rate = own if own is not None else rates.of(u)
+            if rate is None and self.selections_from is not None:
+                if source is None:
+                    source = self._source_rates(units)
+                rate = source.of(u)
             out.append(UnitStatus(u, key, state, n, min(scored, n),
                                   None if rate is None else rate * max(n - scored, 0)))
         return GridStatus(str(self.out_dir), tuple(out))
+
+    def _source_rates(self, units: list[UnitSpec]) -> ScoringRates:
+        """The scoring rates of ``units`` finished in ``selections_from`` (same keys: the
+        same model, task, selector, k and test items)."""
+        assert self.selections_from is not None
+        done = {r.key: r for r in load_results(self.selections_from)}
+        rates = ScoringRates()
+        for u in units:
+            r = done.get(u.key(self.task(u.task).fingerprint))
+            if r is not None:
+                rates.add(u, r.shared, r.scoring_seconds, r.n - r.n_reused)
+        return rates
 
     # ---- one unit ----------------------------------------------------------------------
 
