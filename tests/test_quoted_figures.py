@@ -201,7 +201,7 @@ CLAIMS: list[tuple[str, str, Callable[[], str]]] = [
     (README, "within item, K_att, qwen",
      lambda: "in its own `K_att` space: {} and {}".format(
          *(share_ci(within(p, model=QWEN, space="K_att")) for p in (ALL, COUNT)))),
-    (README, "qwen interim: mmd-local and mmd-katt vs knn",
+    (README, "qwen k=8: mmd-local and mmd-katt vs knn",
      lambda: "`mmd-local` is {} points and `mmd-katt` {} (Holm p {})".format(
          points_ci(paired("mmd-local", "knn", model=QWEN)),
          points_ci(paired("mmd-katt", "knn", model=QWEN)),
