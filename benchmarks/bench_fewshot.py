@@ -207,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="stop starting new units after this many minutes (resume later)")
+    ap.add_argument("--no-report", action="store_true",
+                    help="compute the units and exit without writing the report (a worker of a "
+                         "shared folder whose report covers more than this command)")
     ap.add_argument("--report-only-if-done", action="store_true",
                     help="write the report only when no other worker holds a unit")
     ap.add_argument("--status", action="store_true",
@@ -328,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                                   u.k, tasks.index(u.task)))
         run_shared(h, out, units, deadline=None if args.max_minutes is None
                    else t0 + 60 * args.max_minutes)
+        if args.no_report:
+            return 0
         if args.report_only_if_done and others_running(out):
             print("other workers are still running; they write the report", file=sys.stderr)
             return 0

@@ -44,7 +44,7 @@ CONTROL_T=amazon,rt-sentiment,r8
 POSTHOC=(--posthoc vote-k mmd --posthoc vote-k mmd-joint --posthoc vote-k mmd-balanced
          --posthoc mmd-joint mmd)
 
-if [[ "$worker" == report ]]; then
+write_reports() {  # both reports, from the recorded units; nothing is computed
     for cmd in \
         "--models smollm2-135m,qwen2.5-0.5b --dtype qwen2.5-0.5b=bfloat16 --tasks $CONTROL_T --selectors $CONTROL_S --ks 8 --control 1 --selections-from benchmarks/results/selection-grid --out benchmarks/results/selection-grid-control-1" \
         "--models smollm2-135m,qwen2.5-0.5b --dtype qwen2.5-0.5b=bfloat16 --tasks $T --selectors $S --ks 4,8 --out benchmarks/results/selection-grid --control-dir benchmarks/results/selection-grid-control-1"; do
@@ -56,6 +56,10 @@ if [[ "$worker" == report ]]; then
             "$python" benchmarks/bench_fewshot.py "${args[@]}" > /dev/null
         fi
     done
+}
+
+if [[ "$worker" == report ]]; then
+    write_reports
     exit 0
 fi
 GRID=(--threads 1 --selectors "$S" --n-test 300 --pool-size 2000
@@ -92,7 +96,17 @@ if [[ "$bf16" == 1 ]]; then
         --tasks "$CONTROL_T" --selectors "$CONTROL_S" --ks 8 --seeds 3 \
         --n-test 300 --pool-size 2000 --threads 1 --control 1 \
         --selections-from benchmarks/results/selection-grid \
-        --out benchmarks/results/selection-grid-control-1
+        --out benchmarks/results/selection-grid-control-1 --no-report
+    # the control run's own report would cover its command only (qwen2.5-0.5b) and replace the
+    # folder's report, which holds smollm2-135m's control too: both reports are written over
+    # every recorded unit instead, one worker at a time
+    if [[ -n "${DRY_RUN:-}" ]]; then
+        write_reports
+    else
+        echo "$(date -u +%FT%TZ) worker $worker: reports" >> "$log_dir/queue-$worker.log"
+        ( flock 9; write_reports ) 9> "$log_dir/reports.lock" >> "$log_dir/reports-$worker.log" 2>&1 || \
+            echo "$(date -u +%FT%TZ) worker $worker: reports exited with $?" >> "$log_dir/queue-$worker.log"
+    fi
 fi
 run smollm-k4 "${pinned[@]}" --models smollm2-135m --tasks "$T" --ks 4 "${GRID[@]}"
 if [[ "$bf16" == 1 ]]; then

@@ -250,6 +250,31 @@ def test_bench_status_reads_the_folder_and_computes_nothing(tmp_path, capsys, mo
     assert sorted(p.name for p in out.iterdir()) == []
 
 
+def test_bench_no_report_computes_and_leaves_the_folders_report_alone(tmp_path, capsys,
+                                                                     monkeypatch):
+    """--no-report (a queue worker of a folder whose report covers more models than its own
+    command): the units are run and the report is not written. Fixed bug: the qwen2.5-0.5b
+    control's end-of-run report replaced the control folder's report, dropping smollm2-135m's."""
+    from .test_harness import _write_task
+
+    toy = _write_task(tmp_path / "toy.jsonl")
+    mod = _bench()
+    monkeypatch.setattr(mod.Task, "from_registry", classmethod(lambda cls, name, **kw: toy))
+    ran = []
+    monkeypatch.setattr(mod, "run_shared", lambda h, out, units, deadline: ran.append(units))
+    out = tmp_path / "g"
+    out.mkdir()
+    (out / "report.md").write_text("the folder's report")
+    argv = ["--models", "smollm2-135m", "--tasks", "amazon", "--selectors", "random",
+            "--ks", "4", "--seeds", "1", "--n-test", "10", "--pool-size", "30", "--out", str(out)]
+    assert mod.main([*argv, "--no-report"]) == 0
+    assert len(ran) == 1 and len(ran[0]) == 1
+    assert (out / "report.md").read_text() == "the folder's report"
+    # without it the run goes on to its report (here: nothing recorded, so it says so)
+    assert mod.main(argv) == 1
+    assert "no results yet" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("bf16_fast", ["1", "0"])
 def test_queue_script_commands_are_the_grid_flags(tmp_path, monkeypatch, capsys, bf16_fast):
     """benchmarks/selection_grid_queue.sh (DRY_RUN): its bench commands parse, name the grid's
@@ -266,7 +291,14 @@ def test_queue_script_commands_are_the_grid_flags(tmp_path, monkeypatch, capsys,
     lines = subprocess.run(["bash", str(root / "benchmarks/selection_grid_queue.sh"), "1"],
                            env=env, capture_output=True, text=True, check=True
                            ).stdout.splitlines()
-    assert len(lines) == (4 if bf16_fast == "1" else 1)
+    # qwen k=8, its control, the two reports after the control, smollm2 k=4, qwen k=4
+    assert len(lines) == (6 if bf16_fast == "1" else 1)
+    if bf16_fast == "1":
+        # the control computes without a report of its own (it would cover only its command and
+        # replace the folder's report); both full reports are written after it
+        assert "--control 1" in lines[1] and "--no-report" in lines[1].split()
+        assert all("--report-only" in line.split() for line in lines[2:4])
+        assert "--control-dir" in lines[3]
     toy = _write_task(tmp_path / "toy.jsonl")
     mod = _bench()
     monkeypatch.setattr(mod.Task, "from_registry", classmethod(lambda cls, name, **kw: toy))
