@@ -257,7 +257,65 @@ CLAIMS: list[tuple[str, str, Callable[[], str]]] = [
     (README, "mmd-joint vs knn on rt-sentiment, the twin",
      lambda: "twin: " + points_ci(paired('mmd-joint', 'knn', task="rt-sentiment",
                                          folder=CONTROL)) + ")"),
+    (README, "qwen: the control's counts",
+     lambda: "{} of the {} significant trained comparisons lie outside the twin's interval".format(
+         *_control_counts(QWEN))),
+    (README, "smollm2: the control's counts",
+     lambda: "{} of the {} significant trained comparisons on those tasks lie outside the "
+     "control's 95% interval".format(*_control_counts(SMOL))),
+    *[(README, f"qwen: {s} vs {b} on r8, trained and twin",
+       lambda s=s, b=b: "{} (twin: {})".format(
+           *(points_ci(paired(s, b, model=QWEN, task="r8", folder=f)) for f in (GRID, CONTROL))))
+      for s, b in (("vote-k", "random"), ("mmd", "random"))],
+    (README, "qwen: mmd-katt vs knn on r8, trained and twin",
+     lambda: "({}; twin: {})".format(
+         *(points_ci(paired("mmd-katt", "knn", model=QWEN, task="r8", folder=f))
+           for f in (GRID, CONTROL)))),
+    (README, "qwen: mmd-balanced vs knn on r8, trained and twin",
+     lambda: "({} points; twin: {})".format(
+         *(points_ci(paired("mmd-balanced", "knn", model=QWEN, task="r8", folder=f))
+           for f in (GRID, CONTROL)))),
+    (README, "qwen: knn against the label vote, trained and twin",
+     lambda: "({} points; twin: {})".format(*_vote_row(QWEN, "knn"))),
+    (README, "smollm2: knn against the label vote",
+     lambda: "(`knn`: {} points), while its random-init twin, reading the same prompts, is {} "
+     "points below it".format(_vote_row(SMOL, "knn")[0],
+                              _vote_row(SMOL, "knn")[1].split(" ")[0].lstrip("−"))),
+    (README, "qwen: within item on the twin's tasks, trained and twin",
+     lambda: "answer right in {} of discordant pairs and in {} with the label count held "
+     "equal; its twin's figures are {} and {}".format(
+         *(share(within(p, model=QWEN, task=CONTROL_TASKS, reader=r)["value"])
+           for r in ("trained", "control") for p in (ALL, COUNT)))),
 ]
+
+
+def _control_counts(model: str) -> tuple[int, int]:
+    """(differ, significant): the trained k = 8 comparisons on the control's tasks with Holm p <
+    0.05, and how many of them lie outside the twin's 95% interval on their own side, counted
+    here from the two ``paired.json`` files (not from the report's sentence)."""
+    twin = {(r["task"], r["selector"], r["baseline"]): r for r in _records(CONTROL / "paired.json")
+            if r["model"] == model and r["k"] == 8 and r["metric"] == "accuracy"
+            and r["task"] != "mean"}
+    significant = [(r, twin[key]) for r in _records(GRID / "paired.json")
+                   if r["model"] == model and r["k"] == 8 and r["metric"] == "accuracy"
+                   and (key := (r["task"], r["selector"], r["baseline"])) in twin
+                   and r["p_holm"] < 0.05]
+    differ = sum(r["diff"] > c["ci_high"] if r["diff"] > 0 else r["diff"] < c["ci_low"]
+                 for r, c in significant)
+    return differ, len(significant)
+
+
+def _vote_row(model: str, selector: str) -> tuple[str, str]:
+    """(trained, control): "model − vote [95% CI]" of the report's control section (the report
+    computes it from the predictions of both folders; no JSON holds it)."""
+    text = (GRID / "report.md").read_text(encoding="utf-8")
+    head = f"### {model} k=8: the model against the vote of its demonstrations' labels"
+    assert head in text, head
+    for line in text.split(head, 1)[1].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == selector:
+            return tuple(c.replace("-", "−") for c in cells[2:4])
+    raise AssertionError(f"no {selector} row under {head!r}")
 
 
 @pytest.mark.parametrize(("doc", "build"), [(d, b) for d, _, b in CLAIMS],
