@@ -41,13 +41,18 @@ def test_parse_device_names_without_asking_the_machine():
         parse_device("meta")
 
 
-def _selections(device: str) -> dict[str, np.ndarray]:
+def _selections(device: str, duplicates: bool = False) -> dict[str, np.ndarray]:
     """Every selector that needs only embeddings, labels and texts, on a toy pool whose
-    embeddings live on ``device``."""
+    embeddings live on ``device`` (with ``duplicates``, pool items 25-49 repeat items 0-24, text
+    and embedding: exact ties everywhere)."""
     g = torch.Generator().manual_seed(0)
     emb = torch.randn(60, 8, generator=g, dtype=torch.float64)
     labels = np.array(["a", "b", "c"] * 20)
     texts = [f"item {i} word{i % 7} word{i % 5}" for i in range(60)]
+    if duplicates:
+        emb[25:50] = emb[:25]
+        labels[25:50] = labels[:25]
+        texts[25:50] = texts[:25]
     pool = Pool(emb[:50].to(device), labels[:50], texts[:50])
     targets = Pool(emb[50:].to(device), None, texts[50:])
     out = {}
@@ -61,8 +66,9 @@ def _selections(device: str) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_selectors_on_cuda_embeddings_choose_what_they_choose_on_the_cpu():
-    cpu, gpu = _selections("cpu"), _selections("cuda")
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_selectors_on_cuda_embeddings_choose_what_they_choose_on_the_cpu(duplicates):
+    cpu, gpu = _selections("cpu", duplicates), _selections("cuda", duplicates)
     assert set(cpu) == set(gpu) and len(cpu) >= 8
     for name in cpu:
         assert np.array_equal(cpu[name], gpu[name]), name
@@ -84,3 +90,58 @@ def test_scoring_and_tracing_on_cuda_match_the_cpu(float32_default):
     ta, tb = trace(cpu, tok, prompt), trace(gpu, tok, prompt)
     np.testing.assert_allclose(ta.eta.numpy(), tb.eta.numpy(), rtol=1e-3)
     assert tb.max_decomposition_error < 1e-4
+
+
+def _grid(tmp_path, device: str) -> dict:
+    """A small harness grid of a tiny llama on ``device``: per unit, its selections, its
+    predictions and its recorded figures."""
+    from icldistill.evaluation import Harness, load_predictions, unit_grid
+
+    from .test_harness import _loader, _write_task
+
+    toy = _write_task(tmp_path / f"toy-{device}.jsonl")
+    units = unit_grid(models=["tiny"], tasks=["toy"],
+                      selectors=["random", "knn", "mmd", "mmd-local", "mmd-joint", "dpp"],
+                      ks=[2], seeds=1, encoder="hidden:-1", n_test=12)
+    h = Harness(tmp_path / device, tasks={"toy": toy}, model_loader=_loader, progress=False,
+                embedding_cache=tmp_path / f"emb-{device}", reference_encoder="hidden:-1",
+                n_boot=50, batch_size=4, device=device)
+    results = h.run(units)
+    preds = load_predictions(h.out_dir)
+    return {r.key: ((h.out_dir / "selections" / f"{r.key}.json").read_text(), preds[r.key],
+                    r.accuracy.value, r.mmd2_task, r.mmd2_query) for r in results}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_harness_grid_on_cuda_records_what_it_records_on_the_cpu(tmp_path):
+    """The evaluation harness with ``device="cuda"`` (the model, its caches, the hidden-state
+    encoder and the selectors' kernels on the GPU) chooses the same demonstrations and reaches
+    the same accuracy as on the CPU, unit by unit (float64 tiny llama)."""
+    import json
+
+    cpu, gpu = _grid(tmp_path, "cpu"), _grid(tmp_path, "cuda")
+    assert set(cpu) == set(gpu) and len(cpu) == 6
+    for key in cpu:
+        a, b = cpu[key], gpu[key]
+        assert json.loads(a[0])["indices"] == json.loads(b[0])["indices"], key
+        assert a[1] == b[1] and a[2] == b[2], key           # per-item predictions, accuracy
+        np.testing.assert_allclose(a[3:], b[3:], rtol=1e-9, err_msg=key)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bfloat16_trace_on_cuda_against_float64_on_the_cpu():
+    """A bfloat16 model on the GPU is traced with its attention normalisers in log space: every
+    eta finite and positive, within bfloat16's precision of the float64 trace on the CPU, and the
+    decomposition check (the distilled output against the layer's own) still small."""
+    tok = tiny_tokenizer(True)
+    ref = tiny_model("llama", dtype=torch.float64)
+    gpu = tiny_model("llama", dtype=torch.bfloat16).to("cuda")
+    words = {"pos": "positive", "neg": "negative"}
+    demos = [("the movie was good", "pos"), ("the plot was bad", "neg")] * 2
+    prompt = Prompt([Demonstration(x, words[y]) for x, y in demos], "the story was fun")
+    ta, tb = trace(ref, tok, prompt), trace(gpu, tok, prompt)
+    eta = tb.eta.double().cpu()
+    assert torch.isfinite(eta).all() and (eta > 0).all()
+    np.testing.assert_allclose(eta.numpy(), ta.eta.double().numpy(), rtol=0.1)
+    assert ta.max_decomposition_error < 1e-5
+    assert tb.max_decomposition_error < 0.05

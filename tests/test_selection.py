@@ -654,3 +654,33 @@ def test_mmd_selector_with_landmarks_is_seeded_and_validated():
     units = unit_grid(models=["m"], tasks=["t"], selectors=["mmd"], ks=[4], seeds=3,
                       params={"mmd": {"landmarks": 64}})
     assert [u.seed for u in units] == [0, 1, 2]
+
+
+@given(st.integers(1, 6), st.integers(1, 12), st.data())
+def test_topk_low_index_is_a_stable_sort_on_ties(rows, cols, data):
+    """Top-k with many exact ties (small integer scores) equals a stable descending sort: equal
+    values in column order, whichever columns torch.topk happened to return. Fixed bug: on CUDA
+    `knn` put two pool items with the same embedding in the other order than on the CPU."""
+    from icldistill.selection._common import topk_low_index, topk_rows
+
+    k = data.draw(st.integers(0, cols))
+    scores = np.array(data.draw(st.lists(st.lists(st.integers(-2, 2), min_size=cols,
+                                                  max_size=cols), min_size=rows,
+                                         max_size=rows)), dtype=np.float64)
+    want = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    vals, idx = topk_low_index(torch.from_numpy(scores), k)
+    assert np.array_equal(idx.numpy(), want)
+    assert np.array_equal(vals.numpy(), np.take_along_axis(scores, want, axis=1))
+    idx2, vals2 = topk_rows(scores, k)
+    assert np.array_equal(idx2, want) and np.array_equal(vals2, vals.numpy())
+
+
+def test_knn_orders_duplicated_pool_items_by_index():
+    """Two pool items with the same embedding: knn shows them in index order (the lower index
+    further from the query, under the default "similarity" order), on any device."""
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.6, 0.8], [0.8, 0.6]],
+                       dtype=torch.float64)
+    pool = ic.Pool(emb, np.array(["a", "b", "a", "b", "a"]))
+    run = ic.make_selector("knn").fit(pool).select(ic.Pool(emb[2:3].clone()), 3)
+    # similarities to [0.6, 0.8]: items 2 and 3 tie at 1.0, then item 4 (0.96)
+    assert run.indices.tolist() == [[4, 2, 3]]

@@ -60,19 +60,44 @@ def row_chunks(rows: int, per_row: int) -> Iterator[slice]:
         yield slice(start, min(rows, start + step))
 
 
+def topk_low_index(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` of every row, descending, equal values in column order, on every device.
+
+    ``torch.topk`` leaves the order of equal values unspecified, and CUDA's differs from the
+    CPU's: two pool items with the same embedding (a duplicated text) would swap places in a
+    prompt, or one would replace the other at the k-th place, when the same selector runs on a
+    GPU. Rows with a tie among the chosen values or at the k-th place are redone with a stable
+    sort.
+
+    Parameters
+    ----------
+    scores : Tensor ``[R, N]``
+    k : int
+        ``0 <= k <= N``.
+
+    Returns
+    -------
+    values : Tensor ``[R, k]``
+    indices : Tensor ``[R, k]`` (int64), on ``scores``' device.
+    """
+    vals, idx = torch.topk(scores, k, dim=1)
+    if k == 0 or scores.shape[0] == 0:
+        return vals, idx
+    tied = (scores >= vals[:, -1:]).sum(1) > k
+    if k > 1:
+        tied |= (vals[:, 1:] == vals[:, :-1]).any(1)
+    rows = tied.nonzero().flatten()
+    if rows.numel():
+        v, i = torch.sort(scores[rows], dim=1, descending=True, stable=True)
+        vals[rows], idx[rows] = v[:, :k], i[:, :k]
+    return vals, idx
+
+
 def topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` of every row, descending; ties go to the lowest column index."""
-    top = torch.topk(torch.from_numpy(scores), k, dim=1)
-    part, vals = top.indices.numpy(), top.values.numpy()
-    order = np.lexsort((part, -vals), axis=1)
-    idx = np.take_along_axis(part, order, axis=1)
-    vals = np.take_along_axis(vals, order, axis=1)
-    # rows where the k-th value ties with values left out: redo them with a stable sort
-    ambiguous = np.flatnonzero((scores >= vals[:, -1:]).sum(1) > k)
-    for i in ambiguous:
-        idx[i] = np.argsort(-scores[i], kind="stable")[:k]
-        vals[i] = scores[i, idx[i]]
-    return idx, vals
+    """Top-``k`` of every row of a NumPy array, descending; ties go to the lowest column index
+    (:func:`topk_low_index`). Returns ``(indices, values)``."""
+    vals, idx = topk_low_index(torch.from_numpy(scores), k)
+    return idx.numpy(), vals.numpy()
 
 
 def batched_gram(emb: torch.Tensor, kern: Kernel | None) -> torch.Tensor:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from icldistill.core.validation import InputError, check_int
-from icldistill.selection._common import row_chunks, unit_rows
+from icldistill.selection._common import row_chunks, topk_low_index, unit_rows
 
 __all__ = ["INDEX_KINDS", "CandidateIndex", "faiss_available", "indexed_shortlist", "make_index"]
 
@@ -186,7 +186,7 @@ class CandidateIndex:
             s = q[sl] @ pool.T
             if self.metric == "l2":
                 s = 2 * s - (pool * pool).sum(1) - (q[sl] * q[sl]).sum(1, keepdim=True)
-            v, i = torch.topk(s, c, dim=1)
+            v, i = topk_low_index(s, c)
             vals[sl], idx[sl] = v.numpy(), i.numpy()
         return vals, idx
 
@@ -201,7 +201,7 @@ def _exact_rows(pool: torch.Tensor, queries: torch.Tensor, c: int, metric: str) 
     for sl in row_chunks(q.shape[0], pool.shape[0]):
         s = q[sl] @ pool.T
         s = s / norms.clamp_min(torch.finfo(s.dtype).tiny) if metric == "cosine" else 2 * s - norms
-        out[sl] = torch.topk(s, c, dim=1).indices.cpu().numpy()
+        out[sl] = topk_low_index(s, c)[1].cpu().numpy()
     return out
 
 

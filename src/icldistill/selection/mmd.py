@@ -23,6 +23,7 @@ from icldistill.selection._common import (
     check_diversity,
     promote,
     row_chunks,
+    topk_low_index,
 )
 from icldistill.selection.base import SelectionRun, Selector
 from icldistill.selection.greedy import greedy_mmd_batch, greedy_mmd_on_tensors
@@ -207,7 +208,7 @@ class MMDQuerySelector(_KernelSelector):
             if full:
                 r, cand, diag = kq, Candidates(pool, None, gram_pool=gram_pool), pool_diag
             else:
-                r, short = torch.topk(kq, n_short, dim=1)
+                r, short = topk_low_index(kq, n_short)
                 cand, diag = Candidates(pool, short, kern), pool_diag[short]
             _finite(r, kern)
             chosen, tr = greedy_mmd_batch(r, diag, kern.diag(q).to(torch.float64),
@@ -319,7 +320,7 @@ class MMDJointSelector(_KernelSelector):
         for sl in row_chunks(targets.n, n):
             kt = _finite(gram_pool(tgt[sl]).to(f64), kern)                     # [R, n]
             if m > 0:
-                vals, nb = torch.topk(kt, m, dim=1)
+                vals, nb = topk_low_index(kt, m)
                 p_t[sl] = soft_labels(vals, codes[nb], n_lab)
             else:
                 p_t[sl] = torch.bincount(codes, minlength=n_lab).to(f64) / n
@@ -395,7 +396,7 @@ class MMDLocalSelector(_KernelSelector):
         for sl in row_chunks(targets.n, n + 2 * n_short * (dim + n_short)):
             q = tgt[sl]
             kq = _finite(gram_pool(q), kern)                                   # [R, n]
-            vals, short = torch.topk(kq, n_short, dim=1)          # descending: neighbours first
+            vals, short = topk_low_index(kq, n_short)             # descending: neighbours first
             vals = vals.to(f64)
             lab = codes[short]                                                 # [R, N]
             same = (lab[:, :, None] == lab[:, None, :]).to(f64)                # [R, N, N]

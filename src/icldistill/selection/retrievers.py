@@ -18,7 +18,13 @@ import numpy as np
 import torch
 
 from icldistill.core.validation import InputError, check_float, check_int
-from icldistill.selection._common import Candidates, row_chunks, topk_rows, unit_rows
+from icldistill.selection._common import (
+    Candidates,
+    row_chunks,
+    topk_low_index,
+    topk_rows,
+    unit_rows,
+)
 from icldistill.selection.base import SelectionRun, Selector
 from icldistill.selection.greedy import label_quotas
 from icldistill.selection.index import CandidateIndex, indexed_shortlist, make_index
@@ -73,7 +79,8 @@ class KNNSelector(Selector):
 
     For every target, the ``k`` pool items with the highest cosine similarity of their
     embeddings. Default order ``"similarity"``: the most similar item last, next to the query
-    (KATE's "reversed" order). Ties go to the lowest index up to float rounding.
+    (KATE's "reversed" order). Equal similarities go to the lowest index, on every device
+    (:func:`~icldistill.selection._common.topk_low_index`), up to float rounding.
 
     Reference: Liu et al. (2022), "What Makes Good In-Context Examples for GPT-3?" (KATE).
 
@@ -108,7 +115,7 @@ class KNNSelector(Selector):
         idx = torch.empty(targets.n, k, dtype=torch.long, device=pool.device)
         rel = torch.empty(targets.n, k, dtype=pool.dtype, device=pool.device)
         for sl in row_chunks(targets.n, pool.shape[0]):
-            rel[sl], idx[sl] = torch.topk(tgt[sl] @ pool.T, k, dim=1)
+            rel[sl], idx[sl] = topk_low_index(tgt[sl] @ pool.T, k)
         return SelectionRun(idx.cpu().numpy(), rel.cpu().numpy().astype(np.float64))
 
     def _select_indexed(self, targets: PoolData, k: int) -> SelectionRun:
@@ -293,7 +300,7 @@ class _ShortlistSelector(Selector):
             if full:
                 yield sl, sims, Candidates(pool, None)
             else:
-                vals, idx = torch.topk(sims, n_short, dim=1)
+                vals, idx = topk_low_index(sims, n_short)
                 yield sl, vals, Candidates(pool, idx)
 
 
@@ -457,7 +464,7 @@ class VoteKSelector(Selector):
                 sims = pool[sl] @ pool.T
                 rows = torch.arange(sl.stop - sl.start, device=sims.device)
                 sims[rows, rows + sl.start] = -math.inf              # no self-votes
-                nbr[sl] = torch.topk(sims, kv, dim=1).indices.cpu().numpy()
+                nbr[sl] = topk_low_index(sims, kv)[1].cpu().numpy()
         flat = nbr.ravel()
         order = np.argsort(flat, kind="stable")
         self._nbr = nbr
