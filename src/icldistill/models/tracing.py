@@ -783,8 +783,9 @@ def _record(
     scaling = named.get("scaling")
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
     softcap = named.get("softcap")
-    kernel_form = torch.full((H,), softcap is None, dtype=torch.bool)
     dev = query.device
+    # on the call's device: the mask's and position bias's per-head flags come from there
+    kernel_form = torch.full((H,), softcap is None, dtype=torch.bool, device=dev)
     pos = req.positions.to(dev)
     P = pos.shape[0]
 
