@@ -26,6 +26,10 @@
 #
 # writes both reports (the control's, then the grid's beside it) from the recorded units with
 # this checkout's code; nothing is computed. Run it with the workers stopped or paused.
+#
+# The whole script is one block that bash reads before it runs any of it, so editing this file
+# while workers run does not change what they do (bash otherwise reads a script as it goes).
+{
 set -euo pipefail
 
 worker=${1:?usage: selection_grid_queue.sh WORKER_NUMBER | report}
@@ -78,6 +82,16 @@ run() {  # run LOG_NAME ENV... -- CMD...
         echo "$(date -u +%FT%TZ) worker $worker: $name exited with $?" >> "$log_dir/queue-$worker.log"
 }
 
+reports() {  # both reports over every recorded unit, one worker at a time
+    if [[ -n "${DRY_RUN:-}" ]]; then
+        write_reports
+        return 0
+    fi
+    echo "$(date -u +%FT%TZ) worker $worker: reports" >> "$log_dir/queue-$worker.log"
+    ( flock 9; write_reports ) 9> "$log_dir/reports.lock" >> "$log_dir/reports-$worker.log" 2>&1 || \
+        echo "$(date -u +%FT%TZ) worker $worker: reports exited with $?" >> "$log_dir/queue-$worker.log"
+}
+
 if [[ -z "${DRY_RUN:-}" && ! -d "$grid_tree" ]]; then
     git worktree add --detach "$grid_tree" 970500e
     git -C "$grid_tree" apply "$root/benchmarks/selection-grid-code.patch"
@@ -99,17 +113,17 @@ if [[ "$bf16" == 1 ]]; then
         --out benchmarks/results/selection-grid-control-1 --no-report
     # the control run's own report would cover its command only (qwen2.5-0.5b) and replace the
     # folder's report, which holds smollm2-135m's control too: both reports are written over
-    # every recorded unit instead, one worker at a time
-    if [[ -n "${DRY_RUN:-}" ]]; then
-        write_reports
-    else
-        echo "$(date -u +%FT%TZ) worker $worker: reports" >> "$log_dir/queue-$worker.log"
-        ( flock 9; write_reports ) 9> "$log_dir/reports.lock" >> "$log_dir/reports-$worker.log" 2>&1 || \
-            echo "$(date -u +%FT%TZ) worker $worker: reports exited with $?" >> "$log_dir/queue-$worker.log"
-    fi
+    # every recorded unit instead
+    reports
 fi
 run smollm-k4 "${pinned[@]}" --models smollm2-135m --tasks "$T" --ks 4 "${GRID[@]}"
+# the last worker of a block writes a report of that block's command only (the pinned code has
+# no --no-report): rewrite both over every recorded unit
+reports
 if [[ "$bf16" == 1 ]]; then
     run qwen-k4 "${pinned[@]}" --models qwen2.5-0.5b --dtype bfloat16 --tasks "$QT" --ks 4 "${GRID[@]}"
+    reports
 fi
 [[ -n "${DRY_RUN:-}" ]] || echo "$(date -u +%FT%TZ) worker $worker: queue done" >> "$log_dir/queue-$worker.log"
+exit 0
+}

@@ -291,14 +291,15 @@ def test_queue_script_commands_are_the_grid_flags(tmp_path, monkeypatch, capsys,
     lines = subprocess.run(["bash", str(root / "benchmarks/selection_grid_queue.sh"), "1"],
                            env=env, capture_output=True, text=True, check=True
                            ).stdout.splitlines()
-    # qwen k=8, its control, the two reports after the control, smollm2 k=4, qwen k=4
-    assert len(lines) == (6 if bf16_fast == "1" else 1)
+    # qwen k=8, its control, smollm2 k=4, qwen k=4; after the control and each k=4 block the
+    # two full reports (a step's own report covers only its command)
+    assert len(lines) == (10 if bf16_fast == "1" else 3)
+    reports = [n for n, line in enumerate(lines) if "--report-only" in line.split()]
+    assert reports == ([2, 3, 5, 6, 8, 9] if bf16_fast == "1" else [1, 2])
+    assert all("--control-dir" in lines[n] for n in reports[1::2])
     if bf16_fast == "1":
-        # the control computes without a report of its own (it would cover only its command and
-        # replace the folder's report); both full reports are written after it
+        # the control computes without a report of its own
         assert "--control 1" in lines[1] and "--no-report" in lines[1].split()
-        assert all("--report-only" in line.split() for line in lines[2:4])
-        assert "--control-dir" in lines[3]
     toy = _write_task(tmp_path / "toy.jsonl")
     mod = _bench()
     monkeypatch.setattr(mod.Task, "from_registry", classmethod(lambda cls, name, **kw: toy))
