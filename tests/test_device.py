@@ -213,3 +213,33 @@ def test_every_architecture_traces_on_cuda_as_on_the_cpu(arch, float32_default):
         return
     np.testing.assert_allclose(res.eta.double().cpu().numpy(), on_cpu.eta.double().numpy(),
                                rtol=1e-3, atol=1e-7, err_msg=arch)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cli_trace_with_device_cuda_writes_what_it_writes_on_the_cpu(tmp_path, capsys):
+    """``icldistill trace --device cuda`` on a tiny saved llama (loaded without hub kernels):
+    the trace figures of ``--device cpu``. (``select`` and ``evaluate`` also report MMD² under
+    the packaged MiniLM, which a machine without the package registry cannot fetch; the harness
+    test above runs their path on the GPU.)"""
+    import json
+
+    from icldistill.cli.app import main
+
+    model_dir = tmp_path / "tiny-llama"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer(True).save_pretrained(model_dir)
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text('{"input": "good movie", "label": "positive"}\n'
+                     '{"input": "bad plot", "label": "negative"}\n')
+    got = {}
+    for dev in ("cpu", "cuda"):
+        assert main(["trace", "--model", str(model_dir), "--demos", str(demos), "--query",
+                     "fun film", "--out", str(tmp_path / f"trace-{dev}"), "--device", dev,
+                     "--quiet"]) == 0
+        capsys.readouterr()
+        got[dev] = json.loads((tmp_path / f"trace-{dev}" / "trace.json").read_text())
+    tc, tg = got["cpu"], got["cuda"]
+    assert tg["max_decomposition_error"] < 1e-4 and tg["next_token"] == tc["next_token"]
+    for key in ("eta_last", "demo_share_last", "log_normalizer_last"):
+        np.testing.assert_allclose(np.asarray(tg[key], float), np.asarray(tc[key], float),
+                                   rtol=1e-4, atol=1e-6, err_msg=key)

@@ -29,7 +29,8 @@ def test_streamed_half_load_equals_from_pretrained(folder, dtype):
     streamed = R.load_half_streamed(folder, dtype, "eager")
     assert streamed is not None
     ref = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, dtype=dtype,
-                                               attn_implementation="eager").eval()
+                                               attn_implementation="eager",
+                                               use_kernels=False).eval()
     a, b = streamed.state_dict(), ref.state_dict()
     assert a.keys() == b.keys()
     for k in a:
@@ -89,3 +90,18 @@ def test_no_warning_where_half_precision_is_fast_or_not_asked_for(folder, monkey
 def test_half_precision_speed_is_a_measured_ratio():
     speed = R.half_precision_speed(torch.bfloat16)
     assert 0 < speed < 100 and speed == R.half_precision_speed(torch.bfloat16)   # cached
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_loaded_models_are_not_kernelized_with_hub_kernels(folder, dtype, monkeypatch):
+    """transformers 5 "kernelizes" a model loaded with ``from_pretrained`` by default: layers
+    replaced by kernels downloaded from the Hugging Face Hub for the model's device. Fixed bug:
+    on a CUDA machine ``icldistill trace --device cuda`` failed ("Kernels are not available")
+    and, with the `kernels` package installed, would have downloaded hub kernels and changed the
+    numerics. Every model ``load_model`` returns runs as its own code reads."""
+    import transformers.integrations.hub_kernels as hub
+
+    calls = []
+    monkeypatch.setattr(hub, "kernelize", lambda *a, **kw: calls.append(a))
+    lm = load_model(folder, dtype=dtype, progress=False)
+    assert lm.model.use_kernels is False and calls == []

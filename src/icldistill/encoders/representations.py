@@ -999,7 +999,8 @@ class MiniLMEncoder(Encoder):
             self.tokenizer = AutoTokenizer.from_pretrained(folder)
             # (the checkpoint's BERT pooler is loaded but unused: sentence-transformers pools
             # the last hidden states itself)
-            model = AutoModel.from_pretrained(folder, use_safetensors=True, dtype=torch.float32)
+            model = AutoModel.from_pretrained(folder, use_safetensors=True, dtype=torch.float32,
+                                              use_kernels=False)     # no hub kernels
         self.model = model.to(self.device).eval()
         return self
 

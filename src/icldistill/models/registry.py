@@ -427,7 +427,7 @@ def _check_logits(reference: Any, folder: Path, tokenizer: Any, dtype: torch.dty
 
     reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype,
                                                     attn_implementation="eager",
-                                                    use_safetensors=True)
+                                                    use_safetensors=True, use_kernels=False)
     ids = tokenizer("The capital of France is Paris. The capital of Italy is",
                     return_tensors="pt")["input_ids"]
     with torch.no_grad():
@@ -454,7 +454,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path, progress: bool) -> dict[str, An
                    "this takes a while)")
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
                                                  dtype=torch.float32,
-                                                 attn_implementation="eager")
+                                                 attn_implementation="eager", use_kernels=False)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     t_load = time.perf_counter() - t0
     art.log(progress, f"loaded in {t_load:.1f} s; saving safetensors")
@@ -877,7 +877,11 @@ def _load(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype, attn_impl
           progress: bool) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kw: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn_implementation}
+    # use_kernels=False: transformers 5 otherwise "kernelizes" a loaded model with kernels
+    # downloaded from the Hugging Face Hub for its device (on CUDA: other numerics, a download,
+    # or an error where the `kernels` package is missing); the models run as their code reads
+    kw: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn_implementation,
+                          "use_kernels": False}
     if isinstance(name_or_path, str) and name_or_path in REGISTRY:
         folder = fetch(name_or_path, cache_dir=cache_dir, progress=progress)
         model = load_half_streamed(folder, dtype, attn_implementation)
