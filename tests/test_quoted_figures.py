@@ -257,6 +257,28 @@ CLAIMS: list[tuple[str, str, Callable[[], str]]] = [
     (README, "mmd-joint vs knn on rt-sentiment, the twin",
      lambda: "twin: " + points_ci(paired('mmd-joint', 'knn', task="rt-sentiment",
                                          folder=CONTROL)) + ")"),
+    # the post-hoc set-level question on qwen2.5-0.5b
+    (README, "qwen: mmd-joint vs random, and vs vote-k post hoc",
+     lambda: "`random`, and {} over `vote-k` (post-hoc Holm p {})".format(
+         _flip(paired("vote-k", "mmd-joint", model=QWEN, name="paired_posthoc.json")),
+         holm(paired("vote-k", "mmd-joint", model=QWEN, name="paired_posthoc.json")["p_holm"]))),
+    (README, "qwen: mmd-joint vs random",
+     lambda: "on the mean: " + points_ci(paired("mmd-joint", "random", model=QWEN))
+     + " points over `random`"),
+    (README, "qwen: mmd-joint below random on amazon",
+     lambda: "both models ({} here)".format(
+         points(paired("mmd-joint", "random", model=QWEN, task="amazon")["diff"]))),
+    (README, "qwen: vote-k vs random, and vs mmd post hoc",
+     lambda: "`vote-k` ({} over `random`) ties set-level `mmd` ({})".format(
+         points_ci(paired("vote-k", "random", model=QWEN)),
+         points_ci(paired("vote-k", "mmd", model=QWEN, name="paired_posthoc.json")))),
+    (GUIDE, "qwen: set-level (guide)",
+     lambda: "leads on the mean: {} over `random`, and {} over `vote-k` (post hoc)".format(
+         points(paired("mmd-joint", "random", model=QWEN)["diff"]),
+         _flip(paired("vote-k", "mmd-joint", model=QWEN, name="paired_posthoc.json")))),
+    (GUIDE, "qwen: vote-k vs random (guide)",
+     lambda: "`vote-k` ({} over `random`) ties set-level `mmd` there".format(
+         points(paired("vote-k", "random", model=QWEN)["diff"]))),
     (README, "qwen: the control's counts",
      lambda: "{} of the {} significant trained comparisons lie outside the twin's interval".format(
          *_control_counts(QWEN))),
@@ -287,6 +309,11 @@ CLAIMS: list[tuple[str, str, Callable[[], str]]] = [
          *(share(within(p, model=QWEN, task=CONTROL_TASKS, reader=r)["value"])
            for r in ("trained", "control") for p in (ALL, COUNT)))),
 ]
+
+
+def _flip(r: dict) -> str:
+    """A comparison quoted the other way round: ``b − a`` of a record of ``a − b``."""
+    return points_ci({"diff": -r["diff"], "ci_low": -r["ci_high"], "ci_high": -r["ci_low"]})
 
 
 def _control_counts(model: str) -> tuple[int, int]:
@@ -366,3 +393,16 @@ def test_tasks_where_closeness_goes_with_right_answers():
     significant = sorted(r["task"] for r in rows if r["p_holm"] < 0.05 and r["value"] > 0.5)
     assert significant == ["amazon", "r52", "siqa"]
     assert "significant on amazon, r52 and siqa, on none of the other 7 tasks" in _doc(README)
+
+
+def test_set_level_claims_on_both_models():
+    """README and guide: `vote-k` is never significantly worse than `random` on a task of either
+    model at k = 8, and `mmd-joint` is significantly below `random` on amazon on both."""
+    for model in (SMOL, QWEN):
+        recs = [r for r in _records(GRID / "paired.json")
+                if r["model"] == model and r["k"] == 8 and r["metric"] == "accuracy"
+                and r["baseline"] == "random" and r["task"] != "mean"]
+        vote = [r for r in recs if r["selector"] == "vote-k"]
+        assert len(vote) == 10 and not any(r["diff"] < 0 and r["p_holm"] < 0.05 for r in vote)
+        (amazon,) = [r for r in recs if r["selector"] == "mmd-joint" and r["task"] == "amazon"]
+        assert amazon["diff"] < 0 and amazon["p_holm"] < 0.05, model
