@@ -66,8 +66,10 @@ def topk_low_index(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
     ``torch.topk`` leaves the order of equal values unspecified, and CUDA's differs from the
     CPU's: two pool items with the same embedding (a duplicated text) would swap places in a
     prompt, or one would replace the other at the k-th place, when the same selector runs on a
-    GPU. Rows with a tie among the chosen values or at the k-th place are redone with a stable
-    sort.
+    GPU. Rows with a tie among the chosen values or at the k-th place are redone: the values
+    that reach the k-th one (a top-``m``, ``m`` doubled from ``2k`` until it holds them all) are
+    put in column order, then sorted stably by value. No row is sorted whole, so duplicated
+    texts in a million-item pool stay cheap.
 
     Parameters
     ----------
@@ -80,16 +82,25 @@ def topk_low_index(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
     values : Tensor ``[R, k]``
     indices : Tensor ``[R, k]`` (int64), on ``scores``' device.
     """
-    vals, idx = torch.topk(scores, k, dim=1)
+    n = scores.shape[1]
+    vals, idx = torch.topk(scores, min(k + 1, n), dim=1)     # one more: a tie at the k-th place
     if k == 0 or scores.shape[0] == 0:
-        return vals, idx
-    tied = (scores >= vals[:, -1:]).sum(1) > k
-    if k > 1:
-        tied |= (vals[:, 1:] == vals[:, :-1]).any(1)
+        return vals[:, :k], idx[:, :k]
+    tied = (vals[:, 1:] == vals[:, :-1]).any(1)
+    vals, idx = vals[:, :k].contiguous(), idx[:, :k].contiguous()
     rows = tied.nonzero().flatten()
     if rows.numel():
-        v, i = torch.sort(scores[rows], dim=1, descending=True, stable=True)
-        vals[rows], idx[rows] = v[:, :k], i[:, :k]
+        sub = scores if rows.numel() == scores.shape[0] else scores[rows]
+        kth = vals[rows, -1:]
+        m = min(2 * k, n)
+        while True:             # a top-m that holds every value reaching the k-th
+            cv, ci = torch.topk(sub, m, dim=1)
+            if m == n or not bool((cv[:, -1:] >= kth).any()):
+                break
+            m = min(2 * m, n)
+        ci, by_col = torch.sort(ci, dim=1)                  # in column order ...
+        cv, order = torch.sort(cv.gather(1, by_col), dim=1, descending=True, stable=True)
+        vals[rows], idx[rows] = cv[:, :k], ci.gather(1, order)[:, :k]   # ... then by value
     return vals, idx
 
 
