@@ -74,3 +74,29 @@ def test_trace_cli_quiet_prints_nothing_on_stderr(model_dir, demos_file, tmp_pat
                  "fun film", "--out", str(tmp_path / "q"), "--quiet"]) == 0
     captured = capsys.readouterr()
     assert captured.err == "" and "decomposition error" in captured.out
+
+
+def test_trace_cli_dtype(model_dir, demos_file, tmp_path, capsys):
+    """--dtype: a bfloat16 trace (weights in half precision, normalisers in log space) says its
+    precision in the report and stays close to the float32 one; auto resolves to a precision
+    and says which; an unknown precision is refused by argparse (exit 2)."""
+    runs = {}
+    for dtype in ("float32", "bfloat16", "auto"):
+        out = tmp_path / dtype
+        assert main(["trace", "--model", str(model_dir), "--demos", str(demos_file), "--query",
+                     "fun film", "--out", str(out), "--dtype", dtype]) == 0
+        err = capsys.readouterr().err
+        runs[dtype] = json.loads((out / "trace.json").read_text())
+        if dtype == "auto":
+            assert "--dtype auto: " in err
+    half = runs["bfloat16"]
+    assert half["dtype"] == "bfloat16" and "(bfloat16)" in half["title"]
+    assert runs["float32"]["dtype"] == "float32" and "(" not in runs["float32"]["title"]
+    assert runs["auto"]["dtype"] in ("float32", "bfloat16")
+    assert half["max_decomposition_error"] < 0.05
+    import numpy as np
+    np.testing.assert_allclose(np.asarray(half["eta_last"], float),
+                               np.asarray(runs["float32"]["eta_last"], float), rtol=0.05)
+    assert main(["trace", "--model", str(model_dir), "--demos", str(demos_file), "--query",
+                 "x", "--out", str(tmp_path / "x"), "--dtype", "int8"]) == 2
+    assert "--dtype" in capsys.readouterr().err

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from icldistill.cli.options import (
-    DTYPE_HELP,
     add_device,
+    add_dtype,
     check_local_device,
     command_line,
     positive_int,
+    resolve_dtype,
     selector_param,
     set_threads,
     split_names,
@@ -29,8 +30,7 @@ __all__ = ["add_parsers"]
 def _add_scoring_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=8,
                    help="scoring batch size (default 8)")
-    p.add_argument("--dtype", default="float32",
-                   choices=("float32", "bfloat16", "float16", "auto"), help=DTYPE_HELP)
+    add_dtype(p)
     add_device(p, remote=True)
     p.add_argument("--backend", default="local", choices=("local", "ray"),
                    help="run the units here (local, default) or as Ray tasks (ray: pip install "
@@ -148,29 +148,11 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(func=_cmd_compare)
 
 
-def _resolve_dtype(args: argparse.Namespace) -> None:
-    """``--dtype auto``: the faster precision on this machine's ``--device``
-    (:func:`icldistill.models.preferred_dtype`), said on stderr; refused with ``--backend ray``,
-    whose workers may be other machines."""
-    if args.dtype != "auto":
-        return
-    if args.backend != "local":
-        raise InputError("--dtype auto measures this machine; with --backend ray name the "
-                         "workers' precision (float32 or bfloat16)")
-    from icldistill.core.progress import log
-    from icldistill.models.registry import half_precision_speed, preferred_dtype, resolve_device
-
-    args.dtype = preferred_dtype(args.device)
-    why = (f"bfloat16 matrix products run at {half_precision_speed():.2f}x float32 on this CPU"
-           if resolve_device(args.device).type == "cpu" else f"on {args.device}")
-    log(not args.quiet, f"--dtype auto: {args.dtype} ({why})")
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from icldistill.evaluation.harness import unit_grid
 
     check_local_device(args)
-    _resolve_dtype(args)
+    resolve_dtype(args)
     tasks = load_tasks(args)
     params = selector_params(args.param)
     selectors = split_names(args.selector)
@@ -207,7 +189,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from icldistill.selection.registry import SELECTORS
 
     check_local_device(args)
-    _resolve_dtype(args)
+    resolve_dtype(args)
     if args.control is not None and args.backend != "local":
         raise InputError("--control runs the random-init twins on the local backend; drop "
                          "--backend ray or --control")

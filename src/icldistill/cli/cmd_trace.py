@@ -10,7 +10,9 @@ from typing import Any
 
 from icldistill.cli.options import (
     add_device,
+    add_dtype,
     add_quiet,
+    resolve_dtype,
     set_threads,
     thread_count,
     token_positions,
@@ -42,6 +44,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--per-demo", action="store_true", help="also report every demonstration")
     p.add_argument("--threads", type=thread_count, default=None,
                    help="torch CPU threads (>= 1)")
+    add_dtype(p)
     add_device(p)
     add_quiet(p)
     p.set_defaults(func=_cmd_trace)
@@ -61,15 +64,21 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     show = not args.quiet
     if show:
         print(f"loading {args.model} ...", file=sys.stderr)
-    loaded = load_model(args.model, progress=show, device=args.device)
+    resolve_dtype(args)
+    import torch
+
+    loaded = load_model(args.model, progress=show, device=args.device,
+                        dtype=getattr(torch, args.dtype))
     if show:
         print(f"tracing {len(demos)} demonstrations on {loaded.name} ...", file=sys.stderr)
     res = trace(loaded.model, loaded.tokenizer, prompt, positions=positions,
                 per_demo=args.per_demo, progress=show)
     top = int(res.logits[-1].argmax())
-    files = write_trace_report(res, args.out, title=f"{loaded.name}: {len(demos)}-shot trace",
-                               metadata={"model": loaded.name, "query": args.query,
-                                         "demonstrations": len(demos),
+    precision = "" if args.dtype == "float32" else f" ({args.dtype})"
+    files = write_trace_report(res, args.out,
+                               title=f"{loaded.name}{precision}: {len(demos)}-shot trace",
+                               metadata={"model": loaded.name, "dtype": args.dtype,
+                                         "query": args.query, "demonstrations": len(demos),
                                          "next_token": loaded.tokenizer.decode([top])})
     L, H, _ = res.eta.shape
     print(f"{loaded.name}: {len(res.tokens)} tokens, {L} layers x {H} heads; "

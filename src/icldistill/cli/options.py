@@ -17,9 +17,9 @@ from typing import Any
 
 __all__ = [
     "CACHE_HELP", "DTYPE_HELP", "QUIET_HELP", "SEEDS_HELP", "CommandParser", "add_device",
-    "add_quiet", "check_local_device", "command_line", "device_name", "device_spec",
-    "finite_float", "names", "nonnegative_int",
-    "positive_float", "positive_int", "positive_int_list", "selector_param", "set_threads",
+    "add_dtype", "add_quiet", "check_local_device", "command_line", "device_name",
+    "device_spec", "finite_float", "names", "nonnegative_int", "positive_float",
+    "positive_int", "positive_int_list", "resolve_dtype", "selector_param", "set_threads",
     "split_names", "split_test_size", "thread_count", "token_positions",
 ]
 
@@ -225,6 +225,32 @@ def add_device(p: argparse.ArgumentParser, *, remote: bool = False) -> None:
                    help="where models, their key/value caches and encoders run: cpu "
                         "(default), cuda, cuda:N or mps; an unavailable device is an error"
                         + (" (with --backend ray: on the workers)" if remote else ""))
+
+
+def add_dtype(p: argparse.ArgumentParser) -> None:
+    """The ``--dtype`` flag of commands that load a model (trace, evaluate, compare)."""
+    p.add_argument("--dtype", default="float32",
+                   choices=("float32", "bfloat16", "float16", "auto"), help=DTYPE_HELP)
+
+
+def resolve_dtype(args: argparse.Namespace) -> None:
+    """``--dtype auto``: the faster precision on this machine's ``--device``
+    (:func:`icldistill.models.preferred_dtype`), said on stderr; refused with ``--backend ray``,
+    whose workers may be other machines."""
+    if args.dtype != "auto":
+        return
+    if getattr(args, "backend", "local") != "local":
+        from icldistill.core.validation import InputError
+
+        raise InputError("--dtype auto measures this machine; with --backend ray name the "
+                         "workers' precision (float32 or bfloat16)")
+    from icldistill.core.progress import log
+    from icldistill.models.registry import half_precision_speed, preferred_dtype, resolve_device
+
+    args.dtype = preferred_dtype(args.device)
+    why = (f"bfloat16 matrix products run at {half_precision_speed():.2f}x float32 on this CPU"
+           if resolve_device(args.device).type == "cpu" else f"on {args.device}")
+    log(not args.quiet, f"--dtype auto: {args.dtype} ({why})")
 
 
 def add_quiet(p: argparse.ArgumentParser) -> None:
