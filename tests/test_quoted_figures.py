@@ -303,6 +303,9 @@ CLAIMS: list[tuple[str, str, Callable[[], str]]] = [
      lambda: "(`knn`: {} points), while its random-init twin, reading the same prompts, is {} "
      "points below it".format(_vote_row(SMOL, "knn")[0],
                               _vote_row(SMOL, "knn")[1].split(" ")[0].lstrip("−"))),
+    (README, "qwen: within item on the twin's tasks, the p-value of the same-label-count row",
+     lambda: "the trained model shows none either (Holm p {})".format(
+         holm(within(COUNT, model=QWEN, task=CONTROL_TASKS)["p_holm"]))),
     (README, "qwen: within item on the twin's tasks, trained and twin",
      lambda: "answer right in {} of discordant pairs and in {} with the label count held "
      "equal; its twin's figures are {} and {}".format(
@@ -393,6 +396,14 @@ def test_tasks_where_closeness_goes_with_right_answers():
     significant = sorted(r["task"] for r in rows if r["p_holm"] < 0.05 and r["value"] > 0.5)
     assert significant == ["amazon", "r52", "siqa"]
     assert "significant on amazon, r52 and siqa, on none of the other 7 tasks" in _doc(README)
+
+
+def test_the_qwen_twin_shows_no_within_item_association():
+    """README: on the control's tasks, qwen2.5-0.5b's twin shows no within-item association
+    (all pairs, same label count: Holm p >= 0.05), the trained model one over all pairs."""
+    for pairs in (ALL, COUNT):
+        assert within(pairs, model=QWEN, task=CONTROL_TASKS, reader="control")["p_holm"] >= 0.05
+    assert within(ALL, model=QWEN, task=CONTROL_TASKS)["p_holm"] < 0.05
 
 
 def test_set_level_claims_on_both_models():
