@@ -63,7 +63,12 @@ write_reports() {  # both reports, from the recorded units; nothing is computed
 }
 
 if [[ "$worker" == report ]]; then
-    write_reports
+    if [[ -n "${DRY_RUN:-}" ]]; then
+        write_reports
+    else                # not while a worker writes them (the queue's own reports step)
+        mkdir -p "$log_dir"
+        ( flock 9; write_reports ) 9> "$log_dir/reports.lock"
+    fi
     exit 0
 fi
 GRID=(--threads 1 --selectors "$S" --n-test 300 --pool-size 2000
