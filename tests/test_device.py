@@ -243,3 +243,25 @@ def test_cli_trace_with_device_cuda_writes_what_it_writes_on_the_cpu(tmp_path, c
     for key in ("eta_last", "demo_share_last", "log_normalizer_last"):
         np.testing.assert_allclose(np.asarray(tg[key], float), np.asarray(tc[key], float),
                                    rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(("arch", "mode", "kw"), [("llama", "trie", {}),
+                                                  ("llama", "copy", {"label_tree": False}),
+                                                  ("gemma3", "inline", {})])
+@pytest.mark.parametrize("setting", ["shared", "shared-no-reuse", "per-query"])
+def test_multi_token_label_scoring_on_cuda_matches_the_cpu(arch, mode, kw, setting,
+                                                          float32_default):
+    """Labels of several tokens, in each way the scorer reads them (a trie-masked row, the
+    context's cache copied per label, or inline rows for a sliding-window model), with a shared
+    prefix, without prefix reuse and per query: the same log-probabilities on CUDA as on the
+    CPU."""
+    from .test_scoring_memory import _score, _scorer
+
+    tok = tiny_tokenizer(True)
+    cpu = _scorer(tiny_model(arch), tok, **kw)
+    gpu = _scorer(tiny_model(arch).to("cuda"), tok, **kw)
+    assert cpu.label_mode == gpu.label_mode == mode
+    a, b = _score(cpu, setting, False), _score(gpu, setting, False)
+    np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
+    assert np.array_equal(a.predictions, b.predictions)

@@ -964,7 +964,7 @@ class FewShotScorer:
             for j, t in enumerate(self._label_ids):
                 if len(t) > 1:
                     nxt = torch.tensor(t[1:], device=device)
-                    scores[:, j] += lp2[:, j, torch.arange(len(t) - 1), nxt].sum(-1)
+                    scores[:, j] += lp2[:, j, torch.arange(len(t) - 1, device=device), nxt].sum(-1)
         return scores.cpu().numpy()
 
     def _labels_trie(self, scores: torch.Tensor, cache: Any, lens: list[int],
