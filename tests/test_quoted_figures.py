@@ -172,6 +172,17 @@ CLAIMS: list[tuple[str, str, Callable[[], str]]] = [
          span([-100 * coverage(s)["vs_vote"]["value"] for s in ("knn", "mmr", "dpp",
                                                                 "mmd-local")], "{:.1f}")
          .replace(".0", "").replace("–", " to "))),
+    (README, "qwen: knn against the label vote",
+     lambda: "(`knn` {} points, Holm p {}; all but `dpp` significant)".format(
+         points_ci({"diff": coverage("knn", model=QWEN)["vs_vote"]["value"],
+                    "ci_low": coverage("knn", model=QWEN)["vs_vote"]["low"],
+                    "ci_high": coverage("knn", model=QWEN)["vs_vote"]["high"]}),
+         holm(coverage("knn", model=QWEN)["p_holm_vote"]))),
+    (README, "qwen: accuracy where the label is not shown / shown",
+     lambda: "right on {} of the items whose label no demonstration shows, against {}% where "
+     "one does".format(
+         span([100 * r["acc_not_shown"] for r in _coverage_rows(QWEN)]) + "%",
+         span([100 * r["acc_shown"] for r in _coverage_rows(QWEN)], "{:.0f}"))),
     # within an item: MiniLM (reference) space
     (README, "within item, all pairs",
      lambda: f"{share_ci(within(ALL))} of {within(ALL)['n_pairs']:,} such pairs"),
@@ -314,6 +325,10 @@ CLAIMS: list[tuple[str, str, Callable[[], str]]] = [
 ]
 
 
+def _coverage_rows(model: str, k: int = 8) -> list[dict]:
+    return [r for r in _records(GRID / "coverage.json") if r["model"] == model and r["k"] == k]
+
+
 def _flip(r: dict) -> str:
     """A comparison quoted the other way round: ``b − a`` of a record of ``a − b``."""
     return points_ci({"diff": -r["diff"], "ci_low": -r["ci_high"], "ci_high": -r["ci_low"]})
@@ -404,6 +419,14 @@ def test_the_qwen_twin_shows_no_within_item_association():
     for pairs in (ALL, COUNT):
         assert within(pairs, model=QWEN, task=CONTROL_TASKS, reader="control")["p_holm"] >= 0.05
     assert within(ALL, model=QWEN, task=CONTROL_TASKS)["p_holm"] < 0.05
+
+
+def test_qwen_is_above_the_label_vote_with_every_selector():
+    """README: qwen2.5-0.5b (k = 8) is above the majority vote of its demonstrations' labels
+    with every selector, significantly (Holm p < 0.05) with all but `dpp`."""
+    rows = _coverage_rows(QWEN)
+    assert len(rows) == 11 and all(r["vs_vote"]["value"] > 0 for r in rows)
+    assert {r["selector"] for r in rows if r["p_holm_vote"] >= 0.05} == {"dpp"}
 
 
 def test_set_level_claims_on_both_models():
