@@ -178,6 +178,10 @@ CLAIMS: list[tuple[str, str, Callable[[], str]]] = [
                     "ci_low": coverage("knn", model=QWEN)["vs_vote"]["low"],
                     "ci_high": coverage("knn", model=QWEN)["vs_vote"]["high"]}),
          holm(coverage("knn", model=QWEN)["p_holm_vote"]))),
+    (GUIDE, "qwen: knn against the label vote, and accuracy where the label is not shown",
+     lambda: "(`knn` {} points), and right on {} of the items whose label is not shown".format(
+         points(coverage("knn", model=QWEN)["vs_vote"]["value"]),
+         span([100 * r["acc_not_shown"] for r in _coverage_rows(QWEN)]) + "%")),
     (README, "qwen: accuracy where the label is not shown / shown",
      lambda: "right on {} of the items whose label no demonstration shows, against {}% where "
      "one does".format(
