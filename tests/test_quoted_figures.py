@@ -167,6 +167,9 @@ CLAIMS: list[tuple[str, str, Callable[[], str]]] = [
     (README, "share shown tracks accuracy on 20ng, r52, r8",
      lambda: "(Spearman {}, {}, {};".format(
          *(f"{coverage('knn')['rho'][t]:+.2f}" for t in ("20ng", "r52", "r8")))),
+    (README, "share shown tracks accuracy on 20ng, r52, r8, qwen",
+     lambda: "qwen2.5-0.5b: {}, {}, {}).".format(
+         *(f"{coverage('knn', model=QWEN)['rho'][t]:+.2f}" for t in ("20ng", "r52", "r8")))),
     (README, "per-query retrievers against the label vote",
      lambda: "it is {} points *less* accurate than that model-free vote".format(
          span([-100 * coverage(s)["vs_vote"]["value"] for s in ("knn", "mmr", "dpp",
