@@ -105,7 +105,8 @@ def _grid(tmp_path, device: str) -> dict:
 
     toy = _write_task(tmp_path / f"toy-{device}.jsonl")
     units = unit_grid(models=["tiny"], tasks=["toy"],
-                      selectors=["random", "knn", "mmd", "mmd-local", "mmd-joint", "dpp"],
+                      selectors=["random", "knn", "mmd", "mmd-local", "mmd-joint", "dpp",
+                                 "mmd-katt"],
                       ks=[2], seeds=1, encoder="hidden:-1", n_test=12)
     h = Harness(tmp_path / device, tasks={"toy": toy}, model_loader=_loader, progress=False,
                 embedding_cache=tmp_path / f"emb-{device}", reference_encoder="hidden:-1",
@@ -124,7 +125,7 @@ def test_harness_grid_on_cuda_records_what_it_records_on_the_cpu(tmp_path):
     import json
 
     cpu, gpu = _grid(tmp_path, "cpu"), _grid(tmp_path, "cuda")
-    assert set(cpu) == set(gpu) and len(cpu) == 6
+    assert set(cpu) == set(gpu) and len(cpu) == 7
     for key in cpu:
         a, b = cpu[key], gpu[key]
         assert json.loads(a[0])["indices"] == json.loads(b[0])["indices"], key
