@@ -62,13 +62,17 @@ write_reports() {  # both reports, from the recorded units; nothing is computed
     done
 }
 
-if [[ "$worker" == report ]]; then
+locked_reports() {  # write_reports, one process at a time (workers and the report mode)
     if [[ -n "${DRY_RUN:-}" ]]; then
         write_reports
-    else                # not while a worker writes them (the queue's own reports step)
-        mkdir -p "$log_dir"
-        ( flock 9; write_reports ) 9> "$log_dir/reports.lock"
+        return 0
     fi
+    mkdir -p "$log_dir"
+    ( flock 9; write_reports ) 9> "$log_dir/reports.lock"
+}
+
+if [[ "$worker" == report ]]; then
+    locked_reports
     exit 0
 fi
 GRID=(--threads 1 --selectors "$S" --n-test 300 --pool-size 2000
@@ -87,13 +91,13 @@ run() {  # run LOG_NAME ENV... -- CMD...
         echo "$(date -u +%FT%TZ) worker $worker: $name exited with $?" >> "$log_dir/queue-$worker.log"
 }
 
-reports() {  # both reports over every recorded unit, one worker at a time
+reports() {  # a worker's step: both reports over every recorded unit, logged
     if [[ -n "${DRY_RUN:-}" ]]; then
-        write_reports
+        locked_reports
         return 0
     fi
     echo "$(date -u +%FT%TZ) worker $worker: reports" >> "$log_dir/queue-$worker.log"
-    ( flock 9; write_reports ) 9> "$log_dir/reports.lock" >> "$log_dir/reports-$worker.log" 2>&1 || \
+    locked_reports >> "$log_dir/reports-$worker.log" 2>&1 || \
         echo "$(date -u +%FT%TZ) worker $worker: reports exited with $?" >> "$log_dir/queue-$worker.log"
 }
 

@@ -106,6 +106,11 @@ def points_ci(r: dict) -> str:
     return f"{points(r['diff'])} [{points(r['ci_low'])}, {points(r['ci_high'])}]"
 
 
+def points_interval(r: dict) -> str:
+    """``points_ci`` of a ``{"value", "low", "high"}`` record (an interval of ``core.stats``)."""
+    return points_ci({"diff": r["value"], "ci_low": r["low"], "ci_high": r["high"]})
+
+
 def share(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -177,9 +182,7 @@ CLAIMS: list[tuple[str, str, Callable[[], str]]] = [
          .replace(".0", "").replace("–", " to "))),
     (README, "qwen: knn against the label vote",
      lambda: "(`knn` {} points, Holm p {}; all but `dpp` significant)".format(
-         points_ci({"diff": coverage("knn", model=QWEN)["vs_vote"]["value"],
-                    "ci_low": coverage("knn", model=QWEN)["vs_vote"]["low"],
-                    "ci_high": coverage("knn", model=QWEN)["vs_vote"]["high"]}),
+         points_interval(coverage("knn", model=QWEN)["vs_vote"]),
          holm(coverage("knn", model=QWEN)["p_holm_vote"]))),
     (GUIDE, "qwen: knn against the label vote, and accuracy where the label is not shown",
      lambda: "(`knn` {} points), and right on {} of the items whose label is not shown".format(

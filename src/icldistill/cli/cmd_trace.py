@@ -54,6 +54,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     demos = load_demonstrations(args.demos, args.text_field, args.label_field)  # before imports
 
     from icldistill.data.prompts import Prompt
+    from icldistill.evaluation.harness import DTYPES
     from icldistill.models.registry import load_model
     from icldistill.models.tracing import trace
     from icldistill.reporting.reports import write_trace_report
@@ -65,10 +66,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     if show:
         print(f"loading {args.model} ...", file=sys.stderr)
     resolve_dtype(args)
-    import torch
-
-    loaded = load_model(args.model, progress=show, device=args.device,
-                        dtype=getattr(torch, args.dtype))
+    loaded = load_model(args.model, progress=show, device=args.device, dtype=DTYPES[args.dtype])
     if show:
         print(f"tracing {len(demos)} demonstrations on {loaded.name} ...", file=sys.stderr)
     res = trace(loaded.model, loaded.tokenizer, prompt, positions=positions,
