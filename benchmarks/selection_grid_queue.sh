@@ -11,8 +11,8 @@
 #   2. its random-init control (seed 1) on amazon, rt-sentiment and r8 (the tasks of
 #      smollm2-135m's control), on the demonstrations the trained grid chose
 #      (--selections-from);
-#   3. smollm2-135m, k = 4 (float32);
-#   4. qwen2.5-0.5b, k = 4, bfloat16.
+#   3. smollm2-135m, k = 4 (float32), then its random-init control at k = 4 (as step 2);
+#   4. qwen2.5-0.5b, k = 4, bfloat16, then its random-init control at k = 4.
 # The qwen2.5-0.5b steps run only where bfloat16 matrix products are faster than float32 on
 # this CPU (icldistill.models.half_precision_speed > 1.2; CPUs with AVX512-BF16 or AMX): on an
 # AVX2-only CPU they are ~8x slower, and the worker goes straight to smollm2-135m.
@@ -50,7 +50,7 @@ POSTHOC=(--posthoc vote-k mmd --posthoc vote-k mmd-joint --posthoc vote-k mmd-ba
 
 write_reports() {  # both reports, from the recorded units; nothing is computed
     for cmd in \
-        "--models smollm2-135m,qwen2.5-0.5b --dtype qwen2.5-0.5b=bfloat16 --tasks $CONTROL_T --selectors $CONTROL_S --ks 8 --control 1 --selections-from benchmarks/results/selection-grid --out benchmarks/results/selection-grid-control-1" \
+        "--models smollm2-135m,qwen2.5-0.5b --dtype qwen2.5-0.5b=bfloat16 --tasks $CONTROL_T --selectors $CONTROL_S --ks 4,8 --control 1 --selections-from benchmarks/results/selection-grid --out benchmarks/results/selection-grid-control-1" \
         "--models smollm2-135m,qwen2.5-0.5b --dtype qwen2.5-0.5b=bfloat16 --tasks $T --selectors $S --ks 4,8 --out benchmarks/results/selection-grid --control-dir benchmarks/results/selection-grid-control-1"; do
         # shellcheck disable=SC2086  # the flags split on spaces
         args=($cmd --seeds 3 --n-test 300 --pool-size 2000 "${POSTHOC[@]}" --report-only)
@@ -101,6 +101,17 @@ reports() {  # a worker's step: both reports over every recorded unit, logged
         echo "$(date -u +%FT%TZ) worker $worker: reports exited with $?" >> "$log_dir/queue-$worker.log"
 }
 
+control() {  # control LOG_NAME FLAGS...: the random-init twin (seed 1) on the trained grid's
+    # prompts (--selections-from), with this checkout's code; no report of its own
+    local name=$1
+    shift
+    run "$name" PYTHONPATH="$control_tree/src" nice -n 15 "$python" \
+        "$control_tree/benchmarks/bench_fewshot.py" "$@" --tasks "$CONTROL_T" \
+        --selectors "$CONTROL_S" --seeds 3 --n-test 300 --pool-size 2000 --threads 1 \
+        --control 1 --selections-from benchmarks/results/selection-grid \
+        --out benchmarks/results/selection-grid-control-1 --no-report
+}
+
 if [[ -z "${DRY_RUN:-}" && ! -d "$grid_tree" ]]; then
     git worktree add --detach "$grid_tree" 970500e
     git -C "$grid_tree" apply "$root/benchmarks/selection-grid-code.patch"
@@ -114,23 +125,22 @@ pinned=(PYTHONPATH="$grid_tree/src" nice -n 15 "$python" "$grid_tree/benchmarks/
 
 if [[ "$bf16" == 1 ]]; then
     run qwen-k8 "${pinned[@]}" --models qwen2.5-0.5b --dtype bfloat16 --tasks "$QT" --ks 8 "${GRID[@]}"
-    run qwen-control PYTHONPATH="$control_tree/src" nice -n 15 "$python" \
-        "$control_tree/benchmarks/bench_fewshot.py" --models qwen2.5-0.5b --dtype bfloat16 \
-        --tasks "$CONTROL_T" --selectors "$CONTROL_S" --ks 8 --seeds 3 \
-        --n-test 300 --pool-size 2000 --threads 1 --control 1 \
-        --selections-from benchmarks/results/selection-grid \
-        --out benchmarks/results/selection-grid-control-1 --no-report
+    control qwen-control --models qwen2.5-0.5b --dtype bfloat16 --ks 8
     # the control run's own report would cover its command only (qwen2.5-0.5b) and replace the
     # folder's report, which holds smollm2-135m's control too: both reports are written over
     # every recorded unit instead
     reports
 fi
 run smollm-k4 "${pinned[@]}" --models smollm2-135m --tasks "$T" --ks 4 "${GRID[@]}"
+# the control reads the selections the trained units recorded when they chose their prompts,
+# so it can start while the other worker scores the block's last unit
+control smollm-control-k4 --models smollm2-135m --ks 4
 # the last worker of a block writes a report of that block's command only (the pinned code has
 # no --no-report): rewrite both over every recorded unit
 reports
 if [[ "$bf16" == 1 ]]; then
     run qwen-k4 "${pinned[@]}" --models qwen2.5-0.5b --dtype bfloat16 --tasks "$QT" --ks 4 "${GRID[@]}"
+    control qwen-control-k4 --models qwen2.5-0.5b --dtype bfloat16 --ks 4
     reports
 fi
 [[ -n "${DRY_RUN:-}" ]] || echo "$(date -u +%FT%TZ) worker $worker: queue done" >> "$log_dir/queue-$worker.log"

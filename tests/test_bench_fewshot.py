@@ -291,15 +291,23 @@ def test_queue_script_commands_are_the_grid_flags(tmp_path, monkeypatch, capsys,
     lines = subprocess.run(["bash", str(root / "benchmarks/selection_grid_queue.sh"), "1"],
                            env=env, capture_output=True, text=True, check=True
                            ).stdout.splitlines()
-    # qwen k=8, its control, smollm2 k=4, qwen k=4; after the control and each k=4 block the
-    # two full reports (a step's own report covers only its command)
-    assert len(lines) == (10 if bf16_fast == "1" else 3)
+    # qwen k=8, its control, smollm2 k=4 and its control, qwen k=4 and its control; after the
+    # k=8 control and after each k=4 block's control the two full reports (a step's own report
+    # covers only its command)
+    assert len(lines) == (12 if bf16_fast == "1" else 4)
     reports = [n for n, line in enumerate(lines) if "--report-only" in line.split()]
-    assert reports == ([2, 3, 5, 6, 8, 9] if bf16_fast == "1" else [1, 2])
+    assert reports == ([2, 3, 6, 7, 10, 11] if bf16_fast == "1" else [2, 3])
     assert all("--control-dir" in lines[n] for n in reports[1::2])
-    if bf16_fast == "1":
-        # the control computes without a report of its own
-        assert "--control 1" in lines[1] and "--no-report" in lines[1].split()
+    controls = [n for n, line in enumerate(lines)
+                if "--control" in line.split() and n not in reports]
+    assert controls == ([1, 5, 9] if bf16_fast == "1" else [1])
+    for n in controls:
+        # each control computes without a report of its own, on the trained grid's prompts,
+        # at the k of the block before it
+        words = lines[n].split()
+        assert "--no-report" in words and "--selections-from" in words
+        assert words[words.index("--ks") + 1] == lines[n - 1].split()[
+            lines[n - 1].split().index("--ks") + 1]
     toy = _write_task(tmp_path / "toy.jsonl")
     mod = _bench()
     monkeypatch.setattr(mod.Task, "from_registry", classmethod(lambda cls, name, **kw: toy))
