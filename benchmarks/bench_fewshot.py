@@ -109,6 +109,15 @@ def others_running(out: Path) -> bool:
     return legacy or bool(held_locks(out))
 
 
+def incomplete_groups(grid: set, results: list) -> dict[str, tuple[int, int]]:
+    """``"model k=K"`` -> (units finished, units in ``grid``) for every (model, k) group of
+    ``grid`` that ``results`` do not finish; the report's bar gives these no verdict."""
+    finished = grid & {r.spec for r in results}
+    per_group = Counter(f"{u.model_label} k={u.k}" for u in grid)
+    done = Counter(f"{u.model_label} k={u.k}" for u in finished)
+    return {tag: (done[tag], n) for tag, n in sorted(per_group.items()) if done[tag] < n}
+
+
 def control_loader(seed: int, progress: bool = True):
     """``name, dtype=... -> LoadedModel`` of the registry model's random-init twin (seed
     ``seed``; :func:`icldistill.lab.experiments.phenomena.twin_loader`)."""
@@ -344,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     grid = set(grid_units(models, dtypes, tasks=tasks, selectors=selectors, ks=ks,
                           seeds=args.seeds, n_test=args.n_test))
     n_done = len(grid & {r.spec for r in results})
+    incomplete = incomplete_groups(grid, results)
     # the same units in another precision (e.g. a block first run in float32 on a CPU without
     # bf16 instructions): compared with their twins, kept out of the grid's tables
     preds = load_predictions(out)
@@ -447,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                                   control_label=f"the random-init control in {args.control_dir}",
                                   posthoc=posthoc_paired, control_posthoc=control_posthoc,
                                   precision=precision or None, katt_mmd=katt or None,
+                                  incomplete=incomplete,
                                  title="Demonstration selection: few-shot accuracy" + (
                                      "" if args.control is None else
                                      f", random-init control (seed {args.control})") + (

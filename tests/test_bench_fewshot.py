@@ -355,3 +355,21 @@ def test_queue_script_report_mode_writes_both_reports_from_the_grid_flags(tmp_pa
         assert "no results yet" in capsys.readouterr().err
         # nothing but the control folder's marker
         assert [p.name for p in out.iterdir()] == (["control.json"] if n == 0 else [])
+
+
+def test_bench_names_the_unfinished_groups_for_the_bar():
+    """The groups of a grid not yet finished, as the report's bar needs them (it gave a verdict
+    on the selection grid's smollm2-135m k = 4 block at 118 of 130 units)."""
+    mod = _bench()
+    grid = set(mod.grid_units(["smollm2-135m", "qwen2.5-0.5b"],
+                              {"smollm2-135m": "float32", "qwen2.5-0.5b": "bfloat16"},
+                          tasks=["a", "b"], selectors=["random", "knn"], ks=[4, 8], seeds=2,
+                          n_test=10))
+    assert len(grid) == 2 * 2 * 2 * 3
+    done = [SimpleNamespace(spec=u) for u in sorted(grid, key=str)
+            if u.k == 8 or u.model == "smollm2-135m"]
+    missing, done = done[0].spec, done[1:]      # one more unit not finished
+    got = mod.incomplete_groups(grid, done)
+    assert got == {f"{missing.model_label} k={missing.k}": (5, 6),
+                   "qwen2.5-0.5b (bfloat16) k=4": (0, 6)}
+    assert mod.incomplete_groups(grid, [SimpleNamespace(spec=u) for u in grid]) == {}

@@ -522,6 +522,18 @@ def test_the_bar_section_judges_each_mmd_selector_by_both_conditions(tmp_path):
     rep2 = write_comparison_report(rest, tmp_path / "none", paired=cs2)
     assert rep2.meets_bar == {"m k=4": ()}
     assert "m k=4: no MMD-family selector meets the bar." in rep2.markdown.read_text()
+    # a group not yet finished gets its table but no verdict (a regression: the bar section
+    # gave verdicts on blocks of the selection grid that were still running)
+    rep3 = write_comparison_report(results, tmp_path / "running", paired=cs,
+                                   incomplete={"m k=4": (20, 24)})
+    assert rep3.meets_bar == {}
+    md3 = rep3.markdown.read_text()
+    section3 = md3.split("## Does an MMD-family selector beat kNN?")[1].split("\n## ")[0]
+    assert "- m k=4: incomplete (20 of 24 units finished), no verdict yet." in section3
+    assert "### m k=4 (incomplete)" in section3
+    assert "mmd-good." not in section3 and "| yes |" not in section3
+    assert all(ln.endswith("| not yet |") for ln in section3.splitlines()
+               if ln.startswith("| mmd"))
 
 
 # ------------------------------------------------------------------------------ macro-F1

@@ -385,6 +385,7 @@ def write_comparison_report(
     control_posthoc: Sequence[PairedComparison] | None = None,
     precision: Sequence[PrecisionComparison] | None = None,
     katt_mmd: Mapping[str, np.ndarray] | None = None,
+    incomplete: Mapping[str, tuple[int, int]] | None = None,
 ) -> ComparisonReport:
     """Markdown + HTML report of a selector comparison (harness :class:`UnitResult` objects).
 
@@ -422,6 +423,9 @@ def write_comparison_report(
     beside it when ``control_coverage`` has per-item MMD too, and ``concordance.json``;
     ``katt_mmd`` (unit key -> per-item ``MMD^2`` in the trained model's ``K_att`` space,
     :meth:`icldistill.evaluation.Harness.item_mmd`) adds the same tables in that space.
+    ``incomplete`` (``"model k=K"`` -> ``(units finished, units in the grid)``, for the groups
+    of a grid not yet finished) withholds the bar's verdict for those groups: their tables are
+    shown, marked incomplete, and they are left out of ``meets_bar``.
 
     Tables: accuracy (mean over seeds and orderings, 95% bootstrap CI of single runs in the
     detail table) per task and selector for every model and ``k``, the mean over tasks, the
@@ -454,7 +458,7 @@ def write_comparison_report(
     lead, paired_json, f1_json, meets_bar, checks = _lead_sections(
         out, results, paired, paired_macro_f1, majority, coverage, control_paired,
         control_label, control_coverage,
-        _IMPORTED_PROMPTS if control_imported else _MINILM_PROMPTS)
+        _IMPORTED_PROMPTS if control_imported else _MINILM_PROMPTS, dict(incomplete or {}))
     posthoc_json = None
     posthoc_checks: list[ControlCheck] = []
     if control_posthoc is not None and posthoc is None:
@@ -524,7 +528,8 @@ def _lead_sections(out: Path, results: Sequence[Any],
                    paired_macro_f1: Sequence[PairedComparison] | None,
                    majority: Mapping[str, float] | None, coverage: Mapping[str, Any] | None,
                    control_paired: Sequence[PairedComparison] | None, control_label: str,
-                   control_coverage: Mapping[str, Any] | None, control_how: str
+                   control_coverage: Mapping[str, Any] | None, control_how: str,
+                   incomplete: Mapping[str, tuple[int, int]]
                    ) -> tuple[list[Any], Path | None, Path | None, dict[str, tuple[str, ...]],
                               list[ControlCheck]]:
     """The sections that lead the comparison report (paired comparisons, the MMD-family bar,
@@ -537,7 +542,7 @@ def _lead_sections(out: Path, results: Sequence[Any],
         paired = list(paired)
         paired_json = write_json(out / "paired.json", [c.to_dict() for c in paired])
         lead.append(_paired_section(paired, figures=out / "figures"))
-        bar_section, meets_bar = _bar_section(paired)
+        bar_section, meets_bar = _bar_section(paired, incomplete)
         if bar_section is not None:
             lead.append(bar_section)
     if paired_macro_f1 is not None:
@@ -1188,12 +1193,16 @@ def _posthoc_section(posthoc: Sequence[PairedComparison],
 _BAR_TITLE = "Does an MMD-family selector beat kNN?"
 
 
-def _bar_section(paired: Sequence[PairedComparison]
+def _bar_section(paired: Sequence[PairedComparison],
+                 incomplete: Mapping[str, tuple[int, int]] | None = None
                  ) -> tuple[Any, dict[str, tuple[str, ...]]]:
     """The section "Does an MMD-family selector beat kNN?": per model and ``k``, every
     MMD-family selector against the bar (beats ``knn`` on the mean over tasks with Holm p <
     :data:`PAIRED_ALPHA`, and significantly worse than ``random`` on no task); ``(None, {})``
-    without comparisons against both baselines."""
+    without comparisons against both baselines. A group named in ``incomplete`` (``"model
+    k=K"`` -> units finished, units in the grid) gets its table but no verdict, and no entry
+    in the returned verdicts."""
+    incomplete = dict(incomplete or {})
     from icldistill.artifacts.document import BulletList, Paragraph, Section, Table, plain
 
     groups: dict[tuple[str, int], list[PairedComparison]] = {}
@@ -1213,6 +1222,8 @@ def _bar_section(paired: Sequence[PairedComparison]
                         key=_selector_rank)
         if not family:
             continue
+        tag = f"{model} k={k}"
+        pending = incomplete.get(tag)
         rows, ok = [], []
         for sel in family:
             mean = next((c for c in cs if c.selector == sel and c.baseline == knn
@@ -1227,15 +1238,18 @@ def _bar_section(paired: Sequence[PairedComparison]
                          "–" if mean is None else _fmt_p(mean.p_holm),
                          "–" if mean is None else str(mean.n_tasks),
                          ", ".join(plain(t) for t in sorted(worse)) or "none",
-                         "yes" if beats and not worse else "no"])
-        tag = f"{model} k={k}"
-        meets[tag] = tuple(ok)
-        verdicts.append(f"{plain(tag)}: " + (", ".join(plain(s) for s in ok) if ok else
-                                              "no MMD-family selector meets the bar") + ".")
-        blocks.append(Section(tag, (Table(["selector", f"mean diff vs {plain(knn)} (points) "
-                                           "[CI]", "Holm p", "tasks",
-                                           f"significantly worse than {plain(rnd)} on",
-                                           "meets the bar"], rows),)))
+                         "not yet" if pending else "yes" if beats and not worse else "no"])
+        if pending:
+            verdicts.append(f"{plain(tag)}: incomplete ({pending[0]} of {pending[1]} units "
+                            "finished), no verdict yet.")
+        else:
+            meets[tag] = tuple(ok)
+            verdicts.append(f"{plain(tag)}: " + (", ".join(plain(s) for s in ok) if ok else
+                                                  "no MMD-family selector meets the bar") + ".")
+        table = Table(["selector", f"mean diff vs {plain(knn)} (points) [CI]", "Holm p",
+                       "tasks", f"significantly worse than {plain(rnd)} on", "meets the bar"],
+                      rows)
+        blocks.append(Section(tag + (" (incomplete)" if pending else ""), (table,)))
     if not blocks:
         return None, {}
     intro = Paragraph(
