@@ -332,6 +332,39 @@ CLAIMS: list[tuple[str, str, Callable[[], str]]] = [
      "equal; its twin's figures are {} and {}".format(
          *(share(within(p, model=QWEN, task=CONTROL_TASKS, reader=r)["value"])
            for r in ("trained", "control") for p in (ALL, COUNT)))),
+    # smollm2-135m, k = 4
+    (README, "k=4: mmd-local and mmd-katt vs knn",
+     lambda: "`mmd-local` is {} points (Holm p {}) and `mmd-katt` {} (Holm p {}, worse)".format(
+         *(f(paired(s, "knn", k=4)) for s in ("mmd-local", "mmd-katt")
+           for f in (points_ci, lambda r: holm(r["p_holm"]))))),
+    (README, "k=4: set-level MMD vs knn",
+     lambda: "`mmd-joint`, `mmd` and `mmd-balanced` are {}, {} and {} (worse)".format(
+         *(points(paired(s, "knn", k=4)["diff"]) for s in ("mmd-joint", "mmd", "mmd-balanced")))),
+    (README, "k=4: mmd-joint and vote-k vs random, and against each other post hoc",
+     lambda: "`mmd-joint` ({} over `random`) and `vote-k` ({}) tie (post hoc, `vote-k` − "
+     "`mmd-joint`: {})".format(
+         points_ci(paired("mmd-joint", "random", k=4)), points_ci(paired("vote-k", "random", k=4)),
+         points_ci(paired("vote-k", "mmd-joint", k=4, name="paired_posthoc.json")))),
+    (README, "k=4: vote-k vs mmd post hoc",
+     lambda: "(`vote-k` by {}, Holm p {})".format(
+         points_ci(paired("vote-k", "mmd", k=4, name="paired_posthoc.json")),
+         holm(paired("vote-k", "mmd", k=4, name="paired_posthoc.json")["p_holm"]))),
+    (README, "k=4: accuracy with and without the label shown",
+     lambda: "right on {}% of the items whose label no demonstration shows, against {}% where "
+     "one does".format(
+         span([100 * r["acc_not_shown"] for r in _coverage_rows(SMOL, 4)]),
+         span([100 * r["acc_shown"] for r in _coverage_rows(SMOL, 4)], "{:.0f}"))),
+    (README, "k=4: within item",
+     lambda: "the right one in {} of {:,} discordant pairs, and in {} with the label count held "
+     "equal (Holm p {})".format(share_ci(within(ALL, k=4)), within(ALL, k=4)["n_pairs"],
+                                share_ci(within(COUNT, k=4)), holm(within(COUNT, k=4)["p_holm"]))),
+    (GUIDE, "k=4: mmd-local and mmd-katt vs knn (guide)",
+     lambda: "`mmd-local` ties `knn` ({} points), `mmd-katt` is {:.1f} points below it".format(
+         points_ci(paired("mmd-local", "knn", k=4)),
+         -100 * paired("mmd-katt", "knn", k=4)["diff"])),
+    (GUIDE, "k=4: mmd-joint and vote-k vs random (guide)",
+     lambda: "`mmd-joint` {} and `vote-k` {} over `random`".format(
+         *(points(paired(s, "random", k=4)["diff"]) for s in ("mmd-joint", "vote-k")))),
 ]
 
 
@@ -400,6 +433,23 @@ def test_formats():
     assert [holm(p) for p in (0.999, 0.23006, 0.0494, 2.48e-20, 1.46e-20)] == [
         "1.0", "0.23", "0.049", "2e-20", "1e-20"]
     assert share_ci({"value": 0.5453, "low": 0.52614, "high": 0.56436}) == "54.5% [52.6, 56.4]"
+
+
+def test_k4_set_level_verdicts():
+    """What the README and the guide say of smollm2-135m at k = 4 in words: set-level `mmd` is
+    significantly worse than `random` on 20ng and `mmd-balanced` on r52 (and on no other
+    task); `mmd-joint` and `vote-k` on none; `dpp`, `mmr` and `bm25` tie kNN; the
+    within-item share with the label count held equal is not significant."""
+    worse = {s: sorted(r["task"] for r in _records(GRID / "paired.json")
+                       if r["model"] == SMOL and r["k"] == 4 and r["metric"] == "accuracy"
+                       and r["selector"] == s and r["baseline"] == "random"
+                       and r["task"] != "mean" and r["p_holm"] < 0.05 and r["diff"] < 0)
+             for s in ("mmd", "mmd-balanced", "mmd-joint", "vote-k")}
+    assert worse == {"mmd": ["20ng"], "mmd-balanced": ["r52"], "mmd-joint": [], "vote-k": []}
+    for s in ("dpp", "mmr", "bm25"):
+        assert paired(s, "knn", k=4)["p_holm"] >= 0.05, s
+    assert paired("vote-k", "mmd-joint", k=4, name="paired_posthoc.json")["p_holm"] >= 0.05
+    assert within(COUNT, k=4)["p_holm"] >= 0.05
 
 
 def test_retrievers_below_the_label_vote_are_significant():
