@@ -362,6 +362,18 @@ CLAIMS: list[tuple[str, str, Callable[[], str]]] = [
      lambda: "`mmd-local` ties `knn` ({} points), `mmd-katt` is {:.1f} points below it".format(
          points_ci(paired("mmd-local", "knn", k=4)),
          -100 * paired("mmd-katt", "knn", k=4)["diff"])),
+    (README, "k=4: the control's counts",
+     lambda: "{} of the {} significant trained comparisons lie outside the twin's interval".format(
+         *_control_counts(SMOL, 4))),
+    ("benchmarks/README.md", "k=4: the control's counts (benchmarks README)",
+     lambda: "{} of its {} significant trained comparisons lie outside the twin's interval"
+     .format(*_control_counts(SMOL, 4))),
+    (README, "k=4: knn vs random on rt-sentiment, trained and twin",
+     lambda: "`knn`'s {} points (twin: {})".format(
+         *(points_ci(paired("knn", "random", k=4, task="rt-sentiment", folder=f))
+           for f in (GRID, CONTROL)))),
+    (README, "k=4: knn against the label vote, trained and twin",
+     lambda: "({} points; twin: {})".format(*_vote_row(SMOL, "knn", 4))),
     (GUIDE, "k=4: mmd-joint and vote-k vs random (guide)",
      lambda: "`mmd-joint` {} and `vote-k` {} over `random`".format(
          *(points(paired(s, "random", k=4)["diff"]) for s in ("mmd-joint", "vote-k")))),
@@ -377,15 +389,16 @@ def _flip(r: dict) -> str:
     return points_ci({"diff": -r["diff"], "ci_low": -r["ci_high"], "ci_high": -r["ci_low"]})
 
 
-def _control_counts(model: str) -> tuple[int, int]:
-    """(differ, significant): the trained k = 8 comparisons on the control's tasks with Holm p <
-    0.05, and how many of them lie outside the twin's 95% interval on their own side, counted
-    here from the two ``paired.json`` files (not from the report's sentence)."""
+def _control_counts(model: str, k: int = 8) -> tuple[int, int]:
+    """(differ, significant): the trained comparisons (at ``k``) on the control's tasks with Holm
+    p < 0.05, and how many of them lie outside the twin's 95% interval on their own side,
+    counted here from the two ``paired.json`` files (not from the report's sentence)."""
     twin = {(r["task"], r["selector"], r["baseline"]): r for r in _records(CONTROL / "paired.json")
-            if r["model"] == model and r["k"] == 8 and r["metric"] == "accuracy"
+            if r["model"] == model and r["k"] == k and r["metric"] == "accuracy"
             and r["task"] != "mean"}
+    assert twin, f"no control records of {model} at k = {k}"
     significant = [(r, twin[key]) for r in _records(GRID / "paired.json")
-                   if r["model"] == model and r["k"] == 8 and r["metric"] == "accuracy"
+                   if r["model"] == model and r["k"] == k and r["metric"] == "accuracy"
                    and (key := (r["task"], r["selector"], r["baseline"])) in twin
                    and r["p_holm"] < 0.05]
     differ = sum(r["diff"] > c["ci_high"] if r["diff"] > 0 else r["diff"] < c["ci_low"]
@@ -393,11 +406,11 @@ def _control_counts(model: str) -> tuple[int, int]:
     return differ, len(significant)
 
 
-def _vote_row(model: str, selector: str) -> tuple[str, str]:
+def _vote_row(model: str, selector: str, k: int = 8) -> tuple[str, str]:
     """(trained, control): "model − vote [95% CI]" of the report's control section (the report
     computes it from the predictions of both folders; no JSON holds it)."""
     text = (GRID / "report.md").read_text(encoding="utf-8")
-    head = f"### {model} k=8: the model against the vote of its demonstrations' labels"
+    head = f"### {model} k={k}: the model against the vote of its demonstrations' labels"
     assert head in text, head
     for line in text.split(head, 1)[1].splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -433,6 +446,26 @@ def test_formats():
     assert [holm(p) for p in (0.999, 0.23006, 0.0494, 2.48e-20, 1.46e-20)] == [
         "1.0", "0.23", "0.049", "2e-20", "1e-20"]
     assert share_ci({"value": 0.5453, "low": 0.52614, "high": 0.56436}) == "54.5% [52.6, 56.4]"
+
+
+def test_k4_control_exceptions():
+    """The README: at k = 4 the trained comparisons the twin does not rule out are all on
+    rt-sentiment, gains over `random` of `knn`, `mmd-local` and `mmd-katt` (with the mirrored
+    `random` vs `knn`)."""
+    twin = {(r["task"], r["selector"], r["baseline"]): r for r in _records(CONTROL / "paired.json")
+            if r["model"] == SMOL and r["k"] == 4 and r["metric"] == "accuracy"}
+    undone = sorted((r["task"], r["selector"], r["baseline"])
+                    for r in _records(GRID / "paired.json")
+                    if r["model"] == SMOL and r["k"] == 4 and r["metric"] == "accuracy"
+                    and r["task"] != "mean"
+                    and (key := (r["task"], r["selector"], r["baseline"])) in twin
+                    and r["p_holm"] < 0.05
+                    and not (r["diff"] > twin[key]["ci_high"] if r["diff"] > 0
+                             else r["diff"] < twin[key]["ci_low"]))
+    assert undone == [("rt-sentiment", s, b) for s, b in (("knn", "random"),
+                                                         ("mmd-katt", "random"),
+                                                         ("mmd-local", "random"),
+                                                         ("random", "knn"))]
 
 
 def test_k4_set_level_verdicts():
