@@ -482,6 +482,9 @@ def test_k4_set_level_verdicts():
     for s in ("dpp", "mmr", "bm25"):
         assert paired(s, "knn", k=4)["p_holm"] >= 0.05, s
     assert paired("vote-k", "mmd-joint", k=4, name="paired_posthoc.json")["p_holm"] >= 0.05
+    for s, b in (("vote-k", "mmd"), ("mmd-joint", "mmd")):      # "both beat set-level `mmd`"
+        r = paired(s, b, k=4, name="paired_posthoc.json")
+        assert r["diff"] > 0 and r["p_holm"] < 0.05, (s, b)
     assert within(COUNT, k=4)["p_holm"] >= 0.05
 
 
