@@ -301,7 +301,7 @@ def _looser(old: str, new: str) -> str:
     old, new = (d.replace("logits identical", "logits within 0") for d in (old, new))
     if _BOUND.sub(r"\1 B", old) != _BOUND.sub(r"\1 B", new):
         return new.replace("logits within 0", "logits identical")
-    olds = iter(list(_BOUND.finditer(old)))
+    olds = _BOUND.finditer(old)
 
     def pick(m: re.Match) -> str:
         o = next(olds)

@@ -458,7 +458,7 @@ def write_comparison_report(
     lead, paired_json, f1_json, meets_bar, checks = _lead_sections(
         out, results, paired, paired_macro_f1, majority, coverage, control_paired,
         control_label, control_coverage,
-        _IMPORTED_PROMPTS if control_imported else _MINILM_PROMPTS, dict(incomplete or {}))
+        _IMPORTED_PROMPTS if control_imported else _MINILM_PROMPTS, incomplete or {})
     posthoc_json = None
     posthoc_checks: list[ControlCheck] = []
     if control_posthoc is not None and posthoc is None:
@@ -1202,7 +1202,6 @@ def _bar_section(paired: Sequence[PairedComparison],
     without comparisons against both baselines. A group named in ``incomplete`` (``"model
     k=K"`` -> units finished, units in the grid) gets its table but no verdict, and no entry
     in the returned verdicts."""
-    incomplete = dict(incomplete or {})
     from icldistill.artifacts.document import BulletList, Paragraph, Section, Table, plain
 
     groups: dict[tuple[str, int], list[PairedComparison]] = {}
@@ -1223,7 +1222,7 @@ def _bar_section(paired: Sequence[PairedComparison],
         if not family:
             continue
         tag = f"{model} k={k}"
-        pending = incomplete.get(tag)
+        pending = (incomplete or {}).get(tag)
         rows, ok = [], []
         for sel in family:
             mean = next((c for c in cs if c.selector == sel and c.baseline == knn
