@@ -357,3 +357,42 @@ def test_preferred_dtype_refuses_a_device_this_machine_lacks():
     if not torch.cuda.is_available():
         with pytest.raises(InputError):
             preferred_dtype("cuda")
+
+
+def test_reference_encoder_flag_measures_mmd_in_the_model_and_is_kept_by_the_folder(
+        setup, capsys, monkeypatch):
+    root, model_dir, data = setup
+    monkeypatch.setenv("ICLDISTILL_CACHE", str(root / "cache"))
+    sel = ["select", *_task_args(data), "--selector", "knn", "--k", "2", "--n-test", "4",
+           "--json", "--quiet"]
+    assert main([*sel, "--model", str(model_dir)]) == 0
+    minilm = json.loads(capsys.readouterr().out)
+    assert main([*sel, "--model", str(model_dir), "--reference-encoder", "hidden:-1"]) == 0
+    hidden = json.loads(capsys.readouterr().out)
+    assert (minilm["reference_encoder"], hidden["reference_encoder"]) == ("minilm", "hidden:-1")
+    assert minilm["sets"] == hidden["sets"]                  # the same choice, measured twice
+    assert hidden["mmd2_task"] != pytest.approx(minilm["mmd2_task"])
+    # bad specs stop at parse time, one line, exit 2
+    for bad, said in (("hidden:x", "bad layer"), ("sbert", "unknown encoder")):
+        assert main([*sel, "--reference-encoder", bad]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
+    assert main([*sel, "--encoder", "kv:1:a"]) == 2
+    assert "bad head" in capsys.readouterr().err
+    assert main([*sel, "--reference-encoder", "hidden:-1"]) == 2        # no --model
+    assert "--model" in capsys.readouterr().err
+    assert main([*sel, "--model", str(model_dir), "--reference-encoder", "kv:auto"]) == 2
+    assert "give a layer" in capsys.readouterr().err
+    # evaluate records it; the same folder refuses another; compare reports under it
+    out = root / "ref-eval"
+    ev = ["evaluate", "--model", str(model_dir), *_task_args(data), "--selector", "knn",
+          "--k", "2", "--n-test", "6", "--out", str(out), "--quiet"]
+    assert main([*ev, "--reference-encoder", "hidden:-1"]) == 0
+    assert json.loads((out / "reference.json").read_text())["reference_encoder"] == "hidden:-1"
+    capsys.readouterr()
+    assert main([*ev, "--reference-encoder", "minilm"]) == 2
+    assert "measured under reference encoder 'hidden:-1'" in capsys.readouterr().err
+    assert main(["compare", "--models", str(model_dir), *_task_args(data), "--selectors",
+                 "knn", "--ks", "2", "--n-test", "6", "--out", str(out), "--quiet"]) == 0
+    md = (out / "report.md").read_text()
+    assert "on the `hidden:-1` representations of the inputs in" in md

@@ -711,3 +711,69 @@ def test_status_summary_rows_add_up_to_the_total(rows):
     assert int(total[5]) == sum(u.n - u.n_scored for u in units)
     assert float(total[6]) == pytest.approx(round(gs.seconds_left / 3600, 1), abs=0.051)
     assert gs.n_unestimated == sum(u.seconds_left is None for u in units)
+
+
+def test_reference_kernel_is_per_model_in_a_model_space(tmp_path, toy):
+    """Regression: the reference kernel was cached per task only, so with a model-space
+    reference encoder a second model's MMD² used the first model's bandwidth."""
+    models = {"a": tiny_model("llama", seed=0), "b": tiny_model("llama", seed=1)}
+    with torch.no_grad():                       # a different scale of hidden states
+        for p in models["b"].model.norm.parameters():
+            p.mul_(5.0)
+
+    def loader(name, **_kw):
+        return SimpleNamespace(model=models[name], tokenizer=tiny_tokenizer(True))
+
+    def harness(out):
+        return Harness(tmp_path / out, tasks={"toy": toy}, model_loader=loader, progress=False,
+                       embedding_cache=tmp_path / "emb", reference_encoder="hidden:-1")
+
+    idx = np.array([[0, 1, 2, 3]])
+    test_idx = np.arange(6)
+    both = harness("both")
+    both.mmd_to_task(toy, "a", idx, test_idx, shared=True)
+    after_a = both.mmd_to_task(toy, "b", idx, test_idx, shared=True)
+    alone = harness("alone").mmd_to_task(toy, "b", idx, test_idx, shared=True)
+    assert after_a.mmd2_task == pytest.approx(alone.mmd2_task, rel=1e-12, abs=1e-15)
+    assert after_a.mmd2_query == pytest.approx(alone.mmd2_query, rel=1e-12, abs=1e-15)
+
+
+def test_a_folder_keeps_the_reference_encoder_of_its_mmd(tmp_path, toy):
+    """A results folder names the reference encoder of its MMD² values; a harness (or an
+    import) with another one is refused instead of mixing incomparable values."""
+    from icldistill.evaluation.harness import recorded_reference
+
+    units = unit_grid(models=["tiny"], tasks=["toy"], selectors=["random"], ks=[2], n_test=6)
+    h = _harness(tmp_path, toy)
+    assert recorded_reference(h.out_dir) is None
+    h.run(units)
+    assert recorded_reference(h.out_dir) == "hidden:-1"
+    assert json.loads((h.out_dir / "reference.json").read_text()) == {
+        "reference_encoder": "hidden:-1"}
+    _harness(tmp_path, toy)                                 # the same reference: fine
+    with pytest.raises(InputError, match=r"reference encoder 'hidden:-1'.*uses 'minilm'"):
+        Harness(h.out_dir, tasks={"toy": toy}, model_loader=_loader, progress=False,
+                reference_encoder="minilm")
+    # a harness that names none takes the folder's (e.g. to read its status)
+    assert Harness(h.out_dir, tasks={"toy": toy}, model_loader=_loader,
+                   progress=False).reference_encoder == "hidden:-1"
+    other = Harness(tmp_path / "other", tasks={"toy": toy}, model_loader=_loader,
+                    progress=False, embedding_cache=tmp_path / "emb")
+    with pytest.raises(InputError, match="reference encoder"):
+        other.import_finished(h.out_dir, units)
+    assert not (tmp_path / "other" / "results.jsonl").exists()
+
+
+def test_a_folder_from_before_the_reference_file_is_minilm(tmp_path, toy):
+    from icldistill.evaluation.harness import recorded_reference
+
+    units = unit_grid(models=["tiny"], tasks=["toy"], selectors=["random"], ks=[2], n_test=6)
+    h = _harness(tmp_path, toy)
+    h.run(units)
+    (h.out_dir / "reference.json").unlink()                 # as an older release wrote it
+    assert recorded_reference(h.out_dir) == "minilm"
+    with pytest.raises(InputError, match="'minilm'"):
+        _harness(tmp_path, toy)
+    (h.out_dir / "reference.json").write_text("{not json")
+    with pytest.raises(InputError, match=r"reference\.json: unreadable"):
+        recorded_reference(h.out_dir)

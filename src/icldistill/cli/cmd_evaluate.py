@@ -164,7 +164,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.status:
         return _print_status(args, units, tasks)
     results = _run_units(args, units, {"tasks": tasks, "batch_size": args.batch_size,
-                                       "reuse_prefix": not args.no_prefix_reuse})
+                                       "reuse_prefix": not args.no_prefix_reuse,
+                                       "reference_encoder": args.reference_encoder})
     if args.json:
         print(json.dumps([r.to_json() for r in results]))
         return 0
@@ -210,7 +211,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                          f"does not run (its selectors: {', '.join(labels)})")
     if args.status:
         return _print_status(args, units, tasks)
-    done = _run_units(args, units, {"tasks": tasks, "batch_size": args.batch_size})
+    done = _run_units(args, units, {"tasks": tasks, "batch_size": args.batch_size,
+                                    "reference_encoder": args.reference_encoder})
     keys = {r.key for r in done}
     results = [r for r in load_results(args.out) if r.key in keys]
     preds = load_predictions(args.out)
@@ -234,7 +236,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                                   control_paired=control, control_coverage=control_cov,
                                   control_imported=control is not None,
                                   posthoc=posthoc, control_posthoc=control_posthoc,
-                                  katt_mmd=katt or None,
+                                  katt_mmd=katt or None, reference=h.reference_encoder,
                                   control_label=f"the random-init twins (seed {args.control}) "
                                                 f"in {Path(args.out) / f'control-{args.control}'}")
     _print_comparison(rep, paired, control is not None)
@@ -283,7 +285,7 @@ def _control_grid(args: argparse.Namespace, units: list[Any], tasks: Any, bases:
     folder = Path(args.out) / f"control-{args.control}"
     set_threads(args)
     h = Harness(folder, tasks=tasks, batch_size=args.batch_size, progress=not args.quiet,
-                device=args.device,
+                device=args.device, reference_encoder=args.reference_encoder,
                 model_loader=twin_loader(args.control, progress=not args.quiet,
                                          device=args.device),
                 selections_from=args.out)     # the trained units' prompts, whatever --encoder
@@ -294,7 +296,7 @@ def _control_grid(args: argparse.Namespace, units: list[Any], tasks: Any, bases:
     posthoc = paired_comparisons(results, preds, pairs=pairs) if pairs else None
     coverage = h.label_coverage(results, item_mmd=True)
     write_comparison_report(results, folder, commands=[command_line(args)], paired=paired,
-                            coverage=coverage, posthoc=posthoc,
+                            coverage=coverage, posthoc=posthoc, reference=h.reference_encoder,
                             title="Demonstration selection: few-shot accuracy, random-init "
                                   f"control (seed {args.control})")
     return paired, coverage, posthoc

@@ -48,6 +48,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
+    from icldistill.encoders.representations import needs_language_model
     from icldistill.evaluation.harness import Harness, UnitSpec
     from icldistill.selection.registry import make_selector
 
@@ -59,14 +60,19 @@ def _cmd_select(args: argparse.Namespace) -> int:
         from icldistill.artifacts.fetch import cache_root
 
         out = cache_root() / "select"
-    h = Harness(out, tasks=tasks, progress=not args.quiet, device=args.device)
-    n = task.n_items(args.n_test)
     preferred = make_selector(args.selector).preferred_encoder
     enc = preferred if preferred and args.encoder == "minilm" else args.encoder
-    if args.model is None and not enc.strip().lower().startswith("minilm"):
+    if args.model is None and needs_language_model(enc):
         raise InputError(f"selector {args.selector!r} with encoder {enc!r} works in a language "
                          "model's representation space: give --model (e.g. --model "
                          "smollm2-135m)")
+    h = Harness(out, tasks=tasks, progress=not args.quiet, device=args.device,
+                reference_encoder=args.reference_encoder)
+    if args.model is None and needs_language_model(h.reference_encoder):
+        raise InputError(f"--reference-encoder {h.reference_encoder!r} measures MMD² in a "
+                         "language model's representation space: give --model (e.g. --model "
+                         "smollm2-135m)")
+    n = task.n_items(args.n_test)
     spec = UnitSpec(args.model or "-", name, args.selector, args.k, args.seed, 0, args.encoder,
                     params=tuple(sorted(selector_params(args.param).items())))
     sel = h.select(spec, task, np.arange(n))
@@ -75,6 +81,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     mmd_task, mmd_query = h.mmd_to_task(task, spec.model, rows, np.arange(n), sel.shared)
     payload = {"task": name, "selector": sel.selector, "k": sel.k, "shared": sel.shared,
                "seconds": sel.seconds, "mmd2_task": mmd_task, "mmd2_query": mmd_query,
+               "reference_encoder": h.reference_encoder,
                "sets": [
                    {"query": None if sel.shared else test.texts[i],
                     "demonstrations": [{"pool_index": int(j), "text": pool.texts[j],

@@ -18,7 +18,7 @@ from typing import Any
 __all__ = [
     "CACHE_HELP", "DTYPE_HELP", "QUIET_HELP", "SEEDS_HELP", "CommandParser", "add_device",
     "add_dtype", "add_quiet", "check_local_device", "command_line", "device_name",
-    "device_spec", "finite_float", "names", "nonnegative_int", "positive_float",
+    "device_spec", "encoder_spec", "finite_float", "names", "nonnegative_int", "positive_float",
     "positive_int", "positive_int_list", "resolve_dtype", "selector_param", "set_threads",
     "split_names", "split_test_size", "thread_count", "token_positions",
 ]
@@ -120,6 +120,18 @@ def _device(text: str, check: Any) -> str:
     except InputError as exc:
         msg = str(exc).removeprefix(f"device {text.strip()!r}: ")
         raise argparse.ArgumentTypeError(msg) from None
+
+
+def encoder_spec(text: str) -> str:
+    """An argparse ``type=``: a well-formed encoder spec (``minilm``, ``hidden:L[:pooling]``,
+    ``kv:L[:heads]``, ``kv:auto``), checked before any data or model is loaded."""
+    from icldistill.core.validation import InputError
+    from icldistill.encoders.representations import check_encoder_spec
+
+    try:
+        return check_encoder_spec(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def device_name(text: str) -> str:

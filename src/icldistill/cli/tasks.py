@@ -13,6 +13,7 @@ from typing import Any
 from icldistill.cli.options import (
     SEEDS_HELP,
     add_quiet,
+    encoder_spec,
     names,
     nonnegative_int,
     positive_int,
@@ -91,11 +92,18 @@ def add_grid_args(p: argparse.ArgumentParser, *, selectors_default: str | None,
 
 
 def add_selection_args(p: argparse.ArgumentParser) -> None:
-    """``--encoder``, ``--seed``, ``--n-test`` and ``--quiet`` (select, evaluate, compare)."""
-    p.add_argument("--encoder", default="minilm",
+    """``--encoder``, ``--reference-encoder``, ``--seed``, ``--n-test`` and ``--quiet``
+    (select, evaluate, compare)."""
+    p.add_argument("--encoder", type=encoder_spec, default="minilm",
                    help="representation for selection: minilm (default), hidden:LAYER, "
                         "kv:LAYER[:HEADS], or kv:auto (the model's most demo-carrying "
                         "heads, chosen from traces; mmd-katt's default)")
+    p.add_argument("--reference-encoder", type=encoder_spec, default=None, metavar="ENCODER",
+                   help="representation of the reference kernel that every selection's MMD² "
+                        "to the task is reported under (Gaussian, median bandwidth of pool + "
+                        "test): minilm, hidden:LAYER or kv:LAYER[:HEADS] (these two in the "
+                        "model's own space); default: the output folder's recorded one, else "
+                        "minilm")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed (default 0)")
     p.add_argument("--n-test", type=positive_int, default=None,
                    help="evaluate the first N test inputs (default all)")

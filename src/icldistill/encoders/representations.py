@@ -124,11 +124,13 @@ __all__ = [
     "HeadChoice",
     "HiddenStateEncoder",
     "MiniLMEncoder",
+    "check_encoder_spec",
     "choose_attention_heads",
     "encode_cached",
     "fetch_minilm",
     "make_encoder",
     "minilm_problems",
+    "needs_language_model",
     "verify_all",
     "verify_minilm",
 ]
@@ -1104,6 +1106,16 @@ _SPEC_HELP = ("encoder spec must be 'minilm', 'hidden:LAYER[:mean|last]', "
 _MINILM_NAMES = ("minilm", "all-minilm-l6-v2", "minilm-l6")
 
 
+def needs_language_model(spec: str) -> bool:
+    """Whether the encoder ``spec`` runs the language model that reads the prompt.
+
+    ``False`` for MiniLM (any of its names), ``True`` for ``hidden:``/``kv:`` specs, whose
+    vectors (and so any kernel bandwidth fitted on them) differ from model to model. The spec
+    is not validated here; :func:`make_encoder` does that.
+    """
+    return spec.strip().partition(":")[0].strip().lower() not in _MINILM_NAMES
+
+
 def _parse_int(s: str, what: str, spec: str) -> int:
     if not re.fullmatch(r"[+-]?\d+", s.strip()):
         raise InputError(f"bad {what} {s!r} in encoder spec {spec!r}; {_SPEC_HELP}")
@@ -1126,6 +1138,34 @@ def make_encoder(spec: str, model: Any = None, tokenizer: Any = None, *,
     :class:`~icldistill.models.registry.LoadedModel`) and its ``tokenizer``. Malformed specs and
     out-of-range layers or heads raise :class:`~icldistill.InputError`.
     """
+    kind, layer, option = _parse_spec(spec)
+    if kind == "minilm":
+        return MiniLMEncoder(cache_dir=cache_dir, device=device or "cpu")
+    if kind == "kv-auto":
+        raise InputError(f"encoder {spec!r}: the heads are chosen from traces of the task's "
+                         "prompts; call choose_attention_heads(model, tokenizer, prompts) and "
+                         "use its .spec (the evaluation harness does this by itself)")
+    if model is None:
+        raise InputError(f"encoder {spec!r} needs the language model (and its tokenizer)")
+    if kind == "hidden":
+        return HiddenStateEncoder(model, tokenizer, layer, option)
+    return AttentionKVEncoder(model, tokenizer, layer, option)
+
+
+def check_encoder_spec(spec: str) -> str:
+    """``spec`` when it is a well-formed encoder spec (see :func:`make_encoder`; ``"kv:auto"``
+    included), else an :class:`~icldistill.InputError` that says what is wrong.
+
+    Checks the syntax only: whether a layer or head exists depends on the model, which
+    :func:`make_encoder` checks.
+    """
+    _parse_spec(spec)
+    return spec
+
+
+def _parse_spec(spec: Any) -> tuple[str, int, Any]:
+    """``(kind, layer, option)`` of an encoder spec: ``("minilm", 0, None)``,
+    ``("kv-auto", 0, None)``, ``("hidden", L, pooling)`` or ``("kv", L, heads or None)``."""
     if not isinstance(spec, str):
         raise InputError(f"encoder spec must be a string, got {type(spec).__name__}")
     text = spec.strip()
@@ -1134,27 +1174,23 @@ def make_encoder(spec: str, model: Any = None, tokenizer: Any = None, *,
     if kind in _MINILM_NAMES:
         if rest:
             raise InputError(f"encoder spec {spec!r}: 'minilm' takes no arguments")
-        return MiniLMEncoder(cache_dir=cache_dir, device=device or "cpu")
+        return "minilm", 0, None
     if kind not in ("hidden", "kv"):
         raise InputError(f"unknown encoder {spec!r}; {_SPEC_HELP}")
     if kind == "kv" and rest.strip().lower().startswith("auto"):
-        raise InputError(f"encoder {spec!r}: the heads are chosen from traces of the task's "
-                         "prompts; call choose_attention_heads(model, tokenizer, prompts) and "
-                         "use its .spec (the evaluation harness does this by itself)")
+        return "kv-auto", 0, None
     parts = rest.split(":") if rest else []
     if not parts or not parts[0].strip():
         raise InputError(f"encoder spec {spec!r} needs a layer; {_SPEC_HELP}")
     if len(parts) > 2:
         raise InputError(f"encoder spec {spec!r} has too many fields; {_SPEC_HELP}")
     layer = _parse_int(parts[0], "layer", spec)
-    if model is None:
-        raise InputError(f"encoder {spec!r} needs the language model (and its tokenizer)")
     if kind == "hidden":
         pooling = parts[1].strip().lower() if len(parts) == 2 else "mean"
         if pooling not in ("mean", "last"):
             raise InputError(f"bad pooling {parts[1]!r} in encoder spec {spec!r}; use 'mean' or "
                              "'last'")
-        return HiddenStateEncoder(model, tokenizer, layer, pooling)
+        return kind, layer, pooling
     heads = None
     if len(parts) == 2:
         fields = parts[1].split(",")
@@ -1162,7 +1198,7 @@ def make_encoder(spec: str, model: Any = None, tokenizer: Any = None, *,
             raise InputError(f"bad head list {parts[1]!r} in encoder spec {spec!r}; "
                              "e.g. 'kv:10:0,1'")
         heads = [_parse_int(f, "head", spec) for f in fields]
-    return AttentionKVEncoder(model, tokenizer, layer, heads)
+    return kind, layer, heads
 
 
 #: Names ``icldistill models verify`` / ``fetch`` accept besides the registry keys.

@@ -90,7 +90,11 @@ from icldistill.core.progress import log
 from icldistill.core.results import Result
 from icldistill.core.validation import InputError
 from icldistill.data.datasets import Dataset, DatasetSplit, TaskFormat, load_split
-from icldistill.encoders.representations import HeadChoice
+from icldistill.encoders.representations import (
+    HeadChoice,
+    check_encoder_spec,
+    needs_language_model,
+)
 from icldistill.evaluation.scoring import FewShotScorer, MetricResult, classification_metrics
 from icldistill.evaluation.status import (
     GridStatus,
@@ -110,6 +114,7 @@ __all__ = [
     "UnitSpec",
     "load_predictions",
     "load_results",
+    "recorded_reference",
     "unit_grid",
 ]
 
@@ -365,6 +370,37 @@ def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
     append_record(path, record)
 
 
+#: The file of a results folder that names the reference encoder its MMD² values are under.
+REFERENCE_FILE = "reference.json"
+
+
+def recorded_reference(out_dir: str | os.PathLike[str]) -> str | None:
+    """The reference encoder the MMD² values of ``out_dir``'s results were measured under.
+
+    Read from ``out_dir/reference.json``; a folder with results but without that file was
+    written before it existed, under the only reference of those releases (``"minilm"``).
+    ``None`` for a folder without results. An unreadable file is an :class:`InputError`.
+    """
+    path = Path(out_dir) / REFERENCE_FILE
+    if path.is_file():
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+            return str(rec["reference_encoder"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise InputError(f"{path}: unreadable ({type(e).__name__}: {e}); it names the "
+                             "reference encoder of the folder's MMD² values") from None
+    if any(True for _ in _read_jsonl(Path(out_dir) / "results.jsonl")):
+        return REFERENCE_ENCODER
+    return None
+
+
+def _check_same_reference(folder: Path, recorded: str | None, wanted: str, what: str) -> None:
+    if recorded is not None and recorded.strip().lower() != wanted.strip().lower():
+        raise InputError(f"{folder}: its MMD² values were measured under reference encoder "
+                         f"{recorded!r}, {what} uses {wanted!r}; use another results folder "
+                         "or the same reference_encoder")
+
+
 def load_results(out_dir: str | os.PathLike[str]) -> list[UnitResult]:
     """Every finished unit recorded in ``out_dir/results.jsonl`` (last record per key wins)."""
     by_key: dict[str, UnitResult] = {}
@@ -560,6 +596,15 @@ class Harness:
         ``model_loader(name, dtype=torch_dtype)`` for units that are not float32.
     embedding_cache : path, optional
         Folder of the embedding cache (default ``<cache_root>/embeddings``).
+    n_boot : int
+        Bootstrap resamples of each unit's accuracy and macro-F1 intervals.
+    reference_encoder : str, optional
+        The encoder spec of the reference kernel every unit's ``mmd2_task`` / ``mmd2_query``
+        is measured under: ``"minilm"``, or ``"hidden:L"`` / ``"kv:L"`` to measure it in
+        each unit's model (a bandwidth fitted per model and task). A results folder records
+        it in ``reference.json`` with its first result. The default (``None``) takes the
+        folder's recorded one, else ``"minilm"``; another one than the folder's is an
+        :class:`InputError` (the values would not compare).
     device : str or torch.device
         Where the default loader puts each model (its KV caches and the scorer follow it) and
         where the MiniLM encoder runs: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"``, ``"mps"``.
@@ -586,7 +631,7 @@ class Harness:
         model_loader: Callable[[str], Any] | None = None,
         embedding_cache: str | os.PathLike[str] | None = None,
         n_boot: int = 1000,
-        reference_encoder: str = REFERENCE_ENCODER,
+        reference_encoder: str | None = None,
         device: str | torch.device = "cpu",
         selections_from: str | os.PathLike[str] | None = None,
     ) -> None:
@@ -600,13 +645,25 @@ class Harness:
         self.reuse_prefix = reuse_prefix
         self.progress = progress
         self.n_boot = n_boot
-        self.reference_encoder = reference_encoder
+        recorded = recorded_reference(self.out_dir)
+        if reference_encoder is None:           # the folder's own, else the default
+            reference_encoder = recorded or REFERENCE_ENCODER
+        check_encoder_spec(reference_encoder)
+        head, _, rest = reference_encoder.strip().partition(":")
+        if head.strip().lower() == "kv" and rest.strip().lower().startswith("auto"):
+            raise InputError(f"reference_encoder {reference_encoder!r}: the reference kernel is "
+                             "one per task for every selector, so its representation cannot "
+                             "depend on a unit's heads; give a layer (e.g. 'kv:10' or "
+                             "'hidden:-1'), or measure each item in the model's K_att space "
+                             "with item_mmd (compare --katt-concordance)")
+        _check_same_reference(self.out_dir, recorded, reference_encoder, "this harness")
+        self.reference_encoder: str = reference_encoder
         self._loader = model_loader
         self._embedding_cache = embedding_cache
         self._models: dict[tuple[str, str], Any] = {}
         self._encoders: dict[tuple[str, str, str], Any] = {}   # (spec, model, dtype)
         self._emb: dict[tuple[str, str, str], np.ndarray] = {}
-        self._ref_kernel: dict[str, Kernel] = {}
+        self._ref_kernel: dict[tuple[str, str], Kernel] = {}   # (task, model)
         self._stores: dict[str, _ScoreStore] = {}
         self._heads: dict[tuple[str, str, str], HeadChoice] = {}
         self.selections_from = None if selections_from is None else Path(selections_from)
@@ -647,7 +704,7 @@ class Harness:
     def encoder(self, spec: str, model_name: str, dtype: str = "float32") -> Any:
         from icldistill.encoders.representations import make_encoder
 
-        needs_model = not spec.strip().lower().startswith("minilm")
+        needs_model = needs_language_model(spec)
         key = (spec, model_name if needs_model else "", dtype if needs_model else "")
         if key not in self._encoders:
             if needs_model:
@@ -670,7 +727,7 @@ class Harness:
         from icldistill.encoders.representations import encode_cached
 
         ds = task.split.train if part == "train" else task.split.test
-        needs_model = not spec.strip().lower().startswith("minilm")
+        needs_model = needs_language_model(spec)
         size = len(ds)
         m = size if n is None or not needs_model else min(max(int(n), 0), size)
         key = (task.name + ":" + task.fingerprint, part, spec + ("@" + model_name + ":" + dtype
@@ -753,13 +810,17 @@ class Harness:
 
     def reference_kernel(self, task: Task, model_name: str) -> Kernel:
         """The task's reference kernel for reporting MMD (see the module docstring)."""
-        if task.name not in self._ref_kernel:
+        # a model-space reference (``hidden:``/``kv:``) has one kernel per reading model: its
+        # bandwidth comes from that model's representations
+        key = (task.name + ":" + task.fingerprint,
+               model_name if needs_language_model(self.reference_encoder) else "")
+        if key not in self._ref_kernel:
             pool = self.embeddings(task, "train", self.reference_encoder, model_name)
             test = self.embeddings(task, "test", self.reference_encoder, model_name)
-            self._ref_kernel[task.name] = make_kernel(
+            self._ref_kernel[key] = make_kernel(
                 "gaussian", torch.as_tensor(pool, dtype=torch.float64),
                 torch.as_tensor(test, dtype=torch.float64), seed=0)
-        return self._ref_kernel[task.name]
+        return self._ref_kernel[key]
 
     def _score_store(self, model_name: str) -> _ScoreStore:
         if model_name not in self._stores:
@@ -1053,9 +1114,21 @@ class Harness:
         # two leaves an unfinished unit (recomputed from partial/), never lost predictions
         _append_jsonl(self.out_dir / "predictions.jsonl",
                       {"key": result.key, "pred": pred.tolist(), "truth": truth.tolist()})
+        self._mark_reference()
         _append_jsonl(self.results_path, result.to_dict())
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
+
+    def _mark_reference(self) -> None:
+        """Name the reference encoder in ``reference.json`` before the folder's first result
+        (and check it again: another process may have written a different one since
+        ``__init__``)."""
+        if not (self.out_dir / REFERENCE_FILE).is_file():
+            recorded = recorded_reference(self.out_dir)      # "minilm" for an older folder
+            write_json(self.out_dir / REFERENCE_FILE,
+                       {"reference_encoder": recorded or self.reference_encoder})
+        recorded = recorded_reference(self.out_dir)     # read back: the last writer's wins
+        _check_same_reference(self.out_dir, recorded, self.reference_encoder, "this harness")
 
     def mmd_to_task(self, task: Task, model_name: str, idx: np.ndarray, test_idx: np.ndarray,
                     shared: bool) -> SelectionMMD:
@@ -1246,6 +1319,8 @@ class Harness:
                              "own folder")
         if not (src / "results.jsonl").is_file():
             raise InputError(f"import_finished: {str(src)!r} has no results.jsonl")
+        _check_same_reference(src, recorded_reference(src), self.reference_encoder,
+                              "the harness importing its units")
         results = {}
         for rec in _read_jsonl(src / "results.jsonl"):
             if isinstance(rec, dict) and "key" in rec:
@@ -1266,6 +1341,7 @@ class Harness:
                 if key in self.finished():
                     continue
                 _append_jsonl(self.out_dir / "predictions.jsonl", preds[key])
+                self._mark_reference()
                 _append_jsonl(self.results_path, results[key])
                 sel = src / "selections" / f"{key}.json"
                 if sel.is_file():

@@ -386,6 +386,7 @@ def write_comparison_report(
     precision: Sequence[PrecisionComparison] | None = None,
     katt_mmd: Mapping[str, np.ndarray] | None = None,
     incomplete: Mapping[str, tuple[int, int]] | None = None,
+    reference: str = "minilm",
 ) -> ComparisonReport:
     """Markdown + HTML report of a selector comparison (harness :class:`UnitResult` objects).
 
@@ -425,7 +426,9 @@ def write_comparison_report(
     :meth:`icldistill.evaluation.Harness.item_mmd`) adds the same tables in that space.
     ``incomplete`` (``"model k=K"`` -> ``(units finished, units in the grid)``, for the groups
     of a grid not yet finished) withholds the bar's verdict for those groups: their tables are
-    shown, marked incomplete, and they are left out of ``meets_bar``.
+    shown, marked incomplete, and they are left out of ``meets_bar``. ``reference`` names the
+    encoder of the reference kernel the results' ``mmd2_task`` values are under
+    (:attr:`icldistill.evaluation.Harness.reference_encoder`), as the MMD tables say.
 
     Tables: accuracy (mean over seeds and orderings, 95% bootstrap CI of single runs in the
     detail table) per task and selector for every model and ``k``, the mean over tasks, the
@@ -448,7 +451,7 @@ def write_comparison_report(
     figures: list[Path] = []
     overview: list[list[str]] = []
     for (model, k), rs in _group_results(results).items():
-        section, figs, row = _group_section(model, k, rs, out, acc_)
+        section, figs, row = _group_section(model, k, rs, out, acc_, reference)
         sections.append(section)
         figures += figs
         if row is not None:
@@ -784,11 +787,20 @@ def _is_mmd_family(selector: str) -> bool:
     return _selector_name(selector).startswith("mmd")
 
 
-def _group_section(model: str, k: int, rs: list[Any], out: Path, c: _Conclusions
-                   ) -> tuple[Any, list[Path], list[str] | None]:
-    """The section of one (model, k): accuracy table, computed claims, MMD table, figures;
-    its row of the overview (``None`` without a winner). Fills ``c``."""
-    from icldistill.artifacts.document import BulletList, Figure, Section, Table, plain
+def _group_section(model: str, k: int, rs: list[Any], out: Path, c: _Conclusions,
+                   reference: str = "minilm") -> tuple[Any, list[Path], list[str] | None]:
+    """The section of one (model, k): accuracy table, computed claims, MMD table (under the
+    reference encoder ``reference``), figures; its row of the overview (``None`` without a
+    winner). Fills ``c``."""
+    from icldistill.artifacts.document import (
+        BulletList,
+        Figure,
+        Paragraph,
+        Section,
+        Table,
+        inline_code,
+        plain,
+    )
 
     tag = f"{model} k={k}"
     tasks = sorted({r.spec.task for r in rs})
@@ -846,7 +858,12 @@ def _group_section(model: str, k: int, rs: list[Any], out: Path, c: _Conclusions
     blocks: list[Any] = [Table([*header, "mean"], rows)]
     if claims:
         blocks.append(BulletList(claims))
+    space = ("MiniLM sentence embeddings of the inputs" if reference.strip().lower() == "minilm"
+             else f"the {inline_code(reference)} representations of the inputs in {model}")
     blocks.append(Section(f"{tag}: MMD² of the shown demonstrations to the test inputs", (
+        Paragraph(f"Biased MMD² between all demonstrations shown (pooled over queries) and the "
+                  f"test inputs, under one Gaussian kernel per task on {space} (median-"
+                  "heuristic bandwidth of pool + test), the same kernel for every selector."),
         Table(header, mrows),
         *(Figure(f.relative_to(out).as_posix(), f.stem) for f in figures))))
     return Section(f"{tag}: accuracy", blocks), figures, overview
