@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                                   control_label=f"the random-init control in {args.control_dir}",
                                   posthoc=posthoc_paired, control_posthoc=control_posthoc,
                                   precision=precision or None, katt_mmd=katt or None,
-                                  incomplete=incomplete,
+                                  incomplete=incomplete, random_init=args.control is not None,
                                  title="Demonstration selection: few-shot accuracy" + (
                                      "" if args.control is None else
                                      f", random-init control (seed {args.control})") + (

@@ -232,6 +232,10 @@ def test_compare_with_a_random_init_control(setup, capsys, monkeypatch):
     assert sorted(r["key"] for r in trained) == sorted(r["key"] for r in twin)  # same units
     assert "random-init control (seed 1)" in (control / "report.md").read_text()
     md = (rep / "report.md").read_text()
+    # the twin's bar verdict is marked as a control's, the trained one's is not
+    assert "random-init twins, which learned nothing" in (control / "report.md").read_text()
+    assert "## Does an MMD-family selector beat kNN?" in md
+    assert "which learned nothing" not in md
     assert "## Against a random-init control" in md and "control-1" in md
     # within-item concordance of correctness with the items' MMD², the twin beside it
     assert "## Within an item, do closer demonstrations answer right?" in md

@@ -297,6 +297,7 @@ def _control_grid(args: argparse.Namespace, units: list[Any], tasks: Any, bases:
     coverage = h.label_coverage(results, item_mmd=True)
     write_comparison_report(results, folder, commands=[command_line(args)], paired=paired,
                             coverage=coverage, posthoc=posthoc, reference=h.reference_encoder,
+                            random_init=True,
                             title="Demonstration selection: few-shot accuracy, random-init "
                                   f"control (seed {args.control})")
     return paired, coverage, posthoc

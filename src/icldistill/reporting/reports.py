@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -387,6 +387,7 @@ def write_comparison_report(
     katt_mmd: Mapping[str, np.ndarray] | None = None,
     incomplete: Mapping[str, tuple[int, int]] | None = None,
     reference: str = "minilm",
+    random_init: bool = False,
 ) -> ComparisonReport:
     """Markdown + HTML report of a selector comparison (harness :class:`UnitResult` objects).
 
@@ -429,6 +430,8 @@ def write_comparison_report(
     shown, marked incomplete, and they are left out of ``meets_bar``. ``reference`` names the
     encoder of the reference kernel the results' ``mmd2_task`` values are under
     (:attr:`icldistill.evaluation.Harness.reference_encoder`), as the MMD tables say.
+    ``random_init`` marks the results as a random-init control's: the bar's section then says
+    that a verdict there is a control, not evidence for a selector.
 
     Tables: accuracy (mean over seeds and orderings, 95% bootstrap CI of single runs in the
     detail table) per task and selector for every model and ``k``, the mean over tasks, the
@@ -462,6 +465,10 @@ def write_comparison_report(
         out, results, paired, paired_macro_f1, majority, coverage, control_paired,
         control_label, control_coverage,
         _IMPORTED_PROMPTS if control_imported else _MINILM_PROMPTS, incomplete or {})
+    if random_init:
+        lead = [replace(b, blocks=(b.blocks[0], Paragraph(_RANDOM_INIT_BAR),
+                                                *b.blocks[1:]))
+                if isinstance(b, Section) and b.title == _BAR_TITLE else b for b in lead]
     posthoc_json = None
     posthoc_checks: list[ControlCheck] = []
     if control_posthoc is not None and posthoc is None:
@@ -1275,6 +1282,14 @@ def _bar_section(paired: Sequence[PairedComparison],
         "above; a group whose units are not all finished (see the title) gives no verdict yet.")
     return Section(_BAR_TITLE,
                    (intro, BulletList(verdicts), *blocks)), meets
+
+
+_RANDOM_INIT_BAR = (
+    "These models are random-init twins, which learned nothing: a difference between selectors "
+    "here comes from how the prompts' surface (which label words they show, and where) moves an "
+    "untrained model's output, not from in-context learning. A selector that meets the bar "
+    "here is therefore a control, not evidence for it: the trained grid's report sets each "
+    "comparison beside this one, and a trained result counts only where it differs from it.")
 
 
 def _coverage_figure(rs: Sequence[Any], coverage: Mapping[str, Any], tasks: list[str],
