@@ -305,3 +305,33 @@ def test_head_choice_maps_attention_calls_to_layers(llama, monkeypatch):
     assert np.isnan(ds[1, 0]) and np.allclose(ds[1, 1:], 0.9)
     assert np.isnan(ds[2:]).all()
     assert choice.layer == 1 and 0 not in choice.heads   # the non-kernel-form head is skipped
+
+
+def test_attention_heads_are_stored_per_calibration(tmp_path):
+    """Regression: the choice was cached per (task, model, dtype) only, so a call with other
+    calibration prompts (n_prompts, k, seed) silently got the first call's heads."""
+    toy = _write_task(tmp_path / "toy.jsonl")
+    def loader(name, **_kw):
+        return SimpleNamespace(model=tiny_model("llama"), tokenizer=tiny_tokenizer(True))
+
+    h = Harness(tmp_path / "run", tasks={"toy": toy}, model_loader=loader, progress=False,
+                embedding_cache=tmp_path / "emb")
+    default = h.attention_heads(toy, "tiny")
+    other = h.attention_heads(toy, "tiny", n_prompts=2, k=3, seed=5)
+    assert (default.n_prompts, other.n_prompts) == (4, 2)
+    files = sorted(p.name for p in (h.out_dir / "heads").glob("*.json"))
+    assert len(files) == 2 and sum("-n2-k3-s5" in f for f in files) == 1
+    # read back per calibration by a harness that cannot trace
+    h2 = Harness(tmp_path / "run", tasks={"toy": toy}, model_loader=None, progress=False)
+    assert h2.attention_heads(toy, "tiny").n_prompts == 4
+    assert h2.attention_heads(toy, "tiny", n_prompts=2, k=3, seed=5).n_prompts == 2
+    # a file that says another calibration than its name is refused, not used
+    path = next((h.out_dir / "heads").glob("*-n2-k3-s5.json"))
+    rec = json.loads(path.read_text())
+    path.write_text(json.dumps({**rec, "seed": 6}))
+    h3 = Harness(tmp_path / "run", tasks={"toy": toy}, model_loader=None, progress=False)
+    with pytest.raises(InputError, match=r"n_prompts, k, seed = \(2, 3, 6\)"):
+        h3.attention_heads(toy, "tiny", n_prompts=2, k=3, seed=5)
+    for bad in ({"n_prompts": 0}, {"k": True}, {"seed": -1}):
+        with pytest.raises(InputError, match="attention_heads"):
+            h.attention_heads(toy, "tiny", **bad)

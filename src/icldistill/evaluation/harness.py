@@ -120,6 +120,8 @@ __all__ = [
 
 DEFAULT_ENCODER = "minilm"
 REFERENCE_ENCODER = "minilm"
+#: ``(n_prompts, k, seed)`` of the calibration prompts that choose a unit's attention heads.
+_DEFAULT_CALIBRATION = (4, 4, 0)
 #: Model precisions a unit can ask for (name -> torch dtype).
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                                   "float16": torch.float16}
@@ -762,11 +764,22 @@ class Harness:
 
         Calibration prompts: ``n_prompts`` prompts in the task's format, each with ``k``
         demonstrations and a query drawn from the pool (never from the test items), seeded.
-        The choice is stored in ``heads/<task>-<model>.json`` and read back on later runs.
+        The choice is stored in ``heads/<task>-<model>-<dtype>-<data>.json`` (the units'
+        choice, with the default calibration) or, for other ``n_prompts`` / ``k`` / ``seed``,
+        a file whose name carries them, and read back on later runs.
         """
+        for what, v in (("n_prompts", n_prompts), ("k", k)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise InputError(f"attention_heads: {what} must be a positive integer, got "
+                                 f"{v!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise InputError(f"attention_heads: seed must be a non-negative integer, got "
+                             f"{seed!r}")
+        calib = (int(n_prompts), int(k), int(seed))
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{task.name}-{model_name}-{dtype}")[:120]
-        path = self.out_dir / "heads" / f"{safe}-{task.fingerprint}.json"
-        key = (task.name + ":" + task.fingerprint, model_name, dtype)
+        extra = "" if calib == _DEFAULT_CALIBRATION else "-n{}-k{}-s{}".format(*calib)
+        path = self.out_dir / "heads" / f"{safe}-{task.fingerprint}{extra}.json"
+        key = (task.name + ":" + task.fingerprint, model_name, dtype, *calib)
         if key in self._heads:
             return self._heads[key]
         # one process chooses (the others wait and read its file back)
@@ -775,17 +788,27 @@ class Harness:
                                          seed)
 
     def _attention_heads(self, task: Task, model_name: str, dtype: str, path: Path,
-                         key: tuple[str, str, str], n_prompts: int, k: int,
+                         key: tuple[Any, ...], n_prompts: int, k: int,
                          seed: int) -> HeadChoice:
         from icldistill.encoders.representations import HeadChoice, choose_attention_heads
 
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        rec = None
+        with contextlib.suppress(OSError, ValueError):
             rec = json.loads(path.read_text())
-            choice = HeadChoice(int(rec["layer"]), tuple(int(h) for h in rec["heads"]),
-                                np.asarray(rec["demo_share"], dtype=np.float64),
-                                int(rec["n_prompts"]))
-            self._heads[key] = choice
-            return choice
+        if rec is not None:
+            try:
+                stored = (int(rec["n_prompts"]), int(rec["k"]), int(rec["seed"]))
+                choice = HeadChoice(int(rec["layer"]), tuple(int(h) for h in rec["heads"]),
+                                    np.asarray(rec["demo_share"], dtype=np.float64),
+                                    stored[0])
+            except (KeyError, TypeError, ValueError):
+                choice = None               # torn or foreign: chosen again and rewritten
+            if choice is not None:
+                if stored != (n_prompts, k, seed):
+                    raise InputError(f"{path}: records heads chosen with n_prompts, k, seed = "
+                                     f"{stored}, not {(n_prompts, k, seed)}")
+                self._heads[key] = choice
+                return choice
         pool = task.split.train
         if len(pool) < k + 1:
             raise InputError(f"task {task.name!r}: the pool is too small for calibration "
