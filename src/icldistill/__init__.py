@@ -7,8 +7,8 @@ page of the documentation, ``docs/math.md``) on tensors:
   softmax, the attention product kernel ``K_att``) and the median heuristic;
 - :mod:`icldistill.core.mmd` — MMD estimators and the vectorised permutation test;
 - :mod:`icldistill.core.decomposition` — attention-head segment decomposition, ``eta*``, the
-  distilled
-  weights ``W_0`` (dual and random-feature primal forms), the distillation gradient step;
+  distilled weights ``W_0`` (dual and random-feature primal forms), the distillation gradient
+  step;
 - :mod:`icldistill.core.bounds` — bias of ``W_0`` vs MMD, Rademacher complexity, generalization
   bound;
 - :mod:`icldistill.selection` — demonstration selectors behind one interface
@@ -17,11 +17,9 @@ page of the documentation, ``docs/math.md``) on tensors:
 
 Built on it (imported explicitly): :mod:`icldistill.data` (labeled datasets from package
 registries, user files), :mod:`icldistill.encoders.representations` (MiniLM, hidden-state and
-attention
-key/value encoders), :mod:`icldistill.evaluation` (few-shot label scoring with prefix reuse,
-metrics), :mod:`icldistill.evaluation.harness` (resumable evaluation grids),
-:mod:`icldistill.models`
-(real models, tracing), :mod:`icldistill.reporting.reports`.
+attention key/value encoders), :mod:`icldistill.evaluation` (few-shot label scoring with prefix
+reuse, metrics), :mod:`icldistill.evaluation.harness` (resumable evaluation grids),
+:mod:`icldistill.models` (real models, tracing), :mod:`icldistill.reporting.reports`.
 """
 
 from icldistill import _compat
