@@ -326,7 +326,7 @@ def test_attention_heads_are_stored_per_calibration(tmp_path):
     assert h2.attention_heads(toy, "tiny").n_prompts == 4
     assert h2.attention_heads(toy, "tiny", n_prompts=2, k=3, seed=5).n_prompts == 2
     # a file that says another calibration than its name is refused, not used
-    path = next((h.out_dir / "heads").glob("*-n2-k3-s5.json"))
+    path = next((h.out_dir / "heads").glob("*-n2-k3-s5-*.json"))
     rec = json.loads(path.read_text())
     path.write_text(json.dumps({**rec, "seed": 6}))
     h3 = Harness(tmp_path / "run", tasks={"toy": toy}, model_loader=None, progress=False)
@@ -335,3 +335,47 @@ def test_attention_heads_are_stored_per_calibration(tmp_path):
     for bad in ({"n_prompts": 0}, {"k": True}, {"seed": -1}):
         with pytest.raises(InputError, match="attention_heads"):
             h.attention_heads(toy, "tiny", **bad)
+
+
+def test_attention_heads_of_two_models_with_folded_names_stay_apart(tmp_path):
+    """Regression: the file name was the task, model and dtype with unsafe characters folded
+    and cut at 120 characters, so "ckpt/run1" read back "ckpt_run1"'s heads (and two long
+    checkpoint paths with a common prefix each other's)."""
+    toy = _write_task(tmp_path / "toy.jsonl")
+    long = "/scratch/" + "x" * 120
+    names = {"ckpt/run1": 1, "ckpt_run1": 2, long + "/step-1": 3, long + "/step-2": 4}
+
+    def loader(name, **_kw):
+        return SimpleNamespace(model=tiny_model("llama", seed=names[name]),
+                               tokenizer=tiny_tokenizer(True))
+
+    def harness(folder):
+        return Harness(tmp_path / folder, tasks={"toy": toy}, model_loader=loader,
+                       progress=False, embedding_cache=tmp_path / "emb")
+
+    shared = harness("shared")
+    for name in names:
+        shared.attention_heads(toy, name)
+    assert len(list((tmp_path / "shared" / "heads").glob("*.json"))) == 4
+    for name in names:
+        again = harness("shared").attention_heads(toy, name)     # read back from its file
+        alone = harness(f"alone-{names[name]}").attention_heads(toy, name)
+        np.testing.assert_array_equal(again.demo_share, alone.demo_share)
+        assert (again.layer, again.heads) == (alone.layer, alone.heads)
+
+
+def test_attention_heads_read_a_file_named_without_the_hash(tmp_path):
+    """Results folders written before the hash (the committed grids) are read back."""
+    toy = _write_task(tmp_path / "toy.jsonl")
+
+    def loader(name, **_kw):
+        return SimpleNamespace(model=tiny_model("llama"), tokenizer=tiny_tokenizer(True))
+
+    h = Harness(tmp_path / "run", tasks={"toy": toy}, model_loader=loader, progress=False,
+                embedding_cache=tmp_path / "emb")
+    choice = h.attention_heads(toy, "tiny")
+    path = next((h.out_dir / "heads").glob("*.json"))
+    path.rename(path.with_name(path.name.rsplit("-", 1)[0] + ".json"))
+    h2 = Harness(tmp_path / "run", tasks={"toy": toy}, model_loader=None, progress=False)
+    np.testing.assert_array_equal(h2.attention_heads(toy, "tiny").demo_share,
+                                  choice.demo_share)

@@ -764,9 +764,10 @@ class Harness:
 
         Calibration prompts: ``n_prompts`` prompts in the task's format, each with ``k``
         demonstrations and a query drawn from the pool (never from the test items), seeded.
-        The choice is stored in ``heads/<task>-<model>-<dtype>-<data>.json`` (the units'
-        choice, with the default calibration) or, for other ``n_prompts`` / ``k`` / ``seed``,
-        a file whose name carries them, and read back on later runs.
+        The choice is stored in ``heads/`` and read back on later runs. Its file name holds
+        the task, model, dtype and data, the calibration unless it is the units' default,
+        and a hash of the whole task, model and dtype (which tells apart names that the
+        readable part cuts or folds); the recorded task, model and dtype must match.
         """
         for what, v in (("n_prompts", n_prompts), ("k", k)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -778,7 +779,11 @@ class Harness:
         calib = (int(n_prompts), int(k), int(seed))
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{task.name}-{model_name}-{dtype}")[:120]
         extra = "" if calib == _DEFAULT_CALIBRATION else "-n{}-k{}-s{}".format(*calib)
-        path = self.out_dir / "heads" / f"{safe}-{task.fingerprint}{extra}.json"
+        stem = f"{safe}-{task.fingerprint}{extra}"
+        # the readable part of the name may be cut or folded ("ckpt/a" and "ckpt_a"): a hash
+        # of the whole identity tells two models apart, and the record is checked on reading
+        tag = hashlib.sha256(json.dumps([task.name, model_name, dtype]).encode()).hexdigest()
+        path = self.out_dir / "heads" / f"{stem}-{tag[:8]}.json"
         key = (task.name + ":" + task.fingerprint, model_name, dtype, *calib)
         if key in self._heads:
             return self._heads[key]
@@ -792,23 +797,27 @@ class Harness:
                          seed: int) -> HeadChoice:
         from icldistill.encoders.representations import HeadChoice, choose_attention_heads
 
-        rec = None
-        with contextlib.suppress(OSError, ValueError):
-            rec = json.loads(path.read_text())
-        if rec is not None:
+        # this choice's file, else one of a release that named it without the hash
+        legacy = path.with_name(path.name.rsplit("-", 1)[0] + ".json")
+        for candidate in (path, legacy):
+            rec = None
+            with contextlib.suppress(OSError, ValueError):
+                rec = json.loads(candidate.read_text())
+            if not isinstance(rec, dict) or (rec.get("task"), rec.get("model"),
+                                             rec.get("dtype")) != (task.name, model_name, dtype):
+                continue                    # absent, torn, or another model's choice
             try:
                 stored = (int(rec["n_prompts"]), int(rec["k"]), int(rec["seed"]))
                 choice = HeadChoice(int(rec["layer"]), tuple(int(h) for h in rec["heads"]),
                                     np.asarray(rec["demo_share"], dtype=np.float64),
                                     stored[0])
             except (KeyError, TypeError, ValueError):
-                choice = None               # torn or foreign: chosen again and rewritten
-            if choice is not None:
-                if stored != (n_prompts, k, seed):
-                    raise InputError(f"{path}: records heads chosen with n_prompts, k, seed = "
-                                     f"{stored}, not {(n_prompts, k, seed)}")
-                self._heads[key] = choice
-                return choice
+                continue                    # torn: chosen again and rewritten
+            if stored != (n_prompts, k, seed):
+                raise InputError(f"{candidate}: records heads chosen with n_prompts, k, seed "
+                                 f"= {stored}, not {(n_prompts, k, seed)}")
+            self._heads[key] = choice
+            return choice
         pool = task.split.train
         if len(pool) < k + 1:
             raise InputError(f"task {task.name!r}: the pool is too small for calibration "
