@@ -144,6 +144,20 @@ def test_langchain_add_example_encodes_once_and_refits():
     assert len(sel) == 7 and sel.examples[6] == new
 
 
+def test_langchain_one_selector_instance_configures_two_example_selectors():
+    """Regression: an instance given to two example selectors was shared, so after the second
+    fitted it on its pool the first one's indices pointed into the second's examples."""
+    shared = make_selector("bm25")
+    fruit = [{"q": t} for t in ("apple pie recipe", "banana bread", "cherry tart", "grape jam")]
+    cars = [{"q": t} for t in ("car engine oil", "truck tyre pressure", "bus brake pads",
+                               "van battery")]
+    a = ICLDistillExampleSelector(fruit, selector=shared, k=1)
+    b = ICLDistillExampleSelector(cars, selector=shared, k=1)
+    assert a.select_examples({"q": "banana bread"}) == [{"q": "banana bread"}]
+    assert b.select_examples({"q": "van battery"}) == [{"q": "van battery"}]
+    assert a.select_examples({"q": "banana bread"}) == [{"q": "banana bread"}]
+
+
 def test_langchain_defaults_keys_and_async():
     # without input_keys: every key but the label; example_keys filters the output
     sel = ICLDistillExampleSelector.from_examples(EXAMPLES, selector="knn", encoder=HashBOW(),

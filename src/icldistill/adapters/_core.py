@@ -7,6 +7,7 @@ it stale) and answers ``k`` pool rows per query text. It imports neither LangCha
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from collections import OrderedDict
@@ -33,12 +34,16 @@ def check_k(k: Any) -> int:
 
 
 def resolve_selector(selector: str | Selector, params: Mapping[str, Any]) -> Selector:
-    """A fresh selector from a name and parameters, or the given (unfitted) instance."""
+    """A fresh selector from a name and parameters, or a copy of the given instance.
+
+    The copy is the caller's own: two adapters built from one instance each fit theirs on
+    their own pool (sharing it, one adapter's indices pointed into the other's pool).
+    """
     if isinstance(selector, Selector):
         if params:
             raise InputError(f"selector parameters {sorted(params)} given with a Selector "
                              "instance; set them on the instance, or pass the selector by name")
-        return selector
+        return copy.deepcopy(selector)
     if not isinstance(selector, str):
         raise InputError(f"selector must be a selector name (e.g. 'mmd-query', 'knn') or a "
                          f"Selector, got {type(selector).__name__}")

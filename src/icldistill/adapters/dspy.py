@@ -27,7 +27,6 @@ Needs DSPy (``pip install icldistill[dspy]``).
 
 from __future__ import annotations
 
-import copy
 import os
 import types
 from collections.abc import Mapping, Sequence
@@ -176,8 +175,6 @@ class ICLDistillFewShot(Teleprompter):
 
     def _selector(self) -> Selector:
         """A fresh selector for one pool (a copy of the given instance)."""
-        if isinstance(self.selector, Selector):
-            return copy.deepcopy(self.selector)
         return resolve_selector(self.selector, self.params)
 
     # ------------------------------------------------------------------ texts

@@ -76,8 +76,9 @@ class ICLDistillExampleSelector(BaseExampleSelector):
     selector : str or Selector
         An icldistill selector name (:data:`icldistill.selection.SELECTORS`; default
         :data:`~icldistill.selection.DEFAULT_SELECTOR`, ``"knn"``, the selector the paired
-        benchmarks support) or an unfitted :class:`~icldistill.selection.Selector` instance
-        (which this object then fits and owns).
+        benchmarks support) or a :class:`~icldistill.selection.Selector` instance, which
+        is copied: this object fits and owns its copy, so one instance can configure several
+        example selectors.
     encoder : str or Encoder
         Encoder spec (``"minilm"``, the default) or an
         :class:`~icldistill.encoders.representations.Encoder`
