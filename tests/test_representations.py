@@ -475,3 +475,23 @@ def test_minilm_cache_hit_never_loads(tmp_path, monkeypatch):
     EmbeddingCache(tmp_path / "emb").save(enc, ["x", "y"], arr)
     monkeypatch.setattr(MiniLMEncoder, "load", lambda *a, **k: pytest.fail("loaded"))
     np.testing.assert_array_equal(encode_cached(enc, ["x", "y"], tmp_path / "emb"), arr)
+
+
+def test_identity_follows_weights_changed_in_place(tmp_path):
+    """Regression: the identity (the embedding cache's key) was computed once, so after an
+    in-place weight update the cache returned the old model's encodings."""
+    from icldistill.encoders.representations import HiddenStateEncoder, encode_cached
+
+    model, tok = tiny_model("llama"), tiny_tokenizer(True)
+    enc = HiddenStateEncoder(model, tok, -1)
+    texts = ["the movie was good", "the plot was bad"]
+    before, ident = encode_cached(enc, texts, tmp_path), enc.identity
+    assert enc.identity == ident                                 # stable while nothing changes
+    with torch.no_grad():                                         # e.g. one optimiser step
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    after = encode_cached(enc, texts, tmp_path)
+    np.testing.assert_allclose(after, enc.encode(texts), rtol=1e-5, atol=1e-6)
+    assert np.abs(after - before).max() > 1e-3
+    assert enc.identity != ident
+    assert enc.identity == HiddenStateEncoder(model, tok, -1).identity

@@ -207,12 +207,23 @@ class Encoder(abc.ABC):
     # ------------------------------------------------------------------ identity
     @property
     def identity(self) -> str:
-        """A string that changes whenever the encodings would change (used as cache key)."""
-        ident = getattr(self, "_identity_cache", None)
-        if ident is None:
-            ident = f"{type(self).__name__}|dim={self.dim}|{self._identity()}"
-            self._identity_cache = ident
-        return ident
+        """A string that changes whenever the encodings would change (used as cache key).
+
+        Computed once, and again whenever :meth:`_state_token` changes: a language model's
+        weights updated in place (an optimiser step, ``load_state_dict``) give a new
+        identity, so the embedding cache does not return the old model's encodings.
+        """
+        token = self._state_token()
+        cached = getattr(self, "_identity_cache", None)
+        if cached is None or cached[0] != token:
+            cached = (token, f"{type(self).__name__}|dim={self.dim}|{self._identity()}")
+            self._identity_cache = cached
+        return cached[1]
+
+    def _state_token(self) -> Any:
+        """Something cheap to compute that changes whenever the weights behind the encoder
+        change in place (``None``: they never do)."""
+        return None
 
     @abc.abstractmethod
     def _identity(self) -> str:
@@ -356,6 +367,11 @@ class _LMEncoder(Encoder):
         self.max_length = max_length
         self.config = _text_config(model)
         self.n_layers = int(self.config.num_hidden_layers)
+
+    def _state_token(self) -> Any:
+        # each parameter's storage and version counter (bumped by every in-place change
+        # through the parameter itself: optimiser steps, load_state_dict, p.mul_())
+        return tuple((p.data_ptr(), p._version) for p in self.model.parameters())
 
     def _identity(self) -> str:
         return (f"model={_model_fingerprint(self.model)}|tokenizer="
