@@ -311,3 +311,23 @@ def test_bad_input(tmp_path, toy, group, encoder):
             sizes=OrderingSizes(ks=(2,), n_orders=(2,), n_test=20, n_trace=19))
     with pytest.raises(InputError, match="demonstration"):
         trace_order(group[0].loaded, toy.format.prompt([], toy.test_texts[0]))
+
+
+def test_resume_keeps_encoder_objects_of_one_class_apart(tmp_path, toy, group, encoder):
+    """Regression: the resume settings named an Encoder object by its class only, so a run with
+    hidden:0 resumed a hidden:-1 run's most-similar-last results (whose order differs)."""
+    loaded = group[0].loaded
+    other = make_encoder("hidden:0", loaded.model, loaded.tokenizer)
+    sizes = OrderingSizes(ks=(3,), n_orders=(4,), n_sets=2, n_test=8, n_trace=2)
+    parts = tmp_path / "parts"
+
+    def go(enc, out, resume):
+        run(under_test=[group], tasks=[toy], out_dir=tmp_path / out, sizes=sizes,
+            encoder=enc, seed=3, resume_dir=resume)
+        return sorted(p.name for p in parts.rglob("*") if p.is_file())
+
+    first = go(encoder, "a", parts)
+    assert first
+    assert go(encoder, "b", parts) == first                  # the same encoder: all reused
+    again = go(other, "c", parts)                             # another one: computed anew
+    assert set(first) < set(again)

@@ -963,8 +963,10 @@ def run(
                              n_test=sizes.n_test, seed=seed, progress=progress)
     plans = [_plan(t, sizes, enc, seed, ti) for ti, t in enumerate(items)]
     parts = ph.Parts(resume_dir, "ordering", {
+        # an Encoder object by its identity (class, settings, weights): the most-similar-last
+        # order depends on all of them, so two encoders of one class must not share parts
         "sizes": sizes.to_dict(), "seed": seed, "encoder": encoder if isinstance(encoder, str)
-        else type(encoder).__name__, "tasks": [ph.task_fingerprint(t) for t in items]})
+        else enc.identity, "tasks": [ph.task_fingerprint(t) for t in items]})
     torch.manual_seed(seed)
     res, paired = _measure_all(groups, plans, seed, progress, parts)
     t0 -= parts.reused_seconds
