@@ -183,3 +183,31 @@ def test_phenomena_parts_live_until_the_section_is_stored(tmp_path, monkeypatch)
     assert len(seen) == 2
     assert (tmp_path / "sections" / "adaptation.json").is_file()
     assert not any(p.exists() for p in seen)
+
+
+def test_the_real_section_is_recomputed_when_its_fewshot_folder_gains_units(tmp_path,
+                                                                            monkeypatch):
+    """Regression: the stored "real" section was keyed by the --fewshot-results path only, so
+    after units were added to that folder a rerun read back the stale section."""
+    from icldistill.lab.experiments import real
+    from icldistill.lab.experiments._common import Section
+
+    fs = tmp_path / "fewshot"
+    fs.mkdir()
+    (fs / "results.jsonl").write_text('{"key": "a"}\n')
+    runs = []
+
+    def fake_run(model, *, fewshot_results=None, **_kw):
+        runs.append((fs / "results.jsonl").read_text().count("\n"))
+        return Section(name="real", title="real", description="fake")
+
+    monkeypatch.setattr(real, "run", fake_run)
+    def go():
+        return reproduce(tmp_path / "out", quick=True, fewshot_results=fs, only=["real"],
+                         progress=False)
+
+    go()
+    assert go().resumed == ["real"] and runs == [1]          # nothing changed: read back
+    with (fs / "results.jsonl").open("a") as fh:
+        fh.write('{"key": "b"}\n')
+    assert go().resumed == [] and runs == [1, 2]

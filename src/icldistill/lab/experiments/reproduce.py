@@ -133,6 +133,21 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _results_digest(folder: str | Path | None) -> str | None:
+    """sha256 of ``folder/results.jsonl`` (``None`` without one): a section read from a
+    results folder is stale once units are added to it."""
+    if folder is None:
+        return None
+    path = Path(folder) / "results.jsonl"
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _fingerprint(payload: dict[str, Any]) -> str:
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -367,6 +382,8 @@ class _Run:
         elif name == "real":
             settings = {"model": self.model, "dataset": self.dataset,
                         "fewshot": str(self.fewshot_results)}
+            if self.fewshot_results is not None:    # the units it reads (stale once added to)
+                settings["fewshot_units"] = _results_digest(self.fewshot_results)
             self.commands[key] = (f"icldistill lab real --model {self.model} --dataset "
                                   f"{self.dataset}{quick} --seed {self.seed} "
                                   f"--out {self.out / key}")
