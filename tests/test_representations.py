@@ -495,3 +495,25 @@ def test_identity_follows_weights_changed_in_place(tmp_path):
     assert np.abs(after - before).max() > 1e-3
     assert enc.identity != ident
     assert enc.identity == HiddenStateEncoder(model, tok, -1).identity
+
+
+@pytest.mark.parametrize("keep", [0, 50, None])
+def test_a_torn_embedding_cache_entry_is_encoded_again(tmp_path, keep):
+    """Regression: an empty .npy (a crash before the data reached the disk) made np.load raise
+    EOFError, which load() let through: every later run stopped with a traceback."""
+    import os
+
+    from icldistill.encoders.representations import EmbeddingCache, HiddenStateEncoder
+
+    enc = HiddenStateEncoder(tiny_model("llama"), tiny_tokenizer(True), -1)
+    texts = ["the movie was good", "the plot was bad"]
+    cache = EmbeddingCache(tmp_path)
+    path = cache.save(enc, texts, enc.encode(texts))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask      # as a plain open() makes it
+    os.truncate(path, os.path.getsize(path) // 2 if keep is None else keep)
+    assert cache.load(enc, texts) is None
+    np.testing.assert_allclose(rep.encode_cached(enc, texts, cache), enc.encode(texts),
+                               rtol=1e-6)
+    assert cache.load(enc, texts) is not None                     # written again, whole

@@ -78,7 +78,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Sequence
@@ -100,6 +99,7 @@ from icldistill.artifacts.fetch import (
     sha256_file,
     write_manifest,
 )
+from icldistill.artifacts.store import atomic_write
 from icldistill.core.kernels import Kernel, make_kernel
 from icldistill.core.validation import InputError
 from icldistill.models.registry import (
@@ -1070,28 +1070,20 @@ class EmbeddingCache:
         p = self.path(encoder, texts)
         try:
             arr = np.load(p, allow_pickle=False)
-        except (OSError, ValueError):
+        except (OSError, ValueError, EOFError):    # absent or torn: encoded again
             return None
         if arr.dtype != np.float32 or arr.shape != (len(texts), encoder.dim):
             return None
         return arr
 
     def save(self, encoder: Encoder, texts: Sequence[str], array: np.ndarray) -> Path:
-        """Store ``array`` atomically; returns the file's path."""
+        """Store ``array`` atomically and durably
+        (:func:`~icldistill.artifacts.store.atomic_write`); returns the file's path."""
         arr = np.ascontiguousarray(array, dtype=np.float32)
         if arr.shape != (len(texts), encoder.dim):
             raise InputError(f"array has shape {arr.shape}, expected {(len(texts), encoder.dim)}")
-        p = self.path(encoder, texts)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".emb-", suffix=".npy")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, arr, allow_pickle=False)
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return p
+        return atomic_write(self.path(encoder, texts),
+                            lambda fh: np.save(fh, arr, allow_pickle=False))
 
 
 def encode_cached(encoder: Encoder, texts: Sequence[str],
