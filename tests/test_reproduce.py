@@ -211,3 +211,43 @@ def test_the_real_section_is_recomputed_when_its_fewshot_folder_gains_units(tmp_
     with (fs / "results.jsonl").open("a") as fh:
         fh.write('{"key": "b"}\n')
     assert go().resumed == [] and runs == [1, 2]
+
+
+def _record_slowly(out, task, start):
+    """One process's ``_record_learner``, with a pause inside the write (the other process
+    reads meanwhile)."""
+    import types
+    from pathlib import Path
+
+    import icldistill.artifacts.store as store
+    from icldistill.lab.experiments.reproduce import _Run
+
+    real_write = store.atomic_write
+
+    def slow(path, write):
+        time.sleep(0.3)
+        return real_write(path, write)
+
+    store.atomic_write = slow
+    run = types.SimpleNamespace(out=out, _learners_file=lambda: out / "learners.json")
+    while time.time() < start:
+        time.sleep(0.001)
+    _Run._record_learner(run, task, f"{task} line", Path(f"icl-{task}.pt"))
+
+
+def test_two_processes_record_their_learners_without_losing_one(tmp_path):
+    """Regression: learners.json was read, updated and written without a lock, so of two
+    reproduce processes on one --out (one per learner) one line could be lost."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    start = time.time() + 1.0
+    procs = [ctx.Process(target=_record_slowly, args=(tmp_path, t, start))
+             for t in ("regression", "classification")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    known = json.loads((tmp_path / "learners.json").read_text())
+    assert sorted(known) == ["classification", "regression"]

@@ -471,16 +471,21 @@ class _Run:
     def _record_learner(self, task: str, line: str, checkpoint: Path) -> None:
         """Keep ``task``'s learner line in ``<out>/learners.json`` so that a report whose
         sections were read back still says how its learners were trained."""
-        from icldistill.artifacts.store import atomic_write
+        from icldistill.artifacts.store import atomic_write, unit_lock
 
         path = self._learners_file()
-        try:
-            known = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            known = {}
-        known[task] = {"checkpoint": checkpoint.name, "line": line}
-        data = (json.dumps(known, indent=1, sort_keys=True) + "\n").encode("utf-8")
-        atomic_write(path, lambda fh: fh.write(data))
+        # read, update, write under one lock: two processes on one --out (one per learner)
+        # would otherwise each drop the other's line
+        with unit_lock(self.out, "learners"):
+            try:
+                known = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                known = {}
+            if not isinstance(known, dict):
+                known = {}
+            known[task] = {"checkpoint": checkpoint.name, "line": line}
+            data = (json.dumps(known, indent=1, sort_keys=True) + "\n").encode("utf-8")
+            atomic_write(path, lambda fh: fh.write(data))
 
     def _learner_lines(self, sections: Sequence[Section]) -> list[str]:
         """One line per learner of the report: this run's, else the recorded one when its
