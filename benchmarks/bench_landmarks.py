@@ -67,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         f"Over all rows: {summary}. ({time.time() - t0:.0f} s)", ""])
     print(text)
     if args.markdown:
-        with open(args.markdown, "w") as fh:
-            fh.write(f"`python benchmarks/bench_landmarks.py --markdown {args.markdown}`\n\n"
-                     + text)
+        from icldistill.artifacts.store import write_text
+
+        write_text(args.markdown, f"`python benchmarks/bench_landmarks.py --markdown "
+                                  f"{args.markdown}`\n\n" + text)
     return 0
 
 

@@ -187,8 +187,10 @@ def _write(rows: list[dict], args) -> None:
                      f" | {c.get('mmd2_ratio', float('nan')):.3f} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    from icldistill.artifacts.store import write_text
+
+    write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    write_text(out.with_suffix(".json"), json.dumps(rows, indent=1))
     print("\n".join(lines))
 
 

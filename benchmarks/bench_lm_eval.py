@@ -116,9 +116,11 @@ def _write(rows: list[dict], args, versions: dict) -> None:
                      f"({r['prediction_agreement']:.3f}) |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(header + "\n".join(table) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"versions": versions, "rows": rows},
-                                                   indent=1))
+    from icldistill.artifacts.store import write_text
+
+    write_text(out.with_suffix(".md"), header + "\n".join(table) + "\n")
+    write_text(out.with_suffix(".json"), json.dumps({"versions": versions, "rows": rows},
+                                                    indent=1))
     print("\n".join(table))
 
 

@@ -340,11 +340,16 @@ def main() -> int:
     rows: list[dict] = []
     merged_meta = None
     if args.merge:
-        earlier = json.loads(Path(args.merge).read_text())
-        merged_meta = earlier["meta"]
+        try:
+            earlier = json.loads(Path(args.merge).read_text())
+            merged_meta, earlier_rows = earlier["meta"], list(earlier["rows"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"error: --merge {args.merge}: not a results file of this benchmark "
+                  f"({type(exc).__name__}: {exc})", file=sys.stderr)
+            return 2
         redo = set((args.configs or "").split(","))
         specs_now = {tuple(m.split(":")) for m in args.models.split(",") if m}
-        for r in earlier["rows"]:
+        for r in earlier_rows:
             if r["config"] in redo and (r["model"], r["dtype"]) in specs_now:   # measured again
                 continue
             if "logprobs" in r:
@@ -387,10 +392,12 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     clean = [{k: (np.round(v, 7).tolist() if k == "logprobs" else v) for k, v in r.items()}
              for r in rows]
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": clean}, indent=1)
-                                        + "\n")
+    from icldistill.artifacts.store import write_text
+
+    write_text(out.with_suffix(".json"), json.dumps({"meta": meta, "rows": clean}, indent=1)
+               + "\n")
     text = _report(meta, rows)
-    out.with_suffix(".md").write_text(text)
+    write_text(out.with_suffix(".md"), text)
     print(text)
     return 0
 

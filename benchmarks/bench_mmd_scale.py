@@ -57,8 +57,9 @@ def main() -> None:
                   f"{r['peak_rss_gb']:.2f} | {dense:.0f} | {r['mmd2']:.3e} |", flush=True)
     print(f"\nthreads: {rows[0]['threads']}; float32 inputs; tiles of <= 2^24 Gram entries.")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+        from icldistill.artifacts.store import write_text
+
+        write_text(args.json, json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

@@ -366,8 +366,9 @@ def main(argv: list[str] | None = None) -> None:
             "args": vars(args),
             "rows": [asdict(r) for r in rows],
         }
-        with open(args.json, "w") as fh:
-            json.dump(payload, fh, indent=2)
+        from icldistill.artifacts.store import write_text
+
+        write_text(args.json, json.dumps(payload, indent=2))
 
 
 if __name__ == "__main__":

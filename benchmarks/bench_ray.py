@@ -82,9 +82,11 @@ def main() -> int:
         lines.append(f"| {r['backend']} | {r['seconds']:.1f} | {r['speedup_vs_local']:.2f}× |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "identical": same,
-                                                    "units": len(units)}, indent=1))
+    from icldistill.artifacts.store import write_text
+
+    write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    write_text(out.with_suffix(".json"), json.dumps({"rows": rows, "identical": same,
+                                                     "units": len(units)}, indent=1))
     print("\n".join(lines))
     shutil.rmtree(root, ignore_errors=True)
     return 0

@@ -102,8 +102,10 @@ def main() -> int:
                      f"{r['max_abs_logprob_diff']:.1e} | {r['prediction_agreement']:.3f} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(header + "\n".join(table) + "\n")
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    from icldistill.artifacts.store import write_text
+
+    write_text(out.with_suffix(".md"), header + "\n".join(table) + "\n")
+    write_text(out.with_suffix(".json"), json.dumps(rows, indent=1))
     print("\n".join(table))
     return 0
 

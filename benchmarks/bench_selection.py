@@ -431,15 +431,15 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print("\n".join(summ))
     print(load)
+    from icldistill.artifacts.store import write_text
+
     if args.markdown:
-        with open(args.markdown, "w") as fh:
-            fh.write("\n".join([*header, "", tab, "", *summ, load, ""]))
+        write_text(args.markdown, "\n".join([*header, "", tab, "", *summ, load, ""]))
     if args.json:
         payload = {"versions": vers, "threads": torch.get_num_threads(), "args": vars(args),
                    "load_average_before_after": [load_before, load_after], "info": info,
                    "rows": [asdict(r) for r in rows]}
-        with open(args.json, "w") as fh:
-            json.dump(payload, fh, indent=2)
+        write_text(args.json, json.dumps(payload, indent=2))
 
 
 if __name__ == "__main__":

@@ -492,8 +492,9 @@ def main() -> None:
     print(f"\nload average after (1/5/15 min): {_fmt_load(os.getloadavg())}")
     _summary(rows)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2)
+        from icldistill.artifacts.store import write_text
+
+        write_text(args.json, json.dumps(rows, indent=2))
 
 
 def _summary(rows: list[dict[str, Any]]) -> None:
