@@ -16,6 +16,7 @@ Everything here is torch-only; the model tracing layer feeds it real ``q, k, v``
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from icldistill.core.validation import (
     InputError,
     as_float_tensor,
     check_finite,
+    check_int,
     check_matrix,
     check_positive,
 )
@@ -73,7 +75,7 @@ def segment_decomposition(
     num_segments : int
         Number of segments ``S``.
     mask : BoolTensor ``[..., T, n]``, optional
-        True where the query may attend to the key.
+        True where the query may attend to the key (exactly the shape of ``logits``).
 
     Returns
     -------
@@ -81,18 +83,69 @@ def segment_decomposition(
     log_normalizer : Tensor ``[..., T]``
     mass : Tensor ``[..., S, T]``
         Attention probability mass of each segment.
+
+    Notes
+    -----
+    Half-precision (float16/bfloat16) logits and values are upcast to float32 before any
+    exponential, so the results are at least float32.
+
+    Raises
+    ------
+    InputError
+        For a malformed mask, ``segment_ids`` of the wrong length, type or range, or values
+        whose key dimension differs from the logits'.
     """
     probs, log_norm = attention_probs(logits, mask)
     return (segment_components(probs, values, segment_ids, num_segments), log_norm,
             segment_mass(probs, segment_ids, num_segments))
 
 
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype exponentials are computed in: ``dtype``, with half precision upcast to
+    float32."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _check_logits(logits: Any, name: str = "logits") -> torch.Tensor:
+    """``logits`` as a floating tensor ``[..., n]`` with ``n >= 1`` (half precision upcast to
+    float32; tensors of another floating dtype are returned as they are)."""
+    lg = as_float_tensor(logits, name)
+    if lg.ndim < 1:
+        raise InputError(f"{name} must have shape [..., T, n], got a 0-d tensor")
+    if lg.shape[-1] == 0:
+        raise InputError(f"{name} has no keys (shape {tuple(lg.shape)}): the softmax over 0 "
+                         "keys is undefined")
+    return lg
+
+
+def _check_probs_mask(mask: Any, shape: torch.Size) -> torch.Tensor:
+    """The boolean ``mask``, which must have exactly ``shape`` (no broadcasting)."""
+    if not isinstance(mask, torch.Tensor):
+        raise InputError(f"mask must be a boolean tensor, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise InputError(f"mask must be boolean, got {mask.dtype}")
+    if mask.shape != shape:
+        raise InputError(f"mask must have the shape of the logits {tuple(shape)}, "
+                         f"got {tuple(mask.shape)}")
+    return mask
+
+
 def attention_probs(logits: torch.Tensor, mask: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax probabilities ``[..., T, n]`` and ``log D'`` ``[..., T]`` from logits, in log
-    space (masked keys get probability 0). Raises :class:`InputError` when a query attends to
-    no key or a logit is not finite."""
-    work = logits.clone() if mask is None else logits.masked_fill(~mask, -math.inf)
+    space (masked keys get probability 0).
+
+    ``mask`` (optional) is a boolean tensor of exactly the logits' shape, True where the query
+    may attend to the key. Half-precision logits are upcast to float32 before the exponential
+    (the results are then float32); other floating dtypes are kept. Raises
+    :class:`InputError` when a query attends to no key, a logit is not finite, there are no
+    keys (``n = 0``) or the mask is not a boolean tensor of the logits' shape."""
+    lg = _check_logits(logits)
+    if mask is None:   # a fresh buffer: the caller's tensor (or numpy array) is never written
+        fresh = isinstance(logits, torch.Tensor) and lg is not logits
+        work = lg if fresh else lg.clone()
+    else:
+        work = lg.masked_fill(~_check_probs_mask(mask, lg.shape), -math.inf)
     return attention_probs_(work)
 
 
@@ -101,9 +154,18 @@ def attention_probs_(logits: torch.Tensor, mask: torch.Tensor | None = None
     """:func:`attention_probs` computed in place: ``logits`` is overwritten by the
     probabilities, which are returned (the same tensor) with ``log D'``. Same arithmetic, same
     result to the bit; one ``[..., T, n]`` buffer instead of three (the tracer's reductions of
-    every position use it)."""
+    every position use it). The buffer must be a float32 or float64 tensor: a half-precision
+    one cannot hold the upcast exponentials, so it is refused (use :func:`attention_probs`)."""
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        raise InputError("attention_probs_: logits must be a floating-point tensor (it is "
+                         "overwritten in place); use attention_probs for other inputs")
+    if logits.dtype != _work_dtype(logits.dtype):
+        raise InputError(f"attention_probs_: logits are {logits.dtype}; exponentials are not "
+                         "computed in half precision and an in-place buffer cannot be upcast "
+                         "(use attention_probs)")
+    _check_logits(logits)
     if mask is not None:
-        logits.masked_fill_(~mask, -math.inf)
+        logits.masked_fill_(~_check_probs_mask(mask, logits.shape), -math.inf)
     top = logits.amax(dim=-1, keepdim=True)           # NaN propagates into the max
     if not bool(torch.isfinite(top).all()):
         if bool((top == -math.inf).any()):
@@ -130,11 +192,46 @@ def _segment_columns(segment_ids: torch.Tensor, num_segments: int
     return cols
 
 
+def _check_segment_ids(segment_ids: Any, n: int, num_segments: Any) -> tuple[torch.Tensor, int]:
+    """``segment_ids`` as a LongTensor ``[n]`` with every id in ``[0, num_segments)``.
+
+    Ids out of range or a vector of the wrong length would silently drop keys (the components
+    would no longer sum to the output), so they are errors.
+    """
+    S = check_int(num_segments, "num_segments", low=1)
+    if not isinstance(segment_ids, torch.Tensor):
+        segment_ids = torch.as_tensor(np.asarray(segment_ids))
+    if segment_ids.dtype == torch.bool or segment_ids.is_floating_point() \
+            or segment_ids.is_complex():
+        raise InputError(f"segment_ids must be integers, got {segment_ids.dtype}")
+    if segment_ids.ndim != 1 or segment_ids.shape[0] != n:
+        raise InputError(f"segment_ids must have shape [{n}] (one id per key), "
+                         f"got {tuple(segment_ids.shape)}")
+    ids = segment_ids.to(torch.long)
+    if n and bool(((ids < 0) | (ids >= S)).any()):
+        bad = ids[(ids < 0) | (ids >= S)]
+        raise InputError(f"segment_ids must lie in [0, {S}) (num_segments={S}), "
+                         f"got {int(bad[0])}")
+    return ids, S
+
+
 def segment_components(probs: torch.Tensor, values: torch.Tensor, segment_ids: torch.Tensor,
                        num_segments: int) -> torch.Tensor:
     """``c_S(t) = sum_{j in S} p_tj v_j`` ``[..., S, T, d_v]`` for probabilities
     ``[..., T, n]`` and values ``[..., n, d_v]`` (one matrix product per segment; contiguous
-    segments are sliced, not copied)."""
+    segments are sliced, not copied).
+
+    ``segment_ids`` (``[n]``, integers in ``[0, num_segments)``) is checked: ids out of range or
+    a wrong length raise :class:`InputError` instead of dropping keys. The product is taken in
+    the common dtype of ``probs`` and ``values`` (half precision upcast to float32)."""
+    n = probs.shape[-1]
+    if values.ndim < 2 or values.shape[-2] != n:
+        raise InputError(f"values must have shape [..., {n}, d_v] (one row per key), "
+                         f"got {tuple(values.shape)}")
+    segment_ids, num_segments = _check_segment_ids(segment_ids, n, num_segments)
+    dtype = _work_dtype(torch.promote_types(probs.dtype, values.dtype))
+    probs, values = probs.to(dtype), values.to(dtype)
+    segment_ids = segment_ids.to(probs.device)
     comps = []
     for cols in _segment_columns(segment_ids, num_segments):
         if isinstance(cols, slice):
@@ -146,7 +243,10 @@ def segment_components(probs: torch.Tensor, values: torch.Tensor, segment_ids: t
 
 def segment_mass(probs: torch.Tensor, segment_ids: torch.Tensor, num_segments: int
                  ) -> torch.Tensor:
-    """Attention mass of every segment ``[..., S, T]`` (one scatter-add over the keys)."""
+    """Attention mass of every segment ``[..., S, T]`` (one scatter-add over the keys).
+
+    ``segment_ids`` is checked as in :func:`segment_components`."""
+    segment_ids, num_segments = _check_segment_ids(segment_ids, probs.shape[-1], num_segments)
     out = probs.new_zeros((*probs.shape[:-1], num_segments))
     out.index_add_(-1, segment_ids.to(probs.device), probs)
     return out.movedim(-1, -2)
@@ -197,10 +297,18 @@ def log_kernel_form(c1: torch.Tensor, k1: torch.Tensor, c2: torch.Tensor, k2: to
     log_abs : float
         ``log |sum|``.
     """
+    if k1.shape[-1] != k2.shape[-1]:
+        raise InputError(f"log_kernel_form: k1 has dimension {k1.shape[-1]}, k2 {k2.shape[-1]}")
+    if c1.shape[0] != k1.shape[0] or c2.shape[0] != k2.shape[0] or c1.shape[1] != c2.shape[1]:
+        raise InputError(f"log_kernel_form: coefficients {tuple(c1.shape)}, {tuple(c2.shape)} do "
+                         f"not match keys {tuple(k1.shape)}, {tuple(k2.shape)}")
     if k1.shape[0] == 0 or k2.shape[0] == 0:
         return 0.0, -math.inf
     a = scale * (k1.to(torch.float64) @ k2.to(torch.float64).T)
     shift = float(a.max())
+    if not math.isfinite(shift) or not bool(torch.isfinite(a).all()):
+        raise InputError("log_kernel_form: the exponents scale*<k1_i, k2_j> are not finite "
+                         "(NaN/inf keys, or a product beyond float64)")
     s = float(((c1.to(torch.float64) @ c2.to(torch.float64).T) * torch.exp(a - shift)).sum())
     if s == 0.0:
         return 0.0, -math.inf
@@ -221,6 +329,31 @@ def _dual_log_norm(coef: torch.Tensor, keys: torch.Tensor, scale: float, log_mul
     if sign <= 0.0:
         return -math.inf
     return 0.5 * log_sq + log_mult
+
+
+def _exp_matmul(log_w: torch.Tensor, coef: torch.Tensor, what: str) -> torch.Tensor:
+    """``exp(log_w) @ coef`` ``[T, d_v]`` for ``log_w`` ``[T, N]`` without overflow on the way.
+
+    Every row is shifted by its largest exponent, so the matrix product only sees weights in
+    ``(0, 1]``; the shift is put back in log space. Raises :class:`InputError` naming ``what``
+    when an exponent is not finite or when the result itself overflows the dtype (never
+    returns inf or NaN).
+    """
+    if not bool(torch.isfinite(log_w).all()):
+        raise InputError(f"{what}: the exponents are not finite (they overflow {log_w.dtype})")
+    shift = log_w.amax(dim=-1, keepdim=True)                       # [T, 1]
+    r = torch.exp(log_w - shift) @ coef                             # |r| <= N max|c|
+    factor = torch.exp(shift)
+    ok = torch.isfinite(factor) & (factor > 0)
+    out = r * factor
+    if not bool(ok.all()):
+        mag = torch.log(r.abs()) + shift                            # -inf where r == 0
+        out = torch.where(ok, out, torch.sign(r) * torch.exp(mag))
+    if not bool(torch.isfinite(out).all()):
+        big = float((torch.log(r.abs()) + shift).max())
+        raise InputError(f"{what}: the result overflows {out.dtype} (log of its largest entry "
+                         f"is {big:.6g})")
+    return out
 
 
 def _exp(x: float) -> float:
@@ -260,13 +393,27 @@ class DualWeights(Result):
         return self.scale * (queries.to(self.keys.dtype) @ self.keys.T) + self.log_multiplier
 
     def apply(self, queries: Any) -> torch.Tensor:
-        """``W phi(q)`` for each row ``q`` of ``queries`` ``[T, d]`` -> ``[T, d_v]``."""
-        q = check_matrix(queries, "queries", dtype=self.keys.dtype, device=self.keys.device)
+        """``W phi(q)`` for each row ``q`` of ``queries`` ``[T, d]`` -> ``[T, d_v]``.
+
+        Computed in the keys' dtype (half precision upcast to float32 before the exponential,
+        so the result is then float32), in log space: each row's largest exponent
+        ``scale <k_i, q> + log_multiplier`` is factored out, so the result is exact wherever it
+        is representable, however large the exponents.
+
+        Raises
+        ------
+        InputError
+            When an entry of ``W phi(q)`` overflows the working dtype (the value is not
+            representable; inf/NaN are never returned).
+        """
+        dtype = _work_dtype(self.keys.dtype)
+        q = check_matrix(queries, "queries", dtype=dtype, device=self.keys.device)
         if q.shape[1] != self.keys.shape[1]:
             raise InputError(f"queries have dimension {q.shape[1]}, keys {self.keys.shape[1]}")
         if self.num_keys == 0:
             return q.new_zeros(q.shape[0], self.coefficients.shape[1])
-        return torch.exp(self.log_kernel(q)) @ self.coefficients.to(q.dtype)
+        log_w = self.scale * (q @ self.keys.to(dtype).T) + self.log_multiplier
+        return _exp_matmul(log_w, self.coefficients.to(dtype), "DualWeights.apply: W phi(q)")
 
     def log_hs_norm(self) -> float:
         """``log ||W||_HS`` (finite even where the norm overflows float64; ``-inf`` for 0)."""
@@ -289,6 +436,11 @@ class DualWeights(Result):
         """``log ||self - other||_HS`` (``-inf`` when they are equal)."""
         if self.scale != other.scale:
             raise InputError("cannot compare weights of kernels with different scales")
+        if self.keys.shape[1] != other.keys.shape[1] \
+                or self.coefficients.shape[1] != other.coefficients.shape[1]:
+            raise InputError(f"cannot compare weights with keys/coefficients of dimensions "
+                             f"{self.keys.shape[1]}/{self.coefficients.shape[1]} and "
+                             f"{other.keys.shape[1]}/{other.coefficients.shape[1]}")
         lm = max(self.log_multiplier, other.log_multiplier)
         a = self.coefficients.to(torch.float64) * math.exp(self.log_multiplier - lm)
         b = other.coefficients.to(torch.float64) * math.exp(other.log_multiplier - lm)
@@ -301,10 +453,13 @@ class DualWeights(Result):
     def to_primal(
         self, num_features: int = 256, seed: int = 0, *, orthogonal: bool = True
     ) -> PrimalWeights:
-        """Explicit ``[d_v, m]`` matrix with ``m`` positive random features (approximate)."""
+        """Explicit ``[d_v, m]`` matrix with ``m`` positive random features (approximate).
+
+        Half-precision keys are upcast to float32 (features are exponentials)."""
+        dtype = _work_dtype(self.keys.dtype)
         feats = PositiveRandomFeatures.create(self.keys.shape[1], num_features, self.scale,
                                               seed=seed, orthogonal=orthogonal,
-                                              dtype=self.keys.dtype, device=self.keys.device)
+                                              dtype=dtype, device=self.keys.device)
         log_phi = feats.log_features(self.keys)  # [N, m]
         shift = float(log_phi.max()) if self.num_keys else 0.0
         matrix = self.coefficients.to(log_phi.dtype).T @ torch.exp(log_phi - shift)
@@ -347,6 +502,8 @@ class PositiveRandomFeatures(Result):
         device: torch.device | str | None = None,
     ) -> PositiveRandomFeatures:
         """Draw ``num_features`` features for inputs of dimension ``dim`` (seeded)."""
+        check_int(dim, "dim", low=1)
+        check_positive(scale, "scale")
         if int(num_features) < 1:
             raise InputError(f"num_features must be positive, got {num_features}")
         g = torch.Generator().manual_seed(int(seed))
@@ -379,11 +536,15 @@ class PrimalWeights(Result):
     features: PositiveRandomFeatures
 
     def apply(self, queries: Any) -> torch.Tensor:
-        """``W phi(q)`` ``[T, d_v]`` for queries ``[T, d]``."""
-        q = check_matrix(queries, "queries", dtype=self.matrix.dtype, device=self.matrix.device)
-        log_phi = self.features.log_features(q)
-        shift = log_phi.max(dim=-1, keepdim=True).values
-        return (torch.exp(log_phi - shift) @ self.matrix.T) * torch.exp(shift + self.log_scale)
+        """``W phi(q)`` ``[T, d_v]`` for queries ``[T, d]`` (in log space, as
+        :meth:`DualWeights.apply`; :class:`InputError` when the result overflows)."""
+        dtype = _work_dtype(self.matrix.dtype)
+        q = check_matrix(queries, "queries", dtype=dtype, device=self.matrix.device)
+        if q.shape[1] != self.features.projection.shape[1]:
+            raise InputError(f"queries have dimension {q.shape[1]}, features "
+                             f"{self.features.projection.shape[1]}")
+        log_phi = self.features.log_features(q).to(dtype) + self.log_scale
+        return _exp_matmul(log_phi, self.matrix.to(dtype).T, "PrimalWeights.apply: W phi(q)")
 
     def hs_norm(self) -> float:
         """Frobenius norm of the explicit matrix (``inf`` on float64 overflow)."""
@@ -432,13 +593,17 @@ def random_feature_error(
 
     The error converges to 0 as ``m`` grows, but slowly when ``scale * ||k||^2`` is large
     (the features' variance grows like ``exp(scale * (||k||^2 + ||q||^2))``): report it, do not
-    hide it.
+    hide it. Raises :class:`InputError` when ``W phi(q)`` (exact or approximate) overflows
+    float64, instead of reporting a NaN error.
     """
+    seeds = check_int(seeds, "seeds", low=1)
     exact = weights.apply(queries).to(torch.float64)
     denom = float(torch.linalg.matrix_norm(exact))
     if denom == 0.0:
         raise InputError("the dual weights map every query to 0; relative error undefined")
-    ms = np.array([int(m) for m in num_features])
+    ms = np.array([check_int(m, "num_features", low=1) for m in num_features], dtype=np.int64)
+    if ms.size == 0:
+        raise InputError("num_features is empty: give at least one feature count")
     errs = np.empty((len(ms), seeds))
     for a, m in enumerate(ms):
         for s in range(seeds):
@@ -450,10 +615,22 @@ def random_feature_error(
 
 # ============================================================================ distillation
 def distillation_loss(weights: DualWeights, keys: Any, values: Any) -> float:
-    """``L(W) = (1/N) sum_i ||v_i - W phi(k_i)||^2`` over the teacher's ``(k_i, v_i)``."""
-    k = check_matrix(keys, "keys", dtype=weights.keys.dtype)
-    v = check_matrix(values, "values", dtype=weights.keys.dtype)
-    return float(((v - weights.apply(k)) ** 2).sum(-1).mean())
+    """``L(W) = (1/N) sum_i ||v_i - W phi(k_i)||^2`` over the teacher's ``(k_i, v_i)``.
+
+    Raises :class:`InputError` when ``W phi(k_i)`` or the loss overflows the working dtype
+    (never returns inf or NaN)."""
+    dtype = _work_dtype(weights.keys.dtype)
+    k = check_matrix(keys, "keys", dtype=dtype)
+    v = check_matrix(values, "values", dtype=dtype)
+    if k.shape[0] != v.shape[0]:
+        raise InputError(f"keys have {k.shape[0]} rows but values {v.shape[0]}")
+    if v.shape[1] != weights.coefficients.shape[1]:
+        raise InputError(f"values have dimension {v.shape[1]}, the weights' outputs "
+                         f"{weights.coefficients.shape[1]}")
+    loss = float(((v - weights.apply(k)) ** 2).sum(-1).mean())
+    if not math.isfinite(loss):
+        raise InputError(f"distillation_loss: the loss overflows {dtype}")
+    return loss
 
 
 @dataclass(frozen=True)
@@ -467,7 +644,10 @@ class DistillationStep(Result):
     eta : float
         Step size used.
     eta_star : float
-        ``N / (2 D')``, the step size for which one step gives exactly ``W_0``.
+        ``N / (2 D')``, the step size for which one step gives exactly ``W_0``. Rounded to
+        float64: ``0.0`` or ``inf`` when it lies outside float64's range (large logits); its
+        logarithm ``log(N/2) + w0.log_multiplier`` is always finite, and the step itself is
+        taken in log space (``weights.log_multiplier = log(2 eta / N)``).
     distance : float
         ``||W_1 - W_0||_HS``.
     relative_distance : float
@@ -505,18 +685,38 @@ def distillation_step(
     eta : float, optional
         Step size; defaults to ``eta* = N / (2 D')``.
     steps : int
-        Number of gradient steps (1 = the theory's one-step distillation).
+        Number of gradient steps (1 = the theory's one-step distillation); a positive integer.
+
+    Notes
+    -----
+    Everything is computed in float64 and in log space: the step's multiplier
+    ``log(2 eta / N)`` never goes through ``eta`` itself, so heads whose ``eta*`` under- or
+    overflows float64 (``|log D'|`` in the thousands) are handled.
+
+    Raises
+    ------
+    InputError
+        For ``steps`` that is not a positive integer, a non-positive ``eta``, a ``W_0``
+        without keys or with a non-finite ``log_multiplier``, and when one of the reported
+        losses (or a step's residual) overflows float64 -- then it is not representable.
     """
+    steps = check_int(steps, "steps", low=1)
     n = w0.num_keys
     if n == 0:
         raise InputError("W_0 has no demonstration keys; nothing to distil")
+    if not math.isfinite(float(w0.log_multiplier)):
+        raise InputError(f"w0.log_multiplier must be finite, got {w0.log_multiplier!r}")
     log_eta_star = math.log(n / 2.0) + w0.log_multiplier  # log(N / (2 D'))
-    eta_star = math.exp(log_eta_star)
-    eta = eta_star if eta is None else check_positive(eta, "eta")
+    eta_star = _exp(log_eta_star)                           # 0.0 / inf outside float64
+    if eta is None:
+        eta = eta_star
+        log_m = float(w0.log_multiplier)                    # log(2 eta* / N) = -log D' exactly
+    else:
+        eta = check_positive(eta, "eta")
+        log_m = math.log(eta) + math.log(2.0 / n)
     values = w0.coefficients.to(torch.float64)
     keys = w0.keys.to(torch.float64)
     # dual coefficients alpha (as alpha = exp(log_m) * c); first step from 0 is exact in logs
-    log_m = math.log(2.0 * eta / n)
     coef = values.clone()
     current = DualWeights(keys, coef, log_m, w0.scale)
     for _ in range(int(steps) - 1):
@@ -527,15 +727,20 @@ def distillation_step(
     log_dist = current.log_distance(target)
     log_norm0 = target.log_hs_norm()
     zero = DualWeights(keys[:0], values[:0], 0.0, w0.scale)
+    losses = {}
+    for name, w in (("loss_initial", zero), ("loss_final", current), ("loss_w0", target)):
+        try:
+            losses[name] = distillation_loss(w, keys, values)
+        except InputError as exc:
+            raise InputError(f"distillation_step: {name} is not representable in float64 "
+                             f"({exc})") from exc
     return DistillationStep(
         weights=current,
         eta=float(eta),
         eta_star=eta_star,
         distance=_exp(log_dist),
         relative_distance=_exp(log_dist - log_norm0) if log_norm0 > -math.inf else math.inf,
-        loss_initial=distillation_loss(zero, keys, values),
-        loss_final=distillation_loss(current, keys, values),
-        loss_w0=distillation_loss(target, keys, values),
+        **losses,
     )
 
 
@@ -590,13 +795,25 @@ class HeadDecomposition(Result):
     _segment_names: tuple[str, ...] = field(repr=False, default=())
     _segment_ids: torch.Tensor | None = field(repr=False, default=None)
 
+    def _position(self, t: Any) -> int:
+        """``t`` as a query position in ``[-T, T)`` (an integer, not a bool)."""
+        T = self.log_normalizer.shape[0]
+        try:
+            if isinstance(t, (bool, np.bool_)):
+                raise TypeError
+            ti = operator.index(t)
+        except TypeError:
+            raise InputError(f"t must be an integer query position, got {t!r}") from None
+        if not -T <= ti < T:
+            raise InputError(f"t: query position {ti} out of range for {T} positions")
+        return ti
+
     def _weights(self, t: int, segments: Sequence[str]) -> DualWeights:
         if not self.has_kernel_form or self._keys is None:
             raise InputError("this head has no kernel form (its logits are not a pure scaled dot "
                              "product), so W_0 is not defined; the segment components still are")
-        T = self.log_normalizer.shape[0]
-        if not -T <= t < T:
-            raise InputError(f"query position {t} out of range for {T} positions")
+        t = self._position(t)
+        _check_known_segments(segments, self._segment_names, "segment")
         wanted = [i for i, name in enumerate(self._segment_names) if name in set(segments)]
         in_seg = torch.isin(self._segment_ids,
                             torch.tensor(wanted, dtype=torch.long, device=self._mask.device))
@@ -613,14 +830,45 @@ class HeadDecomposition(Result):
         return self._weights(t, self.demo_segments)
 
     def correction(self, t: int, segment: str = "query") -> DualWeights:
-        """Correction ``dW(t) = (1/D'_t) sum_{j in Q} v_j phi(k_j)^T`` (dual form)."""
+        """Correction ``dW(t) = (1/D'_t) sum_{j in Q} v_j phi(k_j)^T`` (dual form).
+
+        ``segment`` must be one of the head's segment names, or a standard name absent from a
+        standard layout (an empty segment: ``dW = 0``); anything else is an
+        :class:`InputError` that lists the known names."""
+        if not isinstance(segment, str):
+            raise InputError(f"segment must be a segment name (str), got {segment!r}")
         return self._weights(t, (segment,))
 
     def query(self, t: int) -> torch.Tensor:
         """The query vector ``q_t`` ``[d]`` (only for heads with a kernel form)."""
         if self._queries is None:
             raise InputError("queries were not given (logits-only decomposition)")
-        return self._queries[t]
+        if self._queries.shape[0] != self.log_normalizer.shape[0]:
+            raise InputError(f"the {self._queries.shape[0]} queries given do not match the "
+                             f"{self.log_normalizer.shape[0]} query positions of the logits")
+        return self._queries[self._position(t)]
+
+
+#: The SPEC's segment names. When every key's segment is one of them (the standard layout), a
+#: standard name that no key carries is an empty segment (a zero-shot prompt has no "demos").
+_STANDARD_SEGMENTS = ("prefix", "demos", "query")
+
+
+def _check_known_segments(wanted: Sequence[str], names: Sequence[str], what: str) -> None:
+    """Raise :class:`InputError` naming the first of ``wanted`` that is not a known segment.
+
+    Known are the names in ``names`` and, when ``names`` follow the standard layout (all in
+    ``_STANDARD_SEGMENTS``), the other standard names (empty segments). Anything else --
+    a typo such as ``"querry"``, or ``"demos"`` when the keys are labelled ``"demo"`` -- is
+    an error that lists the known names.
+    """
+    standard = all(x in _STANDARD_SEGMENTS for x in names)
+    for nm in wanted:
+        if not isinstance(nm, str):
+            raise InputError(f"{what} names must be strings, got {nm!r}")
+        if nm not in names and not (standard and nm in _STANDARD_SEGMENTS):
+            raise InputError(f"{what}: unknown segment name {nm!r}; the segments are "
+                             f"{', '.join(repr(x) for x in names) or '(none)'}")
 
 
 def _head_logits(
@@ -672,6 +920,7 @@ def _head_mask(mask: Any | None, T: int, n: int, device: torch.device) -> torch.
     return mt.to(device)
 
 
+# long: 32 lines of NumPy docstring and 11 of signature; the code is 46 (its checks)
 def decompose_head(
     q: Any,
     k: Any,
@@ -704,7 +953,12 @@ def decompose_head(
         (soft-capping, ALiBi...). The decomposition is then still exact, but the head has no
         kernel form and :meth:`HeadDecomposition.w0` raises.
     demo_segments : str or sequence of str
-        Segment name(s) that make up the demonstrations (used for ``eta*`` and ``W_0``).
+        Segment name(s) that make up the demonstrations (used for ``eta*`` and ``W_0``). Each
+        must be one of the names in ``segments``, or -- when every name in ``segments`` is a
+        standard one (``"prefix"``, ``"demos"``, ``"query"``) -- another standard name, which
+        is then an empty segment (a zero-shot prompt: ``eta* = 0``). Any other name (a typo,
+        or ``"demos"`` while the keys are labelled ``"demo"``) raises :class:`InputError`
+        listing the known ones. An empty sequence means "no demonstrations".
 
     Returns
     -------
@@ -713,7 +967,15 @@ def decompose_head(
     vt = check_matrix(v, "v")
     n = vt.shape[0]
     names, seg_ids = _segment_ids(segments, n)
-    demo = (demo_segments,) if isinstance(demo_segments, str) else tuple(demo_segments)
+    if isinstance(demo_segments, str):
+        demo: tuple[str, ...] = (demo_segments,)
+    else:
+        try:
+            demo = tuple(demo_segments)
+        except TypeError:
+            raise InputError(f"demo_segments must be a segment name or a sequence of them, got "
+                             f"{demo_segments!r}") from None
+    _check_known_segments(demo, names, "demo_segments")
     lg, qt, kt, vt, s = _head_logits(q, k, vt, scale, logits)
     kernel_form = logits is None
     mt = _head_mask(mask, lg.shape[0], n, lg.device)
