@@ -1,9 +1,15 @@
 """Positive-definite kernels on batches of row vectors (SPEC §3).
 
 Every kernel is a pure function ``k(x, y, **params) -> Gram`` with ``x`` of shape ``[n, d]`` and
-``y`` of shape ``[m, d]`` returning the ``[n, m]`` Gram matrix in the inputs' dtype and device
-(float32 or float64, CPU or GPU). Batches of row sets ``[b, n, d]``, ``[b, m, d]`` give the
-``b`` Gram matrices ``[b, n, m]`` in one batched product. Conventions (``h`` is the bandwidth):
+``y`` of shape ``[m, d]`` (torch tensors) returning the ``[n, m]`` Gram matrix in the inputs'
+common dtype and device (float32 or float64, CPU or GPU). Half-precision inputs (float16,
+bfloat16) are upcast to float32 before anything is computed, so no exponential is ever taken in
+half precision: their Gram matrix is float32. Batches of row sets ``[b, n, d]``, ``[b, m, d]``
+give the ``b`` Gram matrices ``[b, n, m]`` in one batched product. Inputs that are not
+floating-point tensors of shape ``[n, d]`` or ``[b, n, d]`` with matching ``d``, and parameters
+outside their range (a bandwidth, ``scale`` or ``gamma`` that is not a finite positive number, a
+``key_dim`` or ``degree`` that is not a positive integer), raise :class:`InputError`.
+Conventions (``h`` is the bandwidth):
 
 =================  ===========================================  ==========================
 name               formula                                      parameters (defaults)
@@ -45,7 +51,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from icldistill.core.validation import InputError, as_float_tensor, check_matrix, check_positive
+from icldistill.core.validation import (
+    InputError,
+    as_float_tensor,
+    check_int,
+    check_matrix,
+    check_positive,
+)
 
 __all__ = [
     "KERNELS",
@@ -128,6 +140,89 @@ def _softmax_scale(scale: float | None, dim: int) -> float:
     return 1.0 / math.sqrt(dim) if scale is None else float(scale)
 
 
+#: Half-precision dtypes: upcast to float32 before any exponential (never exponentiate in them).
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 if it is half precision (float16 / bfloat16), else unchanged."""
+    return t.float() if t.dtype in _HALF else t
+
+
+def _gram_inputs(x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check the rows of a Gram matrix: floating-point tensors ``[n, d]`` or ``[b, n, d]`` with
+    one ``d``; returns them in their common dtype, half precision upcast to float32 (``y`` stays
+    the same object as ``x`` when it was)."""
+    for name, t in (("x", x), ("y", y)):
+        if not isinstance(t, torch.Tensor):
+            raise InputError(f"kernel input {name} must be a torch.Tensor [n, d] or [b, n, d], got "
+                             f"{type(t).__name__} (convert it with torch.as_tensor)")
+        if t.ndim not in (2, 3):
+            raise InputError(f"kernel input {name} must have shape [n, d] or [b, n, d], got "
+                             f"{tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise InputError(f"kernel input {name} must be a floating-point tensor, got {t.dtype}")
+    if x.shape[-1] != y.shape[-1]:
+        raise InputError(f"kernel inputs: x has rows of dimension {x.shape[-1]}, y has "
+                         f"{y.shape[-1]}")
+    same = x is y
+    dtype = torch.promote_types(x.dtype, y.dtype)
+    if dtype in _HALF:
+        dtype = torch.float32
+    x = x if x.dtype == dtype else x.to(dtype)
+    return x, (x if same else y if y.dtype == dtype else y.to(dtype))
+
+
+def _positive(value: Any, name: str) -> float:
+    """``value`` as a finite float ``> 0``; bools, text and anything else raise InputError."""
+    if isinstance(value, (bool, str, bytes)):
+        raise InputError(f"{name} must be a finite positive number, got {value!r}")
+    return check_positive(value, name)
+
+
+def _check_bandwidth(value: Any, name: str) -> float:
+    """A bandwidth: finite, ``> 0``, and (for the kernels that square it) with a non-zero
+    square."""
+    h = _positive(value, "bandwidth")
+    if name in ("gaussian", "imq") and h * h == 0.0:
+        raise InputError(f"bandwidth {h:g} is too small for the {name} kernel (its square "
+                         "underflows to 0); give a bandwidth above 1e-150 or rescale the data")
+    return h
+
+
+def _check_scale(value: Any) -> float | None:
+    """A softmax / attention ``scale``: ``None`` (the default ``1/sqrt(d)``) or finite ``> 0``."""
+    return None if value is None else _positive(value, "scale")
+
+
+def _check_key_dim(value: Any, dim: int | None = None) -> int:
+    """``key_dim`` as an int ``>= 1`` (and ``< dim``, the token dimension, when given)."""
+    kd = check_int(value, "key_dim", 1)
+    if dim is not None and kd >= dim:
+        raise InputError(f"attention kernel: key_dim={kd} must be between 1 and the token "
+                         f"dimension minus 1 ({dim - 1})")
+    return kd
+
+
+def _check_polynomial(gamma: Any, coef0: Any, degree: Any) -> tuple[float, float, int]:
+    """Polynomial parameters: ``gamma`` finite ``> 0``, ``coef0`` finite, ``degree`` an int
+    ``>= 1``."""
+    g = _positive(gamma, "gamma")
+    try:
+        c = math.nan if isinstance(coef0, (bool, str, bytes)) else float(coef0)
+    except (TypeError, ValueError):
+        c = math.nan
+    if not math.isfinite(c):
+        raise InputError(f"coef0 must be a finite number, got {coef0!r}")
+    try:
+        ok = not isinstance(degree, bool) and int(degree) == degree and degree >= 1
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError(f"polynomial degree must be a positive integer, got {degree!r}")
+    return g, c, int(degree)
+
+
 def stack_kv(keys: Any, values: Any) -> torch.Tensor:
     """Concatenate keys ``[n, d_k]`` and values ``[n, d_v]`` into tokens ``[n, d_k + d_v]``.
 
@@ -143,41 +238,165 @@ def stack_kv(keys: Any, values: Any) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- pure kernels
 def gaussian_kernel(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> torch.Tensor:
-    """Gaussian (RBF) Gram matrix ``exp(-||x-y||^2 / (2 h^2))``, ``[n, m]``."""
-    return _KERNEL_SPECS["gaussian"].gram(x, y, {"bandwidth": bandwidth})
+    """Gaussian (RBF) Gram matrix ``exp(-||x-y||^2 / (2 h^2))``, ``[n, m]``.
+
+    Parameters
+    ----------
+    x, y : Tensor ``[n, d]``, ``[m, d]`` (or batches ``[b, n, d]``, ``[b, m, d]``)
+        Floating-point rows; half precision (float16, bfloat16) is upcast to float32 first.
+    bandwidth : float
+        ``h``, a finite positive number.
+
+    Returns
+    -------
+    Tensor ``[n, m]`` (or ``[b, n, m]``)
+        In the inputs' common dtype (float32 for half-precision inputs).
+
+    Raises
+    ------
+    InputError
+        If ``x`` or ``y`` is not a floating-point tensor of shape ``[n, d]`` / ``[b, n, d]``,
+        their dimensions differ, or a parameter is out of range.
+    """
+    x, y = _gram_inputs(x, y)
+    h = _check_bandwidth(bandwidth, "gaussian")
+    return _KERNEL_SPECS["gaussian"].gram(x, y, {"bandwidth": h})
 
 
 def laplace_kernel(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> torch.Tensor:
-    """Laplace Gram matrix ``exp(-||x-y|| / h)``, ``[n, m]``."""
-    return _KERNEL_SPECS["laplace"].gram(x, y, {"bandwidth": bandwidth})
+    """Laplace Gram matrix ``exp(-||x-y|| / h)``, ``[n, m]``.
+
+    Parameters
+    ----------
+    x, y : Tensor ``[n, d]``, ``[m, d]`` (or batches ``[b, n, d]``, ``[b, m, d]``)
+        Floating-point rows; half precision (float16, bfloat16) is upcast to float32 first.
+    bandwidth : float
+        ``h``, a finite positive number.
+
+    Returns
+    -------
+    Tensor ``[n, m]`` (or ``[b, n, m]``)
+        In the inputs' common dtype (float32 for half-precision inputs).
+
+    Raises
+    ------
+    InputError
+        If ``x`` or ``y`` is not a floating-point tensor of shape ``[n, d]`` / ``[b, n, d]``,
+        their dimensions differ, or a parameter is out of range.
+    """
+    x, y = _gram_inputs(x, y)
+    h = _check_bandwidth(bandwidth, "laplace")
+    return _KERNEL_SPECS["laplace"].gram(x, y, {"bandwidth": h})
 
 
 def inverse_multiquadric_kernel(
     x: torch.Tensor, y: torch.Tensor, bandwidth: float
 ) -> torch.Tensor:
-    """Inverse multiquadric Gram matrix ``(1 + ||x-y||^2 / h^2)^(-1/2)``, ``[n, m]``."""
-    return _KERNEL_SPECS["imq"].gram(x, y, {"bandwidth": bandwidth})
+    """Inverse multiquadric Gram matrix ``(1 + ||x-y||^2 / h^2)^(-1/2)``, ``[n, m]``.
+
+    Parameters
+    ----------
+    x, y : Tensor ``[n, d]``, ``[m, d]`` (or batches ``[b, n, d]``, ``[b, m, d]``)
+        Floating-point rows; half precision (float16, bfloat16) is upcast to float32 first.
+    bandwidth : float
+        ``h``, a finite positive number.
+
+    Returns
+    -------
+    Tensor ``[n, m]`` (or ``[b, n, m]``)
+        In the inputs' common dtype (float32 for half-precision inputs).
+
+    Raises
+    ------
+    InputError
+        If ``x`` or ``y`` is not a floating-point tensor of shape ``[n, d]`` / ``[b, n, d]``,
+        their dimensions differ, or a parameter is out of range.
+    """
+    x, y = _gram_inputs(x, y)
+    h = _check_bandwidth(bandwidth, "imq")
+    return _KERNEL_SPECS["imq"].gram(x, y, {"bandwidth": h})
 
 
 def linear_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Linear Gram matrix ``<x, y>``, ``[n, m]``."""
-    return x @ y.mT
+    """Linear Gram matrix ``<x, y>``, ``[n, m]``.
+
+    Parameters
+    ----------
+    x, y : Tensor ``[n, d]``, ``[m, d]`` (or batches ``[b, n, d]``, ``[b, m, d]``)
+        Floating-point rows; half precision (float16, bfloat16) is upcast to float32 first.
+
+    Returns
+    -------
+    Tensor ``[n, m]`` (or ``[b, n, m]``)
+        In the inputs' common dtype (float32 for half-precision inputs).
+
+    Raises
+    ------
+    InputError
+        If ``x`` or ``y`` is not a floating-point tensor of shape ``[n, d]`` / ``[b, n, d]``,
+        their dimensions differ, or a parameter is out of range.
+    """
+    x, y = _gram_inputs(x, y)
+    return _linear(x, y)
 
 
 def polynomial_kernel(
     x: torch.Tensor, y: torch.Tensor, gamma: float = 1.0, coef0: float = 1.0, degree: int = 2
 ) -> torch.Tensor:
-    """Polynomial Gram matrix ``(gamma <x, y> + coef0)^degree``, ``[n, m]``."""
-    return (gamma * (x @ y.mT) + coef0) ** degree
+    """Polynomial Gram matrix ``(gamma <x, y> + coef0)^degree``, ``[n, m]``.
+
+    Parameters
+    ----------
+    x, y : Tensor ``[n, d]``, ``[m, d]`` (or batches ``[b, n, d]``, ``[b, m, d]``)
+        Floating-point rows; half precision (float16, bfloat16) is upcast to float32 first.
+    gamma : float
+        Finite and positive.
+    coef0 : float
+        Finite.
+    degree : int
+        A positive integer.
+
+    Returns
+    -------
+    Tensor ``[n, m]`` (or ``[b, n, m]``)
+        In the inputs' common dtype (float32 for half-precision inputs).
+
+    Raises
+    ------
+    InputError
+        If ``x`` or ``y`` is not a floating-point tensor of shape ``[n, d]`` / ``[b, n, d]``,
+        their dimensions differ, or a parameter is out of range.
+    """
+    x, y = _gram_inputs(x, y)
+    return _polynomial(x, y, *_check_polynomial(gamma, coef0, degree))
 
 
 def softmax_kernel(x: torch.Tensor, y: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """Softmax (exponential dot-product) Gram matrix ``exp(scale <x, y>)``, ``[n, m]``.
 
-    ``scale`` defaults to ``1/sqrt(d)``. Large scaled dot products overflow; the estimators
-    check for that and say so.
+    Half-precision inputs are upcast to float32 before the exponential. Large scaled dot
+    products overflow; the estimators check for that and say so.
+
+    Parameters
+    ----------
+    x, y : Tensor ``[n, d]``, ``[m, d]`` (or batches ``[b, n, d]``, ``[b, m, d]``)
+        Floating-point rows; half precision (float16, bfloat16) is upcast to float32 first.
+    scale : float, optional
+        Finite and positive; default ``1/sqrt(d)``.
+
+    Returns
+    -------
+    Tensor ``[n, m]`` (or ``[b, n, m]``)
+        In the inputs' common dtype (float32 for half-precision inputs).
+
+    Raises
+    ------
+    InputError
+        If ``x`` or ``y`` is not a floating-point tensor of shape ``[n, d]`` / ``[b, n, d]``,
+        their dimensions differ, or a parameter is out of range.
     """
-    return torch.exp(_softmax_scale(scale, x.shape[-1]) * (x @ y.mT))
+    x, y = _gram_inputs(x, y)
+    return _softmax(x, y, _check_scale(scale))
 
 
 def attention_kernel(
@@ -185,10 +404,44 @@ def attention_kernel(
 ) -> torch.Tensor:
     """Attention product kernel ``K_att = <v, v'> exp(scale <k, k'>)`` (SPEC §3), ``[n, m]``.
 
-    Rows of ``x`` and ``y`` are tokens ``[k | v]`` whose first ``key_dim`` columns are the key.
-    ``scale`` defaults to ``1/sqrt(key_dim)``.
+    Half-precision inputs are upcast to float32 before the exponential.
+
+    Parameters
+    ----------
+    x, y : Tensor ``[n, d]``, ``[m, d]`` (or batches ``[b, n, d]``, ``[b, m, d]``)
+        Floating-point rows; half precision (float16, bfloat16) is upcast to float32 first.
+    key_dim : int
+        ``d_k``, ``1 <= d_k < d``: the first ``d_k`` columns of a token ``[k | v]`` are its key.
+    scale : float, optional
+        Finite and positive; default ``1/sqrt(key_dim)``.
+
+    Returns
+    -------
+    Tensor ``[n, m]`` (or ``[b, n, m]``)
+        In the inputs' common dtype (float32 for half-precision inputs).
+
+    Raises
+    ------
+    InputError
+        If ``x`` or ``y`` is not a floating-point tensor of shape ``[n, d]`` / ``[b, n, d]``,
+        their dimensions differ, or a parameter is out of range.
     """
-    return _KERNEL_SPECS["attention"].gram(x, y, {"key_dim": key_dim, "scale": scale})
+    x, y = _gram_inputs(x, y)
+    kd = _check_key_dim(key_dim, x.shape[-1])
+    return _KERNEL_SPECS["attention"].gram(x, y, {"key_dim": kd, "scale": _check_scale(scale)})
+
+
+def _linear(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return x @ y.mT
+
+
+def _polynomial(x: torch.Tensor, y: torch.Tensor, gamma: float, coef0: float,
+                degree: int) -> torch.Tensor:
+    return (gamma * (x @ y.mT) + coef0) ** degree
+
+
+def _softmax(x: torch.Tensor, y: torch.Tensor, scale: float | None) -> torch.Tensor:
+    return torch.exp(_softmax_scale(scale, x.shape[-1]) * (x @ y.mT))
 
 
 # ----------------------------------------------------------------------------- kernel specs
@@ -291,15 +544,15 @@ _KERNEL_SPECS: dict[str, _Spec] = {
     "laplace": _dist_spec(_laplace, exact=True),  # the square root needs exact distances
     "imq": _dist_spec(_imq),
     "linear": _Spec(
-        lambda x, y, p: linear_kernel(x, y), lambda x, y, p: (x * y).sum(-1), {}
+        lambda x, y, p: _linear(x, y), lambda x, y, p: (x * y).sum(-1), {}
     ),
     "polynomial": _Spec(
-        lambda x, y, p: polynomial_kernel(x, y, p["gamma"], p["coef0"], p["degree"]),
+        lambda x, y, p: _polynomial(x, y, p["gamma"], p["coef0"], p["degree"]),
         lambda x, y, p: (p["gamma"] * (x * y).sum(-1) + p["coef0"]) ** p["degree"],
         {"gamma": 1.0, "coef0": 1.0, "degree": 2},
     ),
     "softmax": _Spec(
-        lambda x, y, p: softmax_kernel(x, y, p["scale"]),
+        lambda x, y, p: _softmax(x, y, p["scale"]),
         lambda x, y, p: torch.exp(_softmax_scale(p["scale"], x.shape[1]) * (x * y).sum(-1)),
         {"scale": None},
     ),
@@ -364,7 +617,8 @@ def median_bandwidth(
         The two samples (``y`` optional; its rows are cast to ``x``'s dtype).
     max_samples : int
         Above this many pooled rows, a uniform random subsample of ``max_samples`` rows (drawn
-        without replacement with ``seed``) is used; the cost is ``O(max_samples^2 d)``.
+        without replacement with ``seed``) is used; the cost is ``O(max_samples^2 d)``. An
+        integer ``>= 2``.
     seed : int
         Seed of the subsample.
 
@@ -377,7 +631,7 @@ def median_bandwidth(
     Raises
     ------
     InputError
-        Fewer than two rows, or all rows identical.
+        Fewer than two rows, all rows identical, or ``max_samples`` not an integer ``>= 2``.
 
     Notes
     -----
@@ -389,6 +643,7 @@ def median_bandwidth(
     bracketing fails (heavy ties, extreme scales, reduced-precision float32 matmul) or on other
     devices, every distance is computed in float64.
     """
+    max_samples = check_int(max_samples, "max_samples", 2)
     z = _pooled_sample(x, y, max_samples, seed)
     mid = _middle_sq_distances_fast(z)
     d2 = None
@@ -468,10 +723,17 @@ def middle_order_statistics(
     """
     if method not in ("auto", "select", "kthvalue"):
         raise InputError(f"method must be 'auto', 'select' or 'kthvalue', got {method!r}")
-    t = v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
+    try:
+        t = v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"v: expected numbers, got {type(v).__name__} that torch cannot read "
+                         f"({type(exc).__name__})") from exc
     t = t.reshape(-1)
     if t.numel() == 0:
         raise InputError("middle_order_statistics needs at least one value")
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise InputError(f"middle_order_statistics: v contains {bad} NaN or infinite value(s)")
     if method == "auto":
         return _middle(t)
     if method == "kthvalue":
@@ -708,7 +970,9 @@ class Kernel:
         Resolved parameters (e.g. ``{"bandwidth": 3.2}``); read-only.
 
     Calling ``kernel(x, y)`` returns the Gram matrix ``[n, m]``; :meth:`paired` evaluates
-    ``k(x_i, y_i)`` ``[n]`` and :meth:`diag` evaluates ``k(x_i, x_i)`` ``[n]``.
+    ``k(x_i, y_i)`` ``[n]`` and :meth:`diag` evaluates ``k(x_i, x_i)`` ``[n]``. Inputs are
+    torch tensors; half-precision ones (float16, bfloat16) are upcast to float32 before any
+    exponential, so the results are then float32.
     """
 
     name: str
@@ -732,11 +996,14 @@ class Kernel:
         return self._spec.unit_diagonal
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, y = _gram_inputs(x, y)
         return self._spec.gram(x, y, self.params)
 
     def paired(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``k(x_i, y_i)`` for paired rows, ``[n]``."""
-        return self._spec.paired(x, y, self.params)
+        """``k(x_i, y_i)`` for paired rows, ``[n]`` (half precision upcast to float32)."""
+        same = x is y
+        x = _upcast(x)
+        return self._spec.paired(x, x if same else _upcast(y), self.params)
 
     def against(self, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """``g(x) = k(x, y)`` ``[n, m]``, for many calls with the same rows ``y`` ``[m, d]``.
@@ -747,12 +1014,15 @@ class Kernel:
         rounding. Other kernels call ``self``.
         """
         spec, params = self._spec, self.params
+        y = _upcast(y)
         if spec.against is not None:
-            return spec.against(y, params)
-        return lambda x: spec.gram(x, y, params)
+            gram_y = spec.against(y, params)
+            return lambda x: gram_y(_upcast(x))
+        return lambda x: spec.gram(_upcast(x), y, params)
 
     def diag(self, x: torch.Tensor) -> torch.Tensor:
-        """``k(x_i, x_i)``, ``[n]``."""
+        """``k(x_i, x_i)``, ``[n]`` (half precision upcast to float32)."""
+        x = _upcast(x)
         if self.unit_diagonal:
             return torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
         return self._spec.paired(x, x, self.params)
@@ -785,7 +1055,10 @@ def make_kernel(
     max_samples, seed
         Passed to :func:`median_bandwidth`.
     **params
-        Kernel parameters (see the module table). Unknown names raise :class:`InputError`.
+        Kernel parameters (see the module table). Unknown names raise :class:`InputError`, as
+        do a ``bandwidth``, ``scale`` or ``gamma`` that is not a finite positive number, a
+        ``coef0`` that is not finite and a ``key_dim`` or ``degree`` that is not a positive
+        integer (``2.7`` is not truncated).
     """
     if isinstance(kernel, Kernel):
         if not params:
@@ -806,25 +1079,14 @@ def make_kernel(
                 raise InputError(f"kernel {name!r} needs a bandwidth or data for the median "
                                  "heuristic")
             p["bandwidth"] = median_bandwidth(x, y, max_samples=max_samples, seed=seed)
-        p["bandwidth"] = check_positive(p["bandwidth"], "bandwidth")
-        if name in ("gaussian", "imq") and p["bandwidth"] * p["bandwidth"] == 0.0:
-            raise InputError(f"bandwidth {p['bandwidth']:g} is too small for the {name} kernel "
-                             "(its square underflows to 0); give a bandwidth above 1e-150 or "
-                             "rescale the data")
+        p["bandwidth"] = _check_bandwidth(p["bandwidth"], name)
     if name == "polynomial":
-        p["gamma"] = float(p["gamma"])
-        p["coef0"] = float(p["coef0"])
-        if int(p["degree"]) != p["degree"] or p["degree"] < 1:
-            raise InputError(f"polynomial degree must be a positive integer, got {p['degree']}")
-        p["degree"] = int(p["degree"])
-    if name in ("softmax", "attention", "attention-norm") and p["scale"] is not None:
-        p["scale"] = float(p["scale"])
-        if not math.isfinite(p["scale"]):
-            raise InputError(f"scale must be finite, got {p['scale']}")
+        p["gamma"], p["coef0"], p["degree"] = _check_polynomial(p["gamma"], p["coef0"],
+                                                                p["degree"])
+    if name in ("softmax", "attention", "attention-norm"):
+        p["scale"] = _check_scale(p["scale"])
     if name in ("attention", "attention-norm"):
         if p["key_dim"] is None:
             raise InputError("attention kernel needs key_dim (tokens are [key | value] rows)")
-        p["key_dim"] = int(p["key_dim"])
-        if p["key_dim"] < 1:
-            raise InputError(f"key_dim must be positive, got {p['key_dim']}")
+        p["key_dim"] = _check_key_dim(p["key_dim"])
     return Kernel(name, p)

@@ -77,9 +77,29 @@ class KernelSums(Result):
     m: int
 
 
+def _positive_int(value: Any, name: str) -> int:
+    """``value`` as an int ``>= 1``; bools, fractions, NaN and text raise InputError."""
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and value >= 1
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def _tile(n: int, tile_elements: int) -> int:
-    """Side of a square tile holding at most ``tile_elements`` entries."""
-    return max(1, min(n, math.isqrt(max(1, tile_elements))))
+    """Side of a square tile holding at most ``tile_elements`` entries (an int ``>= 1``)."""
+    tile_elements = _positive_int(tile_elements, "tile_elements")
+    return max(1, min(n, math.isqrt(tile_elements)))
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 if it is half precision (no exponential is taken in float16/bfloat16)."""
+    return t.float() if t.dtype in _HALF else t
 
 
 def _sym_sum(x: torch.Tensor, kernel: Kernel, tile_elements: int) -> tuple[float, float]:
@@ -124,8 +144,18 @@ def kernel_row_means(
     ``eps = 6e-8`` for float32) and only the run sums are accumulated in float64, which
     roughly halves the cost of the row sums on CPU (converting every entry to float64 is the
     slow part). The greedy selectors use ``presum=16``; the MMD estimators always accumulate
-    every entry in float64.
+    every entry in float64. Half-precision rows (float16, bfloat16) are upcast to float32
+    before the kernel is evaluated (no exponential in half precision).
+
+    Raises
+    ------
+    InputError
+        If ``y`` has no rows, ``tile_elements`` is not an integer ``>= 1``, or the kernel
+        overflowed (a non-finite mean).
     """
+    x, y = _upcast(x), _upcast(y)
+    if y.shape[0] == 0:
+        raise InputError("kernel_row_means: y is empty; at least 1 row is needed")
     b = _tile(max(x.shape[0], y.shape[0]), tile_elements)
     out = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     for j in range(0, y.shape[0], b):
@@ -153,7 +183,20 @@ def _row_sums(gram: torch.Tensor, presum: int) -> torch.Tensor:
 def self_kernel_mean(
     x: torch.Tensor, kernel: Kernel, *, tile_elements: int = DEFAULT_TILE_ELEMENTS
 ) -> float:
-    """``mean_{i,j} k(x_i, x_j)`` (diagonal included), tile by tile, upper tiles only."""
+    """``mean_{i,j} k(x_i, x_j)`` (diagonal included), tile by tile, upper tiles only.
+
+    Half-precision rows (float16, bfloat16) are upcast to float32 before the kernel is
+    evaluated (no exponential in half precision).
+
+    Raises
+    ------
+    InputError
+        If ``x`` has no rows, ``tile_elements`` is not an integer ``>= 1``, or the kernel
+        overflowed.
+    """
+    x = _upcast(x)
+    if x.shape[0] == 0:
+        raise InputError("self_kernel_mean: x is empty; at least 1 row is needed")
     total, _ = _sym_sum(x, kernel, tile_elements)
     if not math.isfinite(total):
         raise InputError(f"kernel {kernel.name!r} overflowed (infinite Gram entries)")
@@ -169,8 +212,10 @@ def kernel_sums(
 ) -> KernelSums:
     """Tile-wise sums of the three Gram matrices (never materialised whole).
 
-    ``x`` ``[n, d]`` and ``y`` ``[m, d]`` must already be validated tensors of one dtype.
+    ``x`` ``[n, d]`` and ``y`` ``[m, d]`` must already be validated tensors of one dtype
+    (half precision is upcast to float32 before the kernel is evaluated).
     """
+    x, y = _upcast(x), _upcast(y)
     sxx, txx = _sym_sum(x, kernel, tile_elements)
     syy, tyy = _sym_sum(y, kernel, tile_elements)
     sxy = _cross_sum(x, y, kernel, tile_elements)
@@ -247,7 +292,7 @@ def mmd(
     seed : int
         Seed of the median-heuristic subsample (used only when a bandwidth must be chosen).
     tile_elements : int
-        Largest Gram tile computed at once (memory knob).
+        Largest Gram tile computed at once (memory knob); an integer ``>= 1``.
     **kernel_params
         Kernel parameters, e.g. ``bandwidth=2.0`` (default: median heuristic), ``scale=...``.
 
@@ -260,12 +305,14 @@ def mmd(
     ------
     InputError
         Empty samples, a 1-row sample for an estimator that needs 2, a dimension mismatch,
-        NaN/inf, an unknown kernel or estimator, a non-positive bandwidth, kernel overflow.
+        NaN/inf, an unknown kernel or estimator, a non-positive bandwidth, kernel overflow,
+        ``tile_elements`` not an integer ``>= 1``.
     """
     if estimator not in _ESTIMATORS:
         raise InputError(f"unknown estimator {estimator!r}; choose one of {', '.join(_ESTIMATORS)}")
     min_rows = 1 if estimator == "biased" else 2
     xt, yt, k = _resolve(x, y, kernel, min_rows, seed, kernel_params)
+    _positive_int(tile_elements, "tile_elements")
     if estimator == "linear":
         value = _linear_mmd2(xt, yt, k)
     else:
@@ -355,10 +402,9 @@ def permutation_splits(n: int, m: int, permutations: int, *, seed: int = 0) -> n
     ndarray of bool ``[B, n + m]``
         ``True`` where a pooled row goes to the permuted X sample (``n`` per row).
     """
-    for name, v in (("n", n), ("m", m), ("permutations", permutations)):
-        if isinstance(v, bool) or int(v) != v or v < 1:
-            raise InputError(f"{name} must be a positive integer, got {v!r}")
-    w = _permutation_weights(int(n), int(m), int(permutations), seed, torch.float64,
+    n, m, permutations = (_positive_int(v, name) for name, v in
+                          (("n", n), ("m", m), ("permutations", permutations)))
+    w = _permutation_weights(n, m, permutations, seed, torch.float64,
                              torch.device("cpu"))
     return (w[:, 1:] > 0).T.numpy()
 
@@ -413,7 +459,7 @@ def mmd_test(
         Kernel name or resolved :class:`~icldistill.Kernel`; bandwidths default to the median
         heuristic on the pooled sample.
     permutations : int
-        Number ``B`` of random relabellings (``>= 1``).
+        Number ``B`` of random relabellings (an integer ``>= 1``).
     seed : int
         Seed of the permutations (and of the median-heuristic subsample). Same seed, same result.
     max_memory : int
@@ -431,9 +477,7 @@ def mmd_test(
     Cost: one pooled Gram matrix (``(n+m)^2 d``) and one matrix product with the
     ``[n + m, B + 1]`` permutation-weight matrix (``(n+m)^2 B``).
     """
-    if int(permutations) != permutations or permutations < 1:
-        raise InputError(f"permutations must be a positive integer, got {permutations!r}")
-    permutations = int(permutations)
+    permutations = _positive_int(permutations, "permutations")
     xt, yt, k = _resolve(x, y, kernel, 1, seed, kernel_params)
     n, m = xt.shape[0], yt.shape[0]
     z = torch.cat([xt, yt])

@@ -84,8 +84,10 @@ def check_matrix(
         raise InputError(f"{name}: expected a 2-D array of row vectors [n, d], got shape "
                          f"{tuple(t.shape)}")
     if t.shape[0] < min_rows:
-        what = "empty" if t.shape[0] == 0 else f"has {t.shape[0]} row(s)"
-        raise InputError(f"{name}: sample is {what}; at least {min_rows} row(s) are needed")
+        what = ("is empty" if t.shape[0] == 0
+                else f"has {t.shape[0]} row{'' if t.shape[0] == 1 else 's'}")
+        need = "1 row is" if min_rows == 1 else f"{min_rows} rows are"
+        raise InputError(f"{name}: sample {what}; at least {need} needed")
     if t.shape[1] == 0:
         raise InputError(f"{name}: rows have dimension 0")
     check_finite(t, name)

@@ -42,6 +42,43 @@ def check_k(k: Any) -> int:
     return int(k)
 
 
+def check_labels(labels: Any, name: str = "labels") -> np.ndarray:
+    """``labels`` as an array whose values can be sorted and told apart: one kind of value
+    (all numbers or all strings), no ``None`` and no NaN; anything else is an InputError that
+    says which."""
+    try:
+        lab = np.asarray(labels)
+    except Exception as exc:  # pragma: no cover - e.g. a GPU tensor
+        raise InputError(f"{name}: cannot be read as an array ({type(exc).__name__})") from exc
+    if lab.dtype.kind in "fc":
+        nan = int(np.isnan(lab).sum())
+        if nan:
+            raise InputError(f"{name}: {nan} label(s) are NaN; give every item a label")
+    elif lab.dtype.kind == "O":
+        kinds: set[str] = set()
+        for v in lab.ravel().tolist():
+            if v is None:
+                raise InputError(f"{name}: contains None; give every item a label")
+            if isinstance(v, str):
+                kinds.add("str")
+            elif isinstance(v, (int, float, np.number)):
+                if v != v:
+                    raise InputError(f"{name}: contains NaN; give every item a label")
+                kinds.add("number")
+            else:
+                kinds.add(type(v).__name__)
+        if len(kinds) > 1:
+            raise InputError(f"{name}: mixes label types ({', '.join(sorted(kinds))}); give "
+                             "labels of one type, e.g. all strings")
+    elif lab.dtype.kind not in "biuUSb":
+        raise InputError(f"{name}: labels must be numbers or strings, got dtype {lab.dtype}")
+    try:
+        np.unique(lab)
+    except TypeError as exc:
+        raise InputError(f"{name}: labels cannot be sorted ({exc})") from exc
+    return lab
+
+
 def promote(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated pool and target tensors in their common dtype."""
     dtype = torch.promote_types(x.dtype, y.dtype)

@@ -36,7 +36,7 @@ from icldistill.artifacts.store import to_jsonable
 from icldistill.core.kernels import Kernel, make_kernel
 from icldistill.core.mmd import kernel_row_means, self_kernel_mean
 from icldistill.core.validation import InputError, check_int, check_pair
-from icldistill.selection._common import check_diversity, check_k, row_chunks
+from icldistill.selection._common import check_diversity, check_k, check_labels, row_chunks
 
 __all__ = ["GreedySelection", "LandmarkRowMeans", "greedy_mmd", "label_quotas",
            "landmark_row_means", "select_mmd"]
@@ -166,8 +166,14 @@ def label_quotas(labels: np.ndarray, k: int) -> dict[Any, int]:
 
     Labels are taken in sorted order; the remainder goes to the first ones. A label with fewer
     candidates than its share gives the excess to the others (still in sorted order).
+
+    Raises
+    ------
+    InputError
+        If ``k`` exceeds the number of labels given, or the labels cannot be told apart and
+        sorted (``None``, NaN, or a mix of numbers and strings).
     """
-    values, counts = np.unique(labels, return_counts=True)
+    values, counts = np.unique(check_labels(labels), return_counts=True)
     if k > counts.sum():
         raise InputError(f"k={k} is larger than the candidate pool ({counts.sum()})")
     quotas = {v: 0 for v in values.tolist()}
@@ -193,6 +199,7 @@ def greedy_mmd_batch(
     diversity: float = 0.0,
     lab_idx: torch.Tensor | None = None,
     remaining: torch.Tensor | None = None,
+    kernel_name: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy MMD for ``R`` independent problems at once (the one greedy-MMD routine).
 
@@ -203,13 +210,25 @@ def greedy_mmd_batch(
     ``lab_idx`` ``[M]`` with ``remaining`` ``[R, L]`` enforces per-label quotas.
 
     Returns the chosen local indices ``[R, k]`` (ties go to the lowest index) and the plain
-    biased ``MMD^2`` after each step ``[R, k]`` (float64).
+    biased ``MMD^2`` after each step ``[R, k]`` (float64). The indices of a row are always
+    distinct.
+
+    Raises
+    ------
+    InputError
+        If the kernel overflowed: a non-finite ``r``, ``diag`` (e.g. ``K(c, c)`` of the
+        attention or softmax kernel on large keys, while ``K(c, t)`` is finite) or ``const``,
+        a non-finite kernel column, or a non-finite objective (``kernel_name`` names the
+        kernel in the message). Never returns a repeated index or a NaN trajectory.
     """
     f64 = torch.float64
     n_rows, n_cand = r.shape
     dev = r.device
     r = r.to(f64)
-    diag = diag.to(f64).expand(n_rows, n_cand)
+    diag = diag.to(f64)
+    const = torch.as_tensor(const, dtype=f64, device=dev)
+    _check_finite_inputs(r, diag, const, kernel_name)
+    diag = diag.expand(n_rows, n_cand)
     s = torch.zeros(n_rows, n_cand, dtype=f64, device=dev)
     available = torch.ones(n_rows, n_cand, dtype=torch.bool, device=dev)
     a_off = torch.zeros(n_rows, 1, dtype=f64, device=dev)   # sum_{i != j in S} K
@@ -218,6 +237,10 @@ def greedy_mmd_batch(
     rows = torch.arange(n_rows, device=dev)
     chosen = torch.empty(n_rows, k, dtype=torch.long, device=dev)
     traj = torch.empty(n_rows, k, dtype=f64, device=dev)
+    # flags checked once after the loop (no device sync per step): a non-finite kernel
+    # column, and a pick that is unavailable or has a non-finite objective (a duplicate index)
+    bad_column = torch.zeros((), dtype=torch.bool, device=dev)
+    bad_pick = torch.zeros((), dtype=torch.bool, device=dev)
     for j in range(k):
         m = j + 1
         obj = ((1.0 + diversity) * (a_off + 2.0 * s) + a_diag + diag) / m**2 \
@@ -225,7 +248,9 @@ def greedy_mmd_batch(
         ok = available
         if lab_idx is not None and remaining is not None:
             ok = ok & (remaining[:, lab_idx] > 0)
-        best = torch.argmin(obj.masked_fill(~ok, math.inf), dim=1)
+        masked = obj.masked_fill(~ok, math.inf)
+        best = torch.argmin(masked, dim=1)
+        bad_pick |= ~(ok[rows, best] & torch.isfinite(masked[rows, best])).all()
         chosen[:, j] = best
         a_off += 2.0 * s[rows, best][:, None]
         a_diag += diag[rows, best][:, None]
@@ -235,8 +260,32 @@ def greedy_mmd_batch(
         if remaining is not None and lab_idx is not None:
             remaining[rows, lab_idx[best]] -= 1
         if j + 1 < k:
-            s += column(best).to(f64)   # O(M) kernel evaluations per row
+            col = column(best).to(f64)   # O(M) kernel evaluations per row
+            bad_column |= ~torch.isfinite(col).all()
+            s += col
+    if bool(bad_column):
+        raise _overflow(kernel_name, "non-finite kernel values between candidates")
+    if bool(bad_pick) or not bool(torch.isfinite(traj).all()):
+        raise _overflow(kernel_name, "the greedy objective is not finite")
     return chosen, traj
+
+
+def _check_finite_inputs(r: torch.Tensor, diag: torch.Tensor, const: torch.Tensor,
+                         kernel_name: str | None) -> None:
+    """Raise the overflow InputError if the row means, ``K(c, c)`` or ``const`` are not
+    finite."""
+    for what, v in (("self-similarities K(c, c) of the candidates", diag),
+                    ("mean kernel values to the targets", r),
+                    ("self-similarity of the targets", const)):
+        if not bool(torch.isfinite(v).all()):
+            raise _overflow(kernel_name, f"{int((~torch.isfinite(v)).sum())} non-finite {what}")
+
+
+def _overflow(kernel_name: str | None, what: str) -> InputError:
+    """The InputError of a kernel that overflowed in greedy MMD (as :func:`mmd` says it)."""
+    name = "the kernel" if kernel_name is None else f"kernel {kernel_name!r}"
+    return InputError(f"{name} overflowed in greedy MMD ({what}); rescale the data, lower the "
+                      "kernel scale or use float64")
 
 
 def greedy_mmd(
@@ -329,7 +378,7 @@ def greedy_mmd_on_tensors(
     quotas = None
     lab_idx = remaining = None
     if balance and labels is not None:
-        quotas = label_quotas(labels, k)
+        quotas = label_quotas(labels, k)             # checks the labels (check_labels)
         keys = list(quotas)
         lab_idx = torch.as_tensor(np.searchsorted(np.array(keys), labels), device=c.device)
         remaining = torch.tensor([[quotas[v] for v in keys]], device=c.device)
@@ -352,7 +401,7 @@ def greedy_mmd_on_tensors(
 
     chosen, traj = greedy_mmd_batch(
         r[None], diag, torch.tensor([const], dtype=torch.float64, device=c.device), column, k,
-        diversity, lab_idx, remaining)
+        diversity, lab_idx, remaining, kern.name)
     idx = chosen[0].cpu().numpy().astype(np.int64)
     if not approx:
         return GreedySelection(idx, traj[0].cpu().numpy(), kern, quotas,

@@ -21,6 +21,7 @@ from icldistill.selection._common import (
     Candidates,
     batched_gram,
     check_diversity,
+    check_labels,
     promote,
     row_chunks,
     topk_low_index,
@@ -212,7 +213,8 @@ class MMDQuerySelector(_KernelSelector):
                 cand, diag = Candidates(pool, short, kern), pool_diag[short]
             _finite(r, kern)
             chosen, tr = greedy_mmd_batch(r, diag, kern.diag(q).to(torch.float64),
-                                          cand.column, k, self.diversity)
+                                          cand.column, k, self.diversity,
+                                          kernel_name=kern.name)
             idx[sl] = cand.to_global(chosen).cpu().numpy()
             rel[sl] = r.gather(1, chosen).cpu().numpy()
             traj[sl] = tr.cpu().numpy()
@@ -235,7 +237,7 @@ class MMDQuerySelector(_KernelSelector):
             cand = Candidates(pool, short, kern)
             chosen, tr = greedy_mmd_batch(r, pool_diag[short],
                                           kern.diag(q).to(torch.float64), cand.column, k,
-                                          self.diversity)
+                                          self.diversity, kernel_name=kern.name)
             idx[sl] = cand.to_global(chosen).cpu().numpy()
             rel[sl] = r.gather(1, chosen).cpu().numpy()
             traj[sl] = tr.cpu().numpy()
@@ -245,7 +247,7 @@ class MMDQuerySelector(_KernelSelector):
 # ---------------------------------------------------------------- joint input-label kernel
 def _label_codes(labels: np.ndarray, device: torch.device) -> tuple[torch.Tensor, int]:
     """Integer codes ``[n]`` of the labels (sorted order) and the number of labels."""
-    _, inv = np.unique(labels, return_inverse=True)
+    _, inv = np.unique(check_labels(labels), return_inverse=True)
     return torch.as_tensor(inv.reshape(-1), dtype=torch.long, device=device), int(inv.max()) + 1
 
 
@@ -336,7 +338,8 @@ class MMDJointSelector(_KernelSelector):
             return kb * ((1.0 - gam) + gam * (codes[None] == codes[best][:, None]))
 
         chosen, traj = greedy_mmd_batch(r[None], kern.diag(pool), torch.tensor(
-            [const], dtype=f64, device=pool.device), column, k, self.diversity)
+            [const], dtype=f64, device=pool.device), column, k, self.diversity,
+            kernel_name=kern.name)
         return SelectionRun(chosen.cpu().numpy(), r[chosen].cpu().numpy(), traj.cpu().numpy())
 
 
@@ -420,7 +423,7 @@ class MMDLocalSelector(_KernelSelector):
                 return joint[rows, :, best]
 
             chosen, tr = greedy_mmd_batch(r, pool_diag[short], const, column, k,
-                                          self.diversity)
+                                          self.diversity, kernel_name=kern.name)
             idx[sl] = short.gather(1, chosen).cpu().numpy()
             rel[sl] = vals.gather(1, chosen).cpu().numpy()
             traj[sl] = tr.cpu().numpy()
