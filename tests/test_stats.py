@@ -174,20 +174,26 @@ def test_sign_flip_lattice_falls_back_to_monte_carlo_past_its_cost(monkeypatch):
     assert abs(p - exact) < 0.05
 
 
-def test_sign_flip_monte_carlo_is_close_to_the_exact_distribution_and_seeded():
+def test_sign_flip_monte_carlo_is_close_to_the_exact_distribution_and_seeded(monkeypatch):
+    import icldistill.core.stats as stats_mod
+
     rng = np.random.default_rng(3)
     num = rng.choice([-3, -2, -1, 0, 1, 2, 3, 3], size=40).tolist()   # net positive
     assert sum(v != 0 for v in num) > 20            # past enumeration
     dist = _signflip_distribution(num)
     exact = float(sum(pr for t, pr in dist.items() if abs(t) >= abs(sum(num))))
-    d = np.asarray(num) / np.pi                     # off every lattice: the Monte Carlo branch
+    d = np.asarray(num) / np.pi                     # a scaled lattice: exact, whatever the scale
+    assert sign_flip_test(d) == pytest.approx(exact, rel=1e-9)
+    monkeypatch.setattr(stats_mod, "_lattice", lambda *a: None)    # force the Monte Carlo branch
     p = sign_flip_test(d, n_perm=20_000, seed=1)
     assert abs(p - exact) < 4 * np.sqrt(exact * (1 - exact) / 20_000) + 1e-4
     assert p == sign_flip_test(d, n_perm=20_000, seed=1)
     assert p >= 1 / 20_001
     assert p != sign_flip_test(d, n_perm=20_000, seed=2)
-    # a large effect: the +1 correction keeps p at 1/(n_perm + 1), never 0
-    assert sign_flip_test(np.full(30, 1 / np.pi), n_perm=999, seed=0) == pytest.approx(1 / 1000)
+    # a large effect: the +1 correction keeps p at 1/(n_perm + 1), never 0 (distinct sizes,
+    # so not McNemar)
+    big = 1 / np.pi + np.arange(30) * 1e-3
+    assert sign_flip_test(big, n_perm=999, seed=0) == pytest.approx(1 / 1000)
 
 
 def test_sign_flip_rejects_bad_input():

@@ -179,28 +179,39 @@ def rademacher_complexity(
     seed : int
         Seed of the sign vectors.
     **kernel_params
-        Kernel parameters, e.g. ``scale``.
+        Kernel parameters, e.g. ``scale``; for ``kernel="attention"`` the rows of ``keys`` are
+        tokens ``[k | v]`` and ``key_dim`` must leave at least one value column.
+
+    Returns
+    -------
+    RademacherComplexity
+
+    Raises
+    ------
+    InputError
+        ``keys`` is not a finite non-empty matrix, ``radius`` is not a finite number ``>= 0``,
+        ``samples`` is neither a positive integer nor ``"exhaustive"``, the kernel is unknown,
+        its parameters do not fit the rows (e.g. an attention ``key_dim`` without value
+        columns), or its Gram matrix overflows.
     """
     k = check_matrix(keys, "keys", dtype=torch.float64)
-    radius = float(radius)
-    if not math.isfinite(radius) or radius < 0:
-        raise InputError(f"radius must be a finite non-negative number, got {radius}")
+    radius = _radius(radius)
+    n_samples = _samples(samples)
     kern = make_kernel(kernel, k, **kernel_params)
+    kern.check_input_dim(k.shape[1])
     gram = kern(k, k)
     if not bool(torch.isfinite(gram).all()):
         raise InputError(f"kernel {kern.name!r} overflowed on these keys (infinite Gram entries)")
     n = k.shape[0]
     closed = radius / n * math.sqrt(max(float(torch.diagonal(gram).sum()), 0.0))
-    if samples == "exhaustive":
+    if n_samples is None:
         if n > 20:
             raise InputError(f"exhaustive enumeration of 2^{n} sign vectors is too large (N <= 20)")
         sigma = torch.tensor(list(itertools.product((-1.0, 1.0), repeat=n)), dtype=torch.float64)
         exhaustive = True
     else:
-        if int(samples) != samples or int(samples) < 1:
-            raise InputError(f"samples must be a positive integer or 'exhaustive', got {samples!r}")
         g = torch.Generator().manual_seed(int(seed))
-        sigma = torch.randint(0, 2, (int(samples), n), generator=g).to(torch.float64) * 2 - 1
+        sigma = torch.randint(0, 2, (n_samples, n), generator=g).to(torch.float64) * 2 - 1
         exhaustive = False
     sigma = sigma.to(gram.device)
     quad = ((sigma @ gram) * sigma).sum(1).clamp_min(0.0)
@@ -215,6 +226,33 @@ def rademacher_complexity(
         samples=int(sigma.shape[0]),
         exhaustive=exhaustive,
     )
+
+
+def _radius(radius: Any) -> float:
+    """``radius`` as a finite float ``>= 0``, else :class:`InputError`."""
+    try:
+        r = float(radius)
+    except (TypeError, ValueError):
+        raise InputError(f"radius must be a finite non-negative number, got {radius!r}") from None
+    if not math.isfinite(r) or r < 0:
+        raise InputError(f"radius must be a finite non-negative number, got {radius!r}")
+    return r
+
+
+def _samples(samples: Any) -> int | None:
+    """``samples`` as a positive int, or ``None`` for ``"exhaustive"``; else :class:`InputError`
+    naming the known values."""
+    if isinstance(samples, str):
+        if samples == "exhaustive":
+            return None
+    else:
+        try:
+            ok = not isinstance(samples, bool) and int(samples) == samples and int(samples) >= 1
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if ok:
+            return int(samples)
+    raise InputError(f"samples must be a positive integer or 'exhaustive', got {samples!r}")
 
 
 @dataclass(frozen=True)

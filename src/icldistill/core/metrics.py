@@ -36,11 +36,49 @@ def accuracy(y_true: Any, y_pred: Any) -> float:
     return float(np.mean(t == p))
 
 
+def _label_list(labels: Sequence[Any] | None, y_true: np.ndarray) -> list[Any]:
+    """The labels to average F1 over: ``labels`` as a list, or (``None``) the sorted labels of
+    ``y_true``.
+
+    Raises
+    ------
+    InputError
+        ``labels`` is a bare string or bytes (it would be split into characters), is not a
+        sequence, holds an unhashable label, or names a label twice (it would be counted twice
+        in the mean), naming it.
+    """
+    if labels is None:
+        return sorted(set(y_true.tolist()), key=str)
+    if isinstance(labels, (str, bytes)):
+        raise InputError(f"labels must be a sequence of labels, got the string {labels!r} "
+                         f"(write [{labels!r}] for a single label)")
+    try:
+        labs = list(labels)
+    except TypeError:
+        raise InputError(f"labels must be a sequence of labels, got {labels!r}") from None
+    seen: set[Any] = set()
+    for lab in labs:
+        try:
+            again = lab in seen
+        except TypeError:
+            raise InputError(f"labels: {lab!r} is not a usable label (unhashable)") from None
+        if again:
+            raise InputError(f"labels: {lab!r} is given twice (each label counts once in "
+                             "macro-F1)")
+        seen.add(lab)
+    return labs
+
+
 def macro_f1(y_true: Any, y_pred: Any, labels: Sequence[Any] | None = None) -> float:
     """Unweighted mean of per-label F1 over ``labels`` (default: labels present in
-    ``y_true``); a label never predicted and never true is skipped, F1 = 0 where undefined."""
+    ``y_true``); a label never predicted and never true is skipped, F1 = 0 where undefined.
+
+    ``labels`` must be a sequence of distinct labels (labels that compare equal, such as ``1``
+    and ``1.0``, are the same label); a bare string, an unhashable label or a repeated label
+    raises :class:`InputError`.
+    """
     t, p = label_pair(y_true, y_pred)
-    labs = list(labels) if labels is not None else sorted(set(t.tolist()), key=str)
+    labs = _label_list(labels, t)
     f1s = []
     for lab in labs:
         tp = float(np.sum((t == lab) & (p == lab)))
@@ -61,13 +99,15 @@ def bootstrap_values(y_true: np.ndarray, y_pred: np.ndarray, idx: np.ndarray, me
     (bit for bit: per-label counts are integers, and the per-row mean of the F1 values adds
     them in the same order as :func:`macro_f1`), at the cost of one gather per label instead
     of a Python call per resample (about 1000x faster at 200 items and 52 labels).
+    ``labels`` is checked as by :func:`macro_f1` (a bare string, an unhashable or a repeated
+    label raises :class:`InputError`).
     """
     t, p = label_pair(y_true, y_pred)
     if metric == "accuracy":
         return (t == p)[idx].mean(axis=1)
     if metric != "macro_f1":
         raise InputError(f"unknown metric {metric!r}; choose 'accuracy' or 'macro_f1'")
-    labs = list(labels) if labels is not None else sorted(set(t.tolist()), key=str)
+    labs = _label_list(labels, t)
     n_boot, n_lab = idx.shape[0], len(labs)
     if not labs:
         return np.zeros(n_boot)

@@ -135,6 +135,14 @@ def _diffs(d: Any, name: str = "d") -> np.ndarray:
     return a
 
 
+def _numbers(x: Any, name: str) -> np.ndarray:
+    """``x`` as a float64 array (any shape), or :class:`InputError` naming ``name``."""
+    try:
+        return np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name}: expected numbers ({exc})") from exc
+
+
 def _check_level(level: float) -> float:
     level = float(level)
     if not 0 < level < 1:
@@ -142,9 +150,19 @@ def _check_level(level: float) -> float:
     return level
 
 
+def _check_seed(seed: Any) -> int:
+    """``seed`` as a non-negative int (numpy's generators refuse anything else)."""
+    return check_int(seed, "seed", 0)
+
+
 def _tol(a: np.ndarray) -> float:
-    """Tolerance for ``|T*| >= |T|`` ties of sums of ``a`` (float rounding of equal sums)."""
-    return 1e-9 * max(1.0, float(np.abs(a).sum()))
+    """Tolerance for ``|T*| >= |T|`` ties of sums of ``a`` (float rounding of equal sums).
+
+    Relative to the data's scale, ``1e-9 sum |a|``, so the p-value does not change when ``a`` is
+    multiplied by a positive constant (an absolute floor would make every sum of tiny
+    differences a tie).
+    """
+    return 1e-9 * float(np.abs(a).sum())
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,18 +227,25 @@ def _signs_exact(a: np.ndarray) -> float:
 
 def _lattice(parts: Sequence[np.ndarray], weights: Sequence[float]
              ) -> tuple[list[tuple[int, int]], int] | None:
-    """The weighted differences ``w_t a_i`` as integers ``v_i = q w_t a_i / w_max`` on a common
+    """The weighted differences ``w_t a_i`` as integers ``v_i = q w_t a_i / M`` on a common
     lattice, as :func:`_lattice_p` takes them (the groups ``(|v|, count)`` of the nonzero
     ``v_i``, the largest first, and the observed ``|sum_i v_i|``); or ``None`` when no
     denominator ``q <= LATTICE_DENOMINATOR_MAX`` puts every value within ``1e-9`` of an
     integer, when ``sum |v_i|`` exceeds ``LATTICE_SUPPORT_MAX``, or when the convolution would
     add more than ``LATTICE_COST_MAX`` entries.
 
-    The sign-flip statistic ``|sum_t w_t sum_i s_i a_i|`` is then ``|sum_i s_i v_i| w_max / q``,
-    so its null distribution is that of an integer sum.
+    ``M = max_{t,i} |w_t a_i|`` makes the lattice scale-free: the values searched are in
+    ``[-1, 1]``, so ``a`` and ``c a`` (``c > 0``) give the same lattice and the same p-value.
+    Differences in ``[-1, 1]`` on a lattice ``1/q`` (seed averages of correctness) keep a
+    denominator ``<= q`` after the division. The sign-flip statistic
+    ``|sum_t w_t sum_i s_i a_i|`` is then ``|sum_i s_i v_i| M / q``, so its null distribution is
+    that of an integer sum.
     """
-    wmax = max(weights)
-    scaled = [a * (w / wmax) for a, w in zip(parts, weights, strict=True)]
+    top = max(float(np.abs(a).max()) * w for a, w in zip(parts, weights, strict=True)
+              if a.size)
+    if not top > 0:
+        return None
+    scaled = [a * (w / top) for a, w in zip(parts, weights, strict=True)]
     q = 1
     for x in np.unique(np.abs(np.concatenate(scaled))):
         frac = Fraction(float(x)).limit_denominator(LATTICE_DENOMINATOR_MAX)
@@ -289,18 +314,21 @@ def sign_flip_test(d: Any, *, n_perm: int = 10_000, seed: int = 0) -> float:
     Under the null hypothesis that the two selectors are exchangeable on every item, each
     per-item difference is as likely to have either sign; the statistic is ``|sum(d)|`` and the
     p-value the share of sign vectors ``s`` with ``|sum(s * d)| >= |sum(d)|``. Items with
-    ``d = 0`` do not move the statistic and are dropped. How the p-value is computed:
+    ``d = 0`` do not move the statistic and are dropped. The p-value does not depend on the
+    scale of ``d`` (``d`` and ``c d``, ``c > 0``, give the same p-value: ties are judged
+    relative to ``sum |d|`` and lattices after dividing by ``max |d|``). How it is computed:
 
-    - every ``d`` in ``{-1, 0, 1}`` (both selectors scored once): the exact McNemar p-value
-      :func:`mcnemar_exact` of ``b = #(d = 1)``, ``c = #(d = -1)`` — the sign-flip
-      distribution of ``sum(d)`` is then ``2 Binomial(b + c, 1/2) - (b + c)``, so the two tests
-      are the same test;
+    - every nonzero ``d`` of one magnitude, e.g. ``d`` in ``{-1, 0, 1}`` (both selectors scored
+      once): the exact McNemar p-value :func:`mcnemar_exact` of ``b = #(d > 0)``,
+      ``c = #(d < 0)`` — the sign-flip distribution of ``sum(d)`` is then a multiple of
+      ``2 Binomial(b + c, 1/2) - (b + c)``, so the two tests are the same test;
     - fractional ``d`` (correctness averaged over seeds) with ``m <= 20`` nonzero values: exact
       enumeration of all ``2^m`` sign vectors;
-    - fractional ``d`` on a lattice (every ``d_i`` a multiple of ``1/q`` for a common
-      ``q <= LATTICE_DENOMINATOR_MAX``, as seed averages are, and ``q sum |d_i|`` at most
-      ``LATTICE_SUPPORT_MAX``): the exact null distribution of the integer sum ``q sum s_i d_i``
-      (binomial groups convolved);
+    - fractional ``d`` on a lattice (every ``d_i / max |d|`` a multiple of ``1/q`` for a common
+      ``q <= LATTICE_DENOMINATOR_MAX`` — true of every ``d`` in ``[-1, 1]`` whose values are
+      multiples of ``1/q``, as seed averages are — and the integer support ``q sum |d_i| /
+      max |d|`` at most ``LATTICE_SUPPORT_MAX``): the exact null distribution of that integer
+      sum (binomial groups convolved);
     - otherwise Monte Carlo over ``n_perm`` seeded random sign vectors with the +1 correction,
       ``p = (1 + #{|T*| >= |T|}) / (n_perm + 1)`` (never 0, valid at any ``n_perm``).
 
@@ -311,19 +339,29 @@ def sign_flip_test(d: Any, *, n_perm: int = 10_000, seed: int = 0) -> float:
     n_perm : int
         Random sign vectors of the Monte Carlo branch.
     seed : int
-        Seed of the Monte Carlo branch.
+        Seed of the Monte Carlo branch (a non-negative integer).
 
     Returns
     -------
     float
         The two-sided p-value in ``[0, 1]`` (0 only where an exact tail underflows float64,
         below ~1e-308; the Monte Carlo branch never gives 0).
+
+    Raises
+    ------
+    InputError
+        ``d`` is not a finite non-empty 1-D array, or ``n_perm`` or ``seed`` is not a valid
+        integer.
     """
     a = _diffs(d)
     n_perm = check_int(n_perm, "n_perm")
-    if np.all((a == 0) | (a == 1) | (a == -1)):
-        return mcnemar_exact(int(np.sum(a == 1)), int(np.sum(a == -1)))
+    seed = _check_seed(seed)
     a = a[a != 0]
+    if a.size == 0:
+        return 1.0
+    mag = np.abs(a)
+    if np.all(mag == mag[0]):
+        return mcnemar_exact(int(np.sum(a > 0)), int(np.sum(a < 0)))
     if a.size <= EXACT_MAX:
         return _signs_exact(a)
     lattice = _lattice([a], [1.0])
@@ -338,8 +376,8 @@ def _flip_count(rng: np.random.Generator, parts: Sequence[np.ndarray],
     """``#{|sum_t w_t sum(s_t * a_t)| >= |sum_t w_t sum(a_t)|}`` over ``n_perm`` random sign
     vectors (independent signs per item), drawn in blocks."""
     obs = abs(sum(w * float(a.sum()) for a, w in zip(parts, weights, strict=True)))
-    tol = 1e-9 * max(1.0, sum(w * float(np.abs(a).sum())
-                              for a, w in zip(parts, weights, strict=True)))
+    # relative to the data's scale (see _tol): multiplying every a by c > 0 keeps the count
+    tol = 1e-9 * sum(w * float(np.abs(a).sum()) for a, w in zip(parts, weights, strict=True))
     width = max(1, sum(a.size for a in parts))
     step = max(1, _BLOCK // width)
     count = 0
@@ -418,6 +456,7 @@ def paired_bootstrap_ci(d: Any, *, n_boot: int = 2000, level: float = 0.95,
     a = _diffs(d)
     level = _check_level(level)
     n_boot = check_int(n_boot, "n_boot")
+    seed = _check_seed(seed)
     low, high = _percentiles(_boot_means(np.random.default_rng(seed), a, n_boot), level)
     return MeanCI(float(a.mean()), low, high, level, int(a.size))
 
@@ -468,6 +507,7 @@ def stratified_bootstrap_ci(diffs: Sequence[Any], *, n_boot: int = 2000, level: 
     parts = _strata(diffs)
     level = _check_level(level)
     n_boot = check_int(n_boot, "n_boot")
+    seed = _check_seed(seed)
     rng = np.random.default_rng(seed)
     boot = np.mean([_boot_means(rng, a, n_boot) for a in parts], axis=0)     # [n_boot]
     low, high = _percentiles(boot, level)
@@ -481,7 +521,8 @@ def stratified_sign_flip_test(diffs: Sequence[Any], *, n_perm: int = 10_000,
     The statistic is ``|(1/T) sum_t mean(d_t)|``; under the null every item's difference is as
     likely to have either sign. The p-value is exact when the weighted differences
     ``d_ti / n_t`` lie on a lattice (a common denominator ``q <= LATTICE_DENOMINATOR_MAX`` after
-    dividing by the largest weight, and an integer support of at most ``LATTICE_SUPPORT_MAX``):
+    dividing by the largest weighted difference ``max |d_ti| / n_t``, and an integer support of
+    at most ``LATTICE_SUPPORT_MAX``), which does not depend on the scale of the differences:
     always for 0/1 correctness, or its averages over a few seeds, on tasks of equal size, where
     it is McNemar's exact test on the pooled discordant items or its lattice generalisation.
     Otherwise it is Monte Carlo over ``n_perm`` seeded random sign vectors with the +1
@@ -504,6 +545,7 @@ def stratified_sign_flip_test(diffs: Sequence[Any], *, n_perm: int = 10_000,
     """
     parts = _strata(diffs)
     n_perm = check_int(n_perm, "n_perm")
+    seed = _check_seed(seed)
     weights = [1.0 / a.size for a in parts]
     nonzero = [a[a != 0] for a in parts]
     if not any(a.size for a in nonzero):
@@ -746,7 +788,7 @@ def _bootstrap_z_p(d: float, draws: np.ndarray) -> float:
     return float(math.erfc(abs(d) / (se * math.sqrt(2.0))))
 
 
-# long: 58 lines of NumPy docstring; the code is 75
+# long: 58 lines of NumPy docstring; the code is 76
 def paired_comparisons(
     results: Sequence[Any],
     predictions: Mapping[str, Any],
@@ -828,6 +870,7 @@ def paired_comparisons(
     level = _check_level(level)
     n_boot = check_int(n_boot, "n_boot")
     n_perm = check_int(n_perm, "n_perm")
+    seed = _check_seed(seed)
     if pairs is not None:
         pairs = check_pairs(pairs)
     out: list[PairedComparison] = []
@@ -898,11 +941,35 @@ def paired_comparisons(
 
 def spearman(x: Any, y: Any) -> float:
     """Spearman rank correlation (average ranks for ties); NaN with fewer than 3 points or a
-    constant input."""
-    a = np.asarray(x, dtype=np.float64)
-    b = np.asarray(y, dtype=np.float64)
+    constant input.
+
+    Parameters
+    ----------
+    x, y : array-like ``[n]``
+        Finite numbers, paired by position.
+
+    Returns
+    -------
+    float
+        The correlation in ``[-1, 1]``; NaN with fewer than 3 points or when ``x`` or ``y`` is
+        constant (the ranks have no spread).
+
+    Raises
+    ------
+    InputError
+        ``x`` or ``y`` is not numeric, the two are not 1-D of equal length, or either holds a
+        NaN or an infinite value (a NaN has no rank: drop the missing pairs first).
+    """
+    a = _numbers(x, "x")
+    b = _numbers(y, "y")
     if a.shape != b.shape or a.ndim != 1:
-        raise ValueError("spearman needs two 1-D arrays of equal length")
+        raise InputError(f"spearman needs two 1-D arrays of equal length, got shapes {a.shape} "
+                         f"and {b.shape}")
+    for v, name in ((a, "x"), (b, "y")):
+        if not np.all(np.isfinite(v)):
+            bad = int(np.sum(~np.isfinite(v)))
+            raise InputError(f"spearman: {name} contains {bad} NaN or infinite value(s); drop "
+                             "the missing pairs first")
     if a.size < 3:
         return float("nan")
 
@@ -1064,6 +1131,7 @@ def within_item_concordance(correct: Any, x: Any, *, strata: Any = None, n_boot:
     level = _check_level(level)
     n_boot = check_int(n_boot, "n_boot")
     n_perm = check_int(n_perm, "n_perm")
+    seed = _check_seed(seed)
     c, v, g = _concordance_inputs(correct, x, strata)
     valid = ~np.isnan(v)
     # invalid entries form a group of their own per item: they never pair, never move
