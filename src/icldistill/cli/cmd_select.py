@@ -52,6 +52,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
     from icldistill.evaluation.harness import Harness, UnitSpec
     from icldistill.selection.registry import make_selector
 
+    if args.file and args.dataset:
+        raise InputError("select works on one task: give --file or --dataset, not both")
     tasks = load_tasks(args)
     name, task = next(iter(tasks.items()))
     if args.out:

@@ -18,6 +18,7 @@ from icldistill.cli.options import (
     token_positions,
 )
 from icldistill.cli.readers import load_demonstrations
+from icldistill.core.validation import InputError
 
 __all__ = ["add_parsers"]
 
@@ -52,6 +53,8 @@ def add_parsers(sub: Any) -> None:
 
 def _cmd_trace(args: argparse.Namespace) -> int:
     demos = load_demonstrations(args.demos, args.text_field, args.label_field)  # before imports
+    if not args.query.strip():
+        raise InputError("--query is blank; give the query text the prompt ends with")
 
     from icldistill.data.prompts import Prompt
     from icldistill.evaluation.harness import DTYPES

@@ -171,6 +171,21 @@ def _first_bad_row(numbered: list[tuple[int, str]], delim: str) -> tuple[str, st
     return "", ""
 
 
+def _demo_cell(value: Any, path: Path, line: int, field: str) -> str:
+    """A demonstration's text or label: a non-empty string, or a number or boolean (written as
+    JSON writes it); null, NaN, lists, objects and blank text are :class:`InputError`."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)) and not (isinstance(value, float)
+                                                and not math.isfinite(value)):
+        return str(value)
+    if isinstance(value, str) and value.strip():
+        return value
+    what = ("null" if value is None else "blank text" if isinstance(value, str)
+            else f"a {type(value).__name__}" if not isinstance(value, float) else str(value))
+    raise InputError(f"{path}:{line}: field {field!r} is {what}; give text (or a number)")
+
+
 def load_demonstrations(path: str | Path, text_field: str = "input",
                         label_field: str = "label") -> list[tuple[str, str]]:
     """Read ``(input, label)`` pairs from a JSONL file (one JSON object per line, UTF-8).
@@ -206,7 +221,8 @@ def load_demonstrations(path: str | Path, text_field: str = "input",
         twice = [f for f in (text_field, label_field) if f in getattr(rec, "duplicates", ())]
         if twice:
             raise InputError(f"{p}:{n}: field {twice[0]!r} appears twice in one object; keep one")
-        demos.append((str(rec[text_field]), str(rec[label_field])))
+        demos.append((_demo_cell(rec[text_field], p, n, text_field),
+                      _demo_cell(rec[label_field], p, n, label_field)))
     if not demos:
         raise InputError(f"{p} holds no demonstrations (it is empty or blank); give --demos a "
                          f'JSONL file with at least one line such as {{"{text_field}": "...", '

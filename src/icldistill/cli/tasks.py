@@ -125,14 +125,22 @@ def load_tasks(args: argparse.Namespace) -> dict[str, Any]:
     from icldistill.evaluation.harness import Task
 
     datasets = getattr(args, "datasets", None) or getattr(args, "dataset", None)
+    if not args.file:
+        given = [flag for flag, value, default in (
+            ("--text-field", args.text_field, "text"), ("--label-field", args.label_field, "label"),
+            ("--pair-fields", args.pair_fields, None)) if value != default]
+        if given:
+            raise InputError(f"{', '.join(given)} name columns of --file, and no --file is "
+                             "given (registry datasets have their own)")
     tasks: dict[str, Any] = {}
     if args.file:
         pair = [f for f in (args.pair_fields or "").split(",") if f] or None
         ds = load_file(args.file, text_field=args.text_field, label_field=args.label_field,
                        pair_fields=pair)
         size = args.test_size if args.test_size is not None else 0.3
-        tasks[ds.name] = Task(ds.name, ds.split(int(size) if size >= 1 else size,
-                                                seed=args.split_seed))
+        split = ds.split(int(size) if size >= 1 else size, seed=args.split_seed)
+        _warn_copies(split, args.file)
+        tasks[ds.name] = Task(ds.name, split)
     for name in split_names(datasets):
         size = args.test_size
         if size is not None and size >= 1:
@@ -144,15 +152,41 @@ def load_tasks(args: argparse.Namespace) -> dict[str, Any]:
     return tasks
 
 
+def _warn_copies(split: Any, origin: str) -> None:
+    """Warn when test items have an exact copy (same text) in the demonstration pool: a
+    retriever then shows the query itself with its label."""
+    import warnings
+
+    pool = set(split.train.texts)
+    n = sum(t in pool for t in split.test.texts)
+    if n:
+        warnings.warn(f"{origin}: {n} of the {len(split.test)} test items have an exact copy "
+                      "in the demonstration pool (a duplicated row), which a retriever such "
+                      "as knn shows with its label; remove the duplicates from the file",
+                      UserWarning, stacklevel=2)
+
+
 def selector_params(items: Sequence[str] | None) -> dict[str, Any]:
-    """``--param NAME=VALUE`` items as keyword arguments (VALUE parsed as JSON when it is)."""
+    """``--param NAME=VALUE`` items as keyword arguments (VALUE parsed as JSON when it is;
+    ``true`` / ``false`` in any case are booleans). A name given twice, and ``seed`` (set by
+    ``--seed`` / ``--seeds``), are :class:`InputError`."""
     out: dict[str, Any] = {}
     for item in items or ():
         key, sep, val = item.partition("=")
+        key = key.strip()
         if not sep:
             raise InputError(f"--param expects NAME=VALUE, got {item!r}")
+        if key in out:
+            raise InputError(f"--param {key} is given twice ({out[key]!r} and {val!r}); give it "
+                             "once")
+        if key == "seed":
+            raise InputError("--param seed: a selector's seed is set by --seed (select) or "
+                             "--seeds (evaluate, compare)")
+        if val.strip().lower() in ("true", "false"):
+            out[key] = val.strip().lower() == "true"
+            continue
         try:
-            out[key.strip()] = json.loads(val)
+            out[key] = json.loads(val)
         except json.JSONDecodeError:
-            out[key.strip()] = val
+            out[key] = val
     return out

@@ -459,6 +459,12 @@ def _delimited_records(fh: io.TextIOBase, path: Path, delimiter: str, records: _
                                  f"and {i + 1}")
         columns.update(dict.fromkeys(h for h in header if h is not None))
         for rec in reader:
+            extra = rec.get(None)
+            if extra or any(v is None for k, v in rec.items() if k is not None):
+                n = sum(v is not None for k, v in rec.items() if k is not None) + len(extra or ())
+                raise InputError(f"{path}:{reader.line_num}: the row has {n} fields, the header "
+                                 f"{len(header)}; quote a field that holds the delimiter "
+                                 f"{delimiter!r}")
             records.append((f"{path}:{reader.line_num}", rec))
     finally:
         csv.field_size_limit(old)
@@ -551,7 +557,32 @@ def _table_dataset(table: Table, *, text_field: str, label_field: str, pairs: li
         warnings.warn(f"{table.origin}: column {label_field!r} has a single label "
                       f"({ds.label_names[0]!r}); a classification task needs at least two",
                       UserWarning, stacklevel=stacklevel)
+    close = _close_spellings(ds.label_names)
+    if close:
+        shown = "; ".join(" and ".join(repr(v) for v in g) for g in close[:3])
+        warnings.warn(f"{table.origin}: column {label_field!r} has labels that differ only in "
+                      f"case, spaces or number format ({shown}"
+                      f"{'; ...' if len(close) > 3 else ''}); each is a class of its own: write "
+                      "one spelling where they mean the same", UserWarning,
+                      stacklevel=stacklevel)
     return ds
+
+
+def _close_spellings(labels: Sequence[str]) -> list[list[str]]:
+    """Groups of labels that differ only in case, spaces or number format ("Pos" and "pos",
+    "1" and "1.0", "True" and "true")."""
+    def key(label: str) -> str:
+        text = " ".join(label.split()).lower()
+        try:
+            value = float(text)
+        except ValueError:
+            return text
+        return repr(value) if math.isfinite(value) else text
+
+    groups: dict[str, list[str]] = {}
+    for lab in labels:
+        groups.setdefault(key(lab), []).append(lab)
+    return [g for g in groups.values() if len(g) > 1]
 
 
 def _is_path(source: Any) -> bool:

@@ -184,6 +184,9 @@ class UnitSpec:
 
     def __post_init__(self) -> None:
         _check_dtype(self.dtype)
+        if any(name == "seed" for name, _ in self.params):
+            raise InputError("UnitSpec.params: 'seed' is the unit's own field (seed=...), not "
+                             "a selector parameter")
 
     def key(self, fingerprint: str = "") -> str:
         """Stable identifier of the unit (and of the task data, via ``fingerprint``)."""

@@ -75,5 +75,10 @@ def make_selector(name: str, **params: Any) -> Selector:
         allowed = ", ".join(p for p in sig.parameters if p != "self")
         raise InputError(f"selector {key!r} got unknown parameter(s) {sorted(unknown)}; "
                          f"allowed: {allowed}")
+    for name, value in params.items():      # a flag given as text ("False") would be truthy
+        default = sig.parameters[name].default if name in sig.parameters else None
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise InputError(f"selector {key!r}: parameter {name} must be true or false, got "
+                             f"{value!r}")
     return cls(**params)
 

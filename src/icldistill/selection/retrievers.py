@@ -168,6 +168,9 @@ class BM25Selector(Selector):
             raise InputError(f"idf must be 'lucene' or 'okapi', got {idf!r}")
         self.idf = idf
         self.epsilon = check_float(epsilon, "epsilon", 0.0)
+        if tokenizer is not None and not callable(tokenizer):
+            raise InputError(f"tokenizer must be a function text -> list of tokens (or None "
+                             f"for the default), got {type(tokenizer).__name__} {tokenizer!r}")
         self.tokenizer = tokenizer
 
     def _tokens(self, text: str) -> list[str]:
