@@ -151,6 +151,14 @@ BAD_INPUTS: list[Case] = [
        "--positions middle", "--positions must be query, last, all or a comma-separated"),
     _c("trace-no-query", "no --query", "trace --demos data/demos.jsonl --out out/trace",
        "required: --query"),
+    _c("trace-null-label", "a demonstration whose label is null",
+       f"trace --demos data/nulllabel.jsonl {TRACE}",
+       "data/nulllabel.jsonl:2: field 'label' is null"),
+    _c("trace-list-input", "a demonstration whose input is a list",
+       f"trace --demos data/listinput.jsonl {TRACE}",
+       "data/listinput.jsonl:1: field 'input' is a list"),
+    _c("trace-blank-query", "a blank --query", "trace --demos data/demos.jsonl --query ' ' "
+       "--out out/trace", "--query is blank"),
     # -- select / evaluate / compare: flags
     _c("evaluate-k-abc", "--k abc", "evaluate --k abc", "--k must be a positive integer or a "
        "comma-separated list"),
@@ -218,6 +226,25 @@ BAD_INPUTS: list[Case] = [
        f"select --file {TOY} --text-field sentence {SEL}", "no column 'sentence'"),
     _c("select-label-is-text", "--label-field equal to --text-field",
        f"select --file {TOY} --label-field text {SEL}", "also an input field"),
+    _c("select-unquoted-comma", "a CSV row with an unquoted comma (one field too many)",
+       f"select --file data/comma.csv {SEL}",
+       "data/comma.csv:3: the row has 3 fields, the header 2", "quote a field"),
+    _c("select-param-seed", "--param seed=5", f"select --file {TOY} {SEL} --param seed=5",
+       "--param seed: a selector's seed is set by --seed"),
+    _c("select-param-twice", "one --param given twice",
+       f"select --file {TOY} {SEL} --selector random --param balance=true "
+       "--param balance=false", "--param balance is given twice"),
+    _c("select-param-bool", "--param balance=maybe",
+       f"select --file {TOY} {SEL} --selector random --param balance=maybe",
+       "parameter balance must be true or false, got 'maybe'"),
+    _c("select-bm25-tokenizer", "--param tokenizer=foo on bm25",
+       f"select --file {TOY} {SEL} --selector bm25 --param tokenizer=foo",
+       "tokenizer must be a function"),
+    _c("select-file-and-dataset", "--file and --dataset together",
+       f"select --file {TOY} --dataset amazon {SEL}", "give --file or --dataset, not both"),
+    _c("select-field-without-file", "--text-field without --file",
+       f"select --dataset amazon --text-field sentence {SEL}",
+       "--text-field name columns of --file"),
     _c("select-empty-label", "a row without a label", f"select --file data/emptylabel.csv {SEL}",
        "data/emptylabel.csv:3: empty label"),
     _c("select-too-large", "--file above the size limit", f"select --file {TOY} {SEL}",
@@ -288,6 +315,10 @@ def _write_files(d: Path) -> None:
     (d / "binary.csv").write_bytes(bytes(rng.integers(128, 256, size=64, dtype=np.uint8)))
     (d / "word.csv").write_text("a,b,c\n1,2,3\nfoo,5,6\n")
     (d / "ragged.csv").write_text("a,b,c\n1,2,3\n4\n")
+    (d / "comma.csv").write_text("text,label\na dull film,neg\na joy to watch, truly,pos\n")
+    (d / "nulllabel.jsonl").write_text('{"input": "good", "label": "pos"}\n'
+                                       '{"input": "bad", "label": null}\n')
+    (d / "listinput.jsonl").write_text('{"input": ["good", "film"], "label": "pos"}\n')
     (d / "complex.csv").write_text("1+2j,3,4\n")
     rows = "".join(f"item number {i},{'ab'[i % 2]}\n" for i in range(40))
     (d / "toy.csv").write_text("text,label\n" + rows)
