@@ -240,6 +240,12 @@ BAD_INPUTS: list[Case] = [
     _c("select-bm25-tokenizer", "--param tokenizer=foo on bm25",
        f"select --file {TOY} {SEL} --selector bm25 --param tokenizer=foo",
        "tokenizer must be a function"),
+    _c("evaluate-workers-local", "--workers without --backend ray",
+       f"evaluate --file {TOY} --workers 4", "--workers configures Ray workers: add --backend "
+       "ray"),
+    _c("evaluate-test-size-1.0", "--test-size 1.0 (one item, or the whole file?)",
+       f"evaluate --file {TOY} --test-size 1.0", "--test-size must be a number of test items "
+       "(an integer >= 1) or a fraction between 0 and 1, got '1.0'"),
     _c("select-file-and-dataset", "--file and --dataset together",
        f"select --file {TOY} --dataset amazon {SEL}", "give --file or --dataset, not both"),
     _c("select-field-without-file", "--text-field without --file",

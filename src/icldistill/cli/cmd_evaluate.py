@@ -77,6 +77,17 @@ def _print_status(args: argparse.Namespace, units: list[Any], tasks: Any) -> int
     return 0
 
 
+def _check_backend_flags(args: argparse.Namespace) -> None:
+    """``--address`` and ``--workers`` configure Ray: refused with the local backend (they
+    would be ignored)."""
+    given = [flag for flag, value in (("--address", args.address), ("--workers", args.workers))
+             if value is not None]
+    if given and args.backend != "ray":
+        verb, them = ("configure", "them") if len(given) > 1 else ("configures", "it")
+        raise InputError(f"{' and '.join(given)} {verb} Ray workers: add --backend ray, or "
+                         f"drop {them} to run here")
+
+
 def _run_units(args: argparse.Namespace, units: list[Any], harness_kwargs: dict[str, Any]
                ) -> list[Any]:
     """The units run by the chosen backend; the same results either way."""
@@ -152,6 +163,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from icldistill.evaluation.harness import unit_grid
 
     check_local_device(args)
+    _check_backend_flags(args)
     resolve_dtype(args)
     tasks = load_tasks(args)
     params = selector_params(args.param)
@@ -190,6 +202,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from icldistill.selection.registry import SELECTORS
 
     check_local_device(args)
+    _check_backend_flags(args)
     resolve_dtype(args)
     if args.control is not None and args.backend != "local":
         raise InputError("--control runs the random-init twins on the local backend; drop "

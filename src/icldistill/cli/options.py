@@ -182,6 +182,8 @@ finite_float = _type(lambda t: _finite(t, False), "a finite number", "finite_flo
 
 def _test_size_value(text: str) -> int | float:
     value = _finite(text, True)
+    if value == 1 and text.strip() != "1":      # "1.0": one item or the whole file? neither
+        raise ValueError(text)
     if value >= 1:
         if not value.is_integer():
             raise ValueError(text)
