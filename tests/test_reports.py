@@ -241,3 +241,29 @@ def test_paired_differences_render_without_negative_zero():
 
     c = SimpleNamespace(diff=-0.0001, ci_low=-0.0123, ci_high=0.00004)
     assert _diff_ci(c) == "+0.0 [-1.2, +0.0]"
+
+
+@pytest.mark.parametrize("where", ["mkstemp", "replace"])
+def test_atomic_write_errors_name_the_file_not_its_temporary(tmp_path, monkeypatch, where):
+    """Regression: a folder that refused the write was reported under the temporary file's
+    name ('.selection.json.h8gptw67.tmp: Operation not permitted')."""
+    import errno
+    import os
+    import tempfile
+
+    import icldistill.artifacts.store as store
+
+    target = tmp_path / "selection.json"
+
+    def refuse(*args, **kwargs):      # as the OS reports it: about the temporary file
+        tmp = args[0] if where == "replace" else tmp_path / ".selection.json.abc.tmp"
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(tmp))
+
+    if where == "mkstemp":
+        monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    else:
+        monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(PermissionError) as info:
+        store.atomic_write(target, lambda fh: fh.write(b"{}"))
+    assert info.value.filename == str(target) and info.value.errno == errno.EPERM
+    assert not list(tmp_path.iterdir())                  # no temporary file left behind

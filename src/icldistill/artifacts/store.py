@@ -235,7 +235,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    except OSError as exc:
+        raise _about(exc, p) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -246,12 +249,23 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename in (tmp, str(p.parent)):
+            raise _about(exc, p) from exc
         raise
     fsync_dir(p.parent)
     return p
+
+
+def _about(exc: OSError, path: Path) -> OSError:
+    """``exc`` about ``path``, the file being written, instead of its temporary file (the
+    name a user would not recognise); the same class (``PermissionError``, ...) and errno."""
+    if exc.errno is None:
+        return exc
+    new = OSError(exc.errno, exc.strerror, str(path))
+    return new if isinstance(new, type(exc)) else type(exc)(exc.errno, exc.strerror, str(path))
 
 
 
