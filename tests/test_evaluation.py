@@ -254,3 +254,12 @@ def test_demo_labels_shown_writes_demonstration_labels_verbatim():
     with pytest.raises(InputError, match="demo_labels"):
         FewShotScorer(tiny_model("llama"), tiny_tokenizer(True), {"pos": "positive"},
                       demo_labels="words")
+
+
+def test_classification_metrics_refuse_a_string_of_labels():
+    """Regression: labels="pos" was split into the three labels 'p', 'o', 's'."""
+    from icldistill.core.validation import InputError
+    from icldistill.evaluation.scoring import classification_metrics
+
+    with pytest.raises(InputError, match="not the string 'pos'"):
+        classification_metrics(["pos", "neg"], ["pos", "pos"], labels="pos")

@@ -1173,6 +1173,8 @@ def classification_metrics(y_true: Any, y_pred: Any, *, labels: Sequence[Any] | 
                            n_boot: int = 1000, seed: int = 0) -> ClassificationMetrics:
     """Accuracy and macro-F1 (bootstrap CIs from the same resamples' seed) of predictions."""
     t, p = label_pair(y_true, y_pred)
+    if isinstance(labels, (str, bytes)):            # list("pos") would be three labels
+        raise InputError(f"labels must be a sequence of labels, not the string {labels!r}")
     labs = list(labels) if labels is not None else sorted(set(t.tolist()), key=str)
     idx = _resamples(t.size, n_boot, seed)              # the same resamples for both metrics
     acc = _interval(accuracy(t, p), bootstrap_values(t, p, idx, "accuracy"), 0.95)
