@@ -757,7 +757,9 @@ class HeadDecomposition(Result):
         ``log D'_t``.
     eta : Tensor ``[T]``
         Effective learning rate ``eta*_t = N_t / (2 D'_t)`` of the demonstration segment(s)
-        (0 where no demonstration key is visible).
+        (0 where no demonstration key is visible). ``inf`` where it overflows the dtype (every
+        logit below about -700 in float64); ``log(N_t / 2) - log_normalizer`` is its exact
+        log.
     output : Tensor ``[T, d_v]``
         Softmax attention output ``o_t`` (the sum of the components).
     attention_mass : dict[str, Tensor ``[T]``]
