@@ -263,3 +263,58 @@ def test_classification_metrics_refuse_a_string_of_labels():
 
     with pytest.raises(InputError, match="not the string 'pos'"):
         classification_metrics(["pos", "neg"], ["pos", "pos"], labels="pos")
+
+
+def _sentencepiece_style_tokenizer():
+    """A BPE tokenizer that, like Llama 2's and Phi-3's, marks the start of every text it
+    encodes with "▁" (so " positive" alone is ['▁', '▁positive'])."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"),
+                                           normalizers.Replace(" ", "\u2581")])
+    from tokenizers import pre_tokenizers
+
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never")
+    corpus = ["Input: the movie was good\nLabel: positive negative\n\nInput: a bad film ."] * 3
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=120, special_tokens=["<unk>", "<s>", "</s>", "<pad>"], show_progress=False))
+    tok.pre_tokenizer = None
+    tok.decoder = decoders.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                       special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>", pad_token="<pad>")
+
+
+def test_labels_are_scored_as_the_model_sees_them_after_the_query():
+    """Regression: with a tokenizer that marks the start of every encoded text, the label was
+    scored as its lone encoding ['▁', '▁positive'], not the ['▁positive'] the model sees after
+    the query: off by several nats, and argmax flips."""
+    from transformers import AutoModelForCausalLM
+
+    from .tiny_models import _config
+
+    tok = _sentencepiece_style_tokenizer()
+    assert tok.convert_ids_to_tokens(tok(" positive", add_special_tokens=False)["input_ids"]) \
+        == ["\u2581", "\u2581positive"]
+    torch.manual_seed(0)
+    cfg = _config("llama")
+    cfg.vocab_size = len(tok)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    words = {"pos": "positive", "neg": "negative"}
+    demos = [("the movie was good", "pos"), ("a bad film", "neg")]
+    queries = ["the film was good", "a bad movie ."]
+    scorer = FewShotScorer(model, tok, words, batch_size=2)
+    got = scorer.score(queries, demos).logprobs
+    for i, q in enumerate(queries):
+        prompt = scorer.prompt(demos, q).render().text
+        ctx = tok(prompt)["input_ids"]
+        for j, lab in enumerate(scorer.labels):
+            full = tok(prompt + " " + words[lab])["input_ids"]
+            assert full[:len(ctx)] == ctx
+            with torch.no_grad():
+                lp = torch.log_softmax(model(torch.tensor([full])).logits[0].double(), -1)
+            want = sum(float(lp[t - 1, full[t]]) for t in range(len(ctx), len(full)))
+            assert got[i, j] == pytest.approx(want, abs=1e-4)

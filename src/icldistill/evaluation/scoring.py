@@ -2,8 +2,9 @@
 
 :class:`FewShotScorer` scores every label of a task after a few-shot prompt: the score of label
 ``l`` for query ``x`` is ``sum_j log p(w_l[j] | prompt(x), w_l[:j])``, the summed log-probability
-of the label's verbaliser tokens ``w_l`` (``label_prefix + word``, tokenized on its own, as in
-lm-evaluation-harness), so multi-token labels are scored exactly.
+of the label's verbaliser tokens ``w_l`` (``label_prefix + word`` tokenized as it follows a
+query: the tokens of ``query + label`` past the query's, as in lm-evaluation-harness), so
+multi-token labels are scored exactly.
 
 Cost model. A prompt is ``prefix + context + label``:
 
@@ -532,7 +533,7 @@ class FewShotScorer:
         self._specials = self._leading_specials()
         self._label_ids = []
         for lab in self.labels:
-            ids = self._encode(label_prefix + words[lab])
+            ids = self._label_tokens(label_prefix + words[lab])
             if not ids:
                 raise InputError(f"label {lab!r} tokenizes to no tokens")
             self._label_ids.append(ids)
@@ -564,6 +565,24 @@ class FewShotScorer:
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _label_tokens(self, label: str) -> list[int]:
+        """The tokens of ``label`` as they follow a query: those of ``query + label`` past the
+        query's (lm-evaluation-harness's continuation tokens), else the label's own.
+
+        The two agree for byte-level BPE tokenizers (SmolLM2, Qwen2.5, GPT-2). A SentencePiece
+        tokenizer that marks the start of every text it encodes (Llama 2, Phi-3) encodes
+        ``" positive"`` alone as ``['▁', '▁positive']`` but ``['▁positive']`` after the query:
+        scoring the lone encoding, which the model never sees after a prompt, got the labels'
+        scores wrong by several nats.
+        """
+        alone = self._encode(label)
+        probe = self.template.query.format(input="a")      # the text a label follows
+        ctx = self._encode(probe)
+        full = self._encode(probe + label)
+        if len(full) > len(ctx) and full[:len(ctx)] == ctx:
+            return full[len(ctx):]
+        return alone
 
     def _leading_specials(self) -> list[int]:
         """Special tokens the tokenizer puts before a text (e.g. BOS)."""
