@@ -125,3 +125,8 @@ def test_trace_blank_query_is_refused(tmp_path, capsys):
     assert main(["trace", "--demos", str(demos), "--query", " ", "--out",
                  str(tmp_path / "out")]) == 2
     assert "--query is blank" in capsys.readouterr().err
+
+
+def test_n_test_above_the_test_split_is_said(good):
+    with pytest.warns(UserWarning, match=r"--n-test 100 is more than its 4 test items; all 4"):
+        assert main([*_select(good), "--n-test", "100"]) == 0

@@ -149,6 +149,14 @@ def load_tasks(args: argparse.Namespace) -> dict[str, Any]:
                                          progress=not getattr(args, "quiet", False))
     if not tasks:
         raise InputError("give a registry dataset (--dataset/--datasets) or --file")
+    n_test = getattr(args, "n_test", None)
+    for name, task in tasks.items():
+        size = len(task.split.test)
+        if n_test is not None and n_test > size:
+            import warnings
+
+            warnings.warn(f"{name}: --n-test {n_test} is more than its {size} test items; all "
+                          f"{size} are evaluated", UserWarning, stacklevel=2)
     return tasks
 
 
