@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -153,8 +154,6 @@ def load_tasks(args: argparse.Namespace) -> dict[str, Any]:
     for name, task in tasks.items():
         size = len(task.split.test)
         if n_test is not None and n_test > size:
-            import warnings
-
             warnings.warn(f"{name}: --n-test {n_test} is more than its {size} test items; all "
                           f"{size} are evaluated", UserWarning, stacklevel=2)
     return tasks
@@ -163,8 +162,6 @@ def load_tasks(args: argparse.Namespace) -> dict[str, Any]:
 def _warn_copies(split: Any, origin: str) -> None:
     """Warn when test items have an exact copy (same text) in the demonstration pool: a
     retriever then shows the query itself with its label."""
-    import warnings
-
     pool = set(split.train.texts)
     n = sum(t in pool for t in split.test.texts)
     if n:

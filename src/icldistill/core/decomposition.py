@@ -32,6 +32,7 @@ from icldistill.core.validation import (
     check_int,
     check_matrix,
     check_positive,
+    work_dtype,
 )
 
 __all__ = [
@@ -100,12 +101,6 @@ def segment_decomposition(
             segment_mass(probs, segment_ids, num_segments))
 
 
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype exponentials are computed in: ``dtype``, with half precision upcast to
-    float32."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 def _check_logits(logits: Any, name: str = "logits") -> torch.Tensor:
     """``logits`` as a floating tensor ``[..., n]`` with ``n >= 1`` (half precision upcast to
     float32; tensors of another floating dtype are returned as they are)."""
@@ -159,7 +154,7 @@ def attention_probs_(logits: torch.Tensor, mask: torch.Tensor | None = None
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise InputError("attention_probs_: logits must be a floating-point tensor (it is "
                          "overwritten in place); use attention_probs for other inputs")
-    if logits.dtype != _work_dtype(logits.dtype):
+    if logits.dtype != work_dtype(logits.dtype):
         raise InputError(f"attention_probs_: logits are {logits.dtype}; exponentials are not "
                          "computed in half precision and an in-place buffer cannot be upcast "
                          "(use attention_probs)")
@@ -229,7 +224,7 @@ def segment_components(probs: torch.Tensor, values: torch.Tensor, segment_ids: t
         raise InputError(f"values must have shape [..., {n}, d_v] (one row per key), "
                          f"got {tuple(values.shape)}")
     segment_ids, num_segments = _check_segment_ids(segment_ids, n, num_segments)
-    dtype = _work_dtype(torch.promote_types(probs.dtype, values.dtype))
+    dtype = work_dtype(torch.promote_types(probs.dtype, values.dtype))
     probs, values = probs.to(dtype), values.to(dtype)
     segment_ids = segment_ids.to(probs.device)
     comps = []
@@ -406,7 +401,7 @@ class DualWeights(Result):
             When an entry of ``W phi(q)`` overflows the working dtype (the value is not
             representable; inf/NaN are never returned).
         """
-        dtype = _work_dtype(self.keys.dtype)
+        dtype = work_dtype(self.keys.dtype)
         q = check_matrix(queries, "queries", dtype=dtype, device=self.keys.device)
         if q.shape[1] != self.keys.shape[1]:
             raise InputError(f"queries have dimension {q.shape[1]}, keys {self.keys.shape[1]}")
@@ -456,7 +451,7 @@ class DualWeights(Result):
         """Explicit ``[d_v, m]`` matrix with ``m`` positive random features (approximate).
 
         Half-precision keys are upcast to float32 (features are exponentials)."""
-        dtype = _work_dtype(self.keys.dtype)
+        dtype = work_dtype(self.keys.dtype)
         feats = PositiveRandomFeatures.create(self.keys.shape[1], num_features, self.scale,
                                               seed=seed, orthogonal=orthogonal,
                                               dtype=dtype, device=self.keys.device)
@@ -538,7 +533,7 @@ class PrimalWeights(Result):
     def apply(self, queries: Any) -> torch.Tensor:
         """``W phi(q)`` ``[T, d_v]`` for queries ``[T, d]`` (in log space, as
         :meth:`DualWeights.apply`; :class:`InputError` when the result overflows)."""
-        dtype = _work_dtype(self.matrix.dtype)
+        dtype = work_dtype(self.matrix.dtype)
         q = check_matrix(queries, "queries", dtype=dtype, device=self.matrix.device)
         if q.shape[1] != self.features.projection.shape[1]:
             raise InputError(f"queries have dimension {q.shape[1]}, features "
@@ -619,7 +614,7 @@ def distillation_loss(weights: DualWeights, keys: Any, values: Any) -> float:
 
     Raises :class:`InputError` when ``W phi(k_i)`` or the loss overflows the working dtype
     (never returns inf or NaN)."""
-    dtype = _work_dtype(weights.keys.dtype)
+    dtype = work_dtype(weights.keys.dtype)
     k = check_matrix(keys, "keys", dtype=dtype)
     v = check_matrix(values, "values", dtype=dtype)
     if k.shape[0] != v.shape[0]:

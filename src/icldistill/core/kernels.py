@@ -57,6 +57,7 @@ from icldistill.core.validation import (
     check_int,
     check_matrix,
     check_positive,
+    work_dtype,
 )
 
 __all__ = [
@@ -140,13 +141,9 @@ def _softmax_scale(scale: float | None, dim: int) -> float:
     return 1.0 / math.sqrt(dim) if scale is None else float(scale)
 
 
-#: Half-precision dtypes: upcast to float32 before any exponential (never exponentiate in them).
-_HALF = (torch.float16, torch.bfloat16)
-
-
 def _upcast(t: torch.Tensor) -> torch.Tensor:
     """``t`` in float32 if it is half precision (float16 / bfloat16), else unchanged."""
-    return t.float() if t.dtype in _HALF else t
+    return t.to(work_dtype(t.dtype))
 
 
 def _gram_inputs(x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,9 +163,7 @@ def _gram_inputs(x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
         raise InputError(f"kernel inputs: x has rows of dimension {x.shape[-1]}, y has "
                          f"{y.shape[-1]}")
     same = x is y
-    dtype = torch.promote_types(x.dtype, y.dtype)
-    if dtype in _HALF:
-        dtype = torch.float32
+    dtype = work_dtype(torch.promote_types(x.dtype, y.dtype))
     x = x if x.dtype == dtype else x.to(dtype)
     return x, (x if same else y if y.dtype == dtype else y.to(dtype))
 

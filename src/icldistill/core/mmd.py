@@ -31,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from icldistill.core.kernels import Kernel, make_kernel
+from icldistill.core.kernels import Kernel, _upcast, make_kernel
 from icldistill.core.results import Result
 from icldistill.core.validation import InputError, check_pair
 
@@ -92,14 +92,6 @@ def _tile(n: int, tile_elements: int) -> int:
     """Side of a square tile holding at most ``tile_elements`` entries (an int ``>= 1``)."""
     tile_elements = _positive_int(tile_elements, "tile_elements")
     return max(1, min(n, math.isqrt(tile_elements)))
-
-
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def _upcast(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in float32 if it is half precision (no exponential is taken in float16/bfloat16)."""
-    return t.float() if t.dtype in _HALF else t
 
 
 def _sym_sum(x: torch.Tensor, kernel: Kernel, tile_elements: int) -> tuple[float, float]:

@@ -22,11 +22,17 @@ import torch
 __all__ = ["MAX_FILE_BYTES_ENV", "InputError", "JSONObject", "as_float_tensor", "check_float",
            "check_int", "check_matrix", "check_pair", "check_positive", "check_user_file",
            "json_object", "json_problem", "max_file_bytes", "open_user_file", "read_user_text",
-           "too_large", "utf8_error"]
+           "too_large", "utf8_error", "work_dtype"]
 
 
 class InputError(ValueError):
     """Raised when an argument is malformed (shape, dtype, NaN/inf, size, unknown name...)."""
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype exponentials are computed in: ``dtype``, with half precision (float16,
+    bfloat16) upcast to float32 (no exponential is ever taken in half precision)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def as_float_tensor(
@@ -55,12 +61,7 @@ def as_float_tensor(
             raise InputError(f"{name}: expected numbers, got dtype {arr.dtype}")
         t = torch.from_numpy(np.ascontiguousarray(arr))
     if dtype is None:
-        if not t.is_floating_point():
-            dtype = torch.float64
-        elif t.dtype in (torch.float16, torch.bfloat16):
-            dtype = torch.float32
-        else:
-            dtype = t.dtype
+        dtype = work_dtype(t.dtype) if t.is_floating_point() else torch.float64
     t = t.to(dtype=dtype, device=device)
     return t
 

@@ -532,8 +532,10 @@ class FewShotScorer:
         self.label_prefix = label_prefix
         self._specials = self._leading_specials()
         self._label_ids = []
+        probe = self.template.query.format(input="a")      # the text a label follows
+        probe_ids = self._encode(probe)
         for lab in self.labels:
-            ids = self._label_tokens(label_prefix + words[lab])
+            ids = self._label_tokens(label_prefix + words[lab], probe, probe_ids)
             if not ids:
                 raise InputError(f"label {lab!r} tokenizes to no tokens")
             self._label_ids.append(ids)
@@ -566,9 +568,10 @@ class FewShotScorer:
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _label_tokens(self, label: str) -> list[int]:
-        """The tokens of ``label`` as they follow a query: those of ``query + label`` past the
-        query's (lm-evaluation-harness's continuation tokens), else the label's own.
+    def _label_tokens(self, label: str, probe: str, probe_ids: list[int]) -> list[int]:
+        """The tokens of ``label`` as they follow a query (``probe``, tokenized as
+        ``probe_ids``): those of ``probe + label`` past the probe's (lm-evaluation-harness's
+        continuation tokens), else the label's own.
 
         The two agree for byte-level BPE tokenizers (SmolLM2, Qwen2.5, GPT-2). A SentencePiece
         tokenizer that marks the start of every text it encodes (Llama 2, Phi-3) encodes
@@ -576,13 +579,11 @@ class FewShotScorer:
         scoring the lone encoding, which the model never sees after a prompt, got the labels'
         scores wrong by several nats.
         """
-        alone = self._encode(label)
-        probe = self.template.query.format(input="a")      # the text a label follows
-        ctx = self._encode(probe)
         full = self._encode(probe + label)
-        if len(full) > len(ctx) and full[:len(ctx)] == ctx:
-            return full[len(ctx):]
-        return alone
+        n = len(probe_ids)
+        if len(full) > n and full[:n] == probe_ids:
+            return full[n:]
+        return self._encode(label)
 
     def _leading_specials(self) -> list[int]:
         """Special tokens the tokenizer puts before a text (e.g. BOS)."""
