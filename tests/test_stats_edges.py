@@ -214,3 +214,13 @@ def test_rademacher_valid_samples_are_unchanged():
     assert rademacher_complexity(_KEYS, 1.0, samples=5.0).samples == 5
     a = rademacher_complexity(_KEYS, 1.0, samples=50, seed=2)
     assert a == rademacher_complexity(_KEYS, 1.0, samples=50, seed=2)
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf])
+def test_check_int_refuses_infinity(value):
+    """Regression: check_int(inf) let int()'s OverflowError through (a traceback, e.g. for
+    steps=inf or seed=inf)."""
+    from icldistill.core.validation import check_int
+
+    with pytest.raises(InputError, match="must be an integer >= 1"):
+        check_int(value, "steps")

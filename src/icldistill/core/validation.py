@@ -321,7 +321,7 @@ def check_int(value: Any, name: str, low: int = 1) -> int:
     """``value`` as an int ``>= low``; anything else (bools, fractions, text) is an error."""
     try:
         ok = not isinstance(value, bool) and int(value) == value
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):     # OverflowError: int(inf)
         ok = False
     if not ok or int(value) < low:
         raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
