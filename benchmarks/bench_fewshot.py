@@ -171,28 +171,44 @@ def read_control_paired(folder: Path) -> list:
     return [PairedComparison(**d) for d in json.loads(path.read_text())]
 
 
-def model_dtypes(spec: str, models: list[str]) -> dict[str, str]:
+def model_dtypes(spec: str, models: list[str],
+                 ks: list[int] | None = None) -> dict[str | tuple[str, int], str]:
     """``--dtype``: one precision for every model, or ``model=dtype,...`` (models not named
-    stay float32). Raises ValueError naming what is not understood."""
+    stay float32), where ``model@k=dtype`` sets one k's block of a model (it wins over the
+    model's entry: ``qwen2.5-0.5b=bfloat16,qwen2.5-0.5b@4=float32``). Keys: model names, and
+    ``(model, k)`` for the blocks named. Raises ValueError naming what is not understood."""
     allowed = ("float32", "bfloat16", "float16")
     if "=" not in spec:
         if spec not in allowed:
             raise ValueError(f"--dtype {spec!r}: expected one of {', '.join(allowed)}")
         return dict.fromkeys(models, spec)
-    out = dict.fromkeys(models, "float32")
+    out: dict[str | tuple[str, int], str] = dict.fromkeys(models, "float32")
+    seen: set[str] = set()
     for part in filter(None, spec.split(",")):
-        model, _, dtype = part.partition("=")
+        name, _, dtype = part.partition("=")
+        model, at, k_text = name.partition("@")
         if model not in models:
             raise ValueError(f"--dtype names {model!r}, which is not in --models")
         if dtype not in allowed:
             raise ValueError(f"--dtype {part!r}: expected one of {', '.join(allowed)}")
-        out[model] = dtype
+        if name in seen:
+            raise ValueError(f"--dtype sets {name!r} twice")
+        seen.add(name)
+        if not at:
+            out[model] = dtype
+            continue
+        if not k_text.isdigit() or (ks is not None and int(k_text) not in ks):
+            raise ValueError(f"--dtype {part!r}: {k_text!r} is not one of --ks "
+                             f"({','.join(map(str, ks or []))})")
+        out[(model, int(k_text))] = dtype
     return out
 
 
-def grid_units(models: list[str], dtypes: dict[str, str], **kw) -> list[UnitSpec]:
-    """:func:`unit_grid` of every model in its own precision."""
-    return [u for m in models for u in unit_grid(models=[m], dtype=dtypes[m], **kw)]
+def grid_units(models: list[str], dtypes: dict, *, ks: list[int], **kw) -> list[UnitSpec]:
+    """:func:`unit_grid` of every model and k in its own precision (``dtypes`` as
+    :func:`model_dtypes` returns it)."""
+    return [u for m in models for k in ks
+            for u in unit_grid(models=[m], ks=[k], dtype=dtypes.get((m, k), dtypes[m]), **kw)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float32",
                     help="precision of the models' weights (logits stay float32): float32, "
                          "bfloat16 or float16 for every model, or per model, e.g. "
-                         "smollm2-135m=float32,qwen2.5-0.5b=bfloat16")
+                         "smollm2-135m=float32,qwen2.5-0.5b=bfloat16; model@k=dtype sets one k's "
+                         "block (qwen2.5-0.5b=bfloat16,qwen2.5-0.5b@4=float32)")
     ap.add_argument("--out", default=str(HERE / "results" / "fewshot"))
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--max-minutes", type=float, default=None,
@@ -276,7 +293,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     models = [m for m in args.models.split(",") if m]
     try:
-        dtypes = model_dtypes(args.dtype, models)
+        ks = [int(k) for k in args.ks.split(",") if k]
+    except ValueError:
+        print(f"error: --ks {args.ks!r}: expected integers separated by commas",
+              file=sys.stderr)
+        return 2
+    try:
+        dtypes = model_dtypes(args.dtype, models, ks)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -284,7 +307,6 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     tasks = [t for t in args.tasks.split(",") if t]
     selectors = [s for s in args.selectors.split(",") if s]
-    ks = [int(k) for k in args.ks.split(",") if k]
     try:    # a name listed twice, an unknown selector: one line, exit 2
         labels = {u.label for u in unit_grid(models=models, tasks=tasks, selectors=selectors,
                                              ks=ks, seeds=args.seeds)}

@@ -12,10 +12,13 @@
 #      smollm2-135m's control), on the demonstrations the trained grid chose
 #      (--selections-from);
 #   3. smollm2-135m, k = 4 (float32), then its random-init control at k = 4 (as step 2);
-#   4. qwen2.5-0.5b, k = 4, bfloat16, then its random-init control at k = 4.
-# The qwen2.5-0.5b steps run only where bfloat16 matrix products are faster than float32 on
-# this CPU (icldistill.models.half_precision_speed > 1.2; CPUs with AVX512-BF16 or AMX): on an
-# AVX2-only CPU they are ~8x slower, and the worker goes straight to smollm2-135m.
+#   4. qwen2.5-0.5b, k = 4, float32, then its random-init control at k = 4 (float32).
+# Step 1 runs only where bfloat16 matrix products are faster than float32 on this CPU
+# (icldistill.models.half_precision_speed > 1.2; CPUs with AVX512-BF16 or AMX): on an AVX2-only
+# CPU they are ~8x slower. Step 4 was to run in bfloat16 too, but the three working sessions
+# up to 2026-12-04 drew AVX2-only CPUs, so from 2026-12-04 it runs in float32, the reference
+# precision, on any CPU: about 1.9x the bfloat16 cost (19 CPU-h instead of 10), one precision
+# for the whole block. The reports name each block's precision.
 #
 # The grid (steps 1, 3, 4) runs from a pinned tree so that every unit is computed by the same
 # code: $GRID_TREE (default ../grid-tree), made here when missing as commit 970500e plus
@@ -50,8 +53,8 @@ POSTHOC=(--posthoc vote-k mmd --posthoc vote-k mmd-joint --posthoc vote-k mmd-ba
 
 write_reports() {  # both reports, from the recorded units; nothing is computed
     for cmd in \
-        "--models smollm2-135m,qwen2.5-0.5b --dtype qwen2.5-0.5b=bfloat16 --tasks $CONTROL_T --selectors $CONTROL_S --ks 4,8 --control 1 --selections-from benchmarks/results/selection-grid --out benchmarks/results/selection-grid-control-1" \
-        "--models smollm2-135m,qwen2.5-0.5b --dtype qwen2.5-0.5b=bfloat16 --tasks $T --selectors $S --ks 4,8 --out benchmarks/results/selection-grid --control-dir benchmarks/results/selection-grid-control-1"; do
+        "--models smollm2-135m,qwen2.5-0.5b --dtype qwen2.5-0.5b=bfloat16,qwen2.5-0.5b@4=float32 --tasks $CONTROL_T --selectors $CONTROL_S --ks 4,8 --control 1 --selections-from benchmarks/results/selection-grid --out benchmarks/results/selection-grid-control-1" \
+        "--models smollm2-135m,qwen2.5-0.5b --dtype qwen2.5-0.5b=bfloat16,qwen2.5-0.5b@4=float32 --tasks $T --selectors $S --ks 4,8 --out benchmarks/results/selection-grid --control-dir benchmarks/results/selection-grid-control-1"; do
         # shellcheck disable=SC2086  # the flags split on spaces
         args=($cmd --seeds 3 --n-test 300 --pool-size 2000 "${POSTHOC[@]}" --report-only)
         if [[ -n "${DRY_RUN:-}" ]]; then
@@ -138,11 +141,10 @@ control smollm-control-k4 --models smollm2-135m --ks 4
 # the last worker of a block writes a report of that block's command only (the pinned code has
 # no --no-report): rewrite both over every recorded unit
 reports
-if [[ "$bf16" == 1 ]]; then
-    run qwen-k4 "${pinned[@]}" --models qwen2.5-0.5b --dtype bfloat16 --tasks "$QT" --ks 4 "${GRID[@]}"
-    control qwen-control-k4 --models qwen2.5-0.5b --dtype bfloat16 --ks 4
-    reports
-fi
+# qwen2.5-0.5b at k = 4 in float32 on every CPU (the reference precision; see the header)
+run qwen-k4-fp32 "${pinned[@]}" --models qwen2.5-0.5b --tasks "$QT" --ks 4 "${GRID[@]}"
+control qwen-control-k4-fp32 --models qwen2.5-0.5b --ks 4
+reports
 [[ -n "${DRY_RUN:-}" ]] || echo "$(date -u +%FT%TZ) worker $worker: queue done" >> "$log_dir/queue-$worker.log"
 exit 0
 }

@@ -207,6 +207,32 @@ def test_bench_dtype_per_model():
     assert mod.main(["--dtype", "fp8", "--report-only"]) == 2
 
 
+def test_bench_dtype_per_block():
+    """``model@k=dtype`` sets one k's block (qwen2.5-0.5b's k = 4 block is scored in float32
+    beside its k = 8 block in bfloat16)."""
+    mod = _bench()
+    models = ["smollm2-135m", "qwen2.5-0.5b"]
+    spec = "qwen2.5-0.5b=bfloat16,qwen2.5-0.5b@4=float32"
+    dtypes = mod.model_dtypes(spec, models, [4, 8])
+    units = mod.grid_units(models, dtypes, tasks=["a"], selectors=["knn"], ks=[4, 8],
+                           seeds=1, n_test=10)
+    assert sorted((u.model, u.k, u.dtype) for u in units) == [
+        ("qwen2.5-0.5b", 4, "float32"), ("qwen2.5-0.5b", 8, "bfloat16"),
+        ("smollm2-135m", 4, "float32"), ("smollm2-135m", 8, "float32")]
+    # the order of the entries does not matter: a block's entry wins over its model's
+    assert mod.model_dtypes("qwen2.5-0.5b@4=float32,qwen2.5-0.5b=bfloat16", models,
+                            [4, 8]) == dtypes
+    with pytest.raises(ValueError, match="'5' is not one of --ks"):
+        mod.model_dtypes("qwen2.5-0.5b@5=float32", models, [4, 8])
+    with pytest.raises(ValueError, match="'x' is not one of --ks"):
+        mod.model_dtypes("qwen2.5-0.5b@x=float32", models, [4, 8])
+    with pytest.raises(ValueError, match=r"sets 'qwen2\.5-0\.5b@4' twice"):
+        mod.model_dtypes("qwen2.5-0.5b@4=float32,qwen2.5-0.5b@4=bfloat16", models, [4, 8])
+    with pytest.raises(ValueError, match="'gpt2', which is not in --models"):
+        mod.model_dtypes("gpt2@4=float32", models, [4, 8])
+    assert mod.main(["--ks", "4,x", "--report-only"]) == 2
+
+
 def test_report_sets_the_vote_comparison_beside_the_control(tmp_path):
     import numpy as np
 
