@@ -373,7 +373,7 @@ def test_queue_script_report_mode_writes_both_reports_from_the_grid_flags(tmp_pa
     for n, line in enumerate(lines):
         args = line.split()[2:]
         assert args.count("--posthoc") == 4 and args[-1] == "--report-only"
-        assert args[args.index("--dtype") + 1] == "qwen2.5-0.5b=bfloat16"
+        assert args[args.index("--dtype") + 1] == "qwen2.5-0.5b=bfloat16,qwen2.5-0.5b@4=float32"
         out = tmp_path / f"r{n}"
         out.mkdir()
         args[args.index("--out") + 1] = str(out)
