@@ -304,8 +304,9 @@ def test_bench_no_report_computes_and_leaves_the_folders_report_alone(tmp_path, 
 @pytest.mark.parametrize("bf16_fast", ["1", "0"])
 def test_queue_script_commands_are_the_grid_flags(tmp_path, monkeypatch, capsys, bf16_fast):
     """benchmarks/selection_grid_queue.sh (DRY_RUN): its bench commands parse, name the grid's
-    10 tasks and 11 selectors, run qwen2.5-0.5b in bfloat16 only where bf16 is fast, and each
-    answers --status on an empty folder."""
+    10 tasks and 11 selectors, run qwen2.5-0.5b's k = 8 block in bfloat16 only where bf16 is
+    fast and its k = 4 block in float32 everywhere, and each answers --status on an empty
+    folder."""
     import os
     import subprocess
     from pathlib import Path
@@ -320,13 +321,13 @@ def test_queue_script_commands_are_the_grid_flags(tmp_path, monkeypatch, capsys,
     # qwen k=8, its control, smollm2 k=4 and its control, qwen k=4 and its control; after the
     # k=8 control and after each k=4 block's control the two full reports (a step's own report
     # covers only its command)
-    assert len(lines) == (12 if bf16_fast == "1" else 4)
+    assert len(lines) == (12 if bf16_fast == "1" else 8)
     reports = [n for n, line in enumerate(lines) if "--report-only" in line.split()]
-    assert reports == ([2, 3, 6, 7, 10, 11] if bf16_fast == "1" else [2, 3])
+    assert reports == ([2, 3, 6, 7, 10, 11] if bf16_fast == "1" else [2, 3, 6, 7])
     assert all("--control-dir" in lines[n] for n in reports[1::2])
     controls = [n for n, line in enumerate(lines)
                 if "--control" in line.split() and n not in reports]
-    assert controls == ([1, 5, 9] if bf16_fast == "1" else [1])
+    assert controls == ([1, 5, 9] if bf16_fast == "1" else [1, 5])
     for n in controls:
         # each control computes without a report of its own, on the trained grid's prompts,
         # at the k of the block before it
@@ -344,8 +345,9 @@ def test_queue_script_commands_are_the_grid_flags(tmp_path, monkeypatch, capsys,
         if "--control" not in args:
             assert len(flags["--tasks"].split(",")) == 10
             assert len(flags["--selectors"].split(",")) == 11
-        if flags["--models"] == "qwen2.5-0.5b":
-            assert flags["--dtype"] == "bfloat16"
+        if flags["--models"] == "qwen2.5-0.5b":   # k = 8 in bfloat16, k = 4 in float32
+            assert flags.get("--dtype", "float32") == {"8": "bfloat16", "4": "float32"}[
+                flags["--ks"]]
         out = tmp_path / f"out{n}"
         out.mkdir()
         args[args.index("--out") + 1] = str(out)
