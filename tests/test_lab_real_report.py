@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from icldistill.core.validation import InputError
 from icldistill.evaluation.harness import Harness
@@ -159,3 +163,136 @@ def test_accuracy_mmd_figure_has_a_panel_per_model_and_k(tmp_path, monkeypatch):
     assert titles == ["a, k=4", "b (bfloat16), k=4", "a, k=8", "b (bfloat16), k=8"]
     assert labels.count("t1 (ρ=-0.50)") == 4 and labels.count("t2 (ρ=-0.50)") == 3
     assert "t2 (ρ=nan)" in labels
+
+
+# ------------------------------------------------------------------ the grid's tasks and seeds
+class _Stop(Exception):
+    """Ends a stubbed real.run once the calls of interest are recorded."""
+
+
+def _stubbed_run(monkeypatch, calls, *, stop_after):
+    """``real.run`` with tracing stubbed and ``fewshot_relation`` recording its calls."""
+    monkeypatch.setattr(real, "real_model_trace", lambda *a, **kw: "trace")
+
+    def fake(out_dir, **kw):
+        calls.append((Path(out_dir), kw))
+        if len(calls) >= stop_after:
+            raise _Stop
+        return real.FewShotRelation(rows=[], spearman={}, source=str(out_dir))
+
+    monkeypatch.setattr(real, "fewshot_relation", fake)
+    return dict(loaded=object(), split=object(), controls=[object()],
+                control_harness=lambda folder, loader: None)
+
+
+@pytest.mark.parametrize(("dataset", "quick", "tasks"), [
+    ("yelp", False, ("yelp", "rt-subjectivity")),
+    ("rt-subjectivity", False, ("rt-subjectivity", "yelp")),
+    ("amazon", False, ("amazon", "yelp", "rt-subjectivity")),
+    ("yelp", True, ("yelp",)),
+])
+def test_real_default_tasks_list_each_task_once(tmp_path, monkeypatch, dataset, quick, tasks):
+    """``dataset="yelp"`` listed yelp twice and the harness refused the grid after all the
+    tracing."""
+    calls = []
+    kw = _stubbed_run(monkeypatch, calls, stop_after=1)
+    with pytest.raises(_Stop):
+        real.run("m", out_dir=tmp_path / "real", quick=quick, dataset=dataset, **kw)
+    assert calls[0][1]["tasks"] == tasks
+
+
+@pytest.mark.parametrize(("tasks", "message"), [
+    (("toy", "toy"), "fewshot_tasks: task 'toy' is listed twice"),
+    ("toy", "fewshot_tasks must be a sequence of task names"),
+    (("toy", ""), "fewshot_tasks: every task must be a non-empty name"),
+    (("toy", 3), "fewshot_tasks: every task must be a non-empty name"),
+])
+def test_real_bad_tasks_are_refused_before_tracing(tmp_path, monkeypatch, tasks, message):
+    def no_trace(*a, **kw):
+        raise AssertionError("traced before the tasks were checked")
+
+    monkeypatch.setattr(real, "real_model_trace", no_trace)
+    with pytest.raises(InputError, match=re.escape(message)):
+        real.run("m", out_dir=tmp_path / "real", quick=True, fewshot_tasks=tasks,
+                 loaded=object(), controls=[object()])
+    assert not (tmp_path / "real").exists()
+
+
+@pytest.mark.parametrize("seed", [1.5, -1, True])
+def test_real_bad_seed_is_refused_before_the_folder(tmp_path, seed):
+    with pytest.raises(InputError, match="seed must be an integer >= 0"):
+        real.run("m", out_dir=tmp_path / "real", seed=seed, loaded=object(),
+                 controls=[object()])
+    assert not (tmp_path / "real").exists()
+
+
+@pytest.mark.parametrize(("seed", "trained", "control"), [
+    (0, "fewshot", "fewshot-control-1"),            # the committed layout, unchanged
+    (2, "fewshot-seed-2", "fewshot-seed-2-control-3"),
+])
+def test_real_grids_honour_the_seed(tmp_path, monkeypatch, seed, trained, control):
+    """``--seed`` was ignored by the trained model's grid (selection seeds 0.. and the folder
+    ``fewshot`` whatever the seed) while its control's grid folder followed it: now both
+    grids use the selection seeds ``seed ..``, in folders of that seed."""
+    calls = []
+    kw = _stubbed_run(monkeypatch, calls, stop_after=2)
+    out = tmp_path / "real"
+    with pytest.raises(_Stop):
+        real.run("m", out_dir=out, quick=True, seed=seed, dataset="toy", **kw)
+    assert [(c[0], c[1]["seed"]) for c in calls] == [(out / trained, seed),
+                                                     (out / control, seed)]
+    assert real.fewshot_folder(out, seed) == out / trained
+
+
+def test_fewshot_relation_runs_the_seeded_units(tmp_path):
+    ran = []
+    h = SimpleNamespace(run=lambda units: ran.extend(units) or [])
+    real.fewshot_relation(tmp_path, model="m", tasks=("toy",), selectors=("random", "mmd"),
+                          seeds=2, seed=4, harness=h)
+    assert sorted((u.selector, u.seed) for u in ran) == [("mmd", 0), ("random", 4),
+                                                         ("random", 5)]
+    with pytest.raises(InputError, match="seed must be an integer >= 0"):
+        real.fewshot_relation(tmp_path, model="m", tasks=("toy",), seed=-3, harness=h)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10**6), seeds=st.integers(1, 4))
+def test_grid_units_use_the_seeds_from_seed(seed, seeds):
+    """The randomised selector runs with seeds ``seed .. seed + seeds - 1``, the deterministic
+    ones once with seed 0; seed 0 gives exactly the harness's own grid (committed results)."""
+    from icldistill.evaluation.harness import unit_grid
+
+    units = real._grid_units("m", ("a", "b"), ("random", "mmd", "knn"), 4, seeds, seed, 20)
+    for task in ("a", "b"):
+        got = {s: sorted(u.seed for u in units if u.task == task and u.selector == s)
+               for s in ("random", "mmd", "knn")}
+        assert got == {"random": list(range(seed, seed + seeds)), "mmd": [0], "knn": [0]}
+    if seed == 0:
+        assert units == unit_grid(models=["m"], tasks=["a", "b"],
+                                  selectors=["random", "mmd", "knn"], ks=[4], seeds=seeds,
+                                  n_test=20)
+
+
+# ------------------------------------------------------------------ implicit alignment per head
+def test_alignment_checks_every_kernel_form_head_by_its_own_flag(monkeypatch):
+    """The kernel form was read from head 0 of each layer only: a layer whose head 0 had none
+    was skipped whole, and one whose later head had none asked that head for W_0 (an error)."""
+    asked = []
+
+    class Res:
+        def w0(self, layer, head, position):
+            assert kernel[layer, head], f"W_0 asked of layer {layer} head {head}"
+            asked.append((layer, head))
+            return (layer, head)
+
+    def step(w0, eta=None):
+        return SimpleNamespace(relative_distance=0.1 * (w0[0] + 1) if eta is None else 0.5 + w0[1],
+                               eta_star=1.0)
+
+    monkeypatch.setattr(real, "distillation_step", step)
+    kernel = np.array([[False, True, True], [True, False, True], [False, False, False]])
+    sums = real._TraceSums(kernel=kernel)
+    sums._alignment(Res())
+    assert asked == [(0, 1), (0, 2), (1, 0), (1, 2)]
+    assert sums.align == pytest.approx(0.2)              # largest over every kernel-form head
+    assert sums.align2 == pytest.approx(0.5)             # 2 eta*: layer 1's first head (0)

@@ -246,7 +246,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     from icldistill.lab.experiments.reproduce import reproduce
 
     set_threads(args)
-    only = [s for s in args.only.split(",") if s] if args.only else None
+    only = split_names(args.only) or None
     res = reproduce(args.out, quick=args.quick, seed=args.seed, model=args.model,
                     dataset=args.dataset, fewshot_results=args.fewshot_results, only=only,
                     progress=not args.quiet, command=command_line(args))

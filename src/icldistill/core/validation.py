@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 __all__ = ["MAX_FILE_BYTES_ENV", "InputError", "JSONObject", "as_float_tensor", "check_float",
-           "check_int", "check_matrix", "check_pair", "check_positive", "check_user_file",
+           "check_int", "check_matrix", "check_pair", "check_positive", "check_seed",
+           "check_user_file",
            "json_object", "json_problem", "max_file_bytes", "open_user_file", "read_user_text",
            "too_large", "utf8_error", "work_dtype"]
 
@@ -340,3 +341,33 @@ def check_float(value: Any, name: str, low: float, high: float = math.inf,
         lo = "(" if low_open else "["
         raise InputError(f"{name} must lie in {lo}{low}, {high}], got {value!r}")
     return v
+
+
+#: Largest seed :func:`check_seed` accepts (the largest int64; torch and numpy take it).
+_MAX_SEED = 2**63 - 1
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """``value`` as a random seed: an integer in ``[0, 2**63 - 1]``.
+
+    Parameters
+    ----------
+    value : int
+        The seed (a Python or NumPy integer; an integral float such as ``3.0`` is read as 3).
+    name : str
+        The argument's name, for the error message.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    InputError
+        For bools, fractions (``1.7`` is not read as ``1``), text, ``None``, NaN, infinity and
+        values below 0 or above ``2**63 - 1``.
+    """
+    seed = check_int(value, name, 0)
+    if seed > _MAX_SEED:
+        raise InputError(f"{name} must be at most 2**63-1, got {value!r}")
+    return seed

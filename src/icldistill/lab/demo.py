@@ -46,6 +46,7 @@ from icldistill.core.decomposition import decompose_head, distillation_step, ran
 from icldistill.core.kernels import median_bandwidth
 from icldistill.core.mmd import mmd, mmd_test
 from icldistill.core.util import linear_fit, single_thread, sub_seeds
+from icldistill.core.validation import check_seed
 from icldistill.lab.synthetic import (
     AttentionHead,
     build_prompt,
@@ -855,7 +856,7 @@ def run_demo(
         and then moved into place with :func:`os.replace`, so a reader never sees a partial
         file.
     seed : int
-        Seed of every random draw (same seed, same numbers).
+        Seed of every random draw (same seed, same numbers): an integer >= 0.
     quiet : bool
         Do not print the plain-text summary to stdout.
     fast : bool
@@ -868,14 +869,17 @@ def run_demo(
 
     Raises
     ------
+    InputError
+        ``seed`` is not an integer >= 0 (a fraction such as ``1.7`` is not read as 1); checked
+        before the output folder is created.
     OSError
         The output folder cannot be created or written.
     """
     start = time.perf_counter()
+    seed = check_seed(seed)                    # before the folder is made
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sz = _FAST if fast else _FULL
-    seed = int(seed)
     timings: dict[str, float] = {}
     res, png = _compute(sz, seed, timings)
     files = {"figure": out / FIGURE_NAME, "json": out / JSON_NAME,

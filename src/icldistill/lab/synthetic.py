@@ -11,8 +11,10 @@ These are the building blocks of the demo (:mod:`icldistill.lab.demo`) and of la
   segment names and causal mask (not the text prompt :class:`icldistill.data.Prompt`);
 - :func:`causal_mask` — the ``[T, T]`` lower-triangular boolean mask.
 
-Every generator takes an integer ``seed`` and draws from its own ``torch.Generator`` (or
-``numpy.random.Generator``), so results do not depend on, and do not change, global RNG state.
+Every generator takes an integer ``seed`` (``>= 0``; a bool, a fraction or a negative value is
+an :class:`~icldistill.core.validation.InputError`, :func:`~icldistill.core.validation.check_seed`)
+and draws from its own ``torch.Generator`` (or ``numpy.random.Generator``), so results do not
+depend on, and do not change, global RNG state.
 Everything is float64 unless stated otherwise.
 """
 
@@ -26,7 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from icldistill.core.validation import InputError, check_matrix
+from icldistill.core.validation import (
+    InputError,
+    check_float,
+    check_int,
+    check_matrix,
+    check_positive,
+    check_seed,
+)
 
 __all__ = [
     "PINV_RTOL",
@@ -50,16 +59,22 @@ _F64 = torch.float64
 
 
 def _generator(seed: int) -> torch.Generator:
-    if int(seed) != seed:
-        raise InputError(f"seed must be an integer, got {seed!r}")
-    return torch.Generator().manual_seed(int(seed))
+    """A ``torch.Generator`` seeded with ``seed`` (checked by :func:`check_seed`)."""
+    return torch.Generator().manual_seed(check_seed(seed))
 
 
 def _positive_int(value: Any, name: str, *, allow_zero: bool = False) -> int:
-    if isinstance(value, bool) or int(value) != value or value < (0 if allow_zero else 1):
-        bound = ">= 0" if allow_zero else ">= 1"
-        raise InputError(f"{name} must be an integer {bound}, got {value!r}")
-    return int(value)
+    """``value`` as an int ``>= 1`` (``>= 0`` with ``allow_zero``), by :func:`check_int`."""
+    return check_int(value, name, 0 if allow_zero else 1)
+
+
+def _number(value: Any, name: str, *, positive: bool = False) -> float:
+    """``value`` as a finite float ``>= 0`` (``> 0`` with ``positive``), by
+    :func:`check_float` / :func:`check_positive`; a bool is not read as 0 or 1, nor text as a
+    number."""
+    if isinstance(value, bool | str | bytes):
+        raise InputError(f"{name} must be a number, got {value!r}")
+    return check_positive(value, name) if positive else check_float(value, name, 0.0)
 
 
 # ============================================================================ attention head
@@ -200,18 +215,15 @@ def random_head(
     d_model = _positive_int(d_model, "d_model")
     d_head = _positive_int(d_head, "d_head")
     d_value = d_head if d_value is None else _positive_int(d_value, "d_value")
-    for name, g in (("qk_gain", qk_gain), ("v_gain", v_gain)):
-        if not math.isfinite(g) or g <= 0:
-            raise InputError(f"{name} must be a finite positive number, got {g!r}")
+    qk_gain = _number(qk_gain, "qk_gain", positive=True)
+    v_gain = _number(v_gain, "v_gain", positive=True)
     gen = _generator(seed)
     std_qk = qk_gain / math.sqrt(d_model)
     std_v = v_gain / math.sqrt(d_model)
     w_q = torch.randn(d_model, d_head, generator=gen, dtype=_F64) * std_qk
     w_k = torch.randn(d_model, d_head, generator=gen, dtype=_F64) * std_qk
     w_v = torch.randn(d_model, d_value, generator=gen, dtype=_F64) * std_v
-    s = 1.0 / math.sqrt(d_head) if scale is None else float(scale)
-    if not math.isfinite(s) or s <= 0:
-        raise InputError(f"scale must be a finite positive number, got {scale!r}")
+    s = 1.0 / math.sqrt(d_head) if scale is None else _number(scale, "scale", positive=True)
     return AttentionHead(W_Q=w_q, W_K=w_k, W_V=w_v, scale=s)
 
 
@@ -250,8 +262,8 @@ def gaussian_tokens(
     """
     n = _positive_int(n, "n", allow_zero=True)
     d = _positive_int(d, "d")
-    if not math.isfinite(cov_scale) or cov_scale < 0:
-        raise InputError(f"cov_scale must be a finite non-negative number, got {cov_scale!r}")
+    cov_scale = _number(cov_scale, "cov_scale")
+    gen = _generator(seed)
     shift = torch.as_tensor(mean_shift, dtype=_F64)
     if shift.ndim == 0:
         u = default_direction(d) if direction is None else torch.as_tensor(direction, dtype=_F64)
@@ -268,7 +280,7 @@ def gaussian_tokens(
                          f"{tuple(shift.shape)}")
     if not bool(torch.isfinite(mu).all()):
         raise InputError("mean_shift must be finite")
-    z = torch.randn(n, d, generator=_generator(seed), dtype=_F64)
+    z = torch.randn(n, d, generator=gen, dtype=_F64)
     return z * math.sqrt(cov_scale) + mu
 
 
@@ -303,6 +315,7 @@ def gaussian_mixture(
         The component of every point.
     """
     n = _positive_int(n, "n", allow_zero=True)
+    seed = check_seed(seed)
     c = check_matrix(centers, "centers", dtype=_F64)
     k, d = c.shape
     if weights is None:
@@ -312,9 +325,8 @@ def gaussian_mixture(
         if w.shape != (k,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
             raise InputError(f"weights must be {k} finite non-negative numbers, not all 0")
         w = w / w.sum()
-    if not math.isfinite(std) or std < 0:
-        raise InputError(f"std must be a finite non-negative number, got {std!r}")
-    rng = np.random.default_rng(int(seed))
+    std = _number(std, "std")
+    rng = np.random.default_rng(seed)
     counts = rng.multinomial(n, w)
     labels = np.repeat(np.arange(k, dtype=np.int64), counts)
     z = torch.randn(n, d, generator=_generator(seed), dtype=_F64)
@@ -436,16 +448,42 @@ def synthetic_prompt(
     (``u`` = :func:`default_direction`); prefix tokens are standard Gaussian, rescaled to norm
     ``prefix_norm`` when it is given (a large-norm BOS token). Each segment has its own
     sub-seed derived from ``seed``.
+
+    Parameters
+    ----------
+    d_model, n_demos, n_query : int
+        Token dimension, demonstrations and query tokens.
+    n_prefix : int
+        Prefix tokens (0 for none).
+    demo_shift, query_shift : float
+        Mean shifts of the demonstrations and of the query along :func:`default_direction`.
+    prefix_norm : float, optional
+        Norm of every prefix token (finite and > 0; a negative norm would flip the tokens).
+    seed : int
+        Seed of the prompt (an integer >= 0).
+
+    Returns
+    -------
+    SyntheticPrompt
+
+    Raises
+    ------
+    InputError
+        A bad size, ``prefix_norm`` or ``seed``, named in the message (checked before any
+        draw).
     """
-    gen = np.random.default_rng(int(seed))
+    gen = np.random.default_rng(check_seed(seed))
+    n_prefix = _positive_int(n_prefix, "n_prefix", allow_zero=True)
+    if prefix_norm is not None:
+        prefix_norm = _number(prefix_norm, "prefix_norm", positive=True)
     s_pre, s_demo, s_query = (int(v) for v in gen.integers(0, 2**31 - 1, size=3))
     demos = gaussian_tokens(n_demos, d_model, demo_shift, seed=s_demo)
     query = gaussian_tokens(n_query, d_model, query_shift, seed=s_query)
     prefix = None
-    if _positive_int(n_prefix, "n_prefix", allow_zero=True) > 0:
+    if n_prefix > 0:
         prefix = gaussian_tokens(n_prefix, d_model, seed=s_pre)
         if prefix_norm is not None:
-            prefix = prefix / prefix.norm(dim=1, keepdim=True) * float(prefix_norm)
+            prefix = prefix / prefix.norm(dim=1, keepdim=True) * prefix_norm
     return build_prompt(demos, query, prefix)
 
 
@@ -517,8 +555,7 @@ def icl_batch(
     batch = _positive_int(batch, "batch")
     n_examples = _positive_int(n_examples, "n_examples")
     d = _positive_int(d, "d")
-    if not math.isfinite(label_noise) or label_noise < 0:
-        raise InputError(f"label_noise must be a finite non-negative number, got {label_noise!r}")
+    label_noise = _number(label_noise, "label_noise")
     if task == "classification" and label_noise > 1:
         raise InputError(f"label_noise is a flip probability for classification, got "
                          f"{label_noise!r}")
@@ -586,15 +623,37 @@ def gd_predictions(xs: torch.Tensor, ys: torch.Tensor, queries: torch.Tensor, et
     ys : Tensor ``[P, n]``
     queries : Tensor ``[P, d]``
     etas : array-like ``[E]``
+        Step sizes, each finite and > 0.
     steps : int
+        Number of GD steps (an integer >= 1).
+
+    Raises
+    ------
+    InputError
+        ``steps`` is not an integer >= 1 (``1.5`` is not read as 1), or ``etas`` is not a
+        non-empty 1-D sequence of finite positive numbers (the error names the bad entry,
+        e.g. ``etas[2]``).
     """
-    if int(steps) < 1:
-        raise InputError(f"steps must be >= 1, got {steps}")
+    steps = check_int(steps, "steps", 1)
+    eta = torch.as_tensor(_step_sizes(etas), dtype=xs.dtype)[:, None, None]
     lam, vec, b = context_spectrum(xs, ys)
-    eta = torch.as_tensor(np.asarray(etas, dtype=np.float64), dtype=xs.dtype)[:, None, None]
-    coef = _gd_factor(lam[None], eta, int(steps)) * b[None]                 # [E, P, d]
+    coef = _gd_factor(lam[None], eta, steps) * b[None]                 # [E, P, d]
     qv = (vec.transpose(1, 2) @ queries[..., None])[..., 0]                 # [P, d]
     return (coef * qv[None]).sum(-1)
+
+
+def _step_sizes(etas: Any) -> np.ndarray:
+    """``etas`` as a non-empty 1-D float64 array of finite positive step sizes; the first bad
+    entry is named in the :class:`InputError`."""
+    try:
+        ok = not isinstance(etas, (str, bytes)) and np.ndim(etas) == 1
+    except ValueError:                                  # a ragged nesting
+        ok = False
+    values = list(etas) if ok else []
+    if not values:
+        raise InputError(f"etas must be a non-empty 1-D sequence of step sizes, got {etas!r}")
+    return np.array([_number(v, f"etas[{i}]", positive=True) for i, v in enumerate(values)],
+                    dtype=np.float64)
 
 
 def least_squares_predictions(xs: torch.Tensor, ys: torch.Tensor,

@@ -29,8 +29,9 @@ network); the experiment reports ``G_hat = max ||Delta W_0|| / (c MMD_Gauss)``, 
 from __future__ import annotations
 
 import copy
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ from icldistill.core.mmd import mmd
 from icldistill.core.results import Result
 from icldistill.core.stats import spearman
 from icldistill.core.util import linear_fit, single_thread, sub_seeds
-from icldistill.core.validation import InputError
+from icldistill.core.validation import InputError, check_float, check_int, check_seed
 from icldistill.lab.experiments._common import (
     Check,
     Section,
@@ -200,26 +201,59 @@ def bias_vs_mmd(
         Independent draws per level (a fresh ``Q*`` batch per seed, shared by all levels).
     levels : dict, optional
         Shift levels per kind (default :func:`default_levels`); kinds ``"mean_shift"``,
-        ``"cov_scale"``, ``"label_noise"``.
+        ``"cov_scale"``, ``"label_noise"``, each with a non-empty sequence of finite levels
+        (``cov_scale`` and ``label_noise`` >= 0, a classification ``label_noise`` <= 1).
     seed : int
     progress : bool
+
+    Raises
+    ------
+    InputError
+        A bad size, an unknown kind, or a kind with no levels or a bad level (named, e.g.
+        ``levels['cov_scale'][2]``), all before anything is traced.
     """
     t0 = time.perf_counter()
     cfg = trained.config
     task, N = cfg.task, cfg.max_examples
-    B, S = int(n_prompts), int(n_seeds)
-    if B < 1 or S < 1:
-        raise InputError(f"n_prompts and n_seeds must be >= 1, got {n_prompts}, {n_seeds}")
+    B, S = check_int(n_prompts, "n_prompts", 1), check_int(n_seeds, "n_seeds", 1)
+    seed = check_seed(seed)
     if N < 2:
         raise InputError("the model must take at least 2 examples (no demonstrations otherwise)")
-    levels = default_levels(task) if levels is None else levels
+    levels = _checked_levels(default_levels(task) if levels is None else levels, task)
+    with single_thread():
+        return _bias_vs_mmd(trained, B, S, levels, seed, progress, t0)
+
+
+def _checked_levels(levels: Any, task: str) -> dict[str, tuple[float, ...]]:
+    """``levels`` (kind -> levels) in the order of :data:`KINDS`, every kind with at least one
+    level and every level a finite number in the kind's range (:func:`icl_batch`'s), checked
+    before anything is traced."""
+    if not isinstance(levels, Mapping) or not levels:
+        raise InputError(f"levels must be a non-empty dict of shift kind -> levels (kinds "
+                         f"{KINDS}), got {levels!r}")
     unknown = set(levels) - set(KINDS)
     if unknown:
-        raise InputError(f"unknown shift kinds {sorted(unknown)}; expected {KINDS}")
-    kinds = [k for k in KINDS if k in levels]
-    with single_thread():
-        return _bias_vs_mmd(trained, B, S, {k: tuple(levels[k]) for k in kinds}, int(seed),
-                            progress, t0)
+        raise InputError(f"unknown shift kinds {sorted(unknown, key=str)}; expected {KINDS}")
+    high = {"label_noise": 1.0 if task == "classification" else math.inf}
+    low = {"mean_shift": -math.inf}
+    out: dict[str, tuple[float, ...]] = {}
+    for kind in (k for k in KINDS if k in levels):
+        values = levels[kind]
+        try:
+            items = [] if isinstance(values, str | bytes) else list(values)
+        except TypeError:
+            items = []
+        if not items:
+            raise InputError(f"levels[{kind!r}] must be a non-empty sequence of numbers, got "
+                             f"{values!r}")
+        checked = []
+        for i, v in enumerate(items):
+            name = f"levels[{kind!r}][{i}]"
+            if isinstance(v, bool):
+                raise InputError(f"{name} must be a number, got {v!r}")
+            checked.append(check_float(v, name, low.get(kind, 0.0), high.get(kind, math.inf)))
+        out[kind] = tuple(checked)
+    return out
 
 
 def _fits(hs: dict[str, np.ndarray], x_of: Callable[[str, int, int], np.ndarray]

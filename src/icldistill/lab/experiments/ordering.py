@@ -11,8 +11,9 @@ distinct sampled ones, :func:`orderings`). For every order:
 - **distillation quantities** at the label position of the traced *calibration* queries, per
   layer (mean over the kernel-form heads): ``eta* = N / (2 D')``, ``log ||W_0||_HS``, the
   demonstrations' share of the attention output, and the relative Hilbert–Schmidt distance
-  ``||W_0(order) - W_0(reference order)|| / ||W_0(reference order)||`` of the same head
-  (:func:`relative_w0_distance`). The same demonstration tokens sit at other positions in
+  ``||A - B|| / ((||A|| + ||B||) / 2)`` between the same head's ``A = W_0(order)`` and
+  ``B = W_0(reference order)``, over the mean of the two norms (symmetric, at most 2;
+  :func:`relative_w0_distance`). The same demonstration tokens sit at other positions in
   another order, so their keys change through RoPE and ``W_0`` moves; ``N`` does not change
   (the same tokens), so ``eta*`` moves only through ``D'``.
 
@@ -63,7 +64,7 @@ from icldistill.core.decomposition import DualWeights, log_kernel_form
 from icldistill.core.progress import progress_bar
 from icldistill.core.results import Result
 from icldistill.core.stats import holm, paired_bootstrap_ci, sign_flip_test, spearman
-from icldistill.core.validation import InputError, check_int
+from icldistill.core.validation import InputError, check_int, check_seed
 from icldistill.lab.experiments import phenomena as ph
 from icldistill.lab.experiments._common import Check, Section, Table
 
@@ -952,8 +953,7 @@ def run(
         sizes = QUICK if quick else FULL
     if not isinstance(sizes, OrderingSizes):
         raise InputError(f"sizes must be an OrderingSizes, got {type(sizes).__name__}")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise InputError(f"seed must be an integer, got {seed!r}")
+    seed = check_seed(seed)
     enc = _encoder(encoder)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -996,7 +996,7 @@ def run(
 
     figures = _figures(groups, res, paired, task_names, out, "")
     return Section(name="ordering", title="Order sensitivity of few-shot prompts and the student "
-                   "W_0", description=_description(task_names, mode, sizes, enc, groups, seed),
+                   "W_0", description=_description(plans, mode, sizes, enc, groups, seed),
                    checks=checks, findings=findings, tables=_tables(rows), figures=figures,
                    data=to_jsonable(data), seconds=time.perf_counter() - t0)
 
@@ -1212,15 +1212,30 @@ def _tables(rows: _Rows) -> list[Table]:
     ]
 
 
-def _description(task_names: list[str], mode: str, sizes: OrderingSizes, enc: Any,
+def _item_counts(plans: list[_Plan], sizes: OrderingSizes) -> tuple[str, str]:
+    """How the description states the test items of every task and the held-back ones per set:
+    the counts the plans actually use (a task with fewer test items than ``sizes.n_test`` uses
+    all of its own, and then every task's counts are given by name)."""
+    if all(p.n_test == sizes.n_test for p in plans):
+        return (f"Of {sizes.n_test} test items per task, {sizes.n_test - sizes.n_trace} (held "
+                "back)", f"the {sizes.n_test - sizes.n_trace} held-back items per set")
+    tests = ", ".join(f"{p.task.name}: {p.n_test}" for p in plans)
+    held = ", ".join(f"{p.task.name}: {p.n_test - sizes.n_trace}" for p in plans)
+    return (f"Of the test items of each task ({tests}; {sizes.n_test} asked for, a task with "
+            f"fewer uses all of its own), all but the calibration queries ({held}; held back)",
+            f"the held-back items of each set ({held})")
+
+
+def _description(plans: list[_Plan], mode: str, sizes: OrderingSizes, enc: Any,
                  groups: list[list[ph.ModelUnderTest]], seed: int) -> str:
+    task_names = [p.task.name for p in plans]
     k_desc = ", ".join(f"k={k}: {'all' if math.factorial(k) <= n else n} of {math.factorial(k)} "
                        "orders" for k, n in zip(sizes.ks, sizes.n_orders, strict=True))
+    of_items, held_items = _item_counts(plans, sizes)
     return (
         f"Order sensitivity on {', '.join(task_names)} ({mode} sizes; "
         f"seed {seed}). Per task {sizes.n_sets} fixed label-balanced demonstration set(s) per k "
-        f"({k_desc}). Of {sizes.n_test} test items per task, "
-        f"{sizes.n_test - sizes.n_trace} (held back) are scored in every order with one shared "
+        f"({k_desc}). {of_items} are scored in every order with one shared "
         f"prompt per order, and the other {sizes.n_trace} (calibration "
         f"quer{'y' if sizes.n_trace == 1 else 'ies'}) are traced at the label position in "
         "every order: per layer, mean over kernel-form heads, eta*, log ||W_0||, the demo share, "
@@ -1229,7 +1244,7 @@ def _description(task_names: list[str], mode: str, sizes: OrderingSizes, enc: An
         "demonstration placed elsewhere). The primary rule picks the medoid order (per-layer "
         "(log ||W_0||, log eta*) profile on the calibration queries closest to the average over "
         "orders), the secondary one the order with the largest demo share; both are compared, "
-        f"paired on the {sizes.n_test - sizes.n_trace} held-back items per set, with the "
+        f"paired on {held_items}, with the "
         "expected correctness of a random order (sign-flip test) and with most-similar-last "
         f"(demonstrations sorted by {getattr(enc, 'name', 'encoder')} cosine similarity to each "
         "query, most similar last; exact McNemar), Holm over the section's comparisons. Every "

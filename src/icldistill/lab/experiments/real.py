@@ -20,6 +20,7 @@ Two parts:
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,11 @@ from icldistill.artifacts.figures import new_figure, save_figure
 from icldistill.core.decomposition import distillation_step
 from icldistill.core.results import Result
 from icldistill.core.stats import spearman
-from icldistill.core.validation import InputError
+from icldistill.core.validation import InputError, check_seed
 from icldistill.lab.experiments._common import Check, Section, Table
 
-__all__ = ["FewShotRelation", "RealTraceResult", "accuracy_mmd_figure", "fewshot_relation",
-           "real_model_trace", "run"]
+__all__ = ["FewShotRelation", "RealTraceResult", "accuracy_mmd_figure", "fewshot_folder",
+           "fewshot_relation", "real_model_trace", "run"]
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,8 @@ class RealTraceResult(Result):
         Largest relative ``||W_1 - W_0|| / ||W_0||`` after one step with ``eta*`` (should be ~0),
         over every kernel-form head at the last position of the first prompt.
     alignment_error_2x : float
-        The smallest relative distance with ``2 eta*`` instead (head 0 of every layer; shows
-        the step size matters).
+        The smallest relative distance with ``2 eta*`` instead (the first kernel-form head of
+        every layer; shows the step size matters).
     num_tokens : list of int
         Prompt lengths.
     seconds : float
@@ -202,17 +203,22 @@ class _TraceSums:
             self._alignment(res)
 
     def _alignment(self, res: Any) -> None:
+        """One step with ``eta*`` against ``W_0`` at the last position of every kernel-form
+        head (its own flag: a layer may mix heads with and without kernel form); ``2 eta*`` on
+        the first kernel-form head of every layer."""
         L, H = self.kernel.shape
         for layer in range(L):
-            if not self.kernel[layer, 0]:
-                continue
+            first = True
             for head in range(H):
+                if not self.kernel[layer, head]:
+                    continue
                 w0 = res.w0(layer, head, -1)
                 step = distillation_step(w0)
                 self.align = max(self.align, step.relative_distance)
-                if head == 0:
+                if first:
                     self.align2 = min(self.align2, distillation_step(w0, 2.0 * step.eta_star)
                                       .relative_distance)
+                    first = False
 
 
 def _stationarity(stat_x: list[np.ndarray], stat_y: list[np.ndarray]) -> np.ndarray:
@@ -258,6 +264,7 @@ def fewshot_relation(
     selectors: tuple[str, ...] = ("random", "mmd", "mmd-balanced"),
     k: int = 4,
     seeds: int = 3,
+    seed: int = 0,
     n_test: int | None = 80,
     run_grid: bool = True,
     progress: bool = False,
@@ -265,19 +272,26 @@ def fewshot_relation(
 ) -> FewShotRelation:
     """Run (or read back) a selection-harness grid and relate accuracy to MMD².
 
-    With ``run_grid`` the grid ``model x tasks x selectors x k`` (``seeds`` seeds for random
-    selectors) is run into ``out_dir`` with :class:`icldistill.evaluation.harness.Harness`
-    (resumable:
-    finished units are read back). Without it, every unit already in ``out_dir/results.jsonl``
-    is used. ``harness`` replaces the default :class:`~icldistill.evaluation.harness.Harness` on
-    ``out_dir`` (e.g. one with its own tasks or model loader).
+    With ``run_grid`` the grid ``model x tasks x selectors x k`` is run into ``out_dir`` with
+    :class:`icldistill.evaluation.harness.Harness` (resumable: finished units are read back):
+    the randomised selectors (``random``) with the ``seeds`` selection seeds
+    ``seed, seed + 1, ..., seed + seeds - 1``, the deterministic ones once, with seed 0 (their
+    choice does not depend on it). Without ``run_grid``, every unit already in
+    ``out_dir/results.jsonl`` is used (``seed`` and ``seeds`` are then not used). ``harness``
+    replaces the default :class:`~icldistill.evaluation.harness.Harness` on ``out_dir`` (e.g.
+    one with its own tasks or model loader).
+
+    Raises
+    ------
+    InputError
+        ``seed`` is not an integer >= 0, a task or selector is listed twice, or (without
+        ``run_grid``) ``out_dir`` holds no finished unit.
     """
-    from icldistill.evaluation.harness import Harness, load_results, unit_grid
+    from icldistill.evaluation.harness import Harness, load_results
 
     out = Path(out_dir)
     if run_grid:
-        units = unit_grid(models=[model], tasks=list(tasks), selectors=list(selectors), ks=[k],
-                          seeds=seeds, n_test=n_test)
+        units = _grid_units(model, tasks, selectors, k, seeds, check_seed(seed), n_test)
         h = harness if harness is not None else Harness(out, progress=progress)
         results = h.run(units)
     else:
@@ -296,6 +310,46 @@ def fewshot_relation(
             name = f"{model_name} {name}"
         rho[name] = spearman([r["mmd2_task"] for r in sub], [r["accuracy"] for r in sub])
     return FewShotRelation(rows=rows, spearman=rho, source=str(out))
+
+
+def _grid_units(model: str, tasks: tuple[str, ...], selectors: tuple[str, ...], k: int,
+                seeds: int, seed: int, n_test: int | None) -> list[Any]:
+    """The units of :func:`fewshot_relation`'s grid: the randomised selectors with selection
+    seeds ``seed .. seed + seeds - 1``, the deterministic ones with seed 0 (with ``seed = 0``
+    exactly :func:`~icldistill.evaluation.harness.unit_grid`'s units)."""
+    from icldistill.evaluation.harness import unit_grid
+
+    grid = unit_grid(models=[model], tasks=list(tasks), selectors=list(selectors), ks=[k],
+                     seeds=seed + seeds, n_test=n_test)
+    randomised = {u.selector for u in grid if u.seed > 0}
+    return [u for u in grid if u.selector not in randomised or u.seed >= seed]
+
+
+def fewshot_folder(parent: str | Path, seed: int = 0) -> Path:
+    """The default folder of the real section's accuracy-vs-MMD grid under ``parent``:
+    ``fewshot`` for seed 0 and ``fewshot-seed-<seed>`` for another seed (so that grids of
+    different seeds do not share one ``results.jsonl``); each random-init control's grid goes
+    beside it, in ``<folder>-control-<control seed>``."""
+    seed = check_seed(seed)
+    return Path(parent) / ("fewshot" if seed == 0 else f"fewshot-seed-{seed}")
+
+
+def _grid_tasks(fewshot_tasks: Any, dataset: str, quick: bool) -> tuple[str, ...]:
+    """The tasks of the real section's grid (checked before anything is traced): the given
+    ones, or ``dataset`` (plus ``yelp`` and ``rt-subjectivity`` in full mode), each once."""
+    if not fewshot_tasks:
+        return tuple(dict.fromkeys((dataset,) if quick else (dataset, "yelp", "rt-subjectivity")))
+    if isinstance(fewshot_tasks, str | bytes) or not isinstance(fewshot_tasks, Sequence):
+        raise InputError(f"fewshot_tasks must be a sequence of task names, got "
+                         f"{fewshot_tasks!r}")
+    seen: set[str] = set()
+    for t in fewshot_tasks:
+        if not isinstance(t, str) or not t.strip():
+            raise InputError(f"fewshot_tasks: every task must be a non-empty name, got {t!r}")
+        if t in seen:
+            raise InputError(f"fewshot_tasks: task {t!r} is listed twice")
+        seen.add(t)
+    return tuple(fewshot_tasks)
 
 
 # ---------------------------------------------------------------------------------- section
@@ -374,9 +428,10 @@ def accuracy_mmd_figure(rel: Any, path: Path) -> Path:
 
 
 def _control_relation(model: str, twin: Any, fewshot_dir: Path, tasks: tuple[str, ...],
-                      selectors: tuple[str, ...], n_test: int, progress: bool,
+                      selectors: tuple[str, ...], n_test: int, seed: int, progress: bool,
                       harness_factory: Any | None) -> FewShotRelation:
-    """The accuracy-vs-MMD grid of the real section, on a random-init twin."""
+    """The accuracy-vs-MMD grid of the real section, on a random-init twin (the trained
+    model's selection seeds)."""
     from icldistill.evaluation.harness import Harness
 
     if harness_factory is not None:
@@ -384,7 +439,7 @@ def _control_relation(model: str, twin: Any, fewshot_dir: Path, tasks: tuple[str
     else:
         h = Harness(fewshot_dir, model_loader=lambda _name, **_kw: twin, progress=progress)
     return fewshot_relation(fewshot_dir, model=model, tasks=tasks, selectors=selectors,
-                            n_test=n_test, progress=progress, harness=h)
+                            n_test=n_test, seed=seed, progress=progress, harness=h)
 
 
 def _spearman_items(tr: RealTraceResult) -> np.ndarray:
@@ -392,7 +447,7 @@ def _spearman_items(tr: RealTraceResult) -> np.ndarray:
     return st[np.isfinite(st)]
 
 
-# long: 18 lines of signature and 35 of NumPy docstring; the code is 43
+# long: 18 lines of signature and 41 of NumPy docstring; the code is 45
 def run(
     model: str = "smollm2-135m",
     *,
@@ -426,16 +481,22 @@ def run(
         Registry key of the language model (default ``smollm2-135m``).
     out_dir : path
         Figures go here; the harness grid runs in ``fewshot_dir`` (default
-        ``out_dir/fewshot``), the controls' grids in ``<fewshot_dir>-control-<seed>``.
+        :func:`fewshot_folder`: ``out_dir/fewshot`` for seed 0, ``out_dir/fewshot-seed-<seed>``
+        otherwise), the controls' grids in ``<fewshot_dir>-control-<control seed>``.
     quick : bool
         4 traced prompts and a 5-unit grid on 60 test inputs of one task; otherwise 12 prompts
         and a 3-task grid on 200 test inputs.
+    seed : int
+        An integer >= 0: the seed of the traced prompts and of the random selector's
+        selections in the grids (selection seeds ``seed .. seed + 2``, the same for the trained
+        model and its controls); the controls are initialised with seeds ``seed + 1 ..``.
     fewshot_results : path, optional
         Read the trained model's accuracy-vs-MMD units from this harness folder instead of
         running a grid (the controls' grid is then not run, and that check says so).
     fewshot_tasks : tuple of str, optional
         Tasks of the grid (default ``dataset``, plus ``yelp`` and ``rt-subjectivity`` in full
-        mode).
+        mode, each once); a task listed twice is an :class:`InputError`, raised before
+        anything is traced.
     loaded, split, harness : optional
         An already loaded model / dataset split / harness (see :func:`real_model_trace` and
         :func:`fewshot_relation`).
@@ -447,6 +508,8 @@ def run(
         ``control_harness(folder, model_loader) -> Harness`` for the controls' grids (tests).
     """
     t0 = time.perf_counter()
+    seed = check_seed(seed)
+    tasks = _grid_tasks(fewshot_tasks, dataset, quick)       # checked before anything is traced
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n_prompts = 4 if quick else 12
@@ -459,20 +522,20 @@ def run(
                           loaded=loaded, split=split)
     ctr = [real_model_trace(model, dataset, k=4, n_prompts=n_prompts, seed=seed,
                             progress=progress, loaded=c, split=split) for c in controls]
-    tasks = fewshot_tasks or ((dataset,) if quick else (dataset, "yelp", "rt-subjectivity"))
     selectors = (("random", "mmd", "mmd-balanced") if quick else
                  ("random", "vote-k", "mmd", "mmd-balanced"))
     n_test = 60 if quick else 200
-    fs_dir = Path(fewshot_dir) if fewshot_dir is not None else out / "fewshot"
+    fs_dir = Path(fewshot_dir) if fewshot_dir is not None else fewshot_folder(out, seed)
     crel: list[FewShotRelation] = []
     if fewshot_results is not None:
         rel = fewshot_relation(fewshot_results, run_grid=False)
     else:
         rel = fewshot_relation(fs_dir, model=model, tasks=tasks, harness=harness,
-                               selectors=selectors, n_test=n_test, progress=progress)
+                               selectors=selectors, n_test=n_test, seed=seed,
+                               progress=progress)
         for i, c in enumerate(controls, 1):
             crel.append(_control_relation(model, c, fs_dir.with_name(
-                f"{fs_dir.name}-control-{seed + i}"), tasks, selectors, n_test, progress,
+                f"{fs_dir.name}-control-{seed + i}"), tasks, selectors, n_test, seed, progress,
                 control_harness))
     figures = _figures(tr, rel, out)
     m = _Measured(tr=tr, ctr=ctr, rel=rel, crel=crel, seed=seed,

@@ -217,11 +217,11 @@ def reproduce(
         The command line to record in the report.
     """
     t0 = time.perf_counter()
+    steps = _selected_steps(plan(quick), only)           # an unknown name: before the folder
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if log is None:
         log = functools.partial(fetch_log, progress)
-    steps = _selected_steps(plan(quick), only)
     mode = "quick" if quick else "full"
     run = _Run(out=out, quick=quick, seed=seed, model=model, dataset=dataset,
                fewshot_results=fewshot_results, cache_dir=cache_dir,
@@ -426,7 +426,7 @@ class _Run:
             return real.run(self.model, out_dir=self.out / key, quick=self.quick,
                             seed=self.seed, progress=self.progress, dataset=self.dataset,
                             fewshot_results=self.fewshot_results,
-                            fewshot_dir=self.out / "fewshot")
+                            fewshot_dir=real.fewshot_folder(self.out, self.seed))
         return run_experiment(name, self.learner(task), out_dir=self.out / key,
                               quick=self.quick, seed=self.seed, progress=self.progress)
 
