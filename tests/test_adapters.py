@@ -330,6 +330,179 @@ def test_dspy_errors():
         program(review="a film")
 
 
+# ============================================================================ shared pool
+def test_query_cache_eviction_keeps_the_batch_being_read():
+    """Regression: the query cache evicted before reading the batch back, so a batch of more
+    distinct queries than the cache holds (or an old query next to a new one in a full cache)
+    raised KeyError."""
+    from icldistill.adapters import _core
+    from icldistill.adapters._core import DemoIndex
+
+    big = DemoIndex("knn", {}, HashBOW(), labelled=False)
+    big.add(TEXTS)
+    queries = [f"query number {i}" for i in range(_core._QUERY_CACHE + 4)]
+    assert big.select(queries, 2).shape == (len(queries), 2)
+    assert len(big._queries) == _core._QUERY_CACHE
+
+    idx = DemoIndex("knn", {}, HashBOW(), labelled=False)
+    idx.add(TEXTS)
+    for i in range(_core._QUERY_CACHE):                # one query at a time, as adapters do
+        idx.select([f"query {i}"], 2)
+    got = idx.select(["query 0", "a brand new query"], 2)
+    ref = DemoIndex("knn", {}, HashBOW(), labelled=False)
+    ref.add(TEXTS)
+    assert got.tolist() == ref.select(["query 0", "a brand new query"], 2).tolist()
+
+
+def test_langchain_concurrent_adds_keep_examples_and_pool_in_step(monkeypatch):
+    """Regression: add_examples extended its example list after releasing the pool's lock, so
+    two threads adding at once left the pool and the examples in different orders and a
+    query got another example (and label) than the selector chose."""
+    import threading
+
+    from icldistill.adapters._core import DemoIndex
+
+    sel = ICLDistillExampleSelector([{"text": "seed example one", "label": "neg"}],
+                                    selector="knn", encoder=HashBOW(), k=1, label_key="label")
+    first_in, release = threading.Event(), threading.Event()
+    real_add = DemoIndex.add
+
+    def slow_add(self, texts, labels=None, **kw):
+        real_add(self, texts, labels, **kw)
+        if texts[0].startswith("apple"):       # hold the first adder between its two steps
+            first_in.set()
+            release.wait(2)
+
+    monkeypatch.setattr(DemoIndex, "add", slow_add)
+    apple = {"text": "apple apple apple", "label": "FRUIT"}
+    car = {"text": "car car car", "label": "VEHICLE"}
+    t1 = threading.Thread(target=sel.add_example, args=(apple,))
+    t1.start()
+    assert first_in.wait(5)
+    t2 = threading.Thread(target=sel.add_example, args=(car,))
+    t2.start()
+    t2.join(0.3)                               # with the fix, t2 waits for t1's lock
+    release.set()
+    t1.join(5)
+    t2.join(5)
+    pool = sel._index.texts
+    assert [e["text"] for e in sel.examples] == pool
+    assert sel.select_examples({"text": "apple apple apple"}) == [apple]
+    assert sel.select_examples({"text": "car car car"}) == [car]
+
+
+def test_dspy_targets_must_be_a_list():
+    """Regression: targets="some text" became its characters, a dspy.Example its keys."""
+    enc = HashBOW()
+    for bad in ("question about topic 3", dspy.Example(text="x"), {"text": "x"}):
+        with pytest.raises(InputError, match="targets must be a list of the queries"):
+            ICLDistillFewShot(k=2, selector="mmd", encoder=enc, targets=bad)
+    with pytest.raises(InputError, match="targets must be a list"):
+        ICLDistillFewShot(k=2, selector="mmd", encoder=enc, targets=3)
+    with pytest.raises(InputError, match=r"targets\[1\] must be a text"):
+        ICLDistillFewShot(k=2, selector="mmd", encoder=enc, targets=["ok", 3])
+    tp = ICLDistillFewShot(k=2, selector="mmd", encoder=enc, targets=("a charming film",))
+    index, _, _ = tp.build_index(TRAINSET)
+    assert index._targets == ["a charming film"]
+    with pytest.raises(InputError, match="valset must be a list"):
+        ICLDistillFewShot(k=2, selector="mmd", encoder=enc).build_index(TRAINSET, "a film")
+
+
+def test_example_values_follow_the_cell_rule():
+    """Regression: values went through str(): 1 and "1" were one label but 0 and 0.0 two,
+    None became the text "None" and a list its repr."""
+    enc = HashBOW()
+    ex = [{"text": "good film", "label": 1}, {"text": "great film", "label": "1"},
+          {"text": "bad film", "label": 0.0}, {"text": "awful", "label": 0},
+          {"text": 7.0, "label": np.int64(0)}]
+    sel = ICLDistillExampleSelector(ex, selector="mmd-balanced", encoder=enc, k=4,
+                                    label_key="label")
+    assert sel._index.labels == ["1", "1", "0", "0", "0"]
+    assert sel._index.texts[-1] == "7"
+    assert sel.examples == ex                         # the examples are returned as given
+    with pytest.raises(InputError, match=r"example 1: key 'label' is missing \(it holds None"):
+        ICLDistillExampleSelector([ex[0], {"text": "x", "label": None}], encoder=enc,
+                                  label_key="label")
+    with pytest.raises(InputError, match="example 0: key 'label' is missing"):
+        ICLDistillExampleSelector([{"text": "x", "label": float("nan")}], encoder=enc,
+                                  label_key="label")
+    with pytest.raises(InputError, match="example 0: key 'text' is missing"):
+        ICLDistillExampleSelector([{"text": None, "label": "a"}], encoder=enc,
+                                  label_key="label")
+    with pytest.raises(InputError, match="example 0: key 'text' holds a list, not text"):
+        ICLDistillExampleSelector([{"text": ["bad", "film"], "label": "a"}], encoder=enc,
+                                  label_key="label")
+    with pytest.raises(InputError, match="empty label in key 'label'"):
+        ICLDistillExampleSelector([{"text": "x", "label": "  "}], encoder=enc,
+                                  label_key="label")
+    with pytest.raises(InputError, match="input_variables: key 'text' is missing"):
+        sel.select_examples({"text": None})
+    assert len(sel) == 5                             # nothing was added by a failed call
+    # DSPy: the same rule
+    train = [dspy.Example(text=t, label=lab).with_inputs("text")
+             for t, lab in [("good", 1), ("fine", 1.0), ("bad", "0"), ("awful", 0.0)]]
+    index, _, _ = ICLDistillFewShot(k=2, selector="mmd-balanced", encoder=enc,
+                                    label_key="label").build_index(train)
+    assert index.labels == ["1", "1", "0", "0"]
+    bad = [*train[:2], dspy.Example(text=None, label="0").with_inputs("text")]
+    with pytest.raises(InputError, match=r"trainset\[2\]: field 'text' is missing"):
+        ICLDistillFewShot(k=2, encoder=enc).build_index(bad)
+    bad = [*train[:2], dspy.Example(text="x", label=["a"]).with_inputs("text")]
+    with pytest.raises(InputError, match=r"trainset\[2\]: field 'label' holds a list"):
+        ICLDistillFewShot(k=2, encoder=enc, label_key="label").build_index(bad)
+
+
+def test_labels_differing_only_in_spelling_are_warned_about_once():
+    import unicodedata
+
+    nfc, nfd = (unicodedata.normalize(f, "négatif") for f in ("NFC", "NFD"))
+    ex = [{"text": "a", "label": nfc}, {"text": "b", "label": nfd},
+          {"text": "c", "label": "positif"}]
+    with pytest.warns(UserWarning, match=r"differ only in .*Unicode normal form"):
+        sel = ICLDistillExampleSelector(ex, encoder=HashBOW(), label_key="label")
+    with pytest.warns(UserWarning, match=r"'Pos' and 'pos'"):
+        sel.add_examples([{"text": "d", "label": "Pos"}, {"text": "e", "label": "pos"}])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")           # the same groups are not warned about again
+        sel.add_example({"text": "f", "label": "pos"})
+
+
+def test_duplicate_examples_and_conflicting_labels_are_warned_about():
+    """Regression: duplicates were accepted silently (knn showed the same demonstration k
+    times) and so was one text with two labels. Both stay in the pool, as duplicated rows of
+    a file do (noisy labels are data), with a warning that names them."""
+    import unicodedata
+
+    ex = [{"text": "good film", "label": "pos"}] * 3 + [{"text": "awful movie", "label": "neg"}]
+    with pytest.warns(UserWarning, match=r"2 example\(s\) repeat an earlier one \(example 1 "
+                                         r"repeats example 0, example 2 repeats example 0\)"):
+        sel = ICLDistillExampleSelector(ex, selector="knn", encoder=HashBOW(), k=3,
+                                        label_key="label")
+    assert len(sel) == 4                          # kept, as duplicated rows of a file are
+    with pytest.warns(UserWarning, match=r"1 example\(s\) have the text of an earlier one with "
+                                         r"another label \(example 4 \('neg'\) and example 0 "
+                                         r"\('pos'\)\)"):
+        sel.add_example({"text": "good  film", "label": "neg"})
+    nfd = unicodedata.normalize("NFD", "café noir")
+    sel.add_example({"text": unicodedata.normalize("NFC", "café noir"), "label": "pos"})
+    with pytest.warns(UserWarning, match=r"example 6 \('neg'\) and example 5"):
+        sel.add_example({"text": nfd, "label": "neg"})
+    assert len(sel) == 7 and len(sel._index) == 7
+    # without labels: a warning only
+    with pytest.warns(UserWarning, match="repeat an earlier one"):
+        ICLDistillExampleSelector([{"q": "x"}, {"q": "y"}, {"q": "x"}], encoder=HashBOW())
+    # DSPy: the trainset is checked at compile time
+    train = [dspy.Example(text="same", label="a").with_inputs("text"),
+             dspy.Example(text="same", label="b").with_inputs("text"),
+             dspy.Example(text="other", label="a").with_inputs("text")]
+    with pytest.warns(UserWarning, match=r"trainset\[1\] \('b'\) and trainset\[0\]"):
+        ICLDistillFewShot(k=2, encoder=HashBOW(), label_key="label").build_index(train)
+    with pytest.warns(UserWarning, match=r"trainset\[1\] repeats trainset\[0\]"):
+        ICLDistillFewShot(k=2, encoder=HashBOW()).build_index(train)
+
+
 # ============================================================================ packaging
 def test_no_eager_framework_imports_and_clear_missing_extra():
     code = (

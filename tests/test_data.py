@@ -408,8 +408,9 @@ def test_load_csv_tsv_and_natural_label_order(tmp_path):
     assert ds.name == "mine" and ds.label_names == ("farewell", "greeting")
     orange = tmp_path / "o.tab"  # Orange's 3-row header (names, types, flags)
     orange.write_text("Category\tText\nd\tstring\nclass\t\nearn\tprofit up\nacq\tbuys co\n")
-    assert load_file(orange, text_field="Text", label_field="Category").texts == (
-        "profit up", "buys co")
+    with pytest.warns(UserWarning, match=r"Orange \.tab file.*lines 2 and 3"):
+        assert load_file(orange, text_field="Text", label_field="Category").texts == (
+            "profit up", "buys co")
     s = tmp_path / "semi.txt"
     s.write_text("text;label\nx;1\ny;0\n")
     assert load_file(s, text_field="text", label_field="label", delimiter=";").labels.tolist() \
@@ -443,6 +444,69 @@ def test_load_jsonl_json_and_pairs(tmp_path):
     ds3 = load_file(j, text_field="premise", label_field="label", format=fmt)
     assert ds3.texts == ("A man sleeps.", "A cat.", "Two.") and ds3.format is fmt
     assert ds3.split(1, seed=0).test.fields is None
+
+
+def test_orange_header_is_only_read_in_tab_files_with_a_flags_row(tmp_path):
+    """Regression: every tab-delimited file whose first data row held only Orange type words
+    (``d``, ``c``, ``text``...) silently lost its first two data rows."""
+    import warnings
+
+    body = "text\tlabel\ntext\td\nthe first real review\tc\nsecond review\td\nthird\tc\n"
+    for name in ("o.tsv", "o.txt"):
+        p = tmp_path / name
+        p.write_text(body)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ds = load_file(p, text_field="text", label_field="label",
+                           delimiter="\t" if name.endswith(".txt") else None)
+        assert ds.texts == ("text", "the first real review", "second review", "third")
+    no_flags = tmp_path / "o.tab"           # a .tab whose third row is data, not flags
+    no_flags.write_text(body)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(load_file(no_flags, text_field="text", label_field="label")) == 4
+    orange = tmp_path / "news.tab.gz"       # Orange's header, compressed: skipped, with a warning
+    orange.write_bytes(gzip.compress(b"label\ttext\ndiscrete\tstring\nclass\tmeta x=1\n"
+                                     b"pos\tgood\nneg\tbad\n"))
+    with pytest.warns(UserWarning, match="read as an Orange .tab file"):
+        assert load_file(orange, text_field="text", label_field="label").texts == (
+            "good", "bad")
+
+
+def test_labels_and_texts_differing_only_in_unicode_form_are_warned_about(tmp_path):
+    """Regression: labels in NFC and NFD ("négatif") became two classes silently, and dedup
+    kept NFC / NFD copies of a text silently. The data are not normalised (they stay as
+    read); the warnings compare NFKC forms."""
+    import unicodedata
+
+    nfc, nfd = (unicodedata.normalize(f, "négatif") for f in ("NFC", "NFD"))
+    p = tmp_path / "u.csv"
+    p.write_text("text,label\n" + "".join(
+        f"t{i},{(nfc, nfd, 'positif')[i % 3]}\n" for i in range(9)), encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"differ only in case, spaces or number format \(or "
+                                         r"Unicode normal form: they look identical\)"):
+        ds = load_file(p, text_field="text", label_field="label")
+    assert set(ds.label_names) == {nfc, nfd, "positif"}      # kept as they are
+    q = tmp_path / "u2.csv"
+    q.write_text(f"text,label\n{unicodedata.normalize('NFC', 'café noir')},a\n"
+                 f"{unicodedata.normalize('NFD', 'café noir')},a\nother,b\nmore,b\n",
+                 encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"1 row\(s\) kept by dedup .* Unicode normal form"):
+        assert len(load_file(q, text_field="text", label_field="label", dedup=True)) == 4
+
+
+@given(st.text(min_size=1, max_size=12).filter(lambda s: s.strip()))
+def test_close_spellings_group_the_normal_forms_of_a_label(label):
+    import unicodedata
+
+    from icldistill.data.readers import close_spellings
+
+    forms = list(dict.fromkeys(unicodedata.normalize(f, label)
+                               for f in ("NFC", "NFD", "NFKC", "NFKD")))
+    groups = close_spellings([*forms, *forms])       # repeats count once
+    if len(forms) > 1:
+        assert any(set(forms) <= set(g) for g in groups)
+    assert all(len(g) == len(set(g)) > 1 for g in groups)
 
 
 def test_load_file_errors(tmp_path):

@@ -575,7 +575,8 @@ def test_task_from_table_matches_a_file(tmp_path):
         ref = Task("mine", load_file(p, text_field="text", label_field="label",
                                      name="mine").split(5, seed=3))
     for source in (frame, p, _source("parquet", tmp_path, ROWS * 4, COLUMNS)):
-        with pytest.warns(UserWarning, match="dropped 4 row"):
+        with pytest.warns(UserWarning, match="exact copy in the demonstration pool"), \
+                pytest.warns(UserWarning, match="dropped 4 row"):
             task = Task.from_table("mine", source, text_field="text", label_field="label",
                                    test_size=5, seed=3)
         assert task.name == "mine" and task.fingerprint == ref.fingerprint
@@ -588,6 +589,40 @@ def test_task_from_table_matches_a_file(tmp_path):
         Task.from_table("", frame, text_field="text", label_field="label")
     with pytest.raises(InputError, match="pool_size must be a positive integer"):
         Task.from_table("t", frame, text_field="text", label_field="label", pool_size=0)
+
+
+def test_task_from_table_warns_about_test_items_copied_in_the_pool(tmp_path):
+    """Regression: Task.from_table kept test items with a copy in the pool silently, where
+    ``evaluate --file`` (whose behaviour it documents) warns; both now share one check,
+    which also counts copies that differ only in Unicode normal form."""
+    import unicodedata
+
+    from icldistill.data.readers import warn_test_copies
+
+    rows = [{"text": f"review {i % 10}", "label": "pos" if i % 2 else "neg"} for i in range(40)]
+    with pytest.warns(UserWarning, match=r"task 'mine': 12 of the 12 test items have an exact "
+                                         r"copy in the demonstration pool"):
+        task = Task.from_table("mine", rows, text_field="text", label_field="label",
+                               test_size=0.3, seed=0)
+    pool = set(task.split.train.texts)
+    assert all(t in pool for t in task.split.test.texts)     # the data are unchanged
+    p = tmp_path / "dups.csv"
+    pd.DataFrame(rows).to_csv(p, index=False)
+    with pytest.warns(UserWarning, match=f"{re.escape(str(p))}: 12 of the 12 test items"):
+        Task.from_table("mine", p, text_field="text", label_field="label")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        deduped = Task.from_table("mine", rows, text_field="text", label_field="label",
+                                  test_size=0.3, dedup=True)
+    assert len(deduped.split.train) + len(deduped.split.test) == 10
+    words = ["café", "naïve", "résumé", "über", "façade", "élan"]
+    forms = [{"text": unicodedata.normalize(form, f"{words[j % 6]} {j}"),
+              "label": "pos" if j % 2 else "neg"} for j in range(12) for form in ("NFC", "NFD")]
+    with pytest.warns(UserWarning, match="test items have an exact copy in the demonstration"):
+        nf = Task.from_table("nf", forms, text_field="text", label_field="label", test_size=6)
+    exact = set(nf.split.train.texts)
+    assert not any(t in exact for t in nf.split.test.texts)  # the copies differ in form only
+    assert warn_test_copies(deduped.split, "x") == 0
 
 
 def _toy_rows(n: int = 40) -> list[dict[str, Any]]:

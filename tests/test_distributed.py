@@ -115,6 +115,61 @@ def test_bad_settings_are_one_line_errors(tmp_path, toy):
     assert np.isfinite(1.0)
 
 
+def test_harness_kwargs_that_run_ray_sets_itself_are_input_errors(tmp_path, toy):
+    """Regression: harness_kwargs={"progress": ...} (or "out_dir") was a raw TypeError
+    ("got multiple values for keyword argument"); an unknown key was one too."""
+    for key, value, what in [("progress", False, "pass progress= to run_ray itself"),
+                             ("out_dir", str(tmp_path), "run_ray's out_dir"),
+                             ("batchsize", 4, "not a Harness argument; they are tasks, "
+                                              "batch_size")]:
+        kw = {**_kwargs(tmp_path, toy), key: value}
+        with pytest.raises(InputError, match=rf"harness_kwargs\['{key}'\].*{what}"):
+            run_ray(_units(), tmp_path / "x", harness_kwargs=kw, progress=False)
+    with pytest.raises(InputError, match="harness_kwargs must be a dict"):
+        run_ray(_units(), tmp_path / "x", harness_kwargs=[("batch_size", 4)], progress=False)
+
+
+class _Sent(Exception):
+    """Stops run_ray once it has built the workers' arguments."""
+
+
+def test_path_arguments_are_made_absolute_on_the_driver(tmp_path, toy, monkeypatch):
+    """Regression: embedding_cache / selections_from went to the workers as given, so a
+    relative path was read from each worker's own folder (another one on a cluster node)."""
+    from icldistill.evaluation import distributed
+
+    sent = []
+
+    class FakeRay:                  # the driver's side of Ray: records what workers get
+        def is_initialized(self):
+            return True
+
+        def cluster_resources(self):
+            return {"CPU": 2.0}
+
+        def remote(self, **_):
+            class Actor:
+                @staticmethod
+                def remote(*args):
+                    sent.append(args)
+                    raise _Sent
+
+            return lambda cls: Actor
+
+    monkeypatch.setattr(distributed, "_ray", FakeRay)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "earlier" / "selections").mkdir(parents=True)
+    kw = {**_kwargs(tmp_path, toy), "embedding_cache": "emb",
+          "selections_from": Path("earlier")}
+    with pytest.raises(_Sent):
+        run_ray(_units(), "out", harness_kwargs=kw, num_workers=1, progress=False)
+    out_dir, worker_kwargs, _ = sent[0]
+    assert out_dir == str(tmp_path / "out")
+    assert worker_kwargs["embedding_cache"] == str(tmp_path / "emb")
+    assert worker_kwargs["selections_from"] == str(tmp_path / "earlier")
+    assert worker_kwargs["batch_size"] == 4 and worker_kwargs["tasks"]["toy"] is toy
+
+
 def test_cli_evaluate_with_the_ray_backend_gives_the_local_results(tmp_path, ray_local,
                                                                    float32_default, one_thread,
                                                                    capsys, monkeypatch):

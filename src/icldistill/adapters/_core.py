@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,10 +18,18 @@ from typing import Any
 import numpy as np
 
 from icldistill.core.validation import InputError
+from icldistill.data.dataset import clean_text
+from icldistill.data.readers import (
+    cell_text,
+    close_spellings,
+    comparable_text,
+    is_missing,
+    warn_close_spellings,
+)
 from icldistill.encoders.representations import EmbeddingCache, Encoder, encode_cached, make_encoder
 from icldistill.selection import Pool, Selector, make_selector
 
-__all__ = ["DemoIndex", "check_k", "resolve_encoder", "resolve_selector"]
+__all__ = ["DemoIndex", "check_k", "field_text", "resolve_encoder", "resolve_selector"]
 
 #: Query encodings kept in memory (least recently used dropped first).
 _QUERY_CACHE = 4096
@@ -31,6 +40,47 @@ def check_k(k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise InputError(f"k must be a positive integer, got {k!r}")
     return int(k)
+
+
+def field_text(value: Any, where: str, key: str, *, noun: str = "key",
+               label: bool = False) -> str:
+    """An example's value as text, by the package's cell rule
+    (:func:`~icldistill.data.readers.cell_text`): strings as they are, numbers and booleans
+    written out (``1`` and ``1.0`` -> ``"1"``, ``True`` -> ``"true"``).
+
+    Parameters
+    ----------
+    value : object
+        The value of ``key`` in the example.
+    where : str
+        Names the example in messages (``"example 3"``, ``"trainset[3]"``).
+    key : str
+        The key (or field) read.
+    noun : str
+        What messages call ``key`` (``"key"``, ``"field"``).
+    label : bool
+        A label: whitespace-normalised (as labels read from a file are), and it must not be
+        empty.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    InputError
+        A missing value (``None``, NaN, pandas ``NA``), a value that is not text (a list, a
+        dict, bytes...), an empty label.
+    """
+    if is_missing(value):
+        raise InputError(f"{where}: {noun} {key!r} is missing (it holds {value!r}); give every "
+                         "example a value")
+    text = cell_text(value, where, key, noun=noun)
+    if label:
+        text = clean_text(text)
+        if not text:
+            raise InputError(f"{where}: empty label in {noun} {key!r}")
+    return text
 
 
 def resolve_selector(selector: str | Selector, params: Mapping[str, Any]) -> Selector:
@@ -89,6 +139,20 @@ class DemoIndex:
         (:func:`~icldistill.encoders.representations.encode_cached`); default: in memory only.
     what : str
         How error messages name the label source (e.g. ``"label_key="``).
+
+    Attributes
+    ----------
+    lock : threading.RLock
+        Held by every method while it reads or changes the pool; an adapter that keeps its
+        own per-example records holds it too, so that they and the pool change together.
+
+    Notes
+    -----
+    Examples whose texts repeat an earlier one (compared under
+    :func:`~icldistill.data.readers.comparable_text`) are kept, as rows of a file are, with a
+    warning (a selector may pick both copies), and so is the same text with another label
+    (noisy labels are data, but a selector may then show one input with both answers).
+    Labels that differ only in spelling (``"pos"`` and ``"Pos"``) are warned about once.
     """
 
     def __init__(self, selector: str | Selector, params: Mapping[str, Any],
@@ -112,7 +176,10 @@ class DemoIndex:
         self._targets: list[str] | None = None
         self._target_emb: np.ndarray | None = None
         self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.RLock()
+        self._seen: dict[str, tuple[str, str | None]] = {}   # compared text -> (name, label)
+        self._label_set: set[str] = set()
+        self._warned_spellings: set[tuple[str, ...]] = set()
+        self.lock = threading.RLock()
 
     # ------------------------------------------------------------------ pool
     @property
@@ -123,21 +190,89 @@ class DemoIndex:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def add(self, texts: Sequence[str], labels: Sequence[Any] | None = None) -> None:
-        """Append examples (encoded lazily, at the next :meth:`select`)."""
+    def add(self, texts: Sequence[str], labels: Sequence[str] | None = None, *,
+            names: Sequence[str] | None = None) -> None:
+        """Append examples (encoded lazily, at the next :meth:`select`).
+
+        Parameters
+        ----------
+        texts : sequence of str
+            The examples' compared texts.
+        labels : sequence of str, optional
+            Their labels (required by a ``labelled`` index), as text (:func:`field_text`).
+        names : sequence of str, optional
+            How messages name the examples (default ``"example <row>"``).
+
+        Raises
+        ------
+        InputError
+            A text or label that is not a string, a missing label. Nothing is added then.
+        """
         texts = list(texts)
         if self.labelled:
             if labels is None or len(labels) != len(texts):
                 raise InputError("every example needs a label")
-            labels = [str(v) for v in labels]
-        with self._lock:
+            labels = list(labels)
+        with self.lock:
+            start = len(self.texts)
+            names = (list(names) if names is not None
+                     else [f"example {start + i}" for i in range(len(texts))])
+            for i, t in enumerate(texts):
+                if not isinstance(t, str):
+                    raise InputError(f"{names[i]}: the text must be a string, got "
+                                     f"{type(t).__name__}")
+                if self.labelled and not isinstance(labels[i], str):
+                    raise InputError(f"{names[i]}: the label must be a string, got "
+                                     f"{type(labels[i]).__name__}")
+            new: dict[str, tuple[str, str | None]] = {}    # merged only if all pass
+            repeats: list[tuple[str, str]] = []
+            conflicts: list[str] = []
+            for i, t in enumerate(texts):
+                key = comparable_text(t)
+                label = labels[i] if self.labelled else None
+                earlier = self._seen.get(key) or new.get(key)
+                if earlier is not None:
+                    first, first_label = earlier
+                    if label != first_label:
+                        conflicts.append(f"{names[i]} ({label!r}) and {first} "
+                                         f"({first_label!r})")
+                    else:
+                        repeats.append((names[i], first))
+                else:
+                    new[key] = (names[i], label)
+            self._seen.update(new)
             self.texts.extend(texts)
             if self.labelled:
                 self.labels.extend(labels)
+                if not self._label_set.issuperset(labels):   # a new label: check spellings
+                    self._label_set.update(labels)
+                    self._warn_spellings()
+        if repeats:
+            shown = ", ".join(f"{a} repeats {b}" for a, b in repeats[:3])
+            warnings.warn(f"{len(repeats)} example(s) repeat an earlier one ({shown}"
+                          f"{', ...' if len(repeats) > 3 else ''}); both copies stay in the "
+                          "pool and a selector may pick both (knn then shows the same "
+                          "demonstration twice): remove the duplicates", UserWarning,
+                          stacklevel=3)
+        if conflicts:
+            warnings.warn(f"{len(conflicts)} example(s) have the text of an earlier one with "
+                          f"another label ({'; '.join(conflicts[:3])}"
+                          f"{'; ...' if len(conflicts) > 3 else ''}); both stay in the pool, "
+                          "and a selector may show the same input with both answers",
+                          UserWarning, stacklevel=3)
+
+    def _warn_spellings(self) -> None:
+        """Warn about label groups that differ only in spelling, each group once."""
+        fresh = [g for g in close_spellings(sorted(self._label_set))
+                 if tuple(g) not in self._warned_spellings]
+        if fresh:
+            warn_close_spellings([v for g in fresh for v in g], "the example pool",
+                                 stacklevel=4)
+            self._warned_spellings.update(tuple(g) for g in fresh)
 
     def set_targets(self, texts: Sequence[str] | None) -> None:
         """Target texts of set-level selectors (``None``: the pool's own texts)."""
-        with self._lock:
+        with self.lock:
             self._targets = None if texts is None else list(texts)
             self._target_emb = None
             self._shared.clear()
@@ -172,11 +307,13 @@ class DemoIndex:
         if missing:
             for t, e in zip(missing, self.encoder.encode(missing), strict=True):
                 self._queries[t] = e
-            while len(self._queries) > _QUERY_CACHE:
-                self._queries.popitem(last=False)
         for t in texts:
             self._queries.move_to_end(t)
-        return np.stack([self._queries[t] for t in texts])
+        out = np.stack([self._queries[t] for t in texts])
+        # evict only once the batch is read: its own entries may be the oldest ones
+        while len(self._queries) > _QUERY_CACHE:
+            self._queries.popitem(last=False)
+        return out
 
     def _check_k(self, k: int) -> int:
         k = check_k(k)
@@ -193,7 +330,7 @@ class DemoIndex:
         the targets (:meth:`set_targets`, default the pool itself), cached until the pool grows.
         """
         queries = list(queries)
-        with self._lock:
+        with self.lock:
             self._refresh()
             k = self._check_k(k)
             if self.shared:
@@ -206,7 +343,7 @@ class DemoIndex:
 
     def shared_set(self, k: int) -> np.ndarray:
         """The set-level selector's ``k`` pool rows (prompt order), ``[k]``."""
-        with self._lock:
+        with self.lock:
             self._refresh()
             k = self._check_k(k)
             key = (k, self._fitted_n)

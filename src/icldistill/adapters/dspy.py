@@ -20,7 +20,9 @@ the ``valset``'s inputs, or the trainset's own inputs); the result is an ordinar
 fixed demos (as ``LabeledFewShot`` makes), which DSPy can save and load.
 
 Texts: one input field gives its value; several give ``"key: value | key: value"`` (the
-format of DSPy's ``KNN``), in ``input_keys`` order.
+format of DSPy's ``KNN``), in ``input_keys`` order. Values that are not strings are written out
+as a file's cells are (``1`` and ``1.0`` -> ``"1"``); a missing value (``None``, NaN) or a list
+or dict is an error.
 
 Needs DSPy (``pip install icldistill[dspy]``).
 """
@@ -40,7 +42,13 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("icldistill.adapters.dspy needs DSPy; install it with "
                       "`pip install icldistill[dspy]`") from exc
 
-from icldistill.adapters._core import DemoIndex, check_k, resolve_encoder, resolve_selector
+from icldistill.adapters._core import (
+    DemoIndex,
+    check_k,
+    field_text,
+    resolve_encoder,
+    resolve_selector,
+)
 from icldistill.core.validation import InputError
 from icldistill.encoders.representations import EmbeddingCache, Encoder
 from icldistill.selection import DEFAULT_SELECTOR, Selector
@@ -125,9 +133,17 @@ class ICLDistillFewShot(Teleprompter):
     ------
     icldistill.InputError
         Unknown selector or parameter, bad encoder or ``k``, a label-aware selector without
-        ``label_key``; at compile time an empty or inconsistent trainset, ``k`` larger than the
-        trainset, examples without the input or label fields; at call time a call without one
-        of the input fields.
+        ``label_key``, ``targets`` that is not a list; at compile time an empty or inconsistent
+        trainset, ``k`` larger than the trainset, examples without the input or label fields,
+        a missing value (``None``, NaN) or one that is not text, two examples with the same
+        text and different labels; at call time a call without one of the input fields.
+
+    Warns
+    -----
+    UserWarning
+        At compile time: trainset examples whose text repeats an earlier one (both stay in the
+        pool, as duplicated rows of a file do, and a selector may pick both); labels that
+        differ only in spelling (``"pos"`` and ``"Pos"``).
 
     Notes
     -----
@@ -166,7 +182,7 @@ class ICLDistillFewShot(Teleprompter):
         if label_key is not None and not isinstance(label_key, str):
             raise InputError(f"label_key must be a string, got {type(label_key).__name__}")
         self.label_key = label_key
-        self.targets = None if targets is None else list(targets)
+        self.targets = None if targets is None else self._check_targets(targets)
         if bootstrap is not None and not isinstance(bootstrap, Mapping):
             raise InputError("bootstrap must be a dict of BootstrapFewShot arguments or None")
         self.bootstrap = None if bootstrap is None else dict(bootstrap)
@@ -177,15 +193,34 @@ class ICLDistillFewShot(Teleprompter):
         """A fresh selector for one pool (a copy of the given instance)."""
         return resolve_selector(self.selector, self.params)
 
+    @staticmethod
+    def _check_targets(targets: Any, name: str = "targets") -> list[Any]:
+        """``targets`` as a list of texts, dicts or examples (not one of them on its own)."""
+        if isinstance(targets, (str, Mapping, dspy.Example)):
+            raise InputError(f"{name} must be a list of the queries (texts, dicts or "
+                             f"dspy.Example), not a single {type(targets).__name__}; wrap it "
+                             "in a list")
+        try:
+            targets = list(targets)
+        except TypeError:
+            raise InputError(f"{name} must be a list of texts, dicts or dspy.Example, got "
+                             f"{type(targets).__name__}") from None
+        for i, t in enumerate(targets):
+            if not isinstance(t, (str, Mapping, dspy.Example)):
+                raise InputError(f"{name}[{i}] must be a text, a dict or a dspy.Example, got "
+                                 f"{type(t).__name__}")
+        return targets
+
     # ------------------------------------------------------------------ texts
     @staticmethod
     def _join(values: Mapping[str, Any], keys: list[str], what: str) -> str:
         missing = [key for key in keys if key not in values]
         if missing:
             raise InputError(f"{what} has no field(s) {missing} (input_keys={keys})")
+        texts = [field_text(values[key], what, key, noun="field") for key in keys]
         if len(keys) == 1:
-            return str(values[keys[0]])
-        return " | ".join(f"{key}: {values[key]}" for key in keys)
+            return texts[0]
+        return " | ".join(f"{key}: {text}" for key, text in zip(keys, texts, strict=True))
 
     def _target_text(self, t: Any, keys: list[str], i: int) -> str:
         if isinstance(t, str):
@@ -220,15 +255,16 @@ class ICLDistillFewShot(Teleprompter):
             bad = [i for i, e in enumerate(trainset) if self.label_key not in e]
             if bad:
                 raise InputError(f"trainset[{bad[0]}] has no label field {self.label_key!r}")
-            labels = [e[self.label_key] for e in trainset]
+            labels = [field_text(e[self.label_key], f"trainset[{i}]", self.label_key,
+                                 noun="field", label=True) for i, e in enumerate(trainset)]
         index = DemoIndex(self._selector(), {}, self.encoder,
                           labelled=self.label_key is not None, cache_dir=self.cache_dir,
                           what="label_key=")
-        index.add(texts, labels)
+        index.add(texts, labels, names=[f"trainset[{i}]" for i in range(len(trainset))])
         targets = self.targets if self.targets is not None else valset
         if targets is not None and index.shared:
-            if isinstance(targets, (str, Mapping, dspy.Example)):
-                raise InputError("targets must be a list")
+            targets = self._check_targets(targets, "targets" if self.targets is not None
+                                          else "valset")
             index.set_targets([self._target_text(t, keys, i) for i, t in enumerate(targets)])
         return index, keys, trainset
 

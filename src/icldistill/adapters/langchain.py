@@ -19,7 +19,9 @@ any icldistill selector (``mmd-query``, ``knn``, ``mmd``, ``bm25``, ...) can fee
 
 Texts follow LangChain's ``SemanticSimilarityExampleSelector``: the text of an example (and of
 the prompt's input variables) is the values of ``input_keys`` sorted by key and joined by a
-space; without ``input_keys``, every key except ``label_key``.
+space; without ``input_keys``, every key except ``label_key``. Values that are not strings are
+written out as a file's cells are (``1`` and ``1.0`` -> ``"1"``, ``True`` -> ``"true"``); a
+missing value (``None``, NaN) or a list or dict is an error.
 
 Needs ``langchain-core`` (``pip install icldistill[langchain]``).
 """
@@ -36,7 +38,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("icldistill.adapters.langchain needs langchain-core; install it with "
                       "`pip install icldistill[langchain]`") from exc
 
-from icldistill.adapters._core import DemoIndex, check_k
+from icldistill.adapters._core import DemoIndex, check_k, field_text
 from icldistill.core.validation import InputError
 from icldistill.encoders.representations import EmbeddingCache, Encoder
 from icldistill.selection import DEFAULT_SELECTOR, Selector
@@ -107,8 +109,16 @@ class ICLDistillExampleSelector(BaseExampleSelector):
     ------
     icldistill.InputError
         Unknown selector name or parameter, bad encoder, a label-aware selector without
-        ``label_key``, an example without one of the keys, a bad ``k``; at selection time, ``k``
+        ``label_key``, an example without one of the keys, a missing value (``None``, NaN) or
+        one that is not text (a list, a dict...), a bad ``k``; at selection time, ``k``
         larger than the pool or missing input variables.
+
+    Warns
+    -----
+    UserWarning
+        An example whose text repeats an earlier one (both stay in the pool, as duplicated rows
+        of a file do, and a selector may pick both); labels that differ only in spelling
+        (``"pos"`` and ``"Pos"``, ``1`` and ``"1.0"``), which are classes of their own.
 
     Notes
     -----
@@ -116,6 +126,10 @@ class ICLDistillExampleSelector(BaseExampleSelector):
     ``order="similarity"`` the most relevant example comes **last**, next to the query
     (LangChain's ``SemanticSimilarityExampleSelector`` returns the most similar first); pass
     ``order="selection"`` in the selector parameters for the pick order.
+
+    Adding and selecting are safe from several threads (LangChain's ``aadd_example`` and
+    ``aselect_examples`` run in an executor): one lock keeps the examples and the selector's
+    pool in step.
     """
 
     def __init__(self, examples: Sequence[Mapping[str, Any]] | None = None, *,
@@ -201,7 +215,8 @@ class ICLDistillExampleSelector(BaseExampleSelector):
     @property
     def examples(self) -> list[dict[str, Any]]:
         """Copies of the examples in the pool, in the order they were added."""
-        return [dict(e) for e in self._examples]
+        with self._index.lock:
+            return [dict(e) for e in self._examples]
 
     def __len__(self) -> int:
         return len(self._examples)
@@ -227,7 +242,7 @@ class ICLDistillExampleSelector(BaseExampleSelector):
             if not keys:
                 raise InputError(f"{what} has no input variable besides the label "
                                  f"{self.label_key!r}")
-        return " ".join(str(values[key]) for key in sorted(keys))
+        return " ".join(field_text(values[key], what, key) for key in sorted(keys))
 
     def _check_example(self, example: Mapping[str, Any], what: str) -> tuple[str, Any]:
         text = self._text(example, what)
@@ -236,7 +251,7 @@ class ICLDistillExampleSelector(BaseExampleSelector):
             if self.label_key not in example:
                 raise InputError(f"{what} has no label key {self.label_key!r}; it has "
                                  f"{sorted(example)}")
-            label = example[self.label_key]
+            label = field_text(example[self.label_key], what, self.label_key, label=True)
         if self.example_keys is not None:
             missing = [key for key in self.example_keys if key not in example]
             if missing:
@@ -250,21 +265,28 @@ class ICLDistillExampleSelector(BaseExampleSelector):
 
         It is encoded and the selector refitted at the next selection (not now).
         """
-        self.add_examples([example])
-        return len(self._examples) - 1
+        return self.add_examples([example])[0]
 
     def add_examples(self, examples: Sequence[Mapping[str, Any]]) -> list[int]:
-        """Add several examples at once (one encoding batch); returns their indices."""
+        """Add several examples at once (one encoding batch); returns their indices.
+
+        All or nothing: an example that fails a check adds none of them.
+        """
         if isinstance(examples, Mapping) or isinstance(examples, str):
             raise InputError("examples must be a list of dicts")
         examples = list(examples)
-        start = len(self._examples)
-        checked = [self._check_example(e, f"example {start + i}")
-                   for i, e in enumerate(examples)]
-        self._index.add([t for t, _ in checked],
-                        [lab for _, lab in checked] if self.label_key is not None else None)
-        self._examples.extend(dict(e) for e in examples)
-        return list(range(start, len(self._examples)))
+        # one lock over the checks, the pool and the example records: concurrent adds (and
+        # selections) see both in the same order
+        with self._index.lock:
+            start = len(self._examples)
+            names = [f"example {start + i}" for i in range(len(examples))]
+            checked = [self._check_example(e, name)
+                       for e, name in zip(examples, names, strict=True)]
+            self._index.add([t for t, _ in checked],
+                            [lab for _, lab in checked] if self.label_key is not None else None,
+                            names=names)
+            self._examples.extend(dict(e) for e in examples)
+            return list(range(start, len(self._examples)))
 
     def select_indices(self, input_variables: Mapping[str, Any]) -> list[int]:
         """Pool indices of the examples :meth:`select_examples` returns, in prompt order."""
@@ -286,7 +308,8 @@ class ICLDistillExampleSelector(BaseExampleSelector):
             Copies of the chosen examples (restricted to ``example_keys`` if set); with the
             default order the most relevant one is last.
         """
-        chosen = [self._examples[i] for i in self.select_indices(input_variables)]
+        with self._index.lock:          # the indices and the records they point to together
+            chosen = [self._examples[i] for i in self.select_indices(input_variables)]
         if self.example_keys is not None:
             return [{key: e[key] for key in self.example_keys} for e in chosen]
         return [dict(e) for e in chosen]

@@ -122,7 +122,7 @@ def load_tasks(args: argparse.Namespace) -> dict[str, Any]:
     InputError
         Neither a registry dataset nor ``--file`` was given, or a file or dataset is unusable.
     """
-    from icldistill.data.readers import load_file
+    from icldistill.data.readers import load_file, warn_test_copies
     from icldistill.evaluation.harness import Task
 
     datasets = getattr(args, "datasets", None) or getattr(args, "dataset", None)
@@ -140,7 +140,7 @@ def load_tasks(args: argparse.Namespace) -> dict[str, Any]:
                        pair_fields=pair)
         size = args.test_size if args.test_size is not None else 0.3
         split = ds.split(int(size) if size >= 1 else size, seed=args.split_seed)
-        _warn_copies(split, args.file)
+        warn_test_copies(split, args.file, stacklevel=1)
         tasks[ds.name] = Task(ds.name, split)
     for name in split_names(datasets):
         size = args.test_size
@@ -157,18 +157,6 @@ def load_tasks(args: argparse.Namespace) -> dict[str, Any]:
             warnings.warn(f"{name}: --n-test {n_test} is more than its {size} test items; all "
                           f"{size} are evaluated", UserWarning, stacklevel=2)
     return tasks
-
-
-def _warn_copies(split: Any, origin: str) -> None:
-    """Warn when test items have an exact copy (same text) in the demonstration pool: a
-    retriever then shows the query itself with its label."""
-    pool = set(split.train.texts)
-    n = sum(t in pool for t in split.test.texts)
-    if n:
-        warnings.warn(f"{origin}: {n} of the {len(split.test)} test items have an exact copy "
-                      "in the demonstration pool (a duplicated row), which a retriever such "
-                      "as knn shows with its label; remove the duplicates from the file",
-                      UserWarning, stacklevel=2)
 
 
 def selector_params(items: Sequence[str] | None) -> dict[str, Any]:

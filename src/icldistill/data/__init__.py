@@ -89,7 +89,8 @@ Modules (each name is also exported by :mod:`icldistill.data` itself):
 - :mod:`~icldistill.data.parsers`: reading the fetched files of a registry dataset;
 - :mod:`~icldistill.data.load`: :func:`load_dataset`, :func:`load_split`,
   :func:`list_datasets`;
-- :mod:`~icldistill.data.readers`: :func:`load_file` and in-memory tables;
+- :mod:`~icldistill.data.readers`: :func:`load_file` and in-memory tables, and the warnings
+  about user data (:func:`warn_test_copies`);
 - :mod:`~icldistill.data.prompts`: :class:`~icldistill.data.prompts.Prompt`,
   :class:`~icldistill.data.prompts.Template`.
 """
@@ -115,7 +116,7 @@ from icldistill.data.prompts import (
     TokenizedPrompt,
     group_segment,
 )
-from icldistill.data.readers import load_file
+from icldistill.data.readers import load_file, warn_test_copies
 from icldistill.data.rows import truncate_words
 from icldistill.data.specs import DATASETS, DataFile, DatasetInfo, DatasetSpec, dataset_spec
 
@@ -149,4 +150,5 @@ __all__ = [
     "load_split",
     "summary_table",
     "truncate_words",
+    "warn_test_copies",
 ]

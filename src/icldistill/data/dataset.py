@@ -476,6 +476,13 @@ class Dataset:
         -------
         DatasetSplit
             Both parts are in a seeded random order.
+
+        Notes
+        -----
+        Rows are split as they are: a duplicated row can land in both parts, so a test item
+        has a copy in the pool. :func:`~icldistill.data.readers.warn_test_copies` (called by
+        :meth:`~icldistill.evaluation.harness.Task.from_table` and ``evaluate --file``) warns
+        about such splits; read the data with ``dedup=True`` to drop the copies first.
         """
         seed = _check_seed(seed)
         n = len(self)

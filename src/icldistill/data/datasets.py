@@ -16,7 +16,17 @@ from icldistill.data.dataset import (
 from icldistill.data.fetch import MARKER_FILE, cached_dataset_path, fetch_dataset
 from icldistill.data.load import list_datasets, load_dataset, load_split
 from icldistill.data.parsers import READERS, parse_dataset
-from icldistill.data.readers import as_table, cell_text, load_file, table_rows
+from icldistill.data.readers import (
+    as_table,
+    cell_text,
+    close_spellings,
+    comparable_text,
+    is_missing,
+    load_file,
+    table_rows,
+    warn_close_spellings,
+    warn_test_copies,
+)
 from icldistill.data.rows import ParsedDataset, truncate_words
 from icldistill.data.specs import DATASETS, DataFile, DatasetInfo, DatasetSpec, dataset_spec
 
@@ -38,8 +48,11 @@ __all__ = [
     "cached_dataset_path",
     "cell_text",
     "clean_text",
+    "close_spellings",
+    "comparable_text",
     "dataset_spec",
     "fetch_dataset",
+    "is_missing",
     "list_datasets",
     "load_dataset",
     "load_file",
@@ -48,4 +61,6 @@ __all__ = [
     "summary_table",
     "table_rows",
     "truncate_words",
+    "warn_close_spellings",
+    "warn_test_copies",
 ]

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import sys
+import unicodedata
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -48,8 +49,13 @@ __all__ = [
     "Table",
     "as_table",
     "cell_text",
+    "close_spellings",
+    "comparable_text",
+    "is_missing",
     "load_file",
     "table_rows",
+    "warn_close_spellings",
+    "warn_test_copies",
 ]
 
 
@@ -62,12 +68,18 @@ def _open_text(path: Path) -> Iterator[io.TextIOBase]:
         yield fh
 
 
-def _file_kind(path: Path, delimiter: str | None) -> str:
+def _extension(path: Path) -> tuple[str, bool]:
+    """``(extension, compressed)``: the lower-case extension before a ``.gz`` / ``.bz2`` one
+    (``""`` for none), and whether there is such a compression extension."""
     suffixes = [s.lower() for s in path.suffixes]
     compressed = bool(suffixes) and suffixes[-1] in _COMPRESSION
     if compressed:
         suffixes = suffixes[:-1]
-    ext = suffixes[-1] if suffixes else ""
+    return (suffixes[-1] if suffixes else ""), compressed
+
+
+def _file_kind(path: Path, delimiter: str | None) -> str:
+    ext, compressed = _extension(path)
     kind = _EXTENSIONS.get(ext)
     if kind in ("json", "jsonl", "parquet"):
         if delimiter is not None:
@@ -92,28 +104,37 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def cell_text(value: Any, where: str, column: str) -> str:
-    """A cell as text: strings as they are; missing values (None, NaN, pandas NA) as ``""``;
-    numbers and booleans written out (``1`` and ``1.0`` -> ``"1"``, ``True`` -> ``"true"``,
-    as JSON's ``true``); anything else (a list, a dict, bytes, a date) is an error."""
+def is_missing(value: Any) -> bool:
+    """Whether a cell holds no value: ``None``, NaN or infinity, pandas' ``NA`` / ``NaT``, a
+    non-finite ``Decimal`` (what :func:`cell_text` reads as ``""``; an empty string is a value,
+    not a missing one)."""
     if value is None:
-        return ""
+        return True
+    if isinstance(value, (float, np.floating)):
+        return not math.isfinite(float(value))
+    if type(value).__name__ in ("NAType", "NaTType"):  # pandas' missing values
+        return True
+    return type(value).__name__ == "Decimal" and not value.is_finite()
+
+
+def cell_text(value: Any, where: str, column: str, *, noun: str = "column") -> str:
+    """A cell as text: strings as they are; missing values (:func:`is_missing`: None, NaN,
+    pandas NA) as ``""``; numbers and booleans written out (``1`` and ``1.0`` -> ``"1"``,
+    ``True`` -> ``"true"``, as JSON's ``true``); anything else (a list, a dict, bytes, a date)
+    is an :class:`InputError` saying ``"<where>: <noun> '<column>' holds a list, not text"``.
+    """
     if isinstance(value, str):
         return value
+    if is_missing(value):
+        return ""
     if isinstance(value, (bool, np.bool_)):
         return "true" if value else "false"
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     if isinstance(value, (float, np.floating)):
         f = float(value)
-        if not math.isfinite(f):
-            return ""
         return str(int(f)) if f.is_integer() else repr(f)
-    if type(value).__name__ in ("NAType", "NaTType"):  # pandas' missing values
-        return ""
     if type(value).__name__ == "Decimal":  # Parquet / Arrow decimal columns
-        if not value.is_finite():
-            return ""
         return str(int(value)) if value == value.to_integral_value() else format(
             value.normalize(), "f")
     if isinstance(value, dict):
@@ -124,7 +145,17 @@ def cell_text(value: Any, where: str, column: str) -> str:
         kind = "bytes value"
     else:
         kind = type(value).__name__
-    raise InputError(f"{where}: column {column!r} holds a {kind}, not text")
+    raise InputError(f"{where}: {noun} {column!r} holds a {kind}, not text")
+
+
+def comparable_text(text: str) -> str:
+    """The form under which two texts count as the same for the copy and spelling warnings:
+    Unicode NFKC (``"é"`` written as one code point or as ``e`` plus a combining accent are
+    one text), runs of whitespace collapsed, ends stripped.
+
+    Only compared, never stored: the data keep the texts as they were read.
+    """
+    return " ".join(unicodedata.normalize("NFKC", text).split())
 
 
 # ---- tables: one reading of rows for every source --------------------------------------------
@@ -390,7 +421,12 @@ def _read_records(path: Path, kind: str) -> tuple[_Records, list[str], dict[str,
             raise InputError(f"no such file: {path}") from None
         raise InputError(f"{path}: cannot read ({exc}); check that the file is what its "
                          "extension says") from None
-    if kind == "\t" and _is_orange_header(records):  # Orange .tab: type and flag rows
+    if kind == "\t" and _is_orange_header(path, records):  # Orange .tab: type and flag rows
+        warnings.warn(f"{path}: read as an Orange .tab file: its first two data rows "
+                      f"(lines {records[0][0].rpartition(':')[2]} and "
+                      f"{records[1][0].rpartition(':')[2]}: variable types and flags) are "
+                      "skipped; rename the file to .tsv to keep them as data", UserWarning,
+                      stacklevel=4)
         records = records[2:]
     return records, list(columns), duplicates
 
@@ -471,15 +507,28 @@ def _delimited_records(fh: io.TextIOBase, path: Path, delimiter: str, records: _
 
 
 _ORANGE_TYPES = {"d", "c", "s", "t", "discrete", "continuous", "string", "time", "text"}
+_ORANGE_FLAGS = {"c", "m", "i", "w", "class", "meta", "ignore", "weight"}
 
 
-def _is_orange_header(records: list[tuple[str, dict[str, Any]]]) -> bool:
-    """Whether the first two data rows are an Orange ``.tab`` header (types, then flags)."""
-    if len(records) < 2:
+def _is_orange_header(path: Path, records: list[tuple[str, dict[str, Any]]]) -> bool:
+    """Whether the first two data rows of a ``.tab`` file are an Orange header: a row of
+    variable types (``d``, ``string``...), then a row of flags (``class``, ``meta``, ``i``...,
+    ``key=value`` attributes, or empty cells).
+
+    Only ``.tab`` files (optionally compressed) have one: a ``.tsv`` (or a file read with
+    ``delimiter=``) whose first rows hold such words keeps them as data.
+    """
+    if _extension(path)[0] != ".tab" or len(records) < 2:
         return False
     types = [v for k, v in records[0][1].items() if k is not None]
-    return (bool(types) and all(isinstance(v, str) and v.strip().lower() in _ORANGE_TYPES | {""}
-                                for v in types) and any(v.strip() for v in types))
+    flags = [v for k, v in records[1][1].items() if k is not None]
+    if not types or not all(isinstance(v, str) for v in types + flags):
+        return False
+    if not all(v.strip().lower() in _ORANGE_TYPES | {""} for v in types) \
+            or not any(v.strip() for v in types):
+        return False
+    return all(word.lower() in _ORANGE_FLAGS or "=" in word
+               for v in flags for word in v.split())
 
 
 def _check_columns(origin: str, wanted: Sequence[str], columns: Sequence[str]) -> None:
@@ -557,22 +606,48 @@ def _table_dataset(table: Table, *, text_field: str, label_field: str, pairs: li
         warnings.warn(f"{table.origin}: column {label_field!r} has a single label "
                       f"({ds.label_names[0]!r}); a classification task needs at least two",
                       UserWarning, stacklevel=stacklevel)
-    close = _close_spellings(ds.label_names)
-    if close:
-        shown = "; ".join(" and ".join(repr(v) for v in g) for g in close[:3])
-        warnings.warn(f"{table.origin}: column {label_field!r} has labels that differ only in "
-                      f"case, spaces or number format ({shown}"
-                      f"{'; ...' if len(close) > 3 else ''}); each is a class of its own: write "
-                      "one spelling where they mean the same", UserWarning,
-                      stacklevel=stacklevel)
+    if dedup:
+        near = _near_copies(ds.texts)
+        if near:
+            warnings.warn(f"{table.origin}: {near} row(s) kept by dedup repeat an earlier input "
+                          "that differs from it only in Unicode normal form (e.g. an accent "
+                          "written as a combining character); they look identical but dedup "
+                          "drops exact copies only: write the texts in one form (e.g. NFC)",
+                          UserWarning, stacklevel=stacklevel)
+    warn_close_spellings(ds.label_names, f"{table.origin}: column {label_field!r}",
+                         stacklevel=stacklevel)
     return ds
 
 
-def _close_spellings(labels: Sequence[str]) -> list[list[str]]:
-    """Groups of labels that differ only in case, spaces or number format ("Pos" and "pos",
-    "1" and "1.0", "True" and "true")."""
+def _near_copies(texts: Sequence[str]) -> int:
+    """How many of ``texts`` repeat an earlier one under :func:`comparable_text` (exact copies
+    included)."""
+    seen: set[str] = set()
+    n = 0
+    for t in texts:
+        key = comparable_text(t)
+        n += key in seen
+        seen.add(key)
+    return n
+
+
+def close_spellings(labels: Sequence[str]) -> list[list[str]]:
+    """Groups of distinct labels that differ only in case, spaces, Unicode normal form or
+    number format ("Pos" and "pos", "1" and "1.0", "True" and "true", "négatif" in NFC and in
+    NFD).
+
+    Parameters
+    ----------
+    labels : sequence of str
+        Label names (repeats are counted once).
+
+    Returns
+    -------
+    list of list of str
+        Each group in first-seen order; labels without a near twin are left out.
+    """
     def key(label: str) -> str:
-        text = " ".join(label.split()).lower()
+        text = comparable_text(label).casefold()
         try:
             value = float(text)
         except ValueError:
@@ -580,9 +655,75 @@ def _close_spellings(labels: Sequence[str]) -> list[list[str]]:
         return repr(value) if math.isfinite(value) else text
 
     groups: dict[str, list[str]] = {}
-    for lab in labels:
+    for lab in dict.fromkeys(labels):
         groups.setdefault(key(lab), []).append(lab)
     return [g for g in groups.values() if len(g) > 1]
+
+
+def warn_close_spellings(labels: Sequence[str], origin: str, *, stacklevel: int = 2) -> list[
+        list[str]]:
+    """Warn when labels differ only in spelling (:func:`close_spellings`): each is a class of
+    its own, which is rarely meant.
+
+    Parameters
+    ----------
+    labels : sequence of str
+        The label names.
+    origin : str
+        Starts the message: ``"<origin> has labels that differ only in ..."`` (e.g.
+        ``"data.csv: column 'label'"``).
+    stacklevel : int
+        As for :func:`warnings.warn`, counted from the caller of this function.
+
+    Returns
+    -------
+    list of list of str
+        The groups warned about (empty: no warning).
+    """
+    close = close_spellings(labels)
+    if close:
+        shown = "; ".join(" and ".join(repr(v) for v in g) for g in close[:3])
+        nfkc = any(len({comparable_text(v) for v in g}) < len(g) for g in close)
+        warnings.warn(f"{origin} has labels that differ only in case, spaces or number format"
+                      f"{' (or Unicode normal form: they look identical)' if nfkc else ''} "
+                      f"({shown}{'; ...' if len(close) > 3 else ''}); each is a class of its "
+                      "own: write one spelling where they mean the same", UserWarning,
+                      stacklevel=stacklevel + 1)
+    return close
+
+
+def warn_test_copies(split: Any, origin: str, *, stacklevel: int = 2) -> int:
+    """Warn when test items have a copy in the demonstration pool: a retriever (``knn``...)
+    then shows the query itself, with its label, as a demonstration.
+
+    The check behind ``icldistill evaluate --file`` and
+    :meth:`~icldistill.evaluation.harness.Task.from_table`. Texts are compared under
+    :func:`comparable_text`, so a copy that differs only in Unicode normal form or spacing
+    counts (the data are not changed).
+
+    Parameters
+    ----------
+    split : DatasetSplit
+        The split (``split.train`` is the pool).
+    origin : str
+        Starts the message (a path, a task name).
+    stacklevel : int
+        As for :func:`warnings.warn`, counted from the caller of this function.
+
+    Returns
+    -------
+    int
+        The number of test items with a copy in the pool (0: no warning).
+    """
+    pool = {comparable_text(t) for t in split.train.texts}
+    n = sum(comparable_text(t) in pool for t in split.test.texts)
+    if n:
+        warnings.warn(f"{origin}: {n} of the {len(split.test)} test items have an exact copy "
+                      "in the demonstration pool (a duplicated row; texts that differ only in "
+                      "Unicode normal form or spacing count as copies), which a retriever such "
+                      "as knn shows with its label; remove the duplicates from the data (or "
+                      "read it with dedup=True)", UserWarning, stacklevel=stacklevel + 1)
+    return n
 
 
 def _is_path(source: Any) -> bool:
@@ -617,7 +758,8 @@ def load_file(path: str | os.PathLike[str] | Any, *, text_field: str, label_fiel
         or ``.parquet`` / ``.pq`` (needs pyarrow: ``pip install 'icldistill[models]'``). Other
         delimited files need ``delimiter``. Delimited files need a header row. A pandas
         DataFrame, pyarrow Table, ``datasets.Dataset``, dict of columns or list of row dicts
-        is read as by :meth:`Dataset.from_table`.
+        is read as by :meth:`Dataset.from_table`. A ``.tab`` file whose first two data rows
+        are an Orange header (variable types, then flags) has them skipped, with a warning.
     text_field : str
         Column holding the input text.
     label_field : str
@@ -638,7 +780,8 @@ def load_file(path: str | os.PathLike[str] | Any, *, text_field: str, label_fiel
     max_words : int, optional
         Shorten longer ``text_field`` values at a word boundary (appending ``"…"``).
     dedup : bool
-        Drop rows whose rendered input repeats an earlier one.
+        Drop rows whose rendered input repeats an earlier one exactly (inputs that differ only
+        in Unicode normal form are kept, with a warning).
 
     Returns
     -------
@@ -657,7 +800,8 @@ def load_file(path: str | os.PathLike[str] | Any, *, text_field: str, label_fiel
         columns read), missing column (the available ones are listed), a used column that
         appears twice (in the header, in one JSON object or in a Parquet schema), a cell that
         is not text (a list, a dict, bytes...), an empty label, or no usable rows. A label
-        column with a single class only warns.
+        column with a single class, or with labels that differ only in spelling
+        (:func:`warn_close_spellings`), only warns.
     """
     if not _is_path(path):
         if delimiter is not None:

@@ -18,6 +18,7 @@ as for any multi-process run of the harness). Install with ``pip install icldist
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -76,6 +77,38 @@ def _check(num_workers: int | None, cpus_per_worker: float, gpus_per_worker: flo
         raise InputError(f"max_retries must be an integer >= 0, got {max_retries!r}")
 
 
+#: Harness arguments that :func:`run_ray` sets itself: the folder, and no progress output on
+#: the workers (``progress=`` of :func:`run_ray` is the driver's bar).
+_RESERVED = {"out_dir": "pass the folder as run_ray's out_dir",
+             "progress": "pass progress= to run_ray itself (the workers never draw bars)"}
+
+
+def _harness_kwargs(harness_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``harness_kwargs`` checked against :class:`Harness`'s parameters, with every path
+    argument made absolute on the driver (a worker on another node starts in another folder).
+    """
+    if harness_kwargs is not None and not isinstance(harness_kwargs, Mapping):
+        raise InputError("harness_kwargs must be a dict of Harness keyword arguments, got "
+                         f"{type(harness_kwargs).__name__}")
+    kwargs = dict(harness_kwargs or {})
+    params = inspect.signature(Harness.__init__).parameters
+    for key in kwargs:
+        if key in _RESERVED:
+            raise InputError(f"harness_kwargs[{key!r}] is set by run_ray; {_RESERVED[key]}")
+        if key == "self" or key not in params or params[key].kind is not params[key].KEYWORD_ONLY:
+            raise InputError(f"harness_kwargs[{key!r}] is not a Harness argument; they are "
+                             + ", ".join(n for n, q in params.items()
+                                         if q.kind is q.KEYWORD_ONLY and n not in _RESERVED))
+    for key, value in kwargs.items():
+        # the path arguments (embedding_cache, selections_from, ...): annotated PathLike
+        if value is not None and "PathLike" in str(params[key].annotation):
+            if not isinstance(value, (str, os.PathLike)):
+                raise InputError(f"harness_kwargs[{key!r}] must be a path, got "
+                                 f"{type(value).__name__}")
+            kwargs[key] = str(Path(value).expanduser().resolve())
+    return kwargs
+
+
 def _connect(ray: Any, address: str | None) -> None:
     if ray.is_initialized():
         return
@@ -122,6 +155,7 @@ def _worker_count(ray: Any, num_workers: int | None, cpus: float, gpus: float, t
     return max(1, min(num_workers, todo))
 
 
+# long: 12 lines of signature and 48 of NumPy docstring; the code is 30
 def run_ray(
     units: Iterable[UnitSpec],
     out_dir: str | os.PathLike[str],
@@ -146,7 +180,10 @@ def run_ray(
     harness_kwargs : mapping, optional
         Keyword arguments of :class:`~icldistill.evaluation.harness.Harness` for every worker
         (``tasks``, ``batch_size``, ``model_loader``, ``device``, ...; they are pickled to the
-        workers). ``device`` is checked on a worker, not on the driver.
+        workers). ``device`` is checked on a worker, not on the driver. Path arguments
+        (``embedding_cache``, ``selections_from``) are made absolute here, on the driver, as
+        ``out_dir`` is: on a cluster they must name folders every node sees at that path.
+        ``out_dir`` and ``progress`` are run_ray's own (an :class:`InputError` here).
     address : str, optional
         Ray cluster address (``"auto"``, ``"ray://head:10001"``); ``None`` starts a local Ray
         instance unless one is already initialised in this process.
@@ -167,10 +204,17 @@ def run_ray(
     -------
     list of UnitResult
         One per unit, in the order of ``units``.
+
+    Raises
+    ------
+    InputError
+        Bad worker settings, a ``harness_kwargs`` key that is not a Harness argument or that
+        run_ray sets itself (``out_dir``, ``progress``), a cluster without room for a worker,
+        a device the workers lack.
     """
     _check(num_workers, cpus_per_worker, gpus_per_worker, max_retries)
+    kwargs = _harness_kwargs(harness_kwargs)
     ray = _ray()
-    kwargs = dict(harness_kwargs or {})
     # the driver only reads the grid and the finished units: it needs none of the workers'
     # devices (a CPU-only driver may run a GPU cluster's grid)
     local = Harness(out_dir, progress=progress,

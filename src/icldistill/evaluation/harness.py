@@ -90,6 +90,7 @@ from icldistill.core.progress import log
 from icldistill.core.results import Result
 from icldistill.core.validation import InputError
 from icldistill.data.datasets import Dataset, DatasetSplit, TaskFormat, load_split
+from icldistill.data.readers import warn_test_copies
 from icldistill.encoders.representations import (
     HeadChoice,
     check_encoder_spec,
@@ -500,6 +501,10 @@ class Task:
         0.3 as for ``icldistill evaluate --file``) and ``seed`` fix the split
         (:meth:`~icldistill.data.Dataset.split`); ``pool_size`` caps the pool as in
         :meth:`from_registry`.
+
+        As ``evaluate --file`` does, it warns (:func:`~icldistill.data.readers.warn_test_copies`)
+        when test items have a copy in the pool (a duplicated row: a retriever would show the
+        query itself with its label); ``dedup=True`` drops such rows before the split.
         """
         if not isinstance(name, str) or not name.strip():
             raise InputError(f"task name must be a non-empty string, got {name!r}")
@@ -507,7 +512,10 @@ class Task:
         ds = Dataset.from_table(table, text_field=text_field, label_field=label_field,
                                 pair_fields=pair_fields, name=name, format=format,
                                 max_words=max_words, dedup=dedup)
-        return cls(name, _cap_pool(ds.split(test_size, seed=seed), pool_size, seed))
+        split = _cap_pool(ds.split(test_size, seed=seed), pool_size, seed)
+        origin = str(table) if isinstance(table, (str, os.PathLike)) else f"task {name!r}"
+        warn_test_copies(split, origin, stacklevel=2)
+        return cls(name, split)
 
 
 def _cap_pool(split: DatasetSplit, pool_size: int | None, seed: int) -> DatasetSplit:
