@@ -139,7 +139,13 @@ _CACHE_FORMAT = 1
 
 
 # ============================================================================ input checks
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _check_texts(texts: Any) -> list[str]:
+    """``texts`` as a list of str; :class:`InputError` naming the first text that is not a
+    string or holds a lone surrogate (``"\\ud800"``: not valid Unicode, so it can neither be
+    tokenised nor encoded as UTF-8 for the cache key)."""
     if isinstance(texts, (str, bytes)):
         raise InputError("texts must be a sequence of strings, not a single string")
     try:
@@ -150,6 +156,12 @@ def _check_texts(texts: Any) -> list[str]:
     for i, t in enumerate(items):
         if not isinstance(t, str):
             raise InputError(f"texts[{i}] is {type(t).__name__}, expected str")
+        if not t.isascii():
+            bad = _SURROGATE.search(t)
+            if bad is not None:
+                raise InputError(f"texts[{i}] holds a lone surrogate {bad.group()!r} at "
+                                 f"character {bad.start()} (not valid Unicode: decode the "
+                                 "source with errors='replace', or fix the text)")
     return items
 
 
@@ -210,8 +222,11 @@ class Encoder(abc.ABC):
         """A string that changes whenever the encodings would change (used as cache key).
 
         Computed once, and again whenever :meth:`_state_token` changes: a language model's
-        weights updated in place (an optimiser step, ``load_state_dict``) give a new
-        identity, so the embedding cache does not return the old model's encodings.
+        weights updated in place (an optimiser step, ``load_state_dict``, or a write through
+        ``p.data`` that changes the values the fingerprint samples, the first and last 64 of a
+        parameter) give a new identity, so the embedding cache does not return the old
+        model's encodings. The truncation or padding state a tokenizer call leaves behind
+        does not change it.
         """
         token = self._state_token()
         cached = getattr(self, "_identity_cache", None)
@@ -312,13 +327,49 @@ def _model_fingerprint(model: Any) -> str:
     return h.hexdigest()
 
 
+def _backend_json(backend: Any) -> str:
+    """The serialised fast tokenizer without its transient truncation and padding state.
+
+    transformers sets the backend's ``truncation`` and ``padding`` on every call to those of
+    the call (``truncation=True, max_length=...`` leaves them set until the next call), so they
+    say which call came last, not how a text is tokenised. When both are unset (a freshly
+    loaded tokenizer, or after any call without truncation or padding) the serialisation is
+    used as it is; otherwise that of a copy with both unset: byte-identical to the unset state,
+    so the fingerprint does not depend on the last call.
+    """
+    text = backend.to_str()
+    if backend.truncation is None and backend.padding is None:
+        return text
+    clone = type(backend).from_str(text)
+    clone.no_truncation()
+    clone.no_padding()
+    return clone.to_str()
+
+
+def _parameter_sample_digest(model: Any) -> str:
+    """sha256 of the values :func:`_model_fingerprint` samples (the first and last 64 of every
+    parameter), exact (as float64), with one transfer per device."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    with torch.no_grad():
+        for p in model.parameters():
+            flat = p.detach().reshape(-1)
+            by_device.setdefault(flat.device, []).extend((flat[:64], flat[-64:]))
+        h = hashlib.sha256()
+        for dev in sorted(by_device, key=str):
+            parts = [t.to(torch.float64) for t in by_device[dev]]
+            h.update(str(dev).encode())
+            h.update(torch.cat(parts).to("cpu").numpy().tobytes())
+    return h.hexdigest()
+
+
 def _tokenizer_fingerprint(tokenizer: Any) -> str:
-    """sha256 over the tokenizer class, its serialised fast tokenizer (or vocabulary), special
+    """sha256 over the tokenizer class, its serialised fast tokenizer (or vocabulary; without
+    the truncation and padding state the last call left, see :func:`_backend_json`), special
     tokens and the ids it gives a probe text."""
     h = hashlib.sha256(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        h.update(backend.to_str().encode())
+        h.update(_backend_json(backend).encode())
     else:
         h.update(json.dumps(sorted(tokenizer.get_vocab().items()), default=str).encode())
     h.update(json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True,
@@ -370,8 +421,11 @@ class _LMEncoder(Encoder):
 
     def _state_token(self) -> Any:
         # each parameter's storage and version counter (bumped by every in-place change
-        # through the parameter itself: optimiser steps, load_state_dict, p.mul_())
-        return tuple((p.data_ptr(), p._version) for p in self.model.parameters())
+        # through the parameter itself: optimiser steps, load_state_dict, p.mul_()), and a
+        # checksum of the values the model fingerprint samples: in-place writes through
+        # p.data (p.data.mul_(), p.data.copy_()) do not bump the version counter
+        return (tuple((p.data_ptr(), p._version) for p in self.model.parameters()),
+                _parameter_sample_digest(self.model))
 
     def _identity(self) -> str:
         return (f"model={_model_fingerprint(self.model)}|tokenizer="

@@ -156,9 +156,12 @@ class Selector(ABC):
         """Validate and index the candidate pool; returns ``self``.
 
         ``pool`` is a :class:`Pool`, an array/tensor of embeddings ``[n, d]``, or a list of
-        texts. Raises :class:`InputError` for an empty pool, NaN/inf, missing fields.
+        texts. Raises :class:`InputError` for an empty pool, NaN/inf, missing fields. The
+        selector keeps its own copy of the pool's embeddings and labels: changing the caller's
+        arrays after ``fit`` does not change its selections.
         """
-        data = check_pool(as_pool(pool, "pool"), self._pool_needs(), "pool", self.name)
+        data = check_pool(as_pool(pool, "pool"), self._pool_needs(), "pool", self.name,
+                          copy=True)                # a fitted selector owns its pool
         self._data = None
         self._fit(data)
         self._data = data

@@ -164,8 +164,25 @@ class LandmarkRowMeans:
 def label_quotas(labels: np.ndarray, k: int) -> dict[Any, int]:
     """Split ``k`` as evenly as possible over the labels present in ``labels``.
 
-    Labels are taken in sorted order; the remainder goes to the first ones. A label with fewer
-    candidates than its share gives the excess to the others (still in sorted order).
+    Water-filling: every label gets ``min(count, level)`` slots for the largest ``level`` with
+    ``sum(min(count, level)) <= k``; the ``< (number of labels)`` slots left over go one each to
+    the first labels, in sorted order, that still have a spare candidate (``count > level``).
+    This minimises the largest quota and, among those splits, maximises the smallest one: a
+    label with fewer candidates than its share keeps all of them, and the excess is spread
+    evenly over the others (never given to a label that cannot use it).
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        ``[N]`` the candidates' labels.
+    k : int
+        How many slots to split, ``0 <= k <= N``.
+
+    Returns
+    -------
+    dict
+        ``{label: quota}`` over the sorted distinct labels; the quotas sum to ``k`` and
+        ``quota <= count`` for every label.
 
     Raises
     ------
@@ -179,11 +196,18 @@ def label_quotas(labels: np.ndarray, k: int) -> dict[Any, int]:
     quotas = {v: 0 for v in values.tolist()}
     avail = dict(zip(values.tolist(), counts.tolist(), strict=True))
     left = k
+    # Every round raises all open (not yet exhausted) labels by the same share, capped at their
+    # counts, so the open labels always sit at one common level; once the share would be zero,
+    # the remainder goes one each to the first open labels.
     while left > 0:
         open_labels = [v for v in quotas if quotas[v] < avail[v]]
         share, extra = divmod(left, len(open_labels))
-        for i, v in enumerate(open_labels):
-            add = min(share + (1 if i < extra else 0), avail[v] - quotas[v])
+        if share == 0:
+            for v in open_labels[:extra]:
+                quotas[v] += 1
+            break
+        for v in open_labels:
+            add = min(share, avail[v] - quotas[v])
             quotas[v] += add
             left -= add
     return quotas

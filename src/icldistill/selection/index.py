@@ -104,6 +104,13 @@ class CandidateIndex:
     def __repr__(self) -> str:
         return f"CandidateIndex(kind={self.kind!r}, metric={self.metric!r}, n={self.n})"
 
+    def clone(self) -> CandidateIndex:
+        """An unfitted index with the same configuration (kind, metric and search settings)."""
+        return CandidateIndex(self.kind, metric=self.metric, nlist=self.nlist,
+                              nprobe=self.nprobe, hnsw_m=self.hnsw_m,
+                              ef_construction=self.ef_construction, ef_search=self.ef_search,
+                              train_size=self.train_size, seed=self.seed)
+
     def _prepare(self, x: Any) -> np.ndarray:
         t = torch.as_tensor(x).detach().to("cpu", torch.float32)
         if t.ndim != 2 or t.shape[0] < 1:
@@ -206,12 +213,20 @@ def _exact_rows(pool: torch.Tensor, queries: torch.Tensor, c: int, metric: str) 
 
 
 def make_index(index: str | CandidateIndex | None, metric: str) -> CandidateIndex | None:
-    """A selector's ``index`` argument as an (unfitted) :class:`CandidateIndex` or ``None``."""
-    if index is None or isinstance(index, CandidateIndex):
-        if isinstance(index, CandidateIndex) and index.metric != metric:
+    """A selector's ``index`` argument as a new, unfitted :class:`CandidateIndex` or ``None``.
+
+    A :class:`CandidateIndex` given is a configuration: the result is an unfitted
+    :meth:`~CandidateIndex.clone` of it, never the object itself, so selectors sharing one
+    index object each fit their own copy on their own pool (and the caller's object is never
+    fitted or changed).
+    """
+    if index is None:
+        return None
+    if isinstance(index, CandidateIndex):
+        if index.metric != metric:
             raise InputError(f"this selector shortlists by {metric!r}; the index given uses "
                              f"{index.metric!r}")
-        return index
+        return index.clone()
     if isinstance(index, str):
         return CandidateIndex(index, metric=metric)
     raise InputError(f"index must be a kind ({', '.join(INDEX_KINDS)}), a CandidateIndex or "

@@ -146,15 +146,16 @@ class MMDQuerySelector(_KernelSelector):
 
     For target ``q`` the greedy step minimises ``MMD^2(S, {q})`` (plus the diversity term).
     With a single target point and a kernel with constant diagonal (Gaussian, Laplace, IMQ)
-    the step picks ``argmax_c K(c, q) - (1 + lambda) s_c / |S|`` (``s_c`` the kernel sum to
-    the chosen items, ``lambda`` = ``diversity``): kNN in kernel space with a redundancy
-    penalty. Note that MMD to a single point rewards concentrating on
-    it, so near-duplicates of the query are kept unless ``diversity > 0``. Candidates: the
-    ``candidates`` pool items with the largest ``K(c, q)`` (two-stage, like ``dpp``);
-    ``candidates=None`` runs the exact greedy over the whole pool. All queries are processed
-    as one batch of greedy problems with cached row sums (the routine behind
-    :func:`greedy_mmd`); the kernel bandwidth (median heuristic) is computed once on the
-    pooled pool and targets. Default order ``"similarity"`` (ascending ``K(c, q)``).
+    the step picks ``argmax_c K(c, q) - (1 + lambda) s_c / (|S| + 1)`` (``S`` the items
+    chosen so far, ``s_c`` the kernel sum from ``c`` to them, ``lambda`` = ``diversity``):
+    kNN in kernel space with a redundancy penalty. Note that MMD to a single point rewards
+    concentrating on it, so near-duplicates of the query are kept unless ``diversity > 0``.
+    Candidates: the ``candidates`` pool items with the largest ``K(c, q)`` (two-stage, like
+    ``dpp``); ``candidates=None`` runs the exact greedy over the whole pool. All queries are
+    processed as one batch of greedy problems with cached row sums (the routine behind
+    :func:`greedy_mmd`); the kernel bandwidth (median heuristic) is computed once per
+    ``select()`` call on the pooled pool and targets (see Notes). Default order
+    ``"similarity"`` (ascending ``K(c, q)``).
     On 10,000 clustered 384-d embeddings a shortlist of 50 kept ~92% of the exact greedy's
     picks (``benchmarks/results/selection_2cpu.md``).
 
@@ -162,6 +163,15 @@ class MMDQuerySelector(_KernelSelector):
 
     Cost: ``O(T n d)`` for ``K(pool, query)`` and the shortlist, ``O(T k N d)`` for the
     greedy steps; exact (``candidates=None``): ``O(T k n d)``.
+    Notes
+    -----
+    **Batch dependence of the default bandwidth.** Without an explicit bandwidth the
+    kernel's bandwidth is the median heuristic over the pool and all queries of one
+    ``select()`` call (a seeded sample of ``median_samples`` rows), so one query's
+    demonstrations depend on the other queries in the batch. Pass ``bandwidth=...`` (or
+    ``kernel=...``, a ready :class:`~icldistill.Kernel` or a kernel without a bandwidth) to
+    make a query's demonstrations independent of its batch: each query's shortlist and
+    greedy steps then use only the pool and that query.
     """
 
     name = "mmd-query"
@@ -362,6 +372,15 @@ class MMDLocalSelector(_KernelSelector):
 
     Cost: ``O(T n d)`` for ``K(pool, query)`` and the shortlist, ``O(T N^2 d)`` for the
     shortlist Gram matrices (``N = candidates``), ``O(T k N)`` greedy steps.
+    Notes
+    -----
+    **Batch dependence of the default bandwidth.** Without an explicit bandwidth the
+    kernel's bandwidth is the median heuristic over the pool and all queries of one
+    ``select()`` call (a seeded sample of ``median_samples`` rows), so one query's
+    demonstrations depend on the other queries in the batch. Pass ``bandwidth=...`` (or
+    ``kernel=...``, a ready :class:`~icldistill.Kernel` or a kernel without a bandwidth) to
+    make a query's demonstrations independent of its batch: each query's shortlist and
+    greedy steps then use only the pool and that query.
     """
 
     name = "mmd-local"
@@ -446,6 +465,15 @@ class MMDKattSelector(MMDLocalSelector):
 
     Cost: as ``mmd-local``, plus encoding the pool once with the model up to the chosen layer
     (cached) and tracing the calibration prompts.
+    Notes
+    -----
+    **Batch dependence of the default bandwidth.** Without an explicit bandwidth the
+    kernel's bandwidth is the median heuristic over the pool and all queries of one
+    ``select()`` call (a seeded sample of ``median_samples`` rows), so one query's
+    demonstrations depend on the other queries in the batch. Pass ``bandwidth=...`` (or
+    ``kernel=...``, a ready :class:`~icldistill.Kernel` or a kernel without a bandwidth) to
+    make a query's demonstrations independent of its batch: each query's shortlist and
+    greedy steps then use only the pool and that query.
     """
 
     name = "mmd-katt"

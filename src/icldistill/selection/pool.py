@@ -162,10 +162,51 @@ def as_pool(x: Any, what: str) -> Pool:
     return Pool(embeddings=x)
 
 
-def check_pool(pool: Pool, needs: frozenset[str], what: str, selector: str) -> PoolData:
-    """Validate ``pool`` (``what``: "pool" or "targets") for ``selector``, which needs the
-    fields ``needs``; raises :class:`InputError` for missing, empty, non-finite or mismatched
-    fields."""
+def _shares_memory(t: torch.Tensor, source: Any) -> bool:
+    """Whether tensor ``t`` may share memory with the caller's ``source`` (conservative: True
+    when it cannot tell)."""
+    if isinstance(source, torch.Tensor):
+        return (source.device == t.device
+                and source.untyped_storage().data_ptr() == t.untyped_storage().data_ptr())
+    if t.device.type != "cpu":
+        return False
+    if isinstance(source, (list, tuple)):
+        return False                     # numbers converted into a new array
+    try:
+        return bool(np.may_share_memory(np.asarray(source), t.numpy()))
+    except Exception:                    # an unknown array type: copy to be safe
+        return True
+
+
+def check_pool(pool: Pool, needs: frozenset[str], what: str, selector: str, *,
+               copy: bool = False) -> PoolData:
+    """Validate ``pool`` for ``selector``.
+
+    Parameters
+    ----------
+    pool : Pool
+        The items.
+    needs : frozenset of str
+        The fields ``selector`` needs (``"embeddings"``, ``"labels"``, ``"texts"``).
+    what : str
+        Names the items in messages (``"pool"``, ``"targets"``, ``"queries"``).
+    selector : str
+        Names the selector in messages.
+    copy : bool
+        Whether the result must own its data: embeddings and labels that share memory with
+        the caller's arrays are copied, so that changing those arrays later (as a fitted
+        selector keeps the pool) cannot change the selector's results.
+
+    Returns
+    -------
+    PoolData
+        Embeddings ``[n, d]`` as a finite float tensor, labels ``[n]``, texts ``[n]``.
+
+    Raises
+    ------
+    InputError
+        For missing, empty, non-finite or mismatched fields.
+    """
     present = {f for f in ("embeddings", "labels", "texts") if getattr(pool, f) is not None}
     missing = needs - present
     if missing:
@@ -176,9 +217,11 @@ def check_pool(pool: Pool, needs: frozenset[str], what: str, selector: str) -> P
     emb = labels = texts = None
     if pool.embeddings is not None:
         emb = check_matrix(pool.embeddings, f"{what} embeddings")
+        if copy and _shares_memory(emb, pool.embeddings):
+            emb = emb.clone()
         sizes["embeddings"] = emb.shape[0]
     if pool.labels is not None:
-        labels = np.asarray(pool.labels)
+        labels = np.array(pool.labels) if copy else np.asarray(pool.labels)
         if labels.ndim != 1:
             raise InputError(f"{what} labels must be 1-D, got shape {labels.shape}")
         sizes["labels"] = labels.shape[0]

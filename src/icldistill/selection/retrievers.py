@@ -8,11 +8,15 @@ language model: they work on embeddings and texts.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+import sys
+import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -129,9 +133,51 @@ class KNNSelector(Selector):
 _TOKEN = re.compile(r"\w+")
 
 
+@functools.cache
+def _unicode_token() -> re.Pattern[str]:
+    """``\\w`` plus every combining mark (categories ``Mn``, ``Mc``, ``Me``), as one pattern.
+
+    Python's ``\\w`` omits the marks, which splits Indic words at their vowel signs and
+    viramas (``"हिन्दी"`` into ``"ह", "न", "द"``). Built once, on the first non-ASCII text,
+    from :mod:`unicodedata` (the same Unicode version as :mod:`re`).
+    """
+    ranges: list[str] = []
+    start = prev = -2
+    for cp in range(0x300, sys.maxunicode + 1):
+        if unicodedata.category(chr(cp))[0] != "M":
+            continue
+        if cp != prev + 1:
+            if start >= 0:
+                ranges.append(f"{chr(start)}-{chr(prev)}")
+            start = cp
+        prev = cp
+    ranges.append(f"{chr(start)}-{chr(prev)}")
+    return re.compile("[\\w" + "".join(ranges) + "]+")
+
+
 def tokenize(text: str) -> list[str]:
-    """Default BM25 tokenizer: lower-cased runs of word characters (``\\w+``)."""
-    return _TOKEN.findall(text.lower())
+    """Default BM25 tokenizer: runs of word characters of the normalised, case-folded text.
+
+    ASCII text is lower-cased and split into runs of ``\\w`` (letters, digits and ``_``).
+    Other text is first normalised to NFKC and case-folded (``NFKC(casefold(NFKC(text)))``:
+    precomposed and decomposed ``"café"`` give the same token, as do ``"Straße"`` and
+    ``"STRASSE"``), and combining marks (Unicode categories ``M*``: Indic vowel signs and
+    viramas, accents left uncomposed) count as word characters, so they stay inside their
+    word.
+
+    Parameters
+    ----------
+    text : str
+
+    Returns
+    -------
+    list of str
+        The tokens, in text order.
+    """
+    if text.isascii():
+        return _TOKEN.findall(text.lower())
+    norm = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    return _unicode_token().findall(norm)
 
 
 class BM25Selector(Selector):
@@ -217,16 +263,47 @@ class BM25Selector(Selector):
                 check_invariants=True).coalesce().to_sparse_csr()
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
-        """BM25 scores ``[len(texts), n]`` of every pool text for every query text."""
+        """BM25 scores of every pool text for every query text.
+
+        Parameters
+        ----------
+        texts : sequence of str
+            ``T`` query texts.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``[T, n]`` float64 scores. A query that shares no term with the pool scores 0
+            everywhere, with a :class:`UserWarning` naming it.
+        """
         data = self._fitted()
         tdata = check_pool(Pool(texts=texts), frozenset({"texts"}), "queries", self.name)
         assert tdata.texts is not None
-        return np.concatenate([self._scores(tdata.texts[sl])
-                               for sl in row_chunks(tdata.n, data.n + len(self._vocab))])
+        parts = [self._scores(tdata.texts[sl])
+                 for sl in row_chunks(tdata.n, data.n + len(self._vocab))]
+        self._warn_unmatched(np.concatenate([m for _, m in parts]) if parts
+                             else np.ones(0, dtype=bool))
+        if not parts:
+            return np.zeros((0, data.n))
+        return np.concatenate([sc for sc, _ in parts])
 
-    def _scores(self, texts: Sequence[str]) -> np.ndarray:
-        """Dense scores ``[len(texts), n]``: term-at-a-time over the postings of the query
-        terms when they are short, else one sparse-times-dense product ``W @ Q^T``."""
+    @staticmethod
+    def _warn_unmatched(matched: np.ndarray, stacklevel: int = 3) -> None:
+        """A :class:`UserWarning` naming the queries (``matched`` ``[T]`` False) that share no
+        term with the pool: their scores are all 0, so their top-k is the first pool items."""
+        missing = np.flatnonzero(~matched)
+        if missing.size:
+            shown = ", ".join(map(str, missing[:10].tolist())) + (
+                ", ..." if missing.size > 10 else "")
+            warnings.warn(f"bm25: {missing.size} of {matched.size} queries share no term with "
+                          f"the pool (query indices {shown}); their scores are all 0 and their "
+                          "demonstrations are the lowest-index pool items", UserWarning,
+                          stacklevel=stacklevel)
+
+    def _scores(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Dense float64 scores ``[len(texts), n]`` (term-at-a-time over the postings of the
+        query terms when they are short, else one sparse-times-dense product ``W @ Q^T``) and
+        whether each query shares at least one term with the pool ``[len(texts)]`` bool."""
         n = self._fitted().n
         qid: list[int] = []
         term: list[int] = []
@@ -241,26 +318,33 @@ class BM25Selector(Selector):
         term_arr = np.asarray(term, dtype=np.int64)
         qid_arr = np.asarray(qid, dtype=np.int64)
         qtf_arr = np.asarray(qtf, dtype=np.float64)
+        matched = np.zeros(len(texts), dtype=bool)
+        matched[qid_arr] = True
         starts = self._ptr[term_arr]
         lens = self._ptr[term_arr + 1] - starts
         # a posting costs ~30x a multiply-add of the sparse product (measured)
         if 32 * int(lens.sum()) > self._post_w.size * len(texts):
             q = np.zeros((len(self._vocab), len(texts)))
             np.add.at(q, (term_arr, qid_arr), qtf_arr)
-            return torch.sparse.mm(self._matrix, torch.from_numpy(q)).T.numpy()
+            return torch.sparse.mm(self._matrix, torch.from_numpy(q)).T.numpy(), matched
         pair = np.repeat(np.arange(len(term_arr)), lens)
         offs = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
         pos = starts[pair] + offs
         flat = qid_arr[pair] * n + self._post_doc[pos]
         weights = self._post_w[pos] * qtf_arr[pair]
-        return np.bincount(flat, weights=weights, minlength=len(texts) * n).reshape(-1, n)
+        scores = np.bincount(flat, weights=weights, minlength=len(texts) * n)
+        # float64 even with no posting at all (bincount of empty weights is int64)
+        return scores.astype(np.float64, copy=False).reshape(-1, n), matched
 
     def _select(self, targets: PoolData, k: int) -> SelectionRun:
         assert targets.texts is not None
         idx = np.empty((targets.n, k), dtype=np.int64)
         rel = np.empty((targets.n, k))
+        matched = np.empty(targets.n, dtype=bool)
         for sl in row_chunks(targets.n, self._fitted().n + len(self._vocab)):
-            idx[sl], rel[sl] = topk_rows(self._scores(targets.texts[sl]), k)
+            scores, matched[sl] = self._scores(targets.texts[sl])
+            idx[sl], rel[sl] = topk_rows(scores, k)
+        self._warn_unmatched(matched, stacklevel=4)     # _select <- select <- caller
         return SelectionRun(idx, rel)
 
 
@@ -432,9 +516,13 @@ class VoteKSelector(Selector):
     ``score(u) = sum_{v votes for u, v not selected} rho^(-|{l selected : v votes for l}|)``:
     items with many voters (representative) whose voters are not already covered (diverse).
     ``neighbors=150`` and ``rho=10`` are the paper's values (capped at ``n - 1``). Ties go to
-    the lowest index. The paper's second stage (re-selecting by the language model's
-    confidence on the remaining budget) is not used: this selector needs no model. The graph
-    depends on the pool only and is built in :meth:`fit`. Default order ``"similarity"``
+    the lowest index, decided on the exact scores: the running floating-point scores only
+    shortlist the near-best items (within a relative ``1e-9``), whose scores are then
+    recomputed in exact rational arithmetic, so items whose scores are mathematically equal
+    tie even when incremental float updates made them differ. The paper's second stage
+    (re-selecting by the language model's confidence on the remaining budget) is not used:
+    this selector needs no model. The graph depends on the pool only and is built in
+    :meth:`fit`. Default order ``"similarity"``
     (by cosine to the mean target direction, most similar last).
 
     Reference: Su et al. (2022/ICLR 2023), "Selective Annotation Makes Language Models Better
@@ -478,11 +566,12 @@ class VoteKSelector(Selector):
         n = self._fitted().n
         nbr, kv = self._nbr, self._nbr.shape[1]
         weight = np.ones(n)                                           # rho^-(covered votes)
+        covered = np.zeros(n, dtype=np.int64)                         # exact coverage counts
         score = np.bincount(nbr.ravel(), minlength=n).astype(np.float64)
         selected = np.zeros(n, dtype=bool)
         chosen = []
         for _ in range(k):
-            u = int(np.argmax(np.where(selected, -np.inf, score)))
+            u = self._best(score, selected, covered)
             chosen.append(u)
             selected[u] = True
             score[nbr[u]] -= weight[u]                                # u stops voting
@@ -490,6 +579,34 @@ class VoteKSelector(Selector):
             voters = self._voters[self._voter_ptr[u]:self._voter_ptr[u + 1]]
             delta = weight[voters] * (1.0 / self.rho - 1.0)
             weight[voters] /= self.rho
+            covered[voters] += 1
             np.add.at(score, nbr[voters].ravel(), np.repeat(delta, kv))
         return SelectionRun(np.asarray(chosen, dtype=np.int64)[None], None)
 
+    def _best(self, score: np.ndarray, selected: np.ndarray, covered: np.ndarray) -> int:
+        """The unselected item of largest exact score, the lowest index among equals.
+
+        ``score`` ``[n]`` are the running float scores (off by accumulated rounding, far below
+        the relative ``1e-9`` shortlist margin); the items within the margin of the best are
+        rescored exactly: ``sum_v rho^-covered[v]`` over their unselected voters ``v``, as a
+        :class:`fractions.Fraction` (``rho`` is a float, hence an exact rational).
+        """
+        masked = np.where(selected, -np.inf, score)
+        top = float(masked.max())
+        near = np.flatnonzero(masked >= top - 1e-9 * max(1.0, abs(top)))
+        if near.size == 1:
+            return int(near[0])
+        rho = Fraction(self.rho)
+        powers: dict[int, Fraction] = {}
+        best, best_score = -1, Fraction(-1)
+        for u in near.tolist():                                        # ascending index
+            voters = self._voters[self._voter_ptr[u]:self._voter_ptr[u + 1]]
+            levels, counts = np.unique(covered[voters[~selected[voters]]], return_counts=True)
+            exact = Fraction(0)
+            for c, m in zip(levels.tolist(), counts.tolist(), strict=True):
+                if c not in powers:
+                    powers[c] = 1 / rho**c
+                exact += m * powers[c]
+            if exact > best_score:                                     # strict: lowest wins
+                best, best_score = u, exact
+        return best
