@@ -36,7 +36,6 @@ random draws differ by design (OpenICL draws per query).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -431,15 +430,16 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print("\n".join(summ))
     print(load)
-    from icldistill.artifacts.store import write_text
+    from icldistill.artifacts.store import write_json, write_text
 
     if args.markdown:
         write_text(args.markdown, "\n".join([*header, "", tab, "", *summ, load, ""]))
     if args.json:
+        # write_json: NaN seconds (MDLRetriever, not run) as null, never a bare NaN
         payload = {"versions": vers, "threads": torch.get_num_threads(), "args": vars(args),
                    "load_average_before_after": [load_before, load_after], "info": info,
                    "rows": [asdict(r) for r in rows]}
-        write_text(args.json, json.dumps(payload, indent=2))
+        write_json(args.json, payload)
 
 
 if __name__ == "__main__":

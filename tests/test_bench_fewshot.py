@@ -41,14 +41,15 @@ def test_control_checks_match_per_task_and_the_mean_only_over_the_same_tasks():
     assert got == {("a", "knn"): True, ("b", "knn"): False, ("a", "mmd"): False}
     same_tasks = control_checks(trained[:2] + trained[3:4], control[:3])
     assert {(c.task, c.differs) for c in same_tasks} >= {("mean", True)}
-    # outside the control's interval on the trained difference's own side only
-    side = control_checks([_pc("a", "x", "y", 0.03, 0.05), _pc("b", "x", "y", -0.02, 0.05),
-                           _pc("c", "x", "y", 0.12, 0.01)],
+    # the whole trained interval beyond the control's, on its own side only
+    side = control_checks([_pc("a", "x", "y", 0.03, 0.05), _pc("b", "x", "y", -0.02, 0.005),
+                           _pc("c", "x", "y", 0.12, 0.01), _pc("d", "x", "y", -0.02, 0.05)],
                           [_pc("a", "x", "y", 0.07, 0.02), _pc("b", "x", "y", 0.03, 0.02),
-                           _pc("c", "x", "y", -0.07, 0.02)])
-    # a: +3 below a control at [+5, +9] (the control shows more): not credited; b: -2 below
-    # [+1, +5]; c: +12 above [-9, -5]
-    assert [c.differs for c in side] == [False, True, True]
+                           _pc("c", "x", "y", -0.07, 0.02), _pc("d", "x", "y", 0.03, 0.02)])
+    # a: +3 below a control at [+5, +9] (the control shows more): not credited; b: [-2.5, -1.5]
+    # below [+1, +5]; c: [+11, +13] above [-9, -5]; d: -2 [-7, +3] overlaps [+1, +5], though
+    # its point estimate lies outside
+    assert [c.differs for c in side] == [False, True, True, False]
 
 
 def test_comparison_report_sets_the_control_beside_the_trained_grid(tmp_path):

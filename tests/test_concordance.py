@@ -197,3 +197,41 @@ def test_a_control_on_fewer_tasks_is_pooled_beside_the_same_tasks():
     claims = concordance_section(recs).blocks[1].items
     assert any("the control's tasks: trained" in c for c in claims)
     assert all("all, the control" not in c.split("right answers on")[-1] for c in claims)
+
+
+def _records(model, tasks, p_holm=0.001, value=0.7):
+    from icldistill.reporting.concordance import ConcordanceRecord
+
+    return [ConcordanceRecord(model, 4, t, how, "trained", "reference", value, value - 0.1,
+                              value + 0.1, p_holm, p_holm, 50, 100, 3)
+            for t in tasks for how in ("all pairs", "same label shown", "same label count")]
+
+
+def test_section_escapes_task_and_model_names_in_its_sentences():
+    """Regression: the computed sentences put the model (``"model k=K"``) and the task names
+    into inline Markdown unescaped, so ``*x*`` became emphasis and backticks a code span."""
+    import html
+
+    from icldistill.artifacts.document import Report, plain, to_html, to_markdown
+    from icldistill.reporting.concordance import concordance_section
+
+    task, model = "x*bold*_y_", "org/m_`x`"
+    sec = concordance_section(_records(model, [task, "other", "all"]))
+    md, page = to_markdown(Report("T", (sec,))), to_html(Report("T", (sec,)))
+    (line,) = [ln for ln in md.splitlines() if "closer demonstrations go with right" in ln]
+    assert line.startswith(f"- {plain(model)} k=4:") and plain(task) in line
+    assert f"{html.escape(model)} k=4" in page and html.escape(task) in page
+    assert "<em>" not in page and "<code>x</code>" not in page
+
+
+def test_section_p_values_just_below_alpha_keep_their_digits():
+    """Regression: a Holm p of 0.0496 was written ``0.05`` (``.2g``) in the sentences."""
+    from icldistill.artifacts.document import Report, to_markdown
+    from icldistill.reporting.concordance import concordance_section
+
+    md = to_markdown(Report("T", (concordance_section(
+        _records("m", ["a", "b", "all"], p_holm=0.0496)),)))
+    assert "(Holm p 0.0496)" in md and "Holm p 0.05)" not in md
+    md = to_markdown(Report("T", (concordance_section(
+        _records("m", ["a", "b", "all"], p_holm=0.23)),)))
+    assert "(Holm p 0.23)" in md

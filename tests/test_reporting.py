@@ -194,14 +194,32 @@ def test_inline_markdown_subset():
     assert "<code>icldistill demo</code>" in page and "`" not in page
 
 
-@given(st.text(st.sampled_from(list("ab <>\"'&`*[]()\\:/=!|\n{}")) | st.characters(),
+@given(st.text(st.sampled_from(list("ab <>\"'&`*[]()\\:/=!|\n{}_~;#\r")) | st.characters(),
                max_size=60))
 def test_plain_text_is_shown_literally(s):
     s = s.replace("\x00", "")
-    assert render_inline(plain(s)) == html.escape(s)
+    one_line = re.sub("\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]", " ", s)
+    assert render_inline(plain(s)) == html.escape(one_line)
     if s:
         shown = html.escape(s.replace("\n", " "))
         assert render_inline(inline_code(s)) == f"<code>{shown}</code>"
+
+
+def test_plain_escapes_what_markdown_viewers_would_read_as_markup():
+    """Regression: ``plain`` left ``_`` (emphasis), ``~`` (strikethrough), ``&amp;`` (an
+    entity) and line breaks (which end a table row or list item) to Markdown viewers. They
+    are escaped (a line break becomes a space); the HTML is the same as before, and ordinary
+    names (those of the committed reports) keep their exact Markdown source."""
+    assert plain("_x_ a__b ~~s~~") == r"\_x\_ a\_\_b \~\~s\~\~"
+    assert plain("&amp; &#60; &#x3c;") == r"\&amp; \&#60; \&#x3c;"
+    assert plain("row\nbreak\r\nand\u2028more") == "row break and more"
+    for name in ("mmd-katt", "qwen2.5-0.5b (bfloat16) k=8", "rt-sentiment", "r52", "20ng",
+                 "mmd-local,label_weight=0.0", "mmd-query@hidden:15,diversity=1.0",
+                 "knn@kv:auto", "smollm2-135m random-init #1", "all, the control's tasks",
+                 "MMD in the model's K_att space", "a&b", "bm25 (idf=okapi)"):
+        assert plain(name) == name
+    for text in ("_x_ a__b", "~~s~~", "&amp;", "a_b & c"):
+        assert render_inline(plain(text)) == html.escape(text)
 
 
 _PIECES = [*"ab <>\"'&`*[]()\\:/=!|j", "javascript:", "http://", "onerror=", "**", "`"]
@@ -362,3 +380,30 @@ def test_demo_report_escapes_its_folder_name(tmp_path):
     assert_safe_html(page, {"demo.png"})
     assert html.escape(IMG) in page
     assert _md_tables(summary.files["markdown"].read_text()) == _html_tables(page)
+
+
+def test_names_in_computed_sentences_and_captions_are_escaped(tmp_path):
+    """Regression: the model tag ``"model k=K"`` reached the control, coverage and forest-plot
+    sentences and captions unescaped, and a comparison's note (which names selectors) too: a
+    name with backticks or asterisks became a code span or emphasis."""
+    from icldistill.core.stats import PairedComparison
+    from icldistill.reporting.reports import (
+        ControlCheck,
+        _control_section,
+        _paired_section,
+    )
+
+    model, task = "org/m_`x`", "t*bold*"
+    pc = PairedComparison(model, 4, task, "mmd", "knn", 0.05, 0.01, 0.09, 0.001, 0.01, 100, 1,
+                          note="mmd*x*'s units scored different numbers of items")
+    mean = PairedComparison(model, 4, "mean", "mmd", "knn", 0.05, 0.01, 0.09, 0.001, 0.01, 100,
+                            2)
+    cc = PairedComparison(model, 4, task, "mmd", "knn", 0.0, -0.02, 0.02, 0.9, 1.0, 100, 1)
+    report = Report("T", (_control_section([ControlCheck(model, 4, task, "mmd", "knn", pc, cc,
+                                                         True)], "ctl"),
+                          _paired_section([pc, mean], figures=tmp_path / "figures")))
+    page = to_html(report)
+    assert "<code>x</code>" not in page and "<em>" not in page
+    assert f"{html.escape(model)} k=4: 1 of the 1 comparisons" in page
+    assert f"<figcaption>{html.escape(model)} k=4: mean over tasks" in page
+    assert html.escape("mmd*x*'s units") in page

@@ -59,5 +59,17 @@ def test_to_jsonable_cleans_what_json_cannot_take():
                        "i": np.int64(3), "b": np.bool_(True), "inner": Inner(np.arange(2)),
                        "m": type("M", (), {"to_dict": lambda self: {"z": math.nan}})()})
     assert out == {"t": [1.0, None], "n": 2.5, "i": 3, "b": True, "inner": {"a": [0, 1]},
-                   "m": {"z": math.nan}}
-    json.dumps(to_jsonable(out), allow_nan=True)
+                   "m": {"z": None}}
+    json.dumps(out, allow_nan=False)
+
+
+def test_to_jsonable_cleans_what_to_dict_returns():
+    """Regression: what an object's ``to_dict()`` returned was passed through as it was, so
+    NaN, infinities and numpy values inside it reached the JSON writers (``NaN`` in a file)."""
+    obj = type("M", (), {"to_dict": lambda self: {
+        "z": math.nan, "inf": [np.float64(-math.inf)], "n": np.int32(4),
+        "nested": type("N", (), {"to_dict": lambda self: {"a": np.array([1.5, np.nan])}})()}})()
+    out = to_jsonable([obj])
+    assert out == [{"z": None, "inf": [None], "n": 4, "nested": {"a": [1.5, None]}}]
+    assert type(out[0]["n"]) is int
+    json.dumps(out, allow_nan=False)

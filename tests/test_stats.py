@@ -466,7 +466,8 @@ def test_report_leads_with_the_paired_section_and_writes_paired_json(tmp_path):
     heads = [ln for ln in md.splitlines() if ln.startswith("## ")]
     assert heads[:3] == ["## Paired comparisons", "## Does an MMD-family selector beat kNN?",
                          "## Overview"]
-    assert md.splitlines()[0].startswith("# ") and md.splitlines()[2] == "## Paired comparisons"
+    lead = md.split("## Paired comparisons")[0].splitlines()   # the title and its meta lines
+    assert lead[0].startswith("# ") and all(not ln or ln.startswith("- **") for ln in lead[1:])
     assert "### m k=4: mean over tasks (Holm family of 15 comparisons)" in md
     assert "| selector | vs | diff (points) | 95% CI | p | Holm p | tasks | items | verdict |" in md
     assert "| mmd | knn | +" in md and "| better |" in md

@@ -32,8 +32,11 @@ Content-Security-Policy ``<meta>`` forbids scripts as a second line of defence.
 
 from __future__ import annotations
 
+import functools
 import html as _html
+import os
 import re
+import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
@@ -55,6 +58,7 @@ __all__ = [
     "Table",
     "inline_code",
     "plain",
+    "provenance",
     "render_inline",
     "to_html",
     "to_markdown",
@@ -278,15 +282,35 @@ class Report:
 
 
 # ============================================================================ inline text
-_SPECIAL = re.compile(r"([\\`*\[\]|]|<(?=[A-Za-z/!?]))")
+_SPECIAL = re.compile(r"([\\`*\[\]|~]|<(?=[A-Za-z/!?])|&(?=#?\w+;)"
+                      r"|(?<![^\W_])_|_(?![^\W_]))")
 _RAW_HTML = re.compile(r"<(?=[A-Za-z/!?])")
+_LINE_BREAK = re.compile("\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
 def plain(text: str) -> str:
-    """Inline-Markdown source that shows ``text`` literally, in Markdown viewers and in the
-    HTML report alike: ``\\ ` * [ ] |`` and a ``<`` that could open a tag are
-    backslash-escaped."""
-    return _SPECIAL.sub(r"\\\1", str(text))
+    """Inline-Markdown source that shows ``text`` literally, on one line, in Markdown viewers
+    and in the HTML report alike.
+
+    Line breaks become spaces (a name must not end a table row or a list item); ``\\ ` * [ ]
+    | ~`` are backslash-escaped, and so are a ``<`` that could open a tag, a ``&`` that could
+    start a character reference (``&amp;``, ``&#60;``) and a ``_`` that could open or close
+    emphasis (one not between two letters or digits). Everything else is kept as it is, so an
+    ordinary name (``mmd-local,label_weight=0.0``, ``qwen2.5-0.5b (bfloat16)``, ``a&b``) reads
+    the same in the Markdown source.
+
+    Parameters
+    ----------
+    text : str
+        Any text (other objects are converted with ``str``).
+
+    Returns
+    -------
+    str
+        Inline-Markdown source; :func:`render_inline` of it is ``text`` HTML-escaped, with
+        line breaks as spaces.
+    """
+    return _SPECIAL.sub(r"\\\1", _LINE_BREAK.sub(" ", str(text)))
 
 
 def _md_title(title: str) -> str:
@@ -566,6 +590,64 @@ def to_html(report: Report) -> str:
     """
     template = _environment().from_string(_TEMPLATE)
     return template.render(report=report, sections=report.all_sections())
+
+
+# ============================================================================ provenance
+def _distribution_version(name: str) -> str:
+    """The installed version of a distribution, without importing it (``"not installed"``)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+@functools.cache
+def _git_state() -> str | None:
+    """``"git <commit>"`` of the checkout the ``icldistill`` package is imported from, with
+    ``", uncommitted changes"`` when its tracked files under the package differ from that
+    commit; ``None`` when the package is not a tracked file of a git checkout (an installed
+    wheel), git is missing, or git does not answer within 2 seconds."""
+    folder = Path(__file__).resolve().parents[1]          # the icldistill package
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True,
+                              text=True, timeout=2, check=True, env=env).stdout.strip()
+
+    try:
+        # only a checkout that tracks this very package identifies its code
+        git("ls-files", "--error-unmatch", "--", "__init__.py")
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+    if not re.fullmatch(r"[0-9a-f]{7,40}", commit):
+        return None
+    return f"git {commit}" + (", uncommitted changes" if dirty else "")
+
+
+def provenance() -> str:
+    """The software a report was written with, as one plain-text line.
+
+    ``icldistill`` with its version (and, when it is imported from a git checkout that tracks
+    it, the commit and whether the package's files have uncommitted changes), and the
+    installed versions of ``torch`` and ``transformers``; e.g. ``"icldistill 0.1.0 (git
+    682ba22c1a2b), torch 2.5.1, transformers 4.46.3"``. Git is asked once per process, with a
+    2-second limit; any failure leaves the version alone.
+
+    Returns
+    -------
+    str
+        Plain text (pass it through :func:`plain` or as a ``(key, value)`` meta pair).
+    """
+    from icldistill import __version__
+
+    git = _git_state()
+    return (f"icldistill {__version__}" + (f" ({git})" if git else "")
+            + f", torch {_distribution_version('torch')}"
+            + f", transformers {_distribution_version('transformers')}")
 
 
 # ============================================================================ files

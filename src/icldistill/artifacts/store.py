@@ -288,9 +288,13 @@ def append_record(path: str | os.PathLike[str], record: Mapping[str, Any], *,
                   warn: Callable[[str], None] | None = None) -> None:
     """Append ``record`` to the JSON-lines file ``path`` as one line, flushed and fsynced.
 
-    A torn last line is terminated first (``warn`` receives one message about it; default a
-    line on stderr). On a write error the file is truncated back to its previous length and
-    :class:`StoreWriteError` is raised.
+    Non-finite floats are written as Python's ``json`` writes them (``NaN``, ``Infinity``,
+    ``-Infinity``), so they read back exactly: a log-probability of ``-inf`` must not come back
+    as a missing value. Those three tokens are not standard JSON; Python's ``json``, pandas
+    and most JSON5 readers accept them. (Reports and summaries, :func:`write_json`, are
+    standard JSON, with ``null`` for a non-finite number.) A torn last line is terminated first
+    (``warn`` receives one message about it; default a line on stderr). On a write error the
+    file is truncated back to its previous length and :class:`StoreWriteError` is raised.
     """
     p = Path(path)
     line = (json.dumps(record, sort_keys=True, default=default) + "\n").encode("utf-8")

@@ -260,6 +260,8 @@ def _print_comparison(rep: Any, paired: list[Any], with_control: bool) -> None:
     """What ``compare`` prints after writing its report: the best selector per (model, k), the
     significant mean differences, the MMD family against the bar, the control's agreement and
     where the report and its JSON records are."""
+    from icldistill.reporting.reports import format_p
+
     for tag in rep.mmd_family_best:        # every (model, k) with a complete grid, in order
         if tag in rep.ties:
             print(f"{tag}: tie between {', '.join(rep.ties[tag])} for the best mean accuracy")
@@ -269,14 +271,16 @@ def _print_comparison(rep: Any, paired: list[Any], with_control: bool) -> None:
         if p.task == "mean" and p.p_holm < 0.05:
             verdict = "better" if p.diff > 0 else "worse"
             print(f"{p.model} k={p.k}: {p.selector} {verdict} than {p.baseline} by "
-                  f"{100 * p.diff:+.1f} points (paired over {p.n} items, Holm p={p.p_holm:.2g})")
+                  f"{100 * p.diff:+.1f} points (paired over {p.n} items, Holm p="
+                  f"{format_p(p.p_holm)})")
     for tag, ok in rep.meets_bar.items():
         print(f"{tag}: MMD family vs the bar (beats knn on the mean, never worse than random): "
               + (", ".join(ok) if ok else "none meets it"))
     if with_control:
         sig = [c for c in rep.control if c.trained.p_holm < 0.05]
         print(f"random-init control: {sum(c.differs for c in sig)} of the {len(sig)} "
-              "significant comparisons differ from the control (outside its 95% interval)")
+              "significant comparisons differ from the control (their 95% interval lies "
+              "beyond the control's)")
     print(f"report: {rep.markdown} and {rep.html}")
     records = [p.name for p in (rep.paired_json, rep.paired_macro_f1_json, rep.posthoc_json,
                                 rep.coverage_json, rep.concordance_json) if p is not None]

@@ -23,8 +23,9 @@ def to_jsonable(obj: Any) -> Any:
     """``obj`` with JSON types only.
 
     Tensors and arrays become (nested) lists, numpy scalars Python numbers, non-finite floats
-    ``None``, paths strings, mappings dicts with string keys, objects with ``to_dict()`` and
-    other dataclasses their fields; anything else is returned as it is.
+    ``None``, paths strings, mappings dicts with string keys, objects with ``to_dict()`` what
+    it returns (cleaned the same way, recursively) and other dataclasses their fields; anything
+    else is returned as it is.
     """
     if isinstance(obj, Mapping):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
@@ -44,7 +45,7 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "to_dict") and callable(obj.to_dict):
-        return obj.to_dict()
+        return to_jsonable(obj.to_dict())
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     return obj

@@ -93,11 +93,36 @@ class GridStatus(Result):
         """Unfinished units without an estimate (nothing comparable timed yet)."""
         return sum(u.seconds_left is None for u in self.units)
 
+    def wall_seconds(self, workers: int = 1) -> float:
+        """Estimated scoring seconds left on ``workers`` processes, over the units with an
+        estimate: the total divided among them, but never less than the longest single unit
+        left (one unit runs in one process).
+
+        Parameters
+        ----------
+        workers : int
+            Processes working on the grid at once (a positive integer).
+
+        Returns
+        -------
+        float
+            ``max(seconds_left / workers, longest unit's seconds left)``; units without an
+            estimate are not counted (:attr:`n_unestimated` says how many).
+        """
+        _check_workers(workers)
+        longest = max((u.seconds_left or 0.0 for u in self.units), default=0.0)
+        return max(self.seconds_left / workers, longest)
+
     def summary(self, workers: int = 1) -> str:
         """A plain-text table: units by state, test items left and estimated CPU-hours left
-        per (model, k), with a total line; ``workers`` processes divide the wall time."""
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise InputError(f"workers must be a positive integer, got {workers!r}")
+        per (model, k), with a total line; with ``workers`` > 1, the wall time on that many
+        processes (:meth:`wall_seconds`).
+
+        A row whose unfinished units all lack an estimate shows ``?`` hours (not ``0.0``);
+        units without an estimate are counted beside the hours of each row and on the wall
+        line, never silently left out.
+        """
+        _check_workers(workers)
         groups: dict[tuple[str, int], list[UnitStatus]] = {}
         for u in self.units:
             groups.setdefault((u.spec.model_label, u.spec.k), []).append(u)
@@ -111,7 +136,9 @@ class GridStatus(Result):
             left = sum(u.n - u.n_scored for u in us)
             sec = sum(u.seconds_left or 0.0 for u in us)
             unknown = sum(u.seconds_left is None for u in us)
-            est = f"{sec / 3600:10.1f}" + (f" (+{unknown} units not estimated)" if unknown else "")
+            estimated = any(u.seconds_left is not None and u.state != "done" for u in us)
+            hours = f"{'?':>10s}" if unknown and not estimated else f"{sec / 3600:10.1f}"
+            est = hours + (f" (+{unknown} units not estimated)" if unknown else "")
             return (f"{name:24s} {k:>3s} "
                     + " ".join(f"{sum(u.state == s for u in us):>{w}d}"
                                for s, w in zip(UNIT_STATES, (5, 7, 7, 5), strict=True))
@@ -123,9 +150,18 @@ class GridStatus(Result):
                      "item of timed units of the same task (other k scaled by k+1, another "
                      "model by the two models' speed ratio); selection time is not counted.")
         if workers > 1:
-            wall = self.seconds_left / 3600 / workers
-            lines.append(f"with {workers} processes: about {wall:.1f} h of wall time")
+            unknown = self.n_unestimated
+            lines.append(f"with {workers} processes: about {self.wall_seconds(workers) / 3600:.1f}"
+                         " h of wall time (the total divided among them, at least the longest "
+                         "unit left)"
+                         + (f", not counting {unknown} unit{'' if unknown == 1 else 's'} "
+                            "not estimated" if unknown else ""))
         return "\n".join(lines)
+
+
+def _check_workers(workers: object) -> None:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InputError(f"workers must be a positive integer, got {workers!r}")
 
 
 def is_shared(spec: UnitSpec) -> bool:

@@ -232,7 +232,7 @@ def concordance_section(records: Sequence[ConcordanceRecord]) -> Any:
         blocks.append(Section(f"{tag}: share of discordant pairs in which the closer "
                               "demonstrations answered right (95% CI; * = Holm p < 0.05)",
                               (Table(header, rows),)))
-        claims += _claims(tag, mine)
+        claims += _claims(plain(tag), mine)
     intro = Paragraph(
         "The theory's bias term grows with the MMD between the demonstrations and the task. "
         "Within one test item it can be checked without the confounds of a comparison across "
@@ -259,7 +259,12 @@ def concordance_section(records: Sequence[ConcordanceRecord]) -> Any:
 
 
 def _claims(tag: str, recs: Sequence[ConcordanceRecord]) -> list[str]:
-    """The computed sentences of one model and ``k``."""
+    """The computed sentences of one model and ``k`` (``tag``: its inline text, escaped); task
+    names are escaped here, p-values formatted as the comparison report's
+    (:func:`icldistill.reporting.reports._short_p`)."""
+    from icldistill.artifacts.document import plain
+    from icldistill.reporting.reports import _short_p
+
     def get(task: str, how: str, reader: str = "trained") -> ConcordanceRecord | None:
         return next((r for r in recs if (r.task, r.pairs_compared, r.reader)
                      == (task, how, reader)), None)
@@ -270,9 +275,9 @@ def _claims(tag: str, recs: Sequence[ConcordanceRecord]) -> list[str]:
         a, s = get("all", "all pairs"), get("all", "same label count")
         assert a is not None and s is not None
         text = (f"{tag}, all tasks: the closer demonstrations answered right in "
-                f"{_cell(a)} of {a.n_pairs:,} discordant pairs (Holm p {a.p_holm:.2g}); "
+                f"{_cell(a)} of {a.n_pairs:,} discordant pairs (Holm p {_short_p(a.p_holm)}); "
                 f"among pairs with the same number of demonstrations carrying the query's "
-                f"label, in {_cell(s)} of {s.n_pairs:,} (Holm p {s.p_holm:.2g}).")
+                f"label, in {_cell(s)} of {s.n_pairs:,} (Holm p {_short_p(s.p_holm)}).")
         out.append(text)
     for scope in ("all", CONTROL_TASKS):
         c, cs = get(scope, "all pairs", "control"), get(scope, "same label count", "control")
@@ -285,8 +290,8 @@ def _claims(tag: str, recs: Sequence[ConcordanceRecord]) -> list[str]:
                    f"and {_cell(cs)}.")
     strict = [r for r in recs if r.reader == "trained" and r.task not in ("all", CONTROL_TASKS)
               and r.pairs_compared == "same label count" and np.isfinite(r.value)]
-    up = sorted(r.task for r in strict if r.p_holm < 0.05 and r.value > 0.5)
-    down = sorted(r.task for r in strict if r.p_holm < 0.05 and r.value < 0.5)
+    up = sorted(plain(r.task) for r in strict if r.p_holm < 0.05 and r.value > 0.5)
+    down = sorted(plain(r.task) for r in strict if r.p_holm < 0.05 and r.value < 0.5)
     out.append(f"{tag}: with the label count held equal, closer demonstrations go with right "
                f"answers on {', '.join(up) if up else 'no task'}"
                + (f", and with wrong ones on {', '.join(down)}" if down else "")

@@ -41,6 +41,7 @@ __all__ = [
     "ablation_pairs",
     "atomic_write",
     "control_checks",
+    "format_p",
     "heatmap",
     "layer_colorbar",
     "layer_colors",
@@ -90,11 +91,20 @@ def write_trace_report(
     except ImportError as exc:  # pragma: no cover - pandas/pyarrow are in the models extra
         raise ImportError("writing Parquet needs pandas and pyarrow: pip install "
                           "'icldistill[models]'") from exc
-    from icldistill.artifacts.document import write_report
-
-    files["markdown"], files["html"] = write_report(_trace_document(result, a, title, meta), out,
-                                                    stem="summary")
+    files["markdown"], files["html"] = _write_report(_trace_document(result, a, title, meta),
+                                                     out, stem="summary")
     return files
+
+
+def _write_report(report: Any, out: Path, stem: str = "report") -> tuple[Path, Path]:
+    """:func:`icldistill.artifacts.document.write_report` of ``report`` with the software it was
+    written with (:func:`icldistill.artifacts.document.provenance`: icldistill's version and
+    git commit, torch's and transformers' versions) as its last meta line, "**software**:
+    ...". The one place the reports of this module (trace, comparison, ablation) state it."""
+    from icldistill.artifacts.document import provenance, write_report
+
+    return write_report(replace(report, meta=(*report.meta, ("software", provenance()))), out,
+                        stem=stem)
 
 
 @dataclass(frozen=True)
@@ -274,8 +284,14 @@ class ComparisonReport:
         when the grid is incomplete or when several selectors tie, see ``ties``)
     mmd_family_best : dict ``"model k=K"`` -> whether an MMD-family selector is best on average
         (on a tie: whether one of the tied selectors is)
-    beats_random : dict ``"model k=K"`` -> {task: whether the best MMD-family selector beats
-        the mean of the random seeds}
+    beats_random : dict ``"model k=K"`` -> {task: bool}
+        Per task, whether the MMD family does better than ``random`` there. With paired
+        comparisons for the group (``beats_random_tested[tag]`` is ``True``): whether some
+        MMD-family selector is significantly better than ``random`` on that task (its paired
+        per-task comparison has ``diff > 0`` and Holm p < :data:`PAIRED_ALPHA`); the tasks are
+        those with such a comparison. Without them (``False``): whether the highest MMD-family
+        mean accuracy on the task is above the mean of the random seeds, a comparison of point
+        estimates that tests nothing (and, as a maximum over selectors, favours the family).
     spearman : dict ``"model k=K"`` -> {task: Spearman(MMD^2 to the task, accuracy) over the
         evaluated demonstration sets}
     collapsed : dict ``"model k=K"`` -> {task: (units whose predictions collapse onto one
@@ -315,6 +331,9 @@ class ComparisonReport:
     coverage_json : Path or None
         ``coverage.json``: the :attr:`coverage` summaries, one record each (``vs_vote`` as
         ``{"value", "low", "high", ...}``, NaN as ``null``), when there are any.
+    beats_random_tested : dict ``"model k=K"`` -> bool
+        Whether :attr:`beats_random` of the group comes from paired comparisons (``True``) or
+        from mean accuracies (``False``).
     """
 
     markdown: Path
@@ -337,6 +356,7 @@ class ComparisonReport:
     precision_json: Path | None = None
     concordance_json: Path | None = None
     coverage_json: Path | None = None
+    beats_random_tested: dict[str, bool] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON types (paths as strings, tuples as lists, non-finite numbers as
@@ -346,6 +366,8 @@ class ComparisonReport:
 
 #: Recall below which a label counts as never predicted (see ``ComparisonReport.collapsed``).
 COLLAPSE_RECALL = 0.05
+#: Holm-adjusted p-value below which a paired comparison is called a difference.
+PAIRED_ALPHA = 0.05
 
 
 def _collapsed(r: Any) -> bool:
@@ -437,30 +459,43 @@ def write_comparison_report(
     detail table) per task and selector for every model and ``k``, the mean over tasks, the
     MMD to the task of every selector, selection and scoring times. Figures: accuracy per
     selector per task; accuracy against the demonstrations' ``MMD^2`` to the task with the
-    per-task Spearman correlation. Conclusions (best selector, whether the MMD family is best
-    and beats random on every task) are computed from the numbers, not asserted.
+    per-task Spearman correlation. Conclusions (best selector, whether the MMD family is best)
+    are computed from the numbers, not asserted; whether the MMD family does better than
+    random on each task is judged by the paired per-task comparisons against ``random`` when
+    ``paired`` holds them (some MMD-family selector with Holm p < :data:`PAIRED_ALPHA` and a
+    positive difference), and is otherwise stated as a comparison of means, untested
+    (:attr:`ComparisonReport.beats_random`).
 
     ``report.md`` and ``report.html`` are two renderings of one
-    :class:`icldistill.reporting.Report` (user text is escaped in the HTML).
+    :class:`icldistill.reporting.Report` (user text is escaped in the HTML); their meta line
+    "software" names the icldistill version (and git commit), torch and transformers.
+
+    The folder holds the records of this call only: a record file or figure that this call does
+    not write because its input was not given (``paired.json``, ``paired_macro_f1.json``,
+    ``paired_posthoc.json``, ``coverage.json``, ``precision.json``, ``concordance.json``,
+    ``figures/paired_*.png``, see :data:`SIDECARS`) is removed when an earlier run left it
+    there, so no file beside the report holds what the report does not show. No other file
+    is touched.
     """
-    from icldistill.artifacts.document import Paragraph, Report, Section, Table, write_report
+    from icldistill.artifacts.document import Paragraph, Report, Section
 
     if not results:
         raise ValueError("no results to report")
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
+    paired = None if paired is None else list(paired)
     acc_ = _Conclusions()
     sections: list[Section] = []
     figures: list[Path] = []
-    overview: list[list[str]] = []
+    overview: list[tuple[str, list[str]]] = []
     for (model, k), rs in _group_results(results).items():
-        section, figs, row = _group_section(model, k, rs, out, acc_, reference)
+        section, figs, row = _group_section(model, k, rs, out, acc_, reference, paired)
         sections.append(section)
         figures += figs
         if row is not None:
-            overview.append(row)
+            overview.append((f"{model} k={k}", row))
     if overview:
-        sections.insert(0, Section("Overview", (Table(_OVERVIEW_COLUMNS, overview),)))
+        sections.insert(0, Section("Overview", (_overview_table(overview, acc_),)))
     lead, paired_json, f1_json, meets_bar, checks = _lead_sections(
         out, results, paired, paired_macro_f1, majority, coverage, control_paired,
         control_label, control_coverage,
@@ -507,12 +542,38 @@ def write_comparison_report(
         sections.append(_precision_section(precision))
     sections.append(Section("Every evaluated unit", (_detail_table(results),
                                                      Paragraph(_SECONDS_NOTE))))
-    md_path, html_path = write_report(Report(title, sections, notes=tuple(notes),
-                                             commands=tuple(commands)), out)
+    md_path, html_path = _write_report(Report(title, sections, notes=tuple(notes),
+                                              commands=tuple(commands)), out)
+    _remove_stale_sidecars(out, [paired_json, f1_json, posthoc_json, coverage_json,
+                                 concordance_json, precision_json, *figures])
     return ComparisonReport(md_path, html_path, figures, acc_.summaries, acc_.best,
                             acc_.fam_best, acc_.beats, acc_.rho, acc_.collapsed, paired_json,
                             acc_.ties, f1_json, meets_bar, cov_summaries, checks, posthoc_json,
-                            posthoc_checks, precision_json, concordance_json, coverage_json)
+                            posthoc_checks, precision_json, concordance_json, coverage_json,
+                            acc_.beats_tested)
+
+
+#: The files :func:`write_comparison_report` writes beside the report only when given what they
+#: hold (and removes when it does not write them): record files in the report folder, and
+#: figures (glob patterns) in its ``figures/`` folder.
+SIDECARS = ("paired.json", "paired_macro_f1.json", "paired_posthoc.json", "coverage.json",
+            "precision.json", "concordance.json")
+SIDECAR_FIGURES = ("paired_*.png",)
+
+
+def _remove_stale_sidecars(out: Path, written: Sequence[Path | None]) -> list[Path]:
+    """Remove the :data:`SIDECARS` and :data:`SIDECAR_FIGURES` of ``out`` that are not among
+    ``written`` (the files this run wrote): records of an earlier run that this report does not
+    show. Nothing else is touched. Returns the removed files."""
+    keep = {Path(p).resolve() for p in written if p is not None}
+    found = [out / name for name in SIDECARS]
+    found += [p for pattern in SIDECAR_FIGURES for p in sorted((out / "figures").glob(pattern))]
+    removed = []
+    for p in found:
+        if (p.is_file() or p.is_symlink()) and p.resolve() not in keep:
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def _within_item(results: Sequence[Any], coverage: Mapping[str, Any] | None,
@@ -571,10 +632,39 @@ def _lead_sections(out: Path, results: Sequence[Any],
     return lead, paired_json, f1_json, meets_bar, checks
 
 
-#: Columns of the comparison report's overview table (one row per model and ``k``).
+#: Columns of the comparison report's overview table (one row per model and ``k``); the sixth
+#: is named by :func:`_overview_table` after how the groups were compared with random.
 _OVERVIEW_COLUMNS = ("model, k", "best mean (selector, accuracy)", "best MMD family", "gap",
-                     "unit 95% CI half-width", "MMD family beats random on",
+                     "unit 95% CI half-width", "MMD family vs random",
                      "mean Spearman(MMD², acc)")
+#: Index of the overview's column "MMD family vs random" (a count of tasks).
+_VS_RANDOM = 5
+#: How the overview's column counts tasks: from paired comparisons, or from means.
+_TESTED_RANDOM = f"significantly better than random (paired, Holm p < {PAIRED_ALPHA}) on"
+_UNTESTED_RANDOM = "higher mean than random (not tested) on"
+
+
+def _overview_table(rows: Sequence[tuple[str, list[str]]], c: _Conclusions) -> Any:
+    """The overview table of ``(tag, row)`` pairs. Its column of tasks where the MMD family does
+    better than random says how that was judged: by the paired comparisons (Holm p), or by
+    mean accuracies (not tested); where groups differ, each cell says it."""
+    from icldistill.artifacts.document import Table
+
+    tested = {tag: c.beats_tested.get(tag) for tag, _ in rows if tag in c.beats}
+    kinds = set(tested.values())
+    header = list(_OVERVIEW_COLUMNS)
+    if kinds == {True}:
+        header[_VS_RANDOM] = f"MMD family {_TESTED_RANDOM}"
+    elif kinds == {False}:
+        header[_VS_RANDOM] = f"MMD family: {_UNTESTED_RANDOM}"
+    out = []
+    for tag, row in rows:
+        row = list(row)
+        if len(kinds) > 1 and tag in tested:
+            row[_VS_RANDOM] += (f" (paired, Holm p < {PAIRED_ALPHA})" if tested[tag]
+                                else " (means, not tested)")
+        out.append(row)
+    return Table(header, out)
 
 
 @dataclass
@@ -585,6 +675,8 @@ class _Conclusions:
     best: dict[str, str] = field(default_factory=dict)
     fam_best: dict[str, bool] = field(default_factory=dict)
     beats: dict[str, dict[str, bool]] = field(default_factory=dict)
+    beats_tested: dict[str, bool] = field(default_factory=dict)
+    vs_random: dict[str, dict[str, list[tuple[float, Any]]]] = field(default_factory=dict)
     rho: dict[str, dict[str, float]] = field(default_factory=dict)
     collapsed: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
     ties: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -654,10 +746,10 @@ class ControlCheck(Result):
         The comparison on the trained model and on the architecture-identical random-init
         twin (same prompts: the selectors choose from the same pool and the same embeddings).
     differs : bool
-        The trained model's difference lies outside the control's 95% interval, beyond it on
-        its own side (a trained difference below a control that shows a larger one, or above
-        one that shows a more negative one, is not credited to training) — the rule of the
-        laboratory's controls (``phenomena.controlled_check``) with one control.
+        The difference is credited to training: the trained comparison is significant (Holm p
+        < :data:`PAIRED_ALPHA`) and its whole interval lies beyond the control's interval, on
+        its own side of zero (a trained difference that a control shows as strongly or more, or
+        whose interval overlaps the control's, is not credited). See :attr:`verdict`.
     """
 
     model: str
@@ -669,11 +761,35 @@ class ControlCheck(Result):
     control: Any
     differs: bool
 
+    @property
+    def verdict(self) -> str:
+        """The report's "differs from the control": ``"yes"`` (:attr:`differs`), ``"n/s"``
+        (the trained comparison is not significant, so there is nothing to credit) or
+        ``"no"`` (significant, but not beyond the control)."""
+        if self.differs:
+            return "yes"
+        return "n/s" if not self.trained.p_holm < PAIRED_ALPHA else "no"
 
-def _beyond_control(value: float, low: float, high: float) -> bool:
-    """The laboratory's control rule: ``value`` lies outside the control's interval
-    ``[low, high]``, beyond it on its own side of zero."""
-    return bool((value > high and value > 0) or (value < low and value < 0))
+
+#: How the report reads the column "differs from the control" (:func:`_control_verdict`).
+_CONTROL_RULE = (
+    "\"differs from the control\": **yes** when the trained difference is significant (Holm p "
+    f"< {PAIRED_ALPHA}) and its whole 95% interval lies beyond the control's 95% interval, on "
+    "its own side of zero, so it is credited to training; **n/s** when the trained difference "
+    "is not significant (nothing to credit); **no** when it is significant but its interval "
+    "overlaps the control's, or the control shows the same difference as strongly or more.")
+
+
+def _control_verdict(significant: bool, value: float, low: float, high: float,
+                     c_low: float, c_high: float) -> str:
+    """Whether a trained difference ``value`` (interval ``[low, high]``) differs from its
+    control (interval ``[c_low, c_high]``): ``"yes"`` when it is ``significant`` and its whole
+    interval lies beyond the control's on its own side of zero; ``"n/s"`` when it is not
+    significant; ``"no"`` otherwise (:data:`_CONTROL_RULE`)."""
+    if not significant:
+        return "n/s"
+    beyond = (value > 0 and low > c_high) or (value < 0 and high < c_low)
+    return "yes" if beyond else "no"
 
 
 def _vote_diffs(coverage: Mapping[str, Any], mine: Sequence[Any], tasks: Sequence[str]
@@ -767,8 +883,10 @@ def control_checks(paired: Sequence[PairedComparison], control: Sequence[PairedC
         ctl = by.get(_comparison_key(c))
         if ctl is None:
             continue
-        differs = _beyond_control(c.diff, ctl.ci_low, ctl.ci_high)
-        out.append(ControlCheck(c.model, c.k, c.task, c.selector, c.baseline, c, ctl, differs))
+        verdict = _control_verdict(c.p_holm < PAIRED_ALPHA, c.diff, c.ci_low, c.ci_high,
+                                   ctl.ci_low, ctl.ci_high)
+        out.append(ControlCheck(c.model, c.k, c.task, c.selector, c.baseline, c, ctl,
+                                verdict == "yes"))
     return out
 
 
@@ -794,11 +912,47 @@ def _is_mmd_family(selector: str) -> bool:
     return _selector_name(selector).startswith("mmd")
 
 
+def _vs_random(paired: Sequence[PairedComparison] | None, model: str, k: int
+               ) -> dict[str, list[tuple[float, PairedComparison]]]:
+    """Per task, the paired accuracy comparisons of ``model`` and ``k`` between an MMD-family
+    selector and ``random``, each with the MMD-family selector's gain over random (``diff``,
+    or ``-diff`` for a comparison of random against an MMD-family baseline)."""
+    out: dict[str, list[tuple[float, PairedComparison]]] = {}
+    for p in paired or ():
+        if (p.model, p.k) != (model, k) or p.task == "mean" or p.metric != "accuracy":
+            continue
+        if _is_mmd_family(p.selector) and _selector_name(p.baseline) == "random":
+            out.setdefault(p.task, []).append((p.diff, p))
+        elif _selector_name(p.selector) == "random" and _is_mmd_family(p.baseline):
+            out.setdefault(p.task, []).append((-p.diff, p))
+    return dict(sorted(out.items()))
+
+
+def _judge_vs_random(c: _Conclusions, tag: str,
+                     tested: dict[str, list[tuple[float, PairedComparison]]], tasks: list[str],
+                     fam: list[SelectorSummary], rnd: SelectorSummary | None) -> None:
+    """Fill ``c.beats[tag]`` (task -> whether the MMD family does better than random there)
+    and ``c.beats_tested[tag]``: from the paired per-task comparisons ``tested``
+    (:func:`_vs_random`) when there are any, some MMD-family selector with a gain and Holm p <
+    :data:`PAIRED_ALPHA`; else, without a test, the best MMD-family mean above random's."""
+    if tested:
+        c.vs_random[tag] = tested
+        c.beats_tested[tag] = True
+        c.beats[tag] = {t: any(gain > 0 and p.p_holm < PAIRED_ALPHA for gain, p in ps)
+                        for t, ps in tested.items()}
+    elif rnd is not None and fam:
+        c.beats_tested[tag] = False
+        c.beats[tag] = {t: max(x.per_task[t] for x in fam if t in x.per_task) > rnd.per_task[t]
+                        for t in tasks if t in rnd.per_task
+                        and any(t in x.per_task for x in fam)}
+
+
 def _group_section(model: str, k: int, rs: list[Any], out: Path, c: _Conclusions,
-                   reference: str = "minilm") -> tuple[Any, list[Path], list[str] | None]:
+                   reference: str = "minilm", paired: Sequence[PairedComparison] | None = None
+                   ) -> tuple[Any, list[Path], list[str] | None]:
     """The section of one (model, k): accuracy table, computed claims, MMD table (under the
     reference encoder ``reference``), figures; its row of the overview (``None`` without a
-    winner). Fills ``c``."""
+    winner). Fills ``c`` (against random: :func:`_judge_vs_random` of ``paired``)."""
     from icldistill.artifacts.document import (
         BulletList,
         Figure,
@@ -844,10 +998,7 @@ def _group_section(model: str, k: int, rs: list[Any], out: Path, c: _Conclusions
         row[0] = f"**{plain(row[0])}**" if row[0] in leaders else plain(row[0])
     rnd = next((x for x in summ if x.selector == "random"), None)
     fam = [x for x in summ if _is_mmd_family(x.selector)]
-    if rnd is not None and fam:
-        c.beats[tag] = {t: max(x.per_task[t] for x in fam if t in x.per_task) > rnd.per_task[t]
-                        for t in tasks if t in rnd.per_task
-                        and any(t in x.per_task for x in fam)}
+    _judge_vs_random(c, tag, _vs_random(paired, model, k), tasks, fam, rnd)
     c.rho[tag] = {}
     for t in tasks:
         pts = [(r.mmd2_task, r.accuracy.value) for r in rs if r.spec.task == t]
@@ -866,7 +1017,8 @@ def _group_section(model: str, k: int, rs: list[Any], out: Path, c: _Conclusions
     if claims:
         blocks.append(BulletList(claims))
     space = ("MiniLM sentence embeddings of the inputs" if reference.strip().lower() == "minilm"
-             else f"the {inline_code(reference)} representations of the inputs in {model}")
+             else f"the {inline_code(reference)} representations of the inputs in "
+                  f"{plain(model)}")
     blocks.append(Section(f"{tag}: MMD² of the shown demonstrations to the test inputs", (
         Paragraph(f"Biased MMD² between all demonstrations shown (pooled over queries) and the "
                   f"test inputs, under one Gaussian kernel per task on {space} (median-"
@@ -923,23 +1075,7 @@ def _claims(tag: str, summ: list[SelectorSummary], complete: list[SelectorSummar
                      else "–"),
                     f"{np.mean(finite):+.2f}" if finite else "–"]
     if tag in beats:
-        lost = [t for t, ok in beats[tag].items() if not ok]
-        claims.append("The best MMD-family selector beats random on every task evaluated."
-                      if not lost else
-                      "The MMD family does **not** beat random on: "
-                      + ", ".join(plain(t) for t in lost) + ".")
-        assert rnd is not None
-        for t in lost:
-            top = max((x for x in fam if t in x.per_task), key=lambda x: x.per_task[t])
-            n_c, n_t = c.collapsed[tag][t]
-            why = (f"{plain(t)}: best MMD-family {plain(top.selector)} {top.per_task[t]:.3f} "
-                   f"vs random {rnd.per_task[t]:.3f} ± {rnd.per_task_std.get(t, 0.0):.3f}")
-            if n_c:
-                why += (f"; {n_c} of {n_t} units predict (almost) only one label, so "
-                        "accuracy there reflects the label prior, not the demonstrations")
-            if t in rho:
-                why += f"; Spearman(MMD², accuracy) {_rho_text(rho[t])}"
-            claims.append("Why — " + why + ".")
+        claims += _random_claims(tag, fam, rnd, c)
     many = {t: cn for t, cn in c.collapsed[tag].items() if cn[0]}
     if many:
         claims.append(f"Predictions collapse onto one label (every other label's recall "
@@ -953,6 +1089,54 @@ def _claims(tag: str, summ: list[SelectorSummary], complete: list[SelectorSummar
             (f"; mean {np.mean(vals):+.2f} (negative = lower MMD, higher accuracy)."
              if vals else "."))
     return claims, overview
+
+
+def _random_claims(tag: str, fam: list[SelectorSummary], rnd: SelectorSummary | None,
+                   c: _Conclusions) -> list[str]:
+    """The claims of one (model, k) about the MMD family against random (``c.beats[tag]``):
+    from the paired per-task comparisons when the group has them, else from mean accuracies
+    (said to be untested); a "Why" line for each task where the family does not do better."""
+    from icldistill.artifacts.document import plain
+
+    beats, tested = c.beats[tag], c.beats_tested.get(tag, False)
+    lost = [t for t, ok in beats.items() if not ok]
+    n = f"{len(beats) - len(lost)} of {len(beats)} tasks"
+    if tested:
+        claims = [f"An MMD-family selector is significantly better than random (paired, Holm p "
+                  f"< {PAIRED_ALPHA}) on {n}" + (" (every task evaluated)." if not lost else
+                                                 "; none is on: "
+                                                 + ", ".join(plain(t) for t in lost) + ".")]
+    else:
+        claims = [f"The best MMD-family selector has a higher mean accuracy than random on {n} "
+                  "(means of the units; not tested: no paired comparison against random)"
+                  + ("." if not lost else
+                     "; not on: " + ", ".join(plain(t) for t in lost) + ".")]
+    for t in lost:
+        parts = []
+        mine = [x for x in fam if t in x.per_task]
+        if mine and rnd is not None and t in rnd.per_task:
+            top = max(mine, key=lambda x: x.per_task[t])
+            parts.append(f"best MMD-family mean {plain(top.selector)} {top.per_task[t]:.3f} vs "
+                         f"random {rnd.per_task[t]:.3f} ± {rnd.per_task_std.get(t, 0.0):.3f}")
+        if tested:
+            gain, p = max(c.vs_random[tag][t], key=lambda gp: gp[0])
+            flip = not _is_mmd_family(p.selector)          # random against an MMD baseline
+            low, high = (-p.ci_high, -p.ci_low) if flip else (p.ci_low, p.ci_high)
+            parts.append(f"largest paired gain over random: {plain(_mmd_side(p))} "
+                         f"{_interval(gain, low, high)} points, Holm p {_short_p(p.p_holm)}")
+        n_c, n_t = c.collapsed[tag].get(t, (0, 0))
+        if n_c:
+            parts.append(f"{n_c} of {n_t} units predict (almost) only one label, so accuracy "
+                         "there reflects the label prior, not the demonstrations")
+        if t in c.rho[tag]:
+            parts.append(f"Spearman(MMD², accuracy) {_rho_text(c.rho[tag][t])}")
+        claims.append(f"Why — {plain(t)}: " + "; ".join(parts) + ".")
+    return claims
+
+
+def _mmd_side(p: PairedComparison) -> str:
+    """The MMD-family selector of a comparison against random (either side)."""
+    return p.selector if _is_mmd_family(p.selector) else p.baseline
 
 
 #: Under the table of every unit: what its seconds are, and are not.
@@ -980,27 +1164,69 @@ def _detail_table(results: Sequence[Any]) -> Any:
     return Table(header, rows)
 
 
-#: Holm-adjusted p-value below which a paired comparison is called a difference.
-PAIRED_ALPHA = 0.05
 #: Majority-label share of a task's test items from which the comparison report reads the task in
 #: macro-F1 rather than accuracy.
 MAJORITY_SHARE = 0.75
 
 
+def _below_alpha(p: float, text: str) -> str:
+    """``text``, the p-value ``p`` as formatted, unless rounding carried a ``p`` below
+    :data:`PAIRED_ALPHA` to it or above (0.0496 as ``0.050``, ``0.05``): then ``p`` in as many
+    significant digits as keep it below (``0.0496``), so a shown p-value never contradicts a
+    verdict drawn from it. Every other ``text`` is returned as it is."""
+    if not p < PAIRED_ALPHA <= float(text):
+        return text
+    for digits in range(2, 18):
+        text = f"{p:.{digits}g}"
+        if float(text) < PAIRED_ALPHA:
+            break
+    return text
+
+
 def _fmt_p(p: float) -> str:
     """A p-value for a table: 3 decimals, scientific below 0.001, ``<1e-307`` where an exact
-    tail underflowed to 0."""
-    return "<1e-307" if p == 0 else f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
+    tail underflowed to 0; a p below 0.05 that would round to 0.050 keeps the digits that show
+    it below (``0.0496``, :func:`_below_alpha`)."""
+    return "<1e-307" if p == 0 else _below_alpha(p, f"{p:.1e}" if p < 0.001 else f"{p:.3f}")
 
 
 def _short_p(p: float) -> str:
-    """A p-value in two significant digits (``<1e-307`` where it underflowed to 0)."""
-    return "<1e-307" if p == 0 else f"{p:.2g}"
+    """A p-value in two significant digits (``<1e-307`` where it underflowed to 0); a p below
+    0.05 that would round to 0.05 keeps the digits that show it below (``0.0496``,
+    :func:`_below_alpha`)."""
+    return "<1e-307" if p == 0 else _below_alpha(p, f"{p:.2g}")
+
+
+def format_p(p: float) -> str:
+    """A p-value as the reports write it in sentences: two significant digits, ``<1e-307``
+    where an exact tail underflowed to 0, and never rounded up to 0.05 from below
+    (``0.0496``), so the text agrees with a verdict drawn at ``p < 0.05``.
+
+    Parameters
+    ----------
+    p : float
+        The p-value, in ``[0, 1]``.
+
+    Returns
+    -------
+    str
+    """
+    return _short_p(p)
 
 
 def _points(x: float) -> str:
-    """A difference in accuracy points, signed, one decimal (no "-0.0")."""
-    return f"{round(100 * x, 1) + 0.0:+.1f}"
+    """A difference in accuracy points, signed, one decimal. A value that rounds to zero keeps
+    its sign: ``-0.0`` for a negative one (with the ``-`` of every negative value), ``+0.0``
+    for zero or a positive one."""
+    v = round(100 * x, 1)
+    if v == 0:
+        return "-0.0" if x < 0 else "+0.0"
+    return f"{v:+.1f}"
+
+
+def _interval(value: float, low: float, high: float) -> str:
+    """A difference with its interval, in points: ``+1.2 [+0.3, +2.1]`` (:func:`_points`)."""
+    return f"{_points(value)} [{_points(low)}, {_points(high)}]"
 
 
 def _verdict(c: PairedComparison) -> str:
@@ -1132,7 +1358,7 @@ def _paired_section(paired: Sequence[PairedComparison], *,
             cs, baselines, figures / f"paired{'_f1' if f1 else ''}_{_slug(model)}_k{k}.png", tag)
         if forest is not None:
             sub.append(Figure(forest.relative_to(figures.parent).as_posix(),
-                              f"{tag}{what}: mean over tasks against each baseline"))
+                              f"{plain(tag)}{what}: mean over tasks against each baseline"))
         tasks = sorted({c.task for c in cs if c.task != "mean"})
         for base in baselines:
             mine = [c for c in cs if c.baseline == base]
@@ -1148,7 +1374,7 @@ def _paired_section(paired: Sequence[PairedComparison], *,
                               "comparisons)",
                               sub))
         notes += [f"{plain(tag)}, {plain(c.selector)} vs {plain(c.baseline)}, {plain(c.task)}: "
-                  f"{c.note}" for c in cs if c.note]
+                  f"{plain(c.note)}" for c in cs if c.note]
     if notes:
         blocks.append(BulletList(notes))
     return Section(title, blocks)
@@ -1199,15 +1425,14 @@ def _posthoc_section(posthoc: Sequence[PairedComparison],
         if mine:
             sub.append(Paragraph(
                 f"Against {plain(control_label)}: the same pairs on the twin reading the same "
-                "prompts. A difference counts as the trained model's only when it lies outside "
-                f"the control's {level:.0%} interval, beyond it on its own side."))
+                f"prompts. {_CONTROL_RULE}"))
             sub.append(Table(
                 ["selector", "vs", "task", "trained: diff [CI]", "Holm p", "control: diff [CI]",
                  "Holm p", "differs from the control"],
                 [[plain(ch.selector), plain(ch.baseline), plain(ch.task),
                   _diff_ci(ch.trained), _fmt_p(ch.trained.p_holm),
                   _diff_ci(ch.control), _fmt_p(ch.control.p_holm),
-                  "yes" if ch.differs else "no"] for ch in mine]))
+                  ch.verdict] for ch in mine]))
         blocks.append(Section(f"{model} k={k} (Holm family of {family} comparisons)",
                               tuple(sub)))
     return Section("Post-hoc comparisons", tuple(blocks))
@@ -1344,7 +1569,8 @@ def _coverage_section(results: Sequence[Any], coverage: Mapping[str, Any],
             continue
         tag = f"{model} k={k}"
         if len(rs) < n_all:
-            claims.append(f"{tag}: {len(rs)} of {n_all} units have their selection recorded; "
+            claims.append(f"{plain(tag)}: {len(rs)} of {n_all} units have their selection "
+                          "recorded; "
                           "the others are left out of this section.")
         tasks = sorted({r.spec.task for r in rs})
         rho: dict[str, float] = {}
@@ -1355,13 +1581,13 @@ def _coverage_section(results: Sequence[Any], coverage: Mapping[str, Any],
                 rho[t] = spearman([p[0] for p in pts], [p[1] for p in pts])
         group = _coverage_summaries(model, k, rs, coverage, tasks, rho)
         summaries += group
-        claims += _coverage_claims(tag, group, rs, coverage, rho, mmd_rho.get(tag, {}))
+        claims += _coverage_claims(plain(tag), group, rs, coverage, rho, mmd_rho.get(tag, {}))
         rows = [[plain(x.selector), f"{x.items}", f"{100 * x.shown:.1f}%", _pct(x.acc_shown),
                  _pct(x.acc_not_shown), _pct(x.label_share), _pct(float(np.mean(
                      [np.mean(coverage[r.key].correct) for r in rs
                       if r.spec.label == x.selector]))), _pct(x.vote),
-                 f"{100 * x.vs_vote.value:+.1f} [{100 * x.vs_vote.low:+.1f}, "
-                 f"{100 * x.vs_vote.high:+.1f}]", _short_p(x.p_holm_vote)] for x in group]
+                 _interval(x.vs_vote.value, x.vs_vote.low, x.vs_vote.high),
+                 _short_p(x.p_holm_vote)] for x in group]
         trows = [[plain(x.selector), *(f"{100 * x.per_task_shown[t]:.0f}%"
                                        if t in x.per_task_shown else "–" for t in tasks)]
                  for x in group]
@@ -1379,7 +1605,8 @@ def _coverage_section(results: Sequence[Any], coverage: Mapping[str, Any],
                 *([] if figures is None else [Figure(
                     _coverage_figure(rs, coverage, tasks, figures / f"label_shown_{_slug(model)}"
                                      f"_k{k}.png", tag).relative_to(figures.parent).as_posix(),
-                    f"{tag}: share of items whose label is shown against accuracy, per unit")]))),
+                    f"{plain(tag)}: share of items whose label is shown against accuracy, "
+                    "per unit")]))),
         ]
     if not blocks:
         return None, []
@@ -1434,7 +1661,8 @@ def _coverage_summaries(model: str, k: int, rs: Sequence[Any], coverage: Mapping
 def _coverage_claims(tag: str, group: list[CoverageSummary], rs: Sequence[Any],
                      coverage: Mapping[str, Any], rho: dict[str, float],
                      mmd_rho: Mapping[str, float]) -> list[str]:
-    """The computed sentences of one (model, k) group of the label-coverage section."""
+    """The computed sentences of one (model, k) group of the label-coverage section (``tag``:
+    its inline text, escaped)."""
     from icldistill.artifacts.document import plain
 
     below = [plain(x.selector) for x in group
@@ -1483,9 +1711,7 @@ def _control_section(checks: Sequence[ControlCheck], label: str,
 
     intro = Paragraph(
         f"The same grid on {plain(label)}: an architecture-identical model with random weights, "
-        f"reading the same prompts ({how}). A difference counts as the trained "
-        "model's only when it lies outside the control's 95% interval, beyond it on its own "
-        "side (a control showing the same difference more strongly does not credit training).")
+        f"reading the same prompts ({how}). {_CONTROL_RULE}")
     blocks: list[Any] = []
     claims: list[str] = []
     groups: dict[tuple[str, int], list[ControlCheck]] = {}
@@ -1495,13 +1721,13 @@ def _control_section(checks: Sequence[ControlCheck], label: str,
         tag = f"{model} k={k}"
         rows = [[plain(c.selector), plain(c.baseline), plain(c.task),
                  _diff_ci(c.trained), _short_p(c.trained.p_holm), _diff_ci(c.control),
-                 _short_p(c.control.p_holm), "yes" if c.differs else "no"]
+                 _short_p(c.control.p_holm), c.verdict]
                 for c in sorted(cs, key=lambda c: (c.task == "mean", c.task,
                                                    _selector_rank(c.selector), c.baseline))]
         sig = [c for c in cs if c.trained.p_holm < PAIRED_ALPHA]
         same = [c for c in sig if not c.differs]
         claims.append(
-            f"{tag}: {len(sig)} of the {len(cs)} comparisons matched with the control are "
+            f"{plain(tag)}: {len(sig)} of the {len(cs)} comparisons matched with the control are "
             f"significant on the trained model (Holm p < {PAIRED_ALPHA}); "
             + (f"{len(sig) - len(same)} of them differ from the control"
                + (f", {len(same)} {'does' if len(same) == 1 else 'do'} not: "
@@ -1537,16 +1763,19 @@ def _vote_vs_control(model: str, k: int, results: Sequence[Any], coverage: Mappi
         tasks = sorted({r.spec.task for r in mine})
         t, c = (stratified_bootstrap_ci(_vote_diffs(cov, mine, tasks), n_boot=2000, seed=0)
                 for cov in (coverage, control_coverage))
-        differs = _beyond_control(t.value, c.low, c.high)
+        verdict = _control_verdict(t.low > 0 or t.high < 0, t.value, t.low, t.high, c.low,
+                                   c.high)
         rows.append([plain(lab), ", ".join(plain(x) for x in tasks),
-                     f"{100 * t.value:+.1f} [{100 * t.low:+.1f}, {100 * t.high:+.1f}]",
-                     f"{100 * c.value:+.1f} [{100 * c.low:+.1f}, {100 * c.high:+.1f}]",
-                     "yes" if differs else "no"])
+                     _interval(t.value, t.low, t.high), _interval(c.value, c.low, c.high),
+                     verdict])
     return Section(f"{model} k={k}: the model against the vote of its demonstrations' labels", (
         Paragraph("Accuracy minus a majority vote of each item's demonstrations' labels (no "
                   "model), paired per item, mean over the tasks both grids ran (points, 95% "
                   "CI). A model that reads its demonstrations' labels approaches the vote; one "
-                  "that does not falls below it."),
+                  "that does not falls below it. \"differs from the control\": **yes** when the "
+                  "trained interval excludes 0 and lies wholly beyond the control's interval on "
+                  "its own side of zero; **n/s** when the trained interval includes 0; **no** "
+                  "otherwise (intervals only, no multiplicity adjustment)."),
         Table(["selector", "tasks", "trained: model − vote [95% CI]",
                "control: model − vote [95% CI]", "differs from the control"], rows)))
 
@@ -1576,14 +1805,14 @@ def _precision_section(rows: Sequence[PrecisionComparison]) -> Any:
         n = sum(c.n for c in cs)
         agree = sum(round(c.agreement * c.n) for c in cs)
         sig = [c for c in cs if c.p_holm < PAIRED_ALPHA]
-        summary.append([plain(model), f"{dtype} vs {ref}", str(k), str(len(cs)),
+        summary.append([plain(model), f"{plain(dtype)} vs {plain(ref)}", str(k), str(len(cs)),
                         ", ".join(sorted({plain(c.task) for c in cs})),
                         f"{agree} of {n} ({_pct(agree / n)})",
                         f"{min(c.agreement for c in cs):.1%}",
                         f"{_points(min(c.diff for c in cs))} to {_points(max(c.diff for c in cs))}",
                         str(len(sig))])
-    detail = [[plain(c.model), c.dtype, plain(c.task), plain(c.selector), str(c.k), str(c.seed),
-               str(c.n), f"{c.agreement:.1%}", f"{c.accuracy:.3f}",
+    detail = [[plain(c.model), plain(c.dtype), plain(c.task), plain(c.selector), str(c.k),
+               str(c.seed), str(c.n), f"{c.agreement:.1%}", f"{c.accuracy:.3f}",
                f"{c.reference_accuracy:.3f}", _diff_ci(c), _fmt_p(c.p_holm),
                "–" if c.same_demonstrations is None else
                ("yes" if c.same_demonstrations else "no")] for c in rows]
@@ -1598,7 +1827,7 @@ def _precision_section(rows: Sequence[PrecisionComparison]) -> Any:
 
 def _diff_ci(c: Any) -> str:
     """A paired difference with its interval, in points: ``+1.2 [+0.3, +2.1]``."""
-    return f"{_points(c.diff)} [{_points(c.ci_low)}, {_points(c.ci_high)}]"
+    return _interval(c.diff, c.ci_low, c.ci_high)
 
 
 def _pct(x: float) -> str:
@@ -1779,7 +2008,7 @@ def write_ablation_report(
     ``selections_from``) adds the section "Against a random-init control", named after
     ``control_label``.
     """
-    from icldistill.artifacts.document import CodeBlock, Report, Section, write_report
+    from icldistill.artifacts.document import CodeBlock, Report, Section
 
     out = Path(out_dir)
     ab = _Ablation.of(results, paired, objectives, encoders, baseline)
@@ -1806,7 +2035,7 @@ def write_ablation_report(
     if commands:
         sections.append(Section("Reproduce", (CodeBlock("\n".join(commands), "bash"),)))
     write_json(out / "ablation.json", record)
-    md_path, _ = write_report(Report(title, sections, notes=tuple(notes)), out, stem="ablation")
+    md_path, _ = _write_report(Report(title, sections, notes=tuple(notes)), out, stem="ablation")
     return md_path
 
 
@@ -1869,7 +2098,7 @@ def _ablation_section(ab: _Ablation, model: str, k: int, figure: Any = None
     blocks += [Paragraph("Accuracy per task:"),
                Table(["objective", "representation", *(plain(t) for t in tasks)],
                      _ablation_accuracy_rows(ab, model, k, tasks))]
-    per_task = [[plain(lab), plain(t), f"{100 * p.diff:+.1f}", _short_p(p.p_holm)]
+    per_task = [[plain(lab), plain(t), _points(p.diff), _short_p(p.p_holm)]
                 for (m, kk, lab, t), p in sorted(ab.task_rows.items())
                 if (m, kk) == (model, k) and p.p_holm < 0.05]
     conclusions = [
@@ -1881,7 +2110,7 @@ def _ablation_section(ab: _Ablation, model: str, k: int, figure: Any = None
               and (lab.split(",")[0].partition("@")[2] or "minilm") == enc]
         if ds:
             conclusions.append(f"mean difference over the objectives on {inline_code(enc)}: "
-                               f"{100 * float(np.mean(ds)):+.1f} points ({len(ds)} cells).")
+                               f"{_points(float(np.mean(ds)))} points ({len(ds)} cells).")
     blocks += [Paragraph("**Conclusions (computed):**"), BulletList(conclusions)]
     if per_task:
         blocks += [Paragraph("Per-task differences with Holm p < 0.05:"),
@@ -1909,7 +2138,7 @@ def _ablation_figure(ab: _Ablation, model: str, k: int, out: Path,
     """A heat map of the objective x representation cells of one model and ``k`` (difference
     to the baseline, points, * where Holm p < 0.05), beside the same cells on the random-init
     twin when ``control`` holds them; the report :class:`Figure`, or ``None`` with no cell."""
-    from icldistill.artifacts.document import Figure
+    from icldistill.artifacts.document import Figure, plain
 
     panels = [("trained", *_ablation_grid(ab, ab.mean_rows, model, k))]
     twin = {(c.model, c.k, c.selector): c.control for c in control
@@ -1940,7 +2169,7 @@ def _ablation_figure(ab: _Ablation, model: str, k: int, out: Path,
     fig.suptitle(f"{model}, k = {k}: mean over tasks, paired against {ab.baseline}")
     path = save_figure(fig, out / "figures" / f"ablation_{_slug(model)}_k{k}.png")
     return Figure(path.relative_to(out).as_posix(),
-                  "objective x representation against " + ab.baseline
+                  "objective x representation against " + plain(ab.baseline)
                   + (" (left), and on the random-init twin reading the same prompts (right)"
                      if len(panels) > 1 else ""))
 
@@ -1979,8 +2208,7 @@ def _ablation_cells(ab: _Ablation, model: str, k: int
 def _ablation_cell_text(p: Any, n_tasks: int) -> str:
     """A paired mean difference as an ablation cell: points, CI, Holm p; bold when Holm p <
     0.05; a mean over fewer than the table's ``n_tasks`` tasks says over how many."""
-    text = (f"{100 * p.diff:+.1f} [{100 * p.ci_low:+.1f}, {100 * p.ci_high:+.1f}] "
-            f"p={_short_p(p.p_holm)}")
+    text = f"{_diff_ci(p)} p={_short_p(p.p_holm)}"
     if p.n_tasks < n_tasks:
         text += f" ({p.n_tasks} of {n_tasks} tasks)"
     return f"**{text}**" if p.p_holm < 0.05 else text
@@ -2009,7 +2237,7 @@ def _ablation_factor_section(ab: _Ablation, contrasts: Sequence[Any], model: str
                        "encoder": enc, "selector": sel, **p.to_dict()})
         if p.p_holm < 0.05:
             found["better" if p.diff > 0 else "worse"].append(
-                f"{plain(sel)} vs {plain(base)} ({100 * p.diff:+.1f})")
+                f"{plain(sel)} vs {plain(base)} ({_points(p.diff)})")
         return _ablation_cell_text(p, n_tasks)
 
     rep_rows = [[plain(name), *(cell("representation", name, enc, ab.label(sel, enc, params),

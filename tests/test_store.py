@@ -1,0 +1,74 @@
+"""The result store's JSON: every line and file is standard JSON (no ``NaN`` / ``Infinity``)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from icldistill.artifacts.store import append_record, read_records
+
+
+def _strict(text: str) -> object:
+    """``json.loads`` that refuses ``NaN`` / ``Infinity`` (what other JSON readers do)."""
+    def refuse(name: str) -> None:
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_append_record_round_trips_non_finite_numbers(tmp_path):
+    """The JSON-lines stores keep NaN and infinities exactly (Python's json tokens): writing
+    them as ``null`` (a change tried on 2026-12-04) read a log-probability of ``-inf`` back as
+    a missing value, and a NaN field made ``UnitResult.from_dict`` drop the unit."""
+    path = tmp_path / "results.jsonl"
+    append_record(path, {"mmd2_task": math.nan, "x": math.inf, "y": [-math.inf, 1.5]})
+    records, torn = read_records(path)
+    assert torn == 0 and math.isnan(records[0]["mmd2_task"])
+    assert records[0]["x"] == math.inf and records[0]["y"] == [-math.inf, 1.5]
+
+
+def test_append_record_lines_of_finite_records_are_unchanged(tmp_path):
+    """The committed files' records are written byte for byte as before."""
+    path = tmp_path / "r.jsonl"
+    rec = {"b": [1, 2.5, "x"], "a": {"c": True, "d": None}, "e": np.float64(0.1)}
+    append_record(path, rec)
+    assert path.read_text() == '{"a": {"c": true, "d": null}, "b": [1, 2.5, "x"], "e": 0.1}\n'
+
+
+def test_bench_selection_writes_standard_json(tmp_path, monkeypatch):
+    """Regression: benchmarks/bench_selection.py wrote its JSON with plain ``json.dumps``, so
+    the seconds of a selector it did not run were a bare ``NaN`` in the committed file."""
+    import importlib.util
+    import sys
+
+    from .scripts import ROOT
+
+    name = "bench_selection_under_test"        # registered: its dataclasses look it up
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks/bench_selection.py")
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, mod)
+    spec.loader.exec_module(mod)
+    rows = [mod.Row("knn", "", 1.0, "TopkRetriever", None, None, ""),
+            mod.Row("mmd", "", 2.0, "", None, None, "", 0.01),
+            mod.Row("mmd-query", "", 3.0, "", None, None, ""),
+            mod.Row("—", "", float("nan"), "MDLRetriever", None, None, "not run")]
+    monkeypatch.setattr(mod, "bench", lambda args: (rows, {"seed": np.int64(0)}))
+    out = tmp_path / "selection.json"
+    mod.main(["--no-openicl", "--json", str(out)])
+    payload = _strict(out.read_text())
+    assert [r["seconds"] for r in payload["rows"]] == [1.0, 2.0, 3.0, None]
+    assert payload["info"] == {"seed": 0}
+
+
+def test_a_result_with_a_nan_field_reads_back(tmp_path):
+    from icldistill.evaluation.harness import UnitResult, UnitSpec, load_results
+    from icldistill.evaluation.scoring import MetricResult
+
+    m = MetricResult(0.5, 0.4, 0.6, 0.95)
+    r = UnitResult(UnitSpec("m", "t", "knn", 4, 0), "key", m, m, 10, math.nan, 0.1, True, 0.0,
+                   1.0, 1, 1, {})
+    append_record(tmp_path / "results.jsonl", r.to_dict())
+    (back,) = load_results(tmp_path)
+    assert back.key == "key" and math.isnan(back.mmd2_task)
