@@ -72,3 +72,53 @@ def test_a_result_with_a_nan_field_reads_back(tmp_path):
     append_record(tmp_path / "results.jsonl", r.to_dict())
     (back,) = load_results(tmp_path)
     assert back.key == "key" and math.isnan(back.mmd2_task)
+
+
+def test_report_lock_excludes_other_processes_and_is_not_a_unit_lock(tmp_path):
+    """Two workers finishing at once wrote one folder's report together (bench_fewshot's
+    --report-only-if-done; only the queue script serialised them)."""
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    from icldistill.artifacts.store import held_locks, report_lock
+
+    code = textwrap.dedent(f"""
+        import time
+        from icldistill.artifacts.store import report_lock
+        with report_lock({str(tmp_path)!r}):
+            print("held", flush=True)
+            time.sleep(2)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        assert held_locks(tmp_path) == []        # not a unit: nobody waits on it for units
+        t0 = time.monotonic()
+        with report_lock(tmp_path):
+            waited = time.monotonic() - t0
+    finally:
+        proc.wait(timeout=30)
+    assert waited > 0.5
+
+
+def test_report_writers_hold_the_report_lock(tmp_path, monkeypatch):
+    import contextlib
+
+    from icldistill.reporting import reports
+
+    seen = []
+
+    @contextlib.contextmanager
+    def spy(folder):
+        seen.append(str(folder))
+        yield
+
+    monkeypatch.setattr(reports, "report_lock", spy)
+    with contextlib.suppress(Exception):          # no results: only the lock matters here
+        reports.write_comparison_report([], tmp_path / "a")
+    with contextlib.suppress(Exception):
+        reports.write_ablation_report([], [], out_dir=tmp_path / "b", objectives=(),
+                                      encoders=())
+    assert seen == [str(tmp_path / "a"), str(tmp_path / "b")]

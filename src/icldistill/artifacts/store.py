@@ -78,6 +78,7 @@ __all__ = [
     "lock_held",
     "lock_path",
     "read_records",
+    "report_lock",
     "to_jsonable",
     "unit_lock",
     "write_all",
@@ -377,6 +378,25 @@ def unit_lock(folder: str | os.PathLike[str], key: str, *,
         return
     try:
         yield True
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def report_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the exclusive report lock of ``folder`` (``<folder>/.report.lock``) for the
+    ``with`` block, waiting for another process that holds it.
+
+    Writers of a folder's report hold it, so that two workers finishing at once do not
+    interleave their files (one's ``report.md`` beside the other's ``paired.json``). It is not
+    a unit lock: :func:`held_locks` does not list it, so a worker that waits for the units of
+    other workers is not kept waiting by a report being written. Re-entrant within a process;
+    released by the operating system if its holder dies.
+    """
+    lock = _lock_for(Path(folder) / ".report.lock")
+    lock.acquire()
+    try:
+        yield
     finally:
         lock.release()
 

@@ -7,8 +7,10 @@ interrupted run never leaves a half-written file behind.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +24,13 @@ from icldistill.artifacts.figures import (
     new_figure,
     save_figure,
 )
-from icldistill.artifacts.store import atomic_write, to_jsonable, write_json, write_text
+from icldistill.artifacts.store import (
+    atomic_write,
+    report_lock,
+    to_jsonable,
+    write_json,
+    write_text,
+)
 from icldistill.core.results import Result
 from icldistill.core.stats import spearman
 from icldistill.core.validation import InputError
@@ -387,7 +395,25 @@ def _group_results(results: Sequence[Any]) -> dict[tuple[str, int], list[Any]]:
     return dict(sorted(groups.items()))
 
 
-# long: 45 lines of docstring (one paragraph per optional section); the code is 39
+def _under_report_lock(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (a report writer with an ``out_dir`` argument) holding the folder's
+    :func:`~icldistill.artifacts.store.report_lock`: two processes writing one folder's report
+    at once wait for each other instead of interleaving their files."""
+    names = list(inspect.signature(fn).parameters)
+
+    @functools.wraps(fn)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        out_dir = kwargs["out_dir"] if "out_dir" in kwargs else args[names.index("out_dir")]
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        with report_lock(out_dir):
+            return fn(*args, **kwargs)
+
+    return locked
+
+
+# long: 23 lines of signature and 66 of docstring (one paragraph per optional section); the
+# code is 74
+@_under_report_lock
 def write_comparison_report(
     results: Sequence[Any],
     out_dir: str | Path,
@@ -1959,6 +1985,7 @@ def ablation_pairs(objectives: Sequence[tuple[str, str, tuple[tuple[str, Any], .
     return list(dict.fromkeys(pairs))
 
 
+@_under_report_lock
 def write_ablation_report(
     results: Sequence[Any],
     paired: Sequence[Any],
