@@ -781,3 +781,55 @@ def test_a_folder_from_before_the_reference_file_is_minilm(tmp_path, toy):
     (h.out_dir / "reference.json").write_text("{not json")
     with pytest.raises(InputError, match=r"reference\.json: unreadable"):
         recorded_reference(h.out_dir)
+
+
+def test_import_copies_the_selection_before_marking_the_unit_finished(tmp_path, toy,
+                                                                        monkeypatch):
+    """Regression: the results line (finished) was written before the selection was copied,
+    so a kill in between left a finished unit without its selection, never imported again."""
+    from icldistill.evaluation import harness as hmod
+
+    a = _harness(tmp_path, toy)
+    knn = UnitSpec("tiny", "toy", "knn", k=2, encoder="hidden:-1", n_test=8)
+    a.run([knn])
+    b = Harness(tmp_path / "b", tasks={"toy": toy}, model_loader=_loader, progress=False,
+                embedding_cache=tmp_path / "emb", reference_encoder="hidden:-1", n_boot=50,
+                batch_size=4)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed while copying the selection")
+
+    real = hmod.write_json
+    monkeypatch.setattr(hmod, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        b.import_finished(a.out_dir, [knn])
+    assert b.finished() == {}                     # not finished: imported again next time
+    monkeypatch.setattr(hmod, "write_json", real)
+    assert b.import_finished(a.out_dir, [knn]) == [knn]
+    assert (b.out_dir / "selections" / f"{knn.key(toy.fingerprint)}.json").is_file()
+
+
+def test_nan_label_scores_are_an_error_not_a_result(tmp_path, toy):
+    """Regression: argmax read a NaN row as its first label, so a model whose logits
+    overflowed gave a normal-looking accuracy."""
+    def nan_loader(name, **kw):
+        m = tiny_model("llama")
+        with torch.no_grad():
+            m.lm_head.weight[:, 0] = float("nan")
+        return SimpleNamespace(model=m, tokenizer=tiny_tokenizer(True))
+
+    h = Harness(tmp_path / "run", tasks={"toy": toy}, model_loader=nan_loader, progress=False,
+                embedding_cache=tmp_path / "emb", n_boot=20, batch_size=4)
+    with pytest.raises(FloatingPointError, match=r"label scores are NaN for 8 of 8 test items"):
+        h.run_unit(UnitSpec("tiny", "toy", "random", k=2, n_test=8))
+    assert load_results(h.out_dir) == []
+
+
+@pytest.mark.parametrize("alias", ["mmd_katt", "MMD-KATT", " mmd-katt "])
+def test_selector_aliases_are_the_registry_name(alias):
+    """Regression: 'mmd_katt' kept its spelling, lost mmd-katt's preferred encoder (K_att) and
+    ran on MiniLM under a key of its own; 'Random' got one seed instead of three."""
+    assert UnitSpec("m", "t", alias, 2) == UnitSpec("m", "t", "mmd-katt", 2)
+    assert UnitSpec("m", "t", alias, 2).key("f") == UnitSpec("m", "t", "mmd-katt", 2).key("f")
+    assert len(unit_grid(models=["m"], tasks=["t"], selectors=["Random"], ks=[2], seeds=3)) == 3
+    assert UnitSpec("m", "t", "no-such-selector", 2).selector == "no-such-selector"

@@ -185,6 +185,14 @@ class UnitSpec:
 
     def __post_init__(self) -> None:
         _check_dtype(self.dtype)
+        # a registry alias or another spelling ('mmd_katt', 'Random', 'kate') is the selector's
+        # registry name: otherwise it would run without the selector's preferred encoder or
+        # seeds, under a key of its own (a name the registry does not know is left to fail
+        # where the selector is made)
+        with contextlib.suppress(InputError):
+            canonical = selector_key(self.selector)
+            if canonical != self.selector:
+                object.__setattr__(self, "selector", canonical)
         if any(name == "seed" for name, _ in self.params):
             raise InputError("UnitSpec.params: 'seed' is the unit's own field (seed=...), not "
                              "a selector parameter")
@@ -573,7 +581,7 @@ def unit_grid(
             for k in ks:
                 for sel in selectors:
                     p = dict((params or {}).get(sel, {}))
-                    stochastic = (sel == "random" or p.get("order") == "random"
+                    stochastic = (selector_key(sel) == "random" or p.get("order") == "random"
                                   or p.get("landmarks") is not None)
                     for seed in range(seeds if stochastic else 1):
                         for o in range(orderings):
@@ -1043,6 +1051,13 @@ class Harness:
                                       scores, partial, store, hashes)
             tokens += res.n_tokens
             seconds += res.seconds
+        bad = np.flatnonzero(np.isnan(scores).any(axis=1))
+        if bad.size:    # argmax would read a NaN row as its first label, a normal-looking result
+            raise FloatingPointError(
+                f"{spec.label} on {task.name} ({spec.model_label}): the model's label scores are "
+                f"NaN for {bad.size} of {n} test items (the first: "
+                f"{', '.join(map(str, test_idx[bad[:5]].tolist()))}); its weights or activations "
+                "overflowed (try --dtype float32); nothing is recorded for this unit")
         pred = np.asarray(scorer.labels, dtype=object)[scores.argmax(axis=1)]
         truth = np.asarray([str(test_ds.labels[i]) for i in test_idx], dtype=object)
         metrics = classification_metrics(truth, pred, labels=list(test_ds.label_names),
@@ -1383,14 +1398,18 @@ class Harness:
             with unit_lock(self.out_dir, key):
                 if key in self.finished():
                     continue
-                _append_jsonl(self.out_dir / "predictions.jsonl", preds[key])
-                self._mark_reference()
-                _append_jsonl(self.results_path, results[key])
+                # the selection first, then the predictions, then the results line that marks
+                # the unit finished (the order of a computed unit): a kill in between leaves an
+                # unfinished unit, imported again next time, never a finished one without its
+                # selection
                 sel = src / "selections" / f"{key}.json"
                 if sel.is_file():
                     (self.out_dir / "selections").mkdir(exist_ok=True)
                     write_json(self.out_dir / "selections" / f"{key}.json",
                                json.loads(sel.read_text()))
+                _append_jsonl(self.out_dir / "predictions.jsonl", preds[key])
+                self._mark_reference()
+                _append_jsonl(self.results_path, results[key])
             copied.append(u)
         if copied:
             log(self.progress, f"{len(copied)} finished unit(s) copied from {src}")
