@@ -833,3 +833,37 @@ def test_selector_aliases_are_the_registry_name(alias):
     assert UnitSpec("m", "t", alias, 2).key("f") == UnitSpec("m", "t", "mmd-katt", 2).key("f")
     assert len(unit_grid(models=["m"], tasks=["t"], selectors=["Random"], ks=[2], seeds=3)) == 3
     assert UnitSpec("m", "t", "no-such-selector", 2).selector == "no-such-selector"
+
+
+def test_selections_from_refuses_a_unit_recorded_on_other_demonstrations(tmp_path, toy):
+    """Regression: the key does not say where the demonstrations came from, so a folder first
+    run on its own selections returned that result under selections_from, and an interrupted
+    unit's scored batches were mixed with rows scored on the source's prompts."""
+    def twin(name):
+        return SimpleNamespace(model=tiny_model("llama", seed=7), tokenizer=tiny_tokenizer(True))
+
+    knn = UnitSpec("tiny", "toy", "knn", k=2, encoder="hidden:-1", n_test=8)
+    a = _harness(tmp_path, toy)
+    a.run([knn])
+
+    def folder(**kw):
+        return Harness(tmp_path / "twin", tasks={"toy": toy}, model_loader=twin, progress=False,
+                       embedding_cache=tmp_path / "emb-twin", reference_encoder="hidden:-1",
+                       n_boot=50, batch_size=4, **kw)
+
+    folder().run([knn])                           # the twin selects on its own hidden states
+    key = knn.key(toy.fingerprint)
+    own = json.loads((tmp_path / "twin" / "selections" / f"{key}.json").read_text())
+    src = json.loads((a.out_dir / "selections" / f"{key}.json").read_text())
+    assert own["indices"] != src["indices"]       # the premise: other demonstrations
+    with pytest.raises(InputError, match="its recorded result comes from them"):
+        folder(selections_from=a.out_dir).run_unit(knn)
+    (tmp_path / "twin" / "results.jsonl").unlink()    # as if killed mid-unit
+    with pytest.raises(InputError, match="its partly scored batches come from them"):
+        folder(selections_from=a.out_dir).run_unit(knn)
+    # a folder whose units took the source's selections runs on
+    b = Harness(tmp_path / "b", tasks={"toy": toy}, model_loader=twin, progress=False,
+                embedding_cache=tmp_path / "emb-twin", reference_encoder="hidden:-1",
+                n_boot=50, batch_size=4, selections_from=a.out_dir)
+    first = b.run_unit(knn)
+    assert b.run_unit(knn) == first

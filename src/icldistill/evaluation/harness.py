@@ -1004,10 +1004,35 @@ class Harness:
         with unit_lock(self.out_dir, key):
             done = self.finished()
             if key in done:
+                if self.selections_from is not None:
+                    self._same_selection_as_source(spec, task, key, finished=True)
                 with contextlib.suppress(FileNotFoundError):   # killed before removing it
                     (self.out_dir / "partial" / f"{key}.jsonl").unlink()
                 return done[key]
             return self._compute_unit(spec, task, key)
+
+    def _same_selection_as_source(self, spec: UnitSpec, task: Task, key: str, *,
+                                  finished: bool) -> None:
+        """With ``selections_from``: refuse a unit this folder recorded on other
+        demonstrations (its result, or the batches scored in ``partial/``, come from them).
+        The unit key does not say where the demonstrations came from, so a folder first run
+        without ``selections_from`` would otherwise return that result, or mix its scored
+        rows with rows scored on the source's prompts."""
+        assert self.selections_from is not None
+        own = self.out_dir / "selections" / f"{key}.json"
+        if not own.exists():
+            return
+        n = task.n_items(spec.n_test)
+        mine = self._recorded_selection(self.out_dir, spec, task, key, n)
+        theirs = self._recorded_selection(self.selections_from, spec, task, key, n)
+        if mine[1] == theirs[1] and np.array_equal(mine[0], theirs[0]):
+            return
+        what = "its recorded result comes" if finished else "its partly scored batches come"
+        raise InputError(
+            f"{own}: this folder chose other demonstrations for {spec.label} on {task.name} "
+            f"(k={spec.k}) than {self.selections_from} holds, and {what} from them; use a "
+            "fresh folder for a run on the source's prompts"
+            + ("" if finished else f" (or remove {own} and partial/{key}.jsonl)"))
 
     def _compute_unit(self, spec: UnitSpec, task: Task, key: str) -> UnitResult:
         """Select, score (resuming from ``partial/`` and the score store) and record a unit."""
@@ -1018,6 +1043,7 @@ class Harness:
         test_idx = np.arange(n)
         own = self.out_dir / "selections" / f"{key}.json"
         if self.selections_from is not None:
+            self._same_selection_as_source(spec, task, key, finished=False)
             idx, shared, sel_seconds = self._recorded_selection(self.selections_from, spec,
                                                                 task, key, n)
             self._write_selection(key, spec, shared, sel_seconds, idx)
