@@ -867,3 +867,27 @@ def test_selections_from_refuses_a_unit_recorded_on_other_demonstrations(tmp_pat
                 n_boot=50, batch_size=4, selections_from=a.out_dir)
     first = b.run_unit(knn)
     assert b.run_unit(knn) == first
+
+
+def test_two_harnesses_starting_a_folder_cannot_both_name_its_reference(tmp_path, toy,
+                                                                          monkeypatch):
+    """Regression: reference.json was overwritten, so two workers starting a fresh folder with
+    different reference encoders could each read back their own and record results under both.
+    Here the other worker writes it between this one's check and its write."""
+    from icldistill.artifacts.store import write_json
+    from icldistill.evaluation import harness as hmod
+
+    h = _harness(tmp_path, toy)                    # reference hidden:-1, folder still empty
+    real = hmod.recorded_reference
+
+    def other_worker_first(folder):
+        seen = real(folder)                        # nothing recorded yet ...
+        # ... and the other worker writes its reference right after this one looked
+        write_json(tmp_path / "run" / hmod.REFERENCE_FILE, {"reference_encoder": "minilm"})
+        monkeypatch.setattr(hmod, "recorded_reference", real)
+        return seen
+
+    monkeypatch.setattr(hmod, "recorded_reference", other_worker_first)
+    with pytest.raises(InputError, match="minilm"):
+        h._mark_reference()
+    assert hmod.recorded_reference(tmp_path / "run") == "minilm"

@@ -1,4 +1,4 @@
-"""The result store's JSON: every line and file is standard JSON (no ``NaN`` / ``Infinity``)."""
+"""The result store: JSON-lines records, JSON files, the report lock."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 
 from icldistill.artifacts.store import append_record, read_records
 
@@ -122,3 +123,14 @@ def test_report_writers_hold_the_report_lock(tmp_path, monkeypatch):
         reports.write_ablation_report([], [], out_dir=tmp_path / "b", objectives=(),
                                       encoders=())
     assert seen == [str(tmp_path / "a"), str(tmp_path / "b")]
+
+
+def test_exclusive_json_write_creates_once(tmp_path):
+    from icldistill.artifacts.store import write_json
+
+    path = tmp_path / "reference.json"
+    write_json(path, {"a": 1}, exclusive=True)
+    with pytest.raises(FileExistsError):
+        write_json(path, {"a": 2}, exclusive=True)
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["reference.json"]   # no stray temp file

@@ -135,9 +135,12 @@ def json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def write_json(path: str | Path, payload: Any) -> Path:
-    """Write ``payload`` as JSON atomically (tensors/arrays become lists, NaN/inf become null)."""
-    return write_text(path, json.dumps(to_jsonable(payload), indent=1, allow_nan=False) + "\n")
+def write_json(path: str | Path, payload: Any, *, exclusive: bool = False) -> Path:
+    """Write ``payload`` as JSON atomically (tensors/arrays become lists, NaN/inf become null);
+    ``exclusive``: only if ``path`` does not exist yet, else :class:`FileExistsError`
+    (:func:`atomic_write`)."""
+    text = json.dumps(to_jsonable(payload), indent=1, allow_nan=False) + "\n"
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")), exclusive=exclusive)
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,8 +226,13 @@ def fsync_dir(folder: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None], *,
+                 exclusive: bool = False) -> Path:
     """Write ``path`` through a temporary file in the same folder, then ``os.replace`` it.
+
+    With ``exclusive`` the finished file is linked into place only if ``path`` does not exist
+    yet (``os.link``, atomic): of several processes creating one file, exactly one succeeds
+    and the others get :class:`FileExistsError`, which no rename-based write can give.
 
     ``write`` receives the open binary file. The data is flushed and fsynced before the rename
     and the folder after it; on any exception (``KeyboardInterrupt`` included) the temporary
@@ -249,7 +257,11 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, p)
+        if exclusive:
+            os.link(tmp, p)         # FileExistsError when another writer was first
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, p)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

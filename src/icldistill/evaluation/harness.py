@@ -1209,9 +1209,14 @@ class Harness:
         ``__init__``)."""
         if not (self.out_dir / REFERENCE_FILE).is_file():
             recorded = recorded_reference(self.out_dir)      # "minilm" for an older folder
-            write_json(self.out_dir / REFERENCE_FILE,
-                       {"reference_encoder": recorded or self.reference_encoder})
-        recorded = recorded_reference(self.out_dir)     # read back: the last writer's wins
+            # created once: of two workers starting a fresh folder with different references,
+            # the first one's stands and the other is refused below (an overwrite let each
+            # read back its own and record results under both)
+            with contextlib.suppress(FileExistsError):
+                write_json(self.out_dir / REFERENCE_FILE,
+                           {"reference_encoder": recorded or self.reference_encoder},
+                           exclusive=True)
+        recorded = recorded_reference(self.out_dir)
         _check_same_reference(self.out_dir, recorded, self.reference_encoder, "this harness")
 
     def mmd_to_task(self, task: Task, model_name: str, idx: np.ndarray, test_idx: np.ndarray,
