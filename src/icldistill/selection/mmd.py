@@ -163,6 +163,7 @@ class MMDQuerySelector(_KernelSelector):
 
     Cost: ``O(T n d)`` for ``K(pool, query)`` and the shortlist, ``O(T k N d)`` for the
     greedy steps; exact (``candidates=None``): ``O(T k n d)``.
+
     Notes
     -----
     **Batch dependence of the default bandwidth.** Without an explicit bandwidth the
@@ -372,15 +373,12 @@ class MMDLocalSelector(_KernelSelector):
 
     Cost: ``O(T n d)`` for ``K(pool, query)`` and the shortlist, ``O(T N^2 d)`` for the
     shortlist Gram matrices (``N = candidates``), ``O(T k N)`` greedy steps.
+
     Notes
     -----
-    **Batch dependence of the default bandwidth.** Without an explicit bandwidth the
-    kernel's bandwidth is the median heuristic over the pool and all queries of one
-    ``select()`` call (a seeded sample of ``median_samples`` rows), so one query's
-    demonstrations depend on the other queries in the batch. Pass ``bandwidth=...`` (or
-    ``kernel=...``, a ready :class:`~icldistill.Kernel` or a kernel without a bandwidth) to
-    make a query's demonstrations independent of its batch: each query's shortlist and
-    greedy steps then use only the pool and that query.
+    As for ``mmd-query``, the default bandwidth is the median heuristic over the pool and all
+    queries of one ``select()`` call; pass ``bandwidth=...`` (or ``kernel=...``) to make a
+    query's demonstrations independent of its batch (``mmd-query``'s Notes).
     """
 
     name = "mmd-local"
@@ -465,15 +463,12 @@ class MMDKattSelector(MMDLocalSelector):
 
     Cost: as ``mmd-local``, plus encoding the pool once with the model up to the chosen layer
     (cached) and tracing the calibration prompts.
+
     Notes
     -----
-    **Batch dependence of the default bandwidth.** Without an explicit bandwidth the
-    kernel's bandwidth is the median heuristic over the pool and all queries of one
-    ``select()`` call (a seeded sample of ``median_samples`` rows), so one query's
-    demonstrations depend on the other queries in the batch. Pass ``bandwidth=...`` (or
-    ``kernel=...``, a ready :class:`~icldistill.Kernel` or a kernel without a bandwidth) to
-    make a query's demonstrations independent of its batch: each query's shortlist and
-    greedy steps then use only the pool and that query.
+    As for ``mmd-query``, the default bandwidth is the median heuristic over the pool and all
+    queries of one ``select()`` call; pass ``bandwidth=...`` (or ``kernel=...``) to make a
+    query's demonstrations independent of its batch (``mmd-query``'s Notes).
     """
 
     name = "mmd-katt"
