@@ -68,6 +68,12 @@ def test_scores_equal_plain_forward_with_and_without_prefix_reuse(lm, words):
     # the shared prefix is encoded once: far fewer tokens than the prompts hold
     assert reuse.n_tokens < fresh.n_tokens == fresh.n_prompt_tokens
     assert reuse.n_prompt_tokens == fresh.n_prompt_tokens
+    # the scorer's running count is every call's tokens, and is current at each on_batch
+    assert sc.tokens_run == reuse.n_tokens + fresh.n_tokens + per_q.n_tokens
+    seen: list[int] = []
+    start = sc.tokens_run
+    again = sc.score(QUERIES, DEMOS, on_batch=lambda i, lp: seen.append(sc.tokens_run))
+    assert len(seen) == 3 and seen == sorted(seen) and seen[-1] - start == again.n_tokens
 
 
 def test_batch_size_does_not_change_scores(lm):

@@ -119,12 +119,18 @@ def test_an_interrupted_unit_resumes_without_recomputing(tmp_path, toy, monkeypa
     with pytest.raises(_Interrupt):
         h.run_unit(spec)
     assert len(scored) == 8 and load_results(h.out_dir) == []
+    partial = h.out_dir / "partial" / f"{spec.key(toy.fingerprint)}.jsonl"
+    first_tokens = sum(json.loads(line)["tokens"] for line in partial.read_text().splitlines())
+    assert first_tokens > 0          # each batch's tokens are recorded with its scores
     monkeypatch.setattr(evaluation.FewShotScorer, "score", real)
     counted: list[int] = []
+    second_tokens: list[int] = []
 
     def counting(self, queries, *a, **kw):
         counted.append(len(queries))
-        return real(self, queries, *a, **kw)
+        res = real(self, queries, *a, **kw)
+        second_tokens.append(res.n_tokens)
+        return res
 
     monkeypatch.setattr(evaluation.FewShotScorer, "score", counting)
     recorded = (h.out_dir / "selections" / f"{spec.key(toy.fingerprint)}.json").read_text()
@@ -140,6 +146,8 @@ def test_an_interrupted_unit_resumes_without_recomputing(tmp_path, toy, monkeypa
     assert r.selection_seconds == json.loads(recorded)["seconds"]
     # only the 8 queries not yet scored (less any whose prompt repeats one already scored)
     assert counted == [8 - r.n_reused]
+    # the unit's tokens count both sessions' batches (the resumed one used to count only its own)
+    assert r.n_tokens == first_tokens + second_tokens[0]
     # same result as an uninterrupted run
     monkeypatch.setattr(evaluation.FewShotScorer, "score", real)
     fresh = _harness(tmp_path / "b", toy).run_unit(spec)

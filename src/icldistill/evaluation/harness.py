@@ -1162,13 +1162,18 @@ class Harness:
         divided by the content-free probabilities.
         """
         t_last = [time.perf_counter()]
+        tokens_last = [scorer.tokens_run]
 
         def save(local: np.ndarray, lp: np.ndarray) -> None:
             now = time.perf_counter()
+            # the batch's tokens go with its scores: a resumed unit's n_tokens then counts
+            # every session's batches, not only the last session's
             _append_jsonl(partial, {"i": todo[local].tolist(), "lp": lp.tolist(),
                                     "labels": list(scorer.labels),
-                                    "seconds": now - t_last[0]})
+                                    "seconds": now - t_last[0],
+                                    "tokens": scorer.tokens_run - tokens_last[0]})
             t_last[0] = now
+            tokens_last[0] = scorer.tokens_run
             if store is not None and hashes is not None:
                 store.add([hashes[i] for i in todo[local]], lp)
 
@@ -1185,7 +1190,8 @@ class Harness:
         if spec.calibrate:
             lp = np.log(np.clip(res.probabilities(), 1e-300, None))
             _append_jsonl(partial, {"i": todo.tolist(), "lp": lp.tolist(),
-                                    "labels": list(scorer.labels), "seconds": res.seconds})
+                                    "labels": list(scorer.labels), "seconds": res.seconds,
+                                    "tokens": res.n_tokens})
             scores[todo] = lp
         else:
             scores[todo] = res.logprobs

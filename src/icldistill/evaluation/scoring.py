@@ -490,6 +490,13 @@ class FewShotScorer:
         ``"names"`` (default): demonstration labels are label names, written with their
         verbaliser. ``"shown"``: they are written exactly as given (e.g. another task's label
         words, for interference experiments); only the scored labels use ``label_words``.
+
+    Attributes
+    ----------
+    tokens_run : int
+        Tokens run through the model by this scorer so far, over all its calls (a prefix pass
+        counts each time its prefix is encoded). It is up to date when ``score``'s
+        ``on_batch`` is called, so the difference between two calls is one batch's tokens.
     """
 
     def __init__(
@@ -548,6 +555,7 @@ class FewShotScorer:
         self.max_batch_tokens = _budget("max_batch_tokens", max_batch_tokens,
                                         self.memory.default_batch_tokens())
         self.max_prompt_tokens = _budget("max_prompt_tokens", max_prompt_tokens, "auto")
+        self.tokens_run = 0
 
     @property
     def label_mode(self) -> str:
@@ -894,6 +902,7 @@ class FewShotScorer:
                 caches[p_idx] = output_cache(model(input_ids=ids, use_cache=True,
                                                 logits_to_keep=1))
                 stats["tokens"] += ids.shape[1]
+                self.tokens_run += ids.shape[1]
             seen = None
             if on_context is not None:
                 q = np.asarray([i if i < n_queries else -1 for i in idx], dtype=np.int64)
@@ -902,7 +911,9 @@ class FewShotScorer:
                     on_context(q[rows], last)
             scores = self._batch([items[i] for i in idx], caches.get(p_idx),
                                  len(prefixes[p_idx]), device, seen)
-            stats["tokens"] += sum(len(items[i].context) for i in idx)
+            n_context = sum(len(items[i].context) for i in idx)
+            stats["tokens"] += n_context
+            self.tokens_run += n_context
             out[idx] = scores
             if on_batch is not None:
                 q = [i for i in idx if i < n_queries]
