@@ -899,3 +899,57 @@ def test_two_harnesses_starting_a_folder_cannot_both_name_its_reference(tmp_path
     with pytest.raises(InputError, match="minilm"):
         h._mark_reference()
     assert hmod.recorded_reference(tmp_path / "run") == "minilm"
+
+
+def _named_loader(weights):
+    def load(name, **kw):
+        return _loader(name)
+
+    load.weights = weights
+    return load
+
+
+def test_a_folder_holds_one_kind_of_weights(tmp_path, toy):
+    """Regression: a unit's key names its model, not its weights, so a random-init twin's
+    harness pointed at the trained model's folder read the trained results back as its own
+    (and import_finished copied them across). The folder now records its weights."""
+    from icldistill.evaluation.harness import recorded_weights
+    from icldistill.lab.experiments.phenomena import twin_loader
+
+    assert twin_loader(3).weights == "random-init seed 3"
+    knn = UnitSpec("tiny", "toy", "knn", k=2, encoder="hidden:-1", n_test=8)
+
+    def harness(folder, weights):
+        loader = _loader if weights is None else _named_loader(weights)
+        return Harness(tmp_path / folder, tasks={"toy": toy}, model_loader=loader,
+                       progress=False, embedding_cache=tmp_path / "emb",
+                       reference_encoder="hidden:-1", n_boot=50, batch_size=4)
+
+    trained = harness("trained", "pretrained")
+    assert recorded_weights(trained.out_dir) is None          # nothing recorded yet
+    trained.run([knn])
+    assert recorded_weights(trained.out_dir) == "pretrained"
+    # the twin is refused before it reads anything (its unit is finished there, so it would
+    # have been read back without loading a model)
+    with pytest.raises(InputError, match=r"ran on pretrained weights.*random-init seed 1"):
+        harness("trained", "random-init seed 1").run([knn])
+    # reading the folder for its coverage or status is not running its units
+    results = harness("trained", "random-init seed 1").label_coverage(load_results(
+        trained.out_dir))
+    assert len(results) == 1
+    harness("trained", None).run([knn])       # a loader that does not say: not checked
+    # import_finished: neither into a twin's folder nor from one
+    twin = harness("twin", "random-init seed 1")
+    with pytest.raises(InputError, match="ran on pretrained weights"):
+        twin.import_finished(trained.out_dir, [knn])
+    twin.run([knn])
+    assert recorded_weights(twin.out_dir) == "random-init seed 1"
+    unnamed = harness("unnamed", None)
+    unnamed.import_finished(twin.out_dir, [knn])          # the copy carries no record ...
+    assert recorded_weights(unnamed.out_dir) is None
+    with pytest.raises(InputError, match="random-init seed 1 weights"):
+        # ... but a folder with a record refuses a source with another one
+        harness("trained", "pretrained").import_finished(twin.out_dir, [knn])
+    bad = _named_loader("")
+    with pytest.raises(InputError, match=r"model_loader\.weights"):
+        Harness(tmp_path / "bad", tasks={"toy": toy}, model_loader=bad, progress=False)

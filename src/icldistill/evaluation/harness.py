@@ -116,6 +116,7 @@ __all__ = [
     "load_predictions",
     "load_results",
     "recorded_reference",
+    "recorded_weights",
     "unit_grid",
 ]
 
@@ -408,6 +409,42 @@ def recorded_reference(out_dir: str | os.PathLike[str]) -> str | None:
     return None
 
 
+#: The file of a results folder that names the weights its units ran on ("pretrained", or a
+#: random-init twin's "random-init seed N").
+WEIGHTS_FILE = "weights.json"
+#: What the default model loader (:func:`icldistill.models.registry.load_model`) loads.
+PRETRAINED = "pretrained"
+
+
+def recorded_weights(out_dir: str | os.PathLike[str]) -> str | None:
+    """The weights the units of ``out_dir`` ran on: ``"pretrained"`` or, for a random-init
+    control, ``"random-init seed N"`` (what the harness's model loader said it loads).
+
+    Read from ``out_dir/weights.json``, written with the folder's first result by a harness
+    whose loader names its weights. ``None`` when the folder has no such record (no results
+    yet, a loader that does not name its weights, or a folder written before the record
+    existed). An unreadable file is an :class:`InputError`.
+    """
+    path = Path(out_dir) / WEIGHTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8"))["weights"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: unreadable ({type(e).__name__}: {e}); it names the weights "
+                         "the folder's units ran on") from None
+
+
+def _check_same_weights(folder: Path, recorded: str | None, wanted: str | None,
+                        what: str) -> None:
+    """A unit's key names its model, not the model's weights: a trained model and its
+    random-init twin share every key, so one folder must hold one kind of weights."""
+    if recorded is not None and wanted is not None and recorded != wanted:
+        raise InputError(f"{folder}: its units ran on {recorded} weights, but {what} "
+                         f"{wanted} weights (a unit's key does not tell them apart); use "
+                         "another results folder")
+
+
 def _check_same_reference(folder: Path, recorded: str | None, wanted: str, what: str) -> None:
     if recorded is not None and recorded.strip().lower() != wanted.strip().lower():
         raise InputError(f"{folder}: its MMD² values were measured under reference encoder "
@@ -614,7 +651,14 @@ class Harness:
     model_loader : callable, optional
         ``name -> LoadedModel``-like object with ``.model`` and ``.tokenizer``
         (default :func:`icldistill.models.registry.load_model`); called as
-        ``model_loader(name, dtype=torch_dtype)`` for units that are not float32.
+        ``model_loader(name, dtype=torch_dtype)`` for units that are not float32. A loader
+        with a ``weights`` attribute (a string: ``"pretrained"``, or ``"random-init seed N"``
+        for the twins of :func:`~icldistill.lab.experiments.phenomena.twin_loader`) names
+        what it loads; the folder records it in ``weights.json`` with its first result, and
+        a harness whose loader names other weights than the folder's refuses to run or
+        import its units (:class:`InputError`; a trained model and its twin share every
+        unit key). The default loader is ``"pretrained"``; a loader without the attribute is
+        neither recorded nor checked.
     embedding_cache : path, optional
         Folder of the embedding cache (default ``<cache_root>/embeddings``).
     n_boot : int
@@ -680,6 +724,8 @@ class Harness:
         _check_same_reference(self.out_dir, recorded, reference_encoder, "this harness")
         self.reference_encoder: str = reference_encoder
         self._loader = model_loader
+        self.weights: str | None = (PRETRAINED if model_loader is None
+                                    else _loader_weights(model_loader))
         self._embedding_cache = embedding_cache
         self._models: dict[tuple[str, str], Any] = {}
         self._encoders: dict[tuple[str, str, str], Any] = {}   # (spec, model, dtype)
@@ -999,6 +1045,7 @@ class Harness:
         working on the same unit in the same folder is waited for, and its recorded result
         returned.
         """
+        self._check_weights()
         task = self.task(spec.task)
         key = spec.key(task.fingerprint)
         with unit_lock(self.out_dir, key):
@@ -1209,6 +1256,14 @@ class Harness:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
 
+    def _check_weights(self) -> None:
+        """Refuse to take this folder's units as the results of other weights than theirs (a
+        trained model's folder for its random-init twin's, or the reverse): read back
+        without loading a model, they would pass for this harness's own. Reading a folder for
+        its selections, coverage or status is not checked."""
+        _check_same_weights(self.out_dir, recorded_weights(self.out_dir), self.weights,
+                            "this harness loads")
+
     def _mark_reference(self) -> None:
         """Name the reference encoder in ``reference.json`` before the folder's first result
         (and check it again: another process may have written a different one since
@@ -1224,6 +1279,13 @@ class Harness:
                            exclusive=True)
         recorded = recorded_reference(self.out_dir)
         _check_same_reference(self.out_dir, recorded, self.reference_encoder, "this harness")
+        if self.weights is not None:       # created once, as reference.json
+            if not (self.out_dir / WEIGHTS_FILE).is_file():
+                with contextlib.suppress(FileExistsError):
+                    write_json(self.out_dir / WEIGHTS_FILE, {"weights": self.weights},
+                               exclusive=True)
+            _check_same_weights(self.out_dir, recorded_weights(self.out_dir), self.weights,
+                                "this harness loads")
 
     def mmd_to_task(self, task: Task, model_name: str, idx: np.ndarray, test_idx: np.ndarray,
                     shared: bool) -> SelectionMMD:
@@ -1416,6 +1478,10 @@ class Harness:
             raise InputError(f"import_finished: {str(src)!r} has no results.jsonl")
         _check_same_reference(src, recorded_reference(src), self.reference_encoder,
                               "the harness importing its units")
+        _check_same_weights(src, recorded_weights(src), self.weights,
+                            "the harness importing its units loads")
+        _check_same_weights(self.out_dir, recorded_weights(self.out_dir), recorded_weights(src),
+                            f"the source folder {str(src)!r} ran on")
         results = {}
         for rec in _read_jsonl(src / "results.jsonl"):
             if isinstance(rec, dict) and "key" in rec:
@@ -1464,6 +1530,7 @@ class Harness:
         """
         from icldistill.core.progress import progress_bar
 
+        self._check_weights()
         units = list(units)
         done = self.finished()
         results: list[UnitResult] = []
@@ -1520,6 +1587,15 @@ def _ordered(selection: Selection, spec: UnitSpec) -> np.ndarray:
         else:
             idx = np.take_along_axis(idx, np.argsort(rng.random(idx.shape), axis=1), 1)
     return idx
+
+
+def _loader_weights(loader: Any) -> str | None:
+    """A model loader's ``weights`` attribute (see :class:`Harness`), checked."""
+    weights = getattr(loader, "weights", None)
+    if weights is not None and (not isinstance(weights, str) or not weights.strip()):
+        raise InputError(f"model_loader.weights must be a non-empty string naming what the "
+                         f"loader loads (e.g. 'pretrained'), got {weights!r}")
+    return weights
 
 
 def _read_partial(partial: Path, n: int, labels: list[str]) -> tuple[np.ndarray, int, float]:

@@ -172,7 +172,9 @@ def twin_loader(seed: int, *, progress: bool = False, device: Any = "cpu"
     Returns
     -------
     callable
-        ``(name, dtype=torch.float32) -> LoadedModel``.
+        ``(name, dtype=torch.float32) -> LoadedModel``, with ``weights`` =
+        ``"random-init seed SEED"`` (what the harness records in a results folder's
+        ``weights.json``, so that a trained model's folder and its twin's are never mixed).
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 1:
         raise InputError(f"control seed must be an integer >= 1, got {seed!r}")
@@ -186,6 +188,7 @@ def twin_loader(seed: int, *, progress: bool = False, device: Any = "cpu"
             float32_head(twin.model)
         return twin
 
+    load.weights = f"random-init seed {seed}"  # type: ignore[attr-defined]
     return load
 
 
