@@ -192,3 +192,18 @@ def test_long_functions_say_why():
                 bad.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} "
                            f"({node.end_lineno - node.lineno + 1} lines)")
     assert not bad, "long functions without a written reason:\n" + "\n".join(bad)
+
+
+def test_warnings_go_through_warn_caller():
+    """One implementation of attributing a warning to the user's line (a fixed stacklevel is
+    right for one call path only)."""
+    import re
+
+    offenders = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path == SRC / "core" / "validation.py":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"\bwarnings\.warn\(|\bstacklevel\s*=", line):
+                offenders.append(f"{path.relative_to(SRC)}:{n}")
+    assert offenders == []

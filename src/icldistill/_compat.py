@@ -14,7 +14,6 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import sys
-import warnings
 from types import ModuleType
 from typing import Any
 
@@ -50,8 +49,10 @@ class _AliasLoader(importlib.abc.Loader):
         self.new = new
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
-        warnings.warn(f"{spec.name} moved to {self.new}; import it from there "
-                      "(the old path goes in 0.3)", DeprecationWarning, stacklevel=2)
+        from icldistill.core.validation import warn_caller
+
+        warn_caller(f"{spec.name} moved to {self.new}; import it from there "
+                    "(the old path goes in 0.3)", DeprecationWarning)
         return importlib.import_module(self.new)
 
     def exec_module(self, module: ModuleType) -> None:  # already executed under its new name

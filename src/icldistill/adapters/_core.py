@@ -10,14 +10,13 @@ from __future__ import annotations
 import copy
 import os
 import threading
-import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from icldistill.core.validation import InputError
+from icldistill.core.validation import InputError, warn_caller
 from icldistill.data.dataset import clean_text
 from icldistill.data.readers import (
     cell_text,
@@ -249,25 +248,22 @@ class DemoIndex:
                     self._warn_spellings()
         if repeats:
             shown = ", ".join(f"{a} repeats {b}" for a, b in repeats[:3])
-            warnings.warn(f"{len(repeats)} example(s) repeat an earlier one ({shown}"
-                          f"{', ...' if len(repeats) > 3 else ''}); both copies stay in the "
-                          "pool and a selector may pick both (knn then shows the same "
-                          "demonstration twice): remove the duplicates", UserWarning,
-                          stacklevel=3)
+            warn_caller(f"{len(repeats)} example(s) repeat an earlier one ({shown}"
+                        f"{', ...' if len(repeats) > 3 else ''}); both copies stay in the "
+                        "pool and a selector may pick both (knn then shows the same "
+                        "demonstration twice): remove the duplicates")
         if conflicts:
-            warnings.warn(f"{len(conflicts)} example(s) have the text of an earlier one with "
-                          f"another label ({'; '.join(conflicts[:3])}"
-                          f"{'; ...' if len(conflicts) > 3 else ''}); both stay in the pool, "
-                          "and a selector may show the same input with both answers",
-                          UserWarning, stacklevel=3)
+            warn_caller(f"{len(conflicts)} example(s) have the text of an earlier one with "
+                        f"another label ({'; '.join(conflicts[:3])}"
+                        f"{'; ...' if len(conflicts) > 3 else ''}); both stay in the pool, "
+                        "and a selector may show the same input with both answers")
 
     def _warn_spellings(self) -> None:
         """Warn about label groups that differ only in spelling, each group once."""
         fresh = [g for g in close_spellings(sorted(self._label_set))
                  if tuple(g) not in self._warned_spellings]
         if fresh:
-            warn_close_spellings([v for g in fresh for v in g], "the example pool",
-                                 stacklevel=4)
+            warn_close_spellings([v for g in fresh for v in g], "the example pool")
             self._warned_spellings.update(tuple(g) for g in fresh)
 
     def set_targets(self, texts: Sequence[str] | None) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +21,7 @@ from icldistill.cli.options import (
     split_names,
     split_test_size,
 )
-from icldistill.core.validation import InputError
+from icldistill.core.validation import InputError, warn_caller
 
 __all__ = ["add_grid_args", "add_selection_args", "add_task_args", "load_tasks",
            "selector_params"]
@@ -140,7 +139,7 @@ def load_tasks(args: argparse.Namespace) -> dict[str, Any]:
                        pair_fields=pair)
         size = args.test_size if args.test_size is not None else 0.3
         split = ds.split(int(size) if size >= 1 else size, seed=args.split_seed)
-        warn_test_copies(split, args.file, stacklevel=1)
+        warn_test_copies(split, args.file)
         tasks[ds.name] = Task(ds.name, split)
     for name in split_names(datasets):
         size = args.test_size
@@ -154,8 +153,8 @@ def load_tasks(args: argparse.Namespace) -> dict[str, Any]:
     for name, task in tasks.items():
         size = len(task.split.test)
         if n_test is not None and n_test > size:
-            warnings.warn(f"{name}: --n-test {n_test} is more than its {size} test items; all "
-                          f"{size} are evaluated", UserWarning, stacklevel=2)
+            warn_caller(f"{name}: --n-test {n_test} is more than its {size} test items; all "
+                        f"{size} are evaluated")
     return tasks
 
 

@@ -12,6 +12,8 @@ import io
 import math
 import os
 import stat
+import sys
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -23,7 +25,7 @@ __all__ = ["MAX_FILE_BYTES_ENV", "InputError", "JSONObject", "as_float_tensor", 
            "check_int", "check_matrix", "check_pair", "check_positive", "check_seed",
            "check_user_file",
            "json_object", "json_problem", "max_file_bytes", "open_user_file", "read_user_text",
-           "too_large", "utf8_error", "work_dtype"]
+           "too_large", "utf8_error", "warn_caller", "work_dtype"]
 
 
 class InputError(ValueError):
@@ -371,3 +373,58 @@ def check_seed(value: Any, name: str = "seed") -> int:
     if seed > _MAX_SEED:
         raise InputError(f"{name} must be at most 2**63-1, got {value!r}")
     return seed
+
+
+#: This package's source folder: frames there are not the caller a warning should name.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+#: Frameworks the adapters plug into: a warning raised while one of them calls the package on
+#: the user's behalf names the user's line that asked the framework, not the framework's.
+FRAMEWORKS = ("langchain_core", "langchain", "langchain_community", "dspy")
+
+
+def _package_prefixes() -> tuple[str, ...]:
+    """Folder prefixes of this package and of the :data:`FRAMEWORKS` already imported."""
+    dirs = {_PACKAGE_DIR, os.path.realpath(_PACKAGE_DIR)}
+    for name in FRAMEWORKS:
+        mod = sys.modules.get(name)
+        for d in getattr(mod, "__path__", None) or ():
+            dirs.update((os.path.abspath(d), os.path.realpath(d)))
+    return tuple(d.rstrip(os.sep) + os.sep for d in dirs)
+
+
+def _import_machinery(filename: str) -> bool:
+    """Frames the ``warnings`` module skips when it counts ``stacklevel`` (the import
+    system's, e.g. ``<frozen importlib._bootstrap>``)."""
+    return "importlib" in filename and "_bootstrap" in filename
+
+
+def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """Issue a warning attributed to the first frame outside this package: the user's line
+    that called into it, however deep inside the package the problem was found.
+
+    A fixed ``stacklevel`` names the right line for one call path only; the package's
+    warnings are reached through several (a reader called by a loader called by the user, or
+    by the CLI), so this walks the stack instead (as Python 3.12's ``skip_file_prefixes``
+    does). Frames of the frameworks the adapters plug into (:data:`FRAMEWORKS`: LangChain,
+    DSPy) are skipped too.
+
+    Parameters
+    ----------
+    message : str
+        The warning's text.
+    category : Warning subclass
+        ``UserWarning`` (default), ``RuntimeWarning``, ``DeprecationWarning``...
+    """
+    prefixes = _package_prefixes()
+    frame = sys._getframe(1)          # stacklevel 2: the function that called this one
+    level = 2
+    while frame is not None and frame.f_code.co_filename.startswith(prefixes):
+        nxt = frame.f_back
+        while nxt is not None and _import_machinery(nxt.f_code.co_filename):
+            nxt = nxt.f_back          # not counted by warnings.warn
+        if nxt is None:
+            break
+        frame, level = nxt, level + 1
+    warnings.warn(message, category, stacklevel=level)

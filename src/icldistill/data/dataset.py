@@ -370,7 +370,7 @@ class Dataset:
                              max_words=max_words, dedup=dedup)
         return _from_table(table, text_field=text_field, label_field=label_field,
                            pair_fields=pair_fields, name=name, format=format,
-                           max_words=max_words, dedup=dedup, stacklevel=3)
+                           max_words=max_words, dedup=dedup)
 
     # ---- views ------------------------------------------------------------------------------
 

@@ -15,7 +15,6 @@ import math
 import os
 import sys
 import unicodedata
-import warnings
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from icldistill.core.validation import (
     open_user_file,
     too_large,
     utf8_error,
+    warn_caller,
 )
 from icldistill.data.dataset import Dataset, TaskFormat, clean_text
 from icldistill.data.rows import _build, _field_renderer, _pair_renderer, _Row
@@ -422,11 +422,10 @@ def _read_records(path: Path, kind: str) -> tuple[_Records, list[str], dict[str,
         raise InputError(f"{path}: cannot read ({exc}); check that the file is what its "
                          "extension says") from None
     if kind == "\t" and _is_orange_header(path, records):  # Orange .tab: type and flag rows
-        warnings.warn(f"{path}: read as an Orange .tab file: its first two data rows "
-                      f"(lines {records[0][0].rpartition(':')[2]} and "
-                      f"{records[1][0].rpartition(':')[2]}: variable types and flags) are "
-                      "skipped; rename the file to .tsv to keep them as data", UserWarning,
-                      stacklevel=4)
+        warn_caller(f"{path}: read as an Orange .tab file: its first two data rows "
+                    f"(lines {records[0][0].rpartition(':')[2]} and "
+                    f"{records[1][0].rpartition(':')[2]}: variable types and flags) are "
+                    "skipped; rename the file to .tsv to keep them as data")
         records = records[2:]
     return records, list(columns), duplicates
 
@@ -578,7 +577,7 @@ def _check_options(text_field: Any, label_field: Any, pair_fields: Any,
 
 def _table_dataset(table: Table, *, text_field: str, label_field: str, pairs: list[str],
                    name: str, format: TaskFormat | None, max_words: int | None, dedup: bool,
-                   source: str, stacklevel: int) -> Dataset:
+                   source: str) -> Dataset:
     """The one reading of labeled rows behind :func:`load_file` and :meth:`Dataset.from_table`,
     whatever the source: column checks, cell conversion, empty labels and texts, warnings."""
     used = list(dict.fromkeys([text_field, *pairs]))
@@ -598,24 +597,20 @@ def _table_dataset(table: Table, *, text_field: str, label_field: str, pairs: li
                    max_words=max_words, sentences=False, label_names=None, format=format,
                    keep_fields=used if pairs else None, dedup=dedup, source=source)
     if built.dropped_empty:
-        warnings.warn(f"{table.origin}: dropped {built.dropped_empty} row(s) with an empty "
-                      f"{'input field' if pairs else 'text'}", UserWarning,
-                      stacklevel=stacklevel)
+        warn_caller(f"{table.origin}: dropped {built.dropped_empty} row(s) with an empty "
+                    f"{'input field' if pairs else 'text'}")
     ds = built.dataset
     if len(ds.label_names) == 1:
-        warnings.warn(f"{table.origin}: column {label_field!r} has a single label "
-                      f"({ds.label_names[0]!r}); a classification task needs at least two",
-                      UserWarning, stacklevel=stacklevel)
+        warn_caller(f"{table.origin}: column {label_field!r} has a single label "
+                    f"({ds.label_names[0]!r}); a classification task needs at least two")
     if dedup:
         near = _near_copies(ds.texts)
         if near:
-            warnings.warn(f"{table.origin}: {near} row(s) kept by dedup repeat an earlier input "
-                          "that differs from it only in Unicode normal form (e.g. an accent "
-                          "written as a combining character); they look identical but dedup "
-                          "drops exact copies only: write the texts in one form (e.g. NFC)",
-                          UserWarning, stacklevel=stacklevel)
-    warn_close_spellings(ds.label_names, f"{table.origin}: column {label_field!r}",
-                         stacklevel=stacklevel)
+            warn_caller(f"{table.origin}: {near} row(s) kept by dedup repeat an earlier input "
+                        "that differs from it only in Unicode normal form (e.g. an accent "
+                        "written as a combining character); they look identical but dedup "
+                        "drops exact copies only: write the texts in one form (e.g. NFC)")
+    warn_close_spellings(ds.label_names, f"{table.origin}: column {label_field!r}")
     return ds
 
 
@@ -660,8 +655,7 @@ def close_spellings(labels: Sequence[str]) -> list[list[str]]:
     return [g for g in groups.values() if len(g) > 1]
 
 
-def warn_close_spellings(labels: Sequence[str], origin: str, *, stacklevel: int = 2) -> list[
-        list[str]]:
+def warn_close_spellings(labels: Sequence[str], origin: str) -> list[list[str]]:
     """Warn when labels differ only in spelling (:func:`close_spellings`): each is a class of
     its own, which is rarely meant.
 
@@ -672,8 +666,6 @@ def warn_close_spellings(labels: Sequence[str], origin: str, *, stacklevel: int 
     origin : str
         Starts the message: ``"<origin> has labels that differ only in ..."`` (e.g.
         ``"data.csv: column 'label'"``).
-    stacklevel : int
-        As for :func:`warnings.warn`, counted from the caller of this function.
 
     Returns
     -------
@@ -684,15 +676,14 @@ def warn_close_spellings(labels: Sequence[str], origin: str, *, stacklevel: int 
     if close:
         shown = "; ".join(" and ".join(repr(v) for v in g) for g in close[:3])
         nfkc = any(len({comparable_text(v) for v in g}) < len(g) for g in close)
-        warnings.warn(f"{origin} has labels that differ only in case, spaces or number format"
-                      f"{' (or Unicode normal form: they look identical)' if nfkc else ''} "
-                      f"({shown}{'; ...' if len(close) > 3 else ''}); each is a class of its "
-                      "own: write one spelling where they mean the same", UserWarning,
-                      stacklevel=stacklevel + 1)
+        warn_caller(f"{origin} has labels that differ only in case, spaces or number format"
+                    f"{' (or Unicode normal form: they look identical)' if nfkc else ''} "
+                    f"({shown}{'; ...' if len(close) > 3 else ''}); each is a class of its "
+                    "own: write one spelling where they mean the same")
     return close
 
 
-def warn_test_copies(split: Any, origin: str, *, stacklevel: int = 2) -> int:
+def warn_test_copies(split: Any, origin: str) -> int:
     """Warn when test items have a copy in the demonstration pool: a retriever (``knn``...)
     then shows the query itself, with its label, as a demonstration.
 
@@ -707,8 +698,6 @@ def warn_test_copies(split: Any, origin: str, *, stacklevel: int = 2) -> int:
         The split (``split.train`` is the pool).
     origin : str
         Starts the message (a path, a task name).
-    stacklevel : int
-        As for :func:`warnings.warn`, counted from the caller of this function.
 
     Returns
     -------
@@ -718,11 +707,11 @@ def warn_test_copies(split: Any, origin: str, *, stacklevel: int = 2) -> int:
     pool = {comparable_text(t) for t in split.train.texts}
     n = sum(comparable_text(t) in pool for t in split.test.texts)
     if n:
-        warnings.warn(f"{origin}: {n} of the {len(split.test)} test items have an exact copy "
-                      "in the demonstration pool (a duplicated row; texts that differ only in "
-                      "Unicode normal form or spacing count as copies), which a retriever such "
-                      "as knn shows with its label; remove the duplicates from the data (or "
-                      "read it with dedup=True)", UserWarning, stacklevel=stacklevel + 1)
+        warn_caller(f"{origin}: {n} of the {len(split.test)} test items have an exact copy "
+                    "in the demonstration pool (a duplicated row; texts that differ only in "
+                    "Unicode normal form or spacing count as copies), which a retriever such "
+                    "as knn shows with its label; remove the duplicates from the data (or "
+                    "read it with dedup=True)")
     return n
 
 
@@ -732,16 +721,15 @@ def _is_path(source: Any) -> bool:
 
 def _from_table(table: Any, *, text_field: str, label_field: str,
                 pair_fields: Sequence[str] | None, name: str | None,
-                format: TaskFormat | None, max_words: int | None, dedup: bool,
-                stacklevel: int) -> Dataset:
-    """:meth:`Dataset.from_table` (with the stack level of its warnings)."""
+                format: TaskFormat | None, max_words: int | None, dedup: bool) -> Dataset:
+    """:meth:`Dataset.from_table`."""
     pairs = _check_options(text_field, label_field, pair_fields, max_words)
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise InputError(f"name must be a non-empty string, got {name!r}")
     tab, kind = as_table(table, name)
     return _table_dataset(tab, text_field=text_field, label_field=label_field, pairs=pairs,
                           name=name or "table", format=format, max_words=max_words,
-                          dedup=dedup, source=kind, stacklevel=stacklevel + 1)
+                          dedup=dedup, source=kind)
 
 
 def load_file(path: str | os.PathLike[str] | Any, *, text_field: str, label_field: str,
@@ -808,10 +796,10 @@ def load_file(path: str | os.PathLike[str] | Any, *, text_field: str, label_fiel
             raise InputError("delimiter= applies to delimited files, not to an in-memory table")
         return _from_table(path, text_field=text_field, label_field=label_field,
                            pair_fields=pair_fields, name=name, format=format,
-                           max_words=max_words, dedup=dedup, stacklevel=3)
+                           max_words=max_words, dedup=dedup)
     p = check_user_file(path)
     pairs = _check_options(text_field, label_field, pair_fields, max_words)
     table = _file_table(p, _file_kind(p, delimiter))
     return _table_dataset(table, text_field=text_field, label_field=label_field, pairs=pairs,
                           name=name or p.name.split(".")[0] or p.name, format=format,
-                          max_words=max_words, dedup=dedup, source=str(p), stacklevel=3)
+                          max_words=max_words, dedup=dedup, source=str(p))

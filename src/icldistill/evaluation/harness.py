@@ -559,7 +559,7 @@ class Task:
                                 max_words=max_words, dedup=dedup)
         split = _cap_pool(ds.split(test_size, seed=seed), pool_size, seed)
         origin = str(table) if isinstance(table, (str, os.PathLike)) else f"task {name!r}"
-        warn_test_copies(split, origin, stacklevel=2)
+        warn_test_copies(split, origin)
         return cls(name, split)
 
 

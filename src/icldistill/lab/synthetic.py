@@ -382,11 +382,10 @@ def __getattr__(name: str) -> Any:
     """``Prompt``, the old name of :class:`SyntheticPrompt` (with a ``DeprecationWarning``;
     removed in 0.3, like the old module paths)."""
     if name == "Prompt":
-        import warnings
+        from icldistill.core.validation import warn_caller
 
-        warnings.warn("icldistill.lab.synthetic.Prompt is now SyntheticPrompt (the text prompt "
-                      "is icldistill.data.Prompt); the old name goes in 0.3",
-                      DeprecationWarning, stacklevel=2)
+        warn_caller("icldistill.lab.synthetic.Prompt is now SyntheticPrompt (the text prompt "
+                    "is icldistill.data.Prompt); the old name goes in 0.3", DeprecationWarning)
         return SyntheticPrompt
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

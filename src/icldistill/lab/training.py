@@ -40,7 +40,6 @@ import hashlib
 import json
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,7 +50,7 @@ import torch
 
 from icldistill.artifacts.store import atomic_write
 from icldistill.core.results import Result
-from icldistill.core.validation import InputError
+from icldistill.core.validation import InputError, warn_caller
 from icldistill.lab.synthetic import gd_predictions, icl_batch, least_squares_predictions
 from icldistill.models.icl_transformer import TASKS, ICLConfig, ICLTransformer
 
@@ -613,11 +612,10 @@ def _load_matching(path: Path, config: ICLConfig, train: TrainConfig,
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt / truncated / foreign file
-        warnings.warn(f"ignoring unreadable {what} {path}: {exc}", RuntimeWarning, stacklevel=3)
+        warn_caller(f"ignoring unreadable {what} {path}: {exc}", RuntimeWarning)
         return None
     if not isinstance(blob, dict) or blob.get("key") != _key(config, train):
-        warnings.warn(f"ignoring {what} {path}: it was written for other configs",
-                      RuntimeWarning, stacklevel=3)
+        warn_caller(f"ignoring {what} {path}: it was written for other configs", RuntimeWarning)
         return None
     return blob
 

@@ -54,7 +54,6 @@ import os
 import re
 import shutil
 import time
-import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -80,7 +79,7 @@ from icldistill.artifacts.fetch import (
 )
 from icldistill.core.results import Result
 from icldistill.core.util import single_thread
-from icldistill.core.validation import InputError
+from icldistill.core.validation import InputError, warn_caller
 
 __all__ = [
     "MANIFEST_FILE",
@@ -761,10 +760,10 @@ def _warn_if_half_is_slow(dtype: torch.dtype) -> None:
     speed = half_precision_speed(dtype)
     if speed < SLOW_HALF:
         name = str(dtype).removeprefix("torch.")
-        warnings.warn(
+        warn_caller(
             f"{name} matrix products run at {speed:.2f}x the speed of float32 on this CPU "
             f"(PyTorch capability {torch.backends.cpu.get_cpu_capability()}, no bf16 matrix "
-            f"instructions): float32 is faster here", RuntimeWarning, stacklevel=3)
+            f"instructions): float32 is faster here", RuntimeWarning)
 
 
 def float32_head(model: Any) -> Any:

@@ -21,7 +21,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from icldistill.core.validation import InputError, check_float, check_int
+from icldistill.core.validation import InputError, check_float, check_int, warn_caller
 from icldistill.selection._common import (
     Candidates,
     row_chunks,
@@ -288,17 +288,16 @@ class BM25Selector(Selector):
         return np.concatenate([sc for sc, _ in parts])
 
     @staticmethod
-    def _warn_unmatched(matched: np.ndarray, stacklevel: int = 3) -> None:
+    def _warn_unmatched(matched: np.ndarray) -> None:
         """A :class:`UserWarning` naming the queries (``matched`` ``[T]`` False) that share no
         term with the pool: their scores are all 0, so their top-k is the first pool items."""
         missing = np.flatnonzero(~matched)
         if missing.size:
             shown = ", ".join(map(str, missing[:10].tolist())) + (
                 ", ..." if missing.size > 10 else "")
-            warnings.warn(f"bm25: {missing.size} of {matched.size} queries share no term with "
-                          f"the pool (query indices {shown}); their scores are all 0 and their "
-                          "demonstrations are the lowest-index pool items", UserWarning,
-                          stacklevel=stacklevel)
+            warn_caller(f"bm25: {missing.size} of {matched.size} queries share no term with "
+                        f"the pool (query indices {shown}); their scores are all 0 and their "
+                        "demonstrations are the lowest-index pool items")
 
     def _scores(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Dense float64 scores ``[len(texts), n]`` (term-at-a-time over the postings of the
@@ -344,7 +343,7 @@ class BM25Selector(Selector):
         for sl in row_chunks(targets.n, self._fitted().n + len(self._vocab)):
             scores, matched[sl] = self._scores(targets.texts[sl])
             idx[sl], rel[sl] = topk_rows(scores, k)
-        self._warn_unmatched(matched, stacklevel=4)     # _select <- select <- caller
+        self._warn_unmatched(matched)
         return SelectionRun(idx, rel)
 
 
