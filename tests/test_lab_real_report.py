@@ -70,6 +70,15 @@ def test_real_section_with_fewshot_grid(tmp_path, toy):
     # every model claim is compared with the random-init twin (issue 13 item 5)
     assert len(sec.data["controls"]) == 1
     assert (tmp_path / "real" / "fewshot-control-1" / "results.jsonl").is_file()
+    # the control's folder names its twin; another twin is refused there, not read back
+    from icldistill.evaluation.harness import recorded_weights
+    from icldistill.lab.experiments.phenomena import random_twin
+
+    folder = tmp_path / "real" / "fewshot-control-1"
+    assert recorded_weights(folder) == "tiny-llama random-init #1"
+    with pytest.raises(InputError, match=r"random-init #1 weights.*random-init #7"):
+        real._control_relation("tiny", random_twin(_loaded(), 7), folder, ("toy",),
+                               ("random",), 12, 0, False, control_harness)
     claims = {c.claim: c for c in sec.checks}
     jensen = next(c for k, c in claims.items() if k.startswith("Jensen"))
     assert "random-init control spread" in jensen.detail

@@ -434,10 +434,17 @@ def _control_relation(model: str, twin: Any, fewshot_dir: Path, tasks: tuple[str
     model's selection seeds)."""
     from icldistill.evaluation.harness import Harness
 
+    def loader(_name: str, **_kw: Any) -> Any:
+        return twin
+
+    # the folder records which twin its units ran on ("<model> random-init #<seed>"), so a
+    # rerun with other controls is refused instead of reading this one's results back
+    name = getattr(twin, "name", None)
+    loader.weights = name if isinstance(name, str) and name.strip() else None  # type: ignore[attr-defined]
     if harness_factory is not None:
-        h = harness_factory(fewshot_dir, lambda _name, **_kw: twin)
+        h = harness_factory(fewshot_dir, loader)
     else:
-        h = Harness(fewshot_dir, model_loader=lambda _name, **_kw: twin, progress=progress)
+        h = Harness(fewshot_dir, model_loader=loader, progress=progress)
     return fewshot_relation(fewshot_dir, model=model, tasks=tasks, selectors=selectors,
                             n_test=n_test, seed=seed, progress=progress, harness=h)
 
