@@ -4,6 +4,7 @@ precisions."""
 
 from __future__ import annotations
 
+import copy
 import json
 from types import SimpleNamespace
 
@@ -170,8 +171,11 @@ def test_bench_control_loader_builds_the_random_twin(monkeypatch):
 
     def fake_load(name, dtype=torch.float32, progress=True, device="cpu"):
         calls.append((name, dtype))
-        return SimpleNamespace(model=trained.to(dtype), tokenizer=tiny_tokenizer(True),
-                               name=name, path=None)
+        model = copy.deepcopy(trained).to(dtype)
+        if dtype != torch.float32:                   # as load_model does
+            registry.float32_head(model)
+        return SimpleNamespace(model=model, tokenizer=tiny_tokenizer(True), name=name,
+                               path=None)
 
     monkeypatch.setattr(registry, "load_model", fake_load)
     twin = mod.control_loader(3, progress=False)("tiny")

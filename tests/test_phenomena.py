@@ -125,6 +125,33 @@ def test_random_twin_is_a_fresh_model_of_the_same_architecture():
         ph.resolve_models([], under_test=[[ph.ModelUnderTest("trained", "t", loaded)]])
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
+def test_the_twin_of_a_half_precision_model_keeps_its_tied_head(arch):
+    """Regression: float32_head unties a tied head (its float32 copy) and clears the config's
+    flag, so the twin built from that config got an independent random head: not the
+    architecture of the model, whose logits read the input embedding. And models_under_test
+    left the twin's logits in bfloat16 where the trained model's are float32."""
+    from icldistill.models import float32_head, float32_head_untied
+
+    model = tiny_model(arch).to(torch.bfloat16)
+    assert model.config.tie_word_embeddings and not float32_head_untied(model)
+    float32_head(model)
+    assert float32_head_untied(model) and not model.config.tie_word_embeddings
+    loaded = SimpleNamespace(model=model, tokenizer=tiny_tokenizer(True), name="t")
+    for twin in (ph.random_twin(loaded, 2),
+                 ph.models_under_test(loaded, n_controls=1, seed=1)[1].loaded):
+        head = twin.model.get_output_embeddings().weight
+        assert head.dtype == torch.float32                        # logits in float32
+        # built tied (the head is the embedding), then copied to float32
+        assert torch.equal(head, twin.model.get_input_embeddings().weight.float())
+    # the float32 model's twin is tied outright and has the same weights, up to bf16 rounding
+    full = ph.random_twin(SimpleNamespace(model=tiny_model(arch), tokenizer=None, name="t"), 2)
+    emb = full.model.get_input_embeddings().weight
+    assert emb.data_ptr() == full.model.get_output_embeddings().weight.data_ptr()
+    half = ph.random_twin(loaded, 2).model.get_input_embeddings().weight
+    assert torch.equal(emb.to(torch.bfloat16), half)
+
+
 def test_task_items_and_prediction(toy):
     items = ph.task_items(toy.split, n_test=10, seed=0, name="toy")
     assert len(items.test_texts) == 10

@@ -98,6 +98,7 @@ __all__ = [
     "convert_gguf",
     "fetch",
     "float32_head",
+    "float32_head_untied",
     "folder_problems",
     "half_precision_speed",
     "list_models",
@@ -773,6 +774,10 @@ def float32_head(model: Any) -> Any:
     stays in the model's precision) whose input, the final hidden states ``[..., hidden]``, is
     cast to float32 first. Logits ``[..., vocab]`` are then float32: bf16 logits near 20 are
     rounded to multiples of 0.125, which would tie or flip close label decisions.
+
+    A model whose architecture ties the two (``config.tie_word_embeddings``) has the flag
+    cleared, as its head is a copy now; :func:`float32_head_untied` tells that it was tied
+    (what a random-init twin of the model must rebuild).
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None or not isinstance(head, torch.nn.Linear):
@@ -787,11 +792,22 @@ def float32_head(model: Any) -> Any:
             new.bias.copy_(head.bias.float())
     new.register_forward_pre_hook(_cast_inputs_float32)
     new.requires_grad_(head.weight.requires_grad)
-    model.set_output_embeddings(new)
     cfg = getattr(model, "config", None)
-    if cfg is not None and getattr(cfg, "tie_word_embeddings", False):
+    tied = bool(cfg is not None and getattr(cfg, "tie_word_embeddings", False))
+    new._icldistill_untied = tied             # read by float32_head_untied
+    model.set_output_embeddings(new)
+    if tied:
         cfg.tie_word_embeddings = False       # the float32 head is a copy, not a tie
     return model
+
+
+def float32_head_untied(model: Any) -> bool:
+    """Whether :func:`float32_head` untied ``model``'s output head from its input embedding:
+    the architecture ties them (``tie_word_embeddings``), the float32 copy no longer does and
+    the model's config says so. A model built from that config (a random-init twin) must set
+    the flag back to be the same architecture."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return bool(getattr(head, "_icldistill_untied", False))
 
 
 def _cast_inputs_float32(_module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:

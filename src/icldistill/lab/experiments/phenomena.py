@@ -106,7 +106,10 @@ def random_twin(loaded: Any, seed: int) -> Any:
     The twin is built from the trained model's config with ``transformers``'
     ``AutoModelForCausalLM.from_config`` under ``torch.manual_seed(seed)`` (the architecture's
     own initialisation), in the trained model's dtype and device, in eval mode, with the same
-    tokenizer and the same attention implementation.
+    tokenizer and the same attention implementation. A half-precision model whose logits are
+    computed in float32 (:func:`icldistill.models.float32_head`) gets a twin built as its
+    architecture is (an output head tied to the input embedding where the config tied them
+    before the float32 copy untied it) and then given a float32 head too.
 
     Parameters
     ----------
@@ -122,10 +125,17 @@ def random_twin(loaded: Any, seed: int) -> Any:
     """
     from transformers import AutoModelForCausalLM
 
+    from icldistill.models.registry import float32_head, float32_head_untied
+
     model = loaded.model
     cfg = copy.deepcopy(model.config)
+    if float32_head_untied(model):   # the architecture ties them; the float32 copy does not
+        cfg.tie_word_embeddings = True
     attn = getattr(cfg, "_attn_implementation", None) or "eager"
     param = next(model.parameters())
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    float32_logits = (param.dtype in (torch.bfloat16, torch.float16)
+                      and getattr(head, "weight", param).dtype == torch.float32)
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(int(seed))
@@ -134,6 +144,8 @@ def random_twin(loaded: Any, seed: int) -> Any:
     finally:
         torch.random.set_rng_state(state)
     twin = twin.to(param.device).eval()
+    if float32_logits:
+        float32_head(twin)
     name = f"{getattr(loaded, 'name', 'model')} random-init #{seed}"
     try:
         import dataclasses
@@ -157,7 +169,8 @@ def twin_loader(seed: int, *, progress: bool = False, device: Any = "cpu"
     ``loader(name)`` / ``loader(name, dtype=torch.bfloat16)`` loads the model as
     :func:`icldistill.models.load_model` does (on ``device``) and replaces it by
     :func:`random_twin` with seed ``seed``; under a half precision the twin's output head is
-    kept in float32 (:func:`icldistill.models.float32_head`), as for the trained model.
+    kept in float32 (:func:`icldistill.models.float32_head`), as for the trained model, and
+    tied where the architecture ties it (:func:`random_twin`).
 
     Parameters
     ----------
@@ -180,13 +193,11 @@ def twin_loader(seed: int, *, progress: bool = False, device: Any = "cpu"
         raise InputError(f"control seed must be an integer >= 1, got {seed!r}")
 
     def load(name: str, dtype: torch.dtype = torch.float32) -> Any:
-        from icldistill.models.registry import float32_head, load_model
+        from icldistill.models.registry import load_model
 
-        twin = random_twin(load_model(name, dtype=dtype, progress=progress, device=device),
+        # under a half precision load_model keeps the head in float32, and so does the twin
+        return random_twin(load_model(name, dtype=dtype, progress=progress, device=device),
                            seed)
-        if dtype in (torch.bfloat16, torch.float16):
-            float32_head(twin.model)
-        return twin
 
     load.weights = f"random-init seed {seed}"  # type: ignore[attr-defined]
     return load
