@@ -105,3 +105,18 @@ def test_loaded_models_are_not_kernelized_with_hub_kernels(folder, dtype, monkey
     monkeypatch.setattr(hub, "kernelize", lambda *a, **kw: calls.append(a))
     lm = load_model(folder, dtype=dtype, progress=False)
     assert lm.model.use_kernels is False and calls == []
+
+
+def test_a_precision_given_by_name_is_the_same_as_its_torch_dtype(folder, monkeypatch):
+    """Regression: ``dtype="bfloat16"`` (what preferred_dtype returns) went to transformers
+    unchecked: a bfloat16 model without its float32 head, without the slow-CPU warning and
+    without the streamed load."""
+    monkeypatch.setattr(R, "half_precision_speed", lambda dtype=None: 2.0)
+    by_name = load_model(folder, dtype="bfloat16", progress=False).model
+    by_dtype = load_model(folder, dtype=torch.bfloat16, progress=False).model
+    assert by_name.get_output_embeddings().weight.dtype == torch.float32
+    a, b = by_name.state_dict(), by_dtype.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for bad in ("bf16", "half", 3, torch.int8):
+        with pytest.raises(R.InputError, match="unknown model dtype"):
+            load_model(folder, dtype=bad, progress=False)

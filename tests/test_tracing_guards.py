@@ -18,7 +18,7 @@ from icldistill.data.prompts import Prompt
 from icldistill.models.tracing import SINK, TRACE_ATTENTION, trace
 
 from .test_tracing_coverage import tiny_causal_lm
-from .tiny_models import tiny_model, tiny_tokenizer
+from .tiny_models import VOCAB, tiny_model, tiny_tokenizer
 
 DEMOS = [("good movie", "positive"), ("bad plot", "negative"), ("great acting", "positive"),
          ("boring story", "negative")]
@@ -183,6 +183,63 @@ def test_training_mode_with_attention_dropout_is_refused():
     model.train()
     with pytest.raises(ic.InputError, match=r"model\.eval\(\)"):
         trace(model, tiny_tokenizer(), PROMPT)
+
+
+def test_training_mode_with_residual_dropout_is_refused():
+    """Regression: only attention dropout was refused; GPT-2's residual and embedding dropout
+    made every trace of the same prompt differ (eta by 1e-3, logits by 0.2)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=256,
+                     resid_pdrop=0.3, embd_pdrop=0.1, attn_pdrop=0.0)
+    model = GPT2LMHeadModel(cfg).train()
+    with pytest.raises(ic.InputError, match=r"dropout active in transformer\.drop.*model\.eval"):
+        trace(model, tiny_tokenizer(add_bos=False), PROMPT)
+    model.eval()
+    a = trace(model, tiny_tokenizer(add_bos=False), PROMPT)
+    assert torch.equal(a.eta, trace(model, tiny_tokenizer(add_bos=False), PROMPT).eta)
+    lm = tiny_model("llama").train()            # training mode without dropout: traced
+    assert trace(lm, tiny_tokenizer(), PROMPT).max_decomposition_error < 1e-4
+
+
+def test_gpt2_reorder_and_upcast_attention_is_refused_by_name():
+    """Regression: GPT-2 runs its float32-upcast attention only under the "eager" name, so the
+    tracer decomposed (and self-checked against) the plain path instead, silently."""
+    model = tiny_model("gpt2")
+    model.config.reorder_and_upcast_attn = True
+    with pytest.raises(ic.InputError, match="reorder_and_upcast_attn=True"):
+        trace(model, tiny_tokenizer(add_bos=False), PROMPT)
+
+
+@pytest.mark.parametrize("positions", [[1.7], [True], [2.0, 2.9], torch.tensor([[3, 4]])])
+def test_positions_must_be_token_indices(positions):
+    """Regression: positions 1.7 or True were truncated to 1, [2.0, 2.9] to [2, 2]."""
+    with pytest.raises(ic.InputError, match="positions"):
+        trace(tiny_model("llama"), tiny_tokenizer(), PROMPT, positions=positions)
+    ok = trace(tiny_model("llama"), tiny_tokenizer(), PROMPT, positions=torch.tensor([3, -1]))
+    assert ok.positions.tolist()[0] == 3
+
+
+def test_a_hand_built_tokenized_prompt_is_checked():
+    """Regression: an unknown segment name gave 'tuple.index(x): x not in tuple', segments one
+    short of the ids a message about key/value caches, no query tokens 'range() arg 3 must
+    not be zero'."""
+    from icldistill.data.prompts import TokenizedPrompt
+
+    tp = PROMPT.tokenize(tiny_tokenizer())
+    renamed = tuple("instruction" if s == "prefix" else s for s in tp.segments)
+    with pytest.raises(ic.InputError, match=r"unknown segment name\(s\) \['instruction'\]"):
+        TokenizedPrompt(tp.input_ids, renamed, tp.text)
+    with pytest.raises(ic.InputError, match=r"tokens but .* segment names"):
+        TokenizedPrompt(tp.input_ids, tp.segments[:-1], tp.text)
+    with pytest.raises(ic.InputError, match="1-D LongTensor"):
+        TokenizedPrompt(tp.input_ids.float(), tp.segments, tp.text)
+    no_query = TokenizedPrompt(tp.input_ids, tuple("prefix" if s == "query" else s
+                                                   for s in tp.segments), tp.text)
+    with pytest.raises(ic.InputError, match="no query tokens"):
+        trace(tiny_model("llama"), tiny_tokenizer(), no_query)
+    assert len(trace(tiny_model("llama"), tiny_tokenizer(), no_query, positions="last")
+               .positions) == 1
 
 
 # ----------------------------------------------------------------- calls, sinks, hybrids, sparse

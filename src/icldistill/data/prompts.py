@@ -47,6 +47,14 @@ def demo_segment(i: int) -> str:
     return f"demo:{i}"
 
 
+def _segment_name(name: object) -> bool:
+    """Whether ``name`` is a fine segment name: ``"prefix"``, ``"query"`` or ``"demo:<i>"``."""
+    if not isinstance(name, str):
+        return False
+    head, sep, num = name.partition(":")
+    return name in (PREFIX, QUERY) or (head == "demo" and sep == ":" and num.isdigit())
+
+
 def group_segment(name: str) -> str:
     """``"demo:i"`` -> ``"demos"``; other names unchanged."""
     return DEMOS if name.startswith("demo:") else name
@@ -109,6 +117,20 @@ class TokenizedPrompt:
     input_ids: torch.Tensor
     segments: tuple[str, ...]
     text: str
+
+    def __post_init__(self) -> None:
+        ids = self.input_ids
+        if not isinstance(ids, torch.Tensor) or ids.ndim != 1 or ids.dtype != torch.long:
+            raise InputError("TokenizedPrompt.input_ids must be a 1-D LongTensor [T], got "
+                             + (f"{ids.dtype} of shape {tuple(ids.shape)}"
+                                if isinstance(ids, torch.Tensor) else type(ids).__name__))
+        if len(self.segments) != ids.shape[0]:
+            raise InputError(f"TokenizedPrompt has {ids.shape[0]} tokens but "
+                             f"{len(self.segments)} segment names (one per token)")
+        bad = sorted({s for s in self.segments if not _segment_name(s)}, key=str)
+        if bad:
+            raise InputError(f"TokenizedPrompt: unknown segment name(s) {bad[:5]}; a token "
+                             f"belongs to {PREFIX!r}, {QUERY!r} or a demonstration 'demo:<i>'")
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])

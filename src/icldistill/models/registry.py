@@ -84,6 +84,7 @@ from icldistill.core.validation import InputError, warn_caller
 __all__ = [
     "MANIFEST_FILE",
     "MARKER_FILE",
+    "MODEL_DTYPES",
     "REGISTRY",
     "CacheCheck",
     "DamagedCacheError",
@@ -104,6 +105,7 @@ __all__ = [
     "list_models",
     "load_half_streamed",
     "load_model",
+    "model_dtype",
     "parse_device",
     "preferred_dtype",
     "resolve_device",
@@ -652,7 +654,24 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def load_model(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32,
+#: The precisions :func:`load_model` takes, by name (a ``torch.dtype`` is taken as well).
+MODEL_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                                        "float16": torch.float16, "float64": torch.float64}
+
+
+def model_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``dtype`` as a ``torch.dtype``: one of :data:`MODEL_DTYPES` (``"bfloat16"`` or
+    ``torch.bfloat16``...). Anything else is an :class:`InputError` naming it (a string passed
+    on to transformers unchecked loaded a bfloat16 model without its float32 head)."""
+    if isinstance(dtype, str) and dtype.strip().lower() in MODEL_DTYPES:
+        return MODEL_DTYPES[dtype.strip().lower()]
+    if isinstance(dtype, torch.dtype) and dtype in MODEL_DTYPES.values():
+        return dtype
+    raise InputError(f"unknown model dtype {dtype!r}; choose one of {list(MODEL_DTYPES)}")
+
+
+def load_model(name_or_path: str | os.PathLike[str], *,
+               dtype: torch.dtype | str = torch.float32,
                attn_implementation: str = "eager", device: str | torch.device = "cpu",
                cache_dir: str | os.PathLike[str] | None = None,
                progress: bool = True, float32_logits: bool = True) -> LoadedModel:
@@ -670,7 +689,8 @@ def load_model(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype = tor
     Anything else raises :class:`InputError` naming the registry keys. ``progress`` shows fetch
     progress and transformers' progress bars (stderr).
 
-    ``dtype`` is the weights' precision. With a half precision (``torch.bfloat16``,
+    ``dtype`` is the weights' precision, a ``torch.dtype`` or its name (:func:`model_dtype`;
+    e.g. what :func:`preferred_dtype` returns). With a half precision (``torch.bfloat16``,
     ``torch.float16``) and ``float32_logits=True`` (default) the output head is kept in float32
     (:func:`float32_head`), so logits and label log-probabilities never come from half-precision
     arithmetic. On CPUs with bf16 matrix instructions (AVX512-BF16, AMX) ``torch.bfloat16`` scores
@@ -679,6 +699,7 @@ def load_model(name_or_path: str | os.PathLike[str], *, dtype: torch.dtype = tor
     times slower than float32; loading a half-precision model on such a CPU warns
     (:class:`RuntimeWarning`, from :func:`half_precision_speed`).
     """
+    dtype = model_dtype(dtype)
     with _transformers_bars(progress):
         lm = _load(name_or_path, dtype=dtype, attn_implementation=attn_implementation,
                    device=device, cache_dir=cache_dir, progress=progress)

@@ -45,6 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
@@ -1067,18 +1068,46 @@ def _declared_softmax_layers(config: Any, n: int) -> list[bool] | None:
     return None
 
 
+def _check_traceable(model: Any) -> None:
+    """Refuse a model whose traced forward pass is not the forward pass it runs untraced."""
+    if getattr(getattr(model, "config", None), "reorder_and_upcast_attn", False):
+        # GPT-2 takes its float32-upcast attention path only under the "eager" implementation
+        # name: under the tracer's it would run (and be decomposed as) the plain one
+        raise InputError(f"{type(model).__name__} has reorder_and_upcast_attn=True, an "
+                         "attention path the tracer does not run; trace it with "
+                         "config.reorder_and_upcast_attn = False")
+    if getattr(model, "training", False):
+        active = [f"{n} (p={m.p})" for n, m in model.named_modules()
+                  if isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training]
+        if active:
+            more = f" and {len(active) - 1} more" if len(active) > 1 else ""
+            raise InputError(f"the model is in training mode with dropout active in "
+                             f"{active[0]}{more}: every trace would differ; call model.eval() "
+                             "before tracing")
+
+
 def _resolve_positions(positions: str | Sequence[int], tok: TokenizedPrompt) -> torch.Tensor:
     T = len(tok)
     if isinstance(positions, str):
         if positions == QUERY:
-            return tok.positions(QUERY)
+            pos = tok.positions(QUERY)
+            if pos.numel() == 0:
+                raise InputError("positions='query' but the prompt has no query tokens")
+            return pos
         if positions == "last":
             return torch.tensor([T - 1])
         if positions == "all":
             return torch.arange(T)
         raise InputError(f"positions must be 'query', 'last', 'all' or a list of ints, got "
                          f"{positions!r}")
-    pos = torch.as_tensor(list(positions), dtype=torch.long)
+    if isinstance(positions, torch.Tensor | np.ndarray) and positions.ndim != 1:
+        raise InputError(f"positions must be 1-D, got shape {tuple(positions.shape)}")
+    items = positions.tolist() if isinstance(positions, torch.Tensor | np.ndarray) \
+        else list(positions)
+    for p in items:   # 1.7 or True would be truncated to a position nobody asked for
+        if isinstance(p, bool) or not isinstance(p, int | np.integer):
+            raise InputError(f"positions must be token indices (ints), got {p!r}")
+    pos = torch.as_tensor(items, dtype=torch.long)
     if pos.numel() == 0:
         raise InputError("positions is empty")
     pos = torch.where(pos < 0, pos + T, pos)
@@ -1213,6 +1242,7 @@ def trace(
     tok = prompt.tokenize(tokenizer) if isinstance(prompt, Prompt) else prompt
     if not isinstance(tok, TokenizedPrompt):
         raise InputError("prompt must be a Prompt or a TokenizedPrompt")
+    _check_traceable(model)
     T = len(tok)
     ctx = _context_length(model.config)
     if ctx is not None and T > ctx:
