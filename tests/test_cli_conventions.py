@@ -63,6 +63,27 @@ def test_every_option_of_every_command_has_help():
     assert not problems, "\n".join(problems)
 
 
+def test_a_summary_that_lists_subcommands_lists_all_of_them():
+    """``models`` (list, fetch, verify) and ``data`` (list, summary) name every subcommand."""
+    checked = []
+    for path, parser, summary in _walk(build_parser()):
+        listed = re.search(r"\(([a-z-]+(?:, [a-z-]+)+)\)$", summary)
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if listed and subs:
+            assert listed.group(1).split(", ") == list(subs[0].choices), (path, summary)
+            checked.append(path[-1])
+    assert sorted(checked) == ["data", "models"]
+
+
+@pytest.mark.parametrize("command", ["select", "evaluate", "compare"])
+def test_test_size_help_gives_the_default_for_a_file(command):
+    """``--test-size`` defaults to the dataset's split, and to 0.3 for ``--file``."""
+    parser = dict((p[-1], q) for p, q, _ in _walk(build_parser()))[command]
+    (action,) = [a for a in parser._actions if "--test-size" in a.option_strings]
+    assert action.default is None
+    assert "0.3 for --file" in action.help
+
+
 GRID = {"--models": "models", "--datasets": "datasets", "--selectors": "selectors",
         "--ks": "ks"}
 ALIASES = {"--model": "--models", "--dataset": "--datasets", "--selector": "--selectors",

@@ -1,9 +1,9 @@
-"""Devices: ``resolve_device`` refuses what this machine lacks, ``parse_device`` only names;
-on a machine with CUDA, a tiny model scores and traces on the GPU as it does on the CPU, every
-selector chooses the same demonstrations from embeddings on the GPU (duplicated pool items
-too), a harness grid records what it records on the CPU, and every architecture of the tracer
-coverage traces on the GPU as on the CPU (skipped elsewhere; results of a run on an H200 in
-``benchmarks/results/device_h200.md``)."""
+"""Devices: ``resolve_device`` refuses what this machine lacks (so does ``make_encoder``),
+``parse_device`` only names; on a machine with CUDA, a tiny model scores and traces on the GPU
+as it does on the CPU, every selector chooses the same demonstrations from embeddings on the GPU
+(duplicated pool items too), a harness grid records what it records on the CPU, and every
+architecture of the tracer coverage traces on the GPU as on the CPU (skipped elsewhere; results
+of a run on an H200 in ``benchmarks/results/device_h200.md``)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 
 from icldistill.core.validation import InputError
 from icldistill.data.prompts import Demonstration, Prompt
+from icldistill.encoders import MiniLMEncoder, make_encoder
 from icldistill.evaluation.scoring import FewShotScorer
 from icldistill.models.registry import parse_device, resolve_device
 from icldistill.models.tracing import trace
@@ -43,6 +44,31 @@ def test_parse_device_names_without_asking_the_machine():
         parse_device("gpu9")
     with pytest.raises(InputError, match="only cpu, cuda and mps"):
         parse_device("meta")
+
+
+def _missing_device() -> str:
+    """A CUDA device this machine lacks: ``cuda`` without CUDA, else one past the last."""
+    return "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+
+
+@pytest.mark.parametrize("spec", ["minilm", "hidden:0", "kv:0"])
+def test_make_encoder_refuses_a_device_this_machine_lacks(spec):
+    """Not accepted and then failing in ``encode`` with torch's raw "Torch not compiled with
+    CUDA enabled": the one-line error of ``resolve_device``, naming the device."""
+    missing = _missing_device()
+    with pytest.raises(InputError, match=f"device '{missing}'"):
+        make_encoder(spec, device=missing)
+    with pytest.raises(InputError, match="unknown device 'gpu9'"):
+        make_encoder(spec, device="gpu9")
+
+
+def test_the_minilm_encoder_checks_its_device_when_built():
+    missing = _missing_device()
+    with pytest.raises(InputError, match=f"device '{missing}'"):
+        MiniLMEncoder(device=missing)
+    assert MiniLMEncoder().device == torch.device("cpu")          # lazy: nothing is loaded
+    assert make_encoder("minilm").device == torch.device("cpu")
+    assert make_encoder("minilm", device="cpu").model is None
 
 
 def _selections(device: str, duplicates: bool = False) -> dict[str, np.ndarray]:

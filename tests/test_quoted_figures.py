@@ -278,6 +278,11 @@ CLAIMS: list[tuple[str, str, Callable[[], str]]] = [
     (README, "mmd-joint vs knn on rt-sentiment, the twin",
      lambda: "twin: " + points_ci(paired('mmd-joint', 'knn', task="rt-sentiment",
                                          folder=CONTROL)) + ")"),
+    (README, "random vs knn on r8, the twin",
+     lambda: "On r8 the twin scores `random` {} points above `knn` (Holm p {})".format(
+         points(paired("random", "knn", task="r8", folder=CONTROL)["diff"]).lstrip("+"),
+         holm(paired("random", "knn", task="r8", folder=CONTROL)["p_holm"])
+         .replace("e-0", "e-"))),
     # the post-hoc set-level question on qwen2.5-0.5b
     (README, "qwen: mmd-joint vs random, and vs vote-k post hoc",
      lambda: "`random`, and {} over `vote-k` (post-hoc Holm p {})".format(

