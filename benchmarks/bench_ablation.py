@@ -33,7 +33,6 @@ MMD with the diversity term (``diversity=1``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -43,7 +42,9 @@ from pathlib import Path
 
 import torch
 
+from icldistill.cli.options import CommandParser, positive_int, thread_count
 from icldistill.core.stats import paired_comparisons
+from icldistill.core.validation import InputError
 from icldistill.evaluation.harness import Harness, Task, UnitSpec, load_predictions, load_results
 from icldistill.reporting.reports import (
     ablation_pairs,
@@ -100,25 +101,25 @@ def reuse_problem(source: str, control: int | None) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = CommandParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--encoders", default=None,
                     help="comma-separated representations (default minilm, the middle "
                          "layer's hidden state, kv:auto)")
-    ap.add_argument("--k", type=int, default=8)
-    ap.add_argument("--n-test", type=int, default=300)
-    ap.add_argument("--pool-size", type=int, default=2000,
+    ap.add_argument("--k", type=positive_int, default=8)
+    ap.add_argument("--n-test", type=positive_int, default=300)
+    ap.add_argument("--pool-size", type=positive_int, default=2000,
                     help="label-stratified cap of every task's pool (as in the selection grid)")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=thread_count, default=None)
     ap.add_argument("--out", default=str(HERE / "results" / "ablation"))
     ap.add_argument("--reuse", default=None, metavar="DIR",
                     help="copy units another results folder finished with the same key (the "
                          "same model, task, selector, k, encoder, test items and pool; e.g. "
                          "the selection grid's kNN on MiniLM) instead of recomputing them")
     ap.add_argument("--report-only", action="store_true")
-    ap.add_argument("--control", type=int, default=None, metavar="SEED",
+    ap.add_argument("--control", type=positive_int, default=None, metavar="SEED",
                     help="score every unit on the model's random-init twin (seed SEED >= 1), in "
                          "a folder of its own, with the trained units' demonstrations")
     ap.add_argument("--selections-from", default=str(HERE / "results" / "ablation"),
@@ -232,4 +233,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except InputError as exc:       # bad input found after parsing: one line, exit 2
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

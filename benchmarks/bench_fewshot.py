@@ -37,7 +37,6 @@ randomised parts, MiniLM embeddings for selection and for the reported MMD.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -50,6 +49,7 @@ import torch
 
 from icldistill.artifacts.fetch import pid_alive
 from icldistill.artifacts.store import held_locks, unit_lock, write_json
+from icldistill.cli.options import CommandParser, positive_float, positive_int, thread_count
 from icldistill.core.stats import check_pairs, majority_shares, paired_comparisons
 from icldistill.core.validation import InputError
 from icldistill.evaluation.harness import (
@@ -61,6 +61,7 @@ from icldistill.evaluation.harness import (
     unit_grid,
 )
 from icldistill.evaluation.precision import compare_precisions
+from icldistill.models.registry import REGISTRY, unknown_model_message
 from icldistill.reporting.reports import write_comparison_report
 from icldistill.selection import SELECTORS
 
@@ -212,18 +213,18 @@ def grid_units(models: list[str], dtypes: dict, *, ks: list[int], **kw) -> list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = CommandParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--selectors", default=",".join(SELECTORS))
     ap.add_argument("--ks", default="4,8")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--n-test", type=int, default=200)
-    ap.add_argument("--pool-size", type=int, default=None,
+    ap.add_argument("--seeds", type=positive_int, default=3)
+    ap.add_argument("--n-test", type=positive_int, default=200)
+    ap.add_argument("--pool-size", type=positive_int, default=None,
                     help="cap every task's demonstration pool at a label-stratified sample of "
                          "this size (seeded; default the whole pool)")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--batch-size", type=positive_int, default=8)
+    ap.add_argument("--threads", type=thread_count, default=None)
     ap.add_argument("--dtype", default="float32",
                     help="precision of the models' weights (logits stay float32): float32, "
                          "bfloat16 or float16 for every model, or per model, e.g. "
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                          "block (qwen2.5-0.5b=bfloat16,qwen2.5-0.5b@4=float32)")
     ap.add_argument("--out", default=str(HERE / "results" / "fewshot"))
     ap.add_argument("--report-only", action="store_true")
-    ap.add_argument("--max-minutes", type=float, default=None,
+    ap.add_argument("--max-minutes", type=positive_float, default=None,
                     help="stop starting new units after this many minutes (resume later)")
     ap.add_argument("--no-report", action="store_true",
                     help="compute the units and exit without writing the report (a worker of a "
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--status", action="store_true",
                     help="print where this grid stands in --out (units done, running, partly "
                          "scored, to do; estimated CPU-hours left) and exit without computing")
-    ap.add_argument("--control", type=int, default=None, metavar="SEED",
+    ap.add_argument("--control", type=positive_int, default=None, metavar="SEED",
                     help="run the grid on each model's random-init twin (initialisation seed "
                          "SEED >= 1) in a folder of its own, marked by control.json")
     ap.add_argument("--selections-from", default=None, metavar="DIR",
@@ -307,11 +308,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     tasks = [t for t in args.tasks.split(",") if t]
     selectors = [s for s in args.selectors.split(",") if s]
-    try:    # a name listed twice, an unknown selector: one line, exit 2
+    try:    # a name listed twice, an unknown selector, k < 1: one line, exit 2
         labels = {u.label for u in unit_grid(models=models, tasks=tasks, selectors=selectors,
-                                             ks=ks, seeds=args.seeds)}
+                                             ks=ks, seeds=args.seeds, n_test=args.n_test)}
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    unknown_models = [m for m in models if m not in REGISTRY and not Path(m).exists()]
+    if unknown_models:      # --status would list a grid no model can run
+        print(f"error: {unknown_model_message(unknown_models[0])}", file=sys.stderr)
         return 2
     unknown = sorted({x for pair in posthoc for x in pair} - labels)
     if unknown:      # before any work: a typo should not cost a grid
@@ -490,4 +495,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except InputError as exc:       # bad input found after parsing: one line, exit 2
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -162,6 +162,36 @@ def test_bench_refuses_a_grid_that_lists_a_name_twice(tmp_path, capsys):
     assert not (tmp_path / "g").exists()                  # refused before any work
 
 
+def test_bench_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    """Regression: --ks 0 loaded the model and failed inside the first unit with a
+    traceback; --n-test -3 and an unknown model were accepted (--status listed a grid)."""
+    import subprocess
+    import sys
+
+    mod = _bench()
+    argv = ["--tasks", "amazon", "--selectors", "knn", "--out", str(tmp_path / "g")]
+    assert mod.main([*argv, "--models", "smollm2-135m", "--ks", "0"]) == 2
+    assert "UnitSpec.k must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert mod.main([*argv, "--models", "smollm2-136m", "--ks", "4"]) == 2
+    assert "unknown model 'smollm2-136m'" in capsys.readouterr().err
+    for flag, value in (("--n-test", "-3"), ("--seeds", "0"), ("--pool-size", "0"),
+                        ("--threads", "x"), ("--control", "0")):
+        with pytest.raises(SystemExit) as exc:
+            mod.main([*argv, flag, value])
+        assert exc.value.code == 2
+        assert f"{flag} must be" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
+    # an InputError found later (an unknown dataset, once the grid reads its tasks) is one
+    # line too, from the script's entry point
+    (tmp_path / "g").mkdir()
+    run = subprocess.run([sys.executable, "benchmarks/bench_fewshot.py", *argv, "--tasks",
+                          "nope", "--status"], capture_output=True, text=True,
+                         cwd=mod.HERE.parent)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines() == [run.stderr.strip()]
+    assert "unknown dataset 'nope'" in run.stderr
+
+
 def test_bench_control_loader_builds_the_random_twin(monkeypatch):
     mod = _bench()
     import icldistill.models.registry as registry

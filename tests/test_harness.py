@@ -953,3 +953,15 @@ def test_a_folder_holds_one_kind_of_weights(tmp_path, toy):
     bad = _named_loader("")
     with pytest.raises(InputError, match=r"model_loader\.weights"):
         Harness(tmp_path / "bad", tasks={"toy": toy}, model_loader=bad, progress=False)
+
+
+@pytest.mark.parametrize("field,value", [("k", 0), ("k", True), ("k", 2.5), ("seed", -1),
+                                         ("ordering", -1), ("n_test", 0), ("n_test", 1.5)])
+def test_a_unit_spec_refuses_bad_numbers(field, value):
+    """Regression: k = 0 failed inside the selector, after the grid had loaded its model."""
+    kw = {"model": "m", "task": "t", "selector": "knn", "k": 4, field: value}
+    with pytest.raises(InputError, match=f"UnitSpec.{field} must be an integer"):
+        UnitSpec(**kw)
+    spec = UnitSpec("m", "t", "knn", np.int64(4), n_test=np.int64(30))
+    assert type(spec.k) is int and type(spec.n_test) is int
+    assert spec == UnitSpec("m", "t", "knn", 4, n_test=30)

@@ -186,6 +186,15 @@ class UnitSpec:
 
     def __post_init__(self) -> None:
         _check_dtype(self.dtype)
+        # checked here, before a grid loads a model: k = 0 used to fail in the selector,
+        # after the model was loaded and other units had run
+        for name, low in (("k", 1), ("seed", 0), ("ordering", 0), ("n_test", 1)):
+            v = getattr(self, name)
+            if v is None and name == "n_test":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < low:
+                raise InputError(f"UnitSpec.{name} must be an integer >= {low}, got {v!r}")
+            object.__setattr__(self, name, int(v))     # numpy integers too: the key is JSON
         # a registry alias or another spelling ('mmd_katt', 'Random', 'kate') is the selector's
         # registry name: otherwise it would run without the selector's preferred encoder or
         # seeds, under a key of its own (a name the registry does not know is left to fail
