@@ -292,8 +292,10 @@ def test_ablation_control_flags_fail_with_one_line(tmp_path, capsys):
     assert "copies trained units only" in capsys.readouterr().err
     assert mod.reuse_problem(str(tmp_path / "ctl"), 2) is None
     assert mod.reuse_problem(str(tmp_path), None) is None
-    assert mod.main(["--control", "0", "--out", str(tmp_path / "c")]) == 2
-    assert "seed >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:       # the flag's type: one line, exit 2
+        mod.main(["--control", "0", "--out", str(tmp_path / "c")])
+    assert exc.value.code == 2
+    assert "--control must be a positive integer, got '0'" in capsys.readouterr().err
     assert mod.main(["--report-only", "--out", str(tmp_path / "t"),
                      "--control-dir", str(tmp_path)]) == 2
     assert "not a control folder" in capsys.readouterr().err
