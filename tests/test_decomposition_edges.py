@@ -124,8 +124,12 @@ def test_dual_apply_is_exact_for_huge_exponents_with_a_representable_result(seed
     k1 = torch.cat([k, torch.ones(5, 1, dtype=torch.float64)], 1)
     q1 = torch.cat([q, torch.full((4, 1), b, dtype=torch.float64)], 1)
     out = DualWeights(k1, c, -b, 1.0).apply(q1)
-    # the exponent b - b carries the rounding of b (|b| * 2^-52 relative)
-    assert torch.allclose(out, ref, rtol=1e-12 + 4 * abs(b) * 2.0**-52, atol=1e-12)
+    # the exponent b - b carries the rounding of b (|b| * 2^-52 absolute), so each term
+    # exp(<k, q>) c carries that relative error: the bound scales with the sum of the terms'
+    # sizes, not with the sum (which may cancel: seed 6942, b = 4098 gave -0.0102 from terms
+    # near 1, off by 1.1e-10 relative, within this bound but not within a relative one)
+    size = torch.exp(q @ k.T) @ c.abs()
+    assert ((out - ref).abs() <= (1e-12 + 4 * abs(b) * 2.0**-52) * size + 1e-12).all()
 
 
 def test_dual_apply_overflow_is_an_input_error_not_inf():

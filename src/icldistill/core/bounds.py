@@ -23,7 +23,13 @@ from icldistill.core.decomposition import DualWeights
 from icldistill.core.kernels import Kernel, make_kernel, stack_kv
 from icldistill.core.mmd import mmd
 from icldistill.core.results import Result
-from icldistill.core.validation import InputError, check_matrix, check_positive
+from icldistill.core.validation import (
+    InputError,
+    check_int,
+    check_matrix,
+    check_positive,
+    check_seed,
+)
 
 __all__ = [
     "BiasResult",
@@ -92,13 +98,20 @@ def w0_bias(
     q_keys, q_values : array-like ``[n_Q, d]``, ``[n_Q, d_v]``
         Keys and values of tokens drawn from the target distribution ``Q*``.
     c : float
-        Common scale ``c = N / D' = 2 eta*``.
+        Common scale ``c = N / D' = 2 eta*``, a finite positive number.
     scale : float, optional
-        Softmax-kernel scale ``s`` (default ``1/sqrt(d)``).
+        Softmax-kernel scale ``s`` (default ``1/sqrt(d)``), a finite positive number.
     num_features : int, optional
-        Also compute the norm through ``num_features`` explicit positive random features.
+        Also compute the norm through ``num_features`` explicit positive random features (an
+        integer ``>= 1``; ``2.9`` is refused, not truncated).
     seed : int
-        Seed of the random features.
+        Seed of the random features, an integer in ``[0, 2**63 - 1]``.
+
+    Raises
+    ------
+    InputError
+        Malformed keys or values, or a parameter out of range; bools and text are refused
+        (``c=True`` is not read as 1.0).
     """
     kp, vp = _kv(p_keys, p_values, "p")
     kq, vq = _kv(q_keys, q_values, "q")
@@ -106,6 +119,9 @@ def w0_bias(
         raise InputError("P and Q tokens must have the same key and value dimensions")
     c = check_positive(c, "c")
     s = 1.0 / math.sqrt(kp.shape[1]) if scale is None else check_positive(scale, "scale")
+    if num_features is not None:
+        num_features = check_int(num_features, "num_features", 1)
+    seed = check_seed(seed)
     # W_0(P) - W_0(Q) as one dual expansion with coefficients +v/n_P and -v/n_Q, multiplier c.
     diff = DualWeights(
         keys=torch.cat([kp, kq]),
@@ -117,9 +133,9 @@ def w0_bias(
                   key_dim=kp.shape[1], scale=s)
     feat = None
     if num_features is not None:
-        feat = diff.to_primal(int(num_features), seed=seed).hs_norm()
+        feat = diff.to_primal(num_features, seed=seed).hs_norm()
     return BiasResult(hs_norm=diff.hs_norm(), mmd_att=mmd_att, c=c, hs_norm_features=feat,
-                      num_features=None if num_features is None else int(num_features))
+                      num_features=num_features)
 
 
 @dataclass(frozen=True)
@@ -177,7 +193,8 @@ def rademacher_complexity(
         Number of Rademacher sign vectors, or ``"exhaustive"`` to average all ``2^N`` of them
         (``N <= 20``).
     seed : int
-        Seed of the sign vectors.
+        Seed of the sign vectors, an integer in ``[0, 2**63 - 1]`` (checked even when
+        ``samples="exhaustive"`` does not use it).
     **kernel_params
         Kernel parameters, e.g. ``scale``; for ``kernel="attention"`` the rows of ``keys`` are
         tokens ``[k | v]`` and ``key_dim`` must leave at least one value column.
@@ -190,13 +207,15 @@ def rademacher_complexity(
     ------
     InputError
         ``keys`` is not a finite non-empty matrix, ``radius`` is not a finite number ``>= 0``,
-        ``samples`` is neither a positive integer nor ``"exhaustive"``, the kernel is unknown,
+        ``samples`` is neither a positive integer nor ``"exhaustive"``, ``seed`` is not a
+        valid seed (a bool, a fraction, a negative number...), the kernel is unknown,
         its parameters do not fit the rows (e.g. an attention ``key_dim`` without value
         columns), or its Gram matrix overflows.
     """
     k = check_matrix(keys, "keys", dtype=torch.float64)
     radius = _radius(radius)
     n_samples = _samples(samples)
+    seed = check_seed(seed)
     kern = make_kernel(kernel, k, **kernel_params)
     kern.check_input_dim(k.shape[1])
     gram = kern(k, k)
@@ -210,7 +229,7 @@ def rademacher_complexity(
         sigma = torch.tensor(list(itertools.product((-1.0, 1.0), repeat=n)), dtype=torch.float64)
         exhaustive = True
     else:
-        g = torch.Generator().manual_seed(int(seed))
+        g = torch.Generator().manual_seed(seed)
         sigma = torch.randint(0, 2, (n_samples, n), generator=g).to(torch.float64) * 2 - 1
         exhaustive = False
     sigma = sigma.to(gram.device)
@@ -301,21 +320,29 @@ def generalization_bound(
         Mean loss on the ``N`` demonstration tokens.
     rademacher : float or RademacherComplexity
         ``R_hat(F_B)``; with a :class:`RademacherComplexity` its closed form is used and ``n``
-        defaults to its sample size.
+        is its sample size: ``n`` may then be left out or given equal to it (another ``n``
+        would pair the complexity of one sample with the size of another, so it raises
+        :class:`InputError`; it used to replace the sample size silently).
     n : int, optional
-        ``N``, number of demonstration tokens.
+        ``N``, number of demonstration tokens: an integer ``>= 1`` (``2.7`` and ``True`` are
+        refused, not read as 2 and 1). Required with a float ``rademacher``.
     lipschitz, loss_bound : float
         ``L`` and ``M``.
     delta : float
         Failure probability in ``(0, 1)``.
     """
     if isinstance(rademacher, RademacherComplexity):
-        n = rademacher.n if n is None else n
         r = rademacher.closed_form
+        if n is None:
+            n = rademacher.n
+        elif check_int(n, "n", 1) != rademacher.n:
+            raise InputError(f"n={n!r} contradicts the sample size of the Rademacher complexity "
+                             f"(rademacher.n={rademacher.n}); leave n out or give the same one")
     else:
         r = float(rademacher)
-    if n is None or int(n) < 1:
-        raise InputError(f"n must be a positive integer, got {n!r}")
+    if n is None:
+        raise InputError("n must be a positive integer, got None")
+    n = check_int(n, "n", 1)
     if not 0.0 < delta < 1.0:
         raise InputError(f"delta must lie in (0, 1), got {delta}")
     loss_bound = check_positive(loss_bound, "loss_bound")
@@ -326,14 +353,14 @@ def generalization_bound(
     if not math.isfinite(r) or r < 0:
         raise InputError(f"rademacher complexity must be finite and >= 0, got {r}")
     complexity = 2.0 * lipschitz * r
-    confidence = 3.0 * loss_bound * math.sqrt(math.log(2.0 / delta) / (2.0 * int(n)))
+    confidence = 3.0 * loss_bound * math.sqrt(math.log(2.0 / delta) / (2.0 * n))
     return GeneralizationBound(
         bound=float(empirical_loss) + complexity + confidence,
         empirical_loss=float(empirical_loss),
         complexity_term=complexity,
         confidence_term=confidence,
         rademacher=r,
-        n=int(n),
+        n=n,
         delta=float(delta),
         lipschitz=lipschitz,
         loss_bound=loss_bound,

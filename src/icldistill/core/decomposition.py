@@ -32,6 +32,7 @@ from icldistill.core.validation import (
     check_int,
     check_matrix,
     check_positive,
+    check_seed,
     work_dtype,
 )
 
@@ -496,13 +497,16 @@ class PositiveRandomFeatures(Result):
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
     ) -> PositiveRandomFeatures:
-        """Draw ``num_features`` features for inputs of dimension ``dim`` (seeded)."""
-        check_int(dim, "dim", low=1)
-        check_positive(scale, "scale")
-        if int(num_features) < 1:
-            raise InputError(f"num_features must be positive, got {num_features}")
-        g = torch.Generator().manual_seed(int(seed))
-        m = int(num_features)
+        """Draw ``num_features`` features for inputs of dimension ``dim`` (seeded).
+
+        ``dim`` and ``num_features`` must be integers ``>= 1`` (``2.9`` is refused, not
+        truncated to 2), ``scale`` a finite positive number and ``seed`` an integer in
+        ``[0, 2**63 - 1]``; anything else (bools included) raises :class:`InputError`.
+        """
+        dim = check_int(dim, "dim", low=1)
+        scale = check_positive(scale, "scale")
+        m = check_int(num_features, "num_features", low=1)
+        g = torch.Generator().manual_seed(check_seed(seed))
         if not orthogonal:
             w = torch.randn(m, dim, generator=g, dtype=torch.float64)
         else:
@@ -942,7 +946,8 @@ def decompose_head(
     segments : sequence of str, length ``n``
         Segment name of every key, e.g. ``"prefix"``, ``"demos"``, ``"query"``.
     scale : float, optional
-        Dot-product scale ``s``; default ``1/sqrt(d)``.
+        Dot-product scale ``s``; default ``1/sqrt(d)``. A finite positive number: ``True`` or
+        text such as ``"0.5"`` raises :class:`InputError` (they used to pass as 1.0 and 0.5).
     mask : bool array ``[T, n]``, optional
         True where position ``t`` may attend to key ``j`` (default: all).
     logits : array-like ``[T, n]``, optional

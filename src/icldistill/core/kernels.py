@@ -57,6 +57,7 @@ from icldistill.core.validation import (
     check_int,
     check_matrix,
     check_positive,
+    check_seed,
     work_dtype,
 )
 
@@ -168,17 +169,10 @@ def _gram_inputs(x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return x, (x if same else y if y.dtype == dtype else y.to(dtype))
 
 
-def _positive(value: Any, name: str) -> float:
-    """``value`` as a finite float ``> 0``; bools, text and anything else raise InputError."""
-    if isinstance(value, (bool, str, bytes)):
-        raise InputError(f"{name} must be a finite positive number, got {value!r}")
-    return check_positive(value, name)
-
-
 def _check_bandwidth(value: Any, name: str) -> float:
     """A bandwidth: finite, ``> 0``, and (for the kernels that square it) with a non-zero
     square."""
-    h = _positive(value, "bandwidth")
+    h = check_positive(value, "bandwidth")
     if name in ("gaussian", "imq") and h * h == 0.0:
         raise InputError(f"bandwidth {h:g} is too small for the {name} kernel (its square "
                          "underflows to 0); give a bandwidth above 1e-150 or rescale the data")
@@ -187,7 +181,7 @@ def _check_bandwidth(value: Any, name: str) -> float:
 
 def _check_scale(value: Any) -> float | None:
     """A softmax / attention ``scale``: ``None`` (the default ``1/sqrt(d)``) or finite ``> 0``."""
-    return None if value is None else _positive(value, "scale")
+    return None if value is None else check_positive(value, "scale")
 
 
 def _check_key_dim(value: Any, dim: int | None = None) -> int:
@@ -202,7 +196,7 @@ def _check_key_dim(value: Any, dim: int | None = None) -> int:
 def _check_polynomial(gamma: Any, coef0: Any, degree: Any) -> tuple[float, float, int]:
     """Polynomial parameters: ``gamma`` finite ``> 0``, ``coef0`` finite, ``degree`` an int
     ``>= 1``."""
-    g = _positive(gamma, "gamma")
+    g = check_positive(gamma, "gamma")
     try:
         c = math.nan if isinstance(coef0, (bool, str, bytes)) else float(coef0)
     except (TypeError, ValueError):
@@ -548,7 +542,9 @@ _KERNEL_SPECS: dict[str, _Spec] = {
     ),
     "softmax": _Spec(
         lambda x, y, p: _softmax(x, y, p["scale"]),
-        lambda x, y, p: torch.exp(_softmax_scale(p["scale"], x.shape[1]) * (x * y).sum(-1)),
+        # the default scale is 1/sqrt(d) of the feature dimension, the last axis (x may be a
+        # batch [b, n, d], as for the Gram matrix)
+        lambda x, y, p: torch.exp(_softmax_scale(p["scale"], x.shape[-1]) * (x * y).sum(-1)),
         {"scale": None},
     ),
     "attention": _Spec(_att_gram, _att_paired, {"key_dim": None, "scale": None}),
@@ -615,7 +611,8 @@ def median_bandwidth(
         without replacement with ``seed``) is used; the cost is ``O(max_samples^2 d)``. An
         integer ``>= 2``.
     seed : int
-        Seed of the subsample.
+        Seed of the subsample (an integer in ``[0, 2**63 - 1]``, see
+        :func:`~icldistill.core.validation.check_seed`).
 
     Returns
     -------
@@ -626,7 +623,8 @@ def median_bandwidth(
     Raises
     ------
     InputError
-        Fewer than two rows, all rows identical, or ``max_samples`` not an integer ``>= 2``.
+        Fewer than two rows, all rows identical, ``max_samples`` not an integer ``>= 2``, or
+        ``seed`` not a valid seed (a bool, a fraction, a negative number...).
 
     Notes
     -----
@@ -639,6 +637,7 @@ def median_bandwidth(
     devices, every distance is computed in float64.
     """
     max_samples = check_int(max_samples, "max_samples", 2)
+    seed = check_seed(seed)
     z = _pooled_sample(x, y, max_samples, seed)
     mid = _middle_sq_distances_fast(z)
     d2 = None
@@ -965,16 +964,30 @@ class Kernel:
         Resolved parameters (e.g. ``{"bandwidth": 3.2}``); read-only.
 
     Calling ``kernel(x, y)`` returns the Gram matrix ``[n, m]``; :meth:`paired` evaluates
-    ``k(x_i, y_i)`` ``[n]`` and :meth:`diag` evaluates ``k(x_i, x_i)`` ``[n]``. Inputs are
-    torch tensors; half-precision ones (float16, bfloat16) are upcast to float32 before any
-    exponential, so the results are then float32.
+    ``k(x_i, y_i)`` ``[n]`` and :meth:`diag` evaluates ``k(x_i, x_i)`` ``[n]`` (batches
+    ``[b, n, d]`` give ``[b, n, m]`` and ``[b, n]``). Inputs are torch tensors; half-precision
+    ones (float16, bfloat16) are upcast to float32 before any exponential, so the results are
+    then float32.
+
+    A ``Kernel`` built directly is checked as :func:`make_kernel` checks its parameters (one
+    implementation): ``name`` may be an alias (``Kernel("rbf", ...)`` is the ``"gaussian"``
+    kernel), parameters left out take their defaults, and an unknown name or parameter, a
+    missing ``bandwidth`` (a ``Kernel`` holds resolved parameters: :func:`make_kernel` chooses
+    one from data) or ``key_dim``, and a value out of range (a bandwidth that is not a finite
+    positive number, ``True``, ...) raise :class:`InputError`. (Before, a directly built
+    ``Kernel`` was not checked and gave wrong values, ``KeyError`` or ``ZeroDivisionError``.)
     """
 
     name: str
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        name = canonical_kernel_name(self.name)
+        if not isinstance(self.params, Mapping):
+            raise InputError(f"Kernel params must be a mapping of parameter names to values, "
+                             f"got {type(self.params).__name__}")
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "params", MappingProxyType(_checked_params(name, self.params)))
 
     @property
     def _spec(self) -> _Spec:
@@ -1016,10 +1029,11 @@ class Kernel:
         return lambda x: spec.gram(_upcast(x), y, params)
 
     def diag(self, x: torch.Tensor) -> torch.Tensor:
-        """``k(x_i, x_i)``, ``[n]`` (half precision upcast to float32)."""
+        """``k(x_i, x_i)``, ``[n]`` for rows ``[n, d]``, ``[b, n]`` for a batch ``[b, n, d]``
+        (the diagonal of each Gram matrix; half precision upcast to float32)."""
         x = _upcast(x)
         if self.unit_diagonal:
-            return torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+            return torch.ones(x.shape[:-1], dtype=x.dtype, device=x.device)
         return self._spec.paired(x, x, self.params)
 
     def check_input_dim(self, dim: int) -> None:
@@ -1057,23 +1071,40 @@ def make_kernel(
     """
     if isinstance(kernel, Kernel):
         if not params:
-            return kernel
+            return kernel      # checked when it was built (Kernel.__post_init__)
         return make_kernel(kernel.name, x, y, max_samples=max_samples, seed=seed,
                            **{**kernel.params, **params})
     name = canonical_kernel_name(kernel)
+    p = _known_params(name, params)
+    if _KERNEL_SPECS[name].uses_bandwidth and p["bandwidth"] is None:
+        if x is None:
+            raise InputError(f"kernel {name!r} needs a bandwidth or data for the median "
+                             "heuristic")
+        p["bandwidth"] = median_bandwidth(x, y, max_samples=max_samples, seed=seed)
+    return Kernel(name, p)       # checks every parameter
+
+
+def _known_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of kernel ``name`` (canonical): ``params`` over the defaults, ``None``
+    values standing for the default; unknown parameter names raise :class:`InputError`."""
     spec = _KERNEL_SPECS[name]
     unknown = set(params) - set(spec.defaults)
     if unknown:
         allowed = ", ".join(spec.defaults) or "none"
-        raise InputError(f"kernel {name!r} got unknown parameter(s) {sorted(unknown)}; "
+        raise InputError(f"kernel {name!r} got unknown parameter(s) {sorted(unknown, key=str)}; "
                          f"allowed: {allowed}")
-    p = {**spec.defaults, **{k: v for k, v in params.items() if v is not None}}
-    if spec.uses_bandwidth:
+    return {**spec.defaults, **{k: v for k, v in params.items() if v is not None}}
+
+
+def _checked_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved parameters of kernel ``name`` (canonical), each checked: the one check of
+    :class:`Kernel` and :func:`make_kernel`. A missing ``bandwidth`` or ``key_dim`` raises
+    :class:`InputError` (the median heuristic is :func:`make_kernel`'s, before this)."""
+    p = _known_params(name, params)
+    if _KERNEL_SPECS[name].uses_bandwidth:
         if p["bandwidth"] is None:
-            if x is None:
-                raise InputError(f"kernel {name!r} needs a bandwidth or data for the median "
-                                 "heuristic")
-            p["bandwidth"] = median_bandwidth(x, y, max_samples=max_samples, seed=seed)
+            raise InputError(f"kernel {name!r} needs a bandwidth; give bandwidth=... or build "
+                             "the kernel with make_kernel(name, x, y) for the median heuristic")
         p["bandwidth"] = _check_bandwidth(p["bandwidth"], name)
     if name == "polynomial":
         p["gamma"], p["coef0"], p["degree"] = _check_polynomial(p["gamma"], p["coef0"],
@@ -1084,4 +1115,4 @@ def make_kernel(
         if p["key_dim"] is None:
             raise InputError("attention kernel needs key_dim (tokens are [key | value] rows)")
         p["key_dim"] = _check_key_dim(p["key_dim"])
-    return Kernel(name, p)
+    return p

@@ -33,7 +33,7 @@ import torch
 
 from icldistill.core.kernels import Kernel, _upcast, make_kernel
 from icldistill.core.results import Result
-from icldistill.core.validation import InputError, check_pair
+from icldistill.core.validation import InputError, check_pair, check_seed
 
 __all__ = [
     "KernelSums",
@@ -251,6 +251,7 @@ def _resolve(
     x: Any, y: Any, kernel: str | Kernel, min_rows: int, seed: int, kernel_params: dict[str, Any]
 ) -> tuple[torch.Tensor, torch.Tensor, Kernel]:
     xt, yt = check_pair(x, y, ("x", "y"), min_rows=min_rows)
+    seed = check_seed(seed)
     k = make_kernel(kernel, xt, yt, seed=seed, **kernel_params)
     k.check_input_dim(xt.shape[1])
     return xt, yt, k
@@ -282,7 +283,9 @@ def mmd(
     squared : bool
         Return ``MMD^2`` (default). With ``False`` return ``sqrt(max(MMD^2, 0))``.
     seed : int
-        Seed of the median-heuristic subsample (used only when a bandwidth must be chosen).
+        Seed of the median-heuristic subsample (used only when a bandwidth must be chosen); an
+        integer in ``[0, 2**63 - 1]`` (:func:`~icldistill.core.validation.check_seed`: bools,
+        fractions and negative numbers raise :class:`InputError`, even when it is unused).
     tile_elements : int
         Largest Gram tile computed at once (memory knob); an integer ``>= 1``.
     **kernel_params
@@ -298,7 +301,7 @@ def mmd(
     InputError
         Empty samples, a 1-row sample for an estimator that needs 2, a dimension mismatch,
         NaN/inf, an unknown kernel or estimator, a non-positive bandwidth, kernel overflow,
-        ``tile_elements`` not an integer ``>= 1``.
+        ``tile_elements`` not an integer ``>= 1``, ``seed`` not a valid seed.
     """
     if estimator not in _ESTIMATORS:
         raise InputError(f"unknown estimator {estimator!r}; choose one of {', '.join(_ESTIMATORS)}")
@@ -321,7 +324,8 @@ class MMDTestResult(Result):
     statistic : float
         Observed biased ``MMD^2`` (V-statistic).
     p_value : float
-        ``(1 + #{b : T_b >= T_obs}) / (1 + B)``.
+        ``(1 + #{b : T_b >= T_obs - tol}) / (1 + B)``, ``tol`` counting statistics that tie
+        the observed one up to rounding (see :func:`mmd_test`).
     null_distribution : numpy.ndarray ``[B]``
         The statistic under each of the ``B`` permutations.
     permutations : int
@@ -388,6 +392,7 @@ def permutation_splits(n: int, m: int, permutations: int, *, seed: int = 0) -> n
     permutations : int
         ``B >= 1``.
     seed : int
+        An integer in ``[0, 2**63 - 1]`` (as :func:`mmd_test`'s).
 
     Returns
     -------
@@ -396,6 +401,7 @@ def permutation_splits(n: int, m: int, permutations: int, *, seed: int = 0) -> n
     """
     n, m, permutations = (_positive_int(v, name) for name, v in
                           (("n", n), ("m", m), ("permutations", permutations)))
+    seed = check_seed(seed)
     w = _permutation_weights(n, m, permutations, seed, torch.float64,
                              torch.device("cpu"))
     return (w[:, 1:] > 0).T.numpy()
@@ -403,21 +409,25 @@ def permutation_splits(n: int, m: int, permutations: int, *, seed: int = 0) -> n
 
 def _quadratic_forms(
     z: torch.Tensor, n: int, w: torch.Tensor, kernel: Kernel, max_memory: int
-) -> tuple[torch.Tensor, KernelSums]:
-    """``diag(W^T K W)`` ``[B + 1]`` (float64) for the pooled Gram ``K = k(z, z)``.
+) -> tuple[torch.Tensor, KernelSums, float]:
+    """``diag(W^T K W)`` ``[B + 1]`` (float64) for the pooled Gram ``K = k(z, z)``, the exact
+    float64 :class:`KernelSums` of the observed split and ``max |K_ij|``.
 
     The first ``n`` rows of ``z`` are the X sample. Each row block of ``K`` is computed once and
-    also contributes to the exact float64 :class:`KernelSums` of the observed split.
+    also contributes to the sums and to the largest absolute entry.
     """
     total = z.shape[0]
     item = z.element_size()
     rows = total if total * total * item <= max_memory else max(1, max_memory // (2 * total * item))
     out = torch.zeros(w.shape[1], dtype=torch.float64, device=z.device)
     acc = torch.zeros(5, dtype=torch.float64, device=z.device)  # xx, yy, xy, tr_x, tr_y
+    top = torch.zeros((), dtype=torch.float64, device=z.device)  # max |K_ij|
     f64 = torch.float64
     for i in range(0, total, rows):
         block = kernel(z[i : i + rows], z)
         out += (w[i : i + rows] * (block @ w)).sum(0, dtype=f64)
+        low, high = torch.aminmax(block)
+        top = torch.maximum(top, torch.maximum(-low, high).to(f64))
         nx = max(0, min(n - i, block.shape[0]))  # rows of this block that belong to X
         diag = torch.diagonal(block, offset=i)
         acc[0] += block[:nx, :n].sum(dtype=f64)
@@ -426,7 +436,24 @@ def _quadratic_forms(
         acc[3] += diag[:nx].sum(dtype=f64)
         acc[4] += diag[nx:].sum(dtype=f64)
     sxx, syy, sxy, tx, ty = (float(v) for v in acc)
-    return out, KernelSums(sxx, syy, sxy, tx, ty, n, total - n)
+    return out, KernelSums(sxx, syy, sxy, tx, ty, n, total - n), float(top)
+
+
+#: Relative tolerance of the ties of :func:`mmd_test` in float64 (as ``sign_flip_test``'s).
+_TIE_RTOL = 1e-9
+
+
+def _tie_tolerance(max_entry: float, dtype: torch.dtype) -> float:
+    """How far below the observed statistic a permuted one still counts as a tie.
+
+    Every statistic ``w^T K w`` has ``sum |w_i| = 2``, so its terms add up in absolute value to
+    at most ``4 max |K_ij|``: the scale of its rounding error, the same for every permutation.
+    Equal statistics summed in another order differ by a few units of the working precision
+    times that scale; the tolerance is ``max(_TIE_RTOL, 16 eps) * 4 max |K_ij|`` (``eps`` of
+    the Gram's dtype: ``1e-9`` relative in float64, about ``1.9e-6`` in float32, whose matrix
+    products round that much). It scales with the kernel, so ``c K`` gives the same p-value.
+    """
+    return max(_TIE_RTOL, 16.0 * torch.finfo(dtype).eps) * 4.0 * max_entry
 
 
 def mmd_test(
@@ -454,6 +481,8 @@ def mmd_test(
         Number ``B`` of random relabellings (an integer ``>= 1``).
     seed : int
         Seed of the permutations (and of the median-heuristic subsample). Same seed, same result.
+        An integer in ``[0, 2**63 - 1]``; bools, fractions (``2.5`` is not read as 2) and
+        negative numbers raise :class:`InputError`.
     max_memory : int
         Bytes the pooled Gram matrix may take; above that it is streamed in row blocks.
     **kernel_params
@@ -466,6 +495,15 @@ def mmd_test(
 
     Notes
     -----
+    ``p = (1 + #{b : T_b >= T_obs - tol}) / (1 + B)``. A permuted statistic equal to the
+    observed one (frequent on discrete data: every relabelling that moves the same kinds of
+    rows) is computed in another summation order and can come out a rounding error below it;
+    the tolerance ``tol`` counts it as the tie it is. ``tol`` is relative to the scale of the
+    Gram entries, ``max(1e-9, 16 eps) * 4 max |K_ij|`` (``eps`` of the working dtype), so the
+    p-value does not change when the kernel is multiplied by a constant, and identical samples
+    (e.g. all rows zero, every statistic 0 up to rounding) give ``p = 1``. (Before, ties lost
+    to rounding made p-values on discrete data too small.)
+
     Cost: one pooled Gram matrix (``(n+m)^2 d``) and one matrix product with the
     ``[n + m, B + 1]`` permutation-weight matrix (``(n+m)^2 B``).
     """
@@ -474,12 +512,13 @@ def mmd_test(
     n, m = xt.shape[0], yt.shape[0]
     z = torch.cat([xt, yt])
     w = _permutation_weights(n, m, permutations, seed, z.dtype, z.device)
-    stats, sums = _quadratic_forms(z, n, w, k, max_memory)
-    if not bool(torch.isfinite(stats).all()):
+    stats, sums, max_entry = _quadratic_forms(z, n, w, k, max_memory)
+    if not bool(torch.isfinite(stats).all()) or not math.isfinite(max_entry):
         raise InputError(f"kernel {k.name!r} overflowed (infinite Gram entries); rescale the data,"
                          " lower the kernel scale or use float64")
     observed, null = stats[0], stats[1:]
-    p_value = (1.0 + float((null >= observed).sum())) / (1.0 + permutations)
+    tol = _tie_tolerance(max_entry, z.dtype)
+    p_value = (1.0 + float((null >= observed - tol).sum())) / (1.0 + permutations)
     statistic = mmd2_from_sums(sums, "biased")
     return MMDTestResult(
         statistic=statistic,

@@ -780,11 +780,20 @@ def _macro_f1_diff(ca: _Correct, cb: _Correct, n: int, rng: np.random.Generator,
 
 
 def _bootstrap_z_p(d: float, draws: np.ndarray) -> float:
-    """Two-sided p of ``d = 0`` from the bootstrap standard error: ``erfc(|d| / (se sqrt 2))``
-    (1 when there is no variation and no difference)."""
-    se = float(np.std(draws, ddof=1)) if draws.size > 1 else 0.0
-    if se <= 0.0:
-        return 1.0 if abs(d) <= 1e-12 else 0.0
+    """Two-sided p of ``d = 0`` from the bootstrap standard error: ``erfc(|d| / (se sqrt 2))``.
+
+    When the bootstrap shows no variation — fewer than 2 draws, or every draw equal up to float
+    rounding (``max - min <= 1e-9`` times the largest ``|draw|`` or ``|d|``), as with a single
+    test item or items that all favour one side by the same amount — there is no estimate of
+    the variability of ``d``, hence no evidence against ``d = 0``: ``p = 1`` whatever ``d``.
+    (Before, any nonzero ``d`` got ``p = 0``, which Holm kept at 0: "significant" on one item.)
+    """
+    if draws.size < 2:
+        return 1.0
+    scale = max(float(np.abs(draws).max()), abs(d))
+    if float(draws.max() - draws.min()) <= 1e-9 * scale:
+        return 1.0
+    se = float(np.std(draws, ddof=1))
     return float(math.erfc(abs(d) / (se * math.sqrt(2.0))))
 
 
@@ -823,7 +832,9 @@ def paired_comparisons(
     mean over items, so ``diff`` has no per-item terms to sign-flip: the interval is a paired
     percentile bootstrap (the same resampled items for both sides; within each task for the
     mean over tasks) and ``p`` the two-sided normal p-value of ``diff`` over the bootstrap
-    standard error, ``erfc(|diff| / (se sqrt 2))``. ``n_perm`` is then unused.
+    standard error, ``erfc(|diff| / (se sqrt 2))``; ``p = 1`` when the bootstrap draws do not
+    vary (e.g. a single test item, or every item favouring one side equally): no estimate of
+    the variability is no evidence of a difference. ``n_perm`` is then unused.
 
     Holm family: all hypotheses of one ``(model, k)`` — every per-task and every mean row, of
     every selector and every baseline — are adjusted together with :func:`holm`. A comparison

@@ -121,7 +121,13 @@ def check_pair(
 
 
 def check_positive(value: float, name: str) -> float:
-    """Return ``value`` as float if it is finite and > 0, else raise :class:`InputError`."""
+    """Return ``value`` as float if it is a finite number > 0, else raise :class:`InputError`.
+
+    Bools (Python or NumPy) and text are refused, not read as 1 or parsed (``True`` and
+    ``"0.5"`` used to pass as 1.0 and 0.5).
+    """
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        raise InputError(f"{name} must be a finite positive number, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError) as exc:
@@ -321,9 +327,10 @@ def json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def check_int(value: Any, name: str, low: int = 1) -> int:
-    """``value`` as an int ``>= low``; anything else (bools, fractions, text) is an error."""
+    """``value`` as an int ``>= low``; anything else (bools, Python or NumPy, fractions, text)
+    is an error."""
     try:
-        ok = not isinstance(value, bool) and int(value) == value
+        ok = not isinstance(value, (bool, np.bool_)) and int(value) == value
     except (TypeError, ValueError, OverflowError):     # OverflowError: int(inf)
         ok = False
     if not ok or int(value) < low:
