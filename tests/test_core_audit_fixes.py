@@ -305,3 +305,15 @@ def test_softmax_diag_in_the_audit_example():
     expected = torch.exp((x * x).sum(-1) / math.sqrt(3))
     torch.testing.assert_close(k.diag(x), expected, rtol=1e-14, atol=0.0)
     torch.testing.assert_close(k.paired(x, x), expected, rtol=1e-14, atol=0.0)
+
+
+@pytest.mark.parametrize("value", [True, np.bool_(False), "0.5", b"1"])
+def test_check_float_refuses_bools_and_text(value):
+    """Regression: check_float read True as 1.0 and "0.5" as 0.5 (bm25's b, mmr's lambda_...)."""
+    from icldistill.core.validation import check_float
+
+    with pytest.raises(InputError, match="must be a number"):
+        check_float(value, "b", 0.0, 1.0)
+    with pytest.raises(InputError, match="lambda_ must be a number"):
+        ic.make_selector("mmr", lambda_=value)
+    assert check_float(np.float32(0.5), "b", 0.0, 1.0) == 0.5

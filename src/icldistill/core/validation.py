@@ -340,7 +340,12 @@ def check_int(value: Any, name: str, low: int = 1) -> int:
 
 def check_float(value: Any, name: str, low: float, high: float = math.inf,
                 low_open: bool = False) -> float:
-    """``value`` as a finite float in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+    """``value`` as a finite float in ``[low, high]`` (``(low, high]`` with ``low_open``).
+
+    Bools (Python or NumPy) and text are refused, as by :func:`check_positive`.
+    """
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        raise InputError(f"{name} must be a number, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError) as exc:
