@@ -317,3 +317,15 @@ def test_check_float_refuses_bools_and_text(value):
     with pytest.raises(InputError, match="lambda_ must be a number"):
         ic.make_selector("mmr", lambda_=value)
     assert check_float(np.float32(0.5), "b", 0.0, 1.0) == 0.5
+
+
+def test_decompose_head_refuses_a_scale_beside_given_logits():
+    """Regression: with logits given, scale was silently ignored."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    segs = ["prefix", "demos", "query"]
+    with pytest.raises(InputError, match="give scale or logits, not both"):
+        decompose_head(q, k, v, segs, scale=0.5, logits=q @ k.T)
+    by_logits = decompose_head(q, k, v, segs, logits=0.5 * q @ k.T)
+    assert torch.allclose(by_logits.eta, decompose_head(q, k, v, segs, scale=0.5).eta,
+                          rtol=1e-12, atol=0)

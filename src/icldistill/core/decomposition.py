@@ -896,6 +896,9 @@ def _head_logits(
         qt, kt, vt = qt.to(dtype), kt.to(dtype), vt.to(dtype)
         s = 1.0 / math.sqrt(qt.shape[1]) if scale is None else check_positive(scale, "scale")
         return s * (qt @ kt.T), qt, kt, vt, s
+    if scale is not None:   # it scales q k^T; given logits are already scaled
+        raise InputError("give scale or logits, not both: the given logits are the head's "
+                         "scaled pre-softmax values, and scale would be ignored")
     lg = as_float_tensor(logits, "logits")
     if lg.ndim != 2 or lg.shape[1] != n:
         raise InputError(f"logits must have shape [T, {n}], got {tuple(lg.shape)}")
@@ -953,7 +956,7 @@ def decompose_head(
     logits : array-like ``[T, n]``, optional
         The head's actual pre-softmax logits, for heads that are not a pure dot product
         (soft-capping, ALiBi...). The decomposition is then still exact, but the head has no
-        kernel form and :meth:`HeadDecomposition.w0` raises.
+        kernel form and :meth:`HeadDecomposition.w0` raises. Not together with ``scale``.
     demo_segments : str or sequence of str
         Segment name(s) that make up the demonstrations (used for ``eta*`` and ``W_0``). Each
         must be one of the names in ``segments``, or -- when every name in ``segments`` is a
