@@ -329,3 +329,17 @@ def test_decompose_head_refuses_a_scale_beside_given_logits():
     by_logits = decompose_head(q, k, v, segs, logits=0.5 * q @ k.T)
     assert torch.allclose(by_logits.eta, decompose_head(q, k, v, segs, scale=0.5).eta,
                           rtol=1e-12, atol=0)
+
+
+def test_permutation_splits_do_not_depend_on_torchs_default_dtype():
+    """Regression: the permutations were drawn in torch's default dtype, so the same seed gave
+    other splits (and another p-value) under torch.set_default_dtype(torch.float64)."""
+    before = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float32)
+        a = permutation_splits(7, 5, 50, seed=3)
+        torch.set_default_dtype(torch.float64)
+        b = permutation_splits(7, 5, 50, seed=3)
+    finally:
+        torch.set_default_dtype(before)
+    assert np.array_equal(a, b)

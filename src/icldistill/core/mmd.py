@@ -373,7 +373,10 @@ def _permutation_weights(
     chunk = max(1, (1 << 22) // total)
     for start in range(0, permutations, chunk):
         stop = min(permutations, start + chunk)
-        perms = torch.argsort(torch.rand(stop - start, total, generator=g), dim=1)
+        # float32 draws whatever torch's default dtype (that default changed the splits; float32
+        # is the default, so results made under it are unchanged)
+        perms = torch.argsort(torch.rand(stop - start, total, generator=g, dtype=torch.float32),
+                              dim=1)
         w[:, 1 + start : 1 + stop] = w0[perms].T.to(dtype)
     return w.to(device)
 
