@@ -343,3 +343,16 @@ def test_permutation_splits_do_not_depend_on_torchs_default_dtype():
     finally:
         torch.set_default_dtype(before)
     assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("field,value", [("delta", True), ("delta", "0.05"), ("delta", 1.0),
+                                         ("delta", 0.0), ("empirical_loss", "0.1"),
+                                         ("empirical_loss", True), ("rademacher", "0.2"),
+                                         ("rademacher", False), ("rademacher", -0.1)])
+def test_generalization_bound_refuses_bools_and_text(field, value):
+    """Regression: delta, empirical_loss and a float rademacher took bools as numbers and
+    raised a plain TypeError on text."""
+    kw = {"empirical_loss": 0.1, "rademacher": 0.2, "n": 50, "delta": 0.05, field: value}
+    with pytest.raises(InputError):
+        generalization_bound(kw.pop("empirical_loss"), kw.pop("rademacher"), **kw)
+    assert generalization_bound(0.1, 0.2, n=50).bound > 0.3

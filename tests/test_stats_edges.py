@@ -202,10 +202,11 @@ def test_rademacher_refuses_unknown_samples(samples):
         rademacher_complexity(_KEYS, 1.0, samples=samples)
 
 
-@pytest.mark.parametrize("radius", [None, "x", float("nan"), -1.0])
+@pytest.mark.parametrize("radius", [None, "x", float("nan"), -1.0, True, "1"])
 def test_rademacher_refuses_a_bad_radius(radius):
-    """Regression: ``radius=None`` or text raised float()'s raw TypeError/ValueError."""
-    with pytest.raises(InputError, match="radius must be a finite non-negative number"):
+    """Regression: ``radius=None`` or text raised float()'s raw TypeError/ValueError; ``True``
+    and ``"1"`` passed as 1.0."""
+    with pytest.raises(InputError, match=r"radius must (be a number|lie in)"):
         rademacher_complexity(_KEYS, radius)
 
 

@@ -25,6 +25,7 @@ from icldistill.core.mmd import mmd
 from icldistill.core.results import Result
 from icldistill.core.validation import (
     InputError,
+    check_float,
     check_int,
     check_matrix,
     check_positive,
@@ -248,14 +249,9 @@ def rademacher_complexity(
 
 
 def _radius(radius: Any) -> float:
-    """``radius`` as a finite float ``>= 0``, else :class:`InputError`."""
-    try:
-        r = float(radius)
-    except (TypeError, ValueError):
-        raise InputError(f"radius must be a finite non-negative number, got {radius!r}") from None
-    if not math.isfinite(r) or r < 0:
-        raise InputError(f"radius must be a finite non-negative number, got {radius!r}")
-    return r
+    """``radius`` as a finite float ``>= 0`` (bools and text refused), else
+    :class:`InputError`."""
+    return check_float(radius, "radius", 0.0)
 
 
 def _samples(samples: Any) -> int | None:
@@ -338,20 +334,17 @@ def generalization_bound(
         elif check_int(n, "n", 1) != rademacher.n:
             raise InputError(f"n={n!r} contradicts the sample size of the Rademacher complexity "
                              f"(rademacher.n={rademacher.n}); leave n out or give the same one")
-    else:
-        r = float(rademacher)
+    else:      # bools and text are refused (check_float), not read as 1 or parsed
+        r = check_float(rademacher, "rademacher complexity", 0.0)
     if n is None:
         raise InputError("n must be a positive integer, got None")
     n = check_int(n, "n", 1)
-    if not 0.0 < delta < 1.0:
+    delta = check_float(delta, "delta", 0.0, 1.0, low_open=True)
+    if delta == 1.0:
         raise InputError(f"delta must lie in (0, 1), got {delta}")
     loss_bound = check_positive(loss_bound, "loss_bound")
     lipschitz = check_positive(lipschitz, "lipschitz")
-    if not 0.0 <= empirical_loss <= loss_bound:
-        raise InputError(f"empirical_loss must lie in [0, loss_bound={loss_bound}], got "
-                         f"{empirical_loss}")
-    if not math.isfinite(r) or r < 0:
-        raise InputError(f"rademacher complexity must be finite and >= 0, got {r}")
+    empirical_loss = check_float(empirical_loss, "empirical_loss", 0.0, loss_bound)
     complexity = 2.0 * lipschitz * r
     confidence = 3.0 * loss_bound * math.sqrt(math.log(2.0 / delta) / (2.0 * n))
     return GeneralizationBound(
