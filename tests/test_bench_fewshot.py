@@ -436,3 +436,16 @@ def test_bench_names_the_unfinished_groups_for_the_bar():
     assert got == {f"{missing.model_label} k={missing.k}": (5, 6),
                    "qwen2.5-0.5b (bfloat16) k=4": (0, 6)}
     assert mod.incomplete_groups(grid, [SimpleNamespace(spec=u) for u in grid]) == {}
+
+
+def test_control_checks_count_a_comparison_and_its_mirror_once():
+    """Regression: "random vs knn" and "knn vs random" (a grid compared with both baselines)
+    are one hypothesis, but both were checked, so the report's counts held it twice."""
+    trained = [_pc("a", "random", "knn", -0.20, 0.05), _pc("a", "knn", "random", 0.20, 0.05),
+               _pc("a", "mmd", "knn", -0.10, 0.04), _pc("a", "mmd", "random", 0.10, 0.04)]
+    control = [_pc("a", "random", "knn", 0.00, 0.03), _pc("a", "knn", "random", 0.00, 0.03),
+               _pc("a", "mmd", "knn", 0.00, 0.03), _pc("a", "mmd", "random", 0.0, 0.03)]
+    checks = control_checks(trained, control)
+    assert [(c.selector, c.baseline) for c in checks] == [("random", "knn"), ("mmd", "knn"),
+                                                          ("mmd", "random")]
+    assert all(c.differs for c in checks)

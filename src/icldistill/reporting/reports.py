@@ -865,7 +865,9 @@ def control_checks(paired: Sequence[PairedComparison], control: Sequence[PairedC
 
     Per-task comparisons are matched on ``(model, k, task, selector, baseline, metric)``; the
     mean over tasks only when both grids cover the same tasks for that model and ``k`` (a mean
-    over other tasks is another quantity).
+    over other tasks is another quantity). A comparison and its mirror (``a`` vs ``b`` and
+    ``b`` vs ``a``, both in a grid compared with two baselines) are one hypothesis: the first
+    one in ``paired`` is checked, the mirror left out, so that no difference is counted twice.
 
     Parameters
     ----------
@@ -903,12 +905,17 @@ def control_checks(paired: Sequence[PairedComparison], control: Sequence[PairedC
     t_tasks, c_tasks = tasks_of(paired), tasks_of(control)
     by = {_comparison_key(c): c for c in control}
     out: list[ControlCheck] = []
+    checked: set[tuple[str, int, str, str, str, str]] = set()
     for c in paired:
         if c.task == "mean" and t_tasks.get((c.model, c.k)) != c_tasks.get((c.model, c.k)):
             continue
         ctl = by.get(_comparison_key(c))
         if ctl is None:
             continue
+        mirror = (c.model, c.k, c.task, c.baseline, c.selector, c.metric)
+        if mirror in checked:       # the same hypothesis, read from the other side
+            continue
+        checked.add(_comparison_key(c))
         verdict = _control_verdict(c.p_holm < PAIRED_ALPHA, c.diff, c.ci_low, c.ci_high,
                                    ctl.ci_low, ctl.ci_high)
         out.append(ControlCheck(c.model, c.k, c.task, c.selector, c.baseline, c, ctl,
