@@ -80,6 +80,9 @@ def test_real_section_with_fewshot_grid(tmp_path, toy):
         real._control_relation("tiny", random_twin(_loaded(), 7), folder, ("toy",),
                                ("random",), 12, 0, False, control_harness)
     claims = {c.claim: c for c in sec.checks}
+    # the software identities are marked as such (the report counts them apart)
+    assert [c.is_identity for c in sec.checks][:2] == [True, True]
+    assert not any(c.is_identity for c in sec.checks[2:])
     jensen = next(c for k, c in claims.items() if k.startswith("Jensen"))
     assert "random-init control spread" in jensen.detail
     stationarity = next(c for k, c in claims.items() if k.startswith("domain stationarity"))

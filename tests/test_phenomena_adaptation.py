@@ -55,6 +55,9 @@ def test_section_builds(section):
     assert len(sec.checks) == 6
     assert all(isinstance(c.holds, bool) for c in sec.checks)
     assert all("random-init control spread" in c.detail for c in sec.checks)
+    # every claim is Holm-corrected over the section's claims (and holds only below ALPHA)
+    assert all("Holm-adjusted over the section's 6 claim checks" in c.detail
+               for c in sec.checks)
     json.dumps(sec.data, allow_nan=False)
     assert sec.seconds > 0
     assert len(sec.data["comparisons"]) == 6

@@ -103,6 +103,8 @@ def test_section_builds(section, tasks):
     for f in sec.figures:
         assert (out / f).read_bytes()[:8] == PNG
     assert len(sec.checks) == 4 and sec.findings
+    assert all("Holm-adjusted over the section's 4 claim checks" in c.detail
+               for c in sec.checks)
     assert all(isinstance(c.holds, bool) for c in sec.checks)
     json.dumps(sec.data, allow_nan=False)
     assert sec.seconds > 0

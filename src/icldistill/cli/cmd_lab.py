@@ -176,14 +176,17 @@ def _cmd_lab_train(args: argparse.Namespace) -> int:
 
 def _write_single(section: Any, out: Path, command: str) -> None:
     """Write a one-section report and print its checks and findings."""
+    from icldistill.lab.experiments._common import checks_summary
     from icldistill.lab.experiments.report import write_lab_report
+    from icldistill.lab.experiments.reproduce import with_provenance
 
+    section = with_provenance(section)
     write_lab_report([section], out, title=section.title, header=[f"Command: `{command}`"],
                      commands=[command])
-    ok = sum(c.holds for c in section.checks)
-    print(f"{section.title}: {ok}/{len(section.checks)} checks hold ({section.seconds:.1f} s)")
+    print(f"{section.title}: {checks_summary(section.checks)} ({section.seconds:.1f} s)")
     for c in section.checks:
-        print(f"  [{'ok' if c.holds else 'NO'}] {c.claim}: {c.detail}")
+        tag = " (identity, any weights)" if c.is_identity else ""
+        print(f"  [{'ok' if c.holds else 'NO'}]{tag} {c.claim}: {c.detail}")
     for f in section.findings:
         print(f"  - {f}")
     print(f"wrote {out / 'report.md'}, {out / 'report.html'}")
@@ -250,12 +253,14 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     res = reproduce(args.out, quick=args.quick, seed=args.seed, model=args.model,
                     dataset=args.dataset, fewshot_results=args.fewshot_results, only=only,
                     progress=not args.quiet, command=command_line(args))
-    ok = sum(c.holds for s in res.sections for c in s.checks)
-    n = sum(len(s.checks) for s in res.sections)
-    print(f"{len(res.sections)} experiments, {ok}/{n} checks hold, {res.seconds:.0f} s")
+    from icldistill.lab.experiments._common import checks_summary
+
+    every = [c for s in res.sections for c in s.checks]
+    print(f"{len(res.sections)} experiments, {checks_summary(every)}, {res.seconds:.0f} s")
     for s in res.sections:
         for c in s.checks:
             if not c.holds:
-                print(f"  [NO] {s.name}: {c.claim}: {c.detail}")
+                tag = " (identity, any weights)" if c.is_identity else ""
+                print(f"  [NO]{tag} {s.name}: {c.claim}: {c.detail}")
     print(f"wrote {res.files['markdown']}, {res.files['html']}")
     return 0

@@ -23,8 +23,8 @@ from icldistill.core.decomposition import HeadDecomposition, decompose_head
 from icldistill.core.results import Result
 from icldistill.models.icl_transformer import ICLTrace
 
-__all__ = ["Check", "Section", "Table", "demo_key_values", "icl_head_decomposition",
-           "query_token"]
+__all__ = ["CLAIM", "IDENTITY", "Check", "Section", "Table", "checks_summary",
+           "demo_key_values", "icl_head_decomposition", "query_token", "tally"]
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,57 @@ class Table(Result):
                                  f"{len(self.columns)} columns")
 
 
+#: :attr:`Check.kind` of a claim of the framework or of a phenomenon (counted in the report's
+#: "N of M checks hold").
+CLAIM = "claim"
+#: :attr:`Check.kind` of a software identity that holds for any weights (a self-check of the
+#: code, e.g. a decomposition reproducing the attention output): reported and counted
+#: separately, never among the claims, since a random-init control satisfies it too.
+IDENTITY = "identity"
+#: Claim prefix of the identity checks stored before :attr:`Check.kind` existed (they are read
+#: back as identities).
+IDENTITY_PREFIX = "identity (any weights):"
+
+
 @dataclass(frozen=True)
 class Check(Result):
-    """One claim checked against the numbers: ``holds`` is computed, ``detail`` says how."""
+    """One claim checked against the numbers: ``holds`` is computed, ``detail`` says how.
+
+    ``kind`` is :data:`CLAIM` (a claim of the framework or about what training taught; counted
+    in the report's totals) or :data:`IDENTITY` (a software identity that holds for any
+    weights; reported with its own count)."""
 
     claim: str
     holds: bool
     detail: str
+    kind: str = CLAIM
+
+    def __post_init__(self) -> None:
+        if self.kind not in (CLAIM, IDENTITY):
+            raise ValueError(f"check {self.claim!r}: kind must be {CLAIM!r} or {IDENTITY!r}, "
+                             f"got {self.kind!r}")
+
+    @property
+    def is_identity(self) -> bool:
+        return self.kind == IDENTITY
+
+
+def tally(checks: Sequence[Check]) -> tuple[int, int, int, int]:
+    """``(claims holding, claims, identities holding, identities)`` of ``checks``."""
+    claims = [c for c in checks if not c.is_identity]
+    ids = [c for c in checks if c.is_identity]
+    return (sum(bool(c.holds) for c in claims), len(claims), sum(bool(c.holds) for c in ids),
+            len(ids))
+
+
+def checks_summary(checks: Sequence[Check]) -> str:
+    """``"a of b checks hold"``, followed by ``"; c of d identities (any weights) hold"`` when
+    there are identity checks (they are not counted among the checks)."""
+    ok, n, ok_id, n_id = tally(checks)
+    text = f"{ok} of {n} checks hold"
+    if n_id:
+        text += f"; {ok_id} of {n_id} identit{'y' if n_id == 1 else 'ies'} (any weights) hold"
+    return text
 
 
 @dataclass(frozen=True)
@@ -84,6 +128,13 @@ class Section(Result):
         The raw numbers (JSON-able) behind the tables and figures.
     seconds : float
         Wall time of the experiment.
+    provenance : dict or None
+        What computed the section, recorded when it was computed (``reproduce`` adds it,
+        :func:`icldistill.lab.experiments.reproduce.provenance`): ``commit`` (the source
+        tree's git commit, ``"+dirty"`` appended when ``src`` has uncommitted changes;
+        ``None`` outside a git checkout), ``torch``, ``transformers`` and ``computed`` (ISO
+        time). ``None`` for a section stored before provenance was recorded. Recorded, not a
+        cache key: a section is read back by its settings' fingerprint.
     """
 
     name: str
@@ -95,6 +146,7 @@ class Section(Result):
     figures: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    provenance: dict[str, Any] | None = None
 
 
 def _checked_position(trace: ICLTrace, b: int, layer: int, head: int, i: int) -> Any:

@@ -558,10 +558,16 @@ def _group_stats(g_res: list[list[AdaptationCurve]]) -> _GroupStats:
     return _GroupStats(rho_lr, rho_key, rho_share, gains, sat, agree_share, agree_w0)
 
 
+#: A check with the raw p-value of its claim and the test's description (for the section's
+#: Holm correction, :func:`~icldistill.lab.experiments.phenomena.holm_checks`).
+_Tested = tuple[Check, float, str]
+
+
 def _direction_checks(group: list[ph.ModelUnderTest], st: _GroupStats, seed: int, tag: str,
-                      comparisons: list[dict[str, Any]]) -> list[Check]:
+                      comparisons: list[dict[str, Any]]) -> list[_Tested]:
     """The four directional claims (1/D', n/D', demo share, accuracy gain) of one group,
-    each against its controls; the comparisons are appended to ``comparisons``."""
+    each against its controls, with the paired sign-flip p-value of its mean over the items
+    its interval resamples; the comparisons are appended to ``comparisons``."""
     trained = group[0]
     specs = [
         ("mean per-(task, layer) Spearman(log 1/D', k) over k >= 1", st.rho_lr, -1.0,
@@ -581,19 +587,23 @@ def _direction_checks(group: list[ph.ModelUnderTest], st: _GroupStats, seed: int
         stats = [_stat(v, m, seed) for v, m in zip(vals, group, strict=True)]
         cmp = ph.compare_with_controls(name, stats[0], stats[1:], seed=seed)
         comparisons.append({"group": trained.name, **cmp.to_dict()})
-        checks.append(ph.controlled_check(
+        n = int(np.isfinite(vals[0]).sum())
+        check = ph.controlled_check(
             tag + claim + (" (mean < 0 with its interval below 0" if sign < 0 else
                            " (mean > 0 with its interval above 0") + DIRECTION,
-            _sign_ok(stats[0], sign), cmp,
-            f"{int(np.isfinite(vals[0]).sum())} items on the trained model", sign=sign))
+            _sign_ok(stats[0], sign), cmp, f"{n} items on the trained model", sign=sign)
+        checks.append((check, ph.sign_flip_p(vals[0]),
+                       f"paired sign-flip test (two-sided) of mean = 0 over the {n} items"))
     return checks
 
 
 def _saturation_checks(group: list[ph.ModelUnderTest], g_res: list[list[AdaptationCurve]],
                        st: _GroupStats, seed: int, tag: str,
-                       comparisons: list[dict[str, Any]]) -> list[Check]:
+                       comparisons: list[dict[str, Any]]) -> list[_Tested]:
     """Whether the demo-share and ||W_0|| curves saturate where accuracy does, per group,
-    against the controls; the comparisons are appended to ``comparisons``."""
+    against the controls, with the sign-flip p-value of the per-task agreement (0/1) minus
+    1/2 (an exact two-sided binomial test of agreement on half the tasks); the comparisons
+    are appended to ``comparisons``."""
     trained = group[0]
     checks = []
     for label, agree, what in (("demo share", st.agree_share, "demo_share"),
@@ -607,11 +617,14 @@ def _saturation_checks(group: list[ph.ModelUnderTest], g_res: list[list[Adaptati
             f"{c.task} {_k(s['accuracy'])} / {_k(s[what])}"
             + ("" if s["accuracy_rise"] > 0 else " (accuracy does not rise: left out)")
             for c, s in zip(g_res[0], st.sat[0], strict=True))
-        checks.append(ph.controlled_check(
+        check = ph.controlled_check(
             tag + f"the {label} curve predicts where accuracy saturates: k_sat within one "
             "doubling of k_sat(accuracy) on more than half of the tasks where accuracy rises "
             "(k_sat: first k reaching 90% of the rise" + DIRECTION,
-            bool(fin.size) and float(fin.mean()) > 0.5, cmp, detail, sign=1))
+            bool(fin.size) and float(fin.mean()) > 0.5, cmp, detail, sign=1)
+        checks.append((check, ph.sign_flip_p(fin - 0.5),
+                       f"sign-flip (exact binomial, two-sided) test of agreement on half of "
+                       f"the {fin.size} tasks"))
     return checks
 
 
@@ -739,7 +752,11 @@ def _description(plan: list[Any], sizes: Sizes, seed: int, quick: bool) -> str:
         "log2 positions (k=0 at -1) differ by at most 1 (undefined on a task whose accuracy "
         "never rises above its first point: nothing saturates); the check needs agreement "
         "on more than half of the tasks where it is defined, and the per-task agreement (0/1) "
-        "is the statistic compared with the controls.")
+        "is the statistic compared with the controls. Each claim also gets a p-value on the "
+        "trained model over the same values its interval resamples (the paired sign-flip "
+        "test of mean = 0 for the Spearman and accuracy-gain checks; of agreement = 1/2 for "
+        "the saturation checks), Holm-corrected over this section's claim checks (the family "
+        f"is the section's claims); a check holds only with Holm p < {ph.ALPHA:g}.")
 
 
 def _data(plan: list[Any], groups: list[list[ph.ModelUnderTest]], sizes: Sizes, seed: int,
@@ -761,7 +778,7 @@ def _data(plan: list[Any], groups: list[list[ph.ModelUnderTest]], sizes: Sizes, 
 def _section(results: list[list[list[AdaptationCurve]]], groups: list[list[ph.ModelUnderTest]],
              plan: list[Any], sizes: Sizes, out: Path, seed: int, quick: bool,
              t0: float) -> Section:
-    checks: list[Check] = []
+    tested: list[_Tested] = []
     findings: list[str] = []
     comparisons: list[dict[str, Any]] = []
     rows = _Rows([], [], [], [])
@@ -770,11 +787,13 @@ def _section(results: list[list[list[AdaptationCurve]]], groups: list[list[ph.Mo
     for group, g_res in zip(groups, results, strict=True):
         tag = f"{group[0].name}: " if multi else ""
         st = _group_stats(g_res)
-        checks += _direction_checks(group, st, seed, tag, comparisons)
-        checks += _saturation_checks(group, g_res, st, seed, tag, comparisons)
+        tested += _direction_checks(group, st, seed, tag, comparisons)
+        tested += _saturation_checks(group, g_res, st, seed, tag, comparisons)
         _add_rows(rows, group, g_res, st, sizes)
         findings += _group_findings(group, g_res, st, tag)
         data_models.append([[_curve_data(c) for c in m_res] for m_res in g_res])
+    checks = ph.holm_checks([c for c, _, _ in tested], [p for _, p, _ in tested],
+                            [t for _, _, t in tested])
     tables = _tables(rows, sizes)
     figures = _figures(results, groups, sizes, out)
     data = _data(plan, groups, sizes, seed, quick, data_models, comparisons)

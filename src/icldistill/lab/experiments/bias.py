@@ -55,17 +55,23 @@ from icldistill.lab.experiments._common import (
     demo_key_values,
     icl_head_decomposition,
 )
+from icldistill.lab.experiments._stats import SpearmanTest, spearman_permutation_test
 from icldistill.lab.synthetic import icl_batch
 from icldistill.lab.training import TrainedICL
 from icldistill.models.icl_transformer import ICLTrace
 
-__all__ = ["BiasMMDResult", "bias_vs_mmd", "default_levels", "run"]
+__all__ = ["BiasMMDResult", "bias_vs_mmd", "default_levels", "excess_error_test", "run"]
 
 KINDS = ("mean_shift", "cov_scale", "label_noise")
 #: Tolerance of the exact identity ``||Delta W_0||_HS = c MMD_{K_att}``.
 IDENTITY_TOL = 1e-8
 #: R^2 a linear relation to the Gaussian MMD must reach per shift kind.
 R2_MIN = 0.8
+#: Level of the one-sided permutation test of "the error increases with the MMD".
+ALPHA = 0.05
+#: Random permutations of that test, and their seed (fixed: the test is part of the check).
+N_PERM = 10_000
+PERM_SEED = 0
 
 
 def default_levels(task: str, quick: bool = False) -> dict[str, tuple[float, ...]]:
@@ -486,6 +492,7 @@ def _checks(res: BiasMMDResult) -> list[Check]:
     r2_rep, r2_all = _gauss_r2(res)
     heads_linear = int((np.nan_to_num(r2_all, nan=-1.0) >= R2_MIN).all(0).sum())
     rho, rhx = res.error_spearman, res.excess_spearman
+    test = excess_error_test(res)
     return [
         Check("exact identity ||W_0(P) - W_0(Q*)||_HS = c MMD_Katt",
               bool(res.identity_max_rel_error < IDENTITY_TOL),
@@ -501,13 +508,34 @@ def _checks(res: BiasMMDResult) -> list[Check]:
               + f"; pooled R^2 = {res.fit_gauss['pooled'][la, h, 2]:.3f}; all kinds reach it "
               f"in {heads_linear} of {L * H} heads"),
         Check("the in-context error on Q* queries increases with the MMD of the demonstrations "
-              "(paired excess error over Q* demonstrations, pooled Spearman > 0)",
-              bool(np.isfinite(rhx["pooled"]) and rhx["pooled"] > 0),
-              f"excess error: pooled Spearman {rhx['pooled']:+.3f} ("
+              "(paired excess error over Q* demonstrations: pooled Spearman > 0, one-sided "
+              f"permutation test p < {ALPHA:g})",
+              _error_rises(test),
+              f"excess error: pooled Spearman rho = {test.rho:+.3f} over n = {test.n} "
+              f"(kind, level, seed) points, one-sided permutation p = {test.p:.3g} "
+              f"({N_PERM} permutations; needs rho > 0 and p < {ALPHA:g}) ("
               + ", ".join(f"{k} {rhx[k]:+.3f}" for k in kinds)
               + f"); raw error: pooled {rho['pooled']:+.3f} ("
               + ", ".join(f"{k} {rho[k]:+.3f}" for k in kinds) + ")"),
     ]
+
+
+def excess_error_test(res: BiasMMDResult) -> SpearmanTest:
+    """One-sided permutation test (:data:`N_PERM` permutations, seed :data:`PERM_SEED`) that
+    the excess in-context error rises with ``MMD_Gauss``: Spearman over every (kind, level,
+    seed) point pooled, as ``res.excess_spearman["pooled"]``."""
+    kinds = list(res.levels)
+    g = np.concatenate([np.asarray(res.mmd_gauss[k], dtype=np.float64).ravel() for k in kinds])
+    e = np.concatenate([np.asarray(res.icl_excess[k], dtype=np.float64).ravel()
+                        for k in kinds])
+    return spearman_permutation_test(g, e, alternative="greater", n_perm=N_PERM,
+                                     seed=PERM_SEED)
+
+
+def _error_rises(test: SpearmanTest) -> bool:
+    """The pooled excess-error Spearman is positive and significant (one-sided, ALPHA)."""
+    return bool(np.isfinite(test.rho) and test.rho > 0 and np.isfinite(test.p)
+                and test.p < ALPHA)
 
 
 def _findings(res: BiasMMDResult) -> list[str]:
@@ -516,6 +544,7 @@ def _findings(res: BiasMMDResult) -> list[str]:
     kinds = list(res.levels)
     r2_rep, _ = _gauss_r2(res)
     rho, rhx = res.error_spearman, res.excess_spearman
+    test = excess_error_test(res)
     sl_p, ic_p, r2_p = res.fit_gauss["pooled"][la, h]
     weak = [k for k, r in r2_rep.items() if not (np.isfinite(r) and r >= R2_MIN)]
     return [
@@ -537,8 +566,9 @@ def _findings(res: BiasMMDResult) -> list[str]:
         + ", ".join(f"{k} {res.icl_error[k].mean(1).min():.4g}-{res.icl_error[k].mean(1).max():.4g}"
                     for k in kinds)
         + f"; Spearman(MMD_Gauss, error) pooled {rho['pooled']:+.2f}, paired excess error "
-        f"{rhx['pooled']:+.2f}"
-        + (" (the error does not increase with the MMD)." if not rhx["pooled"] > 0 else "."),
+        f"{rhx['pooled']:+.2f} (one-sided permutation p = {test.p:.3g})"
+        + (" (the error does not increase significantly with the MMD)."
+           if not _error_rises(test) else "."),
     ]
 
 
@@ -592,6 +622,7 @@ def _data(res: BiasMMDResult) -> dict[str, Any]:
         "hs_norm": res.hs_norm, "mmd_att": res.mmd_att, "mmd_gauss": res.mmd_gauss,
         "icl_error": res.icl_error, "icl_error_target": res.icl_error_target,
         "icl_excess": res.icl_excess, "excess_spearman": res.excess_spearman,
+        "excess_spearman_p": excess_error_test(res).p,
         "identity_max_rel_error": res.identity_max_rel_error, "fit_att": res.fit_att,
         "fit_gauss": res.fit_gauss, "g_hat": res.g_hat, "error_spearman": res.error_spearman,
         "compute_seconds": res.seconds,
@@ -612,4 +643,7 @@ def _description(res: BiasMMDResult, seed: int) -> str:
         f"{res.bandwidth:.4g} fixed (median heuristic on the unshifted Q* demonstrations). "
         "ICL error: " + ("(f - w.x)^2 / d" if res.task == "regression" else "error rate")
         + " at the last position; excess error = error minus the error of the Q* prompt with "
-        "the same query and w. Float64 copy of the model.")
+        "the same query and w. Whether the error rises with the MMD is judged by a one-sided "
+        f"permutation test of the pooled Spearman(MMD_Gauss, excess error) over the (kind, "
+        f"level, seed) points ({N_PERM} permutations, p < {ALPHA:g}), not by the sign of the "
+        "point estimate. Float64 copy of the model.")

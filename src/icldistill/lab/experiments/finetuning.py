@@ -51,12 +51,20 @@ on the trained model and on its random-init twins on the same prompts.
    above the random-vector baseline's 95% interval, and the check passes only if the trained
    mean is also outside the controls' spread, **above** it (a trained value below the
    controls' says the untrained network aligns the two updates more).
-2. *ICL covers fine-tuning's corrections*: the per-item indicator "ICL right" over the FT
-   corrections pooled over tasks (its mean is the pooled Rec2FTP); the claim is Rec2FTP >=
-   :data:`REC2FTP_CLAIM`, and it must lie above the controls' spread; with fewer than
-   :data:`MIN_CORRECTED` corrections the check is NO for want of items. The share of *all*
-   zero-shot errors ICL corrects is reported beside it (the Rec2FTP expected if ICL's and
-   fine-tuning's corrections were unrelated).
+2. *ICL covers fine-tuning's corrections*: among the zero-shot errors pooled over tasks,
+   ICL's rate of right answers on the items fine-tuning corrects (the pooled Rec2FTP) is
+   compared with its rate on the zero-shot errors fine-tuning does **not** correct (the
+   Rec2FTP expected if ICL's and fine-tuning's corrections were unrelated) by a one-sided
+   Fisher exact test (:func:`rec2ftp_test`); the claim is that the first rate is higher, with
+   ``p <`` :data:`~icldistill.lab.experiments.phenomena.ALPHA`. A Rec2FTP above 50% alone
+   says nothing when ICL is right as often on the errors fine-tuning leaves. The Rec2FTP
+   (per-item indicator "ICL right" over the FT corrections) must also lie above the
+   controls' spread; with fewer than :data:`MIN_CORRECTED` corrections the check is NO for
+   want of items.
+
+Each check's claim also gets a p-value (1: the paired sign-flip test of SimAOU minus the
+random-vector cosine over items; 2: the Fisher test), Holm-corrected over the section's claim
+checks (:func:`~icldistill.lab.experiments.phenomena.holm_checks`).
 
 Per layer, the trained SimAOU is compared with the control spread (table and finding).
 
@@ -102,6 +110,7 @@ from icldistill.evaluation.scoring import (
 )
 from icldistill.lab.experiments import phenomena as ph
 from icldistill.lab.experiments._common import Check, Section, Table
+from icldistill.lab.experiments._stats import fisher_exact_greater
 
 __all__ = [
     "DAI_2023",
@@ -112,12 +121,12 @@ __all__ = [
     "QUICK_K",
     "QUICK_LR_GRID",
     "QUICK_N_TEST",
-    "REC2FTP_CLAIM",
     "AttentionCapture",
     "Comparison",
     "FineTuneWorkspace",
     "FineTuned",
     "Rec2FTP",
+    "Rec2FTPTest",
     "attention_modules",
     "attention_outputs",
     "finetune_kv",
@@ -126,6 +135,7 @@ __all__ = [
     "predict_and_capture",
     "prompt_texts",
     "rec2ftp",
+    "rec2ftp_test",
     "run",
     "simaou",
     "update_cosines",
@@ -150,8 +160,6 @@ QUICK_N_TEST, FULL_N_TEST = 12, 100
 #: three default tasks, and a third of the quick run's time).
 LR_GRID = (1e-4, 1e-3, 1e-2)
 QUICK_LR_GRID = (1e-3, 1e-2)
-#: The Rec2FTP claim: most of fine-tuning's corrections are ICL's too.
-REC2FTP_CLAIM = 0.5
 #: Fewest FT corrections (pooled over tasks) a Rec2FTP check needs.
 MIN_CORRECTED = 5
 
@@ -214,6 +222,87 @@ def rec2ftp(zsl_correct: Any, ft_correct: Any, icl_correct: Any) -> Rec2FTP:
     n = int(corrected.sum())
     got = int(ind.sum())
     return Rec2FTP(got / n if n else math.nan, got, n, ind)
+
+
+@dataclass(frozen=True)
+class Rec2FTPTest(Result):
+    """Is ICL right more often on fine-tuning's corrections than on the zero-shot errors
+    fine-tuning leaves?
+
+    Over the items zero-shot gets wrong: ``both`` (FT and ICL right), ``ft_only`` (FT right,
+    ICL wrong), ``icl_only`` (FT wrong, ICL right) and ``neither``.
+
+    Attributes
+    ----------
+    both, ft_only, icl_only, neither : int
+    p : float
+        One-sided Fisher exact p-value (:func:`~icldistill.lab.experiments._stats.
+        fisher_exact_greater`) that ICL's rate on FT's corrections exceeds its rate on the
+        zero-shot errors FT does not correct.
+    """
+
+    both: int
+    ft_only: int
+    icl_only: int
+    neither: int
+    p: float
+
+    @property
+    def corrected(self) -> int:
+        """Zero-shot errors fine-tuning corrects."""
+        return self.both + self.ft_only
+
+    @property
+    def uncorrected(self) -> int:
+        """Zero-shot errors fine-tuning leaves."""
+        return self.icl_only + self.neither
+
+    @property
+    def rate_corrected(self) -> float:
+        """ICL's rate of right answers on FT's corrections (Rec2FTP)."""
+        return self.both / self.corrected if self.corrected else math.nan
+
+    @property
+    def rate_uncorrected(self) -> float:
+        """ICL's rate of right answers on the zero-shot errors FT leaves."""
+        return self.icl_only / self.uncorrected if self.uncorrected else math.nan
+
+    def describe(self) -> str:
+        """The test, both rates with their counts, and the p-value."""
+        return (f"ICL right on {_pct(self.rate_corrected)} ({self.both}/{self.corrected}) of "
+                f"the zero-shot errors fine-tuning corrects (Rec2FTP) vs "
+                f"{_pct(self.rate_uncorrected)} ({self.icl_only}/{self.uncorrected}) of those "
+                f"it does not; one-sided Fisher exact test (ICL right more often on FT's "
+                f"corrections) p = {self.p:.3g}")
+
+
+def rec2ftp_test(zsl_correct: Any, ft_correct: Any, icl_correct: Any) -> Rec2FTPTest:
+    """ICL's rate on fine-tuning's corrections against its rate on the zero-shot errors
+    fine-tuning does not correct, with a one-sided Fisher exact test (:class:`Rec2FTPTest`).
+
+    Rec2FTP alone (:func:`rec2ftp`) is not evidence that ICL and fine-tuning correct the same
+    items: if ICL gets 55% of every zero-shot error right, it gets ~55% of fine-tuning's
+    corrections right too. The association is shown only when the first rate exceeds the
+    second.
+
+    Parameters
+    ----------
+    zsl_correct, ft_correct, icl_correct : array-like of bool, shape ``[n]``
+
+    Returns
+    -------
+    Rec2FTPTest
+    """
+    z = _bool_array(zsl_correct, "zsl_correct")
+    f = _bool_array(ft_correct, "ft_correct")
+    c = _bool_array(icl_correct, "icl_correct")
+    if not z.shape == f.shape == c.shape:
+        raise InputError(f"zsl_correct, ft_correct and icl_correct must have one length, got "
+                         f"{z.shape[0]}, {f.shape[0]}, {c.shape[0]}")
+    w = ~z
+    a, b = int(np.sum(w & f & c)), int(np.sum(w & f & ~c))
+    d, e = int(np.sum(w & ~f & c)), int(np.sum(w & ~f & ~c))
+    return Rec2FTPTest(a, b, d, e, fisher_exact_greater(a, b, d, e))
 
 
 def _updates(x: Any, name: str) -> torch.Tensor:
@@ -863,10 +952,20 @@ class _Group:
         return (sum(c.rec.recalled for c in self.comps[m]),
                 sum(c.rec.corrected for c in self.comps[m]))
 
+    def rec_test(self, m: int) -> Rec2FTPTest:
+        """:func:`rec2ftp_test` of model ``m`` over its test items pooled over tasks."""
+        cs = self.comps[m]
 
-def _checks(g: _Group, seed: int) -> tuple[list[Check], dict[str, Any], list[str]]:
-    """The two controlled checks of one group, their comparisons, per-layer comparisons and
-    findings."""
+        def right(what: str) -> np.ndarray:
+            return np.concatenate([getattr(c, what) == c.labels for c in cs]).astype(bool)
+
+        return rec2ftp_test(right("zsl"), right("ft"), right("icl"))
+
+
+def _checks(g: _Group, seed: int
+            ) -> tuple[list[Check], list[float], list[str], dict[str, Any], list[str]]:
+    """The two controlled checks of one group (with their raw p-values and tests, for the
+    section's Holm correction), their comparisons, per-layer comparisons and findings."""
     trained, controls = g.models[0], g.models[1:]
     name = trained.name
     stat = ph.statistic
@@ -886,6 +985,9 @@ def _checks(g: _Group, seed: int) -> tuple[list[Check], dict[str, Any], list[str
         f"({'above' if holds else 'NOT above'}); Dai et al. (2023): "
         + ", ".join(f"{k} {v['simaou']:.3f}" for k, v in DAI_2023.items()) + " vs ~0 random",
         sign=1)]
+    pvalues = [ph.sign_flip_p(g.pooled(0, "sim") - g.pooled(0, "random"))]
+    tests = ["paired sign-flip test (two-sided) of SimAOU minus the random-vector cosine over "
+             f"{sim.trained.n} items"]
     rec = ph.compare_with_controls(
         f"{name}: Rec2FTP (ICL right, per FT-corrected item)",
         stat(g.pooled(0, "rec"), trained, seed=seed),
@@ -893,19 +995,28 @@ def _checks(g: _Group, seed: int) -> tuple[list[Check], dict[str, Any], list[str
     got, n = g.rec_counts(0)
     chance = stat(g.pooled(0, "zsl_wrong_icl_right"), f"{name} ICL right among ZSL errors",
                   seed=seed)
+    test = g.rec_test(0)
+    claim = (f"{name}: ICL covers fine-tuning's corrections: ICL is right more often on the "
+             "zero-shot errors fine-tuning corrects than on those it does not (one-sided "
+             f"Fisher exact test, p < {ph.ALPHA:g}), with Rec2FTP above the random-init "
+             "controls'")
+    dai = "Dai et al. (2023) Rec2FTP: " + ", ".join(f"{k} {v['rec2ftp']:.2f}%"
+                                                   for k, v in DAI_2023.items())
+    ctrl = "; controls: " + "; ".join(
+        f"{m.name}: {_pct(t.rate_corrected)} vs {_pct(t.rate_uncorrected)}, p = {t.p:.3g}"
+        for m, t in zip(controls, (g.rec_test(i) for i in range(1, len(g.models))),
+                        strict=True))
     if n < MIN_CORRECTED:
         checks.append(ph.controlled_check(
-            f"{name}: ICL covers fine-tuning's corrections (Rec2FTP >= {REC2FTP_CLAIM:.0%})",
-            False, rec, f"only {n} FT-corrected item(s) over all tasks (fewer than "
-            f"{MIN_CORRECTED}): too few to measure Rec2FTP", sign=1))
+            claim, False, rec, f"only {n} FT-corrected item(s) over all tasks (fewer than "
+            f"{MIN_CORRECTED}): too few to measure Rec2FTP; {test.describe()}{ctrl}; {dai}",
+            sign=1))
     else:
-        value = rec.trained.value
         checks.append(ph.controlled_check(
-            f"{name}: ICL covers fine-tuning's corrections (Rec2FTP >= {REC2FTP_CLAIM:.0%})",
-            bool(value >= REC2FTP_CLAIM), rec,
-            f"Rec2FTP {_pct(value)} ({got}/{n} FT corrections are ICL's too; ICL gets "
-            f"{_pct(chance.value)} of all zero-shot errors right); Dai et al. (2023): "
-            + ", ".join(f"{k} {v['rec2ftp']:.2f}%" for k, v in DAI_2023.items()), sign=1))
+            claim, bool(test.p < ph.ALPHA), rec,
+            f"{test.describe()} (needs < {ph.ALPHA:g}){ctrl}; {dai}", sign=1))
+    pvalues.append(test.p)
+    tests.append("the one-sided Fisher exact test above")
     lc = [g.layer_cos(i) for i in range(len(g.models))]
     L = lc[0].shape[1]
     per_layer = [ph.compare_with_controls(
@@ -939,8 +1050,10 @@ def _checks(g: _Group, seed: int) -> tuple[list[Check], dict[str, Any], list[str
         f"{DAI_2023['GPT 2.7B']['rec2ftp']:.2f}%.")
     comps = {"simaou": sim.to_dict(), "random_baseline": rand.to_dict(),
              "rec2ftp": rec.to_dict(), "icl_right_among_zsl_errors": chance.to_dict(),
+             "rec2ftp_test": {**test.to_dict(), "rate_corrected": test.rate_corrected,
+                              "rate_uncorrected": test.rate_uncorrected},
              "per_layer": [c.to_dict() for c in per_layer]}
-    return checks, comps, findings
+    return checks, pvalues, tests, comps, findings
 
 
 def _figures(groups: list[_Group], tasks: list[ph.TaskItems], out: Path) -> list[str]:
@@ -1163,13 +1276,18 @@ def _checks_and_findings(groups: list[_Group], seed: int
                          ) -> tuple[list[Check], list[str], list[dict[str, Any]]]:
     """The controlled checks and findings of every group, and each group's comparisons."""
     checks: list[Check] = []
+    pvalues: list[float] = []
+    tests: list[str] = []
     findings: list[str] = []
     comparisons = []
     for g in groups:
-        c, d, f = _checks(g, seed)
+        c, p, t, d, f = _checks(g, seed)
         checks += c
+        pvalues += p
+        tests += t
         findings += f
         comparisons.append(d)
+    checks = ph.holm_checks(checks, pvalues, tests)
     for g in groups:
         tr = g.comps[0]
         findings.append(
@@ -1263,4 +1381,9 @@ def _description(groups: list[_Group], task_list: list[ph.TaskItems], k: int, n_
         "- AO(ZSL prompt), AO = each layer's self-attention output (o_proj, before the "
         f"residual add) at the prompt's last token ({L} layers); random-vector baseline: the "
         "cosine with a seeded Gaussian vector. Checks follow the control rule (outside the "
-        "controls' 95% bootstrap intervals).")
+        "controls' 95% bootstrap intervals). The Rec2FTP claim is tested, not read off a point "
+        "estimate: ICL's rate of right answers on FT's corrections against its rate on the "
+        "zero-shot errors FT leaves, one-sided Fisher exact test. Each claim's p-value (SimAOU: "
+        "paired sign-flip test of SimAOU minus the random-vector cosine over items; Rec2FTP: "
+        f"the Fisher test) is Holm-corrected over this section's {2 * len(groups)} claim "
+        f"checks (the family is the section's claims); a check needs Holm p < {ph.ALPHA:g}.")

@@ -117,6 +117,8 @@ _N_TEST = {True: 8, False: 60}
 _N_SAMPLE = {True: 16, False: 64}
 _N_CALIBRATION = {True: 1, False: 2}
 _N_BOOT = 1000
+#: Random permutations of the R² checks' permutation test (:func:`_r2_permutation_p`).
+N_PERM = 2000
 
 
 # ============================================================================ demonstrations
@@ -462,6 +464,32 @@ def _r2_statistic(correct: list[np.ndarray], x: list[np.ndarray], model: ph.Mode
     b = np.mean(boots, axis=0)
     lo, hi = np.percentile(b, [2.5, 97.5])
     return ph.Statistic(model.name, model.role, float(np.mean(point)), float(lo), float(hi), n)
+
+
+def _r2_permutation_p(correct: list[np.ndarray], xs: list[np.ndarray], seed: int,
+                      n_perm: int = N_PERM) -> float:
+    """One-sided permutation p-value of the best mean-over-tasks signed R² of accuracy on an
+    MMD² (:func:`falling_r2`), the best taken over candidate regressors (e.g. layers).
+
+    ``correct[t]``: ``[P, N]`` 0/1 per (rho, set) point and test item of task ``t``;
+    ``xs[t]``: ``[C, P]``, the ``C`` candidate regressors (one row for a single MMD). Under
+    the null hypothesis that accuracy does not depend on which demonstration set was shown,
+    a task's ``P`` point accuracies are exchangeable: each of ``n_perm`` seeded permutations
+    (one per task, applied to every candidate) gives the best candidate's mean signed R², so
+    choosing the best layer on the data is part of the test. ``p = (1 + #{null >= observed})
+    / (n_perm + 1)``.
+    """
+    rng = np.random.default_rng(seed)
+    obs = np.zeros(xs[0].shape[0])
+    null = np.zeros((xs[0].shape[0], n_perm))
+    for c, x in zip(correct, xs, strict=True):
+        acc = np.asarray(c, dtype=np.float64).mean(1)                     # [P]
+        perms = rng.permuted(np.broadcast_to(acc, (n_perm, acc.size)), axis=1)
+        for j, xc in enumerate(np.asarray(x, dtype=np.float64)):
+            obs[j] += falling_r2(_r_rows(xc, acc[None]))[0] / len(correct)
+            null[j] += falling_r2(_r_rows(xc, perms)) / len(correct)
+    best, null_best = float(obs.max()), null.max(axis=0)
+    return float((1 + np.count_nonzero(null_best >= best - 1e-12)) / (n_perm + 1))
 
 
 # ============================================================================ helpers
@@ -816,7 +844,7 @@ class _Rows:
 
 def _assemble(groups: list[list[ph.ModelUnderTest]], results: list[Any], setup: _Setup,
               out: Path) -> dict[str, Any]:
-    checks: list[Check] = []
+    tested: list[tuple[Check, float, str]] = []
     findings: list[str] = []
     rows = _Rows()
     data_groups = []
@@ -825,7 +853,7 @@ def _assemble(groups: list[list[ph.ModelUnderTest]], results: list[Any], setup: 
         summaries = [_summarise(m, mres, setup) for m, mres in zip(g, gres, strict=True)]
         per_model.append(summaries)
         comps = _comparisons(summaries, setup)
-        checks += _group_checks(summaries, comps, setup)
+        tested += _group_checks(summaries, comps, setup)
         findings += _model_findings(summaries, setup)
         evidence = _random_label_evidence(summaries, gres, setup)
         findings.append(_random_label_finding(summaries[0], comps, evidence, setup))
@@ -848,6 +876,8 @@ def _assemble(groups: list[list[ph.ModelUnderTest]], results: list[Any], setup: 
             "random_label_drop_predicted_by_foreign_fit": pred,
         })
 
+    checks = ph.holm_checks([c for c, _, _ in tested], [p for _, p, _ in tested],
+                            [t for _, _, t in tested])
     figures = _figures(groups, per_model, setup.designs, setup.text_mmd, results, setup.levels,
                        setup.enc_name, out)
     return {"name": "interference",
@@ -884,6 +914,9 @@ def _summarise(m: ph.ModelUnderTest, mres: list[dict[str, Any]],
         "drop_f": drop_f, "drop_r": drop_r, "mean_acc": mean_acc, "slope_rho": slope_rho,
         "r2_best": _r2_statistic(fold, x_best, m, setup.seed),
         "r2_text": _r2_statistic(fold, x_text, m, setup.seed),
+        "p_r2_kv": _r2_permutation_p(
+            fold, [mres[ti]["mmd_kv"][:, fv].reshape(L, -1) for ti in range(T)], setup.seed),
+        "p_r2_text": _r2_permutation_p(fold, [x[None] for x in x_text], setup.seed),
         "slope_best": float(np.nanmean([fits["foreign"][ti]["layers"][best].slope
                                         for ti in range(T)])),
         "slope_text": float(np.nanmean([fits["foreign"][ti]["text"].slope
@@ -947,13 +980,26 @@ def _comparisons(summaries: list[dict[str, Any]],
 
 
 def _group_checks(summaries: list[dict[str, Any]], comps: dict[str, ph.ControlComparison],
-                  setup: _Setup) -> list[Check]:
+                  setup: _Setup) -> list[tuple[Check, float, str]]:
+    """The four controlled checks of one group, each with the raw p-value of its claim on the
+    trained model and the test's description (for the section's Holm correction)."""
     tr, ctrls = summaries[0], summaries[1:]
     name, enc_name, T = tr["model"].name, setup.enc_name, len(setup.designs)
     fv, rv = VARIANTS.index("foreign"), VARIANTS.index("random-label")
     sf, sr = tr["slope_rho"][fv], tr["slope_rho"][rv]
     df, dr = comps["drop_foreign"].trained, comps["drop_random"].trained
-    return [
+    perm = (f"one-sided permutation test ({N_PERM} permutations of the (rho, set) points "
+            "within each task)")
+    tests = [
+        (ph.sign_flip_p(tr["drop_f"]), f"paired sign-flip test (two-sided) of the per-item "
+                                       f"drop over {df.n} items"),
+        (tr["p_r2_kv"], perm + " of the best layer's mean signed R², the layer chosen within "
+                        "each permutation"),
+        (tr["p_r2_text"], perm + " of the mean signed R²"),
+        (ph.sign_flip_p(tr["drop_r"]), f"paired sign-flip test (two-sided) of the per-item "
+                                       f"drop over {dr.n} items"),
+    ]
+    checks = [
         ph.controlled_check(
             f"{name}: accuracy falls as the fraction of foreign demonstrations rises (slope on "
             "rho < 0, per-item drop rho=0 -> 1 with its 95% interval above 0)",
@@ -978,6 +1024,7 @@ def _group_checks(summaries: list[dict[str, Any]], comps: dict[str, ph.ControlCo
             bool(dr.low > 0), comps["drop_random"],
             f"slope of mean accuracy on rho {sr:+.3f} per unit rho", sign=1),
     ]
+    return [(c, p, t) for c, (p, t) in zip(checks, tests, strict=True)]
 
 
 def _model_findings(summaries: list[dict[str, Any]], setup: _Setup) -> list[str]:
@@ -1133,8 +1180,12 @@ def _description(groups: list[list[ph.ModelUnderTest]], setup: _Setup) -> str:
         f"a constant accuracy counts as 0), averaged over tasks, with a 95% interval from "
         f"resampling test items ({_N_BOOT} resamples); the best layer is chosen per model by "
         f"its own mean signed R². Drops are per item, averaged over sets, pooled over tasks; "
-        f"a drop counts when its 95% interval lies above 0. Seed {setup.seed}; "
-        f"quick={setup.quick}.")
+        f"a drop counts when its 95% interval lies above 0. Each claim also gets a p-value on "
+        f"the trained model (drops: the paired sign-flip test over the items their interval "
+        f"resamples; R²: a one-sided permutation test of the (rho, set) points within each "
+        f"task, {N_PERM} permutations, the best layer re-chosen in each), Holm-corrected over "
+        f"this section's claim checks (the family is the section's claims); a check holds "
+        f"only with Holm p < {ph.ALPHA:g}. Seed {setup.seed}; quick={setup.quick}.")
 
 
 def _model_data(s: dict[str, Any], mres: list[dict[str, Any]], designs: list[_Design]
@@ -1147,6 +1198,7 @@ def _model_data(s: dict[str, Any], mres: list[dict[str, Any]], designs: list[_De
         "slope_layers": {v: s["slope_layers"][i].tolist() for i, v in enumerate(VARIANTS)},
         "slope_accuracy_rho": dict(zip(VARIANTS, s["slope_rho"], strict=True)),
         "r2_best": s["r2_best"].to_dict(), "r2_text": s["r2_text"].to_dict(),
+        "p_r2_kv": s["p_r2_kv"], "p_r2_text": s["p_r2_text"],
         "drop_foreign": s["drop_f"].tolist(), "drop_random_label": s["drop_r"].tolist(),
         "tasks": [{
             "task": d.task.name,

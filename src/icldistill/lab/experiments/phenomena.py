@@ -16,11 +16,20 @@ means the untrained network shows the property more strongly) *and* the claim it
 the trained model (:func:`controlled_check`). A property every network has (an identity, an
 inequality) therefore shows as **NO**: the control has it too, so it says nothing about what
 training taught.
+
+Multiplicity
+------------
+A section states several claims (per model); each claim check also carries a p-value of the
+claim on the trained model (a paired test over the same items the interval resamples, e.g. the
+sign-flip test of :func:`icldistill.core.stats.sign_flip_test`), and :func:`holm_checks`
+Holm-corrects them over the section's claim checks (the family): a check holds only if its
+Holm-adjusted p-value is below :data:`ALPHA` as well.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import json
@@ -35,11 +44,12 @@ import torch
 
 from icldistill.artifacts.store import Checkpoints
 from icldistill.core.results import Result
-from icldistill.core.stats import paired_bootstrap_ci
+from icldistill.core.stats import holm, paired_bootstrap_ci, sign_flip_test
 from icldistill.core.validation import InputError
 from icldistill.lab.experiments._common import Check
 
 __all__ = [
+    "ALPHA",
     "DEFAULT_TASKS",
     "PHENOMENA",
     "ControlComparison",
@@ -52,6 +62,7 @@ __all__ = [
     "check_one_entry_per_layer",
     "compare_with_controls",
     "controlled_check",
+    "holm_checks",
     "label_position",
     "load_task",
     "model_fingerprint",
@@ -60,6 +71,7 @@ __all__ = [
     "random_twin",
     "resolve_models",
     "resolve_tasks",
+    "sign_flip_p",
     "statistic",
     "task_fingerprint",
     "task_items",
@@ -68,6 +80,10 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: Level of every test of the phenomena sections (fixed in advance): a claim check holds only if
+#: its Holm-adjusted p-value over the section's claim checks is below it (:func:`holm_checks`).
+ALPHA = 0.05
 
 #: Section keys of the phenomena group, in report order.
 PHENOMENA = ("adaptation", "ordering", "interference", "icl-vs-finetuning")
@@ -638,6 +654,43 @@ def controlled_check(claim: str, holds: bool, comparison: ControlComparison,
         parts.append("the claim holds on the trained model but not beyond the random-init "
                      "control's spread, so it does not show what training taught")
     return Check(claim, ok, "; ".join(parts))
+
+
+def sign_flip_p(values: Any) -> float:
+    """Two-sided paired sign-flip p-value (:func:`icldistill.core.stats.sign_flip_test`) of
+    ``mean(values) = 0`` over the finite per-item values (the items :func:`statistic`
+    resamples); 1.0 without any finite value."""
+    a = np.asarray(values, dtype=np.float64).ravel()
+    a = a[np.isfinite(a)]
+    return float(sign_flip_test(a)) if a.size else 1.0
+
+
+def holm_checks(checks: Sequence[Check], pvalues: Sequence[float], tests: Sequence[str], *,
+                alpha: float = ALPHA) -> list[Check]:
+    """The claim checks of one section, each also requiring its Holm-adjusted p-value below
+    ``alpha``.
+
+    ``pvalues[i]`` is the raw p-value of ``checks[i]``'s claim on the trained model (NaN:
+    untestable, counted as 1) and ``tests[i]`` names the test; the Holm correction
+    (:func:`icldistill.core.stats.holm`) runs over all of them (the family is the section's
+    claims). Each check keeps its other conditions; its detail gains the raw and adjusted
+    p-values, and a check whose claim held but whose adjusted p-value is not below ``alpha``
+    says so.
+    """
+    if not len(checks) == len(pvalues) == len(tests):
+        raise ValueError("one p-value and one test name per check are needed")
+    raw = np.array([float(p) if np.isfinite(p) else 1.0 for p in pvalues], dtype=np.float64)
+    adj = holm(raw) if raw.size else raw
+    m = len(checks)
+    out = []
+    for c, p, q, test in zip(checks, raw, adj, tests, strict=True):
+        ok = bool(c.holds and q < alpha)
+        text = (f"{test}: p = {p:.3g}, Holm-adjusted over the section's {m} claim check"
+                f"{'s' if m != 1 else ''} p = {q:.3g} (needs < {alpha:g})")
+        if c.holds and not ok:
+            text += ": not significant after the multiplicity correction"
+        out.append(dataclasses.replace(c, holds=ok, detail=f"{c.detail}; {text}"))
+    return out
 
 
 # ============================================================================ resumable parts

@@ -33,7 +33,7 @@ from icldistill.core.decomposition import distillation_step
 from icldistill.core.results import Result
 from icldistill.core.stats import spearman
 from icldistill.core.validation import InputError, check_seed
-from icldistill.lab.experiments._common import Check, Section, Table
+from icldistill.lab.experiments._common import IDENTITY, IDENTITY_PREFIX, Check, Section, Table
 
 __all__ = ["FewShotRelation", "RealTraceResult", "accuracy_mmd_figure", "fewshot_folder",
            "fewshot_relation", "real_model_trace", "run"]
@@ -480,7 +480,9 @@ def run(
     ``seed + 1 ..``) on the same prompts; a claim about the model passes only when the trained
     value lies outside the controls' spread (:func:`~icldistill.lab.experiments.phenomena.
     controlled_check`). The decomposition and the implicit alignment are identities of the
-    software that hold for any weights: they are checked on every model (trained and controls).
+    software that hold for any weights: they are checked on every model (trained and controls)
+    and marked as identities (:data:`~icldistill.lab.experiments._common.IDENTITY`), which the
+    report counts apart from the claims.
 
     Parameters
     ----------
@@ -627,16 +629,16 @@ def _checks(m: _Measured, cmps: _Comparisons) -> list[Check]:
     neg = int((st < 0).sum())
     all_tr = [tr, *ctr]
     checks = [
-        Check("identity (any weights): the segment decomposition reproduces the attention output "
+        Check(f"{IDENTITY_PREFIX} the segment decomposition reproduces the attention output "
               "of the trained model and of every control",
               all(t.max_decomposition_error < 1e-4 for t in all_tr),
               "max relative error " + ", ".join(f"{t.model}: {t.max_decomposition_error:.1e}"
-                                                for t in all_tr)),
-        Check("identity (any weights): one step with eta* gives W_0, on the trained model and "
+                                                for t in all_tr), kind=IDENTITY),
+        Check(f"{IDENTITY_PREFIX} one step with eta* gives W_0, on the trained model and "
               "every control", all(t.alignment_error < 1e-8 for t in all_tr),
               "max relative distance " + ", ".join(f"{t.model}: {t.alignment_error:.1e}"
                                                    for t in all_tr)
-              + f" (with 2 eta*: at least {tr.alignment_error_2x:.2f})"),
+              + f" (with 2 eta*: at least {tr.alignment_error_2x:.2f})", kind=IDENTITY),
         controlled_check(
             "Jensen: log(D'/n) >= mean logit, with a gap beyond the random-init control's "
             "(attention concentrated by training)",

@@ -12,9 +12,19 @@ from typing import Any
 
 from icldistill.artifacts import document as rp
 from icldistill.artifacts.store import to_jsonable, write_json
-from icldistill.lab.experiments._common import Check, Section, Table
+from icldistill.lab.experiments._common import (
+    CLAIM,
+    IDENTITY,
+    IDENTITY_PREFIX,
+    Check,
+    Section,
+    Table,
+    checks_summary,
+    tally,
+)
 
-__all__ = ["format_cell", "read_section", "write_lab_report", "write_section"]
+__all__ = ["NO_PROVENANCE", "format_cell", "provenance_line", "read_section", "write_lab_report",
+           "write_section"]
 
 
 def format_cell(v: Any) -> str:
@@ -34,18 +44,40 @@ def format_cell(v: Any) -> str:
     return str(v)
 
 
+def _check_row(c: Check) -> list[Any]:
+    """A check as stored: ``[claim, holds, detail]``, with its kind appended when it is not a
+    claim (so sections of claims alone are stored as before)."""
+    row: list[Any] = [c.claim, bool(c.holds), c.detail]
+    if c.kind != CLAIM:
+        row.append(c.kind)
+    return row
+
+
+def _read_check(row: Sequence[Any]) -> Check:
+    """A stored check row; one stored before checks had a kind is an identity when its claim
+    starts with :data:`~icldistill.lab.experiments._common.IDENTITY_PREFIX`."""
+    if len(row) > 3:
+        kind = str(row[3])
+    else:
+        kind = IDENTITY if str(row[0]).startswith(IDENTITY_PREFIX) else CLAIM
+    return Check(row[0], bool(row[1]), row[2], kind=kind)
+
+
 def write_section(section: Section, path: str | Path, *, fingerprint: str = "") -> Path:
-    """Store ``section`` as JSON (atomic), tagged with the ``fingerprint`` of its settings."""
+    """Store ``section`` as JSON (atomic), tagged with the ``fingerprint`` of its settings
+    (and with its provenance, when it has one: recorded, not part of the fingerprint)."""
     payload = {
         "fingerprint": fingerprint,
         "name": section.name, "title": section.title, "description": section.description,
-        "checks": [[c.claim, bool(c.holds), c.detail] for c in section.checks],
+        "checks": [_check_row(c) for c in section.checks],
         "findings": list(section.findings),
         "tables": [{"title": t.title, "columns": list(t.columns), "rows": [list(r) for r in
                                                                            t.rows]}
                    for t in section.tables],
         "figures": list(section.figures), "data": section.data, "seconds": section.seconds,
     }
+    if section.provenance is not None:
+        payload["provenance"] = dict(section.provenance)
     return write_json(path, payload)
 
 
@@ -60,16 +92,36 @@ def read_section(path: str | Path, *, fingerprint: str | None = None) -> Section
     if fingerprint is not None and d.get("fingerprint") != fingerprint:
         return None
     try:
+        prov = d.get("provenance")
         return Section(
             name=d["name"], title=d["title"], description=d["description"],
-            checks=[Check(c[0], bool(c[1]), c[2]) for c in d["checks"]],
+            checks=[_read_check(c) for c in d["checks"]],
             findings=list(d["findings"]),
             tables=[Table(t["title"], tuple(t["columns"]),
                           tuple(tuple(r) for r in t["rows"])) for t in d["tables"]],
             figures=list(d["figures"]), data=d["data"], seconds=float(d["seconds"]),
+            provenance=dict(prov) if isinstance(prov, dict) else None,
         )
     except (KeyError, TypeError, ValueError, IndexError):
         return None
+
+
+#: What a section read back without provenance shows.
+NO_PROVENANCE = ("provenance not recorded (computed before sections recorded their commit and "
+                 "versions)")
+
+
+def provenance_line(section: Section) -> str:
+    """One line saying what computed ``section``: the source commit, torch and transformers
+    versions and the time it was computed; :data:`NO_PROVENANCE` without a record."""
+    p = section.provenance
+    if not p:
+        return NO_PROVENANCE[0].upper() + NO_PROVENANCE[1:] + "."
+    commit = p.get("commit")
+    return (f"Computed {p.get('computed') or 'at an unrecorded time'} from source commit "
+            + (rp.inline_code(str(commit)) if commit else "unknown (not a git checkout)")
+            + f" with torch {p.get('torch') or 'unknown'}, transformers "
+            f"{p.get('transformers') or 'unknown'}.")
 
 
 def _table(t: Table) -> rp.Table:
@@ -96,16 +148,27 @@ def write_lab_report(
     """
     out = Path(out_dir)
     section_commands = dict(section_commands or {})
-    n_ok = sum(c.holds for s in sections for c in s.checks)
-    n_all = sum(len(s.checks) for s in sections)
-    summary = rp.Section("Summary of the checks", (
-        rp.Paragraph(f"{n_ok} of {n_all} checks hold. A check that does not hold is shown as "
-                     "such; settings were not chosen to make them hold."),
-        rp.Table(("experiment", "claim", "holds", "measured"),
-                 [(rp.plain(s.name), c.claim, "yes" if c.holds else "**NO**", c.detail)
-                  for s in sections for c in s.checks]),
-    ))
-    parts = [summary]
+    every = [c for s in sections for c in s.checks]
+    n_ok, n_all, id_ok, id_all = tally(every)
+
+    def rows(identity: bool) -> list[tuple[Any, ...]]:
+        return [(rp.plain(s.name), c.claim, "yes" if c.holds else "**NO**", c.detail)
+                for s in sections for c in s.checks if c.is_identity == identity]
+
+    blocks_summary: list[Any] = [
+        rp.Paragraph(f"{checks_summary(every)}. A check that does not hold is shown as such; "
+                     "settings were not chosen to make them hold."
+                     + (" Identities hold for any weights (the random-init controls satisfy "
+                        "them too): they check the software, not a claim, and are listed and "
+                        "counted apart." if id_all else "")),
+        rp.Table(("experiment", "claim", "holds", "measured"), rows(False)),
+    ]
+    if id_all:
+        blocks_summary.append(rp.Table(("experiment", "identity (any weights)", "holds",
+                                        "measured"), rows(True),
+                                       caption="Software identities (not counted among the "
+                                               "checks)"))
+    parts = [rp.Section("Summary of the checks", tuple(blocks_summary))]
     for s in sections:
         blocks: list[Any] = [rp.Paragraph(s.description)]
         if s.findings:
@@ -116,10 +179,13 @@ def write_lab_report(
         blocks.append(rp.Paragraph(f"Run time {s.seconds:.1f} s."
                                    + (f" Reproduce this section alone: {rp.inline_code(cmd)}"
                                       if cmd else "")))
+        blocks.append(rp.Paragraph(provenance_line(s)))
         parts.append(rp.Section(s.title, blocks, anchor=s.name))
     report = rp.Report(title, parts, notes=tuple(notes), commands=tuple(commands),
                        meta=tuple(header))
     md, page = rp.write_report(report, out)
     write_json(out / "report.json", to_jsonable({"title": title, "header": list(header),
-                                                 "checks_holding": n_ok, "checks": n_all}))
+                                                 "checks_holding": n_ok, "checks": n_all,
+                                                 "identities_holding": id_ok,
+                                                 "identities": id_all}))
     return {"markdown": md, "html": page}

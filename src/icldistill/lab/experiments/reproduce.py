@@ -8,6 +8,10 @@ hours of one core on the full settings) also keeps each finished part (one model
 ``sections/.parts/<key>/`` until it is stored (and a long part, e.g. one model's orders on one
 task, each of its steps), so a killed run loses at most the step in flight.
 
+Each section records, when it is computed, what computed it (:func:`provenance`: the source
+tree's git commit, torch and transformers versions, the time); the report shows it under the
+section. It is a record, not part of the fingerprint: a section is read back by its settings.
+
 Several processes may share one output folder (start the same command twice to use two cores):
 each step is computed under a lock (``sections/locks/<key>.lock``) by one process, and a step
 another process holds is taken up at the end, once it is stored. The report always holds every
@@ -35,11 +39,12 @@ from icldistill.artifacts.document import inline_code
 from icldistill.core.progress import log as fetch_log
 from icldistill.core.results import Result
 from icldistill.core.validation import InputError
-from icldistill.lab.experiments._common import Section
+from icldistill.lab.experiments._common import Section, checks_summary
 from icldistill.lab.experiments.report import read_section, write_lab_report, write_section
 
 __all__ = ["EXPERIMENTS", "PARTS_DIR", "PHENOMENA_SECTIONS", "ReproduceResult",
-           "phenomena_models", "plan", "reproduce", "run_experiment", "run_phenomenon"]
+           "phenomena_models", "plan", "provenance", "reproduce", "run_experiment",
+           "run_phenomenon", "source_commit", "with_provenance"]
 
 #: Experiments on a trained in-context learner: name -> module (each has ``run``).
 EXPERIMENTS = {
@@ -121,6 +126,64 @@ class ReproduceResult(Result):
     files: dict[str, Path]
     seconds: float
     resumed: list[str]
+
+
+def _git(args: Sequence[str], cwd: Path) -> str | None:
+    """``git args`` in ``cwd``: its stdout (stripped), or ``None`` when git is missing, fails
+    or takes over 10 s."""
+    import subprocess
+
+    try:
+        res = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                             timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
+def source_commit(package_dir: str | Path | None = None) -> str | None:
+    """The git commit of the source tree this package is imported from, with ``"+dirty"``
+    appended when ``git status --porcelain`` of its ``src`` folder (the package's parent
+    folder; the package folder itself when that is not named ``src``) is not empty.
+
+    ``None`` outside a git checkout: when git is missing, or when the package's
+    ``__init__.py`` is not tracked by the enclosing repository (an installed copy inside some
+    other repository's tree is not that repository's commit).
+    """
+    pkg = Path(package_dir) if package_dir is not None else \
+        Path(importlib.import_module("icldistill").__file__ or "").resolve().parent
+    if not pkg.is_dir():
+        return None
+    head = _git(["rev-parse", "HEAD"], pkg)
+    if not head or _git(["ls-files", "--error-unmatch", "__init__.py"], pkg) is None:
+        return None
+    src = pkg.parent if pkg.parent.name == "src" else pkg
+    status = _git(["status", "--porcelain", "--", str(src)], pkg)
+    if status is None:
+        return None
+    return head + ("+dirty" if status else "")
+
+
+def provenance() -> dict[str, Any]:
+    """What is computing a section now: ``commit`` (:func:`source_commit`), the ``torch`` and
+    ``transformers`` versions (``None`` when not installed) and ``computed`` (local ISO time
+    with its UTC offset). Stored in the section (:attr:`Section.provenance`), never in its
+    fingerprint."""
+    out: dict[str, Any] = {"commit": source_commit()}
+    for mod in ("torch", "transformers"):
+        try:
+            out[mod] = str(importlib.import_module(mod).__version__)
+        except Exception:  # pragma: no cover - optional packages
+            out[mod] = None
+    out["computed"] = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    return out
+
+
+def with_provenance(section: Section) -> Section:
+    """``section`` with :func:`provenance` recorded (kept when it already has one)."""
+    if section.provenance is not None:
+        return section
+    return dataclasses.replace(section, provenance=provenance())
 
 
 def _versions() -> dict[str, str]:
@@ -290,11 +353,10 @@ def _run_steps(run: _Run, steps: list[tuple[str, str]], every: list[tuple[str, s
                     resumed.append(key)
                     continue
                 log(f"[{i}/{n}] {key} ...")
-                sec = _relocate(run.section(*step, key), key, step[1])
+                sec = with_provenance(_relocate(run.section(*step, key), key, step[1]))
                 write_section(sec, folder / f"{key}.json", fingerprint=fps[step])
                 shutil.rmtree(run.parts_dir(key), ignore_errors=True)
-                log(f"{key}: {sum(c.holds for c in sec.checks)}/{len(sec.checks)} checks hold "
-                    f"({sec.seconds:.1f} s)")
+                log(f"{key}: {checks_summary(sec.checks)} ({sec.seconds:.1f} s)")
                 done[step] = sec
     for step in every:
         if step not in done and (sec := stored(step)) is not None:
@@ -453,7 +515,9 @@ class _Run:
             f"Command: {inline_code(cmd)}",
             f"Mode: {mode} (training preset {self.preset_name}); seed {self.seed}; generated "
             f"{_dt.datetime.now().isoformat(timespec='seconds')}",
-            "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+            "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items())
+            + " (of the process that assembled this report; each section's own commit and "
+            "versions, recorded when it was computed, are shown under it)",
             f"CPU threads: {os.cpu_count()} available, torch uses {_torch_threads()}",
             f"Total run time: {time.perf_counter() - t0:.0f} s"
             + (f" (sections read back from an earlier run: {', '.join(resumed)})"

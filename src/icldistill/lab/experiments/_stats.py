@@ -1,0 +1,152 @@
+"""Two one-sided tests the laboratory's checks need and :mod:`icldistill.core.stats` does not
+provide (it has the two-sided paired tests, Holm and the Spearman statistic; these reuse them
+where they can):
+
+- :func:`fisher_exact_greater` — Fisher's exact test, one-sided, on a 2x2 table (does one
+  group have a higher success rate than the other?); exact hypergeometric tail in integer
+  arithmetic (no scipy);
+- :func:`spearman_permutation_test` — one-sided permutation test of Spearman's rank
+  correlation (the statistic is :func:`icldistill.core.stats.spearman`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from icldistill.core.results import Result
+from icldistill.core.stats import spearman
+from icldistill.core.validation import InputError, check_int, check_seed
+
+__all__ = ["SpearmanTest", "fisher_exact_greater", "spearman_permutation_test"]
+
+
+def fisher_exact_greater(a: int, b: int, c: int, d: int) -> float:
+    """One-sided Fisher exact p-value that group 1's success rate exceeds group 2's.
+
+    The 2x2 table is ``[[a, b], [c, d]]``: group 1 has ``a`` successes and ``b`` failures,
+    group 2 ``c`` successes and ``d`` failures. Conditional on the margins, ``a`` follows the
+    hypergeometric distribution (``N = a + b + c + d`` items, ``K = a + c`` successes, ``n1 =
+    a + b`` drawn into group 1) under the null hypothesis that success does not depend on the
+    group; the p-value is ``P(X >= a)``, the alternative being that group 1 succeeds more
+    often (odds ratio > 1). Summed exactly as a ratio of integers.
+
+    Parameters
+    ----------
+    a, b, c, d : int
+        Non-negative counts.
+
+    Returns
+    -------
+    float
+        The p-value in ``(0, 1]`` (1 when either group or either outcome is empty).
+
+    Raises
+    ------
+    InputError
+        A count is not a non-negative integer.
+    """
+    a, b, c, d = (check_int(v, name, 0) for v, name in ((a, "a"), (b, "b"), (c, "c"),
+                                                          (d, "d")))
+    n1, k, n = a + b, a + c, a + b + c + d
+    hi = min(n1, k)
+    tail = sum(math.comb(k, x) * math.comb(n - k, n1 - x) for x in range(a, hi + 1))
+    total = math.comb(n, n1)
+    return float(min(Fraction(1), Fraction(tail, total)))
+
+
+@dataclass(frozen=True)
+class SpearmanTest(Result):
+    """Spearman's rank correlation with a one-sided permutation p-value.
+
+    Attributes
+    ----------
+    rho : float
+        The correlation (:func:`icldistill.core.stats.spearman`); NaN with fewer than 3 points
+        or a constant input.
+    p : float
+        One-sided permutation p-value for the alternative ``alternative`` (NaN where ``rho``
+        is).
+    n : int
+        Points.
+    alternative : str
+        ``"greater"`` (a positive association) or ``"less"``.
+    n_perm : int
+        Random permutations drawn.
+    """
+
+    rho: float
+    p: float
+    n: int
+    alternative: str
+    n_perm: int
+
+
+def _average_ranks(v: np.ndarray) -> np.ndarray:
+    """0-based ranks with ties given their average rank (the ranks Spearman's rho uses)."""
+    _, inv, counts = np.unique(v, return_inverse=True, return_counts=True)
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return (start + (counts - 1) / 2.0)[inv]
+
+
+def spearman_permutation_test(x: Any, y: Any, *, alternative: str = "greater",
+                              n_perm: int = 10_000, seed: int = 0) -> SpearmanTest:
+    """One-sided permutation test of Spearman's rho between ``x`` and ``y``.
+
+    Under the null hypothesis that ``y`` is unrelated to ``x`` (exchangeable over the points),
+    every permutation of ``y`` against ``x`` is equally likely. ``n_perm`` seeded random
+    permutations give ``p = (1 + #{rho* >= rho}) / (n_perm + 1)`` for ``alternative =
+    "greater"`` (``rho* <= rho`` for ``"less"``): the +1 correction keeps it valid at any
+    ``n_perm`` and never 0. Ties get average ranks (as in :func:`~icldistill.core.stats.spearman`,
+    which computes the observed value); permuting ``y`` permutes its ranks, so each
+    permuted rho is the Pearson correlation of the two rank vectors.
+
+    Parameters
+    ----------
+    x, y : array-like ``[n]``
+        Finite numbers, paired by position.
+    alternative : ``"greater"`` or ``"less"``
+    n_perm : int
+        Random permutations (>= 1).
+    seed : int
+
+    Returns
+    -------
+    SpearmanTest
+
+    Raises
+    ------
+    InputError
+        Bad arrays (as :func:`~icldistill.core.stats.spearman`), an unknown ``alternative``
+        or a bad ``n_perm`` / ``seed``.
+    """
+    if alternative not in ("greater", "less"):
+        raise InputError(f"alternative must be 'greater' or 'less', got {alternative!r}")
+    n_perm = check_int(n_perm, "n_perm")
+    seed = check_seed(seed)
+    rho = spearman(x, y)                 # validates x and y
+    a = np.asarray(x, dtype=np.float64)
+    b = np.asarray(y, dtype=np.float64)
+    if not np.isfinite(rho):
+        return SpearmanTest(math.nan, math.nan, int(a.size), alternative, n_perm)
+    ra = _average_ranks(a)
+    rb = _average_ranks(b)
+    ra = ra - ra.mean()
+    rb = rb - rb.mean()
+    scale = math.sqrt(float(ra @ ra) * float(rb @ rb))
+    rng = np.random.default_rng(seed)
+    hits = 0
+    step = max(1, 2_000_000 // a.size)
+    tol = 1e-12
+    for start in range(0, n_perm, step):
+        rows = min(step, n_perm - start)
+        perms = rng.permuted(np.broadcast_to(rb, (rows, rb.size)), axis=1)
+        null = (perms @ ra) / scale
+        hits += int(np.count_nonzero(null >= rho - tol) if alternative == "greater"
+                    else np.count_nonzero(null <= rho + tol))
+    return SpearmanTest(float(rho), (1 + hits) / (n_perm + 1), int(a.size), alternative,
+                        n_perm)
