@@ -1,10 +1,9 @@
-"""within_item_concordance against a brute-force double loop and an exact permutation
-enumeration."""
+"""within_item_concordance against a brute-force double loop, and its item-bootstrap p-value
+against the resamples that give its interval."""
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
 import numpy as np
 import pytest
@@ -51,7 +50,7 @@ def test_equals_the_pairwise_definition(table, stratified):
     correct, x, strata = table
     s = strata if stratified else None
     score, pairs = _brute(correct, x, s)
-    r = within_item_concordance(correct, x, strata=s, n_boot=50, n_perm=50)
+    r = within_item_concordance(correct, x, strata=s, n_boot=50)
     assert r.n_pairs == pairs
     if pairs == 0:
         assert np.isnan(r.value) and np.isnan(r.p) and r.n_items == 0
@@ -65,31 +64,34 @@ def test_perfect_reversed_and_invariances():
     rng = np.random.default_rng(1)
     x = rng.random((40, 6))
     right = x < np.median(x, axis=1, keepdims=True)         # the lower half of each item
-    assert within_item_concordance(right, x, n_perm=200).value == 1.0
-    assert within_item_concordance(~right, x, n_perm=200).value == 0.0
-    r = within_item_concordance(right, x, n_perm=200)
-    assert r.p == pytest.approx(1 / 201)                   # nothing as extreme in 200
+    assert within_item_concordance(right, x, n_boot=200).value == 1.0
+    assert within_item_concordance(~right, x, n_boot=200).value == 0.0
+    r = within_item_concordance(right, x, n_boot=200)
+    assert r.p == pytest.approx(1 / 201)                   # no resample reaches 0.5 in 200
     # a monotone transform of x and a reordering of the conditions change nothing
     cols = rng.permutation(6)
-    same = within_item_concordance(right[:, cols], np.exp(3 * x[:, cols]), n_perm=200)
+    same = within_item_concordance(right[:, cols], np.exp(3 * x[:, cols]), n_boot=200)
     assert same.value == r.value and same.n_pairs == r.n_pairs
 
 
-def test_permutation_p_matches_exact_enumeration():
-    """Two items of three conditions: the 3! x 3! within-item permutations are equally likely
-    under the null; the Monte Carlo p converges to their exact tail."""
-    x = np.array([[0.1, 0.4, 0.9], [0.3, 0.2, 0.8]])
-    correct = np.array([[True, False, False], [True, True, False]])
-    obs = within_item_concordance(correct, x, n_perm=10).value
-    stats = []
-    for p0 in itertools.permutations(range(3)):
-        for p1 in itertools.permutations(range(3)):
-            xp = np.stack([x[0, list(p0)], x[1, list(p1)]])
-            s, m = _brute(correct, xp)
-            stats.append(s / m)
-    exact = np.mean(np.abs(np.array(stats) - 0.5) >= abs(obs - 0.5) - 1e-12)
-    mc = within_item_concordance(correct, x, n_perm=20_000, seed=3).p
-    assert mc == pytest.approx(exact, abs=0.015)
+def test_p_is_the_percentile_bootstrap_p_of_the_interval_resamples():
+    """The p-value is ``2 min(P*(v* <= 0.5), P*(v* >= 0.5))`` (floored at ``1/(B+1)``) over
+    the item resamples that give the interval: the resampled ratios are rebuilt here from
+    the per-item scores of the brute-force double loop and the same generator."""
+    rng = np.random.default_rng(8)
+    x = rng.random((30, 4))
+    correct = rng.random((30, 4)) < 0.5 + 0.3 * (x < 0.4)
+    n_boot = 300
+    r = within_item_concordance(correct, x, n_boot=n_boot, seed=3)
+    per_item = np.array([_brute(correct[i:i + 1], x[i:i + 1]) for i in range(30)])
+    keep = per_item[:, 1] > 0
+    s_i, m_i = per_item[keep, 0], per_item[keep, 1]
+    idx = np.random.default_rng(3).integers(0, s_i.size, size=(n_boot, s_i.size))
+    draws = s_i[idx].sum(axis=1) / m_i[idx].sum(axis=1)
+    assert (r.low, r.high) == pytest.approx(tuple(np.quantile(draws, [0.025, 0.975])),
+                                            abs=1e-12)
+    tails = min(np.mean(draws <= 0.5), np.mean(draws >= 0.5))
+    assert r.p == pytest.approx(min(1.0, max(1 / (n_boot + 1), 2 * tails)), abs=1e-12)
 
 
 def test_strata_keep_pairs_and_permutations_inside():
@@ -100,8 +102,8 @@ def test_strata_keep_pairs_and_permutations_inside():
     strata = rng.integers(0, 2, (n, c))
     x = np.where(strata == 1, 0.0, 1.0) + 0.0            # x is the stratum only
     correct = (strata == 1) & (rng.random((n, c)) < 0.7) | (rng.random((n, c)) < 0.1)
-    plain = within_item_concordance(correct, x, n_perm=300)
-    strat = within_item_concordance(correct, x, strata=strata, n_perm=300)
+    plain = within_item_concordance(correct, x, n_boot=300)
+    strat = within_item_concordance(correct, x, strata=strata, n_boot=300)
     assert plain.value > 0.7 and plain.p < 0.01
     assert strat.value == 0.5 and strat.p == 1.0
 
@@ -109,7 +111,7 @@ def test_strata_keep_pairs_and_permutations_inside():
 def test_null_is_not_rejected_too_often():
     rng = np.random.default_rng(4)
     ps = [within_item_concordance(rng.random((60, 5)) < 0.5, rng.random((60, 5)),
-                                  n_boot=20, n_perm=200, seed=s).p for s in range(40)]
+                                  n_boot=200, seed=s).p for s in range(40)]
     assert np.mean(np.array(ps) < 0.05) <= 0.15
 
 
@@ -153,7 +155,7 @@ def test_concordance_records_on_a_known_grid():
     rng = np.random.default_rng(0)
     units, cov = _units_and_coverage(rng)
     _, flipped = _units_and_coverage(np.random.default_rng(0), closer_is_right=False)
-    recs = concordance_records({("m", 4): units}, cov, flipped, n_boot=100, n_perm=200)
+    recs = concordance_records({("m", 4): units}, cov, flipped, n_boot=100)
     trained = {(r.task, r.pairs_compared): r for r in recs if r.reader == "trained"}
     control = {(r.task, r.pairs_compared): r for r in recs if r.reader == "control"}
     assert set(trained) == {(t, h) for t in ("a", "b", "all")
@@ -167,8 +169,7 @@ def test_concordance_records_on_a_known_grid():
     assert md_section.title == "Within an item, do closer demonstrations answer right?"
     # a second space: its own records and table, one Holm family per reader with the first
     katt = {key: -c.mmd2_query for key, c in cov.items()}      # closer is now farther
-    both = concordance_records({("m", 4): units}, cov, flipped, katt=katt, n_boot=50,
-                               n_perm=50)
+    both = concordance_records({("m", 4): units}, cov, flipped, katt=katt, n_boot=50)
     assert {r.space for r in both} == {"reference", "K_att"} and len(both) == 2 * len(recs)
     assert all(r.value == 0.0 for r in both if r.space == "K_att" and r.reader == "trained"
                and r.n_pairs)
@@ -188,7 +189,7 @@ def test_a_control_on_fewer_tasks_is_pooled_beside_the_same_tasks():
 
     units, cov = _units_and_coverage(np.random.default_rng(3), tasks=("a", "b", "c"))
     control = {k: v for k, v in cov.items() if not k.startswith("c-")}
-    recs = concordance_records({("m", 4): units}, cov, control, n_boot=50, n_perm=50)
+    recs = concordance_records({("m", 4): units}, cov, control, n_boot=50)
     pooled = {(r.reader, r.task) for r in recs if r.task in ("all", CONTROL_TASKS)}
     assert pooled == {("trained", "all"), ("trained", CONTROL_TASKS), ("control", CONTROL_TASKS)}
     sub = next(r for r in recs if (r.reader, r.task, r.pairs_compared)

@@ -21,7 +21,7 @@ from icldistill.core.bounds import generalization_bound, rademacher_complexity, 
 from icldistill.core.decomposition import PositiveRandomFeatures, decompose_head
 from icldistill.core.kernels import KERNELS, Kernel, make_kernel, median_bandwidth
 from icldistill.core.mmd import mmd, mmd_test, permutation_splits
-from icldistill.core.stats import _bootstrap_z_p, paired_comparisons
+from icldistill.core.stats import paired_comparisons
 from icldistill.core.validation import InputError, check_int, check_positive
 
 
@@ -31,12 +31,14 @@ def _unit(key: str, label: str) -> SimpleNamespace:
                                                          label=label))
 
 
-@pytest.mark.parametrize("truth", [["pos"], ["pos", "neg", "pos"]])
-def test_macro_f1_p_is_one_when_the_bootstrap_does_not_vary(truth):
+@pytest.mark.parametrize(("truth", "p"), [(["pos"], 1.0), (["pos", "neg", "pos"], 0.25)])
+def test_macro_f1_p_is_one_when_the_bootstrap_does_not_vary(truth, p):
     """Regression: with 1 test item (or 3 items all won by one side) every bootstrap draw of
     the macro-F1 difference is 1.0, the bootstrap standard error 0, and the p-value was 0.0
-    (Holm 0: "significant" on a single item). No estimate of the variability is no evidence:
-    p = 1. Failed before the fix (p = 0.0)."""
+    (Holm 0: "significant" on a single item). Failed before the fix (p = 0.0). The p-value is
+    now the swap test's, exact on so few items: one item swapped or not gives |diff| = 1
+    either way (p = 1); of the 2^3 swap vectors of three items only "none" and "all" reach
+    |diff| = 1 (p = 2/8)."""
     wrong = {"pos": "neg", "neg": "pos"}
     results = [_unit("a", "sel"), _unit("b", "knn")]
     preds = {"a": (list(truth), list(truth)), "b": ([wrong[t] for t in truth], list(truth))}
@@ -44,20 +46,7 @@ def test_macro_f1_p_is_one_when_the_bootstrap_does_not_vary(truth):
                               n_boot=200)
     assert c.n == len(truth)
     assert c.diff == 1.0 and (c.ci_low, c.ci_high) == (1.0, 1.0)
-    assert (c.p, c.p_holm) == (1.0, 1.0)
-
-
-def test_bootstrap_z_p_no_variation_and_the_normal_case():
-    """Regression (the function behind the macro-F1 p): constant draws, up to float rounding,
-    give p = 1 whatever the difference; varying draws keep erfc(|d| / (se sqrt 2))."""
-    assert _bootstrap_z_p(0.7, np.full(50, 0.7)) == 1.0                 # was 0.0
-    assert _bootstrap_z_p(0.7, np.full(50, 0.7) + 1e-17 * np.arange(50)) == 1.0
-    assert _bootstrap_z_p(0.3, np.array([0.3])) == 1.0                   # was 0.0
-    assert _bootstrap_z_p(0.0, np.zeros(10)) == 1.0
-    draws = np.array([0.1, 0.3, 0.2, 0.4, 0.0])
-    se = draws.std(ddof=1)
-    assert _bootstrap_z_p(0.2, draws) == pytest.approx(math.erfc(0.2 / (se * math.sqrt(2))),
-                                                       rel=1e-12)
+    assert (c.p, c.p_holm) == (p, p)
 
 
 # ------------------------------------------------------------- 2. ties of the permutation test

@@ -573,15 +573,59 @@ def _f1_grid(rng, n=24, labels=("x", "y", "z")):
     return [u for u, _ in units], {u.key: p for u, p in units}
 
 
+def _swap_p_by_loops(tasks, d, seed, n_perm):
+    """The macro-F1 swap test one swap vector at a time. ``tasks``: per task the two sides'
+    units ``[(pred, truth), ...]``, tiled to the least common multiple of their counts; each
+    swapped item trades its predictions between virtual units ``j`` of the two sides. Every
+    swap vector of the moving items when ``2^M <= n_perm``, else ``n_perm`` vectors from
+    ``default_rng(seed)``, task after task."""
+    tiled, moving = [], []
+    for ua, ub in tasks:
+        width = np.lcm(len(ua), len(ub))
+        va, vb = [ua[j % len(ua)] for j in range(width)], [ub[j % len(ub)] for j in range(width)]
+        tiled.append((va, vb))
+        moving.append([i for i in range(len(ua[0][1]))
+                       if any(a[0][i] != b[0][i] for a, b in zip(va, vb, strict=True))])
+
+    def stat(swaps):                       # one bool vector per task
+        out = []
+        for (va, vb), s in zip(tiled, swaps, strict=True):
+            fa, fb = [], []
+            for (pa, t), (pb, _) in zip(va, vb, strict=True):
+                trio = list(zip(pa, pb, s, strict=True))
+                fa.append(_f1_by_loops(t, [y if w else x for x, y, w in trio]))
+                fb.append(_f1_by_loops(t, [x if w else y for x, y, w in trio]))
+            out.append(np.mean(fa) - np.mean(fb))
+        return abs(np.mean(out))
+
+    sizes = [len(va[0][1]) for va, _ in tiled]
+    total = sum(len(m) for m in moving)
+    if 2 ** total <= n_perm:
+        hits = 0
+        for bits in itertools.product((False, True), repeat=total):
+            swaps, pos = [], 0
+            for m, size in zip(moving, sizes, strict=True):
+                s = np.zeros(size, dtype=bool)
+                s[m] = bits[pos:pos + len(m)]
+                pos += len(m)
+                swaps.append(s)
+            hits += stat(swaps) >= abs(d) - 1e-12
+        return hits / 2 ** total
+    g = np.random.default_rng(seed)
+    draws = [g.integers(0, 2, size=(n_perm, size)).astype(bool) for size in sizes]
+    hits = sum(stat([x[r] for x in draws]) >= abs(d) - 1e-12 for r in range(n_perm))
+    return (1 + hits) / (1 + n_perm)
+
+
 @given(st.integers(0, 2**31 - 1))
 def test_paired_macro_f1_equals_a_brute_force_bootstrap(seed):
-    from math import erfc, sqrt
-
+    """The interval is the paired bootstrap of the difference, ``p`` the swap test (each
+    item's predictions change sides with probability 1/2), both rebuilt here item by item."""
     rng = np.random.default_rng(seed)
     results, preds = _f1_grid(rng)
-    n_boot = 60
+    n_boot, n_perm = 60, 40
     cs = paired_comparisons(results, preds, baselines=("knn",), n_boot=n_boot, seed=3,
-                            metric="macro_f1")
+                            n_perm=n_perm, metric="macro_f1")
     by = {(c.task, c.selector): c for c in cs}
     units = {}
     for r in results:
@@ -604,8 +648,8 @@ def test_paired_macro_f1_equals_a_brute_force_bootstrap(seed):
             draws = np.array([value(task, sel, r) - value(task, "knn", r) for r in idx])
             low, high = np.quantile(draws, [0.025, 0.975])
             assert (c.ci_low, c.ci_high) == pytest.approx((low, high), abs=1e-12)
-            se = draws.std(ddof=1)
-            assert c.p == pytest.approx(erfc(abs(c.diff) / (se * sqrt(2))), rel=1e-9)
+            assert c.p == pytest.approx(_swap_p_by_loops(
+                [(units[(task, sel)], units[(task, "knn")])], c.diff, 3, n_perm), abs=1e-12)
         # the mean over tasks: the two tasks resampled one after the other from one generator
         g = np.random.default_rng(3)
         for task in ("a", "b"):
@@ -618,6 +662,9 @@ def test_paired_macro_f1_equals_a_brute_force_bootstrap(seed):
         assert (mean.ci_low, mean.ci_high) == pytest.approx(
             tuple(np.quantile(draws, [0.025, 0.975])), abs=1e-12)
         assert (mean.n, mean.n_tasks) == (2 * n, 2)
+        assert mean.p == pytest.approx(_swap_p_by_loops(
+            [(units[(t, sel)], units[(t, "knn")]) for t in ("a", "b")], mean.diff, 3, n_perm),
+            abs=1e-12)
 
 
 def test_paired_macro_f1_is_the_units_recorded_macro_f1_and_mirrors():
@@ -678,8 +725,10 @@ def test_paired_macro_f1_identical_selectors_and_null_calibration():
             m = MetricResult(0.5, 0.4, 0.6, 0.95)
             units.append((UnitResult(spec, sel, m, m, 80, 0.1, 0.1, True, 0.01, 1.0, 10, 100,
                                      {}), (list(pred), list(truth))))
+        # 199 swap vectors: the +1 randomisation p-value is valid at any number of them
         (c,) = paired_comparisons([u for u, _ in units], {u.key: p for u, p in units},
-                                  baselines=("knn",), n_boot=200, metric="macro_f1")
+                                  baselines=("knn",), n_boot=200, n_perm=199,
+                                  metric="macro_f1")
         rejected += c.p < 0.05
     assert 0.02 <= rejected / trials <= 0.09
 

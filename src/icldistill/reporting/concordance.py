@@ -63,8 +63,12 @@ class ConcordanceRecord(Result):
         Share of discordant pairs in which the right answer had the closer demonstrations,
         with its 95% item-bootstrap interval (0.5: no association).
     p, p_holm : float
-        Within-item permutation p-value, and Holm-adjusted over the model's and ``k``'s
-        records of the same reader.
+        Two-sided item-bootstrap p-value of ``value = 0.5`` (the null: the pair-weighted
+        share over the population of items is 50%, however it varies from item to item;
+        :func:`icldistill.core.stats.within_item_concordance`), from the resamples of the
+        interval, and Holm-adjusted over the model's and ``k``'s records of the same reader.
+        (``concordance.json`` files written before held a within-item permutation p-value
+        here, a test of no association on any item, under the same field names.)
     n_items, n_pairs, n_conditions : int
         Items with a discordant pair, discordant pairs, units compared per item.
     """
@@ -118,26 +122,26 @@ def _pad(mats: Sequence[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
 
 
 def _measure(correct: np.ndarray, mmd2: np.ndarray, shown: np.ndarray, count: np.ndarray,
-             how: str, n_boot: int, n_perm: int, seed: int) -> Any:
+             how: str, n_boot: int, seed: int) -> Any:
     strata = {"all pairs": None, "same label shown": shown, "same label count": count}[how]
-    return within_item_concordance(correct, mmd2, strata=strata, n_boot=n_boot,
-                                   n_perm=n_perm, seed=seed)
+    return within_item_concordance(correct, mmd2, strata=strata, n_boot=n_boot, seed=seed)
 
 
 def concordance_records(groups: Mapping[tuple[str, int], Sequence[Any]],
                         coverage: Mapping[str, Any],
                         control_coverage: Mapping[str, Any] | None = None, *,
                         katt: Mapping[str, np.ndarray] | None = None,
-                        n_boot: int = 2000, n_perm: int = 2000,
-                        seed: int = 0) -> list[ConcordanceRecord]:
+                        n_boot: int = 2000, seed: int = 0) -> list[ConcordanceRecord]:
     """Every :class:`ConcordanceRecord` of the grid: per ``(model, k)`` group of units (from
     the report's grouping), per task and over all tasks, for each of
     :data:`CONCORDANCE_STRATA`, for the trained model and, where ``control_coverage`` has the
     same units (same keys, same prompts), for the control; in the reference space and, with
     ``katt`` (unit key -> per-item ``MMD^2`` in the trained model's ``K_att`` space, from
     :meth:`icldistill.evaluation.Harness.item_mmd`; the control's units share the keys and
-    the prompts, so the same values), in that space too. Holm adjusts over the records of
-    one model, ``k`` and reader."""
+    the prompts, so the same values), in that space too. Each record's ``p`` is the
+    item-bootstrap test of ``value = 0.5`` of :func:`within_item_concordance` (``n_boot``
+    resamples, seeded by ``seed``, the same that give the interval); Holm adjusts over the
+    records of one model, ``k`` and reader."""
     spaces: list[tuple[str, Mapping[str, np.ndarray] | None]] = [("reference", None)]
     if katt:
         spaces.append(("K_att", katt))
@@ -148,7 +152,7 @@ def concordance_records(groups: Mapping[tuple[str, int], Sequence[Any]],
             rows: list[tuple[str, str, str, Any, int]] = []
             for space, mmd_of in spaces:
                 rows += _space_rows(rs, tasks, coverage, control_coverage or {}, reader, cov,
-                                    space, mmd_of, n_boot, n_perm, seed)
+                                    space, mmd_of, n_boot, seed)
             ps = np.array([c.p for *_, c, _ in rows])
             adj = np.full(ps.shape, np.nan)
             ok = np.isfinite(ps)
@@ -163,7 +167,7 @@ def concordance_records(groups: Mapping[tuple[str, int], Sequence[Any]],
 def _space_rows(rs: Sequence[Any], tasks: Sequence[str], coverage: Mapping[str, Any],
                 control_coverage: Mapping[str, Any], reader: str, cov: Mapping[str, Any],
                 space: str, mmd_of: Mapping[str, np.ndarray] | None, n_boot: int,
-                n_perm: int, seed: int) -> list[tuple[str, str, str, Any, int]]:
+                seed: int) -> list[tuple[str, str, str, Any, int]]:
     """The concordances of one reader in one space: per task, pooled, and pooled over the
     control's tasks (the trained model's, to be set beside the control's) where the control
     ran fewer tasks."""
@@ -183,7 +187,7 @@ def _space_rows(rs: Sequence[Any], tasks: Sequence[str], coverage: Mapping[str, 
         items.append((CONTROL_TASKS, _pad([per_task[t] for t in shared])))
     if reader == "control" and len(items) > 1 and len(shared) < n_trained:
         items[-1] = (CONTROL_TASKS, items[-1][1])
-    return [(task, how, space, _measure(*m, how, n_boot, n_perm, seed),
+    return [(task, how, space, _measure(*m, how, n_boot, seed),
              int(np.max((~np.isnan(m[1])).sum(axis=1))))
             for task, m in items for how in CONCORDANCE_STRATA]
 
@@ -243,10 +247,12 @@ def concordance_section(records: Sequence[ConcordanceRecord]) -> Any:
         "show the query's label among their demonstrations, or both do not; \"same label "
         "count\" only those with the same number of demonstrations carrying it, so that an "
         "association there does not come from which labels the prompts show. The interval "
-        "resamples items; the p-value permutes the MMD values among the prompts of each item "
-        "(within the same stratum; 2000 resamples and 2000 permutations, seed 0, so no "
-        "p-value is below 1/2001 before adjustment), Holm-adjusted over each model's and k's "
-        "rows of one reader. The control "
+        "resamples items (2000 resamples, seed 0); the p-value tests 50% on the same "
+        "resamples (twice the smaller share of resamples on either side of 50%, so no p-value "
+        "is below 1/2001 before adjustment, and p < 0.05 goes with an interval that excludes "
+        "50%): the null is a 50% share over the items, which lets the association differ "
+        "from item to item. It is Holm-adjusted over each model's and k's rows of one reader. "
+        "The control "
         "is the random-init twin reading the same prompts. Descriptive: selectors differ in "
         "more than MMD (order, redundancy), and the MMD here is on the reference embeddings, "
         "not the model's attention keys, except in the tables marked K_att: there the MMD is "
