@@ -176,7 +176,7 @@ def _cmd_lab_train(args: argparse.Namespace) -> int:
 
 def _write_single(section: Any, out: Path, command: str) -> None:
     """Write a one-section report and print its checks and findings."""
-    from icldistill.lab.experiments._common import checks_summary
+    from icldistill.lab.experiments import checks_summary
     from icldistill.lab.experiments.report import write_lab_report
     from icldistill.lab.experiments.reproduce import with_provenance
 
@@ -253,7 +253,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     res = reproduce(args.out, quick=args.quick, seed=args.seed, model=args.model,
                     dataset=args.dataset, fewshot_results=args.fewshot_results, only=only,
                     progress=not args.quiet, command=command_line(args))
-    from icldistill.lab.experiments._common import checks_summary
+    from icldistill.lab.experiments import checks_summary
 
     every = [c for s in res.sections for c in s.checks]
     print(f"{len(res.sections)} experiments, {checks_summary(every)}, {res.seconds:.0f} s")

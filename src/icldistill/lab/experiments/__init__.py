@@ -5,10 +5,11 @@ from icldistill.lab.experiments._common import (
            Check,
            Section,
            Table,
+           checks_summary,
            demo_key_values,
            icl_head_decomposition,
            query_token,
 )
 
-__all__ = ["Check", "Section", "Table", "demo_key_values", "icl_head_decomposition",
-           "query_token"]
+__all__ = ["Check", "Section", "Table", "checks_summary", "demo_key_values",
+           "icl_head_decomposition", "query_token"]

@@ -962,6 +962,8 @@ class _Group:
         return rec2ftp_test(right("zsl"), right("ft"), right("icl"))
 
 
+# long: two controlled checks (SimAOU, Rec2FTP), each with its test, its controls' values and
+# the detail text that states them; split, the pieces would pass the same dozen values around
 def _checks(g: _Group, seed: int
             ) -> tuple[list[Check], list[float], list[str], dict[str, Any], list[str]]:
     """The two controlled checks of one group (with their raw p-values and tests, for the
