@@ -1282,9 +1282,12 @@ def _paired_intro(f1: bool, level: float) -> str:
             "dominates the test items. diff = macro-F1 of the selector minus the baseline's, "
             "in points, on the same items (a randomised selector's macro-F1 is the mean of its "
             f"seeds'). {level:.0%} CI: paired percentile bootstrap (the same resampled items on "
-            "both sides; within each task for the mean over tasks). p: two-sided normal "
-            "p-value of diff over its bootstrap standard error (macro-F1 is not a mean over "
-            "items, so there is no per-item sign to flip). " + holm_text)
+            "both sides; within each task for the mean over tasks). p: two-sided paired "
+            "randomisation test: under the null the two selectors' predictions of an item are "
+            "exchangeable, so they are swapped item by item at random (within each task for "
+            "the mean) and macro-F1 recomputed (macro-F1 is not a mean over items, so there is "
+            "no per-item sign to flip; a bootstrap standard error understates its spread on "
+            "tasks with many rare labels). " + holm_text)
     return (
         "Every selector scored the same test items as its baseline, so they are compared "
         "paired: diff = accuracy of the selector minus the baseline's, in points, on the "
