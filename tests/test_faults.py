@@ -505,9 +505,11 @@ def reproduce_tiny_logged(out: str, cache: str, log: str) -> None:
 
 
 def _no_timings(d):
-    """``d`` without wall-time fields (keys ending in ``seconds``)."""
+    """``d`` without wall-time fields (keys ending in ``seconds``) and without a section's
+    ``provenance`` (when and by which commit it was computed: not part of the result)."""
     if isinstance(d, dict):
-        return {k: _no_timings(v) for k, v in d.items() if not k.endswith("seconds")}
+        return {k: _no_timings(v) for k, v in d.items()
+                if not k.endswith("seconds") and k != "provenance"}
     if isinstance(d, list):
         return [_no_timings(v) for v in d]
     return d
