@@ -187,6 +187,19 @@ class Rec2FTP(Result):
     indicator: np.ndarray
 
 
+def _outcomes(zsl_correct: Any, ft_correct: Any, icl_correct: Any
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three per-item correctness arrays ``[n]`` (zero-shot, fine-tuned, in-context),
+    checked: boolean and of one length."""
+    z = _bool_array(zsl_correct, "zsl_correct")
+    f = _bool_array(ft_correct, "ft_correct")
+    c = _bool_array(icl_correct, "icl_correct")
+    if not z.shape == f.shape == c.shape:
+        raise InputError(f"zsl_correct, ft_correct and icl_correct must have one length, got "
+                         f"{z.shape[0]}, {f.shape[0]}, {c.shape[0]}")
+    return z, f, c
+
+
 def _bool_array(x: Any, name: str) -> np.ndarray:
     a = np.asarray(x)
     if a.ndim != 1:
@@ -211,12 +224,7 @@ def rec2ftp(zsl_correct: Any, ft_correct: Any, icl_correct: Any) -> Rec2FTP:
     -------
     Rec2FTP
     """
-    z = _bool_array(zsl_correct, "zsl_correct")
-    f = _bool_array(ft_correct, "ft_correct")
-    c = _bool_array(icl_correct, "icl_correct")
-    if not z.shape == f.shape == c.shape:
-        raise InputError(f"zsl_correct, ft_correct and icl_correct must have one length, got "
-                         f"{z.shape[0]}, {f.shape[0]}, {c.shape[0]}")
+    z, f, c = _outcomes(zsl_correct, ft_correct, icl_correct)
     corrected = f & ~z
     ind = c[corrected].astype(np.float64)
     n = int(corrected.sum())
@@ -293,12 +301,7 @@ def rec2ftp_test(zsl_correct: Any, ft_correct: Any, icl_correct: Any) -> Rec2FTP
     -------
     Rec2FTPTest
     """
-    z = _bool_array(zsl_correct, "zsl_correct")
-    f = _bool_array(ft_correct, "ft_correct")
-    c = _bool_array(icl_correct, "icl_correct")
-    if not z.shape == f.shape == c.shape:
-        raise InputError(f"zsl_correct, ft_correct and icl_correct must have one length, got "
-                         f"{z.shape[0]}, {f.shape[0]}, {c.shape[0]}")
+    z, f, c = _outcomes(zsl_correct, ft_correct, icl_correct)
     w = ~z
     a, b = int(np.sum(w & f & c)), int(np.sum(w & f & ~c))
     d, e = int(np.sum(w & ~f & c)), int(np.sum(w & ~f & ~c))
