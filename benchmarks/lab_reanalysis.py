@@ -13,7 +13,9 @@ them from the per-item data the committed section files already hold:
 3. bias-regression: the pooled Spearman correlation of the ICL excess error with the MMD, with a
    seeded permutation p-value;
 4. adaptation, interference, icl-vs-finetuning: a paired sign-flip p-value for every claim check
-   (over the units the section's interval resamples), Holm-adjusted within each section;
+   (over the units the section's interval resamples; for adaptation's Spearman checks over the
+   independent prompt sequences, not the correlated layers of one sequence), Holm-adjusted
+   within each section;
 5. the control comparisons that pass on "trained point estimate outside the twins' interval":
    a paired test of trained - twin on the same units where the data allow;
 6. the real section's identity checks, listed as identities.
@@ -588,16 +590,37 @@ def _adaptation_claims(rep: Report, sec: dict) -> list[ClaimTest]:
              "Spearman(log n/D', k)": ("log_normalizer_per_key", -1.0),
              "Spearman(demo share, k)": ("demo_share", 1.0)}
 
+    def layer_rhos(ks: np.ndarray, arr: np.ndarray, sign: float) -> np.ndarray:
+        """Per layer, Spearman over k >= 1 of ``sign * arr[:, layer]`` (``arr`` [k, layer])."""
+        sel = (ks >= 1) & np.all(np.isfinite(arr), axis=1)
+        return np.asarray([spearman(ks[sel], sign * arr[sel, layer])
+                           for layer in range(arr.shape[1])])
+
+    def committed_mean(model: str, name: str) -> float | None:
+        """The committed statistic: the mean over (task, layer) of the per-layer Spearman on
+        the curves averaged over the traced prompts."""
+        for key, (field_, sign) in spear.items():
+            if key in name:
+                return float(np.concatenate([
+                    layer_rhos(np.asarray(t["ks"], float),
+                               np.asarray(t["layers"][field_], dtype=float), sign)
+                    for t in curves[model]]).mean())
+        return None
+
     def units_of(model: str, name: str) -> np.ndarray | None:
+        # The independent draws are the (task, demonstration set) prompt sequences, not the
+        # layers of one sequence. Sections written since 2026-12-05 keep each set's curves
+        # ("set_layers"); the committed ones keep only the curves averaged over the sets, so
+        # their units are the tasks (mean over layers of the per-layer Spearman).
         for key, (field_, sign) in spear.items():
             if key in name:
                 vals = []
                 for t in curves[model]:
                     ks = np.asarray(t["ks"], float)
-                    arr = np.asarray(t["layers"][field_], dtype=float)     # [k, layer]
-                    sel = (ks >= 1) & np.all(np.isfinite(arr), axis=1)
-                    vals += [spearman(ks[sel], sign * arr[sel, layer])
-                             for layer in range(arr.shape[1])]
+                    per_set = (t["set_layers"][field_] if "set_layers" in t
+                               else [t["layers"][field_]])
+                    vals += [float(layer_rhos(ks, np.asarray(a, dtype=float), sign).mean())
+                             for a in per_set]
                 return np.asarray(vals)
         if "accuracy at the largest k minus zero-shot" in name:
             gains = []
@@ -622,9 +645,16 @@ def _adaptation_claims(rep: Report, sec: dict) -> list[ClaimTest]:
             cc.why_untested = ("3 per-task 0/1 values: no paired test of 3 units reaches "
                                "p < 0.05 (smallest two-sided sign-flip p = 0.25)")
         else:
-            rep.reproduces(f"adaptation {cmp['group']} {cmp['name']}", float(t_vals.mean()),
+            spear_mean = committed_mean(cmp["trained"]["model"], cmp["name"])
+            rep.reproduces(f"adaptation {cmp['group']} {cmp['name']}",
+                           float(t_vals.mean()) if spear_mean is None else spear_mean,
                            cmp["trained"]["value"])
-            unit = ("(task, layer)" if "Spearman" in cmp["name"] else "test items")
+            if spear_mean is None:
+                unit = "test items"
+            elif any("set_layers" in t for t in curves[cmp["trained"]["model"]]):
+                unit = "(task, set) prompt sequences"
+            else:
+                unit = "tasks (layer-mean Spearman)"
             out.append(ClaimTest(text, ok, direction, t_vals, unit))
             if len(cmp["controls"]) == 1:
                 c_vals = units_of(cmp["controls"][0]["model"], cmp["name"])
@@ -724,7 +754,11 @@ def claim_families(rep: Report, sections: dict[str, dict]) -> None:
 
     rep.add("## 4. Claim checks: paired sign-flip p, Holm within each section", "",
             "Each check's claim is a mean on one side of 0 over the units the section's "
-            "bootstrap interval resamples; the p-value is the two-sided paired sign-flip test "
+            "bootstrap interval resamples (except adaptation's Spearman checks: the section "
+            "resampled every (task, layer) pair, but the layers of one prompt sequence are "
+            "not independent draws, so the units here are the tasks, each the mean over "
+            "layers of the per-layer Spearman; the smallest two-sided sign-flip p of 3 "
+            "tasks is 0.25); the p-value is the two-sided paired sign-flip test "
             "of `icldistill.core.stats.sign_flip_test` (exact on a lattice, else "
             f"10000 Monte Carlo sign vectors, seed {SEED}) and the Holm adjustment runs over "
             "every check of the section (a check without a null test, a threshold claim, "

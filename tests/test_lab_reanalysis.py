@@ -272,3 +272,36 @@ def test_missing_section_file_is_exit_code_2(script, tmp_path, capsys):
     folder.mkdir()
     assert script.main(["--sections", str(folder), "--out", str(tmp_path / "r.md")]) == 2
     assert "ordering.json: cannot read" in capsys.readouterr().err
+
+
+def test_adaptation_spearman_claims_are_tested_over_tasks(report):
+    """Regression: the adaptation Spearman checks were sign-flip tested over every (task,
+    layer) pair (p ~ 1e-27 from three prompt sequences, which also shrank the Holm step for
+    the section's other claims). The committed full sections keep one curve per task
+    (averaged over its 2 sets), so the units are the 3 tasks: two-sided p = 2/8 at best."""
+    header = "### adaptation (12 checks)"
+    lines = report.splitlines()
+    start = lines.index(header) + 4
+    rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines[start:start + 12]]
+    spear = [r for r in rows if "falls as the number" in r[0] or "share of the attention" in r[0]]
+    assert len(spear) == 6
+    for r in spear:
+        assert r[2] == "3" and r[3].startswith("tasks")
+        assert _p(r[5]) >= 0.25
+    # every unit is the mean over layers of the per-layer Spearman of one task's curve
+    curves = {m[0]["model"]: m for group in _section("adaptation")["curves"] for m in group}
+    smol = curves["smollm2-135m"]
+    by_hand = []
+    for t in smol:
+        ks = np.asarray(t["ks"], float)
+        arr = np.asarray(t["layers"]["demo_share"], float)
+        sel = (ks >= 1) & np.isfinite(arr).all(1)
+        by_hand.append(np.mean([_spearman_no_ties(ks[sel], arr[sel, j])
+                                for j in range(arr.shape[1])]))
+    share = next(r for r in spear if r[0].startswith("smollm2-135m: the demonstrations' share"))
+    assert float(share[4]) == pytest.approx(np.mean(by_hand), abs=5e-4)
+    # with only 3 units left, qwen2.5-0.5b's accuracy gain (p 0.006 over 180 items) is the
+    # section's smallest p-value: Holm multiplies it by all 12 claims
+    acc = next(r for r in rows if r[0] == "qwen2.5-0.5b: accuracy rises with k")
+    assert _p(acc[6]) == pytest.approx(min(1.0, 12 * _p(acc[5])), rel=5e-3)
+    assert acc[-1] == "**NO**"

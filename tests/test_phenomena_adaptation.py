@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -196,3 +197,59 @@ def test_directional_claims_fail_on_the_wrong_side():
     assert not cmp([-0.5, -0.4, -0.6], [0.2, 0.3]).wrong_side(-1.0)
     assert cmp([0.5, 0.4, 0.6], [1.0, 1.0]).wrong_side(1.0)
     assert not cmp([0.5, 0.4, 0.6], [0.4, 0.6]).wrong_side(1.0)   # inside
+
+
+def _curve(traced_fn, *, S=2, per=1, L=5, ks=(0, 1, 2, 4, 8)):
+    """An AdaptationCurve whose traced quantities come from ``traced_fn(k_index, t, layer)``."""
+    K = len(ks)
+    traced = {q: np.fromfunction(np.vectorize(traced_fn), (K, S * per, L)).astype(float)
+              for q in adaptation.QUANTITIES}
+    return adaptation.AdaptationCurve(
+        model="m", role="trained", task="t", ks=ks, correct=np.zeros((K, S, 4)),
+        traced=traced, n_tokens=np.ones((K, S * per)), skipped=(), chance=0.5)
+
+
+def test_set_spearmans_one_value_per_set():
+    # set 0 rises with k on every layer, set 1 falls: one value per set, not per layer
+    c = _curve(lambda ki, t, layer: ki * (1 if t == 0 else -1) + 0.01 * layer)
+    rho = adaptation.set_spearmans(c, "demo_share")
+    np.testing.assert_allclose(rho, [1.0, -1.0])
+    np.testing.assert_allclose(adaptation.set_spearmans(c, "demo_share", -1.0), [-1.0, 1.0])
+    # the traced prompts of a set are averaged before the correlation (2 prompts per set)
+    c2 = _curve(lambda ki, t, layer: ki if t < 2 else -ki, per=2)
+    np.testing.assert_allclose(adaptation.set_spearmans(c2, "eta"), [1.0, -1.0])
+
+
+def test_set_spearmans_need_three_points():
+    c = _curve(lambda ki, t, layer: ki, ks=(0, 1, 2))   # only k = 1, 2 count
+    assert np.isnan(adaptation.set_spearmans(c, "eta")).all()
+
+
+def test_spearman_claims_resample_sets_not_layers():
+    """Regression: the Spearman claims' sign-flip test ran over every (task, layer) pair, as
+    if the 30 layers of one prompt sequence were independent draws (p ~ 1e-27 on three
+    prompt sequences). Its units are now the (task, set) draws: three sequences give the
+    smallest two-sided sign-flip p, 0.25, however many layers agree."""
+    curves = [_curve(lambda ki, t, layer: -ki - 0.1 * layer, S=1, L=30) for _ in range(3)]
+    st_ = adaptation._group_stats([curves])
+    assert st_.rho_lr[0].shape == (3,)
+    np.testing.assert_allclose(st_.rho_lr[0], 1.0)      # log 1/D' = k + ... rises everywhere
+    assert ph.sign_flip_p(st_.rho_lr[0]) == pytest.approx(0.25)
+
+
+def test_section_records_per_set_layers(section):
+    _, sec = section
+    curve = sec.data["curves"][0][0][0]
+    S = sec.data["sizes"]["n_sets"]
+    for q in adaptation.QUANTITIES:
+        arr = np.asarray(curve["set_layers"][q], dtype=float)
+        assert arr.shape[:2] == (S, len(curve["ks"]))
+        # the per-set curves average to the recorded all-prompt curve (one traced prompt
+        # per set; log ||W_0|| is NaN at k = 0 in every set)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(arr, axis=0)
+        np.testing.assert_allclose(mean, np.asarray(curve["layers"][q], dtype=float))
+    names = [c["name"] for c in sec.data["comparisons"]]
+    assert any("per-(task, set) layer-mean Spearman" in n for n in names)
+    assert any("(task, set) units" in c.detail for c in sec.checks)

@@ -63,6 +63,7 @@ __all__ = [
     "run",
     "saturation_agreement",
     "saturation_point",
+    "set_spearmans",
     "within_one_doubling",
 ]
 
@@ -346,17 +347,34 @@ def _fitting_ks(loaded: Any, task: ph.TaskItems, ks: Sequence[int],
 
 
 # ============================================================================ statistics
+def _per_layer_spearman(ks: Sequence[int], layers: np.ndarray, sign: float) -> np.ndarray:
+    """``[L]`` Spearman over ``k >= 1`` of ``sign * layers[:, l]`` (``layers`` ``[K, L]``)
+    against ``k``; NaN for a layer with fewer than 3 finite points."""
+    k = np.asarray(ks)
+    sel = k >= 1
+    out = []
+    for y in layers[sel].T:
+        ok = np.isfinite(y)
+        out.append(spearman(k[sel][ok], sign * y[ok]) if ok.sum() >= 3 else math.nan)
+    return np.asarray(out, dtype=np.float64)
+
+
 def _layer_spearmans(curve: AdaptationCurve, name: str, sign: float = 1.0) -> np.ndarray:
     """``[L]`` Spearman over ``k >= 1`` of ``sign * quantity`` against ``k``, per layer."""
-    ks = np.asarray(curve.ks)
-    sel = ks >= 1
-    a = curve.layers(name)[sel]
-    out = []
-    for layer in range(a.shape[1]):
-        y = a[:, layer]
-        ok = np.isfinite(y)
-        out.append(spearman(ks[sel][ok], sign * y[ok]) if ok.sum() >= 3 else math.nan)
-    return np.asarray(out, dtype=np.float64)
+    return _per_layer_spearman(curve.ks, curve.layers(name), sign)
+
+
+def set_spearmans(curve: AdaptationCurve, name: str, sign: float = 1.0) -> np.ndarray:
+    """``[S]`` per demonstration set: the mean over layers of the Spearman over ``k >= 1`` of
+    ``sign * quantity`` (averaged over the set's traced prompts) against ``k``.
+
+    The sets are the section's independent draws (each is one nested sequence of prompts);
+    the layers and traced queries of one set are not, so the claim tests resample sets, not
+    (task, layer) pairs. A layer with fewer than 3 finite points is left out of the mean; a
+    set without any other layer is NaN.
+    """
+    return np.asarray([_nanmean(_per_layer_spearman(curve.ks, layers, sign))
+                       for layers in _set_layers(curve, name)], dtype=np.float64)
 
 
 def curve_saturation(curve: AdaptationCurve, what: str) -> float:
@@ -530,8 +548,9 @@ def _sign_ok(st: ph.Statistic, sign: float) -> bool:
 
 @dataclass(frozen=True)
 class _GroupStats:
-    """Per member of one model group (trained first): the per-(task, layer) Spearmans of
-    log 1/D', log n/D' and the demo share against k, the per-item accuracy gains, the
+    """Per member of one model group (trained first): the per-(task, set) layer-mean
+    Spearmans of log 1/D', log n/D' and the demo share against k
+    (:func:`set_spearmans`), the per-item accuracy gains, the
     saturation points per task and their per-task agreement with accuracy's."""
 
     rho_lr: list[np.ndarray]
@@ -546,11 +565,11 @@ class _GroupStats:
 def _group_stats(g_res: list[list[AdaptationCurve]]) -> _GroupStats:
     rho_lr, rho_key, rho_share, gains, sat = [], [], [], [], []
     for m_res in g_res:
-        rho_lr.append(np.concatenate([_layer_spearmans(c, "log_normalizer", -1.0)
+        rho_lr.append(np.concatenate([set_spearmans(c, "log_normalizer", -1.0)
                                       for c in m_res]))
-        rho_key.append(np.concatenate([_layer_spearmans(c, "log_normalizer_per_key", -1.0)
+        rho_key.append(np.concatenate([set_spearmans(c, "log_normalizer_per_key", -1.0)
                                        for c in m_res]))
-        rho_share.append(np.concatenate([_layer_spearmans(c, "demo_share") for c in m_res]))
+        rho_share.append(np.concatenate([set_spearmans(c, "demo_share") for c in m_res]))
         gains.append(np.concatenate([_item_gain(c) for c in m_res]))
         sat.append([_saturation(c) for c in m_res])
     agree_share = [np.array([saturation_agreement(s, "demo_share") for s in m]) for m in sat]
@@ -570,14 +589,14 @@ def _direction_checks(group: list[ph.ModelUnderTest], st: _GroupStats, seed: int
     its interval resamples; the comparisons are appended to ``comparisons``."""
     trained = group[0]
     specs = [
-        ("mean per-(task, layer) Spearman(log 1/D', k) over k >= 1", st.rho_lr, -1.0,
+        ("mean per-(task, set) layer-mean Spearman(log 1/D', k) over k >= 1", st.rho_lr, -1.0,
          "the effective learning rate 1/D' falls as the number of demonstrations grows "
          "(the theory's claim, on D' itself)"),
-        ("mean per-(task, layer) Spearman(log n/D', k) over k >= 1", st.rho_key, -1.0,
+        ("mean per-(task, set) layer-mean Spearman(log n/D', k) over k >= 1", st.rho_key, -1.0,
          "the per-key learning rate n/D' falls as the number of demonstrations grows "
          "(D' is a sum over the n keys, so 1/D' falls with any weights; this variant "
          "removes that)"),
-        ("mean per-(task, layer) Spearman(demo share, k) over k >= 1", st.rho_share, 1.0,
+        ("mean per-(task, set) layer-mean Spearman(demo share, k) over k >= 1", st.rho_share, 1.0,
          "the demonstrations' share of the attention output rises with k"),
         ("per-item accuracy at the largest k minus zero-shot", st.gains, 1.0,
          "accuracy rises with k (largest fitting k against k = 0, paired over test items)"),
@@ -588,12 +607,13 @@ def _direction_checks(group: list[ph.ModelUnderTest], st: _GroupStats, seed: int
         cmp = ph.compare_with_controls(name, stats[0], stats[1:], seed=seed)
         comparisons.append({"group": trained.name, **cmp.to_dict()})
         n = int(np.isfinite(vals[0]).sum())
+        units = "(task, set) units" if "Spearman" in name else "items"
         check = ph.controlled_check(
             tag + claim + (" (mean < 0 with its interval below 0" if sign < 0 else
                            " (mean > 0 with its interval above 0") + DIRECTION,
-            _sign_ok(stats[0], sign), cmp, f"{n} items on the trained model", sign=sign)
+            _sign_ok(stats[0], sign), cmp, f"{n} {units} on the trained model", sign=sign)
         checks.append((check, ph.sign_flip_p(vals[0]),
-                       f"paired sign-flip test (two-sided) of mean = 0 over the {n} items"))
+                       f"paired sign-flip test (two-sided) of mean = 0 over the {n} {units}"))
     return checks
 
 
@@ -685,7 +705,7 @@ def _group_findings(group: list[ph.ModelUnderTest], g_res: list[list[AdaptationC
                 f"{c.task} {v[0]:.2f} -> {v[-1]:.2f}"
                 for c, v in zip(m_res, lk, strict=True) if len(c.ks)) + ".")
         findings.append(
-            f"{member.name}: mean Spearman over (task, layer) of log 1/D' vs k "
+            f"{member.name}: mean over (task, set) of the layer-mean Spearman of log 1/D' vs k "
             f"{_nanmean(st.rho_lr[m_i]):.2f}, of log n/D' vs k {_nanmean(st.rho_key[m_i]):.2f}, "
             f"of the demo share vs k {_nanmean(st.rho_share[m_i]):.2f}; k_sat agreement "
             f"(accuracy vs demo share) {_nanmean(st.agree_share[m_i]):.2f}, "
@@ -742,9 +762,13 @@ def _description(plan: list[Any], sizes: Sizes, seed: int, quick: bool) -> str:
         "claim holds on the trained model and the trained value lies outside the controls' "
         "95% bootstrap spread; the claims are directional, so a trained value outside the "
         "spread on the opposite side (the random network shows the property more strongly) "
-        "fails too. Spearman checks use the per-(task, layer) correlation over "
-        "k >= 1 (k=0 has no demonstrations), averaged; the claim needs the mean's interval "
-        "on the claimed side of 0. The 1/D' check uses D' itself, as the theory states it; "
+        "fails too. Spearman checks use, per task and demonstration set (the independent "
+        "draws), the Spearman correlation over k >= 1 (k=0 has no demonstrations) of each "
+        "layer's curve, averaged over layers; the claim needs the mean over the (task, set) "
+        "units' interval on the claimed side of 0 (the layers of one prompt sequence are not "
+        "independent, so they are not resampled apart: with T tasks and S sets the smallest "
+        "two-sided sign-flip p is 2/2^(T S), 0.25 for 3 tasks and 1 set). The 1/D' check "
+        "uses D' itself, as the theory states it; "
         "the per-key check uses n/D', which removes the growth of D' with the number of keys "
         "(a sum over keys grows with any weights). Saturation: k_sat of a curve is the "
         "smallest k reaching 90% of its rise from its first point (k=0; k=1 for log ||W_0||) "
@@ -809,7 +833,7 @@ def _k(v: float) -> str:
 
 
 def _nanmean(a: np.ndarray) -> float:
-    a = np.asarray(a, dtype=np.float64)
+    a = np.asarray(a, dtype=np.float64).ravel()
     a = a[np.isfinite(a)]
     return float(a.mean()) if a.size else math.nan
 
@@ -864,11 +888,31 @@ def _curve_data(c: AdaptationCurve) -> dict[str, Any]:
         "accuracy": c.accuracy.tolist(), "chance": c.chance,
         "correct": c.correct.astype(int).tolist(),
         "layers": {q: c.layers(q).tolist() for q in QUANTITIES},
+        # [S, K, L] per demonstration set (mean over its traced prompts): the claim tests'
+        # units, kept so that a re-analysis can recompute them
+        "set_layers": {q: _set_layers(c, q).tolist() for q in QUANTITIES},
         "layer_mean": {q: c.layer_mean(q).tolist() for q in QUANTITIES},
         "n_tokens": c.n_tokens.tolist(),
         "saturation": _saturation(c),
         "skipped": [[k, why] for k, why in c.skipped],
     }
+
+
+def _set_layers(c: AdaptationCurve, name: str) -> np.ndarray:
+    """``[S, K, L]`` quantity ``name`` per demonstration set (mean over its traced prompts)."""
+    S = c.correct.shape[1] if c.correct.ndim == 3 else 0
+    a = c.traced[name]
+    if not S or not a.size:
+        return np.zeros((S, len(c.ks), 0))
+    per = a.shape[1] // S
+    with np.errstate(all="ignore"):
+        return np.stack([_nanmean_axis1(a[:, s * per:(s + 1) * per, :]) for s in range(S)])
+
+
+def _nanmean_axis1(a: np.ndarray) -> np.ndarray:
+    ok = np.isfinite(a)
+    cnt = ok.sum(1)
+    return np.where(cnt > 0, np.where(ok, a, 0.0).sum(1) / np.maximum(cnt, 1), np.nan)
 
 
 def _x(ks: Sequence[int]) -> list[float]:
