@@ -90,8 +90,11 @@ run() {  # run LOG_NAME ENV... -- CMD...
     fi
     mkdir -p "$log_dir"
     echo "$(date -u +%FT%TZ) worker $worker: $name" >> "$log_dir/queue-$worker.log"
-    env OMP_NUM_THREADS=1 "$@" >> "$log_dir/$name-$worker.log" 2>&1 || \
-        echo "$(date -u +%FT%TZ) worker $worker: $name exited with $?" >> "$log_dir/queue-$worker.log"
+    local rc=0
+    env OMP_NUM_THREADS=1 "$@" >> "$log_dir/$name-$worker.log" 2>&1 || rc=$?
+    # (the status is kept first: $(date ...) in the message would reset $?)
+    [[ $rc == 0 ]] || \
+        echo "$(date -u +%FT%TZ) worker $worker: $name exited with $rc" >> "$log_dir/queue-$worker.log"
 }
 
 reports() {  # a worker's step: both reports over every recorded unit, logged
@@ -100,8 +103,10 @@ reports() {  # a worker's step: both reports over every recorded unit, logged
         return 0
     fi
     echo "$(date -u +%FT%TZ) worker $worker: reports" >> "$log_dir/queue-$worker.log"
-    locked_reports >> "$log_dir/reports-$worker.log" 2>&1 || \
-        echo "$(date -u +%FT%TZ) worker $worker: reports exited with $?" >> "$log_dir/queue-$worker.log"
+    local rc=0
+    locked_reports >> "$log_dir/reports-$worker.log" 2>&1 || rc=$?
+    [[ $rc == 0 ]] || \
+        echo "$(date -u +%FT%TZ) worker $worker: reports exited with $rc" >> "$log_dir/queue-$worker.log"
 }
 
 control() {  # control LOG_NAME FLAGS...: the random-init twin (seed 1) on the trained grid's

@@ -449,3 +449,34 @@ def test_control_checks_count_a_comparison_and_its_mirror_once():
     assert [(c.selector, c.baseline) for c in checks] == [("random", "knn"), ("mmd", "knn"),
                                                           ("mmd", "random")]
     assert all(c.differs for c in checks)
+
+
+def test_queue_script_logs_a_failed_step_with_its_exit_status(tmp_path):
+    """Regression: a failed step was logged as "exited with 0" (the message's $(date ...)
+    reset $? before it was read). Each step of a worker whose commands all fail (exit 3) is
+    now logged with 3, and the worker goes on to the next step."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    fake = tmp_path / "python"
+    # answers the half-precision probe (-c ...) with 0 (float32 CPU); every run fails with 3
+    fake.write_text('#!/usr/bin/env bash\nif [[ "$1" == -c ]]; then echo 0; exit 0; fi\n'
+                    "exit 3\n")
+    fake.chmod(0o755)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    logs = tmp_path / "logs"
+    env = {**os.environ, "PYTHON": str(fake), "GRID_TREE": str(tree), "LOG_DIR": str(logs)}
+    env.pop("DRY_RUN", None)
+    subprocess.run(["bash", str(root / "benchmarks/selection_grid_queue.sh"), "7"], env=env,
+                   capture_output=True, text=True, check=True, timeout=60)
+    log = (logs / "queue-7.log").read_text().splitlines()
+    steps = [line.split("worker 7: ")[1] for line in log]
+    assert steps == ["smollm-k4", "smollm-k4 exited with 3",
+                     "smollm-control-k4", "smollm-control-k4 exited with 3",
+                     "reports", "reports exited with 3",
+                     "qwen-k4-fp32", "qwen-k4-fp32 exited with 3",
+                     "qwen-control-k4-fp32", "qwen-control-k4-fp32 exited with 3",
+                     "reports", "reports exited with 3", "queue done"]
