@@ -51,7 +51,9 @@ CONTROL_T=amazon,rt-sentiment,r8
 POSTHOC=(--posthoc vote-k mmd --posthoc vote-k mmd-joint --posthoc vote-k mmd-balanced
          --posthoc mmd-joint mmd)
 
-write_reports() {  # both reports, from the recorded units; nothing is computed
+write_reports() {  # both reports, from the recorded units; nothing is computed; fails
+    # (after trying both) if either failed
+    local status=0
     for cmd in \
         "--models smollm2-135m,qwen2.5-0.5b --dtype qwen2.5-0.5b=bfloat16,qwen2.5-0.5b@4=float32 --tasks $CONTROL_T --selectors $CONTROL_S --ks 4,8 --control 1 --selections-from benchmarks/results/selection-grid --out benchmarks/results/selection-grid-control-1" \
         "--models smollm2-135m,qwen2.5-0.5b --dtype qwen2.5-0.5b=bfloat16,qwen2.5-0.5b@4=float32 --tasks $T --selectors $S --ks 4,8 --out benchmarks/results/selection-grid --control-dir benchmarks/results/selection-grid-control-1"; do
@@ -60,18 +62,43 @@ write_reports() {  # both reports, from the recorded units; nothing is computed
         if [[ -n "${DRY_RUN:-}" ]]; then
             echo "$python benchmarks/bench_fewshot.py ${args[*]}"
         else
-            "$python" benchmarks/bench_fewshot.py "${args[@]}" > /dev/null
+            "$python" benchmarks/bench_fewshot.py "${args[@]}" > /dev/null || status=$?
         fi
     done
+    return $status
 }
 
-locked_reports() {  # write_reports, one process at a time (workers and the report mode)
+reports_signature() {  # what the reports are written from: both folders' recorded units and
+    # this checkout's code
+    {
+        cat benchmarks/results/selection-grid/results.jsonl \
+            benchmarks/results/selection-grid-control-1/results.jsonl 2>/dev/null || true
+        git rev-parse HEAD 2>/dev/null || true
+        git diff HEAD -- src benchmarks/bench_fewshot.py 2>/dev/null || true
+    } | cksum
+}
+
+locked_reports() {  # write_reports, one process at a time (workers and the report mode);
+    # with "if-changed" (a worker's step) nothing is written when the last complete write in
+    # this log folder was from the same units and code (a restarted worker whose blocks are
+    # done would otherwise spend 10 minutes per worker rewriting identical reports)
     if [[ -n "${DRY_RUN:-}" ]]; then
         write_reports
         return 0
     fi
     mkdir -p "$log_dir"
-    ( flock 9; write_reports ) 9> "$log_dir/reports.lock"
+    (
+        flock 9
+        sig=$(reports_signature)
+        if [[ "${1:-}" == if-changed && -f "$log_dir/reports.sig" \
+              && "$(cat "$log_dir/reports.sig")" == "$sig" ]]; then
+            echo "reports: up to date (same units and code as the last write)"
+            exit 0
+        fi
+        rm -f "$log_dir/reports.sig"
+        write_reports || exit $?
+        echo "$sig" > "$log_dir/reports.sig"
+    ) 9> "$log_dir/reports.lock"
 }
 
 if [[ "$worker" == report ]]; then
@@ -104,7 +131,7 @@ reports() {  # a worker's step: both reports over every recorded unit, logged
     fi
     echo "$(date -u +%FT%TZ) worker $worker: reports" >> "$log_dir/queue-$worker.log"
     local rc=0
-    locked_reports >> "$log_dir/reports-$worker.log" 2>&1 || rc=$?
+    locked_reports if-changed >> "$log_dir/reports-$worker.log" 2>&1 || rc=$?
     [[ $rc == 0 ]] || \
         echo "$(date -u +%FT%TZ) worker $worker: reports exited with $rc" >> "$log_dir/queue-$worker.log"
 }

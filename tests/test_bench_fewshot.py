@@ -480,3 +480,48 @@ def test_queue_script_logs_a_failed_step_with_its_exit_status(tmp_path):
                      "qwen-k4-fp32", "qwen-k4-fp32 exited with 3",
                      "qwen-control-k4-fp32", "qwen-control-k4-fp32 exited with 3",
                      "reports", "reports exited with 3", "queue done"]
+
+
+def test_queue_script_skips_reports_already_written_from_the_same_units(tmp_path):
+    """A worker's reports step writes nothing when the last complete write (in its log
+    folder) was from the same recorded units and code: a worker restarted on finished blocks
+    spent 10 minutes per report step rewriting identical reports. The report mode always
+    writes, and a failed write is not remembered."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    calls = tmp_path / "calls"
+    fake = tmp_path / "python"
+    # the half-precision probe answers 0; a --report-only write is recorded and succeeds;
+    # every computing step succeeds without recording anything
+    fake.write_text('#!/usr/bin/env bash\nif [[ "$1" == -c ]]; then echo 0; exit 0; fi\n'
+                    f'if [[ " $* " == *" --report-only "* ]]; then echo w >> {calls}; fi\n'
+                    "exit 0\n")
+    fake.chmod(0o755)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    logs = tmp_path / "logs"
+    env = {**os.environ, "PYTHON": str(fake), "GRID_TREE": str(tree), "LOG_DIR": str(logs)}
+    env.pop("DRY_RUN", None)
+    script = str(root / "benchmarks/selection_grid_queue.sh")
+
+    def writes() -> int:
+        return len(calls.read_text().split()) if calls.exists() else 0
+
+    subprocess.run(["bash", script, "7"], env=env, check=True, timeout=60)
+    # two report steps, two reports each: the second step finds nothing changed
+    assert writes() == 2
+    assert "up to date" in (logs / "reports-7.log").read_text()
+    subprocess.run(["bash", script, "8"], env=env, check=True, timeout=60)   # a restart
+    assert writes() == 2
+    subprocess.run(["bash", script, "report"], env=env, check=True, timeout=60)
+    assert writes() == 4                       # the report mode always writes
+    # a failed write leaves no signature: the next step writes again
+    (logs / "reports.sig").write_text("stale\n")
+    fake.write_text(fake.read_text().replace("exit 0\n", "exit 5\n").replace(
+        "echo 0; exit 5", "echo 0; exit 0"))
+    subprocess.run(["bash", script, "9"], env=env, check=True, timeout=60)
+    assert not (logs / "reports.sig").exists()
+    assert "reports exited with 5" in (logs / "queue-9.log").read_text()
