@@ -451,27 +451,36 @@ def test_control_checks_count_a_comparison_and_its_mirror_once():
     assert all(c.differs for c in checks)
 
 
-def test_queue_script_logs_a_failed_step_with_its_exit_status(tmp_path):
-    """Regression: a failed step was logged as "exited with 0" (the message's $(date ...)
-    reset $? before it was read). Each step of a worker whose commands all fail (exit 3) is
-    now logged with 3, and the worker goes on to the next step."""
+def _fake_queue(tmp_path, body: str):
+    """(script, env, fake python, log folder) for running selection_grid_queue.sh for real
+    with a fake interpreter: it answers the half-precision probe (``-c ...``) with 0 (a
+    float32 CPU) and runs the bash ``body`` for every other call; the pinned tree is an
+    empty folder."""
     import os
-    import subprocess
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     fake = tmp_path / "python"
-    # answers the half-precision probe (-c ...) with 0 (float32 CPU); every run fails with 3
     fake.write_text('#!/usr/bin/env bash\nif [[ "$1" == -c ]]; then echo 0; exit 0; fi\n'
-                    "exit 3\n")
+                    + body)
     fake.chmod(0o755)
     tree = tmp_path / "tree"
     tree.mkdir()
     logs = tmp_path / "logs"
     env = {**os.environ, "PYTHON": str(fake), "GRID_TREE": str(tree), "LOG_DIR": str(logs)}
     env.pop("DRY_RUN", None)
-    subprocess.run(["bash", str(root / "benchmarks/selection_grid_queue.sh"), "7"], env=env,
-                   capture_output=True, text=True, check=True, timeout=60)
+    return str(root / "benchmarks/selection_grid_queue.sh"), env, fake, logs
+
+
+def test_queue_script_logs_a_failed_step_with_its_exit_status(tmp_path):
+    """Regression: a failed step was logged as "exited with 0" (the message's $(date ...)
+    reset $? before it was read). Each step of a worker whose commands all fail (exit 3) is
+    now logged with 3, and the worker goes on to the next step."""
+    import subprocess
+
+    script, env, _, logs = _fake_queue(tmp_path, "exit 3\n")     # every run fails with 3
+    subprocess.run(["bash", script, "7"], env=env, capture_output=True, text=True, check=True,
+                   timeout=60)
     log = (logs / "queue-7.log").read_text().splitlines()
     steps = [line.split("worker 7: ")[1] for line in log]
     assert steps == ["smollm-k4", "smollm-k4 exited with 3",
@@ -487,25 +496,14 @@ def test_queue_script_skips_reports_already_written_from_the_same_units(tmp_path
     folder) was from the same recorded units and code: a worker restarted on finished blocks
     spent 10 minutes per report step rewriting identical reports. The report mode always
     writes, and a failed write is not remembered."""
-    import os
     import subprocess
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
     calls = tmp_path / "calls"
-    fake = tmp_path / "python"
-    # the half-precision probe answers 0; a --report-only write is recorded and succeeds;
-    # every computing step succeeds without recording anything
-    fake.write_text('#!/usr/bin/env bash\nif [[ "$1" == -c ]]; then echo 0; exit 0; fi\n'
-                    f'if [[ " $* " == *" --report-only "* ]]; then echo w >> {calls}; fi\n'
-                    "exit 0\n")
-    fake.chmod(0o755)
-    tree = tmp_path / "tree"
-    tree.mkdir()
-    logs = tmp_path / "logs"
-    env = {**os.environ, "PYTHON": str(fake), "GRID_TREE": str(tree), "LOG_DIR": str(logs)}
-    env.pop("DRY_RUN", None)
-    script = str(root / "benchmarks/selection_grid_queue.sh")
+    # a --report-only write is recorded and succeeds; every computing step succeeds without
+    # recording anything
+    script, env, fake, logs = _fake_queue(
+        tmp_path, f'if [[ " $* " == *" --report-only "* ]]; then echo w >> {calls}; fi\n'
+                  "exit 0\n")
 
     def writes() -> int:
         return len(calls.read_text().split()) if calls.exists() else 0
