@@ -18,9 +18,11 @@ from icldistill.core.stats import mcnemar_exact
 from icldistill.core.validation import InputError
 from icldistill.encoders.representations import make_encoder
 from icldistill.lab.experiments import phenomena as ph
+from icldistill.lab.experiments._stats import pick_randomisation_test
 from icldistill.lab.experiments.ordering import (
     QUICK,
     OrderingSizes,
+    SetResult,
     hs_cosine,
     log_hs_inner,
     medoid_order,
@@ -249,12 +251,26 @@ def test_section_builds(section):
     corr = np.asarray(res["correct"])
     assert corr.shape == (6, len(res["held"]))
     np.testing.assert_allclose(res["accuracy"], corr.mean(1))
+    # one unit per demonstration set: the set's held-back accuracy of the picked order minus
+    # the baseline's
+    rs = g["results"][0]
+    sets = [np.asarray(r["correct"], dtype=float) for r in rs]
     medoid_vs_random = g["paired"][0][0]
     assert medoid_vs_random["name"] == "medoid order vs random order"
-    np.testing.assert_allclose(medoid_vs_random["diffs"], corr[res["medoid"]] - corr.mean(0))
+    np.testing.assert_allclose(medoid_vs_random["diffs"],
+                               [c[r["medoid"]].mean() - c.mean()
+                                for c, r in zip(sets, rs, strict=True)])
+    # its p: every pick vector enumerated (the rule's pick against a uniform one per set)
+    counts = [c.sum(1) for c in sets]
+    expected = sum(c.mean() for c in counts)
+    observed = sum(c[r["medoid"]] for c, r in zip(counts, rs, strict=True))
+    totals = [sum(v) for v in itertools.product(*counts)]
+    assert medoid_vs_random["p"] == pytest.approx(
+        np.mean([abs(t - expected) >= abs(observed - expected) - 1e-9 for t in totals]))
     medoid_vs_msl = g["paired"][0][1]
     np.testing.assert_allclose(medoid_vs_msl["diffs"],
-                               corr[res["medoid"]] - np.asarray(res["msl_correct"]))
+                               [c[r["medoid"]].mean() - np.mean(r["msl_correct"])
+                                for c, r in zip(sets, rs, strict=True)])
     plan = sec.data["plans"][0]
     assert not set(plan["trace_items"]) & set(plan["held"])   # calibration never scored
     # controls see the same prompts: same orders, same held-back items
@@ -331,3 +347,66 @@ def test_resume_keeps_encoder_objects_of_one_class_apart(tmp_path, toy, group, e
     assert go(encoder, "b", parts) == first                  # the same encoder: all reused
     again = go(other, "c", parts)                             # another one: computed anew
     assert set(first) < set(again)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 4), min_size=1, max_size=4), min_size=1, max_size=4),
+       st.data())
+def test_pick_randomisation_test_by_enumeration(counts, data):
+    """The exact test's p is the share of all pick vectors (one option per unit) whose total is
+    at least as far from its mean as the picked total."""
+    picked = [data.draw(st.integers(0, len(c) - 1)) for c in counts]
+    p = pick_randomisation_test([np.asarray(c) for c in counts], picked)
+    expected = sum(np.mean(c) for c in counts)
+    observed = sum(c[o] for c, o in zip(counts, picked, strict=True))
+    totals = [sum(v) for v in itertools.product(*counts)]
+    want = np.mean([abs(t - expected) >= abs(observed - expected) - 1e-9 for t in totals])
+    assert p == pytest.approx(want)
+    assert p >= 1 / math.prod(len(c) for c in counts) - 1e-12
+
+
+def test_pick_randomisation_test_bad_input():
+    with pytest.raises(InputError, match="equal length"):
+        pick_randomisation_test([np.array([1, 2])], [0, 1])
+    with pytest.raises(InputError, match="non-negative integers"):
+        pick_randomisation_test([np.array([1.5, 2.0])], [0])
+    with pytest.raises(InputError, match="out of range"):
+        pick_randomisation_test([np.array([1, 2])], [2])
+
+
+def _set_result(correct, msl, medoid):
+    """A SetResult with the given held-back correctness ``[O, h]`` (other fields minimal)."""
+    n_orders, h = correct.shape
+    z = np.zeros((n_orders, 1, 1))
+    return SetResult(task="t", k=3, set_index=0, orders=np.zeros((n_orders, 3), dtype=int),
+                     predictions=np.where(correct > 0, "a", "b"), correct=correct, eta=z + 1,
+                     log_w0_norm=z, demo_share=z, rel_distance=z, cosine=z + 1,
+                     held=np.arange(h), msl_correct=msl, medoid=medoid, max_share=medoid,
+                     n_demo_tokens=np.full(n_orders, 10))
+
+
+def test_rule_comparisons_take_one_unit_per_set():
+    """Regression: the rule comparisons were tested over the pooled held-back items (360 in
+    the full run), as if the items of one set, all read with the order the rule picked for
+    that set, were independent draws; the same test called 39% of random picks significant.
+    The unit is now the set: 6 sets give a sign-flip p no smaller than 2/64, and the pick
+    randomisation test's p no smaller than 1 over the number of pick vectors."""
+    from icldistill.lab.experiments.ordering import _comparisons
+
+    rng = np.random.default_rng(0)
+    results = []
+    for _ in range(6):
+        correct = (rng.random((6, 60)) < 0.5).astype(float)
+        correct[0] = 1.0                       # order 0 is right on every item
+        results.append(_set_result(correct, np.zeros(60), medoid=0))
+    m = ph.ModelUnderTest(role="trained", name="m", loaded=None, seed=0)
+    out = {p.name: p for p in _comparisons(results, m, seed=0)}
+    vs_msl = out["medoid order vs most similar last"]
+    assert vs_msl.diffs.shape == (6,)
+    np.testing.assert_allclose(vs_msl.diffs, 1.0)
+    assert vs_msl.p == pytest.approx(2 / 64)   # the floor at 6 sets (items: ~1e-108)
+    vs_random = out["medoid order vs random order"]
+    assert vs_random.diffs.shape == (6,)
+    # the best order in every set: only the pick vectors that are as extreme count
+    assert vs_random.p >= 1 / 6 ** 6
+    assert vs_random.p < 0.01

@@ -6,7 +6,10 @@ where they can):
   group have a higher success rate than the other?); exact hypergeometric tail in integer
   arithmetic (no scipy);
 - :func:`spearman_permutation_test` — one-sided permutation test of Spearman's rank
-  correlation (the statistic is :func:`icldistill.core.stats.spearman`).
+  correlation (the statistic is :func:`icldistill.core.stats.spearman`);
+- :func:`pick_randomisation_test` — exact two-sided randomisation test of a rule that picks
+  one option per independent unit (an order per demonstration set) against a uniformly random
+  pick.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from icldistill.core.results import Result
 from icldistill.core.stats import spearman
 from icldistill.core.validation import InputError, check_int, check_seed
 
-__all__ = ["SpearmanTest", "fisher_exact_greater", "spearman_permutation_test"]
+__all__ = ["SpearmanTest", "fisher_exact_greater", "pick_randomisation_test",
+           "spearman_permutation_test"]
 
 
 def fisher_exact_greater(a: int, b: int, c: int, d: int) -> float:
@@ -150,3 +154,63 @@ def spearman_permutation_test(x: Any, y: Any, *, alternative: str = "greater",
                     else np.count_nonzero(null <= rho + tol))
     return SpearmanTest(float(rho), (1 + hits) / (n_perm + 1), int(a.size), alternative,
                         n_perm)
+
+
+def pick_randomisation_test(counts: Any, picked: Any) -> float:
+    """Exact two-sided p-value of a rule that picked option ``picked[s]`` in each unit ``s``,
+    under the null hypothesis that the pick is uniform over the unit's options, independently
+    per unit.
+
+    The statistic is the total ``sum_s counts[s][picked[s]]`` (e.g. held-back items answered
+    right by the picked order of each demonstration set); its null distribution is the
+    convolution of the units' histograms of ``counts[s]``, counted exactly with integers. The
+    p-value is ``P(|T - E T| >= |t_obs - E T|)``. The units, not the items inside them, are
+    what the pick randomises, so the p-value is never below ``1 / prod_s O_s`` however many
+    items each unit holds.
+
+    Parameters
+    ----------
+    counts : sequence of ``S`` integer arrays ``[O_s]``
+        Per unit, the non-negative integer score of every option.
+    picked : sequence of ``S`` int
+        The option the rule picked in each unit.
+
+    Returns
+    -------
+    float
+        The p-value in ``(0, 1]``.
+
+    Raises
+    ------
+    InputError
+        No unit, a count that is not a non-negative integer, or a pick out of range.
+    """
+    units = [np.asarray(c) for c in counts]
+    picks = list(picked)
+    if not units or len(units) != len(picks):
+        raise InputError(f"counts and picked must be non-empty and of equal length, got "
+                         f"{len(units)} and {len(picks)}")
+    dist = [1]                  # number of pick vectors per total score
+    expected = Fraction(0)
+    observed = 0
+    for s, (c, o) in enumerate(zip(units, picks, strict=True)):
+        if c.ndim != 1 or c.size == 0 or not np.issubdtype(c.dtype, np.integer) \
+                or (c < 0).any():
+            raise InputError(f"counts[{s}] must be a non-empty 1-D array of non-negative "
+                             f"integers, got {c!r}")
+        o = check_int(o, f"picked[{s}]", 0)
+        if o >= c.size:
+            raise InputError(f"picked[{s}] = {o} is out of range for {c.size} options")
+        hist = np.bincount(c).tolist()
+        new = [0] * (len(dist) + len(hist) - 1)
+        for i, a in enumerate(dist):
+            if a:
+                for j, b in enumerate(hist):
+                    if b:
+                        new[i + j] += a * b
+        dist = new
+        expected += Fraction(int(c.sum()), int(c.size))
+        observed += int(c[o])
+    dev = abs(observed - expected)
+    hits = sum(n for t, n in enumerate(dist) if abs(t - expected) >= dev)
+    return float(Fraction(hits, sum(dist)))

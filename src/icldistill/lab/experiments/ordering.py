@@ -29,18 +29,25 @@ quantity the theory is about (the student itself) rather than a proxy, and does 
 extreme orders. Both rules are compared on the held-back items, paired (same items, same
 demonstration set), with
 
-- **random order**: the per-item correctness averaged over all orders (the expected
-  correctness of a uniformly random order; fractional, so the sign-flip test);
+- **random order**: the correctness averaged over all orders (the expected correctness of a
+  uniformly random order);
 - **most similar last**: per held-back query, the set's demonstrations sorted by MiniLM cosine
   similarity to the query, the most similar last (:func:`most_similar_last`; one prompt per
   query).
 
-Per comparison: the mean paired difference, its bootstrap interval
-(:func:`~icldistill.core.stats.paired_bootstrap_ci`) and the two-sided sign-flip p-value
-(:func:`~icldistill.core.stats.sign_flip_test`, the exact McNemar test when both sides are 0/1),
-Holm-adjusted over every comparison of the section. Everything is measured on the trained
-model and its random-initialised controls on the same prompts (the control rule of
-:mod:`icldistill.lab.experiments.phenomena`).
+The unit of every comparison is the demonstration set: a rule picks one order per set, and
+all held-back items of a set are read with that set's demonstrations, so items are not
+independent draws. Per comparison: the mean over sets of the per-set difference in held-back
+accuracy, its bootstrap interval over sets
+(:func:`~icldistill.core.stats.paired_bootstrap_ci`) and a two-sided p-value over sets: against
+a random order the exact pick-randomisation test
+(:func:`~icldistill.lab.experiments._stats.pick_randomisation_test`: the rule's pick against a
+uniform pick in every set), against most-similar-last the exact sign-flip test of the per-set
+differences (:func:`~icldistill.core.stats.sign_flip_test`). With ``S`` sets a sign-flip p is
+never below ``2 / 2**S`` (0.031 for 6 sets). The trained models' comparisons are
+Holm-adjusted together; the random-init controls' form a family of their own. Everything is
+measured on the trained model and its random-initialised controls on the same prompts (the
+control rule of :mod:`icldistill.lab.experiments.phenomena`).
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ from icldistill.core.stats import holm, paired_bootstrap_ci, sign_flip_test, spe
 from icldistill.core.validation import InputError, check_int, check_seed
 from icldistill.lab.experiments import phenomena as ph
 from icldistill.lab.experiments._common import Check, Section, Table
+from icldistill.lab.experiments._stats import pick_randomisation_test
 
 __all__ = [
     "FULL",
@@ -483,7 +491,7 @@ def medoid_order(log_w0: Any, log_eta: Any) -> int:
 # ============================================================================ paired statistics
 @dataclass(frozen=True)
 class PairedResult:
-    """A paired comparison on the same held-back items.
+    """A paired comparison over the same units (demonstration sets, in the section).
 
     Attributes
     ----------
@@ -491,13 +499,14 @@ class PairedResult:
         ``"<rule> vs <baseline>"``.
     model, role : str
     diffs : ndarray ``[n]``
-        Per-item correctness differences (rule minus baseline).
+        Per-unit differences (rule minus baseline).
     diff, low, high : float
-        Mean difference and its 95% bootstrap interval.
+        Mean difference and its 95% bootstrap interval over the units.
     p : float
-        Two-sided sign-flip p-value (exact McNemar for 0/1 correctness).
+        Two-sided p-value over the units (sign-flip by default; exact McNemar for 0/1
+        values).
     p_holm : float
-        Holm-adjusted over the section's comparisons (NaN until adjusted).
+        Holm-adjusted over its family (NaN until adjusted).
     """
 
     name: str
@@ -519,12 +528,13 @@ class PairedResult:
 
 def paired_result(name: str, a: Any, b: Any, *, model: str = "", role: str = "trained",
                   seed: int = 0) -> PairedResult:
-    """Compare per-item correctness ``a`` with ``b`` (same items; values in ``[0, 1]``).
+    """Compare per-unit correctness ``a`` with ``b`` (same units; values in ``[0, 1]``).
 
     Parameters
     ----------
     a, b : array-like ``[n]``
-        Correctness of the rule and of the baseline (0/1, or a mean over orders).
+        Correctness of the rule and of the baseline per unit (0/1 per item, or a mean: over
+        orders, over a set's held-back items).
 
     Returns
     -------
@@ -744,37 +754,47 @@ def _rule_pick(r: SetResult, rule: str) -> int:
 
 def _comparisons(results: list[SetResult], m: ph.ModelUnderTest, seed: int
                  ) -> list[PairedResult]:
+    """Each rule against each baseline, one unit per demonstration set (module docstring)."""
     out = []
     for rule, _ in RULES:
-        a = np.concatenate([r.held_correct(_rule_pick(r, rule)) for r in results])
+        picks = [_rule_pick(r, rule) for r in results]
+        a = np.array([r.held_correct(o).mean() for r, o in zip(results, picks, strict=True)])
         for base in BASELINES:
-            b = np.concatenate([r.random_correct() if base == "random order" else r.msl_correct
-                                for r in results])
-            out.append(paired_result(f"{rule} order vs {base}", a, b, model=m.name, role=m.role,
-                                     seed=seed))
+            b = np.array([(r.random_correct() if base == "random order" else r.msl_correct)
+                          .mean() for r in results])
+            res = paired_result(f"{rule} order vs {base}", a, b, model=m.name, role=m.role,
+                                seed=seed)
+            if base == "random order":      # the null randomises the pick in every set
+                counts = [np.rint(r.correct.sum(1)).astype(np.int64) for r in results]
+                res = dataclasses.replace(res, p=pick_randomisation_test(counts, picks))
+            out.append(res)
     return out
 
 
-def _per_item_movement(results: list[SetResult], what: str) -> np.ndarray:
-    """Per (set, calibration query, layer): the order effect on a distillation quantity."""
-    vals = []
+def _set_movement(results: list[SetResult], what: str) -> np.ndarray:
+    """Per demonstration set: the order effect on a distillation quantity, averaged over the
+    set's calibration queries and layers (:func:`_movement_cells`)."""
+    out = []
     for r in results:
+        v = _movement_cells(r, what)
+        v = v[np.isfinite(v)]
+        out.append(float(v.mean()) if v.size else math.nan)
+    return np.asarray(out, dtype=np.float64)
+
+
+def _movement_cells(r: SetResult, what: str) -> np.ndarray:
+    """Per (calibration query, layer) of one set, flattened: the order effect on a
+    distillation quantity (NaN where undefined)."""
+    with np.errstate(all="ignore"):
         if what == "w0":            # mean over the other orders of the relative HS distance
             a = r.rel_distance[1:] if r.rel_distance.shape[0] > 1 else r.rel_distance
-            with np.errstate(all="ignore"):
-                vals.append(np.nanmean(a, axis=0).ravel())
-        elif what == "dir":         # mean over the other orders of 1 - HS cosine
+            return np.nanmean(a, axis=0).ravel()
+        if what == "dir":           # mean over the other orders of 1 - HS cosine
             a = r.cosine[1:] if r.cosine.shape[0] > 1 else r.cosine
-            with np.errstate(all="ignore"):
-                vals.append(1.0 - np.nanmean(a, axis=0).ravel())
-        elif what == "eta":         # std over orders of log eta*
-            with np.errstate(all="ignore"):
-                vals.append(np.nanstd(np.log(r.eta), axis=0).ravel())
-        else:                       # std over orders of log ||W_0||
-            with np.errstate(all="ignore"):
-                vals.append(np.nanstd(r.log_w0_norm, axis=0).ravel())
-    v = np.concatenate(vals) if vals else np.zeros(0)
-    return v[np.isfinite(v)]
+            return 1.0 - np.nanmean(a, axis=0).ravel()
+        if what == "eta":           # std over orders of log eta*
+            return np.nanstd(np.log(r.eta), axis=0).ravel()
+        return np.nanstd(r.log_w0_norm, axis=0).ravel()    # std over orders of log ||W_0||
 
 
 def _set_data(r: SetResult) -> dict[str, Any]:
@@ -1018,8 +1038,8 @@ def _measure_all(groups: list[list[ph.ModelUnderTest]], plans: list[_Plan], seed
                  ) -> tuple[dict[tuple[int, int], list[SetResult]],
                             dict[tuple[int, int], list[PairedResult]]]:
     """Every model's set results and paired rule comparisons, keyed by (group, member); the
-    comparisons' p-values Holm-adjusted over the whole section. ``parts`` keeps each
-    finished (model, task) measurement."""
+    comparisons' p-values Holm-adjusted (the trained models' together, the controls' apart).
+    ``parts`` keeps each finished (model, task) measurement."""
     parts = parts or ph.Parts(None, "ordering", {})
     res: dict[tuple[int, int], list[SetResult]] = {}
     paired: dict[tuple[int, int], list[PairedResult]] = {}
@@ -1033,12 +1053,13 @@ def _measure_all(groups: list[list[ph.ModelUnderTest]], plans: list[_Plan], seed
                                     model=m, **part))
             res[(gi, mi)] = rs
             paired[(gi, mi)] = _comparisons(rs, m, seed)
-    # Holm over every comparison of the section
-    keys = sorted(paired)
-    flat = [(key, i) for key in keys for i in range(len(paired[key]))]
-    adj = holm([paired[key][i].p for key, i in flat]) if flat else np.zeros(0)
-    for (key, i), p_adj in zip(flat, adj, strict=True):
-        paired[key][i] = dataclasses.replace(paired[key][i], p_holm=float(p_adj))
+    # Holm over the trained models' comparisons; the controls' form a family of their own
+    for trained in (True, False):
+        flat = [(key, i) for key in sorted(paired) for i in range(len(paired[key]))
+                if (paired[key][i].role == "trained") == trained]
+        adj = holm([paired[key][i].p for key, i in flat]) if flat else np.zeros(0)
+        for (key, i), p_adj in zip(flat, adj, strict=True):
+            paired[key][i] = dataclasses.replace(paired[key][i], p_holm=float(p_adj))
     return res, paired
 
 
@@ -1088,7 +1109,9 @@ def _movement_row(m: ph.ModelUnderTest, r: SetResult) -> tuple[Any, ...]:
 
 
 def _disagreement(rs: list[SetResult]) -> np.ndarray:
-    return np.concatenate([r.disagreement for r in rs])
+    """Per demonstration set: the mean over its held-back items of the disagreement across
+    orders (the set is the unit; its items share its demonstrations)."""
+    return np.asarray([float(r.disagreement.mean()) for r in rs], dtype=np.float64)
 
 
 def _group_checks(g: list[ph.ModelUnderTest], res: list[list[SetResult]],
@@ -1109,23 +1132,24 @@ def _group_checks(g: list[ph.ModelUnderTest], res: list[list[SetResult]],
         return c
 
     checks = []
-    c_dis = comp("per-item disagreement across orders", _disagreement(res[0]),
+    c_dis = comp("per-set disagreement across orders", _disagreement(res[0]),
                  lambda mi: _disagreement(res[mi]))
     checks.append(ph.controlled_check(
         f"{tr.name}: the order of a fixed demonstration set changes the predictions",
         c_dis.trained.value > 0, c_dis,
         "share of orders whose prediction differs from the item's most frequent one, mean "
-        "over the held-back items", sign=1))
+        "over the held-back items of each demonstration set (the unit)", sign=1))
     for what, label, claim in (
             ("w0", "relative HS distance of W_0 between orders",
              "the order moves the student W_0 (same head, relative HS distance)"),
             ("eta", "std over orders of log eta*",
              "the order moves eta* (through D')")):
-        c = comp(label, _per_item_movement(res[0], what),
-                 lambda mi, what=what: _per_item_movement(res[mi], what))
+        c = comp(label, _set_movement(res[0], what),
+                 lambda mi, what=what: _set_movement(res[mi], what))
         checks.append(ph.controlled_check(
             f"{tr.name}: {claim}", c.trained.value > 0, c,
-            "per (set, calibration query, layer), mean over heads", sign=1))
+            "per demonstration set (the unit), mean over its calibration queries, layers and "
+            "heads", sign=1))
     for p0 in paired[0]:
         if not p0.name.startswith("medoid"):
             continue
@@ -1137,11 +1161,15 @@ def _group_checks(g: list[ph.ModelUnderTest], res: list[list[SetResult]],
             f"{_BASELINE_TEXT[p0.name.split(' vs ')[1]]} on held-back items",
             p0.diff > 0 and p0.p_holm < 0.05, c,
             f"mean difference {p0.diff:+.3f} [{p0.low:+.3f}, {p0.high:+.3f}] over "
-            f"{p0.diffs.size} items, p = {p0.p:.3g}, Holm p = {p0.p_holm:.3g}", sign=1))
+            f"{p0.diffs.size} demonstration sets, p = {p0.p:.3g}, Holm p = {p0.p_holm:.3g}"
+            + ("" if 2.0 / 2 ** p0.diffs.size < 0.05 else
+               f" (untestable at this size: {p0.diffs.size} sets cannot give p < 0.05)"),
+            sign=1))
     return checks
 
 
 def _avg(v: np.ndarray) -> float:
+    v = v[np.isfinite(v)]
     return float(v.mean()) if v.size else math.nan
 
 
@@ -1160,10 +1188,7 @@ def _model_findings(m: ph.ModelUnderTest, mi: int, rs: list[SetResult]) -> list[
                     for r in rs)
         + f"); {_disagreement(rs).mean():.3f} of the orders disagree with an item's most "
           "frequent prediction.")
-    mv = _per_item_movement(rs, "w0")
-    me = _per_item_movement(rs, "eta")
-    ml = _per_item_movement(rs, "lw")
-    md = _per_item_movement(rs, "dir")
+    mv, me, ml, md = (_set_movement(rs, what) for what in ("w0", "eta", "lw", "dir"))
     findings.append(
         f"{m.name}: another order moves W_0 of the same head by {_avg(mv):.3g} of its "
         f"mean norm (||W_0 - W_0'|| / mean of the two norms, mean over sets, queries, "
@@ -1245,9 +1270,16 @@ def _description(plans: list[_Plan], mode: str, sizes: OrderingSizes, enc: Any,
         "(log ||W_0||, log eta*) profile on the calibration queries closest to the average over "
         "orders), the secondary one the order with the largest demo share; both are compared, "
         f"paired on {held_items}, with the "
-        "expected correctness of a random order (sign-flip test) and with most-similar-last "
+        "expected correctness of a random order and with most-similar-last "
         f"(demonstrations sorted by {getattr(enc, 'name', 'encoder')} cosine similarity to each "
-        "query, most similar last; exact McNemar), Holm over the section's comparisons. Every "
+        "query, most similar last). The unit of every comparison and interval is the "
+        "demonstration set (a rule picks one order per set, and a set's items share its "
+        "demonstrations): per set the difference in held-back accuracy, tested against a "
+        "random order by the exact pick-randomisation test (the rule's pick against a uniform "
+        "pick in every set) and against most-similar-last by the exact sign-flip test over "
+        "sets (with S sets no p is below 2/2^S: 0.031 for 6 sets), Holm over the trained "
+        "models' comparisons; the disagreement and movement checks take one value per set "
+        "too. Every "
         f"number is measured on the trained model and on {len(groups[0]) - 1} random-init "
         "control(s) (seeds seed+1, ...) on the same prompts; a check passes only outside the "
         "controls' 95% bootstrap spread.")
