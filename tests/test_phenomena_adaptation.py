@@ -253,3 +253,20 @@ def test_section_records_per_set_layers(section):
     names = [c["name"] for c in sec.data["comparisons"]]
     assert any("per-(task, set) layer-mean Spearman" in n for n in names)
     assert any("(task, set) units" in c.detail for c in sec.checks)
+
+
+def test_accuracy_gain_takes_one_unit_per_set():
+    """Regression: the gain was tested over the pooled test items (180 in the full run), as
+    if the items read with one demonstration set were independent draws; one set that helps
+    every item of a task made it significant. The unit is now the (task, set)."""
+    K, S, n = 3, 2, 60
+    correct = np.zeros((K, S, n))
+    correct[-1, 0] = 1.0            # set 0 makes every item right at the largest k; set 1 not
+    c = adaptation.AdaptationCurve(
+        model="m", role="trained", task="t", ks=(0, 1, 2), correct=correct,
+        traced={q: np.zeros((K, S, 2)) for q in adaptation.QUANTITIES},
+        n_tokens=np.ones((K, S)), skipped=(), chance=0.5)
+    np.testing.assert_allclose(adaptation.set_gains(c), [1.0, 0.0])
+    st_ = adaptation._group_stats([[c, c, c]])
+    assert st_.gains[0].shape == (6,)
+    assert ph.sign_flip_p(st_.gains[0]) == pytest.approx(0.25)   # items: ~1e-18

@@ -63,6 +63,7 @@ __all__ = [
     "run",
     "saturation_agreement",
     "saturation_point",
+    "set_gains",
     "set_spearmans",
     "within_one_doubling",
 ]
@@ -415,12 +416,17 @@ def within_one_doubling(a: float, b: float) -> float:
     return float(abs(pa - pb) <= 1.0 + 1e-12)
 
 
-def _item_gain(curve: AdaptationCurve) -> np.ndarray:
-    """``[n]`` per test item: correct at the largest fitting ``k`` (mean over sets) minus
-    correct at ``k = 0``."""
+def set_gains(curve: AdaptationCurve) -> np.ndarray:
+    """``[S]`` per demonstration set: accuracy at the largest fitting ``k`` minus zero-shot
+    accuracy, over the same test items.
+
+    The set, not the item, is the unit: every item of a task is read with the same set's
+    demonstrations, so the items of one set are not independent draws of the claim "accuracy
+    rises with k" (which is about demonstration sets in general).
+    """
     if len(curve.ks) < 2 or curve.ks[0] != 0:
         return np.zeros(0)
-    return curve.correct[-1].mean(0) - curve.correct[0].mean(0)
+    return curve.correct[-1].mean(1) - curve.correct[0].mean(1)
 
 
 # ============================================================================ section
@@ -550,7 +556,7 @@ def _sign_ok(st: ph.Statistic, sign: float) -> bool:
 class _GroupStats:
     """Per member of one model group (trained first): the per-(task, set) layer-mean
     Spearmans of log 1/D', log n/D' and the demo share against k
-    (:func:`set_spearmans`), the per-item accuracy gains, the
+    (:func:`set_spearmans`), the per-(task, set) accuracy gains (:func:`set_gains`), the
     saturation points per task and their per-task agreement with accuracy's."""
 
     rho_lr: list[np.ndarray]
@@ -570,7 +576,7 @@ def _group_stats(g_res: list[list[AdaptationCurve]]) -> _GroupStats:
         rho_key.append(np.concatenate([set_spearmans(c, "log_normalizer_per_key", -1.0)
                                        for c in m_res]))
         rho_share.append(np.concatenate([set_spearmans(c, "demo_share") for c in m_res]))
-        gains.append(np.concatenate([_item_gain(c) for c in m_res]))
+        gains.append(np.concatenate([set_gains(c) for c in m_res]))
         sat.append([_saturation(c) for c in m_res])
     agree_share = [np.array([saturation_agreement(s, "demo_share") for s in m]) for m in sat]
     agree_w0 = [np.array([saturation_agreement(s, "log_w0_norm") for s in m]) for m in sat]
@@ -598,8 +604,9 @@ def _direction_checks(group: list[ph.ModelUnderTest], st: _GroupStats, seed: int
          "removes that)"),
         ("mean per-(task, set) layer-mean Spearman(demo share, k) over k >= 1", st.rho_share, 1.0,
          "the demonstrations' share of the attention output rises with k"),
-        ("per-item accuracy at the largest k minus zero-shot", st.gains, 1.0,
-         "accuracy rises with k (largest fitting k against k = 0, paired over test items)"),
+        ("per-(task, set) accuracy at the largest k minus zero-shot", st.gains, 1.0,
+         "accuracy rises with k (largest fitting k against k = 0, paired over the same test "
+         "items, one unit per demonstration set)"),
     ]
     checks = []
     for name, vals, sign, claim in specs:
@@ -607,7 +614,7 @@ def _direction_checks(group: list[ph.ModelUnderTest], st: _GroupStats, seed: int
         cmp = ph.compare_with_controls(name, stats[0], stats[1:], seed=seed)
         comparisons.append({"group": trained.name, **cmp.to_dict()})
         n = int(np.isfinite(vals[0]).sum())
-        units = "(task, set) units" if "Spearman" in name else "items"
+        units = "(task, set) units"
         check = ph.controlled_check(
             tag + claim + (" (mean < 0 with its interval below 0" if sign < 0 else
                            " (mean > 0 with its interval above 0") + DIRECTION,
@@ -767,7 +774,10 @@ def _description(plan: list[Any], sizes: Sizes, seed: int, quick: bool) -> str:
         "layer's curve, averaged over layers; the claim needs the mean over the (task, set) "
         "units' interval on the claimed side of 0 (the layers of one prompt sequence are not "
         "independent, so they are not resampled apart: with T tasks and S sets the smallest "
-        "two-sided sign-flip p is 2/2^(T S), 0.25 for 3 tasks and 1 set). The 1/D' check "
+        "two-sided sign-flip p is 2/2^(T S), 0.25 for 3 tasks and 1 set). The accuracy "
+        "check takes one unit per (task, set) too: the set's accuracy at the largest fitting "
+        "k minus zero-shot on the same items (the items of a set share its demonstrations). "
+        "The 1/D' check "
         "uses D' itself, as the theory states it; "
         "the per-key check uses n/D', which removes the growth of D' with the number of keys "
         "(a sum over keys grows with any weights). Saturation: k_sat of a curve is the "
