@@ -129,6 +129,15 @@ def test_section_builds(section, tasks):
         assert -1.0 <= m["r2_best"]["value"] <= 1.0
     # input-only MMD is exactly unchanged by random labels; the label-aware one is not
     assert g["input_mmd_max_change_random_label"] == 0.0
+    # regression: the drops were resampled and sign-flip tested per test item (the 12 items
+    # of a task share its one demonstration set); one value per (task, set) now
+    for key, v in (("drop_foreign", 0), ("drop_random", 1)):
+        drops = [np.mean(np.asarray(t["correct"], dtype=float)[v, 0, s]
+                         - np.asarray(t["correct"], dtype=float)[v, -1, s])
+                 for t in g["models"][0]["tasks"] for s in range(1)]
+        cmp = g["comparisons"][key]
+        assert cmp["trained"]["n"] == 2                          # 2 tasks x 1 set
+        assert cmp["trained"]["value"] == pytest.approx(np.mean(drops))
     for t in d["tasks"]:
         mt = np.asarray(t["mmd_text"])
         assert mt[1, -1, 0] > mt[1, 0, 0]

@@ -889,7 +889,7 @@ def _assemble(groups: list[list[ph.ModelUnderTest]], results: list[Any], setup: 
 
 def _summarise(m: ph.ModelUnderTest, mres: list[dict[str, Any]],
                setup: _Setup) -> dict[str, Any]:
-    """One model's accuracies, fits, best layer, per-item drops and R² statistics."""
+    """One model's accuracies, fits, best layer, per-(task, set) drops and R² statistics."""
     rho = np.asarray(setup.levels)
     R, T = len(setup.levels), len(setup.designs)
     fv, rv = VARIANTS.index("foreign"), VARIANTS.index("random-label")
@@ -897,11 +897,12 @@ def _summarise(m: ph.ModelUnderTest, mres: list[dict[str, Any]],
     acc = np.stack([r["correct"].mean(-1) for r in mres])            # [T, V, R, S]
     fits, r2_layers, sr2_layers, slope_layers = _variant_fits(acc, mres, setup, L)
     best = int(np.argmax(np.nan_to_num(sr2_layers[fv], nan=-2.0)))
+    # one unit per (task, demonstration set): a set's items share its demonstrations
     drop_f = np.concatenate([(r["correct"][fv, 0].astype(float)
-                              - r["correct"][fv, -1].astype(float)).mean(0)
+                              - r["correct"][fv, -1].astype(float)).mean(-1)
                              for r in mres])
     drop_r = np.concatenate([(r["correct"][rv, 0].astype(float)
-                              - r["correct"][rv, -1].astype(float)).mean(0)
+                              - r["correct"][rv, -1].astype(float)).mean(-1)
                              for r in mres])
     mean_acc = acc.mean(axis=(0, 3))                                 # [V, R]
     slope_rho = [fit_line(rho, mean_acc[v]).slope for v in range(len(VARIANTS))]
@@ -957,12 +958,12 @@ def _variant_fits(acc: np.ndarray, mres: list[dict[str, Any]], setup: _Setup, L:
 
 def _comparisons(summaries: list[dict[str, Any]],
                  setup: _Setup) -> dict[str, ph.ControlComparison]:
-    """The trained model against its controls: the two per-item drops and the two R²."""
+    """The trained model against its controls: the two per-set drops and the two R²."""
     tr, ctrls = summaries[0], summaries[1:]
     name, seed, enc_name = tr["model"].name, setup.seed, setup.enc_name
     comps = {}
     comps["drop_foreign"] = ph.compare_with_controls(
-        f"{name}: accuracy drop rho=0 -> 1, foreign demonstrations (per item)",
+        f"{name}: accuracy drop rho=0 -> 1, foreign demonstrations (per (task, set))",
         ph.statistic(tr["drop_f"], tr["model"], seed=seed),
         [ph.statistic(c["drop_f"], c["model"], seed=seed) for c in ctrls], seed=seed)
     comps["r2_kv"] = ph.compare_with_controls(
@@ -973,7 +974,7 @@ def _comparisons(summaries: list[dict[str, Any]],
         f"{name}: signed R² of accuracy on {enc_name} MMD² (label-aware texts)",
         tr["r2_text"], [c["r2_text"] for c in ctrls], seed=seed)
     comps["drop_random"] = ph.compare_with_controls(
-        f"{name}: accuracy drop rho=0 -> 1, random labels (per item)",
+        f"{name}: accuracy drop rho=0 -> 1, random labels (per (task, set))",
         ph.statistic(tr["drop_r"], tr["model"], seed=seed),
         [ph.statistic(c["drop_r"], c["model"], seed=seed) for c in ctrls], seed=seed)
     return comps
@@ -991,18 +992,18 @@ def _group_checks(summaries: list[dict[str, Any]], comps: dict[str, ph.ControlCo
     perm = (f"one-sided permutation test ({N_PERM} permutations of the (rho, set) points "
             "within each task)")
     tests = [
-        (ph.sign_flip_p(tr["drop_f"]), f"paired sign-flip test (two-sided) of the per-item "
-                                       f"drop over {df.n} items"),
+        (ph.sign_flip_p(tr["drop_f"]), f"paired sign-flip test (two-sided) of the drop over "
+                                       f"{df.n} (task, set) units"),
         (tr["p_r2_kv"], perm + " of the best layer's mean signed R², the layer chosen within "
                         "each permutation"),
         (tr["p_r2_text"], perm + " of the mean signed R²"),
-        (ph.sign_flip_p(tr["drop_r"]), f"paired sign-flip test (two-sided) of the per-item "
-                                       f"drop over {dr.n} items"),
+        (ph.sign_flip_p(tr["drop_r"]), f"paired sign-flip test (two-sided) of the drop over "
+                                       f"{dr.n} (task, set) units"),
     ]
     checks = [
         ph.controlled_check(
             f"{name}: accuracy falls as the fraction of foreign demonstrations rises (slope on "
-            "rho < 0, per-item drop rho=0 -> 1 with its 95% interval above 0)",
+            "rho < 0, per-(task, set) drop rho=0 -> 1 with its 95% interval above 0)",
             bool(np.isfinite(sf) and sf < 0 and df.low > 0), comps["drop_foreign"],
             f"slope of mean accuracy on rho {sf:+.3f} per unit rho (mean over {T} tasks)",
             sign=1),
@@ -1019,7 +1020,7 @@ def _group_checks(summaries: list[dict[str, Any]], comps: dict[str, ph.ControlCo
             f"mean slope {tr['slope_text']:+.3g} per unit MMD²", sign=1),
         ph.controlled_check(
             f"{name}: random labels lower accuracy (the distillation view's prediction; an "
-            "input-only account predicts no change): per-item drop rho=0 -> 1 with its 95% "
+            "input-only account predicts no change): per-(task, set) drop rho=0 -> 1 with its 95% "
             "interval above 0",
             bool(dr.low > 0), comps["drop_random"],
             f"slope of mean accuracy on rho {sr:+.3f} per unit rho", sign=1),
@@ -1073,7 +1074,7 @@ def _random_label_finding(tr: dict[str, Any], comps: dict[str, ph.ControlCompari
         f"trained model's best layer ({', '.join(f'{x:.2f}' for x in ev['sp_kv'])}; controls "
         f"{'; '.join(', '.join(f'{x:.2f}' for x in row) for row in ev['sp_kv_c'])}). The "
         f"distillation view (values carry the labels, W_0 = sum of value x key terms) "
-        f"predicts a drop; measured per-item drop rho=0 -> 1: "
+        f"predicts a drop; measured per-(task, set) drop rho=0 -> 1: "
         f"{comps['drop_random'].trained.value:+.3f} on the trained model "
         f"({'a drop' if holds_r else 'no drop'}), control spread "
         f"[{comps['drop_random'].low:+.3f}, {comps['drop_random'].high:+.3f}].")
@@ -1179,13 +1180,16 @@ def _description(groups: list[list[ph.ModelUnderTest]], setup: _Setup) -> str:
         f"checks use the signed R² (R² when accuracy falls with the MMD², -R² when it rises; "
         f"a constant accuracy counts as 0), averaged over tasks, with a 95% interval from "
         f"resampling test items ({_N_BOOT} resamples); the best layer is chosen per model by "
-        f"its own mean signed R². Drops are per item, averaged over sets, pooled over tasks; "
+        f"its own mean signed R². Drops are per (task, demonstration set), the mean over the "
+        f"set's items (which share its demonstrations, so they are not resampled apart; with "
+        f"U units no sign-flip p is below 2/2^U); "
         f"a drop counts when its 95% interval lies above 0. Each claim also gets a p-value on "
-        f"the trained model (drops: the paired sign-flip test over the items their interval "
-        f"resamples; R²: a one-sided permutation test of the (rho, set) points within each "
-        f"task, {N_PERM} permutations, the best layer re-chosen in each), Holm-corrected over "
-        f"this section's claim checks (the family is the section's claims); a check holds "
-        f"only with Holm p < {ph.ALPHA:g}. Seed {setup.seed}; quick={setup.quick}.")
+        f"the trained model (drops: the paired sign-flip test over the (task, set) units "
+        f"their interval resamples; R²: a one-sided permutation test of the (rho, set) "
+        f"points within each task, {N_PERM} permutations, the best layer re-chosen in each), "
+        f"Holm-corrected over this section's claim checks (the family is the section's "
+        f"claims); a check holds only with Holm p < {ph.ALPHA:g}. Seed {setup.seed}; "
+        f"quick={setup.quick}.")
 
 
 def _model_data(s: dict[str, Any], mres: list[dict[str, Any]], designs: list[_Design]
