@@ -18,7 +18,11 @@ them from the per-item data the committed section files already hold:
    within each section;
 5. the control comparisons that pass on "trained point estimate outside the twins' interval":
    a paired test of trained - twin on the same units where the data allow;
-6. the real section's identity checks, listed as identities.
+6. units: every claim and control comparison of adaptation, interference, ordering and
+   icl-vs-finetuning tested both over the committed units (items) and over the design's
+   independent units, the (task, demonstration set) pairs (for SimAOU the tasks, one
+   fine-tuning run each), with the smallest p-value attainable at that number of units;
+7. the real section's identity checks, listed as identities.
 
 Usage::
 
@@ -890,14 +894,352 @@ def control_section(rep: Report) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# 6. Identities
+# 6. Units: the demonstration sets
+# ------------------------------------------------------------------------------------------------
+
+#: The laboratory's models, in the order the full run lists them; a run may hold fewer (the quick
+#: run has only the first), and their comparisons are then listed as "not in this run".
+LAB_MODELS = ("smollm2-135m", "qwen2.5-0.5b")
+
+
+@dataclass
+class UnitRow:
+    """One claim or control comparison with its committed units and its design's units."""
+
+    section: str
+    model: str
+    label: str                          # the comparison, with the side the claim needs
+    committed: str                      # the committed verdict it belongs to
+    item_units: str = ""                # the units the committed test / interval resampled
+    items: np.ndarray | None = None
+    set_units: str = ""                 # the design's independent units
+    names: list[str] = field(default_factory=list)
+    sets: np.ndarray | None = None      # one value per design unit
+    digits: int = 3
+    note: str = "—"
+    missing: str = ""                   # why the run holds no data for it
+    p_item: float | None = None
+    p_set: float | None = None
+    floor: float | None = None
+    p_holm: float | None = None
+    m: int = 0
+
+    @property
+    def holds(self) -> bool:
+        return (self.p_holm is not None and self.sets is not None and self.p_holm < ALPHA
+                and float(self.sets.mean()) > 0)
+
+    @property
+    def untestable(self) -> bool:
+        return self.floor is not None and self.m > 0 and self.floor >= ALPHA / self.m
+
+    def verdict(self) -> str:
+        if self.missing:
+            return "not in this run"
+        if self.holds:
+            return "holds at the set level"
+        return "not shown at the set level" + ("; untestable at this size" if self.untestable
+                                               else "")
+
+
+def _committed(ok: bool | None, what: str) -> str:
+    return "—" if ok is None else f"{yes(ok)} ({what})"
+
+
+def _unit_cmp(cmp: dict, direction: int = 1) -> bool:
+    """The committed control rule's verdict of a comparison (trained beyond the twin's
+    interval on the claimed side)."""
+    return ControlCmp("", "", None, cmp["trained"]["value"], cmp["low"], cmp["high"],
+                      bool(cmp["outside"]), direction).passes
+
+
+def _as_01(arr: Any, ndim: int, what: str) -> np.ndarray:
+    a = np.asarray(arr, dtype=float)
+    if a.ndim != ndim or a.size == 0 or not np.all((a == 0) | (a == 1)):
+        raise BadInput(f"{what}: 'correct' must be a 0/1 array of {ndim} dimensions")
+    return a
+
+
+def _adaptation_units(sec: dict) -> dict[str, list[UnitRow]]:
+    data = sec["data"]
+    checks = checks_of(sec)
+    curves = {m[0]["model"]: m for group in data["curves"] for m in group}
+
+    def gains(model: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Per item (mean over the sets) and per (task, set): accuracy at the largest k minus
+        zero-shot."""
+        items, sets, names = [], [], []
+        for t in curves[model]:
+            if t["ks"][0] != 0:
+                raise BadInput("adaptation: the first k of a curve must be 0 (zero-shot)")
+            corr = [_as_01(c, 2, "adaptation") for c in t["correct"] if c is not None]
+            first, last = corr[0], corr[-1]                 # [sets, items]
+            if first.shape != last.shape:
+                raise BadInput("adaptation: zero-shot and largest-k correctness differ in shape")
+            items.append(last.mean(0) - first.mean(0))
+            sets.append(last.mean(1) - first.mean(1))
+            names += [f"{t['task']} set {s + 1}" for s in range(last.shape[0])]
+        return np.concatenate(items), np.concatenate(sets), names
+
+    out: dict[str, list[UnitRow]] = {}
+    for trained, *controls in data["models"]:
+        gain = UnitRow("adaptation", trained, "accuracy gain, largest k - zero-shot (> 0)",
+                       _committed(_check_for(checks, trained, "accuracy rises with k"), "check"))
+        gain.items, gain.sets, gain.names = gains(trained)
+        gain.item_units, gain.set_units = "test items (mean over the sets)", "(task, set)"
+        twin = UnitRow("adaptation", trained, "accuracy gain, trained - twin (> 0)", "—")
+        cmp = next((c for c in data["comparisons"] if c["group"] == trained
+                    and "accuracy at the largest k minus zero-shot" in c["name"]), None)
+        if cmp is not None:
+            twin.committed = _committed(_unit_cmp(cmp), "control rule")
+        if len(controls) == 1:
+            c_items, c_sets, _ = gains(controls[0])
+            if c_sets.shape == gain.sets.shape and c_items.shape == gain.items.shape:
+                twin.items, twin.sets = gain.items - c_items, gain.sets - c_sets
+                twin.names, twin.item_units, twin.set_units = (gain.names, gain.item_units,
+                                                               gain.set_units)
+        if twin.sets is None:
+            twin.missing = "no single twin on the same units"
+        out[trained] = [gain, twin]
+    return out
+
+
+def _interference_units(sec: dict) -> dict[str, list[UnitRow]]:
+    data = sec["data"]
+    checks = checks_of(sec)
+    rhos = [float(r) for r in data["rhos"]]
+    if rhos[0] != 0 or rhos[-1] != 1:
+        raise BadInput("interference: the rho levels must run from 0 to 1")
+    variants = list(data["variants"])
+
+    def drops(m: dict, variant: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Per item (mean over the sets) and per (task, set): accuracy at rho = 0 minus at 1."""
+        v = variants.index(variant)
+        items, sets, names = [], [], []
+        for t in m["tasks"]:
+            c = _as_01(t["correct"], 4, "interference")     # [variant, rho, set, item]
+            d = c[v, 0] - c[v, -1]
+            items.append(d.mean(0))
+            sets.append(d.mean(1))
+            names += [f"{t['task']} set {s + 1}" for s in range(d.shape[0])]
+        return np.concatenate(items), np.concatenate(sets), names
+
+    out: dict[str, list[UnitRow]] = {}
+    for g in data["groups"]:
+        model = g["model"]
+        trained = next(m for m in g["models"] if m["role"] == "trained")
+        controls = [m for m in g["models"] if m["role"] != "trained"]
+        rows = []
+        for variant, what, needle, ckey in (
+                ("foreign", "foreign demonstrations", "foreign demonstrations rises",
+                 "drop_foreign"),
+                ("random-label", "random labels", "random labels lower accuracy",
+                 "drop_random")):
+            drop = UnitRow("interference", model, f"accuracy drop rho=0 -> 1, {what} (> 0)",
+                           _committed(_check_for(checks, model, needle), "check"))
+            drop.items, drop.sets, drop.names = drops(trained, variant)
+            drop.item_units, drop.set_units = "test items (mean over the sets)", "(task, set)"
+            twin = UnitRow("interference", model,
+                           f"accuracy drop rho=0 -> 1, {what}, trained - twin (> 0)",
+                           _committed(_unit_cmp(g["comparisons"][ckey]), "control rule"))
+            if len(controls) == 1:
+                c_items, c_sets, _ = drops(controls[0], variant)
+                if c_sets.shape == drop.sets.shape and c_items.shape == drop.items.shape:
+                    twin.items, twin.sets = drop.items - c_items, drop.sets - c_sets
+                    twin.names, twin.item_units, twin.set_units = (
+                        drop.names, drop.item_units, drop.set_units)
+            if twin.sets is None:
+                twin.missing = "no single twin on the same units"
+            rows += [drop, twin]
+        out[model] = rows
+    return out
+
+
+def _ordering_units(sec: dict) -> dict[str, list[UnitRow]]:
+    data = sec["data"]
+    checks = checks_of(sec)
+
+    def per_set(rs: Sequence[dict], fn: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``fn(set) -> per-unit values``: their concatenation and their per-set means."""
+        vals = [np.ravel(fn(r)) for r in rs]
+        return np.concatenate(vals), np.asarray([v.mean() for v in vals])
+
+    def correct(r: dict) -> np.ndarray:
+        return _as_01(r["correct"], 2, "ordering")           # [orders, items]
+
+    def medoid(r: dict) -> np.ndarray:
+        c = correct(r)
+        return c[int(r["medoid"])] - c.mean(0)
+
+    def msl(r: dict) -> np.ndarray:
+        return np.asarray(r["msl_correct"], float) - correct(r).mean(0)
+
+    def w0(r: dict) -> np.ndarray:
+        return np.asarray(r["rel_distance"], float)[1:].mean(0)       # [query, layer]
+
+    def eta(r: dict) -> np.ndarray:
+        return np.log(np.asarray(r["eta"], float)).std(0)             # [query, layer]
+
+    out: dict[str, list[UnitRow]] = {}
+    for g in data["groups"]:
+        model = g["models"][0]
+        t_rs = g["results"][0]
+        c_rs = g["results"][1:]
+        names = [f"{r['task']} k={r['k']}" for r in t_rs]
+        twin_ok = len(c_rs) == 1 and len(c_rs[0]) == len(t_rs)
+        rows = []
+        for label, needle, fn, unit, digits in (
+                ("disagreement across orders, trained - twin (> 0)", "changes the predictions",
+                 _disagreement_of, "held-back items", 3),
+                ("W_0 movement (relative HS distance), trained - twin (> 0)",
+                 "moves the student W_0", w0, "(set, calibration query, layer)", 3),
+                ("eta* movement (std of log eta*), trained - twin (> 0)", "moves eta*", eta,
+                 "(set, calibration query, layer)", 4)):
+            row = UnitRow("ordering", model, label,
+                          _committed(_check_for(checks, model, needle), "check"), digits=digits)
+            if twin_ok and (fn is not _disagreement_of or all(
+                    a["held"] == b["held"] for a, b in zip(t_rs, c_rs[0], strict=True))):
+                ti, ts = per_set(t_rs, fn)
+                ci, cs = per_set(c_rs[0], fn)
+                if ti.shape == ci.shape:
+                    row.items, row.sets = ti - ci, ts - cs
+                    row.names, row.item_units, row.set_units = names, unit, "(task, set)"
+            if row.sets is None:
+                row.missing = "no single twin on the same units"
+            rows.append(row)
+        med = UnitRow("ordering", model, "medoid order - random order (> 0)",
+                      _committed(_check_for(checks, model, "medoid order) beats a random order"),
+                                 "check"))
+        med.items, med.sets = per_set(t_rs, medoid)
+        counts = [correct(r).sum(1).astype(np.int64) for r in t_rs]
+        pick_p = set_level_p(counts, [int(r["medoid"]) for r in t_rs])[0]
+        med.note = f"pick-randomisation set-level p (section 1) {peq(pick_p)}"
+        mostsim = UnitRow("ordering", model, "most-similar-last - random order (> 0)",
+                          "not a committed check")
+        mostsim.items, mostsim.sets = per_set(t_rs, msl)
+        for row in (med, mostsim):
+            row.names, row.item_units, row.set_units = names, "held-back items", "(task, set)"
+        out[model] = [rows[0], med, mostsim, rows[1], rows[2]]
+    return out
+
+
+def _disagreement_of(r: dict) -> np.ndarray:
+    return _disagreement(r["predictions"])
+
+
+def _finetuning_units(sec: dict) -> dict[str, list[UnitRow]]:
+    data = sec["data"]
+    checks = checks_of(sec)
+    out: dict[str, list[UnitRow]] = {}
+    for g in data["groups"]:
+        model = g["models"][0]
+        row = UnitRow("icl-vs-finetuning", model, "SimAOU - random-vector baseline (> 0)",
+                      _committed(_check_for(checks, model, "SimAOU"), "check"))
+        items = [np.asarray(r["cos"], float).mean(1) - np.asarray(r["random_cos"], float).mean(1)
+                 for r in g["results"][0]]
+        row.items = np.concatenate(items)
+        row.sets = np.asarray([v.mean() for v in items])
+        row.names = [str(r["task"]) for r in g["results"][0]]
+        row.item_units, row.set_units = "test items", "task (its one fine-tuning run)"
+        out[model] = [row]
+    return out
+
+
+def _not_in_run(template: list[UnitRow], model: str) -> list[UnitRow]:
+    return [UnitRow(r.section, model, r.label, "—", missing="not in this run") for r in template]
+
+
+def set_units(rep: Report, sections: dict[str, dict]) -> None:
+    from icldistill.core.stats import holm, sign_flip_test
+
+    builders = {"adaptation": _adaptation_units, "interference": _interference_units,
+                "ordering": _ordering_units, "icl-vs-finetuning": _finetuning_units}
+    rep.add("## 6. Units: the demonstration sets", "",
+            "Every test item of a task is scored with the same one or two demonstration sets "
+            "(and, in icl-vs-finetuning, the same single fine-tuning run), so the items of a set "
+            "are not independent draws of the claim's randomness: a claim about in-context "
+            "learning generalises over demonstration sets, and its unit is the (task, "
+            "demonstration set) pair (for SimAOU the task, i.e. its one fine-tuning run). A test "
+            "over items holds the drawn sets fixed: its result is true of these sets only (the "
+            "two sets of a task are scored on the same test items; the set-level test holds the "
+            "items fixed instead). Below, every claim and control comparison is shown on both "
+            "units: the committed unit (the items, or for the W_0 / eta* movements the (set, "
+            "calibration query, layer) cells the section's interval resampled) and the "
+            "design's unit, with the "
+            "per-unit values (trained - twin paired on the same unit where so labelled), the "
+            "two-sided sign-flip p of `icldistill.core.stats.sign_flip_test` (exact "
+            "enumeration of the 2^n sign vectors at these sizes) and the smallest p attainable "
+            "with n units, 2/2^n (units equal to 0 raise it further: they do not move the "
+            "statistic).", "",
+            "**Holm family**: the rows of one section and one model (adaptation 2 rows, "
+            "interference 4, ordering 5, icl-vs-finetuning 1), adjusted over their set-level "
+            "p-values. A row **holds at the set level** only if its Holm p is below 0.05 and "
+            "its set-level mean is on the claimed side (all claims here are > 0); otherwise it "
+            "is **not shown at the set level**, and **untestable at this size** where even the "
+            "smallest attainable p could not pass: 2/2^n >= 0.05/m. The medoid row also gives "
+            "the pick-randomisation test of section 1 (the rule picks one order per set; that "
+            "test randomises the pick and holds the items fixed).", "",
+            "What it would take: with n units the best Holm-adjusted p is m * 2/2^n, so a "
+            "family of 8-12 checks (the sections' own Holm families in section 4) needs at "
+            "least 9 units (2/2^9 = 0.0039 < 0.05/12), e.g. n_sets >= 3 demonstration sets per "
+            "task for the 3 tasks (and, for SimAOU, >= 3 fine-tuning runs per task, each on its "
+            "own set); the families here (m = 1-5) need 6-8 units. The full run has 6 units per "
+            "model (2 sets x 3 tasks; SimAOU 3), the quick run 3.", "")
+    header = ["model", "comparison (claim)", "committed verdict", "committed unit", "n",
+              "estimate", "sign-flip p", "design unit", "n", "per-unit values", "mean",
+              "sign-flip p", "smallest attainable p (2/2^n)", "Holm p (m)", "set level",
+              "note"]
+    for name, build in builders.items():
+        found = build(sections[name])
+        template = next(iter(found.values()), [])
+        models = [*LAB_MODELS, *(m for m in found if m not in LAB_MODELS)]
+        rows = []
+        for model in models:
+            family = found.get(model) or _not_in_run(template, model)
+            tested = [r for r in family if r.sets is not None and not r.missing]
+            for r in tested:
+                assert r.items is not None and r.sets is not None
+                r.p_item = sign_flip_test(r.items, seed=SEED)
+                r.p_set = sign_flip_test(r.sets, seed=SEED)
+                r.floor = 2.0 / 2 ** r.sets.size
+                r.m = len(tested)
+            if tested:
+                for r, a in zip(tested, holm(np.asarray([r.p_set for r in tested])),
+                                strict=True):
+                    r.p_holm = float(a)
+            for r in family:
+                if r.missing:
+                    rows.append([model, r.label, r.committed, *["—"] * 11, r.verdict(),
+                                 r.missing])
+                    continue
+                assert r.items is not None and r.sets is not None
+                assert r.p_item is not None and r.p_set is not None and r.p_holm is not None
+                vals = ", ".join(f"{n} {fv(float(v), r.digits)}"
+                                 for n, v in zip(r.names, r.sets, strict=True))
+                mean = fv(float(r.sets.mean()), r.digits)
+                rows.append([model, r.label, r.committed, r.item_units, r.items.size,
+                             fv(float(r.items.mean()), r.digits), fp(r.p_item), r.set_units,
+                             r.sets.size, vals, mean, fp(r.p_set), fp(r.floor),
+                             f"{fp(r.p_holm)} (m = {r.m})", r.verdict(), r.note])
+                rep.summary.append(Summary(
+                    f"set level, {name}, {model}: {r.label}", r.committed,
+                    f"{r.verdict()}: Holm p {peq(r.p_holm)} (m = {r.m})",
+                    f"sign-flip p {peq(r.p_set)} over {r.sets.size} {r.set_units} (smallest "
+                    f"attainable {fp(r.floor)}), mean {mean}; over {r.items.size} "
+                    f"{r.item_units}: p {peq(r.p_item)}"))
+        rep.add(f"### {name}", "")
+        rep.add(*table(header, rows))
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. Identities
 # ------------------------------------------------------------------------------------------------
 
 
 def identities(rep: Report, sec: dict) -> None:
     rows = [[text, yes(ok), detail] for text, ok, detail in checks_of(sec)
             if text.startswith("identity")]
-    rep.add("## 6. Identity checks of the real section", "",
+    rep.add("## 7. Identity checks of the real section", "",
             "These hold for any weights (the random-init twin satisfies them to rounding): they "
             "verify the code's algebra on a real model and are not evidence for an in-context "
             "learning phenomenon. They should be reported apart from the phenomena checks.", "")
@@ -953,6 +1295,7 @@ def analyse(folder: Path, n_picks: int | None = None, n_perm: int | None = None)
         claim_families(rep, sections)
         real_controls(rep, sections["real"])
         control_section(rep)
+        set_units(rep, sections)
         identities(rep, sections["real"])
     except BadInput:
         raise

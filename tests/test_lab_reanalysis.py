@@ -305,3 +305,217 @@ def test_adaptation_spearman_claims_are_tested_over_tasks(report):
     acc = next(r for r in rows if r[0] == "qwen2.5-0.5b: accuracy rises with k")
     assert _p(acc[6]) == pytest.approx(min(1.0, 12 * _p(acc[5])), rel=5e-3)
     assert acc[-1] == "**NO**"
+
+
+# ------------------------------------------------------------------------------------------------
+# Section 6: the demonstration sets as units
+# ------------------------------------------------------------------------------------------------
+
+QUICK = ROOT / "benchmarks" / "results" / "lab" / "quick" / "sections"
+UNITS = "## 6. Units: the demonstration sets"
+
+
+def _sign_flip_enumerated(d: list[float]) -> float:
+    """Two-sided sign-flip p by listing all 2^n sign vectors."""
+    obs = abs(sum(d))
+    tol = 1e-9 * max(1.0, sum(abs(x) for x in d))
+    hits = sum(abs(sum(s * x for s, x in zip(signs, d, strict=True))) >= obs - tol
+               for signs in itertools.product((1, -1), repeat=len(d)))
+    return hits / 2 ** len(d)
+
+
+def _holm_by_hand(raw: list[float]) -> list[float]:
+    order = sorted(range(len(raw)), key=lambda i: raw[i])
+    adjusted, running = [0.0] * len(raw), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(raw) - rank) * raw[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def _unit_row(md: str, section: str, model: str, label: str) -> list[str]:
+    """A row of section 6's table for ``section``."""
+    lines = md.splitlines()
+    start = lines.index(f"### {section}", lines.index(UNITS))
+    return _row("\n".join(lines[start:]), model, label)
+
+
+def _unit_values(cell: str) -> list[float]:
+    """``name +0.123, name -0.045`` -> the numbers."""
+    return [float(part.rsplit(" ", 1)[1]) for part in cell.split(", ")]
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def _check_unit_row(cells: list[str], by_hand: list[float], audit: list[float]) -> float:
+    """The report's per-unit values, mean, exact p and floor against the hand computation
+    (and the audit's rounded figures); returns the enumerated p."""
+    n = len(by_hand)
+    assert cells[8] == str(n)
+    assert _unit_values(cells[9]) == pytest.approx(by_hand, abs=5e-4)
+    assert by_hand == pytest.approx(audit, abs=6e-3)
+    assert float(cells[10]) == pytest.approx(_mean(by_hand), abs=5e-4)
+    p = _sign_flip_enumerated(by_hand)
+    assert _p(cells[11]) == pytest.approx(p, rel=5e-3)
+    assert _p(cells[12]) == pytest.approx(2 / 2 ** n, rel=5e-3)
+    return p
+
+
+def _family_holm(md: str, section: str, model: str, n_rows: int) -> list[list[str]]:
+    """The ``n_rows`` rows of a (section, model) family, with their Holm column checked
+    against Holm of their set-level p-values by hand."""
+    lines = md.splitlines()
+    start = lines.index(f"### {section}", lines.index(UNITS))
+    rows = []
+    for line in lines[start:]:
+        if line.startswith(f"| {model} | "):
+            rows.append([c.strip() for c in line.strip().strip("|").split(" | ")])
+        elif rows:
+            break
+    assert len(rows) == n_rows
+    want = _holm_by_hand([_p(r[11]) for r in rows])
+    for r, a in zip(rows, want, strict=True):
+        p_holm, m = r[13].split(" (m = ")
+        assert _p(p_holm) == pytest.approx(a, rel=5e-3) and m == f"{n_rows})"
+    return rows
+
+
+def test_units_adaptation_gain_per_task_and_set(report):
+    curves = {m[0]["model"]: m for group in _section("adaptation")["curves"] for m in group}
+    by_hand = []
+    for t in curves["qwen2.5-0.5b"]:
+        assert t["ks"][0] == 0
+        rows = [c for c in t["correct"] if c is not None]
+        zero, last = rows[0], rows[-1]
+        for s in range(len(last)):
+            by_hand.append(sum(last[s]) / len(last[s]) - sum(zero[s]) / len(zero[s]))
+    cells = _unit_row(report, "adaptation", "qwen2.5-0.5b",
+                      "accuracy gain, largest k - zero-shot (> 0)")
+    p = _check_unit_row(cells, by_hand, [-0.017, 0, 0.283, 0.4, -0.017, -0.017])
+    assert p == pytest.approx(0.5)
+    # the committed unit: 180 test items, the same sign-flip p as section 4's check
+    assert cells[3].startswith("test items") and cells[4] == "180"
+    assert cells[2] == "yes (check)"
+    assert _p(cells[6]) == pytest.approx(0.00623, rel=5e-3)
+    _family_holm(report, "adaptation", "qwen2.5-0.5b", 2)
+    assert cells[14] == "not shown at the set level; untestable at this size"
+
+
+def test_units_interference_random_labels(report):
+    data = _section("interference")
+    v = data["variants"].index("random-label")
+    assert data["rhos"][0] == 0 and data["rhos"][-1] == 1
+    group = next(g for g in data["groups"] if g["model"] == "qwen2.5-0.5b")
+    trained = next(m for m in group["models"] if m["role"] == "trained")
+    by_hand = []
+    for t in trained["tasks"]:
+        at0, at1 = t["correct"][v][0], t["correct"][v][-1]            # [set][item]
+        for s in range(len(at0)):
+            by_hand.append((sum(at0[s]) - sum(at1[s])) / len(at0[s]))
+    cells = _unit_row(report, "interference", "qwen2.5-0.5b",
+                      "accuracy drop rho=0 -> 1, random labels (> 0)")
+    p = _check_unit_row(cells, by_hand, [0.083, 0.05, 0.217, 0.133, 0.5, 0.35])
+    assert p == pytest.approx(1 / 32)                     # all six positive: the floor
+    rows = _family_holm(report, "interference", "qwen2.5-0.5b", 4)
+    assert cells in rows
+    # even the floor cannot pass Holm over 4 rows: 4 * 2/2^6 = 0.125
+    assert _p(cells[13].split(" ")[0]) >= 0.125
+    assert cells[14] == "not shown at the set level; untestable at this size"
+
+
+def _disagreement_by_hand(preds: list[list]) -> float:
+    """Mean over items of the share of orders that differ from the item's most frequent
+    prediction."""
+    shares = []
+    for i in range(len(preds[0])):
+        column = [str(p[i]) for p in preds]
+        top = max(column.count(x) for x in set(column))
+        shares.append(1 - top / len(column))
+    return _mean(shares)
+
+
+def test_units_ordering_disagreement_trained_minus_twin(report):
+    g = next(g for g in _section("ordering")["groups"] if g["models"][0] == "smollm2-135m")
+    trained, twin = g["results"][0], g["results"][1]
+    by_hand = [_disagreement_by_hand(a["predictions"]) - _disagreement_by_hand(b["predictions"])
+               for a, b in zip(trained, twin, strict=True)]
+    cells = _unit_row(report, "ordering", "smollm2-135m",
+                      "disagreement across orders, trained - twin (> 0)")
+    p = _check_unit_row(cells, by_hand, [-0.05, -0.233, 0.236, 0.204, -0.139, 0.225])
+    assert p == pytest.approx(0.59375)
+    assert cells[2] == "yes (check)" and cells[4] == "360"
+    _family_holm(report, "ordering", "smollm2-135m", 5)
+    assert cells[14] == "not shown at the set level; untestable at this size"
+    # the medoid row keeps section 1's pick-randomisation p
+    medoid = _unit_row(report, "ordering", "smollm2-135m", "medoid order - random order (> 0)")
+    section1 = _row(report, "smollm2-135m", "trained", "360")
+    assert medoid[15] == f"pick-randomisation set-level p (section 1) = {section1[7]}"
+
+
+def test_units_simaou_per_fine_tuning_run(report):
+    g = next(g for g in _section("icl-vs-finetuning")["groups"]
+             if g["models"][0] == "qwen2.5-0.5b")
+    by_hand = []
+    for r in g["results"][0]:
+        per_item = [_mean(c) - _mean(rc) for c, rc in zip(r["cos"], r["random_cos"],
+                                                          strict=True)]
+        by_hand.append(_mean(per_item))
+    cells = _unit_row(report, "icl-vs-finetuning", "qwen2.5-0.5b",
+                      "SimAOU - random-vector baseline (> 0)")
+    p = _check_unit_row(cells, by_hand, [0.242, 0.197, 0.221])
+    assert p == pytest.approx(0.25)
+    assert cells[4] == "300" and cells[13] == "0.25 (m = 1)"
+    assert cells[14] == "not shown at the set level; untestable at this size"
+
+
+def test_units_rows_in_the_summary(report):
+    """Every tested row of section 6 is a summary row; none holds with 6 (task, set) units."""
+    summary = report[report.index("## Summary"):]
+    rows = [line for line in summary.splitlines() if line.startswith("| set level, ")]
+    assert len(rows) == 2 * (2 + 4 + 5 + 1)
+    assert all(" | not shown at the set level; untestable at this size: Holm p " in r
+               for r in rows)
+    # the rows the README's re-judged lab count reads are unchanged
+    assert "| adaptation: qwen2.5-0.5b: accuracy rises with k | yes | **NO**: Holm p" in report
+    assert "## 7. Identity checks of the real section" in report
+
+
+def test_units_quick_run_has_no_second_model(script, tmp_path, monkeypatch):
+    monkeypatch.setattr(script, "N_PICKS", 0)
+    monkeypatch.setattr(script, "N_PERM", 50)
+    out = tmp_path / "quick.md"
+    assert script.main(["--sections", str(QUICK), "--out", str(out)]) == 0
+    md = out.read_text()
+    cells = _unit_row(md, "ordering", "qwen2.5-0.5b",
+                      "disagreement across orders, trained - twin (> 0)")
+    assert cells[14] == "not in this run"
+    cells = _unit_row(md, "interference", "smollm2-135m",
+                      "accuracy drop rho=0 -> 1, random labels (> 0)")
+    assert cells[8] == "3" and _p(cells[12]) == pytest.approx(0.25)
+    assert cells[14] == "not shown at the set level; untestable at this size"
+
+
+@pytest.mark.parametrize("section, edit, message", [
+    ("interference", lambda d: d.update(rhos=d["rhos"][::-1]), "rho levels must run from 0"),
+    ("interference", lambda d: d.pop("variants"), "KeyError: 'variants'"),
+    ("adaptation", lambda d: d["curves"][0][0][0]["correct"][-1][0].__setitem__(0, 0.5),
+     "adaptation: 'correct' must be a 0/1 array"),
+])
+def test_units_bad_input_is_exit_code_2(script, tmp_path, monkeypatch, capsys, section, edit,
+                                        message):
+    monkeypatch.setattr(script, "N_PICKS", 0)
+    monkeypatch.setattr(script, "N_PERM", 50)
+    folder = tmp_path / "sections"
+    folder.mkdir()
+    for name in script.SECTIONS:
+        sec = json.loads((QUICK / f"{name}.json").read_text())
+        if name == section:
+            edit(sec["data"])
+        (folder / f"{name}.json").write_text(json.dumps(sec))
+    assert script.main(["--sections", str(folder), "--out", str(tmp_path / "r.md")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert message in err
+    assert not (tmp_path / "r.md").exists()
