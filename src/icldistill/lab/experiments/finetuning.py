@@ -46,8 +46,10 @@ Checks (the control rule of :mod:`~icldistill.lab.experiments.phenomena`): every
 measured
 on the trained model and on its random-init twins on the same prompts.
 
-1. *ICL and fine-tuning update attention outputs in similar directions*: per-item SimAOU
-   averaged over layers, pooled over tasks; the claim is that the trained model's mean lies
+1. *ICL and fine-tuning update attention outputs in similar directions*: SimAOU averaged over
+   layers and over each task's items, one value per task (its items share the task's one
+   demonstration set and one fine-tuning run, so the task is the unit: with 3 tasks no
+   sign-flip p is below 0.25); the claim is that the trained model's mean lies
    above the random-vector baseline's 95% interval, and the check passes only if the trained
    mean is also outside the controls' spread, **above** it (a trained value below the
    controls' says the untrained network aligns the two updates more).
@@ -63,7 +65,7 @@ on the trained model and on its random-init twins on the same prompts.
    want of items.
 
 Each check's claim also gets a p-value (1: the paired sign-flip test of SimAOU minus the
-random-vector cosine over items; 2: the Fisher test), Holm-corrected over the section's claim
+random-vector cosine over tasks; 2: the Fisher test), Holm-corrected over the section's claim
 checks (:func:`~icldistill.lab.experiments.phenomena.holm_checks`).
 
 Per layer, the trained SimAOU is compared with the control spread (table and finding).
@@ -948,6 +950,23 @@ class _Group:
                                    for c in cs])
         raise KeyError(what)
 
+    def per_task(self, m: int, what: str) -> np.ndarray:
+        """``[T]`` per task of model ``m``: the mean over its items of ``what``
+        (:meth:`pooled`'s names; ``"sim-random"``: SimAOU minus the random-vector cosine).
+        The task is the unit of SimAOU's claim: its items share the task's one demonstration
+        set and its one fine-tuning run."""
+        def mean(v: np.ndarray) -> float:
+            v = v[np.isfinite(v)]
+            return float(v.mean()) if v.size else math.nan
+
+        out = []
+        for c in self.comps[m]:
+            one = _Group([self.models[m]], [[c]])
+            v = (one.pooled(0, "sim") - one.pooled(0, "random") if what == "sim-random"
+                 else one.pooled(0, what))
+            out.append(mean(v))
+        return np.asarray(out, dtype=np.float64)
+
     def layer_cos(self, m: int) -> np.ndarray:
         return np.concatenate([c.cos for c in self.comps[m]])          # [N, L]
 
@@ -974,10 +993,12 @@ def _checks(g: _Group, seed: int
     trained, controls = g.models[0], g.models[1:]
     name = trained.name
     stat = ph.statistic
+    # the unit is the task (its one demonstration set and one fine-tuning run), not the item
     sim = ph.compare_with_controls(
-        f"{name}: SimAOU (per-item mean over layers)",
-        stat(g.pooled(0, "sim"), trained, seed=seed),
-        [stat(g.pooled(i, "sim"), m, seed=seed) for i, m in enumerate(controls, 1)], seed=seed)
+        f"{name}: SimAOU (per-task mean over items and layers)",
+        stat(g.per_task(0, "sim"), trained, seed=seed),
+        [stat(g.per_task(i, "sim"), m, seed=seed) for i, m in enumerate(controls, 1)],
+        seed=seed)
     rand = stat(g.pooled(0, "random"), f"{name} random-vector baseline", seed=seed)
     holds = bool(np.isfinite(sim.trained.value) and np.isfinite(rand.high)
                  and sim.trained.value > rand.high)
@@ -986,13 +1007,15 @@ def _checks(g: _Group, seed: int
         "above the random-vector baseline and above the random-init controls)", holds,
         sim,
         f"trained SimAOU {_fmt(sim.trained.value)} vs random-vector baseline "
-        f"{_fmt(rand.value)} [{_fmt(rand.low)}, {_fmt(rand.high)}] over {sim.trained.n} items "
+        f"{_fmt(rand.value)} [{_fmt(rand.low)}, {_fmt(rand.high)}] over "
+        f"{g.pooled(0, 'random').size} items "
         f"({'above' if holds else 'NOT above'}); Dai et al. (2023): "
         + ", ".join(f"{k} {v['simaou']:.3f}" for k, v in DAI_2023.items()) + " vs ~0 random",
         sign=1)]
-    pvalues = [ph.sign_flip_p(g.pooled(0, "sim") - g.pooled(0, "random"))]
+    pvalues = [ph.sign_flip_p(g.per_task(0, "sim-random"))]
     tests = ["paired sign-flip test (two-sided) of SimAOU minus the random-vector cosine over "
-             f"{sim.trained.n} items"]
+             f"{sim.trained.n} tasks (each one fine-tuning run; no p below "
+             f"{2.0 / 2 ** max(sim.trained.n, 1):.3g})"]
     rec = ph.compare_with_controls(
         f"{name}: Rec2FTP (ICL right, per FT-corrected item)",
         stat(g.pooled(0, "rec"), trained, seed=seed),
