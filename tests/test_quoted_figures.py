@@ -600,3 +600,53 @@ def test_the_lab_counts_rejudged(run):
     assert f"{holds} of {n}" in readme
     assert f"{again} of the {run} run's {claims}" in readme
     assert f"{again} of the {run} run's {claims}" in guide
+
+
+def _set_level_rows() -> dict[tuple[str, str], tuple[list[float], float]]:
+    """Section 6 of the full re-analysis: (model, comparison) -> (per-unit values, set-level
+    sign-flip p)."""
+    text = (RESULTS / "lab" / "reanalysis.md").read_text(encoding="utf-8")
+    body = text.split("## 6. Units: the demonstration sets")[1].split("\n## ")[0]
+    rows = {}
+    for line in body.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if len(cells) < 12 or cells[0] not in ("smollm2-135m", "qwen2.5-0.5b"):
+            continue
+        values = [float(v.rsplit(" ", 1)[1]) for v in cells[9].split(", ")]
+        rows[(cells[0], cells[1])] = (values, float(cells[11]))
+    return rows
+
+
+def test_the_lab_set_level_figures():
+    """The README's set-level statements on the full run's phenomena (reanalysis.md §6)."""
+    rows = _set_level_rows()
+    readme = " ".join((ROOT / README).read_text(encoding="utf-8").split())
+
+    def positive(model: str, comparison: str) -> tuple[int, float]:
+        values, p = rows[(model, comparison)]
+        assert len(values) == 6
+        return sum(v > 0 for v in values), p
+
+    assert positive("qwen2.5-0.5b", "accuracy drop rho=0 -> 1, random labels (> 0)") == (6, 0.0312)
+    assert "on qwen2.5-0.5b on all 6 sets (p 0.031, the floor), on smollm2-135m on 5 of 6 " \
+           "(p 0.125)" in readme
+    assert positive("smollm2-135m", "accuracy drop rho=0 -> 1, random labels (> 0)") == (5, 0.125)
+    assert positive("qwen2.5-0.5b",
+                    "accuracy drop rho=0 -> 1, foreign demonstrations (> 0)") == (5, 0.125)
+    assert "(5 of 6 sets, p 0.125)" in readme
+    assert positive("smollm2-135m", "disagreement across orders, trained - twin (> 0)") \
+        == (3, 0.594)
+    assert "exceeds it on 3 of 6 (p 0.59)" in readme
+    assert positive("smollm2-135m", "most-similar-last - random order (> 0)") == (6, 0.0312)
+    assert positive("qwen2.5-0.5b", "most-similar-last - random order (> 0)") == (5, 0.156)
+    assert "on smollm2-135m on all 6 sets (p 0.031, the floor), but on qwen2.5-0.5b on 5 of 6 " \
+           "(p 0.16)" in readme
+    for model in ("smollm2-135m", "qwen2.5-0.5b"):
+        for what in ("W_0 movement (relative HS distance)", "eta* movement (std of log eta*)"):
+            assert positive(model, f"{what}, trained - twin (> 0)") == (6, 0.0312)
+    assert "on every one of the 6 sets of each (the set-level floor, p 0.031)" in readme
+    gain, p = rows[("qwen2.5-0.5b", "accuracy gain, largest k - zero-shot (> 0)")]
+    assert [round(100 * v) for v in gain[2:4]] == [28, 40] and p == 0.5
+    assert max(abs(v) for v in gain[:2] + gain[4:]) < 0.02
+    assert "rt-subjectivity +28 and +40 points on its two sets, amazon and r8 about 0 " \
+           "(set-level sign-flip p 0.5)" in readme
