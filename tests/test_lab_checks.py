@@ -112,9 +112,11 @@ def test_rec2ftp_check_is_a_test_against_the_uncorrected_errors():
     assert f"p = {p:.3g}" in rec.detail
     assert "GPT 1.3B 85.56%" in rec.detail and "GPT 2.7B 89.39%" in rec.detail
     assert comps[0]["rec2ftp_test"]["p"] == pytest.approx(p)
-    # a real association (90% vs 25%) above the control holds
+    # a real association (90% vs 25%) above the control holds; SimAOU's unit is the task
+    # (its one fine-tuning run), and one task cannot show it
     checks, _, _ = ft._checks_and_findings([_group(72, 20)], 0)
-    assert checks[1].holds and checks[0].holds
+    assert checks[1].holds and not checks[0].holds
+    assert "over the 1 tasks (each one fine-tuning run) (no p below 1" in checks[0].detail
     assert "Holm-adjusted over the section's 2 claim checks" in checks[1].detail
 
 
@@ -309,3 +311,19 @@ def test_r2_permutation_p_accounts_for_the_chosen_layer():
     # the best of 30 unrelated layers is not significant: the choice is part of the test
     assert itf._r2_permutation_p(flat, many, seed=0) > 0.05
     assert 0.0 < itf._r2_permutation_p(flat, one, seed=0) <= 1.0
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 6, 9])
+def test_sign_flip_floor_is_the_most_extreme_p(n):
+    """The floor is the p-value of units that all agree in sign (the most extreme data), for
+    any magnitudes; zeros and NaNs do not count as units."""
+    rng = np.random.default_rng(n)
+    values = rng.random(n) + 0.01
+    assert ph.sign_flip_floor(values) == pytest.approx(ph.sign_flip_p(values))
+    assert ph.sign_flip_floor(values) == pytest.approx(min(1.0, 2 / 2 ** n))
+    padded = np.concatenate([values, [0.0, np.nan]])
+    assert ph.sign_flip_floor(padded) == ph.sign_flip_floor(values)
+    assert ph.sign_flip_floor([]) == 1.0
+    text = ph.sign_flip_text(padded, "(task, set) units")
+    assert f"over the {n + 1} (task, set) units" in text
+    assert f"no p below {min(1.0, 2 / 2 ** n):.3g}" in text

@@ -266,8 +266,9 @@ def test_section_builds_and_is_deterministic(tmp_path, toy):
     # regression: SimAOU was resampled and sign-flip tested per item, though a task's items
     # share its one demonstration set and fine-tuning run; the unit is the task now
     sim = next(c for c in sec.checks if "SimAOU" in c.claim)
-    assert "random-vector cosine over 2 tasks (each one fine-tuning run; no p below 0.5)" \
-        in sim.detail
+    assert ("SimAOU minus the random-vector cosine: paired sign-flip test (two-sided) of "
+            "mean = 0 over the 2 tasks (each one fine-tuning run) (no p below 0.5 with these "
+            "units)") in sim.detail
     assert "SimAOU (per-task mean over items and layers)" in sim.detail
     dai = next(t for t in sec.tables if t.title.startswith("Ours beside Dai"))
     assert [r[0] for r in dai.rows[:2]] == [f"Dai et al. (2023) {m}" for m in ft.DAI_2023]

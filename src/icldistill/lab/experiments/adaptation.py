@@ -619,8 +619,7 @@ def _direction_checks(group: list[ph.ModelUnderTest], st: _GroupStats, seed: int
             tag + claim + (" (mean < 0 with its interval below 0" if sign < 0 else
                            " (mean > 0 with its interval above 0") + DIRECTION,
             _sign_ok(stats[0], sign), cmp, f"{n} {units} on the trained model", sign=sign)
-        checks.append((check, ph.sign_flip_p(vals[0]),
-                       f"paired sign-flip test (two-sided) of mean = 0 over the {n} {units}"))
+        checks.append((check, ph.sign_flip_p(vals[0]), ph.sign_flip_text(vals[0], units)))
     return checks
 
 

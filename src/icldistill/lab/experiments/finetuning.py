@@ -1013,9 +1013,9 @@ def _checks(g: _Group, seed: int
         + ", ".join(f"{k} {v['simaou']:.3f}" for k, v in DAI_2023.items()) + " vs ~0 random",
         sign=1)]
     pvalues = [ph.sign_flip_p(g.per_task(0, "sim-random"))]
-    tests = ["paired sign-flip test (two-sided) of SimAOU minus the random-vector cosine over "
-             f"{sim.trained.n} tasks (each one fine-tuning run; no p below "
-             f"{2.0 / 2 ** max(sim.trained.n, 1):.3g})"]
+    tests = ["SimAOU minus the random-vector cosine: "
+             + ph.sign_flip_text(g.per_task(0, "sim-random"),
+                                 "tasks (each one fine-tuning run)")]
     rec = ph.compare_with_controls(
         f"{name}: Rec2FTP (ICL right, per FT-corrected item)",
         stat(g.pooled(0, "rec"), trained, seed=seed),

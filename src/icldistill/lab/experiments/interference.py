@@ -992,13 +992,11 @@ def _group_checks(summaries: list[dict[str, Any]], comps: dict[str, ph.ControlCo
     perm = (f"one-sided permutation test ({N_PERM} permutations of the (rho, set) points "
             "within each task)")
     tests = [
-        (ph.sign_flip_p(tr["drop_f"]), f"paired sign-flip test (two-sided) of the drop over "
-                                       f"{df.n} (task, set) units"),
+        (ph.sign_flip_p(tr["drop_f"]), ph.sign_flip_text(tr["drop_f"], "(task, set) units")),
         (tr["p_r2_kv"], perm + " of the best layer's mean signed R², the layer chosen within "
                         "each permutation"),
         (tr["p_r2_text"], perm + " of the mean signed R²"),
-        (ph.sign_flip_p(tr["drop_r"]), f"paired sign-flip test (two-sided) of the drop over "
-                                       f"{dr.n} (task, set) units"),
+        (ph.sign_flip_p(tr["drop_r"]), ph.sign_flip_text(tr["drop_r"], "(task, set) units")),
     ]
     checks = [
         ph.controlled_check(

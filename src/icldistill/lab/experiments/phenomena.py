@@ -665,6 +665,26 @@ def sign_flip_p(values: Any) -> float:
     return float(sign_flip_test(a)) if a.size else 1.0
 
 
+def sign_flip_floor(values: Any) -> float:
+    """The smallest two-sided p-value :func:`sign_flip_p` can give on ``values``, whatever
+    their signs: ``2 / 2**n`` over the ``n`` finite non-zero values (a zero does not move the
+    statistic), 1.0 without any. With 6 units it is 0.031, with 3 it is 0.25: below
+    :data:`ALPHA` divided by the size of a Holm family, a claim cannot pass however strong its
+    units."""
+    a = np.asarray(values, dtype=np.float64).ravel()
+    n = int((np.isfinite(a) & (a != 0)).sum())
+    return min(1.0, 2.0 / 2.0 ** n) if n else 1.0
+
+
+def sign_flip_text(values: Any, unit: str) -> str:
+    """The test description of :func:`sign_flip_p` over ``values`` for a check's detail:
+    the number of units and the smallest p they allow (:func:`sign_flip_floor`)."""
+    a = np.asarray(values, dtype=np.float64).ravel()
+    n = int(np.isfinite(a).sum())
+    return (f"paired sign-flip test (two-sided) of mean = 0 over the {n} {unit} (no p below "
+            f"{sign_flip_floor(a):.3g} with these units)")
+
+
 def holm_checks(checks: Sequence[Check], pvalues: Sequence[float], tests: Sequence[str], *,
                 alpha: float = ALPHA) -> list[Check]:
     """The claim checks of one section, each also requiring its Holm-adjusted p-value below
