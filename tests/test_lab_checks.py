@@ -327,3 +327,63 @@ def test_sign_flip_floor_is_the_most_extreme_p(n):
     text = ph.sign_flip_text(padded, "(task, set) units")
     assert f"over the {n + 1} (task, set) units" in text
     assert f"no p below {min(1.0, 2 / 2 ** n):.3g}" in text
+
+
+def test_stratified_fisher_against_enumeration():
+    """The stratified exact test by brute force: every way to place each stratum's
+    successes, weighted by its multiplicity, keeping all margins; one stratum is Fisher's."""
+    import itertools
+
+    from icldistill.lab.experiments._stats import fisher_exact_greater_stratified
+
+    tables = [(3, 1, 1, 3), (1, 2, 2, 0), (0, 2, 1, 1)]
+
+    def support(a, b, c, d):
+        n1, k, n = a + b, a + c, a + b + c + d
+        return [(x, math.comb(k, x) * math.comb(n - k, n1 - x))
+                for x in range(max(0, n1 - (n - k)), min(n1, k) + 1)]
+
+    obs = sum(t[0] for t in tables)
+    num = den = 0
+    for combo in itertools.product(*(support(*t) for t in tables)):
+        w = math.prod(m for _, m in combo)
+        den += w
+        num += w if sum(x for x, _ in combo) >= obs else 0
+    assert fisher_exact_greater_stratified(tables) == pytest.approx(num / den)
+    assert fisher_exact_greater_stratified(tables[:1]) == pytest.approx(
+        fisher_exact_greater(*tables[0]))
+    with pytest.raises(InputError, match="at least one"):
+        fisher_exact_greater_stratified([])
+    with pytest.raises(InputError, match=r"tables\[0\]\[1\]"):
+        fisher_exact_greater_stratified([(1, -1, 0, 0)])
+
+
+def test_rec2ftp_is_stratified_by_task():
+    """Regression: Rec2FTP's Fisher test pooled the tasks' 2x2 tables, mixing tasks whose
+    rates differ (Simpson's paradox: two tasks with no association inside either look
+    associated when pooled). It is now the exact test stratified by task."""
+    labels = np.array(["a", "b"] * 20)
+
+    def task(zsl_ok, ft_ok, icl_ok):
+        return _comparison(labels, zsl_ok, ft_ok, icl_ok, np.zeros((40, 2)), np.zeros((40, 2)))
+
+    n = 40
+    zsl = np.zeros(n, dtype=bool)
+    # task 1: FT fixes most errors, ICL right on 90% of all errors; task 2: FT fixes few, ICL
+    # right on 10% of all errors: within each task ICL does not prefer FT's corrections
+    ft1 = np.arange(n) < 30
+    icl1 = np.arange(n) % 10 != 0
+    ft2 = np.arange(n) < 10
+    icl2 = np.arange(n) % 10 == 0
+    models = [ph.ModelUnderTest("trained", "m", None)]
+    g = ft._Group(models, [[task(zsl, ft1, icl1), task(zsl, ft2, icl2)]])
+    test = g.rec_test(0)
+    tables = []
+    for f_ok, c_ok in ((ft1, icl1), (ft2, icl2)):
+        tables.append((int((f_ok & c_ok).sum()), int((f_ok & ~c_ok).sum()),
+                       int((~f_ok & c_ok).sum()), int((~f_ok & ~c_ok).sum())))
+    pooled = [sum(col) for col in zip(*tables, strict=True)]
+    assert (test.both, test.ft_only, test.icl_only, test.neither) == tuple(pooled)
+    assert fisher_exact_greater(*pooled) < 0.01           # pooled: a spurious association
+    assert test.p > 0.3 and test.strata == 2               # stratified: none
+    assert "stratified by task, 2 tables" in test.describe()

@@ -4,7 +4,8 @@ where they can):
 
 - :func:`fisher_exact_greater` — Fisher's exact test, one-sided, on a 2x2 table (does one
   group have a higher success rate than the other?); exact hypergeometric tail in integer
-  arithmetic (no scipy);
+  arithmetic (no scipy); :func:`fisher_exact_greater_stratified`, the same over several
+  2x2 tables (strata) conditional on each one's margins;
 - :func:`spearman_permutation_test` — one-sided permutation test of Spearman's rank
   correlation (the statistic is :func:`icldistill.core.stats.spearman`);
 - :func:`pick_randomisation_test` — exact two-sided randomisation test of a rule that picks
@@ -25,8 +26,60 @@ from icldistill.core.results import Result
 from icldistill.core.stats import spearman
 from icldistill.core.validation import InputError, check_int, check_seed
 
-__all__ = ["SpearmanTest", "fisher_exact_greater", "pick_randomisation_test",
-           "spearman_permutation_test"]
+__all__ = ["SpearmanTest", "fisher_exact_greater", "fisher_exact_greater_stratified",
+           "pick_randomisation_test", "spearman_permutation_test"]
+
+
+def fisher_exact_greater_stratified(tables: Any) -> float:
+    """One-sided exact test that group 1 succeeds more often than group 2 within strata.
+
+    Each stratum ``t`` is a 2x2 table ``(a_t, b_t, c_t, d_t)`` as in
+    :func:`fisher_exact_greater`. Conditional on every table's margins the ``a_t`` are
+    independent hypergeometric under the null hypothesis that success does not depend on the
+    group in any stratum; the statistic is ``sum_t a_t`` and its null distribution the
+    convolution of the strata's hypergeometric distributions (the exact conditional test of a
+    common odds ratio of 1, summed exactly with integers). Pooling the tables into one would
+    mix strata with different base rates (Simpson's paradox); with one stratum this is
+    :func:`fisher_exact_greater`.
+
+    Parameters
+    ----------
+    tables : sequence of 4-tuples of int
+        Non-negative counts per stratum.
+
+    Returns
+    -------
+    float
+        ``P(sum_t A_t >= sum_t a_t)`` in ``(0, 1]``.
+
+    Raises
+    ------
+    InputError
+        No stratum, or a count that is not a non-negative integer.
+    """
+    rows = list(tables)
+    if not rows:
+        raise InputError("at least one 2x2 table is needed")
+    dist = [1]                   # numerators of P(sum = s) over the product of denominators
+    total = 1
+    observed = 0
+    for t, row in enumerate(rows):
+        if len(row) != 4:
+            raise InputError(f"tables[{t}] must be 4 counts (a, b, c, d), got {row!r}")
+        a, b, c, d = (check_int(v, f"tables[{t}][{i}]", 0) for i, v in enumerate(row))
+        n1, k, n = a + b, a + c, a + b + c + d
+        lo, hi = max(0, n1 - (n - k)), min(n1, k)
+        pmf = [math.comb(k, x) * math.comb(n - k, n1 - x) for x in range(lo, hi + 1)]
+        new = [0] * (len(dist) + len(pmf) - 1)
+        for i, u in enumerate(dist):
+            if u:
+                for j, v in enumerate(pmf):
+                    new[i + j] += u * v
+        dist = new                # index s now stands for sum of lows + s
+        total *= math.comb(n, n1)
+        observed += a - lo
+    tail = sum(dist[observed:])
+    return float(min(Fraction(1), Fraction(tail, total)))
 
 
 def fisher_exact_greater(a: int, b: int, c: int, d: int) -> float:

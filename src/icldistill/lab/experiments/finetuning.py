@@ -57,9 +57,11 @@ on the trained model and on its random-init twins on the same prompts.
    ICL's rate of right answers on the items fine-tuning corrects (the pooled Rec2FTP) is
    compared with its rate on the zero-shot errors fine-tuning does **not** correct (the
    Rec2FTP expected if ICL's and fine-tuning's corrections were unrelated) by a one-sided
-   Fisher exact test (:func:`rec2ftp_test`); the claim is that the first rate is higher, with
-   ``p <`` :data:`~icldistill.lab.experiments.phenomena.ALPHA`. A Rec2FTP above 50% alone
-   says nothing when ICL is right as often on the errors fine-tuning leaves. The Rec2FTP
+   Fisher exact test stratified by task (:func:`rec2ftp_test` per task, combined by
+   :func:`~icldistill.lab.experiments._stats.fisher_exact_greater_stratified`: the tasks'
+   rates differ, and one pooled table would mix them); the claim is that the first rate is
+   higher, with ``p <`` :data:`~icldistill.lab.experiments.phenomena.ALPHA`. A Rec2FTP above
+   50% alone says nothing when ICL is right as often on the errors fine-tuning leaves. The Rec2FTP
    (per-item indicator "ICL right" over the FT corrections) must also lie above the
    controls' spread; with fewer than :data:`MIN_CORRECTED` corrections the check is NO for
    want of items.
@@ -112,7 +114,10 @@ from icldistill.evaluation.scoring import (
 )
 from icldistill.lab.experiments import phenomena as ph
 from icldistill.lab.experiments._common import Check, Section, Table
-from icldistill.lab.experiments._stats import fisher_exact_greater
+from icldistill.lab.experiments._stats import (
+    fisher_exact_greater,
+    fisher_exact_greater_stratified,
+)
 
 __all__ = [
     "DAI_2023",
@@ -248,7 +253,11 @@ class Rec2FTPTest(Result):
     p : float
         One-sided Fisher exact p-value (:func:`~icldistill.lab.experiments._stats.
         fisher_exact_greater`) that ICL's rate on FT's corrections exceeds its rate on the
-        zero-shot errors FT does not correct.
+        zero-shot errors FT does not correct; over several tasks, the exact test stratified
+        by task (:func:`~icldistill.lab.experiments._stats.fisher_exact_greater_stratified`),
+        the counts being their sums.
+    strata : int
+        Tasks the test is stratified by (1: one table).
     """
 
     both: int
@@ -256,6 +265,7 @@ class Rec2FTPTest(Result):
     icl_only: int
     neither: int
     p: float
+    strata: int = 1
 
     @property
     def corrected(self) -> int:
@@ -283,7 +293,10 @@ class Rec2FTPTest(Result):
                 f"the zero-shot errors fine-tuning corrects (Rec2FTP) vs "
                 f"{_pct(self.rate_uncorrected)} ({self.icl_only}/{self.uncorrected}) of those "
                 f"it does not; one-sided Fisher exact test (ICL right more often on FT's "
-                f"corrections) p = {self.p:.3g}")
+                f"corrections"
+                + (f"; stratified by task, {self.strata} tables, conditional on each task's "
+                   "margins" if self.strata > 1 else "")
+                + f") p = {self.p:.3g}")
 
 
 def rec2ftp_test(zsl_correct: Any, ft_correct: Any, icl_correct: Any) -> Rec2FTPTest:
@@ -975,13 +988,14 @@ class _Group:
                 sum(c.rec.corrected for c in self.comps[m]))
 
     def rec_test(self, m: int) -> Rec2FTPTest:
-        """:func:`rec2ftp_test` of model ``m`` over its test items pooled over tasks."""
-        cs = self.comps[m]
-
-        def right(what: str) -> np.ndarray:
-            return np.concatenate([getattr(c, what) == c.labels for c in cs]).astype(bool)
-
-        return rec2ftp_test(right("zsl"), right("ft"), right("icl"))
+        """:func:`rec2ftp_test` of model ``m`` per task, combined: the counts summed and the
+        p-value of the exact test stratified by task (tasks differ in both rates, so one
+        pooled table would mix them)."""
+        per = [rec2ftp_test(c.zsl == c.labels, c.ft == c.labels, c.icl == c.labels)
+               for c in self.comps[m]]
+        tables = [(t.both, t.ft_only, t.icl_only, t.neither) for t in per]
+        return Rec2FTPTest(*(int(sum(col)) for col in zip(*tables, strict=True)),
+                           fisher_exact_greater_stratified(tables), strata=len(tables))
 
 
 # long: two controlled checks (SimAOU, Rec2FTP), each with its test, its controls' values and
@@ -1411,7 +1425,9 @@ def _description(groups: list[_Group], task_list: list[ph.TaskItems], k: int, n_
         "cosine with a seeded Gaussian vector. Checks follow the control rule (outside the "
         "controls' 95% bootstrap intervals). The Rec2FTP claim is tested, not read off a point "
         "estimate: ICL's rate of right answers on FT's corrections against its rate on the "
-        "zero-shot errors FT leaves, one-sided Fisher exact test. Each claim's p-value (SimAOU: "
-        "paired sign-flip test of SimAOU minus the random-vector cosine over items; Rec2FTP: "
+        "zero-shot errors FT leaves, one-sided Fisher exact test stratified by task "
+        "(conditional on each task's margins). Each claim's p-value (SimAOU: paired sign-flip "
+        "test of SimAOU minus the random-vector cosine over tasks, the unit that is drawn: "
+        "each task has one demonstration set and one fine-tuning run; Rec2FTP: "
         f"the Fisher test) is Holm-corrected over this section's {2 * len(groups)} claim "
         f"checks (the family is the section's claims); a check needs Holm p < {ph.ALPHA:g}.")
