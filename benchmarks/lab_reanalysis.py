@@ -102,6 +102,26 @@ def fisher_greater(a: int, b: int, c: int, d: int) -> float:
     return float(Fraction(num, math.comb(n, row1)))
 
 
+def fisher_greater_stratified(tables: Sequence[tuple[int, int, int, int]]) -> float:
+    """One-sided exact test of a common odds ratio of 1 against > 1 over several 2x2 tables:
+    ``P(sum_t X_t >= sum_t a_t)`` with the ``X_t`` independent hypergeometric given each
+    table's margins (their distribution convolved, as exact fractions)."""
+    dist = {0: Fraction(1)}
+    observed = 0
+    for a, b, c, d in tables:
+        row1, col1, n = a + b, a + c, a + b + c + d
+        pmf = {x: Fraction(math.comb(col1, x) * math.comb(n - col1, row1 - x),
+                           math.comb(n, row1))
+               for x in range(max(0, row1 - (n - col1)), min(row1, col1) + 1)}
+        new: dict[int, Fraction] = {}
+        for total, p in dist.items():
+            for x, q in pmf.items():
+                new[total + x] = new.get(total + x, Fraction(0)) + p * q
+        dist = new
+        observed += a
+    return float(sum(p for total, p in dist.items() if total >= observed))
+
+
 # ------------------------------------------------------------------------------------------------
 # Formatting
 # ------------------------------------------------------------------------------------------------
@@ -482,7 +502,10 @@ def rec2ftp(rep: Report, sec: dict) -> None:
             "fix: if ICL and FT corrected independently the two rates would be equal. One-sided "
             "Fisher exact test (ICL more often right where FT corrected) and the exact binomial "
             "test of Rec2FTP > 0.5 (the committed threshold), both one-sided; counts pooled over "
-            "the 3 tasks.", "")
+            "the 3 tasks. The tasks differ in both rates, so the pooled table can mix them "
+            "(Simpson's paradox); the last column is the exact test stratified by task "
+            "(conditional on each task's margins), the test the code has used since "
+            "2026-12-05.", "")
     rows = []
     for g in data["groups"]:
         for mi, res in enumerate(g["results"]):
@@ -494,20 +517,23 @@ def rec2ftp(rep: Report, sec: dict) -> None:
                 rep.reproduces(f"Rec2FTP {model}", a / (a + b), ref["value"])
             pf = fisher_greater(a, b, c, d)
             pb = binom_greater(a, a + b)
+            ps = fisher_greater_stratified([rec2ftp_counts([r]) for r in res])
             rows.append([model, role, rate(a, a + b), rate(c, c + d), rate(a + c, a + b + c + d),
-                         fp(pf), fp(pb)])
+                         fp(pf), fp(pb), fp(ps)])
             if role == "trained":
                 holds = _check_for(checks, model, "Rec2FTP")
                 ok = pf < ALPHA and pb < ALPHA
                 rep.summary.append(Summary(
                     f"icl-vs-finetuning, {model}: ICL covers FT's corrections (Rec2FTP >= 50%)",
                     f"{yes(bool(holds))} (Rec2FTP {a / (a + b):.1%}, outside the twin's interval)",
-                    f"{yes(ok)}: Fisher p {peq(pf)}, binomial p {peq(pb)}",
+                    f"{yes(ok)}: Fisher p {peq(pf)} (stratified by task {peq(ps)}), "
+                    f"binomial p {peq(pb)}",
                     f"ICL is right on {rate(a, a + b)} of FT's corrections but on "
                     f"{rate(c, c + d)} of the errors FT left: no overlap beyond independence"))
     rep.add(*table(["model", "role", "Rec2FTP: ICL right on FT's corrections",
                     "ICL right on zero-shot errors FT did not fix", "ICL right on all zero-shot "
-                    "errors", "Fisher one-sided p", "binomial p (Rec2FTP > 0.5)"], rows))
+                    "errors", "Fisher one-sided p", "binomial p (Rec2FTP > 0.5)",
+                    "Fisher one-sided p, stratified by task"], rows))
     constant = [res[0]["model"] for g in data["groups"] for res in g["results"][1:]
                 if all(len(set(r["icl"])) == 1 for r in res)]
     if constant:

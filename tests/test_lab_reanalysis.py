@@ -155,6 +155,13 @@ def test_rec2ftp_counts_and_exact_tests(report, script):
         assert _p(cells[6]) == pytest.approx(binom, rel=5e-3)
         # ICL is no more often right where FT corrected than on the errors FT left
         assert fisher > 0.05 and binom > 0.05
+        # stratified by task: the package's exact test on the per-task tables
+        from icldistill.lab.experiments._stats import fisher_exact_greater_stratified
+
+        tables = [_rec2ftp_by_hand([r]) for r in groups[model]["results"][0]]
+        strat = fisher_exact_greater_stratified(tables)
+        assert script.fisher_greater_stratified(tables) == pytest.approx(strat, rel=1e-12)
+        assert _p(cells[7]) == pytest.approx(strat, rel=5e-3) and strat > 0.05
     # the committed 52.5% and its counts
     assert "31/59 = 0.525" in report and "30/54 = 0.556" in report
 

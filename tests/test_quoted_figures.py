@@ -650,3 +650,18 @@ def test_the_lab_set_level_figures():
     assert max(abs(v) for v in gain[:2] + gain[4:]) < 0.02
     assert "rt-subjectivity +28 and +40 points on its two sets, amazon and r8 about 0 " \
            "(set-level sign-flip p 0.5)" in readme
+
+
+def test_the_lab_rec2ftp_figures():
+    """README's Rec2FTP p-values (pooled and stratified by task) are the re-analysis's."""
+    text = (RESULTS / "lab" / "reanalysis.md").read_text(encoding="utf-8")
+    readme = " ".join((ROOT / README).read_text(encoding="utf-8").split())
+    got = {}
+    for model in ("smollm2-135m", "qwen2.5-0.5b"):
+        row = next(line for line in text.splitlines()       # the Rec2FTP table's row
+                   if line.startswith(f"| {model} | trained | ") and "/" in line.split("|")[3])
+        cells = [c.strip() for c in row.strip("|").split(" | ")]
+        got[model] = (float(cells[5]), float(cells[7]))
+    pooled = " and ".join(f"{got[m][0]:.2f}" for m in got)
+    strat = " and ".join(f"{got[m][1]:.2f}" for m in got)
+    assert f"Fisher p {pooled} pooled, {strat} stratified by task" in readme
