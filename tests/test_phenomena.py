@@ -86,6 +86,48 @@ def test_statistic_and_control_rule():
         ph.compare_with_controls("acc", trained, [])
 
 
+def test_paired_control_rule():
+    """Trained and control on the same units: a paired sign-flip test per control, which the
+    interval rule misjudged both ways (a constant control gave a zero-width interval that any
+    trained value "beat"; a paired difference the intervals hid was missed)."""
+    members = ["t", "c1"]
+    # a constant control (zero-width interval) and a trained model that differs on only 3 of
+    # 6 units: the interval rule calls it outside, the paired test does not
+    trained = [0.3, 0.0, 0.2, 0.0, 0.1, 0.0]
+    ctl = [0.0] * 6
+    interval = ph.compare_with_controls("x", ph.statistic(trained), [ph.statistic(ctl)])
+    assert interval.outside
+    cmp = ph.compare_paired_with_controls("x", trained, [ctl], members)
+    assert not cmp.outside and cmp.verdict == "NOT shown to differ (paired)"
+    (pc,) = cmp.paired
+    assert pc.n == 6 and pc.diff == pytest.approx(0.1)
+    assert pc.p == pytest.approx(ph.sign_flip_p(np.subtract(trained, ctl)))
+    assert pc.floor == pytest.approx(0.25)              # 3 non-zero differences
+    # overlapping intervals, but the trained model is above the control on every unit
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=8)
+    up = base + 0.05
+    assert not ph.compare_with_controls("y", ph.statistic(up), [ph.statistic(base)]).outside
+    cmp = ph.compare_paired_with_controls("y", up, [base], members)
+    assert cmp.outside and cmp.paired[0].p == pytest.approx(2 / 2 ** 8)
+    assert ph.controlled_check("y rises", True, cmp, sign=1).holds
+    wrong = ph.controlled_check("y falls", True, cmp, sign=-1)
+    assert not wrong.holds and "side opposite to the claim" in wrong.detail
+    assert "paired on the same units" in wrong.detail
+    # two controls: it must differ from both, in one direction
+    cmp = ph.compare_paired_with_controls("z", up, [base, up + 0.05], ["t", "c1", "c2"])
+    assert not cmp.outside
+    assert ph.compare_paired_with_controls("z", up, [base, base - 0.1],
+                                           ["t", "c1", "c2"]).outside
+    assert cmp.to_dict()["paired"][1]["diff"] == pytest.approx(-0.05)
+    with pytest.raises(InputError, match="same units"):
+        ph.compare_paired_with_controls("z", up, [base[:-1]], members)
+    with pytest.raises(InputError, match="members"):
+        ph.compare_paired_with_controls("z", up, [base], ["t"])
+    with pytest.raises(InputError, match="control"):
+        ph.compare_paired_with_controls("z", up, [], ["t"])
+
+
 @settings(max_examples=200, deadline=None)
 @given(t=st.floats(-5, 5), lo=st.floats(-5, 5), width=st.floats(0, 3),
        sign=st.sampled_from([1, -1]), holds=st.booleans())

@@ -537,10 +537,6 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
 
 
 # ---------------------------------------------------------------------------------- assembly
-def _stat(values: Any, member: ph.ModelUnderTest, seed: int) -> ph.Statistic:
-    return ph.statistic(values, member, seed=seed)
-
-
 #: Appended to a directional claim (it closes the claim's parenthesis).
 DIRECTION = "; the trained value must not lie beyond the controls on the opposite side)"
 
@@ -610,15 +606,15 @@ def _direction_checks(group: list[ph.ModelUnderTest], st: _GroupStats, seed: int
     ]
     checks = []
     for name, vals, sign, claim in specs:
-        stats = [_stat(v, m, seed) for v, m in zip(vals, group, strict=True)]
-        cmp = ph.compare_with_controls(name, stats[0], stats[1:], seed=seed)
+        # every member is measured on the same (task, set) units: paired against each twin
+        cmp = ph.compare_paired_with_controls(name, vals[0], vals[1:], group, seed=seed)
         comparisons.append({"group": trained.name, **cmp.to_dict()})
         n = int(np.isfinite(vals[0]).sum())
         units = "(task, set) units"
         check = ph.controlled_check(
             tag + claim + (" (mean < 0 with its interval below 0" if sign < 0 else
                            " (mean > 0 with its interval above 0") + DIRECTION,
-            _sign_ok(stats[0], sign), cmp, f"{n} {units} on the trained model", sign=sign)
+            _sign_ok(cmp.trained, sign), cmp, f"{n} {units} on the trained model", sign=sign)
         checks.append((check, ph.sign_flip_p(vals[0]), ph.sign_flip_text(vals[0], units)))
     return checks
 
@@ -635,8 +631,7 @@ def _saturation_checks(group: list[ph.ModelUnderTest], g_res: list[list[Adaptati
     for label, agree, what in (("demo share", st.agree_share, "demo_share"),
                                ("||W_0||", st.agree_w0, "log_w0_norm")):
         name = f"per-task agreement of k_sat(accuracy) and k_sat({label})"
-        stats = [_stat(a, m, seed) for a, m in zip(agree, group, strict=True)]
-        cmp = ph.compare_with_controls(name, stats[0], stats[1:], seed=seed)
+        cmp = ph.compare_paired_with_controls(name, agree[0], agree[1:], group, seed=seed)
         comparisons.append({"group": trained.name, **cmp.to_dict()})
         fin = agree[0][np.isfinite(agree[0])]
         detail = "trained k_sat (accuracy / " + label + "): " + ", ".join(
@@ -765,10 +760,12 @@ def _description(plan: list[Any], sizes: Sizes, seed: int, quick: bool) -> str:
            if sizes.max_prompt_tokens else "")
         + " is skipped and reported. Every quantity is measured on the trained model and on "
         "its random-initialised control(s) on the same prompts; a check passes only if its "
-        "claim holds on the trained model and the trained value lies outside the controls' "
-        "95% bootstrap spread; the claims are directional, so a trained value outside the "
-        "spread on the opposite side (the random network shows the property more strongly) "
-        "fails too. Spearman checks use, per task and demonstration set (the independent "
+        "claim holds on the trained model and the trained model differs from every control "
+        "on the same units (paired: trained - control per (task, set) or per task, two-sided "
+        f"exact sign-flip p < {ph.ALPHA:g}, all in one direction; with U units no p is below "
+        "2/2^U); the claims are directional, so a trained model that differs on the opposite "
+        "side (the random network shows the property more strongly) fails too. Spearman "
+        "checks use, per task and demonstration set (the independent "
         "draws), the Spearman correlation over k >= 1 (k=0 has no demonstrations) of each "
         "layer's curve, averaged over layers; the claim needs the mean over the (task, set) "
         "units' interval on the claimed side of 0 (the layers of one prompt sequence are not "

@@ -51,8 +51,9 @@ on the trained model and on its random-init twins on the same prompts.
    demonstration set and one fine-tuning run, so the task is the unit: with 3 tasks no
    sign-flip p is below 0.25); the claim is that the trained model's mean lies
    above the random-vector baseline's 95% interval, and the check passes only if the trained
-   mean is also outside the controls' spread, **above** it (a trained value below the
-   controls' says the untrained network aligns the two updates more).
+   model also differs from every control, paired per task (two-sided exact sign-flip test;
+   3 tasks allow no p below 0.25), **above** it (a trained value below the controls' says the
+   untrained network aligns the two updates more).
 2. *ICL covers fine-tuning's corrections*: among the zero-shot errors pooled over tasks,
    ICL's rate of right answers on the items fine-tuning corrects (the pooled Rec2FTP) is
    compared with its rate on the zero-shot errors fine-tuning does **not** correct (the
@@ -1008,11 +1009,9 @@ def _checks(g: _Group, seed: int
     name = trained.name
     stat = ph.statistic
     # the unit is the task (its one demonstration set and one fine-tuning run), not the item
-    sim = ph.compare_with_controls(
-        f"{name}: SimAOU (per-task mean over items and layers)",
-        stat(g.per_task(0, "sim"), trained, seed=seed),
-        [stat(g.per_task(i, "sim"), m, seed=seed) for i, m in enumerate(controls, 1)],
-        seed=seed)
+    sim = ph.compare_paired_with_controls(
+        f"{name}: SimAOU (per-task mean over items and layers)", g.per_task(0, "sim"),
+        [g.per_task(i, "sim") for i in range(1, len(g.models))], g.models, seed=seed)
     rand = stat(g.pooled(0, "random"), f"{name} random-vector baseline", seed=seed)
     holds = bool(np.isfinite(sim.trained.value) and np.isfinite(rand.high)
                  and sim.trained.value > rand.high)
@@ -1422,8 +1421,10 @@ def _description(groups: list[_Group], task_list: list[ph.TaskItems], k: int, n_
         "between Update_ICL = AO(ICL prompt) - AO(ZSL prompt) and Update_FT = AO_FT(ZSL prompt) "
         "- AO(ZSL prompt), AO = each layer's self-attention output (o_proj, before the "
         f"residual add) at the prompt's last token ({L} layers); random-vector baseline: the "
-        "cosine with a seeded Gaussian vector. Checks follow the control rule (outside the "
-        "controls' 95% bootstrap intervals). The Rec2FTP claim is tested, not read off a point "
+        "cosine with a seeded Gaussian vector. Checks follow the control rule: SimAOU paired "
+        "with each control per task (two-sided exact sign-flip test, every control, one "
+        "direction), Rec2FTP (over each model's own corrections, so not paired) outside the "
+        "controls' 95% bootstrap intervals. The Rec2FTP claim is tested, not read off a point "
         "estimate: ICL's rate of right answers on FT's corrections against its rate on the "
         "zero-shot errors FT leaves, one-sided Fisher exact test stratified by task "
         "(conditional on each task's margins). Each claim's p-value (SimAOU: paired sign-flip "

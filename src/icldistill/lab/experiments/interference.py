@@ -962,10 +962,11 @@ def _comparisons(summaries: list[dict[str, Any]],
     tr, ctrls = summaries[0], summaries[1:]
     name, seed, enc_name = tr["model"].name, setup.seed, setup.enc_name
     comps = {}
-    comps["drop_foreign"] = ph.compare_with_controls(
+    members = [tr["model"], *(c["model"] for c in ctrls)]
+    # the drops are measured on the same (task, set) units by every model: paired
+    comps["drop_foreign"] = ph.compare_paired_with_controls(
         f"{name}: accuracy drop rho=0 -> 1, foreign demonstrations (per (task, set))",
-        ph.statistic(tr["drop_f"], tr["model"], seed=seed),
-        [ph.statistic(c["drop_f"], c["model"], seed=seed) for c in ctrls], seed=seed)
+        tr["drop_f"], [c["drop_f"] for c in ctrls], members, seed=seed)
     comps["r2_kv"] = ph.compare_with_controls(
         f"{name}: signed R² of accuracy on K_att MMD² at the best layer (each model's "
         "own)",
@@ -973,10 +974,9 @@ def _comparisons(summaries: list[dict[str, Any]],
     comps["r2_text"] = ph.compare_with_controls(
         f"{name}: signed R² of accuracy on {enc_name} MMD² (label-aware texts)",
         tr["r2_text"], [c["r2_text"] for c in ctrls], seed=seed)
-    comps["drop_random"] = ph.compare_with_controls(
+    comps["drop_random"] = ph.compare_paired_with_controls(
         f"{name}: accuracy drop rho=0 -> 1, random labels (per (task, set))",
-        ph.statistic(tr["drop_r"], tr["model"], seed=seed),
-        [ph.statistic(c["drop_r"], c["model"], seed=seed) for c in ctrls], seed=seed)
+        tr["drop_r"], [c["drop_r"] for c in ctrls], members, seed=seed)
     return comps
 
 

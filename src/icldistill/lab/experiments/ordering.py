@@ -1123,12 +1123,12 @@ def _group_checks(g: list[ph.ModelUnderTest], res: list[list[SetResult]],
     ctl = [(mi, m) for mi, m in enumerate(g) if m.is_control]
 
     def comp(name: str, values: Any, per_model: Any) -> ph.ControlComparison:
-        t = ph.statistic(values, tr, seed=seed)
-        cs = [ph.statistic(per_model(mi), m, seed=seed) for mi, m in ctl]
-        c = ph.compare_with_controls(name, t, cs, seed=seed)
+        # one value per demonstration set for every model, the same sets: paired
+        c = ph.compare_paired_with_controls(name, values, [per_model(mi) for mi, _ in ctl],
+                                            [tr, *(m for _, m in ctl)], seed=seed)
         gdata["comparisons"].append(c.to_dict())
         rows.comp.append((tr.name, c.name, c.trained.value, c.trained.low, c.trained.high,
-                          c.low, c.high, "outside" if c.outside else "INSIDE"))
+                          c.low, c.high, c.verdict))
         return c
 
     checks = []
@@ -1281,5 +1281,6 @@ def _description(plans: list[_Plan], mode: str, sizes: OrderingSizes, enc: Any,
         "models' comparisons; the disagreement and movement checks take one value per set "
         "too. Every "
         f"number is measured on the trained model and on {len(groups[0]) - 1} random-init "
-        "control(s) (seeds seed+1, ...) on the same prompts; a check passes only outside the "
-        "controls' 95% bootstrap spread.")
+        "control(s) (seeds seed+1, ...) on the same prompts; a check passes only if the "
+        "trained model differs from every control, paired per set (two-sided exact "
+        "sign-flip test of trained - control, one direction).")

@@ -7,12 +7,17 @@ The control rule
 ----------------
 Every real-model statistic is computed on the trained model and on ``n_controls``
 architecture-identical models with random weights (:func:`random_twin`, seeds ``seed + 1 ..``),
-on the same prompts. Per model the statistic comes with a 95% bootstrap interval over the items
-it is averaged over (:func:`statistic`). The **control spread** is the union of the controls'
-intervals; a claim counts only if the trained model's value lies outside it
-(:func:`compare_with_controls`) **on the claim's side** (above the controls for a claimed
-"more", below them for a claimed "less": a trained value beyond the controls on the other side
-means the untrained network shows the property more strongly) *and* the claim itself holds on
+on the same prompts. Where every model is measured on the same units (the demonstration sets,
+the tasks), the comparison is **paired** (:func:`compare_paired_with_controls`): per control,
+trained - control per unit, two-sided exact sign-flip test, and the trained model differs only
+if it differs from every control in one direction with ``p <`` :data:`ALPHA`. Elsewhere
+(statistics without per-unit values, or units that differ between models) each model's
+statistic comes with a 95% bootstrap interval (:func:`statistic`), the **control spread** is
+the union of the controls' intervals, and the trained value must lie outside it
+(:func:`compare_with_controls`). Either way a claim counts only **on the claim's side**
+(above the controls for a claimed "more", below them for a claimed "less": a trained value
+beyond the controls on the other side means the untrained network shows the property more
+strongly) *and* the claim itself holds on
 the trained model (:func:`controlled_check`). A property every network has (an identity, an
 inequality) therefore shows as **NO**: the control has it too, so it says nothing about what
 training taught.
@@ -55,11 +60,13 @@ __all__ = [
     "ControlComparison",
     "LabelPosition",
     "ModelUnderTest",
+    "PairedControl",
     "Parts",
     "Statistic",
     "TaskItems",
     "balanced_indices",
     "check_one_entry_per_layer",
+    "compare_paired_with_controls",
     "compare_with_controls",
     "controlled_check",
     "holm_checks",
@@ -71,7 +78,9 @@ __all__ = [
     "random_twin",
     "resolve_models",
     "resolve_tasks",
+    "sign_flip_floor",
     "sign_flip_p",
+    "sign_flip_text",
     "statistic",
     "task_fingerprint",
     "task_items",
@@ -548,6 +557,35 @@ def statistic(values: Any, model: ModelUnderTest | str = "", *, role: str | None
 
 
 @dataclass(frozen=True)
+class PairedControl:
+    """The trained model minus one control on the same units.
+
+    Attributes
+    ----------
+    control : str
+        The control's name.
+    diff : float
+        Mean over the units of trained minus control.
+    p : float
+        Two-sided exact sign-flip p-value of ``diff = 0`` (:func:`sign_flip_p`).
+    floor : float
+        The smallest p these units allow (:func:`sign_flip_floor`).
+    n : int
+        Units with both values finite.
+    """
+
+    control: str
+    diff: float
+    p: float
+    floor: float
+    n: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"control": self.control, "diff": self.diff, "p": self.p, "floor": self.floor,
+                "n": self.n}
+
+
+@dataclass(frozen=True)
 class ControlComparison:
     """A statistic on the trained model against its random-initialised controls.
 
@@ -560,8 +598,13 @@ class ControlComparison:
     low, high : float
         The control spread: union of the controls' intervals.
     outside : bool
-        The trained value lies outside ``[low, high]`` (never for a statistic of fewer than two
-        items, on either side: one value has no spread).
+        Without ``paired``: the trained value lies outside ``[low, high]`` (never for a
+        statistic of fewer than two items, on either side: one value has no spread). With
+        ``paired``: the trained model differs from **every** control, all in one direction,
+        each with a paired p below :data:`ALPHA` (:func:`compare_paired_with_controls`).
+    paired : tuple of PairedControl
+        The paired comparisons (one per control) when trained and controls were measured on
+        the same units; empty for the interval rule.
     """
 
     name: str
@@ -570,35 +613,48 @@ class ControlComparison:
     low: float
     high: float
     outside: bool
+    paired: tuple[PairedControl, ...] = ()
 
     def describe(self, fmt: str = ".3g") -> str:
         t = self.trained
-        return (f"{self.name}: trained {t.value:{fmt}} [{t.low:{fmt}}, {t.high:{fmt}}], "
+        text = (f"{self.name}: trained {t.value:{fmt}} [{t.low:{fmt}}, {t.high:{fmt}}], "
                 f"random-init control spread [{self.low:{fmt}}, {self.high:{fmt}}] "
-                f"({len(self.controls)} control{'s' if len(self.controls) != 1 else ''})"
-                f" -> {self.verdict}")
+                f"({len(self.controls)} control{'s' if len(self.controls) != 1 else ''})")
+        if self.paired:
+            text += "; paired on the same units, trained - control " + ", ".join(
+                f"{c.diff:+{fmt}} (sign-flip p {c.p:.3g} over {c.n}, no p below "
+                f"{c.floor:.3g})" for c in self.paired)
+        return text + f" -> {self.verdict}"
 
     @property
     def verdict(self) -> str:
         """``"outside"``, ``"INSIDE"`` or, for a statistic of a single item, ``"one item: no
-        spread to compare"``."""
+        spread to compare"`` (the interval rule); ``"differs (paired)"`` or ``"NOT shown to
+        differ (paired)"`` (the paired rule)."""
+        if self.paired:
+            return "differs (paired)" if self.outside else "NOT shown to differ (paired)"
         if self.trained.n < 2 or any(c.n < 2 for c in self.controls):
             return "one item: no spread to compare"
         return "outside" if self.outside else "INSIDE"
 
     def wrong_side(self, sign: float) -> bool:
-        """The trained value is outside the control spread, but on the side opposite to a
-        claim of sign ``sign`` (``-1``: a claimed fall, e.g. one shallower than every
-        control's; ``+1``: a claimed rise)."""
+        """The trained value differs from the controls (:attr:`outside`), but on the side
+        opposite to a claim of sign ``sign`` (``-1``: a claimed fall, e.g. one shallower than
+        every control's; ``+1``: a claimed rise)."""
+        if self.paired:
+            return bool(self.outside and self.paired[0].diff * sign < 0)
         v = self.trained.value
         if not (self.outside and np.isfinite(v)):
             return False
         return bool(v > self.high) if sign < 0 else bool(v < self.low)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "trained": self.trained.to_dict(),
-                "controls": [c.to_dict() for c in self.controls], "low": self.low,
-                "high": self.high, "outside": self.outside}
+        out = {"name": self.name, "trained": self.trained.to_dict(),
+               "controls": [c.to_dict() for c in self.controls], "low": self.low,
+               "high": self.high, "outside": self.outside}
+        if self.paired:
+            out["paired"] = [c.to_dict() for c in self.paired]
+        return out
 
 
 def compare_with_controls(name: str, trained: Statistic | Any,
@@ -625,10 +681,69 @@ def compare_with_controls(name: str, trained: Statistic | Any,
     return ControlComparison(name, t, cs, float(low), float(high), outside)
 
 
+def compare_paired_with_controls(name: str, trained: Any, controls: Sequence[Any],
+                                 members: Sequence[ModelUnderTest | str], *, seed: int = 0
+                                 ) -> ControlComparison:
+    """Compare the trained model with its controls **paired on the same units** (the
+    demonstration sets or tasks every model was measured on).
+
+    For every control the per-unit difference trained - control gets the two-sided exact
+    sign-flip test (:func:`sign_flip_p`); the trained model differs from the controls
+    (:attr:`ControlComparison.outside`) when it differs from every one of them in the same
+    direction with ``p <`` :data:`ALPHA`. Unlike the interval rule this accounts for the
+    pairing and for the uncertainty of both sides, and a control whose values are all equal
+    (a zero-width interval) is no easier to beat. With ``n`` units no p is below
+    ``2 / 2**n`` (:func:`sign_flip_floor`): 6 units are the fewest that can show a
+    difference. The intervals (:func:`statistic`) are kept for display.
+
+    Parameters
+    ----------
+    name : str
+    trained : array-like ``[n]``
+        Per-unit values of the trained model.
+    controls : sequence of array-like ``[n]``
+        The same units' values of each control.
+    members : sequence of ModelUnderTest or str
+        The trained model, then the controls (names for the statistics).
+    seed : int
+        Seeds the bootstrap intervals.
+
+    Raises
+    ------
+    InputError
+        No control, a member count that does not match, or values of another shape.
+    """
+    t = np.asarray(trained, dtype=np.float64).ravel()
+    cs = [np.asarray(c, dtype=np.float64).ravel() for c in controls]
+    if not cs:
+        raise InputError(f"{name}: at least one control is needed")
+    if len(members) != len(cs) + 1:
+        raise InputError(f"{name}: {len(members)} members for 1 trained model and {len(cs)} "
+                         "controls")
+    if any(c.shape != t.shape for c in cs):
+        raise InputError(f"{name}: paired values need the same units, got shapes "
+                         f"{t.shape} and {[c.shape for c in cs]}")
+    base = compare_with_controls(
+        name, statistic(t, members[0], seed=seed),
+        [statistic(c, m, role="control", seed=seed) for c, m in zip(cs, members[1:],
+                                                                      strict=True)],
+        seed=seed)
+    paired = []
+    for c, m in zip(cs, members[1:], strict=True):
+        d = t - c
+        d = d[np.isfinite(d)]
+        paired.append(PairedControl(m.name if isinstance(m, ModelUnderTest) else str(m),
+                                    float(d.mean()) if d.size else math.nan, sign_flip_p(d),
+                                    sign_flip_floor(d), int(d.size)))
+    signs = {np.sign(c.diff) for c in paired}
+    differs = bool(all(c.p < ALPHA for c in paired) and len(signs) == 1 and 0 not in signs)
+    return dataclasses.replace(base, outside=differs, paired=tuple(paired))
+
+
 #: Why a directional claim fails although the trained value is outside the controls' spread.
-WRONG_SIDE = ("the trained value lies outside the control spread on the side opposite to the "
-              "claim: the random-init control shows the property more strongly, so it is not "
-              "credited to training")
+WRONG_SIDE = ("the trained value differs from the random-init control(s) on the side opposite "
+              "to the claim: the random-init control shows the property more strongly, so it "
+              "is not credited to training")
 
 
 def controlled_check(claim: str, holds: bool, comparison: ControlComparison,
@@ -651,7 +766,10 @@ def controlled_check(claim: str, holds: bool, comparison: ControlComparison,
     if wrong:
         parts.append(WRONG_SIDE)
     elif holds and not comparison.outside:
-        parts.append("the claim holds on the trained model but not beyond the random-init "
+        parts.append("the claim holds on the trained model but is not shown to differ from "
+                     "the random-init control(s) on the same units, so it does not show what "
+                     "training taught" if comparison.paired else
+                     "the claim holds on the trained model but not beyond the random-init "
                      "control's spread, so it does not show what training taught")
     return Check(claim, ok, "; ".join(parts))
 
