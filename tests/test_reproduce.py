@@ -185,6 +185,40 @@ def test_phenomena_parts_live_until_the_section_is_stored(tmp_path, monkeypatch)
     assert not any(p.exists() for p in seen)
 
 
+def test_phenomena_sections_judged_the_old_way_are_recomputed(tmp_path, monkeypatch):
+    """Regression: the phenomena sections' judging changed (one unit per demonstration set,
+    the paired control rule) while their settings did not, so a rerun read back a stored
+    section with the old verdicts. Their fingerprint carries PHENOMENA_JUDGING; the other
+    sections' fingerprints do not change with it."""
+    from icldistill.lab.experiments import phenomena as ph
+    from icldistill.lab.experiments import reproduce as rp
+    from icldistill.lab.experiments._common import Section
+
+    runs = []
+
+    def fake_run(name, models, *, out_dir, quick, seed, progress, under_test=None,
+                 resume_dir=None):
+        runs.append(name)
+        return Section(name=name, title=name, description="fake")
+
+    monkeypatch.setattr(ph, "resolve_models", lambda *a, **kw: [])
+    monkeypatch.setattr(rp, "run_phenomenon", fake_run)
+
+    def go():
+        return rp.reproduce(tmp_path, quick=True, only=["adaptation"], progress=False)
+
+    go()
+    assert go().resumed == ["adaptation"] and runs == ["adaptation"]
+    monkeypatch.setattr(rp, "PHENOMENA_JUDGING", rp.PHENOMENA_JUDGING + 1)
+    assert go().resumed == [] and runs == ["adaptation", "adaptation"]
+    run = rp._Run.__new__(rp._Run)   # only what fingerprint() reads
+    run.__dict__.update(quick=True, seed=0, preset_name="quick", commands={}, out=tmp_path,
+                        model="smollm2-135m", dataset="sst2", fewshot_results=None)
+    before = run.fingerprint("gd", "regression")
+    monkeypatch.setattr(rp, "PHENOMENA_JUDGING", rp.PHENOMENA_JUDGING + 1)
+    assert run.fingerprint("gd", "regression") == before
+
+
 def test_the_real_section_is_recomputed_when_its_fewshot_folder_gains_units(tmp_path,
                                                                             monkeypatch):
     """Regression: the stored "real" section was keyed by the --fewshot-results path only, so

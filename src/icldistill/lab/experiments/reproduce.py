@@ -68,6 +68,10 @@ PHENOMENA_SECTIONS = {
 #: (2: real-model sections measured against random-init twins; 3: a one-item statistic is never
 #: "outside" the controls).
 SECTIONS_FORMAT = 3
+#: Bumped when the phenomena sections judge their measurements differently, so stored phenomena
+#: sections judged the old way are recomputed while the other sections are read back (2: one
+#: unit per demonstration set or task, and the control rule paired on those units, 2026-12-05).
+PHENOMENA_JUDGING = 2
 #: Sub-folder (of ``sections/`` in ``reproduce``, of the output folder in ``icldistill lab``)
 #: where an unfinished phenomena section keeps its finished parts; removed once it is stored.
 PARTS_DIR = ".parts"
@@ -438,7 +442,8 @@ class _Run:
         key = name if not task else f"{name}-{task}"
         quick = " --quick" if self.quick else ""
         if name in PHENOMENA_SECTIONS:
-            settings: dict[str, Any] = {"models": list(self.ph_models), "controls": 1}
+            settings: dict[str, Any] = {"models": list(self.ph_models), "controls": 1,
+                                        "judging": PHENOMENA_JUDGING}
             self.commands[key] = (f"icldistill lab {name} --models {','.join(self.ph_models)}"
                                   f"{quick} --seed {self.seed} --out {self.out / key}")
         elif name == "real":
