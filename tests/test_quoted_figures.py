@@ -665,3 +665,29 @@ def test_the_lab_rec2ftp_figures():
     pooled = " and ".join(f"{got[m][0]:.2f}" for m in got)
     strat = " and ".join(f"{got[m][1]:.2f}" for m in got)
     assert f"Fisher p {pooled} pooled, {strat} stratified by task" in readme
+
+
+def test_the_quick_lab_phenomena_figures():
+    """README's quick-run phenomena paragraph (sections judged by demonstration set)."""
+    readme = " ".join((ROOT / README).read_text(encoding="utf-8").split())
+    sections = RESULTS / "lab" / "quick" / "sections"
+
+    def data(name: str) -> dict:
+        return json.loads((sections / f"{name}.json").read_text(encoding="utf-8"))
+
+    phen = ["adaptation", "ordering", "interference", "icl-vs-finetuning"]
+    checks = [c for name in phen for c in data(name)["checks"]]
+    assert len(checks) == 17 and not any(c[1] for c in checks)
+    assert "none of the 17 checks passes" in readme
+    g = data("ordering")["data"]["groups"][0]
+    w0 = next(c for c in g["comparisons"] if c["name"].startswith("relative HS distance"))
+    assert (round(w0["trained"]["value"], 2), round(w0["controls"][0]["value"], 2)) == (1.21, 0.5)
+    assert w0["paired"][0]["p"] == 0.25 and w0["paired"][0]["n"] == 3
+    assert "1.21 against the twin's 0.50, paired p 0.25" in readme
+    rules = {p["name"]: p for p in g["paired"][0]}
+    vs_random, vs_msl = rules["medoid order vs random order"], rules[
+        "medoid order vs most similar last"]
+    assert f"{100 * vs_random['diff']:+.1f} and {100 * vs_msl['diff']:.1f} points".replace(
+        "-", "−") in readme
+    assert f"pick-randomisation p {vs_random['p']:.2f} and sign-flip p {vs_msl['p']:.0f}" \
+        in readme
