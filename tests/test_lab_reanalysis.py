@@ -204,6 +204,12 @@ def test_bias_regression_spearman(report):
     cells = _row(report, "45")
     assert float(cells[1]) == pytest.approx(rho, abs=5e-4)
     assert 0.05 < _p(cells[2]) < 1
+    # within each shift kind (the kinds' MMD scales differ): the mean of the kinds' rho, and a
+    # permutation test within kinds
+    within = [_spearman_no_ties(np.ravel(data["mmd_gauss"][k]), np.ravel(data["icl_excess"][k]))
+              for k in data["levels"]]
+    assert float(cells[4]) == pytest.approx(np.mean(within), abs=5e-4)
+    assert _p(cells[5]) < 0.01
 
 
 def test_ordering_numbers(report, script):

@@ -691,3 +691,19 @@ def test_the_quick_lab_phenomena_figures():
         "-", "−") in readme
     assert f"pick-randomisation p {vs_random['p']:.2f} and sign-flip p {vs_msl['p']:.0f}" \
         in readme
+
+
+def test_the_bias_regression_within_kind_figures():
+    """README's within-kind bias-regression figures are the re-analysis's (full and quick)."""
+    readme = " ".join((ROOT / README).read_text(encoding="utf-8").split())
+    rows = {}
+    for run, name in (("full", "reanalysis.md"), ("quick", "reanalysis-quick.md")):
+        text = (RESULTS / "lab" / name).read_text(encoding="utf-8")
+        header = text.index("| points | pooled Spearman rho")
+        row = text[header:].splitlines()[2]
+        rows[run] = [c.strip() for c in row.strip("|").split(" | ")]
+    kinds = dict(part.rsplit(" ", 1) for part in rows["full"][3].split(", "))
+    assert (f"Spearman {float(kinds['mean_shift']):+.2f} and {float(kinds['label_noise']):+.2f}, "
+            f"covariance scaling {float(kinds['cov_scale']):+.2f}") in readme
+    assert (f"within-kind permutation p {float(rows['full'][5]):.1g}, quick run "
+            f"{float(rows['quick'][5]):.2f}") in readme
