@@ -318,3 +318,15 @@ def test_bad_input(tasks, tmp_path):
                 rhos=(0.0, 0.5, 2.0))
     with pytest.raises(InputError, match="two tasks"):
         itf.run(out_dir=tmp_path, quick=True, tasks=tasks[:1], under_test=_groups(), k=4)
+
+
+def test_more_sets_give_more_units(tasks, tmp_path):
+    """``n_sets``: demonstration sets per task and rho; the drops take one unit per
+    (task, set)."""
+    sec = _run(tasks, tmp_path, n_sets=2)
+    g = sec.data["groups"][0]
+    assert np.asarray(g["models"][0]["tasks"][0]["correct"]).shape[2] == 2
+    assert g["comparisons"]["drop_random"]["trained"]["n"] == 4       # 2 tasks x 2 sets
+    assert g["comparisons"]["drop_random"]["paired"][0]["n"] == 4
+    with pytest.raises(InputError, match="n_sets"):
+        _run(tasks, tmp_path / "bad", n_sets=0)

@@ -410,3 +410,16 @@ def test_rule_comparisons_take_one_unit_per_set():
     # the best order in every set: only the pick vectors that are as extreme count
     assert vs_random.p >= 1 / 6 ** 6
     assert vs_random.p < 0.01
+
+
+def test_more_sets_per_task(tmp_path, toy, group, encoder):
+    """Two sets per task and k: two units per task in every comparison."""
+    import dataclasses
+
+    sizes = dataclasses.replace(SIZES, n_sets=2)
+    sec = run(under_test=[group], tasks=[toy], out_dir=tmp_path, sizes=sizes, encoder=encoder,
+              seed=0)
+    g = sec.data["groups"][0]
+    assert len(g["results"][0]) == 2
+    assert all(p["n"] == 2 for p in g["paired"][0])
+    assert all(c["paired"][0]["n"] == 2 for c in g["comparisons"])

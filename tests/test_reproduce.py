@@ -285,3 +285,36 @@ def test_two_processes_record_their_learners_without_losing_one(tmp_path):
     assert [p.exitcode for p in procs] == [0, 0]
     known = json.loads((tmp_path / "learners.json").read_text())
     assert sorted(known) == ["classification", "regression"]
+
+
+@pytest.mark.parametrize("name", ["adaptation", "interference", "ordering"])
+def test_lab_phenomenon_sets_option(tmp_path, monkeypatch, name):
+    """``--sets N``: the number of demonstration sets per task (the claims' unit), passed to
+    the section (ordering: in its sizes); other sections do not take it (exit 2)."""
+    import importlib
+
+    from icldistill.lab.experiments import phenomena as ph
+    from icldistill.lab.experiments._common import Section
+    from icldistill.lab.experiments.reproduce import PHENOMENA_SECTIONS
+
+    seen = {}
+
+    def fake_run(models, **kw):
+        seen.update(kw)
+        return Section(name=name, title=name, description="fake")
+
+    mod = importlib.import_module(PHENOMENA_SECTIONS[name])
+    monkeypatch.setattr(mod, "run", fake_run)
+    monkeypatch.setattr(ph, "resolve_models", lambda *a, **kw: [])
+    assert main(["lab", name, "--sets", "3", "--quick", "--quiet",
+                 "--out", str(tmp_path / name)]) == 0
+    if name == "ordering":
+        assert seen["sizes"].n_sets == 3 and seen["sizes"].ks == mod.QUICK.ks
+    else:
+        assert seen["n_sets"] == 3
+    assert main(["lab", name, "--sets", "0", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_lab_sets_option_is_refused_where_it_means_nothing(tmp_path, capsys):
+    assert main(["lab", "icl-vs-finetuning", "--sets", "3", "--out", str(tmp_path)]) == 2
+    assert "--sets" in capsys.readouterr().err

@@ -99,6 +99,12 @@ def _add_real_parser(lsub: Any) -> None:
     q.set_defaults(func=_cmd_lab_real)
 
 
+#: Phenomena sections whose number of demonstration sets per task can be set (``--sets``),
+#: with their defaults (quick / full).
+_SET_SECTIONS = {"adaptation": "1 quick, 2 full", "ordering": "1 per k",
+                 "interference": "1 quick, 2 full"}
+
+
 def _add_phenomenon_parsers(lsub: Any) -> None:
     """The ICL phenomena on real models, each against random-initialised twins."""
     for name, text in _PHENOMENA.items():
@@ -111,6 +117,12 @@ def _add_phenomenon_parsers(lsub: Any) -> None:
         q.add_argument("--controls", type=positive_int, default=1,
                        help="random-init twins per model (default 1)")
         q.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
+        if name in _SET_SECTIONS:
+            q.add_argument("--sets", type=positive_int, default=None, metavar="N",
+                           help=f"demonstration sets per task (default {_SET_SECTIONS[name]}); "
+                                "the (task, set) is the unit of the claims' tests, and fewer "
+                                "than 6 units in all cannot give p < 0.05 (about 9 are needed "
+                                "after Holm)")
         q.add_argument("--seed", type=nonnegative_int, default=0,
                        help="random seed (default 0)")
         q.add_argument("--out", default=f"icldistill-lab/{name}", help="output folder")
@@ -227,7 +239,20 @@ def _cmd_lab_phenomenon(args: argparse.Namespace) -> int:
 
         under_test = resolve_models(models, n_controls=args.controls, seed=args.seed,
                                     progress=not args.quiet)
+    extra: dict[str, Any] = {}
     if args.tasks:
+        extra["tasks"] = split_names(args.tasks)
+    if getattr(args, "sets", None) is not None:
+        if args.experiment == "ordering":
+            import dataclasses
+
+            from icldistill.lab.experiments.ordering import FULL, QUICK
+
+            extra["sizes"] = dataclasses.replace(QUICK if args.quick else FULL,
+                                                 n_sets=args.sets)
+        else:
+            extra["n_sets"] = args.sets
+    if extra:
         import importlib
 
         from icldistill.lab.experiments.reproduce import PHENOMENA_SECTIONS
@@ -235,7 +260,7 @@ def _cmd_lab_phenomenon(args: argparse.Namespace) -> int:
         mod = importlib.import_module(PHENOMENA_SECTIONS[args.experiment])
         sec = mod.run(tuple(models), out_dir=out, quick=args.quick, seed=args.seed,
                       progress=not args.quiet, under_test=under_test,
-                      tasks=split_names(args.tasks), resume_dir=out / PARTS_DIR)
+                      resume_dir=out / PARTS_DIR, **extra)
     else:
         sec = run_phenomenon(args.experiment, models, out_dir=out, quick=args.quick,
                              seed=args.seed, progress=not args.quiet, under_test=under_test,

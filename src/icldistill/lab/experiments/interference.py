@@ -74,7 +74,7 @@ from icldistill.core.mmd import mmd
 from icldistill.core.progress import log
 from icldistill.core.stats import spearman
 from icldistill.core.util import LineFit, fit_line
-from icldistill.core.validation import InputError
+from icldistill.core.validation import InputError, check_int
 from icldistill.data.prompts import Demonstration, Prompt
 from icldistill.lab.experiments import phenomena as ph
 from icldistill.lab.experiments._common import Check, Section, Table
@@ -680,7 +680,8 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
         tasks: Sequence[str | ph.TaskItems] | None = None,
         under_test: Sequence[Sequence[ph.ModelUnderTest]] | None = None, n_controls: int = 1,
         dtype: torch.dtype = torch.float32, k: int = K, rhos: Sequence[float] | None = None,
-        text_encoder: Any = "minilm", resume_dir: str | Path | None = None) -> Section:
+        text_encoder: Any = "minilm", resume_dir: str | Path | None = None,
+        n_sets: int | None = None) -> Section:
     """Cross-task interference and random labels, on each model and its random-init controls.
 
     Parameters
@@ -713,11 +714,16 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
     resume_dir : path, optional
         Keep each finished (model, task) measurement here, so that a killed run resumes from
         its last finished part (:class:`~icldistill.lab.experiments.phenomena.Parts`).
+    n_sets : int, optional
+        Demonstration sets per task and rho (default 1 quick, 2 full). The (task, set) is the
+        unit of the accuracy-drop claims: with fewer than 6 units in all no test can reach
+        p < 0.05, and a Holm family of 4 needs about 8.
     """
     t_start = time.perf_counter()
     k, levels = _check_design(k, rhos, quick)
-    n_sets, n_test, n_sample, n_cal = (_SETS[bool(quick)], _N_TEST[bool(quick)],
-                                       _N_SAMPLE[bool(quick)], _N_CALIBRATION[bool(quick)])
+    n_sets = _SETS[bool(quick)] if n_sets is None else check_int(n_sets, "n_sets", 1)
+    n_test, n_sample, n_cal = (_N_TEST[bool(quick)], _N_SAMPLE[bool(quick)],
+                               _N_CALIBRATION[bool(quick)])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     task_list = _target_tasks(tasks, n_test, seed, progress)
