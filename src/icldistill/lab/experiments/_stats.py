@@ -69,13 +69,9 @@ def fisher_exact_greater_stratified(tables: Any) -> float:
         a, b, c, d = (check_int(v, f"tables[{t}][{i}]", 0) for i, v in enumerate(row))
         n1, k, n = a + b, a + c, a + b + c + d
         lo, hi = max(0, n1 - (n - k)), min(n1, k)
-        pmf = [math.comb(k, x) * math.comb(n - k, n1 - x) for x in range(lo, hi + 1)]
-        new = [0] * (len(dist) + len(pmf) - 1)
-        for i, u in enumerate(dist):
-            if u:
-                for j, v in enumerate(pmf):
-                    new[i + j] += u * v
-        dist = new                # index s now stands for sum of lows + s
+        # index s of the result stands for (sum of the strata's lowest counts) + s
+        dist = _convolve(dist, [math.comb(k, x) * math.comb(n - k, n1 - x)
+                                for x in range(lo, hi + 1)])
         total *= math.comb(n, n1)
         observed += a - lo
     tail = sum(dist[observed:])
@@ -254,16 +250,20 @@ def pick_randomisation_test(counts: Any, picked: Any) -> float:
         o = check_int(o, f"picked[{s}]", 0)
         if o >= c.size:
             raise InputError(f"picked[{s}] = {o} is out of range for {c.size} options")
-        hist = np.bincount(c).tolist()
-        new = [0] * (len(dist) + len(hist) - 1)
-        for i, a in enumerate(dist):
-            if a:
-                for j, b in enumerate(hist):
-                    if b:
-                        new[i + j] += a * b
-        dist = new
+        dist = _convolve(dist, np.bincount(c).tolist())
         expected += Fraction(int(c.sum()), int(c.size))
         observed += int(c[o])
     dev = abs(observed - expected)
     hits = sum(n for t, n in enumerate(dist) if abs(t - expected) >= dev)
     return float(Fraction(hits, sum(dist)))
+
+
+def _convolve(a: list[int], b: list[int]) -> list[int]:
+    """The exact (integer) convolution of two count sequences: ``out[i + j] += a[i] b[j]``."""
+    out = [0] * (len(a) + len(b) - 1)
+    for i, u in enumerate(a):
+        if u:
+            for j, v in enumerate(b):
+                if v:
+                    out[i + j] += u * v
+    return out
