@@ -47,6 +47,12 @@ def test_real_trace_on_tiny_model(toy):
     again = real.real_model_trace("tiny", "toy", k=3, n_prompts=2, seed=0, loaded=_loaded(),
                                   split=toy.split)
     np.testing.assert_allclose(res.eta_last, again.eta_last)
+    # per prompt: the Jensen gaps average to the pooled ones (each prompt weighted equally),
+    # and one head-mean stationarity Spearman per prompt
+    assert res.jensen_gap_prompts.shape == (2, L, H)
+    np.testing.assert_allclose(res.jensen_gap_prompts.mean(0), res.jensen_gap)
+    assert res.stationarity_prompts.shape == (2,)
+    assert np.all(np.abs(res.stationarity_prompts[np.isfinite(res.stationarity_prompts)]) <= 1)
 
 
 def test_real_trace_bad_input(toy):
@@ -88,6 +94,12 @@ def test_real_section_with_fewshot_grid(tmp_path, toy):
     stationarity = next(c for k, c in claims.items() if k.startswith("domain stationarity"))
     assert "random-init control spread" in stationarity.detail
     assert all(c["controls"] for c in sec.data["comparisons"])
+    # regression: the control comparisons resampled the (layer, head) cells, the model's
+    # fixed parts; they are paired over the traced prompts (6 in quick mode), the draws
+    for c in sec.data["comparisons"]:
+        assert c["paired"][0]["n"] == 6 and c["trained"]["n"] == 6
+    assert "paired on the same units" in jensen.detail
+    assert "6 prompts allow no p below 0.0312" in sec.description
     for f in sec.figures:
         assert (tmp_path / "real" / f).read_bytes()[:4] == b"\x89PNG"
     assert "real_accuracy_mmd.png" in sec.figures

@@ -19,6 +19,7 @@ Two parts:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -75,6 +76,12 @@ class RealTraceResult(Result):
     num_tokens : list of int
         Prompt lengths.
     seconds : float
+    jensen_gap_prompts : ndarray ``[P, L, H]`` or None
+        :attr:`jensen_gap` per prompt (the prompts are the independent draws: the control
+        comparisons pair them).
+    stationarity_prompts : ndarray ``[P]`` or None
+        Per prompt, the mean over heads of the per-head Spearman of :attr:`stationarity`
+        computed on that prompt's query positions alone (NaN where no head has 3 points).
     """
 
     model: str
@@ -93,6 +100,8 @@ class RealTraceResult(Result):
     alignment_error_2x: float
     num_tokens: list[int]
     seconds: float
+    jensen_gap_prompts: np.ndarray | None = None
+    stationarity_prompts: np.ndarray | None = None
 
 
 def real_model_trace(
@@ -159,7 +168,16 @@ def real_model_trace(
         jensen_checked=acc.checked, jensen_gap=np.mean(acc.gaps, axis=0),
         alignment_error=float(acc.align), alignment_error_2x=float(acc.align2),
         num_tokens=acc.lens, seconds=time.perf_counter() - t0,
+        jensen_gap_prompts=np.stack(acc.gaps),
+        stationarity_prompts=np.asarray([_head_mean(_stationarity([x], [y]))
+                                         for x, y in zip(acc.stat_x, acc.stat_y, strict=True)]),
     )
+
+
+def _head_mean(a: np.ndarray) -> float:
+    """Mean of the finite entries (NaN without any)."""
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else math.nan
 
 
 @dataclass
@@ -521,7 +539,9 @@ def run(
     tasks = _grid_tasks(fewshot_tasks, dataset, quick)       # checked before anything is traced
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    n_prompts = 4 if quick else 12
+    # the prompts are the unit of the control comparisons: 6 is the fewest that can give a
+    # two-sided sign-flip p below 0.05
+    n_prompts = 6 if quick else 12
     if loaded is None:
         from icldistill.models import load_model
 
@@ -600,25 +620,29 @@ class _Comparisons:
 
 
 def _compare(m: _Measured) -> _Comparisons:
-    from icldistill.lab.experiments.phenomena import compare_with_controls, statistic
+    """Trained against controls, paired over the traced prompts (the independent draws; the
+    heads are the model's fixed parts, not draws): per prompt the mean over heads of the
+    per-head Spearman, of the Jensen gap and of the demo share."""
+    from icldistill.lab.experiments.phenomena import compare_paired_with_controls
 
     tr, ctr, names, seed = m.tr, m.ctr, m.names, m.seed
-    return _Comparisons(
-        stat=compare_with_controls(
-            "mean per-head Spearman(mean q-k_demo logit, log eta*)",
-            statistic(_spearman_items(tr), "trained", seed=seed),
-            [statistic(_spearman_items(c), n, role="control", seed=seed)
-             for c, n in zip(ctr, names, strict=True)]),
-        jensen=compare_with_controls(
-            "mean Jensen gap log(D'/n) - mean logit per head",
-            statistic(tr.jensen_gap.ravel(), "trained", seed=seed),
-            [statistic(c.jensen_gap.ravel(), n, role="control", seed=seed)
-             for c, n in zip(ctr, names, strict=True)]),
-        share=compare_with_controls(
-            "demo share at the label position per head",
-            statistic(tr.demo_share_last.mean(0).ravel(), "trained", seed=seed),
-            [statistic(c.demo_share_last.mean(0).ravel(), n, role="control", seed=seed)
-             for c, n in zip(ctr, names, strict=True)]))
+    members = [tr.model, *names]
+
+    def per_prompt(t: RealTraceResult) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if t.jensen_gap_prompts is None or t.stationarity_prompts is None:
+            raise InputError(f"{t.model}: a trace without per-prompt values cannot be "
+                             "compared with its controls")
+        return (np.asarray(t.stationarity_prompts, dtype=np.float64),
+                t.jensen_gap_prompts.mean(axis=(1, 2)), t.demo_share_last.mean(axis=(1, 2)))
+
+    t_vals, c_vals = per_prompt(tr), [per_prompt(c) for c in ctr]
+    return _Comparisons(*(
+        compare_paired_with_controls(name, t_vals[i], [c[i] for c in c_vals], members,
+                                     seed=seed)
+        for i, name in enumerate((
+            "per-prompt mean per-head Spearman(mean q-k_demo logit, log eta*)",
+            "per-prompt mean Jensen gap log(D'/n) - mean logit",
+            "per-prompt mean demo share at the label position"))))
 
 
 def _checks(m: _Measured, cmps: _Comparisons) -> list[Check]:
@@ -755,8 +779,11 @@ def _description(m: _Measured) -> str:
             f"{seed + 1}..{seed + len(ctr)}) on the same prompts; eta* and the "
             "demo share at the label position, the decomposition error, Jensen's "
             "inequality and stationarity at every query position. A claim about the "
-            "model counts only when the trained value lies outside the controls' "
-            "spread (union of their 95% bootstrap intervals). Accuracy vs MMD² "
+            "model counts only when the trained model differs from every control, paired "
+            "over the prompts (the independent draws; per prompt the mean over heads; "
+            "two-sided exact sign-flip test of trained - control, p < 0.05, one direction: "
+            f"{len(tr.num_tokens)} prompts allow no p below "
+            f"{min(1.0, 2.0 / 2 ** len(tr.num_tokens)):.3g}). Accuracy vs MMD² "
             "comes from the selection harness "
             + (f"results in `{rel.source}`." if rel is not None else "."))
 

@@ -72,6 +72,9 @@ SECTIONS_FORMAT = 3
 #: sections judged the old way are recomputed while the other sections are read back (2: one
 #: unit per demonstration set or task, and the control rule paired on those units, 2026-12-05).
 PHENOMENA_JUDGING = 2
+#: The same for the real-model section (2: its control comparisons paired over the traced
+#: prompts, 6 of them in quick mode, 2026-12-05).
+REAL_JUDGING = 2
 #: Sub-folder (of ``sections/`` in ``reproduce``, of the output folder in ``icldistill lab``)
 #: where an unfinished phenomena section keeps its finished parts; removed once it is stored.
 PARTS_DIR = ".parts"
@@ -448,7 +451,7 @@ class _Run:
                                   f"{quick} --seed {self.seed} --out {self.out / key}")
         elif name == "real":
             settings = {"model": self.model, "dataset": self.dataset,
-                        "fewshot": str(self.fewshot_results)}
+                        "fewshot": str(self.fewshot_results), "judging": REAL_JUDGING}
             if self.fewshot_results is not None:    # the units it reads (stale once added to)
                 settings["fewshot_units"] = _results_digest(self.fewshot_results)
             self.commands[key] = (f"icldistill lab real --model {self.model} --dataset "
