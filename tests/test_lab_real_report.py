@@ -96,9 +96,13 @@ def test_real_section_with_fewshot_grid(tmp_path, toy):
     assert all(c["controls"] for c in sec.data["comparisons"])
     # regression: the control comparisons resampled the (layer, head) cells, the model's
     # fixed parts; they are paired over the traced prompts (6 in quick mode), the draws
-    for c in sec.data["comparisons"]:
+    for c in sec.data["comparisons"][1:]:                       # Jensen gap, demo share
         assert c["paired"][0]["n"] == 6 and c["trained"]["n"] == 6
     assert "paired on the same units" in jensen.detail
+    # stationarity's pooled Spearman has no per-prompt parts: the interval rule, and the
+    # within-prompt version beside it as a finding
+    assert "paired" not in sec.data["comparisons"][0]
+    assert any(f.startswith("Within each prompt") for f in sec.findings)
     assert "6 prompts allow no p below 0.0312" in sec.description
     for f in sec.figures:
         assert (tmp_path / "real" / f).read_bytes()[:4] == b"\x89PNG"

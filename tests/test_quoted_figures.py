@@ -709,3 +709,18 @@ def test_the_bias_regression_within_kind_figures():
             f"covariance scaling {float(kinds['cov_scale']):+.2f}") in readme
     assert (f"within-kind permutation p {float(rows['full'][5]):.1g}, quick run "
             f"{float(rows['quick'][5]):.2f}") in readme
+
+
+def test_the_quick_real_stationarity_figures():
+    """README's quick-run stationarity figures: pooled (the check) and within each prompt."""
+    readme = " ".join((ROOT / README).read_text(encoding="utf-8").split())
+    d = json.loads((RESULTS / "lab" / "quick" / "sections" / "real.json").read_text(
+        encoding="utf-8"))
+    pooled = d["data"]["comparisons"][0]
+    assert pooled["name"].startswith("mean per-head Spearman")
+    assert (f"{pooled['trained']['value']:.2f} against {pooled['high']:.2f} to "
+            f"{pooled['low']:.2f} in the quick run").replace("-", "−") in readme
+    within = next(f for f in d["findings"] if f.startswith("Within each prompt"))
+    assert "more negative on 6 of 6 prompts" in within
+    assert "stationarity is -0.45 " in within and "-0.35 (per prompt" in within
+    assert "the more negative on all 6 quick-run prompts (−0.45 against −0.35" in readme
