@@ -90,7 +90,7 @@ def _add_real_parser(lsub: Any) -> None:
     q.add_argument("--model", default="smollm2-135m", help="registry model (default smollm2-135m)")
     q.add_argument("--dataset", default="amazon", help="registry dataset (default amazon)")
     q.add_argument("--quick", action="store_true",
-                   help="4 prompts and a 5-unit grid on 60 test inputs")
+                   help="6 prompts and a 5-unit grid on 60 test inputs")
     q.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default 0)")
     q.add_argument("--fewshot-results", default=None,
                    help="read accuracy vs MMD from this harness folder instead of running a grid")

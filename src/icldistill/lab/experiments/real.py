@@ -511,7 +511,7 @@ def run(
         :func:`fewshot_folder`: ``out_dir/fewshot`` for seed 0, ``out_dir/fewshot-seed-<seed>``
         otherwise), the controls' grids in ``<fewshot_dir>-control-<control seed>``.
     quick : bool
-        4 traced prompts and a 5-unit grid on 60 test inputs of one task; otherwise 12 prompts
+        6 traced prompts and a 5-unit grid on 60 test inputs of one task; otherwise 12 prompts
         and a 3-task grid on 200 test inputs.
     seed : int
         An integer >= 0: the seed of the traced prompts and of the random selector's
