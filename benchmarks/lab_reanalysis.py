@@ -738,12 +738,17 @@ def _interference_claims(rep: Report, sec: dict) -> list[ClaimTest]:
             cmp = g["comparisons"][ckey]
             rep.reproduces(f"interference {model} {key}", float(vals.mean()),
                            cmp["trained"]["value"])
-            out.append(ClaimTest(text, ok, 1, vals, "test items (mean over 2 sets)"))
+            # sections written since 2026-12-05 keep one drop per (task, set), older ones one
+            # per test item (mean over the sets)
+            n_sets = int(data.get("n_sets", 2))
+            unit = ("(task, set) units" if vals.size == len(data["tasks"]) * n_sets else
+                    f"test items (mean over {n_sets} set{'s' if n_sets != 1 else ''})")
+            out.append(ClaimTest(text, ok, 1, vals, unit))
             cc = ControlCmp("interference", cmp["name"], ok, cmp["trained"]["value"],
                             cmp["low"], cmp["high"], bool(cmp["outside"]), 1)
             if len(controls) == 1 and len(controls[0][key]) == vals.size:
                 cc.paired = vals - np.asarray(controls[0][key], float)
-                cc.units = "test items (mean over 2 sets)"
+                cc.units = unit
             else:
                 cc.why_untested = "no single twin on the same items"
             rep.controls.append(cc)

@@ -532,3 +532,24 @@ def test_units_bad_input_is_exit_code_2(script, tmp_path, monkeypatch, capsys, s
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert message in err
     assert not (tmp_path / "r.md").exists()
+
+
+def test_interference_units_follow_the_section(script, tmp_path):
+    """Regression: the interference claims were labelled "test items (mean over 2 sets)"
+    whatever the section held; the quick run's sections (since 2026-12-05) keep one drop per
+    (task, set), 3 of them."""
+    out = tmp_path / "quick.md"
+    script.N_PICKS = 50
+    try:
+        assert script.main(["--sections", str(FULL.parents[1] / "quick" / "sections"),
+                            "--out", str(out)]) == 0
+    finally:
+        script.N_PICKS = 1000
+    text = out.read_text()
+    row = _row(text, "smollm2-135m: random labels lower accuracy",
+               after="### interference (4 checks)")
+    assert row[2:4] == ["3", "(task, set) units"]
+    committed = (FULL.parents[1] / "reanalysis.md").read_text()
+    full = _row(committed, "smollm2-135m: random labels lower accuracy",
+                after="### interference (8 checks)")
+    assert full[2:4] == ["180", "test items (mean over 2 sets)"]
