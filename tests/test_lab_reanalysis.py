@@ -492,7 +492,7 @@ def test_units_rows_in_the_summary(report):
                for r in rows)
     # the rows the README's re-judged lab count reads are unchanged
     assert "| adaptation: qwen2.5-0.5b: accuracy rises with k | yes | **NO**: Holm p" in report
-    assert "## 7. Identity checks of the real section" in report
+    assert "## 8. Identity checks of the real section" in report
 
 
 def test_units_quick_run_has_no_second_model(script, tmp_path, monkeypatch):
@@ -553,3 +553,34 @@ def test_interference_units_follow_the_section(script, tmp_path):
     full = _row(committed, "smollm2-135m: random labels lower accuracy",
                 after="### interference (8 checks)")
     assert full[2:4] == ["180", "test items (mean over 2 sets)"]
+
+
+def test_mmd_beyond_rho(report, script):
+    """The within-rho test: the committed statistic by hand (qwen2.5-0.5b, label-aware MiniLM),
+    an effect present on every level found, none found by the layer search alone."""
+    data = _section("interference")
+    fv = data["variants"].index("foreign")
+    g = next(g for g in data["groups"] if g["model"] == "qwen2.5-0.5b")
+    m = next(m for m in g["models"] if m["role"] == "trained")
+    corrs = []
+    for t, dt in zip(m["tasks"], data["tasks"], strict=True):
+        acc = np.asarray(t["correct"], float)[fv].mean(-1)          # [R, S]
+        x = np.asarray(dt["mmd_text"], float)[fv]
+        a, b = acc - acc.mean(1, keepdims=True), x - x.mean(1, keepdims=True)
+        corrs.append(float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum())))
+    cells = _row(report, "qwen2.5-0.5b", "trained", "label-aware MiniLM",
+                 after="## 7. interference: the MMD² beyond the fraction of foreign "
+                       "demonstrations")
+    assert float(cells[3]) == pytest.approx(np.mean(corrs), abs=5e-4)
+    assert 0.2 < _p(cells[4]) < 0.8
+    rng = np.random.default_rng(0)
+    x = [rng.random((6, 2)) for _ in range(3)]
+    # accuracy lower for the set with the larger MMD² at every level: p at the lattice floor
+    accs = [0.5 - 0.1 * (xi == xi.max(1, keepdims=True)) for xi in x]
+    r, best, p = script.within_rho_test(accs, [x], 2000, 0)
+    assert r < -0.5 and best == 0 and p < 0.002
+    # 30 unrelated "layers" and accuracy that ignores them: the search does not find one
+    layers = [[rng.random((6, 2)) for _ in range(3)] for _ in range(30)]
+    noise = [rng.random((6, 2)) for _ in range(3)]
+    r, best, p = script.within_rho_test(noise, layers, 500, 0)
+    assert r < 0 and p > 0.05

@@ -724,3 +724,19 @@ def test_the_quick_real_stationarity_figures():
     assert "more negative on 6 of 6 prompts" in within
     assert "stationarity is -0.45 " in within and "-0.35 (per prompt" in within
     assert "the more negative on all 6 quick-run prompts (−0.45 against −0.35" in readme
+
+
+def test_the_interference_within_rho_figures():
+    """README's within-rho p-values are the re-analysis's section 7."""
+    text = (RESULTS / "lab" / "reanalysis.md").read_text(encoding="utf-8")
+    body = text.split("## 7. interference: the MMD² beyond")[1].split("\n## ")[0]
+    p = {}
+    for line in body.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if len(cells) == 5 and cells[1] == "trained":
+            p[(cells[0], cells[2].split(",")[0].split(" (")[0])] = float(cells[4])
+    readme = " ".join((ROOT / README).read_text(encoding="utf-8").split())
+    assert (f"qwen2.5-0.5b p {p[('qwen2.5-0.5b', 'label-aware MiniLM')]:.2f} under MiniLM and "
+            f"{p[('qwen2.5-0.5b', 'K_att')]:.2f} under `K_att`, smollm2-135m "
+            f"{p[('smollm2-135m', 'label-aware MiniLM')]:.2f} and "
+            f"{p[('smollm2-135m', 'K_att')]:.2f}") in readme
