@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Re-analysis of the committed laboratory sections (no models, no network; seconds of CPU).
+"""Re-analysis of the committed laboratory sections (no models, no network; under a minute).
 
 The full laboratory (``icldistill reproduce``) takes about 13 CPU-hours. A methodology audit found
 that some of the committed reports' checks were judged with the wrong test; this script re-judges
@@ -8,10 +8,10 @@ them from the per-item data the committed section files already hold:
 1. ordering: the medoid order against a random order, with the item-level test the section used
    and with a set-level randomisation test (the rule picks one order per demonstration set, so
    the random-order null randomises that pick); most-similar-last against a random order;
-2. icl-vs-finetuning: Rec2FTP against its independence baseline (one-sided Fisher exact test) and
-   against 1/2 (exact binomial test);
+2. icl-vs-finetuning: Rec2FTP against its independence baseline (one-sided Fisher exact test,
+   pooled and stratified by task) and against 1/2 (exact binomial test);
 3. bias-regression: the pooled Spearman correlation of the ICL excess error with the MMD, with a
-   seeded permutation p-value;
+   seeded permutation p-value, and the same within each shift kind;
 4. adaptation, interference, icl-vs-finetuning: a paired sign-flip p-value for every claim check
    (over the units the section's interval resamples; for adaptation's Spearman checks over the
    independent prompt sequences, not the correlated layers of one sequence), Holm-adjusted
@@ -22,7 +22,9 @@ them from the per-item data the committed section files already hold:
    icl-vs-finetuning tested both over the committed units (items) and over the design's
    independent units, the (task, demonstration set) pairs (for SimAOU the tasks, one
    fine-tuning run each), with the smallest p-value attainable at that number of units;
-7. the real section's identity checks, listed as identities.
+7. interference: whether the MMD² predicts accuracy beyond the fraction of foreign
+   demonstrations (within each rho level, the K_att layer chosen inside the test);
+8. the real section's identity checks, listed as identities.
 
 Usage::
 
