@@ -231,10 +231,7 @@ class AdaptationCurve(Result):
         a = self.traced[name]
         if not a.size:
             return np.zeros((len(self.ks), 0))
-        ok = np.isfinite(a)
-        cnt = ok.sum(1)
-        total = np.where(ok, a, 0.0).sum(1)
-        return np.where(cnt > 0, total / np.maximum(cnt, 1), np.nan)
+        return _nanmean_axis1(a)
 
     def layer_mean(self, name: str) -> np.ndarray:
         """``[K]`` mean of quantity ``name`` over prompts and layers (NaN where undefined)."""
@@ -839,9 +836,7 @@ def _k(v: float) -> str:
 
 
 def _nanmean(a: np.ndarray) -> float:
-    a = np.asarray(a, dtype=np.float64).ravel()
-    a = a[np.isfinite(a)]
-    return float(a.mean()) if a.size else math.nan
+    return ph.finite_mean(a)
 
 
 def _first_k(ks: Sequence[int]) -> int:

@@ -844,6 +844,23 @@ def _row_mean(a: np.ndarray) -> np.ndarray:
     return _nanmean0(a.T) if a.shape[1] else np.full(a.shape[0], math.nan)
 
 
+def _item_values(c: Comparison, what: str) -> np.ndarray:
+    """``[n]`` per item of one task's comparison: ``"sim"`` (SimAOU, mean over layers),
+    ``"random"`` (the random-vector cosine), ``"sim-random"``, ``"rec"`` (the Rec2FTP
+    indicator) or ``"zsl_wrong_icl_right"``."""
+    if what == "sim":
+        return _row_mean(c.cos)
+    if what == "random":
+        return _row_mean(c.random_cos)
+    if what == "sim-random":
+        return _row_mean(c.cos) - _row_mean(c.random_cos)
+    if what == "rec":
+        return c.rec.indicator
+    if what == "zsl_wrong_icl_right":
+        return (c.icl == c.labels)[c.zsl != c.labels].astype(np.float64)
+    raise KeyError(what)
+
+
 def _train_score(loaded: Any, task: ph.TaskItems, demos: list[tuple[str, str]]
                  ) -> tuple[float, float]:
     pred, lp = ph.predict(loaded, task, [x for x, _ in demos], [])
@@ -952,34 +969,14 @@ class _Group:
     comps: list[list[Comparison]]
 
     def pooled(self, m: int, what: str) -> np.ndarray:
-        cs = self.comps[m]
-        if what == "sim":
-            return np.concatenate([_row_mean(c.cos) for c in cs])
-        if what == "random":
-            return np.concatenate([_row_mean(c.random_cos) for c in cs])
-        if what == "rec":
-            return np.concatenate([c.rec.indicator for c in cs])
-        if what == "zsl_wrong_icl_right":
-            return np.concatenate([(c.icl == c.labels)[c.zsl != c.labels].astype(np.float64)
-                                   for c in cs])
-        raise KeyError(what)
+        return np.concatenate([_item_values(c, what) for c in self.comps[m]])
 
     def per_task(self, m: int, what: str) -> np.ndarray:
         """``[T]`` per task of model ``m``: the mean over its items of ``what``
-        (:meth:`pooled`'s names; ``"sim-random"``: SimAOU minus the random-vector cosine).
-        The task is the unit of SimAOU's claim: its items share the task's one demonstration
-        set and its one fine-tuning run."""
-        def mean(v: np.ndarray) -> float:
-            v = v[np.isfinite(v)]
-            return float(v.mean()) if v.size else math.nan
-
-        out = []
-        for c in self.comps[m]:
-            one = _Group([self.models[m]], [[c]])
-            v = (one.pooled(0, "sim") - one.pooled(0, "random") if what == "sim-random"
-                 else one.pooled(0, what))
-            out.append(mean(v))
-        return np.asarray(out, dtype=np.float64)
+        (:func:`_item_values`). The task is the unit of SimAOU's claim: its items share the
+        task's one demonstration set and its one fine-tuning run."""
+        return np.asarray([ph.finite_mean(_item_values(c, what)) for c in self.comps[m]],
+                          dtype=np.float64)
 
     def layer_cos(self, m: int) -> np.ndarray:
         return np.concatenate([c.cos for c in self.comps[m]])          # [N, L]

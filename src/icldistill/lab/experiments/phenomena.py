@@ -69,6 +69,7 @@ __all__ = [
     "compare_paired_with_controls",
     "compare_with_controls",
     "controlled_check",
+    "finite_mean",
     "holm_checks",
     "label_position",
     "load_task",
@@ -781,6 +782,13 @@ def sign_flip_p(values: Any) -> float:
     a = np.asarray(values, dtype=np.float64).ravel()
     a = a[np.isfinite(a)]
     return float(sign_flip_test(a)) if a.size else 1.0
+
+
+def finite_mean(values: Any) -> float:
+    """Mean of the finite entries of ``values`` (any shape); NaN without any."""
+    a = np.asarray(values, dtype=np.float64).ravel()
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else math.nan
 
 
 def sign_flip_floor(values: Any) -> float:

@@ -19,7 +19,6 @@ Two parts:
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -176,8 +175,9 @@ def real_model_trace(
 
 def _head_mean(a: np.ndarray) -> float:
     """Mean of the finite entries (NaN without any)."""
-    a = a[np.isfinite(a)]
-    return float(a.mean()) if a.size else math.nan
+    from icldistill.lab.experiments.phenomena import finite_mean
+
+    return finite_mean(a)
 
 
 @dataclass
