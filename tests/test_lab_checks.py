@@ -5,6 +5,7 @@ records what computed it; the phenomena sections' claims are Holm-corrected."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import re
@@ -12,6 +13,8 @@ import subprocess
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from icldistill.core.stats import spearman
 from icldistill.core.validation import InputError
@@ -387,3 +390,106 @@ def test_rec2ftp_is_stratified_by_task():
     assert fisher_exact_greater(*pooled) < 0.01           # pooled: a spurious association
     assert test.p > 0.3 and test.strata == 2               # stratified: none
     assert "stratified by task, 2 tables" in test.describe()
+
+
+# ------------------------------------------------------------------- testability at this size
+def _holm_by_closed_testing(p):
+    """Holm's adjusted p-values computed independently, by closed testing with Bonferroni
+    local tests: ``max over sets I containing i of min(1, |I| min_{j in I} p_j)``."""
+    m = len(p)
+    out = []
+    for i in range(m):
+        best = 0.0
+        others = [j for j in range(m) if j != i]
+        for r in range(m):
+            for rest in itertools.combinations(others, r):
+                idx = (i, *rest)
+                best = max(best, min(1.0, len(idx) * min(p[j] for j in idx)))
+        out.append(best)
+    return np.array(out)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from([2 / 2 ** n for n in range(1, 9)] + [0.0, 0.001]),
+                min_size=1, max_size=6),
+       st.lists(st.floats(0.0, 1.0), min_size=6, max_size=6))
+def test_holm_checks_marks_what_the_floors_cannot_pass(floors, extra):
+    """A check is marked not testable exactly when, with every check at the smallest p its
+    units allow, its Holm-adjusted p (computed here by closed testing, independently of
+    core.stats.holm) is not below alpha; and then no data at or above the floors passes it."""
+    m = len(floors)
+    checks = [Check(f"c{i}", True, "d") for i in range(m)]
+    best = _holm_by_closed_testing(floors)
+    out = ph.holm_checks(checks, floors, ["t"] * m, floors=floors)
+    for c, b in zip(out, best, strict=True):
+        assert c.testable is bool(b < ph.ALPHA)
+        assert c.holds is bool(b < ph.ALPHA)            # at the floors, testable ones pass
+        assert ("not testable at this size" in c.detail) is (not b < ph.ALPHA)
+    # any data at or above the floors: an untestable check never passes
+    pvals = [f + (1 - f) * e for f, e in zip(floors, extra, strict=False)]
+    again = ph.holm_checks(checks, pvals, ["t"] * m, floors=floors)
+    assert all(not c.holds for c in again if c.testable is False)
+    assert [c.testable for c in again] == [c.testable for c in out]
+
+
+def test_holm_checks_floors_keep_a_control_rules_verdict():
+    """A check the control rule already marked not testable stays so; NaN floors are
+    unknown (taken as 0); a floor list of another length is refused."""
+    checks = [Check("a", False, "d", testable=False), Check("b", True, "d", testable=True)]
+    out = ph.holm_checks(checks, [0.001, 0.001], ["t", "t"], floors=[math.nan, math.nan])
+    assert [c.testable for c in out] == [False, None]   # b's own test: floor not known
+    assert out[1].holds and not out[0].holds
+    out = ph.holm_checks(checks, [0.001, 0.001], ["t", "t"], floors=[math.nan, 0.01])
+    assert [c.testable for c in out] == [False, True]
+    assert [c.testable for c in ph.holm_checks(checks, [0.001] * 2, ["t"] * 2)] == [False, True]
+    with pytest.raises(ValueError, match="one floor per check"):
+        ph.holm_checks(checks, [0.001] * 2, ["t"] * 2, floors=[0.1])
+
+
+def test_controlled_check_marks_too_few_paired_units():
+    """Regression: with 3 demonstration sets (the quick design) a phenomena check could not
+    pass the paired control rule whatever the data (no sign-flip p below 0.25), yet it was
+    reported as a plain NO, indistinguishable from evidence against the claim."""
+    few = ph.compare_paired_with_controls("x", [0.3, 0.2, 0.4], [[0.0] * 3], ["t", "c"])
+    check = ph.controlled_check("x rises", True, few, sign=1)
+    assert not check.holds and check.testable is False
+    assert "not testable at this size: 3 paired units against c allow no p below 0.25" in \
+        check.detail
+    enough = ph.compare_paired_with_controls("x", [0.3, 0.2, 0.4] * 2, [[0.0] * 6],
+                                             ["t", "c"])
+    check = ph.controlled_check("x rises", True, enough, sign=1)
+    assert check.holds and check.testable is True
+    interval = ph.compare_with_controls("x", ph.statistic([0.3, 0.2, 0.4]),
+                                        [ph.statistic([0.0] * 3)])
+    assert ph.controlled_check("x rises", True, interval, sign=1).testable is None
+
+
+def test_untestable_checks_are_counted_rendered_and_stored(tmp_path, capsys):
+    sec = Section(name="s", title="S", description="d", checks=[
+        Check("a", True, "d", testable=True), Check("b", False, "d", testable=False),
+        Check("c", False, "d"), Check("i", True, "d", kind=IDENTITY)],
+        findings=[], tables=[], figures=[], data={}, seconds=1.0)
+    md = write_lab_report([sec], tmp_path, title="T")["markdown"].read_text()
+    assert ("1 of 3 checks hold (1 of the other 2 could not have held at this design's size, "
+            "whatever the data); 1 of 1 identity (any weights) hold") in md
+    assert "**NO** (not testable at this size)" in md and "could not have held" in md
+    from icldistill.lab.experiments import checks_summary
+
+    assert checks_summary(sec.checks[1:2]) == ("0 of 1 checks hold (none of the other 1 could "
+                                               "have held at this design's size, whatever "
+                                               "the data)")
+    assert json.loads((tmp_path / "report.json").read_text())["checks_not_testable"] == 1
+    write_section(sec, tmp_path / "s.json", fingerprint="f")
+    back = read_section(tmp_path / "s.json", fingerprint="f")
+    assert back is not None and back.checks == sec.checks
+    rows = json.loads((tmp_path / "s.json").read_text())["checks"]
+    assert rows[2] == ["c", False, "d"] and rows[1] == ["b", False, "d", "claim", False]
+    from icldistill.cli.cmd_lab import _write_single
+
+    _write_single(sec, tmp_path / "single", "icldistill lab s")
+    out = capsys.readouterr().out
+    assert "[NO] (not testable at this size) b: d" in out and "[NO] c: d" in out
+    with pytest.raises(ValueError, match="marked not testable"):
+        Check("x", True, "d", testable=False)
+    with pytest.raises(ValueError, match="testable must be"):
+        Check("x", True, "d", testable="no")

@@ -270,6 +270,7 @@ def test_section_builds_and_is_deterministic(tmp_path, toy):
             "mean = 0 over the 2 tasks (each one fine-tuning run) (no p below 0.5 with these "
             "units)") in sim.detail
     assert "SimAOU (per-task mean over items and layers)" in sim.detail
+    assert sim.testable is False and "not testable at this size" in sim.detail   # 2 tasks
     dai = next(t for t in sec.tables if t.title.startswith("Ours beside Dai"))
     assert [r[0] for r in dai.rows[:2]] == [f"Dai et al. (2023) {m}" for m in ft.DAI_2023]
     again = ft.run(out_dir=tmp_path / "b", quick=True, tasks=tasks, under_test=_groups(), k=4,

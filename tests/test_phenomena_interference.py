@@ -105,6 +105,8 @@ def test_section_builds(section, tasks):
     assert len(sec.checks) == 4 and sec.findings
     assert all("Holm-adjusted over the section's 4 claim checks" in c.detail
                for c in sec.checks)
+    assert all(isinstance(c.testable, bool) for c in sec.checks)      # every test has a floor
+    assert all(not c.holds for c in sec.checks if c.testable is False)
     assert all(isinstance(c.holds, bool) for c in sec.checks)
     json.dumps(sec.data, allow_nan=False)
     assert sec.seconds > 0

@@ -247,6 +247,11 @@ def test_section_builds(section):
         for p in per_model:
             assert p["diff"] == pytest.approx(np.mean(p["diffs"]))
             assert p["p"] <= p["p_holm"] <= 1
+            # the design's floors bound what the data can give
+            assert 0 <= p["floor"] <= p["p"] and p["floor_holm"] <= p["p_holm"]
+    # every check is paired against the twin, so its testability is assessed
+    assert all(c.testable is not None for c in sec.checks)
+    assert all(not c.holds for c in sec.checks if c.testable is False)
     # only held-back items are scored; the rule's correctness is its order's on them
     corr = np.asarray(res["correct"])
     assert corr.shape == (6, len(res["held"]))
@@ -410,6 +415,8 @@ def test_rule_comparisons_take_one_unit_per_set():
     # the best order in every set: only the pick vectors that are as extreme count
     assert vs_random.p >= 1 / 6 ** 6
     assert vs_random.p < 0.01
+    # the smallest p each test allows on these units, whatever the data
+    assert vs_msl.floor == pytest.approx(2 / 64) and vs_random.floor == pytest.approx(6.0 ** -6)
 
 
 def test_more_sets_per_task(tmp_path, toy, group, encoder):

@@ -681,6 +681,13 @@ def test_the_quick_lab_phenomena_figures():
     checks = [c for name in phen for c in data(name)["checks"]]
     assert len(checks) == 17 and not any(c[1] for c in checks)
     assert "none of the 17 checks passes" in readme
+    untestable = sum(len(c) > 4 and c[4] is False for c in checks)   # stored testability
+    assert untestable == 14
+    assert f"the report marks {untestable} of them *not testable at this size*" in readme
+    guide = " ".join((ROOT / "docs/tutorials/reproduce.md").read_text(encoding="utf-8").split())
+    assert f"({untestable} of the quick run's 17 phenomena checks)" in guide
+    summary = json.loads((RESULTS / "lab" / "quick" / "report.json").read_text(encoding="utf-8"))
+    assert summary["checks_not_testable"] == untestable
     g = data("ordering")["data"]["groups"][0]
     w0 = next(c for c in g["comparisons"] if c["name"].startswith("relative HS distance"))
     assert (round(w0["trained"]["value"], 2), round(w0["controls"][0]["value"], 2)) == (1.21, 0.5)

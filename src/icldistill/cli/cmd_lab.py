@@ -197,7 +197,8 @@ def _write_single(section: Any, out: Path, command: str) -> None:
                      commands=[command])
     print(f"{section.title}: {checks_summary(section.checks)} ({section.seconds:.1f} s)")
     for c in section.checks:
-        tag = " (identity, any weights)" if c.is_identity else ""
+        tag = (" (identity, any weights)" if c.is_identity else
+               " (not testable at this size)" if c.testable is False else "")
         print(f"  [{'ok' if c.holds else 'NO'}]{tag} {c.claim}: {c.detail}")
     for f in section.findings:
         print(f"  - {f}")

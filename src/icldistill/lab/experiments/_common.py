@@ -24,7 +24,7 @@ from icldistill.core.results import Result
 from icldistill.models.icl_transformer import ICLTrace
 
 __all__ = ["CLAIM", "IDENTITY", "Check", "Section", "Table", "checks_summary",
-           "demo_key_values", "icl_head_decomposition", "query_token", "tally"]
+           "demo_key_values", "icl_head_decomposition", "query_token", "tally", "untestable"]
 
 
 @dataclass(frozen=True)
@@ -67,17 +67,31 @@ class Check(Result):
 
     ``kind`` is :data:`CLAIM` (a claim of the framework or about what training taught; counted
     in the report's totals) or :data:`IDENTITY` (a software identity that holds for any
-    weights; reported with its own count)."""
+    weights; reported with its own count).
+
+    ``testable`` says whether the design could have shown the claim at all: ``False`` when
+    its units cannot give p-values small enough for the check to pass **whatever the data**
+    (e.g. 3 demonstration sets: no two-sided sign-flip p below 0.25), so its "does not hold"
+    is no evidence against the claim; ``True`` when the smallest p-values its units allow
+    would pass; ``None`` when not assessed (identities, threshold checks, checks stored
+    before this was recorded). A check that is not testable cannot hold."""
 
     claim: str
     holds: bool
     detail: str
     kind: str = CLAIM
+    testable: bool | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in (CLAIM, IDENTITY):
             raise ValueError(f"check {self.claim!r}: kind must be {CLAIM!r} or {IDENTITY!r}, "
                              f"got {self.kind!r}")
+        if self.testable not in (None, True, False):
+            raise ValueError(f"check {self.claim!r}: testable must be None, True or False, "
+                             f"got {self.testable!r}")
+        if self.testable is False and self.holds:
+            raise ValueError(f"check {self.claim!r} holds but is marked not testable: its "
+                             "units could not have shown it, so a floor is wrong")
 
     @property
     def is_identity(self) -> bool:
@@ -92,11 +106,25 @@ def tally(checks: Sequence[Check]) -> tuple[int, int, int, int]:
             len(ids))
 
 
+def untestable(checks: Sequence[Check]) -> int:
+    """How many claim checks of ``checks`` are marked not testable at their design's size
+    (:attr:`Check.testable` ``False``; none of them holds)."""
+    return sum(c.testable is False for c in checks if not c.is_identity)
+
+
 def checks_summary(checks: Sequence[Check]) -> str:
-    """``"a of b checks hold"``, followed by ``"; c of d identities (any weights) hold"`` when
-    there are identity checks (they are not counted among the checks)."""
+    """``"a of b checks hold"``, followed by ``" (u of the other c could not have held at
+    this design's size, whatever the data)"`` when some claim checks are marked not testable
+    (:attr:`Check.testable`; "none of the other c could have held" when all) and by
+    ``"; c of d identities (any weights) hold"`` when there are identity checks (they are not
+    counted among the checks)."""
     ok, n, ok_id, n_id = tally(checks)
     text = f"{ok} of {n} checks hold"
+    u = untestable(checks)
+    if u:
+        text += (f" (none of the other {n - ok} could have held" if u == n - ok else
+                 f" ({u} of the other {n - ok} could not have held")
+        text += " at this design's size, whatever the data)"
     if n_id:
         text += f"; {ok_id} of {n_id} identit{'y' if n_id == 1 else 'ies'} (any weights) hold"
     return text

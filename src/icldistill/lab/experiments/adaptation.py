@@ -576,9 +576,10 @@ def _group_stats(g_res: list[list[AdaptationCurve]]) -> _GroupStats:
     return _GroupStats(rho_lr, rho_key, rho_share, gains, sat, agree_share, agree_w0)
 
 
-#: A check with the raw p-value of its claim and the test's description (for the section's
-#: Holm correction, :func:`~icldistill.lab.experiments.phenomena.holm_checks`).
-_Tested = tuple[Check, float, str]
+#: A check with the raw p-value of its claim, the test's description and the smallest p the
+#: test allows on its units (for the section's Holm correction and testability,
+#: :func:`~icldistill.lab.experiments.phenomena.holm_checks`).
+_Tested = tuple[Check, float, str, float]
 
 
 def _direction_checks(group: list[ph.ModelUnderTest], st: _GroupStats, seed: int, tag: str,
@@ -612,7 +613,8 @@ def _direction_checks(group: list[ph.ModelUnderTest], st: _GroupStats, seed: int
             tag + claim + (" (mean < 0 with its interval below 0" if sign < 0 else
                            " (mean > 0 with its interval above 0") + DIRECTION,
             _sign_ok(cmp.trained, sign), cmp, f"{n} {units} on the trained model", sign=sign)
-        checks.append((check, ph.sign_flip_p(vals[0]), ph.sign_flip_text(vals[0], units)))
+        checks.append((check, ph.sign_flip_p(vals[0]), ph.sign_flip_text(vals[0], units),
+                       ph.sign_flip_floor(vals[0])))
     return checks
 
 
@@ -642,7 +644,7 @@ def _saturation_checks(group: list[ph.ModelUnderTest], g_res: list[list[Adaptati
             bool(fin.size) and float(fin.mean()) > 0.5, cmp, detail, sign=1)
         checks.append((check, ph.sign_flip_p(fin - 0.5),
                        f"sign-flip (exact binomial, two-sided) test of agreement on half of "
-                       f"the {fin.size} tasks"))
+                       f"the {fin.size} tasks", ph.sign_flip_floor(fin - 0.5)))
     return checks
 
 
@@ -819,8 +821,8 @@ def _section(results: list[list[list[AdaptationCurve]]], groups: list[list[ph.Mo
         _add_rows(rows, group, g_res, st, sizes)
         findings += _group_findings(group, g_res, st, tag)
         data_models.append([[_curve_data(c) for c in m_res] for m_res in g_res])
-    checks = ph.holm_checks([c for c, _, _ in tested], [p for _, p, _ in tested],
-                            [t for _, _, t in tested])
+    checks = ph.holm_checks([c for c, _, _, _ in tested], [p for _, p, _, _ in tested],
+                            [t for _, _, t, _ in tested], floors=[f for *_, f in tested])
     tables = _tables(rows, sizes)
     figures = _figures(results, groups, sizes, out)
     data = _data(plan, groups, sizes, seed, quick, data_models, comparisons)

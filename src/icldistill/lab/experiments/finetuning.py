@@ -999,9 +999,11 @@ class _Group:
 # long: two controlled checks (SimAOU, Rec2FTP), each with its test, its controls' values and
 # the detail text that states them; split, the pieces would pass the same dozen values around
 def _checks(g: _Group, seed: int
-            ) -> tuple[list[Check], list[float], list[str], dict[str, Any], list[str]]:
-    """The two controlled checks of one group (with their raw p-values and tests, for the
-    section's Holm correction), their comparisons, per-layer comparisons and findings."""
+            ) -> tuple[list[Check], list[float], list[str], list[float], dict[str, Any],
+                       list[str]]:
+    """The two controlled checks of one group (with their raw p-values, tests and the
+    smallest p each test allows (NaN: not known), for the section's Holm correction and
+    testability), their comparisons, per-layer comparisons and findings."""
     trained, controls = g.models[0], g.models[1:]
     name = trained.name
     stat = ph.statistic
@@ -1026,6 +1028,7 @@ def _checks(g: _Group, seed: int
     tests = ["SimAOU minus the random-vector cosine: "
              + ph.sign_flip_text(g.per_task(0, "sim-random"),
                                  "tasks (each one fine-tuning run)")]
+    floors = [ph.sign_flip_floor(g.per_task(0, "sim-random"))]
     rec = ph.compare_with_controls(
         f"{name}: Rec2FTP (ICL right, per FT-corrected item)",
         stat(g.pooled(0, "rec"), trained, seed=seed),
@@ -1055,6 +1058,7 @@ def _checks(g: _Group, seed: int
             f"{test.describe()} (needs < {ph.ALPHA:g}){ctrl}; {dai}", sign=1))
     pvalues.append(test.p)
     tests.append("the one-sided Fisher exact test above")
+    floors.append(math.nan)  # the stratified Fisher test's smallest p: not computed
     lc = [g.layer_cos(i) for i in range(len(g.models))]
     L = lc[0].shape[1]
     per_layer = [ph.compare_with_controls(
@@ -1091,7 +1095,7 @@ def _checks(g: _Group, seed: int
              "rec2ftp_test": {**test.to_dict(), "rate_corrected": test.rate_corrected,
                               "rate_uncorrected": test.rate_uncorrected},
              "per_layer": [c.to_dict() for c in per_layer]}
-    return checks, pvalues, tests, comps, findings
+    return checks, pvalues, tests, floors, comps, findings
 
 
 def _figures(groups: list[_Group], tasks: list[ph.TaskItems], out: Path) -> list[str]:
@@ -1316,16 +1320,18 @@ def _checks_and_findings(groups: list[_Group], seed: int
     checks: list[Check] = []
     pvalues: list[float] = []
     tests: list[str] = []
+    floors: list[float] = []
     findings: list[str] = []
     comparisons = []
     for g in groups:
-        c, p, t, d, f = _checks(g, seed)
+        c, p, t, fl, d, f = _checks(g, seed)
         checks += c
         pvalues += p
         tests += t
+        floors += fl
         findings += f
         comparisons.append(d)
-    checks = ph.holm_checks(checks, pvalues, tests)
+    checks = ph.holm_checks(checks, pvalues, tests, floors=floors)
     for g in groups:
         tr = g.comps[0]
         findings.append(

@@ -851,7 +851,7 @@ class _Rows:
 
 def _assemble(groups: list[list[ph.ModelUnderTest]], results: list[Any], setup: _Setup,
               out: Path) -> dict[str, Any]:
-    tested: list[tuple[Check, float, str]] = []
+    tested: list[tuple[Check, float, str, float]] = []
     findings: list[str] = []
     rows = _Rows()
     data_groups = []
@@ -883,8 +883,8 @@ def _assemble(groups: list[list[ph.ModelUnderTest]], results: list[Any], setup: 
             "random_label_drop_predicted_by_foreign_fit": pred,
         })
 
-    checks = ph.holm_checks([c for c, _, _ in tested], [p for _, p, _ in tested],
-                            [t for _, _, t in tested])
+    checks = ph.holm_checks([c for c, _, _, _ in tested], [p for _, p, _, _ in tested],
+                            [t for _, _, t, _ in tested], floors=[f for *_, f in tested])
     figures = _figures(groups, per_model, setup.designs, setup.text_mmd, results, setup.levels,
                        setup.enc_name, out)
     return {"name": "interference",
@@ -988,9 +988,10 @@ def _comparisons(summaries: list[dict[str, Any]],
 
 
 def _group_checks(summaries: list[dict[str, Any]], comps: dict[str, ph.ControlComparison],
-                  setup: _Setup) -> list[tuple[Check, float, str]]:
+                  setup: _Setup) -> list[tuple[Check, float, str, float]]:
     """The four controlled checks of one group, each with the raw p-value of its claim on the
-    trained model and the test's description (for the section's Holm correction)."""
+    trained model, the test's description and the smallest p the test allows (for the
+    section's Holm correction and testability)."""
     tr, ctrls = summaries[0], summaries[1:]
     name, enc_name, T = tr["model"].name, setup.enc_name, len(setup.designs)
     fv, rv = VARIANTS.index("foreign"), VARIANTS.index("random-label")
@@ -998,12 +999,15 @@ def _group_checks(summaries: list[dict[str, Any]], comps: dict[str, ph.ControlCo
     df, dr = comps["drop_foreign"].trained, comps["drop_random"].trained
     perm = (f"one-sided permutation test ({N_PERM} permutations of the (rho, set) points "
             "within each task)")
+    perm_floor = 1.0 / (N_PERM + 1)  # the +1-corrected permutation p's lower bound
     tests = [
-        (ph.sign_flip_p(tr["drop_f"]), ph.sign_flip_text(tr["drop_f"], "(task, set) units")),
+        (ph.sign_flip_p(tr["drop_f"]), ph.sign_flip_text(tr["drop_f"], "(task, set) units"),
+         ph.sign_flip_floor(tr["drop_f"])),
         (tr["p_r2_kv"], perm + " of the best layer's mean signed R², the layer chosen within "
-                        "each permutation"),
-        (tr["p_r2_text"], perm + " of the mean signed R²"),
-        (ph.sign_flip_p(tr["drop_r"]), ph.sign_flip_text(tr["drop_r"], "(task, set) units")),
+                        "each permutation", perm_floor),
+        (tr["p_r2_text"], perm + " of the mean signed R²", perm_floor),
+        (ph.sign_flip_p(tr["drop_r"]), ph.sign_flip_text(tr["drop_r"], "(task, set) units"),
+         ph.sign_flip_floor(tr["drop_r"])),
     ]
     checks = [
         ph.controlled_check(
@@ -1030,7 +1034,7 @@ def _group_checks(summaries: list[dict[str, Any]], comps: dict[str, ph.ControlCo
             bool(dr.low > 0), comps["drop_random"],
             f"slope of mean accuracy on rho {sr:+.3f} per unit rho", sign=1),
     ]
-    return [(c, p, t) for c, (p, t) in zip(checks, tests, strict=True)]
+    return [(c, p, t, f) for c, (p, t, f) in zip(checks, tests, strict=True)]
 
 
 def _model_findings(summaries: list[dict[str, Any]], setup: _Setup) -> list[str]:

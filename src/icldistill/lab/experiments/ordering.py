@@ -507,6 +507,13 @@ class PairedResult:
         values).
     p_holm : float
         Holm-adjusted over its family (NaN until adjusted).
+    floor : float
+        The smallest p its test allows on these units, whatever the data (a lower bound; 0
+        where not known).
+    floor_holm : float
+        The Holm-adjusted p of ``floor`` with every comparison of the family at its own
+        floor: the smallest ``p_holm`` the design allows (NaN until adjusted). Not below
+        :data:`~icldistill.lab.experiments.phenomena.ALPHA`: not testable at this size.
     """
 
     name: str
@@ -518,12 +525,14 @@ class PairedResult:
     high: float
     p: float
     p_holm: float = math.nan
+    floor: float = 0.0
+    floor_holm: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "model": self.model, "role": self.role,
                 "n": int(self.diffs.size), "diff": self.diff, "low": self.low,
-                "high": self.high, "p": self.p, "p_holm": self.p_holm,
-                "diffs": self.diffs.tolist()}
+                "high": self.high, "p": self.p, "p_holm": self.p_holm, "floor": self.floor,
+                "floor_holm": self.floor_holm, "diffs": self.diffs.tolist()}
 
 
 def paired_result(name: str, a: Any, b: Any, *, model: str = "", role: str = "trained",
@@ -551,7 +560,7 @@ def paired_result(name: str, a: Any, b: Any, *, model: str = "", role: str = "tr
     d = x - y
     ci = paired_bootstrap_ci(d, seed=seed)
     return PairedResult(name, model, role, d, float(d.mean()), float(ci.low), float(ci.high),
-                        float(sign_flip_test(d, seed=seed)))
+                        float(sign_flip_test(d, seed=seed)), floor=ph.sign_flip_floor(d))
 
 
 # ============================================================================ measurement
@@ -766,7 +775,9 @@ def _comparisons(results: list[SetResult], m: ph.ModelUnderTest, seed: int
                                 seed=seed)
             if base == "random order":      # the null randomises the pick in every set
                 counts = [np.rint(r.correct.sum(1)).astype(np.int64) for r in results]
-                res = dataclasses.replace(res, p=pick_randomisation_test(counts, picks))
+                res = dataclasses.replace(  # its p is never below 1 / prod(orders per set)
+                    res, p=pick_randomisation_test(counts, picks),
+                    floor=float(np.prod([1.0 / c.size for c in counts])))
             out.append(res)
     return out
 
@@ -1058,8 +1069,10 @@ def _measure_all(groups: list[list[ph.ModelUnderTest]], plans: list[_Plan], seed
         flat = [(key, i) for key in sorted(paired) for i in range(len(paired[key]))
                 if (paired[key][i].role == "trained") == trained]
         adj = holm([paired[key][i].p for key, i in flat]) if flat else np.zeros(0)
-        for (key, i), p_adj in zip(flat, adj, strict=True):
-            paired[key][i] = dataclasses.replace(paired[key][i], p_holm=float(p_adj))
+        best = holm([paired[key][i].floor for key, i in flat]) if flat else np.zeros(0)
+        for (key, i), p_adj, b in zip(flat, adj, best, strict=True):
+            paired[key][i] = dataclasses.replace(paired[key][i], p_holm=float(p_adj),
+                                                 floor_holm=float(b))
     return res, paired
 
 
@@ -1161,10 +1174,16 @@ def _group_checks(g: list[ph.ModelUnderTest], res: list[list[SetResult]],
             f"{_BASELINE_TEXT[p0.name.split(' vs ')[1]]} on held-back items",
             p0.diff > 0 and p0.p_holm < 0.05, c,
             f"mean difference {p0.diff:+.3f} [{p0.low:+.3f}, {p0.high:+.3f}] over "
-            f"{p0.diffs.size} demonstration sets, p = {p0.p:.3g}, Holm p = {p0.p_holm:.3g}"
-            + ("" if 2.0 / 2 ** p0.diffs.size < 0.05 else
-               f" (untestable at this size: {p0.diffs.size} sets cannot give p < 0.05)"),
+            f"{p0.diffs.size} demonstration sets, p = {p0.p:.3g}, Holm p = {p0.p_holm:.3g}",
             sign=1))
+        if not p0.floor_holm < ph.ALPHA:
+            checks[-1] = dataclasses.replace(
+                checks[-1], testable=False,
+                detail=f"{checks[-1].detail}; not testable at this size: with every comparison "
+                       f"of the family at the smallest p its units allow, its Holm p is "
+                       f"{p0.floor_holm:.3g}")
+        elif checks[-1].testable is None:
+            checks[-1] = dataclasses.replace(checks[-1], testable=True)
     return checks
 
 

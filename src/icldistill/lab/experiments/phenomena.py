@@ -752,6 +752,12 @@ def controlled_check(claim: str, holds: bool, comparison: ControlComparison,
     """A :class:`Check` that passes only if ``holds`` (the claim on the trained model) and the
     trained value is outside the control spread **on the claim's side**.
 
+    Under the paired rule the check is marked not testable
+    (:attr:`~icldistill.lab.experiments._common.Check.testable` ``False``) when the units
+    cannot give a paired p below :data:`ALPHA` against some control (:func:`sign_flip_floor`:
+    fewer than 6 non-zero differences), testable otherwise; under the interval rule it is not
+    assessed.
+
     ``sign`` is the claim's direction on the compared statistic: ``+1`` when the claim is that
     the trained model has more of it than an untrained one (a larger gap, a larger drop, a
     higher similarity), ``-1`` when less (a more negative correlation). A trained value beyond
@@ -764,6 +770,13 @@ def controlled_check(claim: str, holds: bool, comparison: ControlComparison,
     ok = bool(holds) and comparison.outside and not wrong
     parts = [detail] if detail else []
     parts.append(comparison.describe())
+    floors = [c for c in comparison.paired if not c.floor < ALPHA]
+    if floors:
+        # the paired rule needs p < ALPHA against every control: units that cannot give it
+        # cannot credit training, whatever the data
+        parts.append(f"not testable at this size: {floors[0].n} paired units against "
+                     f"{floors[0].control} allow no p below {floors[0].floor:.3g} (needs < "
+                     f"{ALPHA:g})")
     if wrong:
         parts.append(WRONG_SIDE)
     elif holds and not comparison.outside:
@@ -772,7 +785,11 @@ def controlled_check(claim: str, holds: bool, comparison: ControlComparison,
                      "training taught" if comparison.paired else
                      "the claim holds on the trained model but not beyond the random-init "
                      "control's spread, so it does not show what training taught")
-    return Check(claim, ok, "; ".join(parts))
+    # testable by the control rule: False when the paired units cannot pass it, True when
+    # they can (a section's Holm correction may still find the claim's own test cannot),
+    # None under the interval rule (no floor known)
+    testable = (not floors) if comparison.paired else None
+    return Check(claim, ok, "; ".join(parts), testable=testable)
 
 
 def sign_flip_p(values: Any) -> float:
@@ -812,7 +829,7 @@ def sign_flip_text(values: Any, unit: str) -> str:
 
 
 def holm_checks(checks: Sequence[Check], pvalues: Sequence[float], tests: Sequence[str], *,
-                alpha: float = ALPHA) -> list[Check]:
+                floors: Sequence[float] | None = None, alpha: float = ALPHA) -> list[Check]:
     """The claim checks of one section, each also requiring its Holm-adjusted p-value below
     ``alpha``.
 
@@ -822,20 +839,51 @@ def holm_checks(checks: Sequence[Check], pvalues: Sequence[float], tests: Sequen
     claims). Each check keeps its other conditions; its detail gains the raw and adjusted
     p-values, and a check whose claim held but whose adjusted p-value is not below ``alpha``
     says so.
+
+    ``floors[i]``, when given, is the smallest raw p-value ``tests[i]`` can give on its units
+    whatever the data (:func:`sign_flip_floor`; NaN where not known, taken as 0). Holm's
+    adjusted p-values only grow with any raw p-value, so the adjusted p-values of the floors
+    are the smallest each check could reach: a check whose one is not below ``alpha`` is
+    marked not testable (:attr:`~icldistill.lab.experiments._common.Check.testable`
+    ``False``), the others testable unless already marked not (by :func:`controlled_check`);
+    a check whose own floor is not known keeps what :func:`controlled_check` said, ``True``
+    becoming ``None`` (not assessed).
     """
     if not len(checks) == len(pvalues) == len(tests):
         raise ValueError("one p-value and one test name per check are needed")
+    if floors is not None and len(floors) != len(checks):
+        raise ValueError(f"one floor per check is needed, got {len(floors)} for "
+                         f"{len(checks)} checks")
     raw = np.array([float(p) if np.isfinite(p) else 1.0 for p in pvalues], dtype=np.float64)
     adj = holm(raw) if raw.size else raw
+    best: np.ndarray | None = None
+    if floors is not None:
+        f = np.array([float(x) if np.isfinite(x) else 0.0 for x in floors], dtype=np.float64)
+        best = holm(f) if f.size else f
     m = len(checks)
     out = []
-    for c, p, q, test in zip(checks, raw, adj, tests, strict=True):
+    for i, (c, p, q, test) in enumerate(zip(checks, raw, adj, tests, strict=True)):
         ok = bool(c.holds and q < alpha)
         text = (f"{test}: p = {p:.3g}, Holm-adjusted over the section's {m} claim check"
                 f"{'s' if m != 1 else ''} p = {q:.3g} (needs < {alpha:g})")
         if c.holds and not ok:
             text += ": not significant after the multiplicity correction"
-        out.append(dataclasses.replace(c, holds=ok, detail=f"{c.detail}; {text}"))
+        testable = c.testable
+        if best is not None:
+            if not np.isfinite(floors[i]):     # its own floor unknown: so is its testability
+                testable = False if c.testable is False else None
+            elif best[i] < alpha:
+                testable = c.testable is not False
+            else:
+                testable = False
+                text += (f"; not testable at this size: at the smallest p its units allow "
+                         f"({float(f[i]):.3g}, every other check at its own) the Holm-adjusted "
+                         f"p is {best[i]:.3g}")
+        if ok and testable is False:
+            raise RuntimeError(f"check {c.claim!r} passed with a Holm-adjusted p of {q:.3g} "
+                               "although its floors say it cannot: a floor is wrong")
+        out.append(dataclasses.replace(c, holds=ok, detail=f"{c.detail}; {text}",
+                                       testable=testable))
     return out
 
 

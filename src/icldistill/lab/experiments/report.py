@@ -21,6 +21,7 @@ from icldistill.lab.experiments._common import (
     Table,
     checks_summary,
     tally,
+    untestable,
 )
 
 __all__ = ["NO_PROVENANCE", "format_cell", "provenance_line", "read_section", "write_lab_report",
@@ -46,21 +47,33 @@ def format_cell(v: Any) -> str:
 
 def _check_row(c: Check) -> list[Any]:
     """A check as stored: ``[claim, holds, detail]``, with its kind appended when it is not a
-    claim (so sections of claims alone are stored as before)."""
+    claim or its testability was assessed, and then its testability (so sections of claims
+    alone, not assessed, are stored as before)."""
     row: list[Any] = [c.claim, bool(c.holds), c.detail]
-    if c.kind != CLAIM:
+    if c.kind != CLAIM or c.testable is not None:
         row.append(c.kind)
+    if c.testable is not None:
+        row.append(bool(c.testable))
     return row
 
 
 def _read_check(row: Sequence[Any]) -> Check:
     """A stored check row; one stored before checks had a kind is an identity when its claim
-    starts with :data:`~icldistill.lab.experiments._common.IDENTITY_PREFIX`."""
+    starts with :data:`~icldistill.lab.experiments._common.IDENTITY_PREFIX`; one stored
+    before testability was recorded is not assessed (``testable=None``)."""
     if len(row) > 3:
         kind = str(row[3])
     else:
         kind = IDENTITY if str(row[0]).startswith(IDENTITY_PREFIX) else CLAIM
-    return Check(row[0], bool(row[1]), row[2], kind=kind)
+    testable = None if len(row) <= 4 or row[4] is None else bool(row[4])
+    return Check(row[0], bool(row[1]), row[2], kind=kind, testable=testable)
+
+
+def _holds_cell(c: Check) -> str:
+    """The "holds" cell of a check in the report."""
+    if c.holds:
+        return "yes"
+    return "**NO** (not testable at this size)" if c.testable is False else "**NO**"
 
 
 def write_section(section: Section, path: str | Path, *, fingerprint: str = "") -> Path:
@@ -150,14 +163,20 @@ def write_lab_report(
     section_commands = dict(section_commands or {})
     every = [c for s in sections for c in s.checks]
     n_ok, n_all, id_ok, id_all = tally(every)
+    n_untestable = untestable(every)
 
     def rows(identity: bool) -> list[tuple[Any, ...]]:
-        return [(rp.plain(s.name), c.claim, "yes" if c.holds else "**NO**", c.detail)
+        return [(rp.plain(s.name), c.claim, _holds_cell(c), c.detail)
                 for s in sections for c in s.checks if c.is_identity == identity]
 
     blocks_summary: list[Any] = [
         rp.Paragraph(f"{checks_summary(every)}. A check that does not hold is shown as such; "
                      "settings were not chosen to make them hold."
+                     + (" A check marked *not testable at this size* could not have held "
+                        "whatever the data: its units (demonstration sets, tasks) cannot give "
+                        "p-values small enough after the section's multiplicity correction, "
+                        "so its NO is no evidence against the claim; more units (e.g. "
+                        "`--sets`) make it testable." if n_untestable else "")
                      + (" Identities hold for any weights (the random-init controls satisfy "
                         "them too): they check the software, not a claim, and are listed and "
                         "counted apart." if id_all else "")),
@@ -186,6 +205,7 @@ def write_lab_report(
     md, page = rp.write_report(report, out)
     write_json(out / "report.json", to_jsonable({"title": title, "header": list(header),
                                                  "checks_holding": n_ok, "checks": n_all,
+                                                 "checks_not_testable": n_untestable,
                                                  "identities_holding": id_ok,
                                                  "identities": id_all}))
     return {"markdown": md, "html": page}

@@ -70,8 +70,9 @@ PHENOMENA_SECTIONS = {
 SECTIONS_FORMAT = 3
 #: Bumped when the phenomena sections judge their measurements differently, so stored phenomena
 #: sections judged the old way are recomputed while the other sections are read back (2: one
-#: unit per demonstration set or task, and the control rule paired on those units, 2026-12-05).
-PHENOMENA_JUDGING = 2
+#: unit per demonstration set or task, and the control rule paired on those units, 2026-12-05;
+#: 3: checks record whether their units could have shown the claim at all, 2026-12-05).
+PHENOMENA_JUDGING = 3
 #: The same for the real-model section (2: its control comparisons paired over the traced
 #: prompts, 6 of them in quick mode, 2026-12-05).
 REAL_JUDGING = 2
