@@ -24,7 +24,11 @@ from icldistill.lab.experiments import interference as itf
 from icldistill.lab.experiments import phenomena as ph
 from icldistill.lab.experiments import reproduce as rep
 from icldistill.lab.experiments._common import IDENTITY, Check, Section, Table
-from icldistill.lab.experiments._stats import fisher_exact_greater, spearman_permutation_test
+from icldistill.lab.experiments._stats import (
+    fisher_exact_greater,
+    spearman_permutation_test,
+    within_level_test,
+)
 from icldistill.lab.experiments.report import read_section, write_lab_report, write_section
 
 from .lab_helpers import one_thread, tiny  # noqa: F401  (autouse fixture)
@@ -493,3 +497,60 @@ def test_untestable_checks_are_counted_rendered_and_stored(tmp_path, capsys):
         Check("x", True, "d", testable=False)
     with pytest.raises(ValueError, match="testable must be"):
         Check("x", True, "d", testable="no")
+
+
+# ------------------------------------------------------------ the MMD² beyond a design factor
+def _within_stat(ys, xs):
+    """The within-level statistic, written out: per candidate the mean over strata of the
+    Pearson correlation of level-centred outcome and covariate; the most negative."""
+    best = (math.inf, -1)
+    for c, cand in enumerate(xs):
+        vals = []
+        for y, x in zip(ys, cand, strict=True):
+            a = (y - y.mean(1, keepdims=True)).ravel()
+            b = (x - x.mean(1, keepdims=True)).ravel()
+            if a @ a > 0 and b @ b > 0:
+                vals.append(float(a @ b / math.sqrt((a @ a) * (b @ b))))
+        if vals and np.mean(vals) < best[0]:
+            best = (float(np.mean(vals)), c)
+    return best
+
+
+def test_within_level_test_against_enumeration():
+    """Every within-level permutation of a small design enumerated: the Monte Carlo p is the
+    exact one up to its sampling error, and the statistic and chosen candidate are exact."""
+    rng = np.random.default_rng(3)
+    ys = [rng.random((2, 3)) for _ in range(2)]
+    xs = [[rng.random((2, 3)) - 2 * y for y in ys], [rng.random((2, 3)) for _ in ys]]
+    obs, best = _within_stat(ys, xs)
+    rows = [list(itertools.permutations(range(3)))] * 4          # (stratum, level) pairs
+    null = []
+    for perm in itertools.product(*rows):
+        shuffled = [np.stack([y[r, list(perm[2 * t + r])] for r in range(2)])
+                    for t, y in enumerate(ys)]
+        null.append(_within_stat(shuffled, xs)[0])
+    exact = float(np.mean(np.asarray(null) <= obs + 1e-12))
+    res = within_level_test(ys, xs, n_perm=20_000, seed=1)
+    assert res.r == pytest.approx(obs) and res.best == best == 0
+    assert res.p == pytest.approx(exact, abs=0.01) and res.p >= 1 / 20_001
+    assert exact < 0.05                       # the built-in relation is found
+
+
+def test_within_level_test_edges():
+    rng = np.random.default_rng(0)
+    one_set = within_level_test([rng.random((3, 1))], [[rng.random((3, 1))]])
+    assert math.isnan(one_set.r) and math.isnan(one_set.p) and one_set.best == -1
+    flat = within_level_test([np.ones((2, 3))], [[rng.random((2, 3))]])
+    assert math.isnan(flat.r)                  # no variation within a level
+    # between-level variation alone (the factor) is not credited to the covariate
+    levels = np.array([[0.0] * 4, [1.0] * 4, [2.0] * 4])
+    noise = [rng.normal(size=(3, 4)) * 0.01 for _ in range(3)]
+    res = within_level_test([-levels + n for n in noise], [[levels + rng.random((3, 4)) * 0.001
+                                                             for _ in range(3)]], seed=0)
+    assert res.p > 0.05
+    with pytest.raises(InputError, match="shaped as"):
+        within_level_test([np.ones((2, 3))], [[np.ones((3, 2))]])
+    with pytest.raises(InputError, match="at least one"):
+        within_level_test([], [[]])
+    with pytest.raises(InputError, match="finite"):
+        within_level_test([np.full((2, 2), np.nan)], [[np.ones((2, 2))]])

@@ -16,6 +16,8 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from icldistill.core.stats import holm
 
@@ -584,3 +586,21 @@ def test_mmd_beyond_rho(report, script):
     noise = [rng.random((6, 2)) for _ in range(3)]
     r, best, p = script.within_rho_test(noise, layers, 500, 0)
     assert r < 0 and p > 0.05
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 3), st.integers(2, 4), st.integers(2, 3),
+       st.integers(1, 3))
+def test_the_package_within_level_test_agrees(script, seed, T, R, S, C):
+    """The laboratory's within-level test (``icldistill.lab.experiments._stats``) and the
+    re-analysis' independent one (section 7) give the same statistic and chosen layer, and
+    p-values within their Monte Carlo error."""
+    from icldistill.lab.experiments._stats import within_level_test
+
+    rng = np.random.default_rng(seed)
+    ys = [rng.random((R, S)) for _ in range(T)]
+    xs = [[rng.random((R, S)) - rng.random() * y for y in ys] for _ in range(C)]
+    r, best, p = script.within_rho_test(ys, xs, 3000, 0)
+    got = within_level_test(ys, xs, n_perm=3000, seed=1)
+    assert got.r == pytest.approx(r) and got.best == best
+    assert got.p == pytest.approx(p, abs=0.05)

@@ -6,6 +6,7 @@ input."""
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from types import SimpleNamespace
 
@@ -129,6 +130,10 @@ def test_section_builds(section, tasks):
         assert len(m["r2_layers"]["foreign"]) == 2
         assert len(m["signed_r2_layers"]["random-label"]) == 2
         assert -1.0 <= m["r2_best"]["value"] <= 1.0
+        # one set per rho level: no contrast within a level, and the finding says so
+        assert m["beyond_rho"]["kv"]["r"] is None and m["beyond_rho"]["text"]["p"] is None
+    assert sum("not measurable with 1 demonstration set per level" in f
+               for f in sec.findings) == 2
     # input-only MMD is exactly unchanged by random labels; the label-aware one is not
     assert g["input_mmd_max_change_random_label"] == 0.0
     # regression: the drops were resampled and sign-flip tested per test item (the 12 items
@@ -330,5 +335,41 @@ def test_more_sets_give_more_units(tasks, tmp_path):
     assert np.asarray(g["models"][0]["tasks"][0]["correct"]).shape[2] == 2
     assert g["comparisons"]["drop_random"]["trained"]["n"] == 4       # 2 tasks x 2 sets
     assert g["comparisons"]["drop_random"]["paired"][0]["n"] == 4
+    # two sets per level: the MMD² beyond rho is tested, on the stored accuracies and MMD²s
+    from icldistill.lab.experiments._stats import within_level_test
+
+    for m in g["models"]:
+        acc = [np.asarray(t["accuracy"])[0] for t in m["tasks"]]            # foreign [R, S]
+        kv = [np.asarray(t["mmd_kv"])[:, 0] for t in m["tasks"]]            # [L, R, S]
+        again = within_level_test(acc, [[k[la] for k in kv] for la in range(kv[0].shape[0])],
+                                  n_perm=itf.N_PERM, seed=0)
+        stored = m["beyond_rho"]["kv"]
+        assert stored["best"] == again.best
+        for key in ("r", "p"):       # NaN (stored as None): the tiny model's sets all agree
+            want = getattr(again, key)
+            assert (stored[key] is None) if math.isnan(want) else \
+                stored[key] == pytest.approx(want)
+    assert all("--sets 2" not in f for f in sec.findings)
+    for m in g["models"]:
+        tested = m["beyond_rho"]["kv"]["r"] is not None or m["beyond_rho"]["text"]["r"] \
+            is not None
+        finding = next(f for f in sec.findings if f.startswith(f"{m['name']} ({m['role']}), "
+                                                                "the MMD² beyond"))
+        assert ("one-sided permutation p" in finding) is tested
+        assert ("does not vary between the sets" in finding) is not tested
     with pytest.raises(InputError, match="n_sets"):
         _run(tasks, tmp_path / "bad", n_sets=0)
+
+
+def test_beyond_rho_finding_states_both_tests():
+    from icldistill.lab.experiments._stats import WithinLevelTest
+
+    s = {"model": SimpleNamespace(name="m", role="trained"),
+         "beyond_text": WithinLevelTest(math.nan, -1, math.nan, 2000),
+         "beyond_kv": WithinLevelTest(-0.357, 3, 0.205, 2000)}
+    setup = SimpleNamespace(enc_name="MiniLM", n_sets=2)
+    text = itf._beyond_rho_finding(s, setup)
+    assert "MiniLM: no contrast within a level" in text
+    assert ("K_att at its most negative layer (3, re-chosen in every permutation) -0.357, "
+            "one-sided permutation p 0.205") in text
+    assert "2000 permutations" in text

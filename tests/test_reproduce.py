@@ -217,6 +217,13 @@ def test_phenomena_sections_judged_the_old_way_are_recomputed(tmp_path, monkeypa
     before = run.fingerprint("gd", "regression")
     monkeypatch.setattr(rp, "PHENOMENA_JUDGING", rp.PHENOMENA_JUDGING + 1)
     assert run.fingerprint("gd", "regression") == before
+    # a section's own revision recomputes that section only
+    run.quick, run.model = True, "smollm2-135m"
+    prints = {n: run.fingerprint(n, "") for n in ("adaptation", "interference")}
+    monkeypatch.setitem(rp.SECTION_REVISIONS, "interference",
+                        rp.SECTION_REVISIONS["interference"] + 1)
+    assert run.fingerprint("adaptation", "") == prints["adaptation"]
+    assert run.fingerprint("interference", "") != prints["interference"]
 
 
 def test_the_real_section_is_recomputed_when_its_fewshot_folder_gains_units(tmp_path,

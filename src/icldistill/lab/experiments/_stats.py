@@ -10,7 +10,10 @@ where they can):
   correlation (the statistic is :func:`icldistill.core.stats.spearman`);
 - :func:`pick_randomisation_test` — exact two-sided randomisation test of a rule that picks
   one option per independent unit (an order per demonstration set) against a uniformly random
-  pick.
+  pick;
+- :func:`within_level_test` — one-sided permutation test of whether a covariate explains an
+  outcome *within* the levels of a design factor (an MMD² beyond the fraction of foreign
+  demonstrations), the best of several candidate covariates re-chosen in every permutation.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from icldistill.core.results import Result
 from icldistill.core.stats import spearman
 from icldistill.core.validation import InputError, check_int, check_seed
 
-__all__ = ["SpearmanTest", "fisher_exact_greater", "fisher_exact_greater_stratified",
-           "pick_randomisation_test", "spearman_permutation_test"]
+__all__ = ["SpearmanTest", "WithinLevelTest", "fisher_exact_greater",
+           "fisher_exact_greater_stratified", "pick_randomisation_test",
+           "spearman_permutation_test", "within_level_test"]
 
 
 def fisher_exact_greater_stratified(tables: Any) -> float:
@@ -267,3 +271,115 @@ def _convolve(a: list[int], b: list[int]) -> list[int]:
                 if v:
                     out[i + j] += u * v
     return out
+
+
+@dataclass(frozen=True)
+class WithinLevelTest(Result):
+    """Result of :func:`within_level_test`.
+
+    Attributes
+    ----------
+    r : float
+        The statistic: the most negative, over the candidates, of the mean over strata of the
+        within-level correlation (NaN when no stratum has a contrast within its levels).
+    best : int
+        The candidate attaining it (-1 with ``r`` NaN).
+    p : float
+        One-sided permutation p-value (NaN with ``r`` NaN); never below ``1 / (n_perm + 1)``.
+    n_perm : int
+    """
+
+    r: float
+    best: int
+    p: float
+    n_perm: int
+
+
+def _within_corr(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Pearson correlation of ``y [..., R, S]`` and ``x [R, S]`` after removing each level's
+    (row's) mean from both: how the units of one level differ, not the levels. NaN where
+    either has no variation within its levels."""
+    a = y - y.mean(-1, keepdims=True)
+    b = x - x.mean(-1, keepdims=True)
+    num = (a * b).sum((-2, -1))
+    den = np.sqrt((a * a).sum((-2, -1)) * float((b * b).sum()))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 1e-300, num / np.where(den > 1e-300, den, 1.0), np.nan)
+
+
+def within_level_test(y: Any, x: Any, *, n_perm: int = 2000, seed: int = 0) -> WithinLevelTest:
+    """Does a covariate explain an outcome beyond a design factor's levels? One-sided
+    (the outcome falls as the covariate rises) permutation test within levels.
+
+    Per stratum ``t`` (a task) the design has ``R`` levels of a factor (the fraction rho of
+    foreign demonstrations) and ``S`` units at each (demonstration sets); the outcome
+    ``y[t][r, s]`` (a set's accuracy) and each candidate covariate ``x[c][t][r, s]`` (its
+    MMD² at layer ``c``) are centred within every level, and the statistic is the most
+    negative over candidates of the mean over strata of their correlation. Under the null
+    hypothesis that, at a fixed level, which unit was drawn does not change the outcome, the
+    outcomes of one level are exchangeable: every permutation shuffles them within each
+    (stratum, level), and the candidate is re-chosen in each (so choosing it on the data is
+    part of the test). ``p = (1 + #{null <= observed}) / (n_perm + 1)``. Strata whose outcome
+    or covariate does not vary within its levels are left out of the mean; with one unit per
+    level there is no contrast and the result is NaN.
+
+    Parameters
+    ----------
+    y : sequence of ``T`` arrays ``[R_t, S_t]``
+        Outcome per stratum, level and unit.
+    x : sequence of ``C`` sequences of ``T`` arrays ``[R_t, S_t]``
+        The candidate covariates, each on the same grid as ``y``.
+    n_perm : int
+    seed : int
+
+    Returns
+    -------
+    WithinLevelTest
+
+    Raises
+    ------
+    InputError
+        No stratum or candidate, shapes that differ from the outcome's, non-finite values.
+    """
+    n_perm = check_int(n_perm, "n_perm")
+    check_seed(seed)
+    ys = [np.asarray(v, dtype=np.float64) for v in y]
+    xs = [[np.asarray(v, dtype=np.float64) for v in cand] for cand in x]
+    if not ys or not xs:
+        raise InputError("within_level_test needs at least one stratum and one candidate")
+    for c, cand in enumerate(xs):
+        if len(cand) != len(ys) or any(a.shape != b.shape or a.ndim != 2
+                                       for a, b in zip(cand, ys, strict=True)):
+            raise InputError(f"candidate {c}: one [levels, units] array per stratum, shaped as "
+                             "the outcome's, is needed")
+    if not all(np.isfinite(a).all() for a in ys) or \
+            not all(np.isfinite(a).all() for cand in xs for a in cand):
+        raise InputError("within_level_test: values must be finite")
+    if all(a.shape[1] < 2 for a in ys):
+        return WithinLevelTest(math.nan, -1, math.nan, int(n_perm))
+    rng = np.random.default_rng(seed)
+    obs = np.zeros(len(xs))
+    null = np.zeros((len(xs), n_perm))
+    count = np.zeros(len(xs))
+    cnt_null = np.zeros((len(xs), n_perm))
+    for t, a in enumerate(ys):
+        perms = rng.permuted(np.broadcast_to(a, (n_perm, *a.shape)), axis=-1)  # [B, R, S]
+        for c, cand in enumerate(xs):
+            r0 = _within_corr(a, cand[t])
+            if not np.isfinite(r0):
+                continue
+            rb = _within_corr(perms, cand[t])
+            obs[c] += r0
+            count[c] += 1
+            null[c] += np.nan_to_num(rb)
+            cnt_null[c] += np.isfinite(rb)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        obs = np.where(count > 0, obs / np.where(count > 0, count, 1), np.nan)
+        null = np.where(cnt_null > 0, null / np.where(cnt_null > 0, cnt_null, 1), np.nan)
+    if not np.isfinite(obs).any():
+        return WithinLevelTest(math.nan, -1, math.nan, int(n_perm))
+    best = int(np.nanargmin(obs))
+    null_best = np.nanmin(np.where(np.isfinite(null), null, np.inf), axis=0)
+    hits = int(np.count_nonzero(null_best <= obs[best] + 1e-12))
+    return WithinLevelTest(float(obs[best]), best, float((1 + hits) / (n_perm + 1)),
+                           int(n_perm))

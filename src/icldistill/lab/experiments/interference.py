@@ -78,6 +78,7 @@ from icldistill.core.validation import InputError, check_int
 from icldistill.data.prompts import Demonstration, Prompt
 from icldistill.lab.experiments import phenomena as ph
 from icldistill.lab.experiments._common import Check, Section, Table
+from icldistill.lab.experiments._stats import within_level_test
 
 __all__ = [
     "R2_THRESHOLD",
@@ -925,6 +926,13 @@ def _summarise(m: ph.ModelUnderTest, mres: list[dict[str, Any]],
         "p_r2_kv": _r2_permutation_p(
             fold, [mres[ti]["mmd_kv"][:, fv].reshape(L, -1) for ti in range(T)], setup.seed),
         "p_r2_text": _r2_permutation_p(fold, [x[None] for x in x_text], setup.seed),
+        # beyond rho: at a fixed level, do the sets with the larger MMD² score lower?
+        "beyond_text": within_level_test([acc[ti, fv] for ti in range(T)],
+                                         [[setup.text_mmd[ti][fv] for ti in range(T)]],
+                                         n_perm=N_PERM, seed=setup.seed),
+        "beyond_kv": within_level_test([acc[ti, fv] for ti in range(T)],
+                                       [[mres[ti]["mmd_kv"][la, fv] for ti in range(T)]
+                                        for la in range(L)], n_perm=N_PERM, seed=setup.seed),
         "slope_best": float(np.nanmean([fits["foreign"][ti]["layers"][best].slope
                                         for ti in range(T)])),
         "slope_text": float(np.nanmean([fits["foreign"][ti]["text"].slope
@@ -1051,7 +1059,36 @@ def _model_findings(summaries: list[dict[str, Any]], setup: _Setup) -> list[str]
             f"{s['best']} (signed R² {s['r2_best'].value:.2f}, plain R² "
             f"{s['r2_layers'][fv, s['best']]:.2f}), {setup.enc_name} signed R² "
             f"{s['r2_text'].value:.2f}.")
+        findings.append(_beyond_rho_finding(s, setup))
     return findings
+
+
+def _beyond_rho_finding(s: dict[str, Any], setup: _Setup) -> str:
+    """Whether the MMD² explains accuracy beyond rho (:func:`within_level_test`): the R²
+    checks' permutation null is rejected by any effect of rho, and the MMD² moves almost in
+    step with rho, so only the sets of one level separate the two."""
+    mdl, bt, bk = s["model"], s["beyond_text"], s["beyond_kv"]
+    head = (f"{mdl.name} ({mdl.role}), the MMD² beyond the fraction of foreign "
+            "demonstrations: ")
+    if not np.isfinite(bt.r) and not np.isfinite(bk.r):
+        if setup.n_sets < 2:
+            return head + ("not measurable with 1 demonstration set per level (no contrast "
+                           "within a level; --sets 2 or more gives one).")
+        return head + ("not measurable: accuracy or the MMD² does not vary between the sets "
+                       "of any level.")
+
+    def part(t: Any, name: str) -> str:
+        if not np.isfinite(t.r):
+            return f"{name}: no contrast within a level"
+        return f"{name} {t.r:+.3f}, one-sided permutation p {t.p:.3g}"
+
+    return head + (
+        f"at each rho level the sets differ in MMD²; mean over tasks of the within-level "
+        f"correlation of accuracy and MMD² (negative: sets with a larger MMD² score lower), "
+        f"{part(bt, setup.enc_name)}; "
+        + part(bk, f"K_att at its most negative layer ({bk.best}, re-chosen in every "
+                   "permutation)")
+        + f" (sets permuted within each (task, rho), {bt.n_perm} permutations).")
 
 
 def _random_label_evidence(summaries: list[dict[str, Any]], gres: list[Any],
@@ -1212,6 +1249,7 @@ def _model_data(s: dict[str, Any], mres: list[dict[str, Any]], designs: list[_De
         "slope_accuracy_rho": dict(zip(VARIANTS, s["slope_rho"], strict=True)),
         "r2_best": s["r2_best"].to_dict(), "r2_text": s["r2_text"].to_dict(),
         "p_r2_kv": s["p_r2_kv"], "p_r2_text": s["p_r2_text"],
+        "beyond_rho": {"text": s["beyond_text"].to_dict(), "kv": s["beyond_kv"].to_dict()},
         "drop_foreign": s["drop_f"].tolist(), "drop_random_label": s["drop_r"].tolist(),
         "tasks": [{
             "task": d.task.name,

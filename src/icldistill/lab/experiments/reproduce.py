@@ -73,6 +73,9 @@ SECTIONS_FORMAT = 3
 #: unit per demonstration set or task, and the control rule paired on those units, 2026-12-05;
 #: 3: checks record whether their units could have shown the claim at all, 2026-12-05).
 PHENOMENA_JUDGING = 3
+#: Revisions of single phenomena sections' content, in their fingerprints so that only that
+#: section is recomputed (interference 1: the MMD² beyond rho, a within-level test, 2026-12-05).
+SECTION_REVISIONS = {"interference": 1}
 #: The same for the real-model section (2: its control comparisons paired over the traced
 #: prompts, 6 of them in quick mode, 2026-12-05).
 REAL_JUDGING = 2
@@ -448,6 +451,8 @@ class _Run:
         if name in PHENOMENA_SECTIONS:
             settings: dict[str, Any] = {"models": list(self.ph_models), "controls": 1,
                                         "judging": PHENOMENA_JUDGING}
+            if name in SECTION_REVISIONS:
+                settings["revision"] = SECTION_REVISIONS[name]
             self.commands[key] = (f"icldistill lab {name} --models {','.join(self.ph_models)}"
                                   f"{quick} --seed {self.seed} --out {self.out / key}")
         elif name == "real":
