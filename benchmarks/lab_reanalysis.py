@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import platform
@@ -1344,22 +1345,42 @@ def header(folder: Path, digests: dict[str, str], n_picks: int, n_perm: int) -> 
 
 def _centred_corr(acc: np.ndarray, x: np.ndarray) -> float:
     """Pearson correlation of accuracy and MMD² after removing each rho level's mean from
-    both (``acc``, ``x`` ``[R, S]``): how the sets of one level differ, not the levels."""
+    both (``acc``, ``x`` ``[R, S]``): how the sets of one level differ, not the levels. NaN
+    when either is constant within every level (compared exactly: a row of equal values
+    centres to rounding noise)."""
+    if not (np.ptp(acc, axis=1) > 0).any() or not (np.ptp(x, axis=1) > 0).any():
+        return math.nan
     a = acc - acc.mean(1, keepdims=True)
     b = x - x.mean(1, keepdims=True)
-    den = math.sqrt(float((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / den) if den > 0 else math.nan
+    return float((a * b).sum() / math.sqrt(float((a * a).sum() * (b * b).sum())))
+
+
+def _relabelled(accs: Sequence[np.ndarray], n_perm: int, seed: int):
+    """The sets' accuracies under every relabelling of each task's sets (the same at every
+    rho level: a set is one draw, mixed at each level), or under ``n_perm`` random ones when
+    there are more; yields lists like ``accs``; the first is the identity when enumerating."""
+    sizes = [a.shape[1] for a in accs]
+    if math.prod(math.factorial(s) for s in sizes) <= n_perm:
+        for combo in itertools.product(*(itertools.permutations(range(s)) for s in sizes)):
+            yield [a[:, list(o)] for a, o in zip(accs, combo, strict=True)]
+        return
+    rng = np.random.default_rng(seed)
+    for _ in range(n_perm):
+        yield [a[:, rng.permutation(a.shape[1])] for a in accs]
 
 
 def within_rho_test(accs: Sequence[np.ndarray], xs: Sequence[Sequence[np.ndarray]],
-                    n_perm: int, seed: int) -> tuple[float, int, float]:
+                    n_perm: int, seed: int) -> tuple[float, int, float, float]:
     """The most negative over candidate MMD²s ``xs[c]`` (one ``[R, S]`` array per task; e.g.
     one per layer) of the mean over tasks of :func:`_centred_corr`, the candidate attaining
-    it, and its one-sided (< 0: accuracy falls as the MMD² rises) permutation p-value, the
-    sets' accuracies permuted within each (task, rho level) and the candidate re-chosen in
-    every permutation (so picking the best layer is part of the test): the null that, at a
-    fixed fraction rho of foreign demonstrations, which set a prompt came from (and so its
-    MMD²) does not matter."""
+    it, its one-sided (< 0: accuracy falls as the MMD² rises) permutation p-value, and the
+    smallest p the design allows. The null: which demonstration set a prompt came from (and
+    so its MMD² at a fixed fraction rho) does not matter; the sets of a task are relabelled
+    as wholes, the same relabelling at every rho level (a set is mixed at every level, so
+    shuffling the levels apart would count its effect once per level); the candidate is
+    re-chosen in every relabelling (picking the best layer is part of the test). With at
+    most ``n_perm`` relabellings they are all enumerated (exact p, floor one over their
+    number); otherwise ``n_perm`` are drawn (p with the +1 correction)."""
     def per_candidate(a_: Sequence[np.ndarray]) -> np.ndarray:
         out = []
         for cand in xs:
@@ -1368,23 +1389,19 @@ def within_rho_test(accs: Sequence[np.ndarray], xs: Sequence[Sequence[np.ndarray
             out.append(float(np.mean(vals)) if vals else math.nan)
         return np.asarray(out)
 
-    def stat(a_: Sequence[np.ndarray]) -> float:
-        v = per_candidate(a_)
-        return float(np.nanmin(v)) if np.isfinite(v).any() else math.nan
-
     obs_all = per_candidate(accs)
     if not np.isfinite(obs_all).any():
-        return math.nan, -1, math.nan
+        return math.nan, -1, math.nan, math.nan
     best = int(np.nanargmin(obs_all))
     obs = float(obs_all[best])
-    rng = np.random.default_rng(seed)
-    hits = 0
-    for _ in range(n_perm):
-        perm = [np.take_along_axis(
-            a, rng.permuted(np.tile(np.arange(a.shape[1]), (a.shape[0], 1)), axis=1), axis=1)
-            for a in accs]
-        hits += stat(perm) <= obs + 1e-12
-    return obs, best, (1 + hits) / (n_perm + 1)
+    n_all = math.prod(math.factorial(a.shape[1]) for a in accs)
+    hits = n = 0
+    for perm in _relabelled(accs, n_perm, seed):
+        hits += float(np.nanmin(per_candidate(perm))) <= obs + 1e-12
+        n += 1
+    if n_all <= n_perm:
+        return obs, best, hits / n, 1 / n
+    return obs, best, (1 + hits) / (n_perm + 1), 1 / (n_perm + 1)
 
 
 def mmd_beyond_rho(rep: Report, sec: dict, n_perm: int) -> None:
@@ -1399,12 +1416,16 @@ def mmd_beyond_rho(rep: Report, sec: dict, n_perm: int) -> None:
             "the question is whether the MMD² explains accuracy *beyond* rho: at each rho "
             "level the demonstration sets differ in MMD², and the statistic is the mean over "
             "tasks of the correlation between accuracy and MMD² after removing each level's "
-            "mean (foreign variant), one-sided (accuracy falls as the MMD² rises), with the "
-            f"sets' accuracies permuted within each (task, rho level) ({n_perm} permutations, "
-            f"seed {SEED}). With {data['n_sets']} set(s) per level the sets of a level are "
-            "all the contrast there is. Under K_att the statistic is the most negative over "
-            "the layers, re-chosen in every permutation, so choosing the layer is part of "
-            "the test.", "")
+            "mean (foreign variant), one-sided (accuracy falls as the MMD² rises). The null "
+            "relabels each task's demonstration sets as wholes, the same relabelling at every "
+            "rho level: a set is drawn once and mixed at every level, so shuffling each level "
+            "on its own would count its effect once per level (a first version of this "
+            "section did, and rejected too often). With "
+            f"{data['n_sets']} set(s) per task there are {data['n_sets']}!^T relabellings over "
+            f"T tasks, all enumerated when at most {n_perm} (exact p, never below one over "
+            f"their number), else {n_perm} drawn (seed {SEED}). Under K_att the statistic is "
+            "the most negative over the layers, re-chosen in every relabelling, so choosing "
+            "the layer is part of the test.", "")
     rows = []
     for g in data["groups"]:
         for m in g["models"]:
@@ -1416,14 +1437,16 @@ def mmd_beyond_rho(rep: Report, sec: dict, n_perm: int) -> None:
                                                                kv_x)):
                 if min(a.shape[1] for a in accs) < 2:
                     rows.append([m["name"], m["role"], name, "—", "one set per level: no "
-                                 "contrast within a level"])
+                                 "contrast within a level", "—"])
                     continue
-                r, best, p = within_rho_test(accs, xs, n_perm, SEED)
+                r, best, p, floor = within_rho_test(accs, xs, n_perm, SEED)
                 label = name if len(xs) == 1 else f"{name} ({best})"
                 rows.append([m["name"], m["role"], label,
-                             f"{r:+.3f}" if np.isfinite(r) else "—", fp(p)])
+                             f"{r:+.3f}" if np.isfinite(r) else "—", fp(p),
+                             fp(floor) + ("; untestable at this size" if floor >= ALPHA
+                                          else "")])
     rep.add(*table(["model", "role", "MMD²", "mean within-rho correlation",
-                    "one-sided permutation p"], rows))
+                    "one-sided permutation p", "smallest p the sets allow"], rows))
 
 
 def analyse(folder: Path, n_picks: int | None = None, n_perm: int | None = None) -> Report:

@@ -323,17 +323,25 @@ def test_r2_permutation_p_accounts_for_the_chosen_layer():
 @pytest.mark.parametrize("n", [1, 2, 3, 6, 9])
 def test_sign_flip_floor_is_the_most_extreme_p(n):
     """The floor is the p-value of units that all agree in sign (the most extreme data), for
-    any magnitudes; zeros and NaNs do not count as units."""
+    any magnitudes; NaNs do not count as units, zeros do (regression: a unit measured as no
+    difference was dropped, so units where trained equals twin made a check "not testable",
+    although they are evidence against the claim)."""
     rng = np.random.default_rng(n)
     values = rng.random(n) + 0.01
     assert ph.sign_flip_floor(values) == pytest.approx(ph.sign_flip_p(values))
     assert ph.sign_flip_floor(values) == pytest.approx(min(1.0, 2 / 2 ** n))
+    assert ph.sign_flip_floor(np.concatenate([values, [np.nan]])) == ph.sign_flip_floor(values)
     padded = np.concatenate([values, [0.0, np.nan]])
-    assert ph.sign_flip_floor(padded) == ph.sign_flip_floor(values)
+    assert ph.sign_flip_floor(padded) == pytest.approx(min(1.0, 2 / 2 ** (n + 1)))
+    assert ph.sign_flip_floor(padded) <= ph.sign_flip_p(padded)        # still a lower bound
     assert ph.sign_flip_floor([]) == 1.0
+    # 8 units with no difference from the twin: testable, and evidence against the claim
+    cmp = ph.compare_paired_with_controls("x", np.ones(8), [np.ones(8)], ["t", "c"])
+    check = ph.controlled_check("x rises", True, cmp, sign=1)
+    assert check.testable is True and not check.holds
     text = ph.sign_flip_text(padded, "(task, set) units")
     assert f"over the {n + 1} (task, set) units" in text
-    assert f"no p below {min(1.0, 2 / 2 ** n):.3g}" in text
+    assert f"no p below {min(1.0, 2 / 2 ** (n + 1)):.3g}" in text
 
 
 def test_stratified_fisher_against_enumeration():
@@ -446,6 +454,8 @@ def test_holm_checks_floors_keep_a_control_rules_verdict():
     out = ph.holm_checks(checks, [0.001, 0.001], ["t", "t"], floors=[math.nan, 0.01])
     assert [c.testable for c in out] == [False, True]
     assert [c.testable for c in ph.holm_checks(checks, [0.001] * 2, ["t"] * 2)] == [False, True]
+    out = ph.holm_checks(checks, [0.001] * 2, ["t"] * 2, floors=[None, None])
+    assert [c.testable for c in out] == [False, None]                  # None: not known
     with pytest.raises(ValueError, match="one floor per check"):
         ph.holm_checks(checks, [0.001] * 2, ["t"] * 2, floors=[0.1])
 
@@ -516,24 +526,47 @@ def _within_stat(ys, xs):
     return best
 
 
-def test_within_level_test_against_enumeration():
-    """Every within-level permutation of a small design enumerated: the Monte Carlo p is the
-    exact one up to its sampling error, and the statistic and chosen candidate are exact."""
+def _relabellings(ys):
+    """Every relabelling of the units of each stratum, the same at all its levels."""
+    per = [list(itertools.permutations(range(y.shape[1]))) for y in ys]
+    for combo in itertools.product(*per):
+        yield [y[:, list(o)] for y, o in zip(ys, combo, strict=True)]
+
+
+@pytest.mark.parametrize(("T", "S", "n_perm"), [(2, 3, 2000), (3, 4, 4000)])
+def test_within_level_test_against_enumeration(T, S, n_perm):
+    """Every relabelling of a small design enumerated by hand: with fewer relabellings than
+    n_perm the test's p is exact, with more its Monte Carlo p is the exact one up to its
+    sampling error; the statistic and chosen candidate are exact either way."""
     rng = np.random.default_rng(3)
-    ys = [rng.random((2, 3)) for _ in range(2)]
-    xs = [[rng.random((2, 3)) - 2 * y for y in ys], [rng.random((2, 3)) for _ in ys]]
+    ys = [rng.random((3, S)) for _ in range(T)]
+    xs = [[rng.random((3, S)) - 2 * y for y in ys], [rng.random((3, S)) for _ in ys]]
     obs, best = _within_stat(ys, xs)
-    rows = [list(itertools.permutations(range(3)))] * 4          # (stratum, level) pairs
-    null = []
-    for perm in itertools.product(*rows):
-        shuffled = [np.stack([y[r, list(perm[2 * t + r])] for r in range(2)])
-                    for t, y in enumerate(ys)]
-        null.append(_within_stat(shuffled, xs)[0])
+    null = [_within_stat(perm, xs)[0] for perm in _relabellings(ys)]
     exact = float(np.mean(np.asarray(null) <= obs + 1e-12))
-    res = within_level_test(ys, xs, n_perm=20_000, seed=1)
+    res = within_level_test(ys, xs, n_perm=n_perm, seed=1)
     assert res.r == pytest.approx(obs) and res.best == best == 0
-    assert res.p == pytest.approx(exact, abs=0.01) and res.p >= 1 / 20_001
-    assert exact < 0.05                       # the built-in relation is found
+    assert res.exact is (len(null) <= n_perm)
+    if res.exact:
+        assert res.p == pytest.approx(exact) and res.n_perm == len(null)
+        assert res.floor == pytest.approx(1 / len(null))
+    else:
+        assert res.p == pytest.approx(exact, abs=0.015) and res.floor == 1 / (n_perm + 1)
+    assert res.p >= res.floor and exact < 0.05          # the built-in relation is found
+
+
+def test_within_level_test_relabels_units_jointly_across_levels():
+    """Regression: each level's units were shuffled on their own, although a demonstration
+    set is the same set at every level of the fraction rho: its repeated effect counted as
+    independent replicates (rejection rate 13-20% at alpha 0.05 under the null). Relabelling
+    whole sets, 2 sets in each of 3 tasks allow 8 relabellings: no p below 1/8."""
+    rng = np.random.default_rng(0)
+    set_effect = [rng.normal(size=2) for _ in range(3)]
+    ys = [np.tile(e, (6, 1)) + 0.01 * rng.normal(size=(6, 2)) for e in set_effect]
+    xs = [[np.tile(-e, (6, 1)) + 0.01 * rng.normal(size=(6, 2)) for e in set_effect]]
+    res = within_level_test(ys, xs, seed=0)
+    assert res.exact and res.n_perm == 8 and res.floor == pytest.approx(1 / 8)
+    assert res.r < -0.9 and res.p == pytest.approx(1 / 8)
 
 
 def test_within_level_test_edges():
@@ -542,6 +575,11 @@ def test_within_level_test_edges():
     assert math.isnan(one_set.r) and math.isnan(one_set.p) and one_set.best == -1
     flat = within_level_test([np.ones((2, 3))], [[rng.random((2, 3))]])
     assert math.isnan(flat.r)                  # no variation within a level
+    # regression: a flat stratum was kept when its values centred to rounding noise (0.1)
+    x1 = rng.random((2, 3))
+    for v in (1.0, 0.1):
+        res = within_level_test([np.full((2, 3), v), -x1], [[rng.random((2, 3)), x1]])
+        assert res.r == pytest.approx(-1.0)
     # between-level variation alone (the factor) is not credited to the covariate
     levels = np.array([[0.0] * 4, [1.0] * 4, [2.0] * 4])
     noise = [rng.normal(size=(3, 4)) * 0.01 for _ in range(3)]

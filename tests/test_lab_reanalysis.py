@@ -575,17 +575,30 @@ def test_mmd_beyond_rho(report, script):
                        "demonstrations")
     assert float(cells[3]) == pytest.approx(np.mean(corrs), abs=5e-4)
     assert 0.2 < _p(cells[4]) < 0.8
+    assert "smallest p the sets allow" in report
     rng = np.random.default_rng(0)
     x = [rng.random((6, 2)) for _ in range(3)]
-    # accuracy lower for the set with the larger MMD² at every level: p at the lattice floor
+    # accuracy lower for the set with the larger MMD² at every level: with 2 sets in each of
+    # 3 tasks, the 8 relabellings of whole sets allow no p below 1/8 (regression: each level
+    # was shuffled on its own, as if the 6 levels were 6 independent draws: p < 0.002)
     accs = [0.5 - 0.1 * (xi == xi.max(1, keepdims=True)) for xi in x]
-    r, best, p = script.within_rho_test(accs, [x], 2000, 0)
-    assert r < -0.5 and best == 0 and p < 0.002
+    r, best, p, floor = script.within_rho_test(accs, [x], 2000, 0)
+    assert r < -0.5 and best == 0 and p == floor == 1 / 8
+    # 6 sets in each of 3 tasks (6!^3 relabellings, drawn): a real relation is found
+    x6 = [rng.random((4, 6)) for _ in range(3)]
+    accs6 = [0.5 - 0.1 * xi for xi in x6]
+    r, best, p, floor = script.within_rho_test(accs6, [x6], 2000, 0)
+    assert r == pytest.approx(-1.0) and p == floor == 1 / 2001
     # 30 unrelated "layers" and accuracy that ignores them: the search does not find one
-    layers = [[rng.random((6, 2)) for _ in range(3)] for _ in range(30)]
-    noise = [rng.random((6, 2)) for _ in range(3)]
-    r, best, p = script.within_rho_test(noise, layers, 500, 0)
+    layers = [[rng.random((6, 4)) for _ in range(3)] for _ in range(30)]
+    noise = [rng.random((6, 4)) for _ in range(3)]
+    r, best, p, floor = script.within_rho_test(noise, layers, 500, 0)
     assert r < 0 and p > 0.05
+    # a task whose accuracy is equal within every level is left out, whatever the value
+    flat = [script.within_rho_test([np.full((2, 3), v), -x6[0][:2, :3]],
+                                   [[rng.random((2, 3)), x6[0][:2, :3]]], 100, 0)[0]
+            for v in (1.0, 0.1)]
+    assert flat[0] == pytest.approx(-1.0) and flat[1] == pytest.approx(-1.0)
 
 
 @settings(max_examples=12, deadline=None)
@@ -600,7 +613,11 @@ def test_the_package_within_level_test_agrees(script, seed, T, R, S, C):
     rng = np.random.default_rng(seed)
     ys = [rng.random((R, S)) for _ in range(T)]
     xs = [[rng.random((R, S)) - rng.random() * y for y in ys] for _ in range(C)]
-    r, best, p = script.within_rho_test(ys, xs, 3000, 0)
+    r, best, p, floor = script.within_rho_test(ys, xs, 3000, 0)
     got = within_level_test(ys, xs, n_perm=3000, seed=1)
-    assert got.r == pytest.approx(r) and got.best == best
-    assert got.p == pytest.approx(p, abs=0.05)
+    assert got.r == pytest.approx(r, nan_ok=True) and got.best == best
+    assert got.floor == pytest.approx(floor, nan_ok=True)
+    if got.exact:                               # both enumerate every relabelling
+        assert got.p == pytest.approx(p)
+    else:
+        assert got.p == pytest.approx(p, abs=0.05)

@@ -102,7 +102,7 @@ def test_paired_control_rule():
     (pc,) = cmp.paired
     assert pc.n == 6 and pc.diff == pytest.approx(0.1)
     assert pc.p == pytest.approx(ph.sign_flip_p(np.subtract(trained, ctl)))
-    assert pc.floor == pytest.approx(0.25)              # 3 non-zero differences
+    assert pc.floor == pytest.approx(2 / 2 ** 6)        # 6 units (3 of them measured 0)
     # overlapping intervals, but the trained model is above the control on every unit
     rng = np.random.default_rng(0)
     base = rng.normal(size=8)

@@ -365,11 +365,15 @@ def test_beyond_rho_finding_states_both_tests():
     from icldistill.lab.experiments._stats import WithinLevelTest
 
     s = {"model": SimpleNamespace(name="m", role="trained"),
-         "beyond_text": WithinLevelTest(math.nan, -1, math.nan, 2000),
-         "beyond_kv": WithinLevelTest(-0.357, 3, 0.205, 2000)}
+         "beyond_text": WithinLevelTest(math.nan, -1, math.nan, 0),
+         "beyond_kv": WithinLevelTest(-0.357, 3, 0.5, 8, True, 0.125)}
     setup = SimpleNamespace(enc_name="MiniLM", n_sets=2)
     text = itf._beyond_rho_finding(s, setup)
     assert "MiniLM: no contrast within a level" in text
-    assert ("K_att at its most negative layer (3, re-chosen in every permutation) -0.357, "
-            "one-sided permutation p 0.205") in text
-    assert "2000 permutations" in text
+    assert ("K_att at its most negative layer (3, re-chosen in every relabelling) -0.357, "
+            "one-sided permutation p 0.5") in text
+    assert "all 8 relabellings enumerated; no p below 0.125 with these sets; untestable at " \
+        "this size)." in text
+    s["beyond_kv"] = WithinLevelTest(-0.357, 3, 0.01, 2000, False, 1 / 2001)
+    text = itf._beyond_rho_finding(s, setup)
+    assert "2000 relabellings drawn; no p below 0.0005 with these sets)." in text

@@ -18,6 +18,7 @@ where they can):
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -285,26 +286,40 @@ class WithinLevelTest(Result):
     best : int
         The candidate attaining it (-1 with ``r`` NaN).
     p : float
-        One-sided permutation p-value (NaN with ``r`` NaN); never below ``1 / (n_perm + 1)``.
+        One-sided permutation p-value (NaN with ``r`` NaN).
     n_perm : int
+        Permutations evaluated (every one when ``exact``).
+    exact : bool
+        Whether every permutation of the units was enumerated (``p`` exact) rather than
+        sampled (``p`` with the +1 correction).
+    floor : float
+        The smallest p the design allows, whatever the data: one over the number of
+        permutations when exact, ``1 / (n_perm + 1)`` when sampled (NaN with ``r`` NaN).
     """
 
     r: float
     best: int
     p: float
     n_perm: int
+    exact: bool = False
+    floor: float = math.nan
 
 
 def _within_corr(y: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Pearson correlation of ``y [..., R, S]`` and ``x [R, S]`` after removing each level's
-    (row's) mean from both: how the units of one level differ, not the levels. NaN where
-    either has no variation within its levels."""
+    (row's) mean from both: how the units of one level differ, not the levels."""
     a = y - y.mean(-1, keepdims=True)
     b = x - x.mean(-1, keepdims=True)
     num = (a * b).sum((-2, -1))
     den = np.sqrt((a * a).sum((-2, -1)) * float((b * b).sum()))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 1e-300, num / np.where(den > 1e-300, den, 1.0), np.nan)
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+
+
+def _varies_within_levels(a: np.ndarray) -> bool:
+    """Whether some level (row) of ``a [R, S]`` holds two different values (exactly: a row
+    of equal values centres to rounding noise, not to 0)."""
+    return bool((a.max(-1) > a.min(-1)).any())
 
 
 def within_level_test(y: Any, x: Any, *, n_perm: int = 2000, seed: int = 0) -> WithinLevelTest:
@@ -312,16 +327,21 @@ def within_level_test(y: Any, x: Any, *, n_perm: int = 2000, seed: int = 0) -> W
     (the outcome falls as the covariate rises) permutation test within levels.
 
     Per stratum ``t`` (a task) the design has ``R`` levels of a factor (the fraction rho of
-    foreign demonstrations) and ``S`` units at each (demonstration sets); the outcome
-    ``y[t][r, s]`` (a set's accuracy) and each candidate covariate ``x[c][t][r, s]`` (its
-    MMD² at layer ``c``) are centred within every level, and the statistic is the most
-    negative over candidates of the mean over strata of their correlation. Under the null
-    hypothesis that, at a fixed level, which unit was drawn does not change the outcome, the
-    outcomes of one level are exchangeable: every permutation shuffles them within each
-    (stratum, level), and the candidate is re-chosen in each (so choosing it on the data is
-    part of the test). ``p = (1 + #{null <= observed}) / (n_perm + 1)``. Strata whose outcome
-    or covariate does not vary within its levels are left out of the mean; with one unit per
-    level there is no contrast and the result is NaN.
+    foreign demonstrations) and ``S`` units (demonstration sets), **the same units at every
+    level** (a set is mixed with more or fewer foreign demonstrations); the outcome
+    ``y[t][r, s]`` (a set's accuracy) and each candidate covariate ``x[c][t][r, s]`` (its MMD²
+    at layer ``c``) are centred within every level, and the statistic is the most negative
+    over candidates of the mean over strata of their correlation. Under the null hypothesis
+    that which unit was drawn is unrelated to the covariate's differences, the units of a
+    stratum are exchangeable **as wholes**: a permutation relabels the units of each stratum,
+    the same relabelling at every level (shuffling each level on its own would treat a unit's
+    repeated effect as independent replicates and reject too often), and the candidate is
+    re-chosen in each (so choosing it on the data is part of the test). With at most
+    ``n_perm`` relabellings in all (``prod_t S_t!``) every one is enumerated and ``p`` is
+    exact (never below one over their number); otherwise ``n_perm`` are drawn and ``p = (1 +
+    #{null <= observed}) / (n_perm + 1)``. A stratum whose outcome or covariate does not vary
+    within any level is left out of that candidate's mean; with no stratum left the result is
+    NaN.
 
     Parameters
     ----------
@@ -355,31 +375,38 @@ def within_level_test(y: Any, x: Any, *, n_perm: int = 2000, seed: int = 0) -> W
     if not all(np.isfinite(a).all() for a in ys) or \
             not all(np.isfinite(a).all() for cand in xs for a in cand):
         raise InputError("within_level_test: values must be finite")
-    if all(a.shape[1] < 2 for a in ys):
-        return WithinLevelTest(math.nan, -1, math.nan, int(n_perm))
-    rng = np.random.default_rng(seed)
+    # (candidate, stratum) pairs with a contrast; relabelling the units keeps every level's
+    # values, so this does not change under the null
+    use = np.array([[_varies_within_levels(a) and _varies_within_levels(xc[t])
+                     for t, a in enumerate(ys)] for xc in xs])
+    if not use.any():
+        return WithinLevelTest(math.nan, -1, math.nan, 0)
+    n_all = math.prod(math.factorial(a.shape[1]) for a in ys)
+    exact = n_all <= n_perm
+    if exact:        # every relabelling, one stratum's permutations crossed with the others'
+        per = [np.array(list(itertools.permutations(range(a.shape[1])))) for a in ys]
+        grids = np.meshgrid(*[np.arange(len(p)) for p in per], indexing="ij")
+        orders = [p[g.ravel()] for p, g in zip(per, grids, strict=True)]      # [B, S_t]
+    else:
+        rng = np.random.default_rng(seed)
+        orders = [rng.permuted(np.tile(np.arange(a.shape[1]), (n_perm, 1)), axis=1)
+                  for a in ys]
+    B = len(orders[0])
+    total = np.zeros((len(xs), B))
     obs = np.zeros(len(xs))
-    null = np.zeros((len(xs), n_perm))
-    count = np.zeros(len(xs))
-    cnt_null = np.zeros((len(xs), n_perm))
     for t, a in enumerate(ys):
-        perms = rng.permuted(np.broadcast_to(a, (n_perm, *a.shape)), axis=-1)  # [B, R, S]
-        for c, cand in enumerate(xs):
-            r0 = _within_corr(a, cand[t])
-            if not np.isfinite(r0):
-                continue
-            rb = _within_corr(perms, cand[t])
-            obs[c] += r0
-            count[c] += 1
-            null[c] += np.nan_to_num(rb)
-            cnt_null[c] += np.isfinite(rb)
+        shuffled = np.transpose(a[:, orders[t]], (1, 0, 2))                   # [B, R, S]
+        for c, xc in enumerate(xs):
+            if use[c, t]:
+                obs[c] += float(_within_corr(a, xc[t]))
+                total[c] += _within_corr(shuffled, xc[t])
+    k = use.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        obs = np.where(count > 0, obs / np.where(count > 0, count, 1), np.nan)
-        null = np.where(cnt_null > 0, null / np.where(cnt_null > 0, cnt_null, 1), np.nan)
-    if not np.isfinite(obs).any():
-        return WithinLevelTest(math.nan, -1, math.nan, int(n_perm))
+        obs = np.where(k > 0, obs / np.maximum(k, 1), np.nan)
+        null = np.where((k > 0)[:, None], total / np.maximum(k, 1)[:, None], np.inf)
     best = int(np.nanargmin(obs))
-    null_best = np.nanmin(np.where(np.isfinite(null), null, np.inf), axis=0)
-    hits = int(np.count_nonzero(null_best <= obs[best] + 1e-12))
-    return WithinLevelTest(float(obs[best]), best, float((1 + hits) / (n_perm + 1)),
-                           int(n_perm))
+    hits = int(np.count_nonzero(null.min(0) <= obs[best] + 1e-12))
+    if exact:
+        return WithinLevelTest(float(obs[best]), best, hits / B, B, True, 1.0 / B)
+    return WithinLevelTest(float(obs[best]), best, (1 + hits) / (n_perm + 1), n_perm, False,
+                           1.0 / (n_perm + 1))

@@ -1082,14 +1082,19 @@ def _beyond_rho_finding(s: dict[str, Any], setup: _Setup) -> str:
             return f"{name}: no contrast within a level"
         return f"{name} {t.r:+.3f}, one-sided permutation p {t.p:.3g}"
 
+    t = bt if np.isfinite(bt.r) else bk
+    how = (f"all {t.n_perm} relabellings enumerated" if t.exact else
+           f"{t.n_perm} relabellings drawn")
     return head + (
         f"at each rho level the sets differ in MMD²; mean over tasks of the within-level "
         f"correlation of accuracy and MMD² (negative: sets with a larger MMD² score lower), "
         f"{part(bt, setup.enc_name)}; "
         + part(bk, f"K_att at its most negative layer ({bk.best}, re-chosen in every "
-                   "permutation)")
-        + f" (sets permuted within each (task, rho), {bt.n_perm} permutations).")
-
+                   "relabelling)")
+        + f" (the null relabels each task's sets as wholes, the same at every rho level; "
+          f"{how}; no p below {t.floor:.3g} with these sets"
+        + ("; untestable at this size)." if not t.floor < ph.ALPHA else ").")
+        )
 
 def _random_label_evidence(summaries: list[dict[str, Any]], gres: list[Any],
                            setup: _Setup) -> dict[str, Any]:

@@ -59,6 +59,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -777,7 +778,7 @@ def _comparisons(results: list[SetResult], m: ph.ModelUnderTest, seed: int
                 counts = [np.rint(r.correct.sum(1)).astype(np.int64) for r in results]
                 res = dataclasses.replace(  # its p is never below 1 / prod(orders per set)
                     res, p=pick_randomisation_test(counts, picks),
-                    floor=float(np.prod([1.0 / c.size for c in counts])))
+                    floor=float(Fraction(1, math.prod(c.size for c in counts))))
             out.append(res)
     return out
 

@@ -809,13 +809,14 @@ def finite_mean(values: Any) -> float:
 
 
 def sign_flip_floor(values: Any) -> float:
-    """The smallest two-sided p-value :func:`sign_flip_p` can give on ``values``, whatever
-    their signs: ``2 / 2**n`` over the ``n`` finite non-zero values (a zero does not move the
-    statistic), 1.0 without any. With 6 units it is 0.031, with 3 it is 0.25: below
-    :data:`ALPHA` divided by the size of a Holm family, a claim cannot pass however strong its
-    units."""
+    """The smallest two-sided p-value :func:`sign_flip_p` can give on these units **whatever
+    their values**: ``2 / 2**n`` over the ``n`` finite units (all non-zero and of one sign),
+    1.0 without any. It depends on the design, not on the data: units measured as 0 (no
+    difference) count, since they could have differed; they only make the p actually reached
+    larger. With 6 units it is 0.031, with 3 it is 0.25: below :data:`ALPHA` divided by the
+    size of a Holm family, a claim cannot pass however strong its units."""
     a = np.asarray(values, dtype=np.float64).ravel()
-    n = int((np.isfinite(a) & (a != 0)).sum())
+    n = int(np.isfinite(a).sum())
     return min(1.0, 2.0 / 2.0 ** n) if n else 1.0
 
 
@@ -841,7 +842,7 @@ def holm_checks(checks: Sequence[Check], pvalues: Sequence[float], tests: Sequen
     says so.
 
     ``floors[i]``, when given, is the smallest raw p-value ``tests[i]`` can give on its units
-    whatever the data (:func:`sign_flip_floor`; NaN where not known, taken as 0). Holm's
+    whatever the data (:func:`sign_flip_floor`; NaN or None where not known, taken as 0). Holm's
     adjusted p-values only grow with any raw p-value, so the adjusted p-values of the floors
     are the smallest each check could reach: a check whose one is not below ``alpha`` is
     marked not testable (:attr:`~icldistill.lab.experiments._common.Check.testable`
@@ -858,7 +859,9 @@ def holm_checks(checks: Sequence[Check], pvalues: Sequence[float], tests: Sequen
     adj = holm(raw) if raw.size else raw
     best: np.ndarray | None = None
     if floors is not None:
-        f = np.array([float(x) if np.isfinite(x) else 0.0 for x in floors], dtype=np.float64)
+        known = [x is not None and np.isfinite(x) for x in floors]
+        f = np.array([float(x) if k else 0.0 for x, k in zip(floors, known, strict=True)],
+                     dtype=np.float64)
         best = holm(f) if f.size else f
     m = len(checks)
     out = []
@@ -870,7 +873,7 @@ def holm_checks(checks: Sequence[Check], pvalues: Sequence[float], tests: Sequen
             text += ": not significant after the multiplicity correction"
         testable = c.testable
         if best is not None:
-            if not np.isfinite(floors[i]):     # its own floor unknown: so is its testability
+            if not known[i]:                   # its own floor unknown: so is its testability
                 testable = False if c.testable is False else None
             elif best[i] < alpha:
                 testable = c.testable is not False

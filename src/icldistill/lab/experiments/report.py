@@ -174,9 +174,10 @@ def write_lab_report(
                      "settings were not chosen to make them hold."
                      + (" A check marked *not testable at this size* could not have held "
                         "whatever the data: its units (demonstration sets, tasks) cannot give "
-                        "p-values small enough after the section's multiplicity correction, "
-                        "so its NO is no evidence against the claim; more units (e.g. "
-                        "`--sets`) make it testable." if n_untestable else "")
+                        "p-values small enough, for the paired comparison with a random-init "
+                        "twin or for the claim's own test after the section's multiplicity "
+                        "correction, so its NO is no evidence against the claim; more units "
+                        "(e.g. `--sets`) make it testable." if n_untestable else "")
                      + (" Identities hold for any weights (the random-init controls satisfy "
                         "them too): they check the software, not a claim, and are listed and "
                         "counted apart." if id_all else "")),

@@ -71,11 +71,13 @@ SECTIONS_FORMAT = 3
 #: Bumped when the phenomena sections judge their measurements differently, so stored phenomena
 #: sections judged the old way are recomputed while the other sections are read back (2: one
 #: unit per demonstration set or task, and the control rule paired on those units, 2026-12-05;
-#: 3: checks record whether their units could have shown the claim at all, 2026-12-05).
-PHENOMENA_JUDGING = 3
+#: 3: checks record whether their units could have shown the claim at all; 4: a sign-flip
+#: floor counts units measured as no difference, 2026-12-05).
+PHENOMENA_JUDGING = 4
 #: Revisions of single phenomena sections' content, in their fingerprints so that only that
-#: section is recomputed (interference 1: the MMD² beyond rho, a within-level test, 2026-12-05).
-SECTION_REVISIONS = {"interference": 1}
+#: section is recomputed (interference 1: the MMD² beyond rho, a within-level test; 2: whole
+#: sets relabelled across the levels, 2026-12-05).
+SECTION_REVISIONS = {"interference": 2}
 #: The same for the real-model section (2: its control comparisons paired over the traced
 #: prompts, 6 of them in quick mode, 2026-12-05).
 REAL_JUDGING = 2
