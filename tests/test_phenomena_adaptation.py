@@ -273,3 +273,26 @@ def test_accuracy_gain_takes_one_unit_per_set():
     st_ = adaptation._group_stats([[c, c, c]])
     assert st_.gains[0].shape == (6,)
     assert ph.sign_flip_p(st_.gains[0]) == pytest.approx(0.25)   # items: ~1e-18
+
+
+def test_saturation_floor_counts_every_task():
+    """Regression (review): the saturation checks' floor counted only the tasks where accuracy
+    rises, a subset the data chose, so fewer rising tasks made a check "not testable at this
+    size"; the design's floor counts every task."""
+    from types import SimpleNamespace
+
+    from icldistill.lab.experiments import adaptation as ad
+    from icldistill.lab.experiments import phenomena as ph
+
+    n = 8
+    sat = [{"accuracy": 4.0, "demo_share": 4.0, "log_w0_norm": 8.0,
+            "accuracy_rise": 0.2 if t < 2 else 0.0} for t in range(n)]
+    agree = np.array([1.0, 1.0] + [np.nan] * (n - 2))            # 2 tasks where it rises
+    st = ad._GroupStats([], [], [], [], [sat, sat], [agree, agree.copy()],
+                        [agree, agree.copy()])
+    g_res = [[SimpleNamespace(task=f"t{t}") for t in range(n)]] * 2
+    group = [ph.ModelUnderTest(role="trained", name="m", loaded=None, seed=0),
+             ph.ModelUnderTest(role="control", name="c", loaded=None, seed=1)]
+    out = ad._saturation_checks(group, g_res, st, 0, "", [])
+    assert [floor for *_, floor in out] == [pytest.approx(2 / 2 ** n)] * 2
+    assert "agreement on half of the 2 tasks" in out[0][2]
