@@ -1421,9 +1421,10 @@ def mmd_beyond_rho(rep: Report, sec: dict, n_perm: int) -> None:
             "rho level: a set is drawn once and mixed at every level, so shuffling each level "
             "on its own would count its effect once per level (a first version of this "
             "section did, and rejected too often). With "
-            f"{data['n_sets']} set(s) per task there are {data['n_sets']}!^T relabellings over "
-            f"T tasks, all enumerated when at most {n_perm} (exact p, never below one over "
-            f"their number), else {n_perm} drawn (seed {SEED}). Under K_att the statistic is "
+            f"{data['n_sets']} set(s) in each of {len(data['tasks'])} tasks there are "
+            f"{math.factorial(int(data['n_sets'])) ** len(data['tasks'])} relabellings, all "
+            f"enumerated when at most {n_perm} (exact p, never below one over their number), "
+            f"else {n_perm} drawn (seed {SEED}). Under K_att the statistic is "
             "the most negative over the layers, re-chosen in every relabelling, so choosing "
             "the layer is part of the test.", "")
     rows = []

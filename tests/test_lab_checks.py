@@ -335,6 +335,14 @@ def test_sign_flip_floor_is_the_most_extreme_p(n):
     assert ph.sign_flip_floor(padded) == pytest.approx(min(1.0, 2 / 2 ** (n + 1)))
     assert ph.sign_flip_floor(padded) <= ph.sign_flip_p(padded)        # still a lower bound
     assert ph.sign_flip_floor([]) == 1.0
+    # regression (review): units the data left undefined (a twin whose accuracy never rises:
+    # NaN) made the paired floor that of the 2 units left; the design has 8
+    trained, twin = np.ones(8), np.full(8, np.nan)
+    twin[:2] = 0.0
+    cmp = ph.compare_paired_with_controls("x", trained, [twin], ["t", "c"])
+    assert cmp.paired[0].n == 2 and cmp.paired[0].units == 8
+    assert cmp.paired[0].floor == pytest.approx(2 / 2 ** 8)
+    assert ph.controlled_check("x rises", True, cmp, sign=1).testable is True
     # 8 units with no difference from the twin: testable, and evidence against the claim
     cmp = ph.compare_paired_with_controls("x", np.ones(8), [np.ones(8)], ["t", "c"])
     check = ph.controlled_check("x rises", True, cmp, sign=1)
@@ -467,7 +475,8 @@ def test_controlled_check_marks_too_few_paired_units():
     few = ph.compare_paired_with_controls("x", [0.3, 0.2, 0.4], [[0.0] * 3], ["t", "c"])
     check = ph.controlled_check("x rises", True, few, sign=1)
     assert not check.holds and check.testable is False
-    assert "not testable at this size: 3 paired units against c allow no p below 0.25" in \
+    assert "not testable at this size: the design's 3 paired units against c allow no p " \
+        "below 0.25" in \
         check.detail
     enough = ph.compare_paired_with_controls("x", [0.3, 0.2, 0.4] * 2, [[0.0] * 6],
                                              ["t", "c"])

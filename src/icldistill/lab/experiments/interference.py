@@ -1073,7 +1073,8 @@ def _beyond_rho_finding(s: dict[str, Any], setup: _Setup) -> str:
     if not np.isfinite(bt.r) and not np.isfinite(bk.r):
         if setup.n_sets < 2:
             return head + ("not measurable with 1 demonstration set per level (no contrast "
-                           "within a level; --sets 2 or more gives one).")
+                           "within a level: --sets 2 gives one, and with 3 tasks --sets 3 "
+                           "gives one that can reach p < 0.05).")
         return head + ("not measurable: accuracy or the MMD² does not vary between the sets "
                        "of any level.")
 

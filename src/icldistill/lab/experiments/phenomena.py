@@ -570,9 +570,13 @@ class PairedControl:
     p : float
         Two-sided exact sign-flip p-value of ``diff = 0`` (:func:`sign_flip_p`).
     floor : float
-        The smallest p these units allow (:func:`sign_flip_floor`).
+        The smallest p the design's units allow, whatever their values
+        (:func:`sign_flip_floor` over all ``units``: a unit the data left undefined, e.g. a
+        twin whose accuracy never rises, could have been measured).
     n : int
         Units with both values finite.
+    units : int
+        The design's units (finite or not).
     """
 
     control: str
@@ -580,10 +584,11 @@ class PairedControl:
     p: float
     floor: float
     n: int
+    units: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"control": self.control, "diff": self.diff, "p": self.p, "floor": self.floor,
-                "n": self.n}
+                "n": self.n, "units": self.units}
 
 
 @dataclass(frozen=True)
@@ -735,7 +740,8 @@ def compare_paired_with_controls(name: str, trained: Any, controls: Sequence[Any
         d = d[np.isfinite(d)]
         paired.append(PairedControl(m.name if isinstance(m, ModelUnderTest) else str(m),
                                     float(d.mean()) if d.size else math.nan, sign_flip_p(d),
-                                    sign_flip_floor(d), int(d.size)))
+                                    sign_flip_floor(np.zeros(t.size)), int(d.size),
+                                    int(t.size)))
     signs = {np.sign(c.diff) for c in paired}
     differs = bool(all(c.p < ALPHA for c in paired) and len(signs) == 1 and 0 not in signs)
     return dataclasses.replace(base, outside=differs, paired=tuple(paired))
@@ -755,7 +761,7 @@ def controlled_check(claim: str, holds: bool, comparison: ControlComparison,
     Under the paired rule the check is marked not testable
     (:attr:`~icldistill.lab.experiments._common.Check.testable` ``False``) when the units
     cannot give a paired p below :data:`ALPHA` against some control (:func:`sign_flip_floor`:
-    fewer than 6 non-zero differences), testable otherwise; under the interval rule it is not
+    fewer than 6 units in the design), testable otherwise; under the interval rule it is not
     assessed.
 
     ``sign`` is the claim's direction on the compared statistic: ``+1`` when the claim is that
@@ -774,9 +780,9 @@ def controlled_check(claim: str, holds: bool, comparison: ControlComparison,
     if floors:
         # the paired rule needs p < ALPHA against every control: units that cannot give it
         # cannot credit training, whatever the data
-        parts.append(f"not testable at this size: {floors[0].n} paired units against "
-                     f"{floors[0].control} allow no p below {floors[0].floor:.3g} (needs < "
-                     f"{ALPHA:g})")
+        parts.append(f"not testable at this size: the design's {floors[0].units} paired "
+                     f"units against {floors[0].control} allow no p below "
+                     f"{floors[0].floor:.3g} (needs < {ALPHA:g})")
     if wrong:
         parts.append(WRONG_SIDE)
     elif holds and not comparison.outside:

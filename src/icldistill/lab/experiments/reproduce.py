@@ -72,8 +72,9 @@ SECTIONS_FORMAT = 3
 #: sections judged the old way are recomputed while the other sections are read back (2: one
 #: unit per demonstration set or task, and the control rule paired on those units, 2026-12-05;
 #: 3: checks record whether their units could have shown the claim at all; 4: a sign-flip
-#: floor counts units measured as no difference, 2026-12-05).
-PHENOMENA_JUDGING = 4
+#: floor counts units measured as no difference; 5: a paired floor counts the design's units,
+#: also those the data left undefined, 2026-12-05).
+PHENOMENA_JUDGING = 5
 #: Revisions of single phenomena sections' content, in their fingerprints so that only that
 #: section is recomputed (interference 1: the MMD² beyond rho, a within-level test; 2: whole
 #: sets relabelled across the levels; adaptation 1: the saturation checks' floor counts every
