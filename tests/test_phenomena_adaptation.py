@@ -296,3 +296,20 @@ def test_saturation_floor_counts_every_task():
     out = ad._saturation_checks(group, g_res, st, 0, "", [])
     assert [floor for *_, floor in out] == [pytest.approx(2 / 2 ** n)] * 2
     assert "agreement on half of the 2 tasks" in out[0][2]
+
+
+def test_direction_floor_counts_undefined_units():
+    """A (task, set) whose Spearman the data left undefined (a constant curve: NaN) still
+    counts in the design's floor: 8 units, one undefined, allow p down to 2/2^8."""
+    from icldistill.lab.experiments import adaptation as ad
+    from icldistill.lab.experiments import phenomena as ph
+
+    vals = np.linspace(-0.9, -0.2, 8)
+    vals[3] = np.nan
+    twin = np.full(8, 0.5)
+    st = ad._GroupStats([vals, twin], [vals, twin], [-vals, -twin], [-vals, twin], [], [], [])
+    group = [ph.ModelUnderTest(role="trained", name="m", loaded=None, seed=0),
+             ph.ModelUnderTest(role="control", name="c", loaded=None, seed=1)]
+    out = ad._direction_checks(group, st, 0, "", [])
+    assert [floor for *_, floor in out] == [pytest.approx(2 / 2 ** 8)] * 4
+    assert "over the 7 (task, set) units" in out[0][2]          # the test itself: 7 values

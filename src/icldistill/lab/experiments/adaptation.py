@@ -613,8 +613,10 @@ def _direction_checks(group: list[ph.ModelUnderTest], st: _GroupStats, seed: int
             tag + claim + (" (mean < 0 with its interval below 0" if sign < 0 else
                            " (mean > 0 with its interval above 0") + DIRECTION,
             _sign_ok(cmp.trained, sign), cmp, f"{n} {units} on the trained model", sign=sign)
+        # the design's floor: a (task, set) whose Spearman the data left undefined (a
+        # constant curve) could have been measured
         checks.append((check, ph.sign_flip_p(vals[0]), ph.sign_flip_text(vals[0], units),
-                       ph.sign_flip_floor(vals[0])))
+                       ph.sign_flip_floor(np.zeros(vals[0].size))))
     return checks
 
 
