@@ -1028,7 +1028,8 @@ def _checks(g: _Group, seed: int
     tests = ["SimAOU minus the random-vector cosine: "
              + ph.sign_flip_text(g.per_task(0, "sim-random"),
                                  "tasks (each one fine-tuning run)")]
-    floors = [ph.sign_flip_floor(g.per_task(0, "sim-random"))]
+    # the design's floor: every task counts, also one the data left undefined
+    floors = [ph.sign_flip_floor(np.zeros(np.size(g.per_task(0, "sim-random"))))]
     rec = ph.compare_with_controls(
         f"{name}: Rec2FTP (ICL right, per FT-corrected item)",
         stat(g.pooled(0, "rec"), trained, seed=seed),
