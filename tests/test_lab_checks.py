@@ -26,6 +26,8 @@ from icldistill.lab.experiments import reproduce as rep
 from icldistill.lab.experiments._common import IDENTITY, Check, Section, Table
 from icldistill.lab.experiments._stats import (
     fisher_exact_greater,
+    pairing_floor,
+    pairing_permutation_test,
     spearman_permutation_test,
     within_level_test,
 )
@@ -601,3 +603,53 @@ def test_within_level_test_edges():
         within_level_test([], [[]])
     with pytest.raises(InputError, match="finite"):
         within_level_test([np.full((2, 2), np.nan)], [[np.ones((2, 2))]])
+
+
+# ------------------------------------------------------------------ pairing permutation test
+def _rencontres_tail(n: int, j: int) -> float:
+    """P(a uniform permutation of n has at least j fixed points), from the rencontres numbers
+    C(n, m) D(n - m) (D the derangement numbers): independent of any enumeration."""
+    def derangements(m: int) -> int:
+        return round(math.factorial(m) * sum((-1) ** i / math.factorial(i)
+                                             for i in range(m + 1))) if m else 1
+    return sum(math.comb(n, m) * derangements(n - m) for m in range(j, n + 1)) / \
+        math.factorial(n)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6).flatmap(lambda n: st.permutations(list(range(n)))))
+def test_pairing_test_against_the_rencontres_numbers(sigma):
+    """Each unit's first value matches exactly one unit's second (unit sigma(i)'s): the
+    statistic is sigma's fixed points and, under re-pairing, those of a uniform permutation."""
+    n = len(sigma)
+    match = np.zeros((n, n), dtype=bool)
+    match[np.arange(n), sigma] = True
+    fixed = int(sum(i == s for i, s in enumerate(sigma)))
+    res = pairing_permutation_test(match)
+    assert res.exact and res.n == n and res.agree == fixed
+    assert res.p == pytest.approx(_rencontres_tail(n, fixed), rel=1e-12)
+    assert res.floor == pytest.approx(1 / math.factorial(n)) == pairing_floor(n)
+    assert res.p >= res.floor
+
+
+def test_pairing_test_sampled_branch_and_piled_up_values():
+    # 8 units (8! > 2000 pairings): sampled, +1-corrected, close to the exact tail
+    sigma = [0, 1, 3, 2, 5, 4, 7, 6]                             # 2 fixed points
+    match = np.zeros((8, 8), dtype=bool)
+    match[np.arange(8), sigma] = True
+    res = pairing_permutation_test(match, seed=3)
+    assert not res.exact and res.n_perm == 2000 and res.floor == pytest.approx(1 / 2001)
+    assert res.p == pytest.approx(_rencontres_tail(8, 2), abs=0.04)
+    # every unit agrees with every other (saturation points piled up on one k): agreement on
+    # all units is what any pairing gives, no evidence of prediction
+    assert pairing_permutation_test(np.ones((5, 5), dtype=bool)).p == 1.0
+    assert math.isnan(pairing_permutation_test(np.zeros((0, 0), dtype=bool)).p)
+    assert math.isnan(pairing_floor(0))
+    assert pairing_floor(7) == pytest.approx(1 / 2001)           # 7! = 5040 > 2000
+
+
+@pytest.mark.parametrize("bad, match", [(np.ones((2, 3), dtype=bool), "square"),
+                                        (np.full((2, 2), 0.5), "booleans")])
+def test_pairing_test_bad_input(bad, match):
+    with pytest.raises(InputError, match=match):
+        pairing_permutation_test(bad)

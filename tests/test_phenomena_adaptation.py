@@ -275,27 +275,93 @@ def test_accuracy_gain_takes_one_unit_per_set():
     assert ph.sign_flip_p(st_.gains[0]) == pytest.approx(0.25)   # items: ~1e-18
 
 
-def test_saturation_floor_counts_every_task():
-    """Regression (review): the saturation checks' floor counted only the tasks where accuracy
-    rises, a subset the data chose, so fewer rising tasks made a check "not testable at this
-    size"; the design's floor counts every task."""
+def _units(acc, what, rise=None):
+    rise = [0.2] * len(acc) if rise is None else rise
+    return [{"task": f"t{i}", "set": 0, "accuracy": a, "demo_share": w, "log_w0_norm": w,
+             "accuracy_rise": r} for i, (a, w, r) in enumerate(zip(acc, what, rise, strict=True))]
+
+
+def _saturation_checks_on(units, twin_agrees=True):
     from types import SimpleNamespace
 
     from icldistill.lab.experiments import adaptation as ad
-    from icldistill.lab.experiments import phenomena as ph
 
-    n = 8
-    sat = [{"accuracy": 4.0, "demo_share": 4.0, "log_w0_norm": 8.0,
-            "accuracy_rise": 0.2 if t < 2 else 0.0} for t in range(n)]
-    agree = np.array([1.0, 1.0] + [np.nan] * (n - 2))            # 2 tasks where it rises
-    st = ad._GroupStats([], [], [], [], [sat, sat], [agree, agree.copy()],
-                        [agree, agree.copy()])
-    g_res = [[SimpleNamespace(task=f"t{t}") for t in range(n)]] * 2
+    agree = np.array([ad.saturation_agreement(u, "demo_share") for u in units])
+    twin = agree.copy() if twin_agrees else np.zeros_like(agree)
+    st_ = ad._GroupStats([], [], [], [], [units, units], [agree, twin], [agree, twin])
+    g_res = [[SimpleNamespace(task=u["task"]) for u in units]] * 2
     group = [ph.ModelUnderTest(role="trained", name="m", loaded=None, seed=0),
              ph.ModelUnderTest(role="control", name="c", loaded=None, seed=1)]
-    out = ad._saturation_checks(group, g_res, st, 0, "", [])
-    assert [floor for *_, floor in out] == [pytest.approx(2 / 2 ** n)] * 2
-    assert "agreement on half of the 2 tasks" in out[0][2]
+    return ad._saturation_checks(group, g_res, st_, 0, "", [])
+
+
+def test_saturation_floor_counts_every_unit():
+    """Regression (review): the saturation checks' floor counted only the units where accuracy
+    rises, a subset the data chose, so fewer rising units made a check "not testable at this
+    size"; the design's floor counts every (task, set) unit (5 units: 1/5! pairings)."""
+    units = _units([4.0] * 5, [4.0] * 5, rise=[0.2, 0.2, 0.0, 0.0, 0.0])
+    out = _saturation_checks_on(units)
+    assert [floor for *_, floor in out] == [pytest.approx(1 / 120)] * 2
+    assert "2 of the 2 (task, set) units where accuracy rises agree" in out[0][2]
+
+
+def test_saturation_agreement_is_tested_against_chance_pairing():
+    """Audit F6: agreement with accuracy's k_sat was tested against agreement on half of the
+    tasks, which is not chance agreement: saturation points that pile up on one k agree on
+    every unit whatever the curves. The null now re-pairs the units."""
+    piled = _saturation_checks_on(_units([4.0] * 6, [4.0] * 6))
+    assert piled[0][0].holds is not None and piled[0][1] == 1.0     # all agree, p = 1
+    # each unit's demo-share k_sat sits on its own accuracy k_sat, far from the others'
+    spread = _saturation_checks_on(_units([0.0, 1.0, 4.0, 16.0, 32.0, 2.0],
+                                          [0.0, 1.0, 4.0, 16.0, 32.0, 2.0]),
+                                   twin_agrees=False)
+    check, p, test, floor = spread[0]
+    assert check.holds and floor == pytest.approx(1 / 720)
+    # by hand: 0 and 1 agree (one doubling apart, k=0 at -1), 1 and 2, 2 and 4; 16 and 32;
+    # units (0, 1, 5) = k 0, 1, 2 form a path, (2) = 4 joins 2; only pairings keeping all six
+    # within one doubling count: brute force over the 720
+    import itertools
+    ks = [0.0, 1.0, 4.0, 16.0, 32.0, 2.0]
+    hits = sum(all(adaptation.within_one_doubling(ks[i], ks[pi[i]]) == 1.0 for i in range(6))
+               for pi in itertools.permutations(range(6)))
+    assert p == pytest.approx(hits / 720)
+    assert p < 0.05 and "every one of the 720 pairings" in test
+
+
+def test_set_saturation_reads_each_sets_own_curves():
+    """Per (task, set) saturation: set 0's accuracy saturates at k=1, set 1's at k=4, each
+    from its own items; the demo share is read from each set's traced prompts."""
+    ks = (0, 1, 2, 4)
+    correct = np.zeros((4, 2, 10))
+    correct[0] = 0.0
+    correct[1:, 0] = 1.0                     # set 0: 0 -> 1 at k = 1
+    correct[3, 1] = 1.0                      # set 1: rises only at k = 4
+    share = np.zeros((4, 2, 3))              # [K, T = S * 1 traced prompt, L]
+    share[:, 0] = np.array([0.0, 0.5, 0.5, 0.5])[:, None]
+    share[:, 1] = np.array([0.0, 0.1, 0.2, 0.6])[:, None]
+    lw = np.ones((4, 2, 3))
+    lw[0] = np.nan
+    traced = {q: np.zeros((4, 2, 3)) for q in adaptation.QUANTITIES}
+    traced.update(demo_share=share, log_w0_norm=lw)
+    c = adaptation.AdaptationCurve(model="m", role="trained", task="t", ks=ks, correct=correct,
+                                   traced=traced, n_tokens=np.ones((4, 2)), skipped=(),
+                                   chance=0.5)
+    s0, s1 = adaptation.set_saturation(c)
+    assert (s0["accuracy"], s0["demo_share"], s0["accuracy_rise"]) == (1.0, 1.0, 1.0)
+    assert (s1["accuracy"], s1["demo_share"], s1["accuracy_rise"]) == (4.0, 4.0, 1.0)
+    assert s0["log_w0_norm"] == s1["log_w0_norm"] == 1.0      # flat from k = 1
+    # the curve averaged over the sets saturates elsewhere: the sets are the units
+    assert adaptation.curve_saturation(c, "accuracy") == 4.0
+
+
+def test_section_records_per_set_saturation(section):
+    _, sec = section
+    curve = sec.data["curves"][0][0][0]
+    assert len(curve["set_saturation"]) == sec.data["sizes"]["n_sets"]
+    table = next(t for t in sec.tables if t.title.startswith("Saturation points"))
+    assert table.columns[:3] == ("model", "task", "set")
+    assert len(table.rows) == 2 * 2 * sec.data["sizes"]["n_sets"]   # 2 members x 2 tasks
+    assert any("pairing permutation test" in c.detail for c in sec.checks)
 
 
 def test_direction_floor_counts_undefined_units():

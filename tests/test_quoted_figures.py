@@ -15,6 +15,7 @@ separators (``55,196``). Whitespace is normalised (sentences wrap anywhere).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -700,6 +701,31 @@ def test_the_quick_lab_phenomena_figures():
         "-", "−") in readme
     assert f"pick-randomisation p {vs_random['p']:.2f} and sign-flip p {vs_msl['p']:.0f}" \
         in readme
+
+
+def test_the_quick_run_time_and_saturation_figures():
+    """README's quick-start run time (the committed quick report's own sum) and the full
+    run's saturation sentence (re-analysis section 8: every trained distillation curve
+    saturates at k = 16 or 32; qwen2.5-0.5b's one agreement is chance pairing's, p 1)."""
+    readme = " ".join((ROOT / README).read_text(encoding="utf-8").split())
+    quick = (RESULTS / "lab" / "quick" / "report.md").read_text(encoding="utf-8")
+    total = re.search(r"The sections' own run times add up to (\d+) s", quick)
+    assert total and f"run times add up to {total.group(1)} s, 27 of 48 checks hold" in readme
+    full = (RESULTS / "lab" / "reanalysis.md").read_text(encoding="utf-8")
+    part = full[full.index("## 8. adaptation"):full.index("## 9. Identity")]
+    rows = [[c.strip() for c in re.split(r"(?<!\\)\|", r.strip("|"))]
+            for r in part.splitlines() if r.startswith("| ")
+            and r.split("|")[2].strip() == "trained"]
+    assert len(rows) == 4
+    curve_k = {int(pair.split(" / ")[1]) for r in rows for pair in r[4].split(", ")}
+    acc_k = [int(pair.split(" / ")[0].split(" ")[-1]) for r in rows
+             for pair in r[4].split(", ")]
+    assert curve_k == {16, 32} and sorted(acc_k).count(32) == 2      # qwen rt-subjectivity
+    assert all(r[7] == "1" for r in rows)
+    assert "saturate at k = 16 or 32 on every task of both models" in readme
+    assert "rt-subjectivity) is what re-pairing the tasks gives (pairing p 1" in readme
+    assert rows[2][4].startswith("amazon 2 / 16, rt-subjectivity 32 / 16") and \
+        rows[2][5] == "1 of 3"
 
 
 def test_the_bias_regression_within_kind_figures():

@@ -13,7 +13,11 @@ where they can):
   pick;
 - :func:`within_level_test` — one-sided permutation test of whether a covariate explains an
   outcome *within* the levels of a design factor (an MMD² beyond the fraction of foreign
-  demonstrations), the best of several candidate covariates re-chosen in every permutation.
+  demonstrations), the best of several candidate covariates re-chosen in every permutation;
+- :func:`pairing_permutation_test` — one-sided permutation test of whether units' own pairs of
+  values agree more often than pairs drawn across units (does a distillation curve's
+  saturation point predict *this* curve's accuracy saturation, beyond how both are
+  distributed).
 """
 
 from __future__ import annotations
@@ -30,9 +34,9 @@ from icldistill.core.results import Result
 from icldistill.core.stats import spearman
 from icldistill.core.validation import InputError, check_int, check_seed
 
-__all__ = ["SpearmanTest", "WithinLevelTest", "fisher_exact_greater",
-           "fisher_exact_greater_stratified", "pick_randomisation_test",
-           "spearman_permutation_test", "within_level_test"]
+__all__ = ["PairingTest", "SpearmanTest", "WithinLevelTest", "fisher_exact_greater",
+           "fisher_exact_greater_stratified", "pairing_floor", "pairing_permutation_test",
+           "pick_randomisation_test", "spearman_permutation_test", "within_level_test"]
 
 
 def fisher_exact_greater_stratified(tables: Any) -> float:
@@ -411,3 +415,104 @@ def within_level_test(y: Any, x: Any, *, n_perm: int = 2000, seed: int = 0) -> W
         return WithinLevelTest(float(obs[best]), best, hits / B, B, True, 1.0 / B)
     return WithinLevelTest(float(obs[best]), best, (1 + hits) / (n_perm + 1), n_perm, False,
                            1.0 / (n_perm + 1))
+
+
+@dataclass(frozen=True)
+class PairingTest(Result):
+    """Result of :func:`pairing_permutation_test`.
+
+    Attributes
+    ----------
+    agree : int
+        The statistic: the units whose own pair agrees.
+    n : int
+        Units tested.
+    p : float
+        One-sided permutation p-value of agreeing at least as often (NaN without units).
+    n_perm : int
+        Pairings evaluated (every one when ``exact``).
+    exact : bool
+        Whether every pairing was enumerated (``p`` exact) rather than sampled (``p`` with the
+        +1 correction).
+    floor : float
+        The smallest p this test allows on ``n`` units, whatever the data
+        (:func:`pairing_floor`; NaN without units).
+    """
+
+    agree: int
+    n: int
+    p: float
+    n_perm: int
+    exact: bool
+    floor: float
+
+
+def pairing_floor(n: int, n_perm: int = 2000) -> float:
+    """The smallest p :func:`pairing_permutation_test` can give on ``n`` units with
+    ``n_perm``: ``1 / n!`` when every pairing is enumerated (``n! <= n_perm``; the observed
+    pairing is one of them), else ``1 / (n_perm + 1)``. On fewer units it can only be larger,
+    so the floor of a design's ``n`` units bounds every test of a subset the data leaves.
+    """
+    n = check_int(n, "n", 0)
+    n_perm = check_int(n_perm, "n_perm")
+    if n == 0:
+        return math.nan
+    total = math.factorial(n)
+    return 1.0 / total if total <= n_perm else 1.0 / (n_perm + 1)
+
+
+def pairing_permutation_test(match: Any, *, n_perm: int = 2000, seed: int = 0) -> PairingTest:
+    """Do units' own pairs agree more often than pairs drawn across units? One-sided
+    permutation test of a pairing.
+
+    Unit ``i`` has two values (the saturation points of its accuracy curve and of a
+    distillation curve); ``match[i, j]`` says whether unit ``i``'s first value agrees with
+    unit ``j``'s second (within one doubling). The statistic is the number of units whose own
+    pair agrees, ``sum_i match[i, i]``. Under the null hypothesis that the second values carry
+    no information about which unit they came from (only about how they are distributed),
+    every re-pairing ``sum_i match[i, pi(i)]`` is equally likely: agreement that only reflects
+    both values piling up at the same ``k`` is as frequent under re-pairing and gives no
+    small p. With ``n! <= n_perm`` every pairing is enumerated and ``p`` is exact (never below
+    ``1 / n!``); otherwise ``n_perm`` are drawn and ``p = (1 + #{null >= observed}) / (n_perm
+    + 1)``.
+
+    Parameters
+    ----------
+    match : array-like of bool ``[n, n]``
+        Agreement of every unit's first value with every unit's second.
+    n_perm : int
+    seed : int
+
+    Returns
+    -------
+    PairingTest
+        NaN p and floor with no unit.
+
+    Raises
+    ------
+    InputError
+        ``match`` not square or not boolean (0/1).
+    """
+    n_perm = check_int(n_perm, "n_perm")
+    check_seed(seed)
+    m = np.asarray(match)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise InputError(f"match must be a square [n, n] matrix, got shape {m.shape}")
+    if m.dtype != bool:
+        if not np.isin(m, (0, 1)).all():
+            raise InputError("match must hold booleans (or 0/1)")
+        m = m.astype(bool)
+    n = m.shape[0]
+    if n == 0:
+        return PairingTest(0, 0, math.nan, 0, True, math.nan)
+    obs = int(np.trace(m))
+    rows = np.arange(n)
+    if math.factorial(n) <= n_perm:
+        perms = np.array(list(itertools.permutations(range(n))))        # [n!, n]
+        null = m[rows, perms].sum(1)
+        return PairingTest(obs, n, float(Fraction(int((null >= obs).sum()), len(perms))),
+                           len(perms), True, 1.0 / len(perms))
+    rng = np.random.default_rng(seed)
+    perms = rng.permuted(np.tile(rows, (n_perm, 1)), axis=1)
+    hits = int((m[rows, perms].sum(1) >= obs).sum())
+    return PairingTest(obs, n, (1 + hits) / (n_perm + 1), n_perm, False, 1.0 / (n_perm + 1))

@@ -47,6 +47,7 @@ from icldistill.core.stats import spearman
 from icldistill.core.validation import InputError
 from icldistill.lab.experiments import phenomena as ph
 from icldistill.lab.experiments._common import Check, Section, Table
+from icldistill.lab.experiments._stats import pairing_floor, pairing_permutation_test
 
 __all__ = [
     "FULL",
@@ -64,6 +65,7 @@ __all__ = [
     "saturation_agreement",
     "saturation_point",
     "set_gains",
+    "set_saturation",
     "set_spearmans",
     "within_one_doubling",
 ]
@@ -396,6 +398,37 @@ def _saturation(curve: AdaptationCurve) -> dict[str, float]:
     return out
 
 
+def set_saturation(curve: AdaptationCurve) -> list[dict[str, float]]:
+    """Per demonstration set, the saturation points of that set's curves: accuracy over the
+    test items read with the set, and the layer-mean demo share and ``log ||W_0||`` over the
+    set's traced prompts (``log ||W_0||`` from ``k = 1`` on), with the rise of the set's
+    accuracy above its first point (keys as in :func:`saturation_agreement`).
+
+    The set, not the task, is the unit of the saturation claim: each set is one independent
+    prompt sequence, and its accuracy and distillation curves come from the same prompts.
+
+    Returns
+    -------
+    list of ``S`` dicts
+        ``"accuracy"``, ``"demo_share"``, ``"log_w0_norm"``, ``"accuracy_rise"``.
+    """
+    ks = np.asarray(curve.ks, dtype=np.float64)
+    S = curve.correct.shape[1] if curve.correct.ndim == 3 else 0
+    share, w0 = _set_layers(curve, "demo_share"), _set_layers(curve, "log_w0_norm")
+    w = ks >= 1
+    out = []
+    for s in range(S):
+        acc = curve.correct[:, s].mean(1) if curve.correct.size else np.zeros(0)
+        sh = np.array([_nanmean(r) for r in share[s]], dtype=np.float64)
+        lw = np.array([_nanmean(r) for r in w0[s]], dtype=np.float64)
+        out.append({
+            "accuracy": saturation_point(ks, acc) if acc.size else math.nan,
+            "demo_share": saturation_point(ks, sh) if sh.size else math.nan,
+            "log_w0_norm": saturation_point(ks[w], lw[w]) if w.any() and lw.size else math.nan,
+            "accuracy_rise": float(acc.max() - acc[0]) if acc.size else math.nan})
+    return out
+
+
 def saturation_agreement(sat: dict[str, float], what: str) -> float:
     """Agreement of accuracy's saturation point with ``what``'s; undefined (NaN) when accuracy
     never rises above its first point (there is no saturation to predict)."""
@@ -550,19 +583,20 @@ class _GroupStats:
     """Per member of one model group (trained first): the per-(task, set) layer-mean
     Spearmans of log 1/D', log n/D' and the demo share against k
     (:func:`set_spearmans`), the per-(task, set) accuracy gains (:func:`set_gains`), the
-    saturation points per task and their per-task agreement with accuracy's."""
+    saturation points per (task, set) (:func:`set_saturation`, with ``"task"`` and ``"set"``
+    added) and their agreement with accuracy's."""
 
     rho_lr: list[np.ndarray]
     rho_key: list[np.ndarray]
     rho_share: list[np.ndarray]
     gains: list[np.ndarray]
-    sat: list[list[dict[str, float]]]
+    set_sat: list[list[dict[str, Any]]]
     agree_share: list[np.ndarray]
     agree_w0: list[np.ndarray]
 
 
 def _group_stats(g_res: list[list[AdaptationCurve]]) -> _GroupStats:
-    rho_lr, rho_key, rho_share, gains, sat = [], [], [], [], []
+    rho_lr, rho_key, rho_share, gains, set_sat = [], [], [], [], []
     for m_res in g_res:
         rho_lr.append(np.concatenate([set_spearmans(c, "log_normalizer", -1.0)
                                       for c in m_res]))
@@ -570,10 +604,13 @@ def _group_stats(g_res: list[list[AdaptationCurve]]) -> _GroupStats:
                                        for c in m_res]))
         rho_share.append(np.concatenate([set_spearmans(c, "demo_share") for c in m_res]))
         gains.append(np.concatenate([set_gains(c) for c in m_res]))
-        sat.append([_saturation(c) for c in m_res])
-    agree_share = [np.array([saturation_agreement(s, "demo_share") for s in m]) for m in sat]
-    agree_w0 = [np.array([saturation_agreement(s, "log_w0_norm") for s in m]) for m in sat]
-    return _GroupStats(rho_lr, rho_key, rho_share, gains, sat, agree_share, agree_w0)
+        set_sat.append([{"task": c.task, "set": s, **d} for c in m_res
+                        for s, d in enumerate(set_saturation(c))])
+    agree_share = [np.array([saturation_agreement(s, "demo_share") for s in m])
+                   for m in set_sat]
+    agree_w0 = [np.array([saturation_agreement(s, "log_w0_norm") for s in m])
+                for m in set_sat]
+    return _GroupStats(rho_lr, rho_key, rho_share, gains, set_sat, agree_share, agree_w0)
 
 
 #: A check with the raw p-value of its claim, the test's description and the smallest p the
@@ -624,32 +661,46 @@ def _saturation_checks(group: list[ph.ModelUnderTest], g_res: list[list[Adaptati
                        st: _GroupStats, seed: int, tag: str,
                        comparisons: list[dict[str, Any]]) -> list[_Tested]:
     """Whether the demo-share and ||W_0|| curves saturate where accuracy does, per group,
-    against the controls, with the sign-flip p-value of the per-task agreement (0/1) minus
-    1/2 (an exact two-sided binomial test of agreement on half the tasks); the comparisons
-    are appended to ``comparisons``."""
+    against the controls, with the one-sided pairing permutation p-value
+    (:func:`~icldistill.lab.experiments._stats.pairing_permutation_test`) of the
+    per-(task, set) agreement: does a set's distillation curve saturate near *its own*
+    accuracy curve more often than near another set's? Agreement on half the units is not
+    chance agreement (saturation points pile up on a few ``k``); re-pairing the units is.
+    The comparisons are appended to ``comparisons``."""
     trained = group[0]
+    units = st.set_sat[0]
+    multi_set = len({u["set"] for u in units}) > 1
     checks = []
     for label, agree, what in (("demo share", st.agree_share, "demo_share"),
                                ("||W_0||", st.agree_w0, "log_w0_norm")):
-        name = f"per-task agreement of k_sat(accuracy) and k_sat({label})"
+        name = f"per-(task, set) agreement of k_sat(accuracy) and k_sat({label})"
         cmp = ph.compare_paired_with_controls(name, agree[0], agree[1:], group, seed=seed)
         comparisons.append({"group": trained.name, **cmp.to_dict()})
         fin = agree[0][np.isfinite(agree[0])]
+        used = [u for u, a in zip(units, agree[0], strict=True) if np.isfinite(a)]
+        match = np.array([[within_one_doubling(a["accuracy"], b[what]) == 1.0 for b in used]
+                          for a in used], dtype=bool).reshape(len(used), len(used))
+        test = pairing_permutation_test(match, seed=seed)
         detail = "trained k_sat (accuracy / " + label + "): " + ", ".join(
-            f"{c.task} {_k(s['accuracy'])} / {_k(s[what])}"
-            + ("" if s["accuracy_rise"] > 0 else " (accuracy does not rise: left out)")
-            for c, s in zip(g_res[0], st.sat[0], strict=True))
+            f"{u['task']}" + (f" set {u['set']}" if multi_set else "")
+            + f" {_k(u['accuracy'])} / {_k(u[what])}"
+            + ("" if u["accuracy_rise"] > 0 else " (accuracy does not rise: left out)")
+            for u in units)
         check = ph.controlled_check(
             tag + f"the {label} curve predicts where accuracy saturates: k_sat within one "
-            "doubling of k_sat(accuracy) on more than half of the tasks where accuracy rises "
+            "doubling of k_sat(accuracy) on more than half of the (task, set) units where "
+            "accuracy rises, and more often than with the units' curves paired at random "
             "(k_sat: first k reaching 90% of the rise" + DIRECTION,
             bool(fin.size) and float(fin.mean()) > 0.5, cmp, detail, sign=1)
-        checks.append((check, ph.sign_flip_p(fin - 0.5),
-                       f"sign-flip (exact binomial, two-sided) test of agreement on half of "
-                       f"the {fin.size} tasks",
-                       # every task could have been one where accuracy rises: the design's
+        how = (f"every one of the {test.n_perm} pairings" if test.exact
+               else f"{test.n_perm} random pairings")
+        checks.append((check, test.p,
+                       f"pairing permutation test (one-sided, {how}) of agreement beyond "
+                       f"chance pairing: {test.agree} of the {test.n} (task, set) units where "
+                       "accuracy rises agree",
+                       # every unit could have been one where accuracy rises: the design's
                        # floor counts them all (the data chose which are left out)
-                       ph.sign_flip_floor(np.zeros(agree[0].size))))
+                       pairing_floor(agree[0].size)))
     return checks
 
 
@@ -677,9 +728,9 @@ def _add_rows(rows: _Rows, group: list[ph.ModelUnderTest], g_res: list[list[Adap
             for c in m_res:
                 rows.dist.append((member.name, c.task, label,
                                   *_on_grid(c.ks, c.layer_mean(q), sizes.ks)))
-        for c, s in zip(m_res, st.sat[m_i], strict=True):
-            rows.sat.append((member.name, c.task, s["accuracy_rise"], s["accuracy"],
-                             s["demo_share"], s["log_w0_norm"],
+        for s in st.set_sat[m_i]:
+            rows.sat.append((member.name, s["task"], s["set"], s["accuracy_rise"],
+                             s["accuracy"], s["demo_share"], s["log_w0_norm"],
                              saturation_agreement(s, "demo_share"),
                              saturation_agreement(s, "log_w0_norm")))
         L = _n_layers(m_res)
@@ -714,7 +765,8 @@ def _group_findings(group: list[ph.ModelUnderTest], g_res: list[list[AdaptationC
             f"{_nanmean(st.rho_lr[m_i]):.2f}, of log n/D' vs k {_nanmean(st.rho_key[m_i]):.2f}, "
             f"of the demo share vs k {_nanmean(st.rho_share[m_i]):.2f}; k_sat agreement "
             f"(accuracy vs demo share) {_nanmean(st.agree_share[m_i]):.2f}, "
-            f"(accuracy vs ||W_0||) {_nanmean(st.agree_w0[m_i]):.2f} of tasks.")
+            f"(accuracy vs ||W_0||) {_nanmean(st.agree_w0[m_i]):.2f} of the (task, set) units "
+            "where accuracy rises.")
     skipped = sorted({(c.task, k, why) for c in g_res[0] for k, why in c.skipped})
     if skipped:
         findings.append(f"{tag}skipped: " + "; ".join(f"{t} k={k} ({why})"
@@ -736,10 +788,11 @@ def _tables(rows: _Rows, sizes: Sizes) -> list[Table]:
               ("model", "layer", "share k_min", "share k_max", "rho(share, k)",
                "rho(log 1/D', k)", "rho(log n/D', k)", "eta* k_max", "log||W_0|| k_max"),
               tuple(rows.layer)),
-        Table("Saturation points k_sat (first k reaching 90% of the rise; ||W_0|| from k=1) "
-              "and agreement with accuracy's (1 = within one doubling; undefined where "
-              "accuracy never rises above its first point)",
-              ("model", "task", "accuracy rise", "k_sat accuracy", "k_sat demo share",
+        Table("Saturation points k_sat per (task, demonstration set) (first k reaching 90% of "
+              "the rise of the set's curve; ||W_0|| from k=1) and agreement with accuracy's "
+              "(1 = within one doubling; undefined where the set's accuracy never rises above "
+              "its first point)",
+              ("model", "task", "set", "accuracy rise", "k_sat accuracy", "k_sat demo share",
                "k_sat ||W_0||", "agree share", "agree ||W_0||"), tuple(rows.sat)),
     ]
 
@@ -782,14 +835,19 @@ def _description(plan: list[Any], sizes: Sizes, seed: int, quick: bool) -> str:
         "the per-key check uses n/D', which removes the growth of D' with the number of keys "
         "(a sum over keys grows with any weights). Saturation: k_sat of a curve is the "
         "smallest k reaching 90% of its rise from its first point (k=0; k=1 for log ||W_0||) "
-        "to its maximum; accuracy's and a distillation curve's agree on a task when their "
-        "log2 positions (k=0 at -1) differ by at most 1 (undefined on a task whose accuracy "
+        "to its maximum, per (task, demonstration set) on that set's curves (accuracy over the "
+        "items read with the set; the distillation curves over its traced prompts); "
+        "accuracy's and a distillation curve's agree on a unit when their "
+        "log2 positions (k=0 at -1) differ by at most 1 (undefined on a unit whose accuracy "
         "never rises above its first point: nothing saturates); the check needs agreement "
-        "on more than half of the tasks where it is defined, and the per-task agreement (0/1) "
+        "on more than half of the units where it is defined, and the per-unit agreement (0/1) "
         "is the statistic compared with the controls. Each claim also gets a p-value on the "
-        "trained model over the same values its interval resamples (the paired sign-flip "
-        "test of mean = 0 for the Spearman and accuracy-gain checks; of agreement = 1/2 for "
-        "the saturation checks), Holm-corrected over this section's claim checks (the family "
+        "trained model: the paired sign-flip test of mean = 0 over the same values its "
+        "interval resamples for the Spearman and accuracy-gain checks; for the saturation "
+        "checks a one-sided pairing permutation test (does a unit's distillation k_sat agree "
+        "with its own accuracy k_sat more often than with another unit's? saturation points "
+        "that pile up on one k agree by chance; with U units no p is below 1/U!), "
+        "Holm-corrected over this section's claim checks (the family "
         f"is the section's claims); a check holds only with Holm p < {ph.ALPHA:g}.")
 
 
@@ -902,6 +960,7 @@ def _curve_data(c: AdaptationCurve) -> dict[str, Any]:
         "layer_mean": {q: c.layer_mean(q).tolist() for q in QUANTITIES},
         "n_tokens": c.n_tokens.tolist(),
         "saturation": _saturation(c),
+        "set_saturation": set_saturation(c),
         "skipped": [[k, why] for k, why in c.skipped],
     }
 
