@@ -69,14 +69,16 @@ def test_spearman_permutation_test():
 
 
 # ------------------------------------------------------------------------------ Rec2FTP
-def _comparison(labels, zsl_ok, ft_ok, icl_ok, cos, rand):
+def _comparison(labels, zsl_ok, ft_ok, icl_ok, cos, rand, rl_cos=None, task="toy"):
     other = np.where(labels == "a", "b", "a")
     pick = lambda ok: np.where(ok, labels, other).astype(object)  # noqa: E731
     return ft.Comparison(
-        task="toy", lr=0.1, lr_search=(), train_accuracy=1.0, train_nll=0.1,
+        task=task, lr=0.1, lr_search=(), train_accuracy=1.0, train_nll=0.1,
         train_losses=np.zeros(2), labels=labels.astype(object), zsl=pick(zsl_ok),
         icl=pick(icl_ok), ft=pick(ft_ok), rec=ft.rec2ftp(zsl_ok, ft_ok, icl_ok), cos=cos,
-        random_cos=rand, icl_norm=np.ones_like(cos), ft_norm=np.ones_like(cos))
+        random_cos=rand, icl_norm=np.ones_like(cos), ft_norm=np.ones_like(cos),
+        random_labels=("a", "b"), ft_random_labels=pick(zsl_ok),
+        random_label_cos=np.zeros_like(cos) if rl_cos is None else rl_cos)
 
 
 def _group(icl_on_corrected: int, icl_on_uncorrected: int) -> ft._Group:
@@ -127,6 +129,49 @@ def test_rec2ftp_check_is_a_test_against_the_uncorrected_errors():
     assert checks[1].holds and not checks[0].holds
     assert "over the 1 tasks (each one fine-tuning run) (no p below 1" in checks[0].detail
     assert "Holm-adjusted over the section's 2 claim checks" in checks[1].detail
+
+
+def _six_task_group(rl_level: float) -> ft._Group:
+    """6 tasks of 40 items: the trained model's ICL and fine-tuning updates align (cosine
+    about 0.3, random vectors about 0), the random-label fine-tune's at ``rl_level``; the
+    twin's about 0.05. ICL right on 18 of fine-tuning's 20 corrections, 4 of the other 10
+    zero-shot errors."""
+    rng = np.random.default_rng(1)
+    n = 40
+    labels = np.where(np.arange(n) % 2 == 0, "a", "b")
+    zsl = np.arange(n) >= 30
+    fix = np.arange(n) < 20
+    icl = (np.arange(n) < 18) | ((np.arange(n) >= 20) & (np.arange(n) < 24)) | zsl
+    trained, control = [], []
+    for t in range(6):
+        cos = 0.3 + 0.02 * rng.standard_normal((n, 2))
+        rand = 0.02 * rng.standard_normal((n, 2))
+        rl = rl_level + 0.02 * rng.standard_normal((n, 2))
+        trained.append(_comparison(labels, zsl, fix | zsl, icl, cos, rand, rl, f"t{t}"))
+        control.append(_comparison(labels, zsl, fix | zsl, icl,
+                                   0.05 + 0.02 * rng.standard_normal((n, 2)), rand, rl,
+                                   f"t{t}"))
+    models = [ph.ModelUnderTest("trained", "m", None),
+              ph.ModelUnderTest("control", "m random-init #1", None, 1)]
+    return ft._Group(models, [trained, control])
+
+
+def test_simaou_claim_is_tested_against_a_random_label_fine_tune():
+    """Audit F10: random vectors are isotropic and attention-output updates are not, so
+    "SimAOU above random vectors" holds for any two updates. The claim's null is a fine-tune
+    on the same inputs with random labels: updates that align as well as it does show no
+    input-label mapping shared by ICL and fine-tuning."""
+    checks, findings, _ = ft._checks_and_findings([_six_task_group(0.3)], 0)
+    sim = checks[0]
+    assert not sim.holds and "random labels" in sim.claim
+    assert "against the random-label fine-tune" in sim.detail and "NOT above)" in sim.detail
+    assert "SimAOU minus the random-label fine-tune's SimAOU" in sim.detail
+    checks, findings, _ = ft._checks_and_findings([_six_task_group(0.1)], 0)
+    sim = checks[0]
+    assert sim.holds and sim.testable is True
+    assert "over the 6 tasks (each one fine-tuning run)" in sim.detail
+    # regression: the finding counted the tasks as "test items"
+    assert "SimAOU averaged over 2 layers and 6 tasks is" in findings[0]
 
 
 def test_rec2ftp_check_keeps_the_control_rule():

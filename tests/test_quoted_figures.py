@@ -20,6 +20,7 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -726,6 +727,27 @@ def test_the_quick_run_time_and_saturation_figures():
     assert "rt-subjectivity) is what re-pairing the tasks gives (pairing p 1" in readme
     assert rows[2][4].startswith("amazon 2 / 16, rt-subjectivity 32 / 16") and \
         rows[2][5] == "1 of 3"
+
+
+def test_the_quick_simaou_null_figures():
+    """README's quick-run SimAOU sentence: the trained model's, its twin's and the random-label
+    fine-tune's (per-task means over items and layers, as the section tests them)."""
+    readme = " ".join((ROOT / README).read_text(encoding="utf-8").split())
+    d = json.loads((RESULTS / "lab" / "quick" / "sections" / "icl-vs-finetuning.json")
+                   .read_text(encoding="utf-8"))["data"]["groups"][0]
+
+    def per_task(res: list, key: str) -> float:
+        return float(np.mean([np.mean(np.asarray(r[key], float).mean(1)) for r in res]))
+
+    trained, twin = d["results"][0], d["results"][1]
+    assert f"{per_task(trained, 'cos'):.3f}" == "0.068" == \
+        f"{d['comparisons']['simaou']['trained']['value']:.3f}"
+    assert f"{per_task(twin, 'cos'):.3f}" == "0.138"
+    rl = per_task(trained, "random_label_cos")
+    assert rl > per_task(trained, "cos")
+    assert (f"(SimAOU 0.068, random vectors 0.000) but the random twin's updates agree more "
+            f"(0.138), and so does a fine-tune on the same demonstrations with *random* labels "
+            f"({rl:.3f},") in readme
 
 
 def test_the_bias_regression_within_kind_figures():

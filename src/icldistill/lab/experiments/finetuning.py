@@ -40,7 +40,12 @@ is predicted; it is the same token, the query's last, in the zero-shot and the I
 fine-tuning update is taken on the float32 copy before training, identical to the original for a
 float32 model). ``SimAOU_l`` is the mean over test items of ``cos(Update_ICL, Update_FT)``. The
 **random-vector baseline** replaces ``Update_FT`` by a standard Gaussian vector (seeded, one per
-item and layer); its cosines are ~0 with spread ~``1/sqrt(d)``.
+item and layer); its cosines are ~0 with spread ~``1/sqrt(d)``. Random vectors are isotropic and
+attention-output updates are not, so any two updates in the same model beat them: the claim's
+null is the **random-label fine-tune**, the same fine-tuning (inputs, order, steps, learning
+rate) with each demonstration's label drawn uniformly from the label set (seeded, independently
+of its input), whose update keeps everything the demonstrations' inputs and format give and
+loses their input-label mapping (``random_label_cos``).
 
 Checks (the control rule of :mod:`~icldistill.lab.experiments.phenomena`): every quantity is
 measured
@@ -49,8 +54,9 @@ on the trained model and on its random-init twins on the same prompts.
 1. *ICL and fine-tuning update attention outputs in similar directions*: SimAOU averaged over
    layers and over each task's items, one value per task (its items share the task's one
    demonstration set and one fine-tuning run, so the task is the unit: with 3 tasks no
-   sign-flip p is below 0.25); the claim is that the trained model's mean lies
-   above the random-vector baseline's 95% interval, and the check passes only if the trained
+   sign-flip p is below 0.25); the claim is that the trained model's mean lies above the
+   random-label fine-tune's SimAOU (paired per task) and above the random-vector baseline's
+   95% interval, and the check passes only if the trained
    model also differs from every control, paired per task (two-sided exact sign-flip test;
    3 tasks allow no p below 0.25), **above** it (a trained value below the controls' says the
    untrained network aligns the two updates more).
@@ -68,7 +74,7 @@ on the trained model and on its random-init twins on the same prompts.
    want of items.
 
 Each check's claim also gets a p-value (1: the paired sign-flip test of SimAOU minus the
-random-vector cosine over tasks; 2: the Fisher test), Holm-corrected over the section's claim
+random-label fine-tune's over tasks; 2: the Fisher test), Holm-corrected over the section's claim
 checks (:func:`~icldistill.lab.experiments.phenomena.holm_checks`).
 
 Per layer, the trained SimAOU is compared with the control spread (table and finding).
@@ -79,8 +85,9 @@ The attention outputs of a prompt are read from the label scorer's own forward p
 Sizes: quick ``k`` = :data:`QUICK_K`, :data:`QUICK_N_TEST` test items per task; full
 :data:`FULL_K` and :data:`FULL_N_TEST`. On smollm2-135m (one CPU thread) a quick run of the
 three default tasks with one control measured 108 CPU-seconds (112 s wall), about half of it
-fine-tuning and the learning-rate search; a full run is estimated at ~10 CPU-minutes per
-smollm2-135m group (``n_test`` x 8, ``k`` x 2).
+fine-tuning and the learning-rate search, before the random-label fine-tune was added (it
+adds about a fifth: the committed quick section took 80.5 s before, 99.1 s after); a full
+run is estimated at ~10 CPU-minutes per smollm2-135m group (``n_test`` x 8, ``k`` x 2).
 
 Dai et al.'s numbers (:data:`DAI_2023`) are shown beside ours. Their models are GPT 1.3B and
 2.7B on six classification datasets with 32 demonstrations; ours are much smaller models with
@@ -790,6 +797,15 @@ class Comparison(Result):
         ``cos(Update_ICL, Gaussian vector)`` (the random-vector baseline).
     icl_norm, ft_norm : ndarray ``[n, L]``
         Norms of the two updates.
+    random_labels : tuple of str, length ``k``
+        The labels of the random-label fine-tune: one drawn uniformly from the label set per
+        demonstration (seeded), independently of its input.
+    ft_random_labels : ndarray ``[n]`` of str
+        Predictions after that fine-tune (same inputs, steps and learning rate).
+    random_label_cos : ndarray ``[n, L]``
+        ``cos(Update_ICL, Update_FT')`` with ``Update_FT'`` the random-label fine-tune's update:
+        the alignment that fine-tuning on the demonstrations' inputs and format gives without
+        their input-label mapping (the null of the SimAOU claim).
     """
 
     task: str
@@ -807,9 +823,12 @@ class Comparison(Result):
     random_cos: np.ndarray
     icl_norm: np.ndarray
     ft_norm: np.ndarray
+    random_labels: tuple[str, ...]
+    ft_random_labels: np.ndarray
+    random_label_cos: np.ndarray
 
     def accuracy(self, which: str) -> float:
-        """Accuracy of ``"zsl"``, ``"icl"`` or ``"ft"``."""
+        """Accuracy of ``"zsl"``, ``"icl"``, ``"ft"`` or ``"ft_random_labels"``."""
         return float(np.mean(getattr(self, which) == self.labels)) if self.labels.size else \
             math.nan
 
@@ -822,6 +841,11 @@ class Comparison(Result):
     def random_simaou(self) -> np.ndarray:
         """``[L]`` the random-vector baseline per layer."""
         return _nanmean0(self.random_cos)
+
+    @property
+    def random_label_simaou(self) -> np.ndarray:
+        """``[L]`` SimAOU against the random-label fine-tune, per layer."""
+        return _nanmean0(self.random_label_cos)
 
     @property
     def zsl_wrong_icl_right(self) -> float:
@@ -846,7 +870,8 @@ def _row_mean(a: np.ndarray) -> np.ndarray:
 
 def _item_values(c: Comparison, what: str) -> np.ndarray:
     """``[n]`` per item of one task's comparison: ``"sim"`` (SimAOU, mean over layers),
-    ``"random"`` (the random-vector cosine), ``"sim-random"``, ``"rec"`` (the Rec2FTP
+    ``"random"`` (the random-vector cosine), ``"sim-random"``, ``"random-label"`` (SimAOU
+    against the random-label fine-tune), ``"sim-random-label"``, ``"rec"`` (the Rec2FTP
     indicator) or ``"zsl_wrong_icl_right"``."""
     if what == "sim":
         return _row_mean(c.cos)
@@ -854,6 +879,10 @@ def _item_values(c: Comparison, what: str) -> np.ndarray:
         return _row_mean(c.random_cos)
     if what == "sim-random":
         return _row_mean(c.cos) - _row_mean(c.random_cos)
+    if what == "random-label":
+        return _row_mean(c.random_label_cos)
+    if what == "sim-random-label":
+        return _row_mean(c.cos) - _row_mean(c.random_label_cos)
     if what == "rec":
         return c.rec.indicator
     if what == "zsl_wrong_icl_right":
@@ -868,6 +897,23 @@ def _train_score(loaded: Any, task: ph.TaskItems, demos: list[tuple[str, str]]
     col = {lab: j for j, lab in enumerate(task.label_names)}
     nll = -float(np.mean([lp[i, col[lab]] for i, lab in enumerate(y)]))
     return float(np.mean(pred == y)), nll if math.isfinite(nll) else math.inf
+
+
+def _random_label_fine_tune(ws: FineTuneWorkspace, task: ph.TaskItems,
+                            demos: list[tuple[str, str]], rate: float, seed: int,
+                            progress: bool) -> tuple[list[tuple[str, str]], Any, np.ndarray]:
+    """The SimAOU claim's null: the same fine-tuning (inputs, order, steps, ``rate``) with each
+    demonstration's label drawn uniformly from the label set (seeded, independent of its
+    input); returns those demonstrations, the fine-tuned model's zero-shot predictions on the
+    test items and its attention outputs ``[n, L, d]``. ``ws`` is reset before and after."""
+    draw = np.random.default_rng([seed, 1]).integers(len(task.label_names), size=len(demos))
+    rl_demos = [(x, str(task.label_names[j])) for (x, _), j in zip(demos, draw, strict=True)]
+    ws.reset()
+    ws.train(task, rl_demos, rate)
+    pred, _, ao = predict_and_capture(ws.loaded, task, list(task.test_texts), [],
+                                      progress=progress)
+    ws.reset()
+    return rl_demos, pred, ao
 
 
 def icl_vs_finetuning(loaded: Any, task: ph.TaskItems, demos: Sequence[tuple[str, str]], *,
@@ -890,7 +936,7 @@ def icl_vs_finetuning(loaded: Any, task: ph.TaskItems, demos: Sequence[tuple[str
         a rate that fits them all).
     lr_grid : sequence of float
     seed : int
-        Seed of the random-vector baseline.
+        Seed of the random-vector baseline and of the random-label fine-tune's labels.
     progress : bool
     workspace : FineTuneWorkspace, optional
         A float32 copy of ``loaded`` to reuse (it is reset first); None makes one.
@@ -933,7 +979,7 @@ def icl_vs_finetuning(loaded: Any, task: ph.TaskItems, demos: Sequence[tuple[str
     if state is not None:
         ws.load(state)
     ft_pred, _, ao_ft = predict_and_capture(ws.loaded, task, queries, [], progress=progress)
-    ws.reset()
+    rl_demos, rl_pred, ao_rl = _random_label_fine_tune(ws, task, demos, rate, seed, progress)
     u_icl = ao_icl - ao_zsl
     u_ft = ao_ft - ref
     rng = np.random.default_rng(seed)
@@ -945,7 +991,10 @@ def icl_vs_finetuning(loaded: Any, task: ph.TaskItems, demos: Sequence[tuple[str
         ft=np.asarray(ft_pred, dtype=object),
         rec=rec2ftp(zsl == labels, ft_pred == labels, icl == labels),
         cos=update_cosines(u_icl, u_ft), random_cos=update_cosines(u_icl, noise),
-        icl_norm=np.linalg.norm(u_icl, axis=-1), ft_norm=np.linalg.norm(u_ft, axis=-1))
+        icl_norm=np.linalg.norm(u_icl, axis=-1), ft_norm=np.linalg.norm(u_ft, axis=-1),
+        random_labels=tuple(lab for _, lab in rl_demos),
+        ft_random_labels=np.asarray(rl_pred, dtype=object),
+        random_label_cos=update_cosines(u_icl, ao_rl - ref))
 
 
 # ============================================================================ section
@@ -1012,24 +1061,36 @@ def _checks(g: _Group, seed: int
         f"{name}: SimAOU (per-task mean over items and layers)", g.per_task(0, "sim"),
         [g.per_task(i, "sim") for i in range(1, len(g.models))], g.models, seed=seed)
     rand = stat(g.pooled(0, "random"), f"{name} random-vector baseline", seed=seed)
-    holds = bool(np.isfinite(sim.trained.value) and np.isfinite(rand.high)
-                 and sim.trained.value > rand.high)
+    # the claim's null: random vectors are isotropic, attention-output updates are not, so
+    # any two updates beat them; a fine-tune on the same inputs with random labels keeps
+    # everything but the input-label mapping the demonstrations teach
+    rl = g.per_task(0, "random-label")
+    rl_mean = ph.finite_mean(rl)
+    above_vec = bool(np.isfinite(sim.trained.value) and np.isfinite(rand.high)
+                     and sim.trained.value > rand.high)
+    above_rl = bool(np.isfinite(sim.trained.value) and np.isfinite(rl_mean)
+                    and sim.trained.value > rl_mean)
     checks = [ph.controlled_check(
         f"{name}: ICL and fine-tuning update attention outputs in similar directions (SimAOU "
-        "above the random-vector baseline and above the random-init controls)", holds,
+        "above that of a fine-tune on the same demonstrations with random labels, above the "
+        "random-vector baseline and above the random-init controls)", above_vec and above_rl,
         sim,
-        f"trained SimAOU {_fmt(sim.trained.value)} vs random-vector baseline "
+        f"trained SimAOU {_fmt(sim.trained.value)} vs {_fmt(rl_mean)} against the "
+        "random-label fine-tune (per task: " + ", ".join(
+            f"{c.task} {_fmt(a)} / {_fmt(b)}" for c, a, b in
+            zip(g.comps[0], g.per_task(0, "sim"), rl, strict=True))
+        + f"; {'above' if above_rl else 'NOT above'}) and random-vector baseline "
         f"{_fmt(rand.value)} [{_fmt(rand.low)}, {_fmt(rand.high)}] over "
         f"{g.pooled(0, 'random').size} items "
-        f"({'above' if holds else 'NOT above'}); Dai et al. (2023): "
+        f"({'above' if above_vec else 'NOT above'}); Dai et al. (2023): "
         + ", ".join(f"{k} {v['simaou']:.3f}" for k, v in DAI_2023.items()) + " vs ~0 random",
         sign=1)]
-    pvalues = [ph.sign_flip_p(g.per_task(0, "sim-random"))]
-    tests = ["SimAOU minus the random-vector cosine: "
-             + ph.sign_flip_text(g.per_task(0, "sim-random"),
+    pvalues = [ph.sign_flip_p(g.per_task(0, "sim-random-label"))]
+    tests = ["SimAOU minus the random-label fine-tune's SimAOU: "
+             + ph.sign_flip_text(g.per_task(0, "sim-random-label"),
                                  "tasks (each one fine-tuning run)")]
     # the design's floor: every task counts, also one the data left undefined
-    floors = [ph.sign_flip_floor(np.zeros(np.size(g.per_task(0, "sim-random"))))]
+    floors = [ph.sign_flip_floor(np.zeros(np.size(g.per_task(0, "sim-random-label"))))]
     rec = ph.compare_with_controls(
         f"{name}: Rec2FTP (ICL right, per FT-corrected item)",
         stat(g.pooled(0, "rec"), trained, seed=seed),
@@ -1071,9 +1132,10 @@ def _checks(g: _Group, seed: int
     vals = np.asarray([c.trained.value for c in per_layer])
     top = int(np.nanargmax(vals)) if np.isfinite(vals).any() else -1
     findings = [
-        f"{name}: SimAOU averaged over {L} layers and {sim.trained.n} test items is "
+        f"{name}: SimAOU averaged over {L} layers and {sim.trained.n} tasks is "
         f"{_fmt(sim.trained.value)} [{_fmt(sim.trained.low)}, {_fmt(sim.trained.high)}] "
-        f"against {_fmt(rand.value)} for random vectors and "
+        f"against {_fmt(rl_mean)} for the fine-tune on random labels, "
+        f"{_fmt(rand.value)} for random vectors and "
         + ", ".join(f"{_fmt(c.value)} [{_fmt(c.low)}, {_fmt(c.high)}] for {c.model}"
                     for c in sim.controls)
         + f"; Dai et al. report {DAI_2023['GPT 1.3B']['simaou']:.3f} (GPT 1.3B) and "
@@ -1116,6 +1178,10 @@ def _figures(groups: list[_Group], tasks: list[ph.TaskItems], out: Path) -> list
                           if t == len(tasks) else g.comps[0][t].random_cos)
                     ax.plot(x, _nanmean0(rc), ":", color="k", lw=1.2,
                             label="random-vector baseline")
+                    rl = (np.concatenate([c.random_label_cos for c in g.comps[0]])
+                          if t == len(tasks) else g.comps[0][t].random_label_cos)
+                    ax.plot(x, _nanmean0(rl), "-.", color="C1", lw=1.2,
+                            label="fine-tune on random labels")
                 else:
                     ax.plot(x, y, "--", color="0.55", lw=1.2, label=f"{m.name} (control)")
             ax.axhline(0.0, color="0.8", lw=0.6)
@@ -1174,6 +1240,8 @@ def _comp_data(c: Comparison, m: ph.ModelUnderTest) -> dict[str, Any]:
                     "corrected": c.rec.corrected},
         "simaou": c.simaou, "random_simaou": c.random_simaou, "cos": c.cos,
         "random_cos": c.random_cos, "icl_update_norm": c.icl_norm, "ft_update_norm": c.ft_norm,
+        "random_labels": list(c.random_labels), "ft_random_labels": c.ft_random_labels.tolist(),
+        "random_label_simaou": c.random_label_simaou, "random_label_cos": c.random_label_cos,
     }
 
 
@@ -1369,11 +1437,15 @@ def _results_table(groups: list[_Group], k: int) -> Table:
                              float(np.nanmean(c.simaou)) if np.isfinite(c.simaou).any()
                              else math.nan,
                              float(np.nanmean(c.random_simaou))
-                             if np.isfinite(c.random_simaou).any() else math.nan))
+                             if np.isfinite(c.random_simaou).any() else math.nan,
+                             c.accuracy("ft_random_labels"),
+                             float(np.nanmean(c.random_label_simaou))
+                             if np.isfinite(c.random_label_simaou).any() else math.nan))
     return Table(f"ZSL, ICL ({k} demonstrations) and fine-tuning per model and task",
                  ("model", "role", "task", "n", "FT lr", "FT train acc", "ZSL acc",
                   "ICL acc", "FT acc", "FT corrections", "also ICL's", "Rec2FTP",
-                  "SimAOU (layer mean)", "random-vector SimAOU"), tuple(rows))
+                  "SimAOU (layer mean)", "random-vector SimAOU", "FT random-label acc",
+                  "random-label FT SimAOU"), tuple(rows))
 
 
 def _reference_table(groups: list[_Group], comparisons: list[dict[str, Any]],
@@ -1425,14 +1497,18 @@ def _description(groups: list[_Group], task_list: list[ph.TaskItems], k: int, n_
         "between Update_ICL = AO(ICL prompt) - AO(ZSL prompt) and Update_FT = AO_FT(ZSL prompt) "
         "- AO(ZSL prompt), AO = each layer's self-attention output (o_proj, before the "
         f"residual add) at the prompt's last token ({L} layers); random-vector baseline: the "
-        "cosine with a seeded Gaussian vector. Checks follow the control rule: SimAOU paired "
+        "cosine with a seeded Gaussian vector; random-label fine-tune: the same fine-tuning "
+        "(inputs, steps, learning rate) with each demonstration's label drawn at random from "
+        "the label set (seeded), the SimAOU claim's null (random vectors are isotropic and "
+        "attention-output updates are not, so any two updates beat them; this fine-tune keeps "
+        "all but the input-label mapping). Checks follow the control rule: SimAOU paired "
         "with each control per task (two-sided exact sign-flip test, every control, one "
         "direction), Rec2FTP (over each model's own corrections, so not paired) outside the "
         "controls' 95% bootstrap intervals. The Rec2FTP claim is tested, not read off a point "
         "estimate: ICL's rate of right answers on FT's corrections against its rate on the "
         "zero-shot errors FT leaves, one-sided Fisher exact test stratified by task "
         "(conditional on each task's margins). Each claim's p-value (SimAOU: paired sign-flip "
-        "test of SimAOU minus the random-vector cosine over tasks, the unit that is drawn: "
+        "test of SimAOU minus the random-label fine-tune's over tasks, the unit that is drawn: "
         "each task has one demonstration set and one fine-tuning run; Rec2FTP: "
         f"the Fisher test) is Holm-corrected over this section's {2 * len(groups)} claim "
         f"checks (the family is the section's claims); a check needs Holm p < {ph.ALPHA:g}.")

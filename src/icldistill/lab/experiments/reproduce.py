@@ -79,8 +79,8 @@ PHENOMENA_JUDGING = 5
 #: section is recomputed (interference 1: the MMD² beyond rho, a within-level test; 2: whole
 #: sets relabelled across the levels; adaptation 1: the saturation checks' floor counts every
 #: task, 2026-12-05; 2: the saturation checks per (task, set) against chance pairing,
-#: 2026-12-05).
-SECTION_REVISIONS = {"interference": 2, "adaptation": 2}
+#: 2026-12-05; icl-vs-finetuning 1: SimAOU against a random-label fine-tune, 2026-12-05).
+SECTION_REVISIONS = {"interference": 2, "adaptation": 2, "icl-vs-finetuning": 1}
 #: The same for the real-model section (2: its control comparisons paired over the traced
 #: prompts, 6 of them in quick mode, 2026-12-05).
 REAL_JUDGING = 2
