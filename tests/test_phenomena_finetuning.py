@@ -303,6 +303,39 @@ def test_section_builds_and_is_deterministic(tmp_path, toy):
     assert [c.holds for c in again.checks] == [c.holds for c in sec.checks]
 
 
+def test_several_sets_per_task(tmp_path, toy):
+    """``n_sets``: each task gets independently drawn demonstration sets, each with its own
+    fine-tuning run; the (task, set) is SimAOU's unit and Rec2FTP's stratum, and the first
+    set is the one a one-set run draws (same comparison)."""
+    tasks = [toy, ph.task_items(_write_task(tmp_path / "t2.jsonl", seed=1).split, n_test=6,
+                                seed=1, name="toy2")]
+    kw = dict(quick=True, tasks=tasks, under_test=_groups(), k=4, lr_grid=(0.05, 0.5))
+    sec = ft.run(out_dir=tmp_path / "a", n_sets=2, **kw)
+    one = ft.run(out_dir=tmp_path / "b", **kw)
+    res = sec.data["groups"][0]["results"][0]
+    assert [(r["task"], r["set"]) for r in res] == [("toy", 0), ("toy", 1), ("toy2", 0),
+                                                     ("toy2", 1)]
+    demos = sec.data["demos"]
+    assert [len(d) for d in demos] == [2, 2] and demos[0][0] != demos[0][1]
+    assert demos[0][0] == one.data["demos"][0][0]
+    first = one.data["groups"][0]["results"][0][0]
+    assert res[0]["cos"] == first["cos"] and res[0]["lr"] == first["lr"]
+    ctrl = sec.data["groups"][0]["results"][1]
+    assert [r["lr"] for r in ctrl] == [r["lr"] for r in res]   # each set's trained rate
+    sim, rec = sec.checks
+    assert "over the 4 (task, set) units (each one fine-tuning run) (no p below 0.125" \
+        in sim.detail
+    assert "SimAOU (per-(task, set) mean over items and layers)" in sim.detail
+    assert "toy set 2 " in sim.detail
+    assert "stratified by (task, set), 4 tables, conditional on each (task, set)'s margins" \
+        in rec.detail
+    table = next(t for t in sec.tables if t.title.startswith("ZSL, ICL"))
+    assert [r[2] for r in table.rows[:4]] == ["toy", "toy set 2", "toy2", "toy2 set 2"]
+    assert "Per task 2 independently drawn label-balanced sets" in sec.description
+    with pytest.raises(InputError, match="n_sets"):
+        ft.run(out_dir=tmp_path / "c", n_sets=0, **kw)
+
+
 def test_unsupported_architecture(tmp_path, toy):
     with pytest.raises(InputError, match="gpt2"):
         ft.finetune_kv(_loaded("gpt2"), toy, _demos(toy), lr=0.1)

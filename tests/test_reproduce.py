@@ -294,7 +294,8 @@ def test_two_processes_record_their_learners_without_losing_one(tmp_path):
     assert sorted(known) == ["classification", "regression"]
 
 
-@pytest.mark.parametrize("name", ["adaptation", "interference", "ordering"])
+@pytest.mark.parametrize("name", ["adaptation", "interference", "ordering",
+                                  "icl-vs-finetuning"])
 def test_lab_phenomenon_sets_option(tmp_path, monkeypatch, name):
     """``--sets N``: the number of demonstration sets per task (the claims' unit), passed to
     the section (ordering: in its sizes); other sections do not take it (exit 2)."""
@@ -323,5 +324,5 @@ def test_lab_phenomenon_sets_option(tmp_path, monkeypatch, name):
 
 
 def test_lab_sets_option_is_refused_where_it_means_nothing(tmp_path, capsys):
-    assert main(["lab", "icl-vs-finetuning", "--sets", "3", "--out", str(tmp_path)]) == 2
+    assert main(["lab", "real", "--sets", "3", "--out", str(tmp_path)]) == 2
     assert "--sets" in capsys.readouterr().err

@@ -102,7 +102,8 @@ def _add_real_parser(lsub: Any) -> None:
 #: Phenomena sections whose number of demonstration sets per task can be set (``--sets``),
 #: with their defaults (quick / full).
 _SET_SECTIONS = {"adaptation": "1 quick, 2 full", "ordering": "1 per k",
-                 "interference": "1 quick, 2 full"}
+                 "interference": "1 quick, 2 full",
+                 "icl-vs-finetuning": "1, each set with its own fine-tuning run"}
 
 
 def _add_phenomenon_parsers(lsub: Any) -> None:

@@ -98,6 +98,7 @@ magnitude, not a replication.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import math
 import time
@@ -265,7 +266,10 @@ class Rec2FTPTest(Result):
         by task (:func:`~icldistill.lab.experiments._stats.fisher_exact_greater_stratified`),
         the counts being their sums.
     strata : int
-        Tasks the test is stratified by (1: one table).
+        Tasks (or fine-tuning runs) the test is stratified by (1: one table).
+    stratum : str
+        What a stratum is: ``"task"``, or ``"(task, set)"`` with several demonstration sets
+        (fine-tuning runs) per task.
     """
 
     both: int
@@ -274,6 +278,7 @@ class Rec2FTPTest(Result):
     neither: int
     p: float
     strata: int = 1
+    stratum: str = "task"
 
     @property
     def corrected(self) -> int:
@@ -302,8 +307,8 @@ class Rec2FTPTest(Result):
                 f"{_pct(self.rate_uncorrected)} ({self.icl_only}/{self.uncorrected}) of those "
                 f"it does not; one-sided Fisher exact test (ICL right more often on FT's "
                 f"corrections"
-                + (f"; stratified by task, {self.strata} tables, conditional on each task's "
-                   "margins" if self.strata > 1 else "")
+                + (f"; stratified by {self.stratum}, {self.strata} tables, conditional on "
+                   f"each {self.stratum}'s margins" if self.strata > 1 else "")
                 + f") p = {self.p:.3g}")
 
 
@@ -806,6 +811,8 @@ class Comparison(Result):
         ``cos(Update_ICL, Update_FT')`` with ``Update_FT'`` the random-label fine-tune's update:
         the alignment that fine-tuning on the demonstrations' inputs and format gives without
         their input-label mapping (the null of the SimAOU claim).
+    demo_set : int
+        Which of the task's demonstration sets (each with its own fine-tuning run) this is.
     """
 
     task: str
@@ -826,6 +833,13 @@ class Comparison(Result):
     random_labels: tuple[str, ...]
     ft_random_labels: np.ndarray
     random_label_cos: np.ndarray
+    demo_set: int = 0
+
+    @property
+    def unit(self) -> str:
+        """The (task, demonstration set) unit's name: the task, with ``set s`` after the
+        first set."""
+        return self.task if self.demo_set == 0 else f"{self.task} set {self.demo_set + 1}"
 
     def accuracy(self, which: str) -> float:
         """Accuracy of ``"zsl"``, ``"icl"``, ``"ft"`` or ``"ft_random_labels"``."""
@@ -1020,12 +1034,24 @@ class _Group:
     def pooled(self, m: int, what: str) -> np.ndarray:
         return np.concatenate([_item_values(c, what) for c in self.comps[m]])
 
-    def per_task(self, m: int, what: str) -> np.ndarray:
-        """``[T]`` per task of model ``m``: the mean over its items of ``what``
-        (:func:`_item_values`). The task is the unit of SimAOU's claim: its items share the
-        task's one demonstration set and its one fine-tuning run."""
+    def per_unit(self, m: int, what: str) -> np.ndarray:
+        """``[U]`` per (task, demonstration set) of model ``m``: the mean over its items of
+        ``what`` (:func:`_item_values`). The set, with its one fine-tuning run, is the unit of
+        SimAOU's claim: the items of a set share its demonstrations and its fine-tuned
+        model (with one set per task, the unit is the task)."""
         return np.asarray([ph.finite_mean(_item_values(c, what)) for c in self.comps[m]],
                           dtype=np.float64)
+
+    @property
+    def units(self) -> str:
+        """What a unit is, for the texts."""
+        return ("(task, set) units (each one fine-tuning run)"
+                if any(c.demo_set for c in self.comps[0]) else
+                "tasks (each one fine-tuning run)")
+
+    def task_rows(self, m: int, task: str) -> list[Comparison]:
+        """Model ``m``'s comparisons of ``task`` (one per demonstration set)."""
+        return [c for c in self.comps[m] if c.task == task]
 
     def layer_cos(self, m: int) -> np.ndarray:
         return np.concatenate([c.cos for c in self.comps[m]])          # [N, L]
@@ -1035,14 +1061,15 @@ class _Group:
                 sum(c.rec.corrected for c in self.comps[m]))
 
     def rec_test(self, m: int) -> Rec2FTPTest:
-        """:func:`rec2ftp_test` of model ``m`` per task, combined: the counts summed and the
-        p-value of the exact test stratified by task (tasks differ in both rates, so one
-        pooled table would mix them)."""
+        """:func:`rec2ftp_test` of model ``m`` per (task, set), combined: the counts summed and
+        the p-value of the exact test stratified by (task, set), each one fine-tuning run
+        (tasks differ in both rates, so one pooled table would mix them)."""
         per = [rec2ftp_test(c.zsl == c.labels, c.ft == c.labels, c.icl == c.labels)
                for c in self.comps[m]]
         tables = [(t.both, t.ft_only, t.icl_only, t.neither) for t in per]
         return Rec2FTPTest(*(int(sum(col)) for col in zip(*tables, strict=True)),
-                           fisher_exact_greater_stratified(tables), strata=len(tables))
+                           fisher_exact_greater_stratified(tables), strata=len(tables),
+                           stratum="task" if self.units.startswith("tasks") else "(task, set)")
 
 
 # long: two controlled checks (SimAOU, Rec2FTP), each with its test, its controls' values and
@@ -1056,15 +1083,17 @@ def _checks(g: _Group, seed: int
     trained, controls = g.models[0], g.models[1:]
     name = trained.name
     stat = ph.statistic
-    # the unit is the task (its one demonstration set and one fine-tuning run), not the item
+    # the unit is the (task, set): its one demonstration set and one fine-tuning run, not the
+    # item
+    per = "per-task" if g.units.startswith("tasks") else "per-(task, set)"
     sim = ph.compare_paired_with_controls(
-        f"{name}: SimAOU (per-task mean over items and layers)", g.per_task(0, "sim"),
-        [g.per_task(i, "sim") for i in range(1, len(g.models))], g.models, seed=seed)
+        f"{name}: SimAOU ({per} mean over items and layers)", g.per_unit(0, "sim"),
+        [g.per_unit(i, "sim") for i in range(1, len(g.models))], g.models, seed=seed)
     rand = stat(g.pooled(0, "random"), f"{name} random-vector baseline", seed=seed)
     # the claim's null: random vectors are isotropic, attention-output updates are not, so
     # any two updates beat them; a fine-tune on the same inputs with random labels keeps
     # everything but the input-label mapping the demonstrations teach
-    rl = g.per_task(0, "random-label")
+    rl = g.per_unit(0, "random-label")
     rl_mean = ph.finite_mean(rl)
     above_vec = bool(np.isfinite(sim.trained.value) and np.isfinite(rand.high)
                      and sim.trained.value > rand.high)
@@ -1076,21 +1105,20 @@ def _checks(g: _Group, seed: int
         "random-vector baseline and above the random-init controls)", above_vec and above_rl,
         sim,
         f"trained SimAOU {_fmt(sim.trained.value)} vs {_fmt(rl_mean)} against the "
-        "random-label fine-tune (per task: " + ", ".join(
-            f"{c.task} {_fmt(a)} / {_fmt(b)}" for c, a, b in
-            zip(g.comps[0], g.per_task(0, "sim"), rl, strict=True))
+        f"random-label fine-tune ({per}: " + ", ".join(
+            f"{c.unit} {_fmt(a)} / {_fmt(b)}" for c, a, b in
+            zip(g.comps[0], g.per_unit(0, "sim"), rl, strict=True))
         + f"; {'above' if above_rl else 'NOT above'}) and random-vector baseline "
         f"{_fmt(rand.value)} [{_fmt(rand.low)}, {_fmt(rand.high)}] over "
         f"{g.pooled(0, 'random').size} items "
         f"({'above' if above_vec else 'NOT above'}); Dai et al. (2023): "
         + ", ".join(f"{k} {v['simaou']:.3f}" for k, v in DAI_2023.items()) + " vs ~0 random",
         sign=1)]
-    pvalues = [ph.sign_flip_p(g.per_task(0, "sim-random-label"))]
+    pvalues = [ph.sign_flip_p(g.per_unit(0, "sim-random-label"))]
     tests = ["SimAOU minus the random-label fine-tune's SimAOU: "
-             + ph.sign_flip_text(g.per_task(0, "sim-random-label"),
-                                 "tasks (each one fine-tuning run)")]
-    # the design's floor: every task counts, also one the data left undefined
-    floors = [ph.sign_flip_floor(np.zeros(np.size(g.per_task(0, "sim-random-label"))))]
+             + ph.sign_flip_text(g.per_unit(0, "sim-random-label"), g.units)]
+    # the design's floor: every unit counts, also one the data left undefined
+    floors = [ph.sign_flip_floor(np.zeros(np.size(g.per_unit(0, "sim-random-label"))))]
     rec = ph.compare_with_controls(
         f"{name}: Rec2FTP (ICL right, per FT-corrected item)",
         stat(g.pooled(0, "rec"), trained, seed=seed),
@@ -1132,7 +1160,8 @@ def _checks(g: _Group, seed: int
     vals = np.asarray([c.trained.value for c in per_layer])
     top = int(np.nanargmax(vals)) if np.isfinite(vals).any() else -1
     findings = [
-        f"{name}: SimAOU averaged over {L} layers and {sim.trained.n} tasks is "
+        f"{name}: SimAOU averaged over {L} layers and {sim.trained.n} "
+        f"{g.units.split(' (')[0]} is "
         f"{_fmt(sim.trained.value)} [{_fmt(sim.trained.low)}, {_fmt(sim.trained.high)}] "
         f"against {_fmt(rl_mean)} for the fine-tune on random labels, "
         f"{_fmt(rand.value)} for random vectors and "
@@ -1169,17 +1198,16 @@ def _figures(groups: list[_Group], tasks: list[ph.TaskItems], out: Path) -> list
         for t in range(cols):
             ax = axes[r, t]
             for i, m in enumerate(g.models):
-                cos = g.layer_cos(i) if t == len(tasks) else g.comps[i][t].cos
+                rows = g.comps[i] if t == len(tasks) else g.task_rows(i, tasks[t].name)
+                cos = np.concatenate([c.cos for c in rows])
                 y = _nanmean0(cos)
                 x = np.arange(y.size)
                 if i == 0:
                     ax.plot(x, y, "-", color="C0", lw=1.8, label=f"{m.name} (trained)")
-                    rc = (np.concatenate([c.random_cos for c in g.comps[0]])
-                          if t == len(tasks) else g.comps[0][t].random_cos)
+                    rc = np.concatenate([c.random_cos for c in rows])
                     ax.plot(x, _nanmean0(rc), ":", color="k", lw=1.2,
                             label="random-vector baseline")
-                    rl = (np.concatenate([c.random_label_cos for c in g.comps[0]])
-                          if t == len(tasks) else g.comps[0][t].random_label_cos)
+                    rl = np.concatenate([c.random_label_cos for c in rows])
                     ax.plot(x, _nanmean0(rl), "-.", color="C1", lw=1.2,
                             label="fine-tune on random labels")
                 else:
@@ -1203,7 +1231,8 @@ def _figures(groups: list[_Group], tasks: list[ph.TaskItems], out: Path) -> list
         nm = len(g.models)
         width = 0.8 / nm
         for i, m in enumerate(g.models):
-            counts = [(c.rec.recalled, c.rec.corrected) for c in g.comps[i]]
+            counts = [(sum(c.rec.recalled for c in g.task_rows(i, t.name)),
+                       sum(c.rec.corrected for c in g.task_rows(i, t.name))) for t in tasks]
             counts.append(g.rec_counts(i))
             vals = [100.0 * a / b if b else 0.0 for a, b in counts]
             x = np.arange(len(labels)) + (i - (nm - 1) / 2) * width
@@ -1230,7 +1259,7 @@ def _figures(groups: list[_Group], tasks: list[ph.TaskItems], out: Path) -> list
 
 def _comp_data(c: Comparison, m: ph.ModelUnderTest) -> dict[str, Any]:
     return {
-        "model": m.name, "role": m.role, "task": c.task, "lr": c.lr,
+        "model": m.name, "role": m.role, "task": c.task, "set": c.demo_set, "lr": c.lr,
         "train_accuracy": c.train_accuracy, "train_nll": c.train_nll,
         "lr_search": [{"lr": a, "train_accuracy": b, "train_nll": n} for a, b, n in c.lr_search],
         "train_losses": c.train_losses, "labels": c.labels.tolist(), "zsl": c.zsl.tolist(),
@@ -1245,12 +1274,13 @@ def _comp_data(c: Comparison, m: ph.ModelUnderTest) -> dict[str, Any]:
     }
 
 
+# long: 40 lines of docstring (every argument of the section); the code is 38
 def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
         quick: bool = False, seed: int = 0, progress: bool = False,
         tasks: Sequence[str | ph.TaskItems] | None = None,
         under_test: Sequence[Sequence[ph.ModelUnderTest]] | None = None, n_controls: int = 1,
         dtype: torch.dtype = torch.float32, k: int | None = None, n_test: int | None = None,
-        lr_grid: Sequence[float] | None = None,
+        lr_grid: Sequence[float] | None = None, n_sets: int = 1,
         resume_dir: str | Path | None = None) -> Section:
     """The ICL-versus-fine-tuning comparison (Dai et al., 2023) as a report section.
 
@@ -1277,10 +1307,15 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
     k, n_test : int, optional
         Override the demonstrations / test items per task.
     lr_grid : sequence of float, optional
-        Learning rates tried (per task, on the trained model); default :data:`QUICK_LR_GRID`
-        (quick) or :data:`LR_GRID`.
+        Learning rates tried (per task and set, on the trained model); default
+        :data:`QUICK_LR_GRID` (quick) or :data:`LR_GRID`.
+    n_sets : int
+        Demonstration sets per task, each with its own fine-tuning run (default 1). The
+        (task, set) is the unit of the SimAOU claim's test (its items share one set and one
+        fine-tuned model) and a stratum of Rec2FTP's: with 3 tasks, one set allows no
+        sign-flip p below 0.25, two sets 0.031, three 0.0078.
     resume_dir : path, optional
-        Keep each finished (model, task) comparison here, so that a killed run resumes from
+        Keep each finished (model, task, set) comparison here, so that a killed run resumes from
         its last finished part (:class:`~icldistill.lab.experiments.phenomena.Parts`).
 
     Returns
@@ -1289,6 +1324,8 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
     """
     t0 = time.perf_counter()
     k, n_test, grid = _settings(quick, k, n_test, lr_grid)
+    if isinstance(n_sets, bool) or not isinstance(n_sets, int) or n_sets < 1:
+        raise InputError(f"n_sets must be a positive integer, got {n_sets!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     groups_m = ph.resolve_models(models, under_test=under_test, n_controls=n_controls,
@@ -1298,7 +1335,7 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
             attention_modules(m.loaded.model)
     task_list = ph.resolve_tasks(list(tasks) if tasks is not None else list(ph.DEFAULT_TASKS),
                                  n_test=n_test, seed=seed, progress=progress)
-    demo_sets = _demo_sets(task_list, k, seed)
+    demo_sets = _demo_sets(task_list, k, seed, n_sets)
     parts = ph.Parts(resume_dir, "icl-vs-finetuning", {
         "k": k, "n_test": n_test, "lr_grid": list(grid), "seed": seed,
         "tasks": [ph.task_fingerprint(t) for t in task_list]})
@@ -1310,7 +1347,10 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
     data = {
         "k": k, "n_test": n_test, "lr_grid": list(grid), "seed": seed, "dai_2023": DAI_2023,
         "tasks": [t.name for t in task_list],
-        "demos": [[{"input": x, "label": y} for x, y in d] for d in demo_sets],
+        "n_sets": n_sets,
+        # per task, per demonstration set (each with its own fine-tuning run)
+        "demos": [[[{"input": x, "label": y} for x, y in d] for d in sets]
+                  for sets in demo_sets],
         "groups": [{"models": [m.name for m in g.models], "comparisons": d,
                     "results": [[_comp_data(c, m) for c in cs]
                                 for m, cs in zip(g.models, g.comps, strict=True)]}
@@ -1342,22 +1382,27 @@ def _settings(quick: bool, k: Any, n_test: Any, lr_grid: Sequence[float] | None
     return k, n_test, grid
 
 
-def _demo_sets(task_list: list[ph.TaskItems], k: int,
-               seed: int) -> list[list[tuple[str, str]]]:
-    """Per task one label-balanced set of ``k`` demonstrations in a seeded random order."""
+def _demo_sets(task_list: list[ph.TaskItems], k: int, seed: int,
+               n_sets: int = 1) -> list[list[list[tuple[str, str]]]]:
+    """Per task ``n_sets`` label-balanced sets of ``k`` demonstrations, each in a seeded random
+    order and drawn independently (the first set is the one a one-set run draws)."""
     demo_sets = []
     for ti, task in enumerate(task_list):
-        rng = np.random.default_rng([seed, ti])
-        idx = ph.balanced_indices(task.pool_labels, k, rng)
-        demo_sets.append(task.demos(idx[rng.permutation(idx.size)]))
+        sets = []
+        for s in range(n_sets):
+            rng = np.random.default_rng([seed, ti] if s == 0 else [seed, ti, s])
+            idx = ph.balanced_indices(task.pool_labels, k, rng)
+            sets.append(task.demos(idx[rng.permutation(idx.size)]))
+        demo_sets.append(sets)
     return demo_sets
 
 
 def _compare(groups_m: list[list[ph.ModelUnderTest]], task_list: list[ph.TaskItems],
-             demo_sets: list[list[tuple[str, str]]], grid: tuple[float, ...], seed: int,
+             demo_sets: list[list[list[tuple[str, str]]]], grid: tuple[float, ...], seed: int,
              progress: bool, parts: ph.Parts | None = None) -> list[_Group]:
-    """ICL against fine-tuning for every model and task; the controls are fine-tuned with the
-    learning rate chosen for their trained model. ``parts`` keeps each finished comparison."""
+    """ICL against fine-tuning for every model, task and demonstration set (``demo_sets``
+    per task, per set); the controls are fine-tuned with the learning rate chosen for their
+    trained model on the same set. ``parts`` keeps each finished comparison."""
     parts = parts or ph.Parts(None, "icl-vs-finetuning", {})
     groups: list[_Group] = []
     for gi, grp in enumerate(groups_m):
@@ -1373,11 +1418,16 @@ def _compare(groups_m: list[list[ph.ModelUnderTest]], task_list: list[ph.TaskIte
                 return icl_vs_finetuning(m.loaded, task, demos, lr=rate, lr_grid=grid,
                                          seed=sub, progress=progress, workspace=ws[0])
 
-            for ti, (task, demos) in enumerate(zip(task_list, demo_sets, strict=True)):
-                rate = None if mi == 0 else comps[0][ti].lr
-                sub = _sub_seed(seed, gi, ti, mi)
-                comps[mi].append(parts.run(functools.partial(compare, m, task, demos, rate, sub),
-                                           model=m, task=ti, demos=demos, lr=rate, sub_seed=sub))
+            units = [(ti, si, task, demos) for ti, (task, sets) in
+                     enumerate(zip(task_list, demo_sets, strict=True))
+                     for si, demos in enumerate(sets)]
+            for ui, (ti, si, task, demos) in enumerate(units):
+                rate = None if mi == 0 else comps[0][ui].lr
+                sub = _sub_seed(seed, gi, ti, mi) if si == 0 else _sub_seed(seed, gi, ti, mi, si)
+                c = parts.run(functools.partial(compare, m, task, demos, rate, sub),
+                              model=m, task=ti, demo_set=si, demos=demos, lr=rate,
+                              sub_seed=sub)
+                comps[mi].append(dataclasses.replace(c, demo_set=si))
             ws.clear()
         groups.append(_Group(grp, comps))
     return groups
@@ -1408,7 +1458,7 @@ def _checks_and_findings(groups: list[_Group], seed: int
             f"{np.mean([c.accuracy('zsl') for c in tr]):.3f}, ICL "
             f"{np.mean([c.accuracy('icl') for c in tr]):.3f}, fine-tuned "
             f"{np.mean([c.accuracy('ft') for c in tr]):.3f}; learning rates chosen by "
-            "training accuracy: " + ", ".join(f"{c.task} {c.lr:g}" for c in tr) + ".")
+            "training accuracy: " + ", ".join(f"{c.unit} {c.lr:g}" for c in tr) + ".")
     return checks, findings, comparisons
 
 
@@ -1417,7 +1467,7 @@ def _tables(groups: list[_Group], comparisons: list[dict[str, Any]],
     tables = [_results_table(groups, k),
               _reference_table(groups, comparisons, task_list, k),
               _layer_table(groups, comparisons)]
-    search_rows = tuple((g.models[0].name, c.task, r, a, nll, r == c.lr)
+    search_rows = tuple((g.models[0].name, c.unit, r, a, nll, r == c.lr)
                         for g in groups for c in g.comps[0] for r, a, nll in c.lr_search)
     if search_rows:
         tables.append(Table("Learning-rate choice (training accuracy on the demonstrations)",
@@ -1431,7 +1481,7 @@ def _results_table(groups: list[_Group], k: int) -> Table:
     for g in groups:
         for m, cs in zip(g.models, g.comps, strict=True):
             for c in cs:
-                rows.append((m.name, m.role, c.task, len(c.labels), c.lr, c.train_accuracy,
+                rows.append((m.name, m.role, c.unit, len(c.labels), c.lr, c.train_accuracy,
                              c.accuracy("zsl"), c.accuracy("icl"), c.accuracy("ft"),
                              c.rec.corrected, c.rec.recalled, c.rec.value,
                              float(np.nanmean(c.simaou)) if np.isfinite(c.simaou).any()
@@ -1482,17 +1532,22 @@ def _layer_table(groups: list[_Group], comparisons: list[dict[str, Any]]) -> Tab
 def _description(groups: list[_Group], task_list: list[ph.TaskItems], k: int, n_test: int,
                  grid: tuple[float, ...], seed: int) -> str:
     L = groups[0].comps[0][0].cos.shape[1] if groups and groups[0].comps[0] else 0
+    S = 1 + max((c.demo_set for c in groups[0].comps[0]), default=0) if groups else 1
+    unit = "task" if S == 1 else "(task, set)"
+    sets = ("one label-balanced set" if S == 1 else
+            f"{S} independently drawn label-balanced sets (each with its own fine-tuning run)")
     return (
         f"ICL against fine-tuning after Dai et al. (2023) on {', '.join(t.name for t in task_list)}"
         f" ({len(task_list)} tasks), models {', '.join(g.models[0].name for g in groups)}, each "
-        f"with {len(groups[0].models) - 1} random-init control(s). Per task one label-balanced "
-        f"set of k={k} demonstrations in a random order and {n_test} test items (seed {seed}). "
+        f"with {len(groups[0].models) - 1} random-init control(s). Per task {sets} "
+        f"of k={k} demonstrations in a random order and {n_test} test items (seed {seed}). "
         "ZSL: instruction + query; ICL: the same with the demonstrations; FT: a float32 copy "
         "whose k_proj/v_proj (W_K, W_V) alone are trained with plain SGD, one step per "
         "demonstration in order (batch 1), loss = cross-entropy of the label word after the "
-        "demonstration's zero-shot prompt, then zero-shot prompts; learning rate per task from "
-        f"{list(grid)}: the smallest with the highest training accuracy on the demonstrations, "
-        "the controls fine-tuned with their model's rate. Rec2FTP = share of FT's corrections "
+        f"demonstration's zero-shot prompt, then zero-shot prompts; learning rate per {unit} "
+        f"from {list(grid)}: the smallest with the highest training accuracy on the "
+        "demonstrations, the controls fine-tuned with their model's rate. Rec2FTP = share of "
+        "FT's corrections "
         "(FT right, ZSL wrong) that ICL also makes. SimAOU = mean over test items of the cosine "
         "between Update_ICL = AO(ICL prompt) - AO(ZSL prompt) and Update_FT = AO_FT(ZSL prompt) "
         "- AO(ZSL prompt), AO = each layer's self-attention output (o_proj, before the "
@@ -1502,13 +1557,14 @@ def _description(groups: list[_Group], task_list: list[ph.TaskItems], k: int, n_
         "the label set (seeded), the SimAOU claim's null (random vectors are isotropic and "
         "attention-output updates are not, so any two updates beat them; this fine-tune keeps "
         "all but the input-label mapping). Checks follow the control rule: SimAOU paired "
-        "with each control per task (two-sided exact sign-flip test, every control, one "
+        f"with each control per {unit} (two-sided exact sign-flip test, every control, one "
         "direction), Rec2FTP (over each model's own corrections, so not paired) outside the "
         "controls' 95% bootstrap intervals. The Rec2FTP claim is tested, not read off a point "
         "estimate: ICL's rate of right answers on FT's corrections against its rate on the "
-        "zero-shot errors FT leaves, one-sided Fisher exact test stratified by task "
-        "(conditional on each task's margins). Each claim's p-value (SimAOU: paired sign-flip "
-        "test of SimAOU minus the random-label fine-tune's over tasks, the unit that is drawn: "
-        "each task has one demonstration set and one fine-tuning run; Rec2FTP: "
+        f"zero-shot errors FT leaves, one-sided Fisher exact test stratified by {unit} "
+        f"(conditional on each {unit}'s margins). Each claim's p-value (SimAOU: paired "
+        "sign-flip test of SimAOU minus the random-label fine-tune's over the "
+        f"{unit + 's' if S == 1 else unit + ' units'}, the unit that is drawn: each has one "
+        "demonstration set and one fine-tuning run; Rec2FTP: "
         f"the Fisher test) is Holm-corrected over this section's {2 * len(groups)} claim "
         f"checks (the family is the section's claims); a check needs Holm p < {ph.ALPHA:g}.")
