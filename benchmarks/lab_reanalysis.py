@@ -516,7 +516,10 @@ def rec2ftp(rep: Report, sec: dict) -> None:
             "2026-12-05.", "")
     rows = []
     for g in data["groups"]:
-        for mi, res in enumerate(g["results"]):
+        for mi, all_res in enumerate(g["results"]):
+            # each task's first demonstration set (with several, they share the test items:
+            # their tables are not independent strata)
+            res = [r for r in all_res if r.get("set", 0) == 0]
             model, role = res[0]["model"], res[0]["role"]
             a, b, c, d = rec2ftp_counts(res)
             committed = g["comparisons"]["rec2ftp"]
@@ -816,7 +819,7 @@ def _finetuning_claims(rep: Report, sec: dict) -> list[ClaimTest]:
                 cc.why_untested = "no single twin on the same items"
             rep.controls.append(cc)
         elif "Rec2FTP" in text:
-            a, b, _, _ = rec2ftp_counts(t_res)
+            a, b, _, _ = rec2ftp_counts([r for r in t_res if r.get("set", 0) == 0])
             vals = np.r_[np.ones(a), -np.ones(b)]          # ICL right (+1) / wrong (-1)
             out.append(ClaimTest(text, ok, 1, vals,
                                  "FT-corrected items (ICL right - 1/2, i.e. binomial vs 0.5)"))
@@ -825,7 +828,7 @@ def _finetuning_claims(rep: Report, sec: dict) -> list[ClaimTest]:
             cc = ControlCmp("icl-vs-finetuning", cmp["name"], ok, cmp["trained"]["value"],
                             cmp["low"], cmp["high"], bool(cmp["outside"]), 1)
             if len(c_res) == 1:
-                ca, cb, _, _ = rec2ftp_counts(c_res[0])
+                ca, cb, _, _ = rec2ftp_counts([r for r in c_res[0] if r.get("set", 0) == 0])
                 cc.unpaired = (a, b, ca, cb)
                 cc.units = "each model's own FT corrections (different items: unpaired Fisher)"
             else:
@@ -1225,8 +1228,12 @@ def _finetuning_units(sec: dict) -> dict[str, list[UnitRow]]:
                  for r in g["results"][0]]
         row.items = np.concatenate(items)
         row.sets = np.asarray([v.mean() for v in items])
-        row.names = [str(r["task"]) for r in g["results"][0]]
-        row.item_units, row.set_units = "test items", "task (its one fine-tuning run)"
+        multi = any(r.get("set", 0) for r in g["results"][0])
+        row.names = [str(r["task"]) + (f" set {r['set'] + 1}" if multi else "")
+                     for r in g["results"][0]]
+        row.item_units = "test items" + (" (each once per set)" if multi else "")
+        row.set_units = ("(task, set) (its one fine-tuning run)" if multi
+                         else "task (its one fine-tuning run)")
         out[model] = [row]
     return out
 
@@ -1400,28 +1407,48 @@ def saturation_units(model_curves: list[dict]) -> tuple[list[dict], str]:
             w0s = [_layer_mean(t["layers"]["log_w0_norm"])]
         for s, (acc, sh, w0) in enumerate(zip(accs, shares, w0s, strict=True)):
             units.append({"name": f"{t['task']}" + (f" set {s + 1}" if per_set else ""),
+                          "task": t["task"],
                           "rises": bool(acc.max() > acc[0]), "accuracy": k_sat(ks, acc),
                           "demo_share": k_sat(ks, sh),
                           "log_w0_norm": k_sat(ks[ks >= 1], w0[ks >= 1])})
     return units, ("(task, set)" if per_set else "task")
 
 
-def pairing_p(match: np.ndarray, n_perm: int, seed: int) -> tuple[float, float, int]:
-    """One-sided p of ``trace(match)`` among the re-pairings (all of them when there are at
-    most ``n_perm``, else ``n_perm`` drawn, +1-corrected), the mean agreement under
-    re-pairing, and how many pairings were evaluated."""
+def _respects(perm: Sequence[int], block: Sequence[Any]) -> bool:
+    """Whether ``perm`` maps the units of every block onto the units of one block."""
+    targets: dict[Any, set] = {}
+    for i, j in enumerate(perm):
+        targets.setdefault(block[i], set()).add(block[j])
+    return all(len(t) == 1 for t in targets.values())
+
+
+def pairing_p(match: np.ndarray, n_perm: int, seed: int,
+              block: Sequence[Any] | None = None) -> tuple[float, float, int]:
+    """One-sided p of ``trace(match)`` among the re-pairings that move blocks (a task's sets)
+    onto blocks as wholes (every permutation without ``block``): all of them, found by
+    filtering the n! permutations, when n! is at most ``n_perm``, else ``n_perm`` drawn
+    (+1-corrected). Returns the p, the mean agreement over those re-pairings, and how many
+    were evaluated."""
     n = match.shape[0]
+    block = list(range(n)) if block is None else list(block)
     obs = int(np.trace(match))
-    chance = float(match.sum()) / n                    # E[sum_i M[i, pi(i)]] over uniform pi
     if math.factorial(n) <= n_perm:
-        hits = total = 0
-        for perm in itertools.permutations(range(n)):
-            total += 1
-            hits += sum(bool(match[i, perm[i]]) for i in range(n)) >= obs
-        return hits / total, chance, total
+        null = [sum(bool(match[i, perm[i]]) for i in range(n))
+                for perm in itertools.permutations(range(n)) if _respects(perm, block)]
+        return sum(v >= obs for v in null) / len(null), float(np.mean(null)), len(null)
     rng = np.random.default_rng(seed)
-    hits = sum(int(match[np.arange(n), rng.permutation(n)].sum() >= obs) for _ in range(n_perm))
-    return (1 + hits) / (n_perm + 1), chance, n_perm
+    names = list(dict.fromkeys(block))
+    members = {b: [i for i in range(n) if block[i] == b] for b in names}
+    null = []
+    for _ in range(n_perm):
+        onto = dict(zip(names, rng.permutation(len(names)), strict=True))
+        perm = [0] * n
+        for b in names:
+            dest = members[names[onto[b]]]
+            for i, j in zip(members[b], rng.permutation(dest), strict=True):
+                perm[i] = int(j)
+        null.append(sum(bool(match[i, perm[i]]) for i in range(n)))
+    return ((1 + sum(v >= obs for v in null)) / (n_perm + 1), float(np.mean(null)), n_perm)
 
 
 def saturation_pairing(rep: Report, sec: dict, n_perm: int) -> None:
@@ -1435,10 +1462,12 @@ def saturation_pairing(rep: Report, sec: dict, n_perm: int) -> None:
             "on a 4- to 7-point grid pile up on a few k (the demo share rises to the largest k), "
             "so two unrelated curves often agree. Here the null re-pairs the units: does a "
             "unit's distillation k_sat agree with its *own* accuracy k_sat more often than "
-            "with another unit's? The statistic is the number of agreeing units (those whose "
-            "accuracy rises); the p-value is one-sided over every re-pairing (at most "
-            f"{n_perm}; else {n_perm} drawn, seed {SEED}), and with U units of the design it is "
-            "never below 1/U!. The units are the (task, set) pairs where the section kept each "
+            "with another unit's? The statistic is the number of agreeing units (a unit whose "
+            "accuracy does not rise agrees with none); the p-value is one-sided over every "
+            "re-pairing that moves a task's sets as a whole onto another task's (they share its "
+            f"test items and format) and permutes them within it (at most {n_perm}; else "
+            f"{n_perm} drawn, seed {SEED}), so with T tasks of S sets it is never below "
+            "1/(T! S!^T). The units are the (task, set) pairs where the section kept each "
             "set's distillation curves, else the tasks (the committed full run keeps only the "
             "curves averaged over its two sets). Chance agreement is the mean number of "
             "agreeing units over the re-pairings.", "")
@@ -1450,8 +1479,11 @@ def saturation_pairing(rep: Report, sec: dict, n_perm: int) -> None:
             for label, what in (("demo share", "demo_share"), ("||W_0||", "log_w0_norm")):
                 used = [u for u in units if u["rises"] and np.isfinite(u["accuracy"])
                         and np.isfinite(u[what])]
-                floor = 1.0 / math.factorial(len(units)) if math.factorial(len(units)) <= \
-                    n_perm else 1.0 / (n_perm + 1)
+                block = [u["task"] for u in units]
+                n_b = len(set(block))
+                size = len(units) // n_b
+                total = math.factorial(n_b) * math.factorial(size) ** n_b
+                floor = 1.0 / total if total <= n_perm else 1.0 / (n_perm + 1)
                 ksat = ", ".join(f"{u['name']} {kv(u['accuracy'])} / {kv(u[what])}"
                                  + ("" if u["rises"] else " (accuracy does not rise)")
                                  for u in units)
@@ -1459,9 +1491,10 @@ def saturation_pairing(rep: Report, sec: dict, n_perm: int) -> None:
                     rows.append([model, role, label, f"{len(units)} {kind} units", ksat, "—", "—",
                                  "—", fp(floor)])
                     continue
-                match = np.array([[doubling_match(a["accuracy"], b[what]) for b in used]
-                                  for a in used], dtype=bool)
-                p, chance, _ = pairing_p(match, n_perm, SEED)
+                # every unit is re-paired; one whose accuracy does not rise agrees with none
+                match = np.array([[a["rises"] and doubling_match(a["accuracy"], b[what])
+                                   for b in units] for a in units], dtype=bool)
+                p, chance, _ = pairing_p(match, n_perm, SEED, block)
                 agree = int(np.trace(match))
                 verdict = fp(floor) + ("; untestable at this size" if floor >= ALPHA else "")
                 rows.append([model, role, label, f"{len(units)} {kind} units", ksat,

@@ -698,3 +698,37 @@ def test_pairing_test_sampled_branch_and_piled_up_values():
 def test_pairing_test_bad_input(bad, match):
     with pytest.raises(InputError, match=match):
         pairing_permutation_test(bad)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([(1, 1), (2, 1), (3, 1), (2, 2), (3, 2),
+                                                (2, 3)]))
+def test_pairing_test_with_blocks_against_filtered_enumeration(seed, shape):
+    """Blocks: the re-pairings are the permutations that map every block onto one block.
+    Independently: enumerate all n! permutations and keep those."""
+    B, S = shape
+    n = B * S
+    rng = np.random.default_rng(seed)
+    match = rng.random((n, n)) < rng.random()
+    blocks = [f"t{i // S}" for i in range(n)]
+    res = pairing_permutation_test(match, blocks=blocks)
+    keep = [pi for pi in itertools.permutations(range(n))
+            if all(len({pi[i] // S for i in range(b * S, (b + 1) * S)}) == 1 for b in range(B))]
+    assert len(keep) == res.n_perm == math.factorial(B) * math.factorial(S) ** B
+    obs = int(np.trace(match))
+    hits = sum(sum(bool(match[i, pi[i]]) for i in range(n)) >= obs for pi in keep)
+    assert res.exact and res.p == pytest.approx(hits / len(keep))
+    assert res.floor == pytest.approx(pairing_floor(n, block_size=S)) == 1 / len(keep)
+
+
+def test_pairing_test_block_edges():
+    with pytest.raises(InputError, match="equal size"):
+        pairing_permutation_test(np.eye(3, dtype=bool), blocks=["a", "a", "b"])
+    with pytest.raises(InputError, match="one label per unit"):
+        pairing_permutation_test(np.eye(3, dtype=bool), blocks=["a", "b"])
+    with pytest.raises(InputError, match="blocks of 2"):
+        pairing_floor(5, block_size=2)
+    # sampled branch with blocks: 4 tasks x 2 sets = 4! 2^4 = 384 <= 2000 exact; 5 x 2 =
+    # 3840 > 2000 sampled, and the identity pairing of an identity match stays rare
+    res = pairing_permutation_test(np.eye(10, dtype=bool), blocks=[i // 2 for i in range(10)])
+    assert not res.exact and res.p < 0.01 and res.floor == pytest.approx(1 / 2001)

@@ -325,7 +325,19 @@ def test_saturation_agreement_is_tested_against_chance_pairing():
     hits = sum(all(adaptation.within_one_doubling(ks[i], ks[pi[i]]) == 1.0 for i in range(6))
                for pi in itertools.permutations(range(6)))
     assert p == pytest.approx(hits / 720)
-    assert p < 0.05 and "every one of the 720 pairings" in test
+    assert p < 0.05 and "every one of the 720 re-pairings" in test
+
+
+def test_saturation_pairing_moves_a_tasks_sets_together():
+    """Review (helper-53): the sets of one task share its test items and format, so a
+    task-level coincidence must count once. 3 tasks x 2 sets whose accuracy and demo-share
+    k_sat are both 1, 4 and 16 per task: re-pairing the 6 units freely gives p 8/720, moving
+    tasks as wholes (sets permuted within) gives 8/48 = 1/6, what 3 task units give."""
+    ks = [1.0, 1.0, 4.0, 4.0, 16.0, 16.0]
+    units = [{**u, "task": f"t{i // 2}", "set": i % 2} for i, u in enumerate(_units(ks, ks))]
+    _, p, test, floor = _saturation_checks_on(units, twin_agrees=False)[0]
+    assert p == pytest.approx(1 / 6) and floor == pytest.approx(1 / 48)
+    assert "every one of the 48 re-pairings: tasks moved as wholes" in test
 
 
 def test_set_saturation_reads_each_sets_own_curves():

@@ -447,39 +447,71 @@ class PairingTest(Result):
     floor: float
 
 
-def pairing_floor(n: int, n_perm: int = 2000) -> float:
-    """The smallest p :func:`pairing_permutation_test` can give on ``n`` units with
-    ``n_perm``: ``1 / n!`` when every pairing is enumerated (``n! <= n_perm``; the observed
-    pairing is one of them), else ``1 / (n_perm + 1)``. On fewer units it can only be larger,
-    so the floor of a design's ``n`` units bounds every test of a subset the data leaves.
+def _blocks(blocks: Any, n: int) -> list[np.ndarray]:
+    """Unit indices of each block (in order of first appearance); every unit its own block
+    when ``blocks`` is None. Raises InputError unless ``n`` labels in equal-sized blocks."""
+    if blocks is None:
+        return [np.array([i]) for i in range(n)]
+    labels = list(blocks)
+    if len(labels) != n:
+        raise InputError(f"blocks must hold one label per unit: {len(labels)} for {n} units")
+    seen: dict[Any, list[int]] = {}
+    for i, b in enumerate(labels):
+        seen.setdefault(b, []).append(i)
+    sizes = {len(v) for v in seen.values()}
+    if len(sizes) > 1:
+        raise InputError(f"blocks must be of equal size, got sizes {sorted(sizes)}")
+    return [np.array(v) for v in seen.values()]
+
+
+def _n_pairings(n_blocks: int, size: int) -> int:
+    return math.factorial(n_blocks) * math.factorial(size) ** n_blocks
+
+
+def pairing_floor(n: int, n_perm: int = 2000, block_size: int = 1) -> float:
+    """The smallest p :func:`pairing_permutation_test` can give on ``n`` units in blocks of
+    ``block_size`` with ``n_perm``: one over the number of re-pairings ``B! (S!)^B`` (``B``
+    blocks of ``S``) when every one is enumerated (the observed pairing is one of them), else
+    ``1 / (n_perm + 1)``; NaN without units.
     """
     n = check_int(n, "n", 0)
     n_perm = check_int(n_perm, "n_perm")
+    size = check_int(block_size, "block_size")
     if n == 0:
         return math.nan
-    total = math.factorial(n)
+    if n % size:
+        raise InputError(f"{n} units do not split into blocks of {size}")
+    total = _n_pairings(n // size, size)
     return 1.0 / total if total <= n_perm else 1.0 / (n_perm + 1)
 
 
-def pairing_permutation_test(match: Any, *, n_perm: int = 2000, seed: int = 0) -> PairingTest:
+# long: 35 lines of docstring (the null and why blocks); the code is 40
+def pairing_permutation_test(match: Any, *, blocks: Any = None, n_perm: int = 2000,
+                             seed: int = 0) -> PairingTest:
     """Do units' own pairs agree more often than pairs drawn across units? One-sided
     permutation test of a pairing.
 
     Unit ``i`` has two values (the saturation points of its accuracy curve and of a
     distillation curve); ``match[i, j]`` says whether unit ``i``'s first value agrees with
-    unit ``j``'s second (within one doubling). The statistic is the number of units whose own
-    pair agrees, ``sum_i match[i, i]``. Under the null hypothesis that the second values carry
-    no information about which unit they came from (only about how they are distributed),
-    every re-pairing ``sum_i match[i, pi(i)]`` is equally likely: agreement that only reflects
-    both values piling up at the same ``k`` is as frequent under re-pairing and gives no
-    small p. With ``n! <= n_perm`` every pairing is enumerated and ``p`` is exact (never below
-    ``1 / n!``); otherwise ``n_perm`` are drawn and ``p = (1 + #{null >= observed}) / (n_perm
-    + 1)``.
+    unit ``j``'s second (within one doubling; False where either is undefined). The
+    statistic is the number of units whose own pair agrees, ``sum_i match[i, i]``. Under the
+    null hypothesis that the second values carry no information about which unit they came
+    from (only about how they are distributed), re-pairings are equally likely: agreement that
+    only reflects both values piling up at the same ``k`` is as frequent under re-pairing and
+    gives no small p. Units come in ``blocks`` (the demonstration sets of one task, which
+    share its test items and prompt format): a re-pairing moves whole blocks onto blocks and
+    permutes the units inside each, so that a task-level coincidence counts once, not once
+    per set. With at most ``n_perm`` re-pairings (``B! (S!)^B`` for ``B`` blocks of ``S``)
+    every one is enumerated and ``p`` is exact (never below one over their number);
+    otherwise ``n_perm`` are drawn and ``p = (1 + #{null >= observed}) / (n_perm + 1)``.
 
     Parameters
     ----------
     match : array-like of bool ``[n, n]``
         Agreement of every unit's first value with every unit's second.
+    blocks : sequence of ``n`` hashable labels, optional
+        The block of every unit (equal-sized blocks); None: every unit is its own block
+        (every permutation of the units).
     n_perm : int
     seed : int
 
@@ -491,7 +523,8 @@ def pairing_permutation_test(match: Any, *, n_perm: int = 2000, seed: int = 0) -
     Raises
     ------
     InputError
-        ``match`` not square or not boolean (0/1).
+        ``match`` not square or not boolean (0/1), blocks of unequal size or of the wrong
+        length.
     """
     n_perm = check_int(n_perm, "n_perm")
     check_seed(seed)
@@ -503,16 +536,30 @@ def pairing_permutation_test(match: Any, *, n_perm: int = 2000, seed: int = 0) -
             raise InputError("match must hold booleans (or 0/1)")
         m = m.astype(bool)
     n = m.shape[0]
+    groups = _blocks(blocks, n)
     if n == 0:
         return PairingTest(0, 0, math.nan, 0, True, math.nan)
     obs = int(np.trace(m))
     rows = np.arange(n)
-    if math.factorial(n) <= n_perm:
-        perms = np.array(list(itertools.permutations(range(n))))        # [n!, n]
-        null = m[rows, perms].sum(1)
-        return PairingTest(obs, n, float(Fraction(int((null >= obs).sum()), len(perms))),
-                           len(perms), True, 1.0 / len(perms))
+    B, S = len(groups), groups[0].size
+    total = _n_pairings(B, S)
+    if total <= n_perm:
+        perms = []
+        for sigma in itertools.permutations(range(B)):
+            for taus in itertools.product(itertools.permutations(range(S)), repeat=B):
+                pi = np.empty(n, dtype=np.int64)
+                for b in range(B):
+                    pi[groups[b]] = groups[sigma[b]][list(taus[b])]
+                perms.append(pi)
+        null = m[rows, np.array(perms)].sum(1)
+        return PairingTest(obs, n, float(Fraction(int((null >= obs).sum()), total)), total,
+                           True, 1.0 / total)
     rng = np.random.default_rng(seed)
-    perms = rng.permuted(np.tile(rows, (n_perm, 1)), axis=1)
-    hits = int((m[rows, perms].sum(1) >= obs).sum())
+    hits = 0
+    for _ in range(n_perm):
+        sigma = rng.permutation(B)
+        pi = np.empty(n, dtype=np.int64)
+        for b in range(B):
+            pi[groups[b]] = groups[sigma[b]][rng.permutation(S)]
+        hits += int(m[rows, pi].sum() >= obs)
     return PairingTest(obs, n, (1 + hits) / (n_perm + 1), n_perm, False, 1.0 / (n_perm + 1))

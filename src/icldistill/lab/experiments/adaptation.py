@@ -677,10 +677,14 @@ def _saturation_checks(group: list[ph.ModelUnderTest], g_res: list[list[Adaptati
         cmp = ph.compare_paired_with_controls(name, agree[0], agree[1:], group, seed=seed)
         comparisons.append({"group": trained.name, **cmp.to_dict()})
         fin = agree[0][np.isfinite(agree[0])]
-        used = [u for u, a in zip(units, agree[0], strict=True) if np.isfinite(a)]
-        match = np.array([[within_one_doubling(a["accuracy"], b[what]) == 1.0 for b in used]
-                          for a in used], dtype=bool).reshape(len(used), len(used))
-        test = pairing_permutation_test(match, seed=seed)
+        # every design unit takes part in the re-pairing; one whose accuracy does not rise
+        # (or whose k_sat is undefined) agrees with nothing, wherever it is paired
+        match = np.array([[a["accuracy_rise"] > 0
+                           and within_one_doubling(a["accuracy"], b[what]) == 1.0
+                           for b in units] for a in units], dtype=bool
+                         ).reshape(len(units), len(units))
+        blocks = [u["task"] for u in units]
+        test = pairing_permutation_test(match, blocks=blocks, seed=seed)
         detail = "trained k_sat (accuracy / " + label + "): " + ", ".join(
             f"{u['task']}" + (f" set {u['set']}" if multi_set else "")
             + f" {_k(u['accuracy'])} / {_k(u[what])}"
@@ -692,15 +696,16 @@ def _saturation_checks(group: list[ph.ModelUnderTest], g_res: list[list[Adaptati
             "accuracy rises, and more often than with the units' curves paired at random "
             "(k_sat: first k reaching 90% of the rise" + DIRECTION,
             bool(fin.size) and float(fin.mean()) > 0.5, cmp, detail, sign=1)
-        how = (f"every one of the {test.n_perm} pairings" if test.exact
-               else f"{test.n_perm} random pairings")
+        how = (f"every one of the {test.n_perm} re-pairings" if test.exact
+               else f"{test.n_perm} random re-pairings")
         checks.append((check, test.p,
-                       f"pairing permutation test (one-sided, {how}) of agreement beyond "
-                       f"chance pairing: {test.agree} of the {test.n} (task, set) units where "
-                       "accuracy rises agree",
-                       # every unit could have been one where accuracy rises: the design's
-                       # floor counts them all (the data chose which are left out)
-                       pairing_floor(agree[0].size)))
+                       f"pairing permutation test (one-sided, {how}: tasks moved as wholes, "
+                       "sets permuted within a task) of agreement beyond chance pairing: "
+                       f"{test.agree} of the {fin.size} (task, set) units where accuracy "
+                       "rises agree",
+                       # the design's floor: the re-pairings of all its units
+                       pairing_floor(len(units),
+                                     block_size=max(1, len(units) // max(1, len(set(blocks)))))))
     return checks
 
 
@@ -846,7 +851,9 @@ def _description(plan: list[Any], sizes: Sizes, seed: int, quick: bool) -> str:
         "interval resamples for the Spearman and accuracy-gain checks; for the saturation "
         "checks a one-sided pairing permutation test (does a unit's distillation k_sat agree "
         "with its own accuracy k_sat more often than with another unit's? saturation points "
-        "that pile up on one k agree by chance; with U units no p is below 1/U!), "
+        "that pile up on one k agree by chance; the re-pairings move a task's sets as a "
+        "whole and permute them within the task, since they share its test items and "
+        "format: with T tasks of S sets no p is below 1/(T! S!^T)), "
         "Holm-corrected over this section's claim checks (the family "
         f"is the section's claims); a check holds only with Holm p < {ph.ALPHA:g}.")
 

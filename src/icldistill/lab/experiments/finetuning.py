@@ -43,9 +43,10 @@ float32 model). ``SimAOU_l`` is the mean over test items of ``cos(Update_ICL, Up
 item and layer); its cosines are ~0 with spread ~``1/sqrt(d)``. Random vectors are isotropic and
 attention-output updates are not, so any two updates in the same model beat them: the claim's
 null is the **random-label fine-tune**, the same fine-tuning (inputs, order, steps, learning
-rate) with each demonstration's label drawn uniformly from the label set (seeded, independently
-of its input), whose update keeps everything the demonstrations' inputs and format give and
-loses their input-label mapping (``random_label_cos``).
+rate) with the demonstrations' labels shuffled among them (one seeded permutation: the label
+counts, hence the label prior, stay the real set's), whose update keeps everything the
+demonstrations' inputs, format and label balance give and loses their input-label mapping
+(``random_label_cos``).
 
 Checks (the control rule of :mod:`~icldistill.lab.experiments.phenomena`): every quantity is
 measured
@@ -267,9 +268,6 @@ class Rec2FTPTest(Result):
         the counts being their sums.
     strata : int
         Tasks (or fine-tuning runs) the test is stratified by (1: one table).
-    stratum : str
-        What a stratum is: ``"task"``, or ``"(task, set)"`` with several demonstration sets
-        (fine-tuning runs) per task.
     """
 
     both: int
@@ -278,7 +276,6 @@ class Rec2FTPTest(Result):
     neither: int
     p: float
     strata: int = 1
-    stratum: str = "task"
 
     @property
     def corrected(self) -> int:
@@ -307,8 +304,8 @@ class Rec2FTPTest(Result):
                 f"{_pct(self.rate_uncorrected)} ({self.icl_only}/{self.uncorrected}) of those "
                 f"it does not; one-sided Fisher exact test (ICL right more often on FT's "
                 f"corrections"
-                + (f"; stratified by {self.stratum}, {self.strata} tables, conditional on "
-                   f"each {self.stratum}'s margins" if self.strata > 1 else "")
+                + (f"; stratified by task, {self.strata} tables, conditional on each task's "
+                   "margins" if self.strata > 1 else "")
                 + f") p = {self.p:.3g}")
 
 
@@ -803,8 +800,8 @@ class Comparison(Result):
     icl_norm, ft_norm : ndarray ``[n, L]``
         Norms of the two updates.
     random_labels : tuple of str, length ``k``
-        The labels of the random-label fine-tune: one drawn uniformly from the label set per
-        demonstration (seeded), independently of its input.
+        The labels of the random-label fine-tune: the demonstrations' own labels shuffled
+        among them (seeded; the label counts stay the real set's).
     ft_random_labels : ndarray ``[n]`` of str
         Predictions after that fine-tune (same inputs, steps and learning rate).
     random_label_cos : ndarray ``[n, L]``
@@ -916,12 +913,14 @@ def _train_score(loaded: Any, task: ph.TaskItems, demos: list[tuple[str, str]]
 def _random_label_fine_tune(ws: FineTuneWorkspace, task: ph.TaskItems,
                             demos: list[tuple[str, str]], rate: float, seed: int,
                             progress: bool) -> tuple[list[tuple[str, str]], Any, np.ndarray]:
-    """The SimAOU claim's null: the same fine-tuning (inputs, order, steps, ``rate``) with each
-    demonstration's label drawn uniformly from the label set (seeded, independent of its
-    input); returns those demonstrations, the fine-tuned model's zero-shot predictions on the
-    test items and its attention outputs ``[n, L, d]``. ``ws`` is reset before and after."""
-    draw = np.random.default_rng([seed, 1]).integers(len(task.label_names), size=len(demos))
-    rl_demos = [(x, str(task.label_names[j])) for (x, _), j in zip(demos, draw, strict=True)]
+    """The SimAOU claim's null: the same fine-tuning (inputs, order, steps, ``rate``) with the
+    demonstrations' labels shuffled among them (one seeded permutation: the label counts,
+    hence the label prior the set teaches, stay those of the real set; only which input
+    carries which label is random); returns those demonstrations, the fine-tuned model's
+    zero-shot predictions on the test items and its attention outputs ``[n, L, d]``. ``ws`` is
+    reset before and after."""
+    order = np.random.default_rng([seed, 1]).permutation(len(demos))
+    rl_demos = [(x, demos[int(j)][1]) for (x, _), j in zip(demos, order, strict=True)]
     ws.reset()
     ws.train(task, rl_demos, rate)
     pred, _, ao = predict_and_capture(ws.loaded, task, list(task.test_texts), [],
@@ -1034,6 +1033,17 @@ class _Group:
     def pooled(self, m: int, what: str) -> np.ndarray:
         return np.concatenate([_item_values(c, what) for c in self.comps[m]])
 
+    def first_sets(self, m: int) -> list[Comparison]:
+        """Model ``m``'s comparisons of each task's first demonstration set: Rec2FTP's data.
+        The sets of a task are read on the same test items, so their tables are not
+        independent strata (an item hard for ICL and FT is so in every set); counting each
+        item once keeps the stratified Fisher test exact."""
+        return [c for c in self.comps[m] if c.demo_set == 0]
+
+    def pooled_first(self, m: int, what: str) -> np.ndarray:
+        """:meth:`pooled` over :meth:`first_sets` (each test item once)."""
+        return np.concatenate([_item_values(c, what) for c in self.first_sets(m)])
+
     def per_unit(self, m: int, what: str) -> np.ndarray:
         """``[U]`` per (task, demonstration set) of model ``m``: the mean over its items of
         ``what`` (:func:`_item_values`). The set, with its one fine-tuning run, is the unit of
@@ -1057,19 +1067,19 @@ class _Group:
         return np.concatenate([c.cos for c in self.comps[m]])          # [N, L]
 
     def rec_counts(self, m: int) -> tuple[int, int]:
-        return (sum(c.rec.recalled for c in self.comps[m]),
-                sum(c.rec.corrected for c in self.comps[m]))
+        """Rec2FTP's counts (ICL also right, FT corrections) over :meth:`first_sets`."""
+        return (sum(c.rec.recalled for c in self.first_sets(m)),
+                sum(c.rec.corrected for c in self.first_sets(m)))
 
     def rec_test(self, m: int) -> Rec2FTPTest:
-        """:func:`rec2ftp_test` of model ``m`` per (task, set), combined: the counts summed and
-        the p-value of the exact test stratified by (task, set), each one fine-tuning run
-        (tasks differ in both rates, so one pooled table would mix them)."""
+        """:func:`rec2ftp_test` of model ``m`` per task (its first demonstration set,
+        :meth:`first_sets`), combined: the counts summed and the p-value of the exact test
+        stratified by task (tasks differ in both rates, so one pooled table would mix them)."""
         per = [rec2ftp_test(c.zsl == c.labels, c.ft == c.labels, c.icl == c.labels)
-               for c in self.comps[m]]
+               for c in self.first_sets(m)]
         tables = [(t.both, t.ft_only, t.icl_only, t.neither) for t in per]
         return Rec2FTPTest(*(int(sum(col)) for col in zip(*tables, strict=True)),
-                           fisher_exact_greater_stratified(tables), strata=len(tables),
-                           stratum="task" if self.units.startswith("tasks") else "(task, set)")
+                           fisher_exact_greater_stratified(tables), strata=len(tables))
 
 
 # long: two controlled checks (SimAOU, Rec2FTP), each with its test, its controls' values and
@@ -1097,8 +1107,8 @@ def _checks(g: _Group, seed: int
     rl_mean = ph.finite_mean(rl)
     above_vec = bool(np.isfinite(sim.trained.value) and np.isfinite(rand.high)
                      and sim.trained.value > rand.high)
-    above_rl = bool(np.isfinite(sim.trained.value) and np.isfinite(rl_mean)
-                    and sim.trained.value > rl_mean)
+    # the same paired differences the p-value tests (a unit undefined in one is left out)
+    above_rl = bool(ph.finite_mean(g.per_unit(0, "sim-random-label")) > 0)
     checks = [ph.controlled_check(
         f"{name}: ICL and fine-tuning update attention outputs in similar directions (SimAOU "
         "above that of a fine-tune on the same demonstrations with random labels, above the "
@@ -1121,10 +1131,12 @@ def _checks(g: _Group, seed: int
     floors = [ph.sign_flip_floor(np.zeros(np.size(g.per_unit(0, "sim-random-label"))))]
     rec = ph.compare_with_controls(
         f"{name}: Rec2FTP (ICL right, per FT-corrected item)",
-        stat(g.pooled(0, "rec"), trained, seed=seed),
-        [stat(g.pooled(i, "rec"), m, seed=seed) for i, m in enumerate(controls, 1)], seed=seed)
+        stat(g.pooled_first(0, "rec"), trained, seed=seed),
+        [stat(g.pooled_first(i, "rec"), m, seed=seed) for i, m in enumerate(controls, 1)],
+        seed=seed)
     got, n = g.rec_counts(0)
-    chance = stat(g.pooled(0, "zsl_wrong_icl_right"), f"{name} ICL right among ZSL errors",
+    chance = stat(g.pooled_first(0, "zsl_wrong_icl_right"),
+                  f"{name} ICL right among ZSL errors",
                   seed=seed)
     test = g.rec_test(0)
     claim = (f"{name}: ICL covers fine-tuning's corrections: ICL is right more often on the "
@@ -1231,8 +1243,9 @@ def _figures(groups: list[_Group], tasks: list[ph.TaskItems], out: Path) -> list
         nm = len(g.models)
         width = 0.8 / nm
         for i, m in enumerate(g.models):
-            counts = [(sum(c.rec.recalled for c in g.task_rows(i, t.name)),
-                       sum(c.rec.corrected for c in g.task_rows(i, t.name))) for t in tasks]
+            counts = [(sum(c.rec.recalled for c in g.task_rows(i, t.name) if c.demo_set == 0),
+                       sum(c.rec.corrected for c in g.task_rows(i, t.name) if c.demo_set == 0))
+                      for t in tasks]
             counts.append(g.rec_counts(i))
             vals = [100.0 * a / b if b else 0.0 for a, b in counts]
             x = np.arange(len(labels)) + (i - (nm - 1) / 2) * width
@@ -1312,8 +1325,9 @@ def run(models: Sequence[str | Any] = ("smollm2-135m",), *, out_dir: str | Path,
     n_sets : int
         Demonstration sets per task, each with its own fine-tuning run (default 1). The
         (task, set) is the unit of the SimAOU claim's test (its items share one set and one
-        fine-tuned model) and a stratum of Rec2FTP's: with 3 tasks, one set allows no
-        sign-flip p below 0.25, two sets 0.031, three 0.0078.
+        fine-tuned model): with 3 tasks, one set allows no sign-flip p below 0.25, two sets
+        0.031, three 0.0078. Rec2FTP reads each task's first set (the sets share the test
+        items, so their tables would not be independent strata).
     resume_dir : path, optional
         Keep each finished (model, task, set) comparison here, so that a killed run resumes from
         its last finished part (:class:`~icldistill.lab.experiments.phenomena.Parts`).
@@ -1454,7 +1468,8 @@ def _checks_and_findings(groups: list[_Group], seed: int
     for g in groups:
         tr = g.comps[0]
         findings.append(
-            f"{g.models[0].name}: mean accuracy over {len(tr)} tasks: zero-shot "
+            f"{g.models[0].name}: mean accuracy over {len(tr)} {g.units.split(' (')[0]}: "
+            "zero-shot "
             f"{np.mean([c.accuracy('zsl') for c in tr]):.3f}, ICL "
             f"{np.mean([c.accuracy('icl') for c in tr]):.3f}, fine-tuned "
             f"{np.mean([c.accuracy('ft') for c in tr]):.3f}; learning rates chosen by "
@@ -1553,16 +1568,20 @@ def _description(groups: list[_Group], task_list: list[ph.TaskItems], k: int, n_
         "- AO(ZSL prompt), AO = each layer's self-attention output (o_proj, before the "
         f"residual add) at the prompt's last token ({L} layers); random-vector baseline: the "
         "cosine with a seeded Gaussian vector; random-label fine-tune: the same fine-tuning "
-        "(inputs, steps, learning rate) with each demonstration's label drawn at random from "
-        "the label set (seeded), the SimAOU claim's null (random vectors are isotropic and "
-        "attention-output updates are not, so any two updates beat them; this fine-tune keeps "
-        "all but the input-label mapping). Checks follow the control rule: SimAOU paired "
+        "(inputs, steps, learning rate) with the demonstrations' labels shuffled among them "
+        "(seeded; the label counts stay the set's), the SimAOU claim's null (random vectors "
+        "are isotropic and attention-output updates are not, so any two updates beat them; "
+        "this fine-tune keeps all but the input-label mapping). Checks follow the control "
+        "rule: SimAOU paired "
         f"with each control per {unit} (two-sided exact sign-flip test, every control, one "
         "direction), Rec2FTP (over each model's own corrections, so not paired) outside the "
         "controls' 95% bootstrap intervals. The Rec2FTP claim is tested, not read off a point "
         "estimate: ICL's rate of right answers on FT's corrections against its rate on the "
-        f"zero-shot errors FT leaves, one-sided Fisher exact test stratified by {unit} "
-        f"(conditional on each {unit}'s margins). Each claim's p-value (SimAOU: paired "
+        "zero-shot errors FT leaves, one-sided Fisher exact test stratified by task "
+        "(conditional on each task's margins"
+        + ("" if S == 1 else "; each task's first set: the sets share the test items, so "
+           "their tables are not independent strata")
+        + "). Each claim's p-value (SimAOU: paired "
         "sign-flip test of SimAOU minus the random-label fine-tune's over the "
         f"{unit + 's' if S == 1 else unit + ' units'}, the unit that is drawn: each has one "
         "demonstration set and one fine-tuning run; Rec2FTP: "
