@@ -758,6 +758,29 @@ def test_the_quick_simaou_null_figures():
         assert sorted(r["random_labels"]) == sorted(d["label"] for d in sets[0])
 
 
+def test_the_simaou_sets2_figures():
+    """README's SimAOU figures with two sets per task (the committed one-section report)."""
+    readme = " ".join((ROOT / README).read_text(encoding="utf-8").split())
+    md = (RESULTS / "lab" / "icl-vs-finetuning-sets2" / "report.md").read_text(encoding="utf-8")
+    assert "--quick --sets 2" in md
+    seconds = re.search(r"Run time ([0-9.]+) s", md)
+    assert seconds and f"6 units, {float(seconds.group(1)):.0f} s with the grid running" in readme
+    found = re.search(r"SimAOU averaged over 30 layers and 6 \(task, set\) units is "
+                      r"([0-9.]+) \[[^]]*\] against ([0-9.]+) for the fine-tune on random "
+                      r"labels, -0.000 for random vectors and ([0-9.]+) ", md)
+    assert found
+    sim, rl, twin = found.groups()
+    p_rl = re.search(r"SimAOU minus the random-label fine-tune's SimAOU: paired sign-flip test "
+                     r"\(two-sided\) of mean = 0 over the 6 \(task, set\) units \(each one "
+                     r"fine-tuning run\) \(no p below 0.0312 with these units\): p = ([0-9.]+)",
+                     md)
+    assert p_rl and "trained - control -0.105 (sign-flip p 0.0312 over 6, no p below 0.0312)" \
+        in md
+    assert (f"{sim} against {rl} for the shuffled-label fine-tune (paired p "
+            f"{float(p_rl.group(1)):.2f} over the 6 runs) and {twin} for the random twin, which "
+            "aligns the two updates more on all 6 (paired p 0.031") in readme
+
+
 def test_the_bias_regression_within_kind_figures():
     """README's within-kind bias-regression figures are the re-analysis's (full and quick)."""
     readme = " ".join((ROOT / README).read_text(encoding="utf-8").split())
