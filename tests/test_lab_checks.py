@@ -252,6 +252,10 @@ def test_identities_are_counted_apart(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "1 of 2 checks hold; 2 of 2 identities (any weights) hold" in out
     assert "[ok] (identity, any weights) identity (any weights): one step" in out
+    # the section itself is kept beside the report (its per-unit data, for a re-analysis)
+    back = read_section(tmp_path / "single" / "real.json")
+    assert back is not None and back.checks == _identity_section().checks
+    assert "real.json" in out
 
 
 def test_identity_kind_round_trips_and_legacy_sections_load(tmp_path):

@@ -188,14 +188,16 @@ def _cmd_lab_train(args: argparse.Namespace) -> int:
 
 
 def _write_single(section: Any, out: Path, command: str) -> None:
-    """Write a one-section report and print its checks and findings."""
+    """Write a one-section report and the section itself (``<name>.json``: its checks,
+    tables and per-unit data, for a re-analysis), and print its checks and findings."""
     from icldistill.lab.experiments import checks_summary
-    from icldistill.lab.experiments.report import write_lab_report
+    from icldistill.lab.experiments.report import write_lab_report, write_section
     from icldistill.lab.experiments.reproduce import with_provenance
 
     section = with_provenance(section)
     write_lab_report([section], out, title=section.title, header=[f"Command: `{command}`"],
                      commands=[command])
+    write_section(section, out / f"{section.name}.json")
     print(f"{section.title}: {checks_summary(section.checks)} ({section.seconds:.1f} s)")
     for c in section.checks:
         tag = (" (identity, any weights)" if c.is_identity else
@@ -203,7 +205,7 @@ def _write_single(section: Any, out: Path, command: str) -> None:
         print(f"  [{'ok' if c.holds else 'NO'}]{tag} {c.claim}: {c.detail}")
     for f in section.findings:
         print(f"  - {f}")
-    print(f"wrote {out / 'report.md'}, {out / 'report.html'}")
+    print(f"wrote {out / 'report.md'}, {out / 'report.html'}, {out / (section.name + '.json')}")
 
 
 def _cmd_lab_experiment(args: argparse.Namespace) -> int:
