@@ -1394,7 +1394,7 @@ def saturation_units(model_curves: list[dict]) -> tuple[list[dict], str]:
     tasks (the curves averaged over the sets, as the committed check used)."""
     units = []
     per_set = all("set_layers" in t for t in model_curves)
-    for t in model_curves:
+    for ti, t in enumerate(model_curves):            # the block: the task's position
         ks = np.asarray(t["ks"], dtype=float)
         corr = np.asarray(t["correct"], dtype=float)                 # [K, S, n]
         if per_set:
@@ -1407,7 +1407,7 @@ def saturation_units(model_curves: list[dict]) -> tuple[list[dict], str]:
             w0s = [_layer_mean(t["layers"]["log_w0_norm"])]
         for s, (acc, sh, w0) in enumerate(zip(accs, shares, w0s, strict=True)):
             units.append({"name": f"{t['task']}" + (f" set {s + 1}" if per_set else ""),
-                          "task": t["task"],
+                          "block": ti,
                           "rises": bool(acc.max() > acc[0]), "accuracy": k_sat(ks, acc),
                           "demo_share": k_sat(ks, sh),
                           "log_w0_norm": k_sat(ks[ks >= 1], w0[ks >= 1])})
@@ -1422,33 +1422,48 @@ def _respects(perm: Sequence[int], block: Sequence[Any]) -> bool:
     return all(len(t) == 1 for t in targets.values())
 
 
-def pairing_p(match: np.ndarray, n_perm: int, seed: int,
-              block: Sequence[Any] | None = None) -> tuple[float, float, int]:
-    """One-sided p of ``trace(match)`` among the re-pairings that move blocks (a task's sets)
-    onto blocks as wholes (every permutation without ``block``): all of them, found by
-    filtering the n! permutations, when n! is at most ``n_perm``, else ``n_perm`` drawn
-    (+1-corrected). Returns the p, the mean agreement over those re-pairings, and how many
-    were evaluated."""
+#: Section 8 enumerates every permutation of at most this many units (8! = 40,320).
+MAX_ENUMERATED_UNITS = 8
+
+
+def pairing_p(match: np.ndarray, n_perm: int, seed: int, block: Sequence[Any] | None = None,
+              active: Sequence[bool] | None = None) -> tuple[float, float, int, bool]:
+    """One-sided p of the active units' agreements ``sum_{i active} match[i, i]`` among the
+    re-pairings that move blocks (a task's sets) onto blocks as wholes and active units onto
+    active units (every permutation without ``block``/``active``). With at most
+    :data:`MAX_ENUMERATED_UNITS` units all n! permutations are filtered to those (exact);
+    otherwise ``n_perm`` uniform block re-pairings that keep the active units are drawn by
+    rejection (+1-corrected). Returns the p, the mean agreement over the re-pairings, how
+    many were evaluated and whether it was exact."""
     n = match.shape[0]
     block = list(range(n)) if block is None else list(block)
-    obs = int(np.trace(match))
-    if math.factorial(n) <= n_perm:
-        null = [sum(bool(match[i, perm[i]]) for i in range(n))
-                for perm in itertools.permutations(range(n)) if _respects(perm, block)]
-        return sum(v >= obs for v in null) / len(null), float(np.mean(null)), len(null)
+    act = [True] * n if active is None else [bool(a) for a in active]
+    obs = sum(bool(match[i, i]) for i in range(n) if act[i])
+
+    def agreement(perm: Sequence[int]) -> int:
+        return sum(bool(match[i, perm[i]]) for i in range(n) if act[i])
+
+    def keeps(perm: Sequence[int]) -> bool:
+        return _respects(perm, block) and all(act[perm[i]] == act[i] for i in range(n))
+
+    if n <= MAX_ENUMERATED_UNITS:
+        null = [agreement(perm) for perm in itertools.permutations(range(n)) if keeps(perm)]
+        return sum(v >= obs for v in null) / len(null), float(np.mean(null)), len(null), True
     rng = np.random.default_rng(seed)
     names = list(dict.fromkeys(block))
     members = {b: [i for i in range(n) if block[i] == b] for b in names}
     null = []
-    for _ in range(n_perm):
+    while len(null) < n_perm:
         onto = dict(zip(names, rng.permutation(len(names)), strict=True))
         perm = [0] * n
         for b in names:
             dest = members[names[onto[b]]]
             for i, j in zip(members[b], rng.permutation(dest), strict=True):
                 perm[i] = int(j)
-        null.append(sum(bool(match[i, perm[i]]) for i in range(n)))
-    return ((1 + sum(v >= obs for v in null)) / (n_perm + 1), float(np.mean(null)), n_perm)
+        if keeps(perm):
+            null.append(agreement(perm))
+    return ((1 + sum(v >= obs for v in null)) / (n_perm + 1), float(np.mean(null)), n_perm,
+            False)
 
 
 def saturation_pairing(rep: Report, sec: dict, n_perm: int) -> None:
@@ -1462,12 +1477,13 @@ def saturation_pairing(rep: Report, sec: dict, n_perm: int) -> None:
             "on a 4- to 7-point grid pile up on a few k (the demo share rises to the largest k), "
             "so two unrelated curves often agree. Here the null re-pairs the units: does a "
             "unit's distillation k_sat agree with its *own* accuracy k_sat more often than "
-            "with another unit's? The statistic is the number of agreeing units (a unit whose "
-            "accuracy does not rise agrees with none); the p-value is one-sided over every "
-            "re-pairing that moves a task's sets as a whole onto another task's (they share its "
-            f"test items and format) and permutes them within it (at most {n_perm}; else "
-            f"{n_perm} drawn, seed {SEED}), so with T tasks of S sets it is never below "
-            "1/(T! S!^T). The units are the (task, set) pairs where the section kept each "
+            "with another unit's? The statistic is the number of agreeing units among those "
+            "whose accuracy rises, which are re-paired among themselves; the p-value is "
+            "one-sided over every re-pairing that moves a task's sets as a whole onto another "
+            "task's (they share its test items and format) and permutes them within it (every "
+            f"one with at most {MAX_ENUMERATED_UNITS} units, so with T tasks of S sets never "
+            f"below 1/(T! S!^T); else {n_perm} drawn, seed {SEED}). The units are the (task, "
+            "set) pairs where the section kept each "
             "set's distillation curves, else the tasks (the committed full run keeps only the "
             "curves averaged over its two sets). Chance agreement is the mean number of "
             "agreeing units over the re-pairings.", "")
@@ -1479,11 +1495,12 @@ def saturation_pairing(rep: Report, sec: dict, n_perm: int) -> None:
             for label, what in (("demo share", "demo_share"), ("||W_0||", "log_w0_norm")):
                 used = [u for u in units if u["rises"] and np.isfinite(u["accuracy"])
                         and np.isfinite(u[what])]
-                block = [u["task"] for u in units]
+                block = [u["block"] for u in units]
                 n_b = len(set(block))
                 size = len(units) // n_b
                 total = math.factorial(n_b) * math.factorial(size) ** n_b
-                floor = 1.0 / total if total <= n_perm else 1.0 / (n_perm + 1)
+                floor = (1.0 / total if len(units) <= MAX_ENUMERATED_UNITS
+                         else 1.0 / (n_perm + 1))
                 ksat = ", ".join(f"{u['name']} {kv(u['accuracy'])} / {kv(u[what])}"
                                  + ("" if u["rises"] else " (accuracy does not rise)")
                                  for u in units)
@@ -1491,10 +1508,13 @@ def saturation_pairing(rep: Report, sec: dict, n_perm: int) -> None:
                     rows.append([model, role, label, f"{len(units)} {kind} units", ksat, "—", "—",
                                  "—", fp(floor)])
                     continue
-                # every unit is re-paired; one whose accuracy does not rise agrees with none
-                match = np.array([[a["rises"] and doubling_match(a["accuracy"], b[what])
-                                   for b in units] for a in units], dtype=bool)
-                p, chance, _ = pairing_p(match, n_perm, SEED, block)
+                # the units whose accuracy rises (and whose k_sats are defined) are re-paired
+                # among themselves
+                active = [u["rises"] and np.isfinite(u["accuracy"]) and np.isfinite(u[what])
+                          for u in units]
+                match = np.array([[doubling_match(a["accuracy"], b[what]) for b in units]
+                                  for a in units], dtype=bool)
+                p, chance, _, _ = pairing_p(match, n_perm, SEED, block, active)
                 agree = int(np.trace(match))
                 verdict = fp(floor) + ("; untestable at this size" if floor >= ALPHA else "")
                 rows.append([model, role, label, f"{len(units)} {kind} units", ksat,

@@ -704,25 +704,48 @@ def test_pairing_test_bad_input(bad, match):
         pairing_permutation_test(bad)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(st.integers(0, 10_000), st.sampled_from([(1, 1), (2, 1), (3, 1), (2, 2), (3, 2),
-                                                (2, 3)]))
-def test_pairing_test_with_blocks_against_filtered_enumeration(seed, shape):
-    """Blocks: the re-pairings are the permutations that map every block onto one block.
-    Independently: enumerate all n! permutations and keep those."""
+                                                (2, 3)]), st.booleans())
+def test_pairing_test_with_blocks_against_filtered_enumeration(seed, shape, some_inactive):
+    """Blocks and active units: the re-pairings are the permutations that map every block
+    onto one block and active units onto active units. Independently: enumerate all n!
+    permutations, keep those, and count the active units' agreements."""
     B, S = shape
     n = B * S
     rng = np.random.default_rng(seed)
     match = rng.random((n, n)) < rng.random()
     blocks = [f"t{i // S}" for i in range(n)]
-    res = pairing_permutation_test(match, blocks=blocks)
+    active = rng.random(n) < 0.7 if some_inactive else np.ones(n, dtype=bool)
+    res = pairing_permutation_test(match, blocks=blocks, active=active)
+    if not active.any():
+        assert np.isnan(res.p)
+        return
     keep = [pi for pi in itertools.permutations(range(n))
-            if all(len({pi[i] // S for i in range(b * S, (b + 1) * S)}) == 1 for b in range(B))]
-    assert len(keep) == res.n_perm == math.factorial(B) * math.factorial(S) ** B
-    obs = int(np.trace(match))
-    hits = sum(sum(bool(match[i, pi[i]]) for i in range(n)) >= obs for pi in keep)
-    assert res.exact and res.p == pytest.approx(hits / len(keep))
-    assert res.floor == pytest.approx(pairing_floor(n, block_size=S)) == 1 / len(keep)
+            if all(len({pi[i] // S for i in range(b * S, (b + 1) * S)}) == 1 for b in range(B))
+            and all(active[pi[i]] == active[i] for i in range(n))]
+    obs = sum(bool(match[i, i]) for i in range(n) if active[i])
+    hits = sum(sum(bool(match[i, pi[i]]) for i in range(n) if active[i]) >= obs for pi in keep)
+    assert res.exact and res.agree == obs and res.n == int(active.sum())
+    assert res.p == pytest.approx(hits / len(keep))
+    assert res.floor >= pairing_floor(n, block_size=S) - 1e-15
+    if active.all():
+        assert res.n_perm == len(keep) == math.factorial(B) * math.factorial(S) ** B
+
+
+def test_pairing_test_sampled_branch_with_inactive_units():
+    """10 units, 8 active (8! > 2000: sampled): the active units' re-pairings only, so the
+    rencontres tail of 8 applies."""
+    sigma = [0, 1, 3, 2, 5, 4, 7, 6]
+    match = np.zeros((10, 10), dtype=bool)
+    act_idx = [0, 1, 2, 3, 5, 6, 8, 9]
+    for i, s_ in enumerate(sigma):
+        match[act_idx[i], act_idx[s_]] = True
+    match[4, :] = match[7, :] = True                # inactive rows: would add agreement
+    active = np.isin(np.arange(10), act_idx)
+    res = pairing_permutation_test(match, active=active, seed=5)
+    assert not res.exact and res.n == 8 and res.agree == 2
+    assert res.p == pytest.approx(_rencontres_tail(8, 2), abs=0.04)
 
 
 def test_pairing_test_block_edges():

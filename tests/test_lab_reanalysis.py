@@ -639,12 +639,17 @@ def test_the_package_pairing_test_agrees(script, seed, shape):
     rng = np.random.default_rng(seed)
     match = rng.random((n, n)) < rng.random()
     block = [f"t{i // S}" for i in range(n)]
-    p, chance, total = script.pairing_p(match, 10_000, 0, block)
+    active = rng.random(n) < 0.8
+    p, chance, total, exact = script.pairing_p(match, 10_000, 0, block)
     got = pairing_permutation_test(match, blocks=block)
-    assert got.exact and total == got.n_perm
+    assert got.exact and exact and total == got.n_perm
     assert got.p == pytest.approx(p) and got.agree == int(np.trace(match))
     if S == 1:                                  # every permutation: the mean of the matrix
         assert chance == pytest.approx(match.sum() / n)
+    if active.any():                            # only the active units re-paired
+        p, _, _, _ = script.pairing_p(match, 10_000, 0, block, active)
+        got = pairing_permutation_test(match, blocks=block, active=active)
+        assert got.p == pytest.approx(p)
 
 
 def test_saturation_section_on_the_full_run(report):
@@ -682,3 +687,15 @@ def test_saturation_units_from_per_set_curves(script):
     assert [(u["accuracy"], u["demo_share"], u["log_w0_norm"]) for u in units] == \
         [(1.0, 1.0, 2.0), (4.0, 4.0, 4.0)]
     assert all(u["rises"] for u in units)
+
+
+def test_pairing_p_never_below_its_stated_floor(script):
+    """Review (helper-54): the re-analysis enumerated only when n! <= n_perm but stated the
+    floor 1/(T! S!^T) whenever that was <= n_perm: 4 tasks x 2 sets gave a Monte Carlo p of
+    0.00260 under a stated floor of 1/384 = 0.00260. Up to 8 units every re-pairing is
+    enumerated now."""
+    block = [i // 2 for i in range(8)]
+    p, _, total, exact = script.pairing_p(np.eye(8, dtype=bool), 10_000, 0, block)
+    assert exact and total == 384 and p == pytest.approx(1 / 384)
+    p, _, total, exact = script.pairing_p(np.eye(10, dtype=bool), 500, 0)
+    assert not exact and total == 500 and p >= 1 / 501

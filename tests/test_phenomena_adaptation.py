@@ -277,8 +277,9 @@ def test_accuracy_gain_takes_one_unit_per_set():
 
 def _units(acc, what, rise=None):
     rise = [0.2] * len(acc) if rise is None else rise
-    return [{"task": f"t{i}", "set": 0, "accuracy": a, "demo_share": w, "log_w0_norm": w,
-             "accuracy_rise": r} for i, (a, w, r) in enumerate(zip(acc, what, rise, strict=True))]
+    return [{"task": f"t{i}", "block": i, "set": 0, "accuracy": a, "demo_share": w,
+             "log_w0_norm": w, "accuracy_rise": r}
+            for i, (a, w, r) in enumerate(zip(acc, what, rise, strict=True))]
 
 
 def _saturation_checks_on(units, twin_agrees=True):
@@ -328,16 +329,41 @@ def test_saturation_agreement_is_tested_against_chance_pairing():
     assert p < 0.05 and "every one of the 720 re-pairings" in test
 
 
+def test_saturation_pairing_leaves_out_units_where_accuracy_does_not_rise():
+    """Review (helper-54): with the non-rising units in the re-pairing, their distillation
+    k_sat became partners of the rising ones, and a test of "does a unit's curve saturate
+    where its own accuracy does" rewarded curves that merely tell rising from non-rising
+    units (7 tasks: 3 rising, all piled up at k = 4; 4 not rising with k_sat 32: p 0.033).
+    Rising units are re-paired among themselves: p 1."""
+    units = _units([4.0] * 3 + [0.0] * 4, [4.0] * 3 + [32.0] * 4,
+                   rise=[0.2] * 3 + [0.0] * 4)
+    _, p, test, floor = _saturation_checks_on(units, twin_agrees=False)[0]
+    assert p == 1.0 and "every one of the 6 re-pairings" in test
+    assert floor == pytest.approx(1 / 2001)                      # 7! > 2000: the design's
+
+
+def test_saturation_blocks_are_task_positions():
+    """Review (helper-54): blocks were labelled by task name, so a task listed twice made
+    one block of twice the size and the section failed after its compute."""
+    units = _units([1.0, 4.0, 16.0], [1.0, 4.0, 16.0])
+    for u in units:
+        u["task"] = "amazon"                                     # the same name, 3 blocks
+    _, p, _, _ = _saturation_checks_on(units, twin_agrees=False)[0]
+    assert p == pytest.approx(1 / 6)
+
+
 def test_saturation_pairing_moves_a_tasks_sets_together():
     """Review (helper-53): the sets of one task share its test items and format, so a
     task-level coincidence must count once. 3 tasks x 2 sets whose accuracy and demo-share
     k_sat are both 1, 4 and 16 per task: re-pairing the 6 units freely gives p 8/720, moving
     tasks as wholes (sets permuted within) gives 8/48 = 1/6, what 3 task units give."""
     ks = [1.0, 1.0, 4.0, 4.0, 16.0, 16.0]
-    units = [{**u, "task": f"t{i // 2}", "set": i % 2} for i, u in enumerate(_units(ks, ks))]
+    units = [{**u, "task": f"t{i // 2}", "block": i // 2, "set": i % 2}
+             for i, u in enumerate(_units(ks, ks))]
     _, p, test, floor = _saturation_checks_on(units, twin_agrees=False)[0]
     assert p == pytest.approx(1 / 6) and floor == pytest.approx(1 / 48)
-    assert "every one of the 48 re-pairings: tasks moved as wholes" in test
+    assert "every one of the 48 re-pairings of the units where accuracy rises: tasks moved as " \
+        "wholes" in test
 
 
 def test_set_saturation_reads_each_sets_own_curves():

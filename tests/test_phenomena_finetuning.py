@@ -333,6 +333,10 @@ def test_several_sets_per_task(tmp_path, toy):
     rec_data = sec.data["groups"][0]["comparisons"]["rec2ftp_test"]
     assert rec_data == one.data["groups"][0]["comparisons"]["rec2ftp_test"]
     assert rec_data["strata"] == 2
+    # per layer, each test item once (its cosines averaged over the sets; review: pooling the
+    # sets counted every item once per set in the per-layer intervals)
+    per_layer = sec.data["groups"][0]["comparisons"]["per_layer"][0]["trained"]
+    assert per_layer["n"] == sum(len(r["labels"]) for r in res if r["set"] == 0)
     table = next(t for t in sec.tables if t.title.startswith("ZSL, ICL"))
     assert [r[2] for r in table.rows[:4]] == ["toy", "toy set 2", "toy2", "toy2 set 2"]
     assert "Per task 2 independently drawn label-balanced sets" in sec.description

@@ -485,46 +485,67 @@ def pairing_floor(n: int, n_perm: int = 2000, block_size: int = 1) -> float:
     return 1.0 / total if total <= n_perm else 1.0 / (n_perm + 1)
 
 
-# long: 35 lines of docstring (the null and why blocks); the code is 40
-def pairing_permutation_test(match: Any, *, blocks: Any = None, n_perm: int = 2000,
-                             seed: int = 0) -> PairingTest:
+def _repairings(groups: list[np.ndarray], act: np.ndarray
+                ) -> tuple[list[list[int]], list[tuple[np.ndarray, np.ndarray]], int]:
+    """The structure of the re-pairings that move blocks onto blocks and active units onto
+    active units: the classes of blocks with the same number of active units (a block may go
+    only to a block of its class), each block's (active, inactive) units, and the number of
+    distinct re-pairings of the active units (inactive units contribute nothing)."""
+    split = [(g[act[g]], g[~act[g]]) for g in groups]
+    classes: dict[int, list[int]] = {}
+    for b, (a, _) in enumerate(split):
+        if a.size:                  # a block without active units changes nothing: stays
+            classes.setdefault(a.size, []).append(b)
+    size = math.prod(math.factorial(len(c)) for c in classes.values()) * \
+        math.prod(math.factorial(a.size) for a, _ in split)
+    return list(classes.values()), split, size
+
+
+# long: 40 lines of docstring (the null, its blocks and active units); the code is 40
+def pairing_permutation_test(match: Any, *, blocks: Any = None, active: Any = None,
+                             n_perm: int = 2000, seed: int = 0) -> PairingTest:
     """Do units' own pairs agree more often than pairs drawn across units? One-sided
     permutation test of a pairing.
 
     Unit ``i`` has two values (the saturation points of its accuracy curve and of a
     distillation curve); ``match[i, j]`` says whether unit ``i``'s first value agrees with
-    unit ``j``'s second (within one doubling; False where either is undefined). The
-    statistic is the number of units whose own pair agrees, ``sum_i match[i, i]``. Under the
-    null hypothesis that the second values carry no information about which unit they came
-    from (only about how they are distributed), re-pairings are equally likely: agreement that
-    only reflects both values piling up at the same ``k`` is as frequent under re-pairing and
-    gives no small p. Units come in ``blocks`` (the demonstration sets of one task, which
-    share its test items and prompt format): a re-pairing moves whole blocks onto blocks and
-    permutes the units inside each, so that a task-level coincidence counts once, not once
-    per set. With at most ``n_perm`` re-pairings (``B! (S!)^B`` for ``B`` blocks of ``S``)
-    every one is enumerated and ``p`` is exact (never below one over their number);
-    otherwise ``n_perm`` are drawn and ``p = (1 + #{null >= observed}) / (n_perm + 1)``.
+    unit ``j``'s second (within one doubling). The statistic is the number of active units
+    whose own pair agrees, ``sum_i match[i, i]`` over the ``active`` units (those where the
+    first value means something: accuracy rises). Under the null hypothesis that the second
+    values carry no information about which unit they came from (only about how they are
+    distributed), re-pairings are equally likely: agreement that only reflects both values
+    piling up at the same ``k`` is as frequent under re-pairing and gives no small p. Units
+    come in ``blocks`` (the demonstration sets of one task, which share its test items and
+    prompt format): a re-pairing moves whole blocks onto blocks and permutes the units inside
+    each, so that a task-level coincidence counts once, not once per set; and it maps active
+    units onto active units (the inactive ones take no part, so a second value cannot count
+    for telling active from inactive units). With at most ``n_perm`` distinct re-pairings of
+    the active units every one is enumerated and ``p`` is exact (never below one over their
+    number, itself at least ``B! (S!)^B`` for ``B`` blocks of ``S``:
+    :func:`pairing_floor`); otherwise ``n_perm`` are drawn uniformly and ``p = (1 +
+    #{null >= observed}) / (n_perm + 1)``.
 
     Parameters
     ----------
     match : array-like of bool ``[n, n]``
         Agreement of every unit's first value with every unit's second.
     blocks : sequence of ``n`` hashable labels, optional
-        The block of every unit (equal-sized blocks); None: every unit is its own block
-        (every permutation of the units).
+        The block of every unit (equal-sized blocks); None: every unit is its own block.
+    active : array-like of bool ``[n]``, optional
+        The units that take part (default all).
     n_perm : int
     seed : int
 
     Returns
     -------
     PairingTest
-        NaN p and floor with no unit.
+        ``n`` is the number of active units; NaN p and floor without any.
 
     Raises
     ------
     InputError
         ``match`` not square or not boolean (0/1), blocks of unequal size or of the wrong
-        length.
+        length, ``active`` of the wrong length.
     """
     n_perm = check_int(n_perm, "n_perm")
     check_seed(seed)
@@ -537,29 +558,37 @@ def pairing_permutation_test(match: Any, *, blocks: Any = None, n_perm: int = 20
         m = m.astype(bool)
     n = m.shape[0]
     groups = _blocks(blocks, n)
-    if n == 0:
+    act = np.ones(n, dtype=bool) if active is None else np.asarray(active, dtype=bool)
+    if act.shape != (n,):
+        raise InputError(f"active must hold one flag per unit: shape {act.shape} for {n}")
+    if not act.any():
         return PairingTest(0, 0, math.nan, 0, True, math.nan)
-    obs = int(np.trace(m))
-    rows = np.arange(n)
-    B, S = len(groups), groups[0].size
-    total = _n_pairings(B, S)
+    obs = int(np.trace(m[np.ix_(act, act)]))
+    classes, split, total = _repairings(groups, act)
     if total <= n_perm:
-        perms = []
-        for sigma in itertools.permutations(range(B)):
-            for taus in itertools.product(itertools.permutations(range(S)), repeat=B):
-                pi = np.empty(n, dtype=np.int64)
-                for b in range(B):
-                    pi[groups[b]] = groups[sigma[b]][list(taus[b])]
-                perms.append(pi)
-        null = m[rows, np.array(perms)].sum(1)
-        return PairingTest(obs, n, float(Fraction(int((null >= obs).sum()), total)), total,
-                           True, 1.0 / total)
+        pis = []
+        for sigmas in itertools.product(*(itertools.permutations(c) for c in classes)):
+            onto = {b: t for c, sg in zip(classes, sigmas, strict=True)
+                    for b, t in zip(c, sg, strict=True)}
+            moved = sorted(onto)
+            per_block = [itertools.permutations(split[onto[b]][0]) for b in moved]
+            for images in itertools.product(*per_block):
+                pi = np.arange(n)
+                for b, img in zip(moved, images, strict=True):
+                    pi[split[b][0]] = img
+                pis.append(pi)
+        pis_a = np.array(pis)
+        null = m[np.arange(n)[act], pis_a[:, act]].sum(1)
+        return PairingTest(obs, int(act.sum()), float(Fraction(int((null >= obs).sum()),
+                                                               len(pis))),
+                           len(pis), True, 1.0 / len(pis))
     rng = np.random.default_rng(seed)
     hits = 0
     for _ in range(n_perm):
-        sigma = rng.permutation(B)
-        pi = np.empty(n, dtype=np.int64)
-        for b in range(B):
-            pi[groups[b]] = groups[sigma[b]][rng.permutation(S)]
-        hits += int(m[rows, pi].sum() >= obs)
-    return PairingTest(obs, n, (1 + hits) / (n_perm + 1), n_perm, False, 1.0 / (n_perm + 1))
+        pi = np.arange(n)
+        for c in classes:
+            for b, t in zip(c, rng.permutation(c), strict=True):
+                pi[split[b][0]] = rng.permutation(split[t][0])
+        hits += int(m[np.arange(n)[act], pi[act]].sum() >= obs)
+    return PairingTest(obs, int(act.sum()), (1 + hits) / (n_perm + 1), n_perm, False,
+                       1.0 / (n_perm + 1))

@@ -604,8 +604,8 @@ def _group_stats(g_res: list[list[AdaptationCurve]]) -> _GroupStats:
                                        for c in m_res]))
         rho_share.append(np.concatenate([set_spearmans(c, "demo_share") for c in m_res]))
         gains.append(np.concatenate([set_gains(c) for c in m_res]))
-        set_sat.append([{"task": c.task, "set": s, **d} for c in m_res
-                        for s, d in enumerate(set_saturation(c))])
+        set_sat.append([{"task": c.task, "block": ti, "set": s, **d}
+                        for ti, c in enumerate(m_res) for s, d in enumerate(set_saturation(c))])
     agree_share = [np.array([saturation_agreement(s, "demo_share") for s in m])
                    for m in set_sat]
     agree_w0 = [np.array([saturation_agreement(s, "log_w0_norm") for s in m])
@@ -677,14 +677,15 @@ def _saturation_checks(group: list[ph.ModelUnderTest], g_res: list[list[Adaptati
         cmp = ph.compare_paired_with_controls(name, agree[0], agree[1:], group, seed=seed)
         comparisons.append({"group": trained.name, **cmp.to_dict()})
         fin = agree[0][np.isfinite(agree[0])]
-        # every design unit takes part in the re-pairing; one whose accuracy does not rise
-        # (or whose k_sat is undefined) agrees with nothing, wherever it is paired
-        match = np.array([[a["accuracy_rise"] > 0
-                           and within_one_doubling(a["accuracy"], b[what]) == 1.0
+        # the units whose accuracy rises (agreement defined) are re-paired among themselves,
+        # a task's sets as a whole (blocks: the task's position, not its name, which may
+        # repeat)
+        active = np.isfinite(agree[0])
+        match = np.array([[within_one_doubling(a["accuracy"], b[what]) == 1.0
                            for b in units] for a in units], dtype=bool
                          ).reshape(len(units), len(units))
-        blocks = [u["task"] for u in units]
-        test = pairing_permutation_test(match, blocks=blocks, seed=seed)
+        blocks = [u["block"] for u in units]
+        test = pairing_permutation_test(match, blocks=blocks, active=active, seed=seed)
         detail = "trained k_sat (accuracy / " + label + "): " + ", ".join(
             f"{u['task']}" + (f" set {u['set']}" if multi_set else "")
             + f" {_k(u['accuracy'])} / {_k(u[what])}"
@@ -699,8 +700,9 @@ def _saturation_checks(group: list[ph.ModelUnderTest], g_res: list[list[Adaptati
         how = (f"every one of the {test.n_perm} re-pairings" if test.exact
                else f"{test.n_perm} random re-pairings")
         checks.append((check, test.p,
-                       f"pairing permutation test (one-sided, {how}: tasks moved as wholes, "
-                       "sets permuted within a task) of agreement beyond chance pairing: "
+                       f"pairing permutation test (one-sided, {how} of the units where accuracy "
+                       "rises: tasks moved as wholes, sets permuted within a task) of "
+                       "agreement beyond chance pairing: "
                        f"{test.agree} of the {fin.size} (task, set) units where accuracy "
                        "rises agree",
                        # the design's floor: the re-pairings of all its units

@@ -1064,7 +1064,11 @@ class _Group:
         return [c for c in self.comps[m] if c.task == task]
 
     def layer_cos(self, m: int) -> np.ndarray:
-        return np.concatenate([c.cos for c in self.comps[m]])          # [N, L]
+        """``[N, L]`` per test item (each once) and layer: its SimAOU averaged over the task's
+        demonstration sets (the sets share the test items; with one set, its cosines)."""
+        tasks = list(dict.fromkeys(c.task for c in self.comps[m]))
+        return np.concatenate([_nanmean0(np.stack([c.cos for c in self.task_rows(m, t)]))
+                               for t in tasks])
 
     def rec_counts(self, m: int) -> tuple[int, int]:
         """Rec2FTP's counts (ICL also right, FT corrections) over :meth:`first_sets`."""

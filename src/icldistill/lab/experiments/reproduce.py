@@ -79,9 +79,10 @@ PHENOMENA_JUDGING = 5
 #: section is recomputed (interference 1: the MMD² beyond rho, a within-level test; 2: whole
 #: sets relabelled across the levels; adaptation 1: the saturation checks' floor counts every
 #: task, 2026-12-05; 2: the saturation checks per (task, set) against chance pairing;
-#: 3: a task's sets re-paired as a whole; icl-vs-finetuning 1: SimAOU against a random-label
-#: fine-tune; 2: its labels shuffled among the demonstrations, sets per task, 2026-12-05).
-SECTION_REVISIONS = {"interference": 2, "adaptation": 3, "icl-vs-finetuning": 2}
+#: 3: a task's sets re-paired as a whole; 4: only the units where accuracy rises re-paired;
+#: icl-vs-finetuning 1: SimAOU against a random-label fine-tune; 2: its labels shuffled among
+#: the demonstrations, sets per task, 2026-12-05).
+SECTION_REVISIONS = {"interference": 2, "adaptation": 4, "icl-vs-finetuning": 2}
 #: The same for the real-model section (2: its control comparisons paired over the traced
 #: prompts, 6 of them in quick mode, 2026-12-05).
 REAL_JUDGING = 2
