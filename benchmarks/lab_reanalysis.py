@@ -1432,9 +1432,9 @@ def pairing_p(match: np.ndarray, n_perm: int, seed: int, block: Sequence[Any] | 
     re-pairings that move blocks (a task's sets) onto blocks as wholes and active units onto
     active units (every permutation without ``block``/``active``). With at most
     :data:`MAX_ENUMERATED_UNITS` units all n! permutations are filtered to those (exact);
-    otherwise ``n_perm`` uniform block re-pairings that keep the active units are drawn by
-    rejection (+1-corrected). Returns the p, the mean agreement over the re-pairings, how
-    many were evaluated and whether it was exact."""
+    otherwise ``n_perm`` are drawn uniformly from those re-pairings (+1-corrected). Returns
+    the p, the mean agreement over the re-pairings, how many were evaluated and whether it
+    was exact."""
     n = match.shape[0]
     block = list(range(n)) if block is None else list(block)
     act = [True] * n if active is None else [bool(a) for a in active]
@@ -1449,19 +1449,24 @@ def pairing_p(match: np.ndarray, n_perm: int, seed: int, block: Sequence[Any] | 
     if n <= MAX_ENUMERATED_UNITS:
         null = [agreement(perm) for perm in itertools.permutations(range(n)) if keeps(perm)]
         return sum(v >= obs for v in null) / len(null), float(np.mean(null)), len(null), True
+    # drawn directly from the group: a block goes to a block with as many active units (a
+    # uniform shuffle within each such class), its active units onto that block's active
+    # units in a uniform order (inactive units take no part)
     rng = np.random.default_rng(seed)
     names = list(dict.fromkeys(block))
-    members = {b: [i for i in range(n) if block[i] == b] for b in names}
+    on = {b: [i for i in range(n) if block[i] == b and act[i]] for b in names}
+    by_count: dict[int, list[Any]] = {}
+    for b in names:
+        by_count.setdefault(len(on[b]), []).append(b)
     null = []
-    while len(null) < n_perm:
-        onto = dict(zip(names, rng.permutation(len(names)), strict=True))
-        perm = [0] * n
-        for b in names:
-            dest = members[names[onto[b]]]
-            for i, j in zip(members[b], rng.permutation(dest), strict=True):
-                perm[i] = int(j)
-        if keeps(perm):
-            null.append(agreement(perm))
+    for _ in range(n_perm):
+        perm = list(range(n))
+        for same in by_count.values():
+            for b, j in zip(same, rng.permutation(len(same)), strict=True):
+                for i, t in zip(on[b], rng.permutation(on[same[int(j)]]), strict=True):
+                    perm[i] = int(t)
+        assert keeps(perm)
+        null.append(agreement(perm))
     return ((1 + sum(v >= obs for v in null)) / (n_perm + 1), float(np.mean(null)), n_perm,
             False)
 
@@ -1508,14 +1513,12 @@ def saturation_pairing(rep: Report, sec: dict, n_perm: int) -> None:
                     rows.append([model, role, label, f"{len(units)} {kind} units", ksat, "—", "—",
                                  "—", fp(floor)])
                     continue
-                # the units whose accuracy rises (and whose k_sats are defined) are re-paired
-                # among themselves
-                active = [u["rises"] and np.isfinite(u["accuracy"]) and np.isfinite(u[what])
-                          for u in units]
+                # the units whose accuracy rises are re-paired among themselves
+                active = [u["rises"] and bool(np.isfinite(u["accuracy"])) for u in units]
                 match = np.array([[doubling_match(a["accuracy"], b[what]) for b in units]
                                   for a in units], dtype=bool)
                 p, chance, _, _ = pairing_p(match, n_perm, SEED, block, active)
-                agree = int(np.trace(match))
+                agree = sum(bool(match[i, i]) for i in range(len(units)) if active[i])
                 verdict = fp(floor) + ("; untestable at this size" if floor >= ALPHA else "")
                 rows.append([model, role, label, f"{len(units)} {kind} units", ksat,
                              f"{agree} of {len(used)}", f"{chance:.2f}", fp(p), verdict])

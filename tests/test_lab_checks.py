@@ -759,3 +759,29 @@ def test_pairing_test_block_edges():
     # 3840 > 2000 sampled, and the identity pairing of an identity match stays rare
     res = pairing_permutation_test(np.eye(10, dtype=bool), blocks=[i // 2 for i in range(10)])
     assert not res.exact and res.p < 0.01 and res.floor == pytest.approx(1 / 2001)
+
+
+def test_pairing_test_active_must_be_flags():
+    """Review (helper-55): ``active`` was cast to bool, so a NaN counted as active."""
+    with pytest.raises(InputError, match="active must hold booleans"):
+        pairing_permutation_test(np.eye(2, dtype=bool), active=[1.0, np.nan])
+    with pytest.raises(InputError, match="one flag per unit"):
+        pairing_permutation_test(np.eye(2, dtype=bool), active=[True])
+
+
+def test_simaou_layer_cos_groups_a_tasks_sets_by_position():
+    """Review (helper-55): a task listed twice (same name, different items) crashed the
+    per-layer average over sets; a task's sets are its consecutive comparisons."""
+    import dataclasses as dc
+
+    labels = np.array(["a", "b"] * 5)
+    ok = np.ones(10, dtype=bool)
+    first = _comparison(labels, ~ok, ok, ok, np.full((10, 2), 0.2), np.zeros((10, 2)))
+    second = dc.replace(first, demo_set=1, cos=np.full((10, 2), 0.4))
+    short = _comparison(labels[:4], ~ok[:4], ok[:4], ok[:4], np.full((4, 2), 0.1),
+                        np.zeros((4, 2)))
+    g = ft._Group([ph.ModelUnderTest("trained", "m", None)], [[first, second, short]])
+    lc = g.layer_cos(0)
+    assert lc.shape == (14, 2)
+    np.testing.assert_allclose(lc[:10], 0.3)
+    np.testing.assert_allclose(lc[10:], 0.1)

@@ -699,3 +699,39 @@ def test_pairing_p_never_below_its_stated_floor(script):
     assert exact and total == 384 and p == pytest.approx(1 / 384)
     p, _, total, exact = script.pairing_p(np.eye(10, dtype=bool), 500, 0)
     assert not exact and total == 500 and p >= 1 / 501
+
+
+def test_saturation_rows_count_only_rising_units(script):
+    """Review (helper-55): the agreeing units were counted over every unit, and a flat
+    accuracy curve saturates at k = 0, which agrees with any distillation k_sat up to 2
+    ("3 of 2"). Only the units whose accuracy rises count."""
+    ks = [0, 1, 2, 4]
+
+    def curve(task, acc, share):
+        correct = [[[1.0] * int(10 * a) + [0.0] * (10 - int(10 * a))] for a in acc]
+        return {"model": "m", "role": "trained", "task": task, "ks": ks, "correct": correct,
+                "layers": {"demo_share": [[v] for v in share],
+                           "log_w0_norm": [[float("nan")]] + [[v] for v in share[1:]]}}
+
+    rising = [0.1, 0.9, 0.9, 0.9]
+    flat = [0.5, 0.5, 0.5, 0.5]
+    curves = [curve("a", rising, [0, 1, 1, 1]), curve("b", rising, [0, 0.2, 0.4, 1]),
+              curve("c", flat, [0, 1, 1, 1]), curve("d", flat, [0, 1, 1, 1])]
+    rep = script.Report()
+    script.saturation_pairing(rep, {"data": {"curves": [[curves]]}, "checks": []}, 100)
+    rows = [r for r in rep.lines if r.startswith("| m | trained | demo share")]
+    assert len(rows) == 1 and "| 1 of 2 |" in rows[0]
+
+
+def test_pairing_p_samples_the_active_subgroup_directly(script):
+    """Review (helper-55): rejection sampling kept 1 draw in C(n, a); 12 units with 2 active
+    now draw from the subgroup itself and agree with the package."""
+    from icldistill.lab.experiments._stats import pairing_permutation_test
+
+    match = np.eye(12, dtype=bool)
+    active = np.zeros(12, dtype=bool)
+    active[[3, 7]] = True
+    p, _, total, exact = script.pairing_p(match, 2000, 0, None, active)
+    assert not exact and total == 2000
+    assert p == pytest.approx(pairing_permutation_test(match, active=active).p, abs=0.05)
+    assert p == pytest.approx(0.5, abs=0.05)               # 2 active units: 2 re-pairings

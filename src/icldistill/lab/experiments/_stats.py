@@ -521,7 +521,7 @@ def pairing_permutation_test(match: Any, *, blocks: Any = None, active: Any = No
     units onto active units (the inactive ones take no part, so a second value cannot count
     for telling active from inactive units). With at most ``n_perm`` distinct re-pairings of
     the active units every one is enumerated and ``p`` is exact (never below one over their
-    number, itself at least ``B! (S!)^B`` for ``B`` blocks of ``S``:
+    number, which is at most ``B! (S!)^B`` for ``B`` blocks of ``S``, so never below
     :func:`pairing_floor`); otherwise ``n_perm`` are drawn uniformly and ``p = (1 +
     #{null >= observed}) / (n_perm + 1)``.
 
@@ -558,9 +558,13 @@ def pairing_permutation_test(match: Any, *, blocks: Any = None, active: Any = No
         m = m.astype(bool)
     n = m.shape[0]
     groups = _blocks(blocks, n)
-    act = np.ones(n, dtype=bool) if active is None else np.asarray(active, dtype=bool)
+    act = np.ones(n, dtype=bool) if active is None else np.asarray(active)
     if act.shape != (n,):
         raise InputError(f"active must hold one flag per unit: shape {act.shape} for {n}")
+    if act.dtype != bool:
+        if not np.isin(act, (0, 1)).all():
+            raise InputError("active must hold booleans (or 0/1)")
+        act = act.astype(bool)
     if not act.any():
         return PairingTest(0, 0, math.nan, 0, True, math.nan)
     obs = int(np.trace(m[np.ix_(act, act)]))

@@ -677,10 +677,12 @@ def _saturation_checks(group: list[ph.ModelUnderTest], g_res: list[list[Adaptati
         cmp = ph.compare_paired_with_controls(name, agree[0], agree[1:], group, seed=seed)
         comparisons.append({"group": trained.name, **cmp.to_dict()})
         fin = agree[0][np.isfinite(agree[0])]
-        # the units whose accuracy rises (agreement defined) are re-paired among themselves,
-        # a task's sets as a whole (blocks: the task's position, not its name, which may
-        # repeat)
-        active = np.isfinite(agree[0])
+        # the units whose accuracy rises are re-paired among themselves (defined by accuracy
+        # alone, so that re-pairing does not change which units take part; an undefined
+        # distillation k_sat agrees with nothing), a task's sets as a whole (blocks: the
+        # task's position, not its name, which may repeat)
+        active = np.array([u["accuracy_rise"] > 0 and bool(np.isfinite(u["accuracy"]))
+                           for u in units], dtype=bool).reshape(len(units))
         match = np.array([[within_one_doubling(a["accuracy"], b[what]) == 1.0
                            for b in units] for a in units], dtype=bool
                          ).reshape(len(units), len(units))
@@ -703,7 +705,7 @@ def _saturation_checks(group: list[ph.ModelUnderTest], g_res: list[list[Adaptati
                        f"pairing permutation test (one-sided, {how} of the units where accuracy "
                        "rises: tasks moved as wholes, sets permuted within a task) of "
                        "agreement beyond chance pairing: "
-                       f"{test.agree} of the {fin.size} (task, set) units where accuracy "
+                       f"{test.agree} of the {test.n} (task, set) units where accuracy "
                        "rises agree",
                        # the design's floor: the re-pairings of all its units
                        pairing_floor(len(units),

@@ -1065,10 +1065,15 @@ class _Group:
 
     def layer_cos(self, m: int) -> np.ndarray:
         """``[N, L]`` per test item (each once) and layer: its SimAOU averaged over the task's
-        demonstration sets (the sets share the test items; with one set, its cosines)."""
-        tasks = list(dict.fromkeys(c.task for c in self.comps[m]))
-        return np.concatenate([_nanmean0(np.stack([c.cos for c in self.task_rows(m, t)]))
-                               for t in tasks])
+        demonstration sets (the sets share the test items; with one set, its cosines). A
+        task's sets are consecutive, the first with ``demo_set`` 0 (so a task listed twice is
+        two tasks)."""
+        runs: list[list[np.ndarray]] = []
+        for c in self.comps[m]:
+            if c.demo_set == 0 or not runs:
+                runs.append([])
+            runs[-1].append(c.cos)
+        return np.concatenate([_nanmean0(np.stack(r)) for r in runs])
 
     def rec_counts(self, m: int) -> tuple[int, int]:
         """Rec2FTP's counts (ICL also right, FT corrections) over :meth:`first_sets`."""
