@@ -707,18 +707,18 @@ def _adaptation_claims(rep: Report, sec: dict) -> list[ClaimTest]:
                         cmp["trained"]["value"], cmp["low"], cmp["high"], bool(cmp["outside"]),
                         direction)
         if t_vals is None:
-            if cmp["name"].startswith("per-(task, set) agreement"):
-                out.append(ClaimTest(text, ok, direction, None, "(task, set) units",
-                                     "pairing permutation test, not a sign-flip test "
-                                     "(section 8)"))
-                cc.why_untested = ("per-(task, set) 0/1 agreements, paired with the twin in "
-                                   "the section itself")
-            else:
-                out.append(ClaimTest(text, ok, direction, None, "3 tasks",
-                                     "threshold claim on 3 per-task 0/1 agreements (no null "
-                                     "test; section 8 tests them against chance pairing)"))
-                cc.why_untested = ("3 per-task 0/1 values: no paired test of 3 units reaches "
-                                   "p < 0.05 (smallest two-sided sign-flip p = 0.25)")
+            # the saturation checks: sections since 2026-12-05 test them per (task, set)
+            # against chance pairing, earlier ones against agreement on half of 3 tasks
+            units, why, cc.why_untested = (
+                ("(task, set) units", "pairing permutation test, not a sign-flip test "
+                 "(section 8)", "per-(task, set) 0/1 agreements, paired with the twin in the "
+                 "section itself")
+                if cmp["name"].startswith("per-(task, set) agreement") else
+                ("3 tasks", "threshold claim on 3 per-task 0/1 agreements (no null test; "
+                 "section 8 tests them against chance pairing)", "3 per-task 0/1 values: no "
+                 "paired test of 3 units reaches p < 0.05 (smallest two-sided sign-flip p = "
+                 "0.25)"))
+            out.append(ClaimTest(text, ok, direction, None, units, why))
         else:
             spear_mean = committed_mean(cmp["trained"]["model"], cmp["name"])
             rep.reproduces(f"adaptation {cmp['group']} {cmp['name']}",
