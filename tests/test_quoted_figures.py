@@ -781,6 +781,37 @@ def test_the_simaou_sets2_figures():
             "aligns the two updates more on all 6 (paired p 0.031") in readme
 
 
+def test_the_enough_units_howto_tables():
+    """docs/howto/enough-units.md: its floors are the package's (sign-flip and pairing), its
+    family sizes the best-case Holm bound, its section sizes the committed quick run's."""
+    from icldistill.lab.experiments import phenomena as ph
+    from icldistill.lab.experiments._stats import pairing_floor
+
+    doc = (ROOT / "docs/howto/enough-units.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (\d+) \| ([0-9.]+) \| (none|\d+) \|$", doc, re.M)
+    assert [int(n) for n, _, _ in rows] == [3, 5, 6, 7, 8, 9, 12]
+    for n, shown, m in rows:
+        floor = ph.sign_flip_floor(np.zeros(int(n)))
+        assert float(shown) == pytest.approx(floor, rel=0.03)
+        best = max((k for k in range(1, 200) if k * floor < 0.05), default=0)
+        assert (m == "none" and best == 0) or int(m) == best
+    pairs = re.findall(r"^\| (\d) × (\d) \| ([0-9.]+) \|$", doc, re.M)
+    assert len(pairs) == 4
+    for t, s_, shown in pairs:
+        floor = pairing_floor(int(t) * int(s_), block_size=int(s_))
+        assert float(shown) == pytest.approx(floor, rel=0.03)
+    # the sections' claim checks per model, as in the committed quick run (one model)
+    sections = RESULTS / "lab" / "quick" / "sections"
+    sizes = {name: len(json.loads((sections / f"{name}.json").read_text())["checks"])
+             for name in ("adaptation", "interference", "icl-vs-finetuning", "ordering")}
+    text = " ".join(doc.split())
+    assert (f"per model, {sizes['adaptation']} in `adaptation`, {sizes['interference']} in "
+            f"`interference`, {sizes['icl-vs-finetuning']} in `icl-vs-finetuning`, "
+            f"{sizes['ordering']} in `ordering`") in text
+    seconds = json.loads((sections / "icl-vs-finetuning.json").read_text())["seconds"]
+    assert f"took {seconds:.0f} s with one set per task" in text
+
+
 def test_the_bias_regression_within_kind_figures():
     """README's within-kind bias-regression figures are the re-analysis's (full and quick)."""
     readme = " ".join((ROOT / README).read_text(encoding="utf-8").split())
