@@ -1252,9 +1252,9 @@ def _figures(groups: list[_Group], tasks: list[ph.TaskItems], out: Path) -> list
         nm = len(g.models)
         width = 0.8 / nm
         for i, m in enumerate(g.models):
-            counts = [(sum(c.rec.recalled for c in g.task_rows(i, t.name) if c.demo_set == 0),
-                       sum(c.rec.corrected for c in g.task_rows(i, t.name) if c.demo_set == 0))
-                      for t in tasks]
+            first = g.first_sets(i)                       # Rec2FTP's data, as tested
+            counts = [(sum(c.rec.recalled for c in first if c.task == t.name),
+                       sum(c.rec.corrected for c in first if c.task == t.name)) for t in tasks]
             counts.append(g.rec_counts(i))
             vals = [100.0 * a / b if b else 0.0 for a, b in counts]
             x = np.arange(len(labels)) + (i - (nm - 1) / 2) * width
