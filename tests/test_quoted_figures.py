@@ -36,6 +36,7 @@ SMOL = "smollm2-135m"
 CONTROL_TASKS = "all, the control's tasks"
 ALL, COUNT = "all pairs", "same label count"
 QWEN = "qwen2.5-0.5b (bfloat16)"
+QWEN4 = "qwen2.5-0.5b"          # its k = 4 block, in float32
 
 
 @cache
@@ -384,6 +385,41 @@ CLAIMS: list[tuple[str, str, Callable[[], str]]] = [
     (GUIDE, "k=4: mmd-joint and vote-k vs random (guide)",
      lambda: "`mmd-joint` {} and `vote-k` {} over `random`".format(
          *(points(paired(s, "random", k=4)["diff"]) for s in ("mmd-joint", "vote-k")))),
+    # qwen2.5-0.5b, k = 4 (float32)
+    (README, "qwen k=4: mmd-local and mmd-katt vs knn",
+     lambda: "`mmd-local` is {} points (Holm p {}) and `mmd-katt` {} (Holm p {}, worse)".format(
+         *(f(paired(s, "knn", model=QWEN4, k=4)) for s in ("mmd-local", "mmd-katt")
+           for f in (points_ci, lambda r: holm(r["p_holm"]))))),
+    (README, "qwen k=4: set-level MMD vs knn",
+     lambda: "set-level `mmd-joint`, `mmd` and `mmd-balanced` are {}, {} and {} points (all "
+     "worse)".format(*(points(paired(s, "knn", model=QWEN4, k=4)["diff"])
+                       for s in ("mmd-joint", "mmd", "mmd-balanced")))),
+    (README, "qwen k=4: mmd-joint vs random, and vs vote-k post hoc",
+     lambda: "`mmd-joint` leads: {} points over `random`, and {} over `vote-k` (post hoc, Holm "
+     "p {})".format(
+         points_ci(paired("mmd-joint", "random", model=QWEN4, k=4)),
+         _flip(paired("vote-k", "mmd-joint", model=QWEN4, k=4, name="paired_posthoc.json")),
+         holm(paired("vote-k", "mmd-joint", model=QWEN4, k=4,
+                     name="paired_posthoc.json")["p_holm"]))),
+    (README, "qwen k=4: vote-k vs random, and vs mmd post hoc",
+     lambda: "`vote-k` ({} over `random`) ties set-level `mmd` (post hoc, {})".format(
+         points_ci(paired("vote-k", "random", model=QWEN4, k=4)),
+         points_ci(paired("vote-k", "mmd", model=QWEN4, k=4, name="paired_posthoc.json")))),
+    (README, "qwen k=4: accuracy with and without the label shown",
+     lambda: "qwen2.5-0.5b is right on {}% of the items whose label no demonstration shows, "
+     "against {}% where one does".format(
+         span([100 * r["acc_not_shown"] for r in _coverage_rows(QWEN4, 4)]),
+         span([100 * r["acc_shown"] for r in _coverage_rows(QWEN4, 4)], "{:.0f}"))),
+    (README, "qwen k=4: within item",
+     lambda: "the right one in {} of {:,} discordant pairs, and in {} with the label count held "
+     "equal (Holm p {})".format(
+         share_ci(within(ALL, model=QWEN4, k=4)), within(ALL, model=QWEN4, k=4)["n_pairs"],
+         share_ci(within(COUNT, model=QWEN4, k=4)),
+         holm(within(COUNT, model=QWEN4, k=4)["p_holm"]))),
+    (GUIDE, "qwen k=4: mmd-local and mmd-katt vs knn (guide)",
+     lambda: "`mmd-local` ties `knn` ({} points), `mmd-katt` is {:.1f} points below it".format(
+         points_ci(paired("mmd-local", "knn", model=QWEN4, k=4)),
+         -100 * paired("mmd-katt", "knn", model=QWEN4, k=4)["diff"])),
 ]
 
 
@@ -505,6 +541,48 @@ def test_k4_set_level_verdicts():
         r = paired(s, b, k=4, name="paired_posthoc.json")
         assert r["diff"] > 0 and r["p_holm"] < 0.05, (s, b)
     assert within(COUNT, k=4)["p_holm"] >= 0.05
+
+
+def test_qwen_k4_verdicts():
+    """What the README and the guide say of qwen2.5-0.5b at k = 4 (float32) in words: set-level
+    `mmd` is significantly worse than `random` on 20ng and `mmd-balanced` on r52 (and on no
+    other task), the other MMD-family selectors and `vote-k` on none; `dpp`, `mmr` and `bm25`
+    tie kNN, `mmd-local` too; every set-level MMD selector and `mmd-katt` are significantly
+    worse than kNN; `vote-k` ties set-level `mmd` post hoc while `mmd-joint` beats `vote-k`;
+    the within-item share with the label count held equal is not significant."""
+    worse = {s: sorted(r["task"] for r in _records(GRID / "paired.json")
+                       if r["model"] == QWEN4 and r["k"] == 4 and r["metric"] == "accuracy"
+                       and r["selector"] == s and r["baseline"] == "random"
+                       and r["task"] != "mean" and r["p_holm"] < 0.05 and r["diff"] < 0)
+             for s in ("mmd", "mmd-balanced", "mmd-joint", "mmd-katt", "mmd-local", "vote-k")}
+    assert worse == {"mmd": ["20ng"], "mmd-balanced": ["r52"], "mmd-joint": [], "mmd-katt": [],
+                     "mmd-local": [], "vote-k": []}
+    for s in ("dpp", "mmr", "bm25", "mmd-local"):
+        assert paired(s, "knn", model=QWEN4, k=4)["p_holm"] >= 0.05, s
+    for s in ("mmd-joint", "mmd", "mmd-balanced", "mmd-katt"):
+        r = paired(s, "knn", model=QWEN4, k=4)
+        assert r["diff"] < 0 and r["p_holm"] < 0.05, s
+    assert paired("vote-k", "mmd", model=QWEN4, k=4, name="paired_posthoc.json")["p_holm"] >= 0.05
+    r = paired("vote-k", "mmd-joint", model=QWEN4, k=4, name="paired_posthoc.json")
+    assert r["diff"] < 0 and r["p_holm"] < 0.05                  # "`mmd-joint` leads"
+    assert within(COUNT, model=QWEN4, k=4)["p_holm"] >= 0.05
+
+
+def test_no_mmd_selector_beats_knn_on_any_block():
+    """The README's verdict over the whole grid: on every (model, k) block no MMD-family
+    selector's mean over tasks is significantly above `knn`, and the best of them is
+    `mmd-local`, which ties it."""
+    blocks = {(r["model"], r["k"]) for r in _records(GRID / "paired.json")}
+    assert blocks == {(SMOL, 4), (SMOL, 8), (QWEN4, 4), (QWEN, 8)}
+    for model, k in sorted(blocks):
+        rows = {r["selector"]: r for r in _records(GRID / "paired.json")
+                if r["model"] == model and r["k"] == k and r["task"] == "mean"
+                and r["baseline"] == "knn" and r["metric"] == "accuracy"
+                and r["selector"].startswith("mmd")}
+        assert len(rows) == 5, (model, k, sorted(rows))
+        assert not any(r["diff"] > 0 and r["p_holm"] < 0.05 for r in rows.values()), (model, k)
+        assert max(rows, key=lambda s: rows[s]["diff"]) == "mmd-local", (model, k)
+        assert rows["mmd-local"]["p_holm"] >= 0.05, (model, k)
 
 
 def test_retrievers_below_the_label_vote_are_significant():
