@@ -358,14 +358,9 @@ CLAIMS: list[tuple[str, str, Callable[[], str]]] = [
          points_ci(paired("vote-k", "mmd", k=4, name="paired_posthoc.json")),
          holm(paired("vote-k", "mmd", k=4, name="paired_posthoc.json")["p_holm"]))),
     (README, "k=4: accuracy with and without the label shown",
-     lambda: "right on {}% of the items whose label no demonstration shows, against {}% where "
-     "one does".format(
-         span([100 * r["acc_not_shown"] for r in _coverage_rows(SMOL, 4)]),
-         span([100 * r["acc_shown"] for r in _coverage_rows(SMOL, 4)], "{:.0f}"))),
+     lambda: _label_shown_spans(SMOL, 4)),
     (README, "k=4: within item",
-     lambda: "the right one in {} of {:,} discordant pairs, and in {} with the label count held "
-     "equal (Holm p {})".format(share_ci(within(ALL, k=4)), within(ALL, k=4)["n_pairs"],
-                                share_ci(within(COUNT, k=4)), holm(within(COUNT, k=4)["p_holm"]))),
+     lambda: _within_pairs(SMOL, 4)),
     (GUIDE, "k=4: mmd-local and mmd-katt vs knn (guide)",
      lambda: "`mmd-local` ties `knn` ({} points), `mmd-katt` is {:.1f} points below it".format(
          points_ci(paired("mmd-local", "knn", k=4)),
@@ -406,21 +401,40 @@ CLAIMS: list[tuple[str, str, Callable[[], str]]] = [
          points_ci(paired("vote-k", "random", model=QWEN4, k=4)),
          points_ci(paired("vote-k", "mmd", model=QWEN4, k=4, name="paired_posthoc.json")))),
     (README, "qwen k=4: accuracy with and without the label shown",
-     lambda: "qwen2.5-0.5b is right on {}% of the items whose label no demonstration shows, "
-     "against {}% where one does".format(
-         span([100 * r["acc_not_shown"] for r in _coverage_rows(QWEN4, 4)]),
-         span([100 * r["acc_shown"] for r in _coverage_rows(QWEN4, 4)], "{:.0f}"))),
-    (README, "qwen k=4: within item",
-     lambda: "the right one in {} of {:,} discordant pairs, and in {} with the label count held "
-     "equal (Holm p {})".format(
-         share_ci(within(ALL, model=QWEN4, k=4)), within(ALL, model=QWEN4, k=4)["n_pairs"],
-         share_ci(within(COUNT, model=QWEN4, k=4)),
-         holm(within(COUNT, model=QWEN4, k=4)["p_holm"]))),
+     lambda: "qwen2.5-0.5b is " + _label_shown_spans(QWEN4, 4)),
+    (README, "qwen k=4: within item", lambda: _within_pairs(QWEN4, 4)),
+    (README, "qwen k=4: the control's counts",
+     lambda: "qwen2.5-0.5b's control at k = 4 (float32, all 30 units): {} of the {} significant "
+     "trained comparisons lie beyond the twin's interval".format(*_control_counts(QWEN4, 4))),
+    ("benchmarks/README.md", "qwen k=4: the control's counts (benchmarks README)",
+     lambda: "{} of its {} significant trained comparisons lie beyond the twin's interval"
+     .format(*_control_counts(QWEN4, 4))),
+    (README, "qwen k=4: knn against the label vote, trained and twin",
+     lambda: "qwen2.5-0.5b adds {} points to the vote of its `knn` demonstrations' labels on "
+     "these tasks (twin: {})".format(*_vote_row(QWEN4, "knn", 4))),
     (GUIDE, "qwen k=4: mmd-local and mmd-katt vs knn (guide)",
      lambda: "`mmd-local` ties `knn` ({} points), `mmd-katt` is {:.1f} points below it".format(
          points_ci(paired("mmd-local", "knn", model=QWEN4, k=4)),
          -100 * paired("mmd-katt", "knn", model=QWEN4, k=4)["diff"])),
 ]
+
+
+def _label_shown_spans(model: str, k: int) -> str:
+    """The README's sentence on accuracy with and without the query's label among the
+    demonstrations: the range over a block's selectors of each."""
+    rows = _coverage_rows(model, k)
+    return "right on {}% of the items whose label no demonstration shows, against {}% where " \
+        "one does".format(span([100 * r["acc_not_shown"] for r in rows]),
+                          span([100 * r["acc_shown"] for r in rows], "{:.0f}"))
+
+
+def _within_pairs(model: str, k: int) -> str:
+    """The README's within-item sentence of a block: all discordant pairs, and those with the
+    label count held equal."""
+    every, same = within(ALL, model=model, k=k), within(COUNT, model=model, k=k)
+    return "the right one in {} of {:,} discordant pairs, and in {} with the label count held " \
+        "equal (Holm p {})".format(share_ci(every), every["n_pairs"], share_ci(same),
+                                   holm(same["p_holm"]))
 
 
 def _coverage_rows(model: str, k: int = 8) -> list[dict]:
