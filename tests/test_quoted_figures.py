@@ -437,6 +437,16 @@ def _within_pairs(model: str, k: int) -> str:
                                    holm(same["p_holm"]))
 
 
+def _worse_than_random(model: str, k: int, selectors: tuple[str, ...]) -> dict[str, list[str]]:
+    """Per selector, the tasks (sorted) on which it is significantly (Holm p < 0.05) less
+    accurate than `random` in a block."""
+    return {s: sorted(r["task"] for r in _records(GRID / "paired.json")
+                      if r["model"] == model and r["k"] == k and r["metric"] == "accuracy"
+                      and r["selector"] == s and r["baseline"] == "random"
+                      and r["task"] != "mean" and r["p_holm"] < 0.05 and r["diff"] < 0)
+            for s in selectors}
+
+
 def _coverage_rows(model: str, k: int = 8) -> list[dict]:
     return [r for r in _records(GRID / "coverage.json") if r["model"] == model and r["k"] == k]
 
@@ -542,11 +552,7 @@ def test_k4_set_level_verdicts():
     significantly worse than `random` on 20ng and `mmd-balanced` on r52 (and on no other
     task); `mmd-joint` and `vote-k` on none; `dpp`, `mmr` and `bm25` tie kNN; the
     within-item share with the label count held equal is not significant."""
-    worse = {s: sorted(r["task"] for r in _records(GRID / "paired.json")
-                       if r["model"] == SMOL and r["k"] == 4 and r["metric"] == "accuracy"
-                       and r["selector"] == s and r["baseline"] == "random"
-                       and r["task"] != "mean" and r["p_holm"] < 0.05 and r["diff"] < 0)
-             for s in ("mmd", "mmd-balanced", "mmd-joint", "vote-k")}
+    worse = _worse_than_random(SMOL, 4, ("mmd", "mmd-balanced", "mmd-joint", "vote-k"))
     assert worse == {"mmd": ["20ng"], "mmd-balanced": ["r52"], "mmd-joint": [], "vote-k": []}
     for s in ("dpp", "mmr", "bm25"):
         assert paired(s, "knn", k=4)["p_holm"] >= 0.05, s
@@ -564,11 +570,8 @@ def test_qwen_k4_verdicts():
     tie kNN, `mmd-local` too; every set-level MMD selector and `mmd-katt` are significantly
     worse than kNN; `vote-k` ties set-level `mmd` post hoc while `mmd-joint` beats `vote-k`;
     the within-item share with the label count held equal is not significant."""
-    worse = {s: sorted(r["task"] for r in _records(GRID / "paired.json")
-                       if r["model"] == QWEN4 and r["k"] == 4 and r["metric"] == "accuracy"
-                       and r["selector"] == s and r["baseline"] == "random"
-                       and r["task"] != "mean" and r["p_holm"] < 0.05 and r["diff"] < 0)
-             for s in ("mmd", "mmd-balanced", "mmd-joint", "mmd-katt", "mmd-local", "vote-k")}
+    worse = _worse_than_random(QWEN4, 4, ("mmd", "mmd-balanced", "mmd-joint", "mmd-katt",
+                                          "mmd-local", "vote-k"))
     assert worse == {"mmd": ["20ng"], "mmd-balanced": ["r52"], "mmd-joint": [], "mmd-katt": [],
                      "mmd-local": [], "vote-k": []}
     for s in ("dpp", "mmr", "bm25", "mmd-local"):
